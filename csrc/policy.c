@@ -1,0 +1,550 @@
+/* Eviction policies over slot indices: LRU and W-TinyLFU.
+ *
+ * W-TinyLFU is from Einziger, Friedman, Manes, "TinyLFU: A Highly Efficient
+ * Cache Admission Policy" (ACM ToS 2017, arXiv 1512.00727), following the way
+ * Caffeine (Ben Manes) runs it:
+ *
+ *  - A small admission window (an LRU, initially 1% of capacity) takes every
+ *    new entry, so bursts of recent keys get a chance to build frequency.
+ *  - The main space is a segmented LRU: probation, and protected (80% of main)
+ *    for entries hit again while in main.
+ *  - When the window overflows, its LRU entry (the candidate) competes with the
+ *    probation LRU entry (the victim); the candidate is admitted only if its
+ *    estimated frequency is higher. Frequencies come from a 4-bit count-min
+ *    sketch (sketch.c) behind a doorkeeper bloom filter (bloom.c): a key's first
+ *    occurrence in a sample only sets its doorkeeper bit, later ones count in
+ *    the sketch, so one-hit wonders do not pollute the counters; the estimate
+ *    is sketch + doorkeeper bit, and the doorkeeper is cleared at each aging.
+ *  - To resist hash flooding (an attacker raising a victim's frequency through
+ *    collisions so nothing new is ever admitted), a candidate of frequency >= 6
+ *    that loses is still admitted 1 time in 128, as Caffeine does.
+ *  - The window size adapts by hill climbing (Caffeine): every 10 * capacity
+ *    requests the hit rate is compared with the previous sample; the window
+ *    moves a step in the same direction if it improved, else reverses. The step
+ *    starts at 6.25% of capacity, decays by 0.98 per sample, and restarts when
+ *    the hit rate changes by 5% or more (the workload changed).
+ *
+ * The policy knows slots (uint32 indices owned by the store) and 64-bit hashes,
+ * never keys: it asks the store for a resident slot's hash through hash_of when
+ * it must compare frequencies, so it stores no hash per slot. A slot costs 8
+ * bytes: prev, and next with the 2-bit queue id in its top bits (so ids are 30
+ * bits: CM_POLICY_MAX_SLOTS). The three list heads are sentinel ids just below
+ * 2^30, so unlinking never branches on "is this the first node".
+ *
+ * Invariant: cm_policy_len() <= capacity after every insert (each insert adds
+ * one entry and evicts at least one when over capacity; the window resizing
+ * only moves entries between queues). */
+#include "policy.h"
+
+#include <assert.h>
+#include <stdlib.h>
+
+#include "bloom.h"
+#include "hash.h"
+#include "sketch.h"
+
+enum { CM_Q_NONE = 0, CM_Q_WINDOW = 1, CM_Q_PROBATION = 2, CM_Q_PROTECTED = 3 };
+
+#define CM_Q_SHIFT 30
+#define CM_ID_MASK ((UINT32_C(1) << CM_Q_SHIFT) - 1)
+#define CM_SENTINEL(q) (CM_POLICY_MAX_SLOTS + (uint32_t)(q))
+
+#define CM_PERCENT_MAIN 0.99
+#define CM_PERCENT_MAIN_PROTECTED 0.80
+#define CM_HILL_CLIMBER_RESTART_THRESHOLD 0.05
+#define CM_HILL_CLIMBER_STEP_PERCENT 0.0625
+#define CM_HILL_CLIMBER_STEP_DECAY_RATE 0.98
+#define CM_ADMIT_HASHDOS_THRESHOLD 6
+/* Entries moved between queues per call; a larger window change continues on
+ * the next calls, so no single access pays for a whole resize. */
+#define CM_QUEUE_TRANSFER_THRESHOLD 1000
+/* Doorkeeper: sized for one distinct key per entry at 1% (about 1.2 bytes per
+ * entry) and, unlike a plain cm_bloom, never cleared when full, only at each
+ * sketch aging. Clearing when full would drop the first occurrence of every
+ * key whenever a scan of new keys fills it, so a key reused every few hundred
+ * requests would never reach the sketch (measured: hot keys lost to a scan).
+ * Overfilled, it passes more first occurrences through to the sketch, which is
+ * Caffeine's behaviour without a doorkeeper: it degrades, never breaks. */
+#define CM_DOORKEEPER_ITEMS_PER_ENTRY 1
+#define CM_DOORKEEPER_FP_RATE 0.01
+
+typedef struct {
+    uint32_t prev;
+    uint32_t next_q; /* next id | queue id << CM_Q_SHIFT */
+} cm_plink;
+
+/* The memory budget: 8 bytes of policy state per slot. */
+typedef char cm_plink_is_8_bytes[sizeof(cm_plink) == 8 ? 1 : -1];
+
+struct cm_policy {
+    int kind;
+    uint32_t capacity;
+    cm_hash_fn hash_of;
+    void *ud; // borrowed
+    cm_plink *links;
+    uint32_t nslots;
+    cm_plink heads[4]; /* sentinel of queue q at index q; heads[0] unused */
+    uint32_t qlen[4];
+
+    /* W-TinyLFU only */
+    uint32_t window_max;
+    uint32_t protected_max;
+    cm_sketch sketch;
+    cm_bloom door;
+    uint64_t seen_resets; /* sketch agings already applied to the doorkeeper */
+    uint64_t hits_in_sample;
+    uint64_t misses_in_sample;
+    uint64_t sample_size;
+    double prev_hit_rate;
+    double step;
+    int64_t adjustment; /* > 0 grow the window, < 0 shrink it */
+    uint64_t rng;       /* xorshift64* state */
+};
+
+/* ---- links ---------------------------------------------------------------- */
+
+static inline cm_plink *cm_link(cm_policy *p, uint32_t id)
+{
+    return id >= CM_POLICY_MAX_SLOTS ? &p->heads[id - CM_POLICY_MAX_SLOTS] : &p->links[id];
+}
+
+static inline uint32_t cm_next(const cm_plink *l) { return l->next_q & CM_ID_MASK; }
+
+static inline int cm_queue(const cm_plink *l) { return (int)(l->next_q >> CM_Q_SHIFT); }
+
+static inline void cm_set_next(cm_plink *l, uint32_t id)
+{
+    l->next_q = (l->next_q & ~CM_ID_MASK) | id;
+}
+
+static void cm_q_push_tail(cm_policy *p, int q, uint32_t id)
+{
+    uint32_t sent = CM_SENTINEL(q);
+    cm_plink *s = &p->heads[q];
+    cm_plink *l = &p->links[id];
+
+    l->prev = s->prev;
+    l->next_q = ((uint32_t)q << CM_Q_SHIFT) | sent;
+    cm_set_next(cm_link(p, s->prev), id);
+    s->prev = id;
+    p->qlen[q]++;
+}
+
+static void cm_q_unlink(cm_policy *p, uint32_t id)
+{
+    cm_plink *l = &p->links[id];
+
+    cm_set_next(cm_link(p, l->prev), cm_next(l));
+    cm_link(p, cm_next(l))->prev = l->prev;
+    p->qlen[cm_queue(l)]--;
+    l->prev = 0;
+    l->next_q = 0; /* CM_Q_NONE */
+}
+
+static inline uint32_t cm_q_head(const cm_policy *p, int q)
+{
+    uint32_t h = cm_next(&p->heads[q]);
+    return h == CM_SENTINEL(q) ? CM_NIL : h;
+}
+
+static inline uint32_t cm_q_prev(cm_policy *p, uint32_t id)
+{
+    uint32_t prev = p->links[id].prev;
+    return prev >= CM_POLICY_MAX_SLOTS ? CM_NIL : prev;
+}
+
+static void cm_q_move(cm_policy *p, uint32_t id, int q)
+{
+    cm_q_unlink(p, id);
+    cm_q_push_tail(p, q, id);
+}
+
+/* ---- frequency ------------------------------------------------------------ */
+
+static uint64_t cm_rand(cm_policy *p)
+{
+    uint64_t x = p->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    p->rng = x;
+    return x * UINT64_C(0x2545f4914f6cdd1d);
+}
+
+static void cm_record(cm_policy *p, uint64_t hash)
+{
+    if (cm_bloom_contains(&p->door, hash)) {
+        cm_sketch_increment(&p->sketch, hash);
+    } else {
+        cm_bloom_put(&p->door, hash);
+        cm_sketch_tick(&p->sketch);
+    }
+    if (p->sketch.resets != p->seen_resets) {
+        p->seen_resets = p->sketch.resets;
+        cm_bloom_clear(&p->door);
+    }
+}
+
+static int cm_estimate(const cm_policy *p, uint64_t hash)
+{
+    return cm_sketch_frequency(&p->sketch, hash) + cm_bloom_contains(&p->door, hash);
+}
+
+int cm_policy_frequency(const cm_policy *p, uint64_t hash)
+{
+    return p->kind == CM_POLICY_TLFU ? cm_estimate(p, hash) : 0;
+}
+
+static int cm_admit(cm_policy *p, uint64_t candidate_hash, uint64_t victim_hash)
+{
+    int victim_freq = cm_estimate(p, victim_hash);
+    int candidate_freq = cm_estimate(p, candidate_hash);
+
+    if (candidate_freq > victim_freq)
+        return 1;
+    if (candidate_freq >= CM_ADMIT_HASHDOS_THRESHOLD)
+        return (cm_rand(p) & 127) == 0;
+    return 0;
+}
+
+/* ---- window / main sizing ------------------------------------------------- */
+
+static void cm_demote_protected(cm_policy *p)
+{
+    for (int i = 0; i < CM_QUEUE_TRANSFER_THRESHOLD; i++) {
+        uint32_t id;
+        if (p->qlen[CM_Q_PROTECTED] <= p->protected_max)
+            break;
+        id = cm_q_head(p, CM_Q_PROTECTED);
+        cm_q_move(p, id, CM_Q_PROBATION);
+    }
+}
+
+static void cm_increase_window(cm_policy *p)
+{
+    int64_t quota;
+
+    if (p->protected_max == 0)
+        return;
+    quota = p->adjustment < (int64_t)p->protected_max ? p->adjustment : p->protected_max;
+    p->protected_max -= (uint32_t)quota;
+    p->window_max += (uint32_t)quota;
+    cm_demote_protected(p);
+    for (int i = 0; i < CM_QUEUE_TRANSFER_THRESHOLD && quota > 0; i++) {
+        uint32_t id = cm_q_head(p, CM_Q_PROBATION);
+        if (id == CM_NIL)
+            id = cm_q_head(p, CM_Q_PROTECTED);
+        if (id == CM_NIL)
+            break;
+        quota--;
+        cm_q_move(p, id, CM_Q_WINDOW);
+    }
+    /* Return the unused quota; the next climb retries it. */
+    p->protected_max += (uint32_t)quota;
+    p->window_max -= (uint32_t)quota;
+    p->adjustment = quota;
+}
+
+static void cm_decrease_window(cm_policy *p)
+{
+    int64_t quota;
+
+    if (p->window_max <= 1)
+        return;
+    quota = -p->adjustment;
+    if (quota > (int64_t)p->window_max - 1)
+        quota = (int64_t)p->window_max - 1;
+    p->protected_max += (uint32_t)quota;
+    p->window_max -= (uint32_t)quota;
+    for (int i = 0; i < CM_QUEUE_TRANSFER_THRESHOLD && quota > 0; i++) {
+        uint32_t id = cm_q_head(p, CM_Q_WINDOW);
+        if (id == CM_NIL)
+            break;
+        quota--;
+        cm_q_move(p, id, CM_Q_PROBATION);
+    }
+    p->protected_max -= (uint32_t)quota;
+    p->window_max += (uint32_t)quota;
+    p->adjustment = -quota;
+}
+
+static void cm_determine_adjustment(cm_policy *p)
+{
+    uint64_t requests = p->hits_in_sample + p->misses_in_sample;
+    double hit_rate, change, amount, restart;
+
+    if (requests < p->sample_size)
+        return;
+    hit_rate = (double)p->hits_in_sample / (double)requests;
+    change = hit_rate - p->prev_hit_rate;
+    amount = change >= 0 ? p->step : -p->step;
+    restart = CM_HILL_CLIMBER_STEP_PERCENT * p->capacity;
+    if (change >= CM_HILL_CLIMBER_RESTART_THRESHOLD || -change >= CM_HILL_CLIMBER_RESTART_THRESHOLD)
+        p->step = amount >= 0 ? restart : -restart;
+    else
+        p->step = CM_HILL_CLIMBER_STEP_DECAY_RATE * amount;
+    p->prev_hit_rate = hit_rate;
+    p->adjustment = (int64_t)amount;
+    p->hits_in_sample = 0;
+    p->misses_in_sample = 0;
+}
+
+static void cm_climb(cm_policy *p)
+{
+    cm_determine_adjustment(p);
+    cm_demote_protected(p);
+    if (p->adjustment > 0)
+        cm_increase_window(p);
+    else if (p->adjustment < 0)
+        cm_decrease_window(p);
+}
+
+/* Hill climbing samples only once the cache is half full, as Caffeine (whose
+ * sketch starts then): a cold cache's hit rate says nothing about the window. */
+static inline int cm_sampling(const cm_policy *p)
+{
+    return (uint64_t)cm_policy_len(p) * 2 >= p->capacity;
+}
+
+/* ---- public --------------------------------------------------------------- */
+
+cm_policy *cm_policy_new(int kind, uint32_t capacity, cm_hash_fn hash_of, void *ud)
+{
+    cm_policy *p;
+
+    if (kind != CM_POLICY_LRU && kind != CM_POLICY_TLFU)
+        return NULL;
+    p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return NULL;
+    if (capacity > CM_POLICY_MAX_SLOTS)
+        capacity = CM_POLICY_MAX_SLOTS;
+    p->kind = kind;
+    p->capacity = capacity;
+    p->hash_of = hash_of;
+    p->ud = ud;
+    for (int q = 1; q < 4; q++) {
+        p->heads[q].prev = CM_SENTINEL(q);
+        p->heads[q].next_q = ((uint32_t)q << CM_Q_SHIFT) | CM_SENTINEL(q);
+    }
+    if (kind == CM_POLICY_LRU) {
+        p->window_max = capacity;
+        return p;
+    }
+    p->window_max = capacity - (uint32_t)(CM_PERCENT_MAIN * capacity);
+    p->protected_max = (uint32_t)(CM_PERCENT_MAIN_PROTECTED * (capacity - p->window_max));
+    p->sample_size = capacity == 0 ? 10 : (uint64_t)capacity * 10;
+    p->step = -CM_HILL_CLIMBER_STEP_PERCENT * capacity;
+    p->rng = cm_mix64((uint64_t)(uintptr_t)p ^ capacity) | 1;
+    if (cm_sketch_init(&p->sketch, capacity) < 0)
+        goto fail;
+    if (cm_bloom_init(&p->door, (uint64_t)(capacity ? capacity : 1) * CM_DOORKEEPER_ITEMS_PER_ENTRY,
+                      CM_DOORKEEPER_FP_RATE) < 0)
+        goto fail;
+    p->door.capacity = UINT64_MAX; /* cleared on aging only, see above */
+    return p;
+
+fail:
+    cm_policy_free(p);
+    return NULL;
+}
+
+void cm_policy_free(cm_policy *p)
+{
+    if (p == NULL)
+        return;
+    cm_sketch_destroy(&p->sketch);
+    cm_bloom_destroy(&p->door);
+    free(p->links);
+    free(p);
+}
+
+void cm_policy_seed(cm_policy *p, uint64_t seed) { p->rng = cm_mix64(seed) | 1; }
+
+int cm_policy_reserve(cm_policy *p, uint32_t nslots)
+{
+    uint64_t n;
+    cm_plink *links;
+
+    if (nslots <= p->nslots)
+        return 0;
+    if (nslots > CM_POLICY_MAX_SLOTS)
+        return -1;
+    n = p->nslots ? p->nslots : 16;
+    while (n < nslots)
+        n <<= 1;
+    if (n > CM_POLICY_MAX_SLOTS)
+        n = CM_POLICY_MAX_SLOTS;
+    links = realloc(p->links, (size_t)n * sizeof(cm_plink));
+    if (links == NULL)
+        return -1;
+    for (uint64_t i = p->nslots; i < n; i++) {
+        links[i].prev = 0;
+        links[i].next_q = 0; /* CM_Q_NONE */
+    }
+    p->links = links;
+    p->nslots = (uint32_t)n;
+    return 0;
+}
+
+void cm_policy_access(cm_policy *p, uint32_t slot, uint64_t hash)
+{
+    int q;
+
+    assert(slot < p->nslots && cm_queue(&p->links[slot]) != CM_Q_NONE);
+    q = cm_queue(&p->links[slot]);
+    if (p->kind == CM_POLICY_LRU) {
+        cm_q_move(p, slot, CM_Q_WINDOW);
+        return;
+    }
+    cm_record(p, hash);
+    if (cm_sampling(p))
+        p->hits_in_sample++;
+    if (q == CM_Q_PROBATION) {
+        cm_q_move(p, slot, CM_Q_PROTECTED);
+        cm_demote_protected(p);
+    } else {
+        cm_q_move(p, slot, q);
+    }
+    cm_climb(p);
+}
+
+void cm_policy_record_miss(cm_policy *p, uint64_t hash)
+{
+    if (p->kind == CM_POLICY_LRU)
+        return;
+    cm_record(p, hash);
+    if (cm_sampling(p))
+        p->misses_in_sample++;
+    cm_climb(p);
+}
+
+/* Evict until len <= capacity. `candidates` entries were just moved from the
+ * window to the probation tail. The newest candidate duels the probation LRU
+ * entry; with no candidate the window LRU entry does; with probation empty the
+ * victim comes from protected, then from the window (Caffeine's
+ * evictFromMain, for one entry per duel). */
+static uint32_t cm_evict(cm_policy *p, uint32_t candidates, uint32_t inserted, uint64_t hash,
+                         uint32_t *victims)
+{
+    uint32_t n = 0;
+    uint32_t next_candidate = candidates > 0 ? p->heads[CM_Q_PROBATION].prev : CM_NIL;
+
+    while (cm_policy_len(p) > p->capacity && n < CM_POLICY_MAX_VICTIMS) {
+        uint32_t candidate, victim, evict;
+
+        if (candidates > 0) {
+            candidate = next_candidate;
+            next_candidate = candidate == CM_NIL ? CM_NIL : cm_q_prev(p, candidate);
+            candidates--;
+        } else {
+            candidate = cm_q_head(p, CM_Q_WINDOW);
+        }
+        victim = cm_q_head(p, CM_Q_PROBATION);
+        if (victim == CM_NIL)
+            victim = cm_q_head(p, CM_Q_PROTECTED);
+        if (victim == CM_NIL)
+            victim = cm_q_head(p, CM_Q_WINDOW);
+
+        if (candidate == CM_NIL) {
+            evict = victim;
+        } else if (victim == candidate) {
+            evict = candidate;
+        } else {
+            uint64_t ch = candidate == inserted ? hash : p->hash_of(p->ud, candidate);
+            uint64_t vh = p->hash_of(p->ud, victim);
+            evict = cm_admit(p, ch, vh) ? victim : candidate;
+        }
+        if (evict == next_candidate)
+            next_candidate = cm_q_prev(p, evict);
+        cm_q_unlink(p, evict);
+        victims[n++] = evict;
+    }
+    return n;
+}
+
+uint32_t cm_policy_insert(cm_policy *p, uint32_t slot, uint64_t hash, uint32_t *victims)
+{
+    uint32_t n = 0, candidates = 0;
+
+    assert(slot < p->nslots && cm_queue(&p->links[slot]) == CM_Q_NONE);
+    cm_q_push_tail(p, CM_Q_WINDOW, slot);
+    if (p->kind == CM_POLICY_LRU) {
+        while (cm_policy_len(p) > p->capacity) {
+            uint32_t victim = cm_q_head(p, CM_Q_WINDOW);
+            cm_q_unlink(p, victim);
+            victims[n++] = victim;
+        }
+        return n;
+    }
+    while (p->qlen[CM_Q_WINDOW] > p->window_max) {
+        cm_q_move(p, cm_q_head(p, CM_Q_WINDOW), CM_Q_PROBATION);
+        candidates++;
+    }
+    n = cm_evict(p, candidates, slot, hash, victims);
+    cm_climb(p);
+    assert(cm_policy_len(p) <= p->capacity);
+    return n;
+}
+
+void cm_policy_remove(cm_policy *p, uint32_t slot)
+{
+    if (slot >= p->nslots || cm_queue(&p->links[slot]) == CM_Q_NONE)
+        return;
+    cm_q_unlink(p, slot);
+}
+
+uint32_t cm_policy_len(const cm_policy *p)
+{
+    return p->qlen[CM_Q_WINDOW] + p->qlen[CM_Q_PROBATION] + p->qlen[CM_Q_PROTECTED];
+}
+
+uint32_t cm_policy_capacity(const cm_policy *p) { return p->capacity; }
+
+int cm_policy_contains(const cm_policy *p, uint32_t slot)
+{
+    return slot < p->nslots && cm_queue(&p->links[slot]) != CM_Q_NONE;
+}
+
+uint32_t cm_policy_window_max(const cm_policy *p) { return p->window_max; }
+
+size_t cm_policy_memory(const cm_policy *p)
+{
+    size_t m = sizeof(*p) + (size_t)p->nslots * sizeof(cm_plink);
+
+    if (p->kind == CM_POLICY_TLFU)
+        m += cm_sketch_memory(&p->sketch) + cm_bloom_memory(&p->door);
+    return m;
+}
+
+int cm_policy_check(const cm_policy *p)
+{
+    uint64_t total = 0, resident = 0;
+
+    for (int q = 1; q < 4; q++) {
+        uint32_t sent = CM_SENTINEL(q);
+        uint32_t prev = sent, count = 0;
+        uint32_t id = cm_next(&p->heads[q]);
+
+        while (id != sent) {
+            if (id >= p->nslots || p->links[id].prev != prev || cm_queue(&p->links[id]) != q)
+                return -1;
+            if (++count > p->nslots)
+                return -1; /* a cycle */
+            prev = id;
+            id = cm_next(&p->links[id]);
+        }
+        if (p->heads[q].prev != prev || count != p->qlen[q])
+            return -1;
+        total += count;
+    }
+    for (uint32_t i = 0; i < p->nslots; i++)
+        resident += cm_queue(&p->links[i]) != CM_Q_NONE;
+    if (resident != total || total > p->capacity)
+        return -1;
+    if (p->kind == CM_POLICY_LRU && (p->qlen[CM_Q_PROBATION] || p->qlen[CM_Q_PROTECTED]))
+        return -1;
+    if (p->kind == CM_POLICY_TLFU && (uint64_t)p->window_max + p->protected_max > p->capacity)
+        return -1;
+    return 0;
+}
