@@ -1,0 +1,90 @@
+# cacheme: the two commands a newcomer needs are `make demo` and `make test`.
+#
+#   make demo        system libraries, .venv with cacheme built, a short demo
+#   make test        the same plus test tools, the C unit tests under valgrind, pytest
+#   make test-asan   pytest against an ASan/UBSan build of the extension
+#   make test-debug  pytest against a debug build (asserts on, -O0)
+#   make bench       side-by-side benchmarks (see benchmarks/README.md)
+#   make format      clang-format the C sources
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+CSRC := $(wildcard csrc/*.c csrc/*.h)
+SYSTEM_PKGS := pkg-config libhiredis-dev libmsgpack-dev zlib1g-dev valgrind
+export CACHEME_WERROR ?= 1
+
+.PHONY: all deps venv build demo test test-c test-py test-asan test-debug format format-check clean
+
+all: build
+
+# System C libraries (Debian). Installed only when pkg-config can't find them.
+deps:
+	@missing=""; \
+	pkg-config --exists hiredis 2>/dev/null || missing="$$missing libhiredis-dev"; \
+	{ pkg-config --exists msgpack-c 2>/dev/null || pkg-config --exists msgpack 2>/dev/null; } || missing="$$missing libmsgpack-dev"; \
+	pkg-config --exists zlib 2>/dev/null || missing="$$missing zlib1g-dev"; \
+	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
+	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.stamp: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	touch $@
+
+venv: deps $(VENV)/.stamp build
+
+# Build the extension in place; the venv sees the tree through a .pth file.
+build: $(VENV)/.stamp $(CSRC)
+	$(PY) setup.py -q build_ext --inplace
+	@echo "$(CURDIR)" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/cacheme-dev.pth
+
+$(VENV)/.test-stamp: $(VENV)/.stamp pyproject.toml
+	$(PIP) install -q "pytest>=7" "pytest-asyncio>=0.23" "mypy>=1.5"
+	touch $@
+
+demo: venv
+	$(PY) examples/demo.py
+
+test-c: deps
+	$(MAKE) -C tests/c valgrind
+
+test-py: venv $(VENV)/.test-stamp
+	$(PY) -m pytest tests -q
+
+test: test-c test-py
+
+# The whole pytest suite against a sanitizer build kept apart in build/asan-pkg.
+test-asan: deps $(VENV)/.test-stamp
+	rm -rf build/asan-pkg && mkdir -p build/asan-pkg
+	CACHEME_SANITIZE=1 $(PY) setup.py -q build_ext --build-lib build/asan-pkg --build-temp build/asan-tmp --force
+	cp -r cacheme/*.py cacheme/py.typed cacheme/storages build/asan-pkg/cacheme/
+	PYTHONPATH=$(CURDIR)/build/asan-pkg PYTHONMALLOC=malloc \
+	  LD_PRELOAD=$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so) \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  CACHEME_EXPECT_BUILD=asan $(PY) -m pytest tests -q -p no:cacheprovider
+	$(MAKE) -C tests/c asan
+
+test-debug: deps $(VENV)/.test-stamp
+	rm -rf build/debug-pkg && mkdir -p build/debug-pkg
+	CACHEME_DEBUG=1 $(PY) setup.py -q build_ext --build-lib build/debug-pkg --build-temp build/debug-tmp --force
+	cp -r cacheme/*.py cacheme/py.typed cacheme/storages build/debug-pkg/cacheme/
+	PYTHONPATH=$(CURDIR)/build/debug-pkg $(PY) -m pytest tests -q -p no:cacheprovider
+
+format:
+	clang-format -i csrc/*.c csrc/*.h tests/c/*.c
+
+format-check:
+	clang-format --dry-run -Werror csrc/*.c csrc/*.h tests/c/*.c
+
+clean:
+	rm -rf build $(VENV) .bench cacheme/*.so tests/c/test_algorithms tests/c/test_algorithms_asan
+
+include benchmarks/bench.mk
+-include benchmarks/serializer.mk
