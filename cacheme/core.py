@@ -1,0 +1,347 @@
+"""The request API (0.3.0 module path ``cacheme.core``).
+
+``get`` is the C function itself: on a local hit it returns a ready
+awaitable without a coroutine frame. ``get_all`` batches: one get_all per
+remote storage, one ``load_all`` for what is left, sharing flights with
+``get`` so that concurrent requests for one key load it once.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Awaitable,
+    Callable,
+    Dict,
+    Generic,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+    overload,
+)
+
+from typing import ParamSpec
+
+from cacheme import _core
+from cacheme.interfaces import DoorKeeper, Metrics, Serializer
+from cacheme.models import Cache, DynamicNode, Node, _add_node, get_nodes, sentinel
+
+P = ParamSpec("P")
+R = TypeVar("R")
+N = TypeVar("N", bound=Node[Any])
+
+logger = logging.getLogger("cacheme")
+_core._set_logger(logger)
+
+if TYPE_CHECKING:
+
+    @overload
+    def get(node: Node[R]) -> Awaitable[R]: ...
+
+    @overload
+    def get(node: N, load_fn: Callable[[N], Awaitable[R]]) -> Awaitable[R]: ...
+
+    def get(node: Any, load_fn: Any = None) -> Awaitable[Any]:
+        """Get a node's value: local caches, then remote ones, then its load."""
+        ...
+
+else:
+    get = _core.get
+
+_LocalStore = _core.LocalStore
+
+
+def _check_same_class(nodes: Sequence[Node[Any]]) -> type:
+    cls = type(nodes[0])
+    if not isinstance(nodes[0], Node):
+        raise TypeError(f"get_all() expects cacheme.Node instances, got {cls.__name__}")
+    for node in nodes:
+        if type(node) is not cls:
+            raise TypeError(
+                "get_all() needs nodes of one class: expected "
+                f"{cls.__qualname__}, got {type(node).__qualname__}"
+            )
+    return cls
+
+
+def _local_get(storage: Any, key: str, node: Any, serializer: Any) -> Any:
+    if isinstance(storage, _LocalStore):
+        return storage.get(key, sentinel)
+    return storage.get_sync(node, serializer)
+
+
+async def get_all(nodes: Sequence[Node[R]]) -> List[R]:
+    """Get the values of many nodes of one class, in order."""
+    nodes = list(nodes)
+    if not nodes:
+        return []
+    cls = _check_same_class(nodes)
+    _, caches, serializer, doorkeeper, metrics = _core.node_config(cls)
+    keys = [_core.full_key(n) for n in nodes]
+    pending: Dict[str, Any] = dict(zip(keys, nodes))
+    results: Dict[str, Any] = {}
+    local_missed: List[Tuple[int, List[str]]] = []
+
+    for i, (name, kind, storage, _ttl) in enumerate(caches):
+        if kind != "local" or not pending:
+            continue
+        missed: List[str] = []
+        hits = errors = 0
+        for key, node in pending.items():
+            try:
+                v = _local_get(storage, key, node, serializer)
+            except Exception:
+                logger.warning("cacheme: get from storage %r failed", name, exc_info=True)
+                errors += 1
+                v = sentinel
+            if v is sentinel:
+                missed.append(key)
+            else:
+                results[key] = v
+                hits += 1
+        metrics._record_storage(name, hits, len(missed), errors)
+        pending = {k: pending[k] for k in missed}
+        local_missed.append((i, missed))
+
+    waits: List[Tuple[str, Any]] = []
+    lead: Dict[str, Any] = {}
+    for key in pending:
+        aw = _core._flight_join(key)
+        if aw is not None:
+            waits.append((key, aw))
+        else:
+            lead[key] = _core._flight_lead(key)
+    metrics._record(len(keys) - len(lead), len(lead), 0, 0, 0)
+
+    if lead:
+        batch = asyncio.ensure_future(
+            _load_batch(cls, caches, serializer, doorkeeper, metrics, pending, lead)
+        )
+        try:
+            results.update(await asyncio.shield(batch))
+        except asyncio.CancelledError:
+            if not batch.done() and not any(h.live_waiters() for h in lead.values()):
+                batch.cancel()
+            raise
+    for key, aw in waits:
+        results[key] = await aw
+
+    # fill the local caches that missed, with whatever came from further away
+    for i, missed in local_missed:
+        name, _kind, storage, ttl = caches[i]
+        fill = [k for k in missed if k in results and k not in lead]
+        _fill_local(storage, name, fill, results, pending, ttl, serializer, metrics)
+    return [results[k] for k in keys]
+
+
+def _fill_local(storage, name, keys, results, nodes, ttl, serializer, metrics) -> None:
+    for key in keys:
+        try:
+            if isinstance(storage, _LocalStore):
+                storage.set(key, results[key], ttl)
+            else:
+                aw = storage.set(nodes[key], results[key], ttl, serializer)
+                if asyncio.iscoroutine(aw):
+                    aw.close()
+                    raise RuntimeError("a local storage's set() must not need awaiting here")
+        except Exception:
+            metrics._record_storage(name, 0, 0, 1)
+            logger.warning("cacheme: fill of storage %r failed", name, exc_info=True)
+
+
+async def _load_batch(cls, caches, serializer, doorkeeper, metrics, pending, lead) -> Dict[str, Any]:
+    """Remote caches then load_all for the keys this call leads; settles
+    their flights and fills the caches that missed them."""
+    todo = {k: pending[k] for k in lead}
+    found: Dict[str, Any] = {}
+    remote_missed: List[Tuple[int, List[str]]] = []
+    try:
+        for i, (name, kind, storage, _ttl) in enumerate(caches):
+            if kind == "local" or not todo:
+                continue
+            try:
+                got = await storage.get_all(list(todo.values()), serializer)
+                errors = 0
+            except Exception:
+                logger.warning("cacheme: get_all from storage %r failed", name, exc_info=True)
+                got, errors = [], 1
+            hits = 0
+            for node, value in got:
+                key = _core.full_key(node)
+                if key in todo:
+                    found[key] = value
+                    del todo[key]
+                    hits += 1
+            metrics._record_storage(name, hits, len(todo), errors)
+            remote_missed.append((i, list(todo)))
+        if todo:
+            start = time.monotonic_ns()
+            try:
+                loaded = await cls.load_all(tuple(todo.values()))
+            except BaseException:
+                metrics._record(0, 0, 0, len(todo), time.monotonic_ns() - start)
+                raise
+            elapsed = time.monotonic_ns() - start
+            got_keys = set()
+            for node, value in loaded:
+                key = _core.full_key(node)
+                if key in todo:
+                    found[key] = value
+                    got_keys.add(key)
+            left = [k for k in todo if k not in got_keys]
+            metrics._record(0, 0, len(got_keys), len(left), elapsed)
+            for key in left:
+                err = KeyError(
+                    f"{cls.__qualname__}.load_all() returned no value for {todo[key]!r} (key {key!r})"
+                )
+                lead[key].fail(err)
+            if left:
+                for key in found:
+                    lead[key].resolve(found[key])
+                raise KeyError(
+                    f"{cls.__qualname__}.load_all() returned no value for "
+                    f"{len(left)} of {len(todo)} nodes, e.g. key {left[0]!r}"
+                )
+    except BaseException as e:
+        for h in lead.values():
+            h.fail(e)  # no-op for flights already settled
+        for h in lead.values():
+            h.finish()
+        raise
+
+    admitted = {}
+    for key, value in found.items():
+        h = lead[key]
+        h.resolve(value)
+        if h.stale():
+            continue
+        if doorkeeper is not None and not _doorkeeper_admits(doorkeeper, key):
+            continue
+        admitted[key] = value
+    try:
+        for name, kind, storage, ttl in caches:
+            if kind == "local":
+                _fill_local(storage, name, list(admitted), admitted, pending, ttl, serializer, metrics)
+        for i, missed in remote_missed:
+            name, _kind, storage, ttl = caches[i]
+            data = [(pending[k], admitted[k]) for k in missed if k in admitted]
+            if not data:
+                continue
+            try:
+                await storage.set_all(data, ttl, serializer)
+            except Exception:
+                metrics._record_storage(name, 0, 0, 1)
+                logger.warning("cacheme: set_all of storage %r failed", name, exc_info=True)
+    finally:
+        for h in lead.values():
+            h.finish()
+    return found
+
+
+def _doorkeeper_admits(doorkeeper: DoorKeeper, key: str) -> bool:
+    if doorkeeper.contains(key):
+        return True
+    doorkeeper.put(key)
+    return False
+
+
+async def invalidate(node: Node[Any]) -> None:
+    """Remove a node's value from every cache of its class.
+
+    Raises if a storage could not remove it (after trying every storage)."""
+    _, caches, _serializer, _dk, _metrics = _core.node_config(type(node))
+    key = _core.full_key(node)
+    _core._flight_invalidate(key)
+    failures: List[Tuple[str, BaseException]] = []
+    for name, _kind, storage, _ttl in caches:
+        try:
+            if isinstance(storage, _LocalStore):
+                storage.remove(key)
+            else:
+                await storage.remove(node)
+        except Exception as e:
+            failures.append((name, e))
+    if failures:
+        names = ", ".join(repr(n) for n, _ in failures)
+        raise RuntimeError(f"cacheme: could not invalidate {key!r} in storage {names}") from failures[0][1]
+
+
+async def refresh(node: Node[R]) -> R:
+    """Invalidate, then get (so the value is loaded again)."""
+    await invalidate(node)
+    return await get(node)
+
+
+class Memoized(Generic[P, R]):
+    """Typing view of what ``Memoize(Node)(fn)`` returns (a C object)."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]: ...
+
+    def to_node(self, fn: Callable[P, Node[Any]]) -> Callable[P, Node[Any]]: ...
+
+
+class Memoize:
+    """Cache an async function through a node class::
+
+        @Memoize(UserInfoNode)
+        async def get_user_info(user_id: int) -> dict: ...
+
+        @get_user_info.to_node
+        def _(user_id: int) -> UserInfoNode:
+            return UserInfoNode(user_id=user_id)
+    """
+
+    def __init__(self, node: Type[Node[Any]]):
+        if not (isinstance(node, type) and issubclass(node, Node)):
+            raise TypeError(f"Memoize needs a cacheme.Node subclass, not {node!r}")
+        self.node = node
+
+    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Memoized[P, R]:
+        wrapper = _core.Memoized(fn, self.node)
+        functools.update_wrapper(wrapper, fn)
+        # let frameworks (FastAPI, Starlette) see an async callable
+        wrapper._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
+        return wrapper  # type: ignore[no-any-return]
+
+
+def nodes() -> List[Type[Node[Any]]]:
+    """The node classes that have caches."""
+    return get_nodes()
+
+
+def stats(node: Type[Node[Any]]) -> Metrics:
+    """The Metrics of a node class."""
+    if not (isinstance(node, type) and issubclass(node, Node)):
+        node = type(node)
+    return node.get_metrics()
+
+
+_dynamic_nodes: Dict[str, Type[DynamicNode]] = {}
+
+
+def build_node(
+    name: str,
+    version: str,
+    caches: List[Cache],
+    serializer: Optional[Serializer] = None,
+    doorkeeper: Optional[DoorKeeper] = None,
+) -> Type[DynamicNode]:
+    """A DynamicNode subclass made at run time; the same name gives the same class."""
+    if name in _dynamic_nodes:
+        return _dynamic_nodes[name]
+    meta = type(
+        "Meta",
+        (DynamicNode.Meta,),
+        {"version": version, "caches": caches, "serializer": serializer, "doorkeeper": doorkeeper},
+    )
+    new = type(name, (DynamicNode,), {"Meta": meta})
+    _dynamic_nodes[name] = new
+    _add_node(new)
+    return new

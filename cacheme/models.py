@@ -1,0 +1,178 @@
+"""Node, Cache and DynamicNode (0.3.0 module path ``cacheme.models``).
+
+The class plumbing stays in Python (users subclass it); what a request does
+with a node -- its full key, config, caches and metrics -- lives in C.
+"""
+from __future__ import annotations
+
+import weakref
+from datetime import timedelta
+from typing import (
+    Any,
+    ClassVar,
+    Dict,
+    Generic,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+    cast,
+)
+
+from cacheme import _core
+from cacheme.interfaces import DoorKeeper, Metrics, Serializer, Storage
+
+C = TypeVar("C")
+
+#: what a storage's get() returns for "not found" (shared with the C core)
+sentinel: Any = _core.sentinel
+
+# every node class, in definition order; weak so that classes made at run
+# time (tests, build_node callers) can go away
+_nodes: List["weakref.ReferenceType[type]"] = []
+
+
+def get_nodes() -> List[Type["Node[Any]"]]:
+    """Node classes that have caches (read now, so Meta set later counts)."""
+    out = []
+    for ref in list(_nodes):
+        cls = ref()
+        if cls is None:
+            _nodes.remove(ref)
+        elif len(getattr(cls.Meta, "caches", ())) > 0:
+            out.append(cls)
+    return out
+
+
+def _add_node(node: type) -> None:
+    if not any(ref() is node for ref in _nodes):
+        _nodes.append(weakref.ref(node))
+
+
+def set_prefix(prefix: str) -> None:
+    """Set the prefix of every key (default ``cacheme``)."""
+    _core.set_prefix(prefix)
+
+
+class Cache:
+    """One cache layer of a node: a registered storage name and a TTL."""
+
+    __slots__ = ["_storage", "_storage_name", "ttl", "_is_local"]
+
+    def __init__(self, storage: str, ttl: Optional[timedelta]):
+        if not isinstance(storage, str):
+            raise TypeError(f"Cache storage must be a storage name (str), not {type(storage).__name__}")
+        if ttl is not None:
+            if not isinstance(ttl, timedelta):
+                raise TypeError(f"Cache ttl must be a datetime.timedelta or None, not {type(ttl).__name__}")
+            if ttl <= timedelta(0):
+                raise ValueError(f"Cache ttl must be positive, got {ttl!r}")
+        self._storage: Optional[Storage] = None
+        self._storage_name = storage
+        self.ttl = ttl
+        self._is_local: Optional[bool] = None
+
+    @property
+    def storage(self) -> Storage:
+        from cacheme.data import get_storage_by_name
+
+        return get_storage_by_name(self._storage_name)
+
+    @property
+    def is_local(self) -> bool:
+        return bool(self.storage.is_local())
+
+    def __repr__(self) -> str:
+        return f"Cache(storage={self._storage_name!r}, ttl={self.ttl!r})"
+
+
+class MetaNode(type):
+    """Metaclass of Node: registers node classes and gives each its Metrics."""
+
+    def __new__(mcs, name: str, bases: Tuple[type, ...], dct: Dict[str, Any]) -> "MetaNode":
+        new = super().__new__(mcs, name, bases, dct)
+        metrics = Metrics()
+        new._cacheme_metrics = metrics  # type: ignore[attr-defined]
+        meta = dct.get("Meta")
+        if meta is not None:
+            # 0.3.0 kept the metrics on Meta; keep that readable too
+            meta.metrics = metrics
+        _add_node(new)
+        return new
+
+    class Meta:
+        storage: ClassVar[str] = ""
+        caches: List[Cache] = []
+
+
+class Node(Generic[C], metaclass=MetaNode):
+    """Base class of cached things: define ``key()``, ``async load()`` and ``Meta``."""
+
+    _full_key: Optional[str] = None
+
+    def key(self) -> str:
+        raise NotImplementedError(f"{type(self).__name__}.key() is not defined")
+
+    def full_key(self) -> str:
+        """``{prefix}:{key()}:{Meta.version}``, computed once per instance."""
+        return cast(str, _core.full_key(self))
+
+    async def load(self) -> C:
+        raise NotImplementedError(f"{type(self).__name__}.load() is not defined")
+
+    @classmethod
+    async def load_all(cls, nodes: Sequence[Any]) -> Sequence[Tuple[Any, Any]]:
+        """Load many nodes; the default calls ``load`` of each in turn."""
+        data = []
+        for node in nodes:
+            v = await node.load()
+            data.append((node, v))
+        return data
+
+    def get_version(self) -> str:
+        return cast(str, self.Meta.version)
+
+    def get_caches(self) -> List[Cache]:
+        return cast(List[Cache], self.Meta.caches)
+
+    def get_seriaizer(self) -> Optional[Serializer]:
+        return cast(Optional[Serializer], self.Meta.serializer)
+
+    get_serializer = get_seriaizer
+
+    def get_doorkeeper(self) -> Optional[DoorKeeper]:
+        return cast(Optional[DoorKeeper], self.Meta.doorkeeper)
+
+    @classmethod
+    def get_metrics(cls) -> Metrics:
+        return cast(Metrics, cls._cacheme_metrics)  # type: ignore[attr-defined]
+
+    class Meta:
+        version: ClassVar[str] = ""
+        caches: List[Cache] = []
+        serializer: ClassVar[Optional[Serializer]] = None
+        doorkeeper: ClassVar[Optional[DoorKeeper]] = None
+        metrics: ClassVar[Metrics]
+
+
+class DynamicNode(Node[Any]):
+    """A node whose key is given directly: ``DynamicNode(key="...")``."""
+
+    key_str: str
+
+    def __init__(self, key: str):
+        self.key_str = key
+
+    def key(self) -> str:
+        return self.key_str
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(key={self.key_str!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.key_str == self.key_str  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.key_str))

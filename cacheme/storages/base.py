@@ -1,0 +1,101 @@
+"""BaseStorage: the base class of key-value storages written in Python
+(0.3.0 module path ``cacheme.storages.base``).
+
+A subclass implements the ``*_by_key(s)`` coroutines; values go through the
+node's serializer and expired rows read as misses.
+"""
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
+
+from cacheme.interfaces import CachedData, Node, Serializer
+from cacheme.models import sentinel
+
+
+class BaseStorage:
+    def __init__(self, address: str, *args: Any, **kwargs: Any):
+        self.address = address
+
+    async def connect(self) -> None:
+        raise NotImplementedError()
+
+    async def close(self) -> None:
+        return None
+
+    async def get_by_key(self, key: str) -> Any:
+        raise NotImplementedError()
+
+    async def get_by_keys(self, keys: List[str]) -> Dict[str, Any]:
+        raise NotImplementedError()
+
+    async def remove_by_key(self, key: str) -> None:
+        raise NotImplementedError()
+
+    async def set_by_key(self, key: str, value: Any, ttl: Optional[timedelta]) -> None:
+        raise NotImplementedError()
+
+    async def set_by_keys(self, data: Dict[str, Any], ttl: Optional[timedelta]) -> None:
+        raise NotImplementedError()
+
+    def get_sync(self, node: Node[Any], serializer: Optional[Serializer]) -> Any:
+        raise NotImplementedError("not a local storage")
+
+    def get_all_sync(
+        self, nodes: Sequence[Node[Any]], serializer: Optional[Serializer]
+    ) -> Sequence[Tuple[Node[Any], Any]]:
+        raise NotImplementedError("not a local storage")
+
+    def serialize(self, raw: Any, serializer: Optional[Serializer]) -> CachedData:
+        data = raw["value"]
+        if serializer is not None:
+            data = serializer.loads(cast(bytes, data))
+        return CachedData(data=data, expire=raw.get("expire") if hasattr(raw, "get") else raw["expire"])
+
+    def deserialize(self, raw: Any, serializer: Optional[Serializer]) -> Any:
+        return serializer.dumps(raw) if serializer is not None else raw
+
+    @staticmethod
+    def _expired(data: CachedData) -> bool:
+        if data.expire is None:
+            return False
+        return data.expire.replace(tzinfo=timezone.utc) <= datetime.now(timezone.utc)
+
+    async def get(self, node: Node[Any], serializer: Optional[Serializer]) -> Any:
+        raw = await self.get_by_key(node.full_key())
+        if raw is None:
+            return sentinel
+        data = self.serialize(raw, serializer)
+        return sentinel if self._expired(data) else data.data
+
+    async def get_all(
+        self, nodes: Sequence[Node[Any]], serializer: Optional[Serializer]
+    ) -> Sequence[Tuple[Node[Any], Any]]:
+        if not nodes:
+            return []
+        by_key = {node.full_key(): node for node in nodes}
+        found = await self.get_by_keys(list(by_key))
+        out = []
+        for key, raw in found.items():
+            if raw is None or key not in by_key:
+                continue
+            data = self.serialize(raw, serializer)
+            if not self._expired(data):
+                out.append((by_key[key], data.data))
+        return out
+
+    async def set(
+        self, node: Node[Any], value: Any, ttl: Optional[timedelta], serializer: Optional[Serializer]
+    ) -> None:
+        await self.set_by_key(node.full_key(), self.deserialize(value, serializer), ttl)
+
+    async def set_all(
+        self,
+        data: Sequence[Tuple[Node[Any], Any]],
+        ttl: Optional[timedelta],
+        serializer: Optional[Serializer],
+    ) -> None:
+        await self.set_by_keys(
+            {node.full_key(): self.deserialize(value, serializer) for node, value in data}, ttl
+        )
+
+    async def remove(self, node: Node[Any]) -> None:
+        await self.remove_by_key(node.full_key())

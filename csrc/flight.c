@@ -1,0 +1,1223 @@
+/* The singleflight (see flight.h for the model).
+ *
+ * A Get object is what get() returns on a local miss. It goes through modes:
+ *   START  -> LEAD  (no flight for the key: it drives one inline)
+ *          -> WAIT  (a flight exists: it waits on a future of its own)
+ *          -> DONE  (the flight already has its value)
+ *   LEAD   -> on the first suspension, its driving state moves into a new Get
+ *             in mode DRIVER run by a Task, and it goes on in WAIT.
+ * Flights are plain C records in a chained table in the module state. */
+#include "flight.h"
+
+#include "bloomtype.h"
+#include "clock.h"
+#include "loop.h"
+#include "ready.h"
+#include "store.h"
+
+enum { M_START, M_LEAD, M_DRIVER, M_WAIT, M_DONE };
+enum { P_REMOTE, P_LOAD, P_RESOLVE, P_FILL, P_END };
+
+/* ---- flight table ---------------------------------------------------------- */
+
+static int key_eq(PyObject *a, PyObject *b)
+{
+    if (a == b)
+        return 1;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    return n == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b) &&
+           memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+}
+
+static CmFlight *flight_find(CmState *st, PyObject *key, Py_hash_t hash)
+{
+    CmFlightTable *t = &st->flights;
+    if (t->used == 0)
+        return NULL;
+    for (CmFlight *f = t->buckets[(size_t)hash & t->mask]; f != NULL; f = f->next) {
+        if (f->hash == hash && key_eq(f->key, key))
+            return f;
+    }
+    return NULL;
+}
+
+static int table_grow(CmFlightTable *t)
+{
+    size_t size = t->buckets ? (t->mask + 1) * 2 : 64;
+    CmFlight **b = PyMem_Calloc(size, sizeof(CmFlight *));
+    if (b == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (t->buckets != NULL) {
+        for (size_t i = 0; i <= t->mask; i++) {
+            CmFlight *f = t->buckets[i];
+            while (f != NULL) {
+                CmFlight *next = f->next;
+                size_t j = (size_t)f->hash & (size - 1);
+                f->next = b[j];
+                b[j] = f;
+                f = next;
+            }
+        }
+        PyMem_Free(t->buckets);
+    }
+    t->buckets = b;
+    t->mask = size - 1;
+    return 0;
+}
+
+static void table_unlink(CmState *st, CmFlight *fl)
+{
+    if (!fl->in_table)
+        return;
+    CmFlightTable *t = &st->flights;
+    CmFlight **pp = &t->buckets[(size_t)fl->hash & t->mask];
+    while (*pp != fl)
+        pp = &(*pp)->next;
+    *pp = fl->next;
+    fl->next = NULL;
+    fl->in_table = 0;
+    t->used--;
+}
+
+static void flight_free(CmState *st, CmFlight *fl)
+{
+    Py_CLEAR(fl->key);
+    Py_CLEAR(fl->value);
+    Py_CLEAR(fl->exc);
+    Py_CLEAR(fl->task);
+    for (Py_ssize_t i = 0; i < fl->nwaiters; i++)
+        Py_CLEAR(fl->waiters[i]);
+    fl->nwaiters = 0;
+    if (st->flight_free_len < 256) {
+        /* keep the waiters array with the record for reuse */
+        fl->next = st->flight_free;
+        st->flight_free = fl;
+        st->flight_free_len++;
+        return;
+    }
+    PyMem_Free(fl->waiters);
+    PyMem_Free(fl);
+}
+
+static void flight_release(CmState *st, CmFlight *fl)
+{
+    if (--fl->refs == 0 && !fl->in_table)
+        flight_free(st, fl);
+}
+
+static void flight_remove(CmState *st, CmFlight *fl)
+{
+    if (fl->in_table) {
+        table_unlink(st, fl);
+        if (fl->refs == 0)
+            flight_free(st, fl);
+    }
+}
+
+/* A new flight in the table with one reference (the caller's). */
+static CmFlight *flight_start(CmState *st, PyObject *key, Py_hash_t hash)
+{
+    CmFlightTable *t = &st->flights;
+    if ((t->buckets == NULL || t->used > t->mask) && table_grow(t) < 0)
+        return NULL;
+    CmFlight *fl = st->flight_free;
+    if (fl != NULL) {
+        st->flight_free = fl->next;
+        st->flight_free_len--;
+        PyObject **w = fl->waiters;
+        Py_ssize_t cap = fl->capwaiters;
+        memset(fl, 0, sizeof(*fl));
+        fl->waiters = w;
+        fl->capwaiters = cap;
+    } else {
+        fl = PyMem_Calloc(1, sizeof(CmFlight));
+        if (fl == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+    }
+    fl->key = Py_NewRef(key);
+    fl->hash = hash;
+    fl->refs = 1;
+    size_t i = (size_t)hash & t->mask;
+    fl->next = t->buckets[i];
+    t->buckets[i] = fl;
+    fl->in_table = 1;
+    t->used++;
+    return fl;
+}
+
+void cm_flight_table_clear(CmState *st)
+{
+    CmFlightTable *t = &st->flights;
+    if (t->buckets != NULL) {
+        for (size_t i = 0; i <= t->mask; i++) {
+            CmFlight *f = t->buckets[i];
+            while (f != NULL) {
+                CmFlight *next = f->next;
+                f->in_table = 0;
+                f->next = NULL;
+                if (f->refs == 0)
+                    flight_free(st, f);
+                f = next;
+            }
+        }
+        PyMem_Free(t->buckets);
+        t->buckets = NULL;
+        t->used = 0;
+        t->mask = 0;
+    }
+    while (st->flight_free != NULL) {
+        CmFlight *f = st->flight_free;
+        st->flight_free = f->next;
+        PyMem_Free(f->waiters);
+        PyMem_Free(f);
+    }
+    st->flight_free_len = 0;
+}
+
+static int flight_add_waiter(CmFlight *fl, PyObject *fut)
+{
+    if (fl->nwaiters == fl->capwaiters) {
+        Py_ssize_t cap = fl->capwaiters ? fl->capwaiters * 2 : 4;
+        PyObject **w = PyMem_Realloc(fl->waiters, cap * sizeof(PyObject *));
+        if (w == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        fl->waiters = w;
+        fl->capwaiters = cap;
+    }
+    fl->waiters[fl->nwaiters++] = Py_NewRef(fut);
+    return 0;
+}
+
+/* Give every waiting future the outcome (value, or exc). */
+static void flight_settle(CmState *st, CmFlight *fl, PyObject *value, PyObject *exc)
+{
+    if (fl->done)
+        return;
+    fl->done = 1;
+    if (exc != NULL)
+        fl->exc = Py_NewRef(exc);
+    else
+        fl->value = Py_NewRef(value);
+    int cancelled = exc != NULL && cm_is_cancelled_error(st, exc);
+    for (Py_ssize_t i = 0; i < fl->nwaiters; i++) {
+        PyObject *fut = fl->waiters[i];
+        int done = cm_future_done(st, fut);
+        int rc = 0;
+        if (done == 0) {
+            if (exc == NULL)
+                rc = cm_future_set_result(st, fut, value);
+            else if (cancelled)
+                rc = cm_future_cancel(st, fut);
+            else
+                rc = cm_future_set_exception(st, fut, exc);
+        }
+        if (done < 0 || rc < 0)
+            PyErr_WriteUnraisable(fut);
+    }
+    if (exc != NULL) /* a failed flight is over: nobody may join it */
+        flight_remove(st, fl);
+}
+
+/* ---- exceptions -------------------------------------------------------------- */
+
+/* The current exception as one normalized object (traceback attached). */
+static PyObject *fetch_exc(void)
+{
+    PyObject *typ, *val, *tb;
+    PyErr_Fetch(&typ, &val, &tb);
+    if (typ == NULL)
+        return NULL;
+    PyErr_NormalizeException(&typ, &val, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(val, tb);
+        Py_DECREF(tb);
+    }
+    Py_DECREF(typ);
+    return val;
+}
+
+static void raise_exc(PyObject *exc) { PyErr_SetObject((PyObject *)Py_TYPE(exc), exc); }
+
+/* Exception passed to throw(typ[, val[, tb]]) as one object; new ref. */
+static PyObject *throw_args_exc(PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw expected 1 to 3 arguments");
+        return NULL;
+    }
+    PyObject *typ = args[0];
+    if (PyExceptionInstance_Check(typ))
+        return Py_NewRef(typ);
+    if (PyExceptionClass_Check(typ)) {
+        PyObject *val = nargs > 1 ? args[1] : Py_None;
+        if (PyExceptionInstance_Check(val))
+            return Py_NewRef(val);
+        return val == Py_None ? PyObject_CallNoArgs(typ) : PyObject_CallOneArg(typ, val);
+    }
+    PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+    return NULL;
+}
+
+/* ---- the Get object -------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD CmState *st;
+    int mode;
+    int phase;
+    Py_ssize_t idx;
+    PyObject *node;
+    CmNodeConfigObject *cfg;
+    PyObject *key;
+    Py_hash_t hash;
+    PyObject *load_fn;
+    PyObject *memo_fn;
+    PyObject *memo_argv; /* tuple: positional then keyword values */
+    Py_ssize_t memo_nargs;
+    PyObject *memo_kwnames;
+    uint32_t missed;
+    CmFlight *fl;
+    PyObject *sub;     /* awaitable iterator being delegated to */
+    PyObject *pending; /* yielded value the Task must see first (handoff) */
+    int has_pending;
+    int64_t load_start;
+    PyObject *value;
+    PyObject *fut; /* WAIT: our future */
+    PyObject *fut_iter;
+} CmGetObject;
+
+static PyObject *get_alloc(CmState *st)
+{
+    CmGetObject *g = PyObject_GC_New(CmGetObject, st->GetType);
+    if (g == NULL)
+        return NULL;
+    memset((char *)g + offsetof(CmGetObject, st), 0,
+           sizeof(CmGetObject) - offsetof(CmGetObject, st));
+    g->st = st;
+    PyObject_GC_Track(g);
+    return (PyObject *)g;
+}
+
+PyObject *cm_get_begin(CmState *st, CmRequest *req)
+{
+    CmGetObject *g = (CmGetObject *)get_alloc(st);
+    if (g == NULL)
+        return NULL;
+    g->mode = M_START;
+    g->node = Py_NewRef(req->node);
+    g->cfg = (CmNodeConfigObject *)Py_NewRef(req->cfg);
+    g->key = Py_NewRef(req->key);
+    g->hash = req->hash;
+    g->load_fn = Py_XNewRef(req->load_fn);
+    g->missed = req->missed;
+    if (req->memo_fn != NULL) {
+        Py_ssize_t total =
+            req->memo_nargs + (req->memo_kwnames ? PyTuple_GET_SIZE(req->memo_kwnames) : 0);
+        PyObject *argv = PyTuple_New(total);
+        if (argv == NULL) {
+            Py_DECREF(g);
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < total; i++)
+            PyTuple_SET_ITEM(argv, i, Py_NewRef(req->memo_args[i]));
+        g->memo_fn = Py_NewRef(req->memo_fn);
+        g->memo_argv = argv;
+        g->memo_nargs = req->memo_nargs;
+        g->memo_kwnames = Py_XNewRef(req->memo_kwnames);
+    }
+    return (PyObject *)g;
+}
+
+static inline CmStorageCounters *counters(CmGetObject *g, Py_ssize_t i)
+{
+    return &g->cfg->metrics->storages[g->cfg->caches[i].stat];
+}
+
+void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash,
+                    PyObject *value, uint32_t missed)
+{
+    (void)st;
+    for (Py_ssize_t i = 0; i < cfg->ncaches && i < 32; i++) {
+        CmCacheRef *r = &cfg->caches[i];
+        if (r->kind != CM_CACHE_LOCAL || !(missed & (1u << i)))
+            continue;
+        if (cm_store_put((CmStoreObject *)r->storage, key, hash, value, r->ttl_ns) < 0) {
+            cfg->metrics->storages[r->stat].errors++;
+            PyErr_WriteUnraisable(r->name);
+        }
+    }
+}
+
+/* Start the next awaitable of the flight in g->sub. 1 started, 0 nothing to
+ * start in this phase (advance), -1 error (exception set). */
+static int start_sub(CmGetObject *g, PyObject *aw)
+{
+    if (aw == NULL)
+        return -1;
+    g->sub = cm_await_iter(aw);
+    Py_DECREF(aw);
+    return g->sub ? 1 : -1;
+}
+
+static PyObject *call_storage(CmGetObject *g, PyObject *name, CmCacheRef *r, int set)
+{
+    PyObject *args[5] = {r->storage, g->node, NULL, NULL, NULL};
+    if (!set) {
+        args[2] = g->cfg->serializer;
+        return PyObject_VectorcallMethod(name, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    args[2] = g->value;
+    args[3] = r->ttl;
+    args[4] = g->cfg->serializer;
+    return PyObject_VectorcallMethod(name, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static PyObject *call_loader(CmGetObject *g)
+{
+    CmState *st = g->st;
+    if (g->memo_fn != NULL)
+        return PyObject_Vectorcall(g->memo_fn, &PyTuple_GET_ITEM(g->memo_argv, 0), g->memo_nargs,
+                                   g->memo_kwnames);
+    if (g->load_fn != NULL)
+        return PyObject_CallOneArg(g->load_fn, g->node);
+    return PyObject_VectorcallMethod(st->s_load, &g->node, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     NULL);
+}
+
+/* Resume the current sub-awaitable with a value or an exception. */
+static PySendResult sub_resume(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject **res)
+{
+    if (exc == NULL)
+        return PyIter_Send(g->sub, arg, res);
+    PyObject *meth = PyObject_GetAttr(g->sub, g->st->s_throw);
+    if (meth == NULL) {
+        /* an iterator without throw: the exception surfaces at its yield */
+        PyErr_Clear();
+        raise_exc(exc);
+        *res = NULL;
+        return PYGEN_ERROR;
+    }
+    PyObject *r = PyObject_CallOneArg(meth, exc);
+    Py_DECREF(meth);
+    if (r != NULL) {
+        *res = r;
+        return PYGEN_NEXT;
+    }
+    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyObject *e = fetch_exc();
+        *res = PyObject_GetAttrString(e, "value");
+        Py_DECREF(e);
+        return *res ? PYGEN_RETURN : PYGEN_ERROR;
+    }
+    *res = NULL;
+    return PYGEN_ERROR;
+}
+
+/* Doorkeeper: store only on the key's second request. 1 = fill. */
+static int doorkeeper_admits(CmGetObject *g)
+{
+    CmNodeConfigObject *cfg = g->cfg;
+    if (cfg->doorkeeper == Py_None)
+        return 1;
+    if (cfg->doorkeeper_c)
+        return cm_bloomtype_seen_or_put(cfg->doorkeeper, g->hash);
+    PyObject *r = PyObject_CallMethodOneArg(cfg->doorkeeper, g->st->s_contains, g->key);
+    int seen = r ? PyObject_IsTrue(r) : -1;
+    Py_XDECREF(r);
+    if (seen == 0) {
+        r = PyObject_CallMethodOneArg(cfg->doorkeeper, g->st->s_put, g->key);
+        if (r == NULL)
+            seen = -1;
+        Py_XDECREF(r);
+    }
+    if (seen < 0) {
+        PyErr_WriteUnraisable(cfg->doorkeeper);
+        return 1;
+    }
+    return seen;
+}
+
+static void metrics_load_done(CmGetObject *g, int ok)
+{
+    CmMetricsObject *m = g->cfg->metrics;
+    if (ok)
+        m->load_success_count++;
+    else
+        m->load_failure_count++;
+    m->total_load_time += (uint64_t)(cm_now_ns() - g->load_start);
+}
+
+/* The flight's state machine. arg/exc resume the current sub-awaitable (exc
+ * borrowed). Returns NEXT with *out yielded, RETURN with *out the value, or
+ * ERROR with the exception set. On RETURN/ERROR the flight is settled. */
+static PySendResult drive(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject **out)
+{
+    CmState *st = g->st;
+    CmNodeConfigObject *cfg = g->cfg;
+    PyObject *res = NULL;
+    PyObject *err = NULL; /* owned: the failure of the flight */
+
+    if (g->has_pending) {
+        /* handed to a Task: it must first see what the flight yielded */
+        g->has_pending = 0;
+        if (exc == NULL) {
+            *out = g->pending;
+            g->pending = NULL;
+            return PYGEN_NEXT;
+        }
+        Py_CLEAR(g->pending);
+    }
+
+    for (;;) {
+        if (g->sub != NULL) {
+            PySendResult r = sub_resume(g, arg, exc, &res);
+            arg = Py_None;
+            exc = NULL;
+            if (r == PYGEN_NEXT) {
+                *out = res;
+                return PYGEN_NEXT;
+            }
+            Py_CLEAR(g->sub);
+            PyObject *e = r == PYGEN_ERROR ? fetch_exc() : NULL;
+            if (r == PYGEN_ERROR && e == NULL)
+                e = PyObject_CallFunction(PyExc_SystemError, "s", "lost exception");
+            switch (g->phase) {
+            case P_REMOTE: {
+                CmStorageCounters *c = counters(g, g->idx);
+                if (e != NULL && !PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception)) {
+                    err = e; /* cancellation and friends are not a miss */
+                    goto fail;
+                }
+                if (e != NULL) {
+                    c->errors++;
+                    c->misses++;
+                    g->missed |= 1u << g->idx;
+                    cm_log_warning(st, "cacheme: get from storage '%U' failed: %R",
+                                   cfg->caches[g->idx].name, e);
+                    Py_DECREF(e);
+                } else if (res == st->sentinel) {
+                    c->misses++;
+                    g->missed |= 1u << g->idx;
+                    Py_DECREF(res);
+                } else {
+                    c->hits++;
+                    g->value = res;
+                    g->phase = P_RESOLVE;
+                    break;
+                }
+                g->idx++;
+                break;
+            }
+            case P_LOAD:
+                metrics_load_done(g, e == NULL);
+                if (e != NULL) {
+                    err = e;
+                    goto fail;
+                }
+                g->value = res;
+                g->phase = P_RESOLVE;
+                break;
+            case P_FILL:
+                if (e != NULL) {
+                    if (!PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception)) {
+                        /* cancelled while filling: the value is already out */
+                        flight_remove(st, g->fl);
+                        raise_exc(e);
+                        Py_DECREF(e);
+                        return PYGEN_ERROR;
+                    }
+                    counters(g, g->idx)->errors++;
+                    cm_log_warning(st, "cacheme: fill of storage '%U' failed: %R",
+                                   cfg->caches[g->idx].name, e);
+                    Py_DECREF(e);
+                } else {
+                    Py_DECREF(res);
+                }
+                g->idx++;
+                break;
+            }
+            continue;
+        }
+
+        switch (g->phase) {
+        case P_REMOTE:
+            while (g->idx < cfg->ncaches && cfg->caches[g->idx].kind != CM_CACHE_REMOTE)
+                g->idx++;
+            if (g->idx >= cfg->ncaches || g->idx >= 32) {
+                g->phase = P_LOAD;
+                continue;
+            }
+            if (start_sub(g, call_storage(g, st->s_get, &cfg->caches[g->idx], 0)) < 0) {
+                PyObject *e = fetch_exc();
+                if (e != NULL && !PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception)) {
+                    err = e;
+                    goto fail;
+                }
+                counters(g, g->idx)->errors++;
+                counters(g, g->idx)->misses++;
+                g->missed |= 1u << g->idx;
+                cm_log_warning(st, "cacheme: get from storage '%U' failed: %R",
+                               cfg->caches[g->idx].name, e);
+                Py_XDECREF(e);
+                g->idx++;
+            }
+            continue;
+        case P_LOAD:
+            g->load_start = cm_now_ns();
+            if (start_sub(g, call_loader(g)) < 0) {
+                metrics_load_done(g, 0);
+                err = fetch_exc();
+                goto fail;
+            }
+            continue;
+        case P_RESOLVE:
+            if (g->fl->stale || !doorkeeper_admits(g))
+                g->missed = 0;
+            cm_fill_locals(st, cfg, g->key, g->hash, g->value, g->missed);
+            flight_settle(st, g->fl, g->value, NULL);
+            g->phase = P_FILL;
+            g->idx = 0;
+            continue;
+        case P_FILL:
+            while (g->idx < cfg->ncaches && g->idx < 32 &&
+                   (cfg->caches[g->idx].kind == CM_CACHE_LOCAL || !(g->missed & (1u << g->idx))))
+                g->idx++;
+            if (g->idx >= cfg->ncaches || g->idx >= 32) {
+                g->phase = P_END;
+                continue;
+            }
+            if (start_sub(g, call_storage(g, st->s_set, &cfg->caches[g->idx], 1)) < 0) {
+                PyObject *e = fetch_exc();
+                counters(g, g->idx)->errors++;
+                cm_log_warning(st, "cacheme: fill of storage '%U' failed: %R",
+                               cfg->caches[g->idx].name, e);
+                Py_XDECREF(e);
+                g->idx++;
+            }
+            continue;
+        case P_END:
+            flight_remove(st, g->fl);
+            *out = Py_NewRef(g->value);
+            return PYGEN_RETURN;
+        }
+    }
+fail:
+    flight_settle(st, g->fl, NULL, err);
+    g->phase = P_END;
+    raise_exc(err);
+    Py_DECREF(err);
+    *out = NULL;
+    return PYGEN_ERROR;
+}
+
+/* Become a waiter of fl: a future of our own in its list. */
+static int become_waiter(CmGetObject *g, CmFlight *fl)
+{
+    CmState *st = g->st;
+    PyObject *loop = cm_loop_running(st);
+    if (loop == NULL)
+        return -1;
+    PyObject *fut = cm_loop_create_future(st, loop);
+    Py_DECREF(loop);
+    if (fut == NULL)
+        return -1;
+    if (flight_add_waiter(fl, fut) < 0) {
+        Py_DECREF(fut);
+        return -1;
+    }
+    g->fut_iter = cm_await_iter(fut);
+    g->fut = fut;
+    if (g->fut_iter == NULL)
+        return -1;
+    if (g->fl != fl) {
+        fl->refs++;
+        g->fl = fl;
+    }
+    g->mode = M_WAIT;
+    return 0;
+}
+
+/* Our future is no longer awaited: if nobody else waits either, the flight
+ * is abandoned (removed, its Task cancelled). */
+static void leave_flight(CmGetObject *g)
+{
+    CmState *st = g->st;
+    CmFlight *fl = g->fl;
+    if (g->fut != NULL) {
+        int done = cm_future_done(st, g->fut);
+        if (done == 0 && cm_future_cancel(st, g->fut) < 0)
+            PyErr_WriteUnraisable(g->fut);
+        else if (done == 1)
+            cm_future_consume(st, g->fut);
+        else if (done < 0)
+            PyErr_WriteUnraisable(g->fut);
+    }
+    if (fl != NULL && !fl->done && !fl->abandoned) {
+        int live = 0;
+        for (Py_ssize_t i = 0; i < fl->nwaiters && !live; i++) {
+            int done = cm_future_done(st, fl->waiters[i]);
+            live = done == 0;
+            if (done < 0)
+                PyErr_WriteUnraisable(fl->waiters[i]);
+        }
+        if (!live) {
+            fl->abandoned = 1;
+            table_unlink(st, fl);
+            if (fl->task != NULL && cm_future_cancel(st, fl->task) < 0)
+                PyErr_WriteUnraisable(fl->task);
+        }
+    }
+    g->mode = M_DONE;
+}
+
+/* The leader's flight suspended with `yielded`: hand it to a Task. */
+static PySendResult handoff(CmGetObject *g, PyObject *yielded, PyObject **out)
+{
+    CmState *st = g->st;
+    CmFlight *fl = g->fl;
+    CmGetObject *d = (CmGetObject *)get_alloc(st);
+    PyObject *loop = NULL, *task = NULL;
+    if (d == NULL)
+        goto fail;
+    d->mode = M_DRIVER;
+    d->phase = g->phase;
+    d->idx = g->idx;
+    d->node = g->node;
+    g->node = NULL;
+    d->cfg = g->cfg;
+    g->cfg = NULL;
+    d->key = Py_NewRef(g->key);
+    d->hash = g->hash;
+    d->load_fn = g->load_fn;
+    g->load_fn = NULL;
+    d->memo_fn = g->memo_fn;
+    g->memo_fn = NULL;
+    d->memo_argv = g->memo_argv;
+    g->memo_argv = NULL;
+    d->memo_nargs = g->memo_nargs;
+    d->memo_kwnames = g->memo_kwnames;
+    g->memo_kwnames = NULL;
+    d->missed = g->missed;
+    d->sub = g->sub;
+    g->sub = NULL;
+    d->load_start = g->load_start;
+    d->value = g->value;
+    g->value = NULL;
+    d->fl = fl;
+    fl->refs++;
+    d->pending = yielded; /* steals */
+    yielded = NULL;
+    d->has_pending = 1;
+
+    loop = cm_loop_running(st);
+    if (loop == NULL)
+        goto fail;
+    task = cm_loop_create_task(st, loop, (PyObject *)d);
+    Py_DECREF(loop);
+    if (task == NULL)
+        goto fail;
+    Py_XSETREF(fl->task, task);
+    Py_DECREF(d);
+    if (fl->done) {
+        /* only fills remain: the caller has its value now */
+        g->mode = M_DONE;
+        *out = Py_NewRef(fl->value);
+        return PYGEN_RETURN;
+    }
+    if (become_waiter(g, fl) < 0)
+        goto fail_waiter;
+    return PyIter_Send(g->fut_iter, Py_None, out);
+fail:
+    Py_XDECREF(yielded);
+    if (d != NULL) {
+        /* keep the flight honest: nobody will drive it */
+        PyObject *e = fetch_exc();
+        flight_settle(st, fl, NULL, e);
+        raise_exc(e);
+        Py_DECREF(e);
+        Py_DECREF(d);
+    }
+fail_waiter:
+    g->mode = M_DONE;
+    *out = NULL;
+    return PYGEN_ERROR;
+}
+
+static PySendResult get_step(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject **out)
+{
+    CmState *st = g->st;
+    PySendResult r;
+    switch (g->mode) {
+    case M_START: {
+        CmFlight *fl = flight_find(st, g->key, g->hash);
+        if (fl != NULL) {
+            g->cfg->metrics->hit_count++;
+            if (fl->done) {
+                g->mode = M_DONE;
+                *out = Py_NewRef(fl->value);
+                return PYGEN_RETURN;
+            }
+            if (become_waiter(g, fl) < 0) {
+                g->mode = M_DONE;
+                *out = NULL;
+                return PYGEN_ERROR;
+            }
+            return get_step(g, arg, exc, out);
+        }
+        if (exc != NULL) {
+            g->mode = M_DONE;
+            raise_exc(exc);
+            *out = NULL;
+            return PYGEN_ERROR;
+        }
+        g->fl = flight_start(st, g->key, g->hash);
+        if (g->fl == NULL) {
+            g->mode = M_DONE;
+            *out = NULL;
+            return PYGEN_ERROR;
+        }
+        g->cfg->metrics->miss_count++;
+        g->mode = M_LEAD;
+        g->phase = P_REMOTE;
+        g->idx = 0;
+        arg = Py_None;
+    }
+        /* fall through */
+    case M_LEAD:
+        r = drive(g, arg, exc, out);
+        if (r == PYGEN_NEXT) {
+            PyObject *yielded = *out;
+            return handoff(g, yielded, out);
+        }
+        g->mode = M_DONE;
+        return r;
+    case M_DRIVER:
+        r = drive(g, arg, exc, out);
+        if (r == PYGEN_ERROR) {
+            g->mode = M_DONE;
+            /* the waiters have the failure; the Task need not report it,
+             * except a cancellation, which it must see to end cancelled */
+            PyObject *e = fetch_exc();
+            if (e != NULL && cm_is_cancelled_error(st, e)) {
+                raise_exc(e);
+                Py_DECREF(e);
+                return PYGEN_ERROR;
+            }
+            Py_XDECREF(e);
+            *out = Py_NewRef(Py_None);
+            return PYGEN_RETURN;
+        }
+        if (r == PYGEN_RETURN)
+            g->mode = M_DONE;
+        return r;
+    case M_WAIT:
+        if (exc != NULL) {
+            leave_flight(g);
+            raise_exc(exc);
+            *out = NULL;
+            return PYGEN_ERROR;
+        }
+        r = PyIter_Send(g->fut_iter, arg, out);
+        if (r != PYGEN_NEXT) {
+            g->mode = M_DONE;
+            Py_CLEAR(g->fut_iter);
+        }
+        return r;
+    default:
+        if (exc != NULL)
+            raise_exc(exc);
+        else
+            PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited cacheme get()");
+        *out = NULL;
+        return PYGEN_ERROR;
+    }
+}
+
+static PySendResult get_am_send(PyObject *self, PyObject *arg, PyObject **out)
+{
+    return get_step((CmGetObject *)self, arg, NULL, out);
+}
+
+/* send/throw as methods: StopIteration carries the final value. */
+static PyObject *finish_method(PySendResult r, PyObject *res)
+{
+    if (r == PYGEN_NEXT)
+        return res;
+    if (r == PYGEN_RETURN) {
+        if (res == Py_None)
+            PyErr_SetNone(PyExc_StopIteration);
+        else {
+            PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, res);
+            if (e != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, e);
+                Py_DECREF(e);
+            }
+        }
+        Py_DECREF(res);
+    }
+    return NULL;
+}
+
+static PyObject *get_iternext(PyObject *self)
+{
+    PyObject *res = NULL;
+    PySendResult r = get_am_send(self, Py_None, &res);
+    return finish_method(r, res);
+}
+
+static PyObject *get_send(PyObject *self, PyObject *arg)
+{
+    PyObject *res = NULL;
+    PySendResult r = get_am_send(self, arg, &res);
+    return finish_method(r, res);
+}
+
+static PyObject *get_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *exc = throw_args_exc(args, nargs);
+    if (exc == NULL)
+        return NULL;
+    PyObject *res;
+    PySendResult r = get_step((CmGetObject *)self, NULL, exc, &res);
+    Py_DECREF(exc);
+    return finish_method(r, res);
+}
+
+/* Stop whatever this object was doing; safe to call more than once. */
+static void get_abort(CmGetObject *g)
+{
+    CmState *st = g->st;
+    switch (g->mode) {
+    case M_WAIT:
+        leave_flight(g);
+        break;
+    case M_LEAD:
+    case M_DRIVER:
+        if (g->sub != NULL) {
+            PyObject *r = PyObject_CallMethodNoArgs(g->sub, st->s_close);
+            if (r == NULL)
+                PyErr_WriteUnraisable(g->sub);
+            Py_XDECREF(r);
+            Py_CLEAR(g->sub);
+        }
+        if (g->fl != NULL && !g->fl->done) {
+            PyObject *e = PyObject_CallFunction(PyExc_RuntimeError, "s",
+                                                "cacheme: the load of this key was abandoned");
+            if (e != NULL) {
+                flight_settle(st, g->fl, NULL, e);
+                Py_DECREF(e);
+            } else {
+                PyErr_WriteUnraisable(g->key);
+            }
+        }
+        if (g->fl != NULL)
+            flight_remove(st, g->fl);
+        g->mode = M_DONE;
+        break;
+    default:
+        break;
+    }
+}
+
+static PyObject *get_close(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    get_abort((CmGetObject *)self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_await(PyObject *self) { return Py_NewRef(self); }
+
+static void get_finalize(PyObject *self)
+{
+    CmGetObject *g = (CmGetObject *)self;
+    if (g->mode == M_DONE || g->mode == M_START)
+        return;
+    PyObject *typ, *val, *tb;
+    PyErr_Fetch(&typ, &val, &tb);
+    get_abort(g);
+    PyErr_Restore(typ, val, tb);
+}
+
+static int get_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    CmGetObject *g = (CmGetObject *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(g->node);
+    Py_VISIT(g->cfg);
+    Py_VISIT(g->load_fn);
+    Py_VISIT(g->memo_fn);
+    Py_VISIT(g->memo_argv);
+    Py_VISIT(g->sub);
+    Py_VISIT(g->pending);
+    Py_VISIT(g->value);
+    Py_VISIT(g->fut);
+    Py_VISIT(g->fut_iter);
+    return 0;
+}
+
+static int get_clear(PyObject *self)
+{
+    CmGetObject *g = (CmGetObject *)self;
+    Py_CLEAR(g->node);
+    Py_CLEAR(g->cfg);
+    Py_CLEAR(g->key);
+    Py_CLEAR(g->load_fn);
+    Py_CLEAR(g->memo_fn);
+    Py_CLEAR(g->memo_argv);
+    Py_CLEAR(g->memo_kwnames);
+    Py_CLEAR(g->sub);
+    Py_CLEAR(g->pending);
+    Py_CLEAR(g->value);
+    Py_CLEAR(g->fut);
+    Py_CLEAR(g->fut_iter);
+    return 0;
+}
+
+static void get_dealloc(PyObject *self)
+{
+    CmGetObject *g = (CmGetObject *)self;
+    PyTypeObject *tp = Py_TYPE(self);
+    if (PyObject_CallFinalizerFromDealloc(self) < 0)
+        return; /* resurrected */
+    PyObject_GC_UnTrack(self);
+    get_clear(self);
+    if (g->fl != NULL) {
+        flight_release(g->st, g->fl);
+        g->fl = NULL;
+    }
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef get_methods[] = {
+    {"send", get_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))get_throw, METH_FASTCALL, NULL},
+    {"close", get_close, METH_NOARGS, NULL},
+    {NULL, NULL},
+};
+
+static PyType_Slot get_slots[] = {
+    {Py_am_await, get_await},       {Py_am_send, get_am_send},
+    {Py_tp_iter, get_await},        {Py_tp_iternext, get_iternext},
+    {Py_tp_methods, get_methods},   {Py_tp_finalize, get_finalize},
+    {Py_tp_traverse, get_traverse}, {Py_tp_clear, get_clear},
+    {Py_tp_dealloc, get_dealloc},   {0, NULL},
+};
+
+static PyType_Spec get_spec = {
+    .name = "cacheme._core.Get",
+    .basicsize = sizeof(CmGetObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = get_slots,
+};
+
+/* ---- flights driven from Python (get_all) --------------------------------- */
+
+/* A flight led by Python code: get_all registers one per key it loads and
+ * settles it with resolve() or fail(). Dropping it unsettled fails it. */
+typedef struct {
+    PyObject_HEAD CmState *st;
+    CmFlight *fl;
+} CmFlightHandleObject;
+
+static PyObject *handle_resolve(PyObject *self, PyObject *value)
+{
+    CmFlightHandleObject *h = (CmFlightHandleObject *)self;
+    if (h->fl->done) {
+        PyErr_SetString(PyExc_RuntimeError, "flight already settled");
+        return NULL;
+    }
+    flight_settle(h->st, h->fl, value, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *handle_fail(PyObject *self, PyObject *exc)
+{
+    CmFlightHandleObject *h = (CmFlightHandleObject *)self;
+    if (!PyExceptionInstance_Check(exc)) {
+        PyErr_SetString(PyExc_TypeError, "fail() needs an exception instance");
+        return NULL;
+    }
+    flight_settle(h->st, h->fl, NULL, exc);
+    Py_RETURN_NONE;
+}
+
+static PyObject *handle_finish(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    CmFlightHandleObject *h = (CmFlightHandleObject *)self;
+    flight_remove(h->st, h->fl);
+    Py_RETURN_NONE;
+}
+
+static PyObject *handle_stale(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    return PyBool_FromLong(((CmFlightHandleObject *)self)->fl->stale);
+}
+
+static PyObject *handle_live_waiters(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    CmFlightHandleObject *h = (CmFlightHandleObject *)self;
+    Py_ssize_t live = 0;
+    for (Py_ssize_t i = 0; i < h->fl->nwaiters; i++) {
+        int done = cm_future_done(h->st, h->fl->waiters[i]);
+        if (done < 0)
+            return NULL;
+        live += done == 0;
+    }
+    return PyLong_FromSsize_t(live);
+}
+
+static void handle_dealloc(PyObject *self)
+{
+    CmFlightHandleObject *h = (CmFlightHandleObject *)self;
+    PyTypeObject *tp = Py_TYPE(self);
+    if (h->fl != NULL) {
+        if (!h->fl->done) {
+            PyObject *typ, *val, *tb;
+            PyErr_Fetch(&typ, &val, &tb);
+            PyObject *e = PyObject_CallFunction(PyExc_RuntimeError, "s",
+                                                "cacheme: the load of this key was abandoned");
+            if (e != NULL) {
+                flight_settle(h->st, h->fl, NULL, e);
+                Py_DECREF(e);
+            } else {
+                PyErr_Clear();
+            }
+            PyErr_Restore(typ, val, tb);
+        }
+        flight_remove(h->st, h->fl);
+        flight_release(h->st, h->fl);
+    }
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef handle_methods[] = {
+    {"resolve", handle_resolve, METH_O, "give every waiter this value"},
+    {"fail", handle_fail, METH_O, "give every waiter this exception"},
+    {"finish", handle_finish, METH_NOARGS, "take the flight out of the table"},
+    {"stale", handle_stale, METH_NOARGS, "invalidated while in flight"},
+    {"live_waiters", handle_live_waiters, METH_NOARGS, NULL},
+    {NULL, NULL},
+};
+
+static PyType_Slot handle_slots[] = {
+    {Py_tp_methods, handle_methods},
+    {Py_tp_dealloc, handle_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec handle_spec = {
+    .name = "cacheme._core.FlightHandle",
+    .basicsize = sizeof(CmFlightHandleObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = handle_slots,
+};
+
+static PyObject *arg_key(PyObject *key, Py_hash_t *hash)
+{
+    if (!PyUnicode_CheckExact(key)) {
+        PyErr_Format(PyExc_TypeError, "key must be str, not %.100s", Py_TYPE(key)->tp_name);
+        return NULL;
+    }
+    *hash = PyObject_Hash(key);
+    return *hash == -1 ? NULL : key;
+}
+
+/* _flight_join(key, metrics) -> None if no flight, else an awaitable of its value */
+static PyObject *py_flight_join(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    CmState *st = cm_state_from_module(mod);
+    Py_hash_t hash;
+    if (nargs != 1 || arg_key(args[0], &hash) == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "_flight_join(key)");
+        return NULL;
+    }
+    CmFlight *fl = flight_find(st, args[0], hash);
+    if (fl == NULL)
+        Py_RETURN_NONE;
+    CmGetObject *g = (CmGetObject *)get_alloc(st);
+    if (g == NULL)
+        return NULL;
+    g->key = Py_NewRef(args[0]);
+    g->hash = hash;
+    if (fl->done) {
+        g->mode = M_DONE;
+        Py_DECREF(g);
+        return cm_ready_new(st, fl->value);
+    }
+    if (become_waiter(g, fl) < 0) {
+        g->mode = M_DONE;
+        Py_DECREF(g);
+        return NULL;
+    }
+    return (PyObject *)g;
+}
+
+/* _flight_lead(key) -> FlightHandle, or None when a flight already exists */
+static PyObject *py_flight_lead(PyObject *mod, PyObject *key)
+{
+    CmState *st = cm_state_from_module(mod);
+    Py_hash_t hash;
+    if (arg_key(key, &hash) == NULL)
+        return NULL;
+    if (flight_find(st, key, hash) != NULL)
+        Py_RETURN_NONE;
+    CmFlightHandleObject *h = PyObject_New(CmFlightHandleObject, st->FlightHandleType);
+    if (h == NULL)
+        return NULL;
+    h->st = st;
+    h->fl = flight_start(st, key, hash);
+    if (h->fl == NULL) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    return (PyObject *)h;
+}
+
+/* _flight_invalidate(key): a load in flight for key will not fill caches */
+static PyObject *py_flight_invalidate(PyObject *mod, PyObject *key)
+{
+    CmState *st = cm_state_from_module(mod);
+    Py_hash_t hash;
+    if (arg_key(key, &hash) == NULL)
+        return NULL;
+    CmFlight *fl = flight_find(st, key, hash);
+    if (fl != NULL) {
+        fl->stale = 1;
+        if (fl->done) /* only fills remain: new callers must not get the old value */
+            flight_remove(st, fl);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_flights_in_table(PyObject *mod, PyObject *Py_UNUSED(x))
+{
+    return PyLong_FromSize_t(cm_state_from_module(mod)->flights.used);
+}
+
+static PyMethodDef flight_functions[] = {
+    {"_flight_join", (PyCFunction)(void (*)(void))py_flight_join, METH_FASTCALL, NULL},
+    {"_flight_lead", py_flight_lead, METH_O, NULL},
+    {"_flight_invalidate", py_flight_invalidate, METH_O, NULL},
+    {"_flights_in_table", py_flights_in_table, METH_NOARGS, "keys in flight (for tests)"},
+    {NULL, NULL},
+};
+
+int cm_flight_init(PyObject *mod, CmState *st)
+{
+    st->GetType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &get_spec, NULL);
+    if (st->GetType == NULL)
+        return -1;
+    st->FlightHandleType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &handle_spec, NULL);
+    if (st->FlightHandleType == NULL)
+        return -1;
+    return PyModule_AddFunctions(mod, flight_functions);
+}

@@ -1,0 +1,52 @@
+/* The singleflight: one load per key in flight, shared by every caller.
+ *
+ * The leader drives its flight inline (remote gets, then the load, then the
+ * fills), delegating send/throw to each awaitable the way `await` does, so a
+ * flight that never suspends costs no Task and no Future. At its first
+ * suspension the flight is handed to a Task, and the leader waits like any
+ * other caller on a future of its own: cancelling one caller then never
+ * cancels or strands the others, and the load is cancelled only when every
+ * caller has gone. */
+#ifndef CM_FLIGHT_H
+#define CM_FLIGHT_H
+#include "nodecfg.h"
+#include "state.h"
+
+struct CmFlight {
+    CmFlight *next; /* bucket chain */
+    PyObject *key;  /* str, hash computed */
+    Py_hash_t hash;
+    int in_table;
+    int done;      /* value or exc is final */
+    int abandoned; /* every caller left: removed from the table, load cancelled */
+    int stale;     /* invalidated while in flight: do not fill */
+    PyObject *value, *exc;
+    PyObject **waiters; /* futures */
+    Py_ssize_t nwaiters, capwaiters;
+    PyObject *task; /* the Task driving it after the first suspension */
+    Py_ssize_t refs;
+};
+
+/* Describes a request that missed every local cache. */
+typedef struct {
+    PyObject *node;
+    PyTypeObject *cls; /* config from this class instead of the node's */
+    CmNodeConfigObject *cfg;
+    PyObject *key;
+    Py_hash_t hash;
+    PyObject *load_fn;          /* or NULL */
+    PyObject *memo_fn;          /* Memoize: fn(*args) instead of load */
+    PyObject *const *memo_args; /* borrowed, copied if the request goes on */
+    Py_ssize_t memo_nargs;      /* positional count */
+    PyObject *memo_kwnames;     /* or NULL */
+    uint32_t missed;            /* bit i: cache i missed */
+} CmRequest;
+
+/* The awaitable for a request that missed the local caches; new ref. */
+PyObject *cm_get_begin(CmState *st, CmRequest *req);
+
+/* Fill local caches [0, upto) of cfg that missed, honouring the doorkeeper
+ * decision already taken. */
+void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash,
+                    PyObject *value, uint32_t missed);
+#endif

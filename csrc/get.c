@@ -1,0 +1,151 @@
+/* get(node, load_fn=None): the hot path.
+ *
+ * On a hit in the first local cache this costs a class-dict lookup for the
+ * node's config, the full key (cached on the node), one probe of the C hash
+ * table, a policy touch and a reused ready awaitable: no coroutine frame, no
+ * Future, no allocation besides the key. */
+#include "get.h"
+
+#include "loop.h"
+#include "ready.h"
+#include "store.h"
+
+/* Drive a (normally non-suspending) local storage awaitable to its end. */
+static void run_sync(CmState *st, PyObject *aw, CmCacheRef *r, CmMetricsObject *m)
+{
+    PyObject *it = aw ? PyObject_GetIter(aw) : NULL;
+    if (it == NULL && aw != NULL && PyErr_ExceptionMatches(PyExc_TypeError)) {
+        PyErr_Clear();
+        unaryfunc am = Py_TYPE(aw)->tp_as_async ? Py_TYPE(aw)->tp_as_async->am_await : NULL;
+        it = am ? am(aw) : NULL;
+    }
+    Py_XDECREF(aw);
+    if (it != NULL) {
+        PyObject *res = NULL;
+        PySendResult rs = PyIter_Send(it, Py_None, &res);
+        Py_XDECREF(res);
+        if (rs == PYGEN_NEXT) {
+            PyObject *c = PyObject_CallMethodNoArgs(it, st->s_close);
+            Py_XDECREF(c);
+            PyErr_Clear();
+            m->storages[r->stat].errors++;
+            cm_log_warning(st, "cacheme: fill of local storage '%U' (%R) suspended; skipped",
+                           r->name, r->storage);
+        }
+        Py_DECREF(it);
+    }
+    if (PyErr_Occurred()) {
+        m->storages[r->stat].errors++;
+        PyErr_WriteUnraisable(r->name);
+    }
+}
+
+PyObject *cm_get(CmState *st, CmRequest *req)
+{
+    PyObject *node = req->node;
+    PyTypeObject *cls = req->cls ? req->cls : Py_TYPE(node);
+    CmNodeConfigObject *cfg = cm_nodecfg_get(st, cls); // borrowed
+    if (cfg == NULL)
+        return NULL;
+    PyObject *key = cm_full_key(st, node, cfg);
+    if (key == NULL)
+        return NULL;
+    Py_hash_t hash = ((PyASCIIObject *)key)->hash;
+    CmMetricsObject *m = cfg->metrics;
+    uint32_t missed = 0;
+
+    for (Py_ssize_t i = 0; i < cfg->ncaches && i < 32; i++) {
+        CmCacheRef *r = &cfg->caches[i];
+        PyObject *v;
+        if (r->kind == CM_CACHE_LOCAL) {
+            v = cm_store_lookup((CmStoreObject *)r->storage, key, hash);
+        } else if (r->kind == CM_CACHE_LOCAL_PY) {
+            PyObject *args[3] = {r->storage, node, cfg->serializer};
+            v = PyObject_VectorcallMethod(st->s_get_sync, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                          NULL);
+            if (v == NULL) {
+                m->storages[r->stat].errors++;
+                PyErr_WriteUnraisable(r->name);
+            } else if (v == st->sentinel) {
+                Py_CLEAR(v);
+            }
+        } else {
+            continue;
+        }
+        if (v == NULL) {
+            m->storages[r->stat].misses++;
+            missed |= 1u << i;
+            continue;
+        }
+        m->storages[r->stat].hits++;
+        m->hit_count++;
+        if (missed) {
+            /* a later local cache had it: fill the earlier ones */
+            cm_fill_locals(st, cfg, key, hash, v, missed);
+            for (Py_ssize_t j = 0; j < i; j++) {
+                CmCacheRef *pr = &cfg->caches[j];
+                if (pr->kind == CM_CACHE_LOCAL_PY && (missed & (1u << j))) {
+                    PyObject *args[5] = {pr->storage, node, v, pr->ttl, cfg->serializer};
+                    run_sync(st,
+                             PyObject_VectorcallMethod(st->s_set, args,
+                                                       5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL),
+                             pr, m);
+                }
+            }
+        }
+        Py_DECREF(key);
+        PyObject *ready = cm_ready_new(st, v);
+        Py_DECREF(v);
+        return ready;
+    }
+    req->cfg = cfg;
+    req->key = key;
+    req->hash = hash;
+    req->missed = missed;
+    PyObject *g = cm_get_begin(st, req);
+    Py_DECREF(key);
+    return g;
+}
+
+static PyObject *py_get(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    CmState *st = cm_state_from_module(mod);
+    CmRequest req = {0};
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs < 1 || nargs + nkw > 2) {
+        PyErr_SetString(PyExc_TypeError, "get(node, load_fn=None)");
+        return NULL;
+    }
+    req.node = args[0];
+    if (nargs == 2)
+        req.load_fn = args[1];
+    else if (nkw == 1) {
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0)) ||
+            PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "load_fn") != 0) {
+            PyErr_Format(PyExc_TypeError, "get() got an unexpected keyword argument '%S'",
+                         PyTuple_GET_ITEM(kwnames, 0));
+            return NULL;
+        }
+        req.load_fn = args[1];
+    }
+    if (req.load_fn == Py_None)
+        req.load_fn = NULL;
+    if (req.load_fn != NULL && !PyCallable_Check(req.load_fn)) {
+        PyErr_Format(PyExc_TypeError, "load_fn must be callable, not %.100s",
+                     Py_TYPE(req.load_fn)->tp_name);
+        return NULL;
+    }
+    return cm_get(st, &req);
+}
+
+static PyMethodDef get_functions[] = {
+    {"get", (PyCFunction)(void (*)(void))py_get, METH_FASTCALL | METH_KEYWORDS,
+     "get(node, load_fn=None) -> awaitable of the node's value"},
+    {NULL, NULL},
+};
+
+int cm_get_init(PyObject *mod, CmState *st)
+{
+    (void)st;
+    return PyModule_AddFunctions(mod, get_functions);
+}

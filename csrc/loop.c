@@ -1,0 +1,114 @@
+/* asyncio glue. Kept small on purpose: the rest of the core reaches asyncio
+ * only through these calls. */
+#include "loop.h"
+
+PyObject *cm_loop_running(CmState *st) { return PyObject_CallNoArgs(st->get_running_loop); }
+
+PyObject *cm_loop_create_future(CmState *st, PyObject *loop)
+{
+    return PyObject_VectorcallMethod(st->s_create_future, &loop, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     NULL);
+}
+
+PyObject *cm_loop_create_task(CmState *st, PyObject *loop, PyObject *coro)
+{
+    PyObject *args[2] = {loop, coro};
+    return PyObject_VectorcallMethod(st->s_create_task, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     NULL);
+}
+
+static int call_void(PyObject *name, PyObject *fut, PyObject *arg)
+{
+    PyObject *args[2] = {fut, arg};
+    PyObject *r =
+        PyObject_VectorcallMethod(name, args, (arg ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+int cm_future_done(CmState *st, PyObject *fut)
+{
+    PyObject *r =
+        PyObject_VectorcallMethod(st->s_done, &fut, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL)
+        return -1;
+    int done = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return done;
+}
+
+int cm_future_set_result(CmState *st, PyObject *fut, PyObject *value)
+{
+    return call_void(st->s_set_result, fut, value);
+}
+
+int cm_future_set_exception(CmState *st, PyObject *fut, PyObject *exc)
+{
+    return call_void(st->s_set_exception, fut, exc);
+}
+
+int cm_future_cancel(CmState *st, PyObject *fut) { return call_void(st->s_cancel, fut, NULL); }
+
+void cm_future_consume(CmState *st, PyObject *fut)
+{
+    PyObject *typ, *val, *tb;
+    PyErr_Fetch(&typ, &val, &tb);
+    PyObject *c =
+        PyObject_VectorcallMethod(st->s_cancelled, &fut, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (c != NULL && c == Py_False) {
+        PyObject *name = PyUnicode_InternFromString("exception");
+        if (name != NULL) {
+            PyObject *e =
+                PyObject_VectorcallMethod(name, &fut, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            Py_XDECREF(e);
+            Py_DECREF(name);
+        }
+    }
+    Py_XDECREF(c);
+    PyErr_Clear();
+    PyErr_Restore(typ, val, tb);
+}
+
+PyObject *cm_await_iter(PyObject *o)
+{
+    if (PyCoro_CheckExact(o))
+        return Py_NewRef(o);
+    unaryfunc am_await = Py_TYPE(o)->tp_as_async ? Py_TYPE(o)->tp_as_async->am_await : NULL;
+    if (am_await == NULL) {
+        PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
+                     Py_TYPE(o)->tp_name);
+        return NULL;
+    }
+    PyObject *it = am_await(o);
+    if (it != NULL && !PyIter_Check(it)) {
+        PyErr_Format(PyExc_TypeError, "__await__() returned non-iterator of type '%.100s'",
+                     Py_TYPE(it)->tp_name);
+        Py_CLEAR(it);
+    }
+    return it;
+}
+
+int cm_is_cancelled_error(CmState *st, PyObject *exc)
+{
+    return PyObject_TypeCheck(exc, (PyTypeObject *)st->CancelledError);
+}
+
+void cm_log_warning(CmState *st, const char *fmt, PyObject *a, PyObject *b)
+{
+    PyObject *typ, *val, *tb;
+    PyErr_Fetch(&typ, &val, &tb);
+    if (st->logger != NULL) {
+        PyObject *msg = PyUnicode_FromFormat(fmt, a, b);
+        if (msg != NULL) {
+            PyObject *args[2] = {st->logger, msg};
+            PyObject *r = PyObject_VectorcallMethod(st->s_warning, args,
+                                                    2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            Py_XDECREF(r);
+            Py_DECREF(msg);
+        }
+        PyErr_Clear();
+    }
+    PyErr_Restore(typ, val, tb);
+}

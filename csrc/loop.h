@@ -1,0 +1,22 @@
+/* The one place that talks to asyncio: running loop, futures, tasks. Every
+ * call goes through PyObject_VectorcallMethod with names interned in the
+ * module state. */
+#ifndef CM_LOOP_H
+#define CM_LOOP_H
+#include "state.h"
+
+PyObject *cm_loop_running(CmState *st);                                     /* new ref */
+PyObject *cm_loop_create_future(CmState *st, PyObject *loop);               /* new ref */
+PyObject *cm_loop_create_task(CmState *st, PyObject *loop, PyObject *coro); /* new ref */
+int cm_future_done(CmState *st, PyObject *fut);                             /* 1/0, -1 error */
+int cm_future_set_result(CmState *st, PyObject *fut, PyObject *value);
+int cm_future_set_exception(CmState *st, PyObject *fut, PyObject *exc);
+int cm_future_cancel(CmState *st, PyObject *fut);
+/* Mark a finished future's exception as retrieved (no "never retrieved" log). */
+void cm_future_consume(CmState *st, PyObject *fut);
+/* The iterator `await fut` would use; new ref. */
+PyObject *cm_await_iter(PyObject *awaitable);
+int cm_is_cancelled_error(CmState *st, PyObject *exc);
+/* Log a warning through logging.getLogger("cacheme"); never fails. */
+void cm_log_warning(CmState *st, const char *fmt, PyObject *a, PyObject *b);
+#endif

@@ -1,0 +1,108 @@
+/* cacheme._core: the module, its state, and the calls into each concept's
+ * init. Nothing else lives here. */
+#include "state.h"
+
+static int cm_exec(PyObject *mod)
+{
+    CmState *st = cm_state_from_module(mod);
+    PyObject *asyncio = NULL;
+    int rc = -1;
+
+#define CM_INTERN(n)                                                                               \
+    if ((st->s_##n = PyUnicode_InternFromString(#n)) == NULL)                                      \
+        goto done;
+    CM_INTERNED_NAMES(CM_INTERN)
+#undef CM_INTERN
+
+    st->prefix = PyUnicode_FromString("cacheme");
+    st->storages = PyDict_New();
+    st->sentinel = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    if (!st->prefix || !st->storages || !st->sentinel)
+        goto done;
+    st->generation = 1;
+
+    asyncio = PyImport_ImportModule("asyncio");
+    if (asyncio == NULL)
+        goto done;
+    st->get_running_loop = PyObject_GetAttrString(asyncio, "get_running_loop");
+    st->CancelledError = PyObject_GetAttrString(asyncio, "CancelledError");
+    if (!st->get_running_loop || !st->CancelledError)
+        goto done;
+
+    if (cm_ready_init(mod, st) < 0 || cm_metrics_init(mod, st) < 0 || cm_store_init(mod, st) < 0 ||
+        cm_bloomtype_init(mod, st) < 0 || cm_nodecfg_init(mod, st) < 0 ||
+        cm_flight_init(mod, st) < 0 || cm_memoize_init(mod, st) < 0)
+        goto done;
+    if (PyModule_AddObjectRef(mod, "sentinel", st->sentinel) < 0)
+        goto done;
+    rc = 0;
+done:
+    Py_XDECREF(asyncio);
+    return rc;
+}
+
+static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
+{
+    CmState *st = cm_state_from_module(mod);
+    Py_VISIT(st->ReadyType);
+    Py_VISIT(st->GetType);
+    Py_VISIT(st->MetricsType);
+    Py_VISIT(st->NodeConfigType);
+    Py_VISIT(st->LocalStoreType);
+    Py_VISIT(st->BloomFilterType);
+    Py_VISIT(st->MemoizedType);
+    Py_VISIT(st->FlightHandleType);
+    Py_VISIT(st->prefix);
+    Py_VISIT(st->storages);
+    Py_VISIT(st->sentinel);
+    Py_VISIT(st->logger);
+    Py_VISIT(st->get_running_loop);
+    Py_VISIT(st->CancelledError);
+    Py_VISIT(st->ready_cache);
+    return 0;
+}
+
+static int cm_clear(PyObject *mod)
+{
+    CmState *st = cm_state_from_module(mod);
+    cm_flight_table_clear(st);
+    Py_CLEAR(st->ReadyType);
+    Py_CLEAR(st->GetType);
+    Py_CLEAR(st->MetricsType);
+    Py_CLEAR(st->NodeConfigType);
+    Py_CLEAR(st->LocalStoreType);
+    Py_CLEAR(st->BloomFilterType);
+    Py_CLEAR(st->MemoizedType);
+    Py_CLEAR(st->FlightHandleType);
+#define CM_CLEAR_NAME(n) Py_CLEAR(st->s_##n);
+    CM_INTERNED_NAMES(CM_CLEAR_NAME)
+#undef CM_CLEAR_NAME
+    Py_CLEAR(st->prefix);
+    Py_CLEAR(st->storages);
+    Py_CLEAR(st->sentinel);
+    Py_CLEAR(st->logger);
+    Py_CLEAR(st->get_running_loop);
+    Py_CLEAR(st->CancelledError);
+    Py_CLEAR(st->ready_cache);
+    return 0;
+}
+
+static void cm_free(void *mod) { cm_clear((PyObject *)mod); }
+
+static PyModuleDef_Slot cm_slots[] = {
+    {Py_mod_exec, cm_exec},
+    {0, NULL},
+};
+
+PyModuleDef cm_module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "cacheme._core",
+    .m_doc = "The C core of cacheme: keys, local stores, bloom filter, singleflight.",
+    .m_size = sizeof(CmState),
+    .m_slots = cm_slots,
+    .m_traverse = cm_traverse,
+    .m_clear = cm_clear,
+    .m_free = cm_free,
+};
+
+PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&cm_module_def); }

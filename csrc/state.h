@@ -1,0 +1,114 @@
+/* Module state of cacheme._core: every Python object the C core keeps lives
+ * here (never in a C global), so the module can be traversed, cleared and
+ * loaded in several interpreters. */
+#ifndef CM_STATE_H
+#define CM_STATE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct CmFlight CmFlight;
+
+/* The in-flight table: key -> CmFlight, plain C records (see flight.c). */
+typedef struct {
+    CmFlight **buckets;
+    size_t mask;
+    size_t used;
+} CmFlightTable;
+
+/* Interned names used with PyObject_GetAttr / VectorcallMethod. */
+#define CM_INTERNED_NAMES(X)                                                                       \
+    X(_full_key)                                                                                   \
+    X(__cacheme__)                                                                                 \
+    X(_cacheme_metrics)                                                                            \
+    X(key)                                                                                         \
+    X(load)                                                                                        \
+    X(Meta)                                                                                        \
+    X(version)                                                                                     \
+    X(caches)                                                                                      \
+    X(serializer)                                                                                  \
+    X(doorkeeper)                                                                                  \
+    X(_storage_name)                                                                               \
+    X(ttl)                                                                                         \
+    X(_local)                                                                                      \
+    X(is_local)                                                                                    \
+    X(get)                                                                                         \
+    X(set)                                                                                         \
+    X(get_sync)                                                                                    \
+    X(put)                                                                                         \
+    X(contains)                                                                                    \
+    X(total_seconds)                                                                               \
+    X(create_future)                                                                               \
+    X(create_task)                                                                                 \
+    X(set_result)                                                                                  \
+    X(set_exception)                                                                               \
+    X(cancel)                                                                                      \
+    X(done)                                                                                        \
+    X(cancelled)                                                                                   \
+    X(result)                                                                                      \
+    X(throw)                                                                                       \
+    X(close)                                                                                       \
+    X(warning)                                                                                     \
+    X(_asyncio_future_blocking)
+
+typedef struct {
+    /* heap types */
+    PyTypeObject *ReadyType;
+    PyTypeObject *GetType;
+    PyTypeObject *MetricsType;
+    PyTypeObject *NodeConfigType;
+    PyTypeObject *LocalStoreType;
+    PyTypeObject *BloomFilterType;
+    PyTypeObject *MemoizedType;
+    PyTypeObject *FlightHandleType;
+
+    /* interned strings, one field per name: st->s__full_key, ... */
+#define CM_DECLARE_NAME(n) PyObject *s_##n;
+    CM_INTERNED_NAMES(CM_DECLARE_NAME)
+#undef CM_DECLARE_NAME
+
+    /* configuration, set from Python */
+    PyObject *prefix;    /* str, default "cacheme" */
+    PyObject *storages;  /* dict: name -> storage */
+    PyObject *sentinel;  /* cacheme.models.sentinel: "not found" from storages */
+    PyObject *logger;    /* logging.getLogger("cacheme") */
+    uint64_t generation; /* bumped by register_storage: node configs rebuild */
+
+    /* asyncio, imported at module init */
+    PyObject *get_running_loop;
+    PyObject *CancelledError;
+
+    /* a reusable ready awaitable (refcount 1 = free to reuse) */
+    PyObject *ready_cache;
+
+    CmFlightTable flights;
+    CmFlight *flight_free; /* free list of flight records */
+    size_t flight_free_len;
+} CmState;
+
+static inline CmState *cm_state_from_module(PyObject *mod)
+{
+    return (CmState *)PyModule_GetState(mod);
+}
+
+/* State of a heap type defined by this module, also for Python subclasses. */
+extern PyModuleDef cm_module_def;
+static inline CmState *cm_state_from_type(PyTypeObject *tp)
+{
+    PyObject *mod = PyType_GetModuleByDef(tp, &cm_module_def); // borrowed
+    return mod ? (CmState *)PyModule_GetState(mod) : NULL;
+}
+
+/* Each concept registers its types/functions on the module. */
+int cm_ready_init(PyObject *mod, CmState *st);
+int cm_metrics_init(PyObject *mod, CmState *st);
+int cm_store_init(PyObject *mod, CmState *st);
+int cm_bloomtype_init(PyObject *mod, CmState *st);
+int cm_nodecfg_init(PyObject *mod, CmState *st);
+int cm_flight_init(PyObject *mod, CmState *st);
+int cm_memoize_init(PyObject *mod, CmState *st);
+void cm_flight_table_clear(CmState *st);
+
+#endif

@@ -1,0 +1,52 @@
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import cacheme
+from cacheme import _core
+
+_names = itertools.count()
+
+
+def unique(prefix: str = "s") -> str:
+    return f"{prefix}{next(_names)}"
+
+
+@pytest.fixture
+def storage_name():
+    return unique("local")
+
+
+@pytest.fixture(autouse=True)
+def _reset_prefix():
+    yield
+    cacheme.set_prefix("cacheme")
+
+
+async def register_local(policy: str = "tlfu", size: int = 1000) -> str:
+    name = unique(f"local-{policy}-")
+    await cacheme.register_storage(name, cacheme.Storage(url=f"local://{policy}", size=size))
+    return name
+
+
+def run_python(code: str, timeout: int = 300) -> str:
+    """Run code in a fresh interpreter with the same cacheme; returns stdout."""
+    env = dict(os.environ)
+    r = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert r.returncode == 0, f"subprocess failed:\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def flights() -> int:
+    return _core._flights_in_table()
