@@ -798,6 +798,8 @@ static PySendResult get_step(CmGetObject *g, PyObject *arg, PyObject *exc, PyObj
         return r;
     case M_DRIVER:
         r = drive(g, arg, exc, out);
+        if (r != PYGEN_NEXT) /* the flight's Task is ending: break the cycle */
+            Py_CLEAR(g->fl->task);
         if (r == PYGEN_ERROR) {
             g->mode = M_DONE;
             /* the waiters have the failure; the Task need not report it,
@@ -915,8 +917,11 @@ static void get_abort(CmGetObject *g)
                 PyErr_WriteUnraisable(g->key);
             }
         }
-        if (g->fl != NULL)
+        if (g->fl != NULL) {
+            if (g->mode == M_DRIVER)
+                Py_CLEAR(g->fl->task);
             flight_remove(st, g->fl);
+        }
         g->mode = M_DONE;
         break;
     default:

@@ -140,8 +140,14 @@ static CmNodeConfigObject *cfg_build(CmState *st, PyTypeObject *cls)
     PyObject *meta = NULL, *caches = NULL, *seq = NULL;
 
     meta = PyObject_GetAttr((PyObject *)cls, st->s_Meta);
-    if (meta == NULL)
+    if (meta == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%.100s is not a cacheme Node (it has no Meta)",
+                         cls->tp_name);
+        }
         goto fail;
+    }
     caches = PyObject_GetAttr(meta, st->s_caches);
     if (caches == NULL)
         goto fail;

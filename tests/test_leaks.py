@@ -1,0 +1,93 @@
+"""Leak tests: the hot paths looped in a fresh interpreter; live objects and
+memory must stay flat between a warm-up and a long run."""
+import pytest
+
+from conftest import run_python
+
+HARNESS = r'''
+import asyncio, dataclasses, gc, sys
+import cacheme
+from cacheme import Cache, Node
+
+def rss_kb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4
+
+def snapshot():
+    gc.collect()
+    return len(gc.get_objects()), rss_kb()
+
+@dataclasses.dataclass
+class N(Node):
+    uid: int
+    def key(self): return f"leak:{self.uid}"
+    async def load(self):
+        if self.uid < 0:
+            raise ValueError("bad")
+        return {"uid": self.uid}
+    class Meta(Node.Meta):
+        caches = [Cache(storage="local", ttl=None)]
+
+@dataclasses.dataclass
+class T(Node):
+    uid: int
+    def key(self): return f"ttl:{self.uid}"
+    async def load(self):
+        await asyncio.sleep(0)
+        return [self.uid]
+    class Meta(Node.Meta):
+        caches = [Cache(storage="small", ttl=__import__("datetime").timedelta(milliseconds=1))]
+        doorkeeper = cacheme.BloomFilter(500, 0.01)
+
+@cacheme.Memoize(N)
+async def memo(uid):
+    return uid
+
+@memo.to_node
+def _(uid):
+    return N(uid)
+
+async def body(i):
+{body}
+
+async def main():
+    await cacheme.register_storage("local", cacheme.Storage(url="local://tlfu", size=1000))
+    await cacheme.register_storage("small", cacheme.Storage(url="local://lru", size=100))
+    for i in range(3000):
+        await body(i)
+    before = snapshot()
+    for i in range(3000, 3000 + {n}):
+        await body(i)
+    after = snapshot()
+    print(before[0], after[0], before[1], after[1])
+
+asyncio.run(main())
+'''
+
+CASES = {
+    "local_hit": "    await cacheme.get(N(i % 100))",
+    "miss_load_evict": "    await cacheme.get(N(i))",
+    "memoize": "    await memo(i % 2000)",
+    "get_all": "    await cacheme.get_all([N(i % 1500), N(i % 1500 + 1), N(i)])",
+    "failing_load": (
+        "    try:\n        await cacheme.get(N(-1 - i))\n    except ValueError:\n        pass"
+    ),
+    "waiters_ttl_doorkeeper": (
+        "    await asyncio.gather(*(cacheme.get(T(i % 50)) for _ in range(5)))"
+    ),
+    "cancelled_waiters": (
+        "    ts = [asyncio.ensure_future(cacheme.get(T(10**6 + i))) for _ in range(3)]\n"
+        "    await asyncio.sleep(0)\n    ts[0].cancel(); ts[1].cancel()\n"
+        "    await asyncio.gather(*ts, return_exceptions=True)"
+    ),
+    "invalidate_refresh": "    await cacheme.refresh(N(i % 10))",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_hot_path_does_not_leak(case):
+    code = HARNESS.replace("{body}", CASES[case]).replace("{n}", "30000")
+    out = run_python(code).split()
+    objs_before, objs_after, rss_before, rss_after = map(int, out)
+    assert objs_after - objs_before < 200, (objs_before, objs_after)
+    assert rss_after - rss_before < 4096, (rss_before, rss_after)  # KiB

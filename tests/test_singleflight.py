@@ -1,0 +1,386 @@
+"""Singleflight rules: one load per key in flight, errors reach every
+waiter, cancelling one caller never cancels or strands the others."""
+import asyncio
+import dataclasses
+from datetime import timedelta
+
+import pytest
+
+import cacheme
+from cacheme import Cache, Node
+from cacheme.storages.base import BaseStorage
+from conftest import flights, register_local
+
+
+class Source:
+    """A controllable data source."""
+
+    def __init__(self):
+        self.calls = []
+        self.gate = asyncio.Event()
+        self.fail = None
+        self.started = asyncio.Event()
+        self.cancelled = 0
+
+    async def load(self, uid):
+        self.calls.append(uid)
+        self.started.set()
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if self.fail is not None:
+            raise self.fail
+        return f"value-{uid}"
+
+
+def node_class(storage, source, caches=None):
+    @dataclasses.dataclass
+    class SlowNode(Node):
+        uid: int
+
+        def key(self):
+            return f"slow:{self.uid}"
+
+        async def load(self):
+            return await source.load(self.uid)
+
+        @classmethod
+        async def load_all(cls, nodes):
+            return [(n, await source.load(n.uid)) for n in nodes]
+
+        class Meta(Node.Meta):
+            pass
+
+    SlowNode.Meta.caches = caches or [Cache(storage=storage, ttl=None)]
+    return SlowNode
+
+
+async def test_thousands_of_concurrent_gets_load_once():
+    name = await register_local()
+    src = Source()
+    N = node_class(name, src)
+    tasks = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(5000)]
+    await asyncio.sleep(0.01)
+    src.gate.set()
+    values = await asyncio.gather(*tasks)
+    assert values == ["value-1"] * 5000
+    assert src.calls == [1]
+    assert flights() == 0
+    m = cacheme.stats(N)
+    assert m.miss_count() == 1 and m.hit_count() == 4999 and m.load_count() == 1
+
+
+async def test_load_without_suspension_needs_no_task():
+    name = await register_local()
+
+    @dataclasses.dataclass
+    class Fast(Node):
+        uid: int
+
+        def key(self):
+            return f"fast:{self.uid}"
+
+        async def load(self):
+            return self.uid
+
+        class Meta(Node.Meta):
+            caches = [Cache(storage=name, ttl=None)]
+
+    before = len(asyncio.all_tasks())
+    aw = cacheme.get(Fast(1))
+    # drive it by hand: a load that does not suspend finishes in one send
+    with pytest.raises(StopIteration) as stop:
+        aw.send(None)
+    assert stop.value.value == 1
+    assert len(asyncio.all_tasks()) == before
+    assert flights() == 0
+
+
+async def test_raising_load_reaches_every_waiter_and_leaves_nothing_in_flight():
+    name = await register_local()
+    src = Source()
+    N = node_class(name, src)
+    src.fail = ValueError("db down")
+    tasks = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(50)]
+    await asyncio.sleep(0.01)
+    src.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, ValueError) and str(r) == "db down" for r in results)
+    assert src.calls == [1]
+    assert flights() == 0
+    assert cacheme.stats(N).load_failure_count() == 1
+    # the next request loads again
+    src.fail = None
+    assert await cacheme.get(N(1)) == "value-1"
+    assert src.calls == [1, 1]
+
+
+async def test_raising_load_without_suspension():
+    name = await register_local()
+
+    @dataclasses.dataclass
+    class Bad(Node):
+        uid: int
+
+        def key(self):
+            return f"bad:{self.uid}"
+
+        async def load(self):
+            raise KeyError("nope")
+
+        class Meta(Node.Meta):
+            caches = [Cache(storage=name, ttl=None)]
+
+    with pytest.raises(KeyError):
+        await cacheme.get(Bad(1))
+    assert flights() == 0
+    with pytest.raises(KeyError):
+        await cacheme.get(Bad(1))
+
+
+async def test_cancelling_the_leader_does_not_cancel_waiters():
+    name = await register_local()
+    src = Source()
+    N = node_class(name, src)
+    leader = asyncio.ensure_future(cacheme.get(N(1)))
+    await src.started.wait()
+    waiters = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(10)]
+    await asyncio.sleep(0)
+    leader.cancel()
+    await asyncio.sleep(0.01)
+    assert leader.cancelled()
+    assert src.cancelled == 0
+    src.gate.set()
+    assert await asyncio.gather(*waiters) == ["value-1"] * 10
+    assert src.calls == [1]
+    assert flights() == 0
+
+
+async def test_cancelling_a_waiter_does_not_cancel_the_others():
+    name = await register_local()
+    src = Source()
+    N = node_class(name, src)
+    tasks = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(5)]
+    await src.started.wait()
+    tasks[2].cancel()
+    tasks[4].cancel()
+    await asyncio.sleep(0.01)
+    src.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert isinstance(results[4], asyncio.CancelledError)
+    assert [results[i] for i in (0, 1, 3)] == ["value-1"] * 3
+    assert src.cancelled == 0
+
+
+async def test_wait_for_timeout_on_one_caller():
+    name = await register_local()
+    src = Source()
+    N = node_class(name, src)
+    other = asyncio.ensure_future(cacheme.get(N(1)))
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(cacheme.get(N(1)), timeout=0.02)
+    assert not other.done()
+    src.gate.set()
+    assert await other == "value-1"
+    assert src.cancelled == 0
+
+
+async def test_load_cancelled_only_when_every_caller_left():
+    name = await register_local()
+    src = Source()
+    N = node_class(name, src)
+    tasks = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(3)]
+    await src.started.wait()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(0.01)
+    assert src.cancelled == 1
+    assert flights() == 0
+    # a later request starts a fresh load
+    src.gate.set()
+    assert await cacheme.get(N(1)) == "value-1"
+    assert src.calls == [1, 1]
+
+
+async def test_wait_for_timeout_on_the_only_caller_cancels_the_load():
+    name = await register_local()
+    src = Source()
+    N = node_class(name, src)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(cacheme.get(N(1)), timeout=0.02)
+    await asyncio.sleep(0.01)
+    assert src.cancelled == 1
+    assert flights() == 0
+
+
+async def test_get_all_joins_flights_of_get_and_shares_errors():
+    name = await register_local()
+    src = Source()
+    N = node_class(name, src)
+    single = asyncio.ensure_future(cacheme.get(N(1)))
+    await src.started.wait()
+    batch = asyncio.ensure_future(cacheme.get_all([N(1), N(2)]))
+    await asyncio.sleep(0.01)
+    also = asyncio.ensure_future(cacheme.get(N(2)))  # joins the batch's flight
+    await asyncio.sleep(0.01)
+    src.gate.set()
+    assert await batch == ["value-1", "value-2"]
+    assert await single == "value-1"
+    assert await also == "value-2"
+    assert sorted(src.calls) == [1, 2]
+    assert flights() == 0
+
+
+async def test_get_all_raising_load_all_reaches_waiters():
+    name = await register_local()
+    src = Source()
+    N = node_class(name, src)
+    src.fail = RuntimeError("batch failed")
+    batch = asyncio.ensure_future(cacheme.get_all([N(1), N(2)]))
+    await src.started.wait()
+    waiter = asyncio.ensure_future(cacheme.get(N(2)))
+    await asyncio.sleep(0.01)
+    src.gate.set()
+    with pytest.raises(RuntimeError, match="batch failed"):
+        await batch
+    with pytest.raises(RuntimeError, match="batch failed"):
+        await waiter
+    assert flights() == 0
+
+
+async def test_load_all_that_leaves_a_node_out():
+    name = await register_local()
+
+    @dataclasses.dataclass
+    class Partial(Node):
+        uid: int
+
+        def key(self):
+            return f"partial:{self.uid}"
+
+        @classmethod
+        async def load_all(cls, nodes):
+            await asyncio.sleep(0.01)
+            return [(n, n.uid) for n in nodes if n.uid != 2]
+
+        class Meta(Node.Meta):
+            caches = [Cache(storage=name, ttl=None)]
+
+    batch = asyncio.ensure_future(cacheme.get_all([Partial(1), Partial(2), Partial(3)]))
+    await asyncio.sleep(0)
+    waiter = asyncio.ensure_future(cacheme.get(Partial(2)))
+    with pytest.raises(KeyError, match="no value"):
+        await batch
+    with pytest.raises(KeyError, match="no value"):
+        await waiter
+    assert flights() == 0
+    assert cacheme.stats(Partial).load_failure_count() == 1
+
+
+async def test_invalidate_during_flight_does_not_fill_stale_value():
+    name = await register_local()
+    src = Source()
+    N = node_class(name, src)
+    t = asyncio.ensure_future(cacheme.get(N(1)))
+    await src.started.wait()
+    await cacheme.invalidate(N(1))
+    src.gate.set()
+    assert await t == "value-1"
+    assert await cacheme.get(N(1)) == "value-1"
+    assert src.calls == [1, 1]  # the in-flight value was not cached
+
+
+class DictStorage(BaseStorage):
+    """A real (if simple) remote-style storage: values in a dict, with delays."""
+
+    def __init__(self, delay=0.0, fail_get=False, fail_set=False):
+        super().__init__("dict://")
+        self.data = {}
+        self.gets = 0
+        self.sets = 0
+        self.delay = delay
+        self.fail_get = fail_get
+        self.fail_set = fail_set
+
+    async def connect(self):
+        pass
+
+    def is_local(self):
+        return False
+
+    async def get_by_key(self, key):
+        self.gets += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_get:
+            raise ConnectionError("storage down")
+        return self.data.get(key)
+
+    async def get_by_keys(self, keys):
+        self.gets += 1
+        if self.fail_get:
+            raise ConnectionError("storage down")
+        return {k: self.data.get(k) for k in keys}
+
+    async def set_by_key(self, key, value, ttl):
+        self.sets += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_set:
+            raise ConnectionError("storage down")
+        self.data[key] = {"value": value, "expire": None}
+
+    async def set_by_keys(self, data, ttl):
+        self.sets += 1
+        if self.fail_set:
+            raise ConnectionError("storage down")
+        for k, v in data.items():
+            self.data[k] = {"value": v, "expire": None}
+
+    async def remove_by_key(self, key):
+        self.data.pop(key, None)
+
+
+async def test_local_then_remote_chain_one_remote_get_and_one_load():
+    local = await register_local()
+    remote = DictStorage(delay=0.005)
+    rname = f"remote-{id(remote)}"
+    await cacheme.register_storage(rname, remote)
+    src = Source()
+    src.gate.set()
+    N = node_class(local, src, [Cache(storage=local, ttl=None), Cache(storage=rname, ttl=timedelta(days=1))])
+    values = await asyncio.gather(*(cacheme.get(N(1)) for _ in range(1000)))
+    assert values == ["value-1"] * 1000
+    assert remote.gets == 1 and remote.sets == 1 and src.calls == [1]
+    await asyncio.sleep(0.02)  # the remote fill finishes in the flight's task
+    assert flights() == 0
+    # a fresh local cache is filled from the remote one, without a load
+    local2 = await register_local()
+    N2 = node_class(local2, src, [Cache(storage=local2, ttl=None), Cache(storage=rname, ttl=None)])
+    assert await cacheme.get(N2(1)) == "value-1"
+    assert src.calls == [1]
+    stats = cacheme.stats(N2).storage_stats()
+    assert stats[rname]["hits"] == 1
+    assert await cacheme.get(N2(1)) == "value-1"
+    assert remote.gets == 2
+
+
+async def test_failing_remote_storage_is_a_miss_and_fill_failure_is_not_raised(caplog):
+    local = await register_local()
+    remote = DictStorage(fail_get=True, fail_set=True)
+    rname = f"remote-{id(remote)}"
+    await cacheme.register_storage(rname, remote)
+    src = Source()
+    src.gate.set()
+    N = node_class(local, src, [Cache(storage=local, ttl=None), Cache(storage=rname, ttl=None)])
+    assert await cacheme.get(N(1)) == "value-1"
+    s = cacheme.stats(N).storage_stats()[rname]
+    assert s["errors"] == 2 and s["misses"] == 1
+    assert any("storage down" in r.getMessage() for r in caplog.records)
+    assert flights() == 0
+    # get_all with the same failing storage
+    assert await cacheme.get_all([N(2), N(3)]) == ["value-2", "value-3"]
