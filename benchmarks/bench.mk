@@ -1,0 +1,34 @@
+# Side-by-side benchmarks. Included by the root Makefile, which provides
+#   PY   = .venv/bin/python   (our build)   and the target `venv` that builds it.
+# Drivers need only the standard library; they run each contender in its own venv.
+#
+#   make bench-local       local hit path: ours vs cacheme 0.3.0 vs theine (ns/op, ratios)
+#   make bench-hitratio    hit ratio on generated traces: ours tlfu/lru vs theine vs Belady
+#   make bench             both, one after the other (never in parallel: 2 cores, noisy)
+#   make bench-venvs       (re)create the peer venvs under .bench/ (idempotent)
+#
+# Knobs:  make bench-local BENCH_LOCAL_ARGS="--rounds 9 -n 300000"
+#         make bench-hitratio BENCH_HITRATIO_ARGS="--sizes 1000,10000"
+# .bench/ (venvs, traces, cached Belady results) must stay git-ignored.
+
+BENCH_SRC := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
+BENCH_TOP_MAKEFILE := $(firstword $(MAKEFILE_LIST))
+BENCH_PYTHON ?= python3
+BENCH_LOCAL_ARGS ?=
+BENCH_HITRATIO_ARGS ?=
+
+.PHONY: bench bench-local bench-hitratio bench-venvs
+
+bench-venvs:
+	PYTHON=$(BENCH_PYTHON) bash $(BENCH_SRC)/venvs.sh
+
+bench-local: venv bench-venvs
+	$(BENCH_PYTHON) $(BENCH_SRC)/run_local.py --ours-python $(PY) $(BENCH_LOCAL_ARGS)
+
+bench-hitratio: venv bench-venvs
+	$(BENCH_PYTHON) $(BENCH_SRC)/run_hitratio.py --ours-python $(PY) $(BENCH_HITRATIO_ARGS)
+
+# sequential on purpose (a plain `bench: bench-local bench-hitratio` would run both at once under -j)
+bench: venv bench-venvs
+	$(MAKE) --no-print-directory -f $(BENCH_TOP_MAKEFILE) bench-local
+	$(MAKE) --no-print-directory -f $(BENCH_TOP_MAKEFILE) bench-hitratio
