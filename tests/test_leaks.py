@@ -1,5 +1,7 @@
 """Leak tests: the hot paths looped in a fresh interpreter; live objects and
 memory must stay flat between a warm-up and a long run."""
+import os
+
 import pytest
 
 from conftest import run_python
@@ -90,4 +92,5 @@ def test_hot_path_does_not_leak(case):
     out = run_python(code).split()
     objs_before, objs_after, rss_before, rss_after = map(int, out)
     assert objs_after - objs_before < 200, (objs_before, objs_after)
-    assert rss_after - rss_before < 4096, (rss_before, rss_after)  # KiB
+    if os.environ.get("CACHEME_EXPECT_BUILD") != "asan":  # ASan's quarantine keeps freed memory
+        assert rss_after - rss_before < 4096, (rss_before, rss_after)  # KiB
