@@ -987,7 +987,7 @@ static void get_dealloc(PyObject *self)
 {
     CmGetObject *g = (CmGetObject *)self;
     PyTypeObject *tp = Py_TYPE(self);
-    if (PyObject_CallFinalizerFromDealloc(self) < 0)
+    if (g->mode != M_DONE && g->mode != M_START && PyObject_CallFinalizerFromDealloc(self) < 0)
         return; /* resurrected */
     PyObject_GC_UnTrack(self);
     get_clear(self);
