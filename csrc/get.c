@@ -6,6 +6,8 @@
  * Future, no allocation besides the key. */
 #include "get.h"
 
+#include "key.h"
+
 #include "loop.h"
 #include "ready.h"
 #include "store.h"
@@ -40,36 +42,58 @@ static void run_sync(CmState *st, PyObject *aw, CmCacheRef *r, CmMetricsObject *
     }
 }
 
-PyObject *cm_get(CmState *st, CmRequest *req)
+PyObject *
+cm_get(CmState *st, CmRequest *req)
 {
-    PyObject *node = req->node;
+    PyObject *node = req->node; // borrowed
     PyTypeObject *cls = req->cls ? req->cls : Py_TYPE(node);
     CmNodeConfigObject *cfg = cm_nodecfg_get(st, cls); // borrowed
     if (cfg == NULL)
         return NULL;
-    PyObject *key = cm_full_key(st, node, cfg);
-    if (key == NULL)
-        return NULL;
-    Py_hash_t hash = ((PyASCIIObject *)key)->hash;
     CmMetricsObject *m = cfg->metrics;
+    PyObject *full = cm_key_cached(st, node);
+    PyObject *key = NULL; /* node.key(), while the full key is not built */
+    PyObject *result = NULL;
+    CmKeyParts parts;
+    Py_hash_t hash;
     uint32_t missed = 0;
+
+    if (full != NULL) {
+        hash = ((PyASCIIObject *)full)->hash;
+    }
+    else {
+        if (PyErr_Occurred())
+            return NULL;
+        if ((key = cm_key_call(st, node)) == NULL)
+            return NULL;
+        if (!cm_key_parts(st, key, cfg->version, &parts, &hash)) {
+            full = cm_key_build(st, node, key, cfg->version, -1);
+            if (full == NULL)
+                goto done;
+            hash = ((PyASCIIObject *)full)->hash;
+        }
+    }
 
     for (Py_ssize_t i = 0; i < cfg->ncaches && i < 32; i++) {
         CmCacheRef *r = &cfg->caches[i];
         PyObject *v;
         if (r->kind == CM_CACHE_LOCAL) {
-            v = cm_store_lookup((CmStoreObject *)r->storage, key, hash);
-        } else if (r->kind == CM_CACHE_LOCAL_PY) {
+            CmStoreObject *store = (CmStoreObject *)r->storage;
+            v = full ? cm_store_lookup(store, full, hash) : cm_store_lookup_parts(store, &parts, hash);
+        }
+        else if (r->kind == CM_CACHE_LOCAL_PY) {
             PyObject *args[3] = {r->storage, node, cfg->serializer};
             v = PyObject_VectorcallMethod(st->s_get_sync, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                           NULL);
             if (v == NULL) {
                 m->storages[r->stat].errors++;
                 PyErr_WriteUnraisable(r->name);
-            } else if (v == st->sentinel) {
+            }
+            else if (v == st->sentinel) {
                 Py_CLEAR(v);
             }
-        } else {
+        }
+        else {
             continue;
         }
         if (v == NULL) {
@@ -81,7 +105,11 @@ PyObject *cm_get(CmState *st, CmRequest *req)
         m->hit_count++;
         if (missed) {
             /* a later local cache had it: fill the earlier ones */
-            cm_fill_locals(st, cfg, key, hash, v, missed);
+            if (full == NULL && (full = cm_key_build(st, node, key, cfg->version, hash)) == NULL) {
+                Py_DECREF(v);
+                goto done;
+            }
+            cm_fill_locals(st, cfg, full, hash, v, missed);
             for (Py_ssize_t j = 0; j < i; j++) {
                 CmCacheRef *pr = &cfg->caches[j];
                 if (pr->kind == CM_CACHE_LOCAL_PY && (missed & (1u << j))) {
@@ -93,18 +121,22 @@ PyObject *cm_get(CmState *st, CmRequest *req)
                 }
             }
         }
-        Py_DECREF(key);
-        PyObject *ready = cm_ready_new(st, v);
+        result = cm_ready_new(st, v);
         Py_DECREF(v);
-        return ready;
+        goto done;
     }
+    /* every local cache missed: the singleflight takes it from here */
+    if (full == NULL && (full = cm_key_build(st, node, key, cfg->version, hash)) == NULL)
+        goto done;
     req->cfg = cfg;
-    req->key = key;
+    req->key = full;
     req->hash = hash;
     req->missed = missed;
-    PyObject *g = cm_get_begin(st, req);
-    Py_DECREF(key);
-    return g;
+    result = cm_get_begin(st, req);
+done:
+    Py_XDECREF(key);
+    Py_XDECREF(full);
+    return result;
 }
 
 static PyObject *py_get(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)

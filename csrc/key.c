@@ -1,8 +1,16 @@
 /* The full key: {prefix}:{node.key()}:{Meta.version}, the 0.3.0 layout,
- * built once per node instance and cached on it as _full_key (the attribute
- * 0.3.0 used, so code reading it keeps working). Its str hash is computed
- * here and reused by every table downstream. */
+ * built at most once per node instance and cached on it as _full_key (the
+ * attribute 0.3.0 used, so code reading it keeps working).
+ *
+ * A local hit does not need the string at all: when the three parts are
+ * 1-byte strings, the key's str hash is computed from them with the same
+ * SipHash-1-3 and secret CPython uses (siphash.h), and the store compares the
+ * parts in place. The string is built only when something keeps it: a miss,
+ * a fill, node.full_key(). Its hash is then stored, not computed again. */
+#include "key.h"
+
 #include "nodecfg.h"
+#include "siphash.h"
 
 static PyObject *concat3(PyObject *a, PyObject *b, PyObject *c)
 {
@@ -39,43 +47,84 @@ static PyObject *concat3(PyObject *a, PyObject *b, PyObject *c)
     return s;
 }
 
-PyObject *cm_full_key(CmState *st, PyObject *node, CmNodeConfigObject *cfg)
+PyObject *
+cm_key_cached(CmState *st, PyObject *node)
 {
     PyObject *cached = PyObject_GetAttr(node, st->s__full_key);
     if (cached == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
-            return NULL;
-        PyErr_Clear();
-    } else if (PyUnicode_CheckExact(cached)) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError))
+            PyErr_Clear();
+        return NULL;
+    }
+    if (PyUnicode_CheckExact(cached)) {
         if (PyObject_Hash(cached) == -1) {
             Py_DECREF(cached);
             return NULL;
         }
         return cached;
-    } else {
-        Py_DECREF(cached);
     }
+    Py_DECREF(cached);
+    return NULL;
+}
 
-    PyObject *key =
-        PyObject_VectorcallMethod(st->s_key, &node, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (key == NULL)
-        return NULL;
-    if (!PyUnicode_Check(key)) {
+PyObject *
+cm_key_call(CmState *st, PyObject *node)
+{
+    PyObject *key = PyObject_VectorcallMethod(st->s_key, &node,
+                                              1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (key != NULL && !PyUnicode_Check(key)) {
         PyErr_Format(PyExc_TypeError, "%.100s.key() must return str, not %.100s",
                      Py_TYPE(node)->tp_name, Py_TYPE(key)->tp_name);
-        Py_DECREF(key);
-        return NULL;
+        Py_CLEAR(key);
     }
-    PyObject *full = concat3(st->prefix, key, cfg->version);
-    Py_DECREF(key);
+    return key;
+}
+
+int
+cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *parts, Py_hash_t *hash)
+{
+#if Py_HASH_ALGORITHM == Py_HASH_SIPHASH13 && Py_HASH_CUTOFF == 0
+    PyObject *pieces[3] = {st->prefix, key, version}; // borrowed
+    static const unsigned char colon = ':';
+    cm_siphash h;
+    for (int i = 0; i < 3; i++) {
+        if (PyUnicode_KIND(pieces[i]) != PyUnicode_1BYTE_KIND)
+            return 0;
+        parts->p[i] = PyUnicode_1BYTE_DATA(pieces[i]);
+        parts->n[i] = PyUnicode_GET_LENGTH(pieces[i]);
+    }
+    cm_siphash_init(&h, _Py_HashSecret.siphash.k0, _Py_HashSecret.siphash.k1);
+    cm_siphash_update(&h, parts->p[0], (size_t)parts->n[0]);
+    cm_siphash_update(&h, &colon, 1);
+    cm_siphash_update(&h, parts->p[1], (size_t)parts->n[1]);
+    cm_siphash_update(&h, &colon, 1);
+    cm_siphash_update(&h, parts->p[2], (size_t)parts->n[2]);
+    Py_hash_t x = (Py_hash_t)cm_siphash_final(&h);
+    *hash = x == -1 ? -2 : x; /* as _Py_HashBytes */
+    return 1;
+#else
+    (void)st, (void)key, (void)version, (void)parts, (void)hash;
+    return 0;
+#endif
+}
+
+PyObject *
+cm_key_build(CmState *st, PyObject *node, PyObject *key, PyObject *version, Py_hash_t known_hash)
+{
+    PyObject *full = concat3(st->prefix, key, version);
     if (full == NULL)
         return NULL;
-    if (PyObject_Hash(full) == -1) {
+    if (known_hash != -1) {
+        ((PyASCIIObject *)full)->hash = known_hash;
+        assert(known_hash == _Py_HashBytes(PyUnicode_DATA(full), PyUnicode_GET_LENGTH(full) *
+                                                                      PyUnicode_KIND(full)));
+    }
+    else if (PyObject_Hash(full) == -1) {
         Py_DECREF(full);
         return NULL;
     }
     /* cache on the instance; a node class with __slots__ simply goes without */
-    if (PyObject_SetAttr(node, st->s__full_key, full) < 0) {
+    if (node != NULL && PyObject_SetAttr(node, st->s__full_key, full) < 0) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
             Py_DECREF(full);
             return NULL;
@@ -83,4 +132,46 @@ PyObject *cm_full_key(CmState *st, PyObject *node, CmNodeConfigObject *cfg)
         PyErr_Clear();
     }
     return full;
+}
+
+PyObject *
+cm_full_key(CmState *st, PyObject *node, CmNodeConfigObject *cfg)
+{
+    PyObject *full = cm_key_cached(st, node);
+    if (full != NULL || PyErr_Occurred())
+        return full;
+    PyObject *key = cm_key_call(st, node);
+    if (key == NULL)
+        return NULL;
+    full = cm_key_build(st, node, key, cfg->version, -1);
+    Py_DECREF(key);
+    return full;
+}
+
+/* _hash_parts(key, version): the hash of "{prefix}:{key}:{version}" computed
+ * from its parts, or None when they are not all 1-byte strings (tests) */
+static PyObject *
+py_hash_parts(PyObject *mod, PyObject *args)
+{
+    CmState *st = cm_state_from_module(mod);
+    PyObject *key, *version;
+    CmKeyParts parts;
+    Py_hash_t h;
+    if (!PyArg_ParseTuple(args, "UU:_hash_parts", &key, &version))
+        return NULL;
+    if (!cm_key_parts(st, key, version, &parts, &h))
+        Py_RETURN_NONE;
+    return PyLong_FromSsize_t(h);
+}
+
+static PyMethodDef key_functions[] = {
+    {"_hash_parts", py_hash_parts, METH_VARARGS, NULL},
+    {NULL, NULL},
+};
+
+int
+cm_key_init(PyObject *mod, CmState *st)
+{
+    (void)st;
+    return PyModule_AddFunctions(mod, key_functions);
 }

@@ -3,6 +3,7 @@
  * rebuilt when a storage is (re)registered. */
 #ifndef CM_NODECFG_H
 #define CM_NODECFG_H
+#include "key.h"
 #include "metrics.h"
 #include "state.h"
 

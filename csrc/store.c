@@ -229,6 +229,56 @@ oom:
     return -1;
 }
 
+static inline int
+parts_eq(PyObject *k, const CmKeyParts *kp)
+{
+    Py_ssize_t n0 = kp->n[0], n1 = kp->n[1], n2 = kp->n[2];
+    if (PyUnicode_KIND(k) != PyUnicode_1BYTE_KIND || PyUnicode_GET_LENGTH(k) != n0 + n1 + n2 + 2)
+        return 0;
+    const unsigned char *d = PyUnicode_1BYTE_DATA(k);
+    return memcmp(d, kp->p[0], n0) == 0 && d[n0] == ':' &&
+           memcmp(d + n0 + 1, kp->p[1], n1) == 0 && d[n0 + 1 + n1] == ':' &&
+           memcmp(d + n0 + n1 + 2, kp->p[2], n2) == 0;
+}
+
+/* A resident, unexpired slot for hash/parts, or EMPTY. */
+static uint32_t
+find_live_parts(CmStoreObject *s, const CmKeyParts *kp, Py_hash_t hash, int64_t *now)
+{
+    uint32_t mask = s->index_mask;
+    for (uint32_t pos = (uint32_t)hash & mask;; pos = (pos + 1) & mask) {
+        uint32_t slot = s->index[pos];
+        if (slot == EMPTY)
+            return EMPTY;
+        PyObject *k = s->keys[slot]; // borrowed
+        if (((PyASCIIObject *)k)->hash == hash && parts_eq(k, kp)) {
+            int64_t exp = cm_wheel_expire_at(s->wheel, slot);
+            if (exp != 0 && exp <= (*now ? *now : (*now = cm_now_ns()))) {
+                drop_slot(s, slot, 1);
+                return EMPTY;
+            }
+            return slot;
+        }
+    }
+}
+
+PyObject *
+cm_store_lookup_parts(CmStoreObject *s, const CmKeyParts *parts, Py_hash_t hash)
+{
+    int64_t now = 0;
+    advance_wheel(s, &now);
+    uint32_t slot = find_live_parts(s, parts, hash, &now);
+    if (slot != EMPTY) {
+        cm_policy_access(s->policy, slot, (uint64_t)hash);
+        PyObject *v = Py_NewRef(s->values[slot]);
+        flush_dead(s);
+        return v;
+    }
+    cm_policy_record_miss(s->policy, (uint64_t)hash);
+    flush_dead(s);
+    return NULL;
+}
+
 PyObject *cm_store_lookup(CmStoreObject *s, PyObject *key, Py_hash_t hash)
 {
     int64_t now = 0;

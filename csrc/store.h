@@ -3,6 +3,7 @@
  * Keys are exact str objects whose cached hash is reused. */
 #ifndef CM_STORE_H
 #define CM_STORE_H
+#include "key.h"
 #include "state.h"
 
 typedef struct CmStoreObject CmStoreObject;
@@ -15,6 +16,8 @@ static inline int cm_store_check(CmState *st, PyObject *o)
 /* New reference to the value, or NULL on a miss (no exception is set on a
  * miss; lookups cannot fail). Records the hit or miss for the policy. */
 PyObject *cm_store_lookup(CmStoreObject *s, PyObject *key, Py_hash_t hash);
+/* The same, for a full key given by its parts (see key.h) and its hash. */
+PyObject *cm_store_lookup_parts(CmStoreObject *s, const CmKeyParts *parts, Py_hash_t hash);
 /* Insert or replace; ttl_ns < 0 means no TTL. -1 with an exception on OOM. */
 int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *value, int64_t ttl_ns);
 /* 1 removed, 0 absent. */

@@ -363,3 +363,41 @@ async def test_frozen_dataclass_node_and_slots_node():
 
     assert await cacheme.get(Frozen(1)) == 1
     assert await cacheme.get(Frozen(1)) == 1
+
+
+def test_full_key_hash_from_parts_matches_str_hash():
+    import random
+
+    from cacheme import _core
+
+    rng = random.Random(3)
+    alphabet = "abcXYZ019:_-é"  # é keeps it 1-byte (latin-1)
+    for n in range(0, 40):
+        key = "".join(rng.choice(alphabet) for _ in range(n))
+        for version in ("", "v1", "version-123456789"):
+            full = f"{_core.get_prefix()}:{key}:{version}"
+            assert _core._hash_parts(key, version) == hash(full)
+    assert _core._hash_parts("ключ", "v1") is None  # wide strings build the key instead
+
+
+async def test_non_ascii_keys_work_end_to_end():
+    name = await register_local()
+
+    @dataclasses.dataclass
+    class Wide(Node):
+        word: str
+
+        def key(self):
+            return f"w:{self.word}"
+
+        async def load(self):
+            return self.word.upper()
+
+        class Meta(Node.Meta):
+            version = "v✓"
+            caches = [Cache(storage=name, ttl=None)]
+
+    for word in ("ключ", "café", "plain", "日本"):
+        assert await cacheme.get(Wide(word)) == word.upper()
+        assert await cacheme.get(Wide(word)) == word.upper()
+    assert cacheme.stats(Wide).hit_count() == 4

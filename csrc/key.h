@@ -1,0 +1,28 @@
+/* The full key {prefix}:{key()}:{version} (see key.c). */
+#ifndef CM_KEY_H
+#define CM_KEY_H
+#include "state.h"
+
+struct CmNodeConfigObject_;
+
+/* The three 1-byte-string parts of a full key, for hashing and comparing it
+ * without building it. Pointers borrowed from live str objects. */
+typedef struct {
+    const unsigned char *p[3];
+    Py_ssize_t n[3];
+} CmKeyParts;
+
+/* node._full_key if it is a str (new reference), else NULL without error;
+ * NULL with an exception on error. */
+PyObject *cm_key_cached(CmState *st, PyObject *node);
+/* node.key(), checked to be a str; new reference. */
+PyObject *cm_key_call(CmState *st, PyObject *node);
+/* If prefix, key and version are all 1-byte strings, fill parts and set
+ * *hash to exactly hash(full key) and return 1; else return 0. */
+int cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *parts,
+                 Py_hash_t *hash);
+/* Build the full key str from key(); known_hash (or -1) is stored as its
+ * hash, else the hash is computed. Cached on node when node is not NULL. */
+PyObject *cm_key_build(CmState *st, PyObject *node, PyObject *key, PyObject *version,
+                       Py_hash_t known_hash);
+#endif
