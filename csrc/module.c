@@ -31,7 +31,7 @@ static int cm_exec(PyObject *mod)
 
     if (cm_ready_init(mod, st) < 0 || cm_metrics_init(mod, st) < 0 || cm_store_init(mod, st) < 0 ||
         cm_bloomtype_init(mod, st) < 0 || cm_nodecfg_init(mod, st) < 0 ||
-        cm_flight_init(mod, st) < 0 || cm_memoize_init(mod, st) < 0)
+        cm_flight_init(mod, st) < 0 || cm_memoize_init(mod, st) < 0 || cm_key_init(mod, st) < 0)
         goto done;
     if (PyModule_AddObjectRef(mod, "sentinel", st->sentinel) < 0)
         goto done;

@@ -109,6 +109,7 @@ int cm_bloomtype_init(PyObject *mod, CmState *st);
 int cm_nodecfg_init(PyObject *mod, CmState *st);
 int cm_flight_init(PyObject *mod, CmState *st);
 int cm_memoize_init(PyObject *mod, CmState *st);
+int cm_key_init(PyObject *mod, CmState *st);
 void cm_flight_table_clear(CmState *st);
 
 #endif
