@@ -15,7 +15,7 @@ CSRC := $(wildcard csrc/*.c csrc/*.h)
 SYSTEM_PKGS := pkg-config libhiredis-dev libmsgpack-dev zlib1g-dev valgrind
 export CACHEME_WERROR ?= 1
 
-.PHONY: all deps venv build demo test test-c test-py test-asan test-debug format format-check clean
+.PHONY: all deps venv build demo test test-c test-py test-sdist test-asan test-debug format format-check clean
 
 all: build
 
@@ -58,7 +58,15 @@ test-c: deps
 test-py: venv $(VENV)/.test-stamp
 	$(PY) -m pytest tests -q
 
-test: test-c test-py
+test: test-c test-py test-sdist
+
+# An sdist built from the tree installs into a clean venv and imports.
+test-sdist: venv
+	rm -rf build/sdist && mkdir -p build/sdist
+	$(PY) setup.py -q sdist -d build/sdist
+	$(PYTHON) -m venv build/sdist/venv
+	build/sdist/venv/bin/pip install -q build/sdist/cacheme-*.tar.gz
+	cd build/sdist && venv/bin/python -c "import cacheme, cacheme._core; assert 'build/sdist/venv' in cacheme.__file__; print('sdist ok:', cacheme.__file__)"
 
 # The whole pytest suite against a sanitizer build kept apart in build/asan-pkg.
 test-asan: deps $(VENV)/.test-stamp
