@@ -85,20 +85,21 @@ cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *parts, P
 {
 #if Py_HASH_ALGORITHM == Py_HASH_SIPHASH13 && Py_HASH_CUTOFF == 0
     PyObject *pieces[3] = {st->prefix, key, version}; // borrowed
-    static const unsigned char colon = ':';
-    cm_siphash h;
+    Py_ssize_t n = 0;
     for (int i = 0; i < 3; i++) {
-        if (PyUnicode_KIND(pieces[i]) != PyUnicode_1BYTE_KIND)
+        PyObject *p = pieces[i]; // borrowed
+        Py_ssize_t len = PyUnicode_GET_LENGTH(p);
+        if (PyUnicode_KIND(p) != PyUnicode_1BYTE_KIND || n + len + 1 > CM_KEY_BUF)
             return 0;
-        parts->p[i] = PyUnicode_1BYTE_DATA(pieces[i]);
-        parts->n[i] = PyUnicode_GET_LENGTH(pieces[i]);
+        memcpy(parts->data + n, PyUnicode_1BYTE_DATA(p), (size_t)len);
+        n += len;
+        if (i < 2)
+            parts->data[n++] = ':';
     }
+    parts->len = n;
+    cm_siphash h;
     cm_siphash_init(&h, _Py_HashSecret.siphash.k0, _Py_HashSecret.siphash.k1);
-    cm_siphash_update(&h, parts->p[0], (size_t)parts->n[0]);
-    cm_siphash_update(&h, &colon, 1);
-    cm_siphash_update(&h, parts->p[1], (size_t)parts->n[1]);
-    cm_siphash_update(&h, &colon, 1);
-    cm_siphash_update(&h, parts->p[2], (size_t)parts->n[2]);
+    cm_siphash_update(&h, parts->data, (size_t)n);
     Py_hash_t x = (Py_hash_t)cm_siphash_final(&h);
     *hash = x == -1 ? -2 : x; /* as _Py_HashBytes */
     return 1;

@@ -5,11 +5,12 @@
 
 struct CmNodeConfigObject_;
 
-/* The three 1-byte-string parts of a full key, for hashing and comparing it
- * without building it. Pointers borrowed from live str objects. */
+/* The bytes of a full key made of 1-byte strings, assembled on the stack to
+ * hash and compare it without building the str. */
+#define CM_KEY_BUF 256
 typedef struct {
-    const unsigned char *p[3];
-    Py_ssize_t n[3];
+    Py_ssize_t len;
+    unsigned char data[CM_KEY_BUF];
 } CmKeyParts;
 
 /* node._full_key if it is a str (new reference), else NULL without error;
@@ -17,8 +18,9 @@ typedef struct {
 PyObject *cm_key_cached(CmState *st, PyObject *node);
 /* node.key(), checked to be a str; new reference. */
 PyObject *cm_key_call(CmState *st, PyObject *node);
-/* If prefix, key and version are all 1-byte strings, fill parts and set
- * *hash to exactly hash(full key) and return 1; else return 0. */
+/* If prefix, key and version are all 1-byte strings and the full key fits
+ * CM_KEY_BUF, fill parts and set *hash to exactly hash(full key) and return
+ * 1; else return 0. */
 int cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *parts,
                  Py_hash_t *hash);
 /* Build the full key str from key(); known_hash (or -1) is stored as its

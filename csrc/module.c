@@ -59,6 +59,8 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->CancelledError);
     Py_VISIT(st->ready_cache);
+    Py_VISIT(st->last_cls);
+    Py_VISIT(st->last_cfg);
     return 0;
 }
 
@@ -84,6 +86,8 @@ static int cm_clear(PyObject *mod)
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->CancelledError);
     Py_CLEAR(st->ready_cache);
+    Py_CLEAR(st->last_cls);
+    Py_CLEAR(st->last_cfg);
     return 0;
 }
 

@@ -206,23 +206,31 @@ fail:
     return NULL;
 }
 
-CmNodeConfigObject *cm_nodecfg_get(CmState *st, PyTypeObject *cls)
+CmNodeConfigObject *
+cm_nodecfg_get(CmState *st, PyTypeObject *cls)
 {
+    CmNodeConfigObject *last = (CmNodeConfigObject *)st->last_cfg; // borrowed
+    if ((PyObject *)cls == st->last_cls && last->generation == st->generation)
+        return last;
     PyObject *cur = PyDict_GetItemWithError(cls->tp_dict, st->s___cacheme__); // borrowed
-    if (cur != NULL && Py_IS_TYPE(cur, st->NodeConfigType) &&
-        ((CmNodeConfigObject *)cur)->generation == st->generation)
-        return (CmNodeConfigObject *)cur;
-    if (PyErr_Occurred())
-        return NULL;
-    CmNodeConfigObject *c = cfg_build(st, cls);
-    if (c == NULL)
-        return NULL;
-    /* through setattr so the type's attribute cache stays right */
-    int rc = PyObject_SetAttr((PyObject *)cls, st->s___cacheme__, (PyObject *)c);
-    Py_DECREF(c); /* the class dict holds it now */
-    if (rc < 0)
-        return NULL;
-    return c;
+    if (cur == NULL || !Py_IS_TYPE(cur, st->NodeConfigType) ||
+        ((CmNodeConfigObject *)cur)->generation != st->generation) {
+        if (PyErr_Occurred())
+            return NULL;
+        CmNodeConfigObject *c = cfg_build(st, cls);
+        if (c == NULL)
+            return NULL;
+        /* through setattr so the type's attribute cache stays right */
+        int rc = PyObject_SetAttr((PyObject *)cls, st->s___cacheme__, (PyObject *)c);
+        Py_DECREF(c); /* the class dict holds it now */
+        if (rc < 0)
+            return NULL;
+        cur = (PyObject *)c;
+    }
+    /* the class is held too, so its address cannot be reused while cached */
+    Py_XSETREF(st->last_cls, Py_NewRef(cls));
+    Py_XSETREF(st->last_cfg, Py_NewRef(cur));
+    return (CmNodeConfigObject *)cur;
 }
 
 /* ---- Python entry points --------------------------------------------------- */

@@ -80,6 +80,10 @@ typedef struct {
     PyObject *get_running_loop;
     PyObject *CancelledError;
 
+    /* the last node class seen by get() and its config (both strong) */
+    PyObject *last_cls;
+    PyObject *last_cfg;
+
     /* a reusable ready awaitable (refcount 1 = free to reuse) */
     PyObject *ready_cache;
 

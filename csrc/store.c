@@ -232,13 +232,8 @@ oom:
 static inline int
 parts_eq(PyObject *k, const CmKeyParts *kp)
 {
-    Py_ssize_t n0 = kp->n[0], n1 = kp->n[1], n2 = kp->n[2];
-    if (PyUnicode_KIND(k) != PyUnicode_1BYTE_KIND || PyUnicode_GET_LENGTH(k) != n0 + n1 + n2 + 2)
-        return 0;
-    const unsigned char *d = PyUnicode_1BYTE_DATA(k);
-    return memcmp(d, kp->p[0], n0) == 0 && d[n0] == ':' &&
-           memcmp(d + n0 + 1, kp->p[1], n1) == 0 && d[n0 + 1 + n1] == ':' &&
-           memcmp(d + n0 + n1 + 2, kp->p[2], n2) == 0;
+    return PyUnicode_KIND(k) == PyUnicode_1BYTE_KIND && PyUnicode_GET_LENGTH(k) == kp->len &&
+           memcmp(PyUnicode_1BYTE_DATA(k), kp->data, (size_t)kp->len) == 0;
 }
 
 /* A resident, unexpired slot for hash/parts, or EMPTY. */
