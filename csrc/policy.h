@@ -41,9 +41,10 @@ int cm_policy_contains(const cm_policy *p, uint32_t slot); /* resident? */
 int cm_policy_frequency(const cm_policy *p, uint64_t hash);
 /* Current window size limit (W-TinyLFU); capacity for LRU. */
 uint32_t cm_policy_window_max(const cm_policy *p);
-/* Reseed the admission PRNG (tests; it is seeded from the struct address). */
+/* Reseed the admission PRNG (tests; by default it is seeded from a constant
+ * mixed with the capacity, so runs are reproducible). */
 void cm_policy_seed(cm_policy *p, uint64_t seed);
-/* Bytes of C memory the policy holds (incl. sketch, doorkeeper). */
+/* Bytes of C memory the policy holds (incl. the sketch). */
 size_t cm_policy_memory(const cm_policy *p);
 /* Walk every list and check links, queue ids and sizes: 0 if consistent.
  * O(slots); for tests and debug builds. */

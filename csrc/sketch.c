@@ -7,7 +7,10 @@
  * item selects one 64-byte block (8 words) from the low bits of its mixed
  * hash, and its four counters (one per "row") live in that block, so an
  * increment or estimate touches a single cache line. Row i uses word
- * block + 2*i + (one hash bit), and one of the 16 counters in it.
+ * block + 2*i + (one hash bit), and one of the 16 counters in it. The four
+ * rows' positions are cut from one mixed hash with a shift and a mask each,
+ * and the increment does not branch on saturation, so an increment is about 90
+ * instructions, straight-line.
  *
  * Counters saturate at 15: TinyLFU only needs to compare frequencies, and
  * popularity beyond 15 within one sample is "hot" either way. After
@@ -65,33 +68,38 @@ void cm_sketch_destroy(cm_sketch *s)
     s->mask = 0;
 }
 
-/* word[i] and counter index[i] (0..15) of row i for hash. */
-static inline void cm_sketch_locate(const cm_sketch *s, uint64_t hash, uint32_t word[4],
-                                    uint32_t index[4])
+/* The 64-byte block of hash, and in h the 32 bits that pick its counters:
+ * byte i of h serves row i, whose counter is in word 2i or 2i+1 of the block
+ * (bit 0), and is counter bits 1..4 of that word. One mix of the caller's
+ * hash feeds both. */
+static inline uint64_t *cm_sketch_block(const cm_sketch *s, uint64_t hash, uint32_t *h)
 {
-    uint64_t h = cm_mix64(hash ^ CM_SKETCH_SEED);
-    uint32_t block = ((uint32_t)h & s->mask) << 3;
-    uint32_t counter_hash = (uint32_t)(h >> 32);
+    uint64_t x = cm_mix64(hash ^ CM_SKETCH_SEED);
 
-    for (int i = 0; i < 4; i++) {
-        uint32_t c = counter_hash >> (i << 3);
-        index[i] = (c >> 1) & 15;
-        word[i] = block + (c & 1) + ((uint32_t)i << 1);
-    }
+    *h = (uint32_t)(x >> 32);
+    return s->table + (((uint32_t)x & s->mask) << 3);
+}
+
+#define CM_SKETCH_WORD(block, h, i) ((block) + 2 * (i) + (((h) >> (8 * (i))) & 1))
+#define CM_SKETCH_SHIFT(h, i) ((((h) >> (8 * (i) + 1)) & 15) << 2)
+
+static inline uint32_t cm_sketch_count(const uint64_t *block, uint32_t h, int i)
+{
+    return (uint32_t)(*CM_SKETCH_WORD(block, h, i) >> CM_SKETCH_SHIFT(h, i)) & 15;
 }
 
 int cm_sketch_frequency(const cm_sketch *s, uint64_t hash)
 {
-    uint32_t word[4], index[4];
-    int freq = 15;
+    uint32_t h, a, b;
+    const uint64_t *block = cm_sketch_block(s, hash, &h);
 
-    cm_sketch_locate(s, hash, word, index);
-    for (int i = 0; i < 4; i++) {
-        int c = (int)((s->table[word[i]] >> (index[i] << 2)) & 15);
-        if (c < freq)
-            freq = c;
-    }
-    return freq;
+    a = cm_sketch_count(block, h, 0);
+    b = cm_sketch_count(block, h, 1);
+    a = b < a ? b : a;
+    b = cm_sketch_count(block, h, 2);
+    a = b < a ? b : a;
+    b = cm_sketch_count(block, h, 3);
+    return (int)(b < a ? b : a);
 }
 
 void cm_sketch_age(cm_sketch *s)
@@ -115,24 +123,33 @@ void cm_sketch_tick(cm_sketch *s)
         cm_sketch_age(s);
 }
 
+/* Add 1 to row i's counter unless it is saturated, without a branch;
+ * returns 1 if it was added. */
+static inline uint64_t cm_sketch_add(uint64_t *block, uint32_t h, int i)
+{
+    uint64_t *w = CM_SKETCH_WORD(block, h, i);
+    uint32_t shift = CM_SKETCH_SHIFT(h, i);
+    uint64_t v = *w;
+    uint64_t room = ((v >> shift) & 15) != 15;
+
+    *w = v + (room << shift);
+    return room;
+}
+
 void cm_sketch_increment(cm_sketch *s, uint64_t hash)
 {
-    uint32_t word[4], index[4];
-    int added = 0;
+    uint32_t h;
+    uint64_t *block = cm_sketch_block(s, hash, &h);
+    uint64_t added = cm_sketch_add(block, h, 0);
 
-    cm_sketch_locate(s, hash, word, index);
-    for (int i = 0; i < 4; i++) {
-        uint32_t shift = index[i] << 2;
-        uint64_t mask = UINT64_C(15) << shift;
-        if ((s->table[word[i]] & mask) != mask) {
-            s->table[word[i]] += UINT64_C(1) << shift;
-            added = 1;
-        }
-    }
+    added |= cm_sketch_add(block, h, 1);
+    added |= cm_sketch_add(block, h, 2);
+    added |= cm_sketch_add(block, h, 3);
     /* A fully saturated item adds no information, so it does not advance
      * the sample either (as in Caffeine). */
-    if (added)
-        cm_sketch_tick(s);
+    s->size += added;
+    if (s->size >= s->sample_size)
+        cm_sketch_age(s);
 }
 
 size_t cm_sketch_memory(const cm_sketch *s) { return (size_t)s->nwords * sizeof(uint64_t); }

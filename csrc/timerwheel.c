@@ -24,7 +24,13 @@
  * Per slot: prev, next (uint32 ids) and the int64 expiry, 16 bytes. Bucket
  * heads are sentinel nodes named by ids at the top of the uint32 range, so
  * one unlink works for slots and heads alike. next == CM_WHEEL_NIL marks an
- * unscheduled slot. */
+ * unscheduled slot.
+ *
+ * The per-slot array is allocated lazily, by the first cm_wheel_schedule:
+ * until then cm_wheel_reserve only records the wanted size, so a store that
+ * never uses a TTL pays nothing per entry for its wheel. Slots beyond the
+ * allocated array are unscheduled by definition, which is what every query
+ * (expire_at, cancel, is_scheduled) answers for them. */
 #include "timerwheel.h"
 
 #include <stdlib.h>
@@ -55,11 +61,12 @@ typedef struct {
 typedef char cm_wheel_node_is_16_bytes[sizeof(cm_wheel_node) == 16 ? 1 : -1];
 
 struct cm_wheel {
-    cm_wheel_node *nodes;
-    uint32_t nslots; /* allocated */
-    uint32_t len;    /* scheduled */
-    int64_t nanos;   /* the clock: the last advance */
-    int64_t cur_min; /* <= every expiry in the current level-0 bucket */
+    cm_wheel_node *nodes; /* NULL until the first schedule */
+    uint32_t nslots;      /* allocated */
+    uint32_t wanted;      /* reserved: allocated on the first schedule */
+    uint32_t len;         /* scheduled */
+    int64_t nanos;        /* the clock: the last advance */
+    int64_t cur_min;      /* <= every expiry in the current level-0 bucket */
     cm_wheel_head heads[CM_WHEEL_NHEADS];
 };
 
@@ -160,38 +167,50 @@ void cm_wheel_free(cm_wheel *w)
     free(w);
 }
 
-int cm_wheel_reserve(cm_wheel *w, uint32_t nslots)
+/* Grow the array to exactly n slots (the store grows by doubling up to its
+ * capacity + 1; rounding up here would waste up to half of it). */
+static int cm_wheel_grow(cm_wheel *w, uint32_t n)
 {
-    uint64_t n;
     cm_wheel_node *nodes;
 
-    if (nslots <= w->nslots)
+    if (n <= w->nslots)
         return 0;
-    if (nslots > CM_WHEEL_MAX_SLOTS)
-        return -1;
-    n = w->nslots ? w->nslots : 16;
-    while (n < nslots)
-        n <<= 1;
-    if (n > CM_WHEEL_MAX_SLOTS)
-        n = CM_WHEEL_MAX_SLOTS;
+#if SIZE_MAX <= UINT32_MAX
     if (n > SIZE_MAX / sizeof(cm_wheel_node))
         return -1;
+#endif
     nodes = realloc(w->nodes, (size_t)n * sizeof(cm_wheel_node));
     if (nodes == NULL)
         return -1;
-    for (uint64_t i = w->nslots; i < n; i++) {
+    for (uint32_t i = w->nslots; i < n; i++) {
         nodes[i].prev = CM_WHEEL_NIL;
         nodes[i].next = CM_WHEEL_NIL;
         nodes[i].expire = 0;
     }
     w->nodes = nodes;
-    w->nslots = (uint32_t)n;
+    w->nslots = n;
     return 0;
 }
 
-void cm_wheel_schedule(cm_wheel *w, uint32_t slot, int64_t expire_ns)
+int cm_wheel_reserve(cm_wheel *w, uint32_t nslots)
 {
-    cm_wheel_node *n = &w->nodes[slot];
+    if (nslots > CM_WHEEL_MAX_SLOTS)
+        return -1;
+    if (nslots > w->wanted)
+        w->wanted = nslots;
+    return w->nodes == NULL ? 0 : cm_wheel_grow(w, w->wanted);
+}
+
+int cm_wheel_schedule_checked(cm_wheel *w, uint32_t slot, int64_t expire_ns)
+{
+    cm_wheel_node *n;
+
+    if (slot >= w->nslots) {
+        uint32_t want = w->wanted > slot ? w->wanted : slot + 1;
+        if (slot >= CM_WHEEL_MAX_SLOTS || cm_wheel_grow(w, want) < 0)
+            return -1;
+    }
+    n = &w->nodes[slot];
 
     if (n->next != CM_WHEEL_NIL)
         cm_wheel_unlink(w, slot);
@@ -199,6 +218,14 @@ void cm_wheel_schedule(cm_wheel *w, uint32_t slot, int64_t expire_ns)
         w->len++;
     n->expire = expire_ns;
     cm_wheel_link_tail(w, cm_wheel_find_bucket(w, expire_ns), slot);
+    return 0;
+}
+
+void cm_wheel_schedule(cm_wheel *w, uint32_t slot, int64_t expire_ns)
+{
+    /* The store reserved the slot, so only the first, lazy allocation can
+     * fail; an unscheduled slot then just never expires early. */
+    (void)cm_wheel_schedule_checked(w, slot, expire_ns);
 }
 
 void cm_wheel_cancel(cm_wheel *w, uint32_t slot)

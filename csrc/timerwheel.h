@@ -14,11 +14,16 @@ typedef void (*cm_expire_fn)(void *ud, uint32_t slot);
 
 cm_wheel *cm_wheel_new(int64_t now_ns); /* NULL on OOM; times are >= 0 (monotonic ns) */
 void cm_wheel_free(cm_wheel *w);
-/* Grow the per-slot arrays to >= nslots; 0 ok, -1 OOM or nslots > CM_WHEEL_MAX_SLOTS. */
+/* Make room for slots < nslots; 0 ok, -1 OOM or nslots > CM_WHEEL_MAX_SLOTS.
+ * Before the first schedule this only records the size: the per-slot array
+ * (16 bytes a slot, exactly nslots) is allocated by the first schedule. */
 int cm_wheel_reserve(cm_wheel *w, uint32_t nslots);
 /* (Re)schedule slot to expire at expire_ns; the slot may already be scheduled.
- * A time at or before the wheel's clock fires on the next advance. */
+ * A time at or before the wheel's clock fires on the next advance. The first
+ * schedule allocates the array for the reserved size (or slot + 1): if that
+ * fails the slot stays unscheduled; cm_wheel_schedule_checked says so (-1). */
 void cm_wheel_schedule(cm_wheel *w, uint32_t slot, int64_t expire_ns);
+int cm_wheel_schedule_checked(cm_wheel *w, uint32_t slot, int64_t expire_ns);
 void cm_wheel_cancel(cm_wheel *w, uint32_t slot); /* no-op if not scheduled */
 /* 0 if not scheduled (so do not schedule at time 0 if you need to tell). */
 int64_t cm_wheel_expire_at(const cm_wheel *w, uint32_t slot);

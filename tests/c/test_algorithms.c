@@ -588,6 +588,62 @@ static void test_wheel_reentrant(void)
     wmodel_free(&m);
 }
 
+static void no_fire(void *ud, uint32_t slot)
+{
+    (void)ud;
+    (void)slot;
+    CHECK(0);
+}
+
+/* The per-slot array waits for the first schedule, and then has exactly the
+ * reserved size; every query is safe before it and beyond it. */
+static void test_wheel_lazy(void)
+{
+    cm_wheel *w = cm_wheel_new(SEC);
+    size_t m0;
+
+    CHECK(w != NULL);
+    m0 = cm_wheel_memory(w);
+    CHECK(cm_wheel_reserve(w, 1000) == 0);
+    CHECK(cm_wheel_reserve(w, 16) == 0); /* never shrinks what was wanted */
+    CHECK(cm_wheel_memory(w) == m0);     /* recorded only */
+    CHECK(cm_wheel_reserve(w, CM_WHEEL_MAX_SLOTS + 1) == -1);
+    for (uint32_t slot = 0; slot < 3000; slot += 999) {
+        CHECK(cm_wheel_expire_at(w, slot) == 0);
+        CHECK(!cm_wheel_is_scheduled(w, slot));
+        cm_wheel_cancel(w, slot);
+    }
+    CHECK(cm_wheel_expire_at(w, CM_WHEEL_MAX_SLOTS - 1) == 0);
+    cm_wheel_advance(w, 2 * SEC, no_fire, NULL);
+    cm_wheel_advance(w, 400 * DAY, no_fire, NULL); /* every level turns over */
+    CHECK(cm_wheel_len(w) == 0 && cm_wheel_check(w) == 0);
+    CHECK(cm_wheel_memory(w) == m0);
+
+    cm_wheel_schedule(w, 10, 401 * DAY);
+    CHECK(cm_wheel_memory(w) == m0 + 1000 * 16); /* exactly the reserved size */
+    CHECK(cm_wheel_expire_at(w, 10) == 401 * DAY && cm_wheel_len(w) == 1);
+    CHECK(cm_wheel_reserve(w, 1500) == 0); /* now allocates, exactly */
+    CHECK(cm_wheel_memory(w) == m0 + 1500 * 16);
+    CHECK(cm_wheel_expire_at(w, 1499) == 0 && cm_wheel_expire_at(w, 1500) == 0);
+    cm_wheel_cancel(w, 5000);
+    /* a slot beyond the reservation grows the array to it */
+    CHECK(cm_wheel_schedule_checked(w, 2000, 402 * DAY) == 0);
+    CHECK(cm_wheel_memory(w) == m0 + 2001 * 16);
+    CHECK(cm_wheel_len(w) == 2 && cm_wheel_check(w) == 0);
+    cm_wheel_cancel(w, 10);
+    cm_wheel_cancel(w, 2000);
+    CHECK(cm_wheel_len(w) == 0 && cm_wheel_check(w) == 0);
+    cm_wheel_free(w);
+
+    /* first schedule without any reserve: slot + 1 */
+    w = cm_wheel_new(0);
+    CHECK(w != NULL);
+    cm_wheel_schedule(w, 3, SEC);
+    CHECK(cm_wheel_memory(w) == m0 + 4 * 16);
+    CHECK(cm_wheel_is_scheduled(w, 3) && !cm_wheel_is_scheduled(w, 4));
+    cm_wheel_free(w);
+}
+
 static void test_wheel_random(void)
 {
     wmodel m;
@@ -1106,28 +1162,64 @@ static void test_policy_climber(void)
     sim_free(&s);
 }
 
-static void test_policy_doorkeeper(void)
+static void test_policy_counts_every_request(void)
 {
-    /* capacity 10: sample size 100 */
+    /* capacity 10: sample size 100. No doorkeeper: each miss counts. */
     cm_policy *p = cm_policy_new(CM_POLICY_TLFU, 10, sim_hash_of, NULL);
     int before;
 
     CHECK(p != NULL);
     CHECK(cm_policy_frequency(p, 5) == 0);
-    cm_policy_record_miss(p, 5); /* first occurrence: doorkeeper bit only */
+    cm_policy_record_miss(p, 5);
     CHECK(cm_policy_frequency(p, 5) == 1);
-    cm_policy_record_miss(p, 5); /* then the sketch */
+    cm_policy_record_miss(p, 5);
     cm_policy_record_miss(p, 5);
     CHECK(cm_policy_frequency(p, 5) == 3);
     cm_policy_record_miss(p, 6);
     CHECK(cm_policy_frequency(p, 6) == 1);
     before = cm_policy_frequency(p, 5);
-    /* distinct keys until the sketch ages: counters halve, doorkeeper clears */
-    for (uint64_t k = 1000; k < 1000 + 100; k++)
-        cm_policy_record_miss(p, k);
-    CHECK(cm_policy_frequency(p, 5) == (before - 1) / 2);
+    /* other keys until the sketch ages (the 100th addition): counters halve.
+     * Few keys, so that they hardly collide with 5 in the sketch's one block:
+     * six at 15 (saturated) and one at 6. */
+    for (uint64_t k = 1000; k < 1007; k++)
+        for (int i = 0; i < (k < 1006 ? 15 : 6); i++)
+            cm_policy_record_miss(p, k);
+    CHECK(cm_policy_frequency(p, 5) == before / 2);
     CHECK(cm_policy_frequency(p, 6) == 0);
     cm_policy_free(p);
+}
+
+/* Two fresh policies (no cm_policy_seed) at different addresses replay a
+ * trace identically: same hits, same victims. */
+static void test_policy_deterministic(void)
+{
+    sim_t a, b;
+    rng_t r1 = {7}, r2 = {7};
+    void *spacer = malloc(4096); /* the second policy lands elsewhere */
+
+    sim_init(&a, CM_POLICY_TLFU, 500);
+    cm_policy_free(a.p);
+    a.p = cm_policy_new(CM_POLICY_TLFU, 500, sim_hash_of, &a);
+    sim_init(&b, CM_POLICY_TLFU, 500);
+    cm_policy_free(b.p);
+    b.p = cm_policy_new(CM_POLICY_TLFU, 500, sim_hash_of, &b);
+    CHECK(a.p && b.p && a.p != b.p && spacer);
+    for (int i = 0; i < 200000; i++) {
+        /* warm keys 0..599 (a loop-like load that exercises the random
+         * admission) plus a tail of one-hit keys */
+        uint64_t k1 = rng_below(&r1, 4) ? rng_below(&r1, 600) : 10000 + (uint64_t)i;
+        uint64_t k2 = rng_below(&r2, 4) ? rng_below(&r2, 600) : 10000 + (uint64_t)i;
+        CHECK(sim_get(&a, k1) == sim_get(&b, k2));
+        CHECK(a.nvictims == b.nvictims);
+        if (a.nvictims)
+            CHECK(a.last_victim_key == b.last_victim_key);
+    }
+    CHECK(a.hits == b.hits && a.hits > 0);
+    CHECK(cm_policy_window_max(a.p) == cm_policy_window_max(b.p));
+    CHECK(cm_policy_check(a.p) == 0 && cm_policy_check(b.p) == 0);
+    sim_free(&a);
+    sim_free(&b);
+    free(spacer);
 }
 
 static void test_policy_reserve_memory(void)
@@ -1142,13 +1234,20 @@ static void test_policy_reserve_memory(void)
     m0 = cm_policy_memory(p);
     CHECK(cm_policy_reserve(p, 1000) == 0);
     m1 = cm_policy_memory(p);
-    CHECK(m1 - m0 == 1024 * 8);           /* 8 bytes per slot */
+    CHECK(m1 - m0 == 1000 * 8);           /* 8 bytes per slot, exactly */
     CHECK(cm_policy_reserve(p, 10) == 0); /* never shrinks */
     CHECK(cm_policy_memory(p) == m1);
+    CHECK(cm_policy_reserve(p, 1001) == 0); /* the store's capacity + 1 */
+    CHECK(cm_policy_memory(p) == m1 + 8);
+    CHECK(cm_policy_reserve(p, 1000) == 0);
+    CHECK(cm_policy_memory(p) == m1 + 8);
+    m1 += 8;
     CHECK(cm_policy_reserve(p, CM_POLICY_MAX_SLOTS + 1) == -1);
     CHECK(cm_policy_memory(p) == m1);
-    /* sketch 8 KiB + doorkeeper, per entry well under 64 bytes */
-    CHECK(m1 / 1000 < 32);
+    /* links + sketch (1024 words), no doorkeeper: 8 + 8.2 bytes per entry */
+    CHECK(m1 - m0 == 1001 * 8);
+    CHECK(m0 < 1024 * 8 + 512); /* the struct and the sketch only */
+    CHECK(m1 / 1000 < 20);
     CHECK(cm_policy_reserve(l, 1000) == 0);
     CHECK(cm_policy_memory(l) < m1);
     /* capacity 0 rejects the inserted slot itself */
@@ -1179,13 +1278,15 @@ int main(void)
     RUN(test_wheel_cancel_reschedule);
     RUN(test_wheel_reentrant);
     RUN(test_wheel_random);
+    RUN(test_wheel_lazy);
     RUN(test_policy_size_bound);
     RUN(test_policy_hash_flood);
     RUN(test_policy_lru_exact);
     RUN(test_policy_tlfu_admission);
     RUN(test_policy_hit_ratio);
     RUN(test_policy_climber);
-    RUN(test_policy_doorkeeper);
+    RUN(test_policy_counts_every_request);
+    RUN(test_policy_deterministic);
     RUN(test_policy_reserve_memory);
     printf("%lu passed, 0 failed (%lu checks)\n", tests_passed, checks_passed);
     return 0;
