@@ -526,7 +526,8 @@ static PySendResult drive(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject
                 if (e != NULL) {
                     if (!PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception)) {
                         /* cancelled while filling: the value is already out */
-                        flight_remove(st, g->fl);
+                        if (g->fl != NULL)
+                            flight_remove(st, g->fl);
                         raise_exc(e);
                         Py_DECREF(e);
                         return PYGEN_ERROR;
@@ -576,10 +577,11 @@ static PySendResult drive(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject
             }
             continue;
         case P_RESOLVE:
-            if (g->fl->stale || !doorkeeper_admits(g))
+            if ((g->fl != NULL && g->fl->stale) || !doorkeeper_admits(g))
                 g->missed = 0;
             cm_fill_locals(st, cfg, g->key, g->hash, g->value, g->missed);
-            flight_settle(st, g->fl, g->value, NULL);
+            if (g->fl != NULL)
+                flight_settle(st, g->fl, g->value, NULL);
             g->phase = P_FILL;
             g->idx = 0;
             continue;
@@ -601,13 +603,15 @@ static PySendResult drive(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject
             }
             continue;
         case P_END:
-            flight_remove(st, g->fl);
+            if (g->fl != NULL)
+                flight_remove(st, g->fl);
             *out = Py_NewRef(g->value);
             return PYGEN_RETURN;
         }
     }
 fail:
-    flight_settle(st, g->fl, NULL, err);
+    if (g->fl != NULL)
+        flight_settle(st, g->fl, NULL, err);
     g->phase = P_END;
     raise_exc(err);
     Py_DECREF(err);
@@ -680,8 +684,19 @@ static PySendResult handoff(CmGetObject *g, PyObject *yielded, PyObject **out)
 {
     CmState *st = g->st;
     CmFlight *fl = g->fl;
-    CmGetObject *d = (CmGetObject *)get_alloc(st);
+    CmGetObject *d = NULL;
     PyObject *loop = NULL, *task = NULL;
+    if (fl == NULL) {
+        /* the flight becomes visible only now: until its first suspension
+         * nobody else could have run to look for it */
+        if ((fl = g->fl = flight_start(st, g->key, g->hash)) == NULL) {
+            Py_DECREF(yielded);
+            goto fail_waiter;
+        }
+        if (g->phase >= P_FILL)
+            flight_settle(st, fl, g->value, NULL);
+    }
+    d = (CmGetObject *)get_alloc(st);
     if (d == NULL)
         goto fail;
     d->mode = M_DRIVER;
@@ -732,16 +747,23 @@ static PySendResult handoff(CmGetObject *g, PyObject *yielded, PyObject **out)
     if (become_waiter(g, fl) < 0)
         goto fail_waiter;
     return PyIter_Send(g->fut_iter, Py_None, out);
-fail:
+fail: {
+    /* keep the flight honest: nobody will drive it */
+    PyObject *e = fetch_exc();
     Py_XDECREF(yielded);
+    flight_settle(st, fl, NULL, e);
     if (d != NULL) {
-        /* keep the flight honest: nobody will drive it */
-        PyObject *e = fetch_exc();
-        flight_settle(st, fl, NULL, e);
-        raise_exc(e);
-        Py_DECREF(e);
         Py_DECREF(d);
     }
+    else if (g->sub != NULL) {
+        PyObject *r = PyObject_CallMethodNoArgs(g->sub, st->s_close);
+        Py_XDECREF(r);
+        PyErr_Clear();
+        Py_CLEAR(g->sub);
+    }
+    raise_exc(e);
+    Py_DECREF(e);
+}
 fail_waiter:
     g->mode = M_DONE;
     *out = NULL;
@@ -775,12 +797,7 @@ static PySendResult get_step(CmGetObject *g, PyObject *arg, PyObject *exc, PyObj
             *out = NULL;
             return PYGEN_ERROR;
         }
-        g->fl = flight_start(st, g->key, g->hash);
-        if (g->fl == NULL) {
-            g->mode = M_DONE;
-            *out = NULL;
-            return PYGEN_ERROR;
-        }
+        /* the flight is registered at its first suspension (handoff) */
         g->cfg->metrics->miss_count++;
         g->mode = M_LEAD;
         g->phase = P_REMOTE;

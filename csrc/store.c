@@ -333,7 +333,13 @@ int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *valu
         if (ttl_ns >= 0) {
             if (now == 0)
                 now = cm_now_ns();
-            cm_wheel_schedule(s->wheel, slot, now + ttl_ns);
+            if (cm_wheel_schedule_checked(s->wheel, slot, now + ttl_ns) < 0) {
+                /* an entry that cannot expire must not stay */
+                drop_slot(s, slot, 1);
+                flush_dead(s);
+                PyErr_NoMemory();
+                return -1;
+            }
         } else {
             cm_wheel_cancel(s->wheel, slot);
         }
