@@ -257,44 +257,53 @@ find_live_parts(CmStoreObject *s, const CmKeyParts *kp, Py_hash_t hash, int64_t 
     }
 }
 
+/* A resident, unexpired slot for key, or EMPTY. */
+static uint32_t
+find_live(CmStoreObject *s, PyObject *key, Py_hash_t hash, int64_t *now)
+{
+    int found;
+    uint32_t pos = find_pos(s, key, hash, &found);
+    if (!found)
+        return EMPTY;
+    uint32_t slot = s->index[pos];
+    int64_t exp = cm_wheel_expire_at(s->wheel, slot);
+    if (exp != 0 && exp <= (*now ? *now : (*now = cm_now_ns()))) {
+        drop_slot(s, slot, 1);
+        return EMPTY;
+    }
+    return slot;
+}
+
+/* Record the hit or miss; new reference to the value on a hit. */
+static PyObject *
+finish_lookup(CmStoreObject *s, uint32_t slot, Py_hash_t hash)
+{
+    PyObject *v = NULL;
+    if (slot != EMPTY) {
+        cm_policy_access(s->policy, slot, (uint64_t)hash);
+        v = Py_NewRef(s->values[slot]);
+    }
+    else {
+        cm_policy_record_miss(s->policy, (uint64_t)hash);
+    }
+    flush_dead(s);
+    return v;
+}
+
 PyObject *
 cm_store_lookup_parts(CmStoreObject *s, const CmKeyParts *parts, Py_hash_t hash)
 {
     int64_t now = 0;
     advance_wheel(s, &now);
-    uint32_t slot = find_live_parts(s, parts, hash, &now);
-    if (slot != EMPTY) {
-        cm_policy_access(s->policy, slot, (uint64_t)hash);
-        PyObject *v = Py_NewRef(s->values[slot]);
-        flush_dead(s);
-        return v;
-    }
-    cm_policy_record_miss(s->policy, (uint64_t)hash);
-    flush_dead(s);
-    return NULL;
+    return finish_lookup(s, find_live_parts(s, parts, hash, &now), hash);
 }
 
-PyObject *cm_store_lookup(CmStoreObject *s, PyObject *key, Py_hash_t hash)
+PyObject *
+cm_store_lookup(CmStoreObject *s, PyObject *key, Py_hash_t hash)
 {
     int64_t now = 0;
-    int found;
     advance_wheel(s, &now);
-    uint32_t pos = find_pos(s, key, hash, &found);
-    if (found) {
-        uint32_t slot = s->index[pos];
-        int64_t exp = cm_wheel_expire_at(s->wheel, slot);
-        if (exp != 0 && exp <= (now ? now : (now = cm_now_ns()))) {
-            drop_slot(s, slot, 1);
-        } else {
-            cm_policy_access(s->policy, slot, (uint64_t)hash);
-            PyObject *v = Py_NewRef(s->values[slot]);
-            flush_dead(s);
-            return v;
-        }
-    }
-    cm_policy_record_miss(s->policy, (uint64_t)hash);
-    flush_dead(s);
-    return NULL;
+    return finish_lookup(s, find_live(s, key, hash, &now), hash);
 }
 
 int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *value, int64_t ttl_ns)
