@@ -521,22 +521,17 @@ static PyObject *store_remove(PyObject *self, PyObject *arg)
     return PyBool_FromLong(rc);
 }
 
-static int store_contains(PyObject *self, PyObject *arg)
+static int
+store_contains(PyObject *self, PyObject *arg)
 {
     CmStoreObject *s = (CmStoreObject *)self;
     Py_hash_t hash;
     PyObject *key = as_key(arg, &hash);
     if (key == NULL)
         return -1;
-    int found;
     int64_t now = 0;
     advance_wheel(s, &now);
-    uint32_t pos = find_pos(s, key, hash, &found);
-    if (found) {
-        int64_t exp = cm_wheel_expire_at(s->wheel, s->index[pos]);
-        if (exp != 0 && exp <= cm_now_ns())
-            found = 0;
-    }
+    int found = find_live(s, key, hash, &now) != EMPTY;
     Py_DECREF(key);
     flush_dead(s);
     return found;
