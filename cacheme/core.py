@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import time
 from typing import (
@@ -307,7 +308,11 @@ class Memoize:
         wrapper = _core.Memoized(fn, self.node)
         functools.update_wrapper(wrapper, fn)
         # let frameworks (FastAPI, Starlette) see an async callable
-        wrapper._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
+        marker = getattr(asyncio.coroutines, "_is_coroutine", None)
+        if marker is not None:  # asyncio.iscoroutinefunction, Python < 3.14
+            wrapper._is_coroutine = marker
+        if hasattr(inspect, "markcoroutinefunction"):  # inspect, Python >= 3.12
+            inspect.markcoroutinefunction(wrapper)
         return wrapper  # type: ignore[no-any-return]
 
 
