@@ -107,3 +107,36 @@ int cm_bloom_contains(const cm_bloom *b, uint64_t hash)
 }
 
 size_t cm_bloom_memory(const cm_bloom *b) { return (size_t)(b->nbits / 8); }
+
+int cm_doorkeeper_init(cm_doorkeeper *d, uint64_t nbits)
+{
+    uint64_t n = 1;
+
+    while (n * 64 < nbits && n < (UINT64_C(1) << 31))
+        n <<= 1;
+    d->bits = calloc((size_t)n, sizeof(uint64_t));
+    if (d->bits == NULL) {
+        d->mask = 0;
+        return -1;
+    }
+    d->mask = (uint32_t)(n - 1);
+    return 0;
+}
+
+void cm_doorkeeper_destroy(cm_doorkeeper *d)
+{
+    free(d->bits);
+    d->bits = NULL;
+    d->mask = 0;
+}
+
+void cm_doorkeeper_clear(cm_doorkeeper *d)
+{
+    if (d->bits != NULL)
+        memset(d->bits, 0, cm_doorkeeper_memory(d));
+}
+
+size_t cm_doorkeeper_memory(const cm_doorkeeper *d)
+{
+    return d->bits == NULL ? 0 : ((size_t)d->mask + 1) * sizeof(uint64_t);
+}

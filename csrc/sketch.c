@@ -14,13 +14,25 @@
  *
  * Counters saturate at 15: TinyLFU only needs to compare frequencies, and
  * popularity beyond 15 within one sample is "hot" either way. After
- * sample_size = 10 * capacity counted events every counter is halved (the
- * paper's "reset"), which keeps the sketch tracking recent popularity. The
+ * sample_size counted events (10 * capacity by default) every counter is
+ * halved (the paper's "reset"), which keeps the sketch tracking recent
+ * popularity. The
  * size after a reset subtracts the truncation error of odd counters, as
- * Caffeine does. */
+ * Caffeine does.
+ *
+ * W-TinyLFU's sketch (cm_sketch_init_doorkeeper, cm_sketch_record) adds the
+ * paper's doorkeeper: a blocked bloom filter (bloom.h) of 16 bits per entry
+ * that absorbs each key's first occurrence in a sample, so one-hit wonders
+ * never reach the counters; the estimate is the counters' minimum plus the
+ * door bit, and aging clears the door. Its counters grow by conservative
+ * update (Estan, Varghese, SIGCOMM 2002): only the ones at the minimum, which
+ * lowers the overestimate of keys sharing counters with hot ones. Its sample
+ * is 24 events per entry, every recorded event counting (see policy.c for
+ * the measurements behind both numbers). */
 #include "sketch.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "hash.h"
 
@@ -28,6 +40,9 @@
 #define CM_SKETCH_ONE_MASK UINT64_C(0x1111111111111111)
 #define CM_SKETCH_RESET_MASK UINT64_C(0x7777777777777777)
 #define CM_SKETCH_MAX_WORDS (UINT32_C(1) << 30)
+#define CM_SKETCH_DOOR_SHRINK 0
+#define CM_SKETCH_DOOR_BITS 16
+#define CM_SKETCH_SAMPLE_PER_ENTRY 24
 
 static inline int cm_popcount64(uint64_t x)
 {
@@ -43,26 +58,44 @@ static inline int cm_popcount64(uint64_t x)
 #endif
 }
 
-int cm_sketch_init(cm_sketch *s, uint32_t capacity)
+static int cm_sketch_alloc(cm_sketch *s, uint32_t counters_for, uint64_t sample_size)
 {
     uint32_t n = 8;
 
-    while (n < capacity && n < CM_SKETCH_MAX_WORDS)
+    memset(s, 0, sizeof(*s));
+    while (n < counters_for && n < CM_SKETCH_MAX_WORDS)
         n <<= 1;
     s->table = calloc(n, sizeof(uint64_t));
     if (s->table == NULL)
         return -1;
     s->nwords = n;
     s->mask = (n >> 3) - 1;
-    s->size = 0;
-    s->sample_size = capacity == 0 ? 10 : (uint64_t)capacity * 10;
-    s->resets = 0;
+    s->sample_size = sample_size;
+    return 0;
+}
+
+int cm_sketch_init(cm_sketch *s, uint32_t capacity)
+{
+    return cm_sketch_alloc(s, capacity, capacity == 0 ? 10 : (uint64_t)capacity * 10);
+}
+
+int cm_sketch_init_doorkeeper(cm_sketch *s, uint32_t capacity)
+{
+    uint64_t sample_size = capacity == 0 ? 10 : (uint64_t)capacity * CM_SKETCH_SAMPLE_PER_ENTRY;
+
+    if (cm_sketch_alloc(s, capacity >> CM_SKETCH_DOOR_SHRINK, sample_size) < 0)
+        return -1;
+    if (cm_doorkeeper_init(&s->door, (uint64_t)capacity * CM_SKETCH_DOOR_BITS) < 0) {
+        cm_sketch_destroy(s);
+        return -1;
+    }
     return 0;
 }
 
 void cm_sketch_destroy(cm_sketch *s)
 {
     free(s->table);
+    cm_doorkeeper_destroy(&s->door);
     s->table = NULL;
     s->nwords = 0;
     s->mask = 0;
@@ -72,10 +105,10 @@ void cm_sketch_destroy(cm_sketch *s)
  * byte i of h serves row i, whose counter is in word 2i or 2i+1 of the block
  * (bit 0), and is counter bits 1..4 of that word. One mix of the caller's
  * hash feeds both. */
-static inline uint64_t *cm_sketch_block(const cm_sketch *s, uint64_t hash, uint32_t *h)
-{
-    uint64_t x = cm_mix64(hash ^ CM_SKETCH_SEED);
+static inline uint64_t cm_sketch_spread(uint64_t hash) { return cm_mix64(hash ^ CM_SKETCH_SEED); }
 
+static inline uint64_t *cm_sketch_block(const cm_sketch *s, uint64_t x, uint32_t *h)
+{
     *h = (uint32_t)(x >> 32);
     return s->table + (((uint32_t)x & s->mask) << 3);
 }
@@ -88,10 +121,10 @@ static inline uint32_t cm_sketch_count(const uint64_t *block, uint32_t h, int i)
     return (uint32_t)(*CM_SKETCH_WORD(block, h, i) >> CM_SKETCH_SHIFT(h, i)) & 15;
 }
 
-int cm_sketch_frequency(const cm_sketch *s, uint64_t hash)
+static inline int cm_sketch_min(const cm_sketch *s, uint64_t x)
 {
     uint32_t h, a, b;
-    const uint64_t *block = cm_sketch_block(s, hash, &h);
+    const uint64_t *block = cm_sketch_block(s, x, &h);
 
     a = cm_sketch_count(block, h, 0);
     b = cm_sketch_count(block, h, 1);
@@ -100,6 +133,18 @@ int cm_sketch_frequency(const cm_sketch *s, uint64_t hash)
     a = b < a ? b : a;
     b = cm_sketch_count(block, h, 3);
     return (int)(b < a ? b : a);
+}
+
+int cm_sketch_frequency(const cm_sketch *s, uint64_t hash)
+{
+    return cm_sketch_min(s, cm_sketch_spread(hash));
+}
+
+int cm_sketch_estimate(const cm_sketch *s, uint64_t hash)
+{
+    uint64_t x = cm_sketch_spread(hash);
+
+    return cm_sketch_min(s, x) + cm_doorkeeper_contains(&s->door, x);
 }
 
 void cm_sketch_age(cm_sketch *s)
@@ -115,6 +160,7 @@ void cm_sketch_age(cm_sketch *s)
     odd >>= 2;
     s->size = s->size > odd ? (s->size - odd) >> 1 : 0;
     s->resets++;
+    cm_doorkeeper_clear(&s->door);
 }
 
 void cm_sketch_tick(cm_sketch *s)
@@ -136,10 +182,10 @@ static inline uint64_t cm_sketch_add(uint64_t *block, uint32_t h, int i)
     return room;
 }
 
-void cm_sketch_increment(cm_sketch *s, uint64_t hash)
+static inline void cm_sketch_add4(cm_sketch *s, uint64_t x)
 {
     uint32_t h;
-    uint64_t *block = cm_sketch_block(s, hash, &h);
+    uint64_t *block = cm_sketch_block(s, x, &h);
     uint64_t added = cm_sketch_add(block, h, 0);
 
     added |= cm_sketch_add(block, h, 1);
@@ -152,4 +198,46 @@ void cm_sketch_increment(cm_sketch *s, uint64_t hash)
         cm_sketch_age(s);
 }
 
-size_t cm_sketch_memory(const cm_sketch *s) { return (size_t)s->nwords * sizeof(uint64_t); }
+void cm_sketch_increment(cm_sketch *s, uint64_t hash) { cm_sketch_add4(s, cm_sketch_spread(hash)); }
+
+/* Conservative update (Estan, Varghese, "New Directions in Traffic
+ * Measurement and Accounting", SIGCOMM 2002): only the counters at the
+ * item's minimum grow, the others already overestimate it. */
+static inline void cm_sketch_add_min(cm_sketch *s, uint64_t x)
+{
+    uint32_t h;
+    uint64_t *block = cm_sketch_block(s, x, &h);
+    /* The four counters' bit offsets at once, one per byte (CM_SKETCH_SHIFT). */
+    uint32_t sh = ((h >> 1) & UINT32_C(0x0f0f0f0f)) << 2;
+    uint64_t *w0 = CM_SKETCH_WORD(block, h, 0), *w1 = CM_SKETCH_WORD(block, h, 1);
+    uint64_t *w2 = CM_SKETCH_WORD(block, h, 2), *w3 = CM_SKETCH_WORD(block, h, 3);
+    uint32_t s0 = sh & 0xff, s1 = (sh >> 8) & 0xff, s2 = (sh >> 16) & 0xff, s3 = sh >> 24;
+    uint32_t c0 = (uint32_t)(*w0 >> s0) & 15, c1 = (uint32_t)(*w1 >> s1) & 15;
+    uint32_t c2 = (uint32_t)(*w2 >> s2) & 15, c3 = (uint32_t)(*w3 >> s3) & 15;
+    uint32_t m = c0 < c1 ? c0 : c1, m2 = c2 < c3 ? c2 : c3;
+
+    m = m < m2 ? m : m2;
+    if (m == 15)
+        return;
+    *w0 += (uint64_t)(c0 == m) << s0;
+    *w1 += (uint64_t)(c1 == m) << s1;
+    *w2 += (uint64_t)(c2 == m) << s2;
+    *w3 += (uint64_t)(c3 == m) << s3;
+    if (++s->size >= s->sample_size)
+        cm_sketch_age(s);
+}
+
+void cm_sketch_record(cm_sketch *s, uint64_t hash)
+{
+    uint64_t x = cm_sketch_spread(hash);
+
+    if (cm_doorkeeper_put(&s->door, x))
+        cm_sketch_add_min(s, x);
+    else
+        cm_sketch_tick(s);
+}
+
+size_t cm_sketch_memory(const cm_sketch *s)
+{
+    return (size_t)s->nwords * sizeof(uint64_t) + cm_doorkeeper_memory(&s->door);
+}

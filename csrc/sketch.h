@@ -6,16 +6,24 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bloom.h"
+
 typedef struct cm_sketch {
     uint64_t *table;      /* 16 counters of 4 bits per word */
     uint32_t mask;        /* block mask: (number of words / 8) - 1 */
     uint32_t nwords;      /* power of two, >= 8 */
     uint64_t size;        /* increments since the last aging */
-    uint64_t sample_size; /* age when size reaches this: 10 * capacity */
-    uint64_t resets;      /* how many times the sketch aged; lets owners reset companions */
+    uint64_t sample_size; /* age when size reaches this */
+    uint64_t resets;      /* how many times the sketch aged */
+    cm_doorkeeper door;   /* bits NULL unless made by cm_sketch_init_doorkeeper */
 } cm_sketch;
 
-int cm_sketch_init(cm_sketch *s, uint32_t capacity); /* 0 ok, -1 OOM */
+/* Counters for capacity items, no doorkeeper. 0 ok, -1 OOM. */
+int cm_sketch_init(cm_sketch *s, uint32_t capacity);
+/* TinyLFU's layout for a cache of capacity entries: a doorkeeper in front of
+ * half as many counters (see sketch.c). Use cm_sketch_record and
+ * cm_sketch_estimate on it. 0 ok, -1 OOM. */
+int cm_sketch_init_doorkeeper(cm_sketch *s, uint32_t capacity);
 void cm_sketch_destroy(cm_sketch *s);
 /* Count one occurrence of hash (a raw hash: the sketch mixes it). Ages when
  * the sample size is reached. */
@@ -24,7 +32,13 @@ void cm_sketch_increment(cm_sketch *s, uint64_t hash);
  * occurrences absorbed by a doorkeeper). Ages when the sample size is reached. */
 void cm_sketch_tick(cm_sketch *s);
 int cm_sketch_frequency(const cm_sketch *s, uint64_t hash); /* 0..15 */
-/* Halve every counter now (normally called by increment/tick). */
+/* Count one occurrence through the doorkeeper: the first since the last
+ * aging only sets its doorkeeper bits, later ones increment the counters. */
+void cm_sketch_record(cm_sketch *s, uint64_t hash);
+/* Counters + doorkeeper bit (0..16): the frequency of recorded items. */
+int cm_sketch_estimate(const cm_sketch *s, uint64_t hash);
+/* Halve every counter and clear the doorkeeper now (normally called by
+ * increment/tick/record). */
 void cm_sketch_age(cm_sketch *s);
 size_t cm_sketch_memory(const cm_sketch *s);
 
