@@ -33,6 +33,8 @@ static int cm_exec(PyObject *mod)
         cm_bloomtype_init(mod, st) < 0 || cm_nodecfg_init(mod, st) < 0 ||
         cm_flight_init(mod, st) < 0 || cm_memoize_init(mod, st) < 0 || cm_key_init(mod, st) < 0)
         goto done;
+    if (cm_serializer_init(mod, st) < 0) /* serializer */
+        goto done;
     if (PyModule_AddObjectRef(mod, "sentinel", st->sentinel) < 0)
         goto done;
     rc = 0;
@@ -61,6 +63,7 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->ready_cache);
     Py_VISIT(st->last_cls);
     Py_VISIT(st->last_cfg);
+    cm_serializer_traverse(st, visit, arg); /* serializer */
     return 0;
 }
 
@@ -88,6 +91,7 @@ static int cm_clear(PyObject *mod)
     Py_CLEAR(st->ready_cache);
     Py_CLEAR(st->last_cls);
     Py_CLEAR(st->last_cfg);
+    cm_serializer_clear(st); /* serializer */
     return 0;
 }
 

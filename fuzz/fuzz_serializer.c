@@ -1,0 +1,149 @@
+/* libFuzzer target for the serializer decoders: the MessagePack reader, the
+ * zlib path and the 0.3.0 object decoder, exactly as cacheme._core runs them,
+ * inside an embedded CPython.
+ *
+ * The first input byte picks the path, the rest is the cached value:
+ *   0 MsgPackSerializer.loads      1 CompressedMsgPackSerializer.loads
+ *   2 JSONSerializer.loads         3 CompressedJSONSerializer.loads
+ *   4 cm_zlib_decompress alone (plain C, 64 KiB output limit)
+ * A decode may fail, but only with SerializerError; anything else (another
+ * exception type escaping, a crash, an ASan report) is a finding. A value
+ * that decodes is encoded again, to run the encoder on odd shapes.
+ *
+ * The serializer files are compiled in and registered as the builtin module
+ * _fuzzcore (this file provides cm_module_def), so no other part of the
+ * core is needed. Python allocates with malloc so ASan sees every object. */
+#include "msgpack_codec.h"
+#include "ser_zlib.h"
+#include "serializer.h"
+
+#include <stdlib.h>
+
+static int fuzz_exec(PyObject *mod)
+{
+    CmState *st = cm_state_from_module(mod);
+#define CM_INTERN(n)                                                                               \
+    if ((st->s_##n = PyUnicode_InternFromString(#n)) == NULL)                                      \
+        return -1;
+    CM_INTERNED_NAMES(CM_INTERN)
+#undef CM_INTERN
+    return cm_serializer_init(mod, st);
+}
+
+static int fuzz_traverse(PyObject *mod, visitproc visit, void *arg)
+{
+    return cm_serializer_traverse(cm_state_from_module(mod), visit, arg);
+}
+
+static int fuzz_clear(PyObject *mod)
+{
+    CmState *st = cm_state_from_module(mod);
+#define CM_CLEAR_NAME(n) Py_CLEAR(st->s_##n);
+    CM_INTERNED_NAMES(CM_CLEAR_NAME)
+#undef CM_CLEAR_NAME
+    cm_serializer_clear(st);
+    return 0;
+}
+
+static PyModuleDef_Slot fuzz_slots[] = {{Py_mod_exec, fuzz_exec}, {0, NULL}};
+
+PyModuleDef cm_module_def = {
+    PyModuleDef_HEAD_INIT, .m_name = "_fuzzcore",       .m_size = sizeof(CmState),
+    .m_slots = fuzz_slots, .m_traverse = fuzz_traverse, .m_clear = fuzz_clear,
+};
+
+static PyObject *PyInit__fuzzcore(void) { return PyModuleDef_Init(&cm_module_def); }
+
+static PyObject *fuzz_loads[4]; /* bound loads methods */
+static PyObject *fuzz_dumps[4]; /* bound dumps methods */
+static PyObject *fuzz_error;    /* SerializerError */
+
+static const char fuzz_setup[] = "import dataclasses, datetime, decimal, enum, typing, uuid\n"
+                                 "import _fuzzcore as c\n"
+                                 "class CM(c.CompressedSerializer):\n"
+                                 "    serializer = c.MsgPackSerializer()\n"
+                                 "class CJ(c.CompressedSerializer):\n"
+                                 "    serializer = c.JSONSerializer()\n"
+                                 "@dataclasses.dataclass\n"
+                                 "class D:\n"
+                                 "    a: int = 0\n"
+                                 "    b: typing.List['D'] = None\n"
+                                 "    c: typing.Optional['D'] = None\n"
+                                 "    t: typing.Tuple[int, ...] = ()\n"
+                                 "class E(enum.Enum):\n"
+                                 "    A = 1\n"
+                                 "    B = 'b'\n"
+                                 "sers = [c.MsgPackSerializer(), CM(), c.JSONSerializer(), CJ()]\n";
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    PyPreConfig pre;
+    PyObject *main_dict, *sers;
+    int i;
+    (void)argc;
+    (void)argv;
+
+    PyPreConfig_InitPythonConfig(&pre);
+    pre.allocator = PYMEM_ALLOCATOR_MALLOC;
+    if (PyStatus_Exception(Py_PreInitialize(&pre)))
+        abort();
+    if (PyImport_AppendInittab("_fuzzcore", PyInit__fuzzcore) < 0)
+        abort();
+    Py_InitializeEx(0);
+    if (PyRun_SimpleString(fuzz_setup) != 0)
+        abort();
+    main_dict = PyModule_GetDict(PyImport_AddModule("__main__")); // borrowed
+    sers = PyDict_GetItemString(main_dict, "sers");               // borrowed
+    fuzz_error = PyObject_GetAttrString(PyDict_GetItemString(main_dict, "c"), "SerializerError");
+    if (sers == NULL || fuzz_error == NULL)
+        abort();
+    for (i = 0; i < 4; i++) {
+        fuzz_loads[i] = PyObject_GetAttrString(PyList_GET_ITEM(sers, i), "loads");
+        fuzz_dumps[i] = PyObject_GetAttrString(PyList_GET_ITEM(sers, i), "dumps");
+        if (!fuzz_loads[i] || !fuzz_dumps[i])
+            abort();
+    }
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    PyObject *blob, *obj, *again;
+    int mode;
+
+    if (size < 1)
+        return 0;
+    mode = data[0] % 5;
+    if (mode == 4) {
+        CmZBuf z;
+        const char *err = NULL;
+        if (cm_zlib_decompress(data + 1, size - 1, 64 * 1024, &z, &err) == 0)
+            free(z.data);
+        else if (err == NULL)
+            abort();
+        return 0;
+    }
+    if ((blob = PyBytes_FromStringAndSize((const char *)data + 1, (Py_ssize_t)size - 1)) == NULL)
+        abort();
+    obj = PyObject_CallOneArg(fuzz_loads[mode], blob);
+    Py_DECREF(blob);
+    if (obj == NULL) {
+        if (!PyErr_ExceptionMatches(fuzz_error)) {
+            PyErr_Print();
+            abort(); /* decode errors must all be SerializerError */
+        }
+        PyErr_Clear();
+        return 0;
+    }
+    again = PyObject_CallOneArg(fuzz_dumps[mode], obj);
+    if (again == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_SystemError)) {
+            PyErr_Print();
+            abort();
+        }
+        PyErr_Clear();
+    }
+    Py_XDECREF(again);
+    Py_DECREF(obj);
+    return 0;
+}
