@@ -12,14 +12,15 @@ mkdir -p "$BENCH"
 # make_venv DIR CHECK_PY_SNIPPET PIP_ARGS...
 make_venv() {
     local dir="$1" check="$2"; shift 2
-    if [ -x "$dir/bin/python" ] && "$dir/bin/python" -c "$check" >/dev/null 2>&1; then
+    # checks run outside the repo: its cacheme/ must not shadow the installed one
+    if [ -x "$dir/bin/python" ] && (cd / && "$dir/bin/python" -c "$check") >/dev/null 2>&1; then
         echo "venvs.sh: $dir ok"
         return 0
     fi
     echo "venvs.sh: creating $dir ($*)"
     [ -x "$dir/bin/python" ] || "$PYTHON" -m venv "$dir"
     "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "$@"
-    "$dir/bin/python" -c "$check"
+    (cd / && "$dir/bin/python" -c "$check")
 }
 
 make_venv "$BENCH/venv-030" \
