@@ -12,7 +12,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CSRC := $(wildcard csrc/*.c csrc/*.h)
-SYSTEM_PKGS := pkg-config libhiredis-dev libmsgpack-dev zlib1g-dev valgrind
+SYSTEM_PKGS := pkg-config libhiredis-dev libmsgpack-dev zlib1g-dev valgrind redis-server redis-tools
 export CACHEME_WERROR ?= 1
 
 .PHONY: all deps venv build demo test test-c test-py test-sdist test-asan test-debug format format-check clean
@@ -27,6 +27,8 @@ deps:
 	pkg-config --exists zlib 2>/dev/null || missing="$$missing zlib1g-dev"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -54,6 +56,7 @@ demo: venv
 
 test-c: deps
 	$(MAKE) -C tests/c valgrind
+	$(MAKE) -C tests/c -f resp.mk resp-valgrind
 
 test-py: venv $(VENV)/.test-stamp
 	$(PY) -m pytest tests -q
@@ -78,6 +81,7 @@ test-asan: deps $(VENV)/.test-stamp
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  CACHEME_EXPECT_BUILD=asan $(PY) -m pytest tests -q -p no:cacheprovider
 	$(MAKE) -C tests/c asan
+	$(MAKE) -C tests/c -f resp.mk resp-asan
 
 test-debug: deps $(VENV)/.test-stamp
 	rm -rf build/debug-pkg && mkdir -p build/debug-pkg
@@ -95,4 +99,5 @@ clean:
 	rm -rf build $(VENV) .bench cacheme/*.so tests/c/test_algorithms tests/c/test_algorithms_asan
 
 include benchmarks/bench.mk
--include benchmarks/serializer.mk
+include benchmarks/serializer.mk
+include benchmarks/redis.mk

@@ -112,3 +112,70 @@ void cm_log_warning(CmState *st, const char *fmt, PyObject *a, PyObject *b)
     }
     PyErr_Restore(typ, val, tb);
 }
+
+/* fd watches: loop.add_reader(fd, cb) and friends. */
+static int fd_call(PyObject *name, PyObject *loop, int fd, PyObject *cb)
+{
+    PyObject *pyfd = PyLong_FromLong(fd);
+    if (pyfd == NULL)
+        return -1;
+    PyObject *args[3] = {loop, pyfd, cb};
+    PyObject *r = PyObject_VectorcallMethod(name, args, (cb ? 3 : 2) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                            NULL);
+    Py_DECREF(pyfd);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+int cm_loop_add_reader(CmState *st, PyObject *loop, int fd, PyObject *cb)
+{
+    return fd_call(st->s_add_reader, loop, fd, cb);
+}
+
+int cm_loop_remove_reader(CmState *st, PyObject *loop, int fd)
+{
+    return fd_call(st->s_remove_reader, loop, fd, NULL);
+}
+
+int cm_loop_add_writer(CmState *st, PyObject *loop, int fd, PyObject *cb)
+{
+    return fd_call(st->s_add_writer, loop, fd, cb);
+}
+
+int cm_loop_remove_writer(CmState *st, PyObject *loop, int fd)
+{
+    return fd_call(st->s_remove_writer, loop, fd, NULL);
+}
+
+PyObject *cm_loop_call_soon(CmState *st, PyObject *loop, PyObject *cb)
+{
+    PyObject *args[2] = {loop, cb};
+    return PyObject_VectorcallMethod(st->s_call_soon, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     NULL);
+}
+
+PyObject *cm_loop_call_later(CmState *st, PyObject *loop, double delay, PyObject *cb)
+{
+    PyObject *d = PyFloat_FromDouble(delay);
+    if (d == NULL)
+        return NULL;
+    PyObject *args[3] = {loop, d, cb};
+    PyObject *h = PyObject_VectorcallMethod(st->s_call_later, args,
+                                            3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(d);
+    return h;
+}
+
+void cm_handle_cancel(CmState *st, PyObject *handle)
+{
+    PyObject *typ, *val, *tb;
+    PyErr_Fetch(&typ, &val, &tb);
+    PyObject *r =
+        PyObject_VectorcallMethod(st->s_cancel, &handle, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL)
+        PyErr_WriteUnraisable(handle);
+    Py_XDECREF(r);
+    PyErr_Restore(typ, val, tb);
+}

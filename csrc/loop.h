@@ -19,4 +19,16 @@ PyObject *cm_await_iter(PyObject *awaitable);
 int cm_is_cancelled_error(CmState *st, PyObject *exc);
 /* Log a warning through logging.getLogger("cacheme"); never fails. */
 void cm_log_warning(CmState *st, const char *fmt, PyObject *a, PyObject *b);
+
+/* Network drivers: file descriptor watches and callbacks on the loop. The
+ * callbacks are Python callables (a PyCFunction bound to the connection);
+ * the loop's handle keeps them, and so the connection, alive until removed. */
+int cm_loop_add_reader(CmState *st, PyObject *loop, int fd, PyObject *cb);
+int cm_loop_remove_reader(CmState *st, PyObject *loop, int fd);
+int cm_loop_add_writer(CmState *st, PyObject *loop, int fd, PyObject *cb);
+int cm_loop_remove_writer(CmState *st, PyObject *loop, int fd);
+PyObject *cm_loop_call_soon(CmState *st, PyObject *loop, PyObject *cb);                /* handle */
+PyObject *cm_loop_call_later(CmState *st, PyObject *loop, double delay, PyObject *cb); /* handle */
+/* handle.cancel(); never fails (errors are written as unraisable). */
+void cm_handle_cancel(CmState *st, PyObject *handle);
 #endif

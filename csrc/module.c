@@ -35,6 +35,8 @@ static int cm_exec(PyObject *mod)
         goto done;
     if (cm_serializer_init(mod, st) < 0) /* serializer */
         goto done;
+    if (cm_redis_init(mod, st) < 0) /* redis */
+        goto done;
     if (PyModule_AddObjectRef(mod, "sentinel", st->sentinel) < 0)
         goto done;
     rc = 0;
@@ -64,6 +66,7 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->last_cls);
     Py_VISIT(st->last_cfg);
     cm_serializer_traverse(st, visit, arg); /* serializer */
+    cm_redis_traverse(st, visit, arg); /* redis */
     return 0;
 }
 
@@ -92,6 +95,7 @@ static int cm_clear(PyObject *mod)
     Py_CLEAR(st->last_cls);
     Py_CLEAR(st->last_cfg);
     cm_serializer_clear(st); /* serializer */
+    cm_redis_clear(st); /* redis */
     return 0;
 }
 

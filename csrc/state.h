@@ -129,6 +129,30 @@ typedef struct {
 #define CM_SER_KEYCACHE_SIZE 512
     PyObject *ser_keycache[CM_SER_KEYCACHE_SIZE]; /* short ASCII map keys (msgpack_codec.c) */
     /* end serializer */
+    /* redis (redis.c, rediscluster.c; the fd watches of loop.c) */
+#define CM_REDIS_OBJECTS(X)                                                                        \
+    X(RedisConnType)                                                                               \
+    X(RedisClientType)                                                                             \
+    X(RedisError)                                                                                  \
+    X(RedisConnectionError)                                                                        \
+    X(RedisTimeoutError)                                                                           \
+    X(RedisResponseError)                                                                          \
+    X(redis_now)                                                                                   \
+    X(redis_utc)                                                                                   \
+    X(redis_s_value)                                                                               \
+    X(redis_s_updated_at)                                                                          \
+    X(redis_s_dumps)                                                                               \
+    X(redis_s_loads)                                                                               \
+    X(s_add_reader)                                                                                \
+    X(s_remove_reader)                                                                             \
+    X(s_add_writer)                                                                                \
+    X(s_remove_writer)                                                                             \
+    X(s_call_soon)                                                                                 \
+    X(s_call_later)
+#define CM_REDIS_DECLARE(n) PyObject *n;
+    CM_REDIS_OBJECTS(CM_REDIS_DECLARE)
+#undef CM_REDIS_DECLARE
+    /* end redis */
 } CmState;
 
 static inline CmState *cm_state_from_module(PyObject *mod)
@@ -159,6 +183,12 @@ int cm_serializer_init(PyObject *mod, CmState *st);
 int cm_serializer_traverse(CmState *st, visitproc visit, void *arg);
 void cm_serializer_clear(CmState *st);
 /* end serializer */
+
+/* redis */
+int cm_redis_init(PyObject *mod, CmState *st);
+int cm_redis_traverse(CmState *st, visitproc visit, void *arg);
+void cm_redis_clear(CmState *st);
+/* end redis */
 
 
 #endif

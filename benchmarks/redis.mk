@@ -1,0 +1,25 @@
+# Redis benchmarks. Included by the root Makefile (which provides PY and the
+# target `venv`); needs redis-server and redis-benchmark (Debian: redis-server,
+# redis-tools). See benchmarks/REDIS.md.
+#
+#   make bench-redis             0.3.0's "200k concurrent requests" and "20k batch requests":
+#                                ours vs cacheme 0.3.0, aiocache, cashews (each in its own venv)
+#   make bench-redis-throughput  single-connection GET/s: ours vs redis-benchmark (the C ceiling)
+#   make bench-redis-venvs       (re)create the peer venvs under .bench/ (idempotent)
+#
+# Knobs: make bench-redis BENCH_REDIS_ARGS="--workers 1000 --contenders ours,030"
+
+REDIS_BENCH_SRC := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
+BENCH_PYTHON ?= python3
+BENCH_REDIS_ARGS ?=
+
+.PHONY: bench-redis bench-redis-throughput bench-redis-venvs
+
+bench-redis-venvs:
+	PYTHON=$(BENCH_PYTHON) bash $(REDIS_BENCH_SRC)/redis_venvs.sh
+
+bench-redis: venv bench-redis-venvs
+	$(BENCH_PYTHON) $(REDIS_BENCH_SRC)/run_redis.py --ours-python $(PY) $(BENCH_REDIS_ARGS)
+
+bench-redis-throughput: venv
+	$(BENCH_PYTHON) $(REDIS_BENCH_SRC)/run_redis.py --ours-python $(PY) --throughput $(BENCH_REDIS_ARGS)

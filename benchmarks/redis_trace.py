@@ -1,0 +1,177 @@
+"""One contender of the Redis benchmark, run inside that contender's venv by
+run_redis.py (which owns the redis-server, the traces and the table).
+
+Reproduces cacheme 0.3.0's benchmarks/trace.py ("200k concurrent requests",
+"20k concurrent batch requests"): a function that takes a number, sleeps
+0.1 s and returns it, cached in Redis through each library; the trace's
+requests are queued as coroutines and run by N workers. Prints one JSON line:
+{"time": seconds, "loads": load calls, "errors": wrong results or raised}.
+
+    python redis_trace.py CONTENDER --url redis://127.0.0.1:PORT --workers N \
+        --trace FILE [--batch]
+
+CONTENDER: cacheme, cacheme-2 (ours or 0.3.0, whichever `cacheme` the venv
+has; -2 = [local, redis]), aiocache, aiocache-2 (cached_stampede), cashews,
+cashews-2 (lock=True).
+"""
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, List
+
+LOAD_SLEEP = 0.1
+POOL_SIZE = 100
+LOCAL_SIZE = 10_000
+
+loads = 0
+errors = 0
+
+
+async def source(uid: int) -> int:
+    global loads
+    loads += 1
+    await asyncio.sleep(LOAD_SLEEP)
+    return uid
+
+
+async def worker(queue: "asyncio.Queue[Awaitable[Any]]") -> None:
+    while True:
+        try:
+            task = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return
+        await task
+
+
+async def check(fn: Callable[..., Awaitable[Any]], arg: Any, expect: Any) -> None:
+    """Call fn(arg) only when the worker awaits this, as 0.3.0's trace.py did
+    (its queue held simple_get(...) coroutines): a get() made when the queue
+    is filled would look at the local cache before anything was loaded."""
+    global errors
+    try:
+        if await fn(arg) != expect:
+            errors += 1
+    except Exception:  # a contender's own failure counts, the run goes on
+        errors += 1
+
+
+# ---------------------------------------------------------------- cacheme (ours / 0.3.0)
+
+
+async def setup_cacheme(url: str, chain: bool) -> Callable[..., Awaitable[Any]]:
+    import cacheme
+    from cacheme.serializer import MsgPackSerializer
+
+    await cacheme.register_storage("redis", cacheme.Storage(url=url, pool_size=POOL_SIZE))
+    node_caches = [cacheme.Cache(storage="redis", ttl=None)]
+    if chain:
+        await cacheme.register_storage(
+            "local", cacheme.Storage(url="local://tlfu", size=LOCAL_SIZE))
+        node_caches.insert(0, cacheme.Cache(storage="local", ttl=None))
+
+    @dataclass
+    class FooNode(cacheme.Node):
+        uid: int
+
+        def key(self) -> str:
+            return f"uid:{self.uid}"
+
+        async def load(self) -> int:
+            return await source(self.uid)
+
+        class Meta(cacheme.Node.Meta):
+            version = "v1"
+            caches = node_caches  # in the class body: 0.3.0 reads it at class creation
+            serializer = MsgPackSerializer()
+
+    def one(uid: int) -> Awaitable[Any]:
+        return check(lambda u: cacheme.get(FooNode(uid=u)), uid, uid)
+
+    def many(uids: List[int]) -> Awaitable[Any]:
+        return check(lambda us: cacheme.get_all([FooNode(uid=u) for u in us]), uids, uids)
+
+    return one, many
+
+
+# ---------------------------------------------------------------- aiocache
+
+
+async def setup_aiocache(url: str, stampede: bool):
+    import aiocache
+    from redis.asyncio.connection import BlockingConnectionPool
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    kw = dict(cache=aiocache.RedisCache, endpoint=u.hostname, port=u.port, timeout=200)
+    if stampede:
+        deco = aiocache.cached_stampede(lease=30, key_builder=lambda f, uid: f"uid3:{uid}", **kw)
+    else:
+        deco = aiocache.cached(key_builder=lambda f, uid: f"uid2:{uid}", **kw)
+
+    @deco
+    async def load(uid: int) -> int:
+        return await source(uid)
+
+    # a blocking pool of 100, as in 0.3.0's trace.py
+    load.cache.client.connection_pool = BlockingConnectionPool.from_url(
+        url, max_connections=POOL_SIZE, timeout=None)
+    return (lambda uid: check(load, uid, uid)), None
+
+
+# ---------------------------------------------------------------- cashews
+
+
+async def setup_cashews(url: str, lock: bool):
+    from cashews import cache
+
+    cache.setup(url, max_connections=POOL_SIZE, wait_for_connection_timeout=300)
+    if lock:
+        @cache(ttl=500, key="uid5:{uid}", lock=True)
+        async def load(uid: int) -> int:
+            return await source(uid)
+    else:
+        @cache(ttl=None, key="uid4:{uid}")
+        async def load(uid: int) -> int:
+            return await source(uid)
+
+    await cache.get("warmup")
+    return (lambda uid: check(load, uid, uid)), None
+
+
+SETUPS = {
+    "cacheme": lambda url: setup_cacheme(url, False),
+    "cacheme-2": lambda url: setup_cacheme(url, True),
+    "aiocache": lambda url: setup_aiocache(url, False),
+    "aiocache-2": lambda url: setup_aiocache(url, True),
+    "cashews": lambda url: setup_cashews(url, False),
+    "cashews-2": lambda url: setup_cashews(url, True),
+}
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("contender", choices=sorted(SETUPS))
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--workers", type=int, required=True)
+    ap.add_argument("--trace", required=True, help="JSON: list of ints, or list of lists (batch)")
+    ap.add_argument("--batch", action="store_true")
+    args = ap.parse_args()
+    with open(args.trace) as f:
+        trace = json.load(f)
+    one, many = await SETUPS[args.contender](args.url)
+    if args.batch and many is None:
+        print(json.dumps({"skipped": "no batch API"}))
+        return
+    queue: "asyncio.Queue[Awaitable[Any]]" = asyncio.Queue()
+    for item in trace:
+        queue.put_nowait(many(item) if args.batch else one(item))
+    start = time.perf_counter()
+    await asyncio.gather(*[worker(queue) for _ in range(args.workers)])
+    elapsed = time.perf_counter() - start
+    print(json.dumps({"time": elapsed, "loads": loads, "errors": errors}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

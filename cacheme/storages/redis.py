@@ -1,0 +1,163 @@
+"""Redis storage (0.3.0 module path ``cacheme.storages.redis``).
+
+The client is C (``cacheme._core.RedisClient``): non-blocking sockets on the
+running asyncio loop, RESP written in C, replies parsed by hiredis, automatic
+pipelining (every request issued in one loop iteration leaves in one write
+per connection), Redis Cluster routing. No Python Redis package is used.
+
+URLs::
+
+    redis://[[user]:password@]host[:port][/db][?option=value...]
+    unix:///path/to/redis.sock[?db=N&password=...]
+
+Options (keyword arguments of ``Storage(url, ...)``, or URL query values):
+
+- ``pool_size`` (100): connections per server, at most.
+- ``cluster`` (False): Redis Cluster; the URL names any one node.
+- ``connect_timeout`` (5.0 s), ``timeout`` (5.0 s, per request): past them a
+  request fails with RedisTimeoutError (a miss in ``get``).
+- ``pipeline`` (128): replies outstanding on a connection before the pool
+  opens another one.
+- ``retry_backoff`` (0.05 s), ``retry_backoff_max`` (1.0 s): after a
+  connection failure no new connection is tried for this long, doubling per
+  failure; meanwhile requests fail at once (a miss in ``get``).
+
+Values are stored as cacheme 0.3.0 stored them, so both can share a cache:
+``serializer.dumps({"value": v, "updated_at": <utc datetime>})`` under
+``node.full_key()``, with SETEX for TTLs in whole seconds and PSETEX
+otherwise. Nodes without a serializer use PickleSerializer (0.3.0 refused them).
+"""
+from datetime import timedelta
+from typing import Any, Dict, List, Optional
+from urllib.parse import parse_qs, unquote, urlparse
+
+from cacheme import _core
+from cacheme.storages.base import BaseStorage
+
+RedisError = _core.RedisError
+RedisConnectionError = _core.RedisConnectionError
+RedisTimeoutError = _core.RedisTimeoutError
+RedisResponseError = _core.RedisResponseError
+
+__all__ = [
+    "RedisStorage",
+    "RedisError",
+    "RedisConnectionError",
+    "RedisTimeoutError",
+    "RedisResponseError",
+    "parse_url",
+]
+
+_FLOAT_OPTIONS = ("connect_timeout", "timeout", "retry_backoff", "retry_backoff_max")
+_INT_OPTIONS = ("pool_size", "pipeline", "db")
+
+
+def parse_url(address: str) -> Dict[str, Any]:
+    """The RedisClient keyword arguments an address stands for."""
+    u = urlparse(address)
+    out: Dict[str, Any] = {}
+    query = {k: v[-1] for k, v in parse_qs(u.query).items()}
+    if u.scheme in ("unix", "redis+unix"):
+        path = unquote(u.path or u.netloc)
+        if not path:
+            raise ValueError(f"redis: no socket path in {address!r}")
+        out["path"] = path
+    elif u.scheme == "redis":
+        if u.hostname:
+            out["host"] = u.hostname
+        try:
+            port = u.port
+        except ValueError:
+            raise ValueError(f"redis: bad port in {address!r}") from None
+        if port is not None:
+            out["port"] = port
+        db = (u.path or "/").strip("/")
+        if db:
+            if not db.isdigit():
+                raise ValueError(f"redis: database must be a number, got {db!r} in {address!r}")
+            out["db"] = int(db)
+    elif u.scheme == "rediss":
+        raise ValueError("redis: TLS (rediss://) is not supported")
+    else:
+        raise ValueError(f"redis: unsupported URL scheme {u.scheme!r} in {address!r}")
+    if u.username:
+        out["username"] = unquote(u.username)
+    if u.password is not None:
+        out["password"] = unquote(u.password)
+    for key, value in query.items():
+        if key in _INT_OPTIONS:
+            out[key] = int(value)
+        elif key in _FLOAT_OPTIONS:
+            out[key] = float(value)
+        elif key in ("password", "username"):
+            out[key] = value
+        else:
+            raise ValueError(f"redis: unknown URL option {key!r} in {address!r}")
+    return out
+
+
+class RedisStorage(_core.RedisClient, BaseStorage):
+    """Redis (single server or cluster) as a cacheme storage.
+
+    ``get``/``get_all``/``set``/``set_all``/``remove`` are the C methods of
+    ``RedisClient``: each returns an awaitable at once, and its request goes
+    out with the others of the same loop iteration.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        pool_size: int = 100,
+        cluster: bool = False,
+        **options: Any,
+    ):
+        BaseStorage.__init__(self, address)
+        kwargs = parse_url(address)
+        kwargs.update(options)
+        unknown = set(kwargs) - {
+            "host", "port", "path", "username", "password", "db",
+            *_FLOAT_OPTIONS, "pipeline",
+        }
+        if unknown:
+            raise TypeError(f"redis storage: unknown option(s) {', '.join(sorted(unknown))}")
+        self.pool_size = pool_size
+        self.cluster = cluster
+        self.options = options
+        _core.RedisClient.__init__(self, pool_size=pool_size, cluster=bool(cluster), **kwargs)
+
+    async def connect(self) -> None:
+        """Check the server answers (a cluster: load its slot map)."""
+        if self.cluster:
+            await self._refresh_slots()
+        else:
+            await self.execute("PING")
+
+    async def close(self) -> None:
+        self.close_now()
+
+    # 0.3.0's BaseStorage hooks, on raw bytes
+    async def get_by_key(self, key: str) -> Any:
+        return await self.execute("GET", key)
+
+    async def get_by_keys(self, keys: List[str]) -> Dict[str, Any]:
+        if not keys:
+            return {}
+        values = await self.execute("MGET", *keys)
+        return {k: v for k, v in zip(keys, values) if v is not None}
+
+    async def remove_by_key(self, key: str) -> None:
+        await self.execute("DEL", key)
+
+    async def set_by_key(self, key: str, value: Any, ttl: Optional[timedelta]) -> None:
+        if ttl is None:
+            await self.execute("SET", key, value)
+        else:
+            await self.execute("PSETEX", key, max(1, round(ttl.total_seconds() * 1000)), value)
+
+    async def set_by_keys(self, data: Dict[str, Any], ttl: Optional[timedelta]) -> None:
+        for key, value in data.items():
+            await self.set_by_key(key, value, ttl)
+
+    def __repr__(self) -> str:
+        return f"RedisStorage({self.address!r}, pool_size={self.pool_size}, cluster={self.cluster})"
+

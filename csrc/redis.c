@@ -1,0 +1,1889 @@
+/* Redis storage driven from C on the asyncio loop.
+ *
+ * Why: a cache in front of a database earns its keep only if a hit costs far
+ * less than the load it saves; a Python client spends most of a GET in its
+ * own code. Here a storage call writes its RESP request into a connection's
+ * buffer and returns an asyncio future; nothing else happens until the loop
+ * runs the one flush scheduled (call_soon) for that connection, which sends
+ * every request issued in that loop iteration in one write: automatic
+ * pipelining, as hiredis's async context and redis-py's pipelines do by hand.
+ * Replies are parsed by hiredis's reader with object functions that build
+ * Python objects directly (bytes, int, None, list, str for status and
+ * RedisResponseError for errors) and are matched to requests in order through
+ * a ring of pending entries.
+ *
+ * Shapes:
+ *   CmRedisClientObject  the storage type (RedisClient; cacheme's RedisStorage
+ *                        subclasses it), with one pool or a cluster.
+ *   CmRedisPool          connections to one server; opens up to `size` of
+ *                        them, a new one only when every open one has
+ *                        `pipeline` replies outstanding; backs off after a
+ *                        failure (no new connection before retry_at, doubling).
+ *   CmRedisConnObject    a non-blocking socket registered with the loop
+ *                        (add_reader while open, add_writer while connecting
+ *                        or while the kernel buffer is full), an output
+ *                        buffer, a hiredis reader, the pending ring and one
+ *                        timer for the connect timeout or the oldest pending
+ *                        reply's deadline. A failure closes it and fails
+ *                        every pending entry with RedisConnectionError or
+ *                        RedisTimeoutError; nothing waits forever.
+ *   CmRedisOp            one storage call: its future, keys, values and the
+ *                        replies gathered from its entries (one per request;
+ *                        several for set_all and cluster MGETs); settled
+ *                        when its last entry is answered or failed.
+ *
+ * Stored values keep cacheme 0.3.0's layout: serializer.dumps({"value": v,
+ * "updated_at": <utc datetime>}), SETEX for whole seconds and PSETEX for
+ * the rest (0.3.0 sent SETEX 0 for TTLs below a second, which Redis refuses). */
+#include "redis.h"
+
+#include <errno.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <hiredis/read.h>
+
+#include "clock.h"
+#include "crc16.h"
+#include "key.h"
+#include "loop.h"
+
+enum { CONN_CONNECTING, CONN_READY, CONN_CLOSED };
+
+/* The exception being raised, taken and normalized (NULL if none), and its
+ * way back (Python 3.10/3.11 have no PyErr_GetRaisedException). */
+static PyObject *exc_take(void)
+{
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    if (t == NULL)
+        return NULL;
+    PyErr_NormalizeException(&t, &v, &tb);
+    if (tb != NULL && v != NULL)
+        PyException_SetTraceback(v, tb);
+    Py_XDECREF(t);
+    Py_XDECREF(tb);
+    return v;
+}
+
+static void exc_restore(PyObject *v)
+{
+    if (v == NULL)
+        return;
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(v)), v, PyException_GetTraceback(v));
+}
+
+struct CmRedisConnObject {
+    PyObject_HEAD
+    CmState *st;
+    CmRedisPool *pool; /* borrowed; NULL once closed */
+    PyObject *loop;
+    PyObject *flush_cb; /* bound on_flush, made once */
+    PyObject *timer;    /* TimerHandle or NULL */
+    int fd;
+    int state;
+    int reading, writing, flush_scheduled, replied;
+    int64_t connect_deadline;
+    CmBuf out;
+    redisReader *reader;
+    CmRedisEntry *ring;
+    size_t cap, head, len;
+};
+
+enum { OP_GET, OP_MGET, OP_SET, OP_DEL, OP_RAW, OP_INTERNAL };
+
+struct CmRedisOp {
+    int kind;
+    int redirects;
+    Py_ssize_t refs;
+    CmRedisClientObject *client;
+    PyObject *fut;    /* NULL for background internal ops */
+    PyObject *ser;    /* GET/MGET */
+    PyObject *key;    /* the key of single-key ops (str) */
+    PyObject *keys;   /* list of str (MGET, set_all); tuple of bytes (RAW) */
+    PyObject *nodes;  /* MGET: the nodes, in order */
+    PyObject *value;  /* SET: payload */
+    PyObject *values; /* set_all: payloads */
+    PyObject *result; /* GET/RAW: the reply; MGET: list of replies */
+    PyObject *error;
+    long long ttl_ms; /* -1: no TTL */
+    int (*done)(CmRedisClientObject *, PyObject *reply, PyObject *error);
+};
+
+/* ------------------------------------------------------------------ */
+/* replies: hiredis object functions building Python objects          */
+
+static void *reply_attach(const redisReadTask *task, PyObject *obj)
+{
+    if (obj != NULL && task->parent != NULL) {
+        PyObject *parent = task->parent->obj; // borrowed
+        PyList_SET_ITEM(parent, task->idx, obj);
+    }
+    return obj;
+}
+
+static void *reply_string(const redisReadTask *task, char *s, size_t len)
+{
+    CmRedisConnObject *c = task->privdata;
+    PyObject *obj;
+    if (task->type == REDIS_REPLY_ERROR) {
+        PyObject *msg = PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, "replace");
+        obj = msg ? PyObject_CallOneArg(c->st->RedisResponseError, msg) : NULL;
+        Py_XDECREF(msg);
+    } else if (task->type == REDIS_REPLY_STATUS) {
+        obj = PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, "replace");
+    } else {
+        obj = PyBytes_FromStringAndSize(s, (Py_ssize_t)len);
+    }
+    if (obj == NULL)
+        PyErr_Clear(); /* the reader reports out of memory */
+    return reply_attach(task, obj);
+}
+
+static void *reply_array(const redisReadTask *task, int n)
+{
+    PyObject *obj = PyList_New(n < 0 ? 0 : n);
+    if (obj == NULL)
+        PyErr_Clear();
+    return reply_attach(task, obj);
+}
+
+static void *reply_integer(const redisReadTask *task, long long v)
+{
+    PyObject *obj = PyLong_FromLongLong(v);
+    if (obj == NULL)
+        PyErr_Clear();
+    return reply_attach(task, obj);
+}
+
+static void *reply_nil(const redisReadTask *task) { return reply_attach(task, Py_NewRef(Py_None)); }
+
+static void reply_free(void *obj) { Py_XDECREF((PyObject *)obj); }
+
+static redisReplyObjectFunctions reply_fns = {
+    reply_string, reply_array, reply_integer, reply_nil, reply_free,
+};
+
+/* ------------------------------------------------------------------ */
+/* ops                                                                */
+
+static CmRedisOp *op_new(CmRedisClientObject *client, int kind, PyObject *fut)
+{
+    CmRedisOp *op = calloc(1, sizeof(*op));
+    if (op == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    op->kind = kind;
+    op->refs = 1; /* the builder's */
+    op->client = (CmRedisClientObject *)Py_NewRef(client);
+    op->fut = Py_XNewRef(fut);
+    op->ttl_ms = -1;
+    return op;
+}
+
+void cm_redis_op_ref(CmRedisOp *op) { op->refs++; }
+
+int cm_redis_op_redirects(CmRedisOp *op) { return ++op->redirects; }
+
+PyObject *cm_redis_op_key(CmRedisOp *op, uint32_t i)
+{
+    if (op->keys == NULL)
+        return op->key;
+    if (PyTuple_Check(op->keys))
+        return PyTuple_GET_SIZE(op->keys) > 1 ? PyTuple_GET_ITEM(op->keys, 1) : NULL;
+    return PyList_GET_ITEM(op->keys, i);
+}
+
+static void op_set_error(CmRedisOp *op, PyObject *exc)
+{
+    if (op->error == NULL)
+        op->error = Py_NewRef(exc ? exc : op->client->st->RedisError);
+}
+
+/* serializer.loads(raw)["value"]; new reference or NULL with an exception. */
+static PyObject *decode_value(CmState *st, PyObject *ser, PyObject *raw)
+{
+    PyObject *args[2] = {ser, raw};
+    PyObject *obj = PyObject_VectorcallMethod(st->redis_s_loads, args,
+                                              2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *v = NULL;
+    if (obj == NULL)
+        goto done;
+    if (PyDict_CheckExact(obj)) {
+        v = Py_XNewRef(PyDict_GetItemWithError(obj, st->redis_s_value));
+        if (v == NULL && !PyErr_Occurred())
+            PyErr_SetString(st->RedisError, "cached redis value has no 'value' field");
+    } else {
+        v = PyObject_GetItem(obj, st->redis_s_value);
+    }
+done:
+    Py_XDECREF(obj);
+    return v;
+}
+
+/* [(node, value)] of the keys found and decodable, in order. */
+static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
+{
+    Py_ssize_t n = PyList_GET_SIZE(op->result);
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *raw = PyList_GET_ITEM(op->result, i); // borrowed
+        if (raw == Py_None)
+            continue;
+        PyObject *v = decode_value(st, op->ser, raw);
+        if (v == NULL) {
+            /* undecodable bytes are a miss, as in get() */
+            PyObject *exc = exc_take();
+            cm_log_warning(st, "cacheme: redis value of %R cannot be decoded: %R",
+                           PyList_GET_ITEM(op->keys, i), exc);
+            Py_XDECREF(exc);
+            continue;
+        }
+        PyObject *pair = PyTuple_Pack(2, PyList_GET_ITEM(op->nodes, i), v);
+        Py_DECREF(v);
+        if (pair == NULL || PyList_Append(out, pair) < 0) {
+            Py_XDECREF(pair);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(pair);
+    }
+    return out;
+}
+
+static void op_finish(CmRedisOp *op)
+{
+    CmState *st = op->client->st;
+    PyObject *saved = exc_take();
+    PyObject *res = NULL;
+    PyObject *err = Py_XNewRef(op->error);
+
+    if (err == NULL) {
+        switch (op->kind) {
+        case OP_GET:
+            if (op->result == NULL || op->result == Py_None)
+                res = Py_NewRef(st->sentinel);
+            else
+                res = decode_value(st, op->ser, op->result);
+            break;
+        case OP_MGET:
+            res = mget_pairs(st, op);
+            break;
+        case OP_RAW:
+            res = Py_NewRef(op->result ? op->result : Py_None);
+            break;
+        default:
+            res = Py_NewRef(Py_None);
+            break;
+        }
+        if (res == NULL)
+            err = exc_take();
+    }
+    if (op->done != NULL && op->done(op->client, err ? NULL : op->result, err) < 0) {
+        Py_XDECREF(err);
+        err = exc_take();
+    }
+    if (op->fut != NULL) {
+        int rc = err ? cm_future_set_exception(st, op->fut, err)
+                     : cm_future_set_result(st, op->fut, res);
+        if (rc < 0)
+            PyErr_Clear(); /* the caller cancelled it */
+    }
+    Py_XDECREF(res);
+    Py_XDECREF(err);
+    Py_DECREF(op->client);
+    Py_XDECREF(op->fut);
+    Py_XDECREF(op->ser);
+    Py_XDECREF(op->key);
+    Py_XDECREF(op->keys);
+    Py_XDECREF(op->nodes);
+    Py_XDECREF(op->value);
+    Py_XDECREF(op->values);
+    Py_XDECREF(op->result);
+    Py_XDECREF(op->error);
+    free(op);
+    exc_restore(saved);
+}
+
+void cm_redis_op_unref(CmRedisOp *op)
+{
+    if (--op->refs == 0)
+        op_finish(op);
+}
+
+/* Let an answered entry go. */
+static void entry_release(CmRedisEntry *e)
+{
+    CmRedisOp *op = e->op;
+    free(e->positions);
+    e->positions = NULL;
+    e->op = NULL;
+    if (op != NULL)
+        cm_redis_op_unref(op);
+}
+
+/* Fail the entry's op with exc (borrowed) and let the entry go. */
+static void entry_fail_exc(CmRedisEntry *e, PyObject *exc)
+{
+    if (e->op != NULL)
+        op_set_error(e->op, exc);
+    entry_release(e);
+}
+
+void cm_redis_entry_fail(CmState *st, CmRedisEntry *e, PyObject *tp, PyObject *msg)
+{
+    PyObject *saved = exc_take();
+    PyObject *exc = e->op && !e->op->error ? PyObject_CallOneArg(tp, msg ? msg : Py_None) : NULL;
+    if (exc == NULL)
+        PyErr_Clear();
+    entry_fail_exc(e, exc ? exc : st->RedisError);
+    Py_XDECREF(exc);
+    exc_restore(saved);
+}
+
+/* Fail the entry with the exception being raised (cleared). */
+static void entry_fail_current(CmRedisEntry *e)
+{
+    PyObject *exc = exc_take();
+    entry_fail_exc(e, exc);
+    Py_XDECREF(exc);
+}
+
+/* ------------------------------------------------------------------ */
+/* request encoding                                                   */
+
+static int arg_str(CmBuf *b, PyObject *s)
+{
+    Py_ssize_t n;
+    const char *p;
+    if (PyBytes_Check(s)) {
+        p = PyBytes_AS_STRING(s);
+        n = PyBytes_GET_SIZE(s);
+    } else if ((p = PyUnicode_AsUTF8AndSize(s, &n)) == NULL) {
+        return -1;
+    }
+    if (cm_resp_arg(b, p, (size_t)n) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static int arg_lit(CmBuf *b, const char *s)
+{
+    if (cm_resp_arg(b, s, strlen(s)) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static int begin(CmBuf *b, size_t argc)
+{
+    if (cm_resp_begin(b, argc) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* Append the request of an entry; all or nothing. */
+static int encode_entry(CmBuf *b, const CmRedisEntry *e)
+{
+    size_t mark = b->len;
+    CmRedisOp *op = e->op;
+    switch (e->cmd) {
+    case CM_CMD_GET:
+        if (begin(b, 2) < 0 || arg_lit(b, "GET") < 0 ||
+            arg_str(b, cm_redis_op_key(op, e->pos)) < 0)
+            goto fail;
+        break;
+    case CM_CMD_MGET:
+        if (begin(b, 1 + (size_t)e->npos) < 0 || arg_lit(b, "MGET") < 0)
+            goto fail;
+        for (uint32_t i = 0; i < e->npos; i++)
+            if (arg_str(b, cm_redis_op_key(op, cm_entry_position(e, i))) < 0)
+                goto fail;
+        break;
+    case CM_CMD_SET: {
+        PyObject *key = cm_redis_op_key(op, e->pos);                              // borrowed
+        PyObject *val = op->values ? PyList_GET_ITEM(op->values, e->pos) : op->value; // borrowed
+        long long ttl = op->ttl_ms;
+        if (ttl < 0) {
+            if (begin(b, 3) < 0 || arg_lit(b, "SET") < 0 || arg_str(b, key) < 0 ||
+                arg_str(b, val) < 0)
+                goto fail;
+        } else {
+            int whole = ttl % 1000 == 0;
+            if (begin(b, 4) < 0 || arg_lit(b, whole ? "SETEX" : "PSETEX") < 0 ||
+                arg_str(b, key) < 0 || cm_resp_arg_ll(b, whole ? ttl / 1000 : ttl) < 0 ||
+                arg_str(b, val) < 0)
+                goto fail;
+        }
+        break;
+    }
+    case CM_CMD_DEL:
+        if (begin(b, 2) < 0 || arg_lit(b, "DEL") < 0 ||
+            arg_str(b, cm_redis_op_key(op, e->pos)) < 0)
+            goto fail;
+        break;
+    case CM_CMD_RAW: {
+        Py_ssize_t n = PyTuple_GET_SIZE(op->keys);
+        if (begin(b, (size_t)n) < 0)
+            goto fail;
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (arg_str(b, PyTuple_GET_ITEM(op->keys, i)) < 0)
+                goto fail;
+        break;
+    }
+    case CM_CMD_ASKING:
+        if (begin(b, 1) < 0 || arg_lit(b, "ASKING") < 0)
+            goto fail;
+        break;
+    default:
+        PyErr_SetString(PyExc_SystemError, "redis: unknown request kind");
+        goto fail;
+    }
+    return 0;
+fail:
+    b->len = mark;
+    return -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* connections                                                        */
+
+static PyObject *conn_on_read(PyObject *self, PyObject *unused);
+static PyObject *conn_on_write(PyObject *self, PyObject *unused);
+static PyObject *conn_on_flush(PyObject *self, PyObject *unused);
+static PyObject *conn_on_timer(PyObject *self, PyObject *unused);
+
+static PyMethodDef on_read_def = {"_on_read", conn_on_read, METH_NOARGS, NULL};
+static PyMethodDef on_write_def = {"_on_write", conn_on_write, METH_NOARGS, NULL};
+static PyMethodDef on_flush_def = {"_on_flush", conn_on_flush, METH_NOARGS, NULL};
+static PyMethodDef on_timer_def = {"_on_timer", conn_on_timer, METH_NOARGS, NULL};
+
+static void pool_forget(CmRedisPool *p, CmRedisConnObject *c, int failed, PyObject *why);
+
+/* Close the connection: unregister from the loop, close the socket, and fail
+ * every pending entry with tp(msg). failed: count it against the server
+ * (backoff). Safe to call more than once and from within its callbacks. */
+static void conn_close(CmRedisConnObject *c, PyObject *tp, PyObject *msg, int failed)
+{
+    if (c->state == CONN_CLOSED)
+        return;
+    CmState *st = c->st;
+    PyObject *saved = exc_take();
+    Py_INCREF(c);
+    c->state = CONN_CLOSED;
+    if (c->reading && cm_loop_remove_reader(st, c->loop, c->fd) < 0)
+        PyErr_Clear();
+    if (c->writing && cm_loop_remove_writer(st, c->loop, c->fd) < 0)
+        PyErr_Clear();
+    c->reading = c->writing = 0;
+    if (c->timer != NULL) {
+        cm_handle_cancel(st, c->timer);
+        Py_CLEAR(c->timer);
+    }
+    if (c->fd >= 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+    cm_buf_free(&c->out);
+    if (c->reader != NULL) {
+        redisReaderFree(c->reader);
+        c->reader = NULL;
+    }
+    Py_CLEAR(c->flush_cb);
+
+    CmRedisEntry *ring = c->ring;
+    size_t head = c->head, len = c->len, cap = c->cap;
+    c->ring = NULL;
+    c->head = c->len = c->cap = 0;
+
+    CmRedisPool *p = c->pool;
+    c->pool = NULL;
+    CmRedisClientObject *owner = NULL;
+    for (size_t i = 0; i < len && owner == NULL; i++)
+        if (ring[(head + i) % cap].op != NULL)
+            owner = ring[(head + i) % cap].op->client;
+    Py_XINCREF(owner);
+    if (p != NULL)
+        pool_forget(p, c, failed, msg);
+    for (size_t i = 0; i < len; i++)
+        cm_redis_entry_fail(st, &ring[(head + i) % cap], tp, msg);
+    free(ring);
+    if (failed && owner != NULL && owner->cluster != NULL)
+        cm_cluster_node_failed(owner);
+    Py_XDECREF(owner);
+    Py_DECREF(c);
+    exc_restore(saved);
+}
+
+static void conn_close_fmt(CmRedisConnObject *c, PyObject *tp, int failed, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *saved = exc_take();
+    PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    if (msg == NULL) {
+        PyErr_Clear();
+        msg = PyUnicode_FromString("redis connection failed");
+    }
+    if (msg != NULL) {
+        conn_close(c, tp, msg, failed);
+        Py_DECREF(msg);
+    }
+    exc_restore(saved);
+}
+
+static const char *conn_label(CmRedisConnObject *c) { return c->pool ? c->pool->label : "redis"; }
+
+static int conn_arm(CmRedisConnObject *c, double delay)
+{
+    PyObject *cb = PyCFunction_New(&on_timer_def, (PyObject *)c);
+    if (cb == NULL)
+        return -1;
+    c->timer = cm_loop_call_later(c->st, c->loop, delay < 0 ? 0 : delay, cb);
+    Py_DECREF(cb);
+    return c->timer ? 0 : -1;
+}
+
+/* Send what the buffer holds; wait for writability if the kernel is full. */
+static void conn_write(CmRedisConnObject *c)
+{
+    while (c->state == CONN_READY && cm_buf_pending(&c->out) > 0) {
+        ssize_t n = send(c->fd, c->out.data + c->out.pos, cm_buf_pending(&c->out), MSG_NOSIGNAL);
+        if (n > 0) {
+            cm_buf_consume(&c->out, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!c->writing) {
+                PyObject *cb = PyCFunction_New(&on_write_def, (PyObject *)c);
+                int rc = cb ? cm_loop_add_writer(c->st, c->loop, c->fd, cb) : -1;
+                Py_XDECREF(cb);
+                if (rc < 0) {
+                    PyObject *exc = exc_take();
+                    conn_close_fmt(c, c->st->RedisConnectionError, 1, "redis %s: %S",
+                                   conn_label(c), exc);
+                    Py_XDECREF(exc);
+                    return;
+                }
+                c->writing = 1;
+            }
+            return;
+        }
+        conn_close_fmt(c, c->st->RedisConnectionError, 1, "redis %s: write failed: %s",
+                       conn_label(c), strerror(errno));
+        return;
+    }
+    if (c->writing && c->state == CONN_READY) {
+        if (cm_loop_remove_writer(c->st, c->loop, c->fd) < 0)
+            PyErr_WriteUnraisable((PyObject *)c);
+        c->writing = 0;
+    }
+}
+
+static void conn_schedule_flush(CmRedisConnObject *c)
+{
+    if (c->flush_scheduled || c->writing || c->state != CONN_READY)
+        return;
+    PyObject *h = cm_loop_call_soon(c->st, c->loop, c->flush_cb);
+    if (h == NULL) {
+        PyErr_Clear();
+        conn_write(c); /* no loop to wait for: send now */
+        return;
+    }
+    Py_DECREF(h);
+    c->flush_scheduled = 1;
+}
+
+static int ring_push(CmRedisConnObject *c, const CmRedisEntry *e)
+{
+    if (c->len == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 64;
+        CmRedisEntry *r = malloc(cap * sizeof(*r));
+        if (r == NULL)
+            return -1;
+        for (size_t i = 0; i < c->len; i++)
+            r[i] = c->ring[(c->head + i) % c->cap];
+        free(c->ring);
+        c->ring = r;
+        c->cap = cap;
+        c->head = 0;
+    }
+    c->ring[(c->head + c->len) % c->cap] = *e;
+    c->len++;
+    return 0;
+}
+
+void cm_redis_conn_push(CmRedisConnObject *c, CmRedisEntry *e)
+{
+    CmState *st = c->st;
+    if (c->state == CONN_CLOSED) {
+        PyObject *msg = PyUnicode_FromString("redis connection closed");
+        cm_redis_entry_fail(st, e, st->RedisConnectionError, msg ? msg : Py_None);
+        Py_XDECREF(msg);
+        PyErr_Clear();
+        return;
+    }
+    size_t mark = c->out.len;
+    if (encode_entry(&c->out, e) < 0) {
+        entry_fail_current(e);
+        return;
+    }
+    e->deadline = cm_now_ns() + (int64_t)(c->pool->cfg->timeout * 1e9);
+    if (ring_push(c, e) < 0) {
+        c->out.len = mark;
+        PyErr_NoMemory();
+        entry_fail_current(e);
+        return;
+    }
+    if (c->timer == NULL && conn_arm(c, c->pool->cfg->timeout) < 0)
+        PyErr_WriteUnraisable((PyObject *)c);
+    conn_schedule_flush(c);
+}
+
+/* A connection-internal request (AUTH, SELECT). */
+static int conn_push_internal(CmRedisConnObject *c, int cmd, size_t argc, const char *const *argv,
+                              const size_t *lens)
+{
+    CmRedisEntry e = {.cmd = (uint8_t)cmd, .deadline = cm_now_ns()};
+    if (cm_resp_command(&c->out, argc, argv, lens) < 0 || ring_push(c, &e) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void conn_ready(CmRedisConnObject *c)
+{
+    CmState *st = c->st;
+    PyObject *cb = NULL;
+    c->state = CONN_READY;
+    if (c->writing) {
+        if (cm_loop_remove_writer(st, c->loop, c->fd) < 0)
+            goto fail;
+        c->writing = 0;
+    }
+    if ((cb = PyCFunction_New(&on_read_def, (PyObject *)c)) == NULL ||
+        cm_loop_add_reader(st, c->loop, c->fd, cb) < 0)
+        goto fail;
+    c->reading = 1;
+    Py_DECREF(cb);
+    conn_write(c);
+    return;
+fail:
+    Py_XDECREF(cb);
+    {
+        PyObject *exc = exc_take();
+        conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: %S", conn_label(c), exc);
+        Py_XDECREF(exc);
+    }
+}
+
+/* A non-blocking socket connecting to the pool's server; *pending is set
+ * while the connect is in progress. -1 with errno on failure. */
+static int sock_connect(CmRedisPool *p, int *pending)
+{
+    int fd = -1;
+    *pending = 0;
+    if (p->path != NULL) {
+        struct sockaddr_un sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sun_family = AF_UNIX;
+        if (strlen(p->path) >= sizeof(sa.sun_path)) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        strcpy(sa.sun_path, p->path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return -1;
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+            return fd;
+        if (errno == EINPROGRESS || errno == EAGAIN) {
+            *pending = 1;
+            return fd;
+        }
+        int err = errno;
+        close(fd);
+        errno = err;
+        return -1;
+    }
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    char port[16];
+    snprintf(port, sizeof(port), "%d", p->port);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = getaddrinfo(p->host, port, &hints, &res);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        errno = rc == EAI_SYSTEM ? errno : EHOSTUNREACH;
+        return -1;
+    }
+    int err = ECONNREFUSED;
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) {
+            err = errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+            break;
+        if (errno == EINPROGRESS) {
+            *pending = 1;
+            break;
+        }
+        err = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        errno = err;
+    return fd;
+}
+
+static CmRedisConnObject *conn_open(CmRedisPool *p, PyObject *loop)
+{
+    CmState *st = p->st;
+    const CmRedisConfig *cfg = p->cfg;
+    CmRedisConnObject *c = PyObject_GC_New(CmRedisConnObject, (PyTypeObject *)st->RedisConnType);
+    if (c == NULL)
+        return NULL;
+    c->st = st;
+    c->pool = p;
+    c->loop = Py_NewRef(loop);
+    c->flush_cb = c->timer = NULL;
+    c->fd = -1;
+    c->state = CONN_CONNECTING;
+    c->reading = c->writing = c->flush_scheduled = c->replied = 0;
+    c->connect_deadline = 0;
+    memset(&c->out, 0, sizeof(c->out));
+    c->ring = NULL;
+    c->cap = c->head = c->len = 0;
+    c->reader = redisReaderCreateWithFunctions(&reply_fns);
+    PyObject_GC_Track(c);
+    if (c->reader == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    c->reader->privdata = c;
+    if ((c->flush_cb = PyCFunction_New(&on_flush_def, (PyObject *)c)) == NULL)
+        goto fail;
+    int pending;
+    c->fd = sock_connect(p, &pending);
+    if (c->fd < 0) {
+        PyErr_Format(st->RedisConnectionError, "redis %s: connect failed: %s", p->label,
+                     strerror(errno));
+        goto fail;
+    }
+    if (cfg->password != NULL) {
+        const char *argv[3] = {"AUTH", NULL, NULL};
+        size_t lens[3] = {4, 0, 0};
+        size_t argc = 1;
+        if (cfg->username != NULL) {
+            argv[argc] = PyBytes_AS_STRING(cfg->username);
+            lens[argc++] = (size_t)PyBytes_GET_SIZE(cfg->username);
+        }
+        argv[argc] = PyBytes_AS_STRING(cfg->password);
+        lens[argc++] = (size_t)PyBytes_GET_SIZE(cfg->password);
+        if (conn_push_internal(c, CM_CMD_HELLO, argc, argv, lens) < 0)
+            goto fail;
+    }
+    if (cfg->db != 0) {
+        char db[24];
+        size_t n = cm_resp_ll(db, cfg->db);
+        const char *argv[2] = {"SELECT", db};
+        size_t lens[2] = {6, n};
+        if (conn_push_internal(c, CM_CMD_HELLO, 2, argv, lens) < 0)
+            goto fail;
+    }
+    if (pending) {
+        PyObject *cb = PyCFunction_New(&on_write_def, (PyObject *)c);
+        int rc = cb ? cm_loop_add_writer(st, loop, c->fd, cb) : -1;
+        Py_XDECREF(cb);
+        if (rc < 0)
+            goto fail;
+        c->writing = 1;
+        c->connect_deadline = cm_now_ns() + (int64_t)(cfg->connect_timeout * 1e9);
+        if (conn_arm(c, cfg->connect_timeout) < 0)
+            goto fail;
+    } else {
+        conn_ready(c);
+        if (c->state == CONN_CLOSED) {
+            PyErr_Format(st->RedisConnectionError, "redis %s: connection failed", p->label);
+            goto fail;
+        }
+    }
+    return c;
+fail:
+    c->pool = NULL; /* not in the pool yet */
+    conn_close(c, st->RedisConnectionError, NULL, 0);
+    Py_DECREF(c);
+    return NULL;
+}
+
+static PyObject *conn_on_write(PyObject *self, PyObject *Py_UNUSED(unused))
+{
+    CmRedisConnObject *c = (CmRedisConnObject *)self;
+    if (c->state == CONN_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+            err = errno;
+        if (err != 0)
+            conn_close_fmt(c, c->st->RedisConnectionError, 1, "redis %s: connect failed: %s",
+                           conn_label(c), strerror(err));
+        else
+            conn_ready(c);
+    } else if (c->state == CONN_READY) {
+        conn_write(c);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *conn_on_flush(PyObject *self, PyObject *Py_UNUSED(unused))
+{
+    CmRedisConnObject *c = (CmRedisConnObject *)self;
+    c->flush_scheduled = 0;
+    if (c->state == CONN_READY && !c->writing)
+        conn_write(c);
+    Py_RETURN_NONE;
+}
+
+static PyObject *conn_on_timer(PyObject *self, PyObject *Py_UNUSED(unused))
+{
+    CmRedisConnObject *c = (CmRedisConnObject *)self;
+    Py_CLEAR(c->timer);
+    int64_t now = cm_now_ns();
+    double next = -1;
+    if (c->state == CONN_CONNECTING) {
+        if (now >= c->connect_deadline) {
+            conn_close_fmt(c, c->st->RedisTimeoutError, 1, "redis %s: connect timed out",
+                           conn_label(c));
+            Py_RETURN_NONE;
+        }
+        next = (double)(c->connect_deadline - now) / 1e9;
+    } else if (c->state == CONN_READY && c->len > 0) {
+        int64_t deadline = c->ring[c->head].deadline;
+        if (now >= deadline) {
+            /* replies come in order: the stream is useless past a lost one */
+            conn_close_fmt(c, c->st->RedisTimeoutError, 1, "redis %s: no reply within %d ms",
+                           conn_label(c), (int)(c->pool->cfg->timeout * 1000));
+            Py_RETURN_NONE;
+        }
+        next = (double)(deadline - now) / 1e9;
+    }
+    if (next >= 0 && conn_arm(c, next) < 0)
+        PyErr_WriteUnraisable(self);
+    Py_RETURN_NONE;
+}
+
+/* One reply for the entry at the head of the ring (reply stolen). */
+static void entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply)
+{
+    CmState *st = c->st;
+    CmRedisOp *op = e->op;
+    int is_err = PyObject_TypeCheck(reply, (PyTypeObject *)st->RedisResponseError);
+    if (op == NULL) {
+        if (is_err && e->cmd == CM_CMD_HELLO)
+            conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: %S", conn_label(c), reply);
+        Py_DECREF(reply);
+        free(e->positions);
+        return;
+    }
+    if (is_err && op->client->cluster != NULL && cm_cluster_redirect(op->client, e, reply)) {
+        Py_DECREF(reply);
+        return;
+    }
+    if (is_err) {
+        op_set_error(op, reply);
+    } else if (e->cmd == CM_CMD_GET || e->cmd == CM_CMD_RAW) {
+        Py_XSETREF(op->result, Py_NewRef(reply));
+    } else if (e->cmd == CM_CMD_MGET) {
+        if (PyList_Check(reply) && PyList_GET_SIZE(reply) == (Py_ssize_t)e->npos) {
+            for (uint32_t i = 0; i < e->npos; i++)
+                PyList_SetItem(op->result, cm_entry_position(e, i),
+                               Py_NewRef(PyList_GET_ITEM(reply, i)));
+        } else {
+            PyObject *exc = PyObject_CallFunction(st->RedisError, "s", "unexpected MGET reply");
+            if (exc == NULL)
+                exc = exc_take();
+            op_set_error(op, exc);
+            Py_XDECREF(exc);
+        }
+    }
+    Py_DECREF(reply);
+    entry_release(e);
+}
+
+static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
+{
+    CmRedisConnObject *c = (CmRedisConnObject *)self;
+    CmState *st = c->st;
+    char buf[65536];
+    Py_INCREF(c);
+    while (c->state != CONN_CLOSED) {
+        ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+        if (n > 0) {
+            if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
+                conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: out of memory",
+                               conn_label(c));
+                goto done;
+            }
+            if ((size_t)n < sizeof(buf))
+                break;
+            continue;
+        }
+        if (n == 0) {
+            conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: connection closed by server",
+                           conn_label(c));
+            goto done;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            break;
+        conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: read failed: %s", conn_label(c),
+                       strerror(errno));
+        goto done;
+    }
+    while (c->state != CONN_CLOSED) {
+        void *reply = NULL;
+        if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
+            conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: protocol error: %s",
+                           conn_label(c), c->reader->errstr);
+            goto done;
+        }
+        if (reply == NULL)
+            break;
+        if (c->len == 0) {
+            Py_DECREF((PyObject *)reply);
+            conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: reply without a request",
+                           conn_label(c));
+            goto done;
+        }
+        CmRedisEntry e = c->ring[c->head];
+        c->head = (c->head + 1) % c->cap;
+        c->len--;
+        if (!c->replied && c->pool != NULL) {
+            c->replied = 1;
+            c->pool->backoff = c->pool->cfg->backoff_min;
+            c->pool->retry_at = 0;
+            Py_CLEAR(c->pool->last_error);
+        }
+        entry_reply(c, &e, (PyObject *)reply);
+    }
+done:
+    Py_DECREF(c);
+    Py_RETURN_NONE;
+}
+
+static int conn_traverse(CmRedisConnObject *c, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(c));
+    Py_VISIT(c->loop);
+    Py_VISIT(c->flush_cb);
+    Py_VISIT(c->timer);
+    return 0;
+}
+
+static int conn_clear(CmRedisConnObject *c)
+{
+    Py_CLEAR(c->flush_cb);
+    Py_CLEAR(c->timer);
+    return 0;
+}
+
+static void conn_dealloc(CmRedisConnObject *c)
+{
+    PyTypeObject *tp = Py_TYPE(c);
+    PyObject_GC_UnTrack(c);
+    if (c->fd >= 0)
+        close(c->fd);
+    if (c->reader != NULL)
+        redisReaderFree(c->reader);
+    cm_buf_free(&c->out);
+    for (size_t i = 0; i < c->len; i++)
+        entry_fail_exc(&c->ring[(c->head + i) % c->cap], c->st->RedisError);
+    free(c->ring);
+    conn_clear(c);
+    Py_CLEAR(c->loop);
+    tp->tp_free(c);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot conn_slots[] = {
+    {Py_tp_traverse, conn_traverse},
+    {Py_tp_clear, conn_clear},
+    {Py_tp_dealloc, conn_dealloc},
+    {Py_tp_doc, "A connection of a Redis pool (internal)."},
+    {0, NULL},
+};
+
+static PyType_Spec conn_spec = {
+    .name = "cacheme._core._RedisConnection",
+    .basicsize = sizeof(CmRedisConnObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = conn_slots,
+};
+
+/* ------------------------------------------------------------------ */
+/* pools                                                              */
+
+CmRedisPool *cm_redis_pool_new(CmState *st, const CmRedisConfig *cfg, const char *host, int port,
+                               const char *path)
+{
+    CmRedisPool *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        goto nomem;
+    p->st = st;
+    p->cfg = cfg;
+    p->port = port;
+    p->backoff = cfg->backoff_min;
+    if (path != NULL) {
+        if ((p->path = strdup(path)) == NULL)
+            goto nomem;
+        snprintf(p->label, sizeof(p->label), "%s", path);
+    } else {
+        if ((p->host = strdup(host)) == NULL)
+            goto nomem;
+        snprintf(p->label, sizeof(p->label), "%s:%d", host, port);
+    }
+    return p;
+nomem:
+    if (p != NULL)
+        free(p->host);
+    free(p);
+    PyErr_NoMemory();
+    return NULL;
+}
+
+static void pool_close_all(CmRedisPool *p, const char *why)
+{
+    PyObject *msg = PyUnicode_FromFormat("redis %s: %s", p->label, why);
+    if (msg == NULL)
+        PyErr_Clear();
+    while (p->nconns > 0)
+        conn_close(p->conns[p->nconns - 1], p->st->RedisConnectionError, msg ? msg : Py_None, 0);
+    Py_XDECREF(msg);
+}
+
+void cm_redis_pool_free(CmRedisPool *p)
+{
+    if (p == NULL)
+        return;
+    pool_close_all(p, "storage closed");
+    free(p->conns);
+    free(p->host);
+    free(p->path);
+    Py_XDECREF(p->loop);
+    Py_XDECREF(p->last_error);
+    free(p);
+}
+
+static void pool_forget(CmRedisPool *p, CmRedisConnObject *c, int failed, PyObject *why)
+{
+    for (int i = 0; i < p->nconns; i++) {
+        if (p->conns[i] == c) {
+            p->conns[i] = p->conns[--p->nconns];
+            Py_DECREF(c);
+            break;
+        }
+    }
+    if (!failed)
+        return;
+    int64_t now = cm_now_ns();
+    if (now >= p->retry_at) {
+        p->retry_at = now + (int64_t)(p->backoff * 1e9);
+        p->backoff = p->backoff * 2 > p->cfg->backoff_max ? p->cfg->backoff_max : p->backoff * 2;
+    }
+    if (why != NULL && PyUnicode_Check(why))
+        Py_XSETREF(p->last_error, Py_NewRef(why));
+}
+
+CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop)
+{
+    const CmRedisConfig *cfg = p->cfg;
+    if (p->loop != loop) {
+        if (p->loop != NULL)
+            pool_close_all(p, "event loop changed");
+        Py_XSETREF(p->loop, Py_NewRef(loop));
+    }
+    CmRedisConnObject *best = NULL; // borrowed
+    for (int i = 0; i < p->nconns; i++)
+        if (best == NULL || p->conns[i]->len < best->len)
+            best = p->conns[i];
+    if (best != NULL && (best->len < (size_t)cfg->pipeline || p->nconns >= cfg->size))
+        return best;
+    int64_t now = cm_now_ns();
+    if (now < p->retry_at) {
+        if (best != NULL)
+            return best;
+        PyErr_Format(p->st->RedisConnectionError, "redis %s is unavailable (%S); next try in %d ms",
+                     p->label, p->last_error ? p->last_error : Py_None,
+                     (int)((p->retry_at - now) / 1000000));
+        return NULL;
+    }
+    CmRedisConnObject **conns = realloc(p->conns, sizeof(*conns) * (size_t)(p->nconns + 1));
+    if (conns == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    p->conns = conns;
+    CmRedisConnObject *c = conn_open(p, loop);
+    if (c == NULL) {
+        PyObject *exc = exc_take();
+        PyObject *why = exc ? PyObject_Str(exc) : NULL;
+        if (why == NULL)
+            PyErr_Clear();
+        pool_forget(p, NULL, 1, why);
+        Py_XDECREF(why);
+        if (best != NULL) {
+            Py_XDECREF(exc);
+            return best;
+        }
+        exc_restore(exc);
+        return NULL;
+    }
+    p->conns[p->nconns++] = c; /* the pool's reference */
+    return c;
+}
+
+/* ------------------------------------------------------------------ */
+/* the client (storage) type                                          */
+
+/* A route cache: consecutive entries of one op to the same pool share a
+ * connection, so a set_all is one pipeline. */
+typedef struct {
+    CmRedisPool *pool;
+    CmRedisConnObject *conn;
+} SendCache;
+
+static CmRedisPool *route(CmRedisClientObject *self, CmRedisEntry *e)
+{
+    if (self->cluster == NULL)
+        return self->pool;
+    PyObject *key = cm_redis_op_key(e->op, cm_entry_position(e, 0)); // borrowed
+    unsigned slot = 0;
+    if (key != NULL) {
+        Py_ssize_t n;
+        const char *p;
+        if (PyBytes_Check(key)) {
+            p = PyBytes_AS_STRING(key);
+            n = PyBytes_GET_SIZE(key);
+        } else if ((p = PyUnicode_AsUTF8AndSize(key, &n)) == NULL) {
+            return NULL;
+        }
+        slot = cm_key_slot(p, (size_t)n);
+    }
+    return cm_cluster_route(self, slot);
+}
+
+/* Send one entry of an op (the op gains a reference while it is out). */
+static void send_entry(CmRedisClientObject *self, PyObject *loop, CmRedisEntry *e, SendCache *sc)
+{
+    cm_redis_op_ref(e->op);
+    CmRedisPool *pool = route(self, e); // borrowed
+    CmRedisConnObject *conn = NULL;     // borrowed
+    if (pool != NULL) {
+        if (sc != NULL && sc->pool == pool)
+            conn = sc->conn;
+        else if ((conn = cm_redis_pool_conn(pool, loop)) != NULL && sc != NULL) {
+            sc->pool = pool;
+            sc->conn = conn;
+        }
+    }
+    if (conn == NULL) {
+        entry_fail_current(e);
+        return;
+    }
+    cm_redis_conn_push(conn, e);
+}
+
+CmRedisOp *cm_redis_op_internal(CmRedisClientObject *client, PyObject *args,
+                                int (*done)(CmRedisClientObject *, PyObject *, PyObject *),
+                                PyObject *fut)
+{
+    CmRedisOp *op = op_new(client, OP_INTERNAL, fut);
+    if (op == NULL)
+        return NULL;
+    op->keys = Py_NewRef(args);
+    op->done = done;
+    return op;
+}
+
+int cm_redis_send_on(CmRedisPool *pool, PyObject *loop, CmRedisOp *op)
+{
+    CmRedisEntry e = {.op = op, .cmd = CM_CMD_RAW, .npos = 1};
+    cm_redis_op_ref(op);
+    CmRedisConnObject *conn = cm_redis_pool_conn(pool, loop); // borrowed
+    if (conn == NULL) {
+        entry_fail_current(&e);
+        return -1;
+    }
+    cm_redis_conn_push(conn, &e);
+    return 0;
+}
+
+static PyObject *node_key(CmState *st, PyObject *node)
+{
+    PyObject *key = cm_key_cached(st, node);
+    if (key == NULL && !PyErr_Occurred())
+        key = PyObject_CallMethod(node, "full_key", NULL);
+    if (key != NULL && !PyUnicode_Check(key)) {
+        PyErr_Format(PyExc_TypeError, "full_key() must return str, not %.100s",
+                     Py_TYPE(key)->tp_name);
+        Py_CLEAR(key);
+    }
+    return key;
+}
+
+static PyObject *pick_serializer(CmRedisClientObject *self, PyObject *ser)
+{
+    return ser == Py_None ? self->default_serializer : ser; // borrowed
+}
+
+/* serializer.dumps({"value": v, "updated_at": now(utc)}) as bytes. */
+static PyObject *encode_value(CmState *st, PyObject *ser, PyObject *value)
+{
+    PyObject *payload = NULL, *out = NULL;
+    PyObject *now = PyObject_CallOneArg(st->redis_now, st->redis_utc);
+    PyObject *d = now ? PyDict_New() : NULL;
+    if (d == NULL || PyDict_SetItem(d, st->redis_s_value, value) < 0 ||
+        PyDict_SetItem(d, st->redis_s_updated_at, now) < 0)
+        goto done;
+    PyObject *args[2] = {ser, d};
+    payload =
+        PyObject_VectorcallMethod(st->redis_s_dumps, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (payload == NULL)
+        goto done;
+    if (PyBytes_Check(payload))
+        out = Py_NewRef(payload);
+    else if (PyUnicode_Check(payload))
+        out = PyUnicode_AsUTF8String(payload);
+    else if (PyByteArray_Check(payload) || PyMemoryView_Check(payload))
+        out = PyBytes_FromObject(payload);
+    else
+        PyErr_Format(PyExc_TypeError, "serializer.dumps() returned %.100s, not bytes",
+                     Py_TYPE(payload)->tp_name);
+done:
+    Py_XDECREF(now);
+    Py_XDECREF(d);
+    Py_XDECREF(payload);
+    return out;
+}
+
+static int ttl_ms(CmState *st, PyObject *ttl, long long *out)
+{
+    *out = -1;
+    if (ttl == Py_None)
+        return 0;
+    PyObject *s = PyObject_CallMethodNoArgs(ttl, st->s_total_seconds);
+    if (s == NULL)
+        return -1;
+    double sec = PyFloat_AsDouble(s);
+    Py_DECREF(s);
+    if (sec == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(sec > 0) || sec > 1e15) {
+        PyErr_Format(PyExc_ValueError, "redis TTL must be positive, got %R", ttl);
+        return -1;
+    }
+    long long ms = llround(sec * 1000.0);
+    *out = ms < 1 ? 1 : ms;
+    return 0;
+}
+
+/* The common start of a storage call: the running loop and a future. */
+static CmRedisOp *start_op(CmRedisClientObject *self, int kind, PyObject **loop)
+{
+    CmState *st = self->st;
+    CmRedisOp *op = NULL;
+    PyObject *fut = NULL;
+    if (self->pool == NULL && self->cluster == NULL) {
+        PyErr_SetString(st->RedisError, "redis storage is closed or not initialised");
+        goto done;
+    }
+    if ((*loop = cm_loop_running(st)) == NULL)
+        goto done;
+    if ((fut = cm_loop_create_future(st, *loop)) == NULL)
+        goto done;
+    op = op_new(self, kind, fut);
+done:
+    Py_XDECREF(fut);
+    if (op == NULL)
+        Py_CLEAR(*loop);
+    return op;
+}
+
+/* Drop the builder's reference and hand out the future. */
+static PyObject *finish_op(CmRedisOp *op, PyObject *loop)
+{
+    PyObject *fut = Py_NewRef(op->fut);
+    cm_redis_op_unref(op);
+    Py_DECREF(loop);
+    return fut;
+}
+
+static PyObject *client_get(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *loop = NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "get(node, serializer)");
+        return NULL;
+    }
+    PyObject *key = node_key(self->st, args[0]);
+    if (key == NULL)
+        return NULL;
+    CmRedisOp *op = start_op(self, OP_GET, &loop);
+    if (op == NULL) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    op->key = key;
+    op->ser = Py_NewRef(pick_serializer(self, args[1]));
+    CmRedisEntry e = {.op = op, .cmd = CM_CMD_GET, .npos = 1};
+    send_entry(self, loop, &e, NULL);
+    return finish_op(op, loop);
+}
+
+static PyObject *client_remove(CmRedisClientObject *self, PyObject *node)
+{
+    PyObject *loop = NULL;
+    PyObject *key = node_key(self->st, node);
+    if (key == NULL)
+        return NULL;
+    CmRedisOp *op = start_op(self, OP_DEL, &loop);
+    if (op == NULL) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    op->key = key;
+    CmRedisEntry e = {.op = op, .cmd = CM_CMD_DEL, .npos = 1};
+    send_entry(self, loop, &e, NULL);
+    return finish_op(op, loop);
+}
+
+static PyObject *client_set(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    CmState *st = self->st;
+    PyObject *loop = NULL, *key = NULL, *payload = NULL;
+    long long ms;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "set(node, value, ttl, serializer)");
+        return NULL;
+    }
+    if ((key = node_key(st, args[0])) == NULL || ttl_ms(st, args[2], &ms) < 0 ||
+        (payload = encode_value(st, pick_serializer(self, args[3]), args[1])) == NULL)
+        goto fail;
+    CmRedisOp *op = start_op(self, OP_SET, &loop);
+    if (op == NULL)
+        goto fail;
+    op->key = key;
+    op->value = payload;
+    op->ttl_ms = ms;
+    CmRedisEntry e = {.op = op, .cmd = CM_CMD_SET, .npos = 1};
+    send_entry(self, loop, &e, NULL);
+    return finish_op(op, loop);
+fail:
+    Py_XDECREF(key);
+    Py_XDECREF(payload);
+    return NULL;
+}
+
+static int cmp_slot_pos(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Send MGET entries for positions 0..n-1 of op: one MGET on a single
+ * server, one per slot on a cluster (MGET may not cross slots). */
+static void send_mget(CmRedisClientObject *self, PyObject *loop, CmRedisOp *op, uint32_t n)
+{
+    if (self->cluster == NULL) {
+        CmRedisEntry e = {.op = op, .cmd = CM_CMD_MGET, .npos = n};
+        send_entry(self, loop, &e, NULL);
+        return;
+    }
+    uint64_t *sp = malloc(sizeof(*sp) * n);
+    if (sp == NULL) {
+        PyErr_NoMemory();
+        PyObject *exc = exc_take();
+        op_set_error(op, exc);
+        Py_XDECREF(exc);
+        return;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        Py_ssize_t len;
+        const char *p = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(op->keys, i), &len);
+        if (p == NULL) {
+            PyObject *exc = exc_take();
+            op_set_error(op, exc);
+            Py_XDECREF(exc);
+            free(sp);
+            return;
+        }
+        sp[i] = ((uint64_t)cm_key_slot(p, (size_t)len) << 32) | i;
+    }
+    qsort(sp, n, sizeof(*sp), cmp_slot_pos);
+    for (uint32_t i = 0; i < n;) {
+        uint32_t j = i;
+        while (j < n && (sp[j] >> 32) == (sp[i] >> 32))
+            j++;
+        CmRedisEntry e = {.op = op, .cmd = CM_CMD_MGET, .npos = j - i};
+        e.positions = malloc(sizeof(uint32_t) * (j - i));
+        if (e.positions == NULL) {
+            PyErr_NoMemory();
+            cm_redis_op_ref(op);
+            entry_fail_current(&e);
+            break;
+        }
+        for (uint32_t k = i; k < j; k++)
+            e.positions[k - i] = (uint32_t)(sp[k] & 0xffffffffu);
+        e.pos = e.positions[0];
+        send_entry(self, loop, &e, NULL);
+        i = j;
+    }
+    free(sp);
+}
+
+static PyObject *client_get_all(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    CmState *st = self->st;
+    PyObject *loop = NULL, *nodes = NULL, *keys = NULL, *results = NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "get_all(nodes, serializer)");
+        return NULL;
+    }
+    if ((nodes = PySequence_List(args[0])) == NULL)
+        goto fail;
+    Py_ssize_t n = PyList_GET_SIZE(nodes);
+    if (n > (Py_ssize_t)UINT32_MAX / 2) {
+        PyErr_SetString(PyExc_OverflowError, "too many nodes");
+        goto fail;
+    }
+    if ((keys = PyList_New(n)) == NULL || (results = PyList_New(n)) == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = node_key(st, PyList_GET_ITEM(nodes, i));
+        if (k == NULL)
+            goto fail;
+        PyList_SET_ITEM(keys, i, k);
+        PyList_SET_ITEM(results, i, Py_NewRef(Py_None));
+    }
+    CmRedisOp *op = start_op(self, OP_MGET, &loop);
+    if (op == NULL)
+        goto fail;
+    op->nodes = nodes;
+    op->keys = keys;
+    op->result = results;
+    op->ser = Py_NewRef(pick_serializer(self, args[1]));
+    if (n > 0)
+        send_mget(self, loop, op, (uint32_t)n);
+    return finish_op(op, loop);
+fail:
+    Py_XDECREF(nodes);
+    Py_XDECREF(keys);
+    Py_XDECREF(results);
+    return NULL;
+}
+
+static PyObject *client_set_all(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    CmState *st = self->st;
+    PyObject *loop = NULL, *data = NULL, *keys = NULL, *values = NULL;
+    long long ms;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "set_all(data, ttl, serializer)");
+        return NULL;
+    }
+    PyObject *ser = pick_serializer(self, args[2]); // borrowed
+    if ((data = PySequence_List(args[0])) == NULL || ttl_ms(st, args[1], &ms) < 0)
+        goto fail;
+    Py_ssize_t n = PyList_GET_SIZE(data);
+    if ((keys = PyList_New(n)) == NULL || (values = PyList_New(n)) == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(data, i); // borrowed
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            PyErr_SetString(PyExc_TypeError, "set_all() expects (node, value) pairs");
+            goto fail;
+        }
+        PyObject *k = node_key(st, PyTuple_GET_ITEM(item, 0));
+        if (k == NULL)
+            goto fail;
+        PyList_SET_ITEM(keys, i, k);
+        PyObject *v = encode_value(st, ser, PyTuple_GET_ITEM(item, 1));
+        if (v == NULL)
+            goto fail;
+        PyList_SET_ITEM(values, i, v);
+    }
+    CmRedisOp *op = start_op(self, OP_SET, &loop);
+    if (op == NULL)
+        goto fail;
+    op->keys = keys;
+    op->values = values;
+    op->ttl_ms = ms;
+    SendCache sc = {NULL, NULL};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        CmRedisEntry e = {.op = op, .cmd = CM_CMD_SET, .pos = (uint32_t)i, .npos = 1};
+        send_entry(self, loop, &e, &sc);
+    }
+    Py_DECREF(data);
+    return finish_op(op, loop);
+fail:
+    Py_XDECREF(data);
+    Py_XDECREF(keys);
+    Py_XDECREF(values);
+    return NULL;
+}
+
+/* execute(*args): any command; the raw reply (bytes, int, None, str for a
+ * status, list). Routed by its first argument after the command name. */
+static PyObject *client_execute(CmRedisClientObject *self, PyObject *const *args,
+                                Py_ssize_t nargs)
+{
+    PyObject *loop = NULL;
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "execute() needs a command");
+        return NULL;
+    }
+    PyObject *argv = PyTuple_New(nargs);
+    if (argv == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        PyObject *a = args[i], *b;
+        if (PyBytes_Check(a))
+            b = Py_NewRef(a);
+        else if (PyUnicode_Check(a))
+            b = PyUnicode_AsUTF8String(a);
+        else if (PyLong_Check(a) || PyFloat_Check(a)) {
+            PyObject *s = PyObject_Str(a);
+            b = s ? PyUnicode_AsUTF8String(s) : NULL;
+            Py_XDECREF(s);
+        } else {
+            PyErr_Format(PyExc_TypeError, "execute() arguments must be bytes, str, int or float, "
+                                          "not %.100s", Py_TYPE(a)->tp_name);
+            b = NULL;
+        }
+        if (b == NULL) {
+            Py_DECREF(argv);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(argv, i, b);
+    }
+    CmRedisOp *op = start_op(self, OP_RAW, &loop);
+    if (op == NULL) {
+        Py_DECREF(argv);
+        return NULL;
+    }
+    op->keys = argv;
+    CmRedisEntry e = {.op = op, .cmd = CM_CMD_RAW, .npos = 1};
+    send_entry(self, loop, &e, NULL);
+    return finish_op(op, loop);
+}
+
+static PyObject *client_refresh_slots(CmRedisClientObject *self, PyObject *Py_UNUSED(unused))
+{
+    CmState *st = self->st;
+    PyObject *loop = NULL, *fut = NULL;
+    if (self->cluster == NULL) {
+        PyErr_SetString(st->RedisError, "not a cluster storage");
+        return NULL;
+    }
+    if ((loop = cm_loop_running(st)) == NULL || (fut = cm_loop_create_future(st, loop)) == NULL ||
+        cm_cluster_refresh(self, loop, fut) < 0)
+        Py_CLEAR(fut);
+    Py_XDECREF(loop);
+    return fut;
+}
+
+static void client_close_pools(CmRedisClientObject *self)
+{
+    CmRedisPool *p = self->pool;
+    CmRedisCluster *cl = self->cluster;
+    self->pool = NULL;
+    self->cluster = NULL;
+    cm_redis_pool_free(p);
+    cm_cluster_free(cl);
+}
+
+static PyObject *client_close(CmRedisClientObject *self, PyObject *Py_UNUSED(unused))
+{
+    client_close_pools(self);
+    Py_RETURN_NONE;
+}
+
+/* _connections(): open connections (all servers), for tests. */
+static PyObject *client_connections(CmRedisClientObject *self, PyObject *Py_UNUSED(unused))
+{
+    long n = 0;
+    if (self->pool != NULL)
+        n = self->pool->nconns;
+    if (self->cluster != NULL) {
+        CmRedisPool **pools;
+        Py_ssize_t np = cm_cluster_pools(self, &pools);
+        for (Py_ssize_t i = 0; i < np; i++)
+            n += pools[i]->nconns;
+    }
+    return PyLong_FromLong(n);
+}
+
+static int bytes_opt(PyObject *o, PyObject **out)
+{
+    *out = NULL;
+    if (o == NULL || o == Py_None)
+        return 0;
+    if (PyUnicode_Check(o))
+        *out = PyUnicode_AsUTF8String(o);
+    else if (PyBytes_Check(o))
+        *out = Py_NewRef(o);
+    else
+        PyErr_Format(PyExc_TypeError, "expected str or bytes, not %.100s", Py_TYPE(o)->tp_name);
+    return *out ? 0 : -1;
+}
+
+static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"host",     "port",    "path",           "username",
+                             "password", "db",      "pool_size",      "connect_timeout",
+                             "timeout",  "cluster", "pipeline",       "retry_backoff",
+                             "retry_backoff_max",   NULL};
+    CmState *st = cm_state_from_type(Py_TYPE(self));
+    const char *host = "localhost", *path = NULL;
+    int port = 6379, size = 100, cluster = 0, pipeline = 128;
+    long db = 0;
+    double connect_timeout = 5.0, timeout = 5.0, backoff = 0.05, backoff_max = 1.0;
+    PyObject *user = NULL, *pass = NULL, *ubytes = NULL, *pbytes = NULL, *ser = NULL;
+    int rc = -1;
+    if (st == NULL)
+        return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$zizOOliddpidd:RedisClient", kwlist, &host,
+                                     &port, &path, &user, &pass, &db, &size, &connect_timeout,
+                                     &timeout, &cluster, &pipeline, &backoff, &backoff_max))
+        return -1;
+    if (host == NULL)
+        host = "localhost";
+    if (size < 1 || pipeline < 1 || !(connect_timeout > 0) || !(timeout > 0) || !(backoff > 0) ||
+        backoff_max < backoff || port <= 0 || port > 65535 || db < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "redis: pool_size and pipeline must be >= 1, timeouts and backoff > 0, "
+                        "port in 1..65535, db >= 0");
+        return -1;
+    }
+    if (cluster && path != NULL) {
+        PyErr_SetString(PyExc_ValueError, "redis: a cluster is reached over TCP, not a unix socket");
+        return -1;
+    }
+    if (bytes_opt(user, &ubytes) < 0 || bytes_opt(pass, &pbytes) < 0)
+        goto done;
+    if ((ser = PyObject_CallNoArgs(st->PickleSerializerType)) == NULL)
+        goto done;
+    client_close_pools(self);
+    self->st = st;
+    Py_XSETREF(self->cfg.username, ubytes);
+    Py_XSETREF(self->cfg.password, pbytes);
+    ubytes = pbytes = NULL;
+    self->cfg.db = db;
+    self->cfg.connect_timeout = connect_timeout;
+    self->cfg.timeout = timeout;
+    self->cfg.backoff_min = backoff;
+    self->cfg.backoff_max = backoff_max;
+    self->cfg.size = size;
+    self->cfg.pipeline = pipeline;
+    Py_XSETREF(self->default_serializer, ser);
+    ser = NULL;
+    if (cluster) {
+        if ((self->cluster = cm_cluster_new(self, host, port)) == NULL)
+            goto done;
+    } else if ((self->pool = cm_redis_pool_new(st, &self->cfg, host, port, path)) == NULL) {
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(ubytes);
+    Py_XDECREF(pbytes);
+    Py_XDECREF(ser);
+    return rc;
+}
+
+static PyObject *client_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
+{
+    (void)args;
+    (void)kwds;
+    CmRedisClientObject *self = (CmRedisClientObject *)tp->tp_alloc(tp, 0);
+    if (self != NULL)
+        self->st = cm_state_from_type(tp);
+    return (PyObject *)self;
+}
+
+static int client_traverse(CmRedisClientObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->default_serializer);
+    return 0;
+}
+
+static int client_clear(CmRedisClientObject *self)
+{
+    Py_CLEAR(self->default_serializer);
+    return 0;
+}
+
+static void client_dealloc(CmRedisClientObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    client_close_pools(self);
+    client_clear(self);
+    Py_CLEAR(self->cfg.username);
+    Py_CLEAR(self->cfg.password);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef client_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))client_get, METH_FASTCALL,
+     "get(node, serializer) -> awaitable: the cached value or cacheme.models.sentinel"},
+    {"get_all", (PyCFunction)(void (*)(void))client_get_all, METH_FASTCALL,
+     "get_all(nodes, serializer) -> awaitable: [(node, value)] found (one MGET)"},
+    {"set", (PyCFunction)(void (*)(void))client_set, METH_FASTCALL,
+     "set(node, value, ttl, serializer) -> awaitable (SET, SETEX or PSETEX)"},
+    {"set_all", (PyCFunction)(void (*)(void))client_set_all, METH_FASTCALL,
+     "set_all([(node, value)], ttl, serializer) -> awaitable (one pipeline)"},
+    {"remove", (PyCFunction)client_remove, METH_O, "remove(node) -> awaitable (DEL)"},
+    {"execute", (PyCFunction)(void (*)(void))client_execute, METH_FASTCALL,
+     "execute(*args) -> awaitable: the raw reply of any command"},
+    {"close_now", (PyCFunction)client_close, METH_NOARGS,
+     "Close every connection; pending requests fail with RedisConnectionError."},
+    {"_refresh_slots", (PyCFunction)client_refresh_slots, METH_NOARGS, NULL},
+    {"_connections", (PyCFunction)client_connections, METH_NOARGS, NULL},
+    {NULL, NULL},
+};
+
+static PyType_Slot client_slots[] = {
+    {Py_tp_new, client_new},
+    {Py_tp_init, client_init},
+    {Py_tp_methods, client_methods},
+    {Py_tp_traverse, client_traverse},
+    {Py_tp_clear, client_clear},
+    {Py_tp_dealloc, client_dealloc},
+    {Py_tp_doc, "RedisClient(*, host, port, path, username, password, db, pool_size, "
+                "connect_timeout, timeout, cluster, pipeline, retry_backoff, retry_backoff_max): "
+                "the C Redis client behind cacheme's RedisStorage."},
+    {0, NULL},
+};
+
+static PyType_Spec client_spec = {
+    .name = "cacheme._core.RedisClient",
+    .basicsize = sizeof(CmRedisClientObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = client_slots,
+};
+
+/* ------------------------------------------------------------------ */
+/* module hooks                                                       */
+
+static PyObject *new_error(PyObject *mod, const char *name, PyObject *bases, const char *doc)
+{
+    char full[128];
+    snprintf(full, sizeof(full), "cacheme._core.%s", name);
+    PyObject *exc = PyErr_NewExceptionWithDoc(full, doc, bases, NULL);
+    if (exc != NULL && PyModule_AddObjectRef(mod, name, exc) < 0)
+        Py_CLEAR(exc);
+    return exc;
+}
+
+int cm_redis_init(PyObject *mod, CmState *st)
+{
+    PyObject *datetime = NULL, *bases = NULL, *cls = NULL, *tz = NULL;
+    int rc = -1;
+#define CM_REDIS_NAME(n, s)                                                                        \
+    if ((st->n = PyUnicode_InternFromString(s)) == NULL)                                           \
+        goto done;
+    CM_REDIS_NAME(s_add_reader, "add_reader")
+    CM_REDIS_NAME(s_remove_reader, "remove_reader")
+    CM_REDIS_NAME(s_add_writer, "add_writer")
+    CM_REDIS_NAME(s_remove_writer, "remove_writer")
+    CM_REDIS_NAME(s_call_soon, "call_soon")
+    CM_REDIS_NAME(s_call_later, "call_later")
+    CM_REDIS_NAME(redis_s_value, "value")
+    CM_REDIS_NAME(redis_s_updated_at, "updated_at")
+    CM_REDIS_NAME(redis_s_dumps, "dumps")
+    CM_REDIS_NAME(redis_s_loads, "loads")
+#undef CM_REDIS_NAME
+    if ((datetime = PyImport_ImportModule("datetime")) == NULL ||
+        (cls = PyObject_GetAttrString(datetime, "datetime")) == NULL ||
+        (st->redis_now = PyObject_GetAttrString(cls, "now")) == NULL ||
+        (tz = PyObject_GetAttrString(datetime, "timezone")) == NULL ||
+        (st->redis_utc = PyObject_GetAttrString(tz, "utc")) == NULL)
+        goto done;
+    if ((st->RedisError = new_error(mod, "RedisError", PyExc_Exception,
+                                    "A Redis request failed.")) == NULL)
+        goto done;
+    if ((bases = PyTuple_Pack(2, st->RedisError, PyExc_ConnectionError)) == NULL ||
+        (st->RedisConnectionError = new_error(mod, "RedisConnectionError", bases,
+                                              "The Redis server could not be reached or the "
+                                              "connection broke.")) == NULL)
+        goto done;
+    Py_CLEAR(bases);
+    if ((bases = PyTuple_Pack(2, st->RedisError, PyExc_TimeoutError)) == NULL ||
+        (st->RedisTimeoutError = new_error(mod, "RedisTimeoutError", bases,
+                                           "No reply from Redis within the timeout.")) == NULL)
+        goto done;
+    if ((st->RedisResponseError = new_error(mod, "RedisResponseError", st->RedisError,
+                                            "Redis answered with an error.")) == NULL)
+        goto done;
+    if ((st->RedisConnType = PyType_FromModuleAndSpec(mod, &conn_spec, NULL)) == NULL ||
+        (st->RedisClientType = PyType_FromModuleAndSpec(mod, &client_spec, NULL)) == NULL ||
+        PyModule_AddObjectRef(mod, "RedisClient", st->RedisClientType) < 0)
+        goto done;
+    rc = 0;
+done:
+    Py_XDECREF(datetime);
+    Py_XDECREF(cls);
+    Py_XDECREF(tz);
+    Py_XDECREF(bases);
+    return rc;
+}
+
+int cm_redis_traverse(CmState *st, visitproc visit, void *arg)
+{
+#define CM_REDIS_VISIT(n) Py_VISIT(st->n);
+    CM_REDIS_OBJECTS(CM_REDIS_VISIT)
+#undef CM_REDIS_VISIT
+    return 0;
+}
+
+void cm_redis_clear(CmState *st)
+{
+#define CM_REDIS_CLEAR(n) Py_CLEAR(st->n);
+    CM_REDIS_OBJECTS(CM_REDIS_CLEAR)
+#undef CM_REDIS_CLEAR
+}

@@ -1,0 +1,39 @@
+/* RESP2 request encoding into a growable byte buffer (pure C, no Python).
+ *
+ * A request is an array of bulk strings: "*<argc>\r\n" then "$<len>\r\n<bytes>\r\n"
+ * per argument, which is all a Redis server accepts from clients. Requests are
+ * appended to one CmBuf per connection so that everything issued in one loop
+ * iteration leaves in one write (automatic pipelining); the connection sends
+ * from buf.pos and compacts when it has drained. */
+#ifndef CM_RESP_H
+#define CM_RESP_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    char *data;
+    size_t pos; /* first byte not yet sent */
+    size_t len; /* bytes held */
+    size_t cap;
+} CmBuf;
+
+/* 0 on success, -1 when out of memory (the buffer is left as it was). */
+int cm_buf_reserve(CmBuf *b, size_t extra);
+int cm_buf_append(CmBuf *b, const void *p, size_t n);
+/* Mark n more bytes as sent; an emptied buffer is reset to its start, and
+ * one that grew large while busy is shrunk back. */
+void cm_buf_consume(CmBuf *b, size_t n);
+void cm_buf_free(CmBuf *b);
+static inline size_t cm_buf_pending(const CmBuf *b) { return b->len - b->pos; }
+
+/* "*<argc>\r\n" */
+int cm_resp_begin(CmBuf *b, size_t argc);
+/* "$<n>\r\n<p>\r\n" */
+int cm_resp_arg(CmBuf *b, const void *p, size_t n);
+int cm_resp_arg_ll(CmBuf *b, long long v);
+/* A whole request from argv/lens; all or nothing (on failure the buffer
+ * holds exactly what it held before). */
+int cm_resp_command(CmBuf *b, size_t argc, const char *const *argv, const size_t *lens);
+/* Decimal digits of v into out (at least 21 bytes); returns the length. */
+size_t cm_resp_ll(char *out, long long v);
+#endif

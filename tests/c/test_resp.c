@@ -1,0 +1,101 @@
+/* C unit tests of csrc/resp.c and csrc/crc16.c (no Python): request bytes,
+ * buffer growth and compaction, CRC16 and hash-tag slots. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "crc16.h"
+#include "resp.h"
+
+static int failures;
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
+            failures++;                                                                            \
+        }                                                                                          \
+    } while (0)
+
+static int buf_is(const CmBuf *b, const char *s)
+{
+    size_t n = strlen(s);
+    return cm_buf_pending(b) == n && memcmp(b->data + b->pos, s, n) == 0;
+}
+
+static void test_encode(void)
+{
+    CmBuf b = {0};
+    const char *argv[] = {"SET", "k", ""};
+    size_t lens[] = {3, 1, 0};
+    CHECK(cm_resp_command(&b, 3, argv, lens) == 0);
+    CHECK(buf_is(&b, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n"));
+    cm_buf_consume(&b, cm_buf_pending(&b));
+    CHECK(b.pos == 0 && b.len == 0);
+
+    CHECK(cm_resp_begin(&b, 2) == 0);
+    CHECK(cm_resp_arg(&b, "GET", 3) == 0);
+    CHECK(cm_resp_arg_ll(&b, -1234567890123LL) == 0);
+    CHECK(buf_is(&b, "*2\r\n$3\r\nGET\r\n$14\r\n-1234567890123\r\n"));
+    cm_buf_free(&b);
+
+    /* binary-safe, large arguments */
+    char *big = malloc(1 << 20);
+    memset(big, '\0', 1 << 20);
+    CHECK(cm_resp_begin(&b, 1) == 0);
+    CHECK(cm_resp_arg(&b, big, 1 << 20) == 0);
+    CHECK(cm_buf_pending(&b) == 4 + 10 + (1 << 20) + 2);
+    CHECK(memcmp(b.data + 4, "$1048576\r\n", 10) == 0);
+    free(big);
+    cm_buf_consume(&b, cm_buf_pending(&b));
+    CHECK(b.cap == 0 && b.data == NULL); /* large idle buffer given back */
+    cm_buf_free(&b);
+
+    char d[24];
+    CHECK(cm_resp_ll(d, 0) == 1 && d[0] == '0');
+    size_t n = cm_resp_ll(d, -9223372036854775807LL - 1);
+    CHECK(n == 20 && memcmp(d, "-9223372036854775808", 20) == 0);
+}
+
+static void test_partial_send(void)
+{
+    CmBuf b = {0};
+    for (int i = 0; i < 1000; i++) {
+        const char *argv[] = {"GET", "key"};
+        size_t lens[] = {3, 3};
+        CHECK(cm_resp_command(&b, 2, argv, lens) == 0);
+        cm_buf_consume(&b, 7); /* a partial write */
+    }
+    size_t per = strlen("*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n");
+    CHECK(cm_buf_pending(&b) == 1000 * (per - 7));
+    CHECK(b.cap < 64 * 1024);
+    cm_buf_free(&b);
+}
+
+static void test_crc16(void)
+{
+    CHECK(cm_crc16("123456789", 9) == 0x31c3);
+    CHECK(cm_key_slot("foo", 3) == 12182);
+    CHECK(cm_key_slot("bar", 3) == 5061);
+    CHECK(cm_key_slot("hello", 5) == 866);
+    CHECK(cm_key_slot("{user1000}.following", 20) == cm_key_slot("{user1000}.followers", 20));
+    CHECK(cm_key_slot("{user1000}.following", 20) == cm_key_slot("user1000", 8));
+    /* empty tag or no closing brace: the whole key */
+    CHECK(cm_key_slot("foo{}{bar}", 10) == (cm_crc16("foo{}{bar}", 10) & 16383));
+    CHECK(cm_key_slot("foo{{bar}}zap", 13) == cm_key_slot("{bar", 4));
+    CHECK(cm_key_slot("foo{bar}{zap}", 13) == cm_key_slot("bar", 3));
+    CHECK(cm_key_slot("{abc", 4) == (cm_crc16("{abc", 4) & 16383));
+    CHECK(cm_key_slot("", 0) == 0);
+}
+
+int main(void)
+{
+    test_encode();
+    test_partial_send();
+    test_crc16();
+    if (failures) {
+        fprintf(stderr, "test_resp: %d failure(s)\n", failures);
+        return 1;
+    }
+    printf("test_resp: all passed\n");
+    return 0;
+}

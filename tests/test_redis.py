@@ -1,0 +1,440 @@
+"""The Redis storage against a real redis-server (started on a free port)."""
+import asyncio
+import dataclasses
+import gc
+import os
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+import cacheme
+from cacheme import _core
+from cacheme.serializer import JSONSerializer, MsgPackSerializer, PickleSerializer
+from cacheme.storages.redis import (
+    RedisConnectionError,
+    RedisResponseError,
+    RedisStorage,
+    RedisTimeoutError,
+    parse_url,
+)
+from conftest import register_local, unique
+from redis_servers import (  # noqa: F401  (fixtures)
+    RedisServer,
+    _redis_session_server,
+    commandstats,
+    fd_count,
+    free_port,
+    needs_redis,
+    redis_server,
+)
+
+pytestmark = needs_redis
+
+
+def make_node(caches, serializer=MsgPackSerializer(), sleep=0.0, version="v1"):
+    calls = []
+
+    @dataclasses.dataclass
+    class UserNode(cacheme.Node):
+        uid: int
+
+        def key(self) -> str:
+            return f"user:{self.uid}"
+
+        async def load(self):
+            calls.append(self.uid)
+            if sleep:
+                await asyncio.sleep(sleep)
+            return {"uid": self.uid, "name": f"u{self.uid}"}
+
+        class Meta(cacheme.Node.Meta):
+            pass
+
+    UserNode.Meta.version = version
+    UserNode.Meta.caches = caches
+    UserNode.Meta.serializer = serializer
+    UserNode.__qualname__ = unique("UserNode")
+    return UserNode, calls
+
+
+async def register_redis(url, **options) -> str:
+    name = unique("redis-")
+    await cacheme.register_storage(name, cacheme.Storage(url=url, **options))
+    return name
+
+
+def storage_of(name):
+    return cacheme.data.get_storage_by_name(name)._storage
+
+
+# ---------------------------------------------------------------- URL
+
+
+def test_parse_url():
+    assert parse_url("redis://localhost") == {"host": "localhost"}
+    assert parse_url("redis://u:p%40ss@h:7000/3") == {
+        "host": "h", "port": 7000, "db": 3, "username": "u", "password": "p@ss"}
+    assert parse_url("redis://:secret@h") == {"host": "h", "password": "secret"}
+    assert parse_url("unix:///tmp/r.sock?db=2&timeout=0.5") == {
+        "path": "/tmp/r.sock", "db": 2, "timeout": 0.5}
+    with pytest.raises(ValueError, match="TLS"):
+        parse_url("rediss://h")
+    with pytest.raises(ValueError, match="unknown URL option"):
+        parse_url("redis://h?bogus=1")
+    with pytest.raises(ValueError, match="database"):
+        parse_url("redis://h/x")
+    with pytest.raises(TypeError, match="unknown option"):
+        RedisStorage("redis://h", bogus=1)
+    with pytest.raises(ValueError):
+        RedisStorage("redis://h", pool_size=0)
+
+
+# ---------------------------------------------------------------- basics
+
+
+async def test_get_set_layout_compatible_with_030(redis_server):
+    name = await register_redis(redis_server.url)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
+    assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
+    assert calls == [1]
+    s = storage_of(name)
+    raw = await s.execute("GET", "cacheme:user:1:v1")
+    data = MsgPackSerializer().loads(raw)
+    assert set(data) == {"value", "updated_at"}
+    assert data["value"] == {"uid": 1, "name": "u1"}
+    assert isinstance(data["updated_at"], datetime)
+    assert data["updated_at"].tzinfo is not None
+    assert abs(data["updated_at"] - datetime.now(timezone.utc)) < timedelta(seconds=30)
+    assert await s.execute("TTL", "cacheme:user:1:v1") == -1  # ttl=None: plain SET
+    # a value written the way 0.3.0 writes it is read back
+    raw030 = MsgPackSerializer().dumps({"value": [1, 2], "updated_at": datetime.now(timezone.utc)})
+    await s.execute("SET", "cacheme:user:2:v1", raw030)
+    assert await cacheme.get(Node(2)) == [1, 2]
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("serializer", [PickleSerializer(), JSONSerializer(), MsgPackSerializer(), None])
+async def test_serializers(redis_server, serializer):
+    name = await register_redis(redis_server.url)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)], serializer=serializer)
+    v = await cacheme.get(Node(5))
+    # a fresh local-less read comes from redis
+    assert await storage_of(name).get(Node(5), serializer) == v
+    assert calls == [5]
+
+
+async def test_ttl_setex_and_psetex(redis_server):
+    name = await register_redis(redis_server.url)
+    Node, _ = make_node([cacheme.Cache(storage=name, ttl=timedelta(seconds=30))])
+    await cacheme.get(Node(1))
+    s = storage_of(name)
+    assert 28 <= await s.execute("TTL", "cacheme:user:1:v1") <= 30
+    # below a second: PSETEX (0.3.0 sent SETEX 0 and failed)
+    Short, calls = make_node([cacheme.Cache(storage=name, ttl=timedelta(milliseconds=300))],
+                             version="short")
+    await cacheme.get(Short(1))
+    pttl = await s.execute("PTTL", "cacheme:user:1:short")
+    assert 0 < pttl <= 300
+    stats = commandstats(redis_server)
+    assert stats.get("setex") == 1 and stats.get("psetex") == 1
+    await asyncio.sleep(0.4)
+    await cacheme.get(Short(1))
+    assert calls == [1, 1]  # expired in redis: loaded again
+    # 1.5 s: PSETEX with the milliseconds
+    await s.set(Short(9), 1, timedelta(seconds=1.5), None)
+    assert 1000 < await s.execute("PTTL", "cacheme:user:9:short") <= 1500
+
+
+async def test_get_all_one_mget_and_set_all_one_pipeline(redis_server):
+    name = await register_redis(redis_server.url)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=timedelta(seconds=60))])
+    await cacheme.get(Node(3))
+    values = await cacheme.get_all([Node(i) for i in range(10)])
+    assert values == [{"uid": i, "name": f"u{i}"} for i in range(10)]
+    assert sorted(calls) == list(range(10))
+    stats = commandstats(redis_server)
+    assert stats["mget"] == 1
+    s = storage_of(name)
+    assert await s.execute("EXISTS", *[f"cacheme:user:{i}:v1" for i in range(10)]) == 10
+    assert 50 <= await s.execute("TTL", "cacheme:user:7:v1") <= 60
+    # storage-level: pairs in order, missing keys left out
+    pairs = await s.get_all([Node(9), Node(100), Node(2)], MsgPackSerializer())
+    assert [(n.uid, v["uid"]) for n, v in pairs] == [(9, 9), (2, 2)]
+    assert await s.get_all([], None) == []
+    await s.set_all([(Node(i), i) for i in range(200, 300)], None, None)
+    pairs = await s.get_all([Node(i) for i in range(200, 300)], None)
+    assert [v for _, v in pairs] == list(range(200, 300))
+
+
+async def test_invalidate_is_del(redis_server):
+    name = await register_redis(redis_server.url)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    await cacheme.get(Node(1))
+    await cacheme.invalidate(Node(1))
+    assert await storage_of(name).execute("EXISTS", "cacheme:user:1:v1") == 0
+    assert commandstats(redis_server)["del"] == 1
+    await cacheme.get(Node(1))
+    assert calls == [1, 1]
+
+
+async def test_execute_reply_types(redis_server):
+    s = RedisStorage(redis_server.url)
+    await s.connect()
+    assert await s.execute("SET", "k", b"\x00\xff") == "OK"
+    assert await s.execute("GET", "k") == b"\x00\xff"
+    assert await s.execute("GET", "missing") is None
+    assert await s.execute("INCRBY", "n", 5) == 5
+    assert await s.execute("MGET", "k", "missing") == [b"\x00\xff", None]
+    with pytest.raises(RedisResponseError, match="WRONGTYPE"):
+        await s.execute("LPUSH", "k", "x")
+    assert await s.execute("PING") == "PONG"  # the connection survives an error reply
+    big = os.urandom(3 << 20)
+    assert await s.execute("SET", "big", big) == "OK"
+    assert await s.execute("GET", "big") == big
+    await s.close()
+
+
+async def test_undecodable_bytes_are_a_miss_and_reload(redis_server):
+    name = await register_redis(redis_server.url)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    s = storage_of(name)
+    await s.execute("SET", "cacheme:user:1:v1", b"\xc1garbage")
+    assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
+    assert calls == [1]
+    await s.execute("SET", "cacheme:user:2:v1", b"\xc1garbage")
+    assert (await cacheme.get_all([Node(2)]))[0]["uid"] == 2
+    # the reload overwrote the garbage
+    assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
+    assert calls == [1, 2]
+
+
+# ---------------------------------------------------------------- pipelining, herd
+
+
+async def test_concurrent_gets_are_pipelined(redis_server):
+    s = RedisStorage(redis_server.url, pipeline=10000)
+    await s.connect()
+    await s.execute("SET", "k", "v")
+    redis_server.cli("CONFIG", "RESETSTAT")
+    out = await asyncio.gather(*[s.execute("GET", "k") for _ in range(5000)])
+    assert out == [b"v"] * 5000
+    assert s._connections() == 1  # one connection carried them all
+    assert commandstats(redis_server)["get"] == 5000
+    # a small pipeline limit spreads a burst over more connections, up to pool_size
+    s2 = RedisStorage(redis_server.url, pipeline=10, pool_size=4)
+    await asyncio.gather(*[s2.execute("GET", "k") for _ in range(1000)])
+    assert s2._connections() == 4
+    await s.close()
+    await s2.close()
+    assert s._connections() == 0
+
+
+async def test_thundering_herd_one_get_one_load(redis_server):
+    name = await register_redis(redis_server.url)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)], sleep=0.05)
+    redis_server.cli("CONFIG", "RESETSTAT")
+    out = await asyncio.gather(*[cacheme.get(Node(1)) for _ in range(200)])
+    assert all(v == {"uid": 1, "name": "u1"} for v in out)
+    assert calls == [1]
+    stats = commandstats(redis_server)
+    assert stats["get"] == 1 and stats["set"] == 1
+
+
+async def test_local_redis_chain(redis_server):
+    local = await register_local()
+    name = await register_redis(redis_server.url)
+    Node, calls = make_node(
+        [cacheme.Cache(storage=local, ttl=None), cacheme.Cache(storage=name, ttl=None)], sleep=0.05)
+    redis_server.cli("CONFIG", "RESETSTAT")
+    out = await asyncio.gather(*[cacheme.get(Node(1)) for _ in range(200)])
+    assert len(out) == 200 and calls == [1]
+    assert commandstats(redis_server)["get"] == 1
+    await asyncio.gather(*[cacheme.get(Node(1)) for _ in range(200)])
+    assert commandstats(redis_server)["get"] == 1  # all local hits now
+    # a value only in redis fills the local cache
+    await storage_of(name).set(Node(2), "from-redis", None, MsgPackSerializer())
+    out = await asyncio.gather(*[cacheme.get(Node(2)) for _ in range(50)])
+    assert out == ["from-redis"] * 50
+    assert calls == [1]
+    assert commandstats(redis_server)["get"] == 2
+    assert await cacheme.get(Node(2)) == "from-redis"
+    assert commandstats(redis_server)["get"] == 2
+
+
+# ---------------------------------------------------------------- URLs, auth
+
+
+async def test_unix_socket_and_db(redis_server):
+    s = RedisStorage(f"unix://{redis_server.socket}?db=2")
+    await s.connect()
+    await s.execute("SET", "in-db-2", "x")
+    assert redis_server.cli("-n", "2", "GET", "in-db-2") == "x"
+    assert redis_server.cli("-n", "0", "EXISTS", "in-db-2") == "0"
+    await s.close()
+    s = RedisStorage(f"redis://127.0.0.1:{redis_server.port}/3")
+    await s.execute("SET", "in-db-3", "y")
+    assert redis_server.cli("-n", "3", "GET", "in-db-3") == "y"
+    await s.close()
+
+
+async def test_auth_password_and_acl_user():
+    with RedisServer(password="s3cret") as server:
+        s = RedisStorage(f"redis://:s3cret@127.0.0.1:{server.port}/1")
+        await s.connect()
+        assert await s.execute("SET", "a", "1") == "OK"
+        assert server.cli("-n", "1", "GET", "a") == "1"
+        server.cli("ACL", "SETUSER", "alice", "on", ">pw", "~*", "+@all")
+        s2 = RedisStorage(f"redis://alice:pw@127.0.0.1:{server.port}")
+        assert await s2.execute("GET", "a") is None
+        await s2.execute("SET", "b", "2")
+        bad = RedisStorage(f"redis://:wrong@127.0.0.1:{server.port}", retry_backoff=0.01)
+        with pytest.raises(RedisConnectionError, match="WRONGPASS|invalid"):
+            await bad.connect()
+        for x in (s, s2, bad):
+            await x.close()
+
+
+# ---------------------------------------------------------------- faults
+
+
+async def test_unreachable_server_is_a_miss_fast():
+    port = free_port()
+    name = unique("redis-down-")
+    storage = cacheme.Storage(url=f"redis://127.0.0.1:{port}", retry_backoff=0.05)
+    with pytest.raises(RedisConnectionError):
+        await storage.connect()
+    _core._add_storage(name, storage)  # register_storage without its connect()
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    t = time.monotonic()
+    out = await asyncio.gather(*[cacheme.get(Node(i)) for i in range(100)])
+    assert time.monotonic() - t < 2
+    assert [v["uid"] for v in out] == list(range(100))
+    assert len(calls) == 100
+    st = cacheme.stats(Node)
+    assert st.load_success_count() == 100
+
+
+async def test_timeout_of_a_stalled_server():
+    with RedisServer() as server:
+        s = RedisStorage(server.url, timeout=0.3, connect_timeout=0.3, retry_backoff=0.05)
+        await s.connect()
+        server.pause()
+        try:
+            t = time.monotonic()
+            with pytest.raises(RedisTimeoutError):
+                await s.execute("GET", "k")
+            assert 0.25 < time.monotonic() - t < 2
+            # a new connection times out connecting? (the kernel accepts it: reply timeout)
+            with pytest.raises((RedisTimeoutError, RedisConnectionError)):
+                await s.execute("GET", "k")
+        finally:
+            server.resume()
+        for _ in range(100):
+            try:
+                assert await s.execute("PING") == "PONG"
+                break
+            except (RedisTimeoutError, RedisConnectionError):
+                await asyncio.sleep(0.05)
+        else:
+            pytest.fail("no recovery after the server resumed")
+        await s.close()
+
+
+async def test_server_restart_mid_run_recovers_without_fd_leak():
+    with RedisServer() as server:
+        name = await register_redis(server.url, retry_backoff=0.02, retry_backoff_max=0.1)
+        Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+        s = storage_of(name)
+        fds0 = None
+        for cycle in range(5):
+            ok = await asyncio.gather(*[cacheme.get(Node(i)) for i in range(50)])
+            assert len(ok) == 50
+            gets = asyncio.gather(*[s.execute("GET", "x") for _ in range(200)],
+                                  return_exceptions=True)
+            await asyncio.sleep(0)
+            server.kill()  # mid-run: replies in flight are lost
+            results = await gets
+            # every request finished: a value or a connection error, none hangs
+            assert all(r is None or isinstance(r, RedisConnectionError) for r in results)
+            # while down: gets are misses (loaded), fast
+            calls.clear()
+            t = time.monotonic()
+            out = await asyncio.gather(*[cacheme.get(Node(1000 + i)) for i in range(20)])
+            assert len(out) == 20 and len(calls) == 20 and time.monotonic() - t < 2
+            server.start()
+            for _ in range(200):
+                try:
+                    if await s.execute("PING") == "PONG":
+                        break
+                except RedisConnectionError:
+                    await asyncio.sleep(0.02)
+            else:
+                pytest.fail("no reconnect after restart")
+            calls.clear()
+            await cacheme.get(Node(7))
+            await cacheme.get(Node(7))
+            assert calls == [7]  # stored in the restarted server and read back
+            gc.collect()
+            if fds0 is None:
+                fds0 = fd_count()
+            else:
+                assert fd_count() <= fds0 + 2, "fds leak across reconnects"
+            assert s._connections() <= 100
+        await s.close()
+        assert s._connections() == 0
+
+
+async def test_cancelled_request_does_not_break_the_connection(redis_server):
+    s = RedisStorage(redis_server.url)
+    await s.connect()
+    await s.execute("SET", "k", "v")
+    futs = [asyncio.ensure_future(s.execute("GET", "k")) for _ in range(100)]
+    await asyncio.sleep(0)
+    for f in futs[::2]:
+        f.cancel()
+    res = await asyncio.gather(*futs, return_exceptions=True)
+    assert all(r == b"v" for r in res[1::2])
+    assert await s.execute("GET", "k") == b"v"
+    await s.close()
+
+
+def test_storage_survives_a_new_event_loop(redis_server):
+    s = RedisStorage(redis_server.url)
+
+    async def once(v):
+        await s.execute("SET", "k", v)
+        return await s.execute("GET", "k")
+
+    assert asyncio.run(once("1")) == b"1"
+    assert asyncio.run(once("2")) == b"2"
+    asyncio.run(s.close())
+
+
+async def test_closed_storage_raises(redis_server):
+    s = RedisStorage(redis_server.url)
+    await s.connect()
+    await s.close()
+    with pytest.raises(Exception, match="closed"):
+        await s.execute("PING")
+
+
+async def test_no_fd_or_object_leak_over_many_storages(redis_server):
+    gc.collect()
+    fds = fd_count()
+    for _ in range(20):
+        s = RedisStorage(redis_server.url)
+        await asyncio.gather(*[s.execute("PING") for _ in range(300)])
+        await s.close()
+        del s
+    gc.collect()
+    await asyncio.sleep(0.01)
+    assert fd_count() <= fds + 1
+    # dropping a storage without close() releases its sockets too
+    s = RedisStorage(redis_server.url)
+    await s.execute("PING")
+    del s
+    gc.collect()
+    await asyncio.sleep(0.01)
+    assert fd_count() <= fds + 1

@@ -1,0 +1,200 @@
+"""The Redis storage against a real 3-master Redis Cluster on local ports."""
+import asyncio
+import dataclasses
+from datetime import timedelta
+
+import pytest
+
+import cacheme
+from cacheme.serializer import MsgPackSerializer
+from cacheme.storages.redis import RedisStorage
+from conftest import register_local, unique
+from redis_servers import needs_redis, redis_cluster  # noqa: F401  (fixture)
+
+pytestmark = needs_redis
+
+
+def make_node(caches, sleep=0.0):
+    calls = []
+
+    @dataclasses.dataclass
+    class ClusterNode(cacheme.Node):
+        uid: int
+
+        def key(self) -> str:
+            return f"c:{self.uid}"
+
+        async def load(self):
+            calls.append(self.uid)
+            if sleep:
+                await asyncio.sleep(sleep)
+            return self.uid * 10
+
+        class Meta(cacheme.Node.Meta):
+            pass
+
+    ClusterNode.Meta.version = unique("v")
+    ClusterNode.Meta.caches = caches
+    ClusterNode.Meta.serializer = MsgPackSerializer()
+    return ClusterNode, calls
+
+
+async def node_clients(cluster):
+    out = []
+    for n in cluster.nodes:
+        s = RedisStorage(n.url)
+        await s.connect()
+        out.append(s)
+    return out
+
+
+def cmd_calls(cluster, name):
+    total = []
+    for n in cluster.nodes:
+        calls = 0
+        for line in n.cli("INFO", "commandstats").splitlines():
+            if line.startswith(f"cmdstat_{name}:"):
+                calls = int(line.split("calls=")[1].split(",")[0])
+        total.append(calls)
+    return total
+
+
+def error_calls(cluster, name):
+    """Per node: how often it answered with error `name` (INFO errorstats)."""
+    total = []
+    for n in cluster.nodes:
+        count = 0
+        for line in n.cli("INFO", "errorstats").splitlines():
+            if line.startswith(f"errorstat_{name}:"):
+                count = int(line.split("count=")[1].split(",")[0])
+        total.append(count)
+    return total
+
+
+def reset_stats(cluster):
+    for n in cluster.nodes:
+        n.cli("CONFIG", "RESETSTAT")
+
+
+async def test_keys_spread_over_the_masters(redis_cluster):
+    name = unique("rc-")
+    await cacheme.register_storage(name, cacheme.Storage(url=redis_cluster.url, cluster=True))
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=timedelta(seconds=60))])
+    reset_stats(redis_cluster)
+    values = await asyncio.gather(*[cacheme.get(Node(i)) for i in range(300)])
+    assert values == [i * 10 for i in range(300)]
+    assert sorted(calls) == list(range(300))
+    sets = cmd_calls(redis_cluster, "setex")
+    assert sum(sets) == 300 and all(s > 50 for s in sets), sets
+    # every node holds its own slots' keys: read back through the cluster, no reload
+    calls.clear()
+    assert await asyncio.gather(*[cacheme.get(Node(i)) for i in range(300)]) == values
+    assert calls == []
+    assert sum(cmd_calls(redis_cluster, "get")) == 600
+
+
+async def test_get_all_split_per_slot_and_reassembled(redis_cluster):
+    name = unique("rc-")
+    await cacheme.register_storage(name, cacheme.Storage(url=redis_cluster.url, cluster=True))
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    await cacheme.get_all([Node(i) for i in range(0, 40, 2)])
+    calls.clear()
+    reset_stats(redis_cluster)
+    nodes = [Node(i) for i in range(40)]
+    assert await cacheme.get_all(nodes) == [i * 10 for i in range(40)]
+    assert sorted(calls) == list(range(1, 40, 2))
+    mgets = cmd_calls(redis_cluster, "mget")
+    assert all(m > 0 for m in mgets)  # split over the three masters
+    s = cacheme.data.get_storage_by_name(name)._storage
+    pairs = await s.get_all(list(reversed(nodes)), MsgPackSerializer())
+    assert [n.uid for n, _ in pairs] == list(range(39, -1, -1))
+    # hash tags keep keys in one slot: one MGET
+    reset_stats(redis_cluster)
+    for i in range(5):
+        await s.execute("SET", f"{{tag}}:{i}", str(i))
+    assert await s.execute("MGET", *[f"{{tag}}:{i}" for i in range(5)]) == [
+        str(i).encode() for i in range(5)]
+
+
+async def test_herd_and_local_chain_on_cluster(redis_cluster):
+    local = await register_local()
+    name = unique("rc-")
+    await cacheme.register_storage(name, cacheme.Storage(url=redis_cluster.url, cluster=True))
+    Node, calls = make_node(
+        [cacheme.Cache(storage=local, ttl=None), cacheme.Cache(storage=name, ttl=None)], sleep=0.05)
+    reset_stats(redis_cluster)
+    out = await asyncio.gather(*[cacheme.get(Node(1)) for _ in range(100)])
+    assert out == [10] * 100 and calls == [1]
+    assert sum(cmd_calls(redis_cluster, "get")) == 1
+
+
+async def migrate(cluster, key, stop_after_migrate=False):
+    """Move key's slot from its owner to another master (MIGRATING/IMPORTING,
+    MIGRATE, SETSLOT NODE). Returns (slot, src, dst) clients."""
+    clients = await node_clients(cluster)
+    slot = await clients[0].execute("CLUSTER", "KEYSLOT", key)
+    ids = [await c.execute("CLUSTER", "MYID") for c in clients]
+    owner = None
+    for entry in await clients[0].execute("CLUSTER", "SLOTS"):
+        if entry[0] <= slot <= entry[1]:
+            owner = next(i for i, n in enumerate(cluster.nodes) if n.port == entry[2][1])
+    assert owner is not None
+    dst = (owner + 1) % len(clients)
+    src_c, dst_c = clients[owner], clients[dst]
+    await dst_c.execute("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[owner])
+    await src_c.execute("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[dst])
+    await src_c.execute("MIGRATE", "127.0.0.1", cluster.nodes[dst].port, "", 0, 5000, "KEYS", key)
+    if not stop_after_migrate:
+        for c in clients:
+            await c.execute("CLUSTER", "SETSLOT", slot, "NODE", ids[dst])
+    return slot, clients, owner, dst, ids
+
+
+async def finish_migration(clients, slot, dst_id):
+    for c in clients:
+        await c.execute("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+
+async def test_ask_then_moved_redirects(redis_cluster):
+    s = RedisStorage(redis_cluster.url, cluster=True)
+    await s.connect()
+    key = unique("moving-key-")
+    await s.execute("SET", key, "v")
+    slot, clients, src, dst, ids = await migrate(redis_cluster, key, stop_after_migrate=True)
+    reset_stats(redis_cluster)
+    # the source answers ASK for the migrated key: ASKING + GET on the target
+    # (a redirected command is not counted in commandstats, only in errorstats)
+    assert await s.execute("GET", key) == b"v"
+    assert error_calls(redis_cluster, "ASK")[src] == 1
+    assert cmd_calls(redis_cluster, "asking")[dst] == 1
+    assert cmd_calls(redis_cluster, "get")[dst] == 1
+    await finish_migration(clients, slot, ids[dst])
+    redis_cluster.wait_ok()
+    reset_stats(redis_cluster)
+    # our map still names the source: MOVED, then the slot points at the target
+    assert await s.execute("GET", key) == b"v"
+    assert await s.execute("GET", key) == b"v"
+    assert error_calls(redis_cluster, "MOVED")[src] == 1
+    assert cmd_calls(redis_cluster, "get")[dst] == 2
+    # and the whole map is refreshed (CLUSTER SLOTS) on the next request
+    await asyncio.sleep(0.15)
+    assert await s.execute("GET", key) == b"v"
+    await asyncio.sleep(0.05)
+    assert sum(cmd_calls(redis_cluster, "cluster|slots")) >= 1
+    assert error_calls(redis_cluster, "MOVED")[src] == 1
+    await s.close()
+    for c in clients:
+        await c.close()
+
+
+async def test_set_all_and_mget_across_nodes_in_order(redis_cluster):
+    s = RedisStorage(redis_cluster.url, cluster=True)
+    await s.connect()
+    Node, _ = make_node([])
+    data = [(Node(i), {"i": i}) for i in range(500)]
+    await s.set_all(data, timedelta(seconds=30), MsgPackSerializer())
+    pairs = await s.get_all([n for n, _ in data] + [Node(10_000)], MsgPackSerializer())
+    assert [v["i"] for _, v in pairs] == list(range(500))
+    assert s._connections() >= 3
+    await s.close()
+    assert s._connections() == 0
