@@ -281,6 +281,7 @@ typedef struct {
     Py_ssize_t memo_nargs;
     PyObject *memo_kwnames;
     uint32_t missed;
+    uint64_t local_puts;
     CmFlight *fl;
     PyObject *sub;     /* awaitable iterator being delegated to */
     PyObject *pending; /* yielded value the Task must see first (handoff) */
@@ -315,6 +316,7 @@ PyObject *cm_get_begin(CmState *st, CmRequest *req)
     g->hash = req->hash;
     g->load_fn = Py_XNewRef(req->load_fn);
     g->missed = req->missed;
+    g->local_puts = req->local_puts;
     if (req->memo_fn != NULL) {
         Py_ssize_t total =
             req->memo_nargs + (req->memo_kwnames ? PyTuple_GET_SIZE(req->memo_kwnames) : 0);
@@ -770,12 +772,54 @@ fail_waiter:
     return PYGEN_ERROR;
 }
 
+uint64_t
+cm_local_puts(CmNodeConfigObject *cfg)
+{
+    uint64_t n = 0;
+    for (Py_ssize_t i = 0; i < cfg->ncaches; i++) {
+        if (cfg->caches[i].kind == CM_CACHE_LOCAL)
+            n += cm_store_puts((CmStoreObject *)cfg->caches[i].storage);
+    }
+    return n;
+}
+
+/* A get awaited later than it was made (e.g. queued): a local store may have
+ * been filled since get() looked. A new reference on a hit, else NULL. */
+static PyObject *
+recheck_locals(CmGetObject *g)
+{
+    CmNodeConfigObject *cfg = g->cfg;
+    if (cm_local_puts(cfg) == g->local_puts)
+        return NULL;
+    for (Py_ssize_t i = 0; i < cfg->ncaches && i < 32; i++) {
+        CmCacheRef *r = &cfg->caches[i];
+        if (r->kind != CM_CACHE_LOCAL || !(g->missed & (1u << i)))
+            continue;
+        PyObject *v = cm_store_lookup((CmStoreObject *)r->storage, g->key, g->hash);
+        if (v == NULL)
+            continue;
+        CmStorageCounters *c = counters(g, i);
+        c->hits++;
+        c->misses--; /* get() counted this one as a miss */
+        cfg->metrics->hit_count++;
+        cm_fill_locals(g->st, cfg, g->key, g->hash, v, g->missed & ((1u << i) - 1));
+        return v;
+    }
+    return NULL;
+}
+
 static PySendResult get_step(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject **out)
 {
     CmState *st = g->st;
     PySendResult r;
     switch (g->mode) {
     case M_START: {
+        PyObject *v = exc == NULL ? recheck_locals(g) : NULL;
+        if (v != NULL) {
+            g->mode = M_DONE;
+            *out = v;
+            return PYGEN_RETURN;
+        }
         CmFlight *fl = flight_find(st, g->key, g->hash);
         if (fl != NULL) {
             g->cfg->metrics->hit_count++;

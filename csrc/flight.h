@@ -40,10 +40,14 @@ typedef struct {
     Py_ssize_t memo_nargs;      /* positional count */
     PyObject *memo_kwnames;     /* or NULL */
     uint32_t missed;            /* bit i: cache i missed */
+    uint64_t local_puts;        /* sum of the local stores' puts when they missed */
 } CmRequest;
 
 /* The awaitable for a request that missed the local caches; new ref. */
 PyObject *cm_get_begin(CmState *st, CmRequest *req);
+
+/* Sum of the puts of cfg's C local stores. */
+uint64_t cm_local_puts(CmNodeConfigObject *cfg);
 
 /* Fill local caches [0, upto) of cfg that missed, honouring the doorkeeper
  * decision already taken. */

@@ -132,6 +132,7 @@ cm_get(CmState *st, CmRequest *req)
     req->key = full;
     req->hash = hash;
     req->missed = missed;
+    req->local_puts = cm_local_puts(cfg);
     result = cm_get_begin(st, req);
 done:
     Py_XDECREF(key);

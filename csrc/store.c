@@ -37,6 +37,7 @@ struct CmStoreObject {
     PyObject **dead;
     size_t ndead, dead_cap;
     int flushing;
+    uint64_t puts; /* bumped by every put: lets a deferred get see new values */
     PyObject *weakreflist;
 };
 
@@ -306,8 +307,15 @@ cm_store_lookup(CmStoreObject *s, PyObject *key, Py_hash_t hash)
     return finish_lookup(s, find_live(s, key, hash, &now), hash);
 }
 
+uint64_t
+cm_store_puts(CmStoreObject *s)
+{
+    return s->puts;
+}
+
 int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *value, int64_t ttl_ns)
 {
+    s->puts++;
     int64_t now = 0;
     int found;
     advance_wheel(s, &now);

@@ -20,6 +20,8 @@ PyObject *cm_store_lookup(CmStoreObject *s, PyObject *key, Py_hash_t hash);
 PyObject *cm_store_lookup_parts(CmStoreObject *s, const CmKeyParts *parts, Py_hash_t hash);
 /* Insert or replace; ttl_ns < 0 means no TTL. -1 with an exception on OOM. */
 int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *value, int64_t ttl_ns);
+/* How many puts the store has seen (a version for "anything new?"). */
+uint64_t cm_store_puts(CmStoreObject *s);
 /* 1 removed, 0 absent. */
 int cm_store_delete(CmStoreObject *s, PyObject *key, Py_hash_t hash);
 

@@ -384,3 +384,17 @@ async def test_failing_remote_storage_is_a_miss_and_fill_failure_is_not_raised(c
     assert flights() == 0
     # get_all with the same failing storage
     assert await cacheme.get_all([N(2), N(3)]) == ["value-2", "value-3"]
+
+
+async def test_get_made_early_sees_a_value_cached_before_it_is_awaited():
+    name = await register_local()
+    src = Source()
+    src.gate.set()
+    N = node_class(name, src)
+    early = [cacheme.get(N(1)) for _ in range(3)]  # made while the cache is empty
+    assert await cacheme.get(N(1)) == "value-1"
+    assert [await aw for aw in early] == ["value-1"] * 3
+    assert src.calls == [1]
+    m = cacheme.stats(N)
+    assert m.hit_count() == 3 and m.miss_count() == 1
+    assert m.storage_stats()[name] == {"hits": 3, "misses": 1, "errors": 0}
