@@ -130,7 +130,14 @@ static int resolve_cache(CmState *st, PyTypeObject *cls, PyObject *cache, CmCach
     if (local < 0)
         return -1;
     ref->kind = local ? CM_CACHE_LOCAL_PY : CM_CACHE_REMOTE;
-    ref->storage = Py_NewRef(storage);
+    /* cacheme.Storage forwards to its backend: call that one directly */
+    PyObject *backend = PyObject_GetAttrString(storage, "_cacheme_backend");
+    if (backend == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return -1;
+        PyErr_Clear();
+    }
+    ref->storage = backend != NULL ? backend : Py_NewRef(storage);
     return 0;
 }
 

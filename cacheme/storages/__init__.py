@@ -40,8 +40,10 @@ class Storage:
         self._scheme = scheme
         self._is_local = scheme == "local"
         self._storage = getattr(module, cls_name)(address=url, **options)
-        # the C core reads local stores directly
+        # the C core reads local stores directly and calls other backends
+        # without this wrapper's coroutines in between
         self._local = getattr(self._storage, "_store", None)
+        self._cacheme_backend = self._storage
 
     def scheme(self) -> str:
         return self._scheme
