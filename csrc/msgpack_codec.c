@@ -6,7 +6,9 @@
  * capacity check and a store, not an indirect call. The rules are the ones
  * of the msgpack package as 0.3.0 called it: smallest int encoding, float64,
  * str8 allowed (use_bin_type=True), bytes as bin, tuples as arrays, and
- * everything else through the 0.3.0 object encoding (ser_object.c).
+ * everything else through the 0.3.0 object encoding (ser_object.c). Exact
+ * builtin types are dispatched by type pointer before any subclass check,
+ * and a str is one capacity check for header and body.
  *
  * Decoding is a recursive reader over (pointer, end) that checks every
  * length against the bytes left before touching them, so a declared length
@@ -14,54 +16,74 @@
  * could describe (an array of n items needs >= n bytes, a map >= 2n).
  * Nesting deeper than CM_SER_MAX_DECODE_DEPTH is an error. Ext types (never
  * written by 0.3.0) are refused. Maps with a "__class__" key go through the
- * 0.3.0 object decoder, like msgpack's object_hook did. */
+ * 0.3.0 object decoder, like msgpack's object_hook did. Where the time goes
+ * on documents: dict inserts (CPython's, a third), then creating strs, so
+ * ASCII strs are copied straight into PyUnicode_New's buffer (no decoder
+ * pass) and short keys and values come from a cache (mp_cached_str). */
 #include "msgpack_codec.h"
 #include "serializer.h"
 
 #include <msgpack.h>
 #include <string.h>
 
+/* for the few small functions the per-item loops must not call */
+#if defined(__GNUC__) || defined(__clang__)
+#define CM_MP_HOT inline __attribute__((always_inline))
+#else
+#define CM_MP_HOT inline
+#endif
+
 /* ---- output buffer + msgpack-c's pack template ------------------------- */
 
+/* Small outputs are built on the stack and copied once into the result;
+ * larger ones move into the result bytes object itself, which grows in
+ * place (_PyBytes_Resize is a realloc) and is shrunk to size at the end, so
+ * a large document is never copied out of a scratch buffer. */
 #define CM_MP_INLINE 1024
 
 typedef struct {
-    char *data;
+    CmState *st;
+    char *data; /* inline_buf, or the storage of out */
     size_t len, cap;
+    PyObject *out; /* the result, once inline_buf is outgrown */
     char inline_buf[CM_MP_INLINE];
-} CmMpBuf;
+} CmMpEnc;
 
-static int cm_mpbuf_grow(CmMpBuf *b, size_t need)
+static int cm_mp_grow(CmMpEnc *e, size_t need)
 {
-    size_t cap = b->cap * 2;
-    char *p;
-    if (need > PY_SSIZE_T_MAX - b->len) {
+    /* 4x while small: a document that outgrew inline_buf is likely to be a
+     * few times larger still, and each step is a copy when realloc moves */
+    size_t cap = e->cap * (e->cap < ((size_t)1 << 20) ? 4 : 2);
+    if (need > PY_SSIZE_T_MAX - e->len) {
         PyErr_NoMemory();
         return -1;
     }
-    if (cap < b->len + need)
-        cap = b->len + need;
-    if (b->data == b->inline_buf) {
-        if ((p = PyMem_Malloc(cap)) != NULL)
-            memcpy(p, b->data, b->len);
-    } else {
-        p = PyMem_Realloc(b->data, cap);
+    if (cap < e->len + need || cap > PY_SSIZE_T_MAX)
+        cap = e->len + need;
+    if (e->out == NULL) {
+        if ((e->out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)cap)) == NULL)
+            return -1;
+        memcpy(PyBytes_AS_STRING(e->out), e->data, e->len);
+    } else if (_PyBytes_Resize(&e->out, (Py_ssize_t)cap) < 0) {
+        return -1; /* out was released */
     }
-    if (p == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->data = p;
-    b->cap = cap;
+    e->data = PyBytes_AS_STRING(e->out);
+    e->cap = cap;
     return 0;
 }
 
-static inline int cm_mpbuf_write(CmMpBuf *b, const char *src, size_t n)
+/* Room for n more bytes at e->data + e->len. */
+static inline int cm_mp_reserve(CmMpEnc *e, size_t n)
 {
-    if (n > b->cap - b->len && cm_mpbuf_grow(b, n) < 0)
+    return n <= e->cap - e->len ? 0 : cm_mp_grow(e, n);
+}
+
+static inline int cm_mp_write(CmMpEnc *e, const char *src, size_t n)
+{
+    if (cm_mp_reserve(e, n) < 0)
         return -1;
-    memcpy(b->data + b->len, src, n);
-    b->len += n;
+    memcpy(e->data + e->len, src, n);
+    e->len += n;
     return 0;
 }
 
@@ -72,9 +94,9 @@ static inline int cm_mpbuf_write(CmMpBuf *b, const char *src, size_t n)
 #undef msgpack_pack_append_buffer
 #define msgpack_pack_inline_func(name) static inline int cm_mp_pack##name
 #define msgpack_pack_inline_func_cint(name) static inline int cm_mp_pack##name
-#define msgpack_pack_user CmMpBuf *
+#define msgpack_pack_user CmMpEnc *
 #define msgpack_pack_append_buffer(user, buf, len)                                                 \
-    return cm_mpbuf_write(user, (const char *)(buf), len)
+    return cm_mp_write(user, (const char *)(buf), len)
 #define msgpack_pack_ext cm_mp_pack_ext
 #include <msgpack/pack_template.h>
 #undef msgpack_pack_ext
@@ -82,11 +104,11 @@ static inline int cm_mpbuf_write(CmMpBuf *b, const char *src, size_t n)
 
 /* ---- encoder ------------------------------------------------------------ */
 
-typedef struct {
-    CmState *st;
-    CmMpBuf buf;
-} CmMpEnc;
-
+/* The generic entry: any object, checks the nesting limit. Containers pack
+ * their items through mp_pack_item, which handles the exact builtin leaves
+ * (str, int, float, None, bools) inline and without the incref that guards
+ * against default hooks: packing those runs no Python code. The nesting
+ * limit for such leaves is checked once per container. */
 static int mp_pack(CmMpEnc *e, PyObject *obj, int depth);
 
 static int mp_pack_default(CmMpEnc *e, PyObject *obj, int depth)
@@ -99,34 +121,90 @@ static int mp_pack_default(CmMpEnc *e, PyObject *obj, int depth)
     return rc;
 }
 
-static int mp_pack_str(CmMpEnc *e, PyObject *obj)
+static int mp_depth_error(void)
+{
+    PyErr_SetString(PyExc_ValueError, "recursion limit exceeded");
+    return -1;
+}
+
+static int mp_size_error(const char *what)
+{
+    PyErr_Format(PyExc_ValueError, "%s is too large for MessagePack", what);
+    return -1;
+}
+
+/* memcpy, without the call for the short strings most documents are made of. */
+static inline void mp_copy(void *dst, const void *src, size_t n)
+{
+    char *d = dst;
+    const char *s = src;
+    uint64_t a, b;
+    uint32_t c, f;
+    if (n > 16) {
+        memcpy(d, s, n);
+    } else if (n >= 8) {
+        memcpy(&a, s, 8);
+        memcpy(&b, s + n - 8, 8);
+        memcpy(d, &a, 8);
+        memcpy(d + n - 8, &b, 8);
+    } else if (n >= 4) {
+        memcpy(&c, s, 4);
+        memcpy(&f, s + n - 4, 4);
+        memcpy(d, &c, 4);
+        memcpy(d + n - 4, &f, 4);
+    } else if (n > 0) {
+        d[0] = s[0];
+        d[n >> 1] = s[n >> 1];
+        d[n - 1] = s[n - 1];
+    }
+}
+
+/* One capacity check for header and body; the header is msgpack-c's
+ * msgpack_pack_str: fixstr, str8, str16, str32 by length. */
+static inline int mp_pack_str(CmMpEnc *e, PyObject *obj)
 {
     Py_ssize_t n;
     const char *u;
+    unsigned char *w;
     if (PyUnicode_IS_COMPACT_ASCII(obj)) {
         u = (const char *)PyUnicode_DATA(obj);
         n = PyUnicode_GET_LENGTH(obj);
     } else if ((u = PyUnicode_AsUTF8AndSize(obj, &n)) == NULL) {
         return -1;
     }
-    if ((uint64_t)n > UINT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "str is too large for MessagePack");
+    if ((uint64_t)n > UINT32_MAX)
+        return mp_size_error("str");
+    if (cm_mp_reserve(e, (size_t)n + 5) < 0)
         return -1;
+    w = (unsigned char *)e->data + e->len;
+    if (n < 32) {
+        *w++ = (unsigned char)(0xa0 | n);
+    } else if (n < 256) {
+        *w++ = 0xd9;
+        *w++ = (unsigned char)n;
+    } else if (n < 65536) {
+        *w++ = 0xda;
+        *w++ = (unsigned char)(n >> 8);
+        *w++ = (unsigned char)n;
+    } else {
+        *w++ = 0xdb;
+        *w++ = (unsigned char)(n >> 24);
+        *w++ = (unsigned char)(n >> 16);
+        *w++ = (unsigned char)(n >> 8);
+        *w++ = (unsigned char)n;
     }
-    if (cm_mp_pack_str(&e->buf, (size_t)n) < 0)
-        return -1;
-    return cm_mp_pack_str_body(&e->buf, u, (size_t)n);
+    mp_copy(w, u, (size_t)n);
+    e->len = (size_t)((char *)w - e->data) + (size_t)n;
+    return 0;
 }
 
 static int mp_pack_bin(CmMpEnc *e, const void *p, Py_ssize_t n)
 {
-    if ((uint64_t)n > UINT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "bytes object is too large for MessagePack");
+    if ((uint64_t)n > UINT32_MAX)
+        return mp_size_error("bytes object");
+    if (cm_mp_pack_bin(e, (size_t)n) < 0)
         return -1;
-    }
-    if (cm_mp_pack_bin(&e->buf, (size_t)n) < 0)
-        return -1;
-    return cm_mp_pack_bin_body(&e->buf, p, (size_t)n);
+    return cm_mp_pack_bin_body(e, p, (size_t)n);
 }
 
 static int mp_pack_int(CmMpEnc *e, PyObject *obj, int depth)
@@ -136,13 +214,12 @@ static int mp_pack_int(CmMpEnc *e, PyObject *obj, int depth)
     if (overflow == 0) {
         if (v == -1 && PyErr_Occurred())
             return -1;
-        return v >= 0 ? cm_mp_pack_uint64(&e->buf, (uint64_t)v)
-                      : cm_mp_pack_int64(&e->buf, (int64_t)v);
+        return v >= 0 ? cm_mp_pack_uint64(e, (uint64_t)v) : cm_mp_pack_int64(e, (int64_t)v);
     }
     if (overflow > 0) {
         unsigned long long u = PyLong_AsUnsignedLongLong(obj);
         if (!(u == (unsigned long long)-1 && PyErr_Occurred()))
-            return cm_mp_pack_uint64(&e->buf, (uint64_t)u);
+            return cm_mp_pack_uint64(e, (uint64_t)u);
         if (!PyErr_ExceptionMatches(PyExc_OverflowError))
             return -1;
         PyErr_Clear();
@@ -151,31 +228,58 @@ static int mp_pack_int(CmMpEnc *e, PyObject *obj, int depth)
     return mp_pack_default(e, obj, depth);
 }
 
+/* An item of a container at depth - 1 (the caller checked the depth). */
+static inline int mp_pack_item(CmMpEnc *e, PyObject *obj, int depth)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    int rc;
+    if (tp == &PyUnicode_Type)
+        return mp_pack_str(e, obj);
+    if (tp == &PyLong_Type)
+        return mp_pack_int(e, obj, depth); /* only int's own code runs */
+    if (tp == &PyFloat_Type)
+        return cm_mp_pack_double(e, PyFloat_AS_DOUBLE(obj));
+    if (obj == Py_None)
+        return cm_mp_pack_nil(e);
+    if (obj == Py_True)
+        return cm_mp_pack_true(e);
+    if (obj == Py_False)
+        return cm_mp_pack_false(e);
+    /* containers and default hooks may run code that drops obj from its parent */
+    Py_INCREF(obj);
+    rc = mp_pack(e, obj, depth);
+    Py_DECREF(obj);
+    return rc;
+}
+
 static int mp_pack_dict(CmMpEnc *e, PyObject *obj, int depth)
 {
     Py_ssize_t n = PyDict_GET_SIZE(obj), pos = 0, seen = 0;
-    PyObject *k, *v;
-    if ((uint64_t)n > UINT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "dict is too large for MessagePack");
-        return -1;
-    }
-    if (cm_mp_pack_map(&e->buf, (size_t)n) < 0)
+    PyObject *k, *v; // borrowed
+    if ((uint64_t)n > UINT32_MAX)
+        return mp_size_error("dict");
+    if (n > 0 && depth >= CM_SER_MAX_ENCODE_DEPTH)
+        return mp_depth_error();
+    if (cm_mp_pack_map(e, (size_t)n) < 0)
         return -1;
     while (PyDict_Next(obj, &pos, &k, &v)) {
         int rc;
-        /* default hooks run Python code that could drop them from the dict */
-        Py_INCREF(k);
-        Py_INCREF(v);
-        rc = (++seen > n) ? -1 : mp_pack(e, k, depth + 1);
-        if (rc == 0)
-            rc = mp_pack(e, v, depth + 1);
-        Py_DECREF(k);
-        Py_DECREF(v);
-        if (rc < 0) {
-            if (seen > n)
-                PyErr_SetString(PyExc_RuntimeError, "dict changed size during serialization");
-            return -1;
+        if (++seen > n)
+            break;
+        if (Py_IS_TYPE(k, &PyUnicode_Type)) {
+            rc = mp_pack_str(e, k) < 0 ? -1 : mp_pack_item(e, v, depth + 1);
+        } else {
+            /* a hook run for the key could drop the value */
+            Py_INCREF(k);
+            Py_INCREF(v);
+            rc = mp_pack(e, k, depth + 1);
+            if (rc == 0)
+                rc = mp_pack(e, v, depth + 1);
+            Py_DECREF(k);
+            Py_DECREF(v);
         }
+        if (rc < 0)
+            return -1;
     }
     if (seen != n || PyDict_GET_SIZE(obj) != n) {
         PyErr_SetString(PyExc_RuntimeError, "dict changed size during serialization");
@@ -188,24 +292,20 @@ static int mp_pack_seq(CmMpEnc *e, PyObject *obj, int depth)
 {
     Py_ssize_t n = Py_SIZE(obj), i;
     int is_list = PyList_Check(obj);
-    if ((uint64_t)n > UINT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "sequence is too large for MessagePack");
-        return -1;
-    }
-    if (cm_mp_pack_array(&e->buf, (size_t)n) < 0)
+    if ((uint64_t)n > UINT32_MAX)
+        return mp_size_error("sequence");
+    if (n > 0 && depth >= CM_SER_MAX_ENCODE_DEPTH)
+        return mp_depth_error();
+    if (cm_mp_pack_array(e, (size_t)n) < 0)
         return -1;
     for (i = 0; i < n; i++) {
-        PyObject *item;
-        int rc;
+        PyObject *item; // borrowed
         if (is_list && i >= PyList_GET_SIZE(obj)) {
             PyErr_SetString(PyExc_RuntimeError, "list changed size during serialization");
             return -1;
         }
         item = is_list ? PyList_GET_ITEM(obj, i) : PyTuple_GET_ITEM(obj, i);
-        Py_INCREF(item);
-        rc = mp_pack(e, item, depth + 1);
-        Py_DECREF(item);
-        if (rc < 0)
+        if (mp_pack_item(e, item, depth + 1) < 0)
             return -1;
     }
     return 0;
@@ -226,22 +326,24 @@ static int mp_pack(CmMpEnc *e, PyObject *obj, int depth)
 {
     PyTypeObject *tp = Py_TYPE(obj);
 
-    if (depth > CM_SER_MAX_ENCODE_DEPTH) {
-        PyErr_SetString(PyExc_ValueError, "recursion limit exceeded");
-        return -1;
-    }
+    if (depth > CM_SER_MAX_ENCODE_DEPTH)
+        return mp_depth_error();
     if (tp == &PyUnicode_Type)
         return mp_pack_str(e, obj);
+    if (tp == &PyDict_Type)
+        return mp_pack_dict(e, obj, depth);
+    if (tp == &PyList_Type)
+        return mp_pack_seq(e, obj, depth);
     if (obj == Py_None)
-        return cm_mp_pack_nil(&e->buf);
+        return cm_mp_pack_nil(e);
     if (obj == Py_True)
-        return cm_mp_pack_true(&e->buf);
+        return cm_mp_pack_true(e);
     if (obj == Py_False)
-        return cm_mp_pack_false(&e->buf);
+        return cm_mp_pack_false(e);
     if (PyLong_Check(obj))
         return mp_pack_int(e, obj, depth);
     if (PyFloat_Check(obj))
-        return cm_mp_pack_double(&e->buf, PyFloat_AS_DOUBLE(obj));
+        return cm_mp_pack_double(e, PyFloat_AS_DOUBLE(obj));
     if (PyDict_Check(obj))
         return mp_pack_dict(e, obj, depth);
     if (PyList_Check(obj) || PyTuple_Check(obj))
@@ -258,17 +360,21 @@ static int mp_pack(CmMpEnc *e, PyObject *obj, int depth)
 PyObject *cm_msgpack_dumps(CmState *st, PyObject *obj)
 {
     CmMpEnc e;
-    PyObject *res = NULL;
 
     e.st = st;
-    e.buf.data = e.buf.inline_buf;
-    e.buf.len = 0;
-    e.buf.cap = CM_MP_INLINE;
-    if (mp_pack(&e, obj, 0) == 0)
-        res = PyBytes_FromStringAndSize(e.buf.data, (Py_ssize_t)e.buf.len);
-    if (e.buf.data != e.buf.inline_buf)
-        PyMem_Free(e.buf.data);
-    return res;
+    e.data = e.inline_buf;
+    e.len = 0;
+    e.cap = CM_MP_INLINE;
+    e.out = NULL;
+    if (mp_pack(&e, obj, 0) < 0) {
+        Py_XDECREF(e.out);
+        return NULL;
+    }
+    if (e.out == NULL)
+        return PyBytes_FromStringAndSize(e.inline_buf, (Py_ssize_t)e.len);
+    if (_PyBytes_Resize(&e.out, (Py_ssize_t)e.len) < 0)
+        return NULL;
+    return e.out;
 }
 
 /* ---- decoder ------------------------------------------------------------ */
@@ -313,13 +419,134 @@ static inline int mp_read_len(CmMpDec *d, int width, size_t *n)
 
 static PyObject *mp_read(CmMpDec *d, int depth);
 
+static inline uint64_t mp_ld64(const uint8_t *q)
+{
+    uint64_t v;
+    memcpy(&v, q, 8);
+    return v;
+}
+
+static inline uint64_t mp_ld32(const uint8_t *q)
+{
+    uint32_t v;
+    memcpy(&v, q, 4);
+    return v;
+}
+
+/* Copy n bytes and tell whether they were all ASCII, a word at a time. */
+static inline int mp_copy_ascii(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    uint64_t acc = 0, w;
+    size_t i = 0;
+    if (n >= 8) {
+        for (; i + 8 <= n; i += 8) {
+            w = mp_ld64(src + i);
+            acc |= w;
+            memcpy(dst + i, &w, 8);
+        }
+        if (i < n) { /* the last 8 bytes, overlapping what is done */
+            w = mp_ld64(src + n - 8);
+            acc |= w;
+            memcpy(dst + n - 8, &w, 8);
+        }
+    } else {
+        for (; i < n; i++) {
+            acc |= src[i];
+            dst[i] = src[i];
+        }
+    }
+    return (acc & 0x8080808080808080u) == 0;
+}
+
+/* str from n bytes of UTF-8: ASCII (nearly every cached str) is a copy into
+ * a fresh compact str; anything else goes to CPython's decoder, which also
+ * reports invalid UTF-8. */
+static PyObject *mp_new_str(const uint8_t *q, size_t n)
+{
+    PyObject *s = PyUnicode_New((Py_ssize_t)n, 127);
+    if (s == NULL)
+        return NULL;
+    if (mp_copy_ascii(PyUnicode_DATA(s), q, n))
+        return s;
+    Py_DECREF(s);
+    return PyUnicode_DecodeUTF8((const char *)q, (Py_ssize_t)n, "strict");
+}
+
+/* Short strs repeat: map keys (lists of records) and enum-like values
+ * (tags, states, colours). Both go through a direct-mapped cache of ASCII
+ * strs in module state, keys and values in separate halves so that unique
+ * values cannot evict the keys: a hit is two word compares and an incref
+ * instead of an allocation, and a cached key keeps its hash for the dict
+ * insert. The slot is picked from the first and last 8 bytes, which for
+ * n <= 16 are all of them (and then also the whole comparison). */
+#define CM_MP_KEY_MAXLEN 32
+#define CM_MP_VALUE_MAXLEN 16
+#define CM_MP_CACHE_HALF (CM_SER_KEYCACHE_SIZE / 2)
+
+static inline void mp_str_words(const uint8_t *q, size_t n, uint64_t *a, uint64_t *b)
+{
+    if (n >= 8) {
+        *a = mp_ld64(q);
+        *b = mp_ld64(q + n - 8);
+    } else if (n >= 4) {
+        *a = mp_ld32(q);
+        *b = mp_ld32(q + n - 4);
+    } else {
+        *a = n ? (uint64_t)q[0] | (uint64_t)q[n >> 1] << 8 | (uint64_t)q[n - 1] << 16 : 0;
+        *b = 0;
+    }
+}
+
+static inline int mp_str_is(PyObject *s, const uint8_t *q, size_t n, uint64_t a, uint64_t b)
+{
+    const uint8_t *sq;
+    uint64_t sa, sb;
+    if (s == NULL || (size_t)PyUnicode_GET_LENGTH(s) != n)
+        return 0;
+    sq = (const uint8_t *)((PyASCIIObject *)s + 1); /* cached strs are compact ASCII */
+    if (n > 16)
+        return memcmp(sq, q, n) == 0;
+    mp_str_words(sq, n, &sa, &sb);
+    return sa == a && sb == b;
+}
+
+static PyObject *mp_cache_miss(PyObject **set, const uint8_t *q, size_t n)
+{
+    PyObject *s = mp_new_str(q, n);
+    if (s != NULL && PyUnicode_IS_ASCII(s)) {
+        PyObject *old = set[1];
+        set[1] = set[0];
+        set[0] = Py_NewRef(s);
+        Py_XDECREF(old);
+    }
+    return s;
+}
+
+/* Two-way sets: the newest str of a set in its first slot, the one it
+ * displaced in the second, so two hot strs that hash alike both stay. */
+static CM_MP_HOT PyObject *mp_cached_str(PyObject **cache, const uint8_t *q, size_t n)
+{
+    uint64_t a, b, h;
+    PyObject **set;
+    mp_str_words(q, n, &a, &b);
+    h = (a ^ (b * 0x9e3779b97f4a7c15u) ^ n) * 0xff51afd7ed558ccdu;
+    set = &cache[(h >> 32) & (CM_MP_CACHE_HALF - 2)];
+    if (mp_str_is(set[0], q, n, a, b))
+        return Py_NewRef(set[0]);
+    if (mp_str_is(set[1], q, n, a, b))
+        return Py_NewRef(set[1]);
+    return mp_cache_miss(set, q, n);
+}
+
 static PyObject *mp_read_str(CmMpDec *d, size_t n)
 {
-    const char *q = (const char *)d->p;
+    const uint8_t *q = d->p;
     if (mp_left(d) < n)
         return mp_fail(d, "truncated str");
     d->p += n;
-    return PyUnicode_DecodeUTF8(q, (Py_ssize_t)n, "strict");
+    if (n <= CM_MP_VALUE_MAXLEN)
+        return mp_cached_str(d->st->ser_keycache + CM_MP_CACHE_HALF, q, n);
+    return mp_new_str(q, n);
 }
 
 static PyObject *mp_read_bin(CmMpDec *d, size_t n)
@@ -329,6 +556,29 @@ static PyObject *mp_read_bin(CmMpDec *d, size_t n)
         return mp_fail(d, "truncated bin");
     d->p += n;
     return PyBytes_FromStringAndSize(q, (Py_ssize_t)n);
+}
+
+/* mp_read with the commonest items of documents (fixstr, small ints)
+ * inline, for the loops over array and map items. */
+static inline PyObject *mp_read_item(CmMpDec *d, int depth)
+{
+    if (d->p < d->end) {
+        uint8_t b = *d->p;
+        if ((b & 0xe0) == 0xa0) {
+            const uint8_t *q = d->p + 1;
+            size_t n = b & 0x1f;
+            if ((size_t)(d->end - q) >= n) {
+                d->p = q + n;
+                return n <= CM_MP_VALUE_MAXLEN
+                           ? mp_cached_str(d->st->ser_keycache + CM_MP_CACHE_HALF, q, n)
+                           : mp_new_str(q, n);
+            }
+        } else if (b <= 0x7f) {
+            d->p++;
+            return PyLong_FromLong(b);
+        }
+    }
+    return mp_read(d, depth);
 }
 
 static PyObject *mp_read_array(CmMpDec *d, size_t n, int depth)
@@ -342,7 +592,7 @@ static PyObject *mp_read_array(CmMpDec *d, size_t n, int depth)
     if ((list = PyList_New((Py_ssize_t)n)) == NULL)
         return NULL;
     for (i = 0; i < n; i++) {
-        PyObject *item = mp_read(d, depth + 1);
+        PyObject *item = mp_read_item(d, depth + 1);
         if (item == NULL) {
             Py_DECREF(list);
             return NULL;
@@ -352,58 +602,41 @@ static PyObject *mp_read_array(CmMpDec *d, size_t n, int depth)
     return list;
 }
 
-/* Map keys repeat (lists of records), so short ASCII keys are kept in a small
- * direct-mapped cache: a hit is a memcmp and an incref instead of a new str,
- * and the str keeps its cached hash for the dict insert. */
-#define CM_MP_KEYCACHE_MAXLEN 32
-
-static PyObject *mp_read_key(CmMpDec *d, int depth)
-{
-    uint8_t b;
-    size_t n, i;
-    const uint8_t *q;
-    uint32_t h = 2166136261u;
-    PyObject **slot, *key;
-
-    if (d->p >= d->end)
-        return mp_fail(d, "truncated input");
-    b = *d->p;
-    if ((b & 0xe0) == 0xa0) {
-        n = b & 0x1f;
-    } else if (b == 0xd9 && mp_left(d) >= 2) {
-        n = d->p[1];
-        if (n > CM_MP_KEYCACHE_MAXLEN)
-            return mp_read(d, depth);
-    } else {
-        return mp_read(d, depth);
-    }
-    q = d->p + (b == 0xd9 ? 2 : 1);
-    if ((size_t)(d->end - q) < n)
-        return mp_read(d, depth); /* let the reader report the truncation */
-    for (i = 0; i < n; i++) {
-        if (q[i] & 0x80)
-            return mp_read(d, depth);
-        h = (h ^ q[i]) * 16777619u;
-    }
-    slot = &d->st->ser_keycache[(h ^ (uint32_t)n) & (CM_SER_KEYCACHE_SIZE - 1)];
-    key = *slot;
-    if (key != NULL && (size_t)PyUnicode_GET_LENGTH(key) == n &&
-        memcmp(PyUnicode_DATA(key), q, n) == 0) {
-        d->p = q + n;
-        return Py_NewRef(key);
-    }
-    if ((key = PyUnicode_New((Py_ssize_t)n, 127)) == NULL)
-        return NULL;
-    memcpy(PyUnicode_DATA(key), q, n);
-    d->p = q + n;
-    Py_XSETREF(*slot, Py_NewRef(key));
-    return key;
-}
-
 static inline int mp_is_class_key(PyObject *k)
 {
     return PyUnicode_CheckExact(k) && PyUnicode_IS_COMPACT_ASCII(k) &&
            PyUnicode_GET_LENGTH(k) == 9 && memcmp(PyUnicode_DATA(k), "__class__", 9) == 0;
+}
+
+/* A map key; *has_class set if it is "__class__" (the 0.3.0 object hook). */
+static inline PyObject *mp_read_key(CmMpDec *d, int depth, int *has_class)
+{
+    const uint8_t *q;
+    size_t n;
+    PyObject *k;
+
+    if (d->p < d->end) {
+        uint8_t b = *d->p;
+        if ((b & 0xe0) == 0xa0) {
+            n = b & 0x1f;
+            q = d->p + 1;
+        } else if (b == 0xd9 && mp_left(d) >= 2 && d->p[1] <= CM_MP_KEY_MAXLEN) {
+            n = d->p[1];
+            q = d->p + 2;
+        } else {
+            goto generic;
+        }
+        if ((size_t)(d->end - q) < n)
+            goto generic; /* let the reader report the truncation */
+        d->p = q + n;
+        if (n == 9 && memcmp(q, "__class__", 9) == 0)
+            *has_class = 1;
+        return mp_cached_str(d->st->ser_keycache, q, n);
+    }
+generic:
+    if ((k = mp_read(d, depth)) != NULL && mp_is_class_key(k))
+        *has_class = 1;
+    return k;
 }
 
 static PyObject *mp_read_map(CmMpDec *d, size_t n, int depth)
@@ -420,10 +653,9 @@ static PyObject *mp_read_map(CmMpDec *d, size_t n, int depth)
     for (i = 0; i < n; i++) {
         PyObject *k, *v = NULL;
         int rc = -1;
-        if ((k = mp_read_key(d, depth + 1)) != NULL && (v = mp_read(d, depth + 1)) != NULL) {
-            has_class |= mp_is_class_key(k);
+        if ((k = mp_read_key(d, depth + 1, &has_class)) != NULL &&
+            (v = mp_read_item(d, depth + 1)) != NULL)
             rc = PyDict_SetItem(dict, k, v);
-        }
         Py_XDECREF(k);
         Py_XDECREF(v);
         if (rc < 0)

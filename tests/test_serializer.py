@@ -121,6 +121,107 @@ def test_msgpack_matches_msgpack_package():
         S.MsgPackSerializer().loads(ours)
 
 
+def _str_family():
+    """Strings around every length boundary of the encoder headers and of the
+    decoder's str cache (word compares up to 16 bytes, memcmp to 32), pairs
+    that share prefix and suffix, and non-ASCII ones (never cached)."""
+    out = [""]
+    for n in list(range(1, 41)) + [255, 256, 65535, 65536]:
+        base = "".join(chr(97 + (i * 7 + n) % 26) for i in range(n))
+        out.append(base)
+        if n >= 3:  # same first and last 8 bytes, one differing byte inside
+            mid = n // 2
+            out.append(base[:mid] + ("Z" if base[mid] != "Z" else "Y") + base[mid + 1:])
+        out.append("é" * n if n < 300 else "é" + base)
+    return out
+
+
+def test_msgpack_strings_match_msgpack_package_and_round_trip():
+    msgpack = pytest.importorskip("msgpack")
+    ser = S.MsgPackSerializer()
+    strs = _str_family()
+    # keys and values, twice (the second pass decodes from warm caches)
+    value = {"values": strs, "keys": {s: i for i, s in enumerate(strs)},
+             "records": [{s: s for s in strs[:60]} for _ in range(3)]}
+    blob = ser.dumps(value)
+    assert blob == msgpack.dumps(value)
+    for _ in range(2):
+        back = ser.loads(blob)
+        assert back == value
+        assert all(type(k) is str for k in back["keys"])
+        assert [len(s) for s in back["values"]] == [len(s) for s in strs]
+
+
+def test_msgpack_str_headers_decoded_whatever_the_width():
+    # a writer may use a wider header than needed (str8/16/32 for a short
+    # str): same value, and "__class__" still marks a 0.3.0 object
+    ser = S.MsgPackSerializer()
+    for hdr in [b"\xd9\x05", b"\xda\x00\x05", b"\xdb\x00\x00\x00\x05"]:
+        assert ser.loads(b"\x81" + hdr + b"hello" + hdr + b"world") == {"hello": "world"}
+    dt = datetime.datetime(2020, 1, 2, 3, 4, 5)
+    for hdr in [b"\xa9", b"\xd9\x09", b"\xda\x00\x09", b"\xdb\x00\x00\x00\x09"]:
+        blob = (b"\x82" + hdr + b"__class__" + b"\xb1datetime.datetime" + b"\xa4data"
+                + b"\xb3" + dt.isoformat().encode())
+        assert ser.loads(blob) == dt
+    # "__class__" as a value, or as a longer key, is just a str
+    assert ser.loads(ser.dumps({"k": "__class__"})) == {"k": "__class__"}
+    assert ser.loads(ser.dumps({"__class__x": 1})) == {"__class__x": 1}
+    # invalid UTF-8 in a short key or value is a decode error
+    _assert_decode_error(ser, b"\x81\xa2\xc3\x28\x01")
+    _assert_decode_error(ser, b"\x81\xa1k\xa2\xc3\x28")
+
+
+def test_msgpack_large_outputs_match_msgpack_package():
+    msgpack = pytest.importorskip("msgpack")
+    ser = S.MsgPackSerializer()
+    # from the inline buffer through every growth step of the output bytes
+    for n in [0, 1, 100, 1000, 5000, 70000, 300000]:
+        value = [{"i": i, "s": "x" * (i % 50), "f": i / 3, "b": i % 2 == 0, "n": None}
+                 for i in range(n)]
+        blob = ser.dumps(value)
+        assert blob == msgpack.dumps(value)
+        assert ser.loads(blob) == value
+    big = "y" * (3 << 20)
+    assert ser.dumps(big) == msgpack.dumps(big) and ser.loads(ser.dumps(big)) == big
+
+
+def test_msgpack_nesting_limit_is_the_same_for_every_leaf():
+    # leaves are packed inline by their container, which checks the limit for
+    # them: a leaf at depth 511 is written, at 512 refused, whatever its type
+    ser = S.MsgPackSerializer()
+    for leaf in [1, "s", 1.5, None, True, [], {}, b"b", (), 2**63]:
+        for wrap in [lambda v: [v], lambda v: {"k": v}, lambda v: (v,)]:
+            value = leaf
+            for _ in range(511):
+                value = wrap(value)
+            assert ser.loads(ser.dumps(value)) is not None
+            with pytest.raises(ValueError, match="recursion limit"):
+                ser.dumps(wrap(value))
+
+
+def test_msgpack_encoder_survives_hooks_that_mutate_the_container():
+    ser = S.MsgPackSerializer()
+    d, lst = {}, []
+
+    class Date(datetime.date):
+        """Its encoding (isoformat) empties the containers being written."""
+
+        def isoformat(self):
+            d.clear()
+            lst.clear()
+            return "2020-01-01"
+
+    d.update(a=Date(2020, 1, 1), b=["x" * 20, 1.5], c="tail")
+    with pytest.raises(RuntimeError):
+        ser.dumps(d)
+    lst[:] = [Date(2020, 1, 1), "x" * 30, 7]
+    with pytest.raises(RuntimeError):
+        ser.dumps(lst)
+    d.update({1: Date(2020, 1, 1), 2: "v"})  # a non-str key goes the generic way
+    with pytest.raises(RuntimeError):
+        ser.dumps(d)
+
+
 def test_json_matches_json_module():
     value = {"a": [1, 2.5, "é", None], "d": datetime.date(2020, 1, 2), "s": {3}}
     assert S.JSONSerializer().dumps(value) == json.dumps(value, default=S.object_encoder).encode()
