@@ -6,6 +6,10 @@ Switches (environment variables):
   CACHEME_DEBUG=1     asserts on, -O0 -g
   CACHEME_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer
   CACHEME_WERROR=1    warnings are errors (CI)
+  CACHEME_NO_PQ=1, CACHEME_NO_MARIADB=1, CACHEME_NO_SQLITE=1
+                      build without that SQL client library even if found
+Optional (SQL storages, found with pkg-config when installed): libpq (libpq-dev),
+MariaDB Connector/C (libmariadb-dev), sqlite3 (libsqlite3-dev).
 """
 import glob
 import os
@@ -21,6 +25,26 @@ REQUIRED = [
     (("msgpack-c", "msgpack"), "libmsgpack-dev"),
     (("zlib",), "zlib1g-dev"),
 ]
+
+
+# (pkg-config names, Debian package, define): SQL storages; the build goes on
+# without them, and using such a storage then raises an error naming the package.
+OPTIONAL = [
+    (("libpq",), "libpq-dev", "CM_HAVE_PQ"),
+    (("libmariadb", "mariadb"), "libmariadb-dev", "CM_HAVE_MARIADB"),
+    (("sqlite3",), "libsqlite3-dev", "CM_HAVE_SQLITE"),
+]
+
+
+def _optional(names):
+    if shutil.which("pkg-config") is None:
+        return None
+    for name in names:
+        if subprocess.call(["pkg-config", "--exists", name]) == 0:
+            cflags = subprocess.check_output(["pkg-config", "--cflags", name], text=True).split()
+            libs = subprocess.check_output(["pkg-config", "--libs", name], text=True).split()
+            return cflags, libs
+    return None
 
 
 def _flag(name):
@@ -50,6 +74,15 @@ def extension():
         cflags += c
         ldflags += l
     macros = []
+    for names, package, define in OPTIONAL:
+        found = None if _flag("CACHEME_NO_" + define[8:]) else _optional(names)
+        if found is None:
+            print(f"cacheme: {names[0]} not found; its storage is disabled "
+                  f"(Debian: apt-get install {package})", file=sys.stderr)
+            continue
+        cflags += found[0]
+        ldflags += found[1]
+        macros.append((define, "1"))
     if _flag("CACHEME_DEBUG"):
         cflags += ["-O0", "-g3", "-UNDEBUG"]
         macros.append(("CM_DEBUG", "1"))

@@ -37,6 +37,8 @@ static int cm_exec(PyObject *mod)
         goto done;
     if (cm_redis_init(mod, st) < 0) /* redis */
         goto done;
+    if (cm_sql_init(mod, st) < 0) /* sql */
+        goto done;
     if (PyModule_AddObjectRef(mod, "sentinel", st->sentinel) < 0)
         goto done;
     rc = 0;
@@ -67,6 +69,7 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->last_cfg);
     cm_serializer_traverse(st, visit, arg); /* serializer */
     cm_redis_traverse(st, visit, arg); /* redis */
+    cm_sql_traverse(st, visit, arg); /* sql */
     return 0;
 }
 
@@ -96,6 +99,7 @@ static int cm_clear(PyObject *mod)
     Py_CLEAR(st->last_cfg);
     cm_serializer_clear(st); /* serializer */
     cm_redis_clear(st); /* redis */
+    cm_sql_clear(st); /* sql */
     return 0;
 }
 

@@ -153,6 +153,20 @@ typedef struct {
     CM_REDIS_OBJECTS(CM_REDIS_DECLARE)
 #undef CM_REDIS_DECLARE
     /* end redis */
+    /* sql (sqlstore.c, pg.c, mysql.c, sqlite.c) */
+#define CM_SQL_OBJECTS(X)                                                                          \
+    X(PgClientType)                                                                                \
+    X(MySQLClientType)                                                                             \
+    X(SQLiteClientType)                                                                            \
+    X(SQLError)                                                                                    \
+    X(SQLConnectionError)                                                                          \
+    X(SQLTimeoutError)                                                                             \
+    X(SQLTableError)
+#define CM_SQL_DECLARE(n) PyObject *n;
+    CM_SQL_OBJECTS(CM_SQL_DECLARE)
+#undef CM_SQL_DECLARE
+    PyTypeObject *SqlConnType;
+    /* end sql */
 } CmState;
 
 static inline CmState *cm_state_from_module(PyObject *mod)
@@ -190,5 +204,10 @@ int cm_redis_traverse(CmState *st, visitproc visit, void *arg);
 void cm_redis_clear(CmState *st);
 /* end redis */
 
+/* sql */
+int cm_sql_init(PyObject *mod, CmState *st);
+int cm_sql_traverse(CmState *st, visitproc visit, void *arg);
+void cm_sql_clear(CmState *st);
+/* end sql */
 
 #endif

@@ -1,0 +1,110 @@
+"""SQLStorage: the base of the SQL storages (0.3.0 module path
+``cacheme.storages.sqldb``).
+
+The work is done in C (``cacheme._core.PgClient``, ``MySQLClient``,
+``SQLiteClient``): a pool of connections on the running asyncio loop,
+prepared statements with bound parameters, expired rows read as misses and
+swept periodically. This class only parses options and runs the DDL.
+
+Options common to the SQL storages (keyword arguments of ``Storage(url, ...)``):
+
+- ``table``: the table name, an SQL identifier (optionally ``schema.table``).
+- ``pool_size``: connections at most (PostgreSQL/MySQL).
+- ``create_table`` (False): create the table and its index on ``connect()``
+  if missing, from ``cacheme/storages/scripts/<db>.sql``; otherwise a missing
+  table fails ``connect()`` with ``SQLTableError`` saying to run that script.
+- ``timeout`` (5.0 s, per request), ``connect_timeout`` (5.0 s): past them a
+  request fails with ``SQLTimeoutError`` (a miss in ``get``).
+- ``sweep_interval`` (60 s; 0 disables), ``sweep_limit`` (1000): every
+  interval, at most ``sweep_limit`` expired rows are deleted (again after a
+  second while a sweep finds a full batch).
+"""
+import os
+import re
+from typing import Any, List
+
+from cacheme import _core
+from cacheme.storages.base import BaseStorage
+
+SQLError = _core.SQLError
+SQLConnectionError = _core.SQLConnectionError
+SQLTimeoutError = _core.SQLTimeoutError
+SQLTableError = _core.SQLTableError
+
+__all__ = ["SQLStorage", "SQLError", "SQLConnectionError", "SQLTimeoutError", "SQLTableError",
+           "ddl_script"]
+
+_SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
+
+
+def ddl_script(db: str, table: str = "cacheme_data", if_not_exists: bool = False) -> List[str]:
+    """The statements of scripts/<db>.sql for ``table``."""
+    with open(os.path.join(_SCRIPTS, f"{db}.sql")) as f:
+        text = f.read()
+    text = text.replace("ix_cacheme_data", "ix_" + table.replace(".", "_"))
+    text = text.replace("cacheme_data", table)
+    if if_not_exists:
+        text = re.sub(r"CREATE (TABLE|INDEX) ", r"CREATE \1 IF NOT EXISTS ", text)
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+class SQLStorage(BaseStorage):
+    """Base of PostgresStorage, MySQLStorage and SQLiteStorage; subclasses
+    put a C client first in their bases."""
+
+    _db = ""
+
+    def __init__(
+        self,
+        address: str,
+        table: str,
+        pool_size: int = 10,
+        create_table: bool = False,
+        timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        sweep_interval: float = 60.0,
+        sweep_limit: int = 1000,
+        **options: Any,
+    ):
+        BaseStorage.__init__(self, address)
+        if not isinstance(table, str):
+            raise TypeError(f"table must be str, not {type(table).__name__}")
+        self.table = table
+        self.pool_size = pool_size
+        self.create_table = create_table
+        self._c_init(
+            table,
+            pool_size=pool_size,
+            timeout=float(timeout),
+            connect_timeout=float(connect_timeout),
+            sweep_interval=float(sweep_interval),
+            sweep_limit=int(sweep_limit),
+            **options,
+        )
+
+    def _c_init(self, table: str, **kwargs: Any) -> None:
+        raise NotImplementedError()
+
+    async def _connect(self) -> None:
+        if self.create_table:
+            await self.execute_ddl(ddl_script(self._db, self.table, if_not_exists=True))
+        await self._ping()  # type: ignore[attr-defined]
+
+    async def connect(self) -> None:
+        await self._connect()
+
+    async def close(self) -> None:
+        self.close_now()  # type: ignore[attr-defined]
+
+    async def execute_ddl(self, ddl: Any) -> None:
+        """Run DDL: a string (statements separated by ';') or a list of them."""
+        stmts = [s.strip() for s in ddl.split(";")] if isinstance(ddl, str) else list(ddl)
+        for stmt in stmts:
+            if stmt:
+                await self.execute(stmt)  # type: ignore[attr-defined]
+
+    async def get_by_keys(self, keys: List[str]) -> Any:
+        raise NotImplementedError("use get_all(nodes, serializer)")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.address!r}, table={self.table!r})"

@@ -1,0 +1,708 @@
+/* MySQL/MariaDB driver of the SQL storage: MariaDB Connector/C's
+ * non-blocking API on the asyncio loop.
+ *
+ * Every call that may wait is a start/cont pair (mysql_X_start, mysql_X_cont): start returns the
+ * events it waits for (MYSQL_WAIT_READ/WRITE), the connection watches its
+ * socket for them, and on readiness calls _cont with what happened, until
+ * the call completes (status 0). A connection runs one such call at a time
+ * (c->phase says which), each request being a short chain of them:
+ *
+ *   connect   real_connect                          then idle, statements unprepared
+ *   get       [prepare] execute store_result        consecutive queued GETs coalesced
+ *   get_all   [prepare] execute store_result        into one `key` IN (?, ...) of a
+ *                                                   bucket size (1, 2, 4, .. 256; the
+ *                                                   rest padded with the last key)
+ *   set       [prepare] execute                     INSERT .. ON DUPLICATE KEY UPDATE
+ *   set_all   [prepare] execute                     MariaDB bulk execution (array
+ *                                                   binding): one round trip
+ *   remove, sweep  [prepare] execute                DELETE; sweep: .. LIMIT n
+ *   execute   real_query                            DDL, no parameters
+ *
+ * Statements are prepared on first use per connection, so a missing table
+ * is reported on that request (with the message naming the DDL script) and
+ * DDL can run first. Times are UTC (UTC_TIMESTAMP(6)), as 0.3.0 wrote them. */
+#include "mysql.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef CM_HAVE_MARIADB
+#include <mariadb/mysql.h> /* not "mysql.h": that is ours */
+#include <mariadb/errmsg.h>
+
+#define MY_BUCKETS 9 /* 1 .. 256 */
+#define MY_MAX_IN 256
+#define MY_MAX_COALESCE 64
+#define ER_NO_SUCH_TABLE_ 1146
+
+enum { PH_CONNECT, PH_IDLE, PH_PREPARE, PH_EXECUTE, PH_STORE, PH_QUERY };
+enum { S_GET, S_SET, S_MSET, S_DEL, S_SWEEP, S_MGET0 };
+#define S_COUNT (S_MGET0 + MY_BUCKETS)
+
+typedef struct {
+    MYSQL_STMT *stmt[S_COUNT];
+    MYSQL_STMT *adhoc; /* get_all beyond MY_MAX_IN keys */
+    MYSQL_STMT *cur;
+    int slot;          /* statement being prepared, -1: adhoc */
+    int nkeys;         /* IN list size of the current statement */
+    MYSQL *mret;
+    int iret;
+    /* parameter buffers of the request in flight */
+    MYSQL_BIND *binds;
+    unsigned long *lens;
+    char **ptrs;
+    long long *ttls;
+    char *inds;
+    char *sql;
+} MyConn;
+
+static const char *my_err(CmSqlConnObject *c)
+{
+    MyConn *mc = c->aux;
+    if (mc != NULL && mc->cur != NULL && mysql_stmt_errno(mc->cur))
+        return mysql_stmt_error(mc->cur);
+    return c->h ? mysql_error((MYSQL *)c->h) : "connection lost";
+}
+
+static unsigned my_errno(CmSqlConnObject *c)
+{
+    MyConn *mc = c->aux;
+    if (mc != NULL && mc->cur != NULL && mysql_stmt_errno(mc->cur))
+        return mysql_stmt_errno(mc->cur);
+    return c->h ? mysql_errno((MYSQL *)c->h) : CR_SERVER_LOST;
+}
+
+static void free_params(MyConn *mc)
+{
+    free(mc->binds);
+    free(mc->lens);
+    free(mc->ptrs);
+    free(mc->ttls);
+    free(mc->inds);
+    free(mc->sql);
+    mc->binds = NULL;
+    mc->lens = NULL;
+    mc->ptrs = NULL;
+    mc->ttls = NULL;
+    mc->inds = NULL;
+    mc->sql = NULL;
+}
+
+static void my_close(CmSqlConnObject *c)
+{
+    MyConn *mc = c->aux;
+    if (mc != NULL) {
+        /* the statements die with the connection: free them locally */
+        for (int i = 0; i < S_COUNT; i++)
+            if (mc->stmt[i] != NULL)
+                mysql_stmt_close(mc->stmt[i]);
+        if (mc->adhoc != NULL)
+            mysql_stmt_close(mc->adhoc);
+        free_params(mc);
+        free(mc);
+        c->aux = NULL;
+    }
+    if (c->h != NULL) {
+        MYSQL *m = c->h;
+        /* no COM_QUIT round trip: the socket is just closed */
+        mysql_close(m);
+        c->h = NULL;
+    }
+}
+
+static void fail_my(CmSqlConnObject *c)
+{
+    char buf[512];
+    snprintf(buf, sizeof(buf), "mysql: %s", my_err(c));
+    cm_sql_conn_fail(c, c->storage->st->SQLConnectionError, buf);
+}
+
+/* After a _start/_cont: wait for what it asks, or go on. */
+static void step_done(CmSqlConnObject *c);
+
+static void after(CmSqlConnObject *c, int status)
+{
+    if (status == 0) {
+        step_done(c);
+        return;
+    }
+    c->status = status;
+    if (cm_sql_conn_watch(c, (status & MYSQL_WAIT_READ) != 0, (status & MYSQL_WAIT_WRITE) != 0) <
+        0) {
+        PyErr_Clear();
+        cm_sql_conn_fail(c, NULL, "mysql: cannot watch the socket");
+    }
+}
+
+static const char *opt_str(CmSqlStorageObject *s, const char *name)
+{
+    PyObject *o = PyDict_GetItemString(s->options, name); // borrowed
+    if (o == NULL || o == Py_None || !PyUnicode_Check(o))
+        return NULL;
+    return PyUnicode_AsUTF8(o);
+}
+
+static int my_open(CmSqlConnObject *c)
+{
+    CmSqlStorageObject *s = c->storage; // borrowed
+    MyConn *mc = calloc(1, sizeof(*mc));
+    if (mc == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    c->aux = mc;
+    MYSQL *m = mysql_init(NULL);
+    if (m == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    c->h = m;
+    unsigned timeout = (unsigned)(s->connect_timeout + 1);
+    mysql_options(m, MYSQL_OPT_NONBLOCK, 0);
+    mysql_options(m, MYSQL_OPT_CONNECT_TIMEOUT, &timeout);
+    mysql_options(m, MYSQL_SET_CHARSET_NAME, "utf8mb4");
+    PyObject *port_o = PyDict_GetItemString(s->options, "port"); // borrowed
+    unsigned port = port_o ? (unsigned)PyLong_AsUnsignedLong(port_o) : 3306;
+    if (PyErr_Occurred())
+        return -1;
+    c->phase = PH_CONNECT;
+    int status = mysql_real_connect_start(&mc->mret, m, opt_str(s, "host"), opt_str(s, "user"),
+                                          opt_str(s, "password"), opt_str(s, "db"), port,
+                                          opt_str(s, "unix_socket"), CLIENT_FOUND_ROWS);
+    if (status == 0) {
+        if (mc->mret == NULL) {
+            PyErr_Format(s->st->SQLConnectionError, "mysql: %s", mysql_error(m));
+            return -1;
+        }
+        c->fd = mysql_get_socket(m);
+        step_done(c);
+        return 0;
+    }
+    c->fd = mysql_get_socket(m);
+    after(c, status);
+    return 0;
+}
+
+static int bucket_of(int n)
+{
+    int b = 0;
+    while ((1 << b) < n)
+        b++;
+    return b;
+}
+
+/* The SQL of a statement slot (or an IN list of n keys for adhoc). */
+static char *stmt_sql(CmSqlStorageObject *s, int slot, int n)
+{
+    const char *t = PyUnicode_AsUTF8(s->table);
+    if (t == NULL)
+        return NULL;
+    const char *fmt = NULL;
+    char *in = NULL;
+    switch (slot) {
+    case S_GET:
+        fmt = "SELECT value FROM %1$s WHERE `key` = ? AND "
+              "(expire IS NULL OR expire > UTC_TIMESTAMP(6))%2$s";
+        break;
+    case S_SET:
+    case S_MSET:
+        fmt = "INSERT INTO %1$s (`key`, value, expire, updated_at) VALUES (?, ?, "
+              "DATE_ADD(UTC_TIMESTAMP(6), INTERVAL ? MICROSECOND), UTC_TIMESTAMP(6)) "
+              "ON DUPLICATE KEY UPDATE value = VALUES(value), expire = VALUES(expire), "
+              "updated_at = VALUES(updated_at)%2$s";
+        break;
+    case S_DEL:
+        fmt = "DELETE FROM %1$s WHERE `key` = ?%2$s";
+        break;
+    case S_SWEEP:
+        fmt = "DELETE FROM %1$s WHERE expire <= UTC_TIMESTAMP(6) LIMIT ?%2$s";
+        break;
+    default:
+        fmt = "SELECT `key`, value FROM %1$s WHERE `key` IN (%2$s) AND "
+              "(expire IS NULL OR expire > UTC_TIMESTAMP(6))";
+        if (slot >= S_MGET0)
+            n = 1 << (slot - S_MGET0);
+        if ((in = malloc((size_t)n * 2 + 1)) == NULL)
+            return NULL;
+        for (int i = 0; i < n; i++) {
+            in[2 * i] = i ? ',' : ' ';
+            in[2 * i + 1] = '?';
+        }
+        in[2 * n] = '\0';
+        break;
+    }
+    size_t len = strlen(fmt) + 2 * strlen(t) + (in ? strlen(in) : 0) + 1;
+    char *sql = malloc(len);
+    if (sql != NULL)
+        snprintf(sql, len, fmt, t, in ? in : "");
+    free(in);
+    return sql;
+}
+
+static void run_batch(CmSqlConnObject *c);
+
+static int alloc_params(MyConn *mc, int nparams, int rows)
+{
+    free_params(mc);
+    mc->binds = calloc((size_t)nparams, sizeof(MYSQL_BIND));
+    mc->lens = calloc((size_t)(rows * 2 + nparams), sizeof(unsigned long));
+    mc->ptrs = calloc((size_t)(rows * 2 + 1), sizeof(char *));
+    mc->ttls = calloc((size_t)rows + 1, sizeof(long long));
+    mc->inds = calloc((size_t)rows + 1, 1);
+    if (!mc->binds || !mc->lens || !mc->ptrs || !mc->ttls || !mc->inds) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static int bind_str(MYSQL_BIND *b, unsigned long *len, PyObject *o, int blob)
+{
+    Py_ssize_t n;
+    const char *p;
+    if (PyBytes_Check(o)) {
+        p = PyBytes_AS_STRING(o);
+        n = PyBytes_GET_SIZE(o);
+    } else if ((p = PyUnicode_AsUTF8AndSize(o, &n)) == NULL) {
+        return -1;
+    }
+    b->buffer_type = blob ? MYSQL_TYPE_BLOB : MYSQL_TYPE_STRING;
+    b->buffer = (void *)p;
+    b->buffer_length = (unsigned long)n;
+    *len = (unsigned long)n;
+    b->length = len;
+    return 0;
+}
+
+/* Bind the batch's parameters to mc->cur and start executing it. */
+static void execute_batch(CmSqlConnObject *c)
+{
+    MyConn *mc = c->aux;
+    CmSqlReq *b = c->batch;
+    int nparams = (int)mysql_stmt_param_count(mc->cur);
+    int rows = b->kind == CM_SQL_SET_ALL ? (int)PyList_GET_SIZE(b->keys) : 1;
+    if (alloc_params(mc, nparams, rows) < 0)
+        goto bad;
+    MYSQL_BIND *bd = mc->binds;
+    switch (b->kind) {
+    case CM_SQL_GET:
+    case CM_SQL_GET_ALL: {
+        /* the keys: the coalesced GETs' or the list's; padded to nparams */
+        CmSqlReq *r = b;
+        Py_ssize_t nk = b->kind == CM_SQL_GET_ALL ? PyList_GET_SIZE(b->keys) : 0;
+        PyObject *last = NULL;
+        for (int i = 0; i < nparams; i++) {
+            PyObject *k;
+            if (b->kind == CM_SQL_GET_ALL)
+                k = i < nk ? PyList_GET_ITEM(b->keys, i) : last;
+            else {
+                k = r ? r->key : last;
+                if (r)
+                    r = r->next;
+            }
+            last = k;
+            if (bind_str(&bd[i], &mc->lens[i], k, 0) < 0)
+                goto bad;
+        }
+        break;
+    }
+    case CM_SQL_SET:
+        if (bind_str(&bd[0], &mc->lens[0], b->key, 0) < 0 ||
+            bind_str(&bd[1], &mc->lens[1], b->value, 1) < 0)
+            goto bad;
+        mc->ttls[0] = cm_sql_ttl_us(b);
+        bd[2].buffer_type = MYSQL_TYPE_LONGLONG;
+        bd[2].buffer = &mc->ttls[0];
+        mc->inds[0] = b->ttl < 0;
+        bd[2].is_null = (my_bool *)&mc->inds[0];
+        break;
+    case CM_SQL_SET_ALL: {
+        /* column-wise array binding: keys, values, ttls */
+        unsigned long *klens = mc->lens, *vlens = mc->lens + rows;
+        char **kp = mc->ptrs, **vp = mc->ptrs + rows;
+        for (int i = 0; i < rows; i++) {
+            Py_ssize_t n;
+            const char *k = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(b->keys, i), &n);
+            if (k == NULL)
+                goto bad;
+            kp[i] = (char *)k;
+            klens[i] = (unsigned long)n;
+            PyObject *v = PyList_GET_ITEM(b->values, i); // borrowed
+            vp[i] = PyBytes_AS_STRING(v);
+            vlens[i] = (unsigned long)PyBytes_GET_SIZE(v);
+            mc->ttls[i] = cm_sql_ttl_us(b);
+            mc->inds[i] = b->ttl < 0 ? STMT_INDICATOR_NULL : STMT_INDICATOR_NONE;
+        }
+        bd[0].buffer_type = MYSQL_TYPE_STRING;
+        bd[0].buffer = kp;
+        bd[0].length = klens;
+        bd[1].buffer_type = MYSQL_TYPE_BLOB;
+        bd[1].buffer = vp;
+        bd[1].length = vlens;
+        bd[2].buffer_type = MYSQL_TYPE_LONGLONG;
+        bd[2].buffer = mc->ttls;
+        bd[2].u.indicator = mc->inds;
+        unsigned int size = (unsigned int)rows;
+        mysql_stmt_attr_set(mc->cur, STMT_ATTR_ARRAY_SIZE, &size);
+        break;
+    }
+    case CM_SQL_DEL:
+        if (bind_str(&bd[0], &mc->lens[0], b->key, 0) < 0)
+            goto bad;
+        break;
+    case CM_SQL_SWEEP:
+        mc->ttls[0] = b->limit;
+        bd[0].buffer_type = MYSQL_TYPE_LONGLONG;
+        bd[0].buffer = &mc->ttls[0];
+        break;
+    default:
+        break;
+    }
+    if (mysql_stmt_bind_param(mc->cur, mc->binds)) {
+        for (CmSqlReq *r = b; r != NULL; r = r->next)
+            cm_sql_req_error(c->storage, r, c->storage->st->SQLError, mysql_stmt_error(mc->cur));
+        cm_sql_conn_done(c);
+        return;
+    }
+    c->phase = PH_EXECUTE;
+    after(c, mysql_stmt_execute_start(&mc->iret, mc->cur));
+    return;
+bad:
+    for (CmSqlReq *r = b; r != NULL; r = r->next)
+        cm_sql_req_error(c->storage, r, c->storage->st->SQLError, "mysql: bad request");
+    PyErr_Clear();
+    cm_sql_conn_done(c);
+}
+
+/* Pick (or prepare) the statement of the batch, then execute. */
+static void run_batch(CmSqlConnObject *c)
+{
+    CmSqlStorageObject *s = c->storage; // borrowed
+    MyConn *mc = c->aux;
+    CmSqlReq *b = c->batch;
+    int slot, n = 1;
+    switch (b->kind) {
+    case CM_SQL_PING:
+        slot = S_GET;
+        break;
+    case CM_SQL_GET:
+        for (CmSqlReq *r = b->next; r != NULL; r = r->next)
+            n++;
+        slot = n == 1 ? S_GET : S_MGET0 + bucket_of(n);
+        break;
+    case CM_SQL_GET_ALL:
+        n = (int)PyList_GET_SIZE(b->keys);
+        slot = n > MY_MAX_IN ? -1 : S_MGET0 + bucket_of(n);
+        break;
+    case CM_SQL_SET:
+        slot = S_SET;
+        break;
+    case CM_SQL_SET_ALL:
+        slot = S_MSET;
+        break;
+    case CM_SQL_DEL:
+        slot = S_DEL;
+        break;
+    case CM_SQL_SWEEP:
+        slot = S_SWEEP;
+        break;
+    default: {
+        const char *sql = PyUnicode_AsUTF8(b->key);
+        if (sql == NULL) {
+            PyErr_Clear();
+            cm_sql_req_error(s, b, s->st->SQLError, "mysql: bad SQL");
+            cm_sql_conn_done(c);
+            return;
+        }
+        mc->cur = NULL;
+        c->phase = PH_QUERY;
+        after(c, mysql_real_query_start(&mc->iret, (MYSQL *)c->h, sql, strlen(sql)));
+        return;
+    }
+    }
+    mc->slot = slot;
+    mc->nkeys = n;
+    MYSQL_STMT *st = slot >= 0 ? mc->stmt[slot] : NULL;
+    if (st != NULL) {
+        if (b->kind == CM_SQL_PING) {
+            cm_sql_conn_done(c);
+            return;
+        }
+        mc->cur = st;
+        execute_batch(c);
+        return;
+    }
+    if ((st = mysql_stmt_init((MYSQL *)c->h)) == NULL) {
+        fail_my(c);
+        return;
+    }
+    free(mc->sql);
+    if ((mc->sql = stmt_sql(s, slot, n)) == NULL) {
+        mysql_stmt_close(st);
+        PyErr_Clear();
+        cm_sql_req_error(s, b, s->st->SQLError, "mysql: out of memory");
+        cm_sql_conn_done(c);
+        return;
+    }
+    if (slot < 0) {
+        if (mc->adhoc != NULL)
+            mysql_stmt_close(mc->adhoc);
+        mc->adhoc = st;
+    }
+    mc->cur = st;
+    c->phase = PH_PREPARE;
+    after(c, mysql_stmt_prepare_start(&mc->iret, st, mc->sql, strlen(mc->sql)));
+}
+
+static void my_start(CmSqlConnObject *c)
+{
+    CmSqlStorageObject *s = c->storage; // borrowed
+    CmSqlReq *b = cm_sql_take(s, MY_MAX_COALESCE);
+    if (b == NULL)
+        return;
+    c->batch = b;
+    c->state = CM_SQL_BUSY;
+    c->deadline = cm_sql_now() + (int64_t)(s->timeout * 1e9);
+    run_batch(c);
+}
+
+/* The request failed on the server (iret != 0): connection lost, or an
+ * error of this request alone. */
+static void request_failed(CmSqlConnObject *c)
+{
+    unsigned e = my_errno(c);
+    if (e >= 2000 && e < 3000) { /* client errors: the connection is gone */
+        fail_my(c);
+        return;
+    }
+    char buf[512];
+    snprintf(buf, sizeof(buf), "mysql: %s", my_err(c));
+    for (CmSqlReq *r = c->batch; r != NULL; r = r->next)
+        cm_sql_req_error_sql(c->storage, r, e == ER_NO_SUCH_TABLE_, buf);
+    cm_sql_conn_done(c);
+}
+
+static PyObject *fetch_col(MYSQL_STMT *st, MYSQL_BIND *rb, unsigned long len, my_bool isnull,
+                           int col)
+{
+    if (isnull)
+        return Py_NewRef(Py_None);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+    if (out == NULL || len == 0)
+        return out;
+    MYSQL_BIND b;
+    memset(&b, 0, sizeof(b));
+    b.buffer_type = rb->buffer_type;
+    b.buffer = PyBytes_AS_STRING(out);
+    b.buffer_length = len;
+    if (mysql_stmt_fetch_column(st, &b, (unsigned)col, 0)) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_RuntimeError, "mysql: cannot fetch a column");
+        return NULL;
+    }
+    return out;
+}
+
+/* Rows of a stored result into the batch's results. */
+static void read_rows(CmSqlConnObject *c)
+{
+    MyConn *mc = c->aux;
+    CmSqlReq *b = c->batch;
+    MYSQL_STMT *st = mc->cur;
+    int ncols = (int)mysql_stmt_field_count(st);
+    MYSQL_BIND rb[2];
+    unsigned long lens[2] = {0, 0};
+    my_bool nulls[2] = {0, 0};
+    memset(rb, 0, sizeof(rb));
+    for (int i = 0; i < ncols && i < 2; i++) {
+        rb[i].buffer_type = MYSQL_TYPE_BLOB;
+        rb[i].length = &lens[i];
+        rb[i].is_null = &nulls[i];
+    }
+    mysql_stmt_bind_result(st, rb);
+    int rc;
+    while ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED) {
+        if (ncols == 1) {
+            if (b->result == NULL && (b->result = fetch_col(st, &rb[0], lens[0], nulls[0], 0)) == NULL)
+                goto oom;
+        } else {
+            PyObject *k = fetch_col(st, &rb[0], lens[0], nulls[0], 0);
+            if (k == NULL || k == Py_None) {
+                Py_XDECREF(k);
+                goto oom;
+            }
+            int prc = cm_sql_result_put(b, PyBytes_AS_STRING(k), (size_t)PyBytes_GET_SIZE(k),
+                                        fetch_col(st, &rb[1], lens[1], nulls[1], 1));
+            Py_DECREF(k);
+            if (prc < 0)
+                goto oom;
+        }
+    }
+    if (b->kind == CM_SQL_GET && ncols == 2) {
+        /* coalesced gets: hand each its own row */
+        PyObject *found = b->result;
+        b->result = NULL;
+        for (CmSqlReq *r = b; r != NULL && found != NULL; r = r->next) {
+            PyObject *v = PyDict_GetItemWithError(found, r->key); // borrowed
+            Py_XSETREF(r->result, Py_XNewRef(v));
+        }
+        Py_XDECREF(found);
+    }
+    mysql_stmt_free_result(st);
+    PyErr_Clear();
+    return;
+oom:
+    PyErr_Clear();
+    mysql_stmt_free_result(st);
+    for (CmSqlReq *r = b; r != NULL; r = r->next)
+        cm_sql_req_error(c->storage, r, c->storage->st->SQLError, "mysql: cannot read a row");
+}
+
+static void step_done(CmSqlConnObject *c)
+{
+    MyConn *mc = c->aux;
+    CmSqlStorageObject *s = c->storage; // borrowed
+    switch (c->phase) {
+    case PH_CONNECT:
+        if (mc->mret == NULL) {
+            fail_my(c);
+            return;
+        }
+        c->fd = mysql_get_socket((MYSQL *)c->h);
+        c->phase = PH_IDLE;
+        cm_sql_conn_ready(c);
+        break;
+    case PH_PREPARE:
+        if (mc->iret != 0) {
+            int slot = mc->slot;
+            unsigned e = my_errno(c);
+            char buf[512];
+            snprintf(buf, sizeof(buf), "mysql: %s", my_err(c));
+            if (slot < 0)
+                mc->adhoc = NULL;
+            mysql_stmt_close(mc->cur);
+            mc->cur = NULL;
+            if (e >= 2000 && e < 3000) {
+                cm_sql_conn_fail(c, s->st->SQLConnectionError, buf);
+                return;
+            }
+            for (CmSqlReq *r = c->batch; r != NULL; r = r->next)
+                cm_sql_req_error_sql(s, r, e == ER_NO_SUCH_TABLE_, buf);
+            c->phase = PH_IDLE;
+            cm_sql_conn_done(c);
+            break;
+        }
+        if (mc->slot >= 0)
+            mc->stmt[mc->slot] = mc->cur;
+        if (c->batch->kind == CM_SQL_PING) {
+            c->phase = PH_IDLE;
+            cm_sql_conn_done(c);
+            break;
+        }
+        execute_batch(c);
+        return;
+    case PH_EXECUTE:
+        if (mc->iret != 0) {
+            c->phase = PH_IDLE;
+            request_failed(c);
+            break;
+        }
+        if (c->batch->kind == CM_SQL_GET || c->batch->kind == CM_SQL_GET_ALL) {
+            c->phase = PH_STORE;
+            after(c, mysql_stmt_store_result_start(&mc->iret, mc->cur));
+            return;
+        }
+        if (c->batch->kind == CM_SQL_SWEEP)
+            Py_XSETREF(c->batch->result,
+                       PyLong_FromUnsignedLongLong(mysql_stmt_affected_rows(mc->cur)));
+        if (c->batch->kind == CM_SQL_SET_ALL) {
+            unsigned int zero = 0;
+            mysql_stmt_attr_set(mc->cur, STMT_ATTR_ARRAY_SIZE, &zero);
+        }
+        PyErr_Clear();
+        c->phase = PH_IDLE;
+        cm_sql_conn_done(c);
+        break;
+    case PH_STORE:
+        c->phase = PH_IDLE;
+        if (mc->iret != 0) {
+            request_failed(c);
+            break;
+        }
+        read_rows(c);
+        cm_sql_conn_done(c);
+        break;
+    case PH_QUERY:
+        c->phase = PH_IDLE;
+        if (mc->iret != 0) {
+            request_failed(c);
+            break;
+        }
+        cm_sql_conn_done(c);
+        break;
+    default:
+        break;
+    }
+    if (c->state != CM_SQL_CLOSED && c->phase == PH_IDLE) {
+        free_params(mc);
+        /* idle: any byte from the server now means it is closing */
+        if (cm_sql_conn_watch(c, 1, 0) < 0) {
+            PyErr_Clear();
+            cm_sql_conn_fail(c, NULL, "mysql: cannot watch the socket");
+        }
+    }
+}
+
+static int cont(CmSqlConnObject *c, int ready)
+{
+    MyConn *mc = c->aux;
+    switch (c->phase) {
+    case PH_CONNECT:
+        return mysql_real_connect_cont(&mc->mret, (MYSQL *)c->h, ready);
+    case PH_PREPARE:
+        return mysql_stmt_prepare_cont(&mc->iret, mc->cur, ready);
+    case PH_EXECUTE:
+        return mysql_stmt_execute_cont(&mc->iret, mc->cur, ready);
+    case PH_STORE:
+        return mysql_stmt_store_result_cont(&mc->iret, mc->cur, ready);
+    case PH_QUERY:
+        return mysql_real_query_cont(&mc->iret, (MYSQL *)c->h, ready);
+    default:
+        return 0;
+    }
+}
+
+static void my_io(CmSqlConnObject *c, int readable, int writable)
+{
+    if (c->phase == PH_IDLE) {
+        if (readable)
+            cm_sql_conn_fail(c, c->storage->st->SQLConnectionError,
+                             "mysql: the server closed the connection");
+        return;
+    }
+    int ready = (readable ? MYSQL_WAIT_READ : 0) | (writable ? MYSQL_WAIT_WRITE : 0);
+    if (!(ready & c->status))
+        return;
+    after(c, cont(c, ready));
+}
+
+const CmSqlDriver cm_mysql_driver = {
+    .name = "mysql",
+    .package = "libmariadb-dev",
+    .available = 1,
+    .open = my_open,
+    .io = my_io,
+    .start = my_start,
+    .close = my_close,
+};
+
+#else /* !CM_HAVE_MARIADB */
+
+const CmSqlDriver cm_mysql_driver = {
+    .name = "mysql",
+    .package = "libmariadb-dev",
+    .available = 0,
+};
+
+#endif

@@ -1,0 +1,441 @@
+"""The SQL storages (PostgreSQL, MySQL/MariaDB, SQLite) against real
+servers: temporary ones started on free ports (tests/sql_servers.py)."""
+import asyncio
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+
+import pytest
+
+import cacheme
+from cacheme import _core
+from cacheme.models import sentinel
+from cacheme.serializer import JSONSerializer, MsgPackSerializer, PickleSerializer
+from cacheme.storages.sqldb import SQLConnectionError, SQLTableError, SQLTimeoutError, ddl_script
+from conftest import unique
+from sql_servers import MariaServer, PgServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV_030 = os.path.join(ROOT, ".bench", "venv-sql-030", "bin", "python")
+
+BACKENDS = ["postgresql", "sqlite", "mysql"]
+
+
+def _available(backend):
+    tp = {"postgresql": _core.PgClient, "mysql": _core.MySQLClient,
+          "sqlite": _core.SQLiteClient}[backend]
+    return tp.__new__(tp).library_available
+
+
+_servers = {}
+
+
+def server(backend):
+    """The session's temporary server of a backend (started once)."""
+    if backend not in _servers:
+        try:
+            srv = PgServer() if backend == "postgresql" else MariaServer()
+            srv.start()
+        except Exception as e:  # pragma: no cover - depends on the machine
+            _servers[backend] = e
+        else:
+            _servers[backend] = srv
+    srv = _servers[backend]
+    if isinstance(srv, Exception):
+        pytest.skip(f"{backend} server unavailable: {srv}")
+    return srv
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_servers():
+    yield
+    for srv in _servers.values():
+        if not isinstance(srv, Exception):
+            srv.cleanup()
+    _servers.clear()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    if not _available(request.param):
+        pytest.skip(f"cacheme built without the {request.param} library")
+    return request.param
+
+
+@pytest.fixture
+def url(backend, tmp_path):
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path}/cache.db"
+    return server(backend).url
+
+
+def make_node(caches, serializer=MsgPackSerializer(), version="v1"):
+    calls = []
+
+    @dataclasses.dataclass
+    class UserNode(cacheme.Node):
+        uid: int
+
+        def key(self) -> str:
+            return f"user:{self.uid}"
+
+        async def load(self):
+            calls.append(self.uid)
+            return {"uid": self.uid, "name": f"u{self.uid}"}
+
+        class Meta(cacheme.Node.Meta):
+            pass
+
+    UserNode.Meta.version = version
+    UserNode.Meta.caches = caches
+    UserNode.Meta.serializer = serializer
+    UserNode.__qualname__ = unique("UserNode")
+    return UserNode, calls
+
+
+class K:
+    """A bare node: just a full key."""
+
+    def __init__(self, key):
+        self.k = key
+
+    def full_key(self):
+        return self.k
+
+
+async def register(url, **options):
+    name = unique("sql-")
+    options.setdefault("table", unique("cm_t"))
+    options.setdefault("create_table", True)
+    await cacheme.register_storage(name, cacheme.Storage(url=url, **options))
+    return name
+
+
+def storage_of(name):
+    return cacheme.data.get_storage_by_name(name)._storage
+
+
+# ---------------------------------------------------------------- basics
+
+
+async def test_get_set_through_cacheme(url):
+    name = await register(url)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
+    assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
+    assert calls == [1]
+    # stored under 0.3.0's key
+    raw = await storage_of(name).get_by_key(f"cacheme:user:1:v1")
+    assert MsgPackSerializer().loads(raw) == {"uid": 1, "name": "u1"}
+    await cacheme.invalidate(Node(1))
+    assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
+    assert calls == [1, 1]
+
+
+async def test_get_all_set_all(url):
+    name = await register(url)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    await cacheme.get(Node(2))
+    got = await cacheme.get_all([Node(i) for i in range(5)])
+    assert got == [{"uid": i, "name": f"u{i}"} for i in range(5)]
+    assert sorted(calls) == [0, 1, 2, 3, 4]
+    got = await cacheme.get_all([Node(i) for i in range(5)])
+    assert len(calls) == 5
+    s = storage_of(name)
+    pairs = await s.get_all([K("a"), K("b")], None)
+    assert pairs == []
+    await s.set_all([(K("a"), b"1"), (K("b"), b"2"), (K("a"), b"3")], None, None)
+    pairs = await s.get_all([K("a"), K("b"), K("c"), K("a")], None)
+    assert [(n.k, v) for n, v in pairs] == [("a", b"3"), ("b", b"2"), ("a", b"3")]
+    assert await s.get_all([], None) == []
+
+
+@pytest.mark.parametrize("ser", [MsgPackSerializer(), JSONSerializer(), PickleSerializer(), None])
+async def test_serializers_and_raw(url, ser):
+    name = await register(url)
+    s = storage_of(name)
+    value = b"\x00raw\xff" if ser is None else {"a": [1, 2.5, "x"], "b": None}
+    await s.set(K("k"), value, None, ser)
+    assert await s.get(K("k"), ser) == value
+    assert await s.get(K("missing"), ser) is sentinel
+
+
+async def test_parameters_are_bound(url):
+    name = await register(url)
+    s = storage_of(name)
+    evil = "x'); DROP TABLE t; -- \" ` \\ \u00e9\u4e2d"
+    await s.set(K(evil), b"v", None, None)
+    assert await s.get(K(evil), None) == b"v"
+    assert [(n.k, v) for n, v in await s.get_all([K(evil)], None)] == [(evil, b"v")]
+    await s.remove(K(evil))
+    assert await s.get(K(evil), None) is sentinel
+
+
+async def test_upsert_overwrites(url):
+    name = await register(url)
+    s = storage_of(name)
+    await s.set(K("k"), b"1", timedelta(seconds=0.2), None)
+    await s.set(K("k"), b"2", None, None)
+    await asyncio.sleep(0.3)
+    assert await s.get(K("k"), None) == b"2"  # the TTL went away with the upsert
+
+
+async def test_expired_rows_are_misses_and_swept(url):
+    name = await register(url)
+    s = storage_of(name)
+    await s.set_all([(K(f"e{i}"), b"x") for i in range(10)], timedelta(seconds=0.2), None)
+    await s.set(K("keep"), b"y", timedelta(hours=1), None)
+    await s.set(K("forever"), b"z", None, None)
+    assert await s.get(K("e1"), None) == b"x"
+    await asyncio.sleep(0.35)
+    assert await s.get(K("e1"), None) is sentinel
+    assert await s.get_all([K("e1"), K("keep")], None) != []
+    assert [n.k for n, _ in await s.get_all([K("e1"), K("keep")], None)] == ["keep"]
+    assert await s.sweep(4) == 4  # bounded
+    assert await s.sweep(100) == 6
+    assert await s.sweep(100) == 0
+    assert await s.get(K("keep"), None) == b"y"
+    assert await s.get(K("forever"), None) == b"z"
+
+
+async def test_periodic_sweep(url):
+    name = await register(url, sweep_interval=0.2)
+    s = storage_of(name)
+    await s.set_all([(K(f"e{i}"), b"x") for i in range(5)], timedelta(seconds=0.05), None)
+    for _ in range(40):
+        await asyncio.sleep(0.1)
+        # sqlite sweeps on writes
+        await s.set(K("tick"), b"t", None, None)
+        if await s.sweep(100) == 0:
+            break
+    assert await s.sweep(100) == 0
+
+
+async def test_table_name_validated(url):
+    for bad in ["", "a b", "x;drop", "1abc", "a.b.c", "t-1", "ta'ble"]:
+        with pytest.raises(ValueError, match="invalid table name"):
+            cacheme.Storage(url=url, table=bad)
+
+
+async def test_missing_table_error(url, backend):
+    st = cacheme.Storage(url=url, table=unique("cm_missing"))
+    with pytest.raises(SQLTableError, match=rf"scripts/{backend}\.sql.*create_table=True"):
+        await st.connect()
+    # the DDL script creates it
+    await st._storage.execute_ddl(ddl_script(backend, st._storage.table))
+    await st.connect()
+    await st.set(K("a"), b"1", None, None)
+    assert await st.get(K("a"), None) == b"1"
+    await st.close()
+
+
+async def test_concurrent_gets(url):
+    name = await register(url, pool_size=4)
+    s = storage_of(name)
+    await s.set_all([(K(f"k{i}"), str(i).encode()) for i in range(200)], None, None)
+    got = await asyncio.gather(*[s.get(K(f"k{i % 250}"), None) for i in range(2000)])
+    for i, v in enumerate(got):
+        assert v == (str(i % 250).encode() if i % 250 < 200 else sentinel)
+    if url.startswith(("postgresql", "mysql")):
+        info = s.pool_info()
+        assert info["idle"] + info["connecting"] <= 4 and info["busy"] == 0
+
+
+async def test_singleflight_and_pool_over_loops(url):
+    # the storage follows the running loop (pytest-asyncio: one per test)
+    name = await register(url)
+    s = storage_of(name)
+    await s.set(K("a"), b"1", None, None)
+    assert await s.get(K("a"), None) == b"1"
+
+
+def test_storage_survives_loop_change(url):
+    s = cacheme.Storage(url=url, table=unique("cm_t"), create_table=True)
+
+    async def once(i):
+        await s.connect()
+        await s.set(K("a"), str(i).encode(), None, None)
+        return await s.get(K("a"), None)
+
+    assert asyncio.run(once(1)) == b"1"
+    assert asyncio.run(once(2)) == b"2"
+
+
+def test_no_library_error_names_package():
+    for tp, pkg in [(_core.PgClient, "libpq-dev"), (_core.MySQLClient, "libmariadb-dev"),
+                    (_core.SQLiteClient, "libsqlite3-dev")]:
+        obj = tp.__new__(tp)
+        if obj.library_available:
+            continue
+        with pytest.raises(RuntimeError, match=pkg):
+            tp("x", "t")
+
+
+# ---------------------------------------------------------------- faults
+
+
+@pytest.fixture
+def own_server(backend):
+    if backend == "sqlite":
+        pytest.skip("no server")
+    srv = PgServer() if backend == "postgresql" else MariaServer()
+    srv.start()
+    yield srv
+    srv.cleanup()
+
+
+async def test_server_restart(own_server):
+    url = own_server.url
+    name = await register(url, pool_size=4, timeout=2.0, connect_timeout=2.0)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    s = storage_of(name)
+    await cacheme.get_all([Node(i) for i in range(20)])
+    assert len(calls) == 20
+    await cacheme.get_all([Node(i) for i in range(20)])
+    assert len(calls) == 20
+
+    stop = asyncio.get_running_loop().run_in_executor(None, own_server.stop)
+    t0 = time.monotonic()
+    # requests while the server goes down and is down: misses, then loads
+    while not stop.done():
+        await asyncio.wait_for(cacheme.get(Node(1)), 5)
+        await asyncio.sleep(0.01)
+    await stop
+    for i in range(20):
+        assert await asyncio.wait_for(cacheme.get(Node(i)), 5) == {"uid": i, "name": f"u{i}"}
+    assert time.monotonic() - t0 < 30
+    assert len(calls) > 20
+    with pytest.raises((SQLConnectionError, SQLTimeoutError)):
+        await asyncio.wait_for(s.get(K("x"), None), 5)
+
+    await asyncio.get_running_loop().run_in_executor(None, own_server.start)
+    # the pool reconnects (after its backoff) and serves the rows kept on disk
+    before = len(calls)
+    for _ in range(100):
+        try:
+            if await asyncio.wait_for(s.get(K("cacheme:user:5:v1"), None), 5) is not sentinel:
+                break
+        except (SQLConnectionError, SQLTimeoutError):
+            pass
+        await asyncio.sleep(0.1)
+    assert await cacheme.get(Node(5)) == {"uid": 5, "name": "u5"}
+    assert len(calls) == before
+
+
+async def test_timeout_when_server_hangs(own_server, backend):
+    url = own_server.url
+    table = unique("cm_t")
+    name = await register(url, table=table, pool_size=2, timeout=0.5)
+    s = storage_of(name)
+    await s.set(K("a"), b"1", None, None)
+    # another client locks the table inside an open transaction
+    locker = cacheme.Storage(url=url, table=table, pool_size=1)
+    await locker.connect()
+    if backend == "postgresql":
+        await locker._storage.execute(f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    else:
+        await locker._storage.execute(f"LOCK TABLES {table} WRITE")
+    t0 = time.monotonic()
+    with pytest.raises(SQLTimeoutError):
+        await asyncio.wait_for(s.get(K("a"), None), 5)
+    assert time.monotonic() - t0 < 2
+    await locker.close()
+    for _ in range(50):
+        try:
+            assert await asyncio.wait_for(s.get(K("a"), None), 5) == b"1"
+            break
+        except SQLTimeoutError:
+            await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("no recovery after the lock went away")
+
+
+async def test_unreachable_server_fails_fast():
+    from sql_servers import free_port
+
+    for scheme in ("postgresql", "mysql"):
+        if not _available(scheme):
+            continue
+        url = f"{scheme}://root@127.0.0.1:{free_port()}/test"
+        st = cacheme.Storage(url=url, table="t", connect_timeout=1.0)
+        t0 = time.monotonic()
+        with pytest.raises(SQLConnectionError):
+            await st.connect()
+        with pytest.raises(SQLConnectionError):
+            await st.get(K("a"), None)
+        assert time.monotonic() - t0 < 3
+        await st.close()
+
+
+# ---------------------------------------------------------------- 0.3.0
+
+
+SCRIPT_030 = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from dataclasses import dataclass
+    from datetime import timedelta
+    import cacheme
+    from cacheme.serializer import MsgPackSerializer
+
+    url, table, mode = sys.argv[1:4]
+    loads = []
+
+    @dataclass
+    class UserNode(cacheme.Node):
+        uid: int
+
+        def key(self) -> str:
+            return f"user:{self.uid}"
+
+        async def load(self):
+            loads.append(self.uid)
+            return {"uid": self.uid, "name": f"u{self.uid}", "by": "030"}
+
+        class Meta(cacheme.Node.Meta):
+            version = "v1"
+            caches = [cacheme.Cache(storage="sql", ttl=timedelta(hours=1))]
+            serializer = MsgPackSerializer()
+
+    async def main():
+        await cacheme.register_storage("sql", cacheme.Storage(url=url, table=table))
+        out = [await cacheme.get(UserNode(i)) for i in range(10)]
+        print(json.dumps({"values": out, "loads": loads}))
+
+    asyncio.run(main())
+    """
+)
+
+
+def run_030(url, table):
+    from sql_servers import server_env
+
+    r = subprocess.run([VENV_030, "-c", SCRIPT_030, url, table, "rw"], capture_output=True,
+                       text=True, timeout=120, cwd="/", env=server_env())
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not os.path.exists(VENV_030),
+                    reason="cacheme 0.3.0 venv missing (make bench-sql-venvs)")
+async def test_shared_table_with_030(url, backend):
+    table = unique("cm_t")
+    name = await register(url, table=table)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=timedelta(hours=1))])
+    # ours writes 0..4, 0.3.0 reads them and writes 5..9
+    await cacheme.get_all([Node(i) for i in range(5)])
+    out = await asyncio.get_running_loop().run_in_executor(None, run_030, url, table)
+    assert out["loads"] == [5, 6, 7, 8, 9]
+    assert out["values"][:5] == [{"uid": i, "name": f"u{i}"} for i in range(5)]
+    # ours reads what 0.3.0 wrote
+    calls.clear()
+    got = await cacheme.get_all([Node(i) for i in range(10)])
+    assert calls == []
+    assert got[5:] == [{"uid": i, "name": f"u{i}", "by": "030"} for i in range(5, 10)]
+    # and expiry written by 0.3.0 is understood: not expired
+    assert await storage_of(name).sweep(100) == 0
