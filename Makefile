@@ -12,10 +12,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 CSRC := $(wildcard csrc/*.c csrc/*.h)
-SYSTEM_PKGS := pkg-config libhiredis-dev libmsgpack-dev zlib1g-dev valgrind redis-server redis-tools
 export CACHEME_WERROR ?= 1
 
-.PHONY: all deps venv build demo test test-c test-py test-sdist test-asan test-debug format format-check clean
+.PHONY: all deps venv build demo test test-c test-py test-venvs test-sdist test-asan test-debug format format-check clean
 
 all: build
 
@@ -29,6 +28,11 @@ deps:
 	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
+	pkg-config --exists libpq 2>/dev/null || missing="$$missing libpq-dev"; \
+	{ pkg-config --exists libmariadb 2>/dev/null || pkg-config --exists mariadb 2>/dev/null; } || missing="$$missing libmariadb-dev"; \
+	pkg-config --exists sqlite3 2>/dev/null || missing="$$missing libsqlite3-dev"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	{ command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ]; } || missing="$$missing mariadb-server"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -47,9 +51,15 @@ build: $(VENV)/.stamp $(CSRC)
 	$(PY) setup.py -q build_ext --inplace
 	@echo "$(CURDIR)" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/cacheme-dev.pth
 
-$(VENV)/.test-stamp: $(VENV)/.stamp pyproject.toml
-	$(PIP) install -q "pytest>=7" "pytest-asyncio>=0.23" "mypy>=1.5"
+# Test tools; pydantic (2.x, which also carries the v1 API) and msgpack for
+# the serializer tests; cacheme 0.3.0 in its own venv for the tests that share
+# a cache with it.
+$(VENV)/.test-stamp: $(VENV)/.stamp pyproject.toml Makefile
+	$(PIP) install -q "pytest>=7" "pytest-asyncio>=0.23" "pytest-timeout>=2" "mypy>=1.5" "pydantic>=2" msgpack
 	touch $@
+
+test-venvs:
+	bash benchmarks/sql_venvs.sh
 
 demo: venv
 	$(PY) examples/demo.py
@@ -58,8 +68,8 @@ test-c: deps
 	$(MAKE) -C tests/c valgrind
 	$(MAKE) -C tests/c -f resp.mk resp-valgrind
 
-test-py: venv $(VENV)/.test-stamp
-	$(PY) -m pytest tests -q
+test-py: venv $(VENV)/.test-stamp test-venvs
+	$(PY) -m pytest tests -q --timeout 300
 
 test: test-c test-py test-sdist
 
@@ -72,7 +82,7 @@ test-sdist: venv
 	cd build/sdist && venv/bin/python -c "import cacheme, cacheme._core; assert 'build/sdist/venv' in cacheme.__file__; print('sdist ok:', cacheme.__file__)"
 
 # The whole pytest suite against a sanitizer build kept apart in build/asan-pkg.
-test-asan: deps $(VENV)/.test-stamp
+test-asan: deps $(VENV)/.test-stamp test-venvs
 	rm -rf build/asan-pkg && mkdir -p build/asan-pkg
 	CACHEME_SANITIZE=1 $(PY) setup.py -q build_ext --build-lib build/asan-pkg --build-temp build/asan-tmp --force
 	cp -r cacheme/*.py cacheme/py.typed cacheme/storages build/asan-pkg/cacheme/
@@ -83,7 +93,7 @@ test-asan: deps $(VENV)/.test-stamp
 	$(MAKE) -C tests/c asan
 	$(MAKE) -C tests/c -f resp.mk resp-asan
 
-test-debug: deps $(VENV)/.test-stamp
+test-debug: deps $(VENV)/.test-stamp test-venvs
 	rm -rf build/debug-pkg && mkdir -p build/debug-pkg
 	CACHEME_DEBUG=1 $(PY) setup.py -q build_ext --build-lib build/debug-pkg --build-temp build/debug-tmp --force
 	cp -r cacheme/*.py cacheme/py.typed cacheme/storages build/debug-pkg/cacheme/
@@ -101,3 +111,4 @@ clean:
 include benchmarks/bench.mk
 include benchmarks/serializer.mk
 include benchmarks/redis.mk
+include benchmarks/sql.mk
