@@ -1,0 +1,24 @@
+# SQL storage benchmarks. Included by the root Makefile (which provides PY and
+# the target `venv`); needs PostgreSQL and MariaDB server binaries (Debian:
+# postgresql, mariadb-server): temporary servers are started on free ports.
+# See benchmarks/SQL.md.
+#
+#   make bench-sql             0.3.0's sequential benchmarks (read, write, zipf, batch of 20)
+#                              per storage and payload, plus 1k concurrent readers:
+#                              ours vs cacheme 0.3.0 (asyncpg, aiomysql) in one run
+#   make bench-sql-venvs       (re)create .bench/venv-sql-030 (idempotent)
+#
+# Knobs: make bench-sql BENCH_SQL_ARGS="--storages postgresql --payloads 100 \
+#            --pg postgresql://postgres@127.0.0.1:5432/test"
+
+SQL_BENCH_SRC := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
+BENCH_PYTHON ?= python3
+BENCH_SQL_ARGS ?=
+
+.PHONY: bench-sql bench-sql-venvs
+
+bench-sql-venvs:
+	PYTHON=$(BENCH_PYTHON) bash $(SQL_BENCH_SRC)/sql_venvs.sh
+
+bench-sql: venv bench-sql-venvs
+	$(PY) $(SQL_BENCH_SRC)/bench_sql.py $(BENCH_SQL_ARGS)
