@@ -107,10 +107,31 @@ class MetaNode(type):
         caches: List[Cache] = []
 
 
-class Node(Generic[C], metaclass=MetaNode):
+class _FullKeySlot:
+    """Node's base: its one slot holds the node's full key once built, where
+    the C core reads and writes it at a fixed offset (no attribute lookup)."""
+
+    __slots__ = ("_cacheme_full_key",)
+
+
+_core._set_key_slot(_FullKeySlot)
+
+
+class Node(_FullKeySlot, Generic[C], metaclass=MetaNode):
     """Base class of cached things: define ``key()``, ``async load()`` and ``Meta``."""
 
-    _full_key: Optional[str] = None
+    @property
+    def _full_key(self) -> Optional[str]:
+        """The full key once built, else None (0.3.0's attribute)."""
+        return getattr(self, "_cacheme_full_key", None)
+
+    @_full_key.setter
+    def _full_key(self, value: Optional[str]) -> None:
+        if value is None:
+            if hasattr(self, "_cacheme_full_key"):
+                del self._cacheme_full_key
+        else:
+            self._cacheme_full_key = value
 
     def key(self) -> str:
         raise NotImplementedError(f"{type(self).__name__}.key() is not defined")

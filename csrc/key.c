@@ -1,6 +1,7 @@
 /* The full key: {prefix}:{node.key()}:{Meta.version}, the 0.3.0 layout,
- * built at most once per node instance and cached on it as _full_key (the
- * attribute 0.3.0 used, so code reading it keeps working).
+ * built at most once per node instance and cached on it: in the one slot of
+ * Node's base class _FullKeySlot, which C reads at a fixed offset (a Python
+ * property keeps 0.3.0's attribute _full_key, None until built, readable).
  *
  * A local hit does not need the string at all: when the three parts are
  * 1-byte strings, the key's str hash is computed from them with the same
@@ -8,6 +9,8 @@
  * parts in place. The string is built only when something keeps it: a miss,
  * a fill, node.full_key(). Its hash is then stored, not computed again. */
 #include "key.h"
+
+#include <structmember.h>
 
 #include "nodecfg.h"
 #include "siphash.h"
@@ -47,15 +50,32 @@ static PyObject *concat3(PyObject *a, PyObject *b, PyObject *c)
     return s;
 }
 
-PyObject *
-cm_key_cached(CmState *st, PyObject *node)
+/* Where node keeps its cached full key: the slot of _FullKeySlot, or NULL
+ * for an object outside that hierarchy (borrowed address). */
+static inline PyObject **key_slot(CmState *st, PyObject *node)
 {
-    PyObject *cached = PyObject_GetAttr(node, st->s__full_key);
-    if (cached == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_AttributeError))
-            PyErr_Clear();
-        return NULL;
+    if (st->key_slot_offset > 0 && PyObject_TypeCheck(node, (PyTypeObject *)st->KeySlotType))
+        return (PyObject **)((char *)node + st->key_slot_offset);
+    return NULL;
+}
+
+PyObject *cm_key_cached(CmState *st, PyObject *node)
+{
+    PyObject *cached;
+    PyObject **slot = key_slot(st, node);
+    if (slot != NULL) {
+        if ((cached = *slot) == NULL)
+            return NULL;
+        Py_INCREF(cached);
     }
+    /* not a Node: a missing attribute is the common case, no exception */
+#if PY_VERSION_HEX >= 0x030D0000
+    else if (PyObject_GetOptionalAttr(node, st->s__full_key, &cached) <= 0)
+        return NULL;
+#else
+    else if (_PyObject_LookupAttr(node, st->s__full_key, &cached) <= 0)
+        return NULL;
+#endif
     if (PyUnicode_CheckExact(cached)) {
         if (PyObject_Hash(cached) == -1) {
             Py_DECREF(cached);
@@ -67,11 +87,10 @@ cm_key_cached(CmState *st, PyObject *node)
     return NULL;
 }
 
-PyObject *
-cm_key_call(CmState *st, PyObject *node)
+PyObject *cm_key_call(CmState *st, PyObject *node)
 {
-    PyObject *key = PyObject_VectorcallMethod(st->s_key, &node,
-                                              1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *key =
+        PyObject_VectorcallMethod(st->s_key, &node, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (key != NULL && !PyUnicode_Check(key)) {
         PyErr_Format(PyExc_TypeError, "%.100s.key() must return str, not %.100s",
                      Py_TYPE(node)->tp_name, Py_TYPE(key)->tp_name);
@@ -80,8 +99,7 @@ cm_key_call(CmState *st, PyObject *node)
     return key;
 }
 
-int
-cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *parts, Py_hash_t *hash)
+int cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *parts, Py_hash_t *hash)
 {
 #if Py_HASH_ALGORITHM == Py_HASH_SIPHASH13 && Py_HASH_CUTOFF == 0
     PyObject *pieces[3] = {st->prefix, key, version}; // borrowed
@@ -97,10 +115,8 @@ cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *parts, P
             parts->data[n++] = ':';
     }
     parts->len = n;
-    cm_siphash h;
-    cm_siphash_init(&h, _Py_HashSecret.siphash.k0, _Py_HashSecret.siphash.k1);
-    cm_siphash_update(&h, parts->data, (size_t)n);
-    Py_hash_t x = (Py_hash_t)cm_siphash_final(&h);
+    Py_hash_t x = (Py_hash_t)cm_siphash13(_Py_HashSecret.siphash.k0, _Py_HashSecret.siphash.k1,
+                                          parts->data, (size_t)n);
     *hash = x == -1 ? -2 : x; /* as _Py_HashBytes */
     return 1;
 #else
@@ -109,23 +125,25 @@ cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *parts, P
 #endif
 }
 
-PyObject *
-cm_key_build(CmState *st, PyObject *node, PyObject *key, PyObject *version, Py_hash_t known_hash)
+PyObject *cm_key_build(CmState *st, PyObject *node, PyObject *key, PyObject *version,
+                       Py_hash_t known_hash)
 {
     PyObject *full = concat3(st->prefix, key, version);
     if (full == NULL)
         return NULL;
     if (known_hash != -1) {
         ((PyASCIIObject *)full)->hash = known_hash;
-        assert(known_hash == _Py_HashBytes(PyUnicode_DATA(full), PyUnicode_GET_LENGTH(full) *
-                                                                      PyUnicode_KIND(full)));
-    }
-    else if (PyObject_Hash(full) == -1) {
+        assert(known_hash == _Py_HashBytes(PyUnicode_DATA(full),
+                                           PyUnicode_GET_LENGTH(full) * PyUnicode_KIND(full)));
+    } else if (PyObject_Hash(full) == -1) {
         Py_DECREF(full);
         return NULL;
     }
-    /* cache on the instance; a node class with __slots__ simply goes without */
-    if (node != NULL && PyObject_SetAttr(node, st->s__full_key, full) < 0) {
+    /* cache on the instance; an object that refuses the attribute goes without */
+    PyObject **slot = node != NULL ? key_slot(st, node) : NULL;
+    if (slot != NULL)
+        Py_XSETREF(*slot, Py_NewRef(full));
+    else if (node != NULL && PyObject_SetAttr(node, st->s__full_key, full) < 0) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
             Py_DECREF(full);
             return NULL;
@@ -135,8 +153,7 @@ cm_key_build(CmState *st, PyObject *node, PyObject *key, PyObject *version, Py_h
     return full;
 }
 
-PyObject *
-cm_full_key(CmState *st, PyObject *node, CmNodeConfigObject *cfg)
+PyObject *cm_full_key(CmState *st, PyObject *node, CmNodeConfigObject *cfg)
 {
     PyObject *full = cm_key_cached(st, node);
     if (full != NULL || PyErr_Occurred())
@@ -151,8 +168,7 @@ cm_full_key(CmState *st, PyObject *node, CmNodeConfigObject *cfg)
 
 /* _hash_parts(key, version): the hash of "{prefix}:{key}:{version}" computed
  * from its parts, or None when they are not all 1-byte strings (tests) */
-static PyObject *
-py_hash_parts(PyObject *mod, PyObject *args)
+static PyObject *py_hash_parts(PyObject *mod, PyObject *args)
 {
     CmState *st = cm_state_from_module(mod);
     PyObject *key, *version;
@@ -165,13 +181,36 @@ py_hash_parts(PyObject *mod, PyObject *args)
     return PyLong_FromSsize_t(h);
 }
 
+/* _set_key_slot(cls): cls.__slots__ == ("_cacheme_full_key",) holds the
+ * cached full key of its instances (cacheme.models._FullKeySlot) */
+static PyObject *py_set_key_slot(PyObject *mod, PyObject *cls)
+{
+    CmState *st = cm_state_from_module(mod);
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "_set_key_slot() expects a class");
+        return NULL;
+    }
+    PyObject *d =
+        PyDict_GetItemString(((PyTypeObject *)cls)->tp_dict, "_cacheme_full_key"); // borrowed
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type) ||
+        ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX ||
+        (((PyMemberDescrObject *)d)->d_member->flags & READONLY)) {
+        PyErr_SetString(PyExc_TypeError, "_set_key_slot(): the class must have the writable slot "
+                                         "'_cacheme_full_key'");
+        return NULL;
+    }
+    Py_XSETREF(st->KeySlotType, Py_NewRef(cls));
+    st->key_slot_offset = ((PyMemberDescrObject *)d)->d_member->offset;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef key_functions[] = {
     {"_hash_parts", py_hash_parts, METH_VARARGS, NULL},
+    {"_set_key_slot", py_set_key_slot, METH_O, NULL},
     {NULL, NULL},
 };
 
-int
-cm_key_init(PyObject *mod, CmState *st)
+int cm_key_init(PyObject *mod, CmState *st)
 {
     (void)st;
     return PyModule_AddFunctions(mod, key_functions);

@@ -65,6 +65,7 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->CancelledError);
     Py_VISIT(st->ready_cache);
+    Py_VISIT(st->KeySlotType);
     Py_VISIT(st->last_cls);
     Py_VISIT(st->last_cfg);
     cm_serializer_traverse(st, visit, arg); /* serializer */
@@ -95,6 +96,7 @@ static int cm_clear(PyObject *mod)
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->CancelledError);
     Py_CLEAR(st->ready_cache);
+    Py_CLEAR(st->KeySlotType);
     Py_CLEAR(st->last_cls);
     Py_CLEAR(st->last_cfg);
     cm_serializer_clear(st); /* serializer */

@@ -80,6 +80,11 @@ typedef struct {
     PyObject *get_running_loop;
     PyObject *CancelledError;
 
+    /* cacheme.models._FullKeySlot: Node's base whose one slot holds the
+     * cached full key, read and written at key_slot_offset (key.c) */
+    PyObject *KeySlotType;
+    Py_ssize_t key_slot_offset;
+
     /* the last node class seen by get() and its config (both strong) */
     PyObject *last_cls;
     PyObject *last_cfg;

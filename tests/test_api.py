@@ -35,6 +35,14 @@ def make_node(storage: str, ttl=None, version: str = "v1", **meta):
     return UserNode, calls
 
 
+@dataclasses.dataclass
+class PicklableNode(Node):
+    uid: int
+
+    def key(self) -> str:
+        return f"p:{self.uid}"
+
+
 def test_module_paths():
     for mod in [
         "cacheme",
@@ -65,6 +73,41 @@ async def test_get_hit_miss_and_key():
     assert await cacheme.get(UserNode(1)) == {"uid": 1}
     assert await cacheme.get(UserNode(1)) == {"uid": 1}
     assert calls == [1]
+
+
+async def test_full_key_cached_on_the_node_once():
+    import pickle
+
+    name = await register_local()
+    UserNode, calls = make_node(name)
+    n = UserNode(1)
+    assert n._full_key is None  # 0.3.0's attribute, None until built
+    key_calls = []
+    orig = UserNode.key
+
+    def counting_key(self):
+        key_calls.append(1)
+        return orig(self)
+
+    UserNode.key = counting_key
+    assert await cacheme.get(n) == {"uid": 1}  # miss: the key is built and kept
+    assert n._full_key == "cacheme:user:1:v1"
+    assert await cacheme.get(n) == {"uid": 1}
+    assert n.full_key() == "cacheme:user:1:v1"
+    assert len(key_calls) == 1
+    # a key set by hand (0.3.0 code may do it) is the one used
+    m = UserNode(2)
+    m._full_key = "cacheme:user:1:v1"
+    assert await cacheme.get(m) == {"uid": 1}
+    assert calls == [1]
+    m._full_key = None
+    assert m.full_key() == "cacheme:user:2:v1"
+    # nodes still pickle (the slot is part of their state)
+    p = PicklableNode(7)
+    assert pickle.loads(pickle.dumps(p)) == p
+    assert p.full_key() == "cacheme:p:7:"
+    back = pickle.loads(pickle.dumps(p))
+    assert back == p and back._full_key == "cacheme:p:7:"
 
 
 async def test_set_prefix_changes_keys():
