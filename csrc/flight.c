@@ -387,6 +387,9 @@ static PyObject *call_loader(CmGetObject *g)
                                    g->memo_kwnames);
     if (g->load_fn != NULL)
         return PyObject_CallOneArg(g->load_fn, g->node);
+    CmNodeConfigObject *cfg = g->cfg;
+    if (Py_TYPE(g->node) == cfg->cls && cm_nodecfg_methods(st, cfg) && cfg->load_func != NULL)
+        return PyObject_Vectorcall(cfg->load_func, &g->node, 1, NULL);
     return PyObject_VectorcallMethod(st->s_load, &g->node, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                      NULL);
 }

@@ -64,7 +64,7 @@ cm_get(CmState *st, CmRequest *req)
     else {
         if (PyErr_Occurred())
             return NULL;
-        if ((key = cm_key_call(st, node)) == NULL)
+        if ((key = cm_key_call(st, node, cfg)) == NULL)
             return NULL;
         if (!cm_key_parts(st, key, cfg->version, &parts, &hash)) {
             full = cm_key_build(st, node, key, cfg->version, -1);

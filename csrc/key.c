@@ -87,10 +87,14 @@ PyObject *cm_key_cached(CmState *st, PyObject *node)
     return NULL;
 }
 
-PyObject *cm_key_call(CmState *st, PyObject *node)
+PyObject *cm_key_call(CmState *st, PyObject *node, CmNodeConfigObject *cfg)
 {
-    PyObject *key =
-        PyObject_VectorcallMethod(st->s_key, &node, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *key;
+    if (cfg != NULL && Py_TYPE(node) == cfg->cls && cm_nodecfg_methods(st, cfg) &&
+        cfg->key_func != NULL)
+        key = PyObject_Vectorcall(cfg->key_func, &node, 1, NULL);
+    else
+        key = PyObject_VectorcallMethod(st->s_key, &node, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (key != NULL && !PyUnicode_Check(key)) {
         PyErr_Format(PyExc_TypeError, "%.100s.key() must return str, not %.100s",
                      Py_TYPE(node)->tp_name, Py_TYPE(key)->tp_name);
@@ -158,7 +162,7 @@ PyObject *cm_full_key(CmState *st, PyObject *node, CmNodeConfigObject *cfg)
     PyObject *full = cm_key_cached(st, node);
     if (full != NULL || PyErr_Occurred())
         return full;
-    PyObject *key = cm_key_call(st, node);
+    PyObject *key = cm_key_call(st, node, cfg);
     if (key == NULL)
         return NULL;
     full = cm_key_build(st, node, key, cfg->version, -1);

@@ -16,8 +16,9 @@ typedef struct {
 /* node._full_key if it is a str (new reference), else NULL without error;
  * NULL with an exception on error. */
 PyObject *cm_key_cached(CmState *st, PyObject *node);
-/* node.key(), checked to be a str; new reference. */
-PyObject *cm_key_call(CmState *st, PyObject *node);
+/* node.key(), checked to be a str; new reference. With cfg (node's class's
+ * config, or NULL) a plain-function key() is called without its lookup. */
+PyObject *cm_key_call(CmState *st, PyObject *node, struct CmNodeConfigObject_ *cfg);
 /* If prefix, key and version are all 1-byte strings and the full key fits
  * CM_KEY_BUF, fill parts and set *hash to exactly hash(full key) and return
  * 1; else return 0. */

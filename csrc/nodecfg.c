@@ -15,6 +15,8 @@ static void cfg_release(CmNodeConfigObject *c)
     Py_CLEAR(c->serializer);
     Py_CLEAR(c->doorkeeper);
     Py_CLEAR(c->metrics);
+    Py_CLEAR(c->key_func);
+    Py_CLEAR(c->load_func);
 }
 
 static int cfg_traverse(PyObject *self, visitproc visit, void *arg)
@@ -28,6 +30,8 @@ static int cfg_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(c->serializer);
     Py_VISIT(c->doorkeeper);
     Py_VISIT(c->metrics);
+    Py_VISIT(c->key_func);
+    Py_VISIT(c->load_func);
     return 0;
 }
 
@@ -170,6 +174,8 @@ static CmNodeConfigObject *cfg_build(CmState *st, PyTypeObject *cls)
     c->version = NULL;
     c->serializer = c->doorkeeper = NULL;
     c->metrics = NULL;
+    c->key_func = c->load_func = NULL;
+    c->meth_tag = 0;
     c->ncaches = 0;
     c->nlocal_prefix = 0;
     PyObject_GC_Track(c);
@@ -238,6 +244,23 @@ cm_nodecfg_get(CmState *st, PyTypeObject *cls)
     Py_XSETREF(st->last_cls, Py_NewRef(cls));
     Py_XSETREF(st->last_cfg, Py_NewRef(cur));
     return (CmNodeConfigObject *)cur;
+}
+
+int cm_nodecfg_methods(CmState *st, CmNodeConfigObject *cfg)
+{
+    PyTypeObject *tp = cfg->cls;
+    if (cfg->meth_tag != 0 && tp->tp_version_tag == cfg->meth_tag)
+        return 1;
+    if (tp->tp_getattro != PyObject_GenericGetAttr)
+        return 0;
+    PyObject *k = _PyType_Lookup(tp, st->s_key);  // borrowed
+    PyObject *l = _PyType_Lookup(tp, st->s_load); // borrowed
+    if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) || tp->tp_version_tag == 0)
+        return 0;
+    Py_XSETREF(cfg->key_func, k != NULL && PyFunction_Check(k) ? Py_NewRef(k) : NULL);
+    Py_XSETREF(cfg->load_func, l != NULL && PyFunction_Check(l) ? Py_NewRef(l) : NULL);
+    cfg->meth_tag = tp->tp_version_tag;
+    return 1;
 }
 
 /* ---- Python entry points --------------------------------------------------- */

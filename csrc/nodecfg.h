@@ -22,7 +22,7 @@ typedef struct {
     Py_ssize_t stat;   /* index into metrics->storages */
 } CmCacheRef;
 
-typedef struct {
+typedef struct CmNodeConfigObject_ {
     PyObject_VAR_HEAD uint64_t generation;
     PyTypeObject *cls;    /* borrowed: the config lives in cls.__dict__ */
     PyObject *version;    /* str */
@@ -31,12 +31,25 @@ typedef struct {
     int doorkeeper_c;     /* doorkeeper is our BloomFilter */
     int nlocal_prefix;    /* how many leading caches are local */
     CmMetricsObject *metrics;
+    /* cls.key and cls.load when they are plain functions, called without
+     * the method lookup while cls keeps the version tag it had then
+     * (cm_nodecfg_methods) */
+    PyObject *key_func;
+    PyObject *load_func;
+    unsigned int meth_tag;
     Py_ssize_t ncaches;
     CmCacheRef caches[1];
 } CmNodeConfigObject;
 
 /* Config of a node class; borrowed reference, NULL with an exception. */
 CmNodeConfigObject *cm_nodecfg_get(CmState *st, PyTypeObject *cls);
+
+/* Resolve cfg->key_func/load_func for cfg->cls if its methods may have
+ * changed: 1 when they are valid (either may be NULL: not a plain function),
+ * 0 when the class cannot be cached (custom __getattribute__, no version
+ * tag). Instance attributes named key/load do not shadow these: node classes
+ * define them as methods, as 0.3.0's did. Never raises. */
+int cm_nodecfg_methods(CmState *st, CmNodeConfigObject *cfg);
 
 /* The full key {prefix}:{key()}:{version}, cached on the node as _full_key.
  * New reference; its hash is computed. */
