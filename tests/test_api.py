@@ -444,3 +444,19 @@ async def test_non_ascii_keys_work_end_to_end():
         assert await cacheme.get(Wide(word)) == word.upper()
         assert await cacheme.get(Wide(word)) == word.upper()
     assert cacheme.stats(Wide).hit_count() == 4
+
+
+async def test_key_and_load_redefined_on_the_class_are_seen():
+    name = await register_local()
+    UserNode, calls = make_node(name)
+    assert await cacheme.get(UserNode(1)) == {"uid": 1}
+    UserNode.key = lambda self: f"other:{self.uid}"
+
+    async def load2(self):
+        return "second"
+
+    UserNode.load = load2
+    n = UserNode(1)
+    assert await cacheme.get(n) == "second"
+    assert n.full_key() == "cacheme:other:1:v1"
+    assert calls == [1]
