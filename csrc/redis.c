@@ -401,7 +401,7 @@ static int begin(CmBuf *b, size_t argc)
 /* Append the request of an entry; all or nothing. */
 static int encode_entry(CmBuf *b, const CmRedisEntry *e)
 {
-    size_t mark = b->len;
+    size_t mark = cm_buf_mark(b);
     CmRedisOp *op = e->op;
     switch (e->cmd) {
     case CM_CMD_GET:
@@ -457,7 +457,7 @@ static int encode_entry(CmBuf *b, const CmRedisEntry *e)
     }
     return 0;
 fail:
-    b->len = mark;
+    cm_buf_rollback(b, mark);
     return -1;
 }
 
@@ -642,14 +642,14 @@ void cm_redis_conn_push(CmRedisConnObject *c, CmRedisEntry *e)
         PyErr_Clear();
         return;
     }
-    size_t mark = c->out.len;
+    size_t mark = cm_buf_mark(&c->out);
     if (encode_entry(&c->out, e) < 0) {
         entry_fail_current(e);
         return;
     }
     e->deadline = cm_now_ns() + (int64_t)(c->pool->cfg->timeout * 1e9);
     if (ring_push(c, e) < 0) {
-        c->out.len = mark;
+        cm_buf_rollback(&c->out, mark);
         PyErr_NoMemory();
         entry_fail_current(e);
         return;

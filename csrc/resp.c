@@ -122,7 +122,6 @@ int cm_resp_arg_ll(CmBuf *b, long long v)
 
 int cm_resp_command(CmBuf *b, size_t argc, const char *const *argv, const size_t *lens)
 {
-    size_t mark = b->len;
     size_t total = 24;
     for (size_t i = 0; i < argc; i++) {
         if (lens[i] > SIZE_MAX - total - 32)
@@ -131,7 +130,7 @@ int cm_resp_command(CmBuf *b, size_t argc, const char *const *argv, const size_t
     }
     if (cm_buf_reserve(b, total) < 0)
         return -1;
-    mark = b->len;
+    size_t mark = cm_buf_mark(b);
     if (cm_resp_begin(b, argc) < 0)
         goto fail;
     for (size_t i = 0; i < argc; i++)
@@ -139,6 +138,6 @@ int cm_resp_command(CmBuf *b, size_t argc, const char *const *argv, const size_t
             goto fail;
     return 0;
 fail:
-    b->len = mark;
+    cm_buf_rollback(b, mark);
     return -1;
 }

@@ -25,6 +25,11 @@ int cm_buf_append(CmBuf *b, const void *p, size_t n);
 void cm_buf_consume(CmBuf *b, size_t n);
 void cm_buf_free(CmBuf *b);
 static inline size_t cm_buf_pending(const CmBuf *b) { return b->len - b->pos; }
+/* Where to undo a half-written request to. It counts the unsent bytes, not an
+ * offset, because cm_buf_reserve may move them to the front of the buffer
+ * while the request is written; valid until the next cm_buf_consume. */
+static inline size_t cm_buf_mark(const CmBuf *b) { return b->len - b->pos; }
+static inline void cm_buf_rollback(CmBuf *b, size_t mark) { b->len = b->pos + mark; }
 
 /* "*<argc>\r\n" */
 int cm_resp_begin(CmBuf *b, size_t argc);

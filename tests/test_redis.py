@@ -438,3 +438,48 @@ async def test_no_fd_or_object_leak_over_many_storages(redis_server):
     gc.collect()
     await asyncio.sleep(0.01)
     assert fd_count() <= fds + 1
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+def bad_key_node():
+    """A node whose key cannot be encoded as UTF-8 (a lone surrogate)."""
+
+    @dataclasses.dataclass
+    class BadKeyNode(cacheme.Node):
+        def key(self) -> str:
+            return "bad:\ud800"
+
+        class Meta(cacheme.Node.Meta):
+            pass
+
+    BadKeyNode.__qualname__ = unique("BadKeyNode")
+    return BadKeyNode
+
+
+async def test_failed_request_is_undone_after_the_buffer_moved():
+    # The kernel buffer is full (server stopped), so the output buffer holds a
+    # sent prefix. The next request's header makes the buffer drop that prefix
+    # (moving the unsent bytes to the front) and then the request fails to
+    # encode; undoing it must not bring back bytes that were already sent.
+    with RedisServer() as server:
+        s = RedisStorage(server.url)
+        await s.connect()
+        Node, _ = make_node([])
+        Bad = bad_key_node()
+        server.pause()
+        try:
+            # "*3 SET big <n bytes>" is then 20 bytes short of the 16 MiB buffer
+            set_fut = s.execute("SET", "big", b"x" * ((16 << 20) - 54))
+            await asyncio.sleep(0)  # the flush: a partial write
+            with pytest.raises(UnicodeEncodeError):
+                await s.get_all([Node(1), Bad()], None)
+            ping = s.execute("PING")
+        finally:
+            server.resume()
+        assert await set_fut == "OK"
+        assert await ping == "PONG"
+        assert await s.execute("STRLEN", "big") == (16 << 20) - 54
+        assert "errorstat" not in server.cli("INFO", "errorstats")
+        await s.close()

@@ -71,6 +71,26 @@ static void test_partial_send(void)
     cm_buf_free(&b);
 }
 
+/* Undoing a request after cm_buf_reserve moved the unsent bytes to the front
+ * must keep exactly the bytes that were pending before it began. */
+static void test_rollback_after_compaction(void)
+{
+    CmBuf b = {0};
+    char fill[240];
+    memset(fill, 'x', sizeof(fill));
+    CHECK(cm_buf_append(&b, fill, sizeof(fill)) == 0);
+    CHECK(cm_buf_append(&b, "tail", 4) == 0);
+    CHECK(b.cap == 256);
+    cm_buf_consume(&b, sizeof(fill)); /* a partial write: "tail" is unsent */
+    size_t mark = cm_buf_mark(&b);
+    CHECK(cm_resp_begin(&b, 3) == 0);
+    CHECK(cm_resp_arg(&b, "MGET", 4) == 0);
+    CHECK(b.pos == 0); /* the sent prefix was dropped to make room */
+    cm_buf_rollback(&b, mark);
+    CHECK(buf_is(&b, "tail"));
+    cm_buf_free(&b);
+}
+
 static void test_crc16(void)
 {
     CHECK(cm_crc16("123456789", 9) == 0x31c3);
@@ -91,6 +111,7 @@ int main(void)
 {
     test_encode();
     test_partial_send();
+    test_rollback_after_compaction();
     test_crc16();
     if (failures) {
         fprintf(stderr, "test_resp: %d failure(s)\n", failures);
