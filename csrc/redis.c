@@ -82,8 +82,7 @@ static void exc_restore(PyObject *v)
 }
 
 struct CmRedisConnObject {
-    PyObject_HEAD
-    CmState *st;
+    PyObject_HEAD CmState *st;
     CmRedisPool *pool; /* borrowed; NULL once closed */
     PyObject *loop;
     PyObject *flush_cb; /* bound on_flush, made once */
@@ -405,8 +404,7 @@ static int encode_entry(CmBuf *b, const CmRedisEntry *e)
     CmRedisOp *op = e->op;
     switch (e->cmd) {
     case CM_CMD_GET:
-        if (begin(b, 2) < 0 || arg_lit(b, "GET") < 0 ||
-            arg_str(b, cm_redis_op_key(op, e->pos)) < 0)
+        if (begin(b, 2) < 0 || arg_lit(b, "GET") < 0 || arg_str(b, cm_redis_op_key(op, e->pos)) < 0)
             goto fail;
         break;
     case CM_CMD_MGET:
@@ -417,7 +415,7 @@ static int encode_entry(CmBuf *b, const CmRedisEntry *e)
                 goto fail;
         break;
     case CM_CMD_SET: {
-        PyObject *key = cm_redis_op_key(op, e->pos);                              // borrowed
+        PyObject *key = cm_redis_op_key(op, e->pos);                                  // borrowed
         PyObject *val = op->values ? PyList_GET_ITEM(op->values, e->pos) : op->value; // borrowed
         long long ttl = op->ttl_ms;
         if (ttl < 0) {
@@ -434,8 +432,7 @@ static int encode_entry(CmBuf *b, const CmRedisEntry *e)
         break;
     }
     case CM_CMD_DEL:
-        if (begin(b, 2) < 0 || arg_lit(b, "DEL") < 0 ||
-            arg_str(b, cm_redis_op_key(op, e->pos)) < 0)
+        if (begin(b, 2) < 0 || arg_lit(b, "DEL") < 0 || arg_str(b, cm_redis_op_key(op, e->pos)) < 0)
             goto fail;
         break;
     case CM_CMD_RAW: {
@@ -579,8 +576,8 @@ static void conn_write(CmRedisConnObject *c)
                 Py_XDECREF(cb);
                 if (rc < 0) {
                     PyObject *exc = exc_take();
-                    conn_close_fmt(c, c->st->RedisConnectionError, 1, "redis %s: %S",
-                                   conn_label(c), exc);
+                    conn_close_fmt(c, c->st->RedisConnectionError, 1, "redis %s: %S", conn_label(c),
+                                   exc);
                     Py_XDECREF(exc);
                     return;
                 }
@@ -733,10 +730,9 @@ static int sock_connect(CmRedisPool *p, int *pending)
     char port[16];
     snprintf(port, sizeof(port), "%d", p->port);
     int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = getaddrinfo(p->host, port, &hints, &res);
-    Py_END_ALLOW_THREADS
-    if (rc != 0) {
+    Py_BEGIN_ALLOW_THREADS rc = getaddrinfo(p->host, port, &hints, &res);
+    Py_END_ALLOW_THREADS if (rc != 0)
+    {
         errno = rc == EAI_SYSTEM ? errno : EHOSTUNREACH;
         return -1;
     }
@@ -1277,8 +1273,8 @@ static PyObject *encode_value(CmState *st, PyObject *ser, PyObject *value)
         PyDict_SetItem(d, st->redis_s_updated_at, now) < 0)
         goto done;
     PyObject *args[2] = {ser, d};
-    payload =
-        PyObject_VectorcallMethod(st->redis_s_dumps, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    payload = PyObject_VectorcallMethod(st->redis_s_dumps, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                        NULL);
     if (payload == NULL)
         goto done;
     if (PyBytes_Check(payload))
@@ -1565,8 +1561,7 @@ fail:
 
 /* execute(*args): any command; the raw reply (bytes, int, None, str for a
  * status, list). Routed by its first argument after the command name. */
-static PyObject *client_execute(CmRedisClientObject *self, PyObject *const *args,
-                                Py_ssize_t nargs)
+static PyObject *client_execute(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *loop = NULL;
     if (nargs < 1) {
@@ -1587,8 +1582,10 @@ static PyObject *client_execute(CmRedisClientObject *self, PyObject *const *args
             b = s ? PyUnicode_AsUTF8String(s) : NULL;
             Py_XDECREF(s);
         } else {
-            PyErr_Format(PyExc_TypeError, "execute() arguments must be bytes, str, int or float, "
-                                          "not %.100s", Py_TYPE(a)->tp_name);
+            PyErr_Format(PyExc_TypeError,
+                         "execute() arguments must be bytes, str, int or float, "
+                         "not %.100s",
+                         Py_TYPE(a)->tp_name);
             b = NULL;
         }
         if (b == NULL) {
@@ -1670,10 +1667,20 @@ static int bytes_opt(PyObject *o, PyObject **out)
 
 static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"host",     "port",    "path",           "username",
-                             "password", "db",      "pool_size",      "connect_timeout",
-                             "timeout",  "cluster", "pipeline",       "retry_backoff",
-                             "retry_backoff_max",   NULL};
+    static char *kwlist[] = {"host",
+                             "port",
+                             "path",
+                             "username",
+                             "password",
+                             "db",
+                             "pool_size",
+                             "connect_timeout",
+                             "timeout",
+                             "cluster",
+                             "pipeline",
+                             "retry_backoff",
+                             "retry_backoff_max",
+                             NULL};
     CmState *st = cm_state_from_type(Py_TYPE(self));
     const char *host = "localhost", *path = NULL;
     int port = 6379, size = 100, cluster = 0, pipeline = 128;
@@ -1697,7 +1704,8 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
         return -1;
     }
     if (cluster && path != NULL) {
-        PyErr_SetString(PyExc_ValueError, "redis: a cluster is reached over TCP, not a unix socket");
+        PyErr_SetString(PyExc_ValueError,
+                        "redis: a cluster is reached over TCP, not a unix socket");
         return -1;
     }
     if (bytes_opt(user, &ubytes) < 0 || bytes_opt(pass, &pbytes) < 0)
@@ -1802,8 +1810,8 @@ static PyType_Slot client_slots[] = {
 static PyType_Spec client_spec = {
     .name = "cacheme._core.RedisClient",
     .basicsize = sizeof(CmRedisClientObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE |
-             Py_TPFLAGS_IMMUTABLETYPE,
+    .flags =
+        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = client_slots,
 };
 
@@ -1844,8 +1852,8 @@ int cm_redis_init(PyObject *mod, CmState *st)
         (tz = PyObject_GetAttrString(datetime, "timezone")) == NULL ||
         (st->redis_utc = PyObject_GetAttrString(tz, "utc")) == NULL)
         goto done;
-    if ((st->RedisError = new_error(mod, "RedisError", PyExc_Exception,
-                                    "A Redis request failed.")) == NULL)
+    if ((st->RedisError =
+             new_error(mod, "RedisError", PyExc_Exception, "A Redis request failed.")) == NULL)
         goto done;
     if ((bases = PyTuple_Pack(2, st->RedisError, PyExc_ConnectionError)) == NULL ||
         (st->RedisConnectionError = new_error(mod, "RedisConnectionError", bases,

@@ -27,11 +27,11 @@ enum {
  * sent; an entry covers positions pos..pos+npos-1 of the op's keys, or the
  * positions listed in `positions` (cluster MGET of one slot). */
 typedef struct {
-    CmRedisOp *op;        /* NULL for connection-internal requests */
-    uint32_t *positions;  /* owned; NULL = contiguous from pos */
+    CmRedisOp *op;       /* NULL for connection-internal requests */
+    uint32_t *positions; /* owned; NULL = contiguous from pos */
     uint32_t pos, npos;
     uint8_t cmd;
-    int64_t deadline;     /* monotonic ns */
+    int64_t deadline; /* monotonic ns */
 } CmRedisEntry;
 
 static inline uint32_t cm_entry_position(const CmRedisEntry *e, uint32_t i)
@@ -62,15 +62,14 @@ struct CmRedisPool {
     char label[300]; /* "host:port" or the socket path, for messages */
     CmRedisConnObject **conns;
     int nconns;
-    PyObject *loop;        /* the loop the connections are registered with */
-    int64_t retry_at;      /* no new connection before (monotonic ns) */
-    double backoff;        /* seconds, doubled per failure */
-    PyObject *last_error;  /* str: why the last connection failed */
+    PyObject *loop;       /* the loop the connections are registered with */
+    int64_t retry_at;     /* no new connection before (monotonic ns) */
+    double backoff;       /* seconds, doubled per failure */
+    PyObject *last_error; /* str: why the last connection failed */
 };
 
 struct CmRedisClientObject {
-    PyObject_HEAD
-    CmState *st;
+    PyObject_HEAD CmState *st;
     CmRedisConfig cfg;
     CmRedisPool *pool;       /* single server */
     CmRedisCluster *cluster; /* or a cluster */
