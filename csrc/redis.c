@@ -101,7 +101,6 @@ enum { OP_GET, OP_MGET, OP_SET, OP_DEL, OP_RAW, OP_INTERNAL };
 
 struct CmRedisOp {
     int kind;
-    int redirects;
     Py_ssize_t refs;
     CmRedisClientObject *client;
     PyObject *fut;    /* NULL for background internal ops */
@@ -190,8 +189,6 @@ static CmRedisOp *op_new(CmRedisClientObject *client, int kind, PyObject *fut)
 }
 
 void cm_redis_op_ref(CmRedisOp *op) { op->refs++; }
-
-int cm_redis_op_redirects(CmRedisOp *op) { return ++op->redirects; }
 
 PyObject *cm_redis_op_key(CmRedisOp *op, uint32_t i)
 {

@@ -31,7 +31,8 @@ typedef struct {
     uint32_t *positions; /* owned; NULL = contiguous from pos */
     uint32_t pos, npos;
     uint8_t cmd;
-    int64_t deadline; /* monotonic ns */
+    uint8_t redirects; /* times this request was re-sent on a cluster redirect */
+    int64_t deadline;  /* monotonic ns */
 } CmRedisEntry;
 
 static inline uint32_t cm_entry_position(const CmRedisEntry *e, uint32_t i)
@@ -91,7 +92,6 @@ void cm_redis_entry_fail(CmState *st, CmRedisEntry *e, PyObject *tp, PyObject *m
 /* Take/drop an op reference (one per entry in flight, one while building). */
 void cm_redis_op_ref(CmRedisOp *op);
 void cm_redis_op_unref(CmRedisOp *op);
-int cm_redis_op_redirects(CmRedisOp *op); /* ++ and return */
 /* The key of the op at position i (a str, borrowed). */
 PyObject *cm_redis_op_key(CmRedisOp *op, uint32_t i);
 /* A raw reply of an internal op (CLUSTER SLOTS); sent as CM_CMD_RAW. */

@@ -5,8 +5,8 @@
  * known node at connect and again (at most once per REFRESH_GAP) after a
  * MOVED or a connection failure. A MOVED reply updates the slot at once and
  * re-sends the request to the named node; an ASK reply re-sends it there
- * after ASKING, without touching the map (a slot being migrated). Requests
- * are re-sent at most MAX_REDIRECTS times. Multi-key requests were split by
+ * after ASKING, without touching the map (a slot being migrated). Each
+ * request is re-sent at most MAX_REDIRECTS times. Multi-key requests were split by
  * slot before they left (redis.c, send_mget) and their replies are written
  * back by position, so order is kept whatever node answers. */
 #include "redis.h" /* Python.h first */
@@ -200,7 +200,7 @@ int cm_cluster_redirect(CmRedisClientObject *c, CmRedisEntry *e, PyObject *err)
         ask = 1;
     else
         goto done;
-    if (cl == NULL || slot >= CM_CLUSTER_SLOTS || cm_redis_op_redirects(e->op) > MAX_REDIRECTS)
+    if (cl == NULL || slot >= CM_CLUSTER_SLOTS || ++e->redirects > MAX_REDIRECTS)
         goto done;
     char *colon = strrchr(addr, ':');
     if (colon == NULL)

@@ -204,3 +204,18 @@ async def test_set_all_and_mget_across_nodes_in_order(redis_cluster):
     assert s._connections() >= 3
     await s.close()
     assert s._connections() == 0
+
+
+async def test_redirect_limit_is_per_request_not_per_call(redis_cluster):
+    # A fresh client knows no slots: every request goes to the seed node and
+    # those of the other masters' slots come back MOVED, far more than the
+    # redirect limit for one call, but only one redirect per request.
+    Node, _ = make_node([])
+    data = [(Node(i), i) for i in range(60)]
+    s = RedisStorage(redis_cluster.url, cluster=True)
+    await s.set_all(data, None, MsgPackSerializer())
+    await s.close()
+    s = RedisStorage(redis_cluster.url, cluster=True)
+    pairs = await s.get_all([n for n, _ in data], MsgPackSerializer())
+    assert [v for _, v in pairs] == list(range(60))
+    await s.close()
