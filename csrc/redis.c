@@ -981,7 +981,9 @@ static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
         CmRedisEntry e = c->ring[c->head];
         c->head = (c->head + 1) % c->cap;
         c->len--;
-        if (!c->replied && c->pool != NULL) {
+        /* the server is usable once a request past AUTH/SELECT is answered;
+         * an AUTH error must not reset the backoff it is about to grow */
+        if (!c->replied && c->pool != NULL && e.cmd != CM_CMD_HELLO) {
             c->replied = 1;
             c->pool->backoff = c->pool->cfg->backoff_min;
             c->pool->retry_at = 0;

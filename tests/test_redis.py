@@ -483,3 +483,26 @@ async def test_failed_request_is_undone_after_the_buffer_moved():
         assert await s.execute("STRLEN", "big") == (16 << 20) - 54
         assert "errorstat" not in server.cli("INFO", "errorstats")
         await s.close()
+
+
+def connections_received(server) -> int:
+    for line in server.cli("INFO", "stats").splitlines():
+        if line.startswith("total_connections_received:"):
+            return int(line.split(":")[1])
+    raise AssertionError("no total_connections_received in INFO stats")
+
+
+async def test_wrong_password_backs_off_exponentially():
+    with RedisServer(password="s3cret") as server:
+        bad = RedisStorage(f"redis://:wrong@127.0.0.1:{server.port}", retry_backoff=0.05,
+                           retry_backoff_max=1.0)
+        before = connections_received(server)
+        t = time.monotonic()
+        while time.monotonic() - t < 1.2:
+            with pytest.raises(RedisConnectionError):
+                await bad.execute("PING")
+            await asyncio.sleep(0.01)
+        # 0.05, 0.1, 0.2, 0.4 s between tries: 5 in 1.2 s (not one per 0.05 s);
+        # the redis-cli of connections_received is one more
+        assert connections_received(server) - before - 1 <= 6
+        await bad.close()
