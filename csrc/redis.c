@@ -87,6 +87,7 @@ struct CmRedisConnObject {
     PyObject *loop;
     PyObject *flush_cb; /* bound on_flush, made once */
     PyObject *timer;    /* TimerHandle or NULL */
+    int64_t timer_at;   /* when it fires (monotonic ns) */
     int fd;
     int state;
     int reading, writing, flush_scheduled, replied;
@@ -545,14 +546,54 @@ static void conn_close_fmt(CmRedisConnObject *c, PyObject *tp, int failed, const
 
 static const char *conn_label(CmRedisConnObject *c) { return c->pool ? c->pool->label : "redis"; }
 
-static int conn_arm(CmRedisConnObject *c, double delay)
+/* The earliest reply deadline pending, INT64_MAX if none. Deadlines grow in
+ * ring order but for the connection's own AUTH/SELECT at the front, whose
+ * clock starts at the connect deadline. */
+static int64_t conn_first_deadline(const CmRedisConnObject *c)
 {
+    int64_t first = INT64_MAX;
+    for (size_t i = 0; i < c->len; i++) {
+        const CmRedisEntry *e = &c->ring[(c->head + i) % c->cap]; // borrowed
+        if (e->deadline < first)
+            first = e->deadline;
+        if (e->cmd != CM_CMD_HELLO)
+            break;
+    }
+    return first;
+}
+
+/* The timer for `at` (monotonic ns), replacing the one armed. */
+static int conn_arm_at(CmRedisConnObject *c, int64_t at)
+{
+    if (c->timer != NULL) {
+        cm_handle_cancel(c->st, c->timer);
+        Py_CLEAR(c->timer);
+    }
     PyObject *cb = PyCFunction_New(&on_timer_def, (PyObject *)c);
     if (cb == NULL)
         return -1;
-    c->timer = cm_loop_call_later(c->st, c->loop, delay < 0 ? 0 : delay, cb);
+    int64_t delay = at - cm_now_ns();
+    c->timer = cm_loop_call_later(c->st, c->loop, delay < 0 ? 0 : (double)delay / 1e9, cb);
     Py_DECREF(cb);
+    c->timer_at = at;
     return c->timer ? 0 : -1;
+}
+
+/* The timer for the next thing to check: the connect deadline while
+ * connecting, and the earliest reply deadline. */
+static int conn_rearm(CmRedisConnObject *c)
+{
+    int64_t at = conn_first_deadline(c);
+    if (c->state == CONN_CONNECTING && c->connect_deadline < at)
+        at = c->connect_deadline;
+    if (at == INT64_MAX) {
+        if (c->timer != NULL) {
+            cm_handle_cancel(c->st, c->timer);
+            Py_CLEAR(c->timer);
+        }
+        return 0;
+    }
+    return conn_arm_at(c, at);
 }
 
 /* Send what the buffer holds; wait for writability if the kernel is full. */
@@ -648,7 +689,8 @@ void cm_redis_conn_push(CmRedisConnObject *c, CmRedisEntry *e)
         entry_fail_current(e);
         return;
     }
-    if (c->timer == NULL && conn_arm(c, c->pool->cfg->timeout) < 0)
+    /* a timer armed for a later moment is the connect timer (longer) */
+    if ((c->timer == NULL || e->deadline < c->timer_at) && conn_arm_at(c, e->deadline) < 0)
         PyErr_WriteUnraisable((PyObject *)c);
     conn_schedule_flush(c);
 }
@@ -657,7 +699,9 @@ void cm_redis_conn_push(CmRedisConnObject *c, CmRedisEntry *e)
 static int conn_push_internal(CmRedisConnObject *c, int cmd, size_t argc, const char *const *argv,
                               const size_t *lens)
 {
-    CmRedisEntry e = {.cmd = (uint8_t)cmd, .deadline = cm_now_ns()};
+    /* answered within `timeout` of the connect, as any request would be */
+    CmRedisEntry e = {.cmd = (uint8_t)cmd,
+                      .deadline = c->connect_deadline + (int64_t)(c->pool->cfg->timeout * 1e9)};
     if (cm_resp_command(&c->out, argc, argv, lens) < 0 || ring_push(c, &e) < 0) {
         PyErr_NoMemory();
         return -1;
@@ -680,6 +724,10 @@ static void conn_ready(CmRedisConnObject *c)
         goto fail;
     c->reading = 1;
     Py_DECREF(cb);
+    cb = NULL;
+    /* from connect deadline to reply deadlines */
+    if (conn_rearm(c) < 0)
+        goto fail;
     conn_write(c);
     return;
 fail:
@@ -772,7 +820,8 @@ static CmRedisConnObject *conn_open(CmRedisPool *p, PyObject *loop)
     c->fd = -1;
     c->state = CONN_CONNECTING;
     c->reading = c->writing = c->flush_scheduled = c->replied = 0;
-    c->connect_deadline = 0;
+    c->timer_at = 0;
+    c->connect_deadline = cm_now_ns() + (int64_t)(cfg->connect_timeout * 1e9);
     memset(&c->out, 0, sizeof(c->out));
     c->ring = NULL;
     c->cap = c->head = c->len = 0;
@@ -820,8 +869,7 @@ static CmRedisConnObject *conn_open(CmRedisPool *p, PyObject *loop)
         if (rc < 0)
             goto fail;
         c->writing = 1;
-        c->connect_deadline = cm_now_ns() + (int64_t)(cfg->connect_timeout * 1e9);
-        if (conn_arm(c, cfg->connect_timeout) < 0)
+        if (conn_arm_at(c, c->connect_deadline) < 0)
             goto fail;
     } else {
         conn_ready(c);
@@ -870,27 +918,19 @@ static PyObject *conn_on_timer(PyObject *self, PyObject *Py_UNUSED(unused))
 {
     CmRedisConnObject *c = (CmRedisConnObject *)self;
     Py_CLEAR(c->timer);
+    if (c->state == CONN_CLOSED)
+        Py_RETURN_NONE;
     int64_t now = cm_now_ns();
-    double next = -1;
-    if (c->state == CONN_CONNECTING) {
-        if (now >= c->connect_deadline) {
-            conn_close_fmt(c, c->st->RedisTimeoutError, 1, "redis %s: connect timed out",
-                           conn_label(c));
-            Py_RETURN_NONE;
-        }
-        next = (double)(c->connect_deadline - now) / 1e9;
-    } else if (c->state == CONN_READY && c->len > 0) {
-        int64_t deadline = c->ring[c->head].deadline;
-        if (now >= deadline) {
-            /* replies come in order: the stream is useless past a lost one */
-            conn_close_fmt(c, c->st->RedisTimeoutError, 1, "redis %s: no reply within %d ms",
-                           conn_label(c), (int)(c->pool->cfg->timeout * 1000));
-            Py_RETURN_NONE;
-        }
-        next = (double)(deadline - now) / 1e9;
-    }
-    if (next >= 0 && conn_arm(c, next) < 0)
+    if (c->state == CONN_CONNECTING && now >= c->connect_deadline) {
+        conn_close_fmt(c, c->st->RedisTimeoutError, 1, "redis %s: connect timed out",
+                       conn_label(c));
+    } else if (now >= conn_first_deadline(c)) {
+        /* replies come in order: the stream is useless past a lost one */
+        conn_close_fmt(c, c->st->RedisTimeoutError, 1, "redis %s: no reply within %d ms",
+                       conn_label(c), (int)(c->pool->cfg->timeout * 1000));
+    } else if (conn_rearm(c) < 0) {
         PyErr_WriteUnraisable(self);
+    }
     Py_RETURN_NONE;
 }
 

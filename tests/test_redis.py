@@ -506,3 +506,38 @@ async def test_wrong_password_backs_off_exponentially():
         # the redis-cli of connections_received is one more
         assert connections_received(server) - before - 1 <= 6
         await bad.close()
+
+
+async def test_request_timeout_holds_while_the_connect_timer_is_longer():
+    # The kernel completes the handshake of a stopped server; the request's
+    # own timeout (0.3 s) must apply, not the connect timeout (10 s).
+    with RedisServer() as server:
+        s = RedisStorage(server.url, connect_timeout=10, timeout=0.3)
+        server.pause()
+        try:
+            t = time.monotonic()
+            with pytest.raises(RedisTimeoutError):
+                await s.execute("GET", "k")
+            assert time.monotonic() - t < 2
+        finally:
+            server.resume()
+        await s.close()
+
+
+async def test_auth_gets_the_request_timeout_after_the_connect():
+    # AUTH is answered within `timeout` of the connect, like any request; it
+    # used to be cut off when the connect timer (0.2 s) fired.
+    with RedisServer(password="s3cret") as server:
+        s = RedisStorage(f"redis://:s3cret@127.0.0.1:{server.port}", connect_timeout=0.2,
+                         timeout=1.0)
+        server.pause()
+        try:
+            t = time.monotonic()
+            with pytest.raises(RedisTimeoutError, match="no reply within 1000 ms"):
+                await s.execute("GET", "k")
+            assert 0.9 < time.monotonic() - t < 3
+        finally:
+            server.resume()
+        await asyncio.sleep(0.1)  # the backoff after the timeout (0.05 s)
+        assert await s.execute("PING") == "PONG"
+        await s.close()
