@@ -759,7 +759,9 @@ static int sock_connect(CmRedisPool *p, int *pending)
             return -1;
         if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
             return fd;
-        if (errno == EINPROGRESS || errno == EAGAIN) {
+        /* EAGAIN here is a full backlog, not a connect in progress: it
+         * fails, and the pool retries after its backoff */
+        if (errno == EINPROGRESS) {
             *pending = 1;
             return fd;
         }

@@ -541,3 +541,28 @@ async def test_auth_gets_the_request_timeout_after_the_connect():
         await asyncio.sleep(0.1)  # the backoff after the timeout (0.05 s)
         assert await s.execute("PING") == "PONG"
         await s.close()
+
+
+async def test_unix_socket_backlog_full_is_a_connect_failure():
+    # connect() on a unix socket answers EAGAIN when the server's backlog is
+    # full: that connection failed (it is not in progress, as on TCP).
+    import socket
+
+    with RedisServer(extra=["--tcp-backlog", "1"]) as server:
+        server.pause()
+        fillers = []
+        try:
+            while True:
+                f = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                f.setblocking(False)
+                fillers.append(f)
+                if f.connect_ex(server.socket) != 0:
+                    break
+            s = RedisStorage(f"unix://{server.socket}")
+            with pytest.raises(RedisConnectionError, match="connect failed"):
+                await s.execute("PING")
+        finally:
+            server.resume()
+            for f in fillers:
+                f.close()
+        await s.close()
