@@ -1214,9 +1214,11 @@ CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop)
 /* the client (storage) type                                          */
 
 /* A route cache: consecutive entries of one op to the same pool share a
- * connection, so a set_all is one pipeline. */
+ * connection, so a set_all is one pipeline. It holds a reference to the
+ * connection: sending an entry may close it (a write failing when the flush
+ * could not be scheduled), and the pool then lets go of its own. */
 typedef struct {
-    CmRedisPool *pool;
+    CmRedisPool *pool; // borrowed
     CmRedisConnObject *conn;
 } SendCache;
 
@@ -1247,11 +1249,11 @@ static void send_entry(CmRedisClientObject *self, PyObject *loop, CmRedisEntry *
     CmRedisPool *pool = route(self, e); // borrowed
     CmRedisConnObject *conn = NULL;     // borrowed
     if (pool != NULL) {
-        if (sc != NULL && sc->pool == pool)
+        if (sc != NULL && sc->pool == pool && sc->conn->state != CONN_CLOSED)
             conn = sc->conn;
         else if ((conn = cm_redis_pool_conn(pool, loop)) != NULL && sc != NULL) {
             sc->pool = pool;
-            sc->conn = conn;
+            Py_XSETREF(sc->conn, (CmRedisConnObject *)Py_NewRef(conn));
         }
     }
     if (conn == NULL) {
@@ -1591,6 +1593,7 @@ static PyObject *client_set_all(CmRedisClientObject *self, PyObject *const *args
         CmRedisEntry e = {.op = op, .cmd = CM_CMD_SET, .pos = (uint32_t)i, .npos = 1};
         send_entry(self, loop, &e, &sc);
     }
+    Py_XDECREF(sc.conn);
     Py_DECREF(data);
     return finish_op(op, loop);
 fail:

@@ -18,7 +18,7 @@ from cacheme.storages.redis import (
     RedisTimeoutError,
     parse_url,
 )
-from conftest import register_local, unique
+from conftest import register_local, run_python, unique
 from redis_servers import (  # noqa: F401  (fixtures)
     RedisServer,
     _redis_session_server,
@@ -566,3 +566,58 @@ async def test_unix_socket_backlog_full_is_a_connect_failure():
             for f in fillers:
                 f.close()
         await s.close()
+
+
+def test_set_all_when_its_connection_closes_midway(monkeypatch):
+    # set_all sends its items on one connection, kept between items. Here the
+    # loop cannot schedule the flush, so the first item is written at once,
+    # the write fails (server gone) and the connection is closed and freed:
+    # the next items must not use it. The freed memory is scrubbed
+    # (PYTHONMALLOC=debug; the ASan run keeps malloc) so a stale use shows.
+    monkeypatch.setenv("PYTHONMALLOC", os.environ.get("PYTHONMALLOC", "debug"))
+    with RedisServer() as server:
+        out = run_python(f"""
+            import asyncio, dataclasses, os, signal, time
+            import cacheme
+            from cacheme.storages.redis import RedisConnectionError, RedisStorage
+
+            class Loop(asyncio.SelectorEventLoop):
+                fail_flush = False
+
+                def call_soon(self, callback, *args, context=None):
+                    if self.fail_flush and getattr(callback, "__name__", "") == "_on_flush":
+                        raise MemoryError("call_soon")
+                    return super().call_soon(callback, *args, context=context)
+
+            @dataclasses.dataclass
+            class Node(cacheme.Node):
+                uid: int
+
+                def key(self):
+                    return f"n:{{self.uid}}"
+
+                class Meta(cacheme.Node.Meta):
+                    pass
+
+            async def main():
+                loop = asyncio.get_running_loop()
+                s = RedisStorage("unix://{server.socket}")
+                await s.connect()
+                os.kill({server.proc.pid}, signal.SIGKILL)
+                time.sleep(0.2)  # gone, and the loop has not seen it yet
+                loop.fail_flush = True
+                try:
+                    fut = s.set_all([(Node(i), i) for i in range(3)], None, None)
+                finally:
+                    loop.fail_flush = False
+                try:
+                    await fut
+                except RedisConnectionError as e:
+                    print("failed:", e)
+                s.close_now()
+
+            loop = Loop()
+            loop.run_until_complete(main())
+            loop.close()
+        """)
+    assert "failed:" in out, out
