@@ -173,11 +173,11 @@ void cm_cluster_node_failed(CmRedisClientObject *c)
 CmRedisPool *cm_cluster_route(CmRedisClientObject *c, unsigned slot)
 {
     CmRedisCluster *cl = c->cluster;
-    maybe_refresh(c);
     if (cl == NULL) {
         PyErr_SetString(c->st->RedisError, "redis storage is closed");
         return NULL;
     }
+    maybe_refresh(c);
     int idx = cl->slots[slot & (CM_CLUSTER_SLOTS - 1)];
     return cl->pools[idx < 0 ? 0 : idx]; /* unknown: any node redirects us */
 }
