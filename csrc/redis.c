@@ -1242,10 +1242,10 @@ static CmRedisPool *route(CmRedisClientObject *self, CmRedisEntry *e)
     return cm_cluster_route(self, slot);
 }
 
-/* Send one entry of an op (the op gains a reference while it is out). */
-static void send_entry(CmRedisClientObject *self, PyObject *loop, CmRedisEntry *e, SendCache *sc)
+/* Route an entry and queue it on a connection of its server; the entry (with
+ * its op reference) is the connection's from then on, also on failure. */
+static void route_entry(CmRedisClientObject *self, PyObject *loop, CmRedisEntry *e, SendCache *sc)
 {
-    cm_redis_op_ref(e->op);
     CmRedisPool *pool = route(self, e); // borrowed
     CmRedisConnObject *conn = NULL;     // borrowed
     if (pool != NULL) {
@@ -1261,6 +1261,18 @@ static void send_entry(CmRedisClientObject *self, PyObject *loop, CmRedisEntry *
         return;
     }
     cm_redis_conn_push(conn, e);
+}
+
+/* Send one entry of an op (the op gains a reference while it is out). */
+static void send_entry(CmRedisClientObject *self, PyObject *loop, CmRedisEntry *e, SendCache *sc)
+{
+    cm_redis_op_ref(e->op);
+    route_entry(self, loop, e, sc);
+}
+
+void cm_redis_resend(CmRedisClientObject *self, PyObject *loop, CmRedisEntry *e)
+{
+    route_entry(self, loop, e, NULL);
 }
 
 CmRedisOp *cm_redis_op_internal(CmRedisClientObject *client, PyObject *args,
@@ -1750,6 +1762,11 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     if (cluster && path != NULL) {
         PyErr_SetString(PyExc_ValueError,
                         "redis: a cluster is reached over TCP, not a unix socket");
+        return -1;
+    }
+    if (cluster && db != 0) {
+        /* SELECT would fail on every connection of every node */
+        PyErr_Format(PyExc_ValueError, "redis: a cluster has only database 0, got db=%ld", db);
         return -1;
     }
     if (bytes_opt(user, &ubytes) < 0 || bytes_opt(pass, &pbytes) < 0)

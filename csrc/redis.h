@@ -101,14 +101,18 @@ CmRedisOp *cm_redis_op_internal(CmRedisClientObject *client, PyObject *args,
                                 PyObject *fut);
 /* Send an internal op's request on a pool; -1 (op failed, exception set). */
 int cm_redis_send_on(CmRedisPool *pool, PyObject *loop, CmRedisOp *op);
+/* Route an answered entry anew and send it (a cluster retry); the entry and
+ * its op reference are the connection's from then on. */
+void cm_redis_resend(CmRedisClientObject *self, PyObject *loop, CmRedisEntry *e);
 
 /* rediscluster.c */
 CmRedisCluster *cm_cluster_new(CmRedisClientObject *c, const char *host, int port);
 void cm_cluster_free(CmRedisCluster *cl);
 /* The pool serving a slot (borrowed), NULL with an exception. */
 CmRedisPool *cm_cluster_route(CmRedisClientObject *c, unsigned slot);
-/* 1 when an error reply was a MOVED/ASK redirect and the entry was sent on
- * (the entry is then no longer the caller's), 0 when it was not one. */
+/* 1 when an error reply was a MOVED/ASK redirect and the entry was sent on,
+ * or a TRYAGAIN/CLUSTERDOWN and it will be sent again after a pause (the
+ * entry is then no longer the caller's); 0 when it was none of those. */
 int cm_cluster_redirect(CmRedisClientObject *c, CmRedisEntry *e, PyObject *err);
 /* Ask a node for the slot map; fut (may be NULL) gets None or the error. */
 int cm_cluster_refresh(CmRedisClientObject *c, PyObject *loop, PyObject *fut);

@@ -5,8 +5,11 @@
  * known node at connect and again (at most once per REFRESH_GAP) after a
  * MOVED or a connection failure. A MOVED reply updates the slot at once and
  * re-sends the request to the named node; an ASK reply re-sends it there
- * after ASKING, without touching the map (a slot being migrated). Each
- * request is re-sent at most MAX_REDIRECTS times. Multi-key requests were split by
+ * after ASKING, without touching the map (a slot being migrated). TRYAGAIN
+ * (a multi-key request on a slot half migrated) and CLUSTERDOWN (a slot
+ * not served for now; the map is refreshed too) are transient as well: the
+ * request is re-sent RETRY_DELAY later. Each request is re-sent at most
+ * MAX_REDIRECTS times, whatever the reason. Multi-key requests were split by
  * slot before they left (redis.c, send_mget) and their replies are written
  * back by position, so order is kept whatever node answers. */
 #include "redis.h" /* Python.h first */
@@ -20,6 +23,7 @@
 
 #define MAX_REDIRECTS 5
 #define REFRESH_GAP_NS (100 * 1000 * 1000)
+#define RETRY_DELAY 0.05 /* seconds */
 
 struct CmRedisCluster {
     CmRedisPool **pools;
@@ -29,6 +33,12 @@ struct CmRedisCluster {
     int stale;                       /* the map is known to be out of date */
     int64_t last_refresh;
     int next; /* round robin of the node asked for the map */
+    CmState *st;
+    /* entries waiting out a TRYAGAIN/CLUSTERDOWN, sent again together by
+     * one timer on retry_loop (NULL while none is armed) */
+    CmRedisEntry *retry;
+    size_t nretry, retry_cap;
+    PyObject *retry_loop;
 };
 
 CmRedisCluster *cm_cluster_new(CmRedisClientObject *c, const char *host, int port)
@@ -47,6 +57,7 @@ CmRedisCluster *cm_cluster_new(CmRedisClientObject *c, const char *host, int por
     }
     cl->npools = 1;
     cl->stale = 1;
+    cl->st = c->st;
     return cl;
 }
 
@@ -56,6 +67,16 @@ void cm_cluster_free(CmRedisCluster *cl)
         return;
     for (int i = 0; i < cl->npools; i++)
         cm_redis_pool_free(cl->pools[i]);
+    if (cl->nretry > 0) {
+        PyObject *msg = PyUnicode_FromString("redis storage closed");
+        if (msg == NULL)
+            PyErr_Clear();
+        for (size_t i = 0; i < cl->nretry; i++)
+            cm_redis_entry_fail(cl->st, &cl->retry[i], cl->st->RedisConnectionError, msg);
+        Py_XDECREF(msg);
+    }
+    free(cl->retry);
+    Py_XDECREF(cl->retry_loop);
     free(cl->pools);
     free(cl);
 }
@@ -182,6 +203,83 @@ CmRedisPool *cm_cluster_route(CmRedisClientObject *c, unsigned slot)
     return cl->pools[idx < 0 ? 0 : idx]; /* unknown: any node redirects us */
 }
 
+/* Fail an entry taken over by a redirect with the exception being raised. */
+static void entry_fail_raised(CmRedisClientObject *c, CmRedisEntry *e)
+{
+    PyObject *exc = NULL, *t, *tb;
+    PyErr_Fetch(&t, &exc, &tb);
+    PyErr_NormalizeException(&t, &exc, &tb);
+    cm_redis_entry_fail(c->st, e, c->st->RedisConnectionError, exc ? exc : Py_None);
+    Py_XDECREF(t);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
+}
+
+static PyObject *on_retry(PyObject *self, PyObject *unused);
+static PyMethodDef on_retry_def = {"_on_retry", on_retry, METH_NOARGS, NULL};
+
+/* Send the waiting entries again (the timer of retry_later). */
+static PyObject *on_retry(PyObject *self, PyObject *Py_UNUSED(unused))
+{
+    CmRedisClientObject *c = (CmRedisClientObject *)self;
+    CmRedisCluster *cl = c->cluster;
+    if (cl == NULL)
+        Py_RETURN_NONE; /* closed: cm_cluster_free failed them */
+    /* the list starts afresh: a re-sent entry may be answered TRYAGAIN again */
+    CmRedisEntry *retry = cl->retry;
+    size_t n = cl->nretry;
+    cl->retry = NULL;
+    cl->nretry = cl->retry_cap = 0;
+    Py_CLEAR(cl->retry_loop);
+    PyObject *loop = cm_loop_running(c->st);
+    if (loop == NULL)
+        PyErr_WriteUnraisable(self); /* not in a loop callback? */
+    for (size_t i = 0; i < n; i++) {
+        if (loop != NULL)
+            cm_redis_resend(c, loop, &retry[i]);
+        else
+            cm_redis_entry_fail(c->st, &retry[i], c->st->RedisConnectionError, NULL);
+    }
+    Py_XDECREF(loop);
+    free(retry);
+    Py_RETURN_NONE;
+}
+
+/* Keep the entry for on_retry, arming its timer if none is armed on the
+ * running loop (one armed on a loop no longer run would never fire);
+ * -1 with an exception (the entry is still the caller's). */
+static int retry_later(CmRedisClientObject *c, CmRedisEntry *e)
+{
+    CmRedisCluster *cl = c->cluster;
+    PyObject *loop = NULL, *cb = NULL, *handle = NULL;
+    int rc = -1;
+    if (cl->nretry == cl->retry_cap) {
+        size_t cap = cl->retry_cap ? cl->retry_cap * 2 : 16;
+        CmRedisEntry *r = realloc(cl->retry, cap * sizeof(*r));
+        if (r == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        cl->retry = r;
+        cl->retry_cap = cap;
+    }
+    if ((loop = cm_loop_running(c->st)) == NULL)
+        goto done;
+    if (cl->retry_loop != loop) {
+        if ((cb = PyCFunction_New(&on_retry_def, (PyObject *)c)) == NULL ||
+            (handle = cm_loop_call_later(c->st, loop, RETRY_DELAY, cb)) == NULL)
+            goto done;
+        Py_XSETREF(cl->retry_loop, Py_NewRef(loop));
+    }
+    cl->retry[cl->nretry++] = *e;
+    rc = 0;
+done:
+    Py_XDECREF(loop);
+    Py_XDECREF(cb);
+    Py_XDECREF(handle);
+    return rc;
+}
+
 int cm_cluster_redirect(CmRedisClientObject *c, CmRedisEntry *e, PyObject *err)
 {
     CmRedisCluster *cl = c->cluster;
@@ -192,6 +290,16 @@ int cm_cluster_redirect(CmRedisClientObject *c, CmRedisEntry *e, PyObject *err)
     char addr[300];
     if (s == NULL) {
         PyErr_Clear();
+        goto done;
+    }
+    if (!strncmp(s, "TRYAGAIN", 8) || !strncmp(s, "CLUSTERDOWN", 11)) {
+        if (cl == NULL || ++e->redirects > MAX_REDIRECTS)
+            goto done;
+        handled = 1;
+        if (s[0] == 'C')
+            cl->stale = 1;
+        if (retry_later(c, e) < 0)
+            entry_fail_raised(c, e);
         goto done;
     }
     if (sscanf(s, "MOVED %u %299s", &slot, addr) == 2)
@@ -214,13 +322,7 @@ int cm_cluster_redirect(CmRedisClientObject *c, CmRedisEntry *e, PyObject *err)
     CmRedisConnObject *conn = idx >= 0 ? cm_redis_pool_conn(cl->pools[idx], loop) : NULL;
     Py_XDECREF(loop);
     if (conn == NULL) {
-        PyObject *exc = NULL, *t, *tb;
-        PyErr_Fetch(&t, &exc, &tb);
-        PyErr_NormalizeException(&t, &exc, &tb);
-        cm_redis_entry_fail(c->st, e, c->st->RedisConnectionError, exc ? exc : Py_None);
-        Py_XDECREF(t);
-        Py_XDECREF(exc);
-        Py_XDECREF(tb);
+        entry_fail_raised(c, e);
         goto done;
     }
     if (ask) {

@@ -219,3 +219,111 @@ async def test_redirect_limit_is_per_request_not_per_call(redis_cluster):
     pairs = await s.get_all([n for n, _ in data], MsgPackSerializer())
     assert [v for _, v in pairs] == list(range(60))
     await s.close()
+
+
+def test_cluster_rejects_a_database_other_than_0():
+    # a cluster has only database 0: SELECT would fail on every connection
+    with pytest.raises(ValueError, match="database 0"):
+        RedisStorage("redis://127.0.0.1:7000/2", cluster=True)
+    with pytest.raises(ValueError, match="database 0"):
+        RedisStorage("redis://127.0.0.1:7000", cluster=True, db=1)
+    RedisStorage("redis://127.0.0.1:7000/0", cluster=True).close_now()
+
+
+def tag_node(tag):
+    """Nodes whose keys all hash to the slot of `tag`."""
+
+    @dataclasses.dataclass
+    class TagNode(cacheme.Node):
+        uid: int
+
+        def key(self) -> str:
+            return f"{{{tag}}}:{self.uid}"
+
+        class Meta(cacheme.Node.Meta):
+            pass
+
+    TagNode.Meta.version = unique("v")
+    return TagNode
+
+
+async def slot_owner(cluster, clients, slot):
+    for entry in await clients[0].execute("CLUSTER", "SLOTS"):
+        if entry[0] <= slot <= entry[1]:
+            return next(i for i, n in enumerate(cluster.nodes) if n.port == entry[2][1])
+    raise AssertionError(f"slot {slot} has no owner")
+
+
+async def test_tryagain_during_a_slot_migration_is_retried(redis_cluster):
+    # An MGET of a migrating slot whose keys are split between the two nodes
+    # is answered TRYAGAIN until the migration ends; it is re-sent after a
+    # pause instead of failing the whole get_all.
+    ser = MsgPackSerializer()
+    tag = unique("tryagain-")
+    Node = tag_node(tag)
+    s = RedisStorage(redis_cluster.url, cluster=True)
+    await s.connect()
+    await s.set_all([(Node(0), "a"), (Node(1), "b")], None, ser)
+    clients = await node_clients(redis_cluster)
+    slot = await clients[0].execute("CLUSTER", "KEYSLOT", tag)
+    ids = [await c.execute("CLUSTER", "MYID") for c in clients]
+    src = await slot_owner(redis_cluster, clients, slot)
+    dst = (src + 1) % len(clients)
+    dst_port = redis_cluster.nodes[dst].port
+    await clients[dst].execute("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[src])
+    await clients[src].execute("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[dst])
+    keys = [Node(i).full_key() for i in range(2)]
+    await clients[src].execute("MIGRATE", "127.0.0.1", dst_port, "", 0, 5000, "KEYS", keys[0])
+    reset_stats(redis_cluster)
+
+    async def finish():
+        await asyncio.sleep(0.03)
+        await clients[src].execute("MIGRATE", "127.0.0.1", dst_port, "", 0, 5000, "KEYS", keys[1])
+        for c in clients:
+            await c.execute("CLUSTER", "SETSLOT", slot, "NODE", ids[dst])
+
+    try:
+        pairs, _ = await asyncio.gather(s.get_all([Node(0), Node(1)], ser), finish())
+        assert [v for _, v in pairs] == ["a", "b"]
+        assert error_calls(redis_cluster, "TRYAGAIN")[src] >= 1
+    finally:
+        for c in clients:
+            await c.execute("CLUSTER", "SETSLOT", slot, "NODE", ids[dst])
+        redis_cluster.wait_ok()
+        await s.close()
+        for c in clients:
+            await c.close()
+
+
+async def test_clusterdown_is_retried(redis_cluster):
+    # A node that serves no slot for a while answers CLUSTERDOWN; the request
+    # is re-sent after a pause (and the slot map refreshed).
+    ser = MsgPackSerializer()
+    tag = unique("down-")
+    Node = tag_node(tag)
+    s = RedisStorage(redis_cluster.url, cluster=True)
+    await s.connect()
+    await s.set(Node(0), "x", None, ser)
+    clients = await node_clients(redis_cluster)
+    slot = await clients[0].execute("CLUSTER", "KEYSLOT", tag)
+    owner = await slot_owner(redis_cluster, clients, slot)
+    await clients[owner].execute("CLUSTER", "DELSLOTS", slot)
+    reset_stats(redis_cluster)
+
+    async def restore():
+        await asyncio.sleep(0.03)
+        await clients[owner].execute("CLUSTER", "ADDSLOTS", slot)
+
+    try:
+        value, _ = await asyncio.gather(s.get(Node(0), ser), restore())
+        assert value == "x"
+        assert error_calls(redis_cluster, "CLUSTERDOWN")[owner] >= 1
+    finally:
+        try:
+            await clients[owner].execute("CLUSTER", "ADDSLOTS", slot)
+        except Exception:
+            pass  # restored already
+        redis_cluster.wait_ok()
+        await s.close()
+        for c in clients:
+            await c.close()
