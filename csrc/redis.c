@@ -739,6 +739,44 @@ fail:
     }
 }
 
+/* The server's addresses, looked up once per pool and kept: getaddrinfo
+ * blocks the loop (releasing the GIL does not help it), so an IP literal
+ * skips DNS (AI_NUMERICHOST) and a name is looked up again only after a
+ * connect failed (pool_forget_addrs). -1 with errno. */
+static int pool_resolve(CmRedisPool *p)
+{
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST;
+    char port[16];
+    snprintf(port, sizeof(port), "%d", p->port);
+    p->resolves++;
+    int rc = getaddrinfo(p->host, port, &hints, &p->addrs);
+    if (rc == EAI_NONAME) {
+        hints.ai_flags = 0;
+        PyThreadState *ts = PyEval_SaveThread();
+        rc = getaddrinfo(p->host, port, &hints, &p->addrs);
+        PyEval_RestoreThread(ts);
+    }
+    if (rc != 0) {
+        p->addrs = NULL;
+        errno = rc == EAI_SYSTEM ? errno : EHOSTUNREACH;
+        return -1;
+    }
+    return 0;
+}
+
+/* A connect failed: the host may have moved, look it up again next time. */
+static void pool_forget_addrs(CmRedisPool *p)
+{
+    if (p->addrs != NULL) {
+        freeaddrinfo(p->addrs);
+        p->addrs = NULL;
+    }
+}
+
 /* A non-blocking socket connecting to the pool's server; *pending is set
  * while the connect is in progress. -1 with errno on failure. */
 static int sock_connect(CmRedisPool *p, int *pending)
@@ -770,21 +808,10 @@ static int sock_connect(CmRedisPool *p, int *pending)
         errno = err;
         return -1;
     }
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    char port[16];
-    snprintf(port, sizeof(port), "%d", p->port);
-    int rc;
-    Py_BEGIN_ALLOW_THREADS rc = getaddrinfo(p->host, port, &hints, &res);
-    Py_END_ALLOW_THREADS if (rc != 0)
-    {
-        errno = rc == EAI_SYSTEM ? errno : EHOSTUNREACH;
+    if (p->addrs == NULL && pool_resolve(p) < 0)
         return -1;
-    }
     int err = ECONNREFUSED;
-    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+    for (struct addrinfo *ai = p->addrs; ai != NULL; ai = ai->ai_next) {
         fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
         if (fd < 0) {
             err = errno;
@@ -802,9 +829,10 @@ static int sock_connect(CmRedisPool *p, int *pending)
         close(fd);
         fd = -1;
     }
-    freeaddrinfo(res);
-    if (fd < 0)
+    if (fd < 0) {
+        pool_forget_addrs(p);
         errno = err;
+    }
     return fd;
 }
 
@@ -896,10 +924,11 @@ static PyObject *conn_on_write(PyObject *self, PyObject *Py_UNUSED(unused))
         socklen_t len = sizeof(err);
         if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
             err = errno;
-        if (err != 0)
+        if (err != 0) {
+            pool_forget_addrs(c->pool);
             conn_close_fmt(c, c->st->RedisConnectionError, 1, "redis %s: connect failed: %s",
                            conn_label(c), strerror(err));
-        else
+        } else
             conn_ready(c);
     } else if (c->state == CONN_READY) {
         conn_write(c);
@@ -924,6 +953,7 @@ static PyObject *conn_on_timer(PyObject *self, PyObject *Py_UNUSED(unused))
         Py_RETURN_NONE;
     int64_t now = cm_now_ns();
     if (c->state == CONN_CONNECTING && now >= c->connect_deadline) {
+        pool_forget_addrs(c->pool);
         conn_close_fmt(c, c->st->RedisTimeoutError, 1, "redis %s: connect timed out",
                        conn_label(c));
     } else if (now >= conn_first_deadline(c)) {
@@ -1134,6 +1164,7 @@ void cm_redis_pool_free(CmRedisPool *p)
     if (p == NULL)
         return;
     pool_close_all(p, "storage closed");
+    pool_forget_addrs(p);
     free(p->conns);
     free(p->host);
     free(p->path);
@@ -1707,6 +1738,21 @@ static PyObject *client_connections(CmRedisClientObject *self, PyObject *Py_UNUS
     return PyLong_FromLong(n);
 }
 
+/* _resolves(): host lookups made (all servers), for tests. */
+static PyObject *client_resolves(CmRedisClientObject *self, PyObject *Py_UNUSED(unused))
+{
+    long n = 0;
+    if (self->pool != NULL)
+        n = self->pool->resolves;
+    if (self->cluster != NULL) {
+        CmRedisPool **pools;
+        Py_ssize_t np = cm_cluster_pools(self, &pools);
+        for (Py_ssize_t i = 0; i < np; i++)
+            n += pools[i]->resolves;
+    }
+    return PyLong_FromLong(n);
+}
+
 static int bytes_opt(PyObject *o, PyObject **out)
 {
     *out = NULL;
@@ -1852,6 +1898,7 @@ static PyMethodDef client_methods[] = {
      "Close every connection; pending requests fail with RedisConnectionError."},
     {"_refresh_slots", (PyCFunction)client_refresh_slots, METH_NOARGS, NULL},
     {"_connections", (PyCFunction)client_connections, METH_NOARGS, NULL},
+    {"_resolves", (PyCFunction)client_resolves, METH_NOARGS, NULL},
     {NULL, NULL},
 };
 

@@ -6,6 +6,8 @@
 
 #include "resp.h"
 
+struct addrinfo;
+
 typedef struct CmRedisOp CmRedisOp;
 typedef struct CmRedisPool CmRedisPool;
 typedef struct CmRedisCluster CmRedisCluster;
@@ -63,10 +65,12 @@ struct CmRedisPool {
     char label[300]; /* "host:port" or the socket path, for messages */
     CmRedisConnObject **conns;
     int nconns;
-    PyObject *loop;       /* the loop the connections are registered with */
-    int64_t retry_at;     /* no new connection before (monotonic ns) */
-    double backoff;       /* seconds, doubled per failure */
-    PyObject *last_error; /* str: why the last connection failed */
+    PyObject *loop;         /* the loop the connections are registered with */
+    int64_t retry_at;       /* no new connection before (monotonic ns) */
+    double backoff;         /* seconds, doubled per failure */
+    PyObject *last_error;   /* str: why the last connection failed */
+    struct addrinfo *addrs; /* the host's addresses, NULL until looked up */
+    long resolves;          /* lookups made, for tests */
 };
 
 struct CmRedisClientObject {

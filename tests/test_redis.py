@@ -621,3 +621,34 @@ def test_set_all_when_its_connection_closes_midway(monkeypatch):
             loop.close()
         """)
     assert "failed:" in out, out
+
+
+async def test_address_is_looked_up_once_per_pool_and_again_after_a_connect_failure():
+    # getaddrinfo blocks the loop: one lookup per server, not one per
+    # connection, and another only once a connect to that address failed.
+    with RedisServer() as server:
+        s = RedisStorage(f"redis://127.0.0.1:{server.port}", pipeline=1, pool_size=4,
+                         retry_backoff=0.02, retry_backoff_max=0.05)
+        await asyncio.gather(*[s.execute("PING") for _ in range(50)])
+        assert s._connections() == 4
+        assert s._resolves() == 1
+        server.kill()
+        for _ in range(20):  # the open connections close, then connects fail
+            try:
+                await s.execute("PING")
+            except RedisConnectionError:
+                pass
+            await asyncio.sleep(0.03)
+        server.start()
+        for _ in range(200):
+            try:
+                if await s.execute("PING") == "PONG":
+                    break
+            except RedisConnectionError:
+                await asyncio.sleep(0.02)
+        resolves = s._resolves()
+        assert resolves >= 2
+        await asyncio.gather(*[s.execute("PING") for _ in range(50)])
+        assert s._connections() == 4
+        assert s._resolves() == resolves
+        await s.close()
