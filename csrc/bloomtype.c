@@ -6,7 +6,8 @@
 #include "hash.h"
 
 typedef struct {
-    PyObject_HEAD cm_bloom bloom;
+    PyObject_HEAD
+    cm_bloom bloom;
 } CmBloomObject;
 
 int cm_bloomtype_seen_or_put(PyObject *bf, Py_hash_t hash)

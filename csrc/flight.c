@@ -267,7 +267,8 @@ static PyObject *throw_args_exc(PyObject *const *args, Py_ssize_t nargs)
 /* ---- the Get object -------------------------------------------------------- */
 
 typedef struct {
-    PyObject_HEAD CmState *st;
+    PyObject_HEAD
+    CmState *st;
     int mode;
     int phase;
     Py_ssize_t idx;
@@ -690,7 +691,7 @@ static PySendResult handoff(CmGetObject *g, PyObject *yielded, PyObject **out)
     CmState *st = g->st;
     CmFlight *fl = g->fl;
     CmGetObject *d = NULL;
-    PyObject *loop = NULL, *task = NULL;
+    PyObject *loop = NULL, *task = NULL, *e;
     if (fl == NULL) {
         /* the flight becomes visible only now: until its first suspension
          * nobody else could have run to look for it */
@@ -752,15 +753,14 @@ static PySendResult handoff(CmGetObject *g, PyObject *yielded, PyObject **out)
     if (become_waiter(g, fl) < 0)
         goto fail_waiter;
     return PyIter_Send(g->fut_iter, Py_None, out);
-fail: {
+fail:
     /* keep the flight honest: nobody will drive it */
-    PyObject *e = fetch_exc();
+    e = fetch_exc();
     Py_XDECREF(yielded);
     flight_settle(st, fl, NULL, e);
     if (d != NULL) {
         Py_DECREF(d);
-    }
-    else if (g->sub != NULL) {
+    } else if (g->sub != NULL) {
         PyObject *r = PyObject_CallMethodNoArgs(g->sub, st->s_close);
         Py_XDECREF(r);
         PyErr_Clear();
@@ -768,15 +768,13 @@ fail: {
     }
     raise_exc(e);
     Py_DECREF(e);
-}
 fail_waiter:
     g->mode = M_DONE;
     *out = NULL;
     return PYGEN_ERROR;
 }
 
-uint64_t
-cm_local_puts(CmNodeConfigObject *cfg)
+uint64_t cm_local_puts(CmNodeConfigObject *cfg)
 {
     uint64_t n = 0;
     for (Py_ssize_t i = 0; i < cfg->ncaches; i++) {
@@ -788,8 +786,7 @@ cm_local_puts(CmNodeConfigObject *cfg)
 
 /* A get awaited later than it was made (e.g. queued): a local store may have
  * been filled since get() looked. A new reference on a hit, else NULL. */
-static PyObject *
-recheck_locals(CmGetObject *g)
+static PyObject *recheck_locals(CmGetObject *g)
 {
     CmNodeConfigObject *cfg = g->cfg;
     if (cm_local_puts(cfg) == g->local_puts)
@@ -1091,7 +1088,8 @@ static PyType_Spec get_spec = {
 /* A flight led by Python code: get_all registers one per key it loads and
  * settles it with resolve() or fail(). Dropping it unsettled fails it. */
 typedef struct {
-    PyObject_HEAD CmState *st;
+    PyObject_HEAD
+    CmState *st;
     CmFlight *fl;
 } CmFlightHandleObject;
 

@@ -42,8 +42,7 @@ static void run_sync(CmState *st, PyObject *aw, CmCacheRef *r, CmMetricsObject *
     }
 }
 
-PyObject *
-cm_get(CmState *st, CmRequest *req)
+PyObject *cm_get(CmState *st, CmRequest *req)
 {
     PyObject *node = req->node; // borrowed
     PyTypeObject *cls = req->cls ? req->cls : Py_TYPE(node);
@@ -60,8 +59,7 @@ cm_get(CmState *st, CmRequest *req)
 
     if (full != NULL) {
         hash = ((PyASCIIObject *)full)->hash;
-    }
-    else {
+    } else {
         if (PyErr_Occurred())
             return NULL;
         if ((key = cm_key_call(st, node, cfg)) == NULL)
@@ -79,21 +77,19 @@ cm_get(CmState *st, CmRequest *req)
         PyObject *v;
         if (r->kind == CM_CACHE_LOCAL) {
             CmStoreObject *store = (CmStoreObject *)r->storage;
-            v = full ? cm_store_lookup(store, full, hash) : cm_store_lookup_parts(store, &parts, hash);
-        }
-        else if (r->kind == CM_CACHE_LOCAL_PY) {
+            v = full ? cm_store_lookup(store, full, hash)
+                     : cm_store_lookup_parts(store, &parts, hash);
+        } else if (r->kind == CM_CACHE_LOCAL_PY) {
             PyObject *args[3] = {r->storage, node, cfg->serializer};
             v = PyObject_VectorcallMethod(st->s_get_sync, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                           NULL);
             if (v == NULL) {
                 m->storages[r->stat].errors++;
                 PyErr_WriteUnraisable(r->name);
-            }
-            else if (v == st->sentinel) {
+            } else if (v == st->sentinel) {
                 Py_CLEAR(v);
             }
-        }
-        else {
+        } else {
             continue;
         }
         if (v == NULL) {

@@ -22,8 +22,7 @@ PyObject *cm_key_call(CmState *st, PyObject *node, struct CmNodeConfigObject_ *c
 /* If prefix, key and version are all 1-byte strings and the full key fits
  * CM_KEY_BUF, fill parts and set *hash to exactly hash(full key) and return
  * 1; else return 0. */
-int cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *parts,
-                 Py_hash_t *hash);
+int cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *parts, Py_hash_t *hash);
 /* Build the full key str from key(); known_hash (or -1) is stored as its
  * hash, else the hash is computed. Cached on node when node is not NULL. */
 PyObject *cm_key_build(CmState *st, PyObject *node, PyObject *key, PyObject *version,

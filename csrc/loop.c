@@ -120,8 +120,8 @@ static int fd_call(PyObject *name, PyObject *loop, int fd, PyObject *cb)
     if (pyfd == NULL)
         return -1;
     PyObject *args[3] = {loop, pyfd, cb};
-    PyObject *r = PyObject_VectorcallMethod(name, args, (cb ? 3 : 2) | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                            NULL);
+    PyObject *r =
+        PyObject_VectorcallMethod(name, args, (cb ? 3 : 2) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     Py_DECREF(pyfd);
     if (r == NULL)
         return -1;
@@ -162,8 +162,8 @@ PyObject *cm_loop_call_later(CmState *st, PyObject *loop, double delay, PyObject
     if (d == NULL)
         return NULL;
     PyObject *args[3] = {loop, d, cb};
-    PyObject *h = PyObject_VectorcallMethod(st->s_call_later, args,
-                                            3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *h =
+        PyObject_VectorcallMethod(st->s_call_later, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     Py_DECREF(d);
     return h;
 }

@@ -9,7 +9,8 @@
 #include <structmember.h>
 
 typedef struct {
-    PyObject_HEAD PyObject *fn;
+    PyObject_HEAD
+    PyObject *fn;
     PyObject *node_cls;
     PyObject *to_node;
     PyObject *dict;

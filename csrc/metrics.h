@@ -10,7 +10,8 @@ typedef struct {
 } CmStorageCounters;
 
 typedef struct {
-    PyObject_HEAD uint64_t hit_count, miss_count;
+    PyObject_HEAD
+    uint64_t hit_count, miss_count;
     uint64_t load_success_count, load_failure_count;
     uint64_t total_load_time; /* ns */
     Py_ssize_t nstorages;

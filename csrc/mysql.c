@@ -29,6 +29,7 @@
 
 #ifdef CM_HAVE_MARIADB
 #include <mariadb/mysql.h> /* not "mysql.h": that is ours */
+
 #include <mariadb/errmsg.h>
 
 #define MY_BUCKETS 9 /* 1 .. 256 */
@@ -44,8 +45,8 @@ typedef struct {
     MYSQL_STMT *stmt[S_COUNT];
     MYSQL_STMT *adhoc; /* get_all beyond MY_MAX_IN keys */
     MYSQL_STMT *cur;
-    int slot;          /* statement being prepared, -1: adhoc */
-    int nkeys;         /* IN list size of the current statement */
+    int slot;  /* statement being prepared, -1: adhoc */
+    int nkeys; /* IN list size of the current statement */
     MYSQL *mret;
     int iret;
     /* parameter buffers of the request in flight */
@@ -524,7 +525,8 @@ static void read_rows(CmSqlConnObject *c)
     int rc;
     while ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED) {
         if (ncols == 1) {
-            if (b->result == NULL && (b->result = fetch_col(st, &rb[0], lens[0], nulls[0], 0)) == NULL)
+            if (b->result == NULL &&
+                (b->result = fetch_col(st, &rb[0], lens[0], nulls[0], 0)) == NULL)
                 goto oom;
         } else {
             PyObject *k = fetch_col(st, &rb[0], lens[0], nulls[0], 0);

@@ -219,8 +219,7 @@ fail:
     return NULL;
 }
 
-CmNodeConfigObject *
-cm_nodecfg_get(CmState *st, PyTypeObject *cls)
+CmNodeConfigObject *cm_nodecfg_get(CmState *st, PyTypeObject *cls)
 {
     CmNodeConfigObject *last = (CmNodeConfigObject *)st->last_cfg; // borrowed
     if ((PyObject *)cls == st->last_cls && last->generation == st->generation)

@@ -23,7 +23,8 @@ typedef struct {
 } CmCacheRef;
 
 typedef struct CmNodeConfigObject_ {
-    PyObject_VAR_HEAD uint64_t generation;
+    PyObject_VAR_HEAD
+    uint64_t generation;
     PyTypeObject *cls;    /* borrowed: the config lives in cls.__dict__ */
     PyObject *version;    /* str */
     PyObject *serializer; /* or None */

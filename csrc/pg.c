@@ -394,8 +394,8 @@ static void on_result(CmSqlConnObject *c, PGresult *res)
             Py_DECREF(found);
         }
     } else if (b->kind == CM_SQL_SWEEP) {
-        Py_XSETREF(b->result, PyLong_FromString(*PQcmdTuples(res) ? PQcmdTuples(res) : "0", NULL,
-                                                10));
+        Py_XSETREF(b->result,
+                   PyLong_FromString(*PQcmdTuples(res) ? PQcmdTuples(res) : "0", NULL, 10));
         PyErr_Clear();
     }
 }

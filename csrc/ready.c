@@ -4,7 +4,8 @@
 #include "ready.h"
 
 typedef struct {
-    PyObject_HEAD PyObject *value; /* NULL once consumed */
+    PyObject_HEAD
+    PyObject *value; /* NULL once consumed */
 } CmReadyObject;
 
 PyObject *cm_ready_new(CmState *st, PyObject *value)

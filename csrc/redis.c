@@ -82,7 +82,8 @@ static void exc_restore(PyObject *v)
 }
 
 struct CmRedisConnObject {
-    PyObject_HEAD CmState *st;
+    PyObject_HEAD
+    CmState *st;
     CmRedisPool *pool; /* borrowed; NULL once closed */
     PyObject *loop;
     PyObject *flush_cb; /* bound on_flush, made once */

@@ -74,7 +74,8 @@ struct CmRedisPool {
 };
 
 struct CmRedisClientObject {
-    PyObject_HEAD CmState *st;
+    PyObject_HEAD
+    CmState *st;
     CmRedisConfig cfg;
     CmRedisPool *pool;       /* single server */
     CmRedisCluster *cluster; /* or a cluster */

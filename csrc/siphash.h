@@ -28,8 +28,7 @@
         v2 = CM_ROTL(v2, 32);                                                                      \
     } while (0)
 
-static inline uint64_t
-cm_load_le64(const unsigned char *p)
+static inline uint64_t cm_load_le64(const unsigned char *p)
 {
     uint64_t m;
     memcpy(&m, p, 8);
@@ -39,8 +38,7 @@ cm_load_le64(const unsigned char *p)
     return m;
 }
 
-static inline uint64_t
-cm_siphash13(uint64_t k0, uint64_t k1, const void *data, size_t n)
+static inline uint64_t cm_siphash13(uint64_t k0, uint64_t k1, const void *data, size_t n)
 {
     const unsigned char *p = (const unsigned char *)data;
     uint64_t v0 = k0 ^ 0x736f6d6570736575ULL;

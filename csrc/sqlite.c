@@ -88,10 +88,9 @@ static CmSqliteH *db_open(CmSqlStorageObject *s)
         PyErr_NoMemory();
         return NULL;
     }
-    int rc = sqlite3_open_v2(path, &h->db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX |
-                                 SQLITE_OPEN_URI,
-                             NULL);
+    int rc = sqlite3_open_v2(
+        path, &h->db,
+        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI, NULL);
     if (rc != SQLITE_OK) {
         raise_db(s, h->db, rc);
         goto fail;
@@ -143,9 +142,10 @@ static int prepare(CmSqlStorageObject *s, sqlite3_stmt **out, const char *fmt, c
 static int prepare_fixed(CmSqlStorageObject *s)
 {
     CmSqliteH *h = s->h;
-    return prepare(s, &h->get,
-                   "SELECT value FROM %1$s WHERE \"key\" = ?1 AND (expire IS NULL OR expire > ?2)%2$s",
-                   NULL) < 0 ||
+    return prepare(
+               s, &h->get,
+               "SELECT value FROM %1$s WHERE \"key\" = ?1 AND (expire IS NULL OR expire > ?2)%2$s",
+               NULL) < 0 ||
                    prepare(s, &h->set,
                            "INSERT INTO %1$s (\"key\", value, expire, updated_at) VALUES "
                            "(?1, ?2, ?3, ?4) ON CONFLICT (\"key\") DO UPDATE SET "
@@ -202,8 +202,8 @@ static int do_set(CmSqlStorageObject *s, PyObject *key, PyObject *value, const c
 {
     sqlite3_stmt *st = ((CmSqliteH *)s->h)->set;
     if (bind_str(st, 1, key) != SQLITE_OK || bind_str(st, 2, value) != SQLITE_OK ||
-        (expire ? sqlite3_bind_text(st, 3, expire, -1, SQLITE_STATIC)
-                : sqlite3_bind_null(st, 3)) != SQLITE_OK ||
+        (expire ? sqlite3_bind_text(st, 3, expire, -1, SQLITE_STATIC) : sqlite3_bind_null(st, 3)) !=
+            SQLITE_OK ||
         sqlite3_bind_text(st, 4, now, -1, SQLITE_STATIC) != SQLITE_OK) {
         sqlite3_reset(st);
         sqlite3_clear_bindings(st);
@@ -365,8 +365,8 @@ static int sqlite_run(CmSqlStorageObject *s, CmSqlReq *r)
         break;
     }
     /* the periodic sweep rides on writes: bounded, at most once an interval */
-    if (rc == 0 && (r->kind == CM_SQL_SET || r->kind == CM_SQL_SET_ALL) &&
-        s->sweep_interval > 0 && cm_sql_now() >= s->next_sweep) {
+    if (rc == 0 && (r->kind == CM_SQL_SET || r->kind == CM_SQL_SET_ALL) && s->sweep_interval > 0 &&
+        cm_sql_now() >= s->next_sweep) {
         s->next_sweep = cm_sql_now() + (int64_t)(s->sweep_interval * 1e9);
         if (do_sweep(s, s->sweep_limit, now) < 0)
             PyErr_Clear();

@@ -15,9 +15,9 @@
 #include "loop.h"
 #include "ready.h"
 
-#define CM_SQL_BACKOFF_MIN 50000000LL    /* 50 ms */
-#define CM_SQL_BACKOFF_MAX 1000000000LL  /* 1 s */
-#define CM_SQL_SWEEP_AGAIN 1000000000LL  /* a full sweep batch: go on after 1 s */
+#define CM_SQL_BACKOFF_MIN 50000000LL   /* 50 ms */
+#define CM_SQL_BACKOFF_MAX 1000000000LL /* 1 s */
+#define CM_SQL_SWEEP_AGAIN 1000000000LL /* a full sweep batch: go on after 1 s */
 
 int64_t cm_sql_now(void) { return cm_now_ns(); }
 
@@ -51,8 +51,8 @@ void cm_sql_utc_text(char *buf, size_t n, long long delta_us)
     long long us = (long long)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000 + delta_us;
     time_t secs = (time_t)(us / 1000000LL);
     gmtime_r(&secs, &tm);
-    snprintf(buf, n, "%04d-%02d-%02d %02d:%02d:%02d.%06lld+00:00", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, us % 1000000LL);
+    snprintf(buf, n, "%04d-%02d-%02d %02d:%02d:%02d.%06lld+00:00", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, us % 1000000LL);
 }
 
 long long cm_sql_ttl_us(const CmSqlReq *r)
@@ -106,11 +106,11 @@ void cm_sql_req_error(CmSqlStorageObject *s, CmSqlReq *r, PyObject *exc_type, co
 static int missing_table_error(CmSqlStorageObject *s, PyObject **out)
 {
     *out = PyObject_CallFunction(
-        s->st->SQLTableError,
-        "N", PyUnicode_FromFormat(
-                 "cacheme %s storage: table '%U' does not exist; create it with the DDL in "
-                 "cacheme/storages/scripts/%s.sql (table name replaced) or pass create_table=True",
-                 s->drv->name, s->table, s->drv->name));
+        s->st->SQLTableError, "N",
+        PyUnicode_FromFormat(
+            "cacheme %s storage: table '%U' does not exist; create it with the DDL in "
+            "cacheme/storages/scripts/%s.sql (table name replaced) or pass create_table=True",
+            s->drv->name, s->table, s->drv->name));
     return *out ? 0 : -1;
 }
 
@@ -174,8 +174,8 @@ static PyObject *encode(CmState *st, PyObject *ser, PyObject *v)
     if (ser == Py_None)
         return as_bytes(v);
     PyObject *args[2] = {ser, v};
-    PyObject *raw = PyObject_VectorcallMethod(st->ser_s_dumps, args,
-                                              2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *raw =
+        PyObject_VectorcallMethod(st->ser_s_dumps, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (raw == NULL)
         return NULL;
     PyObject *b = as_bytes(raw);
@@ -210,7 +210,8 @@ static PyObject *req_value(CmSqlStorageObject *s, CmSqlReq *r)
         if (out == NULL || r->result == NULL)
             return out;
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(r->keys); i++) {
-            PyObject *raw = PyDict_GetItemWithError(r->result, PyList_GET_ITEM(r->keys, i)); // borrowed
+            PyObject *raw =
+                PyDict_GetItemWithError(r->result, PyList_GET_ITEM(r->keys, i)); // borrowed
             if (raw == NULL) {
                 if (PyErr_Occurred())
                     goto fail;
@@ -794,7 +795,8 @@ static PyObject *storage_set(PyObject *self, PyObject *const *args, Py_ssize_t n
     if (r == NULL)
         return NULL;
     if ((r->key = node_key(s->st, args[0])) == NULL ||
-        (r->value = encode(s->st, args[3], args[1])) == NULL || parse_ttl(s, args[2], &r->ttl) < 0) {
+        (r->value = encode(s->st, args[3], args[1])) == NULL ||
+        parse_ttl(s, args[2], &r->ttl) < 0) {
         req_free(r);
         return NULL;
     }
@@ -995,8 +997,9 @@ static int valid_identifier(const char *p, Py_ssize_t n)
 
 static int storage_init(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"dsn", "table", "pool_size", "timeout", "connect_timeout",
-                             "sweep_interval", "sweep_limit", "options", NULL};
+    static char *kwlist[] = {"dsn",         "table",           "pool_size",
+                             "timeout",     "connect_timeout", "sweep_interval",
+                             "sweep_limit", "options",         NULL};
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
     PyObject *dsn, *table, *options = NULL;
     Py_ssize_t pool_size = 10;
@@ -1156,7 +1159,7 @@ static PyMemberDef storage_members[] = {
 };
 
 #define CM_SQL_SLOTS(NEW, DOC)                                                                     \
-    {Py_tp_new, NEW}, {Py_tp_init, storage_init}, {Py_tp_methods, storage_methods},               \
+    {Py_tp_new, NEW}, {Py_tp_init, storage_init}, {Py_tp_methods, storage_methods},                \
         {Py_tp_getset, storage_getset}, {Py_tp_members, storage_members},                          \
         {Py_tp_traverse, storage_traverse}, {Py_tp_clear, storage_clear},                          \
         {Py_tp_dealloc, storage_dealloc}, {Py_tp_doc, DOC}, {0, NULL},
@@ -1173,10 +1176,10 @@ static PyType_Slot sqlite_slots[] = {CM_SQL_SLOTS(
                 "SQLite storage (WAL), statements run inline")};
 
 #define CM_SQL_SPEC(NAME, SLOTS)                                                                   \
-    {.name = "cacheme._core." NAME,                                                                \
-     .basicsize = sizeof(CmSqlStorageObject),                                                      \
-     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,                       \
-     .slots = SLOTS}
+    {                                                                                              \
+        .name = "cacheme._core." NAME, .basicsize = sizeof(CmSqlStorageObject),                    \
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, .slots = SLOTS     \
+    }
 
 static PyType_Spec pg_spec = CM_SQL_SPEC("PgClient", pg_slots);
 static PyType_Spec mysql_spec = CM_SQL_SPEC("MySQLClient", mysql_slots);

@@ -61,13 +61,13 @@ struct CmSqlConnObject {
     int state;
     int fd;
     int reading, writing;
-    int phase;           /* driver's sub-state */
-    int status;          /* driver's scratch (MariaDB's wait status) */
-    int err;             /* driver's scratch: the batch has failed */
-    int64_t deadline;    /* of the connect or the batch in flight; 0: none */
-    CmSqlReq *batch;     /* requests in flight on this connection */
-    void *h;             /* driver handle (PGconn *, MYSQL *) */
-    void *aux;           /* driver scratch */
+    int phase;        /* driver's sub-state */
+    int status;       /* driver's scratch (MariaDB's wait status) */
+    int err;          /* driver's scratch: the batch has failed */
+    int64_t deadline; /* of the connect or the batch in flight; 0: none */
+    CmSqlReq *batch;  /* requests in flight on this connection */
+    void *h;          /* driver handle (PGconn *, MYSQL *) */
+    void *aux;        /* driver scratch */
 };
 
 typedef struct {
@@ -92,10 +92,10 @@ struct CmSqlStorageObject {
     PyObject_HEAD
     CmState *st;
     const CmSqlDriver *drv;
-    PyObject *loop;       /* the loop the connections are watched on */
-    PyObject *table;      /* str, a validated identifier */
-    PyObject *dsn;        /* str: libpq conninfo/URL, MySQL URL parts, SQLite path */
-    PyObject *options;    /* dict of driver options (host, port, user, ...) */
+    PyObject *loop;    /* the loop the connections are watched on */
+    PyObject *table;   /* str, a validated identifier */
+    PyObject *dsn;     /* str: libpq conninfo/URL, MySQL URL parts, SQLite path */
+    PyObject *options; /* dict of driver options (host, port, user, ...) */
     Py_ssize_t pool_size;
     double timeout, connect_timeout, sweep_interval;
     long sweep_limit;
@@ -103,7 +103,7 @@ struct CmSqlStorageObject {
     Py_ssize_t nconns, conns_cap;
     CmSqlReq *head, *tail;
     Py_ssize_t queued;
-    PyObject *tick;       /* TimerHandle of the periodic check, or NULL */
+    PyObject *tick; /* TimerHandle of the periodic check, or NULL */
     int64_t retry_at, backoff, next_sweep;
     int sweeping;
     int dispatching;

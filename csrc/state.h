@@ -97,36 +97,36 @@ typedef struct {
     size_t flight_free_len;
 
     /* serializer (serializer.c, ser_object.c, msgpack_codec.c) */
-#define CM_SER_OBJECTS(X)                                                      \
-    X(SerializerError)                                                         \
-    X(PickleSerializerType)                                                    \
-    X(JSONSerializerType)                                                      \
-    X(MsgPackSerializerType)                                                   \
-    X(CompressedSerializerType)                                                \
-    X(ser_datetime)                                                            \
-    X(ser_date)                                                                \
-    X(ser_time)                                                                \
-    X(ser_timedelta)                                                           \
-    X(ser_Decimal)                                                             \
-    X(ser_UUID)                                                                \
-    X(ser_Enum)                                                                \
-    X(ser_pickle_dumps)                                                        \
-    X(ser_SafeUnpicklerType)                                                   \
-    X(ser_BytesIO)                                                             \
-    X(ser_a2b_base64)                                                          \
-    X(ser_json_encoder)                                                        \
-    X(ser_json_scan_once)                                                      \
-    X(ser_object_encoder)                                                      \
-    X(ser_object_decoder)                                                      \
-    X(ser_datetime_qualname)                                                   \
-    X(ser_zero)                                                                \
-    X(ser_s_class)                                                             \
-    X(ser_s_data)                                                              \
-    X(ser_s_isoformat)                                                         \
-    X(ser_s_fromisoformat)                                                     \
-    X(ser_s_serializer)                                                        \
-    X(ser_s_dumps)                                                             \
-    X(ser_s_loads)                                                             \
+#define CM_SER_OBJECTS(X)                                                                          \
+    X(SerializerError)                                                                             \
+    X(PickleSerializerType)                                                                        \
+    X(JSONSerializerType)                                                                          \
+    X(MsgPackSerializerType)                                                                       \
+    X(CompressedSerializerType)                                                                    \
+    X(ser_datetime)                                                                                \
+    X(ser_date)                                                                                    \
+    X(ser_time)                                                                                    \
+    X(ser_timedelta)                                                                               \
+    X(ser_Decimal)                                                                                 \
+    X(ser_UUID)                                                                                    \
+    X(ser_Enum)                                                                                    \
+    X(ser_pickle_dumps)                                                                            \
+    X(ser_SafeUnpicklerType)                                                                       \
+    X(ser_BytesIO)                                                                                 \
+    X(ser_a2b_base64)                                                                              \
+    X(ser_json_encoder)                                                                            \
+    X(ser_json_scan_once)                                                                          \
+    X(ser_object_encoder)                                                                          \
+    X(ser_object_decoder)                                                                          \
+    X(ser_datetime_qualname)                                                                       \
+    X(ser_zero)                                                                                    \
+    X(ser_s_class)                                                                                 \
+    X(ser_s_data)                                                                                  \
+    X(ser_s_isoformat)                                                                             \
+    X(ser_s_fromisoformat)                                                                         \
+    X(ser_s_serializer)                                                                            \
+    X(ser_s_dumps)                                                                                 \
+    X(ser_s_loads)                                                                                 \
     X(ser_s_dataclass_fields)
 #define CM_SER_DECLARE(n) PyObject *n;
     CM_SER_OBJECTS(CM_SER_DECLARE)

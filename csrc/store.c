@@ -22,7 +22,8 @@
 #define CM_STORE_MAX_SIZE ((uint32_t)1 << 26)
 
 struct CmStoreObject {
-    PyObject_HEAD int kind;
+    PyObject_HEAD
+    int kind;
     uint32_t capacity;
     uint32_t len;
     uint32_t *index; /* slot numbers, EMPTY where free */
@@ -230,16 +231,15 @@ oom:
     return -1;
 }
 
-static inline int
-parts_eq(PyObject *k, const CmKeyParts *kp)
+static inline int parts_eq(PyObject *k, const CmKeyParts *kp)
 {
     return PyUnicode_KIND(k) == PyUnicode_1BYTE_KIND && PyUnicode_GET_LENGTH(k) == kp->len &&
            memcmp(PyUnicode_1BYTE_DATA(k), kp->data, (size_t)kp->len) == 0;
 }
 
 /* A resident, unexpired slot for hash/parts, or EMPTY. */
-static uint32_t
-find_live_parts(CmStoreObject *s, const CmKeyParts *kp, Py_hash_t hash, int64_t *now)
+static uint32_t find_live_parts(CmStoreObject *s, const CmKeyParts *kp, Py_hash_t hash,
+                                int64_t *now)
 {
     uint32_t mask = s->index_mask;
     for (uint32_t pos = (uint32_t)hash & mask;; pos = (pos + 1) & mask) {
@@ -259,8 +259,7 @@ find_live_parts(CmStoreObject *s, const CmKeyParts *kp, Py_hash_t hash, int64_t 
 }
 
 /* A resident, unexpired slot for key, or EMPTY. */
-static uint32_t
-find_live(CmStoreObject *s, PyObject *key, Py_hash_t hash, int64_t *now)
+static uint32_t find_live(CmStoreObject *s, PyObject *key, Py_hash_t hash, int64_t *now)
 {
     int found;
     uint32_t pos = find_pos(s, key, hash, &found);
@@ -276,42 +275,34 @@ find_live(CmStoreObject *s, PyObject *key, Py_hash_t hash, int64_t *now)
 }
 
 /* Record the hit or miss; new reference to the value on a hit. */
-static PyObject *
-finish_lookup(CmStoreObject *s, uint32_t slot, Py_hash_t hash)
+static PyObject *finish_lookup(CmStoreObject *s, uint32_t slot, Py_hash_t hash)
 {
     PyObject *v = NULL;
     if (slot != EMPTY) {
         cm_policy_access(s->policy, slot, (uint64_t)hash);
         v = Py_NewRef(s->values[slot]);
-    }
-    else {
+    } else {
         cm_policy_record_miss(s->policy, (uint64_t)hash);
     }
     flush_dead(s);
     return v;
 }
 
-PyObject *
-cm_store_lookup_parts(CmStoreObject *s, const CmKeyParts *parts, Py_hash_t hash)
+PyObject *cm_store_lookup_parts(CmStoreObject *s, const CmKeyParts *parts, Py_hash_t hash)
 {
     int64_t now = 0;
     advance_wheel(s, &now);
     return finish_lookup(s, find_live_parts(s, parts, hash, &now), hash);
 }
 
-PyObject *
-cm_store_lookup(CmStoreObject *s, PyObject *key, Py_hash_t hash)
+PyObject *cm_store_lookup(CmStoreObject *s, PyObject *key, Py_hash_t hash)
 {
     int64_t now = 0;
     advance_wheel(s, &now);
     return finish_lookup(s, find_live(s, key, hash, &now), hash);
 }
 
-uint64_t
-cm_store_puts(CmStoreObject *s)
-{
-    return s->puts;
-}
+uint64_t cm_store_puts(CmStoreObject *s) { return s->puts; }
 
 int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *value, int64_t ttl_ns)
 {
@@ -529,8 +520,7 @@ static PyObject *store_remove(PyObject *self, PyObject *arg)
     return PyBool_FromLong(rc);
 }
 
-static int
-store_contains(PyObject *self, PyObject *arg)
+static int store_contains(PyObject *self, PyObject *arg)
 {
     CmStoreObject *s = (CmStoreObject *)self;
     Py_hash_t hash;
