@@ -85,19 +85,21 @@ test-sdist: venv
 test-asan: deps $(VENV)/.test-stamp test-venvs
 	rm -rf build/asan-pkg && mkdir -p build/asan-pkg
 	CACHEME_SANITIZE=1 $(PY) setup.py -q build_ext --build-lib build/asan-pkg --build-temp build/asan-tmp --force
-	cp -r cacheme/*.py cacheme/py.typed cacheme/storages build/asan-pkg/cacheme/
+	cp -r cacheme/*.py cacheme/*.pyi cacheme/py.typed cacheme/storages build/asan-pkg/cacheme/
 	PYTHONPATH=$(CURDIR)/build/asan-pkg PYTHONMALLOC=malloc \
 	  LD_PRELOAD=$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so) \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  CACHEME_EXPECT_BUILD=asan $(PY) -m pytest tests -q -p no:cacheprovider
+	  CACHEME_EXPECT_BUILD=asan CACHEME_EXPECT_CORE=$(CURDIR)/build/asan-pkg \
+	  $(PY) -P -m pytest tests -q -p no:cacheprovider --timeout 600
 	$(MAKE) -C tests/c asan
 	$(MAKE) -C tests/c -f resp.mk resp-asan
 
 test-debug: deps $(VENV)/.test-stamp test-venvs
 	rm -rf build/debug-pkg && mkdir -p build/debug-pkg
 	CACHEME_DEBUG=1 $(PY) setup.py -q build_ext --build-lib build/debug-pkg --build-temp build/debug-tmp --force
-	cp -r cacheme/*.py cacheme/py.typed cacheme/storages build/debug-pkg/cacheme/
-	PYTHONPATH=$(CURDIR)/build/debug-pkg $(PY) -m pytest tests -q -p no:cacheprovider
+	cp -r cacheme/*.py cacheme/*.pyi cacheme/py.typed cacheme/storages build/debug-pkg/cacheme/
+	PYTHONPATH=$(CURDIR)/build/debug-pkg CACHEME_EXPECT_CORE=$(CURDIR)/build/debug-pkg \
+	  $(PY) -P -m pytest tests -q -p no:cacheprovider --timeout 600
 
 format:
 	clang-format -i csrc/*.c csrc/*.h tests/c/*.c

@@ -12,6 +12,12 @@ from cacheme import _core
 
 _names = itertools.count()
 
+# make test-asan / test-debug: the suite must run against that build, not
+# an in-place one that happens to come first on sys.path
+_expect_core = os.environ.get("CACHEME_EXPECT_CORE")
+if _expect_core and not os.path.abspath(_core.__file__).startswith(_expect_core):
+    raise RuntimeError(f"cacheme._core is {_core.__file__}, expected a build under {_expect_core}")
+
 
 def unique(prefix: str = "s") -> str:
     return f"{prefix}{next(_names)}"
@@ -43,6 +49,8 @@ def run_python(code: str, timeout: int = 300) -> str:
         text=True,
         timeout=timeout,
         env=env,
+        # not the repo root: its in-place build would shadow PYTHONPATH's
+        cwd=os.path.dirname(os.path.abspath(__file__)),
     )
     assert r.returncode == 0, f"subprocess failed:\n{r.stdout}\n{r.stderr}"
     return r.stdout
