@@ -675,7 +675,7 @@ static void leave_flight(CmGetObject *g)
             if (done < 0)
                 PyErr_WriteUnraisable(fl->waiters[i]);
         }
-        if (!live) {
+        if (!live && fl->task != NULL) { /* an inline leader still waits */
             fl->abandoned = 1;
             table_unlink(st, fl);
             if (fl->task != NULL && cm_future_cancel(st, fl->task) < 0)
@@ -685,26 +685,18 @@ static void leave_flight(CmGetObject *g)
     g->mode = M_DONE;
 }
 
-/* The leader's flight suspended with `yielded`: hand it to a Task. */
-static PySendResult handoff(CmGetObject *g, PyObject *yielded, PyObject **out)
+/* Move the leader's driving state into a new Get run by a Task; the Task's
+ * first step yields `pending` (stolen), what the flight is waiting on. */
+static int move_to_task(CmGetObject *g, PyObject *pending)
 {
     CmState *st = g->st;
     CmFlight *fl = g->fl;
-    CmGetObject *d = NULL;
-    PyObject *loop = NULL, *task = NULL, *e;
-    if (fl == NULL) {
-        /* the flight becomes visible only now: until its first suspension
-         * nobody else could have run to look for it */
-        if ((fl = g->fl = flight_start(st, g->key, g->hash)) == NULL) {
-            Py_DECREF(yielded);
-            goto fail_waiter;
-        }
-        if (g->phase >= P_FILL)
-            flight_settle(st, fl, g->value, NULL);
+    CmGetObject *d = (CmGetObject *)get_alloc(st);
+    PyObject *loop = NULL, *task = NULL;
+    if (d == NULL) {
+        Py_XDECREF(pending);
+        return -1;
     }
-    d = (CmGetObject *)get_alloc(st);
-    if (d == NULL)
-        goto fail;
     d->mode = M_DRIVER;
     d->phase = g->phase;
     d->idx = g->idx;
@@ -731,45 +723,374 @@ static PySendResult handoff(CmGetObject *g, PyObject *yielded, PyObject **out)
     g->value = NULL;
     d->fl = fl;
     fl->refs++;
-    d->pending = yielded; /* steals */
-    yielded = NULL;
-    d->has_pending = 1;
+    d->pending = pending; /* steals; NULL: resume the sub-awaitable with None */
+    d->has_pending = pending != NULL;
+    g->mode = M_DONE;
 
     loop = cm_loop_running(st);
-    if (loop == NULL)
-        goto fail;
-    task = cm_loop_create_task(st, loop, (PyObject *)d);
-    Py_DECREF(loop);
-    if (task == NULL)
-        goto fail;
+    if (loop != NULL) {
+        task = cm_loop_create_task(st, loop, (PyObject *)d);
+        Py_DECREF(loop);
+    }
+    if (task == NULL) {
+        /* nobody will drive it: fail the flight, close its awaitable */
+        PyObject *e = fetch_exc();
+        flight_settle(st, fl, NULL, e);
+        Py_DECREF(d); /* its finalizer closes the sub-awaitable */
+        raise_exc(e);
+        Py_DECREF(e);
+        return -1;
+    }
     Py_XSETREF(fl->task, task);
     Py_DECREF(d);
-    if (fl->done) {
-        /* only fills remain: the caller has its value now */
-        g->mode = M_DONE;
-        *out = Py_NewRef(fl->value);
-        return PYGEN_RETURN;
+    return 0;
+}
+
+/* ---- the leader's stand-in future -------------------------------------------
+ *
+ * While the leader drives its flight inline (the way an `await` chain does),
+ * what its Task awaits is not the future X its load or storage yielded but
+ * this proxy of it. X completing runs the proxy, which runs the Task's
+ * wakeup at once: no extra loop iteration and no Task of our own. The proxy
+ * also intercepts the Task's cancel(): with other callers waiting, the
+ * flight moves to a Task of its own (move_to_task) and only the leader is
+ * cancelled; with nobody else, X itself is cancelled, i.e. the load.
+ *
+ * Like a Future, the proxy never runs a callback from inside a method call
+ * (cancel, add_done_callback): those are scheduled on the loop. Only X's
+ * own done-callback, which the loop runs, calls the wakeup directly. */
+
+enum { PX_PENDING, PX_FIRED, PX_DETACHED };
+
+typedef struct {
+    PyObject_HEAD
+    CmGetObject *owner; /* the leader */
+    PyObject *target;   /* X */
+    PyObject *loop;
+    PyObject *cb, *ctx; /* the Task's wakeup and its context */
+    int blocking;       /* _asyncio_future_blocking */
+    int state;
+} CmProxyObject;
+
+/* Take the callback out before calling it: it may reenter the proxy. */
+static void proxy_run_cb(CmProxyObject *p)
+{
+    PyObject *cb = p->cb, *ctx = p->ctx;
+    p->cb = p->ctx = NULL;
+    if (cb == NULL)
+        return;
+    if (ctx != NULL && ctx != Py_None && PyContext_Enter(ctx) < 0) {
+        PyErr_WriteUnraisable(cb);
+        Py_CLEAR(ctx);
     }
-    if (become_waiter(g, fl) < 0)
-        goto fail_waiter;
-    return PyIter_Send(g->fut_iter, Py_None, out);
+    PyObject *r = PyObject_CallOneArg(cb, (PyObject *)p);
+    if (r == NULL)
+        PyErr_WriteUnraisable(cb);
+    Py_XDECREF(r);
+    if (ctx != NULL && ctx != Py_None && PyContext_Exit(ctx) < 0)
+        PyErr_WriteUnraisable(cb);
+    Py_DECREF(cb);
+    Py_XDECREF(ctx);
+}
+
+static int proxy_schedule_cb(CmProxyObject *p)
+{
+    PyObject *cb = p->cb, *ctx = p->ctx;
+    p->cb = p->ctx = NULL;
+    if (cb == NULL)
+        return 0;
+    int rc = cm_loop_call_soon_arg(p->owner->st, p->loop, cb, (PyObject *)p, ctx);
+    Py_DECREF(cb);
+    Py_XDECREF(ctx);
+    return rc;
+}
+
+/* X's done-callback: proxy(X), run by the loop */
+static PyObject *proxy_tp_call(PyObject *self, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kw))
+{
+    CmProxyObject *p = (CmProxyObject *)self;
+    if (p->state == PX_PENDING) {
+        p->state = PX_FIRED;
+        proxy_run_cb(p);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *proxy_add_done_callback(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                         PyObject *kwnames)
+{
+    CmProxyObject *p = (CmProxyObject *)self;
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs != 1 || nkw > 1 ||
+        (nkw == 1 && PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), p->owner->st->s_context))) {
+        PyErr_SetString(PyExc_TypeError, "add_done_callback(fn, *, context=None)");
+        return NULL;
+    }
+    if (p->cb != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cacheme: a get() is awaited by one task only");
+        return NULL;
+    }
+    p->cb = Py_NewRef(args[0]);
+    p->ctx = nkw == 1 ? Py_NewRef(args[1]) : NULL;
+    if (p->state != PX_PENDING) {
+        if (proxy_schedule_cb(p) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (cm_future_add_done_callback(p->owner->st, p->target, self) < 0) {
+        Py_CLEAR(p->cb);
+        Py_CLEAR(p->ctx);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *proxy_remove_done_callback(PyObject *self, PyObject *fn)
+{
+    CmProxyObject *p = (CmProxyObject *)self;
+    if (p->cb != NULL && p->cb == fn) {
+        Py_CLEAR(p->cb);
+        Py_CLEAR(p->ctx);
+        return PyLong_FromLong(1);
+    }
+    return PyLong_FromLong(0);
+}
+
+static int flight_has_live_waiters(CmState *st, CmFlight *fl)
+{
+    for (Py_ssize_t i = 0; i < fl->nwaiters; i++) {
+        int done = cm_future_done(st, fl->waiters[i]);
+        if (done < 0)
+            PyErr_WriteUnraisable(fl->waiters[i]);
+        if (done == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* With others waiting on an unsettled flight, move it to a Task of its own
+ * so that only the leader goes: 1 moved, 0 not needed, -1 error. `pending`
+ * (borrowed, may be NULL) is what the flight waits on now. */
+static int leader_leaves(CmGetObject *g, PyObject *pending)
+{
+    CmFlight *fl = g->fl;
+    if (g->mode != M_LEAD || fl == NULL || fl->done || !flight_has_live_waiters(g->st, fl))
+        return 0;
+    if (move_to_task(g, Py_XNewRef(pending)) < 0)
+        return -1;
+    return 1;
+}
+
+static PyObject *proxy_cancel(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames)
+{
+    CmProxyObject *p = (CmProxyObject *)self;
+    CmGetObject *g = p->owner;
+    CmState *st = g->st;
+    if (p->state != PX_PENDING)
+        Py_RETURN_FALSE;
+    int moved = leader_leaves(g, p->target);
+    if (moved < 0)
+        PyErr_WriteUnraisable(self); /* the flight failed its waiters; cancel the leader anyway */
+    if (moved != 0) {
+        p->state = PX_DETACHED;
+        if (proxy_schedule_cb(p) < 0) /* the Task sees result() raise CancelledError */
+            return NULL;
+        Py_RETURN_TRUE;
+    }
+    /* nobody else: cancel what the load waits on; the flight may no longer
+     * be joined, or a newcomer would share the cancellation */
+    if (g->fl != NULL && !g->fl->done && g->mode == M_LEAD) {
+        g->fl->abandoned = 1;
+        table_unlink(st, g->fl);
+    }
+    PyObject *targs[2] = {p->target, nargs ? args[0] : NULL};
+    return PyObject_VectorcallMethod(st->s_cancel, targs,
+                                     (nargs ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+}
+
+static PyObject *proxy_forward(CmProxyObject *p, PyObject *name)
+{
+    return PyObject_VectorcallMethod(name, &p->target, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static PyObject *proxy_result(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    CmProxyObject *p = (CmProxyObject *)self;
+    if (p->state == PX_DETACHED) {
+        PyErr_SetNone(p->owner->st->CancelledError);
+        return NULL;
+    }
+    return proxy_forward(p, p->owner->st->s_result);
+}
+
+static PyObject *proxy_exception(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    CmProxyObject *p = (CmProxyObject *)self;
+    if (p->state == PX_DETACHED) {
+        PyErr_SetNone(p->owner->st->CancelledError);
+        return NULL;
+    }
+    return proxy_forward(p, p->owner->st->s_exception);
+}
+
+static PyObject *proxy_done(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    CmProxyObject *p = (CmProxyObject *)self;
+    if (p->state != PX_PENDING)
+        Py_RETURN_TRUE;
+    return proxy_forward(p, p->owner->st->s_done);
+}
+
+static PyObject *proxy_cancelled(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    CmProxyObject *p = (CmProxyObject *)self;
+    if (p->state == PX_DETACHED)
+        Py_RETURN_TRUE;
+    return proxy_forward(p, p->owner->st->s_cancelled);
+}
+
+static PyObject *proxy_get_loop(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    return Py_NewRef(((CmProxyObject *)self)->loop);
+}
+
+static PyObject *proxy_get_blocking(PyObject *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(((CmProxyObject *)self)->blocking);
+}
+
+static int proxy_set_blocking(PyObject *self, PyObject *v, void *Py_UNUSED(c))
+{
+    int b = v ? PyObject_IsTrue(v) : 0;
+    if (b < 0)
+        return -1;
+    ((CmProxyObject *)self)->blocking = b;
+    return 0;
+}
+
+/* `await proxy` (a Task never does it; code that receives one may) */
+static PyObject *proxy_await(PyObject *self)
+{
+    return cm_await_iter(((CmProxyObject *)self)->target);
+}
+
+static int proxy_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    CmProxyObject *p = (CmProxyObject *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(p->owner);
+    Py_VISIT(p->target);
+    Py_VISIT(p->loop);
+    Py_VISIT(p->cb);
+    Py_VISIT(p->ctx);
+    return 0;
+}
+
+static int proxy_clear(PyObject *self)
+{
+    CmProxyObject *p = (CmProxyObject *)self;
+    Py_CLEAR(p->owner);
+    Py_CLEAR(p->target);
+    Py_CLEAR(p->loop);
+    Py_CLEAR(p->cb);
+    Py_CLEAR(p->ctx);
+    return 0;
+}
+
+static void proxy_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    proxy_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef proxy_methods[] = {
+    {"add_done_callback", (PyCFunction)(void (*)(void))proxy_add_done_callback,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"remove_done_callback", proxy_remove_done_callback, METH_O, NULL},
+    {"cancel", (PyCFunction)(void (*)(void))proxy_cancel, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"result", proxy_result, METH_NOARGS, NULL},
+    {"exception", proxy_exception, METH_NOARGS, NULL},
+    {"done", proxy_done, METH_NOARGS, NULL},
+    {"cancelled", proxy_cancelled, METH_NOARGS, NULL},
+    {"get_loop", proxy_get_loop, METH_NOARGS, NULL},
+    {NULL, NULL},
+};
+
+static PyGetSetDef proxy_getset[] = {
+    {"_asyncio_future_blocking", proxy_get_blocking, proxy_set_blocking, NULL, NULL},
+    {NULL},
+};
+
+static PyType_Slot proxy_slots[] = {
+    {Py_tp_call, proxy_tp_call},      {Py_am_await, proxy_await},
+    {Py_tp_methods, proxy_methods},   {Py_tp_getset, proxy_getset},
+    {Py_tp_traverse, proxy_traverse}, {Py_tp_clear, proxy_clear},
+    {Py_tp_dealloc, proxy_dealloc},   {0, NULL},
+};
+
+static PyType_Spec proxy_spec = {
+    .name = "cacheme._core.FlightProxy",
+    .basicsize = sizeof(CmProxyObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = proxy_slots,
+};
+
+static void get_abort(CmGetObject *g);
+
+/* The leader's flight yielded `yielded` (stolen): register the flight so
+ * others can join, and give the Task a proxy of what it waits on. */
+static PySendResult leader_suspend(CmGetObject *g, PyObject *yielded, PyObject **out)
+{
+    CmState *st = g->st;
+    PyObject *blocking = NULL, *e;
+    if (g->fl == NULL) {
+        /* the flight becomes visible only now: until its first suspension
+         * nobody else could have run to look for it */
+        if ((g->fl = flight_start(st, g->key, g->hash)) == NULL)
+            goto fail;
+        if (g->phase >= P_FILL)
+            flight_settle(st, g->fl, g->value, NULL);
+    }
+    if (yielded != Py_None) {
+        blocking = PyObject_GetAttr(yielded, st->s__asyncio_future_blocking);
+        if (blocking == NULL)
+            PyErr_Clear();
+    }
+    if (blocking == NULL || blocking != Py_True) {
+        /* a bare yield (sleep(0)) or not a future: nothing to stand in for */
+        Py_XDECREF(blocking);
+        *out = yielded;
+        return PYGEN_NEXT;
+    }
+    Py_DECREF(blocking);
+    CmProxyObject *p = PyObject_GC_New(CmProxyObject, st->ProxyType);
+    if (p == NULL)
+        goto fail;
+    p->owner = (CmGetObject *)Py_NewRef(g);
+    p->target = yielded; /* steals */
+    p->loop = cm_loop_running(st);
+    p->cb = p->ctx = NULL;
+    p->blocking = 1;
+    p->state = PX_PENDING;
+    PyObject_GC_Track(p);
+    if (p->loop == NULL) {
+        Py_DECREF(p);
+        yielded = NULL;
+        goto fail;
+    }
+    *out = (PyObject *)p;
+    return PYGEN_NEXT;
 fail:
-    /* keep the flight honest: nobody will drive it */
     e = fetch_exc();
     Py_XDECREF(yielded);
-    flight_settle(st, fl, NULL, e);
-    if (d != NULL) {
-        Py_DECREF(d);
-    } else if (g->sub != NULL) {
-        PyObject *r = PyObject_CallMethodNoArgs(g->sub, st->s_close);
-        Py_XDECREF(r);
-        PyErr_Clear();
-        Py_CLEAR(g->sub);
-    }
+    get_abort(g);
     raise_exc(e);
     Py_DECREF(e);
-fail_waiter:
-    g->mode = M_DONE;
     *out = NULL;
     return PYGEN_ERROR;
 }
@@ -850,11 +1171,22 @@ static PySendResult get_step(CmGetObject *g, PyObject *arg, PyObject *exc, PyObj
     }
         /* fall through */
     case M_LEAD:
-        r = drive(g, arg, exc, out);
-        if (r == PYGEN_NEXT) {
-            PyObject *yielded = *out;
-            return handoff(g, yielded, out);
+        if (exc != NULL && !PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_Exception)) {
+            /* cancelled or closed while not awaiting a proxy (after a bare
+             * yield): the others keep the flight */
+            int moved = leader_leaves(g, NULL);
+            if (moved != 0) {
+                if (moved < 0)
+                    PyErr_WriteUnraisable(g->key);
+                g->mode = M_DONE;
+                raise_exc(exc);
+                *out = NULL;
+                return PYGEN_ERROR;
+            }
         }
+        r = drive(g, arg, exc, out);
+        if (r == PYGEN_NEXT)
+            return leader_suspend(g, *out, out);
         g->mode = M_DONE;
         return r;
     case M_DRIVER:
@@ -1282,6 +1614,9 @@ int cm_flight_init(PyObject *mod, CmState *st)
 {
     st->GetType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &get_spec, NULL);
     if (st->GetType == NULL)
+        return -1;
+    st->ProxyType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &proxy_spec, NULL);
+    if (st->ProxyType == NULL)
         return -1;
     st->FlightHandleType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &handle_spec, NULL);
     if (st->FlightHandleType == NULL)

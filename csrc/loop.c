@@ -51,6 +51,26 @@ int cm_future_set_exception(CmState *st, PyObject *fut, PyObject *exc)
 
 int cm_future_cancel(CmState *st, PyObject *fut) { return call_void(st->s_cancel, fut, NULL); }
 
+int cm_future_add_done_callback(CmState *st, PyObject *fut, PyObject *cb)
+{
+    return call_void(st->s_add_done_callback, fut, cb);
+}
+
+int cm_loop_call_soon_arg(CmState *st, PyObject *loop, PyObject *cb, PyObject *arg, PyObject *ctx)
+{
+    PyObject *args[4] = {loop, cb, arg, ctx};
+    PyObject *kwnames = NULL;
+    if (ctx != NULL && ctx != Py_None && (kwnames = PyTuple_Pack(1, st->s_context)) == NULL)
+        return -1;
+    PyObject *r = PyObject_VectorcallMethod(st->s_call_soon, args,
+                                            3 | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+    Py_XDECREF(kwnames);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 void cm_future_consume(CmState *st, PyObject *fut)
 {
     PyObject *typ, *val, *tb;

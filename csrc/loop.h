@@ -12,6 +12,9 @@ int cm_future_done(CmState *st, PyObject *fut);                             /* 1
 int cm_future_set_result(CmState *st, PyObject *fut, PyObject *value);
 int cm_future_set_exception(CmState *st, PyObject *fut, PyObject *exc);
 int cm_future_cancel(CmState *st, PyObject *fut);
+int cm_future_add_done_callback(CmState *st, PyObject *fut, PyObject *cb);
+/* loop.call_soon(cb, arg, context=ctx); ctx NULL or None: the current one. */
+int cm_loop_call_soon_arg(CmState *st, PyObject *loop, PyObject *cb, PyObject *arg, PyObject *ctx);
 /* Mark a finished future's exception as retrieved (no "never retrieved" log). */
 void cm_future_consume(CmState *st, PyObject *fut);
 /* The iterator `await fut` would use; new ref. */

@@ -58,6 +58,7 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->BloomFilterType);
     Py_VISIT(st->MemoizedType);
     Py_VISIT(st->FlightHandleType);
+    Py_VISIT(st->ProxyType);
     Py_VISIT(st->prefix);
     Py_VISIT(st->storages);
     Py_VISIT(st->sentinel);
@@ -86,6 +87,7 @@ static int cm_clear(PyObject *mod)
     Py_CLEAR(st->BloomFilterType);
     Py_CLEAR(st->MemoizedType);
     Py_CLEAR(st->FlightHandleType);
+    Py_CLEAR(st->ProxyType);
 #define CM_CLEAR_NAME(n) Py_CLEAR(st->s_##n);
     CM_INTERNED_NAMES(CM_CLEAR_NAME)
 #undef CM_CLEAR_NAME

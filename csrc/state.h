@@ -51,7 +51,10 @@ typedef struct {
     X(throw)                                                                                       \
     X(close)                                                                                       \
     X(warning)                                                                                     \
-    X(_asyncio_future_blocking)
+    X(_asyncio_future_blocking)                                                                    \
+    X(add_done_callback)                                                                           \
+    X(exception)                                                                                   \
+    X(context)
 
 typedef struct {
     /* heap types */
@@ -63,6 +66,7 @@ typedef struct {
     PyTypeObject *BloomFilterType;
     PyTypeObject *MemoizedType;
     PyTypeObject *FlightHandleType;
+    PyTypeObject *ProxyType;
 
     /* interned strings, one field per name: st->s__full_key, ... */
 #define CM_DECLARE_NAME(n) PyObject *s_##n;

@@ -398,3 +398,73 @@ async def test_get_made_early_sees_a_value_cached_before_it_is_awaited():
     m = cacheme.stats(N)
     assert m.hit_count() == 3 and m.miss_count() == 1
     assert m.storage_stats()[name] == {"hits": 3, "misses": 1, "errors": 0}
+
+
+async def test_suspending_load_is_driven_by_the_callers_own_task():
+    # the leader drives its flight inline: no Task of the flight's own
+    name = await register_local()
+    src = Source()
+    N = node_class(name, src)
+    before = len(asyncio.all_tasks())
+    leader = asyncio.ensure_future(cacheme.get(N(1)))
+    await src.started.wait()
+    waiters = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert len(asyncio.all_tasks()) == before + 4  # the callers, nothing more
+    src.gate.set()
+    assert await leader == "value-1"
+    assert await asyncio.gather(*waiters) == ["value-1"] * 3
+    assert flights() == 0
+
+
+async def test_leader_cancelled_after_a_bare_yield_keeps_the_flight():
+    # cancelled while not waiting on a future (its load yielded to the loop):
+    # the waiters still get the value, the load is not cancelled
+    name = await register_local()
+    gate = asyncio.Event()
+    calls = []
+
+    @dataclasses.dataclass
+    class Yielding(Node):
+        uid: int
+
+        def key(self):
+            return f"yield:{self.uid}"
+
+        async def load(self):
+            calls.append(self.uid)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            await gate.wait()
+            return "v"
+
+        class Meta(Node.Meta):
+            caches = [Cache(storage=name, ttl=None)]
+
+    leader = asyncio.ensure_future(cacheme.get(Yielding(1)))
+    await asyncio.sleep(0)  # the leader runs to its first bare yield
+    waiters = [asyncio.ensure_future(cacheme.get(Yielding(1))) for _ in range(3)]
+    await asyncio.sleep(0)
+    leader.cancel()
+    await asyncio.sleep(0.01)
+    assert leader.cancelled()
+    gate.set()
+    assert await asyncio.gather(*waiters) == ["v"] * 3
+    assert calls == [1]
+    assert flights() == 0
+
+
+async def test_proxy_behaves_as_a_future_for_tasks_and_gather():
+    # what the leader's task awaits is a stand-in of the load's future: a
+    # task cancelled through wait_for, shield and gather keep their meaning
+    name = await register_local()
+    src = Source()
+    N = node_class(name, src)
+    shielded = asyncio.ensure_future(asyncio.shield(cacheme.get(N(5))))
+    await src.started.wait()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(cacheme.get(N(5)), 0.05)
+    src.gate.set()
+    assert await shielded == "value-5"
+    assert src.cancelled == 0 and src.calls == [5]
+    assert flights() == 0
