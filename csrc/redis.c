@@ -92,6 +92,7 @@ struct CmRedisConnObject {
     int fd;
     int state;
     int reading, writing, flush_scheduled, replied;
+    int open_run; /* the ring's last entry is a GETS run still taking keys */
     int64_t connect_deadline;
     CmBuf out;
     redisReader *reader;
@@ -324,25 +325,36 @@ void cm_redis_op_unref(CmRedisOp *op)
 static void entry_release(CmRedisEntry *e)
 {
     CmRedisOp *op = e->op;
+    CmRedisGetRef *gets = e->gets;
+    uint32_t n = e->npos;
     free(e->positions);
     e->positions = NULL;
     e->op = NULL;
+    e->gets = NULL;
+    if (gets != NULL) {
+        for (uint32_t i = 0; i < n; i++)
+            cm_redis_op_unref(gets[i].op);
+        free(gets);
+    }
     if (op != NULL)
         cm_redis_op_unref(op);
 }
 
-/* Fail the entry's op with exc (borrowed) and let the entry go. */
+/* Fail the entry's op(s) with exc (borrowed) and let the entry go. */
 static void entry_fail_exc(CmRedisEntry *e, PyObject *exc)
 {
     if (e->op != NULL)
         op_set_error(e->op, exc);
+    for (uint32_t i = 0; e->gets != NULL && i < e->npos; i++)
+        op_set_error(e->gets[i].op, exc);
     entry_release(e);
 }
 
 void cm_redis_entry_fail(CmState *st, CmRedisEntry *e, PyObject *tp, PyObject *msg)
 {
     PyObject *saved = exc_take();
-    PyObject *exc = e->op && !e->op->error ? PyObject_CallOneArg(tp, msg ? msg : Py_None) : NULL;
+    int wanted = (e->op != NULL && e->op->error == NULL) || e->gets != NULL;
+    PyObject *exc = wanted ? PyObject_CallOneArg(tp, msg ? msg : Py_None) : NULL;
     if (exc == NULL)
         PyErr_Clear();
     entry_fail_exc(e, exc ? exc : st->RedisError);
@@ -411,6 +423,13 @@ static int encode_entry(CmBuf *b, const CmRedisEntry *e)
             goto fail;
         for (uint32_t i = 0; i < e->npos; i++)
             if (arg_str(b, cm_redis_op_key(op, cm_entry_position(e, i))) < 0)
+                goto fail;
+        break;
+    case CM_CMD_GETS:
+        if (begin(b, 1 + (size_t)e->npos) < 0 || arg_lit(b, e->npos == 1 ? "GET" : "MGET") < 0)
+            goto fail;
+        for (uint32_t i = 0; i < e->npos; i++)
+            if (arg_str(b, cm_redis_op_key(e->gets[i].op, e->gets[i].pos)) < 0)
                 goto fail;
         break;
     case CM_CMD_SET: {
@@ -511,9 +530,16 @@ static void conn_close(CmRedisConnObject *c, PyObject *tp, PyObject *msg, int fa
     CmRedisPool *p = c->pool;
     c->pool = NULL;
     CmRedisClientObject *owner = NULL;
-    for (size_t i = 0; i < len && owner == NULL; i++)
-        if (ring[(head + i) % cap].op != NULL)
-            owner = ring[(head + i) % cap].op->client;
+    for (size_t i = 0; i < len && owner == NULL; i++) {
+        const CmRedisEntry *e = &ring[(head + i) % cap]; // borrowed
+        if (e->op != NULL)
+            owner = e->op->client;
+        else if (e->gets != NULL)
+            owner = e->gets[0].op->client;
+    }
+    c->open_run = 0;
+    if (p != NULL && p->run == c)
+        p->run = NULL;
     Py_XINCREF(owner);
     if (p != NULL)
         pool_forget(p, c, failed, msg);
@@ -597,9 +623,13 @@ static int conn_rearm(CmRedisConnObject *c)
     return conn_arm_at(c, at);
 }
 
+static void close_run(CmRedisConnObject *c);
+
 /* Send what the buffer holds; wait for writability if the kernel is full. */
 static void conn_write(CmRedisConnObject *c)
 {
+    if (c->open_run && c->state == CONN_READY)
+        close_run(c);
     while (c->state == CONN_READY && cm_buf_pending(&c->out) > 0) {
         ssize_t n = send(c->fd, c->out.data + c->out.pos, cm_buf_pending(&c->out), MSG_NOSIGNAL);
         if (n > 0) {
@@ -668,6 +698,74 @@ static int ring_push(CmRedisConnObject *c, const CmRedisEntry *e)
     return 0;
 }
 
+/* Coalescing: GETs of single keys queued on a connection in one loop
+ * iteration leave as one request, a GET for one key or an MGET for several
+ * (at most CM_REDIS_RUN_MAX): one command for the server to parse and run,
+ * one reply to read. The run is the ring's last entry while it takes keys;
+ * any other command queued after it, or the flush, writes it out first, so
+ * the order of commands on the connection is the order they were queued
+ * in. Single server only: a cluster's MGET must stay within one slot. */
+#define CM_REDIS_RUN_MAX 256
+#define CM_REDIS_RUN_FIRST 8
+
+static void close_run(CmRedisConnObject *c)
+{
+    CmRedisEntry *t = &c->ring[(c->head + c->len - 1) % c->cap]; // borrowed
+    c->open_run = 0;
+    if (c->pool != NULL && c->pool->run == c)
+        c->pool->run = NULL;
+    if (encode_entry(&c->out, t) == 0)
+        return;
+    /* the keys were checked as they joined: only memory can fail here */
+    CmRedisEntry dead = *t;
+    c->len--;
+    entry_fail_current(&dead);
+}
+
+static void conn_add_get(CmRedisConnObject *c, CmRedisEntry *e)
+{
+    Py_ssize_t n;
+    PyObject *key = cm_redis_op_key(e->op, e->pos); // borrowed
+    if (!PyBytes_Check(key) && PyUnicode_AsUTF8AndSize(key, &n) == NULL) {
+        entry_fail_current(e);
+        return;
+    }
+    CmRedisEntry *t = c->open_run ? &c->ring[(c->head + c->len - 1) % c->cap] : NULL;
+    if (t != NULL && t->npos >= CM_REDIS_RUN_MAX) {
+        close_run(c);
+        t = NULL;
+    }
+    if (t == NULL) {
+        CmRedisEntry r = {.cmd = CM_CMD_GETS,
+                          .deadline = cm_now_ns() + (int64_t)(c->pool->cfg->timeout * 1e9)};
+        if ((r.gets = malloc(CM_REDIS_RUN_FIRST * sizeof(*r.gets))) == NULL ||
+            ring_push(c, &r) < 0) {
+            free(r.gets);
+            PyErr_NoMemory();
+            entry_fail_current(e);
+            return;
+        }
+        c->open_run = 1;
+        c->pool->run = c;
+        t = &c->ring[(c->head + c->len - 1) % c->cap];
+        if ((c->timer == NULL || t->deadline < c->timer_at) && conn_arm_at(c, t->deadline) < 0)
+            PyErr_WriteUnraisable((PyObject *)c);
+        conn_schedule_flush(c);
+    } else if (t->npos >= CM_REDIS_RUN_FIRST && (t->npos & (t->npos - 1)) == 0) {
+        CmRedisGetRef *g = realloc(t->gets, 2 * (size_t)t->npos * sizeof(*g));
+        if (g == NULL) {
+            PyErr_NoMemory();
+            entry_fail_current(e);
+            return;
+        }
+        t->gets = g;
+    }
+    t->gets[t->npos].op = e->op; /* the entry's op reference moves along */
+    t->gets[t->npos].pos = e->pos;
+    t->npos++;
+    e->op = NULL;
+}
+
 void cm_redis_conn_push(CmRedisConnObject *c, CmRedisEntry *e)
 {
     CmState *st = c->st;
@@ -678,6 +776,12 @@ void cm_redis_conn_push(CmRedisConnObject *c, CmRedisEntry *e)
         PyErr_Clear();
         return;
     }
+    if (e->cmd == CM_CMD_GET && e->op != NULL && e->op->client->cluster == NULL) {
+        conn_add_get(c, e);
+        return;
+    }
+    if (c->open_run)
+        close_run(c);
     size_t mark = cm_buf_mark(&c->out);
     if (encode_entry(&c->out, e) < 0) {
         entry_fail_current(e);
@@ -850,7 +954,7 @@ static CmRedisConnObject *conn_open(CmRedisPool *p, PyObject *loop)
     c->flush_cb = c->timer = NULL;
     c->fd = -1;
     c->state = CONN_CONNECTING;
-    c->reading = c->writing = c->flush_scheduled = c->replied = 0;
+    c->reading = c->writing = c->flush_scheduled = c->replied = c->open_run = 0;
     c->timer_at = 0;
     c->connect_deadline = cm_now_ns() + (int64_t)(cfg->connect_timeout * 1e9);
     memset(&c->out, 0, sizeof(c->out));
@@ -973,6 +1077,24 @@ static void entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply)
     CmState *st = c->st;
     CmRedisOp *op = e->op;
     int is_err = PyObject_TypeCheck(reply, (PyTypeObject *)st->RedisResponseError);
+    if (e->cmd == CM_CMD_GETS) {
+        int whole = e->npos == 1 || (PyList_Check(reply) && PyList_GET_SIZE(reply) == e->npos);
+        PyObject *exc = NULL;
+        if (!is_err && !whole &&
+            (exc = PyObject_CallFunction(st->RedisError, "s", "unexpected MGET reply")) == NULL)
+            exc = exc_take();
+        for (uint32_t i = 0; i < e->npos; i++) {
+            CmRedisOp *m = e->gets[i].op;
+            if (is_err || !whole)
+                op_set_error(m, is_err ? reply : exc);
+            else
+                Py_XSETREF(m->result, Py_NewRef(e->npos == 1 ? reply : PyList_GET_ITEM(reply, i)));
+        }
+        Py_XDECREF(exc);
+        Py_DECREF(reply);
+        entry_release(e);
+        return;
+    }
     if (op == NULL) {
         if (is_err && e->cmd == CM_CMD_HELLO)
             conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: %S", conn_label(c), reply);
@@ -1281,7 +1403,11 @@ static void route_entry(CmRedisClientObject *self, PyObject *loop, CmRedisEntry 
     CmRedisPool *pool = route(self, e); // borrowed
     CmRedisConnObject *conn = NULL;     // borrowed
     if (pool != NULL) {
-        if (sc != NULL && sc->pool == pool && sc->conn->state != CONN_CLOSED)
+        CmRedisConnObject *run = pool->run; // borrowed
+        if (e->cmd == CM_CMD_GET && run != NULL && run->open_run && run->state != CONN_CLOSED &&
+            pool->loop == loop)
+            conn = run;
+        else if (sc != NULL && sc->pool == pool && sc->conn->state != CONN_CLOSED)
             conn = sc->conn;
         else if ((conn = cm_redis_pool_conn(pool, loop)) != NULL && sc != NULL) {
             sc->pool = pool;

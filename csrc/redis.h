@@ -23,14 +23,22 @@ enum {
     CM_CMD_RAW,
     CM_CMD_HELLO,  /* AUTH / SELECT of a new connection (no op) */
     CM_CMD_ASKING, /* before a command sent on an ASK redirect (no op) */
+    CM_CMD_GETS,   /* single-key GETs of several ops sent as one GET or MGET */
 };
+
+/* One member of a CM_CMD_GETS entry: an op's key, and the op reference. */
+typedef struct {
+    CmRedisOp *op;
+    uint32_t pos;
+} CmRedisGetRef;
 
 /* One pending reply. An op (one storage call) has one entry per request it
  * sent; an entry covers positions pos..pos+npos-1 of the op's keys, or the
  * positions listed in `positions` (cluster MGET of one slot). */
 typedef struct {
-    CmRedisOp *op;       /* NULL for connection-internal requests */
+    CmRedisOp *op;       /* NULL for connection-internal requests and GETS */
     uint32_t *positions; /* owned; NULL = contiguous from pos */
+    CmRedisGetRef *gets; /* GETS: owned, npos members */
     uint32_t pos, npos;
     uint8_t cmd;
     uint8_t redirects; /* times this request was re-sent on a cluster redirect */
@@ -70,6 +78,7 @@ struct CmRedisPool {
     double backoff;         /* seconds, doubled per failure */
     PyObject *last_error;   /* str: why the last connection failed */
     struct addrinfo *addrs; /* the host's addresses, NULL until looked up */
+    CmRedisConnObject *run; /* borrowed: the connection collecting GETs, or NULL */
     long resolves;          /* lookups made, for tests */
 };
 

@@ -231,6 +231,81 @@ async def test_concurrent_gets_are_pipelined(redis_server):
     assert s._connections() == 0
 
 
+class K:
+    """A bare node: its full key."""
+
+    def __init__(self, key):
+        self.k = key
+
+    def full_key(self):
+        return self.k
+
+
+async def test_gets_of_one_iteration_leave_as_one_mget_in_order(redis_server):
+    s = RedisStorage(redis_server.url, pool_size=4)
+    await s.connect()
+    ser = MsgPackSerializer()
+    await s.set_all([(K(f"k{i}"), i) for i in range(300)], None, ser)
+    redis_server.cli("CONFIG", "RESETSTAT")
+    # 600 gets (half of them misses) queued in one iteration: GETs of one
+    # connection go out as MGETs of at most 256 keys
+    got = await asyncio.gather(*[s.get(K(f"k{i % 600}"), ser) for i in range(600)])
+    assert got == [i if i < 300 else cacheme.models.sentinel for i in range(600)]
+    stats = commandstats(redis_server)
+    assert stats.get("get", 0) == 0 and 3 <= stats["mget"] <= 4
+    # a write queued between two reads of one key is seen by the second only
+    redis_server.cli("CONFIG", "RESETSTAT")
+    a = s.get(K("k1"), ser)
+    w = s.set(K("k1"), "new", None, ser)
+    b = s.get(K("k1"), ser)
+    d = s.remove(K("k2"))
+    c = s.get(K("k2"), ser)
+    assert await asyncio.gather(a, w, b, d, c) == [1, None, "new", None,
+                                                   cacheme.models.sentinel]
+    # a lone GET is a GET
+    assert await s.get(K("k3"), ser) == 3
+    assert commandstats(redis_server)["get"] >= 1
+    await s.close()
+
+
+async def test_a_bad_key_in_a_run_fails_alone(redis_server):
+    s = RedisStorage(redis_server.url)
+    await s.connect()
+    ser = MsgPackSerializer()
+    await s.set(K("ok"), 1, None, ser)
+    good = s.get(K("ok"), ser)
+    bad = s.get(K("bad\udcff"), ser)  # a lone surrogate cannot be sent
+    good2 = s.get(K("ok"), ser)
+    out = await asyncio.gather(good, bad, good2, return_exceptions=True)
+    assert out[0] == 1 and out[2] == 1
+    assert isinstance(out[1], UnicodeEncodeError)
+    await s.close()
+
+
+async def test_a_run_in_flight_fails_as_a_whole_when_the_server_stalls():
+    with RedisServer() as server:
+        s = RedisStorage(server.url, timeout=0.3, retry_backoff=0.05)
+        await s.connect()
+        server.pause()
+        try:
+            t0 = time.monotonic()
+            out = await asyncio.gather(*[s.get(K(f"x{i}"), None) for i in range(50)],
+                                       return_exceptions=True)
+            assert all(isinstance(e, RedisTimeoutError) for e in out)
+            assert time.monotonic() - t0 < 2
+        finally:
+            server.resume()
+        for _ in range(100):  # the pool recovers
+            try:
+                assert await s.get(K("x1"), None) is cacheme.models.sentinel
+                break
+            except (RedisConnectionError, RedisTimeoutError):
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("no recovery after the server resumed")
+        await s.close()
+
+
 async def test_thundering_herd_one_get_one_load(redis_server):
     name = await register_redis(redis_server.url)
     Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)], sleep=0.05)
