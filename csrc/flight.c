@@ -11,6 +11,7 @@
 
 #include "bloomtype.h"
 #include "clock.h"
+#include "exc.h"
 #include "loop.h"
 #include "ready.h"
 #include "store.h"
@@ -226,22 +227,6 @@ static void flight_settle(CmState *st, CmFlight *fl, PyObject *value, PyObject *
 
 /* ---- exceptions -------------------------------------------------------------- */
 
-/* The current exception as one normalized object (traceback attached). */
-static PyObject *fetch_exc(void)
-{
-    PyObject *typ, *val, *tb;
-    PyErr_Fetch(&typ, &val, &tb);
-    if (typ == NULL)
-        return NULL;
-    PyErr_NormalizeException(&typ, &val, &tb);
-    if (tb != NULL) {
-        PyException_SetTraceback(val, tb);
-        Py_DECREF(tb);
-    }
-    Py_DECREF(typ);
-    return val;
-}
-
 static void raise_exc(PyObject *exc) { PyErr_SetObject((PyObject *)Py_TYPE(exc), exc); }
 
 /* Exception passed to throw(typ[, val[, tb]]) as one object; new ref. */
@@ -415,7 +400,7 @@ static PySendResult sub_resume(CmGetObject *g, PyObject *arg, PyObject *exc, PyO
         return PYGEN_NEXT;
     }
     if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
-        PyObject *e = fetch_exc();
+        PyObject *e = cm_exc_take();
         *res = PyObject_GetAttrString(e, "value");
         Py_DECREF(e);
         return *res ? PYGEN_RETURN : PYGEN_ERROR;
@@ -489,7 +474,7 @@ static PySendResult drive(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject
                 return PYGEN_NEXT;
             }
             Py_CLEAR(g->sub);
-            PyObject *e = r == PYGEN_ERROR ? fetch_exc() : NULL;
+            PyObject *e = r == PYGEN_ERROR ? cm_exc_take() : NULL;
             if (r == PYGEN_ERROR && e == NULL)
                 e = PyObject_CallFunction(PyExc_SystemError, "s", "lost exception");
             switch (g->phase) {
@@ -560,7 +545,7 @@ static PySendResult drive(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject
                 continue;
             }
             if (start_sub(g, call_storage(g, st->s_get, &cfg->caches[g->idx], 0)) < 0) {
-                PyObject *e = fetch_exc();
+                PyObject *e = cm_exc_take();
                 if (e != NULL && !PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception)) {
                     err = e;
                     goto fail;
@@ -578,7 +563,7 @@ static PySendResult drive(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject
             g->load_start = cm_now_ns();
             if (start_sub(g, call_loader(g)) < 0) {
                 metrics_load_done(g, 0);
-                err = fetch_exc();
+                err = cm_exc_take();
                 goto fail;
             }
             continue;
@@ -600,7 +585,7 @@ static PySendResult drive(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject
                 continue;
             }
             if (start_sub(g, call_storage(g, st->s_set, &cfg->caches[g->idx], 1)) < 0) {
-                PyObject *e = fetch_exc();
+                PyObject *e = cm_exc_take();
                 counters(g, g->idx)->errors++;
                 cm_log_warning(st, "cacheme: fill of storage '%U' failed: %R",
                                cfg->caches[g->idx].name, e);
@@ -734,7 +719,7 @@ static int move_to_task(CmGetObject *g, PyObject *pending)
     }
     if (task == NULL) {
         /* nobody will drive it: fail the flight, close its awaitable */
-        PyObject *e = fetch_exc();
+        PyObject *e = cm_exc_take();
         flight_settle(st, fl, NULL, e);
         Py_DECREF(d); /* its finalizer closes the sub-awaitable */
         raise_exc(e);
@@ -1086,7 +1071,7 @@ static PySendResult leader_suspend(CmGetObject *g, PyObject *yielded, PyObject *
     *out = (PyObject *)p;
     return PYGEN_NEXT;
 fail:
-    e = fetch_exc();
+    e = cm_exc_take();
     Py_XDECREF(yielded);
     get_abort(g);
     raise_exc(e);
@@ -1197,7 +1182,7 @@ static PySendResult get_step(CmGetObject *g, PyObject *arg, PyObject *exc, PyObj
             g->mode = M_DONE;
             /* the waiters have the failure; the Task need not report it,
              * except a cancellation, which it must see to end cancelled */
-            PyObject *e = fetch_exc();
+            PyObject *e = cm_exc_take();
             if (e != NULL && cm_is_cancelled_error(st, e)) {
                 raise_exc(e);
                 Py_DECREF(e);

@@ -36,7 +36,6 @@
  * "updated_at": <utc datetime>}), SETEX for whole seconds and PSETEX for
  * the rest (0.3.0 sent SETEX 0 for TTLs below a second, which Redis refuses). */
 #include "redis.h"
-
 #include <errno.h>
 #include <math.h>
 #include <netdb.h>
@@ -53,33 +52,11 @@
 
 #include "clock.h"
 #include "crc16.h"
+#include "exc.h"
 #include "key.h"
 #include "loop.h"
 
 enum { CONN_CONNECTING, CONN_READY, CONN_CLOSED };
-
-/* The exception being raised, taken and normalized (NULL if none), and its
- * way back (Python 3.10/3.11 have no PyErr_GetRaisedException). */
-static PyObject *exc_take(void)
-{
-    PyObject *t, *v, *tb;
-    PyErr_Fetch(&t, &v, &tb);
-    if (t == NULL)
-        return NULL;
-    PyErr_NormalizeException(&t, &v, &tb);
-    if (tb != NULL && v != NULL)
-        PyException_SetTraceback(v, tb);
-    Py_XDECREF(t);
-    Py_XDECREF(tb);
-    return v;
-}
-
-static void exc_restore(PyObject *v)
-{
-    if (v == NULL)
-        return;
-    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(v)), v, PyException_GetTraceback(v));
-}
 
 struct CmRedisConnObject {
     PyObject_HEAD
@@ -243,7 +220,7 @@ static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
         PyObject *v = decode_value(st, op->ser, raw);
         if (v == NULL) {
             /* undecodable bytes are a miss, as in get() */
-            PyObject *exc = exc_take();
+            PyObject *exc = cm_exc_take();
             cm_log_warning(st, "cacheme: redis value of %R cannot be decoded: %R",
                            PyList_GET_ITEM(op->keys, i), exc);
             Py_XDECREF(exc);
@@ -264,7 +241,7 @@ static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
 static void op_finish(CmRedisOp *op)
 {
     CmState *st = op->client->st;
-    PyObject *saved = exc_take();
+    PyObject *saved = cm_exc_take();
     PyObject *res = NULL;
     PyObject *err = Py_XNewRef(op->error);
 
@@ -287,11 +264,11 @@ static void op_finish(CmRedisOp *op)
             break;
         }
         if (res == NULL)
-            err = exc_take();
+            err = cm_exc_take();
     }
     if (op->done != NULL && op->done(op->client, err ? NULL : op->result, err) < 0) {
         Py_XDECREF(err);
-        err = exc_take();
+        err = cm_exc_take();
     }
     if (op->fut != NULL) {
         int rc = err ? cm_future_set_exception(st, op->fut, err)
@@ -312,7 +289,7 @@ static void op_finish(CmRedisOp *op)
     Py_XDECREF(op->result);
     Py_XDECREF(op->error);
     free(op);
-    exc_restore(saved);
+    cm_exc_restore(saved);
 }
 
 void cm_redis_op_unref(CmRedisOp *op)
@@ -352,20 +329,20 @@ static void entry_fail_exc(CmRedisEntry *e, PyObject *exc)
 
 void cm_redis_entry_fail(CmState *st, CmRedisEntry *e, PyObject *tp, PyObject *msg)
 {
-    PyObject *saved = exc_take();
+    PyObject *saved = cm_exc_take();
     int wanted = (e->op != NULL && e->op->error == NULL) || e->gets != NULL;
     PyObject *exc = wanted ? PyObject_CallOneArg(tp, msg ? msg : Py_None) : NULL;
     if (exc == NULL)
         PyErr_Clear();
     entry_fail_exc(e, exc ? exc : st->RedisError);
     Py_XDECREF(exc);
-    exc_restore(saved);
+    cm_exc_restore(saved);
 }
 
 /* Fail the entry with the exception being raised (cleared). */
 static void entry_fail_current(CmRedisEntry *e)
 {
-    PyObject *exc = exc_take();
+    PyObject *exc = cm_exc_take();
     entry_fail_exc(e, exc);
     Py_XDECREF(exc);
 }
@@ -499,7 +476,7 @@ static void conn_close(CmRedisConnObject *c, PyObject *tp, PyObject *msg, int fa
     if (c->state == CONN_CLOSED)
         return;
     CmState *st = c->st;
-    PyObject *saved = exc_take();
+    PyObject *saved = cm_exc_take();
     Py_INCREF(c);
     c->state = CONN_CLOSED;
     if (c->reading && cm_loop_remove_reader(st, c->loop, c->fd) < 0)
@@ -550,14 +527,14 @@ static void conn_close(CmRedisConnObject *c, PyObject *tp, PyObject *msg, int fa
         cm_cluster_node_failed(owner);
     Py_XDECREF(owner);
     Py_DECREF(c);
-    exc_restore(saved);
+    cm_exc_restore(saved);
 }
 
 static void conn_close_fmt(CmRedisConnObject *c, PyObject *tp, int failed, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    PyObject *saved = exc_take();
+    PyObject *saved = cm_exc_take();
     PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
     va_end(ap);
     if (msg == NULL) {
@@ -568,7 +545,7 @@ static void conn_close_fmt(CmRedisConnObject *c, PyObject *tp, int failed, const
         conn_close(c, tp, msg, failed);
         Py_DECREF(msg);
     }
-    exc_restore(saved);
+    cm_exc_restore(saved);
 }
 
 static const char *conn_label(CmRedisConnObject *c) { return c->pool ? c->pool->label : "redis"; }
@@ -644,7 +621,7 @@ static void conn_write(CmRedisConnObject *c)
                 int rc = cb ? cm_loop_add_writer(c->st, c->loop, c->fd, cb) : -1;
                 Py_XDECREF(cb);
                 if (rc < 0) {
-                    PyObject *exc = exc_take();
+                    PyObject *exc = cm_exc_take();
                     conn_close_fmt(c, c->st->RedisConnectionError, 1, "redis %s: %S", conn_label(c),
                                    exc);
                     Py_XDECREF(exc);
@@ -838,7 +815,7 @@ static void conn_ready(CmRedisConnObject *c)
 fail:
     Py_XDECREF(cb);
     {
-        PyObject *exc = exc_take();
+        PyObject *exc = cm_exc_take();
         conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: %S", conn_label(c), exc);
         Py_XDECREF(exc);
     }
@@ -1082,7 +1059,7 @@ static void entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply)
         PyObject *exc = NULL;
         if (!is_err && !whole &&
             (exc = PyObject_CallFunction(st->RedisError, "s", "unexpected MGET reply")) == NULL)
-            exc = exc_take();
+            exc = cm_exc_take();
         for (uint32_t i = 0; i < e->npos; i++) {
             CmRedisOp *m = e->gets[i].op;
             if (is_err || !whole)
@@ -1118,7 +1095,7 @@ static void entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply)
         } else {
             PyObject *exc = PyObject_CallFunction(st->RedisError, "s", "unexpected MGET reply");
             if (exc == NULL)
-                exc = exc_take();
+                exc = cm_exc_take();
             op_set_error(op, exc);
             Py_XDECREF(exc);
         }
@@ -1347,7 +1324,7 @@ CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop)
     p->conns = conns;
     CmRedisConnObject *c = conn_open(p, loop);
     if (c == NULL) {
-        PyObject *exc = exc_take();
+        PyObject *exc = cm_exc_take();
         PyObject *why = exc ? PyObject_Str(exc) : NULL;
         if (why == NULL)
             PyErr_Clear();
@@ -1357,7 +1334,7 @@ CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop)
             Py_XDECREF(exc);
             return best;
         }
-        exc_restore(exc);
+        cm_exc_restore(exc);
         return NULL;
     }
     p->conns[p->nconns++] = c; /* the pool's reference */
@@ -1642,7 +1619,7 @@ static void send_mget(CmRedisClientObject *self, PyObject *loop, CmRedisOp *op, 
     uint64_t *sp = malloc(sizeof(*sp) * n);
     if (sp == NULL) {
         PyErr_NoMemory();
-        PyObject *exc = exc_take();
+        PyObject *exc = cm_exc_take();
         op_set_error(op, exc);
         Py_XDECREF(exc);
         return;
@@ -1651,7 +1628,7 @@ static void send_mget(CmRedisClientObject *self, PyObject *loop, CmRedisOp *op, 
         Py_ssize_t len;
         const char *p = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(op->keys, i), &len);
         if (p == NULL) {
-            PyObject *exc = exc_take();
+            PyObject *exc = cm_exc_take();
             op_set_error(op, exc);
             Py_XDECREF(exc);
             free(sp);
