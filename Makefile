@@ -1,7 +1,8 @@
 # cacheme: the two commands a newcomer needs are `make demo` and `make test`.
 #
 #   make demo        system libraries, .venv with cacheme built, a short demo
-#   make test        the same plus test tools, the C unit tests under valgrind, pytest
+#   make test        the same plus test tools and servers, clang-format check, the C unit
+#                    tests under valgrind, pytest, an sdist install
 #   make test-asan   pytest against an ASan/UBSan build of the extension
 #   make test-debug  pytest against a debug build (asserts on, -O0)
 #   make bench       side-by-side benchmarks (see benchmarks/README.md)
@@ -26,6 +27,7 @@ deps:
 	pkg-config --exists zlib 2>/dev/null || missing="$$missing zlib1g-dev"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
+	command -v clang-format >/dev/null || missing="$$missing clang-format"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	pkg-config --exists libpq 2>/dev/null || missing="$$missing libpq-dev"; \
@@ -71,7 +73,7 @@ test-c: deps
 test-py: venv $(VENV)/.test-stamp test-venvs
 	$(PY) -m pytest tests -q --timeout 300
 
-test: test-c test-py test-sdist
+test: format-check test-c test-py test-sdist
 
 # An sdist built from the tree installs into a clean venv and imports.
 test-sdist: venv
@@ -102,10 +104,10 @@ test-debug: deps $(VENV)/.test-stamp test-venvs
 	  $(PY) -P -m pytest tests -q -p no:cacheprovider --timeout 600
 
 format:
-	clang-format -i csrc/*.c csrc/*.h tests/c/*.c
+	clang-format -i csrc/*.c csrc/*.h tests/c/*.c fuzz/*.c
 
-format-check:
-	clang-format --dry-run -Werror csrc/*.c csrc/*.h tests/c/*.c
+format-check: deps
+	clang-format --dry-run -Werror csrc/*.c csrc/*.h tests/c/*.c fuzz/*.c
 
 clean:
 	rm -rf build $(VENV) .bench cacheme/*.so tests/c/test_algorithms tests/c/test_algorithms_asan
