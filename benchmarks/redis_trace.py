@@ -12,7 +12,7 @@ requests are queued as coroutines and run by N workers. Prints one JSON line:
 
 CONTENDER: cacheme, cacheme-2 (ours or 0.3.0, whichever `cacheme` the venv
 has; -2 = [local, redis]), aiocache, aiocache-2 (cached_stampede), cashews,
-cashews-2 (lock=True).
+cashews-2 (lock=True), floor (the harness alone: a dict, no Redis).
 """
 import argparse
 import asyncio
@@ -140,7 +140,38 @@ async def setup_cashews(url: str, lock: bool):
     return (lambda uid: check(load, uid, uid)), None
 
 
+# ---------------------------------------------------------------- the harness floor
+
+
+async def setup_floor(url: str):
+    """What the harness costs by itself: a dict and one future per key in
+    flight, in process, no Redis (the cheapest correct single-flight cache)."""
+    cache: dict = {}
+    flights: dict = {}
+
+    async def get(uid: int) -> int:
+        if uid in cache:
+            return cache[uid]
+        fut = flights.get(uid)
+        if fut is not None:
+            return await fut
+        fut = flights[uid] = asyncio.get_running_loop().create_future()
+        try:
+            value = await source(uid)
+        except BaseException as e:
+            del flights[uid]
+            fut.set_exception(e)
+            raise
+        cache[uid] = value
+        del flights[uid]
+        fut.set_result(value)
+        return value
+
+    return (lambda uid: check(get, uid, uid)), None
+
+
 SETUPS = {
+    "floor": setup_floor,
     "cacheme": lambda url: setup_cacheme(url, False),
     "cacheme-2": lambda url: setup_cacheme(url, True),
     "aiocache": lambda url: setup_aiocache(url, False),

@@ -37,6 +37,9 @@ CONTENDERS = {
     "aiocache-2": ("venv-redis-aiocache", "aiocache-2", "Aiocache-2"),
     "cashews": ("venv-redis-cashews", "cashews", "Cashews"),
     "cashews-2": ("venv-redis-cashews", "cashews-2", "Cashews-2"),
+    # the harness itself: an in-process dict with one future per key in
+    # flight, no Redis at all; no cache framework can finish sooner
+    "floor": (None, "floor", "(harness floor: dict + futures, no Redis)"),
 }
 BATCH_CONTENDERS = ("ours", "ours-2", "030", "030-2")
 
