@@ -16,7 +16,9 @@
  *   set_all   [prepare] execute                     MariaDB bulk execution (array
  *                                                   binding): one round trip
  *   remove, sweep  [prepare] execute                DELETE; sweep: .. LIMIT n
- *   execute   real_query                            DDL, no parameters
+ *   execute   real_query [store_result next_result]  no parameters; result sets
+ *                                                   (SELECT, SHOW, CALL) read and
+ *                                                   dropped
  *
  * Statements are prepared on first use per connection, so a missing table
  * is reported on that request (with the message naming the DDL script) and
@@ -26,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #ifdef CM_HAVE_MARIADB
 #include <mariadb/mysql.h> /* not "mysql.h": that is ours */
@@ -37,7 +40,7 @@
 #define MY_MAX_COALESCE 64
 #define ER_NO_SUCH_TABLE_ 1146
 
-enum { PH_CONNECT, PH_IDLE, PH_PREPARE, PH_EXECUTE, PH_STORE, PH_QUERY };
+enum { PH_CONNECT, PH_IDLE, PH_PREPARE, PH_EXECUTE, PH_STORE, PH_QUERY, PH_QSTORE, PH_QNEXT };
 enum { S_GET, S_SET, S_MSET, S_DEL, S_SWEEP, S_MGET0 };
 #define S_COUNT (S_MGET0 + MY_BUCKETS)
 
@@ -48,6 +51,7 @@ typedef struct {
     int slot;  /* statement being prepared, -1: adhoc */
     int nkeys; /* IN list size of the current statement */
     MYSQL *mret;
+    MYSQL_RES *res; /* execute(): a result set being dropped */
     int iret;
     /* parameter buffers of the request in flight */
     MYSQL_BIND *binds;
@@ -81,34 +85,42 @@ static void free_params(MyConn *mc)
     free(mc->ptrs);
     free(mc->ttls);
     free(mc->inds);
-    free(mc->sql);
     mc->binds = NULL;
     mc->lens = NULL;
     mc->ptrs = NULL;
     mc->ttls = NULL;
     mc->inds = NULL;
-    mc->sql = NULL;
 }
 
 static void my_close(CmSqlConnObject *c)
 {
     MyConn *mc = c->aux;
+    MYSQL *m = c->h;
+    if (m != NULL) {
+        /* Connector/C's closing calls block, with no timeout, GIL held:
+         * mysql_stmt_close reads the rest of an unread result (forever if the
+         * server is hung), mysql_close writes COM_QUIT. Shut the socket down
+         * first, so that any read or write there fails at once, and close the
+         * connection before the statements: it detaches them, and closing a
+         * detached statement only frees memory. */
+        my_socket fd = mysql_get_socket(m);
+        if ((int)fd >= 0)
+            shutdown(fd, SHUT_RDWR);
+        mysql_close(m);
+        c->h = NULL;
+    }
     if (mc != NULL) {
-        /* the statements die with the connection: free them locally */
         for (int i = 0; i < S_COUNT; i++)
             if (mc->stmt[i] != NULL)
                 mysql_stmt_close(mc->stmt[i]);
         if (mc->adhoc != NULL)
             mysql_stmt_close(mc->adhoc);
+        if (mc->res != NULL)
+            mysql_free_result(mc->res);
         free_params(mc);
+        free(mc->sql);
         free(mc);
         c->aux = NULL;
-    }
-    if (c->h != NULL) {
-        MYSQL *m = c->h;
-        /* no COM_QUIT round trip: the socket is just closed */
-        mysql_close(m);
-        c->h = NULL;
     }
 }
 
@@ -129,6 +141,13 @@ static void after(CmSqlConnObject *c, int status)
         return;
     }
     c->status = status;
+    if (c->phase == PH_CONNECT) {
+        /* Connector/C tries each address of the host on a new socket, whose
+         * number may even be the closed one's: watch the current socket
+         * afresh at each step (the loop forgets a closed fd) */
+        cm_sql_conn_unwatch(c);
+        c->fd = (int)mysql_get_socket((MYSQL *)c->h);
+    }
     if (cm_sql_conn_watch(c, (status & MYSQL_WAIT_READ) != 0, (status & MYSQL_WAIT_WRITE) != 0) <
         0) {
         PyErr_Clear();
@@ -136,12 +155,19 @@ static void after(CmSqlConnObject *c, int status)
     }
 }
 
-static const char *opt_str(CmSqlStorageObject *s, const char *name)
+/* A string option in *out (NULL if absent); -1 with ValueError if it cannot
+ * be encoded (a lone surrogate): connecting without it would be wrong. */
+static int opt_str(CmSqlStorageObject *s, const char *name, const char **out)
 {
     PyObject *o = PyDict_GetItemString(s->options, name); // borrowed
+    *out = NULL;
     if (o == NULL || o == Py_None || !PyUnicode_Check(o))
-        return NULL;
-    return PyUnicode_AsUTF8(o);
+        return 0;
+    if ((*out = PyUnicode_AsUTF8(o)) == NULL) {
+        PyErr_Format(PyExc_ValueError, "mysql: option '%s' cannot be encoded as UTF-8", name);
+        return -1;
+    }
+    return 0;
 }
 
 static int my_open(CmSqlConnObject *c)
@@ -160,27 +186,31 @@ static int my_open(CmSqlConnObject *c)
     }
     c->h = m;
     unsigned timeout = (unsigned)(s->connect_timeout + 1);
+    /* a backstop: our own deadlines fail a request first, but no blocking
+     * call of the library can then wait forever */
+    unsigned io_timeout = (unsigned)(s->timeout + 1);
     mysql_options(m, MYSQL_OPT_NONBLOCK, 0);
     mysql_options(m, MYSQL_OPT_CONNECT_TIMEOUT, &timeout);
+    mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &io_timeout);
+    mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &io_timeout);
     mysql_options(m, MYSQL_SET_CHARSET_NAME, "utf8mb4");
     PyObject *port_o = PyDict_GetItemString(s->options, "port"); // borrowed
     unsigned port = port_o ? (unsigned)PyLong_AsUnsignedLong(port_o) : 3306;
     if (PyErr_Occurred())
         return -1;
+    const char *host, *user, *password, *db, *unix_socket;
+    if (opt_str(s, "host", &host) < 0 || opt_str(s, "user", &user) < 0 ||
+        opt_str(s, "password", &password) < 0 || opt_str(s, "db", &db) < 0 ||
+        opt_str(s, "unix_socket", &unix_socket) < 0)
+        return -1;
     c->phase = PH_CONNECT;
-    int status = mysql_real_connect_start(&mc->mret, m, opt_str(s, "host"), opt_str(s, "user"),
-                                          opt_str(s, "password"), opt_str(s, "db"), port,
-                                          opt_str(s, "unix_socket"), CLIENT_FOUND_ROWS);
-    if (status == 0) {
-        if (mc->mret == NULL) {
-            PyErr_Format(s->st->SQLConnectionError, "mysql: %s", mysql_error(m));
-            return -1;
-        }
-        c->fd = mysql_get_socket(m);
-        step_done(c);
-        return 0;
+    int status = mysql_real_connect_start(&mc->mret, m, host, user, password, db, port, unix_socket,
+                                          CLIENT_FOUND_ROWS);
+    if (status == 0 && mc->mret == NULL) {
+        PyErr_Format(s->st->SQLConnectionError, "mysql: %s", mysql_error(m));
+        return -1;
     }
-    c->fd = mysql_get_socket(m);
+    c->fd = (int)mysql_get_socket(m);
     after(c, status);
     return 0;
 }
@@ -561,6 +591,27 @@ oom:
         cm_sql_req_error(c->storage, r, c->storage->st->SQLError, "mysql: cannot read a row");
 }
 
+/* execute(): a statement's result sets are read and dropped (one left unread
+ * puts the connection out of sync); fresh: a result has just been announced
+ * (mysql_field_count tells whether it has rows). 1 if a step was started (the
+ * connection may be closed on return), 0 if there is nothing left to read. */
+static int query_results(CmSqlConnObject *c, int fresh)
+{
+    MyConn *mc = c->aux;
+    MYSQL *m = c->h;
+    if (fresh && mysql_field_count(m) > 0) {
+        c->phase = PH_QSTORE;
+        after(c, mysql_store_result_start(&mc->res, m));
+        return 1;
+    }
+    if (mysql_more_results(m)) {
+        c->phase = PH_QNEXT;
+        after(c, mysql_next_result_start(&mc->iret, m));
+        return 1;
+    }
+    return 0;
+}
+
 static void step_done(CmSqlConnObject *c)
 {
     MyConn *mc = c->aux;
@@ -571,7 +622,10 @@ static void step_done(CmSqlConnObject *c)
             fail_my(c);
             return;
         }
-        c->fd = mysql_get_socket((MYSQL *)c->h);
+        /* the watch of the socket connected (maybe not the first one) is
+         * set up below */
+        cm_sql_conn_unwatch(c);
+        c->fd = (int)mysql_get_socket((MYSQL *)c->h);
         c->phase = PH_IDLE;
         cm_sql_conn_ready(c);
         break;
@@ -636,11 +690,29 @@ static void step_done(CmSqlConnObject *c)
         cm_sql_conn_done(c);
         break;
     case PH_QUERY:
-        c->phase = PH_IDLE;
-        if (mc->iret != 0) {
+    case PH_QNEXT:
+        /* next_result: 0 one more, -1 none, > 0 error */
+        if (mc->iret > 0 || (c->phase == PH_QUERY && mc->iret != 0)) {
+            c->phase = PH_IDLE;
             request_failed(c);
             break;
         }
+        if (mc->iret == 0 && query_results(c, 1))
+            return;
+        c->phase = PH_IDLE;
+        cm_sql_conn_done(c);
+        break;
+    case PH_QSTORE:
+        if (mc->res == NULL && mysql_errno((MYSQL *)c->h) != 0) {
+            c->phase = PH_IDLE;
+            request_failed(c);
+            break;
+        }
+        mysql_free_result(mc->res);
+        mc->res = NULL;
+        if (query_results(c, 0))
+            return;
+        c->phase = PH_IDLE;
         cm_sql_conn_done(c);
         break;
     default:
@@ -648,6 +720,8 @@ static void step_done(CmSqlConnObject *c)
     }
     if (c->state != CM_SQL_CLOSED && c->phase == PH_IDLE) {
         free_params(mc);
+        free(mc->sql);
+        mc->sql = NULL;
         /* idle: any byte from the server now means it is closing */
         if (cm_sql_conn_watch(c, 1, 0) < 0) {
             PyErr_Clear();
@@ -670,6 +744,10 @@ static int cont(CmSqlConnObject *c, int ready)
         return mysql_stmt_store_result_cont(&mc->iret, mc->cur, ready);
     case PH_QUERY:
         return mysql_real_query_cont(&mc->iret, (MYSQL *)c->h, ready);
+    case PH_QSTORE:
+        return mysql_store_result_cont(&mc->res, (MYSQL *)c->h, ready);
+    case PH_QNEXT:
+        return mysql_next_result_cont(&mc->iret, (MYSQL *)c->h, ready);
     default:
         return 0;
     }

@@ -4,9 +4,11 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import timedelta
 
@@ -17,7 +19,7 @@ from cacheme import _core
 from cacheme.models import sentinel
 from cacheme.serializer import JSONSerializer, MsgPackSerializer, PickleSerializer
 from cacheme.storages.sqldb import SQLConnectionError, SQLTableError, SQLTimeoutError, ddl_script
-from conftest import unique
+from conftest import run_python, unique
 from sql_servers import MariaServer, PgServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -439,3 +441,162 @@ async def test_shared_table_with_030(url, backend):
     assert got[5:] == [{"uid": i, "name": f"u{i}", "by": "030"} for i in range(5, 10)]
     # and expiry written by 0.3.0 is understood: not expired
     assert await storage_of(name).sweep(100) == 0
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+def _mysql_only(backend):
+    if backend != "mysql":
+        pytest.skip("MySQL/MariaDB driver only")
+
+
+def _networked(backend):
+    if backend == "sqlite":
+        pytest.skip("no connections")
+
+
+async def _ticker(gaps, stop):
+    """Ticks on the loop every 10 ms, recording the longest gap seen."""
+    last = time.monotonic()
+    while not stop.is_set():
+        await asyncio.sleep(0.01)
+        now = time.monotonic()
+        gaps.append(now - last)
+        last = now
+
+
+async def _big_rows(s, n=256, size=65000):
+    """n rows of size bytes: a result far larger than the socket buffers."""
+    keys = [K(f"b{i}") for i in range(n)]
+    for i in range(0, n, 16):
+        await s.set_all([(k, b"x" * size) for k in keys[i:i + 16]], None, None)
+    return keys
+
+
+async def _stalled(own_server, start):
+    """Start requests, let the server fill the socket while the loop does not
+    read, SIGSTOP it; wait for the requests to fail while a ticker runs.
+    Returns (their exceptions, the longest stall of the loop, seconds)."""
+    pid = own_server.proc.pid
+    futs = start()
+    time.sleep(0.3)  # the loop reads nothing: the server fills the socket and waits
+    os.kill(pid, signal.SIGSTOP)
+    # a frozen loop holds the GIL, waiting for the server, forever even once
+    # resumed: kill the server from outside the process to end the test
+    guard = subprocess.Popen(["sh", "-c", f"sleep 15; kill -KILL {pid}"])
+    try:
+        gaps, stop = [], threading.Event()
+        ticker = asyncio.ensure_future(_ticker(gaps, stop))
+        t0 = time.monotonic()
+        got = await asyncio.gather(*[asyncio.wait_for(f, 10) for f in futs],
+                                   return_exceptions=True)
+        elapsed = time.monotonic() - t0
+        await asyncio.sleep(0.3)  # the close, then a few more ticks
+        stop.set()
+        await ticker
+        return got, max(gaps), elapsed
+    finally:
+        guard.kill()
+        guard.wait()
+        os.kill(pid, signal.SIGCONT)
+
+
+async def test_mysql_timeout_mid_result_keeps_the_loop_running(own_server, backend):
+    # a server that stops in the middle of a result: the request times out
+    # and the connection is closed while the loop keeps running
+    _mysql_only(backend)
+    name = await register(own_server.url, pool_size=1, timeout=1.0)
+    s = storage_of(name)
+    keys = await _big_rows(s)
+    assert len(await s.get_all(keys, None)) == 256  # prepared, and the pool is idle
+    got, stall, elapsed = await _stalled(own_server, lambda: [s.get_all(keys, None)])
+    assert isinstance(got[0], SQLTimeoutError), got
+    assert elapsed < 3
+    assert stall < 0.5, f"the loop stood still for {stall:.2f} s"
+    assert s.pool_info()["busy"] == 0
+    # the server is back: a new connection serves the rows
+    assert len(await asyncio.wait_for(s.get_all(keys[:4], None), 10)) == 4
+
+
+async def test_mysql_close_with_an_unread_result_never_blocks(own_server, backend):
+    # closing a connection whose result is still coming (execute() of a
+    # large SELECT, the server stopped): Connector/C would read the rest
+    # before closing, in a blocking call
+    _mysql_only(backend)
+    table = unique("cm_t")
+    name = await register(own_server.url, table=table, pool_size=1, timeout=1.0)
+    s = storage_of(name)
+    keys = await _big_rows(s)
+    got, stall, elapsed = await _stalled(
+        own_server, lambda: [s.execute(f"SELECT value FROM {table}"), s.get(keys[0], None)])
+    assert all(isinstance(e, SQLTimeoutError) for e in got), got
+    assert elapsed < 3
+    assert stall < 0.5, f"the loop stood still for {stall:.2f} s"
+    assert await asyncio.wait_for(s.get(keys[1], None), 10) == b"x" * 65000
+
+
+async def test_execute_reads_result_sets(url, backend):
+    # statements that return rows (SELECT, SHOW, CALL) leave the connection usable
+    name = await register(url, pool_size=1)
+    s = storage_of(name)
+    await s.set(K("a"), b"1", None, None)
+    stmts = ["SELECT 1", "SELECT 1 UNION SELECT 2"]
+    if backend == "mysql":
+        proc = unique("cm_p")
+        await s.execute(f"CREATE PROCEDURE {proc}() BEGIN SELECT 1; SELECT 2, 3; END")
+        stmts += ["SHOW TABLES", f"CALL {proc}()", "DO 1"]
+    for stmt in stmts:
+        assert await asyncio.wait_for(s.execute(stmt), 5) is None
+        assert await asyncio.wait_for(s.get(K("a"), None), 5) == b"1"
+
+
+HOSTS_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    import cacheme
+
+    async def main():
+        st = cacheme.Storage(url=sys.argv[1], table=sys.argv[2], create_table=True,
+                             connect_timeout=3.0, pool_size=1)
+        t0 = time.monotonic()
+        await st.connect()
+        print(f"connected in {time.monotonic() - t0:.3f}")
+        await st.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_mysql_connect_follows_a_new_socket(backend, tmp_path):
+    # a host name with two addresses, the first refused (::1, the server
+    # listens on 127.0.0.1 only): Connector/C moves to a new socket
+    _mysql_only(backend)
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare (a private /etc/hosts)")
+    srv = server("mysql")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("::1 cm-twoaddr\n127.0.0.1 cm-twoaddr\n127.0.0.1 localhost\n")
+    url = f"mysql://root@cm-twoaddr:{srv.port}/test"
+    r = subprocess.run(
+        ["unshare", "-m", "sh", "-c", 'mount --bind "$1" /etc/hosts && exec "$2" -c "$3" "$4" "$5"',
+         "sh", str(hosts), sys.executable, HOSTS_SCRIPT, url, unique("cm_t")],
+        capture_output=True, text=True, timeout=60, cwd=os.path.dirname(__file__))
+    if r.returncode != 0 and r.stderr.startswith(("unshare:", "mount:")):
+        pytest.skip(f"cannot mount a private /etc/hosts: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout.split()[-1]) < 2
+
+
+async def test_mysql_password_not_utf8(backend):
+    _mysql_only(backend)
+    srv = server("mysql")
+    c = _core.MySQLClient(srv.url, unique("cm_t"),
+                          options={"host": "127.0.0.1", "port": srv.port, "user": "root",
+                                   "password": "pw\udcff", "db": "test"})
+    with pytest.raises(ValueError, match="password"):
+        await asyncio.wait_for(c._ping(), 5)
+    c.close_now()
