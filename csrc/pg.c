@@ -471,7 +471,9 @@ static void pg_io(CmSqlConnObject *c, int readable, int writable)
                 cm_sql_req_error_sql(c->storage, r, missing, buf);
             c->err = 1;
         }
-        if (c->phase == PH_READY)
+        /* the results of a request: also execute()'s on a connection whose
+         * statements are not prepared yet */
+        if (c->phase != PH_PREPARE)
             on_result(c, res);
         PQclear(res);
     }

@@ -600,3 +600,14 @@ async def test_mysql_password_not_utf8(backend):
     with pytest.raises(ValueError, match="password"):
         await asyncio.wait_for(c._ping(), 5)
     c.close_now()
+
+
+async def test_execute_error_on_a_fresh_connection(url, backend):
+    # the first statement of a connection (before the storage's own
+    # statements are prepared) reports its error
+    st = cacheme.Storage(url=url, table=unique("cm_t"), pool_size=1)._storage
+    with pytest.raises(_core.SQLError):
+        await asyncio.wait_for(st.execute("SELECT * FROM cm_no_such_table_at_all"), 5)
+    with pytest.raises(_core.SQLError):
+        await asyncio.wait_for(st.execute("THIS IS NOT SQL"), 5)
+    await st.close()
