@@ -4,8 +4,9 @@
  * A connection starts with PQconnectStart and is driven by PQconnectPoll as
  * its socket becomes readable/writable (libpq may swap sockets while it
  * connects, so the watch is renewed at each step). Once connected it runs
- * one simple query of six PREPARE statements (one round trip; a missing
- * table fails here, with the message telling to run the DDL), then takes
+ * one simple query of DEALLOCATE ALL and six PREPARE statements (one round
+ * trip; a missing table fails here, with the message telling to run the
+ * DDL), then takes
  * requests from the storage's queue, one batch at a time:
  *
  *   get      EXECUTE cm_get(key)                 binary result
@@ -42,7 +43,10 @@ static int pg_setup(CmSqlStorageObject *s)
     const char *t = PyUnicode_AsUTF8(s->table);
     if (t == NULL)
         return -1;
+    /* PREPARE is not undone when a later statement of the batch fails: start
+     * from none, or every retry stops at "cm_get already exists" */
     const char *fmt =
+        "DEALLOCATE ALL;"
         "PREPARE cm_get(text) AS SELECT value FROM %1$s WHERE key = $1 "
         "AND (expire IS NULL OR expire > now());"
         "PREPARE cm_mget(text[]) AS SELECT key, value FROM %1$s WHERE key = ANY($1) "
