@@ -317,9 +317,8 @@ done:
     return rc;
 }
 
-void cm_sql_conn_unwatch(CmSqlConnObject *c)
+static void unwatch_on(CmSqlStorageObject *s, CmSqlConnObject *c)
 {
-    CmSqlStorageObject *s = c->storage; // borrowed
     PyObject *saved = exc_take();
     if (c->reading && cm_loop_remove_reader(s->st, s->loop, c->fd) < 0)
         PyErr_Clear();
@@ -328,6 +327,8 @@ void cm_sql_conn_unwatch(CmSqlConnObject *c)
     c->reading = c->writing = 0;
     exc_restore(saved);
 }
+
+void cm_sql_conn_unwatch(CmSqlConnObject *c) { unwatch_on(c->storage, c); }
 
 static void pool_remove(CmSqlStorageObject *s, CmSqlConnObject *c)
 {
@@ -349,16 +350,34 @@ void cm_sql_conn_fail(CmSqlConnObject *c, PyObject *exc_type, const char *msg)
     PyObject *saved = exc_take();
     PyObject *exc = NULL;
     int was_connecting = c->state == CM_SQL_CONNECTING;
+    /* closed and out of the pool before any Python code runs (the loop's
+     * remove_reader, exceptions, futures, finalizers): code that reaches
+     * close_all from there must find the pool without it, or it loops */
     Py_INCREF(c);
-    cm_sql_conn_unwatch(c);
-    s->drv->close(c);
     c->state = CM_SQL_CLOSED;
-    c->fd = -1;
     CmSqlReq *batch = c->batch;
     c->batch = NULL;
+    pool_remove(s, c);
+    if (was_connecting) {
+        s->backoff = s->backoff ? s->backoff * 2 : CM_SQL_BACKOFF_MIN;
+        if (s->backoff > CM_SQL_BACKOFF_MAX)
+            s->backoff = CM_SQL_BACKOFF_MAX;
+        s->retry_at = cm_sql_now() + s->backoff;
+    }
+    unwatch_on(s, c);
+    s->drv->close(c);
+    c->fd = -1;
     exc = PyObject_CallFunction(exc_type ? exc_type : s->st->SQLConnectionError, "s", msg);
-    if (exc == NULL)
-        exc = exc_take();
+    if (exc == NULL) {
+        /* exc_type(msg) cannot be built (an exception type taking other
+         * arguments): the connection error then */
+        PyErr_Clear();
+        exc = PyObject_CallFunction(s->st->SQLConnectionError, "s", msg);
+        if (exc == NULL)
+            exc = exc_take();
+    }
+    if (was_connecting)
+        Py_XSETREF(s->last_error, Py_XNewRef(exc));
     while (batch != NULL) {
         CmSqlReq *r = batch;
         batch = r->next;
@@ -366,16 +385,7 @@ void cm_sql_conn_fail(CmSqlConnObject *c, PyObject *exc_type, const char *msg)
             r->error = Py_XNewRef(exc);
         req_finish(s, r);
     }
-    if (was_connecting) {
-        int64_t now = cm_sql_now();
-        s->backoff = s->backoff ? s->backoff * 2 : CM_SQL_BACKOFF_MIN;
-        if (s->backoff > CM_SQL_BACKOFF_MAX)
-            s->backoff = CM_SQL_BACKOFF_MAX;
-        s->retry_at = now + s->backoff;
-        Py_XSETREF(s->last_error, Py_XNewRef(exc));
-    }
     Py_XDECREF(exc);
-    pool_remove(s, c);
     Py_DECREF(c);
     PyErr_Clear();
     exc_restore(saved);

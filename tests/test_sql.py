@@ -631,3 +631,36 @@ async def test_pg_failed_prepare_does_not_stick(url, backend):
     assert await asyncio.wait_for(st.get(K("a"), None), 5) == b"1"
     assert st.pool_info()["idle"] == 1
     st.close_now()
+
+
+def test_close_from_a_finalizer_during_close(url, backend):
+    # Python code run while a connection's batch is failed (here a node's
+    # __del__) closes the storage again: no endless loop
+    _networked(backend)
+    code = f"""
+        import asyncio, cacheme
+
+        class Evil:
+            def __init__(self, s):
+                self.s = s
+
+            def full_key(self):
+                return "k"
+
+            def __del__(self):
+                self.s.close_now()
+
+        async def main():
+            st = cacheme.Storage(url={url!r}, table={unique("cm_t")!r}, create_table=True)
+            await st.connect()
+            s = st._storage
+            fut = s.get_all([Evil(s)], None)
+            s.close_now()
+            try:
+                await fut
+            except Exception as e:
+                print(type(e).__name__)
+
+        asyncio.run(main())
+    """
+    assert run_python(code, timeout=60).split() == ["SQLConnectionError"]
