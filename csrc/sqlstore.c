@@ -435,6 +435,9 @@ CmSqlReq *cm_sql_take(CmSqlStorageObject *s, int max_gets)
     return first;
 }
 
+/* Start a connection. -1 with an exception when nothing could be started
+ * (out of memory); a driver that fails to start counts as a failed connect
+ * (backoff), and 0 is returned. */
 static int conn_open(CmSqlStorageObject *s)
 {
     CmSqlConnObject *c = PyObject_New(CmSqlConnObject, s->st->SqlConnType);
@@ -468,7 +471,6 @@ static int conn_open(CmSqlStorageObject *s)
         Py_XDECREF(msg);
         Py_XDECREF(exc);
         PyErr_Clear();
-        return -1;
     }
     return 0;
 }
@@ -569,7 +571,14 @@ static void dispatch(CmSqlStorageObject *s)
                            "cannot connect (backing off)");
             break;
         }
-        conn_open(s);
+        if (conn_open(s) < 0) {
+            /* retrying at once would fail again (and spin): the queued
+             * requests fail with the error instead */
+            PyObject *exc = exc_take();
+            fail_queue(s, s->st->SQLConnectionError, exc, "cannot open a connection");
+            Py_XDECREF(exc);
+            break;
+        }
     }
     s->dispatching = 0;
     schedule_tick(s);

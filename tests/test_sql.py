@@ -664,3 +664,48 @@ def test_close_from_a_finalizer_during_close(url, backend):
         asyncio.run(main())
     """
     assert run_python(code, timeout=60).split() == ["SQLConnectionError"]
+
+
+def test_out_of_memory_when_opening_a_connection(url, backend):
+    # an allocation failing in turn at each point of a request that opens a
+    # connection: an exception or a failed request, never an exception left
+    # set (SystemError), a spin or a crash. (A single failure does not make
+    # the old dispatch spin; failing every allocation does, but then CPython
+    # itself aborts soon after, so that is not a test.)
+    _networked(backend)
+    code = f"""
+        import asyncio, collections, json, _testcapi
+        import cacheme
+
+        async def main():
+            table = "cm_oom"
+            st = cacheme.Storage(url={url!r}, table=table, create_table=True)
+            await st.connect()
+            await st._storage.set_by_key("k", b"v", None)
+            await st.close()
+            seen = collections.Counter()
+            for n in range(150):
+                s = cacheme.Storage(url={url!r}, table=table, pool_size=1)._storage
+                try:
+                    _testcapi.set_nomemory(n, n + 1)
+                    try:
+                        fut = s.get_by_key("k")
+                    finally:
+                        _testcapi.remove_mem_hooks()
+                except MemoryError:
+                    seen["raised MemoryError"] += 1
+                except SystemError as e:
+                    seen["SystemError"] += 1
+                else:
+                    try:
+                        seen["got " + repr(await asyncio.wait_for(fut, 10))] += 1
+                    except Exception as e:
+                        seen["failed with " + type(e).__name__] += 1
+                s.close_now()
+            print(json.dumps(seen))
+
+        asyncio.run(main())
+    """
+    seen = json.loads(run_python(code, timeout=120).strip().splitlines()[-1])
+    assert "SystemError" not in seen, seen
+    assert seen.get("got b'v'", 0) > 0, seen
