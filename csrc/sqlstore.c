@@ -676,20 +676,48 @@ static PyObject *storage_on_tick(PyObject *self, PyObject *Py_UNUSED(unused))
 /* ------------------------------------------------------------------ */
 /* the storage type                                                   */
 
+/* Whether the loop is running; -1 with an exception. */
+static int loop_is_running(PyObject *loop)
+{
+    PyObject *r = PyObject_CallMethod(loop, "is_running", NULL);
+    int running = r == NULL ? -1 : PyObject_IsTrue(r);
+    Py_XDECREF(r);
+    return running;
+}
+
+/* The storage follows the running loop: moving to a new one closes what the
+ * old one had (a test's loop, asyncio.run called again). Not when the old
+ * loop is still running, in another thread: its connections and futures
+ * cannot be touched from this one. */
 static int bind_loop(CmSqlStorageObject *s, PyObject **loop_out)
 {
+    int rc = -1;
     PyObject *loop = cm_loop_running(s->st);
     if (loop == NULL)
-        return -1;
+        goto done;
     if (s->loop != loop) {
+        int live = s->nconns > 0 || s->head != NULL || s->tick != NULL;
+        int running = s->loop != NULL && live ? loop_is_running(s->loop) : 0;
+        if (running < 0)
+            goto done;
+        if (running) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "cacheme %s storage: in use by an event loop running in another "
+                         "thread; use one storage per thread",
+                         s->drv->name);
+            goto done;
+        }
         if (s->loop != NULL)
             close_all(s, "the event loop changed");
         Py_XSETREF(s->loop, Py_NewRef(loop));
         s->retry_at = 0;
         s->backoff = 0;
     }
-    *loop_out = loop;
-    return 0;
+    *loop_out = Py_NewRef(loop);
+    rc = 0;
+done:
+    Py_XDECREF(loop);
+    return rc;
 }
 
 static int check_available(CmSqlStorageObject *s)

@@ -709,3 +709,42 @@ def test_out_of_memory_when_opening_a_connection(url, backend):
     seen = json.loads(run_python(code, timeout=120).strip().splitlines()[-1])
     assert "SystemError" not in seen, seen
     assert seen.get("got b'v'", 0) > 0, seen
+
+
+def test_storage_refuses_a_loop_of_another_thread(url, backend):
+    # a storage serving a loop running in one thread is not taken over by a
+    # loop of another thread: that raises, and the first loop goes on
+    _networked(backend)
+    st = cacheme.Storage(url=url, table=unique("cm_t"), create_table=True, pool_size=2)
+    started, stop, errors = threading.Event(), threading.Event(), []
+
+    def serve():
+        async def run():
+            await st.connect()
+            await st.set(K("a"), b"1", None, None)
+            started.set()
+            while not stop.is_set():
+                try:
+                    assert await asyncio.wait_for(st.get(K("a"), None), 5) == b"1"
+                except Exception as e:  # pragma: no cover - the failure being tested
+                    errors.append(repr(e))
+                await asyncio.sleep(0.001)
+
+        asyncio.run(run())
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        assert started.wait(30)
+
+        async def other():
+            with pytest.raises(RuntimeError, match="another thread"):
+                await st.get(K("a"), None)
+
+        asyncio.run(other())
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        t.join(30)
+    assert not t.is_alive()
+    assert errors == []
