@@ -243,6 +243,12 @@ static int send_req(CmSqlConnObject *c, CmSqlReq *b)
     case CM_SQL_SET:
         if ((vals[0] = PyUnicode_AsUTF8AndSize(b->key, &klen)) == NULL)
             goto done;
+        if (PyBytes_GET_SIZE(b->value) > INT32_MAX) {
+            /* libpq's lengths are ints */
+            PyErr_Format(s->st->SQLError, "postgresql: a value of %zd bytes is too large",
+                         PyBytes_GET_SIZE(b->value));
+            goto done;
+        }
         vals[1] = PyBytes_AS_STRING(b->value);
         lens[1] = (int)PyBytes_GET_SIZE(b->value);
         fmts[1] = 1;
@@ -279,7 +285,6 @@ static int send_req(CmSqlConnObject *c, CmSqlReq *b)
         goto done;
     }
     rc = ok ? 0 : 1;
-    (void)s;
 done:
     free(arr1);
     free(arr2);

@@ -161,16 +161,18 @@ static int prepare_fixed(CmSqlStorageObject *s)
                : 0;
 }
 
+/* The 64-bit forms: an int length would wrap above 2 GiB (undefined for
+ * sqlite3_bind_blob); past SQLITE_LIMIT_LENGTH they fail with SQLITE_TOOBIG. */
 static int bind_str(sqlite3_stmt *stmt, int i, PyObject *o)
 {
     Py_ssize_t n;
     const char *p;
     if (PyBytes_Check(o))
-        return sqlite3_bind_blob(stmt, i, PyBytes_AS_STRING(o), (int)PyBytes_GET_SIZE(o),
-                                 SQLITE_STATIC);
+        return sqlite3_bind_blob64(stmt, i, PyBytes_AS_STRING(o),
+                                   (sqlite3_uint64)PyBytes_GET_SIZE(o), SQLITE_STATIC);
     if ((p = PyUnicode_AsUTF8AndSize(o, &n)) == NULL)
         return -1;
-    return sqlite3_bind_text(stmt, i, p, (int)n, SQLITE_STATIC);
+    return sqlite3_bind_text64(stmt, i, p, (sqlite3_uint64)n, SQLITE_STATIC, SQLITE_UTF8);
 }
 
 static PyObject *column_raw(sqlite3_stmt *stmt, int col, int as_str)

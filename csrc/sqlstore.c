@@ -15,9 +15,11 @@
 #include "loop.h"
 #include "ready.h"
 
-#define CM_SQL_BACKOFF_MIN 50000000LL   /* 50 ms */
-#define CM_SQL_BACKOFF_MAX 1000000000LL /* 1 s */
-#define CM_SQL_SWEEP_AGAIN 1000000000LL /* a full sweep batch: go on after 1 s */
+#define CM_SQL_BACKOFF_MIN 50000000LL          /* 50 ms */
+#define CM_SQL_BACKOFF_MAX 1000000000LL        /* 1 s */
+#define CM_SQL_SWEEP_AGAIN 1000000000LL        /* a full sweep batch: go on after 1 s */
+#define CM_SQL_TTL_MAX (100.0 * 366 * 86400)   /* seconds, about 100 years */
+#define CM_SQL_UTC_MAX_US 253402300799999999LL /* 9999-12-31 23:59:59.999999 */
 
 int64_t cm_sql_now(void) { return cm_now_ns(); }
 
@@ -48,9 +50,16 @@ void cm_sql_utc_text(char *buf, size_t n, long long delta_us)
     struct timespec ts;
     struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
-    long long us = (long long)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000 + delta_us;
+    long long us = (long long)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+    /* within the years 1970 .. 9999 that the text form and gmtime_r hold */
+    us = delta_us > CM_SQL_UTC_MAX_US - us ? CM_SQL_UTC_MAX_US : us + delta_us;
+    if (us < 0)
+        us = 0;
     time_t secs = (time_t)(us / 1000000LL);
-    gmtime_r(&secs, &tm);
+    if (gmtime_r(&secs, &tm) == NULL) {
+        snprintf(buf, n, "9999-12-31 23:59:59.999999+00:00");
+        return;
+    }
     snprintf(buf, n, "%04d-%02d-%02d %02d:%02d:%02d.%06lld+00:00", tm.tm_year + 1900, tm.tm_mon + 1,
              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, us % 1000000LL);
 }
@@ -547,6 +556,17 @@ static void dispatch(CmSqlStorageObject *s)
         return;
     s->dispatching = 1;
     while (s->head != NULL) {
+        CmSqlReq *first = s->head;
+        if (first->fut != NULL && cm_future_done(s->st, first->fut) != 0) {
+            /* cancelled by its caller while queued: not worth sending */
+            PyErr_Clear();
+            s->head = first->next;
+            if (s->head == NULL)
+                s->tail = NULL;
+            s->queued--;
+            req_finish(s, first);
+            continue;
+        }
         CmSqlConnObject *idle = NULL;
         Py_ssize_t connecting = 0;
         for (Py_ssize_t i = 0; i < s->nconns; i++) {
@@ -789,13 +809,14 @@ static PyObject *storage_get_all(PyObject *self, PyObject *const *args, Py_ssize
     if (r == NULL)
         return NULL;
     r->ser = Py_NewRef(args[1]);
-    if ((seq = PySequence_Fast(args[0], "get_all: nodes must be a sequence")) == NULL)
+    /* a tuple: full_key() may change a list passed in while we walk it */
+    if ((seq = PySequence_Tuple(args[0])) == NULL)
         goto fail;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     if ((r->keys = PyList_New(n)) == NULL || (r->nodes = PyList_New(n)) == NULL)
         goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *node = PySequence_Fast_GET_ITEM(seq, i); // borrowed
+        PyObject *node = PyTuple_GET_ITEM(seq, i); // borrowed
         PyObject *key = node_key(s->st, node);
         if (key == NULL)
             goto fail;
@@ -829,7 +850,13 @@ static int parse_ttl(CmSqlStorageObject *s, PyObject *ttl, double *out)
     Py_DECREF(secs);
     if (d == -1 && PyErr_Occurred())
         return -1;
-    *out = d < 0 ? 0 : d;
+    if (isnan(d)) {
+        PyErr_SetString(PyExc_ValueError, "SQL storage: ttl is NaN");
+        return -1;
+    }
+    /* an expiry past what the columns hold (timedelta.max) would overflow
+     * into the past: beyond CM_SQL_TTL_MAX a row just lives that long */
+    *out = d < 0 ? 0 : d > CM_SQL_TTL_MAX ? CM_SQL_TTL_MAX : d;
     return 0;
 }
 
@@ -859,14 +886,13 @@ static PyObject *storage_set_all(PyObject *self, PyObject *const *args, Py_ssize
     CmSqlReq *r = req_new(CM_SQL_SET_ALL);
     if (r == NULL)
         return NULL;
-    if (parse_ttl(s, args[1], &r->ttl) < 0 ||
-        (seq = PySequence_Fast(args[0], "set_all: data must be a sequence of (node, value)")) ==
-            NULL ||
+    if (parse_ttl(s, args[1], &r->ttl) < 0 || (seq = PySequence_Tuple(args[0])) == NULL ||
         (r->keys = PyList_New(0)) == NULL || (r->values = PyList_New(0)) == NULL ||
         (index = PyDict_New()) == NULL)
         goto fail;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, i); // borrowed
+    /* a tuple (see get_all), whose items hold the (node, value) pairs alive */
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
+        PyObject *item = PyTuple_GET_ITEM(seq, i); // borrowed
         if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
             PyErr_SetString(PyExc_TypeError, "set_all: data must be a sequence of (node, value)");
             goto fail;

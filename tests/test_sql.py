@@ -748,3 +748,77 @@ def test_storage_refuses_a_loop_of_another_thread(url, backend):
         t.join(30)
     assert not t.is_alive()
     assert errors == []
+
+
+async def test_value_over_2_gib_refused(url, backend):
+    # lengths are C ints in libpq and sqlite3_bind_blob: refuse, clearly
+    if backend == "mysql":
+        pytest.skip("MySQL lengths are unsigned long")
+    name = await register(url)
+    s = storage_of(name)
+    huge = bytes(2**31 + 16)
+    with pytest.raises(_core.SQLError, match="too (big|large)"):
+        await s.set(K("huge"), huge, None, None)
+    del huge
+    assert await s.get(K("huge"), None) is sentinel
+    await s.set(K("small"), b"1", None, None)
+    assert await s.get(K("small"), None) == b"1"
+
+
+async def test_huge_ttl_is_not_expired(url):
+    name = await register(url)
+    s = storage_of(name)
+    await s.set(K("a"), b"1", timedelta.max, None)
+    await s.set_all([(K("b"), b"2")], timedelta(days=10**8), None)
+    assert await s.get(K("a"), None) == b"1"
+    assert [v for _, v in await s.get_all([K("b")], None)] == [b"2"]
+    assert await s.sweep(100) == 0
+    with pytest.raises(ValueError):
+        await s.set(K("c"), b"3", type("T", (), {"total_seconds": lambda self: float("nan")})(),
+                    None)
+
+
+async def test_nodes_list_mutated_by_full_key(url):
+    name = await register(url)
+    s = storage_of(name)
+    await s.set(K("k0"), b"0", None, None)
+
+    class Shrink:
+        def __init__(self, key, victim):
+            self.key, self.victim = key, victim
+
+        def full_key(self):
+            self.victim.clear()
+            return self.key
+
+    nodes = []
+    nodes += [Shrink("k0", nodes)] + [K(f"k{i}") for i in range(1, 50)]
+    got = await s.get_all(nodes, None)
+    assert [(n.key, v) for n, v in got] == [("k0", b"0")]
+    data = []
+    data += [(Shrink("s0", data), b"a")] + [(K(f"s{i}"), b"b") for i in range(1, 50)]
+    await s.set_all(data, None, None)
+    assert await s.get(K("s0"), None) == b"a"
+    assert await s.get(K("s49"), None) == b"b"
+
+
+async def test_cancelled_queued_request_is_not_run(own_server, backend):
+    # a write cancelled while it waits for a connection is not sent
+    table = unique("cm_t")
+    name = await register(own_server.url, table=table, pool_size=1, timeout=5.0)
+    s = storage_of(name)
+    await s.set(K("a"), b"1", None, None)
+    locker = cacheme.Storage(url=own_server.url, table=table, pool_size=1)
+    await locker.connect()
+    if backend == "postgresql":
+        await locker._storage.execute(f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    else:
+        await locker._storage.execute(f"LOCK TABLES {table} WRITE")
+    blocked = s.get(K("a"), None)  # holds the one connection
+    queued = s.set(K("b"), b"2", None, None)
+    await asyncio.sleep(0.2)
+    queued.cancel()
+    await locker.close()
+    assert await asyncio.wait_for(blocked, 5) == b"1"
+    await asyncio.sleep(0.2)
+    assert await asyncio.wait_for(s.get(K("b"), None), 5) is sentinel
