@@ -53,7 +53,9 @@ typedef struct {
     MYSQL *mret;
     MYSQL_RES *res; /* execute(): a result set being dropped */
     int iret;
-    /* parameter buffers of the request in flight */
+    /* parameter buffers of the request in flight, kept for the next one (no
+     * allocation per request); room for cap_params parameters, cap_rows rows */
+    int cap_params, cap_rows;
     MYSQL_BIND *binds;
     unsigned long *lens;
     char **ptrs;
@@ -90,6 +92,7 @@ static void free_params(MyConn *mc)
     mc->ptrs = NULL;
     mc->ttls = NULL;
     mc->inds = NULL;
+    mc->cap_params = mc->cap_rows = 0;
 }
 
 static void my_close(CmSqlConnObject *c)
@@ -273,18 +276,28 @@ static char *stmt_sql(CmSqlStorageObject *s, int slot, int n)
 
 static void run_batch(CmSqlConnObject *c);
 
+/* Parameter buffers for nparams parameters of rows rows, the binds zeroed;
+ * grown when too small, else reused. */
 static int alloc_params(MyConn *mc, int nparams, int rows)
 {
-    free_params(mc);
-    mc->binds = calloc((size_t)nparams, sizeof(MYSQL_BIND));
-    mc->lens = calloc((size_t)(rows * 2 + nparams), sizeof(unsigned long));
-    mc->ptrs = calloc((size_t)(rows * 2 + 1), sizeof(char *));
-    mc->ttls = calloc((size_t)rows + 1, sizeof(long long));
-    mc->inds = calloc((size_t)rows + 1, 1);
-    if (!mc->binds || !mc->lens || !mc->ptrs || !mc->ttls || !mc->inds) {
-        PyErr_NoMemory();
-        return -1;
+    if (nparams > mc->cap_params || rows > mc->cap_rows) {
+        int np = nparams > mc->cap_params ? nparams : mc->cap_params;
+        int nr = rows > mc->cap_rows ? rows : mc->cap_rows;
+        free_params(mc);
+        mc->binds = malloc((size_t)np * sizeof(MYSQL_BIND));
+        mc->lens = malloc((size_t)(nr * 2 + np) * sizeof(unsigned long));
+        mc->ptrs = malloc((size_t)(nr * 2 + 1) * sizeof(char *));
+        mc->ttls = malloc(((size_t)nr + 1) * sizeof(long long));
+        mc->inds = malloc((size_t)nr + 1);
+        if (!mc->binds || !mc->lens || !mc->ptrs || !mc->ttls || !mc->inds) {
+            free_params(mc);
+            PyErr_NoMemory();
+            return -1;
+        }
+        mc->cap_params = np;
+        mc->cap_rows = nr;
     }
+    memset(mc->binds, 0, (size_t)nparams * sizeof(MYSQL_BIND));
     return 0;
 }
 
@@ -719,7 +732,6 @@ static void step_done(CmSqlConnObject *c)
         break;
     }
     if (c->state != CM_SQL_CLOSED && c->phase == PH_IDLE) {
-        free_params(mc);
         free(mc->sql);
         mc->sql = NULL;
         /* idle: any byte from the server now means it is closing */
