@@ -4,6 +4,15 @@
 
 PyObject *cm_loop_running(CmState *st) { return PyObject_CallNoArgs(st->get_running_loop); }
 
+int cm_loop_is_running(CmState *st, PyObject *loop)
+{
+    PyObject *r = PyObject_VectorcallMethod(st->s_is_running, &loop,
+                                            1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    int running = r == NULL ? -1 : PyObject_IsTrue(r);
+    Py_XDECREF(r);
+    return running;
+}
+
 PyObject *cm_loop_create_future(CmState *st, PyObject *loop)
 {
     return PyObject_VectorcallMethod(st->s_create_future, &loop, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,

@@ -5,7 +5,9 @@
 #define CM_LOOP_H
 #include "state.h"
 
-PyObject *cm_loop_running(CmState *st);                                     /* new ref */
+PyObject *cm_loop_running(CmState *st); /* new ref */
+/* loop.is_running(): 1/0, -1 with an exception. */
+int cm_loop_is_running(CmState *st, PyObject *loop);
 PyObject *cm_loop_create_future(CmState *st, PyObject *loop);               /* new ref */
 PyObject *cm_loop_create_task(CmState *st, PyObject *loop, PyObject *coro); /* new ref */
 int cm_future_done(CmState *st, PyObject *fut);                             /* 1/0, -1 error */

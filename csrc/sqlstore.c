@@ -11,6 +11,7 @@
 #include <structmember.h>
 
 #include "clock.h"
+#include "exc.h"
 #include "key.h"
 #include "loop.h"
 #include "ready.h"
@@ -22,28 +23,6 @@
 #define CM_SQL_UTC_MAX_US 253402300799999999LL /* 9999-12-31 23:59:59.999999 */
 
 int64_t cm_sql_now(void) { return cm_now_ns(); }
-
-/* The exception being raised, taken and normalized (NULL if none). */
-static PyObject *exc_take(void)
-{
-    PyObject *t, *v, *tb;
-    PyErr_Fetch(&t, &v, &tb);
-    if (t == NULL)
-        return NULL;
-    PyErr_NormalizeException(&t, &v, &tb);
-    if (tb != NULL && v != NULL)
-        PyException_SetTraceback(v, tb);
-    Py_XDECREF(t);
-    Py_XDECREF(tb);
-    return v;
-}
-
-static void exc_restore(PyObject *v)
-{
-    if (v == NULL)
-        return;
-    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(v)), v, PyException_GetTraceback(v));
-}
 
 void cm_sql_utc_text(char *buf, size_t n, long long delta_us)
 {
@@ -102,14 +81,14 @@ static void req_free(CmSqlReq *r)
 
 void cm_sql_req_error(CmSqlStorageObject *s, CmSqlReq *r, PyObject *exc_type, const char *msg)
 {
-    PyObject *saved = exc_take();
+    PyObject *saved = cm_exc_take();
     if (r->error == NULL) {
         r->error = PyObject_CallFunction(exc_type ? exc_type : s->st->SQLError, "s", msg);
         if (r->error == NULL)
-            r->error = exc_take();
+            r->error = cm_exc_take();
     }
     PyErr_Clear();
-    exc_restore(saved);
+    cm_exc_restore(saved);
 }
 
 static int missing_table_error(CmSqlStorageObject *s, PyObject **out)
@@ -129,11 +108,11 @@ void cm_sql_req_error_sql(CmSqlStorageObject *s, CmSqlReq *r, int missing_table,
         cm_sql_req_error(s, r, s->st->SQLError, msg);
         return;
     }
-    PyObject *saved = exc_take();
+    PyObject *saved = cm_exc_take();
     if (r->error == NULL && missing_table_error(s, &r->error) < 0)
-        r->error = exc_take();
+        r->error = cm_exc_take();
     PyErr_Clear();
-    exc_restore(saved);
+    cm_exc_restore(saved);
 }
 
 int cm_sql_result_put(CmSqlReq *r, const char *key, size_t klen, PyObject *raw)
@@ -229,7 +208,7 @@ static PyObject *req_value(CmSqlStorageObject *s, CmSqlReq *r)
             PyObject *v = decode(st, r->ser, raw);
             if (v == NULL) {
                 /* undecodable bytes are a miss, as in get() */
-                PyObject *exc = exc_take();
+                PyObject *exc = cm_exc_take();
                 cm_log_warning(st, "cacheme: SQL value of %R cannot be decoded: %R",
                                PyList_GET_ITEM(r->keys, i), exc);
                 Py_XDECREF(exc);
@@ -258,7 +237,7 @@ static PyObject *req_value(CmSqlStorageObject *s, CmSqlReq *r)
 static void req_finish(CmSqlStorageObject *s, CmSqlReq *r)
 {
     CmState *st = s->st;
-    PyObject *saved = exc_take();
+    PyObject *saved = cm_exc_take();
     if (r->kind == CM_SQL_SWEEP && r->fut == NULL) {
         s->sweeping = 0;
         if (r->error == NULL && r->result != NULL && PyLong_AsLong(r->result) >= r->limit)
@@ -272,7 +251,7 @@ static void req_finish(CmSqlStorageObject *s, CmSqlReq *r)
             rc = cm_future_set_result(st, r->fut, v);
             Py_DECREF(v);
         } else {
-            PyObject *err = r->error ? Py_NewRef(r->error) : exc_take();
+            PyObject *err = r->error ? Py_NewRef(r->error) : cm_exc_take();
             rc = cm_future_set_exception(st, r->fut, err ? err : st->SQLError);
             Py_XDECREF(err);
         }
@@ -280,7 +259,7 @@ static void req_finish(CmSqlStorageObject *s, CmSqlReq *r)
             PyErr_Clear(); /* cancelled by its caller, or the loop is gone */
     }
     req_free(r);
-    exc_restore(saved);
+    cm_exc_restore(saved);
 }
 
 /* ------------------------------------------------------------------ */
@@ -328,13 +307,13 @@ done:
 
 static void unwatch_on(CmSqlStorageObject *s, CmSqlConnObject *c)
 {
-    PyObject *saved = exc_take();
+    PyObject *saved = cm_exc_take();
     if (c->reading && cm_loop_remove_reader(s->st, s->loop, c->fd) < 0)
         PyErr_Clear();
     if (c->writing && cm_loop_remove_writer(s->st, s->loop, c->fd) < 0)
         PyErr_Clear();
     c->reading = c->writing = 0;
-    exc_restore(saved);
+    cm_exc_restore(saved);
 }
 
 void cm_sql_conn_unwatch(CmSqlConnObject *c) { unwatch_on(c->storage, c); }
@@ -356,7 +335,7 @@ void cm_sql_conn_fail(CmSqlConnObject *c, PyObject *exc_type, const char *msg)
     if (c->state == CM_SQL_CLOSED || c->storage == NULL)
         return;
     CmSqlStorageObject *s = c->storage; // borrowed
-    PyObject *saved = exc_take();
+    PyObject *saved = cm_exc_take();
     PyObject *exc = NULL;
     int was_connecting = c->state == CM_SQL_CONNECTING;
     /* closed and out of the pool before any Python code runs (the loop's
@@ -383,7 +362,7 @@ void cm_sql_conn_fail(CmSqlConnObject *c, PyObject *exc_type, const char *msg)
         PyErr_Clear();
         exc = PyObject_CallFunction(s->st->SQLConnectionError, "s", msg);
         if (exc == NULL)
-            exc = exc_take();
+            exc = cm_exc_take();
     }
     if (was_connecting)
         Py_XSETREF(s->last_error, Py_XNewRef(exc));
@@ -397,7 +376,7 @@ void cm_sql_conn_fail(CmSqlConnObject *c, PyObject *exc_type, const char *msg)
     Py_XDECREF(exc);
     Py_DECREF(c);
     PyErr_Clear();
-    exc_restore(saved);
+    cm_exc_restore(saved);
 }
 
 void cm_sql_conn_done(CmSqlConnObject *c)
@@ -473,7 +452,7 @@ static int conn_open(CmSqlStorageObject *s)
     }
     s->conns[s->nconns++] = c; /* the pool's reference */
     if (s->drv->open(c) < 0) {
-        PyObject *exc = exc_take();
+        PyObject *exc = cm_exc_take();
         PyObject *msg = exc ? PyObject_Str(exc) : NULL;
         const char *m = msg ? PyUnicode_AsUTF8(msg) : NULL;
         cm_sql_conn_fail(c, exc ? (PyObject *)Py_TYPE(exc) : NULL, m ? m : "connect failed");
@@ -594,7 +573,7 @@ static void dispatch(CmSqlStorageObject *s)
         if (conn_open(s) < 0) {
             /* retrying at once would fail again (and spin): the queued
              * requests fail with the error instead */
-            PyObject *exc = exc_take();
+            PyObject *exc = cm_exc_take();
             fail_queue(s, s->st->SQLConnectionError, exc, "cannot open a connection");
             Py_XDECREF(exc);
             break;
@@ -696,15 +675,6 @@ static PyObject *storage_on_tick(PyObject *self, PyObject *Py_UNUSED(unused))
 /* ------------------------------------------------------------------ */
 /* the storage type                                                   */
 
-/* Whether the loop is running; -1 with an exception. */
-static int loop_is_running(PyObject *loop)
-{
-    PyObject *r = PyObject_CallMethod(loop, "is_running", NULL);
-    int running = r == NULL ? -1 : PyObject_IsTrue(r);
-    Py_XDECREF(r);
-    return running;
-}
-
 /* The storage follows the running loop: moving to a new one closes what the
  * old one had (a test's loop, asyncio.run called again). Not when the old
  * loop is still running, in another thread: its connections and futures
@@ -717,7 +687,7 @@ static int bind_loop(CmSqlStorageObject *s, PyObject **loop_out)
         goto done;
     if (s->loop != loop) {
         int live = s->nconns > 0 || s->head != NULL || s->tick != NULL;
-        int running = s->loop != NULL && live ? loop_is_running(s->loop) : 0;
+        int running = s->loop != NULL && live ? cm_loop_is_running(s->st, s->loop) : 0;
         if (running < 0)
             goto done;
         if (running) {

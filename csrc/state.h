@@ -54,7 +54,8 @@ typedef struct {
     X(_asyncio_future_blocking)                                                                    \
     X(add_done_callback)                                                                           \
     X(exception)                                                                                   \
-    X(context)
+    X(context)                                                                                     \
+    X(is_running)
 
 typedef struct {
     /* heap types */
