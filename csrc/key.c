@@ -157,6 +157,20 @@ PyObject *cm_key_build(CmState *st, PyObject *node, PyObject *key, PyObject *ver
     return full;
 }
 
+PyObject *cm_key_of_node(CmState *st, PyObject *node)
+{
+    PyObject *key = cm_key_cached(st, node);
+    if (key == NULL && !PyErr_Occurred())
+        key = PyObject_VectorcallMethod(st->s_full_key, &node, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                        NULL);
+    if (key != NULL && !PyUnicode_Check(key)) {
+        PyErr_Format(PyExc_TypeError, "full_key() must return str, not %.100s",
+                     Py_TYPE(key)->tp_name);
+        Py_CLEAR(key);
+    }
+    return key;
+}
+
 PyObject *cm_full_key(CmState *st, PyObject *node, CmNodeConfigObject *cfg)
 {
     PyObject *full = cm_key_cached(st, node);

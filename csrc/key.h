@@ -16,6 +16,10 @@ typedef struct {
 /* node._full_key if it is a str (new reference), else NULL without error;
  * NULL with an exception on error. */
 PyObject *cm_key_cached(CmState *st, PyObject *node);
+/* The full key of what a storage was given: the cached one of a Node, else
+ * node.full_key() (any object with that method), checked to be a str; new
+ * reference. */
+PyObject *cm_key_of_node(CmState *st, PyObject *node);
 /* node.key(), checked to be a str; new reference. With cfg (node's class's
  * config, or NULL) a plain-function key() is called without its lookup. */
 PyObject *cm_key_call(CmState *st, PyObject *node, struct CmNodeConfigObject_ *cfg);

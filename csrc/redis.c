@@ -1435,19 +1435,6 @@ int cm_redis_send_on(CmRedisPool *pool, PyObject *loop, CmRedisOp *op)
     return 0;
 }
 
-static PyObject *node_key(CmState *st, PyObject *node)
-{
-    PyObject *key = cm_key_cached(st, node);
-    if (key == NULL && !PyErr_Occurred())
-        key = PyObject_CallMethod(node, "full_key", NULL);
-    if (key != NULL && !PyUnicode_Check(key)) {
-        PyErr_Format(PyExc_TypeError, "full_key() must return str, not %.100s",
-                     Py_TYPE(key)->tp_name);
-        Py_CLEAR(key);
-    }
-    return key;
-}
-
 static PyObject *pick_serializer(CmRedisClientObject *self, PyObject *ser)
 {
     return ser == Py_None ? self->default_serializer : ser; // borrowed
@@ -1542,7 +1529,7 @@ static PyObject *client_get(CmRedisClientObject *self, PyObject *const *args, Py
         PyErr_SetString(PyExc_TypeError, "get(node, serializer)");
         return NULL;
     }
-    PyObject *key = node_key(self->st, args[0]);
+    PyObject *key = cm_key_of_node(self->st, args[0]);
     if (key == NULL)
         return NULL;
     CmRedisOp *op = start_op(self, OP_GET, &loop);
@@ -1560,7 +1547,7 @@ static PyObject *client_get(CmRedisClientObject *self, PyObject *const *args, Py
 static PyObject *client_remove(CmRedisClientObject *self, PyObject *node)
 {
     PyObject *loop = NULL;
-    PyObject *key = node_key(self->st, node);
+    PyObject *key = cm_key_of_node(self->st, node);
     if (key == NULL)
         return NULL;
     CmRedisOp *op = start_op(self, OP_DEL, &loop);
@@ -1583,7 +1570,7 @@ static PyObject *client_set(CmRedisClientObject *self, PyObject *const *args, Py
         PyErr_SetString(PyExc_TypeError, "set(node, value, ttl, serializer)");
         return NULL;
     }
-    if ((key = node_key(st, args[0])) == NULL || ttl_ms(st, args[2], &ms) < 0 ||
+    if ((key = cm_key_of_node(st, args[0])) == NULL || ttl_ms(st, args[2], &ms) < 0 ||
         (payload = encode_value(st, pick_serializer(self, args[3]), args[1])) == NULL)
         goto fail;
     CmRedisOp *op = start_op(self, OP_SET, &loop);
@@ -1676,7 +1663,7 @@ static PyObject *client_get_all(CmRedisClientObject *self, PyObject *const *args
     if ((keys = PyList_New(n)) == NULL || (results = PyList_New(n)) == NULL)
         goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *k = node_key(st, PyList_GET_ITEM(nodes, i));
+        PyObject *k = cm_key_of_node(st, PyList_GET_ITEM(nodes, i));
         if (k == NULL)
             goto fail;
         PyList_SET_ITEM(keys, i, k);
@@ -1720,7 +1707,7 @@ static PyObject *client_set_all(CmRedisClientObject *self, PyObject *const *args
             PyErr_SetString(PyExc_TypeError, "set_all() expects (node, value) pairs");
             goto fail;
         }
-        PyObject *k = node_key(st, PyTuple_GET_ITEM(item, 0));
+        PyObject *k = cm_key_of_node(st, PyTuple_GET_ITEM(item, 0));
         if (k == NULL)
             goto fail;
         PyList_SET_ITEM(keys, i, k);

@@ -171,19 +171,6 @@ static PyObject *encode(CmState *st, PyObject *ser, PyObject *v)
     return b;
 }
 
-static PyObject *node_key(CmState *st, PyObject *node)
-{
-    PyObject *key = cm_key_cached(st, node);
-    if (key == NULL && !PyErr_Occurred())
-        key = PyObject_CallMethod(node, "full_key", NULL);
-    if (key != NULL && !PyUnicode_Check(key)) {
-        PyErr_Format(PyExc_TypeError, "full_key() must return str, not %.100s",
-                     Py_TYPE(key)->tp_name);
-        Py_CLEAR(key);
-    }
-    return key;
-}
-
 /* What the caller of a finished request sees; new reference. */
 static PyObject *req_value(CmSqlStorageObject *s, CmSqlReq *r)
 {
@@ -762,7 +749,7 @@ static PyObject *storage_get(PyObject *self, PyObject *const *args, Py_ssize_t n
     if (r == NULL)
         return NULL;
     r->ser = Py_NewRef(args[1]);
-    if ((r->key = node_key(s->st, args[0])) == NULL) {
+    if ((r->key = cm_key_of_node(s->st, args[0])) == NULL) {
         req_free(r);
         return NULL;
     }
@@ -787,7 +774,7 @@ static PyObject *storage_get_all(PyObject *self, PyObject *const *args, Py_ssize
         goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *node = PyTuple_GET_ITEM(seq, i); // borrowed
-        PyObject *key = node_key(s->st, node);
+        PyObject *key = cm_key_of_node(s->st, node);
         if (key == NULL)
             goto fail;
         PyList_SET_ITEM(r->keys, i, key);
@@ -838,7 +825,7 @@ static PyObject *storage_set(PyObject *self, PyObject *const *args, Py_ssize_t n
     CmSqlReq *r = req_new(CM_SQL_SET);
     if (r == NULL)
         return NULL;
-    if ((r->key = node_key(s->st, args[0])) == NULL ||
+    if ((r->key = cm_key_of_node(s->st, args[0])) == NULL ||
         (r->value = encode(s->st, args[3], args[1])) == NULL ||
         parse_ttl(s, args[2], &r->ttl) < 0) {
         req_free(r);
@@ -867,7 +854,7 @@ static PyObject *storage_set_all(PyObject *self, PyObject *const *args, Py_ssize
             PyErr_SetString(PyExc_TypeError, "set_all: data must be a sequence of (node, value)");
             goto fail;
         }
-        PyObject *key = node_key(s->st, PyTuple_GET_ITEM(item, 0));
+        PyObject *key = cm_key_of_node(s->st, PyTuple_GET_ITEM(item, 0));
         PyObject *val = key ? encode(s->st, args[2], PyTuple_GET_ITEM(item, 1)) : NULL;
         PyObject *at = val ? PyDict_GetItemWithError(index, key) : NULL; // borrowed
         int rc = -1;
@@ -909,7 +896,7 @@ static PyObject *storage_remove(PyObject *self, PyObject *node)
     CmSqlReq *r = req_new(CM_SQL_DEL);
     if (r == NULL)
         return NULL;
-    if ((r->key = node_key(s->st, node)) == NULL) {
+    if ((r->key = cm_key_of_node(s->st, node)) == NULL) {
         req_free(r);
         return NULL;
     }

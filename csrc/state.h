@@ -21,6 +21,7 @@ typedef struct {
 /* Interned names used with PyObject_GetAttr / VectorcallMethod. */
 #define CM_INTERNED_NAMES(X)                                                                       \
     X(_full_key)                                                                                   \
+    X(full_key)                                                                                    \
     X(__cacheme__)                                                                                 \
     X(_cacheme_metrics)                                                                            \
     X(key)                                                                                         \
