@@ -41,6 +41,16 @@ class T(Node):
         caches = [Cache(storage="small", ttl=__import__("datetime").timedelta(milliseconds=1))]
         doorkeeper = cacheme.BloomFilter(500, 0.01)
 
+@dataclasses.dataclass
+class S(Node):
+    uid: int
+    def key(self): return f"susp:{self.uid}"
+    async def load(self):
+        await asyncio.sleep(1e-5)  # a real future: the leader's task awaits a stand-in of it
+        return self.uid
+    class Meta(Node.Meta):
+        caches = [Cache(storage="local", ttl=None)]
+
 @cacheme.Memoize(N)
 async def memo(uid):
     return uid
@@ -83,6 +93,14 @@ CASES = {
         "    await asyncio.gather(*ts, return_exceptions=True)"
     ),
     "invalidate_refresh": "    await cacheme.refresh(N(i % 10))",
+    "suspending_load": "    await asyncio.gather(*(cacheme.get(S(i)) for _ in range(3)))",
+    "leader_cancelled_with_waiters": (
+        "    ts = [asyncio.ensure_future(cacheme.get(S(-1 - i)))]\n"
+        "    await asyncio.sleep(0)\n"
+        "    ts += [asyncio.ensure_future(cacheme.get(S(-1 - i))) for _ in range(2)]\n"
+        "    await asyncio.sleep(0)\n    ts[0].cancel()\n"
+        "    await asyncio.gather(*ts, return_exceptions=True)"
+    ),
 }
 
 
