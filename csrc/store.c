@@ -1,11 +1,17 @@
 /* LocalStore: the embedded storage behind local://lru and local://tlfu.
  *
  * Layout (memory per entry matters, see benchmarks): per slot a key and a
- * value pointer; an open-addressing index of uint32 slot numbers (linear
- * probing, backward-shift deletion, so no tombstones); the policy keeps 8
- * bytes per slot and the timer wheel 16. Free slots are threaded through the
- * values array. Keys are exact str, whose cached hash is read back instead of
- * being stored again.
+ * value pointer; an open-addressing index of (slot number, low 32 bits of the
+ * key's hash) pairs (linear probing, backward-shift deletion, so no
+ * tombstones); the policy keeps 8 bytes per slot and the timer wheel 16. Free
+ * slots are threaded through the values array. Keys are exact str, whose
+ * cached hash is read back for the policy instead of being stored again.
+ *
+ * The hash bits in the index are what keeps a probe inside the index: a
+ * mismatching entry is skipped without loading its key object (in a large
+ * store, two dependent cache misses per probe), and a miss, which walks the
+ * whole probe run, touches no key at all unless 32 hash bits collide. They
+ * also give every entry's home position to deletion and growth.
  *
  * Reentrancy: dropping a key or value can run arbitrary Python (__del__), so
  * every reference the store lets go of is parked in `dead` and released only
@@ -19,6 +25,11 @@
 #include "timerwheel.h"
 
 #define EMPTY UINT32_MAX
+
+typedef struct {
+    uint32_t slot; /* EMPTY where free */
+    uint32_t tag;  /* (uint32_t)hash of the key: its home is tag & index_mask */
+} CmIndexEntry;
 #define CM_STORE_MAX_SIZE ((uint32_t)1 << 26)
 
 struct CmStoreObject {
@@ -26,7 +37,7 @@ struct CmStoreObject {
     int kind;
     uint32_t capacity;
     uint32_t len;
-    uint32_t *index; /* slot numbers, EMPTY where free */
+    CmIndexEntry *index;
     uint32_t index_mask;
     PyObject **keys;   /* NULL on a free slot */
     PyObject **values; /* on a free slot: next free slot number, cast */
@@ -100,17 +111,20 @@ static void flush_dead(CmStoreObject *s)
 static inline uint32_t find_pos(CmStoreObject *s, PyObject *key, Py_hash_t hash, int *found)
 {
     uint32_t mask = s->index_mask;
-    uint32_t pos = (uint32_t)hash & mask;
+    uint32_t tag = (uint32_t)hash;
+    uint32_t pos = tag & mask;
     for (;;) {
-        uint32_t slot = s->index[pos];
-        if (slot == EMPTY) {
+        CmIndexEntry e = s->index[pos];
+        if (e.slot == EMPTY) {
             *found = 0;
             return pos;
         }
-        PyObject *k = s->keys[slot]; // borrowed
-        if (k == key || (((PyASCIIObject *)k)->hash == hash && str_eq(k, key))) {
-            *found = 1;
-            return pos;
+        if (e.tag == tag) {
+            PyObject *k = s->keys[e.slot]; // borrowed
+            if (k == key || (((PyASCIIObject *)k)->hash == hash && str_eq(k, key))) {
+                *found = 1;
+                return pos;
+            }
         }
         pos = (pos + 1) & mask;
     }
@@ -120,7 +134,7 @@ static uint32_t pos_of_slot(CmStoreObject *s, uint32_t slot)
 {
     uint32_t mask = s->index_mask;
     uint32_t pos = (uint32_t)slot_hash(s, slot) & mask;
-    while (s->index[pos] != slot)
+    while (s->index[pos].slot != slot)
         pos = (pos + 1) & mask;
     return pos;
 }
@@ -131,40 +145,39 @@ static void index_remove_at(CmStoreObject *s, uint32_t i)
     uint32_t j = i;
     for (;;) {
         j = (j + 1) & mask;
-        uint32_t slot = s->index[j];
-        if (slot == EMPTY)
+        CmIndexEntry e = s->index[j];
+        if (e.slot == EMPTY)
             break;
-        uint32_t k = (uint32_t)slot_hash(s, slot) & mask;
+        uint32_t k = e.tag & mask;
         /* leave the entry at j if its home k lies cyclically in (i, j] */
         if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
             continue;
-        s->index[i] = slot;
+        s->index[i] = e;
         i = j;
     }
-    s->index[i] = EMPTY;
+    s->index[i].slot = EMPTY;
 }
 
 static int index_grow(CmStoreObject *s)
 {
     uint32_t size = (s->index_mask + 1) * 2;
-    uint32_t *idx = PyMem_Malloc(sizeof(uint32_t) * size);
+    CmIndexEntry *idx = PyMem_Malloc(sizeof(CmIndexEntry) * size);
     if (idx == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    memset(idx, 0xff, sizeof(uint32_t) * size);
-    uint32_t *old = s->index;
+    memset(idx, 0xff, sizeof(CmIndexEntry) * size);
+    CmIndexEntry *old = s->index;
     uint32_t oldsize = s->index_mask + 1;
     s->index = idx;
     s->index_mask = size - 1;
     for (uint32_t p = 0; p < oldsize; p++) {
-        uint32_t slot = old[p];
-        if (slot == EMPTY)
+        if (old[p].slot == EMPTY)
             continue;
-        uint32_t pos = (uint32_t)slot_hash(s, slot) & s->index_mask;
-        while (idx[pos] != EMPTY)
+        uint32_t pos = old[p].tag & s->index_mask;
+        while (idx[pos].slot != EMPTY)
             pos = (pos + 1) & s->index_mask;
-        idx[pos] = slot;
+        idx[pos] = old[p];
     }
     PyMem_Free(old);
     return 0;
@@ -242,10 +255,14 @@ static uint32_t find_live_parts(CmStoreObject *s, const CmKeyParts *kp, Py_hash_
                                 int64_t *now)
 {
     uint32_t mask = s->index_mask;
-    for (uint32_t pos = (uint32_t)hash & mask;; pos = (pos + 1) & mask) {
-        uint32_t slot = s->index[pos];
-        if (slot == EMPTY)
+    uint32_t tag = (uint32_t)hash;
+    for (uint32_t pos = tag & mask;; pos = (pos + 1) & mask) {
+        CmIndexEntry e = s->index[pos];
+        if (e.slot == EMPTY)
             return EMPTY;
+        if (e.tag != tag)
+            continue;
+        uint32_t slot = e.slot;
         PyObject *k = s->keys[slot]; // borrowed
         if (((PyASCIIObject *)k)->hash == hash && parts_eq(k, kp)) {
             int64_t exp = cm_wheel_expire_at(s->wheel, slot);
@@ -265,7 +282,7 @@ static uint32_t find_live(CmStoreObject *s, PyObject *key, Py_hash_t hash, int64
     uint32_t pos = find_pos(s, key, hash, &found);
     if (!found)
         return EMPTY;
-    uint32_t slot = s->index[pos];
+    uint32_t slot = s->index[pos].slot;
     int64_t exp = cm_wheel_expire_at(s->wheel, slot);
     if (exp != 0 && exp <= (*now ? *now : (*now = cm_now_ns()))) {
         drop_slot(s, slot, 1);
@@ -314,7 +331,7 @@ int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *valu
     uint32_t slot;
     int resident = 1;
     if (found) {
-        slot = s->index[pos];
+        slot = s->index[pos].slot;
         defer_decref(s, s->values[slot]);
         s->values[slot] = Py_NewRef(value);
         cm_policy_access(s->policy, slot, (uint64_t)hash);
@@ -328,7 +345,8 @@ int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *valu
             return -1;
         s->keys[slot] = Py_NewRef(key);
         s->values[slot] = Py_NewRef(value);
-        s->index[pos] = slot;
+        s->index[pos].slot = slot;
+        s->index[pos].tag = (uint32_t)hash;
         s->len++;
         uint32_t victims[4];
         uint32_t n = cm_policy_insert(s->policy, slot, (uint64_t)hash, victims);
@@ -361,7 +379,7 @@ int cm_store_delete(CmStoreObject *s, PyObject *key, Py_hash_t hash)
     int found;
     uint32_t pos = find_pos(s, key, hash, &found);
     if (found)
-        drop_slot(s, s->index[pos], 1);
+        drop_slot(s, s->index[pos].slot, 1);
     flush_dead(s);
     return found;
 }
@@ -461,14 +479,14 @@ static PyObject *store_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
     s->capacity = (uint32_t)size;
     s->free_head = EMPTY;
     s->index_mask = 7;
-    s->index = PyMem_Malloc(sizeof(uint32_t) * 8);
+    s->index = PyMem_Malloc(sizeof(CmIndexEntry) * 8);
     s->policy = cm_policy_new(kind, s->capacity, policy_hash_of, s);
     s->wheel = cm_wheel_new(cm_now_ns());
     if (s->index == NULL || s->policy == NULL || s->wheel == NULL) {
         Py_DECREF(s);
         return PyErr_NoMemory();
     }
-    memset(s->index, 0xff, sizeof(uint32_t) * 8);
+    memset(s->index, 0xff, sizeof(CmIndexEntry) * 8);
     return (PyObject *)s;
 }
 
@@ -554,7 +572,7 @@ static PyObject *store_expire(PyObject *self, PyObject *Py_UNUSED(x))
 
 static size_t store_memory_bytes(CmStoreObject *s)
 {
-    return sizeof(*s) + (size_t)(s->index_mask + 1) * sizeof(uint32_t) +
+    return sizeof(*s) + (size_t)(s->index_mask + 1) * sizeof(CmIndexEntry) +
            (size_t)s->nslots * 2 * sizeof(PyObject *) + cm_policy_memory(s->policy) +
            cm_wheel_memory(s->wheel) + s->dead_cap * sizeof(PyObject *);
 }

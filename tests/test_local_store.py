@@ -49,6 +49,34 @@ def test_size_bound_adversarial_traces(policy):
     assert len(s) <= size
 
 
+@pytest.mark.parametrize("policy", ["lru", "tlfu"])
+def test_index_agrees_with_a_dict_under_sets_and_removes(policy):
+    """The open-addressing index (hash bits beside each slot, backward-shift
+    deletion, growth) against a dict: a store too big to evict holds exactly
+    what the dict holds after every mix of set, overwrite, remove and get."""
+    s = LocalStore(policy, 100000)
+    model = {}
+    rng = random.Random(7)
+    for i in range(60000):
+        k = f"key:{rng.randrange(6000)}:v1"
+        op = rng.random()
+        if op < 0.45:
+            s.set(k, i)
+            model[k] = i
+        elif op < 0.75:
+            assert s.remove(k) is (k in model)
+            model.pop(k, None)
+        else:
+            assert s.get(k) == model.get(k)
+        if i % 10000 == 0:
+            assert len(s) == len(model)
+            assert all(s.get(key) == v for key, v in model.items())
+    assert len(s) == len(model)
+    assert all(s.get(key) == v for key, v in model.items())
+    for j in range(6000):
+        assert (f"key:{j}:v1" in s) is (f"key:{j}:v1" in model)
+
+
 def test_lru_order_is_exact():
     s = LocalStore("lru", 3)
     for k in "abc":
