@@ -15,13 +15,22 @@ Concurrent: 1k workers reading stored keys at once (requests/s).
 Without --pg/--mysql, temporary servers are started (tests/sql_servers.py).
 Each implementation runs in its own interpreter: ours from this tree, 0.3.0
 from .bench/venv-sql-030 (benchmarks/sql_venvs.sh).
+
+The "C floor" column is the server's own C client doing the same point read
+(1k sequential SELECTs of one stored key, one connection, same server, same
+table, right after our run): pgbench -M prepared for PostgreSQL,
+mariadb-slap for MariaDB. No asyncio client can read faster than one round
+trip, so 0.3.0 / floor bounds the speedup any client can reach here.
 """
 import argparse
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
+from urllib.parse import urlparse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_030 = os.path.join(ROOT, ".bench", "venv-sql-030", "bin", "python")
@@ -128,6 +137,49 @@ def reset_table(url, table):
     asyncio.run(go())
 
 
+def c_floor(storage, url, table, n=1000):
+    """ms for n sequential point reads by the server's C client, or None."""
+    u = urlparse(url)
+    if storage == "postgresql":
+        from sql_servers import pg_bin
+        bindir = pg_bin()
+        if bindir is None:
+            return None
+        conn = ["-h", u.hostname, "-p", str(u.port or 5432), "-U", u.username or "postgres"]
+        db = u.path.lstrip("/") or "postgres"
+        key = subprocess.run([os.path.join(bindir, "psql"), *conn, "-d", db, "-Atc",
+                              f"SELECT key FROM {table} LIMIT 1"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+            # pgbench reads ":name" as a variable: spell the key's colons as chr(58)
+            lit = " || chr(58) || ".join(f"'{part}'" for part in key.split(":"))
+            f.write(f"SELECT value FROM {table} WHERE key = {lit};\n")
+        try:
+            out = subprocess.run([os.path.join(bindir, "pgbench"), *conn, "-n", "-M", "prepared",
+                                  "-c", "1", "-t", str(n), "-f", f.name, db],
+                                 capture_output=True, text=True, check=True).stdout
+        finally:
+            os.unlink(f.name)
+        m = re.search(r"latency average = ([0-9.]+) ms", out)
+        return float(m.group(1)) * n if m else None
+    if storage == "mysql":
+        slap = shutil.which("mariadb-slap") or shutil.which("mysqlslap")
+        cli = shutil.which("mariadb") or shutil.which("mysql")
+        if slap is None or cli is None:
+            return None
+        conn = [f"--host={u.hostname}", f"--port={u.port or 3306}", f"--user={u.username or 'root'}"]
+        db = u.path.lstrip("/")
+        key = subprocess.run([cli, *conn, db, "-N", "-e", f"SELECT `key` FROM {table} LIMIT 1"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        out = subprocess.run([slap, *conn, f"--create-schema={db}", "--concurrency=1",
+                              "--iterations=3", f"--number-of-queries={n}",
+                              f"--query=SELECT value FROM {table} WHERE `key` = '{key}'"],
+                             capture_output=True, text=True, check=True).stdout
+        m = re.search(r"Average number of seconds to run all queries: ([0-9.]+)", out)
+        return float(m.group(1)) * 1000 * (1000 / n) if m else None
+    return None
+
+
 def run(python, url, table, payload, workers, reqs, cwd):
     r = subprocess.run([python, "-c", WORKER, url, table, str(payload), str(workers), str(reqs)],
                        capture_output=True, text=True, cwd=cwd, timeout=900,
@@ -180,6 +232,12 @@ def main():
                     reset_table(urls[storage], table)
                     row[impl] = run(python, urls[storage], table, payload, args.workers,
                                     args.reqs, cwd)
+                    if impl == "ours":
+                        try:
+                            row["floor_read_ms"] = c_floor(storage, urls[storage], table)
+                        except (OSError, subprocess.CalledProcessError) as e:
+                            print(f"bench_sql: C floor for {storage} failed: {e}", file=sys.stderr)
+                            row["floor_read_ms"] = None
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr)
     finally:
@@ -193,13 +251,15 @@ def main():
 
 def print_tables(results, workers, reqs):
     print("\nSequential, 1k requests (ms total; lower is better)\n")
-    print("| storage | payload | bench | ours | 0.3.0 | speedup |")
-    print("|---|---:|---|---:|---:|---:|")
+    print("| storage | payload | bench | ours | 0.3.0 | speedup | C floor | 0.3.0 / floor |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
     for row in results:
         for b in ("read", "write", "zipf", "batch20"):
             o, t = row["ours"][b] * 1000, row["030"][b] * 1000
+            fl = row.get("floor_read_ms") if b == "read" else None
+            extra = f"{fl:.1f} | {t / fl:.1f}x" if fl else "|"
             print(f"| {row['storage']} | {row['payload']} B | {b} | {o:.1f} | {t:.1f} | "
-                  f"{t / o:.1f}x |")
+                  f"{t / o:.1f}x | {extra} |")
     print(f"\nConcurrent reads, {workers} workers x {reqs} gets (requests/s; higher is better)\n")
     print("| storage | payload | ours | 0.3.0 | speedup |")
     print("|---|---:|---:|---:|---:|")
