@@ -22,3 +22,9 @@ bench-sql-venvs:
 
 bench-sql: venv bench-sql-venvs
 	$(PY) $(SQL_BENCH_SRC)/bench_sql.py $(BENCH_SQL_ARGS)
+
+# One request/reply round trip through asyncio vs a blocking socket (Redis
+# PING on 127.0.0.1:6379): the loop wakeup every sequential asyncio read pays.
+.PHONY: bench-asyncio-rtt
+bench-asyncio-rtt:
+	$(BENCH_PYTHON) $(SQL_BENCH_SRC)/asyncio_rtt.py
