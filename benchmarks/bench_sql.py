@@ -243,6 +243,7 @@ def main():
     finally:
         for srv in servers:
             srv.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
