@@ -6,7 +6,7 @@
 #                           0.3.0 <-> ours round trip of the value table (both ways)
 #   make fuzz               libFuzzer (+ASan/UBSan) on the msgpack / zlib / JSON decoders for
 #                           FUZZ_SECONDS (default 600); crashes land in .bench/fuzz/findings/
-#   make fuzz-build         just build .bench/fuzz/fuzz_serializer (needs clang)
+#   make fuzz-build         just build .bench/fuzz/fuzz_serializer (installs clang if missing)
 #   make serializer-vectors regenerate tests/data/serializer_vectors_030.json with cacheme 0.3.0
 
 SER_SRC := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
@@ -42,6 +42,10 @@ serializer-vectors: serializer-venv
 	$(SER_VENV_030)/bin/python $(SER_SRC)/gen_vectors_030.py $(SER_ROOT)/tests/data/serializer_vectors_030.json
 
 $(FUZZ_BIN): $(FUZZ_SRCS) $(wildcard $(SER_ROOT)/csrc/*.h)
+	@command -v $(FUZZ_CC) >/dev/null || { \
+	  echo "installing system packages: clang (libFuzzer)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq clang >/dev/null; }
 	mkdir -p $(FUZZ_DIR)
 	$(FUZZ_CC) -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
 	  -I$(SER_ROOT)/csrc $$($(FUZZ_PYCONFIG) --includes) $$(pkg-config --cflags msgpack-c 2>/dev/null || pkg-config --cflags msgpack) \
