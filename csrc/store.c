@@ -25,12 +25,12 @@
 #include "timerwheel.h"
 
 #define EMPTY UINT32_MAX
+#define CM_STORE_MAX_SIZE ((uint32_t)1 << 26)
 
 typedef struct {
     uint32_t slot; /* EMPTY where free */
     uint32_t tag;  /* (uint32_t)hash of the key: its home is tag & index_mask */
 } CmIndexEntry;
-#define CM_STORE_MAX_SIZE ((uint32_t)1 << 26)
 
 struct CmStoreObject {
     PyObject_HEAD
