@@ -19,8 +19,8 @@ from .bench/venv-sql-030 (benchmarks/sql_venvs.sh).
 The "C floor" column is the server's own C client doing the same point read
 (1k sequential SELECTs of one stored key, one connection, same server, same
 table, right after our run): pgbench -M prepared for PostgreSQL,
-mariadb-slap for MariaDB. No asyncio client can read faster than one round
-trip, so 0.3.0 / floor bounds the speedup any client can reach here.
+mariadb-slap for MariaDB. 0.3.0 / floor bounds the speedup a client of that
+server can reach here on sequential reads.
 """
 import argparse
 import json
