@@ -264,6 +264,8 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=200_000, help="requests of the throughput test")
     ap.add_argument("--pipeline", type=int, default=64)
     args = ap.parse_args()
+    # children run in other directories (the throughput one in /tmp)
+    args.ours_python = os.path.abspath(args.ours_python)
 
     proc = tmp = None
     if args.url:
