@@ -83,9 +83,28 @@ static PyObject *pickle_dumps(CmState *st, PyObject *obj)
     return res;
 }
 
+/* base64 of encodebytes' layout in C; any other form through binascii */
+static PyObject *b64_decode(CmState *st, PyObject *blob)
+{
+    if (PyBytes_CheckExact(blob)) {
+        size_t n = (size_t)PyBytes_GET_SIZE(blob), len;
+        PyObject *raw = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n / 4 * 3));
+        if (raw == NULL)
+            return NULL;
+        if (cm_b64_decodebytes((const uint8_t *)PyBytes_AS_STRING(blob), n,
+                               (uint8_t *)PyBytes_AS_STRING(raw), &len) == 0) {
+            if (_PyBytes_Resize(&raw, (Py_ssize_t)len) < 0)
+                return NULL;
+            return raw;
+        }
+        Py_DECREF(raw);
+    }
+    return PyObject_CallOneArg(st->ser_a2b_base64, blob);
+}
+
 static PyObject *pickle_loads(CmState *st, PyObject *blob)
 {
-    PyObject *raw = PyObject_CallOneArg(st->ser_a2b_base64, blob), *res = NULL;
+    PyObject *raw = b64_decode(st, blob), *res = NULL;
     if (raw != NULL)
         res = cm_ser_pickle_loads(st, raw);
     Py_XDECREF(raw);

@@ -103,6 +103,59 @@ def test_pickle_is_base64_of_pickle_with_newlines():
     assert S.PickleSerializer().dumps(b"") == base64.encodebytes(pickle.dumps(b""))
 
 
+def _lenient_pickle_loads(blob):
+    import binascii
+
+    try:
+        return ("ok", pickle.loads(binascii.a2b_base64(blob)))
+    except Exception:
+        return ("error", None)
+
+
+def test_pickle_base64_fast_path_agrees_with_binascii():
+    """PickleSerializer decodes encodebytes' exact layout in C and hands any
+    other form to binascii: for valid, re-wrapped and damaged base64 alike,
+    the result (value, or an error) is the one binascii + pickle give."""
+    import base64
+    import random
+
+    rng = random.Random(7)
+    ser = S.PickleSerializer()
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n\r !"
+    cases = 0
+    for size in list(range(0, 120)) + [1000, 5000]:
+        value = os.urandom(size)
+        blob = base64.encodebytes(pickle.dumps(value))
+        assert ser.loads(blob) == value
+        variants = [
+            base64.b64encode(pickle.dumps(value)),  # one line, no newline
+            blob.replace(b"\n", b"\r\n"),
+            blob.rstrip(b"\n"),
+            blob + b"\n",
+            b"\n" + blob,
+        ]
+        for _ in range(6):
+            b = bytearray(blob)
+            op = rng.randrange(3)
+            i = rng.randrange(len(b) + 1)
+            if op == 0 and i < len(b):
+                b[i] = rng.choice(alphabet)
+            elif op == 1 and i < len(b):
+                del b[i]
+            else:
+                b.insert(i, rng.choice(alphabet))
+            variants.append(bytes(b))
+        for v in variants:
+            cases += 1
+            want = _lenient_pickle_loads(v)
+            try:
+                got = ("ok", ser.loads(v))
+            except SerializerError:
+                got = ("error", None)
+            assert got == want, (size, v)
+    assert cases > 1000
+
+
 def test_compressed_is_zlib_level_3():
     value = {"k": list(range(100))}
     for comp, inner in [(S.CompressedMsgPackSerializer(), S.MsgPackSerializer()),
