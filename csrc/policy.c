@@ -424,12 +424,6 @@ void cm_policy_access(cm_policy *p, uint32_t slot, uint64_t hash)
     cm_count_request(p, 1);
 }
 
-void cm_policy_prefetch(const cm_policy *p, uint64_t hash)
-{
-    if (p->kind != CM_POLICY_LRU)
-        cm_sketch_prefetch(&p->sketch, hash);
-}
-
 void cm_policy_record_miss(cm_policy *p, uint64_t hash)
 {
     if (p->kind == CM_POLICY_LRU)

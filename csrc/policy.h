@@ -32,9 +32,6 @@ void cm_policy_record_miss(cm_policy *p, uint64_t hash);
  * admission). Victims are already unlinked. Afterwards len <= capacity. */
 #define CM_POLICY_MAX_VICTIMS 4
 uint32_t cm_policy_insert(cm_policy *p, uint32_t slot, uint64_t hash, uint32_t *victims);
-/* Prefetch what access/record_miss of hash will read (the sketch); for
- * caches too large for the CPU caches. */
-void cm_policy_prefetch(const cm_policy *p, uint64_t hash);
 /* Explicit delete or expiry of a resident slot; no-op if not resident. */
 void cm_policy_remove(cm_policy *p, uint32_t slot);
 uint32_t cm_policy_len(const cm_policy *p);

@@ -135,21 +135,6 @@ static inline int cm_sketch_min(const cm_sketch *s, uint64_t x)
     return (int)(b < a ? b : a);
 }
 
-void cm_sketch_prefetch(const cm_sketch *s, uint64_t hash)
-{
-#if defined(__GNUC__) || defined(__clang__)
-    uint64_t x = cm_sketch_spread(hash), m;
-    uint32_t h;
-
-    __builtin_prefetch(cm_sketch_block(s, x, &h), 1);
-    if (s->door.bits != NULL)
-        __builtin_prefetch(cm_doorkeeper_word(&s->door, x, &m), 1);
-#else
-    (void)s;
-    (void)hash;
-#endif
-}
-
 int cm_sketch_frequency(const cm_sketch *s, uint64_t hash)
 {
     return cm_sketch_min(s, cm_sketch_spread(hash));

@@ -41,9 +41,5 @@ int cm_sketch_estimate(const cm_sketch *s, uint64_t hash);
  * increment/tick/record). */
 void cm_sketch_age(cm_sketch *s);
 size_t cm_sketch_memory(const cm_sketch *s);
-/* Start loading the cache lines that record/estimate of hash will touch
- * (its counter block and doorkeeper word), so that their memory latency
- * overlaps the caller's own probe instead of following it. */
-void cm_sketch_prefetch(const cm_sketch *s, uint64_t hash);
 
 #endif /* CM_SKETCH_H */

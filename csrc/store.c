@@ -305,16 +305,9 @@ static PyObject *finish_lookup(CmStoreObject *s, uint32_t slot, Py_hash_t hash)
     return v;
 }
 
-/* From this capacity on, the policy's sketch (10 bytes per entry) outgrows
- * the CPU caches, and a lookup first starts loading its lines: then they
- * arrive while the index is probed, not after. */
-#define CM_STORE_PREFETCH_MIN (UINT32_C(1) << 16)
-
 PyObject *cm_store_lookup_parts(CmStoreObject *s, const CmKeyParts *parts, Py_hash_t hash)
 {
     int64_t now = 0;
-    if (s->capacity >= CM_STORE_PREFETCH_MIN)
-        cm_policy_prefetch(s->policy, (uint64_t)hash);
     advance_wheel(s, &now);
     return finish_lookup(s, find_live_parts(s, parts, hash, &now), hash);
 }
@@ -322,8 +315,6 @@ PyObject *cm_store_lookup_parts(CmStoreObject *s, const CmKeyParts *parts, Py_ha
 PyObject *cm_store_lookup(CmStoreObject *s, PyObject *key, Py_hash_t hash)
 {
     int64_t now = 0;
-    if (s->capacity >= CM_STORE_PREFETCH_MIN)
-        cm_policy_prefetch(s->policy, (uint64_t)hash);
     advance_wheel(s, &now);
     return finish_lookup(s, find_live(s, key, hash, &now), hash);
 }
