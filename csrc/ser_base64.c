@@ -90,21 +90,21 @@ static inline int cm_b64_group(const uint8_t *in, uint8_t *out)
     return (int)((a | b | c | d) & 0x80);
 }
 
-/* The last group: "xx==", "xxx=" or "xxxx"; bytes written, -1 if invalid. */
+/* The last group: "xx==", "xxx=" or "xxxx"; bytes it holds (its 3 are
+ * written), -1 if invalid. */
 static int cm_b64_last_group(const uint8_t *in, uint8_t *out)
 {
-    uint8_t tmp[4] = {in[0], in[1], in[2], in[3]}, res[3];
+    uint8_t g[4] = {in[0], in[1], in[2], in[3]};
     int n = 3;
-    if (in[3] == '=') {
-        n = in[2] == '=' ? 1 : 2;
-        tmp[3] = 'A';
-        if (n == 1)
-            tmp[2] = 'A';
+    if (g[3] == '=') {
+        g[3] = 'A';
+        n = 2;
+        if (g[2] == '=') {
+            g[2] = 'A';
+            n = 1;
+        }
     }
-    if (cm_b64_group(tmp, res))
-        return -1;
-    memcpy(out, res, (size_t)n);
-    return n;
+    return cm_b64_group(g, out) ? -1 : n;
 }
 
 int cm_b64_decodebytes(const uint8_t *in, size_t n, uint8_t *out, size_t *outlen)

@@ -19,7 +19,8 @@ void cm_b64_encodebytes(const uint8_t *in, size_t n, char *out);
 
 /* Decode in, if it is exactly in encodebytes' layout (lines of 76
  * characters but the last, which is a multiple of 4 long, each ending in
- * '\n'; '=' only to pad the last group). out needs n / 4 * 3 bytes. 0 and
+ * '\n'; '=' only to pad the last group). out needs n / 4 * 3 bytes (every
+ * group writes 3). 0 and
  * *outlen set; -1 if in is in any other form (nothing is reported: the
  * caller decodes it the lenient way). */
 int cm_b64_decodebytes(const uint8_t *in, size_t n, uint8_t *out, size_t *outlen);
