@@ -19,6 +19,10 @@ export CACHEME_WERROR ?= 1
 
 all: build
 
+# apt-get install of the packages that follow it (as root, or through sudo)
+APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq
+
 # System C libraries (Debian). Installed only when pkg-config can't find them.
 deps:
 	@missing=""; \
@@ -37,8 +41,7 @@ deps:
 	{ command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ]; } || missing="$$missing mariadb-server"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	  $(APT_INSTALL) $$missing >/dev/null; \
 	fi
 
 $(VENV)/.stamp: pyproject.toml setup.py

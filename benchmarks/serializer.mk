@@ -44,8 +44,7 @@ serializer-vectors: serializer-venv
 $(FUZZ_BIN): $(FUZZ_SRCS) $(wildcard $(SER_ROOT)/csrc/*.h)
 	@command -v $(FUZZ_CC) >/dev/null || { \
 	  echo "installing system packages: clang (libFuzzer)"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq clang >/dev/null; }
+	  $(APT_INSTALL) clang >/dev/null; }
 	mkdir -p $(FUZZ_DIR)
 	$(FUZZ_CC) -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
 	  -I$(SER_ROOT)/csrc $$($(FUZZ_PYCONFIG) --includes) $$(pkg-config --cflags msgpack-c 2>/dev/null || pkg-config --cflags msgpack) \
