@@ -660,6 +660,65 @@ static PyObject *storage_on_tick(PyObject *self, PyObject *Py_UNUSED(unused))
 }
 
 /* ------------------------------------------------------------------ */
+/* busy polling (busypoll.h)                                          */
+
+static PyObject *storage_on_spin(PyObject *self, PyObject *unused);
+static PyMethodDef on_spin_def = {"_on_spin", storage_on_spin, METH_NOARGS, NULL};
+
+static void schedule_spin(CmSqlStorageObject *s)
+{
+    int busy = 0;
+    for (Py_ssize_t i = 0; i < s->nconns && !busy; i++)
+        busy = s->conns[i]->state == CM_SQL_BUSY;
+    if (!busy || !cm_busypoll_wanted(&s->spin))
+        return;
+    PyObject *cb = PyCFunction_New(&on_spin_def, (PyObject *)s);
+    PyObject *h = cb ? cm_loop_call_soon(s->st, s->loop, cb) : NULL;
+    Py_XDECREF(cb);
+    if (h == NULL) {
+        PyErr_Clear(); /* no spin: the reply comes through the loop as usual */
+        return;
+    }
+    Py_DECREF(h);
+    cm_busypoll_scheduled(&s->spin);
+}
+
+static int spin_collect(void *ctx, struct pollfd *fds, PyObject **objs, int max)
+{
+    CmSqlStorageObject *s = ctx;
+    int n = 0;
+    for (Py_ssize_t i = 0; i < s->nconns && n < max; i++) {
+        CmSqlConnObject *c = s->conns[i]; // borrowed
+        if (c->state != CM_SQL_BUSY || c->fd < 0 || !(c->reading || c->writing))
+            continue;
+        fds[n].fd = c->fd;
+        fds[n].events = (short)((c->reading ? POLLIN : 0) | (c->writing ? POLLOUT : 0));
+        fds[n].revents = 0;
+        objs[n++] = Py_NewRef(c);
+    }
+    return n;
+}
+
+static void spin_handle(void *ctx, PyObject *obj, short revents)
+{
+    (void)ctx;
+    CmSqlConnObject *c = (CmSqlConnObject *)obj;
+    int readable = (revents & (POLLIN | POLLHUP | POLLERR)) && c->reading;
+    int writable = (revents & (POLLOUT | POLLERR)) && c->writing;
+    conn_io(obj, readable, writable);
+    PyErr_Clear();
+}
+
+static PyObject *storage_on_spin(PyObject *self, PyObject *Py_UNUSED(unused))
+{
+    CmSqlStorageObject *s = (CmSqlStorageObject *)self;
+    Py_INCREF(s);
+    cm_busypoll_run(&s->spin, spin_collect, spin_handle, s);
+    Py_DECREF(s);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ */
 /* the storage type                                                   */
 
 /* The storage follows the running loop: moving to a new one closes what the
@@ -687,6 +746,7 @@ static int bind_loop(CmSqlStorageObject *s, PyObject **loop_out)
         if (s->loop != NULL)
             close_all(s, "the event loop changed");
         Py_XSETREF(s->loop, Py_NewRef(loop));
+        cm_busypoll_follow(&s->spin, loop);
         s->retry_at = 0;
         s->backoff = 0;
     }
@@ -733,6 +793,7 @@ static PyObject *submit(CmSqlStorageObject *s, CmSqlReq *r)
     enqueue(s, r);
     r = NULL;
     dispatch(s);
+    schedule_spin(s);
 done:
     if (r != NULL)
         req_free(r);
@@ -999,8 +1060,9 @@ static PyObject *storage_pool_info(PyObject *self, PyObject *Py_UNUSED(unused))
         busy += state == CM_SQL_BUSY;
         connecting += state == CM_SQL_CONNECTING;
     }
-    return Py_BuildValue("{sn,sn,sn,sn}", "idle", idle, "busy", busy, "connecting", connecting,
-                         "queued", s->queued);
+    return Py_BuildValue("{sn,sn,sn,sn,sd,sn,sn}", "idle", idle, "busy", busy, "connecting",
+                         connecting, "queued", s->queued, "busy_poll", s->spin.limit,
+                         "busy_poll_hits", s->spin.hits, "busy_poll_timeouts", s->spin.misses);
 }
 
 /* identifier, or schema.identifier: letters, digits, underscores */
@@ -1027,18 +1089,26 @@ static int valid_identifier(const char *p, Py_ssize_t n)
 
 static int storage_init(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"dsn",         "table",           "pool_size",
-                             "timeout",     "connect_timeout", "sweep_interval",
-                             "sweep_limit", "options",         NULL};
+    static char *kwlist[] = {
+        "dsn",         "table",   "pool_size", "timeout", "connect_timeout", "sweep_interval",
+        "sweep_limit", "options", "busy_poll", NULL};
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
     PyObject *dsn, *table, *options = NULL;
     Py_ssize_t pool_size = 10;
     double timeout = 5.0, connect_timeout = 5.0, sweep_interval = 60.0;
     long sweep_limit = 1000;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UU|$ndddlO!:SQLClient", kwlist, &dsn, &table,
+    PyObject *busy_poll = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UU|$ndddlO!O:SQLClient", kwlist, &dsn, &table,
                                      &pool_size, &timeout, &connect_timeout, &sweep_interval,
-                                     &sweep_limit, &PyDict_Type, &options))
+                                     &sweep_limit, &PyDict_Type, &options, &busy_poll))
         return -1;
+    double spin = cm_busypoll_default();
+    if (busy_poll != Py_None) {
+        if ((spin = PyFloat_AsDouble(busy_poll)) == -1.0 && PyErr_Occurred())
+            return -1;
+        if (cm_busypoll_check(spin) < 0)
+            return -1;
+    }
     Py_ssize_t tn;
     const char *tp = PyUnicode_AsUTF8AndSize(table, &tn);
     if (tp == NULL)
@@ -1073,6 +1143,7 @@ static int storage_init(PyObject *self, PyObject *args, PyObject *kwds)
     s->connect_timeout = connect_timeout;
     s->sweep_interval = sweep_interval;
     s->sweep_limit = sweep_limit;
+    s->spin.limit = spin;
     s->next_sweep = cm_sql_now() + (int64_t)(sweep_interval * 1e9);
     if (s->drv->setup != NULL && s->drv->setup(s) < 0)
         return -1;
@@ -1086,7 +1157,7 @@ static int storage_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(s->loop);
     Py_VISIT(s->tick);
     Py_VISIT(s->last_error);
-    return 0;
+    return cm_busypoll_traverse(&s->spin, visit, arg);
 }
 
 static int storage_clear(PyObject *self)
@@ -1097,6 +1168,7 @@ static int storage_clear(PyObject *self)
     close_all(s, "storage deleted");
     Py_CLEAR(s->loop);
     Py_CLEAR(s->last_error);
+    cm_busypoll_clear(&s->spin);
     return 0;
 }
 

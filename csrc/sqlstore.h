@@ -21,6 +21,8 @@
 #define CM_SQLSTORE_H
 #include "state.h"
 
+#include "busypoll.h"
+
 typedef struct CmSqlReq CmSqlReq;
 typedef struct CmSqlStorageObject CmSqlStorageObject;
 typedef struct CmSqlConnObject CmSqlConnObject;
@@ -108,6 +110,7 @@ struct CmSqlStorageObject {
     int sweeping;
     int dispatching;
     PyObject *last_error; /* why the last connect failed */
+    CmBusyPoll spin;      /* waiting for replies on an idle loop (busypoll.h) */
     void *h;              /* driver's storage-level handle (sqlite3 *) */
     void *aux;
     PyObject *weakreflist;

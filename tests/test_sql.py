@@ -20,6 +20,7 @@ from cacheme.models import sentinel
 from cacheme.serializer import JSONSerializer, MsgPackSerializer, PickleSerializer
 from cacheme.storages.sqldb import SQLConnectionError, SQLTableError, SQLTimeoutError, ddl_script
 from conftest import run_python, unique
+from delay_proxy import DelayProxy
 from sql_servers import MariaServer, PgServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -822,3 +823,108 @@ async def test_cancelled_queued_request_is_not_run(own_server, backend):
     assert await asyncio.wait_for(blocked, 5) == b"1"
     await asyncio.sleep(0.2)
     assert await asyncio.wait_for(s.get(K("b"), None), 5) is sentinel
+
+
+# ---------------------------------------------------------------- busy polling
+
+
+def _proxied(url, port):
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    return url.replace(f"{u.hostname}:{u.port}", f"127.0.0.1:{port}", 1), (u.hostname, u.port)
+
+
+def _two_cpus():
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("busy polling is off with one usable CPU")
+
+
+async def test_busy_poll_option(url, backend):
+    _networked(backend)
+    default = 0.0002 if len(os.sched_getaffinity(0)) > 1 else 0.0
+    s = cacheme.Storage(url=url, table="t")
+    assert s._storage.pool_info()["busy_poll"] == default
+    s = cacheme.Storage(url=url, table="t", busy_poll=0)
+    assert s._storage.pool_info()["busy_poll"] == 0.0
+    s = cacheme.Storage(url=url, table="t", busy_poll=0.001)
+    assert s._storage.pool_info()["busy_poll"] == 0.001
+    for bad in (-0.001, 0.5, float("nan")):
+        with pytest.raises(ValueError, match="busy_poll"):
+            cacheme.Storage(url=url, table="t", busy_poll=bad)
+    with pytest.raises(TypeError):
+        cacheme.Storage(url=url, table="t", busy_poll="fast")
+
+
+async def test_busy_poll_answers_sequential_reads(url, backend):
+    # an idle loop spins for the reply; busy_poll=0 never does; same values
+    _networked(backend)
+    _two_cpus()
+    table = unique("cm_t")
+    for limit, spins in ((0.005, True), (0, False)):
+        name = await register(url, table=table, busy_poll=limit)
+        s = storage_of(name)
+        await s.set_all([(K(f"k{i}"), str(i).encode()) for i in range(20)], None, None)
+        for i in range(200):
+            assert await s.get(K(f"k{i % 25}"), None) == (
+                str(i % 25).encode() if i % 25 < 20 else sentinel)
+        info = s.pool_info()
+        if spins:
+            # a 5 ms limit: the reply of a local server comes well within it
+            assert info["busy_poll_hits"] >= 150, info
+        else:
+            assert info["busy_poll_hits"] == info["busy_poll_timeouts"] == 0, info
+
+
+async def test_busy_poll_never_delays_ready_tasks(url, backend):
+    # with another task ready to run, the loop never spins, and every get
+    # still yields to the loop
+    _networked(backend)
+    name = await register(url, busy_poll=0.005)
+    s = storage_of(name)
+    await s.set(K("a"), b"1", None, None)
+    ticks = 0
+    stop = False
+
+    async def spinner():
+        nonlocal ticks
+        while not stop:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(spinner())
+    await asyncio.sleep(0)
+    before = s.pool_info()
+    start = ticks
+    for _ in range(100):
+        assert await s.get(K("a"), None) == b"1"
+    after = s.pool_info()
+    stop = True
+    await task
+    assert ticks - start >= 100
+    assert after["busy_poll_hits"] == before["busy_poll_hits"]
+    assert after["busy_poll_timeouts"] == before["busy_poll_timeouts"]
+
+
+async def test_busy_poll_backs_off_on_a_slow_server(url, backend):
+    # replies 3 ms late, limit 0.2 ms: each timed-out spin doubles the
+    # requests that skip it, so 100 reads spin about log2(100) times
+    _networked(backend)
+    _two_cpus()
+    table = unique("cm_t")
+    name = await register(url, table=table)
+    await storage_of(name).set(K("a"), b"1", None, None)
+    purl, target = _proxied(url, 0)
+    proxy = DelayProxy(target[0], target[1], 0.003)
+    try:
+        purl, _ = _proxied(url, proxy.port)
+        s = cacheme.Storage(url=purl, table=table, busy_poll=0.0002)
+        await s.connect()
+        for _ in range(100):
+            assert await s._storage.get(K("a"), None) == b"1"
+        info = s._storage.pool_info()
+        await s.close()
+    finally:
+        proxy.close()
+    assert info["busy_poll_hits"] == 0, info
+    assert 3 <= info["busy_poll_timeouts"] <= 8, info

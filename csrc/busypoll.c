@@ -1,0 +1,137 @@
+/* Busy polling for replies while the loop is idle (see busypoll.h). */
+#include "busypoll.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+
+#include "clock.h"
+#include "exc.h"
+
+double cm_busypoll_default(void)
+{
+#ifdef CPU_COUNT
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) < 2)
+        return 0.0;
+#endif
+    return CM_BUSYPOLL_DEFAULT;
+}
+
+int cm_busypoll_check(double limit)
+{
+    if (!(limit >= 0 && limit <= 0.01)) {
+        char buf[64];
+        snprintf(buf, sizeof(buf), "%g", limit);
+        PyErr_Format(PyExc_ValueError, "busy_poll must be between 0 (off) and 0.01 seconds, not %s",
+                     buf);
+        return -1;
+    }
+    return 0;
+}
+
+void cm_busypoll_follow(CmBusyPoll *bp, PyObject *loop)
+{
+    if (bp->loop == loop)
+        return;
+    Py_CLEAR(bp->ready);
+    Py_XSETREF(bp->loop, Py_XNewRef(loop));
+    bp->pending = 0;
+    bp->skip = bp->backoff = 0;
+    if (loop == NULL)
+        return;
+    PyObject *saved = cm_exc_take();
+    PyObject *ready = PyObject_GetAttrString(loop, "_ready");
+    if (ready != NULL && PySequence_Check(ready) && PyObject_Size(ready) >= 0)
+        bp->ready = ready;
+    else
+        Py_XDECREF(ready);
+    PyErr_Clear();
+    cm_exc_restore(saved);
+}
+
+int cm_busypoll_wanted(CmBusyPoll *bp)
+{
+    if (bp->limit <= 0 || bp->ready == NULL || bp->pending)
+        return 0;
+    if (bp->skip > 0) {
+        bp->skip--;
+        return 0;
+    }
+    return 1;
+}
+
+static void release(PyObject **objs, int n)
+{
+    for (int i = 0; i < n; i++)
+        Py_DECREF(objs[i]);
+}
+
+void cm_busypoll_run(CmBusyPoll *bp, cm_busypoll_collect collect, cm_busypoll_handle handle,
+                     void *ctx)
+{
+    bp->pending = 0;
+    if (bp->ready == NULL || bp->limit <= 0)
+        return;
+    PyObject *ready = Py_NewRef(bp->ready); /* a handler may rebind the storage */
+    PyObject *saved = cm_exc_take();
+    struct pollfd fds[CM_BUSYPOLL_MAX_FDS];
+    PyObject *objs[CM_BUSYPOLL_MAX_FDS];
+    int64_t end = 0;
+    int polled = 0, outcome = 0; /* 1: answered, -1: timed out */
+    for (;;) {
+        Py_ssize_t nready = PyObject_Size(ready);
+        if (nready != 0) {
+            /* something is ready to run: after a poll, it is what arrived */
+            outcome = nready > 0 && polled;
+            break;
+        }
+        int n = collect(ctx, fds, objs, CM_BUSYPOLL_MAX_FDS);
+        if (n <= 0)
+            break; /* nothing in flight (any more) */
+        int64_t now = cm_now_ns();
+        if (!polled) {
+            end = now + (int64_t)(bp->limit * 1e9);
+        } else if (now >= end) {
+            release(objs, n);
+            outcome = -1;
+            break;
+        }
+        polled = 1;
+        int rc = poll(fds, (nfds_t)n, 0);
+        int err = errno;
+        for (int i = 0; rc > 0 && i < n; i++)
+            if (fds[i].revents != 0)
+                handle(ctx, objs[i], fds[i].revents);
+        release(objs, n);
+        if (rc < 0 && err != EINTR)
+            break;
+    }
+    if (outcome > 0) {
+        bp->hits++;
+        bp->skip = bp->backoff = 0;
+    } else if (outcome < 0) {
+        bp->misses++;
+        bp->backoff = bp->backoff ? bp->backoff * 2 : 1;
+        if (bp->backoff > CM_BUSYPOLL_MAX_SKIP)
+            bp->backoff = CM_BUSYPOLL_MAX_SKIP;
+        bp->skip = bp->backoff;
+    }
+    Py_DECREF(ready);
+    PyErr_Clear();
+    cm_exc_restore(saved);
+}
+
+int cm_busypoll_traverse(CmBusyPoll *bp, visitproc visit, void *arg)
+{
+    Py_VISIT(bp->loop);
+    Py_VISIT(bp->ready);
+    return 0;
+}
+
+void cm_busypoll_clear(CmBusyPoll *bp)
+{
+    Py_CLEAR(bp->ready);
+    Py_CLEAR(bp->loop);
+    bp->pending = 0;
+}
