@@ -1018,12 +1018,53 @@ static PyObject *conn_on_write(PyObject *self, PyObject *Py_UNUSED(unused))
     Py_RETURN_NONE;
 }
 
+/* Busy polling (busypoll.h), single server only: a cluster's pools change
+ * with its slot map. The context is the client, held for the spin. */
+static int spin_collect(void *ctx, struct pollfd *fds, PyObject **objs, int max)
+{
+    CmRedisPool *p = ((CmRedisClientObject *)ctx)->pool;
+    int n = 0;
+    for (int i = 0; p != NULL && i < p->nconns && n < max; i++) {
+        CmRedisConnObject *c = p->conns[i]; // borrowed
+        if (c->state != CONN_READY || c->len == 0 || !c->reading)
+            continue;
+        fds[n].fd = c->fd;
+        fds[n].events = (short)(POLLIN | (c->writing ? POLLOUT : 0));
+        fds[n].revents = 0;
+        objs[n++] = Py_NewRef(c);
+    }
+    return n;
+}
+
+static void spin_handle(void *ctx, PyObject *obj, short revents)
+{
+    (void)ctx;
+    CmRedisConnObject *c = (CmRedisConnObject *)obj;
+    PyObject *r = NULL;
+    if ((revents & POLLOUT) && c->writing && c->state == CONN_READY)
+        r = conn_on_write(obj, NULL);
+    Py_XDECREF(r);
+    if ((revents & (POLLIN | POLLHUP | POLLERR)) && c->state == CONN_READY)
+        r = conn_on_read(obj, NULL);
+    Py_XDECREF(r);
+    PyErr_Clear();
+}
+
 static PyObject *conn_on_flush(PyObject *self, PyObject *Py_UNUSED(unused))
 {
     CmRedisConnObject *c = (CmRedisConnObject *)self;
     c->flush_scheduled = 0;
     if (c->state == CONN_READY && !c->writing)
         conn_write(c);
+    CmRedisClientObject *client = c->pool ? c->pool->client : NULL; // borrowed
+    if (client != NULL && client->pool == c->pool && c->state == CONN_READY && c->len > 0) {
+        cm_busypoll_follow(&client->spin, c->loop);
+        if (cm_busypoll_wanted(&client->spin)) {
+            Py_INCREF(client);
+            cm_busypoll_run(&client->spin, spin_collect, spin_handle, client);
+            Py_DECREF(client);
+        }
+    }
     Py_RETURN_NONE;
 }
 
@@ -1221,13 +1262,14 @@ static PyType_Spec conn_spec = {
 /* ------------------------------------------------------------------ */
 /* pools                                                              */
 
-CmRedisPool *cm_redis_pool_new(CmState *st, const CmRedisConfig *cfg, const char *host, int port,
-                               const char *path)
+CmRedisPool *cm_redis_pool_new(CmRedisClientObject *c, const char *host, int port, const char *path)
 {
+    const CmRedisConfig *cfg = &c->cfg;
     CmRedisPool *p = calloc(1, sizeof(*p));
     if (p == NULL)
         goto nomem;
-    p->st = st;
+    p->st = c->st;
+    p->client = c;
     p->cfg = cfg;
     p->port = port;
     p->backoff = cfg->backoff_min;
@@ -1829,6 +1871,12 @@ static PyObject *client_connections(CmRedisClientObject *self, PyObject *Py_UNUS
     return PyLong_FromLong(n);
 }
 
+static PyObject *client_busy_poll_info(CmRedisClientObject *self, PyObject *Py_UNUSED(unused))
+{
+    return Py_BuildValue("{sd,sn,sn}", "busy_poll", self->spin.limit, "busy_poll_hits",
+                         self->spin.hits, "busy_poll_timeouts", self->spin.misses);
+}
+
 /* _resolves(): host lookups made (all servers), for tests. */
 static PyObject *client_resolves(CmRedisClientObject *self, PyObject *Py_UNUSED(unused))
 {
@@ -1873,6 +1921,7 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
                              "pipeline",
                              "retry_backoff",
                              "retry_backoff_max",
+                             "busy_poll",
                              NULL};
     CmState *st = cm_state_from_type(Py_TYPE(self));
     const char *host = "localhost", *path = NULL;
@@ -1880,13 +1929,22 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     long db = 0;
     double connect_timeout = 5.0, timeout = 5.0, backoff = 0.05, backoff_max = 1.0;
     PyObject *user = NULL, *pass = NULL, *ubytes = NULL, *pbytes = NULL, *ser = NULL;
+    PyObject *busy_poll = Py_None;
     int rc = -1;
     if (st == NULL)
         return -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$zizOOliddpidd:RedisClient", kwlist, &host,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$zizOOliddpiddO:RedisClient", kwlist, &host,
                                      &port, &path, &user, &pass, &db, &size, &connect_timeout,
-                                     &timeout, &cluster, &pipeline, &backoff, &backoff_max))
+                                     &timeout, &cluster, &pipeline, &backoff, &backoff_max,
+                                     &busy_poll))
         return -1;
+    double spin = cm_busypoll_default();
+    if (busy_poll != Py_None) {
+        if ((spin = PyFloat_AsDouble(busy_poll)) == -1.0 && PyErr_Occurred())
+            return -1;
+        if (cm_busypoll_check(spin) < 0)
+            return -1;
+    }
     if (host == NULL)
         host = "localhost";
     if (size < 1 || pipeline < 1 || !(connect_timeout > 0) || !(timeout > 0) || !(backoff > 0) ||
@@ -1922,12 +1980,13 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     self->cfg.backoff_max = backoff_max;
     self->cfg.size = size;
     self->cfg.pipeline = pipeline;
+    self->spin.limit = spin;
     Py_XSETREF(self->default_serializer, ser);
     ser = NULL;
     if (cluster) {
         if ((self->cluster = cm_cluster_new(self, host, port)) == NULL)
             goto done;
-    } else if ((self->pool = cm_redis_pool_new(st, &self->cfg, host, port, path)) == NULL) {
+    } else if ((self->pool = cm_redis_pool_new(self, host, port, path)) == NULL) {
         goto done;
     }
     rc = 0;
@@ -1952,12 +2011,13 @@ static int client_traverse(CmRedisClientObject *self, visitproc visit, void *arg
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->default_serializer);
-    return 0;
+    return cm_busypoll_traverse(&self->spin, visit, arg);
 }
 
 static int client_clear(CmRedisClientObject *self)
 {
     Py_CLEAR(self->default_serializer);
+    cm_busypoll_clear(&self->spin);
     return 0;
 }
 
@@ -1990,6 +2050,8 @@ static PyMethodDef client_methods[] = {
     {"_refresh_slots", (PyCFunction)client_refresh_slots, METH_NOARGS, NULL},
     {"_connections", (PyCFunction)client_connections, METH_NOARGS, NULL},
     {"_resolves", (PyCFunction)client_resolves, METH_NOARGS, NULL},
+    {"busy_poll_info", (PyCFunction)client_busy_poll_info, METH_NOARGS,
+     "busy_poll_info() -> {'busy_poll': limit, 'busy_poll_hits': n, 'busy_poll_timeouts': n}"},
     {NULL, NULL},
 };
 

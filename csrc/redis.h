@@ -4,6 +4,7 @@
 #define CM_REDIS_H
 #include "state.h"
 
+#include "busypoll.h"
 #include "resp.h"
 
 struct addrinfo;
@@ -66,8 +67,9 @@ typedef struct {
  * connections point back to it (borrowed) until they are closed. */
 struct CmRedisPool {
     CmState *st;
-    const CmRedisConfig *cfg; /* borrowed from the client */
-    char *host;               /* NULL for a unix socket */
+    CmRedisClientObject *client; /* borrowed: the owner */
+    const CmRedisConfig *cfg;    /* borrowed from the client */
+    char *host;                  /* NULL for a unix socket */
     char *path;
     int port;
     char label[300]; /* "host:port" or the socket path, for messages */
@@ -89,10 +91,11 @@ struct CmRedisClientObject {
     CmRedisPool *pool;       /* single server */
     CmRedisCluster *cluster; /* or a cluster */
     PyObject *default_serializer;
+    CmBusyPoll spin; /* single server: waiting for replies on an idle loop */
 };
 
 /* redis.c, used by the cluster */
-CmRedisPool *cm_redis_pool_new(CmState *st, const CmRedisConfig *cfg, const char *host, int port,
+CmRedisPool *cm_redis_pool_new(CmRedisClientObject *c, const char *host, int port,
                                const char *path);
 void cm_redis_pool_free(CmRedisPool *p);
 /* A connection of the pool for the running loop (borrowed), opening one if

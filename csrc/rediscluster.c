@@ -50,7 +50,7 @@ CmRedisCluster *cm_cluster_new(CmRedisClientObject *c, const char *host, int por
         return NULL;
     }
     memset(cl->slots, 0xff, sizeof(cl->slots));
-    if ((cl->pools[0] = cm_redis_pool_new(c->st, &c->cfg, host, port, NULL)) == NULL) {
+    if ((cl->pools[0] = cm_redis_pool_new(c, host, port, NULL)) == NULL) {
         free(cl->pools);
         free(cl);
         return NULL;
@@ -104,7 +104,7 @@ static int node_index(CmRedisClientObject *c, const char *host, int port)
         return -1;
     }
     cl->pools = pools;
-    if ((pools[cl->npools] = cm_redis_pool_new(c->st, &c->cfg, host, port, NULL)) == NULL)
+    if ((pools[cl->npools] = cm_redis_pool_new(c, host, port, NULL)) == NULL)
         return -1;
     return cl->npools++;
 }

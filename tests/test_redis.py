@@ -727,3 +727,91 @@ async def test_address_is_looked_up_once_per_pool_and_again_after_a_connect_fail
         assert s._connections() == 4
         assert s._resolves() == resolves
         await s.close()
+
+
+# ---------------------------------------------------------------- busy polling
+
+
+def _two_cpus():
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("busy polling is off with one usable CPU")
+
+
+async def test_busy_poll_option(redis_server):
+    default = 0.0002 if len(os.sched_getaffinity(0)) > 1 else 0.0
+    assert RedisStorage(redis_server.url).busy_poll_info()["busy_poll"] == default
+    assert RedisStorage(redis_server.url, busy_poll=0).busy_poll_info()["busy_poll"] == 0.0
+    s = RedisStorage(redis_server.url + "?busy_poll=0.001")
+    assert s.busy_poll_info()["busy_poll"] == 0.001
+    for bad in (-0.001, 0.5, float("nan")):
+        with pytest.raises(ValueError, match="busy_poll"):
+            RedisStorage(redis_server.url, busy_poll=bad)
+    with pytest.raises(TypeError):
+        RedisStorage(redis_server.url, busy_poll="fast")
+
+
+async def test_busy_poll_answers_sequential_gets(redis_server):
+    # an idle loop spins for the reply; busy_poll=0 never does; same values
+    _two_cpus()
+    for limit, spins in ((0.005, True), (0, False)):
+        s = RedisStorage(redis_server.url, busy_poll=limit)
+        await s.connect()
+        await s.set_all([(K(f"k{i}"), b"%d" % i) for i in range(20)], None, None)
+        for i in range(200):
+            got = await s.get(K(f"k{i % 25}"), None)
+            assert got == (b"%d" % (i % 25) if i % 25 < 20 else cacheme.models.sentinel)
+        info = s.busy_poll_info()
+        await s.close()
+        if spins:
+            assert info["busy_poll_hits"] >= 150, info
+        else:
+            assert info["busy_poll_hits"] == info["busy_poll_timeouts"] == 0, info
+
+
+async def test_busy_poll_never_delays_ready_tasks(redis_server):
+    s = RedisStorage(redis_server.url, busy_poll=0.005)
+    await s.connect()
+    await s.execute("SET", "a", "1")
+    ticks = 0
+    stop = False
+
+    async def spinner():
+        nonlocal ticks
+        while not stop:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(spinner())
+    await asyncio.sleep(0)
+    before = s.busy_poll_info()
+    start = ticks
+    for _ in range(100):
+        assert await s.execute("GET", "a") == b"1"
+    after = s.busy_poll_info()
+    stop = True
+    await task
+    await s.close()
+    assert ticks - start >= 100
+    assert after == before
+
+
+async def test_busy_poll_backs_off_on_a_slow_server(redis_server):
+    # replies 3 ms late, limit 0.2 ms: about log2(100) spins for 100 gets
+    _two_cpus()
+    from delay_proxy import DelayProxy
+
+    proxy = DelayProxy("127.0.0.1", redis_server.port, 0.003)
+    try:
+        s = RedisStorage(f"redis://127.0.0.1:{proxy.port}", busy_poll=0.0002)
+        await s.connect()
+        await s.execute("SET", "a", "1")
+        before = s.busy_poll_info()
+        for _ in range(100):
+            assert await s.execute("GET", "a") == b"1"
+        info = s.busy_poll_info()
+        await s.close()
+    finally:
+        proxy.close()
+    assert info["busy_poll_hits"] == before["busy_poll_hits"] == 0, info
+    assert 3 <= info["busy_poll_timeouts"] - before["busy_poll_timeouts"] <= 8, info
+

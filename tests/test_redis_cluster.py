@@ -327,3 +327,16 @@ async def test_clusterdown_is_retried(redis_cluster):
         await s.close()
         for c in clients:
             await c.close()
+
+
+async def test_busy_poll_off_for_a_cluster(redis_cluster):
+    # busy polling follows a single server's pools only (a cluster's change
+    # with its slot map)
+    s = RedisStorage(redis_cluster.url, cluster=True, busy_poll=0.005)
+    await s.connect()
+    await s.execute("SET", "a", "1")
+    for _ in range(20):
+        assert await s.execute("GET", "a") == b"1"
+    info = s.busy_poll_info()
+    await s.close()
+    assert info["busy_poll_hits"] == info["busy_poll_timeouts"] == 0

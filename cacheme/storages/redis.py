@@ -21,6 +21,11 @@ Options (keyword arguments of ``Storage(url, ...)``, or URL query values):
 - ``retry_backoff`` (0.05 s), ``retry_backoff_max`` (1.0 s): after a
   connection failure no new connection is tried for this long, doubling per
   failure; meanwhile requests fail at once (a miss in ``get``).
+- ``busy_poll`` (None: 0.0002 s, or 0 where the process can use one CPU
+  only; 0 disables; at most 0.01; single server only): when the event loop
+  has nothing else to run after the requests are written, poll the sockets
+  for the replies for up to this long instead of letting the loop sleep in
+  ``epoll_wait`` (see ``cacheme.storages.sqldb`` and csrc/busypoll.h).
 
 Values are stored as cacheme 0.3.0 stored them, so both can share a cache:
 ``serializer.dumps({"value": v, "updated_at": <utc datetime>})`` under
@@ -48,7 +53,7 @@ __all__ = [
     "parse_url",
 ]
 
-_FLOAT_OPTIONS = ("connect_timeout", "timeout", "retry_backoff", "retry_backoff_max")
+_FLOAT_OPTIONS = ("connect_timeout", "timeout", "retry_backoff", "retry_backoff_max", "busy_poll")
 _INT_OPTIONS = ("pool_size", "pipeline", "db")
 
 
