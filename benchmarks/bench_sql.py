@@ -74,15 +74,7 @@ def zipf_keys(n, size, s=1.0, seed=42):
     return rnd.choices(range(size), weights=weights, k=n)
 
 
-async def best(a, b):
-    """Per figure, the better of two runs (times: lower; rates: higher)."""
-    if a is None:
-        return b
-    return {k: (max if k.endswith("_rps") else min)(a[k], b[k]) if k != "concurrent_loads"
-            else a[k] for k in a}
-
-
-def main():
+async def main():
     opts = {"table": table}
     if not url.startswith("sqlite"):
         opts["pool_size"] = 50
