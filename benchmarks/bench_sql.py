@@ -13,7 +13,7 @@ Concurrent: 1k workers reading stored keys at once (requests/s).
         [--payloads 100,4096] [--pg URL] [--mysql URL] [--out FILE.json]
 
 Without --pg/--mysql, temporary servers are started (tests/sql_servers.py).
-Each contender runs --rounds times (default 3), alternating with the other,
+Each contender runs --rounds times (default 5), alternating with the other,
 and every figure keeps its best run.
 Each implementation runs in its own interpreter: ours from this tree, 0.3.0
 from .bench/venv-sql-030 (benchmarks/sql_venvs.sh).
@@ -207,7 +207,7 @@ def main():
     ap.add_argument("--mysql")
     ap.add_argument("--workers", type=int, default=1000)
     ap.add_argument("--reqs", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--rounds", type=int, default=5,
                     help="runs per contender, alternating; each figure keeps its best")
     ap.add_argument("--out")
     args = ap.parse_args()
