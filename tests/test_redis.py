@@ -815,3 +815,10 @@ async def test_busy_poll_backs_off_on_a_slow_server(redis_server):
     assert info["busy_poll_hits"] == before["busy_poll_hits"] == 0, info
     assert 3 <= info["busy_poll_timeouts"] - before["busy_poll_timeouts"] <= 8, info
 
+
+
+@pytest.mark.parametrize("busy_poll", [0.0, 0.0002])
+def test_get_set_loop_does_not_leak(redis_server, busy_poll):
+    from net_leak import check_no_leak
+
+    check_no_leak(redis_server.url, busy_poll, "")

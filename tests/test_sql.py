@@ -928,3 +928,11 @@ async def test_busy_poll_backs_off_on_a_slow_server(url, backend):
         proxy.close()
     assert info["busy_poll_hits"] == 0, info
     assert 3 <= info["busy_poll_timeouts"] <= 8, info
+
+
+@pytest.mark.parametrize("busy_poll", [0.0, 0.0002])
+def test_get_set_loop_does_not_leak(url, backend, busy_poll):
+    from net_leak import check_no_leak
+
+    _networked(backend)
+    check_no_leak(url, busy_poll, unique("cm_leak"))
