@@ -139,7 +139,7 @@ def reset_table(url, table):
     asyncio.run(go())
 
 
-def c_floor(storage, url, table, n=1000):
+def c_client(storage, url, table, n=1000):
     """ms for n sequential point reads by the server's C client, or None."""
     u = urlparse(url)
     if storage == "postgresql":
@@ -247,10 +247,10 @@ def main():
                     row[impl] = best(row.get(impl), got)
                     if impl == "ours" and rnd == 0:
                         try:
-                            row["floor_read_ms"] = c_floor(storage, urls[storage], table)
+                            row["c_client_read_ms"] = c_client(storage, urls[storage], table)
                         except (OSError, subprocess.CalledProcessError) as e:
                             print(f"bench_sql: C client for {storage} failed: {e}", file=sys.stderr)
-                            row["floor_read_ms"] = None
+                            row["c_client_read_ms"] = None
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr)
     finally:
@@ -270,7 +270,7 @@ def print_tables(results, workers, reqs):
     for row in results:
         for b in ("read", "write", "zipf", "batch20"):
             o, t = row["ours"][b] * 1000, row["030"][b] * 1000
-            fl = row.get("floor_read_ms") if b == "read" else None
+            fl = row.get("c_client_read_ms") if b == "read" else None
             extra = f"{fl:.1f} | {t / fl:.1f}x" if fl else "|"
             print(f"| {row['storage']} | {row['payload']} B | {b} | {o:.1f} | {t:.1f} | "
                   f"{t / o:.1f}x | {extra} |")
