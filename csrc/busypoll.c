@@ -36,8 +36,9 @@ void cm_busypoll_follow(CmBusyPoll *bp, PyObject *loop)
         return;
     Py_CLEAR(bp->ready);
     Py_XSETREF(bp->loop, Py_XNewRef(loop));
-    bp->pending = 0;
+    bp->pending = bp->marker = 0;
     bp->skip = bp->backoff = 0;
+    bp->inline_since = 0;
     if (loop == NULL)
         return;
     PyObject *saved = cm_exc_take();
@@ -67,23 +68,23 @@ static void release(PyObject **objs, int n)
         Py_DECREF(objs[i]);
 }
 
-void cm_busypoll_run(CmBusyPoll *bp, cm_busypoll_collect collect, cm_busypoll_handle handle,
-                     void *ctx)
+/* Poll what collect() gives until the stop condition holds (1: answered)
+ * or the limit passes (-1); 0 when nothing was in flight or poll failed.
+ * The condition is done(ctx) when given, else "the loop's ready queue holds
+ * something" (after a poll, that is what arrived). */
+static int spin(CmBusyPoll *bp, cm_busypoll_collect collect, cm_busypoll_handle handle,
+                int (*done)(void *ctx), void *ctx)
 {
-    bp->pending = 0;
-    if (bp->ready == NULL || bp->limit <= 0)
-        return;
-    PyObject *ready = Py_NewRef(bp->ready); /* a handler may rebind the storage */
+    PyObject *ready = Py_NewRef(bp->ready);
     PyObject *saved = cm_exc_take();
     struct pollfd fds[CM_BUSYPOLL_MAX_FDS];
     PyObject *objs[CM_BUSYPOLL_MAX_FDS];
     int64_t end = 0;
-    int polled = 0, outcome = 0; /* 1: answered, -1: timed out */
+    int polled = 0, outcome = 0;
     for (;;) {
-        Py_ssize_t nready = PyObject_Size(ready);
-        if (nready != 0) {
-            /* something is ready to run: after a poll, it is what arrived */
-            outcome = nready > 0 && polled;
+        int stop = done ? done(ctx) : (int)PyObject_Size(ready);
+        if (stop != 0) {
+            outcome = stop > 0 && polled;
             break;
         }
         int n = collect(ctx, fds, objs, CM_BUSYPOLL_MAX_FDS);
@@ -120,6 +121,43 @@ void cm_busypoll_run(CmBusyPoll *bp, cm_busypoll_collect collect, cm_busypoll_ha
     Py_DECREF(ready);
     PyErr_Clear();
     cm_exc_restore(saved);
+    return outcome;
+}
+
+void cm_busypoll_run(CmBusyPoll *bp, cm_busypoll_collect collect, cm_busypoll_handle handle,
+                     void *ctx)
+{
+    bp->pending = 0;
+    if (bp->ready != NULL && bp->limit > 0)
+        spin(bp, collect, handle, NULL, ctx);
+}
+
+int cm_busypoll_inline_ok(CmBusyPoll *bp, int64_t now)
+{
+    if (bp->limit <= 0 || bp->ready == NULL)
+        return 0;
+    if (bp->inline_since != 0 && now - bp->inline_since > CM_BUSYPOLL_INLINE_BUDGET)
+        return 0;
+    Py_ssize_t n = PyObject_Size(bp->ready);
+    if (n != (bp->marker ? 1 : 0)) {
+        if (n < 0)
+            PyErr_Clear();
+        return 0; /* something else is ready to run */
+    }
+    if (bp->skip > 0) {
+        bp->skip--;
+        return 0;
+    }
+    return 1;
+}
+
+int cm_busypoll_wait(CmBusyPoll *bp, cm_busypoll_collect collect, cm_busypoll_handle handle,
+                     int (*done)(void *ctx), void *ctx)
+{
+    if (spin(bp, collect, handle, done, ctx) <= 0)
+        return 0;
+    bp->inlined++;
+    return 1;
 }
 
 int cm_busypoll_traverse(CmBusyPoll *bp, visitproc visit, void *arg)

@@ -12,14 +12,21 @@
  * soon as the ready queue is not empty (a future resolved, so a task is
  * scheduled) or nothing is in flight.
  *
- * What this keeps: every request still yields to the loop once (the
- * callback runs in the next iteration, after the loop's own non-blocking
- * epoll_wait), tasks that are ready always run first, and I/O on other
- * sockets waits at most `limit`. What it costs: CPU while spinning. A spin
- * that times out (a server slower than `limit`) doubles the number of
- * requests that skip the spin (up to 1024), and an answered one resets it,
- * so a slow server costs one wasted spin per 1024 requests. Only loops that
- * expose asyncio's ready queue (BaseEventLoop._ready, a deque) spin; others
+ * Inline waits (SQL): a request sent while the ready queue is empty may
+ * instead be waited for in the caller's own call; when its reply comes
+ * within the limit, the call returns the result and the caller does not
+ * yield to the loop (a round trip then costs no loop iteration either). To
+ * keep the loop responsive, at most CM_BUSYPOLL_INLINE_BUDGET of such waits
+ * run between two loop iterations: the first one puts a marker callback in
+ * the ready queue, and until the loop has run it, later requests past the
+ * budget go through the loop. So tasks that are ready always run first, and
+ * other sockets and timers wait at most about a millisecond.
+ *
+ * What it costs: CPU while spinning. A spin that times out (a server slower
+ * than `limit`) doubles the number of requests that skip the spin (up to
+ * 1024), and an answered one resets it, so a slow server costs one wasted
+ * spin per 1024 requests. Only loops that expose asyncio's ready queue
+ * (BaseEventLoop._ready, a deque) spin; others
  * (uvloop) never do. With one usable CPU the default is off: the spin would
  * take the CPU from the server it waits for. */
 #ifndef CM_BUSYPOLL_H
@@ -32,16 +39,20 @@
 #define CM_BUSYPOLL_DEFAULT 0.0002 /* seconds */
 #define CM_BUSYPOLL_MAX_FDS 64
 #define CM_BUSYPOLL_MAX_SKIP 1024
+#define CM_BUSYPOLL_INLINE_BUDGET 1000000 /* ns of inline waits between loop iterations */
 
 typedef struct {
-    double limit;      /* seconds; 0: off */
-    PyObject *loop;    /* the loop followed, or NULL */
-    PyObject *ready;   /* its ready deque, or NULL: no spinning */
-    int pending;       /* the callback is scheduled */
-    int skip;          /* requests left that do not spin */
-    int backoff;       /* skip after the next timeout */
-    Py_ssize_t hits;   /* spins that ended with a reply */
-    Py_ssize_t misses; /* spins that timed out */
+    double limit;         /* seconds; 0: off */
+    PyObject *loop;       /* the loop followed, or NULL */
+    PyObject *ready;      /* its ready deque, or NULL: no spinning */
+    int pending;          /* the callback is scheduled */
+    int skip;             /* requests left that do not spin */
+    int backoff;          /* skip after the next timeout */
+    int marker;           /* the marker callback is in the ready queue */
+    int64_t inline_since; /* first inline wait since the loop ran the marker; 0: none */
+    Py_ssize_t hits;      /* spins that ended with a reply */
+    Py_ssize_t misses;    /* spins that timed out */
+    Py_ssize_t inlined;   /* requests answered within their own call */
 } CmBusyPoll;
 
 /* The default limit for this process: CM_BUSYPOLL_DEFAULT, or 0 when the
@@ -65,6 +76,22 @@ typedef int (*cm_busypoll_collect)(void *ctx, struct pollfd *fds, PyObject **obj
 typedef void (*cm_busypoll_handle)(void *ctx, PyObject *obj, short revents);
 void cm_busypoll_run(CmBusyPoll *bp, cm_busypoll_collect collect, cm_busypoll_handle handle,
                      void *ctx);
+
+/* Inline waits. 1 when a request just sent may be waited for now: the
+ * ready queue holds nothing but the marker, the budget is not spent, and
+ * no timeout backoff is pending. The caller then schedules the marker when
+ * inline_since is 0 (and sets marker and inline_since = now), and calls
+ * cm_busypoll_wait. */
+int cm_busypoll_inline_ok(CmBusyPoll *bp, int64_t now);
+/* Spin until done(ctx) is 1 (-1 stops: an error); 1 when it is. */
+int cm_busypoll_wait(CmBusyPoll *bp, cm_busypoll_collect collect, cm_busypoll_handle handle,
+                     int (*done)(void *ctx), void *ctx);
+/* The marker ran: the loop has iterated, the budget starts over. */
+static inline void cm_busypoll_iterated(CmBusyPoll *bp)
+{
+    bp->marker = 0;
+    bp->inline_since = 0;
+}
 
 int cm_busypoll_traverse(CmBusyPoll *bp, visitproc visit, void *arg);
 void cm_busypoll_clear(CmBusyPoll *bp);

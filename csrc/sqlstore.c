@@ -665,22 +665,33 @@ static PyObject *storage_on_tick(PyObject *self, PyObject *Py_UNUSED(unused))
 static PyObject *storage_on_spin(PyObject *self, PyObject *unused);
 static PyMethodDef on_spin_def = {"_on_spin", storage_on_spin, METH_NOARGS, NULL};
 
-static void schedule_spin(CmSqlStorageObject *s)
+static int any_busy(CmSqlStorageObject *s)
 {
-    int busy = 0;
-    for (Py_ssize_t i = 0; i < s->nconns && !busy; i++)
-        busy = s->conns[i]->state == CM_SQL_BUSY;
-    if (!busy || !cm_busypoll_wanted(&s->spin))
-        return;
-    PyObject *cb = PyCFunction_New(&on_spin_def, (PyObject *)s);
+    for (Py_ssize_t i = 0; i < s->nconns; i++)
+        if (s->conns[i]->state == CM_SQL_BUSY)
+            return 1;
+    return 0;
+}
+
+/* loop.call_soon(def bound to s); -1 (no exception) when it fails */
+static int call_soon_self(CmSqlStorageObject *s, PyMethodDef *def)
+{
+    PyObject *cb = PyCFunction_New(def, (PyObject *)s);
     PyObject *h = cb ? cm_loop_call_soon(s->st, s->loop, cb) : NULL;
     Py_XDECREF(cb);
     if (h == NULL) {
-        PyErr_Clear(); /* no spin: the reply comes through the loop as usual */
-        return;
+        PyErr_Clear();
+        return -1;
     }
     Py_DECREF(h);
-    cm_busypoll_scheduled(&s->spin);
+    return 0;
+}
+
+static void schedule_spin(CmSqlStorageObject *s)
+{
+    /* when it cannot be scheduled, the reply comes through the loop as usual */
+    if (any_busy(s) && cm_busypoll_wanted(&s->spin) && call_soon_self(s, &on_spin_def) == 0)
+        cm_busypoll_scheduled(&s->spin);
 }
 
 static int spin_collect(void *ctx, struct pollfd *fds, PyObject **objs, int max)
@@ -716,6 +727,66 @@ static PyObject *storage_on_spin(PyObject *self, PyObject *Py_UNUSED(unused))
     cm_busypoll_run(&s->spin, spin_collect, spin_handle, s);
     Py_DECREF(s);
     Py_RETURN_NONE;
+}
+
+/* Inline waits (busypoll.h): the marker tells that the loop ran again. */
+static PyObject *storage_on_marker(PyObject *self, PyObject *Py_UNUSED(unused))
+{
+    cm_busypoll_iterated(&((CmSqlStorageObject *)self)->spin);
+    Py_RETURN_NONE;
+}
+static PyMethodDef on_marker_def = {"_on_marker", storage_on_marker, METH_NOARGS, NULL};
+
+typedef struct {
+    CmSqlStorageObject *s;
+    PyObject *fut; /* the request's */
+} WaitCtx;
+
+static int wait_collect(void *ctx, struct pollfd *fds, PyObject **objs, int max)
+{
+    return spin_collect(((WaitCtx *)ctx)->s, fds, objs, max);
+}
+
+static int spin_fut_done(void *ctx)
+{
+    WaitCtx *w = ctx;
+    int d = cm_future_done(w->s->st, w->fut);
+    if (d < 0)
+        PyErr_Clear();
+    return d;
+}
+
+/* The request of fut was just sent: if the loop has nothing else to run,
+ * wait for its reply here. A new reference to a ready awaitable of its
+ * result, or NULL (no exception) to await fut as usual: not allowed now,
+ * not answered in time, or answered with an error (awaiting the done future
+ * raises it without yielding). */
+static PyObject *wait_inline(CmSqlStorageObject *s, PyObject *fut)
+{
+    CmState *st = s->st;
+    int64_t now = cm_sql_now();
+    if (s->queued != 0 || !any_busy(s) || !cm_busypoll_inline_ok(&s->spin, now))
+        return NULL;
+    if (s->spin.inline_since == 0) {
+        if (call_soon_self(s, &on_marker_def) < 0)
+            return NULL;
+        s->spin.marker = 1;
+        s->spin.inline_since = now;
+    }
+    WaitCtx w = {s, fut};
+    if (!cm_busypoll_wait(&s->spin, wait_collect, spin_handle, spin_fut_done, &w))
+        return NULL;
+    PyObject *res =
+        PyObject_VectorcallMethod(st->s_result, &fut, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (res == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *out = cm_ready_new(st, res);
+    Py_DECREF(res);
+    if (out == NULL)
+        PyErr_Clear();
+    return out;
 }
 
 /* ------------------------------------------------------------------ */
@@ -793,7 +864,11 @@ static PyObject *submit(CmSqlStorageObject *s, CmSqlReq *r)
     enqueue(s, r);
     r = NULL;
     dispatch(s);
-    schedule_spin(s);
+    PyObject *now = wait_inline(s, out);
+    if (now != NULL)
+        Py_SETREF(out, now);
+    else
+        schedule_spin(s);
 done:
     if (r != NULL)
         req_free(r);
@@ -1060,9 +1135,10 @@ static PyObject *storage_pool_info(PyObject *self, PyObject *Py_UNUSED(unused))
         busy += state == CM_SQL_BUSY;
         connecting += state == CM_SQL_CONNECTING;
     }
-    return Py_BuildValue("{sn,sn,sn,sn,sd,sn,sn}", "idle", idle, "busy", busy, "connecting",
+    return Py_BuildValue("{sn,sn,sn,sn,sd,sn,sn,sn}", "idle", idle, "busy", busy, "connecting",
                          connecting, "queued", s->queued, "busy_poll", s->spin.limit,
-                         "busy_poll_hits", s->spin.hits, "busy_poll_timeouts", s->spin.misses);
+                         "busy_poll_hits", s->spin.hits, "busy_poll_timeouts", s->spin.misses,
+                         "busy_poll_inline", s->spin.inlined);
 }
 
 /* identifier, or schema.identifier: letters, digits, underscores */
