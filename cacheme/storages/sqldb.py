@@ -20,11 +20,13 @@ Options common to the SQL storages (keyword arguments of ``Storage(url, ...)``):
   second while a sweep finds a full batch).
 - ``busy_poll`` (None: 0.0002 s, or 0 where the process can use one CPU
   only; 0 disables; at most 0.01): when the event loop has nothing else to
-  run after a request is sent, poll the sockets for the reply for up to
-  this long instead of letting the loop sleep in ``epoll_wait``. A fast
-  server's reply then costs no sleep and wakeup. Each request still yields
-  to the loop once; other sockets wait at most this long; a server slower
-  than this is spun on exponentially less often (see csrc/busypoll.h).
+  run after a request is sent, poll the sockets for the reply for up to this
+  long instead of letting the loop sleep in ``epoll_wait``; such a request
+  is waited for inside its own call and returns without yielding when the
+  reply comes in time, with at most 1 ms of these waits between two loop
+  iterations. Other sockets and timers wait at most about that long; a
+  server slower than the limit is spun on exponentially less often (see
+  csrc/busypoll.h).
 """
 import os
 import re
