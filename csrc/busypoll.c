@@ -101,6 +101,10 @@ static int spin(CmBusyPoll *bp, cm_busypoll_collect collect, cm_busypoll_handle 
         polled = 1;
         int rc = poll(fds, (nfds_t)n, 0);
         int err = errno;
+        /* nothing yet: let a thread that shares this CPU run (the server we
+         * wait for, on a busy machine); returns at once when there is none */
+        if (rc == 0)
+            sched_yield();
         for (int i = 0; rc > 0 && i < n; i++)
             if (fds[i].revents != 0)
                 handle(ctx, objs[i], fds[i].revents);

@@ -22,6 +22,9 @@
  * budget go through the loop. So tasks that are ready always run first, and
  * other sockets and timers wait at most about a millisecond.
  *
+ * Between two empty polls the spin calls sched_yield(), so that a thread
+ * waiting for this CPU (the server itself, on a loaded machine) runs first.
+ *
  * What it costs: CPU while spinning. A spin that times out (a server slower
  * than `limit`) doubles the number of requests that skip the spin (up to
  * 1024), and an answered one resets it, so a slow server costs one wasted
