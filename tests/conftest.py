@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 import itertools
 import os
 import subprocess
@@ -58,3 +59,21 @@ def run_python(code: str, timeout: int = 300) -> str:
 
 def flights() -> int:
     return _core._flights_in_table()
+
+
+@contextlib.contextmanager
+def count_sleeps():
+    """Count the running loop's selector calls that may sleep (timeout not 0)."""
+    sel = asyncio.get_running_loop()._selector
+    orig, sleeps = sel.select, [0]
+
+    def select(timeout=None):
+        if timeout is None or timeout > 0:
+            sleeps[0] += 1
+        return orig(timeout)
+
+    sel.select = select
+    try:
+        yield sleeps
+    finally:
+        del sel.select

@@ -18,7 +18,7 @@ from cacheme.storages.redis import (
     RedisTimeoutError,
     parse_url,
 )
-from conftest import register_local, run_python, unique
+from conftest import count_sleeps, register_local, run_python, unique
 from redis_servers import (  # noqa: F401  (fixtures)
     RedisServer,
     _redis_session_server,
@@ -751,21 +751,25 @@ async def test_busy_poll_option(redis_server):
 
 
 async def test_busy_poll_answers_sequential_gets(redis_server):
-    # an idle loop spins for the reply; busy_poll=0 never does; same values
+    # an idle loop waits for the reply instead of sleeping in epoll_wait;
+    # busy_poll=0 never spins; same values either way
     _two_cpus()
     for limit, spins in ((0.005, True), (0, False)):
         s = RedisStorage(redis_server.url, busy_poll=limit)
         await s.connect()
         await s.set_all([(K(f"k{i}"), b"%d" % i) for i in range(20)], None, None)
-        for i in range(200):
-            got = await s.get(K(f"k{i % 25}"), None)
-            assert got == (b"%d" % (i % 25) if i % 25 < 20 else cacheme.models.sentinel)
+        with count_sleeps() as sleeps:
+            for i in range(200):
+                got = await s.get(K(f"k{i % 25}"), None)
+                assert got == (b"%d" % (i % 25) if i % 25 < 20 else cacheme.models.sentinel)
         info = s.busy_poll_info()
         await s.close()
         if spins:
-            assert info["busy_poll_hits"] >= 100, info
+            assert sleeps[0] <= 40, (sleeps, info)
+            assert info["busy_poll_timeouts"] <= 5, info
         else:
             assert info["busy_poll_hits"] == info["busy_poll_timeouts"] == 0, info
+            assert sleeps[0] >= 150, sleeps  # every reply through a sleeping loop
 
 
 async def test_busy_poll_never_delays_ready_tasks(redis_server):
