@@ -1040,13 +1040,10 @@ static void spin_handle(void *ctx, PyObject *obj, short revents)
 {
     (void)ctx;
     CmRedisConnObject *c = (CmRedisConnObject *)obj;
-    PyObject *r = NULL;
     if ((revents & POLLOUT) && c->writing && c->state == CONN_READY)
-        r = conn_on_write(obj, NULL);
-    Py_XDECREF(r);
+        Py_XDECREF(conn_on_write(obj, NULL));
     if ((revents & (POLLIN | POLLHUP | POLLERR)) && c->state == CONN_READY)
-        r = conn_on_read(obj, NULL);
-    Py_XDECREF(r);
+        Py_XDECREF(conn_on_read(obj, NULL));
     PyErr_Clear();
 }
 
