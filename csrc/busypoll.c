@@ -18,15 +18,23 @@ double cm_busypoll_default(void)
     return CM_BUSYPOLL_DEFAULT;
 }
 
-int cm_busypoll_check(double limit)
+int cm_busypoll_parse(PyObject *opt, double *limit)
 {
-    if (!(limit >= 0 && limit <= 0.01)) {
+    if (opt == Py_None) {
+        *limit = cm_busypoll_default();
+        return 0;
+    }
+    double v = PyFloat_AsDouble(opt);
+    if (v == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(v >= 0 && v <= 0.01)) {
         char buf[64];
-        snprintf(buf, sizeof(buf), "%g", limit);
+        snprintf(buf, sizeof(buf), "%g", v);
         PyErr_Format(PyExc_ValueError, "busy_poll must be between 0 (off) and 0.01 seconds, not %s",
                      buf);
         return -1;
     }
+    *limit = v;
     return 0;
 }
 
@@ -51,15 +59,18 @@ void cm_busypoll_follow(CmBusyPoll *bp, PyObject *loop)
     cm_exc_restore(saved);
 }
 
+/* 1 unless this request is one to skip after a timed-out spin (counted) */
+static int not_skipped(CmBusyPoll *bp)
+{
+    if (bp->skip == 0)
+        return 1;
+    bp->skip--;
+    return 0;
+}
+
 int cm_busypoll_wanted(CmBusyPoll *bp)
 {
-    if (bp->limit <= 0 || bp->ready == NULL || bp->pending)
-        return 0;
-    if (bp->skip > 0) {
-        bp->skip--;
-        return 0;
-    }
-    return 1;
+    return bp->limit > 0 && bp->ready != NULL && !bp->pending && not_skipped(bp);
 }
 
 static void release(PyObject **objs, int n)
@@ -148,11 +159,7 @@ int cm_busypoll_inline_ok(CmBusyPoll *bp, int64_t now)
             PyErr_Clear();
         return 0; /* something else is ready to run */
     }
-    if (bp->skip > 0) {
-        bp->skip--;
-        return 0;
-    }
-    return 1;
+    return not_skipped(bp);
 }
 
 int cm_busypoll_wait(CmBusyPoll *bp, cm_busypoll_collect collect, cm_busypoll_handle handle,

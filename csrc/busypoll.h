@@ -61,8 +61,9 @@ typedef struct {
 /* The default limit for this process: CM_BUSYPOLL_DEFAULT, or 0 when the
  * process may run on one CPU only. */
 double cm_busypoll_default(void);
-/* Validate a user's limit (seconds, >= 0, at most 0.01); -1 with ValueError. */
-int cm_busypoll_check(double limit);
+/* The `busy_poll` option: None is cm_busypoll_default(); else a number of
+ * seconds, 0 (off) to 0.01. -1 with TypeError/ValueError. */
+int cm_busypoll_parse(PyObject *opt, double *limit);
 /* Follow the loop requests are sent on (a no-op while it stays the same):
  * take its ready queue if it has one. Never raises. */
 void cm_busypoll_follow(CmBusyPoll *bp, PyObject *loop);
@@ -77,6 +78,27 @@ static inline void cm_busypoll_scheduled(CmBusyPoll *bp) { bp->pending = 1; }
  * raise). The objects are released after each round. Never raises. */
 typedef int (*cm_busypoll_collect)(void *ctx, struct pollfd *fds, PyObject **objs, int max);
 typedef void (*cm_busypoll_handle)(void *ctx, PyObject *obj, short revents);
+/* For collect(): put fd (watched for reading/writing) and obj (a new
+ * reference is taken) at position n; returns n + 1. */
+static inline int cm_busypoll_add(struct pollfd *fds, PyObject **objs, int n, int fd, int read,
+                                  int write, PyObject *obj)
+{
+    fds[n].fd = fd;
+    fds[n].events = (short)((read ? POLLIN : 0) | (write ? POLLOUT : 0));
+    fds[n].revents = 0;
+    objs[n] = Py_NewRef(obj);
+    return n + 1;
+}
+/* For handle(): what the revents mean (an error or hang-up reads as
+ * readable, so that the driver sees it on its next read). */
+static inline int cm_busypoll_readable(short revents)
+{
+    return (revents & (POLLIN | POLLHUP | POLLERR)) != 0;
+}
+static inline int cm_busypoll_writable(short revents)
+{
+    return (revents & (POLLOUT | POLLERR)) != 0;
+}
 void cm_busypoll_run(CmBusyPoll *bp, cm_busypoll_collect collect, cm_busypoll_handle handle,
                      void *ctx);
 

@@ -1026,12 +1026,8 @@ static int spin_collect(void *ctx, struct pollfd *fds, PyObject **objs, int max)
     int n = 0;
     for (int i = 0; p != NULL && i < p->nconns && n < max; i++) {
         CmRedisConnObject *c = p->conns[i]; // borrowed
-        if (c->state != CONN_READY || c->len == 0 || !c->reading)
-            continue;
-        fds[n].fd = c->fd;
-        fds[n].events = (short)(POLLIN | (c->writing ? POLLOUT : 0));
-        fds[n].revents = 0;
-        objs[n++] = Py_NewRef(c);
+        if (c->state == CONN_READY && c->len > 0 && c->reading)
+            n = cm_busypoll_add(fds, objs, n, c->fd, 1, c->writing, (PyObject *)c);
     }
     return n;
 }
@@ -1040,9 +1036,9 @@ static void spin_handle(void *ctx, PyObject *obj, short revents)
 {
     (void)ctx;
     CmRedisConnObject *c = (CmRedisConnObject *)obj;
-    if ((revents & POLLOUT) && c->writing && c->state == CONN_READY)
+    if (cm_busypoll_writable(revents) && c->writing && c->state == CONN_READY)
         Py_XDECREF(conn_on_write(obj, NULL));
-    if ((revents & (POLLIN | POLLHUP | POLLERR)) && c->state == CONN_READY)
+    if (cm_busypoll_readable(revents) && c->state == CONN_READY)
         Py_XDECREF(conn_on_read(obj, NULL));
     PyErr_Clear();
 }
@@ -1935,13 +1931,9 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
                                      &timeout, &cluster, &pipeline, &backoff, &backoff_max,
                                      &busy_poll))
         return -1;
-    double spin = cm_busypoll_default();
-    if (busy_poll != Py_None) {
-        if ((spin = PyFloat_AsDouble(busy_poll)) == -1.0 && PyErr_Occurred())
-            return -1;
-        if (cm_busypoll_check(spin) < 0)
-            return -1;
-    }
+    double spin;
+    if (cm_busypoll_parse(busy_poll, &spin) < 0)
+        return -1;
     if (host == NULL)
         host = "localhost";
     if (size < 1 || pipeline < 1 || !(connect_timeout > 0) || !(timeout > 0) || !(backoff > 0) ||

@@ -694,18 +694,21 @@ static void schedule_spin(CmSqlStorageObject *s)
         cm_busypoll_scheduled(&s->spin);
 }
 
+/* The context of a spin: the storage, and for an inline wait the future of
+ * the request waited for. */
+typedef struct {
+    CmSqlStorageObject *s;
+    PyObject *fut;
+} SpinCtx;
+
 static int spin_collect(void *ctx, struct pollfd *fds, PyObject **objs, int max)
 {
-    CmSqlStorageObject *s = ctx;
+    CmSqlStorageObject *s = ((SpinCtx *)ctx)->s;
     int n = 0;
     for (Py_ssize_t i = 0; i < s->nconns && n < max; i++) {
         CmSqlConnObject *c = s->conns[i]; // borrowed
-        if (c->state != CM_SQL_BUSY || c->fd < 0 || !(c->reading || c->writing))
-            continue;
-        fds[n].fd = c->fd;
-        fds[n].events = (short)((c->reading ? POLLIN : 0) | (c->writing ? POLLOUT : 0));
-        fds[n].revents = 0;
-        objs[n++] = Py_NewRef(c);
+        if (c->state == CM_SQL_BUSY && c->fd >= 0 && (c->reading || c->writing))
+            n = cm_busypoll_add(fds, objs, n, c->fd, c->reading, c->writing, (PyObject *)c);
     }
     return n;
 }
@@ -714,18 +717,17 @@ static void spin_handle(void *ctx, PyObject *obj, short revents)
 {
     (void)ctx;
     CmSqlConnObject *c = (CmSqlConnObject *)obj;
-    int readable = (revents & (POLLIN | POLLHUP | POLLERR)) && c->reading;
-    int writable = (revents & (POLLOUT | POLLERR)) && c->writing;
-    conn_io(obj, readable, writable);
+    conn_io(obj, cm_busypoll_readable(revents) && c->reading,
+            cm_busypoll_writable(revents) && c->writing);
     PyErr_Clear();
 }
 
 static PyObject *storage_on_spin(PyObject *self, PyObject *Py_UNUSED(unused))
 {
-    CmSqlStorageObject *s = (CmSqlStorageObject *)self;
-    Py_INCREF(s);
-    cm_busypoll_run(&s->spin, spin_collect, spin_handle, s);
-    Py_DECREF(s);
+    SpinCtx sc = {(CmSqlStorageObject *)self, NULL};
+    Py_INCREF(self);
+    cm_busypoll_run(&sc.s->spin, spin_collect, spin_handle, &sc);
+    Py_DECREF(self);
     Py_RETURN_NONE;
 }
 
@@ -737,20 +739,10 @@ static PyObject *storage_on_marker(PyObject *self, PyObject *Py_UNUSED(unused))
 }
 static PyMethodDef on_marker_def = {"_on_marker", storage_on_marker, METH_NOARGS, NULL};
 
-typedef struct {
-    CmSqlStorageObject *s;
-    PyObject *fut; /* the request's */
-} WaitCtx;
-
-static int wait_collect(void *ctx, struct pollfd *fds, PyObject **objs, int max)
-{
-    return spin_collect(((WaitCtx *)ctx)->s, fds, objs, max);
-}
-
 static int spin_fut_done(void *ctx)
 {
-    WaitCtx *w = ctx;
-    int d = cm_future_done(w->s->st, w->fut);
+    SpinCtx *sc = ctx;
+    int d = cm_future_done(sc->s->st, sc->fut);
     if (d < 0)
         PyErr_Clear();
     return d;
@@ -773,8 +765,8 @@ static PyObject *wait_inline(CmSqlStorageObject *s, PyObject *fut)
         s->spin.marker = 1;
         s->spin.inline_since = now;
     }
-    WaitCtx w = {s, fut};
-    if (!cm_busypoll_wait(&s->spin, wait_collect, spin_handle, spin_fut_done, &w))
+    SpinCtx sc = {s, fut};
+    if (!cm_busypoll_wait(&s->spin, spin_collect, spin_handle, spin_fut_done, &sc))
         return NULL;
     PyObject *res =
         PyObject_VectorcallMethod(st->s_result, &fut, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
@@ -864,9 +856,9 @@ static PyObject *submit(CmSqlStorageObject *s, CmSqlReq *r)
     enqueue(s, r);
     r = NULL;
     dispatch(s);
-    PyObject *now = wait_inline(s, out);
-    if (now != NULL)
-        Py_SETREF(out, now);
+    PyObject *answered = wait_inline(s, out);
+    if (answered != NULL)
+        Py_SETREF(out, answered);
     else
         schedule_spin(s);
 done:
@@ -1178,13 +1170,9 @@ static int storage_init(PyObject *self, PyObject *args, PyObject *kwds)
                                      &pool_size, &timeout, &connect_timeout, &sweep_interval,
                                      &sweep_limit, &PyDict_Type, &options, &busy_poll))
         return -1;
-    double spin = cm_busypoll_default();
-    if (busy_poll != Py_None) {
-        if ((spin = PyFloat_AsDouble(busy_poll)) == -1.0 && PyErr_Occurred())
-            return -1;
-        if (cm_busypoll_check(spin) < 0)
-            return -1;
-    }
+    double spin;
+    if (cm_busypoll_parse(busy_poll, &spin) < 0)
+        return -1;
     Py_ssize_t tn;
     const char *tp = PyUnicode_AsUTF8AndSize(table, &tn);
     if (tp == NULL)
