@@ -77,3 +77,56 @@ def count_sleeps():
         yield sleeps
     finally:
         del sel.select
+
+
+# Leak harnesses: code run in a fresh interpreter (run_python) prints
+# "objects_before objects_after rss_before rss_after" around a long loop.
+LEAK_SNAPSHOT = '''
+import gc
+
+def rss_kb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4
+
+def snapshot():
+    gc.collect()
+    return len(gc.get_objects()), rss_kb()
+'''
+
+
+def assert_flat(out: str, rss_kib: int) -> None:
+    """Live objects and memory flat between the two snapshots in out."""
+    objs_before, objs_after, rss_before, rss_after = map(int, out.split())
+    assert objs_after - objs_before < 200, (objs_before, objs_after)
+    if os.environ.get("CACHEME_EXPECT_BUILD") != "asan":  # ASan's quarantine keeps freed memory
+        assert rss_after - rss_before < rss_kib, (rss_before, rss_after)  # KiB
+
+
+class ReadyTask:
+    """A task that is always ready to run (it only yields), counting its
+    steps: `async with ReadyTask() as t: ...; t.ticks`."""
+
+    def __init__(self):
+        self.ticks = 0
+        self._stop = False
+        self._task = None
+
+    async def _run(self):
+        while not self._stop:
+            self.ticks += 1
+            await asyncio.sleep(0)
+
+    async def __aenter__(self):
+        self._task = asyncio.ensure_future(self._run())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc):
+        self._stop = True
+        await self._task
+
+
+def needs_two_cpus() -> None:
+    """Skip where busy polling is off by default (one usable CPU)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("busy polling is off with one usable CPU")

@@ -1,23 +1,15 @@
 """Leak tests: the hot paths looped in a fresh interpreter; live objects and
 memory must stay flat between a warm-up and a long run."""
-import os
 
 import pytest
 
-from conftest import run_python
+from conftest import LEAK_SNAPSHOT, assert_flat, run_python
 
 HARNESS = r'''
 import asyncio, dataclasses, gc, sys
 import cacheme
 from cacheme import Cache, Node
 
-def rss_kb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4
-
-def snapshot():
-    gc.collect()
-    return len(gc.get_objects()), rss_kb()
 
 @dataclasses.dataclass
 class N(Node):
@@ -106,9 +98,5 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_hot_path_does_not_leak(case):
-    code = HARNESS.replace("{body}", CASES[case]).replace("{n}", "30000")
-    out = run_python(code).split()
-    objs_before, objs_after, rss_before, rss_after = map(int, out)
-    assert objs_after - objs_before < 200, (objs_before, objs_after)
-    if os.environ.get("CACHEME_EXPECT_BUILD") != "asan":  # ASan's quarantine keeps freed memory
-        assert rss_after - rss_before < 4096, (rss_before, rss_after)  # KiB
+    code = LEAK_SNAPSHOT + HARNESS.replace("{body}", CASES[case]).replace("{n}", "30000")
+    assert_flat(run_python(code), rss_kib=4096)

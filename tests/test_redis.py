@@ -18,7 +18,7 @@ from cacheme.storages.redis import (
     RedisTimeoutError,
     parse_url,
 )
-from conftest import count_sleeps, register_local, run_python, unique
+from conftest import ReadyTask, count_sleeps, needs_two_cpus, register_local, run_python, unique
 from redis_servers import (  # noqa: F401  (fixtures)
     RedisServer,
     _redis_session_server,
@@ -732,11 +732,6 @@ async def test_address_is_looked_up_once_per_pool_and_again_after_a_connect_fail
 # ---------------------------------------------------------------- busy polling
 
 
-def _two_cpus():
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("busy polling is off with one usable CPU")
-
-
 async def test_busy_poll_option(redis_server):
     default = 0.0002 if len(os.sched_getaffinity(0)) > 1 else 0.0
     assert RedisStorage(redis_server.url).busy_poll_info()["busy_poll"] == default
@@ -753,7 +748,7 @@ async def test_busy_poll_option(redis_server):
 async def test_busy_poll_answers_sequential_gets(redis_server):
     # an idle loop waits for the reply instead of sleeping in epoll_wait;
     # busy_poll=0 never spins; same values either way
-    _two_cpus()
+    needs_two_cpus()
     for limit, spins in ((0.005, True), (0, False)):
         s = RedisStorage(redis_server.url, busy_poll=limit)
         await s.connect()
@@ -776,32 +771,19 @@ async def test_busy_poll_never_delays_ready_tasks(redis_server):
     s = RedisStorage(redis_server.url, busy_poll=0.005)
     await s.connect()
     await s.execute("SET", "a", "1")
-    ticks = 0
-    stop = False
-
-    async def spinner():
-        nonlocal ticks
-        while not stop:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.ensure_future(spinner())
-    await asyncio.sleep(0)
-    before = s.busy_poll_info()
-    start = ticks
-    for _ in range(100):
-        assert await s.execute("GET", "a") == b"1"
-    after = s.busy_poll_info()
-    stop = True
-    await task
+    async with ReadyTask() as other:
+        before, start = s.busy_poll_info(), other.ticks
+        for _ in range(100):
+            assert await s.execute("GET", "a") == b"1"
+        after = s.busy_poll_info()
     await s.close()
-    assert ticks - start >= 100
+    assert other.ticks - start >= 100
     assert after == before
 
 
 async def test_busy_poll_backs_off_on_a_slow_server(redis_server):
     # replies 3 ms late, limit 0.2 ms: about log2(100) spins for 100 gets
-    _two_cpus()
+    needs_two_cpus()
     from delay_proxy import DelayProxy
 
     proxy = DelayProxy("127.0.0.1", redis_server.port, 0.003)

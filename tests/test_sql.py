@@ -19,7 +19,7 @@ from cacheme import _core
 from cacheme.models import sentinel
 from cacheme.serializer import JSONSerializer, MsgPackSerializer, PickleSerializer
 from cacheme.storages.sqldb import SQLConnectionError, SQLTableError, SQLTimeoutError, ddl_script
-from conftest import count_sleeps, run_python, unique
+from conftest import ReadyTask, count_sleeps, needs_two_cpus, run_python, unique
 from delay_proxy import DelayProxy
 from sql_servers import MariaServer, PgServer
 
@@ -835,11 +835,6 @@ def _proxied(url, port):
     return url.replace(f"{u.hostname}:{u.port}", f"127.0.0.1:{port}", 1), (u.hostname, u.port)
 
 
-def _two_cpus():
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("busy polling is off with one usable CPU")
-
-
 async def test_busy_poll_option(url, backend):
     _networked(backend)
     default = 0.0002 if len(os.sched_getaffinity(0)) > 1 else 0.0
@@ -860,7 +855,7 @@ async def test_busy_poll_answers_sequential_reads(url, backend):
     # an idle loop waits for the reply instead of sleeping in epoll_wait;
     # busy_poll=0 never spins; same values either way
     _networked(backend)
-    _two_cpus()
+    needs_two_cpus()
     table = unique("cm_t")
     for limit, spins in ((0.005, True), (0, False)):
         name = await register(url, table=table, busy_poll=limit)
@@ -889,25 +884,12 @@ async def test_busy_poll_never_delays_ready_tasks(url, backend):
     name = await register(url, busy_poll=0.005)
     s = storage_of(name)
     await s.set(K("a"), b"1", None, None)
-    ticks = 0
-    stop = False
-
-    async def spinner():
-        nonlocal ticks
-        while not stop:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.ensure_future(spinner())
-    await asyncio.sleep(0)
-    before = s.pool_info()
-    start = ticks
-    for _ in range(100):
-        assert await s.get(K("a"), None) == b"1"
-    after = s.pool_info()
-    stop = True
-    await task
-    assert ticks - start >= 100
+    async with ReadyTask() as other:
+        before, start = s.pool_info(), other.ticks
+        for _ in range(100):
+            assert await s.get(K("a"), None) == b"1"
+        after = s.pool_info()
+    assert other.ticks - start >= 100
     for k in ("busy_poll_hits", "busy_poll_timeouts", "busy_poll_inline"):
         assert after[k] == before[k], (before, after)
 
@@ -916,7 +898,7 @@ async def test_busy_poll_inline_waits_leave_the_loop_every_millisecond(url, back
     # gets answered inside their own call do not yield, but at most ~1 ms of
     # them run between two loop iterations: a timer keeps firing meanwhile
     _networked(backend)
-    _two_cpus()
+    needs_two_cpus()
     name = await register(url, busy_poll=0.005)
     s = storage_of(name)
     await s.set(K("a"), b"1", None, None)
@@ -942,7 +924,7 @@ async def test_busy_poll_backs_off_on_a_slow_server(url, backend):
     # replies 3 ms late, limit 0.2 ms: each timed-out spin doubles the
     # requests that skip it, so 100 reads spin about log2(100) times
     _networked(backend)
-    _two_cpus()
+    needs_two_cpus()
     table = unique("cm_t")
     name = await register(url, table=table)
     await storage_of(name).set(K("a"), b"1", None, None)
