@@ -17,9 +17,10 @@
  * Nesting deeper than CM_SER_MAX_DECODE_DEPTH is an error. Ext types (never
  * written by 0.3.0) are refused. Maps with a "__class__" key go through the
  * 0.3.0 object decoder, like msgpack's object_hook did. Where the time goes
- * on documents: dict inserts (CPython's, a third), then creating strs, so
- * ASCII strs are copied straight into PyUnicode_New's buffer (no decoder
- * pass) and short keys and values come from a cache (mp_cached_str). */
+ * on documents: dict inserts (CPython's, a third), so maps that repeat a
+ * set of keys are copies of a template (mp_read_map_small); then creating
+ * strs, so ASCII strs are copied straight into PyUnicode_New's buffer (no
+ * decoder pass) and short keys and values come from a cache (mp_cached_str). */
 #include "msgpack_codec.h"
 #include "serializer.h"
 
@@ -639,6 +640,233 @@ generic:
     return k;
 }
 
+/* Lists of records repeat one set of keys, and CPython's dict insert is most
+ * of the decoding time of such documents (a lookup, then an insert, for
+ * each item). So a map of 2..CM_SER_MAPTPL_MAXN keys is read into arrays
+ * first. The second time the same cached key strs come in the same order
+ * they become a template: a dict of those keys to None. A later map with
+ * those keys is a PyDict_Copy of the template (one copy of the table) with
+ * its values stored straight into the entries, and the template last used
+ * for maps of n keys predicts the next one: its keys are compared as bytes
+ * with the input, which skips the key cache's hashing.
+ *
+ * Storing into the entries relies on the layout of a combined str-keyed
+ * dict in CPython 3.11 and 3.12 (CmDictKeys, a mirror of PyDictKeysObject
+ * in Include/internal/pycore_dict.h), so every copy is checked (kind, sizes,
+ * each entry's key and None value) before anything is written, and a
+ * mismatch, or another CPython version, turns templates off for good: every
+ * dict is then built with PyDict_SetItem. The result is the dict SetItem
+ * would build (keys, order, values; duplicate keys never make a template),
+ * tracked by the GC when a value is a container. */
+#define CM_MP_TPL_MINN 2
+#define CM_MP_TPL_MAXDEPTH 32 /* keep the arrays off deep recursions */
+
+typedef struct {
+    Py_ssize_t dk_refcnt;
+    uint8_t dk_log2_size;
+    uint8_t dk_log2_index_bytes;
+    uint8_t dk_kind; /* 1: DICT_KEYS_UNICODE */
+    uint32_t dk_version;
+    Py_ssize_t dk_usable;
+    Py_ssize_t dk_nentries;
+    char dk_indices[];
+} CmDictKeys;
+
+typedef struct {
+    PyObject *me_key;
+    PyObject *me_value;
+} CmDictUEntry;
+
+/* The entries of a fresh copy of the template of ks[0..n), or NULL if they
+ * are not laid out as we expect. */
+static CmDictUEntry *mp_tpl_entries(PyObject *dict, PyObject *const *ks, size_t n)
+{
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
+    PyDictObject *mp = (PyDictObject *)dict;
+    CmDictKeys *dk = (CmDictKeys *)mp->ma_keys;
+    CmDictUEntry *e;
+    if (mp->ma_values != NULL || mp->ma_used != (Py_ssize_t)n || dk->dk_kind != 1 ||
+        dk->dk_nentries != (Py_ssize_t)n || dk->dk_log2_index_bytes < dk->dk_log2_size ||
+        dk->dk_log2_index_bytes > dk->dk_log2_size + 3)
+        return NULL;
+    e = (CmDictUEntry *)(dk->dk_indices + ((size_t)1 << dk->dk_log2_index_bytes));
+    for (size_t i = 0; i < n; i++)
+        if (e[i].me_key != ks[i] || e[i].me_value != Py_None)
+            return NULL;
+    return e;
+#else
+    (void)dict, (void)ks, (void)n;
+    return NULL;
+#endif
+}
+
+static uint64_t mp_keys_sig(PyObject *const *ks, size_t n)
+{
+    uint64_t h = n;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint64_t)(uintptr_t)ks[i]) * 0x9e3779b97f4a7c15u;
+    return h ^ (h >> 29);
+}
+
+static void mp_tpl_off(CmState *st)
+{
+    st->ser_maptpl_off = 1;
+    for (size_t i = 0; i < CM_SER_MAPTPL_SLOTS; i++)
+        Py_CLEAR(st->ser_maptpl[i].dict);
+}
+
+/* Make ks[0..n) the template of its slot (no template for duplicate keys). */
+static int mp_tpl_make(CmState *st, size_t slot, PyObject *const *ks, size_t n)
+{
+    PyObject *tpl = PyDict_New();
+    if (tpl == NULL)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (PyDict_SetItem(tpl, ks[i], Py_None) < 0) {
+            Py_DECREF(tpl);
+            return -1;
+        }
+    }
+    if (PyDict_GET_SIZE(tpl) != (Py_ssize_t)n) {
+        Py_DECREF(tpl);
+        return 0;
+    }
+    Py_XSETREF(st->ser_maptpl[slot].dict, tpl);
+    memcpy(st->ser_maptpl[slot].keys, ks, n * sizeof(PyObject *));
+    st->ser_maptpl[slot].n = (uint32_t)n;
+    st->ser_maptpl_byn[n] = (uint8_t)(slot + 1);
+    return 0;
+}
+
+/* The dict of ks[i] -> vs[i] as a copy of template `slot`, whose keys are
+ * ks; NULL with an exception on error, NULL without one if templates went
+ * off. */
+static PyObject *mp_tpl_dict(CmState *st, size_t slot, PyObject *const *ks, PyObject *const *vs,
+                             size_t n)
+{
+    PyObject *dict = PyDict_Copy(st->ser_maptpl[slot].dict);
+    CmDictUEntry *e;
+    int track = 0;
+    if (dict == NULL)
+        return NULL;
+    if ((e = mp_tpl_entries(dict, ks, n)) == NULL) {
+        Py_DECREF(dict);
+        mp_tpl_off(st);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        PyObject *v = vs[i];
+        Py_SETREF(e[i].me_value, Py_NewRef(v));
+        track |= PyType_IS_GC(Py_TYPE(v));
+    }
+    if (track && !PyObject_GC_IsTracked(dict))
+        PyObject_GC_Track(dict);
+    st->ser_maptpl_byn[n] = (uint8_t)(slot + 1);
+    return dict;
+}
+
+/* The dict of ks[i] -> vs[i] (references stay with the caller); `cached`:
+ * all keys came from the key cache, so they may match or make a template. */
+static PyObject *mp_dict_of(CmState *st, PyObject *const *ks, PyObject *const *vs, size_t n,
+                            int cached)
+{
+    PyObject *dict;
+    size_t slot = 0;
+    uint64_t sig = 0;
+    cached = cached && !st->ser_maptpl_off;
+    if (cached) {
+        sig = mp_keys_sig(ks, n);
+        slot = (size_t)(sig >> 40) % CM_SER_MAPTPL_SLOTS;
+        if (st->ser_maptpl[slot].dict != NULL && st->ser_maptpl[slot].n == n &&
+            memcmp(st->ser_maptpl[slot].keys, ks, n * sizeof(PyObject *)) == 0 &&
+            ((dict = mp_tpl_dict(st, slot, ks, vs, n)) != NULL || PyErr_Occurred()))
+            return dict;
+    }
+    if ((dict = _PyDict_NewPresized((Py_ssize_t)n)) == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (PyDict_SetItem(dict, ks[i], vs[i]) < 0) {
+            Py_DECREF(dict);
+            return NULL;
+        }
+    }
+    if (cached && !st->ser_maptpl_off) {
+        if (st->ser_maptpl[slot].pending != sig) {
+            st->ser_maptpl[slot].pending = sig;
+        } else if (mp_tpl_make(st, slot, ks, n) < 0) {
+            Py_DECREF(dict);
+            return NULL;
+        }
+    }
+    return dict;
+}
+
+/* The predicted key k, if the input's next item encodes exactly its bytes. */
+static inline PyObject *mp_tpl_key(CmMpDec *d, PyObject *k)
+{
+    size_t n = (size_t)PyUnicode_GET_LENGTH(k), hdr;
+    const uint8_t *p = d->p;
+    if (p < d->end && n < 32 && *p == (0xa0 | n))
+        hdr = 1;
+    else if (mp_left(d) >= 2 && *p == 0xd9 && p[1] == n)
+        hdr = 2;
+    else
+        return NULL;
+    if (mp_left(d) - hdr < n || memcmp(p + hdr, PyUnicode_DATA(k), n) != 0)
+        return NULL;
+    d->p = p + hdr + n;
+    return Py_NewRef(k);
+}
+
+static PyObject *mp_read_map_small(CmMpDec *d, size_t n, int depth)
+{
+    CmState *st = d->st;
+    PyObject *ks[CM_SER_MAPTPL_MAXN], *vs[CM_SER_MAPTPL_MAXN], *dict = NULL, *res = NULL;
+    PyObject *tpl = NULL; /* the predicted template, held: values may replace it in its slot */
+    size_t i, got = 0;
+    int has_class = 0, cached = 1;
+    int slot = st->ser_maptpl_off ? -1 : st->ser_maptpl_byn[n] - 1;
+    if (slot >= 0 && (st->ser_maptpl[slot].dict == NULL || st->ser_maptpl[slot].n != n))
+        slot = -1;
+    if (slot >= 0)
+        tpl = Py_NewRef(st->ser_maptpl[slot].dict);
+    for (i = 0; i < n; i++) {
+        if (slot >= 0 && (st->ser_maptpl[slot].dict != tpl ||
+                          (ks[i] = mp_tpl_key(d, st->ser_maptpl[slot].keys[i])) == NULL))
+            slot = -1;
+        if (slot < 0) {
+            const uint8_t *at = d->p;
+            if ((ks[i] = mp_read_key(d, depth + 1, &has_class)) == NULL)
+                goto done;
+            /* the key cache holds fixstr/str8 keys of <= CM_MP_KEY_MAXLEN bytes */
+            if (!(((*at & 0xe0) == 0xa0 || *at == 0xd9) && PyUnicode_CheckExact(ks[i]) &&
+                  PyUnicode_IS_COMPACT_ASCII(ks[i]) &&
+                  PyUnicode_GET_LENGTH(ks[i]) <= CM_MP_KEY_MAXLEN))
+                cached = 0;
+        }
+        if ((vs[i] = mp_read_item(d, depth + 1)) == NULL) {
+            Py_DECREF(ks[i]);
+            goto done;
+        }
+        got++;
+    }
+    /* all keys as predicted (a template has no "__class__") */
+    if (slot >= 0 && st->ser_maptpl[slot].dict == tpl &&
+        (dict = mp_tpl_dict(st, (size_t)slot, ks, vs, n)) == NULL && PyErr_Occurred())
+        goto done;
+    if (dict == NULL && (dict = mp_dict_of(st, ks, vs, n, cached && !has_class)) == NULL)
+        goto done;
+    res = has_class ? cm_ser_object_decode(st, dict) : Py_NewRef(dict);
+    Py_DECREF(dict);
+done:
+    for (i = 0; i < got; i++) {
+        Py_DECREF(ks[i]);
+        Py_DECREF(vs[i]);
+    }
+    Py_XDECREF(tpl);
+    return res;
+}
+
 static PyObject *mp_read_map(CmMpDec *d, size_t n, int depth)
 {
     PyObject *dict, *res = NULL;
@@ -648,6 +876,8 @@ static PyObject *mp_read_map(CmMpDec *d, size_t n, int depth)
         return mp_fail(d, "nesting too deep");
     if (n > mp_left(d) / 2)
         return mp_fail(d, "map length exceeds the input");
+    if (n >= CM_MP_TPL_MINN && n <= CM_SER_MAPTPL_MAXN && depth < CM_MP_TPL_MAXDEPTH)
+        return mp_read_map_small(d, n, depth);
     if ((dict = _PyDict_NewPresized((Py_ssize_t)n)) == NULL)
         return NULL;
     for (i = 0; i < n; i++) {

@@ -504,6 +504,8 @@ int cm_serializer_traverse(CmState *st, visitproc visit, void *arg)
     CM_SER_OBJECTS(CM_SER_VISIT)
 #undef CM_SER_VISIT
     /* ser_keycache holds only exact str objects: nothing to traverse */
+    for (size_t i = 0; i < CM_SER_MAPTPL_SLOTS; i++)
+        Py_VISIT(st->ser_maptpl[i].dict);
     return 0;
 }
 
@@ -514,4 +516,6 @@ void cm_serializer_clear(CmState *st)
 #undef CM_SER_CLEAR
     for (size_t i = 0; i < CM_SER_KEYCACHE_SIZE; i++)
         Py_CLEAR(st->ser_keycache[i]);
+    for (size_t i = 0; i < CM_SER_MAPTPL_SLOTS; i++)
+        Py_CLEAR(st->ser_maptpl[i].dict);
 }

@@ -139,6 +139,18 @@ typedef struct {
 #undef CM_SER_DECLARE
 #define CM_SER_KEYCACHE_SIZE 512
     PyObject *ser_keycache[CM_SER_KEYCACHE_SIZE]; /* short ASCII map keys (msgpack_codec.c) */
+#define CM_SER_MAPTPL_SLOTS 16
+#define CM_SER_MAPTPL_MAXN 32
+    /* maps seen twice with the same keys (lists of records): a dict of
+     * those keys to None that the decoder copies (msgpack_codec.c) */
+    struct {
+        PyObject *dict;                     /* NULL while the slot is empty */
+        PyObject *keys[CM_SER_MAPTPL_MAXN]; /* borrowed from dict, in order */
+        uint64_t pending;                   /* signature of the last miss */
+        uint32_t n;
+    } ser_maptpl[CM_SER_MAPTPL_SLOTS];
+    uint8_t ser_maptpl_byn[CM_SER_MAPTPL_MAXN + 1]; /* 1 + slot last used for n keys */
+    int ser_maptpl_off; /* a copy was not laid out as expected: templates off */
     /* end serializer */
     /* redis (redis.c, rediscluster.c; the fd watches of loop.c) */
 #define CM_REDIS_OBJECTS(X)                                                                        \

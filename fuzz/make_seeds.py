@@ -36,6 +36,10 @@ VALUES = [
     datetime.time(1, 2, 3), datetime.timedelta(days=1, seconds=3.5),
     decimal.Decimal("1.25"), uuid.UUID(int=7), {1, 2}, frozenset({"a"}),
     D(a=1, b=[D(a=2)], c=D(a=3)),
+    # lists of records: the decoder's map templates (made, predicted, nested)
+    [{"id": i, "name": "n", "tags": ["a"], "friends": [{"id": j, "name": "f"} for j in range(2)],
+      "x1": 1, "x2": None} for i in range(4)],
+    [{"k1": 1, "k2": 2}, {"k2": 2, "k1": 1}, {"k1": 1, "k2": 2}, {"k1": 1, "k2": 2, "k3": 3}],
 ]
 
 

@@ -9,6 +9,9 @@ HARNESS = r'''
 import asyncio, dataclasses, gc, sys
 import cacheme
 from cacheme import Cache, Node
+from cacheme.serializer import MsgPackSerializer
+
+MP = MsgPackSerializer()
 
 
 @dataclasses.dataclass
@@ -85,6 +88,12 @@ CASES = {
         "    await asyncio.gather(*ts, return_exceptions=True)"
     ),
     "invalidate_refresh": "    await cacheme.refresh(N(i % 10))",
+    # msgpack map templates: made, used, replaced in their slots, nested
+    "msgpack_records": (
+        "    v = [{f'k{(i // 7 + j) % 40}': [j] if j % 3 else j for j in range(2 + i % 9)}\n"
+        "         for _ in range(3)] + [{'a': [i], 'b': {'c': i}, 'x' * 40: 1}]\n"
+        "    assert MP.loads(MP.dumps(v)) == v"
+    ),
     "suspending_load": "    await asyncio.gather(*(cacheme.get(S(i)) for _ in range(3)))",
     "leader_cancelled_with_waiters": (
         "    ts = [asyncio.ensure_future(cacheme.get(S(-1 - i)))]\n"

@@ -238,6 +238,93 @@ def test_msgpack_large_outputs_match_msgpack_package():
     assert ser.dumps(big) == msgpack.dumps(big) and ser.loads(ser.dumps(big)) == big
 
 
+def _items_deep(v):
+    """v with every dict as its list of items: equality that sees key order."""
+    if isinstance(v, dict):
+        return ("dict", [(_items_deep(k), _items_deep(x)) for k, x in v.items()])
+    if isinstance(v, list):
+        return [_items_deep(x) for x in v]
+    return v
+
+
+def test_msgpack_repeated_records_decode_as_dict_inserts_would():
+    # lists of records make and use map templates (msgpack_codec.c): the
+    # result must be what msgpack's own decoder builds, key order included,
+    # through slot collisions, nesting, keys in another order, key sets that
+    # grow or shrink by one, a template replaced while its map is read, and
+    # maps the template path must not take (duplicate keys, long keys,
+    # non-str keys, "__class__")
+    msgpack = pytest.importorskip("msgpack")
+    import random
+
+    ser = S.MsgPackSerializer()
+    rng = random.Random(7)
+    names = [f"k{i}" for i in range(40)] + ["x" * 33, "é", "__class__x"]
+    shapes = [names[i:i + n] for i in range(0, 30, 3) for n in (2, 5, 6, 22, 32)]
+    shapes += [list(reversed(shapes[3])), shapes[3][:-1], shapes[3] + ["k39"], names[30:43]]
+
+    def value(depth):
+        r = rng.random()
+        if depth < 3 and r < 0.2:
+            return record(depth + 1)
+        if depth < 3 and r < 0.3:
+            return [record(depth + 1) for _ in range(rng.randint(0, 4))]
+        return rng.choice([1, -7, 2.5, "v", "w" * 20, None, True, [1, "a"], {}, b"b"])
+
+    def record(depth):
+        return {k: value(depth) for k in rng.choice(shapes)}
+
+    for _ in range(300):
+        doc = [record(0) for _ in range(rng.randint(1, 12))]
+        blob = ser.dumps(doc)
+        assert blob == msgpack.dumps(doc)
+        back = ser.loads(blob)
+        assert _items_deep(back) == _items_deep(msgpack.loads(blob, strict_map_key=False))
+
+    # duplicate keys (last one wins), a non-str key, each many times over
+    dup = b"\x93" + b"\x83\xa1a\x01\xa1b\x02\xa1a\x03" * 3
+    for _ in range(5):
+        assert ser.loads(dup) == msgpack.loads(dup) == [{"a": 3, "b": 2}] * 3
+        mixed = ser.dumps([{"a": 1, 2: "two", "c": 3}] * 4)
+        assert _items_deep(ser.loads(mixed)) == _items_deep([{"a": 1, 2: "two", "c": 3}] * 4)
+
+    # a 0.3.0 object whose fields look like a record already seen
+    dt = datetime.datetime(2021, 5, 6)
+    recs = [{"__class__": "datetime.datetime", "data": dt.isoformat()}] * 3
+    plain = [{"__class_": "datetime.datetime", "data": dt.isoformat()}] * 3
+    for _ in range(3):
+        assert ser.loads(ser.dumps(plain)) == plain
+        assert ser.loads(msgpack.dumps(recs)) == [dt] * 3
+
+
+def test_msgpack_template_dicts_are_ordinary_dicts():
+    import gc
+
+    ser = S.MsgPackSerializer()
+    rec = {f"f{i}": i for i in range(10)}
+    blob = ser.dumps([dict(rec, tags=["a"]) for _ in range(5)] + [dict(rec) for _ in range(5)])
+    for _ in range(3):
+        back = ser.loads(blob)
+    # a container value makes the dict tracked, as an insert would
+    assert all(gc.is_tracked(d) for d in back[:5])
+    # each dict is its own: mutate them every way, the others and the next
+    # decode see none of it
+    back[0]["f1"] = "changed"
+    del back[1]["f2"]
+    back[2]["new"] = 1
+    back[3].clear()
+    back[4].update({f"g{i}": i for i in range(50)})
+    assert back[5] == rec and list(back[5]) == list(rec)
+    assert back[1] == {k: v for k, v in dict(rec, tags=["a"]).items() if k != "f2"}
+    assert back[4]["g49"] == 49 and back[4]["f9"] == 9
+    again = ser.loads(blob)
+    assert again[0] == dict(rec, tags=["a"]) and again[9] == rec
+    plain, got = dict(rec), again[9]
+    assert sys.getrefcount(got) == sys.getrefcount(plain) + 1  # the list, nothing else
+    for d in again:
+        assert d.get("f3") == 3 and ("f3" in d) and d.pop("f3") == 3 and "f3" not in d
+
+
 def test_msgpack_nesting_limit_is_the_same_for_every_leaf():
     # leaves are packed inline by their container, which checks the limit for
     # them: a leaf at depth 511 is written, at 512 refused, whatever its type
