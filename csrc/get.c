@@ -50,7 +50,12 @@ PyObject *cm_get(CmState *st, CmRequest *req)
     if (cfg == NULL)
         return NULL;
     CmMetricsObject *m = cfg->metrics;
-    PyObject *full = cm_key_cached(st, node);
+    /* a node of its config's class: the key slot is there, read it directly
+     * (an empty slot is the common case: a node built for this call) */
+    PyObject *full = cfg->key_slot && Py_TYPE(node) == cfg->cls &&
+                             *(PyObject **)((char *)node + st->key_slot_offset) == NULL
+                         ? NULL
+                         : cm_key_cached(st, node);
     PyObject *key = NULL; /* node.key(), while the full key is not built */
     PyObject *result = NULL;
     CmKeyParts parts;

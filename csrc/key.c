@@ -103,6 +103,31 @@ PyObject *cm_key_call(CmState *st, PyObject *node, CmNodeConfigObject *cfg)
     return key;
 }
 
+/* memcpy for the few bytes of a key part: up to 16 bytes are two loads and
+ * two stores that may overlap, instead of a call */
+static inline void cm_copy_short(unsigned char *dst, const unsigned char *src, size_t n)
+{
+    if (n >= 8 && n <= 16) {
+        uint64_t a, b;
+        memcpy(&a, src, 8);
+        memcpy(&b, src + n - 8, 8);
+        memcpy(dst, &a, 8);
+        memcpy(dst + n - 8, &b, 8);
+    } else if (n >= 4 && n < 8) {
+        uint32_t a, b;
+        memcpy(&a, src, 4);
+        memcpy(&b, src + n - 4, 4);
+        memcpy(dst, &a, 4);
+        memcpy(dst + n - 4, &b, 4);
+    } else if (n > 16) {
+        memcpy(dst, src, n);
+    } else if (n > 0) {
+        dst[0] = src[0];
+        dst[n >> 1] = src[n >> 1];
+        dst[n - 1] = src[n - 1];
+    }
+}
+
 int cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *parts, Py_hash_t *hash)
 {
 #if Py_HASH_ALGORITHM == Py_HASH_SIPHASH13 && Py_HASH_CUTOFF == 0
@@ -113,7 +138,7 @@ int cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *part
         Py_ssize_t len = PyUnicode_GET_LENGTH(p);
         if (PyUnicode_KIND(p) != PyUnicode_1BYTE_KIND || n + len + 1 > CM_KEY_BUF)
             return 0;
-        memcpy(parts->data + n, PyUnicode_1BYTE_DATA(p), (size_t)len);
+        cm_copy_short(parts->data + n, PyUnicode_1BYTE_DATA(p), (size_t)len);
         n += len;
         if (i < 2)
             parts->data[n++] = ':';

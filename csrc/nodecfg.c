@@ -178,6 +178,8 @@ static CmNodeConfigObject *cfg_build(CmState *st, PyTypeObject *cls)
     c->meth_tag = 0;
     c->ncaches = 0;
     c->nlocal_prefix = 0;
+    c->key_slot = st->key_slot_offset > 0 && st->KeySlotType != NULL &&
+                  PyType_IsSubtype(cls, (PyTypeObject *)st->KeySlotType);
     PyObject_GC_Track(c);
 
     c->version = PyObject_GetAttr(meta, st->s_version);

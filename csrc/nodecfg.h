@@ -31,6 +31,7 @@ typedef struct CmNodeConfigObject_ {
     PyObject *doorkeeper; /* or None */
     int doorkeeper_c;     /* doorkeeper is our BloomFilter */
     int nlocal_prefix;    /* how many leading caches are local */
+    int key_slot;         /* cls has the full key slot (cacheme.models._FullKeySlot) */
     CmMetricsObject *metrics;
     /* cls.key and cls.load when they are plain functions, called without
      * the method lookup while cls keeps the version tag it had then

@@ -55,8 +55,12 @@ static inline uint64_t cm_siphash13(uint64_t k0, uint64_t k1, const void *data, 
         v0 ^= m;
     }
     m = 0;
-    for (size_t i = 0; i < left; i++)
-        m |= (uint64_t)p[i] << (8 * i);
+    if (left > 0 && n >= 8) { /* the last 8 bytes, shifted past the ones done */
+        m = cm_load_le64(p + left - 8) >> (64 - 8 * left);
+    } else {
+        for (size_t i = 0; i < left; i++)
+            m |= (uint64_t)p[i] << (8 * i);
+    }
     b |= m;
     v3 ^= b;
     CM_SIPROUND(v0, v1, v2, v3);

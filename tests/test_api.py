@@ -415,11 +415,18 @@ def test_full_key_hash_from_parts_matches_str_hash():
 
     rng = random.Random(3)
     alphabet = "abcXYZ019:_-é"  # é keeps it 1-byte (latin-1)
-    for n in range(0, 40):
-        key = "".join(rng.choice(alphabet) for _ in range(n))
-        for version in ("", "v1", "version-123456789"):
-            full = f"{_core.get_prefix()}:{key}:{version}"
-            assert _core._hash_parts(key, version) == hash(full)
+    old = _core.get_prefix()
+    try:
+        # every part length around the copy and hash word sizes
+        for prefix in (old, "p", "pre", "pref", "prefix-8", "prefix-of-17-char"):
+            _core.set_prefix(prefix)
+            for n in range(0, 40):
+                key = "".join(rng.choice(alphabet) for _ in range(n))
+                for version in ("", "v", "v1", "v123", "version-123456789"):
+                    full = f"{prefix}:{key}:{version}"
+                    assert _core._hash_parts(key, version) == hash(full)
+    finally:
+        _core.set_prefix(old)
     assert _core._hash_parts("ключ", "v1") is None  # wide strings build the key instead
 
 
