@@ -26,6 +26,9 @@
 
 #include <msgpack.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* for the few small functions the per-item loops must not call */
 #if defined(__GNUC__) || defined(__clang__)
@@ -434,11 +437,26 @@ static inline uint64_t mp_ld32(const uint8_t *q)
     return v;
 }
 
-/* Copy n bytes and tell whether they were all ASCII, a word at a time. */
+/* Copy n bytes and tell whether they were all ASCII: 16 bytes at a time
+ * with SSE2 (every x86-64 has it), else a word at a time. */
 static inline int mp_copy_ascii(uint8_t *dst, const uint8_t *src, size_t n)
 {
     uint64_t acc = 0, w;
     size_t i = 0;
+#ifdef __SSE2__
+    if (n >= 32) {
+        __m128i vacc = _mm_setzero_si128(), v;
+        for (; i + 16 <= n; i += 16) {
+            v = _mm_loadu_si128((const __m128i *)(src + i));
+            vacc = _mm_or_si128(vacc, v);
+            _mm_storeu_si128((__m128i *)(dst + i), v);
+        }
+        v = _mm_loadu_si128((const __m128i *)(src + n - 16)); /* overlaps what is done */
+        vacc = _mm_or_si128(vacc, v);
+        _mm_storeu_si128((__m128i *)(dst + n - 16), v);
+        return _mm_movemask_epi8(vacc) == 0;
+    }
+#endif
     if (n >= 8) {
         for (; i + 8 <= n; i += 8) {
             w = mp_ld64(src + i);
@@ -677,9 +695,9 @@ typedef struct {
     PyObject *me_value;
 } CmDictUEntry;
 
-/* The entries of a fresh copy of the template of ks[0..n), or NULL if they
- * are not laid out as we expect. */
-static CmDictUEntry *mp_tpl_entries(PyObject *dict, PyObject *const *ks, size_t n)
+/* The entries of a fresh copy of a template of n keys, or NULL if its table
+ * is not laid out as we expect (the caller checks each entry as it writes). */
+static CmDictUEntry *mp_tpl_entries(PyObject *dict, size_t n)
 {
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
     PyDictObject *mp = (PyDictObject *)dict;
@@ -690,12 +708,9 @@ static CmDictUEntry *mp_tpl_entries(PyObject *dict, PyObject *const *ks, size_t 
         dk->dk_log2_index_bytes > dk->dk_log2_size + 3)
         return NULL;
     e = (CmDictUEntry *)(dk->dk_indices + ((size_t)1 << dk->dk_log2_index_bytes));
-    for (size_t i = 0; i < n; i++)
-        if (e[i].me_key != ks[i] || e[i].me_value != Py_None)
-            return NULL;
     return e;
 #else
-    (void)dict, (void)ks, (void)n;
+    (void)dict, (void)n;
     return NULL;
 #endif
 }
@@ -749,20 +764,24 @@ static PyObject *mp_tpl_dict(CmState *st, size_t slot, PyObject *const *ks, PyOb
     int track = 0;
     if (dict == NULL)
         return NULL;
-    if ((e = mp_tpl_entries(dict, ks, n)) == NULL) {
-        Py_DECREF(dict);
-        mp_tpl_off(st);
-        return NULL;
-    }
+    if ((e = mp_tpl_entries(dict, n)) == NULL)
+        goto off;
     for (size_t i = 0; i < n; i++) {
         PyObject *v = vs[i];
-        Py_SETREF(e[i].me_value, Py_NewRef(v));
+        if (e[i].me_key != ks[i] || e[i].me_value != Py_None)
+            goto off; /* releasing dict releases what was stored */
+        e[i].me_value = Py_NewRef(v);
+        Py_DECREF(Py_None);
         track |= PyType_IS_GC(Py_TYPE(v));
     }
     if (track && !PyObject_GC_IsTracked(dict))
         PyObject_GC_Track(dict);
     st->ser_maptpl_byn[n] = (uint8_t)(slot + 1);
     return dict;
+off:
+    Py_DECREF(dict);
+    mp_tpl_off(st);
+    return NULL;
 }
 
 /* The dict of ks[i] -> vs[i] (references stay with the caller); `cached`:
@@ -801,6 +820,19 @@ static PyObject *mp_dict_of(CmState *st, PyObject *const *ks, PyObject *const *v
     return dict;
 }
 
+/* memcmp(a, b, n) == 0 for the few bytes of a key: words that may overlap */
+static inline int mp_same_bytes(const uint8_t *a, const void *bv, size_t n)
+{
+    const uint8_t *b = (const uint8_t *)bv;
+    if (n >= 8 && n <= 16)
+        return mp_ld64(a) == mp_ld64(b) && mp_ld64(a + n - 8) == mp_ld64(b + n - 8);
+    if (n >= 4 && n < 8)
+        return mp_ld32(a) == mp_ld32(b) && mp_ld32(a + n - 4) == mp_ld32(b + n - 4);
+    if (n > 16)
+        return memcmp(a, b, n) == 0;
+    return n == 0 || (a[0] == b[0] && a[n >> 1] == b[n >> 1] && a[n - 1] == b[n - 1]);
+}
+
 /* The predicted key k, if the input's next item encodes exactly its bytes. */
 static inline PyObject *mp_tpl_key(CmMpDec *d, PyObject *k)
 {
@@ -812,7 +844,7 @@ static inline PyObject *mp_tpl_key(CmMpDec *d, PyObject *k)
         hdr = 2;
     else
         return NULL;
-    if (mp_left(d) - hdr < n || memcmp(p + hdr, PyUnicode_DATA(k), n) != 0)
+    if (mp_left(d) - hdr < n || !mp_same_bytes(p + hdr, PyUnicode_DATA(k), n))
         return NULL;
     d->p = p + hdr + n;
     return Py_NewRef(k);
@@ -1043,3 +1075,25 @@ PyObject *cm_msgpack_loads(CmState *st, const char *buf, Py_ssize_t len)
     }
     return obj;
 }
+
+/* _msgpack_templates(on) -> bool: turn the map templates on or off (tests:
+ * both ways must decode alike); returns whether they were on. */
+static PyObject *py_msgpack_templates(PyObject *mod, PyObject *on)
+{
+    CmState *st = cm_state_from_module(mod);
+    int was = !st->ser_maptpl_off, want = PyObject_IsTrue(on);
+    if (want < 0)
+        return NULL;
+    if (want)
+        st->ser_maptpl_off = 0;
+    else
+        mp_tpl_off(st);
+    return PyBool_FromLong(was);
+}
+
+static PyMethodDef msgpack_functions[] = {
+    {"_msgpack_templates", py_msgpack_templates, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+int cm_msgpack_init(PyObject *mod) { return PyModule_AddFunctions(mod, msgpack_functions); }

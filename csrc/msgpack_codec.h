@@ -14,4 +14,7 @@ PyObject *cm_msgpack_dumps(CmState *st, PyObject *obj);
  * the offset) on malformed input. */
 PyObject *cm_msgpack_loads(CmState *st, const char *buf, Py_ssize_t len);
 
+/* Module functions of the codec (_msgpack_templates, for tests). */
+int cm_msgpack_init(PyObject *mod);
+
 #endif

@@ -448,6 +448,8 @@ int cm_serializer_init(PyObject *mod, CmState *st)
 {
     int rc = -1;
 
+    if (cm_msgpack_init(mod) < 0)
+        return -1;
 #define CM_SER_STR(field, text)                                                                    \
     if ((st->field = PyUnicode_InternFromString(text)) == NULL)                                    \
         goto done;

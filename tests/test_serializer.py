@@ -297,6 +297,24 @@ def test_msgpack_repeated_records_decode_as_dict_inserts_would():
         assert ser.loads(msgpack.dumps(recs)) == [dt] * 3
 
 
+def test_msgpack_with_and_without_templates_decode_alike():
+    from cacheme import _core
+
+    ser = S.MsgPackSerializer()
+    docs = [[{f"k{i}": [i, {"a": j, "b": None}] for i in range(n)} for j in range(6)]
+            for n in (2, 7, 22, 32, 33)]
+    blobs = [ser.dumps(d) for d in docs]
+    with_tpl = [[_items_deep(ser.loads(b)) for _ in range(3)] for b in blobs]
+    assert _core._msgpack_templates(False) is True
+    try:
+        assert _core._msgpack_templates(False) is False
+        without = [[_items_deep(ser.loads(b)) for _ in range(3)] for b in blobs]
+    finally:
+        assert _core._msgpack_templates(True) is False
+    assert with_tpl == without
+    assert [x[0] for x in with_tpl] == [_items_deep(d) for d in docs]
+
+
 def test_msgpack_template_dicts_are_ordinary_dicts():
     import gc
 
