@@ -127,7 +127,9 @@ PyObject *cm_get(CmState *st, CmRequest *req)
         goto done;
     }
     /* every local cache missed: the singleflight takes it from here */
-    if (full == NULL && (full = cm_key_build(st, node, key, cfg->version, hash)) == NULL)
+    if (full == NULL && (full = cfg->key_slot && Py_TYPE(node) == cfg->cls
+                                    ? cm_key_build_parts(st, node, &parts, hash)
+                                    : cm_key_build(st, node, key, cfg->version, hash)) == NULL)
         goto done;
     req->cfg = cfg;
     req->key = full;

@@ -133,6 +133,8 @@ int cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *part
 #if Py_HASH_ALGORITHM == Py_HASH_SIPHASH13 && Py_HASH_CUTOFF == 0
     PyObject *pieces[3] = {st->prefix, key, version}; // borrowed
     Py_ssize_t n = 0;
+    parts->ascii =
+        PyUnicode_IS_ASCII(st->prefix) && PyUnicode_IS_ASCII(key) && PyUnicode_IS_ASCII(version);
     for (int i = 0; i < 3; i++) {
         PyObject *p = pieces[i]; // borrowed
         Py_ssize_t len = PyUnicode_GET_LENGTH(p);
@@ -179,6 +181,19 @@ PyObject *cm_key_build(CmState *st, PyObject *node, PyObject *key, PyObject *ver
         }
         PyErr_Clear();
     }
+    return full;
+}
+
+PyObject *cm_key_build_parts(CmState *st, PyObject *node, const CmKeyParts *parts, Py_hash_t hash)
+{
+    PyObject **slot = (PyObject **)((char *)node + st->key_slot_offset);
+    PyObject *full = PyUnicode_New(parts->len, parts->ascii ? 127 : 255);
+    if (full == NULL)
+        return NULL;
+    memcpy(PyUnicode_1BYTE_DATA(full), parts->data, (size_t)parts->len);
+    ((PyASCIIObject *)full)->hash = hash;
+    assert(hash == _Py_HashBytes(PyUnicode_DATA(full), PyUnicode_GET_LENGTH(full)));
+    Py_XSETREF(*slot, Py_NewRef(full));
     return full;
 }
 
