@@ -6,6 +6,7 @@
 #   make bench-hitratio    hit ratio on generated traces: ours tlfu/lru vs theine vs Belady
 #   make bench             both, one after the other (never in parallel: 2 cores, noisy)
 #   make bench-venvs       (re)create the peer venvs under .bench/ (idempotent)
+#   make bench-local-instr the local paths in instructions per call (callgrind): ours vs 0.3.0
 #
 # Knobs:  make bench-local BENCH_LOCAL_ARGS="--rounds 9 -n 300000"
 #         make bench-hitratio BENCH_HITRATIO_ARGS="--sizes 1000,10000"
@@ -17,13 +18,16 @@ BENCH_PYTHON ?= python3
 BENCH_LOCAL_ARGS ?=
 BENCH_HITRATIO_ARGS ?=
 
-.PHONY: bench bench-local bench-hitratio bench-venvs
+.PHONY: bench bench-local bench-local-instr bench-hitratio bench-venvs
 
 bench-venvs:
 	PYTHON=$(BENCH_PYTHON) bash $(BENCH_SRC)/venvs.sh
 
 bench-local: venv bench-venvs
 	$(BENCH_PYTHON) $(BENCH_SRC)/run_local.py --ours-python $(PY) $(BENCH_LOCAL_ARGS)
+
+bench-local-instr: venv bench-venvs
+	$(BENCH_PYTHON) $(BENCH_SRC)/instr_local.py --ours-python $(PY)
 
 bench-hitratio: venv bench-venvs
 	$(BENCH_PYTHON) $(BENCH_SRC)/run_hitratio.py --ours-python $(PY) $(BENCH_HITRATIO_ARGS)
