@@ -88,6 +88,13 @@ def cacheme_nodes(cacheme):
     return BenchNode, BenchNodeLRU, MissNode
 
 
+async def register_storages(cacheme):
+    """The storages the nodes of cacheme_nodes() use."""
+    await cacheme.register_storage("local", cacheme.Storage(url="local://tlfu", size=10000))
+    await cacheme.register_storage("local-lru", cacheme.Storage(url="local://lru", size=10000))
+    await cacheme.register_storage("local-big", cacheme.Storage(url="local://tlfu", size=10**6))
+
+
 async def t_get(get, node_cls, n):
     t0 = perf_counter_ns()
     for i in range(n):
@@ -133,9 +140,7 @@ async def run_cacheme(args):
     except Exception:
         has_core = False
 
-    await cacheme.register_storage("local", cacheme.Storage(url="local://tlfu", size=10000))
-    await cacheme.register_storage("local-lru", cacheme.Storage(url="local://lru", size=10000))
-    await cacheme.register_storage("local-big", cacheme.Storage(url="local://tlfu", size=10**6))
+    await register_storages(cacheme)
     BenchNode, BenchNodeLRU, MissNode = cacheme_nodes(cacheme)
     get = cacheme.get
 

@@ -32,9 +32,7 @@ import bench_local as bl
 import cacheme
 
 async def main(n, mode):
-    await cacheme.register_storage("local", cacheme.Storage(url="local://tlfu", size=10000))
-    await cacheme.register_storage("local-lru", cacheme.Storage(url="local://lru", size=10000))
-    await cacheme.register_storage("local-big", cacheme.Storage(url="local://tlfu", size=10**6))
+    await bl.register_storages(cacheme)
     tlfu, lru, miss = bl.cacheme_nodes(cacheme)
     for i in range(1000):
         await cacheme.get(tlfu(uid=i))

@@ -50,12 +50,9 @@ PyObject *cm_get(CmState *st, CmRequest *req)
     if (cfg == NULL)
         return NULL;
     CmMetricsObject *m = cfg->metrics;
-    /* a node of its config's class: the key slot is there, read it directly
-     * (an empty slot is the common case: a node built for this call) */
-    PyObject *full = cfg->key_slot && Py_TYPE(node) == cfg->cls &&
-                             *(PyObject **)((char *)node + st->key_slot_offset) == NULL
-                         ? NULL
-                         : cm_key_cached(st, node);
+    /* an empty slot is the common case: a node built for this call */
+    PyObject **slot = cm_nodecfg_key_slot(st, cfg, node); // borrowed
+    PyObject *full = slot != NULL && *slot == NULL ? NULL : cm_key_cached(st, node);
     PyObject *key = NULL; /* node.key(), while the full key is not built */
     PyObject *result = NULL;
     CmKeyParts parts;
@@ -127,9 +124,9 @@ PyObject *cm_get(CmState *st, CmRequest *req)
         goto done;
     }
     /* every local cache missed: the singleflight takes it from here */
-    if (full == NULL && (full = cfg->key_slot && Py_TYPE(node) == cfg->cls
-                                    ? cm_key_build_parts(st, node, &parts, hash)
-                                    : cm_key_build(st, node, key, cfg->version, hash)) == NULL)
+    if (full == NULL &&
+        (full = slot != NULL ? cm_key_build_parts(slot, &parts, hash)
+                             : cm_key_build(st, node, key, cfg->version, hash)) == NULL)
         goto done;
     req->cfg = cfg;
     req->key = full;

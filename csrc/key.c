@@ -184,9 +184,8 @@ PyObject *cm_key_build(CmState *st, PyObject *node, PyObject *key, PyObject *ver
     return full;
 }
 
-PyObject *cm_key_build_parts(CmState *st, PyObject *node, const CmKeyParts *parts, Py_hash_t hash)
+PyObject *cm_key_build_parts(PyObject **slot, const CmKeyParts *parts, Py_hash_t hash)
 {
-    PyObject **slot = (PyObject **)((char *)node + st->key_slot_offset);
     PyObject *full = PyUnicode_New(parts->len, parts->ascii ? 127 : 255);
     if (full == NULL)
         return NULL;

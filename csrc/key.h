@@ -32,7 +32,7 @@ int cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *part
  * hash, else the hash is computed. Cached on node when node is not NULL. */
 PyObject *cm_key_build(CmState *st, PyObject *node, PyObject *key, PyObject *version,
                        Py_hash_t known_hash);
-/* The same from what cm_key_parts filled (hash: what it computed); the key
- * is cached in node's key slot, which the caller knows node has. */
-PyObject *cm_key_build_parts(CmState *st, PyObject *node, const CmKeyParts *parts, Py_hash_t hash);
+/* The same from what cm_key_parts filled (hash: what it computed), cached
+ * in *slot, the node's key slot. */
+PyObject *cm_key_build_parts(PyObject **slot, const CmKeyParts *parts, Py_hash_t hash);
 #endif

@@ -784,16 +784,19 @@ off:
     return NULL;
 }
 
-/* The dict of ks[i] -> vs[i] (references stay with the caller); `cached`:
- * all keys came from the key cache, so they may match or make a template. */
+/* The dict of ks[i] -> vs[i] (references stay with the caller); `tpl_ok`:
+ * the keys are exact ASCII strs, so they may match or make a template. Only
+ * keys from the key cache come back as the same objects, which a match
+ * needs; a match is by identity with a template's keys, which that
+ * template holds, so it is always sound. */
 static PyObject *mp_dict_of(CmState *st, PyObject *const *ks, PyObject *const *vs, size_t n,
-                            int cached)
+                            int tpl_ok)
 {
     PyObject *dict;
     size_t slot = 0;
     uint64_t sig = 0;
-    cached = cached && !st->ser_maptpl_off;
-    if (cached) {
+    tpl_ok = tpl_ok && !st->ser_maptpl_off;
+    if (tpl_ok) {
         sig = mp_keys_sig(ks, n);
         slot = (size_t)(sig >> 40) % CM_SER_MAPTPL_SLOTS;
         if (st->ser_maptpl[slot].dict != NULL && st->ser_maptpl[slot].n == n &&
@@ -809,7 +812,7 @@ static PyObject *mp_dict_of(CmState *st, PyObject *const *ks, PyObject *const *v
             return NULL;
         }
     }
-    if (cached && !st->ser_maptpl_off) {
+    if (tpl_ok && !st->ser_maptpl_off) {
         if (st->ser_maptpl[slot].pending != sig) {
             st->ser_maptpl[slot].pending = sig;
         } else if (mp_tpl_make(st, slot, ks, n) < 0) {
@@ -820,31 +823,22 @@ static PyObject *mp_dict_of(CmState *st, PyObject *const *ks, PyObject *const *v
     return dict;
 }
 
-/* memcmp(a, b, n) == 0 for the few bytes of a key: words that may overlap */
-static inline int mp_same_bytes(const uint8_t *a, const void *bv, size_t n)
-{
-    const uint8_t *b = (const uint8_t *)bv;
-    if (n >= 8 && n <= 16)
-        return mp_ld64(a) == mp_ld64(b) && mp_ld64(a + n - 8) == mp_ld64(b + n - 8);
-    if (n >= 4 && n < 8)
-        return mp_ld32(a) == mp_ld32(b) && mp_ld32(a + n - 4) == mp_ld32(b + n - 4);
-    if (n > 16)
-        return memcmp(a, b, n) == 0;
-    return n == 0 || (a[0] == b[0] && a[n >> 1] == b[n >> 1] && a[n - 1] == b[n - 1]);
-}
-
 /* The predicted key k, if the input's next item encodes exactly its bytes. */
 static inline PyObject *mp_tpl_key(CmMpDec *d, PyObject *k)
 {
     size_t n = (size_t)PyUnicode_GET_LENGTH(k), hdr;
     const uint8_t *p = d->p;
+    uint64_t a, b;
     if (p < d->end && n < 32 && *p == (0xa0 | n))
         hdr = 1;
     else if (mp_left(d) >= 2 && *p == 0xd9 && p[1] == n)
         hdr = 2;
     else
         return NULL;
-    if (mp_left(d) - hdr < n || !mp_same_bytes(p + hdr, PyUnicode_DATA(k), n))
+    if (mp_left(d) - hdr < n)
+        return NULL;
+    mp_str_words(p + hdr, n, &a, &b);
+    if (!mp_str_is(k, p + hdr, n, a, b))
         return NULL;
     d->p = p + hdr + n;
     return Py_NewRef(k);
@@ -856,7 +850,7 @@ static PyObject *mp_read_map_small(CmMpDec *d, size_t n, int depth)
     PyObject *ks[CM_SER_MAPTPL_MAXN], *vs[CM_SER_MAPTPL_MAXN], *dict = NULL, *res = NULL;
     PyObject *tpl = NULL; /* the predicted template, held: values may replace it in its slot */
     size_t i, got = 0;
-    int has_class = 0, cached = 1;
+    int has_class = 0, ascii_keys = 1;
     int slot = st->ser_maptpl_off ? -1 : st->ser_maptpl_byn[n] - 1;
     if (slot >= 0 && (st->ser_maptpl[slot].dict == NULL || st->ser_maptpl[slot].n != n))
         slot = -1;
@@ -867,14 +861,11 @@ static PyObject *mp_read_map_small(CmMpDec *d, size_t n, int depth)
                           (ks[i] = mp_tpl_key(d, st->ser_maptpl[slot].keys[i])) == NULL))
             slot = -1;
         if (slot < 0) {
-            const uint8_t *at = d->p;
             if ((ks[i] = mp_read_key(d, depth + 1, &has_class)) == NULL)
                 goto done;
-            /* the key cache holds fixstr/str8 keys of <= CM_MP_KEY_MAXLEN bytes */
-            if (!(((*at & 0xe0) == 0xa0 || *at == 0xd9) && PyUnicode_CheckExact(ks[i]) &&
-                  PyUnicode_IS_COMPACT_ASCII(ks[i]) &&
-                  PyUnicode_GET_LENGTH(ks[i]) <= CM_MP_KEY_MAXLEN))
-                cached = 0;
+            /* a template's keys are compared as ASCII bytes (mp_tpl_key) */
+            if (!PyUnicode_CheckExact(ks[i]) || !PyUnicode_IS_COMPACT_ASCII(ks[i]))
+                ascii_keys = 0;
         }
         if ((vs[i] = mp_read_item(d, depth + 1)) == NULL) {
             Py_DECREF(ks[i]);
@@ -886,7 +877,7 @@ static PyObject *mp_read_map_small(CmMpDec *d, size_t n, int depth)
     if (slot >= 0 && st->ser_maptpl[slot].dict == tpl &&
         (dict = mp_tpl_dict(st, (size_t)slot, ks, vs, n)) == NULL && PyErr_Occurred())
         goto done;
-    if (dict == NULL && (dict = mp_dict_of(st, ks, vs, n, cached && !has_class)) == NULL)
+    if (dict == NULL && (dict = mp_dict_of(st, ks, vs, n, ascii_keys && !has_class)) == NULL)
         goto done;
     res = has_class ? cm_ser_object_decode(st, dict) : Py_NewRef(dict);
     Py_DECREF(dict);

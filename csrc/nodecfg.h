@@ -53,6 +53,16 @@ CmNodeConfigObject *cm_nodecfg_get(CmState *st, PyTypeObject *cls);
  * define them as methods, as 0.3.0's did. Never raises. */
 int cm_nodecfg_methods(CmState *st, CmNodeConfigObject *cfg);
 
+/* Where node keeps its full key when it is an instance of cfg's own class
+ * and that class has the key slot: known without a walk of the MRO
+ * (borrowed address); NULL otherwise (see cm_key_cached). */
+static inline PyObject **cm_nodecfg_key_slot(CmState *st, CmNodeConfigObject *cfg, PyObject *node)
+{
+    return cfg->key_slot && Py_TYPE(node) == cfg->cls
+               ? (PyObject **)((char *)node + st->key_slot_offset)
+               : NULL;
+}
+
 /* The full key {prefix}:{key()}:{version}, cached on the node as _full_key.
  * New reference; its hash is computed. */
 PyObject *cm_full_key(CmState *st, PyObject *node, CmNodeConfigObject *cfg);
