@@ -14,6 +14,13 @@
  * for, if the program already imported pydantic. */
 #include "serializer.h"
 
+/* only the struct accessors (PyDateTime_GET_YEAR, ...) are used, never the
+ * capsule the header declares (PyDateTimeAPI) */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-variable"
+#include <datetime.h>
+#pragma GCC diagnostic pop
+
 /* An attribute of an already-imported module, found in its __dict__. */
 static PyObject * // borrowed, NULL without an exception if absent
 ser_imported(const char *module, const char *name)
@@ -203,6 +210,54 @@ static const CmSerNamed cm_ser_named[] = {
     {NULL, NULL, 0},
 };
 
+static char *ser_digits(char *p, unsigned v, int width)
+{
+    for (int i = width - 1; i >= 0; i--, v /= 10)
+        p[i] = (char)('0' + v % 10);
+    return p + width;
+}
+
+/* obj.isoformat() of an exact datetime (naive or on timezone.utc) or date,
+ * written here: datetime.isoformat goes through PyUnicode_FromFormat and
+ * utcoffset(), ~11k instructions, and every Redis SET stores one
+ * (updated_at). NULL without an error when obj is another case. */
+static PyObject *ser_isoformat_fast(CmState *st, PyObject *obj)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    char buf[40], *p = buf;
+    if (tp != (PyTypeObject *)st->ser_datetime && tp != (PyTypeObject *)st->ser_date)
+        return NULL;
+    unsigned year = (unsigned)PyDateTime_GET_YEAR(obj);
+    if (year > 9999)
+        return NULL;
+    p = ser_digits(p, year, 4);
+    *p++ = '-';
+    p = ser_digits(p, (unsigned)PyDateTime_GET_MONTH(obj), 2);
+    *p++ = '-';
+    p = ser_digits(p, (unsigned)PyDateTime_GET_DAY(obj), 2);
+    if (tp == (PyTypeObject *)st->ser_datetime) {
+        PyObject *tz = PyDateTime_DATE_GET_TZINFO(obj); // borrowed
+        if (tz != Py_None && tz != st->ser_utc)
+            return NULL;
+        unsigned us = (unsigned)PyDateTime_DATE_GET_MICROSECOND(obj);
+        *p++ = 'T';
+        p = ser_digits(p, (unsigned)PyDateTime_DATE_GET_HOUR(obj), 2);
+        *p++ = ':';
+        p = ser_digits(p, (unsigned)PyDateTime_DATE_GET_MINUTE(obj), 2);
+        *p++ = ':';
+        p = ser_digits(p, (unsigned)PyDateTime_DATE_GET_SECOND(obj), 2);
+        if (us != 0) {
+            *p++ = '.';
+            p = ser_digits(p, us, 6);
+        }
+        if (tz != Py_None) {
+            memcpy(p, "+00:00", 6);
+            p += 6;
+        }
+    }
+    return PyUnicode_FromStringAndSize(buf, p - buf);
+}
+
 /* pydantic v1's pydantic_encoder(obj). */
 static PyObject *ser_encode_data(CmState *st, PyObject *obj)
 {
@@ -213,8 +268,11 @@ static PyObject *ser_encode_data(CmState *st, PyObject *obj)
 
     /* the common leaves first: they can be neither models nor dataclasses */
     if (tp == (PyTypeObject *)st->ser_datetime || tp == (PyTypeObject *)st->ser_date ||
-        tp == (PyTypeObject *)st->ser_time)
-        return PyObject_CallMethodNoArgs(obj, st->ser_s_isoformat);
+        tp == (PyTypeObject *)st->ser_time) {
+        PyObject *s = ser_isoformat_fast(st, obj);
+        return s != NULL || PyErr_Occurred() ? s
+                                             : PyObject_CallMethodNoArgs(obj, st->ser_s_isoformat);
+    }
     if (tp == (PyTypeObject *)st->ser_timedelta)
         return PyObject_CallMethodNoArgs(obj, st->s_total_seconds);
     if (tp == &PySet_Type || tp == &PyFrozenSet_Type)

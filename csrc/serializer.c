@@ -472,9 +472,13 @@ int cm_serializer_init(PyObject *mod, CmState *st)
         (st->ser_date = ser_attr("datetime", "date")) == NULL ||
         (st->ser_time = ser_attr("datetime", "time")) == NULL ||
         (st->ser_timedelta = ser_attr("datetime", "timedelta")) == NULL ||
+        (st->ser_utc = ser_attr("datetime", "timezone")) == NULL ||
         (st->ser_Decimal = ser_attr("decimal", "Decimal")) == NULL ||
         (st->ser_UUID = ser_attr("uuid", "UUID")) == NULL ||
         (st->ser_Enum = ser_attr("enum", "Enum")) == NULL)
+        goto done;
+    Py_SETREF(st->ser_utc, PyObject_GetAttrString(st->ser_utc, "utc")); /* timezone.utc */
+    if (st->ser_utc == NULL)
         goto done;
     if ((st->ser_pickle_dumps = ser_attr("_pickle", "dumps")) == NULL ||
         (st->ser_a2b_base64 = ser_attr("binascii", "a2b_base64")) == NULL)

@@ -110,6 +110,7 @@ typedef struct {
     X(MsgPackSerializerType)                                                                       \
     X(CompressedSerializerType)                                                                    \
     X(ser_datetime)                                                                                \
+    X(ser_utc)                                                                                     \
     X(ser_date)                                                                                    \
     X(ser_time)                                                                                    \
     X(ser_timedelta)                                                                               \

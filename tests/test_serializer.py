@@ -775,3 +775,37 @@ async def test_corrupt_bytes_in_storage_are_a_miss_and_reload(ser):
         assert again["id"] == 1 and again["n"] == len(loads)  # a fresh load, not stale data
         assert ser.loads(storage.data[key]) == again  # and the fill repaired the entry
     assert len(loads) == 5
+
+
+def test_datetime_encoding_is_isoformat():
+    # exact datetime/date (naive or on timezone.utc) are formatted in C; every
+    # other tzinfo, a subclass and time go through isoformat(): same text
+    import random
+
+    from cacheme._core import object_encoder
+
+    utc = datetime.timezone.utc
+
+    class Sub(datetime.datetime):
+        def isoformat(self, *a):
+            return "sub"
+
+    r = random.Random(7)
+    cases = [datetime.datetime(1, 1, 1), datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, utc),
+             datetime.datetime(2020, 5, 6, 7, 8, 9, 10), datetime.date(5, 6, 7),
+             datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=2))),
+             datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(0))),
+             datetime.datetime(2020, 1, 1, fold=1), datetime.time(1, 2, 3, 4),
+             datetime.datetime.now(utc), datetime.datetime.now()]
+    for _ in range(20000):
+        cases.append(datetime.datetime(
+            r.randint(1, 9999), r.randint(1, 12), r.randint(1, 28), r.randint(0, 23),
+            r.randint(0, 59), r.randint(0, 59), r.choice([0, r.randint(0, 999999)]),
+            tzinfo=r.choice([None, utc])))
+    for c in cases:
+        assert object_encoder(c) == {"__class__": f"datetime.{type(c).__name__}",
+                                     "data": c.isoformat()}, c
+    assert object_encoder(Sub(2020, 1, 1))["data"] == "sub"
+    for ser in BY_FAMILY["msgpack"] + BY_FAMILY["json"] + BY_FAMILY["pickle"]:
+        for c in cases[:12]:
+            assert ser.loads(ser.dumps({"updated_at": c})) == {"updated_at": c}
