@@ -1479,7 +1479,7 @@ static PyObject *pick_serializer(CmRedisClientObject *self, PyObject *ser)
 static PyObject *encode_value(CmState *st, PyObject *ser, PyObject *value)
 {
     PyObject *payload = NULL, *out = NULL;
-    PyObject *now = PyObject_CallOneArg(st->redis_now, st->redis_utc);
+    PyObject *now = PyObject_CallOneArg(st->redis_now, st->ser_utc);
     PyObject *d = now ? PyDict_New() : NULL;
     if (d == NULL || PyDict_SetItem(d, st->redis_s_value, value) < 0 ||
         PyDict_SetItem(d, st->redis_s_updated_at, now) < 0)
@@ -2080,7 +2080,7 @@ static PyObject *new_error(PyObject *mod, const char *name, PyObject *bases, con
 
 int cm_redis_init(PyObject *mod, CmState *st)
 {
-    PyObject *datetime = NULL, *bases = NULL, *cls = NULL, *tz = NULL;
+    PyObject *bases = NULL;
     int rc = -1;
 #define CM_REDIS_NAME(n, s)                                                                        \
     if ((st->n = PyUnicode_InternFromString(s)) == NULL)                                           \
@@ -2096,11 +2096,8 @@ int cm_redis_init(PyObject *mod, CmState *st)
     CM_REDIS_NAME(redis_s_dumps, "dumps")
     CM_REDIS_NAME(redis_s_loads, "loads")
 #undef CM_REDIS_NAME
-    if ((datetime = PyImport_ImportModule("datetime")) == NULL ||
-        (cls = PyObject_GetAttrString(datetime, "datetime")) == NULL ||
-        (st->redis_now = PyObject_GetAttrString(cls, "now")) == NULL ||
-        (tz = PyObject_GetAttrString(datetime, "timezone")) == NULL ||
-        (st->redis_utc = PyObject_GetAttrString(tz, "utc")) == NULL)
+    /* datetime.datetime.now (the serializer, set up first, holds the class) */
+    if ((st->redis_now = PyObject_GetAttrString(st->ser_datetime, "now")) == NULL)
         goto done;
     if ((st->RedisError =
              new_error(mod, "RedisError", PyExc_Exception, "A Redis request failed.")) == NULL)
@@ -2124,9 +2121,6 @@ int cm_redis_init(PyObject *mod, CmState *st)
         goto done;
     rc = 0;
 done:
-    Py_XDECREF(datetime);
-    Py_XDECREF(cls);
-    Py_XDECREF(tz);
     Py_XDECREF(bases);
     return rc;
 }

@@ -217,20 +217,16 @@ static char *ser_digits(char *p, unsigned v, int width)
     return p + width;
 }
 
-/* obj.isoformat() of an exact datetime (naive or on timezone.utc) or date,
- * written here: datetime.isoformat goes through PyUnicode_FromFormat and
- * utcoffset(), ~11k instructions, and every Redis SET stores one
- * (updated_at). NULL without an error when obj is another case. */
-static PyObject *ser_isoformat_fast(CmState *st, PyObject *obj)
+/* obj.isoformat() of an exact datetime or date, written here when the
+ * datetime is naive or on timezone.utc: datetime.isoformat goes through
+ * PyUnicode_FromFormat and utcoffset(), ~11k instructions, and every Redis
+ * SET stores one (updated_at). Other tzinfos call isoformat(). */
+static PyObject *ser_isoformat(CmState *st, PyObject *obj)
 {
     PyTypeObject *tp = Py_TYPE(obj);
     char buf[40], *p = buf;
-    if (tp != (PyTypeObject *)st->ser_datetime && tp != (PyTypeObject *)st->ser_date)
-        return NULL;
     unsigned year = (unsigned)PyDateTime_GET_YEAR(obj);
-    if (year > 9999)
-        return NULL;
-    p = ser_digits(p, year, 4);
+    p = ser_digits(p, year, 4); /* MINYEAR..MAXYEAR: 1..9999 */
     *p++ = '-';
     p = ser_digits(p, (unsigned)PyDateTime_GET_MONTH(obj), 2);
     *p++ = '-';
@@ -238,7 +234,7 @@ static PyObject *ser_isoformat_fast(CmState *st, PyObject *obj)
     if (tp == (PyTypeObject *)st->ser_datetime) {
         PyObject *tz = PyDateTime_DATE_GET_TZINFO(obj); // borrowed
         if (tz != Py_None && tz != st->ser_utc)
-            return NULL;
+            return PyObject_CallMethodNoArgs(obj, st->ser_s_isoformat);
         unsigned us = (unsigned)PyDateTime_DATE_GET_MICROSECOND(obj);
         *p++ = 'T';
         p = ser_digits(p, (unsigned)PyDateTime_DATE_GET_HOUR(obj), 2);
@@ -267,12 +263,10 @@ static PyObject *ser_encode_data(CmState *st, PyObject *obj)
     int nb;
 
     /* the common leaves first: they can be neither models nor dataclasses */
-    if (tp == (PyTypeObject *)st->ser_datetime || tp == (PyTypeObject *)st->ser_date ||
-        tp == (PyTypeObject *)st->ser_time) {
-        PyObject *s = ser_isoformat_fast(st, obj);
-        return s != NULL || PyErr_Occurred() ? s
-                                             : PyObject_CallMethodNoArgs(obj, st->ser_s_isoformat);
-    }
+    if (tp == (PyTypeObject *)st->ser_datetime || tp == (PyTypeObject *)st->ser_date)
+        return ser_isoformat(st, obj);
+    if (tp == (PyTypeObject *)st->ser_time)
+        return PyObject_CallMethodNoArgs(obj, st->ser_s_isoformat);
     if (tp == (PyTypeObject *)st->ser_timedelta)
         return PyObject_CallMethodNoArgs(obj, st->s_total_seconds);
     if (tp == &PySet_Type || tp == &PyFrozenSet_Type)

@@ -162,7 +162,6 @@ typedef struct {
     X(RedisTimeoutError)                                                                           \
     X(RedisResponseError)                                                                          \
     X(redis_now)                                                                                   \
-    X(redis_utc)                                                                                   \
     X(redis_s_value)                                                                               \
     X(redis_s_updated_at)                                                                          \
     X(redis_s_dumps)                                                                               \
