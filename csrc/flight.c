@@ -822,7 +822,11 @@ static PyObject *proxy_add_done_callback(PyObject *self, PyObject *const *args, 
             return NULL;
         Py_RETURN_NONE;
     }
-    if (cm_future_add_done_callback(p->owner->st, p->target, self) < 0) {
+    /* with the Task's context to enter, proxy(X) needs none of its own */
+    int rc = p->ctx != NULL && p->ctx != Py_None
+                 ? cm_future_add_done_callback_own_context(p->owner->st, p->target, self)
+                 : cm_future_add_done_callback(p->owner->st, p->target, self);
+    if (rc < 0) {
         Py_CLEAR(p->cb);
         Py_CLEAR(p->ctx);
         return NULL;

@@ -13,8 +13,40 @@ int cm_loop_is_running(CmState *st, PyObject *loop)
     return running;
 }
 
+int cm_loop_init(CmState *st)
+{
+    PyObject *mod = PyImport_ImportModule("asyncio.base_events");
+    PyObject *cls = mod ? PyObject_GetAttrString(mod, "BaseEventLoop") : NULL;
+    Py_XDECREF(mod);
+    /* the function itself (from the class dict), to compare with what a
+     * loop's type resolves create_future to */
+    st->base_create_future =
+        cls && PyType_Check(cls) ? _PyType_Lookup((PyTypeObject *)cls, st->s_create_future) : NULL;
+    Py_XINCREF(st->base_create_future);
+    Py_XDECREF(cls);
+    mod = PyImport_ImportModule("asyncio.futures");
+    st->FutureType = mod ? PyObject_GetAttrString(mod, "Future") : NULL;
+    Py_XDECREF(mod);
+    st->kw_loop = Py_BuildValue("(s)", "loop");
+    st->empty_context = PyContext_New();
+    st->kw_context = Py_BuildValue("(s)", "context");
+    if (!st->base_create_future || !st->FutureType || !st->kw_loop || !st->empty_context ||
+        !st->kw_context) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ImportError,
+                            "cacheme: asyncio.BaseEventLoop.create_future not found");
+        return -1;
+    }
+    return 0;
+}
+
+/* loop.create_future(). For a loop whose class keeps BaseEventLoop's
+ * (asyncio's own loops), what that method does, Future(loop=loop), without
+ * its Python frame; other loops (uvloop) are asked. */
 PyObject *cm_loop_create_future(CmState *st, PyObject *loop)
 {
+    if (_PyType_Lookup(Py_TYPE(loop), st->s_create_future) == st->base_create_future)
+        return PyObject_Vectorcall(st->FutureType, &loop, 0, st->kw_loop);
     return PyObject_VectorcallMethod(st->s_create_future, &loop, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                      NULL);
 }
@@ -63,6 +95,19 @@ int cm_future_cancel(CmState *st, PyObject *fut) { return call_void(st->s_cancel
 int cm_future_add_done_callback(CmState *st, PyObject *fut, PyObject *cb)
 {
     return call_void(st->s_add_done_callback, fut, cb);
+}
+
+int cm_future_add_done_callback_own_context(CmState *st, PyObject *fut, PyObject *cb)
+{
+    if (Py_TYPE(fut) != (PyTypeObject *)st->FutureType)
+        return cm_future_add_done_callback(st, fut, cb);
+    PyObject *args[3] = {fut, cb, st->empty_context};
+    PyObject *r = PyObject_VectorcallMethod(st->s_add_done_callback, args,
+                                            2 | PY_VECTORCALL_ARGUMENTS_OFFSET, st->kw_context);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
 }
 
 int cm_loop_call_soon_arg(CmState *st, PyObject *loop, PyObject *cb, PyObject *arg, PyObject *ctx)

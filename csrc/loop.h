@@ -8,6 +8,8 @@
 PyObject *cm_loop_running(CmState *st); /* new ref */
 /* loop.is_running(): 1/0, -1 with an exception. */
 int cm_loop_is_running(CmState *st, PyObject *loop);
+/* Module init: what cm_loop_create_future needs. 0 ok, -1 error. */
+int cm_loop_init(CmState *st);
 PyObject *cm_loop_create_future(CmState *st, PyObject *loop);               /* new ref */
 PyObject *cm_loop_create_task(CmState *st, PyObject *loop, PyObject *coro); /* new ref */
 int cm_future_done(CmState *st, PyObject *fut);                             /* 1/0, -1 error */
@@ -15,6 +17,10 @@ int cm_future_set_result(CmState *st, PyObject *fut, PyObject *value);
 int cm_future_set_exception(CmState *st, PyObject *fut, PyObject *exc);
 int cm_future_cancel(CmState *st, PyObject *fut);
 int cm_future_add_done_callback(CmState *st, PyObject *fut, PyObject *cb);
+/* The same for a callback that enters the context it needs itself: on an
+ * asyncio Future it runs in one shared empty Context, which saves the
+ * context copy add_done_callback makes otherwise (one object per call). */
+int cm_future_add_done_callback_own_context(CmState *st, PyObject *fut, PyObject *cb);
 /* loop.call_soon(cb, arg, context=ctx); ctx NULL or None: the current one. */
 int cm_loop_call_soon_arg(CmState *st, PyObject *loop, PyObject *cb, PyObject *arg, PyObject *ctx);
 /* Mark a finished future's exception as retrieved (no "never retrieved" log). */

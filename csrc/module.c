@@ -2,6 +2,8 @@
  * init. Nothing else lives here. */
 #include "state.h"
 
+#include "loop.h"
+
 static int cm_exec(PyObject *mod)
 {
     CmState *st = cm_state_from_module(mod);
@@ -27,6 +29,8 @@ static int cm_exec(PyObject *mod)
     st->get_running_loop = PyObject_GetAttrString(asyncio, "get_running_loop");
     st->CancelledError = PyObject_GetAttrString(asyncio, "CancelledError");
     if (!st->get_running_loop || !st->CancelledError)
+        goto done;
+    if (cm_loop_init(st) < 0)
         goto done;
 
     if (cm_ready_init(mod, st) < 0 || cm_metrics_init(mod, st) < 0 || cm_store_init(mod, st) < 0 ||
@@ -65,6 +69,11 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->logger);
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->CancelledError);
+    Py_VISIT(st->base_create_future);
+    Py_VISIT(st->FutureType);
+    Py_VISIT(st->kw_loop);
+    Py_VISIT(st->empty_context);
+    Py_VISIT(st->kw_context);
     Py_VISIT(st->ready_cache);
     Py_VISIT(st->KeySlotType);
     Py_VISIT(st->last_cls);
@@ -97,6 +106,11 @@ static int cm_clear(PyObject *mod)
     Py_CLEAR(st->logger);
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->CancelledError);
+    Py_CLEAR(st->base_create_future);
+    Py_CLEAR(st->FutureType);
+    Py_CLEAR(st->kw_loop);
+    Py_CLEAR(st->empty_context);
+    Py_CLEAR(st->kw_context);
     Py_CLEAR(st->ready_cache);
     Py_CLEAR(st->KeySlotType);
     Py_CLEAR(st->last_cls);

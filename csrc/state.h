@@ -85,6 +85,15 @@ typedef struct {
     /* asyncio, imported at module init */
     PyObject *get_running_loop;
     PyObject *CancelledError;
+    /* create_future without asyncio's Python frame (loop.c): the function
+     * BaseEventLoop.create_future, the Future class it builds, and ("loop",) */
+    PyObject *base_create_future;
+    PyObject *FutureType;
+    PyObject *kw_loop;
+    /* an empty Context and ("context",): done-callbacks that enter a context
+     * of their own run in it instead of a copy made per callback (loop.c) */
+    PyObject *empty_context;
+    PyObject *kw_context;
 
     /* cacheme.models._FullKeySlot: Node's base whose one slot holds the
      * cached full key, read and written at key_slot_offset (key.c) */
