@@ -224,6 +224,10 @@ static PyObject *req_value(CmSqlStorageObject *s, CmSqlReq *r)
 static void req_finish(CmSqlStorageObject *s, CmSqlReq *r)
 {
     CmState *st = s->st;
+    if (r->held) {
+        r->finished = 1;
+        return;
+    }
     PyObject *saved = cm_exc_take();
     if (r->kind == CM_SQL_SWEEP && r->fut == NULL) {
         s->sweeping = 0;
@@ -694,11 +698,11 @@ static void schedule_spin(CmSqlStorageObject *s)
         cm_busypoll_scheduled(&s->spin);
 }
 
-/* The context of a spin: the storage, and for an inline wait the future of
- * the request waited for. */
+/* The context of a spin: the storage, and for an inline wait the (held)
+ * request waited for. */
 typedef struct {
     CmSqlStorageObject *s;
-    PyObject *fut;
+    CmSqlReq *req;
 } SpinCtx;
 
 static int spin_collect(void *ctx, struct pollfd *fds, PyObject **objs, int max)
@@ -739,45 +743,45 @@ static PyObject *storage_on_marker(PyObject *self, PyObject *Py_UNUSED(unused))
 }
 static PyMethodDef on_marker_def = {"_on_marker", storage_on_marker, METH_NOARGS, NULL};
 
-static int spin_fut_done(void *ctx)
-{
-    SpinCtx *sc = ctx;
-    int d = cm_future_done(sc->s->st, sc->fut);
-    if (d < 0)
-        PyErr_Clear();
-    return d;
-}
+static int spin_req_done(void *ctx) { return ((SpinCtx *)ctx)->req->finished; }
 
-/* The request of fut was just sent: if the loop has nothing else to run,
- * wait for its reply here. A new reference to a ready awaitable of its
- * result, or NULL (no exception) to await fut as usual: not allowed now,
- * not answered in time, or answered with an error (awaiting the done future
- * raises it without yielding). */
-static PyObject *wait_inline(CmSqlStorageObject *s, PyObject *fut)
+/* The request r (held: see CmSqlReq) was just sent, or queued: if the loop
+ * has nothing else to run, wait for its reply here. 1 when it finished
+ * within the limit, 0 when not allowed now or not answered in time. */
+static int wait_inline(CmSqlStorageObject *s, CmSqlReq *r)
 {
-    CmState *st = s->st;
     int64_t now = cm_sql_now();
     if (s->queued != 0 || !any_busy(s) || !cm_busypoll_inline_ok(&s->spin, now))
-        return NULL;
+        return 0;
     if (s->spin.inline_since == 0) {
         if (call_soon_self(s, &on_marker_def) < 0)
-            return NULL;
+            return 0;
         s->spin.marker = 1;
         s->spin.inline_since = now;
     }
-    SpinCtx sc = {s, fut};
-    if (!cm_busypoll_wait(&s->spin, spin_collect, spin_handle, spin_fut_done, &sc))
-        return NULL;
-    PyObject *res =
-        PyObject_VectorcallMethod(st->s_result, &fut, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (res == NULL) {
-        PyErr_Clear();
-        return NULL;
+    SpinCtx sc = {s, r};
+    return cm_busypoll_wait(&s->spin, spin_collect, spin_handle, spin_req_done, &sc);
+}
+
+/* The awaitable of a held request that finished during submit: ready with
+ * its value, or a done future with its error (awaiting it raises without
+ * yielding, as for a reply that came later). Frees r. */
+static PyObject *finished_result(CmSqlStorageObject *s, CmSqlReq *r, PyObject *loop)
+{
+    CmState *st = s->st;
+    PyObject *out = NULL;
+    PyObject *v = r->error ? NULL : req_value(s, r);
+    if (v != NULL) {
+        out = cm_ready_new(st, v);
+        Py_DECREF(v);
+    } else {
+        PyObject *err = r->error ? Py_NewRef(r->error) : cm_exc_take();
+        out = cm_loop_create_future(st, loop);
+        if (out != NULL && cm_future_set_exception(st, out, err ? err : st->SQLError) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(err);
     }
-    PyObject *out = cm_ready_new(st, res);
-    Py_DECREF(res);
-    if (out == NULL)
-        PyErr_Clear();
+    req_free(r);
     return out;
 }
 
@@ -849,18 +853,26 @@ static PyObject *submit(CmSqlStorageObject *s, CmSqlReq *r)
     }
     if (bind_loop(s, &loop) < 0)
         goto done;
-    if ((r->fut = cm_loop_create_future(s->st, loop)) == NULL)
-        goto done;
     r->deadline = cm_sql_now() + (int64_t)(s->timeout * 1e9);
-    out = Py_NewRef(r->fut);
+    /* held until we return: whatever finishes it meanwhile (a reply read
+     * inline, a connection failing in dispatch) leaves it to us */
+    r->held = 1;
     enqueue(s, r);
-    r = NULL;
     dispatch(s);
-    PyObject *answered = wait_inline(s, out);
-    if (answered != NULL)
-        Py_SETREF(out, answered);
-    else
-        schedule_spin(s);
+    int answered = r->finished || wait_inline(s, r);
+    r->held = 0;
+    if (answered || r->finished) {
+        out = finished_result(s, r, loop);
+        r = NULL;
+        goto done;
+    }
+    /* in flight: its future, set when it finishes */
+    CmSqlReq *mine = r;
+    r = NULL;
+    if ((mine->fut = cm_loop_create_future(s->st, loop)) == NULL)
+        goto done; /* it finishes unseen, like a cancelled one */
+    out = Py_NewRef(mine->fut);
+    schedule_spin(s);
 done:
     if (r != NULL)
         req_free(r);

@@ -53,6 +53,11 @@ struct CmSqlReq {
     int64_t deadline; /* monotonic ns */
     PyObject *result;
     PyObject *error;
+    /* set while its submitter may still wait for it in its own call (see
+     * submit): then finishing it only sets `finished`, and the submitter
+     * takes the result (no future) or attaches a future */
+    int held;
+    int finished;
 };
 
 enum { CM_SQL_CONNECTING, CM_SQL_IDLE, CM_SQL_BUSY, CM_SQL_CLOSED };
