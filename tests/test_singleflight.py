@@ -468,3 +468,37 @@ async def test_proxy_behaves_as_a_future_for_tasks_and_gather():
     assert await shielded == "value-5"
     assert src.cancelled == 0 and src.calls == [5]
     assert flights() == 0
+
+
+def test_waiters_use_the_loops_own_create_future():
+    """Waiter futures come from loop.create_future() when a loop overrides
+    it (uvloop does); asyncio's own loops get plain asyncio Futures bound to
+    the running loop without the method call."""
+    made = []
+
+    class CountingLoop(asyncio.SelectorEventLoop):
+        def create_future(self):
+            fut = super().create_future()
+            made.append(fut)
+            return fut
+
+    async def scenario():
+        name = await register_local()
+        src = Source()
+        N = node_class(name, src)
+        tasks = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        src.gate.set()
+        assert await asyncio.gather(*tasks) == ["value-1"] * 5
+        assert flights() == 0
+
+    for loop_cls, counted in ((CountingLoop, True), (asyncio.SelectorEventLoop, False)):
+        made.clear()
+        loop = loop_cls()
+        try:
+            loop.run_until_complete(scenario())
+        finally:
+            loop.close()
+        # four of the five callers waited on a future of their own
+        assert (len(made) >= 4) is counted
+        assert all(f.get_loop() is loop for f in made)
