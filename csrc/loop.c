@@ -225,9 +225,9 @@ int cm_loop_remove_writer(CmState *st, PyObject *loop, int fd)
 
 PyObject *cm_loop_call_soon(CmState *st, PyObject *loop, PyObject *cb)
 {
-    PyObject *args[2] = {loop, cb};
+    PyObject *args[3] = {loop, cb, st->empty_context};
     return PyObject_VectorcallMethod(st->s_call_soon, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                     NULL);
+                                     st->kw_context);
 }
 
 PyObject *cm_loop_call_later(CmState *st, PyObject *loop, double delay, PyObject *cb)

@@ -38,7 +38,10 @@ int cm_loop_add_reader(CmState *st, PyObject *loop, int fd, PyObject *cb);
 int cm_loop_remove_reader(CmState *st, PyObject *loop, int fd);
 int cm_loop_add_writer(CmState *st, PyObject *loop, int fd, PyObject *cb);
 int cm_loop_remove_writer(CmState *st, PyObject *loop, int fd);
-PyObject *cm_loop_call_soon(CmState *st, PyObject *loop, PyObject *cb);                /* handle */
+/* loop.call_soon(cb) for the core's own callbacks (flushes, busy polls),
+ * which read no context variable: they run in the shared empty Context, so
+ * no copy of the caller's is made per call. A new reference to the handle. */
+PyObject *cm_loop_call_soon(CmState *st, PyObject *loop, PyObject *cb);
 PyObject *cm_loop_call_later(CmState *st, PyObject *loop, double delay, PyObject *cb); /* handle */
 /* handle.cancel(); never fails (errors are written as unraisable). */
 void cm_handle_cancel(CmState *st, PyObject *handle);
