@@ -755,6 +755,7 @@ typedef struct {
     PyObject *cb, *ctx; /* the Task's wakeup and its context */
     int blocking;       /* _asyncio_future_blocking */
     int state;
+    int direct; /* woken by X's Redis op (cm_redis_attach_waiter), not a done-callback */
 } CmProxyObject;
 
 /* Take the callback out before calling it: it may reenter the proxy. */
@@ -790,14 +791,19 @@ static int proxy_schedule_cb(CmProxyObject *p)
     return rc;
 }
 
-/* X's done-callback: proxy(X), run by the loop */
-static PyObject *proxy_tp_call(PyObject *self, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kw))
+void cm_proxy_fire(PyObject *self)
 {
     CmProxyObject *p = (CmProxyObject *)self;
     if (p->state == PX_PENDING) {
         p->state = PX_FIRED;
         proxy_run_cb(p);
     }
+}
+
+/* X's done-callback: proxy(X), run by the loop */
+static PyObject *proxy_tp_call(PyObject *self, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kw))
+{
+    cm_proxy_fire(self);
     Py_RETURN_NONE;
 }
 
@@ -820,6 +826,10 @@ static PyObject *proxy_add_done_callback(PyObject *self, PyObject *const *args, 
     if (p->state != PX_PENDING) {
         if (proxy_schedule_cb(p) < 0)
             return NULL;
+        Py_RETURN_NONE;
+    }
+    if (cm_redis_attach_waiter(p->owner->st, p->target, self, p->loop)) {
+        p->direct = 1;
         Py_RETURN_NONE;
     }
     /* with the Task's context to enter, proxy(X) needs none of its own */
@@ -894,8 +904,12 @@ static PyObject *proxy_cancel(PyObject *self, PyObject *const *args, Py_ssize_t 
         table_unlink(st, g->fl);
     }
     PyObject *targs[2] = {p->target, nargs ? args[0] : NULL};
-    return PyObject_VectorcallMethod(st->s_cancel, targs,
-                                     (nargs ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+    PyObject *r = PyObject_VectorcallMethod(
+        st->s_cancel, targs, (nargs ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+    /* X has no done-callback of ours to run: wake the Task as it would */
+    if (r == Py_True && p->direct && proxy_schedule_cb(p) < 0)
+        Py_CLEAR(r);
+    return r;
 }
 
 static PyObject *proxy_forward(CmProxyObject *p, PyObject *name)
@@ -1066,6 +1080,7 @@ static PySendResult leader_suspend(CmGetObject *g, PyObject *yielded, PyObject *
     p->cb = p->ctx = NULL;
     p->blocking = 1;
     p->state = PX_PENDING;
+    p->direct = 0;
     PyObject_GC_Track(p);
     if (p->loop == NULL) {
         Py_DECREF(p);

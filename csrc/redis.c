@@ -94,6 +94,9 @@ struct CmRedisOp {
     PyObject *error;
     long long ttl_ms; /* -1: no TTL */
     int (*done)(CmRedisClientObject *, PyObject *reply, PyObject *error);
+    /* a FlightProxy woken straight when the op finishes (instead of through
+     * a done-callback of fut), and its loop; see cm_redis_attach_waiter */
+    PyObject *waiter, *waiter_loop;
 };
 
 /* ------------------------------------------------------------------ */
@@ -238,10 +241,90 @@ static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
     return out;
 }
 
+/* ---- waiters woken straight ------------------------------------------------
+ *
+ * The leader of a flight waits for a storage call through a FlightProxy,
+ * which would add itself as a done-callback of the call's future: when the
+ * reply comes, set_result schedules it with loop.call_soon (a Handle, its
+ * Python frames) and the proxy then wakes the Task. For the future a Redis
+ * call has just returned, the proxy is instead given to the op
+ * (cm_redis_attach_waiter): the op sets its future as before and queues the
+ * proxy, and one callback per batch of replies wakes every queued proxy, in
+ * the order their ops finished. */
+
+static PyObject *client_fire(PyObject *self, PyObject *Py_UNUSED(unused))
+{
+    CmRedisClientObject *c = (CmRedisClientObject *)self;
+    PyObject *batch = c->fire;
+    c->fire = NULL;
+    Py_CLEAR(c->fire_loop);
+    if (batch == NULL)
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++)
+        cm_proxy_fire(PyList_GET_ITEM(batch, i));
+    Py_DECREF(batch);
+    Py_RETURN_NONE;
+}
+static PyMethodDef client_fire_def = {"_fire", client_fire, METH_NOARGS, NULL};
+
+/* Wake waiter (stolen, of loop: stolen) after the current callback: with
+ * the batch of its loop, or on its own when another loop's is pending. */
+static void queue_waiter(CmRedisClientObject *c, PyObject *fut, PyObject *waiter, PyObject *loop)
+{
+    CmState *st = c->st;
+    if (c->fire_loop == NULL || c->fire_loop == loop) {
+        if (c->fire == NULL && (c->fire = PyList_New(0)) == NULL)
+            goto alone;
+        if (PyList_Append(c->fire, waiter) < 0)
+            goto alone;
+        if (c->fire_loop == NULL) {
+            if (c->fire_cb == NULL &&
+                (c->fire_cb = PyCFunction_New(&client_fire_def, (PyObject *)c)) == NULL)
+                goto alone_listed;
+            PyObject *h = cm_loop_call_soon(st, loop, c->fire_cb);
+            if (h == NULL)
+                goto alone_listed;
+            Py_DECREF(h);
+            c->fire_loop = Py_NewRef(loop);
+        }
+        Py_DECREF(waiter);
+        Py_DECREF(loop);
+        return;
+    alone_listed:
+        /* not scheduled: take it back out of the list */
+        PySequence_DelItem(c->fire, PyList_GET_SIZE(c->fire) - 1);
+    }
+alone:
+    PyErr_Clear();
+    /* what its done-callback would have been: proxy(fut) on its loop */
+    if (cm_loop_call_soon_arg(st, loop, waiter, fut, st->empty_context) < 0) {
+        PyErr_Clear();
+        cm_proxy_fire(waiter); /* the loop is gone: wake it now rather than never */
+    }
+    Py_DECREF(waiter);
+    Py_DECREF(loop);
+}
+
+int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop)
+{
+    CmRedisOp *op = st->redis_last_op;
+    if (op == NULL || st->redis_last_fut != fut || op->fut != fut || op->waiter != NULL)
+        return 0;
+    op->waiter = Py_NewRef(waiter);
+    op->waiter_loop = Py_NewRef(loop);
+    st->redis_last_op = NULL;
+    st->redis_last_fut = NULL;
+    return 1;
+}
+
 static void op_finish(CmRedisOp *op)
 {
     CmState *st = op->client->st;
     PyObject *saved = cm_exc_take();
+    if (st->redis_last_op == op) {
+        st->redis_last_op = NULL;
+        st->redis_last_fut = NULL;
+    }
     PyObject *res = NULL;
     PyObject *err = Py_XNewRef(op->error);
 
@@ -275,6 +358,10 @@ static void op_finish(CmRedisOp *op)
                      : cm_future_set_result(st, op->fut, res);
         if (rc < 0)
             PyErr_Clear(); /* the caller cancelled it */
+    }
+    if (op->waiter != NULL) {
+        queue_waiter(op->client, op->fut, op->waiter, op->waiter_loop);
+        op->waiter = op->waiter_loop = NULL;
     }
     Py_XDECREF(res);
     Py_XDECREF(err);
@@ -1552,6 +1639,9 @@ done:
 static PyObject *finish_op(CmRedisOp *op, PyObject *loop)
 {
     PyObject *fut = Py_NewRef(op->fut);
+    CmState *st = op->client->st;
+    st->redis_last_op = op; /* op_finish clears it, also just below */
+    st->redis_last_fut = op->fut;
     cm_redis_op_unref(op);
     Py_DECREF(loop);
     return fut;
@@ -2000,12 +2090,18 @@ static int client_traverse(CmRedisClientObject *self, visitproc visit, void *arg
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->default_serializer);
+    Py_VISIT(self->fire);
+    Py_VISIT(self->fire_loop);
+    Py_VISIT(self->fire_cb);
     return cm_busypoll_traverse(&self->spin, visit, arg);
 }
 
 static int client_clear(CmRedisClientObject *self)
 {
     Py_CLEAR(self->default_serializer);
+    Py_CLEAR(self->fire);
+    Py_CLEAR(self->fire_loop);
+    Py_CLEAR(self->fire_cb);
     cm_busypoll_clear(&self->spin);
     return 0;
 }

@@ -184,6 +184,11 @@ typedef struct {
 #define CM_REDIS_DECLARE(n) PyObject *n;
     CM_REDIS_OBJECTS(CM_REDIS_DECLARE)
 #undef CM_REDIS_DECLARE
+    /* the op whose future a storage call handed out last, while it is in
+     * flight (borrowed; op_finish clears it): the one a FlightProxy can wait
+     * on directly (cm_redis_attach_waiter) */
+    struct CmRedisOp *redis_last_op;
+    PyObject *redis_last_fut;
     /* end redis */
     /* sql (sqlstore.c, pg.c, mysql.c, sqlite.c) */
 #define CM_SQL_OBJECTS(X)                                                                          \
@@ -234,6 +239,12 @@ void cm_serializer_clear(CmState *st);
 int cm_redis_init(PyObject *mod, CmState *st);
 int cm_redis_traverse(CmState *st, visitproc visit, void *arg);
 void cm_redis_clear(CmState *st);
+/* Make waiter (a FlightProxy of loop) be woken straight by the op behind
+ * fut, the future a Redis storage call just returned: 1 attached, 0 not
+ * (fut is not such an op's, or it has a waiter). See redis.c. */
+int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
+/* flight.c: wake a proxy attached that way (what its done-callback does). */
+void cm_proxy_fire(PyObject *proxy);
 /* end redis */
 
 /* sql */

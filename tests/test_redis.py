@@ -18,7 +18,15 @@ from cacheme.storages.redis import (
     RedisTimeoutError,
     parse_url,
 )
-from conftest import ReadyTask, count_sleeps, needs_two_cpus, register_local, run_python, unique
+from conftest import (
+    ReadyTask,
+    count_sleeps,
+    flights,
+    needs_two_cpus,
+    register_local,
+    run_python,
+    unique,
+)
 from redis_servers import (  # noqa: F401  (fixtures)
     RedisServer,
     _redis_session_server,
@@ -459,6 +467,42 @@ async def test_server_restart_mid_run_recovers_without_fd_leak():
             assert s._connections() <= 100
         await s.close()
         assert s._connections() == 0
+
+
+async def test_callers_cancelled_while_their_get_is_in_flight(redis_server):
+    """The leader of a flight waits on its Redis GET through a proxy that the
+    op wakes directly (no done-callback on the op's future): cancelling it,
+    alone or with others waiting, behaves as with a plain future."""
+    from delay_proxy import DelayProxy
+
+    proxy = DelayProxy("127.0.0.1", redis_server.port, 0.05)
+    try:
+        name = await register_redis(f"redis://127.0.0.1:{proxy.port}", busy_poll=0.0)
+        Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+        # a lone leader: CancelledError, nothing left in flight, no load
+        t = asyncio.ensure_future(cacheme.get(Node(1)))
+        await asyncio.sleep(0.01)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        assert flights() == 0 and calls == []
+        # the leader cancelled with two waiters: they get the value, one load
+        ts = [asyncio.ensure_future(cacheme.get(Node(2)))]
+        await asyncio.sleep(0.01)
+        ts += [asyncio.ensure_future(cacheme.get(Node(2))) for _ in range(2)]
+        await asyncio.sleep(0)
+        ts[0].cancel()
+        res = await asyncio.gather(*ts, return_exceptions=True)
+        assert isinstance(res[0], asyncio.CancelledError)
+        assert res[1:] == [{"uid": 2, "name": "u2"}] * 2 and calls == [2]
+        # many leaders at once, woken together in one batch, each its own value
+        out = await asyncio.gather(*(cacheme.get(Node(i)) for i in range(10, 60)))
+        assert out == [{"uid": i, "name": f"u{i}"} for i in range(10, 60)]
+        assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
+        assert flights() == 0
+        await storage_of(name).close()
+    finally:
+        proxy.close()
 
 
 async def test_cancelled_request_does_not_break_the_connection(redis_server):
