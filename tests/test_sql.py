@@ -878,8 +878,11 @@ async def test_busy_poll_answers_sequential_reads(url, backend):
 
 
 async def test_busy_poll_never_delays_ready_tasks(url, backend):
-    # with another task ready to run, the loop never spins, and every get
-    # still yields to the loop
+    # with another task ready to run, the loop never spins, and the gets
+    # yield to the loop: the other task runs between them. (Not between
+    # every two: a reply already there when the driver reads right after
+    # sending, which a slow client such as an ASan build sometimes finds,
+    # completes the get at once, as awaiting a done future would.)
     _networked(backend)
     name = await register(url, busy_poll=0.005)
     s = storage_of(name)
@@ -889,7 +892,7 @@ async def test_busy_poll_never_delays_ready_tasks(url, backend):
         for _ in range(100):
             assert await s.get(K("a"), None) == b"1"
         after = s.pool_info()
-    assert other.ticks - start >= 100
+    assert other.ticks - start >= 50
     for k in ("busy_poll_hits", "busy_poll_timeouts", "busy_poll_inline"):
         assert after[k] == before[k], (before, after)
 
