@@ -743,7 +743,11 @@ static int move_to_task(CmGetObject *g, PyObject *pending)
  *
  * Like a Future, the proxy never runs a callback from inside a method call
  * (cancel, add_done_callback): those are scheduled on the loop. Only X's
- * own done-callback, which the loop runs, calls the wakeup directly. */
+ * own done-callback, which the loop runs, calls the wakeup directly; or,
+ * when X is the future a Redis call just returned, the op itself: the proxy
+ * is then not a done-callback of X but the op's waiter (`direct`), woken
+ * with the other waiters of its batch of replies by one loop callback
+ * (cm_redis_attach_waiter, cm_proxy_fire). */
 
 enum { PX_PENDING, PX_FIRED, PX_DETACHED };
 
