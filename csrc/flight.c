@@ -91,6 +91,11 @@ static void flight_free(CmState *st, CmFlight *fl)
     for (Py_ssize_t i = 0; i < fl->nwaiters; i++)
         Py_CLEAR(fl->waiters[i]);
     fl->nwaiters = 0;
+    for (Py_ssize_t i = 0; i < fl->nwakers; i++)
+        Py_CLEAR(fl->wakers[i]);
+    PyMem_Free(fl->wakers);
+    fl->wakers = NULL;
+    fl->nwakers = fl->capwakers = 0;
     if (st->flight_free_len < 256) {
         /* keep the waiters array with the record for reuse */
         fl->next = st->flight_free;
@@ -195,7 +200,40 @@ static int flight_add_waiter(CmFlight *fl, PyObject *fut)
     return 0;
 }
 
+static int flight_add_waker(CmFlight *fl, PyObject *proxy)
+{
+    if (fl->nwakers == fl->capwakers) {
+        Py_ssize_t cap = fl->capwakers ? fl->capwakers * 2 : 4;
+        PyObject **w = PyMem_Realloc(fl->wakers, cap * sizeof(PyObject *));
+        if (w == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        fl->wakers = w;
+        fl->capwakers = cap;
+    }
+    fl->wakers[fl->nwakers++] = Py_NewRef(proxy);
+    return 0;
+}
+
+/* A waiter leaving before the flight settles takes its proxy back (the
+ * proxy holds the waiter, which holds the flight). */
+static void flight_drop_waker(CmFlight *fl, PyObject *proxy)
+{
+    for (Py_ssize_t i = 0; i < fl->nwakers; i++) {
+        if (fl->wakers[i] == proxy) {
+            memmove(&fl->wakers[i], &fl->wakers[i + 1],
+                    (size_t)(fl->nwakers - i - 1) * sizeof(PyObject *));
+            fl->nwakers--;
+            Py_DECREF(proxy);
+            return;
+        }
+    }
+}
+
 /* Give every waiting future the outcome (value, or exc). */
+static void proxy_wake_settled(CmState *st, PyObject *proxy);
+
 static void flight_settle(CmState *st, CmFlight *fl, PyObject *value, PyObject *exc)
 {
     if (fl->done)
@@ -221,6 +259,14 @@ static void flight_settle(CmState *st, CmFlight *fl, PyObject *value, PyObject *
         if (done < 0 || rc < 0)
             PyErr_WriteUnraisable(fut);
     }
+    /* their futures have no done-callback: wake their Tasks (a waiter that
+     * was cancelled has had its own wakeup scheduled; firing it is a no-op) */
+    for (Py_ssize_t i = 0; i < fl->nwakers; i++) {
+        PyObject *p = fl->wakers[i];
+        fl->wakers[i] = NULL;
+        proxy_wake_settled(st, p);
+    }
+    fl->nwakers = 0;
     if (exc != NULL) /* a failed flight is over: nobody may join it */
         flight_remove(st, fl);
 }
@@ -276,6 +322,7 @@ typedef struct {
     PyObject *value;
     PyObject *fut; /* WAIT: our future */
     PyObject *fut_iter;
+    PyObject *wproxy; /* WAIT: the proxy the Task waits on (also in fl->wakers) */
 } CmGetObject;
 
 static PyObject *get_alloc(CmState *st)
@@ -643,6 +690,13 @@ static void leave_flight(CmGetObject *g)
 {
     CmState *st = g->st;
     CmFlight *fl = g->fl;
+    if (g->wproxy != NULL) {
+        PyObject *p = g->wproxy;
+        g->wproxy = NULL;
+        if (fl != NULL)
+            flight_drop_waker(fl, p);
+        Py_DECREF(p);
+    }
     if (g->fut != NULL) {
         int done = cm_future_done(st, g->fut);
         if (done == 0 && cm_future_cancel(st, g->fut) < 0)
@@ -747,7 +801,9 @@ static int move_to_task(CmGetObject *g, PyObject *pending)
  * when X is the future a Redis call just returned, the op itself: the proxy
  * is then not a done-callback of X but the op's waiter (`direct`), woken
  * with the other waiters of its batch of replies by one loop callback
- * (cm_redis_attach_waiter, cm_proxy_fire). */
+ * (cm_redis_attach_waiter, cm_proxy_wake_later). A waiter's proxy (`waiter`)
+ * stands for the waiter's own future and is woken by the flight when it
+ * settles; cancelling it cancels that future only. */
 
 enum { PX_PENDING, PX_FIRED, PX_DETACHED };
 
@@ -759,7 +815,9 @@ typedef struct {
     PyObject *cb, *ctx; /* the Task's wakeup and its context */
     int blocking;       /* _asyncio_future_blocking */
     int state;
-    int direct; /* woken by X's Redis op (cm_redis_attach_waiter), not a done-callback */
+    int direct; /* woken by X's Redis op (cm_redis_attach_waiter) or by the
+                 * flight (waiter), not by a done-callback of X */
+    int waiter; /* the owner is a waiter (M_WAIT) and X its own future */
 } CmProxyObject;
 
 /* Take the callback out before calling it: it may reenter the proxy. */
@@ -795,7 +853,7 @@ static int proxy_schedule_cb(CmProxyObject *p)
     return rc;
 }
 
-void cm_proxy_fire(PyObject *self)
+static void proxy_fire(PyObject *self)
 {
     CmProxyObject *p = (CmProxyObject *)self;
     if (p->state == PX_PENDING) {
@@ -804,10 +862,70 @@ void cm_proxy_fire(PyObject *self)
     }
 }
 
+/* ---- waking proxies in batches ------------------------------------------------
+ *
+ * A proxy that is not a done-callback of its future (`direct`) is woken by
+ * whoever settles that future: a Redis op, or the flight for its waiters.
+ * Instead of one loop.call_soon per future (a Handle and its Python frames,
+ * as set_result would make for a done-callback), the proxies woken while
+ * the loop runs one callback are woken together by the next one. */
+
+static PyObject *wake_batch_run(PyObject *mod, PyObject *Py_UNUSED(unused))
+{
+    CmState *st = cm_state_from_module(mod);
+    PyObject *batch = st->wake_batch;
+    st->wake_batch = NULL;
+    Py_CLEAR(st->wake_loop);
+    if (batch != NULL) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++)
+            proxy_fire(PyList_GET_ITEM(batch, i));
+        Py_DECREF(batch);
+    }
+    Py_RETURN_NONE;
+}
+static PyMethodDef wake_batch_def = {"_wake_batch", wake_batch_run, METH_NOARGS, NULL};
+
+void cm_proxy_wake_later(CmState *st, PyObject *proxy, PyObject *fut, PyObject *loop)
+{
+    if (st->wake_cb != NULL && (st->wake_loop == NULL || st->wake_loop == loop)) {
+        if (st->wake_batch == NULL && (st->wake_batch = PyList_New(0)) == NULL)
+            goto alone;
+        if (PyList_Append(st->wake_batch, proxy) < 0)
+            goto alone;
+        if (st->wake_loop == NULL) {
+            PyObject *h = cm_loop_call_soon(st, loop, st->wake_cb);
+            if (h == NULL) {
+                PySequence_DelItem(st->wake_batch, PyList_GET_SIZE(st->wake_batch) - 1);
+                goto alone;
+            }
+            Py_DECREF(h);
+            st->wake_loop = Py_NewRef(loop);
+        }
+        Py_DECREF(proxy);
+        Py_DECREF(loop);
+        return;
+    }
+alone:
+    PyErr_Clear();
+    /* what a done-callback would have been: proxy(fut) on its loop */
+    if (cm_loop_call_soon_arg(st, loop, proxy, fut, st->empty_context) < 0) {
+        PyErr_Clear();
+        proxy_fire(proxy); /* the loop is gone: wake it now rather than never */
+    }
+    Py_DECREF(proxy);
+    Py_DECREF(loop);
+}
+
+static void proxy_wake_settled(CmState *st, PyObject *proxy)
+{
+    CmProxyObject *p = (CmProxyObject *)proxy;
+    cm_proxy_wake_later(st, proxy, p->target, Py_NewRef(p->loop));
+}
+
 /* X's done-callback: proxy(X), run by the loop */
 static PyObject *proxy_tp_call(PyObject *self, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kw))
 {
-    cm_proxy_fire(self);
+    proxy_fire(self);
     Py_RETURN_NONE;
 }
 
@@ -832,6 +950,8 @@ static PyObject *proxy_add_done_callback(PyObject *self, PyObject *const *args, 
             return NULL;
         Py_RETURN_NONE;
     }
+    if (p->waiter) /* the flight wakes it (flight_settle) */
+        Py_RETURN_NONE;
     if (cm_redis_attach_waiter(p->owner->st, p->target, self, p->loop)) {
         p->direct = 1;
         Py_RETURN_NONE;
@@ -892,6 +1012,15 @@ static PyObject *proxy_cancel(PyObject *self, PyObject *const *args, Py_ssize_t 
     CmState *st = g->st;
     if (p->state != PX_PENDING)
         Py_RETURN_FALSE;
+    if (p->waiter) {
+        /* this caller only: its future; the flight goes on for the others */
+        PyObject *targs[2] = {p->target, nargs ? args[0] : NULL};
+        PyObject *r = PyObject_VectorcallMethod(
+            st->s_cancel, targs, (nargs ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+        if (r == Py_True && proxy_schedule_cb(p) < 0)
+            Py_CLEAR(r);
+        return r;
+    }
     int moved = leader_leaves(g, p->target);
     if (moved < 0)
         PyErr_WriteUnraisable(self); /* the flight failed its waiters; cancel the leader anyway */
@@ -1051,6 +1180,42 @@ static void get_abort(CmGetObject *g);
 
 /* The leader's flight yielded `yielded` (stolen): register the flight so
  * others can join, and give the Task a proxy of what it waits on. */
+/* A waiter's Task waits on its future through a proxy that the flight wakes
+ * (flight_settle, in a batch with the others) rather than through a
+ * done-callback of the future. `fut` (stolen) is what the future's iterator
+ * yielded: the future itself. The future alone when that cannot be set up. */
+static PyObject *waiter_proxy(CmGetObject *g, PyObject *fut)
+{
+    CmState *st = g->st;
+    if (g->fl == NULL || g->fl->done || fut != g->fut)
+        return fut;
+    PyObject *loop = cm_loop_running(st);
+    CmProxyObject *p = loop ? PyObject_GC_New(CmProxyObject, st->ProxyType) : NULL;
+    if (p == NULL) {
+        Py_XDECREF(loop);
+        PyErr_Clear();
+        return fut;
+    }
+    p->owner = (CmGetObject *)Py_NewRef(g);
+    p->target = fut; /* steals */
+    p->loop = loop;
+    p->cb = p->ctx = NULL;
+    p->blocking = 1;
+    p->state = PX_PENDING;
+    p->direct = 1;
+    p->waiter = 1;
+    PyObject_GC_Track(p);
+    if (flight_add_waker(g->fl, (PyObject *)p) < 0) {
+        /* the future as it is: the Task's done-callback on it */
+        PyErr_Clear();
+        fut = Py_NewRef(p->target);
+        Py_DECREF(p);
+        return fut;
+    }
+    g->wproxy = Py_NewRef(p);
+    return (PyObject *)p;
+}
+
 static PySendResult leader_suspend(CmGetObject *g, PyObject *yielded, PyObject **out)
 {
     CmState *st = g->st;
@@ -1085,6 +1250,7 @@ static PySendResult leader_suspend(CmGetObject *g, PyObject *yielded, PyObject *
     p->blocking = 1;
     p->state = PX_PENDING;
     p->direct = 0;
+    p->waiter = 0;
     PyObject_GC_Track(p);
     if (p->loop == NULL) {
         Py_DECREF(p);
@@ -1226,8 +1392,11 @@ static PySendResult get_step(CmGetObject *g, PyObject *arg, PyObject *exc, PyObj
             return PYGEN_ERROR;
         }
         r = PyIter_Send(g->fut_iter, arg, out);
+        if (r == PYGEN_NEXT && g->wproxy == NULL)
+            *out = waiter_proxy(g, *out);
         if (r != PYGEN_NEXT) {
             g->mode = M_DONE;
+            Py_CLEAR(g->wproxy);
             Py_CLEAR(g->fut_iter);
         }
         return r;
@@ -1363,6 +1532,7 @@ static int get_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(g->value);
     Py_VISIT(g->fut);
     Py_VISIT(g->fut_iter);
+    Py_VISIT(g->wproxy);
     return 0;
 }
 
@@ -1381,6 +1551,7 @@ static int get_clear(PyObject *self)
     Py_CLEAR(g->value);
     Py_CLEAR(g->fut);
     Py_CLEAR(g->fut_iter);
+    Py_CLEAR(g->wproxy);
     return 0;
 }
 
@@ -1628,6 +1799,8 @@ int cm_flight_init(PyObject *mod, CmState *st)
         return -1;
     st->FlightHandleType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &handle_spec, NULL);
     if (st->FlightHandleType == NULL)
+        return -1;
+    if ((st->wake_cb = PyCFunction_New(&wake_batch_def, mod)) == NULL)
         return -1;
     return PyModule_AddFunctions(mod, flight_functions);
 }

@@ -23,6 +23,10 @@ struct CmFlight {
     PyObject *value, *exc;
     PyObject **waiters; /* futures */
     Py_ssize_t nwaiters, capwaiters;
+    /* the FlightProxy objects of waiters whose Task waits through one: woken
+     * in a batch when the flight settles (cm_proxy_wake_later) */
+    PyObject **wakers;
+    Py_ssize_t nwakers, capwakers;
     PyObject *task; /* the Task driving it after the first suspension */
     Py_ssize_t refs;
 };

@@ -248,62 +248,9 @@ static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
  * reply comes, set_result schedules it with loop.call_soon (a Handle, its
  * Python frames) and the proxy then wakes the Task. For the future a Redis
  * call has just returned, the proxy is instead given to the op
- * (cm_redis_attach_waiter): the op sets its future as before and queues the
- * proxy, and one callback per batch of replies wakes every queued proxy, in
- * the order their ops finished. */
-
-static PyObject *client_fire(PyObject *self, PyObject *Py_UNUSED(unused))
-{
-    CmRedisClientObject *c = (CmRedisClientObject *)self;
-    PyObject *batch = c->fire;
-    c->fire = NULL;
-    Py_CLEAR(c->fire_loop);
-    if (batch == NULL)
-        Py_RETURN_NONE;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++)
-        cm_proxy_fire(PyList_GET_ITEM(batch, i));
-    Py_DECREF(batch);
-    Py_RETURN_NONE;
-}
-static PyMethodDef client_fire_def = {"_fire", client_fire, METH_NOARGS, NULL};
-
-/* Wake waiter (stolen, of loop: stolen) after the current callback: with
- * the batch of its loop, or on its own when another loop's is pending. */
-static void queue_waiter(CmRedisClientObject *c, PyObject *fut, PyObject *waiter, PyObject *loop)
-{
-    CmState *st = c->st;
-    if (c->fire_loop == NULL || c->fire_loop == loop) {
-        if (c->fire == NULL && (c->fire = PyList_New(0)) == NULL)
-            goto alone;
-        if (PyList_Append(c->fire, waiter) < 0)
-            goto alone;
-        if (c->fire_loop == NULL) {
-            if (c->fire_cb == NULL &&
-                (c->fire_cb = PyCFunction_New(&client_fire_def, (PyObject *)c)) == NULL)
-                goto alone_listed;
-            PyObject *h = cm_loop_call_soon(st, loop, c->fire_cb);
-            if (h == NULL)
-                goto alone_listed;
-            Py_DECREF(h);
-            c->fire_loop = Py_NewRef(loop);
-        }
-        Py_DECREF(waiter);
-        Py_DECREF(loop);
-        return;
-    alone_listed:
-        /* not scheduled: take it back out of the list */
-        PySequence_DelItem(c->fire, PyList_GET_SIZE(c->fire) - 1);
-    }
-alone:
-    PyErr_Clear();
-    /* what its done-callback would have been: proxy(fut) on its loop */
-    if (cm_loop_call_soon_arg(st, loop, waiter, fut, st->empty_context) < 0) {
-        PyErr_Clear();
-        cm_proxy_fire(waiter); /* the loop is gone: wake it now rather than never */
-    }
-    Py_DECREF(waiter);
-    Py_DECREF(loop);
-}
+ * (cm_redis_attach_waiter): the op sets its future as before and hands the
+ * proxy to cm_proxy_wake_later, whose one callback per batch of replies
+ * wakes every proxy handed over, in the order their ops finished. */
 
 int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop)
 {
@@ -360,7 +307,7 @@ static void op_finish(CmRedisOp *op)
             PyErr_Clear(); /* the caller cancelled it */
     }
     if (op->waiter != NULL) {
-        queue_waiter(op->client, op->fut, op->waiter, op->waiter_loop);
+        cm_proxy_wake_later(st, op->waiter, op->fut, op->waiter_loop);
         op->waiter = op->waiter_loop = NULL;
     }
     Py_XDECREF(res);
@@ -2090,18 +2037,12 @@ static int client_traverse(CmRedisClientObject *self, visitproc visit, void *arg
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->default_serializer);
-    Py_VISIT(self->fire);
-    Py_VISIT(self->fire_loop);
-    Py_VISIT(self->fire_cb);
     return cm_busypoll_traverse(&self->spin, visit, arg);
 }
 
 static int client_clear(CmRedisClientObject *self)
 {
     Py_CLEAR(self->default_serializer);
-    Py_CLEAR(self->fire);
-    Py_CLEAR(self->fire_loop);
-    Py_CLEAR(self->fire_cb);
     cm_busypoll_clear(&self->spin);
     return 0;
 }

@@ -92,9 +92,6 @@ struct CmRedisClientObject {
     CmRedisCluster *cluster; /* or a cluster */
     PyObject *default_serializer;
     CmBusyPoll spin; /* single server: waiting for replies on an idle loop */
-    /* waiters of finished ops (FlightProxy objects) woken together by one
-     * callback on fire_loop (see queue_waiter); fire_cb is bound, made once */
-    PyObject *fire, *fire_loop, *fire_cb;
 };
 
 /* redis.c, used by the cluster */

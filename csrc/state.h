@@ -94,6 +94,9 @@ typedef struct {
      * of their own run in it instead of a copy made per callback (loop.c) */
     PyObject *empty_context;
     PyObject *kw_context;
+    /* FlightProxy objects to wake from one callback (wake_cb, bound to the
+     * module) on wake_loop: see cm_proxy_wake_later (flight.c) */
+    PyObject *wake_batch, *wake_loop, *wake_cb;
 
     /* cacheme.models._FullKeySlot: Node's base whose one slot holds the
      * cached full key, read and written at key_slot_offset (key.c) */
@@ -243,8 +246,9 @@ void cm_redis_clear(CmState *st);
  * fut, the future a Redis storage call just returned: 1 attached, 0 not
  * (fut is not such an op's, or it has a waiter). See redis.c. */
 int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
-/* flight.c: wake a proxy attached that way (what its done-callback does). */
-void cm_proxy_fire(PyObject *proxy);
+/* flight.c: wake proxy (stolen; of loop, stolen), which waits for fut, from
+ * one loop callback shared with the other proxies woken before it runs. */
+void cm_proxy_wake_later(CmState *st, PyObject *proxy, PyObject *fut, PyObject *loop);
 /* end redis */
 
 /* sql */
