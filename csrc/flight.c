@@ -184,36 +184,31 @@ void cm_flight_table_clear(CmState *st)
     st->flight_free_len = 0;
 }
 
-static int flight_add_waiter(CmFlight *fl, PyObject *fut)
+/* Append a new reference to o to the growable array *items (n used, cap). */
+static int refs_push(PyObject ***items, Py_ssize_t *n, Py_ssize_t *cap, PyObject *o)
 {
-    if (fl->nwaiters == fl->capwaiters) {
-        Py_ssize_t cap = fl->capwaiters ? fl->capwaiters * 2 : 4;
-        PyObject **w = PyMem_Realloc(fl->waiters, cap * sizeof(PyObject *));
+    if (*n == *cap) {
+        Py_ssize_t c = *cap ? *cap * 2 : 4;
+        PyObject **w = PyMem_Realloc(*items, (size_t)c * sizeof(PyObject *));
         if (w == NULL) {
             PyErr_NoMemory();
             return -1;
         }
-        fl->waiters = w;
-        fl->capwaiters = cap;
+        *items = w;
+        *cap = c;
     }
-    fl->waiters[fl->nwaiters++] = Py_NewRef(fut);
+    (*items)[(*n)++] = Py_NewRef(o);
     return 0;
+}
+
+static int flight_add_waiter(CmFlight *fl, PyObject *fut)
+{
+    return refs_push(&fl->waiters, &fl->nwaiters, &fl->capwaiters, fut);
 }
 
 static int flight_add_waker(CmFlight *fl, PyObject *proxy)
 {
-    if (fl->nwakers == fl->capwakers) {
-        Py_ssize_t cap = fl->capwakers ? fl->capwakers * 2 : 4;
-        PyObject **w = PyMem_Realloc(fl->wakers, cap * sizeof(PyObject *));
-        if (w == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        fl->wakers = w;
-        fl->capwakers = cap;
-    }
-    fl->wakers[fl->nwakers++] = Py_NewRef(proxy);
-    return 0;
+    return refs_push(&fl->wakers, &fl->nwakers, &fl->capwakers, proxy);
 }
 
 /* A waiter leaving before the flight settles takes its proxy back (the
@@ -231,9 +226,9 @@ static void flight_drop_waker(CmFlight *fl, PyObject *proxy)
     }
 }
 
-/* Give every waiting future the outcome (value, or exc). */
 static void proxy_wake_settled(CmState *st, PyObject *proxy);
 
+/* Give every waiting future the outcome (value, or exc). */
 static void flight_settle(CmState *st, CmFlight *fl, PyObject *value, PyObject *exc)
 {
     if (fl->done)
@@ -1012,29 +1007,24 @@ static PyObject *proxy_cancel(PyObject *self, PyObject *const *args, Py_ssize_t 
     CmState *st = g->st;
     if (p->state != PX_PENDING)
         Py_RETURN_FALSE;
-    if (p->waiter) {
-        /* this caller only: its future; the flight goes on for the others */
-        PyObject *targs[2] = {p->target, nargs ? args[0] : NULL};
-        PyObject *r = PyObject_VectorcallMethod(
-            st->s_cancel, targs, (nargs ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
-        if (r == Py_True && proxy_schedule_cb(p) < 0)
-            Py_CLEAR(r);
-        return r;
-    }
-    int moved = leader_leaves(g, p->target);
-    if (moved < 0)
-        PyErr_WriteUnraisable(self); /* the flight failed its waiters; cancel the leader anyway */
-    if (moved != 0) {
-        p->state = PX_DETACHED;
-        if (proxy_schedule_cb(p) < 0) /* the Task sees result() raise CancelledError */
-            return NULL;
-        Py_RETURN_TRUE;
-    }
-    /* nobody else: cancel what the load waits on; the flight may no longer
-     * be joined, or a newcomer would share the cancellation */
-    if (g->fl != NULL && !g->fl->done && g->mode == M_LEAD) {
-        g->fl->abandoned = 1;
-        table_unlink(st, g->fl);
+    /* a waiter's proxy: this caller only, its own future (the flight goes on
+     * for the others) */
+    if (!p->waiter) {
+        int moved = leader_leaves(g, p->target);
+        if (moved < 0) /* the flight failed its waiters; cancel the leader anyway */
+            PyErr_WriteUnraisable(self);
+        if (moved != 0) {
+            p->state = PX_DETACHED;
+            if (proxy_schedule_cb(p) < 0) /* the Task sees result() raise CancelledError */
+                return NULL;
+            Py_RETURN_TRUE;
+        }
+        /* nobody else: cancel what the load waits on; the flight may no
+         * longer be joined, or a newcomer would share the cancellation */
+        if (g->fl != NULL && !g->fl->done && g->mode == M_LEAD) {
+            g->fl->abandoned = 1;
+            table_unlink(st, g->fl);
+        }
     }
     PyObject *targs[2] = {p->target, nargs ? args[0] : NULL};
     PyObject *r = PyObject_VectorcallMethod(
@@ -1178,33 +1168,43 @@ static PyType_Spec proxy_spec = {
 
 static void get_abort(CmGetObject *g);
 
-/* The leader's flight yielded `yielded` (stolen): register the flight so
- * others can join, and give the Task a proxy of what it waits on. */
+/* A proxy of g for `target` (a new reference), on the running loop; for a
+ * waiter (`waiter`) one that the flight wakes. NULL with an exception. */
+static CmProxyObject *proxy_new(CmGetObject *g, PyObject *target, int waiter)
+{
+    CmState *st = g->st;
+    PyObject *loop = cm_loop_running(st);
+    CmProxyObject *p = loop ? PyObject_GC_New(CmProxyObject, st->ProxyType) : NULL;
+    if (p == NULL) {
+        Py_XDECREF(loop);
+        return NULL;
+    }
+    p->owner = (CmGetObject *)Py_NewRef(g);
+    p->target = Py_NewRef(target);
+    p->loop = loop;
+    p->cb = p->ctx = NULL;
+    p->blocking = 1;
+    p->state = PX_PENDING;
+    p->direct = waiter;
+    p->waiter = waiter;
+    PyObject_GC_Track(p);
+    return p;
+}
+
 /* A waiter's Task waits on its future through a proxy that the flight wakes
  * (flight_settle, in a batch with the others) rather than through a
  * done-callback of the future. `fut` (stolen) is what the future's iterator
  * yielded: the future itself. The future alone when that cannot be set up. */
 static PyObject *waiter_proxy(CmGetObject *g, PyObject *fut)
 {
-    CmState *st = g->st;
     if (g->fl == NULL || g->fl->done || fut != g->fut)
         return fut;
-    PyObject *loop = cm_loop_running(st);
-    CmProxyObject *p = loop ? PyObject_GC_New(CmProxyObject, st->ProxyType) : NULL;
+    CmProxyObject *p = proxy_new(g, fut, 1);
     if (p == NULL) {
-        Py_XDECREF(loop);
         PyErr_Clear();
         return fut;
     }
-    p->owner = (CmGetObject *)Py_NewRef(g);
-    p->target = fut; /* steals */
-    p->loop = loop;
-    p->cb = p->ctx = NULL;
-    p->blocking = 1;
-    p->state = PX_PENDING;
-    p->direct = 1;
-    p->waiter = 1;
-    PyObject_GC_Track(p);
+    Py_DECREF(fut); /* p has it */
     if (flight_add_waker(g->fl, (PyObject *)p) < 0) {
         /* the future as it is: the Task's done-callback on it */
         PyErr_Clear();
@@ -1216,6 +1216,8 @@ static PyObject *waiter_proxy(CmGetObject *g, PyObject *fut)
     return (PyObject *)p;
 }
 
+/* The leader's flight yielded `yielded` (stolen): register the flight so
+ * others can join, and give the Task a proxy of what it waits on. */
 static PySendResult leader_suspend(CmGetObject *g, PyObject *yielded, PyObject **out)
 {
     CmState *st = g->st;
@@ -1240,23 +1242,10 @@ static PySendResult leader_suspend(CmGetObject *g, PyObject *yielded, PyObject *
         return PYGEN_NEXT;
     }
     Py_DECREF(blocking);
-    CmProxyObject *p = PyObject_GC_New(CmProxyObject, st->ProxyType);
+    CmProxyObject *p = proxy_new(g, yielded, 0);
     if (p == NULL)
         goto fail;
-    p->owner = (CmGetObject *)Py_NewRef(g);
-    p->target = yielded; /* steals */
-    p->loop = cm_loop_running(st);
-    p->cb = p->ctx = NULL;
-    p->blocking = 1;
-    p->state = PX_PENDING;
-    p->direct = 0;
-    p->waiter = 0;
-    PyObject_GC_Track(p);
-    if (p->loop == NULL) {
-        Py_DECREF(p);
-        yielded = NULL;
-        goto fail;
-    }
+    Py_DECREF(yielded);
     *out = (PyObject *)p;
     return PYGEN_NEXT;
 fail:

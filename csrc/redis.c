@@ -254,13 +254,12 @@ static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
 
 int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop)
 {
-    CmRedisOp *op = st->redis_last_op;
-    if (op == NULL || st->redis_last_fut != fut || op->fut != fut || op->waiter != NULL)
+    CmRedisOp *op = st->redis_last_op; // borrowed: cleared when op finishes
+    if (op == NULL || op->fut != fut || op->waiter != NULL)
         return 0;
     op->waiter = Py_NewRef(waiter);
     op->waiter_loop = Py_NewRef(loop);
     st->redis_last_op = NULL;
-    st->redis_last_fut = NULL;
     return 1;
 }
 
@@ -268,10 +267,8 @@ static void op_finish(CmRedisOp *op)
 {
     CmState *st = op->client->st;
     PyObject *saved = cm_exc_take();
-    if (st->redis_last_op == op) {
+    if (st->redis_last_op == op)
         st->redis_last_op = NULL;
-        st->redis_last_fut = NULL;
-    }
     PyObject *res = NULL;
     PyObject *err = Py_XNewRef(op->error);
 
@@ -1588,7 +1585,6 @@ static PyObject *finish_op(CmRedisOp *op, PyObject *loop)
     PyObject *fut = Py_NewRef(op->fut);
     CmState *st = op->client->st;
     st->redis_last_op = op; /* op_finish clears it, also just below */
-    st->redis_last_fut = op->fut;
     cm_redis_op_unref(op);
     Py_DECREF(loop);
     return fut;

@@ -746,21 +746,21 @@ static PyMethodDef on_marker_def = {"_on_marker", storage_on_marker, METH_NOARGS
 static int spin_req_done(void *ctx) { return ((SpinCtx *)ctx)->req->finished; }
 
 /* The request r (held: see CmSqlReq) was just sent, or queued: if the loop
- * has nothing else to run, wait for its reply here. 1 when it finished
- * within the limit, 0 when not allowed now or not answered in time. */
-static int wait_inline(CmSqlStorageObject *s, CmSqlReq *r)
+ * has nothing else to run, wait here until it is finished or the limit
+ * passes (r->finished tells which). */
+static void wait_inline(CmSqlStorageObject *s, CmSqlReq *r)
 {
     int64_t now = cm_sql_now();
     if (s->queued != 0 || !any_busy(s) || !cm_busypoll_inline_ok(&s->spin, now))
-        return 0;
+        return;
     if (s->spin.inline_since == 0) {
         if (call_soon_self(s, &on_marker_def) < 0)
-            return 0;
+            return;
         s->spin.marker = 1;
         s->spin.inline_since = now;
     }
     SpinCtx sc = {s, r};
-    return cm_busypoll_wait(&s->spin, spin_collect, spin_handle, spin_req_done, &sc);
+    cm_busypoll_wait(&s->spin, spin_collect, spin_handle, spin_req_done, &sc);
 }
 
 /* The awaitable of a held request that finished during submit: ready with
@@ -859,9 +859,10 @@ static PyObject *submit(CmSqlStorageObject *s, CmSqlReq *r)
     r->held = 1;
     enqueue(s, r);
     dispatch(s);
-    int answered = r->finished || wait_inline(s, r);
+    if (!r->finished)
+        wait_inline(s, r);
     r->held = 0;
-    if (answered || r->finished) {
+    if (r->finished) {
         out = finished_result(s, r, loop);
         r = NULL;
         goto done;

@@ -191,7 +191,6 @@ typedef struct {
      * flight (borrowed; op_finish clears it): the one a FlightProxy can wait
      * on directly (cm_redis_attach_waiter) */
     struct CmRedisOp *redis_last_op;
-    PyObject *redis_last_fut;
     /* end redis */
     /* sql (sqlstore.c, pg.c, mysql.c, sqlite.c) */
 #define CM_SQL_OBJECTS(X)                                                                          \
