@@ -57,14 +57,20 @@ def node_class(storage, source, caches=None):
     return SlowNode
 
 
-async def test_thousands_of_concurrent_gets_load_once():
+async def concurrent_gets_of_one_key(n):
+    """n concurrent gets of one key, its load held until all have started:
+    (their values, the source, the node class)."""
     name = await register_local()
     src = Source()
     N = node_class(name, src)
-    tasks = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(5000)]
+    tasks = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(n)]
     await asyncio.sleep(0.01)
     src.gate.set()
-    values = await asyncio.gather(*tasks)
+    return await asyncio.gather(*tasks), src, N
+
+
+async def test_thousands_of_concurrent_gets_load_once():
+    values, src, N = await concurrent_gets_of_one_key(5000)
     assert values == ["value-1"] * 5000
     assert src.calls == [1]
     assert flights() == 0
@@ -483,13 +489,8 @@ def test_waiters_use_the_loops_own_create_future():
             return fut
 
     async def scenario():
-        name = await register_local()
-        src = Source()
-        N = node_class(name, src)
-        tasks = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(5)]
-        await asyncio.sleep(0.01)
-        src.gate.set()
-        assert await asyncio.gather(*tasks) == ["value-1"] * 5
+        values, _, _ = await concurrent_gets_of_one_key(5)
+        assert values == ["value-1"] * 5
         assert flights() == 0
 
     for loop_cls, counted in ((CountingLoop, True), (asyncio.SelectorEventLoop, False)):
