@@ -115,6 +115,10 @@ struct cm_policy {
     uint32_t window_max;
     uint32_t protected_max;
     cm_sketch sketch;
+    /* The sketch record of the last access or miss, not applied yet (see
+     * cm_defer_record); record_pending is 0 or 1. */
+    uint64_t pending_hash;
+    int record_pending;
     /* Hill climber. sampling is 1 once the policy is half full (0 before):
      * requests add it to the counters, so the hot path does not branch. */
     uint32_t sampling;
@@ -191,13 +195,41 @@ static uint64_t cm_rand(cm_policy *p)
     return x * UINT64_C(0x2545f4914f6cdd1d);
 }
 
-int cm_policy_frequency(const cm_policy *p, uint64_t hash)
+/* A request's sketch record touches two cache lines (a doorkeeper word and
+ * a counter block) that a large cache rarely holds in the CPU caches: a
+ * record done at once waits for memory on every request. So the record of
+ * each access or miss is deferred to the policy's next operation, and its
+ * lines are prefetched meanwhile: by then they have arrived (a miss spends
+ * its load in between, a hit the caller's own code). Every operation that
+ * reads or writes the sketch applies the pending record first, so the sketch
+ * sees the same updates in the same order, only later. */
+static inline void cm_flush_record(cm_policy *p)
 {
-    return p->kind == CM_POLICY_TLFU ? cm_sketch_estimate(&p->sketch, hash) : 0;
+    if (p->record_pending) {
+        p->record_pending = 0;
+        cm_sketch_record(&p->sketch, p->pending_hash);
+    }
+}
+
+static inline void cm_defer_record(cm_policy *p, uint64_t hash)
+{
+    cm_flush_record(p);
+    cm_sketch_prefetch(&p->sketch, hash);
+    p->pending_hash = hash;
+    p->record_pending = 1;
+}
+
+int cm_policy_frequency(cm_policy *p, uint64_t hash)
+{
+    if (p->kind != CM_POLICY_TLFU)
+        return 0;
+    cm_flush_record(p);
+    return cm_sketch_estimate(&p->sketch, hash);
 }
 
 static int cm_admit(cm_policy *p, uint64_t candidate_hash, uint64_t victim_hash)
 {
+    cm_flush_record(p);
     int victim_freq = cm_sketch_estimate(&p->sketch, victim_hash);
     int candidate_freq = cm_sketch_estimate(&p->sketch, candidate_hash);
 
@@ -413,7 +445,7 @@ void cm_policy_access(cm_policy *p, uint32_t slot, uint64_t hash)
             cm_q_move(p, id, CM_Q_WINDOW);
         return;
     }
-    cm_sketch_record(&p->sketch, hash);
+    cm_defer_record(p, hash);
     if (q == CM_Q_PROBATION) {
         cm_q_move(p, id, CM_Q_PROTECTED);
         if (p->qlen[CM_Q_PROTECTED] > p->protected_max)
@@ -428,7 +460,7 @@ void cm_policy_record_miss(cm_policy *p, uint64_t hash)
 {
     if (p->kind == CM_POLICY_LRU)
         return;
-    cm_sketch_record(&p->sketch, hash);
+    cm_defer_record(p, hash);
     cm_count_request(p, 0);
 }
 

@@ -38,7 +38,7 @@ uint32_t cm_policy_len(const cm_policy *p);
 uint32_t cm_policy_capacity(const cm_policy *p);
 int cm_policy_contains(const cm_policy *p, uint32_t slot); /* resident? */
 /* TinyLFU frequency estimate of hash (0..16); 0 for LRU. */
-int cm_policy_frequency(const cm_policy *p, uint64_t hash);
+int cm_policy_frequency(cm_policy *p, uint64_t hash);
 /* Current window size limit (W-TinyLFU); capacity for LRU. */
 uint32_t cm_policy_window_max(const cm_policy *p);
 /* Reseed the admission PRNG (tests; by default it is seeded from a constant

@@ -237,6 +237,20 @@ void cm_sketch_record(cm_sketch *s, uint64_t hash)
         cm_sketch_tick(s);
 }
 
+void cm_sketch_prefetch(const cm_sketch *s, uint64_t hash)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    uint64_t x = cm_sketch_spread(hash), m;
+    uint32_t h;
+
+    __builtin_prefetch(cm_doorkeeper_word(&s->door, x, &m), 1);
+    __builtin_prefetch(cm_sketch_block(s, x, &h), 1);
+#else
+    (void)s;
+    (void)hash;
+#endif
+}
+
 size_t cm_sketch_memory(const cm_sketch *s)
 {
     return (size_t)s->nwords * sizeof(uint64_t) + cm_doorkeeper_memory(&s->door);

@@ -35,6 +35,9 @@ int cm_sketch_frequency(const cm_sketch *s, uint64_t hash); /* 0..15 */
 /* Count one occurrence through the doorkeeper: the first since the last
  * aging only sets its doorkeeper bits, later ones increment the counters. */
 void cm_sketch_record(cm_sketch *s, uint64_t hash);
+/* Start loading the cache lines cm_sketch_record(s, hash) will touch (its
+ * doorkeeper word and counter block); a hint, it changes nothing. */
+void cm_sketch_prefetch(const cm_sketch *s, uint64_t hash);
 /* Counters + doorkeeper bit (0..16): the frequency of recorded items. */
 int cm_sketch_estimate(const cm_sketch *s, uint64_t hash);
 /* Halve every counter and clear the doorkeeper now (normally called by
