@@ -66,7 +66,7 @@ PyObject *cm_get(CmState *st, CmRequest *req)
             return NULL;
         if ((key = cm_key_call(st, node, cfg)) == NULL)
             return NULL;
-        if (!cm_key_parts(st, key, cfg->version, &parts, &hash)) {
+        if (!cm_key_parts(st, &cfg->affix, key, cfg->version, &parts, &hash)) {
             full = cm_key_build(st, node, key, cfg->version, -1);
             if (full == NULL)
                 goto done;

@@ -128,9 +128,40 @@ static inline void cm_copy_short(unsigned char *dst, const unsigned char *src, s
     }
 }
 
-int cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *parts, Py_hash_t *hash)
-{
 #if Py_HASH_ALGORITHM == Py_HASH_SIPHASH13 && Py_HASH_CUTOFF == 0
+#define CM_KEY_PARTS 1
+#else
+#define CM_KEY_PARTS 0
+#endif
+
+void cm_key_affix_init(CmKeyAffix *a, PyObject *prefix, PyObject *version)
+{
+    Py_ssize_t lp = PyUnicode_GET_LENGTH(prefix), lv = PyUnicode_GET_LENGTH(version);
+
+    memset(a, 0, sizeof(*a));
+    a->head_len = -1;
+    if (!CM_KEY_PARTS || PyUnicode_KIND(prefix) != PyUnicode_1BYTE_KIND ||
+        PyUnicode_KIND(version) != PyUnicode_1BYTE_KIND || lp + 1 > CM_KEY_HEAD_MAX ||
+        lv + 1 > CM_KEY_TAIL_MAX)
+        return;
+    memcpy(a->head, PyUnicode_1BYTE_DATA(prefix), (size_t)lp);
+    a->head[lp] = ':';
+    a->tail[0] = ':';
+    memcpy(a->tail + 1, PyUnicode_1BYTE_DATA(version), (size_t)lv);
+    a->head_len = lp + 1;
+    a->tail_len = lv + 1;
+    a->ascii = PyUnicode_IS_ASCII(prefix) && PyUnicode_IS_ASCII(version);
+#if CM_KEY_PARTS
+    cm_siphash13_init(a->sip, _Py_HashSecret.siphash.k0, _Py_HashSecret.siphash.k1);
+    cm_siphash13_blocks(a->sip, a->head, (size_t)a->head_len / 8);
+#endif
+}
+
+/* The three parts copied one after the other, for any prefix and version. */
+static int key_parts_general(CmState *st, PyObject *key, PyObject *version, CmKeyParts *parts,
+                             Py_hash_t *hash)
+{
+#if CM_KEY_PARTS
     PyObject *pieces[3] = {st->prefix, key, version}; // borrowed
     Py_ssize_t n = 0;
     parts->ascii =
@@ -153,6 +184,32 @@ int cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *part
 #else
     (void)st, (void)key, (void)version, (void)parts, (void)hash;
     return 0;
+#endif
+}
+
+int cm_key_parts(CmState *st, const CmKeyAffix *a, PyObject *key, PyObject *version,
+                 CmKeyParts *parts, Py_hash_t *hash)
+{
+#if CM_KEY_PARTS
+    Py_ssize_t len = PyUnicode_GET_LENGTH(key), head = a->head_len;
+    /* the fixed-size copies below write up to CM_KEY_TAIL_MAX bytes past the tail */
+    if (head < 0 || PyUnicode_KIND(key) != PyUnicode_1BYTE_KIND ||
+        head + len + CM_KEY_TAIL_MAX > CM_KEY_BUF)
+        return key_parts_general(st, key, version, parts, hash);
+    Py_ssize_t n = head + len + a->tail_len;
+    unsigned char *d = parts->data;
+    memcpy(d, a->head, CM_KEY_HEAD_MAX); /* whole: a constant-size copy, no call */
+    cm_copy_short(d + head, PyUnicode_1BYTE_DATA(key), (size_t)len);
+    memcpy(d + head + len, a->tail, CM_KEY_TAIL_MAX);
+    parts->len = n;
+    parts->ascii = a->ascii && PyUnicode_IS_ASCII(key);
+    size_t done = (size_t)head & ~(size_t)7;
+    Py_hash_t x = (Py_hash_t)cm_siphash13_finish(a->sip, d + done, done, (size_t)n);
+    *hash = x == -1 ? -2 : x; /* as _Py_HashBytes */
+    return 1;
+#else
+    (void)a;
+    return key_parts_general(st, key, version, parts, hash);
 #endif
 }
 
@@ -231,9 +288,11 @@ static PyObject *py_hash_parts(PyObject *mod, PyObject *args)
     PyObject *key, *version;
     CmKeyParts parts;
     Py_hash_t h;
+    CmKeyAffix affix;
     if (!PyArg_ParseTuple(args, "UU:_hash_parts", &key, &version))
         return NULL;
-    if (!cm_key_parts(st, key, version, &parts, &h))
+    cm_key_affix_init(&affix, st->prefix, version);
+    if (!cm_key_parts(st, &affix, key, version, &parts, &h))
         Py_RETURN_NONE;
     return PyLong_FromSsize_t(h);
 }

@@ -14,6 +14,24 @@ typedef struct {
     unsigned char data[CM_KEY_BUF];
 } CmKeyParts;
 
+/* What a node class's full keys share: "{prefix}:" and ":{version}" as
+ * bytes, and SipHash's state after the whole 8-byte blocks of the head, so
+ * a key's hash starts there. Set up only when both are 1-byte strings that
+ * fit (head_len is -1 otherwise, and cm_key_parts takes the general path).
+ * Built with the node config; set_prefix rebuilds the configs. */
+#define CM_KEY_HEAD_MAX 32
+#define CM_KEY_TAIL_MAX 16
+typedef struct {
+    Py_ssize_t head_len; /* -1: not set up */
+    Py_ssize_t tail_len;
+    int ascii;
+    uint64_t sip[4];
+    unsigned char head[CM_KEY_HEAD_MAX];
+    unsigned char tail[CM_KEY_TAIL_MAX];
+} CmKeyAffix;
+
+void cm_key_affix_init(CmKeyAffix *a, PyObject *prefix, PyObject *version);
+
 /* node._full_key if it is a str (new reference), else NULL without error;
  * NULL with an exception on error. */
 PyObject *cm_key_cached(CmState *st, PyObject *node);
@@ -26,8 +44,10 @@ PyObject *cm_key_of_node(CmState *st, PyObject *node);
 PyObject *cm_key_call(CmState *st, PyObject *node, struct CmNodeConfigObject_ *cfg);
 /* If prefix, key and version are all 1-byte strings and the full key fits
  * CM_KEY_BUF, fill parts and set *hash to exactly hash(full key) and return
- * 1; else return 0. */
-int cm_key_parts(CmState *st, PyObject *key, PyObject *version, CmKeyParts *parts, Py_hash_t *hash);
+ * 1; else return 0. affix is what cm_key_affix_init made of st->prefix and
+ * version. */
+int cm_key_parts(CmState *st, const CmKeyAffix *affix, PyObject *key, PyObject *version,
+                 CmKeyParts *parts, Py_hash_t *hash);
 /* Build the full key str from key(); known_hash (or -1) is stored as its
  * hash, else the hash is computed. Cached on node when node is not NULL. */
 PyObject *cm_key_build(CmState *st, PyObject *node, PyObject *key, PyObject *version,

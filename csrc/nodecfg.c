@@ -190,6 +190,7 @@ static CmNodeConfigObject *cfg_build(CmState *st, PyTypeObject *cls)
                      Py_TYPE(c->version)->tp_name);
         goto fail;
     }
+    cm_key_affix_init(&c->affix, st->prefix, c->version);
     c->serializer = PyObject_GetAttr(meta, st->s_serializer);
     if (c->serializer == NULL)
         goto fail;
@@ -221,11 +222,8 @@ fail:
     return NULL;
 }
 
-CmNodeConfigObject *cm_nodecfg_get(CmState *st, PyTypeObject *cls)
+CmNodeConfigObject *cm_nodecfg_lookup(CmState *st, PyTypeObject *cls)
 {
-    CmNodeConfigObject *last = (CmNodeConfigObject *)st->last_cfg; // borrowed
-    if ((PyObject *)cls == st->last_cls && last->generation == st->generation)
-        return last;
     PyObject *cur = PyDict_GetItemWithError(cls->tp_dict, st->s___cacheme__); // borrowed
     if (cur == NULL || !Py_IS_TYPE(cur, st->NodeConfigType) ||
         ((CmNodeConfigObject *)cur)->generation != st->generation) {
@@ -247,11 +245,9 @@ CmNodeConfigObject *cm_nodecfg_get(CmState *st, PyTypeObject *cls)
     return (CmNodeConfigObject *)cur;
 }
 
-int cm_nodecfg_methods(CmState *st, CmNodeConfigObject *cfg)
+int cm_nodecfg_resolve_methods(CmState *st, CmNodeConfigObject *cfg)
 {
     PyTypeObject *tp = cfg->cls;
-    if (cfg->meth_tag != 0 && tp->tp_version_tag == cfg->meth_tag)
-        return 1;
     if (tp->tp_getattro != PyObject_GenericGetAttr)
         return 0;
     PyObject *k = _PyType_Lookup(tp, st->s_key);  // borrowed
@@ -311,6 +307,7 @@ static PyObject *py_set_prefix(PyObject *mod, PyObject *prefix)
         return NULL;
     }
     Py_SETREF(st->prefix, Py_NewRef(prefix));
+    st->generation++; /* the configs' key affixes hold the prefix */
     Py_RETURN_NONE;
 }
 

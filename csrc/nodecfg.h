@@ -1,6 +1,6 @@
 /* NodeConfig: a node class's Meta resolved once into C (storages looked up,
  * TTLs in ns, metrics), kept in the class's own __dict__ as __cacheme__ and
- * rebuilt when a storage is (re)registered. */
+ * rebuilt when a storage is (re)registered or the prefix changes. */
 #ifndef CM_NODECFG_H
 #define CM_NODECFG_H
 #include "key.h"
@@ -39,19 +39,36 @@ typedef struct CmNodeConfigObject_ {
     PyObject *key_func;
     PyObject *load_func;
     unsigned int meth_tag;
+    CmKeyAffix affix; /* of the prefix at build time and version */
     Py_ssize_t ncaches;
     CmCacheRef caches[1];
 } CmNodeConfigObject;
 
 /* Config of a node class; borrowed reference, NULL with an exception. */
-CmNodeConfigObject *cm_nodecfg_get(CmState *st, PyTypeObject *cls);
+CmNodeConfigObject *cm_nodecfg_lookup(CmState *st, PyTypeObject *cls);
+
+/* The same, inline when cls is the class of the last call. */
+static inline CmNodeConfigObject *cm_nodecfg_get(CmState *st, PyTypeObject *cls)
+{
+    CmNodeConfigObject *last = (CmNodeConfigObject *)st->last_cfg; // borrowed
+    if ((PyObject *)cls == st->last_cls && last->generation == st->generation)
+        return last;
+    return cm_nodecfg_lookup(st, cls);
+}
 
 /* Resolve cfg->key_func/load_func for cfg->cls if its methods may have
  * changed: 1 when they are valid (either may be NULL: not a plain function),
  * 0 when the class cannot be cached (custom __getattribute__, no version
  * tag). Instance attributes named key/load do not shadow these: node classes
  * define them as methods, as 0.3.0's did. Never raises. */
-int cm_nodecfg_methods(CmState *st, CmNodeConfigObject *cfg);
+int cm_nodecfg_resolve_methods(CmState *st, CmNodeConfigObject *cfg);
+
+static inline int cm_nodecfg_methods(CmState *st, CmNodeConfigObject *cfg)
+{
+    if (cfg->meth_tag != 0 && cfg->cls->tp_version_tag == cfg->meth_tag)
+        return 1;
+    return cm_nodecfg_resolve_methods(st, cfg);
+}
 
 /* Where node keeps its full key when it is an instance of cfg's own class
  * and that class has the key slot: known without a walk of the MRO

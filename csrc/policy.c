@@ -116,8 +116,9 @@ struct cm_policy {
     uint32_t protected_max;
     cm_sketch sketch;
     /* The sketch record of the last access or miss, not applied yet (see
-     * cm_defer_record); record_pending is 0 or 1. */
-    uint64_t pending_hash;
+     * cm_record); defer_records and record_pending are 0 or 1. */
+    uint64_t pending_mixed;
+    int defer_records;
     int record_pending;
     /* Hill climber. sampling is 1 once the policy is half full (0 before):
      * requests add it to the counters, so the hot path does not branch. */
@@ -196,26 +197,33 @@ static uint64_t cm_rand(cm_policy *p)
 }
 
 /* A request's sketch record touches two cache lines (a doorkeeper word and
- * a counter block) that a large cache rarely holds in the CPU caches: a
- * record done at once waits for memory on every request. So the record of
- * each access or miss is deferred to the policy's next operation, and its
- * lines are prefetched meanwhile: by then they have arrived (a miss spends
- * its load in between, a hit the caller's own code). Every operation that
- * reads or writes the sketch applies the pending record first, so the sketch
- * sees the same updates in the same order, only later. */
+ * a counter block) that a large cache's sketch rarely has in the CPU caches:
+ * a record done at once waits for memory on every request. So when the
+ * sketch is larger than CM_DEFER_MIN_BYTES (about what stays in a core's L2),
+ * the record of each access or miss is deferred to the policy's next
+ * operation and its lines are prefetched meanwhile: by then they have
+ * arrived (a miss spends its load in between, a hit the caller's own code).
+ * Every operation that reads or writes the sketch applies the pending record
+ * first, so the sketch sees the same updates in the same order, only later.
+ * A smaller sketch is recorded at once: there the prefetch is pure cost. */
+#define CM_DEFER_MIN_BYTES ((size_t)1 << 20)
+
 static inline void cm_flush_record(cm_policy *p)
 {
     if (p->record_pending) {
         p->record_pending = 0;
-        cm_sketch_record(&p->sketch, p->pending_hash);
+        cm_sketch_record_mixed(&p->sketch, p->pending_mixed);
     }
 }
 
-static inline void cm_defer_record(cm_policy *p, uint64_t hash)
+static inline void cm_record(cm_policy *p, uint64_t hash)
 {
+    if (!p->defer_records) {
+        cm_sketch_record(&p->sketch, hash);
+        return;
+    }
     cm_flush_record(p);
-    cm_sketch_prefetch(&p->sketch, hash);
-    p->pending_hash = hash;
+    p->pending_mixed = cm_sketch_prefetch(&p->sketch, hash);
     p->record_pending = 1;
 }
 
@@ -396,6 +404,7 @@ cm_policy *cm_policy_new(int kind, uint32_t capacity, cm_hash_fn hash_of, void *
     cm_policy_seed(p, CM_POLICY_SEED ^ capacity);
     if (cm_sketch_init_doorkeeper(&p->sketch, capacity) < 0)
         goto fail;
+    p->defer_records = cm_sketch_memory(&p->sketch) > CM_DEFER_MIN_BYTES;
     return p;
 
 fail:
@@ -445,7 +454,7 @@ void cm_policy_access(cm_policy *p, uint32_t slot, uint64_t hash)
             cm_q_move(p, id, CM_Q_WINDOW);
         return;
     }
-    cm_defer_record(p, hash);
+    cm_record(p, hash);
     if (q == CM_Q_PROBATION) {
         cm_q_move(p, id, CM_Q_PROTECTED);
         if (p->qlen[CM_Q_PROTECTED] > p->protected_max)
@@ -460,7 +469,7 @@ void cm_policy_record_miss(cm_policy *p, uint64_t hash)
 {
     if (p->kind == CM_POLICY_LRU)
         return;
-    cm_defer_record(p, hash);
+    cm_record(p, hash);
     cm_count_request(p, 0);
 }
 

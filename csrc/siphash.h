@@ -13,6 +13,12 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__GNUC__) || defined(__clang__)
+#define CM_SIP_INLINE static inline __attribute__((always_inline))
+#else
+#define CM_SIP_INLINE static inline
+#endif
+
 #define CM_ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
 #define CM_SIPROUND(v0, v1, v2, v3)                                                                \
     do {                                                                                           \
@@ -38,15 +44,37 @@ static inline uint64_t cm_load_le64(const unsigned char *p)
     return m;
 }
 
-static inline uint64_t cm_siphash13(uint64_t k0, uint64_t k1, const void *data, size_t n)
+/* The state after no input. */
+static inline void cm_siphash13_init(uint64_t v[4], uint64_t k0, uint64_t k1)
 {
-    const unsigned char *p = (const unsigned char *)data;
-    uint64_t v0 = k0 ^ 0x736f6d6570736575ULL;
-    uint64_t v1 = k1 ^ 0x646f72616e646f6dULL;
-    uint64_t v2 = k0 ^ 0x6c7967656e657261ULL;
-    uint64_t v3 = k1 ^ 0x7465646279746573ULL;
+    v[0] = k0 ^ 0x736f6d6570736575ULL;
+    v[1] = k1 ^ 0x646f72616e646f6dULL;
+    v[2] = k0 ^ 0x6c7967656e657261ULL;
+    v[3] = k1 ^ 0x7465646279746573ULL;
+}
+
+/* Absorb nblocks whole 8-byte blocks into v. */
+static inline void cm_siphash13_blocks(uint64_t v[4], const unsigned char *p, size_t nblocks)
+{
+    uint64_t v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
+    for (; nblocks > 0; nblocks--, p += 8) {
+        uint64_t m = cm_load_le64(p);
+        v3 ^= m;
+        CM_SIPROUND(v0, v1, v2, v3);
+        v0 ^= m;
+    }
+    v[0] = v0, v[1] = v1, v[2] = v2, v[3] = v3;
+}
+
+/* Finish a message of n bytes in all whose first `done` bytes (a multiple of
+ * 8) are already in v: p points at byte `done`. Reading before p is allowed
+ * when done > 0 (the last word is loaded whole and shifted when it can). */
+CM_SIP_INLINE uint64_t cm_siphash13_finish(const uint64_t v[4], const unsigned char *p, size_t done,
+                                           size_t n)
+{
+    uint64_t v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
     uint64_t b = (uint64_t)n << 56, m;
-    size_t left = n;
+    size_t left = n - done;
 
     for (; left >= 8; left -= 8, p += 8) {
         m = cm_load_le64(p);
@@ -70,5 +98,12 @@ static inline uint64_t cm_siphash13(uint64_t k0, uint64_t k1, const void *data, 
     CM_SIPROUND(v0, v1, v2, v3);
     CM_SIPROUND(v0, v1, v2, v3);
     return (v0 ^ v1) ^ (v2 ^ v3);
+}
+
+static inline uint64_t cm_siphash13(uint64_t k0, uint64_t k1, const void *data, size_t n)
+{
+    uint64_t v[4];
+    cm_siphash13_init(v, k0, k1);
+    return cm_siphash13_finish(v, (const unsigned char *)data, 0, n);
 }
 #endif

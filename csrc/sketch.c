@@ -227,28 +227,32 @@ static inline void cm_sketch_add_min(cm_sketch *s, uint64_t x)
         cm_sketch_age(s);
 }
 
-void cm_sketch_record(cm_sketch *s, uint64_t hash)
+void cm_sketch_record_mixed(cm_sketch *s, uint64_t x)
 {
-    uint64_t x = cm_sketch_spread(hash);
-
     if (cm_doorkeeper_put(&s->door, x))
         cm_sketch_add_min(s, x);
     else
         cm_sketch_tick(s);
 }
 
-void cm_sketch_prefetch(const cm_sketch *s, uint64_t hash)
+void cm_sketch_record(cm_sketch *s, uint64_t hash)
 {
+    cm_sketch_record_mixed(s, cm_sketch_spread(hash));
+}
+
+uint64_t cm_sketch_prefetch(const cm_sketch *s, uint64_t hash)
+{
+    uint64_t x = cm_sketch_spread(hash);
 #if defined(__GNUC__) || defined(__clang__)
-    uint64_t x = cm_sketch_spread(hash), m;
+    uint64_t m;
     uint32_t h;
 
     __builtin_prefetch(cm_doorkeeper_word(&s->door, x, &m), 1);
     __builtin_prefetch(cm_sketch_block(s, x, &h), 1);
 #else
     (void)s;
-    (void)hash;
 #endif
+    return x;
 }
 
 size_t cm_sketch_memory(const cm_sketch *s)

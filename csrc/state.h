@@ -80,7 +80,7 @@ typedef struct {
     PyObject *storages;  /* dict: name -> storage */
     PyObject *sentinel;  /* cacheme.models.sentinel: "not found" from storages */
     PyObject *logger;    /* logging.getLogger("cacheme") */
-    uint64_t generation; /* bumped by register_storage: node configs rebuild */
+    uint64_t generation; /* bumped by register_storage, set_prefix: node configs rebuild */
 
     /* asyncio, imported at module init */
     PyObject *get_running_loop;

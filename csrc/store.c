@@ -94,10 +94,8 @@ static void defer_decref(CmStoreObject *s, PyObject *o)
     s->dead[s->ndead++] = o;
 }
 
-static void flush_dead(CmStoreObject *s)
+static void flush_dead_now(CmStoreObject *s)
 {
-    if (s->flushing || s->ndead == 0)
-        return;
     s->flushing = 1;
     /* a __del__ may park more while we release: loop until empty */
     while (s->ndead > 0) {
@@ -105,6 +103,12 @@ static void flush_dead(CmStoreObject *s)
         Py_DECREF(o);
     }
     s->flushing = 0;
+}
+
+static inline void flush_dead(CmStoreObject *s)
+{
+    if (s->ndead != 0 && !s->flushing)
+        flush_dead_now(s);
 }
 
 /* Position in the index holding key, or the EMPTY position where it would go. */
@@ -244,10 +248,27 @@ oom:
     return -1;
 }
 
+/* n equal bytes at a and b; up to 32 bytes as overlapping 8-byte words, no call */
+static inline int bytes_eq(const unsigned char *a, const unsigned char *b, size_t n)
+{
+    uint64_t x, y, u, v;
+    if (n < 8 || n > 32)
+        return memcmp(a, b, n) == 0;
+    memcpy(&x, a, 8), memcpy(&y, b, 8);
+    memcpy(&u, a + n - 8, 8), memcpy(&v, b + n - 8, 8);
+    uint64_t d = (x ^ y) | (u ^ v);
+    if (n > 16) {
+        memcpy(&x, a + 8, 8), memcpy(&y, b + 8, 8);
+        memcpy(&u, a + n - 16, 8), memcpy(&v, b + n - 16, 8);
+        d |= (x ^ y) | (u ^ v);
+    }
+    return d == 0;
+}
+
 static inline int parts_eq(PyObject *k, const CmKeyParts *kp)
 {
     return PyUnicode_KIND(k) == PyUnicode_1BYTE_KIND && PyUnicode_GET_LENGTH(k) == kp->len &&
-           memcmp(PyUnicode_1BYTE_DATA(k), kp->data, (size_t)kp->len) == 0;
+           bytes_eq(PyUnicode_1BYTE_DATA(k), kp->data, (size_t)kp->len);
 }
 
 /* A resident, unexpired slot for hash/parts, or EMPTY. */
