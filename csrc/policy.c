@@ -118,8 +118,15 @@ struct cm_policy {
     /* The sketch record of the last access or miss, not applied yet (see
      * cm_record); defer_records and record_pending are 0 or 1. */
     uint64_t pending_mixed;
+    uint32_t pending_slot; /* whose access it is, or CM_NIL (a miss) */
     int defer_records;
     int record_pending;
+    /* One bit per slot: its key's counters are all saturated, so its records
+     * change nothing until the sketch ages (valid while hot_resets equals
+     * sketch.resets; cleared for a slot when a key is inserted there). A hot
+     * key's hit then skips the sketch: the same counts, fewer instructions. */
+    uint64_t *hot;
+    uint64_t hot_resets;
     /* Hill climber. sampling is 1 once the policy is half full (0 before):
      * requests add it to the counters, so the hot path does not branch. */
     uint32_t sampling;
@@ -208,22 +215,46 @@ static uint64_t cm_rand(cm_policy *p)
  * A smaller sketch is recorded at once: there the prefetch is pure cost. */
 #define CM_DEFER_MIN_BYTES ((size_t)1 << 20)
 
+static inline void cm_hot_sync(cm_policy *p)
+{
+    if (p->hot_resets != p->sketch.resets) {
+        memset(p->hot, 0, (((size_t)p->nslots + 63) >> 6) * sizeof(uint64_t));
+        p->hot_resets = p->sketch.resets;
+    }
+}
+
+static inline int cm_hot(cm_policy *p, uint32_t slot)
+{
+    cm_hot_sync(p);
+    return (int)((p->hot[slot >> 6] >> (slot & 63)) & 1);
+}
+
+static inline void cm_hot_set(cm_policy *p, uint32_t slot, int saturated)
+{
+    if (saturated && slot != CM_NIL) {
+        cm_hot_sync(p);
+        p->hot[slot >> 6] |= UINT64_C(1) << (slot & 63);
+    }
+}
+
 static inline void cm_flush_record(cm_policy *p)
 {
     if (p->record_pending) {
         p->record_pending = 0;
-        cm_sketch_record_mixed(&p->sketch, p->pending_mixed);
+        cm_hot_set(p, p->pending_slot, cm_sketch_record_mixed(&p->sketch, p->pending_mixed));
     }
 }
 
-static inline void cm_record(cm_policy *p, uint64_t hash)
+/* Record an access of slot (CM_NIL: a miss). */
+static inline void cm_record(cm_policy *p, uint32_t slot, uint64_t hash)
 {
     if (!p->defer_records) {
-        cm_sketch_record(&p->sketch, hash);
+        cm_hot_set(p, slot, cm_sketch_record(&p->sketch, hash));
         return;
     }
     cm_flush_record(p);
     p->pending_mixed = cm_sketch_prefetch(&p->sketch, hash);
+    p->pending_slot = slot;
     p->record_pending = 1;
 }
 
@@ -405,6 +436,7 @@ cm_policy *cm_policy_new(int kind, uint32_t capacity, cm_hash_fn hash_of, void *
     if (cm_sketch_init_doorkeeper(&p->sketch, capacity) < 0)
         goto fail;
     p->defer_records = cm_sketch_memory(&p->sketch) > CM_DEFER_MIN_BYTES;
+    p->pending_slot = CM_NIL;
     return p;
 
 fail:
@@ -417,6 +449,7 @@ void cm_policy_free(cm_policy *p)
     if (p == NULL)
         return;
     cm_sketch_destroy(&p->sketch);
+    free(p->hot);
     free(p->links);
     free(p);
 }
@@ -439,6 +472,14 @@ int cm_policy_reserve(cm_policy *p, uint32_t nslots)
     memset(links + CM_ID_BASE + p->nslots, 0,
            (size_t)(nslots - p->nslots) * sizeof(cm_plink)); /* CM_Q_NONE */
     p->links = links;
+    if (p->kind == CM_POLICY_TLFU) {
+        size_t had = ((size_t)p->nslots + 63) >> 6, words = ((size_t)nslots + 63) >> 6;
+        uint64_t *hot = realloc(p->hot, words * sizeof(uint64_t));
+        if (hot == NULL)
+            return -1;
+        memset(hot + had, 0, (words - had) * sizeof(uint64_t));
+        p->hot = hot;
+    }
     p->nslots = nslots;
     return 0;
 }
@@ -454,7 +495,8 @@ void cm_policy_access(cm_policy *p, uint32_t slot, uint64_t hash)
             cm_q_move(p, id, CM_Q_WINDOW);
         return;
     }
-    cm_record(p, hash);
+    if (!cm_hot(p, slot))
+        cm_record(p, slot, hash);
     if (q == CM_Q_PROBATION) {
         cm_q_move(p, id, CM_Q_PROTECTED);
         if (p->qlen[CM_Q_PROTECTED] > p->protected_max)
@@ -469,7 +511,7 @@ void cm_policy_record_miss(cm_policy *p, uint64_t hash)
 {
     if (p->kind == CM_POLICY_LRU)
         return;
-    cm_record(p, hash);
+    cm_record(p, CM_NIL, hash);
     cm_count_request(p, 0);
 }
 
@@ -522,6 +564,12 @@ uint32_t cm_policy_insert(cm_policy *p, uint32_t slot, uint64_t hash, uint32_t *
     uint32_t id = slot + CM_ID_BASE, n = 0, candidates = 0;
 
     assert(slot < p->nslots && cm_queue(&p->links[id]) == CM_Q_NONE);
+    if (p->kind == CM_POLICY_TLFU) {
+        /* a new key in the slot: not hot, and a pending record is not its own */
+        p->hot[slot >> 6] &= ~(UINT64_C(1) << (slot & 63));
+        if (p->pending_slot == slot)
+            p->pending_slot = CM_NIL;
+    }
     cm_q_push_tail(p, CM_Q_WINDOW, id);
     if (p->kind == CM_POLICY_LRU) {
         while (cm_policy_len(p) > p->capacity) {
@@ -571,7 +619,7 @@ size_t cm_policy_memory(const cm_policy *p)
     size_t m = sizeof(*p) + ((size_t)p->nslots + CM_ID_BASE) * sizeof(cm_plink);
 
     if (p->kind == CM_POLICY_TLFU)
-        m += cm_sketch_memory(&p->sketch);
+        m += cm_sketch_memory(&p->sketch) + (((size_t)p->nslots + 63) >> 6) * sizeof(uint64_t);
     return m;
 }
 

@@ -203,7 +203,7 @@ void cm_sketch_increment(cm_sketch *s, uint64_t hash) { cm_sketch_add4(s, cm_ske
 /* Conservative update (Estan, Varghese, "New Directions in Traffic
  * Measurement and Accounting", SIGCOMM 2002): only the counters at the
  * item's minimum grow, the others already overestimate it. */
-static inline void cm_sketch_add_min(cm_sketch *s, uint64_t x)
+static inline int cm_sketch_add_min(cm_sketch *s, uint64_t x)
 {
     uint32_t h;
     uint64_t *block = cm_sketch_block(s, x, &h);
@@ -218,26 +218,27 @@ static inline void cm_sketch_add_min(cm_sketch *s, uint64_t x)
 
     m = m < m2 ? m : m2;
     if (m == 15)
-        return;
+        return 1;
     *w0 += (uint64_t)(c0 == m) << s0;
     *w1 += (uint64_t)(c1 == m) << s1;
     *w2 += (uint64_t)(c2 == m) << s2;
     *w3 += (uint64_t)(c3 == m) << s3;
     if (++s->size >= s->sample_size)
         cm_sketch_age(s);
+    return 0;
 }
 
-void cm_sketch_record_mixed(cm_sketch *s, uint64_t x)
+int cm_sketch_record_mixed(cm_sketch *s, uint64_t x)
 {
     if (cm_doorkeeper_put(&s->door, x))
-        cm_sketch_add_min(s, x);
-    else
-        cm_sketch_tick(s);
+        return cm_sketch_add_min(s, x);
+    cm_sketch_tick(s);
+    return 0;
 }
 
-void cm_sketch_record(cm_sketch *s, uint64_t hash)
+int cm_sketch_record(cm_sketch *s, uint64_t hash)
 {
-    cm_sketch_record_mixed(s, cm_sketch_spread(hash));
+    return cm_sketch_record_mixed(s, cm_sketch_spread(hash));
 }
 
 uint64_t cm_sketch_prefetch(const cm_sketch *s, uint64_t hash)

@@ -33,14 +33,17 @@ void cm_sketch_increment(cm_sketch *s, uint64_t hash);
 void cm_sketch_tick(cm_sketch *s);
 int cm_sketch_frequency(const cm_sketch *s, uint64_t hash); /* 0..15 */
 /* Count one occurrence through the doorkeeper: the first since the last
- * aging only sets its doorkeeper bits, later ones increment the counters. */
-void cm_sketch_record(cm_sketch *s, uint64_t hash);
+ * aging only sets its doorkeeper bits, later ones increment the counters.
+ * Returns 1 when the item's counters are all saturated, so that the record
+ * changed nothing (and so will every record of it until the next aging:
+ * s->resets tells), else 0. */
+int cm_sketch_record(cm_sketch *s, uint64_t hash);
 /* Start loading the cache lines cm_sketch_record(s, hash) will touch (its
  * doorkeeper word and counter block); a hint, it changes nothing. Returns
  * the hash as mixed by the sketch, for cm_sketch_record_mixed. */
 uint64_t cm_sketch_prefetch(const cm_sketch *s, uint64_t hash);
 /* cm_sketch_record for what cm_sketch_prefetch returned. */
-void cm_sketch_record_mixed(cm_sketch *s, uint64_t mixed);
+int cm_sketch_record_mixed(cm_sketch *s, uint64_t mixed);
 /* Counters + doorkeeper bit (0..16): the frequency of recorded items. */
 int cm_sketch_estimate(const cm_sketch *s, uint64_t hash);
 /* Halve every counter and clear the doorkeeper now (normally called by

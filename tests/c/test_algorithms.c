@@ -1259,6 +1259,48 @@ static void test_policy_counts_every_request(void)
     cm_policy_free(p);
 }
 
+/* A key whose counters are all saturated skips the sketch on its hits
+ * (policy.c's hot bits). That must count exactly as recording would: after
+ * the sketch ages its hits count again, and a new key in its slot counts
+ * from the start, also when the slot is reused while a record is deferred.
+ * Capacity 1000 records at once; 100000 (a sketch over 1 MiB) defers. */
+static void test_policy_hot_keys(void)
+{
+    uint32_t caps[2] = {1000, 100000};
+    uint32_t victims[CM_POLICY_MAX_VICTIMS];
+
+    for (int c = 0; c < 2; c++) {
+        cm_policy *p = cm_policy_new(CM_POLICY_TLFU, caps[c], sim_hash_of, NULL);
+        uint64_t k = 1u << 20, limit = (uint64_t)caps[c] * 24 * 4;
+
+        CHECK(p != NULL && cm_policy_reserve(p, 2) == 0);
+        CHECK(cm_policy_insert(p, 0, 5, victims) == 0);
+        for (int i = 0; i < 40; i++)
+            cm_policy_access(p, 0, 5);
+        CHECK(cm_policy_frequency(p, 5) == 16); /* 15 and the doorkeeper bit */
+        /* fresh keys' misses until the sketch ages */
+        while (cm_policy_frequency(p, 5) == 16 && k < (1u << 20) + limit)
+            cm_policy_record_miss(p, k++);
+        CHECK(cm_policy_frequency(p, 5) < 16);
+        for (int i = 0; i < 40; i++)
+            cm_policy_access(p, 0, 5);
+        CHECK(cm_policy_frequency(p, 5) == 16);
+        /* the saturated key in another slot: its first access there finds
+         * it saturated (deferred: that record is still pending when the slot
+         * gets another key, whose hits must all count) */
+        cm_policy_remove(p, 0);
+        CHECK(cm_policy_insert(p, 1, 5, victims) == 0);
+        cm_policy_access(p, 1, 5);
+        cm_policy_remove(p, 1);
+        CHECK(cm_policy_insert(p, 1, 77, victims) == 0);
+        for (int i = 0; i < 40; i++)
+            cm_policy_access(p, 1, 77);
+        CHECK(cm_policy_frequency(p, 77) == 16);
+        CHECK(cm_policy_check(p) == 0);
+        cm_policy_free(p);
+    }
+}
+
 /* Two fresh policies (no cm_policy_seed) at different addresses replay a
  * trace identically: same hits, same victims. */
 static void test_policy_deterministic(void)
@@ -1304,7 +1346,8 @@ static void test_policy_reserve_memory(void)
     m0 = cm_policy_memory(p);
     CHECK(cm_policy_reserve(p, 1000) == 0);
     m1 = cm_policy_memory(p);
-    CHECK(m1 - m0 == 1000 * 8);           /* 8 bytes per slot, exactly */
+    /* 8 bytes per slot, exactly, and a bit per slot (the hot bitmap) */
+    CHECK(m1 - m0 == 1000 * 8 + (1000 + 63) / 64 * 8);
     CHECK(cm_policy_reserve(p, 10) == 0); /* never shrinks */
     CHECK(cm_policy_memory(p) == m1);
     CHECK(cm_policy_reserve(p, 1001) == 0); /* the store's capacity + 1 */
@@ -1314,9 +1357,9 @@ static void test_policy_reserve_memory(void)
     m1 += 8;
     CHECK(cm_policy_reserve(p, CM_POLICY_MAX_SLOTS + 1) == -1);
     CHECK(cm_policy_memory(p) == m1);
-    /* links, sketch (1024 words) and doorkeeper (16384 bits): 8 + 8.2 + 2
-     * bytes per entry */
-    CHECK(m1 - m0 == 1001 * 8);
+    /* links, hot bits, sketch (1024 words) and doorkeeper (16384 bits):
+     * 8 + 0.13 + 8.2 + 2 bytes per entry */
+    CHECK(m1 - m0 == 1001 * 8 + (1001 + 63) / 64 * 8);
     CHECK(m0 < 1024 * 8 + 2048 + 512); /* the struct, the sketch, the doorkeeper */
     CHECK(m1 / 1000 < 20);
     CHECK(cm_policy_reserve(l, 1000) == 0);
@@ -1359,6 +1402,7 @@ int main(void)
     RUN(test_policy_hit_ratio);
     RUN(test_policy_climber);
     RUN(test_policy_counts_every_request);
+    RUN(test_policy_hot_keys);
     RUN(test_policy_deterministic);
     RUN(test_policy_reserve_memory);
     printf("%lu passed, 0 failed (%lu checks)\n", tests_passed, checks_passed);
