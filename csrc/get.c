@@ -62,7 +62,7 @@ PyObject *cm_get(CmState *st, CmRequest *req)
     if (full != NULL) {
         hash = ((PyASCIIObject *)full)->hash;
     } else {
-        if (PyErr_Occurred())
+        if ((slot == NULL || *slot != NULL) && PyErr_Occurred()) /* from cm_key_cached */
             return NULL;
         if ((key = cm_key_call(st, node, cfg)) == NULL)
             return NULL;
@@ -143,7 +143,12 @@ done:
 static PyObject *py_get(PyObject *mod, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     CmState *st = cm_state_from_module(mod);
-    CmRequest req = {0};
+    /* what a local hit reads (no need to clear all of it); cm_get fills the
+     * rest before the request goes on */
+    CmRequest req;
+    req.cls = NULL;
+    req.load_fn = NULL;
+    req.memo_fn = NULL;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     if (nargs < 1 || nargs + nkw > 2) {
         PyErr_SetString(PyExc_TypeError, "get(node, load_fn=None)");
