@@ -48,7 +48,10 @@
  * A hit is the hot path of the whole library (a local cache hit), so it does
  * the least it can: one doorkeeper word, one sketch block (one cache line
  * each), one list move, and two counter updates; the climber runs only when
- * a sample completes or a window resize is still in progress.
+ * a sample completes or a window resize is still in progress. A hot key (its
+ * counters saturated) skips the sketch until it ages, since recording it
+ * would change nothing; a large sketch's records are deferred to the next
+ * operation and prefetched meanwhile (cm_record).
  *
  * Invariant: cm_policy_len() <= capacity after every insert (each insert adds
  * one entry and evicts at least one when over capacity; the window resizing

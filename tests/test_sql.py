@@ -636,35 +636,44 @@ async def test_pg_failed_prepare_does_not_stick(url, backend):
 
 def test_close_from_a_finalizer_during_close(url, backend):
     # Python code run while a connection's batch is failed (here a node's
-    # __del__) closes the storage again: no endless loop
+    # __del__) closes the storage again: no endless loop. Through a proxy that
+    # holds the server's replies 50 ms, so that the query is still in flight
+    # when the storage closes (a local server can answer within the get_all
+    # call, which then returns a result, not the error this test is about)
     _networked(backend)
-    code = f"""
-        import asyncio, cacheme
+    _, target = _proxied(url, 0)
+    proxy = DelayProxy(target[0], target[1], 0.05)
+    try:
+        purl, _ = _proxied(url, proxy.port)
+        code = f"""
+            import asyncio, cacheme
 
-        class Evil:
-            def __init__(self, s):
-                self.s = s
+            class Evil:
+                def __init__(self, s):
+                    self.s = s
 
-            def full_key(self):
-                return "k"
+                def full_key(self):
+                    return "k"
 
-            def __del__(self):
-                self.s.close_now()
+                def __del__(self):
+                    self.s.close_now()
 
-        async def main():
-            st = cacheme.Storage(url={url!r}, table={unique("cm_t")!r}, create_table=True)
-            await st.connect()
-            s = st._storage
-            fut = s.get_all([Evil(s)], None)
-            s.close_now()
-            try:
-                await fut
-            except Exception as e:
-                print(type(e).__name__)
+            async def main():
+                st = cacheme.Storage(url={purl!r}, table={unique("cm_t")!r}, create_table=True)
+                await st.connect()
+                s = st._storage
+                fut = s.get_all([Evil(s)], None)
+                s.close_now()
+                try:
+                    await fut
+                except Exception as e:
+                    print(type(e).__name__)
 
-        asyncio.run(main())
-    """
-    assert run_python(code, timeout=60).split() == ["SQLConnectionError"]
+            asyncio.run(main())
+        """
+        assert run_python(code, timeout=60).split() == ["SQLConnectionError"]
+    finally:
+        proxy.close()
 
 
 def test_out_of_memory_when_opening_a_connection(url, backend):
