@@ -64,7 +64,7 @@ PyObject *cm_get(CmState *st, CmRequest *req)
     } else {
         if ((slot == NULL || *slot != NULL) && PyErr_Occurred()) /* from cm_key_cached */
             return NULL;
-        if ((key = cm_key_call(st, node, cfg)) == NULL)
+        if ((key = cm_nodecfg_key_call(st, cfg, node)) == NULL)
             return NULL;
         if (!cm_key_parts(st, &cfg->affix, key, cfg->version, &parts, &hash)) {
             full = cm_key_build(st, node, key, cfg->version, -1);

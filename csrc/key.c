@@ -95,12 +95,15 @@ PyObject *cm_key_call(CmState *st, PyObject *node, CmNodeConfigObject *cfg)
         key = PyObject_Vectorcall(cfg->key_func, &node, 1, NULL);
     else
         key = PyObject_VectorcallMethod(st->s_key, &node, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (key != NULL && !PyUnicode_Check(key)) {
-        PyErr_Format(PyExc_TypeError, "%.100s.key() must return str, not %.100s",
-                     Py_TYPE(node)->tp_name, Py_TYPE(key)->tp_name);
-        Py_CLEAR(key);
-    }
-    return key;
+    return key == NULL || PyUnicode_Check(key) ? key : cm_key_not_str(node, key);
+}
+
+PyObject *cm_key_not_str(PyObject *node, PyObject *key)
+{
+    PyErr_Format(PyExc_TypeError, "%.100s.key() must return str, not %.100s",
+                 Py_TYPE(node)->tp_name, Py_TYPE(key)->tp_name);
+    Py_DECREF(key);
+    return NULL;
 }
 
 void cm_key_affix_init(CmKeyAffix *a, PyObject *prefix, PyObject *version)

@@ -44,6 +44,8 @@ PyObject *cm_key_of_node(CmState *st, PyObject *node);
 /* node.key(), checked to be a str; new reference. With cfg (node's class's
  * config, or NULL) a plain-function key() is called without its lookup. */
 PyObject *cm_key_call(CmState *st, PyObject *node, struct CmNodeConfigObject_ *cfg);
+/* The TypeError for a key() that returned key, not a str; steals key, NULL. */
+PyObject *cm_key_not_str(PyObject *node, PyObject *key);
 #if Py_HASH_ALGORITHM == Py_HASH_SIPHASH13 && Py_HASH_CUTOFF == 0
 #define CM_KEY_PARTS 1
 #else

@@ -34,18 +34,24 @@ def test_unknown_local_policy_and_bad_size():
 async def test_key_not_returning_str():
     name = await register_local()
 
+    calls = []
+
     @dataclasses.dataclass
     class IntKey(Node):
         uid: int
 
         def key(self):
+            calls.append(self.uid)
             return self.uid
 
         class Meta(Node.Meta):
             caches = [Cache(storage=name, ttl=None)]
 
-    with pytest.raises(TypeError, match=r"IntKey.key\(\) must return str, not int"):
-        await cacheme.get(IntKey(1))
+    # the first call resolves the class's key(), later ones call it directly
+    for i in range(3):
+        with pytest.raises(TypeError, match=r"IntKey.key\(\) must return str, not int"):
+            await cacheme.get(IntKey(i))
+    assert calls == [0, 1, 2]  # once per get
 
 
 async def test_mixed_node_classes_in_get_all():
