@@ -52,19 +52,22 @@ PyObject *cm_get(CmState *st, CmRequest *req)
     CmMetricsObject *m = cfg->metrics;
     /* an empty slot is the common case: a node built for this call */
     PyObject **slot = cm_nodecfg_key_slot(st, cfg, node); // borrowed
-    PyObject *full = slot != NULL && *slot == NULL ? NULL : cm_key_cached(st, node);
+    PyObject *full = NULL;
     PyObject *key = NULL; /* node.key(), while the full key is not built */
     PyObject *result = NULL;
     CmKeyParts parts;
     Py_hash_t hash;
     uint32_t missed = 0;
 
+    if (slot == NULL || *slot != NULL) {
+        full = cm_key_cached(st, node);
+        if (full == NULL && PyErr_Occurred())
+            return NULL;
+    }
     if (full != NULL) {
         hash = ((PyASCIIObject *)full)->hash;
     } else {
-        if ((slot == NULL || *slot != NULL) && PyErr_Occurred()) /* from cm_key_cached */
-            return NULL;
-        if ((key = cm_nodecfg_key_call(st, cfg, node)) == NULL)
+        if ((key = cm_key_call(st, node, cfg)) == NULL)
             return NULL;
         if (!cm_key_parts(st, &cfg->affix, key, cfg->version, &parts, &hash)) {
             full = cm_key_build(st, node, key, cfg->version, -1);

@@ -87,14 +87,10 @@ PyObject *cm_key_cached(CmState *st, PyObject *node)
     return NULL;
 }
 
-PyObject *cm_key_call(CmState *st, PyObject *node, CmNodeConfigObject *cfg)
+PyObject *cm_key_call_method(CmState *st, PyObject *node)
 {
-    PyObject *key;
-    if (cfg != NULL && Py_TYPE(node) == cfg->cls && cm_nodecfg_methods(st, cfg) &&
-        cfg->key_func != NULL)
-        key = PyObject_Vectorcall(cfg->key_func, &node, 1, NULL);
-    else
-        key = PyObject_VectorcallMethod(st->s_key, &node, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *key =
+        PyObject_VectorcallMethod(st->s_key, &node, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     return key == NULL || PyUnicode_Check(key) ? key : cm_key_not_str(node, key);
 }
 

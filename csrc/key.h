@@ -5,8 +5,6 @@
 
 #include "siphash.h"
 
-struct CmNodeConfigObject_;
-
 /* The bytes of a full key made of 1-byte strings, assembled on the stack to
  * hash and compare it without building the str. */
 #define CM_KEY_BUF 256
@@ -41,9 +39,9 @@ PyObject *cm_key_cached(CmState *st, PyObject *node);
  * node.full_key() (any object with that method), checked to be a str; new
  * reference. */
 PyObject *cm_key_of_node(CmState *st, PyObject *node);
-/* node.key(), checked to be a str; new reference. With cfg (node's class's
- * config, or NULL) a plain-function key() is called without its lookup. */
-PyObject *cm_key_call(CmState *st, PyObject *node, struct CmNodeConfigObject_ *cfg);
+/* node.key() looked up on node, checked to be a str; new reference (the
+ * general case of cm_key_call, nodecfg.h). */
+PyObject *cm_key_call_method(CmState *st, PyObject *node);
 /* The TypeError for a key() that returned key, not a str; steals key, NULL. */
 PyObject *cm_key_not_str(PyObject *node, PyObject *key);
 #if Py_HASH_ALGORITHM == Py_HASH_SIPHASH13 && Py_HASH_CUTOFF == 0

@@ -70,16 +70,16 @@ static inline int cm_nodecfg_methods(CmState *st, CmNodeConfigObject *cfg)
     return cm_nodecfg_resolve_methods(st, cfg);
 }
 
-/* cm_key_call, inline for a node of cfg's own class with a plain-function
- * key() (the local hit's case); anything else goes through cm_key_call. */
-static inline PyObject *cm_nodecfg_key_call(CmState *st, CmNodeConfigObject *cfg, PyObject *node)
+/* node.key(), checked to be a str; new reference. With cfg (node's class's
+ * config, or NULL) a plain-function key() of an instance of cfg's own class
+ * is called without its lookup (inline: the local hit's case). */
+static inline PyObject *cm_key_call(CmState *st, PyObject *node, CmNodeConfigObject *cfg)
 {
-    if (Py_TYPE(node) == cfg->cls && cfg->meth_tag != 0 &&
-        cfg->cls->tp_version_tag == cfg->meth_tag && cfg->key_func != NULL) {
-        PyObject *key = PyObject_Vectorcall(cfg->key_func, &node, 1, NULL);
-        return key == NULL || PyUnicode_Check(key) ? key : cm_key_not_str(node, key);
-    }
-    return cm_key_call(st, node, cfg);
+    if (cfg == NULL || Py_TYPE(node) != cfg->cls || !cm_nodecfg_methods(st, cfg) ||
+        cfg->key_func == NULL)
+        return cm_key_call_method(st, node);
+    PyObject *key = PyObject_Vectorcall(cfg->key_func, &node, 1, NULL);
+    return key == NULL || PyUnicode_Check(key) ? key : cm_key_not_str(node, key);
 }
 
 /* Where node keeps its full key when it is an instance of cfg's own class
