@@ -205,14 +205,14 @@ static void drop_slot(CmStoreObject *s, uint32_t slot, int tell_policy)
 
 static void expire_cb(void *ud, uint32_t slot) { drop_slot((CmStoreObject *)ud, slot, 1); }
 
-/* Expire what is due; 0 when nothing is scheduled (no entry has a TTL). */
-static inline int advance_wheel(CmStoreObject *s, int64_t *now)
+/* Expire what is due; *now stays 0 when nothing is scheduled (no entry has
+ * a TTL), else it is the clock read for it. */
+static inline void advance_wheel(CmStoreObject *s, int64_t *now)
 {
     if (cm_wheel_len(s->wheel) == 0)
-        return 0;
+        return;
     *now = cm_now_ns();
     cm_wheel_advance(s->wheel, *now, expire_cb, s);
-    return 1;
 }
 
 static int reserve_slot(CmStoreObject *s, uint32_t *out)
@@ -273,9 +273,9 @@ static inline int parts_eq(PyObject *k, const CmKeyParts *kp)
            bytes_eq(PyUnicode_1BYTE_DATA(k), kp->data, (size_t)kp->len);
 }
 
-/* A resident, unexpired slot for hash/parts, or EMPTY. */
-static uint32_t find_live_parts(CmStoreObject *s, const CmKeyParts *kp, Py_hash_t hash,
-                                int64_t *now, int timed)
+/* A resident, unexpired slot for hash/parts, or EMPTY; now is what
+ * advance_wheel left (0: no entry has a TTL). */
+static uint32_t find_live_parts(CmStoreObject *s, const CmKeyParts *kp, Py_hash_t hash, int64_t now)
 {
     uint32_t mask = s->index_mask;
     uint32_t tag = (uint32_t)hash;
@@ -288,8 +288,8 @@ static uint32_t find_live_parts(CmStoreObject *s, const CmKeyParts *kp, Py_hash_
         uint32_t slot = e.slot;
         PyObject *k = s->keys[slot]; // borrowed
         if (((PyASCIIObject *)k)->hash == hash && parts_eq(k, kp)) {
-            int64_t exp = timed ? cm_wheel_expire_at(s->wheel, slot) : 0;
-            if (exp != 0 && exp <= (*now ? *now : (*now = cm_now_ns()))) {
+            int64_t exp = now != 0 ? cm_wheel_expire_at(s->wheel, slot) : 0;
+            if (exp != 0 && exp <= now) {
                 drop_slot(s, slot, 1);
                 return EMPTY;
             }
@@ -331,8 +331,8 @@ static inline PyObject *finish_lookup(CmStoreObject *s, uint32_t slot, Py_hash_t
 PyObject *cm_store_lookup_parts(CmStoreObject *s, const CmKeyParts *parts, Py_hash_t hash)
 {
     int64_t now = 0;
-    int timed = advance_wheel(s, &now);
-    return finish_lookup(s, find_live_parts(s, parts, hash, &now, timed), hash);
+    advance_wheel(s, &now);
+    return finish_lookup(s, find_live_parts(s, parts, hash, now), hash);
 }
 
 PyObject *cm_store_lookup(CmStoreObject *s, PyObject *key, Py_hash_t hash)
