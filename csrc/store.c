@@ -64,6 +64,23 @@ static uint64_t policy_hash_of(void *ud, uint32_t slot)
     return slot_hash((CmStoreObject *)ud, slot);
 }
 
+/* n equal bytes at a and b; up to 32 bytes as overlapping 8-byte words, no call */
+static inline int bytes_eq(const unsigned char *a, const unsigned char *b, size_t n)
+{
+    uint64_t x, y, u, v;
+    if (n < 8 || n > 32)
+        return memcmp(a, b, n) == 0;
+    memcpy(&x, a, 8), memcpy(&y, b, 8);
+    memcpy(&u, a + n - 8, 8), memcpy(&v, b + n - 8, 8);
+    uint64_t d = (x ^ y) | (u ^ v);
+    if (n > 16) {
+        memcpy(&x, a + 8, 8), memcpy(&y, b + 8, 8);
+        memcpy(&u, a + n - 16, 8), memcpy(&v, b + n - 16, 8);
+        d |= (x ^ y) | (u ^ v);
+    }
+    return d == 0;
+}
+
 static inline int str_eq(PyObject *a, PyObject *b)
 {
     if (a == b)
@@ -71,7 +88,7 @@ static inline int str_eq(PyObject *a, PyObject *b)
     Py_ssize_t n = PyUnicode_GET_LENGTH(a);
     if (n != PyUnicode_GET_LENGTH(b) || PyUnicode_KIND(a) != PyUnicode_KIND(b))
         return 0;
-    return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+    return bytes_eq(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a));
 }
 
 /* Park a reference until the store is consistent; the reference is stolen.
@@ -248,23 +265,6 @@ static int reserve_slot(CmStoreObject *s, uint32_t *out)
 oom:
     PyErr_NoMemory();
     return -1;
-}
-
-/* n equal bytes at a and b; up to 32 bytes as overlapping 8-byte words, no call */
-static inline int bytes_eq(const unsigned char *a, const unsigned char *b, size_t n)
-{
-    uint64_t x, y, u, v;
-    if (n < 8 || n > 32)
-        return memcmp(a, b, n) == 0;
-    memcpy(&x, a, 8), memcpy(&y, b, 8);
-    memcpy(&u, a + n - 8, 8), memcpy(&v, b + n - 8, 8);
-    uint64_t d = (x ^ y) | (u ^ v);
-    if (n > 16) {
-        memcpy(&x, a + 8, 8), memcpy(&y, b + 8, 8);
-        memcpy(&u, a + n - 16, 8), memcpy(&v, b + n - 16, 8);
-        d |= (x ^ y) | (u ^ v);
-    }
-    return d == 0;
 }
 
 static inline int parts_eq(PyObject *k, const CmKeyParts *kp)
