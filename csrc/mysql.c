@@ -8,7 +8,8 @@
  * (c->phase says which), each request being a short chain of them:
  *
  *   connect   real_connect                          then idle, statements unprepared
- *   get       [prepare] execute store_result        consecutive queued GETs coalesced
+ *   get       [hopen] [prepare] execute store_result   one key: HANDLER .. READ (below)
+ *             [prepare] execute store_result        consecutive queued GETs coalesced
  *   get_all   [prepare] execute store_result        into one `key` IN (?, ...) of a
  *                                                   bucket size (1, 2, 4, .. 256; the
  *                                                   rest padded with the last key)
@@ -22,7 +23,25 @@
  *
  * Statements are prepared on first use per connection, so a missing table
  * is reported on that request (with the message naming the DDL script) and
- * DDL can run first. Times are UTC (UTC_TIMESTAMP(6)), as 0.3.0 wrote them. */
+ * DDL can run first. Times are UTC (UTC_TIMESTAMP(6)), as 0.3.0 wrote them.
+ *
+ * A single GET reads through a HANDLER (`HANDLER t OPEN AS cm_get`, then a
+ * prepared `HANDLER cm_get READ `key` = (?) WHERE <not expired>`): the
+ * server skips the optimizer, which is about a third of its work for a point
+ * SELECT. The same row, the same collation; what the handler interface
+ * gives up (a consistent view across reads) does not matter to one row. Two
+ * things need care:
+ * - an open handler holds a metadata lock, so that TRUNCATE/ALTER/DROP of
+ *   the table from elsewhere waits for it (forever, by default). Every
+ *   handler is closed again within MY_HANDLER_AGE of its opening: before the
+ *   next read on a busy connection, by the storage's tick on an idle one.
+ *   DDL elsewhere then waits at most about that long.
+ * - HANDLER READ looks the value up cut to the index's width (the column's,
+ *   or a prefix index's), where `=` in a SELECT compares the whole string:
+ *   its WHERE compares `key` again, in full, so that a longer key never
+ *   reads the row of its prefix.
+ * A handler closed by the server (our own DDL on the connection, FLUSH
+ * TABLES) is reopened and the read retried once. */
 #include "mysql.h"
 
 #include <stdio.h>
@@ -39,9 +58,25 @@
 #define MY_MAX_IN 256
 #define MY_MAX_COALESCE 64
 #define ER_NO_SUCH_TABLE_ 1146
+#define ER_UNKNOWN_TABLE_ 1109     /* "Unknown table 'cm_get' in HANDLER" */
+#define MY_HANDLER_COLS 16         /* at most this many columns in the table */
+#define MY_HANDLER_AGE 500000000LL /* ns: a handler is closed this long after opening */
 
-enum { PH_CONNECT, PH_IDLE, PH_PREPARE, PH_EXECUTE, PH_STORE, PH_QUERY, PH_QSTORE, PH_QNEXT };
-enum { S_GET, S_SET, S_MSET, S_DEL, S_SWEEP, S_MGET0 };
+enum {
+    PH_CONNECT,
+    PH_IDLE,
+    PH_PREPARE,
+    PH_EXECUTE,
+    PH_STORE,
+    PH_QUERY,
+    PH_QSTORE,
+    PH_QNEXT,
+    PH_HOPEN,
+    PH_HCLOSE
+};
+/* S_HGET: the single GET through the handler; S_GET: the same as a SELECT
+ * (long keys, tables the handler cannot read, the connection check) */
+enum { S_GET, S_HGET, S_SET, S_MSET, S_DEL, S_SWEEP, S_MGET0 };
 #define S_COUNT (S_MGET0 + MY_BUCKETS)
 
 typedef struct {
@@ -62,6 +97,13 @@ typedef struct {
     long long *ttls;
     char *inds;
     char *sql;
+    /* the handler (see the top): open since hopened (monotonic ns); hoff:
+     * reads go through the SELECT on this connection; hvalue: column of
+     * `value` in its rows (known once S_HGET is prepared); hretried: the
+     * batch has reopened it once */
+    int hopen, hoff, hretried, hvalue;
+    int64_t hopened;
+    char hsql[320];
 } MyConn;
 
 static const char *my_err(CmSqlConnObject *c)
@@ -237,6 +279,10 @@ static char *stmt_sql(CmSqlStorageObject *s, int slot, int n)
     switch (slot) {
     case S_GET:
         fmt = "SELECT value FROM %1$s WHERE `key` = ? AND "
+              "(expire IS NULL OR expire > UTC_TIMESTAMP(6))%2$s";
+        break;
+    case S_HGET:
+        fmt = "HANDLER cm_get READ `key` = (?) WHERE `key` = ? AND "
               "(expire IS NULL OR expire > UTC_TIMESTAMP(6))%2$s";
         break;
     case S_SET:
@@ -419,6 +465,52 @@ bad:
     cm_sql_conn_done(c);
 }
 
+/* Where `value` is in the rows of the prepared S_HGET; hoff when they are
+ * not rows we can read. */
+static void handler_columns(MyConn *mc, MYSQL_STMT *st)
+{
+    MYSQL_RES *meta = mysql_stmt_result_metadata(st);
+    unsigned n = meta ? mysql_num_fields(meta) : 0;
+    MYSQL_FIELD *f = meta ? mysql_fetch_fields(meta) : NULL;
+    mc->hvalue = -1;
+    for (unsigned i = 0; f != NULL && i < n; i++)
+        if (strcmp(f[i].name, "value") == 0)
+            mc->hvalue = (int)i;
+    if (meta != NULL)
+        mysql_free_result(meta);
+    if (mc->hvalue < 0 || n > MY_HANDLER_COLS)
+        mc->hoff = 1;
+}
+
+static void handler_query(CmSqlConnObject *c, int phase, const char *sql)
+{
+    MyConn *mc = c->aux;
+    c->phase = phase;
+    after(c, mysql_real_query_start(&mc->iret, (MYSQL *)c->h, sql, strlen(sql)));
+}
+
+/* Open the handler; closing it first when it is due (see the top). 1 if a
+ * step was started, 0 if it is open. */
+static int handler_ready(CmSqlConnObject *c)
+{
+    MyConn *mc = c->aux;
+    if (mc->hopen && cm_sql_now() - mc->hopened >= MY_HANDLER_AGE) {
+        handler_query(c, PH_HCLOSE, "HANDLER cm_get CLOSE");
+        return 1;
+    }
+    if (mc->hopen)
+        return 0;
+    const char *t = PyUnicode_AsUTF8(c->storage->table);
+    int n = t ? snprintf(mc->hsql, sizeof(mc->hsql), "HANDLER %s OPEN AS cm_get", t) : -1;
+    if (n < 0 || (size_t)n >= sizeof(mc->hsql)) {
+        PyErr_Clear();
+        mc->hoff = 1;
+        return 0;
+    }
+    handler_query(c, PH_HOPEN, mc->hsql);
+    return 1;
+}
+
 /* Pick (or prepare) the statement of the batch, then execute. */
 static void run_batch(CmSqlConnObject *c)
 {
@@ -433,7 +525,11 @@ static void run_batch(CmSqlConnObject *c)
     case CM_SQL_GET:
         for (CmSqlReq *r = b->next; r != NULL; r = r->next)
             n++;
-        slot = n == 1 ? S_GET : S_MGET0 + bucket_of(n);
+        slot = n > 1 ? S_MGET0 + bucket_of(n) : mc->hoff ? S_GET : S_HGET;
+        if (slot == S_HGET && handler_ready(c))
+            return;
+        if (slot == S_HGET && mc->hoff) /* it could not be opened */
+            slot = S_GET;
         break;
     case CM_SQL_GET_ALL:
         n = (int)PyList_GET_SIZE(b->keys);
@@ -508,6 +604,7 @@ static void my_start(CmSqlConnObject *c)
     c->batch = b;
     c->state = CM_SQL_BUSY;
     c->deadline = cm_sql_now() + (int64_t)(s->timeout * 1e9);
+    ((MyConn *)c->aux)->hretried = 0;
     run_batch(c);
 }
 
@@ -555,11 +652,14 @@ static void read_rows(CmSqlConnObject *c)
     CmSqlReq *b = c->batch;
     MYSQL_STMT *st = mc->cur;
     int ncols = (int)mysql_stmt_field_count(st);
-    MYSQL_BIND rb[2];
-    unsigned long lens[2] = {0, 0};
-    my_bool nulls[2] = {0, 0};
+    /* one value (S_GET's only column, S_HGET's `value`), or key/value rows */
+    int single = mc->slot == S_GET || mc->slot == S_HGET;
+    int vcol = mc->slot == S_HGET ? mc->hvalue : 0;
+    MYSQL_BIND rb[MY_HANDLER_COLS];
+    unsigned long lens[MY_HANDLER_COLS] = {0};
+    my_bool nulls[MY_HANDLER_COLS] = {0};
     memset(rb, 0, sizeof(rb));
-    for (int i = 0; i < ncols && i < 2; i++) {
+    for (int i = 0; i < ncols && i < MY_HANDLER_COLS; i++) {
         rb[i].buffer_type = MYSQL_TYPE_BLOB;
         rb[i].length = &lens[i];
         rb[i].is_null = &nulls[i];
@@ -567,9 +667,9 @@ static void read_rows(CmSqlConnObject *c)
     mysql_stmt_bind_result(st, rb);
     int rc;
     while ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED) {
-        if (ncols == 1) {
+        if (single) {
             if (b->result == NULL &&
-                (b->result = fetch_col(st, &rb[0], lens[0], nulls[0], 0)) == NULL)
+                (b->result = fetch_col(st, &rb[vcol], lens[vcol], nulls[vcol], vcol)) == NULL)
                 goto oom;
         } else {
             PyObject *k = fetch_col(st, &rb[0], lens[0], nulls[0], 0);
@@ -584,7 +684,7 @@ static void read_rows(CmSqlConnObject *c)
                 goto oom;
         }
     }
-    if (b->kind == CM_SQL_GET && ncols == 2) {
+    if (b->kind == CM_SQL_GET && !single) {
         /* coalesced gets: hand each its own row */
         PyObject *found = b->result;
         b->result = NULL;
@@ -656,6 +756,16 @@ static void step_done(CmSqlConnObject *c)
                 cm_sql_conn_fail(c, s->st->SQLConnectionError, buf);
                 return;
             }
+            if (slot == S_HGET && e != ER_NO_SUCH_TABLE_) {
+                /* closed under us (1109): reopen once; else not for us */
+                if (e == ER_UNKNOWN_TABLE_ && !mc->hretried)
+                    mc->hretried = 1;
+                else
+                    mc->hoff = 1;
+                mc->hopen = 0;
+                run_batch(c);
+                return;
+            }
             for (CmSqlReq *r = c->batch; r != NULL; r = r->next)
                 cm_sql_req_error_sql(s, r, e == ER_NO_SUCH_TABLE_, buf);
             c->phase = PH_IDLE;
@@ -664,6 +774,13 @@ static void step_done(CmSqlConnObject *c)
         }
         if (mc->slot >= 0)
             mc->stmt[mc->slot] = mc->cur;
+        if (mc->slot == S_HGET) {
+            handler_columns(mc, mc->cur);
+            if (mc->hoff) {
+                run_batch(c); /* the SELECT */
+                return;
+            }
+        }
         if (c->batch->kind == CM_SQL_PING) {
             c->phase = PH_IDLE;
             cm_sql_conn_done(c);
@@ -673,6 +790,17 @@ static void step_done(CmSqlConnObject *c)
         return;
     case PH_EXECUTE:
         if (mc->iret != 0) {
+            if (mc->slot == S_HGET && my_errno(c) == ER_UNKNOWN_TABLE_) {
+                /* the server closed the handler (DDL on this connection,
+                 * FLUSH TABLES): reopen it and read again; a second time,
+                 * read with the SELECT */
+                if (mc->hretried)
+                    mc->hoff = 1;
+                mc->hretried = 1;
+                mc->hopen = 0;
+                run_batch(c);
+                return;
+            }
             c->phase = PH_IDLE;
             request_failed(c);
             break;
@@ -715,6 +843,35 @@ static void step_done(CmSqlConnObject *c)
         c->phase = PH_IDLE;
         cm_sql_conn_done(c);
         break;
+    case PH_HCLOSE:
+    case PH_HOPEN: {
+        unsigned e = mc->iret != 0 ? my_errno(c) : 0;
+        if (e >= 2000 && e < 3000) {
+            fail_my(c);
+            return;
+        }
+        /* closed, or already gone (1109): not open either way */
+        mc->hopen = c->phase == PH_HOPEN && e == 0;
+        mc->hopened = cm_sql_now();
+        if (c->batch == NULL) { /* the tick's close of an idle connection */
+            c->phase = PH_IDLE;
+            cm_sql_conn_done(c);
+            break;
+        }
+        if (c->phase == PH_HOPEN && e == ER_NO_SUCH_TABLE_) {
+            char buf[512];
+            snprintf(buf, sizeof(buf), "mysql: %s", my_err(c));
+            for (CmSqlReq *r = c->batch; r != NULL; r = r->next)
+                cm_sql_req_error_sql(s, r, 1, buf);
+            c->phase = PH_IDLE;
+            cm_sql_conn_done(c);
+            break;
+        }
+        if (c->phase == PH_HOPEN && e != 0)
+            mc->hoff = 1; /* a view, an engine without handlers: the SELECT */
+        run_batch(c);
+        return;
+    }
     case PH_QSTORE:
         if (mc->res == NULL && mysql_errno((MYSQL *)c->h) != 0) {
             c->phase = PH_IDLE;
@@ -755,6 +912,8 @@ static int cont(CmSqlConnObject *c, int ready)
     case PH_STORE:
         return mysql_stmt_store_result_cont(&mc->iret, mc->cur, ready);
     case PH_QUERY:
+    case PH_HOPEN:
+    case PH_HCLOSE:
         return mysql_real_query_cont(&mc->iret, (MYSQL *)c->h, ready);
     case PH_QSTORE:
         return mysql_store_result_cont(&mc->res, (MYSQL *)c->h, ready);
@@ -779,6 +938,18 @@ static void my_io(CmSqlConnObject *c, int readable, int writable)
     after(c, cont(c, ready));
 }
 
+/* The storage's tick, for an idle connection: close a handler that is due,
+ * so that DDL elsewhere is not held up by a quiet pool. */
+static void my_idle(CmSqlConnObject *c, int64_t now)
+{
+    MyConn *mc = c->aux;
+    if (mc == NULL || !mc->hopen || now - mc->hopened < MY_HANDLER_AGE)
+        return;
+    c->state = CM_SQL_BUSY;
+    c->deadline = now + (int64_t)(c->storage->timeout * 1e9);
+    handler_query(c, PH_HCLOSE, "HANDLER cm_get CLOSE");
+}
+
 const CmSqlDriver cm_mysql_driver = {
     .name = "mysql",
     .package = "libmariadb-dev",
@@ -786,6 +957,7 @@ const CmSqlDriver cm_mysql_driver = {
     .open = my_open,
     .io = my_io,
     .start = my_start,
+    .idle = my_idle,
     .close = my_close,
 };
 

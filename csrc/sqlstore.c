@@ -630,6 +630,8 @@ static PyObject *storage_on_tick(PyObject *self, PyObject *Py_UNUSED(unused))
             cm_sql_conn_fail(c, s->st->SQLTimeoutError,
                              c->state == CM_SQL_CONNECTING ? "connect timed out"
                                                            : "query timed out");
+        else if (c->state == CM_SQL_IDLE && s->drv->idle != NULL)
+            s->drv->idle(c, now);
     }
     /* queued requests past their deadline */
     CmSqlReq **pp = &s->head, *prev = NULL;

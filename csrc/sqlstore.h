@@ -90,6 +90,9 @@ typedef struct {
     int (*open)(CmSqlConnObject *c);
     void (*io)(CmSqlConnObject *c, int readable, int writable);
     void (*start)(CmSqlConnObject *c);
+    /* optional, from the storage's periodic tick for each idle connection:
+     * housekeeping (it may start a step without a batch) */
+    void (*idle)(CmSqlConnObject *c, int64_t now);
     void (*close)(CmSqlConnObject *c);
     /* sync drivers: run one request, filling result or raising */
     int (*run)(CmSqlStorageObject *s, CmSqlReq *r);

@@ -537,6 +537,119 @@ async def test_mysql_close_with_an_unread_result_never_blocks(own_server, backen
     assert await asyncio.wait_for(s.get(keys[1], None), 10) == b"x" * 65000
 
 
+async def _mysql_status(s, var):
+    """A global status counter of the server, through the storage itself
+    (copied into a row of its table, read back with get)."""
+    await s.execute(
+        f"INSERT INTO {s.table} (`key`, value) SELECT 'status:{var}', VARIABLE_VALUE "
+        f"FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = '{var.upper()}' "
+        "ON DUPLICATE KEY UPDATE value = VALUES(value)")
+    return int(await s.get(K(f"status:{var}"), None))
+
+
+async def test_mysql_single_gets_read_through_a_handler(url, backend):
+    _mysql_only(backend)
+    name = await register(url, pool_size=2)
+    s = storage_of(name)
+    await s.set(K("h:1"), b"one", None, None)
+    await s.set(K("h:2"), b"two", timedelta(milliseconds=1), None)
+    before = await _mysql_status(s, "Com_ha_read")
+    for _ in range(20):
+        assert await s.get(K("h:1"), None) == b"one"
+    # the same rules as the SELECT: expired rows are misses, the key
+    # collation is the column's (case-insensitive), an absent key a miss
+    await asyncio.sleep(0.01)
+    assert await s.get(K("h:2"), None) is sentinel
+    assert await s.get(K("H:1"), None) == b"one"
+    assert await s.get(K("h:3"), None) is sentinel
+    assert await _mysql_status(s, "Com_ha_read") - before >= 23
+    # what another connection writes is read at once (no snapshot)
+    other = storage_of(await register(url, table=s.table, pool_size=1))
+    await other.set(K("h:1"), b"uno", None, None)
+    assert await s.get(K("h:1"), None) == b"uno"
+
+
+async def test_mysql_handler_does_not_hold_up_ddl(url, backend):
+    # an open handler holds a metadata lock: TRUNCATE from another session
+    # waits for it. Ours are closed within half a second of opening, on a
+    # quiet pool (the tick) as on a busy one (before the next read).
+    _mysql_only(backend)
+    name = await register(url, pool_size=4)
+    s = storage_of(name)
+    other = storage_of(await register(url, table=s.table, pool_size=1, timeout=30.0))
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    for i in range(8):
+        await cacheme.get(Node(i))
+    # quiet: the handlers of the idle connections are closed by the tick
+    t0 = time.monotonic()
+    await asyncio.wait_for(other.execute(f"TRUNCATE TABLE {s.table}"), 10)
+    assert time.monotonic() - t0 < 3.0
+    assert await s.get(K(Node(1).full_key()), None) is sentinel
+    # busy: readers all along
+    for i in range(8):
+        await cacheme.get(Node(i))
+    stop = asyncio.Event()
+
+    async def reader():
+        n = 0
+        while not stop.is_set():
+            await s.get(K(Node(n % 8).full_key()), None)
+            n += 1
+        return n
+
+    # one connection, three readers: always a read queued when one ends, so
+    # the connection is never idle for the tick
+    s = storage_of(await register(url, table=s.table, pool_size=1))
+    readers = [asyncio.create_task(reader()) for _ in range(3)]
+    await asyncio.sleep(0.2)
+    t0 = time.monotonic()
+    await asyncio.wait_for(other.execute(f"TRUNCATE TABLE {s.table}"), 10)
+    assert time.monotonic() - t0 < 3.0
+    stop.set()
+    assert min(await asyncio.gather(*readers)) > 0
+    assert await s.get(K(Node(1).full_key()), None) is sentinel
+
+
+async def test_mysql_handler_reopened_after_ddl_on_its_connection(url, backend):
+    # DDL on the connection itself closes its handler: the next read
+    # reopens it and reads again, no error, no miss
+    _mysql_only(backend)
+    name = await register(url, pool_size=1)
+    s = storage_of(name)
+    await s.set(K("r:1"), b"v", None, None)
+    assert await s.get(K("r:1"), None) == b"v"
+    await s.execute(f"ALTER TABLE {s.table} COMMENT 'x'")
+    assert await s.get(K("r:1"), None) == b"v"
+    await s.execute(f"OPTIMIZE TABLE {s.table}")
+    assert await s.get(K("r:1"), None) == b"v"
+
+
+async def test_mysql_long_keys_are_not_cut(url, backend):
+    # HANDLER READ cuts the value searched for to the key column's width;
+    # `=` does not: a key longer than the column never matches a row whose
+    # key is its prefix
+    _mysql_only(backend)
+    table = unique("cm_narrow")
+    await storage_of(await register(url, pool_size=1)).execute(
+        f"CREATE TABLE {table} (id INT AUTO_INCREMENT PRIMARY KEY, `key` VARCHAR(20) UNIQUE, "
+        "value BLOB, expire DATETIME(6), updated_at DATETIME(6))")
+    s = storage_of(await register(url, table=table, create_table=False, pool_size=1))
+    await s.set(K("k" * 20), b"short", None, None)
+    assert await s.get(K("k" * 20), None) == b"short"
+    assert await s.get(K("k" * 20 + "zz"), None) is sentinel
+    assert await s.get(K("k" * 19 + "\u00e9"), None) is sentinel
+    assert await s.get(K("k" * 20), None) == b"short"
+    # a unique index on a prefix of the column: the lookup is by the prefix
+    table = unique("cm_prefix")
+    await storage_of(await register(url, pool_size=1)).execute(
+        f"CREATE TABLE {table} (id INT AUTO_INCREMENT PRIMARY KEY, `key` VARCHAR(64), "
+        "value BLOB, expire DATETIME(6), updated_at DATETIME(6), UNIQUE KEY (`key`(8)))")
+    s = storage_of(await register(url, table=table, create_table=False, pool_size=1))
+    await s.set(K("prefix:1"), b"one", None, None)
+    assert await s.get(K("prefix:1"), None) == b"one"
+    assert await s.get(K("prefix:1-and-more"), None) is sentinel
+
+
 async def test_execute_reads_result_sets(url, backend):
     # statements that return rows (SELECT, SHOW, CALL) leave the connection usable
     name = await register(url, pool_size=1)
