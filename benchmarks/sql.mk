@@ -7,6 +7,7 @@
 #                              per storage and payload, plus 1k concurrent readers:
 #                              ours vs cacheme 0.3.0 (asyncpg, aiomysql) in one run
 #   make bench-sql-venvs       (re)create .bench/venv-sql-030 (idempotent)
+#   make bench-sql-read-cost   wall time and MariaDB's CPU per sequential read
 #
 # Knobs: make bench-sql BENCH_SQL_ARGS="--storages postgresql --payloads 100 \
 #            --pg postgresql://postgres@127.0.0.1:5432/test"
@@ -22,6 +23,13 @@ bench-sql-venvs:
 
 bench-sql: venv bench-sql-venvs
 	$(PY) $(SQL_BENCH_SRC)/bench_sql.py $(BENCH_SQL_ARGS)
+
+# Wall time and MariaDB's CPU per sequential cacheme.get (a local server:
+# make bench-sql-read-cost SQL_READ_COST_ARGS="--url mysql://root@127.0.0.1:3306/test")
+SQL_READ_COST_ARGS ?=
+.PHONY: bench-sql-read-cost
+bench-sql-read-cost: venv
+	$(PY) $(SQL_BENCH_SRC)/sql_read_cost.py $(SQL_READ_COST_ARGS)
 
 # One request/reply round trip through asyncio vs a blocking socket (Redis
 # PING on 127.0.0.1:6379): the loop wakeup every sequential asyncio read pays.
