@@ -32,16 +32,17 @@
  * gives up (a consistent view across reads) does not matter to one row. Two
  * things need care:
  * - an open handler holds a metadata lock, so that TRUNCATE/ALTER/DROP of
- *   the table from elsewhere waits for it (forever, by default). Every
- *   handler is closed again within MY_HANDLER_AGE of its opening: before the
- *   next read on a busy connection, by the storage's tick on an idle one.
- *   DDL elsewhere then waits at most about that long.
+ *   the table from elsewhere waits for it (forever, by default). A handler
+ *   MY_HANDLER_AGE old is closed: before the next read on a connection in
+ *   use, by the storage's tick on one unused for half that time. DDL
+ *   elsewhere then waits at most about MY_HANDLER_AGE plus a tick.
  * - HANDLER READ looks the value up cut to the index's width (the column's,
  *   or a prefix index's), where `=` in a SELECT compares the whole string:
  *   its WHERE compares `key` again, in full, so that a longer key never
  *   reads the row of its prefix.
- * A handler closed by the server (our own DDL on the connection, FLUSH
- * TABLES) is reopened and the read retried once. */
+ * A handler closed by the server (our own DDL on the connection, or any
+ * statement but a HANDLER one that the connection runs while a DDL waits
+ * for the handler) is reopened and the read retried once. */
 #include "mysql.h"
 
 #include <stdio.h>
@@ -103,6 +104,7 @@ typedef struct {
      * batch has reopened it once */
     int hopen, hoff, hretried, hvalue;
     int64_t hopened;
+    int64_t used; /* monotonic ns: the last batch started */
     char hsql[320];
 } MyConn;
 
@@ -604,7 +606,9 @@ static void my_start(CmSqlConnObject *c)
     c->batch = b;
     c->state = CM_SQL_BUSY;
     c->deadline = cm_sql_now() + (int64_t)(s->timeout * 1e9);
-    ((MyConn *)c->aux)->hretried = 0;
+    MyConn *mc = c->aux;
+    mc->hretried = 0;
+    mc->used = cm_sql_now();
     run_batch(c);
 }
 
@@ -791,9 +795,8 @@ static void step_done(CmSqlConnObject *c)
     case PH_EXECUTE:
         if (mc->iret != 0) {
             if (mc->slot == S_HGET && my_errno(c) == ER_UNKNOWN_TABLE_) {
-                /* the server closed the handler (DDL on this connection,
-                 * FLUSH TABLES): reopen it and read again; a second time,
-                 * read with the SELECT */
+                /* the server closed the handler (see the top): reopen it
+                 * and read again; a second time, read with the SELECT */
                 if (mc->hretried)
                     mc->hoff = 1;
                 mc->hretried = 1;
@@ -939,11 +942,13 @@ static void my_io(CmSqlConnObject *c, int readable, int writable)
 }
 
 /* The storage's tick, for an idle connection: close a handler that is due,
- * so that DDL elsewhere is not held up by a quiet pool. */
+ * so that DDL elsewhere is not held up by a quiet pool. Not on a
+ * connection in use (idle between two reads): its next read does it. */
 static void my_idle(CmSqlConnObject *c, int64_t now)
 {
     MyConn *mc = c->aux;
-    if (mc == NULL || !mc->hopen || now - mc->hopened < MY_HANDLER_AGE)
+    if (mc == NULL || !mc->hopen || now - mc->hopened < MY_HANDLER_AGE ||
+        now - mc->used < MY_HANDLER_AGE / 2)
         return;
     c->state = CM_SQL_BUSY;
     c->deadline = now + (int64_t)(c->storage->timeout * 1e9);
