@@ -569,6 +569,16 @@ async def test_mysql_single_gets_read_through_a_handler(url, backend):
     assert await s.get(K("h:1"), None) == b"uno"
 
 
+async def test_mysql_handler_on_a_schema_qualified_table(url, backend):
+    _mysql_only(backend)
+    s = storage_of(await register(url, table=f"test.{unique('cm_q')}", pool_size=1))
+    await s.set(K("q:1"), b"one", None, None)
+    before = await _mysql_status(s, "Com_ha_read")
+    assert await s.get(K("q:1"), None) == b"one"
+    assert await s.get(K("q:2"), None) is sentinel
+    assert await _mysql_status(s, "Com_ha_read") - before >= 3
+
+
 async def test_mysql_handler_does_not_hold_up_ddl(url, backend):
     # an open handler holds a metadata lock: TRUNCATE from another session
     # waits for it. Ours are closed within half a second of opening, on a
