@@ -273,8 +273,19 @@ static inline int parts_eq(PyObject *k, const CmKeyParts *kp)
            bytes_eq(PyUnicode_1BYTE_DATA(k), kp->data, (size_t)kp->len);
 }
 
-/* A resident, unexpired slot for hash/parts, or EMPTY; now is what
+/* slot, or EMPTY when its entry has expired (it is dropped); now is what
  * advance_wheel left (0: no entry has a TTL). */
+static inline uint32_t unexpired(CmStoreObject *s, uint32_t slot, int64_t now)
+{
+    int64_t exp = now != 0 ? cm_wheel_expire_at(s->wheel, slot) : 0;
+    if (exp != 0 && exp <= now) {
+        drop_slot(s, slot, 1);
+        return EMPTY;
+    }
+    return slot;
+}
+
+/* A resident, unexpired slot for hash/parts, or EMPTY (now: unexpired). */
 static uint32_t find_live_parts(CmStoreObject *s, const CmKeyParts *kp, Py_hash_t hash, int64_t now)
 {
     uint32_t mask = s->index_mask;
@@ -287,31 +298,17 @@ static uint32_t find_live_parts(CmStoreObject *s, const CmKeyParts *kp, Py_hash_
             continue;
         uint32_t slot = e.slot;
         PyObject *k = s->keys[slot]; // borrowed
-        if (((PyASCIIObject *)k)->hash == hash && parts_eq(k, kp)) {
-            int64_t exp = now != 0 ? cm_wheel_expire_at(s->wheel, slot) : 0;
-            if (exp != 0 && exp <= now) {
-                drop_slot(s, slot, 1);
-                return EMPTY;
-            }
-            return slot;
-        }
+        if (((PyASCIIObject *)k)->hash == hash && parts_eq(k, kp))
+            return unexpired(s, slot, now);
     }
 }
 
 /* A resident, unexpired slot for key, or EMPTY. */
-static uint32_t find_live(CmStoreObject *s, PyObject *key, Py_hash_t hash, int64_t *now)
+static uint32_t find_live(CmStoreObject *s, PyObject *key, Py_hash_t hash, int64_t now)
 {
     int found;
     uint32_t pos = find_pos(s, key, hash, &found);
-    if (!found)
-        return EMPTY;
-    uint32_t slot = s->index[pos].slot;
-    int64_t exp = cm_wheel_expire_at(s->wheel, slot);
-    if (exp != 0 && exp <= (*now ? *now : (*now = cm_now_ns()))) {
-        drop_slot(s, slot, 1);
-        return EMPTY;
-    }
-    return slot;
+    return found ? unexpired(s, s->index[pos].slot, now) : EMPTY;
 }
 
 /* Record the hit or miss; new reference to the value on a hit. */
@@ -339,7 +336,7 @@ PyObject *cm_store_lookup(CmStoreObject *s, PyObject *key, Py_hash_t hash)
 {
     int64_t now = 0;
     advance_wheel(s, &now);
-    return finish_lookup(s, find_live(s, key, hash, &now), hash);
+    return finish_lookup(s, find_live(s, key, hash, now), hash);
 }
 
 uint64_t cm_store_puts(CmStoreObject *s) { return s->puts; }
@@ -570,7 +567,7 @@ static int store_contains(PyObject *self, PyObject *arg)
         return -1;
     int64_t now = 0;
     advance_wheel(s, &now);
-    int found = find_live(s, key, hash, &now) != EMPTY;
+    int found = find_live(s, key, hash, now) != EMPTY;
     Py_DECREF(key);
     flush_dead(s);
     return found;
