@@ -26,9 +26,9 @@
  * DDL can run first. Times are UTC (UTC_TIMESTAMP(6)), as 0.3.0 wrote them.
  *
  * A single GET reads through a HANDLER (`HANDLER t OPEN AS cm_get`, then a
- * prepared `HANDLER cm_get READ `key` = (?) WHERE <not expired>`): the
- * server skips the optimizer, which is about a third of its work for a point
- * SELECT. The same row, the same collation; what the handler interface
+ * prepared `HANDLER cm_get READ `key` = (?) WHERE `key` = ? AND <not
+ * expired>`): the server skips the optimizer, which is about a third of its
+ * work for a point SELECT. The same row, the same collation; what the handler interface
  * gives up (a consistent view across reads) does not matter to one row. Two
  * things need care:
  * - an open handler holds a metadata lock, so that TRUNCATE/ALTER/DROP of
@@ -60,7 +60,7 @@
 #define MY_MAX_COALESCE 64
 #define ER_NO_SUCH_TABLE_ 1146
 #define ER_UNKNOWN_TABLE_ 1109     /* "Unknown table 'cm_get' in HANDLER" */
-#define MY_HANDLER_COLS 16         /* at most this many columns in the table */
+#define MY_MAX_COLS 16             /* columns of a row we read (the handler's: all) */
 #define MY_HANDLER_AGE 500000000LL /* ns: a handler is closed this long after opening */
 
 enum {
@@ -76,7 +76,7 @@ enum {
     PH_HCLOSE
 };
 /* S_HGET: the single GET through the handler; S_GET: the same as a SELECT
- * (long keys, tables the handler cannot read, the connection check) */
+ * (tables the handler cannot read, the connection check) */
 enum { S_GET, S_HGET, S_SET, S_MSET, S_DEL, S_SWEEP, S_MGET0 };
 #define S_COUNT (S_MGET0 + MY_BUCKETS)
 
@@ -104,7 +104,7 @@ typedef struct {
      * batch has reopened it once */
     int hopen, hoff, hretried, hvalue;
     int64_t hopened;
-    int64_t used; /* monotonic ns: the last batch started */
+    int64_t used; /* monotonic ns: the batch in flight or the last one started */
     char hsql[320];
 } MyConn;
 
@@ -480,7 +480,7 @@ static void handler_columns(MyConn *mc, MYSQL_STMT *st)
             mc->hvalue = (int)i;
     if (meta != NULL)
         mysql_free_result(meta);
-    if (mc->hvalue < 0 || n > MY_HANDLER_COLS)
+    if (mc->hvalue < 0 || n > MY_MAX_COLS)
         mc->hoff = 1;
 }
 
@@ -496,7 +496,7 @@ static void handler_query(CmSqlConnObject *c, int phase, const char *sql)
 static int handler_ready(CmSqlConnObject *c)
 {
     MyConn *mc = c->aux;
-    if (mc->hopen && cm_sql_now() - mc->hopened >= MY_HANDLER_AGE) {
+    if (mc->hopen && mc->used - mc->hopened >= MY_HANDLER_AGE) {
         handler_query(c, PH_HCLOSE, "HANDLER cm_get CLOSE");
         return 1;
     }
@@ -510,6 +510,23 @@ static int handler_ready(CmSqlConnObject *c)
         return 0;
     }
     handler_query(c, PH_HOPEN, mc->hsql);
+    return 1;
+}
+
+/* S_HGET failed with error e. A handler the server closed (1109) is reopened
+ * and the batch run again, once; then, or for any other error but a missing
+ * table (when fallback), the connection reads with the SELECT. 1 if the batch
+ * was restarted. */
+static int handler_failed(CmSqlConnObject *c, unsigned e, int fallback)
+{
+    MyConn *mc = c->aux;
+    if (mc->slot != S_HGET || e == ER_NO_SUCH_TABLE_ || (e != ER_UNKNOWN_TABLE_ && !fallback))
+        return 0;
+    if (e != ER_UNKNOWN_TABLE_ || mc->hretried)
+        mc->hoff = 1;
+    mc->hretried = 1;
+    mc->hopen = 0;
+    run_batch(c);
     return 1;
 }
 
@@ -603,12 +620,12 @@ static void my_start(CmSqlConnObject *c)
     CmSqlReq *b = cm_sql_take(s, MY_MAX_COALESCE);
     if (b == NULL)
         return;
+    MyConn *mc = c->aux;
     c->batch = b;
     c->state = CM_SQL_BUSY;
-    c->deadline = cm_sql_now() + (int64_t)(s->timeout * 1e9);
-    MyConn *mc = c->aux;
-    mc->hretried = 0;
     mc->used = cm_sql_now();
+    mc->hretried = 0;
+    c->deadline = mc->used + (int64_t)(s->timeout * 1e9);
     run_batch(c);
 }
 
@@ -659,11 +676,15 @@ static void read_rows(CmSqlConnObject *c)
     /* one value (S_GET's only column, S_HGET's `value`), or key/value rows */
     int single = mc->slot == S_GET || mc->slot == S_HGET;
     int vcol = mc->slot == S_HGET ? mc->hvalue : 0;
-    MYSQL_BIND rb[MY_HANDLER_COLS];
-    unsigned long lens[MY_HANDLER_COLS] = {0};
-    my_bool nulls[MY_HANDLER_COLS] = {0};
-    memset(rb, 0, sizeof(rb));
-    for (int i = 0; i < ncols && i < MY_HANDLER_COLS; i++) {
+    MYSQL_BIND rb[MY_MAX_COLS];
+    unsigned long lens[MY_MAX_COLS];
+    my_bool nulls[MY_MAX_COLS];
+    if (ncols > MY_MAX_COLS) /* S_HGET checks its table (handler_columns); others have 1 or 2 */
+        goto fail;
+    memset(rb, 0, (size_t)ncols * sizeof(rb[0]));
+    for (int i = 0; i < ncols; i++) {
+        lens[i] = 0;
+        nulls[i] = 0;
         rb[i].buffer_type = MYSQL_TYPE_BLOB;
         rb[i].length = &lens[i];
         rb[i].is_null = &nulls[i];
@@ -674,18 +695,18 @@ static void read_rows(CmSqlConnObject *c)
         if (single) {
             if (b->result == NULL &&
                 (b->result = fetch_col(st, &rb[vcol], lens[vcol], nulls[vcol], vcol)) == NULL)
-                goto oom;
+                goto fail;
         } else {
             PyObject *k = fetch_col(st, &rb[0], lens[0], nulls[0], 0);
             if (k == NULL || k == Py_None) {
                 Py_XDECREF(k);
-                goto oom;
+                goto fail;
             }
             int prc = cm_sql_result_put(b, PyBytes_AS_STRING(k), (size_t)PyBytes_GET_SIZE(k),
                                         fetch_col(st, &rb[1], lens[1], nulls[1], 1));
             Py_DECREF(k);
             if (prc < 0)
-                goto oom;
+                goto fail;
         }
     }
     if (b->kind == CM_SQL_GET && !single) {
@@ -701,7 +722,7 @@ static void read_rows(CmSqlConnObject *c)
     mysql_stmt_free_result(st);
     PyErr_Clear();
     return;
-oom:
+fail:
     PyErr_Clear();
     mysql_stmt_free_result(st);
     for (CmSqlReq *r = b; r != NULL; r = r->next)
@@ -760,16 +781,8 @@ static void step_done(CmSqlConnObject *c)
                 cm_sql_conn_fail(c, s->st->SQLConnectionError, buf);
                 return;
             }
-            if (slot == S_HGET && e != ER_NO_SUCH_TABLE_) {
-                /* closed under us (1109): reopen once; else not for us */
-                if (e == ER_UNKNOWN_TABLE_ && !mc->hretried)
-                    mc->hretried = 1;
-                else
-                    mc->hoff = 1;
-                mc->hopen = 0;
-                run_batch(c);
+            if (handler_failed(c, e, 1))
                 return;
-            }
             for (CmSqlReq *r = c->batch; r != NULL; r = r->next)
                 cm_sql_req_error_sql(s, r, e == ER_NO_SUCH_TABLE_, buf);
             c->phase = PH_IDLE;
@@ -794,16 +807,8 @@ static void step_done(CmSqlConnObject *c)
         return;
     case PH_EXECUTE:
         if (mc->iret != 0) {
-            if (mc->slot == S_HGET && my_errno(c) == ER_UNKNOWN_TABLE_) {
-                /* the server closed the handler (see the top): reopen it
-                 * and read again; a second time, read with the SELECT */
-                if (mc->hretried)
-                    mc->hoff = 1;
-                mc->hretried = 1;
-                mc->hopen = 0;
-                run_batch(c);
+            if (handler_failed(c, my_errno(c), 0))
                 return;
-            }
             c->phase = PH_IDLE;
             request_failed(c);
             break;
@@ -849,29 +854,22 @@ static void step_done(CmSqlConnObject *c)
     case PH_HCLOSE:
     case PH_HOPEN: {
         unsigned e = mc->iret != 0 ? my_errno(c) : 0;
-        if (e >= 2000 && e < 3000) {
-            fail_my(c);
-            return;
+        int opening = c->phase == PH_HOPEN;
+        c->phase = PH_IDLE;
+        if ((e >= 2000 && e < 3000) || (opening && e == ER_NO_SUCH_TABLE_)) {
+            request_failed(c); /* the connection, or the table, is gone */
+            break;
         }
         /* closed, or already gone (1109): not open either way */
-        mc->hopen = c->phase == PH_HOPEN && e == 0;
-        mc->hopened = cm_sql_now();
+        mc->hopen = opening && e == 0;
+        if (mc->hopen)
+            mc->hopened = cm_sql_now();
+        else if (opening)
+            mc->hoff = 1;       /* a view, an engine without handlers: the SELECT */
         if (c->batch == NULL) { /* the tick's close of an idle connection */
-            c->phase = PH_IDLE;
             cm_sql_conn_done(c);
             break;
         }
-        if (c->phase == PH_HOPEN && e == ER_NO_SUCH_TABLE_) {
-            char buf[512];
-            snprintf(buf, sizeof(buf), "mysql: %s", my_err(c));
-            for (CmSqlReq *r = c->batch; r != NULL; r = r->next)
-                cm_sql_req_error_sql(s, r, 1, buf);
-            c->phase = PH_IDLE;
-            cm_sql_conn_done(c);
-            break;
-        }
-        if (c->phase == PH_HOPEN && e != 0)
-            mc->hoff = 1; /* a view, an engine without handlers: the SELECT */
         run_batch(c);
         return;
     }
