@@ -259,13 +259,18 @@ async def test_tryagain_during_a_slot_migration_is_retried(redis_cluster):
     # is answered TRYAGAIN until the migration ends; it is re-sent after a
     # pause instead of failing the whole get_all.
     ser = MsgPackSerializer()
-    tag = unique("tryagain-")
+    clients = await node_clients(redis_cluster)
+    # a tag whose slot holds no other test's keys: SETSLOT NODE refuses to
+    # give away a slot with keys left behind
+    for _ in range(100):
+        tag = unique("tryagain-")
+        slot = await clients[0].execute("CLUSTER", "KEYSLOT", tag)
+        if not any([await c.execute("CLUSTER", "COUNTKEYSINSLOT", slot) for c in clients]):
+            break
     Node = tag_node(tag)
     s = RedisStorage(redis_cluster.url, cluster=True)
     await s.connect()
     await s.set_all([(Node(0), "a"), (Node(1), "b")], None, ser)
-    clients = await node_clients(redis_cluster)
-    slot = await clients[0].execute("CLUSTER", "KEYSLOT", tag)
     ids = [await c.execute("CLUSTER", "MYID") for c in clients]
     src = await slot_owner(redis_cluster, clients, slot)
     dst = (src + 1) % len(clients)

@@ -1012,20 +1012,31 @@ async def test_busy_poll_answers_sequential_reads(url, backend):
 
 async def test_busy_poll_never_delays_ready_tasks(url, backend):
     # with another task ready to run, the loop never spins, and the gets
-    # yield to the loop: the other task runs between them. (Not between
-    # every two: a reply already there when the driver reads right after
-    # sending, which a slow client such as an ASan build sometimes finds,
-    # completes the get at once, as awaiting a done future would.)
+    # yield to the loop: the other task runs while each is out. Replies come
+    # 2 ms late (through a proxy), within the 5 ms limit, so a spin would
+    # catch them, and never so soon that a reply is already there when the
+    # driver reads right after sending (which completes a get at once, as
+    # awaiting a done future would).
     _networked(backend)
-    name = await register(url, busy_poll=0.005)
-    s = storage_of(name)
-    await s.set(K("a"), b"1", None, None)
-    async with ReadyTask() as other:
-        before, start = s.pool_info(), other.ticks
-        for _ in range(100):
-            assert await s.get(K("a"), None) == b"1"
-        after = s.pool_info()
-    assert other.ticks - start >= 50
+    table = unique("cm_t")
+    name = await register(url, table=table)
+    await storage_of(name).set(K("a"), b"1", None, None)
+    purl, target = _proxied(url, 0)
+    proxy = DelayProxy(target[0], target[1], 0.002)
+    try:
+        purl, _ = _proxied(url, proxy.port)
+        s = cacheme.Storage(url=purl, table=table, busy_poll=0.005)
+        await s.connect()
+        assert await s._storage.get(K("a"), None) == b"1"
+        async with ReadyTask() as other:
+            before, start = s._storage.pool_info(), other.ticks
+            for _ in range(100):
+                assert await s._storage.get(K("a"), None) == b"1"
+            after = s._storage.pool_info()
+        await s.close()
+    finally:
+        proxy.close()
+    assert other.ticks - start >= 100, (before, after)
     for k in ("busy_poll_hits", "busy_poll_timeouts", "busy_poll_inline"):
         assert after[k] == before[k], (before, after)
 
