@@ -2,7 +2,7 @@
  *
  * A Get object is what get() returns on a local miss. It goes through modes:
  *   START  -> LEAD  (no flight for the key: it drives one inline)
- *          -> WAIT  (a flight exists: it waits on a future of its own)
+ *          -> WAIT  (a flight exists: it waits on it as its own future)
  *          -> DONE  (the flight already has its value)
  *   LEAD   -> on the first suspension, its driving state moves into a new Get
  *             in mode DRIVER run by a Task, and it goes on in WAIT.
@@ -91,11 +91,6 @@ static void flight_free(CmState *st, CmFlight *fl)
     for (Py_ssize_t i = 0; i < fl->nwaiters; i++)
         Py_CLEAR(fl->waiters[i]);
     fl->nwaiters = 0;
-    for (Py_ssize_t i = 0; i < fl->nwakers; i++)
-        Py_CLEAR(fl->wakers[i]);
-    PyMem_Free(fl->wakers);
-    fl->wakers = NULL;
-    fl->nwakers = fl->capwakers = 0;
     if (st->flight_free_len < 256) {
         /* keep the waiters array with the record for reuse */
         fl->next = st->flight_free;
@@ -201,34 +196,29 @@ static int refs_push(PyObject ***items, Py_ssize_t *n, Py_ssize_t *cap, PyObject
     return 0;
 }
 
-static int flight_add_waiter(CmFlight *fl, PyObject *fut)
+static int flight_add_waiter(CmFlight *fl, PyObject *g)
 {
-    return refs_push(&fl->waiters, &fl->nwaiters, &fl->capwaiters, fut);
+    return refs_push(&fl->waiters, &fl->nwaiters, &fl->capwaiters, g);
 }
 
-static int flight_add_waker(CmFlight *fl, PyObject *proxy)
+/* A waiter leaving before the flight settles takes itself out. */
+static void flight_drop_waiter(CmFlight *fl, PyObject *g)
 {
-    return refs_push(&fl->wakers, &fl->nwakers, &fl->capwakers, proxy);
-}
-
-/* A waiter leaving before the flight settles takes its proxy back (the
- * proxy holds the waiter, which holds the flight). */
-static void flight_drop_waker(CmFlight *fl, PyObject *proxy)
-{
-    for (Py_ssize_t i = 0; i < fl->nwakers; i++) {
-        if (fl->wakers[i] == proxy) {
-            memmove(&fl->wakers[i], &fl->wakers[i + 1],
-                    (size_t)(fl->nwakers - i - 1) * sizeof(PyObject *));
-            fl->nwakers--;
-            Py_DECREF(proxy);
+    for (Py_ssize_t i = 0; i < fl->nwaiters; i++) {
+        if (fl->waiters[i] == g) {
+            memmove(&fl->waiters[i], &fl->waiters[i + 1],
+                    (size_t)(fl->nwaiters - i - 1) * sizeof(PyObject *));
+            fl->nwaiters--;
+            Py_DECREF(g);
             return;
         }
     }
 }
 
-static void proxy_wake_settled(CmState *st, PyObject *proxy);
+static void waiter_settled(CmState *st, PyObject *g, int cancelled);
 
-/* Give every waiting future the outcome (value, or exc). */
+/* Give every waiter the outcome (value, or exc) and wake their Tasks. The
+ * caller holds a reference to fl, so releasing a waiter here never frees it. */
 static void flight_settle(CmState *st, CmFlight *fl, PyObject *value, PyObject *exc)
 {
     if (fl->done)
@@ -240,28 +230,11 @@ static void flight_settle(CmState *st, CmFlight *fl, PyObject *value, PyObject *
         fl->value = Py_NewRef(value);
     int cancelled = exc != NULL && cm_is_cancelled_error(st, exc);
     for (Py_ssize_t i = 0; i < fl->nwaiters; i++) {
-        PyObject *fut = fl->waiters[i];
-        int done = cm_future_done(st, fut);
-        int rc = 0;
-        if (done == 0) {
-            if (exc == NULL)
-                rc = cm_future_set_result(st, fut, value);
-            else if (cancelled)
-                rc = cm_future_cancel(st, fut);
-            else
-                rc = cm_future_set_exception(st, fut, exc);
-        }
-        if (done < 0 || rc < 0)
-            PyErr_WriteUnraisable(fut);
+        PyObject *g = fl->waiters[i];
+        fl->waiters[i] = NULL;
+        waiter_settled(st, g, cancelled);
     }
-    /* their futures have no done-callback: wake their Tasks (a waiter that
-     * was cancelled has had its own wakeup scheduled; firing it is a no-op) */
-    for (Py_ssize_t i = 0; i < fl->nwakers; i++) {
-        PyObject *p = fl->wakers[i];
-        fl->wakers[i] = NULL;
-        proxy_wake_settled(st, p);
-    }
-    fl->nwakers = 0;
+    fl->nwaiters = 0;
     if (exc != NULL) /* a failed flight is over: nobody may join it */
         flight_remove(st, fl);
 }
@@ -315,10 +288,98 @@ typedef struct {
     int has_pending;
     int64_t load_start;
     PyObject *value;
-    PyObject *fut; /* WAIT: our future */
-    PyObject *fut_iter;
-    PyObject *wproxy; /* WAIT: the proxy the Task waits on (also in fl->wakers) */
+    /* the Get as the future its Task waits on, while it waits on its flight
+     * (WAIT) or on a Redis call of its own (see "a Get is its own future") */
+    int wstate;
+    int blocking;    /* _asyncio_future_blocking */
+    PyObject *wloop; /* the loop it waits on */
+    PyObject *wcb;   /* the Task's wakeup, and its context */
+    PyObject *wctx;  /* (or NULL) */
+    PyObject *wmsg;  /* cancel(msg) */
+    /* a Redis call made for it with no future (start_call) */
+    int dwait;
+    struct CmRedisOp *dop; /* borrowed: the op holds us until it finishes */
+    PyObject *dres, *derr; /* its outcome */
 } CmGetObject;
+
+/* wstate: a waiter in its flight's list not yet awaited (JOINED); awaited
+ * (PENDING); the outcome is in (SETTLED) or it was cancelled */
+enum { W_NONE, W_JOINED, W_PENDING, W_SETTLED, W_CANCELLED };
+/* dwait: no call; the call is out (PENDING) or has finished (DONE) */
+enum { DW_NONE, DW_PENDING, DW_DONE };
+
+static void waiter_wake(CmState *st, CmGetObject *g);
+static PyObject *waiter_cancelled_error(CmGetObject *g);
+
+/* The Redis call made for g is no longer awaited: it goes on, its outcome
+ * to nobody. */
+static void direct_detach(CmGetObject *g)
+{
+    if (g->dop != NULL) {
+        PyObject *me = cm_redis_op_handoff(g->dop, NULL);
+        g->dop = NULL;
+        Py_XDECREF(me); /* never the last: our caller has a reference */
+    }
+    g->dwait = DW_NONE;
+    Py_CLEAR(g->dres);
+    Py_CLEAR(g->derr);
+}
+
+/* The Redis call made for g finished (redis.c, op_finish). */
+void cm_get_op_done(CmState *st, PyObject *o, PyObject *res, PyObject *err)
+{
+    CmGetObject *g = (CmGetObject *)o;
+    g->dop = NULL;
+    g->dwait = DW_DONE;
+    Py_XSETREF(g->dres, Py_XNewRef(res));
+    Py_XSETREF(g->derr, Py_XNewRef(err));
+    if (g->wstate == W_PENDING) {
+        g->wstate = W_SETTLED;
+        if (g->wcb != NULL) {
+            waiter_wake(st, g);
+            return;
+        }
+    }
+    Py_DECREF(g);
+}
+
+/* Resume the Redis call made for g: NEXT (yield g, the call is still out),
+ * RETURN with its value, or ERROR (its failure, or exc thrown in). */
+static PySendResult direct_resume(CmGetObject *g, PyObject *exc, PyObject **res)
+{
+    *res = NULL;
+    if (exc == NULL && g->wstate == W_CANCELLED) {
+        /* cancelled and sent to rather than thrown into: as a Future does */
+        direct_detach(g);
+        g->wstate = W_NONE;
+        waiter_cancelled_error(g);
+        return PYGEN_ERROR;
+    }
+    g->wstate = W_NONE;
+    if (exc != NULL) {
+        direct_detach(g);
+        raise_exc(exc);
+        return PYGEN_ERROR;
+    }
+    if (g->dwait == DW_PENDING) {
+        g->wstate = W_PENDING;
+        g->blocking = 1;
+        *res = Py_NewRef(g);
+        return PYGEN_NEXT;
+    }
+    g->dwait = DW_NONE;
+    PyObject *e = g->derr;
+    g->derr = NULL;
+    *res = g->dres;
+    g->dres = NULL;
+    if (e != NULL) {
+        Py_CLEAR(*res);
+        raise_exc(e);
+        Py_DECREF(e);
+        return PYGEN_ERROR;
+    }
+    return PYGEN_RETURN;
+}
 
 static PyObject *get_alloc(CmState *st)
 {
@@ -405,6 +466,30 @@ static PyObject *call_storage(CmGetObject *g, PyObject *name, CmCacheRef *r, int
     args[3] = r->ttl;
     args[4] = g->cfg->serializer;
     return PyObject_VectorcallMethod(name, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* storage.get(node) / storage.set(...) of cache r as the current call: a
+ * Redis call of our own when r is a Redis storage that keeps RedisClient's
+ * methods, else the awaitable the method returns. 0, or -1 with an
+ * exception. */
+static int start_call(CmGetObject *g, CmCacheRef *r, int set)
+{
+    CmState *st = g->st;
+    PyObject *name = set ? st->s_set : st->s_get;
+    if (!cm_redis_direct(st, r->storage, name))
+        return start_sub(g, call_storage(g, name, r, set));
+    if (g->wloop == NULL && (g->wloop = cm_loop_running(st)) == NULL)
+        return -1;
+    struct CmRedisOp *op =
+        set ? cm_redis_set_for(r->storage, g->node, g->value, r->ttl, g->cfg->serializer, g->wloop,
+                               (PyObject *)g)
+            : cm_redis_get_for(r->storage, g->node, g->cfg->serializer, g->wloop, (PyObject *)g);
+    if (op == NULL)
+        return -1;
+    g->dwait = DW_PENDING;
+    g->dop = op;
+    cm_redis_op_unref(op); /* may finish it at once (cm_get_op_done) */
+    return 0;
 }
 
 static PyObject *call_loader(CmGetObject *g)
@@ -507,8 +592,9 @@ static PySendResult drive(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject
     }
 
     for (;;) {
-        if (g->sub != NULL) {
-            PySendResult r = sub_resume(g, arg, exc, &res);
+        if (g->sub != NULL || g->dwait != DW_NONE) {
+            PySendResult r =
+                g->dwait != DW_NONE ? direct_resume(g, exc, &res) : sub_resume(g, arg, exc, &res);
             arg = Py_None;
             exc = NULL;
             if (r == PYGEN_NEXT) {
@@ -586,7 +672,7 @@ static PySendResult drive(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject
                 g->phase = P_LOAD;
                 continue;
             }
-            if (start_sub(g, call_storage(g, st->s_get, &cfg->caches[g->idx], 0)) < 0) {
+            if (start_call(g, &cfg->caches[g->idx], 0) < 0) {
                 PyObject *e = cm_exc_take();
                 if (e != NULL && !PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception)) {
                     err = e;
@@ -626,7 +712,7 @@ static PySendResult drive(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject
                 g->phase = P_END;
                 continue;
             }
-            if (start_sub(g, call_storage(g, st->s_set, &cfg->caches[g->idx], 1)) < 0) {
+            if (start_call(g, &cfg->caches[g->idx], 1) < 0) {
                 PyObject *e = cm_exc_take();
                 counters(g, g->idx)->errors++;
                 cm_log_warning(st, "cacheme: fill of storage '%U' failed: %R",
@@ -652,67 +738,44 @@ fail:
     return PYGEN_ERROR;
 }
 
-/* Become a waiter of fl: a future of our own in its list. */
+/* Become a waiter of fl: in its list, on the running loop. */
 static int become_waiter(CmGetObject *g, CmFlight *fl)
 {
     CmState *st = g->st;
     PyObject *loop = cm_loop_running(st);
     if (loop == NULL)
         return -1;
-    PyObject *fut = cm_loop_create_future(st, loop);
-    Py_DECREF(loop);
-    if (fut == NULL)
-        return -1;
-    if (flight_add_waiter(fl, fut) < 0) {
-        Py_DECREF(fut);
+    if (flight_add_waiter(fl, (PyObject *)g) < 0) {
+        Py_DECREF(loop);
         return -1;
     }
-    g->fut_iter = cm_await_iter(fut);
-    g->fut = fut;
-    if (g->fut_iter == NULL)
-        return -1;
+    Py_XSETREF(g->wloop, loop);
     if (g->fl != fl) {
         fl->refs++;
         g->fl = fl;
     }
     g->mode = M_WAIT;
+    g->wstate = W_JOINED;
     return 0;
 }
 
-/* Our future is no longer awaited: if nobody else waits either, the flight
- * is abandoned (removed, its Task cancelled). */
+/* This waiter goes (cancelled, closed, dropped): if nobody else waits, the
+ * flight is abandoned (removed, its Task cancelled). */
 static void leave_flight(CmGetObject *g)
 {
     CmState *st = g->st;
     CmFlight *fl = g->fl;
-    if (g->wproxy != NULL) {
-        PyObject *p = g->wproxy;
-        g->wproxy = NULL;
-        if (fl != NULL)
-            flight_drop_waker(fl, p);
-        Py_DECREF(p);
-    }
-    if (g->fut != NULL) {
-        int done = cm_future_done(st, g->fut);
-        if (done == 0 && cm_future_cancel(st, g->fut) < 0)
-            PyErr_WriteUnraisable(g->fut);
-        else if (done == 1)
-            cm_future_consume(st, g->fut);
-        else if (done < 0)
-            PyErr_WriteUnraisable(g->fut);
-    }
-    if (fl != NULL && !fl->done && !fl->abandoned) {
-        int live = 0;
-        for (Py_ssize_t i = 0; i < fl->nwaiters && !live; i++) {
-            int done = cm_future_done(st, fl->waiters[i]);
-            live = done == 0;
-            if (done < 0)
-                PyErr_WriteUnraisable(fl->waiters[i]);
-        }
-        if (!live && fl->task != NULL) { /* an inline leader still waits */
+    Py_CLEAR(g->wcb);
+    Py_CLEAR(g->wctx);
+    if (g->wstate == W_JOINED || g->wstate == W_PENDING)
+        g->wstate = W_CANCELLED;
+    if (fl != NULL && !fl->done) {
+        flight_drop_waiter(fl, (PyObject *)g);
+        /* with no Task, an inline leader still drives it and waits */
+        if (fl->nwaiters == 0 && !fl->abandoned && fl->task != NULL) {
             fl->abandoned = 1;
             table_unlink(st, fl);
-            if (fl->task != NULL && cm_future_cancel(st, fl->task) < 0)
+            if (cm_future_cancel(st, fl->task) < 0)
                 PyErr_WriteUnraisable(fl->task);
         }
     }
@@ -752,6 +815,16 @@ static int move_to_task(CmGetObject *g, PyObject *pending)
     d->missed = g->missed;
     d->sub = g->sub;
     g->sub = NULL;
+    d->dwait = g->dwait;
+    d->dres = g->dres;
+    d->derr = g->derr;
+    g->dwait = DW_NONE;
+    g->dres = g->derr = NULL;
+    if (g->dop != NULL) {
+        d->dop = g->dop;
+        g->dop = NULL;
+        Py_XDECREF(cm_redis_op_handoff(d->dop, (PyObject *)d)); /* not our last */
+    }
     d->load_start = g->load_start;
     d->value = g->value;
     g->value = NULL;
@@ -763,6 +836,7 @@ static int move_to_task(CmGetObject *g, PyObject *pending)
 
     loop = cm_loop_running(st);
     if (loop != NULL) {
+        Py_XSETREF(d->wloop, Py_NewRef(loop));
         task = cm_loop_create_task(st, loop, (PyObject *)d);
         Py_DECREF(loop);
     }
@@ -796,9 +870,8 @@ static int move_to_task(CmGetObject *g, PyObject *pending)
  * when X is the future a Redis call just returned, the op itself: the proxy
  * is then not a done-callback of X but the op's waiter (`direct`), woken
  * with the other waiters of its batch of replies by one loop callback
- * (cm_redis_attach_waiter, cm_proxy_wake_later). A waiter's proxy (`waiter`)
- * stands for the waiter's own future and is woken by the flight when it
- * settles; cancelling it cancels that future only. */
+ * (cm_redis_attach_waiter, cm_proxy_wake_later). Waiters need no proxy:
+ * each is its own future (below). */
 
 enum { PX_PENDING, PX_FIRED, PX_DETACHED };
 
@@ -810,23 +883,25 @@ typedef struct {
     PyObject *cb, *ctx; /* the Task's wakeup and its context */
     int blocking;       /* _asyncio_future_blocking */
     int state;
-    int direct; /* woken by X's Redis op (cm_redis_attach_waiter) or by the
-                 * flight (waiter), not by a done-callback of X */
-    int waiter; /* the owner is a waiter (M_WAIT) and X its own future */
+    int direct; /* woken by X's Redis op (cm_redis_attach_waiter), not by a
+                 * done-callback of X */
 } CmProxyObject;
 
-/* Take the callback out before calling it: it may reenter the proxy. */
-static void proxy_run_cb(CmProxyObject *p)
+/* Run the Task wakeup *cbp(arg) in the context *ctxp, both taken out first
+ * (the call may reenter their owner). */
+static void run_wakeup(PyObject **cbp, PyObject **ctxp, PyObject *arg)
 {
-    PyObject *cb = p->cb, *ctx = p->ctx;
-    p->cb = p->ctx = NULL;
-    if (cb == NULL)
+    PyObject *cb = *cbp, *ctx = *ctxp;
+    *cbp = *ctxp = NULL;
+    if (cb == NULL) {
+        Py_XDECREF(ctx);
         return;
+    }
     if (ctx != NULL && ctx != Py_None && PyContext_Enter(ctx) < 0) {
         PyErr_WriteUnraisable(cb);
         Py_CLEAR(ctx);
     }
-    PyObject *r = PyObject_CallOneArg(cb, (PyObject *)p);
+    PyObject *r = PyObject_CallOneArg(cb, arg);
     if (r == NULL)
         PyErr_WriteUnraisable(cb);
     Py_XDECREF(r);
@@ -835,6 +910,8 @@ static void proxy_run_cb(CmProxyObject *p)
     Py_DECREF(cb);
     Py_XDECREF(ctx);
 }
+
+static void proxy_run_cb(CmProxyObject *p) { run_wakeup(&p->cb, &p->ctx, (PyObject *)p); }
 
 static int proxy_schedule_cb(CmProxyObject *p)
 {
@@ -857,13 +934,15 @@ static void proxy_fire(PyObject *self)
     }
 }
 
-/* ---- waking proxies in batches ------------------------------------------------
+/* ---- waking in batches ---------------------------------------------------------
  *
  * A proxy that is not a done-callback of its future (`direct`) is woken by
- * whoever settles that future: a Redis op, or the flight for its waiters.
- * Instead of one loop.call_soon per future (a Handle and its Python frames,
- * as set_result would make for a done-callback), the proxies woken while
- * the loop runs one callback are woken together by the next one. */
+ * whoever settles that future, a Redis op; a waiting Get by its flight.
+ * Instead of one loop.call_soon per wakeup (a Handle and its Python frames,
+ * as set_result would make for a done-callback), those woken while the loop
+ * runs one callback are woken together by the next one. */
+
+static void waiter_fire(CmGetObject *g);
 
 static PyObject *wake_batch_run(PyObject *mod, PyObject *Py_UNUSED(unused))
 {
@@ -872,49 +951,54 @@ static PyObject *wake_batch_run(PyObject *mod, PyObject *Py_UNUSED(unused))
     st->wake_batch = NULL;
     Py_CLEAR(st->wake_loop);
     if (batch != NULL) {
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++)
-            proxy_fire(PyList_GET_ITEM(batch, i));
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
+            PyObject *o = PyList_GET_ITEM(batch, i); /* borrowed: the list has it */
+            if (Py_IS_TYPE(o, st->GetType))
+                waiter_fire((CmGetObject *)o);
+            else
+                proxy_fire(o);
+        }
         Py_DECREF(batch);
     }
     Py_RETURN_NONE;
 }
 static PyMethodDef wake_batch_def = {"_wake_batch", wake_batch_run, METH_NOARGS, NULL};
 
+/* Queue o (borrowed) for the next batch on loop: 0, or -1 when it cannot go
+ * in one (no exception set). */
+static int wake_batch_add(CmState *st, PyObject *o, PyObject *loop)
+{
+    if (st->wake_cb == NULL || (st->wake_loop != NULL && st->wake_loop != loop))
+        return -1;
+    if (st->wake_batch == NULL && (st->wake_batch = PyList_New(0)) == NULL)
+        goto fail;
+    if (PyList_Append(st->wake_batch, o) < 0)
+        goto fail;
+    if (st->wake_loop == NULL) {
+        PyObject *h = cm_loop_call_soon(st, loop, st->wake_cb);
+        if (h == NULL) {
+            PySequence_DelItem(st->wake_batch, PyList_GET_SIZE(st->wake_batch) - 1);
+            goto fail;
+        }
+        Py_DECREF(h);
+        st->wake_loop = Py_NewRef(loop);
+    }
+    return 0;
+fail:
+    PyErr_Clear();
+    return -1;
+}
+
 void cm_proxy_wake_later(CmState *st, PyObject *proxy, PyObject *fut, PyObject *loop)
 {
-    if (st->wake_cb != NULL && (st->wake_loop == NULL || st->wake_loop == loop)) {
-        if (st->wake_batch == NULL && (st->wake_batch = PyList_New(0)) == NULL)
-            goto alone;
-        if (PyList_Append(st->wake_batch, proxy) < 0)
-            goto alone;
-        if (st->wake_loop == NULL) {
-            PyObject *h = cm_loop_call_soon(st, loop, st->wake_cb);
-            if (h == NULL) {
-                PySequence_DelItem(st->wake_batch, PyList_GET_SIZE(st->wake_batch) - 1);
-                goto alone;
-            }
-            Py_DECREF(h);
-            st->wake_loop = Py_NewRef(loop);
-        }
-        Py_DECREF(proxy);
-        Py_DECREF(loop);
-        return;
-    }
-alone:
-    PyErr_Clear();
-    /* what a done-callback would have been: proxy(fut) on its loop */
-    if (cm_loop_call_soon_arg(st, loop, proxy, fut, st->empty_context) < 0) {
+    /* else what a done-callback would have been: proxy(fut) on its loop */
+    if (wake_batch_add(st, proxy, loop) < 0 &&
+        cm_loop_call_soon_arg(st, loop, proxy, fut, st->empty_context) < 0) {
         PyErr_Clear();
         proxy_fire(proxy); /* the loop is gone: wake it now rather than never */
     }
     Py_DECREF(proxy);
     Py_DECREF(loop);
-}
-
-static void proxy_wake_settled(CmState *st, PyObject *proxy)
-{
-    CmProxyObject *p = (CmProxyObject *)proxy;
-    cm_proxy_wake_later(st, proxy, p->target, Py_NewRef(p->loop));
 }
 
 /* X's done-callback: proxy(X), run by the loop */
@@ -945,8 +1029,6 @@ static PyObject *proxy_add_done_callback(PyObject *self, PyObject *const *args, 
             return NULL;
         Py_RETURN_NONE;
     }
-    if (p->waiter) /* the flight wakes it (flight_settle) */
-        Py_RETURN_NONE;
     if (cm_redis_attach_waiter(p->owner->st, p->target, self, p->loop)) {
         p->direct = 1;
         Py_RETURN_NONE;
@@ -974,25 +1056,13 @@ static PyObject *proxy_remove_done_callback(PyObject *self, PyObject *fn)
     return PyLong_FromLong(0);
 }
 
-static int flight_has_live_waiters(CmState *st, CmFlight *fl)
-{
-    for (Py_ssize_t i = 0; i < fl->nwaiters; i++) {
-        int done = cm_future_done(st, fl->waiters[i]);
-        if (done < 0)
-            PyErr_WriteUnraisable(fl->waiters[i]);
-        if (done == 0)
-            return 1;
-    }
-    return 0;
-}
-
 /* With others waiting on an unsettled flight, move it to a Task of its own
  * so that only the leader goes: 1 moved, 0 not needed, -1 error. `pending`
  * (borrowed, may be NULL) is what the flight waits on now. */
 static int leader_leaves(CmGetObject *g, PyObject *pending)
 {
     CmFlight *fl = g->fl;
-    if (g->mode != M_LEAD || fl == NULL || fl->done || !flight_has_live_waiters(g->st, fl))
+    if (g->mode != M_LEAD || fl == NULL || fl->done || fl->nwaiters == 0)
         return 0;
     if (move_to_task(g, Py_XNewRef(pending)) < 0)
         return -1;
@@ -1007,24 +1077,20 @@ static PyObject *proxy_cancel(PyObject *self, PyObject *const *args, Py_ssize_t 
     CmState *st = g->st;
     if (p->state != PX_PENDING)
         Py_RETURN_FALSE;
-    /* a waiter's proxy: this caller only, its own future (the flight goes on
-     * for the others) */
-    if (!p->waiter) {
-        int moved = leader_leaves(g, p->target);
-        if (moved < 0) /* the flight failed its waiters; cancel the leader anyway */
-            PyErr_WriteUnraisable(self);
-        if (moved != 0) {
-            p->state = PX_DETACHED;
-            if (proxy_schedule_cb(p) < 0) /* the Task sees result() raise CancelledError */
-                return NULL;
-            Py_RETURN_TRUE;
-        }
-        /* nobody else: cancel what the load waits on; the flight may no
-         * longer be joined, or a newcomer would share the cancellation */
-        if (g->fl != NULL && !g->fl->done && g->mode == M_LEAD) {
-            g->fl->abandoned = 1;
-            table_unlink(st, g->fl);
-        }
+    int moved = leader_leaves(g, p->target);
+    if (moved < 0) /* the flight failed its waiters; cancel the leader anyway */
+        PyErr_WriteUnraisable(self);
+    if (moved != 0) {
+        p->state = PX_DETACHED;
+        if (proxy_schedule_cb(p) < 0) /* the Task sees result() raise CancelledError */
+            return NULL;
+        Py_RETURN_TRUE;
+    }
+    /* nobody else: cancel what the load waits on; the flight may no longer
+     * be joined, or a newcomer would share the cancellation */
+    if (g->fl != NULL && !g->fl->done && g->mode == M_LEAD) {
+        g->fl->abandoned = 1;
+        table_unlink(st, g->fl);
     }
     PyObject *targs[2] = {p->target, nargs ? args[0] : NULL};
     PyObject *r = PyObject_VectorcallMethod(
@@ -1168,9 +1234,9 @@ static PyType_Spec proxy_spec = {
 
 static void get_abort(CmGetObject *g);
 
-/* A proxy of g for `target` (a new reference), on the running loop; for a
- * waiter (`waiter`) one that the flight wakes. NULL with an exception. */
-static CmProxyObject *proxy_new(CmGetObject *g, PyObject *target, int waiter)
+/* A proxy of g for `target` (a new reference), on the running loop. NULL
+ * with an exception. */
+static CmProxyObject *proxy_new(CmGetObject *g, PyObject *target)
 {
     CmState *st = g->st;
     PyObject *loop = cm_loop_running(st);
@@ -1185,35 +1251,9 @@ static CmProxyObject *proxy_new(CmGetObject *g, PyObject *target, int waiter)
     p->cb = p->ctx = NULL;
     p->blocking = 1;
     p->state = PX_PENDING;
-    p->direct = waiter;
-    p->waiter = waiter;
+    p->direct = 0;
     PyObject_GC_Track(p);
     return p;
-}
-
-/* A waiter's Task waits on its future through a proxy that the flight wakes
- * (flight_settle, in a batch with the others) rather than through a
- * done-callback of the future. `fut` (stolen) is what the future's iterator
- * yielded: the future itself. The future alone when that cannot be set up. */
-static PyObject *waiter_proxy(CmGetObject *g, PyObject *fut)
-{
-    if (g->fl == NULL || g->fl->done || fut != g->fut)
-        return fut;
-    CmProxyObject *p = proxy_new(g, fut, 1);
-    if (p == NULL) {
-        PyErr_Clear();
-        return fut;
-    }
-    Py_DECREF(fut); /* p has it */
-    if (flight_add_waker(g->fl, (PyObject *)p) < 0) {
-        /* the future as it is: the Task's done-callback on it */
-        PyErr_Clear();
-        fut = Py_NewRef(p->target);
-        Py_DECREF(p);
-        return fut;
-    }
-    g->wproxy = Py_NewRef(p);
-    return (PyObject *)p;
 }
 
 /* The leader's flight yielded `yielded` (stolen): register the flight so
@@ -1230,6 +1270,10 @@ static PySendResult leader_suspend(CmGetObject *g, PyObject *yielded, PyObject *
         if (g->phase >= P_FILL)
             flight_settle(st, g->fl, g->value, NULL);
     }
+    if (yielded == (PyObject *)g) { /* its own Redis call: it is the future */
+        *out = yielded;
+        return PYGEN_NEXT;
+    }
     if (yielded != Py_None) {
         blocking = PyObject_GetAttr(yielded, st->s__asyncio_future_blocking);
         if (blocking == NULL)
@@ -1242,7 +1286,7 @@ static PySendResult leader_suspend(CmGetObject *g, PyObject *yielded, PyObject *
         return PYGEN_NEXT;
     }
     Py_DECREF(blocking);
-    CmProxyObject *p = proxy_new(g, yielded, 0);
+    CmProxyObject *p = proxy_new(g, yielded);
     if (p == NULL)
         goto fail;
     Py_DECREF(yielded);
@@ -1290,6 +1334,255 @@ static PyObject *recheck_locals(CmGetObject *g)
         return v;
     }
     return NULL;
+}
+
+/* ---- a Get is its own future ------------------------------------------------
+ *
+ * A Get waiting on a flight (M_WAIT), or a flight's Get waiting on a Redis
+ * call it made (start_call), is what its Task waits on: it yields itself and
+ * answers the calls asyncio's Task makes of a future-like object
+ * (_asyncio_future_blocking, get_loop, add_done_callback, result, cancel).
+ * The flight, or the Redis op, marks it settled and wakes its Task in a
+ * batch with the others woken in the same loop callback, so waiting costs
+ * no Future, no iterator of one and no proxy. result() of a waiter is the
+ * flight's outcome; of a Redis call, None (the Get reads the outcome itself
+ * when resumed). Cancelling a waiter cancels this caller only; a leader
+ * hands the flight to a Task of its own if others wait (as its proxy does).
+ * Before it is awaited _asyncio_future_blocking is None: asyncio.isfuture()
+ * says no, and ensure_future() or gather() wrap it in a Task like any other
+ * awaitable. */
+
+static PyObject *waiter_cancelled_error(CmGetObject *g)
+{
+    if (g->wmsg == NULL || g->wmsg == Py_None)
+        PyErr_SetNone(g->st->CancelledError);
+    else
+        PyErr_SetObject(g->st->CancelledError, g->wmsg);
+    return NULL;
+}
+
+static void waiter_fire(CmGetObject *g) { run_wakeup(&g->wcb, &g->wctx, (PyObject *)g); }
+
+/* Wake g's Task (g stolen) from the next batch; else, as a Future would,
+ * cb(g) on the loop in the Task's context. */
+static void waiter_wake(CmState *st, CmGetObject *g)
+{
+    if (wake_batch_add(st, (PyObject *)g, g->wloop) < 0) {
+        PyObject *cb = g->wcb, *ctx = g->wctx;
+        g->wcb = g->wctx = NULL;
+        if (cm_loop_call_soon_arg(st, g->wloop, cb, (PyObject *)g, ctx) < 0) {
+            PyErr_Clear();
+            g->wcb = cb;
+            g->wctx = ctx;
+            waiter_fire(g); /* the loop is gone: wake it now rather than never */
+        } else {
+            Py_DECREF(cb);
+            Py_XDECREF(ctx);
+        }
+    }
+    Py_DECREF(g);
+}
+
+/* The flight's outcome is in (g stolen, taken out of its list). */
+static void waiter_settled(CmState *st, PyObject *o, int cancelled)
+{
+    CmGetObject *g = (CmGetObject *)o;
+    if (g->wstate == W_JOINED || g->wstate == W_PENDING) {
+        g->wstate = cancelled ? W_CANCELLED : W_SETTLED;
+        if (g->wcb != NULL) {
+            waiter_wake(st, g);
+            return;
+        }
+    }
+    Py_DECREF(g);
+}
+
+static int waiting(CmGetObject *g) { return g->wstate == W_JOINED || g->wstate == W_PENDING; }
+
+static PyObject *get_add_done_callback(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                       PyObject *kwnames)
+{
+    CmGetObject *g = (CmGetObject *)self;
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs != 1 || nkw > 1 ||
+        (nkw == 1 && PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), g->st->s_context))) {
+        PyErr_SetString(PyExc_TypeError, "add_done_callback(fn, *, context=None)");
+        return NULL;
+    }
+    PyObject *ctx = nkw == 1 ? args[1] : NULL;
+    if (g->wstate == W_NONE) {
+        PyErr_SetString(PyExc_RuntimeError, "cacheme: this get() is not waiting on a flight");
+        return NULL;
+    }
+    if (!waiting(g)) { /* done: call it soon, as a done Future does */
+        if (cm_loop_call_soon_arg(g->st, g->wloop, args[0], self, ctx) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (g->wcb != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cacheme: a get() is awaited by one task only");
+        return NULL;
+    }
+    g->wcb = Py_NewRef(args[0]);
+    g->wctx = Py_XNewRef(ctx);
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_remove_done_callback(PyObject *self, PyObject *fn)
+{
+    CmGetObject *g = (CmGetObject *)self;
+    if (g->wcb != NULL && g->wcb == fn) {
+        Py_CLEAR(g->wcb);
+        Py_CLEAR(g->wctx);
+        return PyLong_FromLong(1);
+    }
+    return PyLong_FromLong(0);
+}
+
+/* cancel(msg=None): this caller stops waiting; its Task is woken and sees
+ * CancelledError. The flight goes on for the others. */
+static PyObject *get_cancel(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
+{
+    CmGetObject *g = (CmGetObject *)self;
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs + nkw > 1 ||
+        (nkw == 1 && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "msg"))) {
+        PyErr_SetString(PyExc_TypeError, "cancel(msg=None)");
+        return NULL;
+    }
+    if (!waiting(g))
+        Py_RETURN_FALSE;
+    if (g->mode == M_LEAD) {
+        int moved = leader_leaves(g, NULL);
+        if (moved < 0) /* the flight failed its waiters; cancel the leader anyway */
+            PyErr_WriteUnraisable(self);
+        /* nobody else: the flight may no longer be joined, or a newcomer
+         * would share the cancellation */
+        if (moved == 0 && g->fl != NULL && !g->fl->done) {
+            g->fl->abandoned = 1;
+            table_unlink(g->st, g->fl);
+        }
+    }
+    if (g->mode == M_WAIT && g->fl != NULL)
+        flight_drop_waiter(g->fl, self); /* the caller has a reference */
+    /* a Redis call goes on without us; the CancelledError thrown in next
+     * (or raised by the next send) ends what the Get was doing */
+    if (g->dop != NULL) {
+        PyObject *me = cm_redis_op_handoff(g->dop, NULL);
+        g->dop = NULL;
+        Py_XDECREF(me);
+    }
+    g->wstate = W_CANCELLED;
+    Py_XSETREF(g->wmsg, nargs + nkw ? Py_NewRef(args[0]) : NULL);
+    if (g->wcb != NULL)
+        waiter_wake(g->st, (CmGetObject *)Py_NewRef(self));
+    Py_RETURN_TRUE;
+}
+
+static PyObject *get_result(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    CmGetObject *g = (CmGetObject *)self;
+    if (g->wstate == W_CANCELLED)
+        return waiter_cancelled_error(g);
+    if (g->wstate != W_SETTLED) {
+        PyErr_SetString(g->st->InvalidStateError, "Result is not ready.");
+        return NULL;
+    }
+    if (g->mode != M_WAIT && g->mode != M_DONE) /* a Redis call: read when resumed */
+        Py_RETURN_NONE;
+    if (g->fl->exc != NULL) {
+        raise_exc(g->fl->exc);
+        return NULL;
+    }
+    return Py_NewRef(g->fl->value);
+}
+
+static PyObject *get_exception(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    CmGetObject *g = (CmGetObject *)self;
+    if (g->wstate == W_CANCELLED)
+        return waiter_cancelled_error(g);
+    if (g->wstate != W_SETTLED) {
+        PyErr_SetString(g->st->InvalidStateError, "Exception is not set.");
+        return NULL;
+    }
+    if (g->mode != M_WAIT && g->mode != M_DONE)
+        Py_RETURN_NONE;
+    return Py_NewRef(g->fl->exc != NULL ? g->fl->exc : Py_None);
+}
+
+static PyObject *get_done(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    int w = ((CmGetObject *)self)->wstate;
+    return PyBool_FromLong(w == W_SETTLED || w == W_CANCELLED);
+}
+
+static PyObject *get_cancelled(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    return PyBool_FromLong(((CmGetObject *)self)->wstate == W_CANCELLED);
+}
+
+static PyObject *get_get_loop(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    CmGetObject *g = (CmGetObject *)self;
+    if (g->wloop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cacheme: this get() is not waiting on a flight");
+        return NULL;
+    }
+    return Py_NewRef(g->wloop);
+}
+
+/* None until it is awaited as a waiter (see above) */
+static PyObject *get_get_blocking(PyObject *self, void *Py_UNUSED(c))
+{
+    CmGetObject *g = (CmGetObject *)self;
+    if (g->wstate == W_NONE || g->wstate == W_JOINED)
+        Py_RETURN_NONE;
+    return PyBool_FromLong(g->blocking);
+}
+
+static int get_set_blocking(PyObject *self, PyObject *v, void *Py_UNUSED(c))
+{
+    int b = v ? PyObject_IsTrue(v) : 0;
+    if (b < 0)
+        return -1;
+    ((CmGetObject *)self)->blocking = b;
+    return 0;
+}
+
+/* Sent to (or thrown into) while waiting. */
+static PySendResult waiter_step(CmGetObject *g, PyObject *exc, PyObject **out)
+{
+    *out = NULL;
+    if (exc != NULL) {
+        leave_flight(g);
+        raise_exc(exc);
+        return PYGEN_ERROR;
+    }
+    switch (g->wstate) {
+    case W_JOINED:
+        g->wstate = W_PENDING;
+        g->blocking = 1;
+        *out = Py_NewRef(g);
+        return PYGEN_NEXT;
+    case W_SETTLED:
+        g->mode = M_DONE;
+        if (g->fl->exc != NULL) {
+            raise_exc(g->fl->exc);
+            return PYGEN_ERROR;
+        }
+        *out = Py_NewRef(g->fl->value);
+        return PYGEN_RETURN;
+    case W_CANCELLED:
+        leave_flight(g);
+        waiter_cancelled_error(g);
+        return PYGEN_ERROR;
+    default: /* resumed while the flight is still out */
+        leave_flight(g);
+        PyErr_SetString(PyExc_RuntimeError, "await wasn't used with future");
+        return PYGEN_ERROR;
+    }
 }
 
 static PySendResult get_step(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject **out)
@@ -1374,21 +1667,7 @@ static PySendResult get_step(CmGetObject *g, PyObject *arg, PyObject *exc, PyObj
             g->mode = M_DONE;
         return r;
     case M_WAIT:
-        if (exc != NULL) {
-            leave_flight(g);
-            raise_exc(exc);
-            *out = NULL;
-            return PYGEN_ERROR;
-        }
-        r = PyIter_Send(g->fut_iter, arg, out);
-        if (r == PYGEN_NEXT && g->wproxy == NULL)
-            *out = waiter_proxy(g, *out);
-        if (r != PYGEN_NEXT) {
-            g->mode = M_DONE;
-            Py_CLEAR(g->wproxy);
-            Py_CLEAR(g->fut_iter);
-        }
-        return r;
+        return waiter_step(g, exc, out);
     default:
         if (exc != NULL)
             raise_exc(exc);
@@ -1459,6 +1738,7 @@ static void get_abort(CmGetObject *g)
         break;
     case M_LEAD:
     case M_DRIVER:
+        direct_detach(g);
         if (g->sub != NULL) {
             PyObject *r = PyObject_CallMethodNoArgs(g->sub, st->s_close);
             if (r == NULL)
@@ -1519,9 +1799,12 @@ static int get_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(g->sub);
     Py_VISIT(g->pending);
     Py_VISIT(g->value);
-    Py_VISIT(g->fut);
-    Py_VISIT(g->fut_iter);
-    Py_VISIT(g->wproxy);
+    Py_VISIT(g->wloop);
+    Py_VISIT(g->wcb);
+    Py_VISIT(g->wctx);
+    Py_VISIT(g->wmsg);
+    Py_VISIT(g->dres);
+    Py_VISIT(g->derr);
     return 0;
 }
 
@@ -1538,9 +1821,12 @@ static int get_clear(PyObject *self)
     Py_CLEAR(g->sub);
     Py_CLEAR(g->pending);
     Py_CLEAR(g->value);
-    Py_CLEAR(g->fut);
-    Py_CLEAR(g->fut_iter);
-    Py_CLEAR(g->wproxy);
+    Py_CLEAR(g->wloop);
+    Py_CLEAR(g->wcb);
+    Py_CLEAR(g->wctx);
+    Py_CLEAR(g->wmsg);
+    Py_CLEAR(g->dres);
+    Py_CLEAR(g->derr);
     return 0;
 }
 
@@ -1564,15 +1850,36 @@ static PyMethodDef get_methods[] = {
     {"send", get_send, METH_O, NULL},
     {"throw", (PyCFunction)(void (*)(void))get_throw, METH_FASTCALL, NULL},
     {"close", get_close, METH_NOARGS, NULL},
+    /* the future protocol of a waiter (see "a waiter is its own future") */
+    {"add_done_callback", (PyCFunction)(void (*)(void))get_add_done_callback,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"remove_done_callback", get_remove_done_callback, METH_O, NULL},
+    {"cancel", (PyCFunction)(void (*)(void))get_cancel, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"result", get_result, METH_NOARGS, NULL},
+    {"exception", get_exception, METH_NOARGS, NULL},
+    {"done", get_done, METH_NOARGS, NULL},
+    {"cancelled", get_cancelled, METH_NOARGS, NULL},
+    {"get_loop", get_get_loop, METH_NOARGS, NULL},
     {NULL, NULL},
 };
 
+static PyGetSetDef get_getset[] = {
+    {"_asyncio_future_blocking", get_get_blocking, get_set_blocking, NULL, NULL},
+    {NULL},
+};
+
 static PyType_Slot get_slots[] = {
-    {Py_am_await, get_await},       {Py_am_send, get_am_send},
-    {Py_tp_iter, get_await},        {Py_tp_iternext, get_iternext},
-    {Py_tp_methods, get_methods},   {Py_tp_finalize, get_finalize},
-    {Py_tp_traverse, get_traverse}, {Py_tp_clear, get_clear},
-    {Py_tp_dealloc, get_dealloc},   {0, NULL},
+    {Py_am_await, get_await},
+    {Py_am_send, get_am_send},
+    {Py_tp_iter, get_await},
+    {Py_tp_iternext, get_iternext},
+    {Py_tp_methods, get_methods},
+    {Py_tp_getset, get_getset},
+    {Py_tp_finalize, get_finalize},
+    {Py_tp_traverse, get_traverse},
+    {Py_tp_clear, get_clear},
+    {Py_tp_dealloc, get_dealloc},
+    {0, NULL},
 };
 
 static PyType_Spec get_spec = {
@@ -1630,14 +1937,7 @@ static PyObject *handle_stale(PyObject *self, PyObject *Py_UNUSED(x))
 static PyObject *handle_live_waiters(PyObject *self, PyObject *Py_UNUSED(x))
 {
     CmFlightHandleObject *h = (CmFlightHandleObject *)self;
-    Py_ssize_t live = 0;
-    for (Py_ssize_t i = 0; i < h->fl->nwaiters; i++) {
-        int done = cm_future_done(h->st, h->fl->waiters[i]);
-        if (done < 0)
-            return NULL;
-        live += done == 0;
-    }
-    return PyLong_FromSsize_t(live);
+    return PyLong_FromSsize_t(h->fl->done ? 0 : h->fl->nwaiters);
 }
 
 static void handle_dealloc(PyObject *self)

@@ -3,10 +3,11 @@
  * The leader drives its flight inline (remote gets, then the load, then the
  * fills), delegating send/throw to each awaitable the way `await` does, so a
  * flight that never suspends costs no Task and no Future. At its first
- * suspension the flight is handed to a Task, and the leader waits like any
- * other caller on a future of its own: cancelling one caller then never
- * cancels or strands the others, and the load is cancelled only when every
- * caller has gone. */
+ * suspension the flight is handed to a Task. Every other caller waits on
+ * the flight as its own future (a waiting Get speaks the future protocol
+ * to its Task): cancelling one caller then never cancels or strands the
+ * others, and the load is cancelled only when every caller has gone.
+ */
 #ifndef CM_FLIGHT_H
 #define CM_FLIGHT_H
 #include "nodecfg.h"
@@ -21,12 +22,11 @@ struct CmFlight {
     int abandoned; /* every caller left: removed from the table, load cancelled */
     int stale;     /* invalidated while in flight: do not fill */
     PyObject *value, *exc;
-    PyObject **waiters; /* futures */
+    /* the Get objects waiting (M_WAIT), strong references: settled and
+     * woken in a batch when the flight settles; one that leaves (cancelled,
+     * closed) takes itself out */
+    PyObject **waiters;
     Py_ssize_t nwaiters, capwaiters;
-    /* the FlightProxy objects of waiters whose Task waits through one: woken
-     * in a batch when the flight settles (cm_proxy_wake_later) */
-    PyObject **wakers;
-    Py_ssize_t nwakers, capwakers;
     PyObject *task; /* the Task driving it after the first suspension */
     Py_ssize_t refs;
 };

@@ -28,7 +28,8 @@ static int cm_exec(PyObject *mod)
         goto done;
     st->get_running_loop = PyObject_GetAttrString(asyncio, "get_running_loop");
     st->CancelledError = PyObject_GetAttrString(asyncio, "CancelledError");
-    if (!st->get_running_loop || !st->CancelledError)
+    st->InvalidStateError = PyObject_GetAttrString(asyncio, "InvalidStateError");
+    if (!st->get_running_loop || !st->CancelledError || !st->InvalidStateError)
         goto done;
     if (cm_loop_init(st) < 0)
         goto done;
@@ -69,6 +70,7 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->logger);
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->CancelledError);
+    Py_VISIT(st->InvalidStateError);
     Py_VISIT(st->base_create_future);
     Py_VISIT(st->FutureType);
     Py_VISIT(st->kw_loop);
@@ -109,6 +111,7 @@ static int cm_clear(PyObject *mod)
     Py_CLEAR(st->logger);
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->CancelledError);
+    Py_CLEAR(st->InvalidStateError);
     Py_CLEAR(st->base_create_future);
     Py_CLEAR(st->FutureType);
     Py_CLEAR(st->kw_loop);

@@ -97,6 +97,9 @@ struct CmRedisOp {
     /* a FlightProxy woken straight when the op finishes (instead of through
      * a done-callback of fut), and its loop; see cm_redis_attach_waiter */
     PyObject *waiter, *waiter_loop;
+    /* a flight's Get that made the op with no future and is handed the
+     * outcome (cm_get_op_done); see cm_redis_get_for */
+    PyObject *get;
 };
 
 /* ------------------------------------------------------------------ */
@@ -306,6 +309,11 @@ static void op_finish(CmRedisOp *op)
     if (op->waiter != NULL) {
         cm_proxy_wake_later(st, op->waiter, op->fut, op->waiter_loop);
         op->waiter = op->waiter_loop = NULL;
+    }
+    if (op->get != NULL) {
+        PyObject *g = op->get;
+        op->get = NULL;
+        cm_get_op_done(st, g, res, err);
     }
     Py_XDECREF(res);
     Py_XDECREF(err);
@@ -1610,6 +1618,95 @@ static PyObject *client_get(CmRedisClientObject *self, PyObject *const *args, Py
     CmRedisEntry e = {.op = op, .cmd = CM_CMD_GET, .npos = 1};
     send_entry(self, loop, &e, NULL);
     return finish_op(op, loop);
+}
+
+/* ---- calls of a flight's Get ------------------------------------------------
+ *
+ * A flight's Get that reads or fills a Redis storage whose get/set are
+ * RedisClient's own makes the op itself, with no future: the op holds the
+ * Get and hands it the outcome (cm_get_op_done) when it finishes, and the
+ * Get is what its Task waits on. Nothing per call for the collector. */
+
+int cm_redis_direct(CmState *st, PyObject *storage, PyObject *name)
+{
+    if (!PyObject_TypeCheck(storage, (PyTypeObject *)st->RedisClientType))
+        return 0;
+    PyObject *base = PyDict_GetItemWithError(((PyTypeObject *)st->RedisClientType)->tp_dict, name);
+    if (base == NULL || _PyType_Lookup(Py_TYPE(storage), name) != base)
+        return 0; /* a subclass overrides it */
+    if (!(Py_TYPE(storage)->tp_flags & Py_TPFLAGS_MANAGED_DICT) &&
+        Py_TYPE(storage)->tp_dictoffset == 0)
+        return 1;
+    PyObject *d = PyObject_GenericGetDict(storage, NULL);
+    if (d == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int own = PyDict_GetItemWithError(d, name) == NULL; /* else set on the instance */
+    Py_DECREF(d);
+    PyErr_Clear();
+    return own;
+}
+
+static CmRedisOp *op_for(CmRedisClientObject *self, int kind, PyObject *get)
+{
+    if (self->pool == NULL && self->cluster == NULL) {
+        PyErr_SetString(self->st->RedisError, "redis storage is closed or not initialised");
+        return NULL;
+    }
+    CmRedisOp *op = op_new(self, kind, NULL);
+    if (op != NULL)
+        op->get = Py_NewRef(get);
+    return op;
+}
+
+CmRedisOp *cm_redis_get_for(PyObject *client, PyObject *node, PyObject *ser, PyObject *loop,
+                            PyObject *get)
+{
+    CmRedisClientObject *self = (CmRedisClientObject *)client;
+    PyObject *key = cm_key_of_node(self->st, node);
+    if (key == NULL)
+        return NULL;
+    CmRedisOp *op = op_for(self, OP_GET, get);
+    if (op == NULL) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    op->key = key;
+    op->ser = Py_NewRef(pick_serializer(self, ser));
+    CmRedisEntry e = {.op = op, .cmd = CM_CMD_GET, .npos = 1};
+    send_entry(self, loop, &e, NULL);
+    return op;
+}
+
+CmRedisOp *cm_redis_set_for(PyObject *client, PyObject *node, PyObject *value, PyObject *ttl,
+                            PyObject *ser, PyObject *loop, PyObject *get)
+{
+    CmRedisClientObject *self = (CmRedisClientObject *)client;
+    CmState *st = self->st;
+    PyObject *key = NULL, *payload = NULL;
+    long long ms;
+    CmRedisOp *op = NULL;
+    if ((key = cm_key_of_node(st, node)) == NULL || ttl_ms(st, ttl, &ms) < 0 ||
+        (payload = encode_value(st, pick_serializer(self, ser), value)) == NULL ||
+        (op = op_for(self, OP_SET, get)) == NULL) {
+        Py_XDECREF(key);
+        Py_XDECREF(payload);
+        return NULL;
+    }
+    op->key = key;
+    op->value = payload;
+    op->ttl_ms = ms;
+    CmRedisEntry e = {.op = op, .cmd = CM_CMD_SET, .npos = 1};
+    send_entry(self, loop, &e, NULL);
+    return op;
+}
+
+PyObject *cm_redis_op_handoff(CmRedisOp *op, PyObject *get)
+{
+    PyObject *old = op->get;
+    op->get = Py_XNewRef(get);
+    return old;
 }
 
 static PyObject *client_remove(CmRedisClientObject *self, PyObject *node)

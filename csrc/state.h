@@ -85,6 +85,7 @@ typedef struct {
     /* asyncio, imported at module init */
     PyObject *get_running_loop;
     PyObject *CancelledError;
+    PyObject *InvalidStateError;
     /* create_future without asyncio's Python frame (loop.c): the function
      * BaseEventLoop.create_future, the Future class it builds, and ("loop",) */
     PyObject *base_create_future;
@@ -94,7 +95,7 @@ typedef struct {
      * of their own run in it instead of a copy made per callback (loop.c) */
     PyObject *empty_context;
     PyObject *kw_context;
-    /* FlightProxy objects to wake from one callback (wake_cb, bound to the
+    /* FlightProxy and waiting Get objects to wake from one callback (wake_cb, bound to the
      * module) on wake_loop: see cm_proxy_wake_later (flight.c) */
     PyObject *wake_batch, *wake_loop, *wake_cb;
 
@@ -248,6 +249,25 @@ int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObjec
 /* flight.c: wake proxy (stolen; of loop, stolen), which waits for fut, from
  * one loop callback shared with the other proxies woken before it runs. */
 void cm_proxy_wake_later(CmState *st, PyObject *proxy, PyObject *fut, PyObject *loop);
+/* The Get calls (redis.c, "calls of a flight's Get"). cm_redis_direct: 1 if
+ * storage's method `name` is RedisClient's own (not overridden by its class
+ * or instance). cm_redis_get_for / cm_redis_set_for: send GET / SET for the
+ * flight's Get `get` (the op takes a reference) on loop, with no future;
+ * they return the op with the caller's reference (drop it with
+ * cm_redis_op_unref, which may finish it), or NULL with an exception.
+ * cm_redis_op_handoff: the op's outcome goes to `get` (a new reference
+ * taken; NULL: nobody) instead; returns the op's reference to the Get it had.
+ * cm_get_op_done (flight.c): the op finished with res or err (borrowed);
+ * steals the reference to the Get. */
+struct CmRedisOp;
+int cm_redis_direct(CmState *st, PyObject *storage, PyObject *name);
+struct CmRedisOp *cm_redis_get_for(PyObject *client, PyObject *node, PyObject *ser, PyObject *loop,
+                                   PyObject *get);
+struct CmRedisOp *cm_redis_set_for(PyObject *client, PyObject *node, PyObject *value, PyObject *ttl,
+                                   PyObject *ser, PyObject *loop, PyObject *get);
+PyObject *cm_redis_op_handoff(struct CmRedisOp *op, PyObject *get);
+void cm_redis_op_unref(struct CmRedisOp *op);
+void cm_get_op_done(CmState *st, PyObject *get, PyObject *res, PyObject *err);
 /* end redis */
 
 /* sql */

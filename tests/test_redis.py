@@ -505,6 +505,94 @@ async def test_callers_cancelled_while_their_get_is_in_flight(redis_server):
         proxy.close()
 
 
+async def test_callers_cancelled_while_the_fill_or_the_read_is_out(redis_server):
+    """A flight's Get waits on its Redis calls as its own future: cancelled
+    during the fill (SET) the value is already with the waiters and the SET
+    still lands; every caller cancelled during the read ends the flight."""
+    from delay_proxy import DelayProxy
+
+    proxy = DelayProxy("127.0.0.1", redis_server.port, 0.05)
+    try:
+        name = await register_redis(f"redis://127.0.0.1:{proxy.port}", busy_poll=0.0)
+        Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+        s = storage_of(name)
+        # the leader cancelled while its SET is out (read 50 ms, load, SET 50 ms)
+        lead = asyncio.ensure_future(cacheme.get(Node(3)))
+        await asyncio.sleep(0.01)
+        waiter = asyncio.ensure_future(cacheme.get(Node(3)))
+        await asyncio.sleep(0.07)
+        assert calls == [3] and waiter.done() and not lead.done()
+        lead.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await lead
+        assert waiter.result() == {"uid": 3, "name": "u3"}
+        assert flights() == 0
+        for _ in range(50):
+            if await s.execute("EXISTS", "cacheme:user:3:v1") == 1:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the fill did not land")
+        # every caller cancelled while the read is out: no load, no flight
+        ts = [asyncio.ensure_future(cacheme.get(Node(4))) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        for t in ts:
+            t.cancel()
+        res = await asyncio.gather(*ts, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in res)
+        await asyncio.sleep(0.1)  # the read's reply arrives for nobody
+        assert flights() == 0 and calls == [3]
+        assert await cacheme.get(Node(4)) == {"uid": 4, "name": "u4"}
+        # a waiter timed out by wait_for; the others get the value
+        lead = asyncio.ensure_future(cacheme.get(Node(5)))
+        await asyncio.sleep(0.01)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(cacheme.get(Node(5)), 0.01)
+        assert await lead == {"uid": 5, "name": "u5"}
+        assert flights() == 0
+        await s.close()
+    finally:
+        proxy.close()
+
+
+async def test_overridden_get_and_set_are_called(redis_server):
+    """The core makes a Redis storage's calls itself (no future per call)
+    only where neither its class nor the instance overrides get or set."""
+    seen = []
+
+    class Counting(RedisStorage):
+        def get(self, node, serializer):
+            seen.append(("get", node.uid))
+            return super().get(node, serializer)
+
+        def set(self, node, value, ttl, serializer):
+            seen.append(("set", node.uid))
+            return super().set(node, value, ttl, serializer)
+
+    storage = cacheme.Storage(url=redis_server.url)
+    storage._storage = storage._cacheme_backend = Counting(redis_server.url)
+    name = unique("redis-")
+    await cacheme.register_storage(name, storage)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
+    assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
+    assert seen == [("get", 1), ("set", 1), ("get", 1)] and calls == [1]
+
+    seen.clear()
+    name = await register_redis(redis_server.url)
+    plain = storage_of(name)
+    get = plain.get
+    plain.get = lambda node, serializer: seen.append(("get", node.uid)) or get(node, serializer)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)], version="v2")
+    assert await cacheme.get(Node(2)) == {"uid": 2, "name": "u2"}
+    assert seen == [("get", 2)] and calls == [2]
+    del plain.get
+    assert await cacheme.get(Node(2)) == {"uid": 2, "name": "u2"}
+    assert seen == [("get", 2)] and calls == [2]
+    await plain.close()
+    await storage.close()
+
+
 async def test_cancelled_request_does_not_break_the_connection(redis_server):
     s = RedisStorage(redis_server.url)
     await s.connect()
