@@ -16,8 +16,16 @@
 #include "ready.h"
 #include "store.h"
 
+#include <structmember.h>
+
 enum { M_START, M_LEAD, M_DRIVER, M_WAIT, M_DONE };
 enum { P_REMOTE, P_LOAD, P_RESOLVE, P_FILL, P_END };
+
+/* A Get held by its flight's list or by a Redis op of its own (see
+ * get_held, after the Get object). */
+static void get_held(PyObject *g);
+static void get_unheld(PyObject *g);
+static void get_free_clear(CmState *st);
 
 /* ---- flight table ---------------------------------------------------------- */
 
@@ -88,8 +96,10 @@ static void flight_free(CmState *st, CmFlight *fl)
     Py_CLEAR(fl->value);
     Py_CLEAR(fl->exc);
     Py_CLEAR(fl->task);
-    for (Py_ssize_t i = 0; i < fl->nwaiters; i++)
+    for (Py_ssize_t i = 0; i < fl->nwaiters; i++) {
+        get_unheld(fl->waiters[i]);
         Py_CLEAR(fl->waiters[i]);
+    }
     fl->nwaiters = 0;
     if (st->flight_free_len < 256) {
         /* keep the waiters array with the record for reuse */
@@ -177,6 +187,7 @@ void cm_flight_table_clear(CmState *st)
         PyMem_Free(f);
     }
     st->flight_free_len = 0;
+    get_free_clear(st);
 }
 
 /* Append a new reference to o to the growable array *items (n used, cap). */
@@ -209,6 +220,7 @@ static void flight_drop_waiter(CmFlight *fl, PyObject *g)
             memmove(&fl->waiters[i], &fl->waiters[i + 1],
                     (size_t)(fl->nwaiters - i - 1) * sizeof(PyObject *));
             fl->nwaiters--;
+            get_unheld(g);
             Py_DECREF(g);
             return;
         }
@@ -300,7 +312,43 @@ typedef struct {
     int dwait;
     struct CmRedisOp *dop; /* borrowed: the op holds us until it finishes */
     PyObject *dres, *derr; /* its outcome */
+    int untracked;         /* get_held took it out of the collector's lists */
+    void *free_next;       /* in the free list (st->get_free) */
 } CmGetObject;
+
+/* While its flight's list or a Redis op of its own holds a Get, it cannot be
+ * garbage, and neither can what it refers to: it is then kept out of the
+ * cyclic collector's lists, which a request waiting for 0.1 s would
+ * otherwise make it cross, generation after generation, with everything
+ * else alive (at 10k concurrent requests, thousands of them at each young
+ * collection). It is tracked again when the holder lets it go. */
+static void get_held(PyObject *o)
+{
+    CmGetObject *g = (CmGetObject *)o;
+    if (PyObject_GC_IsTracked(o)) {
+        PyObject_GC_UnTrack(o);
+        g->untracked = 1;
+    }
+}
+
+static void get_free_clear(CmState *st)
+{
+    while (st->get_free != NULL) {
+        CmGetObject *g = st->get_free;
+        st->get_free = g->free_next;
+        PyObject_GC_Del(g);
+    }
+    st->get_free_len = 0;
+}
+
+static void get_unheld(PyObject *o)
+{
+    CmGetObject *g = (CmGetObject *)o;
+    if (g->untracked) {
+        g->untracked = 0;
+        PyObject_GC_Track(o);
+    }
+}
 
 /* wstate: a waiter in its flight's list not yet awaited (JOINED); awaited
  * (PENDING); the outcome is in (SETTLED) or it was cancelled */
@@ -318,6 +366,7 @@ static void direct_detach(CmGetObject *g)
     if (g->dop != NULL) {
         PyObject *me = cm_redis_op_handoff(g->dop, NULL);
         g->dop = NULL;
+        get_unheld((PyObject *)g);
         Py_XDECREF(me); /* never the last: our caller has a reference */
     }
     g->dwait = DW_NONE;
@@ -329,6 +378,7 @@ static void direct_detach(CmGetObject *g)
 void cm_get_op_done(CmState *st, PyObject *o, PyObject *res, PyObject *err)
 {
     CmGetObject *g = (CmGetObject *)o;
+    get_unheld(o);
     g->dop = NULL;
     g->dwait = DW_DONE;
     Py_XSETREF(g->dres, Py_XNewRef(res));
@@ -383,9 +433,14 @@ static PySendResult direct_resume(CmGetObject *g, PyObject *exc, PyObject **res)
 
 static PyObject *get_alloc(CmState *st)
 {
-    CmGetObject *g = PyObject_GC_New(CmGetObject, st->GetType);
-    if (g == NULL)
+    CmGetObject *g = st->get_free;
+    if (g != NULL) {
+        st->get_free = g->free_next;
+        st->get_free_len--;
+        PyObject_Init((PyObject *)g, st->GetType);
+    } else if ((g = PyObject_GC_New(CmGetObject, st->GetType)) == NULL) {
         return NULL;
+    }
     memset((char *)g + offsetof(CmGetObject, st), 0,
            sizeof(CmGetObject) - offsetof(CmGetObject, st));
     g->st = st;
@@ -488,6 +543,7 @@ static int start_call(CmGetObject *g, CmCacheRef *r, int set)
         return -1;
     g->dwait = DW_PENDING;
     g->dop = op;
+    get_held((PyObject *)g);
     cm_redis_op_unref(op); /* may finish it at once (cm_get_op_done) */
     return 0;
 }
@@ -749,6 +805,7 @@ static int become_waiter(CmGetObject *g, CmFlight *fl)
         Py_DECREF(loop);
         return -1;
     }
+    get_held((PyObject *)g);
     Py_XSETREF(g->wloop, loop);
     if (g->fl != fl) {
         fl->refs++;
@@ -794,6 +851,7 @@ static int move_to_task(CmGetObject *g, PyObject *pending)
         Py_XDECREF(pending);
         return -1;
     }
+    get_unheld((PyObject *)g);
     d->mode = M_DRIVER;
     d->phase = g->phase;
     d->idx = g->idx;
@@ -823,6 +881,7 @@ static int move_to_task(CmGetObject *g, PyObject *pending)
     if (g->dop != NULL) {
         d->dop = g->dop;
         g->dop = NULL;
+        get_held((PyObject *)d);
         Py_XDECREF(cm_redis_op_handoff(d->dop, (PyObject *)d)); /* not our last */
     }
     d->load_start = g->load_start;
@@ -951,12 +1010,18 @@ static PyObject *wake_batch_run(PyObject *mod, PyObject *Py_UNUSED(unused))
     st->wake_batch = NULL;
     Py_CLEAR(st->wake_loop);
     if (batch != NULL) {
+        /* each released as soon as its Task has run: what the step ended
+         * is freed before the next one allocates (a batch holds thousands
+         * at high concurrency, and frees that come after the collector has
+         * reset its count are lost to it: it would collect more often) */
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
-            PyObject *o = PyList_GET_ITEM(batch, i); /* borrowed: the list has it */
+            PyObject *o = PyList_GET_ITEM(batch, i);
+            PyList_SET_ITEM(batch, i, Py_NewRef(Py_None));
             if (Py_IS_TYPE(o, st->GetType))
                 waiter_fire((CmGetObject *)o);
             else
                 proxy_fire(o);
+            Py_DECREF(o);
         }
         Py_DECREF(batch);
     }
@@ -1142,11 +1207,6 @@ static PyObject *proxy_cancelled(PyObject *self, PyObject *Py_UNUSED(x))
     return proxy_forward(p, p->owner->st->s_cancelled);
 }
 
-static PyObject *proxy_get_loop(PyObject *self, PyObject *Py_UNUSED(x))
-{
-    return Py_NewRef(((CmProxyObject *)self)->loop);
-}
-
 static PyObject *proxy_get_blocking(PyObject *self, void *Py_UNUSED(c))
 {
     return PyBool_FromLong(((CmProxyObject *)self)->blocking);
@@ -1208,8 +1268,14 @@ static PyMethodDef proxy_methods[] = {
     {"exception", proxy_exception, METH_NOARGS, NULL},
     {"done", proxy_done, METH_NOARGS, NULL},
     {"cancelled", proxy_cancelled, METH_NOARGS, NULL},
-    {"get_loop", proxy_get_loop, METH_NOARGS, NULL},
     {NULL, NULL},
+};
+
+/* the loop as `_loop`, not get_loop(): a Task reads it without a bound
+ * method made and called per suspension (asyncio.futures._get_loop) */
+static PyMemberDef proxy_members[] = {
+    {"_loop", T_OBJECT, offsetof(CmProxyObject, loop), READONLY, NULL},
+    {NULL},
 };
 
 static PyGetSetDef proxy_getset[] = {
@@ -1218,10 +1284,9 @@ static PyGetSetDef proxy_getset[] = {
 };
 
 static PyType_Slot proxy_slots[] = {
-    {Py_tp_call, proxy_tp_call},      {Py_am_await, proxy_await},
-    {Py_tp_methods, proxy_methods},   {Py_tp_getset, proxy_getset},
-    {Py_tp_traverse, proxy_traverse}, {Py_tp_clear, proxy_clear},
-    {Py_tp_dealloc, proxy_dealloc},   {0, NULL},
+    {Py_tp_call, proxy_tp_call},  {Py_am_await, proxy_await},     {Py_tp_methods, proxy_methods},
+    {Py_tp_getset, proxy_getset}, {Py_tp_members, proxy_members}, {Py_tp_traverse, proxy_traverse},
+    {Py_tp_clear, proxy_clear},   {Py_tp_dealloc, proxy_dealloc}, {0, NULL},
 };
 
 static PyType_Spec proxy_spec = {
@@ -1341,7 +1406,7 @@ static PyObject *recheck_locals(CmGetObject *g)
  * A Get waiting on a flight (M_WAIT), or a flight's Get waiting on a Redis
  * call it made (start_call), is what its Task waits on: it yields itself and
  * answers the calls asyncio's Task makes of a future-like object
- * (_asyncio_future_blocking, get_loop, add_done_callback, result, cancel).
+ * (_asyncio_future_blocking, _loop, add_done_callback, result, cancel).
  * The flight, or the Redis op, marks it settled and wakes its Task in a
  * batch with the others woken in the same loop callback, so waiting costs
  * no Future, no iterator of one and no proxy. result() of a waiter is the
@@ -1387,6 +1452,7 @@ static void waiter_wake(CmState *st, CmGetObject *g)
 static void waiter_settled(CmState *st, PyObject *o, int cancelled)
 {
     CmGetObject *g = (CmGetObject *)o;
+    get_unheld(o);
     if (g->wstate == W_JOINED || g->wstate == W_PENDING) {
         g->wstate = cancelled ? W_CANCELLED : W_SETTLED;
         if (g->wcb != NULL) {
@@ -1471,6 +1537,7 @@ static PyObject *get_cancel(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (g->dop != NULL) {
         PyObject *me = cm_redis_op_handoff(g->dop, NULL);
         g->dop = NULL;
+        get_unheld(self);
         Py_XDECREF(me);
     }
     g->wstate = W_CANCELLED;
@@ -1521,16 +1588,6 @@ static PyObject *get_done(PyObject *self, PyObject *Py_UNUSED(x))
 static PyObject *get_cancelled(PyObject *self, PyObject *Py_UNUSED(x))
 {
     return PyBool_FromLong(((CmGetObject *)self)->wstate == W_CANCELLED);
-}
-
-static PyObject *get_get_loop(PyObject *self, PyObject *Py_UNUSED(x))
-{
-    CmGetObject *g = (CmGetObject *)self;
-    if (g->wloop == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "cacheme: this get() is not waiting on a flight");
-        return NULL;
-    }
-    return Py_NewRef(g->wloop);
 }
 
 /* None until it is awaited as a waiter (see above) */
@@ -1842,7 +1899,15 @@ static void get_dealloc(PyObject *self)
         flight_release(g->st, g->fl);
         g->fl = NULL;
     }
-    tp->tp_free(self);
+    /* kept for reuse, unless finalized (the flag would stay with it) */
+    CmState *st = g->st;
+    if (st->get_free_len < CM_GET_FREE_MAX && !PyObject_GC_IsFinalized(self)) {
+        g->free_next = st->get_free;
+        st->get_free = g;
+        st->get_free_len++;
+    } else {
+        tp->tp_free(self);
+    }
     Py_DECREF(tp);
 }
 
@@ -1859,8 +1924,12 @@ static PyMethodDef get_methods[] = {
     {"exception", get_exception, METH_NOARGS, NULL},
     {"done", get_done, METH_NOARGS, NULL},
     {"cancelled", get_cancelled, METH_NOARGS, NULL},
-    {"get_loop", get_get_loop, METH_NOARGS, NULL},
     {NULL, NULL},
+};
+
+static PyMemberDef get_members[] = {
+    {"_loop", T_OBJECT, offsetof(CmGetObject, wloop), READONLY, NULL},
+    {NULL},
 };
 
 static PyGetSetDef get_getset[] = {
@@ -1869,17 +1938,10 @@ static PyGetSetDef get_getset[] = {
 };
 
 static PyType_Slot get_slots[] = {
-    {Py_am_await, get_await},
-    {Py_am_send, get_am_send},
-    {Py_tp_iter, get_await},
-    {Py_tp_iternext, get_iternext},
-    {Py_tp_methods, get_methods},
-    {Py_tp_getset, get_getset},
-    {Py_tp_finalize, get_finalize},
-    {Py_tp_traverse, get_traverse},
-    {Py_tp_clear, get_clear},
-    {Py_tp_dealloc, get_dealloc},
-    {0, NULL},
+    {Py_am_await, get_await},       {Py_am_send, get_am_send},      {Py_tp_iter, get_await},
+    {Py_tp_iternext, get_iternext}, {Py_tp_methods, get_methods},   {Py_tp_getset, get_getset},
+    {Py_tp_members, get_members},   {Py_tp_finalize, get_finalize}, {Py_tp_traverse, get_traverse},
+    {Py_tp_clear, get_clear},       {Py_tp_dealloc, get_dealloc},   {0, NULL},
 };
 
 static PyType_Spec get_spec = {

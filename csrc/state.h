@@ -11,6 +11,8 @@
 
 typedef struct CmFlight CmFlight;
 
+#define CM_GET_FREE_MAX 16384
+
 /* The in-flight table: key -> CmFlight, plain C records (see flight.c). */
 typedef struct {
     CmFlight **buckets;
@@ -114,6 +116,9 @@ typedef struct {
     CmFlightTable flights;
     CmFlight *flight_free; /* free list of flight records */
     size_t flight_free_len;
+    /* free list of Get objects (flight.c, get_dealloc): up to CM_GET_FREE_MAX */
+    void *get_free;
+    size_t get_free_len;
 
     /* serializer (serializer.c, ser_object.c, msgpack_codec.c) */
 #define CM_SER_OBJECTS(X)                                                                          \

@@ -19,7 +19,9 @@ from cacheme.storages.redis import (
     parse_url,
 )
 from conftest import (
+    LEAK_SNAPSHOT,
     ReadyTask,
+    assert_flat,
     count_sleeps,
     flights,
     needs_two_cpus,
@@ -933,6 +935,87 @@ async def test_busy_poll_backs_off_on_a_slow_server(redis_server):
     assert info["busy_poll_hits"] == before["busy_poll_hits"] == 0, info
     assert 3 <= info["busy_poll_timeouts"] - before["busy_poll_timeouts"] <= 8, info
 
+
+
+async def test_gets_in_a_cycle_are_collected_after_their_redis_calls(redis_server):
+    """A Get is out of the collector's lists only while a Redis op or its
+    flight holds it: once done, a cycle through it is collected."""
+    import weakref
+
+    name = await register_redis(redis_server.url)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    refs = []
+    for uid in (1, 1, 2):  # a miss (GET, load, SET), a hit, a leader with a waiter
+        nodes = [Node(uid), Node(uid)] if uid == 2 else [Node(uid)]
+        gets = [cacheme.get(n) for n in nodes]
+        for g, n in zip(gets, nodes):
+            n.cycle = [g, n]  # node -> list -> Get -> node
+            refs.append(weakref.ref(n))
+        await asyncio.gather(*gets)
+        del gets, nodes, g, n
+    # a Task keeps what it last awaited until its next step: move ours on
+    await asyncio.sleep(0)
+    gc.collect()
+    assert [r() for r in refs] == [None] * len(refs)
+    assert calls == [1, 2]
+    await storage_of(name).close()
+
+
+FLIGHT_LEAK = r'''
+import asyncio, dataclasses, sys
+import cacheme
+
+url = sys.argv[1]
+
+
+@dataclasses.dataclass
+class N(cacheme.Node):
+    uid: int
+
+    def key(self):
+        return f"fleak:{self.uid}"
+
+    async def load(self):
+        await asyncio.sleep(0)
+        return [self.uid]
+
+    class Meta(cacheme.Node.Meta):
+        caches = [cacheme.Cache(storage="r", ttl=None)]
+
+
+async def body(i):
+    # a leader and waiters through its GET, load and SET; one of each kind
+    # cancelled, every few rounds all of them
+    ts = [asyncio.ensure_future(cacheme.get(N(i % 300))) for _ in range(4)]
+    await asyncio.sleep(0)
+    ts[1].cancel()
+    if i % 7 == 0:
+        ts[0].cancel()
+    if i % 11 == 0:
+        for t in ts:
+            t.cancel()
+    await asyncio.gather(*ts, return_exceptions=True)
+
+
+async def main():
+    await cacheme.register_storage("r", cacheme.Storage(url=url))
+    for i in range(2000):
+        await body(i)
+    before = snapshot()
+    for i in range(2000, 2000 + int(sys.argv[2])):
+        await body(i)
+    after = snapshot()
+    print(before[0], after[0], before[1], after[1])
+
+asyncio.run(main())
+'''
+
+
+def test_flights_through_redis_do_not_leak(redis_server):
+    """cacheme.get through Redis: leaders whose Get makes its own GET and
+    SET, waiters that are their own futures, cancellations of both."""
+    code = "import sys; sys.argv[1:] = %r\n" % [redis_server.url, "12000"]
+    assert_flat(run_python(code + LEAK_SNAPSHOT + FLIGHT_LEAK), rss_kib=2048)
 
 
 @pytest.mark.parametrize("busy_poll", [0.0, 0.0002])
