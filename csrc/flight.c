@@ -26,6 +26,7 @@ enum { P_REMOTE, P_LOAD, P_RESOLVE, P_FILL, P_END };
 static void get_held(PyObject *g);
 static void get_unheld(PyObject *g);
 static void get_free_clear(CmState *st);
+static void proxy_free_clear(CmState *st);
 
 /* ---- flight table ---------------------------------------------------------- */
 
@@ -96,6 +97,7 @@ static void flight_free(CmState *st, CmFlight *fl)
     Py_CLEAR(fl->value);
     Py_CLEAR(fl->exc);
     Py_CLEAR(fl->task);
+    Py_CLEAR(fl->loop);
     for (Py_ssize_t i = 0; i < fl->nwaiters; i++) {
         get_unheld(fl->waiters[i]);
         Py_CLEAR(fl->waiters[i]);
@@ -339,6 +341,7 @@ static void get_free_clear(CmState *st)
         PyObject_GC_Del(g);
     }
     st->get_free_len = 0;
+    proxy_free_clear(st);
 }
 
 static void get_unheld(PyObject *o)
@@ -798,7 +801,11 @@ fail:
 static int become_waiter(CmGetObject *g, CmFlight *fl)
 {
     CmState *st = g->st;
-    PyObject *loop = cm_loop_running(st);
+    /* the running loop: the leader's, if it runs in this thread (its flight
+     * is out, so its loop runs; asking asyncio costs a getpid() call) */
+    PyObject *loop = fl->loop != NULL && fl->tstate == (void *)PyThreadState_Get()
+                         ? Py_NewRef(fl->loop)
+                         : cm_loop_running(st);
     if (loop == NULL)
         return -1;
     if (flight_add_waiter(fl, (PyObject *)g) < 0) {
@@ -956,6 +963,7 @@ static void run_wakeup(PyObject **cbp, PyObject **ctxp, PyObject *arg)
         Py_XDECREF(ctx);
         return;
     }
+    Py_INCREF(arg); /* the call may drop what held it */
     if (ctx != NULL && ctx != Py_None && PyContext_Enter(ctx) < 0) {
         PyErr_WriteUnraisable(cb);
         Py_CLEAR(ctx);
@@ -968,9 +976,46 @@ static void run_wakeup(PyObject **cbp, PyObject **ctxp, PyObject *arg)
         PyErr_WriteUnraisable(cb);
     Py_DECREF(cb);
     Py_XDECREF(ctx);
+    Py_DECREF(arg);
 }
 
-static void proxy_run_cb(CmProxyObject *p) { run_wakeup(&p->cb, &p->ctx, (PyObject *)p); }
+/* cb is an asyncio Task's wakeup (asyncio's C Task): given an asyncio
+ * Future, it reads its outcome directly instead of calling result() through
+ * a bound method made for the call. */
+static int is_task_wakeup(CmState *st, PyObject *cb)
+{
+    return cb != NULL && PyCFunction_Check(cb) && PyCFunction_GET_SELF(cb) != NULL &&
+           Py_IS_TYPE(PyCFunction_GET_SELF(cb), (PyTypeObject *)st->TaskType);
+}
+
+/* A done Future with the result None on loop, for a Task to resume on
+ * (borrowed), or NULL (no exception) where there is none to be had. */
+static PyObject *done_future(CmState *st, PyObject *loop)
+{
+    if (st->done_loop != loop) {
+        PyObject *f = cm_loop_create_future(st, loop);
+        if (f == NULL || !Py_IS_TYPE(f, (PyTypeObject *)st->FutureType) ||
+            cm_future_set_result(st, f, Py_None) < 0) {
+            PyErr_Clear();
+            Py_XDECREF(f);
+            return NULL;
+        }
+        Py_XSETREF(st->done_future, f);
+        Py_XSETREF(st->done_loop, Py_NewRef(loop));
+    }
+    return st->done_future;
+}
+
+/* The Task sees X's outcome as the proxy's (proxy_result): it may read X. */
+static void proxy_run_cb(CmProxyObject *p)
+{
+    PyObject *arg = (PyObject *)p;
+    if (p->state != PX_DETACHED && p->target != NULL && p->owner != NULL &&
+        Py_IS_TYPE(p->target, (PyTypeObject *)p->owner->st->FutureType) &&
+        is_task_wakeup(p->owner->st, p->cb))
+        arg = p->target;
+    run_wakeup(&p->cb, &p->ctx, arg);
+}
 
 static int proxy_schedule_cb(CmProxyObject *p)
 {
@@ -1250,12 +1295,32 @@ static int proxy_clear(PyObject *self)
     return 0;
 }
 
+static void proxy_free_clear(CmState *st)
+{
+    while (st->proxy_free != NULL) {
+        CmProxyObject *p = st->proxy_free;
+        st->proxy_free = p->owner;
+        PyObject_GC_Del(p);
+    }
+    st->proxy_free_len = 0;
+}
+
 static void proxy_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    CmProxyObject *p = (CmProxyObject *)self;
+    CmState *st = p->owner != NULL ? p->owner->st : NULL;
     PyObject_GC_UnTrack(self);
     proxy_clear(self);
-    tp->tp_free(self);
+    if (st != NULL && st->proxy_free_len < CM_PROXY_FREE_MAX) {
+        /* kept for reuse (chained through `owner`): no allocation for the
+         * collector to count per load that suspends (see get_dealloc) */
+        p->owner = st->proxy_free;
+        st->proxy_free = p;
+        st->proxy_free_len++;
+    } else {
+        tp->tp_free(self);
+    }
     Py_DECREF(tp);
 }
 
@@ -1304,10 +1369,16 @@ static void get_abort(CmGetObject *g);
 static CmProxyObject *proxy_new(CmGetObject *g, PyObject *target)
 {
     CmState *st = g->st;
-    PyObject *loop = cm_loop_running(st);
-    CmProxyObject *p = loop ? PyObject_GC_New(CmProxyObject, st->ProxyType) : NULL;
-    if (p == NULL) {
-        Py_XDECREF(loop);
+    PyObject *loop = g->wloop != NULL ? Py_NewRef(g->wloop) : cm_loop_running(st);
+    if (loop == NULL)
+        return NULL;
+    CmProxyObject *p = st->proxy_free;
+    if (p != NULL) { /* see get_dealloc */
+        st->proxy_free = p->owner;
+        st->proxy_free_len--;
+        PyObject_Init((PyObject *)p, st->ProxyType);
+    } else if ((p = PyObject_GC_New(CmProxyObject, st->ProxyType)) == NULL) {
+        Py_DECREF(loop);
         return NULL;
     }
     p->owner = (CmGetObject *)Py_NewRef(g);
@@ -1330,8 +1401,12 @@ static PySendResult leader_suspend(CmGetObject *g, PyObject *yielded, PyObject *
     if (g->fl == NULL) {
         /* the flight becomes visible only now: until its first suspension
          * nobody else could have run to look for it */
+        if (g->wloop == NULL && (g->wloop = cm_loop_running(st)) == NULL)
+            goto fail;
         if ((g->fl = flight_start(st, g->key, g->hash)) == NULL)
             goto fail;
+        g->fl->loop = Py_NewRef(g->wloop);
+        g->fl->tstate = PyThreadState_Get();
         if (g->phase >= P_FILL)
             flight_settle(st, g->fl, g->value, NULL);
     }
@@ -1426,7 +1501,19 @@ static PyObject *waiter_cancelled_error(CmGetObject *g)
     return NULL;
 }
 
-static void waiter_fire(CmGetObject *g) { run_wakeup(&g->wcb, &g->wctx, (PyObject *)g); }
+/* A Task resumed on success needs no more than a done Future: its result()
+ * would be None (a Redis call) or only checked for an exception. */
+static void waiter_fire(CmGetObject *g)
+{
+    PyObject *arg = (PyObject *)g;
+    if (g->wstate == W_SETTLED && (g->mode != M_WAIT || g->fl->exc == NULL) &&
+        is_task_wakeup(g->st, g->wcb)) {
+        PyObject *f = done_future(g->st, g->wloop);
+        if (f != NULL)
+            arg = f;
+    }
+    run_wakeup(&g->wcb, &g->wctx, arg);
+}
 
 /* Wake g's Task (g stolen) from the next batch; else, as a Future would,
  * cb(g) on the loop in the Task's context. */

@@ -28,6 +28,10 @@ struct CmFlight {
     PyObject **waiters;
     Py_ssize_t nwaiters, capwaiters;
     PyObject *task; /* the Task driving it after the first suspension */
+    /* the loop its leader runs on, in thread state `tstate` (NULL for a
+     * flight led from Python): a waiter in the same thread waits on it */
+    PyObject *loop;
+    void *tstate;
     Py_ssize_t refs;
 };
 

@@ -29,7 +29,8 @@ static int cm_exec(PyObject *mod)
     st->get_running_loop = PyObject_GetAttrString(asyncio, "get_running_loop");
     st->CancelledError = PyObject_GetAttrString(asyncio, "CancelledError");
     st->InvalidStateError = PyObject_GetAttrString(asyncio, "InvalidStateError");
-    if (!st->get_running_loop || !st->CancelledError || !st->InvalidStateError)
+    st->TaskType = PyObject_GetAttrString(asyncio, "Task");
+    if (!st->get_running_loop || !st->CancelledError || !st->InvalidStateError || !st->TaskType)
         goto done;
     if (cm_loop_init(st) < 0)
         goto done;
@@ -71,6 +72,9 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->CancelledError);
     Py_VISIT(st->InvalidStateError);
+    Py_VISIT(st->TaskType);
+    Py_VISIT(st->done_future);
+    Py_VISIT(st->done_loop);
     Py_VISIT(st->base_create_future);
     Py_VISIT(st->FutureType);
     Py_VISIT(st->kw_loop);
@@ -112,6 +116,9 @@ static int cm_clear(PyObject *mod)
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->CancelledError);
     Py_CLEAR(st->InvalidStateError);
+    Py_CLEAR(st->TaskType);
+    Py_CLEAR(st->done_future);
+    Py_CLEAR(st->done_loop);
     Py_CLEAR(st->base_create_future);
     Py_CLEAR(st->FutureType);
     Py_CLEAR(st->kw_loop);

@@ -12,6 +12,7 @@
 typedef struct CmFlight CmFlight;
 
 #define CM_GET_FREE_MAX 16384
+#define CM_PROXY_FREE_MAX 4096
 
 /* The in-flight table: key -> CmFlight, plain C records (see flight.c). */
 typedef struct {
@@ -119,6 +120,12 @@ typedef struct {
     /* free list of Get objects (flight.c, get_dealloc): up to CM_GET_FREE_MAX */
     void *get_free;
     size_t get_free_len;
+    void *proxy_free; /* and of FlightProxy objects, up to CM_PROXY_FREE_MAX */
+    size_t proxy_free_len;
+    /* a done Future (result None) on done_loop, handed to a Task's wakeup
+     * for an outcome the Task only needs to resume on (run_wakeup) */
+    PyObject *done_future, *done_loop;
+    PyObject *TaskType; /* asyncio.Task */
 
     /* serializer (serializer.c, ser_object.c, msgpack_codec.c) */
 #define CM_SER_OBJECTS(X)                                                                          \
