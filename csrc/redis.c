@@ -720,7 +720,10 @@ static int ring_push(CmRedisConnObject *c, const CmRedisEntry *e)
  * one reply to read. The run is the ring's last entry while it takes keys;
  * any other command queued after it, or the flush, writes it out first, so
  * the order of commands on the connection is the order they were queued
- * in. Single server only: a cluster's MGET must stay within one slot. */
+ * in. The keys of a get_all (an MGET entry) join the run the same way, each
+ * as a member of its own: several get_all calls and single gets of one loop
+ * iteration then cost the server one MGET, not one each. Single server
+ * only: a cluster's MGET must stay within one slot. */
 #define CM_REDIS_RUN_MAX 256
 #define CM_REDIS_RUN_FIRST 8
 
@@ -782,6 +785,21 @@ static void conn_add_get(CmRedisConnObject *c, CmRedisEntry *e)
     e->op = NULL;
 }
 
+/* 1 when every key of the MGET entry e can be sent (else it goes out as an
+ * MGET of its own, which fails as a whole and at once, as before). */
+static int mget_keys_encode(CmRedisEntry *e)
+{
+    for (uint32_t i = 0; i < e->npos; i++) {
+        Py_ssize_t n;
+        PyObject *key = cm_redis_op_key(e->op, e->pos + i); // borrowed
+        if (!PyBytes_Check(key) && PyUnicode_AsUTF8AndSize(key, &n) == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    return 1;
+}
+
 void cm_redis_conn_push(CmRedisConnObject *c, CmRedisEntry *e)
 {
     CmState *st = c->st;
@@ -794,6 +812,18 @@ void cm_redis_conn_push(CmRedisConnObject *c, CmRedisEntry *e)
     }
     if (e->cmd == CM_CMD_GET && e->op != NULL && e->op->client->cluster == NULL) {
         conn_add_get(c, e);
+        return;
+    }
+    if (e->cmd == CM_CMD_MGET && e->op != NULL && e->op->client->cluster == NULL &&
+        e->positions == NULL && mget_keys_encode(e)) {
+        /* one member per key; the last one takes the entry's op reference */
+        for (uint32_t i = 0; i < e->npos; i++) {
+            CmRedisEntry m = {.op = e->op, .cmd = CM_CMD_GET, .pos = e->pos + i, .npos = 1};
+            if (i + 1 < e->npos)
+                cm_redis_op_ref(e->op);
+            conn_add_get(c, &m);
+        }
+        e->op = NULL;
         return;
     }
     if (c->open_run)
@@ -1135,10 +1165,13 @@ static void entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply)
             exc = cm_exc_take();
         for (uint32_t i = 0; i < e->npos; i++) {
             CmRedisOp *m = e->gets[i].op;
+            PyObject *r = e->npos == 1 ? reply : whole ? PyList_GET_ITEM(reply, i) : NULL;
             if (is_err || !whole)
                 op_set_error(m, is_err ? reply : exc);
+            else if (m->kind == OP_MGET) /* a key of a get_all: its slot */
+                PyList_SetItem(m->result, e->gets[i].pos, Py_NewRef(r));
             else
-                Py_XSETREF(m->result, Py_NewRef(e->npos == 1 ? reply : PyList_GET_ITEM(reply, i)));
+                Py_XSETREF(m->result, Py_NewRef(r));
         }
         Py_XDECREF(exc);
         Py_DECREF(reply);
@@ -1455,8 +1488,8 @@ static void route_entry(CmRedisClientObject *self, PyObject *loop, CmRedisEntry 
     CmRedisConnObject *conn = NULL;     // borrowed
     if (pool != NULL) {
         CmRedisConnObject *run = pool->run; // borrowed
-        if (e->cmd == CM_CMD_GET && run != NULL && run->open_run && run->state != CONN_CLOSED &&
-            pool->loop == loop)
+        if ((e->cmd == CM_CMD_GET || (e->cmd == CM_CMD_MGET && e->positions == NULL)) &&
+            run != NULL && run->open_run && run->state != CONN_CLOSED && pool->loop == loop)
             conn = run;
         else if (sc != NULL && sc->pool == pool && sc->conn->state != CONN_CLOSED)
             conn = sc->conn;

@@ -278,6 +278,34 @@ async def test_gets_of_one_iteration_leave_as_one_mget_in_order(redis_server):
     await s.close()
 
 
+async def test_get_alls_of_one_iteration_share_one_mget(redis_server):
+    """The keys of get_all calls made in one loop iteration join the single
+    gets of that iteration: one MGET for all of them, each call its own
+    pairs in order; a call with a key that cannot be sent fails alone."""
+    s = RedisStorage(redis_server.url, pool_size=4)
+    await s.connect()
+    ser = MsgPackSerializer()
+    await s.set_all([(K(f"m{i}"), i) for i in range(100)], None, ser)
+    redis_server.cli("CONFIG", "RESETSTAT")
+    batches = [[K(f"m{(7 * b + j) % 150}") for j in range(20)] for b in range(10)]
+    calls = [s.get_all(nodes, ser) for nodes in batches]
+    calls += [s.get(K("m5"), ser), s.get(K("m120"), ser)]
+    out = await asyncio.gather(*calls)
+    for nodes, pairs in zip(batches, out):
+        expect = [(n, int(n.k[1:])) for n in nodes if int(n.k[1:]) < 100]
+        assert [(n.k, v) for n, v in pairs] == [(n.k, v) for n, v in expect]
+    assert out[-2:] == [5, cacheme.models.sentinel]
+    stats = commandstats(redis_server)
+    assert stats["mget"] == 1 and stats.get("get", 0) == 0, stats
+    # a key that cannot be encoded: that get_all fails at once, the others not
+    bad = [K("m1"), K("\udc80")]
+    res = await asyncio.gather(s.get_all(bad, ser), s.get_all([K("m2")], ser),
+                               return_exceptions=True)
+    assert isinstance(res[0], UnicodeEncodeError)
+    assert [(n.k, v) for n, v in res[1]] == [("m2", 2)]
+    await s.close()
+
+
 async def test_a_bad_key_in_a_run_fails_alone(redis_server):
     s = RedisStorage(redis_server.url)
     await s.connect()
