@@ -4,8 +4,8 @@
  *   START  -> LEAD  (no flight for the key: it drives one inline)
  *          -> WAIT  (a flight exists: it waits on it as its own future)
  *          -> DONE  (the flight already has its value)
- *   LEAD   -> on the first suspension, its driving state moves into a new Get
- *             in mode DRIVER run by a Task, and it goes on in WAIT.
+ *   LEAD   -> cancelled while others wait: its driving state moves into a
+ *             new Get in mode DRIVER run by a Task (move_to_task).
  * Flights are plain C records in a chained table in the module state. */
 #include "flight.h"
 
@@ -333,6 +333,15 @@ static void get_held(PyObject *o)
     }
 }
 
+static void get_unheld(PyObject *o)
+{
+    CmGetObject *g = (CmGetObject *)o;
+    if (g->untracked) {
+        g->untracked = 0;
+        PyObject_GC_Track(o);
+    }
+}
+
 static void get_free_clear(CmState *st)
 {
     while (st->get_free != NULL) {
@@ -344,15 +353,6 @@ static void get_free_clear(CmState *st)
     proxy_free_clear(st);
 }
 
-static void get_unheld(PyObject *o)
-{
-    CmGetObject *g = (CmGetObject *)o;
-    if (g->untracked) {
-        g->untracked = 0;
-        PyObject_GC_Track(o);
-    }
-}
-
 /* wstate: a waiter in its flight's list not yet awaited (JOINED); awaited
  * (PENDING); the outcome is in (SETTLED) or it was cancelled */
 enum { W_NONE, W_JOINED, W_PENDING, W_SETTLED, W_CANCELLED };
@@ -362,16 +362,21 @@ enum { DW_NONE, DW_PENDING, DW_DONE };
 static void waiter_wake(CmState *st, CmGetObject *g);
 static PyObject *waiter_cancelled_error(CmGetObject *g);
 
-/* The Redis call made for g is no longer awaited: it goes on, its outcome
- * to nobody. */
+/* The Redis op made for g lets it go: the op goes on, its outcome to nobody. */
+static void direct_release_op(CmGetObject *g)
+{
+    if (g->dop == NULL)
+        return;
+    PyObject *me = cm_redis_op_handoff(g->dop, NULL);
+    g->dop = NULL;
+    get_unheld((PyObject *)g);
+    Py_XDECREF(me); /* never the last: our caller has a reference */
+}
+
+/* The Redis call made for g is no longer awaited. */
 static void direct_detach(CmGetObject *g)
 {
-    if (g->dop != NULL) {
-        PyObject *me = cm_redis_op_handoff(g->dop, NULL);
-        g->dop = NULL;
-        get_unheld((PyObject *)g);
-        Py_XDECREF(me); /* never the last: our caller has a reference */
-    }
+    direct_release_op(g);
     g->dwait = DW_NONE;
     Py_CLEAR(g->dres);
     Py_CLEAR(g->derr);
@@ -979,6 +984,62 @@ static void run_wakeup(PyObject **cbp, PyObject **ctxp, PyObject *arg)
     Py_DECREF(arg);
 }
 
+/* Schedule the wakeup *cbp(arg) on loop in its context *ctxp, as a done
+ * Future schedules its callbacks; both are taken out once scheduled. 0 (also
+ * when none is set), or -1 with an exception (they stay). */
+static int schedule_wakeup(CmState *st, PyObject *loop, PyObject **cbp, PyObject **ctxp,
+                           PyObject *arg)
+{
+    if (*cbp == NULL)
+        return 0;
+    if (cm_loop_call_soon_arg(st, loop, *cbp, arg, *ctxp) < 0)
+        return -1;
+    Py_CLEAR(*cbp);
+    Py_CLEAR(*ctxp);
+    return 0;
+}
+
+/* The checks of add_done_callback(fn, *, context=None) on a future-like
+ * object of ours whose wakeup is *cb: fn (borrowed), with *ctx its context
+ * (borrowed, or NULL); NULL with an exception for a malformed call or a
+ * second wakeup (a get() is awaited by one task). */
+static PyObject *done_callback_args(CmState *st, PyObject *cb, PyObject *const *args,
+                                    Py_ssize_t nargs, PyObject *kwnames, PyObject **ctx)
+{
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs != 1 || nkw > 1 ||
+        (nkw == 1 && PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), st->s_context))) {
+        PyErr_SetString(PyExc_TypeError, "add_done_callback(fn, *, context=None)");
+        return NULL;
+    }
+    if (cb != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cacheme: a get() is awaited by one task only");
+        return NULL;
+    }
+    *ctx = nkw == 1 ? args[1] : NULL;
+    return args[0];
+}
+
+/* remove_done_callback(fn) on a wakeup *cbp in context *ctxp: 1 or 0 */
+static PyObject *remove_wakeup(PyObject **cbp, PyObject **ctxp, PyObject *fn)
+{
+    if (*cbp == NULL || *cbp != fn)
+        return PyLong_FromLong(0);
+    Py_CLEAR(*cbp);
+    Py_CLEAR(*ctxp);
+    return PyLong_FromLong(1);
+}
+
+/* _asyncio_future_blocking = v, of an int at offset `off` of self */
+static int set_blocking(PyObject *self, PyObject *v, void *off)
+{
+    int b = v ? PyObject_IsTrue(v) : 0;
+    if (b < 0)
+        return -1;
+    *(int *)((char *)self + (size_t)off) = b;
+    return 0;
+}
+
 /* cb is an asyncio Task's wakeup (asyncio's C Task): given an asyncio
  * Future, it reads its outcome directly instead of calling result() through
  * a bound method made for the call. */
@@ -1019,14 +1080,7 @@ static void proxy_run_cb(CmProxyObject *p)
 
 static int proxy_schedule_cb(CmProxyObject *p)
 {
-    PyObject *cb = p->cb, *ctx = p->ctx;
-    p->cb = p->ctx = NULL;
-    if (cb == NULL)
-        return 0;
-    int rc = cm_loop_call_soon_arg(p->owner->st, p->loop, cb, (PyObject *)p, ctx);
-    Py_DECREF(cb);
-    Py_XDECREF(ctx);
-    return rc;
+    return schedule_wakeup(p->owner->st, p->loop, &p->cb, &p->ctx, (PyObject *)p);
 }
 
 static void proxy_fire(PyObject *self)
@@ -1122,18 +1176,11 @@ static PyObject *proxy_add_done_callback(PyObject *self, PyObject *const *args, 
                                          PyObject *kwnames)
 {
     CmProxyObject *p = (CmProxyObject *)self;
-    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs != 1 || nkw > 1 ||
-        (nkw == 1 && PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), p->owner->st->s_context))) {
-        PyErr_SetString(PyExc_TypeError, "add_done_callback(fn, *, context=None)");
+    PyObject *ctx, *fn = done_callback_args(p->owner->st, p->cb, args, nargs, kwnames, &ctx);
+    if (fn == NULL)
         return NULL;
-    }
-    if (p->cb != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "cacheme: a get() is awaited by one task only");
-        return NULL;
-    }
-    p->cb = Py_NewRef(args[0]);
-    p->ctx = nkw == 1 ? Py_NewRef(args[1]) : NULL;
+    p->cb = Py_NewRef(fn);
+    p->ctx = Py_XNewRef(ctx);
     if (p->state != PX_PENDING) {
         if (proxy_schedule_cb(p) < 0)
             return NULL;
@@ -1158,12 +1205,7 @@ static PyObject *proxy_add_done_callback(PyObject *self, PyObject *const *args, 
 static PyObject *proxy_remove_done_callback(PyObject *self, PyObject *fn)
 {
     CmProxyObject *p = (CmProxyObject *)self;
-    if (p->cb != NULL && p->cb == fn) {
-        Py_CLEAR(p->cb);
-        Py_CLEAR(p->ctx);
-        return PyLong_FromLong(1);
-    }
-    return PyLong_FromLong(0);
+    return remove_wakeup(&p->cb, &p->ctx, fn);
 }
 
 /* With others waiting on an unsettled flight, move it to a Task of its own
@@ -1179,6 +1221,22 @@ static int leader_leaves(CmGetObject *g, PyObject *pending)
     return 1;
 }
 
+/* The leader g is cancelled while its flight waits on `pending` (borrowed,
+ * may be NULL). With others waiting the flight moves to a Task of its own:
+ * 1. Else (0) it may no longer be joined, or a newcomer would share the
+ * cancellation. */
+static int leader_cancelled(CmGetObject *g, PyObject *pending)
+{
+    int moved = leader_leaves(g, pending);
+    if (moved < 0) /* the flight failed its waiters; cancel the leader anyway */
+        PyErr_WriteUnraisable((PyObject *)g);
+    if (moved == 0 && g->fl != NULL && !g->fl->done && g->mode == M_LEAD) {
+        g->fl->abandoned = 1;
+        table_unlink(g->st, g->fl);
+    }
+    return moved;
+}
+
 static PyObject *proxy_cancel(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames)
 {
@@ -1187,21 +1245,13 @@ static PyObject *proxy_cancel(PyObject *self, PyObject *const *args, Py_ssize_t 
     CmState *st = g->st;
     if (p->state != PX_PENDING)
         Py_RETURN_FALSE;
-    int moved = leader_leaves(g, p->target);
-    if (moved < 0) /* the flight failed its waiters; cancel the leader anyway */
-        PyErr_WriteUnraisable(self);
-    if (moved != 0) {
+    if (leader_cancelled(g, p->target) != 0) {
         p->state = PX_DETACHED;
         if (proxy_schedule_cb(p) < 0) /* the Task sees result() raise CancelledError */
             return NULL;
         Py_RETURN_TRUE;
     }
-    /* nobody else: cancel what the load waits on; the flight may no longer
-     * be joined, or a newcomer would share the cancellation */
-    if (g->fl != NULL && !g->fl->done && g->mode == M_LEAD) {
-        g->fl->abandoned = 1;
-        table_unlink(st, g->fl);
-    }
+    /* nobody else: cancel what the load waits on */
     PyObject *targs[2] = {p->target, nargs ? args[0] : NULL};
     PyObject *r = PyObject_VectorcallMethod(
         st->s_cancel, targs, (nargs ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
@@ -1255,15 +1305,6 @@ static PyObject *proxy_cancelled(PyObject *self, PyObject *Py_UNUSED(x))
 static PyObject *proxy_get_blocking(PyObject *self, void *Py_UNUSED(c))
 {
     return PyBool_FromLong(((CmProxyObject *)self)->blocking);
-}
-
-static int proxy_set_blocking(PyObject *self, PyObject *v, void *Py_UNUSED(c))
-{
-    int b = v ? PyObject_IsTrue(v) : 0;
-    if (b < 0)
-        return -1;
-    ((CmProxyObject *)self)->blocking = b;
-    return 0;
 }
 
 /* `await proxy` (a Task never does it; code that receives one may) */
@@ -1344,7 +1385,8 @@ static PyMemberDef proxy_members[] = {
 };
 
 static PyGetSetDef proxy_getset[] = {
-    {"_asyncio_future_blocking", proxy_get_blocking, proxy_set_blocking, NULL, NULL},
+    {"_asyncio_future_blocking", proxy_get_blocking, set_blocking, NULL,
+     (void *)offsetof(CmProxyObject, blocking)},
     {NULL},
 };
 
@@ -1519,18 +1561,10 @@ static void waiter_fire(CmGetObject *g)
  * cb(g) on the loop in the Task's context. */
 static void waiter_wake(CmState *st, CmGetObject *g)
 {
-    if (wake_batch_add(st, (PyObject *)g, g->wloop) < 0) {
-        PyObject *cb = g->wcb, *ctx = g->wctx;
-        g->wcb = g->wctx = NULL;
-        if (cm_loop_call_soon_arg(st, g->wloop, cb, (PyObject *)g, ctx) < 0) {
-            PyErr_Clear();
-            g->wcb = cb;
-            g->wctx = ctx;
-            waiter_fire(g); /* the loop is gone: wake it now rather than never */
-        } else {
-            Py_DECREF(cb);
-            Py_XDECREF(ctx);
-        }
+    if (wake_batch_add(st, (PyObject *)g, g->wloop) < 0 &&
+        schedule_wakeup(st, g->wloop, &g->wcb, &g->wctx, (PyObject *)g) < 0) {
+        PyErr_Clear();
+        waiter_fire(g); /* the loop is gone: wake it now rather than never */
     }
     Py_DECREF(g);
 }
@@ -1556,27 +1590,19 @@ static PyObject *get_add_done_callback(PyObject *self, PyObject *const *args, Py
                                        PyObject *kwnames)
 {
     CmGetObject *g = (CmGetObject *)self;
-    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs != 1 || nkw > 1 ||
-        (nkw == 1 && PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), g->st->s_context))) {
-        PyErr_SetString(PyExc_TypeError, "add_done_callback(fn, *, context=None)");
+    PyObject *ctx, *fn = done_callback_args(g->st, g->wcb, args, nargs, kwnames, &ctx);
+    if (fn == NULL)
         return NULL;
-    }
-    PyObject *ctx = nkw == 1 ? args[1] : NULL;
     if (g->wstate == W_NONE) {
         PyErr_SetString(PyExc_RuntimeError, "cacheme: this get() is not waiting on a flight");
         return NULL;
     }
     if (!waiting(g)) { /* done: call it soon, as a done Future does */
-        if (cm_loop_call_soon_arg(g->st, g->wloop, args[0], self, ctx) < 0)
+        if (cm_loop_call_soon_arg(g->st, g->wloop, fn, self, ctx) < 0)
             return NULL;
         Py_RETURN_NONE;
     }
-    if (g->wcb != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "cacheme: a get() is awaited by one task only");
-        return NULL;
-    }
-    g->wcb = Py_NewRef(args[0]);
+    g->wcb = Py_NewRef(fn);
     g->wctx = Py_XNewRef(ctx);
     Py_RETURN_NONE;
 }
@@ -1584,12 +1610,7 @@ static PyObject *get_add_done_callback(PyObject *self, PyObject *const *args, Py
 static PyObject *get_remove_done_callback(PyObject *self, PyObject *fn)
 {
     CmGetObject *g = (CmGetObject *)self;
-    if (g->wcb != NULL && g->wcb == fn) {
-        Py_CLEAR(g->wcb);
-        Py_CLEAR(g->wctx);
-        return PyLong_FromLong(1);
-    }
-    return PyLong_FromLong(0);
+    return remove_wakeup(&g->wcb, &g->wctx, fn);
 }
 
 /* cancel(msg=None): this caller stops waiting; its Task is woken and sees
@@ -1606,27 +1627,13 @@ static PyObject *get_cancel(PyObject *self, PyObject *const *args, Py_ssize_t na
     }
     if (!waiting(g))
         Py_RETURN_FALSE;
-    if (g->mode == M_LEAD) {
-        int moved = leader_leaves(g, NULL);
-        if (moved < 0) /* the flight failed its waiters; cancel the leader anyway */
-            PyErr_WriteUnraisable(self);
-        /* nobody else: the flight may no longer be joined, or a newcomer
-         * would share the cancellation */
-        if (moved == 0 && g->fl != NULL && !g->fl->done) {
-            g->fl->abandoned = 1;
-            table_unlink(g->st, g->fl);
-        }
-    }
+    if (g->mode == M_LEAD)
+        leader_cancelled(g, NULL);
     if (g->mode == M_WAIT && g->fl != NULL)
         flight_drop_waiter(g->fl, self); /* the caller has a reference */
     /* a Redis call goes on without us; the CancelledError thrown in next
      * (or raised by the next send) ends what the Get was doing */
-    if (g->dop != NULL) {
-        PyObject *me = cm_redis_op_handoff(g->dop, NULL);
-        g->dop = NULL;
-        get_unheld(self);
-        Py_XDECREF(me);
-    }
+    direct_release_op(g);
     g->wstate = W_CANCELLED;
     Py_XSETREF(g->wmsg, nargs + nkw ? Py_NewRef(args[0]) : NULL);
     if (g->wcb != NULL)
@@ -1684,15 +1691,6 @@ static PyObject *get_get_blocking(PyObject *self, void *Py_UNUSED(c))
     if (g->wstate == W_NONE || g->wstate == W_JOINED)
         Py_RETURN_NONE;
     return PyBool_FromLong(g->blocking);
-}
-
-static int get_set_blocking(PyObject *self, PyObject *v, void *Py_UNUSED(c))
-{
-    int b = v ? PyObject_IsTrue(v) : 0;
-    if (b < 0)
-        return -1;
-    ((CmGetObject *)self)->blocking = b;
-    return 0;
 }
 
 /* Sent to (or thrown into) while waiting. */
@@ -2002,7 +2000,7 @@ static PyMethodDef get_methods[] = {
     {"send", get_send, METH_O, NULL},
     {"throw", (PyCFunction)(void (*)(void))get_throw, METH_FASTCALL, NULL},
     {"close", get_close, METH_NOARGS, NULL},
-    /* the future protocol of a waiter (see "a waiter is its own future") */
+    /* the future protocol of a waiting Get (see "a Get is its own future") */
     {"add_done_callback", (PyCFunction)(void (*)(void))get_add_done_callback,
      METH_FASTCALL | METH_KEYWORDS, NULL},
     {"remove_done_callback", get_remove_done_callback, METH_O, NULL},
@@ -2020,7 +2018,8 @@ static PyMemberDef get_members[] = {
 };
 
 static PyGetSetDef get_getset[] = {
-    {"_asyncio_future_blocking", get_get_blocking, get_set_blocking, NULL, NULL},
+    {"_asyncio_future_blocking", get_get_blocking, set_blocking, NULL,
+     (void *)offsetof(CmGetObject, blocking)},
     {NULL},
 };
 

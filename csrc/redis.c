@@ -1598,16 +1598,23 @@ static int ttl_ms(CmState *st, PyObject *ttl, long long *out)
     return 0;
 }
 
+/* 0, or -1 with RedisError when the client has no pool (closed) */
+static int client_check_open(CmRedisClientObject *self)
+{
+    if (self->pool != NULL || self->cluster != NULL)
+        return 0;
+    PyErr_SetString(self->st->RedisError, "redis storage is closed or not initialised");
+    return -1;
+}
+
 /* The common start of a storage call: the running loop and a future. */
 static CmRedisOp *start_op(CmRedisClientObject *self, int kind, PyObject **loop)
 {
     CmState *st = self->st;
     CmRedisOp *op = NULL;
     PyObject *fut = NULL;
-    if (self->pool == NULL && self->cluster == NULL) {
-        PyErr_SetString(st->RedisError, "redis storage is closed or not initialised");
+    if (client_check_open(self) < 0)
         goto done;
-    }
     if ((*loop = cm_loop_running(st)) == NULL)
         goto done;
     if ((fut = cm_loop_create_future(st, *loop)) == NULL)
@@ -1631,6 +1638,44 @@ static PyObject *finish_op(CmRedisOp *op, PyObject *loop)
     return fut;
 }
 
+/* The GET of op (the key stolen), sent on loop. */
+static void send_get(CmRedisClientObject *self, PyObject *loop, CmRedisOp *op, PyObject *key,
+                     PyObject *ser)
+{
+    op->key = key;
+    op->ser = Py_NewRef(pick_serializer(self, ser));
+    CmRedisEntry e = {.op = op, .cmd = CM_CMD_GET, .npos = 1};
+    send_entry(self, loop, &e, NULL);
+}
+
+/* The SET of op (key and payload stolen), sent on loop. */
+static void send_set(CmRedisClientObject *self, PyObject *loop, CmRedisOp *op, PyObject *key,
+                     PyObject *payload, long long ms)
+{
+    op->key = key;
+    op->value = payload;
+    op->ttl_ms = ms;
+    CmRedisEntry e = {.op = op, .cmd = CM_CMD_SET, .npos = 1};
+    send_entry(self, loop, &e, NULL);
+}
+
+/* What SET node=value sends: its key, payload and TTL (ms, -1 none). 0, or -1
+ * with an exception and nothing to release. */
+static int set_args(CmRedisClientObject *self, PyObject *node, PyObject *value, PyObject *ttl,
+                    PyObject *ser, PyObject **key, PyObject **payload, long long *ms)
+{
+    CmState *st = self->st;
+    *payload = NULL;
+    if ((*key = cm_key_of_node(st, node)) == NULL)
+        return -1;
+    if (ttl_ms(st, ttl, ms) < 0 ||
+        (*payload = encode_value(st, pick_serializer(self, ser), value)) == NULL) {
+        Py_CLEAR(*key);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *client_get(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *loop = NULL;
@@ -1646,10 +1691,7 @@ static PyObject *client_get(CmRedisClientObject *self, PyObject *const *args, Py
         Py_DECREF(key);
         return NULL;
     }
-    op->key = key;
-    op->ser = Py_NewRef(pick_serializer(self, args[1]));
-    CmRedisEntry e = {.op = op, .cmd = CM_CMD_GET, .npos = 1};
-    send_entry(self, loop, &e, NULL);
+    send_get(self, loop, op, key, args[1]);
     return finish_op(op, loop);
 }
 
@@ -1683,10 +1725,8 @@ int cm_redis_direct(CmState *st, PyObject *storage, PyObject *name)
 
 static CmRedisOp *op_for(CmRedisClientObject *self, int kind, PyObject *get)
 {
-    if (self->pool == NULL && self->cluster == NULL) {
-        PyErr_SetString(self->st->RedisError, "redis storage is closed or not initialised");
+    if (client_check_open(self) < 0)
         return NULL;
-    }
     CmRedisOp *op = op_new(self, kind, NULL);
     if (op != NULL)
         op->get = Py_NewRef(get);
@@ -1705,10 +1745,7 @@ CmRedisOp *cm_redis_get_for(PyObject *client, PyObject *node, PyObject *ser, PyO
         Py_DECREF(key);
         return NULL;
     }
-    op->key = key;
-    op->ser = Py_NewRef(pick_serializer(self, ser));
-    CmRedisEntry e = {.op = op, .cmd = CM_CMD_GET, .npos = 1};
-    send_entry(self, loop, &e, NULL);
+    send_get(self, loop, op, key, ser);
     return op;
 }
 
@@ -1716,22 +1753,17 @@ CmRedisOp *cm_redis_set_for(PyObject *client, PyObject *node, PyObject *value, P
                             PyObject *ser, PyObject *loop, PyObject *get)
 {
     CmRedisClientObject *self = (CmRedisClientObject *)client;
-    CmState *st = self->st;
-    PyObject *key = NULL, *payload = NULL;
+    PyObject *key, *payload;
     long long ms;
-    CmRedisOp *op = NULL;
-    if ((key = cm_key_of_node(st, node)) == NULL || ttl_ms(st, ttl, &ms) < 0 ||
-        (payload = encode_value(st, pick_serializer(self, ser), value)) == NULL ||
-        (op = op_for(self, OP_SET, get)) == NULL) {
-        Py_XDECREF(key);
-        Py_XDECREF(payload);
+    if (set_args(self, node, value, ttl, ser, &key, &payload, &ms) < 0)
+        return NULL;
+    CmRedisOp *op = op_for(self, OP_SET, get);
+    if (op == NULL) {
+        Py_DECREF(key);
+        Py_DECREF(payload);
         return NULL;
     }
-    op->key = key;
-    op->value = payload;
-    op->ttl_ms = ms;
-    CmRedisEntry e = {.op = op, .cmd = CM_CMD_SET, .npos = 1};
-    send_entry(self, loop, &e, NULL);
+    send_set(self, loop, op, key, payload, ms);
     return op;
 }
 
@@ -1761,29 +1793,22 @@ static PyObject *client_remove(CmRedisClientObject *self, PyObject *node)
 
 static PyObject *client_set(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    CmState *st = self->st;
-    PyObject *loop = NULL, *key = NULL, *payload = NULL;
+    PyObject *loop = NULL, *key, *payload;
     long long ms;
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "set(node, value, ttl, serializer)");
         return NULL;
     }
-    if ((key = cm_key_of_node(st, args[0])) == NULL || ttl_ms(st, args[2], &ms) < 0 ||
-        (payload = encode_value(st, pick_serializer(self, args[3]), args[1])) == NULL)
-        goto fail;
+    if (set_args(self, args[0], args[1], args[2], args[3], &key, &payload, &ms) < 0)
+        return NULL;
     CmRedisOp *op = start_op(self, OP_SET, &loop);
-    if (op == NULL)
-        goto fail;
-    op->key = key;
-    op->value = payload;
-    op->ttl_ms = ms;
-    CmRedisEntry e = {.op = op, .cmd = CM_CMD_SET, .npos = 1};
-    send_entry(self, loop, &e, NULL);
+    if (op == NULL) {
+        Py_DECREF(key);
+        Py_DECREF(payload);
+        return NULL;
+    }
+    send_set(self, loop, op, key, payload, ms);
     return finish_op(op, loop);
-fail:
-    Py_XDECREF(key);
-    Py_XDECREF(payload);
-    return NULL;
 }
 
 static int cmp_slot_pos(const void *a, const void *b)

@@ -98,8 +98,8 @@ typedef struct {
      * of their own run in it instead of a copy made per callback (loop.c) */
     PyObject *empty_context;
     PyObject *kw_context;
-    /* FlightProxy and waiting Get objects to wake from one callback (wake_cb, bound to the
-     * module) on wake_loop: see cm_proxy_wake_later (flight.c) */
+    /* FlightProxy and waiting Get objects to wake from one callback (wake_cb,
+     * bound to the module) on wake_loop: see wake_batch_add (flight.c) */
     PyObject *wake_batch, *wake_loop, *wake_cb;
 
     /* cacheme.models._FullKeySlot: Node's base whose one slot holds the
@@ -123,7 +123,7 @@ typedef struct {
     void *proxy_free; /* and of FlightProxy objects, up to CM_PROXY_FREE_MAX */
     size_t proxy_free_len;
     /* a done Future (result None) on done_loop, handed to a Task's wakeup
-     * for an outcome the Task only needs to resume on (run_wakeup) */
+     * for an outcome the Task only needs to resume on (waiter_fire) */
     PyObject *done_future, *done_loop;
     PyObject *TaskType; /* asyncio.Task */
 

@@ -1,6 +1,7 @@
 """The SQL storages (PostgreSQL, MySQL/MariaDB, SQLite) against real
 servers: temporary ones started on free ports (tests/sql_servers.py)."""
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -968,6 +969,27 @@ def _proxied(url, port):
     return url.replace(f"{u.hostname}:{u.port}", f"127.0.0.1:{port}", 1), (u.hostname, u.port)
 
 
+@contextlib.asynccontextmanager
+async def _slow_storage(url, delay, busy_poll):
+    """A storage whose replies come `delay` seconds late (through a proxy),
+    on a table holding a = b"1"."""
+    table = unique("cm_t")
+    name = await register(url, table=table)
+    await storage_of(name).set(K("a"), b"1", None, None)
+    _, target = _proxied(url, 0)
+    proxy = DelayProxy(target[0], target[1], delay)
+    try:
+        purl, _ = _proxied(url, proxy.port)
+        s = cacheme.Storage(url=purl, table=table, busy_poll=busy_poll)
+        await s.connect()
+        try:
+            yield s._storage
+        finally:
+            await s.close()
+    finally:
+        proxy.close()
+
+
 async def test_busy_poll_option(url, backend):
     _networked(backend)
     default = 0.0002 if len(os.sched_getaffinity(0)) > 1 else 0.0
@@ -1018,24 +1040,13 @@ async def test_busy_poll_never_delays_ready_tasks(url, backend):
     # driver reads right after sending (which completes a get at once, as
     # awaiting a done future would).
     _networked(backend)
-    table = unique("cm_t")
-    name = await register(url, table=table)
-    await storage_of(name).set(K("a"), b"1", None, None)
-    purl, target = _proxied(url, 0)
-    proxy = DelayProxy(target[0], target[1], 0.002)
-    try:
-        purl, _ = _proxied(url, proxy.port)
-        s = cacheme.Storage(url=purl, table=table, busy_poll=0.005)
-        await s.connect()
-        assert await s._storage.get(K("a"), None) == b"1"
+    async with _slow_storage(url, 0.002, busy_poll=0.005) as s:
+        assert await s.get(K("a"), None) == b"1"
         async with ReadyTask() as other:
-            before, start = s._storage.pool_info(), other.ticks
+            before, start = s.pool_info(), other.ticks
             for _ in range(100):
-                assert await s._storage.get(K("a"), None) == b"1"
-            after = s._storage.pool_info()
-        await s.close()
-    finally:
-        proxy.close()
+                assert await s.get(K("a"), None) == b"1"
+            after = s.pool_info()
     assert other.ticks - start >= 100, (before, after)
     for k in ("busy_poll_hits", "busy_poll_timeouts", "busy_poll_inline"):
         assert after[k] == before[k], (before, after)
@@ -1072,21 +1083,10 @@ async def test_busy_poll_backs_off_on_a_slow_server(url, backend):
     # requests that skip it, so 100 reads spin about log2(100) times
     _networked(backend)
     needs_two_cpus()
-    table = unique("cm_t")
-    name = await register(url, table=table)
-    await storage_of(name).set(K("a"), b"1", None, None)
-    purl, target = _proxied(url, 0)
-    proxy = DelayProxy(target[0], target[1], 0.003)
-    try:
-        purl, _ = _proxied(url, proxy.port)
-        s = cacheme.Storage(url=purl, table=table, busy_poll=0.0002)
-        await s.connect()
+    async with _slow_storage(url, 0.003, busy_poll=0.0002) as s:
         for _ in range(100):
-            assert await s._storage.get(K("a"), None) == b"1"
-        info = s._storage.pool_info()
-        await s.close()
-    finally:
-        proxy.close()
+            assert await s.get(K("a"), None) == b"1"
+        info = s.pool_info()
     assert info["busy_poll_hits"] == 0, info
     assert 3 <= info["busy_poll_timeouts"] <= 8, info
 
