@@ -315,6 +315,7 @@ typedef struct {
     struct CmRedisOp *dop; /* borrowed: the op holds us until it finishes */
     PyObject *dres, *derr; /* its outcome */
     int untracked;         /* get_held took it out of the collector's lists */
+    int wcb_untracked;     /* ... and the Task's wakeup with it (wcb_track) */
     void *free_next;       /* in the free list (st->get_free) */
 } CmGetObject;
 
@@ -333,9 +334,25 @@ static void get_held(PyObject *o)
     }
 }
 
+/* The Task's wakeup (wcb) held by a held Get is untracked with it: the Task
+ * drops its own reference once it has handed it to add_done_callback, so
+ * ours is the only one, and nothing the collector could free hangs on it
+ * while the Get is held (each waiting request would otherwise take one more
+ * object through every young collection of its wait). It is tracked again
+ * before the Get lets it go or is let go itself. */
+static void wcb_track(CmGetObject *g)
+{
+    if (g->wcb_untracked) {
+        g->wcb_untracked = 0;
+        if (g->wcb != NULL && !PyObject_GC_IsTracked(g->wcb))
+            PyObject_GC_Track(g->wcb);
+    }
+}
+
 static void get_unheld(PyObject *o)
 {
     CmGetObject *g = (CmGetObject *)o;
+    wcb_track(g);
     if (g->untracked) {
         g->untracked = 0;
         PyObject_GC_Track(o);
@@ -825,6 +842,14 @@ static int become_waiter(CmGetObject *g, CmFlight *fl)
     }
     g->mode = M_WAIT;
     g->wstate = W_JOINED;
+    /* a waiter needs only its flight's outcome: the node and the loader
+     * (what a leader would load with) go now, young, rather than live as
+     * long as the wait and cross the collector's generations with it */
+    Py_CLEAR(g->node);
+    Py_CLEAR(g->load_fn);
+    Py_CLEAR(g->memo_fn);
+    Py_CLEAR(g->memo_argv);
+    Py_CLEAR(g->memo_kwnames);
     return 0;
 }
 
@@ -834,6 +859,7 @@ static void leave_flight(CmGetObject *g)
 {
     CmState *st = g->st;
     CmFlight *fl = g->fl;
+    wcb_track(g);
     Py_CLEAR(g->wcb);
     Py_CLEAR(g->wctx);
     if (g->wstate == W_JOINED || g->wstate == W_PENDING)
@@ -1102,6 +1128,31 @@ static void proxy_fire(PyObject *self)
 
 static void waiter_fire(CmGetObject *g);
 
+/* A batch wakes thousands of Tasks at high concurrency, each of them (its
+ * Get, the wakeup, the Task) long out of the cache: the memory of the ones a
+ * few places ahead is asked for while this one runs, in the order each is
+ * read from the one before, rather than waited for one miss at a time. */
+static void prefetch_wake(CmState *st, PyObject *batch, Py_ssize_t n, Py_ssize_t i)
+{
+    if (i + 6 < n)
+        __builtin_prefetch(PyList_GET_ITEM(batch, i + 6));
+    if (i + 3 < n) {
+        PyObject *o = PyList_GET_ITEM(batch, i + 3);
+        if (Py_IS_TYPE(o, st->GetType) && ((CmGetObject *)o)->wcb != NULL)
+            __builtin_prefetch(((CmGetObject *)o)->wcb);
+    }
+    if (i + 1 < n) {
+        PyObject *o = PyList_GET_ITEM(batch, i + 1);
+        PyObject *cb = Py_IS_TYPE(o, st->GetType) ? ((CmGetObject *)o)->wcb : NULL;
+        if (cb != NULL && PyCFunction_Check(cb) && PyCFunction_GET_SELF(cb) != NULL) {
+            char *t = (char *)PyCFunction_GET_SELF(cb);
+            __builtin_prefetch(t);
+            __builtin_prefetch(t + 64);
+            __builtin_prefetch(t + 128);
+        }
+    }
+}
+
 static PyObject *wake_batch_run(PyObject *mod, PyObject *Py_UNUSED(unused))
 {
     CmState *st = cm_state_from_module(mod);
@@ -1113,7 +1164,9 @@ static PyObject *wake_batch_run(PyObject *mod, PyObject *Py_UNUSED(unused))
          * is freed before the next one allocates (a batch holds thousands
          * at high concurrency, and frees that come after the collector has
          * reset its count are lost to it: it would collect more often) */
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
+        Py_ssize_t n = PyList_GET_SIZE(batch);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            prefetch_wake(st, batch, n, i);
             PyObject *o = PyList_GET_ITEM(batch, i);
             PyList_SET_ITEM(batch, i, Py_NewRef(Py_None));
             if (Py_IS_TYPE(o, st->GetType))
@@ -1548,6 +1601,7 @@ static PyObject *waiter_cancelled_error(CmGetObject *g)
 static void waiter_fire(CmGetObject *g)
 {
     PyObject *arg = (PyObject *)g;
+    wcb_track(g);
     if (g->wstate == W_SETTLED && (g->mode != M_WAIT || g->fl->exc == NULL) &&
         is_task_wakeup(g->st, g->wcb)) {
         PyObject *f = done_future(g->st, g->wloop);
@@ -1561,6 +1615,7 @@ static void waiter_fire(CmGetObject *g)
  * cb(g) on the loop in the Task's context. */
 static void waiter_wake(CmState *st, CmGetObject *g)
 {
+    wcb_track(g);
     if (wake_batch_add(st, (PyObject *)g, g->wloop) < 0 &&
         schedule_wakeup(st, g->wloop, &g->wcb, &g->wctx, (PyObject *)g) < 0) {
         PyErr_Clear();
@@ -1604,12 +1659,17 @@ static PyObject *get_add_done_callback(PyObject *self, PyObject *const *args, Py
     }
     g->wcb = Py_NewRef(fn);
     g->wctx = Py_XNewRef(ctx);
+    if (g->untracked && is_task_wakeup(g->st, fn) && PyObject_GC_IsTracked(fn)) {
+        PyObject_GC_UnTrack(fn);
+        g->wcb_untracked = 1;
+    }
     Py_RETURN_NONE;
 }
 
 static PyObject *get_remove_done_callback(PyObject *self, PyObject *fn)
 {
     CmGetObject *g = (CmGetObject *)self;
+    wcb_track(g);
     return remove_wakeup(&g->wcb, &g->wctx, fn);
 }
 
@@ -1964,6 +2024,7 @@ static int get_clear(PyObject *self)
     Py_CLEAR(g->pending);
     Py_CLEAR(g->value);
     Py_CLEAR(g->wloop);
+    wcb_track(g);
     Py_CLEAR(g->wcb);
     Py_CLEAR(g->wctx);
     Py_CLEAR(g->wmsg);

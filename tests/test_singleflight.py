@@ -504,3 +504,86 @@ def test_waiters_need_no_future():
 
     # (one done future per loop is shared by every waiter's wakeup)
     assert futures_made(50) == futures_made(5) <= futures_made(1) + 1
+
+
+async def test_a_waiter_lets_its_node_and_arguments_go_at_once():
+    """A waiter needs only its flight's outcome: its node (and a memoized
+    call's arguments) are freed when it joins, not when the flight ends."""
+    import weakref
+
+    name = await register_local()
+    src = Source()
+    N = node_class(name, src)
+    leader = asyncio.ensure_future(cacheme.get(N(1)))
+    await src.started.wait()
+    node = N(1)
+    ref = weakref.ref(node)
+    waiter = asyncio.ensure_future(cacheme.get(node))
+    del node
+    await asyncio.sleep(0)  # the waiter has joined the leader's flight
+    assert ref() is None
+    assert not waiter.done()
+
+    class Arg:
+        def __init__(self, uid):
+            self.uid = uid
+
+    @cacheme.Memoize(N)
+    async def fetch(arg):
+        return await src.load(arg.uid)
+
+    @fetch.to_node
+    def _(arg):
+        return N(uid=arg.uid)
+
+    src.calls.clear()
+    arg = Arg(2)
+    memo_leader = asyncio.ensure_future(fetch(Arg(2)))
+    await asyncio.sleep(0.01)
+    aref = weakref.ref(arg)
+    memo_waiter = asyncio.ensure_future(fetch(arg))
+    del arg
+    await asyncio.sleep(0)
+    assert aref() is None
+    assert not memo_waiter.done()
+    src.gate.set()
+    assert await asyncio.gather(leader, waiter) == ["value-1"] * 2
+    assert await asyncio.gather(memo_leader, memo_waiter) == ["value-2"] * 2
+    assert src.calls == [2]
+    assert flights() == 0
+
+
+async def test_a_waiting_tasks_wakeup_is_out_of_the_collector_while_it_waits():
+    """The wakeup a Task hands a waiting get() is held by that get alone,
+    and kept out of the cyclic collector while the flight holds the get;
+    it is tracked again as soon as the get is let go (here, cancelled), so
+    nothing can be left untracked in a cycle."""
+    import gc
+    import weakref
+
+    name = await register_local()
+    src = Source()
+    N = node_class(name, src)
+    leader = asyncio.ensure_future(cacheme.get(N(1)))
+    await src.started.wait()
+    waiters = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(3)]
+    await asyncio.sleep(0)
+    wakeups = []
+    for t in waiters:
+        get = t._fut_waiter
+        assert type(get).__name__ == "Get" and not gc.is_tracked(get)
+        (cb,) = [o for o in gc.get_referents(get) if getattr(o, "__self__", None) is t]
+        assert not gc.is_tracked(cb)
+        wakeups.append(cb)
+    waiters[0].cancel()  # cancel() lets that get go at once
+    assert gc.is_tracked(wakeups[0])
+    assert not gc.is_tracked(wakeups[1])
+    src.gate.set()
+    results = await asyncio.gather(leader, *waiters, return_exceptions=True)
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert results[0] == results[2] == results[3] == "value-1"
+    assert all(gc.is_tracked(cb) for cb in wakeups)
+    refs = [weakref.ref(cb) for cb in wakeups]
+    del cb, wakeups
+    assert [r() for r in refs] == [None] * 3  # nothing else held them
+    assert flights() == 0
