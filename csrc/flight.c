@@ -403,7 +403,6 @@ static void direct_detach(CmGetObject *g)
 void cm_get_op_done(CmState *st, PyObject *o, PyObject *res, PyObject *err)
 {
     CmGetObject *g = (CmGetObject *)o;
-    get_unheld(o);
     g->dop = NULL;
     g->dwait = DW_DONE;
     Py_XSETREF(g->dres, Py_XNewRef(res));
@@ -415,6 +414,7 @@ void cm_get_op_done(CmState *st, PyObject *o, PyObject *res, PyObject *err)
             return;
         }
     }
+    get_unheld(o);
     Py_DECREF(g);
 }
 
@@ -1169,10 +1169,17 @@ static PyObject *wake_batch_run(PyObject *mod, PyObject *Py_UNUSED(unused))
             prefetch_wake(st, batch, n, i);
             PyObject *o = PyList_GET_ITEM(batch, i);
             PyList_SET_ITEM(batch, i, Py_NewRef(Py_None));
-            if (Py_IS_TYPE(o, st->GetType))
-                waiter_fire((CmGetObject *)o);
-            else
+            if (Py_IS_TYPE(o, st->GetType)) {
+                CmGetObject *g = (CmGetObject *)o;
+                waiter_fire(g);
+                /* held out of the collector until now: back in if anything
+                 * but the batch still holds it, or its Task may come back
+                 * to it; a Get that is done and only ours just goes */
+                if (g->untracked && (Py_REFCNT(o) > 1 || g->mode != M_DONE))
+                    get_unheld(o);
+            } else {
                 proxy_fire(o);
+            }
             Py_DECREF(o);
         }
         Py_DECREF(batch);
@@ -1601,25 +1608,37 @@ static PyObject *waiter_cancelled_error(CmGetObject *g)
 static void waiter_fire(CmGetObject *g)
 {
     PyObject *arg = (PyObject *)g;
-    wcb_track(g);
     if (g->wstate == W_SETTLED && (g->mode != M_WAIT || g->fl->exc == NULL) &&
         is_task_wakeup(g->st, g->wcb)) {
         PyObject *f = done_future(g->st, g->wloop);
         if (f != NULL)
             arg = f;
     }
+    /* an untracked wakeup (wcb_track) is tracked again only if something
+     * else still holds it after the call; else it just goes */
+    PyObject *cb = Py_XNewRef(g->wcb);
+    int untracked = g->wcb_untracked;
+    g->wcb_untracked = 0;
     run_wakeup(&g->wcb, &g->wctx, arg);
+    if (cb != NULL) {
+        if (untracked && Py_REFCNT(cb) > 1 && !PyObject_GC_IsTracked(cb))
+            PyObject_GC_Track(cb);
+        Py_DECREF(cb);
+    }
 }
 
 /* Wake g's Task (g stolen) from the next batch; else, as a Future would,
  * cb(g) on the loop in the Task's context. */
 static void waiter_wake(CmState *st, CmGetObject *g)
 {
-    wcb_track(g);
-    if (wake_batch_add(st, (PyObject *)g, g->wloop) < 0 &&
-        schedule_wakeup(st, g->wloop, &g->wcb, &g->wctx, (PyObject *)g) < 0) {
-        PyErr_Clear();
-        waiter_fire(g); /* the loop is gone: wake it now rather than never */
+    /* A Get its flight or op held out of the collector stays out while the
+     * batch holds it (wake_batch_run) */
+    if (wake_batch_add(st, (PyObject *)g, g->wloop) < 0) {
+        get_unheld((PyObject *)g);
+        if (schedule_wakeup(st, g->wloop, &g->wcb, &g->wctx, (PyObject *)g) < 0) {
+            PyErr_Clear();
+            waiter_fire(g); /* the loop is gone: wake it now rather than never */
+        }
     }
     Py_DECREF(g);
 }
@@ -1628,7 +1647,6 @@ static void waiter_wake(CmState *st, CmGetObject *g)
 static void waiter_settled(CmState *st, PyObject *o, int cancelled)
 {
     CmGetObject *g = (CmGetObject *)o;
-    get_unheld(o);
     if (g->wstate == W_JOINED || g->wstate == W_PENDING) {
         g->wstate = cancelled ? W_CANCELLED : W_SETTLED;
         if (g->wcb != NULL) {
@@ -1636,6 +1654,7 @@ static void waiter_settled(CmState *st, PyObject *o, int cancelled)
             return;
         }
     }
+    get_unheld(o);
     Py_DECREF(g);
 }
 

@@ -989,6 +989,49 @@ async def test_gets_in_a_cycle_are_collected_after_their_redis_calls(redis_serve
     await storage_of(name).close()
 
 
+
+async def test_a_leader_abandoned_in_its_load_after_a_redis_miss_is_collected(redis_server):
+    """A leader woken by its GET (a miss) goes on to load, held by nothing
+    but its Task: it is back in the collector's lists, so a Task abandoned
+    there (its load waits on a future nobody has) is collected whole."""
+    import weakref
+
+    name = await register_redis(redis_server.url)
+    started = asyncio.Event()
+
+    @dataclasses.dataclass
+    class Hang(cacheme.Node):
+        uid: int
+
+        def key(self) -> str:
+            return f"hang:{self.uid}"
+
+        async def load(self):
+            started.set()
+            await asyncio.get_running_loop().create_future()  # never set
+
+        class Meta(cacheme.Node.Meta):
+            pass
+
+    Hang.Meta.caches = [cacheme.Cache(storage=name, ttl=None)]
+    Hang.__qualname__ = unique("Hang")
+    loop = asyncio.get_running_loop()
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda loop, ctx: None)  # "Task was destroyed but it is pending"
+    try:
+        node = Hang(1)
+        ref = weakref.ref(node)
+        task = asyncio.ensure_future(cacheme.get(node))
+        del node
+        await asyncio.wait_for(started.wait(), 5)
+        assert not task.done()
+        del task
+        gc.collect()
+        assert ref() is None
+    finally:
+        loop.set_exception_handler(handler)
+    await storage_of(name).close()
+
 FLIGHT_LEAK = r'''
 import asyncio, dataclasses, sys
 import cacheme
