@@ -57,6 +57,7 @@ else:
     get = _core.get
 
 _LocalStore = _core.LocalStore
+_NODE_LOAD_ALL = Node.load_all.__func__  # type: ignore[attr-defined]
 
 
 def _check_same_class(nodes: Sequence[Node[Any]]) -> type:
@@ -182,12 +183,29 @@ async def _load_batch(cls, caches, serializer, doorkeeper, metrics, pending, lea
                     hits += 1
             metrics._record_storage(name, hits, len(todo), errors)
             remote_missed.append((i, list(todo)))
+        # what the remote caches had is settled now: its waiters (other
+        # get_all calls, single gets) need not wait for the others' loads
+        for key, value in found.items():
+            lead[key].resolve(value)
+        settled = set(found)
         if todo:
             start = time.monotonic_ns()
+            loads = len(settled)
             try:
-                loaded = await cls.load_all(tuple(todo.values()))
+                if getattr(cls.load_all, "__func__", None) is _NODE_LOAD_ALL:
+                    # Node.load_all's own loop (each load in turn), each
+                    # flight settled as soon as its load is in
+                    loaded = []
+                    for key, node in todo.items():
+                        value = await node.load()
+                        loaded.append((node, value))
+                        lead[key].resolve(value)
+                        settled.add(key)
+                else:
+                    loaded = await cls.load_all(tuple(todo.values()))
             except BaseException:
-                metrics._record(0, 0, 0, len(todo), time.monotonic_ns() - start)
+                ok = len(settled) - loads
+                metrics._record(0, 0, ok, len(todo) - ok, time.monotonic_ns() - start)
                 raise
             elapsed = time.monotonic_ns() - start
             got_keys = set()
@@ -204,7 +222,7 @@ async def _load_batch(cls, caches, serializer, doorkeeper, metrics, pending, lea
                 )
                 lead[key].fail(err)
             if left:
-                for key in found:
+                for key in got_keys - settled:
                     lead[key].resolve(found[key])
                 raise KeyError(
                     f"{cls.__qualname__}.load_all() returned no value for "
@@ -220,7 +238,8 @@ async def _load_batch(cls, caches, serializer, doorkeeper, metrics, pending, lea
     admitted = {}
     for key, value in found.items():
         h = lead[key]
-        h.resolve(value)
+        if key not in settled:
+            h.resolve(value)
         if h.stale():
             continue
         if doorkeeper is not None and not _doorkeeper_admits(doorkeeper, key):

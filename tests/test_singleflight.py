@@ -328,6 +328,8 @@ class DictStorage(BaseStorage):
 
     async def get_by_keys(self, keys):
         self.gets += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.fail_get:
             raise ConnectionError("storage down")
         return {k: self.data.get(k) for k in keys}
@@ -586,4 +588,121 @@ async def test_a_waiting_tasks_wakeup_is_out_of_the_collector_while_it_waits():
     refs = [weakref.ref(cb) for cb in wakeups]
     del cb, wakeups
     assert [r() for r in refs] == [None] * 3  # nothing else held them
+    assert flights() == 0
+
+
+class Gates:
+    """A source whose loads each wait on their own key's gate."""
+
+    def __init__(self):
+        self.gates = {}
+        self.calls = []
+        self.done = []
+        self.fail = {}
+
+    def open(self, uid):
+        self.gates.setdefault(uid, asyncio.Event()).set()
+
+    async def load(self, uid):
+        self.calls.append(uid)
+        await self.gates.setdefault(uid, asyncio.Event()).wait()
+        if uid in self.fail:
+            raise self.fail[uid]
+        self.done.append(uid)
+        return f"value-{uid}"
+
+
+def plain_node_class(caches, source):
+    """A node that keeps Node.load_all (each load in turn)."""
+
+    @dataclasses.dataclass
+    class PlainNode(Node):
+        uid: int
+
+        def key(self):
+            return f"plain:{self.uid}"
+
+        async def load(self):
+            return await source.load(self.uid)
+
+        class Meta(Node.Meta):
+            pass
+
+    PlainNode.Meta.caches = caches
+    return PlainNode
+
+
+async def test_get_all_settles_each_flight_as_its_load_comes_in():
+    """With Node.load_all, a get_all loads its misses one after the other,
+    as 0.3.0 did, and each key's waiters have their value as soon as that
+    key's load is in, not when the last load of the batch is."""
+    name = await register_local()
+    src = Gates()
+    N = plain_node_class([Cache(storage=name, ttl=None)], src)
+    batch = asyncio.ensure_future(cacheme.get_all([N(1), N(2), N(3)]))
+    await asyncio.sleep(0.01)
+    assert src.calls == [1]  # in turn
+    waiters = [asyncio.ensure_future(cacheme.get(N(u))) for u in (1, 2)]
+    await asyncio.sleep(0.01)
+    src.open(1)
+    assert await asyncio.wait_for(waiters[0], 1) == "value-1"
+    await asyncio.sleep(0.01)
+    assert src.calls == [1, 2] and not waiters[1].done() and not batch.done()
+    src.open(2)
+    assert await asyncio.wait_for(waiters[1], 1) == "value-2"
+    assert not batch.done()
+    src.open(3)
+    assert await batch == ["value-1", "value-2", "value-3"]
+    assert src.calls == [1, 2, 3]
+    m = cacheme.stats(N)
+    assert m.load_success_count() == 3 and m.load_failure_count() == 0
+    assert flights() == 0
+
+
+async def test_get_all_load_failing_midway_keeps_what_was_loaded():
+    """A load that raises ends the batch (the rest are not loaded); the
+    waiters of keys loaded before it have their values, the others the
+    error; nothing stays in flight."""
+    name = await register_local()
+    src = Gates()
+    src.fail[2] = RuntimeError("load 2 failed")
+    N = plain_node_class([Cache(storage=name, ttl=None)], src)
+    batch = asyncio.ensure_future(cacheme.get_all([N(1), N(2), N(3)]))
+    await asyncio.sleep(0.01)
+    waiters = [asyncio.ensure_future(cacheme.get(N(u))) for u in (1, 2, 3)]
+    await asyncio.sleep(0.01)
+    for u in (1, 2, 3):
+        src.open(u)
+    with pytest.raises(RuntimeError, match="load 2 failed"):
+        await batch
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert results[0] == "value-1"
+    assert isinstance(results[1], RuntimeError) and isinstance(results[2], RuntimeError)
+    assert src.calls == [1, 2]
+    m = cacheme.stats(N)
+    assert m.load_success_count() == 1 and m.load_failure_count() == 2
+    assert flights() == 0
+
+
+async def test_get_all_remote_hits_settle_before_the_loads_of_the_others():
+    """Keys a remote cache has are settled when its get_all comes back:
+    their waiters do not wait for the loads of the batch's other keys."""
+    local = await register_local()
+    remote = DictStorage(delay=0.01)
+    rname = f"remote-{id(remote)}"
+    await cacheme.register_storage(rname, remote)
+    src = Gates()
+    N = plain_node_class([Cache(storage=local, ttl=None), Cache(storage=rname, ttl=None)], src)
+    src.open(1)
+    assert await cacheme.get(N(1)) == "value-1"  # now in the remote cache
+    local2 = await register_local()  # a fresh local cache in front: 1 is only remote
+    N2 = plain_node_class([Cache(storage=local2, ttl=None), Cache(storage=rname, ttl=None)], src)
+    batch = asyncio.ensure_future(cacheme.get_all([N2(1), N2(2)]))
+    await asyncio.sleep(0)
+    waiter = asyncio.ensure_future(cacheme.get(N2(1)))  # joins the batch's flight of 1
+    assert await asyncio.wait_for(waiter, 1) == "value-1"
+    await asyncio.sleep(0.01)
+    assert not batch.done() and src.calls == [1, 2]  # 2 is still loading
+    src.open(2)
+    assert await batch == ["value-1", "value-2"]
     assert flights() == 0
