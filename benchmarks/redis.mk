@@ -6,6 +6,7 @@
 #                                ours vs cacheme 0.3.0, aiocache, cashews (each in its own venv)
 #   make bench-redis-throughput  single-connection GET/s: ours vs redis-benchmark (the C ceiling)
 #   make bench-redis-venvs       (re)create the peer venvs under .bench/ (idempotent)
+#   make bench-asyncio-suspend   what asyncio itself costs per Task suspension and wakeup
 #
 # Knobs: make bench-redis BENCH_REDIS_ARGS="--workers 1000 --contenders ours,030"
 
@@ -13,7 +14,7 @@ REDIS_BENCH_SRC := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 BENCH_PYTHON ?= python3
 BENCH_REDIS_ARGS ?=
 
-.PHONY: bench-redis bench-redis-throughput bench-redis-venvs
+.PHONY: bench-redis bench-redis-throughput bench-redis-venvs bench-asyncio-suspend
 
 bench-redis-venvs:
 	PYTHON=$(BENCH_PYTHON) bash $(REDIS_BENCH_SRC)/redis_venvs.sh
@@ -23,3 +24,6 @@ bench-redis: venv bench-redis-venvs
 
 bench-redis-throughput: venv
 	$(BENCH_PYTHON) $(REDIS_BENCH_SRC)/run_redis.py --ours-python $(PY) --throughput $(BENCH_REDIS_ARGS)
+
+bench-asyncio-suspend:
+	$(BENCH_PYTHON) $(REDIS_BENCH_SRC)/asyncio_suspend.py

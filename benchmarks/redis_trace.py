@@ -12,7 +12,9 @@ requests are queued as coroutines and run by N workers. Prints one JSON line:
 
 CONTENDER: cacheme, cacheme-2 (ours or 0.3.0, whichever `cacheme` the venv
 has; -2 = [local, redis]), aiocache, aiocache-2 (cached_stampede), cashews,
-cashews-2 (lock=True), floor (the harness alone: a dict, no Redis).
+cashews-2 (lock=True), floor (the harness alone: a dict, no Redis),
+api-floor (the floor plus what cacheme's API makes per request: a node, its
+key() and its async load()).
 """
 import argparse
 import asyncio
@@ -179,8 +181,51 @@ async def setup_floor(url: str):
     return (lambda uid: check(get, uid, uid)), None
 
 
+async def setup_api_floor(url: str):
+    """The least any implementation of cacheme's API can take in this
+    harness: per request a dataclass node, its key() and, for a new key, its
+    async load(), with the floor's dict and futures in process, no Redis."""
+    cache: dict = {}
+    flights: dict = {}
+
+    @dataclass
+    class FooNode:
+        uid: int
+
+        def key(self) -> str:
+            return f"uid:{self.uid}"
+
+        async def load(self) -> int:
+            return await source(self.uid)
+
+    async def get(node: FooNode) -> int:
+        key = f"cacheme:{node.key()}:v1"
+        if key in cache:
+            return cache[key]
+        fut = flights.get(key)
+        if fut is not None:
+            return await fut
+        fut = flights[key] = asyncio.get_running_loop().create_future()
+        try:
+            value = await node.load()
+        except BaseException as e:
+            del flights[key]
+            fut.set_exception(e)
+            raise
+        cache[key] = value
+        del flights[key]
+        fut.set_result(value)
+        return value
+
+    def get_one(u: int) -> Awaitable[Any]:
+        return get(FooNode(uid=u))
+
+    return (lambda uid: check(get_one, uid, uid)), None
+
+
 SETUPS = {
     "floor": setup_floor,
+    "api-floor": setup_api_floor,
     "cacheme": lambda url: setup_cacheme(url, False),
     "cacheme-2": lambda url: setup_cacheme(url, True),
     "aiocache": lambda url: setup_aiocache(url, False),
