@@ -35,7 +35,10 @@ class Source:
         return f"value-{uid}"
 
 
-def node_class(storage, source, caches=None):
+def node_class(storage, source, caches=None, own_load_all=True):
+    """A node loading from source; with own_load_all, a load_all of its own
+    (else Node.load_all: each load in turn)."""
+
     @dataclasses.dataclass
     class SlowNode(Node):
         uid: int
@@ -46,13 +49,14 @@ def node_class(storage, source, caches=None):
         async def load(self):
             return await source.load(self.uid)
 
-        @classmethod
-        async def load_all(cls, nodes):
-            return [(n, await source.load(n.uid)) for n in nodes]
-
         class Meta(Node.Meta):
             pass
 
+    async def load_all(cls, nodes):
+        return [(n, await source.load(n.uid)) for n in nodes]
+
+    if own_load_all:
+        SlowNode.load_all = classmethod(load_all)
     SlowNode.Meta.caches = caches or [Cache(storage=storage, ttl=None)]
     return SlowNode
 
@@ -67,6 +71,19 @@ async def concurrent_gets_of_one_key(n):
     await asyncio.sleep(0.01)
     src.gate.set()
     return await asyncio.gather(*tasks), src, N
+
+
+async def leader_with_waiters(n):
+    """A get whose load is held (gate closed) and n gets of the same key
+    joined to its flight: (source, leader task, waiter tasks)."""
+    name = await register_local()
+    src = Source()
+    N = node_class(name, src)
+    leader = asyncio.ensure_future(cacheme.get(N(1)))
+    await src.started.wait()
+    waiters = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(n)]
+    await asyncio.sleep(0)
+    return src, leader, waiters
 
 
 async def test_thousands_of_concurrent_gets_load_once():
@@ -147,13 +164,7 @@ async def test_raising_load_without_suspension():
 
 
 async def test_cancelling_the_leader_does_not_cancel_waiters():
-    name = await register_local()
-    src = Source()
-    N = node_class(name, src)
-    leader = asyncio.ensure_future(cacheme.get(N(1)))
-    await src.started.wait()
-    waiters = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(10)]
-    await asyncio.sleep(0)
+    src, leader, waiters = await leader_with_waiters(10)
     leader.cancel()
     await asyncio.sleep(0.01)
     assert leader.cancelled()
@@ -563,13 +574,7 @@ async def test_a_waiting_tasks_wakeup_is_out_of_the_collector_while_it_waits():
     import gc
     import weakref
 
-    name = await register_local()
-    src = Source()
-    N = node_class(name, src)
-    leader = asyncio.ensure_future(cacheme.get(N(1)))
-    await src.started.wait()
-    waiters = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(3)]
-    await asyncio.sleep(0)
+    src, leader, waiters = await leader_with_waiters(3)
     wakeups = []
     for t in waiters:
         get = t._fut_waiter
@@ -612,33 +617,13 @@ class Gates:
         return f"value-{uid}"
 
 
-def plain_node_class(caches, source):
-    """A node that keeps Node.load_all (each load in turn)."""
-
-    @dataclasses.dataclass
-    class PlainNode(Node):
-        uid: int
-
-        def key(self):
-            return f"plain:{self.uid}"
-
-        async def load(self):
-            return await source.load(self.uid)
-
-        class Meta(Node.Meta):
-            pass
-
-    PlainNode.Meta.caches = caches
-    return PlainNode
-
-
 async def test_get_all_settles_each_flight_as_its_load_comes_in():
     """With Node.load_all, a get_all loads its misses one after the other,
     as 0.3.0 did, and each key's waiters have their value as soon as that
     key's load is in, not when the last load of the batch is."""
     name = await register_local()
     src = Gates()
-    N = plain_node_class([Cache(storage=name, ttl=None)], src)
+    N = node_class(name, src, own_load_all=False)
     batch = asyncio.ensure_future(cacheme.get_all([N(1), N(2), N(3)]))
     await asyncio.sleep(0.01)
     assert src.calls == [1]  # in turn
@@ -666,7 +651,7 @@ async def test_get_all_load_failing_midway_keeps_what_was_loaded():
     name = await register_local()
     src = Gates()
     src.fail[2] = RuntimeError("load 2 failed")
-    N = plain_node_class([Cache(storage=name, ttl=None)], src)
+    N = node_class(name, src, own_load_all=False)
     batch = asyncio.ensure_future(cacheme.get_all([N(1), N(2), N(3)]))
     await asyncio.sleep(0.01)
     waiters = [asyncio.ensure_future(cacheme.get(N(u))) for u in (1, 2, 3)]
@@ -692,11 +677,11 @@ async def test_get_all_remote_hits_settle_before_the_loads_of_the_others():
     rname = f"remote-{id(remote)}"
     await cacheme.register_storage(rname, remote)
     src = Gates()
-    N = plain_node_class([Cache(storage=local, ttl=None), Cache(storage=rname, ttl=None)], src)
+    N = node_class(local, src, [Cache(storage=local, ttl=None), Cache(storage=rname, ttl=None)], False)
     src.open(1)
     assert await cacheme.get(N(1)) == "value-1"  # now in the remote cache
     local2 = await register_local()  # a fresh local cache in front: 1 is only remote
-    N2 = plain_node_class([Cache(storage=local2, ttl=None), Cache(storage=rname, ttl=None)], src)
+    N2 = node_class(local2, src, [Cache(storage=local2, ttl=None), Cache(storage=rname, ttl=None)], False)
     batch = asyncio.ensure_future(cacheme.get_all([N2(1), N2(2)]))
     await asyncio.sleep(0)
     waiter = asyncio.ensure_future(cacheme.get(N2(1)))  # joins the batch's flight of 1
