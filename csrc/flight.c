@@ -339,7 +339,8 @@ static void get_held(PyObject *o)
  * ours is the only one, and nothing the collector could free hangs on it
  * while the Get is held (each waiting request would otherwise take one more
  * object through every young collection of its wait). It is tracked again
- * before the Get lets it go or is let go itself. */
+ * before the Get lets it go, or, when the Get's wake batch runs it, after
+ * the call if anything but us still holds it (waiter_fire). */
 static void wcb_track(CmGetObject *g)
 {
     if (g->wcb_untracked) {
