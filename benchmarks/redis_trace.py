@@ -182,9 +182,11 @@ async def setup_floor(url: str):
 
 
 async def setup_api_floor(url: str):
-    """The least any implementation of cacheme's API can take in this
-    harness: per request a dataclass node, its key() and, for a new key, its
-    async load(), with the floor's dict and futures in process, no Redis."""
+    """The floor plus the work cacheme's API itself makes per request: a
+    dataclass node, its key() and, for a new key, its async load(), with the
+    floor's dict and futures in process, no Redis. An implementation cannot
+    skip that work; one in C can spare the collector some of what it costs
+    (benchmarks/REDIS.md, 2026-12-04)."""
     cache: dict = {}
     flights: dict = {}
 

@@ -38,10 +38,11 @@ CONTENDERS = {
     "cashews": ("venv-redis-cashews", "cashews", "Cashews"),
     "cashews-2": ("venv-redis-cashews", "cashews-2", "Cashews-2"),
     # the harness itself: an in-process dict with one future per key in
-    # flight, no Redis at all; no cache framework can finish sooner
+    # flight, no Redis at all (a C cache can still beat it where the
+    # collector's work dominates: it keeps fewer objects in its lists)
     "floor": (None, "floor", "(harness floor: dict + futures, no Redis)"),
     # the floor plus the API's own per-request work (a dataclass node, its
-    # key(), its async load()): the least any implementation of the API takes
+    # key(), its async load()), which no implementation of the API can skip
     "api-floor": (None, "api-floor", "(API floor: + node, key(), load(); no Redis)"),
 }
 BATCH_CONTENDERS = ("ours", "ours-2", "030", "030-2")
@@ -213,7 +214,7 @@ def table(title: str, rows, cmd: str, floor: float):
     """cmd: the column the README's table had (GET, or MGET for the batch
     one); both are printed, since ours sends concurrent GETs of one loop
     iteration as one MGET. "x 0.3.0" is cacheme 0.3.0's time over the row's
-    (Redis only; its [local, redis] row for the -2 rows)."""
+    (Redis only; its [local, redis] row for the Cacheme-2 rows)."""
     other = "mget" if cmd == "get" else "get"
     times = {label: res["time"] for label, res in rows if "skipped" not in res}
     base = times.get(CONTENDERS["030"][2])

@@ -190,7 +190,7 @@ async def _load_batch(cls, caches, serializer, doorkeeper, metrics, pending, lea
         settled = set(found)
         if todo:
             start = time.monotonic_ns()
-            loads = len(settled)
+            remote_settled = len(settled)
             try:
                 if getattr(cls.load_all, "__func__", None) is _NODE_LOAD_ALL:
                     # Node.load_all's own loop (each load in turn), each
@@ -204,7 +204,7 @@ async def _load_batch(cls, caches, serializer, doorkeeper, metrics, pending, lea
                 else:
                     loaded = await cls.load_all(tuple(todo.values()))
             except BaseException:
-                ok = len(settled) - loads
+                ok = len(settled) - remote_settled
                 metrics._record(0, 0, ok, len(todo) - ok, time.monotonic_ns() - start)
                 raise
             elapsed = time.monotonic_ns() - start

@@ -1617,12 +1617,11 @@ static void waiter_fire(CmGetObject *g)
     }
     /* an untracked wakeup (wcb_track) is tracked again only if something
      * else still holds it after the call; else it just goes */
-    PyObject *cb = Py_XNewRef(g->wcb);
-    int untracked = g->wcb_untracked;
+    PyObject *cb = g->wcb_untracked ? Py_XNewRef(g->wcb) : NULL;
     g->wcb_untracked = 0;
     run_wakeup(&g->wcb, &g->wctx, arg);
     if (cb != NULL) {
-        if (untracked && Py_REFCNT(cb) > 1 && !PyObject_GC_IsTracked(cb))
+        if (Py_REFCNT(cb) > 1 && !PyObject_GC_IsTracked(cb))
             PyObject_GC_Track(cb);
         Py_DECREF(cb);
     }

@@ -989,7 +989,6 @@ async def test_gets_in_a_cycle_are_collected_after_their_redis_calls(redis_serve
     await storage_of(name).close()
 
 
-
 async def test_a_leader_abandoned_in_its_load_after_a_redis_miss_is_collected(redis_server):
     """A leader woken by its GET (a miss) goes on to load, held by nothing
     but its Task: it is back in the collector's lists, so a Task abandoned
@@ -1031,6 +1030,7 @@ async def test_a_leader_abandoned_in_its_load_after_a_redis_miss_is_collected(re
     finally:
         loop.set_exception_handler(handler)
     await storage_of(name).close()
+
 
 FLIGHT_LEAK = r'''
 import asyncio, dataclasses, sys

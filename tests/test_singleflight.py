@@ -75,7 +75,7 @@ async def concurrent_gets_of_one_key(n):
 
 async def leader_with_waiters(n):
     """A get whose load is held (gate closed) and n gets of the same key
-    joined to its flight: (source, leader task, waiter tasks)."""
+    joined to its flight: (node class, source, leader task, waiter tasks)."""
     name = await register_local()
     src = Source()
     N = node_class(name, src)
@@ -83,7 +83,7 @@ async def leader_with_waiters(n):
     await src.started.wait()
     waiters = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(n)]
     await asyncio.sleep(0)
-    return src, leader, waiters
+    return N, src, leader, waiters
 
 
 async def test_thousands_of_concurrent_gets_load_once():
@@ -164,7 +164,7 @@ async def test_raising_load_without_suspension():
 
 
 async def test_cancelling_the_leader_does_not_cancel_waiters():
-    src, leader, waiters = await leader_with_waiters(10)
+    _, src, leader, waiters = await leader_with_waiters(10)
     leader.cancel()
     await asyncio.sleep(0.01)
     assert leader.cancelled()
@@ -524,11 +524,7 @@ async def test_a_waiter_lets_its_node_and_arguments_go_at_once():
     call's arguments) are freed when it joins, not when the flight ends."""
     import weakref
 
-    name = await register_local()
-    src = Source()
-    N = node_class(name, src)
-    leader = asyncio.ensure_future(cacheme.get(N(1)))
-    await src.started.wait()
+    N, src, leader, _ = await leader_with_waiters(0)
     node = N(1)
     ref = weakref.ref(node)
     waiter = asyncio.ensure_future(cacheme.get(node))
@@ -574,7 +570,7 @@ async def test_a_waiting_tasks_wakeup_is_out_of_the_collector_while_it_waits():
     import gc
     import weakref
 
-    src, leader, waiters = await leader_with_waiters(3)
+    _, src, leader, waiters = await leader_with_waiters(3)
     wakeups = []
     for t in waiters:
         get = t._fut_waiter
@@ -602,7 +598,6 @@ class Gates:
     def __init__(self):
         self.gates = {}
         self.calls = []
-        self.done = []
         self.fail = {}
 
     def open(self, uid):
@@ -613,7 +608,6 @@ class Gates:
         await self.gates.setdefault(uid, asyncio.Event()).wait()
         if uid in self.fail:
             raise self.fail[uid]
-        self.done.append(uid)
         return f"value-{uid}"
 
 
