@@ -96,6 +96,7 @@ static void flight_free(CmState *st, CmFlight *fl)
     Py_CLEAR(fl->key);
     Py_CLEAR(fl->value);
     Py_CLEAR(fl->exc);
+    Py_CLEAR(fl->exc_tb);
     Py_CLEAR(fl->task);
     Py_CLEAR(fl->loop);
     for (Py_ssize_t i = 0; i < fl->nwaiters; i++) {
@@ -238,10 +239,15 @@ static void flight_settle(CmState *st, CmFlight *fl, PyObject *value, PyObject *
     if (fl->done)
         return;
     fl->done = 1;
-    if (exc != NULL)
+    if (exc != NULL) {
         fl->exc = Py_NewRef(exc);
-    else
+        fl->exc_tb = PyException_GetTraceback(exc);
+        /* a failed flight is over: nobody may join it, not even a Task
+         * woken inline below (it would find a done flight with no value) */
+        table_unlink(st, fl);
+    } else {
         fl->value = Py_NewRef(value);
+    }
     int cancelled = exc != NULL && cm_is_cancelled_error(st, exc);
     for (Py_ssize_t i = 0; i < fl->nwaiters; i++) {
         PyObject *g = fl->waiters[i];
@@ -249,13 +255,23 @@ static void flight_settle(CmState *st, CmFlight *fl, PyObject *value, PyObject *
         waiter_settled(st, g, cancelled);
     }
     fl->nwaiters = 0;
-    if (exc != NULL) /* a failed flight is over: nobody may join it */
-        flight_remove(st, fl);
+    if (exc != NULL && fl->refs == 0) /* unlinked above */
+        flight_free(st, fl);
 }
 
 /* ---- exceptions -------------------------------------------------------------- */
 
 static void raise_exc(PyObject *exc) { PyErr_SetObject((PyObject *)Py_TYPE(exc), exc); }
+
+/* Raise the failure of fl into one more caller, with the traceback it had
+ * when the flight settled (as asyncio.Future.result() does): each raise
+ * would otherwise add the caller's frames to the one shared object. */
+static void raise_flight_exc(CmFlight *fl)
+{
+    if (PyException_SetTraceback(fl->exc, fl->exc_tb != NULL ? fl->exc_tb : Py_None) < 0)
+        return;
+    raise_exc(fl->exc);
+}
 
 /* Exception passed to throw(typ[, val[, tb]]) as one object; new ref. */
 static PyObject *throw_args_exc(PyObject *const *args, Py_ssize_t nargs)
@@ -1312,10 +1328,18 @@ static PyObject *proxy_cancel(PyObject *self, PyObject *const *args, Py_ssize_t 
             return NULL;
         Py_RETURN_TRUE;
     }
-    /* nobody else: cancel what the load waits on */
-    PyObject *targs[2] = {p->target, nargs ? args[0] : NULL};
-    PyObject *r = PyObject_VectorcallMethod(
-        st->s_cancel, targs, (nargs ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+    /* nobody else: cancel what the load waits on, with the arguments as
+     * given (cancel(msg=...) included) */
+    PyObject *targs[4] = {p->target};
+    Py_ssize_t nall = nargs + (kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0);
+    if (nall > 3) {
+        PyErr_SetString(PyExc_TypeError, "cancel(msg=None)");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nall; i++)
+        targs[1 + i] = args[i];
+    PyObject *r = PyObject_VectorcallMethod(st->s_cancel, targs,
+                                            (1 + nargs) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
     /* X has no done-callback of ours to run: wake the Task as it would */
     if (r == Py_True && p->direct && proxy_schedule_cb(p) < 0)
         Py_CLEAR(r);
@@ -1732,7 +1756,7 @@ static PyObject *get_result(PyObject *self, PyObject *Py_UNUSED(x))
     if (g->mode != M_WAIT && g->mode != M_DONE) /* a Redis call: read when resumed */
         Py_RETURN_NONE;
     if (g->fl->exc != NULL) {
-        raise_exc(g->fl->exc);
+        raise_flight_exc(g->fl);
         return NULL;
     }
     return Py_NewRef(g->fl->value);
@@ -1790,7 +1814,7 @@ static PySendResult waiter_step(CmGetObject *g, PyObject *exc, PyObject **out)
     case W_SETTLED:
         g->mode = M_DONE;
         if (g->fl->exc != NULL) {
-            raise_exc(g->fl->exc);
+            raise_flight_exc(g->fl);
             return PYGEN_ERROR;
         }
         *out = Py_NewRef(g->fl->value);

@@ -22,6 +22,7 @@ struct CmFlight {
     int abandoned; /* every caller left: removed from the table, load cancelled */
     int stale;     /* invalidated while in flight: do not fill */
     PyObject *value, *exc;
+    PyObject *exc_tb; /* exc's traceback when it settled: restored on each raise */
     /* the Get objects waiting (M_WAIT), strong references: settled and
      * woken in a batch when the flight settles; one that leaves (cancelled,
      * closed) takes itself out */

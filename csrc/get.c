@@ -46,10 +46,13 @@ PyObject *cm_get(CmState *st, CmRequest *req)
 {
     PyObject *node = req->node; // borrowed
     PyTypeObject *cls = req->cls ? req->cls : Py_TYPE(node);
-    CmNodeConfigObject *cfg = cm_nodecfg_get(st, cls); // borrowed
+    CmNodeConfigObject *cfg = cm_nodecfg_get(st, cls);
     if (cfg == NULL)
         return NULL;
-    CmMetricsObject *m = cfg->metrics;
+    /* held for the whole call: key(), a Python storage or a serializer may
+     * rebuild the class's config (set_prefix, register_storage) */
+    Py_INCREF(cfg);
+    CmMetricsObject *m = cfg->metrics; // borrowed from cfg
     /* an empty slot is the common case: a node built for this call */
     PyObject **slot = cm_nodecfg_key_slot(st, cfg, node); // borrowed
     PyObject *full = NULL;
@@ -62,13 +65,13 @@ PyObject *cm_get(CmState *st, CmRequest *req)
     if (slot == NULL || *slot != NULL) {
         full = cm_key_cached(st, node);
         if (full == NULL && PyErr_Occurred())
-            return NULL;
+            goto done;
     }
     if (full != NULL) {
         hash = ((PyASCIIObject *)full)->hash;
     } else {
         if ((key = cm_key_call(st, node, cfg)) == NULL)
-            return NULL;
+            goto done;
         if (!cm_key_parts(st, &cfg->affix, key, cfg->version, &parts, &hash)) {
             full = cm_key_build(st, node, key, cfg->version, -1);
             if (full == NULL)
@@ -140,6 +143,7 @@ PyObject *cm_get(CmState *st, CmRequest *req)
 done:
     Py_XDECREF(key);
     Py_XDECREF(full);
+    Py_DECREF(cfg);
     return result;
 }
 

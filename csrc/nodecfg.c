@@ -268,7 +268,11 @@ static PyObject *py_full_key(PyObject *mod, PyObject *node)
     CmNodeConfigObject *cfg = cm_nodecfg_get(st, Py_TYPE(node));
     if (cfg == NULL)
         return NULL;
-    return cm_full_key(st, node, cfg);
+    /* held across key(), which may rebuild the class's config */
+    Py_INCREF(cfg);
+    PyObject *full = cm_full_key(st, node, cfg);
+    Py_DECREF(cfg);
+    return full;
 }
 
 static PyObject *py_node_config(PyObject *mod, PyObject *cls)
