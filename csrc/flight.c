@@ -323,6 +323,7 @@ typedef struct {
     int wstate;
     int blocking;    /* _asyncio_future_blocking */
     PyObject *wloop; /* the loop it waits on */
+    void *wtstate;   /* the thread state that runs wloop (PyThreadState_Get) */
     PyObject *wcb;   /* the Task's wakeup, and its context */
     PyObject *wctx;  /* (or NULL) */
     PyObject *wmsg;  /* cancel(msg) */
@@ -575,8 +576,11 @@ static int start_call(CmGetObject *g, CmCacheRef *r, int set)
     PyObject *name = set ? st->s_set : st->s_get;
     if (!cm_redis_direct(st, r->storage, name))
         return start_sub(g, call_storage(g, name, r, set));
-    if (g->wloop == NULL && (g->wloop = cm_loop_running(st)) == NULL)
-        return -1;
+    if (g->wloop == NULL) {
+        if ((g->wloop = cm_loop_running(st)) == NULL)
+            return -1;
+        g->wtstate = PyThreadState_Get();
+    }
     struct CmRedisOp *op =
         set ? cm_redis_set_for(r->storage, g->node, g->value, r->ttl, g->cfg->serializer, g->wloop,
                                (PyObject *)g)
@@ -853,6 +857,7 @@ static int become_waiter(CmGetObject *g, CmFlight *fl)
     }
     get_held((PyObject *)g);
     Py_XSETREF(g->wloop, loop);
+    g->wtstate = PyThreadState_Get();
     if (g->fl != fl) {
         fl->refs++;
         g->fl = fl;
@@ -867,6 +872,25 @@ static int become_waiter(CmGetObject *g, CmFlight *fl)
     Py_CLEAR(g->memo_fn);
     Py_CLEAR(g->memo_argv);
     Py_CLEAR(g->memo_kwnames);
+    return 0;
+}
+
+/* Cancel the Task driving fl: on its loop's thread, as Task.cancel() is not
+ * thread-safe (a waiter on another loop may be the last to leave). */
+static int flight_cancel_task(CmState *st, CmFlight *fl)
+{
+    if (fl->loop == NULL || fl->tstate == (void *)PyThreadState_Get())
+        return cm_future_cancel(st, fl->task);
+    PyObject *cancel = PyObject_GetAttr(fl->task, st->s_cancel);
+    if (cancel == NULL)
+        return -1;
+    PyObject *args[2] = {fl->loop, cancel};
+    PyObject *r = PyObject_VectorcallMethod(st->s_call_soon_threadsafe, args,
+                                            2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(cancel);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
     return 0;
 }
 
@@ -887,7 +911,7 @@ static void leave_flight(CmGetObject *g)
         if (fl->nwaiters == 0 && !fl->abandoned && fl->task != NULL) {
             fl->abandoned = 1;
             table_unlink(st, fl);
-            if (cm_future_cancel(st, fl->task) < 0)
+            if (flight_cancel_task(st, fl) < 0)
                 PyErr_WriteUnraisable(fl->task);
         }
     }
@@ -948,9 +972,14 @@ static int move_to_task(CmGetObject *g, PyObject *pending)
     d->has_pending = pending != NULL;
     g->mode = M_DONE;
 
-    loop = cm_loop_running(st);
+    /* the flight's own loop, not the running one: a Task is cancelled also
+     * while its loop is stopped (asyncio.run() at teardown does it) */
+    loop = fl->loop != NULL   ? Py_NewRef(fl->loop)
+           : g->wloop != NULL ? Py_NewRef(g->wloop)
+                              : cm_loop_running(st);
     if (loop != NULL) {
         Py_XSETREF(d->wloop, Py_NewRef(loop));
+        d->wtstate = fl->loop != NULL ? fl->tstate : PyThreadState_Get();
         task = cm_loop_create_task(st, loop, (PyObject *)d);
         Py_DECREF(loop);
     }
@@ -1170,13 +1199,16 @@ static void prefetch_wake(CmState *st, PyObject *batch, Py_ssize_t n, Py_ssize_t
     }
 }
 
-static PyObject *wake_batch_run(PyObject *mod, PyObject *Py_UNUSED(unused))
+/* The batch (a list) of one loop, passed to its callback: a batch of
+ * another loop (thread) may open while this one waits to run. */
+static PyObject *wake_batch_run(PyObject *mod, PyObject *batch)
 {
     CmState *st = cm_state_from_module(mod);
-    PyObject *batch = st->wake_batch;
-    st->wake_batch = NULL;
-    Py_CLEAR(st->wake_loop);
-    if (batch != NULL) {
+    if (batch == st->wake_batch) { /* the callback's argument keeps it */
+        Py_CLEAR(st->wake_batch);
+        Py_CLEAR(st->wake_loop);
+    }
+    if (PyList_CheckExact(batch)) {
         /* each released as soon as its Task has run: what the step ended
          * is freed before the next one allocates (a batch holds thousands
          * at high concurrency, and frees that come after the collector has
@@ -1199,31 +1231,32 @@ static PyObject *wake_batch_run(PyObject *mod, PyObject *Py_UNUSED(unused))
             }
             Py_DECREF(o);
         }
-        Py_DECREF(batch);
     }
     Py_RETURN_NONE;
 }
-static PyMethodDef wake_batch_def = {"_wake_batch", wake_batch_run, METH_NOARGS, NULL};
+static PyMethodDef wake_batch_def = {"_wake_batch", wake_batch_run, METH_O, NULL};
 
-/* Queue o (borrowed) for the next batch on loop: 0, or -1 when it cannot go
- * in one (no exception set). */
+/* Queue o (borrowed) for the next batch on loop, a loop of this thread: 0,
+ * or -1 when it cannot go in one (no exception set). The open batch is that
+ * of the last loop used; another loop opens its own. */
 static int wake_batch_add(CmState *st, PyObject *o, PyObject *loop)
 {
-    if (st->wake_cb == NULL || (st->wake_loop != NULL && st->wake_loop != loop))
+    if (st->wake_cb == NULL)
         return -1;
-    if (st->wake_batch == NULL && (st->wake_batch = PyList_New(0)) == NULL)
-        goto fail;
-    if (PyList_Append(st->wake_batch, o) < 0)
-        goto fail;
-    if (st->wake_loop == NULL) {
-        PyObject *h = cm_loop_call_soon(st, loop, st->wake_cb);
-        if (h == NULL) {
-            PySequence_DelItem(st->wake_batch, PyList_GET_SIZE(st->wake_batch) - 1);
+    if (st->wake_loop != loop) {
+        PyObject *ctx = cm_loop_context(st); // borrowed
+        PyObject *b = ctx != NULL ? PyList_New(0) : NULL;
+        if (b == NULL)
+            goto fail;
+        if (cm_loop_call_soon_arg(st, loop, st->wake_cb, b, ctx) < 0) {
+            Py_DECREF(b);
             goto fail;
         }
-        Py_DECREF(h);
-        st->wake_loop = Py_NewRef(loop);
+        Py_XSETREF(st->wake_batch, b);
+        Py_XSETREF(st->wake_loop, Py_NewRef(loop));
     }
+    if (PyList_Append(st->wake_batch, o) < 0)
+        goto fail;
     return 0;
 fail:
     PyErr_Clear();
@@ -1233,8 +1266,10 @@ fail:
 void cm_proxy_wake_later(CmState *st, PyObject *proxy, PyObject *fut, PyObject *loop)
 {
     /* else what a done-callback would have been: proxy(fut) on its loop */
+    PyObject *ctx = NULL; // borrowed
     if (wake_batch_add(st, proxy, loop) < 0 &&
-        cm_loop_call_soon_arg(st, loop, proxy, fut, st->empty_context) < 0) {
+        ((ctx = cm_loop_context(st)) == NULL ||
+         cm_loop_call_soon_arg(st, loop, proxy, fut, ctx) < 0)) {
         PyErr_Clear();
         proxy_fire(proxy); /* the loop is gone: wake it now rather than never */
     }
@@ -1528,8 +1563,11 @@ static PySendResult leader_suspend(CmGetObject *g, PyObject *yielded, PyObject *
     if (g->fl == NULL) {
         /* the flight becomes visible only now: until its first suspension
          * nobody else could have run to look for it */
-        if (g->wloop == NULL && (g->wloop = cm_loop_running(st)) == NULL)
-            goto fail;
+        if (g->wloop == NULL) {
+            if ((g->wloop = cm_loop_running(st)) == NULL)
+                goto fail;
+            g->wtstate = PyThreadState_Get();
+        }
         if ((g->fl = flight_start(st, g->key, g->hash)) == NULL)
             goto fail;
         g->fl->loop = Py_NewRef(g->wloop);
@@ -1655,6 +1693,19 @@ static void waiter_fire(CmGetObject *g)
  * cb(g) on the loop in the Task's context. */
 static void waiter_wake(CmState *st, CmGetObject *g)
 {
+    if (g->wtstate != NULL && g->wtstate != (void *)PyThreadState_Get()) {
+        /* a waiter on the loop of another thread: woken through
+         * call_soon_threadsafe, in its Task's context */
+        get_unheld((PyObject *)g);
+        if (g->wcb != NULL) {
+            if (cm_loop_call_soon_threadsafe_arg(st, g->wloop, g->wcb, (PyObject *)g, g->wctx) < 0)
+                PyErr_WriteUnraisable((PyObject *)g); /* its loop is closed */
+            Py_CLEAR(g->wcb);
+            Py_CLEAR(g->wctx);
+        }
+        Py_DECREF(g);
+        return;
+    }
     /* A Get its flight or op held out of the collector stays out while the
      * batch holds it (wake_batch_run) */
     if (wake_batch_add(st, (PyObject *)g, g->wloop) < 0) {
@@ -2317,6 +2368,66 @@ static PyObject *py_flight_invalidate(PyObject *mod, PyObject *key)
     Py_RETURN_NONE;
 }
 
+void cm_flight_after_fork_child(CmState *st)
+{
+    /* the parent's flights stay with the Gets that hold them (they may go
+     * on if the child runs the copied loop), but nobody joins them: a get()
+     * in the child loads in the child */
+    CmFlightTable *t = &st->flights;
+    if (t->buckets != NULL) {
+        for (size_t i = 0; i <= t->mask; i++) {
+            CmFlight *f = t->buckets[i];
+            t->buckets[i] = NULL;
+            while (f != NULL) {
+                CmFlight *next = f->next;
+                f->in_table = 0;
+                f->next = NULL;
+                if (f->refs == 0)
+                    flight_free(st, f);
+                f = next;
+            }
+        }
+        t->used = 0;
+    }
+    /* a wake batch open on a parent's loop stays with its callback */
+    Py_CLEAR(st->wake_batch);
+    Py_CLEAR(st->wake_loop);
+    Py_CLEAR(st->done_future);
+    Py_CLEAR(st->done_loop);
+}
+
+/* os.register_at_fork(after_in_child=...): the child starts clean */
+static PyObject *py_after_fork_child(PyObject *mod, PyObject *Py_UNUSED(x))
+{
+    CmState *st = cm_state_from_module(mod);
+    cm_flight_after_fork_child(st);
+    if (cm_loop_after_fork_child(st) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static int register_at_fork(PyObject *mod)
+{
+    PyObject *os = PyImport_ImportModule("os");
+    PyObject *reg = os ? PyObject_GetAttrString(os, "register_at_fork") : NULL;
+    PyObject *fn = reg ? PyObject_GetAttrString(mod, "_after_fork_child") : NULL;
+    PyObject *kw = fn ? Py_BuildValue("{sO}", "after_in_child", fn) : NULL;
+    PyObject *empty = kw ? PyTuple_New(0) : NULL;
+    PyObject *r = empty ? PyObject_Call(reg, empty, kw) : NULL;
+    int rc = r != NULL ? 0 : -1;
+    if (os != NULL && reg == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear(); /* no fork on this platform */
+        rc = 0;
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(empty);
+    Py_XDECREF(kw);
+    Py_XDECREF(fn);
+    Py_XDECREF(reg);
+    Py_XDECREF(os);
+    return rc;
+}
+
 static PyObject *py_flights_in_table(PyObject *mod, PyObject *Py_UNUSED(x))
 {
     return PyLong_FromSize_t(cm_state_from_module(mod)->flights.used);
@@ -2327,6 +2438,8 @@ static PyMethodDef flight_functions[] = {
     {"_flight_lead", py_flight_lead, METH_O, NULL},
     {"_flight_invalidate", py_flight_invalidate, METH_O, NULL},
     {"_flights_in_table", py_flights_in_table, METH_NOARGS, "keys in flight (for tests)"},
+    {"_after_fork_child", py_after_fork_child, METH_NOARGS,
+     "reset after fork() in the child (registered with os.register_at_fork)"},
     {NULL, NULL},
 };
 
@@ -2343,5 +2456,7 @@ int cm_flight_init(PyObject *mod, CmState *st)
         return -1;
     if ((st->wake_cb = PyCFunction_New(&wake_batch_def, mod)) == NULL)
         return -1;
-    return PyModule_AddFunctions(mod, flight_functions);
+    if (PyModule_AddFunctions(mod, flight_functions) < 0)
+        return -1;
+    return register_at_fork(mod);
 }

@@ -28,10 +28,8 @@ int cm_loop_init(CmState *st)
     st->FutureType = mod ? PyObject_GetAttrString(mod, "Future") : NULL;
     Py_XDECREF(mod);
     st->kw_loop = Py_BuildValue("(s)", "loop");
-    st->empty_context = PyContext_New();
     st->kw_context = Py_BuildValue("(s)", "context");
-    if (!st->base_create_future || !st->FutureType || !st->kw_loop || !st->empty_context ||
-        !st->kw_context) {
+    if (!st->base_create_future || !st->FutureType || !st->kw_loop || !st->kw_context) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ImportError,
                             "cacheme: asyncio.BaseEventLoop.create_future not found");
@@ -97,11 +95,51 @@ int cm_future_add_done_callback(CmState *st, PyObject *fut, PyObject *cb)
     return call_void(st->s_add_done_callback, fut, cb);
 }
 
+/* The key of a thread's context in its thread state dict: the
+ * module's own kw_context tuple (compared by identity first) */
+PyObject *cm_loop_context_slow(CmState *st, void *tstate)
+{
+    PyObject *d = PyThreadState_GetDict(); // borrowed
+    if (d == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cacheme: no thread state dict");
+        return NULL;
+    }
+    PyObject *ctx = PyDict_GetItemWithError(d, st->kw_context); // borrowed
+    if (ctx == NULL) {
+        if (PyErr_Occurred() || (ctx = PyContext_New()) == NULL)
+            return NULL;
+        int rc = PyDict_SetItem(d, st->kw_context, ctx);
+        Py_DECREF(ctx); /* the thread's dict holds it */
+        if (rc < 0)
+            return NULL;
+    }
+    Py_XSETREF(st->empty_context, Py_NewRef(ctx));
+    st->context_tstate = tstate;
+    return ctx;
+}
+
+int cm_loop_after_fork_child(CmState *st)
+{
+    /* the forking thread's context may be "entered" in the copy: replace it */
+    PyObject *d = PyThreadState_GetDict(); // borrowed
+    Py_CLEAR(st->empty_context);
+    st->context_tstate = NULL;
+    if (d != NULL && PyDict_DelItem(d, st->kw_context) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_KeyError))
+            return -1;
+        PyErr_Clear();
+    }
+    return 0;
+}
+
 int cm_future_add_done_callback_own_context(CmState *st, PyObject *fut, PyObject *cb)
 {
     if (Py_TYPE(fut) != (PyTypeObject *)st->FutureType)
         return cm_future_add_done_callback(st, fut, cb);
-    PyObject *args[3] = {fut, cb, st->empty_context};
+    PyObject *ctx = cm_loop_context(st); // borrowed
+    if (ctx == NULL)
+        return -1;
+    PyObject *args[3] = {fut, cb, ctx};
     PyObject *r = PyObject_VectorcallMethod(st->s_add_done_callback, args,
                                             2 | PY_VECTORCALL_ARGUMENTS_OFFSET, st->kw_context);
     if (r == NULL)
@@ -110,19 +148,28 @@ int cm_future_add_done_callback_own_context(CmState *st, PyObject *fut, PyObject
     return 0;
 }
 
-int cm_loop_call_soon_arg(CmState *st, PyObject *loop, PyObject *cb, PyObject *arg, PyObject *ctx)
+static int call_soon_arg(CmState *st, PyObject *name, PyObject *loop, PyObject *cb, PyObject *arg,
+                         PyObject *ctx)
 {
     PyObject *args[4] = {loop, cb, arg, ctx};
-    PyObject *kwnames = NULL;
-    if (ctx != NULL && ctx != Py_None && (kwnames = PyTuple_Pack(1, st->s_context)) == NULL)
-        return -1;
-    PyObject *r = PyObject_VectorcallMethod(st->s_call_soon, args,
-                                            3 | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
-    Py_XDECREF(kwnames);
+    PyObject *kwnames = ctx != NULL && ctx != Py_None ? st->kw_context : NULL;
+    PyObject *r =
+        PyObject_VectorcallMethod(name, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
     if (r == NULL)
         return -1;
     Py_DECREF(r);
     return 0;
+}
+
+int cm_loop_call_soon_arg(CmState *st, PyObject *loop, PyObject *cb, PyObject *arg, PyObject *ctx)
+{
+    return call_soon_arg(st, st->s_call_soon, loop, cb, arg, ctx);
+}
+
+int cm_loop_call_soon_threadsafe_arg(CmState *st, PyObject *loop, PyObject *cb, PyObject *arg,
+                                     PyObject *ctx)
+{
+    return call_soon_arg(st, st->s_call_soon_threadsafe, loop, cb, arg, ctx);
 }
 
 void cm_future_consume(CmState *st, PyObject *fut)
@@ -225,7 +272,10 @@ int cm_loop_remove_writer(CmState *st, PyObject *loop, int fd)
 
 PyObject *cm_loop_call_soon(CmState *st, PyObject *loop, PyObject *cb)
 {
-    PyObject *args[3] = {loop, cb, st->empty_context};
+    PyObject *ctx = cm_loop_context(st); // borrowed
+    if (ctx == NULL)
+        return NULL;
+    PyObject *args[3] = {loop, cb, ctx};
     return PyObject_VectorcallMethod(st->s_call_soon, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                      st->kw_context);
 }

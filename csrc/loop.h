@@ -23,6 +23,23 @@ int cm_future_add_done_callback(CmState *st, PyObject *fut, PyObject *cb);
 int cm_future_add_done_callback_own_context(CmState *st, PyObject *fut, PyObject *cb);
 /* loop.call_soon(cb, arg, context=ctx); ctx NULL or None: the current one. */
 int cm_loop_call_soon_arg(CmState *st, PyObject *loop, PyObject *cb, PyObject *arg, PyObject *ctx);
+/* The same through loop.call_soon_threadsafe, for a loop of another thread. */
+int cm_loop_call_soon_threadsafe_arg(CmState *st, PyObject *loop, PyObject *cb, PyObject *arg,
+                                     PyObject *ctx);
+
+/* The empty Context the core's own callbacks run in, one per thread (a
+ * Context is entered by one thread at a time; two loops in two threads
+ * would otherwise fail each other's callbacks). Borrowed; NULL with an
+ * exception. Call it in the thread whose loop will run the callback. */
+PyObject *cm_loop_context_slow(CmState *st, void *tstate);
+static inline PyObject *cm_loop_context(CmState *st)
+{
+    void *ts = PyThreadState_Get();
+    return st->context_tstate == ts ? st->empty_context : cm_loop_context_slow(st, ts);
+}
+/* In a child after fork(): contexts made anew (the parent's may be copied
+ * in the "entered" state). */
+int cm_loop_after_fork_child(CmState *st);
 /* Mark a finished future's exception as retrieved (no "never retrieved" log). */
 void cm_future_consume(CmState *st, PyObject *fut);
 /* The iterator `await fut` would use; new ref. */
@@ -39,8 +56,9 @@ int cm_loop_remove_reader(CmState *st, PyObject *loop, int fd);
 int cm_loop_add_writer(CmState *st, PyObject *loop, int fd, PyObject *cb);
 int cm_loop_remove_writer(CmState *st, PyObject *loop, int fd);
 /* loop.call_soon(cb) for the core's own callbacks (flushes, busy polls),
- * which read no context variable: they run in the shared empty Context, so
- * no copy of the caller's is made per call. A new reference to the handle. */
+ * which read no context variable: they run in this thread's empty Context
+ * (cm_loop_context), so no copy of the caller's is made per call. A new
+ * reference to the handle. */
 PyObject *cm_loop_call_soon(CmState *st, PyObject *loop, PyObject *cb);
 PyObject *cm_loop_call_later(CmState *st, PyObject *loop, double delay, PyObject *cb); /* handle */
 /* handle.cancel(); never fails (errors are written as unraisable). */

@@ -59,7 +59,8 @@ typedef struct {
     X(add_done_callback)                                                                           \
     X(exception)                                                                                   \
     X(context)                                                                                     \
-    X(is_running)
+    X(is_running)                                                                                  \
+    X(call_soon_threadsafe)
 
 typedef struct {
     /* heap types */
@@ -98,6 +99,9 @@ typedef struct {
      * of their own run in it instead of a copy made per callback (loop.c) */
     PyObject *empty_context;
     PyObject *kw_context;
+    /* empty_context is the one of this thread state (loop.c, cm_loop_context):
+     * a Context is entered by one thread at a time, so each thread has its own */
+    void *context_tstate;
     /* FlightProxy and waiting Get objects to wake from one callback (wake_cb,
      * bound to the module) on wake_loop: see wake_batch_add (flight.c) */
     PyObject *wake_batch, *wake_loop, *wake_cb;
@@ -244,6 +248,10 @@ int cm_flight_init(PyObject *mod, CmState *st);
 int cm_memoize_init(PyObject *mod, CmState *st);
 int cm_key_init(PyObject *mod, CmState *st);
 void cm_flight_table_clear(CmState *st);
+/* After fork() in the child: no flight of the parent's can be joined; the
+ * wake batch and the done Future of the parent's loop are let go (flight.c).
+ * Registered by the module with os.register_at_fork (_after_fork_child). */
+void cm_flight_after_fork_child(CmState *st);
 /* serializer */
 int cm_serializer_init(PyObject *mod, CmState *st);
 int cm_serializer_traverse(CmState *st, visitproc visit, void *arg);

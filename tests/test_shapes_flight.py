@@ -188,3 +188,405 @@ def test_failed_flight_traceback_is_not_shared_between_waiters():
     )
     n = int(out.split()[-1])
     assert n < 30, out
+
+
+# ---- cancelled while the loop is stopped (asyncio.run() teardown) -------------
+
+
+def test_leader_cancelled_while_the_loop_is_stopped_hands_on_its_flight():
+    r = run_shape(
+        """
+        name = local("l")
+
+        async def load(self):
+            await asyncio.sleep(0.05)
+            return "v"
+
+        N = node_class(name, load)
+
+        async def call():
+            return await cacheme.get(N(1))
+
+        loop = asyncio.new_event_loop()
+        leader = loop.create_task(call())
+        waiter = loop.create_task(call())
+        loop.run_until_complete(asyncio.sleep(0.01))
+        leader.cancel()  # the loop is not running
+        print("waiter", loop.run_until_complete(waiter))
+        loop.run_until_complete(asyncio.sleep(0))
+        print("leader", leader.cancelled(), "flights", _core._flights_in_table())
+        loop.close()
+        """
+    )
+    assert ok(r).split() == ["waiter", "v", "leader", "True", "flights", "0"]
+    assert r.stderr == ""
+
+
+def test_asyncio_run_teardown_with_gets_in_flight_prints_nothing():
+    r = run_shape(
+        """
+        name = local("l")
+
+        async def load(self):
+            await asyncio.sleep(10)
+            return "v"
+
+        N = node_class(name, load)
+
+        async def main():
+            for uid in (1, 1, 1, 2):
+                asyncio.ensure_future(cacheme.get(N(uid)))
+            await asyncio.sleep(0.01)
+
+        asyncio.run(main())
+        asyncio.run(main())
+        print("flights", _core._flights_in_table())
+        """
+    )
+    assert ok(r).split() == ["flights", "0"]
+    assert r.stderr == ""
+
+
+# ---- threads, each with its own loop ------------------------------------------------
+
+
+def test_waiter_on_another_threads_loop_is_woken():
+    """Thread 2 joins thread 1's flight; thread 1's load finishes only once
+    thread 2 waits on it. One load, both get the value."""
+    out = ok(
+        run_shape(
+            """
+            name = local("l")
+            started, joined = threading.Event(), threading.Event()
+            loads, got = [], {}
+
+            async def load(self):
+                loads.append(threading.get_ident())
+                started.set()
+                await asyncio.get_running_loop().run_in_executor(None, joined.wait, 10)
+                return "v"
+
+            N = node_class(name, load)
+
+            def t1():
+                got[1] = asyncio.run(asyncio.wait_for(cacheme.get(N(1)), 10))
+
+            def t2():
+                async def main():
+                    started.wait(10)
+                    for _ in range(10000):  # registered at its first suspension
+                        if _core._flights_in_table():
+                            break
+                        time.sleep(0.001)
+                    t = asyncio.ensure_future(cacheme.get(N(1)))
+                    for _ in range(3):
+                        await asyncio.sleep(0)
+                    joined.set()
+                    t0 = time.monotonic()
+                    v = await asyncio.wait_for(t, 5)
+                    # woken at once, not by the next event of its own loop
+                    return v if time.monotonic() - t0 < 1.5 else "late"
+                try:
+                    got[2] = asyncio.run(main())
+                except BaseException as e:
+                    got[2] = repr(e)
+
+            ths = [threading.Thread(target=t1), threading.Thread(target=t2)]
+            [t.start() for t in ths]
+            [t.join(30) for t in ths]
+            print(got[1], got[2], len(loads), _core._flights_in_table())
+            """
+        )
+    )
+    assert out.split() == ["v", "v", "1", "0"], out
+
+
+def test_leader_cancelled_while_a_waiter_on_another_loop_waits():
+    """The leader's flight is handed to a Task on its loop; the waiter in the
+    other thread gets the value. Then the same with the waiter leaving last:
+    the flight's Task (on the other loop) is cancelled, the load with it."""
+    out = ok(
+        run_shape(
+            """
+            name = local("l")
+            started, joined, release = threading.Event(), threading.Event(), threading.Event()
+            loads, cancelled, got = [], [], {}
+
+            async def load(self):
+                loads.append(self.uid)
+                started.set()
+                try:
+                    while not release.is_set():
+                        await asyncio.sleep(0.005)
+                except asyncio.CancelledError:
+                    cancelled.append(self.uid)
+                    raise
+                return f"v{self.uid}"
+
+            N = node_class(name, load)
+
+            def t1(uid, leave_waiter):
+                async def main():
+                    t = asyncio.ensure_future(cacheme.get(N(uid)))
+                    await asyncio.sleep(0)  # the leader's flight is out
+                    joined.wait(10)
+                    t.cancel()
+                    try:
+                        await t
+                    except asyncio.CancelledError:
+                        got["leader"] = "cancelled"
+                    if not leave_waiter:
+                        release.set()
+                    for _ in range(200):  # the flight's Task runs here
+                        await asyncio.sleep(0.005)
+                        if not _core._flights_in_table():
+                            break
+                asyncio.run(main())
+
+            def t2(uid, leave_waiter):
+                async def main():
+                    started.wait(10)
+                    for _ in range(10000):  # registered at its first suspension
+                        if _core._flights_in_table():
+                            break
+                        time.sleep(0.001)
+                    t = asyncio.ensure_future(cacheme.get(N(uid)))
+                    for _ in range(3):
+                        await asyncio.sleep(0)
+                    joined.set()
+                    if leave_waiter:
+                        await asyncio.sleep(0.1)  # the leader is gone by now
+                        t.cancel()
+                    t0 = time.monotonic()
+                    try:
+                        got["waiter"] = await asyncio.wait_for(t, 5)
+                    except asyncio.CancelledError:
+                        got["waiter"] = "cancelled"
+                    if time.monotonic() - t0 > 1.5:  # woken by its own loop's next event
+                        got["waiter"] = "late"
+                try:
+                    asyncio.run(main())
+                except BaseException as e:
+                    got["waiter"] = repr(e)
+
+            for uid, leave in ((1, False), (2, True)):
+                started.clear(); joined.clear(); release.clear()
+                ths = [threading.Thread(target=t1, args=(uid, leave)),
+                       threading.Thread(target=t2, args=(uid, leave))]
+                [t.start() for t in ths]
+                [t.join(30) for t in ths]
+                print(uid, got["leader"], got["waiter"], loads.count(uid), cancelled.count(uid),
+                      _core._flights_in_table())
+            """
+        )
+    )
+    assert out.splitlines() == ["1 cancelled v1 1 0 0", "2 cancelled cancelled 1 1 0"], out
+
+
+def test_callbacks_of_two_threads_at_once():
+    """Thread 1 sits inside a cacheme wake-up callback (its resumed task
+    blocks, releasing the GIL) while thread 2's loop runs one: with one
+    shared Context, thread 2's fails ("already entered") and its waiter is
+    never woken."""
+    out = ok(
+        run_shape(
+            """
+            name = local("l")
+            in_cb, t2_done = threading.Event(), threading.Event()
+            got = {}
+
+            async def load(self):
+                await asyncio.sleep(0.01)
+                return f"v{self.uid}"
+
+            N = node_class(name, load)
+
+            async def leader_and_waiter(uid, after):
+                lead = asyncio.ensure_future(cacheme.get(N(uid)))
+                await asyncio.sleep(0)
+
+                async def waiter():
+                    v = await cacheme.get(N(uid))  # woken from cacheme's wake-up callback
+                    after()
+                    return v
+
+                return await asyncio.gather(lead, waiter())
+
+            def t1():
+                def block():
+                    in_cb.set()
+                    t2_done.wait(10)
+                got[1] = asyncio.run(leader_and_waiter(1, block))
+
+            def t2():
+                in_cb.wait(10)
+                try:
+                    got[2] = asyncio.run(asyncio.wait_for(leader_and_waiter(2, lambda: None), 5))
+                except BaseException as e:
+                    got[2] = repr(e)
+                t2_done.set()
+
+            ths = [threading.Thread(target=t1), threading.Thread(target=t2)]
+            [t.start() for t in ths]
+            [t.join(30) for t in ths]
+            print(got[1], got[2])
+            """
+        )
+    )
+    assert out.split() == ["['v1',", "'v1']", "['v2',", "'v2']"], out
+
+
+def test_threads_each_with_its_own_loop_stress():
+    """4 threads x own loop x ~3 s, shared and disjoint keys on one local
+    storage (short TTL: loads, flights joined across threads): every value
+    right, no error, no get slower than 0.5 s."""
+    out = ok(
+        run_shape(
+            """
+            import random
+            name = local("l", size=200)
+            loads = {}
+
+            async def load(self):
+                loads[self.uid] = loads.get(self.uid, 0) + 1
+                if self.uid % 3 == 0:
+                    await asyncio.sleep(0.001)
+                elif self.uid % 3 == 1:
+                    await asyncio.sleep(0)
+                return self.uid * 7
+
+            N = node_class(name, load)
+            N.Meta.caches = [Cache(storage=name, ttl=timedelta(milliseconds=20))]
+            res = {}
+
+            def worker(tid):
+                async def one(uid):
+                    t0 = time.perf_counter()
+                    v = await cacheme.get(N(uid))
+                    assert v == uid * 7, (uid, v)
+                    return time.perf_counter() - t0
+
+                async def main():
+                    rnd = random.Random(tid)
+                    n, worst, end = 0, 0.0, time.monotonic() + 3
+                    while time.monotonic() < end:
+                        shared = [rnd.randrange(40) for _ in range(20)]
+                        own = [1000 * (tid + 1) + rnd.randrange(40) for _ in range(20)]
+                        ds = await asyncio.wait_for(
+                            asyncio.gather(*(one(u) for u in shared + own)), 5)
+                        n += len(ds)
+                        worst = max(worst, *ds)
+                    return n, worst
+
+                try:
+                    res[tid] = asyncio.run(main())
+                except BaseException as e:
+                    res[tid] = repr(e)
+
+            ths = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+            [t.start() for t in ths]
+            [t.join(60) for t in ths]
+            print(res)
+            print("gets", sum(r[0] for r in res.values()))
+            print("worst", max(r[1] for r in res.values()))
+            print("flights", _core._flights_in_table())
+            """,
+            timeout=120,
+        )
+    )
+    lines = out.splitlines()
+    assert int(lines[1].split()[1]) > 1000, out
+    assert float(lines[2].split()[1]) < 0.5, out
+    assert lines[3] == "flights 0", out
+
+
+# ---- fork ----------------------------------------------------------------------------
+
+
+def test_fork_while_a_key_is_in_flight_child_loads_it_itself():
+    out = ok(
+        run_shape(
+            """
+            name = local("l")
+            release = None
+
+            async def load(self):
+                await release.wait()
+                return f"v{os.getpid() == parent}"
+
+            N = node_class(name, load)
+            parent = os.getpid()
+            loop = asyncio.new_event_loop()
+            release = asyncio.Event()
+            lead = loop.create_task(cacheme.get(N(1)))
+            loop.run_until_complete(asyncio.sleep(0.01))
+            assert _core._flights_in_table() == 1
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    async def child():
+                        global release
+                        release = asyncio.Event()
+                        release.set()
+                        return await asyncio.wait_for(cacheme.get(N(1)), 3)
+                    v = asyncio.run(child())
+                    print("child", v, flush=True)
+                    code = 0 if v == "vFalse" else 1
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            loop.call_soon(release.set)
+            print("parent", loop.run_until_complete(lead), os.waitstatus_to_exitcode(status))
+            """
+        )
+    )
+    assert out.split() == ["child", "vFalse", "parent", "vTrue", "0"], out
+
+
+def test_fork_from_a_coroutine_cacheme_resumed():
+    """The child forks from inside cacheme's wake-up callback (its Context
+    entered) and runs a loop of its own: its cacheme callbacks must work."""
+    out = ok(
+        run_shape(
+            """
+            name = local("l")
+
+            async def load(self):
+                await asyncio.sleep(0.01)
+                return self.uid * 2
+
+            N = node_class(name, load)
+
+            async def in_child():
+                lead = asyncio.ensure_future(cacheme.get(N(10)))
+                await asyncio.sleep(0)
+                return await asyncio.wait_for(asyncio.gather(lead, cacheme.get(N(10))), 3)
+
+            async def waiter():
+                v = await cacheme.get(N(1))  # resumed by cacheme's wake-up callback
+                pid = os.fork()
+                if pid == 0:
+                    code = 1
+                    try:
+                        asyncio.events._set_running_loop(None)
+                        r = asyncio.run(in_child())
+                        print("child", r, flush=True)
+                        code = 0
+                    except BaseException as e:
+                        print("child", repr(e), flush=True)
+                    finally:
+                        os._exit(code)
+                _, status = os.waitpid(pid, 0)
+                return v, os.waitstatus_to_exitcode(status)
+
+            async def main():
+                lead = asyncio.ensure_future(cacheme.get(N(1)))
+                await asyncio.sleep(0)
+                print("parent", await asyncio.gather(lead, waiter()))
+
+            asyncio.run(main())
+            """
+        )
+    )
+    assert out.splitlines() == ["child [20, 20]", "parent [2, (2, 0)]"], out
