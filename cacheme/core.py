@@ -56,6 +56,42 @@ if TYPE_CHECKING:
 else:
     get = _core.get
 
+
+
+async def _load_with_timeout(aw: Awaitable[Any], timeout: float) -> Any:
+    """aw under Meta.load_timeout: past it, aw is cancelled and the load
+    fails with TimeoutError (every caller of its flight gets that)."""
+    loop = asyncio.get_running_loop()
+    inner = asyncio.ensure_future(aw)
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        if not inner.done():
+            expired = True
+            inner.cancel()
+
+    handle = loop.call_later(timeout, expire)
+    try:
+        return await inner
+    except asyncio.CancelledError:
+        if expired:
+            raise asyncio.TimeoutError(f"cacheme: load did not finish within {timeout} s") from None
+        if not inner.done():  # this wrapper was cancelled, not the load
+            inner.cancel()
+        raise
+    finally:
+        handle.cancel()
+
+
+_core._set_load_timeout_wrapper(_load_with_timeout)
+
+
+def _load_timeout(cls: type) -> Optional[float]:
+    t = getattr(cls.Meta, "load_timeout", None)
+    return None if t is None else t.total_seconds()
+
+
 _LocalStore = _core.LocalStore
 _NODE_LOAD_ALL = Node.load_all.__func__  # type: ignore[attr-defined]
 
@@ -189,6 +225,7 @@ async def _load_batch(cls, caches, serializer, doorkeeper, metrics, pending, lea
             lead[key].resolve(value)
         settled = set(found)
         if todo:
+            timeout = _load_timeout(cls)
             start = time.monotonic_ns()
             remote_settled = len(settled)
             try:
@@ -197,12 +234,14 @@ async def _load_batch(cls, caches, serializer, doorkeeper, metrics, pending, lea
                     # flight settled as soon as its load is in
                     loaded = []
                     for key, node in todo.items():
-                        value = await node.load()
+                        aw = node.load()
+                        value = await (aw if timeout is None else _load_with_timeout(aw, timeout))
                         loaded.append((node, value))
                         lead[key].resolve(value)
                         settled.add(key)
                 else:
-                    loaded = await cls.load_all(tuple(todo.values()))
+                    aw = cls.load_all(tuple(todo.values()))
+                    loaded = await (aw if timeout is None else _load_with_timeout(aw, timeout))
             except BaseException:
                 ok = len(settled) - remote_settled
                 metrics._record(0, 0, ok, len(todo) - ok, time.monotonic_ns() - start)

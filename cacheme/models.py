@@ -175,6 +175,8 @@ class Node(_FullKeySlot, Generic[C], metaclass=MetaNode):
         caches: List[Cache] = []
         serializer: ClassVar[Optional[Serializer]] = None
         doorkeeper: ClassVar[Optional[DoorKeeper]] = None
+        #: past it a load is cancelled and every caller gets TimeoutError
+        load_timeout: ClassVar[Optional[timedelta]] = None
         metrics: ClassVar[Metrics]
 
 

@@ -315,6 +315,7 @@ typedef struct {
     CmFlight *fl;
     PyObject *sub;     /* awaitable iterator being delegated to */
     PyObject *pending; /* yielded value the Task must see first (handoff) */
+    PyObject *lead_px; /* the proxy the leader's Task awaits, until resumed */
     int has_pending;
     int64_t load_start;
     PyObject *value;
@@ -594,7 +595,7 @@ static int start_call(CmGetObject *g, CmCacheRef *r, int set)
     return 0;
 }
 
-static PyObject *call_loader(CmGetObject *g)
+static PyObject *call_loader_raw(CmGetObject *g)
 {
     CmState *st = g->st;
     if (g->memo_fn != NULL)
@@ -607,6 +608,30 @@ static PyObject *call_loader(CmGetObject *g)
         return PyObject_Vectorcall(cfg->load_func, &g->node, 1, NULL);
     return PyObject_VectorcallMethod(st->s_load, &g->node, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                      NULL);
+}
+
+/* The load's awaitable; under Meta.load_timeout, wrapped so that past it
+ * the load is cancelled and the flight fails with TimeoutError. */
+static PyObject *call_loader(CmGetObject *g)
+{
+    PyObject *aw = call_loader_raw(g);
+    double t = g->cfg->load_timeout;
+    if (aw == NULL || t <= 0 || g->st->load_timeout_wrap == NULL)
+        return aw;
+    PyObject *secs = PyFloat_FromDouble(t);
+    PyObject *args[2] = {aw, secs};
+    PyObject *w = secs ? PyObject_Vectorcall(g->st->load_timeout_wrap, args, 2, NULL) : NULL;
+    Py_XDECREF(secs);
+    if (w == NULL && PyCoro_CheckExact(aw)) { /* never awaited: no warning for it */
+        PyObject *typ, *val, *tb;
+        PyErr_Fetch(&typ, &val, &tb);
+        PyObject *r = PyObject_CallMethodNoArgs(aw, g->st->s_close);
+        Py_XDECREF(r);
+        PyErr_Clear();
+        PyErr_Restore(typ, val, tb);
+    }
+    Py_DECREF(aw);
+    return w;
 }
 
 /* Resume the current sub-awaitable with a value or an exception. */
@@ -971,6 +996,7 @@ static int move_to_task(CmGetObject *g, PyObject *pending)
     d->pending = pending; /* steals; NULL: resume the sub-awaitable with None */
     d->has_pending = pending != NULL;
     g->mode = M_DONE;
+    Py_CLEAR(g->lead_px);
 
     /* the flight's own loop, not the running one: a Task is cancelled also
      * while its loop is stopped (asyncio.run() at teardown does it) */
@@ -1595,6 +1621,7 @@ static PySendResult leader_suspend(CmGetObject *g, PyObject *yielded, PyObject *
     if (p == NULL)
         goto fail;
     Py_DECREF(yielded);
+    Py_XSETREF(g->lead_px, Py_NewRef(p));
     *out = (PyObject *)p;
     return PYGEN_NEXT;
 fail:
@@ -1881,6 +1908,24 @@ static PySendResult waiter_step(CmGetObject *g, PyObject *exc, PyObject **out)
     }
 }
 
+/* A CancelledError thrown into the leader once the proxy px (or NULL) it
+ * awaited has fired, and what that proxy stands in for was cancelled: it is
+ * that future's outcome (cancelled by someone else, e.g. Meta.load_timeout),
+ * which goes to the load as `await` would take it, not the leader's own
+ * cancellation (1). */
+static int thrown_by_target(CmState *st, PyObject *px, PyObject *exc)
+{
+    CmProxyObject *p = (CmProxyObject *)px;
+    if (p == NULL || p->state != PX_FIRED || p->target == NULL || !cm_is_cancelled_error(st, exc))
+        return 0;
+    PyObject *c = PyObject_CallMethodNoArgs(p->target, st->s_cancelled);
+    if (c == NULL)
+        PyErr_Clear();
+    int r = c == Py_True;
+    Py_XDECREF(c);
+    return r;
+}
+
 static PySendResult get_step(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject **out)
 {
     CmState *st = g->st;
@@ -1922,8 +1967,11 @@ static PySendResult get_step(CmGetObject *g, PyObject *arg, PyObject *exc, PyObj
         arg = Py_None;
     }
         /* fall through */
-    case M_LEAD:
-        if (exc != NULL && !PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_Exception)) {
+    case M_LEAD: {
+        PyObject *px = g->lead_px;
+        g->lead_px = NULL;
+        if (exc != NULL && !PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_Exception) &&
+            !thrown_by_target(st, px, exc)) {
             /* cancelled or closed while not awaiting a proxy (after a bare
              * yield): the others keep the flight */
             int moved = leader_leaves(g, NULL);
@@ -1932,15 +1980,18 @@ static PySendResult get_step(CmGetObject *g, PyObject *arg, PyObject *exc, PyObj
                     PyErr_WriteUnraisable(g->key);
                 g->mode = M_DONE;
                 raise_exc(exc);
+                Py_XDECREF(px);
                 *out = NULL;
                 return PYGEN_ERROR;
             }
         }
+        Py_XDECREF(px);
         r = drive(g, arg, exc, out);
         if (r == PYGEN_NEXT)
             return leader_suspend(g, *out, out);
         g->mode = M_DONE;
         return r;
+    }
     case M_DRIVER:
         r = drive(g, arg, exc, out);
         if (r != PYGEN_NEXT) /* the flight's Task is ending: break the cycle */
@@ -2094,6 +2145,7 @@ static int get_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(g->memo_argv);
     Py_VISIT(g->sub);
     Py_VISIT(g->pending);
+    Py_VISIT(g->lead_px);
     Py_VISIT(g->value);
     Py_VISIT(g->wloop);
     Py_VISIT(g->wcb);
@@ -2116,6 +2168,7 @@ static int get_clear(PyObject *self)
     Py_CLEAR(g->memo_kwnames);
     Py_CLEAR(g->sub);
     Py_CLEAR(g->pending);
+    Py_CLEAR(g->lead_px);
     Py_CLEAR(g->value);
     Py_CLEAR(g->wloop);
     wcb_track(g);
@@ -2428,6 +2481,18 @@ static int register_at_fork(PyObject *mod)
     return rc;
 }
 
+/* _set_load_timeout_wrapper(fn): fn(awaitable, seconds) -> awaitable */
+static PyObject *py_set_load_timeout_wrapper(PyObject *mod, PyObject *fn)
+{
+    if (!PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "_set_load_timeout_wrapper(fn): fn must be callable");
+        return NULL;
+    }
+    CmState *st = cm_state_from_module(mod);
+    Py_XSETREF(st->load_timeout_wrap, Py_NewRef(fn));
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_flights_in_table(PyObject *mod, PyObject *Py_UNUSED(x))
 {
     return PyLong_FromSize_t(cm_state_from_module(mod)->flights.used);
@@ -2438,6 +2503,7 @@ static PyMethodDef flight_functions[] = {
     {"_flight_lead", py_flight_lead, METH_O, NULL},
     {"_flight_invalidate", py_flight_invalidate, METH_O, NULL},
     {"_flights_in_table", py_flights_in_table, METH_NOARGS, "keys in flight (for tests)"},
+    {"_set_load_timeout_wrapper", py_set_load_timeout_wrapper, METH_O, NULL},
     {"_after_fork_child", py_after_fork_child, METH_NOARGS,
      "reset after fork() in the child (registered with os.register_at_fork)"},
     {NULL, NULL},

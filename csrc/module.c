@@ -83,6 +83,7 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->wake_batch);
     Py_VISIT(st->wake_loop);
     Py_VISIT(st->wake_cb);
+    Py_VISIT(st->load_timeout_wrap);
     Py_VISIT(st->ready_cache);
     Py_VISIT(st->KeySlotType);
     Py_VISIT(st->last_cls);
@@ -127,6 +128,7 @@ static int cm_clear(PyObject *mod)
     Py_CLEAR(st->wake_batch);
     Py_CLEAR(st->wake_loop);
     Py_CLEAR(st->wake_cb);
+    Py_CLEAR(st->load_timeout_wrap);
     Py_CLEAR(st->ready_cache);
     Py_CLEAR(st->KeySlotType);
     Py_CLEAR(st->last_cls);

@@ -145,6 +145,38 @@ static int resolve_cache(CmState *st, PyTypeObject *cls, PyObject *cache, CmCach
     return 0;
 }
 
+/* Meta.load_timeout (a timedelta, or None; 0.3.0's Meta has none) in
+ * seconds into *out, 0 for none. 0, or -1 with an exception. */
+static int load_timeout(CmState *st, PyTypeObject *cls, PyObject *meta, double *out)
+{
+    PyObject *t = PyObject_GetAttr(meta, st->s_load_timeout);
+    if (t == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    int rc = 0;
+    if (t != Py_None) {
+        PyObject *secs = PyObject_HasAttr(t, st->s_total_seconds)
+                             ? PyObject_CallMethodNoArgs(t, st->s_total_seconds)
+                             : NULL;
+        double v = secs != NULL ? PyFloat_AsDouble(secs) : -1.0;
+        Py_XDECREF(secs);
+        if (secs == NULL || (v == -1.0 && PyErr_Occurred()) || !(v > 0)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError,
+                         "%s.Meta.load_timeout must be a positive timedelta or None, not %R",
+                         cls->tp_name, t);
+            rc = -1;
+        } else {
+            *out = v;
+        }
+    }
+    Py_DECREF(t);
+    return rc;
+}
+
 static CmNodeConfigObject *cfg_build(CmState *st, PyTypeObject *cls)
 {
     CmNodeConfigObject *c = NULL;
@@ -176,6 +208,7 @@ static CmNodeConfigObject *cfg_build(CmState *st, PyTypeObject *cls)
     c->metrics = NULL;
     c->key_func = c->load_func = NULL;
     c->meth_tag = 0;
+    c->load_timeout = 0;
     c->ncaches = 0;
     c->nlocal_prefix = 0;
     c->key_slot = st->key_slot_offset > 0 && st->KeySlotType != NULL &&
@@ -198,6 +231,8 @@ static CmNodeConfigObject *cfg_build(CmState *st, PyTypeObject *cls)
     if (c->doorkeeper == NULL)
         goto fail;
     c->doorkeeper_c = Py_IS_TYPE(c->doorkeeper, st->BloomFilterType);
+    if (load_timeout(st, cls, meta, &c->load_timeout) < 0)
+        goto fail;
     if ((c->metrics = class_metrics(st, cls)) == NULL)
         goto fail;
 

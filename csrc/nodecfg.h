@@ -39,7 +39,8 @@ typedef struct CmNodeConfigObject_ {
     PyObject *key_func;
     PyObject *load_func;
     unsigned int meth_tag;
-    CmKeyAffix affix; /* of the prefix at build time and version */
+    double load_timeout; /* Meta.load_timeout in seconds; 0: none */
+    CmKeyAffix affix;    /* of the prefix at build time and version */
     Py_ssize_t ncaches;
     CmCacheRef caches[1];
 } CmNodeConfigObject;

@@ -60,7 +60,8 @@ typedef struct {
     X(exception)                                                                                   \
     X(context)                                                                                     \
     X(is_running)                                                                                  \
-    X(call_soon_threadsafe)
+    X(call_soon_threadsafe)                                                                        \
+    X(load_timeout)
 
 typedef struct {
     /* heap types */
@@ -105,6 +106,9 @@ typedef struct {
     /* FlightProxy and waiting Get objects to wake from one callback (wake_cb,
      * bound to the module) on wake_loop: see wake_batch_add (flight.c) */
     PyObject *wake_batch, *wake_loop, *wake_cb;
+    /* cacheme.core._load_with_timeout(aw, seconds): a load under
+     * Meta.load_timeout (set by cacheme.core, flight.c call_loader) */
+    PyObject *load_timeout_wrap;
 
     /* cacheme.models._FullKeySlot: Node's base whose one slot holds the
      * cached full key, read and written at key_slot_offset (key.c) */

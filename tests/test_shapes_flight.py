@@ -590,3 +590,95 @@ def test_fork_from_a_coroutine_cacheme_resumed():
         )
     )
     assert out.splitlines() == ["child [20, 20]", "parent [2, (2, 0)]"], out
+
+
+# ---- Meta.load_timeout ------------------------------------------------------------------
+
+
+def test_load_timeout_fails_every_caller_and_cancels_the_load():
+    out = ok(
+        run_shape(
+            """
+            name = local("l")
+            cancelled = []
+
+            async def load(self):
+                try:
+                    await asyncio.sleep(30)
+                except asyncio.CancelledError:
+                    cancelled.append(self.uid)
+                    raise
+                return 1
+
+            N = node_class(name, load, load_timeout=timedelta(milliseconds=50))
+
+            async def main():
+                t0 = time.monotonic()
+                res = await asyncio.gather(*(cacheme.get(N(1)) for _ in range(5)),
+                                           return_exceptions=True)
+                print([type(r).__name__ for r in res], time.monotonic() - t0 < 5)
+                print("cancelled", cancelled, "flights", _core._flights_in_table())
+                # a load within its timeout is untouched
+                async def quick(self):
+                    await asyncio.sleep(0.001)
+                    return "q"
+                print(await cacheme.get(N(2), load_fn=quick))
+
+            asyncio.run(main())
+            """
+        )
+    )
+    assert out.splitlines() == [
+        "['TimeoutError', 'TimeoutError', 'TimeoutError', 'TimeoutError', 'TimeoutError'] True",
+        "cancelled [1] flights 0",
+        "q",
+    ], out
+
+
+def test_load_timeout_memoize_and_get_all():
+    out = ok(
+        run_shape(
+            """
+            name = local("l")
+
+            async def load(self):
+                await asyncio.sleep(30)
+
+            N = node_class(name, load, load_timeout=timedelta(milliseconds=50))
+
+            @cacheme.Memoize(N)
+            async def slow(uid):
+                await asyncio.sleep(30)
+
+            @slow.to_node
+            def _(uid):
+                return N(uid)
+
+            async def main():
+                for aw in (slow(3), cacheme.get_all([N(4), N(5)])):
+                    try:
+                        await asyncio.wait_for(aw, 5)
+                    except TimeoutError as e:
+                        print("timeout", "cacheme" in str(e))
+                print("flights", _core._flights_in_table())
+
+            asyncio.run(main())
+            """
+        )
+    )
+    assert out.splitlines() == ["timeout True", "timeout True", "flights 0"], out
+
+
+def test_load_timeout_must_be_a_timedelta():
+    out = ok(
+        run_shape(
+            """
+            N = node_class(local("l"), None, load_timeout=5)
+            try:
+                N(1).full_key()
+            except TypeError as e:
+                print("TypeError", "load_timeout" in str(e))
+            """
+        )
+    )
+    assert out.split() == ["TypeError", "True"], out
