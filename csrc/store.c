@@ -376,9 +376,12 @@ int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *valu
         resident = s->keys[slot] != NULL;
     }
     if (resident) {
-        if (ttl_ns >= 0) {
-            if (now == 0)
-                now = cm_now_ns();
+        if (ttl_ns >= 0 && now == 0)
+            now = cm_now_ns();
+        /* a TTL near the cap (~292 years, cm_ttl_to_ns) on a clock that has
+         * run for months would overflow now + ttl_ns (expired at once): it
+         * never expires instead */
+        if (ttl_ns >= 0 && ttl_ns <= INT64_MAX - now) {
             if (cm_wheel_schedule_checked(s->wheel, slot, now + ttl_ns) < 0) {
                 /* an entry that cannot expire must not stay */
                 drop_slot(s, slot, 1);

@@ -682,3 +682,73 @@ def test_load_timeout_must_be_a_timedelta():
         )
     )
     assert out.split() == ["TypeError", "True"], out
+
+
+# ---- a failed flight woken inline ------------------------------------------------------
+
+
+def test_failed_flight_woken_inline_is_not_joined():
+    """When its loop refuses call_soon, a waiter of a failed flight is woken
+    inline, before the flight was taken out of the table: its task's next
+    get() of the key found a done flight with no value (NULL handed out)."""
+    out = ok(
+        run_shape(
+            """
+            name = local("l")
+            loads = []
+
+            class Loop(asyncio.SelectorEventLoop):
+                fail = False
+
+                def call_soon(self, *a, **k):
+                    if self.fail:
+                        raise RuntimeError("call_soon refused")
+                    return super().call_soon(*a, **k)
+
+            async def load(self):
+                loads.append(1)
+                if len(loads) == 1:
+                    await gate
+                    raise KeyError("first")
+                return "second"
+
+            N = node_class(name, load)
+            loop = Loop()
+            asyncio.set_event_loop(loop)
+            gate = loop.create_future()
+            got = []
+
+            async def waiter():
+                try:
+                    await cacheme.get(N(1))
+                except KeyError:
+                    got.append("KeyError")
+                v = await cacheme.get(N(1))  # woken inline: the failed flight must be gone
+                loop.fail = False
+                got.append(v)
+                return v
+
+            def finish(it):  # the leader driven by hand, outside any task
+                gate.set_result(None)
+                loop.fail = True
+                try:
+                    it.send(None)
+                except KeyError:
+                    got.append("leader KeyError")
+                loop.fail = False
+
+            async def main():
+                it = cacheme.get(N(1)).__await__()
+                it.send(None)  # the load waits on gate: the flight is out
+                w = asyncio.ensure_future(waiter())
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                loop.call_soon(finish, it)
+                return await asyncio.wait_for(w, 5)
+
+            loop.run_until_complete(main())
+            print(got, len(loads), _core._flights_in_table())
+            """
+        )
+    )
+    assert out.split("\n")[0] == "['KeyError', 'second', 'leader KeyError'] 2 0", out
