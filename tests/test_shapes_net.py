@@ -187,3 +187,198 @@ def test_threads_with_own_loops_disjoint_keys(kind, tmp_path, request):
 @pytest.mark.parametrize("kind", STORAGES)
 def test_threads_with_own_loops_shared_keys(kind, tmp_path, request):
     stress(kind, tmp_path, request, shared=True)
+
+
+# ------------------------------------------------------------ sync web app
+
+WEBAPP = """
+async def setup():
+    await cacheme.register_storage("local", cacheme.Storage(url="local://tlfu", size=20))
+    await cacheme.register_storage("remote", cacheme.Storage(url=URL))
+asyncio.run(setup())
+N = node_class([cacheme.Cache(storage="local", ttl=None),
+                cacheme.Cache(storage="remote", ttl=None)], VERSION)
+
+timeouts, cancelled, errors, slow, calls = [], [], [], [], [0] * THREADS
+
+def request_thread(i):
+    # a Flask/Django view: one asyncio.run per request
+    end = time.monotonic() + SECONDS
+    j = 0
+    while time.monotonic() < end:
+        k = f"w{(j * 13 + i) % 300}"
+        j += 1
+        t0 = time.monotonic()
+        try:
+            v = asyncio.run(asyncio.wait_for(cacheme.get(N(k)), 2))
+            if v != {"k": k}:
+                errors.append(f"wrong value {v!r}")
+        except asyncio.TimeoutError:
+            timeouts.append(k)
+        except asyncio.CancelledError:
+            cancelled.append(k)
+        except BaseException as e:
+            errors.append(repr(e))
+        dt = time.monotonic() - t0
+        if dt > 2.5:
+            slow.append(round(dt, 3))
+        calls[i] += 1
+
+threads = [threading.Thread(target=request_thread, args=(i,), daemon=True) for i in range(THREADS)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(SECONDS + 30)
+print(json.dumps({"timeouts": len(timeouts), "cancelled": len(cancelled), "errors": errors[:10],
+                  "slow": slow[:10], "calls": calls, "alive": sum(t.is_alive() for t in threads)}))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_sync_web_app_asyncio_run_per_request():
+    # before: timeouts, 13-15 s in one call despite wait_for(.., 2),
+    # CancelledError escaping wait_for, and frozen processes (a thread
+    # spinning in pool_close_all on a connection another thread was closing)
+    r = run_scenario(WEBAPP, timeout=90, URL=_redis_server().url, SECONDS=4.0, THREADS=4,
+                     VERSION=unique("v"))
+    assert r["alive"] == 0, r
+    assert (r["timeouts"], r["cancelled"], r["errors"], r["slow"]) == (0, 0, [], []), r
+    assert all(n > 0 for n in r["calls"]), r
+
+
+# -------------------------------------------------------------------- fork
+
+FORK = """
+from datetime import timedelta
+names = []
+
+async def setup():
+    for i, (url, opts) in enumerate(STORAGES):
+        name = f"remote{i}"
+        await cacheme.register_storage(name, cacheme.Storage(url=url, **opts))
+        names.append(name)
+
+# the preload pattern: the app imports, registers its storages and serves
+# requests on a loop of its own (still open when the workers are forked)
+loop = asyncio.new_event_loop()
+loop.run_until_complete(setup())
+nodes = [node_class([cacheme.Cache(storage=n, ttl=None)], f"{VERSION}-{n}") for n in names]
+
+async def serve(tag):
+    # cacheme.get turns a storage failure into a miss and a load: the rows
+    # the parent stored first are also read from each storage directly
+    bad, worst = [], 0.0
+    for name, N in zip(names, nodes):
+        store = cacheme.data.get_storage_by_name(name)
+        for k in [f"shared{j}" for j in range(5)] + [f"{tag}{j}" for j in range(5)]:
+            t0 = time.monotonic()
+            try:
+                v = await asyncio.wait_for(cacheme.get(N(k)), 2)
+                if v != {"k": k}:
+                    bad.append(f"{name}: {v!r}")
+                if k.startswith("shared") and tag != "parent-a":
+                    v = await asyncio.wait_for(store.get(N(k), MsgPackSerializer()), 2)
+                    if v != {"k": k}:
+                        bad.append(f"{name} direct: {v!r}")
+            except BaseException as e:
+                bad.append(f"{name}: {e!r}")
+            worst = max(worst, time.monotonic() - t0)
+    return bad, worst
+
+bad, _ = loop.run_until_complete(serve("parent-a"))
+assert bad == [], bad
+
+pids = []
+for w in range(WORKERS):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            bad, _ = asyncio.run(serve(f"worker{w}-"))
+            bad2, _ = asyncio.run(serve(f"worker{w}-"))  # and a second loop
+            if bad or bad2:
+                print(f"worker {w}: {bad + bad2}", file=sys.stderr, flush=True)
+                os._exit(1)
+            os._exit(0)
+        except BaseException as e:
+            print(f"worker {w}: {e!r}", file=sys.stderr, flush=True)
+            os._exit(2)
+    pids.append(pid)
+
+codes, deadline = {}, time.monotonic() + 60
+while len(codes) < len(pids) and time.monotonic() < deadline:
+    for pid in pids:
+        if pid not in codes:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                codes[pid] = os.waitstatus_to_exitcode(status)
+    time.sleep(0.01)
+
+# the parent goes on, on the same loop, at once
+bad, worst = loop.run_until_complete(serve("parent-b"))
+print(json.dumps({"codes": sorted(codes.values()), "bad": bad, "worst": worst,
+                  "forks_seen": getattr(cacheme._core, "_forks_seen", lambda: 0)()}))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_preload_then_fork_workers(tmp_path, request):
+    # before: a worker's first call closed the inherited connections through
+    # the parent's loop object (epoll_ctl DEL on the epoll instance both
+    # share) and said goodbye on the parent's sockets (libpq's Terminate):
+    # the parent's next request timed out or failed
+    storages = [storage_args(kind, tmp_path, request)
+                for kind in ("redis", "postgresql", "mysql", "sqlite")]
+    r = run_scenario(FORK, timeout=120, STORAGES=storages, WORKERS=4, VERSION=unique("v"))
+    assert r["codes"] == [0, 0, 0, 0], r
+    assert r["bad"] == [], r
+    assert r["worst"] < 1.0, r
+    assert r["forks_seen"] == 0, r  # the hook ran in the children only
+
+
+# ------------------------------------------------------------ sqlstore held
+
+HELD = """
+from cacheme.storages.sqldb import SQLConnectionError
+
+class HookLoop(asyncio.SelectorEventLoop):
+    # runs a hook (once) inside the next create_future: the moment the
+    # storage makes the future of a request already sent
+    hook = None
+
+    def create_future(self):
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        return super().create_future()
+
+async def main():
+    await cacheme.register_storage("remote", cacheme.Storage(url=URL, **OPTS))
+    s = cacheme.data.get_storage_by_name("remote")._storage
+    await s.set_by_key("a", b"1", None)
+    asyncio.get_running_loop().hook = s.close_now  # fails every request in flight
+    aw = s.get_by_key("a")
+    try:
+        got = repr(await asyncio.wait_for(aw, 3))
+    except SQLConnectionError as e:
+        got = "SQLConnectionError"
+    except BaseException as e:
+        got = repr(e)
+    return got
+
+loop = HookLoop()
+print(json.dumps({"got": loop.run_until_complete(main())}))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_sql_request_finished_while_its_future_is_made(kind, tmp_path, request):
+    # before: the request was no longer held while its future was made; one
+    # finished meanwhile (here: the storage closed from inside
+    # loop.create_future) was freed, then written, and its future never set
+    url, opts = storage_args(kind, tmp_path, request)
+    r = run_scenario(HELD, timeout=60, URL=url, OPTS=dict(opts, busy_poll=0))
+    assert r["got"] == "SQLConnectionError", r
