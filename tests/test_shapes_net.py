@@ -382,3 +382,51 @@ def test_sql_request_finished_while_its_future_is_made(kind, tmp_path, request):
     url, opts = storage_args(kind, tmp_path, request)
     r = run_scenario(HELD, timeout=60, URL=url, OPTS=dict(opts, busy_poll=0))
     assert r["got"] == "SQLConnectionError", r
+
+
+# ---------------------------------------------- redis pool closed while closing
+
+CLOSE_IN_CLOSE = """
+import socket
+
+class HookLoop(asyncio.SelectorEventLoop):
+    # runs a hook (once) inside the next remove_reader: the moment a
+    # connection being closed unregisters itself (Python code runs there)
+    hook = None
+
+    def remove_reader(self, fd):
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        return super().remove_reader(fd)
+
+async def main():
+    await cacheme.register_storage("remote", cacheme.Storage(url=URL))
+    s = cacheme.data.get_storage_by_name("remote")._storage
+    await s.set_by_key("a", b"1", None)
+    loop = asyncio.get_running_loop()
+    loop.hook = s.close_now  # the whole pool closed while one connection closes
+    with socket.create_connection(("127.0.0.1", PORT)) as kill:
+        kill.sendall(b"CLIENT KILL TYPE normal SKIPME yes\\r\\n")
+        kill.recv(100)
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if loop.hook is None:
+            break
+    return loop.hook is None
+
+loop = HookLoop()
+print(json.dumps({"hooked": loop.run_until_complete(main())}))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_redis_pool_closed_while_one_of_its_connections_closes():
+    # before: pool_close_all looped until nconns dropped, but a connection
+    # already marked closed (its close still running, here in the loop's
+    # remove_reader) never left the pool: the process spun for ever with the
+    # GIL held (seen with two threads in the web app pattern)
+    srv = _redis_server()
+    r = run_scenario(CLOSE_IN_CLOSE, timeout=30, URL=srv.url, PORT=srv.port)
+    assert r["hooked"] is True, r
