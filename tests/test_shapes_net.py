@@ -108,6 +108,23 @@ def run_scenario(body, timeout=120, **params):
 
 # ------------------------------------------------------------------ threads
 
+# NEEDS THE "flight" BRANCH (issue 20): threads with their own loops also
+# need (1) the thread-safe wake of a waiter on another loop (shared keys:
+# "Two threads, one key") and (2) no module-global Context for the core's
+# loop callbacks (loop.c: concurrent callbacks of two loops fail with
+# "cannot enter context ... is already entered", e.g. a Redis connection's
+# _on_flush, and its requests then time out). Both are that branch's. On
+# this branch alone these tests fail now and then (shared keys: nearly
+# always); merged with it (h-flight at 707ed19) they passed 15/15 here, on
+# the release and the debug build. Remove this mark once both are merged.
+needs_flight = pytest.mark.xfail(
+    reason="cross-loop wake and per-call Context: the flight branch of issue 20", strict=False)
+
+# A call slower than this is a stall. Sanitizer and debug builds run the C
+# several times slower: their bound is scaled, not dropped.
+STALL = 0.5 * (4 if os.environ.get("CACHEME_EXPECT_BUILD") == "asan" or
+               "debug-pkg" in os.environ.get("CACHEME_EXPECT_CORE", "") else 1)
+
 STRESS = """
 async def setup():
     await cacheme.register_storage("remote", cacheme.Storage(url=URL, **OPTS))
@@ -133,7 +150,7 @@ def worker(i):
             except BaseException as e:  # CancelledError too
                 errors.append(f"thread {i}: {e!r}")
             dt = time.monotonic() - t0
-            if dt > 0.5:
+            if dt > STALL:
                 stalls.append(round(dt, 3))
         counts[i] += n
 
@@ -164,13 +181,14 @@ os._exit(0)  # not waiting for a stuck thread
 def stress(kind, tmp_path, request, shared):
     url, opts = storage_args(kind, tmp_path, request)
     r = run_scenario(STRESS, URL=url, OPTS=opts, SHARED=shared, SECONDS=3.0, THREADS=4,
-                     VERSION=unique("v"))
+                     VERSION=unique("v"), STALL=STALL)
     assert r["alive"] == 0, r
     assert r["nerrors"] == 0, r
     assert r["stalls"] == [], r
     assert all(n > 0 for n in r["counts"]), r
 
 
+@needs_flight
 @pytest.mark.parametrize("kind", STORAGES)
 def test_threads_with_own_loops_disjoint_keys(kind, tmp_path, request):
     # before: Redis pools closed each other's connections ("event loop
@@ -178,12 +196,7 @@ def test_threads_with_own_loops_disjoint_keys(kind, tmp_path, request):
     stress(kind, tmp_path, request, shared=False)
 
 
-# NEEDS THE "flight" BRANCH: a key loaded in one thread's flight and awaited
-# from another thread's loop needs the thread-safe wake of a cross-loop
-# waiter (issue 20, "Two threads, one key"), which that branch brings; on
-# this branch alone the waiter is woken late or never (5 s stalls, wait_for
-# timeouts). Remove the xfail once both are merged.
-@pytest.mark.xfail(reason="cross-loop waiter wake: the flight branch of issue 20", strict=False)
+@needs_flight
 @pytest.mark.parametrize("kind", STORAGES)
 def test_threads_with_own_loops_shared_keys(kind, tmp_path, request):
     stress(kind, tmp_path, request, shared=True)
@@ -236,6 +249,7 @@ os._exit(0)
 """
 
 
+@needs_flight
 def test_sync_web_app_asyncio_run_per_request():
     # before: timeouts, 13-15 s in one call despite wait_for(.., 2),
     # CancelledError escaping wait_for, and frozen processes (a thread
