@@ -45,6 +45,8 @@ static int cm_exec(PyObject *mod)
         goto done;
     if (cm_sql_init(mod, st) < 0) /* sql */
         goto done;
+    if (cm_netloop_init(mod, st) < 0) /* netloop */
+        goto done;
     if (PyModule_AddObjectRef(mod, "sentinel", st->sentinel) < 0)
         goto done;
     rc = 0;

@@ -1356,14 +1356,49 @@ nomem:
     return NULL;
 }
 
+/* Close every connection of the pool. They leave the pool first: closing
+ * one runs Python code (the loop's remove_reader, futures), during which
+ * another thread may be closing the same connection (then it returns at once
+ * and stays where it was: a loop until nconns drops would spin for ever) or
+ * free the pool (a connection must not point back to it then). */
 static void pool_close_all(CmRedisPool *p, const char *why)
 {
+    PyObject *saved = cm_exc_take();
     PyObject *msg = PyUnicode_FromFormat("redis %s: %s", p->label, why);
     if (msg == NULL)
         PyErr_Clear();
-    while (p->nconns > 0)
-        conn_close(p->conns[p->nconns - 1], p->st->RedisConnectionError, msg ? msg : Py_None, 0);
+    CmRedisConnObject **conns = p->conns;
+    int n = p->nconns;
+    p->conns = NULL;
+    p->nconns = 0;
+    p->run = NULL;
+    for (int i = 0; i < n; i++)
+        conns[i]->pool = NULL;
+    for (int i = 0; i < n; i++) {
+        conn_close(conns[i], p->st->RedisConnectionError, msg ? msg : Py_None, 0);
+        Py_DECREF(conns[i]); /* the pool's reference */
+    }
+    free(conns);
     Py_XDECREF(msg);
+    cm_exc_restore(saved);
+}
+
+/* Close every connection without touching its loop: the loop is closed or
+ * gone, or this is a forked child and the loop (its epoll instance) is the
+ * parent's. The sockets are closed, nothing is unregistered, the timers are
+ * dropped uncancelled (a closed loop never runs them; a run one finds the
+ * connection closed). The pool reconnects on the next call. */
+static void pool_drop_detached(CmRedisPool *p, const char *why)
+{
+    for (int i = 0; i < p->nconns; i++) {
+        CmRedisConnObject *c = p->conns[i]; // borrowed
+        c->reading = c->writing = 0;
+        Py_CLEAR(c->timer);
+    }
+    pool_close_all(p, why);
+    Py_CLEAR(p->loop);
+    p->retry_at = 0;
+    p->backoff = p->cfg->backoff_min;
 }
 
 void cm_redis_pool_free(CmRedisPool *p)
@@ -1372,7 +1407,6 @@ void cm_redis_pool_free(CmRedisPool *p)
         return;
     pool_close_all(p, "storage closed");
     pool_forget_addrs(p);
-    free(p->conns);
     free(p->host);
     free(p->path);
     Py_XDECREF(p->loop);
@@ -1608,8 +1642,18 @@ static int client_check_open(CmRedisClientObject *self)
 }
 
 /* The common start of a storage call: the running loop and a future. */
-static CmRedisOp *start_op(CmRedisClientObject *self, int kind, PyObject **loop)
+/* The instance serving loop (netloop.h): self, or one made for the loop;
+ * borrowed, NULL with an exception. */
+static CmRedisClientObject *client_for(CmRedisClientObject *self, PyObject *loop)
 {
+    return (CmRedisClientObject *)cm_netloops_for(&self->loops, loop);
+}
+
+/* The common start of a storage call: the running loop, its instance
+ * (*selfp becomes it; borrowed) and a future. */
+static CmRedisOp *start_op(CmRedisClientObject **selfp, int kind, PyObject **loop)
+{
+    CmRedisClientObject *self = *selfp;
     CmState *st = self->st;
     CmRedisOp *op = NULL;
     PyObject *fut = NULL;
@@ -1617,6 +1661,9 @@ static CmRedisOp *start_op(CmRedisClientObject *self, int kind, PyObject **loop)
         goto done;
     if ((*loop = cm_loop_running(st)) == NULL)
         goto done;
+    if ((self = client_for(self, *loop)) == NULL || client_check_open(self) < 0)
+        goto done;
+    *selfp = self;
     if ((fut = cm_loop_create_future(st, *loop)) == NULL)
         goto done;
     op = op_new(self, kind, fut);
@@ -1686,7 +1733,7 @@ static PyObject *client_get(CmRedisClientObject *self, PyObject *const *args, Py
     PyObject *key = cm_key_of_node(self->st, args[0]);
     if (key == NULL)
         return NULL;
-    CmRedisOp *op = start_op(self, OP_GET, &loop);
+    CmRedisOp *op = start_op(&self, OP_GET, &loop);
     if (op == NULL) {
         Py_DECREF(key);
         return NULL;
@@ -1737,6 +1784,8 @@ CmRedisOp *cm_redis_get_for(PyObject *client, PyObject *node, PyObject *ser, PyO
                             PyObject *get)
 {
     CmRedisClientObject *self = (CmRedisClientObject *)client;
+    if (client_check_open(self) < 0 || (self = client_for(self, loop)) == NULL)
+        return NULL;
     PyObject *key = cm_key_of_node(self->st, node);
     if (key == NULL)
         return NULL;
@@ -1755,6 +1804,8 @@ CmRedisOp *cm_redis_set_for(PyObject *client, PyObject *node, PyObject *value, P
     CmRedisClientObject *self = (CmRedisClientObject *)client;
     PyObject *key, *payload;
     long long ms;
+    if (client_check_open(self) < 0 || (self = client_for(self, loop)) == NULL)
+        return NULL;
     if (set_args(self, node, value, ttl, ser, &key, &payload, &ms) < 0)
         return NULL;
     CmRedisOp *op = op_for(self, OP_SET, get);
@@ -1780,7 +1831,7 @@ static PyObject *client_remove(CmRedisClientObject *self, PyObject *node)
     PyObject *key = cm_key_of_node(self->st, node);
     if (key == NULL)
         return NULL;
-    CmRedisOp *op = start_op(self, OP_DEL, &loop);
+    CmRedisOp *op = start_op(&self, OP_DEL, &loop);
     if (op == NULL) {
         Py_DECREF(key);
         return NULL;
@@ -1801,7 +1852,7 @@ static PyObject *client_set(CmRedisClientObject *self, PyObject *const *args, Py
     }
     if (set_args(self, args[0], args[1], args[2], args[3], &key, &payload, &ms) < 0)
         return NULL;
-    CmRedisOp *op = start_op(self, OP_SET, &loop);
+    CmRedisOp *op = start_op(&self, OP_SET, &loop);
     if (op == NULL) {
         Py_DECREF(key);
         Py_DECREF(payload);
@@ -1892,7 +1943,7 @@ static PyObject *client_get_all(CmRedisClientObject *self, PyObject *const *args
         PyList_SET_ITEM(keys, i, k);
         PyList_SET_ITEM(results, i, Py_NewRef(Py_None));
     }
-    CmRedisOp *op = start_op(self, OP_MGET, &loop);
+    CmRedisOp *op = start_op(&self, OP_MGET, &loop);
     if (op == NULL)
         goto fail;
     op->nodes = nodes;
@@ -1939,7 +1990,7 @@ static PyObject *client_set_all(CmRedisClientObject *self, PyObject *const *args
             goto fail;
         PyList_SET_ITEM(values, i, v);
     }
-    CmRedisOp *op = start_op(self, OP_SET, &loop);
+    CmRedisOp *op = start_op(&self, OP_SET, &loop);
     if (op == NULL)
         goto fail;
     op->keys = keys;
@@ -1995,7 +2046,7 @@ static PyObject *client_execute(CmRedisClientObject *self, PyObject *const *args
         }
         PyTuple_SET_ITEM(argv, i, b);
     }
-    CmRedisOp *op = start_op(self, OP_RAW, &loop);
+    CmRedisOp *op = start_op(&self, OP_RAW, &loop);
     if (op == NULL) {
         Py_DECREF(argv);
         return NULL;
@@ -2014,7 +2065,8 @@ static PyObject *client_refresh_slots(CmRedisClientObject *self, PyObject *Py_UN
         PyErr_SetString(st->RedisError, "not a cluster storage");
         return NULL;
     }
-    if ((loop = cm_loop_running(st)) == NULL || (fut = cm_loop_create_future(st, loop)) == NULL ||
+    if ((loop = cm_loop_running(st)) == NULL || (self = client_for(self, loop)) == NULL ||
+        client_check_open(self) < 0 || (fut = cm_loop_create_future(st, loop)) == NULL ||
         cm_cluster_refresh(self, loop, fut) < 0)
         Py_CLEAR(fut);
     Py_XDECREF(loop);
@@ -2034,6 +2086,7 @@ static void client_close_pools(CmRedisClientObject *self)
 static PyObject *client_close(CmRedisClientObject *self, PyObject *Py_UNUSED(unused))
 {
     client_close_pools(self);
+    cm_netloops_clear(&self->loops);
     Py_RETURN_NONE;
 }
 
@@ -2048,6 +2101,12 @@ static PyObject *client_connections(CmRedisClientObject *self, PyObject *Py_UNUS
         Py_ssize_t np = cm_cluster_pools(self, &pools);
         for (Py_ssize_t i = 0; i < np; i++)
             n += pools[i]->nconns;
+    }
+    for (Py_ssize_t i = 0; i < cm_netloops_count(&self->loops); i++) {
+        PyObject *r =
+            client_connections((CmRedisClientObject *)cm_netloops_inst(&self->loops, i), NULL);
+        n += r ? PyLong_AsLong(r) : 0;
+        Py_XDECREF(r);
     }
     return PyLong_FromLong(n);
 }
@@ -2160,6 +2219,11 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     self->spin.limit = spin;
     Py_XSETREF(self->default_serializer, ser);
     ser = NULL;
+    Py_XSETREF(self->init_args, Py_NewRef(args));
+    Py_XSETREF(self->init_kwds, kwds ? PyDict_Copy(kwds) : NULL);
+    if (kwds != NULL && self->init_kwds == NULL)
+        goto done;
+    cm_netloops_clear(&self->loops);
     if (cluster) {
         if ((self->cluster = cm_cluster_new(self, host, port)) == NULL)
             goto done;
@@ -2174,13 +2238,48 @@ done:
     return rc;
 }
 
+/* netloop.h: an instance for another loop is a plain RedisClient made from
+ * the same arguments; both hooks close connections without touching a loop. */
+static PyObject *client_spawn(PyObject *owner)
+{
+    CmRedisClientObject *self = (CmRedisClientObject *)owner;
+    if (self->init_args == NULL) {
+        PyErr_SetString(self->st->RedisError, "redis storage is not initialised");
+        return NULL;
+    }
+    return PyObject_Call(self->st->RedisClientType, self->init_args, self->init_kwds);
+}
+
+static void client_drop_detached(PyObject *inst, const char *why)
+{
+    CmRedisClientObject *self = (CmRedisClientObject *)inst;
+    if (self->pool != NULL)
+        pool_drop_detached(self->pool, why);
+    if (self->cluster != NULL) {
+        CmRedisPool **pools;
+        Py_ssize_t np = cm_cluster_pools(self, &pools);
+        for (Py_ssize_t i = 0; i < np; i++)
+            pool_drop_detached(pools[i], why);
+    }
+}
+
+static void client_forked(PyObject *inst) { client_drop_detached(inst, "inherited over fork"); }
+static void client_orphan(PyObject *inst) { client_drop_detached(inst, "event loop closed"); }
+
+static const CmNetKind client_net_kind = {client_spawn, client_forked, client_orphan};
+
 static PyObject *client_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
 {
     (void)args;
     (void)kwds;
     CmRedisClientObject *self = (CmRedisClientObject *)tp->tp_alloc(tp, 0);
-    if (self != NULL)
-        self->st = cm_state_from_type(tp);
+    if (self == NULL)
+        return NULL;
+    if ((self->st = cm_state_from_type(tp)) == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    cm_netloops_init(&self->loops, self->st, &client_net_kind, (PyObject *)self);
     return (PyObject *)self;
 }
 
@@ -2188,11 +2287,17 @@ static int client_traverse(CmRedisClientObject *self, visitproc visit, void *arg
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->default_serializer);
-    return cm_busypoll_traverse(&self->spin, visit, arg);
+    Py_VISIT(self->init_args);
+    Py_VISIT(self->init_kwds);
+    int rc = cm_netloops_traverse(&self->loops, visit, arg);
+    return rc ? rc : cm_busypoll_traverse(&self->spin, visit, arg);
 }
 
 static int client_clear(CmRedisClientObject *self)
 {
+    cm_netloops_clear(&self->loops);
+    Py_CLEAR(self->init_args);
+    Py_CLEAR(self->init_kwds);
     Py_CLEAR(self->default_serializer);
     cm_busypoll_clear(&self->spin);
     return 0;
@@ -2204,6 +2309,7 @@ static void client_dealloc(CmRedisClientObject *self)
     PyObject_GC_UnTrack(self);
     client_close_pools(self);
     client_clear(self);
+    cm_netloops_fini(&self->loops);
     Py_CLEAR(self->cfg.username);
     Py_CLEAR(self->cfg.password);
     tp->tp_free(self);

@@ -5,6 +5,7 @@
 #include "state.h"
 
 #include "busypoll.h"
+#include "netloop.h"
 #include "resp.h"
 
 struct addrinfo;
@@ -92,6 +93,10 @@ struct CmRedisClientObject {
     CmRedisCluster *cluster; /* or a cluster */
     PyObject *default_serializer;
     CmBusyPoll spin; /* single server: waiting for replies on an idle loop */
+    /* the instances serving other loops (netloop.h), made from the same
+     * RedisClient arguments */
+    CmNetLoops loops;
+    PyObject *init_args, *init_kwds;
 };
 
 /* redis.c, used by the cluster */

@@ -837,10 +837,29 @@ static int check_available(CmSqlStorageObject *s)
     return -1;
 }
 
+/* The instance serving the running loop (netloop.h), a new reference: s, or
+ * one made for that loop. Outside a loop (a sync driver called directly), s. */
+static CmSqlStorageObject *storage_for(CmSqlStorageObject *s)
+{
+    PyObject *loop = cm_loop_running(s->st);
+    if (loop == NULL) {
+        if (!s->drv->sync)
+            return NULL;
+        PyErr_Clear();
+        return (CmSqlStorageObject *)Py_NewRef(s);
+    }
+    PyObject *inst = cm_netloops_for(&s->loops, loop); // borrowed
+    Py_DECREF(loop);
+    return (CmSqlStorageObject *)Py_XNewRef(inst);
+}
+
 /* Queue the request (stolen) and return its awaitable. */
-static PyObject *submit(CmSqlStorageObject *s, CmSqlReq *r)
+static PyObject *submit(CmSqlStorageObject *owner, CmSqlReq *r)
 {
     PyObject *loop = NULL, *out = NULL;
+    CmSqlStorageObject *s = storage_for(owner);
+    if (s == NULL)
+        goto done;
     if (s->drv->sync) {
         if (s->drv->run(s, r) < 0)
             goto done;
@@ -863,23 +882,30 @@ static PyObject *submit(CmSqlStorageObject *s, CmSqlReq *r)
     dispatch(s);
     if (!r->finished)
         wait_inline(s, r);
-    r->held = 0;
     if (r->finished) {
         out = finished_result(s, r, loop);
         r = NULL;
         goto done;
     }
-    /* in flight: its future, set when it finishes */
+    /* in flight: its future, set when it finishes. Still held while the
+     * future is made (Python code, which may run a callback that finishes
+     * the request): a request finished unheld without a future is freed */
     CmSqlReq *mine = r;
     r = NULL;
-    if ((mine->fut = cm_loop_create_future(s->st, loop)) == NULL)
-        goto done; /* it finishes unseen, like a cancelled one */
-    out = Py_NewRef(mine->fut);
-    schedule_spin(s);
+    PyObject *fut = cm_loop_create_future(s->st, loop);
+    mine->held = 0;
+    mine->fut = Py_XNewRef(fut);
+    if (mine->finished)
+        req_finish(s, mine); /* sets the future (if any) and frees the request */
+    else if (fut != NULL)
+        schedule_spin(s);
+    /* without a future, it finishes unseen, like a cancelled one */
+    out = fut;
 done:
     if (r != NULL)
         req_free(r);
     Py_XDECREF(loop);
+    Py_XDECREF(s);
     return out;
 }
 
@@ -1129,6 +1155,7 @@ static PyObject *storage_close_now(PyObject *self, PyObject *Py_UNUSED(unused))
     close_all(s, "storage closed");
     if (s->drv->teardown != NULL)
         s->drv->teardown(s);
+    cm_netloops_clear(&s->loops);
     Py_RETURN_NONE;
 }
 
@@ -1224,6 +1251,11 @@ static int storage_init(PyObject *self, PyObject *args, PyObject *kwds)
     s->sweep_limit = sweep_limit;
     s->spin.limit = spin;
     s->next_sweep = cm_sql_now() + (int64_t)(sweep_interval * 1e9);
+    Py_XSETREF(s->init_args, Py_NewRef(args));
+    Py_XSETREF(s->init_kwds, kwds ? PyDict_Copy(kwds) : NULL);
+    if (kwds != NULL && s->init_kwds == NULL)
+        return -1;
+    cm_netloops_clear(&s->loops);
     if (s->drv->setup != NULL && s->drv->setup(s) < 0)
         return -1;
     return 0;
@@ -1236,7 +1268,10 @@ static int storage_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(s->loop);
     Py_VISIT(s->tick);
     Py_VISIT(s->last_error);
-    return cm_busypoll_traverse(&s->spin, visit, arg);
+    Py_VISIT(s->init_args);
+    Py_VISIT(s->init_kwds);
+    int rc = cm_netloops_traverse(&s->loops, visit, arg);
+    return rc ? rc : cm_busypoll_traverse(&s->spin, visit, arg);
 }
 
 static int storage_clear(PyObject *self)
@@ -1244,6 +1279,9 @@ static int storage_clear(PyObject *self)
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
     /* a pending tick holds the storage: here it is gone or its loop is */
     Py_CLEAR(s->tick);
+    cm_netloops_clear(&s->loops);
+    Py_CLEAR(s->init_args);
+    Py_CLEAR(s->init_kwds);
     close_all(s, "storage deleted");
     Py_CLEAR(s->loop);
     Py_CLEAR(s->last_error);
@@ -1259,6 +1297,7 @@ static void storage_dealloc(PyObject *self)
     if (s->weakreflist != NULL)
         PyObject_ClearWeakRefs(self);
     storage_clear(self);
+    cm_netloops_fini(&s->loops);
     if (s->drv != NULL && s->drv->teardown != NULL)
         s->drv->teardown(s);
     free(s->conns);
@@ -1268,6 +1307,65 @@ static void storage_dealloc(PyObject *self)
     tp->tp_free(self);
     Py_DECREF(tp);
 }
+
+/* netloop.h: an instance for another loop is the driver's own type made
+ * from the same arguments. */
+static PyObject *storage_spawn(PyObject *owner)
+{
+    CmSqlStorageObject *s = (CmSqlStorageObject *)owner;
+    CmState *st = s->st;
+    PyObject *tp = s->drv == &cm_pg_driver      ? st->PgClientType
+                   : s->drv == &cm_mysql_driver ? st->MySQLClientType
+                                                : st->SQLiteClientType;
+    if (s->init_args == NULL) {
+        PyErr_Format(st->SQLError, "cacheme %s storage: not initialised", s->drv->name);
+        return NULL;
+    }
+    return PyObject_Call(tp, s->init_args, s->init_kwds);
+}
+
+/* Close every connection and fail what waits, without touching the loop
+ * (closed, gone, or the parent's after fork): nothing is unregistered, the
+ * tick is dropped uncancelled. fork: each socket is first pointed at
+ * /dev/null, so the driver's goodbye (libpq's Terminate, MariaDB's
+ * COM_QUIT) and close never reach the parent's connection. */
+static void storage_drop_detached(CmSqlStorageObject *s, int fork, const char *why)
+{
+    Py_INCREF(s);
+    for (Py_ssize_t i = 0; i < s->nconns; i++) {
+        CmSqlConnObject *c = s->conns[i]; // borrowed
+        c->reading = c->writing = 0;
+        if (fork)
+            cm_net_fork_fd(c->fd);
+    }
+    Py_CLEAR(s->tick);
+    close_all(s, why);
+    Py_CLEAR(s->loop);
+    s->retry_at = 0;
+    s->backoff = 0;
+    Py_DECREF(s);
+}
+
+static void storage_forked(PyObject *inst)
+{
+    CmSqlStorageObject *s = (CmSqlStorageObject *)inst;
+    storage_drop_detached(s, 1, "inherited over fork");
+    if (s->drv->sync && s->h != NULL) {
+        /* SQLite: a connection must not be used, nor closed, across fork
+         * (its locks and WAL state are the parent's): left as it is, and
+         * the child opens its own */
+        s->h = NULL;
+        if (s->drv->setup != NULL && s->drv->setup(s) < 0)
+            PyErr_WriteUnraisable(inst);
+    }
+}
+
+static void storage_orphan(PyObject *inst)
+{
+    storage_drop_detached((CmSqlStorageObject *)inst, 0, "the event loop was closed");
+}
+
+static const CmNetKind storage_net_kind = {storage_spawn, storage_forked, storage_orphan};
 
 static PyObject *storage_new_with(PyTypeObject *tp, const CmSqlDriver *drv)
 {
@@ -1282,6 +1380,7 @@ static PyObject *storage_new_with(PyTypeObject *tp, const CmSqlDriver *drv)
     s->drv = drv;
     s->pool_size = 10;
     s->timeout = s->connect_timeout = 5.0;
+    cm_netloops_init(&s->loops, s->st, &storage_net_kind, (PyObject *)s);
     return (PyObject *)s;
 }
 

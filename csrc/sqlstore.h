@@ -22,6 +22,7 @@
 #include "state.h"
 
 #include "busypoll.h"
+#include "netloop.h"
 
 typedef struct CmSqlReq CmSqlReq;
 typedef struct CmSqlStorageObject CmSqlStorageObject;
@@ -122,6 +123,10 @@ struct CmSqlStorageObject {
     void *h;              /* driver's storage-level handle (sqlite3 *) */
     void *aux;
     PyObject *weakreflist;
+    /* the instances serving other loops (netloop.h), made from the same
+     * arguments */
+    CmNetLoops loops;
+    PyObject *init_args, *init_kwds;
 };
 
 /* Drivers (pg.c, mysql.c, sqlite.c). */

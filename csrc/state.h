@@ -227,6 +227,11 @@ typedef struct {
 #undef CM_SQL_DECLARE
     PyTypeObject *SqlConnType;
     /* end sql */
+    /* netloop (netloop.c): every per-loop table of the process, for the
+     * after-fork hook (plain C records, owned by their storages) */
+    struct CmNetLoops *netloops;
+    long forks; /* after-fork hooks run in this process */
+    /* end netloop */
 } CmState;
 
 static inline CmState *cm_state_from_module(PyObject *mod)
@@ -293,6 +298,10 @@ PyObject *cm_redis_op_handoff(struct CmRedisOp *op, PyObject *get);
 void cm_redis_op_unref(struct CmRedisOp *op);
 void cm_get_op_done(CmState *st, PyObject *get, PyObject *res, PyObject *err);
 /* end redis */
+
+/* netloop */
+int cm_netloop_init(PyObject *mod, CmState *st);
+/* end netloop */
 
 /* sql */
 int cm_sql_init(PyObject *mod, CmState *st);
