@@ -45,6 +45,9 @@
  * for the handler) is reopened and the read retried once. */
 #include "mysql.h"
 
+#include "exc.h"
+#include "resolve.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,7 +76,8 @@ enum {
     PH_QSTORE,
     PH_QNEXT,
     PH_HOPEN,
-    PH_HCLOSE
+    PH_HCLOSE,
+    PH_RESOLVE /* the host is being looked up (resolve.h) */
 };
 /* S_HGET: the single GET through the handler; S_GET: the same as a SELECT
  * (tables the handler cannot read, the connection check) */
@@ -104,7 +108,8 @@ typedef struct {
      * batch has reopened it once */
     int hopen, hoff, hretried, hvalue;
     int64_t hopened;
-    int64_t used; /* monotonic ns: the batch in flight or the last one started */
+    int64_t used;      /* monotonic ns: the batch in flight or the last one started */
+    PyObject *resolve; /* the host's lookup task (PH_RESOLVE), or NULL */
     char hsql[320];
 } MyConn;
 
@@ -155,6 +160,13 @@ static void my_close(CmSqlConnObject *c)
             shutdown(fd, SHUT_RDWR);
         mysql_close(m);
         c->h = NULL;
+    }
+    if (mc != NULL && mc->resolve != NULL) { /* the lookup: given up */
+        PyObject *r = PyObject_CallMethod(mc->resolve, "cancel", NULL);
+        if (r == NULL)
+            PyErr_Clear();
+        Py_XDECREF(r);
+        Py_CLEAR(mc->resolve);
     }
     if (mc != NULL) {
         for (int i = 0; i < S_COUNT; i++)
@@ -217,6 +229,76 @@ static int opt_str(CmSqlStorageObject *s, const char *name, const char **out)
     return 0;
 }
 
+/* Start connecting to host (an address, "localhost", or NULL) with the
+ * storage's options. -1 with an exception. */
+static int my_connect(CmSqlConnObject *c, const char *host)
+{
+    CmSqlStorageObject *s = c->storage; // borrowed
+    MyConn *mc = c->aux;
+    MYSQL *m = c->h;
+    PyObject *port_o = PyDict_GetItemString(s->options, "port"); // borrowed
+    unsigned port = port_o ? (unsigned)PyLong_AsUnsignedLong(port_o) : 3306;
+    if (PyErr_Occurred())
+        return -1;
+    const char *user, *password, *db, *unix_socket;
+    if (opt_str(s, "user", &user) < 0 || opt_str(s, "password", &password) < 0 ||
+        opt_str(s, "db", &db) < 0 || opt_str(s, "unix_socket", &unix_socket) < 0)
+        return -1;
+    c->phase = PH_CONNECT;
+    int status = mysql_real_connect_start(&mc->mret, m, host, user, password, db, port, unix_socket,
+                                          CLIENT_FOUND_ROWS);
+    if (status == 0 && mc->mret == NULL) {
+        PyErr_Format(s->st->SQLConnectionError, "mysql: %s", mysql_error(m));
+        return -1;
+    }
+    c->fd = (int)mysql_get_socket(m);
+    after(c, status);
+    return 0;
+}
+
+/* The host lookup is done (on the loop): connect to its first address, or
+ * fail the connection. */
+static PyObject *my_on_resolved(PyObject *self, PyObject *task)
+{
+    CmSqlConnObject *c = (CmSqlConnObject *)self;
+    MyConn *mc = c->aux;
+    if (c->state != CM_SQL_CONNECTING || mc == NULL || mc->resolve != task)
+        Py_RETURN_NONE; /* closed meanwhile (timed out): the task was cancelled */
+    Py_INCREF(c);
+    Py_CLEAR(mc->resolve);
+    PyObject *addrs = cm_resolve_result(task);
+    const char *ip = NULL;
+    if (addrs != NULL && PyList_Check(addrs) && PyList_GET_SIZE(addrs) == 1) {
+        PyObject *ips = PyList_GET_ITEM(addrs, 0); // borrowed
+        if (PyList_Check(ips) && PyList_GET_SIZE(ips) > 0)
+            ip = PyUnicode_AsUTF8(PyList_GET_ITEM(ips, 0));
+        else
+            PyErr_SetString(PyExc_TypeError, "resolve: no address");
+    } else if (addrs != NULL)
+        PyErr_SetString(PyExc_TypeError, "resolve: a list of one list expected");
+    int looked_up = ip != NULL;
+    if (ip == NULL || my_connect(c, ip) < 0) {
+        PyObject *exc = cm_exc_take();
+        PyObject *msg = exc ? PyObject_Str(exc) : NULL;
+        const char *m = msg ? PyUnicode_AsUTF8(msg) : NULL;
+        char buf[512];
+        if (looked_up)
+            snprintf(buf, sizeof(buf), "%s", m ? m : "connect failed");
+        else
+            snprintf(buf, sizeof(buf), "mysql: cannot resolve the host: %s",
+                     m ? m : "lookup failed");
+        PyErr_Clear();
+        cm_sql_conn_fail(c, c->storage->st->SQLConnectionError, buf);
+        Py_XDECREF(msg);
+        Py_XDECREF(exc);
+    }
+    Py_XDECREF(addrs);
+    Py_DECREF(c);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef my_on_resolved_def = {"_on_resolved", my_on_resolved, METH_O, NULL};
+
 static int my_open(CmSqlConnObject *c)
 {
     CmSqlStorageObject *s = c->storage; // borrowed
@@ -241,25 +323,24 @@ static int my_open(CmSqlConnObject *c)
     mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &io_timeout);
     mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &io_timeout);
     mysql_options(m, MYSQL_SET_CHARSET_NAME, "utf8mb4");
-    PyObject *port_o = PyDict_GetItemString(s->options, "port"); // borrowed
-    unsigned port = port_o ? (unsigned)PyLong_AsUnsignedLong(port_o) : 3306;
-    if (PyErr_Occurred())
+    const char *host;
+    if (opt_str(s, "host", &host) < 0)
         return -1;
-    const char *host, *user, *password, *db, *unix_socket;
-    if (opt_str(s, "host", &host) < 0 || opt_str(s, "user", &user) < 0 ||
-        opt_str(s, "password", &password) < 0 || opt_str(s, "db", &db) < 0 ||
-        opt_str(s, "unix_socket", &unix_socket) < 0)
-        return -1;
-    c->phase = PH_CONNECT;
-    int status = mysql_real_connect_start(&mc->mret, m, host, user, password, db, port, unix_socket,
-                                          CLIENT_FOUND_ROWS);
-    if (status == 0 && mc->mret == NULL) {
-        PyErr_Format(s->st->SQLConnectionError, "mysql: %s", mysql_error(m));
-        return -1;
+    /* a host name is looked up off the loop thread (resolve.h), then
+     * connected to by address: Connector/C would call getaddrinfo in
+     * mysql_real_connect_start. "localhost" is the unix socket. */
+    if (cm_resolve_needed(host) && strcmp(host, "localhost") != 0) {
+        PyObject *cb = PyCFunction_New(&my_on_resolved_def, (PyObject *)c);
+        PyObject *hosts = cb ? Py_BuildValue("[s]", host) : NULL;
+        mc->resolve = hosts ? cm_resolve_start(s->loop, hosts, cb) : NULL;
+        Py_XDECREF(hosts);
+        Py_XDECREF(cb);
+        if (mc->resolve == NULL)
+            return -1;
+        c->phase = PH_RESOLVE;
+        return 0;
     }
-    c->fd = (int)mysql_get_socket(m);
-    after(c, status);
-    return 0;
+    return my_connect(c, host);
 }
 
 static int bucket_of(int n)
