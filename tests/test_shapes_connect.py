@@ -1,4 +1,5 @@
-"""Issue 20: nothing blocks the loop thread while connecting.
+"""Issue 20: nothing blocks the loop thread while connecting, or while
+SQLite waits for a lock.
 
 Host names are looked up off the loop thread (cacheme/_resolve.py): a slow
 resolver must not freeze the other tasks, and the connect timeout covers the
@@ -6,6 +7,7 @@ lookup. The resolver here is a DNS stub of the test's own that answers late
 or never; a child interpreter uses it through a private /etc/resolv.conf
 (bind-mounted in a mount namespace of its own: `unshare -m`, as root, which
 CI is)."""
+import asyncio
 import json
 import os
 import random
@@ -17,9 +19,12 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 
 import pytest
 
+import cacheme
+from cacheme.storages.sqldb import SQLTimeoutError
 from redis_servers import RedisServer
 from sql_servers import MariaServer, PgServer, pg_bin
 
@@ -252,3 +257,134 @@ def test_an_ip_literal_is_not_looked_up(dns, backend, server):
     rep = connect_in_child(dns, server.url, **opts_for(backend, 5.0))
     assert rep["err"] is None, rep
     assert dns.queries[before:] == []
+
+
+# ---------------------------------------------------------------- sqlite: a locked database
+
+LOCKER = '''
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()  # held until told
+db.execute("COMMIT")
+print("released", flush=True)
+'''
+
+
+class K:
+    """A bare node: just a full key."""
+
+    def __init__(self, key):
+        self.k = key
+
+    def full_key(self):
+        return self.k
+
+
+class Progress:
+    """Another task on the loop and another Python thread, each recording
+    the longest gap between its steps (seconds)."""
+
+    def __init__(self):
+        self.loop_gap = self.thread_gap = 0.0
+        self._stop = threading.Event()
+
+    def _thread(self):
+        last = time.monotonic()
+        while not self._stop.is_set():
+            time.sleep(0.005)
+            now = time.monotonic()
+            self.thread_gap = max(self.thread_gap, now - last)
+            last = now
+
+    async def _ticker(self):
+        last = time.monotonic()
+        while not self._stop.is_set():
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            self.loop_gap = max(self.loop_gap, now - last)
+            last = now
+
+    async def __aenter__(self):
+        self._t = threading.Thread(target=self._thread)
+        self._t.start()
+        self._task = asyncio.ensure_future(self._ticker())
+        await asyncio.sleep(0.02)
+        return self
+
+    async def __aexit__(self, *exc):
+        self._stop.set()
+        await self._task
+        self._t.join()
+
+
+async def sqlite_storage(tmp_path, **opts):
+    name = f"sqlite-lock-{time.monotonic_ns()}"
+    await cacheme.register_storage(name, cacheme.Storage(
+        url=f"sqlite:///{tmp_path}/lock.db", table="cm_lock", create_table=True, **opts))
+    return name, cacheme.data.get_storage_by_name(name)._storage
+
+
+def lock_db(tmp_path):
+    """Another process holding the database's write lock; write a line to
+    its stdin to release it."""
+    p = subprocess.Popen([sys.executable, "-c", LOCKER, f"{tmp_path}/lock.db"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def release(p):
+    p.stdin.write("go\n")
+    p.stdin.flush()
+
+
+async def test_sqlite_waits_for_a_lock_off_the_loop(tmp_path):
+    # another process holds the write lock for 0.5 s: the writes wait for it
+    # (busy_timeout 5 s) while the loop and other threads keep running, and
+    # complete in order once it is released
+    name, s = await sqlite_storage(tmp_path, busy_timeout=5.0)
+    await s.set(K("a"), b"0", None, None)
+    locker = lock_db(tmp_path)
+    try:
+        async with Progress() as prog:
+            asyncio.get_running_loop().call_later(0.5, release, locker)
+            t0 = time.monotonic()
+            await asyncio.wait_for(asyncio.gather(
+                s.set(K("a"), b"1", None, None), s.set(K("a"), b"2", None, None),
+                s.set(K("b"), b"3", None, None)), 10)
+            elapsed = time.monotonic() - t0
+            assert await s.get(K("a"), None) == b"2"  # in order
+            assert await s.get(K("b"), None) == b"3"
+        assert elapsed >= 0.45, elapsed  # they did wait for the lock
+        assert prog.loop_gap < 0.15, f"the loop stood still for {prog.loop_gap:.2f} s"
+        assert prog.thread_gap < 0.15, f"another thread stood still for {prog.thread_gap:.2f} s"
+        assert locker.stdout.readline().strip() == "released"
+    finally:
+        locker.kill()
+        locker.wait()
+
+
+async def test_sqlite_lock_timeout_is_a_clear_error(tmp_path):
+    # the lock is never released: past busy_timeout the write fails with
+    # SQLTimeoutError saying so, the loop running meanwhile; reads go on
+    name, s = await sqlite_storage(tmp_path, busy_timeout=0.4)
+    await s.set(K("a"), b"0", None, None)
+    locker = lock_db(tmp_path)
+    try:
+        async with Progress() as prog:
+            t0 = time.monotonic()
+            with pytest.raises(SQLTimeoutError, match="locked"):
+                await asyncio.wait_for(s.set(K("a"), b"1", None, None), 10)
+            elapsed = time.monotonic() - t0
+            assert await s.get(K("a"), None) == b"0"
+        assert 0.35 <= elapsed < 2, elapsed
+        assert prog.loop_gap < 0.15, f"the loop stood still for {prog.loop_gap:.2f} s"
+        assert prog.thread_gap < 0.15, f"another thread stood still for {prog.thread_gap:.2f} s"
+    finally:
+        locker.kill()
+        locker.wait()
+    # unlocked: writes go through again
+    await s.set(K("a"), b"4", None, None)
+    assert await s.get(K("a"), None) == b"4"
