@@ -504,8 +504,13 @@ static PyObject *wait_on_timer(PyObject *self, PyObject *Py_UNUSED(unused))
                          "sqlite: database is locked (waited busy_timeout, %g s, for the lock)",
                          h->busy);
                 cm_sql_req_error(s, r, s->st->SQLTimeoutError, msg);
-            } else if (r->error == NULL)
-                r->error = cm_exc_take();
+            } else {
+                PyObject *exc = cm_exc_take();
+                if (r->error == NULL)
+                    r->error = exc;
+                else
+                    Py_XDECREF(exc);
+            }
             cm_sql_req_finish(s, r);
             continue;
         }

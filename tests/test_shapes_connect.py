@@ -8,6 +8,7 @@ or never; a child interpreter uses it through a private /etc/resolv.conf
 (bind-mounted in a mount namespace of its own: `unshare -m`, as root, which
 CI is)."""
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -24,6 +25,8 @@ import time
 import pytest
 
 import cacheme
+from cacheme.models import sentinel
+from cacheme.serializer import MsgPackSerializer
 from cacheme.storages.sqldb import SQLTimeoutError
 from redis_servers import RedisServer
 from sql_servers import MariaServer, PgServer, pg_bin
@@ -345,18 +348,35 @@ async def test_sqlite_waits_for_a_lock_off_the_loop(tmp_path):
     # (busy_timeout 5 s) while the loop and other threads keep running, and
     # complete in order once it is released
     name, s = await sqlite_storage(tmp_path, busy_timeout=5.0)
+
+    @dataclasses.dataclass
+    class Node(cacheme.Node):
+        uid: int
+
+        def key(self) -> str:
+            return f"lock:{self.uid}"
+
+        async def load(self):
+            return {"uid": self.uid}
+
+        class Meta(cacheme.Node.Meta):
+            caches = [cacheme.Cache(storage=name, ttl=None)]
+            serializer = MsgPackSerializer()
+
     await s.set(K("a"), b"0", None, None)
     locker = lock_db(tmp_path)
     try:
         async with Progress() as prog:
             asyncio.get_running_loop().call_later(0.5, release, locker)
             t0 = time.monotonic()
-            await asyncio.wait_for(asyncio.gather(
+            got = await asyncio.wait_for(asyncio.gather(
                 s.set(K("a"), b"1", None, None), s.set(K("a"), b"2", None, None),
-                s.set(K("b"), b"3", None, None)), 10)
+                s.set(K("b"), b"3", None, None), cacheme.get(Node(1))), 10)
             elapsed = time.monotonic() - t0
+            assert got[3] == {"uid": 1}  # a miss: loaded, and its fill waited too
             assert await s.get(K("a"), None) == b"2"  # in order
             assert await s.get(K("b"), None) == b"3"
+            assert await s.get(Node(1), None) is not sentinel  # filled
         assert elapsed >= 0.45, elapsed  # they did wait for the lock
         assert prog.loop_gap < 0.15, f"the loop stood still for {prog.loop_gap:.2f} s"
         assert prog.thread_gap < 0.15, f"another thread stood still for {prog.thread_gap:.2f} s"
