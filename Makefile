@@ -2,7 +2,9 @@
 #
 #   make demo        system libraries, .venv with cacheme built, a short demo
 #   make test        the same plus test tools and servers, clang-format check, the C unit
-#                    tests under valgrind, pytest, an sdist install
+#                    tests under valgrind, pytest, the API/Redis/SQL tests again on uvloop,
+#                    an sdist install
+#   make test-uvloop the API, Redis and SQL test modules on uvloop (CACHEME_TEST_LOOP)
 #   make test-asan   pytest against an ASan/UBSan build of the extension
 #   make test-debug  pytest against a debug build (asserts on, -O0)
 #   make bench       side-by-side benchmarks (see benchmarks/README.md)
@@ -15,7 +17,7 @@ PIP := $(VENV)/bin/pip
 CSRC := $(wildcard csrc/*.c csrc/*.h)
 export CACHEME_WERROR ?= 1
 
-.PHONY: all deps venv build demo test test-c test-py test-venvs test-sdist test-asan test-debug format format-check clean
+.PHONY: all deps venv build demo test test-c test-py test-uvloop test-venvs test-sdist test-asan test-debug format format-check clean
 
 all: build
 
@@ -60,7 +62,7 @@ build: $(VENV)/.stamp $(CSRC)
 # the serializer tests; cacheme 0.3.0 in its own venv for the tests that share
 # a cache with it.
 $(VENV)/.test-stamp: $(VENV)/.stamp pyproject.toml Makefile
-	$(PIP) install -q "pytest>=7" "pytest-asyncio>=0.23" "pytest-timeout>=2" "mypy>=1.5" "pydantic>=2" msgpack
+	$(PIP) install -q "pytest>=7" "pytest-asyncio>=0.23" "pytest-timeout>=2" "mypy>=1.5" "pydantic>=2" msgpack uvloop
 	touch $@
 
 test-venvs:
@@ -76,7 +78,15 @@ test-c: deps
 test-py: venv $(VENV)/.test-stamp test-venvs
 	$(PY) -m pytest tests -q --timeout 300
 
-test: format-check test-c test-py test-sdist
+# The modules whose tests run on an event loop of their own, again on uvloop
+# (uvicorn's loop when installed); busy polling stays off there.
+UVLOOP_TESTS := tests/test_api.py tests/test_redis.py tests/test_sql.py tests/test_uvloop.py \
+  tests/test_shapes_connect.py
+
+test-uvloop: venv $(VENV)/.test-stamp test-venvs
+	CACHEME_TEST_LOOP=uvloop $(PY) -m pytest $(UVLOOP_TESTS) -q --timeout 300
+
+test: format-check test-c test-py test-uvloop test-sdist
 
 # An sdist built from the tree installs into a clean venv and imports.
 test-sdist: venv

@@ -45,6 +45,9 @@
  * for the handler) is reopened and the read retried once. */
 #include "mysql.h"
 
+#include "exc.h"
+#include "resolve.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,7 +76,8 @@ enum {
     PH_QSTORE,
     PH_QNEXT,
     PH_HOPEN,
-    PH_HCLOSE
+    PH_HCLOSE,
+    PH_RESOLVE /* the host is being looked up (resolve.h) */
 };
 /* S_HGET: the single GET through the handler; S_GET: the same as a SELECT
  * (tables the handler cannot read, the connection check) */
@@ -104,7 +108,10 @@ typedef struct {
      * batch has reopened it once */
     int hopen, hoff, hretried, hvalue;
     int64_t hopened;
-    int64_t used; /* monotonic ns: the batch in flight or the last one started */
+    int64_t used;         /* monotonic ns: the batch in flight or the last one started */
+    PyObject *resolve;    /* the host's lookup task (PH_RESOLVE), or NULL */
+    PyObject *addrs;      /* the host's addresses (list of str) once looked up */
+    Py_ssize_t next_addr; /* the next one to try when a connect fails */
     char hsql[320];
 } MyConn;
 
@@ -156,6 +163,15 @@ static void my_close(CmSqlConnObject *c)
         mysql_close(m);
         c->h = NULL;
     }
+    if (mc != NULL && mc->resolve != NULL) { /* the lookup: given up */
+        PyObject *r = PyObject_CallMethod(mc->resolve, "cancel", NULL);
+        if (r == NULL)
+            PyErr_Clear();
+        Py_XDECREF(r);
+        Py_CLEAR(mc->resolve);
+    }
+    if (mc != NULL)
+        Py_CLEAR(mc->addrs);
     if (mc != NULL) {
         for (int i = 0; i < S_COUNT; i++)
             if (mc->stmt[i] != NULL)
@@ -217,15 +233,121 @@ static int opt_str(CmSqlStorageObject *s, const char *name, const char **out)
     return 0;
 }
 
-static int my_open(CmSqlConnObject *c)
+static int my_handle(CmSqlConnObject *c);
+static int my_connect(CmSqlConnObject *c, const char *host);
+
+/* A connect to a looked-up address failed: start one to the next address
+ * on a new handle. 1 if there was one (the connection started, or failed
+ * for good), 0 if none is left. */
+static int my_try_next(CmSqlConnObject *c)
+{
+    MyConn *mc = c->aux;
+    if (mc == NULL || mc->addrs == NULL || mc->next_addr >= PyList_GET_SIZE(mc->addrs))
+        return 0;
+    PyObject *ip_o = PyList_GET_ITEM(mc->addrs, mc->next_addr++); // borrowed
+    cm_sql_conn_unwatch(c);
+    MYSQL *m = c->h;
+    if (m != NULL) {
+        my_socket fd = mysql_get_socket(m);
+        if ((int)fd >= 0)
+            shutdown(fd, SHUT_RDWR);
+        mysql_close(m);
+        c->h = NULL;
+    }
+    c->fd = -1;
+    const char *ip = PyUnicode_AsUTF8(ip_o);
+    if (ip == NULL || my_handle(c) < 0 || my_connect(c, ip) < 0) {
+        PyObject *exc = cm_exc_take();
+        PyObject *msg = exc ? PyObject_Str(exc) : NULL;
+        const char *txt = msg ? PyUnicode_AsUTF8(msg) : NULL;
+        PyErr_Clear();
+        cm_sql_conn_fail(c, c->storage->st->SQLConnectionError,
+                         txt ? txt : "mysql: connect failed");
+        Py_XDECREF(msg);
+        Py_XDECREF(exc);
+    }
+    return 1;
+}
+
+/* Start connecting to host (an address, "localhost", or NULL) with the
+ * storage's options. -1 with an exception. */
+static int my_connect(CmSqlConnObject *c, const char *host)
 {
     CmSqlStorageObject *s = c->storage; // borrowed
-    MyConn *mc = calloc(1, sizeof(*mc));
-    if (mc == NULL) {
-        PyErr_NoMemory();
+    MyConn *mc = c->aux;
+    MYSQL *m = c->h;
+    PyObject *port_o = PyDict_GetItemString(s->options, "port"); // borrowed
+    unsigned port = port_o ? (unsigned)PyLong_AsUnsignedLong(port_o) : 3306;
+    if (PyErr_Occurred())
+        return -1;
+    const char *user, *password, *db, *unix_socket;
+    if (opt_str(s, "user", &user) < 0 || opt_str(s, "password", &password) < 0 ||
+        opt_str(s, "db", &db) < 0 || opt_str(s, "unix_socket", &unix_socket) < 0)
+        return -1;
+    c->phase = PH_CONNECT;
+    int status = mysql_real_connect_start(&mc->mret, m, host, user, password, db, port, unix_socket,
+                                          CLIENT_FOUND_ROWS);
+    if (status == 0 && mc->mret == NULL) {
+        if (my_try_next(c))
+            return 0;
+        PyErr_Format(s->st->SQLConnectionError, "mysql: %s", mysql_error(m));
         return -1;
     }
-    c->aux = mc;
+    c->fd = (int)mysql_get_socket(m);
+    after(c, status);
+    return 0;
+}
+
+/* The host lookup is done (on the loop): connect to its addresses in turn, or
+ * fail the connection. */
+static PyObject *my_on_resolved(PyObject *self, PyObject *task)
+{
+    CmSqlConnObject *c = (CmSqlConnObject *)self;
+    MyConn *mc = c->aux;
+    if (c->state != CM_SQL_CONNECTING || mc == NULL || mc->resolve != task)
+        Py_RETURN_NONE; /* closed meanwhile (timed out): the task was cancelled */
+    Py_INCREF(c);
+    Py_CLEAR(mc->resolve);
+    PyObject *addrs = cm_resolve_result(task);
+    const char *ip = NULL;
+    if (addrs != NULL && PyList_Check(addrs) && PyList_GET_SIZE(addrs) == 1) {
+        PyObject *ips = PyList_GET_ITEM(addrs, 0); // borrowed
+        if (PyList_Check(ips) && PyList_GET_SIZE(ips) > 0) {
+            Py_XSETREF(mc->addrs, Py_NewRef(ips));
+            mc->next_addr = 1;
+            ip = PyUnicode_AsUTF8(PyList_GET_ITEM(ips, 0));
+        } else
+            PyErr_SetString(PyExc_TypeError, "resolve: no address");
+    } else if (addrs != NULL)
+        PyErr_SetString(PyExc_TypeError, "resolve: a list of one list expected");
+    int looked_up = ip != NULL;
+    if (ip == NULL || my_connect(c, ip) < 0) {
+        PyObject *exc = cm_exc_take();
+        PyObject *msg = exc ? PyObject_Str(exc) : NULL;
+        const char *m = msg ? PyUnicode_AsUTF8(msg) : NULL;
+        char buf[512];
+        if (looked_up)
+            snprintf(buf, sizeof(buf), "%s", m ? m : "connect failed");
+        else
+            snprintf(buf, sizeof(buf), "mysql: cannot resolve the host: %s",
+                     m ? m : "lookup failed");
+        PyErr_Clear();
+        cm_sql_conn_fail(c, c->storage->st->SQLConnectionError, buf);
+        Py_XDECREF(msg);
+        Py_XDECREF(exc);
+    }
+    Py_XDECREF(addrs);
+    Py_DECREF(c);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef my_on_resolved_def = {"_on_resolved", my_on_resolved, METH_O, NULL};
+
+/* A new Connector/C handle with the storage's options, in c->h. -1 with an
+ * exception. */
+static int my_handle(CmSqlConnObject *c)
+{
+    CmSqlStorageObject *s = c->storage; // borrowed
     MYSQL *m = mysql_init(NULL);
     if (m == NULL) {
         PyErr_NoMemory();
@@ -241,25 +363,39 @@ static int my_open(CmSqlConnObject *c)
     mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &io_timeout);
     mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &io_timeout);
     mysql_options(m, MYSQL_SET_CHARSET_NAME, "utf8mb4");
-    PyObject *port_o = PyDict_GetItemString(s->options, "port"); // borrowed
-    unsigned port = port_o ? (unsigned)PyLong_AsUnsignedLong(port_o) : 3306;
-    if (PyErr_Occurred())
-        return -1;
-    const char *host, *user, *password, *db, *unix_socket;
-    if (opt_str(s, "host", &host) < 0 || opt_str(s, "user", &user) < 0 ||
-        opt_str(s, "password", &password) < 0 || opt_str(s, "db", &db) < 0 ||
-        opt_str(s, "unix_socket", &unix_socket) < 0)
-        return -1;
-    c->phase = PH_CONNECT;
-    int status = mysql_real_connect_start(&mc->mret, m, host, user, password, db, port, unix_socket,
-                                          CLIENT_FOUND_ROWS);
-    if (status == 0 && mc->mret == NULL) {
-        PyErr_Format(s->st->SQLConnectionError, "mysql: %s", mysql_error(m));
+    return 0;
+}
+
+static int my_open(CmSqlConnObject *c)
+{
+    CmSqlStorageObject *s = c->storage; // borrowed
+    MyConn *mc = calloc(1, sizeof(*mc));
+    if (mc == NULL) {
+        PyErr_NoMemory();
         return -1;
     }
-    c->fd = (int)mysql_get_socket(m);
-    after(c, status);
-    return 0;
+    c->aux = mc;
+    if (my_handle(c) < 0)
+        return -1;
+    const char *host;
+    if (opt_str(s, "host", &host) < 0)
+        return -1;
+    /* a host name is looked up off the loop thread (resolve.h), then
+     * connected to by address, one after the other as Connector/C would
+     * (which calls getaddrinfo in mysql_real_connect_start). "localhost"
+     * is the unix socket. */
+    if (cm_resolve_needed(host) && strcmp(host, "localhost") != 0) {
+        PyObject *cb = PyCFunction_New(&my_on_resolved_def, (PyObject *)c);
+        PyObject *hosts = cb ? Py_BuildValue("[s]", host) : NULL;
+        mc->resolve = hosts ? cm_resolve_start(s->loop, hosts, cb) : NULL;
+        Py_XDECREF(hosts);
+        Py_XDECREF(cb);
+        if (mc->resolve == NULL)
+            return -1;
+        c->phase = PH_RESOLVE;
+        return 0;
+    }
+    return my_connect(c, host);
 }
 
 static int bucket_of(int n)
@@ -757,7 +893,8 @@ static void step_done(CmSqlConnObject *c)
     switch (c->phase) {
     case PH_CONNECT:
         if (mc->mret == NULL) {
-            fail_my(c);
+            if (!my_try_next(c))
+                fail_my(c);
             return;
         }
         /* the watch of the socket connected (maybe not the first one) is

@@ -23,6 +23,9 @@
  * (now() + ttl seconds) and compared with its clock on reads. */
 #include "pg.h"
 
+#include "exc.h"
+#include "resolve.h"
+
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +34,7 @@
 #ifdef CM_HAVE_PQ
 #include <libpq-fe.h>
 
-enum { PH_CONNECT, PH_UNPREPARED, PH_PREPARE, PH_READY };
+enum { PH_RESOLVE, PH_CONNECT, PH_UNPREPARED, PH_PREPARE, PH_READY };
 enum { MODE_ONE, MODE_COALESCED };
 
 #define PG_MAX_COALESCE 64
@@ -81,6 +84,15 @@ static void pg_teardown(CmSqlStorageObject *s)
 
 static void pg_close(CmSqlConnObject *c)
 {
+    if (c->aux != NULL) { /* the host lookup (PH_RESOLVE): given up */
+        PyObject *task = (PyObject *)c->aux;
+        c->aux = NULL;
+        PyObject *r = PyObject_CallMethod(task, "cancel", NULL);
+        if (r == NULL)
+            PyErr_Clear();
+        Py_XDECREF(r);
+        Py_DECREF(task);
+    }
     if (c->h != NULL)
         PQfinish((PGconn *)c->h);
     c->h = NULL;
@@ -97,13 +109,10 @@ static void fail_pg(CmSqlConnObject *c)
     cm_sql_conn_fail(c, c->storage->st->SQLConnectionError, buf);
 }
 
-static int pg_open(CmSqlConnObject *c)
+/* The connection's libpq handle is started: watch its socket. */
+static int pg_started(CmSqlConnObject *c, PGconn *pg)
 {
     CmSqlStorageObject *s = c->storage; // borrowed
-    const char *dsn = PyUnicode_AsUTF8(s->dsn);
-    if (dsn == NULL)
-        return -1;
-    PGconn *pg = PQconnectStart(dsn);
     if (pg == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -116,6 +125,243 @@ static int pg_open(CmSqlConnObject *c)
     }
     c->fd = PQsocket(pg);
     return cm_sql_conn_watch(c, 0, 1);
+}
+
+/* The conninfo's value of name (NULL if unset), from the environment
+ * (PGHOST...) as libpq would when the conninfo has none. */
+static const char *opt_val(PQconninfoOption *opts, const char *name)
+{
+    for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+        if (strcmp(o->keyword, name) == 0) {
+            if (o->val != NULL && o->val[0] != '\0')
+                return o->val;
+            return o->envvar != NULL ? getenv(o->envvar) : NULL;
+        }
+    return NULL;
+}
+
+/* The names among the conninfo's hosts (a list of str), those to look up
+ * before connecting: none when hostaddr is given (libpq connects to it). A
+ * new reference; NULL with an exception. */
+static PyObject *hosts_to_resolve(PQconninfoOption *opts)
+{
+    PyObject *names = PyList_New(0);
+    const char *host = opt_val(opts, "host");
+    const char *hostaddr = opt_val(opts, "hostaddr");
+    if (names == NULL || host == NULL || (hostaddr != NULL && hostaddr[0] != '\0'))
+        return names;
+    char *copy = strdup(host), *save = NULL;
+    if (copy == NULL) {
+        Py_DECREF(names);
+        return PyErr_NoMemory();
+    }
+    for (char *h = strtok_r(copy, ",", &save); h != NULL; h = strtok_r(NULL, ",", &save)) {
+        if (!cm_resolve_needed(h))
+            continue;
+        PyObject *n = PyUnicode_FromString(h);
+        if (n == NULL || PyList_Append(names, n) < 0) {
+            Py_XDECREF(n);
+            Py_CLEAR(names);
+            break;
+        }
+        Py_DECREF(n);
+    }
+    free(copy);
+    return names;
+}
+
+/* A growing comma-separated list. */
+typedef struct {
+    char *s;
+    size_t len, cap;
+} CsvBuf;
+
+static int csv_add(CsvBuf *b, const char *v, size_t n)
+{
+    if (b->len + n + 2 > b->cap) {
+        size_t cap = (b->len + n + 2) * 2;
+        char *p = realloc(b->s, cap);
+        if (p == NULL)
+            return -1;
+        b->s = p;
+        b->cap = cap;
+    }
+    if (b->len > 0)
+        b->s[b->len++] = ',';
+    memcpy(b->s + b->len, v, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+    return 0;
+}
+
+/* Connect with the looked-up addresses: each name of host becomes one
+ * entry per address (host=name, hostaddr=address: libpq connects to the
+ * address and keeps the name for TLS and the password file), the other
+ * entries are kept with an empty hostaddr; a port list follows its hosts.
+ * -1 with an exception. */
+static int pg_connect_resolved(CmSqlConnObject *c, PyObject *addrs)
+{
+    CmSqlStorageObject *s = c->storage; // borrowed
+    const char *dsn = PyUnicode_AsUTF8(s->dsn);
+    if (dsn == NULL)
+        return -1;
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(dsn, &err);
+    if (opts == NULL) {
+        PyErr_Format(s->st->SQLConnectionError, "postgresql: %s", err ? err : "out of memory");
+        PQfreemem(err);
+        return -1;
+    }
+    const char *host = opt_val(opts, "host"), *port = opt_val(opts, "port");
+    int nhosts = 1, nports = port ? 1 : 0;
+    for (const char *p = host; p && *p; p++)
+        nhosts += *p == ',';
+    for (const char *p = port; p && *p; p++)
+        nports += *p == ',';
+    CsvBuf hosts = {0}, haddrs = {0}, ports = {0};
+    char *hcopy = strdup(host ? host : ""), *pcopy = strdup(port ? port : "");
+    char *hnext = hcopy, *pnext = pcopy;
+    int rc = -1;
+    Py_ssize_t k = 0;
+    if (hcopy == NULL || pcopy == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int i = 0; i < nhosts; i++) {
+        const char *h = strsep(&hnext, ",");
+        const char *pt = nports > 1 ? strsep(&pnext, ",") : NULL;
+        if (h == NULL)
+            break;
+        if (!cm_resolve_needed(h)) {
+            if (csv_add(&hosts, h, strlen(h)) < 0 || csv_add(&haddrs, "", 0) < 0 ||
+                (nports > 1 && csv_add(&ports, pt ? pt : "", pt ? strlen(pt) : 0) < 0))
+                goto nomem;
+            continue;
+        }
+        if (k >= PyList_GET_SIZE(addrs)) {
+            PyErr_SetString(PyExc_RuntimeError, "postgresql: addresses missing for a host");
+            goto done;
+        }
+        PyObject *ips = PyList_GET_ITEM(addrs, k++); // borrowed
+        for (Py_ssize_t j = 0; j < PyList_GET_SIZE(ips); j++) {
+            Py_ssize_t n;
+            const char *ip = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(ips, j), &n);
+            if (ip == NULL)
+                goto done;
+            if (csv_add(&hosts, h, strlen(h)) < 0 || csv_add(&haddrs, ip, (size_t)n) < 0 ||
+                (nports > 1 && csv_add(&ports, pt ? pt : "", pt ? strlen(pt) : 0) < 0))
+                goto nomem;
+        }
+    }
+    {
+        /* every option set, host/hostaddr/port replaced */
+        int n = 0;
+        for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+            n++;
+        const char **keys = calloc((size_t)n + 4, sizeof(char *));
+        const char **vals = calloc((size_t)n + 4, sizeof(char *));
+        if (keys == NULL || vals == NULL) {
+            free(keys);
+            free(vals);
+            goto nomem;
+        }
+        int j = 0;
+        for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+            if (o->val == NULL || strcmp(o->keyword, "host") == 0 ||
+                strcmp(o->keyword, "hostaddr") == 0 || strcmp(o->keyword, "port") == 0)
+                continue;
+            keys[j] = o->keyword;
+            vals[j++] = o->val;
+        }
+        keys[j] = "host";
+        vals[j++] = hosts.s;
+        keys[j] = "hostaddr";
+        vals[j++] = haddrs.s;
+        if (port != NULL) {
+            keys[j] = "port";
+            vals[j++] = nports > 1 ? ports.s : port;
+        }
+        rc = pg_started(c, PQconnectStartParams(keys, vals, 0));
+        free(keys);
+        free(vals);
+    }
+    goto done;
+nomem:
+    PyErr_NoMemory();
+done:
+    free(hcopy);
+    free(pcopy);
+    free(hosts.s);
+    free(haddrs.s);
+    free(ports.s);
+    PQconninfoFree(opts);
+    return rc;
+}
+
+/* The host lookup is done (on the loop): connect, or fail the connection. */
+static PyObject *pg_on_resolved(PyObject *self, PyObject *task)
+{
+    CmSqlConnObject *c = (CmSqlConnObject *)self;
+    if (c->state != CM_SQL_CONNECTING || c->aux != (void *)task)
+        Py_RETURN_NONE; /* closed meanwhile (timed out): the task was cancelled */
+    Py_INCREF(c);
+    c->aux = NULL;
+    PyObject *addrs = cm_resolve_result(task);
+    Py_DECREF(task);
+    int rc = -1;
+    if (addrs != NULL && PyList_Check(addrs))
+        rc = pg_connect_resolved(c, addrs);
+    else if (addrs != NULL)
+        PyErr_SetString(PyExc_TypeError, "resolve: a list expected");
+    if (rc < 0) {
+        PyObject *exc = cm_exc_take();
+        PyObject *msg = exc ? PyObject_Str(exc) : NULL;
+        const char *m = msg ? PyUnicode_AsUTF8(msg) : NULL;
+        char buf[512];
+        if (exc != NULL && PyErr_GivenExceptionMatches(exc, c->storage->st->SQLConnectionError))
+            snprintf(buf, sizeof(buf), "%s", m ? m : "connect failed");
+        else
+            snprintf(buf, sizeof(buf), "postgresql: cannot resolve the host: %s",
+                     m ? m : "lookup failed");
+        PyErr_Clear();
+        cm_sql_conn_fail(c, c->storage->st->SQLConnectionError, buf);
+        Py_XDECREF(msg);
+        Py_XDECREF(exc);
+    }
+    Py_XDECREF(addrs);
+    Py_DECREF(c);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef pg_on_resolved_def = {"_on_resolved", pg_on_resolved, METH_O, NULL};
+
+static int pg_open(CmSqlConnObject *c)
+{
+    CmSqlStorageObject *s = c->storage; // borrowed
+    const char *dsn = PyUnicode_AsUTF8(s->dsn);
+    if (dsn == NULL)
+        return -1;
+    /* host names are looked up off the loop thread (resolve.h): libpq's
+     * PQconnectStart would call getaddrinfo right here */
+    PQconninfoOption *opts = PQconninfoParse(dsn, NULL);
+    PyObject *names = opts ? hosts_to_resolve(opts) : PyList_New(0);
+    if (opts != NULL)
+        PQconninfoFree(opts);
+    if (names == NULL)
+        return -1;
+    if (PyList_GET_SIZE(names) > 0) {
+        PyObject *cb = PyCFunction_New(&pg_on_resolved_def, (PyObject *)c);
+        PyObject *task = cb ? cm_resolve_start(s->loop, names, cb) : NULL;
+        Py_XDECREF(cb);
+        Py_DECREF(names);
+        if (task == NULL)
+            return -1;
+        c->aux = task;
+        c->phase = PH_RESOLVE;
+        return 0;
+    }
+    Py_DECREF(names);
+    return pg_started(c, PQconnectStart(dsn));
 }
 
 /* Flush the output and watch for writability while some is left. */

@@ -55,6 +55,7 @@
 #include "exc.h"
 #include "key.h"
 #include "loop.h"
+#include "resolve.h"
 
 enum { CONN_CONNECTING, CONN_READY, CONN_CLOSED };
 
@@ -71,6 +72,7 @@ struct CmRedisConnObject {
     int reading, writing, flush_scheduled, replied;
     int open_run; /* the ring's last entry is a GETS run still taking keys */
     int64_t connect_deadline;
+    PyObject *resolve; /* the host's lookup (resolve.h) while it runs, or NULL */
     CmBuf out;
     redisReader *reader;
     CmRedisEntry *ring;
@@ -504,6 +506,8 @@ static PyMethodDef on_read_def = {"_on_read", conn_on_read, METH_NOARGS, NULL};
 static PyMethodDef on_write_def = {"_on_write", conn_on_write, METH_NOARGS, NULL};
 static PyMethodDef on_flush_def = {"_on_flush", conn_on_flush, METH_NOARGS, NULL};
 static PyMethodDef on_timer_def = {"_on_timer", conn_on_timer, METH_NOARGS, NULL};
+static PyObject *conn_on_resolved(PyObject *self, PyObject *task);
+static PyMethodDef on_resolved_def = {"_on_resolved", conn_on_resolved, METH_O, NULL};
 
 static void pool_forget(CmRedisPool *p, CmRedisConnObject *c, int failed, PyObject *why);
 
@@ -526,6 +530,13 @@ static void conn_close(CmRedisConnObject *c, PyObject *tp, PyObject *msg, int fa
     if (c->timer != NULL) {
         cm_handle_cancel(st, c->timer);
         Py_CLEAR(c->timer);
+    }
+    if (c->resolve != NULL) {
+        PyObject *r = PyObject_CallMethod(c->resolve, "cancel", NULL);
+        if (r == NULL)
+            PyErr_Clear();
+        Py_XDECREF(r);
+        Py_CLEAR(c->resolve);
     }
     if (c->fd >= 0) {
         close(c->fd);
@@ -890,30 +901,60 @@ fail:
     }
 }
 
-/* The server's addresses, looked up once per pool and kept: getaddrinfo
- * blocks the loop (releasing the GIL does not help it), so an IP literal
- * skips DNS (AI_NUMERICHOST) and a name is looked up again only after a
- * connect failed (pool_forget_addrs). -1 with errno. */
-static int pool_resolve(CmRedisPool *p)
+/* The server's addresses, looked up once per pool and kept (a name again
+ * only after a connect failed: pool_forget_addrs). A chain of our own
+ * (addrs_add, addrs_free): a name's addresses come from the loop's
+ * executor (conn_resolve) as strings, each turned into an addrinfo here. */
+static void addrs_free(struct addrinfo *ai)
 {
-    struct addrinfo hints;
+    while (ai != NULL) {
+        struct addrinfo *next = ai->ai_next;
+        free(ai);
+        ai = next;
+    }
+}
+
+/* Append the numeric address ip (no lookup: AI_NUMERICHOST) at *tail.
+ * -1 with errno. */
+static int addrs_add(struct addrinfo ***tail, const char *ip, int port)
+{
+    struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICHOST;
-    char port[16];
-    snprintf(port, sizeof(port), "%d", p->port);
-    p->resolves++;
-    int rc = getaddrinfo(p->host, port, &hints, &p->addrs);
-    if (rc == EAI_NONAME) {
-        hints.ai_flags = 0;
-        PyThreadState *ts = PyEval_SaveThread();
-        rc = getaddrinfo(p->host, port, &hints, &p->addrs);
-        PyEval_RestoreThread(ts);
-    }
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    char sport[16];
+    snprintf(sport, sizeof(sport), "%d", port);
+    int rc = getaddrinfo(ip, sport, &hints, &res);
     if (rc != 0) {
-        p->addrs = NULL;
         errno = rc == EAI_SYSTEM ? errno : EHOSTUNREACH;
+        return -1;
+    }
+    struct addrinfo *ai = malloc(sizeof(*ai) + res->ai_addrlen);
+    if (ai == NULL) {
+        freeaddrinfo(res);
+        errno = ENOMEM;
+        return -1;
+    }
+    *ai = *res;
+    ai->ai_addr = (struct sockaddr *)(ai + 1);
+    memcpy(ai->ai_addr, res->ai_addr, res->ai_addrlen);
+    ai->ai_canonname = NULL;
+    ai->ai_next = NULL;
+    freeaddrinfo(res);
+    **tail = ai;
+    *tail = &ai->ai_next;
+    return 0;
+}
+
+/* The addresses of an IP literal host. -1 with errno. */
+static int pool_resolve(CmRedisPool *p)
+{
+    struct addrinfo **tail = &p->addrs;
+    p->resolves++;
+    if (addrs_add(&tail, p->host, p->port) < 0) {
+        addrs_free(p->addrs);
+        p->addrs = NULL;
         return -1;
     }
     return 0;
@@ -922,10 +963,8 @@ static int pool_resolve(CmRedisPool *p)
 /* A connect failed: the host may have moved, look it up again next time. */
 static void pool_forget_addrs(CmRedisPool *p)
 {
-    if (p->addrs != NULL) {
-        freeaddrinfo(p->addrs);
-        p->addrs = NULL;
-    }
+    addrs_free(p->addrs);
+    p->addrs = NULL;
 }
 
 /* A non-blocking socket connecting to the pool's server; *pending is set
@@ -987,6 +1026,86 @@ static int sock_connect(CmRedisPool *p, int *pending)
     return fd;
 }
 
+/* Open the socket to the pool's addresses (resolved, or an IP literal or a
+ * path) and connect: at once (ready) or watched for writability. -1 with an
+ * exception. */
+static int conn_connect(CmRedisConnObject *c)
+{
+    CmState *st = c->st;
+    CmRedisPool *p = c->pool; // borrowed
+    int pending;
+    c->fd = sock_connect(p, &pending);
+    if (c->fd < 0) {
+        PyErr_Format(st->RedisConnectionError, "redis %s: connect failed: %s", p->label,
+                     strerror(errno));
+        return -1;
+    }
+    if (pending) {
+        PyObject *cb = PyCFunction_New(&on_write_def, (PyObject *)c);
+        int rc = cb ? cm_loop_add_writer(st, c->loop, c->fd, cb) : -1;
+        Py_XDECREF(cb);
+        if (rc < 0)
+            return -1;
+        c->writing = 1;
+        if (conn_arm_at(c, c->connect_deadline) < 0)
+            return -1;
+    } else {
+        conn_ready(c);
+        if (c->state == CONN_CLOSED) {
+            PyErr_Format(st->RedisConnectionError, "redis %s: connection failed", p->label);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The host's lookup is done (on the loop): connect to its addresses, or
+ * fail the connection with the lookup's error. */
+static PyObject *conn_on_resolved(PyObject *self, PyObject *task)
+{
+    CmRedisConnObject *c = (CmRedisConnObject *)self;
+    if (c->state != CONN_CONNECTING || c->resolve != task)
+        Py_RETURN_NONE; /* closed (timed out) meanwhile: the task was cancelled */
+    Py_INCREF(c);
+    Py_CLEAR(c->resolve);
+    CmRedisPool *p = c->pool; // borrowed
+    PyObject *res = cm_resolve_result(task);
+    int looked_up = res != NULL;
+    if (res != NULL && PyList_Check(res) && PyList_GET_SIZE(res) == 1) {
+        PyObject *ips = PyList_GET_ITEM(res, 0); // borrowed
+        struct addrinfo *addrs = NULL, **tail = &addrs;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ips); i++) {
+            const char *ip = PyUnicode_AsUTF8(PyList_GET_ITEM(ips, i));
+            if (ip == NULL)
+                break;
+            if (addrs_add(&tail, ip, p->port) < 0)
+                PyErr_SetFromErrno(PyExc_OSError);
+            if (PyErr_Occurred())
+                break;
+        }
+        if (!PyErr_Occurred()) {
+            pool_forget_addrs(p);
+            p->addrs = addrs;
+            if (conn_connect(c) < 0) /* the message names the server */
+                looked_up = 2;
+        } else
+            addrs_free(addrs);
+    } else if (res != NULL)
+        PyErr_SetString(PyExc_TypeError, "resolve: a list of one list expected");
+    Py_XDECREF(res);
+    if (PyErr_Occurred()) {
+        PyObject *exc = cm_exc_take();
+        if (c->state != CONN_CLOSED && looked_up == 2)
+            conn_close_fmt(c, c->st->RedisConnectionError, 1, "%S", exc);
+        else if (c->state != CONN_CLOSED)
+            conn_close_fmt(c, c->st->RedisConnectionError, 1, "redis %s: cannot resolve %s: %S",
+                           conn_label(c), p->host, exc);
+        Py_XDECREF(exc);
+    }
+    Py_DECREF(c);
+    Py_RETURN_NONE;
+}
+
 static CmRedisConnObject *conn_open(CmRedisPool *p, PyObject *loop)
 {
     CmState *st = p->st;
@@ -1003,6 +1122,7 @@ static CmRedisConnObject *conn_open(CmRedisPool *p, PyObject *loop)
     c->reading = c->writing = c->flush_scheduled = c->replied = c->open_run = 0;
     c->timer_at = 0;
     c->connect_deadline = cm_now_ns() + (int64_t)(cfg->connect_timeout * 1e9);
+    c->resolve = NULL;
     memset(&c->out, 0, sizeof(c->out));
     c->ring = NULL;
     c->cap = c->head = c->len = 0;
@@ -1015,13 +1135,6 @@ static CmRedisConnObject *conn_open(CmRedisPool *p, PyObject *loop)
     c->reader->privdata = c;
     if ((c->flush_cb = PyCFunction_New(&on_flush_def, (PyObject *)c)) == NULL)
         goto fail;
-    int pending;
-    c->fd = sock_connect(p, &pending);
-    if (c->fd < 0) {
-        PyErr_Format(st->RedisConnectionError, "redis %s: connect failed: %s", p->label,
-                     strerror(errno));
-        goto fail;
-    }
     if (cfg->password != NULL) {
         const char *argv[3] = {"AUTH", NULL, NULL};
         size_t lens[3] = {4, 0, 0};
@@ -1043,22 +1156,23 @@ static CmRedisConnObject *conn_open(CmRedisPool *p, PyObject *loop)
         if (conn_push_internal(c, CM_CMD_HELLO, 2, argv, lens) < 0)
             goto fail;
     }
-    if (pending) {
-        PyObject *cb = PyCFunction_New(&on_write_def, (PyObject *)c);
-        int rc = cb ? cm_loop_add_writer(st, loop, c->fd, cb) : -1;
+    if (p->path == NULL && p->addrs == NULL && cm_resolve_needed(p->host)) {
+        /* a name: looked up in the loop's executor, then conn_on_resolved
+         * connects; the connect deadline covers the lookup */
+        PyObject *cb = PyCFunction_New(&on_resolved_def, (PyObject *)c);
+        PyObject *hosts = cb ? Py_BuildValue("[s]", p->host) : NULL;
+        c->resolve = hosts ? cm_resolve_start(loop, hosts, cb) : NULL;
+        Py_XDECREF(hosts);
         Py_XDECREF(cb);
-        if (rc < 0)
+        if (c->resolve == NULL)
             goto fail;
-        c->writing = 1;
+        p->resolves++;
         if (conn_arm_at(c, c->connect_deadline) < 0)
             goto fail;
-    } else {
-        conn_ready(c);
-        if (c->state == CONN_CLOSED) {
-            PyErr_Format(st->RedisConnectionError, "redis %s: connection failed", p->label);
-            goto fail;
-        }
+        return c;
     }
+    if (conn_connect(c) < 0)
+        goto fail;
     return c;
 fail:
     c->pool = NULL; /* not in the pool yet */
@@ -1280,6 +1394,7 @@ static int conn_traverse(CmRedisConnObject *c, visitproc visit, void *arg)
     Py_VISIT(c->loop);
     Py_VISIT(c->flush_cb);
     Py_VISIT(c->timer);
+    Py_VISIT(c->resolve);
     return 0;
 }
 
@@ -1287,6 +1402,7 @@ static int conn_clear(CmRedisConnObject *c)
 {
     Py_CLEAR(c->flush_cb);
     Py_CLEAR(c->timer);
+    Py_CLEAR(c->resolve);
     return 0;
 }
 

@@ -3,16 +3,26 @@
  * Why inline and not a worker thread: in WAL mode a read never waits for a
  * writer, and a point lookup by the unique key index is a few microseconds
  * (benchmarks/SQL.md has the numbers), less than handing the work to a
- * thread and waking the loop back. Writes take the database's write lock;
- * a writer in another process holding it makes us wait at most
+ * thread and waking the loop back. The awaitable returned is ready at once
+ * (no Future, no loop iteration).
+ *
+ * Writes take the database's write lock. SQLite's own busy handler would
+ * sleep for it on the loop thread, GIL held, stalling every task and thread:
+ * it is off (busy timeout 0). A statement that finds the database locked
+ * (SQLITE_BUSY) gets a future instead and waits in the storage's queue of
+ * waiting requests, retried from a loop timer (1 ms, doubling up to 50 ms)
+ * in order, later requests of the same loop queued behind it; past
  * busy_timeout (100 ms by default, the `busy_timeout` option, in seconds)
- * before the write fails (a failed fill is logged, never raised into get).
- * The awaitable returned is ready at once (no Future, no loop iteration).
+ * it fails with SQLTimeoutError (a failed fill is logged, never raised into
+ * get).
  *
  * Timestamps are text as Python's sqlite3 stored 0.3.0's aware datetimes
  * ("YYYY-MM-DD HH:MM:SS.ffffff+00:00"), so that both read each other's rows;
  * expire is compared as text with now, which orders like the times. */
 #include "sqlite.h"
+
+#include "exc.h"
+#include "loop.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,11 +34,23 @@
 #define MGET_CACHED 32
 #define MGET_CHUNK 256
 
+#define BUSY_RETRY_MIN 1000000LL /* ns */
+#define BUSY_RETRY_MAX 50000000LL
+
 typedef struct {
     sqlite3 *db;
     sqlite3_stmt *get, *set, *del, *sweep;
     sqlite3_stmt *mget[MGET_CACHED + 1];
+    double busy;          /* busy_timeout, seconds */
+    int busy_hit;         /* the last error raised was SQLITE_BUSY */
+    CmSqlReq *wait_head;  /* requests waiting for the lock, in order (r->next) */
+    CmSqlReq *wait_tail;  /* ... */
+    PyObject *wait_loop;  /* the loop of their futures and of the timer */
+    PyObject *wait_timer; /* TimerHandle of the next retry, or NULL */
+    int64_t wait_backoff; /* ns */
 } CmSqliteH;
+
+static void wait_fail_all(CmSqlStorageObject *s, const char *msg);
 
 static void finalize_all(CmSqliteH *h)
 {
@@ -48,6 +70,7 @@ static void sqlite_teardown(CmSqlStorageObject *s)
     CmSqliteH *h = s->h;
     if (h == NULL)
         return;
+    wait_fail_all(s, "sqlite: storage closed");
     finalize_all(h);
     if (h->db != NULL)
         sqlite3_close_v2(h->db);
@@ -72,6 +95,8 @@ static int raise_db(CmSqlStorageObject *s, sqlite3 *db, int rc)
         return -1;
     }
     PyObject *tp = (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) ? st->SQLTimeoutError : st->SQLError;
+    if (s->h != NULL)
+        ((CmSqliteH *)s->h)->busy_hit = rc == SQLITE_BUSY;
     PyErr_Format(tp, "sqlite: %s", db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
     return -1;
 }
@@ -99,7 +124,10 @@ static CmSqliteH *db_open(CmSqlStorageObject *s)
     PyObject *o = PyDict_GetItemString(s->options, "busy_timeout"); // borrowed
     if (o != NULL && (busy = PyFloat_AsDouble(o)) == -1 && PyErr_Occurred())
         goto fail;
-    sqlite3_busy_timeout(h->db, (int)(busy * 1000));
+    /* never sleeps on the loop thread: a locked database is waited for
+     * from a loop timer (wait_push) */
+    h->busy = busy;
+    sqlite3_busy_timeout(h->db, 0);
     rc = sqlite3_exec(h->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", NULL, NULL,
                       NULL);
     if (rc != SQLITE_OK) {
@@ -280,13 +308,12 @@ done:
     return rc;
 }
 
-static int sqlite_run(CmSqlStorageObject *s, CmSqlReq *r)
+static int run_one(CmSqlStorageObject *s, CmSqlReq *r)
 {
-    CmSqliteH *h = db_open(s);
+    CmSqliteH *h = s->h;
     char now[48], expire[48];
     int rc = -1;
-    if (h == NULL)
-        return -1;
+    h->busy_hit = 0;
     if (r->kind == CM_SQL_EXEC) {
         const char *sql = PyUnicode_AsUTF8(r->key);
         if (sql == NULL)
@@ -373,6 +400,180 @@ static int sqlite_run(CmSqlStorageObject *s, CmSqlReq *r)
         if (do_sweep(s, s->sweep_limit, now) < 0)
             PyErr_Clear();
     }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* waiting for a locked database, from the loop                       */
+
+static PyObject *wait_on_timer(PyObject *self, PyObject *unused);
+static PyMethodDef wait_timer_def = {"_on_retry", wait_on_timer, METH_NOARGS, NULL};
+
+static CmSqlReq *wait_pop(CmSqliteH *h)
+{
+    CmSqlReq *r = h->wait_head;
+    h->wait_head = r->next;
+    if (h->wait_head == NULL)
+        h->wait_tail = NULL;
+    r->next = NULL;
+    return r;
+}
+
+/* Fail every waiting request with SQLConnectionError(msg) (the storage
+ * closes), and stop the timer. */
+static void wait_fail_all(CmSqlStorageObject *s, const char *msg)
+{
+    CmSqliteH *h = s->h;
+    if (h->wait_timer != NULL) {
+        cm_handle_cancel(s->st, h->wait_timer);
+        Py_CLEAR(h->wait_timer);
+    }
+    while (h->wait_head != NULL) {
+        CmSqlReq *r = wait_pop(h);
+        cm_sql_req_error(s, r, s->st->SQLConnectionError, msg);
+        cm_sql_req_finish(s, r);
+    }
+    Py_CLEAR(h->wait_loop);
+}
+
+/* The timer for the next retry (the storage held by its callback). */
+static int wait_arm(CmSqlStorageObject *s)
+{
+    CmSqliteH *h = s->h;
+    PyObject *cb = PyCFunction_New(&wait_timer_def, (PyObject *)s);
+    if (cb == NULL)
+        return -1;
+    h->wait_timer = cm_loop_call_later(s->st, h->wait_loop, (double)h->wait_backoff / 1e9, cb);
+    Py_DECREF(cb);
+    return h->wait_timer ? 0 : -1;
+}
+
+/* r waits (behind those already waiting): its future on the running loop.
+ * 0, or -1 with an exception (no running loop: nothing to wait on). */
+static int wait_push(CmSqlStorageObject *s, CmSqlReq *r, PyObject *loop)
+{
+    CmSqliteH *h = s->h;
+    if ((r->fut = cm_loop_create_future(s->st, loop)) == NULL)
+        return -1;
+    r->deadline = cm_sql_now() + (int64_t)(h->busy * 1e9);
+    r->next = NULL;
+    if (h->wait_head == NULL) {
+        h->wait_loop = Py_NewRef(loop);
+        h->wait_backoff = BUSY_RETRY_MIN;
+        h->wait_head = h->wait_tail = r;
+        if (wait_arm(s) < 0) {
+            h->wait_head = h->wait_tail = NULL;
+            Py_CLEAR(h->wait_loop);
+            Py_CLEAR(r->fut);
+            return -1;
+        }
+        return 0;
+    }
+    h->wait_tail->next = r;
+    h->wait_tail = r;
+    return 0;
+}
+
+static PyObject *wait_on_timer(PyObject *self, PyObject *Py_UNUSED(unused))
+{
+    CmSqlStorageObject *s = (CmSqlStorageObject *)self;
+    CmSqliteH *h = s->h;
+    if (h == NULL)
+        Py_RETURN_NONE;
+    Py_INCREF(s);
+    Py_CLEAR(h->wait_timer);
+    while (h->wait_head != NULL) {
+        CmSqlReq *r = h->wait_head; // borrowed: still queued
+        int done = cm_future_done(s->st, r->fut);
+        if (done != 0) { /* cancelled by its caller: not run */
+            PyErr_Clear();
+            cm_sql_req_finish(s, wait_pop(h));
+            continue;
+        }
+        Py_CLEAR(r->result); /* a get_all's rows of the last try */
+        if (run_one(s, r) < 0) {
+            if (h->busy_hit && cm_sql_now() < r->deadline) {
+                PyErr_Clear();
+                break; /* still locked: later */
+            }
+            wait_pop(h);
+            if (h->busy_hit) {
+                char msg[160];
+                PyErr_Clear();
+                snprintf(msg, sizeof(msg),
+                         "sqlite: database is locked (waited busy_timeout, %g s, for the lock)",
+                         h->busy);
+                cm_sql_req_error(s, r, s->st->SQLTimeoutError, msg);
+            } else {
+                PyObject *exc = cm_exc_take();
+                if (r->error == NULL)
+                    r->error = exc;
+                else
+                    Py_XDECREF(exc);
+            }
+            cm_sql_req_finish(s, r);
+            continue;
+        }
+        cm_sql_req_finish(s, wait_pop(h));
+        h->wait_backoff = BUSY_RETRY_MIN;
+    }
+    if (h->wait_head != NULL) {
+        h->wait_backoff =
+            h->wait_backoff * 2 > BUSY_RETRY_MAX ? BUSY_RETRY_MAX : h->wait_backoff * 2;
+        int64_t left = h->wait_head->deadline - cm_sql_now();
+        if (left < h->wait_backoff)
+            h->wait_backoff = left > 0 ? left : 0;
+        if (wait_arm(s) < 0) {
+            PyErr_WriteUnraisable(self);
+            wait_fail_all(s, "sqlite: cannot wait for the lock");
+        }
+    } else
+        Py_CLEAR(h->wait_loop);
+    Py_DECREF(s);
+    Py_RETURN_NONE;
+}
+
+/* Run the request inline; a locked database (or requests already waiting
+ * on this loop) makes it wait from the loop (r->fut set). */
+static int sqlite_run(CmSqlStorageObject *s, CmSqlReq *r)
+{
+    CmSqliteH *h = db_open(s);
+    if (h == NULL)
+        return -1;
+    PyObject *loop = NULL;
+    if (h->wait_head != NULL) {
+        /* behind those waiting, in order; another loop (thread) cannot wait
+         * on this one's timer: it runs inline */
+        if ((loop = cm_loop_running(s->st)) == NULL)
+            PyErr_Clear();
+        else if (loop == h->wait_loop) {
+            int rc = wait_push(s, r, loop);
+            Py_DECREF(loop);
+            return rc;
+        }
+        Py_CLEAR(loop);
+    }
+    if (run_one(s, r) == 0)
+        return 0;
+    if (!h->busy_hit || !(h->busy > 0))
+        return -1;
+    /* locked: wait from the loop, if one is running */
+    PyObject *exc = cm_exc_take();
+    if ((loop = cm_loop_running(s->st)) == NULL) {
+        PyErr_Clear();
+        cm_exc_restore(exc);
+        return -1;
+    }
+    Py_XDECREF(exc);
+    if (h->wait_head != NULL && loop != h->wait_loop) {
+        Py_DECREF(loop);
+        PyErr_SetString(s->st->SQLTimeoutError,
+                        "sqlite: database is locked (and waited for by another event loop)");
+        return -1;
+    }
+    Py_CLEAR(r->result);
+    int rc = wait_push(s, r, loop);
+    Py_DECREF(loop);
     return rc;
 }
 

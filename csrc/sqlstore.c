@@ -370,6 +370,8 @@ void cm_sql_conn_fail(CmSqlConnObject *c, PyObject *exc_type, const char *msg)
     cm_exc_restore(saved);
 }
 
+void cm_sql_req_finish(CmSqlStorageObject *s, CmSqlReq *r) { req_finish(s, r); }
+
 void cm_sql_conn_done(CmSqlConnObject *c)
 {
     CmSqlStorageObject *s = c->storage; // borrowed
@@ -863,6 +865,11 @@ static PyObject *submit(CmSqlStorageObject *owner, CmSqlReq *r)
     if (s->drv->sync) {
         if (s->drv->run(s, r) < 0)
             goto done;
+        if (r->fut != NULL) { /* the driver waits (sqlite: a lock) and finishes it */
+            out = Py_NewRef(r->fut);
+            r = NULL;
+            goto done;
+        }
         PyObject *v = r->error ? NULL : req_value(s, r);
         if (r->error != NULL)
             PyErr_SetObject((PyObject *)Py_TYPE(r->error), r->error);

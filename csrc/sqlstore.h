@@ -95,7 +95,9 @@ typedef struct {
      * housekeeping (it may start a step without a batch) */
     void (*idle)(CmSqlConnObject *c, int64_t now);
     void (*close)(CmSqlConnObject *c);
-    /* sync drivers: run one request, filling result or raising */
+    /* sync drivers: run one request, filling result or raising; or set its
+     * fut (a future on the running loop) and keep it, to finish it later
+     * from the loop with cm_sql_req_finish */
     int (*run)(CmSqlStorageObject *s, CmSqlReq *r);
 } CmSqlDriver;
 
@@ -150,6 +152,8 @@ void cm_sql_conn_ready(CmSqlConnObject *c);
 /* Take the first queued request (NULL if none), or up to max GETs in a row
  * when the first is a GET (linked through next). */
 CmSqlReq *cm_sql_take(CmSqlStorageObject *s, int max_gets);
+/* Finish a request: set its future (result or error) and free it. */
+void cm_sql_req_finish(CmSqlStorageObject *s, CmSqlReq *r);
 /* Set the request's error (first one wins) to exc_type(msg). */
 void cm_sql_req_error(CmSqlStorageObject *s, CmSqlReq *r, PyObject *exc_type, const char *msg);
 /* The error for a statement that failed: the missing-table message when

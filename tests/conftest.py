@@ -20,6 +20,31 @@ if _expect_core and not os.path.abspath(_core.__file__).startswith(_expect_core)
     raise RuntimeError(f"cacheme._core is {_core.__file__}, expected a build under {_expect_core}")
 
 
+# make test-uvloop: the suite's event loops are uvloop's (what uvicorn uses
+# when it is installed); asyncio's own otherwise
+TEST_LOOP = os.environ.get("CACHEME_TEST_LOOP", "asyncio")
+if TEST_LOOP == "uvloop":
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+elif TEST_LOOP != "asyncio":
+    raise RuntimeError(f"CACHEME_TEST_LOOP={TEST_LOOP!r}: 'asyncio' or 'uvloop'")
+
+
+# what asserts that busy polling spins: it never does on uvloop (busypoll.h)
+_SPIN_TESTS = ("test_busy_poll_answers_sequential", "test_busy_poll_backs_off_on_a_slow_server",
+               "test_busy_poll_inline_waits_leave_the_loop_every_millisecond")
+
+
+def pytest_collection_modifyitems(config, items):
+    if TEST_LOOP != "uvloop":
+        return
+    skip = pytest.mark.skip(reason="busy polling stays off on uvloop")
+    for item in items:
+        if item.name.startswith(_SPIN_TESTS):
+            item.add_marker(skip)
+
+
 def unique(prefix: str = "s") -> str:
     return f"{prefix}{next(_names)}"
 

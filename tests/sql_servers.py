@@ -128,8 +128,11 @@ class MariaServer:
         self.sock = os.path.join(self.dir, "mysqld.sock")
         self.port = free_port()
         self.proc: Optional[subprocess.Popen] = None
+        # a tmpdir of its own: servers bootstrapped at the same time by other
+        # test runs sharing /tmp collided there ("Could not remove temporary
+        # table '/tmp/#sql-temptable-...'")
         args = [install, "--no-defaults", f"--datadir={self.data}", "--auth-root-authentication-method=normal",
-                "--skip-test-db"]
+                "--skip-test-db", f"--tmpdir={self.dir}"]
         if os.geteuid() == 0:
             args.append("--user=root")
         out = subprocess.run(args, capture_output=True, text=True, env=server_env())
@@ -145,7 +148,7 @@ class MariaServer:
                 f"--socket={self.sock}", "--bind-address=127.0.0.1", "--skip-grant-tables",
                 "--innodb-flush-log-at-trx-commit=0", "--max-connections=300",
                 "--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci",
-                f"--pid-file={os.path.join(self.dir, 'mysqld.pid')}",
+                f"--pid-file={os.path.join(self.dir, 'mysqld.pid')}", f"--tmpdir={self.dir}",
                 f"--log-error={os.path.join(self.dir, 'error.log')}"]
         if os.geteuid() == 0:
             args.append("--user=root")

@@ -192,10 +192,15 @@ async def test_upsert_overwrites(url):
 async def test_expired_rows_are_misses_and_swept(url):
     name = await register(url)
     s = storage_of(name)
+    t0 = time.monotonic()
     await s.set_all([(K(f"e{i}"), b"x") for i in range(10)], timedelta(seconds=0.2), None)
     await s.set(K("keep"), b"y", timedelta(hours=1), None)
     await s.set(K("forever"), b"z", None, None)
-    assert await s.get(K("e1"), None) == b"x"
+    got = await s.get(K("e1"), None)
+    # read before the TTL can have run out (the row's clock starts after t0):
+    # there; a machine too slow to read it that soon proves nothing here
+    if time.monotonic() - t0 < 0.2:
+        assert got == b"x"
     await asyncio.sleep(0.35)
     assert await s.get(K("e1"), None) is sentinel
     assert await s.get_all([K("e1"), K("keep")], None) != []
@@ -468,12 +473,55 @@ async def _ticker(gaps, stop):
         last = now
 
 
-async def _big_rows(s, n=256, size=65000):
-    """n rows of size bytes: a result far larger than the socket buffers."""
+def _socket_buffers_max() -> int:
+    """The most bytes a TCP connection on this machine can hold in its
+    kernel buffers: the receiver's buffer plus the sender's (autotuned up to
+    tcp_rmem/tcp_wmem's maximum, or set up to rmem_max/wmem_max)."""
+    def most(*paths):
+        vals = []
+        for p in paths:
+            with open(p) as f:
+                vals.append(int(f.read().split()[-1]))
+        return max(vals)
+    return (most("/proc/sys/net/ipv4/tcp_rmem", "/proc/sys/net/core/rmem_max")
+            + most("/proc/sys/net/ipv4/tcp_wmem", "/proc/sys/net/core/wmem_max"))
+
+
+async def _big_rows(s, n=None, size=65000):
+    """n rows of size bytes: a result larger than the socket buffers can
+    ever hold (by default sized from the machine's limits), so a server
+    stopped while it sends has for certain not sent it all."""
+    if n is None:
+        n = max(256, -(-_socket_buffers_max() * 5 // 4 // size))
     keys = [K(f"b{i}") for i in range(n)]
     for i in range(0, n, 16):
         await s.set_all([(k, b"x" * size) for k in keys[i:i + 16]], None, None)
     return keys
+
+
+def _tcp_queues(port):
+    """(rx_queue, tx_queue) of each established TCP connection to port, from
+    the client's side (/proc/net/tcp and tcp6)."""
+    out = []
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                rem_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if rem_port == port and fields[3] == "01":
+                    tx, rx = (int(x, 16) for x in fields[4].split(":"))
+                    out.append((rx, tx))
+    return out
+
+
+def _wait_reply_arriving(port, timeout=20.0):
+    """Block (the loop does not run, so nothing is read) until a connection
+    to port has reply bytes waiting in its receive queue."""
+    t0 = time.monotonic()
+    while not any(rx > 0 for rx, _ in _tcp_queues(port)):
+        assert time.monotonic() - t0 < timeout, f"no reply from the server: {_tcp_queues(port)}"
+        time.sleep(0.005)
 
 
 async def _stalled(own_server, start):
@@ -482,7 +530,10 @@ async def _stalled(own_server, start):
     Returns (their exceptions, the longest stall of the loop, seconds)."""
     pid = own_server.proc.pid
     futs = start()
-    time.sleep(0.3)  # the loop reads nothing: the server fills the socket and waits
+    # the loop reads nothing: the server fills the socket and waits. Stop it
+    # once its reply has begun to arrive (the reply cannot fit the buffers:
+    # _big_rows), not after a sleep that hopes so
+    _wait_reply_arriving(own_server.port)
     os.kill(pid, signal.SIGSTOP)
     # a frozen loop holds the GIL, waiting for the server, forever even once
     # resumed: kill the server from outside the process to end the test
@@ -511,7 +562,7 @@ async def test_mysql_timeout_mid_result_keeps_the_loop_running(own_server, backe
     name = await register(own_server.url, pool_size=1, timeout=1.0)
     s = storage_of(name)
     keys = await _big_rows(s)
-    assert len(await s.get_all(keys, None)) == 256  # prepared, and the pool is idle
+    assert len(await s.get_all(keys, None)) == len(keys)  # prepared, and the pool is idle
     got, stall, elapsed = await _stalled(own_server, lambda: [s.get_all(keys, None)])
     assert isinstance(got[0], SQLTimeoutError), got
     assert elapsed < 3

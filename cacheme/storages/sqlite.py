@@ -7,7 +7,9 @@ mode, statements run inline on the loop's thread (a point read is a few
 microseconds; see benchmarks/SQL.md); the awaitables are ready at once.
 ``pool_size`` is accepted for 0.3.0 compatibility and unused. Extra option:
 ``busy_timeout`` (0.1 s): how long a write waits for another process's write
-lock before failing. See ``cacheme.storages.sqldb`` for the others.
+lock before failing with ``SQLTimeoutError``; it waits on the event loop
+(retried from a loop timer), never asleep on the loop's thread. See
+``cacheme.storages.sqldb`` for the others.
 """
 from typing import Any
 from urllib.parse import urlparse
