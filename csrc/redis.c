@@ -105,6 +105,13 @@ struct CmRedisOp {
 /* ------------------------------------------------------------------ */
 /* replies: hiredis object functions building Python objects          */
 
+/* Default bounds of one reply (RedisClient max_reply_elements /
+ * max_bulk_bytes): 1 Mi elements is an 8 MiB list; 512 MiB is the largest
+ * bulk Redis itself accepts (proto-max-bulk-len), so no stored value is
+ * refused by default. */
+#define CM_REDIS_MAX_ELEMENTS ((Py_ssize_t)1 << 20)
+#define CM_REDIS_MAX_BULK ((Py_ssize_t)512 << 20)
+
 static void *reply_attach(const redisReadTask *task, PyObject *obj)
 {
     if (obj != NULL && task->parent != NULL) {
@@ -132,9 +139,22 @@ static void *reply_string(const redisReadTask *task, char *s, size_t len)
     return reply_attach(task, obj);
 }
 
+/* 1 if an aggregate of n elements is within the client's max_reply_elements:
+ * PyList_New(n) reserves 8n bytes before a single element has arrived. */
+static int reply_elements_ok(const redisReadTask *task, size_t n)
+{
+    const CmRedisConnObject *c = task->privdata;
+    Py_ssize_t max = c->pool != NULL ? c->pool->cfg->max_reply_elements : CM_REDIS_MAX_ELEMENTS;
+    return n <= (size_t)max;
+}
+
 static void *reply_array(const redisReadTask *task, int n)
 {
-    PyObject *obj = PyList_New(n < 0 ? 0 : n);
+    PyObject *obj;
+    /* NULL fails the reader (REDIS_ERR_OOM), and conn_on_read the connection */
+    if (!reply_elements_ok(task, n))
+        return NULL;
+    obj = PyList_New(n < 0 ? 0 : n);
     if (obj == NULL)
         PyErr_Clear();
     return reply_attach(task, obj);
@@ -1210,6 +1230,22 @@ static void entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply)
     entry_release(e);
 }
 
+/* Bytes the reader holds that no reply has consumed yet: after the replies
+ * are taken, the one reply still arriving. */
+static size_t reader_buffered(const CmRedisConnObject *c)
+{
+    return c->reader->len - c->reader->pos;
+}
+
+/* The most a reply still arriving may hold in the reader: one bulk of
+ * max_bulk_bytes and its header (an incomplete line or bulk is all that
+ * remains once complete replies are taken; elements done are objects). */
+static size_t reader_limit(const CmRedisConnObject *c)
+{
+    Py_ssize_t max = c->pool != NULL ? c->pool->cfg->max_bulk_bytes : CM_REDIS_MAX_BULK;
+    return (size_t)max + 64;
+}
+
 static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
 {
     CmRedisConnObject *c = (CmRedisConnObject *)self;
@@ -1224,7 +1260,8 @@ static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
                                conn_label(c));
                 goto done;
             }
-            if ((size_t)n < sizeof(buf))
+            /* parse before buffering more than one reply may hold */
+            if ((size_t)n < sizeof(buf) || reader_buffered(c) > reader_limit(c))
                 break;
             continue;
         }
@@ -1244,12 +1281,26 @@ static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
     while (c->state != CONN_CLOSED) {
         void *reply = NULL;
         if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
-            conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: protocol error: %s",
-                           conn_label(c), c->reader->errstr);
+            if (c->reader->err == REDIS_ERR_OOM && c->pool != NULL)
+                conn_close_fmt(c, st->RedisConnectionError, 1,
+                               "redis %s: reply refused: an aggregate longer than "
+                               "max_reply_elements=%zd (or out of memory)",
+                               conn_label(c), c->pool->cfg->max_reply_elements);
+            else
+                conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: protocol error: %s",
+                               conn_label(c), c->reader->errstr);
             goto done;
         }
-        if (reply == NULL)
+        if (reply == NULL) {
+            if (reader_buffered(c) > reader_limit(c)) {
+                conn_close_fmt(c, st->RedisConnectionError, 1,
+                               "redis %s: reply refused: a bulk or line longer than "
+                               "max_bulk_bytes=%zd",
+                               conn_label(c), reader_limit(c) - 64);
+                goto done;
+            }
             break;
+        }
         if (c->len == 0) {
             Py_DECREF((PyObject *)reply);
             conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: reply without a request",
@@ -2103,6 +2154,8 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
                              "retry_backoff",
                              "retry_backoff_max",
                              "busy_poll",
+                             "max_reply_elements",
+                             "max_bulk_bytes",
                              NULL};
     CmState *st = cm_state_from_type(Py_TYPE(self));
     const char *host = "localhost", *path = NULL;
@@ -2111,14 +2164,24 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     double connect_timeout = 5.0, timeout = 5.0, backoff = 0.05, backoff_max = 1.0;
     PyObject *user = NULL, *pass = NULL, *ubytes = NULL, *pbytes = NULL, *ser = NULL;
     PyObject *busy_poll = Py_None;
+    Py_ssize_t max_elements = CM_REDIS_MAX_ELEMENTS, max_bulk = CM_REDIS_MAX_BULK;
     int rc = -1;
     if (st == NULL)
         return -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$zizOOliddpiddO:RedisClient", kwlist, &host,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$zizOOliddpiddOnn:RedisClient", kwlist, &host,
                                      &port, &path, &user, &pass, &db, &size, &connect_timeout,
                                      &timeout, &cluster, &pipeline, &backoff, &backoff_max,
-                                     &busy_poll))
+                                     &busy_poll, &max_elements, &max_bulk))
         return -1;
+    if (max_elements < 1 || max_elements > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "redis: max_reply_elements must be in 1..%d, got %zd",
+                     INT_MAX, max_elements);
+        return -1;
+    }
+    if (max_bulk < 1 || max_bulk > PY_SSIZE_T_MAX - 64) {
+        PyErr_Format(PyExc_ValueError, "redis: max_bulk_bytes must be >= 1, got %zd", max_bulk);
+        return -1;
+    }
     double spin;
     if (cm_busypoll_parse(busy_poll, &spin) < 0)
         return -1;
@@ -2157,6 +2220,8 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     self->cfg.backoff_max = backoff_max;
     self->cfg.size = size;
     self->cfg.pipeline = pipeline;
+    self->cfg.max_reply_elements = max_elements;
+    self->cfg.max_bulk_bytes = max_bulk;
     self->spin.limit = spin;
     Py_XSETREF(self->default_serializer, ser);
     ser = NULL;
