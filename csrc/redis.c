@@ -145,7 +145,7 @@ static int reply_elements_ok(const redisReadTask *task, size_t n)
 {
     const CmRedisConnObject *c = task->privdata;
     Py_ssize_t max = c->pool != NULL ? c->pool->cfg->max_reply_elements : CM_REDIS_MAX_ELEMENTS;
-    return n <= (size_t)max;
+    return cm_resp_elements_ok(n, (size_t)max);
 }
 
 static void *reply_array(const redisReadTask *task, int n)
@@ -1237,13 +1237,11 @@ static size_t reader_buffered(const CmRedisConnObject *c)
     return c->reader->len - c->reader->pos;
 }
 
-/* The most a reply still arriving may hold in the reader: one bulk of
- * max_bulk_bytes and its header (an incomplete line or bulk is all that
- * remains once complete replies are taken; elements done are objects). */
-static size_t reader_limit(const CmRedisConnObject *c)
+/* max_bulk_bytes: what the reply still arriving may hold in the reader
+ * (cm_resp_pending_ok; elements already done are objects, not bytes) */
+static size_t reader_max_bulk(const CmRedisConnObject *c)
 {
-    Py_ssize_t max = c->pool != NULL ? c->pool->cfg->max_bulk_bytes : CM_REDIS_MAX_BULK;
-    return (size_t)max + 64;
+    return (size_t)(c->pool != NULL ? c->pool->cfg->max_bulk_bytes : CM_REDIS_MAX_BULK);
 }
 
 static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
@@ -1261,7 +1259,8 @@ static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
                 goto done;
             }
             /* parse before buffering more than one reply may hold */
-            if ((size_t)n < sizeof(buf) || reader_buffered(c) > reader_limit(c))
+            if ((size_t)n < sizeof(buf) ||
+                !cm_resp_pending_ok(reader_buffered(c), reader_max_bulk(c)))
                 break;
             continue;
         }
@@ -1292,11 +1291,11 @@ static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
             goto done;
         }
         if (reply == NULL) {
-            if (reader_buffered(c) > reader_limit(c)) {
+            if (!cm_resp_pending_ok(reader_buffered(c), reader_max_bulk(c))) {
                 conn_close_fmt(c, st->RedisConnectionError, 1,
                                "redis %s: reply refused: a bulk or line longer than "
-                               "max_bulk_bytes=%zd",
-                               conn_label(c), reader_limit(c) - 64);
+                               "max_bulk_bytes=%zu",
+                               conn_label(c), reader_max_bulk(c));
                 goto done;
             }
             break;
