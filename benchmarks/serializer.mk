@@ -4,9 +4,11 @@
 #   make bench-serializer   dumps/loads per serializer on the 0.3.0-style small/medium/large
 #                           documents: ours vs cacheme 0.3.0 vs msgpack vs orjson, plus a live
 #                           0.3.0 <-> ours round trip of the value table (both ways)
-#   make fuzz               libFuzzer (+ASan/UBSan) on the msgpack / zlib / JSON decoders for
-#                           FUZZ_SECONDS (default 600); crashes land in .bench/fuzz/findings/
-#   make fuzz-build         just build .bench/fuzz/fuzz_serializer (installs clang if missing)
+#   make fuzz               libFuzzer (+ASan/UBSan) on the msgpack / zlib / JSON / pickle
+#                           decoders (pickle allowlist canaries), then on hiredis's reader
+#                           under the Redis reply bounds (fuzz_resp), FUZZ_SECONDS (default
+#                           600) each; crashes land in .bench/fuzz/findings/
+#   make fuzz-build         just build the two targets (installs clang if missing)
 #   make serializer-vectors regenerate tests/data/serializer_vectors_030.json with cacheme 0.3.0
 
 SER_SRC := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
@@ -23,6 +25,7 @@ FUZZ_BIN := $(FUZZ_DIR)/fuzz_serializer
 FUZZ_PYCONFIG = $(shell $(PY) -c "import sysconfig, os; print(os.path.join(sysconfig.get_config_var('BINDIR'), 'python' + sysconfig.get_config_var('VERSION') + '-config'))")
 FUZZ_SRCS := $(addprefix $(SER_ROOT)/,fuzz/fuzz_serializer.c csrc/serializer.c csrc/ser_object.c \
                csrc/msgpack_codec.c csrc/ser_zlib.c csrc/ser_base64.c csrc/ser_pickle.c)
+FUZZ_RESP_BIN := $(FUZZ_DIR)/fuzz_resp
 
 .PHONY: bench-serializer fuzz fuzz-build serializer-venv serializer-vectors
 
@@ -51,11 +54,23 @@ $(FUZZ_BIN): $(FUZZ_SRCS) $(wildcard $(SER_ROOT)/csrc/*.h)
 	  $(FUZZ_SRCS) -o $@ \
 	  $$($(FUZZ_PYCONFIG) --embed --ldflags) $$(pkg-config --libs msgpack-c 2>/dev/null || pkg-config --libs msgpack) -lz
 
-fuzz-build: $(FUZZ_BIN)
+# plain C: hiredis's reader and csrc/resp.h's bounds (no Python)
+$(FUZZ_RESP_BIN): $(SER_ROOT)/fuzz/fuzz_resp.c $(SER_ROOT)/csrc/resp.h
+	@command -v $(FUZZ_CC) >/dev/null || { \
+	  echo "installing system packages: clang (libFuzzer)"; \
+	  $(APT_INSTALL) clang >/dev/null; }
+	mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+	  -I$(SER_ROOT)/csrc $$(pkg-config --cflags hiredis) $< -o $@ $$(pkg-config --libs hiredis)
 
-fuzz: $(FUZZ_BIN)
-	mkdir -p $(FUZZ_DIR)/corpus $(FUZZ_DIR)/findings
-	PYTHONPATH=$(SER_ROOT) $(PY) $(SER_ROOT)/fuzz/make_seeds.py $(FUZZ_DIR)/corpus
+fuzz-build: $(FUZZ_BIN) $(FUZZ_RESP_BIN)
+
+fuzz: $(FUZZ_BIN) $(FUZZ_RESP_BIN)
+	mkdir -p $(FUZZ_DIR)/corpus $(FUZZ_DIR)/corpus-resp $(FUZZ_DIR)/findings
+	PYTHONPATH=$(SER_ROOT) $(PY) $(SER_ROOT)/fuzz/make_seeds.py $(FUZZ_DIR)/corpus $(FUZZ_DIR)/corpus-resp
 	ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  $(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -dict=$(SER_ROOT)/fuzz/serializer.dict \
 	  -artifact_prefix=$(FUZZ_DIR)/findings/ -print_final_stats=1 -rss_limit_mb=4096 $(FUZZ_ARGS) $(FUZZ_DIR)/corpus
+	ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  $(FUZZ_RESP_BIN) -max_total_time=$(FUZZ_SECONDS) -dict=$(SER_ROOT)/fuzz/resp.dict \
+	  -artifact_prefix=$(FUZZ_DIR)/findings/resp- -print_final_stats=1 -rss_limit_mb=2048 $(FUZZ_ARGS) $(FUZZ_DIR)/corpus-resp

@@ -6,10 +6,16 @@ encoding ``{"__class__": "<module>.<qualname>", "data": ...}`` for values
 JSON/MessagePack cannot hold (datetime, date, time, timedelta, Decimal, UUID,
 Enum, set, frozenset, dataclasses, pydantic v1/v2 models, ...).
 
-Decoding never imports: ``__class__`` is looked up among modules already in
+Decoding never imports and never calls a function the bytes name:
+``__class__`` (and pickle's globals) are looked up among modules already in
 ``sys.modules``, and only known value types, Enums, dataclasses and pydantic
-models are built. Bytes that cannot be decoded raise :class:`SerializerError`
-(an ``Exception``), which ``get`` treats as a miss for that storage.
+models are built (pickle also set, frozenset, bytearray, complex,
+datetime.timezone, and the classes in ``PickleSerializer(allowed=[...])``).
+``PickleSerializer(secret=...)`` signs payloads (HMAC-SHA256) and loads only
+signed ones, with full pickle. ``Compressed*(max_size=...)`` bounds inflating
+(64 MiB by default). Bytes that cannot be decoded raise
+:class:`SerializerError` (an ``Exception``), which ``get`` treats as a miss
+for that storage.
 
 Any object with ``dumps(obj) -> bytes`` and ``loads(bytes)`` is a serializer
 too; subclass :class:`CompressedSerializer` and set ``serializer`` to zlib it.

@@ -107,6 +107,13 @@ struct CmRedisOp {
 /* ------------------------------------------------------------------ */
 /* replies: hiredis object functions building Python objects          */
 
+/* Default bounds of one reply (RedisClient max_reply_elements /
+ * max_bulk_bytes): 1 Mi elements is an 8 MiB list; 512 MiB is the largest
+ * bulk Redis itself accepts (proto-max-bulk-len), so no stored value is
+ * refused by default. */
+#define CM_REDIS_MAX_ELEMENTS ((Py_ssize_t)1 << 20)
+#define CM_REDIS_MAX_BULK ((Py_ssize_t)512 << 20)
+
 static void *reply_attach(const redisReadTask *task, PyObject *obj)
 {
     if (obj != NULL && task->parent != NULL) {
@@ -134,9 +141,22 @@ static void *reply_string(const redisReadTask *task, char *s, size_t len)
     return reply_attach(task, obj);
 }
 
+/* 1 if an aggregate of n elements is within the client's max_reply_elements:
+ * PyList_New(n) reserves 8n bytes before a single element has arrived. */
+static int reply_elements_ok(const redisReadTask *task, size_t n)
+{
+    const CmRedisConnObject *c = task->privdata;
+    Py_ssize_t max = c->pool != NULL ? c->pool->cfg->max_reply_elements : CM_REDIS_MAX_ELEMENTS;
+    return cm_resp_elements_ok(n, (size_t)max);
+}
+
 static void *reply_array(const redisReadTask *task, int n)
 {
-    PyObject *obj = PyList_New(n < 0 ? 0 : n);
+    PyObject *obj;
+    /* NULL fails the reader (REDIS_ERR_OOM), and conn_on_read the connection */
+    if (!reply_elements_ok(task, n))
+        return NULL;
+    obj = PyList_New(n < 0 ? 0 : n);
     if (obj == NULL)
         PyErr_Clear();
     return reply_attach(task, obj);
@@ -1324,6 +1344,20 @@ static void entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply)
     entry_release(e);
 }
 
+/* Bytes the reader holds that no reply has consumed yet: after the replies
+ * are taken, the one reply still arriving. */
+static size_t reader_buffered(const CmRedisConnObject *c)
+{
+    return c->reader->len - c->reader->pos;
+}
+
+/* max_bulk_bytes: what the reply still arriving may hold in the reader
+ * (cm_resp_pending_ok; elements already done are objects, not bytes) */
+static size_t reader_max_bulk(const CmRedisConnObject *c)
+{
+    return (size_t)(c->pool != NULL ? c->pool->cfg->max_bulk_bytes : CM_REDIS_MAX_BULK);
+}
+
 static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
 {
     CmRedisConnObject *c = (CmRedisConnObject *)self;
@@ -1338,7 +1372,9 @@ static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
                                conn_label(c));
                 goto done;
             }
-            if ((size_t)n < sizeof(buf))
+            /* parse before buffering more than one reply may hold */
+            if ((size_t)n < sizeof(buf) ||
+                !cm_resp_pending_ok(reader_buffered(c), reader_max_bulk(c)))
                 break;
             continue;
         }
@@ -1358,12 +1394,26 @@ static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
     while (c->state != CONN_CLOSED) {
         void *reply = NULL;
         if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
-            conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: protocol error: %s",
-                           conn_label(c), c->reader->errstr);
+            if (c->reader->err == REDIS_ERR_OOM && c->pool != NULL)
+                conn_close_fmt(c, st->RedisConnectionError, 1,
+                               "redis %s: reply refused: an aggregate longer than "
+                               "max_reply_elements=%zd (or out of memory)",
+                               conn_label(c), c->pool->cfg->max_reply_elements);
+            else
+                conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: protocol error: %s",
+                               conn_label(c), c->reader->errstr);
             goto done;
         }
-        if (reply == NULL)
+        if (reply == NULL) {
+            if (!cm_resp_pending_ok(reader_buffered(c), reader_max_bulk(c))) {
+                conn_close_fmt(c, st->RedisConnectionError, 1,
+                               "redis %s: reply refused: a bulk or line longer than "
+                               "max_bulk_bytes=%zu",
+                               conn_label(c), reader_max_bulk(c));
+                goto done;
+            }
             break;
+        }
         if (c->len == 0) {
             Py_DECREF((PyObject *)reply);
             conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: reply without a request",
@@ -2278,6 +2328,8 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
                              "retry_backoff",
                              "retry_backoff_max",
                              "busy_poll",
+                             "max_reply_elements",
+                             "max_bulk_bytes",
                              NULL};
     CmState *st = cm_state_from_type(Py_TYPE(self));
     const char *host = "localhost", *path = NULL;
@@ -2286,14 +2338,24 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     double connect_timeout = 5.0, timeout = 5.0, backoff = 0.05, backoff_max = 1.0;
     PyObject *user = NULL, *pass = NULL, *ubytes = NULL, *pbytes = NULL, *ser = NULL;
     PyObject *busy_poll = Py_None;
+    Py_ssize_t max_elements = CM_REDIS_MAX_ELEMENTS, max_bulk = CM_REDIS_MAX_BULK;
     int rc = -1;
     if (st == NULL)
         return -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$zizOOliddpiddO:RedisClient", kwlist, &host,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$zizOOliddpiddOnn:RedisClient", kwlist, &host,
                                      &port, &path, &user, &pass, &db, &size, &connect_timeout,
                                      &timeout, &cluster, &pipeline, &backoff, &backoff_max,
-                                     &busy_poll))
+                                     &busy_poll, &max_elements, &max_bulk))
         return -1;
+    if (max_elements < 1 || max_elements > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "redis: max_reply_elements must be in 1..%d, got %zd",
+                     INT_MAX, max_elements);
+        return -1;
+    }
+    if (max_bulk < 1 || max_bulk > PY_SSIZE_T_MAX - 64) {
+        PyErr_Format(PyExc_ValueError, "redis: max_bulk_bytes must be >= 1, got %zd", max_bulk);
+        return -1;
+    }
     double spin;
     if (cm_busypoll_parse(busy_poll, &spin) < 0)
         return -1;
@@ -2332,6 +2394,8 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     self->cfg.backoff_max = backoff_max;
     self->cfg.size = size;
     self->cfg.pipeline = pipeline;
+    self->cfg.max_reply_elements = max_elements;
+    self->cfg.max_bulk_bytes = max_bulk;
     self->spin.limit = spin;
     Py_XSETREF(self->default_serializer, ser);
     ser = NULL;

@@ -62,6 +62,10 @@ typedef struct {
     double backoff_min, backoff_max;
     int size;     /* connections per server */
     int pipeline; /* replies outstanding on a connection before another is opened */
+    /* a reply's aggregate length and bulk/line size above these fails the
+     * connection (a hostile or broken server must not make us reserve memory) */
+    Py_ssize_t max_reply_elements;
+    Py_ssize_t max_bulk_bytes;
 } CmRedisConfig;
 
 /* The connections to one server. A plain C record owned by its client;

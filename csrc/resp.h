@@ -41,4 +41,17 @@ int cm_resp_arg_ll(CmBuf *b, long long v);
 int cm_resp_command(CmBuf *b, size_t argc, const char *const *argv, const size_t *lens);
 /* Decimal digits of v into out (at least 21 bytes); returns the length. */
 size_t cm_resp_ll(char *out, long long v);
+
+/* Bounds on one reply (RedisClient max_reply_elements / max_bulk_bytes),
+ * checked before memory is reserved for it: by the reader's createArray
+ * (an aggregate of n elements reserves 8n bytes before any arrives), and on
+ * the bytes the reader holds once complete replies are taken (the reply
+ * still arriving: one bulk or line and its header). Shared with
+ * fuzz/fuzz_resp.c, which drives hiredis's reader the same way. */
+#define CM_RESP_HEADER_SLACK 64
+static inline int cm_resp_elements_ok(size_t n, size_t max_elements) { return n <= max_elements; }
+static inline int cm_resp_pending_ok(size_t pending, size_t max_bulk)
+{
+    return pending <= max_bulk + CM_RESP_HEADER_SLACK;
+}
 #endif

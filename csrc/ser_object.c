@@ -711,6 +711,44 @@ bad_data:
     return NULL;
 }
 
+int cm_ser_value_class(CmState *st, PyObject *cls)
+{
+    PyObject *bases[2], *members;
+    const CmSerNamed *nm;
+    int i, rc;
+
+    if (!PyType_Check(cls))
+        return 0;
+    if (ser_subclass(cls, st->ser_datetime) || ser_subclass(cls, st->ser_date) ||
+        ser_subclass(cls, st->ser_time) || ser_subclass(cls, st->ser_timedelta) ||
+        ser_subclass(cls, st->ser_Decimal) || ser_subclass(cls, st->ser_UUID))
+        return 1;
+    if (ser_subclass(cls, st->ser_Enum)) {
+        /* a class with members: calling one with more than a value cannot
+         * make a new Enum (the functional API refuses to extend it) */
+        if ((members = PyObject_GetAttrString(cls, "_member_map_")) == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        rc = PyDict_Check(members) && PyDict_GET_SIZE(members) > 0;
+        Py_DECREF(members);
+        return rc;
+    }
+    if (ser_pydantic_bases(bases))
+        for (i = 0; i < 2; i++)
+            if (bases[i] != cls && ser_subclass(cls, bases[i]))
+                return 1;
+    if (ser_dataclass_fields(st, (PyTypeObject *)cls) != NULL)
+        return 1;
+    for (nm = cm_ser_named; nm->module; nm++) {
+        PyObject *known = ser_imported(nm->module, nm->name); // borrowed
+        if (known != NULL && ser_subclass(cls, known) && nm->kind != 'p' &&
+            strcmp(nm->name, "GeneratorType") && strncmp(nm->module, "pydantic", 8))
+            return 1;
+    }
+    return 0;
+}
+
 PyObject *cm_ser_object_decode(CmState *st, PyObject *dict)
 {
     PyObject *name, *data, *cls = NULL, *res = NULL; // name, data borrowed

@@ -80,7 +80,16 @@ int cm_zlib_decompress(const uint8_t *in, size_t n, size_t max_out, CmZBuf *out,
             uint8_t *grown;
             size_t ncap;
             if (cap >= max_out) {
-                *err = "inflated data exceeds the size limit";
+                /* full: only the end of the stream (adler32) may follow */
+                uint8_t probe;
+                zs.next_out = &probe;
+                zs.avail_out = 1;
+                zrc = inflate(&zs, Z_NO_FLUSH);
+                if (zrc == Z_STREAM_END && zs.avail_out == 1)
+                    break;
+                *err = zrc == Z_OK || zrc == Z_STREAM_END || zrc == Z_BUF_ERROR
+                           ? "inflated data exceeds the size limit"
+                           : (zs.msg ? zs.msg : "invalid compressed data");
                 goto done;
             }
             ncap = cap > max_out / 2 ? max_out : cap * 2;

@@ -9,9 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Inflated data larger than this is refused (a zip bomb in a cache entry
- * must not take the process down; Redis values stop at 512 MiB anyway). */
-#define CM_ZLIB_MAX_OUT ((size_t)512 * 1024 * 1024)
+/* Inflated data larger than this is refused unless the serializer says
+ * otherwise (CompressedSerializer(max_size=...)): a zip bomb in a cache
+ * entry must cost at most this much memory and the time to inflate it. */
+#define CM_ZLIB_DEFAULT_MAX_OUT ((size_t)64 * 1024 * 1024)
 
 typedef struct {
     uint8_t *data; /* malloc'd; free() it */

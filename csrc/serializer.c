@@ -67,9 +67,9 @@ done:
 
 /* ---- the three formats, on raw bytes ------------------------------------ */
 
-static PyObject *pickle_dumps(CmState *st, PyObject *obj)
+static PyObject *pickle_dumps(CmState *st, PyObject *ser, PyObject *obj)
 {
-    PyObject *raw = PyObject_CallOneArg(st->ser_pickle_dumps, obj), *res = NULL;
+    PyObject *raw = cm_ser_pickle_dumps(st, ser, obj), *res = NULL;
     size_t n;
     if (raw == NULL)
         return NULL;
@@ -102,11 +102,11 @@ static PyObject *b64_decode(CmState *st, PyObject *blob)
     return PyObject_CallOneArg(st->ser_a2b_base64, blob);
 }
 
-static PyObject *pickle_loads(CmState *st, PyObject *blob)
+static PyObject *pickle_loads(CmState *st, PyObject *ser, PyObject *blob)
 {
     PyObject *raw = b64_decode(st, blob), *res = NULL;
     if (raw != NULL)
-        res = cm_ser_pickle_loads(st, raw);
+        res = cm_ser_pickle_loads(st, ser, raw);
     Py_XDECREF(raw);
     return res;
 }
@@ -178,11 +178,12 @@ done:
     return res;
 }
 
-static PyObject *ser_dumps_kind(CmState *st, CmSerKind kind, PyObject *obj)
+/* ser: the serializer object (PickleSerializer's options live on it) */
+static PyObject *ser_dumps_kind(CmState *st, CmSerKind kind, PyObject *ser, PyObject *obj)
 {
     switch (kind) {
     case CM_SER_PICKLE:
-        return pickle_dumps(st, obj);
+        return pickle_dumps(st, ser, obj);
     case CM_SER_JSON:
         return json_dumps(st, obj);
     case CM_SER_MSGPACK:
@@ -194,8 +195,8 @@ static PyObject *ser_dumps_kind(CmState *st, CmSerKind kind, PyObject *obj)
 }
 
 /* Decode buf; blob is the same bytes as an object when the caller has one. */
-static PyObject *ser_loads_kind(CmState *st, CmSerKind kind, PyObject *blob, const char *buf,
-                                Py_ssize_t len)
+static PyObject *ser_loads_kind(CmState *st, CmSerKind kind, PyObject *ser, PyObject *blob,
+                                const char *buf, Py_ssize_t len)
 {
     PyObject *tmp = NULL, *res = NULL;
     switch (kind) {
@@ -206,7 +207,7 @@ static PyObject *ser_loads_kind(CmState *st, CmSerKind kind, PyObject *blob, con
     case CM_SER_PICKLE:
         if (blob == NULL && (blob = tmp = PyBytes_FromStringAndSize(buf, len)) == NULL)
             return NULL;
-        res = pickle_loads(st, blob);
+        res = pickle_loads(st, ser, blob);
         Py_XDECREF(tmp);
         return res;
     default:
@@ -238,10 +239,9 @@ static PyObject *Serializer_dumps(PyObject *self, PyTypeObject *defcls, PyObject
                                   Py_ssize_t nargs, PyObject *kwnames)
 {
     CmState *st = PyType_GetModuleState(defcls);
-    (void)self;
     if (ser_one_arg("dumps", nargs, kwnames) < 0)
         return NULL;
-    return ser_dumps_kind(st, ser_own_kind(st, defcls), args[0]);
+    return ser_dumps_kind(st, ser_own_kind(st, defcls), self, args[0]);
 }
 
 static PyObject *Serializer_loads(PyObject *self, PyTypeObject *defcls, PyObject *const *args,
@@ -254,8 +254,8 @@ static PyObject *Serializer_loads(PyObject *self, PyTypeObject *defcls, PyObject
         return NULL;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL; /* wrong argument type: a TypeError, not a decode error */
-    res = ser_loads_kind(st, ser_own_kind(st, defcls), PyBytes_CheckExact(args[0]) ? args[0] : NULL,
-                         view.buf, view.len);
+    res = ser_loads_kind(st, ser_own_kind(st, defcls), self,
+                         PyBytes_CheckExact(args[0]) ? args[0] : NULL, view.buf, view.len);
     PyBuffer_Release(&view);
     if (res == NULL)
         ser_decode_error(st, self);
@@ -263,7 +263,110 @@ static PyObject *Serializer_loads(PyObject *self, PyTypeObject *defcls, PyObject
 }
 
 /* CompressedSerializer: zlib around self.serializer (a class attribute in
- * the 0.3.0 subclasses; any object with dumps/loads works). */
+ * the 0.3.0 subclasses; any object with dumps/loads works), or around the
+ * PickleSerializer made from that attribute's type and the allowed= /
+ * secret= given to the constructor. Inflating stops at max_size. */
+typedef struct {
+    PyObject_HEAD
+    size_t max_size;      /* 0 until __init__ ran: CM_ZLIB_DEFAULT_MAX_OUT */
+    PyObject *serializer; /* from allowed= / secret=, or NULL: the attribute */
+} CmCompressedObject;
+
+static PyObject *compressed_inner(CmState *st, PyObject *self)
+{
+    PyObject *inner = ((CmCompressedObject *)self)->serializer;
+    return inner != NULL ? Py_NewRef(inner) : PyObject_GetAttr(self, st->ser_s_serializer);
+}
+
+static int Compressed_init(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"max_size", "allowed", "secret", NULL};
+    CmCompressedObject *co = (CmCompressedObject *)self;
+    CmState *st = cm_state_from_type(Py_TYPE(self));
+    PyObject *max_size = NULL, *allowed = NULL, *secret = NULL, *attr = NULL, *kw = NULL;
+    PyObject *empty = NULL, *inner = NULL;
+    size_t limit = CM_ZLIB_DEFAULT_MAX_OUT;
+    int rc = -1;
+
+    if (st == NULL)
+        return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$OOO:CompressedSerializer", kwlist, &max_size,
+                                     &allowed, &secret))
+        return -1;
+    if (max_size != NULL && max_size != Py_None) {
+        Py_ssize_t v;
+        if (!PyLong_Check(max_size) || PyBool_Check(max_size)) {
+            PyErr_SetString(PyExc_TypeError, "CompressedSerializer: max_size must be an int");
+            return -1;
+        }
+        v = PyLong_AsSsize_t(max_size);
+        if (v == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            v = -1;
+        }
+        if (v < 1) {
+            PyErr_Format(PyExc_ValueError,
+                         "CompressedSerializer: max_size must be a byte count in 1..%zd, got %R",
+                         PY_SSIZE_T_MAX, max_size);
+            return -1;
+        }
+        limit = (size_t)v;
+    }
+    if ((allowed != NULL && allowed != Py_None) || (secret != NULL && secret != Py_None)) {
+        if ((attr = PyObject_GetAttr(self, st->ser_s_serializer)) == NULL)
+            goto done;
+        if (!PyObject_TypeCheck(attr, (PyTypeObject *)st->PickleSerializerType)) {
+            PyErr_SetString(PyExc_TypeError, "CompressedSerializer: allowed= and secret= are "
+                                             "PickleSerializer options; serializer is not one");
+            goto done;
+        }
+        if ((kw = Py_BuildValue("{sOsO}", "allowed", allowed ? allowed : Py_None, "secret",
+                                secret ? secret : Py_None)) == NULL ||
+            (empty = PyTuple_New(0)) == NULL ||
+            (inner = PyObject_Call((PyObject *)Py_TYPE(attr), empty, kw)) == NULL)
+            goto done;
+    }
+    co->max_size = limit;
+    Py_XSETREF(co->serializer, inner);
+    inner = NULL;
+    rc = 0;
+done:
+    Py_XDECREF(attr);
+    Py_XDECREF(kw);
+    Py_XDECREF(empty);
+    Py_XDECREF(inner);
+    return rc;
+}
+
+static int Compressed_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(((CmCompressedObject *)self)->serializer);
+    return 0;
+}
+
+static int Compressed_clear(PyObject *self)
+{
+    Py_CLEAR(((CmCompressedObject *)self)->serializer);
+    return 0;
+}
+
+static void Compressed_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Compressed_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *Compressed_max_size(PyObject *self, void *closure)
+{
+    size_t n = ((CmCompressedObject *)self)->max_size;
+    (void)closure;
+    return PyLong_FromSize_t(n ? n : CM_ZLIB_DEFAULT_MAX_OUT);
+}
+
 static PyObject *Compressed_dumps(PyObject *self, PyTypeObject *defcls, PyObject *const *args,
                                   Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -276,11 +379,11 @@ static PyObject *Compressed_dumps(PyObject *self, PyTypeObject *defcls, PyObject
 
     if (ser_one_arg("dumps", nargs, kwnames) < 0)
         return NULL;
-    if ((inner = PyObject_GetAttr(self, st->ser_s_serializer)) == NULL)
+    if ((inner = compressed_inner(st, self)) == NULL)
         goto done;
     kind = ser_kind(st, inner);
     raw = kind == CM_SER_OTHER ? PyObject_CallMethodOneArg(inner, st->ser_s_dumps, args[0])
-                               : ser_dumps_kind(st, kind, args[0]);
+                               : ser_dumps_kind(st, kind, inner, args[0]);
     if (raw == NULL || PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE) < 0)
         goto done;
     if (cm_zlib_compress(view.buf, (size_t)view.len, CM_ZLIB_LEVEL, &z, &err) < 0) {
@@ -311,21 +414,26 @@ static PyObject *Compressed_loads(PyObject *self, PyTypeObject *defcls, PyObject
         return NULL;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    if ((inner = PyObject_GetAttr(self, st->ser_s_serializer)) == NULL)
+    size_t limit = ((CmCompressedObject *)self)->max_size;
+
+    if ((inner = compressed_inner(st, self)) == NULL)
         goto done;
-    if (cm_zlib_decompress(view.buf, (size_t)view.len, CM_ZLIB_MAX_OUT, &z, &err) < 0) {
+    if (cm_zlib_decompress(view.buf, (size_t)view.len, limit ? limit : CM_ZLIB_DEFAULT_MAX_OUT, &z,
+                           &err) < 0) {
         PyErr_Format(PyExc_ValueError, "zlib: %s", err);
         goto fail;
     }
     kind = ser_kind(st, inner);
     if (kind == CM_SER_OTHER || kind == CM_SER_PICKLE) {
         raw = PyBytes_FromStringAndSize((const char *)z.data, (Py_ssize_t)z.len);
+        free(z.data); /* not both copies at once */
+        z.data = NULL;
         if (raw == NULL)
             goto fail;
         res = kind == CM_SER_OTHER ? PyObject_CallMethodOneArg(inner, st->ser_s_loads, raw)
-                                   : pickle_loads(st, raw);
+                                   : pickle_loads(st, inner, raw);
     } else {
-        res = ser_loads_kind(st, kind, NULL, (const char *)z.data, (Py_ssize_t)z.len);
+        res = ser_loads_kind(st, kind, inner, NULL, (const char *)z.data, (Py_ssize_t)z.len);
     }
     if (res != NULL)
         goto done;
@@ -380,14 +488,61 @@ static PyMethodDef Compressed_methods[] = {
         .slots = var##_slots,                                                                      \
     };
 
-CM_SER_SPEC(cm_pickle_spec, "PickleSerializer", Serializer_methods,
-            "base64.encodebytes(pickle.dumps(obj)), as cacheme 0.3.0 wrote it.")
+static PyType_Slot cm_pickle_spec_slots[] = {
+    {Py_tp_init, cm_pickle_ser_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, cm_pickle_ser_dealloc},
+    {Py_tp_traverse, cm_pickle_ser_traverse},
+    {Py_tp_clear, cm_pickle_ser_clear},
+    {Py_tp_methods, Serializer_methods},
+    {Py_tp_doc,
+     "PickleSerializer(*, allowed=(), secret=None)\n\n"
+     "base64.encodebytes(pickle.dumps(obj)), as cacheme 0.3.0 wrote it. loads() constructs only "
+     "the value types JSON/MsgPack decode (datetime, date, time, timedelta, timezone, Decimal, "
+     "UUID, Enums, dataclasses, pydantic models, set, frozenset, bytearray, complex) and the "
+     "classes named in allowed, from modules already imported; it never imports and never calls "
+     "a function the bytes name. secret=bytes signs payloads (HMAC-SHA256) and loads only signed "
+     "ones, with full pickle."},
+    {0, NULL},
+};
+
+static PyType_Spec cm_pickle_spec = {
+    .name = "cacheme.serializer.PickleSerializer",
+    .basicsize = sizeof(CmPickleSerObject),
+    .flags =
+        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = cm_pickle_spec_slots,
+};
 CM_SER_SPEC(cm_json_spec, "JSONSerializer", Serializer_methods,
             "json.dumps(obj, default=object_encoder).encode(), as cacheme 0.3.0 wrote it.")
 CM_SER_SPEC(cm_msgpack_spec, "MsgPackSerializer", Serializer_methods,
             "MessagePack (msgpack-c), byte-compatible with cacheme 0.3.0's msgpack.dumps.")
-CM_SER_SPEC(cm_compressed_spec, "CompressedSerializer", Compressed_methods,
-            "zlib (level 3) around the `serializer` class attribute.")
+static PyGetSetDef Compressed_getset[] = {
+    {"max_size", Compressed_max_size, NULL, "inflated bytes above this are a decode error", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot cm_compressed_spec_slots[] = {
+    {Py_tp_init, Compressed_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, Compressed_dealloc},
+    {Py_tp_traverse, Compressed_traverse},
+    {Py_tp_clear, Compressed_clear},
+    {Py_tp_methods, Compressed_methods},
+    {Py_tp_getset, Compressed_getset},
+    {Py_tp_doc, "CompressedSerializer(*, max_size=64 MiB, allowed=(), secret=None)\n\n"
+                "zlib (level 3) around the `serializer` class attribute. Inflating stops at "
+                "max_size bytes (a decode error); allowed/secret configure a PickleSerializer."},
+    {0, NULL},
+};
+
+static PyType_Spec cm_compressed_spec = {
+    .name = "cacheme.serializer.CompressedSerializer",
+    .basicsize = sizeof(CmCompressedObject),
+    .flags =
+        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = cm_compressed_spec_slots,
+};
 
 /* ---- init / traverse / clear -------------------------------------------- */
 
@@ -462,6 +617,7 @@ int cm_serializer_init(PyObject *mod, CmState *st)
     CM_SER_STR(ser_s_loads, "loads")
     CM_SER_STR(ser_s_dataclass_fields, "__dataclass_fields__")
     CM_SER_STR(ser_datetime_qualname, "datetime.datetime")
+    CM_SER_STR(ser_s_builtins, "builtins")
 #undef CM_SER_STR
     if ((st->ser_zero = PyLong_FromLong(0)) == NULL)
         goto done;

@@ -31,6 +31,11 @@ PyObject *cm_ser_object_encode(CmState *st, PyObject *obj);
  * known value type, a dataclass, an Enum or a pydantic model. */
 PyObject *cm_ser_object_decode(CmState *st, PyObject *dict);
 
+/* 1 if object_decoder would construct instances of cls (a value type of
+ * the 0.3.0 encoding, an Enum with members, a dataclass or a pydantic
+ * model), else 0; never raises. The pickle allowlist starts from this. */
+int cm_ser_value_class(CmState *st, PyObject *cls);
+
 /* "<module>.<qualname>" -> class, looked up in sys.modules only (no import,
  * no module __getattr__). New reference, or NULL with ValueError. */
 PyObject *cm_ser_resolve_class(CmState *st, PyObject *name);
@@ -40,9 +45,25 @@ PyObject *cm_ser_lookup_global(PyObject *module, PyObject *qualname);
 
 int cm_ser_object_init(PyObject *mod, CmState *st);
 
-/* ser_pickle.c: pickle.loads that never imports (find_class looks in
- * sys.modules only). */
-PyObject *cm_ser_pickle_loads(CmState *st, PyObject *raw);
+/* ser_pickle.c: PickleSerializer's state, and pickle that never imports and
+ * constructs only allowed classes (or, with a secret, full pickle of signed
+ * payloads only). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *allowed; /* frozenset of globals the user named, or NULL */
+    PyObject *secret;  /* bytes: the HMAC-SHA256 key of signed payloads, or NULL */
+    PyObject *digest;  /* hmac.digest, with a secret */
+    PyObject *compare; /* hmac.compare_digest, with a secret */
+} CmPickleSerObject;
+
+/* raw pickle bytes (base64 already undone) -> object; self a PickleSerializer */
+PyObject *cm_ser_pickle_loads(CmState *st, PyObject *self, PyObject *raw);
+/* obj -> raw pickle bytes (signed when self has a secret), before base64 */
+PyObject *cm_ser_pickle_dumps(CmState *st, PyObject *self, PyObject *obj);
+int cm_pickle_ser_init(PyObject *self, PyObject *args, PyObject *kwds);
+int cm_pickle_ser_traverse(PyObject *self, visitproc visit, void *arg);
+int cm_pickle_ser_clear(PyObject *self);
+void cm_pickle_ser_dealloc(PyObject *self);
 int cm_ser_pickle_init(PyObject *mod, CmState *st);
 
 #endif

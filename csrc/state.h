@@ -151,6 +151,7 @@ typedef struct {
     X(ser_UUID)                                                                                    \
     X(ser_Enum)                                                                                    \
     X(ser_pickle_dumps)                                                                            \
+    X(ser_pickle_loads)                                                                            \
     X(ser_SafeUnpicklerType)                                                                       \
     X(ser_BytesIO)                                                                                 \
     X(ser_a2b_base64)                                                                              \
@@ -167,7 +168,8 @@ typedef struct {
     X(ser_s_serializer)                                                                            \
     X(ser_s_dumps)                                                                                 \
     X(ser_s_loads)                                                                                 \
-    X(ser_s_dataclass_fields)
+    X(ser_s_dataclass_fields)                                                                      \
+    X(ser_s_builtins)
 #define CM_SER_DECLARE(n) PyObject *n;
     CM_SER_OBJECTS(CM_SER_DECLARE)
 #undef CM_SER_DECLARE
@@ -184,7 +186,8 @@ typedef struct {
         uint32_t n;
     } ser_maptpl[CM_SER_MAPTPL_SLOTS];
     uint8_t ser_maptpl_byn[CM_SER_MAPTPL_MAXN + 1]; /* 1 + slot last used for n keys */
-    int ser_maptpl_off; /* a copy was not laid out as expected: templates off */
+    int ser_maptpl_off;           /* a copy was not laid out as expected: templates off */
+    Py_ssize_t ser_unpickler_off; /* the serializer pointer in _SafeUnpickler (ser_pickle.c) */
     /* end serializer */
     /* redis (redis.c, rediscluster.c; the fd watches of loop.c) */
 #define CM_REDIS_OBJECTS(X)                                                                        \

@@ -6,9 +6,15 @@
  *   0 MsgPackSerializer.loads      1 CompressedMsgPackSerializer.loads
  *   2 JSONSerializer.loads         3 CompressedJSONSerializer.loads
  *   4 cm_zlib_decompress alone (plain C, 64 KiB output limit)
+ *   5 PickleSerializer.loads       6 CompressedPickleSerializer.loads
+ *     (for 5 and 6 the input is the raw pickle: the harness adds the base64,
+ *     and for 6 the zlib, that the serializer takes off again)
  * A decode may fail, but only with SerializerError; anything else (another
  * exception type escaping, a crash, an ASan report) is a finding. A value
  * that decodes is encoded again, to run the encoder on odd shapes.
+ * The pickle allowlist is checked with canaries in __main__: calling boom()
+ * or making an Evil (not allowed) aborts, and so does any decode that adds
+ * a module to sys.modules (decoding never imports).
  *
  * The serializer files are compiled in and registered as the builtin module
  * _fuzzcore (this file provides cm_module_def), so no other part of the
@@ -54,26 +60,41 @@ PyModuleDef cm_module_def = {
 
 static PyObject *PyInit__fuzzcore(void) { return PyModuleDef_Init(&cm_module_def); }
 
-static PyObject *fuzz_loads[4]; /* bound loads methods */
-static PyObject *fuzz_dumps[4]; /* bound dumps methods */
-static PyObject *fuzz_error;    /* SerializerError */
+#define FUZZ_NSERS 6
+static PyObject *fuzz_loads[FUZZ_NSERS]; /* bound loads methods */
+static PyObject *fuzz_dumps[FUZZ_NSERS]; /* bound dumps methods */
+static PyObject *fuzz_error;             /* SerializerError */
+static PyObject *fuzz_wrap[2];           /* raw pickle -> what modes 5 and 6 store */
 
-static const char fuzz_setup[] = "import dataclasses, datetime, decimal, enum, typing, uuid\n"
-                                 "import _fuzzcore as c\n"
-                                 "class CM(c.CompressedSerializer):\n"
-                                 "    serializer = c.MsgPackSerializer()\n"
-                                 "class CJ(c.CompressedSerializer):\n"
-                                 "    serializer = c.JSONSerializer()\n"
-                                 "@dataclasses.dataclass\n"
-                                 "class D:\n"
-                                 "    a: int = 0\n"
-                                 "    b: typing.List['D'] = None\n"
-                                 "    c: typing.Optional['D'] = None\n"
-                                 "    t: typing.Tuple[int, ...] = ()\n"
-                                 "class E(enum.Enum):\n"
-                                 "    A = 1\n"
-                                 "    B = 'b'\n"
-                                 "sers = [c.MsgPackSerializer(), CM(), c.JSONSerializer(), CJ()]\n";
+static const char fuzz_setup[] =
+    "import base64, dataclasses, datetime, decimal, enum, os, typing, uuid, zlib\n"
+    "import _fuzzcore as c\n"
+    "def boom(*a, **k):\n"
+    "    os.abort()\n"
+    "class Evil:\n"
+    "    def __new__(cls, *a, **k):\n"
+    "        os.abort()\n"
+    "class CP(c.CompressedSerializer):\n"
+    "    serializer = c.PickleSerializer()\n"
+    "def wrap5(raw):\n"
+    "    return base64.encodebytes(raw)\n"
+    "def wrap6(raw):\n"
+    "    return zlib.compress(base64.encodebytes(raw), 3)\n"
+    "class CM(c.CompressedSerializer):\n"
+    "    serializer = c.MsgPackSerializer()\n"
+    "class CJ(c.CompressedSerializer):\n"
+    "    serializer = c.JSONSerializer()\n"
+    "@dataclasses.dataclass\n"
+    "class D:\n"
+    "    a: int = 0\n"
+    "    b: typing.List['D'] = None\n"
+    "    c: typing.Optional['D'] = None\n"
+    "    t: typing.Tuple[int, ...] = ()\n"
+    "class E(enum.Enum):\n"
+    "    A = 1\n"
+    "    B = 'b'\n"
+    "sers = [c.MsgPackSerializer(), CM(), c.JSONSerializer(), CJ(),\n"
+    "        c.PickleSerializer(), CP()]\n";
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -97,7 +118,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     fuzz_error = PyObject_GetAttrString(PyDict_GetItemString(main_dict, "c"), "SerializerError");
     if (sers == NULL || fuzz_error == NULL)
         abort();
-    for (i = 0; i < 4; i++) {
+    fuzz_wrap[0] = PyDict_GetItemString(main_dict, "wrap5"); // borrowed, __main__ keeps it
+    fuzz_wrap[1] = PyDict_GetItemString(main_dict, "wrap6"); // borrowed
+    if (fuzz_wrap[0] == NULL || fuzz_wrap[1] == NULL)
+        abort();
+    for (i = 0; i < FUZZ_NSERS; i++) {
         fuzz_loads[i] = PyObject_GetAttrString(PyList_GET_ITEM(sers, i), "loads");
         fuzz_dumps[i] = PyObject_GetAttrString(PyList_GET_ITEM(sers, i), "dumps");
         if (!fuzz_loads[i] || !fuzz_dumps[i])
@@ -109,11 +134,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     PyObject *blob, *obj, *again;
+    Py_ssize_t nmodules = PyDict_Size(PyImport_GetModuleDict());
     int mode;
 
     if (size < 1)
         return 0;
-    mode = data[0] % 5;
+    mode = data[0] % 7;
     if (mode == 4) {
         CmZBuf z;
         const char *err = NULL;
@@ -123,10 +149,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         return 0;
     }
+    if (mode > 4)
+        mode--; /* sers[4], sers[5]: the pickle pair */
     if ((blob = PyBytes_FromStringAndSize((const char *)data + 1, (Py_ssize_t)size - 1)) == NULL)
         abort();
+    if (mode >= 4) {
+        PyObject *wrapped = PyObject_CallOneArg(fuzz_wrap[mode - 4], blob);
+        Py_DECREF(blob);
+        if ((blob = wrapped) == NULL)
+            abort();
+    }
     obj = PyObject_CallOneArg(fuzz_loads[mode], blob);
     Py_DECREF(blob);
+    if (PyDict_Size(PyImport_GetModuleDict()) != nmodules)
+        abort(); /* a decode imported a module */
     if (obj == NULL) {
         if (!PyErr_ExceptionMatches(fuzz_error)) {
             PyErr_Print();

@@ -6,6 +6,7 @@ import datetime
 import decimal
 import enum
 import os
+import pickle
 import sys
 import uuid
 import zlib
@@ -60,7 +61,49 @@ def main(out: str) -> None:
     for i, blob in enumerate([zlib.compress(b"x" * 1000, 3), zlib.compress(b"\x93\x01\x02\x03")]):
         with open(os.path.join(out, f"seed-4-{i}"), "wb") as f:
             f.write(b"\x04" + blob)
+    # raw pickles for modes 5 and 6 (the harness adds base64 / zlib): the value
+    # table at every protocol, and globals the allowlist must refuse
+    raws = []
+    for v in VALUES:
+        for proto in range(0, pickle.HIGHEST_PROTOCOL + 1):
+            try:
+                raws.append(pickle.dumps(v, protocol=proto))
+            except (TypeError, pickle.PicklingError, AttributeError):
+                pass
+    raws += [
+        b"c__main__\nboom\n(tR.",
+        b"\x80\x04\x8c\x08__main__\x8c\x04boom\x93)R.",
+        b"\x80\x04\x8c\x08__main__\x8c\x04Evil\x93)\x81.",
+        b"cposix\nsystem\n(Vtrue\ntR.",
+        b"cbuiltins\neval\n(V1\ntR.",
+        b"cbuiltins\ngetattr\n(cbuiltins\nbool\nVmro\ntR.",
+        b"\x80\x02\x82\xce)R.",
+        b"\x80\x04cenum\nEnum\nVX\nVa b\n\x86R.",
+        b"\x80\x04cdatetime\ntimezone\ncdatetime\ntimedelta\nK\x01\x85R\x85R.",
+    ]
+    for mode in (5, 6):
+        for i, raw in enumerate(raws):
+            with open(os.path.join(out, f"seed-{mode}-{i:03d}"), "wb") as f:
+                f.write(bytes([mode]) + raw)
+
+
+def resp_seeds(out: str) -> None:
+    """fuzz_resp: 3 bytes of limits and chunk size, then server bytes"""
+    os.makedirs(out, exist_ok=True)
+    replies = [
+        b"+OK\r\n", b"-ERR x\r\n", b":42\r\n", b"$-1\r\n", b"*-1\r\n", b"$3\r\nabc\r\n",
+        b"*2\r\n$1\r\na\r\n$-1\r\n", b"*2147483647\r\n", b"$2147483647\r\n" + b"x" * 300,
+        b"*3\r\n*2\r\n:1\r\n:2\r\n$2\r\nok\r\n*1\r\n*1\r\n*1\r\n:0\r\n",
+        b"*1\r\n" * 12 + b":1\r\n", b"+" + b"s" * 5000 + b"\r\n",
+        b"$5\r\nhello\r\n+PONG\r\n:1\r\n*0\r\n",
+    ]
+    for i, r in enumerate(replies):
+        for j, head in enumerate([b"\x14\x14\x40", b"\x02\x04\x07", b"\x00\x00\x00"]):
+            with open(os.path.join(out, f"resp-{i:02d}-{j}"), "wb") as f:
+                f.write(head + r)
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    if len(sys.argv) > 2:
+        resp_seeds(sys.argv[2])

@@ -61,6 +61,9 @@ def test_030_bytes_decode_to_equal_value(vec):
     value, _ = TABLE[vec["name"]]
     family = m.families_of(vec["serializer"])
     ser = getattr(S, vec["serializer"])()
+    if vec["name"] == "plain_object":  # pickle builds a plain class only if named
+        _assert_decode_error(ser, bytes.fromhex(vec["hex"]))
+        ser = getattr(S, vec["serializer"])(allowed=[m.Plain])
     assert ser.loads(bytes.fromhex(vec["hex"])) == m.expected_after(value, family)
 
 
@@ -87,6 +90,8 @@ def test_round_trip(ser, name):
     family = m.families_of(type(ser).__name__)
     if not _applies(fams, family):
         pytest.skip(f"{family} cannot hold {name}")
+    if name == "plain_object":  # pickle builds a plain class only if named
+        ser = type(ser)(allowed=[m.Plain])
     blob = ser.dumps(value)
     assert isinstance(blob, bytes)
     assert ser.loads(blob) == m.expected_after(value, family)

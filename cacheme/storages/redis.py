@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 _FLOAT_OPTIONS = ("connect_timeout", "timeout", "retry_backoff", "retry_backoff_max", "busy_poll")
-_INT_OPTIONS = ("pool_size", "pipeline", "db")
+_INT_OPTIONS = ("pool_size", "pipeline", "db", "max_reply_elements", "max_bulk_bytes")
 
 
 def parse_url(address: str) -> Dict[str, Any]:
@@ -121,7 +121,7 @@ class RedisStorage(_core.RedisClient, BaseStorage):
         kwargs.update(options)
         unknown = set(kwargs) - {
             "host", "port", "path", "username", "password", "db",
-            *_FLOAT_OPTIONS, "pipeline",
+            *_FLOAT_OPTIONS, "pipeline", "max_reply_elements", "max_bulk_bytes",
         }
         if unknown:
             raise TypeError(f"redis storage: unknown option(s) {', '.join(sorted(unknown))}")
