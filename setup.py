@@ -6,6 +6,8 @@ Switches (environment variables):
   CACHEME_DEBUG=1     asserts on, -O0 -g
   CACHEME_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer
   CACHEME_WERROR=1    warnings are errors (CI)
+  CACHEME_NO_PRIVATE=1  no private CPython API even where a version gate allows
+                      it: the public fallbacks (csrc/compat.h), for tests
   CACHEME_NO_PQ=1, CACHEME_NO_MARIADB=1, CACHEME_NO_SQLITE=1
                       build without that SQL client library even if found
 Optional (SQL storages, found with pkg-config when installed): libpq (libpq-dev),
@@ -93,6 +95,8 @@ def extension():
                "-fno-sanitize-recover=undefined"]
         cflags += san + ["-g", "-UNDEBUG"]
         ldflags += san
+    if _flag("CACHEME_NO_PRIVATE"):
+        macros.append(("CM_NO_PRIVATE", "1"))
     if _flag("CACHEME_WERROR"):
         cflags.append("-Werror")
     sources = sorted(glob.glob("csrc/*.c"))

@@ -12,8 +12,32 @@
 
 #include <structmember.h>
 
+#include "compat.h"
 #include "nodecfg.h"
 #include "siphash.h"
+
+#if CM_KEY_PARTS
+#if PY_VERSION_HEX >= 0x030D0000
+/* 3.13 moved _Py_HashSecret_t to the internal headers; the exported symbol
+ * and the layout of its first 16 bytes are those of 3.11 and 3.12. */
+typedef union {
+    unsigned char uc[24];
+    struct {
+        uint64_t k0;
+        uint64_t k1;
+    } siphash;
+} CmPyHashSecret;
+PyAPI_DATA(CmPyHashSecret) _Py_HashSecret;
+#endif
+#endif
+
+/* CPython's SipHash keys as its pysiphash() passes them (through _le64toh),
+ * and whether the parts path may use them: set by cm_key_init once a probe
+ * hashed like hash(). Plain integers, the same for every interpreter. */
+#if CM_KEY_PARTS
+static uint64_t sip_k0, sip_k1;
+#endif
+static int sip_ok;
 
 static PyObject *concat3(PyObject *a, PyObject *b, PyObject *c)
 {
@@ -59,6 +83,36 @@ static inline PyObject **key_slot(CmState *st, PyObject *node)
     return NULL;
 }
 
+/* PyObject_GetOptionalAttr (3.13): 1 and *res, 0 and NULL for a missing
+ * attribute (no exception), -1 on error. */
+static int get_optional_attr(PyObject *obj, PyObject *name, PyObject **res)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(obj, name, res);
+#elif CM_PRIVATE_OK
+    return _PyObject_LookupAttr(obj, name, res); /* no AttributeError made */
+#else
+    if ((*res = PyObject_GetAttr(obj, name)) != NULL)
+        return 1;
+    if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+        return -1;
+    PyErr_Clear();
+    return 0;
+#endif
+}
+
+#ifndef NDEBUG
+/* hash() of a fresh copy of s, for asserts on a hash stored by hand */
+static Py_hash_t fresh_hash(PyObject *s)
+{
+    PyObject *copy =
+        PyUnicode_FromKindAndData(PyUnicode_KIND(s), PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s));
+    Py_hash_t h = copy != NULL ? PyObject_Hash(copy) : -1;
+    Py_XDECREF(copy);
+    return h;
+}
+#endif
+
 PyObject *cm_key_cached(CmState *st, PyObject *node)
 {
     PyObject *cached;
@@ -69,13 +123,8 @@ PyObject *cm_key_cached(CmState *st, PyObject *node)
         Py_INCREF(cached);
     }
     /* not a Node: a missing attribute is the common case, no exception */
-#if PY_VERSION_HEX >= 0x030D0000
-    else if (PyObject_GetOptionalAttr(node, st->s__full_key, &cached) <= 0)
+    else if (get_optional_attr(node, st->s__full_key, &cached) <= 0)
         return NULL;
-#else
-    else if (_PyObject_LookupAttr(node, st->s__full_key, &cached) <= 0)
-        return NULL;
-#endif
     if (PyUnicode_CheckExact(cached)) {
         if (PyObject_Hash(cached) == -1) {
             Py_DECREF(cached);
@@ -108,7 +157,7 @@ void cm_key_affix_init(CmKeyAffix *a, PyObject *prefix, PyObject *version)
 
     memset(a, 0, sizeof(*a));
     a->head_len = -1;
-    if (!CM_KEY_PARTS || PyUnicode_KIND(prefix) != PyUnicode_1BYTE_KIND ||
+    if (!CM_KEY_PARTS || !sip_ok || PyUnicode_KIND(prefix) != PyUnicode_1BYTE_KIND ||
         PyUnicode_KIND(version) != PyUnicode_1BYTE_KIND || lp + 1 > CM_KEY_HEAD_MAX ||
         lv + 1 > CM_KEY_TAIL_MAX)
         return;
@@ -120,7 +169,7 @@ void cm_key_affix_init(CmKeyAffix *a, PyObject *prefix, PyObject *version)
     a->tail_len = lv + 1;
     a->ascii = PyUnicode_IS_ASCII(prefix) && PyUnicode_IS_ASCII(version);
 #if CM_KEY_PARTS
-    cm_siphash13_init(a->sip, _Py_HashSecret.siphash.k0, _Py_HashSecret.siphash.k1);
+    cm_siphash13_init(a->sip, sip_k0, sip_k1);
     cm_siphash13_blocks(a->sip, a->head, (size_t)a->head_len / 8);
 #endif
 }
@@ -132,6 +181,8 @@ int cm_key_parts_general(CmState *st, PyObject *key, PyObject *version, CmKeyPar
 #if CM_KEY_PARTS
     PyObject *pieces[3] = {st->prefix, key, version}; // borrowed
     Py_ssize_t n = 0;
+    if (!sip_ok)
+        return 0;
     parts->ascii =
         PyUnicode_IS_ASCII(st->prefix) && PyUnicode_IS_ASCII(key) && PyUnicode_IS_ASCII(version);
     for (int i = 0; i < 3; i++) {
@@ -145,8 +196,7 @@ int cm_key_parts_general(CmState *st, PyObject *key, PyObject *version, CmKeyPar
             parts->data[n++] = ':';
     }
     parts->len = n;
-    Py_hash_t x = (Py_hash_t)cm_siphash13(_Py_HashSecret.siphash.k0, _Py_HashSecret.siphash.k1,
-                                          parts->data, (size_t)n);
+    Py_hash_t x = (Py_hash_t)cm_siphash13(sip_k0, sip_k1, parts->data, (size_t)n);
     *hash = x == -1 ? -2 : x; /* as _Py_HashBytes */
     return 1;
 #else
@@ -163,8 +213,7 @@ PyObject *cm_key_build(CmState *st, PyObject *node, PyObject *key, PyObject *ver
         return NULL;
     if (known_hash != -1) {
         ((PyASCIIObject *)full)->hash = known_hash;
-        assert(known_hash == _Py_HashBytes(PyUnicode_DATA(full),
-                                           PyUnicode_GET_LENGTH(full) * PyUnicode_KIND(full)));
+        assert(known_hash == fresh_hash(full));
     } else if (PyObject_Hash(full) == -1) {
         Py_DECREF(full);
         return NULL;
@@ -190,7 +239,7 @@ PyObject *cm_key_build_parts(PyObject **slot, const CmKeyParts *parts, Py_hash_t
         return NULL;
     memcpy(PyUnicode_1BYTE_DATA(full), parts->data, (size_t)parts->len);
     ((PyASCIIObject *)full)->hash = hash;
-    assert(hash == _Py_HashBytes(PyUnicode_DATA(full), PyUnicode_GET_LENGTH(full)));
+    assert(hash == fresh_hash(full));
     Py_XSETREF(*slot, Py_NewRef(full));
     return full;
 }
@@ -268,8 +317,41 @@ static PyMethodDef key_functions[] = {
     {NULL, NULL},
 };
 
+/* Read CPython's SipHash keys and check them: our SipHash-1-3 of a few
+ * probes (lengths around the 8-byte word; not 0, which hashes to 0) must
+ * equal their str hash, else
+ * the parts path stays off and keys are built and hashed by CPython. */
+static int key_secret_init(void)
+{
+#if CM_KEY_PARTS
+    static const char probe[] = "cacheme:probe-of-the-str-hash:1";
+    static const Py_ssize_t lengths[] = {1, 7, 8, 9, 16, 23, (Py_ssize_t)sizeof(probe) - 1};
+    uint64_t k0 = cm_le64(_Py_HashSecret.siphash.k0), k1 = cm_le64(_Py_HashSecret.siphash.k1);
+    int ok = 1;
+    for (size_t i = 0; ok && i < sizeof(lengths) / sizeof(lengths[0]); i++) {
+        PyObject *s = PyUnicode_FromStringAndSize(probe, lengths[i]);
+        if (s == NULL)
+            return -1;
+        Py_hash_t h = PyObject_Hash(s);
+        Py_DECREF(s);
+        if (h == -1)
+            return -1;
+        Py_hash_t x = (Py_hash_t)cm_siphash13(k0, k1, probe, (size_t)lengths[i]);
+        ok = (x == -1 ? -2 : x) == h;
+    }
+    sip_k0 = k0, sip_k1 = k1, sip_ok = ok;
+#endif
+    return 0;
+}
+
 int cm_key_init(PyObject *mod, CmState *st)
 {
     (void)st;
-    return PyModule_AddFunctions(mod, key_functions);
+    if (key_secret_init() < 0 || PyModule_AddFunctions(mod, key_functions) < 0)
+        return -1;
+    /* _key_parts: a local hit hashes the key from its parts (else builds it);
+     * _private_api: the version-gated private calls are on (compat.h) */
+    if (PyModule_AddObjectRef(mod, "_private_api", CM_PRIVATE_OK ? Py_True : Py_False) < 0)
+        return -1;
+    return PyModule_AddObjectRef(mod, "_key_parts", sip_ok ? Py_True : Py_False);
 }

@@ -44,7 +44,14 @@ PyObject *cm_key_of_node(CmState *st, PyObject *node);
 PyObject *cm_key_call_method(CmState *st, PyObject *node);
 /* The TypeError for a key() that returned key, not a str; steals key, NULL. */
 PyObject *cm_key_not_str(PyObject *node, PyObject *key);
-#if Py_HASH_ALGORITHM == Py_HASH_SIPHASH13 && Py_HASH_CUTOFF == 0
+/* The parts path hashes with CPython's private secret (_Py_HashSecret, see
+ * key.c): only where the str hash is SipHash-1-3 without a small-string
+ * cutoff, on the versions whose secret we know how to read (3.11-3.13), and
+ * not in a CACHEME_NO_PRIVATE build. Elsewhere the key is built and hashed
+ * by PyObject_Hash: slower, the same result. Even where compiled in, the
+ * path is used only when a probe at import matched hash() (cm_key_init). */
+#if Py_HASH_ALGORITHM == Py_HASH_SIPHASH13 && Py_HASH_CUTOFF == 0 &&                               \
+    PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(CM_NO_PRIVATE)
 #define CM_KEY_PARTS 1
 #else
 #define CM_KEY_PARTS 0

@@ -2,6 +2,8 @@
  * only through these calls. */
 #include "loop.h"
 
+#include "compat.h"
+
 PyObject *cm_loop_running(CmState *st) { return PyObject_CallNoArgs(st->get_running_loop); }
 
 int cm_loop_is_running(CmState *st, PyObject *loop)
@@ -21,7 +23,7 @@ int cm_loop_init(CmState *st)
     /* the function itself (from the class dict), to compare with what a
      * loop's type resolves create_future to */
     st->base_create_future =
-        cls && PyType_Check(cls) ? _PyType_Lookup((PyTypeObject *)cls, st->s_create_future) : NULL;
+        cls && PyType_Check(cls) ? cm_type_lookup((PyTypeObject *)cls, st->s_create_future) : NULL;
     Py_XINCREF(st->base_create_future);
     Py_XDECREF(cls);
     mod = PyImport_ImportModule("asyncio.futures");
@@ -43,7 +45,7 @@ int cm_loop_init(CmState *st)
  * its Python frame; other loops (uvloop) are asked. */
 PyObject *cm_loop_create_future(CmState *st, PyObject *loop)
 {
-    if (_PyType_Lookup(Py_TYPE(loop), st->s_create_future) == st->base_create_future)
+    if (cm_type_lookup(Py_TYPE(loop), st->s_create_future) == st->base_create_future)
         return PyObject_Vectorcall(st->FutureType, &loop, 0, st->kw_loop);
     return PyObject_VectorcallMethod(st->s_create_future, &loop, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                      NULL);

@@ -145,6 +145,10 @@ static void cm_free(void *mod) { cm_clear((PyObject *)mod); }
 
 static PyModuleDef_Slot cm_slots[] = {
     {Py_mod_exec, cm_exec},
+#ifdef Py_mod_gil
+    /* free-threaded builds (3.13t): the GIL stays on while we are loaded */
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
     {0, NULL},
 };
 

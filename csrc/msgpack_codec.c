@@ -695,11 +695,22 @@ typedef struct {
     PyObject *me_value;
 } CmDictUEntry;
 
+/* An empty dict for n items: presized where the private call is known */
+static inline PyObject *mp_dict_new(size_t n)
+{
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(CM_NO_PRIVATE)
+    return _PyDict_NewPresized((Py_ssize_t)n);
+#else
+    (void)n;
+    return PyDict_New();
+#endif
+}
+
 /* The entries of a fresh copy of a template of n keys, or NULL if its table
  * is not laid out as we expect (the caller checks each entry as it writes). */
 static CmDictUEntry *mp_tpl_entries(PyObject *dict, size_t n)
 {
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000 && !defined(CM_NO_PRIVATE)
     PyDictObject *mp = (PyDictObject *)dict;
     CmDictKeys *dk = (CmDictKeys *)mp->ma_keys;
     CmDictUEntry *e;
@@ -804,7 +815,7 @@ static PyObject *mp_dict_of(CmState *st, PyObject *const *ks, PyObject *const *v
             ((dict = mp_tpl_dict(st, slot, ks, vs, n)) != NULL || PyErr_Occurred()))
             return dict;
     }
-    if ((dict = _PyDict_NewPresized((Py_ssize_t)n)) == NULL)
+    if ((dict = mp_dict_new(n)) == NULL)
         return NULL;
     for (size_t i = 0; i < n; i++) {
         if (PyDict_SetItem(dict, ks[i], vs[i]) < 0) {
@@ -901,7 +912,7 @@ static PyObject *mp_read_map(CmMpDec *d, size_t n, int depth)
         return mp_fail(d, "map length exceeds the input");
     if (n >= CM_MP_TPL_MINN && n <= CM_SER_MAPTPL_MAXN && depth < CM_MP_TPL_MAXDEPTH)
         return mp_read_map_small(d, n, depth);
-    if ((dict = _PyDict_NewPresized((Py_ssize_t)n)) == NULL)
+    if ((dict = mp_dict_new(n)) == NULL)
         return NULL;
     for (i = 0; i < n; i++) {
         PyObject *k, *v = NULL;

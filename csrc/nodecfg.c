@@ -1,6 +1,7 @@
 /* NodeConfig: Meta read once per class (and per storage registration). */
 #include "nodecfg.h"
 
+#include "compat.h"
 #include "store.h"
 
 static void cfg_release(CmNodeConfigObject *c)
@@ -53,7 +54,9 @@ static void cfg_dealloc(PyObject *self)
 /* Metrics of cls, from its own __dict__ (the metaclass puts one there). */
 static CmMetricsObject *class_metrics(CmState *st, PyTypeObject *cls)
 {
-    PyObject *m = PyDict_GetItemWithError(cls->tp_dict, st->s__cacheme_metrics); // borrowed
+    PyObject *m = cls->tp_dict != NULL // not since 3.12 on a static builtin type
+                      ? PyDict_GetItemWithError(cls->tp_dict, st->s__cacheme_metrics)
+                      : NULL; // borrowed
     if (m != NULL && Py_IS_TYPE(m, st->MetricsType))
         return (CmMetricsObject *)Py_NewRef(m);
     if (PyErr_Occurred())
@@ -259,7 +262,9 @@ fail:
 
 CmNodeConfigObject *cm_nodecfg_lookup(CmState *st, PyTypeObject *cls)
 {
-    PyObject *cur = PyDict_GetItemWithError(cls->tp_dict, st->s___cacheme__); // borrowed
+    /* since 3.12 a static builtin type (object...) has no tp_dict: no config */
+    PyObject *cur = cls->tp_dict != NULL ? PyDict_GetItemWithError(cls->tp_dict, st->s___cacheme__)
+                                         : NULL; // borrowed
     if (cur == NULL || !Py_IS_TYPE(cur, st->NodeConfigType) ||
         ((CmNodeConfigObject *)cur)->generation != st->generation) {
         if (PyErr_Occurred())
@@ -285,8 +290,8 @@ int cm_nodecfg_resolve_methods(CmState *st, CmNodeConfigObject *cfg)
     PyTypeObject *tp = cfg->cls;
     if (tp->tp_getattro != PyObject_GenericGetAttr)
         return 0;
-    PyObject *k = _PyType_Lookup(tp, st->s_key);  // borrowed
-    PyObject *l = _PyType_Lookup(tp, st->s_load); // borrowed
+    PyObject *k = cm_type_lookup(tp, st->s_key);  // borrowed
+    PyObject *l = cm_type_lookup(tp, st->s_load); // borrowed
     if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) || tp->tp_version_tag == 0)
         return 0;
     Py_XSETREF(cfg->key_func, k != NULL && PyFunction_Check(k) ? Py_NewRef(k) : NULL);

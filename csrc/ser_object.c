@@ -14,6 +14,8 @@
  * for, if the program already imported pydantic. */
 #include "serializer.h"
 
+#include "compat.h"
+
 /* only the struct accessors (PyDateTime_GET_YEAR, ...) are used, never the
  * capsule the header declares (PyDateTimeAPI) */
 #pragma GCC diagnostic push
@@ -35,7 +37,7 @@ ser_imported(const char *module, const char *name)
 static PyObject * // borrowed
 ser_type_lookup(PyTypeObject *tp, PyObject *name)
 {
-    return _PyType_Lookup(tp, name);
+    return cm_type_lookup(tp, name);
 }
 
 /* pydantic BaseModel classes that exist in this process (v2, v1 or the

@@ -34,14 +34,21 @@
         v2 = CM_ROTL(v2, 32);                                                                      \
     } while (0)
 
+/* x read as little-endian: a no-op on little-endian machines. CPython's
+ * _le64toh, which pysiphash() also applies to the two keys. */
+static inline uint64_t cm_le64(uint64_t x)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    x = __builtin_bswap64(x);
+#endif
+    return x;
+}
+
 static inline uint64_t cm_load_le64(const unsigned char *p)
 {
     uint64_t m;
     memcpy(&m, p, 8);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    m = __builtin_bswap64(m);
-#endif
-    return m;
+    return cm_le64(m);
 }
 
 /* The state after no input. */

@@ -916,10 +916,20 @@ done:
     return out;
 }
 
+/* nargs == n, else a TypeError in CPython's words (its _PyArg_CheckPositional
+ * is private and gone from 3.13's headers): 1 or 0 */
+static int check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t n)
+{
+    if (nargs == n)
+        return 1;
+    PyErr_Format(PyExc_TypeError, "%s expected %zd arguments, got %zd", name, n, nargs);
+    return 0;
+}
+
 static PyObject *storage_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
-    if (!_PyArg_CheckPositional("get", nargs, 2, 2) || check_available(s) < 0)
+    if (!check_nargs("get", nargs, 2) || check_available(s) < 0)
         return NULL;
     CmSqlReq *r = req_new(CM_SQL_GET);
     if (r == NULL)
@@ -936,7 +946,7 @@ static PyObject *storage_get_all(PyObject *self, PyObject *const *args, Py_ssize
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
     PyObject *seq = NULL;
-    if (!_PyArg_CheckPositional("get_all", nargs, 2, 2) || check_available(s) < 0)
+    if (!check_nargs("get_all", nargs, 2) || check_available(s) < 0)
         return NULL;
     CmSqlReq *r = req_new(CM_SQL_GET_ALL);
     if (r == NULL)
@@ -996,7 +1006,7 @@ static int parse_ttl(CmSqlStorageObject *s, PyObject *ttl, double *out)
 static PyObject *storage_set(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
-    if (!_PyArg_CheckPositional("set", nargs, 4, 4) || check_available(s) < 0)
+    if (!check_nargs("set", nargs, 4) || check_available(s) < 0)
         return NULL;
     CmSqlReq *r = req_new(CM_SQL_SET);
     if (r == NULL)
@@ -1014,7 +1024,7 @@ static PyObject *storage_set_all(PyObject *self, PyObject *const *args, Py_ssize
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
     PyObject *seq = NULL, *index = NULL;
-    if (!_PyArg_CheckPositional("set_all", nargs, 3, 3) || check_available(s) < 0)
+    if (!check_nargs("set_all", nargs, 3) || check_available(s) < 0)
         return NULL;
     CmSqlReq *r = req_new(CM_SQL_SET_ALL);
     if (r == NULL)
@@ -1113,7 +1123,7 @@ static PyObject *storage_remove_by_key(PyObject *self, PyObject *key)
 
 static PyObject *storage_set_by_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!_PyArg_CheckPositional("set_by_key", nargs, 3, 3))
+    if (!check_nargs("set_by_key", nargs, 3))
         return NULL;
     return storage_key_req((CmSqlStorageObject *)self, CM_SQL_SET, args[0], args[1], args[2]);
 }
