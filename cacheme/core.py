@@ -207,6 +207,8 @@ async def _load_batch(cls, caches, serializer, doorkeeper, metrics, pending, lea
             try:
                 got = await storage.get_all(list(todo.values()), serializer)
                 errors = 0
+            except _core.StorageKeyError:
+                raise  # a key the storage cannot hold would miss every time
             except Exception:
                 logger.warning("cacheme: get_all from storage %r failed", name, exc_info=True)
                 got, errors = [], 1
@@ -327,6 +329,9 @@ async def invalidate(node: Node[Any]) -> None:
                 await storage.remove(node)
         except Exception as e:
             failures.append((name, e))
+    for _name, e in failures:
+        if isinstance(e, _core.StorageKeyError):
+            raise e  # the key itself is refused: say so, not "could not"
     if failures:
         names = ", ".join(repr(n) for n, _ in failures)
         raise RuntimeError(f"cacheme: could not invalidate {key!r} in storage {names}") from failures[0][1]

@@ -735,8 +735,11 @@ static PySendResult drive(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject
             switch (g->phase) {
             case P_REMOTE: {
                 CmStorageCounters *c = counters(g, g->idx);
-                if (e != NULL && !PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception)) {
-                    err = e; /* cancellation and friends are not a miss */
+                if (e != NULL && (!PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception) ||
+                                  PyObject_TypeCheck(e, (PyTypeObject *)st->StorageKeyError))) {
+                    /* cancellation and friends are not a miss; nor is a key
+                     * the storage cannot hold: it would miss every time */
+                    err = e;
                     goto fail;
                 }
                 if (e != NULL) {
@@ -801,7 +804,8 @@ static PySendResult drive(CmGetObject *g, PyObject *arg, PyObject *exc, PyObject
             }
             if (start_call(g, &cfg->caches[g->idx], 0) < 0) {
                 PyObject *e = cm_exc_take();
-                if (e != NULL && !PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception)) {
+                if (e != NULL && (!PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception) ||
+                                  PyObject_TypeCheck(e, (PyTypeObject *)st->StorageKeyError))) {
                     err = e;
                     goto fail;
                 }

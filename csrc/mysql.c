@@ -25,21 +25,30 @@
  * is reported on that request (with the message naming the DDL script) and
  * DDL can run first. Times are UTC (UTC_TIMESTAMP(6)), as 0.3.0 wrote them.
  *
+ * Keys compare byte for byte whatever the table's collation (0.3.0's DDL
+ * left it to the server's default, a case- and accent-insensitive one on
+ * most): reads and deletes find the row through the index and keep it only
+ * if BINARY `key` equals the key (binary strings also keep trailing spaces,
+ * which PAD SPACE collations ignore); a write whose key equals another
+ * row's under the collation takes that row over, key included. Two keys
+ * equal under the collation then share one row, the last written, and
+ * neither ever reads the other's value.
+ *
  * A single GET reads through a HANDLER (`HANDLER t OPEN AS cm_get`, then a
- * prepared `HANDLER cm_get READ `key` = (?) WHERE `key` = ? AND <not
+ * prepared `HANDLER cm_get READ `key` = (?) WHERE BINARY `key` = ? AND <not
  * expired>`): the server skips the optimizer, which is about a third of its
- * work for a point SELECT. The same row, the same collation; what the handler interface
- * gives up (a consistent view across reads) does not matter to one row. Two
- * things need care:
+ * work for a point SELECT. What the handler interface gives up (a
+ * consistent view across reads) does not matter to one row. Two things need
+ * care:
  * - an open handler holds a metadata lock, so that TRUNCATE/ALTER/DROP of
  *   the table from elsewhere waits for it (forever, by default). A handler
  *   MY_HANDLER_AGE old is closed: before the next read on a connection in
  *   use, by the storage's tick on one unused for half that time. DDL
  *   elsewhere then waits at most about MY_HANDLER_AGE plus a tick.
  * - HANDLER READ looks the value up cut to the index's width (the column's,
- *   or a prefix index's), where `=` in a SELECT compares the whole string:
- *   its WHERE compares `key` again, in full, so that a longer key never
- *   reads the row of its prefix.
+ *   or a prefix index's) and under its collation: its WHERE compares `key`
+ *   again, in full and byte for byte, so that a longer key never reads the
+ *   row of its prefix, nor 'user' the row of 'User'.
  * A handler closed by the server (our own DDL on the connection, or any
  * statement but a HANDLER one that the connection runs while a DDL waits
  * for the handler) is reopened and the read retried once. */
@@ -415,23 +424,27 @@ static char *stmt_sql(CmSqlStorageObject *s, int slot, int n)
     const char *fmt = NULL;
     char *in = NULL;
     switch (slot) {
+    /* keys compare byte for byte (see the top): `key` = ? finds the row
+     * through the index under the column's collation, BINARY `key` = ? then
+     * keeps it only if it is this very key */
     case S_GET:
-        fmt = "SELECT value FROM %1$s WHERE `key` = ? AND "
+        fmt = "SELECT value FROM %1$s WHERE `key` = ? AND BINARY `key` = ? AND "
               "(expire IS NULL OR expire > UTC_TIMESTAMP(6))%2$s";
         break;
     case S_HGET:
-        fmt = "HANDLER cm_get READ `key` = (?) WHERE `key` = ? AND "
+        fmt = "HANDLER cm_get READ `key` = (?) WHERE BINARY `key` = ? AND "
               "(expire IS NULL OR expire > UTC_TIMESTAMP(6))%2$s";
         break;
     case S_SET:
     case S_MSET:
+        /* a row of a key equal under the collation becomes this key's */
         fmt = "INSERT INTO %1$s (`key`, value, expire, updated_at) VALUES (?, ?, "
               "DATE_ADD(UTC_TIMESTAMP(6), INTERVAL ? MICROSECOND), UTC_TIMESTAMP(6)) "
-              "ON DUPLICATE KEY UPDATE value = VALUES(value), expire = VALUES(expire), "
-              "updated_at = VALUES(updated_at)%2$s";
+              "ON DUPLICATE KEY UPDATE `key` = VALUES(`key`), value = VALUES(value), "
+              "expire = VALUES(expire), updated_at = VALUES(updated_at)%2$s";
         break;
     case S_DEL:
-        fmt = "DELETE FROM %1$s WHERE `key` = ?%2$s";
+        fmt = "DELETE FROM %1$s WHERE `key` = ? AND BINARY `key` = ?%2$s";
         break;
     case S_SWEEP:
         fmt = "DELETE FROM %1$s WHERE expire <= UTC_TIMESTAMP(6) LIMIT ?%2$s";
@@ -576,7 +589,8 @@ static void execute_batch(CmSqlConnObject *c)
         break;
     }
     case CM_SQL_DEL:
-        if (bind_str(&bd[0], &mc->lens[0], b->key, 0) < 0)
+        if (bind_str(&bd[0], &mc->lens[0], b->key, 0) < 0 ||
+            bind_str(&bd[1], &mc->lens[1], b->key, 0) < 0)
             goto bad;
         break;
     case CM_SQL_SWEEP:
@@ -1094,6 +1108,8 @@ const CmSqlDriver cm_mysql_driver = {
     .name = "mysql",
     .package = "libmariadb-dev",
     .available = 1,
+    .key_max = 512,
+    .key_nul = 1,
     .open = my_open,
     .io = my_io,
     .start = my_start,

@@ -34,6 +34,8 @@
 #ifdef CM_HAVE_PQ
 #include <libpq-fe.h>
 
+#include "loop.h"
+
 enum { PH_RESOLVE, PH_CONNECT, PH_UNPREPARED, PH_PREPARE, PH_READY };
 enum { MODE_ONE, MODE_COALESCED };
 
@@ -109,6 +111,24 @@ static void fail_pg(CmSqlConnObject *c)
     cm_sql_conn_fail(c, c->storage->st->SQLConnectionError, buf);
 }
 
+/* libpq's NOTICE/WARNING messages (e.g. "relation already exists,
+ * skipping" for create_table): to the `cacheme` logger, not stderr. Called
+ * from within PQconsumeInput/PQgetResult, with the GIL held. */
+static void pg_notice(void *arg, const char *message)
+{
+    CmState *st = arg; // borrowed: the module's state outlives its storages
+    size_t n = strlen(message);
+    while (n > 0 && (message[n - 1] == '\n' || message[n - 1] == ' '))
+        n--;
+    PyObject *msg = PyUnicode_DecodeUTF8(message, (Py_ssize_t)n, "replace");
+    if (msg == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    cm_log_warning(st, "cacheme postgresql: server says: %U", msg, NULL);
+    Py_DECREF(msg);
+}
+
 /* The connection's libpq handle is started: watch its socket. */
 static int pg_started(CmSqlConnObject *c, PGconn *pg)
 {
@@ -119,6 +139,7 @@ static int pg_started(CmSqlConnObject *c, PGconn *pg)
     }
     c->h = pg;
     c->phase = PH_CONNECT;
+    PQsetNoticeProcessor(pg, pg_notice, s->st);
     if (PQstatus(pg) == CONNECTION_BAD) {
         PyErr_Format(s->st->SQLConnectionError, "postgresql: %s", PQerrorMessage(pg));
         return -1;
@@ -740,6 +761,8 @@ const CmSqlDriver cm_pg_driver = {
     .name = "postgresql",
     .package = "libpq-dev",
     .available = 1,
+    .key_max = 512,
+    .key_nul = 0,
     .setup = pg_setup,
     .teardown = pg_teardown,
     .open = pg_open,

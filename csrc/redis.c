@@ -57,6 +57,25 @@
 #include "loop.h"
 #include "resolve.h"
 
+/* The full key of a node, as Redis gets it: UTF-8. A key that UTF-8 cannot
+ * encode (a lone surrogate) raises StorageKeyError naming it, which reaches
+ * the caller instead of a miss on every request. New reference. */
+static PyObject *redis_key_of(CmState *st, PyObject *node)
+{
+    PyObject *key = cm_key_of_node(st, node);
+    if (key != NULL && PyUnicode_AsUTF8AndSize(key, NULL) == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+            PyErr_Clear();
+            PyErr_Format(st->StorageKeyError,
+                         "cacheme redis storage: key %R cannot be stored: it holds a lone "
+                         "surrogate, which UTF-8 cannot encode (keys must be valid Unicode text)",
+                         key);
+        }
+        Py_CLEAR(key);
+    }
+    return key;
+}
+
 enum { CONN_CONNECTING, CONN_READY, CONN_CLOSED };
 
 struct CmRedisConnObject {
@@ -1879,7 +1898,7 @@ static int set_args(CmRedisClientObject *self, PyObject *node, PyObject *value, 
 {
     CmState *st = self->st;
     *payload = NULL;
-    if ((*key = cm_key_of_node(st, node)) == NULL)
+    if ((*key = redis_key_of(st, node)) == NULL)
         return -1;
     if (ttl_ms(st, ttl, ms) < 0 ||
         (*payload = encode_value(st, pick_serializer(self, ser), value)) == NULL) {
@@ -1896,7 +1915,7 @@ static PyObject *client_get(CmRedisClientObject *self, PyObject *const *args, Py
         PyErr_SetString(PyExc_TypeError, "get(node, serializer)");
         return NULL;
     }
-    PyObject *key = cm_key_of_node(self->st, args[0]);
+    PyObject *key = redis_key_of(self->st, args[0]);
     if (key == NULL)
         return NULL;
     CmRedisOp *op = start_op(&self, OP_GET, &loop);
@@ -1952,7 +1971,7 @@ CmRedisOp *cm_redis_get_for(PyObject *client, PyObject *node, PyObject *ser, PyO
     CmRedisClientObject *self = (CmRedisClientObject *)client;
     if (client_check_open(self) < 0 || (self = client_for(self, loop)) == NULL)
         return NULL;
-    PyObject *key = cm_key_of_node(self->st, node);
+    PyObject *key = redis_key_of(self->st, node);
     if (key == NULL)
         return NULL;
     CmRedisOp *op = op_for(self, OP_GET, get);
@@ -1994,7 +2013,7 @@ PyObject *cm_redis_op_handoff(CmRedisOp *op, PyObject *get)
 static PyObject *client_remove(CmRedisClientObject *self, PyObject *node)
 {
     PyObject *loop = NULL;
-    PyObject *key = cm_key_of_node(self->st, node);
+    PyObject *key = redis_key_of(self->st, node);
     if (key == NULL)
         return NULL;
     CmRedisOp *op = start_op(&self, OP_DEL, &loop);
@@ -2103,7 +2122,7 @@ static PyObject *client_get_all(CmRedisClientObject *self, PyObject *const *args
     if ((keys = PyList_New(n)) == NULL || (results = PyList_New(n)) == NULL)
         goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *k = cm_key_of_node(st, PyList_GET_ITEM(nodes, i));
+        PyObject *k = redis_key_of(st, PyList_GET_ITEM(nodes, i));
         if (k == NULL)
             goto fail;
         PyList_SET_ITEM(keys, i, k);
@@ -2147,7 +2166,7 @@ static PyObject *client_set_all(CmRedisClientObject *self, PyObject *const *args
             PyErr_SetString(PyExc_TypeError, "set_all() expects (node, value) pairs");
             goto fail;
         }
-        PyObject *k = cm_key_of_node(st, PyTuple_GET_ITEM(item, 0));
+        PyObject *k = redis_key_of(st, PyTuple_GET_ITEM(item, 0));
         if (k == NULL)
             goto fail;
         PyList_SET_ITEM(keys, i, k);
@@ -2361,11 +2380,43 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
         return -1;
     if (host == NULL)
         host = "localhost";
-    if (size < 1 || pipeline < 1 || !(connect_timeout > 0) || !(timeout > 0) || !(backoff > 0) ||
-        backoff_max < backoff || port <= 0 || port > 65535 || db < 0) {
-        PyErr_SetString(PyExc_ValueError,
-                        "redis: pool_size and pipeline must be >= 1, timeouts and backoff > 0, "
-                        "port in 1..65535, db >= 0");
+    /* each option its own message: what it is, what is allowed */
+    const struct {
+        const char *name;
+        long long v;
+        long long lo, hi;
+    } ints[] = {{"pool_size", size, 1, INT_MAX},
+                {"pipeline", pipeline, 1, INT_MAX},
+                {"port", port, 1, 65535},
+                {"db", db, 0, INT_MAX}};
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
+        if (ints[i].v < ints[i].lo || ints[i].v > ints[i].hi) {
+            PyErr_Format(PyExc_ValueError, "redis: %s must be between %lld and %lld, not %lld",
+                         ints[i].name, ints[i].lo, ints[i].hi, ints[i].v);
+            return -1;
+        }
+    const struct {
+        const char *name;
+        double v;
+    } secs[] = {{"connect_timeout", connect_timeout},
+                {"timeout", timeout},
+                {"retry_backoff", backoff},
+                {"retry_backoff_max", backoff_max}};
+    for (size_t i = 0; i < sizeof(secs) / sizeof(secs[0]); i++)
+        if (!(secs[i].v > 0) || !(secs[i].v <= 3.1e9)) {
+            char buf[64];
+            snprintf(buf, sizeof(buf), "%g", secs[i].v);
+            PyErr_Format(PyExc_ValueError,
+                         "redis: %s must be a finite number of seconds > 0, at most 3.1e9, not %s",
+                         secs[i].name, buf);
+            return -1;
+        }
+    if (backoff_max < backoff) {
+        char lo[64], hi[64];
+        snprintf(lo, sizeof(lo), "%g", backoff);
+        snprintf(hi, sizeof(hi), "%g", backoff_max);
+        PyErr_Format(PyExc_ValueError,
+                     "redis: retry_backoff_max (%s) must be >= retry_backoff (%s)", hi, lo);
         return -1;
     }
     if (cluster && path != NULL) {

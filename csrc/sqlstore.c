@@ -151,16 +151,31 @@ static PyObject *as_bytes(PyObject *v)
     if (PyByteArray_Check(v) || PyMemoryView_Check(v) || PyBytes_Check(v))
         return PyBytes_FromObject(v);
     PyErr_Format(PyExc_TypeError,
-                 "SQL storage: a node without serializer must cache bytes or str, not %.100s",
+                 "SQL storage: serializer.dumps() must return bytes or str, not %.100s",
                  Py_TYPE(v)->tp_name);
     return NULL;
 }
 
-/* serializer.dumps(v) as bytes (or v itself without a serializer). */
-static PyObject *encode(CmState *st, PyObject *ser, PyObject *v)
+/* A value cached without a serializer: bytes only, since the row gives back
+ * bytes (a str would come back as bytes on the next hit). */
+static PyObject *raw_bytes(CmSqlStorageObject *s, PyObject *v)
 {
+    if (PyBytes_Check(v))
+        return PyBytes_FromObject(v);
+    PyErr_Format(PyExc_TypeError,
+                 "cacheme %s storage: without a serializer a node can cache only bytes (the "
+                 "value column gives back bytes), not %.100s; set Meta.serializer (e.g. "
+                 "PickleSerializer()) to cache other values",
+                 s->drv->name, Py_TYPE(v)->tp_name);
+    return NULL;
+}
+
+/* serializer.dumps(v) as bytes (or v itself, bytes, without a serializer). */
+static PyObject *encode(CmSqlStorageObject *s, PyObject *ser, PyObject *v)
+{
+    CmState *st = s->st;
     if (ser == Py_None)
-        return as_bytes(v);
+        return raw_bytes(s, v);
     PyObject *args[2] = {ser, v};
     PyObject *raw =
         PyObject_VectorcallMethod(st->ser_s_dumps, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
@@ -926,6 +941,56 @@ static int check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t n)
     return 0;
 }
 
+/* Refuse a key the table cannot hold as it is (SQLKeyError, a ValueError
+ * naming the key): one that UTF-8 cannot encode (a lone surrogate), one
+ * with NUL where the key column cannot hold it, one longer than the key
+ * column. Stored otherwise, it would be truncated or rejected by the server
+ * on every request: a permanent miss, or another key's row. */
+static int check_key(CmSqlStorageObject *s, PyObject *key)
+{
+    Py_ssize_t n;
+    const char *p = PyUnicode_AsUTF8AndSize(key, &n);
+    if (p == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+            return -1;
+        PyErr_Clear();
+        PyErr_Format(s->st->SQLKeyError,
+                     "cacheme %s storage: key %R cannot be stored: it holds a lone surrogate, "
+                     "which UTF-8 cannot encode (keys must be valid Unicode text)",
+                     s->drv->name, key);
+        return -1;
+    }
+    if (!s->drv->key_nul && memchr(p, '\0', (size_t)n) != NULL) {
+        PyErr_Format(s->st->SQLKeyError,
+                     "cacheme %s storage: key %R cannot be stored: it holds a NUL character "
+                     "('\\x00'), which the key column (text) cannot hold",
+                     s->drv->name, key);
+        return -1;
+    }
+    Py_ssize_t len = PyUnicode_GET_LENGTH(key);
+    if (s->drv->key_max > 0 && len > s->drv->key_max) {
+        PyObject *head = PyUnicode_Substring(key, 0, 40);
+        if (head == NULL)
+            return -1;
+        PyErr_Format(s->st->SQLKeyError,
+                     "cacheme %s storage: key %R... is %zd characters long, longer than the key "
+                     "column's limit of %zd characters (VARCHAR(%zd)); use a shorter key()",
+                     s->drv->name, head, len, s->drv->key_max, s->drv->key_max);
+        Py_DECREF(head);
+        return -1;
+    }
+    return 0;
+}
+
+/* The full key of a node, checked (check_key); new reference. */
+static PyObject *key_of(CmSqlStorageObject *s, PyObject *node)
+{
+    PyObject *key = cm_key_of_node(s->st, node);
+    if (key != NULL && check_key(s, key) < 0)
+        Py_CLEAR(key);
+    return key;
+}
+
 static PyObject *storage_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
@@ -935,7 +1000,7 @@ static PyObject *storage_get(PyObject *self, PyObject *const *args, Py_ssize_t n
     if (r == NULL)
         return NULL;
     r->ser = Py_NewRef(args[1]);
-    if ((r->key = cm_key_of_node(s->st, args[0])) == NULL) {
+    if ((r->key = key_of(s, args[0])) == NULL) {
         req_free(r);
         return NULL;
     }
@@ -960,7 +1025,7 @@ static PyObject *storage_get_all(PyObject *self, PyObject *const *args, Py_ssize
         goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *node = PyTuple_GET_ITEM(seq, i); // borrowed
-        PyObject *key = cm_key_of_node(s->st, node);
+        PyObject *key = key_of(s, node);
         if (key == NULL)
             goto fail;
         PyList_SET_ITEM(r->keys, i, key);
@@ -1011,8 +1076,7 @@ static PyObject *storage_set(PyObject *self, PyObject *const *args, Py_ssize_t n
     CmSqlReq *r = req_new(CM_SQL_SET);
     if (r == NULL)
         return NULL;
-    if ((r->key = cm_key_of_node(s->st, args[0])) == NULL ||
-        (r->value = encode(s->st, args[3], args[1])) == NULL ||
+    if ((r->key = key_of(s, args[0])) == NULL || (r->value = encode(s, args[3], args[1])) == NULL ||
         parse_ttl(s, args[2], &r->ttl) < 0) {
         req_free(r);
         return NULL;
@@ -1040,8 +1104,8 @@ static PyObject *storage_set_all(PyObject *self, PyObject *const *args, Py_ssize
             PyErr_SetString(PyExc_TypeError, "set_all: data must be a sequence of (node, value)");
             goto fail;
         }
-        PyObject *key = cm_key_of_node(s->st, PyTuple_GET_ITEM(item, 0));
-        PyObject *val = key ? encode(s->st, args[2], PyTuple_GET_ITEM(item, 1)) : NULL;
+        PyObject *key = key_of(s, PyTuple_GET_ITEM(item, 0));
+        PyObject *val = key ? encode(s, args[2], PyTuple_GET_ITEM(item, 1)) : NULL;
         PyObject *at = val ? PyDict_GetItemWithError(index, key) : NULL; // borrowed
         int rc = -1;
         if (val != NULL && at != NULL) {
@@ -1082,7 +1146,7 @@ static PyObject *storage_remove(PyObject *self, PyObject *node)
     CmSqlReq *r = req_new(CM_SQL_DEL);
     if (r == NULL)
         return NULL;
-    if ((r->key = cm_key_of_node(s->st, node)) == NULL) {
+    if ((r->key = key_of(s, node)) == NULL) {
         req_free(r);
         return NULL;
     }
@@ -1104,7 +1168,8 @@ static PyObject *storage_key_req(CmSqlStorageObject *s, int kind, PyObject *key,
         return NULL;
     r->key = Py_NewRef(key);
     r->ser = Py_NewRef(Py_None);
-    if (value != NULL && ((r->value = as_bytes(value)) == NULL || parse_ttl(s, ttl, &r->ttl) < 0)) {
+    if (check_key(s, key) < 0 || (value != NULL && ((r->value = raw_bytes(s, value)) == NULL ||
+                                                    parse_ttl(s, ttl, &r->ttl) < 0))) {
         req_free(r);
         return NULL;
     }
@@ -1244,11 +1309,36 @@ static int storage_init(PyObject *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     if (pool_size < 1) {
-        PyErr_SetString(PyExc_ValueError, "pool_size must be at least 1");
+        PyErr_Format(PyExc_ValueError, "cacheme %s storage: pool_size must be at least 1, not %zd",
+                     s->drv->name, pool_size);
         return -1;
     }
-    if (!(timeout > 0) || !(connect_timeout > 0)) {
-        PyErr_SetString(PyExc_ValueError, "timeout and connect_timeout must be positive");
+    /* every wait has a finite timeout; the sweep runs every so often or never */
+    const struct {
+        const char *name;
+        double v;
+        int zero_ok;
+    } secs[] = {{"timeout", timeout, 0},
+                {"connect_timeout", connect_timeout, 0},
+                {"sweep_interval", sweep_interval, 1}};
+    for (size_t i = 0; i < sizeof(secs) / sizeof(secs[0]); i++) {
+        double v = secs[i].v;
+        if (!isfinite(v) || v < 0 || (v == 0 && !secs[i].zero_ok) || v > CM_SQL_TTL_MAX) {
+            PyObject *f = PyFloat_FromDouble(v);
+            if (f != NULL)
+                PyErr_Format(PyExc_ValueError,
+                             "cacheme %s storage: %s must be a finite number of seconds %s, "
+                             "not %R",
+                             s->drv->name, secs[i].name,
+                             secs[i].zero_ok ? ">= 0 (0 disables the sweep)" : "> 0", f);
+            Py_XDECREF(f);
+            return -1;
+        }
+    }
+    if (sweep_limit < 1) {
+        PyErr_Format(PyExc_ValueError,
+                     "cacheme %s storage: sweep_limit must be at least 1 row, not %ld",
+                     s->drv->name, sweep_limit);
         return -1;
     }
     if (check_available(s) < 0)
@@ -1523,6 +1613,20 @@ int cm_sql_init(PyObject *mod, CmState *st)
         goto done;
     if ((st->SQLTableError = add_error(mod, "SQLTableError", st->SQLError,
                                        "The storage table does not exist.")) == NULL)
+        goto done;
+    /* the base of SQLKeyError and the Redis storage's error for the same:
+     * a flight raises it to its caller instead of counting a miss */
+    if ((st->StorageKeyError =
+             add_error(mod, "StorageKeyError", PyExc_ValueError,
+                       "A key a remote storage cannot hold as it is: raised to the caller of get, "
+                       "get_all and invalidate, never a silent miss.")) == NULL)
+        goto done;
+    Py_SETREF(bases, PyTuple_Pack(2, st->SQLError, st->StorageKeyError));
+    if (bases == NULL ||
+        (st->SQLKeyError = add_error(mod, "SQLKeyError", bases,
+                                     "A key the table cannot hold as it is (NUL, a lone "
+                                     "surrogate, longer than the key column): raised to the "
+                                     "caller, never a silent miss.")) == NULL)
         goto done;
     rc = 0;
 done:

@@ -83,6 +83,11 @@ typedef struct {
     const char *package; /* Debian package of the library */
     int available;       /* the library was found at build time */
     int sync;            /* requests run inline (no connections) */
+    /* keys the table can hold: at most key_max characters (its VARCHAR;
+     * 0: any), NUL characters only with key_nul (PostgreSQL's text cannot
+     * hold them); others are refused with SQLKeyError */
+    Py_ssize_t key_max;
+    int key_nul;
     /* storage-level setup/teardown (sqlite: the database handle) */
     int (*setup)(CmSqlStorageObject *s);
     void (*teardown)(CmSqlStorageObject *s);

@@ -224,7 +224,9 @@ typedef struct {
     X(SQLError)                                                                                    \
     X(SQLConnectionError)                                                                          \
     X(SQLTimeoutError)                                                                             \
-    X(SQLTableError)
+    X(SQLTableError)                                                                               \
+    X(SQLKeyError)                                                                                 \
+    X(StorageKeyError)
 #define CM_SQL_DECLARE(n) PyObject *n;
     CM_SQL_OBJECTS(CM_SQL_DECLARE)
 #undef CM_SQL_DECLARE

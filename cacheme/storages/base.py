@@ -10,6 +10,40 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 from cacheme.interfaces import CachedData, Node, Serializer
 from cacheme.models import sentinel
 
+INT_MAX = 2**31 - 1
+
+
+def int_option(owner: str, name: str, value: Any, lo: int, hi: int = INT_MAX) -> int:
+    """An integer option in lo..hi, or a TypeError/ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}: {name} must be an int, not {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{owner}: {name} must be between {lo} and {hi}, not {value}")
+    return value
+
+
+def seconds_option(owner: str, name: str, value: Any, *, zero_ok: bool = False,
+                   zero_means: str = "") -> float:
+    """A number of seconds, finite and > 0 (>= 0 with zero_ok), or a
+    TypeError/ValueError naming the option and what is allowed."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{owner}: {name} must be a number of seconds, not {type(value).__name__}"
+        )
+    try:
+        secs = float(value)
+    except OverflowError:
+        secs = float("inf")
+    if not (secs >= 0 if zero_ok else secs > 0) or secs == float("inf") or secs > 3.1e9:
+        allowed = f">= 0 ({zero_means})" if zero_ok else "> 0"
+        raise ValueError(
+            f"{owner}: {name} must be a finite number of seconds {allowed}, at most 3.1e9, "
+            f"not {value!r}"
+        )
+    return secs
+
 
 class BaseStorage:
     def __init__(self, address: str, *args: Any, **kwargs: Any):

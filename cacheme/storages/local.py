@@ -10,6 +10,7 @@ from cacheme.models import sentinel
 from cacheme.storages.base import BaseStorage
 
 POLICIES = ("lru", "tlfu")
+MAX_SIZE = 1 << 26  # entries; CM_STORE_MAX_SIZE in csrc/store.c
 
 
 class LocalStorage(BaseStorage):
@@ -25,6 +26,11 @@ class LocalStorage(BaseStorage):
             raise ValueError(f"local storage: unknown policy {policy!r} in {address!r} (expected local://lru or local://tlfu)")
         if isinstance(size, bool) or not isinstance(size, int):
             raise TypeError(f"local storage: size must be an int, not {type(size).__name__}")
+        if size >= MAX_SIZE:
+            # past what the C store takes (and maybe a C long long)
+            raise ValueError(f"local storage size must be < {MAX_SIZE}, got {size}")
+        if size < -(2**63):
+            raise ValueError(f"local storage size must be > 0, got {size}")
         self._store = _core.LocalStore(policy, size)
 
     async def connect(self) -> None:

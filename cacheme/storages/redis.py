@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional
 from urllib.parse import parse_qs, unquote, urlparse
 
 from cacheme import _core
-from cacheme.storages.base import BaseStorage
+from cacheme.storages.base import BaseStorage, int_option, seconds_option
 
 RedisError = _core.RedisError
 RedisConnectionError = _core.RedisConnectionError
@@ -101,6 +101,28 @@ def parse_url(address: str) -> Dict[str, Any]:
     return out
 
 
+def _check_options(pool_size: Any, kwargs: Dict[str, Any]) -> None:
+    """Each option's type and range, errors naming it (RedisClient checks
+    them again)."""
+    owner = "redis storage"
+    int_option(owner, "pool_size", pool_size, 1)
+    if "pipeline" in kwargs:
+        int_option(owner, "pipeline", kwargs["pipeline"], 1)
+    if "port" in kwargs:
+        int_option(owner, "port", kwargs["port"], 1, 65535)
+    if "db" in kwargs:
+        int_option(owner, "db", kwargs["db"], 0)
+    for name in ("connect_timeout", "timeout", "retry_backoff", "retry_backoff_max"):
+        if name in kwargs:
+            kwargs[name] = seconds_option(owner, name, kwargs[name])
+    lo = kwargs.get("retry_backoff", 0.05)
+    hi = kwargs.get("retry_backoff_max", 1.0)
+    if hi < lo:
+        raise ValueError(
+            f"{owner}: retry_backoff_max ({hi}) must be >= retry_backoff ({lo})"
+        )
+
+
 class RedisStorage(_core.RedisClient, BaseStorage):
     """Redis (single server or cluster) as a cacheme storage.
 
@@ -119,12 +141,15 @@ class RedisStorage(_core.RedisClient, BaseStorage):
         BaseStorage.__init__(self, address)
         kwargs = parse_url(address)
         kwargs.update(options)
-        unknown = set(kwargs) - {
-            "host", "port", "path", "username", "password", "db",
-            *_FLOAT_OPTIONS, "pipeline", "max_reply_elements", "max_bulk_bytes",
-        }
+        allowed = ("host", "port", "path", "username", "password", "db", "pool_size", "cluster",
+                   *_FLOAT_OPTIONS, "pipeline", "max_reply_elements", "max_bulk_bytes")
+        unknown = set(kwargs) - set(allowed)
         if unknown:
-            raise TypeError(f"redis storage: unknown option(s) {', '.join(sorted(unknown))}")
+            raise TypeError(
+                f"redis storage: unknown option(s) {', '.join(sorted(unknown))} "
+                f"(allowed: {', '.join(allowed)})"
+            )
+        _check_options(pool_size, kwargs)
         self.pool_size = pool_size
         self.cluster = cluster
         self.options = options

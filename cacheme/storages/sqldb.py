@@ -27,21 +27,29 @@ Options common to the SQL storages (keyword arguments of ``Storage(url, ...)``):
   iterations. Other sockets and timers wait at most about that long; a
   server slower than the limit is spun on exponentially less often (see
   csrc/busypoll.h).
+
+Keys are compared byte for byte. A key the table cannot hold as it is raises
+``SQLKeyError`` (a ``ValueError``) to the caller of ``get``/``get_all``/
+``invalidate``: longer than the key column (512 characters on PostgreSQL and
+MySQL), a NUL character on PostgreSQL (its text type cannot hold one), or a
+lone surrogate (not encodable as UTF-8). Without a serializer a node can
+cache only ``bytes``: the value column gives back bytes.
 """
 import os
 import re
 from typing import Any, List, Optional
 
 from cacheme import _core
-from cacheme.storages.base import BaseStorage
+from cacheme.storages.base import BaseStorage, int_option, seconds_option
 
 SQLError = _core.SQLError
 SQLConnectionError = _core.SQLConnectionError
 SQLTimeoutError = _core.SQLTimeoutError
 SQLTableError = _core.SQLTableError
+SQLKeyError = _core.SQLKeyError
 
 __all__ = ["SQLStorage", "SQLError", "SQLConnectionError", "SQLTimeoutError", "SQLTableError",
-           "ddl_script"]
+           "SQLKeyError", "ddl_script"]
 
 _SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
 
@@ -62,6 +70,7 @@ class SQLStorage(BaseStorage):
     put a C client first in their bases."""
 
     _db = ""
+    _extra_options: "tuple[str, ...]" = ()
 
     def __init__(
         self,
@@ -77,18 +86,28 @@ class SQLStorage(BaseStorage):
         **options: Any,
     ):
         BaseStorage.__init__(self, address)
+        if options:
+            allowed = ("table", "pool_size", "create_table", "timeout", "connect_timeout",
+                       "sweep_interval", "sweep_limit", "busy_poll") + self._extra_options
+            raise TypeError(
+                f"{type(self).__name__}: unknown option {sorted(options)[0]!r} "
+                f"(allowed: {', '.join(allowed)})"
+            )
         if not isinstance(table, str):
             raise TypeError(f"table must be str, not {type(table).__name__}")
+        owner = f"{self._db} storage"
+        int_option(owner, "pool_size", pool_size, 1)
         self.table = table
         self.pool_size = pool_size
         self.create_table = create_table
         self._c_init(
             table,
             pool_size=pool_size,
-            timeout=float(timeout),
-            connect_timeout=float(connect_timeout),
-            sweep_interval=float(sweep_interval),
-            sweep_limit=int(sweep_limit),
+            timeout=seconds_option(owner, "timeout", timeout),
+            connect_timeout=seconds_option(owner, "connect_timeout", connect_timeout),
+            sweep_interval=seconds_option(owner, "sweep_interval", sweep_interval, zero_ok=True,
+                                          zero_means="0 disables the sweep"),
+            sweep_limit=int_option(owner, "sweep_limit", sweep_limit, 1),
             busy_poll=busy_poll,
             **options,
         )

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from cacheme import _core
+from cacheme.storages.base import seconds_option
 from cacheme.storages.sqldb import SQLStorage
 
 __all__ = ["SQLiteStorage"]
@@ -22,6 +23,7 @@ __all__ = ["SQLiteStorage"]
 
 class SQLiteStorage(_core.SQLiteClient, SQLStorage):
     _db = "sqlite"
+    _extra_options = ("busy_timeout",)
 
     def __init__(
         self,
@@ -34,7 +36,8 @@ class SQLiteStorage(_core.SQLiteClient, SQLStorage):
         self.db = urlparse(address).path[1:]
         if not self.db:
             raise ValueError(f"sqlite: no database path in {address!r}")
-        self.busy_timeout = busy_timeout
+        self.busy_timeout = seconds_option("sqlite storage", "busy_timeout", busy_timeout,
+                                           zero_ok=True, zero_means="0: fail at once")
         SQLStorage.__init__(self, address, table, pool_size=pool_size, **options)
 
     def _c_init(self, table: str, **kwargs: Any) -> None:

@@ -1,6 +1,6 @@
 CREATE TABLE cacheme_data (
 	id INTEGER NOT NULL AUTO_INCREMENT,
-	`key` VARCHAR(512),
+	`key` VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
 	value BLOB,
 	expire DATETIME(6),
 	updated_at DATETIME(6) DEFAULT now(6),
