@@ -408,3 +408,20 @@ async def test_sqlite_lock_timeout_is_a_clear_error(tmp_path):
     # unlocked: writes go through again
     await s.set(K("a"), b"4", None, None)
     assert await s.get(K("a"), None) == b"4"
+
+
+def test_postgresql_host_lists_keep_their_ports(dns, pg_srv):
+    # host and port lists: each name is looked up, becomes one entry per
+    # address with its own port; the first host refuses (a port nobody
+    # listens on), libpq moves to the next
+    from sql_servers import free_port
+
+    dead = free_port()
+    url = f"postgresql://postgres@{SLOW}:{dead},{SLOW}:{pg_srv.port}/postgres"
+    rep = connect_in_child(dns, url, **opts_for("postgresql", 5.0))
+    assert rep["err"] is None, rep
+    assert rep["stall"] < 0.3, rep
+    # the same with the literal first: only the name is looked up
+    url = f"postgresql://postgres@127.0.0.1:{dead},{SLOW}:{pg_srv.port}/postgres"
+    rep = connect_in_child(dns, url, **opts_for("postgresql", 5.0))
+    assert rep["err"] is None, rep
