@@ -195,6 +195,7 @@ static PyObject *hosts_to_resolve(PQconninfoOption *opts)
 typedef struct {
     char *s;
     size_t len, cap;
+    int n; /* entries (an empty one adds nothing but its comma) */
 } CsvBuf;
 
 static int csv_add(CsvBuf *b, const char *v, size_t n)
@@ -207,7 +208,7 @@ static int csv_add(CsvBuf *b, const char *v, size_t n)
         b->s = p;
         b->cap = cap;
     }
-    if (b->len > 0)
+    if (b->n++ > 0)
         b->s[b->len++] = ',';
     memcpy(b->s + b->len, v, n);
     b->len += n;

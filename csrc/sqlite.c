@@ -11,7 +11,8 @@
  * it is off (busy timeout 0). A statement that finds the database locked
  * (SQLITE_BUSY) gets a future instead and waits in the storage's queue of
  * waiting requests, retried from a loop timer (1 ms, doubling up to 50 ms)
- * in order, later requests of the same loop queued behind it; past
+ * in order, later writes of the same loop queued behind it (reads run at
+ * once: they see what is committed); past
  * busy_timeout (100 ms by default, the `busy_timeout` option, in seconds)
  * it fails with SQLTimeoutError (a failed fill is logged, never raised into
  * get).
@@ -541,8 +542,10 @@ static int sqlite_run(CmSqlStorageObject *s, CmSqlReq *r)
     if (h == NULL)
         return -1;
     PyObject *loop = NULL;
-    if (h->wait_head != NULL) {
-        /* behind those waiting, in order; another loop (thread) cannot wait
+    int read = r->kind == CM_SQL_GET || r->kind == CM_SQL_GET_ALL || r->kind == CM_SQL_PING;
+    if (h->wait_head != NULL && !read) {
+        /* behind those waiting, in order; reads go past them (WAL: they
+         * do not wait for a writer), and another loop (thread) cannot wait
          * on this one's timer: it runs inline */
         if ((loop = cm_loop_running(s->st)) == NULL)
             PyErr_Clear();

@@ -554,7 +554,12 @@ async def test_callers_cancelled_while_the_fill_or_the_read_is_out(redis_server)
         lead = asyncio.ensure_future(cacheme.get(Node(3)))
         await asyncio.sleep(0.01)
         waiter = asyncio.ensure_future(cacheme.get(Node(3)))
-        await asyncio.sleep(0.07)
+        # the read is back and loaded (the waiter has the value): the SET
+        # just went out and is 50 ms away; waited for, not hoped in 70 ms
+        for _ in range(5000):
+            if waiter.done():
+                break
+            await asyncio.sleep(0.001)
         assert calls == [3] and waiter.done() and not lead.done()
         lead.cancel()
         with pytest.raises(asyncio.CancelledError):
