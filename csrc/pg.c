@@ -34,7 +34,7 @@
 #ifdef CM_HAVE_PQ
 #include <libpq-fe.h>
 
-#include "loop.h"
+#include "exc.h"
 
 enum { PH_RESOLVE, PH_CONNECT, PH_UNPREPARED, PH_PREPARE, PH_READY };
 enum { MODE_ONE, MODE_COALESCED };
@@ -111,22 +111,31 @@ static void fail_pg(CmSqlConnObject *c)
     cm_sql_conn_fail(c, c->storage->st->SQLConnectionError, buf);
 }
 
-/* libpq's NOTICE/WARNING messages (e.g. "relation already exists,
- * skipping" for create_table): to the `cacheme` logger, not stderr. Called
- * from within PQconsumeInput/PQgetResult, with the GIL held. */
-static void pg_notice(void *arg, const char *message)
+/* libpq's notices (NOTICE, WARNING, ... from the server, e.g. "relation
+ * already exists, skipping" for create_table): to the `cacheme` logger, a
+ * WARNING as a warning and the others as info, not to stderr. Called from
+ * within PQconsumeInput/PQgetResult, with the GIL held. */
+static void pg_notice(void *arg, const PGresult *res)
 {
     CmState *st = arg; // borrowed: the module's state outlives its storages
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *message = PQresultErrorMessage(res);
+    if (st->logger == NULL || message == NULL)
+        return;
+    PyObject *saved = cm_exc_take();
     size_t n = strlen(message);
     while (n > 0 && (message[n - 1] == '\n' || message[n - 1] == ' '))
         n--;
-    PyObject *msg = PyUnicode_DecodeUTF8(message, (Py_ssize_t)n, "replace");
-    if (msg == NULL) {
-        PyErr_Clear();
-        return;
-    }
-    cm_log_warning(st, "cacheme postgresql: server says: %U", msg, NULL);
-    Py_DECREF(msg);
+    int warning = sev != NULL && strcmp(sev, "WARNING") == 0;
+    PyObject *text = PyUnicode_DecodeUTF8(message, (Py_ssize_t)n, "replace");
+    PyObject *msg = text ? PyUnicode_FromFormat("cacheme postgresql: server says: %U", text) : NULL;
+    PyObject *r =
+        msg ? PyObject_CallMethod(st->logger, warning ? "warning" : "info", "O", msg) : NULL;
+    Py_XDECREF(r);
+    Py_XDECREF(msg);
+    Py_XDECREF(text);
+    PyErr_Clear();
+    cm_exc_restore(saved);
 }
 
 /* The connection's libpq handle is started: watch its socket. */
@@ -139,7 +148,7 @@ static int pg_started(CmSqlConnObject *c, PGconn *pg)
     }
     c->h = pg;
     c->phase = PH_CONNECT;
-    PQsetNoticeProcessor(pg, pg_notice, s->st);
+    PQsetNoticeReceiver(pg, pg_notice, s->st);
     if (PQstatus(pg) == CONNECTION_BAD) {
         PyErr_Format(s->st->SQLConnectionError, "postgresql: %s", PQerrorMessage(pg));
         return -1;

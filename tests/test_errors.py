@@ -376,10 +376,10 @@ def test_redis_option_errors_name_the_option():
 async def test_postgresql_notices_go_to_the_cacheme_logger(caplog, capfd):
     # was: libpq's default notice processor, printing to stderr
     name, storage = await sql_storage("postgresql")
-    with caplog.at_level(logging.WARNING, logger="cacheme"):
+    with caplog.at_level(logging.INFO, logger="cacheme"):
         await storage._storage.execute(
             "DO $$ BEGIN RAISE NOTICE 'cacheme-notice-1'; RAISE WARNING 'cacheme-warn-2'; END $$")
-    got = [r.getMessage() for r in caplog.records if r.name == "cacheme"]
-    assert any("server says: NOTICE:  cacheme-notice-1" in m for m in got), got
-    assert any("WARNING:  cacheme-warn-2" in m for m in got), got
+    got = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "cacheme"]
+    assert ("INFO", "cacheme postgresql: server says: NOTICE:  cacheme-notice-1") in got, got
+    assert ("WARNING", "cacheme postgresql: server says: WARNING:  cacheme-warn-2") in got, got
     assert "cacheme-notice-1" not in capfd.readouterr().err

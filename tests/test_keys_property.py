@@ -275,3 +275,58 @@ async def test_sql(backend, table, tmp_path):
         assert (len(full) > 512 or any(0xD800 <= ord(c) <= 0xDFFF for c in k)
                 or (backend == "postgresql" and "\x00" in k)), f"{k!r} refused"
     await storage.close()
+
+
+class RawKey:
+    """A bare node: just a full key."""
+
+    def __init__(self, key):
+        self.k = key
+
+    def full_key(self):
+        return self.k
+
+
+async def _global_status(s, var):
+    """A global status counter of the server, through the storage itself
+    (copied into a row of its table, read back with get)."""
+    await s.execute(
+        f"INSERT INTO {s.table} (`key`, value) SELECT 'status:{var}', VARIABLE_VALUE "
+        f"FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = '{var.upper()}' "
+        "ON DUPLICATE KEY UPDATE value = VALUES(value)")
+    return int(await s.get(RawKey(f"status:{var}"), None))
+
+
+@pytest.mark.parametrize("collation", ["utf8mb4_general_ci", "utf8mb4_bin"])
+async def test_mysql_exact_compare_still_uses_the_index(collation, tmp_path):
+    # reads and deletes add BINARY `key` = ? next to `key` = ?: the row is
+    # still found through the unique index (no scan of the table)
+    if not _available("mysql"):
+        pytest.skip("cacheme built without the mysql library")
+    url = sql_url("mysql", tmp_path)
+    t = unique("cm_i")
+    storage = cacheme.Storage(url=url, table=t, pool_size=1)
+    s = storage._storage
+    await s.execute(DDL_030_MYSQL.format(t=t, collation=collation))
+    rows = 4000
+    for i in range(0, rows, 500):
+        await s.set_all([(RawKey(f"k{j}"), b"v") for j in range(i, i + 500)], None, None)
+    scans = ("Handler_read_rnd_next", "Handler_read_next")
+
+    async def reads():
+        return sum([await _global_status(s, v) for v in scans])
+
+    base0 = await reads()
+    base = await reads() - base0  # what reading the counters costs
+    t0 = await reads()
+    for i in range(0, 40, 2):
+        assert await s.get(RawKey(f"k{i}"), None) == b"v"       # HANDLER read
+        assert await s.get(RawKey(f"K{i}"), None) is sentinel   # collation-equal
+    got = await asyncio.gather(*(s.get(RawKey(f"k{i}"), None) for i in range(40, 60)))
+    assert got == [b"v"] * 20                                   # one IN query
+    await s.remove(RawKey("k1"))
+    await s.remove(RawKey("K3"))
+    assert await s.get(RawKey("k3"), None) == b"v"
+    spent = await reads() - t0 - base
+    assert spent < rows // 4, f"{spent} rows read beyond the counters' own: a scan?"
+    await storage.close()

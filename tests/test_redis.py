@@ -301,12 +301,13 @@ async def test_get_alls_of_one_iteration_share_one_mget(redis_server):
     assert out[-2:] == [5, cacheme.models.sentinel]
     stats = commandstats(redis_server)
     assert stats["mget"] == 1 and stats.get("get", 0) == 0, stats
-    # a key that cannot be encoded: that get_all fails at once, the others not
+    # a key that cannot be encoded: that get_all fails at once (a
+    # StorageKeyError naming it), the others not
     bad = [K("m1"), K("\udc80")]
-    res = await asyncio.gather(s.get_all(bad, ser), s.get_all([K("m2")], ser),
-                               return_exceptions=True)
-    assert isinstance(res[0], UnicodeEncodeError)
-    assert [(n.k, v) for n, v in res[1]] == [("m2", 2)]
+    ok = s.get_all([K("m2")], ser)
+    with pytest.raises(_core.StorageKeyError, match=r"key '\\udc80' .*lone surrogate"):
+        s.get_all(bad, ser)
+    assert [(n.k, v) for n, v in await ok] == [("m2", 2)]
     await s.close()
 
 
@@ -316,11 +317,11 @@ async def test_a_bad_key_in_a_run_fails_alone(redis_server):
     ser = MsgPackSerializer()
     await s.set(K("ok"), 1, None, ser)
     good = s.get(K("ok"), ser)
-    bad = s.get(K("bad\udcff"), ser)  # a lone surrogate cannot be sent
+    with pytest.raises(_core.StorageKeyError):  # a lone surrogate cannot be sent
+        s.get(K("bad\udcff"), ser)
     good2 = s.get(K("ok"), ser)
-    out = await asyncio.gather(good, bad, good2, return_exceptions=True)
-    assert out[0] == 1 and out[2] == 1
-    assert isinstance(out[1], UnicodeEncodeError)
+    out = await asyncio.gather(good, good2)
+    assert out == [1, 1]
     await s.close()
 
 
@@ -719,8 +720,12 @@ async def test_failed_request_is_undone_after_the_buffer_moved():
             # "*3 SET big <n bytes>" is then 20 bytes short of the 16 MiB buffer
             set_fut = s.execute("SET", "big", b"x" * ((16 << 20) - 54))
             await asyncio.sleep(0)  # the flush: a partial write
+            # a node's key is checked before anything is encoded; raw
+            # arguments of execute() are not
+            with pytest.raises(_core.StorageKeyError):
+                s.get_all([Node(1), Bad()], None)
             with pytest.raises(UnicodeEncodeError):
-                await s.get_all([Node(1), Bad()], None)
+                await s.execute("MGET", Node(1).full_key(), "bad\ud800")
             ping = s.execute("PING")
         finally:
             server.resume()
