@@ -1371,10 +1371,16 @@ static size_t reader_buffered(const CmRedisConnObject *c)
 }
 
 /* max_bulk_bytes: what the reply still arriving may hold in the reader
- * (cm_resp_pending_ok; elements already done are objects, not bytes) */
+ * (elements already done are objects, not bytes) */
 static size_t reader_max_bulk(const CmRedisConnObject *c)
 {
     return (size_t)(c->pool != NULL ? c->pool->cfg->max_bulk_bytes : CM_REDIS_MAX_BULK);
+}
+
+static int reader_pending_ok(const CmRedisConnObject *c)
+{
+    return cm_resp_pending_ok(c->reader->buf + c->reader->pos, reader_buffered(c),
+                              reader_max_bulk(c));
 }
 
 static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
@@ -1392,8 +1398,7 @@ static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
                 goto done;
             }
             /* parse before buffering more than one reply may hold */
-            if ((size_t)n < sizeof(buf) ||
-                !cm_resp_pending_ok(reader_buffered(c), reader_max_bulk(c)))
+            if ((size_t)n < sizeof(buf) || !reader_pending_ok(c))
                 break;
             continue;
         }
@@ -1424,7 +1429,7 @@ static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
             goto done;
         }
         if (reply == NULL) {
-            if (!cm_resp_pending_ok(reader_buffered(c), reader_max_bulk(c))) {
+            if (!reader_pending_ok(c)) {
                 conn_close_fmt(c, st->RedisConnectionError, 1,
                                "redis %s: reply refused: a bulk or line longer than "
                                "max_bulk_bytes=%zu",

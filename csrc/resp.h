@@ -50,8 +50,23 @@ size_t cm_resp_ll(char *out, long long v);
  * fuzz/fuzz_resp.c, which drives hiredis's reader the same way. */
 #define CM_RESP_HEADER_SLACK 64
 static inline int cm_resp_elements_ok(size_t n, size_t max_elements) { return n <= max_elements; }
-static inline int cm_resp_pending_ok(size_t pending, size_t max_bulk)
+/* p, n: the bytes the reader holds of the reply still arriving. Refused:
+ * more than a bulk and its header, or a bulk header announcing more than
+ * max_bulk, at once, before the bulk's bytes are buffered. The reader has
+ * taken the item's type byte by then, so a bulk header waiting for its body
+ * reads "<digits>\r\n" (a complete line of any other type would have been
+ * taken); "$<digits>" is one not parsed yet. */
+static inline int cm_resp_pending_ok(const char *p, size_t n, size_t max_bulk)
 {
-    return pending <= max_bulk + CM_RESP_HEADER_SLACK;
+    size_t len = 0, i, dollar;
+    if (n > max_bulk + CM_RESP_HEADER_SLACK)
+        return 0;
+    dollar = n > 0 && p[0] == '$';
+    for (i = dollar; i < n && p[i] >= '0' && p[i] <= '9'; i++)
+        if (len <= max_bulk)
+            len = len * 10 + (size_t)(p[i] - '0');
+    if (len <= max_bulk)
+        return 1;
+    return !(dollar || (i + 1 < n && p[i] == '\r' && p[i + 1] == '\n'));
 }
 #endif

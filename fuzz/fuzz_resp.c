@@ -127,7 +127,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         off += n;
         /* conn_on_read parses before the reader holds more than the bound
          * (and always once the socket has nothing more) */
-        if (off < size && cm_resp_pending_ok(r->len - r->pos, max_bulk))
+        if (off < size && cm_resp_pending_ok(r->buf + r->pos, r->len - r->pos, max_bulk))
             continue;
         for (;;) {
             void *reply = NULL;
@@ -139,7 +139,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         if (r->len - r->pos > max_bulk + CM_RESP_HEADER_SLACK + chunk)
             abort(); /* held more than the bound allows */
-        if (!cm_resp_pending_ok(r->len - r->pos, max_bulk))
+        if (!cm_resp_pending_ok(r->buf + r->pos, r->len - r->pos, max_bulk))
             goto done; /* the connection fails */
     }
 done:

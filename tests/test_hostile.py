@@ -464,7 +464,16 @@ async def test_redis_huge_bulk_fails_the_connection_with_memory_bounded():
     fake = FakeRedis()
     port = await fake.start()
     storage = await _redis_storage(port, timeout=5, max_bulk_bytes=1 << 20)
-    fake.reply = b"$2147483647\r\n"
+    # a header announcing more than the bound fails at once, not at timeout=5
+    fake.reply = b"$1048577\r\n"
+    t0 = asyncio.get_running_loop().time()
+    with pytest.raises(RedisConnectionError, match="max_bulk_bytes=1048576"):
+        await storage.execute("GET", "k")
+    assert asyncio.get_running_loop().time() - t0 < 2.5
+    await asyncio.sleep(0.05)  # the 1 ms reconnect backoff
+    fake.connections = fake.closed_by_client = 0
+    # a bulk without a usable header, streaming: cut once the reader holds the bound
+    fake.reply = b"$" + b"1" * 30  # digits only: no length to judge yet
     fake.tail = b"x" * (32 << 20)  # streams on until the client hangs up
     res, gap = await _max_gap_while(storage.execute("GET", "k"))
     assert isinstance(res, RedisConnectionError), res
@@ -480,7 +489,12 @@ async def test_redis_huge_bulk_fails_the_connection_with_memory_bounded():
     fake.reply, fake.tail = b"$1048576\r\n" + b"y" * (1 << 20) + b"\r\n", b""
     await asyncio.sleep(0.05)  # the 1 ms reconnect backoff
     assert await storage.execute("GET", "k") == b"y" * (1 << 20)
-    assert fake.connections == 2
+    assert fake.connections == 2  # since the reset: the streaming one, and this one
+    # an integer whose digits outnumber a small bound is no bulk header, even split
+    small = await _redis_storage(port, max_bulk_bytes=4)
+    fake.reply, fake.tail = b":12345678", b"901\r\n"
+    assert await small.execute("GET", "k") == 12345678901
+    small.close_now()
     storage.close_now()
     fake.server.close()
 

@@ -107,9 +107,43 @@ static void test_crc16(void)
     CHECK(cm_key_slot("", 0) == 0);
 }
 
+/* the reply bounds conn_on_read applies (resp.h); p is what the reader still
+ * holds, its type byte already taken unless it starts with '$' */
+static int pending_ok(const char *p, size_t max_bulk)
+{
+    return cm_resp_pending_ok(p, strlen(p), max_bulk);
+}
+
+static void test_reply_bounds(void)
+{
+    CHECK(cm_resp_elements_ok(0, 4) && cm_resp_elements_ok(4, 4) && !cm_resp_elements_ok(5, 4));
+    CHECK(!cm_resp_elements_ok(2147483647u, (size_t)1 << 20));
+    /* a bulk header waiting for its body: judged by the length it announces */
+    CHECK(pending_ok("", 4));
+    CHECK(pending_ok("4\r\nab", 4));
+    CHECK(!pending_ok("5\r\nab", 4));
+    CHECK(!pending_ok("2147483647\r\n", (size_t)512 << 20));
+    CHECK(!pending_ok("99999999999999999999999999999\r\n", 4)); /* no overflow */
+    CHECK(pending_ok("$4", 4) && !pending_ok("$5", 4) && !pending_ok("$2147483647", 1 << 20));
+    /* an integer or a header line still arriving is not a bulk header */
+    CHECK(pending_ok("12345678", 4));
+    CHECK(pending_ok("12345678\r", 4));
+    CHECK(pending_ok("-1\r\n", 4));
+    CHECK(pending_ok("OK status", 4)); /* 9 bytes <= 4 + slack */
+    /* whatever it is, not more than a bulk and its header */
+    {
+        char big[200];
+        memset(big, 'x', sizeof(big) - 1);
+        big[sizeof(big) - 1] = '\0';
+        CHECK(pending_ok(big, 200 - 1 - CM_RESP_HEADER_SLACK));
+        CHECK(!pending_ok(big, 200 - 2 - CM_RESP_HEADER_SLACK));
+    }
+}
+
 int main(void)
 {
     test_encode();
+    test_reply_bounds();
     test_partial_send();
     test_rollback_after_compaction();
     test_crc16();
