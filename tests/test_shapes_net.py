@@ -303,6 +303,13 @@ async def serve(tag):
 bad, _ = loop.run_until_complete(serve("parent-a"))
 assert bad == [], bad
 
+def storage_errors():
+    # a storage call that failed (logged, counted), which get() hides
+    return {name: cacheme.stats(N).storage_stats().get(name, {}).get("errors", 0)
+            for name, N in zip(names, nodes)}
+
+errors_before = storage_errors()
+
 pids = []
 for w in range(WORKERS):
     pid = os.fork()
@@ -330,7 +337,9 @@ while len(codes) < len(pids) and time.monotonic() < deadline:
 
 # the parent goes on, on the same loop, at once
 bad, worst = loop.run_until_complete(serve("parent-b"))
-print(json.dumps({"codes": sorted(codes.values()), "bad": bad, "worst": worst,
+errors_after = storage_errors()
+failed = {n: errors_after[n] - errors_before[n] for n in names if errors_after[n] != errors_before[n]}
+print(json.dumps({"codes": sorted(codes.values()), "bad": bad, "worst": worst, "failed": failed,
                   "forks_seen": getattr(cacheme._core, "_forks_seen", lambda: 0)()}))
 sys.stdout.flush()
 os._exit(0)
@@ -347,6 +356,7 @@ def test_preload_then_fork_workers(tmp_path, request):
     r = run_scenario(FORK, timeout=120, STORAGES=storages, WORKERS=4, VERSION=unique("v"))
     assert r["codes"] == [0, 0, 0, 0], r
     assert r["bad"] == [], r
+    assert r["failed"] == {}, r
     assert r["worst"] < 1.0, r
     assert r["forks_seen"] == 0, r  # the hook ran in the children only
 
