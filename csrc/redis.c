@@ -1831,9 +1831,10 @@ static int client_check_open(CmRedisClientObject *self)
     return -1;
 }
 
-/* The common start of a storage call: the running loop and a future. */
 /* The instance serving loop (netloop.h): self, or one made for the loop;
- * borrowed, NULL with an exception. */
+ * borrowed, NULL with an exception. Taken right before the op that holds
+ * it is made (no Python code in between: close_now in another thread may
+ * drop an instance). */
 static CmRedisClientObject *client_for(CmRedisClientObject *self, PyObject *loop)
 {
     return (CmRedisClientObject *)cm_netloops_for(&self->loops, loop);
@@ -1851,11 +1852,11 @@ static CmRedisOp *start_op(CmRedisClientObject **selfp, int kind, PyObject **loo
         goto done;
     if ((*loop = cm_loop_running(st)) == NULL)
         goto done;
+    if ((fut = cm_loop_create_future(st, *loop)) == NULL)
+        goto done;
     if ((self = client_for(self, *loop)) == NULL || client_check_open(self) < 0)
         goto done;
     *selfp = self;
-    if ((fut = cm_loop_create_future(st, *loop)) == NULL)
-        goto done;
     op = op_new(self, kind, fut);
 done:
     Py_XDECREF(fut);
@@ -1974,12 +1975,12 @@ CmRedisOp *cm_redis_get_for(PyObject *client, PyObject *node, PyObject *ser, PyO
                             PyObject *get)
 {
     CmRedisClientObject *self = (CmRedisClientObject *)client;
-    if (client_check_open(self) < 0 || (self = client_for(self, loop)) == NULL)
-        return NULL;
     PyObject *key = redis_key_of(self->st, node);
     if (key == NULL)
         return NULL;
-    CmRedisOp *op = op_for(self, OP_GET, get);
+    CmRedisOp *op = NULL;
+    if (client_check_open(self) == 0 && (self = client_for(self, loop)) != NULL)
+        op = op_for(self, OP_GET, get);
     if (op == NULL) {
         Py_DECREF(key);
         return NULL;
@@ -1994,11 +1995,11 @@ CmRedisOp *cm_redis_set_for(PyObject *client, PyObject *node, PyObject *value, P
     CmRedisClientObject *self = (CmRedisClientObject *)client;
     PyObject *key, *payload;
     long long ms;
-    if (client_check_open(self) < 0 || (self = client_for(self, loop)) == NULL)
-        return NULL;
     if (set_args(self, node, value, ttl, ser, &key, &payload, &ms) < 0)
         return NULL;
-    CmRedisOp *op = op_for(self, OP_SET, get);
+    CmRedisOp *op = NULL;
+    if (client_check_open(self) == 0 && (self = client_for(self, loop)) != NULL)
+        op = op_for(self, OP_SET, get);
     if (op == NULL) {
         Py_DECREF(key);
         Py_DECREF(payload);
@@ -2255,8 +2256,8 @@ static PyObject *client_refresh_slots(CmRedisClientObject *self, PyObject *Py_UN
         PyErr_SetString(st->RedisError, "not a cluster storage");
         return NULL;
     }
-    if ((loop = cm_loop_running(st)) == NULL || (self = client_for(self, loop)) == NULL ||
-        client_check_open(self) < 0 || (fut = cm_loop_create_future(st, loop)) == NULL ||
+    if ((loop = cm_loop_running(st)) == NULL || (fut = cm_loop_create_future(st, loop)) == NULL ||
+        (self = client_for(self, loop)) == NULL || client_check_open(self) < 0 ||
         cm_cluster_refresh(self, loop, fut) < 0)
         Py_CLEAR(fut);
     Py_XDECREF(loop);
