@@ -1814,7 +1814,8 @@ static PyObject *get_cancel(PyObject *self, PyObject *const *args, Py_ssize_t na
         Py_RETURN_FALSE;
     if (g->mode == M_LEAD)
         leader_cancelled(g, NULL);
-    if (g->mode == M_WAIT && g->fl != NULL)
+    /* (a settled flight is waking its list: this one is skipped there) */
+    if (g->mode == M_WAIT && g->fl != NULL && !g->fl->done)
         flight_drop_waiter(g->fl, self); /* the caller has a reference */
     /* a Redis call goes on without us; the CancelledError thrown in next
      * (or raised by the next send) ends what the Get was doing */
@@ -2367,18 +2368,25 @@ static PyObject *py_flight_join(PyObject *mod, PyObject *const *args, Py_ssize_t
             PyErr_SetString(PyExc_TypeError, "_flight_join(key)");
         return NULL;
     }
-    CmFlight *fl = flight_find(st, args[0], hash);
-    if (fl == NULL)
+    if (flight_find(st, args[0], hash) == NULL)
         Py_RETURN_NONE;
+    /* allocated before the flight is looked up for good: the allocation may
+     * run the collector, and finalizers that end the flight */
     CmGetObject *g = (CmGetObject *)get_alloc(st);
     if (g == NULL)
         return NULL;
     g->key = Py_NewRef(args[0]);
     g->hash = hash;
-    if (fl->done) {
+    CmFlight *fl = flight_find(st, args[0], hash);
+    if (fl == NULL || fl->done) {
+        PyObject *v = fl != NULL ? Py_NewRef(fl->value) : NULL;
         g->mode = M_DONE;
         Py_DECREF(g);
-        return cm_ready_new(st, fl->value);
+        if (v == NULL)
+            Py_RETURN_NONE;
+        PyObject *r = cm_ready_new(st, v);
+        Py_DECREF(v);
+        return r;
     }
     if (become_waiter(g, fl) < 0) {
         g->mode = M_DONE;

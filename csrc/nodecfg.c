@@ -325,22 +325,29 @@ static PyObject *py_node_config(PyObject *mod, PyObject *cls)
     CmNodeConfigObject *c = cm_nodecfg_get(st, (PyTypeObject *)cls);
     if (c == NULL)
         return NULL;
-    /* (version, [(name, kind, storage, ttl)], serializer, doorkeeper, metrics) */
+    /* (version, [(name, kind, storage, ttl)], serializer, doorkeeper, metrics);
+     * c held: an allocation may run the collector, and finalizers that
+     * rebuild the config */
+    Py_INCREF(c);
+    PyObject *res = NULL;
     PyObject *caches = PyList_New(c->ncaches);
     if (caches == NULL)
-        return NULL;
+        goto done;
     static const char *kinds[] = {"local", "local", "remote"};
     for (Py_ssize_t i = 0; i < c->ncaches; i++) {
         CmCacheRef *r = &c->caches[i];
         PyObject *t = Py_BuildValue("(OsOO)", r->name, kinds[r->kind], r->storage, r->ttl);
         if (t == NULL) {
             Py_DECREF(caches);
-            return NULL;
+            goto done;
         }
         PyList_SET_ITEM(caches, i, t);
     }
-    return Py_BuildValue("(ONOOO)", c->version, caches, c->serializer, c->doorkeeper,
-                         (PyObject *)c->metrics);
+    res = Py_BuildValue("(ONOOO)", c->version, caches, c->serializer, c->doorkeeper,
+                        (PyObject *)c->metrics);
+done:
+    Py_DECREF(c);
+    return res;
 }
 
 static PyObject *py_set_prefix(PyObject *mod, PyObject *prefix)

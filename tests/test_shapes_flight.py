@@ -197,9 +197,10 @@ def test_leader_cancelled_while_the_loop_is_stopped_hands_on_its_flight():
     r = run_shape(
         """
         name = local("l")
+        gate = None
 
         async def load(self):
-            await asyncio.sleep(0.05)
+            await gate.wait()
             return "v"
 
         N = node_class(name, load)
@@ -208,10 +209,13 @@ def test_leader_cancelled_while_the_loop_is_stopped_hands_on_its_flight():
             return await cacheme.get(N(1))
 
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        gate = asyncio.Event()
         leader = loop.create_task(call())
         waiter = loop.create_task(call())
         loop.run_until_complete(asyncio.sleep(0.01))
         leader.cancel()  # the loop is not running
+        loop.call_soon(gate.set)
         print("waiter", loop.run_until_complete(waiter))
         loop.run_until_complete(asyncio.sleep(0))
         print("leader", leader.cancelled(), "flights", _core._flights_in_table())
