@@ -108,18 +108,6 @@ def run_scenario(body, timeout=120, **params):
 
 # ------------------------------------------------------------------ threads
 
-# NEEDS THE "flight" BRANCH (issue 20): threads with their own loops also
-# need (1) the thread-safe wake of a waiter on another loop (shared keys:
-# "Two threads, one key") and (2) no module-global Context for the core's
-# loop callbacks (loop.c: concurrent callbacks of two loops fail with
-# "cannot enter context ... is already entered", e.g. a Redis connection's
-# _on_flush, and its requests then time out). Both are that branch's. On
-# this branch alone these tests fail now and then (shared keys: nearly
-# always); merged with it (h-flight at 707ed19) they passed 15/15 here, on
-# the release and the debug build. Remove this mark once both are merged.
-needs_flight = pytest.mark.xfail(
-    reason="cross-loop wake and per-call Context: the flight branch of issue 20", strict=False)
-
 # A call slower than this is a stall. Sanitizer and debug builds run the C
 # several times slower: their bound is scaled, not dropped.
 STALL = 0.5 * (4 if os.environ.get("CACHEME_EXPECT_BUILD") == "asan" or
@@ -191,7 +179,6 @@ def stress(kind, tmp_path, request, shared):
     assert all(n > 0 for n in r["counts"]), r
 
 
-@needs_flight
 @pytest.mark.parametrize("kind", STORAGES)
 def test_threads_with_own_loops_disjoint_keys(kind, tmp_path, request):
     # before: Redis pools closed each other's connections ("event loop
@@ -199,7 +186,6 @@ def test_threads_with_own_loops_disjoint_keys(kind, tmp_path, request):
     stress(kind, tmp_path, request, shared=False)
 
 
-@needs_flight
 @pytest.mark.parametrize("kind", STORAGES)
 def test_threads_with_own_loops_shared_keys(kind, tmp_path, request):
     stress(kind, tmp_path, request, shared=True)
@@ -252,7 +238,6 @@ os._exit(0)
 """
 
 
-@needs_flight
 def test_sync_web_app_asyncio_run_per_request():
     # before: timeouts, 13-15 s in one call despite wait_for(.., 2),
     # CancelledError escaping wait_for, and frozen processes (a thread
@@ -510,7 +495,6 @@ os._exit(0)
 """
 
 
-@needs_flight
 @pytest.mark.parametrize("kind", ["redis", "postgresql"])
 def test_loops_that_come_and_go_leave_nothing_behind(kind, tmp_path, request):
     # one thread keeps its loop (and its connections) while the main thread
