@@ -15,7 +15,7 @@ PIP := $(VENV)/bin/pip
 CSRC := $(wildcard csrc/*.c csrc/*.h)
 export CACHEME_WERROR ?= 1
 
-.PHONY: all deps venv build demo test test-c test-py test-venvs test-sdist test-asan test-debug format format-check clean
+.PHONY: all deps venv build demo test test-c test-py test-venvs test-sdist test-asan test-debug test-hiredis1 format format-check clean
 
 all: build
 
@@ -98,6 +98,34 @@ test-asan: deps $(VENV)/.test-stamp test-venvs
 	  $(PY) -P -m pytest tests -q -p no:cacheprovider --timeout 600
 	$(MAKE) -C tests/c asan
 	$(MAKE) -C tests/c -f resp.mk resp-asan
+
+# The Redis tests against hiredis 1.x (Debian 12 ships 0.14): its C sources,
+# taken from PyPI's hiredis sdist (hiredis-py vendors them), are built into a
+# static library in build/hiredis1, found through a .pc file there, and the
+# extension is built against it into build/hiredis1-pkg. Nothing lands in the tree.
+HIREDIS1 := build/hiredis1
+HIREDIS1_SDIST ?= hiredis==3.5.0
+HIREDIS1_SRCS := alloc async hiredis net read sds sockcompat
+test-hiredis1: deps $(VENV)/.test-stamp
+	rm -rf $(HIREDIS1) build/hiredis1-pkg build/hiredis1-tmp
+	mkdir -p $(HIREDIS1)/src $(HIREDIS1)/obj $(HIREDIS1)/include/hiredis $(HIREDIS1)/lib/pkgconfig build/hiredis1-pkg
+	$(PIP) download -q --disable-pip-version-check --no-deps --no-binary :all: -d $(HIREDIS1) "$(HIREDIS1_SDIST)"
+	tar -xzf $(HIREDIS1)/hiredis-*.tar.gz -C $(HIREDIS1)/src --strip-components=1
+	for f in $(HIREDIS1_SRCS); do \
+	  cc -std=c99 -O2 -fPIC -w -c $(HIREDIS1)/src/vendor/hiredis/$$f.c -o $(HIREDIS1)/obj/$$f.o || exit 1; \
+	done
+	ar rcs $(HIREDIS1)/lib/libhiredis.a $(HIREDIS1)/obj/*.o
+	cp $(HIREDIS1)/src/vendor/hiredis/*.h $(HIREDIS1)/include/hiredis/
+	v=$$(sed -n 's/^#define HIREDIS_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' $(HIREDIS1)/include/hiredis/hiredis.h | paste -sd.); \
+	printf 'Name: hiredis\nDescription: hiredis %s from %s\nVersion: %s\nCflags: -I%s\nLibs: %s\n' \
+	  "$$v" "$(HIREDIS1_SDIST)" "$$v" "$(CURDIR)/$(HIREDIS1)/include" "$(CURDIR)/$(HIREDIS1)/lib/libhiredis.a" \
+	  > $(HIREDIS1)/lib/pkgconfig/hiredis.pc
+	PKG_CONFIG_PATH=$(CURDIR)/$(HIREDIS1)/lib/pkgconfig:$${PKG_CONFIG_PATH:-} \
+	  $(PY) setup.py -q build_ext --build-lib build/hiredis1-pkg --build-temp build/hiredis1-tmp --force
+	cp -r cacheme/*.py cacheme/*.pyi cacheme/py.typed cacheme/storages build/hiredis1-pkg/cacheme/
+	PYTHONPATH=$(CURDIR)/build/hiredis1-pkg CACHEME_EXPECT_CORE=$(CURDIR)/build/hiredis1-pkg \
+	  CACHEME_EXPECT_HIREDIS=1 \
+	  $(PY) -P -m pytest tests/test_redis.py tests/test_redis_cluster.py -q -p no:cacheprovider --timeout 300
 
 test-debug: deps $(VENV)/.test-stamp test-venvs
 	rm -rf build/debug-pkg && mkdir -p build/debug-pkg
