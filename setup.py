@@ -67,6 +67,19 @@ def _pkg_config(names, package):
     )
 
 
+def _check_hiredis():
+    """hiredis 0.14 and 1.x are supported (redis.c fills either's reply
+    function table); older readers lack what the RESP client relies on."""
+    version = subprocess.check_output(["pkg-config", "--modversion", "hiredis"], text=True).strip()
+    try:
+        major_minor = tuple(int(x) for x in version.split(".")[:2])
+    except ValueError:
+        major_minor = (0, 0)
+    if major_minor < (0, 14):
+        sys.exit(f"cacheme: hiredis {version} is too old; 0.14 or later is needed "
+                 f"(Debian: apt-get install libhiredis-dev)")
+
+
 def extension():
     cflags = ["-std=c11", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
               "-fvisibility=hidden"]
@@ -75,6 +88,7 @@ def extension():
         c, l = _pkg_config(names, package)
         cflags += c
         ldflags += l
+    _check_hiredis()
     macros = []
     for names, package, define in OPTIONAL:
         found = None if _flag("CACHEME_NO_" + define[8:]) else _optional(names)

@@ -48,9 +48,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <hiredis/hiredis.h> /* HIREDIS_MAJOR */
 #include <hiredis/read.h>
 
 #include "clock.h"
+#include "compat.h"
 #include "crc16.h"
 #include "exc.h"
 #include "key.h"
@@ -169,13 +171,22 @@ static int reply_elements_ok(const redisReadTask *task, size_t n)
     return cm_resp_elements_ok(n, (size_t)max);
 }
 
-static void *reply_array(const redisReadTask *task, int n)
+/* hiredis 1.x passes an array's length as a size_t, 0.14 as an int (a nil
+ * array goes to createNil in both) */
+#if HIREDIS_MAJOR >= 1
+typedef size_t CmReplyLen;
+#else
+typedef int CmReplyLen;
+#endif
+
+static void *reply_array(const redisReadTask *task, CmReplyLen n)
 {
+    Py_ssize_t len = (Py_ssize_t)n;
     PyObject *obj;
     /* NULL fails the reader (REDIS_ERR_OOM), and conn_on_read the connection */
-    if (!reply_elements_ok(task, n))
+    if (len < 0 || !reply_elements_ok(task, (size_t)len))
         return NULL;
-    obj = PyList_New(n < 0 ? 0 : n);
+    obj = PyList_New(len);
     if (obj == NULL)
         PyErr_Clear();
     return reply_attach(task, obj);
@@ -191,10 +202,44 @@ static void *reply_integer(const redisReadTask *task, long long v)
 
 static void *reply_nil(const redisReadTask *task) { return reply_attach(task, Py_NewRef(Py_None)); }
 
+#if HIREDIS_MAJOR >= 1
+/* RESP3 only (we speak RESP2): hiredis 1.x would otherwise put a tag, not an
+ * object, where a double or a boolean came */
+static void *reply_double(const redisReadTask *task, double v, char *s, size_t len)
+{
+    (void)s, (void)len;
+    PyObject *obj = PyFloat_FromDouble(v);
+    if (obj == NULL)
+        PyErr_Clear();
+    return reply_attach(task, obj);
+}
+
+static void *reply_bool(const redisReadTask *task, int v)
+{
+    return reply_attach(task, PyBool_FromLong(v));
+}
+#endif
+
 static void reply_free(void *obj) { Py_XDECREF((PyObject *)obj); }
 
+#define CM_HIREDIS_STR_(x) #x
+#define CM_HIREDIS_STR(x) CM_HIREDIS_STR_(x)
+/* _core._hiredis_version: the hiredis the reader was compiled against */
+#define CM_HIREDIS_VERSION                                                                         \
+    CM_HIREDIS_STR(HIREDIS_MAJOR)                                                                  \
+    "." CM_HIREDIS_STR(HIREDIS_MINOR) "." CM_HIREDIS_STR(HIREDIS_PATCH)
+
+/* by name: hiredis 1.x has more slots than 0.14, in another order */
 static redisReplyObjectFunctions reply_fns = {
-    reply_string, reply_array, reply_integer, reply_nil, reply_free,
+    .createString = reply_string,
+    .createArray = reply_array,
+    .createInteger = reply_integer,
+    .createNil = reply_nil,
+#if HIREDIS_MAJOR >= 1
+    .createDouble = reply_double,
+    .createBool = reply_bool,
+#endif
+    .freeObject = reply_free,
 };
 
 /* ------------------------------------------------------------------ */
@@ -1945,7 +1990,7 @@ int cm_redis_direct(CmState *st, PyObject *storage, PyObject *name)
     if (!PyObject_TypeCheck(storage, (PyTypeObject *)st->RedisClientType))
         return 0;
     PyObject *base = PyDict_GetItemWithError(((PyTypeObject *)st->RedisClientType)->tp_dict, name);
-    if (base == NULL || _PyType_Lookup(Py_TYPE(storage), name) != base)
+    if (base == NULL || cm_type_lookup(Py_TYPE(storage), name) != base)
         return 0; /* a subclass overrides it */
     if (!(Py_TYPE(storage)->tp_flags & Py_TPFLAGS_MANAGED_DICT) &&
         Py_TYPE(storage)->tp_dictoffset == 0)
@@ -2627,6 +2672,8 @@ int cm_redis_init(PyObject *mod, CmState *st)
     CM_REDIS_NAME(redis_s_dumps, "dumps")
     CM_REDIS_NAME(redis_s_loads, "loads")
 #undef CM_REDIS_NAME
+    if (PyModule_AddStringConstant(mod, "_hiredis_version", CM_HIREDIS_VERSION) < 0)
+        goto done;
     /* datetime.datetime.now (the serializer, set up first, holds the class) */
     if ((st->redis_now = PyObject_GetAttrString(st->ser_datetime, "now")) == NULL)
         goto done;

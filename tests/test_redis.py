@@ -210,6 +210,41 @@ async def test_execute_reply_types(redis_server):
     await s.close()
 
 
+def test_hiredis_version():
+    # make test-hiredis1 runs this module against a hiredis 1.x build
+    version = tuple(int(x) for x in _core._hiredis_version.split("."))
+    assert version >= (0, 14, 0)
+    if os.environ.get("CACHEME_EXPECT_HIREDIS"):
+        assert version[0] == int(os.environ["CACHEME_EXPECT_HIREDIS"]), _core._hiredis_version
+
+
+async def test_reply_shapes_through_either_hiredis(redis_server):
+    # what the reply object functions build, on hiredis 0.14 and 1.x alike
+    # (1.x orders its function table differently and passes sizes as size_t)
+    s = RedisStorage(redis_server.url)
+    await s.connect()
+    assert await s.execute("GET", "no-such-key") is None  # nil bulk
+    assert await s.execute("EVAL", "return {1, {2, {'x', false}}, {}, false}", 0) == [
+        1, [2, [b"x", None]], [], None]  # nested arrays, nil inside them
+    deep = "return " + "{" * 7 + "7" + "}" * 7  # 0.14's reader stops at 7 levels
+    value = await s.execute("EVAL", deep, 0)
+    for _ in range(7):
+        assert isinstance(value, list) and len(value) == 1
+        value = value[0]
+    assert value == 7
+    # an error inside an array, then a top-level one: the connection goes on
+    reply = await s.execute("EVAL", "return {1, redis.error_reply('ERR inner')}", 0)
+    assert reply[0] == 1 and isinstance(reply[1], RedisResponseError) and "inner" in str(reply[1])
+    with pytest.raises(RedisResponseError, match="top"):
+        await s.execute("EVAL", "return redis.error_reply('ERR top')", 0)
+    big = [os.urandom(9 << 20), b"", os.urandom(1 << 20)]
+    for i, b in enumerate(big):
+        assert await s.execute("SET", f"big{i}", b) == "OK"
+    assert await s.execute("MGET", "big0", "nothing", "big1", "big2") == [big[0], None, big[1], big[2]]
+    assert await s.execute("PING") == "PONG"
+    await s.close()
+
+
 async def test_undecodable_bytes_are_a_miss_and_reload(redis_server):
     name = await register_redis(redis_server.url)
     Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
