@@ -30,12 +30,52 @@
 
 /* ---- the restricted unpickler ------------------------------------------- */
 
-/* The serializer whose allowlist applies, at st->ser_unpickler_off inside
- * the unpickler (after _pickle's private layout): borrowed, set only for the
- * duration of one load by cm_ser_pickle_loads, which holds the serializer. */
-static CmPickleSerObject **unpickler_ser(CmState *st, PyObject *self)
+/* What one load keeps at st->ser_unpickler_off inside the unpickler (after
+ * _pickle's private layout), set only for the duration of that load by
+ * cm_ser_pickle_loads:
+ *   ser     the serializer whose allowlist applies (borrowed: loads holds it);
+ *   locked  the classes made immutable for the load (a new reference, or
+ *           NULL): BUILD with a (state, slotstate) pair does setattr on the
+ *           object below it, and the bytes could put an allowed class there
+ *           (GLOBAL then BUILD) and rewrite its attributes for the whole
+ *           process. An immutable type refuses that setattr; the flag is
+ *           taken off again when the load ends. */
+typedef struct {
+    CmPickleSerObject *ser;
+    PyObject *locked;
+} CmUnpicklerExtra;
+
+static CmUnpicklerExtra *unpickler_extra(CmState *st, PyObject *self)
 {
-    return (CmPickleSerObject **)((char *)self + st->ser_unpickler_off);
+    return (CmUnpicklerExtra *)((char *)self + st->ser_unpickler_off);
+}
+
+/* Make a (heap, mutable) class immutable until the load ends: 0, or -1. */
+static int lock_class(CmUnpicklerExtra *x, PyObject *obj)
+{
+    PyTypeObject *tp = (PyTypeObject *)obj;
+    if (!PyType_Check(obj) || !PyType_HasFeature(tp, Py_TPFLAGS_HEAPTYPE) ||
+        PyType_HasFeature(tp, Py_TPFLAGS_IMMUTABLETYPE))
+        return 0; /* static types and already locked ones refuse setattr anyway */
+    if (x->locked == NULL && (x->locked = PyList_New(0)) == NULL)
+        return -1;
+    if (PyList_Append(x->locked, obj) < 0)
+        return -1;
+    tp->tp_flags |= Py_TPFLAGS_IMMUTABLETYPE;
+    return 0;
+}
+
+static void unlock_classes(CmUnpicklerExtra *x)
+{
+    PyObject *locked = x->locked;
+    x->locked = NULL;
+    if (locked == NULL)
+        return;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(locked); i++) {
+        PyTypeObject *tp = (PyTypeObject *)PyList_GET_ITEM(locked, i); // borrowed
+        tp->tp_flags &= ~Py_TPFLAGS_IMMUTABLETYPE;
+    }
+    Py_DECREF(locked);
 }
 
 static int pickle_allowed(CmState *st, CmPickleSerObject *ser, PyObject *obj)
@@ -71,7 +111,9 @@ static PyObject *SafeUnpickler_find_class(PyObject *self, PyObject *const *args,
         obj = cm_ser_lookup_global(args[0], args[1]);
     if (obj == NULL)
         return NULL;
-    ok = pickle_allowed(st, *unpickler_ser(st, self), obj);
+    ok = pickle_allowed(st, unpickler_extra(st, self)->ser, obj);
+    if (ok > 0 && lock_class(unpickler_extra(st, self), obj) < 0)
+        ok = -1;
     if (ok > 0)
         return obj;
     Py_DECREF(obj);
@@ -171,9 +213,12 @@ PyObject *cm_ser_pickle_loads(CmState *st, PyObject *self, PyObject *raw)
         return NULL;
     unpickler = PyObject_CallOneArg(st->ser_SafeUnpicklerType, file);
     if (unpickler != NULL) {
-        *unpickler_ser(st, unpickler) = ser;
+        CmUnpicklerExtra *x = unpickler_extra(st, unpickler);
+        x->ser = ser;
+        x->locked = NULL;
         res = PyObject_CallMethod(unpickler, "load", NULL);
-        *unpickler_ser(st, unpickler) = NULL;
+        x->ser = NULL;
+        unlock_classes(x);
     }
     Py_XDECREF(unpickler);
     Py_DECREF(file);
@@ -323,12 +368,12 @@ int cm_ser_pickle_init(PyObject *mod, CmState *st)
         PyErr_SetString(PyExc_ImportError, "_pickle.Unpickler has an unexpected layout");
         goto done;
     }
-    /* our pointer goes right after _pickle's (private) struct */
+    /* our fields go right after _pickle's (private) struct */
     off = ((PyTypeObject *)base)->tp_basicsize;
     off = (off + (Py_ssize_t)sizeof(void *) - 1) / (Py_ssize_t)sizeof(void *) *
           (Py_ssize_t)sizeof(void *);
     st->ser_unpickler_off = off;
-    SafeUnpickler_spec.basicsize = (int)(off + (Py_ssize_t)sizeof(void *));
+    SafeUnpickler_spec.basicsize = (int)(off + (Py_ssize_t)sizeof(CmUnpicklerExtra));
     st->ser_SafeUnpicklerType = PyType_FromModuleAndSpec(mod, &SafeUnpickler_spec, base);
     rc = st->ser_SafeUnpicklerType ? 0 : -1;
 done:

@@ -154,6 +154,35 @@ def test_pickle_other_classes_only_when_named(cls):
         cls(allowed=[Opaque]).loads(_wrap(cls(), pickle.dumps(_Reduce(os.system, ("true",)))))
 
 
+@dataclasses.dataclass
+class Victim:
+    x: int = 1
+
+
+@dataclasses.dataclass(slots=True)
+class SlottedVictim:
+    x: int = 1
+
+
+@pytest.mark.parametrize("cls", PICKLES, ids=lambda c: c.__name__)
+def test_pickle_cannot_rewrite_an_allowed_class(cls):
+    # GLOBAL Victim, then BUILD with a (None, slotstate) pair: setattr on the
+    # class itself, for the whole process, if the unpickler let it through
+    for target in (Victim, SlottedVictim):
+        name = target.__name__.encode()
+        raw = (b"\x80\x04ctest_hostile\n" + name + b"\nN}(X\x01\x00\x00\x00xKcX\x08\x00\x00\x00"
+               b"__repr__K\x01u\x86b.")
+        with pytest.raises(SerializerError, match="immutable type"):
+            cls().loads(_wrap(cls(), raw))
+        assert target.x == 1 and "__repr__" not in vars(target) or callable(vars(target)["__repr__"])
+        assert repr(target(2)) == f"{target.__name__}(x=2)"
+        # the class is mutable again after the load, and instances still build
+        target.extra = 5
+        del target.extra
+        value = [target(3), {"k": target(4)}]
+        assert cls().loads(cls().dumps(value)) == value
+
+
 def test_pickle_refuses_a_functional_enum_call():
     # enum.Enum itself (no members) would make a new class when called with names
     raw = b"\x80\x04cenum\nEnum\nVX\nVa b\n\x86R."
