@@ -163,21 +163,33 @@ static CmFlight *flight_start(CmState *st, PyObject *key, Py_hash_t hash)
     return fl;
 }
 
+/* Take every flight out of the table (those no Get holds are freed); the
+ * buckets stay. */
+static void flight_table_empty(CmState *st)
+{
+    CmFlightTable *t = &st->flights;
+    if (t->buckets == NULL)
+        return;
+    for (size_t i = 0; i <= t->mask; i++) {
+        CmFlight *f = t->buckets[i];
+        t->buckets[i] = NULL;
+        while (f != NULL) {
+            CmFlight *next = f->next;
+            f->in_table = 0;
+            f->next = NULL;
+            if (f->refs == 0)
+                flight_free(st, f);
+            f = next;
+        }
+    }
+    t->used = 0;
+}
+
 void cm_flight_table_clear(CmState *st)
 {
     CmFlightTable *t = &st->flights;
     if (t->buckets != NULL) {
-        for (size_t i = 0; i <= t->mask; i++) {
-            CmFlight *f = t->buckets[i];
-            while (f != NULL) {
-                CmFlight *next = f->next;
-                f->in_table = 0;
-                f->next = NULL;
-                if (f->refs == 0)
-                    flight_free(st, f);
-                f = next;
-            }
-        }
+        flight_table_empty(st);
         PyMem_Free(t->buckets);
         t->buckets = NULL;
         t->used = 0;
@@ -2438,59 +2450,12 @@ void cm_flight_after_fork_child(CmState *st)
     /* the parent's flights stay with the Gets that hold them (they may go
      * on if the child runs the copied loop), but nobody joins them: a get()
      * in the child loads in the child */
-    CmFlightTable *t = &st->flights;
-    if (t->buckets != NULL) {
-        for (size_t i = 0; i <= t->mask; i++) {
-            CmFlight *f = t->buckets[i];
-            t->buckets[i] = NULL;
-            while (f != NULL) {
-                CmFlight *next = f->next;
-                f->in_table = 0;
-                f->next = NULL;
-                if (f->refs == 0)
-                    flight_free(st, f);
-                f = next;
-            }
-        }
-        t->used = 0;
-    }
+    flight_table_empty(st);
     /* a wake batch open on a parent's loop stays with its callback */
     Py_CLEAR(st->wake_batch);
     Py_CLEAR(st->wake_loop);
     Py_CLEAR(st->done_future);
     Py_CLEAR(st->done_loop);
-}
-
-/* os.register_at_fork(after_in_child=...): the child starts clean */
-static PyObject *py_after_fork_child(PyObject *mod, PyObject *Py_UNUSED(x))
-{
-    CmState *st = cm_state_from_module(mod);
-    cm_flight_after_fork_child(st);
-    if (cm_loop_after_fork_child(st) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static int register_at_fork(PyObject *mod)
-{
-    PyObject *os = PyImport_ImportModule("os");
-    PyObject *reg = os ? PyObject_GetAttrString(os, "register_at_fork") : NULL;
-    PyObject *fn = reg ? PyObject_GetAttrString(mod, "_after_fork_child") : NULL;
-    PyObject *kw = fn ? Py_BuildValue("{sO}", "after_in_child", fn) : NULL;
-    PyObject *empty = kw ? PyTuple_New(0) : NULL;
-    PyObject *r = empty ? PyObject_Call(reg, empty, kw) : NULL;
-    int rc = r != NULL ? 0 : -1;
-    if (os != NULL && reg == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
-        PyErr_Clear(); /* no fork on this platform */
-        rc = 0;
-    }
-    Py_XDECREF(r);
-    Py_XDECREF(empty);
-    Py_XDECREF(kw);
-    Py_XDECREF(fn);
-    Py_XDECREF(reg);
-    Py_XDECREF(os);
-    return rc;
 }
 
 /* _set_load_timeout_wrapper(fn): fn(awaitable, seconds) -> awaitable */
@@ -2516,8 +2481,6 @@ static PyMethodDef flight_functions[] = {
     {"_flight_invalidate", py_flight_invalidate, METH_O, NULL},
     {"_flights_in_table", py_flights_in_table, METH_NOARGS, "keys in flight (for tests)"},
     {"_set_load_timeout_wrapper", py_set_load_timeout_wrapper, METH_O, NULL},
-    {"_after_fork_child", py_after_fork_child, METH_NOARGS,
-     "reset after fork() in the child (registered with os.register_at_fork)"},
     {NULL, NULL},
 };
 
@@ -2534,7 +2497,5 @@ int cm_flight_init(PyObject *mod, CmState *st)
         return -1;
     if ((st->wake_cb = PyCFunction_New(&wake_batch_def, mod)) == NULL)
         return -1;
-    if (PyModule_AddFunctions(mod, flight_functions) < 0)
-        return -1;
-    return register_at_fork(mod);
+    return PyModule_AddFunctions(mod, flight_functions);
 }

@@ -3,6 +3,50 @@
 #include "state.h"
 
 #include "loop.h"
+#include "netloop.h"
+
+/* os.register_at_fork(after_in_child=...): the child starts clean, the
+ * parent untouched. The one place that knows what is per process: no flight
+ * of the parent's can be joined (flight.c), callbacks get fresh Contexts
+ * (loop.c), storages drop inherited connections without touching a loop
+ * (netloop.c). */
+static PyObject *after_fork_child(PyObject *mod, PyObject *Py_UNUSED(unused))
+{
+    CmState *st = cm_state_from_module(mod);
+    cm_flight_after_fork_child(st);
+    if (cm_loop_after_fork_child(st) < 0 || cm_netloop_after_fork_child(st) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef after_fork_def = {"_after_fork_child", after_fork_child, METH_NOARGS,
+                                     "reset after fork() in the child (os.register_at_fork)"};
+
+static int register_at_fork(PyObject *mod)
+{
+    PyObject *os = PyImport_ImportModule("os"), *reg = NULL, *fn = NULL, *kw = NULL;
+    PyObject *empty = NULL, *r = NULL;
+    int rc = -1;
+    if (os == NULL)
+        return -1;
+    if (!PyObject_HasAttrString(os, "register_at_fork")) {
+        Py_DECREF(os);
+        return 0; /* no fork on this platform */
+    }
+    if ((reg = PyObject_GetAttrString(os, "register_at_fork")) != NULL &&
+        (fn = PyCFunction_NewEx(&after_fork_def, mod, NULL)) != NULL &&
+        PyModule_AddObjectRef(mod, "_after_fork_child", fn) == 0 &&
+        (kw = Py_BuildValue("{sO}", "after_in_child", fn)) != NULL &&
+        (empty = PyTuple_New(0)) != NULL && (r = PyObject_Call(reg, empty, kw)) != NULL)
+        rc = 0;
+    Py_XDECREF(r);
+    Py_XDECREF(empty);
+    Py_XDECREF(kw);
+    Py_XDECREF(fn);
+    Py_XDECREF(reg);
+    Py_DECREF(os);
+    return rc;
+}
 
 static int cm_exec(PyObject *mod)
 {
@@ -45,7 +89,7 @@ static int cm_exec(PyObject *mod)
         goto done;
     if (cm_sql_init(mod, st) < 0) /* sql */
         goto done;
-    if (cm_netloop_init(mod, st) < 0) /* netloop */
+    if (cm_netloop_init(mod, st) < 0 || register_at_fork(mod) < 0) /* netloop, fork */
         goto done;
     if (PyModule_AddObjectRef(mod, "sentinel", st->sentinel) < 0)
         goto done;

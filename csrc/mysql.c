@@ -155,23 +155,28 @@ static void free_params(MyConn *mc)
     mc->cap_params = mc->cap_rows = 0;
 }
 
+/* Close c's Connector/C handle, if any. Its closing calls block, with no
+ * timeout, GIL held: mysql_stmt_close reads the rest of an unread result
+ * (forever if the server is hung), mysql_close writes COM_QUIT. So the socket
+ * is shut down first, and any read or write there fails at once. */
+static void my_close_handle(CmSqlConnObject *c)
+{
+    MYSQL *m = c->h;
+    if (m == NULL)
+        return;
+    my_socket fd = mysql_get_socket(m);
+    if ((int)fd >= 0)
+        shutdown(fd, SHUT_RDWR);
+    mysql_close(m);
+    c->h = NULL;
+}
+
 static void my_close(CmSqlConnObject *c)
 {
     MyConn *mc = c->aux;
-    MYSQL *m = c->h;
-    if (m != NULL) {
-        /* Connector/C's closing calls block, with no timeout, GIL held:
-         * mysql_stmt_close reads the rest of an unread result (forever if the
-         * server is hung), mysql_close writes COM_QUIT. Shut the socket down
-         * first, so that any read or write there fails at once, and close the
-         * connection before the statements: it detaches them, and closing a
-         * detached statement only frees memory. */
-        my_socket fd = mysql_get_socket(m);
-        if ((int)fd >= 0)
-            shutdown(fd, SHUT_RDWR);
-        mysql_close(m);
-        c->h = NULL;
-    }
+    /* the connection before the statements: it detaches them, and closing
+     * a detached statement only frees memory */
+    my_close_handle(c);
     if (mc != NULL && mc->resolve != NULL) { /* the lookup: given up */
         PyObject *r = PyObject_CallMethod(mc->resolve, "cancel", NULL);
         if (r == NULL)
@@ -255,26 +260,11 @@ static int my_try_next(CmSqlConnObject *c)
         return 0;
     PyObject *ip_o = PyList_GET_ITEM(mc->addrs, mc->next_addr++); // borrowed
     cm_sql_conn_unwatch(c);
-    MYSQL *m = c->h;
-    if (m != NULL) {
-        my_socket fd = mysql_get_socket(m);
-        if ((int)fd >= 0)
-            shutdown(fd, SHUT_RDWR);
-        mysql_close(m);
-        c->h = NULL;
-    }
+    my_close_handle(c);
     c->fd = -1;
     const char *ip = PyUnicode_AsUTF8(ip_o);
-    if (ip == NULL || my_handle(c) < 0 || my_connect(c, ip) < 0) {
-        PyObject *exc = cm_exc_take();
-        PyObject *msg = exc ? PyObject_Str(exc) : NULL;
-        const char *txt = msg ? PyUnicode_AsUTF8(msg) : NULL;
-        PyErr_Clear();
-        cm_sql_conn_fail(c, c->storage->st->SQLConnectionError,
-                         txt ? txt : "mysql: connect failed");
-        Py_XDECREF(msg);
-        Py_XDECREF(exc);
-    }
+    if (ip == NULL || my_handle(c) < 0 || my_connect(c, ip) < 0)
+        cm_sql_conn_fail_lookup(c, 1);
     return 1;
 }
 
@@ -330,21 +320,8 @@ static PyObject *my_on_resolved(PyObject *self, PyObject *task)
     } else if (addrs != NULL)
         PyErr_SetString(PyExc_TypeError, "resolve: a list of one list expected");
     int looked_up = ip != NULL;
-    if (ip == NULL || my_connect(c, ip) < 0) {
-        PyObject *exc = cm_exc_take();
-        PyObject *msg = exc ? PyObject_Str(exc) : NULL;
-        const char *m = msg ? PyUnicode_AsUTF8(msg) : NULL;
-        char buf[512];
-        if (looked_up)
-            snprintf(buf, sizeof(buf), "%s", m ? m : "connect failed");
-        else
-            snprintf(buf, sizeof(buf), "mysql: cannot resolve the host: %s",
-                     m ? m : "lookup failed");
-        PyErr_Clear();
-        cm_sql_conn_fail(c, c->storage->st->SQLConnectionError, buf);
-        Py_XDECREF(msg);
-        Py_XDECREF(exc);
-    }
+    if (ip == NULL || my_connect(c, ip) < 0)
+        cm_sql_conn_fail_lookup(c, looked_up);
     Py_XDECREF(addrs);
     Py_DECREF(c);
     Py_RETURN_NONE;

@@ -223,14 +223,10 @@ void cm_net_fork_fd(int fd)
     }
 }
 
-/* os.register_at_fork(after_in_child=...): every storage of the process
- * lets go of what it inherited (netloop.h). The owners are held while it
- * runs: dropping a clone runs Python code. */
-static PyObject *after_fork_child(PyObject *mod, PyObject *Py_UNUSED(unused))
+/* Every storage of the process lets go of what it inherited (netloop.h).
+ * The owners are held while it runs: dropping a clone runs Python code. */
+int cm_netloop_after_fork_child(CmState *st)
 {
-    CmState *st = cm_state_from_module(mod);
-    if (st == NULL)
-        Py_RETURN_NONE;
     st->forks++;
     Py_ssize_t n = 0;
     for (CmNetLoops *t = st->netloops; t != NULL; t = t->next)
@@ -240,7 +236,8 @@ static PyObject *after_fork_child(PyObject *mod, PyObject *Py_UNUSED(unused))
     if (n && (owners == NULL || tables == NULL)) {
         free(owners);
         free(tables);
-        return PyErr_NoMemory();
+        PyErr_NoMemory();
+        return -1;
     }
     Py_ssize_t k = 0;
     for (CmNetLoops *t = st->netloops; t != NULL && k < n; t = t->next) {
@@ -267,10 +264,8 @@ static PyObject *after_fork_child(PyObject *mod, PyObject *Py_UNUSED(unused))
     free(owners);
     free(tables);
     PyErr_Clear();
-    Py_RETURN_NONE;
+    return 0;
 }
-
-static PyMethodDef after_fork_def = {"_after_fork_child", after_fork_child, METH_NOARGS, NULL};
 
 static PyObject *fork_count(PyObject *mod, PyObject *Py_UNUSED(unused))
 {
@@ -283,30 +278,8 @@ static PyMethodDef fork_count_def = {"_forks_seen", fork_count, METH_NOARGS,
 int cm_netloop_init(PyObject *mod, CmState *st)
 {
     (void)st;
-    int rc = -1;
-    PyObject *os = NULL, *reg = NULL, *cb = NULL, *kw = NULL, *res = NULL, *args = NULL;
     PyObject *count = PyCFunction_NewEx(&fork_count_def, mod, NULL);
-    if (count == NULL || PyModule_AddObjectRef(mod, "_forks_seen", count) < 0)
-        goto done;
-    if ((os = PyImport_ImportModule("os")) == NULL)
-        goto done;
-    if (!PyObject_HasAttrString(os, "register_at_fork")) {
-        rc = 0; /* no fork on this platform */
-        goto done;
-    }
-    if ((reg = PyObject_GetAttrString(os, "register_at_fork")) == NULL ||
-        (cb = PyCFunction_NewEx(&after_fork_def, mod, NULL)) == NULL ||
-        (kw = Py_BuildValue("{sO}", "after_in_child", cb)) == NULL ||
-        (args = PyTuple_New(0)) == NULL || (res = PyObject_Call(reg, args, kw)) == NULL)
-        goto done;
-    rc = 0;
-done:
+    int rc = count != NULL && PyModule_AddObjectRef(mod, "_forks_seen", count) == 0 ? 0 : -1;
     Py_XDECREF(count);
-    Py_XDECREF(os);
-    Py_XDECREF(reg);
-    Py_XDECREF(cb);
-    Py_XDECREF(kw);
-    Py_XDECREF(args);
-    Py_XDECREF(res);
     return rc;
 }

@@ -79,6 +79,9 @@ void cm_netloops_clear(CmNetLoops *t);
  * driver's goodbye on it) never reaches the parent's socket. */
 void cm_net_fork_fd(int fd);
 
-/* The after-fork hook (module init). */
+/* After fork() in the child: every storage drops what it inherited without
+ * touching any loop (module.c's one os.register_at_fork hook calls it). */
+int cm_netloop_after_fork_child(CmState *st);
+/* _forks_seen (tests). */
 int cm_netloop_init(PyObject *mod, CmState *st);
 #endif

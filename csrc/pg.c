@@ -344,21 +344,8 @@ static PyObject *pg_on_resolved(PyObject *self, PyObject *task)
         rc = pg_connect_resolved(c, addrs);
     else if (addrs != NULL)
         PyErr_SetString(PyExc_TypeError, "resolve: a list expected");
-    if (rc < 0) {
-        PyObject *exc = cm_exc_take();
-        PyObject *msg = exc ? PyObject_Str(exc) : NULL;
-        const char *m = msg ? PyUnicode_AsUTF8(msg) : NULL;
-        char buf[512];
-        if (exc != NULL && PyErr_GivenExceptionMatches(exc, c->storage->st->SQLConnectionError))
-            snprintf(buf, sizeof(buf), "%s", m ? m : "connect failed");
-        else
-            snprintf(buf, sizeof(buf), "postgresql: cannot resolve the host: %s",
-                     m ? m : "lookup failed");
-        PyErr_Clear();
-        cm_sql_conn_fail(c, c->storage->st->SQLConnectionError, buf);
-        Py_XDECREF(msg);
-        Py_XDECREF(exc);
-    }
+    if (rc < 0)
+        cm_sql_conn_fail_lookup(c, PyErr_ExceptionMatches(c->storage->st->SQLConnectionError));
     Py_XDECREF(addrs);
     Py_DECREF(c);
     Py_RETURN_NONE;

@@ -385,6 +385,23 @@ void cm_sql_conn_fail(CmSqlConnObject *c, PyObject *exc_type, const char *msg)
     cm_exc_restore(saved);
 }
 
+void cm_sql_conn_fail_lookup(CmSqlConnObject *c, int connected)
+{
+    PyObject *exc = cm_exc_take();
+    PyObject *msg = exc ? PyObject_Str(exc) : NULL;
+    const char *m = msg ? PyUnicode_AsUTF8(msg) : NULL;
+    char buf[512];
+    if (connected)
+        snprintf(buf, sizeof(buf), "%s", m ? m : "connect failed");
+    else
+        snprintf(buf, sizeof(buf), "%s: cannot resolve the host: %s",
+                 c->storage ? c->storage->drv->name : "sql", m ? m : "lookup failed");
+    PyErr_Clear();
+    cm_sql_conn_fail(c, c->storage ? c->storage->st->SQLConnectionError : NULL, buf);
+    Py_XDECREF(msg);
+    Py_XDECREF(exc);
+}
+
 void cm_sql_req_finish(CmSqlStorageObject *s, CmSqlReq *r) { req_finish(s, r); }
 
 void cm_sql_conn_done(CmSqlConnObject *c)

@@ -150,6 +150,10 @@ void cm_sql_conn_unwatch(CmSqlConnObject *c);
 /* Close the connection and fail its batch with exc_type(msg); connecting:
  * counts as a failed connect (backoff). Never raises. */
 void cm_sql_conn_fail(CmSqlConnObject *c, PyObject *exc_type, const char *msg);
+/* cm_sql_conn_fail with the pending exception's text (cleared): as it is
+ * when it came from the connect (connected), else after "<driver>: cannot
+ * resolve the host: ". For a connect that follows a host lookup. */
+void cm_sql_conn_fail_lookup(CmSqlConnObject *c, int connected);
 /* The batch in flight is answered: finish its requests; the conn is idle. */
 void cm_sql_conn_done(CmSqlConnObject *c);
 /* The connection is ready for requests (after connect and prepare). */

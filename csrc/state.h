@@ -264,7 +264,7 @@ int cm_key_init(PyObject *mod, CmState *st);
 void cm_flight_table_clear(CmState *st);
 /* After fork() in the child: no flight of the parent's can be joined; the
  * wake batch and the done Future of the parent's loop are let go (flight.c).
- * Registered by the module with os.register_at_fork (_after_fork_child). */
+ * Called from module.c's os.register_at_fork hook (_after_fork_child). */
 void cm_flight_after_fork_child(CmState *st);
 /* serializer */
 int cm_serializer_init(PyObject *mod, CmState *st);
