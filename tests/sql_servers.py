@@ -170,3 +170,33 @@ class MariaServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ModuleServers:
+    """A test module's PostgreSQL/MariaDB servers, each started on first use
+    (a start that fails skips the tests that need it) and stopped by
+    cleanup() at the module's end."""
+
+    def __init__(self) -> None:
+        self._servers: dict = {}
+
+    def url(self, backend: str) -> str:
+        import pytest
+
+        if backend not in self._servers:
+            try:
+                srv = PgServer() if backend == "postgresql" else MariaServer()
+                srv.start()
+            except Exception as e:  # pragma: no cover - depends on the machine
+                srv = e
+            self._servers[backend] = srv
+        srv = self._servers[backend]
+        if isinstance(srv, Exception):
+            pytest.skip(f"{backend} server unavailable: {srv}")
+        return srv.url
+
+    def cleanup(self) -> None:
+        for srv in self._servers.values():
+            if not isinstance(srv, Exception):
+                srv.cleanup()
+        self._servers.clear()

@@ -144,9 +144,9 @@ import logging  # noqa: E402
 
 from cacheme import _core  # noqa: E402
 from cacheme.models import sentinel  # noqa: E402
-from sql_servers import MariaServer, PgServer  # noqa: E402
+from sql_servers import ModuleServers  # noqa: E402
 
-_sql_servers = {}
+_sql_servers = ModuleServers()
 
 
 def sql_url(backend, tmp_path=None):
@@ -157,26 +157,13 @@ def sql_url(backend, tmp_path=None):
     tp = _core.PgClient if backend == "postgresql" else _core.MySQLClient
     if not tp.__new__(tp).library_available:
         pytest.skip(f"cacheme built without the {backend} library")
-    if backend not in _sql_servers:
-        try:
-            srv = PgServer() if backend == "postgresql" else MariaServer()
-            srv.start()
-        except Exception as e:  # pragma: no cover - depends on the machine
-            srv = e
-        _sql_servers[backend] = srv
-    srv = _sql_servers[backend]
-    if isinstance(srv, Exception):
-        pytest.skip(f"{backend} server unavailable: {srv}")
-    return srv.url
+    return _sql_servers.url(backend)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _stop_sql_servers():
     yield
-    for srv in _sql_servers.values():
-        if not isinstance(srv, Exception):
-            srv.cleanup()
-    _sql_servers.clear()
+    _sql_servers.cleanup()
 
 
 async def sql_storage(backend, tmp_path=None, **options):

@@ -21,7 +21,7 @@ from cacheme.models import sentinel
 from cacheme.serializer import MsgPackSerializer
 from conftest import unique
 from redis_servers import _redis_session_server, redis_server  # noqa: F401  (fixtures)
-from sql_servers import MariaServer, PgServer
+from sql_servers import ModuleServers
 
 SEED = 2112
 
@@ -207,32 +207,19 @@ async def test_redis(redis_server):  # noqa: F811
     assert all(any(0xD800 <= ord(c) <= 0xDFFF for c in k) for k in refused), refused
 
 
-_servers = {}
+_servers = ModuleServers()
 
 
 def sql_url(backend, tmp_path):
     if backend == "sqlite":
         return f"sqlite:///{tmp_path}/keys.db"
-    if backend not in _servers:
-        try:
-            srv = PgServer() if backend == "postgresql" else MariaServer()
-            srv.start()
-        except Exception as e:  # pragma: no cover - depends on the machine
-            srv = e
-        _servers[backend] = srv
-    srv = _servers[backend]
-    if isinstance(srv, Exception):
-        pytest.skip(f"{backend} server unavailable: {srv}")
-    return srv.url
+    return _servers.url(backend)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _stop_servers():
     yield
-    for srv in _servers.values():
-        if not isinstance(srv, Exception):
-            srv.cleanup()
-    _servers.clear()
+    _servers.cleanup()
 
 
 def _available(backend):
