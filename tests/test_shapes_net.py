@@ -170,7 +170,7 @@ os._exit(0)  # not waiting for a stuck thread
 
 def stress(kind, tmp_path, request, shared):
     url, opts = storage_args(kind, tmp_path, request)
-    r = run_scenario(STRESS, URL=url, OPTS=opts, SHARED=shared, SECONDS=3.0, THREADS=4,
+    r = run_scenario(STRESS, URL=url, OPTS=opts, SHARED=shared, SECONDS=5.0, THREADS=4,
                      VERSION=unique("v"), STALL=STALL)
     assert r["alive"] == 0, r
     assert r["nerrors"] == 0, r
