@@ -11,6 +11,7 @@
 
 #include "bloomtype.h"
 #include "clock.h"
+#include "compat.h"
 #include "exc.h"
 #include "loop.h"
 #include "ready.h"
@@ -1156,11 +1157,19 @@ static int set_blocking(PyObject *self, PyObject *v, void *off)
 
 /* cb is an asyncio Task's wakeup (asyncio's C Task): given an asyncio
  * Future, it reads its outcome directly instead of calling result() through
- * a bound method made for the call. */
+ * a bound method made for the call. That is _asyncio's internal behaviour,
+ * so the shortcut is taken only on the versions it was checked on
+ * (compat.h: CM_PRIVATE_OK); elsewhere every wakeup gets the Get itself. */
 static int is_task_wakeup(CmState *st, PyObject *cb)
 {
+#if CM_PRIVATE_OK
     return cb != NULL && PyCFunction_Check(cb) && PyCFunction_GET_SELF(cb) != NULL &&
            Py_IS_TYPE(PyCFunction_GET_SELF(cb), (PyTypeObject *)st->TaskType);
+#else
+    (void)st;
+    (void)cb;
+    return 0;
+#endif
 }
 
 /* A done Future with the result None on loop, for a Task to resume on

@@ -8,6 +8,7 @@ import pytest
 
 import cacheme
 from cacheme import Cache, Node
+from cacheme import _core
 from cacheme.storages.base import BaseStorage
 from conftest import flights, register_local
 
@@ -562,6 +563,8 @@ async def test_a_waiter_lets_its_node_and_arguments_go_at_once():
     assert flights() == 0
 
 
+@pytest.mark.skipif(not _core._private_api,
+                    reason="the C Task wakeup shortcut is gated off in builds without private API")
 async def test_a_waiting_tasks_wakeup_is_out_of_the_collector_while_it_waits():
     """The wakeup a Task hands a waiting get() is held by that get alone,
     and kept out of the cyclic collector while the flight holds the get;
