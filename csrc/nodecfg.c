@@ -161,9 +161,7 @@ static int load_timeout(CmState *st, PyTypeObject *cls, PyObject *meta, double *
     }
     int rc = 0;
     if (t != Py_None) {
-        PyObject *secs = PyObject_HasAttr(t, st->s_total_seconds)
-                             ? PyObject_CallMethodNoArgs(t, st->s_total_seconds)
-                             : NULL;
+        PyObject *secs = PyObject_CallMethodNoArgs(t, st->s_total_seconds);
         double v = secs != NULL ? PyFloat_AsDouble(secs) : -1.0;
         Py_XDECREF(secs);
         if (secs == NULL || (v == -1.0 && PyErr_Occurred()) || !(v > 0)) {
