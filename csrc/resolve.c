@@ -1,6 +1,8 @@
 /* Host names looked up off the loop thread: see resolve.h. */
 #include "resolve.h"
 
+#include "exc.h"
+
 #include <arpa/inet.h>
 #include <string.h>
 
@@ -43,14 +45,13 @@ PyObject *cm_resolve_start(PyObject *loop, PyObject *hosts, PyObject *cb)
         return NULL;
     PyObject *r = PyObject_CallMethod(task, "add_done_callback", "O", cb);
     if (r == NULL) {
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
+        PyObject *exc = cm_exc_take();
         PyObject *x = PyObject_CallMethod(task, "cancel", NULL);
         if (x == NULL)
             PyErr_Clear();
         Py_XDECREF(x);
         Py_DECREF(task);
-        PyErr_Restore(et, ev, tb);
+        cm_exc_restore(exc);
         return NULL;
     }
     Py_DECREF(r);
