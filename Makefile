@@ -16,7 +16,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-CSRC := $(wildcard csrc/*.c csrc/*.h)
+CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*/*.c csrc/*/*.h)
 export CACHEME_WERROR ?= 1
 
 .PHONY: all deps venv build demo test test-c test-py test-uvloop test-venvs test-sdist test-asan test-debug test-hiredis1 test-versions test-version test-no-private format format-check clean
@@ -206,10 +206,10 @@ test-debug: deps $(VENV)/.test-stamp test-venvs
 	  $(PY) -P -m pytest tests -q -p no:cacheprovider --timeout 600
 
 format:
-	clang-format -i csrc/*.c csrc/*.h tests/c/*.c fuzz/*.c
+	clang-format -i $(CSRC) tests/c/*.c fuzz/*.c
 
 format-check: deps
-	clang-format --dry-run -Werror csrc/*.c csrc/*.h tests/c/*.c fuzz/*.c
+	clang-format --dry-run -Werror $(CSRC) tests/c/*.c fuzz/*.c
 
 clean:
 	rm -rf build $(VENV) .bench cacheme/*.so tests/c/test_algorithms tests/c/test_algorithms_asan

@@ -113,11 +113,11 @@ def extension():
         macros.append(("CM_NO_PRIVATE", "1"))
     if _flag("CACHEME_WERROR"):
         cflags.append("-Werror")
-    sources = sorted(glob.glob("csrc/*.c"))
+    sources = sorted(glob.glob("csrc/**/*.c", recursive=True))
     return Extension(
         "cacheme._core",
         sources=sources,
-        depends=sorted(glob.glob("csrc/*.h")),
+        depends=sorted(glob.glob("csrc/**/*.h", recursive=True)),
         include_dirs=["csrc"],
         define_macros=macros,
         extra_compile_args=cflags,

@@ -23,8 +23,8 @@ FUZZ_CC ?= clang
 FUZZ_DIR := $(SER_ROOT)/.bench/fuzz
 FUZZ_BIN := $(FUZZ_DIR)/fuzz_serializer
 FUZZ_PYCONFIG = $(shell $(PY) -c "import sysconfig, os; print(os.path.join(sysconfig.get_config_var('BINDIR'), 'python' + sysconfig.get_config_var('VERSION') + '-config'))")
-FUZZ_SRCS := $(addprefix $(SER_ROOT)/,fuzz/fuzz_serializer.c csrc/serializer.c csrc/ser_object.c \
-               csrc/msgpack_codec.c csrc/ser_zlib.c csrc/ser_base64.c csrc/ser_pickle.c)
+FUZZ_SRCS := $(addprefix $(SER_ROOT)/,fuzz/fuzz_serializer.c csrc/ser/serializer.c csrc/ser/object.c \
+               csrc/ser/msgpack_codec.c csrc/ser/compress.c csrc/ser/base64.c csrc/ser/pickle.c)
 FUZZ_RESP_BIN := $(FUZZ_DIR)/fuzz_resp
 
 .PHONY: bench-serializer fuzz fuzz-build serializer-venv serializer-vectors
@@ -44,7 +44,7 @@ bench-serializer: serializer-venv
 serializer-vectors: serializer-venv
 	$(SER_VENV_030)/bin/python $(SER_SRC)/gen_vectors_030.py $(SER_ROOT)/tests/data/serializer_vectors_030.json
 
-$(FUZZ_BIN): $(FUZZ_SRCS) $(wildcard $(SER_ROOT)/csrc/*.h)
+$(FUZZ_BIN): $(FUZZ_SRCS) $(wildcard $(SER_ROOT)/csrc/*.h $(SER_ROOT)/csrc/*/*.h)
 	@command -v $(FUZZ_CC) >/dev/null || { \
 	  echo "installing system packages: clang (libFuzzer)"; \
 	  $(APT_INSTALL) clang >/dev/null; }
@@ -55,7 +55,7 @@ $(FUZZ_BIN): $(FUZZ_SRCS) $(wildcard $(SER_ROOT)/csrc/*.h)
 	  $$($(FUZZ_PYCONFIG) --embed --ldflags) $$(pkg-config --libs msgpack-c 2>/dev/null || pkg-config --libs msgpack) -lz
 
 # plain C: hiredis's reader and csrc/resp.h's bounds (no Python)
-$(FUZZ_RESP_BIN): $(SER_ROOT)/fuzz/fuzz_resp.c $(SER_ROOT)/csrc/resp.h
+$(FUZZ_RESP_BIN): $(SER_ROOT)/fuzz/fuzz_resp.c $(SER_ROOT)/csrc/redis/resp.h
 	@command -v $(FUZZ_CC) >/dev/null || { \
 	  echo "installing system packages: clang (libFuzzer)"; \
 	  $(APT_INSTALL) clang >/dev/null; }

@@ -2,8 +2,8 @@
  * init. Nothing else lives here. */
 #include "state.h"
 
-#include "loop.h"
-#include "netloop.h"
+#include "loop/loop.h"
+#include "net/netloop.h"
 
 /* os.register_at_fork(after_in_child=...): the child starts clean, the
  * parent untouched. The one place that knows what is per process: no flight

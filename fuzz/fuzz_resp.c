@@ -1,5 +1,5 @@
 /* libFuzzer target for the Redis reply bounds: hiredis's reader, driven the
- * way conn_on_read (csrc/redis.c) drives it, with object functions that
+ * way conn_on_read (csrc/redis) drives it, with object functions that
  * reserve what the Python builders reserve (8 bytes per aggregate element,
  * the bulk's bytes) and refuse what cm_resp_elements_ok refuses.
  *
@@ -13,8 +13,8 @@
  *     above the bound is failed (no more bytes are fed);
  *   - after a refused aggregate the reader reports an error (so the
  *     connection fails at once) and frees what it built (ASan sees leaks).
- * Plain C: csrc/resp.h's inline bounds and hiredis only. */
-#include "resp.h"
+ * Plain C: csrc/redis/resp.h's inline bounds and hiredis only. */
+#include "redis/resp.h"
 
 #include <hiredis/read.h>
 #include <stdlib.h>

@@ -19,9 +19,9 @@
  * The serializer files are compiled in and registered as the builtin module
  * _fuzzcore (this file provides cm_module_def), so no other part of the
  * core is needed. Python allocates with malloc so ASan sees every object. */
-#include "msgpack_codec.h"
-#include "ser_zlib.h"
-#include "serializer.h"
+#include "ser/compress.h"
+#include "ser/msgpack_codec.h"
+#include "ser/serializer.h"
 
 #include <stdlib.h>
 

@@ -19,9 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../csrc/hash.h"
-#include "../../csrc/policy.h"
-#include "../../csrc/sketch.h"
+#include "core/hash.h"
+#include "core/policy.h"
+#include "core/sketch.h"
 
 /* Operations cycle through this many precomputed inputs, made in the setup
  * so that a run of 0 operations pays for them too. */

@@ -4,8 +4,8 @@
 RESP_CC ?= cc
 RESP_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 RESP_CSRC := $(RESP_DIR)/../../csrc
-RESP_SRCS := $(RESP_CSRC)/resp.c $(RESP_CSRC)/crc16.c
-RESP_HDRS := $(RESP_CSRC)/resp.h $(RESP_CSRC)/crc16.h
+RESP_SRCS := $(RESP_CSRC)/redis/resp.c $(RESP_CSRC)/redis/crc16.c
+RESP_HDRS := $(RESP_CSRC)/redis/resp.h $(RESP_CSRC)/redis/crc16.h
 RESP_CFLAGS := -Wall -Wextra -Werror -O1 -g -I$(RESP_CSRC)
 RESP_SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 

@@ -7,11 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../csrc/bloom.h"
-#include "../../csrc/hash.h"
-#include "../../csrc/policy.h"
-#include "../../csrc/sketch.h"
-#include "../../csrc/timerwheel.h"
+#include "core/bloom.h"
+#include "core/hash.h"
+#include "core/policy.h"
+#include "core/sketch.h"
+#include "core/timerwheel.h"
 
 static unsigned long tests_passed, checks_passed;
 

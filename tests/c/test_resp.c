@@ -1,11 +1,11 @@
-/* C unit tests of csrc/resp.c and csrc/crc16.c (no Python): request bytes,
+/* C unit tests of csrc/redis/resp.c and csrc/redis/crc16.c (no Python): request bytes,
  * buffer growth and compaction, CRC16 and hash-tag slots. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "crc16.h"
-#include "resp.h"
+#include "redis/crc16.h"
+#include "redis/resp.h"
 
 static int failures;
 #define CHECK(cond)                                                                                \

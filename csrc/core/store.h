@@ -1,0 +1,31 @@
+/* The local store: a C hash table of entries, bounded by an eviction policy
+ * (lru or W-TinyLFU, policy.c) with TTLs on a timer wheel (timerwheel.c).
+ * Keys are exact str objects whose cached hash is reused. */
+#ifndef CM_STORE_H
+#define CM_STORE_H
+#include "core/key.h"
+#include "state.h"
+
+typedef struct CmStoreObject CmStoreObject;
+
+static inline int cm_store_check(CmState *st, PyObject *o)
+{
+    return PyObject_TypeCheck(o, st->LocalStoreType);
+}
+
+/* New reference to the value, or NULL on a miss (no exception is set on a
+ * miss; lookups cannot fail). Records the hit or miss for the policy. */
+PyObject *cm_store_lookup(CmStoreObject *s, PyObject *key, Py_hash_t hash);
+/* The same, for a full key given by its parts (see key.h) and its hash. */
+PyObject *cm_store_lookup_parts(CmStoreObject *s, const CmKeyParts *parts, Py_hash_t hash);
+/* Insert or replace; ttl_ns < 0 means no TTL. -1 with an exception on OOM. */
+int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *value, int64_t ttl_ns);
+/* How many puts the store has seen (a version for "anything new?"). */
+uint64_t cm_store_puts(CmStoreObject *s);
+/* 1 removed, 0 absent. */
+int cm_store_delete(CmStoreObject *s, PyObject *key, Py_hash_t hash);
+
+/* ttl argument (None, seconds as int/float, or timedelta) -> ns, -1 = none.
+ * Returns -2 with an exception set on bad input. */
+int64_t cm_ttl_to_ns(CmState *st, PyObject *ttl);
+#endif

@@ -1,0 +1,65 @@
+/* The singleflight: one load per key in flight, shared by every caller.
+ *
+ * The leader drives its flight inline (remote gets, then the load, then the
+ * fills), delegating send/throw to each awaitable the way `await` does, so a
+ * flight that never suspends costs no Task and no Future. At its first
+ * suspension the flight is handed to a Task. Every other caller waits on
+ * the flight as its own future (a waiting Get speaks the future protocol
+ * to its Task): cancelling one caller then never cancels or strands the
+ * others, and the load is cancelled only when every caller has gone.
+ */
+#ifndef CM_FLIGHT_H
+#define CM_FLIGHT_H
+#include "core/nodecfg.h"
+#include "state.h"
+
+struct CmFlight {
+    CmFlight *next; /* bucket chain */
+    PyObject *key;  /* str, hash computed */
+    Py_hash_t hash;
+    int in_table;
+    int done;      /* value or exc is final */
+    int abandoned; /* every caller left: removed from the table, load cancelled */
+    int stale;     /* invalidated while in flight: do not fill */
+    PyObject *value, *exc;
+    PyObject *exc_tb; /* exc's traceback when it settled: restored on each raise */
+    /* the Get objects waiting (M_WAIT), strong references: settled and
+     * woken in a batch when the flight settles; one that leaves (cancelled,
+     * closed) takes itself out */
+    PyObject **waiters;
+    Py_ssize_t nwaiters, capwaiters;
+    PyObject *task; /* the Task driving it after the first suspension */
+    /* the loop its leader runs on, in thread state `tstate` (NULL for a
+     * flight led from Python): a waiter in the same thread waits on it */
+    PyObject *loop;
+    void *tstate;
+    Py_ssize_t refs;
+};
+
+/* Describes a request that missed every local cache. */
+typedef struct {
+    PyObject *node;
+    PyTypeObject *cls; /* config from this class instead of the node's */
+    CmNodeConfigObject *cfg;
+    PyObject *key;
+    Py_hash_t hash;
+    PyObject *load_fn;          /* or NULL */
+    PyObject *memo_fn;          /* Memoize: fn(*args) instead of load */
+    PyObject *const *memo_args; /* borrowed, copied if the request goes on */
+    Py_ssize_t memo_nargs;      /* positional count */
+    PyObject *memo_kwnames;     /* or NULL */
+    uint32_t missed;            /* bit i: cache i missed */
+    uint64_t local_puts;        /* sum of the local stores' puts when they missed */
+} CmRequest;
+
+/* The awaitable for a request that missed the local caches; new ref. */
+PyObject *cm_get_begin(CmState *st, CmRequest *req);
+
+/* Sum of the puts of cfg's C local stores. */
+uint64_t cm_local_puts(CmNodeConfigObject *cfg);
+
+/* Fill local caches [0, upto) of cfg that missed, honouring the doorkeeper
+ * decision already taken. */
+void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash,
+                    PyObject *value, uint32_t missed);
+#endif

@@ -1,0 +1,148 @@
+/* Redis client of cacheme._core: connections, pools and the storage type
+ * (redis.c), cluster routing (rediscluster.c). See redis.c for the design. */
+#ifndef CM_REDIS_H
+#define CM_REDIS_H
+#include "state.h"
+
+#include "net/busypoll.h"
+#include "net/netloop.h"
+#include "redis/resp.h"
+
+struct addrinfo;
+
+typedef struct CmRedisOp CmRedisOp;
+typedef struct CmRedisPool CmRedisPool;
+typedef struct CmRedisCluster CmRedisCluster;
+typedef struct CmRedisConnObject CmRedisConnObject;
+typedef struct CmRedisClientObject CmRedisClientObject;
+
+/* What one request on the wire is; its reply is matched to it in order. */
+enum {
+    CM_CMD_GET,
+    CM_CMD_MGET,
+    CM_CMD_SET,
+    CM_CMD_DEL,
+    CM_CMD_RAW,
+    CM_CMD_HELLO,  /* AUTH / SELECT of a new connection (no op) */
+    CM_CMD_ASKING, /* before a command sent on an ASK redirect (no op) */
+    CM_CMD_GETS,   /* single-key GETs of several ops sent as one GET or MGET */
+};
+
+/* One member of a CM_CMD_GETS entry: an op's key, and the op reference. */
+typedef struct {
+    CmRedisOp *op;
+    uint32_t pos;
+} CmRedisGetRef;
+
+/* One pending reply. An op (one storage call) has one entry per request it
+ * sent; an entry covers positions pos..pos+npos-1 of the op's keys, or the
+ * positions listed in `positions` (cluster MGET of one slot). */
+typedef struct {
+    CmRedisOp *op;       /* NULL for connection-internal requests and GETS */
+    uint32_t *positions; /* owned; NULL = contiguous from pos */
+    CmRedisGetRef *gets; /* GETS: owned, npos members */
+    uint32_t pos, npos;
+    uint8_t cmd;
+    uint8_t redirects; /* times this request was re-sent on a cluster redirect */
+    int64_t deadline;  /* monotonic ns */
+} CmRedisEntry;
+
+static inline uint32_t cm_entry_position(const CmRedisEntry *e, uint32_t i)
+{
+    return e->positions ? e->positions[i] : e->pos + i;
+}
+
+/* Settings shared by every pool of a client. */
+typedef struct {
+    PyObject *username; /* bytes or NULL */
+    PyObject *password; /* bytes or NULL */
+    long db;
+    double connect_timeout; /* seconds */
+    double timeout;         /* seconds, per command */
+    double backoff_min, backoff_max;
+    int size;     /* connections per server */
+    int pipeline; /* replies outstanding on a connection before another is opened */
+    /* a reply's aggregate length and bulk/line size above these fails the
+     * connection (a hostile or broken server must not make us reserve memory) */
+    Py_ssize_t max_reply_elements;
+    Py_ssize_t max_bulk_bytes;
+} CmRedisConfig;
+
+/* The connections to one server. A plain C record owned by its client;
+ * connections point back to it (borrowed) until they are closed. */
+struct CmRedisPool {
+    CmState *st;
+    CmRedisClientObject *client; /* borrowed: the owner */
+    const CmRedisConfig *cfg;    /* borrowed from the client */
+    char *host;                  /* NULL for a unix socket */
+    char *path;
+    int port;
+    char label[300]; /* "host:port" or the socket path, for messages */
+    CmRedisConnObject **conns;
+    int nconns;
+    PyObject *loop;         /* the loop the connections are registered with */
+    int64_t retry_at;       /* no new connection before (monotonic ns) */
+    double backoff;         /* seconds, doubled per failure */
+    PyObject *last_error;   /* str: why the last connection failed */
+    struct addrinfo *addrs; /* the host's addresses, NULL until looked up */
+    CmRedisConnObject *run; /* borrowed: the connection collecting GETs, or NULL */
+    long resolves;          /* lookups made, for tests */
+};
+
+struct CmRedisClientObject {
+    PyObject_HEAD
+    CmState *st;
+    CmRedisConfig cfg;
+    CmRedisPool *pool;       /* single server */
+    CmRedisCluster *cluster; /* or a cluster */
+    PyObject *default_serializer;
+    CmBusyPoll spin; /* single server: waiting for replies on an idle loop */
+    /* the instances serving other loops (netloop.h), made from the same
+     * RedisClient arguments */
+    CmNetLoops loops;
+    PyObject *init_args, *init_kwds;
+};
+
+/* redis.c, used by the cluster */
+CmRedisPool *cm_redis_pool_new(CmRedisClientObject *c, const char *host, int port,
+                               const char *path);
+void cm_redis_pool_free(CmRedisPool *p);
+/* A connection of the pool for the running loop (borrowed), opening one if
+ * needed; NULL with an exception while the server is unreachable. */
+CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop);
+/* Queue the request of *e on conn; the entry (and its positions) is the
+ * connection's from then on, also on failure (then the op is failed). */
+void cm_redis_conn_push(CmRedisConnObject *conn, CmRedisEntry *e);
+/* Fail an entry's op with an exception of type tp (message msg). */
+void cm_redis_entry_fail(CmState *st, CmRedisEntry *e, PyObject *tp, PyObject *msg);
+/* Take/drop an op reference (one per entry in flight, one while building). */
+void cm_redis_op_ref(CmRedisOp *op);
+void cm_redis_op_unref(CmRedisOp *op);
+/* The key of the op at position i (a str, borrowed). */
+PyObject *cm_redis_op_key(CmRedisOp *op, uint32_t i);
+/* A raw reply of an internal op (CLUSTER SLOTS); sent as CM_CMD_RAW. */
+CmRedisOp *cm_redis_op_internal(CmRedisClientObject *client, PyObject *args,
+                                int (*done)(CmRedisClientObject *, PyObject *reply,
+                                            PyObject *error),
+                                PyObject *fut);
+/* Send an internal op's request on a pool; -1 (op failed, exception set). */
+int cm_redis_send_on(CmRedisPool *pool, PyObject *loop, CmRedisOp *op);
+/* Route an answered entry anew and send it (a cluster retry); the entry and
+ * its op reference are the connection's from then on. */
+void cm_redis_resend(CmRedisClientObject *self, PyObject *loop, CmRedisEntry *e);
+
+/* rediscluster.c */
+CmRedisCluster *cm_cluster_new(CmRedisClientObject *c, const char *host, int port);
+void cm_cluster_free(CmRedisCluster *cl);
+/* The pool serving a slot (borrowed), NULL with an exception. */
+CmRedisPool *cm_cluster_route(CmRedisClientObject *c, unsigned slot);
+/* 1 when an error reply was a MOVED/ASK redirect and the entry was sent on,
+ * or a TRYAGAIN/CLUSTERDOWN and it will be sent again after a pause (the
+ * entry is then no longer the caller's); 0 when it was none of those. */
+int cm_cluster_redirect(CmRedisClientObject *c, CmRedisEntry *e, PyObject *err);
+/* Ask a node for the slot map; fut (may be NULL) gets None or the error. */
+int cm_cluster_refresh(CmRedisClientObject *c, PyObject *loop, PyObject *fut);
+/* A connection to a node failed: refresh the map soon. */
+void cm_cluster_node_failed(CmRedisClientObject *c);
+Py_ssize_t cm_cluster_pools(CmRedisClientObject *c, CmRedisPool ***pools);
+#endif
