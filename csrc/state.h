@@ -169,7 +169,10 @@ typedef struct {
     X(ser_s_dumps)                                                                                 \
     X(ser_s_loads)                                                                                 \
     X(ser_s_dataclass_fields)                                                                      \
-    X(ser_s_builtins)
+    X(ser_s_builtins)                                                                              \
+    X(ser_s_value)                                                                                 \
+    X(ser_s_updated_at)                                                                            \
+    X(ser_now)
 #define CM_SER_DECLARE(n) PyObject *n;
     CM_SER_OBJECTS(CM_SER_DECLARE)
 #undef CM_SER_DECLARE
@@ -197,11 +200,6 @@ typedef struct {
     X(RedisConnectionError)                                                                        \
     X(RedisTimeoutError)                                                                           \
     X(RedisResponseError)                                                                          \
-    X(redis_now)                                                                                   \
-    X(redis_s_value)                                                                               \
-    X(redis_s_updated_at)                                                                          \
-    X(redis_s_dumps)                                                                               \
-    X(redis_s_loads)                                                                               \
     X(s_add_reader)                                                                                \
     X(s_remove_reader)                                                                             \
     X(s_add_writer)                                                                                \

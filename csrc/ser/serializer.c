@@ -618,6 +618,8 @@ int cm_serializer_init(PyObject *mod, CmState *st)
     CM_SER_STR(ser_s_dataclass_fields, "__dataclass_fields__")
     CM_SER_STR(ser_datetime_qualname, "datetime.datetime")
     CM_SER_STR(ser_s_builtins, "builtins")
+    CM_SER_STR(ser_s_value, "value")
+    CM_SER_STR(ser_s_updated_at, "updated_at")
 #undef CM_SER_STR
     if ((st->ser_zero = PyLong_FromLong(0)) == NULL)
         goto done;
@@ -634,7 +636,8 @@ int cm_serializer_init(PyObject *mod, CmState *st)
         (st->ser_Enum = ser_attr("enum", "Enum")) == NULL)
         goto done;
     Py_SETREF(st->ser_utc, PyObject_GetAttrString(st->ser_utc, "utc")); /* timezone.utc */
-    if (st->ser_utc == NULL)
+    if (st->ser_utc == NULL ||
+        (st->ser_now = PyObject_GetAttrString(st->ser_datetime, "now")) == NULL)
         goto done;
     if ((st->ser_pickle_dumps = ser_attr("_pickle", "dumps")) == NULL ||
         (st->ser_a2b_base64 = ser_attr("binascii", "a2b_base64")) == NULL)
