@@ -9,13 +9,13 @@
  * Flights are plain C records in a chained table in the module state. */
 #include "flight/flight.h"
 
-#include "api/ready.h"
 #include "base/clock.h"
 #include "base/compat.h"
 #include "base/exc.h"
 #include "core/bloomtype.h"
 #include "core/store.h"
 #include "loop/loop.h"
+#include "loop/ready.h"
 
 #include <structmember.h>
 

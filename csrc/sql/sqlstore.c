@@ -10,12 +10,12 @@
 
 #include <structmember.h>
 
-#include "api/ready.h"
 #include "base/clock.h"
 #include "base/exc.h"
 #include "core/key.h"
 #include "core/ttl.h"
 #include "loop/loop.h"
+#include "loop/ready.h"
 #include "ser/envelope.h"
 
 #define CM_SQL_BACKOFF_MIN 50000000LL          /* 50 ms */
