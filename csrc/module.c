@@ -134,9 +134,9 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->KeySlotType);
     Py_VISIT(st->last_cls);
     Py_VISIT(st->last_cfg);
-    cm_serializer_traverse(st, visit, arg); /* serializer */
-    cm_redis_traverse(st, visit, arg);      /* redis */
-    cm_sql_traverse(st, visit, arg);        /* sql */
+    cm_ser_state_traverse(&st->ser, visit, arg); /* serializer */
+    cm_redis_traverse(st, visit, arg);           /* redis */
+    cm_sql_traverse(st, visit, arg);             /* sql */
     return 0;
 }
 
@@ -179,9 +179,9 @@ static int cm_clear(PyObject *mod)
     Py_CLEAR(st->KeySlotType);
     Py_CLEAR(st->last_cls);
     Py_CLEAR(st->last_cfg);
-    cm_serializer_clear(st); /* serializer */
-    cm_redis_clear(st);      /* redis */
-    cm_sql_clear(st);        /* sql */
+    cm_ser_state_clear(&st->ser); /* serializer */
+    cm_redis_clear(st);           /* redis */
+    cm_sql_clear(st);             /* sql */
     return 0;
 }
 

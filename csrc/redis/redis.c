@@ -2434,7 +2434,7 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     }
     if (bytes_opt(user, &ubytes) < 0 || bytes_opt(pass, &pbytes) < 0)
         goto done;
-    if ((ser = PyObject_CallNoArgs(st->PickleSerializerType)) == NULL)
+    if ((ser = PyObject_CallNoArgs(st->ser.PickleSerializerType)) == NULL)
         goto done;
     client_close_pools(self);
     self->st = st;

@@ -19,7 +19,7 @@ static PyObject *dumps(CmState *st, PyObject *ser, PyObject *obj, const char *wh
 {
     PyObject *args[2] = {ser, obj};
     PyObject *payload =
-        PyObject_VectorcallMethod(st->ser_s_dumps, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        PyObject_VectorcallMethod(st->ser.s_dumps, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (payload == NULL)
         return NULL;
     PyObject *out = cm_envelope_as_bytes(payload, who);
@@ -43,10 +43,10 @@ PyObject *cm_envelope_encode(CmState *st, CmEnvelope kind, PyObject *ser, PyObje
         return NULL;
     }
     PyObject *out = NULL;
-    PyObject *now = PyObject_CallOneArg(st->ser_now, st->ser_utc);
+    PyObject *now = PyObject_CallOneArg(st->ser.now, st->ser.utc);
     PyObject *d = now ? PyDict_New() : NULL;
-    if (d != NULL && PyDict_SetItem(d, st->ser_s_value, value) == 0 &&
-        PyDict_SetItem(d, st->ser_s_updated_at, now) == 0)
+    if (d != NULL && PyDict_SetItem(d, st->ser.s_value, value) == 0 &&
+        PyDict_SetItem(d, st->ser.s_updated_at, now) == 0)
         out = dumps(st, ser, d, who);
     Py_XDECREF(now);
     Py_XDECREF(d);
@@ -60,16 +60,16 @@ PyObject *cm_envelope_decode(CmState *st, CmEnvelope kind, PyObject *ser, PyObje
         return Py_NewRef(raw);
     PyObject *args[2] = {ser, raw};
     PyObject *obj =
-        PyObject_VectorcallMethod(st->ser_s_loads, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        PyObject_VectorcallMethod(st->ser.s_loads, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (obj == NULL || kind == CM_ENVELOPE_BARE)
         return obj;
     PyObject *v;
     if (PyDict_CheckExact(obj)) {
-        v = Py_XNewRef(PyDict_GetItemWithError(obj, st->ser_s_value));
+        v = Py_XNewRef(PyDict_GetItemWithError(obj, st->ser.s_value));
         if (v == NULL && !PyErr_Occurred())
             PyErr_Format(err_type, "cached %s value has no 'value' field", who);
     } else {
-        v = PyObject_GetItem(obj, st->ser_s_value);
+        v = PyObject_GetItem(obj, st->ser.s_value);
     }
     Py_DECREF(obj);
     return v;
