@@ -10,11 +10,19 @@ import cacheme
 from cacheme import _core
 from cacheme.serializer import MsgPackSerializer
 from conftest import unique
+from sql_servers import ModuleServers
 from redis_servers import (  # noqa: F401  (fixtures)
     _redis_session_server,
     needs_redis,
     redis_server,
 )
+
+
+@pytest.fixture(scope="module")
+def sql_servers():
+    servers = ModuleServers()
+    yield servers
+    servers.cleanup()
 
 
 @pytest.fixture(autouse=True)
@@ -188,3 +196,41 @@ async def test_storage_close_on_its_own(redis_server, tmp_path):
         await redis.get(Node(1), ser)
     assert await sqlite.get(Node(1), ser) == {"uid": 1}
     await sqlite.close()
+    await redis.connect()  # opens it again, same settings
+    assert await redis.get(Node(1), ser) == {"uid": 1}
+    await redis.close()
+
+
+@needs_redis
+async def test_register_the_same_storages_again_after_close(redis_server, tmp_path):
+    """A service whose storages are made once, at import, and registered in
+    each run of its startup (tests, reloads): close, then register again."""
+    local = cacheme.Storage(url="local://tlfu", size=100)
+    redis = cacheme.Storage(url=redis_server.url)
+    sqlite = cacheme.Storage(url=f"sqlite:///{tmp_path}/c.db", table="cache", create_table=True)
+    names = [unique("local-"), unique("redis-"), unique("sqlite-")]
+    Node, loads = make_node([cacheme.Cache(storage=n, ttl=None) for n in names])
+    for run in range(3):
+        for name, storage in zip(names, (local, redis, sqlite)):
+            await cacheme.register_storage(name, storage)
+        assert await cacheme.get(Node(1)) == {"uid": 1}
+        await cacheme.close()
+    assert loads == [1]
+    assert cacheme.stats(Node).storage_stats()[names[1]]["errors"] == 0
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+async def test_sql_storage_close_then_reconnects(backend, sql_servers):
+    tp = {"postgresql": _core.PgClient, "mysql": _core.MySQLClient}[backend]
+    if not tp.__new__(tp).library_available:
+        pytest.skip(f"cacheme built without the {backend} library")
+    table = unique("lifecycle_")
+    storage = cacheme.Storage(url=sql_servers.url(backend), table=table, create_table=True)
+    await storage.connect()
+    Node, _ = make_node([])
+    ser = MsgPackSerializer()
+    await storage.set(Node(1), {"uid": 1}, None, ser)
+    await storage.close()
+    assert storage._storage.pool_info()["idle"] + storage._storage.pool_info()["busy"] == 0
+    assert await storage.get(Node(1), ser) == {"uid": 1}  # a new connection
+    await storage.close()
