@@ -25,7 +25,7 @@ Options (keyword arguments of ``Storage(url, ...)``, or URL query values):
   only; 0 disables; at most 0.01; single server only): when the event loop
   has nothing else to run after the requests are written, poll the sockets
   for the replies for up to this long instead of letting the loop sleep in
-  ``epoll_wait`` (see ``cacheme.storages.sqldb`` and csrc/busypoll.h).
+  ``epoll_wait`` (see ``cacheme.storages.sqldb`` and csrc/net/busypoll.h).
 
 Values are stored as cacheme 0.3.0 stored them, so both can share a cache:
 ``serializer.dumps({"value": v, "updated_at": <utc datetime>})`` under
