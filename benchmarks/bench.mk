@@ -7,6 +7,8 @@
 #   make bench             both, one after the other (never in parallel: 2 cores, noisy)
 #   make bench-venvs       (re)create the peer venvs under .bench/ (idempotent)
 #   make bench-local-instr the local paths in instructions per call (callgrind): ours vs 0.3.0
+#   make bench-charts      redraw benchmarks/charts/*.svg from benchmarks/results/*.json
+#                          (matplotlib in .venv-charts; a driver's --json OUT refreshes a file)
 #
 # Knobs:  make bench-local BENCH_LOCAL_ARGS="--rounds 9 -n 300000"
 #         make bench-hitratio BENCH_HITRATIO_ARGS="--sizes 1000,10000"
@@ -18,7 +20,7 @@ BENCH_PYTHON ?= python3
 BENCH_LOCAL_ARGS ?=
 BENCH_HITRATIO_ARGS ?=
 
-.PHONY: bench bench-local bench-local-instr bench-hitratio bench-venvs
+.PHONY: bench bench-local bench-local-instr bench-hitratio bench-venvs bench-charts
 
 bench-venvs:
 	PYTHON=$(BENCH_PYTHON) bash $(BENCH_SRC)/venvs.sh
@@ -36,3 +38,15 @@ bench-hitratio: venv bench-venvs
 bench: venv bench-venvs
 	$(MAKE) --no-print-directory -f $(BENCH_TOP_MAKEFILE) bench-local
 	$(MAKE) --no-print-directory -f $(BENCH_TOP_MAKEFILE) bench-hitratio
+
+# The README's charts. matplotlib lives in a venv of its own so that neither
+# `make test` nor the peers' venvs carry it.
+CHARTS_VENV := .venv-charts
+
+$(CHARTS_VENV)/.stamp:
+	$(BENCH_PYTHON) -m venv $(CHARTS_VENV)
+	$(CHARTS_VENV)/bin/pip install -q --disable-pip-version-check "matplotlib>=3.8"
+	touch $@
+
+bench-charts: $(CHARTS_VENV)/.stamp
+	$(CHARTS_VENV)/bin/python $(BENCH_SRC)/charts.py

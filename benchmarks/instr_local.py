@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+import results  # noqa: E402  (benchmarks/ is sys.path[0])
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -69,6 +70,8 @@ def main() -> None:
     ap.add_argument("--venv-030", default=str(ROOT / ".bench/venv-030"))
     ap.add_argument("--n1", type=int, default=10_000)
     ap.add_argument("--n2", type=int, default=60_000)
+    ap.add_argument("--json", metavar="OUT",
+                    help="also write {'instructions': {contender: {measurement: count}}}")
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("instr_local: valgrind not found (Debian: apt-get install valgrind)")
@@ -95,6 +98,9 @@ def main() -> None:
     for label, key in rows:
         o, t = per[("ours", key)], per[("cacheme-0.3.0", key)]
         print(f"| {label} | {o:,.0f} | {t:,.0f} | {t / o:.2f}x |")
+    if args.json:
+        counts = {name: {key: round(per[(name, key)]) for _, key in rows} for name in pythons}
+        results.write(args.json, "instr", {"instructions": counts})
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import traces  # noqa: E402
+import results as results_json  # noqa: E402
 
 BENCH = Path(os.environ.get("BENCH_DIR", ROOT / ".bench"))
 SCRIPT = HERE / "bench_hitratio.py"
@@ -120,6 +121,9 @@ def main():
     ap.add_argument("--venv-peers", default=str(BENCH / "venv-peers"))
     ap.add_argument("--trace-dir", default=str(BENCH / "traces"))
     ap.add_argument("--no-belady", action="store_true")
+    ap.add_argument("--json", metavar="OUT",
+                    help="also write {'rows': [{trace, size, ours-tlfu, theine-tlfu, ours-lru, belady}]} "
+                         "(hit ratios as fractions, medians)")
     ap.add_argument("--runs", type=int, default=3, help="runs per contender (median shown, range if it varies)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -193,6 +197,13 @@ def main():
         lines.append(f"| {name} | {size:,} | {pct_runs(ot_runs)} | {pct_runs(th_runs)} | {pct_runs(ol_runs)} "
                      f"| {pct(bd)} | {flag} |")
     print("\n".join(lines))
+    if args.json:
+        rows = [{"trace": name, "size": size,
+                 **{impl: med(results.get((impl, path.name, size)))
+                    for impl in ("ours-tlfu", "theine-tlfu", "ours-lru")},
+                 "belady": opt.get((path.name, size))}
+                for name, size, path in jobs]
+        results_json.write(args.json, "hitratio", {"runs": args.runs, "versions": versions, "rows": rows})
     if versions:
         print("\nversions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+import results  # noqa: E402  (benchmarks/ is sys.path[0])
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -90,6 +91,8 @@ def main():
                     help="put this dir on PYTHONPATH for ours only (an in-place build not installed in the venv)")
     ap.add_argument("--venv-030", default=str(BENCH / "venv-030"))
     ap.add_argument("--venv-peers", default=str(BENCH / "venv-peers"))
+    ap.add_argument("--json", metavar="OUT",
+                    help="also write the medians as JSON: {'ns': {contender: {measurement: ns}}}")
     ap.add_argument("--no-ours-check", action="store_true",
                     help="don't require cacheme._core in the ours interpreter (testing the driver)")
     args = ap.parse_args()
@@ -221,6 +224,8 @@ def main():
     print("\n".join(out))
     if notes:
         print("\n" + "\n".join(notes))
+    if args.json:
+        results.write(args.json, "local", {"rounds": args.rounds, "versions": vers, "ns": med})
 
 
 if __name__ == "__main__":

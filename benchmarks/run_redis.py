@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import results  # benchmarks/ is sys.path[0]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.join(ROOT, "benchmarks")
@@ -236,6 +237,16 @@ def table(title: str, rows, cmd: str, floor: float):
     sys.stdout.flush()
 
 
+def as_figures(names, rows) -> dict:
+    """run_table's rows for --json, keyed by contender name."""
+    out = {}
+    for n, (label, res) in zip(names, rows):
+        if "skipped" not in res:
+            out[n] = {"label": label, "time_s": res["time"], "get": res["get"],
+                      "mget": res["mget"], "loads": res["loads"]}
+    return out
+
+
 def throughput(args, port: int):
     bench = shutil.which("redis-benchmark")
     print("\n#### single-connection GET throughput (requests/s)\n")
@@ -293,6 +304,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="runs of each contender, taking turns; the table shows the (lower) median")
     ap.add_argument("--no-batch", action="store_true")
+    ap.add_argument("--json", metavar="OUT",
+                    help="also write {'single'|'batch': {workers: {contender: {label, time_s, get, mget, "
+                         "loads}}}}")
     ap.add_argument("--no-single", action="store_true")
     ap.add_argument("--throughput", action="store_true", help="only the GET throughput table")
     ap.add_argument("-n", type=int, default=200_000, help="requests of the throughput test")
@@ -317,18 +331,24 @@ def main() -> None:
             b = json.load(f)
             buniq = len({k for ks in b for k in ks})
         names = [c for c in args.contenders.split(",") if c]
+        figures = {"requests": args.requests, "unique_keys": uniq, "single": {}, "batch": {}}
         print(f"trace: {args.requests} requests, {uniq} unique keys; batch: {len(b)} x 20, "
               f"{buniq} unique keys; redis-server on port {port}")
         if not args.no_single:
             for w in [int(x) for x in args.workers.split(",") if x]:
                 rows = run_table(names, args, port, w, single, False)
                 table(f"{w // 1000}k concurrency", rows, "get", uniq * 0.1 / w)
+                figures["single"][str(w)] = as_figures(names, rows)
         if not args.no_batch:
             for w in [int(x) for x in args.batch_workers.split(",") if x]:
                 rows = run_table([n for n in names if n in BATCH_CONTENDERS], args, port, w,
                                  batch, True)
                 table(f"batch (get_all of 20), {w // 1000}k concurrency", rows, "mget",
                       buniq * 0.1 / w)
+                figures["batch"][str(w)] = as_figures(
+                    [n for n in names if n in BATCH_CONTENDERS], rows)
+        if args.json:
+            results.write(args.json, "redis", figures)
     finally:
         if proc is not None:
             proc.terminate()

@@ -4,6 +4,7 @@ The API is the one of cacheme 0.3.0: describe each cached thing as a Node,
 register storages by URL, then ``await cacheme.get(node)``.
 """
 from cacheme._core import BloomFilter
+from cacheme._lifecycle import close
 from cacheme.core import (
     Memoize,
     build_node,
@@ -28,6 +29,7 @@ __all__ = [
     "Node",
     "Storage",
     "build_node",
+    "close",
     "get",
     "get_all",
     "invalidate",

@@ -25,7 +25,7 @@ Options (keyword arguments of ``Storage(url, ...)``, or URL query values):
   only; 0 disables; at most 0.01; single server only): when the event loop
   has nothing else to run after the requests are written, poll the sockets
   for the replies for up to this long instead of letting the loop sleep in
-  ``epoll_wait`` (see ``cacheme.storages.sqldb`` and csrc/busypoll.h).
+  ``epoll_wait`` (see ``cacheme.storages.sqldb`` and csrc/net/busypoll.h).
 
 Values are stored as cacheme 0.3.0 stored them, so both can share a cache:
 ``serializer.dumps({"value": v, "updated_at": <utc datetime>})`` under
@@ -153,16 +153,25 @@ class RedisStorage(_core.RedisClient, BaseStorage):
         self.pool_size = pool_size
         self.cluster = cluster
         self.options = options
-        _core.RedisClient.__init__(self, pool_size=pool_size, cluster=bool(cluster), **kwargs)
+        self._client_kwargs = dict(kwargs, pool_size=pool_size, cluster=bool(cluster))
+        self._closed = False
+        _core.RedisClient.__init__(self, **self._client_kwargs)
 
     async def connect(self) -> None:
-        """Check the server answers (a cluster: load its slot map)."""
+        """Check the server answers (a cluster: load its slot map). A closed
+        storage is opened again first, with the same settings."""
+        if self._closed:
+            _core.RedisClient.__init__(self, **self._client_kwargs)
+            self._closed = False
         if self.cluster:
             await self._refresh_slots()
         else:
             await self.execute("PING")
 
     async def close(self) -> None:
+        """Close every connection (every loop's). Requests then fail with
+        RedisError until connect() (register_storage calls it) reopens it."""
+        self._closed = True
         self.close_now()
 
     # 0.3.0's BaseStorage hooks, on raw bytes

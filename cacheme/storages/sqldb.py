@@ -124,6 +124,7 @@ class SQLStorage(BaseStorage):
         await self._connect()
 
     async def close(self) -> None:
+        """Close every connection (every loop's); the next request connects anew."""
         self.close_now()  # type: ignore[attr-defined]
 
     async def execute_ddl(self, ddl: Any) -> None:

@@ -379,6 +379,24 @@ static PyObject *py_add_storage(PyObject *mod, PyObject *const *args, Py_ssize_t
     Py_RETURN_NONE;
 }
 
+/* Forget a registered storage (cacheme.close): node configs resolve again,
+ * so a node naming it then fails with "not registered" instead of using a
+ * closed storage. A name not registered is not an error. */
+static PyObject *py_remove_storage(PyObject *mod, PyObject *name)
+{
+    CmState *st = cm_state_from_module(mod);
+    if (!PyUnicode_Check(name)) {
+        PyErr_SetString(PyExc_TypeError, "_remove_storage(name: str)");
+        return NULL;
+    }
+    int r = PyDict_Contains(st->storages, name);
+    if (r < 0 || (r > 0 && PyDict_DelItem(st->storages, name) < 0))
+        return NULL;
+    if (r > 0)
+        st->generation++;
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_storages(PyObject *mod, PyObject *Py_UNUSED(x))
 {
     return PyDict_Copy(cm_state_from_module(mod)->storages);
@@ -397,6 +415,7 @@ static PyMethodDef nodecfg_functions[] = {
     {"set_prefix", py_set_prefix, METH_O, "set the key prefix (default 'cacheme')"},
     {"get_prefix", py_get_prefix, METH_NOARGS, NULL},
     {"_add_storage", (PyCFunction)(void (*)(void))py_add_storage, METH_FASTCALL, NULL},
+    {"_remove_storage", py_remove_storage, METH_O, NULL},
     {"_storages", py_storages, METH_NOARGS, NULL},
     {"_set_logger", py_set_logger, METH_O, NULL},
     {NULL, NULL},

@@ -1201,6 +1201,10 @@ static PyObject *storage_close_now(PyObject *self, PyObject *Py_UNUSED(unused))
     if (s->drv->teardown != NULL)
         s->drv->teardown(s);
     cm_netloops_clear(&s->loops);
+    /* a closed storage connects anew on its next request: what the driver
+     * prepares for every connection (PostgreSQL's PREPARE text) is made again */
+    if (s->drv->setup != NULL && s->drv->setup(s) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
