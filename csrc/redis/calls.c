@@ -66,9 +66,9 @@ static void route_entry(CmRedisClientObject *self, PyObject *loop, CmRedisEntry 
     if (pool != NULL) {
         CmRedisConnObject *run = pool->run; // borrowed
         if ((e->cmd == CM_CMD_GET || (e->cmd == CM_CMD_MGET && e->positions == NULL)) &&
-            run != NULL && run->open_run && run->state != CONN_CLOSED && pool->loop == loop)
+            run != NULL && run->open_run && run->net.state != CONN_CLOSED && pool->net.loop == loop)
             conn = run;
-        else if (sc != NULL && sc->pool == pool && sc->conn->state != CONN_CLOSED)
+        else if (sc != NULL && sc->pool == pool && sc->conn->net.state != CONN_CLOSED)
             conn = sc->conn;
         else if ((conn = cm_redis_pool_conn(pool, loop)) != NULL && sc != NULL) {
             sc->pool = pool;

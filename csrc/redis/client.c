@@ -43,12 +43,12 @@ static PyObject *client_connections(CmRedisClientObject *self, PyObject *Py_UNUS
 {
     long n = 0;
     if (self->pool != NULL)
-        n = self->pool->nconns;
+        n = self->pool->net.nconns;
     if (self->cluster != NULL) {
         CmRedisPool **pools;
         Py_ssize_t np = cm_cluster_pools(self, &pools);
         for (Py_ssize_t i = 0; i < np; i++)
-            n += pools[i]->nconns;
+            n += pools[i]->net.nconns;
     }
     for (Py_ssize_t i = 0; i < cm_netloops_count(&self->loops); i++) {
         PyObject *r =
@@ -244,21 +244,21 @@ static PyObject *client_spawn(PyObject *owner)
     return PyObject_Call(self->st->RedisClientType, self->init_args, self->init_kwds);
 }
 
-static void client_drop_detached(PyObject *inst, const char *why)
+static void client_drop_detached(PyObject *inst, const char *why, int fork)
 {
     CmRedisClientObject *self = (CmRedisClientObject *)inst;
     if (self->pool != NULL)
-        cm_redis_pool_drop_detached(self->pool, why);
+        cm_redis_pool_drop_detached(self->pool, why, fork);
     if (self->cluster != NULL) {
         CmRedisPool **pools;
         Py_ssize_t np = cm_cluster_pools(self, &pools);
         for (Py_ssize_t i = 0; i < np; i++)
-            cm_redis_pool_drop_detached(pools[i], why);
+            cm_redis_pool_drop_detached(pools[i], why, fork);
     }
 }
 
-static void client_forked(PyObject *inst) { client_drop_detached(inst, "inherited over fork"); }
-static void client_orphan(PyObject *inst) { client_drop_detached(inst, "event loop closed"); }
+static void client_forked(PyObject *inst) { client_drop_detached(inst, "inherited over fork", 1); }
+static void client_orphan(PyObject *inst) { client_drop_detached(inst, "event loop closed", 0); }
 
 static const CmNetKind client_net_kind = {client_spawn, client_forked, client_orphan};
 

@@ -221,7 +221,7 @@ void cm_redis_entry_fail_current(CmRedisEntry *e)
 /* One reply for the entry at the head of the ring (reply stolen). */
 void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply)
 {
-    CmState *st = c->st;
+    CmState *st = c->net.st;
     CmRedisOp *op = e->op;
     int is_err = PyObject_TypeCheck(reply, (PyTypeObject *)st->RedisResponseError);
     if (e->cmd == CM_CMD_GETS) {
