@@ -54,8 +54,13 @@ void cm_net_pool_close_all(CmNetPool *p, PyObject *tp, PyObject *msg);
  * loop is forgotten and the backoff starts over; the pool reconnects on
  * the next call. */
 void cm_net_pool_drop_detached(CmNetPool *p, PyObject *tp, PyObject *msg, int fork);
+/* The owner is garbage (its GC clear): close the connections, the normal
+ * way while their loop is open (it must stop watching them), detached when
+ * it is closed or is garbage too (cleared: it cannot tell). */
+void cm_net_pool_close_gc(CmNetPool *p, PyObject *tp, PyObject *msg);
 /* cm_net_pool_close_all, and the loop and last_error dropped. */
 void cm_net_pool_fini(CmNetPool *p, PyObject *tp, PyObject *msg);
+/* GC: the loop, last_error and the pool's reference to each connection. */
 int cm_net_pool_traverse(CmNetPool *p, visitproc visit, void *arg);
 
 /* Bind the pool to loop (the rule above). tp(msg) fails what the old loop

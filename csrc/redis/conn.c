@@ -137,11 +137,11 @@ static void conn_expired(CmNetConn *nc)
     if (c->net.state == CONN_CONNECTING && cm_now_ns() >= c->connect_deadline) {
         if (p != NULL)
             cm_redis_pool_forget_addrs(p);
-        cm_redis_conn_close_fmt(c, c->net.st->RedisTimeoutError, 1, "redis %s: connect timed out",
+        cm_redis_conn_close_fmt(c, c->net.st->redis.TimeoutError, 1, "redis %s: connect timed out",
                                 cm_redis_conn_label(c));
     } else {
         /* replies come in order: the stream is useless past a lost one */
-        cm_redis_conn_close_fmt(c, c->net.st->RedisTimeoutError, 1,
+        cm_redis_conn_close_fmt(c, c->net.st->redis.TimeoutError, 1,
                                 "redis %s: no reply within %d ms", cm_redis_conn_label(c),
                                 p ? (int)(p->cfg->timeout * 1000) : 0);
     }
@@ -166,14 +166,15 @@ static void conn_write(CmRedisConnObject *c)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             if (cm_net_conn_watch(&c->net, 1, 1) < 0) {
                 PyObject *exc = cm_exc_take();
-                cm_redis_conn_close_fmt(c, c->net.st->RedisConnectionError, 1, "redis %s: %S",
+                cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "redis %s: %S",
                                         cm_redis_conn_label(c), exc);
                 Py_XDECREF(exc);
             }
             return;
         }
-        cm_redis_conn_close_fmt(c, c->net.st->RedisConnectionError, 1, "redis %s: write failed: %s",
-                                cm_redis_conn_label(c), strerror(errno));
+        cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1,
+                                "redis %s: write failed: %s", cm_redis_conn_label(c),
+                                strerror(errno));
         return;
     }
     if (c->net.writing && c->net.state == CONN_READY && cm_net_conn_watch(&c->net, 1, 0) < 0)
@@ -306,7 +307,7 @@ void cm_redis_conn_push(CmRedisConnObject *c, CmRedisEntry *e)
     CmState *st = c->net.st;
     if (c->net.state == CONN_CLOSED) {
         PyObject *msg = PyUnicode_FromString("redis connection closed");
-        cm_redis_entry_fail(st, e, st->RedisConnectionError, msg ? msg : Py_None);
+        cm_redis_entry_fail(st, e, st->redis.ConnectionError, msg ? msg : Py_None);
         Py_XDECREF(msg);
         PyErr_Clear();
         return;
@@ -367,7 +368,7 @@ static void conn_ready(CmRedisConnObject *c)
     /* the connect timer, if armed, finds the reply deadlines when it fires */
     if (cm_net_conn_watch(&c->net, 1, 0) < 0) {
         PyObject *exc = cm_exc_take();
-        cm_redis_conn_close_fmt(c, c->net.st->RedisConnectionError, 1, "redis %s: %S",
+        cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "redis %s: %S",
                                 cm_redis_conn_label(c), exc);
         Py_XDECREF(exc);
         return;
@@ -385,7 +386,7 @@ static int conn_connect(CmRedisConnObject *c)
     int pending;
     c->net.fd = cm_redis_sock_connect(p, &pending);
     if (c->net.fd < 0) {
-        PyErr_Format(st->RedisConnectionError, "redis %s: connect failed: %s", p->label,
+        PyErr_Format(st->redis.ConnectionError, "redis %s: connect failed: %s", p->label,
                      strerror(errno));
         return -1;
     }
@@ -396,7 +397,7 @@ static int conn_connect(CmRedisConnObject *c)
     } else {
         conn_ready(c);
         if (c->net.state == CONN_CLOSED) {
-            PyErr_Format(st->RedisConnectionError, "redis %s: connection failed", p->label);
+            PyErr_Format(st->redis.ConnectionError, "redis %s: connection failed", p->label);
             return -1;
         }
     }
@@ -440,9 +441,9 @@ static PyObject *conn_on_resolved(PyObject *self, PyObject *task)
     if (PyErr_Occurred()) {
         PyObject *exc = cm_exc_take();
         if (c->net.state != CONN_CLOSED && looked_up == 2)
-            cm_redis_conn_close_fmt(c, c->net.st->RedisConnectionError, 1, "%S", exc);
+            cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "%S", exc);
         else if (c->net.state != CONN_CLOSED)
-            cm_redis_conn_close_fmt(c, c->net.st->RedisConnectionError, 1,
+            cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1,
                                     "redis %s: cannot resolve %s: %S", cm_redis_conn_label(c),
                                     p->host, exc);
         Py_XDECREF(exc);
@@ -467,7 +468,7 @@ CmRedisConnObject *cm_redis_conn_open(CmRedisPool *p, PyObject *loop)
 {
     CmState *st = p->st;
     const CmRedisConfig *cfg = p->cfg;
-    CmRedisConnObject *c = PyObject_GC_New(CmRedisConnObject, (PyTypeObject *)st->RedisConnType);
+    CmRedisConnObject *c = PyObject_GC_New(CmRedisConnObject, (PyTypeObject *)st->redis.ConnType);
     if (c == NULL)
         return NULL;
     cm_net_conn_init(&c->net, st, &conn_ops, loop);
@@ -529,7 +530,7 @@ CmRedisConnObject *cm_redis_conn_open(CmRedisPool *p, PyObject *loop)
     return c;
 fail:
     c->net.pool = NULL; /* not in the pool yet */
-    cm_redis_conn_close(c, st->RedisConnectionError, NULL, 0);
+    cm_redis_conn_close(c, st->redis.ConnectionError, NULL, 0);
     Py_DECREF(c);
     return NULL;
 }
@@ -544,7 +545,7 @@ static void conn_on_write(CmRedisConnObject *c)
             err = errno;
         if (err != 0) {
             cm_redis_pool_forget_addrs(cm_redis_conn_pool(c));
-            cm_redis_conn_close_fmt(c, c->net.st->RedisConnectionError, 1,
+            cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1,
                                     "redis %s: connect failed: %s", cm_redis_conn_label(c),
                                     strerror(err));
         } else
@@ -631,7 +632,7 @@ static void conn_on_read(CmRedisConnObject *c)
         ssize_t n = recv(c->net.fd, buf, sizeof(buf), 0);
         if (n > 0) {
             if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
-                cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: out of memory",
+                cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1, "redis %s: out of memory",
                                         cm_redis_conn_label(c));
                 goto done;
             }
@@ -641,7 +642,7 @@ static void conn_on_read(CmRedisConnObject *c)
             continue;
         }
         if (n == 0) {
-            cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1,
+            cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
                                     "redis %s: connection closed by server",
                                     cm_redis_conn_label(c));
             goto done;
@@ -650,7 +651,7 @@ static void conn_on_read(CmRedisConnObject *c)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             break;
-        cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: read failed: %s",
+        cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1, "redis %s: read failed: %s",
                                 cm_redis_conn_label(c), strerror(errno));
         goto done;
     }
@@ -658,20 +659,20 @@ static void conn_on_read(CmRedisConnObject *c)
         void *reply = NULL;
         if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
             if (c->reader->err == REDIS_ERR_OOM && cm_redis_conn_pool(c) != NULL)
-                cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1,
+                cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
                                         "redis %s: reply refused: an aggregate longer than "
                                         "max_reply_elements=%zd (or out of memory)",
                                         cm_redis_conn_label(c),
                                         cm_redis_conn_pool(c)->cfg->max_reply_elements);
             else
-                cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1,
+                cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
                                         "redis %s: protocol error: %s", cm_redis_conn_label(c),
                                         c->reader->errstr);
             goto done;
         }
         if (reply == NULL) {
             if (!reader_pending_ok(c)) {
-                cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1,
+                cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
                                         "redis %s: reply refused: a bulk or line longer than "
                                         "max_bulk_bytes=%zu",
                                         cm_redis_conn_label(c), reader_max_bulk(c));
@@ -681,7 +682,7 @@ static void conn_on_read(CmRedisConnObject *c)
         }
         if (c->len == 0) {
             Py_DECREF((PyObject *)reply);
-            cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1,
+            cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
                                     "redis %s: reply without a request", cm_redis_conn_label(c));
             goto done;
         }
@@ -705,6 +706,11 @@ static int conn_traverse(CmRedisConnObject *c, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(c));
     Py_VISIT(c->flush_cb);
     Py_VISIT(c->resolve);
+    for (size_t i = 0; i < c->len; i++) {
+        int rc = cm_redis_entry_traverse(&c->ring[(c->head + i) % c->cap], visit, arg);
+        if (rc)
+            return rc;
+    }
     return cm_net_conn_traverse(&c->net, visit, arg);
 }
 
@@ -724,7 +730,7 @@ static void conn_dealloc(CmRedisConnObject *c)
         redisReaderFree(c->reader);
     cm_buf_free(&c->out);
     for (size_t i = 0; i < c->len; i++)
-        cm_redis_entry_fail_exc(&c->ring[(c->head + i) % c->cap], c->net.st->RedisError);
+        cm_redis_entry_fail_exc(&c->ring[(c->head + i) % c->cap], c->net.st->redis.Error);
     free(c->ring);
     conn_clear(c);
     cm_net_conn_dealloc(&c->net);

@@ -119,6 +119,12 @@ void cm_redis_entry_release(CmRedisEntry *e);
 void cm_redis_entry_fail_exc(CmRedisEntry *e, PyObject *exc);
 /* Fail the entry with the exception being raised (cleared). */
 void cm_redis_entry_fail_current(CmRedisEntry *e);
+/* GC: the objects an entry holds through its op(s). An op is visited only
+ * while the entry holds its one reference (the usual case once the call
+ * has returned): an op shared with a flight's Get or with other entries
+ * has other owners, and visiting it from each would count its objects'
+ * references more than once. Unvisited, they only look alive. */
+int cm_redis_entry_traverse(const CmRedisEntry *e, visitproc visit, void *arg);
 /* One reply for the entry taken off the head of c's ring (reply stolen). */
 void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply);
 
@@ -145,6 +151,9 @@ int cm_redis_addrs_add(struct addrinfo ***tail, const char *ip, int port);
 /* A non-blocking socket connecting to the pool's server; *pending is set
  * while the connect is in progress. -1 with errno. */
 int cm_redis_sock_connect(CmRedisPool *p, int *pending);
+
+/* The client is garbage: close its pools' connections (net/pool.h). */
+void cm_redis_pool_close_gc(CmRedisPool *p);
 
 /* calls.c */
 int cm_redis_client_check_open(CmRedisClientObject *self);

@@ -35,13 +35,13 @@ PyObject *cm_redis_op_key(CmRedisOp *op, uint32_t i)
 void cm_redis_op_set_error(CmRedisOp *op, PyObject *exc)
 {
     if (op->error == NULL)
-        op->error = Py_NewRef(exc ? exc : op->client->st->RedisError);
+        op->error = Py_NewRef(exc ? exc : op->client->st->redis.Error);
 }
 
 /* serializer.loads(raw)["value"]; new reference or NULL with an exception. */
 static PyObject *decode_value(CmState *st, PyObject *ser, PyObject *raw)
 {
-    return cm_envelope_decode(st, CM_ENVELOPE_DICT, ser, raw, st->RedisError, "redis");
+    return cm_envelope_decode(st, CM_ENVELOPE_DICT, ser, raw, st->redis.Error, "redis");
 }
 
 /* [(node, value)] of the keys found and decodable, in order. */
@@ -89,12 +89,12 @@ static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
 
 int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop)
 {
-    CmRedisOp *op = st->redis_last_op; // borrowed: cleared when op finishes
+    CmRedisOp *op = st->redis.last_op; // borrowed: cleared when op finishes
     if (op == NULL || op->fut != fut || op->waiter != NULL)
         return 0;
     op->waiter = Py_NewRef(waiter);
     op->waiter_loop = Py_NewRef(loop);
-    st->redis_last_op = NULL;
+    st->redis.last_op = NULL;
     return 1;
 }
 
@@ -102,8 +102,8 @@ static void op_finish(CmRedisOp *op)
 {
     CmState *st = op->client->st;
     PyObject *saved = cm_exc_take();
-    if (st->redis_last_op == op)
-        st->redis_last_op = NULL;
+    if (st->redis.last_op == op)
+        st->redis.last_op = NULL;
     PyObject *res = NULL;
     PyObject *err = Py_XNewRef(op->error);
 
@@ -163,6 +163,34 @@ static void op_finish(CmRedisOp *op)
     cm_exc_restore(saved);
 }
 
+static int op_traverse(const CmRedisOp *op, visitproc visit, void *arg)
+{
+    if (op == NULL || op->refs != 1)
+        return 0;
+    Py_VISIT(op->client);
+    Py_VISIT(op->fut);
+    Py_VISIT(op->ser);
+    Py_VISIT(op->key);
+    Py_VISIT(op->keys);
+    Py_VISIT(op->nodes);
+    Py_VISIT(op->value);
+    Py_VISIT(op->values);
+    Py_VISIT(op->result);
+    Py_VISIT(op->error);
+    Py_VISIT(op->waiter);
+    Py_VISIT(op->waiter_loop);
+    Py_VISIT(op->get);
+    return 0;
+}
+
+int cm_redis_entry_traverse(const CmRedisEntry *e, visitproc visit, void *arg)
+{
+    int rc = op_traverse(e->op, visit, arg);
+    for (uint32_t i = 0; rc == 0 && e->gets != NULL && i < e->npos; i++)
+        rc = op_traverse(e->gets[i].op, visit, arg);
+    return rc;
+}
+
 void cm_redis_op_unref(CmRedisOp *op)
 {
     if (--op->refs == 0)
@@ -205,7 +233,7 @@ void cm_redis_entry_fail(CmState *st, CmRedisEntry *e, PyObject *tp, PyObject *m
     PyObject *exc = wanted ? PyObject_CallOneArg(tp, msg ? msg : Py_None) : NULL;
     if (exc == NULL)
         PyErr_Clear();
-    cm_redis_entry_fail_exc(e, exc ? exc : st->RedisError);
+    cm_redis_entry_fail_exc(e, exc ? exc : st->redis.Error);
     Py_XDECREF(exc);
     cm_exc_restore(saved);
 }
@@ -223,12 +251,12 @@ void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply
 {
     CmState *st = c->net.st;
     CmRedisOp *op = e->op;
-    int is_err = PyObject_TypeCheck(reply, (PyTypeObject *)st->RedisResponseError);
+    int is_err = PyObject_TypeCheck(reply, (PyTypeObject *)st->redis.ResponseError);
     if (e->cmd == CM_CMD_GETS) {
         int whole = e->npos == 1 || (PyList_Check(reply) && PyList_GET_SIZE(reply) == e->npos);
         PyObject *exc = NULL;
         if (!is_err && !whole &&
-            (exc = PyObject_CallFunction(st->RedisError, "s", "unexpected MGET reply")) == NULL)
+            (exc = PyObject_CallFunction(st->redis.Error, "s", "unexpected MGET reply")) == NULL)
             exc = cm_exc_take();
         for (uint32_t i = 0; i < e->npos; i++) {
             CmRedisOp *m = e->gets[i].op;
@@ -247,7 +275,7 @@ void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply
     }
     if (op == NULL) {
         if (is_err && e->cmd == CM_CMD_HELLO)
-            cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: %S",
+            cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1, "redis %s: %S",
                                     cm_redis_conn_label(c), reply);
         Py_DECREF(reply);
         free(e->positions);
@@ -267,7 +295,7 @@ void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply
                 PyList_SetItem(op->result, cm_entry_position(e, i),
                                Py_NewRef(PyList_GET_ITEM(reply, i)));
         } else {
-            PyObject *exc = PyObject_CallFunction(st->RedisError, "s", "unexpected MGET reply");
+            PyObject *exc = PyObject_CallFunction(st->redis.Error, "s", "unexpected MGET reply");
             if (exc == NULL)
                 exc = cm_exc_take();
             cm_redis_op_set_error(op, exc);

@@ -58,7 +58,7 @@ static void pool_close_all(CmRedisPool *p, const char *why)
     PyObject *saved = cm_exc_take();
     PyObject *msg = pool_msg(p, why);
     p->run = NULL;
-    cm_net_pool_close_all(&p->net, p->st->RedisConnectionError, msg);
+    cm_net_pool_close_all(&p->net, p->st->redis.ConnectionError, msg);
     Py_XDECREF(msg);
     cm_exc_restore(saved);
 }
@@ -68,7 +68,17 @@ void cm_redis_pool_drop_detached(CmRedisPool *p, const char *why, int fork)
     PyObject *saved = cm_exc_take();
     PyObject *msg = pool_msg(p, why);
     p->run = NULL;
-    cm_net_pool_drop_detached(&p->net, p->st->RedisConnectionError, msg, fork);
+    cm_net_pool_drop_detached(&p->net, p->st->redis.ConnectionError, msg, fork);
+    Py_XDECREF(msg);
+    cm_exc_restore(saved);
+}
+
+void cm_redis_pool_close_gc(CmRedisPool *p)
+{
+    PyObject *saved = cm_exc_take();
+    PyObject *msg = pool_msg(p, "storage collected");
+    p->run = NULL;
+    cm_net_pool_close_gc(&p->net, p->st->redis.ConnectionError, msg);
     Py_XDECREF(msg);
     cm_exc_restore(saved);
 }
@@ -78,7 +88,7 @@ void cm_redis_pool_free(CmRedisPool *p)
     if (p == NULL)
         return;
     pool_close_all(p, "storage closed");
-    cm_net_pool_fini(&p->net, p->st->RedisConnectionError, NULL);
+    cm_net_pool_fini(&p->net, p->st->redis.ConnectionError, NULL);
     cm_redis_pool_forget_addrs(p);
     free(p->host);
     free(p->path);
@@ -92,7 +102,7 @@ CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop)
     if (np->loop != loop) {
         PyObject *msg = np->loop != NULL ? pool_msg(p, "event loop changed") : NULL;
         p->run = NULL;
-        int rc = cm_net_pool_bind(np, loop, p->st->RedisConnectionError, msg);
+        int rc = cm_net_pool_bind(np, loop, p->st->redis.ConnectionError, msg);
         Py_XDECREF(msg);
         if (rc < 0)
             return NULL;
@@ -107,8 +117,9 @@ CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop)
     if (cm_net_pool_backing_off(np, now)) {
         if (best != NULL)
             return best;
-        PyErr_Format(p->st->RedisConnectionError, "redis %s is unavailable (%S); next try in %d ms",
-                     p->label, np->last_error ? np->last_error : Py_None,
+        PyErr_Format(p->st->redis.ConnectionError,
+                     "redis %s is unavailable (%S); next try in %d ms", p->label,
+                     np->last_error ? np->last_error : Py_None,
                      (int)((np->retry_at - now) / 1000000));
         return NULL;
     }

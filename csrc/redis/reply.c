@@ -18,7 +18,7 @@ static void *reply_string(const redisReadTask *task, char *s, size_t len)
     PyObject *obj;
     if (task->type == REDIS_REPLY_ERROR) {
         PyObject *msg = PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, "replace");
-        obj = msg ? PyObject_CallOneArg(c->net.st->RedisResponseError, msg) : NULL;
+        obj = msg ? PyObject_CallOneArg(c->net.st->redis.ResponseError, msg) : NULL;
         Py_XDECREF(msg);
     } else if (task->type == REDIS_REPLY_STATUS) {
         obj = PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, "replace");
