@@ -34,7 +34,7 @@
  * child (cm_net_fork_fd, net/netloop.h).
  *
  * A driver whose library owns the socket and connects in steps (libpq's
- * PQconnectPoll, MariaDB Connector/C's *_start/*_cont calls) sets own_fd
+ * PQconnectPoll, MariaDB Connector/C's _start and _cont calls) sets own_fd
  * to 0, takes the fd the library reports after each step
  * (cm_net_conn_set_fd, then cm_net_conn_watch for what the library waits
  * for), and finishes its handle in release: the library closes the socket
