@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "redis/state.h"
 #include "ser/ser_state.h"
 
 typedef struct CmFlight CmFlight;
@@ -63,6 +64,12 @@ typedef struct {
     X(context)                                                                                     \
     X(is_running)                                                                                  \
     X(call_soon_threadsafe)                                                                        \
+    X(call_soon)                                                                                   \
+    X(call_later)                                                                                  \
+    X(add_reader)                                                                                  \
+    X(remove_reader)                                                                               \
+    X(add_writer)                                                                                  \
+    X(remove_writer)                                                                               \
     X(load_timeout)
 
 typedef struct {
@@ -137,29 +144,8 @@ typedef struct {
     PyObject *done_future, *done_loop;
     PyObject *TaskType; /* asyncio.Task */
 
-    CmSerState ser; /* serializers (ser/ser_state.h) */
-    /* redis (redis.c, rediscluster.c; the fd watches of loop.c) */
-#define CM_REDIS_OBJECTS(X)                                                                        \
-    X(RedisConnType)                                                                               \
-    X(RedisClientType)                                                                             \
-    X(RedisError)                                                                                  \
-    X(RedisConnectionError)                                                                        \
-    X(RedisTimeoutError)                                                                           \
-    X(RedisResponseError)                                                                          \
-    X(s_add_reader)                                                                                \
-    X(s_remove_reader)                                                                             \
-    X(s_add_writer)                                                                                \
-    X(s_remove_writer)                                                                             \
-    X(s_call_soon)                                                                                 \
-    X(s_call_later)
-#define CM_REDIS_DECLARE(n) PyObject *n;
-    CM_REDIS_OBJECTS(CM_REDIS_DECLARE)
-#undef CM_REDIS_DECLARE
-    /* the op whose future a storage call handed out last, while it is in
-     * flight (borrowed; op_finish clears it): the one a FlightProxy can wait
-     * on directly (cm_redis_attach_waiter) */
-    struct CmRedisOp *redis_last_op;
-    /* end redis */
+    CmSerState ser;     /* serializers (ser/ser_state.h) */
+    CmRedisState redis; /* redis/state.h */
     /* sql (sqlstore.c, pg.c, mysql.c, sqlite.c) */
 #define CM_SQL_OBJECTS(X)                                                                          \
     X(PgClientType)                                                                                \
@@ -220,12 +206,12 @@ int cm_redis_traverse(CmState *st, visitproc visit, void *arg);
 void cm_redis_clear(CmState *st);
 /* Make waiter (a FlightProxy of loop) be woken straight by the op behind
  * fut, the future a Redis storage call just returned: 1 attached, 0 not
- * (fut is not such an op's, or it has a waiter). See redis.c. */
+ * (fut is not such an op's, or it has a waiter). See redis/op.c. */
 int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
 /* flight.c: wake proxy (stolen; of loop, stolen), which waits for fut, from
  * one loop callback shared with the other proxies woken before it runs. */
 void cm_proxy_wake_later(CmState *st, PyObject *proxy, PyObject *fut, PyObject *loop);
-/* The Get calls (redis.c, "calls of a flight's Get"). cm_redis_direct: 1 if
+/* The Get calls (redis/calls.c, "calls of a flight's Get"). cm_redis_direct: 1 if
  * storage's method `name` is RedisClient's own (not overridden by its class
  * or instance). cm_redis_get_for / cm_redis_set_for: send GET / SET for the
  * flight's Get `get` (the op takes a reference) on loop, with no future;
