@@ -1,0 +1,64 @@
+/* The connection pool of an SQL storage (pool.c): connections, the request
+ * queue, dispatch, deadlines, backoff after a failed connect, and the tick
+ * that also queues the expired-row sweep. A connection (CmSqlConnObject)
+ * is one socket watched on the storage's loop; its driver opens it, sends
+ * batches taken from the queue and reads their results, and reports back
+ * through the cm_sql_conn_* calls below. */
+#ifndef CM_SQL_POOL_H
+#define CM_SQL_POOL_H
+#include "sql/request.h"
+
+typedef struct CmSqlConnObject CmSqlConnObject;
+
+enum { CM_SQL_CONNECTING, CM_SQL_IDLE, CM_SQL_BUSY, CM_SQL_CLOSED };
+
+struct CmSqlConnObject {
+    PyObject_HEAD
+    CmSqlStorageObject *storage; /* borrowed; the storage owns the conn; NULL once closed */
+    int state;
+    int fd;
+    int reading, writing;
+    int phase;        /* driver's sub-state */
+    int status;       /* driver's scratch (MariaDB's wait status) */
+    int err;          /* driver's scratch: the batch has failed */
+    int64_t deadline; /* of the connect or the batch in flight; 0: none */
+    CmSqlReq *batch;  /* requests in flight on this connection */
+    void *h;          /* driver handle (PGconn *, MYSQL *) */
+    void *aux;        /* driver scratch */
+};
+
+/* For drivers. */
+/* Watch the connection's fd for reading/writing (only what changes is told
+ * to the loop); -1 with an exception. */
+int cm_sql_conn_watch(CmSqlConnObject *c, int read, int write);
+/* Stop watching (also when the fd is about to change or be closed). */
+void cm_sql_conn_unwatch(CmSqlConnObject *c);
+/* Close the connection and fail its batch with exc_type(msg); connecting:
+ * counts as a failed connect (backoff). Never raises. */
+void cm_sql_conn_fail(CmSqlConnObject *c, PyObject *exc_type, const char *msg);
+/* cm_sql_conn_fail with the pending exception's text (cleared): as it is
+ * when it came from the connect (connected), else after "<driver>: cannot
+ * resolve the host: ". For a connect that follows a host lookup. */
+void cm_sql_conn_fail_lookup(CmSqlConnObject *c, int connected);
+/* The batch in flight is answered: finish its requests; the conn is idle. */
+void cm_sql_conn_done(CmSqlConnObject *c);
+/* The connection is ready for requests (after connect and prepare). */
+void cm_sql_conn_ready(CmSqlConnObject *c);
+/* Take the first queued request (NULL if none), or up to max GETs in a row
+ * when the first is a GET (linked through next). */
+CmSqlReq *cm_sql_take(CmSqlStorageObject *s, int max_gets);
+
+/* For the storage (submit.c, sqlstore.c). */
+/* Append r to the queue (the queue owns it until it is taken). */
+void cm_sql_enqueue(CmSqlStorageObject *s, CmSqlReq *r);
+/* Hand queued requests to idle connections, opening new ones (within
+ * pool_size and the backoff) for the rest; schedules the tick. */
+void cm_sql_dispatch(CmSqlStorageObject *s);
+/* Close every connection and fail every queued request with why. */
+void cm_sql_close_all(CmSqlStorageObject *s, const char *why);
+/* The connection's fd is readable/writable: drive it, then dispatch. */
+void cm_sql_conn_io(PyObject *conn, int readable, int writable);
+/* The connection type (module state's SqlConnType). */
+int cm_sql_pool_init(PyObject *mod, CmState *st);
+
+#endif
