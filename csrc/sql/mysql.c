@@ -300,8 +300,7 @@ static void execute_batch(CmSqlConnObject *c)
         break;
     }
     if (mysql_stmt_bind_param(mc->cur, mc->binds)) {
-        for (CmSqlReq *r = b; r != NULL; r = r->next)
-            cm_sql_req_error(c->storage, r, c->storage->st->SQLError, mysql_stmt_error(mc->cur));
+        cm_sql_batch_error(c->storage, b, c->storage->st->SQLError, mysql_stmt_error(mc->cur));
         cm_sql_conn_done(c);
         return;
     }
@@ -309,9 +308,8 @@ static void execute_batch(CmSqlConnObject *c)
     cm_mysql_after(c, mysql_stmt_execute_start(&mc->iret, mc->cur));
     return;
 bad:
-    for (CmSqlReq *r = b; r != NULL; r = r->next)
-        cm_sql_req_error(c->storage, r, c->storage->st->SQLError, "mysql: bad request");
-    PyErr_Clear();
+    /* a request that cannot be encoded fails alone */
+    cm_sql_batch_error_pending(c->storage, b);
     cm_sql_conn_done(c);
 }
 
@@ -384,7 +382,7 @@ void cm_mysql_run_batch(CmSqlConnObject *c)
     if ((mc->sql = stmt_sql(s, slot, n)) == NULL) {
         mysql_stmt_close(st);
         PyErr_Clear();
-        cm_sql_req_error(s, b, s->st->SQLError, "mysql: out of memory");
+        cm_sql_batch_error(s, b, s->st->SQLError, "mysql: out of memory");
         cm_sql_conn_done(c);
         return;
     }
@@ -422,8 +420,7 @@ void cm_mysql_request_failed(CmSqlConnObject *c)
     }
     char buf[512];
     snprintf(buf, sizeof(buf), "mysql: %s", my_err(c));
-    for (CmSqlReq *r = c->batch; r != NULL; r = r->next)
-        cm_sql_req_error_sql(c->storage, r, e == ER_NO_SUCH_TABLE_, buf);
+    cm_sql_batch_error_sql(c->storage, c->batch, e == ER_NO_SUCH_TABLE_, buf);
     cm_sql_conn_done(c);
 }
 
@@ -491,24 +488,15 @@ static void read_rows(CmSqlConnObject *c)
                 goto fail;
         }
     }
-    if (b->kind == CM_SQL_GET && !single) {
-        /* coalesced gets: hand each its own row */
-        PyObject *found = b->result;
-        b->result = NULL;
-        for (CmSqlReq *r = b; r != NULL && found != NULL; r = r->next) {
-            PyObject *v = PyDict_GetItemWithError(found, r->key); // borrowed
-            Py_XSETREF(r->result, Py_XNewRef(v));
-        }
-        Py_XDECREF(found);
-    }
+    if (b->kind == CM_SQL_GET && !single)
+        cm_sql_split_rows(b);
     mysql_stmt_free_result(st);
     PyErr_Clear();
     return;
 fail:
     PyErr_Clear();
     mysql_stmt_free_result(st);
-    for (CmSqlReq *r = b; r != NULL; r = r->next)
-        cm_sql_req_error(c->storage, r, c->storage->st->SQLError, "mysql: cannot read a row");
+    cm_sql_batch_error(c->storage, b, c->storage->st->SQLError, "mysql: cannot read a row");
 }
 
 /* execute(): a statement's result sets are read and dropped (one left unread
@@ -566,8 +554,7 @@ static void step_done(CmSqlConnObject *c)
             }
             if (cm_mysql_handler_failed(c, e, 1))
                 return;
-            for (CmSqlReq *r = c->batch; r != NULL; r = r->next)
-                cm_sql_req_error_sql(s, r, e == ER_NO_SUCH_TABLE_, buf);
+            cm_sql_batch_error_sql(s, c->batch, e == ER_NO_SUCH_TABLE_, buf);
             c->phase = PH_IDLE;
             cm_sql_conn_done(c);
             break;

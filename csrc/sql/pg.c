@@ -591,17 +591,7 @@ static void send_batch(CmSqlConnObject *c)
     int rc = send_req(c, b);
     if (rc < 0) {
         /* a request that cannot be encoded fails alone */
-        PyObject *t, *v, *tb;
-        PyErr_Fetch(&t, &v, &tb);
-        PyObject *msg = v ? PyObject_Str(v) : NULL;
-        const char *m = msg ? PyUnicode_AsUTF8(msg) : NULL;
-        for (CmSqlReq *r = b; r != NULL; r = r->next)
-            cm_sql_req_error(s, r, t ? t : s->st->SQLError, m ? m : "bad request");
-        Py_XDECREF(msg);
-        Py_XDECREF(t);
-        Py_XDECREF(v);
-        Py_XDECREF(tb);
-        PyErr_Clear();
+        cm_sql_batch_error_pending(s, b);
         cm_sql_conn_done(c);
         return;
     }
@@ -635,8 +625,7 @@ static void on_result(CmSqlConnObject *c, PGresult *res)
     if (status == PGRES_FATAL_ERROR || status == PGRES_BAD_RESPONSE) {
         const char *m = PQresultErrorMessage(res);
         int missing = is_missing_table(res);
-        for (CmSqlReq *r = b; r != NULL; r = r->next)
-            cm_sql_req_error_sql(s, r, missing, m);
+        cm_sql_batch_error_sql(s, b, missing, m);
         return;
     }
     int rows = PQntuples(res);
@@ -655,17 +644,8 @@ static void on_result(CmSqlConnObject *c, PGresult *res)
                 return;
             }
         }
-        if (b->kind == CM_SQL_GET && b->result != NULL) {
-            /* coalesced gets: hand each its own row */
-            PyObject *found = b->result; // the dict, owned by the first request
-            b->result = NULL;
-            for (CmSqlReq *r = b; r != NULL; r = r->next) {
-                PyObject *v = PyDict_GetItemWithError(found, r->key); // borrowed
-                Py_XSETREF(r->result, Py_XNewRef(v));
-            }
-            PyErr_Clear();
-            Py_DECREF(found);
-        }
+        if (b->kind == CM_SQL_GET)
+            cm_sql_split_rows(b);
     } else if (b->kind == CM_SQL_SWEEP) {
         Py_XSETREF(b->result,
                    PyLong_FromString(*PQcmdTuples(res) ? PQcmdTuples(res) : "0", NULL, 10));
@@ -740,8 +720,7 @@ static void pg_io(CmSqlConnObject *c, int readable, int writable)
             int missing = is_missing_table(res);
             char buf[512];
             snprintf(buf, sizeof(buf), "postgresql: %s", PQresultErrorMessage(res));
-            for (CmSqlReq *r = c->batch; r != NULL; r = r->next)
-                cm_sql_req_error_sql(c->storage, r, missing, buf);
+            cm_sql_batch_error_sql(c->storage, c->batch, missing, buf);
             c->err = 1;
         }
         /* the results of a request: also execute()'s on a connection whose

@@ -124,6 +124,48 @@ done:
     return rc;
 }
 
+void cm_sql_batch_error(CmSqlStorageObject *s, CmSqlReq *b, PyObject *exc_type, const char *msg)
+{
+    for (CmSqlReq *r = b; r != NULL; r = r->next)
+        cm_sql_req_error(s, r, exc_type, msg);
+}
+
+void cm_sql_batch_error_sql(CmSqlStorageObject *s, CmSqlReq *b, int missing_table, const char *msg)
+{
+    for (CmSqlReq *r = b; r != NULL; r = r->next)
+        cm_sql_req_error_sql(s, r, missing_table, msg);
+}
+
+void cm_sql_batch_error_pending(CmSqlStorageObject *s, CmSqlReq *b)
+{
+    PyObject *exc = cm_exc_take();
+    PyObject *msg = exc ? PyObject_Str(exc) : NULL;
+    const char *m = msg ? PyUnicode_AsUTF8(msg) : NULL;
+    char buf[128];
+    if (m == NULL) {
+        PyErr_Clear();
+        snprintf(buf, sizeof(buf), "%s: bad request", s->drv->name);
+        m = buf;
+    }
+    cm_sql_batch_error(s, b, exc ? (PyObject *)Py_TYPE(exc) : s->st->SQLError, m);
+    Py_XDECREF(msg);
+    Py_XDECREF(exc);
+}
+
+void cm_sql_split_rows(CmSqlReq *b)
+{
+    PyObject *found = b->result; /* the dict, owned by the first request */
+    if (found == NULL)
+        return;
+    b->result = NULL;
+    for (CmSqlReq *r = b; r != NULL; r = r->next) {
+        PyObject *v = PyDict_GetItemWithError(found, r->key); // borrowed
+        Py_XSETREF(r->result, Py_XNewRef(v));
+    }
+    PyErr_Clear(); /* a key that cannot be looked up is a miss */
+    Py_DECREF(found);
+}
+
 /* serializer.loads(raw), or raw without a serializer; new reference. */
 static PyObject *decode(CmState *st, PyObject *ser, PyObject *raw)
 {

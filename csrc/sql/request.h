@@ -58,8 +58,20 @@ void cm_sql_req_error(CmSqlStorageObject *s, CmSqlReq *r, PyObject *exc_type, co
 /* The error for a statement that failed: the missing-table message when
  * missing, else exc_type(msg). */
 void cm_sql_req_error_sql(CmSqlStorageObject *s, CmSqlReq *r, int missing_table, const char *msg);
+/* The same for every request of the chain b (a connection's batch). */
+void cm_sql_batch_error(CmSqlStorageObject *s, CmSqlReq *b, PyObject *exc_type, const char *msg);
+void cm_sql_batch_error_sql(CmSqlStorageObject *s, CmSqlReq *b, int missing_table, const char *msg);
+/* A batch that could not be sent (it cannot be encoded, or out of memory)
+ * fails alone, with the pending exception's type and text (cleared), or
+ * SQLError("<driver>: bad request") without one. */
+void cm_sql_batch_error_pending(CmSqlStorageObject *s, CmSqlReq *b);
 /* Append key -> raw to a GET_ALL/coalesced GET result dict. */
 int cm_sql_result_put(CmSqlReq *r, const char *key, size_t klen, PyObject *raw_steal);
+/* The one coalesced-row splitter: the rows of a coalesced GET (the chain b
+ * of GETs read with one statement) were put in b's result dict with
+ * cm_sql_result_put; hand each request its own row, or none (a miss). */
+void cm_sql_split_rows(CmSqlReq *b);
+
 /* "ttl seconds from now" in microseconds, or -1 without TTL. */
 long long cm_sql_ttl_us(const CmSqlReq *r);
 /* UTC wall clock as "YYYY-MM-DD HH:MM:SS.ffffff+00:00" (the way Python's
