@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sql/sqlstate.h"
+
 typedef struct CmFlight CmFlight;
 
 #define CM_GET_FREE_MAX 16384
@@ -214,21 +216,11 @@ typedef struct {
      * on directly (cm_redis_attach_waiter) */
     struct CmRedisOp *redis_last_op;
     /* end redis */
-    /* sql (sqlstore.c, pg.c, mysql.c, sqlite.c) */
-#define CM_SQL_OBJECTS(X)                                                                          \
-    X(PgClientType)                                                                                \
-    X(MySQLClientType)                                                                             \
-    X(SQLiteClientType)                                                                            \
-    X(SQLError)                                                                                    \
-    X(SQLConnectionError)                                                                          \
-    X(SQLTimeoutError)                                                                             \
-    X(SQLTableError)                                                                               \
-    X(SQLKeyError)                                                                                 \
-    X(StorageKeyError)
-#define CM_SQL_DECLARE(n) PyObject *n;
-    CM_SQL_OBJECTS(CM_SQL_DECLARE)
-#undef CM_SQL_DECLARE
-    PyTypeObject *SqlConnType;
+    /* sql (sql/sqlstate.h) */
+    CmSqlState sql;
+    /* the base of SQLKeyError and of the Redis storage's error for the same
+     * (made by cm_sql_init): a key a remote storage cannot hold */
+    PyObject *StorageKeyError;
     /* end sql */
     /* netloop (netloop.c): every per-loop table of the process, for the
      * after-fork hook (plain C records, owned by their storages) */

@@ -81,7 +81,7 @@ static void fail_my(CmSqlConnObject *c)
 {
     char buf[512];
     snprintf(buf, sizeof(buf), "mysql: %s", my_err(c));
-    cm_sql_conn_fail(c, c->storage->st->SQLConnectionError, buf);
+    cm_sql_conn_fail(c, c->storage->st->sql.SQLConnectionError, buf);
 }
 
 static void step_done(CmSqlConnObject *c);
@@ -300,7 +300,7 @@ static void execute_batch(CmSqlConnObject *c)
         break;
     }
     if (mysql_stmt_bind_param(mc->cur, mc->binds)) {
-        cm_sql_batch_error(c->storage, b, c->storage->st->SQLError, mysql_stmt_error(mc->cur));
+        cm_sql_batch_error(c->storage, b, c->storage->st->sql.SQLError, mysql_stmt_error(mc->cur));
         cm_sql_conn_done(c);
         return;
     }
@@ -352,7 +352,7 @@ void cm_mysql_run_batch(CmSqlConnObject *c)
         const char *sql = PyUnicode_AsUTF8(b->key);
         if (sql == NULL) {
             PyErr_Clear();
-            cm_sql_req_error(s, b, s->st->SQLError, "mysql: bad SQL");
+            cm_sql_req_error(s, b, s->st->sql.SQLError, "mysql: bad SQL");
             cm_sql_conn_done(c);
             return;
         }
@@ -382,7 +382,7 @@ void cm_mysql_run_batch(CmSqlConnObject *c)
     if ((mc->sql = stmt_sql(s, slot, n)) == NULL) {
         mysql_stmt_close(st);
         PyErr_Clear();
-        cm_sql_batch_error(s, b, s->st->SQLError, "mysql: out of memory");
+        cm_sql_batch_error(s, b, s->st->sql.SQLError, "mysql: out of memory");
         cm_sql_conn_done(c);
         return;
     }
@@ -496,7 +496,7 @@ static void read_rows(CmSqlConnObject *c)
 fail:
     PyErr_Clear();
     mysql_stmt_free_result(st);
-    cm_sql_batch_error(c->storage, b, c->storage->st->SQLError, "mysql: cannot read a row");
+    cm_sql_batch_error(c->storage, b, c->storage->st->sql.SQLError, "mysql: cannot read a row");
 }
 
 /* execute(): a statement's result sets are read and dropped (one left unread
@@ -549,7 +549,7 @@ static void step_done(CmSqlConnObject *c)
             mysql_stmt_close(mc->cur);
             mc->cur = NULL;
             if (e >= 2000 && e < 3000) {
-                cm_sql_conn_fail(c, s->st->SQLConnectionError, buf);
+                cm_sql_conn_fail(c, s->st->sql.SQLConnectionError, buf);
                 return;
             }
             if (cm_mysql_handler_failed(c, e, 1))
@@ -682,7 +682,7 @@ static void my_io(CmSqlConnObject *c, int readable, int writable)
 {
     if (c->phase == PH_IDLE) {
         if (readable)
-            cm_sql_conn_fail(c, c->storage->st->SQLConnectionError,
+            cm_sql_conn_fail(c, c->storage->st->sql.SQLConnectionError,
                              "mysql: the server closed the connection");
         return;
     }
@@ -703,6 +703,7 @@ const CmSqlDriver cm_mysql_driver = {
     .start = my_start,
     .idle = cm_mysql_idle,
     .close = cm_mysql_close,
+    .conn_traverse = cm_mysql_conn_traverse,
 };
 
 #else /* !CM_HAVE_MARIADB */

@@ -82,6 +82,7 @@ void cm_mysql_free_params(MyConn *mc);
 /* mysql_connect.c */
 int cm_mysql_open(CmSqlConnObject *c);
 void cm_mysql_close(CmSqlConnObject *c);
+int cm_mysql_conn_traverse(CmSqlConnObject *c, visitproc visit, void *arg);
 /* A connect to a looked-up address failed: start one to the next address
  * on a new handle. 1 if there was one (the connection started, or failed
  * for good), 0 if none is left. */

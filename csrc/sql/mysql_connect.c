@@ -29,6 +29,16 @@ static void my_close_handle(CmSqlConnObject *c)
     c->h = NULL;
 }
 
+int cm_mysql_conn_traverse(CmSqlConnObject *c, visitproc visit, void *arg)
+{
+    MyConn *mc = c->aux;
+    if (mc != NULL) {
+        Py_VISIT(mc->resolve);
+        Py_VISIT(mc->addrs);
+    }
+    return 0;
+}
+
 void cm_mysql_close(CmSqlConnObject *c)
 {
     MyConn *mc = c->aux;
@@ -113,7 +123,7 @@ static int my_connect(CmSqlConnObject *c, const char *host)
     if (status == 0 && mc->mret == NULL) {
         if (cm_mysql_try_next(c))
             return 0;
-        PyErr_Format(s->st->SQLConnectionError, "mysql: %s", mysql_error(m));
+        PyErr_Format(s->st->sql.SQLConnectionError, "mysql: %s", mysql_error(m));
         return -1;
     }
     c->fd = (int)mysql_get_socket(m);

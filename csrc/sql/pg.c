@@ -100,6 +100,12 @@ static void pg_close(CmSqlConnObject *c)
     c->h = NULL;
 }
 
+static int pg_conn_traverse(CmSqlConnObject *c, visitproc visit, void *arg)
+{
+    Py_VISIT((PyObject *)c->aux); /* the host lookup's task (PH_RESOLVE) */
+    return 0;
+}
+
 static void fail_pg(CmSqlConnObject *c)
 {
     const char *m = c->h ? PQerrorMessage((PGconn *)c->h) : "connection lost";
@@ -108,7 +114,7 @@ static void fail_pg(CmSqlConnObject *c)
     size_t len = strlen(buf);
     while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == ' '))
         buf[--len] = '\0';
-    cm_sql_conn_fail(c, c->storage->st->SQLConnectionError, buf);
+    cm_sql_conn_fail(c, c->storage->st->sql.SQLConnectionError, buf);
 }
 
 /* libpq's notices (NOTICE, WARNING, ... from the server, e.g. "relation
@@ -150,7 +156,7 @@ static int pg_started(CmSqlConnObject *c, PGconn *pg)
     c->phase = PH_CONNECT;
     PQsetNoticeReceiver(pg, pg_notice, s->st);
     if (PQstatus(pg) == CONNECTION_BAD) {
-        PyErr_Format(s->st->SQLConnectionError, "postgresql: %s", PQerrorMessage(pg));
+        PyErr_Format(s->st->sql.SQLConnectionError, "postgresql: %s", PQerrorMessage(pg));
         return -1;
     }
     c->fd = PQsocket(pg);
@@ -239,7 +245,7 @@ static int pg_connect_resolved(CmSqlConnObject *c, PyObject *addrs)
     char *err = NULL;
     PQconninfoOption *opts = PQconninfoParse(dsn, &err);
     if (opts == NULL) {
-        PyErr_Format(s->st->SQLConnectionError, "postgresql: %s", err ? err : "out of memory");
+        PyErr_Format(s->st->sql.SQLConnectionError, "postgresql: %s", err ? err : "out of memory");
         PQfreemem(err);
         return -1;
     }
@@ -345,7 +351,7 @@ static PyObject *pg_on_resolved(PyObject *self, PyObject *task)
     else if (addrs != NULL)
         PyErr_SetString(PyExc_TypeError, "resolve: a list expected");
     if (rc < 0)
-        cm_sql_conn_fail_lookup(c, PyErr_ExceptionMatches(c->storage->st->SQLConnectionError));
+        cm_sql_conn_fail_lookup(c, PyErr_ExceptionMatches(c->storage->st->sql.SQLConnectionError));
     Py_XDECREF(addrs);
     Py_DECREF(c);
     Py_RETURN_NONE;
@@ -509,7 +515,7 @@ static int send_req(CmSqlConnObject *c, CmSqlReq *b)
             goto done;
         if (PyBytes_GET_SIZE(b->value) > INT32_MAX) {
             /* libpq's lengths are ints */
-            PyErr_Format(s->st->SQLError, "postgresql: a value of %zd bytes is too large",
+            PyErr_Format(s->st->sql.SQLError, "postgresql: a value of %zd bytes is too large",
                          PyBytes_GET_SIZE(b->value));
             goto done;
         }
@@ -632,7 +638,7 @@ static void on_result(CmSqlConnObject *c, PGresult *res)
     if (b->kind == CM_SQL_GET && c->status == MODE_ONE) {
         if (status == PGRES_TUPLES_OK && rows > 0 && b->result == NULL &&
             (b->result = col_bytes(res, 0, 0)) == NULL)
-            cm_sql_req_error(s, b, s->st->SQLError, "postgresql: out of memory");
+            cm_sql_req_error(s, b, s->st->sql.SQLError, "postgresql: out of memory");
     } else if (b->kind == CM_SQL_GET || b->kind == CM_SQL_GET_ALL) {
         if (status != PGRES_TUPLES_OK)
             return;
@@ -640,7 +646,7 @@ static void on_result(CmSqlConnObject *c, PGresult *res)
             if (cm_sql_result_put(b, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0),
                                   col_bytes(res, i, 1)) < 0) {
                 PyErr_Clear();
-                cm_sql_req_error(s, b, s->st->SQLError, "postgresql: out of memory");
+                cm_sql_req_error(s, b, s->st->sql.SQLError, "postgresql: out of memory");
                 return;
             }
         }
@@ -745,6 +751,7 @@ const CmSqlDriver cm_pg_driver = {
     .io = pg_io,
     .start = pg_start,
     .close = pg_close,
+    .conn_traverse = pg_conn_traverse,
 };
 
 #else /* !CM_HAVE_PQ */

@@ -103,12 +103,12 @@ void cm_sql_conn_fail(CmSqlConnObject *c, PyObject *exc_type, const char *msg)
     unwatch_on(s, c);
     s->drv->close(c);
     c->fd = -1;
-    exc = PyObject_CallFunction(exc_type ? exc_type : s->st->SQLConnectionError, "s", msg);
+    exc = PyObject_CallFunction(exc_type ? exc_type : s->st->sql.SQLConnectionError, "s", msg);
     if (exc == NULL) {
         /* exc_type(msg) cannot be built (an exception type taking other
          * arguments): the connection error then */
         PyErr_Clear();
-        exc = PyObject_CallFunction(s->st->SQLConnectionError, "s", msg);
+        exc = PyObject_CallFunction(s->st->sql.SQLConnectionError, "s", msg);
         if (exc == NULL)
             exc = cm_exc_take();
     }
@@ -139,7 +139,7 @@ void cm_sql_conn_fail_lookup(CmSqlConnObject *c, int connected)
         snprintf(buf, sizeof(buf), "%s: cannot resolve the host: %s",
                  c->storage ? c->storage->drv->name : "sql", m ? m : "lookup failed");
     PyErr_Clear();
-    cm_sql_conn_fail(c, c->storage ? c->storage->st->SQLConnectionError : NULL, buf);
+    cm_sql_conn_fail(c, c->storage ? c->storage->st->sql.SQLConnectionError : NULL, buf);
     Py_XDECREF(msg);
     Py_XDECREF(exc);
 }
@@ -193,7 +193,7 @@ CmSqlReq *cm_sql_take(CmSqlStorageObject *s, int max_gets)
  * (backoff), and 0 is returned. */
 static int conn_open(CmSqlStorageObject *s)
 {
-    CmSqlConnObject *c = PyObject_New(CmSqlConnObject, s->st->SqlConnType);
+    CmSqlConnObject *c = PyObject_GC_New(CmSqlConnObject, s->st->sql.SqlConnType);
     if (c == NULL)
         return -1;
     c->storage = s;
@@ -204,6 +204,7 @@ static int conn_open(CmSqlStorageObject *s)
     c->deadline = cm_sql_now() + (int64_t)(s->connect_timeout * 1e9);
     c->batch = NULL;
     c->h = c->aux = NULL;
+    PyObject_GC_Track(c);
     if (s->nconns == s->conns_cap) {
         Py_ssize_t cap = s->conns_cap ? s->conns_cap * 2 : 8;
         CmSqlConnObject **p = realloc(s->conns, (size_t)cap * sizeof(*p));
@@ -256,14 +257,31 @@ static PyObject *conn_on_write(PyObject *self, PyObject *Py_UNUSED(unused))
     Py_RETURN_NONE;
 }
 
+/* A connection is kept by its storage and by the loop's fd watches: its
+ * batch (futures, nodes, values) and its driver's objects are shown to the
+ * collector here, so that a cycle through them is found wherever it is
+ * held from. It never holds its storage (borrowed), so it needs no clear:
+ * the storage's clear closes it. */
+static int conn_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    CmSqlConnObject *c = (CmSqlConnObject *)self;
+    Py_VISIT(Py_TYPE(self));
+    int rc = cm_sql_req_traverse(c->batch, visit, arg);
+    if (rc == 0 && c->storage != NULL && c->storage->drv->conn_traverse != NULL)
+        rc = c->storage->drv->conn_traverse(c, visit, arg);
+    return rc;
+}
+
 static void conn_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
 
 static PyType_Slot conn_slots[] = {
+    {Py_tp_traverse, conn_traverse},
     {Py_tp_dealloc, conn_dealloc},
     {Py_tp_doc, "A connection of an SQL storage pool (internal)."},
     {0, NULL},
@@ -272,7 +290,8 @@ static PyType_Slot conn_slots[] = {
 static PyType_Spec conn_spec = {
     .name = "cacheme._core._SqlConn",
     .basicsize = sizeof(CmSqlConnObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION |
+             Py_TPFLAGS_HAVE_GC,
     .slots = conn_slots,
 };
 
@@ -331,7 +350,7 @@ void cm_sql_dispatch(CmSqlStorageObject *s)
             break;
         if (cm_sql_now() < s->retry_at) {
             if (s->nconns == 0)
-                fail_queue(s, s->st->SQLConnectionError, s->last_error,
+                fail_queue(s, s->st->sql.SQLConnectionError, s->last_error,
                            "cannot connect (backing off)");
             break;
         }
@@ -339,7 +358,7 @@ void cm_sql_dispatch(CmSqlStorageObject *s)
             /* retrying at once would fail again (and spin): the queued
              * requests fail with the error instead */
             PyObject *exc = cm_exc_take();
-            fail_queue(s, s->st->SQLConnectionError, exc, "cannot open a connection");
+            fail_queue(s, s->st->sql.SQLConnectionError, exc, "cannot open a connection");
             Py_XDECREF(exc);
             break;
         }
@@ -351,8 +370,8 @@ void cm_sql_dispatch(CmSqlStorageObject *s)
 void cm_sql_close_all(CmSqlStorageObject *s, const char *why)
 {
     while (s->nconns > 0)
-        cm_sql_conn_fail(s->conns[s->nconns - 1], s->st->SQLConnectionError, why);
-    fail_queue(s, s->st->SQLConnectionError, NULL, why);
+        cm_sql_conn_fail(s->conns[s->nconns - 1], s->st->sql.SQLConnectionError, why);
+    fail_queue(s, s->st->sql.SQLConnectionError, NULL, why);
     if (s->tick != NULL) {
         cm_handle_cancel(s->st, s->tick);
         Py_CLEAR(s->tick);
@@ -401,7 +420,7 @@ static PyObject *storage_on_tick(PyObject *self, PyObject *Py_UNUSED(unused))
             continue;
         CmSqlConnObject *c = s->conns[i]; // borrowed
         if (c->deadline != 0 && now > c->deadline)
-            cm_sql_conn_fail(c, s->st->SQLTimeoutError,
+            cm_sql_conn_fail(c, s->st->sql.SQLTimeoutError,
                              c->state == CM_SQL_CONNECTING ? "connect timed out"
                                                            : "query timed out");
         else if (c->state == CM_SQL_IDLE && s->drv->idle != NULL)
@@ -416,7 +435,8 @@ static PyObject *storage_on_tick(PyObject *self, PyObject *Py_UNUSED(unused))
             s->queued--;
             if (s->tail == r)
                 s->tail = prev;
-            cm_sql_req_error(s, r, s->st->SQLTimeoutError, "timed out waiting for a connection");
+            cm_sql_req_error(s, r, s->st->sql.SQLTimeoutError,
+                             "timed out waiting for a connection");
             cm_sql_req_finish(s, r);
             continue;
         }
@@ -438,8 +458,16 @@ static PyObject *storage_on_tick(PyObject *self, PyObject *Py_UNUSED(unused))
     Py_DECREF(s);
     Py_RETURN_NONE;
 }
+int cm_sql_pool_traverse(CmSqlStorageObject *s, visitproc visit, void *arg)
+{
+    int rc = cm_sql_req_traverse(s->head, visit, arg);
+    for (Py_ssize_t i = 0; rc == 0 && i < s->nconns; i++)
+        rc = visit((PyObject *)s->conns[i], arg);
+    return rc;
+}
+
 int cm_sql_pool_init(PyObject *mod, CmState *st)
 {
-    st->SqlConnType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &conn_spec, NULL);
-    return st->SqlConnType ? 0 : -1;
+    st->sql.SqlConnType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &conn_spec, NULL);
+    return st->sql.SqlConnType ? 0 : -1;
 }

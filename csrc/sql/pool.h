@@ -58,6 +58,9 @@ void cm_sql_dispatch(CmSqlStorageObject *s);
 void cm_sql_close_all(CmSqlStorageObject *s, const char *why);
 /* The connection's fd is readable/writable: drive it, then dispatch. */
 void cm_sql_conn_io(PyObject *conn, int readable, int writable);
+/* Visit the queued requests and the connections (for the storage's GC
+ * traverse). */
+int cm_sql_pool_traverse(CmSqlStorageObject *s, visitproc visit, void *arg);
 /* The connection type (module state's SqlConnType). */
 int cm_sql_pool_init(PyObject *mod, CmState *st);
 

@@ -71,11 +71,27 @@ void cm_sql_req_free(CmSqlReq *r)
     free(r);
 }
 
+int cm_sql_req_traverse(CmSqlReq *r, visitproc visit, void *arg)
+{
+    for (; r != NULL; r = r->next) {
+        Py_VISIT(r->fut);
+        Py_VISIT(r->ser);
+        Py_VISIT(r->key);
+        Py_VISIT(r->keys);
+        Py_VISIT(r->nodes);
+        Py_VISIT(r->value);
+        Py_VISIT(r->values);
+        Py_VISIT(r->result);
+        Py_VISIT(r->error);
+    }
+    return 0;
+}
+
 void cm_sql_req_error(CmSqlStorageObject *s, CmSqlReq *r, PyObject *exc_type, const char *msg)
 {
     PyObject *saved = cm_exc_take();
     if (r->error == NULL) {
-        r->error = PyObject_CallFunction(exc_type ? exc_type : s->st->SQLError, "s", msg);
+        r->error = PyObject_CallFunction(exc_type ? exc_type : s->st->sql.SQLError, "s", msg);
         if (r->error == NULL)
             r->error = cm_exc_take();
     }
@@ -86,7 +102,7 @@ void cm_sql_req_error(CmSqlStorageObject *s, CmSqlReq *r, PyObject *exc_type, co
 static int missing_table_error(CmSqlStorageObject *s, PyObject **out)
 {
     *out = PyObject_CallFunction(
-        s->st->SQLTableError, "N",
+        s->st->sql.SQLTableError, "N",
         PyUnicode_FromFormat(
             "cacheme %s storage: table '%U' does not exist; create it with the DDL in "
             "cacheme/storages/scripts/%s.sql (table name replaced) or pass create_table=True",
@@ -97,7 +113,7 @@ static int missing_table_error(CmSqlStorageObject *s, PyObject **out)
 void cm_sql_req_error_sql(CmSqlStorageObject *s, CmSqlReq *r, int missing_table, const char *msg)
 {
     if (!missing_table) {
-        cm_sql_req_error(s, r, s->st->SQLError, msg);
+        cm_sql_req_error(s, r, s->st->sql.SQLError, msg);
         return;
     }
     PyObject *saved = cm_exc_take();
@@ -147,7 +163,7 @@ void cm_sql_batch_error_pending(CmSqlStorageObject *s, CmSqlReq *b)
         snprintf(buf, sizeof(buf), "%s: bad request", s->drv->name);
         m = buf;
     }
-    cm_sql_batch_error(s, b, exc ? (PyObject *)Py_TYPE(exc) : s->st->SQLError, m);
+    cm_sql_batch_error(s, b, exc ? (PyObject *)Py_TYPE(exc) : s->st->sql.SQLError, m);
     Py_XDECREF(msg);
     Py_XDECREF(exc);
 }
@@ -169,7 +185,7 @@ void cm_sql_split_rows(CmSqlReq *b)
 /* serializer.loads(raw), or raw without a serializer; new reference. */
 static PyObject *decode(CmState *st, PyObject *ser, PyObject *raw)
 {
-    return cm_envelope_decode(st, CM_ENVELOPE_BARE, ser, raw, st->SQLError, "SQL");
+    return cm_envelope_decode(st, CM_ENVELOPE_BARE, ser, raw, st->sql.SQLError, "SQL");
 }
 
 PyObject *cm_sql_req_value(CmSqlStorageObject *s, CmSqlReq *r)
@@ -243,7 +259,7 @@ void cm_sql_req_finish(CmSqlStorageObject *s, CmSqlReq *r)
             Py_DECREF(v);
         } else {
             PyObject *err = r->error ? Py_NewRef(r->error) : cm_exc_take();
-            rc = cm_future_set_exception(st, r->fut, err ? err : st->SQLError);
+            rc = cm_future_set_exception(st, r->fut, err ? err : st->sql.SQLError);
             Py_XDECREF(err);
         }
         if (rc < 0)

@@ -51,6 +51,10 @@ void cm_sql_req_free(CmSqlReq *r);
 /* Finish a request: set its future (result or error) and free it; a held
  * one is only marked finished. Never raises. */
 void cm_sql_req_finish(CmSqlStorageObject *s, CmSqlReq *r);
+/* Visit the Python objects of every request of the chain r (for the GC
+ * traverse of what holds them: the storage's queue, a connection's batch,
+ * SQLite's lock waiters). */
+int cm_sql_req_traverse(CmSqlReq *r, visitproc visit, void *arg);
 /* What the caller of a finished request sees; new reference. */
 PyObject *cm_sql_req_value(CmSqlStorageObject *s, CmSqlReq *r);
 /* Set the request's error (first one wins) to exc_type(msg). */

@@ -55,14 +55,14 @@ static int check_key(CmSqlStorageObject *s, PyObject *key)
         if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
             return -1;
         PyErr_Clear();
-        PyErr_Format(s->st->SQLKeyError,
+        PyErr_Format(s->st->sql.SQLKeyError,
                      "cacheme %s storage: key %R cannot be stored: it holds a lone surrogate, "
                      "which UTF-8 cannot encode (keys must be valid Unicode text)",
                      s->drv->name, key);
         return -1;
     }
     if (!s->drv->key_nul && memchr(p, '\0', (size_t)n) != NULL) {
-        PyErr_Format(s->st->SQLKeyError,
+        PyErr_Format(s->st->sql.SQLKeyError,
                      "cacheme %s storage: key %R cannot be stored: it holds a NUL character "
                      "('\\x00'), which the key column (text) cannot hold",
                      s->drv->name, key);
@@ -73,7 +73,7 @@ static int check_key(CmSqlStorageObject *s, PyObject *key)
         PyObject *head = PyUnicode_Substring(key, 0, 40);
         if (head == NULL)
             return -1;
-        PyErr_Format(s->st->SQLKeyError,
+        PyErr_Format(s->st->sql.SQLKeyError,
                      "cacheme %s storage: key %R... is %zd characters long, longer than the key "
                      "column's limit of %zd characters (VARCHAR(%zd)); use a shorter key()",
                      s->drv->name, head, len, s->drv->key_max, s->drv->key_max);
@@ -465,7 +465,14 @@ static int storage_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(s->last_error);
     Py_VISIT(s->init_args);
     Py_VISIT(s->init_kwds);
-    int rc = cm_netloops_traverse(&s->loops, visit, arg);
+    Py_VISIT(s->table);
+    Py_VISIT(s->dsn);
+    Py_VISIT(s->options);
+    int rc = cm_sql_pool_traverse(s, visit, arg);
+    if (rc == 0 && s->drv != NULL && s->drv->traverse != NULL)
+        rc = s->drv->traverse(s, visit, arg);
+    if (rc == 0)
+        rc = cm_netloops_traverse(&s->loops, visit, arg);
     return rc ? rc : cm_busypoll_traverse(&s->spin, visit, arg);
 }
 
@@ -509,11 +516,11 @@ static PyObject *storage_spawn(PyObject *owner)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)owner;
     CmState *st = s->st;
-    PyObject *tp = s->drv == &cm_pg_driver      ? st->PgClientType
-                   : s->drv == &cm_mysql_driver ? st->MySQLClientType
-                                                : st->SQLiteClientType;
+    PyObject *tp = s->drv == &cm_pg_driver      ? st->sql.PgClientType
+                   : s->drv == &cm_mysql_driver ? st->sql.MySQLClientType
+                                                : st->sql.SQLiteClientType;
     if (s->init_args == NULL) {
-        PyErr_Format(st->SQLError, "cacheme %s storage: not initialised", s->drv->name);
+        PyErr_Format(st->sql.SQLError, "cacheme %s storage: not initialised", s->drv->name);
         return NULL;
     }
     return PyObject_Call(tp, s->init_args, s->init_kwds);
@@ -682,23 +689,23 @@ int cm_sql_init(PyObject *mod, CmState *st)
 {
     int rc = -1;
     PyObject *bases = NULL;
-    if (cm_sql_pool_init(mod, st) < 0 || (st->PgClientType = add_type(mod, &pg_spec)) == NULL ||
-        (st->MySQLClientType = add_type(mod, &mysql_spec)) == NULL ||
-        (st->SQLiteClientType = add_type(mod, &sqlite_spec)) == NULL)
+    if (cm_sql_pool_init(mod, st) < 0 || (st->sql.PgClientType = add_type(mod, &pg_spec)) == NULL ||
+        (st->sql.MySQLClientType = add_type(mod, &mysql_spec)) == NULL ||
+        (st->sql.SQLiteClientType = add_type(mod, &sqlite_spec)) == NULL)
         goto done;
-    if ((st->SQLError = add_error(mod, "SQLError", NULL, "An SQL storage failed.")) == NULL)
+    if ((st->sql.SQLError = add_error(mod, "SQLError", NULL, "An SQL storage failed.")) == NULL)
         goto done;
-    if ((bases = PyTuple_Pack(2, st->SQLError, PyExc_ConnectionError)) == NULL ||
-        (st->SQLConnectionError = add_error(mod, "SQLConnectionError", bases,
-                                            "The SQL server cannot be reached.")) == NULL)
+    if ((bases = PyTuple_Pack(2, st->sql.SQLError, PyExc_ConnectionError)) == NULL ||
+        (st->sql.SQLConnectionError = add_error(mod, "SQLConnectionError", bases,
+                                                "The SQL server cannot be reached.")) == NULL)
         goto done;
-    Py_SETREF(bases, PyTuple_Pack(2, st->SQLError, PyExc_TimeoutError));
+    Py_SETREF(bases, PyTuple_Pack(2, st->sql.SQLError, PyExc_TimeoutError));
     if (bases == NULL ||
-        (st->SQLTimeoutError = add_error(mod, "SQLTimeoutError", bases,
-                                         "An SQL request or connect timed out.")) == NULL)
+        (st->sql.SQLTimeoutError = add_error(mod, "SQLTimeoutError", bases,
+                                             "An SQL request or connect timed out.")) == NULL)
         goto done;
-    if ((st->SQLTableError = add_error(mod, "SQLTableError", st->SQLError,
-                                       "The storage table does not exist.")) == NULL)
+    if ((st->sql.SQLTableError = add_error(mod, "SQLTableError", st->sql.SQLError,
+                                           "The storage table does not exist.")) == NULL)
         goto done;
     /* the base of SQLKeyError and the Redis storage's error for the same:
      * a flight raises it to its caller instead of counting a miss */
@@ -707,12 +714,12 @@ int cm_sql_init(PyObject *mod, CmState *st)
                        "A key a remote storage cannot hold as it is: raised to the caller of get, "
                        "get_all and invalidate, never a silent miss.")) == NULL)
         goto done;
-    Py_SETREF(bases, PyTuple_Pack(2, st->SQLError, st->StorageKeyError));
+    Py_SETREF(bases, PyTuple_Pack(2, st->sql.SQLError, st->StorageKeyError));
     if (bases == NULL ||
-        (st->SQLKeyError = add_error(mod, "SQLKeyError", bases,
-                                     "A key the table cannot hold as it is (NUL, a lone "
-                                     "surrogate, longer than the key column): raised to the "
-                                     "caller, never a silent miss.")) == NULL)
+        (st->sql.SQLKeyError = add_error(mod, "SQLKeyError", bases,
+                                         "A key the table cannot hold as it is (NUL, a lone "
+                                         "surrogate, longer than the key column): raised to the "
+                                         "caller, never a silent miss.")) == NULL)
         goto done;
     rc = 0;
 done:
@@ -720,19 +727,31 @@ done:
     return rc;
 }
 
-int cm_sql_traverse(CmState *st, visitproc visit, void *arg)
+int cm_sql_state_traverse(CmSqlState *ss, visitproc visit, void *arg)
 {
-    Py_VISIT(st->SqlConnType);
-#define CM_SQL_VISIT(n) Py_VISIT(st->n);
+    Py_VISIT(ss->SqlConnType);
+#define CM_SQL_VISIT(n) Py_VISIT(ss->n);
     CM_SQL_OBJECTS(CM_SQL_VISIT)
 #undef CM_SQL_VISIT
     return 0;
 }
 
-void cm_sql_clear(CmState *st)
+void cm_sql_state_clear(CmSqlState *ss)
 {
-    Py_CLEAR(st->SqlConnType);
-#define CM_SQL_CLEAR(n) Py_CLEAR(st->n);
+    Py_CLEAR(ss->SqlConnType);
+#define CM_SQL_CLEAR(n) Py_CLEAR(ss->n);
     CM_SQL_OBJECTS(CM_SQL_CLEAR)
 #undef CM_SQL_CLEAR
+}
+
+int cm_sql_traverse(CmState *st, visitproc visit, void *arg)
+{
+    Py_VISIT(st->StorageKeyError);
+    return cm_sql_state_traverse(&st->sql, visit, arg);
+}
+
+void cm_sql_clear(CmState *st)
+{
+    Py_CLEAR(st->StorageKeyError);
+    cm_sql_state_clear(&st->sql);
 }

@@ -50,6 +50,10 @@ typedef struct {
      * housekeeping (it may start a step without a batch) */
     void (*idle)(CmSqlConnObject *c, int64_t now);
     void (*close)(CmSqlConnObject *c);
+    /* optional: visit the Python objects the driver keeps for a connection
+     * (a host lookup's task) or for the storage (SQLite's lock waiters) */
+    int (*conn_traverse)(CmSqlConnObject *c, visitproc visit, void *arg);
+    int (*traverse)(CmSqlStorageObject *s, visitproc visit, void *arg);
     /* sync drivers: run one request, filling result or raising; or set its
      * fut (a future on the running loop) and keep it, to finish it later
      * from the loop with cm_sql_req_finish */

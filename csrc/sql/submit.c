@@ -120,7 +120,7 @@ static PyObject *finished_result(CmSqlStorageObject *s, CmSqlReq *r, PyObject *l
     } else {
         PyObject *err = r->error ? Py_NewRef(r->error) : cm_exc_take();
         out = cm_loop_create_future(st, loop);
-        if (out != NULL && cm_future_set_exception(st, out, err ? err : st->SQLError) < 0)
+        if (out != NULL && cm_future_set_exception(st, out, err ? err : st->sql.SQLError) < 0)
             Py_CLEAR(out);
         Py_XDECREF(err);
     }
