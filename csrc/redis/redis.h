@@ -1,11 +1,13 @@
-/* Redis client of cacheme._core: connections, pools and the storage type
- * (redis.c), cluster routing (rediscluster.c). See redis.c for the design. */
+/* Redis client of cacheme._core: what the singleflight, the cluster and the
+ * module see of the driver. The driver's own files and their design:
+ * redis/internal.h. */
 #ifndef CM_REDIS_H
 #define CM_REDIS_H
 #include "state.h"
 
 #include "net/busypoll.h"
 #include "net/netloop.h"
+#include "net/pool.h"
 #include "redis/resp.h"
 
 struct addrinfo;
@@ -68,22 +70,18 @@ typedef struct {
     Py_ssize_t max_bulk_bytes;
 } CmRedisConfig;
 
-/* The connections to one server. A plain C record owned by its client;
- * connections point back to it (borrowed) until they are closed. */
+/* The connections to one server (net/pool.h: slots, loop, backoff). A plain
+ * C record owned by its client; connections point back to its net part
+ * (borrowed) until they are closed. */
 struct CmRedisPool {
+    CmNetPool net;
     CmState *st;
     CmRedisClientObject *client; /* borrowed: the owner */
     const CmRedisConfig *cfg;    /* borrowed from the client */
     char *host;                  /* NULL for a unix socket */
     char *path;
     int port;
-    char label[300]; /* "host:port" or the socket path, for messages */
-    CmRedisConnObject **conns;
-    int nconns;
-    PyObject *loop;         /* the loop the connections are registered with */
-    int64_t retry_at;       /* no new connection before (monotonic ns) */
-    double backoff;         /* seconds, doubled per failure */
-    PyObject *last_error;   /* str: why the last connection failed */
+    char label[300];        /* "host:port" or the socket path, for messages */
     struct addrinfo *addrs; /* the host's addresses, NULL until looked up */
     CmRedisConnObject *run; /* borrowed: the connection collecting GETs, or NULL */
     long resolves;          /* lookups made, for tests */
@@ -103,7 +101,7 @@ struct CmRedisClientObject {
     PyObject *init_args, *init_kwds;
 };
 
-/* redis.c, used by the cluster */
+/* pool.c, conn.c, op.c, calls.c: used by the cluster */
 CmRedisPool *cm_redis_pool_new(CmRedisClientObject *c, const char *host, int port,
                                const char *path);
 void cm_redis_pool_free(CmRedisPool *p);
@@ -131,7 +129,7 @@ int cm_redis_send_on(CmRedisPool *pool, PyObject *loop, CmRedisOp *op);
  * its op reference are the connection's from then on. */
 void cm_redis_resend(CmRedisClientObject *self, PyObject *loop, CmRedisEntry *e);
 
-/* rediscluster.c */
+/* cluster.c */
 CmRedisCluster *cm_cluster_new(CmRedisClientObject *c, const char *host, int port);
 void cm_cluster_free(CmRedisCluster *cl);
 /* The pool serving a slot (borrowed), NULL with an exception. */
