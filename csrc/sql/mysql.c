@@ -98,7 +98,7 @@ void cm_mysql_after(CmSqlConnObject *c, int status)
          * number may even be the closed one's: watch the current socket
          * afresh at each step (the loop forgets a closed fd) */
         cm_sql_conn_unwatch(c);
-        c->fd = (int)mysql_get_socket((MYSQL *)c->h);
+        cm_sql_conn_set_fd(c, (int)mysql_get_socket((MYSQL *)c->h));
     }
     if (cm_sql_conn_watch(c, (status & MYSQL_WAIT_READ) != 0, (status & MYSQL_WAIT_WRITE) != 0) <
         0) {
@@ -404,10 +404,10 @@ static void my_start(CmSqlConnObject *c)
         return;
     MyConn *mc = c->aux;
     c->batch = b;
-    c->state = CM_SQL_BUSY;
+    c->net.state = CM_SQL_BUSY;
     mc->used = cm_sql_now();
     mc->hretried = 0;
-    c->deadline = mc->used + (int64_t)(s->timeout * 1e9);
+    cm_sql_conn_deadline(c, mc->used + (int64_t)(s->timeout * 1e9));
     cm_mysql_run_batch(c);
 }
 
@@ -534,7 +534,7 @@ static void step_done(CmSqlConnObject *c)
         /* the watch of the socket connected (maybe not the first one) is
          * set up below */
         cm_sql_conn_unwatch(c);
-        c->fd = (int)mysql_get_socket((MYSQL *)c->h);
+        cm_sql_conn_set_fd(c, (int)mysql_get_socket((MYSQL *)c->h));
         c->phase = PH_IDLE;
         cm_sql_conn_ready(c);
         break;
@@ -642,7 +642,7 @@ static void step_done(CmSqlConnObject *c)
     default:
         break;
     }
-    if (c->state != CM_SQL_CLOSED && c->phase == PH_IDLE) {
+    if (c->net.state != CM_SQL_CLOSED && c->phase == PH_IDLE) {
         free(mc->sql);
         mc->sql = NULL;
         /* idle: any byte from the server now means it is closing */

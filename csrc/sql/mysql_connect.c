@@ -95,7 +95,7 @@ int cm_mysql_try_next(CmSqlConnObject *c)
     PyObject *ip_o = PyList_GET_ITEM(mc->addrs, mc->next_addr++); // borrowed
     cm_sql_conn_unwatch(c);
     my_close_handle(c);
-    c->fd = -1;
+    cm_sql_conn_set_fd(c, -1);
     const char *ip = PyUnicode_AsUTF8(ip_o);
     if (ip == NULL || my_handle(c) < 0 || my_connect(c, ip) < 0)
         cm_sql_conn_fail_lookup(c, 1);
@@ -126,7 +126,7 @@ static int my_connect(CmSqlConnObject *c, const char *host)
         PyErr_Format(s->st->sql.SQLConnectionError, "mysql: %s", mysql_error(m));
         return -1;
     }
-    c->fd = (int)mysql_get_socket(m);
+    cm_sql_conn_set_fd(c, (int)mysql_get_socket(m));
     cm_mysql_after(c, status);
     return 0;
 }
@@ -137,7 +137,7 @@ static PyObject *my_on_resolved(PyObject *self, PyObject *task)
 {
     CmSqlConnObject *c = (CmSqlConnObject *)self;
     MyConn *mc = c->aux;
-    if (c->state != CM_SQL_CONNECTING || mc == NULL || mc->resolve != task)
+    if (c->net.state != CM_SQL_CONNECTING || mc == NULL || mc->resolve != task)
         Py_RETURN_NONE; /* closed meanwhile (timed out): the task was cancelled */
     Py_INCREF(c);
     Py_CLEAR(mc->resolve);
@@ -207,7 +207,7 @@ int cm_mysql_open(CmSqlConnObject *c)
     if (cm_resolve_needed(host) && strcmp(host, "localhost") != 0) {
         PyObject *cb = PyCFunction_New(&my_on_resolved_def, (PyObject *)c);
         PyObject *hosts = cb ? Py_BuildValue("[s]", host) : NULL;
-        mc->resolve = hosts ? cm_resolve_start(s->loop, hosts, cb) : NULL;
+        mc->resolve = hosts ? cm_resolve_start(s->pool.loop, hosts, cb) : NULL;
         Py_XDECREF(hosts);
         Py_XDECREF(cb);
         if (mc->resolve == NULL)

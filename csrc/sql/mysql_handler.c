@@ -124,8 +124,8 @@ void cm_mysql_idle(CmSqlConnObject *c, int64_t now)
     if (mc == NULL || !mc->hopen || now - mc->hopened < MY_HANDLER_AGE ||
         now - mc->used < MY_HANDLER_AGE / 2)
         return;
-    c->state = CM_SQL_BUSY;
-    c->deadline = now + (int64_t)(c->storage->timeout * 1e9);
+    c->net.state = CM_SQL_BUSY;
+    cm_sql_conn_deadline(c, now + (int64_t)(c->storage->timeout * 1e9));
     handler_query(c, PH_HCLOSE, "HANDLER cm_get CLOSE");
 }
 

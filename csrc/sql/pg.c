@@ -159,7 +159,7 @@ static int pg_started(CmSqlConnObject *c, PGconn *pg)
         PyErr_Format(s->st->sql.SQLConnectionError, "postgresql: %s", PQerrorMessage(pg));
         return -1;
     }
-    c->fd = PQsocket(pg);
+    cm_sql_conn_set_fd(c, PQsocket(pg));
     return cm_sql_conn_watch(c, 0, 1);
 }
 
@@ -339,7 +339,7 @@ done:
 static PyObject *pg_on_resolved(PyObject *self, PyObject *task)
 {
     CmSqlConnObject *c = (CmSqlConnObject *)self;
-    if (c->state != CM_SQL_CONNECTING || c->aux != (void *)task)
+    if (c->net.state != CM_SQL_CONNECTING || c->aux != (void *)task)
         Py_RETURN_NONE; /* closed meanwhile (timed out): the task was cancelled */
     Py_INCREF(c);
     c->aux = NULL;
@@ -375,7 +375,7 @@ static int pg_open(CmSqlConnObject *c)
         return -1;
     if (PyList_GET_SIZE(names) > 0) {
         PyObject *cb = PyCFunction_New(&pg_on_resolved_def, (PyObject *)c);
-        PyObject *task = cb ? cm_resolve_start(s->loop, names, cb) : NULL;
+        PyObject *task = cb ? cm_resolve_start(s->pool.loop, names, cb) : NULL;
         Py_XDECREF(cb);
         Py_DECREF(names);
         if (task == NULL)
@@ -570,8 +570,8 @@ static void pg_start(CmSqlConnObject *c)
     if (b == NULL)
         return;
     c->batch = b;
-    c->state = CM_SQL_BUSY;
-    c->deadline = cm_sql_now() + (int64_t)(s->timeout * 1e9);
+    c->net.state = CM_SQL_BUSY;
+    cm_sql_conn_deadline(c, cm_sql_now() + (int64_t)(s->timeout * 1e9));
     if (c->phase == PH_UNPREPARED && b->kind != CM_SQL_EXEC) {
         if (!PQsendQuery((PGconn *)c->h, (const char *)s->aux)) {
             fail_pg(c);
@@ -685,7 +685,7 @@ static void pg_io(CmSqlConnObject *c, int readable, int writable)
         }
         /* libpq may have moved to another socket (another host, SSL retry) */
         cm_sql_conn_unwatch(c);
-        c->fd = PQsocket(pg);
+        cm_sql_conn_set_fd(c, PQsocket(pg));
         if (cm_sql_conn_watch(c, ps == PGRES_POLLING_READING, ps == PGRES_POLLING_WRITING) < 0) {
             PyErr_Clear();
             cm_sql_conn_fail(c, NULL, "postgresql: cannot watch the socket");
@@ -694,7 +694,7 @@ static void pg_io(CmSqlConnObject *c, int readable, int writable)
     }
     if (writable) {
         flush_watch(c);
-        if (c->state == CM_SQL_CLOSED)
+        if (c->net.state == CM_SQL_CLOSED)
             return;
     }
     if (!readable)
@@ -703,7 +703,7 @@ static void pg_io(CmSqlConnObject *c, int readable, int writable)
         fail_pg(c);
         return;
     }
-    while (c->state != CM_SQL_CLOSED && !PQisBusy(pg)) {
+    while (c->net.state != CM_SQL_CLOSED && !PQisBusy(pg)) {
         PGresult *res = PQgetResult(pg);
         if (res == NULL) {
             /* the command in flight (if any) is complete */
@@ -735,7 +735,7 @@ static void pg_io(CmSqlConnObject *c, int readable, int writable)
             on_result(c, res);
         PQclear(res);
     }
-    if (c->state != CM_SQL_CLOSED && PQstatus(pg) == CONNECTION_BAD)
+    if (c->net.state != CM_SQL_CLOSED && PQstatus(pg) == CONNECTION_BAD)
         fail_pg(c);
 }
 

@@ -1,8 +1,10 @@
-/* The connection pool of an SQL storage: up to pool_size connections, each
- * watched on the storage's loop, taking requests from the storage's queue;
- * a failed connect backs off (50 ms doubling to 1 s); a periodic tick fails
- * what passed its deadline, lets drivers do housekeeping on idle
- * connections, and queues the expired-row sweep. */
+/* The connection pool of an SQL storage on net/'s transport (see pool.h):
+ * up to pool_size connections taking requests from the storage's queue.
+ * net/ watches their fds, times their connect and batch out (one lazily
+ * re-armed timer each) and backs off after a failed connect; here is what
+ * SQL adds: the queue, dispatch, failing a batch, and a periodic tick for
+ * queued requests past their deadline, drivers' housekeeping on idle
+ * connections and the expired-row sweep. */
 #include "sql/sqlstore.h"
 
 #include <stdio.h>
@@ -11,118 +13,45 @@
 #include "base/exc.h"
 #include "loop/loop.h"
 
-#define CM_SQL_BACKOFF_MIN 50000000LL   /* 50 ms */
-#define CM_SQL_BACKOFF_MAX 1000000000LL /* 1 s */
-
-static PyObject *conn_on_read(PyObject *self, PyObject *unused);
-static PyObject *conn_on_write(PyObject *self, PyObject *unused);
-static PyMethodDef on_read_def = {"_on_read", conn_on_read, METH_NOARGS, NULL};
-static PyMethodDef on_write_def = {"_on_write", conn_on_write, METH_NOARGS, NULL};
 static void schedule_tick(CmSqlStorageObject *s);
 
-int cm_sql_conn_watch(CmSqlConnObject *c, int read, int write)
+/* ------------------------------------------------------------------ */
+/* connections                                                        */
+
+void cm_sql_conn_deadline(CmSqlConnObject *c, int64_t at)
 {
-    CmSqlStorageObject *s = c->storage; // borrowed
-    CmState *st = s->st;
-    int rc = -1;
-    PyObject *cb = NULL;
-    if (read != c->reading) {
-        if (read) {
-            if ((cb = PyCFunction_New(&on_read_def, (PyObject *)c)) == NULL ||
-                cm_loop_add_reader(st, s->loop, c->fd, cb) < 0)
-                goto done;
-            Py_CLEAR(cb);
-        } else if (cm_loop_remove_reader(st, s->loop, c->fd) < 0) {
-            goto done;
-        }
-        c->reading = read;
-    }
-    if (write != c->writing) {
-        if (write) {
-            if ((cb = PyCFunction_New(&on_write_def, (PyObject *)c)) == NULL ||
-                cm_loop_add_writer(st, s->loop, c->fd, cb) < 0)
-                goto done;
-        } else if (cm_loop_remove_writer(st, s->loop, c->fd) < 0) {
-            goto done;
-        }
-        c->writing = write;
-    }
-    rc = 0;
-done:
-    Py_XDECREF(cb);
-    return rc;
+    /* a timer that cannot be armed (out of memory) leaves the request to
+     * the driver's own library timeouts: reported, not raised mid-step */
+    if (cm_net_conn_set_deadline(&c->net, at) < 0)
+        PyErr_WriteUnraisable((PyObject *)c);
 }
 
-static void unwatch_on(CmSqlStorageObject *s, CmSqlConnObject *c)
+/* exc_type(msg), or SQLConnectionError(msg) when that cannot be built (an
+ * exception type taking other arguments); a new reference. */
+static PyObject *conn_error(CmSqlStorageObject *s, PyObject *exc_type, const char *msg)
 {
-    PyObject *saved = cm_exc_take();
-    if (c->reading && cm_loop_remove_reader(s->st, s->loop, c->fd) < 0)
-        PyErr_Clear();
-    if (c->writing && cm_loop_remove_writer(s->st, s->loop, c->fd) < 0)
-        PyErr_Clear();
-    c->reading = c->writing = 0;
-    cm_exc_restore(saved);
-}
-
-void cm_sql_conn_unwatch(CmSqlConnObject *c) { unwatch_on(c->storage, c); }
-
-static void pool_remove(CmSqlStorageObject *s, CmSqlConnObject *c)
-{
-    for (Py_ssize_t i = 0; i < s->nconns; i++) {
-        if (s->conns[i] == c) {
-            s->conns[i] = s->conns[--s->nconns];
-            c->storage = NULL;
-            Py_DECREF(c);
-            return;
-        }
-    }
-}
-
-void cm_sql_conn_fail(CmSqlConnObject *c, PyObject *exc_type, const char *msg)
-{
-    if (c->state == CM_SQL_CLOSED || c->storage == NULL)
-        return;
-    CmSqlStorageObject *s = c->storage; // borrowed
-    PyObject *saved = cm_exc_take();
-    PyObject *exc = NULL;
-    int was_connecting = c->state == CM_SQL_CONNECTING;
-    /* closed and out of the pool before any Python code runs (the loop's
-     * remove_reader, exceptions, futures, finalizers): code that reaches
-     * close_all from there must find the pool without it, or it loops */
-    Py_INCREF(c);
-    c->state = CM_SQL_CLOSED;
-    CmSqlReq *batch = c->batch;
-    c->batch = NULL;
-    pool_remove(s, c);
-    if (was_connecting) {
-        s->backoff = s->backoff ? s->backoff * 2 : CM_SQL_BACKOFF_MIN;
-        if (s->backoff > CM_SQL_BACKOFF_MAX)
-            s->backoff = CM_SQL_BACKOFF_MAX;
-        s->retry_at = cm_sql_now() + s->backoff;
-    }
-    unwatch_on(s, c);
-    s->drv->close(c);
-    c->fd = -1;
-    exc = PyObject_CallFunction(exc_type ? exc_type : s->st->sql.SQLConnectionError, "s", msg);
+    PyObject *tp = exc_type ? exc_type : s->st->sql.SQLConnectionError;
+    PyObject *exc = PyObject_CallFunction(tp, "s", msg);
     if (exc == NULL) {
-        /* exc_type(msg) cannot be built (an exception type taking other
-         * arguments): the connection error then */
         PyErr_Clear();
         exc = PyObject_CallFunction(s->st->sql.SQLConnectionError, "s", msg);
         if (exc == NULL)
             exc = cm_exc_take();
     }
-    if (was_connecting)
-        Py_XSETREF(s->last_error, Py_XNewRef(exc));
-    while (batch != NULL) {
-        CmSqlReq *r = batch;
-        batch = r->next;
-        if (r->error == NULL)
-            r->error = Py_XNewRef(exc);
-        cm_sql_req_finish(s, r);
-    }
+    return exc;
+}
+
+void cm_sql_conn_fail(CmSqlConnObject *c, PyObject *exc_type, const char *msg)
+{
+    if (c->net.state == CM_SQL_CLOSED || c->storage == NULL)
+        return;
+    PyObject *saved = cm_exc_take();
+    /* a failed connect counts against the server (net/'s backoff), and its
+     * error is the one queued requests get while backing off */
+    int failed = c->net.state == CM_SQL_CONNECTING;
+    PyObject *exc = conn_error(c->storage, exc_type, msg);
+    cm_net_conn_close(&c->net, NULL, exc, failed);
     Py_XDECREF(exc);
-    Py_DECREF(c);
     PyErr_Clear();
     cm_exc_restore(saved);
 }
@@ -149,8 +78,8 @@ void cm_sql_conn_done(CmSqlConnObject *c)
     CmSqlStorageObject *s = c->storage; // borrowed
     CmSqlReq *batch = c->batch;
     c->batch = NULL;
-    c->state = CM_SQL_IDLE;
-    c->deadline = 0;
+    c->net.state = CM_SQL_IDLE;
+    c->net.deadline = 0; /* the timer, when it fires, finds nothing due */
     while (batch != NULL) {
         CmSqlReq *r = batch;
         batch = r->next;
@@ -160,12 +89,9 @@ void cm_sql_conn_done(CmSqlConnObject *c)
 
 void cm_sql_conn_ready(CmSqlConnObject *c)
 {
-    CmSqlStorageObject *s = c->storage; // borrowed
-    c->state = CM_SQL_IDLE;
-    c->deadline = 0;
-    s->backoff = 0;
-    s->retry_at = 0;
-    Py_CLEAR(s->last_error);
+    c->net.state = CM_SQL_IDLE;
+    c->net.deadline = 0;
+    cm_net_pool_ok(&c->storage->pool);
 }
 
 CmSqlReq *cm_sql_take(CmSqlStorageObject *s, int max_gets)
@@ -188,35 +114,103 @@ CmSqlReq *cm_sql_take(CmSqlStorageObject *s, int max_gets)
     return first;
 }
 
+/* net/conn.h's hooks */
+
+static void conn_io(CmNetConn *nc, int readable, int writable)
+{
+    CmSqlConnObject *c = (CmSqlConnObject *)nc;
+    CmSqlStorageObject *s = c->storage; // borrowed
+    if (s == NULL || c->net.state == CM_SQL_CLOSED)
+        return;
+    Py_INCREF(s);
+    s->drv->io(c, readable, writable);
+    cm_sql_dispatch(s);
+    Py_DECREF(s);
+    PyErr_Clear();
+}
+
+static void conn_expired(CmNetConn *nc)
+{
+    CmSqlConnObject *c = (CmSqlConnObject *)nc;
+    CmSqlStorageObject *s = c->storage; // borrowed
+    if (s == NULL)
+        return;
+    Py_INCREF(s);
+    cm_sql_conn_fail(c, s->st->sql.SQLTimeoutError,
+                     c->net.state == CM_SQL_CONNECTING ? "connect timed out" : "query timed out");
+    cm_sql_dispatch(s);
+    Py_DECREF(s);
+}
+
+static int conn_awaiting(const CmNetConn *nc) { return nc->state == CM_SQL_BUSY; }
+
+static void conn_release(CmNetConn *nc, int detached)
+{
+    CmSqlConnObject *c = (CmSqlConnObject *)nc;
+    (void)detached; /* a forked child's fd points at /dev/null by then */
+    if (c->storage != NULL)
+        c->storage->drv->close(c);
+}
+
+/* The batch fails with msg itself when tp is NULL (cm_sql_conn_fail made the
+ * exception), else with tp(msg) (the pool closing every connection). */
+static void conn_fail_pending(CmNetConn *nc, CmNetPool *pool, PyObject *tp, PyObject *msg,
+                              int failed)
+{
+    CmSqlConnObject *c = (CmSqlConnObject *)nc;
+    CmSqlStorageObject *s = c->storage; // borrowed
+    CmSqlReq *batch = c->batch;
+    (void)pool, (void)failed;
+    c->batch = NULL;
+    c->storage = NULL;
+    if (s == NULL)
+        return;
+    PyObject *exc = NULL;
+    if (tp == NULL && PyExceptionInstance_Check(msg))
+        exc = Py_NewRef(msg);
+    else if (tp != NULL)
+        exc = PyObject_CallOneArg(tp, msg);
+    if (exc == NULL)
+        exc = cm_exc_take(); /* NULL too at interpreter teardown (types gone) */
+    while (batch != NULL) {
+        CmSqlReq *r = batch;
+        batch = r->next;
+        if (r->error == NULL && exc != NULL)
+            r->error = Py_NewRef(exc);
+        else if (r->error == NULL)
+            cm_sql_req_error(s, r, NULL, "connection closed");
+        cm_sql_req_finish(s, r);
+    }
+    Py_XDECREF(exc);
+}
+
+static const CmNetOps conn_ops = {
+    .io = conn_io,
+    .expired = conn_expired,
+    .awaiting = conn_awaiting,
+    .release = conn_release,
+    .fail_pending = conn_fail_pending,
+};
+
 /* Start a connection. -1 with an exception when nothing could be started
  * (out of memory); a driver that fails to start counts as a failed connect
  * (backoff), and 0 is returned. */
 static int conn_open(CmSqlStorageObject *s)
 {
+    if (cm_net_pool_reserve(&s->pool) < 0)
+        return -1;
     CmSqlConnObject *c = PyObject_GC_New(CmSqlConnObject, s->st->sql.SqlConnType);
     if (c == NULL)
         return -1;
+    cm_net_conn_init(&c->net, s->st, &conn_ops, s->pool.loop);
+    c->net.own_fd = 0; /* libpq and Connector/C close their sockets */
     c->storage = s;
-    c->state = CM_SQL_CONNECTING;
-    c->fd = -1;
-    c->reading = c->writing = 0;
     c->phase = c->status = c->err = 0;
-    c->deadline = cm_sql_now() + (int64_t)(s->connect_timeout * 1e9);
     c->batch = NULL;
     c->h = c->aux = NULL;
     PyObject_GC_Track(c);
-    if (s->nconns == s->conns_cap) {
-        Py_ssize_t cap = s->conns_cap ? s->conns_cap * 2 : 8;
-        CmSqlConnObject **p = realloc(s->conns, (size_t)cap * sizeof(*p));
-        if (p == NULL) {
-            Py_DECREF(c);
-            PyErr_NoMemory();
-            return -1;
-        }
-        s->conns = p;
-        s->conns_cap = cap;
-    }
-    s->conns[s->nconns++] = c; /* the pool's reference */
+    cm_net_pool_add(&s->pool, &c->net); /* the pool's reference; reserved: cannot fail */
+    cm_sql_conn_deadline(c, cm_sql_now() + (int64_t)(s->connect_timeout * 1e9));
     if (s->drv->open(c) < 0) {
         PyObject *exc = cm_exc_take();
         PyObject *msg = exc ? PyObject_Str(exc) : NULL;
@@ -229,44 +223,18 @@ static int conn_open(CmSqlStorageObject *s)
     return 0;
 }
 
-void cm_sql_conn_io(PyObject *self, int readable, int writable)
-{
-    CmSqlConnObject *c = (CmSqlConnObject *)self;
-    CmSqlStorageObject *s = c->storage; // borrowed
-    if (s == NULL || c->state == CM_SQL_CLOSED)
-        return;
-    Py_INCREF(s);
-    Py_INCREF(c);
-    s->drv->io(c, readable, writable);
-    cm_sql_dispatch(s);
-    Py_DECREF(c);
-    Py_DECREF(s);
-}
-
-static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
-{
-    cm_sql_conn_io(self, 1, 0);
-    PyErr_Clear();
-    Py_RETURN_NONE;
-}
-
-static PyObject *conn_on_write(PyObject *self, PyObject *Py_UNUSED(unused))
-{
-    cm_sql_conn_io(self, 0, 1);
-    PyErr_Clear();
-    Py_RETURN_NONE;
-}
-
-/* A connection is kept by its storage and by the loop's fd watches: its
- * batch (futures, nodes, values) and its driver's objects are shown to the
- * collector here, so that a cycle through them is found wherever it is
- * held from. It never holds its storage (borrowed), so it needs no clear:
- * the storage's clear closes it. */
+/* A connection is kept by its storage and by the loop's fd watches and
+ * timer: its batch (futures, nodes, values) and its driver's objects are
+ * shown to the collector here, so that a cycle through them is found
+ * wherever it is held from. It never holds its storage (borrowed), so it
+ * needs no clear: the storage's clear closes it. */
 static int conn_traverse(PyObject *self, visitproc visit, void *arg)
 {
     CmSqlConnObject *c = (CmSqlConnObject *)self;
     Py_VISIT(Py_TYPE(self));
-    int rc = cm_sql_req_traverse(c->batch, visit, arg);
+    int rc = cm_net_conn_traverse(&c->net, visit, arg);
+    if (rc == 0)
+        rc = cm_sql_req_traverse(c->batch, visit, arg);
     if (rc == 0 && c->storage != NULL && c->storage->drv->conn_traverse != NULL)
         rc = c->storage->drv->conn_traverse(c, visit, arg);
     return rc;
@@ -276,6 +244,7 @@ static void conn_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    cm_net_conn_dealloc(&((CmSqlConnObject *)self)->net);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
@@ -315,7 +284,7 @@ static void fail_queue(CmSqlStorageObject *s, PyObject *exc_type, PyObject *exc,
 
 void cm_sql_dispatch(CmSqlStorageObject *s)
 {
-    if (s->dispatching || s->loop == NULL)
+    if (s->dispatching || s->pool.loop == NULL)
         return;
     s->dispatching = 1;
     while (s->head != NULL) {
@@ -332,12 +301,13 @@ void cm_sql_dispatch(CmSqlStorageObject *s)
         }
         CmSqlConnObject *idle = NULL;
         Py_ssize_t connecting = 0;
-        for (Py_ssize_t i = 0; i < s->nconns; i++) {
-            if (s->conns[i]->state == CM_SQL_IDLE) {
-                idle = s->conns[i];
+        for (int i = 0; i < s->pool.nconns; i++) {
+            CmSqlConnObject *c = (CmSqlConnObject *)s->pool.conns[i]; // borrowed
+            if (c->net.state == CM_SQL_IDLE) {
+                idle = c;
                 break;
             }
-            if (s->conns[i]->state == CM_SQL_CONNECTING)
+            if (c->net.state == CM_SQL_CONNECTING)
                 connecting++;
         }
         if (idle != NULL) {
@@ -346,11 +316,11 @@ void cm_sql_dispatch(CmSqlStorageObject *s)
             Py_DECREF(idle);
             continue;
         }
-        if (s->nconns >= s->pool_size || connecting >= s->queued)
+        if (s->pool.nconns >= s->pool_size || connecting >= s->queued)
             break;
-        if (cm_sql_now() < s->retry_at) {
-            if (s->nconns == 0)
-                fail_queue(s, s->st->sql.SQLConnectionError, s->last_error,
+        if (cm_net_pool_backing_off(&s->pool, cm_sql_now())) {
+            if (s->pool.nconns == 0)
+                fail_queue(s, s->st->sql.SQLConnectionError, s->pool.last_error,
                            "cannot connect (backing off)");
             break;
         }
@@ -369,8 +339,10 @@ void cm_sql_dispatch(CmSqlStorageObject *s)
 
 void cm_sql_close_all(CmSqlStorageObject *s, const char *why)
 {
-    while (s->nconns > 0)
-        cm_sql_conn_fail(s->conns[s->nconns - 1], s->st->sql.SQLConnectionError, why);
+    PyObject *msg = PyUnicode_FromString(why);
+    PyErr_Clear(); /* without it, the requests fail with SQLConnectionError(None) */
+    cm_net_pool_close_all(&s->pool, s->st->sql.SQLConnectionError, msg);
+    Py_XDECREF(msg);
     fail_queue(s, s->st->sql.SQLConnectionError, NULL, why);
     if (s->tick != NULL) {
         cm_handle_cancel(s->st, s->tick);
@@ -383,7 +355,7 @@ static PyMethodDef on_tick_def = {"_on_tick", storage_on_tick, METH_NOARGS, NULL
 
 static void schedule_tick(CmSqlStorageObject *s)
 {
-    if (s->tick != NULL || s->loop == NULL || (s->nconns == 0 && s->head == NULL))
+    if (s->tick != NULL || s->pool.loop == NULL || (s->pool.nconns == 0 && s->head == NULL))
         return;
     double period = s->timeout / 4;
     if (period > 0.25)
@@ -392,7 +364,7 @@ static void schedule_tick(CmSqlStorageObject *s)
         period = 0.005;
     PyObject *cb = PyCFunction_New(&on_tick_def, (PyObject *)s);
     if (cb != NULL)
-        s->tick = cm_loop_call_later(s->st, s->loop, period, cb);
+        s->tick = cm_loop_call_later(s->st, s->pool.loop, period, cb);
     Py_XDECREF(cb);
     if (s->tick == NULL)
         PyErr_WriteUnraisable((PyObject *)s);
@@ -415,15 +387,12 @@ static PyObject *storage_on_tick(PyObject *self, PyObject *Py_UNUSED(unused))
     int64_t now = cm_sql_now();
     Py_INCREF(s);
     Py_CLEAR(s->tick);
-    for (Py_ssize_t i = s->nconns - 1; i >= 0; i--) {
-        if (i >= s->nconns)
+    /* housekeeping on idle connections (their deadlines are net/'s) */
+    for (int i = s->pool.nconns - 1; s->drv->idle != NULL && i >= 0; i--) {
+        if (i >= s->pool.nconns)
             continue;
-        CmSqlConnObject *c = s->conns[i]; // borrowed
-        if (c->deadline != 0 && now > c->deadline)
-            cm_sql_conn_fail(c, s->st->sql.SQLTimeoutError,
-                             c->state == CM_SQL_CONNECTING ? "connect timed out"
-                                                           : "query timed out");
-        else if (c->state == CM_SQL_IDLE && s->drv->idle != NULL)
+        CmSqlConnObject *c = (CmSqlConnObject *)s->pool.conns[i]; // borrowed
+        if (c->net.state == CM_SQL_IDLE)
             s->drv->idle(c, now);
     }
     /* queued requests past their deadline */
@@ -443,7 +412,7 @@ static PyObject *storage_on_tick(PyObject *self, PyObject *Py_UNUSED(unused))
         prev = r;
         pp = &r->next;
     }
-    if (s->sweep_interval > 0 && !s->sweeping && s->nconns > 0 && now >= s->next_sweep) {
+    if (s->sweep_interval > 0 && !s->sweeping && s->pool.nconns > 0 && now >= s->next_sweep) {
         CmSqlReq *r = cm_sql_req_new(CM_SQL_SWEEP);
         if (r != NULL) {
             r->limit = s->sweep_limit;
@@ -458,12 +427,11 @@ static PyObject *storage_on_tick(PyObject *self, PyObject *Py_UNUSED(unused))
     Py_DECREF(s);
     Py_RETURN_NONE;
 }
+
 int cm_sql_pool_traverse(CmSqlStorageObject *s, visitproc visit, void *arg)
 {
     int rc = cm_sql_req_traverse(s->head, visit, arg);
-    for (Py_ssize_t i = 0; rc == 0 && i < s->nconns; i++)
-        rc = visit((PyObject *)s->conns[i], arg);
-    return rc;
+    return rc ? rc : cm_net_pool_traverse(&s->pool, visit, arg);
 }
 
 int cm_sql_pool_init(PyObject *mod, CmState *st)

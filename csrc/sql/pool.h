@@ -1,38 +1,60 @@
-/* The connection pool of an SQL storage (pool.c): connections, the request
- * queue, dispatch, deadlines, backoff after a failed connect, and the tick
- * that also queues the expired-row sweep. A connection (CmSqlConnObject)
- * is one socket watched on the storage's loop; its driver opens it, sends
- * batches taken from the queue and reads their results, and reports back
- * through the cm_sql_conn_* calls below. */
+/* The connection pool of an SQL storage (pool.c): the request queue,
+ * dispatch to idle connections, the SQL side of closing, and the tick for
+ * what waits in the queue, drivers' housekeeping and the expired-row sweep.
+ *
+ * The transport is net/'s (net/conn.h, net/pool.h), as for every driver:
+ * a connection (CmSqlConnObject) starts with a CmNetConn (its fd, the
+ * watches on the storage's loop, its state, its deadline timer), and the
+ * storage embeds a CmNetPool (the slots, the loop they are bound to,
+ * backoff after a failed connect). Its driver opens it, sends batches
+ * taken from the queue and reads their results, and reports back through
+ * the cm_sql_conn_* calls below. */
 #ifndef CM_SQL_POOL_H
 #define CM_SQL_POOL_H
 #include "sql/request.h"
 
+#include "net/conn.h"
+#include "net/pool.h"
+
 typedef struct CmSqlConnObject CmSqlConnObject;
 
-enum { CM_SQL_CONNECTING, CM_SQL_IDLE, CM_SQL_BUSY, CM_SQL_CLOSED };
+/* A connection's state (c->net.state): net/'s connecting and closed, and
+ * two open states of SQL's own */
+enum {
+    CM_SQL_CONNECTING = CM_NET_CONNECTING,
+    CM_SQL_CLOSED = CM_NET_CLOSED,
+    CM_SQL_IDLE = CM_NET_OPEN,
+    CM_SQL_BUSY,
+};
 
 struct CmSqlConnObject {
-    PyObject_HEAD
+    CmNetConn net;               /* first: the transport (net/conn.h) */
     CmSqlStorageObject *storage; /* borrowed; the storage owns the conn; NULL once closed */
-    int state;
-    int fd;
-    int reading, writing;
-    int phase;        /* driver's sub-state */
-    int status;       /* driver's scratch (MariaDB's wait status) */
-    int err;          /* driver's scratch: the batch has failed */
-    int64_t deadline; /* of the connect or the batch in flight; 0: none */
-    CmSqlReq *batch;  /* requests in flight on this connection */
-    void *h;          /* driver handle (PGconn *, MYSQL *) */
-    void *aux;        /* driver scratch */
+    int phase;                   /* driver's sub-state */
+    int status;                  /* driver's scratch (MariaDB's wait status) */
+    int err;                     /* driver's scratch: the batch has failed */
+    CmSqlReq *batch;             /* requests in flight on this connection */
+    void *h;                     /* driver handle (PGconn *, MYSQL *) */
+    void *aux;                   /* driver scratch */
 };
 
 /* For drivers. */
 /* Watch the connection's fd for reading/writing (only what changes is told
  * to the loop); -1 with an exception. */
-int cm_sql_conn_watch(CmSqlConnObject *c, int read, int write);
+static inline int cm_sql_conn_watch(CmSqlConnObject *c, int read, int write)
+{
+    return cm_net_conn_watch(&c->net, read, write);
+}
 /* Stop watching (also when the fd is about to change or be closed). */
-void cm_sql_conn_unwatch(CmSqlConnObject *c);
+static inline void cm_sql_conn_unwatch(CmSqlConnObject *c) { cm_net_conn_unwatch(&c->net); }
+/* The library's socket is now fd (-1: none). */
+static inline void cm_sql_conn_set_fd(CmSqlConnObject *c, int fd)
+{
+    cm_net_conn_set_fd(&c->net, fd);
+}
+/* The connect or the batch in flight must be done by at (monotonic ns; 0:
+ * nothing due); past it, the connection fails with SQLTimeoutError. */
+void cm_sql_conn_deadline(CmSqlConnObject *c, int64_t at);
 /* Close the connection and fail its batch with exc_type(msg); connecting:
  * counts as a failed connect (backoff). Never raises. */
 void cm_sql_conn_fail(CmSqlConnObject *c, PyObject *exc_type, const char *msg);
@@ -56,8 +78,6 @@ void cm_sql_enqueue(CmSqlStorageObject *s, CmSqlReq *r);
 void cm_sql_dispatch(CmSqlStorageObject *s);
 /* Close every connection and fail every queued request with why. */
 void cm_sql_close_all(CmSqlStorageObject *s, const char *why);
-/* The connection's fd is readable/writable: drive it, then dispatch. */
-void cm_sql_conn_io(PyObject *conn, int readable, int writable);
 /* Visit the queued requests and the connections (for the storage's GC
  * traverse). */
 int cm_sql_pool_traverse(CmSqlStorageObject *s, visitproc visit, void *arg);

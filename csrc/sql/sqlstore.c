@@ -11,6 +11,7 @@
 #include <structmember.h>
 
 #include "api/ready.h"
+#include "base/exc.h"
 #include "core/key.h"
 #include "core/ttl.h"
 #include "ser/envelope.h"
@@ -333,8 +334,8 @@ static PyObject *storage_pool_info(PyObject *self, PyObject *Py_UNUSED(unused))
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
     Py_ssize_t idle = 0, busy = 0, connecting = 0;
-    for (Py_ssize_t i = 0; i < s->nconns; i++) {
-        int state = s->conns[i]->state;
+    for (int i = 0; i < s->pool.nconns; i++) {
+        int state = s->pool.conns[i]->state;
         idle += state == CM_SQL_IDLE;
         busy += state == CM_SQL_BUSY;
         connecting += state == CM_SQL_CONNECTING;
@@ -460,9 +461,7 @@ static int storage_traverse(PyObject *self, visitproc visit, void *arg)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
     Py_VISIT(Py_TYPE(self));
-    Py_VISIT(s->loop);
     Py_VISIT(s->tick);
-    Py_VISIT(s->last_error);
     Py_VISIT(s->init_args);
     Py_VISIT(s->init_kwds);
     Py_VISIT(s->table);
@@ -476,17 +475,35 @@ static int storage_traverse(PyObject *self, visitproc visit, void *arg)
     return rc ? rc : cm_busypoll_traverse(&s->spin, visit, arg);
 }
 
+static void storage_drop_detached(CmSqlStorageObject *s, int fork, const char *why);
+
+/* 1 when loop can still be told about fds and timers: not closed, nor torn
+ * down by the collector in the same cycle as the storage. */
+static int loop_usable(PyObject *loop)
+{
+    if (loop == NULL)
+        return 0;
+    PyObject *saved = cm_exc_take();
+    PyObject *r = PyObject_CallMethod(loop, "is_closed", NULL);
+    int usable = r == Py_False;
+    Py_XDECREF(r);
+    PyErr_Clear();
+    cm_exc_restore(saved);
+    return usable;
+}
+
 static int storage_clear(PyObject *self)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
     /* a pending tick holds the storage: here it is gone or its loop is */
     Py_CLEAR(s->tick);
+    if (s->pool.nconns > 0 && !loop_usable(s->pool.loop))
+        storage_drop_detached(s, 0, "storage deleted");
     cm_netloops_clear(&s->loops);
     Py_CLEAR(s->init_args);
     Py_CLEAR(s->init_kwds);
     cm_sql_close_all(s, "storage deleted");
-    Py_CLEAR(s->loop);
-    Py_CLEAR(s->last_error);
+    cm_net_pool_fini(&s->pool, s->st->sql.SQLConnectionError, NULL);
     cm_busypoll_clear(&s->spin);
     return 0;
 }
@@ -502,7 +519,6 @@ static void storage_dealloc(PyObject *self)
     cm_netloops_fini(&s->loops);
     if (s->drv != NULL && s->drv->teardown != NULL)
         s->drv->teardown(s);
-    free(s->conns);
     Py_CLEAR(s->table);
     Py_CLEAR(s->dsn);
     Py_CLEAR(s->options);
@@ -534,17 +550,12 @@ static PyObject *storage_spawn(PyObject *owner)
 static void storage_drop_detached(CmSqlStorageObject *s, int fork, const char *why)
 {
     Py_INCREF(s);
-    for (Py_ssize_t i = 0; i < s->nconns; i++) {
-        CmSqlConnObject *c = s->conns[i]; // borrowed
-        c->reading = c->writing = 0;
-        if (fork)
-            cm_net_fork_fd(c->fd);
-    }
+    PyObject *msg = PyUnicode_FromString(why);
+    PyErr_Clear();
+    cm_net_pool_drop_detached(&s->pool, s->st->sql.SQLConnectionError, msg, fork);
+    Py_XDECREF(msg);
     Py_CLEAR(s->tick);
-    cm_sql_close_all(s, why);
-    Py_CLEAR(s->loop);
-    s->retry_at = 0;
-    s->backoff = 0;
+    cm_sql_close_all(s, why); /* the queue: no connection is left */
     Py_DECREF(s);
 }
 
@@ -582,6 +593,7 @@ static PyObject *storage_new_with(PyTypeObject *tp, const CmSqlDriver *drv)
     s->drv = drv;
     s->pool_size = 10;
     s->timeout = s->connect_timeout = 5.0;
+    cm_net_pool_init(&s->pool, s->st, 0.05, 1.0); /* backoff: 50 ms doubling to 1 s */
     cm_netloops_init(&s->loops, s->st, &storage_net_kind, (PyObject *)s);
     return (PyObject *)s;
 }

@@ -64,24 +64,23 @@ struct CmSqlStorageObject {
     PyObject_HEAD
     CmState *st;
     const CmSqlDriver *drv;
-    PyObject *loop;    /* the loop the connections are watched on */
     PyObject *table;   /* str, a validated identifier */
     PyObject *dsn;     /* str: libpq conninfo/URL, MySQL URL parts, SQLite path */
     PyObject *options; /* dict of driver options (host, port, user, ...) */
     Py_ssize_t pool_size;
     double timeout, connect_timeout, sweep_interval;
     long sweep_limit;
-    CmSqlConnObject **conns;
-    Py_ssize_t nconns, conns_cap;
+    /* the connections (CmSqlConnObject), the loop they are watched on, the
+     * backoff after a failed connect and its error (net/pool.h) */
+    CmNetPool pool;
     CmSqlReq *head, *tail;
     Py_ssize_t queued;
     PyObject *tick; /* TimerHandle of the periodic check, or NULL */
-    int64_t retry_at, backoff, next_sweep;
+    int64_t next_sweep;
     int sweeping;
     int dispatching;
-    PyObject *last_error; /* why the last connect failed */
-    CmBusyPoll spin;      /* waiting for replies on an idle loop (busypoll.h) */
-    void *h;              /* driver's storage-level handle (sqlite3 *) */
+    CmBusyPoll spin; /* waiting for replies on an idle loop (busypoll.h) */
+    void *h;         /* driver's storage-level handle (sqlite3 *) */
     void *aux;
     PyObject *weakreflist;
     /* the instances serving other loops (netloop.h), made from the same

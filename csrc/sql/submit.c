@@ -12,19 +12,17 @@
 static PyObject *storage_on_spin(PyObject *self, PyObject *unused);
 static PyMethodDef on_spin_def = {"_on_spin", storage_on_spin, METH_NOARGS, NULL};
 
-static int any_busy(CmSqlStorageObject *s)
-{
-    for (Py_ssize_t i = 0; i < s->nconns; i++)
-        if (s->conns[i]->state == CM_SQL_BUSY)
-            return 1;
-    return 0;
-}
+/* For net/pool.h's spins: the pool of the storage (owner, held by the
+ * caller for the spin) */
+static CmNetPool *pool_of(void *owner) { return &((CmSqlStorageObject *)owner)->pool; }
+
+static int any_busy(CmSqlStorageObject *s) { return cm_net_pool_awaiting(&s->pool); }
 
 /* loop.call_soon(def bound to s); -1 (no exception) when it fails */
 static int call_soon_self(CmSqlStorageObject *s, PyMethodDef *def)
 {
     PyObject *cb = PyCFunction_New(def, (PyObject *)s);
-    PyObject *h = cb ? cm_loop_call_soon(s->st, s->loop, cb) : NULL;
+    PyObject *h = cb ? cm_loop_call_soon(s->st, s->pool.loop, cb) : NULL;
     Py_XDECREF(cb);
     if (h == NULL) {
         PyErr_Clear();
@@ -41,39 +39,10 @@ static void schedule_spin(CmSqlStorageObject *s)
         cm_busypoll_scheduled(&s->spin);
 }
 
-/* The context of a spin: the storage, and for an inline wait the (held)
- * request waited for. */
-typedef struct {
-    CmSqlStorageObject *s;
-    CmSqlReq *req;
-} SpinCtx;
-
-static int spin_collect(void *ctx, struct pollfd *fds, PyObject **objs, int max)
-{
-    CmSqlStorageObject *s = ((SpinCtx *)ctx)->s;
-    int n = 0;
-    for (Py_ssize_t i = 0; i < s->nconns && n < max; i++) {
-        CmSqlConnObject *c = s->conns[i]; // borrowed
-        if (c->state == CM_SQL_BUSY && c->fd >= 0 && (c->reading || c->writing))
-            n = cm_busypoll_add(fds, objs, n, c->fd, c->reading, c->writing, (PyObject *)c);
-    }
-    return n;
-}
-
-static void spin_handle(void *ctx, PyObject *obj, short revents)
-{
-    (void)ctx;
-    CmSqlConnObject *c = (CmSqlConnObject *)obj;
-    cm_sql_conn_io(obj, cm_busypoll_readable(revents) && c->reading,
-                   cm_busypoll_writable(revents) && c->writing);
-    PyErr_Clear();
-}
-
 static PyObject *storage_on_spin(PyObject *self, PyObject *Py_UNUSED(unused))
 {
-    SpinCtx sc = {(CmSqlStorageObject *)self, NULL};
     Py_INCREF(self);
-    cm_busypoll_run(&sc.s->spin, spin_collect, spin_handle, &sc);
+    cm_net_pool_spin(pool_of, self, &((CmSqlStorageObject *)self)->spin);
     Py_DECREF(self);
     Py_RETURN_NONE;
 }
@@ -86,7 +55,7 @@ static PyObject *storage_on_marker(PyObject *self, PyObject *Py_UNUSED(unused))
 }
 static PyMethodDef on_marker_def = {"_on_marker", storage_on_marker, METH_NOARGS, NULL};
 
-static int spin_req_done(void *ctx) { return ((SpinCtx *)ctx)->req->finished; }
+static int spin_req_done(void *req) { return ((CmSqlReq *)req)->finished; }
 
 /* The request r (held: see CmSqlReq) was just sent, or queued: if the loop
  * has nothing else to run, wait here until it is finished or the limit
@@ -102,8 +71,7 @@ static void wait_inline(CmSqlStorageObject *s, CmSqlReq *r)
         s->spin.marker = 1;
         s->spin.inline_since = now;
     }
-    SpinCtx sc = {s, r};
-    cm_busypoll_wait(&s->spin, spin_collect, spin_handle, spin_req_done, &sc);
+    cm_net_pool_wait(pool_of, s, &s->spin, spin_req_done, r);
 }
 
 /* The awaitable of a held request that finished during submit: ready with
@@ -141,9 +109,11 @@ static int bind_loop(CmSqlStorageObject *s, PyObject **loop_out)
     PyObject *loop = cm_loop_running(s->st);
     if (loop == NULL)
         goto done;
-    if (s->loop != loop) {
-        int live = s->nconns > 0 || s->head != NULL || s->tick != NULL;
-        int running = s->loop != NULL && live ? cm_loop_is_running(s->st, s->loop) : 0;
+    if (s->pool.loop != loop) {
+        /* net/pool.h's rule, with the queue and the tick counted too: they
+         * are the old loop's as much as the connections are */
+        int live = s->pool.nconns > 0 || s->head != NULL || s->tick != NULL;
+        int running = s->pool.loop != NULL && live ? cm_loop_is_running(s->st, s->pool.loop) : 0;
         if (running < 0)
             goto done;
         if (running) {
@@ -153,12 +123,13 @@ static int bind_loop(CmSqlStorageObject *s, PyObject **loop_out)
                          s->drv->name);
             goto done;
         }
-        if (s->loop != NULL)
+        if (s->pool.loop != NULL)
             cm_sql_close_all(s, "the event loop changed");
-        Py_XSETREF(s->loop, Py_NewRef(loop));
+        /* no connection is left: this only moves the pool and starts the
+         * backoff over */
+        if (cm_net_pool_bind(&s->pool, loop, s->st->sql.SQLConnectionError, NULL) < 0)
+            goto done;
         cm_busypoll_follow(&s->spin, loop);
-        s->retry_at = 0;
-        s->backoff = 0;
     }
     *loop_out = Py_NewRef(loop);
     rc = 0;
