@@ -339,10 +339,12 @@ void cm_sql_dispatch(CmSqlStorageObject *s)
 
 void cm_sql_close_all(CmSqlStorageObject *s, const char *why)
 {
+    PyObject *saved = cm_exc_take(); /* also called from dealloc, mid-raise */
     PyObject *msg = PyUnicode_FromString(why);
     PyErr_Clear(); /* without it, the requests fail with SQLConnectionError(None) */
     cm_net_pool_close_all(&s->pool, s->st->sql.SQLConnectionError, msg);
     Py_XDECREF(msg);
+    cm_exc_restore(saved);
     fail_queue(s, s->st->sql.SQLConnectionError, NULL, why);
     if (s->tick != NULL) {
         cm_handle_cancel(s->st, s->tick);

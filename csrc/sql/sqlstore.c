@@ -550,10 +550,12 @@ static PyObject *storage_spawn(PyObject *owner)
 static void storage_drop_detached(CmSqlStorageObject *s, int fork, const char *why)
 {
     Py_INCREF(s);
+    PyObject *saved = cm_exc_take();
     PyObject *msg = PyUnicode_FromString(why);
     PyErr_Clear();
     cm_net_pool_drop_detached(&s->pool, s->st->sql.SQLConnectionError, msg, fork);
     Py_XDECREF(msg);
+    cm_exc_restore(saved);
     Py_CLEAR(s->tick);
     cm_sql_close_all(s, why); /* the queue: no connection is left */
     Py_DECREF(s);
