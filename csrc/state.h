@@ -11,6 +11,7 @@
 
 #include "redis/state.h"
 #include "ser/ser_state.h"
+#include "sql/sqlstate.h"
 
 typedef struct CmFlight CmFlight;
 
@@ -146,21 +147,11 @@ typedef struct {
 
     CmSerState ser;     /* serializers (ser/ser_state.h) */
     CmRedisState redis; /* redis/state.h */
-    /* sql (sqlstore.c, pg.c, mysql.c, sqlite.c) */
-#define CM_SQL_OBJECTS(X)                                                                          \
-    X(PgClientType)                                                                                \
-    X(MySQLClientType)                                                                             \
-    X(SQLiteClientType)                                                                            \
-    X(SQLError)                                                                                    \
-    X(SQLConnectionError)                                                                          \
-    X(SQLTimeoutError)                                                                             \
-    X(SQLTableError)                                                                               \
-    X(SQLKeyError)                                                                                 \
-    X(StorageKeyError)
-#define CM_SQL_DECLARE(n) PyObject *n;
-    CM_SQL_OBJECTS(CM_SQL_DECLARE)
-#undef CM_SQL_DECLARE
-    PyTypeObject *SqlConnType;
+    /* sql (sql/sqlstate.h) */
+    CmSqlState sql;
+    /* the base of SQLKeyError and of the Redis storage's error for the same
+     * (made by cm_sql_init): a key a remote storage cannot hold */
+    PyObject *StorageKeyError;
     /* end sql */
     /* netloop (netloop.c): every per-loop table of the process, for the
      * after-fork hook (plain C records, owned by their storages) */

@@ -34,95 +34,17 @@
  * equal under the collation then share one row, the last written, and
  * neither ever reads the other's value.
  *
- * A single GET reads through a HANDLER (`HANDLER t OPEN AS cm_get`, then a
- * prepared `HANDLER cm_get READ `key` = (?) WHERE BINARY `key` = ? AND <not
- * expired>`): the server skips the optimizer, which is about a third of its
- * work for a point SELECT. What the handler interface gives up (a
- * consistent view across reads) does not matter to one row. Two things need
- * care:
- * - an open handler holds a metadata lock, so that TRUNCATE/ALTER/DROP of
- *   the table from elsewhere waits for it (forever, by default). A handler
- *   MY_HANDLER_AGE old is closed: before the next read on a connection in
- *   use, by the storage's tick on one unused for half that time. DDL
- *   elsewhere then waits at most about MY_HANDLER_AGE plus a tick.
- * - HANDLER READ looks the value up cut to the index's width (the column's,
- *   or a prefix index's) and under its collation: its WHERE compares `key`
- *   again, in full and byte for byte, so that a longer key never reads the
- *   row of its prefix, nor 'user' the row of 'User'.
- * A handler closed by the server (our own DDL on the connection, or any
- * statement but a HANDLER one that the connection runs while a DDL waits
- * for the handler) is reopened and the read retried once. */
+ * A single GET reads through a HANDLER instead of a SELECT: see
+ * mysql_handler.c. Connecting is in mysql_connect.c. */
 #include "sql/mysql.h"
-
-#include "base/exc.h"
-#include "loop/resolve.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
+
+#include "sql/mysql_conn.h"
 
 #ifdef CM_HAVE_MARIADB
-#include <mariadb/mysql.h> /* not "mysql.h": that is ours */
-
-#include <mariadb/errmsg.h>
-
-#define MY_BUCKETS 9 /* 1 .. 256 */
-#define MY_MAX_IN 256
-#define MY_MAX_COALESCE 64
-#define ER_NO_SUCH_TABLE_ 1146
-#define ER_UNKNOWN_TABLE_ 1109     /* "Unknown table 'cm_get' in HANDLER" */
-#define MY_MAX_COLS 16             /* columns of a row we read (the handler's: all) */
-#define MY_HANDLER_AGE 500000000LL /* ns: a handler is closed this long after opening */
-
-enum {
-    PH_CONNECT,
-    PH_IDLE,
-    PH_PREPARE,
-    PH_EXECUTE,
-    PH_STORE,
-    PH_QUERY,
-    PH_QSTORE,
-    PH_QNEXT,
-    PH_HOPEN,
-    PH_HCLOSE,
-    PH_RESOLVE /* the host is being looked up (resolve.h) */
-};
-/* S_HGET: the single GET through the handler; S_GET: the same as a SELECT
- * (tables the handler cannot read, the connection check) */
-enum { S_GET, S_HGET, S_SET, S_MSET, S_DEL, S_SWEEP, S_MGET0 };
-#define S_COUNT (S_MGET0 + MY_BUCKETS)
-
-typedef struct {
-    MYSQL_STMT *stmt[S_COUNT];
-    MYSQL_STMT *adhoc; /* get_all beyond MY_MAX_IN keys */
-    MYSQL_STMT *cur;
-    int slot;  /* statement being prepared, -1: adhoc */
-    int nkeys; /* IN list size of the current statement */
-    MYSQL *mret;
-    MYSQL_RES *res; /* execute(): a result set being dropped */
-    int iret;
-    /* parameter buffers of the request in flight, kept for the next one (no
-     * allocation per request); room for cap_params parameters, cap_rows rows */
-    int cap_params, cap_rows;
-    MYSQL_BIND *binds;
-    unsigned long *lens;
-    char **ptrs;
-    long long *ttls;
-    char *inds;
-    char *sql;
-    /* the handler (see the top): open since hopened (monotonic ns); hoff:
-     * reads go through the SELECT on this connection; hvalue: column of
-     * `value` in its rows (known once S_HGET is prepared); hretried: the
-     * batch has reopened it once */
-    int hopen, hoff, hretried, hvalue;
-    int64_t hopened;
-    int64_t used;         /* monotonic ns: the batch in flight or the last one started */
-    PyObject *resolve;    /* the host's lookup task (PH_RESOLVE), or NULL */
-    PyObject *addrs;      /* the host's addresses (list of str) once looked up */
-    Py_ssize_t next_addr; /* the next one to try when a connect fails */
-    char hsql[320];
-} MyConn;
 
 static const char *my_err(CmSqlConnObject *c)
 {
@@ -132,7 +54,7 @@ static const char *my_err(CmSqlConnObject *c)
     return c->h ? mysql_error((MYSQL *)c->h) : "connection lost";
 }
 
-static unsigned my_errno(CmSqlConnObject *c)
+unsigned cm_mysql_errno(CmSqlConnObject *c)
 {
     MyConn *mc = c->aux;
     if (mc != NULL && mc->cur != NULL && mysql_stmt_errno(mc->cur))
@@ -140,7 +62,7 @@ static unsigned my_errno(CmSqlConnObject *c)
     return c->h ? mysql_errno((MYSQL *)c->h) : CR_SERVER_LOST;
 }
 
-static void free_params(MyConn *mc)
+void cm_mysql_free_params(MyConn *mc)
 {
     free(mc->binds);
     free(mc->lens);
@@ -155,63 +77,16 @@ static void free_params(MyConn *mc)
     mc->cap_params = mc->cap_rows = 0;
 }
 
-/* Close c's Connector/C handle, if any. Its closing calls block, with no
- * timeout, GIL held: mysql_stmt_close reads the rest of an unread result
- * (forever if the server is hung), mysql_close writes COM_QUIT. So the socket
- * is shut down first, and any read or write there fails at once. */
-static void my_close_handle(CmSqlConnObject *c)
-{
-    MYSQL *m = c->h;
-    if (m == NULL)
-        return;
-    my_socket fd = mysql_get_socket(m);
-    if ((int)fd >= 0)
-        shutdown(fd, SHUT_RDWR);
-    mysql_close(m);
-    c->h = NULL;
-}
-
-static void my_close(CmSqlConnObject *c)
-{
-    MyConn *mc = c->aux;
-    /* the connection before the statements: it detaches them, and closing
-     * a detached statement only frees memory */
-    my_close_handle(c);
-    if (mc != NULL && mc->resolve != NULL) { /* the lookup: given up */
-        PyObject *r = PyObject_CallMethod(mc->resolve, "cancel", NULL);
-        if (r == NULL)
-            PyErr_Clear();
-        Py_XDECREF(r);
-        Py_CLEAR(mc->resolve);
-    }
-    if (mc != NULL)
-        Py_CLEAR(mc->addrs);
-    if (mc != NULL) {
-        for (int i = 0; i < S_COUNT; i++)
-            if (mc->stmt[i] != NULL)
-                mysql_stmt_close(mc->stmt[i]);
-        if (mc->adhoc != NULL)
-            mysql_stmt_close(mc->adhoc);
-        if (mc->res != NULL)
-            mysql_free_result(mc->res);
-        free_params(mc);
-        free(mc->sql);
-        free(mc);
-        c->aux = NULL;
-    }
-}
-
 static void fail_my(CmSqlConnObject *c)
 {
     char buf[512];
     snprintf(buf, sizeof(buf), "mysql: %s", my_err(c));
-    cm_sql_conn_fail(c, c->storage->st->SQLConnectionError, buf);
+    cm_sql_conn_fail(c, c->storage->st->sql.SQLConnectionError, buf);
 }
 
-/* After a _start/_cont: wait for what it asks, or go on. */
 static void step_done(CmSqlConnObject *c);
 
-static void after(CmSqlConnObject *c, int status)
+void cm_mysql_after(CmSqlConnObject *c, int status)
 {
     if (status == 0) {
         step_done(c);
@@ -223,165 +98,13 @@ static void after(CmSqlConnObject *c, int status)
          * number may even be the closed one's: watch the current socket
          * afresh at each step (the loop forgets a closed fd) */
         cm_sql_conn_unwatch(c);
-        c->fd = (int)mysql_get_socket((MYSQL *)c->h);
+        cm_sql_conn_set_fd(c, (int)mysql_get_socket((MYSQL *)c->h));
     }
     if (cm_sql_conn_watch(c, (status & MYSQL_WAIT_READ) != 0, (status & MYSQL_WAIT_WRITE) != 0) <
         0) {
         PyErr_Clear();
         cm_sql_conn_fail(c, NULL, "mysql: cannot watch the socket");
     }
-}
-
-/* A string option in *out (NULL if absent); -1 with ValueError if it cannot
- * be encoded (a lone surrogate): connecting without it would be wrong. */
-static int opt_str(CmSqlStorageObject *s, const char *name, const char **out)
-{
-    PyObject *o = PyDict_GetItemString(s->options, name); // borrowed
-    *out = NULL;
-    if (o == NULL || o == Py_None || !PyUnicode_Check(o))
-        return 0;
-    if ((*out = PyUnicode_AsUTF8(o)) == NULL) {
-        PyErr_Format(PyExc_ValueError, "mysql: option '%s' cannot be encoded as UTF-8", name);
-        return -1;
-    }
-    return 0;
-}
-
-static int my_handle(CmSqlConnObject *c);
-static int my_connect(CmSqlConnObject *c, const char *host);
-
-/* A connect to a looked-up address failed: start one to the next address
- * on a new handle. 1 if there was one (the connection started, or failed
- * for good), 0 if none is left. */
-static int my_try_next(CmSqlConnObject *c)
-{
-    MyConn *mc = c->aux;
-    if (mc == NULL || mc->addrs == NULL || mc->next_addr >= PyList_GET_SIZE(mc->addrs))
-        return 0;
-    PyObject *ip_o = PyList_GET_ITEM(mc->addrs, mc->next_addr++); // borrowed
-    cm_sql_conn_unwatch(c);
-    my_close_handle(c);
-    c->fd = -1;
-    const char *ip = PyUnicode_AsUTF8(ip_o);
-    if (ip == NULL || my_handle(c) < 0 || my_connect(c, ip) < 0)
-        cm_sql_conn_fail_lookup(c, 1);
-    return 1;
-}
-
-/* Start connecting to host (an address, "localhost", or NULL) with the
- * storage's options. -1 with an exception. */
-static int my_connect(CmSqlConnObject *c, const char *host)
-{
-    CmSqlStorageObject *s = c->storage; // borrowed
-    MyConn *mc = c->aux;
-    MYSQL *m = c->h;
-    PyObject *port_o = PyDict_GetItemString(s->options, "port"); // borrowed
-    unsigned port = port_o ? (unsigned)PyLong_AsUnsignedLong(port_o) : 3306;
-    if (PyErr_Occurred())
-        return -1;
-    const char *user, *password, *db, *unix_socket;
-    if (opt_str(s, "user", &user) < 0 || opt_str(s, "password", &password) < 0 ||
-        opt_str(s, "db", &db) < 0 || opt_str(s, "unix_socket", &unix_socket) < 0)
-        return -1;
-    c->phase = PH_CONNECT;
-    int status = mysql_real_connect_start(&mc->mret, m, host, user, password, db, port, unix_socket,
-                                          CLIENT_FOUND_ROWS);
-    if (status == 0 && mc->mret == NULL) {
-        if (my_try_next(c))
-            return 0;
-        PyErr_Format(s->st->SQLConnectionError, "mysql: %s", mysql_error(m));
-        return -1;
-    }
-    c->fd = (int)mysql_get_socket(m);
-    after(c, status);
-    return 0;
-}
-
-/* The host lookup is done (on the loop): connect to its addresses in turn, or
- * fail the connection. */
-static PyObject *my_on_resolved(PyObject *self, PyObject *task)
-{
-    CmSqlConnObject *c = (CmSqlConnObject *)self;
-    MyConn *mc = c->aux;
-    if (c->state != CM_SQL_CONNECTING || mc == NULL || mc->resolve != task)
-        Py_RETURN_NONE; /* closed meanwhile (timed out): the task was cancelled */
-    Py_INCREF(c);
-    Py_CLEAR(mc->resolve);
-    PyObject *addrs = cm_resolve_result(task);
-    const char *ip = NULL;
-    if (addrs != NULL && PyList_Check(addrs) && PyList_GET_SIZE(addrs) == 1) {
-        PyObject *ips = PyList_GET_ITEM(addrs, 0); // borrowed
-        if (PyList_Check(ips) && PyList_GET_SIZE(ips) > 0) {
-            Py_XSETREF(mc->addrs, Py_NewRef(ips));
-            mc->next_addr = 1;
-            ip = PyUnicode_AsUTF8(PyList_GET_ITEM(ips, 0));
-        } else
-            PyErr_SetString(PyExc_TypeError, "resolve: no address");
-    } else if (addrs != NULL)
-        PyErr_SetString(PyExc_TypeError, "resolve: a list of one list expected");
-    int looked_up = ip != NULL;
-    if (ip == NULL || my_connect(c, ip) < 0)
-        cm_sql_conn_fail_lookup(c, looked_up);
-    Py_XDECREF(addrs);
-    Py_DECREF(c);
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef my_on_resolved_def = {"_on_resolved", my_on_resolved, METH_O, NULL};
-
-/* A new Connector/C handle with the storage's options, in c->h. -1 with an
- * exception. */
-static int my_handle(CmSqlConnObject *c)
-{
-    CmSqlStorageObject *s = c->storage; // borrowed
-    MYSQL *m = mysql_init(NULL);
-    if (m == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    c->h = m;
-    unsigned timeout = (unsigned)(s->connect_timeout + 1);
-    /* a backstop: our own deadlines fail a request first, but no blocking
-     * call of the library can then wait forever */
-    unsigned io_timeout = (unsigned)(s->timeout + 1);
-    mysql_options(m, MYSQL_OPT_NONBLOCK, 0);
-    mysql_options(m, MYSQL_OPT_CONNECT_TIMEOUT, &timeout);
-    mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &io_timeout);
-    mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &io_timeout);
-    mysql_options(m, MYSQL_SET_CHARSET_NAME, "utf8mb4");
-    return 0;
-}
-
-static int my_open(CmSqlConnObject *c)
-{
-    CmSqlStorageObject *s = c->storage; // borrowed
-    MyConn *mc = calloc(1, sizeof(*mc));
-    if (mc == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    c->aux = mc;
-    if (my_handle(c) < 0)
-        return -1;
-    const char *host;
-    if (opt_str(s, "host", &host) < 0)
-        return -1;
-    /* a host name is looked up off the loop thread (resolve.h), then
-     * connected to by address, one after the other as Connector/C would
-     * (which calls getaddrinfo in mysql_real_connect_start). "localhost"
-     * is the unix socket. */
-    if (cm_resolve_needed(host) && strcmp(host, "localhost") != 0) {
-        PyObject *cb = PyCFunction_New(&my_on_resolved_def, (PyObject *)c);
-        PyObject *hosts = cb ? Py_BuildValue("[s]", host) : NULL;
-        mc->resolve = hosts ? cm_resolve_start(s->loop, hosts, cb) : NULL;
-        Py_XDECREF(hosts);
-        Py_XDECREF(cb);
-        if (mc->resolve == NULL)
-            return -1;
-        c->phase = PH_RESOLVE;
-        return 0;
-    }
-    return my_connect(c, host);
 }
 
 static int bucket_of(int n)
@@ -448,8 +171,6 @@ static char *stmt_sql(CmSqlStorageObject *s, int slot, int n)
     return sql;
 }
 
-static void run_batch(CmSqlConnObject *c);
-
 /* Parameter buffers for nparams parameters of rows rows, the binds zeroed;
  * grown when too small, else reused. */
 static int alloc_params(MyConn *mc, int nparams, int rows)
@@ -457,14 +178,14 @@ static int alloc_params(MyConn *mc, int nparams, int rows)
     if (nparams > mc->cap_params || rows > mc->cap_rows) {
         int np = nparams > mc->cap_params ? nparams : mc->cap_params;
         int nr = rows > mc->cap_rows ? rows : mc->cap_rows;
-        free_params(mc);
+        cm_mysql_free_params(mc);
         mc->binds = malloc((size_t)np * sizeof(MYSQL_BIND));
         mc->lens = malloc((size_t)(nr * 2 + np) * sizeof(unsigned long));
         mc->ptrs = malloc((size_t)(nr * 2 + 1) * sizeof(char *));
         mc->ttls = malloc(((size_t)nr + 1) * sizeof(long long));
         mc->inds = malloc((size_t)nr + 1);
         if (!mc->binds || !mc->lens || !mc->ptrs || !mc->ttls || !mc->inds) {
-            free_params(mc);
+            cm_mysql_free_params(mc);
             PyErr_NoMemory();
             return -1;
         }
@@ -579,86 +300,20 @@ static void execute_batch(CmSqlConnObject *c)
         break;
     }
     if (mysql_stmt_bind_param(mc->cur, mc->binds)) {
-        for (CmSqlReq *r = b; r != NULL; r = r->next)
-            cm_sql_req_error(c->storage, r, c->storage->st->SQLError, mysql_stmt_error(mc->cur));
+        cm_sql_batch_error(c->storage, b, c->storage->st->sql.SQLError, mysql_stmt_error(mc->cur));
         cm_sql_conn_done(c);
         return;
     }
     c->phase = PH_EXECUTE;
-    after(c, mysql_stmt_execute_start(&mc->iret, mc->cur));
+    cm_mysql_after(c, mysql_stmt_execute_start(&mc->iret, mc->cur));
     return;
 bad:
-    for (CmSqlReq *r = b; r != NULL; r = r->next)
-        cm_sql_req_error(c->storage, r, c->storage->st->SQLError, "mysql: bad request");
-    PyErr_Clear();
+    /* a request that cannot be encoded fails alone */
+    cm_sql_batch_error_pending(c->storage, b);
     cm_sql_conn_done(c);
 }
 
-/* Where `value` is in the rows of the prepared S_HGET; hoff when they are
- * not rows we can read. */
-static void handler_columns(MyConn *mc, MYSQL_STMT *st)
-{
-    MYSQL_RES *meta = mysql_stmt_result_metadata(st);
-    unsigned n = meta ? mysql_num_fields(meta) : 0;
-    MYSQL_FIELD *f = meta ? mysql_fetch_fields(meta) : NULL;
-    mc->hvalue = -1;
-    for (unsigned i = 0; f != NULL && i < n; i++)
-        if (strcmp(f[i].name, "value") == 0)
-            mc->hvalue = (int)i;
-    if (meta != NULL)
-        mysql_free_result(meta);
-    if (mc->hvalue < 0 || n > MY_MAX_COLS)
-        mc->hoff = 1;
-}
-
-static void handler_query(CmSqlConnObject *c, int phase, const char *sql)
-{
-    MyConn *mc = c->aux;
-    c->phase = phase;
-    after(c, mysql_real_query_start(&mc->iret, (MYSQL *)c->h, sql, strlen(sql)));
-}
-
-/* Open the handler; closing it first when it is due (see the top). 1 if a
- * step was started, 0 if it is open. */
-static int handler_ready(CmSqlConnObject *c)
-{
-    MyConn *mc = c->aux;
-    if (mc->hopen && mc->used - mc->hopened >= MY_HANDLER_AGE) {
-        handler_query(c, PH_HCLOSE, "HANDLER cm_get CLOSE");
-        return 1;
-    }
-    if (mc->hopen)
-        return 0;
-    const char *t = PyUnicode_AsUTF8(c->storage->table);
-    int n = t ? snprintf(mc->hsql, sizeof(mc->hsql), "HANDLER %s OPEN AS cm_get", t) : -1;
-    if (n < 0 || (size_t)n >= sizeof(mc->hsql)) {
-        PyErr_Clear();
-        mc->hoff = 1;
-        return 0;
-    }
-    handler_query(c, PH_HOPEN, mc->hsql);
-    return 1;
-}
-
-/* S_HGET failed with error e. A handler the server closed (1109) is reopened
- * and the batch run again, once; then, or for any other error but a missing
- * table (when fallback), the connection reads with the SELECT. 1 if the batch
- * was restarted. */
-static int handler_failed(CmSqlConnObject *c, unsigned e, int fallback)
-{
-    MyConn *mc = c->aux;
-    if (mc->slot != S_HGET || e == ER_NO_SUCH_TABLE_ || (e != ER_UNKNOWN_TABLE_ && !fallback))
-        return 0;
-    if (e != ER_UNKNOWN_TABLE_ || mc->hretried)
-        mc->hoff = 1;
-    mc->hretried = 1;
-    mc->hopen = 0;
-    run_batch(c);
-    return 1;
-}
-
-/* Pick (or prepare) the statement of the batch, then execute. */
-static void run_batch(CmSqlConnObject *c)
+void cm_mysql_run_batch(CmSqlConnObject *c)
 {
     CmSqlStorageObject *s = c->storage; // borrowed
     MyConn *mc = c->aux;
@@ -672,7 +327,7 @@ static void run_batch(CmSqlConnObject *c)
         for (CmSqlReq *r = b->next; r != NULL; r = r->next)
             n++;
         slot = n > 1 ? S_MGET0 + bucket_of(n) : mc->hoff ? S_GET : S_HGET;
-        if (slot == S_HGET && handler_ready(c))
+        if (slot == S_HGET && cm_mysql_handler_ready(c))
             return;
         if (slot == S_HGET && mc->hoff) /* it could not be opened */
             slot = S_GET;
@@ -697,13 +352,13 @@ static void run_batch(CmSqlConnObject *c)
         const char *sql = PyUnicode_AsUTF8(b->key);
         if (sql == NULL) {
             PyErr_Clear();
-            cm_sql_req_error(s, b, s->st->SQLError, "mysql: bad SQL");
+            cm_sql_req_error(s, b, s->st->sql.SQLError, "mysql: bad SQL");
             cm_sql_conn_done(c);
             return;
         }
         mc->cur = NULL;
         c->phase = PH_QUERY;
-        after(c, mysql_real_query_start(&mc->iret, (MYSQL *)c->h, sql, strlen(sql)));
+        cm_mysql_after(c, mysql_real_query_start(&mc->iret, (MYSQL *)c->h, sql, strlen(sql)));
         return;
     }
     }
@@ -727,7 +382,7 @@ static void run_batch(CmSqlConnObject *c)
     if ((mc->sql = stmt_sql(s, slot, n)) == NULL) {
         mysql_stmt_close(st);
         PyErr_Clear();
-        cm_sql_req_error(s, b, s->st->SQLError, "mysql: out of memory");
+        cm_sql_batch_error(s, b, s->st->sql.SQLError, "mysql: out of memory");
         cm_sql_conn_done(c);
         return;
     }
@@ -738,7 +393,7 @@ static void run_batch(CmSqlConnObject *c)
     }
     mc->cur = st;
     c->phase = PH_PREPARE;
-    after(c, mysql_stmt_prepare_start(&mc->iret, st, mc->sql, strlen(mc->sql)));
+    cm_mysql_after(c, mysql_stmt_prepare_start(&mc->iret, st, mc->sql, strlen(mc->sql)));
 }
 
 static void my_start(CmSqlConnObject *c)
@@ -749,26 +404,23 @@ static void my_start(CmSqlConnObject *c)
         return;
     MyConn *mc = c->aux;
     c->batch = b;
-    c->state = CM_SQL_BUSY;
+    c->net.state = CM_SQL_BUSY;
     mc->used = cm_sql_now();
     mc->hretried = 0;
-    c->deadline = mc->used + (int64_t)(s->timeout * 1e9);
-    run_batch(c);
+    cm_sql_conn_deadline(c, mc->used + (int64_t)(s->timeout * 1e9));
+    cm_mysql_run_batch(c);
 }
 
-/* The request failed on the server (iret != 0): connection lost, or an
- * error of this request alone. */
-static void request_failed(CmSqlConnObject *c)
+void cm_mysql_request_failed(CmSqlConnObject *c)
 {
-    unsigned e = my_errno(c);
+    unsigned e = cm_mysql_errno(c);
     if (e >= 2000 && e < 3000) { /* client errors: the connection is gone */
         fail_my(c);
         return;
     }
     char buf[512];
     snprintf(buf, sizeof(buf), "mysql: %s", my_err(c));
-    for (CmSqlReq *r = c->batch; r != NULL; r = r->next)
-        cm_sql_req_error_sql(c->storage, r, e == ER_NO_SUCH_TABLE_, buf);
+    cm_sql_batch_error_sql(c->storage, c->batch, e == ER_NO_SUCH_TABLE_, buf);
     cm_sql_conn_done(c);
 }
 
@@ -836,24 +488,15 @@ static void read_rows(CmSqlConnObject *c)
                 goto fail;
         }
     }
-    if (b->kind == CM_SQL_GET && !single) {
-        /* coalesced gets: hand each its own row */
-        PyObject *found = b->result;
-        b->result = NULL;
-        for (CmSqlReq *r = b; r != NULL && found != NULL; r = r->next) {
-            PyObject *v = PyDict_GetItemWithError(found, r->key); // borrowed
-            Py_XSETREF(r->result, Py_XNewRef(v));
-        }
-        Py_XDECREF(found);
-    }
+    if (b->kind == CM_SQL_GET && !single)
+        cm_sql_split_rows(b);
     mysql_stmt_free_result(st);
     PyErr_Clear();
     return;
 fail:
     PyErr_Clear();
     mysql_stmt_free_result(st);
-    for (CmSqlReq *r = b; r != NULL; r = r->next)
-        cm_sql_req_error(c->storage, r, c->storage->st->SQLError, "mysql: cannot read a row");
+    cm_sql_batch_error(c->storage, b, c->storage->st->sql.SQLError, "mysql: cannot read a row");
 }
 
 /* execute(): a statement's result sets are read and dropped (one left unread
@@ -866,12 +509,12 @@ static int query_results(CmSqlConnObject *c, int fresh)
     MYSQL *m = c->h;
     if (fresh && mysql_field_count(m) > 0) {
         c->phase = PH_QSTORE;
-        after(c, mysql_store_result_start(&mc->res, m));
+        cm_mysql_after(c, mysql_store_result_start(&mc->res, m));
         return 1;
     }
     if (mysql_more_results(m)) {
         c->phase = PH_QNEXT;
-        after(c, mysql_next_result_start(&mc->iret, m));
+        cm_mysql_after(c, mysql_next_result_start(&mc->iret, m));
         return 1;
     }
     return 0;
@@ -884,21 +527,21 @@ static void step_done(CmSqlConnObject *c)
     switch (c->phase) {
     case PH_CONNECT:
         if (mc->mret == NULL) {
-            if (!my_try_next(c))
+            if (!cm_mysql_try_next(c))
                 fail_my(c);
             return;
         }
         /* the watch of the socket connected (maybe not the first one) is
          * set up below */
         cm_sql_conn_unwatch(c);
-        c->fd = (int)mysql_get_socket((MYSQL *)c->h);
+        cm_sql_conn_set_fd(c, (int)mysql_get_socket((MYSQL *)c->h));
         c->phase = PH_IDLE;
         cm_sql_conn_ready(c);
         break;
     case PH_PREPARE:
         if (mc->iret != 0) {
             int slot = mc->slot;
-            unsigned e = my_errno(c);
+            unsigned e = cm_mysql_errno(c);
             char buf[512];
             snprintf(buf, sizeof(buf), "mysql: %s", my_err(c));
             if (slot < 0)
@@ -906,13 +549,12 @@ static void step_done(CmSqlConnObject *c)
             mysql_stmt_close(mc->cur);
             mc->cur = NULL;
             if (e >= 2000 && e < 3000) {
-                cm_sql_conn_fail(c, s->st->SQLConnectionError, buf);
+                cm_sql_conn_fail(c, s->st->sql.SQLConnectionError, buf);
                 return;
             }
-            if (handler_failed(c, e, 1))
+            if (cm_mysql_handler_failed(c, e, 1))
                 return;
-            for (CmSqlReq *r = c->batch; r != NULL; r = r->next)
-                cm_sql_req_error_sql(s, r, e == ER_NO_SUCH_TABLE_, buf);
+            cm_sql_batch_error_sql(s, c->batch, e == ER_NO_SUCH_TABLE_, buf);
             c->phase = PH_IDLE;
             cm_sql_conn_done(c);
             break;
@@ -920,9 +562,9 @@ static void step_done(CmSqlConnObject *c)
         if (mc->slot >= 0)
             mc->stmt[mc->slot] = mc->cur;
         if (mc->slot == S_HGET) {
-            handler_columns(mc, mc->cur);
+            cm_mysql_handler_columns(mc, mc->cur);
             if (mc->hoff) {
-                run_batch(c); /* the SELECT */
+                cm_mysql_run_batch(c); /* the SELECT */
                 return;
             }
         }
@@ -935,15 +577,15 @@ static void step_done(CmSqlConnObject *c)
         return;
     case PH_EXECUTE:
         if (mc->iret != 0) {
-            if (handler_failed(c, my_errno(c), 0))
+            if (cm_mysql_handler_failed(c, cm_mysql_errno(c), 0))
                 return;
             c->phase = PH_IDLE;
-            request_failed(c);
+            cm_mysql_request_failed(c);
             break;
         }
         if (c->batch->kind == CM_SQL_GET || c->batch->kind == CM_SQL_GET_ALL) {
             c->phase = PH_STORE;
-            after(c, mysql_stmt_store_result_start(&mc->iret, mc->cur));
+            cm_mysql_after(c, mysql_stmt_store_result_start(&mc->iret, mc->cur));
             return;
         }
         if (c->batch->kind == CM_SQL_SWEEP)
@@ -960,7 +602,7 @@ static void step_done(CmSqlConnObject *c)
     case PH_STORE:
         c->phase = PH_IDLE;
         if (mc->iret != 0) {
-            request_failed(c);
+            cm_mysql_request_failed(c);
             break;
         }
         read_rows(c);
@@ -971,7 +613,7 @@ static void step_done(CmSqlConnObject *c)
         /* next_result: 0 one more, -1 none, > 0 error */
         if (mc->iret > 0 || (c->phase == PH_QUERY && mc->iret != 0)) {
             c->phase = PH_IDLE;
-            request_failed(c);
+            cm_mysql_request_failed(c);
             break;
         }
         if (mc->iret == 0 && query_results(c, 1))
@@ -980,31 +622,14 @@ static void step_done(CmSqlConnObject *c)
         cm_sql_conn_done(c);
         break;
     case PH_HCLOSE:
-    case PH_HOPEN: {
-        unsigned e = mc->iret != 0 ? my_errno(c) : 0;
-        int opening = c->phase == PH_HOPEN;
-        c->phase = PH_IDLE;
-        if ((e >= 2000 && e < 3000) || (opening && e == ER_NO_SUCH_TABLE_)) {
-            request_failed(c); /* the connection, or the table, is gone */
-            break;
-        }
-        /* closed, or already gone (1109): not open either way */
-        mc->hopen = opening && e == 0;
-        if (mc->hopen)
-            mc->hopened = cm_sql_now();
-        else if (opening)
-            mc->hoff = 1;       /* a view, an engine without handlers: the SELECT */
-        if (c->batch == NULL) { /* the tick's close of an idle connection */
-            cm_sql_conn_done(c);
-            break;
-        }
-        run_batch(c);
-        return;
-    }
+    case PH_HOPEN:
+        if (cm_mysql_handler_done(c))
+            return;
+        break;
     case PH_QSTORE:
         if (mc->res == NULL && mysql_errno((MYSQL *)c->h) != 0) {
             c->phase = PH_IDLE;
-            request_failed(c);
+            cm_mysql_request_failed(c);
             break;
         }
         mysql_free_result(mc->res);
@@ -1017,7 +642,7 @@ static void step_done(CmSqlConnObject *c)
     default:
         break;
     }
-    if (c->state != CM_SQL_CLOSED && c->phase == PH_IDLE) {
+    if (c->net.state != CM_SQL_CLOSED && c->phase == PH_IDLE) {
         free(mc->sql);
         mc->sql = NULL;
         /* idle: any byte from the server now means it is closing */
@@ -1057,28 +682,14 @@ static void my_io(CmSqlConnObject *c, int readable, int writable)
 {
     if (c->phase == PH_IDLE) {
         if (readable)
-            cm_sql_conn_fail(c, c->storage->st->SQLConnectionError,
+            cm_sql_conn_fail(c, c->storage->st->sql.SQLConnectionError,
                              "mysql: the server closed the connection");
         return;
     }
     int ready = (readable ? MYSQL_WAIT_READ : 0) | (writable ? MYSQL_WAIT_WRITE : 0);
     if (!(ready & c->status))
         return;
-    after(c, cont(c, ready));
-}
-
-/* The storage's tick, for an idle connection: close a handler that is due,
- * so that DDL elsewhere is not held up by a quiet pool. Not on a
- * connection in use (idle between two reads): its next read does it. */
-static void my_idle(CmSqlConnObject *c, int64_t now)
-{
-    MyConn *mc = c->aux;
-    if (mc == NULL || !mc->hopen || now - mc->hopened < MY_HANDLER_AGE ||
-        now - mc->used < MY_HANDLER_AGE / 2)
-        return;
-    c->state = CM_SQL_BUSY;
-    c->deadline = now + (int64_t)(c->storage->timeout * 1e9);
-    handler_query(c, PH_HCLOSE, "HANDLER cm_get CLOSE");
+    cm_mysql_after(c, cont(c, ready));
 }
 
 const CmSqlDriver cm_mysql_driver = {
@@ -1087,11 +698,12 @@ const CmSqlDriver cm_mysql_driver = {
     .available = 1,
     .key_max = 512,
     .key_nul = 1,
-    .open = my_open,
+    .open = cm_mysql_open,
     .io = my_io,
     .start = my_start,
-    .idle = my_idle,
-    .close = my_close,
+    .idle = cm_mysql_idle,
+    .close = cm_mysql_close,
+    .conn_traverse = cm_mysql_conn_traverse,
 };
 
 #else /* !CM_HAVE_MARIADB */

@@ -100,6 +100,12 @@ static void pg_close(CmSqlConnObject *c)
     c->h = NULL;
 }
 
+static int pg_conn_traverse(CmSqlConnObject *c, visitproc visit, void *arg)
+{
+    Py_VISIT((PyObject *)c->aux); /* the host lookup's task (PH_RESOLVE) */
+    return 0;
+}
+
 static void fail_pg(CmSqlConnObject *c)
 {
     const char *m = c->h ? PQerrorMessage((PGconn *)c->h) : "connection lost";
@@ -108,7 +114,7 @@ static void fail_pg(CmSqlConnObject *c)
     size_t len = strlen(buf);
     while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == ' '))
         buf[--len] = '\0';
-    cm_sql_conn_fail(c, c->storage->st->SQLConnectionError, buf);
+    cm_sql_conn_fail(c, c->storage->st->sql.SQLConnectionError, buf);
 }
 
 /* libpq's notices (NOTICE, WARNING, ... from the server, e.g. "relation
@@ -150,10 +156,10 @@ static int pg_started(CmSqlConnObject *c, PGconn *pg)
     c->phase = PH_CONNECT;
     PQsetNoticeReceiver(pg, pg_notice, s->st);
     if (PQstatus(pg) == CONNECTION_BAD) {
-        PyErr_Format(s->st->SQLConnectionError, "postgresql: %s", PQerrorMessage(pg));
+        PyErr_Format(s->st->sql.SQLConnectionError, "postgresql: %s", PQerrorMessage(pg));
         return -1;
     }
-    c->fd = PQsocket(pg);
+    cm_sql_conn_set_fd(c, PQsocket(pg));
     return cm_sql_conn_watch(c, 0, 1);
 }
 
@@ -239,7 +245,7 @@ static int pg_connect_resolved(CmSqlConnObject *c, PyObject *addrs)
     char *err = NULL;
     PQconninfoOption *opts = PQconninfoParse(dsn, &err);
     if (opts == NULL) {
-        PyErr_Format(s->st->SQLConnectionError, "postgresql: %s", err ? err : "out of memory");
+        PyErr_Format(s->st->sql.SQLConnectionError, "postgresql: %s", err ? err : "out of memory");
         PQfreemem(err);
         return -1;
     }
@@ -333,7 +339,7 @@ done:
 static PyObject *pg_on_resolved(PyObject *self, PyObject *task)
 {
     CmSqlConnObject *c = (CmSqlConnObject *)self;
-    if (c->state != CM_SQL_CONNECTING || c->aux != (void *)task)
+    if (c->net.state != CM_SQL_CONNECTING || c->aux != (void *)task)
         Py_RETURN_NONE; /* closed meanwhile (timed out): the task was cancelled */
     Py_INCREF(c);
     c->aux = NULL;
@@ -345,7 +351,7 @@ static PyObject *pg_on_resolved(PyObject *self, PyObject *task)
     else if (addrs != NULL)
         PyErr_SetString(PyExc_TypeError, "resolve: a list expected");
     if (rc < 0)
-        cm_sql_conn_fail_lookup(c, PyErr_ExceptionMatches(c->storage->st->SQLConnectionError));
+        cm_sql_conn_fail_lookup(c, PyErr_ExceptionMatches(c->storage->st->sql.SQLConnectionError));
     Py_XDECREF(addrs);
     Py_DECREF(c);
     Py_RETURN_NONE;
@@ -369,7 +375,7 @@ static int pg_open(CmSqlConnObject *c)
         return -1;
     if (PyList_GET_SIZE(names) > 0) {
         PyObject *cb = PyCFunction_New(&pg_on_resolved_def, (PyObject *)c);
-        PyObject *task = cb ? cm_resolve_start(s->loop, names, cb) : NULL;
+        PyObject *task = cb ? cm_resolve_start(s->pool.loop, names, cb) : NULL;
         Py_XDECREF(cb);
         Py_DECREF(names);
         if (task == NULL)
@@ -509,7 +515,7 @@ static int send_req(CmSqlConnObject *c, CmSqlReq *b)
             goto done;
         if (PyBytes_GET_SIZE(b->value) > INT32_MAX) {
             /* libpq's lengths are ints */
-            PyErr_Format(s->st->SQLError, "postgresql: a value of %zd bytes is too large",
+            PyErr_Format(s->st->sql.SQLError, "postgresql: a value of %zd bytes is too large",
                          PyBytes_GET_SIZE(b->value));
             goto done;
         }
@@ -564,8 +570,8 @@ static void pg_start(CmSqlConnObject *c)
     if (b == NULL)
         return;
     c->batch = b;
-    c->state = CM_SQL_BUSY;
-    c->deadline = cm_sql_now() + (int64_t)(s->timeout * 1e9);
+    c->net.state = CM_SQL_BUSY;
+    cm_sql_conn_deadline(c, cm_sql_now() + (int64_t)(s->timeout * 1e9));
     if (c->phase == PH_UNPREPARED && b->kind != CM_SQL_EXEC) {
         if (!PQsendQuery((PGconn *)c->h, (const char *)s->aux)) {
             fail_pg(c);
@@ -591,17 +597,7 @@ static void send_batch(CmSqlConnObject *c)
     int rc = send_req(c, b);
     if (rc < 0) {
         /* a request that cannot be encoded fails alone */
-        PyObject *t, *v, *tb;
-        PyErr_Fetch(&t, &v, &tb);
-        PyObject *msg = v ? PyObject_Str(v) : NULL;
-        const char *m = msg ? PyUnicode_AsUTF8(msg) : NULL;
-        for (CmSqlReq *r = b; r != NULL; r = r->next)
-            cm_sql_req_error(s, r, t ? t : s->st->SQLError, m ? m : "bad request");
-        Py_XDECREF(msg);
-        Py_XDECREF(t);
-        Py_XDECREF(v);
-        Py_XDECREF(tb);
-        PyErr_Clear();
+        cm_sql_batch_error_pending(s, b);
         cm_sql_conn_done(c);
         return;
     }
@@ -635,15 +631,14 @@ static void on_result(CmSqlConnObject *c, PGresult *res)
     if (status == PGRES_FATAL_ERROR || status == PGRES_BAD_RESPONSE) {
         const char *m = PQresultErrorMessage(res);
         int missing = is_missing_table(res);
-        for (CmSqlReq *r = b; r != NULL; r = r->next)
-            cm_sql_req_error_sql(s, r, missing, m);
+        cm_sql_batch_error_sql(s, b, missing, m);
         return;
     }
     int rows = PQntuples(res);
     if (b->kind == CM_SQL_GET && c->status == MODE_ONE) {
         if (status == PGRES_TUPLES_OK && rows > 0 && b->result == NULL &&
             (b->result = col_bytes(res, 0, 0)) == NULL)
-            cm_sql_req_error(s, b, s->st->SQLError, "postgresql: out of memory");
+            cm_sql_req_error(s, b, s->st->sql.SQLError, "postgresql: out of memory");
     } else if (b->kind == CM_SQL_GET || b->kind == CM_SQL_GET_ALL) {
         if (status != PGRES_TUPLES_OK)
             return;
@@ -651,21 +646,12 @@ static void on_result(CmSqlConnObject *c, PGresult *res)
             if (cm_sql_result_put(b, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0),
                                   col_bytes(res, i, 1)) < 0) {
                 PyErr_Clear();
-                cm_sql_req_error(s, b, s->st->SQLError, "postgresql: out of memory");
+                cm_sql_req_error(s, b, s->st->sql.SQLError, "postgresql: out of memory");
                 return;
             }
         }
-        if (b->kind == CM_SQL_GET && b->result != NULL) {
-            /* coalesced gets: hand each its own row */
-            PyObject *found = b->result; // the dict, owned by the first request
-            b->result = NULL;
-            for (CmSqlReq *r = b; r != NULL; r = r->next) {
-                PyObject *v = PyDict_GetItemWithError(found, r->key); // borrowed
-                Py_XSETREF(r->result, Py_XNewRef(v));
-            }
-            PyErr_Clear();
-            Py_DECREF(found);
-        }
+        if (b->kind == CM_SQL_GET)
+            cm_sql_split_rows(b);
     } else if (b->kind == CM_SQL_SWEEP) {
         Py_XSETREF(b->result,
                    PyLong_FromString(*PQcmdTuples(res) ? PQcmdTuples(res) : "0", NULL, 10));
@@ -699,7 +685,7 @@ static void pg_io(CmSqlConnObject *c, int readable, int writable)
         }
         /* libpq may have moved to another socket (another host, SSL retry) */
         cm_sql_conn_unwatch(c);
-        c->fd = PQsocket(pg);
+        cm_sql_conn_set_fd(c, PQsocket(pg));
         if (cm_sql_conn_watch(c, ps == PGRES_POLLING_READING, ps == PGRES_POLLING_WRITING) < 0) {
             PyErr_Clear();
             cm_sql_conn_fail(c, NULL, "postgresql: cannot watch the socket");
@@ -708,7 +694,7 @@ static void pg_io(CmSqlConnObject *c, int readable, int writable)
     }
     if (writable) {
         flush_watch(c);
-        if (c->state == CM_SQL_CLOSED)
+        if (c->net.state == CM_SQL_CLOSED)
             return;
     }
     if (!readable)
@@ -717,7 +703,7 @@ static void pg_io(CmSqlConnObject *c, int readable, int writable)
         fail_pg(c);
         return;
     }
-    while (c->state != CM_SQL_CLOSED && !PQisBusy(pg)) {
+    while (c->net.state != CM_SQL_CLOSED && !PQisBusy(pg)) {
         PGresult *res = PQgetResult(pg);
         if (res == NULL) {
             /* the command in flight (if any) is complete */
@@ -740,8 +726,7 @@ static void pg_io(CmSqlConnObject *c, int readable, int writable)
             int missing = is_missing_table(res);
             char buf[512];
             snprintf(buf, sizeof(buf), "postgresql: %s", PQresultErrorMessage(res));
-            for (CmSqlReq *r = c->batch; r != NULL; r = r->next)
-                cm_sql_req_error_sql(c->storage, r, missing, buf);
+            cm_sql_batch_error_sql(c->storage, c->batch, missing, buf);
             c->err = 1;
         }
         /* the results of a request: also execute()'s on a connection whose
@@ -750,7 +735,7 @@ static void pg_io(CmSqlConnObject *c, int readable, int writable)
             on_result(c, res);
         PQclear(res);
     }
-    if (c->state != CM_SQL_CLOSED && PQstatus(pg) == CONNECTION_BAD)
+    if (c->net.state != CM_SQL_CLOSED && PQstatus(pg) == CONNECTION_BAD)
         fail_pg(c);
 }
 
@@ -766,6 +751,7 @@ const CmSqlDriver cm_pg_driver = {
     .io = pg_io,
     .start = pg_start,
     .close = pg_close,
+    .conn_traverse = pg_conn_traverse,
 };
 
 #else /* !CM_HAVE_PQ */

@@ -53,6 +53,16 @@ typedef struct {
 
 static void wait_fail_all(CmSqlStorageObject *s, const char *msg);
 
+static int sqlite_traverse(CmSqlStorageObject *s, visitproc visit, void *arg)
+{
+    CmSqliteH *h = s->h;
+    if (h == NULL)
+        return 0;
+    Py_VISIT(h->wait_loop);
+    Py_VISIT(h->wait_timer);
+    return cm_sql_req_traverse(h->wait_head, visit, arg);
+}
+
 static void finalize_all(CmSqliteH *h)
 {
     sqlite3_finalize(h->get);
@@ -88,14 +98,15 @@ static int raise_db(CmSqlStorageObject *s, sqlite3 *db, int rc)
 {
     CmState *st = s->st;
     if (db != NULL && is_missing_table(db)) {
-        PyErr_Format(st->SQLTableError,
+        PyErr_Format(st->sql.SQLTableError,
                      "cacheme sqlite storage: table '%U' does not exist; create it with the DDL in "
                      "cacheme/storages/scripts/sqlite.sql (table name replaced) or pass "
                      "create_table=True",
                      s->table);
         return -1;
     }
-    PyObject *tp = (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) ? st->SQLTimeoutError : st->SQLError;
+    PyObject *tp =
+        (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) ? st->sql.SQLTimeoutError : st->sql.SQLError;
     if (s->h != NULL)
         ((CmSqliteH *)s->h)->busy_hit = rc == SQLITE_BUSY;
     PyErr_Format(tp, "sqlite: %s", db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
@@ -431,7 +442,7 @@ static void wait_fail_all(CmSqlStorageObject *s, const char *msg)
     }
     while (h->wait_head != NULL) {
         CmSqlReq *r = wait_pop(h);
-        cm_sql_req_error(s, r, s->st->SQLConnectionError, msg);
+        cm_sql_req_error(s, r, s->st->sql.SQLConnectionError, msg);
         cm_sql_req_finish(s, r);
     }
     Py_CLEAR(h->wait_loop);
@@ -504,7 +515,7 @@ static PyObject *wait_on_timer(PyObject *self, PyObject *Py_UNUSED(unused))
                 snprintf(msg, sizeof(msg),
                          "sqlite: database is locked (waited busy_timeout, %g s, for the lock)",
                          h->busy);
-                cm_sql_req_error(s, r, s->st->SQLTimeoutError, msg);
+                cm_sql_req_error(s, r, s->st->sql.SQLTimeoutError, msg);
             } else {
                 PyObject *exc = cm_exc_take();
                 if (r->error == NULL)
@@ -570,7 +581,7 @@ static int sqlite_run(CmSqlStorageObject *s, CmSqlReq *r)
     Py_XDECREF(exc);
     if (h->wait_head != NULL && loop != h->wait_loop) {
         Py_DECREF(loop);
-        PyErr_SetString(s->st->SQLTimeoutError,
+        PyErr_SetString(s->st->sql.SQLTimeoutError,
                         "sqlite: database is locked (and waited for by another event loop)");
         return -1;
     }
@@ -589,6 +600,7 @@ const CmSqlDriver cm_sqlite_driver = {
     .sync = 1,
     .teardown = sqlite_teardown,
     .run = sqlite_run,
+    .traverse = sqlite_traverse,
 };
 
 #else /* !CM_HAVE_SQLITE */

@@ -1,14 +1,15 @@
 /* SQL storages (PostgreSQL, MySQL/MariaDB, SQLite): what the three share.
  *
  * The Python-facing types PgClient, MySQLClient and SQLiteClient are one
- * storage type (CmSqlStorageObject) with a driver table each. The storage
- * turns get/get_all/set/set_all/remove into requests (CmSqlReq: keys, bytes,
- * a TTL in seconds, an asyncio future) and queues them; a pool of up to
- * pool_size connections (CmSqlConnObject, one socket each, watched on the
- * running loop through loop.h) takes them from the queue. A driver knows how
- * to open a connection, send a request and read its result; everything else
- * (the queue, the pool, futures, timeouts, backoff after a failed connect,
- * the expired-row sweep, the row layout) lives in sqlstore.c.
+ * storage type (CmSqlStorageObject, sqlstore.c) with a driver table each.
+ * The storage turns get/get_all/set/set_all/remove into requests (CmSqlReq,
+ * request.c: keys, bytes, a TTL in seconds, an asyncio future) and submits
+ * them (submit.c); a pool of up to pool_size connections (CmSqlConnObject,
+ * pool.c: one socket each, watched on the running loop through loop.h)
+ * takes them from the queue. A driver (pg.c, mysql.c, sqlite.c) knows how
+ * to open a connection, send a request and read its result; everything
+ * else (the queue, the pool, futures, timeouts, backoff after a failed
+ * connect, the expired-row sweep, the row layout) is shared.
  *
  * SQLite has no socket: its driver runs each request inline (`sync`), the
  * statements being short point lookups and upserts in WAL mode.
@@ -23,60 +24,9 @@
 
 #include "net/busypoll.h"
 #include "net/netloop.h"
-
-typedef struct CmSqlReq CmSqlReq;
-typedef struct CmSqlStorageObject CmSqlStorageObject;
-typedef struct CmSqlConnObject CmSqlConnObject;
-
-enum {
-    CM_SQL_GET,     /* key -> result: the raw value or NULL */
-    CM_SQL_GET_ALL, /* keys -> result: dict key -> raw value */
-    CM_SQL_SET,     /* key, value, ttl */
-    CM_SQL_SET_ALL, /* keys, values, ttl (keys unique) */
-    CM_SQL_DEL,     /* key */
-    CM_SQL_SWEEP,   /* limit -> result: int, rows deleted */
-    CM_SQL_EXEC,    /* key holds an SQL statement without parameters (DDL) */
-    CM_SQL_PING,    /* done as soon as a connection is ready */
-};
-
-struct CmSqlReq {
-    CmSqlReq *next;
-    int kind;
-    PyObject *fut;    /* NULL for background requests (the sweep) */
-    PyObject *ser;    /* GET, GET_ALL: serializer or None */
-    PyObject *key;    /* str */
-    PyObject *keys;   /* list of str */
-    PyObject *nodes;  /* GET_ALL: list of nodes, parallel to keys */
-    PyObject *value;  /* bytes */
-    PyObject *values; /* list of bytes, parallel to keys */
-    double ttl;       /* seconds; < 0: no expiry */
-    long limit;
-    int64_t deadline; /* monotonic ns */
-    PyObject *result;
-    PyObject *error;
-    /* set while its submitter may still wait for it in its own call (see
-     * submit): then finishing it only sets `finished`, and the submitter
-     * takes the result (no future) or attaches a future */
-    int held;
-    int finished;
-};
-
-enum { CM_SQL_CONNECTING, CM_SQL_IDLE, CM_SQL_BUSY, CM_SQL_CLOSED };
-
-struct CmSqlConnObject {
-    PyObject_HEAD
-    CmSqlStorageObject *storage; /* borrowed; the storage owns the conn; NULL once closed */
-    int state;
-    int fd;
-    int reading, writing;
-    int phase;        /* driver's sub-state */
-    int status;       /* driver's scratch (MariaDB's wait status) */
-    int err;          /* driver's scratch: the batch has failed */
-    int64_t deadline; /* of the connect or the batch in flight; 0: none */
-    CmSqlReq *batch;  /* requests in flight on this connection */
-    void *h;          /* driver handle (PGconn *, MYSQL *) */
-    void *aux;        /* driver scratch */
-};
+#include "sql/pool.h"
+#include "sql/request.h"
+#include "sql/submit.h"
 
 typedef struct {
     const char *name;    /* "postgresql" */
@@ -100,6 +50,10 @@ typedef struct {
      * housekeeping (it may start a step without a batch) */
     void (*idle)(CmSqlConnObject *c, int64_t now);
     void (*close)(CmSqlConnObject *c);
+    /* optional: visit the Python objects the driver keeps for a connection
+     * (a host lookup's task) or for the storage (SQLite's lock waiters) */
+    int (*conn_traverse)(CmSqlConnObject *c, visitproc visit, void *arg);
+    int (*traverse)(CmSqlStorageObject *s, visitproc visit, void *arg);
     /* sync drivers: run one request, filling result or raising; or set its
      * fut (a future on the running loop) and keep it, to finish it later
      * from the loop with cm_sql_req_finish */
@@ -110,24 +64,23 @@ struct CmSqlStorageObject {
     PyObject_HEAD
     CmState *st;
     const CmSqlDriver *drv;
-    PyObject *loop;    /* the loop the connections are watched on */
     PyObject *table;   /* str, a validated identifier */
     PyObject *dsn;     /* str: libpq conninfo/URL, MySQL URL parts, SQLite path */
     PyObject *options; /* dict of driver options (host, port, user, ...) */
     Py_ssize_t pool_size;
     double timeout, connect_timeout, sweep_interval;
     long sweep_limit;
-    CmSqlConnObject **conns;
-    Py_ssize_t nconns, conns_cap;
+    /* the connections (CmSqlConnObject), the loop they are watched on, the
+     * backoff after a failed connect and its error (net/pool.h) */
+    CmNetPool pool;
     CmSqlReq *head, *tail;
     Py_ssize_t queued;
     PyObject *tick; /* TimerHandle of the periodic check, or NULL */
-    int64_t retry_at, backoff, next_sweep;
+    int64_t next_sweep;
     int sweeping;
     int dispatching;
-    PyObject *last_error; /* why the last connect failed */
-    CmBusyPoll spin;      /* waiting for replies on an idle loop (busypoll.h) */
-    void *h;              /* driver's storage-level handle (sqlite3 *) */
+    CmBusyPoll spin; /* waiting for replies on an idle loop (busypoll.h) */
+    void *h;         /* driver's storage-level handle (sqlite3 *) */
     void *aux;
     PyObject *weakreflist;
     /* the instances serving other loops (netloop.h), made from the same
@@ -141,41 +94,9 @@ extern const CmSqlDriver cm_pg_driver;
 extern const CmSqlDriver cm_mysql_driver;
 extern const CmSqlDriver cm_sqlite_driver;
 
-/* For drivers. */
-/* Watch the connection's fd for reading/writing (only what changes is told
- * to the loop); -1 with an exception. */
-int cm_sql_conn_watch(CmSqlConnObject *c, int read, int write);
-/* Stop watching (also when the fd is about to change or be closed). */
-void cm_sql_conn_unwatch(CmSqlConnObject *c);
-/* Close the connection and fail its batch with exc_type(msg); connecting:
- * counts as a failed connect (backoff). Never raises. */
-void cm_sql_conn_fail(CmSqlConnObject *c, PyObject *exc_type, const char *msg);
-/* cm_sql_conn_fail with the pending exception's text (cleared): as it is
- * when it came from the connect (connected), else after "<driver>: cannot
- * resolve the host: ". For a connect that follows a host lookup. */
-void cm_sql_conn_fail_lookup(CmSqlConnObject *c, int connected);
-/* The batch in flight is answered: finish its requests; the conn is idle. */
-void cm_sql_conn_done(CmSqlConnObject *c);
-/* The connection is ready for requests (after connect and prepare). */
-void cm_sql_conn_ready(CmSqlConnObject *c);
-/* Take the first queued request (NULL if none), or up to max GETs in a row
- * when the first is a GET (linked through next). */
-CmSqlReq *cm_sql_take(CmSqlStorageObject *s, int max_gets);
-/* Finish a request: set its future (result or error) and free it. */
-void cm_sql_req_finish(CmSqlStorageObject *s, CmSqlReq *r);
-/* Set the request's error (first one wins) to exc_type(msg). */
-void cm_sql_req_error(CmSqlStorageObject *s, CmSqlReq *r, PyObject *exc_type, const char *msg);
-/* The error for a statement that failed: the missing-table message when
- * missing, else exc_type(msg). */
-void cm_sql_req_error_sql(CmSqlStorageObject *s, CmSqlReq *r, int missing_table, const char *msg);
-/* Append key -> raw to a GET_ALL/coalesced GET result dict. */
-int cm_sql_result_put(CmSqlReq *r, const char *key, size_t klen, PyObject *raw_steal);
-/* "ttl seconds from now" in microseconds, or -1 without TTL. */
-long long cm_sql_ttl_us(const CmSqlReq *r);
-/* UTC wall clock as "YYYY-MM-DD HH:MM:SS.ffffff+00:00" (the way Python's
- * sqlite3 stored 0.3.0's aware datetimes), offset by delta_us; buf >= 40. */
-void cm_sql_utc_text(char *buf, size_t n, long long delta_us);
-int64_t cm_sql_now(void);
+/* The library of the storage's driver was found at build time; else -1
+ * with a RuntimeError telling what to install. */
+int cm_sql_check_available(CmSqlStorageObject *s);
 
 int cm_sql_init(PyObject *mod, CmState *st);
 int cm_sql_traverse(CmState *st, visitproc visit, void *arg);
