@@ -81,7 +81,9 @@ static inline PyObject *cm_key_call(CmState *st, PyObject *node, CmNodeConfigObj
     if (cfg == NULL || Py_TYPE(node) != cfg->cls || !cm_nodecfg_methods(st, cfg) ||
         cfg->key_func == NULL)
         return cm_key_call_method(st, node);
-    PyObject *key = PyObject_Vectorcall(cfg->key_func, &node, 1, NULL);
+    /* key_func is a PyFunction (cm_nodecfg_resolve_methods): its own
+     * vectorcall, without PyObject_Vectorcall's dispatch and result check */
+    PyObject *key = ((PyFunctionObject *)cfg->key_func)->vectorcall(cfg->key_func, &node, 1, NULL);
     return key == NULL || PyUnicode_Check(key) ? key : cm_key_not_str(node, key);
 }
 
