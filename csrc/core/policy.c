@@ -127,20 +127,23 @@ struct cm_policy {
     uint64_t requests_in_sample;
     uint64_t sample_size;
     int64_t adjustment; /* > 0 grow the window, < 0 shrink it; left to move */
-    cm_sketch sketch;   /* W-TinyLFU only, as the fields below */
+
+    /* W-TinyLFU only, from here to rng */
+    cm_sketch sketch;
     /* The sketch record of the last access or miss, not applied yet (see
      * cm_record); record_pending is 0 or 1. */
     int record_pending;
     uint32_t pending_slot; /* whose access it is, or CM_NIL (a miss) */
     uint64_t pending_mixed;
     uint32_t window_max;
+    double prev_hit_rate;
+    double step;
+    uint64_t rng; /* xorshift64* state */
+
     uint32_t capacity;
     uint32_t nslots;
     cm_hash_fn hash_of;
     void *ud; // borrowed
-    double prev_hit_rate;
-    double step;
-    uint64_t rng; /* xorshift64* state */
 };
 
 /* ---- links ---------------------------------------------------------------- */
