@@ -83,6 +83,10 @@ def _check_hiredis():
 def extension():
     cflags = ["-std=c11", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
               "-fvisibility=hidden"]
+    if sys.platform.startswith("linux"):
+        # calls into libpython through the GOT, not a PLT stub: one jump fewer
+        # on every call the hit path makes (ELF only)
+        cflags.append("-fno-plt")
     ldflags = []
     for names, package in REQUIRED:
         c, l = _pkg_config(names, package)

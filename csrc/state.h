@@ -91,11 +91,10 @@ typedef struct {
 #undef CM_DECLARE_NAME
 
     /* configuration, set from Python */
-    PyObject *prefix;    /* str, default "cacheme" */
-    PyObject *storages;  /* dict: name -> storage */
-    PyObject *sentinel;  /* cacheme.models.sentinel: "not found" from storages */
-    PyObject *logger;    /* logging.getLogger("cacheme") */
-    uint64_t generation; /* bumped by register_storage, set_prefix: node configs rebuild */
+    PyObject *prefix;   /* str, default "cacheme" */
+    PyObject *storages; /* dict: name -> storage */
+    PyObject *sentinel; /* cacheme.models.sentinel: "not found" from storages */
+    PyObject *logger;   /* logging.getLogger("cacheme") */
 
     /* asyncio, imported at module init */
     PyObject *get_running_loop;
@@ -125,9 +124,11 @@ typedef struct {
     PyObject *KeySlotType;
     Py_ssize_t key_slot_offset;
 
-    /* the last node class seen by get() and its config (both strong) */
+    /* the last node class seen by get() and its config (both strong); next
+     * to what else a local hit reads (key_slot_offset, ready_cache) */
     PyObject *last_cls;
     PyObject *last_cfg;
+    uint64_t generation; /* bumped by register_storage, set_prefix: node configs rebuild */
 
     /* a reusable ready awaitable (refcount 1 = free to reuse) */
     PyObject *ready_cache;

@@ -106,24 +106,13 @@ typedef struct {
 typedef char cm_plink_is_8_bytes[sizeof(cm_plink) == 8 ? 1 : -1];
 
 struct cm_policy {
+    /* What a hit reads and writes comes first, the sketch's aging count
+     * (sketch.resets) right after it: two cache lines instead of four, which
+     * the caller's own code evicts between hits. */
     int kind;
-    uint32_t capacity;
-    cm_hash_fn hash_of;
-    void *ud;        // borrowed
-    cm_plink *links; /* CM_ID_BASE sentinels (links[0] unused), then nslots slots */
-    uint32_t nslots;
-    uint32_t qlen[4];
-
-    /* W-TinyLFU only */
-    uint32_t window_max;
     uint32_t protected_max;
-    cm_sketch sketch;
-    /* The sketch record of the last access or miss, not applied yet (see
-     * cm_record); defer_records and record_pending are 0 or 1. */
-    uint64_t pending_mixed;
-    uint32_t pending_slot; /* whose access it is, or CM_NIL (a miss) */
-    int defer_records;
-    int record_pending;
+    cm_plink *links; /* CM_ID_BASE sentinels (links[0] unused), then nslots slots */
+    uint32_t qlen[4];
     /* One bit per slot: its key's counters are all saturated, so its records
      * change nothing until the sketch ages (valid while hot_resets equals
      * sketch.resets; cleared for a slot when a key is inserted there). A hot
@@ -133,13 +122,28 @@ struct cm_policy {
     /* Hill climber. sampling is 1 once the policy is half full (0 before):
      * requests add it to the counters, so the hot path does not branch. */
     uint32_t sampling;
+    int defer_records; /* 0 or 1: see record_pending */
     uint64_t hits_in_sample;
     uint64_t requests_in_sample;
     uint64_t sample_size;
+    int64_t adjustment; /* > 0 grow the window, < 0 shrink it; left to move */
+
+    /* W-TinyLFU only, from here to rng */
+    cm_sketch sketch;
+    /* The sketch record of the last access or miss, not applied yet (see
+     * cm_record); record_pending is 0 or 1. */
+    int record_pending;
+    uint32_t pending_slot; /* whose access it is, or CM_NIL (a miss) */
+    uint64_t pending_mixed;
+    uint32_t window_max;
     double prev_hit_rate;
     double step;
-    int64_t adjustment; /* > 0 grow the window, < 0 shrink it; left to move */
-    uint64_t rng;       /* xorshift64* state */
+    uint64_t rng; /* xorshift64* state */
+
+    uint32_t capacity;
+    uint32_t nslots;
+    cm_hash_fn hash_of;
+    void *ud; // borrowed
 };
 
 /* ---- links ---------------------------------------------------------------- */
@@ -411,9 +415,11 @@ cm_policy *cm_policy_new(int kind, uint32_t capacity, cm_hash_fn hash_of, void *
 
     if (kind != CM_POLICY_LRU && kind != CM_POLICY_TLFU)
         return NULL;
-    p = calloc(1, sizeof(*p));
+    /* on a cache line of its own: the hit's fields then take two lines */
+    p = aligned_alloc(64, (sizeof(*p) + 63) & ~(size_t)63);
     if (p == NULL)
         return NULL;
+    memset(p, 0, sizeof(*p));
     if (capacity > CM_POLICY_MAX_SLOTS)
         capacity = CM_POLICY_MAX_SLOTS;
     p->kind = kind;

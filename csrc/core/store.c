@@ -35,20 +35,24 @@ typedef struct {
 
 struct CmStoreObject {
     PyObject_HEAD
+    /* what a hit reads, together: a hit that touches fewer cache lines does
+     * not wait on as many of them (the get loop evicts them between calls) */
+    CmIndexEntry *index;
+    PyObject **keys;   /* NULL on a free slot */
+    PyObject **values; /* on a free slot: next free slot number, cast */
+    cm_policy *policy;
+    uint32_t index_mask;
+    int ttl_used; /* a put had a TTL: only then may the wheel hold entries */
+    size_t ndead;
+    cm_wheel *wheel;
     int kind;
     uint32_t capacity;
     uint32_t len;
-    CmIndexEntry *index;
-    uint32_t index_mask;
-    PyObject **keys;   /* NULL on a free slot */
-    PyObject **values; /* on a free slot: next free slot number, cast */
-    uint32_t nslots;   /* allocated */
-    uint32_t hwm;      /* slots [0, hwm) have been handed out at least once */
+    uint32_t nslots; /* allocated */
+    uint32_t hwm;    /* slots [0, hwm) have been handed out at least once */
     uint32_t free_head;
-    cm_policy *policy;
-    cm_wheel *wheel;
     PyObject **dead;
-    size_t ndead, dead_cap;
+    size_t dead_cap;
     int flushing;
     uint64_t puts; /* bumped by every put: lets a deferred get see new values */
     PyObject *weakreflist;
@@ -227,7 +231,7 @@ static void expire_cb(void *ud, uint32_t slot) { drop_slot((CmStoreObject *)ud, 
  * a TTL), else it is the clock read for it. */
 static inline void advance_wheel(CmStoreObject *s, int64_t *now)
 {
-    if (cm_wheel_len(s->wheel) == 0)
+    if (!s->ttl_used || cm_wheel_len(s->wheel) == 0)
         return;
     *now = cm_now_ns();
     cm_wheel_advance(s->wheel, *now, expire_cb, s);
@@ -383,6 +387,7 @@ int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *valu
          * run for months would overflow now + ttl_ns (expired at once): it
          * never expires instead */
         if (ttl_ns >= 0 && ttl_ns <= INT64_MAX - now) {
+            s->ttl_used = 1;
             if (cm_wheel_schedule_checked(s->wheel, slot, now + ttl_ns) < 0) {
                 /* an entry that cannot expire must not stay */
                 drop_slot(s, slot, 1);
