@@ -48,6 +48,7 @@ typedef struct {
     double limit;         /* seconds; 0: off */
     PyObject *loop;       /* the loop followed, or NULL */
     PyObject *ready;      /* its ready deque, or NULL: no spinning */
+    int loop_fd;          /* the fd the loop sleeps on (epoll), or -1 */
     int pending;          /* the callback is scheduled */
     int skip;             /* requests left that do not spin */
     int backoff;          /* skip after the next timeout */
@@ -56,6 +57,7 @@ typedef struct {
     Py_ssize_t hits;      /* spins that ended with a reply */
     Py_ssize_t misses;    /* spins that timed out */
     Py_ssize_t inlined;   /* requests answered within their own call */
+    Py_ssize_t yields;    /* spins cut short by other I/O ready on the loop */
 } CmBusyPoll;
 
 /* The default limit for this process: CM_BUSYPOLL_DEFAULT, or 0 when the
