@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <sched.h>
 #include <stdio.h>
-#include <stdlib.h>
 
 #include "base/clock.h"
 #include "base/exc.h"
@@ -156,7 +155,7 @@ void cm_busypoll_follow(CmBusyPoll *bp, PyObject *loop)
     }
     if (ready != NULL && PySequence_Check(ready) && PyObject_Size(ready) >= 0) {
         bp->ready = ready;
-        bp->loop_fd = getenv("CM_NOFD") ? -1 : loop_fd(loop);
+        bp->loop_fd = loop_fd(loop);
     } else
         Py_XDECREF(ready);
     PyErr_Clear();
