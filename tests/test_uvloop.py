@@ -18,7 +18,8 @@ import pytest
 import cacheme
 from cacheme.serializer import MsgPackSerializer
 from cacheme.storages.redis import RedisStorage
-from conftest import TEST_LOOP, ReadyTask, needs_two_cpus, run_python, unique
+from conftest import (LEAK_SNAPSHOT, TEST_LOOP, ReadyTask, assert_flat, needs_two_cpus,
+                      run_python, unique)
 from redis_servers import RedisServer
 from sql_servers import MariaServer, PgServer, pg_bin
 
@@ -337,3 +338,33 @@ def test_busy_poll_is_off_on_one_cpu_on_uvloop(redis_srv):
         print(info["busy_poll"], info["busy_poll_hits"], info["busy_poll_timeouts"])
     """)
     assert out.split() == ["0.0", "0", "0"]
+
+
+def test_busy_poll_on_uvloop_does_not_leak(redis_srv):
+    # each new loop is probed for its ready queue once; the spins run per GET
+    code = LEAK_SNAPSHOT + f"""
+import asyncio
+import uvloop
+from cacheme.storages.redis import RedisStorage
+
+s = RedisStorage({redis_srv.url!r}, busy_poll=0.005)
+
+async def gets():
+    await s.execute("SET", "a", "1")
+    for _ in range(20):
+        assert await s.execute("GET", "a") == b"1"
+
+def loops(n):
+    for _ in range(n):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+            r.run(gets())
+
+loops(50)
+before = snapshot()
+loops(300)
+after = snapshot()
+with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+    r.run(s.close())
+print(before[0], after[0], before[1], after[1])
+"""
+    assert_flat(run_python(code), rss_kib=2048)
