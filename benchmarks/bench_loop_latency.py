@@ -74,6 +74,7 @@ class Config:
         self.storage = cacheme.Storage(url=url, busy_poll=busy_poll, **storage_options(kind))
         self.node = node_class(self.name, tag)
         self.means = []  # us per get, one per round
+        self.cpu = []  # this process's CPU time per get, us, one per round
         self.spins = [0, 0, 0]
 
     async def setup(self):
@@ -85,12 +86,13 @@ class Config:
         for _ in range(50):  # warm: connection, caches, branch predictors
             await get(node)
         before = spin_counts(self.storage)
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         for _ in range(n):
             await get(node)
-        el = time.perf_counter() - t
+        el, cpu = time.perf_counter() - t, time.process_time() - c
         after = spin_counts(self.storage)
         self.means.append(el / n * 1e6)
+        self.cpu.append(cpu / n * 1e6)
         self.spins = [s + (a - b) for s, a, b in zip(self.spins, after, before)]
 
     async def close(self):
@@ -151,17 +153,20 @@ def main():
           f"median of round means (us); uvloop {uvloop.__version__}, "
           f"Python {sys.version.split()[0]}, {cpus} usable CPUs")
     print(f"{'storage':<11} {'busy_poll':<10} {'asyncio':>9} {'uvloop':>9} {'uv/aio':>7}"
-          f"   spins answered / timed out / inline (asyncio; uvloop)")
+          f" {'cpu aio':>8} {'cpu uv':>7}   spins answered / timed out / inline (asyncio; uvloop)")
     out = []
     by = {(c.kind, c.loop_name, bool(c.busy_poll)): c for c in configs}
     for kind, _ in urls:
         for on in (False, True):
             a, u = by[(kind, "asyncio", on)], by[(kind, "uvloop", on)]
             ma, mu = statistics.median(a.means), statistics.median(u.means)
+            ca, cu = statistics.median(a.cpu), statistics.median(u.cpu)
             print(f"{kind:<11} {'on' if on else 'off':<10} {ma:>9.1f} {mu:>9.1f} {mu / ma:>7.2f}"
+                  f" {ca:>8.1f} {cu:>7.1f}"
                   f"   {'/'.join(map(str, a.spins))}; {'/'.join(map(str, u.spins))}")
             out.append({"storage": kind, "busy_poll": args.busy_poll if on else 0,
                         "asyncio_us": ma, "uvloop_us": mu, "ratio": mu / ma,
+                        "asyncio_cpu_us": ca, "uvloop_cpu_us": cu,
                         "asyncio_rounds": a.means, "uvloop_rounds": u.means,
                         "asyncio_spins": a.spins, "uvloop_spins": u.spins})
     for kind, _ in urls:
