@@ -273,7 +273,7 @@ def test_busy_poll_on_uvloop_keeps_timers_running(redis_srv):
     finally:
         proxy.close()
     assert after["busy_poll_hits"] - before["busy_poll_hits"] >= 20, (before, after)
-    assert max(gaps) < 0.05, (max(gaps), before, after)
+    assert max(gaps) < 0.1, (max(gaps), before, after)
 
 
 def test_busy_poll_on_uvloop_yields_to_other_sockets(redis_srv):
