@@ -154,7 +154,7 @@ class ProxyProcess:
     so a proxy thread in this process could not forward a reply meanwhile."""
 
     def __init__(self, port, delay):
-        code = ("import sys, time\n"
+        code = ("import sys\n"
                 "from delay_proxy import DelayProxy\n"
                 f"p = DelayProxy('127.0.0.1', {port}, {delay})\n"
                 "print(p.port, flush=True)\n"
