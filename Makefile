@@ -84,7 +84,7 @@ test-py: venv $(VENV)/.test-stamp test-venvs
 	$(PY) -m pytest tests -q --timeout 300
 
 # The modules whose tests run on an event loop of their own, again on uvloop
-# (uvicorn's loop when installed); busy polling stays off there.
+# (uvicorn's loop when installed), busy polling included.
 UVLOOP_TESTS := tests/test_api.py tests/test_redis.py tests/test_sql.py tests/test_uvloop.py \
   tests/test_shapes_connect.py
 

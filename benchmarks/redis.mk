@@ -7,14 +7,18 @@
 #   make bench-redis-throughput  single-connection GET/s: ours vs redis-benchmark (the C ceiling)
 #   make bench-redis-venvs       (re)create the peer venvs under .bench/ (idempotent)
 #   make bench-asyncio-suspend   what asyncio itself costs per Task suspension and wakeup
+#   make bench-uvloop            sequential GET latency (Redis; PostgreSQL when one answers on
+#                                127.0.0.1:5432): asyncio's loop vs uvloop, busy polling on/off
 #
 # Knobs: make bench-redis BENCH_REDIS_ARGS="--workers 1000 --contenders ours,030"
+#        make bench-uvloop BENCH_UVLOOP_ARGS="--pg none --rounds 11"
 
 REDIS_BENCH_SRC := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 BENCH_PYTHON ?= python3
 BENCH_REDIS_ARGS ?=
+BENCH_UVLOOP_ARGS ?=
 
-.PHONY: bench-redis bench-redis-throughput bench-redis-venvs bench-asyncio-suspend
+.PHONY: bench-redis bench-redis-throughput bench-redis-venvs bench-asyncio-suspend bench-uvloop
 
 bench-redis-venvs:
 	PYTHON=$(BENCH_PYTHON) bash $(REDIS_BENCH_SRC)/redis_venvs.sh
@@ -27,3 +31,6 @@ bench-redis-throughput: venv
 
 bench-asyncio-suspend:
 	$(BENCH_PYTHON) $(REDIS_BENCH_SRC)/asyncio_suspend.py
+
+bench-uvloop: venv $(VENV)/.test-stamp
+	$(PY) $(REDIS_BENCH_SRC)/bench_loop_latency.py $(BENCH_UVLOOP_ARGS)

@@ -6,12 +6,20 @@ here run on uvloop in any case: each storage's get/fill path, a host name
 looked up through uvloop's getaddrinfo, and the switch itself."""
 import asyncio
 import dataclasses
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
 
 import pytest
 
 import cacheme
 from cacheme.serializer import MsgPackSerializer
-from conftest import TEST_LOOP, unique
+from cacheme.storages.redis import RedisStorage
+from conftest import (LEAK_SNAPSHOT, TEST_LOOP, ReadyTask, assert_flat, needs_two_cpus,
+                      run_python, unique)
 from redis_servers import RedisServer
 from sql_servers import MariaServer, PgServer, pg_bin
 
@@ -84,17 +92,23 @@ def test_redis_on_uvloop(redis_srv):
     run_on_uvloop(lambda: get_fill_get(redis_srv.url.replace("127.0.0.1", "localhost")))
 
 
-def test_postgresql_on_uvloop():
+@pytest.fixture(scope="module")
+def pg_srv():
     if pg_bin() is None:
         pytest.skip("no PostgreSQL")
     s = PgServer()
     s.start()
     try:
-        run_on_uvloop(lambda: get_fill_get(s.url, table=unique("cm_uv"), create_table=True))
-        run_on_uvloop(lambda: get_fill_get(s.url.replace("127.0.0.1", "localhost"),
-                                           table=unique("cm_uv"), create_table=True))
+        yield s
     finally:
         s.cleanup()
+
+
+def test_postgresql_on_uvloop(pg_srv):
+    s = pg_srv
+    run_on_uvloop(lambda: get_fill_get(s.url, table=unique("cm_uv"), create_table=True))
+    run_on_uvloop(lambda: get_fill_get(s.url.replace("127.0.0.1", "localhost"),
+                                       table=unique("cm_uv"), create_table=True))
 
 
 def test_mysql_on_uvloop():
@@ -128,3 +142,229 @@ def test_run_then_run_again_on_uvloop(redis_srv):
 
     assert run_on_uvloop(first) == {"uid": 7}
     assert run_on_uvloop(again) == ({"uid": 7}, [])
+
+
+# ---------------------------------------------------------------- busy polling
+# uvloop keeps its ready queue in a C field; busypoll.c finds it (busypoll.h)
+# and spins under the same rules as on asyncio's loop.
+
+
+class ProxyProcess:
+    """delay_proxy.DelayProxy in a process of its own: a spin holds the GIL,
+    so a proxy thread in this process could not forward a reply meanwhile."""
+
+    def __init__(self, port, delay):
+        code = ("import sys\n"
+                "from delay_proxy import DelayProxy\n"
+                f"p = DelayProxy('127.0.0.1', {port}, {delay})\n"
+                "print(p.port, flush=True)\n"
+                "sys.stdin.read()\n")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True,
+                                     cwd=os.path.dirname(os.path.abspath(__file__)))
+        self.port = int(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+async def redis_with_a(url, busy_poll):
+    s = RedisStorage(url, busy_poll=busy_poll)
+    await s.connect()
+    await s.execute("SET", "a", "1")
+    return s
+
+
+def test_busy_poll_spins_on_uvloop(redis_srv):
+    needs_two_cpus()
+    name = unique("uv-")
+
+    async def main():
+        await cacheme.register_storage(name, cacheme.Storage(url=redis_srv.url, busy_poll=0.005))
+        N, calls = make_node(name)
+        await cacheme.get(N(1))  # a miss: load and fill
+        s = cacheme.data.get_storage_by_name(name)._storage
+        before = s.busy_poll_info()
+        for _ in range(200):  # each one a GET on an otherwise idle loop
+            assert await cacheme.get(N(1)) == {"uid": 1}
+        after = s.busy_poll_info()
+        await s.close()
+        return calls, before, after
+
+    calls, before, after = run_on_uvloop(main)
+    assert calls == [1]
+    assert after["busy_poll_hits"] - before["busy_poll_hits"] >= 100, (before, after)
+    assert after["busy_poll_timeouts"] - before["busy_poll_timeouts"] <= 5, (before, after)
+
+
+def test_busy_poll_spins_on_uvloop_postgresql(pg_srv):
+    needs_two_cpus()
+    name = unique("uv-")
+
+    async def main():
+        await cacheme.register_storage(name, cacheme.Storage(
+            url=pg_srv.url, table=unique("cm_uv"), create_table=True, busy_poll=0.005))
+        N, calls = make_node(name)
+        await cacheme.get(N(1))
+        s = cacheme.data.get_storage_by_name(name)._storage
+        before = s.pool_info()
+        for _ in range(200):
+            assert await cacheme.get(N(1)) == {"uid": 1}
+        after = s.pool_info()
+        await s.close()
+        return before, after
+
+    before, after = run_on_uvloop(main)
+    # inline waits (the reply awaited in the get's own call) count as hits too
+    assert after["busy_poll_inline"] - before["busy_poll_inline"] >= 100, (before, after)
+
+
+def test_busy_poll_never_delays_ready_tasks_on_uvloop(redis_srv):
+    # a task always ready to run: the loop never spins, and it runs while
+    # each GET is out
+    async def main():
+        s = await redis_with_a(redis_srv.url, 0.005)
+        async with ReadyTask() as other:
+            before, start = s.busy_poll_info(), other.ticks
+            for _ in range(100):
+                assert await s.execute("GET", "a") == b"1"
+            after = s.busy_poll_info()
+            ticks = other.ticks - start
+        await s.close()
+        return before, after, ticks
+
+    before, after, ticks = run_on_uvloop(main)
+    assert ticks >= 100, (ticks, before, after)
+    assert after == before
+
+
+def test_busy_poll_on_uvloop_keeps_timers_running(redis_srv):
+    # replies 2 ms late, limit 5 ms: every GET spins about 2 ms, yet a task
+    # sleeping 10 ms at a time wakes on time (the spin is bounded)
+    needs_two_cpus()
+    proxy = ProxyProcess(redis_srv.port, 0.002)
+
+    async def ticker(gaps, stop):
+        last = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    async def main():
+        s = await redis_with_a(f"redis://127.0.0.1:{proxy.port}", 0.005)
+        gaps, stop = [], asyncio.Event()
+        t = asyncio.ensure_future(ticker(gaps, stop))
+        await asyncio.sleep(0.02)
+        before = s.busy_poll_info()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.3:
+            assert await s.execute("GET", "a") == b"1"
+        after = s.busy_poll_info()
+        stop.set()
+        await t
+        await s.close()
+        return gaps, before, after
+
+    try:
+        gaps, before, after = run_on_uvloop(main)
+    finally:
+        proxy.close()
+    assert after["busy_poll_hits"] - before["busy_poll_hits"] >= 20, (before, after)
+    assert max(gaps) < 0.1, (max(gaps), before, after)
+
+
+def test_busy_poll_on_uvloop_yields_to_other_sockets(redis_srv):
+    # GET replies 8 ms late, limit 10 ms: a spin would hold the loop 8 ms
+    # per GET; a PING sent on another socket of the loop just before it is
+    # answered after 1 ms, which ends the spin, so its reader runs then
+    needs_two_cpus()
+    slow, fast = ProxyProcess(redis_srv.port, 0.008), ProxyProcess(redis_srv.port, 0.001)
+
+    async def main():
+        s = await redis_with_a(f"redis://127.0.0.1:{slow.port}", 0.01)
+        loop = asyncio.get_running_loop()
+        other = socket.create_connection(("127.0.0.1", fast.port))
+        other.setblocking(False)
+        sent, delays = [0.0], []
+
+        def on_read():
+            if other.recv(64) and sent[0]:
+                delays.append(time.perf_counter() - sent[0])
+                sent[0] = 0.0
+
+        loop.add_reader(other.fileno(), on_read)
+        for _ in range(20):
+            sent[0] = time.perf_counter()
+            other.send(b"PING\r\n")
+            assert await s.execute("GET", "a") == b"1"
+            while sent[0]:  # a PONG later than the GET (a slow machine)
+                await asyncio.sleep(0.001)
+        loop.remove_reader(other.fileno())
+        other.close()
+        await s.close()
+        return delays
+
+    try:
+        delays = run_on_uvloop(main)
+    finally:
+        slow.close()
+        fast.close()
+    # the PONG came after about 1 ms; a spin would have kept it 8 ms
+    assert statistics.median(delays) < 0.0045, sorted(delays)
+
+
+def test_busy_poll_is_off_on_one_cpu_on_uvloop(redis_srv):
+    out = run_python(f"""
+        import asyncio, os
+        import uvloop
+        from cacheme.storages.redis import RedisStorage
+
+        os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})
+
+        async def main():
+            s = RedisStorage({redis_srv.url!r})
+            await s.connect()
+            for _ in range(50):
+                await s.execute("PING")
+            info = s.busy_poll_info()
+            await s.close()
+            return info
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+            info = r.run(main())
+        print(info["busy_poll"], info["busy_poll_hits"], info["busy_poll_timeouts"])
+    """)
+    assert out.split() == ["0.0", "0", "0"]
+
+
+def test_busy_poll_on_uvloop_does_not_leak(redis_srv):
+    # each new loop is probed for its ready queue once; the spins run per GET
+    code = LEAK_SNAPSHOT + f"""
+import asyncio
+import uvloop
+from cacheme.storages.redis import RedisStorage
+
+s = RedisStorage({redis_srv.url!r}, busy_poll=0.005)
+
+async def gets():
+    await s.execute("SET", "a", "1")
+    for _ in range(20):
+        assert await s.execute("GET", "a") == b"1"
+
+def loops(n):
+    for _ in range(n):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+            r.run(gets())
+
+loops(50)
+before = snapshot()
+loops(300)
+after = snapshot()
+with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+    r.run(s.close())
+print(before[0], after[0], before[1], after[1])
+"""
+    assert_flat(run_python(code), rss_kib=2048)

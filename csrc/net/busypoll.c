@@ -38,6 +38,103 @@ int cm_busypoll_parse(PyObject *opt, double *limit)
     return 0;
 }
 
+/* Up to this many deques among a loop's references are probed. */
+#define PROBE_MAX 8
+
+typedef struct {
+    PyTypeObject *deque;
+    PyObject *found[PROBE_MAX]; /* new references */
+    int n;
+} Probe;
+
+static int probe_visit(PyObject *o, void *arg)
+{
+    Probe *p = arg;
+    if (Py_IS_TYPE(o, p->deque) && p->n < PROBE_MAX)
+        p->found[p->n++] = Py_NewRef(o);
+    return 0;
+}
+
+/* 1 when the last item of the deque d is h (0 otherwise, or on error) */
+static int ends_with(PyObject *d, PyObject *h)
+{
+    Py_ssize_t n = PyObject_Size(d);
+    if (n <= 0)
+        return 0;
+    PyObject *last = PySequence_GetItem(d, n - 1);
+    int same = last == h;
+    Py_XDECREF(last);
+    return same;
+}
+
+/* The ready queue of a loop that keeps it out of Python's reach (uvloop
+ * holds it in a C field of the Loop): among the deques the loop's GC
+ * traverse reports, the one that loop.call_soon appends its handle to. The
+ * probe handle is cancelled at once, so the loop skips it. A new reference,
+ * or NULL (with an exception or not) when no single deque qualifies. */
+static PyObject *probe_ready(PyObject *loop)
+{
+    traverseproc traverse = (traverseproc)PyType_GetSlot(Py_TYPE(loop), Py_tp_traverse);
+    if (traverse == NULL || !PyObject_IS_GC(loop))
+        return NULL;
+    PyObject *ready = NULL, *h = NULL;
+    PyObject *collections = PyImport_ImportModule("collections");
+    PyObject *deque = collections ? PyObject_GetAttrString(collections, "deque") : NULL;
+    Py_XDECREF(collections);
+    if (deque == NULL || !PyType_Check(deque)) {
+        Py_XDECREF(deque);
+        return NULL;
+    }
+    Probe p = {(PyTypeObject *)deque, {NULL}, 0};
+    traverse(loop, probe_visit, &p);
+    if (p.n == 0)
+        goto done;
+    /* deque() as the callback: harmless should the handle ever run */
+    h = PyObject_CallMethod(loop, "call_soon", "O", deque);
+    if (h == NULL)
+        goto done;
+    for (int i = 0; i < p.n; i++) {
+        if (!ends_with(p.found[i], h))
+            continue;
+        if (ready != NULL) { /* two deques end with it: cannot tell which */
+            Py_CLEAR(ready);
+            break;
+        }
+        ready = Py_NewRef(p.found[i]);
+    }
+    PyObject *r = PyObject_CallMethod(h, "cancel", NULL);
+    if (r == NULL)
+        Py_CLEAR(ready); /* a handle that cannot be cancelled: leave the loop alone */
+    Py_XDECREF(r);
+done:
+    Py_XDECREF(h);
+    for (int i = 0; i < p.n; i++)
+        Py_DECREF(p.found[i]);
+    Py_DECREF(deque);
+    return ready;
+}
+
+/* The file descriptor the loop sleeps on (epoll, kqueue), or -1: asyncio's
+ * selector, uvloop's libuv backend. */
+static int loop_fd(PyObject *loop)
+{
+    PyObject *fd = PyObject_HasAttrString(loop, "_get_backend_id")
+                       ? PyObject_CallMethod(loop, "_get_backend_id", NULL)
+                       : NULL;
+    if (fd == NULL) {
+        PyErr_Clear();
+        PyObject *sel = PyObject_GetAttrString(loop, "_selector");
+        fd = sel != NULL && PyObject_HasAttrString(sel, "fileno")
+                 ? PyObject_CallMethod(sel, "fileno", NULL)
+                 : NULL;
+        Py_XDECREF(sel);
+    }
+    long v = fd != NULL && PyLong_Check(fd) ? PyLong_AsLong(fd) : -1;
+    Py_XDECREF(fd);
+    PyErr_Clear();
+    return v >= 0 && v <= INT32_MAX ? (int)v : -1;
+}
+
 void cm_busypoll_follow(CmBusyPoll *bp, PyObject *loop)
 {
     if (bp->loop == loop)
@@ -47,13 +144,19 @@ void cm_busypoll_follow(CmBusyPoll *bp, PyObject *loop)
     bp->pending = bp->marker = 0;
     bp->skip = bp->backoff = 0;
     bp->inline_since = 0;
-    if (loop == NULL)
+    bp->loop_fd = -1;
+    if (loop == NULL || bp->limit <= 0)
         return;
     PyObject *saved = cm_exc_take();
     PyObject *ready = PyObject_GetAttrString(loop, "_ready");
-    if (ready != NULL && PySequence_Check(ready) && PyObject_Size(ready) >= 0)
+    if (ready == NULL) {
+        PyErr_Clear();
+        ready = probe_ready(loop);
+    }
+    if (ready != NULL && PySequence_Check(ready) && PyObject_Size(ready) >= 0) {
         bp->ready = ready;
-    else
+        bp->loop_fd = loop_fd(loop);
+    } else
         Py_XDECREF(ready);
     PyErr_Clear();
     cm_exc_restore(saved);
@@ -80,9 +183,12 @@ static void release(PyObject **objs, int n)
 }
 
 /* Poll what collect() gives until the stop condition holds (1: answered)
- * or the limit passes (-1); 0 when nothing was in flight or poll failed.
- * The condition is done(ctx) when given, else "the loop's ready queue holds
- * something" (after a poll, that is what arrived). */
+ * or the limit passes (-1); 0 when nothing was in flight, the loop has
+ * other I/O ready, or poll failed. The condition is done(ctx) when given,
+ * else "the loop's ready queue holds something" (after a poll, that is what
+ * arrived). The loop's own fd comes first in the poll: when it is ready and
+ * none of ours is, the readiness is another socket's (ours are checked
+ * after it, so a reply that arrived meanwhile shows on ours too). */
 static int spin(CmBusyPoll *bp, cm_busypoll_collect collect, cm_busypoll_handle handle,
                 int (*done)(void *ctx), void *ctx)
 {
@@ -90,6 +196,7 @@ static int spin(CmBusyPoll *bp, cm_busypoll_collect collect, cm_busypoll_handle 
     PyObject *saved = cm_exc_take();
     struct pollfd fds[CM_BUSYPOLL_MAX_FDS];
     PyObject *objs[CM_BUSYPOLL_MAX_FDS];
+    int base = bp->loop_fd >= 0; /* fds[0] is the loop's */
     int64_t end = 0;
     int polled = 0, outcome = 0;
     for (;;) {
@@ -98,30 +205,42 @@ static int spin(CmBusyPoll *bp, cm_busypoll_collect collect, cm_busypoll_handle 
             outcome = stop > 0 && polled;
             break;
         }
-        int n = collect(ctx, fds, objs, CM_BUSYPOLL_MAX_FDS);
+        int n = collect(ctx, fds + base, objs + base, CM_BUSYPOLL_MAX_FDS - base);
         if (n <= 0)
             break; /* nothing in flight (any more) */
         int64_t now = cm_now_ns();
         if (!polled) {
             end = now + (int64_t)(bp->limit * 1e9);
         } else if (now >= end) {
-            release(objs, n);
+            release(objs + base, n);
             outcome = -1;
             break;
         }
         polled = 1;
-        int rc = poll(fds, (nfds_t)n, 0);
+        if (base) {
+            fds[0].fd = bp->loop_fd;
+            fds[0].events = POLLIN;
+            fds[0].revents = 0;
+        }
+        int rc = poll(fds, (nfds_t)(n + base), 0);
         int err = errno;
         /* nothing yet: let a thread that shares this CPU run (the server we
          * wait for, on a busy machine); returns at once when there is none */
         if (rc == 0)
             sched_yield();
-        for (int i = 0; rc > 0 && i < n; i++)
-            if (fds[i].revents != 0)
+        int ours = 0;
+        for (int i = base; rc > 0 && i < n + base; i++)
+            if (fds[i].revents != 0) {
                 handle(ctx, objs[i], fds[i].revents);
-        release(objs, n);
+                ours++;
+            }
+        release(objs + base, n);
         if (rc < 0 && err != EINTR)
             break;
+        if (rc > 0 && base && fds[0].revents != 0 && ours == 0) {
+            bp->yields++;
+            break; /* another socket of the loop is ready: let the loop serve it */
+        }
     }
     if (outcome > 0) {
         bp->hits++;
@@ -183,4 +302,5 @@ void cm_busypoll_clear(CmBusyPoll *bp)
     Py_CLEAR(bp->ready);
     Py_CLEAR(bp->loop);
     bp->pending = 0;
+    bp->loop_fd = -1;
 }

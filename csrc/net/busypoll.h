@@ -25,13 +25,23 @@
  * Between two empty polls the spin calls sched_yield(), so that a thread
  * waiting for this CPU (the server itself, on a loaded machine) runs first.
  *
+ * The loop's own fd (asyncio's epoll selector, uvloop's libuv backend) is
+ * polled with the sockets: it is readable when any fd the loop watches is,
+ * so data for another socket (a client's next HTTP request) ends the spin
+ * and the loop serves it at once. Timers that fall due wait for the spin,
+ * which the limit bounds.
+ *
+ * The ready queue: asyncio's is BaseEventLoop._ready, a deque. uvloop keeps
+ * its own deque in a C field of the Loop, out of Python's reach; the loop's
+ * GC traverse still reports it, so among the deques it reports, the one
+ * that loop.call_soon appends its (at once cancelled) handle to is taken.
+ * A loop where no single deque qualifies never spins.
+ *
  * What it costs: CPU while spinning. A spin that times out (a server slower
  * than `limit`) doubles the number of requests that skip the spin (up to
  * 1024), and an answered one resets it, so a slow server costs one wasted
- * spin per 1024 requests. Only loops that expose asyncio's ready queue
- * (BaseEventLoop._ready, a deque) spin; others
- * (uvloop) never do. With one usable CPU the default is off: the spin would
- * take the CPU from the server it waits for. */
+ * spin per 1024 requests. With one usable CPU the default is off: the spin
+ * would take the CPU from the server it waits for. */
 #ifndef CM_BUSYPOLL_H
 #define CM_BUSYPOLL_H
 #include "state.h"
@@ -48,6 +58,7 @@ typedef struct {
     double limit;         /* seconds; 0: off */
     PyObject *loop;       /* the loop followed, or NULL */
     PyObject *ready;      /* its ready deque, or NULL: no spinning */
+    int loop_fd;          /* the fd the loop sleeps on (epoll), or -1 */
     int pending;          /* the callback is scheduled */
     int skip;             /* requests left that do not spin */
     int backoff;          /* skip after the next timeout */
@@ -56,6 +67,7 @@ typedef struct {
     Py_ssize_t hits;      /* spins that ended with a reply */
     Py_ssize_t misses;    /* spins that timed out */
     Py_ssize_t inlined;   /* requests answered within their own call */
+    Py_ssize_t yields;    /* spins cut short by other I/O ready on the loop */
 } CmBusyPoll;
 
 /* The default limit for this process: CM_BUSYPOLL_DEFAULT, or 0 when the
@@ -65,7 +77,8 @@ double cm_busypoll_default(void);
  * seconds, 0 (off) to 0.01. -1 with TypeError/ValueError. */
 int cm_busypoll_parse(PyObject *opt, double *limit);
 /* Follow the loop requests are sent on (a no-op while it stays the same):
- * take its ready queue if it has one. Never raises. */
+ * find its ready queue and fd, unless the limit is 0. Runs in the loop's
+ * thread (it may call loop.call_soon). Never raises. */
 void cm_busypoll_follow(CmBusyPoll *bp, PyObject *loop);
 /* A request was sent: 1 when the caller should schedule the callback now
  * (and then call cm_busypoll_scheduled), else 0. */
