@@ -577,7 +577,7 @@ async def test_a_waiting_tasks_wakeup_is_out_of_the_collector_while_it_waits():
     wakeups = []
     for t in waiters:
         get = t._fut_waiter
-        assert type(get).__name__ == "Get" and not gc.is_tracked(get)
+        assert type(get).__name__ == "GetCall" and not gc.is_tracked(get)
         (cb,) = [o for o in gc.get_referents(get) if getattr(o, "__self__", None) is t]
         assert not gc.is_tracked(cb)
         wakeups.append(cb)

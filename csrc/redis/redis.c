@@ -36,6 +36,7 @@
  * "updated_at": <utc datetime>}), SETEX for whole seconds and PSETEX for
  * the rest (0.3.0 sent SETEX 0 for TTLs below a second, which Redis refuses). */
 #include "redis/redis.h"
+#include "flight/remote.h"
 #include <errno.h>
 #include <math.h>
 #include <netdb.h>
@@ -393,13 +394,13 @@ static void op_finish(CmRedisOp *op)
             PyErr_Clear(); /* the caller cancelled it */
     }
     if (op->waiter != NULL) {
-        cm_proxy_wake_later(st, op->waiter, op->fut, op->waiter_loop);
+        cm_remote_wake_waiter(st, op->waiter, op->fut, op->waiter_loop);
         op->waiter = op->waiter_loop = NULL;
     }
     if (op->get != NULL) {
         PyObject *g = op->get;
         op->get = NULL;
-        cm_get_op_done(st, g, res, err);
+        cm_remote_done(st, g, res, err);
     }
     Py_XDECREF(res);
     Py_XDECREF(err);
