@@ -10,7 +10,7 @@
 
 /* os.register_at_fork(after_in_child=...): the child starts clean, the
  * parent untouched. The one place that knows what is per process: no flight
- * of the parent's can be joined (flight.c), callbacks get fresh Contexts
+ * of the parent's can be joined (flight/), callbacks get fresh Contexts
  * (loop.c), storages drop inherited connections without touching a loop
  * (netloop.c). */
 static PyObject *after_fork_child(PyObject *mod, PyObject *Py_UNUSED(unused))

@@ -31,8 +31,8 @@ static PyObject *throw_args_exc(PyObject *const *args, Py_ssize_t nargs)
     return NULL;
 }
 
-/* While its flight's list or a Redis op of its own holds a Get, it cannot be
- * garbage, and neither can what it refers to: it is then kept out of the
+/* While its flight's list or a remote op of its own holds a call, it cannot
+ * be garbage, and neither can what it refers to: it is then kept out of the
  * cyclic collector's lists, which a request waiting for 0.1 s would
  * otherwise make it cross, generation after generation, with everything
  * else alive (at 10k concurrent requests, thousands of them at each young
@@ -46,12 +46,12 @@ void cm_call_held(PyObject *o)
     }
 }
 
-/* The Task's wakeup (wcb) held by a held Get is untracked with it: the Task
+/* The Task's wakeup held by a held call is untracked with it: the Task
  * drops its own reference once it has handed it to add_done_callback, so
  * ours is the only one, and nothing the collector could free hangs on it
- * while the Get is held (each waiting request would otherwise take one more
- * object through every young collection of its wait). It is tracked again
- * before the Get lets it go, or, when the Get's wake batch runs it, after
+ * while the call is held (each waiting request would otherwise take one
+ * more object through every young collection of its wait). It is tracked
+ * again before the call lets it go, or, when the wake batch runs it, after
  * the call if anything but us still holds it (cm_call_fire). */
 void cm_call_wakeup_track(CmCallObject *g)
 {

@@ -1,6 +1,6 @@
 /* What the files of the singleflight share (flight/ only).
  *
- * Three things were once all called "Get"; here each has its own name:
+ * Three different things take part in a get() that misses the local caches:
  *   - a GetCall (CmCallObject): the awaitable one caller's get() returns on
  *     a local miss; it leads a flight, waits on one, or drives one for a Task;
  *   - a flight (CmFlight, flight.h): the shared record of one key's load;

@@ -32,7 +32,7 @@ void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash
 }
 
 /* Start the next awaitable of the flight in g->sub. 1 started, 0 nothing to
- * start in this phase (advance), -1 error (exception set). */
+ * start in this step (advance), -1 error (exception set). */
 static int start_sub(CmCallObject *g, PyObject *aw)
 {
     if (aw == NULL)
