@@ -7,6 +7,7 @@
 #include "loop/wake.h"
 #include "net/netloop.h"
 #include "redis/redis.h"
+#include "sql/sqlstore.h"
 
 /* os.register_at_fork(after_in_child=...): the child starts clean, the
  * parent untouched. The one place that knows what is per process: no flight
@@ -90,7 +91,7 @@ static int cm_exec(PyObject *mod)
         goto done;
     if (cm_redis_init(mod, st) < 0 || cm_redis_remote_init(mod, st) < 0) /* redis */
         goto done;
-    if (cm_sql_init(mod, st) < 0) /* sql */
+    if (cm_sql_init(mod, st) < 0 || cm_sql_remote_init(mod, st) < 0) /* sql */
         goto done;
     if (cm_netloop_init(mod, st) < 0 || register_at_fork(mod) < 0) /* netloop, fork */
         goto done;

@@ -45,6 +45,7 @@ typedef struct {
     struct {
         PyTypeObject *type;
         const CmRemoteOps *ops;
+        PyObject *data; /* the storage's own object for its ops, or NULL */
     } remotes[CM_REMOTE_MAX];
     int nremotes;
 } CmFlightState;

@@ -4,7 +4,7 @@
  * the call until it finishes and hands it the outcome (cm_remote_done). */
 #include "flight/call.h"
 
-int cm_remote_register(CmState *st, PyTypeObject *type, const CmRemoteOps *ops)
+int cm_remote_register(CmState *st, PyTypeObject *type, const CmRemoteOps *ops, PyObject *data)
 {
     CmFlightState *fs = &st->flight;
     if (fs->nremotes == CM_REMOTE_MAX) {
@@ -13,8 +13,18 @@ int cm_remote_register(CmState *st, PyTypeObject *type, const CmRemoteOps *ops)
     }
     fs->remotes[fs->nremotes].type = (PyTypeObject *)Py_NewRef(type);
     fs->remotes[fs->nremotes].ops = ops;
+    fs->remotes[fs->nremotes].data = Py_XNewRef(data);
     fs->nremotes++;
     return 0;
+}
+
+PyObject *cm_remote_data(CmState *st, const CmRemoteOps *ops)
+{
+    for (int i = 0; i < st->flight.nremotes; i++) {
+        if (st->flight.remotes[i].ops == ops)
+            return st->flight.remotes[i].data; // borrowed
+    }
+    return NULL;
 }
 
 int cm_remote_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop)
@@ -30,15 +40,19 @@ int cm_remote_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObje
 
 int cm_remote_traverse(CmState *st, visitproc visit, void *arg)
 {
-    for (int i = 0; i < st->flight.nremotes; i++)
+    for (int i = 0; i < st->flight.nremotes; i++) {
         Py_VISIT(st->flight.remotes[i].type);
+        Py_VISIT(st->flight.remotes[i].data);
+    }
     return 0;
 }
 
 void cm_remote_clear(CmState *st)
 {
-    for (int i = 0; i < st->flight.nremotes; i++)
+    for (int i = 0; i < st->flight.nremotes; i++) {
         Py_CLEAR(st->flight.remotes[i].type);
+        Py_CLEAR(st->flight.remotes[i].data);
+    }
     st->flight.nremotes = 0;
 }
 

@@ -42,9 +42,12 @@ struct CmRemoteOps {
     int (*attach_waiter)(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
 };
 
-/* Register ops for storages of type (and its subclasses); 0, or -1 with an
- * exception. */
-int cm_remote_register(CmState *st, PyTypeObject *type, const CmRemoteOps *ops);
+/* Register ops for storages of type (and its subclasses), with data (a
+ * reference taken, or NULL) that the ops may ask for with cm_remote_data;
+ * 0, or -1 with an exception. */
+int cm_remote_register(CmState *st, PyTypeObject *type, const CmRemoteOps *ops, PyObject *data);
+/* The data registered with ops (borrowed), or NULL. */
+PyObject *cm_remote_data(CmState *st, const CmRemoteOps *ops);
 
 /* The ops of storage's type, or NULL. */
 static inline const CmRemoteOps *cm_remote_find(CmState *st, PyObject *storage)

@@ -34,5 +34,5 @@ static const CmRemoteOps redis_remote_ops = {
 int cm_redis_remote_init(PyObject *mod, CmState *st)
 {
     (void)mod;
-    return cm_remote_register(st, (PyTypeObject *)st->RedisClientType, &redis_remote_ops);
+    return cm_remote_register(st, (PyTypeObject *)st->RedisClientType, &redis_remote_ops, NULL);
 }

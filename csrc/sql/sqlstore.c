@@ -1667,3 +1667,77 @@ void cm_sql_clear(CmState *st)
     CM_SQL_OBJECTS(CM_SQL_CLEAR)
 #undef CM_SQL_CLEAR
 }
+
+/* ---- requests of a flight's call (sql/remote.c, flight/remote.h) ---------- */
+
+/* What submit does for a request whose future is `waiter`, up to where it
+ * would make a future: the request stays held (cm_sql_req_release). */
+static CmSqlReq *submit_held(CmSqlStorageObject *owner, CmSqlReq *r, PyObject *waiter,
+                             CmSqlStorageObject **inst)
+{
+    PyObject *loop = NULL;
+    CmSqlStorageObject *s = storage_for(owner);
+    if (s != NULL && s->drv->sync) {
+        PyErr_Format(PyExc_SystemError, "cacheme %s storage: no held requests", s->drv->name);
+        Py_CLEAR(s);
+    }
+    if (s == NULL || bind_loop(s, &loop) < 0) {
+        Py_XDECREF(s);
+        req_free(r);
+        return NULL;
+    }
+    Py_DECREF(loop);
+    r->deadline = cm_sql_now() + (int64_t)(s->timeout * 1e9);
+    r->held = 1;
+    r->fut = Py_NewRef(waiter);
+    enqueue(s, r);
+    dispatch(s);
+    if (!r->finished)
+        wait_inline(s, r);
+    *inst = s;
+    return r;
+}
+
+CmSqlReq *cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject *waiter,
+                         CmSqlStorageObject **inst)
+{
+    CmSqlStorageObject *s = (CmSqlStorageObject *)storage;
+    if (check_available(s) < 0)
+        return NULL;
+    CmSqlReq *r = req_new(CM_SQL_GET);
+    if (r == NULL)
+        return NULL;
+    r->ser = Py_NewRef(ser);
+    if ((r->key = key_of(s, node)) == NULL) {
+        req_free(r);
+        return NULL;
+    }
+    return submit_held(s, r, waiter, inst);
+}
+
+CmSqlReq *cm_sql_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl,
+                         PyObject *ser, PyObject *waiter, CmSqlStorageObject **inst)
+{
+    CmSqlStorageObject *s = (CmSqlStorageObject *)storage;
+    if (check_available(s) < 0)
+        return NULL;
+    CmSqlReq *r = req_new(CM_SQL_SET);
+    if (r == NULL)
+        return NULL;
+    if ((r->key = key_of(s, node)) == NULL || (r->value = encode(s, ser, value)) == NULL ||
+        parse_ttl(s, ttl, &r->ttl) < 0) {
+        req_free(r);
+        return NULL;
+    }
+    return submit_held(s, r, waiter, inst);
+}
+
+void cm_sql_req_release(CmSqlStorageObject *inst, CmSqlReq *r)
+{
+    r->held = 0;
+    if (r->finished)
+        req_finish(inst, r);
+    else
+        schedule_spin(inst);
+}
+/* ---- end of the requests of a flight's call ---- */
