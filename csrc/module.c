@@ -133,9 +133,9 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
         r = cm_wake_traverse(st, visit, arg);
     if (r != 0)
         return r;
-    cm_serializer_traverse(st, visit, arg); /* serializer */
-    cm_redis_traverse(st, visit, arg);      /* redis */
-    cm_sql_traverse(st, visit, arg);        /* sql */
+    cm_ser_state_traverse(&st->ser, visit, arg); /* serializer */
+    cm_redis_traverse(st, visit, arg);           /* redis */
+    cm_sql_traverse(st, visit, arg);             /* sql */
     return 0;
 }
 
@@ -169,9 +169,9 @@ static int cm_clear(PyObject *mod)
     Py_CLEAR(st->KeySlotType);
     Py_CLEAR(st->last_cls);
     Py_CLEAR(st->last_cfg);
-    cm_serializer_clear(st); /* serializer */
-    cm_redis_clear(st);      /* redis */
-    cm_sql_clear(st);        /* sql */
+    cm_ser_state_clear(&st->ser); /* serializer */
+    cm_redis_clear(st);           /* redis */
+    cm_sql_clear(st);             /* sql */
     return 0;
 }
 

@@ -11,6 +11,7 @@
 
 #include "flight/flight_state.h"
 #include "loop/wake_state.h"
+#include "ser/ser_state.h"
 
 /* Interned names used with PyObject_GetAttr / VectorcallMethod. */
 #define CM_INTERNED_NAMES(X)                                                                       \
@@ -109,60 +110,7 @@ typedef struct {
     /* the singleflight (flight/) */
     CmFlightState flight;
 
-    /* serializer (serializer.c, ser_object.c, msgpack_codec.c) */
-#define CM_SER_OBJECTS(X)                                                                          \
-    X(SerializerError)                                                                             \
-    X(PickleSerializerType)                                                                        \
-    X(JSONSerializerType)                                                                          \
-    X(MsgPackSerializerType)                                                                       \
-    X(CompressedSerializerType)                                                                    \
-    X(ser_datetime)                                                                                \
-    X(ser_utc)                                                                                     \
-    X(ser_date)                                                                                    \
-    X(ser_time)                                                                                    \
-    X(ser_timedelta)                                                                               \
-    X(ser_Decimal)                                                                                 \
-    X(ser_UUID)                                                                                    \
-    X(ser_Enum)                                                                                    \
-    X(ser_pickle_dumps)                                                                            \
-    X(ser_pickle_loads)                                                                            \
-    X(ser_SafeUnpicklerType)                                                                       \
-    X(ser_BytesIO)                                                                                 \
-    X(ser_a2b_base64)                                                                              \
-    X(ser_json_encoder)                                                                            \
-    X(ser_json_scan_once)                                                                          \
-    X(ser_object_encoder)                                                                          \
-    X(ser_object_decoder)                                                                          \
-    X(ser_datetime_qualname)                                                                       \
-    X(ser_zero)                                                                                    \
-    X(ser_s_class)                                                                                 \
-    X(ser_s_data)                                                                                  \
-    X(ser_s_isoformat)                                                                             \
-    X(ser_s_fromisoformat)                                                                         \
-    X(ser_s_serializer)                                                                            \
-    X(ser_s_dumps)                                                                                 \
-    X(ser_s_loads)                                                                                 \
-    X(ser_s_dataclass_fields)                                                                      \
-    X(ser_s_builtins)
-#define CM_SER_DECLARE(n) PyObject *n;
-    CM_SER_OBJECTS(CM_SER_DECLARE)
-#undef CM_SER_DECLARE
-#define CM_SER_KEYCACHE_SIZE 512
-    PyObject *ser_keycache[CM_SER_KEYCACHE_SIZE]; /* short ASCII map keys (msgpack_codec.c) */
-#define CM_SER_MAPTPL_SLOTS 16
-#define CM_SER_MAPTPL_MAXN 32
-    /* maps seen twice with the same keys (lists of records): a dict of
-     * those keys to None that the decoder copies (msgpack_codec.c) */
-    struct {
-        PyObject *dict;                     /* NULL while the slot is empty */
-        PyObject *keys[CM_SER_MAPTPL_MAXN]; /* borrowed from dict, in order */
-        uint64_t pending;                   /* signature of the last miss */
-        uint32_t n;
-    } ser_maptpl[CM_SER_MAPTPL_SLOTS];
-    uint8_t ser_maptpl_byn[CM_SER_MAPTPL_MAXN + 1]; /* 1 + slot last used for n keys */
-    int ser_maptpl_off;           /* a copy was not laid out as expected: templates off */
-    Py_ssize_t ser_unpickler_off; /* the serializer pointer in _SafeUnpickler (ser_pickle.c) */
-    /* end serializer */
+    CmSerState ser; /* serializers (ser/ser_state.h) */
     /* redis (redis.c, rediscluster.c; the fd watches of loop.c) */
 #define CM_REDIS_OBJECTS(X)                                                                        \
     X(RedisConnType)                                                                               \
@@ -171,11 +119,6 @@ typedef struct {
     X(RedisConnectionError)                                                                        \
     X(RedisTimeoutError)                                                                           \
     X(RedisResponseError)                                                                          \
-    X(redis_now)                                                                                   \
-    X(redis_s_value)                                                                               \
-    X(redis_s_updated_at)                                                                          \
-    X(redis_s_dumps)                                                                               \
-    X(redis_s_loads)                                                                               \
     X(s_add_reader)                                                                                \
     X(s_remove_reader)                                                                             \
     X(s_add_writer)                                                                                \
@@ -237,8 +180,6 @@ int cm_memoize_init(PyObject *mod, CmState *st);
 int cm_key_init(PyObject *mod, CmState *st);
 /* serializer */
 int cm_serializer_init(PyObject *mod, CmState *st);
-int cm_serializer_traverse(CmState *st, visitproc visit, void *arg);
-void cm_serializer_clear(CmState *st);
 /* end serializer */
 
 /* redis */

@@ -38,7 +38,7 @@ static int fuzz_exec(PyObject *mod)
 
 static int fuzz_traverse(PyObject *mod, visitproc visit, void *arg)
 {
-    return cm_serializer_traverse(cm_state_from_module(mod), visit, arg);
+    return cm_ser_state_traverse(&cm_state_from_module(mod)->ser, visit, arg);
 }
 
 static int fuzz_clear(PyObject *mod)
@@ -47,7 +47,7 @@ static int fuzz_clear(PyObject *mod)
 #define CM_CLEAR_NAME(n) Py_CLEAR(st->s_##n);
     CM_INTERNED_NAMES(CM_CLEAR_NAME)
 #undef CM_CLEAR_NAME
-    cm_serializer_clear(st);
+    cm_ser_state_clear(&st->ser);
     return 0;
 }
 

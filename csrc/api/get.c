@@ -8,9 +8,9 @@
 
 #include "core/key.h"
 
-#include "api/ready.h"
 #include "core/store.h"
 #include "loop/loop.h"
+#include "loop/ready.h"
 
 /* Drive a (normally non-suspending) local storage awaitable to its end. */
 static void run_sync(CmState *st, PyObject *aw, CmCacheRef *r, CmMetricsObject *m)

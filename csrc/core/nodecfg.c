@@ -3,6 +3,7 @@
 
 #include "base/compat.h"
 #include "core/store.h"
+#include "core/ttl.h"
 
 static void cfg_release(CmNodeConfigObject *c)
 {

@@ -17,6 +17,7 @@
  * every reference the store lets go of is parked in `dead` and released only
  * once the table is consistent again, at the end of the public operation. */
 #include "core/store.h"
+#include "core/ttl.h"
 
 #include <structmember.h>
 
@@ -378,7 +379,7 @@ int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *valu
     if (resident) {
         if (ttl_ns >= 0 && now == 0)
             now = cm_now_ns();
-        /* a TTL near the cap (~292 years, cm_ttl_to_ns) on a clock that has
+        /* a TTL near the cap (cm_ttl_to_ns) on a clock that has
          * run for months would overflow now + ttl_ns (expired at once): it
          * never expires instead */
         if (ttl_ns >= 0 && ttl_ns <= INT64_MAX - now) {
@@ -413,39 +414,6 @@ static void store_clear_all(CmStoreObject *s)
         if (s->keys[slot] != NULL)
             drop_slot(s, slot, 1);
     }
-}
-
-int64_t cm_ttl_to_ns(CmState *st, PyObject *ttl)
-{
-    double secs;
-    if (ttl == Py_None)
-        return -1;
-    if (PyLong_Check(ttl) || PyFloat_Check(ttl)) {
-        secs = PyFloat_AsDouble(ttl);
-        if (secs == -1.0 && PyErr_Occurred())
-            return -2;
-    } else {
-        PyObject *f = PyObject_CallMethodNoArgs(ttl, st->s_total_seconds);
-        if (f == NULL) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError,
-                         "ttl must be None, a datetime.timedelta or seconds, not %.100s",
-                         Py_TYPE(ttl)->tp_name);
-            return -2;
-        }
-        secs = PyFloat_AsDouble(f);
-        Py_DECREF(f);
-        if (secs == -1.0 && PyErr_Occurred())
-            return -2;
-    }
-    if (!(secs > 0)) {
-        PyErr_Format(PyExc_ValueError, "ttl must be positive, got %R", ttl);
-        return -2;
-    }
-    if (secs > 9.2e9) /* ~292 years: treat as no expiry rather than overflow */
-        return -1;
-    int64_t ns = (int64_t)(secs * 1e9);
-    return ns > 0 ? ns : 1;
 }
 
 /* ---- Python interface ---------------------------------------------------- */

@@ -25,7 +25,4 @@ uint64_t cm_store_puts(CmStoreObject *s);
 /* 1 removed, 0 absent. */
 int cm_store_delete(CmStoreObject *s, PyObject *key, Py_hash_t hash);
 
-/* ttl argument (None, seconds as int/float, or timedelta) -> ns, -1 = none.
- * Returns -2 with an exception set on bad input. */
-int64_t cm_ttl_to_ns(CmState *st, PyObject *ttl);
 #endif

@@ -5,7 +5,7 @@
  * _flight_invalidate(key) keeps a load in flight from filling caches. */
 #include "flight/call.h"
 
-#include "api/ready.h"
+#include "loop/ready.h"
 
 /* A flight led by Python code: get_all registers one per key it loads. */
 typedef struct {

@@ -56,9 +56,11 @@
 #include "base/compat.h"
 #include "base/exc.h"
 #include "core/key.h"
+#include "core/ttl.h"
 #include "loop/loop.h"
 #include "loop/resolve.h"
 #include "redis/crc16.h"
+#include "ser/envelope.h"
 
 /* The full key of a node, as Redis gets it: UTF-8. A key that UTF-8 cannot
  * encode (a lone surrogate) raises StorageKeyError naming it, which reaches
@@ -281,22 +283,7 @@ static void op_set_error(CmRedisOp *op, PyObject *exc)
 /* serializer.loads(raw)["value"]; new reference or NULL with an exception. */
 static PyObject *decode_value(CmState *st, PyObject *ser, PyObject *raw)
 {
-    PyObject *args[2] = {ser, raw};
-    PyObject *obj = PyObject_VectorcallMethod(st->redis_s_loads, args,
-                                              2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    PyObject *v = NULL;
-    if (obj == NULL)
-        goto done;
-    if (PyDict_CheckExact(obj)) {
-        v = Py_XNewRef(PyDict_GetItemWithError(obj, st->redis_s_value));
-        if (v == NULL && !PyErr_Occurred())
-            PyErr_SetString(st->RedisError, "cached redis value has no 'value' field");
-    } else {
-        v = PyObject_GetItem(obj, st->redis_s_value);
-    }
-done:
-    Py_XDECREF(obj);
-    return v;
+    return cm_envelope_decode(st, CM_ENVELOPE_DICT, ser, raw, st->RedisError, "redis");
 }
 
 /* [(node, value)] of the keys found and decodable, in order. */
@@ -1820,51 +1807,16 @@ static PyObject *pick_serializer(CmRedisClientObject *self, PyObject *ser)
 /* serializer.dumps({"value": v, "updated_at": now(utc)}) as bytes. */
 static PyObject *encode_value(CmState *st, PyObject *ser, PyObject *value)
 {
-    PyObject *payload = NULL, *out = NULL;
-    PyObject *now = PyObject_CallOneArg(st->redis_now, st->ser_utc);
-    PyObject *d = now ? PyDict_New() : NULL;
-    if (d == NULL || PyDict_SetItem(d, st->redis_s_value, value) < 0 ||
-        PyDict_SetItem(d, st->redis_s_updated_at, now) < 0)
-        goto done;
-    PyObject *args[2] = {ser, d};
-    payload = PyObject_VectorcallMethod(st->redis_s_dumps, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                        NULL);
-    if (payload == NULL)
-        goto done;
-    if (PyBytes_Check(payload))
-        out = Py_NewRef(payload);
-    else if (PyUnicode_Check(payload))
-        out = PyUnicode_AsUTF8String(payload);
-    else if (PyByteArray_Check(payload) || PyMemoryView_Check(payload))
-        out = PyBytes_FromObject(payload);
-    else
-        PyErr_Format(PyExc_TypeError, "serializer.dumps() returned %.100s, not bytes",
-                     Py_TYPE(payload)->tp_name);
-done:
-    Py_XDECREF(now);
-    Py_XDECREF(d);
-    Py_XDECREF(payload);
-    return out;
+    return cm_envelope_encode(st, CM_ENVELOPE_DICT, ser, value, "redis");
 }
 
+/* the TTL as PX milliseconds, -1 for none (core/ttl.h's rule) */
 static int ttl_ms(CmState *st, PyObject *ttl, long long *out)
 {
-    *out = -1;
-    if (ttl == Py_None)
-        return 0;
-    PyObject *s = PyObject_CallMethodNoArgs(ttl, st->s_total_seconds);
-    if (s == NULL)
+    double sec = cm_ttl_seconds(st, ttl);
+    if (sec == -2.0)
         return -1;
-    double sec = PyFloat_AsDouble(s);
-    Py_DECREF(s);
-    if (sec == -1.0 && PyErr_Occurred())
-        return -1;
-    if (!(sec > 0) || sec > 1e15) {
-        PyErr_Format(PyExc_ValueError, "redis TTL must be positive, got %R", ttl);
-        return -1;
-    }
-    long long ms = llround(sec * 1000.0);
-    *out = ms < 1 ? 1 : ms;
+    *out = sec < 0 ? -1 : cm_ttl_ms(sec);
     return 0;
 }
 
@@ -2483,7 +2435,7 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     }
     if (bytes_opt(user, &ubytes) < 0 || bytes_opt(pass, &pbytes) < 0)
         goto done;
-    if ((ser = PyObject_CallNoArgs(st->PickleSerializerType)) == NULL)
+    if ((ser = PyObject_CallNoArgs(st->ser.PickleSerializerType)) == NULL)
         goto done;
     client_close_pools(self);
     self->st = st;
@@ -2668,15 +2620,8 @@ int cm_redis_init(PyObject *mod, CmState *st)
     CM_REDIS_NAME(s_remove_writer, "remove_writer")
     CM_REDIS_NAME(s_call_soon, "call_soon")
     CM_REDIS_NAME(s_call_later, "call_later")
-    CM_REDIS_NAME(redis_s_value, "value")
-    CM_REDIS_NAME(redis_s_updated_at, "updated_at")
-    CM_REDIS_NAME(redis_s_dumps, "dumps")
-    CM_REDIS_NAME(redis_s_loads, "loads")
 #undef CM_REDIS_NAME
     if (PyModule_AddStringConstant(mod, "_hiredis_version", CM_HIREDIS_VERSION) < 0)
-        goto done;
-    /* datetime.datetime.now (the serializer, set up first, holds the class) */
-    if ((st->redis_now = PyObject_GetAttrString(st->ser_datetime, "now")) == NULL)
         goto done;
     if ((st->RedisError =
              new_error(mod, "RedisError", PyExc_Exception, "A Redis request failed.")) == NULL)

@@ -564,7 +564,7 @@ static PyObject *mp_read_str(CmMpDec *d, size_t n)
         return mp_fail(d, "truncated str");
     d->p += n;
     if (n <= CM_MP_VALUE_MAXLEN)
-        return mp_cached_str(d->st->ser_keycache + CM_MP_CACHE_HALF, q, n);
+        return mp_cached_str(d->st->ser.keycache + CM_MP_CACHE_HALF, q, n);
     return mp_new_str(q, n);
 }
 
@@ -589,7 +589,7 @@ static inline PyObject *mp_read_item(CmMpDec *d, int depth)
             if ((size_t)(d->end - q) >= n) {
                 d->p = q + n;
                 return n <= CM_MP_VALUE_MAXLEN
-                           ? mp_cached_str(d->st->ser_keycache + CM_MP_CACHE_HALF, q, n)
+                           ? mp_cached_str(d->st->ser.keycache + CM_MP_CACHE_HALF, q, n)
                            : mp_new_str(q, n);
             }
         } else if (b <= 0x7f) {
@@ -650,7 +650,7 @@ static inline PyObject *mp_read_key(CmMpDec *d, int depth, int *has_class)
         d->p = q + n;
         if (n == 9 && memcmp(q, "__class__", 9) == 0)
             *has_class = 1;
-        return mp_cached_str(d->st->ser_keycache, q, n);
+        return mp_cached_str(d->st->ser.keycache, q, n);
     }
 generic:
     if ((k = mp_read(d, depth)) != NULL && mp_is_class_key(k))
@@ -736,9 +736,9 @@ static uint64_t mp_keys_sig(PyObject *const *ks, size_t n)
 
 static void mp_tpl_off(CmState *st)
 {
-    st->ser_maptpl_off = 1;
+    st->ser.maptpl_off = 1;
     for (size_t i = 0; i < CM_SER_MAPTPL_SLOTS; i++)
-        Py_CLEAR(st->ser_maptpl[i].dict);
+        Py_CLEAR(st->ser.maptpl[i].dict);
 }
 
 /* Make ks[0..n) the template of its slot (no template for duplicate keys). */
@@ -757,10 +757,10 @@ static int mp_tpl_make(CmState *st, size_t slot, PyObject *const *ks, size_t n)
         Py_DECREF(tpl);
         return 0;
     }
-    Py_XSETREF(st->ser_maptpl[slot].dict, tpl);
-    memcpy(st->ser_maptpl[slot].keys, ks, n * sizeof(PyObject *));
-    st->ser_maptpl[slot].n = (uint32_t)n;
-    st->ser_maptpl_byn[n] = (uint8_t)(slot + 1);
+    Py_XSETREF(st->ser.maptpl[slot].dict, tpl);
+    memcpy(st->ser.maptpl[slot].keys, ks, n * sizeof(PyObject *));
+    st->ser.maptpl[slot].n = (uint32_t)n;
+    st->ser.maptpl_byn[n] = (uint8_t)(slot + 1);
     return 0;
 }
 
@@ -770,7 +770,7 @@ static int mp_tpl_make(CmState *st, size_t slot, PyObject *const *ks, size_t n)
 static PyObject *mp_tpl_dict(CmState *st, size_t slot, PyObject *const *ks, PyObject *const *vs,
                              size_t n)
 {
-    PyObject *dict = PyDict_Copy(st->ser_maptpl[slot].dict);
+    PyObject *dict = PyDict_Copy(st->ser.maptpl[slot].dict);
     CmDictUEntry *e;
     int track = 0;
     if (dict == NULL)
@@ -787,7 +787,7 @@ static PyObject *mp_tpl_dict(CmState *st, size_t slot, PyObject *const *ks, PyOb
     }
     if (track && !PyObject_GC_IsTracked(dict))
         PyObject_GC_Track(dict);
-    st->ser_maptpl_byn[n] = (uint8_t)(slot + 1);
+    st->ser.maptpl_byn[n] = (uint8_t)(slot + 1);
     return dict;
 off:
     Py_DECREF(dict);
@@ -806,12 +806,12 @@ static PyObject *mp_dict_of(CmState *st, PyObject *const *ks, PyObject *const *v
     PyObject *dict;
     size_t slot = 0;
     uint64_t sig = 0;
-    tpl_ok = tpl_ok && !st->ser_maptpl_off;
+    tpl_ok = tpl_ok && !st->ser.maptpl_off;
     if (tpl_ok) {
         sig = mp_keys_sig(ks, n);
         slot = (size_t)(sig >> 40) % CM_SER_MAPTPL_SLOTS;
-        if (st->ser_maptpl[slot].dict != NULL && st->ser_maptpl[slot].n == n &&
-            memcmp(st->ser_maptpl[slot].keys, ks, n * sizeof(PyObject *)) == 0 &&
+        if (st->ser.maptpl[slot].dict != NULL && st->ser.maptpl[slot].n == n &&
+            memcmp(st->ser.maptpl[slot].keys, ks, n * sizeof(PyObject *)) == 0 &&
             ((dict = mp_tpl_dict(st, slot, ks, vs, n)) != NULL || PyErr_Occurred()))
             return dict;
     }
@@ -823,9 +823,9 @@ static PyObject *mp_dict_of(CmState *st, PyObject *const *ks, PyObject *const *v
             return NULL;
         }
     }
-    if (tpl_ok && !st->ser_maptpl_off) {
-        if (st->ser_maptpl[slot].pending != sig) {
-            st->ser_maptpl[slot].pending = sig;
+    if (tpl_ok && !st->ser.maptpl_off) {
+        if (st->ser.maptpl[slot].pending != sig) {
+            st->ser.maptpl[slot].pending = sig;
         } else if (mp_tpl_make(st, slot, ks, n) < 0) {
             Py_DECREF(dict);
             return NULL;
@@ -862,14 +862,14 @@ static PyObject *mp_read_map_small(CmMpDec *d, size_t n, int depth)
     PyObject *tpl = NULL; /* the predicted template, held: values may replace it in its slot */
     size_t i, got = 0;
     int has_class = 0, ascii_keys = 1;
-    int slot = st->ser_maptpl_off ? -1 : st->ser_maptpl_byn[n] - 1;
-    if (slot >= 0 && (st->ser_maptpl[slot].dict == NULL || st->ser_maptpl[slot].n != n))
+    int slot = st->ser.maptpl_off ? -1 : st->ser.maptpl_byn[n] - 1;
+    if (slot >= 0 && (st->ser.maptpl[slot].dict == NULL || st->ser.maptpl[slot].n != n))
         slot = -1;
     if (slot >= 0)
-        tpl = Py_NewRef(st->ser_maptpl[slot].dict);
+        tpl = Py_NewRef(st->ser.maptpl[slot].dict);
     for (i = 0; i < n; i++) {
-        if (slot >= 0 && (st->ser_maptpl[slot].dict != tpl ||
-                          (ks[i] = mp_tpl_key(d, st->ser_maptpl[slot].keys[i])) == NULL))
+        if (slot >= 0 && (st->ser.maptpl[slot].dict != tpl ||
+                          (ks[i] = mp_tpl_key(d, st->ser.maptpl[slot].keys[i])) == NULL))
             slot = -1;
         if (slot < 0) {
             if ((ks[i] = mp_read_key(d, depth + 1, &has_class)) == NULL)
@@ -885,7 +885,7 @@ static PyObject *mp_read_map_small(CmMpDec *d, size_t n, int depth)
         got++;
     }
     /* all keys as predicted (a template has no "__class__") */
-    if (slot >= 0 && st->ser_maptpl[slot].dict == tpl &&
+    if (slot >= 0 && st->ser.maptpl[slot].dict == tpl &&
         (dict = mp_tpl_dict(st, (size_t)slot, ks, vs, n)) == NULL && PyErr_Occurred())
         goto done;
     if (dict == NULL && (dict = mp_dict_of(st, ks, vs, n, ascii_keys && !has_class)) == NULL)
@@ -1083,11 +1083,11 @@ PyObject *cm_msgpack_loads(CmState *st, const char *buf, Py_ssize_t len)
 static PyObject *py_msgpack_templates(PyObject *mod, PyObject *on)
 {
     CmState *st = cm_state_from_module(mod);
-    int was = !st->ser_maptpl_off, want = PyObject_IsTrue(on);
+    int was = !st->ser.maptpl_off, want = PyObject_IsTrue(on);
     if (want < 0)
         return NULL;
     if (want)
-        st->ser_maptpl_off = 0;
+        st->ser.maptpl_off = 0;
     else
         mp_tpl_off(st);
     return PyBool_FromLong(was);

@@ -54,7 +54,7 @@ static int ser_pydantic_bases(PyObject *out[2])
 static PyObject * // borrowed, NULL if not a dataclass
 ser_dataclass_fields(CmState *st, PyTypeObject *tp)
 {
-    PyObject *fields = ser_type_lookup(tp, st->ser_s_dataclass_fields); // borrowed
+    PyObject *fields = ser_type_lookup(tp, st->ser.s_dataclass_fields); // borrowed
     return (fields && PyDict_Check(fields)) ? fields : NULL;
 }
 
@@ -233,10 +233,10 @@ static PyObject *ser_isoformat(CmState *st, PyObject *obj)
     p = ser_digits(p, (unsigned)PyDateTime_GET_MONTH(obj), 2);
     *p++ = '-';
     p = ser_digits(p, (unsigned)PyDateTime_GET_DAY(obj), 2);
-    if (tp == (PyTypeObject *)st->ser_datetime) {
+    if (tp == (PyTypeObject *)st->ser.datetime) {
         PyObject *tz = PyDateTime_DATE_GET_TZINFO(obj); // borrowed
-        if (tz != Py_None && tz != st->ser_utc)
-            return PyObject_CallMethodNoArgs(obj, st->ser_s_isoformat);
+        if (tz != Py_None && tz != st->ser.utc)
+            return PyObject_CallMethodNoArgs(obj, st->ser.s_isoformat);
         unsigned us = (unsigned)PyDateTime_DATE_GET_MICROSECOND(obj);
         *p++ = 'T';
         p = ser_digits(p, (unsigned)PyDateTime_DATE_GET_HOUR(obj), 2);
@@ -265,11 +265,11 @@ static PyObject *ser_encode_data(CmState *st, PyObject *obj)
     int nb;
 
     /* the common leaves first: they can be neither models nor dataclasses */
-    if (tp == (PyTypeObject *)st->ser_datetime || tp == (PyTypeObject *)st->ser_date)
+    if (tp == (PyTypeObject *)st->ser.datetime || tp == (PyTypeObject *)st->ser.date)
         return ser_isoformat(st, obj);
-    if (tp == (PyTypeObject *)st->ser_time)
-        return PyObject_CallMethodNoArgs(obj, st->ser_s_isoformat);
-    if (tp == (PyTypeObject *)st->ser_timedelta)
+    if (tp == (PyTypeObject *)st->ser.time)
+        return PyObject_CallMethodNoArgs(obj, st->ser.s_isoformat);
+    if (tp == (PyTypeObject *)st->ser.timedelta)
         return PyObject_CallMethodNoArgs(obj, st->s_total_seconds);
     if (tp == &PySet_Type || tp == &PyFrozenSet_Type)
         return PySequence_List(obj);
@@ -296,17 +296,17 @@ static PyObject *ser_encode_data(CmState *st, PyObject *obj)
         const CmSerNamed *nm;
         if (b == (PyObject *)&PyBytes_Type)
             return PyUnicode_FromEncodedObject(obj, "utf-8", "strict");
-        if (b == st->ser_datetime || b == st->ser_date || b == st->ser_time)
-            return PyObject_CallMethodNoArgs(obj, st->ser_s_isoformat);
-        if (b == st->ser_timedelta)
+        if (b == st->ser.datetime || b == st->ser.date || b == st->ser.time)
+            return PyObject_CallMethodNoArgs(obj, st->ser.s_isoformat);
+        if (b == st->ser.timedelta)
             return PyObject_CallMethodNoArgs(obj, st->s_total_seconds);
-        if (b == st->ser_Decimal)
+        if (b == st->ser.Decimal)
             return ser_encode_decimal(obj);
-        if (b == st->ser_Enum)
+        if (b == st->ser.Enum)
             return PyObject_GetAttrString(obj, "value");
         if (b == (PyObject *)&PySet_Type || b == (PyObject *)&PyFrozenSet_Type)
             return PySequence_List(obj);
-        if (b == st->ser_UUID)
+        if (b == st->ser.UUID)
             return PyObject_Str(obj);
         for (nm = cm_ser_named; nm->module; nm++) {
             if (ser_imported(nm->module, nm->name) != b)
@@ -325,8 +325,8 @@ static PyObject *ser_encode_data(CmState *st, PyObject *obj)
 static PyObject *ser_qualified_name(CmState *st, PyTypeObject *tp)
 {
     PyObject *module = NULL, *qual = NULL, *res = NULL;
-    if (tp == (PyTypeObject *)st->ser_datetime)
-        return Py_NewRef(st->ser_datetime_qualname);
+    if (tp == (PyTypeObject *)st->ser.datetime)
+        return Py_NewRef(st->ser.datetime_qualname);
     module = PyObject_GetAttrString((PyObject *)tp, "__module__");
     qual = module ? PyType_GetQualName(tp) : NULL;
     if (qual != NULL)
@@ -346,8 +346,8 @@ PyObject *cm_ser_object_encode(CmState *st, PyObject *obj)
         goto done;
     if ((res = PyDict_New()) == NULL)
         goto done;
-    if (PyDict_SetItem(res, st->ser_s_class, name) < 0 ||
-        PyDict_SetItem(res, st->ser_s_data, data) < 0)
+    if (PyDict_SetItem(res, st->ser.s_class, name) < 0 ||
+        PyDict_SetItem(res, st->ser.s_data, data) < 0)
         Py_CLEAR(res);
 done:
     Py_XDECREF(name);
@@ -629,13 +629,13 @@ static PyObject *ser_construct(CmState *st, PyObject *cls, PyObject *data, int d
         PyErr_SetString(PyExc_ValueError, "nesting too deep");
         return NULL;
     }
-    if (ser_subclass(cls, st->ser_datetime) || ser_subclass(cls, st->ser_date) ||
-        ser_subclass(cls, st->ser_time)) {
+    if (ser_subclass(cls, st->ser.datetime) || ser_subclass(cls, st->ser.date) ||
+        ser_subclass(cls, st->ser.time)) {
         if (!PyUnicode_Check(data))
             goto bad_data;
-        return PyObject_CallMethodOneArg(cls, st->ser_s_fromisoformat, data);
+        return PyObject_CallMethodOneArg(cls, st->ser.s_fromisoformat, data);
     }
-    if (ser_subclass(cls, st->ser_timedelta)) {
+    if (ser_subclass(cls, st->ser.timedelta)) {
         PyObject *kw, *empty, *res;
         if (!PyLong_Check(data) && !PyFloat_Check(data))
             goto bad_data;
@@ -650,7 +650,7 @@ static PyObject *ser_construct(CmState *st, PyObject *cls, PyObject *data, int d
         Py_DECREF(empty);
         return res;
     }
-    if (ser_subclass(cls, st->ser_Decimal)) {
+    if (ser_subclass(cls, st->ser.Decimal)) {
         PyObject *s, *res;
         if (!PyUnicode_Check(data) && !PyLong_Check(data) && !PyFloat_Check(data))
             goto bad_data;
@@ -660,12 +660,12 @@ static PyObject *ser_construct(CmState *st, PyObject *cls, PyObject *data, int d
         Py_DECREF(s);
         return res;
     }
-    if (ser_subclass(cls, st->ser_UUID)) {
+    if (ser_subclass(cls, st->ser.UUID)) {
         if (!PyUnicode_Check(data))
             goto bad_data;
         return PyObject_CallOneArg(cls, data);
     }
-    if (ser_subclass(cls, st->ser_Enum))
+    if (ser_subclass(cls, st->ser.Enum))
         return PyObject_CallOneArg(cls, data);
     if (tp == &PySet_Type || tp == &PyFrozenSet_Type) {
         if (!PyList_Check(data))
@@ -721,11 +721,11 @@ int cm_ser_value_class(CmState *st, PyObject *cls)
 
     if (!PyType_Check(cls))
         return 0;
-    if (ser_subclass(cls, st->ser_datetime) || ser_subclass(cls, st->ser_date) ||
-        ser_subclass(cls, st->ser_time) || ser_subclass(cls, st->ser_timedelta) ||
-        ser_subclass(cls, st->ser_Decimal) || ser_subclass(cls, st->ser_UUID))
+    if (ser_subclass(cls, st->ser.datetime) || ser_subclass(cls, st->ser.date) ||
+        ser_subclass(cls, st->ser.time) || ser_subclass(cls, st->ser.timedelta) ||
+        ser_subclass(cls, st->ser.Decimal) || ser_subclass(cls, st->ser.UUID))
         return 1;
-    if (ser_subclass(cls, st->ser_Enum)) {
+    if (ser_subclass(cls, st->ser.Enum)) {
         /* a class with members: calling one with more than a value cannot
          * make a new Enum (the functional API refuses to extend it) */
         if ((members = PyObject_GetAttrString(cls, "_member_map_")) == NULL) {
@@ -757,9 +757,9 @@ PyObject *cm_ser_object_decode(CmState *st, PyObject *dict)
 
     if (!PyDict_Check(dict))
         return Py_NewRef(dict);
-    if ((name = PyDict_GetItemWithError(dict, st->ser_s_class)) == NULL)
+    if ((name = PyDict_GetItemWithError(dict, st->ser.s_class)) == NULL)
         return PyErr_Occurred() ? NULL : Py_NewRef(dict);
-    if ((data = PyDict_GetItemWithError(dict, st->ser_s_data)) == NULL) {
+    if ((data = PyDict_GetItemWithError(dict, st->ser.s_data)) == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "object with __class__ but no data");
         return NULL;
@@ -808,12 +808,12 @@ int cm_ser_object_init(PyObject *mod, CmState *st)
     int rc = -1;
     if (name == NULL)
         return -1;
-    st->ser_object_encoder = PyCFunction_NewEx(&cm_ser_object_methods[0], mod, name);
-    st->ser_object_decoder = PyCFunction_NewEx(&cm_ser_object_methods[1], mod, name);
-    if (!st->ser_object_encoder || !st->ser_object_decoder)
+    st->ser.object_encoder = PyCFunction_NewEx(&cm_ser_object_methods[0], mod, name);
+    st->ser.object_decoder = PyCFunction_NewEx(&cm_ser_object_methods[1], mod, name);
+    if (!st->ser.object_encoder || !st->ser.object_decoder)
         goto done;
-    if (PyModule_AddObjectRef(mod, "object_encoder", st->ser_object_encoder) < 0 ||
-        PyModule_AddObjectRef(mod, "object_decoder", st->ser_object_decoder) < 0)
+    if (PyModule_AddObjectRef(mod, "object_encoder", st->ser.object_encoder) < 0 ||
+        PyModule_AddObjectRef(mod, "object_decoder", st->ser.object_decoder) < 0)
         goto done;
     {
         PyObject *fn = PyCFunction_NewEx(&cm_ser_object_methods[2], mod, name);

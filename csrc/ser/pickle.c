@@ -30,7 +30,7 @@
 
 /* ---- the restricted unpickler ------------------------------------------- */
 
-/* What one load keeps at st->ser_unpickler_off inside the unpickler (after
+/* What one load keeps at st->ser.unpickler_off inside the unpickler (after
  * _pickle's private layout), set only for the duration of that load by
  * cm_ser_pickle_loads:
  *   ser     the serializer whose allowlist applies (borrowed: loads holds it);
@@ -47,7 +47,7 @@ typedef struct {
 
 static CmUnpicklerExtra *unpickler_extra(CmState *st, PyObject *self)
 {
-    return (CmUnpicklerExtra *)((char *)self + st->ser_unpickler_off);
+    return (CmUnpicklerExtra *)((char *)self + st->ser.unpickler_off);
 }
 
 /* Make a (heap, mutable) class immutable until the load ends: 0, or -1. */
@@ -83,7 +83,7 @@ static int pickle_allowed(CmState *st, CmPickleSerObject *ser, PyObject *obj)
     int rc;
     if (obj == (PyObject *)&PySet_Type || obj == (PyObject *)&PyFrozenSet_Type ||
         obj == (PyObject *)&PyByteArray_Type || obj == (PyObject *)&PyComplex_Type ||
-        obj == (PyObject *)Py_TYPE(st->ser_utc))
+        obj == (PyObject *)Py_TYPE(st->ser.utc))
         return 1;
     if (ser != NULL && ser->allowed != NULL) {
         rc = PySet_Contains(ser->allowed, obj);
@@ -106,7 +106,7 @@ static PyObject *SafeUnpickler_find_class(PyObject *self, PyObject *const *args,
     /* protocols 0-2 spell builtins the Python 2 way (_pickle's own
      * find_class maps it under fix_imports; ours replaces that one) */
     if (PyUnicode_Check(args[0]) && PyUnicode_CompareWithASCIIString(args[0], "__builtin__") == 0)
-        obj = cm_ser_lookup_global(st->ser_s_builtins, args[1]);
+        obj = cm_ser_lookup_global(st->ser.s_builtins, args[1]);
     else
         obj = cm_ser_lookup_global(args[0], args[1]);
     if (obj == NULL)
@@ -193,7 +193,7 @@ static PyObject *pickle_loads_signed(CmState *st, CmPickleSerObject *ser, PyObje
     }
     if ((body = PyMemoryView_FromMemory((char *)p + head, n - head, PyBUF_READ)) == NULL)
         goto done;
-    res = PyObject_CallOneArg(st->ser_pickle_loads, body);
+    res = PyObject_CallOneArg(st->ser.pickle_loads, body);
 done:
     Py_XDECREF(tag);
     Py_XDECREF(given);
@@ -209,9 +209,9 @@ PyObject *cm_ser_pickle_loads(CmState *st, PyObject *self, PyObject *raw)
 
     if (ser->secret != NULL)
         return pickle_loads_signed(st, ser, raw);
-    if ((file = PyObject_CallOneArg(st->ser_BytesIO, raw)) == NULL)
+    if ((file = PyObject_CallOneArg(st->ser.BytesIO, raw)) == NULL)
         return NULL;
-    unpickler = PyObject_CallOneArg(st->ser_SafeUnpicklerType, file);
+    unpickler = PyObject_CallOneArg(st->ser.SafeUnpicklerType, file);
     if (unpickler != NULL) {
         CmUnpicklerExtra *x = unpickler_extra(st, unpickler);
         x->ser = ser;
@@ -228,7 +228,7 @@ PyObject *cm_ser_pickle_loads(CmState *st, PyObject *self, PyObject *raw)
 PyObject *cm_ser_pickle_dumps(CmState *st, PyObject *self, PyObject *obj)
 {
     CmPickleSerObject *ser = (CmPickleSerObject *)self;
-    PyObject *raw = PyObject_CallOneArg(st->ser_pickle_dumps, obj), *tag = NULL, *res = NULL;
+    PyObject *raw = PyObject_CallOneArg(st->ser.pickle_dumps, obj), *tag = NULL, *res = NULL;
     char *out;
 
     if (raw == NULL || ser->secret == NULL)
@@ -361,8 +361,8 @@ int cm_ser_pickle_init(PyObject *mod, CmState *st)
         (io = PyImport_ImportModule("io")) == NULL)
         goto done;
     if ((base = PyObject_GetAttrString(pickle, "Unpickler")) == NULL ||
-        (st->ser_pickle_loads = PyObject_GetAttrString(pickle, "loads")) == NULL ||
-        (st->ser_BytesIO = PyObject_GetAttrString(io, "BytesIO")) == NULL)
+        (st->ser.pickle_loads = PyObject_GetAttrString(pickle, "loads")) == NULL ||
+        (st->ser.BytesIO = PyObject_GetAttrString(io, "BytesIO")) == NULL)
         goto done;
     if (!PyType_Check(base) || ((PyTypeObject *)base)->tp_itemsize != 0) {
         PyErr_SetString(PyExc_ImportError, "_pickle.Unpickler has an unexpected layout");
@@ -372,10 +372,10 @@ int cm_ser_pickle_init(PyObject *mod, CmState *st)
     off = ((PyTypeObject *)base)->tp_basicsize;
     off = (off + (Py_ssize_t)sizeof(void *) - 1) / (Py_ssize_t)sizeof(void *) *
           (Py_ssize_t)sizeof(void *);
-    st->ser_unpickler_off = off;
+    st->ser.unpickler_off = off;
     SafeUnpickler_spec.basicsize = (int)(off + (Py_ssize_t)sizeof(CmUnpicklerExtra));
-    st->ser_SafeUnpicklerType = PyType_FromModuleAndSpec(mod, &SafeUnpickler_spec, base);
-    rc = st->ser_SafeUnpicklerType ? 0 : -1;
+    st->ser.SafeUnpicklerType = PyType_FromModuleAndSpec(mod, &SafeUnpickler_spec, base);
+    rc = st->ser.SafeUnpicklerType ? 0 : -1;
 done:
     Py_XDECREF(pickle);
     Py_XDECREF(io);

@@ -18,11 +18,11 @@ typedef enum { CM_SER_PICKLE, CM_SER_JSON, CM_SER_MSGPACK, CM_SER_OTHER } CmSerK
 static CmSerKind ser_kind(CmState *st, PyObject *ser)
 {
     PyTypeObject *tp = Py_TYPE(ser);
-    if (tp == (PyTypeObject *)st->MsgPackSerializerType)
+    if (tp == (PyTypeObject *)st->ser.MsgPackSerializerType)
         return CM_SER_MSGPACK;
-    if (tp == (PyTypeObject *)st->JSONSerializerType)
+    if (tp == (PyTypeObject *)st->ser.JSONSerializerType)
         return CM_SER_JSON;
-    if (tp == (PyTypeObject *)st->PickleSerializerType)
+    if (tp == (PyTypeObject *)st->ser.PickleSerializerType)
         return CM_SER_PICKLE;
     return CM_SER_OTHER;
 }
@@ -32,7 +32,7 @@ static void ser_decode_error(CmState *st, PyObject *self)
 {
     PyObject *type = NULL, *value = NULL, *tb = NULL, *name = NULL, *msg = NULL, *err = NULL;
 
-    if (!PyErr_ExceptionMatches(PyExc_Exception) || PyErr_ExceptionMatches(st->SerializerError))
+    if (!PyErr_ExceptionMatches(PyExc_Exception) || PyErr_ExceptionMatches(st->ser.SerializerError))
         return;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
@@ -42,13 +42,13 @@ static void ser_decode_error(CmState *st, PyObject *self)
         goto fail;
     msg = PyUnicode_FromFormat("%U cannot decode the cached bytes: %s: %S", name,
                                ((PyTypeObject *)type)->tp_name, value);
-    if (msg == NULL || (err = PyObject_CallOneArg(st->SerializerError, msg)) == NULL)
+    if (msg == NULL || (err = PyObject_CallOneArg(st->ser.SerializerError, msg)) == NULL)
         goto fail;
     if (PyObject_SetAttrString(err, "serializer", name) < 0)
         goto fail;
     PyException_SetCause(err, Py_NewRef(value));
     PyException_SetContext(err, Py_NewRef(value));
-    PyErr_SetObject(st->SerializerError, err);
+    PyErr_SetObject(st->ser.SerializerError, err);
     goto done;
 fail:
     /* could not build the error: keep that failure, or else the original */
@@ -99,7 +99,7 @@ static PyObject *b64_decode(CmState *st, PyObject *blob)
         }
         Py_DECREF(raw);
     }
-    return PyObject_CallOneArg(st->ser_a2b_base64, blob);
+    return PyObject_CallOneArg(st->ser.a2b_base64, blob);
 }
 
 static PyObject *pickle_loads(CmState *st, PyObject *ser, PyObject *blob)
@@ -114,7 +114,7 @@ static PyObject *pickle_loads(CmState *st, PyObject *ser, PyObject *blob)
 static PyObject *json_dumps(CmState *st, PyObject *obj)
 {
     PyObject *chunks, *text = NULL, *res = NULL, *empty = NULL;
-    chunks = PyObject_CallFunctionObjArgs(st->ser_json_encoder, obj, st->ser_zero, NULL);
+    chunks = PyObject_CallFunctionObjArgs(st->ser.json_encoder, obj, st->ser.zero, NULL);
     if (chunks == NULL)
         goto done;
     if ((empty = PyUnicode_FromStringAndSize(NULL, 0)) == NULL)
@@ -149,7 +149,7 @@ static PyObject *json_loads(CmState *st, const char *buf, Py_ssize_t len)
         i++;
     if ((idx = PyLong_FromSsize_t(i)) == NULL)
         goto done;
-    pair = PyObject_CallFunctionObjArgs(st->ser_json_scan_once, text, idx, NULL);
+    pair = PyObject_CallFunctionObjArgs(st->ser.json_scan_once, text, idx, NULL);
     if (pair == NULL) {
         if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
             PyErr_Clear();
@@ -228,9 +228,9 @@ static int ser_one_arg(const char *fname, Py_ssize_t nargs, PyObject *kwnames)
 
 static CmSerKind ser_own_kind(CmState *st, PyTypeObject *defcls)
 {
-    if (defcls == (PyTypeObject *)st->MsgPackSerializerType)
+    if (defcls == (PyTypeObject *)st->ser.MsgPackSerializerType)
         return CM_SER_MSGPACK;
-    if (defcls == (PyTypeObject *)st->JSONSerializerType)
+    if (defcls == (PyTypeObject *)st->ser.JSONSerializerType)
         return CM_SER_JSON;
     return CM_SER_PICKLE;
 }
@@ -275,7 +275,7 @@ typedef struct {
 static PyObject *compressed_inner(CmState *st, PyObject *self)
 {
     PyObject *inner = ((CmCompressedObject *)self)->serializer;
-    return inner != NULL ? Py_NewRef(inner) : PyObject_GetAttr(self, st->ser_s_serializer);
+    return inner != NULL ? Py_NewRef(inner) : PyObject_GetAttr(self, st->ser.s_serializer);
 }
 
 static int Compressed_init(PyObject *self, PyObject *args, PyObject *kwds)
@@ -313,9 +313,9 @@ static int Compressed_init(PyObject *self, PyObject *args, PyObject *kwds)
         limit = (size_t)v;
     }
     if ((allowed != NULL && allowed != Py_None) || (secret != NULL && secret != Py_None)) {
-        if ((attr = PyObject_GetAttr(self, st->ser_s_serializer)) == NULL)
+        if ((attr = PyObject_GetAttr(self, st->ser.s_serializer)) == NULL)
             goto done;
-        if (!PyObject_TypeCheck(attr, (PyTypeObject *)st->PickleSerializerType)) {
+        if (!PyObject_TypeCheck(attr, (PyTypeObject *)st->ser.PickleSerializerType)) {
             PyErr_SetString(PyExc_TypeError, "CompressedSerializer: allowed= and secret= are "
                                              "PickleSerializer options; serializer is not one");
             goto done;
@@ -382,7 +382,7 @@ static PyObject *Compressed_dumps(PyObject *self, PyTypeObject *defcls, PyObject
     if ((inner = compressed_inner(st, self)) == NULL)
         goto done;
     kind = ser_kind(st, inner);
-    raw = kind == CM_SER_OTHER ? PyObject_CallMethodOneArg(inner, st->ser_s_dumps, args[0])
+    raw = kind == CM_SER_OTHER ? PyObject_CallMethodOneArg(inner, st->ser.s_dumps, args[0])
                                : ser_dumps_kind(st, kind, inner, args[0]);
     if (raw == NULL || PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE) < 0)
         goto done;
@@ -430,7 +430,7 @@ static PyObject *Compressed_loads(PyObject *self, PyTypeObject *defcls, PyObject
         z.data = NULL;
         if (raw == NULL)
             goto fail;
-        res = kind == CM_SER_OTHER ? PyObject_CallMethodOneArg(inner, st->ser_s_loads, raw)
+        res = kind == CM_SER_OTHER ? PyObject_CallMethodOneArg(inner, st->ser.s_loads, raw)
                                    : pickle_loads(st, inner, raw);
     } else {
         res = ser_loads_kind(st, kind, inner, NULL, (const char *)z.data, (Py_ssize_t)z.len);
@@ -575,20 +575,20 @@ static int ser_json_init(CmState *st)
         goto done;
     /* json.dumps's own arguments: no markers (cycles end in RecursionError),
      * separators (', ', ': '), ensure_ascii, allow_nan */
-    st->ser_json_encoder =
-        PyObject_CallFunction(make_encoder, "OOOOssOOO", Py_None, st->ser_object_encoder,
+    st->ser.json_encoder =
+        PyObject_CallFunction(make_encoder, "OOOOssOOO", Py_None, st->ser.object_encoder,
                               encode_str, Py_None, ": ", ", ", Py_False, Py_False, Py_True);
-    if (st->ser_json_encoder == NULL)
+    if (st->ser.json_encoder == NULL)
         goto done;
     if ((decoder_cls = ser_attr("json", "JSONDecoder")) == NULL)
         goto done;
-    if ((kw = Py_BuildValue("{sO}", "object_hook", st->ser_object_decoder)) == NULL ||
+    if ((kw = Py_BuildValue("{sO}", "object_hook", st->ser.object_decoder)) == NULL ||
         (empty = PyTuple_New(0)) == NULL)
         goto done;
     if ((decoder = PyObject_Call(decoder_cls, empty, kw)) == NULL)
         goto done;
-    st->ser_json_scan_once = PyObject_GetAttrString(decoder, "scan_once");
-    rc = st->ser_json_scan_once ? 0 : -1;
+    st->ser.json_scan_once = PyObject_GetAttrString(decoder, "scan_once");
+    rc = st->ser.json_scan_once ? 0 : -1;
 done:
     Py_XDECREF(make_encoder);
     Py_XDECREF(encode_str);
@@ -606,78 +606,81 @@ int cm_serializer_init(PyObject *mod, CmState *st)
     if (cm_msgpack_init(mod) < 0)
         return -1;
 #define CM_SER_STR(field, text)                                                                    \
-    if ((st->field = PyUnicode_InternFromString(text)) == NULL)                                    \
+    if ((st->ser.field = PyUnicode_InternFromString(text)) == NULL)                                \
         goto done;
-    CM_SER_STR(ser_s_class, "__class__")
-    CM_SER_STR(ser_s_data, "data")
-    CM_SER_STR(ser_s_isoformat, "isoformat")
-    CM_SER_STR(ser_s_fromisoformat, "fromisoformat")
-    CM_SER_STR(ser_s_serializer, "serializer")
-    CM_SER_STR(ser_s_dumps, "dumps")
-    CM_SER_STR(ser_s_loads, "loads")
-    CM_SER_STR(ser_s_dataclass_fields, "__dataclass_fields__")
-    CM_SER_STR(ser_datetime_qualname, "datetime.datetime")
-    CM_SER_STR(ser_s_builtins, "builtins")
+    CM_SER_STR(s_class, "__class__")
+    CM_SER_STR(s_data, "data")
+    CM_SER_STR(s_isoformat, "isoformat")
+    CM_SER_STR(s_fromisoformat, "fromisoformat")
+    CM_SER_STR(s_serializer, "serializer")
+    CM_SER_STR(s_dumps, "dumps")
+    CM_SER_STR(s_loads, "loads")
+    CM_SER_STR(s_dataclass_fields, "__dataclass_fields__")
+    CM_SER_STR(datetime_qualname, "datetime.datetime")
+    CM_SER_STR(s_builtins, "builtins")
+    CM_SER_STR(s_value, "value")
+    CM_SER_STR(s_updated_at, "updated_at")
 #undef CM_SER_STR
-    if ((st->ser_zero = PyLong_FromLong(0)) == NULL)
+    if ((st->ser.zero = PyLong_FromLong(0)) == NULL)
         goto done;
 
     /* the value types of the 0.3.0 encoding; decimal and uuid are imported
      * here, once, so that decoding never has to import anything */
-    if ((st->ser_datetime = ser_attr("datetime", "datetime")) == NULL ||
-        (st->ser_date = ser_attr("datetime", "date")) == NULL ||
-        (st->ser_time = ser_attr("datetime", "time")) == NULL ||
-        (st->ser_timedelta = ser_attr("datetime", "timedelta")) == NULL ||
-        (st->ser_utc = ser_attr("datetime", "timezone")) == NULL ||
-        (st->ser_Decimal = ser_attr("decimal", "Decimal")) == NULL ||
-        (st->ser_UUID = ser_attr("uuid", "UUID")) == NULL ||
-        (st->ser_Enum = ser_attr("enum", "Enum")) == NULL)
+    if ((st->ser.datetime = ser_attr("datetime", "datetime")) == NULL ||
+        (st->ser.date = ser_attr("datetime", "date")) == NULL ||
+        (st->ser.time = ser_attr("datetime", "time")) == NULL ||
+        (st->ser.timedelta = ser_attr("datetime", "timedelta")) == NULL ||
+        (st->ser.utc = ser_attr("datetime", "timezone")) == NULL ||
+        (st->ser.Decimal = ser_attr("decimal", "Decimal")) == NULL ||
+        (st->ser.UUID = ser_attr("uuid", "UUID")) == NULL ||
+        (st->ser.Enum = ser_attr("enum", "Enum")) == NULL)
         goto done;
-    Py_SETREF(st->ser_utc, PyObject_GetAttrString(st->ser_utc, "utc")); /* timezone.utc */
-    if (st->ser_utc == NULL)
+    Py_SETREF(st->ser.utc, PyObject_GetAttrString(st->ser.utc, "utc")); /* timezone.utc */
+    if (st->ser.utc == NULL ||
+        (st->ser.now = PyObject_GetAttrString(st->ser.datetime, "now")) == NULL)
         goto done;
-    if ((st->ser_pickle_dumps = ser_attr("_pickle", "dumps")) == NULL ||
-        (st->ser_a2b_base64 = ser_attr("binascii", "a2b_base64")) == NULL)
+    if ((st->ser.pickle_dumps = ser_attr("_pickle", "dumps")) == NULL ||
+        (st->ser.a2b_base64 = ser_attr("binascii", "a2b_base64")) == NULL)
         goto done;
 
-    st->SerializerError = PyErr_NewExceptionWithDoc(
+    st->ser.SerializerError = PyErr_NewExceptionWithDoc(
         "cacheme.serializer.SerializerError",
         "Cached bytes could not be decoded; .serializer names the serializer. In get() this is a "
         "miss for that storage followed by a reload.",
         PyExc_Exception, NULL);
-    if (st->SerializerError == NULL ||
-        PyModule_AddObjectRef(mod, "SerializerError", st->SerializerError) < 0)
+    if (st->ser.SerializerError == NULL ||
+        PyModule_AddObjectRef(mod, "SerializerError", st->ser.SerializerError) < 0)
         goto done;
     if (cm_ser_object_init(mod, st) < 0 || ser_json_init(st) < 0 || cm_ser_pickle_init(mod, st) < 0)
         goto done;
-    if (ser_add_type(mod, &cm_pickle_spec, &st->PickleSerializerType) < 0 ||
-        ser_add_type(mod, &cm_json_spec, &st->JSONSerializerType) < 0 ||
-        ser_add_type(mod, &cm_msgpack_spec, &st->MsgPackSerializerType) < 0 ||
-        ser_add_type(mod, &cm_compressed_spec, &st->CompressedSerializerType) < 0)
+    if (ser_add_type(mod, &cm_pickle_spec, &st->ser.PickleSerializerType) < 0 ||
+        ser_add_type(mod, &cm_json_spec, &st->ser.JSONSerializerType) < 0 ||
+        ser_add_type(mod, &cm_msgpack_spec, &st->ser.MsgPackSerializerType) < 0 ||
+        ser_add_type(mod, &cm_compressed_spec, &st->ser.CompressedSerializerType) < 0)
         goto done;
     rc = 0;
 done:
     return rc;
 }
 
-int cm_serializer_traverse(CmState *st, visitproc visit, void *arg)
+int cm_ser_state_traverse(CmSerState *ser, visitproc visit, void *arg)
 {
-#define CM_SER_VISIT(n) Py_VISIT(st->n);
+#define CM_SER_VISIT(n) Py_VISIT(ser->n);
     CM_SER_OBJECTS(CM_SER_VISIT)
 #undef CM_SER_VISIT
-    /* ser_keycache holds only exact str objects: nothing to traverse */
+    /* keycache holds only exact str objects: nothing to traverse */
     for (size_t i = 0; i < CM_SER_MAPTPL_SLOTS; i++)
-        Py_VISIT(st->ser_maptpl[i].dict);
+        Py_VISIT(ser->maptpl[i].dict);
     return 0;
 }
 
-void cm_serializer_clear(CmState *st)
+void cm_ser_state_clear(CmSerState *ser)
 {
-#define CM_SER_CLEAR(n) Py_CLEAR(st->n);
+#define CM_SER_CLEAR(n) Py_CLEAR(ser->n);
     CM_SER_OBJECTS(CM_SER_CLEAR)
 #undef CM_SER_CLEAR
     for (size_t i = 0; i < CM_SER_KEYCACHE_SIZE; i++)
-        Py_CLEAR(st->ser_keycache[i]);
+        Py_CLEAR(ser->keycache[i]);
     for (size_t i = 0; i < CM_SER_MAPTPL_SLOTS; i++)
-        Py_CLEAR(st->ser_maptpl[i].dict);
+        Py_CLEAR(ser->maptpl[i].dict);
 }

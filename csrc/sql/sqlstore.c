@@ -10,16 +10,17 @@
 
 #include <structmember.h>
 
-#include "api/ready.h"
 #include "base/clock.h"
 #include "base/exc.h"
 #include "core/key.h"
+#include "core/ttl.h"
 #include "loop/loop.h"
+#include "loop/ready.h"
+#include "ser/envelope.h"
 
 #define CM_SQL_BACKOFF_MIN 50000000LL          /* 50 ms */
 #define CM_SQL_BACKOFF_MAX 1000000000LL        /* 1 s */
 #define CM_SQL_SWEEP_AGAIN 1000000000LL        /* a full sweep batch: go on after 1 s */
-#define CM_SQL_TTL_MAX (100.0 * 366 * 86400)   /* seconds, about 100 years */
 #define CM_SQL_UTC_MAX_US 253402300799999999LL /* 9999-12-31 23:59:59.999999 */
 
 int64_t cm_sql_now(void) { return cm_now_ns(); }
@@ -135,55 +136,13 @@ done:
 /* serializer.loads(raw), or raw without a serializer; new reference. */
 static PyObject *decode(CmState *st, PyObject *ser, PyObject *raw)
 {
-    if (ser == NULL || ser == Py_None)
-        return Py_NewRef(raw);
-    PyObject *args[2] = {ser, raw};
-    return PyObject_VectorcallMethod(st->ser_s_loads, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                     NULL);
-}
-
-static PyObject *as_bytes(PyObject *v)
-{
-    if (PyBytes_CheckExact(v))
-        return Py_NewRef(v);
-    if (PyUnicode_Check(v))
-        return PyUnicode_AsUTF8String(v);
-    if (PyByteArray_Check(v) || PyMemoryView_Check(v) || PyBytes_Check(v))
-        return PyBytes_FromObject(v);
-    PyErr_Format(PyExc_TypeError,
-                 "SQL storage: serializer.dumps() must return bytes or str, not %.100s",
-                 Py_TYPE(v)->tp_name);
-    return NULL;
-}
-
-/* A value cached without a serializer: bytes only, since the row gives back
- * bytes (a str would come back as bytes on the next hit). */
-static PyObject *raw_bytes(CmSqlStorageObject *s, PyObject *v)
-{
-    if (PyBytes_Check(v))
-        return PyBytes_FromObject(v);
-    PyErr_Format(PyExc_TypeError,
-                 "cacheme %s storage: without a serializer a node can cache only bytes (the "
-                 "value column gives back bytes), not %.100s; set Meta.serializer (e.g. "
-                 "PickleSerializer()) to cache other values",
-                 s->drv->name, Py_TYPE(v)->tp_name);
-    return NULL;
+    return cm_envelope_decode(st, CM_ENVELOPE_BARE, ser, raw, st->SQLError, "SQL");
 }
 
 /* serializer.dumps(v) as bytes (or v itself, bytes, without a serializer). */
 static PyObject *encode(CmSqlStorageObject *s, PyObject *ser, PyObject *v)
 {
-    CmState *st = s->st;
-    if (ser == Py_None)
-        return raw_bytes(s, v);
-    PyObject *args[2] = {ser, v};
-    PyObject *raw =
-        PyObject_VectorcallMethod(st->ser_s_dumps, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (raw == NULL)
-        return NULL;
-    PyObject *b = as_bytes(raw);
-    Py_DECREF(raw);
-    return b;
+    return cm_envelope_encode(s->st, CM_ENVELOPE_BARE, ser, v, s->drv->name);
 }
 
 /* What the caller of a finished request sees; new reference. */
@@ -1063,26 +1022,11 @@ fail:
     return NULL;
 }
 
+/* the TTL in seconds, -1 for none (core/ttl.h's rule) */
 static int parse_ttl(CmSqlStorageObject *s, PyObject *ttl, double *out)
 {
-    *out = -1;
-    if (ttl == Py_None)
-        return 0;
-    PyObject *secs = PyObject_CallMethodNoArgs(ttl, s->st->s_total_seconds);
-    if (secs == NULL)
-        return -1;
-    double d = PyFloat_AsDouble(secs);
-    Py_DECREF(secs);
-    if (d == -1 && PyErr_Occurred())
-        return -1;
-    if (isnan(d)) {
-        PyErr_SetString(PyExc_ValueError, "SQL storage: ttl is NaN");
-        return -1;
-    }
-    /* an expiry past what the columns hold (timedelta.max) would overflow
-     * into the past: beyond CM_SQL_TTL_MAX a row just lives that long */
-    *out = d < 0 ? 0 : d > CM_SQL_TTL_MAX ? CM_SQL_TTL_MAX : d;
-    return 0;
+    *out = cm_ttl_seconds(s->st, ttl);
+    return *out == -2.0 ? -1 : 0;
 }
 
 static PyObject *storage_set(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -1185,8 +1129,10 @@ static PyObject *storage_key_req(CmSqlStorageObject *s, int kind, PyObject *key,
         return NULL;
     r->key = Py_NewRef(key);
     r->ser = Py_NewRef(Py_None);
-    if (check_key(s, key) < 0 || (value != NULL && ((r->value = raw_bytes(s, value)) == NULL ||
-                                                    parse_ttl(s, ttl, &r->ttl) < 0))) {
+    if (check_key(s, key) < 0 ||
+        (value != NULL && ((r->value = cm_envelope_encode(s->st, CM_ENVELOPE_BARE, Py_None, value,
+                                                          s->drv->name)) == NULL ||
+                           parse_ttl(s, ttl, &r->ttl) < 0))) {
         req_free(r);
         return NULL;
     }
@@ -1340,7 +1286,7 @@ static int storage_init(PyObject *self, PyObject *args, PyObject *kwds)
                 {"sweep_interval", sweep_interval, 1}};
     for (size_t i = 0; i < sizeof(secs) / sizeof(secs[0]); i++) {
         double v = secs[i].v;
-        if (!isfinite(v) || v < 0 || (v == 0 && !secs[i].zero_ok) || v > CM_SQL_TTL_MAX) {
+        if (!isfinite(v) || v < 0 || (v == 0 && !secs[i].zero_ok) || v > CM_TTL_MAX_SECONDS) {
             PyObject *f = PyFloat_FromDouble(v);
             if (f != NULL)
                 PyErr_Format(PyExc_ValueError,

@@ -1,7 +1,7 @@
 /* The ready awaitable. am_send returns PYGEN_RETURN with the value, which is
  * what `await` uses in CPython >= 3.10; __next__ (StopIteration) is there for
  * callers that drive it as a plain iterator (asyncio.ensure_future). */
-#include "api/ready.h"
+#include "loop/ready.h"
 
 typedef struct {
     PyObject_HEAD

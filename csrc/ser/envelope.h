@@ -1,0 +1,27 @@
+/* How a value is laid out in a remote storage, exactly as cacheme 0.3.0 did,
+ * so both versions share one cache. Key-value storages (Redis, and MongoDB's
+ * value field) hold serializer.dumps({"value": v, "updated_at": now(UTC)});
+ * SQL rows hold serializer.dumps(v), updated_at being a column of its own.
+ * A SQL storage may also cache without a serializer: then only bytes, which
+ * is what the value column gives back. */
+#ifndef CM_ENVELOPE_H
+#define CM_ENVELOPE_H
+#include "state.h"
+
+typedef enum {
+    CM_ENVELOPE_DICT, /* {"value": v, "updated_at": ...} (Redis) */
+    CM_ENVELOPE_BARE, /* v itself (SQL rows) */
+} CmEnvelope;
+
+/* The bytes to store for value; new reference, or NULL with an exception.
+ * ser is the serializer, or None (CM_ENVELOPE_BARE only: value must be bytes).
+ * who names the storage in errors ("redis", "PostgreSQL", ...). */
+PyObject *cm_envelope_encode(CmState *st, CmEnvelope kind, PyObject *ser, PyObject *value,
+                             const char *who);
+/* The value stored in raw; new reference, or NULL with an exception (the
+ * serializer's, or err_type when a dict envelope has no "value"). */
+PyObject *cm_envelope_decode(CmState *st, CmEnvelope kind, PyObject *ser, PyObject *raw,
+                             PyObject *err_type, const char *who);
+/* What serializer.dumps() returned, as bytes (str as UTF-8); new reference. */
+PyObject *cm_envelope_as_bytes(PyObject *payload, const char *who);
+#endif
