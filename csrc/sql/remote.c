@@ -5,8 +5,9 @@
  * the flight's call, which its Task awaits. No Future, no FlightProxy and no
  * done-callback per request. SQLite runs its requests inline (a ready value
  * already costs no suspension): it keeps the Python method path. */
-#include "flight/remote.h"
 #include "base/compat.h"
+#include "base/exc.h"
+#include "flight/remote.h"
 #include "sql/sqlstore.h"
 
 /* The op: the request's future, and until released what it is queued on. */
@@ -37,7 +38,15 @@ static PyObject *wait_set_result(PyObject *self, PyObject *v)
 
 static PyObject *wait_set_exception(PyObject *self, PyObject *e)
 {
-    return wait_tell((CmSqlWaitObject *)self, NULL, e);
+    if (!PyExceptionClass_Check(e))
+        return wait_tell((CmSqlWaitObject *)self, NULL, e);
+    /* a class, as Future.set_exception takes one: the call raises an instance */
+    PyObject *exc = PyObject_CallNoArgs(e);
+    if (exc == NULL && (exc = cm_exc_take()) == NULL)
+        exc = Py_NewRef(e); /* the call must be told something */
+    PyObject *r = wait_tell((CmSqlWaitObject *)self, NULL, exc);
+    Py_DECREF(exc);
+    return r;
 }
 
 /* done(): with nobody to tell, the request is not worth sending (as for a
