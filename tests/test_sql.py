@@ -169,10 +169,12 @@ async def test_flights_read_and_fill_through_the_remote_interface(url, backend):
     await asyncio.sleep(0)
     waiter = asyncio.ensure_future(cacheme.get(Node(100)))
     await asyncio.sleep(0)
-    leader.cancel()
+    leader.cancel()  # a read or fill answered inline may have let it finish first
     assert await waiter == {"uid": 100, "name": "u100"}
-    with pytest.raises(asyncio.CancelledError):
-        await leader
+    try:
+        assert await leader == {"uid": 100, "name": "u100"}
+    except asyncio.CancelledError:
+        pass
     for _ in range(100):  # the fill may still be out
         if sys.getrefcount(wait) == base:
             break
