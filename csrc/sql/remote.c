@@ -5,9 +5,9 @@
  * the flight's call, which its Task awaits. No Future, no FlightProxy and no
  * done-callback per request. SQLite runs its requests inline (a ready value
  * already costs no suspension): it keeps the Python method path. */
+#include "flight/remote.h"
 #include "base/compat.h"
 #include "base/exc.h"
-#include "flight/remote.h"
 #include "sql/sqlstore.h"
 
 /* The op: the request's future, and until released what it is queued on. */
