@@ -2,18 +2,23 @@
  * init. Nothing else lives here. */
 #include "state.h"
 
+#include "flight/flight.h"
 #include "loop/loop.h"
+#include "loop/wake.h"
 #include "net/netloop.h"
+#include "redis/redis.h"
+#include "sql/sqlstore.h"
 
 /* os.register_at_fork(after_in_child=...): the child starts clean, the
  * parent untouched. The one place that knows what is per process: no flight
- * of the parent's can be joined (flight.c), callbacks get fresh Contexts
+ * of the parent's can be joined (flight/), callbacks get fresh Contexts
  * (loop.c), storages drop inherited connections without touching a loop
  * (netloop.c). */
 static PyObject *after_fork_child(PyObject *mod, PyObject *Py_UNUSED(unused))
 {
     CmState *st = cm_state_from_module(mod);
     cm_flight_after_fork_child(st);
+    cm_wake_after_fork_child(st);
     if (cm_loop_after_fork_child(st) < 0 || cm_netloop_after_fork_child(st) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -73,10 +78,9 @@ static int cm_exec(PyObject *mod)
     st->get_running_loop = PyObject_GetAttrString(asyncio, "get_running_loop");
     st->CancelledError = PyObject_GetAttrString(asyncio, "CancelledError");
     st->InvalidStateError = PyObject_GetAttrString(asyncio, "InvalidStateError");
-    st->TaskType = PyObject_GetAttrString(asyncio, "Task");
-    if (!st->get_running_loop || !st->CancelledError || !st->InvalidStateError || !st->TaskType)
+    if (!st->get_running_loop || !st->CancelledError || !st->InvalidStateError)
         goto done;
-    if (cm_loop_init(st) < 0)
+    if (cm_loop_init(st) < 0 || cm_wake_init(mod, st) < 0)
         goto done;
 
     if (cm_ready_init(mod, st) < 0 || cm_metrics_init(mod, st) < 0 || cm_store_init(mod, st) < 0 ||
@@ -85,9 +89,9 @@ static int cm_exec(PyObject *mod)
         goto done;
     if (cm_serializer_init(mod, st) < 0) /* serializer */
         goto done;
-    if (cm_redis_init(mod, st) < 0) /* redis */
+    if (cm_redis_init(mod, st) < 0 || cm_redis_remote_init(mod, st) < 0) /* redis */
         goto done;
-    if (cm_sql_init(mod, st) < 0) /* sql */
+    if (cm_sql_init(mod, st) < 0 || cm_sql_remote_init(mod, st) < 0) /* sql */
         goto done;
     if (cm_netloop_init(mod, st) < 0 || register_at_fork(mod) < 0) /* netloop, fork */
         goto done;
@@ -103,14 +107,11 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
 {
     CmState *st = cm_state_from_module(mod);
     Py_VISIT(st->ReadyType);
-    Py_VISIT(st->GetType);
     Py_VISIT(st->MetricsType);
     Py_VISIT(st->NodeConfigType);
     Py_VISIT(st->LocalStoreType);
     Py_VISIT(st->BloomFilterType);
     Py_VISIT(st->MemoizedType);
-    Py_VISIT(st->FlightHandleType);
-    Py_VISIT(st->ProxyType);
     Py_VISIT(st->prefix);
     Py_VISIT(st->storages);
     Py_VISIT(st->sentinel);
@@ -118,22 +119,20 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->CancelledError);
     Py_VISIT(st->InvalidStateError);
-    Py_VISIT(st->TaskType);
-    Py_VISIT(st->done_future);
-    Py_VISIT(st->done_loop);
     Py_VISIT(st->base_create_future);
     Py_VISIT(st->FutureType);
     Py_VISIT(st->kw_loop);
     Py_VISIT(st->empty_context);
     Py_VISIT(st->kw_context);
-    Py_VISIT(st->wake_batch);
-    Py_VISIT(st->wake_loop);
-    Py_VISIT(st->wake_cb);
-    Py_VISIT(st->load_timeout_wrap);
     Py_VISIT(st->ready_cache);
     Py_VISIT(st->KeySlotType);
     Py_VISIT(st->last_cls);
     Py_VISIT(st->last_cfg);
+    int r = cm_flight_state_traverse(st, visit, arg);
+    if (r == 0)
+        r = cm_wake_traverse(st, visit, arg);
+    if (r != 0)
+        return r;
     cm_ser_state_traverse(&st->ser, visit, arg); /* serializer */
     cm_redis_traverse(st, visit, arg);           /* redis */
     cm_sql_traverse(st, visit, arg);             /* sql */
@@ -143,16 +142,14 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
 static int cm_clear(PyObject *mod)
 {
     CmState *st = cm_state_from_module(mod);
-    cm_flight_table_clear(st);
+    cm_flight_state_clear(st);
+    cm_wake_clear(st);
     Py_CLEAR(st->ReadyType);
-    Py_CLEAR(st->GetType);
     Py_CLEAR(st->MetricsType);
     Py_CLEAR(st->NodeConfigType);
     Py_CLEAR(st->LocalStoreType);
     Py_CLEAR(st->BloomFilterType);
     Py_CLEAR(st->MemoizedType);
-    Py_CLEAR(st->FlightHandleType);
-    Py_CLEAR(st->ProxyType);
 #define CM_CLEAR_NAME(n) Py_CLEAR(st->s_##n);
     CM_INTERNED_NAMES(CM_CLEAR_NAME)
 #undef CM_CLEAR_NAME
@@ -163,18 +160,11 @@ static int cm_clear(PyObject *mod)
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->CancelledError);
     Py_CLEAR(st->InvalidStateError);
-    Py_CLEAR(st->TaskType);
-    Py_CLEAR(st->done_future);
-    Py_CLEAR(st->done_loop);
     Py_CLEAR(st->base_create_future);
     Py_CLEAR(st->FutureType);
     Py_CLEAR(st->kw_loop);
     Py_CLEAR(st->empty_context);
     Py_CLEAR(st->kw_context);
-    Py_CLEAR(st->wake_batch);
-    Py_CLEAR(st->wake_loop);
-    Py_CLEAR(st->wake_cb);
-    Py_CLEAR(st->load_timeout_wrap);
     Py_CLEAR(st->ready_cache);
     Py_CLEAR(st->KeySlotType);
     Py_CLEAR(st->last_cls);

@@ -9,21 +9,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "flight/flight_state.h"
+#include "loop/wake_state.h"
 #include "redis/state.h"
 #include "ser/ser_state.h"
 #include "sql/sqlstate.h"
-
-typedef struct CmFlight CmFlight;
-
-#define CM_GET_FREE_MAX 16384
-#define CM_PROXY_FREE_MAX 4096
-
-/* The in-flight table: key -> CmFlight, plain C records (see flight.c). */
-typedef struct {
-    CmFlight **buckets;
-    size_t mask;
-    size_t used;
-} CmFlightTable;
 
 /* Interned names used with PyObject_GetAttr / VectorcallMethod. */
 #define CM_INTERNED_NAMES(X)                                                                       \
@@ -76,14 +66,11 @@ typedef struct {
 typedef struct {
     /* heap types */
     PyTypeObject *ReadyType;
-    PyTypeObject *GetType;
     PyTypeObject *MetricsType;
     PyTypeObject *NodeConfigType;
     PyTypeObject *LocalStoreType;
     PyTypeObject *BloomFilterType;
     PyTypeObject *MemoizedType;
-    PyTypeObject *FlightHandleType;
-    PyTypeObject *ProxyType;
 
     /* interned strings, one field per name: st->s__full_key, ... */
 #define CM_DECLARE_NAME(n) PyObject *s_##n;
@@ -112,12 +99,8 @@ typedef struct {
     /* empty_context is the one of this thread state (loop.c, cm_loop_context):
      * a Context is entered by one thread at a time, so each thread has its own */
     void *context_tstate;
-    /* FlightProxy and waiting Get objects to wake from one callback (wake_cb,
-     * bound to the module) on wake_loop: see wake_batch_add (flight.c) */
-    PyObject *wake_batch, *wake_loop, *wake_cb;
-    /* cacheme.core._load_with_timeout(aw, seconds): a load under
-     * Meta.load_timeout (set by cacheme.core, flight.c call_loader) */
-    PyObject *load_timeout_wrap;
+    /* the wake batch, the done Future for C Tasks (loop/wake.c) */
+    CmWakeState wake;
 
     /* cacheme.models._FullKeySlot: Node's base whose one slot holds the
      * cached full key, read and written at key_slot_offset (key.c) */
@@ -133,18 +116,8 @@ typedef struct {
     /* a reusable ready awaitable (refcount 1 = free to reuse) */
     PyObject *ready_cache;
 
-    CmFlightTable flights;
-    CmFlight *flight_free; /* free list of flight records */
-    size_t flight_free_len;
-    /* free list of Get objects (flight.c, get_dealloc): up to CM_GET_FREE_MAX */
-    void *get_free;
-    size_t get_free_len;
-    void *proxy_free; /* and of FlightProxy objects, up to CM_PROXY_FREE_MAX */
-    size_t proxy_free_len;
-    /* a done Future (result None) on done_loop, handed to a Task's wakeup
-     * for an outcome the Task only needs to resume on (waiter_fire) */
-    PyObject *done_future, *done_loop;
-    PyObject *TaskType; /* asyncio.Task */
+    /* the singleflight (flight/) */
+    CmFlightState flight;
 
     CmSerState ser;     /* serializers (ser/ser_state.h) */
     CmRedisState redis; /* redis/state.h */
@@ -183,11 +156,6 @@ int cm_nodecfg_init(PyObject *mod, CmState *st);
 int cm_flight_init(PyObject *mod, CmState *st);
 int cm_memoize_init(PyObject *mod, CmState *st);
 int cm_key_init(PyObject *mod, CmState *st);
-void cm_flight_table_clear(CmState *st);
-/* After fork() in the child: no flight of the parent's can be joined; the
- * wake batch and the done Future of the parent's loop are let go (flight.c).
- * Called from module.c's os.register_at_fork hook (_after_fork_child). */
-void cm_flight_after_fork_child(CmState *st);
 /* serializer */
 int cm_serializer_init(PyObject *mod, CmState *st);
 /* end serializer */
@@ -196,32 +164,6 @@ int cm_serializer_init(PyObject *mod, CmState *st);
 int cm_redis_init(PyObject *mod, CmState *st);
 int cm_redis_traverse(CmState *st, visitproc visit, void *arg);
 void cm_redis_clear(CmState *st);
-/* Make waiter (a FlightProxy of loop) be woken straight by the op behind
- * fut, the future a Redis storage call just returned: 1 attached, 0 not
- * (fut is not such an op's, or it has a waiter). See redis/op.c. */
-int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
-/* flight.c: wake proxy (stolen; of loop, stolen), which waits for fut, from
- * one loop callback shared with the other proxies woken before it runs. */
-void cm_proxy_wake_later(CmState *st, PyObject *proxy, PyObject *fut, PyObject *loop);
-/* The Get calls (redis/calls.c, "calls of a flight's Get"). cm_redis_direct: 1 if
- * storage's method `name` is RedisClient's own (not overridden by its class
- * or instance). cm_redis_get_for / cm_redis_set_for: send GET / SET for the
- * flight's Get `get` (the op takes a reference) on loop, with no future;
- * they return the op with the caller's reference (drop it with
- * cm_redis_op_unref, which may finish it), or NULL with an exception.
- * cm_redis_op_handoff: the op's outcome goes to `get` (a new reference
- * taken; NULL: nobody) instead; returns the op's reference to the Get it had.
- * cm_get_op_done (flight.c): the op finished with res or err (borrowed);
- * steals the reference to the Get. */
-struct CmRedisOp;
-int cm_redis_direct(CmState *st, PyObject *storage, PyObject *name);
-struct CmRedisOp *cm_redis_get_for(PyObject *client, PyObject *node, PyObject *ser, PyObject *loop,
-                                   PyObject *get);
-struct CmRedisOp *cm_redis_set_for(PyObject *client, PyObject *node, PyObject *value, PyObject *ttl,
-                                   PyObject *ser, PyObject *loop, PyObject *get);
-PyObject *cm_redis_op_handoff(struct CmRedisOp *op, PyObject *get);
-void cm_redis_op_unref(struct CmRedisOp *op);
-void cm_get_op_done(CmState *st, PyObject *get, PyObject *res, PyObject *err);
 /* end redis */
 
 /* netloop */

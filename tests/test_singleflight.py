@@ -577,7 +577,7 @@ async def test_a_waiting_tasks_wakeup_is_out_of_the_collector_while_it_waits():
     wakeups = []
     for t in waiters:
         get = t._fut_waiter
-        assert type(get).__name__ == "Get" and not gc.is_tracked(get)
+        assert type(get).__name__ == "GetCall" and not gc.is_tracked(get)
         (cb,) = [o for o in gc.get_referents(get) if getattr(o, "__self__", None) is t]
         assert not gc.is_tracked(cb)
         wakeups.append(cb)
@@ -688,3 +688,25 @@ async def test_get_all_remote_hits_settle_before_the_loads_of_the_others():
     src.open(2)
     assert await batch == ["value-1", "value-2"]
     assert flights() == 0
+
+
+def test_module_traverse_covers_the_flights_in_its_table():
+    """The module's GC traverse visits what a flight in its table holds (its
+    value, its failure), so the collector sees those references."""
+    import gc
+
+    class Marker:
+        pass
+
+    value, error = Marker(), RuntimeError("flight failed")
+    ok = _core._flight_lead("traverse:ok")
+    bad = _core._flight_lead("traverse:bad")
+    try:
+        ok.resolve(value)
+        assert any(r is value for r in gc.get_referents(_core))
+        bad.fail(error)  # a failed flight leaves the table at once
+        assert not any(r is error for r in gc.get_referents(_core))
+    finally:
+        ok.finish()
+        bad.finish()
+    assert not any(r is value for r in gc.get_referents(_core))

@@ -4,9 +4,10 @@
  * fills), delegating send/throw to each awaitable the way `await` does, so a
  * flight that never suspends costs no Task and no Future. At its first
  * suspension the flight is handed to a Task. Every other caller waits on
- * the flight as its own future (a waiting Get speaks the future protocol
- * to its Task): cancelling one caller then never cancels or strands the
- * others, and the load is cancelled only when every caller has gone.
+ * the flight as its own future (a waiting GetCall speaks the future
+ * protocol to its Task): cancelling one caller then never cancels or
+ * strands the others, and the load is cancelled only when every caller has
+ * gone. Remote storages are reached through flight/remote.h only.
  */
 #ifndef CM_FLIGHT_H
 #define CM_FLIGHT_H
@@ -23,7 +24,7 @@ struct CmFlight {
     int stale;     /* invalidated while in flight: do not fill */
     PyObject *value, *exc;
     PyObject *exc_tb; /* exc's traceback when it settled: restored on each raise */
-    /* the Get objects waiting (M_WAIT), strong references: settled and
+    /* the calls waiting (role WAITS), strong references: settled and
      * woken in a batch when the flight settles; one that leaves (cancelled,
      * closed) takes itself out */
     PyObject **waiters;
@@ -52,7 +53,8 @@ typedef struct {
     uint64_t local_puts;        /* sum of the local stores' puts when they missed */
 } CmRequest;
 
-/* The awaitable for a request that missed the local caches; new ref. */
+/* The awaitable (a GetCall) for a request that missed the local caches;
+ * new ref. */
 PyObject *cm_get_begin(CmState *st, CmRequest *req);
 
 /* Sum of the puts of cfg's C local stores. */
@@ -62,4 +64,13 @@ uint64_t cm_local_puts(CmNodeConfigObject *cfg);
  * decision already taken. */
 void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash,
                     PyObject *value, uint32_t missed);
+
+/* The flight's part of the module state (CmState.flight): traverse and
+ * clear, called by module.c. The traverse covers the records in the table
+ * and the Python objects they hold. */
+int cm_flight_state_traverse(CmState *st, visitproc visit, void *arg);
+void cm_flight_state_clear(CmState *st);
+/* After fork() in the child: no flight of the parent's can be joined.
+ * Called from module.c's os.register_at_fork hook (_after_fork_child). */
+void cm_flight_after_fork_child(CmState *st);
 #endif

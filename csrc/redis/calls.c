@@ -255,7 +255,7 @@ PyObject *cm_redis_client_get(CmRedisClientObject *self, PyObject *const *args, 
  *
  * A flight's Get that reads or fills a Redis storage whose get/set are
  * RedisClient's own makes the op itself, with no future: the op holds the
- * Get and hands it the outcome (cm_get_op_done) when it finishes, and the
+ * Get and hands it the outcome (cm_remote_done) when it finishes, and the
  * Get is what its Task waits on. Nothing per call for the collector. */
 
 int cm_redis_direct(CmState *st, PyObject *storage, PyObject *name)

@@ -102,7 +102,7 @@ struct CmRedisOp {
      * a done-callback of fut), and its loop; see cm_redis_attach_waiter */
     PyObject *waiter, *waiter_loop;
     /* a flight's Get that made the op with no future and is handed the
-     * outcome (cm_get_op_done); see cm_redis_get_for */
+     * outcome (cm_remote_done); see cm_redis_get_for */
     PyObject *get;
 };
 

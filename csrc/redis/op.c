@@ -4,6 +4,7 @@
 #include "redis/internal.h"
 #include <stdlib.h>
 
+#include "flight/remote.h"
 #include "ser/envelope.h"
 
 CmRedisOp *cm_redis_op_new(CmRedisClientObject *client, int kind, PyObject *fut)
@@ -84,7 +85,7 @@ static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
  * Python frames) and the proxy then wakes the Task. For the future a Redis
  * call has just returned, the proxy is instead given to the op
  * (cm_redis_attach_waiter): the op sets its future as before and hands the
- * proxy to cm_proxy_wake_later, whose one callback per batch of replies
+ * proxy to cm_remote_wake_waiter, whose one callback per batch of replies
  * wakes every proxy handed over, in the order their ops finished. */
 
 int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop)
@@ -139,13 +140,13 @@ static void op_finish(CmRedisOp *op)
             PyErr_Clear(); /* the caller cancelled it */
     }
     if (op->waiter != NULL) {
-        cm_proxy_wake_later(st, op->waiter, op->fut, op->waiter_loop);
+        cm_remote_wake_waiter(st, op->waiter, op->fut, op->waiter_loop);
         op->waiter = op->waiter_loop = NULL;
     }
     if (op->get != NULL) {
         PyObject *g = op->get;
         op->get = NULL;
-        cm_get_op_done(st, g, res, err);
+        cm_remote_done(st, g, res, err);
     }
     Py_XDECREF(res);
     Py_XDECREF(err);

@@ -143,4 +143,27 @@ int cm_cluster_refresh(CmRedisClientObject *c, PyObject *loop, PyObject *fut);
 /* A connection to a node failed: refresh the map soon. */
 void cm_cluster_node_failed(CmRedisClientObject *c);
 Py_ssize_t cm_cluster_pools(CmRedisClientObject *c, CmRedisPool ***pools);
+
+/* Calls of a flight (redis.c, "calls of a flight's Get"), adapted to the
+ * singleflight's interface by redis/remote.c (see flight/remote.h).
+ * cm_redis_direct: 1 if storage's method `name` is RedisClient's own (not
+ * overridden by its class or instance). cm_redis_get_for / cm_redis_set_for:
+ * send GET / SET for the flight's call `get` (the op takes a reference) on
+ * loop, with no future; they return the op with the caller's reference
+ * (drop it with cm_redis_op_unref, which may finish it), or NULL with an
+ * exception. cm_redis_op_handoff: the op's outcome goes to `get` (a new
+ * reference taken; NULL: nobody) instead; returns the op's reference to the
+ * call it had. cm_redis_attach_waiter: make waiter (a FlightProxy of loop)
+ * be woken straight by the op behind fut, the future a Redis storage call
+ * just returned: 1 attached, 0 not (fut is not such an op's, or it has a
+ * waiter). */
+int cm_redis_direct(CmState *st, PyObject *storage, PyObject *name);
+CmRedisOp *cm_redis_get_for(PyObject *client, PyObject *node, PyObject *ser, PyObject *loop,
+                            PyObject *get);
+CmRedisOp *cm_redis_set_for(PyObject *client, PyObject *node, PyObject *value, PyObject *ttl,
+                            PyObject *ser, PyObject *loop, PyObject *get);
+PyObject *cm_redis_op_handoff(CmRedisOp *op, PyObject *get);
+int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
+/* redis/remote.c: RedisClient registered with the singleflight */
+int cm_redis_remote_init(PyObject *mod, CmState *st);
 #endif

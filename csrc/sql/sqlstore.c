@@ -773,3 +773,39 @@ void cm_sql_clear(CmState *st)
     Py_CLEAR(st->StorageKeyError);
     cm_sql_state_clear(&st->sql);
 }
+
+/* ---- requests of a flight's call (sql/remote.c, flight/remote.h) ---------- */
+
+CmSqlReq *cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject *waiter,
+                         CmSqlStorageObject **inst)
+{
+    CmSqlStorageObject *s = (CmSqlStorageObject *)storage;
+    if (cm_sql_check_available(s) < 0)
+        return NULL;
+    CmSqlReq *r = cm_sql_req_new(CM_SQL_GET);
+    if (r == NULL)
+        return NULL;
+    r->ser = Py_NewRef(ser);
+    if ((r->key = key_of(s, node)) == NULL) {
+        cm_sql_req_free(r);
+        return NULL;
+    }
+    return cm_sql_submit_held(s, r, waiter, inst);
+}
+
+CmSqlReq *cm_sql_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl,
+                         PyObject *ser, PyObject *waiter, CmSqlStorageObject **inst)
+{
+    CmSqlStorageObject *s = (CmSqlStorageObject *)storage;
+    if (cm_sql_check_available(s) < 0)
+        return NULL;
+    CmSqlReq *r = cm_sql_req_new(CM_SQL_SET);
+    if (r == NULL)
+        return NULL;
+    if ((r->key = key_of(s, node)) == NULL || (r->value = encode(s, ser, value)) == NULL ||
+        parse_ttl(s, ttl, &r->ttl) < 0) {
+        cm_sql_req_free(r);
+        return NULL;
+    }
+    return cm_sql_submit_held(s, r, waiter, inst);
+}

@@ -102,4 +102,23 @@ int cm_sql_init(PyObject *mod, CmState *st);
 int cm_sql_traverse(CmState *st, visitproc visit, void *arg);
 void cm_sql_clear(CmState *st);
 
+/* ---- requests of a flight's call (sql/remote.c, flight/remote.h) ---------- */
+/* Queue GET node (cm_sql_get_for), or SET node = value with ttl
+ * (cm_sql_set_for), on the instance serving the running loop, with `waiter`
+ * as the request's future: an object answering done, set_result and
+ * set_exception as a Future does, which the storage tells instead of an
+ * asyncio Future. The request is returned held (see CmSqlReq), with the
+ * instance in *inst (a new reference), or NULL with an exception. A storage
+ * whose driver runs inline (SQLite) refuses with a SystemError. */
+CmSqlReq *cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject *waiter,
+                         CmSqlStorageObject **inst);
+CmSqlReq *cm_sql_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl,
+                         PyObject *ser, PyObject *waiter, CmSqlStorageObject **inst);
+/* Let a held request go: finished while held, it is finished now (its
+ * waiter told, the request freed); else it finishes when answered. */
+void cm_sql_req_release(CmSqlStorageObject *inst, CmSqlReq *r);
+/* sql/remote.c: PgClient and MySQLClient registered with the singleflight */
+int cm_sql_remote_init(PyObject *mod, CmState *st);
+/* ---- end of the requests of a flight's call ---- */
+
 #endif

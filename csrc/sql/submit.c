@@ -213,3 +213,39 @@ done:
     Py_XDECREF(s);
     return out;
 }
+/* ---- requests of a flight's call (sql/remote.c, flight/remote.h) ---------- */
+
+CmSqlReq *cm_sql_submit_held(CmSqlStorageObject *owner, CmSqlReq *r, PyObject *waiter,
+                             CmSqlStorageObject **inst)
+{
+    PyObject *loop = NULL;
+    CmSqlStorageObject *s = storage_for(owner);
+    if (s != NULL && s->drv->sync) {
+        PyErr_Format(PyExc_SystemError, "cacheme %s storage: no held requests", s->drv->name);
+        Py_CLEAR(s);
+    }
+    if (s == NULL || bind_loop(s, &loop) < 0) {
+        Py_XDECREF(s);
+        cm_sql_req_free(r);
+        return NULL;
+    }
+    Py_DECREF(loop);
+    r->deadline = cm_sql_now() + (int64_t)(s->timeout * 1e9);
+    r->held = 1;
+    r->fut = Py_NewRef(waiter);
+    cm_sql_enqueue(s, r);
+    cm_sql_dispatch(s);
+    if (!r->finished)
+        wait_inline(s, r);
+    *inst = s;
+    return r;
+}
+
+void cm_sql_req_release(CmSqlStorageObject *inst, CmSqlReq *r)
+{
+    r->held = 0;
+    if (r->finished)
+        cm_sql_req_finish(inst, r);
+    else
+        schedule_spin(inst);
+}

@@ -8,5 +8,11 @@
  * finished within the call, else a future of the running loop. NULL with an
  * exception. */
 PyObject *cm_sql_submit(CmSqlStorageObject *owner, CmSqlReq *r);
+/* The same for a flight's call (sql/remote.c): queue the request (stolen)
+ * with `waiter` as its future and return it held, with the instance serving
+ * the running loop in *inst (a new reference); NULL with an exception (the
+ * request freed). A driver that runs inline (SQLite) refuses. */
+CmSqlReq *cm_sql_submit_held(CmSqlStorageObject *owner, CmSqlReq *r, PyObject *waiter,
+                             CmSqlStorageObject **inst);
 
 #endif

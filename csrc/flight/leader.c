@@ -1,0 +1,558 @@
+/* The leader's state machine: a flight driven inline by the call that
+ * started it (remote caches in order, then the load, then the fills), or
+ * by a Task once the leader has gone and others still wait. Each awaitable
+ * is delegated to the way `await` does (send/throw from C), so a flight
+ * that never suspends costs no Task and no Future. */
+#include "flight/call.h"
+
+#include "base/clock.h"
+#include "base/exc.h"
+#include "core/bloomtype.h"
+#include "core/store.h"
+#include "loop/loop.h"
+
+static inline CmStorageCounters *counters(CmCallObject *g, Py_ssize_t i)
+{
+    return &g->cfg->metrics->storages[g->cfg->caches[i].stat];
+}
+
+void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash,
+                    PyObject *value, uint32_t missed)
+{
+    (void)st;
+    for (Py_ssize_t i = 0; i < cfg->ncaches && i < 32; i++) {
+        CmCacheRef *r = &cfg->caches[i];
+        if (r->kind != CM_CACHE_LOCAL || !(missed & (1u << i)))
+            continue;
+        if (cm_store_put((CmStoreObject *)r->storage, key, hash, value, r->ttl_ns) < 0) {
+            cfg->metrics->storages[r->stat].errors++;
+            PyErr_WriteUnraisable(r->name);
+        }
+    }
+}
+
+/* Start the next awaitable of the flight in g->sub. 1 started, 0 nothing to
+ * start in this step (advance), -1 error (exception set). */
+static int start_sub(CmCallObject *g, PyObject *aw)
+{
+    if (aw == NULL)
+        return -1;
+    g->sub = cm_await_iter(aw);
+    Py_DECREF(aw);
+    return g->sub ? 1 : -1;
+}
+
+static PyObject *call_storage(CmCallObject *g, PyObject *name, CmCacheRef *r, int set)
+{
+    PyObject *args[5] = {r->storage, g->node, NULL, NULL, NULL};
+    if (!set) {
+        args[2] = g->cfg->serializer;
+        return PyObject_VectorcallMethod(name, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    args[2] = g->value;
+    args[3] = r->ttl;
+    args[4] = g->cfg->serializer;
+    return PyObject_VectorcallMethod(name, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* storage.get(node) / storage.set(...) of cache r as the current request:
+ * a remote op of our own when r's type implements flight/remote.h and keeps
+ * its own method, else the awaitable the method returns. 0, or -1 with an
+ * exception. */
+static int start_call(CmCallObject *g, CmCacheRef *r, int set)
+{
+    CmState *st = g->st;
+    PyObject *name = set ? st->s_set : st->s_get;
+    const CmRemoteOps *ops = cm_remote_find(st, r->storage);
+    if (ops == NULL || !ops->direct(st, r->storage, name))
+        return start_sub(g, call_storage(g, name, r, set));
+    if (g->loop == NULL) {
+        if ((g->loop = cm_loop_running(st)) == NULL)
+            return -1;
+        g->loop_tstate = PyThreadState_Get();
+    }
+    CmRemoteOp *op =
+        set ? ops->set(r->storage, g->node, g->value, r->ttl, g->cfg->serializer, g->loop,
+                       (PyObject *)g)
+            : ops->get(r->storage, g->node, g->cfg->serializer, g->loop, (PyObject *)g);
+    if (op == NULL)
+        return -1;
+    g->remote_state = REMOTE_PENDING;
+    g->remote = ops;
+    g->remote_op = op;
+    cm_call_held((PyObject *)g);
+    ops->unref(op); /* may finish it at once (cm_remote_done) */
+    return 0;
+}
+
+static PyObject *call_loader_raw(CmCallObject *g)
+{
+    CmState *st = g->st;
+    if (g->memo_fn != NULL)
+        return PyObject_Vectorcall(g->memo_fn, &PyTuple_GET_ITEM(g->memo_argv, 0), g->memo_nargs,
+                                   g->memo_kwnames);
+    if (g->load_fn != NULL)
+        return PyObject_CallOneArg(g->load_fn, g->node);
+    CmNodeConfigObject *cfg = g->cfg;
+    if (Py_TYPE(g->node) == cfg->cls && cm_nodecfg_methods(st, cfg) && cfg->load_func != NULL)
+        return PyObject_Vectorcall(cfg->load_func, &g->node, 1, NULL);
+    return PyObject_VectorcallMethod(st->s_load, &g->node, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     NULL);
+}
+
+/* The load's awaitable; under Meta.load_timeout, wrapped so that past it
+ * the load is cancelled and the flight fails with TimeoutError. */
+static PyObject *call_loader(CmCallObject *g)
+{
+    PyObject *aw = call_loader_raw(g);
+    double t = g->cfg->load_timeout;
+    if (aw == NULL || t <= 0 || g->st->flight.load_timeout_wrap == NULL)
+        return aw;
+    PyObject *secs = PyFloat_FromDouble(t);
+    PyObject *args[2] = {aw, secs};
+    PyObject *w = secs ? PyObject_Vectorcall(g->st->flight.load_timeout_wrap, args, 2, NULL) : NULL;
+    Py_XDECREF(secs);
+    if (w == NULL && PyCoro_CheckExact(aw)) { /* never awaited: no warning for it */
+        PyObject *typ, *val, *tb;
+        PyErr_Fetch(&typ, &val, &tb);
+        PyObject *r = PyObject_CallMethodNoArgs(aw, g->st->s_close);
+        Py_XDECREF(r);
+        PyErr_Clear();
+        PyErr_Restore(typ, val, tb);
+    }
+    Py_DECREF(aw);
+    return w;
+}
+
+/* Resume the current sub-awaitable with a value or an exception. */
+static PySendResult sub_resume(CmCallObject *g, PyObject *arg, PyObject *exc, PyObject **res)
+{
+    if (exc == NULL)
+        return PyIter_Send(g->sub, arg, res);
+    PyObject *meth = PyObject_GetAttr(g->sub, g->st->s_throw);
+    if (meth == NULL) {
+        /* an iterator without throw: the exception surfaces at its yield */
+        PyErr_Clear();
+        cm_raise_exc(exc);
+        *res = NULL;
+        return PYGEN_ERROR;
+    }
+    PyObject *r = PyObject_CallOneArg(meth, exc);
+    Py_DECREF(meth);
+    if (r != NULL) {
+        *res = r;
+        return PYGEN_NEXT;
+    }
+    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyObject *e = cm_exc_take();
+        *res = PyObject_GetAttrString(e, "value");
+        Py_DECREF(e);
+        return *res ? PYGEN_RETURN : PYGEN_ERROR;
+    }
+    *res = NULL;
+    return PYGEN_ERROR;
+}
+
+/* Doorkeeper: store only on the key's second request. 1 = fill. */
+static int doorkeeper_admits(CmCallObject *g)
+{
+    CmNodeConfigObject *cfg = g->cfg;
+    if (cfg->doorkeeper == Py_None)
+        return 1;
+    if (cfg->doorkeeper_c)
+        return cm_bloomtype_seen_or_put(cfg->doorkeeper, g->hash);
+    PyObject *r = PyObject_CallMethodOneArg(cfg->doorkeeper, g->st->s_contains, g->key);
+    int seen = r ? PyObject_IsTrue(r) : -1;
+    Py_XDECREF(r);
+    if (seen == 0) {
+        r = PyObject_CallMethodOneArg(cfg->doorkeeper, g->st->s_put, g->key);
+        if (r == NULL)
+            seen = -1;
+        Py_XDECREF(r);
+    }
+    if (seen < 0) {
+        PyErr_WriteUnraisable(cfg->doorkeeper);
+        return 1;
+    }
+    return seen;
+}
+
+static void metrics_load_done(CmCallObject *g, int ok)
+{
+    CmMetricsObject *m = g->cfg->metrics;
+    if (ok)
+        m->load_success_count++;
+    else
+        m->load_failure_count++;
+    m->total_load_time += (uint64_t)(cm_now_ns() - g->load_start);
+}
+
+/* The flight's state machine. arg/exc resume the current sub-awaitable (exc
+ * borrowed). Returns NEXT with *out yielded, RETURN with *out the value, or
+ * ERROR with the exception set. On RETURN/ERROR the flight is settled. */
+PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyObject **out)
+{
+    CmState *st = g->st;
+    CmNodeConfigObject *cfg = g->cfg;
+    PyObject *res = NULL;
+    PyObject *err = NULL; /* owned: the failure of the flight */
+
+    if (g->has_pending) {
+        /* handed to a Task: it must first see what the flight yielded */
+        g->has_pending = 0;
+        if (exc == NULL) {
+            *out = g->pending;
+            g->pending = NULL;
+            return PYGEN_NEXT;
+        }
+        Py_CLEAR(g->pending);
+    }
+
+    for (;;) {
+        if (g->sub != NULL || g->remote_state != REMOTE_IDLE) {
+            PySendResult r = g->remote_state != REMOTE_IDLE ? cm_call_remote_resume(g, exc, &res)
+                                                            : sub_resume(g, arg, exc, &res);
+            arg = Py_None;
+            exc = NULL;
+            if (r == PYGEN_NEXT) {
+                *out = res;
+                return PYGEN_NEXT;
+            }
+            Py_CLEAR(g->sub);
+            PyObject *e = r == PYGEN_ERROR ? cm_exc_take() : NULL;
+            if (r == PYGEN_ERROR && e == NULL)
+                e = PyObject_CallFunction(PyExc_SystemError, "s", "lost exception");
+            switch (g->step) {
+            case STEP_REMOTE_GET: {
+                CmStorageCounters *c = counters(g, g->idx);
+                if (e != NULL && (!PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception) ||
+                                  PyObject_TypeCheck(e, (PyTypeObject *)st->StorageKeyError))) {
+                    /* cancellation and friends are not a miss; nor is a key
+                     * the storage cannot hold: it would miss every time */
+                    err = e;
+                    goto fail;
+                }
+                if (e != NULL) {
+                    c->errors++;
+                    c->misses++;
+                    g->missed |= 1u << g->idx;
+                    cm_log_warning(st, "cacheme: get from storage '%U' failed: %R",
+                                   cfg->caches[g->idx].name, e);
+                    Py_DECREF(e);
+                } else if (res == st->sentinel) {
+                    c->misses++;
+                    g->missed |= 1u << g->idx;
+                    Py_DECREF(res);
+                } else {
+                    c->hits++;
+                    g->value = res;
+                    g->step = STEP_RESOLVE;
+                    break;
+                }
+                g->idx++;
+                break;
+            }
+            case STEP_LOAD:
+                metrics_load_done(g, e == NULL);
+                if (e != NULL) {
+                    err = e;
+                    goto fail;
+                }
+                g->value = res;
+                g->step = STEP_RESOLVE;
+                break;
+            case STEP_FILL:
+                if (e != NULL) {
+                    if (!PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception)) {
+                        /* cancelled while filling: the value is already out */
+                        if (g->fl != NULL)
+                            cm_flight_remove(st, g->fl);
+                        cm_raise_exc(e);
+                        Py_DECREF(e);
+                        return PYGEN_ERROR;
+                    }
+                    counters(g, g->idx)->errors++;
+                    cm_log_warning(st, "cacheme: fill of storage '%U' failed: %R",
+                                   cfg->caches[g->idx].name, e);
+                    Py_DECREF(e);
+                } else {
+                    Py_DECREF(res);
+                }
+                g->idx++;
+                break;
+            }
+            continue;
+        }
+
+        switch (g->step) {
+        case STEP_REMOTE_GET:
+            while (g->idx < cfg->ncaches && cfg->caches[g->idx].kind != CM_CACHE_REMOTE)
+                g->idx++;
+            if (g->idx >= cfg->ncaches || g->idx >= 32) {
+                g->step = STEP_LOAD;
+                continue;
+            }
+            if (start_call(g, &cfg->caches[g->idx], 0) < 0) {
+                PyObject *e = cm_exc_take();
+                if (e != NULL && (!PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception) ||
+                                  PyObject_TypeCheck(e, (PyTypeObject *)st->StorageKeyError))) {
+                    err = e;
+                    goto fail;
+                }
+                counters(g, g->idx)->errors++;
+                counters(g, g->idx)->misses++;
+                g->missed |= 1u << g->idx;
+                cm_log_warning(st, "cacheme: get from storage '%U' failed: %R",
+                               cfg->caches[g->idx].name, e);
+                Py_XDECREF(e);
+                g->idx++;
+            }
+            continue;
+        case STEP_LOAD:
+            g->load_start = cm_now_ns();
+            if (start_sub(g, call_loader(g)) < 0) {
+                metrics_load_done(g, 0);
+                err = cm_exc_take();
+                goto fail;
+            }
+            continue;
+        case STEP_RESOLVE:
+            if ((g->fl != NULL && g->fl->stale) || !doorkeeper_admits(g))
+                g->missed = 0;
+            cm_fill_locals(st, cfg, g->key, g->hash, g->value, g->missed);
+            if (g->fl != NULL)
+                cm_flight_settle(st, g->fl, g->value, NULL);
+            g->step = STEP_FILL;
+            g->idx = 0;
+            continue;
+        case STEP_FILL:
+            while (g->idx < cfg->ncaches && g->idx < 32 &&
+                   (cfg->caches[g->idx].kind == CM_CACHE_LOCAL || !(g->missed & (1u << g->idx))))
+                g->idx++;
+            if (g->idx >= cfg->ncaches || g->idx >= 32) {
+                g->step = STEP_END;
+                continue;
+            }
+            if (start_call(g, &cfg->caches[g->idx], 1) < 0) {
+                PyObject *e = cm_exc_take();
+                counters(g, g->idx)->errors++;
+                cm_log_warning(st, "cacheme: fill of storage '%U' failed: %R",
+                               cfg->caches[g->idx].name, e);
+                Py_XDECREF(e);
+                g->idx++;
+            }
+            continue;
+        case STEP_END:
+            if (g->fl != NULL)
+                cm_flight_remove(st, g->fl);
+            *out = Py_NewRef(g->value);
+            return PYGEN_RETURN;
+        }
+    }
+fail:
+    if (g->fl != NULL)
+        cm_flight_settle(st, g->fl, NULL, err);
+    g->step = STEP_END;
+    cm_raise_exc(err);
+    Py_DECREF(err);
+    *out = NULL;
+    return PYGEN_ERROR;
+}
+
+/* Move the leader's driving state into a new call run by a Task; the Task's
+ * first step yields `pending` (stolen), what the flight is waiting on. */
+static int move_to_task(CmCallObject *g, PyObject *pending)
+{
+    CmState *st = g->st;
+    CmFlight *fl = g->fl;
+    CmCallObject *d = (CmCallObject *)cm_call_alloc(st);
+    PyObject *loop = NULL, *task = NULL;
+    if (d == NULL) {
+        Py_XDECREF(pending);
+        return -1;
+    }
+    cm_call_unheld((PyObject *)g);
+    d->role = CALL_DRIVES;
+    d->step = g->step;
+    d->idx = g->idx;
+    d->node = g->node;
+    g->node = NULL;
+    d->cfg = g->cfg;
+    g->cfg = NULL;
+    d->key = Py_NewRef(g->key);
+    d->hash = g->hash;
+    d->load_fn = g->load_fn;
+    g->load_fn = NULL;
+    d->memo_fn = g->memo_fn;
+    g->memo_fn = NULL;
+    d->memo_argv = g->memo_argv;
+    g->memo_argv = NULL;
+    d->memo_nargs = g->memo_nargs;
+    d->memo_kwnames = g->memo_kwnames;
+    g->memo_kwnames = NULL;
+    d->missed = g->missed;
+    d->sub = g->sub;
+    g->sub = NULL;
+    d->remote_state = g->remote_state;
+    d->remote_res = g->remote_res;
+    d->remote_err = g->remote_err;
+    g->remote_state = REMOTE_IDLE;
+    g->remote_res = g->remote_err = NULL;
+    d->remote = g->remote;
+    if (g->remote_op != NULL) {
+        d->remote_op = g->remote_op;
+        g->remote_op = NULL;
+        cm_call_held((PyObject *)d);
+        Py_XDECREF(d->remote->handoff(d->remote_op, (PyObject *)d)); /* not our last */
+    }
+    d->load_start = g->load_start;
+    d->value = g->value;
+    g->value = NULL;
+    d->fl = fl;
+    fl->refs++;
+    d->pending = pending; /* steals; NULL: resume the sub-awaitable with None */
+    d->has_pending = pending != NULL;
+    g->role = CALL_DONE;
+    Py_CLEAR(g->lead_px);
+
+    /* the flight's own loop, not the running one: a Task is cancelled also
+     * while its loop is stopped (asyncio.run() at teardown does it) */
+    loop = fl->loop != NULL  ? Py_NewRef(fl->loop)
+           : g->loop != NULL ? Py_NewRef(g->loop)
+                             : cm_loop_running(st);
+    if (loop != NULL) {
+        Py_XSETREF(d->loop, Py_NewRef(loop));
+        d->loop_tstate = fl->loop != NULL ? fl->tstate : PyThreadState_Get();
+        task = cm_loop_create_task(st, loop, (PyObject *)d);
+        Py_DECREF(loop);
+    }
+    if (task == NULL) {
+        /* nobody will drive it: fail the flight, close its awaitable */
+        PyObject *e = cm_exc_take();
+        cm_flight_settle(st, fl, NULL, e);
+        Py_DECREF(d); /* its finalizer closes the sub-awaitable */
+        cm_raise_exc(e);
+        Py_DECREF(e);
+        return -1;
+    }
+    Py_XSETREF(fl->task, task);
+    Py_DECREF(d);
+    return 0;
+}
+
+/* With others waiting on an unsettled flight, move it to a Task of its own
+ * so that only the leader goes: 1 moved, 0 not needed, -1 error. `pending`
+ * (borrowed, may be NULL) is what the flight waits on now. */
+int cm_leader_leaves(CmCallObject *g, PyObject *pending)
+{
+    CmFlight *fl = g->fl;
+    if (g->role != CALL_LEADS || fl == NULL || fl->done || fl->nwaiters == 0)
+        return 0;
+    if (move_to_task(g, Py_XNewRef(pending)) < 0)
+        return -1;
+    return 1;
+}
+
+/* The leader g is cancelled while its flight waits on `pending` (borrowed,
+ * may be NULL). With others waiting the flight moves to a Task of its own:
+ * 1. Else (0) it may no longer be joined, or a newcomer would share the
+ * cancellation. */
+int cm_leader_cancelled(CmCallObject *g, PyObject *pending)
+{
+    int moved = cm_leader_leaves(g, pending);
+    if (moved < 0) /* the flight failed its waiters; cancel the leader anyway */
+        PyErr_WriteUnraisable((PyObject *)g);
+    if (moved == 0 && g->fl != NULL && !g->fl->done && g->role == CALL_LEADS) {
+        g->fl->abandoned = 1;
+        cm_flight_unlink(g->st, g->fl);
+    }
+    return moved;
+}
+
+/* The leader's flight yielded `yielded` (stolen): register the flight so
+ * others can join, and give the Task a proxy of what it waits on. */
+PySendResult cm_leader_suspend(CmCallObject *g, PyObject *yielded, PyObject **out)
+{
+    CmState *st = g->st;
+    PyObject *blocking = NULL, *e;
+    if (g->fl == NULL) {
+        /* the flight becomes visible only now: until its first suspension
+         * nobody else could have run to look for it */
+        if (g->loop == NULL) {
+            if ((g->loop = cm_loop_running(st)) == NULL)
+                goto fail;
+            g->loop_tstate = PyThreadState_Get();
+        }
+        if ((g->fl = cm_flight_start(st, g->key, g->hash)) == NULL)
+            goto fail;
+        g->fl->loop = Py_NewRef(g->loop);
+        g->fl->tstate = PyThreadState_Get();
+        if (g->step >= STEP_FILL)
+            cm_flight_settle(st, g->fl, g->value, NULL);
+    }
+    if (yielded == (PyObject *)g) { /* its own remote op: it is the future */
+        *out = yielded;
+        return PYGEN_NEXT;
+    }
+    if (yielded != Py_None) {
+        blocking = PyObject_GetAttr(yielded, st->s__asyncio_future_blocking);
+        if (blocking == NULL)
+            PyErr_Clear();
+    }
+    if (blocking == NULL || blocking != Py_True) {
+        /* a bare yield (sleep(0)) or not a future: nothing to stand in for */
+        Py_XDECREF(blocking);
+        *out = yielded;
+        return PYGEN_NEXT;
+    }
+    Py_DECREF(blocking);
+    PyObject *p = cm_proxy_new(g, yielded);
+    if (p == NULL)
+        goto fail;
+    Py_DECREF(yielded);
+    Py_XSETREF(g->lead_px, Py_NewRef(p));
+    *out = p;
+    return PYGEN_NEXT;
+fail:
+    e = cm_exc_take();
+    Py_XDECREF(yielded);
+    cm_call_abort(g);
+    cm_raise_exc(e);
+    Py_DECREF(e);
+    *out = NULL;
+    return PYGEN_ERROR;
+}
+
+uint64_t cm_local_puts(CmNodeConfigObject *cfg)
+{
+    uint64_t n = 0;
+    for (Py_ssize_t i = 0; i < cfg->ncaches; i++) {
+        if (cfg->caches[i].kind == CM_CACHE_LOCAL)
+            n += cm_store_puts((CmStoreObject *)cfg->caches[i].storage);
+    }
+    return n;
+}
+
+/* A get awaited later than it was made (e.g. queued): a local store may have
+ * been filled since get() looked. A new reference on a hit, else NULL. */
+PyObject *cm_call_recheck_locals(CmCallObject *g)
+{
+    CmNodeConfigObject *cfg = g->cfg;
+    if (cm_local_puts(cfg) == g->local_puts)
+        return NULL;
+    for (Py_ssize_t i = 0; i < cfg->ncaches && i < 32; i++) {
+        CmCacheRef *r = &cfg->caches[i];
+        if (r->kind != CM_CACHE_LOCAL || !(g->missed & (1u << i)))
+            continue;
+        PyObject *v = cm_store_lookup((CmStoreObject *)r->storage, g->key, g->hash);
+        if (v == NULL)
+            continue;
+        CmStorageCounters *c = counters(g, i);
+        c->hits++;
+        c->misses--; /* get() counted this one as a miss */
+        cfg->metrics->hit_count++;
+        cm_fill_locals(g->st, cfg, g->key, g->hash, v, g->missed & ((1u << i) - 1));
+        return v;
+    }
+    return NULL;
+}

@@ -1,0 +1,73 @@
+/* How the singleflight reaches a remote storage without a Python future.
+ *
+ * A storage type that can run a read or a fill for a flight's call with no
+ * future of its own (the call is then what its Task waits on) registers a
+ * table of these functions for its type. The singleflight never calls a
+ * driver by name: it looks the storage's type up here, and a storage
+ * without an entry is called through its Python methods (get/set return an
+ * awaitable). The storage reports back through cm_remote_done and
+ * cm_remote_wake_waiter. This header includes nothing of any driver.
+ */
+#ifndef CM_FLIGHT_REMOTE_H
+#define CM_FLIGHT_REMOTE_H
+#include "state.h"
+
+/* A storage's own record of one request in flight; opaque to the flight. */
+typedef struct CmRemoteOp CmRemoteOp;
+
+struct CmRemoteOps {
+    /* 1 if storage's method `name` (st->s_get or st->s_set) is its type's
+     * own, so that get/set below do what calling it would; 0 if a subclass
+     * or the instance overrides it (the flight then calls the method). */
+    int (*direct)(CmState *st, PyObject *storage, PyObject *name);
+    /* Send a read of node (a fill of node = value with ttl) on loop for the
+     * flight's call `call`, with no future: the op takes a reference to the
+     * call and hands it the outcome through cm_remote_done. Returns the op
+     * with the caller's reference (drop it with unref), or NULL with an
+     * exception. */
+    CmRemoteOp *(*get)(PyObject *storage, PyObject *node, PyObject *ser, PyObject *loop,
+                       PyObject *call);
+    CmRemoteOp *(*set)(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl,
+                       PyObject *ser, PyObject *loop, PyObject *call);
+    /* The op's outcome goes to `call` (a new reference taken; NULL: to
+     * nobody, the op goes on) instead; returns the op's reference to the
+     * call it had. */
+    PyObject *(*handoff)(CmRemoteOp *op, PyObject *call);
+    /* Drop a reference to the op; the last one may finish it at once. */
+    void (*unref)(CmRemoteOp *op);
+    /* Optional (NULL: none). fut is a future a storage call of this type
+     * has just returned: make waiter (a FlightProxy of loop) be woken by the
+     * op behind it through cm_remote_wake_waiter, rather than as a
+     * done-callback of fut. 1 attached, 0 not. */
+    int (*attach_waiter)(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
+};
+
+/* Register ops for storages of type (and its subclasses), with data (a
+ * reference taken, or NULL) that the ops may ask for with cm_remote_data;
+ * 0, or -1 with an exception. */
+int cm_remote_register(CmState *st, PyTypeObject *type, const CmRemoteOps *ops, PyObject *data);
+/* The data registered with ops (borrowed), or NULL. */
+PyObject *cm_remote_data(CmState *st, const CmRemoteOps *ops);
+
+/* The ops of storage's type, or NULL. */
+static inline const CmRemoteOps *cm_remote_find(CmState *st, PyObject *storage)
+{
+    CmFlightState *fs = &st->flight;
+    for (int i = 0; i < fs->nremotes; i++) {
+        if (PyObject_TypeCheck(storage, fs->remotes[i].type))
+            return fs->remotes[i].ops;
+    }
+    return NULL;
+}
+
+/* Offer waiter to every registered type's attach_waiter: 1 attached. */
+int cm_remote_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
+
+/* Called by a storage. The op made for `call` (reference stolen) finished
+ * with res or err (borrowed). */
+void cm_remote_done(CmState *st, PyObject *call, PyObject *res, PyObject *err);
+/* Wake waiter (stolen; of loop, stolen), which waits for fut, from one loop
+ * callback shared with the other objects woken before it runs. */
+void cm_remote_wake_waiter(CmState *st, PyObject *waiter, PyObject *fut, PyObject *loop);
+
+#endif
