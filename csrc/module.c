@@ -2,6 +2,7 @@
  * init. Nothing else lives here. */
 #include "state.h"
 
+#include "api/get_all.h"
 #include "loop/loop.h"
 #include "net/netloop.h"
 
@@ -91,6 +92,8 @@ static int cm_exec(PyObject *mod)
         goto done;
     if (cm_netloop_init(mod, st) < 0 || register_at_fork(mod) < 0) /* netloop, fork */
         goto done;
+    if (cm_get_all_init(mod, st) < 0) /* get_all */
+        goto done;
     if (PyModule_AddObjectRef(mod, "sentinel", st->sentinel) < 0)
         goto done;
     rc = 0;
@@ -137,6 +140,7 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
     cm_serializer_traverse(st, visit, arg); /* serializer */
     cm_redis_traverse(st, visit, arg);      /* redis */
     cm_sql_traverse(st, visit, arg);        /* sql */
+    cm_get_all_traverse(st, visit, arg);    /* get_all */
     return 0;
 }
 
@@ -182,6 +186,7 @@ static int cm_clear(PyObject *mod)
     cm_serializer_clear(st); /* serializer */
     cm_redis_clear(st);      /* redis */
     cm_sql_clear(st);        /* sql */
+    cm_get_all_clear(st);    /* get_all */
     return 0;
 }
 

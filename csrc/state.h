@@ -61,7 +61,9 @@ typedef struct {
     X(context)                                                                                     \
     X(is_running)                                                                                  \
     X(call_soon_threadsafe)                                                                        \
-    X(load_timeout)
+    X(load_timeout)                                                                                \
+    X(get_all)                                                                                     \
+    X(set_all)
 
 typedef struct {
     /* heap types */
@@ -237,6 +239,12 @@ typedef struct {
     struct CmNetLoops *netloops;
     long forks; /* after-fork hooks run in this process */
     /* end netloop */
+    /* get_all (api/get_all.c) */
+    PyTypeObject *GetAllType;
+    PyObject *NodeType;      /* cacheme.Node, set by cacheme.core */
+    PyObject *node_load_all; /* Node.load_all's function: the default, one load per key */
+    PyObject *shield;        /* asyncio.shield */
+    /* end get_all */
 } CmState;
 
 static inline CmState *cm_state_from_module(PyObject *mod)

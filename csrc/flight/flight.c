@@ -2508,3 +2508,74 @@ int cm_flight_init(PyObject *mod, CmState *st)
         return -1;
     return PyModule_AddFunctions(mod, flight_functions);
 }
+
+/* ---- flights of get_all (api/get_all.c) ------------------------------------ */
+
+int cm_flight_join(CmState *st, PyObject *key, Py_hash_t hash, PyObject **aw)
+{
+    *aw = NULL;
+    if (flight_find(st, key, hash) == NULL)
+        return 0;
+    /* allocated before the flight is looked up for good (see py_flight_join) */
+    CmGetObject *g = (CmGetObject *)get_alloc(st);
+    if (g == NULL)
+        return -1;
+    g->key = Py_NewRef(key);
+    g->hash = hash;
+    CmFlight *fl = flight_find(st, key, hash);
+    if (fl == NULL || fl->done) {
+        PyObject *v = fl != NULL ? Py_NewRef(fl->value) : NULL;
+        g->mode = M_DONE;
+        Py_DECREF(g);
+        if (v == NULL)
+            return 0;
+        *aw = cm_ready_new(st, v);
+        Py_DECREF(v);
+        return *aw ? 1 : -1;
+    }
+    if (become_waiter(g, fl) < 0) {
+        g->mode = M_DONE;
+        Py_DECREF(g);
+        return -1;
+    }
+    *aw = (PyObject *)g;
+    return 1;
+}
+
+PyObject *cm_flight_lead(CmState *st, PyObject *key, Py_hash_t hash)
+{
+    if (flight_find(st, key, hash) != NULL)
+        Py_RETURN_NONE;
+    CmFlightHandleObject *h = PyObject_New(CmFlightHandleObject, st->FlightHandleType);
+    if (h == NULL)
+        return NULL;
+    h->st = st;
+    h->fl = flight_start(st, key, hash);
+    if (h->fl == NULL) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    return (PyObject *)h;
+}
+
+void cm_flight_handle_settle(PyObject *h, PyObject *value, PyObject *exc)
+{
+    CmFlightHandleObject *fh = (CmFlightHandleObject *)h; // borrowed
+    flight_settle(fh->st, fh->fl, value, exc);
+}
+
+int cm_flight_handle_done(PyObject *h) { return ((CmFlightHandleObject *)h)->fl->done; }
+
+int cm_flight_handle_stale(PyObject *h) { return ((CmFlightHandleObject *)h)->fl->stale; }
+
+Py_ssize_t cm_flight_handle_live_waiters(PyObject *h)
+{
+    CmFlight *fl = ((CmFlightHandleObject *)h)->fl;
+    return fl->done ? 0 : fl->nwaiters;
+}
+
+void cm_flight_handle_finish(PyObject *h)
+{
+    CmFlightHandleObject *fh = (CmFlightHandleObject *)h;
+    flight_remove(fh->st, fh->fl);
+}
