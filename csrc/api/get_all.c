@@ -1159,20 +1159,119 @@ static PyTypeObject *check_same_class(CmState *st, PyObject *nodes)
     return cls;
 }
 
-/* Read local cache r for every pending key: hits go to results, the
- * misses are the new pending. */
-static int read_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, PyObject **pending,
-                      PyObject *results, PyObject *missed)
+/* The full key of a node of cfg's class: built from parts into the node's
+ * key slot when it has one (as get() does), else the general way. */
+static PyObject *node_full_key(CmState *st, CmNodeConfigObject *cfg, PyObject *node)
 {
-    uint64_t hits = 0, errors = 0;
-    PyObject *key, *node;
-    Py_ssize_t i = 0;
-    while (PyDict_Next(*pending, &i, &key, &node)) {
+    PyObject **slot = cm_nodecfg_key_slot(st, cfg, node); // borrowed
+    if (slot == NULL || *slot != NULL)
+        return cm_full_key(st, node, cfg);
+    PyObject *key = cm_key_call(st, node, cfg);
+    if (key == NULL)
+        return NULL;
+    CmKeyParts parts;
+    Py_hash_t hash;
+    PyObject *full = cm_key_parts(st, &cfg->affix, key, cfg->version, &parts, &hash)
+                         ? cm_key_build_parts(slot, &parts, hash)
+                         : cm_key_build(st, node, key, cfg->version, -1);
+    Py_DECREF(key);
+    return full;
+}
+
+static int key_eq(PyObject *a, PyObject *b)
+{
+    if (a == b)
+        return 1;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    return n == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b) &&
+           memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+}
+
+/* The distinct keys of a get_all, in the order of their first node; a
+ * repeated key counts once, as a dict of them would (and, as in such a
+ * dict, keeps its last node). Arrays of one allocation. */
+typedef struct {
+    Py_ssize_t n, nu;  /* nodes, distinct keys */
+    Py_ssize_t *pos;   /* [n]: node i's distinct key */
+    PyObject **ukey;   /* [nu]: borrowed from the keys list */
+    PyObject **unode;  /* [nu]: borrowed from the nodes list */
+    PyObject **uval;   /* [nu]: owned, NULL while unknown */
+    Py_hash_t *uhash;  /* [nu] */
+    Py_ssize_t *table; /* [mask + 1]: open addressing over ukey, -1 empty */
+    size_t mask;
+} CmKeySet;
+
+static int keyset_init(CmKeySet *s, Py_ssize_t n)
+{
+    size_t size = 8;
+    while (size < (size_t)n * 2)
+        size <<= 1;
+    size_t bytes = (size_t)n * (sizeof(Py_ssize_t) + 3 * sizeof(PyObject *) + sizeof(Py_hash_t)) +
+                   size * sizeof(Py_ssize_t);
+    char *m = PyMem_Calloc(1, bytes);
+    if (m == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    s->n = n;
+    s->nu = 0;
+    s->pos = (Py_ssize_t *)m;
+    s->ukey = (PyObject **)(s->pos + n);
+    s->unode = s->ukey + n;
+    s->uval = s->unode + n;
+    s->uhash = (Py_hash_t *)(s->uval + n);
+    s->table = (Py_ssize_t *)(s->uhash + n);
+    s->mask = size - 1;
+    memset(s->table, 0xff, size * sizeof(Py_ssize_t)); /* -1 */
+    return 0;
+}
+
+static void keyset_free(CmKeySet *s)
+{
+    if (s->pos == NULL)
+        return;
+    for (Py_ssize_t u = 0; u < s->nu; u++)
+        Py_XDECREF(s->uval[u]);
+    PyMem_Free(s->pos);
+    s->pos = NULL;
+}
+
+/* Node i has key (its hash computed). */
+static void keyset_add(CmKeySet *s, Py_ssize_t i, PyObject *key, PyObject *node)
+{
+    Py_hash_t h = ((PyASCIIObject *)key)->hash; /* computed by the key's builder */
+    if (h == -1)
+        h = PyObject_Hash(key); /* a str: cannot fail */
+    size_t j = (size_t)h & s->mask;
+    for (Py_ssize_t u; (u = s->table[j]) != -1; j = (j + 1) & s->mask) {
+        if (s->uhash[u] == h && key_eq(s->ukey[u], key)) {
+            s->pos[i] = u;
+            s->unode[u] = node;
+            return;
+        }
+    }
+    Py_ssize_t u = s->nu++;
+    s->table[j] = u;
+    s->ukey[u] = key;
+    s->uhash[u] = h;
+    s->unode[u] = node;
+    s->pos[i] = u;
+}
+
+/* Read local cache r for every distinct key still without a value; the
+ * keys it missed are appended to missed. Returns how many it had. */
+static Py_ssize_t read_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, CmKeySet *s,
+                             PyObject *missed)
+{
+    uint64_t hits = 0, errors = 0, misses = 0;
+    for (Py_ssize_t u = 0; u < s->nu; u++) {
+        if (s->uval[u] != NULL)
+            continue;
         PyObject *v;
         if (r->kind == CM_CACHE_LOCAL) {
-            v = cm_store_lookup((CmStoreObject *)r->storage, key, ((PyASCIIObject *)key)->hash);
+            v = cm_store_lookup((CmStoreObject *)r->storage, s->ukey[u], s->uhash[u]);
         } else {
-            PyObject *args[3] = {r->storage, node, cfg->serializer};
+            PyObject *args[3] = {r->storage, s->unode[u], cfg->serializer};
             v = PyObject_VectorcallMethod(st->s_get_sync, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                           NULL);
             if (v == NULL) {
@@ -1183,36 +1282,44 @@ static int read_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, PyObj
             }
         }
         if (v == NULL) {
-            if (PyList_Append(missed, key) < 0)
+            misses++;
+            if (PyList_Append(missed, s->ukey[u]) < 0)
                 return -1;
             continue;
         }
-        int rc = PyDict_SetItem(results, key, v);
-        Py_DECREF(v);
-        if (rc < 0)
-            return -1;
+        s->uval[u] = v;
         hits++;
     }
     CmStorageCounters *c = counters(cfg, r);
     c->hits += hits;
-    c->misses += (uint64_t)PyList_GET_SIZE(missed);
+    c->misses += misses;
     c->errors += errors;
-    if (hits == 0)
-        return 0;
-    PyObject *still = PyDict_New();
-    if (still == NULL)
-        return -1;
-    for (Py_ssize_t j = 0; j < PyList_GET_SIZE(missed); j++) {
-        key = PyList_GET_ITEM(missed, j);
-        node = PyDict_GetItemWithError(*pending, key); // borrowed
-        if (node == NULL || PyDict_SetItem(still, key, node) < 0) {
-            if (!PyErr_Occurred())
-                PyErr_SetObject(PyExc_KeyError, key);
-            Py_DECREF(still);
+    return (Py_ssize_t)hits;
+}
+
+/* The values in the order of the nodes. */
+static PyObject *keyset_result(CmKeySet *s)
+{
+    PyObject *out = PyList_New(s->n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < s->n; i++)
+        PyList_SET_ITEM(out, i, Py_NewRef(s->uval[s->pos[i]]));
+    return out;
+}
+
+/* key -> value of the distinct keys known (all: key -> node of every one;
+ * pending: of those unknown). */
+static int keyset_dicts(CmKeySet *s, PyObject *results, PyObject *all, PyObject *pending)
+{
+    for (Py_ssize_t u = 0; u < s->nu; u++) {
+        if (PyDict_SetItem(all, s->ukey[u], s->unode[u]) < 0)
             return -1;
-        }
+        int rc = s->uval[u] != NULL ? PyDict_SetItem(results, s->ukey[u], s->uval[u])
+                                    : PyDict_SetItem(pending, s->ukey[u], s->unode[u]);
+        if (rc < 0)
+            return -1;
     }
-    Py_SETREF(*pending, still);
     return 0;
 }
 
@@ -1229,8 +1336,8 @@ static PyObject *py_get_all(PyObject *mod, PyObject *arg)
         return r;
     }
     PyObject *result = NULL;
-    PyObject *keys = NULL, *pending = NULL, *results = NULL, *local_missed = NULL;
-    PyObject *all = NULL; /* key -> node of every node: pending shrinks */
+    PyObject *keys = NULL, *pending = NULL, *results = NULL, *local_missed = NULL, *all = NULL;
+    CmKeySet s = {0};
     PyTypeObject *cls = check_same_class(st, nodes);
     if (cls == NULL) {
         Py_DECREF(nodes);
@@ -1243,39 +1350,58 @@ static PyObject *py_get_all(PyObject *mod, PyObject *arg)
     }
     /* held for the whole call: key() or a Python storage may rebuild it */
     Py_INCREF(cfg);
-    if ((keys = PyList_New(n)) == NULL || (pending = PyDict_New()) == NULL ||
-        (results = PyDict_New()) == NULL || (local_missed = PyList_New(0)) == NULL)
+    if ((keys = PyList_New(n)) == NULL || keyset_init(&s, n) < 0)
         goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *node = PyList_GET_ITEM(nodes, i);
-        PyObject *key = cm_full_key(st, node, cfg);
+        PyObject *key = node_full_key(st, cfg, node);
         if (key == NULL)
             goto done;
         PyList_SET_ITEM(keys, i, key);
-        if (PyDict_SetItem(pending, key, node) < 0)
-            goto done;
+        keyset_add(&s, i, key, node);
     }
-    all = Py_NewRef(pending);
-    for (Py_ssize_t c = 0; c < cfg->ncaches; c++) {
+    Py_ssize_t unknown = s.nu;
+    for (Py_ssize_t c = 0; c < cfg->ncaches && unknown > 0; c++) {
         CmCacheRef *r = &cfg->caches[c];
-        if (r->kind == CM_CACHE_REMOTE || PyDict_GET_SIZE(pending) == 0)
+        if (r->kind == CM_CACHE_REMOTE)
             continue;
         PyObject *missed = PyList_New(0);
         if (missed == NULL)
             goto done;
-        int rc = read_local(st, cfg, r, &pending, results, missed);
-        if (rc == 0)
-            rc = list_append_pair(local_missed, c, missed);
+        Py_ssize_t hits = read_local(st, cfg, r, &s, missed);
+        int rc = hits < 0 ? -1 : 0;
+        if (rc == 0 && PyList_GET_SIZE(missed) > 0) {
+            if (local_missed == NULL && (local_missed = PyList_New(0)) == NULL)
+                rc = -1;
+            else
+                rc = list_append_pair(local_missed, c, missed);
+        }
         Py_DECREF(missed);
         if (rc < 0)
             goto done;
+        unknown -= hits;
     }
-    if (PyDict_GET_SIZE(pending) == 0) {
-        /* every node hit a local cache: no flight, no batch */
+    if (unknown == 0 && local_missed == NULL) {
+        /* every node hit the first local cache: no flight, no batch */
+        cfg->metrics->hit_count += (uint64_t)n;
+        PyObject *list = keyset_result(&s);
+        if (list != NULL) {
+            result = cm_ready_new(st, list);
+            Py_DECREF(list);
+        }
+        goto done;
+    }
+    if ((results = PyDict_New()) == NULL || (all = PyDict_New()) == NULL ||
+        (pending = PyDict_New()) == NULL || keyset_dicts(&s, results, all, pending) < 0)
+        goto done;
+    if (local_missed == NULL && (local_missed = PyList_New(0)) == NULL)
+        goto done;
+    if (unknown == 0) {
+        /* every node hit a local cache: fill the earlier ones that missed */
         cfg->metrics->hit_count += (uint64_t)n;
         if (caller_fill(st, cfg, local_missed, results, NULL, all) < 0)
             goto done;
-        PyObject *list = caller_result(keys, results);
+        PyObject *list = keyset_result(&s);
         if (list != NULL) {
             result = cm_ready_new(st, list);
             Py_DECREF(list);
@@ -1299,6 +1425,7 @@ static PyObject *py_get_all(PyObject *mod, PyObject *arg)
     PyObject_GC_Track(o);
     result = (PyObject *)o;
 done:
+    keyset_free(&s);
     Py_XDECREF(keys);
     Py_XDECREF(pending);
     Py_XDECREF(results);
