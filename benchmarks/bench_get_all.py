@@ -10,8 +10,11 @@ Both run in this one process on the same build, interleaved round by round
           by Node.load (remote miss, flights, load, fills)
 
 Prints one line per case: median ns per call of each over the rounds, and
-the ratio Python / C (above 1: C is faster). Needs Redis at --redis-url for
-the redis and load cases (--no-redis skips them).
+the ratio Python / C (above 1: C is faster). For the redis case the Redis
+storage's own get_all of the same nodes is timed too ("storage"): what is
+left above it is get_all's own cost, and the last column compares those.
+Needs Redis at --redis-url for the redis and load cases (--no-redis skips
+them).
 """
 
 from __future__ import annotations
@@ -119,11 +122,19 @@ async def main() -> None:
         cases.append(("load", fresh, a.remote_calls))
 
     impls = [("python", get_all_py.get_all), ("c", cacheme.get_all)]
-    results = {(c[0], name): [] for c in cases for name, _ in impls}
+    results = {(c[0], name): [] for c in cases for name in ("python", "c", "storage")}
+    if not a.no_redis:
+        storage = cacheme._core._storages()["ga-redis"]
+
+        def storage_only(nodes):
+            return storage.get_all(nodes, None)
+
     gc.disable()
     for r in range(a.rounds):
         for case, make, calls in cases:
             order = impls if r % 2 == 0 else impls[::-1]
+            if case == "redis":
+                order = order + [("storage", storage_only)]
             for name, fn in order:
                 ns = await timed(fn, make, calls)
                 results[(case, name)].append(ns)
@@ -131,11 +142,16 @@ async def main() -> None:
     gc.enable()
 
     print(f"get_all of {size} nodes, median of {a.rounds} rounds (ns per call)")
-    print(f"{'case':8} {'python':>12} {'c':>12} {'python/c':>9}")
+    print(f"{'case':8} {'python':>12} {'c':>12} {'python/c':>9} {'storage':>12} {'own cost py/c':>14}")
     for case, *_ in cases:
         py = statistics.median(results[(case, "python")])
         c = statistics.median(results[(case, "c")])
-        print(f"{case:8} {py:12,.0f} {c:12,.0f} {py / c:9.2f}")
+        line = f"{case:8} {py:12,.0f} {c:12,.0f} {py / c:9.2f}"
+        if results[(case, "storage")]:
+            st = statistics.median(results[(case, "storage")])
+            own = f"{(py - st) / (c - st):14.2f}" if c > st else f"{'-':>14}"
+            line += f" {st:12,.0f} {own}"
+        print(line)
 
 
 if __name__ == "__main__":
