@@ -288,3 +288,26 @@ async def test_get_all_errors_of_the_arguments():
         await cacheme.get_all(None)
     assert flights() == 0
     assert N is not None
+
+
+async def test_driven_as_a_plain_iterator():
+    """What `await` does on CPython >= 3.12 (tp_iternext, StopIteration) and
+    what a Task does on 3.11 (am_send) give the same values."""
+    name = await register_local()
+    src = Source()
+    src.gate.set()
+    N = node_class(name, src, own_load_all=False)
+    it = cacheme.get_all([N(1), N(2)]).__await__()
+    while True:
+        try:
+            fut = next(it)
+        except StopIteration as stop:
+            assert stop.value == ["value-1", "value-2"]
+            break
+        await asyncio.wait_for(asyncio.shield(fut), 1)
+    it = cacheme.get_all([N(3)]).__await__()
+    with pytest.raises(StopIteration):
+        while True:
+            fut = it.send(None)
+            await asyncio.wait_for(asyncio.shield(fut), 1)
+    assert flights() == 0

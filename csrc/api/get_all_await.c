@@ -193,13 +193,15 @@ static PyObject *finish_method(PySendResult r, PyObject *res)
 static PyObject *ga_iternext(PyObject *self)
 {
     PyObject *res = NULL;
-    return finish_method(ga_am_send(self, Py_None, &res), res);
+    PySendResult r = ga_am_send(self, Py_None, &res); /* before res is read */
+    return finish_method(r, res);
 }
 
 static PyObject *ga_send(PyObject *self, PyObject *arg)
 {
     PyObject *res = NULL;
-    return finish_method(ga_am_send(self, arg, &res), res);
+    PySendResult r = ga_am_send(self, arg, &res);
+    return finish_method(r, res);
 }
 
 static PyObject *ga_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
