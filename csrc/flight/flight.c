@@ -2564,8 +2564,6 @@ void cm_flight_handle_settle(PyObject *h, PyObject *value, PyObject *exc)
     flight_settle(fh->st, fh->fl, value, exc);
 }
 
-int cm_flight_handle_done(PyObject *h) { return ((CmFlightHandleObject *)h)->fl->done; }
-
 int cm_flight_handle_stale(PyObject *h) { return ((CmFlightHandleObject *)h)->fl->stale; }
 
 Py_ssize_t cm_flight_handle_live_waiters(PyObject *h)

@@ -76,7 +76,6 @@ int cm_flight_join(CmState *st, PyObject *key, Py_hash_t hash, PyObject **aw);
 PyObject *cm_flight_lead(CmState *st, PyObject *key, Py_hash_t hash);
 /* Give every waiter value, or exc; a no-op on a settled flight. */
 void cm_flight_handle_settle(PyObject *h, PyObject *value, PyObject *exc);
-int cm_flight_handle_done(PyObject *h);
 /* Invalidated while in flight: its value must not fill any cache. */
 int cm_flight_handle_stale(PyObject *h);
 /* Callers still waiting on the flight (0 once it is settled). */
