@@ -9,6 +9,8 @@
 #   make bench-local-instr the local paths in instructions per call (callgrind): ours vs 0.3.0
 #   make bench-charts      redraw benchmarks/charts/*.svg from benchmarks/results/*.json
 #                          (matplotlib in .venv-charts; a driver's --json OUT refreshes a file)
+#   make bench-get-all     get_all of 100 nodes (local hits, Redis hits, loads): the C get_all
+#                          vs the Python one it replaced (benchmarks/get_all_py.py), same run
 #
 # Knobs:  make bench-local BENCH_LOCAL_ARGS="--rounds 9 -n 300000"
 #         make bench-hitratio BENCH_HITRATIO_ARGS="--sizes 1000,10000"
@@ -19,8 +21,10 @@ BENCH_TOP_MAKEFILE := $(firstword $(MAKEFILE_LIST))
 BENCH_PYTHON ?= python3
 BENCH_LOCAL_ARGS ?=
 BENCH_HITRATIO_ARGS ?=
+BENCH_GET_ALL_ARGS ?=
 
 .PHONY: bench bench-local bench-local-instr bench-hitratio bench-venvs bench-charts
+.PHONY: bench-get-all
 
 bench-venvs:
 	PYTHON=$(BENCH_PYTHON) bash $(BENCH_SRC)/venvs.sh
@@ -30,6 +34,9 @@ bench-local: venv bench-venvs
 
 bench-local-instr: venv bench-venvs
 	$(BENCH_PYTHON) $(BENCH_SRC)/instr_local.py --ours-python $(PY)
+
+bench-get-all: venv
+	$(PY) $(BENCH_SRC)/bench_get_all.py $(BENCH_GET_ALL_ARGS)
 
 bench-hitratio: venv bench-venvs
 	$(BENCH_PYTHON) $(BENCH_SRC)/run_hitratio.py --ours-python $(PY) $(BENCH_HITRATIO_ARGS)

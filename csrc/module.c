@@ -2,6 +2,7 @@
  * init. Nothing else lives here. */
 #include "state.h"
 
+#include "api/get_all.h"
 #include "flight/flight.h"
 #include "loop/loop.h"
 #include "loop/wake.h"
@@ -95,6 +96,8 @@ static int cm_exec(PyObject *mod)
         goto done;
     if (cm_netloop_init(mod, st) < 0 || register_at_fork(mod) < 0) /* netloop, fork */
         goto done;
+    if (cm_get_all_init(mod, st) < 0) /* get_all */
+        goto done;
     if (PyModule_AddObjectRef(mod, "sentinel", st->sentinel) < 0)
         goto done;
     rc = 0;
@@ -131,11 +134,16 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
     int r = cm_flight_state_traverse(st, visit, arg);
     if (r == 0)
         r = cm_wake_traverse(st, visit, arg);
+    if (r == 0)
+        r = cm_ser_state_traverse(&st->ser, visit, arg);
+    if (r == 0)
+        r = cm_redis_traverse(st, visit, arg);
+    if (r == 0)
+        r = cm_sql_traverse(st, visit, arg);
+    if (r == 0)
+        r = cm_get_all_traverse(st, visit, arg);
     if (r != 0)
         return r;
-    cm_ser_state_traverse(&st->ser, visit, arg); /* serializer */
-    cm_redis_traverse(st, visit, arg);           /* redis */
-    cm_sql_traverse(st, visit, arg);             /* sql */
     return 0;
 }
 
@@ -172,6 +180,7 @@ static int cm_clear(PyObject *mod)
     cm_ser_state_clear(&st->ser); /* serializer */
     cm_redis_clear(st);           /* redis */
     cm_sql_clear(st);             /* sql */
+    cm_get_all_clear(st);         /* get_all */
     return 0;
 }
 

@@ -61,7 +61,9 @@
     X(remove_reader)                                                                               \
     X(add_writer)                                                                                  \
     X(remove_writer)                                                                               \
-    X(load_timeout)
+    X(load_timeout)                                                                                \
+    X(get_all)                                                                                     \
+    X(set_all)
 
 typedef struct {
     /* heap types */
@@ -132,6 +134,12 @@ typedef struct {
     struct CmNetLoops *netloops;
     long forks; /* after-fork hooks run in this process */
     /* end netloop */
+    /* get_all (api/get_all.c) */
+    PyTypeObject *GetAllType;
+    PyObject *NodeType;      /* cacheme.Node, set by cacheme.core */
+    PyObject *node_load_all; /* Node.load_all's function: the default, one load per key */
+    PyObject *shield;        /* asyncio.shield */
+    /* end get_all */
 } CmState;
 
 static inline CmState *cm_state_from_module(PyObject *mod)

@@ -76,6 +76,20 @@ CASES = {
     "miss_load_evict": "    await cacheme.get(N(i))",
     "memoize": "    await memo(i % 2000)",
     "get_all": "    await cacheme.get_all([N(i % 1500), N(i % 1500 + 1), N(i)])",
+    "get_all_local_hits": "    await cacheme.get_all([N(i % 50), N(i % 50 + 1), N(i % 50)])",
+    "get_all_failing_load": (
+        "    try:\n        await cacheme.get_all([N(i), N(-1 - i)])\n    except ValueError:\n        pass"
+    ),
+    # two callers share a suspending batch; one is cancelled, then the only one
+    "get_all_cancelled_callers": (
+        "    ts = [asyncio.ensure_future(cacheme.get_all([S(-1 - i), S(10**7 + i)]))\n"
+        "          for _ in range(2)]\n"
+        "    await asyncio.sleep(0)\n    ts[0].cancel()\n"
+        "    await asyncio.gather(*ts, return_exceptions=True)\n"
+        "    t = asyncio.ensure_future(cacheme.get_all([S(-10**7 - i)]))\n"
+        "    await asyncio.sleep(0)\n    t.cancel()\n"
+        "    await asyncio.gather(t, return_exceptions=True)"
+    ),
     "failing_load": (
         "    try:\n        await cacheme.get(N(-1 - i))\n    except ValueError:\n        pass"
     ),

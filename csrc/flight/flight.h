@@ -73,4 +73,22 @@ void cm_flight_state_clear(CmState *st);
 /* After fork() in the child: no flight of the parent's can be joined.
  * Called from module.c's os.register_at_fork hook (_after_fork_child). */
 void cm_flight_after_fork_child(CmState *st);
+/* Flights joined and led by get_all (api/get_all.c), with the FlightHandle
+ * of flight/handle.c. */
+/* Join the flight of key if there is one: 1 with *aw (new ref) the
+ * awaitable of its value, 0 when there is none, -1 with an exception. */
+int cm_flight_join(CmState *st, PyObject *key, Py_hash_t hash, PyObject **aw);
+/* Lead a new flight for key: a FlightHandle (new ref; dropping it unsettled
+ * fails the flight), Py_None (new ref) when key is in flight already, or
+ * NULL with an exception. The functions below take such a handle. */
+PyObject *cm_flight_lead(CmState *st, PyObject *key, Py_hash_t hash);
+/* Give every waiter value, or exc; a no-op on a settled flight. */
+void cm_flight_handle_settle(PyObject *h, PyObject *value, PyObject *exc);
+/* Invalidated while in flight: its value must not fill any cache. */
+int cm_flight_handle_stale(PyObject *h);
+/* Callers still waiting on the flight (0 once it is settled). */
+Py_ssize_t cm_flight_handle_live_waiters(PyObject *h);
+/* Take the flight out of the table: new callers load anew. */
+void cm_flight_handle_finish(PyObject *h);
+
 #endif

@@ -112,50 +112,40 @@ static PyObject *arg_key(PyObject *key, Py_hash_t *hash)
 }
 
 /* _flight_join(key, metrics) -> None if no flight, else an awaitable of its value */
-static PyObject *py_flight_join(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+int cm_flight_join(CmState *st, PyObject *key, Py_hash_t hash, PyObject **aw)
 {
-    CmState *st = cm_state_from_module(mod);
-    Py_hash_t hash;
-    if (nargs != 1 || arg_key(args[0], &hash) == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "_flight_join(key)");
-        return NULL;
-    }
-    if (cm_flight_find(st, args[0], hash) == NULL)
-        Py_RETURN_NONE;
+    *aw = NULL;
+    if (cm_flight_find(st, key, hash) == NULL)
+        return 0;
     /* allocated before the flight is looked up for good: the allocation may
      * run the collector, and finalizers that end the flight */
     CmCallObject *g = (CmCallObject *)cm_call_alloc(st);
     if (g == NULL)
-        return NULL;
-    g->key = Py_NewRef(args[0]);
+        return -1;
+    g->key = Py_NewRef(key);
     g->hash = hash;
-    CmFlight *fl = cm_flight_find(st, args[0], hash);
+    CmFlight *fl = cm_flight_find(st, key, hash);
     if (fl == NULL || fl->done) {
         PyObject *v = fl != NULL ? Py_NewRef(fl->value) : NULL;
         g->role = CALL_DONE;
         Py_DECREF(g);
         if (v == NULL)
-            Py_RETURN_NONE;
-        PyObject *r = cm_ready_new(st, v);
+            return 0;
+        *aw = cm_ready_new(st, v);
         Py_DECREF(v);
-        return r;
+        return *aw ? 1 : -1;
     }
     if (cm_waiter_join(g, fl) < 0) {
         g->role = CALL_DONE;
         Py_DECREF(g);
-        return NULL;
+        return -1;
     }
-    return (PyObject *)g;
+    *aw = (PyObject *)g;
+    return 1;
 }
 
-/* _flight_lead(key) -> FlightHandle, or None when a flight already exists */
-static PyObject *py_flight_lead(PyObject *mod, PyObject *key)
+PyObject *cm_flight_lead(CmState *st, PyObject *key, Py_hash_t hash)
 {
-    CmState *st = cm_state_from_module(mod);
-    Py_hash_t hash;
-    if (arg_key(key, &hash) == NULL)
-        return NULL;
     if (cm_flight_find(st, key, hash) != NULL)
         Py_RETURN_NONE;
     CmFlightHandleObject *h = PyObject_New(CmFlightHandleObject, st->flight.FlightHandleType);
@@ -168,6 +158,51 @@ static PyObject *py_flight_lead(PyObject *mod, PyObject *key)
         return NULL;
     }
     return (PyObject *)h;
+}
+
+void cm_flight_handle_settle(PyObject *h, PyObject *value, PyObject *exc)
+{
+    CmFlightHandleObject *fh = (CmFlightHandleObject *)h; // borrowed
+    cm_flight_settle(fh->st, fh->fl, value, exc);
+}
+
+int cm_flight_handle_stale(PyObject *h) { return ((CmFlightHandleObject *)h)->fl->stale; }
+
+Py_ssize_t cm_flight_handle_live_waiters(PyObject *h)
+{
+    CmFlight *fl = ((CmFlightHandleObject *)h)->fl;
+    return fl->done ? 0 : fl->nwaiters;
+}
+
+void cm_flight_handle_finish(PyObject *h)
+{
+    CmFlightHandleObject *fh = (CmFlightHandleObject *)h;
+    cm_flight_remove(fh->st, fh->fl);
+}
+
+static PyObject *py_flight_join(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    CmState *st = cm_state_from_module(mod);
+    Py_hash_t hash;
+    PyObject *aw;
+    if (nargs != 1 || arg_key(args[0], &hash) == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "_flight_join(key)");
+        return NULL;
+    }
+    int rc = cm_flight_join(st, args[0], hash, &aw);
+    if (rc < 0)
+        return NULL;
+    return rc ? aw : Py_NewRef(Py_None);
+}
+
+static PyObject *py_flight_lead(PyObject *mod, PyObject *key)
+{
+    CmState *st = cm_state_from_module(mod);
+    Py_hash_t hash;
+    if (arg_key(key, &hash) == NULL)
+        return NULL;
+    return cm_flight_lead(st, key, hash);
 }
 
 /* _flight_invalidate(key): a load in flight for key will not fill caches */

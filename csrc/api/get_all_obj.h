@@ -1,0 +1,70 @@
+/* The GetAll object shared by get_all's files: get_all.c (the call and
+ * the caller role), get_all_batch.c (the batch role), get_all_await.c (the
+ * awaitable that drives either). Private to them. */
+#ifndef CM_GET_ALL_OBJ_H
+#define CM_GET_ALL_OBJ_H
+#include "core/metrics.h"
+#include "core/nodecfg.h"
+#include "state.h"
+
+enum { R_CALLER, R_BATCH };
+enum { C_START, C_BATCH, C_WAITS };
+enum { B_START, B_REMOTE, B_LOAD_EACH, B_LOAD_ALL, B_SET_ALL };
+#define S_DONE 100
+
+typedef struct {
+    PyObject_HEAD
+    CmState *st;
+    int role;
+    int step;
+    Py_ssize_t pos;          /* the cache, wait, load or set_all in progress */
+    PyObject *sub;           /* iterator of the awaitable being driven */
+    CmNodeConfigObject *cfg; /* strong */
+    PyObject *cls;           /* the nodes' class */
+    PyObject *pending;       /* dict key -> node: what missed every local cache */
+    PyObject *lead;          /* dict key -> FlightHandle: the keys this request loads */
+    /* caller */
+    PyObject *keys;         /* list: the full keys in the order of the nodes */
+    PyObject *all;          /* dict key -> node, every node */
+    PyObject *results;      /* dict key -> value */
+    PyObject *local_missed; /* list of (cache index, [keys]) */
+    PyObject *wait_keys;    /* list: keys in flight elsewhere */
+    PyObject *wait_aws;     /* list: their awaitables */
+    PyObject *task;         /* the batch's Task */
+    /* batch */
+    PyObject *todo;          /* dict key -> node: led keys still without a value */
+    PyObject *found;         /* dict key -> value */
+    PyObject *settled;       /* set: keys whose flight has its value */
+    PyObject *remote_missed; /* list of (cache index, [keys]) */
+    PyObject *load_keys;     /* list: the keys loaded one by one */
+    PyObject *admitted;      /* dict key -> value: what fills the caches */
+    Py_ssize_t remote_settled;
+    int64_t load_start;
+} CmGetAllObject;
+
+static inline CmStorageCounters *counters(CmNodeConfigObject *cfg, CmCacheRef *r)
+{
+    return &cfg->metrics->storages[r->stat];
+}
+
+/* logger.warning(fmt, name, exc_info=<the exception being raised>); the
+ * exception is cleared. Never fails. */
+void cm_ga_log_failed(CmState *st, const char *fmt, PyObject *name);
+/* Fill local cache r with values[key] for each key of keys (nodes: key ->
+ * node); a failure is counted as an error of the cache and logged. */
+void cm_ga_fill_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, PyObject *keys,
+                      PyObject *values, PyObject *nodes);
+/* Drive aw (stolen) from now on: 1, or -1 with an exception. */
+int cm_ga_start_sub(CmGetAllObject *o, PyObject *aw);
+/* list.append((i, keys)) */
+int cm_ga_list_append_pair(PyObject *list, Py_ssize_t i, PyObject *keys);
+/* A new GetAll, its fields NULL, tracked by the collector. */
+CmGetAllObject *cm_ga_alloc(CmState *st, int role, int step);
+/* The state machines: res is the outcome of the awaitable driven last
+ * (stolen; NULL with the exception set). 1: a new one is driven (o->sub);
+ * 0: done, *out the value; -1: failed, exception set. */
+int cm_ga_caller_advance(CmGetAllObject *o, PyObject *res, PyObject **out);
+int cm_ga_batch_advance(CmGetAllObject *o, PyObject *res, PyObject **out);
+/* Creates st->GetAllType. */
+int cm_ga_type_init(PyObject *mod, CmState *st);
+#endif
