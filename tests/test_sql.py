@@ -186,6 +186,20 @@ async def test_flights_read_and_fill_through_the_remote_interface(url, backend):
     assert await storage_of(name).get_by_key("cacheme:user:100:v1") is not None
 
 
+async def test_flights_call_a_get_or_set_set_on_the_instance(url):
+    """A storage whose get/set are replaced on the instance (a wrapper that
+    counts, traces or patches) is called through them, not past them."""
+    name = await register(url)
+    s = storage_of(name)
+    seen = []
+    get, set_ = s.get, s.set
+    s.get = lambda node, ser: seen.append("get") or get(node, ser)
+    s.set = lambda node, value, ttl, ser: seen.append("set") or set_(node, value, ttl, ser)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
+    assert seen == ["get", "set"] and calls == [1]
+
+
 async def test_get_all_set_all(url):
     name = await register(url)
     Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])

@@ -4,6 +4,8 @@
  * the call until it finishes and hands it the outcome (cm_remote_done). */
 #include "flight/call.h"
 
+#include "base/compat.h"
+
 int cm_remote_register(CmState *st, PyTypeObject *type, const CmRemoteOps *ops, PyObject *data)
 {
     CmFlightState *fs = &st->flight;
@@ -131,4 +133,25 @@ PySendResult cm_call_remote_resume(CmCallObject *g, PyObject *exc, PyObject **re
         return PYGEN_ERROR;
     }
     return PYGEN_RETURN;
+}
+
+int cm_remote_method_is_own(PyObject *storage, PyTypeObject *base, PyObject *name)
+{
+    PyObject *own = PyDict_GetItemWithError(base->tp_dict, name); // borrowed
+    if (own == NULL || cm_type_lookup(Py_TYPE(storage), name) != own) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (!(Py_TYPE(storage)->tp_flags & Py_TPFLAGS_MANAGED_DICT) &&
+        Py_TYPE(storage)->tp_dictoffset == 0)
+        return 1;
+    PyObject *d = PyObject_GenericGetDict(storage, NULL);
+    if (d == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int mine = PyDict_GetItemWithError(d, name) == NULL; /* else set on the instance */
+    Py_DECREF(d);
+    PyErr_Clear();
+    return mine;
 }

@@ -61,6 +61,10 @@ static inline const CmRemoteOps *cm_remote_find(CmState *st, PyObject *storage)
 }
 
 /* Offer waiter to every registered type's attach_waiter: 1 attached. */
+/* For a storage's ops.direct: 1 if storage's method `name` is base's own
+ * (not overridden by a subclass or set on the instance), so the flight may
+ * call the storage's C functions instead of the method. Never raises. */
+int cm_remote_method_is_own(PyObject *storage, PyTypeObject *base, PyObject *name);
 int cm_remote_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
 
 /* Called by a storage. The op made for `call` (reference stolen) finished

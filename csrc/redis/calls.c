@@ -6,6 +6,7 @@
 
 #include "core/key.h"
 #include "core/ttl.h"
+#include "flight/remote.h"
 #include "redis/crc16.h"
 #include "ser/envelope.h"
 
@@ -260,23 +261,8 @@ PyObject *cm_redis_client_get(CmRedisClientObject *self, PyObject *const *args, 
 
 int cm_redis_direct(CmState *st, PyObject *storage, PyObject *name)
 {
-    if (!PyObject_TypeCheck(storage, (PyTypeObject *)st->redis.ClientType))
-        return 0;
-    PyObject *base = PyDict_GetItemWithError(((PyTypeObject *)st->redis.ClientType)->tp_dict, name);
-    if (base == NULL || cm_type_lookup(Py_TYPE(storage), name) != base)
-        return 0; /* a subclass overrides it */
-    if (!(Py_TYPE(storage)->tp_flags & Py_TPFLAGS_MANAGED_DICT) &&
-        Py_TYPE(storage)->tp_dictoffset == 0)
-        return 1;
-    PyObject *d = PyObject_GenericGetDict(storage, NULL);
-    if (d == NULL) {
-        PyErr_Clear();
-        return 0;
-    }
-    int own = PyDict_GetItemWithError(d, name) == NULL; /* else set on the instance */
-    Py_DECREF(d);
-    PyErr_Clear();
-    return own;
+    PyTypeObject *base = (PyTypeObject *)st->redis.ClientType;
+    return PyObject_TypeCheck(storage, base) && cm_remote_method_is_own(storage, base, name);
 }
 
 static CmRedisOp *op_for(CmRedisClientObject *self, int kind, PyObject *get)

@@ -97,23 +97,7 @@ static int sql_direct(CmState *st, PyObject *storage, PyObject *name)
         base = (PyTypeObject *)st->sql.MySQLClientType;
     else
         return 0;
-    PyObject *own = PyDict_GetItemWithError(base->tp_dict, name); // borrowed
-    if (own == NULL || cm_type_lookup(Py_TYPE(storage), name) != own) {
-        PyErr_Clear();
-        return 0;
-    }
-    if (!(Py_TYPE(storage)->tp_flags & Py_TPFLAGS_MANAGED_DICT) &&
-        Py_TYPE(storage)->tp_dictoffset == 0)
-        return 1;
-    PyObject *d = PyObject_GenericGetDict(storage, NULL);
-    if (d == NULL) {
-        PyErr_Clear();
-        return 0;
-    }
-    int mine = PyDict_GetItemWithError(d, name) == NULL; /* else set on the instance */
-    Py_DECREF(d);
-    PyErr_Clear();
-    return mine;
+    return cm_remote_method_is_own(storage, base, name);
 }
 
 static CmSqlWaitObject *wait_new(CmState *st, PyObject *call)
