@@ -83,37 +83,6 @@ int cm_ga_start_sub(CmGetAllObject *o, PyObject *aw)
     return o->sub ? 1 : -1;
 }
 
-static void raise_exc(PyObject *exc) { PyErr_SetObject((PyObject *)Py_TYPE(exc), exc); }
-
-/* Resume the current sub-awaitable with a value or an exception. */
-static PySendResult sub_resume(CmGetAllObject *o, PyObject *arg, PyObject *exc, PyObject **res)
-{
-    if (exc == NULL)
-        return PyIter_Send(o->sub, arg, res);
-    PyObject *meth = PyObject_GetAttr(o->sub, o->st->s_throw);
-    if (meth == NULL) {
-        /* an iterator without throw: the exception surfaces at its yield */
-        PyErr_Clear();
-        raise_exc(exc);
-        *res = NULL;
-        return PYGEN_ERROR;
-    }
-    PyObject *r = PyObject_CallOneArg(meth, exc);
-    Py_DECREF(meth);
-    if (r != NULL) {
-        *res = r;
-        return PYGEN_NEXT;
-    }
-    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
-        PyObject *e = cm_exc_take();
-        *res = PyObject_GetAttrString(e, "value");
-        Py_DECREF(e);
-        return *res ? PYGEN_RETURN : PYGEN_ERROR;
-    }
-    *res = NULL;
-    return PYGEN_ERROR;
-}
-
 int cm_ga_list_append_pair(PyObject *list, Py_ssize_t i, PyObject *keys)
 {
     PyObject *t = Py_BuildValue("(nO)", i, keys);
@@ -129,7 +98,7 @@ static PySendResult ga_step(CmGetAllObject *o, PyObject *arg, PyObject *exc, PyO
     *out = NULL;
     if (o->step == S_DONE) {
         if (exc != NULL)
-            raise_exc(exc);
+            cm_raise_exc(exc);
         else
             PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited get_all");
         return PYGEN_ERROR;
@@ -138,10 +107,10 @@ static PySendResult ga_step(CmGetAllObject *o, PyObject *arg, PyObject *exc, PyO
     PySendResult rs;
     if (o->sub == NULL) { /* the first step */
         if (exc != NULL)
-            raise_exc(exc);
+            cm_raise_exc(exc);
         res = exc != NULL ? NULL : Py_NewRef(Py_None);
     } else {
-        rs = sub_resume(o, arg, exc, &res);
+        rs = cm_await_resume(o->st, o->sub, arg, exc, &res);
         if (rs == PYGEN_NEXT) {
             *out = res;
             return PYGEN_NEXT;
@@ -174,34 +143,18 @@ static PySendResult ga_am_send(PyObject *self, PyObject *arg, PyObject **out)
     return ga_step((CmGetAllObject *)self, arg, NULL, out);
 }
 
-/* send/throw as methods: StopIteration carries the final value. */
-static PyObject *finish_method(PySendResult r, PyObject *res)
-{
-    if (r == PYGEN_NEXT)
-        return res;
-    if (r == PYGEN_RETURN) {
-        PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, res);
-        if (e != NULL) {
-            PyErr_SetObject(PyExc_StopIteration, e);
-            Py_DECREF(e);
-        }
-        Py_DECREF(res);
-    }
-    return NULL;
-}
-
 static PyObject *ga_iternext(PyObject *self)
 {
     PyObject *res = NULL;
     PySendResult r = ga_am_send(self, Py_None, &res); /* before res is read */
-    return finish_method(r, res);
+    return cm_send_as_method(r, res);
 }
 
 static PyObject *ga_send(PyObject *self, PyObject *arg)
 {
     PyObject *res = NULL;
     PySendResult r = ga_am_send(self, arg, &res);
-    return finish_method(r, res);
+    return cm_send_as_method(r, res);
 }
 
 static PyObject *ga_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -227,7 +180,7 @@ static PyObject *ga_throw(PyObject *self, PyObject *const *args, Py_ssize_t narg
     PyObject *res = NULL;
     PySendResult r = ga_step((CmGetAllObject *)self, NULL, exc, &res);
     Py_DECREF(exc);
-    return finish_method(r, res);
+    return cm_send_as_method(r, res);
 }
 
 /* Stop driving the awaitable in progress. A batch stopped before its end

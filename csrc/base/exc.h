@@ -29,4 +29,6 @@ static inline void cm_exc_restore(PyObject *v)
         return;
     PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(v)), v, PyException_GetTraceback(v));
 }
+/* Raise exc (an exception instance) as the current exception. */
+static inline void cm_raise_exc(PyObject *exc) { PyErr_SetObject((PyObject *)Py_TYPE(exc), exc); }
 #endif

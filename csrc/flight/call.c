@@ -234,38 +234,18 @@ static PySendResult call_am_send(PyObject *self, PyObject *arg, PyObject **out)
     return call_step((CmCallObject *)self, arg, NULL, out);
 }
 
-/* send/throw as methods: StopIteration carries the final value. */
-static PyObject *finish_method(PySendResult r, PyObject *res)
-{
-    if (r == PYGEN_NEXT)
-        return res;
-    if (r == PYGEN_RETURN) {
-        if (res == Py_None)
-            PyErr_SetNone(PyExc_StopIteration);
-        else {
-            PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, res);
-            if (e != NULL) {
-                PyErr_SetObject(PyExc_StopIteration, e);
-                Py_DECREF(e);
-            }
-        }
-        Py_DECREF(res);
-    }
-    return NULL;
-}
-
 static PyObject *call_iternext(PyObject *self)
 {
     PyObject *res = NULL;
     PySendResult r = call_am_send(self, Py_None, &res);
-    return finish_method(r, res);
+    return cm_send_as_method(r, res);
 }
 
 static PyObject *call_send(PyObject *self, PyObject *arg)
 {
     PyObject *res = NULL;
     PySendResult r = call_am_send(self, arg, &res);
-    return finish_method(r, res);
+    return cm_send_as_method(r, res);
 }
 
 static PyObject *call_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -276,7 +256,7 @@ static PyObject *call_throw(PyObject *self, PyObject *const *args, Py_ssize_t na
     PyObject *res;
     PySendResult r = call_step((CmCallObject *)self, NULL, exc, &res);
     Py_DECREF(exc);
-    return finish_method(r, res);
+    return cm_send_as_method(r, res);
 }
 
 /* Stop whatever this object was doing; safe to call more than once. */

@@ -18,6 +18,8 @@
 #include "flight/flight.h"
 #include "flight/remote.h"
 
+#include "base/exc.h"
+
 /* role: what the call is doing for its caller */
 enum {
     CALL_START,  /* made by get(), not yet awaited */
@@ -91,8 +93,6 @@ typedef struct {
     int wakeup_untracked;              /* ... and the Task's wakeup with it */
     void *free_next;                   /* in the free list (st->flight.call_free) */
 } CmCallObject;
-
-static inline void cm_raise_exc(PyObject *exc) { PyErr_SetObject((PyObject *)Py_TYPE(exc), exc); }
 
 /* ---- table.c: the flight records */
 CmFlight *cm_flight_find(CmState *st, PyObject *key, Py_hash_t hash);

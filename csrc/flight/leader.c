@@ -124,35 +124,6 @@ static PyObject *call_loader(CmCallObject *g)
     return w;
 }
 
-/* Resume the current sub-awaitable with a value or an exception. */
-static PySendResult sub_resume(CmCallObject *g, PyObject *arg, PyObject *exc, PyObject **res)
-{
-    if (exc == NULL)
-        return PyIter_Send(g->sub, arg, res);
-    PyObject *meth = PyObject_GetAttr(g->sub, g->st->s_throw);
-    if (meth == NULL) {
-        /* an iterator without throw: the exception surfaces at its yield */
-        PyErr_Clear();
-        cm_raise_exc(exc);
-        *res = NULL;
-        return PYGEN_ERROR;
-    }
-    PyObject *r = PyObject_CallOneArg(meth, exc);
-    Py_DECREF(meth);
-    if (r != NULL) {
-        *res = r;
-        return PYGEN_NEXT;
-    }
-    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
-        PyObject *e = cm_exc_take();
-        *res = PyObject_GetAttrString(e, "value");
-        Py_DECREF(e);
-        return *res ? PYGEN_RETURN : PYGEN_ERROR;
-    }
-    *res = NULL;
-    return PYGEN_ERROR;
-}
-
 /* Doorkeeper: store only on the key's second request. 1 = fill. */
 static int doorkeeper_admits(CmCallObject *g)
 {
@@ -210,8 +181,9 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
 
     for (;;) {
         if (g->sub != NULL || g->remote_state != REMOTE_IDLE) {
-            PySendResult r = g->remote_state != REMOTE_IDLE ? cm_call_remote_resume(g, exc, &res)
-                                                            : sub_resume(g, arg, exc, &res);
+            PySendResult r = g->remote_state != REMOTE_IDLE
+                                 ? cm_call_remote_resume(g, exc, &res)
+                                 : cm_await_resume(g->st, g->sub, arg, exc, &res);
             arg = Py_None;
             exc = NULL;
             if (r == PYGEN_NEXT) {

@@ -3,6 +3,7 @@
 #include "loop/loop.h"
 
 #include "base/compat.h"
+#include "base/exc.h"
 
 PyObject *cm_loop_running(CmState *st) { return PyObject_CallNoArgs(st->get_running_loop); }
 
@@ -304,4 +305,51 @@ void cm_handle_cancel(CmState *st, PyObject *handle)
         PyErr_WriteUnraisable(handle);
     Py_XDECREF(r);
     PyErr_Restore(typ, val, tb);
+}
+
+PySendResult cm_await_resume(CmState *st, PyObject *sub, PyObject *arg, PyObject *exc,
+                             PyObject **res)
+{
+    if (exc == NULL)
+        return PyIter_Send(sub, arg, res);
+    PyObject *meth = PyObject_GetAttr(sub, st->s_throw);
+    if (meth == NULL) {
+        PyErr_Clear();
+        cm_raise_exc(exc);
+        *res = NULL;
+        return PYGEN_ERROR;
+    }
+    PyObject *r = PyObject_CallOneArg(meth, exc);
+    Py_DECREF(meth);
+    if (r != NULL) {
+        *res = r;
+        return PYGEN_NEXT;
+    }
+    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyObject *e = cm_exc_take();
+        *res = PyObject_GetAttrString(e, "value");
+        Py_DECREF(e);
+        return *res ? PYGEN_RETURN : PYGEN_ERROR;
+    }
+    *res = NULL;
+    return PYGEN_ERROR;
+}
+
+PyObject *cm_send_as_method(PySendResult r, PyObject *res)
+{
+    if (r == PYGEN_NEXT)
+        return res;
+    if (r == PYGEN_RETURN) {
+        if (res == Py_None) {
+            PyErr_SetNone(PyExc_StopIteration);
+        } else {
+            PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, res);
+            if (e != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, e);
+                Py_DECREF(e);
+            }
+        }
+        Py_DECREF(res);
+    }
+    return NULL;
 }

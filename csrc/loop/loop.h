@@ -44,6 +44,14 @@ int cm_loop_after_fork_child(CmState *st);
 void cm_future_consume(CmState *st, PyObject *fut);
 /* The iterator `await fut` would use; new ref. */
 PyObject *cm_await_iter(PyObject *awaitable);
+/* Resume sub (from cm_await_iter) with arg, or throw exc into it: what
+ * `await` does at each step of a C awaitable that awaits another one. An
+ * iterator without throw() gets exc raised at its yield. */
+PySendResult cm_await_resume(CmState *st, PyObject *sub, PyObject *arg, PyObject *exc,
+                             PyObject **res);
+/* An am_send outcome as __next__/send/throw return it: the value yielded,
+ * or NULL with StopIteration(value) set on return (res is consumed). */
+PyObject *cm_send_as_method(PySendResult r, PyObject *res);
 int cm_is_cancelled_error(CmState *st, PyObject *exc);
 /* Log a warning through logging.getLogger("cacheme"); never fails. */
 void cm_log_warning(CmState *st, const char *fmt, PyObject *a, PyObject *b);
