@@ -11,7 +11,7 @@
 
 #include "flight/flight_state.h"
 #include "loop/wake_state.h"
-#include "redis/state.h"
+#include "redis/redis_state.h"
 #include "ser/ser_state.h"
 #include "sql/sqlstate.h"
 
@@ -122,7 +122,7 @@ typedef struct {
     CmFlightState flight;
 
     CmSerState ser;     /* serializers (ser/ser_state.h) */
-    CmRedisState redis; /* redis/state.h */
+    CmRedisState redis; /* redis/redis_state.h */
     /* sql (sql/sqlstate.h) */
     CmSqlState sql;
     /* the base of SQLKeyError and of the Redis storage's error for the same
