@@ -1,6 +1,8 @@
 """The Redis storage against a real 3-master Redis Cluster on local ports."""
 import asyncio
 import dataclasses
+import logging
+import time
 from datetime import timedelta
 
 import pytest
@@ -9,7 +11,7 @@ import cacheme
 from cacheme.serializer import MsgPackSerializer
 from cacheme.storages.redis import RedisStorage
 from conftest import register_local, unique
-from redis_servers import needs_redis, redis_cluster  # noqa: F401  (fixture)
+from redis_servers import RedisCluster, needs_redis, redis_cluster  # noqa: F401  (fixture)
 
 pytestmark = needs_redis
 
@@ -233,8 +235,8 @@ def test_cluster_rejects_a_database_other_than_0():
     RedisStorage("redis://127.0.0.1:7000/0", cluster=True).close_now()
 
 
-def tag_node(tag):
-    """Nodes whose keys all hash to the slot of `tag`."""
+def tag_node(tag, caches=None, calls=None):
+    """Nodes whose keys all hash to the slot of `tag` (loading f"v{uid}")."""
 
     @dataclasses.dataclass
     class TagNode(cacheme.Node):
@@ -243,11 +245,30 @@ def tag_node(tag):
         def key(self) -> str:
             return f"{{{tag}}}:{self.uid}"
 
+        async def load(self):
+            if calls is not None:
+                calls.append(self.uid)
+            return f"v{self.uid}"
+
         class Meta(cacheme.Node.Meta):
             pass
 
     TagNode.Meta.version = unique("v")
+    if caches is not None:
+        TagNode.Meta.caches = caches
+        TagNode.Meta.serializer = MsgPackSerializer()
     return TagNode
+
+
+async def empty_slot_tag(clients, prefix):
+    """A tag whose slot holds no other test's keys: SETSLOT NODE refuses to
+    give away a slot with keys left behind."""
+    for _ in range(100):
+        tag = unique(prefix)
+        slot = await clients[0].execute("CLUSTER", "KEYSLOT", tag)
+        if not any([await c.execute("CLUSTER", "COUNTKEYSINSLOT", slot) for c in clients]):
+            return tag, slot
+    raise AssertionError("no empty slot found")
 
 
 async def slot_owner(cluster, clients, slot):
@@ -348,3 +369,129 @@ async def test_busy_poll_off_for_a_cluster(redis_cluster):
     info = s.busy_poll_info()
     await s.close()
     assert info["busy_poll_hits"] == info["busy_poll_timeouts"] == 0
+
+
+async def flights_done():
+    # the flights end once their fills' replies are read
+    for _ in range(200):
+        if cacheme._core._flights_in_table() == 0:
+            return
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def lossy_cluster():
+    """A cluster of its own, for tests that stop or kill a master; the
+    healthy masters keep serving their slots while one is down."""
+    with RedisCluster(extra=["--cluster-require-full-coverage", "no"]) as cluster:
+        yield cluster
+
+
+@pytest.mark.parametrize("how", ["pause", "kill"])
+async def test_get_all_keeps_the_healthy_masters_pieces(lossy_cluster, caplog, how):
+    # One master down (stopped: its requests time out; killed: its
+    # connections are refused): the keys of the other masters are still
+    # returned, the down master's keys are misses, and its failure is logged
+    # once per get_all naming it, not once per slot.
+    cluster = lossy_cluster
+    name = unique("rc-")
+    await cacheme.register_storage(
+        name, cacheme.Storage(url=cluster.url, cluster=True, timeout=0.3, connect_timeout=0.3))
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    nodes = [Node(i) for i in range(60)]
+    assert await cacheme.get_all(nodes) == [i * 10 for i in range(60)]
+    await flights_done()
+    clients = await node_clients(cluster)
+    owner = []
+    for n in nodes:
+        slot = await clients[0].execute("CLUSTER", "KEYSLOT", n.full_key())
+        owner.append(await slot_owner(cluster, clients, slot))
+    for c in clients:
+        await c.close()
+    victim = 1  # not the seed node of the URL
+    lost = [i for i in range(60) if owner[i] == victim]
+    kept = [i for i in range(60) if owner[i] != victim]
+    assert lost and kept
+    port = str(cluster.nodes[victim].port)
+    s = cacheme.data.get_storage_by_name(name)._storage
+    ser = MsgPackSerializer()
+
+    def piece_warnings():
+        return [r for r in caplog.records
+                if r.levelno == logging.WARNING and port in r.getMessage()]
+
+    if how == "pause":
+        cluster.nodes[victim].pause()
+    else:
+        cluster.nodes[victim].kill()
+    try:
+        with caplog.at_level(logging.WARNING, logger="cacheme"):
+            for _ in range(2):  # the first finds the master down, the next its pool backing off
+                caplog.clear()
+                pairs = await s.get_all(nodes, ser)
+                assert [(n.uid, v) for n, v in pairs] == [(i, i * 10) for i in kept]
+                assert len(piece_warnings()) == 1, [r.getMessage() for r in caplog.records]
+
+            caplog.clear()
+            calls.clear()
+            Node.get_metrics().reset()
+            assert await cacheme.get_all(nodes) == [i * 10 for i in range(60)]
+            assert sorted(calls) == lost
+            stats = Node.get_metrics().storage_stats()[name]
+            assert (stats["hits"], stats["misses"]) == (len(kept), len(lost))
+            assert len(piece_warnings()) == 1, [r.getMessage() for r in caplog.records]
+    finally:
+        if how == "pause":
+            cluster.nodes[victim].resume()
+        await flights_done()
+
+
+async def test_get_all_follows_a_half_migrated_slot_key_by_key(redis_cluster):
+    # A slot left half migrated (some keys moved, the rest still on the
+    # source) for longer than the TRYAGAIN retries: the MGET of its keys is
+    # answered TRYAGAIN by the source every time, so it is followed key by
+    # key: GET on the source, and ASKING + GET on the target for the keys the
+    # source answers ASK for. Every get_all succeeds while the slot stays so.
+    ser = MsgPackSerializer()
+    clients = await node_clients(redis_cluster)
+    tag, slot = await empty_slot_tag(clients, "halfway-")
+    name = unique("rc-")
+    await cacheme.register_storage(name, cacheme.Storage(url=redis_cluster.url, cluster=True))
+    calls = []
+    Node = tag_node(tag, [cacheme.Cache(storage=name, ttl=None)], calls)
+    s = cacheme.data.get_storage_by_name(name)._storage
+    await s.set_all([(Node(i), f"v{i}") for i in range(6)], None, ser)
+    ids = [await c.execute("CLUSTER", "MYID") for c in clients]
+    src = await slot_owner(redis_cluster, clients, slot)
+    dst = (src + 1) % len(clients)
+    dst_port = redis_cluster.nodes[dst].port
+    await clients[dst].execute("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[src])
+    await clients[src].execute("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[dst])
+    moved = [Node(i).full_key() for i in (0, 2, 4)]
+    await clients[src].execute("MIGRATE", "127.0.0.1", dst_port, "", 0, 5000, "KEYS", *moved)
+    reset_stats(redis_cluster)
+    try:
+        # Node(6) is stored nowhere: the source answers ASK, the target nil
+        want = [(i, f"v{i}") for i in range(6)]
+        rounds = 0
+        end = time.monotonic() + 0.6  # well past 5 retries x 50 ms
+        while rounds < 3 or time.monotonic() < end:
+            pairs = await s.get_all([Node(i) for i in range(7)], ser)
+            assert [(n.uid, v) for n, v in pairs] == want
+            rounds += 1
+        assert cmd_calls(redis_cluster, "asking")[dst] >= 3 * rounds
+        # through the request flow: found in the cluster, nothing reloaded
+        # but the key stored nowhere
+        assert await cacheme.get_all([Node(i) for i in range(7)]) == [f"v{i}" for i in range(7)]
+        assert calls == [6]
+    finally:
+        await flights_done()
+        left = await clients[src].execute("CLUSTER", "GETKEYSINSLOT", slot, 100)
+        if left:
+            await clients[src].execute(
+                "MIGRATE", "127.0.0.1", dst_port, "", 0, 5000, "KEYS", *left)
+        for c in clients:
+            await c.execute("CLUSTER", "SETSLOT", slot, "NODE", ids[dst])
+        redis_cluster.wait_ok()
+        for c in clients:
+            await c.close()
