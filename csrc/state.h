@@ -192,7 +192,7 @@ typedef struct {
     int ser_maptpl_off;           /* a copy was not laid out as expected: templates off */
     Py_ssize_t ser_unpickler_off; /* the serializer pointer in _SafeUnpickler (ser_pickle.c) */
     /* end serializer */
-    /* redis (redis.c, rediscluster.c; the fd watches of loop.c) */
+    /* redis (redis/; the fd watches of loop/loop.c) */
 #define CM_REDIS_OBJECTS(X)                                                                        \
     X(RedisConnType)                                                                               \
     X(RedisClientType)                                                                             \
@@ -276,12 +276,12 @@ int cm_redis_traverse(CmState *st, visitproc visit, void *arg);
 void cm_redis_clear(CmState *st);
 /* Make waiter (a FlightProxy of loop) be woken straight by the op behind
  * fut, the future a Redis storage call just returned: 1 attached, 0 not
- * (fut is not such an op's, or it has a waiter). See redis.c. */
+ * (fut is not such an op's, or it has a waiter). See redis/op.c. */
 int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
 /* flight.c: wake proxy (stolen; of loop, stolen), which waits for fut, from
  * one loop callback shared with the other proxies woken before it runs. */
 void cm_proxy_wake_later(CmState *st, PyObject *proxy, PyObject *fut, PyObject *loop);
-/* The Get calls (redis.c, "calls of a flight's Get"). cm_redis_direct: 1 if
+/* The Get calls (redis/calls.c, "calls of a flight's Get"). cm_redis_direct: 1 if
  * storage's method `name` is RedisClient's own (not overridden by its class
  * or instance). cm_redis_get_for / cm_redis_set_for: send GET / SET for the
  * flight's Get `get` (the op takes a reference) on loop, with no future;

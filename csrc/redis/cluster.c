@@ -10,7 +10,7 @@
  * not served for now; the map is refreshed too) are transient as well: the
  * request is re-sent RETRY_DELAY later. Each request is re-sent at most
  * MAX_REDIRECTS times, whatever the reason. Multi-key requests were split by
- * slot before they left (redis.c, send_mget) and their replies are written
+ * slot before they left (calls.c, send_mget) and their replies are written
  * back by position, so order is kept whatever node answers. */
 #include "redis/redis.h" /* Python.h first */
 

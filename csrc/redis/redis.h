@@ -1,5 +1,6 @@
-/* Redis client of cacheme._core: connections, pools and the storage type
- * (redis.c), cluster routing (rediscluster.c). See redis.c for the design. */
+/* Redis client of cacheme._core: what the singleflight, the cluster and the
+ * module see of the driver. The driver's own files and their design:
+ * redis/internal.h. */
 #ifndef CM_REDIS_H
 #define CM_REDIS_H
 #include "state.h"
@@ -103,7 +104,7 @@ struct CmRedisClientObject {
     PyObject *init_args, *init_kwds;
 };
 
-/* redis.c, used by the cluster */
+/* pool.c, conn.c, op.c, calls.c: used by the cluster */
 CmRedisPool *cm_redis_pool_new(CmRedisClientObject *c, const char *host, int port,
                                const char *path);
 void cm_redis_pool_free(CmRedisPool *p);
@@ -131,7 +132,7 @@ int cm_redis_send_on(CmRedisPool *pool, PyObject *loop, CmRedisOp *op);
  * its op reference are the connection's from then on. */
 void cm_redis_resend(CmRedisClientObject *self, PyObject *loop, CmRedisEntry *e);
 
-/* rediscluster.c */
+/* cluster.c */
 CmRedisCluster *cm_cluster_new(CmRedisClientObject *c, const char *host, int port);
 void cm_cluster_free(CmRedisCluster *cl);
 /* The pool serving a slot (borrowed), NULL with an exception. */

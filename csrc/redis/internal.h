@@ -1,0 +1,153 @@
+/* What the files of the Redis driver share (not for other concepts: they use
+ * redis.h).
+ *
+ * A storage call writes its RESP request into a connection's buffer and
+ * returns an asyncio future; the loop then runs the one flush scheduled
+ * (call_soon) for that connection, which sends every request of that loop
+ * iteration in one write (automatic pipelining). hiredis's reader parses the
+ * replies with object functions that build Python objects directly, and a
+ * ring of pending entries matches them to requests in order.
+ *
+ * Files:
+ *   reply.c    hiredis object functions (0.14 and 1.x)
+ *   op.c       CmRedisOp: one storage call, its future or flight Get, and
+ *              how entries' replies and failures settle it
+ *   request.c  RESP encoding of an entry
+ *   conn.c     CmRedisConnObject: socket, loop watches, timer, pending
+ *              ring, GET coalescing, reading replies
+ *   pool.c     CmRedisPool: connections to one server, backoff, addresses
+ *   calls.c    routing entries to connections, and the storage calls
+ *   client.c   the RedisClient type and the module hooks
+ *   cluster.c  slot map and redirects
+ *
+ * Stored values keep cacheme 0.3.0's layout (ser/envelope.h), SETEX for
+ * whole seconds and PSETEX for the rest (0.3.0 sent SETEX 0 for TTLs below
+ * a second, which Redis refuses). */
+#ifndef CM_REDIS_INTERNAL_H
+#define CM_REDIS_INTERNAL_H
+#include "redis/redis.h"
+
+#include <hiredis/hiredis.h> /* HIREDIS_MAJOR */
+#include <hiredis/read.h>
+
+#include "base/clock.h"
+#include "base/compat.h"
+#include "base/exc.h"
+#include "loop/loop.h"
+
+/* Default bounds of one reply (RedisClient max_reply_elements /
+ * max_bulk_bytes): 1 Mi elements is an 8 MiB list; 512 MiB is the largest
+ * bulk Redis itself accepts (proto-max-bulk-len), so no stored value is
+ * refused by default. */
+#define CM_REDIS_MAX_ELEMENTS ((Py_ssize_t)1 << 20)
+#define CM_REDIS_MAX_BULK ((Py_ssize_t)512 << 20)
+
+#define CM_HIREDIS_STR_(x) #x
+#define CM_HIREDIS_STR(x) CM_HIREDIS_STR_(x)
+/* _core._hiredis_version: the hiredis the reader was compiled against */
+#define CM_HIREDIS_VERSION                                                                         \
+    CM_HIREDIS_STR(HIREDIS_MAJOR)                                                                  \
+    "." CM_HIREDIS_STR(HIREDIS_MINOR) "." CM_HIREDIS_STR(HIREDIS_PATCH)
+
+enum { CONN_CONNECTING, CONN_READY, CONN_CLOSED };
+
+struct CmRedisConnObject {
+    PyObject_HEAD
+    CmState *st;
+    CmRedisPool *pool; /* borrowed; NULL once closed */
+    PyObject *loop;
+    PyObject *flush_cb; /* bound on_flush, made once */
+    PyObject *timer;    /* TimerHandle or NULL */
+    int64_t timer_at;   /* when it fires (monotonic ns) */
+    int fd;
+    int state;
+    int reading, writing, flush_scheduled, replied;
+    int open_run; /* the ring's last entry is a GETS run still taking keys */
+    int64_t connect_deadline;
+    PyObject *resolve; /* the host's lookup (resolve.h) while it runs, or NULL */
+    CmBuf out;
+    redisReader *reader;
+    CmRedisEntry *ring;
+    size_t cap, head, len;
+};
+
+enum { OP_GET, OP_MGET, OP_SET, OP_DEL, OP_RAW, OP_INTERNAL };
+
+struct CmRedisOp {
+    int kind;
+    Py_ssize_t refs;
+    CmRedisClientObject *client;
+    PyObject *fut;    /* NULL for background internal ops */
+    PyObject *ser;    /* GET/MGET */
+    PyObject *key;    /* the key of single-key ops (str) */
+    PyObject *keys;   /* list of str (MGET, set_all); tuple of bytes (RAW) */
+    PyObject *nodes;  /* MGET: the nodes, in order */
+    PyObject *value;  /* SET: payload */
+    PyObject *values; /* set_all: payloads */
+    PyObject *result; /* GET/RAW: the reply; MGET: list of replies */
+    PyObject *error;
+    long long ttl_ms; /* -1: no TTL */
+    int (*done)(CmRedisClientObject *, PyObject *reply, PyObject *error);
+    /* a FlightProxy woken straight when the op finishes (instead of through
+     * a done-callback of fut), and its loop; see cm_redis_attach_waiter */
+    PyObject *waiter, *waiter_loop;
+    /* a flight's Get that made the op with no future and is handed the
+     * outcome (cm_get_op_done); see cm_redis_get_for */
+    PyObject *get;
+};
+
+/* reply.c */
+extern redisReplyObjectFunctions cm_redis_reply_fns;
+
+/* op.c */
+CmRedisOp *cm_redis_op_new(CmRedisClientObject *client, int kind, PyObject *fut);
+/* Keep the first error of an op (exc borrowed; NULL: RedisError). */
+void cm_redis_op_set_error(CmRedisOp *op, PyObject *exc);
+/* Let an answered entry go (drops its op references). */
+void cm_redis_entry_release(CmRedisEntry *e);
+/* Fail the entry's op(s) with exc (borrowed) and let the entry go. */
+void cm_redis_entry_fail_exc(CmRedisEntry *e, PyObject *exc);
+/* Fail the entry with the exception being raised (cleared). */
+void cm_redis_entry_fail_current(CmRedisEntry *e);
+/* One reply for the entry taken off the head of c's ring (reply stolen). */
+void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply);
+
+/* request.c: append the request of an entry to b; all or nothing. */
+int cm_redis_encode_entry(CmBuf *b, const CmRedisEntry *e);
+
+/* conn.c */
+CmRedisConnObject *cm_redis_conn_open(CmRedisPool *p, PyObject *loop);
+/* Close: unregister, close the socket, fail every pending entry with
+ * tp(msg); failed counts against the server (backoff). Idempotent. */
+void cm_redis_conn_close(CmRedisConnObject *c, PyObject *tp, PyObject *msg, int failed);
+void cm_redis_conn_close_fmt(CmRedisConnObject *c, PyObject *tp, int failed, const char *fmt, ...);
+const char *cm_redis_conn_label(CmRedisConnObject *c);
+/* the _RedisConnection type, made by cm_redis_init */
+extern PyType_Spec cm_redis_conn_spec;
+
+/* pool.c */
+/* c (may be NULL) leaves the pool; failed: the server failed (backoff, and
+ * why, a str, becomes last_error). */
+void cm_redis_pool_forget(CmRedisPool *p, CmRedisConnObject *c, int failed, PyObject *why);
+/* Close every connection without touching its loop (fork, closed loop). */
+void cm_redis_pool_drop_detached(CmRedisPool *p, const char *why);
+void cm_redis_pool_forget_addrs(CmRedisPool *p);
+void cm_redis_addrs_free(struct addrinfo *ai);
+int cm_redis_addrs_add(struct addrinfo ***tail, const char *ip, int port);
+/* A non-blocking socket connecting to the pool's server; *pending is set
+ * while the connect is in progress. -1 with errno. */
+int cm_redis_sock_connect(CmRedisPool *p, int *pending);
+
+/* calls.c */
+int cm_redis_client_check_open(CmRedisClientObject *self);
+CmRedisClientObject *cm_redis_client_for(CmRedisClientObject *self, PyObject *loop);
+PyObject *cm_redis_client_get(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *cm_redis_client_get_all(CmRedisClientObject *self, PyObject *const *args,
+                                  Py_ssize_t nargs);
+PyObject *cm_redis_client_set(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *cm_redis_client_set_all(CmRedisClientObject *self, PyObject *const *args,
+                                  Py_ssize_t nargs);
+PyObject *cm_redis_client_remove(CmRedisClientObject *self, PyObject *node);
+PyObject *cm_redis_client_execute(CmRedisClientObject *self, PyObject *const *args,
+                                  Py_ssize_t nargs);
+#endif

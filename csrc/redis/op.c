@@ -1,0 +1,279 @@
+/* Ops: one storage call each, with its future (or a flight's Get), keys,
+ * values and the replies gathered from its entries; settled when its last
+ * entry is answered or failed. */
+#include "redis/internal.h"
+#include <stdlib.h>
+
+#include "ser/envelope.h"
+
+CmRedisOp *cm_redis_op_new(CmRedisClientObject *client, int kind, PyObject *fut)
+{
+    CmRedisOp *op = calloc(1, sizeof(*op));
+    if (op == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    op->kind = kind;
+    op->refs = 1; /* the builder's */
+    op->client = (CmRedisClientObject *)Py_NewRef(client);
+    op->fut = Py_XNewRef(fut);
+    op->ttl_ms = -1;
+    return op;
+}
+
+void cm_redis_op_ref(CmRedisOp *op) { op->refs++; }
+
+PyObject *cm_redis_op_key(CmRedisOp *op, uint32_t i)
+{
+    if (op->keys == NULL)
+        return op->key;
+    if (PyTuple_Check(op->keys))
+        return PyTuple_GET_SIZE(op->keys) > 1 ? PyTuple_GET_ITEM(op->keys, 1) : NULL;
+    return PyList_GET_ITEM(op->keys, i);
+}
+
+void cm_redis_op_set_error(CmRedisOp *op, PyObject *exc)
+{
+    if (op->error == NULL)
+        op->error = Py_NewRef(exc ? exc : op->client->st->RedisError);
+}
+
+/* serializer.loads(raw)["value"]; new reference or NULL with an exception. */
+static PyObject *decode_value(CmState *st, PyObject *ser, PyObject *raw)
+{
+    return cm_envelope_decode(st, CM_ENVELOPE_DICT, ser, raw, st->RedisError, "redis");
+}
+
+/* [(node, value)] of the keys found and decodable, in order. */
+static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
+{
+    Py_ssize_t n = PyList_GET_SIZE(op->result);
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *raw = PyList_GET_ITEM(op->result, i); // borrowed
+        if (raw == Py_None)
+            continue;
+        PyObject *v = decode_value(st, op->ser, raw);
+        if (v == NULL) {
+            /* undecodable bytes are a miss, as in get() */
+            PyObject *exc = cm_exc_take();
+            cm_log_warning(st, "cacheme: redis value of %R cannot be decoded: %R",
+                           PyList_GET_ITEM(op->keys, i), exc);
+            Py_XDECREF(exc);
+            continue;
+        }
+        PyObject *pair = PyTuple_Pack(2, PyList_GET_ITEM(op->nodes, i), v);
+        Py_DECREF(v);
+        if (pair == NULL || PyList_Append(out, pair) < 0) {
+            Py_XDECREF(pair);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(pair);
+    }
+    return out;
+}
+
+/* ---- waiters woken straight ------------------------------------------------
+ *
+ * The leader of a flight waits for a storage call through a FlightProxy,
+ * which would add itself as a done-callback of the call's future: when the
+ * reply comes, set_result schedules it with loop.call_soon (a Handle, its
+ * Python frames) and the proxy then wakes the Task. For the future a Redis
+ * call has just returned, the proxy is instead given to the op
+ * (cm_redis_attach_waiter): the op sets its future as before and hands the
+ * proxy to cm_proxy_wake_later, whose one callback per batch of replies
+ * wakes every proxy handed over, in the order their ops finished. */
+
+int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop)
+{
+    CmRedisOp *op = st->redis_last_op; // borrowed: cleared when op finishes
+    if (op == NULL || op->fut != fut || op->waiter != NULL)
+        return 0;
+    op->waiter = Py_NewRef(waiter);
+    op->waiter_loop = Py_NewRef(loop);
+    st->redis_last_op = NULL;
+    return 1;
+}
+
+static void op_finish(CmRedisOp *op)
+{
+    CmState *st = op->client->st;
+    PyObject *saved = cm_exc_take();
+    if (st->redis_last_op == op)
+        st->redis_last_op = NULL;
+    PyObject *res = NULL;
+    PyObject *err = Py_XNewRef(op->error);
+
+    if (err == NULL) {
+        switch (op->kind) {
+        case OP_GET:
+            if (op->result == NULL || op->result == Py_None)
+                res = Py_NewRef(st->sentinel);
+            else
+                res = decode_value(st, op->ser, op->result);
+            break;
+        case OP_MGET:
+            res = mget_pairs(st, op);
+            break;
+        case OP_RAW:
+            res = Py_NewRef(op->result ? op->result : Py_None);
+            break;
+        default:
+            res = Py_NewRef(Py_None);
+            break;
+        }
+        if (res == NULL)
+            err = cm_exc_take();
+    }
+    if (op->done != NULL && op->done(op->client, err ? NULL : op->result, err) < 0) {
+        Py_XDECREF(err);
+        err = cm_exc_take();
+    }
+    if (op->fut != NULL) {
+        int rc = err ? cm_future_set_exception(st, op->fut, err)
+                     : cm_future_set_result(st, op->fut, res);
+        if (rc < 0)
+            PyErr_Clear(); /* the caller cancelled it */
+    }
+    if (op->waiter != NULL) {
+        cm_proxy_wake_later(st, op->waiter, op->fut, op->waiter_loop);
+        op->waiter = op->waiter_loop = NULL;
+    }
+    if (op->get != NULL) {
+        PyObject *g = op->get;
+        op->get = NULL;
+        cm_get_op_done(st, g, res, err);
+    }
+    Py_XDECREF(res);
+    Py_XDECREF(err);
+    Py_DECREF(op->client);
+    Py_XDECREF(op->fut);
+    Py_XDECREF(op->ser);
+    Py_XDECREF(op->key);
+    Py_XDECREF(op->keys);
+    Py_XDECREF(op->nodes);
+    Py_XDECREF(op->value);
+    Py_XDECREF(op->values);
+    Py_XDECREF(op->result);
+    Py_XDECREF(op->error);
+    free(op);
+    cm_exc_restore(saved);
+}
+
+void cm_redis_op_unref(CmRedisOp *op)
+{
+    if (--op->refs == 0)
+        op_finish(op);
+}
+
+/* Let an answered entry go. */
+void cm_redis_entry_release(CmRedisEntry *e)
+{
+    CmRedisOp *op = e->op;
+    CmRedisGetRef *gets = e->gets;
+    uint32_t n = e->npos;
+    free(e->positions);
+    e->positions = NULL;
+    e->op = NULL;
+    e->gets = NULL;
+    if (gets != NULL) {
+        for (uint32_t i = 0; i < n; i++)
+            cm_redis_op_unref(gets[i].op);
+        free(gets);
+    }
+    if (op != NULL)
+        cm_redis_op_unref(op);
+}
+
+/* Fail the entry's op(s) with exc (borrowed) and let the entry go. */
+void cm_redis_entry_fail_exc(CmRedisEntry *e, PyObject *exc)
+{
+    if (e->op != NULL)
+        cm_redis_op_set_error(e->op, exc);
+    for (uint32_t i = 0; e->gets != NULL && i < e->npos; i++)
+        cm_redis_op_set_error(e->gets[i].op, exc);
+    cm_redis_entry_release(e);
+}
+
+void cm_redis_entry_fail(CmState *st, CmRedisEntry *e, PyObject *tp, PyObject *msg)
+{
+    PyObject *saved = cm_exc_take();
+    int wanted = (e->op != NULL && e->op->error == NULL) || e->gets != NULL;
+    PyObject *exc = wanted ? PyObject_CallOneArg(tp, msg ? msg : Py_None) : NULL;
+    if (exc == NULL)
+        PyErr_Clear();
+    cm_redis_entry_fail_exc(e, exc ? exc : st->RedisError);
+    Py_XDECREF(exc);
+    cm_exc_restore(saved);
+}
+
+/* Fail the entry with the exception being raised (cleared). */
+void cm_redis_entry_fail_current(CmRedisEntry *e)
+{
+    PyObject *exc = cm_exc_take();
+    cm_redis_entry_fail_exc(e, exc);
+    Py_XDECREF(exc);
+}
+
+/* One reply for the entry at the head of the ring (reply stolen). */
+void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply)
+{
+    CmState *st = c->st;
+    CmRedisOp *op = e->op;
+    int is_err = PyObject_TypeCheck(reply, (PyTypeObject *)st->RedisResponseError);
+    if (e->cmd == CM_CMD_GETS) {
+        int whole = e->npos == 1 || (PyList_Check(reply) && PyList_GET_SIZE(reply) == e->npos);
+        PyObject *exc = NULL;
+        if (!is_err && !whole &&
+            (exc = PyObject_CallFunction(st->RedisError, "s", "unexpected MGET reply")) == NULL)
+            exc = cm_exc_take();
+        for (uint32_t i = 0; i < e->npos; i++) {
+            CmRedisOp *m = e->gets[i].op;
+            PyObject *r = e->npos == 1 ? reply : whole ? PyList_GET_ITEM(reply, i) : NULL;
+            if (is_err || !whole)
+                cm_redis_op_set_error(m, is_err ? reply : exc);
+            else if (m->kind == OP_MGET) /* a key of a get_all: its slot */
+                PyList_SetItem(m->result, e->gets[i].pos, Py_NewRef(r));
+            else
+                Py_XSETREF(m->result, Py_NewRef(r));
+        }
+        Py_XDECREF(exc);
+        Py_DECREF(reply);
+        cm_redis_entry_release(e);
+        return;
+    }
+    if (op == NULL) {
+        if (is_err && e->cmd == CM_CMD_HELLO)
+            cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: %S",
+                                    cm_redis_conn_label(c), reply);
+        Py_DECREF(reply);
+        free(e->positions);
+        return;
+    }
+    if (is_err && op->client->cluster != NULL && cm_cluster_redirect(op->client, e, reply)) {
+        Py_DECREF(reply);
+        return;
+    }
+    if (is_err) {
+        cm_redis_op_set_error(op, reply);
+    } else if (e->cmd == CM_CMD_GET || e->cmd == CM_CMD_RAW) {
+        Py_XSETREF(op->result, Py_NewRef(reply));
+    } else if (e->cmd == CM_CMD_MGET) {
+        if (PyList_Check(reply) && PyList_GET_SIZE(reply) == (Py_ssize_t)e->npos) {
+            for (uint32_t i = 0; i < e->npos; i++)
+                PyList_SetItem(op->result, cm_entry_position(e, i),
+                               Py_NewRef(PyList_GET_ITEM(reply, i)));
+        } else {
+            PyObject *exc = PyObject_CallFunction(st->RedisError, "s", "unexpected MGET reply");
+            if (exc == NULL)
+                exc = cm_exc_take();
+            cm_redis_op_set_error(op, exc);
+            Py_XDECREF(exc);
+        }
+    }
+    Py_DECREF(reply);
+    cm_redis_entry_release(e);
+}
