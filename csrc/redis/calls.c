@@ -54,7 +54,7 @@ static CmRedisPool *route(CmRedisClientObject *self, CmRedisEntry *e)
         }
         slot = cm_key_slot(p, (size_t)n);
     }
-    return cm_cluster_route(self, slot);
+    return cm_cluster_route(self, slot, &e->node);
 }
 
 /* Route an entry and queue it on a connection of its server; the entry (with

@@ -86,6 +86,10 @@ struct CmRedisOp {
     PyObject *values; /* set_all: payloads */
     PyObject *result; /* GET/RAW: the reply; MGET: list of replies */
     PyObject *error;
+    /* cluster MGET: {node label: exception} of the nodes whose requests
+     * failed (their keys are misses), and the requests answered */
+    PyObject *failed;
+    uint32_t answered;
     long long ttl_ms; /* -1: no TTL */
     int (*done)(CmRedisClientObject *, PyObject *reply, PyObject *error);
     /* a FlightProxy woken straight when the op finishes (instead of through

@@ -76,6 +76,69 @@ static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
     return out;
 }
 
+/* ---- a cluster get_all's failed pieces ---------------------------------------
+ *
+ * A get_all on a cluster is one request per slot, spread over the masters.
+ * When one master is down, its requests fail with a connection error or a
+ * timeout; the others' replies are still good, so the call keeps them: the
+ * failed keys are misses, and each failed master is logged once per call
+ * (not once per slot). Only when no request at all was answered does the
+ * call fail as a whole, as it does on a single server, for its caller to
+ * log and count. Other errors (a reply Redis refused, memory) fail the call
+ * as before. */
+
+static int is_piece_failure(const CmRedisEntry *e, PyObject *exc)
+{
+    CmRedisOp *op = e->op;
+    CmState *st = op->client->st;
+    return op->kind == OP_MGET && op->client->cluster != NULL && exc != NULL &&
+           (PyObject_TypeCheck(exc, (PyTypeObject *)st->RedisConnectionError) ||
+            PyObject_TypeCheck(exc, (PyTypeObject *)st->RedisTimeoutError));
+}
+
+/* Keep exc (borrowed) as the failure of the entry's node; -1 if it could
+ * not be kept (no memory: the call then fails as a whole). */
+static int piece_failed(CmRedisEntry *e, PyObject *exc)
+{
+    CmRedisOp *op = e->op;
+    const char *label = cm_cluster_node_label(op->client, e->node);
+    PyObject *key = label != NULL ? PyUnicode_FromString(label) : PyObject_Str(exc);
+    int rc = -1;
+    if (key == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (op->failed == NULL && (op->failed = PyDict_New()) == NULL)
+        goto done;
+    PyObject *kept = PyDict_SetDefault(op->failed, key, exc); // borrowed
+    rc = kept != NULL ? 0 : -1;
+done:
+    Py_DECREF(key);
+    if (rc < 0)
+        PyErr_Clear();
+    return rc;
+}
+
+/* The outcome of a cluster get_all some of whose requests failed: the pairs
+ * found, each failed node logged; or, with none answered, NULL with the
+ * first failure raised. */
+static PyObject *mget_partial(CmState *st, CmRedisOp *op)
+{
+    Py_ssize_t pos = 0;
+    PyObject *label, *exc;
+    if (op->answered == 0) {
+        PyDict_Next(op->failed, &pos, &label, &exc);
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        return NULL;
+    }
+    while (PyDict_Next(op->failed, &pos, &label, &exc))
+        cm_log_warning(st,
+                       "cacheme: redis cluster node %U failed in get_all, its keys count as "
+                       "misses: %R",
+                       label, exc);
+    return mget_pairs(st, op);
+}
+
 /* ---- waiters woken straight ------------------------------------------------
  *
  * The leader of a flight waits for a storage call through a FlightProxy,
@@ -116,7 +179,7 @@ static void op_finish(CmRedisOp *op)
                 res = decode_value(st, op->ser, op->result);
             break;
         case OP_MGET:
-            res = mget_pairs(st, op);
+            res = op->failed != NULL ? mget_partial(st, op) : mget_pairs(st, op);
             break;
         case OP_RAW:
             res = Py_NewRef(op->result ? op->result : Py_None);
@@ -159,6 +222,7 @@ static void op_finish(CmRedisOp *op)
     Py_XDECREF(op->values);
     Py_XDECREF(op->result);
     Py_XDECREF(op->error);
+    Py_XDECREF(op->failed);
     free(op);
     cm_exc_restore(saved);
 }
@@ -191,7 +255,8 @@ void cm_redis_entry_release(CmRedisEntry *e)
 /* Fail the entry's op(s) with exc (borrowed) and let the entry go. */
 void cm_redis_entry_fail_exc(CmRedisEntry *e, PyObject *exc)
 {
-    if (e->op != NULL)
+    /* a cluster get_all's failed piece: its keys stay misses */
+    if (e->op != NULL && !(is_piece_failure(e, exc) && piece_failed(e, exc) == 0))
         cm_redis_op_set_error(e->op, exc);
     for (uint32_t i = 0; e->gets != NULL && i < e->npos; i++)
         cm_redis_op_set_error(e->gets[i].op, exc);
@@ -259,10 +324,15 @@ void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply
     }
     if (is_err) {
         cm_redis_op_set_error(op, reply);
+    } else if (e->cmd == CM_CMD_GET && op->kind == OP_MGET) {
+        /* one key of a get_all followed on its own (cluster.c) */
+        PyList_SetItem(op->result, e->pos, Py_NewRef(reply));
+        op->answered++;
     } else if (e->cmd == CM_CMD_GET || e->cmd == CM_CMD_RAW) {
         Py_XSETREF(op->result, Py_NewRef(reply));
     } else if (e->cmd == CM_CMD_MGET) {
         if (PyList_Check(reply) && PyList_GET_SIZE(reply) == (Py_ssize_t)e->npos) {
+            op->answered++;
             for (uint32_t i = 0; i < e->npos; i++)
                 PyList_SetItem(op->result, cm_entry_position(e, i),
                                Py_NewRef(PyList_GET_ITEM(reply, i)));
