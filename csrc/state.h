@@ -196,6 +196,7 @@ typedef struct {
 #define CM_REDIS_OBJECTS(X)                                                                        \
     X(RedisConnType)                                                                               \
     X(RedisClientType)                                                                             \
+    X(RedisPartialResultType)                                                                      \
     X(RedisError)                                                                                  \
     X(RedisConnectionError)                                                                        \
     X(RedisTimeoutError)                                                                           \

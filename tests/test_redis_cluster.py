@@ -9,7 +9,7 @@ import pytest
 
 import cacheme
 from cacheme.serializer import MsgPackSerializer
-from cacheme.storages.redis import RedisStorage
+from cacheme.storages.redis import RedisConnectionError, RedisStorage, RedisTimeoutError
 from conftest import register_local, unique
 from redis_servers import RedisCluster, needs_redis, redis_cluster  # noqa: F401  (fixture)
 
@@ -206,6 +206,7 @@ async def test_set_all_and_mget_across_nodes_in_order(redis_cluster):
     await s.set_all(data, timedelta(seconds=30), MsgPackSerializer())
     pairs = await s.get_all([n for n, _ in data] + [Node(10_000)], MsgPackSerializer())
     assert [v["i"] for _, v in pairs] == list(range(500))
+    assert type(pairs) is list  # every node answered: no PartialResult
     assert s._connections() >= 3
     await s.close()
     assert s._connections() == 0
@@ -431,6 +432,14 @@ async def test_get_all_keeps_the_healthy_masters_pieces(lossy_cluster, caplog, h
                 pairs = await s.get_all(nodes, ser)
                 assert [(n.uid, v) for n, v in pairs] == [(i, i * 10) for i in kept]
                 assert len(piece_warnings()) == 1, [r.getMessage() for r in caplog.records]
+                # the failed node is counted on the result, for the request flow
+                assert isinstance(pairs, cacheme._core.PartialResult) and pairs.errors == 1
+
+            # nothing answered: the call fails as a whole (its caller logs it)
+            caplog.clear()
+            with pytest.raises((RedisConnectionError, RedisTimeoutError)):
+                await s.get_all([nodes[i] for i in lost], ser)
+            assert piece_warnings() == []
 
             caplog.clear()
             calls.clear()

@@ -400,6 +400,9 @@ int cm_redis_init(PyObject *mod, CmState *st)
         goto done;
     if ((st->RedisConnType = PyType_FromModuleAndSpec(mod, &cm_redis_conn_spec, NULL)) == NULL ||
         (st->RedisClientType = PyType_FromModuleAndSpec(mod, &client_spec, NULL)) == NULL ||
+        (st->RedisPartialResultType = PyType_FromModuleAndSpec(mod, &cm_redis_partial_spec,
+                                                               (PyObject *)&PyList_Type)) == NULL ||
+        PyModule_AddObjectRef(mod, "PartialResult", st->RedisPartialResultType) < 0 ||
         PyModule_AddObjectRef(mod, "RedisClient", st->RedisClientType) < 0)
         goto done;
     rc = 0;

@@ -116,6 +116,9 @@ void cm_redis_entry_fail_current(CmRedisEntry *e);
 /* One reply for the entry taken off the head of c's ring (reply stolen). */
 void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply);
 
+/* the PartialResult type (op.c), made by cm_redis_init */
+extern PyType_Spec cm_redis_partial_spec;
+
 /* request.c: append the request of an entry to b; all or nothing. */
 int cm_redis_encode_entry(CmBuf *b, const CmRedisEntry *e);
 

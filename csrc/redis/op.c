@@ -2,7 +2,10 @@
  * values and the replies gathered from its entries; settled when its last
  * entry is answered or failed. */
 #include "redis/internal.h"
+#include <stddef.h>
 #include <stdlib.h>
+
+#include <structmember.h>
 
 #include "ser/envelope.h"
 
@@ -85,7 +88,54 @@ static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
  * (not once per slot). Only when no request at all was answered does the
  * call fail as a whole, as it does on a single server, for its caller to
  * log and count. Other errors (a reply Redis refused, memory) fail the call
- * as before. */
+ * as before.
+ *
+ * A partial outcome is a PartialResult: a list of the pairs found whose
+ * `errors` says how many nodes failed, so that the request flow can count
+ * them as errors of the storage (a plain list means none failed). */
+
+typedef struct {
+    PyListObject list;
+    Py_ssize_t errors;
+} CmPartialResultObject;
+
+/* list's own slots, plus what a heap type owes its type object */
+static int partial_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    return PyList_Type.tp_traverse(self, visit, arg);
+}
+
+static int partial_clear(PyObject *self) { return PyList_Type.tp_clear(self); }
+
+static void partial_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyList_Type.tp_dealloc(self);
+    Py_DECREF(tp);
+}
+
+static PyMemberDef partial_members[] = {
+    {"errors", T_PYSSIZET, offsetof(CmPartialResultObject, errors), READONLY,
+     "nodes whose requests failed (their keys are missing)"},
+    {NULL},
+};
+
+static PyType_Slot partial_slots[] = {
+    {Py_tp_doc, "The [(node, value)] of a get_all some of whose requests failed."},
+    {Py_tp_traverse, partial_traverse},
+    {Py_tp_clear, partial_clear},
+    {Py_tp_dealloc, partial_dealloc},
+    {Py_tp_members, partial_members},
+    {0, NULL},
+};
+
+PyType_Spec cm_redis_partial_spec = {
+    .name = "cacheme._core.PartialResult",
+    .basicsize = sizeof(CmPartialResultObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = partial_slots,
+};
 
 static int is_piece_failure(const CmRedisEntry *e, PyObject *exc)
 {
@@ -125,18 +175,26 @@ done:
 static PyObject *mget_partial(CmState *st, CmRedisOp *op)
 {
     Py_ssize_t pos = 0;
-    PyObject *label, *exc;
-    if (op->answered == 0) {
-        PyDict_Next(op->failed, &pos, &label, &exc);
-        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    PyObject *label, *exc, *first = NULL;
+    while (PyDict_Next(op->failed, &pos, &label, &exc)) {
+        if (op->answered == 0 && first == NULL)
+            first = exc; /* raised: its caller logs it */
+        else
+            cm_log_warning(st,
+                           "cacheme: redis cluster node %U failed in get_all, its keys count as "
+                           "misses: %R",
+                           label, exc);
+    }
+    if (first != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(first), first);
         return NULL;
     }
-    while (PyDict_Next(op->failed, &pos, &label, &exc))
-        cm_log_warning(st,
-                       "cacheme: redis cluster node %U failed in get_all, its keys count as "
-                       "misses: %R",
-                       label, exc);
-    return mget_pairs(st, op);
+    PyObject *pairs = mget_pairs(st, op);
+    PyObject *out = pairs ? PyObject_CallOneArg(st->RedisPartialResultType, pairs) : NULL;
+    Py_XDECREF(pairs);
+    if (out != NULL)
+        ((CmPartialResultObject *)out)->errors = PyDict_GET_SIZE(op->failed);
+    return out;
 }
 
 /* ---- waiters woken straight ------------------------------------------------
