@@ -389,11 +389,12 @@ int cm_cluster_redirect(CmRedisClientObject *c, CmRedisEntry *e, PyObject *err)
     int idx = loop ? node_index(c, host, port) : -1;
     CmRedisConnObject *conn = idx >= 0 ? cm_redis_pool_conn(cl->pools[idx], loop) : NULL;
     Py_XDECREF(loop);
+    if (idx >= 0)
+        e->node = (uint16_t)(idx + 1); /* a failure is the new node's */
     if (conn == NULL) {
         entry_fail_raised(c, e);
         goto done;
     }
-    e->node = (uint16_t)(idx + 1);
     if (ask && multi) {
         follow_per_key(c, NULL, e, conn, e->node);
         goto done;
