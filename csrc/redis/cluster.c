@@ -10,16 +10,16 @@
  * transient: the request is re-sent RETRY_DELAY later. Each request is
  * re-sent at most MAX_REDIRECTS times, whatever the reason.
  *
- * Multi-key requests were split by slot before they left (calls.c, send_mget) and
- * their replies are written back by position, so order is kept whatever node
- * answers. A slot half migrated holds some of an MGET's keys on the source
- * and the rest on the target, for as long as the migration takes: the source
- * answers TRYAGAIN (some keys here, some gone) or ASK (none here), and
- * waiting would not help. Such an MGET is followed key by key instead: one
- * GET per key routed by the map (on TRYAGAIN; the source then answers each
- * GET, or ASK for a key already moved) or ASKING + GET on the target (on
- * ASK). A single-key request cannot be answered TRYAGAIN; if one is, it is
- * retried like CLUSTERDOWN. */
+ * Multi-key requests were split by slot before they left (calls.c,
+ * send_mget) and their replies are written back by position, so order is
+ * kept whatever node answers. A slot half migrated holds some of an MGET's
+ * keys on the source and the rest on the target, for as long as the
+ * migration takes: the source answers TRYAGAIN (some keys here, some gone)
+ * or ASK (none here), and waiting would not help. Such an MGET is followed
+ * key by key instead: one GET per key routed by the map (on TRYAGAIN; the
+ * source then answers each GET, or ASK for a key already moved) or ASKING +
+ * GET on the target (on ASK). A single-key request cannot be answered
+ * TRYAGAIN; if one is, it is retried like CLUSTERDOWN. */
 #include "redis/redis.h" /* Python.h first */
 
 #include <stdlib.h>
