@@ -504,3 +504,43 @@ async def test_get_all_follows_a_half_migrated_slot_key_by_key(redis_cluster):
         redis_cluster.wait_ok()
         for c in clients:
             await c.close()
+
+
+async def test_get_all_keeps_the_other_slots_when_one_is_not_served(redis_cluster, caplog):
+    # A slot no master serves for longer than the CLUSTERDOWN retries: its
+    # keys are misses, the other masters' keys are returned. (Its former
+    # owner, missing a slot, answers CLUSTERDOWN for all of its slots.)
+    ser = MsgPackSerializer()
+    Tag = tag_node(unique("unserved-"))
+    Node, _ = make_node([])
+    others = [Node(i) for i in range(20)]
+    s = RedisStorage(redis_cluster.url, cluster=True)
+    await s.connect()
+    await s.set_all([(Tag(0), "x")] + [(n, n.uid) for n in others], None, ser)
+    clients = await node_clients(redis_cluster)
+    slot = await clients[0].execute("CLUSTER", "KEYSLOT", Tag(0).full_key())
+    owner = await slot_owner(redis_cluster, clients, slot)
+    kept = []
+    for n in others:
+        key_slot = await clients[0].execute("CLUSTER", "KEYSLOT", n.full_key())
+        if await slot_owner(redis_cluster, clients, key_slot) != owner:
+            kept.append(n.uid)
+    assert kept
+    await clients[owner].execute("CLUSTER", "DELSLOTS", slot)
+    reset_stats(redis_cluster)
+    try:
+        with caplog.at_level(logging.WARNING, logger="cacheme"):
+            pairs = await s.get_all([Tag(0)] + others, ser)
+        assert [(n.uid, v) for n, v in pairs] == [(i, i) for i in kept]
+        assert pairs.errors == 1
+        assert error_calls(redis_cluster, "CLUSTERDOWN")[owner] >= 1
+        assert len([r for r in caplog.records if "failed in get_all" in r.getMessage()]) == 1
+    finally:
+        try:
+            await clients[owner].execute("CLUSTER", "ADDSLOTS", slot)
+        except Exception:
+            pass
+        redis_cluster.wait_ok()
+        await s.close()
+        for c in clients:
+            await c.close()

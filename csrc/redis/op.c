@@ -4,6 +4,7 @@
 #include "redis/internal.h"
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <structmember.h>
 
@@ -83,12 +84,13 @@ static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
  *
  * A get_all on a cluster is one request per slot, spread over the masters.
  * When one master is down, its requests fail with a connection error or a
- * timeout; the others' replies are still good, so the call keeps them: the
- * failed keys are misses, and each failed master is logged once per call
- * (not once per slot). Only when no request at all was answered does the
- * call fail as a whole, as it does on a single server, for its caller to
- * log and count. Other errors (a reply Redis refused, memory) fail the call
- * as before.
+ * timeout (or, for a slot no master serves for now, a redirect or
+ * CLUSTERDOWN still answered past the retries: cluster.c);
+ * the others' replies are still good, so the call keeps them: the failed
+ * keys are misses, and each failed master is logged once per call (not once
+ * per slot). Only when no request at all was answered does the call fail as
+ * a whole, as it does on a single server, for its caller to log and count.
+ * Other errors (a reply Redis refused, memory) fail the call as before.
  *
  * A partial outcome is a PartialResult: a list of the pairs found whose
  * `errors` says how many nodes failed, so that the request flow can count
@@ -141,9 +143,21 @@ static int is_piece_failure(const CmRedisEntry *e, PyObject *exc)
 {
     CmRedisOp *op = e->op;
     CmState *st = op->client->st;
-    return op->kind == OP_MGET && op->client->cluster != NULL && exc != NULL &&
-           (PyObject_TypeCheck(exc, (PyTypeObject *)st->RedisConnectionError) ||
-            PyObject_TypeCheck(exc, (PyTypeObject *)st->RedisTimeoutError));
+    if (op->kind != OP_MGET || op->client->cluster == NULL || exc == NULL)
+        return 0;
+    if (PyObject_TypeCheck(exc, (PyTypeObject *)st->RedisConnectionError) ||
+        PyObject_TypeCheck(exc, (PyTypeObject *)st->RedisTimeoutError))
+        return 1;
+    if (!PyObject_TypeCheck(exc, (PyTypeObject *)st->RedisResponseError))
+        return 0;
+    PyObject *msg = PyObject_Str(exc);
+    const char *s = msg != NULL ? PyUnicode_AsUTF8(msg) : NULL;
+    int down = s != NULL && (!strncmp(s, "CLUSTERDOWN ", 12) || !strncmp(s, "MOVED ", 6) ||
+                             !strncmp(s, "ASK ", 4) || !strncmp(s, "TRYAGAIN ", 9));
+    if (s == NULL)
+        PyErr_Clear();
+    Py_XDECREF(msg);
+    return down;
 }
 
 /* Keep exc (borrowed) as the failure of the entry's node; -1 if it could
@@ -310,12 +324,19 @@ void cm_redis_entry_release(CmRedisEntry *e)
         cm_redis_op_unref(op);
 }
 
+/* Fail the entry's op with exc (borrowed); a cluster get_all's failed piece
+ * only leaves its keys misses. */
+static void op_fail_entry(CmRedisEntry *e, PyObject *exc)
+{
+    if (!(is_piece_failure(e, exc) && piece_failed(e, exc) == 0))
+        cm_redis_op_set_error(e->op, exc);
+}
+
 /* Fail the entry's op(s) with exc (borrowed) and let the entry go. */
 void cm_redis_entry_fail_exc(CmRedisEntry *e, PyObject *exc)
 {
-    /* a cluster get_all's failed piece: its keys stay misses */
-    if (e->op != NULL && !(is_piece_failure(e, exc) && piece_failed(e, exc) == 0))
-        cm_redis_op_set_error(e->op, exc);
+    if (e->op != NULL)
+        op_fail_entry(e, exc);
     for (uint32_t i = 0; e->gets != NULL && i < e->npos; i++)
         cm_redis_op_set_error(e->gets[i].op, exc);
     cm_redis_entry_release(e);
@@ -381,7 +402,7 @@ void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply
         return;
     }
     if (is_err) {
-        cm_redis_op_set_error(op, reply);
+        op_fail_entry(e, reply);
     } else if (e->cmd == CM_CMD_GET && op->kind == OP_MGET) {
         /* one key of a get_all followed on its own (cluster.c) */
         PyList_SetItem(op->result, e->pos, Py_NewRef(reply));
