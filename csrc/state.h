@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "redis/state.h"
+
 typedef struct CmFlight CmFlight;
 
 #define CM_GET_FREE_MAX 16384
@@ -61,6 +63,12 @@ typedef struct {
     X(context)                                                                                     \
     X(is_running)                                                                                  \
     X(call_soon_threadsafe)                                                                        \
+    X(call_soon)                                                                                   \
+    X(call_later)                                                                                  \
+    X(add_reader)                                                                                  \
+    X(remove_reader)                                                                               \
+    X(add_writer)                                                                                  \
+    X(remove_writer)                                                                               \
     X(load_timeout)
 
 typedef struct {
@@ -192,29 +200,7 @@ typedef struct {
     int ser_maptpl_off;           /* a copy was not laid out as expected: templates off */
     Py_ssize_t ser_unpickler_off; /* the serializer pointer in _SafeUnpickler (ser_pickle.c) */
     /* end serializer */
-    /* redis (redis/; the fd watches of loop/loop.c) */
-#define CM_REDIS_OBJECTS(X)                                                                        \
-    X(RedisConnType)                                                                               \
-    X(RedisClientType)                                                                             \
-    X(RedisPartialResultType)                                                                      \
-    X(RedisError)                                                                                  \
-    X(RedisConnectionError)                                                                        \
-    X(RedisTimeoutError)                                                                           \
-    X(RedisResponseError)                                                                          \
-    X(s_add_reader)                                                                                \
-    X(s_remove_reader)                                                                             \
-    X(s_add_writer)                                                                                \
-    X(s_remove_writer)                                                                             \
-    X(s_call_soon)                                                                                 \
-    X(s_call_later)
-#define CM_REDIS_DECLARE(n) PyObject *n;
-    CM_REDIS_OBJECTS(CM_REDIS_DECLARE)
-#undef CM_REDIS_DECLARE
-    /* the op whose future a storage call handed out last, while it is in
-     * flight (borrowed; op_finish clears it): the one a FlightProxy can wait
-     * on directly (cm_redis_attach_waiter) */
-    struct CmRedisOp *redis_last_op;
-    /* end redis */
+    CmRedisState redis; /* redis/state.h */
     /* sql (sqlstore.c, pg.c, mysql.c, sqlite.c) */
 #define CM_SQL_OBJECTS(X)                                                                          \
     X(PgClientType)                                                                                \

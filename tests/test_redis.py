@@ -4,6 +4,7 @@ import dataclasses
 import gc
 import os
 import time
+import weakref
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -1152,3 +1153,46 @@ def test_get_set_loop_does_not_leak(redis_server, busy_poll):
     from net_leak import check_no_leak
 
     check_no_leak(redis_server.url, busy_poll, "")
+
+
+# ---------------------------------------------------------------- GC of the C records
+
+
+def connections_of(storage):
+    return [o for o in gc.get_referents(storage) if type(o).__name__ == "_RedisConnection"]
+
+
+async def test_gc_sees_a_pending_op_through_its_connection(redis_server):
+    s = RedisStorage(redis_server.url, busy_poll=0)
+    await s.execute("PING")
+    fut = s.execute("PING")  # in the connection's ring until its reply is read
+    (conn,) = connections_of(s)
+    refs = gc.get_referents(conn)
+    assert any(r is fut for r in refs) and any(r is s for r in refs)
+    assert await fut == "PONG"
+    assert not any(r is fut for r in gc.get_referents(conn))
+    await s.close()
+    assert connections_of(s) == []
+
+
+def test_gc_collects_a_cycle_through_a_pending_entry(redis_server):
+    # storage -> pool -> connection -> pending entry -> op -> future ->
+    # done-callback -> storage: once the loop is closed, only the traverse of
+    # the pool and the ring can show the collector it is garbage
+    loop = asyncio.new_event_loop()
+
+    async def start():
+        s = RedisStorage(redis_server.url, busy_poll=0)
+        await s.execute("PING")
+        fut = s.execute("PING")  # sent at the next iteration, its reply never read
+        fut.add_done_callback(lambda f, s=s: None)
+        return weakref.ref(s), weakref.ref(fut)
+
+    gc.collect()
+    fds = fd_count()
+    ref, fref = loop.run_until_complete(start())
+    loop.close()
+    del loop
+    gc.collect()
+    assert ref() is None and fref() is None
+    assert fd_count() <= fds

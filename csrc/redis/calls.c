@@ -66,9 +66,9 @@ static void route_entry(CmRedisClientObject *self, PyObject *loop, CmRedisEntry 
     if (pool != NULL) {
         CmRedisConnObject *run = pool->run; // borrowed
         if ((e->cmd == CM_CMD_GET || (e->cmd == CM_CMD_MGET && e->positions == NULL)) &&
-            run != NULL && run->open_run && run->state != CONN_CLOSED && pool->loop == loop)
+            run != NULL && run->open_run && run->net.state != CONN_CLOSED && pool->net.loop == loop)
             conn = run;
-        else if (sc != NULL && sc->pool == pool && sc->conn->state != CONN_CLOSED)
+        else if (sc != NULL && sc->pool == pool && sc->conn->net.state != CONN_CLOSED)
             conn = sc->conn;
         else if ((conn = cm_redis_pool_conn(pool, loop)) != NULL && sc != NULL) {
             sc->pool = pool;
@@ -145,7 +145,7 @@ int cm_redis_client_check_open(CmRedisClientObject *self)
 {
     if (self->pool != NULL || self->cluster != NULL)
         return 0;
-    PyErr_SetString(self->st->RedisError, "redis storage is closed or not initialised");
+    PyErr_SetString(self->st->redis.Error, "redis storage is closed or not initialised");
     return -1;
 }
 
@@ -188,7 +188,7 @@ static PyObject *finish_op(CmRedisOp *op, PyObject *loop)
 {
     PyObject *fut = Py_NewRef(op->fut);
     CmState *st = op->client->st;
-    st->redis_last_op = op; /* op_finish clears it, also just below */
+    st->redis.last_op = op; /* op_finish clears it, also just below */
     cm_redis_op_unref(op);
     Py_DECREF(loop);
     return fut;
@@ -260,9 +260,9 @@ PyObject *cm_redis_client_get(CmRedisClientObject *self, PyObject *const *args, 
 
 int cm_redis_direct(CmState *st, PyObject *storage, PyObject *name)
 {
-    if (!PyObject_TypeCheck(storage, (PyTypeObject *)st->RedisClientType))
+    if (!PyObject_TypeCheck(storage, (PyTypeObject *)st->redis.ClientType))
         return 0;
-    PyObject *base = PyDict_GetItemWithError(((PyTypeObject *)st->RedisClientType)->tp_dict, name);
+    PyObject *base = PyDict_GetItemWithError(((PyTypeObject *)st->redis.ClientType)->tp_dict, name);
     if (base == NULL || cm_type_lookup(Py_TYPE(storage), name) != base)
         return 0; /* a subclass overrides it */
     if (!(Py_TYPE(storage)->tp_flags & Py_TPFLAGS_MANAGED_DICT) &&

@@ -10,7 +10,7 @@ static PyObject *client_refresh_slots(CmRedisClientObject *self, PyObject *Py_UN
     CmState *st = self->st;
     PyObject *loop = NULL, *fut = NULL;
     if (self->cluster == NULL) {
-        PyErr_SetString(st->RedisError, "not a cluster storage");
+        PyErr_SetString(st->redis.Error, "not a cluster storage");
         return NULL;
     }
     if ((loop = cm_loop_running(st)) == NULL || (fut = cm_loop_create_future(st, loop)) == NULL ||
@@ -43,12 +43,12 @@ static PyObject *client_connections(CmRedisClientObject *self, PyObject *Py_UNUS
 {
     long n = 0;
     if (self->pool != NULL)
-        n = self->pool->nconns;
+        n = self->pool->net.nconns;
     if (self->cluster != NULL) {
         CmRedisPool **pools;
         Py_ssize_t np = cm_cluster_pools(self, &pools);
         for (Py_ssize_t i = 0; i < np; i++)
-            n += pools[i]->nconns;
+            n += pools[i]->net.nconns;
     }
     for (Py_ssize_t i = 0; i < cm_netloops_count(&self->loops); i++) {
         PyObject *r =
@@ -238,27 +238,27 @@ static PyObject *client_spawn(PyObject *owner)
 {
     CmRedisClientObject *self = (CmRedisClientObject *)owner;
     if (self->init_args == NULL) {
-        PyErr_SetString(self->st->RedisError, "redis storage is not initialised");
+        PyErr_SetString(self->st->redis.Error, "redis storage is not initialised");
         return NULL;
     }
-    return PyObject_Call(self->st->RedisClientType, self->init_args, self->init_kwds);
+    return PyObject_Call(self->st->redis.ClientType, self->init_args, self->init_kwds);
 }
 
-static void client_drop_detached(PyObject *inst, const char *why)
+static void client_drop_detached(PyObject *inst, const char *why, int fork)
 {
     CmRedisClientObject *self = (CmRedisClientObject *)inst;
     if (self->pool != NULL)
-        cm_redis_pool_drop_detached(self->pool, why);
+        cm_redis_pool_drop_detached(self->pool, why, fork);
     if (self->cluster != NULL) {
         CmRedisPool **pools;
         Py_ssize_t np = cm_cluster_pools(self, &pools);
         for (Py_ssize_t i = 0; i < np; i++)
-            cm_redis_pool_drop_detached(pools[i], why);
+            cm_redis_pool_drop_detached(pools[i], why, fork);
     }
 }
 
-static void client_forked(PyObject *inst) { client_drop_detached(inst, "inherited over fork"); }
-static void client_orphan(PyObject *inst) { client_drop_detached(inst, "event loop closed"); }
+static void client_forked(PyObject *inst) { client_drop_detached(inst, "inherited over fork", 1); }
+static void client_orphan(PyObject *inst) { client_drop_detached(inst, "event loop closed", 0); }
 
 static const CmNetKind client_net_kind = {client_spawn, client_forked, client_orphan};
 
@@ -283,12 +283,32 @@ static int client_traverse(CmRedisClientObject *self, visitproc visit, void *arg
     Py_VISIT(self->default_serializer);
     Py_VISIT(self->init_args);
     Py_VISIT(self->init_kwds);
-    int rc = cm_netloops_traverse(&self->loops, visit, arg);
+    /* the pools are C records of the client's: their connections (and
+     * through them the pending ops, which hold the client) are its own */
+    int rc = self->pool ? cm_net_pool_traverse(&self->pool->net, visit, arg) : 0;
+    if (rc == 0 && self->cluster != NULL) {
+        CmRedisPool **pools;
+        Py_ssize_t np = cm_cluster_pools(self, &pools);
+        for (Py_ssize_t i = 0; rc == 0 && i < np; i++)
+            rc = cm_net_pool_traverse(&pools[i]->net, visit, arg);
+    }
+    if (rc == 0)
+        rc = cm_netloops_traverse(&self->loops, visit, arg);
     return rc ? rc : cm_busypoll_traverse(&self->spin, visit, arg);
 }
 
 static int client_clear(CmRedisClientObject *self)
 {
+    /* a garbage client's connections close: a live loop must stop watching
+     * them, a closed (or garbage) one is not touched */
+    if (self->pool != NULL)
+        cm_redis_pool_close_gc(self->pool);
+    if (self->cluster != NULL) {
+        CmRedisPool **pools;
+        Py_ssize_t np = cm_cluster_pools(self, &pools);
+        for (Py_ssize_t i = 0; i < np; i++)
+            cm_redis_pool_close_gc(pools[i]);
+    }
     cm_netloops_clear(&self->loops);
     Py_CLEAR(self->init_args);
     Py_CLEAR(self->init_kwds);
@@ -370,40 +390,30 @@ int cm_redis_init(PyObject *mod, CmState *st)
 {
     PyObject *bases = NULL;
     int rc = -1;
-#define CM_REDIS_NAME(n, s)                                                                        \
-    if ((st->n = PyUnicode_InternFromString(s)) == NULL)                                           \
-        goto done;
-    CM_REDIS_NAME(s_add_reader, "add_reader")
-    CM_REDIS_NAME(s_remove_reader, "remove_reader")
-    CM_REDIS_NAME(s_add_writer, "add_writer")
-    CM_REDIS_NAME(s_remove_writer, "remove_writer")
-    CM_REDIS_NAME(s_call_soon, "call_soon")
-    CM_REDIS_NAME(s_call_later, "call_later")
-#undef CM_REDIS_NAME
     if (PyModule_AddStringConstant(mod, "_hiredis_version", CM_HIREDIS_VERSION) < 0)
         goto done;
-    if ((st->RedisError =
+    if ((st->redis.Error =
              new_error(mod, "RedisError", PyExc_Exception, "A Redis request failed.")) == NULL)
         goto done;
-    if ((bases = PyTuple_Pack(2, st->RedisError, PyExc_ConnectionError)) == NULL ||
-        (st->RedisConnectionError = new_error(mod, "RedisConnectionError", bases,
-                                              "The Redis server could not be reached or the "
-                                              "connection broke.")) == NULL)
+    if ((bases = PyTuple_Pack(2, st->redis.Error, PyExc_ConnectionError)) == NULL ||
+        (st->redis.ConnectionError = new_error(mod, "RedisConnectionError", bases,
+                                               "The Redis server could not be reached or the "
+                                               "connection broke.")) == NULL)
         goto done;
     Py_CLEAR(bases);
-    if ((bases = PyTuple_Pack(2, st->RedisError, PyExc_TimeoutError)) == NULL ||
-        (st->RedisTimeoutError = new_error(mod, "RedisTimeoutError", bases,
-                                           "No reply from Redis within the timeout.")) == NULL)
+    if ((bases = PyTuple_Pack(2, st->redis.Error, PyExc_TimeoutError)) == NULL ||
+        (st->redis.TimeoutError = new_error(mod, "RedisTimeoutError", bases,
+                                            "No reply from Redis within the timeout.")) == NULL)
         goto done;
-    if ((st->RedisResponseError = new_error(mod, "RedisResponseError", st->RedisError,
-                                            "Redis answered with an error.")) == NULL)
+    if ((st->redis.ResponseError = new_error(mod, "RedisResponseError", st->redis.Error,
+                                             "Redis answered with an error.")) == NULL)
         goto done;
-    if ((st->RedisConnType = PyType_FromModuleAndSpec(mod, &cm_redis_conn_spec, NULL)) == NULL ||
-        (st->RedisClientType = PyType_FromModuleAndSpec(mod, &client_spec, NULL)) == NULL ||
-        (st->RedisPartialResultType = PyType_FromModuleAndSpec(mod, &cm_redis_partial_spec,
-                                                               (PyObject *)&PyList_Type)) == NULL ||
-        PyModule_AddObjectRef(mod, "PartialResult", st->RedisPartialResultType) < 0 ||
-        PyModule_AddObjectRef(mod, "RedisClient", st->RedisClientType) < 0)
+    if ((st->redis.ConnType = PyType_FromModuleAndSpec(mod, &cm_redis_conn_spec, NULL)) == NULL ||
+        (st->redis.ClientType = PyType_FromModuleAndSpec(mod, &client_spec, NULL)) == NULL ||
+        (st->redis.PartialResultType = PyType_FromModuleAndSpec(
+             mod, &cm_redis_partial_spec, (PyObject *)&PyList_Type)) == NULL ||
+        PyModule_AddObjectRef(mod, "PartialResult", st->redis.PartialResultType) < 0 ||
+        PyModule_AddObjectRef(mod, "RedisClient", st->redis.ClientType) < 0)
         goto done;
     rc = 0;
 done:
@@ -413,15 +423,7 @@ done:
 
 int cm_redis_traverse(CmState *st, visitproc visit, void *arg)
 {
-#define CM_REDIS_VISIT(n) Py_VISIT(st->n);
-    CM_REDIS_OBJECTS(CM_REDIS_VISIT)
-#undef CM_REDIS_VISIT
-    return 0;
+    return cm_redis_state_traverse(&st->redis, visit, arg);
 }
 
-void cm_redis_clear(CmState *st)
-{
-#define CM_REDIS_CLEAR(n) Py_CLEAR(st->n);
-    CM_REDIS_OBJECTS(CM_REDIS_CLEAR)
-#undef CM_REDIS_CLEAR
-}
+void cm_redis_clear(CmState *st) { cm_redis_state_clear(&st->redis); }

@@ -80,7 +80,7 @@ void cm_cluster_free(CmRedisCluster *cl)
         if (msg == NULL)
             PyErr_Clear();
         for (size_t i = 0; i < cl->nretry; i++)
-            cm_redis_entry_fail(cl->st, &cl->retry[i], cl->st->RedisConnectionError, msg);
+            cm_redis_entry_fail(cl->st, &cl->retry[i], cl->st->redis.ConnectionError, msg);
         Py_XDECREF(msg);
     }
     free(cl->retry);
@@ -103,7 +103,7 @@ static int node_index(CmRedisClientObject *c, const char *host, int port)
         if (cl->pools[i]->host && cl->pools[i]->port == port && !strcmp(cl->pools[i]->host, host))
             return i;
     if (cl->npools >= INT16_MAX) {
-        PyErr_SetString(c->st->RedisError, "redis cluster: too many nodes");
+        PyErr_SetString(c->st->redis.Error, "redis cluster: too many nodes");
         return -1;
     }
     CmRedisPool **pools = realloc(cl->pools, sizeof(*pools) * (size_t)(cl->npools + 1));
@@ -159,7 +159,7 @@ static int apply_slots(CmRedisClientObject *c, PyObject *reply, PyObject *error)
     return 0;
 bad:
     PyErr_Clear();
-    PyErr_SetString(c->st->RedisError, "redis cluster: malformed CLUSTER SLOTS reply");
+    PyErr_SetString(c->st->redis.Error, "redis cluster: malformed CLUSTER SLOTS reply");
     return -1;
 }
 
@@ -203,7 +203,7 @@ CmRedisPool *cm_cluster_route(CmRedisClientObject *c, unsigned slot, uint16_t *n
 {
     CmRedisCluster *cl = c->cluster;
     if (cl == NULL) {
-        PyErr_SetString(c->st->RedisError, "redis storage is closed");
+        PyErr_SetString(c->st->redis.Error, "redis storage is closed");
         return NULL;
     }
     maybe_refresh(c);
@@ -220,7 +220,7 @@ static void entry_fail_raised(CmRedisClientObject *c, CmRedisEntry *e)
     PyObject *exc = NULL, *t, *tb;
     PyErr_Fetch(&t, &exc, &tb);
     PyErr_NormalizeException(&t, &exc, &tb);
-    cm_redis_entry_fail(c->st, e, c->st->RedisConnectionError, exc ? exc : Py_None);
+    cm_redis_entry_fail(c->st, e, c->st->redis.ConnectionError, exc ? exc : Py_None);
     Py_XDECREF(t);
     Py_XDECREF(exc);
     Py_XDECREF(tb);
@@ -249,7 +249,7 @@ static PyObject *on_retry(PyObject *self, PyObject *Py_UNUSED(unused))
         if (loop != NULL)
             cm_redis_resend(c, loop, &retry[i]);
         else
-            cm_redis_entry_fail(c->st, &retry[i], c->st->RedisConnectionError, NULL);
+            cm_redis_entry_fail(c->st, &retry[i], c->st->redis.ConnectionError, NULL);
     }
     Py_XDECREF(loop);
     free(retry);

@@ -1,8 +1,8 @@
-/* A connection: a non-blocking socket registered with the loop (add_reader
- * while open, add_writer while connecting or while the kernel buffer is
- * full), an output buffer, a hiredis reader, the ring of pending entries and
- * one timer for the connect timeout or the oldest pending reply's deadline.
- * A failure closes it and fails every pending entry with
+/* A Redis connection on net/conn.h: a non-blocking socket (watched for
+ * reading while open, for writing while connecting or while the kernel
+ * buffer is full), an output buffer, a hiredis reader and the ring of
+ * pending entries, whose oldest reply (or the connect) is the connection's
+ * deadline. A failure closes it and fails every pending entry with
  * RedisConnectionError or RedisTimeoutError; nothing waits forever. */
 #include "redis/internal.h"
 #include <errno.h>
@@ -15,38 +15,17 @@
 
 #include "loop/resolve.h"
 
-static PyObject *conn_on_read(PyObject *self, PyObject *unused);
-static PyObject *conn_on_write(PyObject *self, PyObject *unused);
 static PyObject *conn_on_flush(PyObject *self, PyObject *unused);
-static PyObject *conn_on_timer(PyObject *self, PyObject *unused);
-
-static PyMethodDef on_read_def = {"_on_read", conn_on_read, METH_NOARGS, NULL};
-static PyMethodDef on_write_def = {"_on_write", conn_on_write, METH_NOARGS, NULL};
 static PyMethodDef on_flush_def = {"_on_flush", conn_on_flush, METH_NOARGS, NULL};
-static PyMethodDef on_timer_def = {"_on_timer", conn_on_timer, METH_NOARGS, NULL};
 static PyObject *conn_on_resolved(PyObject *self, PyObject *task);
 static PyMethodDef on_resolved_def = {"_on_resolved", conn_on_resolved, METH_O, NULL};
 
-/* Close the connection: unregister from the loop, close the socket, and fail
- * every pending entry with tp(msg). failed: count it against the server
- * (backoff). Safe to call more than once and from within its callbacks. */
-void cm_redis_conn_close(CmRedisConnObject *c, PyObject *tp, PyObject *msg, int failed)
+/* net/conn.h's release: what the Redis side holds besides the socket. */
+static void conn_release(CmNetConn *nc, int detached)
 {
-    if (c->state == CONN_CLOSED)
-        return;
-    CmState *st = c->st;
-    PyObject *saved = cm_exc_take();
-    Py_INCREF(c);
-    c->state = CONN_CLOSED;
-    if (c->reading && cm_loop_remove_reader(st, c->loop, c->fd) < 0)
-        PyErr_Clear();
-    if (c->writing && cm_loop_remove_writer(st, c->loop, c->fd) < 0)
-        PyErr_Clear();
-    c->reading = c->writing = 0;
-    if (c->timer != NULL) {
-        cm_handle_cancel(st, c->timer);
-        Py_CLEAR(c->timer);
-    }
+    (void)detached; /* nothing is said to the server on close */
+    CmRedisConnObject *c = (CmRedisConnObject *)nc;
+    CmRedisPool *p = cm_redis_conn_pool(c); // borrowed
     if (c->resolve != NULL) {
         PyObject *r = PyObject_CallMethod(c->resolve, "cancel", NULL);
         if (r == NULL)
@@ -54,24 +33,29 @@ void cm_redis_conn_close(CmRedisConnObject *c, PyObject *tp, PyObject *msg, int 
         Py_XDECREF(r);
         Py_CLEAR(c->resolve);
     }
-    if (c->fd >= 0) {
-        close(c->fd);
-        c->fd = -1;
-    }
     cm_buf_free(&c->out);
     if (c->reader != NULL) {
         redisReaderFree(c->reader);
         c->reader = NULL;
     }
     Py_CLEAR(c->flush_cb);
+    c->open_run = 0;
+    if (p != NULL && p->run == c)
+        p->run = NULL;
+}
 
+/* net/conn.h's fail_pending: every entry of the ring fails with tp(msg); a
+ * cluster refreshes its map soon after a node failed. */
+static void conn_fail_pending(CmNetConn *nc, CmNetPool *pool, PyObject *tp, PyObject *msg,
+                              int failed)
+{
+    (void)pool;
+    CmRedisConnObject *c = (CmRedisConnObject *)nc;
+    CmState *st = c->net.st;
     CmRedisEntry *ring = c->ring;
     size_t head = c->head, len = c->len, cap = c->cap;
     c->ring = NULL;
     c->head = c->len = c->cap = 0;
-
-    CmRedisPool *p = c->pool;
-    c->pool = NULL;
     CmRedisClientObject *owner = NULL;
     for (size_t i = 0; i < len && owner == NULL; i++) {
         const CmRedisEntry *e = &ring[(head + i) % cap]; // borrowed
@@ -80,20 +64,18 @@ void cm_redis_conn_close(CmRedisConnObject *c, PyObject *tp, PyObject *msg, int 
         else if (e->gets != NULL)
             owner = e->gets[0].op->client;
     }
-    c->open_run = 0;
-    if (p != NULL && p->run == c)
-        p->run = NULL;
     Py_XINCREF(owner);
-    if (p != NULL)
-        cm_redis_pool_forget(p, c, failed, msg);
     for (size_t i = 0; i < len; i++)
         cm_redis_entry_fail(st, &ring[(head + i) % cap], tp, msg);
     free(ring);
     if (failed && owner != NULL && owner->cluster != NULL)
         cm_cluster_node_failed(owner);
     Py_XDECREF(owner);
-    Py_DECREF(c);
-    cm_exc_restore(saved);
+}
+
+void cm_redis_conn_close(CmRedisConnObject *c, PyObject *tp, PyObject *msg, int failed)
+{
+    cm_net_conn_close(&c->net, tp, msg, failed);
 }
 
 void cm_redis_conn_close_fmt(CmRedisConnObject *c, PyObject *tp, int failed, const char *fmt, ...)
@@ -114,7 +96,11 @@ void cm_redis_conn_close_fmt(CmRedisConnObject *c, PyObject *tp, int failed, con
     cm_exc_restore(saved);
 }
 
-const char *cm_redis_conn_label(CmRedisConnObject *c) { return c->pool ? c->pool->label : "redis"; }
+const char *cm_redis_conn_label(CmRedisConnObject *c)
+{
+    CmRedisPool *p = cm_redis_conn_pool(c); // borrowed
+    return p ? p->label : "redis";
+}
 
 /* The earliest reply deadline pending, INT64_MAX if none. Deadlines grow in
  * ring order but for the connection's own AUTH/SELECT at the front, whose
@@ -132,38 +118,33 @@ static int64_t conn_first_deadline(const CmRedisConnObject *c)
     return first;
 }
 
-/* The timer for `at` (monotonic ns), replacing the one armed. */
-static int conn_arm_at(CmRedisConnObject *c, int64_t at)
+/* net/conn.h's deadline: the connect's while connecting, and the earliest
+ * reply's. */
+static int64_t conn_deadline(const CmNetConn *nc)
 {
-    if (c->timer != NULL) {
-        cm_handle_cancel(c->st, c->timer);
-        Py_CLEAR(c->timer);
-    }
-    PyObject *cb = PyCFunction_New(&on_timer_def, (PyObject *)c);
-    if (cb == NULL)
-        return -1;
-    int64_t delay = at - cm_now_ns();
-    c->timer = cm_loop_call_later(c->st, c->loop, delay < 0 ? 0 : (double)delay / 1e9, cb);
-    Py_DECREF(cb);
-    c->timer_at = at;
-    return c->timer ? 0 : -1;
+    const CmRedisConnObject *c = (const CmRedisConnObject *)nc;
+    int64_t at = conn_first_deadline(c);
+    if (c->net.state == CONN_CONNECTING && c->connect_deadline < at)
+        at = c->connect_deadline;
+    return at;
 }
 
-/* The timer for the next thing to check: the connect deadline while
- * connecting, and the earliest reply deadline. */
-static int conn_rearm(CmRedisConnObject *c)
+/* net/conn.h's expired: the connect or a reply is late. */
+static void conn_expired(CmNetConn *nc)
 {
-    int64_t at = conn_first_deadline(c);
-    if (c->state == CONN_CONNECTING && c->connect_deadline < at)
-        at = c->connect_deadline;
-    if (at == INT64_MAX) {
-        if (c->timer != NULL) {
-            cm_handle_cancel(c->st, c->timer);
-            Py_CLEAR(c->timer);
-        }
-        return 0;
+    CmRedisConnObject *c = (CmRedisConnObject *)nc;
+    CmRedisPool *p = cm_redis_conn_pool(c); // borrowed
+    if (c->net.state == CONN_CONNECTING && cm_now_ns() >= c->connect_deadline) {
+        if (p != NULL)
+            cm_redis_pool_forget_addrs(p);
+        cm_redis_conn_close_fmt(c, c->net.st->redis.TimeoutError, 1, "redis %s: connect timed out",
+                                cm_redis_conn_label(c));
+    } else {
+        /* replies come in order: the stream is useless past a lost one */
+        cm_redis_conn_close_fmt(c, c->net.st->redis.TimeoutError, 1,
+                                "redis %s: no reply within %d ms", cm_redis_conn_label(c),
+                                p ? (int)(p->cfg->timeout * 1000) : 0);
     }
-    return conn_arm_at(c, at);
 }
 
 static void close_run(CmRedisConnObject *c);
@@ -171,10 +152,11 @@ static void close_run(CmRedisConnObject *c);
 /* Send what the buffer holds; wait for writability if the kernel is full. */
 static void conn_write(CmRedisConnObject *c)
 {
-    if (c->open_run && c->state == CONN_READY)
+    if (c->open_run && c->net.state == CONN_READY)
         close_run(c);
-    while (c->state == CONN_READY && cm_buf_pending(&c->out) > 0) {
-        ssize_t n = send(c->fd, c->out.data + c->out.pos, cm_buf_pending(&c->out), MSG_NOSIGNAL);
+    while (c->net.state == CONN_READY && cm_buf_pending(&c->out) > 0) {
+        ssize_t n =
+            send(c->net.fd, c->out.data + c->out.pos, cm_buf_pending(&c->out), MSG_NOSIGNAL);
         if (n > 0) {
             cm_buf_consume(&c->out, (size_t)n);
             continue;
@@ -182,37 +164,28 @@ static void conn_write(CmRedisConnObject *c)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!c->writing) {
-                PyObject *cb = PyCFunction_New(&on_write_def, (PyObject *)c);
-                int rc = cb ? cm_loop_add_writer(c->st, c->loop, c->fd, cb) : -1;
-                Py_XDECREF(cb);
-                if (rc < 0) {
-                    PyObject *exc = cm_exc_take();
-                    cm_redis_conn_close_fmt(c, c->st->RedisConnectionError, 1, "redis %s: %S",
-                                            cm_redis_conn_label(c), exc);
-                    Py_XDECREF(exc);
-                    return;
-                }
-                c->writing = 1;
+            if (cm_net_conn_watch(&c->net, 1, 1) < 0) {
+                PyObject *exc = cm_exc_take();
+                cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "redis %s: %S",
+                                        cm_redis_conn_label(c), exc);
+                Py_XDECREF(exc);
             }
             return;
         }
-        cm_redis_conn_close_fmt(c, c->st->RedisConnectionError, 1, "redis %s: write failed: %s",
-                                cm_redis_conn_label(c), strerror(errno));
+        cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1,
+                                "redis %s: write failed: %s", cm_redis_conn_label(c),
+                                strerror(errno));
         return;
     }
-    if (c->writing && c->state == CONN_READY) {
-        if (cm_loop_remove_writer(c->st, c->loop, c->fd) < 0)
-            PyErr_WriteUnraisable((PyObject *)c);
-        c->writing = 0;
-    }
+    if (c->net.writing && c->net.state == CONN_READY && cm_net_conn_watch(&c->net, 1, 0) < 0)
+        PyErr_WriteUnraisable((PyObject *)c);
 }
 
 static void conn_schedule_flush(CmRedisConnObject *c)
 {
-    if (c->flush_scheduled || c->writing || c->state != CONN_READY)
+    if (c->flush_scheduled || c->net.writing || c->net.state != CONN_READY)
         return;
-    PyObject *h = cm_loop_call_soon(c->st, c->loop, c->flush_cb);
+    PyObject *h = cm_loop_call_soon(c->net.st, c->net.loop, c->flush_cb);
     if (h == NULL) {
         PyErr_Clear();
         conn_write(c); /* no loop to wait for: send now */
@@ -257,9 +230,10 @@ static int ring_push(CmRedisConnObject *c, const CmRedisEntry *e)
 static void close_run(CmRedisConnObject *c)
 {
     CmRedisEntry *t = &c->ring[(c->head + c->len - 1) % c->cap]; // borrowed
+    CmRedisPool *p = cm_redis_conn_pool(c);                      // borrowed
     c->open_run = 0;
-    if (c->pool != NULL && c->pool->run == c)
-        c->pool->run = NULL;
+    if (p != NULL && p->run == c)
+        p->run = NULL;
     if (cm_redis_encode_entry(&c->out, t) == 0)
         return;
     /* the keys were checked as they joined: only memory can fail here */
@@ -270,6 +244,7 @@ static void close_run(CmRedisConnObject *c)
 
 static void conn_add_get(CmRedisConnObject *c, CmRedisEntry *e)
 {
+    CmRedisPool *p = cm_redis_conn_pool(c); // borrowed: the caller checked it is open
     Py_ssize_t n;
     PyObject *key = cm_redis_op_key(e->op, e->pos); // borrowed
     if (!PyBytes_Check(key) && PyUnicode_AsUTF8AndSize(key, &n) == NULL) {
@@ -283,7 +258,7 @@ static void conn_add_get(CmRedisConnObject *c, CmRedisEntry *e)
     }
     if (t == NULL) {
         CmRedisEntry r = {.cmd = CM_CMD_GETS,
-                          .deadline = cm_now_ns() + (int64_t)(c->pool->cfg->timeout * 1e9)};
+                          .deadline = cm_now_ns() + (int64_t)(p->cfg->timeout * 1e9)};
         if ((r.gets = malloc(CM_REDIS_RUN_FIRST * sizeof(*r.gets))) == NULL ||
             ring_push(c, &r) < 0) {
             free(r.gets);
@@ -292,9 +267,9 @@ static void conn_add_get(CmRedisConnObject *c, CmRedisEntry *e)
             return;
         }
         c->open_run = 1;
-        c->pool->run = c;
+        p->run = c;
         t = &c->ring[(c->head + c->len - 1) % c->cap];
-        if ((c->timer == NULL || t->deadline < c->timer_at) && conn_arm_at(c, t->deadline) < 0)
+        if (cm_net_conn_arm(&c->net, t->deadline) < 0)
             PyErr_WriteUnraisable((PyObject *)c);
         conn_schedule_flush(c);
     } else if (t->npos >= CM_REDIS_RUN_FIRST && (t->npos & (t->npos - 1)) == 0) {
@@ -329,10 +304,10 @@ static int mget_keys_encode(CmRedisEntry *e)
 
 void cm_redis_conn_push(CmRedisConnObject *c, CmRedisEntry *e)
 {
-    CmState *st = c->st;
-    if (c->state == CONN_CLOSED) {
+    CmState *st = c->net.st;
+    if (c->net.state == CONN_CLOSED) {
         PyObject *msg = PyUnicode_FromString("redis connection closed");
-        cm_redis_entry_fail(st, e, st->RedisConnectionError, msg ? msg : Py_None);
+        cm_redis_entry_fail(st, e, st->redis.ConnectionError, msg ? msg : Py_None);
         Py_XDECREF(msg);
         PyErr_Clear();
         return;
@@ -360,15 +335,14 @@ void cm_redis_conn_push(CmRedisConnObject *c, CmRedisEntry *e)
         cm_redis_entry_fail_current(e);
         return;
     }
-    e->deadline = cm_now_ns() + (int64_t)(c->pool->cfg->timeout * 1e9);
+    e->deadline = cm_now_ns() + (int64_t)(cm_redis_conn_pool(c)->cfg->timeout * 1e9);
     if (ring_push(c, e) < 0) {
         cm_buf_rollback(&c->out, mark);
         PyErr_NoMemory();
         cm_redis_entry_fail_current(e);
         return;
     }
-    /* a timer armed for a later moment is the connect timer (longer) */
-    if ((c->timer == NULL || e->deadline < c->timer_at) && conn_arm_at(c, e->deadline) < 0)
+    if (cm_net_conn_arm(&c->net, e->deadline) < 0)
         PyErr_WriteUnraisable((PyObject *)c);
     conn_schedule_flush(c);
 }
@@ -379,7 +353,8 @@ static int conn_push_internal(CmRedisConnObject *c, int cmd, size_t argc, const 
 {
     /* answered within `timeout` of the connect, as any request would be */
     CmRedisEntry e = {.cmd = (uint8_t)cmd,
-                      .deadline = c->connect_deadline + (int64_t)(c->pool->cfg->timeout * 1e9)};
+                      .deadline = c->connect_deadline +
+                                  (int64_t)(cm_redis_conn_pool(c)->cfg->timeout * 1e9)};
     if (cm_resp_command(&c->out, argc, argv, lens) < 0 || ring_push(c, &e) < 0) {
         PyErr_NoMemory();
         return -1;
@@ -389,33 +364,16 @@ static int conn_push_internal(CmRedisConnObject *c, int cmd, size_t argc, const 
 
 static void conn_ready(CmRedisConnObject *c)
 {
-    CmState *st = c->st;
-    PyObject *cb = NULL;
-    c->state = CONN_READY;
-    if (c->writing) {
-        if (cm_loop_remove_writer(st, c->loop, c->fd) < 0)
-            goto fail;
-        c->writing = 0;
-    }
-    if ((cb = PyCFunction_New(&on_read_def, (PyObject *)c)) == NULL ||
-        cm_loop_add_reader(st, c->loop, c->fd, cb) < 0)
-        goto fail;
-    c->reading = 1;
-    Py_DECREF(cb);
-    cb = NULL;
-    /* from connect deadline to reply deadlines */
-    if (conn_rearm(c) < 0)
-        goto fail;
-    conn_write(c);
-    return;
-fail:
-    Py_XDECREF(cb);
-    {
+    c->net.state = CONN_READY;
+    /* the connect timer, if armed, finds the reply deadlines when it fires */
+    if (cm_net_conn_watch(&c->net, 1, 0) < 0) {
         PyObject *exc = cm_exc_take();
-        cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: %S",
+        cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "redis %s: %S",
                                 cm_redis_conn_label(c), exc);
         Py_XDECREF(exc);
+        return;
     }
+    conn_write(c);
 }
 
 /* Open the socket to the pool's addresses (resolved, or an IP literal or a
@@ -423,28 +381,23 @@ fail:
  * exception. */
 static int conn_connect(CmRedisConnObject *c)
 {
-    CmState *st = c->st;
-    CmRedisPool *p = c->pool; // borrowed
+    CmState *st = c->net.st;
+    CmRedisPool *p = cm_redis_conn_pool(c); // borrowed
     int pending;
-    c->fd = cm_redis_sock_connect(p, &pending);
-    if (c->fd < 0) {
-        PyErr_Format(st->RedisConnectionError, "redis %s: connect failed: %s", p->label,
+    c->net.fd = cm_redis_sock_connect(p, &pending);
+    if (c->net.fd < 0) {
+        PyErr_Format(st->redis.ConnectionError, "redis %s: connect failed: %s", p->label,
                      strerror(errno));
         return -1;
     }
     if (pending) {
-        PyObject *cb = PyCFunction_New(&on_write_def, (PyObject *)c);
-        int rc = cb ? cm_loop_add_writer(st, c->loop, c->fd, cb) : -1;
-        Py_XDECREF(cb);
-        if (rc < 0)
-            return -1;
-        c->writing = 1;
-        if (conn_arm_at(c, c->connect_deadline) < 0)
+        if (cm_net_conn_watch(&c->net, 0, 1) < 0 ||
+            cm_net_conn_arm(&c->net, c->connect_deadline) < 0)
             return -1;
     } else {
         conn_ready(c);
-        if (c->state == CONN_CLOSED) {
-            PyErr_Format(st->RedisConnectionError, "redis %s: connection failed", p->label);
+        if (c->net.state == CONN_CLOSED) {
+            PyErr_Format(st->redis.ConnectionError, "redis %s: connection failed", p->label);
             return -1;
         }
     }
@@ -456,11 +409,11 @@ static int conn_connect(CmRedisConnObject *c)
 static PyObject *conn_on_resolved(PyObject *self, PyObject *task)
 {
     CmRedisConnObject *c = (CmRedisConnObject *)self;
-    if (c->state != CONN_CONNECTING || c->resolve != task)
+    if (c->net.state != CONN_CONNECTING || c->resolve != task)
         Py_RETURN_NONE; /* closed (timed out) meanwhile: the task was cancelled */
     Py_INCREF(c);
     Py_CLEAR(c->resolve);
-    CmRedisPool *p = c->pool; // borrowed
+    CmRedisPool *p = cm_redis_conn_pool(c); // borrowed: open, so in its pool
     PyObject *res = cm_resolve_result(task);
     int looked_up = res != NULL;
     if (res != NULL && PyList_Check(res) && PyList_GET_SIZE(res) == 1) {
@@ -487,10 +440,10 @@ static PyObject *conn_on_resolved(PyObject *self, PyObject *task)
     Py_XDECREF(res);
     if (PyErr_Occurred()) {
         PyObject *exc = cm_exc_take();
-        if (c->state != CONN_CLOSED && looked_up == 2)
-            cm_redis_conn_close_fmt(c, c->st->RedisConnectionError, 1, "%S", exc);
-        else if (c->state != CONN_CLOSED)
-            cm_redis_conn_close_fmt(c, c->st->RedisConnectionError, 1,
+        if (c->net.state != CONN_CLOSED && looked_up == 2)
+            cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "%S", exc);
+        else if (c->net.state != CONN_CLOSED)
+            cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1,
                                     "redis %s: cannot resolve %s: %S", cm_redis_conn_label(c),
                                     p->host, exc);
         Py_XDECREF(exc);
@@ -499,21 +452,29 @@ static PyObject *conn_on_resolved(PyObject *self, PyObject *task)
     Py_RETURN_NONE;
 }
 
+static void conn_io(CmNetConn *nc, int readable, int writable);
+static int conn_awaiting(const CmNetConn *nc);
+
+static const CmNetOps conn_ops = {
+    .io = conn_io,
+    .deadline = conn_deadline,
+    .expired = conn_expired,
+    .awaiting = conn_awaiting,
+    .release = conn_release,
+    .fail_pending = conn_fail_pending,
+};
+
 CmRedisConnObject *cm_redis_conn_open(CmRedisPool *p, PyObject *loop)
 {
     CmState *st = p->st;
     const CmRedisConfig *cfg = p->cfg;
-    CmRedisConnObject *c = PyObject_GC_New(CmRedisConnObject, (PyTypeObject *)st->RedisConnType);
+    CmRedisConnObject *c = PyObject_GC_New(CmRedisConnObject, (PyTypeObject *)st->redis.ConnType);
     if (c == NULL)
         return NULL;
-    c->st = st;
-    c->pool = p;
-    c->loop = Py_NewRef(loop);
-    c->flush_cb = c->timer = NULL;
-    c->fd = -1;
-    c->state = CONN_CONNECTING;
-    c->reading = c->writing = c->flush_scheduled = c->replied = c->open_run = 0;
-    c->timer_at = 0;
+    cm_net_conn_init(&c->net, st, &conn_ops, loop);
+    c->net.pool = &p->net; /* added to it once open */
+    c->flush_cb = NULL;
+    c->flush_scheduled = c->replied = c->open_run = 0;
     c->connect_deadline = cm_now_ns() + (int64_t)(cfg->connect_timeout * 1e9);
     c->resolve = NULL;
     memset(&c->out, 0, sizeof(c->out));
@@ -560,7 +521,7 @@ CmRedisConnObject *cm_redis_conn_open(CmRedisPool *p, PyObject *loop)
         if (c->resolve == NULL)
             goto fail;
         p->resolves++;
-        if (conn_arm_at(c, c->connect_deadline) < 0)
+        if (cm_net_conn_arm(&c->net, c->connect_deadline) < 0)
             goto fail;
         return c;
     }
@@ -568,93 +529,74 @@ CmRedisConnObject *cm_redis_conn_open(CmRedisPool *p, PyObject *loop)
         goto fail;
     return c;
 fail:
-    c->pool = NULL; /* not in the pool yet */
-    cm_redis_conn_close(c, st->RedisConnectionError, NULL, 0);
+    c->net.pool = NULL; /* not in the pool yet */
+    cm_redis_conn_close(c, st->redis.ConnectionError, NULL, 0);
     Py_DECREF(c);
     return NULL;
 }
 
-static PyObject *conn_on_write(PyObject *self, PyObject *Py_UNUSED(unused))
+/* Writable: the connect finished (or failed), or the kernel took more. */
+static void conn_on_write(CmRedisConnObject *c)
 {
-    CmRedisConnObject *c = (CmRedisConnObject *)self;
-    if (c->state == CONN_CONNECTING) {
+    if (c->net.state == CONN_CONNECTING) {
         int err = 0;
         socklen_t len = sizeof(err);
-        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        if (getsockopt(c->net.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
             err = errno;
         if (err != 0) {
-            cm_redis_pool_forget_addrs(c->pool);
-            cm_redis_conn_close_fmt(c, c->st->RedisConnectionError, 1,
+            cm_redis_pool_forget_addrs(cm_redis_conn_pool(c));
+            cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1,
                                     "redis %s: connect failed: %s", cm_redis_conn_label(c),
                                     strerror(err));
         } else
             conn_ready(c);
-    } else if (c->state == CONN_READY) {
+    } else if (c->net.state == CONN_READY) {
         conn_write(c);
     }
-    Py_RETURN_NONE;
+}
+
+static void conn_on_read(CmRedisConnObject *c);
+
+/* net/conn.h's io: from the loop's watches and from busy polling. */
+static void conn_io(CmNetConn *nc, int readable, int writable)
+{
+    CmRedisConnObject *c = (CmRedisConnObject *)nc;
+    if (writable)
+        conn_on_write(c);
+    if (readable && c->net.state == CONN_READY)
+        conn_on_read(c);
+}
+
+/* net/conn.h's awaiting: replies are due (busy polling spins on it). */
+static int conn_awaiting(const CmNetConn *nc)
+{
+    const CmRedisConnObject *c = (const CmRedisConnObject *)nc;
+    return c->net.state == CONN_READY && c->len > 0;
 }
 
 /* Busy polling (busypoll.h), single server only: a cluster's pools change
- * with its slot map. The context is the client, held for the spin. */
-static int spin_collect(void *ctx, struct pollfd *fds, PyObject **objs, int max)
+ * with its slot map. The owner is the client, held for the spin. */
+static CmNetPool *client_pool(void *owner)
 {
-    CmRedisPool *p = ((CmRedisClientObject *)ctx)->pool;
-    int n = 0;
-    for (int i = 0; p != NULL && i < p->nconns && n < max; i++) {
-        CmRedisConnObject *c = p->conns[i]; // borrowed
-        if (c->state == CONN_READY && c->len > 0 && c->reading)
-            n = cm_busypoll_add(fds, objs, n, c->fd, 1, c->writing, (PyObject *)c);
-    }
-    return n;
-}
-
-static void spin_handle(void *ctx, PyObject *obj, short revents)
-{
-    (void)ctx;
-    CmRedisConnObject *c = (CmRedisConnObject *)obj;
-    if (cm_busypoll_writable(revents) && c->writing && c->state == CONN_READY)
-        Py_XDECREF(conn_on_write(obj, NULL));
-    if (cm_busypoll_readable(revents) && c->state == CONN_READY)
-        Py_XDECREF(conn_on_read(obj, NULL));
-    PyErr_Clear();
+    CmRedisPool *p = ((CmRedisClientObject *)owner)->pool; // borrowed
+    return p ? &p->net : NULL;
 }
 
 static PyObject *conn_on_flush(PyObject *self, PyObject *Py_UNUSED(unused))
 {
     CmRedisConnObject *c = (CmRedisConnObject *)self;
+    CmRedisPool *p = cm_redis_conn_pool(c); // borrowed
     c->flush_scheduled = 0;
-    if (c->state == CONN_READY && !c->writing)
+    if (c->net.state == CONN_READY && !c->net.writing)
         conn_write(c);
-    CmRedisClientObject *client = c->pool ? c->pool->client : NULL; // borrowed
-    if (client != NULL && client->pool == c->pool && c->state == CONN_READY && c->len > 0) {
-        cm_busypoll_follow(&client->spin, c->loop);
+    CmRedisClientObject *client = p ? p->client : NULL; // borrowed
+    if (client != NULL && client->pool == p && c->net.state == CONN_READY && c->len > 0) {
+        cm_busypoll_follow(&client->spin, c->net.loop);
         if (cm_busypoll_wanted(&client->spin)) {
             Py_INCREF(client);
-            cm_busypoll_run(&client->spin, spin_collect, spin_handle, client);
+            cm_net_pool_spin(client_pool, client, &client->spin);
             Py_DECREF(client);
         }
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *conn_on_timer(PyObject *self, PyObject *Py_UNUSED(unused))
-{
-    CmRedisConnObject *c = (CmRedisConnObject *)self;
-    Py_CLEAR(c->timer);
-    if (c->state == CONN_CLOSED)
-        Py_RETURN_NONE;
-    int64_t now = cm_now_ns();
-    if (c->state == CONN_CONNECTING && now >= c->connect_deadline) {
-        cm_redis_pool_forget_addrs(c->pool);
-        cm_redis_conn_close_fmt(c, c->st->RedisTimeoutError, 1, "redis %s: connect timed out",
-                                cm_redis_conn_label(c));
-    } else if (now >= conn_first_deadline(c)) {
-        /* replies come in order: the stream is useless past a lost one */
-        cm_redis_conn_close_fmt(c, c->st->RedisTimeoutError, 1, "redis %s: no reply within %d ms",
-                                cm_redis_conn_label(c), (int)(c->pool->cfg->timeout * 1000));
-    } else if (conn_rearm(c) < 0) {
-        PyErr_WriteUnraisable(self);
     }
     Py_RETURN_NONE;
 }
@@ -670,7 +612,8 @@ static size_t reader_buffered(const CmRedisConnObject *c)
  * (elements already done are objects, not bytes) */
 static size_t reader_max_bulk(const CmRedisConnObject *c)
 {
-    return (size_t)(c->pool != NULL ? c->pool->cfg->max_bulk_bytes : CM_REDIS_MAX_BULK);
+    CmRedisPool *p = cm_redis_conn_pool(c); // borrowed
+    return (size_t)(p != NULL ? p->cfg->max_bulk_bytes : CM_REDIS_MAX_BULK);
 }
 
 static int reader_pending_ok(const CmRedisConnObject *c)
@@ -679,17 +622,17 @@ static int reader_pending_ok(const CmRedisConnObject *c)
                               reader_max_bulk(c));
 }
 
-static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
+/* Readable: take what came and answer the entries at the head of the ring. */
+static void conn_on_read(CmRedisConnObject *c)
 {
-    CmRedisConnObject *c = (CmRedisConnObject *)self;
-    CmState *st = c->st;
+    CmState *st = c->net.st;
     char buf[65536];
     Py_INCREF(c);
-    while (c->state != CONN_CLOSED) {
-        ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+    while (c->net.state != CONN_CLOSED) {
+        ssize_t n = recv(c->net.fd, buf, sizeof(buf), 0);
         if (n > 0) {
             if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
-                cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: out of memory",
+                cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1, "redis %s: out of memory",
                                         cm_redis_conn_label(c));
                 goto done;
             }
@@ -699,7 +642,7 @@ static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
             continue;
         }
         if (n == 0) {
-            cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1,
+            cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
                                     "redis %s: connection closed by server",
                                     cm_redis_conn_label(c));
             goto done;
@@ -708,27 +651,28 @@ static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             break;
-        cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: read failed: %s",
+        cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1, "redis %s: read failed: %s",
                                 cm_redis_conn_label(c), strerror(errno));
         goto done;
     }
-    while (c->state != CONN_CLOSED) {
+    while (c->net.state != CONN_CLOSED) {
         void *reply = NULL;
         if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
-            if (c->reader->err == REDIS_ERR_OOM && c->pool != NULL)
-                cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1,
+            if (c->reader->err == REDIS_ERR_OOM && cm_redis_conn_pool(c) != NULL)
+                cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
                                         "redis %s: reply refused: an aggregate longer than "
                                         "max_reply_elements=%zd (or out of memory)",
-                                        cm_redis_conn_label(c), c->pool->cfg->max_reply_elements);
+                                        cm_redis_conn_label(c),
+                                        cm_redis_conn_pool(c)->cfg->max_reply_elements);
             else
-                cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1,
+                cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
                                         "redis %s: protocol error: %s", cm_redis_conn_label(c),
                                         c->reader->errstr);
             goto done;
         }
         if (reply == NULL) {
             if (!reader_pending_ok(c)) {
-                cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1,
+                cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
                                         "redis %s: reply refused: a bulk or line longer than "
                                         "max_bulk_bytes=%zu",
                                         cm_redis_conn_label(c), reader_max_bulk(c));
@@ -738,7 +682,7 @@ static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
         }
         if (c->len == 0) {
             Py_DECREF((PyObject *)reply);
-            cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1,
+            cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
                                     "redis %s: reply without a request", cm_redis_conn_label(c));
             goto done;
         }
@@ -747,33 +691,33 @@ static PyObject *conn_on_read(PyObject *self, PyObject *Py_UNUSED(unused))
         c->len--;
         /* the server is usable once a request past AUTH/SELECT is answered;
          * an AUTH error must not reset the backoff it is about to grow */
-        if (!c->replied && c->pool != NULL && e.cmd != CM_CMD_HELLO) {
+        if (!c->replied && c->net.pool != NULL && e.cmd != CM_CMD_HELLO) {
             c->replied = 1;
-            c->pool->backoff = c->pool->cfg->backoff_min;
-            c->pool->retry_at = 0;
-            Py_CLEAR(c->pool->last_error);
+            cm_net_pool_ok(c->net.pool);
         }
         cm_redis_entry_reply(c, &e, (PyObject *)reply);
     }
 done:
     Py_DECREF(c);
-    Py_RETURN_NONE;
 }
 
 static int conn_traverse(CmRedisConnObject *c, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(c));
-    Py_VISIT(c->loop);
     Py_VISIT(c->flush_cb);
-    Py_VISIT(c->timer);
     Py_VISIT(c->resolve);
-    return 0;
+    for (size_t i = 0; i < c->len; i++) {
+        int rc = cm_redis_entry_traverse(&c->ring[(c->head + i) % c->cap], visit, arg);
+        if (rc)
+            return rc;
+    }
+    return cm_net_conn_traverse(&c->net, visit, arg);
 }
 
 static int conn_clear(CmRedisConnObject *c)
 {
     Py_CLEAR(c->flush_cb);
-    Py_CLEAR(c->timer);
+    Py_CLEAR(c->net.timer.handle);
     Py_CLEAR(c->resolve);
     return 0;
 }
@@ -782,16 +726,14 @@ static void conn_dealloc(CmRedisConnObject *c)
 {
     PyTypeObject *tp = Py_TYPE(c);
     PyObject_GC_UnTrack(c);
-    if (c->fd >= 0)
-        close(c->fd);
     if (c->reader != NULL)
         redisReaderFree(c->reader);
     cm_buf_free(&c->out);
     for (size_t i = 0; i < c->len; i++)
-        cm_redis_entry_fail_exc(&c->ring[(c->head + i) % c->cap], c->st->RedisError);
+        cm_redis_entry_fail_exc(&c->ring[(c->head + i) % c->cap], c->net.st->redis.Error);
     free(c->ring);
     conn_clear(c);
-    Py_CLEAR(c->loop);
+    cm_net_conn_dealloc(&c->net);
     tp->tp_free(c);
     Py_DECREF(tp);
 }

@@ -34,6 +34,8 @@
 #include "base/compat.h"
 #include "base/exc.h"
 #include "loop/loop.h"
+#include "net/conn.h"
+#include <stddef.h>
 
 /* Default bounds of one reply (RedisClient max_reply_elements /
  * max_bulk_bytes): 1 Mi elements is an 8 MiB list; 512 MiB is the largest
@@ -49,19 +51,15 @@
     CM_HIREDIS_STR(HIREDIS_MAJOR)                                                                  \
     "." CM_HIREDIS_STR(HIREDIS_MINOR) "." CM_HIREDIS_STR(HIREDIS_PATCH)
 
-enum { CONN_CONNECTING, CONN_READY, CONN_CLOSED };
+/* A connection's states are net/conn.h's; open is ready for requests. */
+enum { CONN_CONNECTING = CM_NET_CONNECTING, CONN_READY = CM_NET_OPEN, CONN_CLOSED = CM_NET_CLOSED };
 
+/* A connection: net/conn.h's part (socket, loop, watches, deadline timer,
+ * its pool) and the Redis protocol's. */
 struct CmRedisConnObject {
-    PyObject_HEAD
-    CmState *st;
-    CmRedisPool *pool; /* borrowed; NULL once closed */
-    PyObject *loop;
+    CmNetConn net;
     PyObject *flush_cb; /* bound on_flush, made once */
-    PyObject *timer;    /* TimerHandle or NULL */
-    int64_t timer_at;   /* when it fires (monotonic ns) */
-    int fd;
-    int state;
-    int reading, writing, flush_scheduled, replied;
+    int flush_scheduled, replied;
     int open_run; /* the ring's last entry is a GETS run still taking keys */
     int64_t connect_deadline;
     PyObject *resolve; /* the host's lookup (resolve.h) while it runs, or NULL */
@@ -70,6 +68,18 @@ struct CmRedisConnObject {
     CmRedisEntry *ring;
     size_t cap, head, len;
 };
+
+/* The pool of a connection, NULL once it is closed. */
+static inline CmRedisPool *cm_redis_conn_pool(const CmRedisConnObject *c)
+{
+    return c->net.pool ? (CmRedisPool *)((char *)c->net.pool - offsetof(CmRedisPool, net)) : NULL;
+}
+
+/* The pool's i-th connection (borrowed). */
+static inline CmRedisConnObject *cm_redis_pool_at(const CmRedisPool *p, int i)
+{
+    return (CmRedisConnObject *)p->net.conns[i];
+}
 
 enum { OP_GET, OP_MGET, OP_SET, OP_DEL, OP_RAW, OP_INTERNAL };
 
@@ -113,6 +123,12 @@ void cm_redis_entry_release(CmRedisEntry *e);
 void cm_redis_entry_fail_exc(CmRedisEntry *e, PyObject *exc);
 /* Fail the entry with the exception being raised (cleared). */
 void cm_redis_entry_fail_current(CmRedisEntry *e);
+/* GC: the objects an entry holds through its op(s). An op is visited only
+ * while the entry holds its one reference (the usual case once the call
+ * has returned): an op shared with a flight's Get or with other entries
+ * has other owners, and visiting it from each would count its objects'
+ * references more than once. Unvisited, they only look alive. */
+int cm_redis_entry_traverse(const CmRedisEntry *e, visitproc visit, void *arg);
 /* One reply for the entry taken off the head of c's ring (reply stolen). */
 void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply);
 
@@ -133,17 +149,18 @@ const char *cm_redis_conn_label(CmRedisConnObject *c);
 extern PyType_Spec cm_redis_conn_spec;
 
 /* pool.c */
-/* c (may be NULL) leaves the pool; failed: the server failed (backoff, and
- * why, a str, becomes last_error). */
-void cm_redis_pool_forget(CmRedisPool *p, CmRedisConnObject *c, int failed, PyObject *why);
-/* Close every connection without touching its loop (fork, closed loop). */
-void cm_redis_pool_drop_detached(CmRedisPool *p, const char *why);
+/* Close every connection without touching its loop: fork (fds pointed at
+ * /dev/null first) or a closed loop. */
+void cm_redis_pool_drop_detached(CmRedisPool *p, const char *why, int fork);
 void cm_redis_pool_forget_addrs(CmRedisPool *p);
 void cm_redis_addrs_free(struct addrinfo *ai);
 int cm_redis_addrs_add(struct addrinfo ***tail, const char *ip, int port);
 /* A non-blocking socket connecting to the pool's server; *pending is set
  * while the connect is in progress. -1 with errno. */
 int cm_redis_sock_connect(CmRedisPool *p, int *pending);
+
+/* The client is garbage: close its pools' connections (net/pool.h). */
+void cm_redis_pool_close_gc(CmRedisPool *p);
 
 /* calls.c */
 int cm_redis_client_check_open(CmRedisClientObject *self);

@@ -39,13 +39,13 @@ PyObject *cm_redis_op_key(CmRedisOp *op, uint32_t i)
 void cm_redis_op_set_error(CmRedisOp *op, PyObject *exc)
 {
     if (op->error == NULL)
-        op->error = Py_NewRef(exc ? exc : op->client->st->RedisError);
+        op->error = Py_NewRef(exc ? exc : op->client->st->redis.Error);
 }
 
 /* serializer.loads(raw)["value"]; new reference or NULL with an exception. */
 static PyObject *decode_value(CmState *st, PyObject *ser, PyObject *raw)
 {
-    return cm_envelope_decode(st, CM_ENVELOPE_DICT, ser, raw, st->RedisError, "redis");
+    return cm_envelope_decode(st, CM_ENVELOPE_DICT, ser, raw, st->redis.Error, "redis");
 }
 
 /* [(node, value)] of the keys found and decodable, in order. */
@@ -145,10 +145,10 @@ static int is_piece_failure(const CmRedisEntry *e, PyObject *exc)
     CmState *st = op->client->st;
     if (op->kind != OP_MGET || op->client->cluster == NULL || exc == NULL)
         return 0;
-    if (PyObject_TypeCheck(exc, (PyTypeObject *)st->RedisConnectionError) ||
-        PyObject_TypeCheck(exc, (PyTypeObject *)st->RedisTimeoutError))
+    if (PyObject_TypeCheck(exc, (PyTypeObject *)st->redis.ConnectionError) ||
+        PyObject_TypeCheck(exc, (PyTypeObject *)st->redis.TimeoutError))
         return 1;
-    if (!PyObject_TypeCheck(exc, (PyTypeObject *)st->RedisResponseError))
+    if (!PyObject_TypeCheck(exc, (PyTypeObject *)st->redis.ResponseError))
         return 0;
     PyObject *msg = PyObject_Str(exc);
     const char *s = msg != NULL ? PyUnicode_AsUTF8(msg) : NULL;
@@ -204,7 +204,7 @@ static PyObject *mget_partial(CmState *st, CmRedisOp *op)
         return NULL;
     }
     PyObject *pairs = mget_pairs(st, op);
-    PyObject *out = pairs ? PyObject_CallOneArg(st->RedisPartialResultType, pairs) : NULL;
+    PyObject *out = pairs ? PyObject_CallOneArg(st->redis.PartialResultType, pairs) : NULL;
     Py_XDECREF(pairs);
     if (out != NULL)
         ((CmPartialResultObject *)out)->errors = PyDict_GET_SIZE(op->failed);
@@ -224,12 +224,12 @@ static PyObject *mget_partial(CmState *st, CmRedisOp *op)
 
 int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop)
 {
-    CmRedisOp *op = st->redis_last_op; // borrowed: cleared when op finishes
+    CmRedisOp *op = st->redis.last_op; // borrowed: cleared when op finishes
     if (op == NULL || op->fut != fut || op->waiter != NULL)
         return 0;
     op->waiter = Py_NewRef(waiter);
     op->waiter_loop = Py_NewRef(loop);
-    st->redis_last_op = NULL;
+    st->redis.last_op = NULL;
     return 1;
 }
 
@@ -237,8 +237,8 @@ static void op_finish(CmRedisOp *op)
 {
     CmState *st = op->client->st;
     PyObject *saved = cm_exc_take();
-    if (st->redis_last_op == op)
-        st->redis_last_op = NULL;
+    if (st->redis.last_op == op)
+        st->redis.last_op = NULL;
     PyObject *res = NULL;
     PyObject *err = Py_XNewRef(op->error);
 
@@ -299,6 +299,34 @@ static void op_finish(CmRedisOp *op)
     cm_exc_restore(saved);
 }
 
+static int op_traverse(const CmRedisOp *op, visitproc visit, void *arg)
+{
+    if (op == NULL || op->refs != 1)
+        return 0;
+    Py_VISIT(op->client);
+    Py_VISIT(op->fut);
+    Py_VISIT(op->ser);
+    Py_VISIT(op->key);
+    Py_VISIT(op->keys);
+    Py_VISIT(op->nodes);
+    Py_VISIT(op->value);
+    Py_VISIT(op->values);
+    Py_VISIT(op->result);
+    Py_VISIT(op->error);
+    Py_VISIT(op->waiter);
+    Py_VISIT(op->waiter_loop);
+    Py_VISIT(op->get);
+    return 0;
+}
+
+int cm_redis_entry_traverse(const CmRedisEntry *e, visitproc visit, void *arg)
+{
+    int rc = op_traverse(e->op, visit, arg);
+    for (uint32_t i = 0; rc == 0 && e->gets != NULL && i < e->npos; i++)
+        rc = op_traverse(e->gets[i].op, visit, arg);
+    return rc;
+}
+
 void cm_redis_op_unref(CmRedisOp *op)
 {
     if (--op->refs == 0)
@@ -349,7 +377,7 @@ void cm_redis_entry_fail(CmState *st, CmRedisEntry *e, PyObject *tp, PyObject *m
     PyObject *exc = wanted ? PyObject_CallOneArg(tp, msg ? msg : Py_None) : NULL;
     if (exc == NULL)
         PyErr_Clear();
-    cm_redis_entry_fail_exc(e, exc ? exc : st->RedisError);
+    cm_redis_entry_fail_exc(e, exc ? exc : st->redis.Error);
     Py_XDECREF(exc);
     cm_exc_restore(saved);
 }
@@ -365,14 +393,14 @@ void cm_redis_entry_fail_current(CmRedisEntry *e)
 /* One reply for the entry at the head of the ring (reply stolen). */
 void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply)
 {
-    CmState *st = c->st;
+    CmState *st = c->net.st;
     CmRedisOp *op = e->op;
-    int is_err = PyObject_TypeCheck(reply, (PyTypeObject *)st->RedisResponseError);
+    int is_err = PyObject_TypeCheck(reply, (PyTypeObject *)st->redis.ResponseError);
     if (e->cmd == CM_CMD_GETS) {
         int whole = e->npos == 1 || (PyList_Check(reply) && PyList_GET_SIZE(reply) == e->npos);
         PyObject *exc = NULL;
         if (!is_err && !whole &&
-            (exc = PyObject_CallFunction(st->RedisError, "s", "unexpected MGET reply")) == NULL)
+            (exc = PyObject_CallFunction(st->redis.Error, "s", "unexpected MGET reply")) == NULL)
             exc = cm_exc_take();
         for (uint32_t i = 0; i < e->npos; i++) {
             CmRedisOp *m = e->gets[i].op;
@@ -391,7 +419,7 @@ void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply
     }
     if (op == NULL) {
         if (is_err && e->cmd == CM_CMD_HELLO)
-            cm_redis_conn_close_fmt(c, st->RedisConnectionError, 1, "redis %s: %S",
+            cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1, "redis %s: %S",
                                     cm_redis_conn_label(c), reply);
         Py_DECREF(reply);
         free(e->positions);
@@ -416,7 +444,7 @@ void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply
                 PyList_SetItem(op->result, cm_entry_position(e, i),
                                Py_NewRef(PyList_GET_ITEM(reply, i)));
         } else {
-            PyObject *exc = PyObject_CallFunction(st->RedisError, "s", "unexpected MGET reply");
+            PyObject *exc = PyObject_CallFunction(st->redis.Error, "s", "unexpected MGET reply");
             if (exc == NULL)
                 exc = cm_exc_take();
             cm_redis_op_set_error(op, exc);

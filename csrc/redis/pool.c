@@ -20,11 +20,11 @@ CmRedisPool *cm_redis_pool_new(CmRedisClientObject *c, const char *host, int por
     CmRedisPool *p = calloc(1, sizeof(*p));
     if (p == NULL)
         goto nomem;
+    cm_net_pool_init(&p->net, c->st, cfg->backoff_min, cfg->backoff_max);
     p->st = c->st;
     p->client = c;
     p->cfg = cfg;
     p->port = port;
-    p->backoff = cfg->backoff_min;
     if (path != NULL) {
         if ((p->path = strdup(path)) == NULL)
             goto nomem;
@@ -43,49 +43,44 @@ nomem:
     return NULL;
 }
 
-/* Close every connection of the pool. They leave the pool first: closing
- * one runs Python code (the loop's remove_reader, futures), during which
- * another thread may be closing the same connection (then it returns at once
- * and stays where it was: a loop until nconns drops would spin for ever) or
- * free the pool (a connection must not point back to it then). */
-static void pool_close_all(CmRedisPool *p, const char *why)
+/* "redis <label>: why", or NULL (no exception) when it cannot be made. */
+static PyObject *pool_msg(CmRedisPool *p, const char *why)
 {
-    PyObject *saved = cm_exc_take();
     PyObject *msg = PyUnicode_FromFormat("redis %s: %s", p->label, why);
     if (msg == NULL)
         PyErr_Clear();
-    CmRedisConnObject **conns = p->conns;
-    int n = p->nconns;
-    p->conns = NULL;
-    p->nconns = 0;
+    return msg;
+}
+
+/* Close every connection of the pool (net/pool.h). */
+static void pool_close_all(CmRedisPool *p, const char *why)
+{
+    PyObject *saved = cm_exc_take();
+    PyObject *msg = pool_msg(p, why);
     p->run = NULL;
-    for (int i = 0; i < n; i++)
-        conns[i]->pool = NULL;
-    for (int i = 0; i < n; i++) {
-        cm_redis_conn_close(conns[i], p->st->RedisConnectionError, msg ? msg : Py_None, 0);
-        Py_DECREF(conns[i]); /* the pool's reference */
-    }
-    free(conns);
+    cm_net_pool_close_all(&p->net, p->st->redis.ConnectionError, msg);
     Py_XDECREF(msg);
     cm_exc_restore(saved);
 }
 
-/* Close every connection without touching its loop: the loop is closed or
- * gone, or this is a forked child and the loop (its epoll instance) is the
- * parent's. The sockets are closed, nothing is unregistered, the timers are
- * dropped uncancelled (a closed loop never runs them; a run one finds the
- * connection closed). The pool reconnects on the next call. */
-void cm_redis_pool_drop_detached(CmRedisPool *p, const char *why)
+void cm_redis_pool_drop_detached(CmRedisPool *p, const char *why, int fork)
 {
-    for (int i = 0; i < p->nconns; i++) {
-        CmRedisConnObject *c = p->conns[i]; // borrowed
-        c->reading = c->writing = 0;
-        Py_CLEAR(c->timer);
-    }
-    pool_close_all(p, why);
-    Py_CLEAR(p->loop);
-    p->retry_at = 0;
-    p->backoff = p->cfg->backoff_min;
+    PyObject *saved = cm_exc_take();
+    PyObject *msg = pool_msg(p, why);
+    p->run = NULL;
+    cm_net_pool_drop_detached(&p->net, p->st->redis.ConnectionError, msg, fork);
+    Py_XDECREF(msg);
+    cm_exc_restore(saved);
+}
+
+void cm_redis_pool_close_gc(CmRedisPool *p)
+{
+    PyObject *saved = cm_exc_take();
+    PyObject *msg = pool_msg(p, "storage collected");
+    p->run = NULL;
+    cm_net_pool_close_gc(&p->net, p->st->redis.ConnectionError, msg);
+    Py_XDECREF(msg);
+    cm_exc_restore(saved);
 }
 
 void cm_redis_pool_free(CmRedisPool *p)
@@ -93,70 +88,50 @@ void cm_redis_pool_free(CmRedisPool *p)
     if (p == NULL)
         return;
     pool_close_all(p, "storage closed");
+    cm_net_pool_fini(&p->net, p->st->redis.ConnectionError, NULL);
     cm_redis_pool_forget_addrs(p);
     free(p->host);
     free(p->path);
-    Py_XDECREF(p->loop);
-    Py_XDECREF(p->last_error);
     free(p);
-}
-
-void cm_redis_pool_forget(CmRedisPool *p, CmRedisConnObject *c, int failed, PyObject *why)
-{
-    for (int i = 0; i < p->nconns; i++) {
-        if (p->conns[i] == c) {
-            p->conns[i] = p->conns[--p->nconns];
-            Py_DECREF(c);
-            break;
-        }
-    }
-    if (!failed)
-        return;
-    int64_t now = cm_now_ns();
-    if (now >= p->retry_at) {
-        p->retry_at = now + (int64_t)(p->backoff * 1e9);
-        p->backoff = p->backoff * 2 > p->cfg->backoff_max ? p->cfg->backoff_max : p->backoff * 2;
-    }
-    if (why != NULL && PyUnicode_Check(why))
-        Py_XSETREF(p->last_error, Py_NewRef(why));
 }
 
 CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop)
 {
     const CmRedisConfig *cfg = p->cfg;
-    if (p->loop != loop) {
-        if (p->loop != NULL)
-            pool_close_all(p, "event loop changed");
-        Py_XSETREF(p->loop, Py_NewRef(loop));
+    CmNetPool *np = &p->net;
+    if (np->loop != loop) {
+        PyObject *msg = np->loop != NULL ? pool_msg(p, "event loop changed") : NULL;
+        p->run = NULL;
+        int rc = cm_net_pool_bind(np, loop, p->st->redis.ConnectionError, msg);
+        Py_XDECREF(msg);
+        if (rc < 0)
+            return NULL;
     }
     CmRedisConnObject *best = NULL; // borrowed
-    for (int i = 0; i < p->nconns; i++)
-        if (best == NULL || p->conns[i]->len < best->len)
-            best = p->conns[i];
-    if (best != NULL && (best->len < (size_t)cfg->pipeline || p->nconns >= cfg->size))
+    for (int i = 0; i < np->nconns; i++)
+        if (best == NULL || cm_redis_pool_at(p, i)->len < best->len)
+            best = cm_redis_pool_at(p, i);
+    if (best != NULL && (best->len < (size_t)cfg->pipeline || np->nconns >= cfg->size))
         return best;
     int64_t now = cm_now_ns();
-    if (now < p->retry_at) {
+    if (cm_net_pool_backing_off(np, now)) {
         if (best != NULL)
             return best;
-        PyErr_Format(p->st->RedisConnectionError, "redis %s is unavailable (%S); next try in %d ms",
-                     p->label, p->last_error ? p->last_error : Py_None,
-                     (int)((p->retry_at - now) / 1000000));
+        PyErr_Format(p->st->redis.ConnectionError,
+                     "redis %s is unavailable (%S); next try in %d ms", p->label,
+                     np->last_error ? np->last_error : Py_None,
+                     (int)((np->retry_at - now) / 1000000));
         return NULL;
     }
-    CmRedisConnObject **conns = realloc(p->conns, sizeof(*conns) * (size_t)(p->nconns + 1));
-    if (conns == NULL) {
-        PyErr_NoMemory();
+    if (cm_net_pool_reserve(np) < 0)
         return NULL;
-    }
-    p->conns = conns;
     CmRedisConnObject *c = cm_redis_conn_open(p, loop);
     if (c == NULL) {
         PyObject *exc = cm_exc_take();
         PyObject *why = exc ? PyObject_Str(exc) : NULL;
         if (why == NULL)
             PyErr_Clear();
-        cm_redis_pool_forget(p, NULL, 1, why);
+        cm_net_pool_forget(np, NULL, 1, why);
         Py_XDECREF(why);
         if (best != NULL) {
             Py_XDECREF(exc);
@@ -165,7 +140,7 @@ CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop)
         cm_exc_restore(exc);
         return NULL;
     }
-    p->conns[p->nconns++] = c; /* the pool's reference */
+    cm_net_pool_add(np, &c->net); /* the pool's reference; reserved: cannot fail */
     return c;
 }
 

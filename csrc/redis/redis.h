@@ -7,6 +7,7 @@
 
 #include "net/busypoll.h"
 #include "net/netloop.h"
+#include "net/pool.h"
 #include "redis/resp.h"
 
 struct addrinfo;
@@ -70,22 +71,18 @@ typedef struct {
     Py_ssize_t max_bulk_bytes;
 } CmRedisConfig;
 
-/* The connections to one server. A plain C record owned by its client;
- * connections point back to it (borrowed) until they are closed. */
+/* The connections to one server (net/pool.h: slots, loop, backoff). A plain
+ * C record owned by its client; connections point back to its net part
+ * (borrowed) until they are closed. */
 struct CmRedisPool {
+    CmNetPool net;
     CmState *st;
     CmRedisClientObject *client; /* borrowed: the owner */
     const CmRedisConfig *cfg;    /* borrowed from the client */
     char *host;                  /* NULL for a unix socket */
     char *path;
     int port;
-    char label[300]; /* "host:port" or the socket path, for messages */
-    CmRedisConnObject **conns;
-    int nconns;
-    PyObject *loop;         /* the loop the connections are registered with */
-    int64_t retry_at;       /* no new connection before (monotonic ns) */
-    double backoff;         /* seconds, doubled per failure */
-    PyObject *last_error;   /* str: why the last connection failed */
+    char label[300];        /* "host:port" or the socket path, for messages */
     struct addrinfo *addrs; /* the host's addresses, NULL until looked up */
     CmRedisConnObject *run; /* borrowed: the connection collecting GETs, or NULL */
     long resolves;          /* lookups made, for tests */

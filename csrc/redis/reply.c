@@ -18,7 +18,7 @@ static void *reply_string(const redisReadTask *task, char *s, size_t len)
     PyObject *obj;
     if (task->type == REDIS_REPLY_ERROR) {
         PyObject *msg = PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, "replace");
-        obj = msg ? PyObject_CallOneArg(c->st->RedisResponseError, msg) : NULL;
+        obj = msg ? PyObject_CallOneArg(c->net.st->redis.ResponseError, msg) : NULL;
         Py_XDECREF(msg);
     } else if (task->type == REDIS_REPLY_STATUS) {
         obj = PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, "replace");
@@ -35,7 +35,8 @@ static void *reply_string(const redisReadTask *task, char *s, size_t len)
 static int reply_elements_ok(const redisReadTask *task, size_t n)
 {
     const CmRedisConnObject *c = task->privdata;
-    Py_ssize_t max = c->pool != NULL ? c->pool->cfg->max_reply_elements : CM_REDIS_MAX_ELEMENTS;
+    const CmRedisPool *p = cm_redis_conn_pool(c); // borrowed
+    Py_ssize_t max = p != NULL ? p->cfg->max_reply_elements : CM_REDIS_MAX_ELEMENTS;
     return cm_resp_elements_ok(n, (size_t)max);
 }
 
