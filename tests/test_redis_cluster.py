@@ -489,6 +489,14 @@ async def test_get_all_follows_a_half_migrated_slot_key_by_key(redis_cluster):
             assert [(n.uid, v) for n, v in pairs] == want
             rounds += 1
         assert cmd_calls(redis_cluster, "asking")[dst] >= 3 * rounds
+        # only keys the source no longer has: it answers the MGET with one
+        # ASK, and each key is asked of the target (ASKING + GET)
+        reset_stats(redis_cluster)
+        pairs = await s.get_all([Node(i) for i in (0, 2, 4, 6)], ser)
+        assert [(n.uid, v) for n, v in pairs] == [(0, "v0"), (2, "v2"), (4, "v4")]
+        assert error_calls(redis_cluster, "ASK")[src] == 1
+        assert cmd_calls(redis_cluster, "asking")[dst] == 4
+        assert error_calls(redis_cluster, "TRYAGAIN") == [0, 0, 0]
         # through the request flow: found in the cluster, nothing reloaded
         # but the key stored nowhere
         assert await cacheme.get_all([Node(i) for i in range(7)]) == [f"v{i}" for i in range(7)]
@@ -587,6 +595,8 @@ async def main(cl):
         for _ in range(k):
             p = await s.get_all(nodes, ser)
             assert p.errors == 1 and [v for _, v in p][:7] == list(range(7)), p
+            p = await s.get_all(nodes[:8:2], ser)  # only moved keys: ASK
+            assert [v for _, v in p] == [0, 2, 4, 6], p
 
     await rounds(300)
     before = snapshot()
