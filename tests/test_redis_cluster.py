@@ -455,6 +455,44 @@ async def test_get_all_keeps_the_healthy_masters_pieces(lossy_cluster, caplog, h
         await flights_done()
 
 
+async def test_get_all_with_two_masters_down(lossy_cluster, caplog):
+    # each failed master is one error, logged once; with nothing answered the
+    # first failure is raised (for the caller to log) and the other logged
+    cluster = lossy_cluster
+    ser = MsgPackSerializer()
+    Node, _ = make_node([])
+    nodes = [Node(i) for i in range(60)]
+    s = RedisStorage(cluster.url, cluster=True, timeout=0.3, connect_timeout=0.3)
+    await s.set_all([(n, n.uid) for n in nodes], None, ser)
+    clients = await node_clients(cluster)
+    owner = []
+    for n in nodes:
+        slot = await clients[0].execute("CLUSTER", "KEYSLOT", n.full_key())
+        owner.append(await slot_owner(cluster, clients, slot))
+    for c in clients:
+        await c.close()
+    cluster.nodes[1].kill()
+    cluster.nodes[2].kill()
+    ports = [str(cluster.nodes[i].port) for i in (1, 2)]
+
+    def warned():
+        return sorted(p for r in caplog.records for p in ports
+                      if r.levelno == logging.WARNING and p in r.getMessage())
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="cacheme"):
+            pairs = await s.get_all(nodes, ser)
+            assert [n.uid for n, _ in pairs] == [i for i in range(60) if owner[i] == 0]
+            assert pairs.errors == 2
+            assert warned() == sorted(ports)
+            caplog.clear()
+            with pytest.raises(RedisConnectionError):
+                await s.get_all([n for i, n in enumerate(nodes) if owner[i] != 0], ser)
+            assert len(warned()) == 1
+    finally:
+        await s.close()
+
+
 async def test_get_all_follows_a_half_migrated_slot_key_by_key(redis_cluster):
     # A slot left half migrated (some keys moved, the rest still on the
     # source) for longer than the TRYAGAIN retries: the MGET of its keys is
