@@ -302,9 +302,9 @@ const char *cm_cluster_node_label(CmRedisClientObject *c, uint16_t node)
 /* Follow the keys of a multi-key MGET entry one GET each: routed by the map
  * when conn is NULL, else ASKING + GET on conn (an ASK target). The entry
  * (its op reference and positions) is used up; every GET holds a reference
- * of its own. */
+ * of its own and stays part of the entry's piece (node). */
 static void follow_per_key(CmRedisClientObject *c, PyObject *loop, CmRedisEntry *e,
-                           CmRedisConnObject *conn, uint16_t node)
+                           CmRedisConnObject *conn)
 {
     CmRedisOp *op = e->op;
     uint32_t *positions = e->positions;
@@ -320,7 +320,7 @@ static void follow_per_key(CmRedisClientObject *c, PyObject *loop, CmRedisEntry 
                           .pos = positions ? positions[i] : e->pos + i,
                           .npos = 1,
                           .redirects = e->redirects,
-                          .node = node};
+                          .node = e->node};
         if (conn != NULL) {
             CmRedisEntry asking = {.cmd = CM_CMD_ASKING};
             cm_redis_conn_push(conn, &asking);
@@ -356,7 +356,7 @@ int cm_cluster_redirect(CmRedisClientObject *c, CmRedisEntry *e, PyObject *err)
         if (loop == NULL)
             entry_fail_raised(c, e);
         else
-            follow_per_key(c, loop, e, NULL, 0);
+            follow_per_key(c, loop, e, NULL);
         Py_XDECREF(loop);
         goto done;
     }
@@ -389,14 +389,12 @@ int cm_cluster_redirect(CmRedisClientObject *c, CmRedisEntry *e, PyObject *err)
     int idx = loop ? node_index(c, host, port) : -1;
     CmRedisConnObject *conn = idx >= 0 ? cm_redis_pool_conn(cl->pools[idx], loop) : NULL;
     Py_XDECREF(loop);
-    if (idx >= 0)
-        e->node = (uint16_t)(idx + 1); /* a failure is the new node's */
     if (conn == NULL) {
         entry_fail_raised(c, e);
         goto done;
     }
     if (ask && multi) {
-        follow_per_key(c, NULL, e, conn, e->node);
+        follow_per_key(c, NULL, e, conn);
         goto done;
     }
     if (ask) {

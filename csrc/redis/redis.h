@@ -46,8 +46,10 @@ typedef struct {
     uint32_t pos, npos;
     uint8_t cmd;
     uint8_t redirects; /* times this request was re-sent on a cluster redirect */
-    uint16_t node;     /* cluster: 1 + the index of the node it went to; 0 unknown */
-    int64_t deadline;  /* monotonic ns */
+    /* cluster: 1 + the index of the node the map first sent it to (a get_all's
+     * piece is one node's requests, redirected or not); 0 unknown */
+    uint16_t node;
+    int64_t deadline; /* monotonic ns */
 } CmRedisEntry;
 
 static inline uint32_t cm_entry_position(const CmRedisEntry *e, uint32_t i)
