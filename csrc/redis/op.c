@@ -313,6 +313,7 @@ static int op_traverse(const CmRedisOp *op, visitproc visit, void *arg)
     Py_VISIT(op->values);
     Py_VISIT(op->result);
     Py_VISIT(op->error);
+    Py_VISIT(op->failed);
     Py_VISIT(op->waiter);
     Py_VISIT(op->waiter_loop);
     Py_VISIT(op->get);
