@@ -31,7 +31,18 @@
  * server: backoff), then has the driver fail what was pending. After fork
  * and when the loop is gone, cm_net_pool_drop_detached (net/pool.h) closes
  * without touching the loop, the fd first pointed at /dev/null in a forked
- * child (cm_net_fork_fd, net/netloop.h). */
+ * child (cm_net_fork_fd, net/netloop.h).
+ *
+ * A driver whose library owns the socket and connects in steps (libpq's
+ * PQconnectPoll, MariaDB Connector/C's _start and _cont calls) sets own_fd
+ * to 0, takes the fd the library reports after each step
+ * (cm_net_conn_set_fd, then cm_net_conn_watch for what the library waits
+ * for), and finishes its handle in release: the library closes the socket
+ * (after fork the fd points at /dev/null by then, so its goodbye goes
+ * nowhere). Its states past the connect (SQL: idle, busy) are numbered from
+ * CM_NET_OPEN, and a driver with one deadline at a time (the connect, then
+ * the batch in flight) leaves the deadline hook NULL and calls
+ * cm_net_conn_set_deadline when a step starts, with 0 when it is done. */
 #ifndef CM_NET_CONN_H
 #define CM_NET_CONN_H
 #include "state.h"

@@ -3,9 +3,7 @@
  * closing (also after fork), and busy polling over them.
  *
  * A CmNetPool is a plain C record embedded in the driver's pool (Redis:
- * CmRedisPool, one per server; SQL: the storage object). Which connection
- * takes a request, and when to open another, stays the driver's: Redis
- * pipelines on the least loaded one, SQL hands a batch to an idle one.
+ * CmRedisPool, one per server; SQL: the storage object).
  *
  * Loop binding, the same rule for every driver. Connections are watched on
  * one loop and settle futures of that loop, so a pool follows the running
@@ -24,7 +22,13 @@
  *
  * Busy polling (net/busypoll.h): cm_net_pool_spin and cm_net_pool_wait
  * poll the fds of the pool's connections that await the server (the
- * driver's `awaiting` hook) and hand what is ready to the driver's `io`. */
+ * driver's `awaiting` hook) and hand what is ready to the driver's `io`.
+ *
+ * What stays the driver's: which connection takes a request and when to
+ * open another (Redis pipelines on the least loaded one, SQL hands a batch
+ * to an idle one), a queue of requests waiting for a connection and its
+ * deadlines (on a CmNetTimer of its own, net/conn.h, the same lazy rule),
+ * periodic housekeeping, and the messages. */
 #ifndef CM_NET_POOL_H
 #define CM_NET_POOL_H
 #include "state.h"
@@ -40,8 +44,9 @@ struct CmNetPool {
     double backoff_min, backoff_max; /* seconds */
     double backoff;                  /* seconds: the next wait */
     int64_t retry_at;                /* no new connection before (monotonic ns); 0: now */
-    PyObject *last_error;            /* why the last connect failed (the driver's choice of
-                                        object: a message or an exception), or NULL */
+    PyObject *last_error;            /* why the last connect failed: the msg given to
+                                        cm_net_conn_close or the why given to
+                                        cm_net_pool_forget, or NULL */
 };
 
 /* Set up p (zeroed memory). */

@@ -288,7 +288,7 @@ static void conn_add_get(CmRedisConnObject *c, CmRedisEntry *e)
 }
 
 /* 1 when every key of the MGET entry e can be sent (else it goes out as an
- * MGET of its own, which fails as a whole and at once, as before). */
+ * MGET of its own, which fails as a whole and at once). */
 static int mget_keys_encode(CmRedisEntry *e)
 {
     for (uint32_t i = 0; i < e->npos; i++) {

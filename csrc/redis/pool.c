@@ -145,9 +145,10 @@ CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop)
 }
 
 /* The server's addresses, looked up once per pool and kept (a name again
- * only after a connect failed: cm_redis_pool_forget_addrs). A chain of our own
- * (cm_redis_addrs_add, cm_redis_addrs_free): a name's addresses come from the loop's
- * executor (conn_resolve) as strings, each turned into an addrinfo here. */
+ * only after a connect failed: cm_redis_pool_forget_addrs). A chain of our
+ * own (cm_redis_addrs_add, cm_redis_addrs_free): a name's addresses come
+ * from the loop's executor (loop/resolve.h, conn.c's cm_redis_conn_open) as
+ * strings, each turned into an addrinfo here. */
 void cm_redis_addrs_free(struct addrinfo *ai)
 {
     while (ai != NULL) {
