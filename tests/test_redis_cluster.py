@@ -113,6 +113,7 @@ async def test_get_all_split_per_slot_and_reassembled(redis_cluster):
     assert sorted(calls) == list(range(1, 40, 2))
     mgets = cmd_calls(redis_cluster, "mget")
     assert all(m > 0 for m in mgets)  # split over the three masters
+    assert error_calls(redis_cluster, "CROSSSLOT") == [0, 0, 0]  # one MGET per slot
     s = cacheme.data.get_storage_by_name(name)._storage
     pairs = await s.get_all(list(reversed(nodes)), MsgPackSerializer())
     assert [n.uid for n, _ in pairs] == list(range(39, -1, -1))
