@@ -120,3 +120,12 @@ def resolve_class(name: str) -> type: ...
 
 class StorageKeyError(ValueError):
     """A key a remote storage cannot hold as it is (raised to the caller)."""
+
+class PartialResult(List[Tuple[Any, Any]]):
+    """The [(node, value)] of a get_all some of whose requests failed (a
+    Redis Cluster master down): what the others answered."""
+
+    @property
+    def errors(self) -> int:
+        """The nodes whose requests failed; their keys are missing."""
+        ...

@@ -156,8 +156,9 @@ class RedisServer:
 class RedisCluster:
     """Three masters, slots spread by redis-cli --cluster create."""
 
-    def __init__(self, masters: int = 3):
-        self.nodes: List[RedisServer] = [RedisServer(cluster=True) for _ in range(masters)]
+    def __init__(self, masters: int = 3, extra=()):
+        self.nodes: List[RedisServer] = [
+            RedisServer(cluster=True, extra=extra) for _ in range(masters)]
 
     @property
     def url(self) -> str:

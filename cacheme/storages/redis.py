@@ -13,7 +13,12 @@ URLs::
 Options (keyword arguments of ``Storage(url, ...)``, or URL query values):
 
 - ``pool_size`` (100): connections per server, at most.
-- ``cluster`` (False): Redis Cluster; the URL names any one node.
+- ``cluster`` (False): Redis Cluster; the URL names any one node. A
+  ``get_all`` whose keys span masters keeps what the reachable ones answered
+  when another is down or times out: its keys are misses, each failed master
+  is logged once, and the result is a ``cacheme._core.PartialResult`` (a
+  list whose ``errors`` counts the failed masters). The keys of a slot half
+  migrated are followed one by one (ASK), however long the migration lasts.
 - ``connect_timeout`` (5.0 s), ``timeout`` (5.0 s, per request): past them a
   request fails with RedisTimeoutError (a miss in ``get``).
 - ``pipeline`` (128): replies outstanding on a connection before the pool

@@ -55,7 +55,12 @@ static CmRedisPool *route(CmRedisClientObject *self, CmRedisEntry *e)
         }
         slot = cm_key_slot(p, (size_t)n);
     }
-    return cm_cluster_route(self, slot);
+    /* a redirected request stays part of the piece it was first sent in */
+    uint16_t node;
+    CmRedisPool *pool = cm_cluster_route(self, slot, &node);
+    if (e->node == 0)
+        e->node = node;
+    return pool;
 }
 
 /* Route an entry and queue it on a connection of its server; the entry (with

@@ -410,6 +410,9 @@ int cm_redis_init(PyObject *mod, CmState *st)
         goto done;
     if ((st->redis.ConnType = PyType_FromModuleAndSpec(mod, &cm_redis_conn_spec, NULL)) == NULL ||
         (st->redis.ClientType = PyType_FromModuleAndSpec(mod, &client_spec, NULL)) == NULL ||
+        (st->redis.PartialResultType = PyType_FromModuleAndSpec(
+             mod, &cm_redis_partial_spec, (PyObject *)&PyList_Type)) == NULL ||
+        PyModule_AddObjectRef(mod, "PartialResult", st->redis.PartialResultType) < 0 ||
         PyModule_AddObjectRef(mod, "RedisClient", st->redis.ClientType) < 0)
         goto done;
     rc = 0;

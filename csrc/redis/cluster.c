@@ -5,13 +5,21 @@
  * known node at connect and again (at most once per REFRESH_GAP) after a
  * MOVED or a connection failure. A MOVED reply updates the slot at once and
  * re-sends the request to the named node; an ASK reply re-sends it there
- * after ASKING, without touching the map (a slot being migrated). TRYAGAIN
- * (a multi-key request on a slot half migrated) and CLUSTERDOWN (a slot
- * not served for now; the map is refreshed too) are transient as well: the
- * request is re-sent RETRY_DELAY later. Each request is re-sent at most
- * MAX_REDIRECTS times, whatever the reason. Multi-key requests were split by
- * slot before they left (calls.c, send_mget) and their replies are written
- * back by position, so order is kept whatever node answers. */
+ * after ASKING, without touching the map (a slot being migrated).
+ * CLUSTERDOWN (a slot not served for now; the map is refreshed too) is
+ * transient: the request is re-sent RETRY_DELAY later. Each request is
+ * re-sent at most MAX_REDIRECTS times, whatever the reason.
+ *
+ * Multi-key requests were split by slot before they left (calls.c,
+ * send_mget) and their replies are written back by position, so order is
+ * kept whatever node answers. A slot half migrated holds some of an MGET's
+ * keys on the source and the rest on the target, for as long as the
+ * migration takes: the source answers TRYAGAIN (some keys here, some gone)
+ * or ASK (none here), and waiting would not help. Such an MGET is followed
+ * key by key instead: one GET per key routed by the map (on TRYAGAIN; the
+ * source then answers each GET, or ASK for a key already moved) or ASKING +
+ * GET on the target (on ASK). A single-key request cannot be answered
+ * TRYAGAIN; if one is, it is retried like CLUSTERDOWN. */
 #include "redis/redis.h" /* Python.h first */
 
 #include <stdlib.h>
@@ -191,7 +199,7 @@ void cm_cluster_node_failed(CmRedisClientObject *c)
         c->cluster->stale = 1;
 }
 
-CmRedisPool *cm_cluster_route(CmRedisClientObject *c, unsigned slot)
+CmRedisPool *cm_cluster_route(CmRedisClientObject *c, unsigned slot, uint16_t *node)
 {
     CmRedisCluster *cl = c->cluster;
     if (cl == NULL) {
@@ -200,7 +208,10 @@ CmRedisPool *cm_cluster_route(CmRedisClientObject *c, unsigned slot)
     }
     maybe_refresh(c);
     int idx = cl->slots[slot & (CM_CLUSTER_SLOTS - 1)];
-    return cl->pools[idx < 0 ? 0 : idx]; /* unknown: any node redirects us */
+    if (idx < 0)
+        idx = 0; /* unknown: any node redirects us */
+    *node = (uint16_t)(idx + 1);
+    return cl->pools[idx];
 }
 
 /* Fail an entry taken over by a redirect with the exception being raised. */
@@ -280,6 +291,50 @@ done:
     return rc;
 }
 
+const char *cm_cluster_node_label(CmRedisClientObject *c, uint16_t node)
+{
+    CmRedisCluster *cl = c->cluster;
+    if (cl == NULL || node == 0 || node > cl->npools)
+        return NULL;
+    return cl->pools[node - 1]->label;
+}
+
+/* Follow the keys of a multi-key MGET entry one GET each: routed by the map
+ * when conn is NULL, else ASKING + GET on conn (an ASK target). The entry
+ * (its op reference and positions) is used up; every GET holds a reference
+ * of its own and stays part of the entry's piece (node). */
+static void follow_per_key(CmRedisClientObject *c, PyObject *loop, CmRedisEntry *e,
+                           CmRedisConnObject *conn)
+{
+    CmRedisOp *op = e->op;
+    uint32_t *positions = e->positions;
+    uint32_t n = e->npos;
+    /* every reference first: a GET failing at once must not finish the op
+     * while the others are still to be sent */
+    for (uint32_t i = 1; i < n; i++)
+        cm_redis_op_ref(op);
+    Py_XINCREF(conn); /* a failed write may close it and the pool let go */
+    for (uint32_t i = 0; i < n; i++) {
+        CmRedisEntry g = {.op = op,
+                          .cmd = CM_CMD_GET,
+                          .pos = positions ? positions[i] : e->pos + i,
+                          .npos = 1,
+                          .redirects = e->redirects,
+                          .node = e->node};
+        if (conn != NULL) {
+            CmRedisEntry asking = {.cmd = CM_CMD_ASKING};
+            cm_redis_conn_push(conn, &asking);
+            cm_redis_conn_push(conn, &g);
+        } else {
+            cm_redis_resend(c, loop, &g);
+        }
+    }
+    Py_XDECREF(conn);
+    free(positions);
+    e->positions = NULL;
+    e->op = NULL;
+}
+
 int cm_cluster_redirect(CmRedisClientObject *c, CmRedisEntry *e, PyObject *err)
 {
     CmRedisCluster *cl = c->cluster;
@@ -290,6 +345,19 @@ int cm_cluster_redirect(CmRedisClientObject *c, CmRedisEntry *e, PyObject *err)
     char addr[300];
     if (s == NULL) {
         PyErr_Clear();
+        goto done;
+    }
+    int multi = e->cmd == CM_CMD_MGET && e->npos > 1;
+    if (!strncmp(s, "TRYAGAIN", 8) && multi) {
+        if (cl == NULL || ++e->redirects > MAX_REDIRECTS)
+            goto done;
+        handled = 1;
+        PyObject *loop = cm_loop_running(c->st);
+        if (loop == NULL)
+            entry_fail_raised(c, e);
+        else
+            follow_per_key(c, loop, e, NULL);
+        Py_XDECREF(loop);
         goto done;
     }
     if (!strncmp(s, "TRYAGAIN", 8) || !strncmp(s, "CLUSTERDOWN", 11)) {
@@ -323,6 +391,10 @@ int cm_cluster_redirect(CmRedisClientObject *c, CmRedisEntry *e, PyObject *err)
     Py_XDECREF(loop);
     if (conn == NULL) {
         entry_fail_raised(c, e);
+        goto done;
+    }
+    if (ask && multi) {
+        follow_per_key(c, NULL, e, conn);
         goto done;
     }
     if (ask) {

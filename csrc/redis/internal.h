@@ -96,6 +96,10 @@ struct CmRedisOp {
     PyObject *values; /* set_all: payloads */
     PyObject *result; /* GET/RAW: the reply; MGET: list of replies */
     PyObject *error;
+    /* cluster MGET: {node label: exception} of the nodes whose requests
+     * failed (their keys are misses), and the requests answered */
+    PyObject *failed;
+    uint32_t answered;
     long long ttl_ms; /* -1: no TTL */
     int (*done)(CmRedisClientObject *, PyObject *reply, PyObject *error);
     /* a FlightProxy woken straight when the op finishes (instead of through
@@ -127,6 +131,9 @@ void cm_redis_entry_fail_current(CmRedisEntry *e);
 int cm_redis_entry_traverse(const CmRedisEntry *e, visitproc visit, void *arg);
 /* One reply for the entry taken off the head of c's ring (reply stolen). */
 void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply);
+
+/* the PartialResult type (op.c), made by cm_redis_init */
+extern PyType_Spec cm_redis_partial_spec;
 
 /* request.c: append the request of an entry to b; all or nothing. */
 int cm_redis_encode_entry(CmBuf *b, const CmRedisEntry *e);

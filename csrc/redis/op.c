@@ -2,7 +2,11 @@
  * values and the replies gathered from its entries; settled when its last
  * entry is answered or failed. */
 #include "redis/internal.h"
+#include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include <structmember.h>
 
 #include "flight/remote.h"
 #include "ser/envelope.h"
@@ -77,6 +81,137 @@ static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
     return out;
 }
 
+/* ---- a cluster get_all's failed pieces ---------------------------------------
+ *
+ * A get_all on a cluster is one request per slot, spread over the masters.
+ * When one master is down, its requests fail with a connection error or a
+ * timeout (or, for a slot no master serves for now, a redirect or
+ * CLUSTERDOWN still answered past the retries: cluster.c);
+ * the others' replies are still good, so the call keeps them: the failed
+ * keys are misses, and each failed master is logged once per call (not once
+ * per slot). Only when no request at all was answered does the call fail as
+ * a whole, as it does on a single server, for its caller to log and count.
+ * Other errors (a reply Redis refused, memory) fail the call as before.
+ *
+ * A partial outcome is a PartialResult: a list of the pairs found whose
+ * `errors` says how many nodes failed, so that the request flow can count
+ * them as errors of the storage (a plain list means none failed). */
+
+typedef struct {
+    PyListObject list;
+    Py_ssize_t errors;
+} CmPartialResultObject;
+
+/* list's own slots, plus what a heap type owes its type object */
+static int partial_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    return PyList_Type.tp_traverse(self, visit, arg);
+}
+
+static int partial_clear(PyObject *self) { return PyList_Type.tp_clear(self); }
+
+static void partial_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyList_Type.tp_dealloc(self);
+    Py_DECREF(tp);
+}
+
+static PyMemberDef partial_members[] = {
+    {"errors", T_PYSSIZET, offsetof(CmPartialResultObject, errors), READONLY,
+     "nodes whose requests failed (their keys are missing)"},
+    {NULL},
+};
+
+static PyType_Slot partial_slots[] = {
+    {Py_tp_doc, "The [(node, value)] of a get_all some of whose requests failed."},
+    {Py_tp_traverse, partial_traverse},
+    {Py_tp_clear, partial_clear},
+    {Py_tp_dealloc, partial_dealloc},
+    {Py_tp_members, partial_members},
+    {0, NULL},
+};
+
+PyType_Spec cm_redis_partial_spec = {
+    .name = "cacheme._core.PartialResult",
+    .basicsize = sizeof(CmPartialResultObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = partial_slots,
+};
+
+static int is_piece_failure(const CmRedisEntry *e, PyObject *exc)
+{
+    CmRedisOp *op = e->op;
+    CmState *st = op->client->st;
+    if (op->kind != OP_MGET || op->client->cluster == NULL || exc == NULL)
+        return 0;
+    if (PyObject_TypeCheck(exc, (PyTypeObject *)st->redis.ConnectionError) ||
+        PyObject_TypeCheck(exc, (PyTypeObject *)st->redis.TimeoutError))
+        return 1;
+    if (!PyObject_TypeCheck(exc, (PyTypeObject *)st->redis.ResponseError))
+        return 0;
+    PyObject *msg = PyObject_Str(exc);
+    const char *s = msg != NULL ? PyUnicode_AsUTF8(msg) : NULL;
+    int down = s != NULL && (!strncmp(s, "CLUSTERDOWN ", 12) || !strncmp(s, "MOVED ", 6) ||
+                             !strncmp(s, "ASK ", 4) || !strncmp(s, "TRYAGAIN ", 9));
+    if (s == NULL)
+        PyErr_Clear();
+    Py_XDECREF(msg);
+    return down;
+}
+
+/* Keep exc (borrowed) as the failure of the entry's node; -1 if it could
+ * not be kept (no memory: the call then fails as a whole). */
+static int piece_failed(CmRedisEntry *e, PyObject *exc)
+{
+    CmRedisOp *op = e->op;
+    const char *label = cm_cluster_node_label(op->client, e->node);
+    PyObject *key = label != NULL ? PyUnicode_FromString(label) : PyObject_Str(exc);
+    int rc = -1;
+    if (key == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (op->failed == NULL && (op->failed = PyDict_New()) == NULL)
+        goto done;
+    PyObject *kept = PyDict_SetDefault(op->failed, key, exc); // borrowed
+    rc = kept != NULL ? 0 : -1;
+done:
+    Py_DECREF(key);
+    if (rc < 0)
+        PyErr_Clear();
+    return rc;
+}
+
+/* The outcome of a cluster get_all some of whose requests failed: the pairs
+ * found, each failed node logged; or, with none answered, NULL with the
+ * first failure raised. */
+static PyObject *mget_partial(CmState *st, CmRedisOp *op)
+{
+    Py_ssize_t pos = 0;
+    PyObject *label, *exc, *first = NULL;
+    while (PyDict_Next(op->failed, &pos, &label, &exc)) {
+        if (op->answered == 0 && first == NULL)
+            first = exc; /* raised: its caller logs it */
+        else
+            cm_log_warning(st,
+                           "cacheme: redis cluster node %U failed in get_all, its keys count as "
+                           "misses: %R",
+                           label, exc);
+    }
+    if (first != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(first), first);
+        return NULL;
+    }
+    PyObject *pairs = mget_pairs(st, op);
+    PyObject *out = pairs ? PyObject_CallOneArg(st->redis.PartialResultType, pairs) : NULL;
+    Py_XDECREF(pairs);
+    if (out != NULL)
+        ((CmPartialResultObject *)out)->errors = PyDict_GET_SIZE(op->failed);
+    return out;
+}
+
 /* ---- waiters woken straight ------------------------------------------------
  *
  * The leader of a flight waits for a storage call through a FlightProxy,
@@ -117,7 +252,7 @@ static void op_finish(CmRedisOp *op)
                 res = decode_value(st, op->ser, op->result);
             break;
         case OP_MGET:
-            res = mget_pairs(st, op);
+            res = op->failed != NULL ? mget_partial(st, op) : mget_pairs(st, op);
             break;
         case OP_RAW:
             res = Py_NewRef(op->result ? op->result : Py_None);
@@ -160,6 +295,7 @@ static void op_finish(CmRedisOp *op)
     Py_XDECREF(op->values);
     Py_XDECREF(op->result);
     Py_XDECREF(op->error);
+    Py_XDECREF(op->failed);
     free(op);
     cm_exc_restore(saved);
 }
@@ -178,6 +314,7 @@ static int op_traverse(const CmRedisOp *op, visitproc visit, void *arg)
     Py_VISIT(op->values);
     Py_VISIT(op->result);
     Py_VISIT(op->error);
+    Py_VISIT(op->failed);
     Py_VISIT(op->waiter);
     Py_VISIT(op->waiter_loop);
     Py_VISIT(op->get);
@@ -217,11 +354,19 @@ void cm_redis_entry_release(CmRedisEntry *e)
         cm_redis_op_unref(op);
 }
 
+/* Fail the entry's op with exc (borrowed); a cluster get_all's failed piece
+ * only leaves its keys misses. */
+static void op_fail_entry(CmRedisEntry *e, PyObject *exc)
+{
+    if (!(is_piece_failure(e, exc) && piece_failed(e, exc) == 0))
+        cm_redis_op_set_error(e->op, exc);
+}
+
 /* Fail the entry's op(s) with exc (borrowed) and let the entry go. */
 void cm_redis_entry_fail_exc(CmRedisEntry *e, PyObject *exc)
 {
     if (e->op != NULL)
-        cm_redis_op_set_error(e->op, exc);
+        op_fail_entry(e, exc);
     for (uint32_t i = 0; e->gets != NULL && i < e->npos; i++)
         cm_redis_op_set_error(e->gets[i].op, exc);
     cm_redis_entry_release(e);
@@ -287,11 +432,16 @@ void cm_redis_entry_reply(CmRedisConnObject *c, CmRedisEntry *e, PyObject *reply
         return;
     }
     if (is_err) {
-        cm_redis_op_set_error(op, reply);
+        op_fail_entry(e, reply);
+    } else if (e->cmd == CM_CMD_GET && op->kind == OP_MGET) {
+        /* one key of a get_all followed on its own (cluster.c) */
+        PyList_SetItem(op->result, e->pos, Py_NewRef(reply));
+        op->answered++;
     } else if (e->cmd == CM_CMD_GET || e->cmd == CM_CMD_RAW) {
         Py_XSETREF(op->result, Py_NewRef(reply));
     } else if (e->cmd == CM_CMD_MGET) {
         if (PyList_Check(reply) && PyList_GET_SIZE(reply) == (Py_ssize_t)e->npos) {
+            op->answered++;
             for (uint32_t i = 0; i < e->npos; i++)
                 PyList_SetItem(op->result, cm_entry_position(e, i),
                                Py_NewRef(PyList_GET_ITEM(reply, i)));

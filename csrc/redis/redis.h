@@ -46,7 +46,10 @@ typedef struct {
     uint32_t pos, npos;
     uint8_t cmd;
     uint8_t redirects; /* times this request was re-sent on a cluster redirect */
-    int64_t deadline;  /* monotonic ns */
+    /* cluster: 1 + the index of the node the map first sent it to (a get_all's
+     * piece is one node's requests, redirected or not); 0 unknown */
+    uint16_t node;
+    int64_t deadline; /* monotonic ns */
 } CmRedisEntry;
 
 static inline uint32_t cm_entry_position(const CmRedisEntry *e, uint32_t i)
@@ -132,8 +135,12 @@ void cm_redis_resend(CmRedisClientObject *self, PyObject *loop, CmRedisEntry *e)
 /* cluster.c */
 CmRedisCluster *cm_cluster_new(CmRedisClientObject *c, const char *host, int port);
 void cm_cluster_free(CmRedisCluster *cl);
-/* The pool serving a slot (borrowed), NULL with an exception. */
-CmRedisPool *cm_cluster_route(CmRedisClientObject *c, unsigned slot);
+/* The pool serving a slot (borrowed), NULL with an exception; *node is set
+ * to its CmRedisEntry.node. */
+CmRedisPool *cm_cluster_route(CmRedisClientObject *c, unsigned slot, uint16_t *node);
+/* "host:port" of an entry's node (borrowed, valid until the cluster
+ * changes), NULL if unknown or the cluster is closed. */
+const char *cm_cluster_node_label(CmRedisClientObject *c, uint16_t node);
 /* 1 when an error reply was a MOVED/ASK redirect and the entry was sent on,
  * or a TRYAGAIN/CLUSTERDOWN and it will be sent again after a pause (the
  * entry is then no longer the caller's); 0 when it was none of those. */

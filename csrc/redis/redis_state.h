@@ -11,12 +11,13 @@
 struct CmRedisOp;
 
 #define CM_REDIS_STATE_OBJECTS(X)                                                                  \
-    X(ConnType)        /* _RedisConnection */                                                      \
-    X(ClientType)      /* RedisClient */                                                           \
-    X(Error)           /* RedisError */                                                            \
-    X(ConnectionError) /* RedisConnectionError */                                                  \
-    X(TimeoutError)    /* RedisTimeoutError */                                                     \
-    X(ResponseError)   /* RedisResponseError */
+    X(ConnType)          /* _RedisConnection */                                                    \
+    X(ClientType)        /* RedisClient */                                                         \
+    X(PartialResultType) /* PartialResult */                                                       \
+    X(Error)             /* RedisError */                                                          \
+    X(ConnectionError)   /* RedisConnectionError */                                                \
+    X(TimeoutError)      /* RedisTimeoutError */                                                   \
+    X(ResponseError)     /* RedisResponseError */
 
 typedef struct {
 #define CM_REDIS_STATE_DECLARE(n) PyObject *n;
