@@ -282,15 +282,6 @@ static PyObject *node_full_key(CmState *st, CmNodeConfigObject *cfg, PyObject *n
     return full;
 }
 
-static int key_eq(PyObject *a, PyObject *b)
-{
-    if (a == b)
-        return 1;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
-    return n == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b) &&
-           memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
-}
-
 /* The distinct keys of a get_all, in the order of their first node; a
  * repeated key counts once, as a dict of them would (and, as in such a
  * dict, keeps its last node). Arrays of one allocation. */
@@ -348,7 +339,7 @@ static void keyset_add(CmKeySet *s, Py_ssize_t i, PyObject *key, PyObject *node)
         h = PyObject_Hash(key); /* a str: cannot fail */
     size_t j = (size_t)h & s->mask;
     for (Py_ssize_t u; (u = s->table[j]) != -1; j = (j + 1) & s->mask) {
-        if (s->uhash[u] == h && key_eq(s->ukey[u], key)) {
+        if (s->uhash[u] == h && cm_key_eq(s->ukey[u], key)) {
             s->pos[i] = u;
             s->unode[u] = node;
             return;

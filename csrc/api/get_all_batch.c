@@ -136,20 +136,6 @@ static int default_load_all(CmGetAllObject *o, PyObject **bound)
     return same;
 }
 
-/* The load's awaitable under Meta.load_timeout (aw stolen). */
-static PyObject *with_timeout(CmGetAllObject *o, PyObject *aw)
-{
-    double t = o->cfg->load_timeout;
-    if (aw == NULL || t <= 0 || o->st->flight.load_timeout_wrap == NULL)
-        return aw;
-    PyObject *secs = PyFloat_FromDouble(t);
-    PyObject *args[2] = {aw, secs};
-    PyObject *w = secs ? PyObject_Vectorcall(o->st->flight.load_timeout_wrap, args, 2, NULL) : NULL;
-    Py_XDECREF(secs);
-    Py_DECREF(aw);
-    return w;
-}
-
 static void record_load(CmGetAllObject *o, uint64_t ok, uint64_t failed)
 {
     CmMetricsObject *m = o->cfg->metrics;
@@ -342,7 +328,8 @@ static int next_load(CmGetAllObject *o)
             PyErr_SetObject(PyExc_KeyError, key);
         return -1;
     }
-    return cm_ga_start_sub(o, with_timeout(o, PyObject_CallMethodNoArgs(node, o->st->s_load)));
+    return cm_ga_start_sub(
+        o, cm_flight_load_timeout(o->st, o->cfg, PyObject_CallMethodNoArgs(node, o->st->s_load)));
 }
 
 /* The batch's state machine: res is the outcome of the awaitable it drove
@@ -435,7 +422,7 @@ int cm_ga_batch_advance(CmGetAllObject *o, PyObject *res, PyObject **out)
             Py_XDECREF(tup);
             Py_DECREF(bound);
             o->step = B_LOAD_ALL;
-            if (cm_ga_start_sub(o, with_timeout(o, aw)) < 0)
+            if (cm_ga_start_sub(o, cm_flight_load_timeout(o->st, o->cfg, aw)) < 0)
                 goto load_failed;
             return 1;
         }

@@ -3,6 +3,8 @@
 #define CM_KEY_H
 #include "state.h"
 
+#include <string.h>
+
 #include "core/siphash.h"
 
 /* The bytes of a full key made of 1-byte strings, assembled on the stack to
@@ -123,4 +125,14 @@ PyObject *cm_key_build(CmState *st, PyObject *node, PyObject *key, PyObject *ver
 /* The same from what cm_key_parts filled (hash: what it computed), cached
  * in *slot, the node's key slot. */
 PyObject *cm_key_build_parts(PyObject **slot, const CmKeyParts *parts, Py_hash_t hash);
+/* Two exact str keys are equal (same kind and code points): what a key
+ * table compares after the hashes matched. */
+static inline int cm_key_eq(PyObject *a, PyObject *b)
+{
+    if (a == b)
+        return 1;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    return n == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b) &&
+           memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+}
 #endif

@@ -73,6 +73,10 @@ void cm_flight_state_clear(CmState *st);
 /* After fork() in the child: no flight of the parent's can be joined.
  * Called from module.c's os.register_at_fork hook (_after_fork_child). */
 void cm_flight_after_fork_child(CmState *st);
+/* The load's awaitable aw (stolen; NULL passes through) under the node's
+ * Meta.load_timeout: wrapped so that past it the load is cancelled and
+ * raises TimeoutError. New reference, or NULL with an exception. */
+PyObject *cm_flight_load_timeout(CmState *st, CmNodeConfigObject *cfg, PyObject *aw);
 /* Flights joined and led by get_all (api/get_all.c), with the FlightHandle
  * of flight/handle.c. */
 /* Join the flight of key if there is one: 1 with *aw (new ref) the

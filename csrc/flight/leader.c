@@ -100,28 +100,31 @@ static PyObject *call_loader_raw(CmCallObject *g)
                                      NULL);
 }
 
-/* The load's awaitable; under Meta.load_timeout, wrapped so that past it
- * the load is cancelled and the flight fails with TimeoutError. */
-static PyObject *call_loader(CmCallObject *g)
+PyObject *cm_flight_load_timeout(CmState *st, CmNodeConfigObject *cfg, PyObject *aw)
 {
-    PyObject *aw = call_loader_raw(g);
-    double t = g->cfg->load_timeout;
-    if (aw == NULL || t <= 0 || g->st->flight.load_timeout_wrap == NULL)
+    double t = cfg->load_timeout;
+    if (aw == NULL || t <= 0 || st->flight.load_timeout_wrap == NULL)
         return aw;
     PyObject *secs = PyFloat_FromDouble(t);
     PyObject *args[2] = {aw, secs};
-    PyObject *w = secs ? PyObject_Vectorcall(g->st->flight.load_timeout_wrap, args, 2, NULL) : NULL;
+    PyObject *w = secs ? PyObject_Vectorcall(st->flight.load_timeout_wrap, args, 2, NULL) : NULL;
     Py_XDECREF(secs);
     if (w == NULL && PyCoro_CheckExact(aw)) { /* never awaited: no warning for it */
         PyObject *typ, *val, *tb;
         PyErr_Fetch(&typ, &val, &tb);
-        PyObject *r = PyObject_CallMethodNoArgs(aw, g->st->s_close);
+        PyObject *r = PyObject_CallMethodNoArgs(aw, st->s_close);
         Py_XDECREF(r);
         PyErr_Clear();
         PyErr_Restore(typ, val, tb);
     }
     Py_DECREF(aw);
     return w;
+}
+
+/* The load's awaitable, under Meta.load_timeout. */
+static PyObject *call_loader(CmCallObject *g)
+{
+    return cm_flight_load_timeout(g->st, g->cfg, call_loader_raw(g));
 }
 
 /* Doorkeeper: store only on the key's second request. 1 = fill. */

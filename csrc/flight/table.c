@@ -8,22 +8,13 @@
 
 /* ---- flight table ---------------------------------------------------------- */
 
-static int key_eq(PyObject *a, PyObject *b)
-{
-    if (a == b)
-        return 1;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
-    return n == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b) &&
-           memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
-}
-
 CmFlight *cm_flight_find(CmState *st, PyObject *key, Py_hash_t hash)
 {
     CmFlightTable *t = &st->flight.table;
     if (t->used == 0)
         return NULL;
     for (CmFlight *f = t->buckets[(size_t)hash & t->mask]; f != NULL; f = f->next) {
-        if (f->hash == hash && key_eq(f->key, key))
+        if (f->hash == hash && cm_key_eq(f->key, key))
             return f;
     }
     return NULL;
