@@ -450,6 +450,8 @@ async def test_get_all_keeps_the_healthy_masters_pieces(lossy_cluster, caplog, h
             assert sorted(calls) == lost
             stats = Node.get_metrics().storage_stats()[name]
             assert (stats["hits"], stats["misses"]) == (len(kept), len(lost))
+            # the failed piece, then the fill of the lost keys on that master
+            assert stats["errors"] == 2, stats
             assert len(piece_warnings()) == 1, [r.getMessage() for r in caplog.records]
     finally:
         if how == "pause":

@@ -358,6 +358,17 @@ int cm_ga_batch_advance(CmGetAllObject *o, PyObject *res, PyObject **out)
             cm_ga_log_failed(st, "cacheme: get_all from storage %r failed", r->name);
             errors = 1;
         } else {
+            /* a batch some of whose pieces failed (a cluster with a master
+             * down) says how many: each counts as an error of the storage */
+            if (!PyList_CheckExact(res) && PyObject_HasAttrString(res, "errors")) {
+                PyObject *n = PyObject_GetAttrString(res, "errors");
+                long v = n != NULL ? PyLong_AsLong(n) : -1;
+                Py_XDECREF(n);
+                if (v == -1 && PyErr_Occurred())
+                    PyErr_Clear();
+                else if (v > 0)
+                    errors = (uint64_t)v;
+            }
             rc = take_remote(o, res, &hits);
             Py_DECREF(res);
             if (rc < 0)
