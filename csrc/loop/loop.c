@@ -301,7 +301,11 @@ void cm_handle_cancel(CmState *st, PyObject *handle)
     PyErr_Fetch(&typ, &val, &tb);
     PyObject *r =
         PyObject_VectorcallMethod(st->s_cancel, &handle, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (r == NULL)
+    /* a handle the collector has cleared (its loop and owner garbage in one
+     * cycle, collected in any order) has nothing left to cancel */
+    if (r == NULL && PyErr_ExceptionMatches(PyExc_AttributeError))
+        PyErr_Clear();
+    else if (r == NULL)
         PyErr_WriteUnraisable(handle);
     Py_XDECREF(r);
     PyErr_Restore(typ, val, tb);
