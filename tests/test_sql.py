@@ -334,6 +334,41 @@ def test_storage_survives_loop_change(url):
     assert asyncio.run(once(2)) == b"2"
 
 
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_storage_deleted_with_connections_on_a_closed_loop(url, backend, loop_kind):
+    """A storage dropped while its connections are still open on a loop that
+    was closed lets them go once: its dealloc ran twice (a reference taken
+    and dropped inside it) and crashed the process on uvloop."""
+    if backend == "sqlite":
+        pytest.skip("no connections")
+    if loop_kind == "uvloop":
+        pytest.importorskip("uvloop")
+    out = run_python(f"""
+        import asyncio, gc
+        import cacheme
+        class K:
+            def __init__(self, k): self.k = k
+            def full_key(self): return self.k
+        s = cacheme.Storage(url={url!r}, table={unique("cm_t")!r}, create_table=True,
+                            pool_size=2)
+        async def once():
+            await s.connect()
+            await s.set(K("a"), b"1", None, None)
+            return await s.get(K("a"), None)
+        if {loop_kind!r} == "uvloop":
+            import uvloop
+            loop = uvloop.new_event_loop()
+        else:
+            loop = asyncio.new_event_loop()
+        print(loop.run_until_complete(once()))
+        loop.close()
+        del s
+        gc.collect()
+        print("ok")
+    """)
+    assert out.split() == ["b'1'", "ok"]
+
+
 def test_no_library_error_names_package():
     for tp, pkg in [(_core.PgClient, "libpq-dev"), (_core.MySQLClient, "libmariadb-dev"),
                     (_core.SQLiteClient, "libsqlite3-dev")]:

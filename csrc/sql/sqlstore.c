@@ -551,9 +551,11 @@ static PyObject *storage_spawn(PyObject *owner)
  * tick is dropped uncancelled. fork: each socket is first pointed at
  * /dev/null, so the driver's goodbye (libpq's Terminate, MariaDB's
  * COM_QUIT) and close never reach the parent's connection. */
+/* The caller holds s: never a reference taken here, since storage_clear
+ * calls it from the storage's dealloc, where a last Py_DECREF would run the
+ * dealloc a second time. */
 static void storage_drop_detached(CmSqlStorageObject *s, int fork, const char *why)
 {
-    Py_INCREF(s);
     PyObject *saved = cm_exc_take();
     PyObject *msg = PyUnicode_FromString(why);
     PyErr_Clear();
@@ -562,12 +564,11 @@ static void storage_drop_detached(CmSqlStorageObject *s, int fork, const char *w
     cm_exc_restore(saved);
     Py_CLEAR(s->tick);
     cm_sql_close_all(s, why); /* the queue: no connection is left */
-    Py_DECREF(s);
 }
 
 static void storage_forked(PyObject *inst)
 {
-    CmSqlStorageObject *s = (CmSqlStorageObject *)inst;
+    CmSqlStorageObject *s = (CmSqlStorageObject *)Py_NewRef(inst);
     storage_drop_detached(s, 1, "inherited over fork");
     if (s->drv->sync && s->h != NULL) {
         /* SQLite: a connection must not be used, nor closed, across fork
@@ -577,11 +578,14 @@ static void storage_forked(PyObject *inst)
         if (s->drv->setup != NULL && s->drv->setup(s) < 0)
             PyErr_WriteUnraisable(inst);
     }
+    Py_DECREF(s);
 }
 
 static void storage_orphan(PyObject *inst)
 {
+    Py_INCREF(inst);
     storage_drop_detached((CmSqlStorageObject *)inst, 0, "the event loop was closed");
+    Py_DECREF(inst);
 }
 
 static const CmNetKind storage_net_kind = {storage_spawn, storage_forked, storage_orphan};
