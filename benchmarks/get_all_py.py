@@ -1,5 +1,5 @@
 """cacheme.get_all as it was in Python (cacheme/core.py before get_all moved
-to csrc/api/get_all.c), kept verbatim for bench_get_all.py's side-by-side
+to csrc/api/get_all.c), kept for bench_get_all.py's side-by-side
 run: it drives the same C flights through _core._flight_join/_flight_lead.
 """
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from cacheme import _core
 from cacheme.interfaces import DoorKeeper
@@ -17,30 +17,8 @@ R = TypeVar("R")
 logger = logging.getLogger("cacheme")
 
 
-async def _load_with_timeout(aw: Awaitable[Any], timeout: float) -> Any:
-    """aw under Meta.load_timeout: past it, aw is cancelled and the load
-    fails with TimeoutError (every caller of its flight gets that)."""
-    loop = asyncio.get_running_loop()
-    inner = asyncio.ensure_future(aw)
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        if not inner.done():
-            expired = True
-            inner.cancel()
-
-    handle = loop.call_later(timeout, expire)
-    try:
-        return await inner
-    except asyncio.CancelledError:
-        if expired:
-            raise asyncio.TimeoutError(f"cacheme: load did not finish within {timeout} s") from None
-        if not inner.done():  # this wrapper was cancelled, not the load
-            inner.cancel()
-        raise
-    finally:
-        handle.cancel()
+# the same wrapper the C flights use
+from cacheme.core import _load_with_timeout  # noqa: E402
 
 
 

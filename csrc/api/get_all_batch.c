@@ -360,13 +360,12 @@ int cm_ga_batch_advance(CmGetAllObject *o, PyObject *res, PyObject **out)
         } else {
             /* a batch some of whose pieces failed (a cluster with a master
              * down) says how many: each counts as an error of the storage */
-            if (!PyList_CheckExact(res) && PyObject_HasAttrString(res, "errors")) {
+            if (!PyList_CheckExact(res)) {
                 PyObject *n = PyObject_GetAttrString(res, "errors");
-                long v = n != NULL ? PyLong_AsLong(n) : -1;
+                long v = n != NULL && PyLong_Check(n) ? PyLong_AsLong(n) : 0;
                 Py_XDECREF(n);
-                if (v == -1 && PyErr_Occurred())
-                    PyErr_Clear();
-                else if (v > 0)
+                PyErr_Clear(); /* no such attribute: a plain sequence of pairs */
+                if (v > 0)
                     errors = (uint64_t)v;
             }
             rc = take_remote(o, res, &hits);
