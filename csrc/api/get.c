@@ -7,7 +7,6 @@
 #include "api/get.h"
 
 #include "core/key.h"
-
 #include "core/store.h"
 #include "loop/loop.h"
 #include "loop/ready.h"
