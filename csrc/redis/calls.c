@@ -4,6 +4,7 @@
 #include "redis/internal.h"
 #include <stdlib.h>
 
+#include "base/args.h"
 #include "core/key.h"
 #include "core/ttl.h"
 #include "flight/remote.h"
@@ -238,13 +239,19 @@ static int set_args(CmRedisClientObject *self, PyObject *node, PyObject *value, 
     return 0;
 }
 
-PyObject *cm_redis_client_get(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* 0.3.0's parameter names: each may come by keyword (base/args.h) */
+static const CmArgSpec get_spec = CM_ARGSPEC("get", "node", "serializer");
+static const CmArgSpec set_spec = CM_ARGSPEC("set", "node", "value", "ttl", "serializer");
+static const CmArgSpec get_all_spec = CM_ARGSPEC("get_all", "nodes", "serializer");
+static const CmArgSpec set_all_spec = CM_ARGSPEC("set_all", "data", "ttl", "serializer");
+static const CmArgSpec remove_spec = CM_ARGSPEC("remove", "node");
+
+PyObject *cm_redis_client_get(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames)
 {
-    PyObject *loop = NULL;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "get(node, serializer)");
+    PyObject *loop = NULL, *buf[2];
+    if ((args = cm_args((PyObject *)self, &get_spec, args, nargs, kwnames, buf)) == NULL)
         return NULL;
-    }
     PyObject *key = redis_key_of(self->st, args[0]);
     if (key == NULL)
         return NULL;
@@ -325,10 +332,13 @@ PyObject *cm_redis_op_handoff(CmRedisOp *op, PyObject *get)
     return old;
 }
 
-PyObject *cm_redis_client_remove(CmRedisClientObject *self, PyObject *node)
+PyObject *cm_redis_client_remove(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
 {
-    PyObject *loop = NULL;
-    PyObject *key = redis_key_of(self->st, node);
+    PyObject *loop = NULL, *buf[1];
+    if ((args = cm_args((PyObject *)self, &remove_spec, args, nargs, kwnames, buf)) == NULL)
+        return NULL;
+    PyObject *key = redis_key_of(self->st, args[0]);
     if (key == NULL)
         return NULL;
     CmRedisOp *op = start_op(&self, OP_DEL, &loop);
@@ -342,14 +352,13 @@ PyObject *cm_redis_client_remove(CmRedisClientObject *self, PyObject *node)
     return finish_op(op, loop);
 }
 
-PyObject *cm_redis_client_set(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs)
+PyObject *cm_redis_client_set(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames)
 {
-    PyObject *loop = NULL, *key, *payload;
+    PyObject *loop = NULL, *key, *payload, *buf[4];
     long long ms;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "set(node, value, ttl, serializer)");
+    if ((args = cm_args((PyObject *)self, &set_spec, args, nargs, kwnames, buf)) == NULL)
         return NULL;
-    }
     if (set_args(self, args[0], args[1], args[2], args[3], &key, &payload, &ms) < 0)
         return NULL;
     CmRedisOp *op = start_op(&self, OP_SET, &loop);
@@ -420,14 +429,12 @@ static void send_mget(CmRedisClientObject *self, PyObject *loop, CmRedisOp *op, 
 }
 
 PyObject *cm_redis_client_get_all(CmRedisClientObject *self, PyObject *const *args,
-                                  Py_ssize_t nargs)
+                                  Py_ssize_t nargs, PyObject *kwnames)
 {
     CmState *st = self->st;
-    PyObject *loop = NULL, *nodes = NULL, *keys = NULL, *results = NULL;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "get_all(nodes, serializer)");
+    PyObject *loop = NULL, *nodes = NULL, *keys = NULL, *results = NULL, *buf[2];
+    if ((args = cm_args((PyObject *)self, &get_all_spec, args, nargs, kwnames, buf)) == NULL)
         return NULL;
-    }
     if ((nodes = PySequence_List(args[0])) == NULL)
         goto fail;
     Py_ssize_t n = PyList_GET_SIZE(nodes);
@@ -462,15 +469,13 @@ fail:
 }
 
 PyObject *cm_redis_client_set_all(CmRedisClientObject *self, PyObject *const *args,
-                                  Py_ssize_t nargs)
+                                  Py_ssize_t nargs, PyObject *kwnames)
 {
     CmState *st = self->st;
-    PyObject *loop = NULL, *data = NULL, *keys = NULL, *values = NULL;
+    PyObject *loop = NULL, *data = NULL, *keys = NULL, *values = NULL, *buf[3];
     long long ms;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "set_all(data, ttl, serializer)");
+    if ((args = cm_args((PyObject *)self, &set_all_spec, args, nargs, kwnames, buf)) == NULL)
         return NULL;
-    }
     PyObject *ser = pick_serializer(self, args[2]); // borrowed
     if ((data = PySequence_List(args[0])) == NULL || ttl_ms(st, args[1], &ms) < 0)
         goto fail;

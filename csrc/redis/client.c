@@ -331,15 +331,20 @@ static void client_dealloc(CmRedisClientObject *self)
 }
 
 static PyMethodDef client_methods[] = {
-    {"get", (PyCFunction)(void (*)(void))cm_redis_client_get, METH_FASTCALL,
-     "get(node, serializer) -> awaitable: the cached value or cacheme.models.sentinel"},
-    {"get_all", (PyCFunction)(void (*)(void))cm_redis_client_get_all, METH_FASTCALL,
-     "get_all(nodes, serializer) -> awaitable: [(node, value)] found (one MGET)"},
-    {"set", (PyCFunction)(void (*)(void))cm_redis_client_set, METH_FASTCALL,
-     "set(node, value, ttl, serializer) -> awaitable (SET, SETEX or PSETEX)"},
-    {"set_all", (PyCFunction)(void (*)(void))cm_redis_client_set_all, METH_FASTCALL,
-     "set_all([(node, value)], ttl, serializer) -> awaitable (one pipeline)"},
-    {"remove", (PyCFunction)cm_redis_client_remove, METH_O, "remove(node) -> awaitable (DEL)"},
+    {"get", (PyCFunction)(void (*)(void))cm_redis_client_get, METH_FASTCALL | METH_KEYWORDS,
+     "get($self, /, node, serializer)\n--\n\n"
+     "An awaitable: the cached value or cacheme.models.sentinel."},
+    {"get_all", (PyCFunction)(void (*)(void))cm_redis_client_get_all, METH_FASTCALL | METH_KEYWORDS,
+     "get_all($self, /, nodes, serializer)\n--\n\n"
+     "An awaitable: [(node, value)] found (one MGET)."},
+    {"set", (PyCFunction)(void (*)(void))cm_redis_client_set, METH_FASTCALL | METH_KEYWORDS,
+     "set($self, /, node, value, ttl, serializer)\n--\n\n"
+     "An awaitable (SET, SETEX or PSETEX)."},
+    {"set_all", (PyCFunction)(void (*)(void))cm_redis_client_set_all, METH_FASTCALL | METH_KEYWORDS,
+     "set_all($self, /, data, ttl, serializer)\n--\n\n"
+     "An awaitable storing [(node, value)] (one pipeline)."},
+    {"remove", (PyCFunction)(void (*)(void))cm_redis_client_remove, METH_FASTCALL | METH_KEYWORDS,
+     "remove($self, /, node)\n--\n\nAn awaitable (DEL)."},
     {"execute", (PyCFunction)(void (*)(void))cm_redis_client_execute, METH_FASTCALL,
      "execute(*args) -> awaitable: the raw reply of any command"},
     {"close_now", (PyCFunction)client_close, METH_NOARGS,

@@ -165,13 +165,17 @@ void cm_redis_pool_close_gc(CmRedisPool *p);
 /* calls.c */
 int cm_redis_client_check_open(CmRedisClientObject *self);
 CmRedisClientObject *cm_redis_client_for(CmRedisClientObject *self, PyObject *loop);
-PyObject *cm_redis_client_get(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs);
+/* the storage methods (METH_FASTCALL | METH_KEYWORDS: base/args.h) */
+PyObject *cm_redis_client_get(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames);
 PyObject *cm_redis_client_get_all(CmRedisClientObject *self, PyObject *const *args,
-                                  Py_ssize_t nargs);
-PyObject *cm_redis_client_set(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs);
+                                  Py_ssize_t nargs, PyObject *kwnames);
+PyObject *cm_redis_client_set(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames);
 PyObject *cm_redis_client_set_all(CmRedisClientObject *self, PyObject *const *args,
-                                  Py_ssize_t nargs);
-PyObject *cm_redis_client_remove(CmRedisClientObject *self, PyObject *node);
+                                  Py_ssize_t nargs, PyObject *kwnames);
+PyObject *cm_redis_client_remove(CmRedisClientObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames);
 PyObject *cm_redis_client_execute(CmRedisClientObject *self, PyObject *const *args,
                                   Py_ssize_t nargs);
 #endif
