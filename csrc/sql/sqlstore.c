@@ -1,15 +1,16 @@
 /* The SQL storage type: PgClient, MySQLClient and SQLiteClient are one
  * Python type each over CmSqlStorageObject with its driver's table; their
  * methods check arguments and keys, turn them into requests (request.c)
- * and submit them (submit.c). Also the module's SQL error types. */
+ * and submit them (submit.c). The module's SQL error types are in
+ * sqlmod.c. */
 #include "sql/sqlstore.h"
 
 #include <math.h>
-#include <stdio.h>
 #include <string.h>
 
 #include <structmember.h>
 
+#include "base/args.h"
 #include "base/exc.h"
 #include "core/key.h"
 #include "core/ttl.h"
@@ -33,15 +34,15 @@ static PyObject *encode(CmSqlStorageObject *s, PyObject *ser, PyObject *v)
     return cm_envelope_encode(s->st, CM_ENVELOPE_BARE, ser, v, s->drv->name);
 }
 
-/* nargs == n, else a TypeError in CPython's words (its _PyArg_CheckPositional
- * is private and gone from 3.13's headers): 1 or 0 */
-static int check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t n)
-{
-    if (nargs == n)
-        return 1;
-    PyErr_Format(PyExc_TypeError, "%s expected %zd arguments, got %zd", name, n, nargs);
-    return 0;
-}
+/* 0.3.0's parameter names: each may come by keyword (base/args.h) */
+static const CmArgSpec get_spec = CM_ARGSPEC("get", "node", "serializer");
+static const CmArgSpec set_spec = CM_ARGSPEC("set", "node", "value", "ttl", "serializer");
+static const CmArgSpec get_all_spec = CM_ARGSPEC("get_all", "nodes", "serializer");
+static const CmArgSpec set_all_spec = CM_ARGSPEC("set_all", "data", "ttl", "serializer");
+static const CmArgSpec remove_spec = CM_ARGSPEC("remove", "node");
+static const CmArgSpec get_by_key_spec = CM_ARGSPEC("get_by_key", "key");
+static const CmArgSpec remove_by_key_spec = CM_ARGSPEC("remove_by_key", "key");
+static const CmArgSpec set_by_key_spec = CM_ARGSPEC("set_by_key", "key", "value", "ttl");
 
 /* Refuse a key the table cannot hold as it is (SQLKeyError, a ValueError
  * naming the key): one that UTF-8 cannot encode (a lone surrogate), one
@@ -93,10 +94,13 @@ static PyObject *key_of(CmSqlStorageObject *s, PyObject *node)
     return key;
 }
 
-static PyObject *storage_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *storage_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
-    if (!check_nargs("get", nargs, 2) || cm_sql_check_available(s) < 0)
+    PyObject *buf[2];
+    if ((args = cm_args(self, &get_spec, args, nargs, kwnames, buf)) == NULL ||
+        cm_sql_check_available(s) < 0)
         return NULL;
     CmSqlReq *r = cm_sql_req_new(CM_SQL_GET);
     if (r == NULL)
@@ -109,11 +113,14 @@ static PyObject *storage_get(PyObject *self, PyObject *const *args, Py_ssize_t n
     return cm_sql_submit(s, r);
 }
 
-static PyObject *storage_get_all(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *storage_get_all(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
     PyObject *seq = NULL;
-    if (!check_nargs("get_all", nargs, 2) || cm_sql_check_available(s) < 0)
+    PyObject *buf[2];
+    if ((args = cm_args(self, &get_all_spec, args, nargs, kwnames, buf)) == NULL ||
+        cm_sql_check_available(s) < 0)
         return NULL;
     CmSqlReq *r = cm_sql_req_new(CM_SQL_GET_ALL);
     if (r == NULL)
@@ -155,10 +162,13 @@ static int parse_ttl(CmSqlStorageObject *s, PyObject *ttl, double *out)
     return *out == -2.0 ? -1 : 0;
 }
 
-static PyObject *storage_set(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *storage_set(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
-    if (!check_nargs("set", nargs, 4) || cm_sql_check_available(s) < 0)
+    PyObject *buf[4];
+    if ((args = cm_args(self, &set_spec, args, nargs, kwnames, buf)) == NULL ||
+        cm_sql_check_available(s) < 0)
         return NULL;
     CmSqlReq *r = cm_sql_req_new(CM_SQL_SET);
     if (r == NULL)
@@ -171,11 +181,14 @@ static PyObject *storage_set(PyObject *self, PyObject *const *args, Py_ssize_t n
     return cm_sql_submit(s, r);
 }
 
-static PyObject *storage_set_all(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *storage_set_all(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
     PyObject *seq = NULL, *index = NULL;
-    if (!check_nargs("set_all", nargs, 3) || cm_sql_check_available(s) < 0)
+    PyObject *buf[3];
+    if ((args = cm_args(self, &set_all_spec, args, nargs, kwnames, buf)) == NULL ||
+        cm_sql_check_available(s) < 0)
         return NULL;
     CmSqlReq *r = cm_sql_req_new(CM_SQL_SET_ALL);
     if (r == NULL)
@@ -225,15 +238,18 @@ fail:
     return NULL;
 }
 
-static PyObject *storage_remove(PyObject *self, PyObject *node)
+static PyObject *storage_remove(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
-    if (cm_sql_check_available(s) < 0)
+    PyObject *buf[1];
+    if ((args = cm_args(self, &remove_spec, args, nargs, kwnames, buf)) == NULL ||
+        cm_sql_check_available(s) < 0)
         return NULL;
     CmSqlReq *r = cm_sql_req_new(CM_SQL_DEL);
     if (r == NULL)
         return NULL;
-    if ((r->key = key_of(s, node)) == NULL) {
+    if ((r->key = key_of(s, args[0])) == NULL) {
         cm_sql_req_free(r);
         return NULL;
     }
@@ -265,19 +281,29 @@ static PyObject *storage_key_req(CmSqlStorageObject *s, int kind, PyObject *key,
     return cm_sql_submit(s, r);
 }
 
-static PyObject *storage_get_by_key(PyObject *self, PyObject *key)
+static PyObject *storage_get_by_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames)
 {
-    return storage_key_req((CmSqlStorageObject *)self, CM_SQL_GET, key, NULL, NULL);
+    PyObject *buf[1];
+    if ((args = cm_args(self, &get_by_key_spec, args, nargs, kwnames, buf)) == NULL)
+        return NULL;
+    return storage_key_req((CmSqlStorageObject *)self, CM_SQL_GET, args[0], NULL, NULL);
 }
 
-static PyObject *storage_remove_by_key(PyObject *self, PyObject *key)
+static PyObject *storage_remove_by_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                       PyObject *kwnames)
 {
-    return storage_key_req((CmSqlStorageObject *)self, CM_SQL_DEL, key, NULL, NULL);
+    PyObject *buf[1];
+    if ((args = cm_args(self, &remove_by_key_spec, args, nargs, kwnames, buf)) == NULL)
+        return NULL;
+    return storage_key_req((CmSqlStorageObject *)self, CM_SQL_DEL, args[0], NULL, NULL);
 }
 
-static PyObject *storage_set_by_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *storage_set_by_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames)
 {
-    if (!check_nargs("set_by_key", nargs, 3))
+    PyObject *buf[3];
+    if ((args = cm_args(self, &set_by_key_spec, args, nargs, kwnames, buf)) == NULL)
         return NULL;
     return storage_key_req((CmSqlStorageObject *)self, CM_SQL_SET, args[0], args[1], args[2]);
 }
@@ -629,20 +655,27 @@ static PyObject *storage_get_available(PyObject *self, void *Py_UNUSED(c))
     return PyBool_FromLong(((CmSqlStorageObject *)self)->drv->available);
 }
 
+/* CM_KW(f): a METH_FASTCALL | METH_KEYWORDS method (base/args.h) */
+#define CM_KW(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL | METH_KEYWORDS
+
 static PyMethodDef storage_methods[] = {
-    {"get", (PyCFunction)(void (*)(void))storage_get, METH_FASTCALL,
-     "get(node, serializer): awaitable of the cached value or cacheme.models.sentinel"},
-    {"get_all", (PyCFunction)(void (*)(void))storage_get_all, METH_FASTCALL,
-     "get_all(nodes, serializer): awaitable of [(node, value)] found, in one query"},
-    {"set", (PyCFunction)(void (*)(void))storage_set, METH_FASTCALL,
-     "set(node, value, ttl, serializer): awaitable upsert"},
-    {"set_all", (PyCFunction)(void (*)(void))storage_set_all, METH_FASTCALL,
-     "set_all([(node, value)], ttl, serializer): awaitable multi-row upsert, one round trip"},
-    {"remove", storage_remove, METH_O, "remove(node): awaitable delete"},
-    {"get_by_key", storage_get_by_key, METH_O, "get_by_key(key): raw value or sentinel"},
-    {"remove_by_key", storage_remove_by_key, METH_O, "remove_by_key(key)"},
-    {"set_by_key", (PyCFunction)(void (*)(void))storage_set_by_key, METH_FASTCALL,
-     "set_by_key(key, raw_bytes, ttl)"},
+    {"get", CM_KW(storage_get),
+     "get($self, /, node, serializer)\n--\n\n"
+     "An awaitable of the cached value or cacheme.models.sentinel."},
+    {"get_all", CM_KW(storage_get_all),
+     "get_all($self, /, nodes, serializer)\n--\n\n"
+     "An awaitable of [(node, value)] found, in one query."},
+    {"set", CM_KW(storage_set),
+     "set($self, /, node, value, ttl, serializer)\n--\n\nAn awaitable upsert."},
+    {"set_all", CM_KW(storage_set_all),
+     "set_all($self, /, data, ttl, serializer)\n--\n\n"
+     "An awaitable multi-row upsert of [(node, value)], one round trip."},
+    {"remove", CM_KW(storage_remove), "remove($self, /, node)\n--\n\nAn awaitable delete."},
+    {"get_by_key", CM_KW(storage_get_by_key),
+     "get_by_key($self, /, key)\n--\n\nAn awaitable of the raw value or sentinel."},
+    {"remove_by_key", CM_KW(storage_remove_by_key), "remove_by_key($self, /, key)\n--\n\n"},
+    {"set_by_key", CM_KW(storage_set_by_key),
+     "set_by_key($self, /, key, value, ttl)\n--\n\nAn awaitable upsert of raw bytes."},
     {"execute", storage_execute, METH_O, "execute(sql): run one statement without parameters"},
     {"_ping", storage_ping, METH_NOARGS, "awaitable done when a connection is ready"},
     {"sweep", storage_sweep, METH_O, "sweep(limit): delete up to limit expired rows; count"},
@@ -689,93 +722,23 @@ static PyType_Spec pg_spec = CM_SQL_SPEC("PgClient", pg_slots);
 static PyType_Spec mysql_spec = CM_SQL_SPEC("MySQLClient", mysql_slots);
 static PyType_Spec sqlite_spec = CM_SQL_SPEC("SQLiteClient", sqlite_slots);
 
-static PyObject *add_type(PyObject *mod, PyType_Spec *spec)
+/* PgClient, MySQLClient and SQLiteClient, added to mod (sql/sqlmod.c). */
+int cm_sql_add_types(PyObject *mod, CmState *st)
 {
-    PyObject *tp = PyType_FromModuleAndSpec(mod, spec, NULL);
-    if (tp != NULL && PyModule_AddType(mod, (PyTypeObject *)tp) < 0)
-        Py_CLEAR(tp);
-    return tp;
-}
-
-static PyObject *add_error(PyObject *mod, const char *name, PyObject *bases, const char *doc)
-{
-    char full[64];
-    snprintf(full, sizeof(full), "cacheme._core.%s", name);
-    PyObject *e = PyErr_NewExceptionWithDoc(full, doc, bases, NULL);
-    if (e != NULL && PyModule_AddObjectRef(mod, name, e) < 0)
-        Py_CLEAR(e);
-    return e;
-}
-
-int cm_sql_init(PyObject *mod, CmState *st)
-{
-    int rc = -1;
-    PyObject *bases = NULL;
-    if (cm_sql_pool_init(mod, st) < 0 || (st->sql.PgClientType = add_type(mod, &pg_spec)) == NULL ||
-        (st->sql.MySQLClientType = add_type(mod, &mysql_spec)) == NULL ||
-        (st->sql.SQLiteClientType = add_type(mod, &sqlite_spec)) == NULL)
-        goto done;
-    if ((st->sql.SQLError = add_error(mod, "SQLError", NULL, "An SQL storage failed.")) == NULL)
-        goto done;
-    if ((bases = PyTuple_Pack(2, st->sql.SQLError, PyExc_ConnectionError)) == NULL ||
-        (st->sql.SQLConnectionError = add_error(mod, "SQLConnectionError", bases,
-                                                "The SQL server cannot be reached.")) == NULL)
-        goto done;
-    Py_SETREF(bases, PyTuple_Pack(2, st->sql.SQLError, PyExc_TimeoutError));
-    if (bases == NULL ||
-        (st->sql.SQLTimeoutError = add_error(mod, "SQLTimeoutError", bases,
-                                             "An SQL request or connect timed out.")) == NULL)
-        goto done;
-    if ((st->sql.SQLTableError = add_error(mod, "SQLTableError", st->sql.SQLError,
-                                           "The storage table does not exist.")) == NULL)
-        goto done;
-    /* the base of SQLKeyError and the Redis storage's error for the same:
-     * a flight raises it to its caller instead of counting a miss */
-    if ((st->StorageKeyError =
-             add_error(mod, "StorageKeyError", PyExc_ValueError,
-                       "A key a remote storage cannot hold as it is: raised to the caller of get, "
-                       "get_all and invalidate, never a silent miss.")) == NULL)
-        goto done;
-    Py_SETREF(bases, PyTuple_Pack(2, st->sql.SQLError, st->StorageKeyError));
-    if (bases == NULL ||
-        (st->sql.SQLKeyError = add_error(mod, "SQLKeyError", bases,
-                                         "A key the table cannot hold as it is (NUL, a lone "
-                                         "surrogate, longer than the key column): raised to the "
-                                         "caller, never a silent miss.")) == NULL)
-        goto done;
-    rc = 0;
-done:
-    Py_XDECREF(bases);
-    return rc;
-}
-
-int cm_sql_state_traverse(CmSqlState *ss, visitproc visit, void *arg)
-{
-    Py_VISIT(ss->SqlConnType);
-#define CM_SQL_VISIT(n) Py_VISIT(ss->n);
-    CM_SQL_OBJECTS(CM_SQL_VISIT)
-#undef CM_SQL_VISIT
+    const struct {
+        PyType_Spec *spec;
+        PyObject **slot;
+    } types[] = {{&pg_spec, &st->sql.PgClientType},
+                 {&mysql_spec, &st->sql.MySQLClientType},
+                 {&sqlite_spec, &st->sql.SQLiteClientType}};
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        PyObject *tp = PyType_FromModuleAndSpec(mod, types[i].spec, NULL);
+        if (tp != NULL && PyModule_AddType(mod, (PyTypeObject *)tp) < 0)
+            Py_CLEAR(tp);
+        if ((*types[i].slot = tp) == NULL)
+            return -1;
+    }
     return 0;
-}
-
-void cm_sql_state_clear(CmSqlState *ss)
-{
-    Py_CLEAR(ss->SqlConnType);
-#define CM_SQL_CLEAR(n) Py_CLEAR(ss->n);
-    CM_SQL_OBJECTS(CM_SQL_CLEAR)
-#undef CM_SQL_CLEAR
-}
-
-int cm_sql_traverse(CmState *st, visitproc visit, void *arg)
-{
-    Py_VISIT(st->StorageKeyError);
-    return cm_sql_state_traverse(&st->sql, visit, arg);
-}
-
-void cm_sql_clear(CmState *st)
-{
-    Py_CLEAR(st->StorageKeyError);
-    cm_sql_state_clear(&st->sql);
 }
 
 /* ---- requests of a flight's call (sql/remote.c, flight/remote.h) ---------- */

@@ -98,7 +98,10 @@ extern const CmSqlDriver cm_sqlite_driver;
  * with a RuntimeError telling what to install. */
 int cm_sql_check_available(CmSqlStorageObject *s);
 
+/* sqlmod.c: the types, errors and state of the SQL storages */
 int cm_sql_init(PyObject *mod, CmState *st);
+/* sqlstore.c: PgClient, MySQLClient, SQLiteClient added to mod and st */
+int cm_sql_add_types(PyObject *mod, CmState *st);
 int cm_sql_traverse(CmState *st, visitproc visit, void *arg);
 void cm_sql_clear(CmState *st);
 
