@@ -37,6 +37,7 @@ Values are stored as cacheme 0.3.0 stored them, so both can share a cache:
 ``node.full_key()``, with SETEX for TTLs in whole seconds and PSETEX
 otherwise. Nodes without a serializer use PickleSerializer (0.3.0 refused them).
 """
+import asyncio
 from datetime import timedelta
 from typing import Any, Dict, List, Optional
 from urllib.parse import parse_qs, unquote, urlparse
@@ -186,7 +187,11 @@ class RedisStorage(_core.RedisClient, BaseStorage):
     async def get_by_keys(self, keys: List[str]) -> Dict[str, Any]:
         if not keys:
             return {}
-        values = await self.execute("MGET", *keys)
+        if self.cluster:
+            # MGET may not cross slots: one GET per key, pipelined per master
+            values = await asyncio.gather(*(self.execute("GET", k) for k in keys))
+        else:
+            values = await self.execute("MGET", *keys)
         return {k: v for k, v in zip(keys, values) if v is not None}
 
     async def remove_by_key(self, key: str) -> None:

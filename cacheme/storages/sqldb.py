@@ -37,7 +37,8 @@ cache only ``bytes``: the value column gives back bytes.
 """
 import os
 import re
-from typing import Any, List, Optional
+from datetime import timedelta
+from typing import Any, Dict, List, Optional
 
 from cacheme import _core
 from cacheme.storages.base import BaseStorage, int_option, seconds_option
@@ -63,6 +64,18 @@ def ddl_script(db: str, table: str = "cacheme_data", if_not_exists: bool = False
     if if_not_exists:
         text = re.sub(r"CREATE (TABLE|INDEX) ", r"CREATE \1 IF NOT EXISTS ", text)
     return [s.strip() for s in text.split(";") if s.strip()]
+
+
+class _Key:
+    """A bare key where get_all/set_all take nodes: its full_key() is the key."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def full_key(self) -> str:
+        return self.key
 
 
 class SQLStorage(BaseStorage):
@@ -134,8 +147,14 @@ class SQLStorage(BaseStorage):
             if stmt:
                 await self.execute(stmt)  # type: ignore[attr-defined]
 
-    async def get_by_keys(self, keys: List[str]) -> Any:
-        raise NotImplementedError("use get_all(nodes, serializer)")
+    async def get_by_keys(self, keys: List[str]) -> Dict[str, Any]:
+        """0.3.0's hook: {key: raw value} of the keys found, in one query."""
+        found = await self.get_all([_Key(k) for k in keys], None)  # type: ignore[attr-defined]
+        return {node.key: value for node, value in found}
+
+    async def set_by_keys(self, data: Dict[str, Any], ttl: Optional[timedelta]) -> None:
+        """0.3.0's hook: store raw values by key, in one round trip."""
+        await self.set_all([(_Key(k), v) for k, v in data.items()], ttl, None)  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.address!r}, table={self.table!r})"
