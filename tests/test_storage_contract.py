@@ -24,7 +24,7 @@ from cacheme.storages import Storage
 from cacheme.storages.base import BaseStorage
 from cacheme.storages.local import LocalStorage
 from cacheme.storages.sqldb import SQLStorage
-from conftest import unique
+from conftest import LEAK_SNAPSHOT, assert_flat, run_python, unique
 from redis_servers import (  # noqa: F401  (fixtures)
     REDIS_CLI,
     REDIS_SERVER,
@@ -523,3 +523,62 @@ async def test_custom_storage_by_url_scheme(monkeypatch):
     assert await cacheme.get(N(1)) == {"uid": 1}
     assert not s.is_local() and len(s._storage.data) == 1
     await _keyword_round_trip(s)
+
+
+LEAK_LOOP = r'''
+import asyncio, sys
+import cacheme
+from cacheme.serializer import MsgPackSerializer
+from cacheme.storages.sqlite import SQLiteStorage
+
+class K:
+    def __init__(self, k):
+        self.k = k
+    def full_key(self):
+        return self.k
+
+SER = MsgPackSerializer()
+
+async def main():
+    s = SQLiteStorage(address="sqlite:///" + sys.argv[1], table="cm_leak", create_table=True)
+    await s.connect()
+    node = K("a")
+    bad = [lambda: s.get(node, serializer=SER, x=1), lambda: s.get(node),
+           lambda: s.get(node, SER, node=node), lambda: s.get(node, SER, 3),
+           lambda: s.set(node, 1, serializer=SER), lambda: s.remove(key=node),
+           lambda: s.get_by_key(k="a")]
+
+    async def body(i):
+        await s.set(node=node, value=i, ttl=None, serializer=SER)
+        assert await s.get(node, serializer=SER) == i
+        assert len(await s.get_all(nodes=[node], serializer=SER)) == 1
+        await s.set_all(data=[(node, i)], ttl=None, serializer=SER)
+        await s.remove(node=node)
+        for call in bad:
+            try:
+                await call()
+            except TypeError:
+                pass
+
+    for i in range(500):
+        await body(i)
+    refs = sys.getrefcount(node), sys.getrefcount(SER)
+    before = snapshot()
+    for i in range(int(sys.argv[2])):
+        await body(i)
+    after = snapshot()
+    assert (sys.getrefcount(node), sys.getrefcount(SER)) == refs
+    await s.close()
+    print(before[0], after[0], before[1], after[1])
+
+asyncio.run(main())
+'''
+
+
+def test_keyword_and_wrong_calls_do_not_leak(tmp_path):
+    """The keyword path and every TypeError, looped in a fresh interpreter:
+    arguments and error messages released (a message leaked per call would
+    be ~20 MiB here)."""
+    _sql_available("sqlite")
+    code = "import sys; sys.argv[1:] = %r\n" % [str(tmp_path / "leak.db"), "20000"]
+    assert_flat(run_python(code + LEAK_SNAPSHOT + LEAK_LOOP), rss_kib=2048)
