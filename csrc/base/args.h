@@ -33,12 +33,13 @@ static inline PyObject *const *cm_args(PyObject *self, const CmArgSpec *spec, Py
     return cm_args_map(self, spec, args, nargs, kwnames, buf);
 }
 
+/* A spec of the method NAME and its parameters' names, in order:
+ * CM_ARGSPEC("get", "node", "serializer"). */
 #define CM_ARGSPEC(NAME, ...)                                                                      \
     {                                                                                              \
-        NAME, sizeof((const char *[]){__VA_ARGS__}) / sizeof(const char *), (const char *const[])  \
-        {                                                                                          \
-            __VA_ARGS__                                                                            \
-        }                                                                                          \
+        NAME, CM_ARGS_COUNT(__VA_ARGS__), CM_ARGS_NAMES(__VA_ARGS__)                               \
     }
+#define CM_ARGS_NAMES(...) ((const char *const[]){__VA_ARGS__})
+#define CM_ARGS_COUNT(...) ((Py_ssize_t)(sizeof(CM_ARGS_NAMES(__VA_ARGS__)) / sizeof(char *)))
 
 #endif
