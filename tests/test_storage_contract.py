@@ -332,13 +332,19 @@ def _by_key_storage(storage):
         pytest.skip("0.3.0's LocalStorage has no *_by_key hooks either")
 
 
+def _raw(got):
+    """The stored bytes of a *_by_key read: ours give them as they are,
+    0.3.0's row-shaped storages (MongoDB) a mapping with "value"."""
+    return got["value"] if hasattr(got, "keys") else got
+
+
 async def test_by_key_hooks_take_keywords(storage):
     _by_key_storage(storage)
     k1, k2 = unique("contract-key:"), unique("contract-key:")
     await storage.set_by_key(key=k1, value=b"one", ttl=None)
     await storage.set_by_key(k2, value=b"two", ttl=timedelta(seconds=60))
-    assert await storage.get_by_key(key=k1) is not None
-    assert await storage.get_by_key(k2) is not None
+    assert _raw(await storage.get_by_key(key=k1)) == b"one"
+    assert _raw(await storage.get_by_key(k2)) == b"two"
     await storage.remove_by_key(key=k1)
     got = await storage.get_by_key(key=k1)
     assert got is None or got is sentinel
@@ -356,7 +362,7 @@ async def test_by_keys_hooks(storage):
     await storage.set_by_keys(data={k1: b"one", k2: b"two"}, ttl=None)
     await storage.set_by_keys({k3: b"three"}, ttl=timedelta(seconds=60))
     got = await storage.get_by_keys(keys=[k1, k2, k3, unique("contract-absent:")])
-    assert sorted(got) == sorted([k1, k2, k3])
+    assert {k: _raw(v) for k, v in got.items()} == {k1: b"one", k2: b"two", k3: b"three"}
     assert await storage.get_by_keys([]) == {}
 
 
