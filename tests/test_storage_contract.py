@@ -456,6 +456,8 @@ async def test_subclass_overriding_get_set_is_called_by_cacheme(backend):
         N.Meta.caches = [cacheme.Cache(storage=name, ttl=timedelta(seconds=60))]
         assert await cacheme.get(N(1)) == {"uid": 1}
         assert await cacheme.get(N(1)) == {"uid": 1}
+        # the override's super() calls reached the storage: the fill is there
+        assert await cls.get(s, N(1), SER) == {"uid": 1}
         if _is_local(s):
             # local storages are read in C (0.3.0 read them with get_sync)
             assert ("set", 1) in calls
