@@ -23,8 +23,8 @@
 #include "ser/base64.h"
 
 #define CM_SCRAM_NONCE_BYTES 24
-/* Bound on a server message: far above any real one, and keeps the length sums of the
- * AuthMessage clear of overflow. */
+/* Bound on a server message, a username, a password: far above any real one, and keeps
+ * the length sums of the messages clear of overflow and PBKDF2's int lengths exact. */
 #define CM_SCRAM_MAX_MESSAGE 65536
 /* How much of a server's e= value is quoted in the error text. */
 #define CM_SCRAM_MAX_QUOTE 128
@@ -190,6 +190,11 @@ int cm_scram_new(CmScram **out, CmScramMech mech, const char *user, size_t userl
         *err = "SCRAM: unknown mechanism";
         return CM_SCRAM_ERROR;
     }
+    if (userlen > CM_SCRAM_MAX_MESSAGE || passlen > CM_SCRAM_MAX_MESSAGE ||
+        noncelen > CM_SCRAM_MAX_MESSAGE) {
+        *err = "SCRAM: the username, password or nonce is longer than 65536 bytes";
+        return CM_SCRAM_ERROR;
+    }
     if (userlen == 0 || memchr(user, '\0', userlen) != NULL) {
         *err = "SCRAM: the username must be non-empty and hold no NUL character";
         return CM_SCRAM_ERROR;
@@ -216,7 +221,7 @@ int cm_scram_new(CmScram **out, CmScramMech mech, const char *user, size_t userl
     if (mech == CM_SCRAM_SHA_1_MONGO) {
         if ((status = mongo_digest(user, userlen, password, passlen, s->secret, err)) != 0)
             goto fail;
-    } else {
+    } else if (passlen > 0) {
         memcpy(s->secret, password, passlen);
     }
     if ((status = build_first(s, user, userlen, client_nonce, noncelen, err)) != CM_SCRAM_OK)

@@ -243,6 +243,21 @@ static void test_bad_arguments(void)
     CHECK(err_is(err, "client nonce"));
     CHECK(cm_scram_new(&s, CM_SCRAM_SHA_256, "u", 1, "p", 1, "", 0, NULL, &err) == CM_SCRAM_ERROR);
     CHECK(err_is(err, "client nonce"));
+    {
+        size_t n = CM_SCRAM_MAX_MESSAGE + 1;
+        char *big = malloc(n);
+        memset(big, 'a', n);
+        CHECK(cm_scram_new(&s, CM_SCRAM_SHA_256, big, n, "p", 1, NULL, 0, NULL, &err) ==
+              CM_SCRAM_ERROR);
+        CHECK(err_is(err, "longer than 65536 bytes"));
+        CHECK(cm_scram_new(&s, CM_SCRAM_SHA_256, "u", 1, big, n, NULL, 0, NULL, &err) ==
+              CM_SCRAM_ERROR);
+        CHECK(err_is(err, "longer than 65536 bytes"));
+        CHECK(cm_scram_new(&s, CM_SCRAM_SHA_256, "u", 1, "p", 1, big, n, NULL, &err) ==
+              CM_SCRAM_ERROR);
+        CHECK(err_is(err, "longer than 65536 bytes"));
+        free(big);
+    }
     CHECK(s == NULL);
 
     /* MongoDB's SCRAM-SHA-1 hashes the password bytes as given: no SASLprep, so any bytes */
@@ -251,7 +266,7 @@ static void test_bad_arguments(void)
     cm_scram_free(s);
     /* an empty password is the server's to refuse */
     s = NULL;
-    CHECK(cm_scram_new(&s, CM_SCRAM_SHA_256, "u", 1, "", 0, NULL, 0, NULL, &err) == CM_SCRAM_OK);
+    CHECK(cm_scram_new(&s, CM_SCRAM_SHA_256, "u", 1, NULL, 0, NULL, 0, NULL, &err) == CM_SCRAM_OK);
     cm_scram_free(s);
     cm_scram_free(NULL);
     cm_scram_cache_free(NULL);
