@@ -26,6 +26,7 @@ REQUIRED = [
     (("hiredis",), "libhiredis-dev"),
     (("msgpack-c", "msgpack"), "libmsgpack-dev"),
     (("zlib",), "zlib1g-dev"),
+    (("openssl",), "libssl-dev"),
 ]
 
 
