@@ -72,6 +72,7 @@ $(VENV)/.test-stamp: $(VENV)/.stamp pyproject.toml Makefile
 
 test-venvs:
 	bash benchmarks/sql_venvs.sh
+	bash benchmarks/mongo_venvs.sh
 
 demo: venv
 	$(PY) examples/demo.py
