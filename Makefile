@@ -221,3 +221,4 @@ include benchmarks/bench.mk
 include benchmarks/serializer.mk
 include benchmarks/redis.mk
 include benchmarks/sql.mk
+include benchmarks/mongo.mk
