@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import subprocess
 import time
 from datetime import timedelta
@@ -283,7 +284,7 @@ async def test_auth_shared_with_030(mongo_auth_server):
     try:
         name = await register(url, coll)
     except Exception as e:  # until h-mongo has merged the SCRAM client
-        if "authentication not built" in str(e):
+        if re.search(r"authentication.*not built", str(e)):
             pytest.skip(str(e))
         raise
     Item, loads = make_node(name, ser, 3600)
