@@ -68,7 +68,10 @@ void cm_ga_fill_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, PyObj
         }
         if (rc < 0) {
             counters(cfg, r)->errors++;
+            counters(cfg, r)->set_errors++;
             cm_ga_log_failed(st, "cacheme: fill of storage %r failed", r->name);
+        } else {
+            counters(cfg, r)->sets++;
         }
     }
 }

@@ -141,7 +141,7 @@ static void record_load(CmGetAllObject *o, uint64_t ok, uint64_t failed)
     CmMetricsObject *m = o->cfg->metrics;
     m->load_success_count += ok;
     m->load_failure_count += failed;
-    m->total_load_time += (uint64_t)(cm_now_ns() - o->load_start);
+    cm_metrics_observe_load(m, (uint64_t)(cm_now_ns() - o->load_start));
 }
 
 /* Doorkeeper: a key is stored on its second request. 1 admitted, 0 not. */
@@ -490,8 +490,11 @@ int cm_ga_batch_advance(CmGetAllObject *o, PyObject *res, PyObject **out)
             PyObject *t = PyList_GET_ITEM(o->remote_missed, o->pos); // borrowed
             CmCacheRef *r = &cfg->caches[PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 0))];
             counters(cfg, r)->errors++;
+            counters(cfg, r)->set_errors++;
             cm_ga_log_failed(st, "cacheme: set_all of storage %r failed", r->name);
         } else {
+            PyObject *t = PyList_GET_ITEM(o->remote_missed, o->pos); // borrowed
+            counters(cfg, &cfg->caches[PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 0))])->sets++;
             Py_DECREF(res);
         }
         o->pos++;

@@ -24,9 +24,13 @@ void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash
         CmCacheRef *r = &cfg->caches[i];
         if (r->kind != CM_CACHE_LOCAL || !(missed & (1u << i)))
             continue;
+        CmStorageCounters *c = &cfg->metrics->storages[r->stat];
         if (cm_store_put((CmStoreObject *)r->storage, key, hash, value, r->ttl_ns) < 0) {
-            cfg->metrics->storages[r->stat].errors++;
+            c->errors++;
+            c->set_errors++;
             PyErr_WriteUnraisable(r->name);
+        } else {
+            c->sets++;
         }
     }
 }
@@ -158,7 +162,7 @@ static void metrics_load_done(CmCallObject *g, int ok)
         m->load_success_count++;
     else
         m->load_failure_count++;
-    m->total_load_time += (uint64_t)(cm_now_ns() - g->load_start);
+    cm_metrics_observe_load(m, (uint64_t)(cm_now_ns() - g->load_start));
 }
 
 /* The flight's state machine. arg/exc resume the current sub-awaitable (exc
@@ -247,10 +251,12 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
                         return PYGEN_ERROR;
                     }
                     counters(g, g->idx)->errors++;
+                    counters(g, g->idx)->set_errors++;
                     cm_log_warning(st, "cacheme: fill of storage '%U' failed: %R",
                                    cfg->caches[g->idx].name, e);
                     Py_DECREF(e);
                 } else {
+                    counters(g, g->idx)->sets++;
                     Py_DECREF(res);
                 }
                 g->idx++;
@@ -311,6 +317,7 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
             if (start_call(g, &cfg->caches[g->idx], 1) < 0) {
                 PyObject *e = cm_exc_take();
                 counters(g, g->idx)->errors++;
+                counters(g, g->idx)->set_errors++;
                 cm_log_warning(st, "cacheme: fill of storage '%U' failed: %R",
                                cfg->caches[g->idx].name, e);
                 Py_XDECREF(e);
