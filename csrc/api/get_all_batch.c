@@ -240,9 +240,13 @@ static int next_set_all(CmGetAllObject *o)
             continue;
         }
         o->step = B_SET_ALL;
-        PyObject *args[4] = {r->storage, data, r->ttl, o->cfg->serializer};
-        PyObject *aw = PyObject_VectorcallMethod(st->s_set_all, args,
-                                                 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        /* one TTL for the batch: set_all takes one */
+        PyObject *ttl = cm_cache_write_ttl(st, r);
+        PyObject *args[4] = {r->storage, data, ttl, o->cfg->serializer};
+        PyObject *aw = ttl ? PyObject_VectorcallMethod(st->s_set_all, args,
+                                                       4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
+                           : NULL;
+        Py_XDECREF(ttl);
         Py_DECREF(data);
         return cm_ga_start_sub(o, aw);
     }

@@ -19,13 +19,13 @@ static inline CmStorageCounters *counters(CmCallObject *g, Py_ssize_t i)
 void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash,
                     PyObject *value, uint32_t missed)
 {
-    (void)st;
     for (Py_ssize_t i = 0; i < cfg->ncaches && i < 32; i++) {
         CmCacheRef *r = &cfg->caches[i];
         if (r->kind != CM_CACHE_LOCAL || !(missed & (1u << i)))
             continue;
         CmStorageCounters *c = &cfg->metrics->storages[r->stat];
-        if (cm_store_put((CmStoreObject *)r->storage, key, hash, value, r->ttl_ns) < 0) {
+        if (cm_store_put((CmStoreObject *)r->storage, key, hash, value,
+                         cm_cache_write_ttl_ns(st, r)) < 0) {
             c->errors++;
             c->set_errors++;
             PyErr_WriteUnraisable(r->name);
@@ -54,9 +54,12 @@ static PyObject *call_storage(CmCallObject *g, PyObject *name, CmCacheRef *r, in
         return PyObject_VectorcallMethod(name, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
     args[2] = g->value;
-    args[3] = r->ttl;
+    if ((args[3] = cm_cache_write_ttl(g->st, r)) == NULL)
+        return NULL;
     args[4] = g->cfg->serializer;
-    return PyObject_VectorcallMethod(name, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *aw = PyObject_VectorcallMethod(name, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(args[3]);
+    return aw;
 }
 
 /* storage.get(node) / storage.set(...) of cache r as the current request:
@@ -75,10 +78,17 @@ static int start_call(CmCallObject *g, CmCacheRef *r, int set)
             return -1;
         g->loop_tstate = PyThreadState_Get();
     }
-    CmRemoteOp *op =
-        set ? ops->set(r->storage, g->node, g->value, r->ttl, g->cfg->serializer, g->loop,
-                       (PyObject *)g)
-            : ops->get(r->storage, g->node, g->cfg->serializer, g->loop, (PyObject *)g);
+    CmRemoteOp *op;
+    if (set) {
+        PyObject *ttl = cm_cache_write_ttl(st, r);
+        if (ttl == NULL)
+            return -1;
+        op = ops->set(r->storage, g->node, g->value, ttl, g->cfg->serializer, g->loop,
+                      (PyObject *)g);
+        Py_DECREF(ttl);
+    } else {
+        op = ops->get(r->storage, g->node, g->cfg->serializer, g->loop, (PyObject *)g);
+    }
     if (op == NULL)
         return -1;
     g->remote_state = REMOTE_PENDING;
