@@ -63,10 +63,11 @@ build: $(VENV)/.stamp $(CSRC)
 
 # Test tools; pydantic (2.x, which also carries the v1 API) and msgpack for
 # the serializer tests; fastapi, uvicorn, gunicorn, aiohttp and httpx to run
-# the service examples (tests/test_examples.py); cacheme 0.3.0 in its own venv
+# the service examples (tests/test_examples.py); prometheus_client and
+# opentelemetry-api/-sdk for the exporters (tests/test_exporters.py); cacheme 0.3.0 in its own venv
 # for the tests that share a cache with it.
 TEST_PKGS := "pytest>=7" "pytest-asyncio>=0.23" "pytest-timeout>=2" "mypy>=1.5" "pydantic>=2" msgpack uvloop \
-             fastapi uvicorn gunicorn aiohttp httpx
+             fastapi uvicorn gunicorn aiohttp httpx prometheus_client opentelemetry-api opentelemetry-sdk
 $(VENV)/.test-stamp: $(VENV)/.stamp pyproject.toml Makefile
 	$(PIP) install -q $(TEST_PKGS)
 	touch $@

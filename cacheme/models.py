@@ -57,11 +57,15 @@ def set_prefix(prefix: str) -> None:
 
 
 class Cache:
-    """One cache layer of a node: a registered storage name and a TTL."""
+    """One cache layer of a node: a registered storage name and a TTL.
 
-    __slots__ = ["_storage", "_storage_name", "ttl", "_is_local"]
+    ttl_jitter (0 <= j < 1, with a ttl): each write's TTL is drawn uniformly
+    in ttl * (1 - j) .. ttl * (1 + j), so that keys written together do not
+    expire together (a get_all's fill of a remote storage is one write)."""
 
-    def __init__(self, storage: str, ttl: Optional[timedelta]):
+    __slots__ = ["_storage", "_storage_name", "ttl", "ttl_jitter", "_is_local"]
+
+    def __init__(self, storage: str, ttl: Optional[timedelta], ttl_jitter: float = 0.0):
         if not isinstance(storage, str):
             raise TypeError(f"Cache storage must be a storage name (str), not {type(storage).__name__}")
         if ttl is not None:
@@ -69,9 +73,16 @@ class Cache:
                 raise TypeError(f"Cache ttl must be a datetime.timedelta or None, not {type(ttl).__name__}")
             if ttl <= timedelta(0):
                 raise ValueError(f"Cache ttl must be positive, got {ttl!r}")
+        if isinstance(ttl_jitter, bool) or not isinstance(ttl_jitter, (int, float)):
+            raise TypeError(f"Cache ttl_jitter must be a number, not {type(ttl_jitter).__name__}")
+        if not 0 <= ttl_jitter < 1:
+            raise ValueError(f"Cache ttl_jitter must be in [0, 1), got {ttl_jitter!r}")
+        if ttl_jitter and ttl is None:
+            raise ValueError("Cache ttl_jitter needs a ttl")
         self._storage: Optional[Storage] = None
         self._storage_name = storage
         self.ttl = ttl
+        self.ttl_jitter = float(ttl_jitter)
         self._is_local: Optional[bool] = None
 
     @property
@@ -85,7 +96,8 @@ class Cache:
         return bool(self.storage.is_local())
 
     def __repr__(self) -> str:
-        return f"Cache(storage={self._storage_name!r}, ttl={self.ttl!r})"
+        jitter = f", ttl_jitter={self.ttl_jitter!r}" if self.ttl_jitter else ""
+        return f"Cache(storage={self._storage_name!r}, ttl={self.ttl!r}{jitter})"
 
 
 class MetaNode(type):

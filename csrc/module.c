@@ -19,6 +19,7 @@ static PyObject *after_fork_child(PyObject *mod, PyObject *Py_UNUSED(unused))
 {
     CmState *st = cm_state_from_module(mod);
     cm_flight_after_fork_child(st);
+    st->jitter_rng = 0; /* workers forked together draw different TTLs */
     cm_wake_after_fork_child(st);
     if (cm_loop_after_fork_child(st) < 0 || cm_netloop_after_fork_child(st) < 0)
         return NULL;

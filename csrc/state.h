@@ -114,6 +114,7 @@ typedef struct {
     PyObject *last_cls;
     PyObject *last_cfg;
     uint64_t generation; /* bumped by register_storage, set_prefix: node configs rebuild */
+    uint64_t jitter_rng; /* TTL jitter's generator (nodecfg.c); 0: seed on next use */
 
     /* a reusable ready awaitable (refcount 1 = free to reuse) */
     PyObject *ready_cache;

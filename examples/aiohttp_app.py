@@ -3,7 +3,8 @@
     python examples/aiohttp_app.py [--port 8080]
 
 Storages are registered in on_startup (on the loop that serves requests)
-and closed in on_cleanup. Environment: CACHEME_REDIS_URL
+and closed in on_cleanup. GET /metrics serves every cacheme counter in
+Prometheus's text format (cacheme.exporters). Environment: CACHEME_REDIS_URL
 (redis://127.0.0.1:6379), CACHEME_PREFIX (key prefix), DB_DELAY (seconds a
 fake database query takes, 0.05).
 """
@@ -17,6 +18,7 @@ from datetime import timedelta
 from aiohttp import web
 
 import cacheme
+from cacheme import exporters
 from cacheme.serializer import MsgPackSerializer
 
 REDIS_URL = os.environ.get("CACHEME_REDIS_URL", "redis://127.0.0.1:6379")
@@ -99,6 +101,12 @@ async def read_product(request: web.Request) -> web.Response:
     return web.json_response(await get_product(int(request.match_info["id"])))
 
 
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=exporters.prometheus_text(),
+                        content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Format": "version=0.0.4"})
+
+
 def make_app() -> web.Application:
     app = web.Application()
     app.on_startup.append(start_cache)
@@ -106,6 +114,7 @@ def make_app() -> web.Application:
     app.router.add_get("/users/{id}", read_user)
     app.router.add_delete("/users/{id}", forget_user)
     app.router.add_get("/products/{id}", read_product)
+    app.router.add_get("/metrics", metrics)
     return app
 
 

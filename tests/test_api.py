@@ -300,7 +300,7 @@ async def test_stats_every_metric():
     assert m.load_count() == 1 and m.load_failure_rate() == 0.0
     assert m.total_load_time() > 0
     assert m.average_load_time() == m.total_load_time()
-    assert m.storage_stats() == {name: {"hits": 1, "misses": 1, "errors": 0}}
+    assert m.storage_stats() == {name: {"hits": 1, "misses": 1, "errors": 0, "sets": 1, "set_errors": 0}}
     assert UserNode.get_metrics() is m
     assert UserNode.Meta.metrics is m
 

@@ -172,3 +172,26 @@ def test_aiohttp_runner(redis_server, tmp_path):
     cmd = [str(BIN / "python"), "examples/aiohttp_app.py", "--port", str(port)]
     with serve(cmd, port, redis_server.url, tmp_path) as server:
         check_service(server, stats=False)
+        check_metrics(server)
+
+
+def check_metrics(server: Server) -> None:
+    """The example's /metrics, scraped and parsed as Prometheus would."""
+    parser = pytest.importorskip("prometheus_client.parser")
+    r = httpx.get(server.base + "/metrics", timeout=10)
+    r.raise_for_status()
+    got = {}
+    for family in parser.text_string_to_metric_families(r.text):
+        for s in family.samples:
+            got[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    # what check_service did: user 1 loaded twice (invalidated once), user 2 once
+    assert got[("cacheme_loads_total", (("node", "UserNode"), ("result", "success")))] == 3
+    assert got[("cacheme_requests_total", (("node", "UserNode"), ("result", "hit")))] >= 1
+    assert got[("cacheme_load_duration_seconds_count", (("node", "UserNode"),))] == 3
+    # DB_DELAY is 0.2 s: no load of a user fits under 0.1 s
+    assert got[("cacheme_load_duration_seconds_bucket",
+                (("le", "0.1"), ("node", "UserNode")))] == 0
+    assert got[("cacheme_local_entries", (("storage", "local"),))] >= 1
+    assert got[("cacheme_storage_operations_total",
+                (("op", "get"), ("result", "error"), ("storage", "redis")))] == 0
+    assert got[("cacheme_in_flight", ())] == 0

@@ -137,7 +137,7 @@ async def test_storage_get_all_raising_is_a_miss_of_its_keys(caplog):
         assert await cacheme.get_all([N(1), N(2)]) == ["value-1", "value-2"]
     assert "get_all from storage" in caplog.text and "storage down" in caplog.text
     st = cacheme.stats(N).storage_stats()[rname]
-    assert st == {"hits": 0, "misses": 2, "errors": 1}
+    assert st == {"hits": 0, "misses": 2, "errors": 1, "sets": 1, "set_errors": 0}
     assert sorted(src.calls) == [1, 2]
     assert flights() == 0
 
@@ -271,8 +271,8 @@ async def test_a_later_local_tier_fills_the_earlier_one():
     N = node_class(first, src, [Cache(storage=first, ttl=None), Cache(storage=second, ttl=None)])
     assert await cacheme.get_all([N(1), N(2)]) == ["value-1", "value-2"]
     stats = cacheme.stats(N).storage_stats()
-    assert stats[first] == {"hits": 0, "misses": 2, "errors": 0}
-    assert stats[second] == {"hits": 1, "misses": 1, "errors": 0}
+    assert stats[first] == {"hits": 0, "misses": 2, "errors": 0, "sets": 2, "set_errors": 0}
+    assert stats[second] == {"hits": 1, "misses": 1, "errors": 0, "sets": 1, "set_errors": 0}
     assert await cacheme.get_all([N(1), N(2)]) == ["value-1", "value-2"]
     assert cacheme.stats(N).storage_stats()[first]["hits"] == 2
     assert src.calls == [1, 2]

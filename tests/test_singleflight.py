@@ -417,7 +417,7 @@ async def test_get_made_early_sees_a_value_cached_before_it_is_awaited():
     assert src.calls == [1]
     m = cacheme.stats(N)
     assert m.hit_count() == 3 and m.miss_count() == 1
-    assert m.storage_stats()[name] == {"hits": 3, "misses": 1, "errors": 0}
+    assert m.storage_stats()[name] == {"hits": 3, "misses": 1, "errors": 0, "sets": 1, "set_errors": 0}
 
 
 async def test_suspending_load_is_driven_by_the_callers_own_task():

@@ -116,11 +116,14 @@ PyObject *cm_get(CmState *st, CmRequest *req)
             for (Py_ssize_t j = 0; j < i; j++) {
                 CmCacheRef *pr = &cfg->caches[j];
                 if (pr->kind == CM_CACHE_LOCAL_PY && (missed & (1u << j))) {
-                    PyObject *args[5] = {pr->storage, node, v, pr->ttl, cfg->serializer};
+                    PyObject *ttl = cm_cache_write_ttl(st, pr);
+                    PyObject *args[5] = {pr->storage, node, v, ttl, cfg->serializer};
                     run_sync(st,
-                             PyObject_VectorcallMethod(st->s_set, args,
-                                                       5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL),
+                             ttl ? PyObject_VectorcallMethod(
+                                       st->s_set, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
+                                 : NULL,
                              pr, m);
+                    Py_XDECREF(ttl);
                 }
             }
         }

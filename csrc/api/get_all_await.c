@@ -44,14 +44,19 @@ void cm_ga_fill_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, PyObj
                 PyErr_SetObject(PyExc_KeyError, key);
         } else if (r->kind == CM_CACHE_LOCAL) {
             Py_hash_t h = PyObject_Hash(key);
-            rc = h == -1 ? -1 : cm_store_put((CmStoreObject *)r->storage, key, h, value, r->ttl_ns);
+            rc = h == -1 ? -1
+                         : cm_store_put((CmStoreObject *)r->storage, key, h, value,
+                                        cm_cache_write_ttl_ns(st, r));
         } else {
             PyObject *node = PyDict_GetItemWithError(nodes, key); // borrowed
             PyObject *aw = NULL;
             if (node != NULL) {
-                PyObject *args[5] = {r->storage, node, value, r->ttl, cfg->serializer};
-                aw = PyObject_VectorcallMethod(st->s_set, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                               NULL);
+                PyObject *ttl = cm_cache_write_ttl(st, r);
+                PyObject *args[5] = {r->storage, node, value, ttl, cfg->serializer};
+                aw = ttl ? PyObject_VectorcallMethod(st->s_set, args,
+                                                     5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
+                         : NULL;
+                Py_XDECREF(ttl);
             } else if (!PyErr_Occurred()) {
                 PyErr_SetObject(PyExc_KeyError, key);
             }
@@ -68,7 +73,10 @@ void cm_ga_fill_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, PyObj
         }
         if (rc < 0) {
             counters(cfg, r)->errors++;
+            counters(cfg, r)->set_errors++;
             cm_ga_log_failed(st, "cacheme: fill of storage %r failed", r->name);
+        } else {
+            counters(cfg, r)->sets++;
         }
     }
 }

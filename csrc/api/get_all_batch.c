@@ -141,7 +141,7 @@ static void record_load(CmGetAllObject *o, uint64_t ok, uint64_t failed)
     CmMetricsObject *m = o->cfg->metrics;
     m->load_success_count += ok;
     m->load_failure_count += failed;
-    m->total_load_time += (uint64_t)(cm_now_ns() - o->load_start);
+    cm_metrics_observe_load(m, (uint64_t)(cm_now_ns() - o->load_start));
 }
 
 /* Doorkeeper: a key is stored on its second request. 1 admitted, 0 not. */
@@ -240,9 +240,13 @@ static int next_set_all(CmGetAllObject *o)
             continue;
         }
         o->step = B_SET_ALL;
-        PyObject *args[4] = {r->storage, data, r->ttl, o->cfg->serializer};
-        PyObject *aw = PyObject_VectorcallMethod(st->s_set_all, args,
-                                                 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        /* one TTL for the batch: set_all takes one */
+        PyObject *ttl = cm_cache_write_ttl(st, r);
+        PyObject *args[4] = {r->storage, data, ttl, o->cfg->serializer};
+        PyObject *aw = ttl ? PyObject_VectorcallMethod(st->s_set_all, args,
+                                                       4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
+                           : NULL;
+        Py_XDECREF(ttl);
         Py_DECREF(data);
         return cm_ga_start_sub(o, aw);
     }
@@ -490,8 +494,11 @@ int cm_ga_batch_advance(CmGetAllObject *o, PyObject *res, PyObject **out)
             PyObject *t = PyList_GET_ITEM(o->remote_missed, o->pos); // borrowed
             CmCacheRef *r = &cfg->caches[PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 0))];
             counters(cfg, r)->errors++;
+            counters(cfg, r)->set_errors++;
             cm_ga_log_failed(st, "cacheme: set_all of storage %r failed", r->name);
         } else {
+            PyObject *t = PyList_GET_ITEM(o->remote_missed, o->pos); // borrowed
+            counters(cfg, &cfg->caches[PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 0))])->sets++;
             Py_DECREF(res);
         }
         o->pos++;

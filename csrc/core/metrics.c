@@ -1,7 +1,14 @@
 /* Metrics: counters of a node class, read through the 0.3.0 method names.
  * Rates are 0.0 (not ZeroDivisionError) before anything was counted. */
 #include "core/metrics.h"
+#include <string.h>
 #include <structmember.h>
+
+#define MS 1000000ull
+const uint64_t cm_load_bucket_ns[CM_LOAD_BUCKETS - 1] = {
+    1 * MS,   2500000ull, 5 * MS,    10 * MS,   25 * MS,   50 * MS,    100 * MS,
+    250 * MS, 500 * MS,   1000 * MS, 2500 * MS, 5000 * MS, 10000 * MS,
+};
 
 Py_ssize_t cm_metrics_storage_index(CmMetricsObject *m, PyObject *name)
 {
@@ -19,7 +26,7 @@ Py_ssize_t cm_metrics_storage_index(CmMetricsObject *m, PyObject *name)
         return -1;
     }
     m->storages = grown;
-    m->storages[m->nstorages] = (CmStorageCounters){Py_NewRef(name), 0, 0, 0};
+    m->storages[m->nstorages] = (CmStorageCounters){Py_NewRef(name), 0, 0, 0, 0, 0};
     return m->nstorages++;
 }
 
@@ -69,9 +76,10 @@ static PyObject *metrics_storage_stats(PyObject *self, PyObject *Py_UNUSED(x))
         return NULL;
     for (Py_ssize_t i = 0; i < m->nstorages; i++) {
         CmStorageCounters *c = &m->storages[i];
-        PyObject *d =
-            Py_BuildValue("{sKsKsK}", "hits", (unsigned long long)c->hits, "misses",
-                          (unsigned long long)c->misses, "errors", (unsigned long long)c->errors);
+        PyObject *d = Py_BuildValue(
+            "{sKsKsKsKsK}", "hits", (unsigned long long)c->hits, "misses",
+            (unsigned long long)c->misses, "errors", (unsigned long long)c->errors, "sets",
+            (unsigned long long)c->sets, "set_errors", (unsigned long long)c->set_errors);
         if (d == NULL || PyDict_SetItem(out, c->name, d) < 0) {
             Py_XDECREF(d);
             Py_DECREF(out);
@@ -82,13 +90,44 @@ static PyObject *metrics_storage_stats(PyObject *self, PyObject *Py_UNUSED(x))
     return out;
 }
 
+/* _load_histogram() -> ((upper bound in seconds, ...), [count per bucket]):
+ * the last count is the +Inf bucket; counts are per bucket, not cumulative */
+static PyObject *metrics_load_histogram(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    CmMetricsObject *m = M(self);
+    PyObject *bounds = PyTuple_New(CM_LOAD_BUCKETS - 1);
+    PyObject *counts = PyList_New(CM_LOAD_BUCKETS);
+    if (bounds == NULL || counts == NULL)
+        goto fail;
+    for (int i = 0; i < CM_LOAD_BUCKETS; i++) {
+        if (i < CM_LOAD_BUCKETS - 1) {
+            PyObject *b = PyFloat_FromDouble((double)cm_load_bucket_ns[i] / 1e9);
+            if (b == NULL)
+                goto fail;
+            PyTuple_SET_ITEM(bounds, i, b);
+        }
+        PyObject *c = PyLong_FromUnsignedLongLong(m->load_buckets[i]);
+        if (c == NULL)
+            goto fail;
+        PyList_SET_ITEM(counts, i, c);
+    }
+    return Py_BuildValue("(NN)", bounds, counts);
+fail:
+    Py_XDECREF(bounds);
+    Py_XDECREF(counts);
+    return NULL;
+}
+
 static PyObject *metrics_reset(PyObject *self, PyObject *Py_UNUSED(x))
 {
     CmMetricsObject *m = M(self);
     m->hit_count = m->miss_count = 0;
     m->load_success_count = m->load_failure_count = m->total_load_time = 0;
-    for (Py_ssize_t i = 0; i < m->nstorages; i++)
-        m->storages[i].hits = m->storages[i].misses = m->storages[i].errors = 0;
+    memset(m->load_buckets, 0, sizeof(m->load_buckets));
+    for (Py_ssize_t i = 0; i < m->nstorages; i++) {
+        CmStorageCounters *c = &m->storages[i];
+        c->hits = c->misses = c->errors = c->sets = c->set_errors = 0;
+    }
     Py_RETURN_NONE;
 }
 
@@ -104,7 +143,8 @@ static PyObject *metrics_record(PyObject *self, PyObject *args)
     m->miss_count += mi;
     m->load_success_count += ok;
     m->load_failure_count += fail;
-    m->total_load_time += ns;
+    if (ok + fail > 0)
+        cm_metrics_observe_load(m, ns);
     Py_RETURN_NONE;
 }
 
@@ -151,6 +191,7 @@ static PyMethodDef metrics_methods[] = {
     {"storage_stats", metrics_storage_stats, METH_NOARGS,
      "{storage name: {'hits', 'misses', 'errors'}}"},
     {"reset", metrics_reset, METH_NOARGS, "zero every counter"},
+    {"_load_histogram", metrics_load_histogram, METH_NOARGS, NULL},
     {"_record", metrics_record, METH_VARARGS, NULL},
     {"_record_storage", metrics_record_storage, METH_VARARGS, NULL},
     {NULL, NULL},

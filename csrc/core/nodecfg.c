@@ -1,9 +1,12 @@
 /* NodeConfig: Meta read once per class (and per storage registration). */
 #include "core/nodecfg.h"
 
+#include "base/clock.h"
 #include "base/compat.h"
 #include "core/store.h"
 #include "core/ttl.h"
+
+#include <unistd.h>
 
 static void cfg_release(CmNodeConfigObject *c)
 {
@@ -19,6 +22,74 @@ static void cfg_release(CmNodeConfigObject *c)
     Py_CLEAR(c->metrics);
     Py_CLEAR(c->key_func);
     Py_CLEAR(c->load_func);
+}
+
+/* Cache.ttl_jitter (absent on 0.3.0-style cache objects: 0), in [0, 1) and
+ * only with a TTL. */
+static int read_jitter(CmState *st, PyTypeObject *cls, PyObject *cache, CmCacheRef *ref)
+{
+    (void)st;
+    ref->jitter = 0.0;
+    PyObject *j = PyObject_GetAttrString(cache, "ttl_jitter");
+    if (j == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    double v = PyFloat_AsDouble(j);
+    if (v == -1.0 && PyErr_Occurred()) {
+        Py_DECREF(j);
+        return -1;
+    }
+    if (!(v >= 0.0 && v < 1.0)) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s.Meta.caches: storage '%U': ttl_jitter must be in [0, 1), got %R",
+                     cls->tp_name, ref->name, j);
+        Py_DECREF(j);
+        return -1;
+    }
+    Py_DECREF(j);
+    if (v > 0.0 && ref->ttl_ns < 0) {
+        PyErr_Format(PyExc_ValueError, "%s.Meta.caches: storage '%U': ttl_jitter needs a ttl",
+                     cls->tp_name, ref->name);
+        return -1;
+    }
+    ref->jitter = v;
+    return 0;
+}
+
+/* A factor uniform in [1 - jitter, 1 + jitter) (splitmix64). */
+static double jitter_factor(CmState *st, double jitter)
+{
+    if (st->jitter_rng == 0)
+        st->jitter_rng = (uint64_t)cm_now_ns() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
+    uint64_t z = (st->jitter_rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    double u = (double)(z >> 11) * 0x1.0p-53; /* [0, 1) */
+    return 1.0 + jitter * (2.0 * u - 1.0);
+}
+
+int64_t cm_cache_write_ttl_ns(CmState *st, const CmCacheRef *r)
+{
+    if (r->jitter == 0.0 || r->ttl_ns < 0)
+        return r->ttl_ns;
+    int64_t ns = (int64_t)((double)r->ttl_ns * jitter_factor(st, r->jitter));
+    return ns > 0 ? ns : 1;
+}
+
+PyObject *cm_cache_write_ttl(CmState *st, const CmCacheRef *r)
+{
+    if (r->jitter == 0.0 || r->ttl == Py_None)
+        return Py_NewRef(r->ttl);
+    PyObject *f = PyFloat_FromDouble(jitter_factor(st, r->jitter));
+    if (f == NULL)
+        return NULL;
+    PyObject *t = PyNumber_Multiply(r->ttl, f); /* timedelta * float: a timedelta */
+    Py_DECREF(f);
+    return t;
 }
 
 static int cfg_traverse(PyObject *self, visitproc visit, void *arg)
@@ -109,6 +180,8 @@ static int resolve_cache(CmState *st, PyTypeObject *cls, PyObject *cache, CmCach
         Py_XDECREF(tb);
         return -1;
     }
+    if (read_jitter(st, cls, cache, ref) < 0)
+        return -1;
     if ((ref->stat = cm_metrics_storage_index(metrics, name)) < 0)
         return -1;
 

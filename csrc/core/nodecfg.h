@@ -20,7 +20,14 @@ typedef struct {
     PyObject *name;    /* storage name */
     PyObject *ttl;     /* as given (timedelta or None), for Python storages */
     int64_t ttl_ns;    /* -1: none */
+    double jitter;     /* Cache.ttl_jitter: each write's TTL is drawn in ttl * (1 +- jitter) */
 } CmCacheRef;
+
+/* The TTL of one write to r: its TTL, or one drawn uniformly within +-jitter
+ * of it, so that keys written together do not expire together. In ns (-1:
+ * none), and as the object storages take (r->ttl's type; new reference). */
+int64_t cm_cache_write_ttl_ns(CmState *st, const CmCacheRef *r);
+PyObject *cm_cache_write_ttl(CmState *st, const CmCacheRef *r);
 
 typedef struct CmNodeConfigObject_ {
     PyObject_VAR_HEAD

@@ -54,7 +54,8 @@ struct CmStoreObject {
     PyObject **dead;
     size_t dead_cap;
     int flushing;
-    uint64_t puts; /* bumped by every put: lets a deferred get see new values */
+    uint64_t puts;      /* bumped by every put: lets a deferred get see new values */
+    uint64_t evictions; /* entries the policy pushed out (not expiries, not removes) */
     PyObject *weakreflist;
 };
 
@@ -377,6 +378,7 @@ int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *valu
         uint32_t n = cm_policy_insert(s->policy, slot, (uint64_t)hash, victims);
         for (uint32_t i = 0; i < n; i++)
             drop_slot(s, victims[i], 0);
+        s->evictions += n;
         /* admission may have rejected the new entry itself */
         resident = s->keys[slot] != NULL;
     }
@@ -648,6 +650,8 @@ static PyGetSetDef store_getset[] = {
 
 static PyMemberDef store_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(CmStoreObject, weakreflist), READONLY},
+    {"evictions", T_ULONGLONG, offsetof(CmStoreObject, evictions), READONLY,
+     "entries evicted by the policy since the store was made"},
     {NULL},
 };
 

@@ -19,14 +19,18 @@ static inline CmStorageCounters *counters(CmCallObject *g, Py_ssize_t i)
 void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash,
                     PyObject *value, uint32_t missed)
 {
-    (void)st;
     for (Py_ssize_t i = 0; i < cfg->ncaches && i < 32; i++) {
         CmCacheRef *r = &cfg->caches[i];
         if (r->kind != CM_CACHE_LOCAL || !(missed & (1u << i)))
             continue;
-        if (cm_store_put((CmStoreObject *)r->storage, key, hash, value, r->ttl_ns) < 0) {
-            cfg->metrics->storages[r->stat].errors++;
+        CmStorageCounters *c = &cfg->metrics->storages[r->stat];
+        if (cm_store_put((CmStoreObject *)r->storage, key, hash, value,
+                         cm_cache_write_ttl_ns(st, r)) < 0) {
+            c->errors++;
+            c->set_errors++;
             PyErr_WriteUnraisable(r->name);
+        } else {
+            c->sets++;
         }
     }
 }
@@ -50,9 +54,12 @@ static PyObject *call_storage(CmCallObject *g, PyObject *name, CmCacheRef *r, in
         return PyObject_VectorcallMethod(name, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
     args[2] = g->value;
-    args[3] = r->ttl;
+    if ((args[3] = cm_cache_write_ttl(g->st, r)) == NULL)
+        return NULL;
     args[4] = g->cfg->serializer;
-    return PyObject_VectorcallMethod(name, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *aw = PyObject_VectorcallMethod(name, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(args[3]);
+    return aw;
 }
 
 /* storage.get(node) / storage.set(...) of cache r as the current request:
@@ -71,10 +78,17 @@ static int start_call(CmCallObject *g, CmCacheRef *r, int set)
             return -1;
         g->loop_tstate = PyThreadState_Get();
     }
-    CmRemoteOp *op =
-        set ? ops->set(r->storage, g->node, g->value, r->ttl, g->cfg->serializer, g->loop,
-                       (PyObject *)g)
-            : ops->get(r->storage, g->node, g->cfg->serializer, g->loop, (PyObject *)g);
+    CmRemoteOp *op;
+    if (set) {
+        PyObject *ttl = cm_cache_write_ttl(st, r);
+        if (ttl == NULL)
+            return -1;
+        op = ops->set(r->storage, g->node, g->value, ttl, g->cfg->serializer, g->loop,
+                      (PyObject *)g);
+        Py_DECREF(ttl);
+    } else {
+        op = ops->get(r->storage, g->node, g->cfg->serializer, g->loop, (PyObject *)g);
+    }
     if (op == NULL)
         return -1;
     g->remote_state = REMOTE_PENDING;
@@ -158,7 +172,7 @@ static void metrics_load_done(CmCallObject *g, int ok)
         m->load_success_count++;
     else
         m->load_failure_count++;
-    m->total_load_time += (uint64_t)(cm_now_ns() - g->load_start);
+    cm_metrics_observe_load(m, (uint64_t)(cm_now_ns() - g->load_start));
 }
 
 /* The flight's state machine. arg/exc resume the current sub-awaitable (exc
@@ -247,10 +261,12 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
                         return PYGEN_ERROR;
                     }
                     counters(g, g->idx)->errors++;
+                    counters(g, g->idx)->set_errors++;
                     cm_log_warning(st, "cacheme: fill of storage '%U' failed: %R",
                                    cfg->caches[g->idx].name, e);
                     Py_DECREF(e);
                 } else {
+                    counters(g, g->idx)->sets++;
                     Py_DECREF(res);
                 }
                 g->idx++;
@@ -311,6 +327,7 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
             if (start_call(g, &cfg->caches[g->idx], 1) < 0) {
                 PyObject *e = cm_exc_take();
                 counters(g, g->idx)->errors++;
+                counters(g, g->idx)->set_errors++;
                 cm_log_warning(st, "cacheme: fill of storage '%U' failed: %R",
                                cfg->caches[g->idx].name, e);
                 Py_XDECREF(e);
