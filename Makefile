@@ -33,6 +33,7 @@ deps:
 	pkg-config --exists hiredis 2>/dev/null || missing="$$missing libhiredis-dev"; \
 	{ pkg-config --exists msgpack-c 2>/dev/null || pkg-config --exists msgpack 2>/dev/null; } || missing="$$missing libmsgpack-dev"; \
 	pkg-config --exists zlib 2>/dev/null || missing="$$missing zlib1g-dev"; \
+	pkg-config --exists openssl || missing="$$missing libssl-dev"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
 	command -v clang-format >/dev/null || missing="$$missing clang-format"; \
