@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -30,6 +31,7 @@ from redis_servers import (  # noqa: F401  (fixtures)
     RedisCluster,
     RedisServer,
     _redis_session_server,
+    free_port,
     needs_redis,
     redis_server,
 )
@@ -444,3 +446,76 @@ def test_forked_child_uses_the_storage_and_parent_keeps_its_session(tls):
         print("ok", st._connections())
     """)
     assert out.strip() == "ok 1"
+
+
+# ---------------------------------------------------------------- handshakes mid-stream
+
+
+class SServer:
+    """openssl s_server as a scripted Redis: what the client sends shows on
+    its stdout, what is written to its stdin goes to the client (LF made
+    CRLF), and a line "r" (TLS 1.2: renegotiate) or "K" (TLS 1.3: key
+    update, the client's own requested) starts a handshake mid-stream."""
+
+    def __init__(self, certs, version):
+        self.port = free_port()
+        self.lines = []
+        self.proc = subprocess.Popen(
+            [OPENSSL, "s_server", "-accept", str(self.port), "-cert", certs.server,
+             "-key", certs.server_key, version, "-crlf", "-ign_eof"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            bufsize=1)
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while not any("ACCEPT" in line for line in self.lines):
+            assert time.monotonic() < deadline, "".join(self.lines)
+            time.sleep(0.01)
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def say(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    async def wait_requests(self, n):
+        deadline = time.monotonic() + 10
+        while sum("PING" in line for line in self.lines) < n:
+            assert time.monotonic() < deadline, "".join(self.lines[-20:])
+            await asyncio.sleep(0.0005)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.mark.parametrize("version,command", [("-tls1_2", "r"), ("-tls1_3", "K")])
+@pytest.mark.parametrize("busy_poll", [0, 0.002])
+async def test_handshakes_mid_stream(certs, version, command, busy_poll):
+    # a renegotiation or key update arrives while the client reads and
+    # writes: OpenSSL's reads then write and its writes read (a write during
+    # a renegotiation waits for the server's reply), and the stream goes on
+    srv = SServer(certs, version)
+    try:
+        st = RedisStorage(f"rediss://127.0.0.1:{srv.port}", ssl_cert_reqs="none", pool_size=1,
+                          busy_poll=busy_poll, timeout=10)
+        n = 0
+        for i in range(30):
+            for _ in range(2):
+                n += 1
+                task = asyncio.ensure_future(st.execute("PING"))
+                await srv.wait_requests(n)
+                srv.say("+PONG")
+                assert await task == "PONG"
+            srv.say(command)
+            await asyncio.sleep(0.0002 * (i % 10))
+        # one more round trip after the last handshake started
+        task = asyncio.ensure_future(st.execute("PING"))
+        await srv.wait_requests(n + 1)
+        srv.say("+PONG")
+        assert await task == "PONG"
+        assert sum("SSL_do_handshake -> 1" in line for line in srv.lines) == 30
+        st.close_now()
+    finally:
+        srv.stop()

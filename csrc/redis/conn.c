@@ -535,6 +535,7 @@ static void conn_on_read(CmRedisConnObject *c)
 {
     CmState *st = c->net.st;
     char buf[65536];
+    const int tls = c->net.tls != NULL; /* the session lives as long as c is open */
     Py_INCREF(c);
 again:
     while (c->net.state != CONN_CLOSED) {
@@ -546,7 +547,7 @@ again:
                 goto done;
             }
             /* parse before buffering more than one reply may hold */
-            if (((size_t)n < sizeof(buf) && c->net.tls == NULL) || !reader_pending_ok(c))
+            if (((size_t)n < sizeof(buf) && !tls) || !reader_pending_ok(c))
                 break;
             continue;
         }
@@ -606,7 +607,7 @@ again:
         }
         cm_redis_entry_reply(c, &e, (PyObject *)reply);
     }
-    if (c->net.state != CONN_CLOSED && cm_net_pending(&c->net))
+    if (tls && c->net.state != CONN_CLOSED && cm_net_pending(&c->net))
         goto again;
 done:
     Py_DECREF(c);
