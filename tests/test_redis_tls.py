@@ -519,3 +519,38 @@ async def test_handshakes_mid_stream(certs, version, command, busy_poll):
         st.close_now()
     finally:
         srv.stop()
+
+
+def test_writing_to_a_server_gone_is_an_error_not_sigpipe(certs):
+    # a process that has not ignored SIGPIPE (an embedding program) is not
+    # killed by a TLS write to a closed connection: plain sockets send with
+    # MSG_NOSIGNAL, and so do TLS sessions
+    with TlsRedisServer(certs) as srv:
+        out = run_python(f"""
+            import asyncio, signal, subprocess, time
+            from cacheme.storages.redis import RedisStorage, RedisError
+
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            st = RedisStorage({srv.url!r}, ssl_ca_certs={certs.ca!r}, pool_size=1,
+                              retry_backoff=0.01, retry_backoff_max=0.01, busy_poll=0)
+
+            async def main():
+                await st.connect()
+                # the next write goes out before the loop sees the server's
+                # end: its first bytes draw a reset, the rest EPIPE
+                subprocess.run(["kill", "-9", "{srv.proc.pid}"], check=True)
+                time.sleep(0.2)
+                errors = 0
+                for _ in range(5):
+                    try:
+                        await st.execute("SET", "tls:big", b"x" * (1 << 20))
+                    except RedisError:
+                        errors += 1
+                    await asyncio.sleep(0.02)
+                return errors
+
+            print("errors", asyncio.run(main()))
+        """)
+        srv.proc.wait()
+        srv.proc = None
+    assert out.split() == ["errors", "5"]

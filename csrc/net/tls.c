@@ -2,6 +2,7 @@
 #include "net/tls.h"
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -17,6 +18,42 @@ struct CmTlsSession {
     char err[200]; /* why the last operation failed, "" if it did not */
 };
 
+/* The socket BIO of OpenSSL, but for its writes: send with MSG_NOSIGNAL, as
+ * on a plain socket, so that writing to a server gone away is EPIPE, not a
+ * SIGPIPE for a process that has not ignored it (Python ignores it, an
+ * embedding program may not). */
+static int nosig_write(BIO *b, const char *buf, int len)
+{
+    int fd = -1;
+    BIO_get_fd(b, &fd);
+    int n = (int)send(fd, buf, (size_t)len, MSG_NOSIGNAL);
+    BIO_clear_retry_flags(b);
+    if (n <= 0 && BIO_sock_should_retry(n))
+        BIO_set_retry_write(b);
+    return n;
+}
+
+/* Made once per process and never freed: a table of C functions (no
+ * Python object), which every BIO made from it points to for its life. */
+static BIO_METHOD *nosig_method;
+static pthread_once_t nosig_once = PTHREAD_ONCE_INIT;
+
+static void nosig_method_init(void)
+{
+    const BIO_METHOD *sock = BIO_s_socket(); // borrowed: OpenSSL's own
+    BIO_METHOD *m = BIO_meth_new(BIO_TYPE_SOCKET, "cacheme socket");
+    if (m == NULL || BIO_meth_set_write(m, nosig_write) != 1 ||
+        BIO_meth_set_read(m, BIO_meth_get_read(sock)) != 1 ||
+        BIO_meth_set_puts(m, BIO_meth_get_puts(sock)) != 1 ||
+        BIO_meth_set_ctrl(m, BIO_meth_get_ctrl(sock)) != 1 ||
+        BIO_meth_set_create(m, BIO_meth_get_create(sock)) != 1 ||
+        BIO_meth_set_destroy(m, BIO_meth_get_destroy(sock)) != 1) {
+        BIO_meth_free(m);
+        return;
+    }
+    nosig_method = m;
+}
+
 /* The reason of the newest error on OpenSSL's queue, or fallback. */
 static const char *queue_reason(const char *fallback)
 {
@@ -25,18 +62,21 @@ static const char *queue_reason(const char *fallback)
     return r ? r : fallback;
 }
 
-static int context_fail(SSL_CTX *ctx, const char *owner, const char *what, const char *path)
+static int context_fail(CmTlsContext *t, SSL_CTX *ctx, const char *owner, const char *what,
+                        const char *path)
 {
     PyErr_Format(PyExc_ValueError, "%s: %s %s cannot be used: %s", owner, what, path,
                  queue_reason("unknown OpenSSL error"));
     ERR_clear_error();
     SSL_CTX_free(ctx);
+    t->bio = NULL;
     return -1;
 }
 
 int cm_tls_context_init(CmTlsContext *t, const CmTlsOptions *o, const char *owner)
 {
     t->ctx = NULL;
+    t->bio = NULL;
     t->check_host = 0;
     if (o->keyfile != NULL && o->certfile == NULL) {
         PyErr_Format(PyExc_ValueError, "%s: ssl_keyfile needs ssl_certfile", owner);
@@ -44,6 +84,11 @@ int cm_tls_context_init(CmTlsContext *t, const CmTlsOptions *o, const char *owne
     }
     ERR_clear_error();
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    pthread_once(&nosig_once, nosig_method_init);
+    if (ctx != NULL && (t->bio = nosig_method) == NULL) {
+        SSL_CTX_free(ctx);
+        ctx = NULL;
+    }
     if (ctx == NULL) {
         PyErr_Format(PyExc_MemoryError, "%s: no TLS context: %s", owner, queue_reason("?"));
         ERR_clear_error();
@@ -62,18 +107,18 @@ int cm_tls_context_init(CmTlsContext *t, const CmTlsOptions *o, const char *owne
     SSL_CTX_set_verify(ctx, o->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
     if (o->ca_certs != NULL || o->ca_path != NULL) {
         if (SSL_CTX_load_verify_locations(ctx, o->ca_certs, o->ca_path) != 1)
-            return context_fail(ctx, owner, o->ca_certs ? "ssl_ca_certs" : "ssl_ca_path",
+            return context_fail(t, ctx, owner, o->ca_certs ? "ssl_ca_certs" : "ssl_ca_path",
                                 o->ca_certs ? o->ca_certs : o->ca_path);
     } else if (o->verify && SSL_CTX_set_default_verify_paths(ctx) != 1) {
-        return context_fail(ctx, owner, "the system's CA", "certificates");
+        return context_fail(t, ctx, owner, "the system's CA", "certificates");
     }
     if (o->certfile != NULL) {
         const char *key = o->keyfile ? o->keyfile : o->certfile;
         if (SSL_CTX_use_certificate_chain_file(ctx, o->certfile) != 1)
-            return context_fail(ctx, owner, "ssl_certfile", o->certfile);
+            return context_fail(t, ctx, owner, "ssl_certfile", o->certfile);
         if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
             SSL_CTX_check_private_key(ctx) != 1)
-            return context_fail(ctx, owner, o->keyfile ? "ssl_keyfile" : "ssl_certfile", key);
+            return context_fail(t, ctx, owner, o->keyfile ? "ssl_keyfile" : "ssl_certfile", key);
     }
     ERR_clear_error();
     t->ctx = ctx;
@@ -85,6 +130,7 @@ void cm_tls_context_fini(CmTlsContext *t)
 {
     SSL_CTX_free(t->ctx); /* sessions hold references of their own */
     t->ctx = NULL;
+    t->bio = NULL;
 }
 
 static int is_ip(const char *host)
@@ -101,7 +147,12 @@ int cm_tls_start(CmNetConn *c, const CmTlsContext *t, const char *host)
         return -1;
     }
     ERR_clear_error();
-    int ok = (s->ssl = SSL_new(t->ctx)) != NULL && SSL_set_fd(s->ssl, c->fd) == 1;
+    BIO *bio = NULL;
+    int ok = (s->ssl = SSL_new(t->ctx)) != NULL && (bio = BIO_new(t->bio)) != NULL;
+    if (ok) {
+        BIO_set_fd(bio, c->fd, BIO_NOCLOSE);
+        SSL_set_bio(s->ssl, bio, bio); /* the session's from now on */
+    }
     if (ok && host != NULL) {
         int ip = is_ip(host);
         if (!ip) /* SNI names a host, never an address (RFC 6066) */
@@ -117,6 +168,8 @@ int cm_tls_start(CmNetConn *c, const CmTlsContext *t, const char *host)
         PyErr_Format(PyExc_ConnectionError, "TLS session for %s: %s", host ? host : "?",
                      queue_reason("out of memory"));
         ERR_clear_error();
+        if (s->ssl == NULL || SSL_get_rbio(s->ssl) != bio)
+            BIO_free(bio);
         SSL_free(s->ssl);
         free(s);
         return -1;

@@ -38,6 +38,7 @@
 #include "net/conn.h"
 
 struct ssl_ctx_st;
+struct bio_method_st;
 
 /* What a storage's TLS options say (strings borrowed for the call). */
 typedef struct {
@@ -52,6 +53,7 @@ typedef struct {
 /* A storage's TLS settings; ctx NULL: no TLS. */
 typedef struct {
     struct ssl_ctx_st *ctx;
+    struct bio_method_st *bio; /* borrowed: the sessions' socket BIO (no SIGPIPE) */
     int check_host;
 } CmTlsContext;
 
