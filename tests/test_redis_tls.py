@@ -198,8 +198,17 @@ def test_parse_url_and_options(certs):
         RedisStorage("rediss://h", ssl_cert_reqs="sometimes")
     with pytest.raises(ValueError, match="without TLS"):
         RedisStorage("redis://h", ssl_ca_certs=certs.ca)
-    with pytest.raises(ValueError, match="ssl_ca_certs .*/nonexistent.pem"):
+    with pytest.raises(ValueError, match="ssl_ca_certs .*/nonexistent.pem cannot be used: No such"):
         RedisStorage("rediss://h", ssl_ca_certs="/nonexistent.pem")
+    with pytest.raises(ValueError, match="ssl_ca_path .* is not a directory"):
+        RedisStorage("rediss://h", ssl_ca_path=certs.ca)
+    RedisStorage("rediss://h", ssl_ca_path=certs.dir)
+    # an encrypted key fails (no pass phrase is asked for on the terminal)
+    enc = os.path.join(certs.dir, "client-enc.key")
+    subprocess.run([OPENSSL, "rsa", "-in", certs.client_key, "-aes256", "-passout", "pass:pw",
+                    "-out", enc], check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    with pytest.raises(ValueError, match="ssl_keyfile .*client-enc.key cannot be used"):
+        RedisStorage("rediss://h", ssl_certfile=certs.client, ssl_keyfile=enc)
     with pytest.raises(ValueError, match="ssl_keyfile needs ssl_certfile"):
         RedisStorage("rediss://h", ssl_keyfile=certs.client_key)
     with pytest.raises(ValueError, match="ssl_keyfile"):  # a key that is not the cert's

@@ -5,6 +5,8 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -62,11 +64,34 @@ static const char *queue_reason(const char *fallback)
     return r ? r : fallback;
 }
 
+/* The oldest one: loading a file stacks the library's own reasons on the
+ * first one ("no such file", "bad decrypt"). */
+static const char *first_reason(const char *fallback)
+{
+    unsigned long e = ERR_peek_error();
+    const char *r = e ? ERR_reason_error_string(e) : NULL;
+    return r ? r : fallback;
+}
+
+/* An encrypted key file fails to load instead of OpenSSL's default asking
+ * for its pass phrase on the terminal. */
+static int no_pass_phrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    (void)u;
+    return 0;
+}
+
 static int context_fail(CmTlsContext *t, SSL_CTX *ctx, const char *owner, const char *what,
                         const char *path)
 {
-    PyErr_Format(PyExc_ValueError, "%s: %s %s cannot be used: %s", owner, what, path,
-                 queue_reason("unknown OpenSSL error"));
+    /* a file that cannot be read says so; OpenSSL's reason is then vague */
+    const char *why = path != NULL && access(path, R_OK) != 0
+                          ? strerror(errno)
+                          : first_reason("unknown OpenSSL error");
+    PyErr_Format(PyExc_ValueError, "%s: %s %s cannot be used: %s", owner, what, path, why);
     ERR_clear_error();
     SSL_CTX_free(ctx);
     t->bio = NULL;
@@ -99,18 +124,27 @@ int cm_tls_context_init(CmTlsContext *t, const CmTlsOptions *o, const char *owne
      * wherever the output buffer has moved to */
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_CTX_set_quiet_shutdown(ctx, 1);
+    SSL_CTX_set_default_passwd_cb(ctx, no_pass_phrase);
 #ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
     /* a server gone without close_notify reads as closed, as on a plain
      * socket; a reply cut short is an incomplete reply all the same */
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
 #endif
     SSL_CTX_set_verify(ctx, o->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    struct stat sb;
+    if (o->ca_path != NULL && stat(o->ca_path, &sb) != 0)
+        return context_fail(t, ctx, owner, "ssl_ca_path", o->ca_path);
+    if (o->ca_path != NULL && !S_ISDIR(sb.st_mode)) { /* OpenSSL would look at it lazily */
+        PyErr_Format(PyExc_ValueError, "%s: ssl_ca_path %s is not a directory", owner, o->ca_path);
+        SSL_CTX_free(ctx);
+        return -1;
+    }
     if (o->ca_certs != NULL || o->ca_path != NULL) {
         if (SSL_CTX_load_verify_locations(ctx, o->ca_certs, o->ca_path) != 1)
             return context_fail(t, ctx, owner, o->ca_certs ? "ssl_ca_certs" : "ssl_ca_path",
                                 o->ca_certs ? o->ca_certs : o->ca_path);
     } else if (o->verify && SSL_CTX_set_default_verify_paths(ctx) != 1) {
-        return context_fail(t, ctx, owner, "the system's CA", "certificates");
+        return context_fail(t, ctx, owner, "the system's", "CA certificates");
     }
     if (o->certfile != NULL) {
         const char *key = o->keyfile ? o->keyfile : o->certfile;
