@@ -24,7 +24,7 @@ from cacheme.storages.redis import (
     RedisTimeoutError,
     parse_url,
 )
-from conftest import register_local, run_python, unique
+from conftest import LEAK_SNAPSHOT, assert_flat, register_local, run_python, unique
 from tls_certs import OPENSSL, Certs
 from redis_servers import (  # noqa: F401  (fixtures)
     REDIS_CLI,
@@ -563,3 +563,54 @@ def test_writing_to_a_server_gone_is_an_error_not_sigpipe(certs):
         srv.proc.wait()
         srv.proc = None
     assert out.split() == ["errors", "5"]
+
+
+# ---------------------------------------------------------------- leaks
+
+
+@pytest.mark.parametrize("busy_poll", [0.0, 0.0002])
+def test_get_set_loop_does_not_leak(tls, busy_poll):
+    from net_leak import check_no_leak
+
+    check_no_leak(f"{tls.url}?ssl_ca_certs={tls.certs.ca}", busy_poll, "", n=6000)
+
+
+CHURN = r'''
+import asyncio, sys
+from cacheme.storages.redis import RedisStorage
+
+url, ca = sys.argv[1], sys.argv[2]
+
+async def main():
+    st = RedisStorage(url, ssl_ca_certs=ca, pool_size=2)
+    bad = RedisStorage(url, ssl_ca_certs=sys.argv[3], retry_backoff=0.001,
+                       retry_backoff_max=0.001)
+
+    async def cycle():
+        # a context and sessions made and dropped; a handshake that fails
+        await st.connect()
+        await asyncio.gather(st.execute("PING"), st.execute("PING"))
+        await st.close()
+        try:
+            await bad.connect()
+        except Exception:
+            pass
+        await bad.close()
+
+    for _ in range(100):
+        await cycle()
+    before = snapshot()
+    for _ in range(600):
+        await cycle()
+    after = snapshot()
+    print(before[0], after[0], before[1], after[1])
+
+asyncio.run(main())
+'''
+
+
+def test_connect_close_churn_does_not_leak(tls):
+    code = "import sys; sys.argv[1:] = %r\n" % [tls.url, tls.certs.ca, tls.certs.other_ca]
+    # an SSL_CTX with its CA store, or a session, leaked per cycle would be
+    # several MiB over 600 cycles
+    assert_flat(run_python(code + LEAK_SNAPSHOT + CHURN), rss_kib=2048)
