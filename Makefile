@@ -33,6 +33,7 @@ deps:
 	pkg-config --exists hiredis 2>/dev/null || missing="$$missing libhiredis-dev"; \
 	{ pkg-config --exists msgpack-c 2>/dev/null || pkg-config --exists msgpack 2>/dev/null; } || missing="$$missing libmsgpack-dev"; \
 	pkg-config --exists zlib 2>/dev/null || missing="$$missing zlib1g-dev"; \
+	pkg-config --exists openssl || missing="$$missing libssl-dev"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
 	command -v clang-format >/dev/null || missing="$$missing clang-format"; \
@@ -90,7 +91,7 @@ test-py: venv $(VENV)/.test-stamp test-venvs
 # The modules whose tests run on an event loop of their own, again on uvloop
 # (uvicorn's loop when installed), busy polling included.
 UVLOOP_TESTS := tests/test_api.py tests/test_redis.py tests/test_sql.py tests/test_uvloop.py \
-  tests/test_shapes_connect.py
+  tests/test_shapes_connect.py tests/test_redis_tls.py
 
 test-uvloop: venv $(VENV)/.test-stamp test-venvs
 	CACHEME_TEST_LOOP=uvloop $(PY) -m pytest $(UVLOOP_TESTS) -q --timeout 300

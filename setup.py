@@ -1,7 +1,8 @@
 """Build cacheme._core, the C engine of cacheme.
 
 The C libraries come from the system and are found with pkg-config:
-hiredis (libhiredis-dev), msgpack-c (libmsgpack-dev), zlib (zlib1g-dev).
+hiredis (libhiredis-dev), msgpack-c (libmsgpack-dev), zlib (zlib1g-dev),
+OpenSSL (libssl-dev).
 Switches (environment variables):
   CACHEME_DEBUG=1     asserts on, -O0 -g
   CACHEME_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer

@@ -89,8 +89,9 @@ def test_parse_url():
     assert parse_url("redis://:secret@h") == {"host": "h", "password": "secret"}
     assert parse_url("unix:///tmp/r.sock?db=2&timeout=0.5") == {
         "path": "/tmp/r.sock", "db": 2, "timeout": 0.5}
-    with pytest.raises(ValueError, match="TLS"):
-        parse_url("rediss://h")
+    assert parse_url("rediss://h:6380/1?ssl_cert_reqs=none&ssl_check_hostname=false") == {
+        "host": "h", "port": 6380, "db": 1, "ssl": True, "ssl_cert_reqs": "none",
+        "ssl_check_hostname": False}
     with pytest.raises(ValueError, match="unknown URL option"):
         parse_url("redis://h?bogus=1")
     with pytest.raises(ValueError, match="database"):

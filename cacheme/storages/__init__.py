@@ -15,6 +15,7 @@ class Storage:
     SUPPORTED_STORAGES: Dict[str, str] = {
         "local": "cacheme.storages.local:LocalStorage",
         "redis": "cacheme.storages.redis:RedisStorage",
+        "rediss": "cacheme.storages.redis:RedisStorage",
         "unix": "cacheme.storages.redis:RedisStorage",
         "sqlite": "cacheme.storages.sqlite:SQLiteStorage",
         "mongodb": "cacheme.storages.mongo:MongoStorage",

@@ -8,6 +8,7 @@ per connection), Redis Cluster routing. No Python Redis package is used.
 URLs::
 
     redis://[[user]:password@]host[:port][/db][?option=value...]
+    rediss://[[user]:password@]host[:port][/db][?option=value...]   (TLS)
     unix:///path/to/redis.sock[?db=N&password=...]
 
 Options (keyword arguments of ``Storage(url, ...)``, or URL query values):
@@ -32,12 +33,32 @@ Options (keyword arguments of ``Storage(url, ...)``, or URL query values):
   for the replies for up to this long instead of letting the loop sleep in
   ``epoll_wait`` (see ``cacheme.storages.sqldb`` and csrc/net/busypoll.h).
 
+TLS (``rediss://``, or ``ssl=True``; the options as redis-py names them,
+also as URL query values):
+
+- ``ssl_ca_certs`` (None: the system's CAs): a PEM file of the CAs to trust;
+  ``ssl_ca_path``: a directory of hashed CA files (``openssl rehash``).
+- ``ssl_certfile``, ``ssl_keyfile``: a client certificate (chain, PEM) and
+  its key (unencrypted; in ``ssl_certfile`` when not given), for servers
+  that require one (``tls-auth-clients yes``).
+- ``ssl_cert_reqs`` (``"required"``): ``"required"``/``"optional"`` verify
+  the server's certificate (a client treats both alike, as Python's ssl
+  module does), ``"none"`` verifies nothing (nor the host name); also
+  ``ssl.CERT_REQUIRED``/``CERT_OPTIONAL``/``CERT_NONE``.
+- ``ssl_check_hostname`` (True): the certificate must name the host of the
+  URL (its IP address when the URL has one), and the nodes of a cluster
+  their announced addresses. The handshake is part of ``connect_timeout``.
+
+TLS 1.2 is the minimum. A certificate that does not verify fails the
+connection with a ``RedisConnectionError`` naming the reason and the server.
+
 Values are stored as cacheme 0.3.0 stored them, so both can share a cache:
 ``serializer.dumps({"value": v, "updated_at": <utc datetime>})`` under
 ``node.full_key()``, with SETEX for TTLs in whole seconds and PSETEX
 otherwise. Nodes without a serializer use PickleSerializer (0.3.0 refused them).
 """
 import asyncio
+import os
 from datetime import timedelta
 from typing import Any, Dict, List, Optional
 from urllib.parse import parse_qs, unquote, urlparse
@@ -61,6 +82,36 @@ __all__ = [
 
 _FLOAT_OPTIONS = ("connect_timeout", "timeout", "retry_backoff", "retry_backoff_max", "busy_poll")
 _INT_OPTIONS = ("pool_size", "pipeline", "db", "max_reply_elements", "max_bulk_bytes")
+_SSL_STR_OPTIONS = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
+_SSL_OPTIONS = ("ssl", *_SSL_STR_OPTIONS, "ssl_cert_reqs", "ssl_check_hostname")
+_CERT_REQS = {"none": 0, "optional": 1, "required": 2}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _bool_value(name: str, value: str) -> bool:
+    v = value.lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ValueError(f"redis: URL option {name} must be true or false, not {value!r}")
+
+
+def _cert_reqs(value: Any) -> int:
+    """ssl_cert_reqs as RedisClient takes it: 0 none, 1 optional, 2 required."""
+    if isinstance(value, str):
+        v = value.lower()
+        if v.startswith("cert_"):
+            v = v[5:]
+        if v in _CERT_REQS:
+            return _CERT_REQS[v]
+    elif isinstance(value, int) and not isinstance(value, bool) and value in (0, 1, 2):
+        return int(value)  # ssl.CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED
+    raise ValueError(
+        f"redis: ssl_cert_reqs must be 'required', 'optional', 'none' or an ssl.CERT_* value, "
+        f"not {value!r}"
+    )
 
 
 def parse_url(address: str) -> Dict[str, Any]:
@@ -73,7 +124,9 @@ def parse_url(address: str) -> Dict[str, Any]:
         if not path:
             raise ValueError(f"redis: no socket path in {address!r}")
         out["path"] = path
-    elif u.scheme == "redis":
+    elif u.scheme in ("redis", "rediss"):
+        if u.scheme == "rediss":
+            out["ssl"] = True
         if u.hostname:
             out["host"] = u.hostname
         try:
@@ -87,8 +140,6 @@ def parse_url(address: str) -> Dict[str, Any]:
             if not db.isdigit():
                 raise ValueError(f"redis: database must be a number, got {db!r} in {address!r}")
             out["db"] = int(db)
-    elif u.scheme == "rediss":
-        raise ValueError("redis: TLS (rediss://) is not supported")
     else:
         raise ValueError(f"redis: unsupported URL scheme {u.scheme!r} in {address!r}")
     if u.username:
@@ -100,7 +151,11 @@ def parse_url(address: str) -> Dict[str, Any]:
             out[key] = int(value)
         elif key in _FLOAT_OPTIONS:
             out[key] = float(value)
-        elif key in ("password", "username"):
+        elif key in ("password", "username") or key in _SSL_STR_OPTIONS:
+            out[key] = value
+        elif key in ("ssl", "ssl_check_hostname"):
+            out[key] = _bool_value(key, value)
+        elif key == "ssl_cert_reqs":
             out[key] = value
         else:
             raise ValueError(f"redis: unknown URL option {key!r} in {address!r}")
@@ -121,6 +176,22 @@ def _check_options(pool_size: Any, kwargs: Dict[str, Any]) -> None:
     for name in ("connect_timeout", "timeout", "retry_backoff", "retry_backoff_max"):
         if name in kwargs:
             kwargs[name] = seconds_option(owner, name, kwargs[name])
+    ssl_given = sorted(k for k in kwargs if k in _SSL_OPTIONS and k != "ssl")
+    if ssl_given and not kwargs.get("ssl"):
+        raise ValueError(
+            f"{owner}: {', '.join(ssl_given)} given without TLS (use rediss:// or ssl=True)"
+        )
+    for name in _SSL_STR_OPTIONS:
+        value = kwargs.get(name)
+        if value is not None and not isinstance(value, str):
+            value = os.fspath(value)
+            kwargs[name] = value.decode() if isinstance(value, bytes) else value
+    if "ssl_cert_reqs" in kwargs:
+        kwargs["ssl_cert_reqs"] = _cert_reqs(kwargs["ssl_cert_reqs"])
+    if "ssl" in kwargs:
+        kwargs["ssl"] = bool(kwargs["ssl"])
+    if "ssl_check_hostname" in kwargs:
+        kwargs["ssl_check_hostname"] = bool(kwargs["ssl_check_hostname"])
     lo = kwargs.get("retry_backoff", 0.05)
     hi = kwargs.get("retry_backoff_max", 1.0)
     if hi < lo:
@@ -148,7 +219,8 @@ class RedisStorage(_core.RedisClient, BaseStorage):
         kwargs = parse_url(address)
         kwargs.update(options)
         allowed = ("host", "port", "path", "username", "password", "db", "pool_size", "cluster",
-                   *_FLOAT_OPTIONS, "pipeline", "max_reply_elements", "max_bulk_bytes")
+                   *_FLOAT_OPTIONS, "pipeline", "max_reply_elements", "max_bulk_bytes",
+                   *_SSL_OPTIONS)
         unknown = set(kwargs) - set(allowed)
         if unknown:
             raise TypeError(

@@ -8,6 +8,7 @@
 #include "loop/loop.h"
 #include "net/netloop.h"
 #include "net/pool.h"
+#include "net/tls.h"
 
 static PyObject *conn_on_read(PyObject *self, PyObject *unused);
 static PyObject *conn_on_write(PyObject *self, PyObject *unused);
@@ -26,6 +27,9 @@ void cm_net_conn_init(CmNetConn *c, CmState *st, const CmNetOps *ops, PyObject *
     c->own_fd = 1;
     c->state = CM_NET_CONNECTING;
     c->reading = c->writing = 0;
+    c->loop_read = c->loop_write = 0;
+    c->tls = NULL;
+    c->tls_wait = 0;
     c->deadline = 0;
     c->timer.handle = NULL;
     c->timer.at = 0;
@@ -47,33 +51,48 @@ static int watch_one(CmNetConn *c, int write, int on)
     return rc;
 }
 
-int cm_net_conn_watch(CmNetConn *c, int read, int write)
+/* A TLS read waiting for writability watches for writing instead, and a
+ * write waiting for readability for reading (net/tls.h). */
+int cm_net_conn_rewatch(CmNetConn *c)
 {
-    read = read != 0;
-    write = write != 0;
-    if (read != c->reading) {
+    int read = c->reading, write = c->writing;
+    if (c->tls_wait) {
+        int rw = (c->tls_wait & CM_TLS_READ_WANTS_WRITE) != 0;
+        int wr = (c->tls_wait & CM_TLS_WRITE_WANTS_READ) != 0;
+        read = (c->reading && !rw) || (c->writing && wr);
+        write = (c->writing && !wr) || (c->reading && rw);
+    }
+    if (read != c->loop_read) {
         if (watch_one(c, 0, read) < 0)
             return -1;
-        c->reading = read;
+        c->loop_read = read;
     }
-    if (write != c->writing) {
+    if (write != c->loop_write) {
         if (watch_one(c, 1, write) < 0)
             return -1;
-        c->writing = write;
+        c->loop_write = write;
     }
     return 0;
 }
 
+int cm_net_conn_watch(CmNetConn *c, int read, int write)
+{
+    c->reading = read != 0;
+    c->writing = write != 0;
+    return cm_net_conn_rewatch(c);
+}
+
 void cm_net_conn_unwatch(CmNetConn *c)
 {
-    if (!c->reading && !c->writing)
+    c->reading = c->writing = 0;
+    if (!c->loop_read && !c->loop_write)
         return;
     PyObject *saved = cm_exc_take();
-    if (c->reading && cm_loop_remove_reader(c->st, c->loop, c->fd) < 0)
+    if (c->loop_read && cm_loop_remove_reader(c->st, c->loop, c->fd) < 0)
         PyErr_Clear();
-    if (c->writing && cm_loop_remove_writer(c->st, c->loop, c->fd) < 0)
+    if (c->loop_write && cm_loop_remove_writer(c->st, c->loop, c->fd) < 0)
         PyErr_Clear();
-    c->reading = c->writing = 0;
+    c->loop_read = c->loop_write = 0;
     cm_exc_restore(saved);
 }
 
@@ -144,7 +163,7 @@ static void conn_close(CmNetConn *c, PyObject *tp, PyObject *msg, int failed, in
      * futures): a hook reached from there finds it closed and returns */
     c->state = CM_NET_CLOSED;
     if (detached) {
-        c->reading = c->writing = 0;
+        c->reading = c->writing = c->loop_read = c->loop_write = 0;
         cm_net_timer_drop(&c->timer);
         if (fork)
             cm_net_fork_fd(c->fd);
@@ -152,6 +171,7 @@ static void conn_close(CmNetConn *c, PyObject *tp, PyObject *msg, int failed, in
         cm_net_conn_unwatch(c);
         cm_net_timer_cancel(c->st, &c->timer);
     }
+    cm_tls_free(c); /* quiet: the socket is not written to */
     if (c->fd >= 0 && c->own_fd)
         close(c->fd);
     c->ops->release(c, detached);
@@ -176,13 +196,26 @@ void cm_net_conn_close_detached(CmNetConn *c, PyObject *tp, PyObject *msg, int f
     conn_close(c, tp, msg, 0, 1, fork);
 }
 
+void cm_net_conn_ready(CmNetConn *c, int readable, int writable)
+{
+    if (c->tls_wait) {
+        int rw = (c->tls_wait & CM_TLS_READ_WANTS_WRITE) != 0;
+        int wr = (c->tls_wait & CM_TLS_WRITE_WANTS_READ) != 0;
+        int r = c->reading && (rw ? writable : readable);
+        int w = c->writing && (wr ? readable : writable);
+        readable = r;
+        writable = w;
+    }
+    c->ops->io(c, readable, writable);
+}
+
 static void conn_io(PyObject *self, int readable, int writable)
 {
     CmNetConn *c = (CmNetConn *)self;
     if (c->state == CM_NET_CLOSED)
         return;
     Py_INCREF(c);
-    c->ops->io(c, readable, writable);
+    cm_net_conn_ready(c, readable, writable);
     if (PyErr_Occurred()) /* a driver's bug: io must not raise */
         PyErr_WriteUnraisable(self);
     Py_DECREF(c);
@@ -225,6 +258,7 @@ int cm_net_conn_traverse(CmNetConn *c, visitproc visit, void *arg)
 
 void cm_net_conn_dealloc(CmNetConn *c)
 {
+    cm_tls_free(c);
     if (c->fd >= 0 && c->own_fd)
         close(c->fd);
     c->fd = -1;

@@ -51,6 +51,7 @@
 
 typedef struct CmNetConn CmNetConn;
 typedef struct CmNetPool CmNetPool;
+typedef struct CmTlsSession CmTlsSession;
 
 /* A connection's state. A driver may number states of its own from
  * CM_NET_OPEN up (SQL: idle and busy); anything >= CM_NET_OPEN is open. */
@@ -93,12 +94,17 @@ struct CmNetConn {
     PyObject_HEAD
     CmState *st;
     const CmNetOps *ops;
-    CmNetPool *pool; /* borrowed: the pool that holds it; NULL once closed */
-    PyObject *loop;  /* the loop its fd is watched on */
-    int fd;          /* -1 while there is none */
-    int own_fd;      /* net/ closes the fd (a socket of the driver's own) */
-    int state;       /* CM_NET_CONNECTING, CM_NET_CLOSED, or open (>= CM_NET_OPEN) */
-    int reading, writing;
+    CmNetPool *pool;      /* borrowed: the pool that holds it; NULL once closed */
+    PyObject *loop;       /* the loop its fd is watched on */
+    int fd;               /* -1 while there is none */
+    int own_fd;           /* net/ closes the fd (a socket of the driver's own) */
+    int state;            /* CM_NET_CONNECTING, CM_NET_CLOSED, or open (>= CM_NET_OPEN) */
+    int reading, writing; /* what the driver watches for (cm_net_conn_watch) */
+    /* what the loop watches: the driver's wishes, but for a TLS session
+     * waiting for the other direction (tls_wait, net/tls.h) */
+    int loop_read, loop_write;
+    CmTlsSession *tls; /* TLS (net/tls.h), or NULL: a plain socket */
+    int tls_wait;
     int64_t deadline; /* for drivers without a deadline hook; 0: none */
     CmNetTimer timer;
 };
@@ -110,6 +116,12 @@ void cm_net_conn_init(CmNetConn *c, CmState *st, const CmNetOps *ops, PyObject *
 /* Watch the fd for reading/writing; only what changes reaches the loop.
  * -1 with an exception. */
 int cm_net_conn_watch(CmNetConn *c, int read, int write);
+/* Tell the loop what c's watches and TLS wait amount to now (after
+ * tls_wait changed). -1 with an exception. */
+int cm_net_conn_rewatch(CmNetConn *c);
+/* The fd is ready (what the loop watches): the driver's io is told, in
+ * terms of what it watches for. */
+void cm_net_conn_ready(CmNetConn *c, int readable, int writable);
 /* Stop watching (also before the fd changes or is closed). Never raises. */
 void cm_net_conn_unwatch(CmNetConn *c);
 /* The library moved the connection to another fd (libpq during connect):

@@ -193,9 +193,9 @@ static int spin_collect(void *ctx, struct pollfd *fds, PyObject **objs, int max)
     int n = 0;
     for (int i = 0; p != NULL && i < p->nconns && n < max; i++) {
         CmNetConn *c = p->conns[i]; // borrowed
-        if (c->state != CM_NET_CLOSED && c->fd >= 0 && (c->reading || c->writing) &&
+        if (c->state != CM_NET_CLOSED && c->fd >= 0 && (c->loop_read || c->loop_write) &&
             c->ops->awaiting(c))
-            n = cm_busypoll_add(fds, objs, n, c->fd, c->reading, c->writing, (PyObject *)c);
+            n = cm_busypoll_add(fds, objs, n, c->fd, c->loop_read, c->loop_write, (PyObject *)c);
     }
     return n;
 }
@@ -204,10 +204,10 @@ static void spin_handle(void *ctx, PyObject *obj, short revents)
 {
     (void)ctx;
     CmNetConn *c = (CmNetConn *)obj;
-    int r = cm_busypoll_readable(revents) && c->reading;
-    int w = cm_busypoll_writable(revents) && c->writing;
+    int r = cm_busypoll_readable(revents) && c->loop_read;
+    int w = cm_busypoll_writable(revents) && c->loop_write;
     if (c->state != CM_NET_CLOSED && (r || w))
-        c->ops->io(c, r, w);
+        cm_net_conn_ready(c, r, w);
     PyErr_Clear();
 }
 

@@ -112,6 +112,13 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
                              "busy_poll",
                              "max_reply_elements",
                              "max_bulk_bytes",
+                             "ssl",
+                             "ssl_ca_certs",
+                             "ssl_ca_path",
+                             "ssl_certfile",
+                             "ssl_keyfile",
+                             "ssl_cert_reqs",
+                             "ssl_check_hostname",
                              NULL};
     CmState *st = cm_state_from_type(Py_TYPE(self));
     const char *host = "localhost", *path = NULL;
@@ -121,13 +128,17 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     PyObject *user = NULL, *pass = NULL, *ubytes = NULL, *pbytes = NULL, *ser = NULL;
     PyObject *busy_poll = Py_None;
     Py_ssize_t max_elements = CM_REDIS_MAX_ELEMENTS, max_bulk = CM_REDIS_MAX_BULK;
+    int ssl = 0, cert_reqs = 2, check_hostname = 1;
+    CmTlsOptions tlso = {0};
+    CmTlsContext tls = {0};
     int rc = -1;
     if (st == NULL)
         return -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$zizOOliddpiddOnn:RedisClient", kwlist, &host,
-                                     &port, &path, &user, &pass, &db, &size, &connect_timeout,
-                                     &timeout, &cluster, &pipeline, &backoff, &backoff_max,
-                                     &busy_poll, &max_elements, &max_bulk))
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwds, "|$zizOOliddpiddOnnpzzzzip:RedisClient", kwlist, &host, &port, &path, &user,
+            &pass, &db, &size, &connect_timeout, &timeout, &cluster, &pipeline, &backoff,
+            &backoff_max, &busy_poll, &max_elements, &max_bulk, &ssl, &tlso.ca_certs, &tlso.ca_path,
+            &tlso.certfile, &tlso.keyfile, &cert_reqs, &check_hostname))
         return -1;
     if (max_elements < 1 || max_elements > INT_MAX) {
         PyErr_Format(PyExc_ValueError, "redis: max_reply_elements must be in 1..%d, got %zd",
@@ -192,6 +203,22 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
         PyErr_Format(PyExc_ValueError, "redis: a cluster has only database 0, got db=%ld", db);
         return -1;
     }
+    if (cert_reqs < 0 || cert_reqs > 2) {
+        PyErr_Format(PyExc_ValueError,
+                     "redis: ssl_cert_reqs must be 0 (none), 1 (optional) or 2 (required), not %d",
+                     cert_reqs);
+        return -1;
+    }
+    if (ssl && path != NULL) {
+        PyErr_SetString(PyExc_ValueError, "redis: TLS is spoken over TCP, not a unix socket");
+        return -1;
+    }
+    /* a client never accepts a server without a certificate, so "optional"
+     * verifies as "required" does (as Python's ssl module does) */
+    tlso.verify = cert_reqs != 0;
+    tlso.check_hostname = check_hostname;
+    if (ssl && cm_tls_context_init(&tls, &tlso, "redis") < 0)
+        return -1;
     if (bytes_opt(user, &ubytes) < 0 || bytes_opt(pass, &pbytes) < 0)
         goto done;
     if ((ser = PyObject_CallNoArgs(st->ser.PickleSerializerType)) == NULL)
@@ -210,6 +237,9 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     self->cfg.pipeline = pipeline;
     self->cfg.max_reply_elements = max_elements;
     self->cfg.max_bulk_bytes = max_bulk;
+    cm_tls_context_fini(&self->cfg.tls); /* the pools using it are closed */
+    self->cfg.tls = tls;
+    tls.ctx = NULL;
     self->spin.limit = spin;
     Py_XSETREF(self->default_serializer, ser);
     ser = NULL;
@@ -226,6 +256,7 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     }
     rc = 0;
 done:
+    cm_tls_context_fini(&tls);
     Py_XDECREF(ubytes);
     Py_XDECREF(pbytes);
     Py_XDECREF(ser);
@@ -326,6 +357,7 @@ static void client_dealloc(CmRedisClientObject *self)
     cm_netloops_fini(&self->loops);
     Py_CLEAR(self->cfg.username);
     Py_CLEAR(self->cfg.password);
+    cm_tls_context_fini(&self->cfg.tls);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
@@ -365,7 +397,9 @@ static PyType_Slot client_slots[] = {
     {Py_tp_clear, client_clear},
     {Py_tp_dealloc, client_dealloc},
     {Py_tp_doc, "RedisClient(*, host, port, path, username, password, db, pool_size, "
-                "connect_timeout, timeout, cluster, pipeline, retry_backoff, retry_backoff_max): "
+                "connect_timeout, timeout, cluster, pipeline, retry_backoff, retry_backoff_max, "
+                "busy_poll, max_reply_elements, max_bulk_bytes, ssl, ssl_ca_certs, ssl_ca_path, "
+                "ssl_certfile, ssl_keyfile, ssl_cert_reqs, ssl_check_hostname): "
                 "the C Redis client behind cacheme's RedisStorage."},
     {0, NULL},
 };

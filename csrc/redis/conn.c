@@ -6,7 +6,6 @@
  * RedisConnectionError or RedisTimeoutError; nothing waits forever. */
 #include "redis/internal.h"
 #include <errno.h>
-#include <netdb.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,11 +13,10 @@
 #include <unistd.h>
 
 #include "loop/resolve.h"
+#include "net/tls.h"
 
 static PyObject *conn_on_flush(PyObject *self, PyObject *unused);
 static PyMethodDef on_flush_def = {"_on_flush", conn_on_flush, METH_NOARGS, NULL};
-static PyObject *conn_on_resolved(PyObject *self, PyObject *task);
-static PyMethodDef on_resolved_def = {"_on_resolved", conn_on_resolved, METH_O, NULL};
 
 /* net/conn.h's release: what the Redis side holds besides the socket. */
 static void conn_release(CmNetConn *nc, int detached)
@@ -137,8 +135,9 @@ static void conn_expired(CmNetConn *nc)
     if (c->net.state == CONN_CONNECTING && cm_now_ns() >= c->connect_deadline) {
         if (p != NULL)
             cm_redis_pool_forget_addrs(p);
-        cm_redis_conn_close_fmt(c, c->net.st->redis.TimeoutError, 1, "redis %s: connect timed out",
-                                cm_redis_conn_label(c));
+        cm_redis_conn_close_fmt(c, c->net.st->redis.TimeoutError, 1, "redis %s: %s timed out",
+                                cm_redis_conn_label(c),
+                                c->net.tls != NULL ? "TLS handshake" : "connect");
     } else {
         /* replies come in order: the stream is useless past a lost one */
         cm_redis_conn_close_fmt(c, c->net.st->redis.TimeoutError, 1,
@@ -155,8 +154,7 @@ static void conn_write(CmRedisConnObject *c)
     if (c->open_run && c->net.state == CONN_READY)
         close_run(c);
     while (c->net.state == CONN_READY && cm_buf_pending(&c->out) > 0) {
-        ssize_t n =
-            send(c->net.fd, c->out.data + c->out.pos, cm_buf_pending(&c->out), MSG_NOSIGNAL);
+        ssize_t n = cm_net_send(&c->net, c->out.data + c->out.pos, cm_buf_pending(&c->out));
         if (n > 0) {
             cm_buf_consume(&c->out, (size_t)n);
             continue;
@@ -174,7 +172,7 @@ static void conn_write(CmRedisConnObject *c)
         }
         cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1,
                                 "redis %s: write failed: %s", cm_redis_conn_label(c),
-                                strerror(errno));
+                                cm_net_strerror(&c->net, errno));
         return;
     }
     if (c->net.writing && c->net.state == CONN_READY && cm_net_conn_watch(&c->net, 1, 0) < 0)
@@ -362,7 +360,7 @@ static int conn_push_internal(CmRedisConnObject *c, int cmd, size_t argc, const 
     return 0;
 }
 
-static void conn_ready(CmRedisConnObject *c)
+void cm_redis_conn_ready(CmRedisConnObject *c)
 {
     c->net.state = CONN_READY;
     /* the connect timer, if armed, finds the reply deadlines when it fires */
@@ -374,82 +372,6 @@ static void conn_ready(CmRedisConnObject *c)
         return;
     }
     conn_write(c);
-}
-
-/* Open the socket to the pool's addresses (resolved, or an IP literal or a
- * path) and connect: at once (ready) or watched for writability. -1 with an
- * exception. */
-static int conn_connect(CmRedisConnObject *c)
-{
-    CmState *st = c->net.st;
-    CmRedisPool *p = cm_redis_conn_pool(c); // borrowed
-    int pending;
-    c->net.fd = cm_redis_sock_connect(p, &pending);
-    if (c->net.fd < 0) {
-        PyErr_Format(st->redis.ConnectionError, "redis %s: connect failed: %s", p->label,
-                     strerror(errno));
-        return -1;
-    }
-    if (pending) {
-        if (cm_net_conn_watch(&c->net, 0, 1) < 0 ||
-            cm_net_conn_arm(&c->net, c->connect_deadline) < 0)
-            return -1;
-    } else {
-        conn_ready(c);
-        if (c->net.state == CONN_CLOSED) {
-            PyErr_Format(st->redis.ConnectionError, "redis %s: connection failed", p->label);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-/* The host's lookup is done (on the loop): connect to its addresses, or
- * fail the connection with the lookup's error. */
-static PyObject *conn_on_resolved(PyObject *self, PyObject *task)
-{
-    CmRedisConnObject *c = (CmRedisConnObject *)self;
-    if (c->net.state != CONN_CONNECTING || c->resolve != task)
-        Py_RETURN_NONE; /* closed (timed out) meanwhile: the task was cancelled */
-    Py_INCREF(c);
-    Py_CLEAR(c->resolve);
-    CmRedisPool *p = cm_redis_conn_pool(c); // borrowed: open, so in its pool
-    PyObject *res = cm_resolve_result(task);
-    int looked_up = res != NULL;
-    if (res != NULL && PyList_Check(res) && PyList_GET_SIZE(res) == 1) {
-        PyObject *ips = PyList_GET_ITEM(res, 0); // borrowed
-        struct addrinfo *addrs = NULL, **tail = &addrs;
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ips); i++) {
-            const char *ip = PyUnicode_AsUTF8(PyList_GET_ITEM(ips, i));
-            if (ip == NULL)
-                break;
-            if (cm_redis_addrs_add(&tail, ip, p->port) < 0)
-                PyErr_SetFromErrno(PyExc_OSError);
-            if (PyErr_Occurred())
-                break;
-        }
-        if (!PyErr_Occurred()) {
-            cm_redis_pool_forget_addrs(p);
-            p->addrs = addrs;
-            if (conn_connect(c) < 0) /* the message names the server */
-                looked_up = 2;
-        } else
-            cm_redis_addrs_free(addrs);
-    } else if (res != NULL)
-        PyErr_SetString(PyExc_TypeError, "resolve: a list of one list expected");
-    Py_XDECREF(res);
-    if (PyErr_Occurred()) {
-        PyObject *exc = cm_exc_take();
-        if (c->net.state != CONN_CLOSED && looked_up == 2)
-            cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "%S", exc);
-        else if (c->net.state != CONN_CLOSED)
-            cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1,
-                                    "redis %s: cannot resolve %s: %S", cm_redis_conn_label(c),
-                                    p->host, exc);
-        Py_XDECREF(exc);
-    }
-    Py_DECREF(c);
-    Py_RETURN_NONE;
 }
 
 static void conn_io(CmNetConn *nc, int readable, int writable);
@@ -511,21 +433,11 @@ CmRedisConnObject *cm_redis_conn_open(CmRedisPool *p, PyObject *loop)
             goto fail;
     }
     if (p->path == NULL && p->addrs == NULL && cm_resolve_needed(p->host)) {
-        /* a name: looked up in the loop's executor, then conn_on_resolved
-         * connects; the connect deadline covers the lookup */
-        PyObject *cb = PyCFunction_New(&on_resolved_def, (PyObject *)c);
-        PyObject *hosts = cb ? Py_BuildValue("[s]", p->host) : NULL;
-        c->resolve = hosts ? cm_resolve_start(loop, hosts, cb) : NULL;
-        Py_XDECREF(hosts);
-        Py_XDECREF(cb);
-        if (c->resolve == NULL)
-            goto fail;
-        p->resolves++;
-        if (cm_net_conn_arm(&c->net, c->connect_deadline) < 0)
+        if (cm_redis_conn_lookup(c, loop) < 0)
             goto fail;
         return c;
     }
-    if (conn_connect(c) < 0)
+    if (cm_redis_conn_connect(c) < 0)
         goto fail;
     return c;
 fail:
@@ -538,19 +450,9 @@ fail:
 /* Writable: the connect finished (or failed), or the kernel took more. */
 static void conn_on_write(CmRedisConnObject *c)
 {
-    if (c->net.state == CONN_CONNECTING) {
-        int err = 0;
-        socklen_t len = sizeof(err);
-        if (getsockopt(c->net.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-            err = errno;
-        if (err != 0) {
-            cm_redis_pool_forget_addrs(cm_redis_conn_pool(c));
-            cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1,
-                                    "redis %s: connect failed: %s", cm_redis_conn_label(c),
-                                    strerror(err));
-        } else
-            conn_ready(c);
-    } else if (c->net.state == CONN_READY) {
+    if (c->net.state == CONN_CONNECTING)
+        cm_redis_conn_connected(c);
+    else if (c->net.state == CONN_READY) {
         conn_write(c);
     }
 }
@@ -561,6 +463,10 @@ static void conn_on_read(CmRedisConnObject *c);
 static void conn_io(CmNetConn *nc, int readable, int writable)
 {
     CmRedisConnObject *c = (CmRedisConnObject *)nc;
+    if (c->net.state == CONN_CONNECTING && c->net.tls != NULL) {
+        cm_redis_conn_handshake(c);
+        return;
+    }
     if (writable)
         conn_on_write(c);
     if (readable && c->net.state == CONN_READY)
@@ -622,14 +528,18 @@ static int reader_pending_ok(const CmRedisConnObject *c)
                               reader_max_bulk(c));
 }
 
-/* Readable: take what came and answer the entries at the head of the ring. */
+/* Readable: take what came and answer the entries at the head of the ring.
+ * A plain socket is drained by a short read; TLS only by EAGAIN, and what
+ * OpenSSL holds after an early stop is read before returning (net/tls.h). */
 static void conn_on_read(CmRedisConnObject *c)
 {
     CmState *st = c->net.st;
     char buf[65536];
+    const int tls = c->net.tls != NULL; /* the session lives as long as c is open */
     Py_INCREF(c);
+again:
     while (c->net.state != CONN_CLOSED) {
-        ssize_t n = recv(c->net.fd, buf, sizeof(buf), 0);
+        ssize_t n = cm_net_recv(&c->net, buf, sizeof(buf));
         if (n > 0) {
             if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
                 cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1, "redis %s: out of memory",
@@ -637,7 +547,7 @@ static void conn_on_read(CmRedisConnObject *c)
                 goto done;
             }
             /* parse before buffering more than one reply may hold */
-            if ((size_t)n < sizeof(buf) || !reader_pending_ok(c))
+            if (((size_t)n < sizeof(buf) && !tls) || !reader_pending_ok(c))
                 break;
             continue;
         }
@@ -652,7 +562,7 @@ static void conn_on_read(CmRedisConnObject *c)
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             break;
         cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1, "redis %s: read failed: %s",
-                                cm_redis_conn_label(c), strerror(errno));
+                                cm_redis_conn_label(c), cm_net_strerror(&c->net, errno));
         goto done;
     }
     while (c->net.state != CONN_CLOSED) {
@@ -697,6 +607,8 @@ static void conn_on_read(CmRedisConnObject *c)
         }
         cm_redis_entry_reply(c, &e, (PyObject *)reply);
     }
+    if (tls && c->net.state != CONN_CLOSED && cm_net_pending(&c->net))
+        goto again;
 done:
     Py_DECREF(c);
 }

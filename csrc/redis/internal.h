@@ -15,6 +15,7 @@
  *   request.c  RESP encoding of an entry
  *   conn.c     CmRedisConnObject: socket, loop watches, timer, pending
  *              ring, GET coalescing, reading replies
+ *   connect.c  opening one: host lookup, TCP connect, TLS handshake
  *   pool.c     CmRedisPool: connections to one server, backoff, addresses
  *   calls.c    routing entries to connections, and the storage calls
  *   client.c   the RedisClient type and the module hooks
@@ -145,6 +146,18 @@ CmRedisConnObject *cm_redis_conn_open(CmRedisPool *p, PyObject *loop);
 void cm_redis_conn_close(CmRedisConnObject *c, PyObject *tp, PyObject *msg, int failed);
 void cm_redis_conn_close_fmt(CmRedisConnObject *c, PyObject *tp, int failed, const char *fmt, ...);
 const char *cm_redis_conn_label(CmRedisConnObject *c);
+/* Connected (and TLS set up): watch for replies, send what is queued. */
+void cm_redis_conn_ready(CmRedisConnObject *c);
+
+/* connect.c. The pool's host is a name: look it up, then connect. -1 with
+ * an exception. */
+int cm_redis_conn_lookup(CmRedisConnObject *c, PyObject *loop);
+/* Connect to the pool's addresses; -1 with an exception. */
+int cm_redis_conn_connect(CmRedisConnObject *c);
+/* Writable while connecting: the TCP connect is done (or failed). */
+void cm_redis_conn_connected(CmRedisConnObject *c);
+/* A step of the TLS handshake (ready or closed when it ends). */
+void cm_redis_conn_handshake(CmRedisConnObject *c);
 /* the _RedisConnection type, made by cm_redis_init */
 extern PyType_Spec cm_redis_conn_spec;
 

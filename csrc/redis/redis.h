@@ -8,6 +8,7 @@
 #include "net/busypoll.h"
 #include "net/netloop.h"
 #include "net/pool.h"
+#include "net/tls.h"
 #include "redis/resp.h"
 
 struct addrinfo;
@@ -71,6 +72,7 @@ typedef struct {
      * connection (a hostile or broken server must not make us reserve memory) */
     Py_ssize_t max_reply_elements;
     Py_ssize_t max_bulk_bytes;
+    CmTlsContext tls; /* rediss://: ctx set */
 } CmRedisConfig;
 
 /* The connections to one server (net/pool.h: slots, loop, backoff). A plain

@@ -531,6 +531,8 @@ static void step_done(CmSqlConnObject *c)
                 fail_my(c);
             return;
         }
+        if (cm_mysql_tls_refused(c))
+            return;
         /* the watch of the socket connected (maybe not the first one) is
          * set up below */
         cm_sql_conn_unwatch(c);

@@ -87,6 +87,9 @@ int cm_mysql_conn_traverse(CmSqlConnObject *c, visitproc visit, void *arg);
  * on a new handle. 1 if there was one (the connection started, or failed
  * for good), 0 if none is left. */
 int cm_mysql_try_next(CmSqlConnObject *c);
+/* Connected: 1 when ssl_mode asks for TLS and the connection has none
+ * (Connector/C 3.3 enforces it only with verification); c is failed. */
+int cm_mysql_tls_refused(CmSqlConnObject *c);
 
 /* mysql_handler.c */
 /* Where `value` is in the rows of the prepared S_HGET; hoff when they are

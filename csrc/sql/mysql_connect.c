@@ -163,6 +163,57 @@ static PyObject *my_on_resolved(PyObject *self, PyObject *task)
 
 static PyMethodDef my_on_resolved_def = {"_on_resolved", my_on_resolved, METH_O, NULL};
 
+/* TLS: ssl_mode as MySQL's clients name it (the storage checked the value,
+ * upper case) on Connector/C's options. DISABLED and PREFERRED ask for
+ * nothing more (Connector/C 3.3 speaks TLS only when asked; a CA or client
+ * certificate given makes it try); REQUIRED enforces TLS without
+ * verification; VERIFY_CA and VERIFY_IDENTITY also verify the server's
+ * certificate, which Connector/C checks with its host name. -1 with an
+ * exception. */
+static int my_tls_options(CmSqlStorageObject *s, MYSQL *m)
+{
+    const char *mode, *ca, *capath, *cert, *key;
+    if (opt_str(s, "ssl_mode", &mode) < 0 || opt_str(s, "ssl_ca", &ca) < 0 ||
+        opt_str(s, "ssl_capath", &capath) < 0 || opt_str(s, "ssl_cert", &cert) < 0 ||
+        opt_str(s, "ssl_key", &key) < 0)
+        return -1;
+    if (mode != NULL && strcmp(mode, "DISABLED") == 0)
+        return 0;
+    const struct {
+        enum mysql_option opt;
+        const char *v;
+    } files[] = {{MYSQL_OPT_SSL_CA, ca},
+                 {MYSQL_OPT_SSL_CAPATH, capath},
+                 {MYSQL_OPT_SSL_CERT, cert},
+                 {MYSQL_OPT_SSL_KEY, key}};
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+        if (files[i].v != NULL)
+            mysql_options(m, files[i].opt, files[i].v);
+    if (mode == NULL || strcmp(mode, "PREFERRED") == 0)
+        return 0;
+    my_bool yes = 1;
+    my_bool verify = strcmp(mode, "VERIFY_CA") == 0 || strcmp(mode, "VERIFY_IDENTITY") == 0;
+    mysql_options(m, MYSQL_OPT_SSL_ENFORCE, &yes);
+    mysql_options(m, MYSQL_OPT_SSL_VERIFY_SERVER_CERT, &verify);
+    return 0;
+}
+
+int cm_mysql_tls_refused(CmSqlConnObject *c)
+{
+    const char *mode;
+    if (opt_str(c->storage, "ssl_mode", &mode) < 0) {
+        PyErr_Clear();
+        mode = NULL;
+    }
+    if (mode == NULL || strcmp(mode, "DISABLED") == 0 || strcmp(mode, "PREFERRED") == 0 ||
+        mysql_get_ssl_cipher((MYSQL *)c->h) != NULL)
+        return 0;
+    char buf[160];
+    snprintf(buf, sizeof(buf), "mysql: ssl_mode=%s, but the server does not support TLS/SSL", mode);
+    cm_sql_conn_fail(c, c->storage->st->sql.SQLConnectionError, buf);
+    return 1;
+}
+
 /* A new Connector/C handle with the storage's options, in c->h. -1 with an
  * exception. */
 static int my_handle(CmSqlConnObject *c)
@@ -183,7 +234,7 @@ static int my_handle(CmSqlConnObject *c)
     mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &io_timeout);
     mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &io_timeout);
     mysql_options(m, MYSQL_SET_CHARSET_NAME, "utf8mb4");
-    return 0;
+    return my_tls_options(s, m);
 }
 
 int cm_mysql_open(CmSqlConnObject *c)
