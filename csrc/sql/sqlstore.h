@@ -45,6 +45,9 @@ typedef struct {
     /* connections: start connecting (set fd and watches), progress on
      * readiness, take requests from the queue when idle, free the handle */
     int (*open)(CmSqlConnObject *c);
+    /* after a host lookup the driver started (cm_sql_conn_lookup): connect
+     * to addrs, its addresses; -1 with an exception fails the connection */
+    int (*resolved)(CmSqlConnObject *c, PyObject *addrs);
     void (*io)(CmSqlConnObject *c, int readable, int writable);
     void (*start)(CmSqlConnObject *c);
     /* optional, from the storage's periodic tick for each idle connection:
