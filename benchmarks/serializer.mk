@@ -24,7 +24,8 @@ FUZZ_DIR := $(SER_ROOT)/.bench/fuzz
 FUZZ_BIN := $(FUZZ_DIR)/fuzz_serializer
 FUZZ_PYCONFIG = $(shell $(PY) -c "import sysconfig, os; print(os.path.join(sysconfig.get_config_var('BINDIR'), 'python' + sysconfig.get_config_var('VERSION') + '-config'))")
 FUZZ_SRCS := $(addprefix $(SER_ROOT)/,fuzz/fuzz_serializer.c csrc/ser/serializer.c csrc/ser/object.c \
-               csrc/ser/msgpack_codec.c csrc/ser/compress.c csrc/ser/base64.c csrc/ser/pickle.c)
+               csrc/ser/object_encode.c csrc/ser/object_decode.c csrc/ser/msgpack_encode.c \
+               csrc/ser/msgpack_decode.c csrc/ser/compress.c csrc/ser/base64.c csrc/ser/pickle.c)
 FUZZ_RESP_BIN := $(FUZZ_DIR)/fuzz_resp
 
 .PHONY: bench-serializer fuzz fuzz-build serializer-venv serializer-vectors

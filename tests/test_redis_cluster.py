@@ -1,8 +1,10 @@
 """The Redis storage against a real 3-master Redis Cluster on local ports."""
 import asyncio
 import dataclasses
+import gc
 import logging
 import time
+import weakref
 from datetime import timedelta
 
 import pytest
@@ -661,3 +663,55 @@ def test_partial_and_per_key_get_all_do_not_leak():
     # (followed key by key, with ASK) in every call
     code = LEAK_SNAPSHOT + LEAK_HARNESS.replace("{n}", "3000")
     assert_flat(run_python(code), rss_kib=4096)
+
+
+def test_a_cycle_through_a_cluster_retry_is_collected(redis_cluster):
+    # A request answered CLUSTERDOWN waits on the client's retry list; its op
+    # holds the client. With the loop closed before the retry (nothing will
+    # send it again) and the client dropped, client -> retry entry -> op ->
+    # client is a cycle of garbage the collector must find and free.
+    ser = MsgPackSerializer()
+    Node = tag_node(unique("gc-retry-"))
+
+    async def admin(*cmd, owner_of=None):
+        clients = await node_clients(redis_cluster)
+        try:
+            slot = await clients[0].execute("CLUSTER", "KEYSLOT", owner_of)
+            owner = await slot_owner(redis_cluster, clients, slot)
+            for c in cmd:
+                await clients[owner].execute("CLUSTER", c, slot)
+            return slot, owner
+        finally:
+            for c in clients:
+                await c.close()
+
+    loop = asyncio.new_event_loop()
+    tag = Node(0).key()
+    s = RedisStorage(redis_cluster.url, cluster=True)
+
+    async def call(method, *args):
+        return await method(*args)
+
+    loop.run_until_complete(s.connect())
+    loop.run_until_complete(call(s.set, Node(0), "x", None, ser))
+    asyncio.run(admin("DELSLOTS", owner_of=tag))
+    try:
+        fut = loop.create_task(call(s.get, Node(0), ser))
+        for _ in range(10000):  # until the CLUSTERDOWN reply has put it on the list
+            if s._retrying():
+                break
+            loop.run_until_complete(asyncio.sleep(0.001))
+        assert s._retrying() == 1
+        ref = weakref.ref(s)
+        loop.close()  # the retry timer is dropped with the loop's schedule
+        del s, fut
+        gc.collect()
+        assert ref() is None, gc.get_referrers(ref())
+    finally:
+        if not loop.is_closed():
+            loop.close()
+        try:
+            asyncio.run(admin("ADDSLOTS", owner_of=tag))
+        except Exception:
+            pass  # restored already
+        redis_cluster.wait_ok()

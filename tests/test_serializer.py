@@ -253,7 +253,7 @@ def _items_deep(v):
 
 
 def test_msgpack_repeated_records_decode_as_dict_inserts_would():
-    # lists of records make and use map templates (msgpack_codec.c): the
+    # lists of records make and use map templates (msgpack_decode.c): the
     # result must be what msgpack's own decoder builds, key order included,
     # through slot collisions, nesting, keys in another order, key sets that
     # grow or shrink by one, a template replaced while its map is read, and

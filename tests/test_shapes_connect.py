@@ -33,14 +33,16 @@ from sql_servers import MariaServer, PgServer, pg_bin
 
 SLOW = "slow.cacheme.test"  # answered after DELAY seconds
 STUCK = "stuck.cacheme.test"  # never answered
+MISSING = "missing.cacheme.test"  # answered at once: no such name
 DELAY = 1.0
 
 
 class SlowDNS:
     """A DNS server on 127.x.y.1:53: A queries for SLOW are answered with
     127.0.0.1 after DELAY seconds, AAAA queries with no record (after the
-    same delay); queries for any other name are never answered. Every query
-    is recorded (name, type)."""
+    same delay); queries for MISSING are answered at once with NXDOMAIN;
+    queries for any other name are never answered. Every query is recorded
+    (name, type)."""
 
     def __init__(self):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -70,7 +72,9 @@ class SlowDNS:
             except (IndexError, struct.error):
                 continue
             self.queries.append((name, qtype))
-            if name == SLOW:
+            if name == MISSING:
+                self._answer(data, qend, qtype, addr, nxdomain=True)
+            elif name == SLOW:
                 t = threading.Timer(DELAY, self._answer, (data, qend, qtype, addr))
                 t.daemon = True
                 self.timers.append(t)
@@ -85,9 +89,10 @@ class SlowDNS:
         qtype = struct.unpack("!H", data[i + 1:i + 3])[0]
         return ".".join(labels).lower(), qtype, i + 5
 
-    def _answer(self, data, qend, qtype, addr):
-        a = qtype == 1
-        head = data[:2] + struct.pack("!HHHHH", 0x8180, 1, 1 if a else 0, 0, 0)
+    def _answer(self, data, qend, qtype, addr, nxdomain=False):
+        a = qtype == 1 and not nxdomain
+        flags = 0x8183 if nxdomain else 0x8180
+        head = data[:2] + struct.pack("!HHHHH", flags, 1, 1 if a else 0, 0, 0)
         reply = head + data[12:qend]
         if a:
             reply += struct.pack("!HHHIH", 0xC00C, 1, 1, 0, 4) + socket.inet_aton("127.0.0.1")
@@ -252,6 +257,16 @@ def test_the_connect_timeout_covers_a_stuck_lookup(dns, backend, server):
     assert rep["err"] is not None and "imeout" in rep["err"], rep
     assert rep["elapsed"] < 1.5, rep
     assert rep["stall"] < 0.3, f"the loop stood still for {rep['stall']:.2f} s: {rep}"
+
+
+def test_a_name_without_address_fails_the_connect_naming_the_lookup(dns, backend, server):
+    # the stub answers NXDOMAIN: the connect fails at once, as a lookup
+    # failure (not a refused connect), and the loop runs throughout
+    rep = connect_in_child(dns, url_for(backend, server, MISSING), **opts_for(backend, 5.0))
+    assert rep["err"] is not None and "cannot resolve" in rep["err"], rep
+    assert rep["elapsed"] < 3.0, rep
+    assert rep["stall"] < 0.3, f"the loop stood still for {rep['stall']:.2f} s: {rep}"
+    assert (MISSING, 1) in dns.queries
 
 
 def test_an_ip_literal_is_not_looked_up(dns, backend, server):

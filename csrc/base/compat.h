@@ -6,7 +6,7 @@
  * CACHEME_NO_PRIVATE=1 build (setup.py defines CM_NO_PRIVATE, and
  * tests/test_platforms.py runs part of the suite against such a build), the
  * public fallback runs instead: slower, never wrong. The other gated uses
- * are in key.c (CPython's hash secret: CM_KEY_PARTS) and msgpack_codec.c
+ * are in key.c (CPython's hash secret: CM_KEY_PARTS) and msgpack_decode.c
  * (dict templates). */
 #ifndef CM_COMPAT_H
 #define CM_COMPAT_H

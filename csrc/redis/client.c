@@ -38,6 +38,13 @@ static PyObject *client_close(CmRedisClientObject *self, PyObject *Py_UNUSED(unu
     Py_RETURN_NONE;
 }
 
+/* _retrying(): entries waiting to be re-sent after TRYAGAIN/CLUSTERDOWN,
+ * for tests. */
+static PyObject *client_retrying(CmRedisClientObject *self, PyObject *Py_UNUSED(unused))
+{
+    return PyLong_FromSsize_t(cm_cluster_retrying(self));
+}
+
 /* _connections(): open connections (all servers), for tests. */
 static PyObject *client_connections(CmRedisClientObject *self, PyObject *Py_UNUSED(unused))
 {
@@ -324,6 +331,8 @@ static int client_traverse(CmRedisClientObject *self, visitproc visit, void *arg
             rc = cm_net_pool_traverse(&pools[i]->net, visit, arg);
     }
     if (rc == 0)
+        rc = cm_cluster_traverse(self->cluster, visit, arg);
+    if (rc == 0)
         rc = cm_netloops_traverse(&self->loops, visit, arg);
     return rc ? rc : cm_busypoll_traverse(&self->spin, visit, arg);
 }
@@ -340,6 +349,7 @@ static int client_clear(CmRedisClientObject *self)
         for (Py_ssize_t i = 0; i < np; i++)
             cm_redis_pool_close_gc(pools[i]);
     }
+    cm_cluster_clear(self->cluster);
     cm_netloops_clear(&self->loops);
     Py_CLEAR(self->init_args);
     Py_CLEAR(self->init_kwds);
@@ -383,6 +393,7 @@ static PyMethodDef client_methods[] = {
      "Close every connection; pending requests fail with RedisConnectionError."},
     {"_refresh_slots", (PyCFunction)client_refresh_slots, METH_NOARGS, NULL},
     {"_connections", (PyCFunction)client_connections, METH_NOARGS, NULL},
+    {"_retrying", (PyCFunction)client_retrying, METH_NOARGS, NULL},
     {"_resolves", (PyCFunction)client_resolves, METH_NOARGS, NULL},
     {"busy_poll_info", (PyCFunction)client_busy_poll_info, METH_NOARGS,
      "busy_poll_info() -> {'busy_poll': limit, 'busy_poll_hits': n, 'busy_poll_timeouts': n}"},

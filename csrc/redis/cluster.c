@@ -26,8 +26,10 @@
 #include <string.h>
 
 #include "base/clock.h"
+#include "base/exc.h"
 #include "loop/loop.h"
 #include "redis/crc16.h"
+#include "redis/internal.h"
 
 #define MAX_REDIRECTS 5
 #define REFRESH_GAP_NS (100 * 1000 * 1000)
@@ -87,6 +89,51 @@ void cm_cluster_free(CmRedisCluster *cl)
     Py_XDECREF(cl->retry_loop);
     free(cl->pools);
     free(cl);
+}
+
+/* The entries waiting out a TRYAGAIN/CLUSTERDOWN hold their ops, which
+ * hold the client: the client's traverse shows them to the collector, so
+ * that a cycle through them is found. */
+int cm_cluster_traverse(CmRedisCluster *cl, visitproc visit, void *arg)
+{
+    if (cl == NULL)
+        return 0;
+    Py_VISIT(cl->retry_loop);
+    for (size_t i = 0; i < cl->nretry; i++) {
+        int rc = cm_redis_entry_traverse(&cl->retry[i], visit, arg);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* The client is garbage: the waiting entries fail (their ops let the client
+ * go), and the retry timer, if still armed, finds them gone. */
+void cm_cluster_clear(CmRedisCluster *cl)
+{
+    if (cl == NULL)
+        return;
+    CmRedisEntry *retry = cl->retry;
+    size_t n = cl->nretry;
+    cl->retry = NULL;
+    cl->nretry = cl->retry_cap = 0;
+    if (n > 0) {
+        PyObject *saved = cm_exc_take();
+        PyObject *msg = PyUnicode_FromString("redis storage collected");
+        if (msg == NULL)
+            PyErr_Clear();
+        for (size_t i = 0; i < n; i++)
+            cm_redis_entry_fail(cl->st, &retry[i], cl->st->redis.ConnectionError, msg);
+        Py_XDECREF(msg);
+        cm_exc_restore(saved);
+    }
+    free(retry);
+    Py_CLEAR(cl->retry_loop);
+}
+
+Py_ssize_t cm_cluster_retrying(CmRedisClientObject *c)
+{
+    return c->cluster ? (Py_ssize_t)c->cluster->nretry : 0;
 }
 
 Py_ssize_t cm_cluster_pools(CmRedisClientObject *c, CmRedisPool ***pools)

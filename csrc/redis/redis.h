@@ -137,6 +137,12 @@ void cm_redis_resend(CmRedisClientObject *self, PyObject *loop, CmRedisEntry *e)
 /* cluster.c */
 CmRedisCluster *cm_cluster_new(CmRedisClientObject *c, const char *host, int port);
 void cm_cluster_free(CmRedisCluster *cl);
+/* The client's tp_traverse and tp_clear of what the cluster holds (entries
+ * waiting to be re-sent); NULL is no cluster. */
+int cm_cluster_traverse(CmRedisCluster *cl, visitproc visit, void *arg);
+void cm_cluster_clear(CmRedisCluster *cl);
+/* Entries waiting to be re-sent (for tests). */
+Py_ssize_t cm_cluster_retrying(CmRedisClientObject *c);
 /* The pool serving a slot (borrowed), NULL with an exception; *node is set
  * to its CmRedisEntry.node. */
 CmRedisPool *cm_cluster_route(CmRedisClientObject *c, unsigned slot, uint16_t *node);

@@ -1,6 +1,7 @@
 /* MessagePack <-> Python objects, byte-compatible with the msgpack package
  * as cacheme 0.3.0 used it (use_bin_type=True, strict_map_key=False,
- * default and object_hook = the 0.3.0 object encoding). */
+ * default and object_hook = the 0.3.0 object encoding). Encoder in
+ * msgpack_encode.c, decoder in msgpack_decode.c. */
 #ifndef CM_MSGPACK_CODEC_H
 #define CM_MSGPACK_CODEC_H
 

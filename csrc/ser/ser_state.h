@@ -49,11 +49,11 @@ typedef struct {
     CM_SER_OBJECTS(CM_SER_DECLARE)
 #undef CM_SER_DECLARE
 #define CM_SER_KEYCACHE_SIZE 512
-    PyObject *keycache[CM_SER_KEYCACHE_SIZE]; /* short ASCII map keys (msgpack_codec.c) */
+    PyObject *keycache[CM_SER_KEYCACHE_SIZE]; /* short ASCII map keys (msgpack_decode.c) */
 #define CM_SER_MAPTPL_SLOTS 16
 #define CM_SER_MAPTPL_MAXN 32
     /* maps seen twice with the same keys (lists of records): a dict of
-     * those keys to None that the decoder copies (msgpack_codec.c) */
+     * those keys to None that the decoder copies (msgpack_decode.c) */
     struct {
         PyObject *dict;                     /* NULL while the slot is empty */
         PyObject *keys[CM_SER_MAPTPL_MAXN]; /* borrowed from dict, in order */

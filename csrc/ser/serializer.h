@@ -8,7 +8,7 @@
  * default=object_encoder) with use_bin_type; Compressed* is zlib level 3 of
  * the inner bytes. object_encoder writes what JSON/MsgPack cannot hold
  * natively as {"__class__": "<module>.<qualname>", "data": ...} the way
- * pydantic's (v1) pydantic_encoder did (ser_object.c). */
+ * pydantic's (v1) pydantic_encoder did (object.c). */
 #ifndef CM_SERIALIZER_H
 #define CM_SERIALIZER_H
 
@@ -20,7 +20,7 @@
 #define CM_SER_MAX_ENCODE_DEPTH 511
 #define CM_SER_MAX_DECODE_DEPTH 1024
 
-/* ser_object.c: the 0.3.0 object encoding. */
+/* object.c, object_encode.c, object_decode.c: the 0.3.0 object encoding. */
 
 /* object_encoder(obj): {"__class__": qualname, "data": pydantic_encoder(obj)}.
  * TypeError for objects pydantic's encoder did not know. */

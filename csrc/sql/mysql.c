@@ -705,6 +705,7 @@ const CmSqlDriver cm_mysql_driver = {
     .start = my_start,
     .idle = cm_mysql_idle,
     .close = cm_mysql_close,
+    .resolved = cm_mysql_resolved,
     .conn_traverse = cm_mysql_conn_traverse,
 };
 

@@ -30,7 +30,7 @@ enum {
     PH_QNEXT,
     PH_HOPEN,
     PH_HCLOSE,
-    PH_RESOLVE /* the host is being looked up (resolve.h) */
+    PH_RESOLVE /* the host is being looked up (lookup.c) */
 };
 /* S_HGET: the single GET through the handler; S_GET: the same as a SELECT
  * (tables the handler cannot read, the connection check) */
@@ -62,7 +62,6 @@ typedef struct {
     int hopen, hoff, hretried, hvalue;
     int64_t hopened;
     int64_t used;         /* monotonic ns: the batch in flight or the last one started */
-    PyObject *resolve;    /* the host's lookup task (PH_RESOLVE), or NULL */
     PyObject *addrs;      /* the host's addresses (list of str) once looked up */
     Py_ssize_t next_addr; /* the next one to try when a connect fails */
     char hsql[320];
@@ -83,6 +82,9 @@ void cm_mysql_free_params(MyConn *mc);
 int cm_mysql_open(CmSqlConnObject *c);
 void cm_mysql_close(CmSqlConnObject *c);
 int cm_mysql_conn_traverse(CmSqlConnObject *c, visitproc visit, void *arg);
+/* The host lookup (cm_sql_conn_lookup) is done: connect to its addresses in
+ * turn. -1 with an exception. */
+int cm_mysql_resolved(CmSqlConnObject *c, PyObject *addrs);
 /* A connect to a looked-up address failed: start one to the next address
  * on a new handle. 1 if there was one (the connection started, or failed
  * for good), 0 if none is left. */

@@ -32,10 +32,8 @@ static void my_close_handle(CmSqlConnObject *c)
 int cm_mysql_conn_traverse(CmSqlConnObject *c, visitproc visit, void *arg)
 {
     MyConn *mc = c->aux;
-    if (mc != NULL) {
-        Py_VISIT(mc->resolve);
+    if (mc != NULL)
         Py_VISIT(mc->addrs);
-    }
     return 0;
 }
 
@@ -45,13 +43,6 @@ void cm_mysql_close(CmSqlConnObject *c)
     /* the connection before the statements: it detaches them, and closing
      * a detached statement only frees memory */
     my_close_handle(c);
-    if (mc != NULL && mc->resolve != NULL) { /* the lookup: given up */
-        PyObject *r = PyObject_CallMethod(mc->resolve, "cancel", NULL);
-        if (r == NULL)
-            PyErr_Clear();
-        Py_XDECREF(r);
-        Py_CLEAR(mc->resolve);
-    }
     if (mc != NULL)
         Py_CLEAR(mc->addrs);
     if (mc != NULL) {
@@ -131,37 +122,19 @@ static int my_connect(CmSqlConnObject *c, const char *host)
     return 0;
 }
 
-/* The host lookup is done (on the loop): connect to its addresses in turn, or
- * fail the connection. */
-static PyObject *my_on_resolved(PyObject *self, PyObject *task)
+int cm_mysql_resolved(CmSqlConnObject *c, PyObject *addrs)
 {
-    CmSqlConnObject *c = (CmSqlConnObject *)self;
     MyConn *mc = c->aux;
-    if (c->net.state != CM_SQL_CONNECTING || mc == NULL || mc->resolve != task)
-        Py_RETURN_NONE; /* closed meanwhile (timed out): the task was cancelled */
-    Py_INCREF(c);
-    Py_CLEAR(mc->resolve);
-    PyObject *addrs = cm_resolve_result(task);
-    const char *ip = NULL;
-    if (addrs != NULL && PyList_Check(addrs) && PyList_GET_SIZE(addrs) == 1) {
-        PyObject *ips = PyList_GET_ITEM(addrs, 0); // borrowed
-        if (PyList_Check(ips) && PyList_GET_SIZE(ips) > 0) {
-            Py_XSETREF(mc->addrs, Py_NewRef(ips));
-            mc->next_addr = 1;
-            ip = PyUnicode_AsUTF8(PyList_GET_ITEM(ips, 0));
-        } else
-            PyErr_SetString(PyExc_TypeError, "resolve: no address");
-    } else if (addrs != NULL)
+    if (mc == NULL || PyList_GET_SIZE(addrs) != 1) {
         PyErr_SetString(PyExc_TypeError, "resolve: a list of one list expected");
-    int looked_up = ip != NULL;
-    if (ip == NULL || my_connect(c, ip) < 0)
-        cm_sql_conn_fail_lookup(c, looked_up);
-    Py_XDECREF(addrs);
-    Py_DECREF(c);
-    Py_RETURN_NONE;
+        return -1;
+    }
+    PyObject *ips = PyList_GET_ITEM(addrs, 0); // borrowed; not empty (lookup.c)
+    Py_XSETREF(mc->addrs, Py_NewRef(ips));
+    mc->next_addr = 1;
+    const char *ip = PyUnicode_AsUTF8(PyList_GET_ITEM(ips, 0));
+    return ip == NULL ? -1 : my_connect(c, ip);
 }
-
-static PyMethodDef my_on_resolved_def = {"_on_resolved", my_on_resolved, METH_O, NULL};
 
 /* TLS: ssl_mode as MySQL's clients name it (the storage checked the value,
  * upper case) on Connector/C's options. DISABLED and PREFERRED ask for
@@ -256,12 +229,10 @@ int cm_mysql_open(CmSqlConnObject *c)
      * (which calls getaddrinfo in mysql_real_connect_start). "localhost"
      * is the unix socket. */
     if (cm_resolve_needed(host) && strcmp(host, "localhost") != 0) {
-        PyObject *cb = PyCFunction_New(&my_on_resolved_def, (PyObject *)c);
-        PyObject *hosts = cb ? Py_BuildValue("[s]", host) : NULL;
-        mc->resolve = hosts ? cm_resolve_start(s->pool.loop, hosts, cb) : NULL;
+        PyObject *hosts = Py_BuildValue("[s]", host);
+        int rc = hosts ? cm_sql_conn_lookup(c, hosts) : -1; /* then cm_mysql_resolved */
         Py_XDECREF(hosts);
-        Py_XDECREF(cb);
-        if (mc->resolve == NULL)
+        if (rc < 0)
             return -1;
         c->phase = PH_RESOLVE;
         return 0;

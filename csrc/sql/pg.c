@@ -86,24 +86,9 @@ static void pg_teardown(CmSqlStorageObject *s)
 
 static void pg_close(CmSqlConnObject *c)
 {
-    if (c->aux != NULL) { /* the host lookup (PH_RESOLVE): given up */
-        PyObject *task = (PyObject *)c->aux;
-        c->aux = NULL;
-        PyObject *r = PyObject_CallMethod(task, "cancel", NULL);
-        if (r == NULL)
-            PyErr_Clear();
-        Py_XDECREF(r);
-        Py_DECREF(task);
-    }
     if (c->h != NULL)
         PQfinish((PGconn *)c->h);
     c->h = NULL;
-}
-
-static int pg_conn_traverse(CmSqlConnObject *c, visitproc visit, void *arg)
-{
-    Py_VISIT((PyObject *)c->aux); /* the host lookup's task (PH_RESOLVE) */
-    return 0;
 }
 
 static void fail_pg(CmSqlConnObject *c)
@@ -335,30 +320,6 @@ done:
     return rc;
 }
 
-/* The host lookup is done (on the loop): connect, or fail the connection. */
-static PyObject *pg_on_resolved(PyObject *self, PyObject *task)
-{
-    CmSqlConnObject *c = (CmSqlConnObject *)self;
-    if (c->net.state != CM_SQL_CONNECTING || c->aux != (void *)task)
-        Py_RETURN_NONE; /* closed meanwhile (timed out): the task was cancelled */
-    Py_INCREF(c);
-    c->aux = NULL;
-    PyObject *addrs = cm_resolve_result(task);
-    Py_DECREF(task);
-    int rc = -1;
-    if (addrs != NULL && PyList_Check(addrs))
-        rc = pg_connect_resolved(c, addrs);
-    else if (addrs != NULL)
-        PyErr_SetString(PyExc_TypeError, "resolve: a list expected");
-    if (rc < 0)
-        cm_sql_conn_fail_lookup(c, PyErr_ExceptionMatches(c->storage->st->sql.SQLConnectionError));
-    Py_XDECREF(addrs);
-    Py_DECREF(c);
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef pg_on_resolved_def = {"_on_resolved", pg_on_resolved, METH_O, NULL};
-
 static int pg_open(CmSqlConnObject *c)
 {
     CmSqlStorageObject *s = c->storage; // borrowed
@@ -374,13 +335,10 @@ static int pg_open(CmSqlConnObject *c)
     if (names == NULL)
         return -1;
     if (PyList_GET_SIZE(names) > 0) {
-        PyObject *cb = PyCFunction_New(&pg_on_resolved_def, (PyObject *)c);
-        PyObject *task = cb ? cm_resolve_start(s->pool.loop, names, cb) : NULL;
-        Py_XDECREF(cb);
+        int rc = cm_sql_conn_lookup(c, names); /* then pg_connect_resolved */
         Py_DECREF(names);
-        if (task == NULL)
+        if (rc < 0)
             return -1;
-        c->aux = task;
         c->phase = PH_RESOLVE;
         return 0;
     }
@@ -751,7 +709,7 @@ const CmSqlDriver cm_pg_driver = {
     .io = pg_io,
     .start = pg_start,
     .close = pg_close,
-    .conn_traverse = pg_conn_traverse,
+    .resolved = pg_connect_resolved,
 };
 
 #else /* !CM_HAVE_PQ */

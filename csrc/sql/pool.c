@@ -148,6 +148,7 @@ static void conn_release(CmNetConn *nc, int detached)
 {
     CmSqlConnObject *c = (CmSqlConnObject *)nc;
     (void)detached; /* a forked child's fd points at /dev/null by then */
+    cm_sql_conn_lookup_cancel(c);
     if (c->storage != NULL)
         c->storage->drv->close(c);
 }
@@ -208,6 +209,7 @@ static int conn_open(CmSqlStorageObject *s)
     c->phase = c->status = c->err = 0;
     c->batch = NULL;
     c->h = c->aux = NULL;
+    c->lookup = NULL;
     PyObject_GC_Track(c);
     cm_net_pool_add(&s->pool, &c->net); /* the pool's reference; reserved: cannot fail */
     cm_sql_conn_deadline(c, cm_sql_now() + (int64_t)(s->connect_timeout * 1e9));
@@ -235,6 +237,8 @@ static int conn_traverse(PyObject *self, visitproc visit, void *arg)
     int rc = cm_net_conn_traverse(&c->net, visit, arg);
     if (rc == 0)
         rc = cm_sql_req_traverse(c->batch, visit, arg);
+    if (rc == 0 && c->lookup != NULL)
+        rc = visit(c->lookup, arg);
     if (rc == 0 && c->storage != NULL && c->storage->drv->conn_traverse != NULL)
         rc = c->storage->drv->conn_traverse(c, visit, arg);
     return rc;
@@ -244,6 +248,7 @@ static void conn_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    Py_CLEAR(((CmSqlConnObject *)self)->lookup);
     cm_net_conn_dealloc(&((CmSqlConnObject *)self)->net);
     tp->tp_free(self);
     Py_DECREF(tp);

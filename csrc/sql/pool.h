@@ -36,6 +36,7 @@ struct CmSqlConnObject {
     CmSqlReq *batch;             /* requests in flight on this connection */
     void *h;                     /* driver handle (PGconn *, MYSQL *) */
     void *aux;                   /* driver scratch */
+    PyObject *lookup;            /* the host lookup's task (lookup.c), or NULL */
 };
 
 /* For drivers. */
@@ -62,6 +63,14 @@ void cm_sql_conn_fail(CmSqlConnObject *c, PyObject *exc_type, const char *msg);
  * when it came from the connect (connected), else after "<driver>: cannot
  * resolve the host: ". For a connect that follows a host lookup. */
 void cm_sql_conn_fail_lookup(CmSqlConnObject *c, int connected);
+/* lookup.c: look up hosts (a list of names) off the loop thread, the task
+ * held in c->lookup; when it is done, the driver's `resolved` gets the
+ * addresses (a list per host of lists of numeric address strs, none
+ * empty), or the connection fails (cm_sql_conn_fail_lookup). The driver
+ * sets its phase. -1 with an exception. */
+int cm_sql_conn_lookup(CmSqlConnObject *c, PyObject *hosts);
+/* Give up the lookup in flight, if any (the connection closes). */
+void cm_sql_conn_lookup_cancel(CmSqlConnObject *c);
 /* The batch in flight is answered: finish its requests; the conn is idle. */
 void cm_sql_conn_done(CmSqlConnObject *c);
 /* The connection is ready for requests (after connect and prepare). */

@@ -2,10 +2,12 @@
  * Python type each over CmSqlStorageObject with its driver's table; their
  * methods check arguments and keys, turn them into requests (request.c)
  * and submit them (submit.c). The module's SQL error types are in
- * sqlmod.c. */
+ * sqlmod.c; making, options, GC and the fork and loop-close rules in
+ * lifecycle.c. */
 #include "sql/sqlstore.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <structmember.h>
@@ -376,278 +378,20 @@ static PyObject *storage_pool_info(PyObject *self, PyObject *Py_UNUSED(unused))
                          "busy_poll_inline", s->spin.inlined);
 }
 
-/* identifier, or schema.identifier: letters, digits, underscores */
-static int valid_identifier(const char *p, Py_ssize_t n)
-{
-    int part = 0, parts = 1;
-    if (n == 0)
-        return 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        char ch = p[i];
-        if (ch == '.') {
-            if (part == 0 || ++parts > 2)
-                return 0;
-            part = 0;
-            continue;
-        }
-        int alpha = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_';
-        int digit = ch >= '0' && ch <= '9';
-        if (!(alpha || (digit && part > 0)) || ++part > 63)
-            return 0;
-    }
-    return part > 0;
-}
-
-static int storage_init(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {
-        "dsn",         "table",   "pool_size", "timeout", "connect_timeout", "sweep_interval",
-        "sweep_limit", "options", "busy_poll", NULL};
-    CmSqlStorageObject *s = (CmSqlStorageObject *)self;
-    PyObject *dsn, *table, *options = NULL;
-    Py_ssize_t pool_size = 10;
-    double timeout = 5.0, connect_timeout = 5.0, sweep_interval = 60.0;
-    long sweep_limit = 1000;
-    PyObject *busy_poll = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UU|$ndddlO!O:SQLClient", kwlist, &dsn, &table,
-                                     &pool_size, &timeout, &connect_timeout, &sweep_interval,
-                                     &sweep_limit, &PyDict_Type, &options, &busy_poll))
-        return -1;
-    double spin;
-    if (cm_busypoll_parse(busy_poll, &spin) < 0)
-        return -1;
-    Py_ssize_t tn;
-    const char *tp = PyUnicode_AsUTF8AndSize(table, &tn);
-    if (tp == NULL)
-        return -1;
-    if (!valid_identifier(tp, tn)) {
-        PyErr_Format(PyExc_ValueError,
-                     "invalid table name %R: use an SQL identifier (letters, digits, "
-                     "underscores; optionally schema.table)",
-                     table);
-        return -1;
-    }
-    if (pool_size < 1) {
-        PyErr_Format(PyExc_ValueError, "cacheme %s storage: pool_size must be at least 1, not %zd",
-                     s->drv->name, pool_size);
-        return -1;
-    }
-    /* every wait has a finite timeout; the sweep runs every so often or never */
-    const struct {
-        const char *name;
-        double v;
-        int zero_ok;
-    } secs[] = {{"timeout", timeout, 0},
-                {"connect_timeout", connect_timeout, 0},
-                {"sweep_interval", sweep_interval, 1}};
-    for (size_t i = 0; i < sizeof(secs) / sizeof(secs[0]); i++) {
-        double v = secs[i].v;
-        if (!isfinite(v) || v < 0 || (v == 0 && !secs[i].zero_ok) || v > CM_TTL_MAX_SECONDS) {
-            PyObject *f = PyFloat_FromDouble(v);
-            if (f != NULL)
-                PyErr_Format(PyExc_ValueError,
-                             "cacheme %s storage: %s must be a finite number of seconds %s, "
-                             "not %R",
-                             s->drv->name, secs[i].name,
-                             secs[i].zero_ok ? ">= 0 (0 disables the sweep)" : "> 0", f);
-            Py_XDECREF(f);
-            return -1;
-        }
-    }
-    if (sweep_limit < 1) {
-        PyErr_Format(PyExc_ValueError,
-                     "cacheme %s storage: sweep_limit must be at least 1 row, not %ld",
-                     s->drv->name, sweep_limit);
-        return -1;
-    }
-    if (cm_sql_check_available(s) < 0)
-        return -1;
-    cm_sql_close_all(s, "storage re-initialized");
-    if (s->drv->teardown != NULL)
-        s->drv->teardown(s);
-    Py_XSETREF(s->dsn, Py_NewRef(dsn));
-    Py_XSETREF(s->table, Py_NewRef(table));
-    Py_XSETREF(s->options, options ? PyDict_Copy(options) : PyDict_New());
-    if (s->options == NULL)
-        return -1;
-    s->pool_size = pool_size;
-    s->timeout = timeout;
-    s->connect_timeout = connect_timeout;
-    s->sweep_interval = sweep_interval;
-    s->sweep_limit = sweep_limit;
-    s->spin.limit = spin;
-    s->next_sweep = cm_sql_now() + (int64_t)(sweep_interval * 1e9);
-    Py_XSETREF(s->init_args, Py_NewRef(args));
-    Py_XSETREF(s->init_kwds, kwds ? PyDict_Copy(kwds) : NULL);
-    if (kwds != NULL && s->init_kwds == NULL)
-        return -1;
-    cm_netloops_clear(&s->loops);
-    if (s->drv->setup != NULL && s->drv->setup(s) < 0)
-        return -1;
-    return 0;
-}
-
-static int storage_traverse(PyObject *self, visitproc visit, void *arg)
-{
-    CmSqlStorageObject *s = (CmSqlStorageObject *)self;
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(s->tick);
-    Py_VISIT(s->init_args);
-    Py_VISIT(s->init_kwds);
-    Py_VISIT(s->table);
-    Py_VISIT(s->dsn);
-    Py_VISIT(s->options);
-    int rc = cm_sql_pool_traverse(s, visit, arg);
-    if (rc == 0 && s->drv != NULL && s->drv->traverse != NULL)
-        rc = s->drv->traverse(s, visit, arg);
-    if (rc == 0)
-        rc = cm_netloops_traverse(&s->loops, visit, arg);
-    return rc ? rc : cm_busypoll_traverse(&s->spin, visit, arg);
-}
-
-static void storage_drop_detached(CmSqlStorageObject *s, int fork, const char *why);
-
-/* 1 when loop can still be told about fds and timers: not closed, nor torn
- * down by the collector in the same cycle as the storage. */
-static int loop_usable(PyObject *loop)
-{
-    if (loop == NULL)
-        return 0;
-    PyObject *saved = cm_exc_take();
-    PyObject *r = PyObject_CallMethod(loop, "is_closed", NULL);
-    int usable = r == Py_False;
-    Py_XDECREF(r);
-    PyErr_Clear();
-    cm_exc_restore(saved);
-    return usable;
-}
-
-static int storage_clear(PyObject *self)
-{
-    CmSqlStorageObject *s = (CmSqlStorageObject *)self;
-    /* a pending tick holds the storage: here it is gone or its loop is */
-    Py_CLEAR(s->tick);
-    if (s->pool.nconns > 0 && !loop_usable(s->pool.loop))
-        storage_drop_detached(s, 0, "storage deleted");
-    cm_netloops_clear(&s->loops);
-    Py_CLEAR(s->init_args);
-    Py_CLEAR(s->init_kwds);
-    cm_sql_close_all(s, "storage deleted");
-    cm_net_pool_fini(&s->pool, s->st->sql.SQLConnectionError, NULL);
-    cm_busypoll_clear(&s->spin);
-    return 0;
-}
-
-static void storage_dealloc(PyObject *self)
-{
-    CmSqlStorageObject *s = (CmSqlStorageObject *)self;
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (s->weakreflist != NULL)
-        PyObject_ClearWeakRefs(self);
-    storage_clear(self);
-    cm_netloops_fini(&s->loops);
-    if (s->drv != NULL && s->drv->teardown != NULL)
-        s->drv->teardown(s);
-    Py_CLEAR(s->table);
-    Py_CLEAR(s->dsn);
-    Py_CLEAR(s->options);
-    tp->tp_free(self);
-    Py_DECREF(tp);
-}
-
-/* netloop.h: an instance for another loop is the driver's own type made
- * from the same arguments. */
-static PyObject *storage_spawn(PyObject *owner)
-{
-    CmSqlStorageObject *s = (CmSqlStorageObject *)owner;
-    CmState *st = s->st;
-    PyObject *tp = s->drv == &cm_pg_driver      ? st->sql.PgClientType
-                   : s->drv == &cm_mysql_driver ? st->sql.MySQLClientType
-                                                : st->sql.SQLiteClientType;
-    if (s->init_args == NULL) {
-        PyErr_Format(st->sql.SQLError, "cacheme %s storage: not initialised", s->drv->name);
-        return NULL;
-    }
-    return PyObject_Call(tp, s->init_args, s->init_kwds);
-}
-
-/* Close every connection and fail what waits, without touching the loop
- * (closed, gone, or the parent's after fork): nothing is unregistered, the
- * tick is dropped uncancelled. fork: each socket is first pointed at
- * /dev/null, so the driver's goodbye (libpq's Terminate, MariaDB's
- * COM_QUIT) and close never reach the parent's connection. */
-/* The caller holds s: never a reference taken here, since storage_clear
- * calls it from the storage's dealloc, where a last Py_DECREF would run the
- * dealloc a second time. */
-static void storage_drop_detached(CmSqlStorageObject *s, int fork, const char *why)
-{
-    PyObject *saved = cm_exc_take();
-    PyObject *msg = PyUnicode_FromString(why);
-    PyErr_Clear();
-    cm_net_pool_drop_detached(&s->pool, s->st->sql.SQLConnectionError, msg, fork);
-    Py_XDECREF(msg);
-    cm_exc_restore(saved);
-    Py_CLEAR(s->tick);
-    cm_sql_close_all(s, why); /* the queue: no connection is left */
-}
-
-static void storage_forked(PyObject *inst)
-{
-    CmSqlStorageObject *s = (CmSqlStorageObject *)Py_NewRef(inst);
-    storage_drop_detached(s, 1, "inherited over fork");
-    if (s->drv->sync && s->h != NULL) {
-        /* SQLite: a connection must not be used, nor closed, across fork
-         * (its locks and WAL state are the parent's): left as it is, and
-         * the child opens its own */
-        s->h = NULL;
-        if (s->drv->setup != NULL && s->drv->setup(s) < 0)
-            PyErr_WriteUnraisable(inst);
-    }
-    Py_DECREF(s);
-}
-
-static void storage_orphan(PyObject *inst)
-{
-    Py_INCREF(inst);
-    storage_drop_detached((CmSqlStorageObject *)inst, 0, "the event loop was closed");
-    Py_DECREF(inst);
-}
-
-static const CmNetKind storage_net_kind = {storage_spawn, storage_forked, storage_orphan};
-
-static PyObject *storage_new_with(PyTypeObject *tp, const CmSqlDriver *drv)
-{
-    CmSqlStorageObject *s = (CmSqlStorageObject *)tp->tp_alloc(tp, 0);
-    if (s == NULL)
-        return NULL;
-    s->st = cm_state_from_type(tp);
-    if (s->st == NULL) {
-        Py_DECREF(s);
-        return NULL;
-    }
-    s->drv = drv;
-    s->pool_size = 10;
-    s->timeout = s->connect_timeout = 5.0;
-    cm_net_pool_init(&s->pool, s->st, 0.05, 1.0); /* backoff: 50 ms doubling to 1 s */
-    cm_netloops_init(&s->loops, s->st, &storage_net_kind, (PyObject *)s);
-    return (PyObject *)s;
-}
-
 static PyObject *pg_new(PyTypeObject *tp, PyObject *a, PyObject *k)
 {
     (void)a, (void)k;
-    return storage_new_with(tp, &cm_pg_driver);
+    return cm_sql_storage_new(tp, &cm_pg_driver);
 }
 static PyObject *mysql_new(PyTypeObject *tp, PyObject *a, PyObject *k)
 {
     (void)a, (void)k;
-    return storage_new_with(tp, &cm_mysql_driver);
+    return cm_sql_storage_new(tp, &cm_mysql_driver);
 }
 static PyObject *sqlite_new(PyTypeObject *tp, PyObject *a, PyObject *k)
 {
     (void)a, (void)k;
-    return storage_new_with(tp, &cm_sqlite_driver);
+    return cm_sql_storage_new(tp, &cm_sqlite_driver);
 }
 
 static PyObject *storage_get_available(PyObject *self, void *Py_UNUSED(c))
@@ -696,10 +440,10 @@ static PyMemberDef storage_members[] = {
 };
 
 #define CM_SQL_SLOTS(NEW, DOC)                                                                     \
-    {Py_tp_new, NEW}, {Py_tp_init, storage_init}, {Py_tp_methods, storage_methods},                \
+    {Py_tp_new, NEW}, {Py_tp_init, cm_sql_storage_init}, {Py_tp_methods, storage_methods},         \
         {Py_tp_getset, storage_getset}, {Py_tp_members, storage_members},                          \
-        {Py_tp_traverse, storage_traverse}, {Py_tp_clear, storage_clear},                          \
-        {Py_tp_dealloc, storage_dealloc}, {Py_tp_doc, DOC}, {0, NULL},
+        {Py_tp_traverse, cm_sql_storage_traverse}, {Py_tp_clear, cm_sql_storage_clear},            \
+        {Py_tp_dealloc, cm_sql_storage_dealloc}, {Py_tp_doc, DOC}, {0, NULL},
 
 static PyType_Slot pg_slots[] = {CM_SQL_SLOTS(
     pg_new, "PgClient(dsn, table, *, pool_size, timeout, connect_timeout, sweep_interval, "

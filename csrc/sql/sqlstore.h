@@ -1,7 +1,8 @@
 /* SQL storages (PostgreSQL, MySQL/MariaDB, SQLite): what the three share.
  *
  * The Python-facing types PgClient, MySQLClient and SQLiteClient are one
- * storage type (CmSqlStorageObject, sqlstore.c) with a driver table each.
+ * storage type (CmSqlStorageObject, sqlstore.c, its life in lifecycle.c)
+ * with a driver table each.
  * The storage turns get/get_all/set/set_all/remove into requests (CmSqlReq,
  * request.c: keys, bytes, a TTL in seconds, an asyncio future) and submits
  * them (submit.c); a pool of up to pool_size connections (CmSqlConnObject,
@@ -44,6 +45,9 @@ typedef struct {
     /* connections: start connecting (set fd and watches), progress on
      * readiness, take requests from the queue when idle, free the handle */
     int (*open)(CmSqlConnObject *c);
+    /* after a host lookup the driver started (cm_sql_conn_lookup): connect
+     * to addrs, its addresses; -1 with an exception fails the connection */
+    int (*resolved)(CmSqlConnObject *c, PyObject *addrs);
     void (*io)(CmSqlConnObject *c, int readable, int writable);
     void (*start)(CmSqlConnObject *c);
     /* optional, from the storage's periodic tick for each idle connection:
@@ -97,6 +101,15 @@ extern const CmSqlDriver cm_sqlite_driver;
 /* The library of the storage's driver was found at build time; else -1
  * with a RuntimeError telling what to install. */
 int cm_sql_check_available(CmSqlStorageObject *s);
+
+/* lifecycle.c: the type's slots for a storage's life (tp_init checks and
+ * takes the options; tp_traverse, tp_clear, tp_dealloc), and a new storage
+ * of type tp for driver drv (its tp_new). */
+int cm_sql_storage_init(PyObject *self, PyObject *args, PyObject *kwds);
+int cm_sql_storage_traverse(PyObject *self, visitproc visit, void *arg);
+int cm_sql_storage_clear(PyObject *self);
+void cm_sql_storage_dealloc(PyObject *self);
+PyObject *cm_sql_storage_new(PyTypeObject *tp, const CmSqlDriver *drv);
 
 /* sqlmod.c: the types, errors and state of the SQL storages */
 int cm_sql_init(PyObject *mod, CmState *st);
