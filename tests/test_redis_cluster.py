@@ -673,13 +673,17 @@ def test_a_cycle_through_a_cluster_retry_is_collected(redis_cluster):
     ser = MsgPackSerializer()
     Node = tag_node(unique("gc-retry-"))
 
-    async def admin(*cmd, owner_of=None):
+    async def admin(cmd, key=None, slot_owner_pair=None):
+        # DELSLOTS on the key's owner, or ADDSLOTS back on the owner it had
+        # (once deleted, a slot has no owner to look up)
         clients = await node_clients(redis_cluster)
         try:
-            slot = await clients[0].execute("CLUSTER", "KEYSLOT", owner_of)
-            owner = await slot_owner(redis_cluster, clients, slot)
-            for c in cmd:
-                await clients[owner].execute("CLUSTER", c, slot)
+            if slot_owner_pair is None:
+                slot = await clients[0].execute("CLUSTER", "KEYSLOT", key)
+                owner = await slot_owner(redis_cluster, clients, slot)
+            else:
+                slot, owner = slot_owner_pair
+            await clients[owner].execute("CLUSTER", cmd, slot)
             return slot, owner
         finally:
             for c in clients:
@@ -694,7 +698,7 @@ def test_a_cycle_through_a_cluster_retry_is_collected(redis_cluster):
 
     loop.run_until_complete(s.connect())
     loop.run_until_complete(call(s.set, Node(0), "x", None, ser))
-    asyncio.run(admin("DELSLOTS", owner_of=tag))
+    deleted = asyncio.run(admin("DELSLOTS", key=tag))
     try:
         fut = loop.create_task(call(s.get, Node(0), ser))
         for _ in range(10000):  # until the CLUSTERDOWN reply has put it on the list
@@ -710,8 +714,5 @@ def test_a_cycle_through_a_cluster_retry_is_collected(redis_cluster):
     finally:
         if not loop.is_closed():
             loop.close()
-        try:
-            asyncio.run(admin("ADDSLOTS", owner_of=tag))
-        except Exception:
-            pass  # restored already
+        asyncio.run(admin("ADDSLOTS", slot_owner_pair=deleted))
         redis_cluster.wait_ok()
