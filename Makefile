@@ -41,6 +41,7 @@ deps:
 	pkg-config --exists libpq 2>/dev/null || missing="$$missing libpq-dev"; \
 	{ pkg-config --exists libmariadb 2>/dev/null || pkg-config --exists mariadb 2>/dev/null; } || missing="$$missing libmariadb-dev"; \
 	pkg-config --exists sqlite3 2>/dev/null || missing="$$missing libsqlite3-dev"; \
+	pkg-config --exists libbson-1.0 2>/dev/null || missing="$$missing libbson-dev"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	{ command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ]; } || missing="$$missing mariadb-server"; \
 	if [ -n "$$missing" ]; then \
