@@ -73,6 +73,7 @@ $(VENV)/.test-stamp: $(VENV)/.stamp pyproject.toml Makefile
 
 test-venvs:
 	bash benchmarks/sql_venvs.sh
+	bash benchmarks/mongo_venvs.sh
 
 demo: venv
 	$(PY) examples/demo.py
@@ -221,3 +222,4 @@ include benchmarks/bench.mk
 include benchmarks/serializer.mk
 include benchmarks/redis.mk
 include benchmarks/sql.mk
+include benchmarks/mongo.mk
