@@ -42,6 +42,7 @@ deps:
 	{ pkg-config --exists libmariadb 2>/dev/null || pkg-config --exists mariadb 2>/dev/null; } || missing="$$missing libmariadb-dev"; \
 	pkg-config --exists sqlite3 2>/dev/null || missing="$$missing libsqlite3-dev"; \
 	pkg-config --exists libbson-1.0 2>/dev/null || missing="$$missing libbson-dev"; \
+	pkg-config --exists openssl 2>/dev/null || missing="$$missing libssl-dev"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	{ command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ]; } || missing="$$missing mariadb-server"; \
 	if [ -n "$$missing" ]; then \
@@ -81,6 +82,7 @@ demo: venv
 test-c: deps
 	$(MAKE) -C tests/c valgrind
 	$(MAKE) -C tests/c -f resp.mk resp-valgrind
+	$(MAKE) -C tests/c -f scram.mk scram-valgrind
 
 test-py: venv $(VENV)/.test-stamp test-venvs
 	$(PY) -m pytest tests -q --timeout 300
@@ -173,6 +175,7 @@ test-asan: deps $(VENV)/.test-stamp test-venvs
 	  $(PY) -P -m pytest tests -q -p no:cacheprovider --timeout 600
 	$(MAKE) -C tests/c asan
 	$(MAKE) -C tests/c -f resp.mk resp-asan
+	$(MAKE) -C tests/c -f scram.mk scram-asan
 
 # The Redis tests against hiredis 1.x (Debian 12 ships 0.14): its C sources,
 # taken from PyPI's hiredis sdist (hiredis-py vendors them), are built into a

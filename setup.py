@@ -27,6 +27,7 @@ REQUIRED = [
     (("hiredis",), "libhiredis-dev"),
     (("msgpack-c", "msgpack"), "libmsgpack-dev"),
     (("zlib",), "zlib1g-dev"),
+    (("openssl",), "libssl-dev"),
 ]
 
 

@@ -136,3 +136,31 @@ int cm_b64_decodebytes(const uint8_t *in, size_t n, uint8_t *out, size_t *outlen
     *outlen = (size_t)(o - out);
     return 0;
 }
+
+size_t cm_b64_encode_len(size_t n)
+{
+    if (n > (SIZE_MAX / 4) * 3 - 3)
+        return SIZE_MAX;
+    return (n + 2) / 3 * 4;
+}
+
+void cm_b64_encode(const uint8_t *in, size_t n, char *out) { cm_b64_chunk(in, n, out); }
+
+int cm_b64_decode(const uint8_t *in, size_t n, uint8_t *out, size_t *outlen)
+{
+    uint8_t *o = out;
+    int k;
+    if (n % 4 != 0)
+        return -1;
+    if (n == 0) {
+        *outlen = 0;
+        return 0;
+    }
+    for (; n > 4; n -= 4, in += 4, o += 3)
+        if (cm_b64_group(in, o))
+            return -1;
+    if ((k = cm_b64_last_group(in, o)) < 0)
+        return -1;
+    *outlen = (size_t)(o - out) + (size_t)k;
+    return 0;
+}

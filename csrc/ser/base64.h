@@ -25,4 +25,15 @@ void cm_b64_encodebytes(const uint8_t *in, size_t n, char *out);
  * caller decodes it the lenient way). */
 int cm_b64_decodebytes(const uint8_t *in, size_t n, uint8_t *out, size_t *outlen);
 
+/* Plain RFC 4648 base64 on one line (no newlines), as SASL mechanisms such as
+ * SCRAM carry it. cm_b64_encode writes exactly cm_b64_encode_len(n) bytes (no NUL);
+ * the length is SIZE_MAX on overflow. */
+size_t cm_b64_encode_len(size_t n);
+void cm_b64_encode(const uint8_t *in, size_t n, char *out);
+
+/* Strict decoding of that form: a multiple of 4 characters of the alphabet, '='
+ * only to pad the last group. out needs n / 4 * 3 bytes. 0 and *outlen set; -1
+ * on any other input. */
+int cm_b64_decode(const uint8_t *in, size_t n, uint8_t *out, size_t *outlen);
+
 #endif
