@@ -16,6 +16,7 @@ from cacheme.models import sentinel
 from cacheme.serializer import MsgPackSerializer, PickleSerializer
 from conftest import unique
 from mongo_servers import (  # noqa: F401 (fixtures)
+    mongo_auth_server,
     mongo_server,
     mongo_server_factory,
     pymongo_call,
@@ -370,6 +371,35 @@ async def test_paused_server_times_out_then_recovers(mongo_server_factory):
         raise AssertionError("no recovery after resume")
 
 
+# ---------------------------------------------------------------- authentication
+
+
+@pytest.mark.parametrize("mech", ["", "SCRAM-SHA-256", "SCRAM-SHA-1"])
+async def test_scram_authentication(mongo_auth_server, mech):
+    query = f"?authMechanism={mech}" if mech else ""
+    s, coll = new_storage(mongo_auth_server.url + "/" + query)
+    await s.connect()
+    await s._storage.set(K("secret"), b"1", None, None)
+    assert await s._storage.get(K("secret"), None) == b"1"
+    # every connection of the pool authenticates
+    got = await asyncio.gather(*[s._storage.get(K("secret"), None) for _ in range(20)])
+    assert got == [b"1"] * 20
+    await s.close()
+
+
+async def test_scram_refused(mongo_auth_server):
+    port = mongo_auth_server.port
+    bad, _ = new_storage(f"mongodb://{mongo_auth_server.user}:wrong@127.0.0.1:{port}/")
+    with pytest.raises(mongo.MongoAuthError, match="authentication failed"):
+        await bad.connect()
+    # no credentials: the server refuses the command itself
+    anon, _ = new_storage(mongo_auth_server.url_no_auth)
+    with pytest.raises(mongo.MongoServerError, match="createIndexes"):
+        await anon.connect()
+    with pytest.raises(ValueError, match="authMechanism"):
+        new_storage(mongo_auth_server.url + "/?authMechanism=PLAIN")
+
+
 # ---------------------------------------------------------------- fake servers
 
 def _cstr(s):
@@ -420,6 +450,7 @@ class FakeServer:
         self.hello = hello or {"ok": 1.0, "isWritablePrimary": True, "maxWireVersion": 17,
                                "maxMessageSizeBytes": 48000000}
         self.commands = []
+        self.bodies = []
         self.connections = 0
 
     async def start(self):
@@ -441,6 +472,7 @@ class FakeServer:
                     writer.write(op_msg(rid, bson_doc(self.hello)))
                 else:
                     self.commands.append(cmd)
+                    self.bodies.append(body)
                     out = self.answer(cmd, rid)
                     if out is not None:
                         writer.write(out)
@@ -457,6 +489,25 @@ class FakeServer:
 def _empty_find(rid):
     return op_msg(rid, bson_doc({"cursor": {"firstBatch": [], "id": 0, "ns": "test.c"},
                                  "ok": 1.0}))
+
+
+@pytest.mark.parametrize("url_tail, source", [("/?authSource=elsewhere", "elsewhere"),
+                                              ("/urldb", "urldb"), ("/", "admin")])
+async def test_scram_asks_the_auth_source(url_tail, source):
+    # mongoeco takes any database; a fake server shows where saslStart goes
+    def answer(cmd, rid):
+        return op_msg(rid, bson_doc({"ok": 0.0, "errmsg": "no such user", "code": 11}))
+
+    fake = await FakeServer(answer).start()
+    try:
+        s, _ = new_storage(f"mongodb://u:p@127.0.0.1:{fake.port}{url_tail}")
+        with pytest.raises(mongo.MongoAuthError, match="no such user"):
+            await asyncio.wait_for(s.connect(), 10)
+        assert fake.commands == ["saslStart"]
+        assert b"$db\x00" + struct.pack("<i", len(source) + 1) + source.encode() in fake.bodies[0]
+        assert b"SCRAM-SHA-1" in fake.bodies[0]  # the server listed no mechanisms
+    finally:
+        fake.close()
 
 
 @pytest.mark.parametrize("hostile", ["bad_bson", "huge_length", "tiny_length",

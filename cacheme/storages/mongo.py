@@ -24,8 +24,13 @@ Several hosts are a seed list: requests go to the writable primary, found
 with ``hello`` (a secondary names it); a server that stops being the primary
 is left for the one found anew, and a request it refused as "not primary" is
 sent once more. Not supported (a ValueError says so): ``mongodb+srv://``
-(SRV lookup) and ``tls=true``/``ssl=true``. Credentials need SCRAM, which
-this build does not have yet (a ValueError says so).
+(SRV lookup) and ``tls=true``/``ssl=true``.
+
+Credentials in the URL authenticate each connection with SCRAM
+(``authMechanism`` SCRAM-SHA-256 or SCRAM-SHA-1; without it SCRAM-SHA-256
+when the server lists it for the user, else SCRAM-SHA-1) against
+``authSource``, else the URL's database, else ``admin``. Refused credentials
+fail requests with ``MongoAuthError`` (a ``MongoConnectionError``).
 """
 from typing import Any, Dict, List, Tuple
 from urllib.parse import parse_qsl, unquote
@@ -34,7 +39,7 @@ from cacheme import _core
 from cacheme.storages.base import BaseStorage, int_option, seconds_option
 
 __all__ = ["MongoStorage", "MongoError", "MongoConnectionError", "MongoTimeoutError",
-           "MongoServerError", "parse_url"]
+           "MongoServerError", "MongoAuthError", "parse_url"]
 
 _AVAILABLE = bool(getattr(_core, "_mongo_available", 0))
 _NO_BSON = ("cacheme was built without libbson, which the MongoDB storage needs: install "
@@ -45,6 +50,7 @@ if _AVAILABLE:
     MongoConnectionError = _core.MongoConnectionError
     MongoTimeoutError = _core.MongoTimeoutError
     MongoServerError = _core.MongoServerError
+    MongoAuthError = _core.MongoAuthError
     _Base: Any = _core.MongoClient
 else:
     class MongoError(Exception):  # type: ignore[no-redef]
@@ -59,12 +65,16 @@ else:
     class MongoServerError(MongoError):  # type: ignore[no-redef]
         pass
 
+    class MongoAuthError(MongoConnectionError):  # type: ignore[no-redef]
+        pass
+
     class _Base:  # type: ignore[no-redef]
         def __init__(self, *args: Any, **kwargs: Any):
             raise RuntimeError(_NO_BSON)
 
 
 _TRUE = ("true", "1", "yes")
+_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
 
 
 def _host_port(part: str, url: str) -> Tuple[str, int]:
@@ -139,10 +149,24 @@ class MongoStorage(_Base, BaseStorage):  # type: ignore[misc, valid-type]
                 raise TypeError(f"mongodb storage: {name} must be a non-empty str, not {v!r}")
         owner = "mongodb storage"
         parts = parse_url(address)
+        opts = parts["options"]
+        mech = opts.get("authMechanism")
+        if mech is not None and mech not in _MECHANISMS:
+            raise ValueError(f"mongodb URL {address!r}: authMechanism={mech} is not supported "
+                             f"(supported: {', '.join(_MECHANISMS)})")
+        auth: Dict[str, Any] = {}
         if parts["user"] is not None:
-            raise ValueError(
-                f"mongodb URL {address!r} has credentials, but authentication (SCRAM) is not "
-                f"built in this version of cacheme")
+            if not parts["user"]:
+                raise ValueError(f"mongodb URL {address!r}: empty user name")
+            auth = {
+                "user": parts["user"],
+                "password": parts["password"] or "",
+                # MongoDB's rule: authSource, else the URL's database, else admin
+                "auth_source": opts.get("authSource") or parts["authdb"] or "admin",
+                "auth_mechanism": mech,
+            }
+        elif mech is not None:
+            raise ValueError(f"mongodb URL {address!r}: authMechanism without credentials")
         self.database = database
         self.collection = collection
         self.pool_size = int_option(owner, "pool_size", pool_size, 1)
@@ -154,6 +178,7 @@ class MongoStorage(_Base, BaseStorage):  # type: ignore[misc, valid-type]
             pool_size=pool_size,
             timeout=seconds_option(owner, "timeout", timeout),
             connect_timeout=seconds_option(owner, "connect_timeout", connect_timeout),
+            **auth,
         )
 
     async def connect(self) -> None:

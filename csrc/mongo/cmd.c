@@ -324,23 +324,42 @@ fail:
     return -1;
 }
 
-int cm_mongo_hello_encode(CmMongoBuf *b, int32_t id)
+int cm_mongo_hello_encode(CmMongoClientObject *cl, CmMongoBuf *b, int32_t id)
 {
     /* the handshake: who we are (client metadata), no compression */
     bson_t cmd, client, driver, os, comp;
     size_t start = b->len;
     bson_init(&cmd);
-    int ok = bson_append_int32(&cmd, "hello", 5, 1) && bson_append_bool(&cmd, "helloOk", 7, true) &&
-             bson_append_document_begin(&cmd, "client", 6, &client) &&
-             bson_append_document_begin(&client, "driver", 6, &driver) &&
-             bson_append_utf8(&driver, "name", 4, "cacheme", 7) &&
-             bson_append_utf8(&driver, "version", 7, "c", 1) &&
-             bson_append_document_end(&client, &driver) &&
-             bson_append_document_begin(&client, "os", 2, &os) &&
-             bson_append_utf8(&os, "type", 4, "Linux", 5) &&
-             bson_append_document_end(&client, &os) && bson_append_document_end(&cmd, &client) &&
-             bson_append_array_begin(&cmd, "compression", 11, &comp) &&
-             bson_append_array_end(&cmd, &comp) && bson_append_utf8(&cmd, "$db", 3, "admin", 5);
+    /* the command's name comes first */
+    int ok = bson_append_int32(&cmd, "hello", 5, 1) && bson_append_bool(&cmd, "helloOk", 7, true);
+    if (!ok) {
+        bson_destroy(&cmd);
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (cl->user != NULL) {
+        /* "<db>.<user>": the server lists the mechanisms of that user */
+        PyObject *who = PyUnicode_FromFormat("%U.%s", cl->auth_source, PyBytes_AS_STRING(cl->user));
+        const char *w = who ? PyUnicode_AsUTF8(who) : NULL;
+        int appended = w != NULL && bson_append_utf8(&cmd, "saslSupportedMechs", 18, w, -1);
+        Py_XDECREF(who);
+        if (!appended) {
+            bson_destroy(&cmd);
+            if (!PyErr_Occurred())
+                PyErr_NoMemory();
+            return -1;
+        }
+    }
+    ok = bson_append_document_begin(&cmd, "client", 6, &client) &&
+         bson_append_document_begin(&client, "driver", 6, &driver) &&
+         bson_append_utf8(&driver, "name", 4, "cacheme", 7) &&
+         bson_append_utf8(&driver, "version", 7, "c", 1) &&
+         bson_append_document_end(&client, &driver) &&
+         bson_append_document_begin(&client, "os", 2, &os) &&
+         bson_append_utf8(&os, "type", 4, "Linux", 5) && bson_append_document_end(&client, &os) &&
+         bson_append_document_end(&cmd, &client) &&
+         bson_append_array_begin(&cmd, "compression", 11, &comp) &&
+         bson_append_array_end(&cmd, &comp) && bson_append_utf8(&cmd, "$db", 3, "admin", 5);
     if (!ok || cm_mongo_msg_begin(b, &start) < 0 ||
         cm_mongo_msg_body(b, bson_get_data(&cmd), cmd.len) < 0 ||
         cm_mongo_msg_end(b, start, id, CM_MONGO_MAX_MESSAGE) < 0) {
@@ -605,11 +624,31 @@ int cm_mongo_req_reply(CmMongoClientObject *cl, CmMongoReq *r, const uint8_t *bo
     return 0;
 }
 
-int cm_mongo_hello_parse(const uint8_t *body, size_t n, size_t *max_message, char **primary_hint)
+/* saslSupportedMechs as CM_MONGO_MECH_* bits */
+static int mechs_of(const bson_t *reply)
+{
+    bson_iter_t it, sub;
+    int mechs = 0;
+    if (!bson_iter_init_find(&it, reply, "saslSupportedMechs") || !BSON_ITER_HOLDS_ARRAY(&it) ||
+        !bson_iter_recurse(&it, &sub))
+        return 0;
+    while (bson_iter_next(&sub)) {
+        const char *m = BSON_ITER_HOLDS_UTF8(&sub) ? bson_iter_utf8(&sub, NULL) : "";
+        if (strcmp(m, "SCRAM-SHA-256") == 0)
+            mechs |= CM_MONGO_MECH_SHA256;
+        else if (strcmp(m, "SCRAM-SHA-1") == 0)
+            mechs |= CM_MONGO_MECH_SHA1;
+    }
+    return mechs;
+}
+
+int cm_mongo_hello_parse(const uint8_t *body, size_t n, size_t *max_message, int *mechs,
+                         char **primary_hint)
 {
     bson_t reply;
     size_t off;
     *primary_hint = NULL;
+    *mechs = 0;
     if (!bson_init_static(&reply, body, n) || !bson_validate(&reply, BSON_VALIDATE_NONE, &off)) {
         PyErr_SetString(PyExc_ValueError, "hello reply is not valid BSON");
         return -1;
@@ -620,6 +659,7 @@ int cm_mongo_hello_parse(const uint8_t *body, size_t n, size_t *max_message, cha
     }
     double mx = num_field(&reply, "maxMessageSizeBytes", CM_MONGO_MAX_MESSAGE);
     *max_message = mx >= 1024 && mx <= 1e9 ? (size_t)mx : CM_MONGO_MAX_MESSAGE;
+    *mechs = mechs_of(&reply);
     double primary = num_field(&reply, "isWritablePrimary", -1);
     if (primary < 0)
         primary = num_field(&reply, "ismaster", 0); /* servers before 4.4.2 */

@@ -70,6 +70,8 @@ static void conn_release(CmNetConn *nc, int detached)
     cm_mongo_buf_free(&c->held);
     cm_mongo_buf_free(&c->in);
     Py_CLEAR(c->flush_cb);
+    cm_scram_free(c->scram);
+    c->scram = NULL;
 }
 
 /* net/conn.h's fail_pending: every request waiting on c fails. */
@@ -179,7 +181,7 @@ static PyObject *conn_on_flush(PyObject *self, PyObject *Py_UNUSED(unused))
     Py_RETURN_NONE;
 }
 
-static int pend_add(CmMongoConnObject *c, CmMongoReq *r)
+int cm_mongo_conn_add_pending(CmMongoConnObject *c, CmMongoReq *r)
 {
     if (c->npend == c->cap) {
         size_t cap = c->cap ? c->cap * 2 : 16;
@@ -218,10 +220,7 @@ void cm_mongo_conn_push(CmMongoConnObject *c, CmMongoReq *r)
         Py_XDECREF(msg);
         return;
     }
-    /* ids are unique per client and never 0 (a reply to no request) */
-    if (++cl->next_id <= 0)
-        cl->next_id = 1;
-    r->id = cl->next_id;
+    r->id = cm_mongo_next_id(cl);
     CmMongoBuf *b = c->net.state == CM_MONGO_READY ? &c->out : &c->held;
     if (cm_mongo_req_encode(cl, r, b, c->max_message) < 0) {
         PyObject *exc = cm_exc_take();
@@ -230,7 +229,7 @@ void cm_mongo_conn_push(CmMongoConnObject *c, CmMongoReq *r)
         return;
     }
     r->deadline = cm_now_ns() + (int64_t)(cl->timeout * 1e9);
-    if (pend_add(c, r) < 0) {
+    if (cm_mongo_conn_add_pending(c, r) < 0) {
         /* the message is in the buffer: its reply will find no request */
         cm_mongo_req_fail(st, r, PyExc_MemoryError);
         return;
@@ -248,13 +247,11 @@ static void conn_connected(CmMongoConnObject *c)
     CmMongoReq *r = cm_mongo_req_new(CM_MONGO_HELLO);
     c->net.state = CM_MONGO_HANDSHAKE;
     if (r != NULL && cl != NULL) {
-        if (++cl->next_id <= 0)
-            cl->next_id = 1;
-        r->id = cl->next_id;
+        r->id = cm_mongo_next_id(cl);
         r->deadline = c->connect_deadline;
     }
-    if (r == NULL || cl == NULL || cm_mongo_hello_encode(&c->out, r->id) < 0 ||
-        pend_add(c, r) < 0 || cm_net_conn_watch(&c->net, 1, 0) < 0) {
+    if (r == NULL || cl == NULL || cm_mongo_hello_encode(cl, &c->out, r->id) < 0 ||
+        cm_mongo_conn_add_pending(c, r) < 0 || cm_net_conn_watch(&c->net, 1, 0) < 0) {
         cm_mongo_req_free(r);
         PyErr_Clear();
         conn_fail_io(c, "handshake failed", ENOMEM);
@@ -363,6 +360,23 @@ static PyObject *conn_on_resolved(PyObject *self, PyObject *task)
     Py_RETURN_NONE;
 }
 
+static void conn_ready(CmMongoConnObject *c);
+
+/* Close c with the exception being raised (its type and message): a
+ * failed handshake step. Counted against the server (backoff). */
+static void conn_close_exc(CmMongoConnObject *c)
+{
+    CmState *st = c->net.st;
+    char label[300];
+    PyObject *exc = cm_exc_take();
+    PyObject *tp = exc && PyObject_TypeCheck(exc, (PyTypeObject *)st->mongo.Error)
+                       ? (PyObject *)Py_TYPE(exc)
+                       : st->mongo.ConnectionError;
+    cm_mongo_conn_close_fmt(c, tp, 1, "mongodb %s: %S", conn_label(c, label, sizeof(label)),
+                            exc ? exc : Py_None);
+    Py_XDECREF(exc);
+}
+
 /* The hello reply: ready (requests held meanwhile leave now), or the
  * server is not the primary (they go to the one it names). */
 static void conn_hello(CmMongoConnObject *c, const uint8_t *body, size_t n)
@@ -370,7 +384,8 @@ static void conn_hello(CmMongoConnObject *c, const uint8_t *body, size_t n)
     CmMongoClientObject *cl = cm_mongo_conn_client(c); // borrowed
     char *hint = NULL;
     char label[300];
-    int rc = cm_mongo_hello_parse(body, n, &c->max_message, &hint);
+    int mechs;
+    int rc = cm_mongo_hello_parse(body, n, &c->max_message, &mechs, &hint);
     if (rc < 0) {
         PyObject *exc = cm_exc_take();
         cm_mongo_conn_close_fmt(c, c->net.st->mongo.ConnectionError, 1, "mongodb %s: %S",
@@ -418,6 +433,19 @@ static void conn_hello(CmMongoConnObject *c, const uint8_t *body, size_t n)
         return;
     }
     free(hint);
+    if (cl != NULL && cl->user != NULL) {
+        if (cm_mongo_auth_start(c, mechs) < 0)
+            conn_close_exc(c);
+        else
+            conn_write(c);
+        return;
+    }
+    conn_ready(c);
+}
+
+/* Requests held during the handshake leave now. */
+static void conn_ready(CmMongoConnObject *c)
+{
     c->net.state = CM_MONGO_READY;
     if (c->net.pool != NULL)
         cm_net_pool_ok(c->net.pool);
@@ -448,6 +476,19 @@ static void conn_reply(CmMongoConnObject *c, const CmMongoReply *m)
     if (r->kind == CM_MONGO_HELLO) {
         cm_mongo_req_free(r);
         conn_hello(c, m->body, m->body_len);
+        return;
+    }
+    if (r->kind == CM_MONGO_SASL) {
+        cm_mongo_req_free(r);
+        int done = cm_mongo_auth_step(c, m->body, m->body_len);
+        if (done < 0)
+            conn_close_exc(c);
+        else if (done == 1) {
+            cm_scram_free(c->scram);
+            c->scram = NULL;
+            conn_ready(c);
+        } else
+            conn_write(c);
         return;
     }
     CmMongoClientObject *cl = cm_mongo_conn_client(c); // borrowed: open
@@ -590,6 +631,8 @@ CmMongoConnObject *cm_mongo_conn_open(CmMongoClientObject *cl, PyObject *loop)
     memset(&c->in, 0, sizeof(c->in));
     c->pend = NULL;
     c->npend = c->cap = 0;
+    c->scram = NULL;
+    c->sasl_mech = c->sasl_step = 0;
     PyObject_GC_Track(c);
     const CmMongoHost *h = &cl->hosts[c->host];
     char label[300];
@@ -651,6 +694,7 @@ static void conn_dealloc(CmMongoConnObject *c)
     cm_mongo_buf_free(&c->out);
     cm_mongo_buf_free(&c->held);
     cm_mongo_buf_free(&c->in);
+    cm_scram_free(c->scram);
     for (size_t i = 0; i < c->npend; i++)
         cm_mongo_req_fail(c->net.st, c->pend[i], c->net.st->mongo.ConnectionError);
     free(c->pend);

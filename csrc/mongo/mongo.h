@@ -15,6 +15,8 @@
  *   cmd.c    the commands' BSON and what their replies mean
  *   conn.c   CmMongoConnObject on net/conn.h: socket, hello, pending
  *            requests, reading replies
+ *   auth.c   SCRAM authentication of a connection (saslStart/saslContinue
+ *            around scram.c's conversation)
  *   pool.c   which connection takes a request; the seed list and the
  *            primary (topology)
  *   store.c  the MongoClient type and the module hooks
@@ -33,6 +35,7 @@
 int cm_mongo_init(PyObject *mod, CmState *st);
 
 #ifdef CM_HAVE_BSON
+#include "mongo/scram.h"
 #include "mongo/wire.h"
 #include "net/conn.h"
 #include "net/netloop.h"
@@ -50,7 +53,12 @@ enum {
     CM_MONGO_INDEXES, /* createIndexes on key (unique) and expire */
     CM_MONGO_PING,    /* {ping: 1}: a connection answers */
     CM_MONGO_HELLO,   /* the connection's own handshake (no future) */
+    CM_MONGO_SASL,    /* its authentication steps (no future) */
 };
+
+/* SASL mechanisms a hello listed (saslSupportedMechs) */
+#define CM_MONGO_MECH_SHA1 1
+#define CM_MONGO_MECH_SHA256 2
 
 /* One storage call. Owned by the connection it is pending on (or by the
  * caller until pushed); finished exactly once (cm_mongo_req_finish). */
@@ -84,6 +92,8 @@ struct CmMongoConnObject {
     CmMongoBuf in;      /* received, not yet parsed */
     CmMongoReq **pend;  /* sent or held, awaiting replies */
     size_t npend, cap;
+    CmScram *scram; /* the authentication conversation, or NULL */
+    int sasl_mech, sasl_step;
 };
 
 /* A server of the seed list (or one a hello named as the primary). */
@@ -103,6 +113,12 @@ struct CmMongoClientObject {
     Py_ssize_t pool_size;
     double timeout, connect_timeout;
     int32_t next_id;
+    /* credentials (NULL: none): user and password as UTF-8 bytes, the
+     * database they belong to, the mechanism (0: chosen from the hello;
+     * else a CmScramMech), and the salted password's cache (scram.h) */
+    PyObject *user, *password, *auth_source;
+    int auth_mech;
+    CmScramCache *scram_cache;
     CmNetPool pool; /* connections to the primary */
     CmNetLoops loops;
     PyObject *init_args, *init_kwds;
@@ -114,6 +130,14 @@ static inline CmMongoClientObject *cm_mongo_conn_client(const CmMongoConnObject 
     return c->net.pool
                ? (CmMongoClientObject *)((char *)c->net.pool - offsetof(CmMongoClientObject, pool))
                : NULL;
+}
+
+/* The next request id of cl (unique per client, never 0 nor negative). */
+static inline int32_t cm_mongo_next_id(CmMongoClientObject *cl)
+{
+    if (++cl->next_id <= 0)
+        cl->next_id = 1;
+    return cl->next_id;
 }
 
 /* cmd.c */
@@ -133,17 +157,28 @@ void cm_mongo_req_fail_msg(CmState *st, CmMongoReq *r, PyObject *tp, PyObject *m
 int cm_mongo_req_traverse(const CmMongoReq *r, visitproc visit, void *arg);
 /* The hello reply: 1 writable primary, 0 not (*primary_hint set to a new
  * "host:port" string from its `primary` field, or NULL), -1 with an
- * exception. *max_message from maxMessageSizeBytes. */
-int cm_mongo_hello_parse(const uint8_t *body, size_t n, size_t *max_message, char **primary_hint);
-/* Append the hello command as one OP_MSG. -1 with an exception. */
-int cm_mongo_hello_encode(CmMongoBuf *b, int32_t id);
+ * exception. *max_message from maxMessageSizeBytes, *mechs the
+ * CM_MONGO_MECH_* of saslSupportedMechs. */
+int cm_mongo_hello_parse(const uint8_t *body, size_t n, size_t *max_message, int *mechs,
+                         char **primary_hint);
+/* Append the hello command as one OP_MSG (asking for the mechanisms of
+ * cl's user when it has one). -1 with an exception. */
+int cm_mongo_hello_encode(CmMongoClientObject *cl, CmMongoBuf *b, int32_t id);
 
 /* conn.c */
 CmMongoConnObject *cm_mongo_conn_open(CmMongoClientObject *cl, PyObject *loop);
 /* Queue r on c (ownership moves to c); on failure r is failed. */
 void cm_mongo_conn_push(CmMongoConnObject *c, CmMongoReq *r);
+/* Add an internal request to c's pending list; -1 when out of memory. */
+int cm_mongo_conn_add_pending(CmMongoConnObject *c, CmMongoReq *r);
 void cm_mongo_conn_close_fmt(CmMongoConnObject *c, PyObject *tp, int failed, const char *fmt, ...);
 extern PyType_Spec cm_mongo_conn_spec;
+
+/* auth.c: start authenticating c (the hello listed mechs); then each SASL
+ * reply: 1 authenticated, 0 the next message is queued, -1 with an
+ * exception (MongoAuthError, or MemoryError). */
+int cm_mongo_auth_start(CmMongoConnObject *c, int mechs);
+int cm_mongo_auth_step(CmMongoConnObject *c, const uint8_t *body, size_t n);
 
 /* pool.c */
 /* The connection of cl to take a request on loop (borrowed), or NULL with

@@ -15,7 +15,8 @@
     X(Error)           /* MongoError */                                                            \
     X(ConnectionError) /* MongoConnectionError */                                                  \
     X(TimeoutError)    /* MongoTimeoutError */                                                     \
-    X(ServerError)     /* MongoServerError: ok 0 or a write error, with .code */
+    X(ServerError)     /* MongoServerError: ok 0 or a write error, with .code */                   \
+    X(AuthError)       /* MongoAuthError: authentication failed */
 
 typedef struct {
 #define CM_MONGO_STATE_DECLARE(n) PyObject *n;

@@ -293,16 +293,54 @@ static void free_hosts(CmMongoClientObject *s)
 
 static int client_init(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"hosts",   "database",        "collection", "pool_size",
-                             "timeout", "connect_timeout", NULL};
+    static char *kwlist[] = {"hosts",       "database",        "collection", "pool_size",
+                             "timeout",     "connect_timeout", "user",       "password",
+                             "auth_source", "auth_mechanism",  NULL};
     CmMongoClientObject *s = (CmMongoClientObject *)self;
     PyObject *hosts, *database, *collection;
+    PyObject *user = Py_None, *password = Py_None, *auth_source = NULL, *mech = Py_None;
     Py_ssize_t pool_size = 50;
     double timeout = 5.0, connect_timeout = 5.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!UU|$ndd:MongoClient", kwlist, &PyList_Type,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!UU|$nddOOUO:MongoClient", kwlist, &PyList_Type,
                                      &hosts, &database, &collection, &pool_size, &timeout,
-                                     &connect_timeout))
+                                     &connect_timeout, &user, &password, &auth_source, &mech))
         return -1;
+    int auth_mech = 0;
+    PyObject *ubytes = NULL, *pbytes = NULL;
+    if (mech != Py_None) {
+        const char *m = PyUnicode_Check(mech) ? PyUnicode_AsUTF8(mech) : NULL;
+        if (m != NULL && strcmp(m, "SCRAM-SHA-256") == 0)
+            auth_mech = CM_SCRAM_SHA_256;
+        else if (m != NULL && strcmp(m, "SCRAM-SHA-1") == 0)
+            auth_mech = CM_SCRAM_SHA_1_MONGO;
+        else {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError,
+                         "MongoClient: auth_mechanism %R is not supported (SCRAM-SHA-256 or "
+                         "SCRAM-SHA-1)",
+                         mech);
+            return -1;
+        }
+    }
+    if (user != Py_None) {
+        if (!PyUnicode_Check(user) || !PyUnicode_Check(password) ||
+            PyUnicode_GET_LENGTH(user) == 0) {
+            PyErr_SetString(PyExc_TypeError,
+                            "MongoClient: user and password must be str (user non-empty)");
+            return -1;
+        }
+        if ((ubytes = PyUnicode_AsUTF8String(user)) == NULL ||
+            (pbytes = PyUnicode_AsUTF8String(password)) == NULL) {
+            Py_XDECREF(ubytes);
+            return -1;
+        }
+        if (memchr(PyBytes_AS_STRING(ubytes), 0, (size_t)PyBytes_GET_SIZE(ubytes)) != NULL) {
+            Py_DECREF(ubytes);
+            Py_DECREF(pbytes);
+            PyErr_SetString(PyExc_ValueError, "MongoClient: user holds a NUL character");
+            return -1;
+        }
+    }
     Py_ssize_t n = PyList_GET_SIZE(hosts);
     if (n < 1 || n > 64) {
         PyErr_SetString(PyExc_ValueError, "MongoClient: hosts must list 1 to 64 (host, port)");
@@ -325,6 +363,8 @@ static int client_init(PyObject *self, PyObject *args, PyObject *kwds)
     }
     CmMongoHost *v = calloc((size_t)n, sizeof(*v));
     if (v == NULL) {
+        Py_XDECREF(ubytes);
+        Py_XDECREF(pbytes);
         PyErr_NoMemory();
         return -1;
     }
@@ -338,6 +378,8 @@ static int client_init(PyObject *self, PyObject *args, PyObject *kwds)
             for (Py_ssize_t j = 0; j <= i; j++)
                 free(v[j].host);
             free(v);
+            Py_XDECREF(ubytes);
+            Py_XDECREF(pbytes);
             return -1;
         }
         v[i].port = port;
@@ -349,6 +391,13 @@ static int client_init(PyObject *self, PyObject *args, PyObject *kwds)
     s->nhosts = (int)n;
     Py_XSETREF(s->database, Py_NewRef(database));
     Py_XSETREF(s->collection, Py_NewRef(collection));
+    Py_XSETREF(s->user, ubytes);
+    Py_XSETREF(s->password, pbytes);
+    Py_XSETREF(s->auth_source,
+               auth_source ? Py_NewRef(auth_source) : PyUnicode_FromString("admin"));
+    if (s->auth_source == NULL)
+        return -1;
+    s->auth_mech = auth_mech;
     s->pool_size = pool_size;
     s->timeout = timeout;
     s->connect_timeout = connect_timeout;
@@ -367,6 +416,9 @@ static int client_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(s->collection);
     Py_VISIT(s->init_args);
     Py_VISIT(s->init_kwds);
+    Py_VISIT(s->user);
+    Py_VISIT(s->password);
+    Py_VISIT(s->auth_source);
     int rc = cm_net_pool_traverse(&s->pool, visit, arg);
     return rc ? rc : cm_netloops_traverse(&s->loops, visit, arg);
 }
@@ -410,8 +462,12 @@ static void client_dealloc(PyObject *self)
     client_clear(self);
     cm_netloops_fini(&s->loops);
     free_hosts(s);
+    cm_scram_cache_free(s->scram_cache);
     Py_CLEAR(s->database);
     Py_CLEAR(s->collection);
+    Py_CLEAR(s->user);
+    Py_CLEAR(s->password);
+    Py_CLEAR(s->auth_source);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
@@ -458,6 +514,10 @@ static PyObject *client_new(PyTypeObject *tp, PyObject *a, PyObject *k)
     s->timeout = s->connect_timeout = 5.0;
     cm_net_pool_init(&s->pool, s->st, 0.05, 1.0); /* backoff: 50 ms doubling to 1 s */
     cm_netloops_init(&s->loops, s->st, &client_net_kind, (PyObject *)s);
+    if ((s->scram_cache = cm_scram_cache_new()) == NULL) {
+        Py_DECREF(s);
+        return PyErr_NoMemory();
+    }
     return (PyObject *)s;
 }
 
@@ -493,7 +553,8 @@ static PyType_Slot client_slots[] = {
     {Py_tp_clear, client_clear},
     {Py_tp_dealloc, client_dealloc},
     {Py_tp_doc, "MongoClient(hosts, database, collection, *, pool_size, timeout, "
-                "connect_timeout): MongoDB storage on OP_MSG, driven from C"},
+                "connect_timeout, user, password, auth_source, auth_mechanism): MongoDB "
+                "storage on OP_MSG, driven from C"},
     {0, NULL},
 };
 
@@ -541,6 +602,9 @@ int cm_mongo_init(PyObject *mod, CmState *st)
     if ((ms->ServerError = add_error(mod, "MongoServerError", ms->Error,
                                      "The server refused a command (ok: 0 or a write error); "
                                      "`code` is the server's error code.")) == NULL)
+        goto done;
+    if ((ms->AuthError = add_error(mod, "MongoAuthError", ms->ConnectionError,
+                                   "The server refused our credentials (SCRAM).")) == NULL)
         goto done;
     rc = 0;
 done:
