@@ -6,12 +6,14 @@ import asyncio
 import dataclasses
 import os
 import struct
+import sys
 import time
 from datetime import timedelta
 
 import pytest
 
 import cacheme
+from cacheme import _core
 from cacheme.models import sentinel
 from cacheme.serializer import MsgPackSerializer, PickleSerializer
 from conftest import unique
@@ -267,6 +269,70 @@ async def test_singleflight_and_200_concurrent_gets(mongo_server):
         assert v == (str(i % 180).encode() if i % 180 < 150 else sentinel)
     info = st.pool_info()
     assert info["ready"] + info["connecting"] <= 4 and info["pending"] == 0
+
+
+async def test_flights_read_and_fill_through_the_remote_interface(mongo_server):
+    """A flight's read and fill are requests whose future is a small object
+    of the flight's (no asyncio Future, no FlightProxy): out while the
+    flights wait, gone after; a leader cancelled while another waits leaves
+    it the value."""
+    name, coll = await register(mongo_server.url, pool_size=2)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    wait = _core._MongoFlightWait
+    base = sys.getrefcount(wait)
+    want = [{"uid": i, "name": f"u{i}"} for i in range(30)]
+    tasks = [asyncio.ensure_future(cacheme.get(Node(i))) for i in range(30)]
+    await asyncio.sleep(0)
+    out = sys.getrefcount(wait) - base
+    assert await asyncio.gather(*tasks) == want
+    assert out >= 30
+    assert await asyncio.gather(*[cacheme.get(Node(i)) for i in range(30)]) == want
+    assert sorted(calls) == list(range(30))
+
+    leader = asyncio.ensure_future(cacheme.get(Node(100)))
+    await asyncio.sleep(0)
+    waiter = asyncio.ensure_future(cacheme.get(Node(100)))
+    await asyncio.sleep(0)
+    leader.cancel()
+    assert await waiter == {"uid": 100, "name": "u100"}
+    try:
+        assert await leader == {"uid": 100, "name": "u100"}
+    except asyncio.CancelledError:
+        pass
+    wait_until_async = 0
+    while sys.getrefcount(wait) != base and wait_until_async < 200:  # the fill may be out
+        wait_until_async += 1
+        await asyncio.sleep(0.02)
+    assert sys.getrefcount(wait) == base
+    assert "cacheme:user:100:v1" in await in_thread(docs, mongo_server.url, coll)
+
+
+async def test_flights_call_a_get_or_set_set_on_the_instance(mongo_server):
+    """A storage whose get/set are replaced on the instance is called
+    through them, not past them."""
+    name, _ = await register(mongo_server.url)
+    s = storage_of(name)
+    seen = []
+    get, set_ = s.get, s.set
+    s.get = lambda node, ser: seen.append("get") or get(node, ser)
+    s.set = lambda node, value, ttl, ser: seen.append("set") or set_(node, value, ttl, ser)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
+    assert seen == ["get", "set"] and calls == [1]
+
+
+async def test_flight_fill_refused_while_queued_is_told_after(mongo_server):
+    """A fill that fails while it is being queued (a value larger than a
+    message may be) is logged and counted, never raised, and the flight
+    still gets its value."""
+    name, coll = await register(mongo_server.url)
+    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)], serializer=None)
+
+    async def big(node):
+        return b"x" * (49 * 1000 * 1000)
+
+    assert len(await cacheme.get(Node(1), load_fn=big)) == 49 * 1000 * 1000
+    assert await in_thread(docs, mongo_server.url, coll) == {}
 
 
 def test_storage_follows_a_new_loop(mongo_server):

@@ -20,6 +20,7 @@
  *   pool.c   which connection takes a request; the seed list and the
  *            primary (topology)
  *   store.c  the MongoClient type and the module hooks
+ *   remote.c the flight's storage interface (flight/remote.h)
  *
  * Documents are cacheme 0.3.0's (written by motor): key (string), value
  * (binary, serializer.dumps(v): ser/envelope.h's CM_ENVELOPE_BARE, as
@@ -179,6 +180,16 @@ extern PyType_Spec cm_mongo_conn_spec;
  * exception (MongoAuthError, or MemoryError). */
 int cm_mongo_auth_start(CmMongoConnObject *c, int mechs);
 int cm_mongo_auth_step(CmMongoConnObject *c, const uint8_t *body, size_t n);
+
+/* store.c, for remote.c: queue GET node (SET node = value with ttl) on the
+ * instance serving the running loop with waiter as the request's future
+ * (an object answering done, set_result and set_exception as a Future
+ * does). 0, or -1 with an exception (nothing queued). */
+int cm_mongo_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject *waiter);
+int cm_mongo_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl,
+                     PyObject *ser, PyObject *waiter);
+/* remote.c: MongoClient registered with the singleflight */
+int cm_mongo_remote_init(PyObject *mod, CmState *st);
 
 /* pool.c */
 /* The connection of cl to take a request on loop (borrowed), or NULL with

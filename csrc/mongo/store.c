@@ -67,9 +67,10 @@ static int parse_ttl(CmMongoClientObject *s, PyObject *ttl, long long *ms)
     return 0;
 }
 
-/* Queue r on the instance serving the running loop; the future its caller
- * awaits, or NULL with an exception (r freed either way when not queued). */
-static PyObject *submit(CmMongoClientObject *self, CmMongoReq *r)
+/* Queue r on the instance serving the running loop with waiter as its
+ * future (NULL: an asyncio Future made here); the future, or NULL with an
+ * exception (r freed when not queued). */
+static PyObject *submit_to(CmMongoClientObject *self, CmMongoReq *r, PyObject *waiter)
 {
     CmState *st = self->st;
     PyObject *fut = NULL;
@@ -77,7 +78,10 @@ static PyObject *submit(CmMongoClientObject *self, CmMongoReq *r)
     if (loop == NULL)
         goto fail;
     CmMongoClientObject *inst = (CmMongoClientObject *)cm_netloops_for(&self->loops, loop);
-    if (inst == NULL || (fut = cm_loop_create_future(st, loop)) == NULL)
+    if (inst == NULL)
+        goto fail;
+    fut = waiter ? Py_NewRef(waiter) : cm_loop_create_future(st, loop);
+    if (fut == NULL)
         goto fail;
     CmMongoConnObject *c = cm_mongo_pool_conn(inst, loop); // borrowed
     if (c == NULL)
@@ -91,6 +95,11 @@ fail:
     Py_XDECREF(loop);
     cm_mongo_req_free(r);
     return NULL;
+}
+
+static PyObject *submit(CmMongoClientObject *self, CmMongoReq *r)
+{
+    return submit_to(self, r, NULL);
 }
 
 static PyObject *client_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -289,6 +298,39 @@ static void free_hosts(CmMongoClientObject *s)
     free(s->hosts);
     s->hosts = NULL;
     s->nhosts = s->primary = 0;
+}
+
+int cm_mongo_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject *waiter)
+{
+    CmMongoClientObject *s = (CmMongoClientObject *)storage;
+    CmMongoReq *r = cm_mongo_req_new(CM_MONGO_GET);
+    if (r == NULL)
+        return -1;
+    r->ser = Py_NewRef(ser);
+    if ((r->key = key_of(s, node)) == NULL) {
+        cm_mongo_req_free(r);
+        return -1;
+    }
+    PyObject *fut = submit_to(s, r, waiter);
+    Py_XDECREF(fut);
+    return fut ? 0 : -1;
+}
+
+int cm_mongo_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl,
+                     PyObject *ser, PyObject *waiter)
+{
+    CmMongoClientObject *s = (CmMongoClientObject *)storage;
+    CmMongoReq *r = cm_mongo_req_new(CM_MONGO_SET);
+    if (r == NULL)
+        return -1;
+    if ((r->key = key_of(s, node)) == NULL || (r->values = encode(s, ser, value)) == NULL ||
+        parse_ttl(s, ttl, &r->ttl_ms) < 0) {
+        cm_mongo_req_free(r);
+        return -1;
+    }
+    PyObject *fut = submit_to(s, r, waiter);
+    Py_XDECREF(fut);
+    return fut ? 0 : -1;
 }
 
 static int client_init(PyObject *self, PyObject *args, PyObject *kwds)
@@ -605,6 +647,8 @@ int cm_mongo_init(PyObject *mod, CmState *st)
         goto done;
     if ((ms->AuthError = add_error(mod, "MongoAuthError", ms->ConnectionError,
                                    "The server refused our credentials (SCRAM).")) == NULL)
+        goto done;
+    if (cm_mongo_remote_init(mod, st) < 0)
         goto done;
     rc = 0;
 done:
