@@ -16,7 +16,7 @@ import cacheme
 from cacheme import _core
 from cacheme.models import sentinel
 from cacheme.serializer import MsgPackSerializer, PickleSerializer
-from conftest import unique
+from conftest import run_python, unique
 from mongo_servers import (  # noqa: F401 (fixtures)
     mongo_auth_server,
     mongo_server,
@@ -344,6 +344,43 @@ def test_storage_follows_a_new_loop(mongo_server):
 
     for i in range(3):
         assert asyncio.run(once(i)) == str(i).encode()
+
+
+def test_forked_child_connects_anew(mongo_server):
+    """A child forked with connections open lets go of them (the parent's
+    sockets untouched) and connects on its own; the parent goes on."""
+    out = run_python(f"""
+        import asyncio, os
+        import cacheme
+
+        class K:
+            def __init__(self, k): self.k = k
+            def full_key(self): return self.k
+
+        s = cacheme.Storage(url={mongo_server.url!r}, database="test",
+                            collection="{unique('cm_fork')}")
+        st = s._storage
+
+        async def get(k):
+            return await st.get(K(k), None)
+
+        async def put(k, v):
+            await st.set(K(k), v, None, None)
+
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(put("a", b"parent"))
+        pid = os.fork()
+        if pid == 0:
+            got = asyncio.run(get("a"))
+            asyncio.run(put("b", b"child"))
+            os._exit(0 if got == b"parent" else 3)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+        print(loop.run_until_complete(get("b")))
+        print(loop.run_until_complete(get("a")))
+        loop.close()
+    """)
+    assert out.split("\n")[:3] == ["child 0", "b'child'", "b'parent'"]
 
 
 # ---------------------------------------------------------------- URLs, errors
