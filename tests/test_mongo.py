@@ -519,6 +519,10 @@ def bson_doc(d):
             out += b"\x10" + _cstr(k) + struct.pack("<i", v)
         elif isinstance(v, float):
             out += b"\x01" + _cstr(k) + struct.pack("<d", v)
+        elif isinstance(v, bytes):
+            out += b"\x05" + _cstr(k) + struct.pack("<i", len(v)) + b"\x00" + v
+        elif v is None:
+            out += b"\x0a" + _cstr(k)
         elif isinstance(v, str):
             b = v.encode()
             out += b"\x02" + _cstr(k) + struct.pack("<i", len(b) + 1) + b + b"\x00"
@@ -652,6 +656,32 @@ async def test_hostile_reply_is_a_miss_and_reconnects(hostile):
         Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
         assert await asyncio.wait_for(cacheme.get(Node(1)), 10) == {"uid": 1, "name": "u1"}
         assert calls == [1]
+    finally:
+        fake.close()
+
+
+async def test_gets_of_one_iteration_are_one_find():
+    """Single gets queued together leave as one find of their keys ($in);
+    each gets its own document, or a miss."""
+    def answer(cmd, rid):
+        docs = [{"key": f"g{i}", "value": f"v{i}".encode(), "expire": None}
+                for i in range(0, 40, 2)]
+        return op_msg(rid, bson_doc({"cursor": {"firstBatch": docs, "id": 0, "ns": "test.c"},
+                                     "ok": 1.0}))
+
+    fake = await FakeServer(answer).start()
+    try:
+        s, _ = new_storage(fake.url, pool_size=1)
+        st = s._storage
+        assert await st.get(K("g0"), None) == b"v0"  # connected
+        fake.commands.clear()
+        got = await asyncio.gather(*[st.get(K(f"g{i}"), None) for i in range(40)])
+        assert got == [f"v{i}".encode() if i % 2 == 0 else sentinel for i in range(40)]
+        assert fake.commands == ["find"]
+        # another command queued between gets closes the run: order is kept
+        fake.commands.clear()
+        await asyncio.gather(st.get(K("g0"), None), st.remove(K("g2")), st.get(K("g4"), None))
+        assert fake.commands == ["find", "delete", "find"]
     finally:
         fake.close()
 

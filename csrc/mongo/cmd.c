@@ -39,7 +39,24 @@ void cm_mongo_req_free(CmMongoReq *r)
     Py_XDECREF(r->keys);
     Py_XDECREF(r->nodes);
     Py_XDECREF(r->values);
+    for (int i = 0; i < r->nmembers; i++)
+        cm_mongo_req_free(r->members[i]);
+    free(r->members);
     free(r);
+}
+
+int cm_mongo_req_add_member(CmMongoReq *run, CmMongoReq *r)
+{
+    if (run->nmembers == run->capm) {
+        int cap = run->capm ? run->capm * 2 : 8;
+        CmMongoReq **m = realloc(run->members, (size_t)cap * sizeof(*m));
+        if (m == NULL)
+            return -1;
+        run->members = m;
+        run->capm = cap;
+    }
+    run->members[run->nmembers++] = r;
+    return 0;
 }
 
 int cm_mongo_req_traverse(const CmMongoReq *r, visitproc visit, void *arg)
@@ -50,6 +67,11 @@ int cm_mongo_req_traverse(const CmMongoReq *r, visitproc visit, void *arg)
     Py_VISIT(r->keys);
     Py_VISIT(r->nodes);
     Py_VISIT(r->values);
+    for (int i = 0; i < r->nmembers; i++) {
+        int rc = cm_mongo_req_traverse(r->members[i], visit, arg);
+        if (rc)
+            return rc;
+    }
     return 0;
 }
 
@@ -58,6 +80,10 @@ int cm_mongo_req_traverse(const CmMongoReq *r, visitproc visit, void *arg)
 static void req_settle(CmState *st, CmMongoReq *r, PyObject *res, PyObject *exc)
 {
     PyObject *saved = cm_exc_take();
+    /* a coalesced find fails for each of its GETs */
+    for (int i = 0; i < r->nmembers; i++)
+        req_settle(st, r->members[i], res, exc);
+    r->nmembers = 0;
     if (r->fut != NULL) {
         int done = cm_future_done(st, r->fut);
         int rc = 0;
@@ -153,6 +179,7 @@ static const char *kind_name(int kind)
     switch (kind) {
     case CM_MONGO_GET:
     case CM_MONGO_GET_ALL:
+    case CM_MONGO_GETS:
         return "find";
     case CM_MONGO_SET:
     case CM_MONGO_SET_ALL:
@@ -176,7 +203,8 @@ static int build_command(CmMongoClientObject *cl, CmMongoReq *r, bson_t *cmd)
     int ok = 1;
     switch (r->kind) {
     case CM_MONGO_GET:
-    case CM_MONGO_GET_ALL: {
+    case CM_MONGO_GET_ALL:
+    case CM_MONGO_GETS: {
         bson_t filter, in, arr;
         if (append_str(cmd, verb, cl->collection) < 0)
             return -1;
@@ -551,6 +579,30 @@ static PyObject *result_of(CmMongoClientObject *cl, CmMongoReq *r, const bson_t 
             raw ? decode(st, r->ser, raw) : (PyErr_Occurred() ? NULL : Py_NewRef(st->sentinel));
         Py_DECREF(m);
         return v;
+    }
+    if (r->kind == CM_MONGO_GETS) {
+        /* each GET its value, or a miss; an undecodable value fails that
+         * GET alone (a miss for its flight) */
+        PyObject *m = found_map(st, reply);
+        if (m == NULL)
+            return NULL;
+        for (int i = 0; i < r->nmembers; i++) {
+            CmMongoReq *g = r->members[i];
+            PyObject *raw = PyDict_GetItemWithError(m, g->key); // borrowed
+            PyObject *v =
+                raw ? decode(st, g->ser, raw) : (PyErr_Occurred() ? NULL : Py_NewRef(st->sentinel));
+            if (v == NULL) {
+                PyObject *exc = cm_exc_take();
+                req_settle(st, g, NULL, exc ? exc : st->mongo.Error);
+                Py_XDECREF(exc);
+            } else {
+                req_settle(st, g, v, NULL);
+                Py_DECREF(v);
+            }
+        }
+        r->nmembers = 0;
+        Py_DECREF(m);
+        return Py_NewRef(Py_None);
     }
     if (r->kind == CM_MONGO_GET_ALL) {
         PyObject *m = found_map(st, reply);

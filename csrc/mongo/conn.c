@@ -84,6 +84,7 @@ static void conn_fail_pending(CmNetConn *nc, CmNetPool *pool, PyObject *tp, PyOb
     size_t n = c->npend;
     c->pend = NULL;
     c->npend = c->cap = 0;
+    c->run = NULL; /* one of pend */
     for (size_t i = 0; i < n; i++)
         cm_mongo_req_fail_msg(c->net.st, pend[i], tp, msg);
     free(pend);
@@ -132,9 +133,14 @@ static void conn_fail_io(CmMongoConnObject *c, const char *what, int err)
                             conn_label(c, label, sizeof(label)), what, strerror(err));
 }
 
+static void close_run(CmMongoConnObject *c);
+static CmMongoReq *pend_take(CmMongoConnObject *c, int32_t response_to);
+
 /* Send what out holds; wait for writability when the kernel is full. */
 static void conn_write(CmMongoConnObject *c)
 {
+    if (c->run != NULL)
+        close_run(c);
     while (c->net.state >= CM_NET_OPEN && cm_mongo_buf_pending(&c->out) > 0) {
         ssize_t n =
             send(c->net.fd, c->out.data + c->out.pos, cm_mongo_buf_pending(&c->out), MSG_NOSIGNAL);
@@ -209,6 +215,59 @@ static CmMongoReq *pend_take(CmMongoConnObject *c, int32_t response_to)
     return NULL;
 }
 
+/* Coalescing: GETs queued on a ready connection in one loop iteration
+ * leave as one find of their keys ($in), the server's one query and one
+ * reply for all of them (at most CM_MONGO_RUN_MAX keys). The run is written
+ * out when another command is queued after it, or at the flush, so that
+ * commands leave in the order they were queued. */
+static void close_run(CmMongoConnObject *c)
+{
+    CmState *st = c->net.st;
+    CmMongoReq *run = c->run;
+    CmMongoClientObject *cl = cm_mongo_conn_client(c); // borrowed
+    c->run = NULL;
+    if (run == NULL || cl == NULL)
+        return;
+    PyObject *keys = PyList_New(run->nmembers);
+    for (int i = 0; keys != NULL && i < run->nmembers; i++)
+        PyList_SET_ITEM(keys, i, Py_NewRef(run->members[i]->key));
+    run->keys = keys;
+    if (keys == NULL || cm_mongo_req_encode(cl, run, &c->out, c->max_message) < 0) {
+        PyObject *exc = cm_exc_take();
+        pend_take(c, run->id);
+        cm_mongo_req_fail(st, run, exc ? exc : st->mongo.Error);
+        Py_XDECREF(exc);
+    }
+}
+
+static void conn_add_get(CmMongoConnObject *c, CmMongoClientObject *cl, CmMongoReq *r)
+{
+    CmState *st = c->net.st;
+    if (c->run != NULL && c->run->nmembers >= CM_MONGO_RUN_MAX)
+        close_run(c);
+    if (c->run == NULL) {
+        CmMongoReq *run = cm_mongo_req_new(CM_MONGO_GETS);
+        if (run == NULL) {
+            PyErr_Clear();
+            cm_mongo_req_fail(st, r, PyExc_MemoryError);
+            return;
+        }
+        run->id = cm_mongo_next_id(cl);
+        run->deadline = cm_now_ns() + (int64_t)(cl->timeout * 1e9);
+        if (cm_mongo_conn_add_pending(c, run) < 0) {
+            cm_mongo_req_free(run);
+            cm_mongo_req_fail(st, r, PyExc_MemoryError);
+            return;
+        }
+        c->run = run;
+        if (cm_net_conn_arm(&c->net, run->deadline) < 0)
+            PyErr_WriteUnraisable((PyObject *)c);
+        conn_schedule_flush(c);
+    }
+    if (cm_mongo_req_add_member(c->run, r) < 0)
+        cm_mongo_req_fail(st, r, PyExc_MemoryError);
+}
+
 void cm_mongo_conn_push(CmMongoConnObject *c, CmMongoReq *r)
 {
     CmState *st = c->net.st;
@@ -220,6 +279,12 @@ void cm_mongo_conn_push(CmMongoConnObject *c, CmMongoReq *r)
         Py_XDECREF(msg);
         return;
     }
+    if (r->kind == CM_MONGO_GET && c->net.state == CM_MONGO_READY) {
+        conn_add_get(c, cl, r);
+        return;
+    }
+    if (c->run != NULL)
+        close_run(c);
     r->id = cm_mongo_next_id(cl);
     CmMongoBuf *b = c->net.state == CM_MONGO_READY ? &c->out : &c->held;
     if (cm_mongo_req_encode(cl, r, b, c->max_message) < 0) {
@@ -407,24 +472,10 @@ static void conn_hello(CmMongoConnObject *c, const uint8_t *body, size_t n)
         cm_mongo_conn_close_fmt(c, c->net.st->mongo.ConnectionError, 0,
                                 "mongodb %s: not the writable primary", label);
         for (size_t i = 0; i < np; i++) {
-            CmMongoConnObject *to = NULL;
-            if (cl != NULL && !pend[i]->retried) {
-                pend[i]->retried = 1;
-                to = cm_mongo_pool_conn(cl, loop);
-            }
-            if (to != NULL)
-                cm_mongo_conn_push(to, pend[i]);
-            else {
-                PyObject *exc = cm_exc_take();
-                PyObject *msg = exc ? PyObject_Str(exc) : NULL;
-                if (msg == NULL) {
-                    PyErr_Clear();
-                    msg = PyUnicode_FromFormat("mongodb %s: not the writable primary", label);
-                }
-                cm_mongo_req_fail_msg(c->net.st, pend[i], c->net.st->mongo.ConnectionError, msg);
-                Py_XDECREF(msg);
-                Py_XDECREF(exc);
-            }
+            if (cl != NULL)
+                cm_mongo_topology_resend(cl, pend[i], loop, label);
+            else
+                cm_mongo_req_fail(c->net.st, pend[i], c->net.st->mongo.ConnectionError);
         }
         free(pend);
         free(hint);
@@ -501,26 +552,13 @@ static void conn_reply(CmMongoConnObject *c, const CmMongoReply *m)
     }
     if (rc == 1) {
         /* not the primary any more: once more, to the new one */
+        conn_label(c, label, sizeof(label));
+        PyObject *loop = Py_NewRef(c->net.loop);
         Py_INCREF(cl);
         cm_mongo_topology_moved(cl, c->host, NULL);
-        CmMongoConnObject *to = NULL;
-        if (!r->retried) {
-            r->retried = 1;
-            to = cm_mongo_pool_conn(cl, c->net.loop);
-        }
-        if (to != NULL)
-            cm_mongo_conn_push(to, r);
-        else {
-            PyObject *exc = cm_exc_take();
-            PyObject *msg =
-                PyUnicode_FromFormat("mongodb %s: not the writable primary (%S)",
-                                     conn_label(c, label, sizeof(label)), exc ? exc : Py_None);
-            PyErr_Clear();
-            cm_mongo_req_fail_msg(st, r, st->mongo.ConnectionError, msg);
-            Py_XDECREF(msg);
-            Py_XDECREF(exc);
-        }
+        cm_mongo_topology_resend(cl, r, loop, label);
         Py_DECREF(cl);
+        Py_DECREF(loop);
     }
 }
 
@@ -632,6 +670,7 @@ CmMongoConnObject *cm_mongo_conn_open(CmMongoClientObject *cl, PyObject *loop)
     c->pend = NULL;
     c->npend = c->cap = 0;
     c->scram = NULL;
+    c->run = NULL;
     c->sasl_mech = c->sasl_step = 0;
     PyObject_GC_Track(c);
     const CmMongoHost *h = &cl->hosts[c->host];

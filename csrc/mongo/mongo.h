@@ -55,7 +55,11 @@ enum {
     CM_MONGO_PING,    /* {ping: 1}: a connection answers */
     CM_MONGO_HELLO,   /* the connection's own handshake (no future) */
     CM_MONGO_SASL,    /* its authentication steps (no future) */
+    CM_MONGO_GETS,    /* GETs of one loop iteration as one find (members) */
 };
+
+/* GETs coalesced into one find at most (its $in list) */
+#define CM_MONGO_RUN_MAX 256
 
 /* SASL mechanisms a hello listed (saslSupportedMechs) */
 #define CM_MONGO_MECH_SHA1 1
@@ -75,6 +79,9 @@ typedef struct CmMongoReq {
     PyObject *nodes;  /* GET_ALL: the nodes, in the order of keys */
     PyObject *values; /* SET: bytes; SET_ALL: list of bytes */
     long long ttl_ms; /* SET/SET_ALL: -1 for none */
+    /* GETS: the GET requests it answers (owned), in the order of keys */
+    struct CmMongoReq **members;
+    int nmembers, capm;
 } CmMongoReq;
 
 /* A connection: net/conn.h's part and the protocol's. */
@@ -93,7 +100,8 @@ struct CmMongoConnObject {
     CmMongoBuf in;      /* received, not yet parsed */
     CmMongoReq **pend;  /* sent or held, awaiting replies */
     size_t npend, cap;
-    CmScram *scram; /* the authentication conversation, or NULL */
+    CmScram *scram;  /* the authentication conversation, or NULL */
+    CmMongoReq *run; /* the GETS still taking GETs (pending, not encoded), or NULL */
     int sasl_mech, sasl_step;
 };
 
@@ -145,6 +153,8 @@ static inline int32_t cm_mongo_next_id(CmMongoClientObject *cl)
 CmMongoReq *cm_mongo_req_new(int kind);
 /* Free a request that was never pushed, or that is finished. */
 void cm_mongo_req_free(CmMongoReq *r);
+/* A GET joins a GETS (ownership moves); -1 when out of memory. */
+int cm_mongo_req_add_member(CmMongoReq *run, CmMongoReq *r);
 /* Append r's command as one OP_MSG with request id r->id to b; -1 with an
  * exception (a value too large for a message: MongoError). */
 int cm_mongo_req_encode(CmMongoClientObject *cl, CmMongoReq *r, CmMongoBuf *b, size_t max);
@@ -198,6 +208,11 @@ CmMongoConnObject *cm_mongo_pool_conn(CmMongoClientObject *cl, PyObject *loop);
 /* The server said it is not the primary (hint: the one it names, or NULL):
  * requests go elsewhere from now on; its connections are closed. */
 void cm_mongo_topology_moved(CmMongoClientObject *cl, int host, const char *hint);
+/* r was refused by a server that is no longer the primary (label): sent
+ * once more to the primary found anew (a coalesced find: each of its
+ * GETs), or failed. */
+void cm_mongo_topology_resend(CmMongoClientObject *cl, CmMongoReq *r, PyObject *loop,
+                              const char *label);
 /* A connect to host failed: the next seed is tried next time. */
 void cm_mongo_topology_failed(CmMongoClientObject *cl, int host);
 /* "host:port" of the i-th server (static buffer per call site). */

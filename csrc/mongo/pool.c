@@ -92,6 +92,42 @@ void cm_mongo_topology_failed(CmMongoClientObject *cl, int host)
         cl->primary = (host + 1) % cl->nhosts;
 }
 
+/* r was refused by a server that is no longer the primary: sent once more
+ * to the primary found anew (a coalesced find: each of its GETs), or
+ * failed. label names the old server. */
+void cm_mongo_topology_resend(CmMongoClientObject *cl, CmMongoReq *r, PyObject *loop,
+                              const char *label)
+{
+    CmState *st = cl->st;
+    if (r->kind == CM_MONGO_GETS) {
+        CmMongoReq **m = r->members;
+        int n = r->nmembers;
+        r->members = NULL;
+        r->nmembers = r->capm = 0;
+        cm_mongo_req_free(r);
+        for (int i = 0; i < n; i++)
+            cm_mongo_topology_resend(cl, m[i], loop, label);
+        free(m);
+        return;
+    }
+    CmMongoConnObject *to = NULL;
+    if (!r->retried) {
+        r->retried = 1;
+        to = cm_mongo_pool_conn(cl, loop);
+    }
+    if (to != NULL) {
+        cm_mongo_conn_push(to, r);
+        return;
+    }
+    PyObject *exc = cm_exc_take();
+    PyObject *msg = PyUnicode_FromFormat("mongodb %s: not the writable primary (%S)", label,
+                                         exc ? exc : Py_None);
+    PyErr_Clear();
+    cm_mongo_req_fail_msg(st, r, st->mongo.ConnectionError, msg);
+    Py_XDECREF(msg);
+    Py_XDECREF(exc);
+}
+
 static CmMongoConnObject *pool_at(CmMongoClientObject *cl, int i)
 {
     return (CmMongoConnObject *)cl->pool.conns[i];
