@@ -203,14 +203,33 @@ async def test_expired_documents_are_misses(mongo_server):
     assert sorted(n.k for n, _ in got) == ["future", "never"]
 
 
-async def test_ttl_rule_is_core_ttl(mongo_server):
-    s, _ = new_storage(mongo_server.url)
+@pytest.mark.parametrize("ttl,exc,msg", [
+    (timedelta(0), ValueError, "ttl must be positive"),
+    (-1.5, ValueError, "ttl must be positive"),
+    (float("nan"), ValueError, "ttl must be positive"),
+    (True, TypeError, "not bool"),
+    ("10", TypeError, "not str"),
+])
+async def test_ttl_rule_is_core_ttl(mongo_server, ttl, exc, msg):
+    s, coll = new_storage(mongo_server.url)
     st = s._storage
-    for bad in (0, -1, float("nan"), True, "10"):
-        with pytest.raises((TypeError, ValueError)):
-            await st.set(K("x"), b"v", bad, None)
-    await st.set(K("x"), b"v", 0.5, None)  # seconds as a number
-    assert await st.get(K("x"), None) == b"v"
+    with pytest.raises(exc, match=msg):
+        await st.set(K("x"), b"v", ttl, None)
+    with pytest.raises(exc, match=msg):
+        await st.set_all([(K("x"), b"v")], ttl, None)
+    assert await st.get(K("x"), None) is sentinel
+
+
+async def test_ttl_numbers_and_a_hundred_years(mongo_server):
+    s, coll = new_storage(mongo_server.url)
+    st = s._storage
+    await st.set(K("n"), b"v", 1.5, None)  # seconds as a number
+    await st.set(K("huge"), b"v", timedelta(days=10**8), None)
+    assert await st.get(K("huge"), None) == b"v"
+    got = await in_thread(docs, mongo_server.url, coll)
+    n, huge = got["n"], got["huge"]
+    assert n["expire"]["ms"] - n["updated_at"]["ms"] == 1500
+    assert huge["expire"]["ms"] - huge["updated_at"]["ms"] == 100 * 366 * 86400 * 1000
 
 
 async def test_through_cacheme_with_local_and_mongo(mongo_server):

@@ -6,8 +6,9 @@ pool_size=50, timeout=5.0, connect_timeout=5.0)``, or
 
 Driven from C (``cacheme._core.MongoClient``): OP_MSG on non-blocking
 sockets of the running asyncio loop, BSON built and read with libbson (no
-motor, no pymongo, no libmongoc). Each get is one ``find``, each get_all one
-``find`` with ``$in``, set and set_all one ``update`` command (upserts; one
+motor, no pymongo, no libmongoc). Each get_all is one ``find`` with ``$in``,
+and so are the single gets queued on a connection in one loop iteration
+(up to 256 keys); set and set_all are one ``update`` command (upserts; one
 statement per key), remove one ``delete``; every command carries
 ``maxTimeMS`` = ``timeout``, and the client gives up at the same time
 (``MongoTimeoutError``: a miss in ``get``).

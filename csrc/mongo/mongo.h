@@ -6,7 +6,8 @@
  * request is encoded as one OP_MSG (wire.h) with its BSON built by libbson
  * (cmd.c) on a connection of the instance serving the running loop
  * (net/netloop.h) and sent with everything else queued in that loop
- * iteration; replies are matched to requests by responseTo. A connection
+ * iteration (single gets of one iteration coalesced into one find);
+ * replies are matched to requests by responseTo. A connection
  * first says hello (the server's limits, whether it is the writable
  * primary); requests queued meanwhile leave once it is answered.
  *
