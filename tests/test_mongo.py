@@ -16,7 +16,7 @@ import cacheme
 from cacheme import _core
 from cacheme.models import sentinel
 from cacheme.serializer import MsgPackSerializer, PickleSerializer
-from conftest import run_python, unique
+from conftest import LEAK_SNAPSHOT, assert_flat, run_python, unique
 from mongo_servers import (  # noqa: F401 (fixtures)
     mongo_auth_server,
     mongo_server,
@@ -400,6 +400,66 @@ def test_forked_child_connects_anew(mongo_server):
         loop.close()
     """)
     assert out.split("\n")[:3] == ["child 0", "b'child'", "b'parent'"]
+
+
+LEAK_HARNESS = r'''
+import asyncio, sys
+import cacheme
+
+url, coll, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+class K:
+    def __init__(self, k):
+        self.k = k
+    def full_key(self):
+        return self.k
+
+async def main():
+    st = cacheme.Storage(url=url, database="test", collection=coll)
+    await st.connect()
+    await cacheme.register_storage("m", st)
+    s = st._storage
+    await s.set(K("a"), b"payload-a", None, None)
+
+    class Node(cacheme.Node):
+        def __init__(self, i):
+            self.i = i
+        def key(self):
+            return f"n{self.i}"
+        async def load(self):
+            return b"loaded"
+        class Meta(cacheme.Node.Meta):
+            version = "v1"
+            caches = [cacheme.Cache(storage="m", ttl=None)]
+            serializer = None
+
+    async def body(i):
+        assert await s.get(K("a"), None) == b"payload-a"
+        assert await s.get(K("missing"), None) is cacheme.models.sentinel
+        await s.set(K(f"k{i % 20}"), b"payload-v", None, None)
+        assert await cacheme.get(Node(i % 30)) == b"loaded"
+        if i % 10 == 0:
+            await asyncio.gather(*(s.get(K(f"k{j}"), None) for j in range(20)))
+            await s.get_all([K(f"k{j}") for j in range(5)], None)
+
+    for i in range(300):
+        await body(i)
+    before = snapshot()
+    for i in range(300, 300 + n):
+        await body(i)
+    after = snapshot()
+    await st.close()
+    print(before[0], after[0], before[1], after[1])
+
+asyncio.run(main())
+'''
+
+
+def test_hot_path_does_not_leak(mongo_server):
+    """gets (found, missing, coalesced), sets, get_all and flights looped:
+    live objects and memory stay flat."""
+    code = "import sys; sys.argv[1:] = %r\n" % [mongo_server.url, unique("cm_leak"), "1500"]
+    assert_flat(run_python(code + LEAK_SNAPSHOT + LEAK_HARNESS), rss_kib=1024)
 
 
 # ---------------------------------------------------------------- URLs, errors
