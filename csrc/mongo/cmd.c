@@ -208,8 +208,12 @@ static int build_command(CmMongoClientObject *cl, CmMongoReq *r, bson_t *cmd)
         bson_t filter, in, arr;
         if (append_str(cmd, verb, cl->collection) < 0)
             return -1;
-        if (r->kind == CM_MONGO_GET) {
-            if (append_key_filter(cmd, "filter", r->key) < 0)
+        /* one key: an equality, which any server answers from the key index */
+        PyObject *one = r->kind == CM_MONGO_GET                        ? r->key
+                        : r->kind == CM_MONGO_GETS && r->nmembers == 1 ? r->members[0]->key
+                                                                       : NULL;
+        if (one != NULL) {
+            if (append_key_filter(cmd, "filter", one) < 0)
                 return -1;
             ok = bson_append_int32(cmd, "limit", 5, 1);
         } else {
