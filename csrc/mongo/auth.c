@@ -77,7 +77,7 @@ static int scram_error(CmMongoClientObject *cl, int rc, const char *err)
     if (rc == CM_SCRAM_NOMEM)
         PyErr_NoMemory();
     else
-        PyErr_Format(cl->st->mongo.AuthError, "mongodb: authentication failed: %s", err);
+        PyErr_Format(cl->st->mongo.AuthError, "authentication failed: %s", err);
     return -1;
 }
 
@@ -111,7 +111,7 @@ static int sasl_reply(CmMongoClientObject *cl, const uint8_t *body, size_t n, in
     bson_iter_t it;
     size_t off;
     if (!bson_init_static(&reply, body, n) || !bson_validate(&reply, BSON_VALIDATE_NONE, &off)) {
-        PyErr_SetString(cl->st->mongo.ConnectionError, "mongodb: SASL reply is not valid BSON");
+        PyErr_SetString(cl->st->mongo.ConnectionError, "SASL reply is not valid BSON");
         return -1;
     }
     double ok = 0;
@@ -140,7 +140,7 @@ static int sasl_reply(CmMongoClientObject *cl, const uint8_t *body, size_t n, in
         }
     }
     if (ok != 1) {
-        PyErr_Format(cl->st->mongo.AuthError, "mongodb: authentication failed: %s", errmsg);
+        PyErr_Format(cl->st->mongo.AuthError, "authentication failed: %s", errmsg);
         return -1;
     }
     return 0;
@@ -176,7 +176,7 @@ int cm_mongo_auth_step(CmMongoConnObject *c, const uint8_t *body, size_t n)
     if (done)
         return 1;
     PyErr_SetString(cl->st->mongo.AuthError,
-                    "mongodb: authentication failed: the server did not finish the conversation");
+                    "authentication failed: the server did not finish the conversation");
     return -1;
 }
 #endif
