@@ -486,6 +486,22 @@ def test_url_parsing_and_refusals():
     assert s.pool_size == 3 and s.database == "db" and s.collection == "coll"
 
 
+def test_build_without_libbson_names_the_package():
+    """What a build without libbson does (setup.py leaves mongo/ out when
+    pkg-config lacks libbson-1.0, or with CACHEME_NO_BSON=1): the storage
+    says what to install."""
+    out = run_python("""
+        from cacheme import _core
+        _core._mongo_available = 0
+        import cacheme
+        try:
+            cacheme.Storage(url="mongodb://127.0.0.1/", database="d", collection="c")
+        except RuntimeError as e:
+            print(e)
+    """)
+    assert "libbson-dev" in out
+
+
 async def test_server_error_names_command_and_code(mongo_server):
     coll = unique("cm_m")
     # a non-unique index named key_1 already there: createIndexes refuses ours
