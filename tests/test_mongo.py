@@ -654,6 +654,7 @@ class FakeServer:
         self.commands = []
         self.bodies = []
         self.connections = 0
+        self.writers = []
 
     async def start(self):
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -663,6 +664,7 @@ class FakeServer:
 
     async def _serve(self, reader, writer):
         self.connections += 1
+        self.writers.append(writer)
         try:
             while True:
                 head = await reader.readexactly(16)
@@ -686,6 +688,12 @@ class FakeServer:
 
     def close(self):
         self.server.close()
+
+    def drop(self):
+        """Stop listening and reset every connection."""
+        self.server.close()
+        for w in self.writers:
+            w.transport.abort()
 
 
 def _empty_find(rid):
@@ -824,6 +832,41 @@ async def test_not_writable_primary_is_retried_once_on_the_new_primary(mongo_ser
         assert await st.get(K("moved"), None) == b"1"
     finally:
         stepped_down.close()
+
+
+async def test_requests_on_a_lost_primary_go_to_the_next_seed(mongo_server):
+    """The primary's connection breaks with requests pending: each goes once
+    to the next server of the seed list."""
+    stalled = await FakeServer(lambda cmd, rid: None).start()  # answers hello only
+    try:
+        url = f"mongodb://127.0.0.1:{stalled.port},127.0.0.1:{mongo_server.port}/"
+        s, coll = new_storage(url)
+        st = s._storage
+        get = asyncio.ensure_future(st.get(K("lost"), None))
+        put = asyncio.ensure_future(st.set(K("lost"), b"1", None, None))
+        while len(stalled.commands) < 2:
+            await asyncio.sleep(0.01)
+        stalled.drop()
+        assert await asyncio.wait_for(get, 10) is sentinel
+        await asyncio.wait_for(put, 10)
+        assert st.pool_info()["primary"] == f"127.0.0.1:{mongo_server.port}"
+        assert "lost" in await in_thread(docs, mongo_server.url, coll)
+    finally:
+        stalled.close()
+
+
+async def test_single_server_lost_fails_pending_requests(mongo_server):
+    stalled = await FakeServer(lambda cmd, rid: None).start()
+    try:
+        s, _ = new_storage(stalled.url)
+        get = asyncio.ensure_future(s._storage.get(K("x"), None))
+        while not stalled.commands:
+            await asyncio.sleep(0.01)
+        stalled.drop()
+        with pytest.raises(mongo.MongoConnectionError, match="closed by server"):
+            await asyncio.wait_for(get, 10)
+    finally:
+        stalled.close()
 
 
 @pytest.mark.skipif(os.environ.get("CACHEME_TEST_LOOP") == "uvloop",

@@ -25,9 +25,10 @@ Several hosts are a seed list: requests go to the writable primary, found
 with ``hello`` (a secondary names it); a server that stops being the primary
 is left for the one found anew, and a request it refused as "not primary" is
 sent once more. A seed that cannot be reached passes the turn to the next
-one; requests pending on a connection that breaks fail (misses in ``get``)
-and are not sent again: the next ones reconnect after the backoff (50 ms
-doubling to 1 s). Not supported (a ValueError says so): ``mongodb+srv://``
+one, and requests pending on a connection to the primary that breaks are
+sent once to the next server (finds, upserts and deletes can run twice; not
+after a timeout). With one server they fail (misses in ``get``) and the next
+ones reconnect after the backoff (50 ms doubling to 1 s). Not supported (a ValueError says so): ``mongodb+srv://``
 (SRV lookup) and ``tls=true``/``ssl=true``.
 
 Credentials in the URL authenticate each connection with SCRAM

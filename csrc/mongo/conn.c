@@ -78,16 +78,34 @@ static void conn_release(CmNetConn *nc, int detached)
 static void conn_fail_pending(CmNetConn *nc, CmNetPool *pool, PyObject *tp, PyObject *msg,
                               int failed)
 {
-    (void)pool, (void)failed;
     CmMongoConnObject *c = (CmMongoConnObject *)nc;
+    CmState *st = c->net.st;
     CmMongoReq **pend = c->pend;
     size_t n = c->npend;
     c->pend = NULL;
     c->npend = c->cap = 0;
     c->run = NULL; /* one of pend */
-    for (size_t i = 0; i < n; i++)
-        cm_mongo_req_fail_msg(c->net.st, pend[i], tp, msg);
+    /* a member of a seed list broke the connection: what was pending on it
+     * goes once to the next server (finds, upserts and deletes can run
+     * twice); not after a timeout (a stalled server may still run them) */
+    CmMongoClientObject *cl = // borrowed
+        pool ? (CmMongoClientObject *)((char *)pool - offsetof(CmMongoClientObject, pool)) : NULL;
+    int again = failed && cl != NULL && cl->nhosts > 1 && tp == st->mongo.ConnectionError && n > 0;
+    char label[300];
+    if (again) {
+        Py_INCREF(cl);
+        cm_mongo_host_label(cl, c->host, label, sizeof(label));
+        cm_mongo_topology_failed(cl, c->host);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (again)
+            cm_mongo_topology_resend(cl, pend[i], c->net.loop, label, "connection lost");
+        else
+            cm_mongo_req_fail_msg(st, pend[i], tp, msg);
+    }
     free(pend);
+    if (again)
+        Py_DECREF(cl);
 }
 
 static int64_t conn_deadline(const CmNetConn *nc)
@@ -473,7 +491,7 @@ static void conn_hello(CmMongoConnObject *c, const uint8_t *body, size_t n)
                                 "mongodb %s: not the writable primary", label);
         for (size_t i = 0; i < np; i++) {
             if (cl != NULL)
-                cm_mongo_topology_resend(cl, pend[i], loop, label);
+                cm_mongo_topology_resend(cl, pend[i], loop, label, "not the writable primary");
             else
                 cm_mongo_req_fail(c->net.st, pend[i], c->net.st->mongo.ConnectionError);
         }
@@ -556,7 +574,7 @@ static void conn_reply(CmMongoConnObject *c, const CmMongoReply *m)
         PyObject *loop = Py_NewRef(c->net.loop);
         Py_INCREF(cl);
         cm_mongo_topology_moved(cl, c->host, NULL);
-        cm_mongo_topology_resend(cl, r, loop, label);
+        cm_mongo_topology_resend(cl, r, loop, label, "not the writable primary");
         Py_DECREF(cl);
         Py_DECREF(loop);
     }

@@ -204,16 +204,18 @@ int cm_mongo_remote_init(PyObject *mod, CmState *st);
 
 /* pool.c */
 /* The connection of cl to take a request on loop (borrowed), or NULL with
- * an exception (backing off after failures). */
-CmMongoConnObject *cm_mongo_pool_conn(CmMongoClientObject *cl, PyObject *loop);
+ * an exception (backing off after failures; retry: a request sent again
+ * to a new primary may open a connection meanwhile). */
+CmMongoConnObject *cm_mongo_pool_conn(CmMongoClientObject *cl, PyObject *loop, int retry);
 /* The server said it is not the primary (hint: the one it names, or NULL):
  * requests go elsewhere from now on; its connections are closed. */
 void cm_mongo_topology_moved(CmMongoClientObject *cl, int host, const char *hint);
-/* r was refused by a server that is no longer the primary (label): sent
- * once more to the primary found anew (a coalesced find: each of its
- * GETs), or failed. */
+/* r was refused by a server that is no longer the primary, or was pending
+ * on a connection to it that broke (label: the server, why: what
+ * happened): sent once more to the primary found anew (a coalesced find:
+ * each of its GETs), or failed. */
 void cm_mongo_topology_resend(CmMongoClientObject *cl, CmMongoReq *r, PyObject *loop,
-                              const char *label);
+                              const char *label, const char *why);
 /* A connect to host failed: the next seed is tried next time. */
 void cm_mongo_topology_failed(CmMongoClientObject *cl, int host);
 /* "host:port" of the i-th server (static buffer per call site). */

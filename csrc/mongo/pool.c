@@ -11,7 +11,8 @@
  * used from then on (added to the list if it was not a seed); a seed that
  * cannot be reached, or that names no primary, passes the turn to the next
  * seed. A request answered NotWritablePrimary (or another "not primary"
- * code) is sent once more, to the primary found anew. */
+ * code), or pending on a connection to the primary that broke, is sent
+ * once more, to the primary found anew. */
 #ifdef CM_HAVE_BSON
 #include "mongo/mongo.h"
 
@@ -96,7 +97,7 @@ void cm_mongo_topology_failed(CmMongoClientObject *cl, int host)
  * to the primary found anew (a coalesced find: each of its GETs), or
  * failed. label names the old server. */
 void cm_mongo_topology_resend(CmMongoClientObject *cl, CmMongoReq *r, PyObject *loop,
-                              const char *label)
+                              const char *label, const char *why)
 {
     CmState *st = cl->st;
     if (r->kind == CM_MONGO_GETS) {
@@ -106,22 +107,21 @@ void cm_mongo_topology_resend(CmMongoClientObject *cl, CmMongoReq *r, PyObject *
         r->nmembers = r->capm = 0;
         cm_mongo_req_free(r);
         for (int i = 0; i < n; i++)
-            cm_mongo_topology_resend(cl, m[i], loop, label);
+            cm_mongo_topology_resend(cl, m[i], loop, label, why);
         free(m);
         return;
     }
     CmMongoConnObject *to = NULL;
-    if (!r->retried) {
+    if (!r->retried && r->fut != NULL) {
         r->retried = 1;
-        to = cm_mongo_pool_conn(cl, loop);
+        to = cm_mongo_pool_conn(cl, loop, 1);
     }
     if (to != NULL) {
         cm_mongo_conn_push(to, r);
         return;
     }
     PyObject *exc = cm_exc_take();
-    PyObject *msg = PyUnicode_FromFormat("mongodb %s: not the writable primary (%S)", label,
-                                         exc ? exc : Py_None);
+    PyObject *msg = PyUnicode_FromFormat("mongodb %s: %s (%S)", label, why, exc ? exc : Py_None);
     PyErr_Clear();
     cm_mongo_req_fail_msg(st, r, st->mongo.ConnectionError, msg);
     Py_XDECREF(msg);
@@ -133,7 +133,7 @@ static CmMongoConnObject *pool_at(CmMongoClientObject *cl, int i)
     return (CmMongoConnObject *)cl->pool.conns[i];
 }
 
-CmMongoConnObject *cm_mongo_pool_conn(CmMongoClientObject *cl, PyObject *loop)
+CmMongoConnObject *cm_mongo_pool_conn(CmMongoClientObject *cl, PyObject *loop, int retry)
 {
     CmNetPool *np = &cl->pool;
     char label[300];
@@ -155,7 +155,9 @@ CmMongoConnObject *cm_mongo_pool_conn(CmMongoClientObject *cl, PyObject *loop)
     if (best != NULL && (best->npend == 0 || np->nconns >= cl->pool_size))
         return best;
     int64_t now = cm_now_ns();
-    if (cm_net_pool_backing_off(np, now)) {
+    /* a request sent again to a new primary is one connect, not a storm:
+     * each is sent again once */
+    if (cm_net_pool_backing_off(np, now) && !(retry && best == NULL)) {
         if (best != NULL)
             return best;
         PyErr_Format(

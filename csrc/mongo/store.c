@@ -83,7 +83,7 @@ static PyObject *submit_to(CmMongoClientObject *self, CmMongoReq *r, PyObject *w
     fut = waiter ? Py_NewRef(waiter) : cm_loop_create_future(st, loop);
     if (fut == NULL)
         goto fail;
-    CmMongoConnObject *c = cm_mongo_pool_conn(inst, loop); // borrowed
+    CmMongoConnObject *c = cm_mongo_pool_conn(inst, loop, 0); // borrowed
     if (c == NULL)
         goto fail;
     r->fut = Py_NewRef(fut);
