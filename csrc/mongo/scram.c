@@ -23,9 +23,6 @@
 #include "ser/base64.h"
 
 #define CM_SCRAM_NONCE_BYTES 24
-/* Bound on a server message, a username, a password: far above any real one, and keeps
- * the length sums of the messages clear of overflow and PBKDF2's int lengths exact. */
-#define CM_SCRAM_MAX_MESSAGE 65536
 /* How much of a server's e= value is quoted in the error text. */
 #define CM_SCRAM_MAX_QUOTE 128
 

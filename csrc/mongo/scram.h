@@ -46,6 +46,9 @@ enum {
 
 #define CM_SCRAM_MIN_ITERATIONS 4096
 #define CM_SCRAM_MAX_ITERATIONS 10000000
+/* Longest username, password, client nonce or server message accepted: far above any real
+ * one, it keeps the message length sums clear of overflow and PBKDF2's int lengths exact. */
+#define CM_SCRAM_MAX_MESSAGE 65536
 
 typedef struct CmScram CmScram;
 typedef struct CmScramCache CmScramCache;
@@ -53,9 +56,9 @@ typedef struct CmScramCache CmScramCache;
 /* The SASL mechanism name for saslStart: "SCRAM-SHA-1" or "SCRAM-SHA-256" (static). */
 const char *cm_scram_mech_name(CmScramMech mech);
 
-/* Start a conversation. user and password are bytes (UTF-8), not NUL-terminated;
- * user must be non-empty and hold no NUL byte. client_nonce is for tests (RFC example
- * vectors): printable ASCII without ','; NULL draws 24 random bytes (RAND_bytes), sent
+/* Start a conversation. user and password are bytes (UTF-8), not NUL-terminated, at
+ * most 64 KiB each; user must be non-empty and hold no NUL byte. client_nonce is for tests (RFC
+ * example vectors): printable ASCII without ','; NULL draws 24 random bytes (RAND_bytes), sent
  * base64-encoded. cache: borrowed, may be NULL; it must outlive the conversation.
  * The password is copied (and wiped at cm_scram_free). *out set on CM_SCRAM_OK only. */
 int cm_scram_new(CmScram **out, CmScramMech mech, const char *user, size_t userlen,

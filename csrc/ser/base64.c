@@ -161,6 +161,9 @@ int cm_b64_decode(const uint8_t *in, size_t n, uint8_t *out, size_t *outlen)
             return -1;
     if ((k = cm_b64_last_group(in, o)) < 0)
         return -1;
+    /* the bits padding leaves unused must be zero: one encoding per value */
+    if ((k == 1 && (cm_b64_value[in[1]] & 0x0f)) || (k == 2 && (cm_b64_value[in[2]] & 0x03)))
+        return -1;
     *outlen = (size_t)(o - out) + (size_t)k;
     return 0;
 }

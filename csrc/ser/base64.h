@@ -32,8 +32,8 @@ size_t cm_b64_encode_len(size_t n);
 void cm_b64_encode(const uint8_t *in, size_t n, char *out);
 
 /* Strict decoding of that form: a multiple of 4 characters of the alphabet, '='
- * only to pad the last group. out needs n / 4 * 3 bytes. 0 and *outlen set; -1
- * on any other input. */
+ * only to pad the last group, the bits padding leaves unused zero. out needs n / 4 * 3 bytes. 0 and
+ * *outlen set; -1 on any other input. */
 int cm_b64_decode(const uint8_t *in, size_t n, uint8_t *out, size_t *outlen);
 
 #endif
