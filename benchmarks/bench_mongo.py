@@ -25,8 +25,9 @@ interpreter running this script: make bench-mongo uses .venv), 0.3.0 from
 .bench/venv-mongo-030 (benchmarks/mongo_venvs.sh), on a collection of its
 own, made beforehand (by pymongo) with the indexes of 0.3.0's
 scripts/mongo.js: unique on key, and on expire. (0.3.0 creates none itself;
-without them every read of a key is a collection scan.) Contenders alternate for --rounds rounds; every figure keeps its best
-run (lowest time and CPU, highest rate).
+without them every read of a key is a collection scan.) Contenders
+alternate for --rounds rounds; every figure keeps its best run (lowest time
+and CPU, highest rate).
 """
 import argparse
 import json

@@ -12,7 +12,9 @@ Fixtures (import them into a test module):
                        .user / .password (MONGO_USER / MONGO_PASSWORD), source
                        db admin; .url carries them
   mongo_server_factory start_mongo_server() for servers of a test's own (killed
-                       at the test's end): kill/restart, pause/resume, seed lists
+                       at the test's end): kill/restart, pause/resume, seed lists;
+                       its .replica_set() gives (primary, secondary) as
+                       start_replica_set() does
 Without the venv (or without a CPython >= 3.13 to make it) the fixtures skip
 saying which.
 
@@ -20,12 +22,26 @@ A server handle (MongoServer) has .port, .url ("mongodb://127.0.0.1:PORT"),
 .kill() (SIGKILL: connections reset, no goodbye), .stop() (SIGTERM),
 .restart() (a fresh server on the same port: the in-memory data is gone),
 .pause() / .resume() (SIGSTOP / SIGCONT: connections stay open and nothing is
-answered, for timeouts), .alive.
+answered, for timeouts), .alive, .address ("127.0.0.1:PORT"), .commands()
+(the name of every command it received, in order: what a driver sent).
+
+start_replica_set() -> (primary, secondary): mongoeco whose hello also says
+setName "rs0", hosts [both], primary and me (itself) as a replica set's
+primary does, and a FakeSecondary (tests/mongoeco_server.py --secondary-of, no
+mongoeco behind it): hello with isWritablePrimary false, secondary true, the
+same setName/hosts and primary; ping; every other command fails with
+NotWritablePrimary, code 10107. A seed list that starts on a non-primary:
+f"mongodb://{secondary.address},{primary.address}/?replicaSet=rs0". Killing
+the primary and restarting it on its port is how a failover looks here.
 
 What mongoeco 4.11 (as installed by mongo_venvs.sh) does of what cacheme's
 MongoDB storage uses, checked with pymongo 4.20:
-  - hello / isMaster (OP_MSG and legacy OP_QUERY): maxWireVersion 20, version
-    "7.0.0", helloOk, isWritablePrimary, connectionId. No saslSupportedMechs
+  - OP_MSG (kind 0 body, kind 1 document sequences: pymongo's bulk writes
+    use them; checksum flag; moreToCome) and legacy OP_QUERY on $cmd; no
+    OP_COMPRESSED (hello's "compression" is accepted, nothing compressed).
+  - hello / isMaster: maxWireVersion 20, version "7.0.0", helloOk,
+    isWritablePrimary, connectionId, maxMessageSizeBytes 48000000; a
+    standalone (no setName/hosts: see start_replica_set). No saslSupportedMechs
     in the reply (drivers then pick SCRAM-SHA-1 when the user names none); no
     speculativeAuthenticate (drivers fall back to saslStart).
   - find with {key: {$in: [...]}}, limit, singleBatch, maxTimeMS: accepted
@@ -49,8 +65,9 @@ MongoDB storage uses, checked with pymongo 4.20:
     given at start-up. The server salts SCRAM passwords as given, so
     tests/mongoeco_server.py gives SCRAM-SHA-1 the md5("user:mongo:password")
     form drivers send for that mechanism.
-It is slow (pure Python: a few thousand simple ops a second), so tests keep
-their data small, and never time anything.
+It is slow (pure Python: some hundreds of sequential finds a second on this
+2-core VM, 2-5 ms of its CPU per upsert), so tests keep their data small, and
+never time anything.
 """
 from __future__ import annotations
 
@@ -97,16 +114,36 @@ def unavailable() -> Optional[str]:
 
 
 class MongoServer:
-    def __init__(self, users: Iterable[tuple] = ()) -> None:
+    def __init__(self, users: Iterable[tuple] = (), replset: Optional[str] = None) -> None:
         reason = unavailable()
         if reason is not None:
             raise RuntimeError(reason)
         self.users = [tuple(u) for u in users]
+        self.replset = replset
+        self.hosts: List[str] = []
         self.dir = tempfile.mkdtemp(prefix="cacheme-mongo-")
         self.port = free_port()
         self.proc: Optional[subprocess.Popen] = None
         self._paused = False
         self._log = None
+        self._commands = os.path.join(self.dir, "commands.log")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _args(self) -> List[str]:
+        args = [f"--user={':'.join(u)}" for u in self.users]
+        if self.replset:
+            args += [f"--replset={self.replset}", f"--hosts={','.join(self.hosts or [self.address])}"]
+        return args
+
+    def commands(self) -> List[str]:
+        """The name of every command the server received, in order."""
+        if not os.path.exists(self._commands):
+            return []
+        with open(self._commands) as f:
+            return f.read().split()
 
     @property
     def url(self) -> str:
@@ -117,10 +154,10 @@ class MongoServer:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> "MongoServer":
-        specs = [":".join(u) for u in self.users]
         self._log = open(os.path.join(self.dir, f"server{next(_ids)}.log"), "w")
         self.proc = subprocess.Popen(
-            [VENV_MONGOECO, "-I", SERVER_SCRIPT, str(os.getpid()), str(self.port), *specs],
+            [VENV_MONGOECO, "-I", SERVER_SCRIPT, f"--parent={os.getpid()}", f"--port={self.port}",
+             f"--log={self._commands}", *self._args()],
             cwd=self.dir, stdout=subprocess.DEVNULL, stderr=self._log, env=server_env())
         self._paused = False
         try:
@@ -140,13 +177,29 @@ class MongoServer:
         if self.alive:
             self.proc.send_signal(sig)
 
+    def _state(self) -> str:
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+
+    def _wait_state(self, stopped: bool) -> None:
+        # a signal is delivered asynchronously: returns once it has been
+        deadline = time.monotonic() + 30
+        while self.alive and (self._state() in "Tt") != stopped:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server {self.proc.pid} not {'stopped' if stopped else 'running'}")
+            time.sleep(0.005)
+
     def pause(self) -> None:
+        """SIGSTOP; returns once the server is stopped."""
         self._signal(signal.SIGSTOP)
         self._paused = True
+        self._wait_state(True)
 
     def resume(self) -> None:
+        """SIGCONT; returns once the server runs again."""
         self._signal(signal.SIGCONT)
         self._paused = False
+        self._wait_state(False)
 
     def _reap(self, sig: int, timeout: float) -> None:
         if self.proc is None:
@@ -193,6 +246,38 @@ def start_mongo_server(users: Iterable[tuple] = ()) -> MongoServer:
     except BaseException:
         srv.cleanup()
         raise
+
+
+class FakeSecondary(MongoServer):
+    """A replica-set secondary of primary (no mongoeco behind it): hello
+    says isWritablePrimary false, secondary true, primary's address, the
+    set's name and hosts; ping answers; every other command fails with
+    NotWritablePrimary (10107). For seed lists that start on a non-primary."""
+
+    def __init__(self, primary: MongoServer) -> None:
+        super().__init__(replset=primary.replset)
+        self.primary = primary
+
+    def _args(self) -> List[str]:
+        return [f"--secondary-of={self.primary.address}", f"--replset={self.replset}",
+                f"--hosts={','.join(self.hosts)}"]
+
+
+def start_replica_set(name: str = "rs0"):
+    """(primary, secondary): mongoeco answering hello as the primary of
+    replica set name, and a FakeSecondary; both list both in hosts. The
+    caller cleans both up. Seed list: f"mongodb://{secondary.address},{primary.address}"."""
+    primary = MongoServer(replset=name)
+    secondary = FakeSecondary(primary)
+    primary.hosts = secondary.hosts = [primary.address, secondary.address]
+    try:
+        primary.start()
+        secondary.start()
+    except BaseException:
+        primary.cleanup()
+        secondary.cleanup()
+        raise
+    return primary, secondary
 
 
 class _AuthServer(MongoServer):
@@ -247,6 +332,12 @@ def mongo_server_factory():
         started.append(srv)
         return srv
 
+    def replica_set(name: str = "rs0"):
+        pair = start_replica_set(name)
+        started.extend(pair)
+        return pair
+
+    start.replica_set = replica_set
     yield start
     for srv in started:
         srv.cleanup()
@@ -282,7 +373,9 @@ def typed(v):
     return {"type": type(v).__name__, "value": repr(v)}
 
 url, db, coll, op, arg = sys.argv[1:6]
-c = pymongo.MongoClient(url, directConnection=True, serverSelectionTimeoutMS=20000)
+# one server spoken to directly, unless the URL names a replica set
+direct = {} if "replicaSet=" in url else {"directConnection": True}
+c = pymongo.MongoClient(url, serverSelectionTimeoutMS=20000, **direct)
 arg = json.loads(arg)
 if op == "find":
     out = [{k: typed(v) for k, v in d.items()} for d in c[db][coll].find(arg).sort("key", 1)]

@@ -102,3 +102,39 @@ def test_auth_server_requires_auth(mongo_auth_server):
     bad = f"mongodb://{MONGO_USER}:wrong@127.0.0.1:{mongo_auth_server.port}"
     with pytest.raises(RuntimeError, match="Authentication failed"):
         pymongo_call(bad, "test", "c", "find", {})
+
+
+def test_commands_log(mongo_server_factory):
+    srv = mongo_server_factory()
+    pymongo_call(srv.url, "test", "c", "find", {"key": "a"})
+    assert "find" in srv.commands()
+    assert srv.commands().index("find") > 0  # after the handshake
+
+
+def test_replica_set_hello(mongo_server_factory):
+    primary, secondary = mongo_server_factory.replica_set()
+    hosts = [primary.address, secondary.address]
+    hp = pymongo_call(primary.url, "admin", "", "command", {"hello": 1})
+    assert (hp["isWritablePrimary"], hp["setName"], hp["primary"], hp["me"]) == (
+        True, "rs0", primary.address, primary.address)
+    assert hp["hosts"] == hosts
+    hs = pymongo_call(secondary.url, "admin", "", "command", {"hello": 1})
+    assert (hs["isWritablePrimary"], hs["secondary"], hs["setName"], hs["primary"], hs["me"]) == (
+        False, True, "rs0", primary.address, secondary.address)
+    assert hs["hosts"] == hosts
+
+
+def test_secondary_refuses_data_commands(mongo_server_factory):
+    primary, secondary = mongo_server_factory.replica_set()
+    with pytest.raises(RuntimeError, match="10107|not primary|NotWritablePrimary"):
+        pymongo_call(secondary.url, "admin", "", "command", {"find": "c", "filter": {}})
+    assert "find" in secondary.commands()
+
+
+def test_seed_list_starting_on_secondary_reaches_primary(mongo_server_factory):
+    primary, secondary = mongo_server_factory.replica_set()
+    url = f"mongodb://{secondary.address},{primary.address}/?replicaSet=rs0"
+    doc = {"key": {"type": "string", "value": "p"}}
+    assert pymongo_call(url, "test", "c", "insert", [doc]) == 1
+    assert "insert" in primary.commands() and "insert" not in secondary.commands()
+    assert len(pymongo_call(primary.url, "test", "c", "find", {})) == 1
