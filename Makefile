@@ -42,6 +42,7 @@ deps:
 	pkg-config --exists libpq 2>/dev/null || missing="$$missing libpq-dev"; \
 	{ pkg-config --exists libmariadb 2>/dev/null || pkg-config --exists mariadb 2>/dev/null; } || missing="$$missing libmariadb-dev"; \
 	pkg-config --exists sqlite3 2>/dev/null || missing="$$missing libsqlite3-dev"; \
+	pkg-config --exists libbson-1.0 2>/dev/null || missing="$$missing libbson-dev"; \
 	pkg-config --exists openssl 2>/dev/null || missing="$$missing libssl-dev"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	{ command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ]; } || missing="$$missing mariadb-server"; \
@@ -84,6 +85,7 @@ test-c: deps
 	$(MAKE) -C tests/c valgrind
 	$(MAKE) -C tests/c -f resp.mk resp-valgrind
 	$(MAKE) -C tests/c -f scram.mk scram-valgrind
+	$(MAKE) -C tests/c -f wire.mk wire-valgrind
 
 test-py: venv $(VENV)/.test-stamp test-venvs
 	$(PY) -m pytest tests -q --timeout 300
@@ -91,7 +93,7 @@ test-py: venv $(VENV)/.test-stamp test-venvs
 # The modules whose tests run on an event loop of their own, again on uvloop
 # (uvicorn's loop when installed), busy polling included.
 UVLOOP_TESTS := tests/test_api.py tests/test_redis.py tests/test_sql.py tests/test_uvloop.py \
-  tests/test_shapes_connect.py tests/test_redis_tls.py
+  tests/test_shapes_connect.py tests/test_redis_tls.py tests/test_mongo.py
 
 test-uvloop: venv $(VENV)/.test-stamp test-venvs
 	CACHEME_TEST_LOOP=uvloop $(PY) -m pytest $(UVLOOP_TESTS) -q --timeout 300
@@ -177,6 +179,7 @@ test-asan: deps $(VENV)/.test-stamp test-venvs
 	$(MAKE) -C tests/c asan
 	$(MAKE) -C tests/c -f resp.mk resp-asan
 	$(MAKE) -C tests/c -f scram.mk scram-asan
+	$(MAKE) -C tests/c -f wire.mk wire-asan
 
 # The Redis tests against hiredis 1.x (Debian 12 ships 0.14): its C sources,
 # taken from PyPI's hiredis sdist (hiredis-py vendors them), are built into a

@@ -9,10 +9,11 @@ Switches (environment variables):
   CACHEME_WERROR=1    warnings are errors (CI)
   CACHEME_NO_PRIVATE=1  no private CPython API even where a version gate allows
                       it: the public fallbacks (csrc/compat.h), for tests
-  CACHEME_NO_PQ=1, CACHEME_NO_MARIADB=1, CACHEME_NO_SQLITE=1
-                      build without that SQL client library even if found
-Optional (SQL storages, found with pkg-config when installed): libpq (libpq-dev),
-MariaDB Connector/C (libmariadb-dev), sqlite3 (libsqlite3-dev).
+  CACHEME_NO_PQ=1, CACHEME_NO_MARIADB=1, CACHEME_NO_SQLITE=1, CACHEME_NO_BSON=1
+                      build without that client library even if found
+Optional (SQL and MongoDB storages, found with pkg-config when installed): libpq
+(libpq-dev), MariaDB Connector/C (libmariadb-dev), sqlite3 (libsqlite3-dev),
+libbson (libbson-dev: BSON for the MongoDB storage).
 """
 import glob
 import os
@@ -37,6 +38,7 @@ OPTIONAL = [
     (("libpq",), "libpq-dev", "CM_HAVE_PQ"),
     (("libmariadb", "mariadb"), "libmariadb-dev", "CM_HAVE_MARIADB"),
     (("sqlite3",), "libsqlite3-dev", "CM_HAVE_SQLITE"),
+    (("libbson-1.0",), "libbson-dev", "CM_HAVE_BSON"),
 ]
 
 

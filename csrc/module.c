@@ -6,6 +6,7 @@
 #include "flight/flight.h"
 #include "loop/loop.h"
 #include "loop/wake.h"
+#include "mongo/mongo.h"
 #include "net/netloop.h"
 #include "redis/redis.h"
 #include "sql/sqlstore.h"
@@ -95,6 +96,8 @@ static int cm_exec(PyObject *mod)
         goto done;
     if (cm_sql_init(mod, st) < 0 || cm_sql_remote_init(mod, st) < 0) /* sql */
         goto done;
+    if (cm_mongo_init(mod, st) < 0) /* mongo */
+        goto done;
     if (cm_netloop_init(mod, st) < 0 || register_at_fork(mod) < 0) /* netloop, fork */
         goto done;
     if (cm_get_all_init(mod, st) < 0) /* get_all */
@@ -142,6 +145,8 @@ static int cm_traverse(PyObject *mod, visitproc visit, void *arg)
     if (r == 0)
         r = cm_sql_traverse(st, visit, arg);
     if (r == 0)
+        r = cm_mongo_state_traverse(&st->mongo, visit, arg);
+    if (r == 0)
         r = cm_get_all_traverse(st, visit, arg);
     if (r != 0)
         return r;
@@ -178,10 +183,11 @@ static int cm_clear(PyObject *mod)
     Py_CLEAR(st->KeySlotType);
     Py_CLEAR(st->last_cls);
     Py_CLEAR(st->last_cfg);
-    cm_ser_state_clear(&st->ser); /* serializer */
-    cm_redis_clear(st);           /* redis */
-    cm_sql_clear(st);             /* sql */
-    cm_get_all_clear(st);         /* get_all */
+    cm_ser_state_clear(&st->ser);     /* serializer */
+    cm_redis_clear(st);               /* redis */
+    cm_sql_clear(st);                 /* sql */
+    cm_mongo_state_clear(&st->mongo); /* mongo */
+    cm_get_all_clear(st);             /* get_all */
     return 0;
 }
 

@@ -11,6 +11,7 @@
 
 #include "flight/flight_state.h"
 #include "loop/wake_state.h"
+#include "mongo/mongo_state.h"
 #include "redis/redis_state.h"
 #include "ser/ser_state.h"
 #include "sql/sqlstate.h"
@@ -130,6 +131,7 @@ typedef struct {
      * (made by cm_sql_init): a key a remote storage cannot hold */
     PyObject *StorageKeyError;
     /* end sql */
+    CmMongoState mongo; /* mongo/mongo_state.h */
     /* netloop (netloop.c): every per-loop table of the process, for the
      * after-fork hook (plain C records, owned by their storages) */
     struct CmNetLoops *netloops;

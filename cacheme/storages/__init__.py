@@ -19,6 +19,8 @@ class Storage:
         "unix": "cacheme.storages.redis:RedisStorage",
         "sqlite": "cacheme.storages.sqlite:SQLiteStorage",
         "mongodb": "cacheme.storages.mongo:MongoStorage",
+        # refused by MongoStorage with a clear reason (SRV lookup not built)
+        "mongodb+srv": "cacheme.storages.mongo:MongoStorage",
         "postgresql": "cacheme.storages.postgres:PostgresStorage",
         "mysql": "cacheme.storages.mysql:MySQLStorage",
     }

@@ -1,7 +1,8 @@
 /* How a value is laid out in a remote storage, exactly as cacheme 0.3.0 did,
- * so both versions share one cache. Key-value storages (Redis, and MongoDB's
- * value field) hold serializer.dumps({"value": v, "updated_at": now(UTC)});
- * SQL rows hold serializer.dumps(v), updated_at being a column of its own.
+ * so both versions share one cache. Redis holds
+ * serializer.dumps({"value": v, "updated_at": now(UTC)}); SQL rows and
+ * MongoDB documents hold serializer.dumps(v), updated_at being a column
+ * (field) of its own (0.3.0's MongoStorage kept BaseStorage's encoding).
  * A SQL storage may also cache without a serializer: then only bytes, which
  * is what the value column gives back. */
 #ifndef CM_ENVELOPE_H
@@ -10,7 +11,7 @@
 
 typedef enum {
     CM_ENVELOPE_DICT, /* {"value": v, "updated_at": ...} (Redis) */
-    CM_ENVELOPE_BARE, /* v itself (SQL rows) */
+    CM_ENVELOPE_BARE, /* v itself (SQL rows, MongoDB documents) */
 } CmEnvelope;
 
 /* The bytes to store for value; new reference, or NULL with an exception.

@@ -1,0 +1,205 @@
+"""MongoDB storage (0.3.0 module path ``cacheme.storages.mongo``).
+
+``Storage(url="mongodb://host:port/", database="test", collection="cache",
+pool_size=50, timeout=5.0, connect_timeout=5.0)``, or
+``MongoStorage(address, database, collection, pool_size=50)`` as in 0.3.0.
+
+Driven from C (``cacheme._core.MongoClient``): OP_MSG on non-blocking
+sockets of the running asyncio loop, BSON built and read with libbson (no
+motor, no pymongo, no libmongoc). Each get_all is one ``find`` with ``$in``,
+and so are the single gets queued on a connection in one loop iteration
+(up to 256 keys); set and set_all are one ``update`` command (upserts; one
+statement per key), remove one ``delete``; every command carries
+``maxTimeMS`` = ``timeout``, and the client gives up at the same time
+(``MongoTimeoutError``: a miss in ``get``).
+
+Documents are 0.3.0's, so both versions share one collection: ``key`` (the
+node's full key), ``value`` (binary: ``serializer.dumps(value)``; without a
+serializer a node can cache only bytes), ``updated_at`` and ``expire`` (UTC
+datetimes, ``expire`` null without a TTL). Documents whose ``expire`` has
+passed read as misses. ``connect()`` creates the unique index on ``key`` and
+the index on ``expire`` (scripts/mongo.js); existing ones are kept.
+
+URL: ``mongodb://[user:password@]host1[:port1][,host2[:port2],...][/[authdb]][?options]``.
+Several hosts are a seed list: requests go to the writable primary, found
+with ``hello`` (a secondary names it); a server that stops being the primary
+is left for the one found anew, and a request it refused as "not primary" is
+sent once more. A seed that cannot be reached passes the turn to the next
+one, and requests pending on a connection to the primary that breaks are
+sent once to the next server (finds, upserts and deletes can run twice; not
+after a timeout). With one server they fail (misses in ``get``) and the next
+ones reconnect after the backoff (50 ms doubling to 1 s). Not supported (a ValueError says so): ``mongodb+srv://``
+(SRV lookup) and ``tls=true``/``ssl=true``.
+
+Credentials in the URL authenticate each connection with SCRAM
+(``authMechanism`` SCRAM-SHA-256 or SCRAM-SHA-1; without it SCRAM-SHA-256
+when the server lists it for the user, else SCRAM-SHA-1) against
+``authSource``, else the URL's database, else ``admin``. Refused credentials
+fail requests with ``MongoAuthError`` (a ``MongoConnectionError``).
+"""
+from typing import Any, Dict, List, Tuple
+from urllib.parse import parse_qsl, unquote
+
+from cacheme import _core
+from cacheme.storages.base import BaseStorage, int_option, seconds_option
+
+__all__ = ["MongoStorage", "MongoError", "MongoConnectionError", "MongoTimeoutError",
+           "MongoServerError", "MongoAuthError", "parse_url"]
+
+_AVAILABLE = bool(getattr(_core, "_mongo_available", 0))
+_NO_BSON = ("cacheme was built without libbson, which the MongoDB storage needs: install "
+            "libbson-dev (apt-get install libbson-dev) and rebuild cacheme")
+
+if _AVAILABLE:
+    MongoError = _core.MongoError
+    MongoConnectionError = _core.MongoConnectionError
+    MongoTimeoutError = _core.MongoTimeoutError
+    MongoServerError = _core.MongoServerError
+    MongoAuthError = _core.MongoAuthError
+    _Base: Any = _core.MongoClient
+else:
+    class MongoError(Exception):  # type: ignore[no-redef]
+        """The MongoDB storage failed."""
+
+    class MongoConnectionError(MongoError, ConnectionError):  # type: ignore[no-redef]
+        pass
+
+    class MongoTimeoutError(MongoError, TimeoutError):  # type: ignore[no-redef]
+        pass
+
+    class MongoServerError(MongoError):  # type: ignore[no-redef]
+        pass
+
+    class MongoAuthError(MongoConnectionError):  # type: ignore[no-redef]
+        pass
+
+    class _Base:  # type: ignore[no-redef]
+        def __init__(self, *args: Any, **kwargs: Any):
+            raise RuntimeError(_NO_BSON)
+
+
+_TRUE = ("true", "1", "yes")
+_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
+
+
+def _host_port(part: str, url: str) -> Tuple[str, int]:
+    if part.startswith("["):
+        end = part.find("]")
+        if end < 0:
+            raise ValueError(f"mongodb URL {url!r}: unterminated IPv6 address {part!r}")
+        host, rest = part[1:end], part[end + 1:]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"mongodb URL {url!r}: bad host {part!r}")
+        port_s = rest[1:] if rest else ""
+    else:
+        host, _, port_s = part.partition(":")
+    if not host:
+        raise ValueError(f"mongodb URL {url!r}: empty host")
+    port = 27017
+    if port_s:
+        if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+            raise ValueError(f"mongodb URL {url!r}: bad port {port_s!r}")
+        port = int(port_s)
+    return host, port
+
+
+def parse_url(url: str) -> Dict[str, Any]:
+    """The parts of a mongodb:// URL: hosts [(host, port)], user, password,
+    authdb (the path's database, or None) and options (dict)."""
+    if url.startswith("mongodb+srv://"):
+        raise ValueError(
+            f"mongodb+srv:// URLs are not supported (SRV lookup for MongoDB is not built): "
+            f"list the hosts in a mongodb:// URL instead: {url!r}")
+    if not url.startswith("mongodb://"):
+        raise ValueError(f"not a mongodb:// URL: {url!r}")
+    rest = url[len("mongodb://"):]
+    cut = len(rest)
+    for sep in "/?":
+        i = rest.find(sep)
+        if 0 <= i < cut:
+            cut = i
+    authority, tail = rest[:cut], rest[cut:]
+    user = password = None
+    if "@" in authority:
+        cred, _, authority = authority.rpartition("@")
+        u, sep, p = cred.partition(":")
+        user = unquote(u)
+        password = unquote(p) if sep else None
+    if not authority:
+        raise ValueError(f"mongodb URL {url!r} names no host")
+    hosts = [_host_port(part, url) for part in authority.split(",")]
+    path, _, query = tail.partition("?")
+    authdb = unquote(path.lstrip("/")) or None
+    options = {k: v for k, v in parse_qsl(query, keep_blank_values=True)}
+    for name in ("tls", "ssl"):
+        if options.get(name, "").lower() in _TRUE:
+            raise ValueError(
+                f"mongodb URL {url!r}: {name}={options[name]} is not supported "
+                f"(TLS for MongoDB is not built)")
+    return {"hosts": hosts, "user": user, "password": password, "authdb": authdb,
+            "options": options}
+
+
+class MongoStorage(_Base, BaseStorage):  # type: ignore[misc, valid-type]
+    """0.3.0's ``MongoStorage(address, database, collection, pool_size=50)``,
+    with ``timeout`` and ``connect_timeout`` (seconds)."""
+
+    def __init__(self, address: str, database: str, collection: str, pool_size: int = 50,
+                 timeout: float = 5.0, connect_timeout: float = 5.0):
+        if not _AVAILABLE:
+            raise RuntimeError(_NO_BSON)
+        BaseStorage.__init__(self, address)
+        for name, v in (("database", database), ("collection", collection)):
+            if not isinstance(v, str) or not v:
+                raise TypeError(f"mongodb storage: {name} must be a non-empty str, not {v!r}")
+        owner = "mongodb storage"
+        parts = parse_url(address)
+        opts = parts["options"]
+        mech = opts.get("authMechanism")
+        if mech is not None and mech not in _MECHANISMS:
+            raise ValueError(f"mongodb URL {address!r}: authMechanism={mech} is not supported "
+                             f"(supported: {', '.join(_MECHANISMS)})")
+        auth: Dict[str, Any] = {}
+        if parts["user"] is not None:
+            if not parts["user"]:
+                raise ValueError(f"mongodb URL {address!r}: empty user name")
+            auth = {
+                "user": parts["user"],
+                "password": parts["password"] or "",
+                # MongoDB's rule: authSource, else the URL's database, else admin
+                "auth_source": opts.get("authSource") or parts["authdb"] or "admin",
+                "auth_mechanism": mech,
+            }
+        elif mech is not None:
+            raise ValueError(f"mongodb URL {address!r}: authMechanism without credentials")
+        self.database = database
+        self.collection = collection
+        self.pool_size = int_option(owner, "pool_size", pool_size, 1)
+        _Base.__init__(
+            self,
+            [tuple(h) for h in parts["hosts"]],
+            database,
+            collection,
+            pool_size=pool_size,
+            timeout=seconds_option(owner, "timeout", timeout),
+            connect_timeout=seconds_option(owner, "connect_timeout", connect_timeout),
+            **auth,
+        )
+
+    async def connect(self) -> None:
+        """Create the indexes of scripts/mongo.js (kept when they exist)."""
+        await self._create_indexes()
+
+    async def close(self) -> None:
+        """Close every connection (every loop's); the next request connects anew."""
+        self.close_now()
+
+    async def get_by_key(self, key: str) -> Any:
+        raise NotImplementedError("use get(node, serializer)")
+
+    async def get_by_keys(self, keys: List[str]) -> Any:
+        raise NotImplementedError("use get_all(nodes, serializer)")
+
+    def __repr__(self) -> str:
+        return (f"MongoStorage({self.address!r}, database={self.database!r}, "
+                f"collection={self.collection!r})")

@@ -1,0 +1,224 @@
+/* The MongoDB storage: _core.MongoClient, driven from C on the asyncio loop
+ * (no libmongoc: it blocks). What the files of the driver share.
+ *
+ * A storage call becomes a request (CmMongoReq: a find, an update with
+ * upsert, a delete, createIndexes) and returns an asyncio future. The
+ * request is encoded as one OP_MSG (wire.h) with its BSON built by libbson
+ * (cmd.c) on a connection of the instance serving the running loop
+ * (net/netloop.h) and sent with everything else queued in that loop
+ * iteration (single gets of one iteration coalesced into one find);
+ * replies are matched to requests by responseTo. A connection
+ * first says hello (the server's limits, whether it is the writable
+ * primary); requests queued meanwhile leave once it is answered.
+ *
+ * Files:
+ *   wire.c   OP_MSG framing (plain C, tests/c)
+ *   cmd.c    the commands' BSON and what their replies mean
+ *   conn.c   CmMongoConnObject on net/conn.h: socket, hello, pending
+ *            requests, reading replies
+ *   auth.c   SCRAM authentication of a connection (saslStart/saslContinue
+ *            around scram.c's conversation)
+ *   pool.c   which connection takes a request; the seed list and the
+ *            primary (topology)
+ *   store.c  the MongoClient type and the module hooks
+ *   remote.c the flight's storage interface (flight/remote.h)
+ *
+ * Documents are cacheme 0.3.0's (written by motor): key (string), value
+ * (binary, serializer.dumps(v): ser/envelope.h's CM_ENVELOPE_BARE, as
+ * 0.3.0's MongoStorage stored it through BaseStorage.deserialize),
+ * updated_at and expire (UTC datetimes; expire null without TTL). Expired
+ * documents read as misses. */
+#ifndef CM_MONGO_H
+#define CM_MONGO_H
+#include "state.h"
+
+/* MongoClient and the exceptions, added to the module (a no-op when the
+ * build has no libbson: mongo.py then says what to install). */
+int cm_mongo_init(PyObject *mod, CmState *st);
+
+#ifdef CM_HAVE_BSON
+#include "mongo/scram.h"
+#include "mongo/wire.h"
+#include "net/conn.h"
+#include "net/netloop.h"
+#include "net/pool.h"
+
+typedef struct CmMongoClientObject CmMongoClientObject;
+typedef struct CmMongoConnObject CmMongoConnObject;
+
+enum {
+    CM_MONGO_GET,
+    CM_MONGO_GET_ALL,
+    CM_MONGO_SET,
+    CM_MONGO_SET_ALL,
+    CM_MONGO_DEL,
+    CM_MONGO_INDEXES, /* createIndexes on key (unique) and expire */
+    CM_MONGO_PING,    /* {ping: 1}: a connection answers */
+    CM_MONGO_HELLO,   /* the connection's own handshake (no future) */
+    CM_MONGO_SASL,    /* its authentication steps (no future) */
+    CM_MONGO_GETS,    /* GETs of one loop iteration as one find (members) */
+};
+
+/* GETs coalesced into one find at most (its $in list) */
+#define CM_MONGO_RUN_MAX 256
+
+/* SASL mechanisms a hello listed (saslSupportedMechs) */
+#define CM_MONGO_MECH_SHA1 1
+#define CM_MONGO_MECH_SHA256 2
+
+/* One storage call. Owned by the connection it is pending on (or by the
+ * caller until pushed); finished exactly once (cm_mongo_req_finish). */
+typedef struct CmMongoReq {
+    int kind;
+    int retried;      /* sent again once after the primary changed */
+    int32_t id;       /* requestID of its message */
+    int64_t deadline; /* reply due by (monotonic ns) */
+    PyObject *fut;    /* the caller's future; NULL for HELLO */
+    PyObject *ser;    /* GET/GET_ALL: the serializer (or None) */
+    PyObject *key;    /* GET/SET/DEL: str */
+    PyObject *keys;   /* GET_ALL/SET_ALL: list of str */
+    PyObject *nodes;  /* GET_ALL: the nodes, in the order of keys */
+    PyObject *values; /* SET: bytes; SET_ALL: list of bytes */
+    long long ttl_ms; /* SET/SET_ALL: -1 for none */
+    /* GETS: the GET requests it answers (owned), in the order of keys */
+    struct CmMongoReq **members;
+    int nmembers, capm;
+} CmMongoReq;
+
+/* A connection: net/conn.h's part and the protocol's. */
+enum { CM_MONGO_HANDSHAKE = CM_NET_OPEN, CM_MONGO_READY };
+
+struct CmMongoConnObject {
+    CmNetConn net;
+    int host; /* index of its server in the client's hosts */
+    int flush_scheduled;
+    int64_t connect_deadline;
+    size_t max_message; /* the server's maxMessageSizeBytes */
+    PyObject *flush_cb; /* bound on_flush, made once */
+    PyObject *resolve;  /* the host's lookup while it runs, or NULL */
+    CmMongoBuf out;     /* to send now */
+    CmMongoBuf held;    /* encoded requests waiting for the handshake */
+    CmMongoBuf in;      /* received, not yet parsed */
+    CmMongoReq **pend;  /* sent or held, awaiting replies */
+    size_t npend, cap;
+    CmScram *scram;  /* the authentication conversation, or NULL */
+    CmMongoReq *run; /* the GETS still taking GETs (pending, not encoded), or NULL */
+    int sasl_mech, sasl_step;
+};
+
+/* A server of the seed list (or one a hello named as the primary). */
+typedef struct {
+    char *host;
+    int port;
+} CmMongoHost;
+
+struct CmMongoClientObject {
+    PyObject_HEAD
+    CmState *st;
+    CmMongoHost *hosts;
+    int nhosts;
+    int primary;        /* the server requests go to (index in hosts) */
+    PyObject *database; /* str */
+    PyObject *collection;
+    Py_ssize_t pool_size;
+    double timeout, connect_timeout;
+    int32_t next_id;
+    /* credentials (NULL: none): user and password as UTF-8 bytes, the
+     * database they belong to, the mechanism (0: chosen from the hello;
+     * else a CmScramMech), and the salted password's cache (scram.h) */
+    PyObject *user, *password, *auth_source;
+    int auth_mech;
+    CmScramCache *scram_cache;
+    CmNetPool pool; /* connections to the primary */
+    CmNetLoops loops;
+    PyObject *init_args, *init_kwds;
+    PyObject *weakreflist;
+};
+
+static inline CmMongoClientObject *cm_mongo_conn_client(const CmMongoConnObject *c)
+{
+    return c->net.pool
+               ? (CmMongoClientObject *)((char *)c->net.pool - offsetof(CmMongoClientObject, pool))
+               : NULL;
+}
+
+/* The next request id of cl (unique per client, never 0 nor negative). */
+static inline int32_t cm_mongo_next_id(CmMongoClientObject *cl)
+{
+    if (++cl->next_id <= 0)
+        cl->next_id = 1;
+    return cl->next_id;
+}
+
+/* cmd.c */
+CmMongoReq *cm_mongo_req_new(int kind);
+/* Free a request that was never pushed, or that is finished. */
+void cm_mongo_req_free(CmMongoReq *r);
+/* A GET joins a GETS (ownership moves); -1 when out of memory. */
+int cm_mongo_req_add_member(CmMongoReq *run, CmMongoReq *r);
+/* Append r's command as one OP_MSG with request id r->id to b; -1 with an
+ * exception (a value too large for a message: MongoError). */
+int cm_mongo_req_encode(CmMongoClientObject *cl, CmMongoReq *r, CmMongoBuf *b, size_t max);
+/* The reply body (checked framing) for r: settles r's future. Returns 0,
+ * or 1 when the server says it is no longer the primary (r is then not
+ * finished: the caller sends it again after rediscovery, or fails it). */
+int cm_mongo_req_reply(CmMongoClientObject *cl, CmMongoReq *r, const uint8_t *body, size_t n);
+/* Settle r's future with exc (borrowed) and free r. */
+void cm_mongo_req_fail(CmState *st, CmMongoReq *r, PyObject *exc);
+void cm_mongo_req_fail_msg(CmState *st, CmMongoReq *r, PyObject *tp, PyObject *msg);
+int cm_mongo_req_traverse(const CmMongoReq *r, visitproc visit, void *arg);
+/* The hello reply: 1 writable primary, 0 not (*primary_hint set to a new
+ * "host:port" string from its `primary` field, or NULL), -1 with an
+ * exception. *max_message from maxMessageSizeBytes, *mechs the
+ * CM_MONGO_MECH_* of saslSupportedMechs. */
+int cm_mongo_hello_parse(const uint8_t *body, size_t n, size_t *max_message, int *mechs,
+                         char **primary_hint);
+/* Append the hello command as one OP_MSG (asking for the mechanisms of
+ * cl's user when it has one). -1 with an exception. */
+int cm_mongo_hello_encode(CmMongoClientObject *cl, CmMongoBuf *b, int32_t id);
+
+/* conn.c */
+CmMongoConnObject *cm_mongo_conn_open(CmMongoClientObject *cl, PyObject *loop);
+/* Queue r on c (ownership moves to c); on failure r is failed. */
+void cm_mongo_conn_push(CmMongoConnObject *c, CmMongoReq *r);
+/* Add an internal request to c's pending list; -1 when out of memory. */
+int cm_mongo_conn_add_pending(CmMongoConnObject *c, CmMongoReq *r);
+void cm_mongo_conn_close_fmt(CmMongoConnObject *c, PyObject *tp, int failed, const char *fmt, ...);
+extern PyType_Spec cm_mongo_conn_spec;
+
+/* auth.c: start authenticating c (the hello listed mechs); then each SASL
+ * reply: 1 authenticated, 0 the next message is queued, -1 with an
+ * exception (MongoAuthError, or MemoryError). */
+int cm_mongo_auth_start(CmMongoConnObject *c, int mechs);
+int cm_mongo_auth_step(CmMongoConnObject *c, const uint8_t *body, size_t n);
+
+/* store.c, for remote.c: queue GET node (SET node = value with ttl) on the
+ * instance serving the running loop with waiter as the request's future
+ * (an object answering done, set_result and set_exception as a Future
+ * does). 0, or -1 with an exception (nothing queued). */
+int cm_mongo_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject *waiter);
+int cm_mongo_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl,
+                     PyObject *ser, PyObject *waiter);
+/* remote.c: MongoClient registered with the singleflight */
+int cm_mongo_remote_init(PyObject *mod, CmState *st);
+
+/* pool.c */
+/* The connection of cl to take a request on loop (borrowed), or NULL with
+ * an exception (backing off after failures; retry: a request sent again
+ * to a new primary may open a connection meanwhile). */
+CmMongoConnObject *cm_mongo_pool_conn(CmMongoClientObject *cl, PyObject *loop, int retry);
+/* The server said it is not the primary (hint: the one it names, or NULL):
+ * requests go elsewhere from now on; its connections are closed. */
+void cm_mongo_topology_moved(CmMongoClientObject *cl, int host, const char *hint);
+/* r was refused by a server that is no longer the primary, or was pending
+ * on a connection to it that broke (label: the server, why: what
+ * happened): sent once more to the primary found anew (a coalesced find:
+ * each of its GETs), or failed. */
+void cm_mongo_topology_resend(CmMongoClientObject *cl, CmMongoReq *r, PyObject *loop,
+                              const char *label, const char *why);
+/* A connect to host failed: the next seed is tried next time. */
+void cm_mongo_topology_failed(CmMongoClientObject *cl, int host);
+/* "host:port" of the i-th server (static buffer per call site). */
+const char *cm_mongo_host_label(CmMongoClientObject *cl, int i, char *buf, size_t n);
+#endif
+#endif
