@@ -37,11 +37,14 @@ when the server lists it for the user, else SCRAM-SHA-1) against
 ``authSource``, else the URL's database, else ``admin``. Refused credentials
 fail requests with ``MongoAuthError`` (a ``MongoConnectionError``).
 """
-from typing import Any, Dict, List, Tuple
+from datetime import timedelta
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qsl, unquote
 
 from cacheme import _core
+from cacheme.models import sentinel
 from cacheme.storages.base import BaseStorage, int_option, seconds_option
+from cacheme.storages.sqldb import _Key
 
 __all__ = ["MongoStorage", "MongoError", "MongoConnectionError", "MongoTimeoutError",
            "MongoServerError", "MongoAuthError", "parse_url"]
@@ -194,11 +197,26 @@ class MongoStorage(_Base, BaseStorage):  # type: ignore[misc, valid-type]
         """Close every connection (every loop's); the next request connects anew."""
         self.close_now()
 
+    # 0.3.0's hooks, by full key, on raw bytes (the value field as stored;
+    # 0.3.0 gave motor's whole document)
     async def get_by_key(self, key: str) -> Any:
-        raise NotImplementedError("use get(node, serializer)")
+        """The stored bytes of key, or None."""
+        value = await self.get(_Key(key), None)
+        return None if value is sentinel else value
 
-    async def get_by_keys(self, keys: List[str]) -> Any:
-        raise NotImplementedError("use get_all(nodes, serializer)")
+    async def get_by_keys(self, keys: List[str]) -> Dict[str, Any]:
+        """{key: stored bytes} of the keys found, in one find."""
+        found = await self.get_all([_Key(k) for k in keys], None)
+        return {node.key: value for node, value in found}
+
+    async def set_by_key(self, key: str, value: Any, ttl: Optional[timedelta]) -> None:
+        await self.set(_Key(key), value, ttl, None)
+
+    async def set_by_keys(self, data: Dict[str, Any], ttl: Optional[timedelta]) -> None:
+        await self.set_all([(_Key(k), v) for k, v in data.items()], ttl, None)
+
+    async def remove_by_key(self, key: str) -> None:
+        await self.remove(_Key(key))
 
     def __repr__(self) -> str:
         return (f"MongoStorage({self.address!r}, database={self.database!r}, "

@@ -20,6 +20,7 @@ int cm_mongo_init(PyObject *mod, CmState *st)
 
 #include <structmember.h>
 
+#include "base/args.h"
 #include "base/exc.h"
 #include "core/key.h"
 #include "core/ttl.h"
@@ -27,13 +28,12 @@ int cm_mongo_init(PyObject *mod, CmState *st)
 #include "loop/ready.h"
 #include "ser/envelope.h"
 
-static int check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t n)
-{
-    if (nargs == n)
-        return 1;
-    PyErr_Format(PyExc_TypeError, "%s expected %zd arguments, got %zd", name, n, nargs);
-    return 0;
-}
+/* 0.3.0's parameters, by position or keyword (base/args.h) */
+static const CmArgSpec get_spec = CM_ARGSPEC("get", "node", "serializer");
+static const CmArgSpec get_all_spec = CM_ARGSPEC("get_all", "nodes", "serializer");
+static const CmArgSpec set_spec = CM_ARGSPEC("set", "node", "value", "ttl", "serializer");
+static const CmArgSpec set_all_spec = CM_ARGSPEC("set_all", "data", "ttl", "serializer");
+static const CmArgSpec remove_spec = CM_ARGSPEC("remove", "node");
 
 /* The full key of a node; a key UTF-8 cannot encode (a lone surrogate)
  * cannot be a BSON string: StorageKeyError, never a silent miss. */
@@ -102,11 +102,13 @@ static PyObject *submit(CmMongoClientObject *self, CmMongoReq *r)
     return submit_to(self, r, NULL);
 }
 
-static PyObject *client_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *client_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
 {
-    CmMongoClientObject *s = (CmMongoClientObject *)self;
-    if (!check_nargs("get", nargs, 2))
+    PyObject *buf[2];
+    if ((args = cm_args(self, &get_spec, args, nargs, kwnames, buf)) == NULL)
         return NULL;
+    CmMongoClientObject *s = (CmMongoClientObject *)self;
     CmMongoReq *r = cm_mongo_req_new(CM_MONGO_GET);
     if (r == NULL)
         return NULL;
@@ -118,12 +120,14 @@ static PyObject *client_get(PyObject *self, PyObject *const *args, Py_ssize_t na
     return submit(s, r);
 }
 
-static PyObject *client_get_all(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *client_get_all(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
 {
+    PyObject *buf[2];
+    if ((args = cm_args(self, &get_all_spec, args, nargs, kwnames, buf)) == NULL)
+        return NULL;
     CmMongoClientObject *s = (CmMongoClientObject *)self;
     PyObject *seq = NULL;
-    if (!check_nargs("get_all", nargs, 2))
-        return NULL;
     CmMongoReq *r = cm_mongo_req_new(CM_MONGO_GET_ALL);
     if (r == NULL)
         return NULL;
@@ -157,11 +161,13 @@ fail:
     return NULL;
 }
 
-static PyObject *client_set(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *client_set(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
 {
-    CmMongoClientObject *s = (CmMongoClientObject *)self;
-    if (!check_nargs("set", nargs, 4))
+    PyObject *buf[4];
+    if ((args = cm_args(self, &set_spec, args, nargs, kwnames, buf)) == NULL)
         return NULL;
+    CmMongoClientObject *s = (CmMongoClientObject *)self;
     CmMongoReq *r = cm_mongo_req_new(CM_MONGO_SET);
     if (r == NULL)
         return NULL;
@@ -174,12 +180,14 @@ static PyObject *client_set(PyObject *self, PyObject *const *args, Py_ssize_t na
     return submit(s, r);
 }
 
-static PyObject *client_set_all(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *client_set_all(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
 {
+    PyObject *buf[3];
+    if ((args = cm_args(self, &set_all_spec, args, nargs, kwnames, buf)) == NULL)
+        return NULL;
     CmMongoClientObject *s = (CmMongoClientObject *)self;
     PyObject *seq = NULL, *index = NULL;
-    if (!check_nargs("set_all", nargs, 3))
-        return NULL;
     CmMongoReq *r = cm_mongo_req_new(CM_MONGO_SET_ALL);
     if (r == NULL)
         return NULL;
@@ -227,8 +235,13 @@ fail:
     return NULL;
 }
 
-static PyObject *client_remove(PyObject *self, PyObject *node)
+static PyObject *client_remove(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
 {
+    PyObject *buf[1];
+    if ((args = cm_args(self, &remove_spec, args, nargs, kwnames, buf)) == NULL)
+        return NULL;
+    PyObject *node = args[0]; // borrowed
     CmMongoClientObject *s = (CmMongoClientObject *)self;
     CmMongoReq *r = cm_mongo_req_new(CM_MONGO_DEL);
     if (r == NULL)
@@ -564,15 +577,19 @@ static PyObject *client_new(PyTypeObject *tp, PyObject *a, PyObject *k)
 }
 
 static PyMethodDef client_methods[] = {
-    {"get", (PyCFunction)(void (*)(void))client_get, METH_FASTCALL,
-     "get(node, serializer): awaitable of the cached value or cacheme.models.sentinel"},
-    {"get_all", (PyCFunction)(void (*)(void))client_get_all, METH_FASTCALL,
-     "get_all(nodes, serializer): awaitable of [(node, value)] found, in one find"},
-    {"set", (PyCFunction)(void (*)(void))client_set, METH_FASTCALL,
-     "set(node, value, ttl, serializer): awaitable upsert"},
-    {"set_all", (PyCFunction)(void (*)(void))client_set_all, METH_FASTCALL,
-     "set_all([(node, value)], ttl, serializer): awaitable upserts in one update command"},
-    {"remove", client_remove, METH_O, "remove(node): awaitable delete"},
+    {"get", (PyCFunction)(void (*)(void))client_get, METH_FASTCALL | METH_KEYWORDS,
+     "get($self, /, node, serializer)\n--\n\n"
+     "An awaitable of the cached value or cacheme.models.sentinel."},
+    {"get_all", (PyCFunction)(void (*)(void))client_get_all, METH_FASTCALL | METH_KEYWORDS,
+     "get_all($self, /, nodes, serializer)\n--\n\n"
+     "An awaitable of [(node, value)] found, in one find."},
+    {"set", (PyCFunction)(void (*)(void))client_set, METH_FASTCALL | METH_KEYWORDS,
+     "set($self, /, node, value, ttl, serializer)\n--\n\nAn awaitable upsert."},
+    {"set_all", (PyCFunction)(void (*)(void))client_set_all, METH_FASTCALL | METH_KEYWORDS,
+     "set_all($self, /, data, ttl, serializer)\n--\n\n"
+     "An awaitable of the upserts, in one update command."},
+    {"remove", (PyCFunction)(void (*)(void))client_remove, METH_FASTCALL | METH_KEYWORDS,
+     "remove($self, /, node)\n--\n\nAn awaitable delete."},
     {"_create_indexes", client_create_indexes, METH_NOARGS,
      "awaitable createIndexes: key (unique) and expire"},
     {"_ping", client_ping, METH_NOARGS, "awaitable done when the primary answers"},
