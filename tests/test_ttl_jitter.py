@@ -9,7 +9,7 @@ import pytest
 
 import cacheme
 from cacheme import Cache, Node
-from conftest import register_local, unique
+from conftest import register_local, run_python, unique
 from redis_servers import _redis_session_server, needs_redis, redis_server  # noqa: F401
 
 
@@ -148,32 +148,66 @@ async def test_redis_ttls_are_spread(redis_server):
 
 def test_forked_workers_draw_different_ttls():
     # the generator is reseeded in a forked child: workers forked together
-    # (gunicorn --preload) do not write the same TTL sequence
-    r, w = os.pipe()
+    # (gunicorn --preload) do not write the same TTL sequence. In a fresh,
+    # single-threaded interpreter: forking pytest's process (threads of its
+    # servers' watchers) is unsafe.
+    out = run_python("""
+        import asyncio, dataclasses, os
+        from datetime import timedelta
+        import cacheme
+        from cacheme import Cache, Node
 
-    async def draw():
-        name = unique("rec")
-        rec = Recording()
-        await cacheme.register_storage(name, rec)
-        N = make_node([Cache(name, timedelta(seconds=100), ttl_jitter=0.5)])
-        for i in range(5):
-            await cacheme.get(N(i))
-        return [t.total_seconds() for t in rec.ttls]
+        class Recording:
+            def __init__(self):
+                self.ttls = []
+            def is_local(self):
+                return False
+            async def connect(self):
+                pass
+            async def get(self, node, serializer):
+                return cacheme.models.sentinel
+            async def set(self, node, value, ttl, serializer):
+                self.ttls.append(ttl.total_seconds())
+            async def remove(self, node):
+                pass
+            async def close(self):
+                pass
 
-    asyncio.run(draw())  # the parent has drawn before forking
-    pids = []
-    for _ in range(2):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.write(w, (repr(asyncio.run(draw())) + "\n").encode())
-            finally:
-                os._exit(0)
-        pids.append(pid)
-    for pid in pids:
-        os.waitpid(pid, 0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        lines = f.read().split("\n")
-    first, second = (eval(line) for line in lines[:2])
-    assert first != second
+        @dataclasses.dataclass
+        class J(Node):
+            uid: int
+            def key(self):
+                return f"j:{self.uid}"
+            async def load(self):
+                return self.uid
+            class Meta(Node.Meta):
+                version = "v1"
+                caches = [Cache("rec", timedelta(seconds=100), ttl_jitter=0.5)]
+
+        async def draw():
+            rec = Recording()
+            await cacheme.register_storage("rec", rec)
+            for i in range(5):
+                await cacheme.get(J(i))
+            await cacheme.close()
+            return rec.ttls
+
+        asyncio.run(draw())  # the parent has drawn before forking
+        r, w = os.pipe()
+        pids = []
+        for _ in range(2):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.write(w, (repr(asyncio.run(draw())) + "\\n").encode())
+                finally:
+                    os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            print(f.read())
+    """)
+    first, second = (eval(line) for line in out.split("\n")[:2])
+    assert len(first) == 5 and first != second
