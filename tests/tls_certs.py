@@ -26,13 +26,17 @@ class Certs:
                        timeout=60)
 
     def _ca(self, name: str, cn: str):
+        # key usage: what X509_STRICT verification (Python 3.13's default
+        # context) requires of a CA
         self._run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                  "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN={cn}")
+                  "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN={cn}",
+                  "-addext", "keyUsage=critical,keyCertSign,cRLSign")
         return os.path.join(self.dir, f"{name}.crt"), os.path.join(self.dir, f"{name}.key")
 
     def _leaf(self, name: str, cn: str, ext: str):
         with open(os.path.join(self.dir, f"{name}.ext"), "w") as f:
-            f.write(ext + "\n")
+            # the key identifiers X509_STRICT verification asks of a leaf
+            f.write(ext + "\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n")
         self._run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
                   "-out", f"{name}.csr", "-subj", f"/CN={cn}")
         self._run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
