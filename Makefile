@@ -167,6 +167,9 @@ endef
 export SDIST_CHECK
 
 # The whole pytest suite against a sanitizer build kept apart in build/asan-pkg.
+# TESTS: the test files test-asan and test-debug run (default: all).
+TESTS ?= tests
+
 test-asan: deps $(VENV)/.test-stamp test-venvs
 	rm -rf build/asan-pkg && mkdir -p build/asan-pkg
 	CACHEME_SANITIZE=1 $(PY) setup.py -q build_ext --build-lib build/asan-pkg --build-temp build/asan-tmp --force
@@ -175,7 +178,7 @@ test-asan: deps $(VENV)/.test-stamp test-venvs
 	  LD_PRELOAD=$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so) \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  CACHEME_EXPECT_BUILD=asan CACHEME_EXPECT_CORE=$(CURDIR)/build/asan-pkg \
-	  $(PY) -P -m pytest tests -q -p no:cacheprovider --timeout 600
+	  $(PY) -P -m pytest $(TESTS) -q -p no:cacheprovider --timeout 600
 	$(MAKE) -C tests/c asan
 	$(MAKE) -C tests/c -f resp.mk resp-asan
 	$(MAKE) -C tests/c -f scram.mk scram-asan
@@ -214,7 +217,7 @@ test-debug: deps $(VENV)/.test-stamp test-venvs
 	CACHEME_DEBUG=1 $(PY) setup.py -q build_ext --build-lib build/debug-pkg --build-temp build/debug-tmp --force
 	cp -r cacheme/*.py cacheme/*.pyi cacheme/py.typed cacheme/storages build/debug-pkg/cacheme/
 	PYTHONPATH=$(CURDIR)/build/debug-pkg CACHEME_EXPECT_CORE=$(CURDIR)/build/debug-pkg \
-	  $(PY) -P -m pytest tests -q -p no:cacheprovider --timeout 600
+	  $(PY) -P -m pytest $(TESTS) -q -p no:cacheprovider --timeout 600
 
 format:
 	clang-format -i $(CSRC) tests/c/*.c fuzz/*.c
