@@ -24,6 +24,7 @@
 #include "base/exc.h"
 #include "loop/loop.h"
 #include "loop/resolve.h"
+#include "net/stream.h"
 
 static PyObject *conn_on_flush(PyObject *self, PyObject *unused);
 static PyMethodDef on_flush_def = {"_on_flush", conn_on_flush, METH_NOARGS, NULL};
@@ -142,44 +143,24 @@ static int conn_awaiting(const CmNetConn *nc)
     return c->net.state >= CM_NET_OPEN && c->npend > 0;
 }
 
+static void stream_failed(CmNetConn *nc, const char *what, const char *why);
+
 static void conn_fail_io(CmMongoConnObject *c, const char *what, int err)
 {
-    char label[300];
-    if (c->net.state < CM_MONGO_READY && cm_mongo_conn_client(c) != NULL)
-        cm_mongo_topology_failed(cm_mongo_conn_client(c), c->host);
-    cm_mongo_conn_close_fmt(c, c->net.st->mongo.ConnectionError, 1, "mongodb %s: %s: %s",
-                            conn_label(c, label, sizeof(label)), what, strerror(err));
+    stream_failed(&c->net, what, strerror(err));
 }
 
 static void close_run(CmMongoConnObject *c);
 static CmMongoReq *pend_take(CmMongoConnObject *c, int32_t response_to);
+
+static const CmNetStreamOps stream_ops;
 
 /* Send what out holds; wait for writability when the kernel is full. */
 static void conn_write(CmMongoConnObject *c)
 {
     if (c->run != NULL)
         close_run(c);
-    while (c->net.state >= CM_NET_OPEN && cm_mongo_buf_pending(&c->out) > 0) {
-        ssize_t n =
-            send(c->net.fd, c->out.data + c->out.pos, cm_mongo_buf_pending(&c->out), MSG_NOSIGNAL);
-        if (n > 0) {
-            cm_mongo_buf_consume(&c->out, (size_t)n);
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (cm_net_conn_watch(&c->net, 1, 1) < 0) {
-                PyErr_Clear();
-                conn_fail_io(c, "watch failed", EBADF);
-            }
-            return;
-        }
-        conn_fail_io(c, "write failed", n < 0 ? errno : EPIPE);
-        return;
-    }
-    if (c->net.writing && c->net.state >= CM_NET_OPEN && cm_net_conn_watch(&c->net, 1, 0) < 0)
-        PyErr_WriteUnraisable((PyObject *)c);
+    cm_net_stream_write(&c->net, &stream_ops);
 }
 
 static void conn_schedule_flush(CmMongoConnObject *c)
@@ -343,6 +324,23 @@ static void conn_connected(CmMongoConnObject *c)
     conn_write(c);
 }
 
+/* A TLS handshake step: the hello once it is done. */
+static void conn_handshake(CmMongoConnObject *c)
+{
+    if (cm_net_stream_handshake(&c->net, &stream_ops) > 0)
+        conn_connected(c);
+}
+
+/* The TCP connect is done: TLS first when the storage wants it. */
+static void conn_established(CmMongoConnObject *c)
+{
+    CmMongoClientObject *cl = cm_mongo_conn_client(c); // borrowed: connecting, so in its pool
+    if (cl == NULL)
+        return;
+    if (cm_net_stream_start_tls(&c->net, &stream_ops, NULL, cl->hosts[c->host].host) > 0)
+        conn_connected(c);
+}
+
 /* A numeric address (no lookup) connected to without blocking. -1 with
  * errno. */
 static int sock_connect(const char *ip, int port, int *pending)
@@ -396,7 +394,7 @@ static int conn_connect_ip(CmMongoConnObject *c, const char *ip, int port)
             return -1;
         }
     } else
-        conn_connected(c);
+        conn_established(c);
     return 0;
 }
 
@@ -580,42 +578,45 @@ static void conn_reply(CmMongoConnObject *c, const CmMongoReply *m)
     }
 }
 
-/* Readable: take what came, answer every complete reply. */
-static void conn_on_read(CmMongoConnObject *c)
+/* net/stream.h's hooks: out and in are c's buffers. */
+static const void *stream_out(CmNetConn *nc, size_t *n)
 {
-    CmState *st = c->net.st;
+    CmMongoConnObject *c = (CmMongoConnObject *)nc;
+    *n = cm_mongo_buf_pending(&c->out);
+    return c->out.data + c->out.pos;
+}
+
+static void stream_sent(CmNetConn *nc, size_t n)
+{
+    cm_mongo_buf_consume(&((CmMongoConnObject *)nc)->out, n);
+}
+
+static void *stream_room(CmNetConn *nc, size_t *n)
+{
+    CmMongoConnObject *c = (CmMongoConnObject *)nc;
+    if (cm_mongo_buf_reserve(&c->in, 65536) < 0)
+        return NULL;
+    *n = c->in.cap - c->in.len;
+    return c->in.data + c->in.len;
+}
+
+/* Parse before buffering more than one reply may hold. */
+static int stream_took(CmNetConn *nc, const void *p, size_t n)
+{
+    CmMongoConnObject *c = (CmMongoConnObject *)nc;
+    (void)p; /* read into in by stream_room */
+    c->in.len += n;
+    CmMongoReply m;
+    const char *err = NULL;
+    return cm_mongo_reply_parse(c->in.data + c->in.pos, cm_mongo_buf_pending(&c->in),
+                                c->max_message, &m, &err) != 0;
+}
+
+/* Answer every complete reply. */
+static void stream_parse(CmNetConn *nc)
+{
+    CmMongoConnObject *c = (CmMongoConnObject *)nc;
     char label[300];
-    Py_INCREF(c);
-    for (;;) {
-        if (cm_mongo_buf_reserve(&c->in, 65536) < 0) {
-            conn_fail_io(c, "out of memory", ENOMEM);
-            goto done;
-        }
-        size_t room = c->in.cap - c->in.len;
-        ssize_t n = recv(c->net.fd, c->in.data + c->in.len, room, 0);
-        if (n > 0) {
-            c->in.len += (size_t)n;
-            if ((size_t)n < room)
-                break;
-            /* parse before buffering more than one reply may hold */
-            CmMongoReply m;
-            const char *err = NULL;
-            if (cm_mongo_reply_parse(c->in.data + c->in.pos, cm_mongo_buf_pending(&c->in),
-                                     c->max_message, &m, &err) != 0)
-                break;
-            continue;
-        }
-        if (n == 0) {
-            conn_fail_io(c, "connection closed by server", ECONNRESET);
-            goto done;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            break;
-        conn_fail_io(c, "read failed", errno);
-        goto done;
-    }
     while (c->net.state >= CM_NET_OPEN && cm_mongo_buf_pending(&c->in) > 0) {
         CmMongoReply m;
         const char *err = NULL;
@@ -624,39 +625,61 @@ static void conn_on_read(CmMongoConnObject *c)
         if (got == 0)
             break;
         if (got < 0) {
-            cm_mongo_conn_close_fmt(c, st->mongo.ConnectionError, 1,
+            cm_mongo_conn_close_fmt(c, c->net.st->mongo.ConnectionError, 1,
                                     "mongodb %s: invalid reply: %s",
                                     conn_label(c, label, sizeof(label)), err);
-            goto done;
+            return;
         }
         /* the reply points into in: it is consumed once answered */
         conn_reply(c, &m);
         if (c->net.state == CM_NET_CLOSED)
-            goto done;
+            return;
         cm_mongo_buf_consume(&c->in, (size_t)got);
     }
     cm_mongo_buf_compact(&c->in);
-done:
-    Py_DECREF(c);
 }
 
-/* Writable: the connect finished (or failed), or the kernel took more. */
+/* A failed connect passes the turn to the next seed. */
+static void stream_failed(CmNetConn *nc, const char *what, const char *why)
+{
+    CmMongoConnObject *c = (CmMongoConnObject *)nc;
+    char label[300];
+    if (c->net.state < CM_MONGO_READY && cm_mongo_conn_client(c) != NULL)
+        cm_mongo_topology_failed(cm_mongo_conn_client(c), c->host);
+    conn_label(c, label, sizeof(label));
+    if (what != NULL && why != NULL)
+        cm_mongo_conn_close_fmt(c, c->net.st->mongo.ConnectionError, 1, "mongodb %s: %s: %s", label,
+                                what, why);
+    else
+        cm_mongo_conn_close_fmt(c, c->net.st->mongo.ConnectionError, 1, "mongodb %s: %s", label,
+                                what ? what : why);
+}
+
+static const CmNetStreamOps stream_ops = {
+    .out = stream_out,
+    .sent = stream_sent,
+    .room = stream_room,
+    .took = stream_took,
+    .parse = stream_parse,
+    .failed = stream_failed,
+};
+
+/* net/conn.h's io: the connect (and TLS handshake) finished or failed,
+ * the kernel took more, or replies came. */
 static void conn_io(CmNetConn *nc, int readable, int writable)
 {
     CmMongoConnObject *c = (CmMongoConnObject *)nc;
-    if (writable && c->net.state == CM_NET_CONNECTING) {
-        int err = 0;
-        socklen_t len = sizeof(err);
-        if (getsockopt(c->net.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-            err = errno;
-        if (err != 0)
-            conn_fail_io(c, "connect failed", err);
-        else
-            conn_connected(c);
-    } else if (writable && c->net.state >= CM_NET_OPEN)
+    if (c->net.state == CM_NET_CONNECTING) {
+        if (c->net.tls != NULL)
+            conn_handshake(c);
+        else if (writable && cm_net_stream_connected(&c->net, &stream_ops))
+            conn_established(c);
+        return;
+    }
+    if (writable && c->net.state >= CM_NET_OPEN)
         conn_write(c);
     if (readable && c->net.state >= CM_NET_OPEN)
-        conn_on_read(c);
+        cm_net_stream_read(&c->net, &stream_ops);
 }
 
 static const CmNetOps conn_ops = {

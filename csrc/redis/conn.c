@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "loop/resolve.h"
-#include "net/tls.h"
+#include "net/stream.h"
 
 static PyObject *conn_on_flush(PyObject *self, PyObject *unused);
 static PyMethodDef on_flush_def = {"_on_flush", conn_on_flush, METH_NOARGS, NULL};
@@ -153,30 +153,7 @@ static void conn_write(CmRedisConnObject *c)
 {
     if (c->open_run && c->net.state == CONN_READY)
         close_run(c);
-    while (c->net.state == CONN_READY && cm_buf_pending(&c->out) > 0) {
-        ssize_t n = cm_net_send(&c->net, c->out.data + c->out.pos, cm_buf_pending(&c->out));
-        if (n > 0) {
-            cm_buf_consume(&c->out, (size_t)n);
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (cm_net_conn_watch(&c->net, 1, 1) < 0) {
-                PyObject *exc = cm_exc_take();
-                cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "redis %s: %S",
-                                        cm_redis_conn_label(c), exc);
-                Py_XDECREF(exc);
-            }
-            return;
-        }
-        cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1,
-                                "redis %s: write failed: %s", cm_redis_conn_label(c),
-                                cm_net_strerror(&c->net, errno));
-        return;
-    }
-    if (c->net.writing && c->net.state == CONN_READY && cm_net_conn_watch(&c->net, 1, 0) < 0)
-        PyErr_WriteUnraisable((PyObject *)c);
+    cm_net_stream_write(&c->net, &cm_redis_stream_ops);
 }
 
 static void conn_schedule_flush(CmRedisConnObject *c)
@@ -457,8 +434,6 @@ static void conn_on_write(CmRedisConnObject *c)
     }
 }
 
-static void conn_on_read(CmRedisConnObject *c);
-
 /* net/conn.h's io: from the loop's watches and from busy polling. */
 static void conn_io(CmNetConn *nc, int readable, int writable)
 {
@@ -470,7 +445,7 @@ static void conn_io(CmNetConn *nc, int readable, int writable)
     if (writable)
         conn_on_write(c);
     if (readable && c->net.state == CONN_READY)
-        conn_on_read(c);
+        cm_net_stream_read(&c->net, &cm_redis_stream_ops);
 }
 
 /* net/conn.h's awaiting: replies are due (busy polling spins on it). */
@@ -528,43 +503,24 @@ static int reader_pending_ok(const CmRedisConnObject *c)
                               reader_max_bulk(c));
 }
 
-/* Readable: take what came and answer the entries at the head of the ring.
- * A plain socket is drained by a short read; TLS only by EAGAIN, and what
- * OpenSSL holds after an early stop is read before returning (net/tls.h). */
-static void conn_on_read(CmRedisConnObject *c)
+/* net/stream.h's took: feed the reader; parse before buffering more than
+ * one reply may hold. */
+static int stream_took(CmNetConn *nc, const void *p, size_t n)
 {
-    CmState *st = c->net.st;
-    char buf[65536];
-    const int tls = c->net.tls != NULL; /* the session lives as long as c is open */
-    Py_INCREF(c);
-again:
-    while (c->net.state != CONN_CLOSED) {
-        ssize_t n = cm_net_recv(&c->net, buf, sizeof(buf));
-        if (n > 0) {
-            if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
-                cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1, "redis %s: out of memory",
-                                        cm_redis_conn_label(c));
-                goto done;
-            }
-            /* parse before buffering more than one reply may hold */
-            if (((size_t)n < sizeof(buf) && !tls) || !reader_pending_ok(c))
-                break;
-            continue;
-        }
-        if (n == 0) {
-            cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
-                                    "redis %s: connection closed by server",
-                                    cm_redis_conn_label(c));
-            goto done;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            break;
-        cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1, "redis %s: read failed: %s",
-                                cm_redis_conn_label(c), cm_net_strerror(&c->net, errno));
-        goto done;
+    CmRedisConnObject *c = (CmRedisConnObject *)nc;
+    if (redisReaderFeed(c->reader, p, n) != REDIS_OK) {
+        cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "redis %s: out of memory",
+                                cm_redis_conn_label(c));
+        return 1;
     }
+    return !reader_pending_ok(c);
+}
+
+/* net/stream.h's parse: answer the entries at the head of the ring. */
+static void stream_parse(CmNetConn *nc)
+{
+    CmRedisConnObject *c = (CmRedisConnObject *)nc;
+    CmState *st = c->net.st;
     while (c->net.state != CONN_CLOSED) {
         void *reply = NULL;
         if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
@@ -578,23 +534,21 @@ again:
                 cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
                                         "redis %s: protocol error: %s", cm_redis_conn_label(c),
                                         c->reader->errstr);
-            goto done;
+            return;
         }
         if (reply == NULL) {
-            if (!reader_pending_ok(c)) {
+            if (!reader_pending_ok(c))
                 cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
                                         "redis %s: reply refused: a bulk or line longer than "
                                         "max_bulk_bytes=%zu",
                                         cm_redis_conn_label(c), reader_max_bulk(c));
-                goto done;
-            }
-            break;
+            return;
         }
         if (c->len == 0) {
             Py_DECREF((PyObject *)reply);
             cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
                                     "redis %s: reply without a request", cm_redis_conn_label(c));
-            goto done;
+            return;
         }
         CmRedisEntry e = c->ring[c->head];
         c->head = (c->head + 1) % c->cap;
@@ -607,11 +561,43 @@ again:
         }
         cm_redis_entry_reply(c, &e, (PyObject *)reply);
     }
-    if (tls && c->net.state != CONN_CLOSED && cm_net_pending(&c->net))
-        goto again;
-done:
-    Py_DECREF(c);
 }
+
+static const void *stream_out(CmNetConn *nc, size_t *n)
+{
+    CmRedisConnObject *c = (CmRedisConnObject *)nc;
+    *n = cm_buf_pending(&c->out);
+    return c->out.data + c->out.pos;
+}
+
+static void stream_sent(CmNetConn *nc, size_t n)
+{
+    cm_buf_consume(&((CmRedisConnObject *)nc)->out, n);
+}
+
+/* net/stream.h's failed: a failed TCP connect looks the host up again. */
+static void stream_failed(CmNetConn *nc, const char *what, const char *why)
+{
+    CmRedisConnObject *c = (CmRedisConnObject *)nc;
+    CmRedisPool *p = cm_redis_conn_pool(c); // borrowed
+    if (c->net.state == CONN_CONNECTING && c->net.tls == NULL && p != NULL)
+        cm_redis_pool_forget_addrs(p);
+    if (what != NULL && why != NULL)
+        cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "redis %s: %s: %s",
+                                cm_redis_conn_label(c), what, why);
+    else
+        cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "redis %s: %s",
+                                cm_redis_conn_label(c), what ? what : why);
+}
+
+const CmNetStreamOps cm_redis_stream_ops = {
+    .out = stream_out,
+    .sent = stream_sent,
+    .room = NULL,
+    .took = stream_took,
+    .parse = stream_parse,
+    .failed = stream_failed,
+};
 
 static int conn_traverse(CmRedisConnObject *c, visitproc visit, void *arg)
 {

@@ -9,17 +9,13 @@
 #include <sys/socket.h>
 
 #include "loop/resolve.h"
-#include "net/tls.h"
+#include "net/stream.h"
 
-/* A TLS handshake step (net/tls.h): ready once it is done. */
+/* A TLS handshake step (net/stream.h): ready once it is done. */
 void cm_redis_conn_handshake(CmRedisConnObject *c)
 {
-    int rc = cm_tls_handshake(&c->net);
-    if (rc > 0)
+    if (cm_net_stream_handshake(&c->net, &cm_redis_stream_ops) > 0)
         cm_redis_conn_ready(c);
-    else if (rc < 0)
-        cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "redis %s: %s",
-                                cm_redis_conn_label(c), cm_net_strerror(&c->net, EPROTO));
 }
 
 /* The TCP connect is done: the TLS handshake starts, or the connection is
@@ -27,18 +23,8 @@ void cm_redis_conn_handshake(CmRedisConnObject *c)
 static void conn_established(CmRedisConnObject *c)
 {
     CmRedisPool *p = cm_redis_conn_pool(c); // borrowed: open, so in its pool
-    if (p->cfg->tls.ctx == NULL) {
+    if (cm_net_stream_start_tls(&c->net, &cm_redis_stream_ops, &p->cfg->tls, p->host) > 0)
         cm_redis_conn_ready(c);
-        return;
-    }
-    if (cm_tls_start(&c->net, &p->cfg->tls, p->host) < 0) {
-        PyObject *exc = cm_exc_take();
-        cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "redis %s: %S",
-                                cm_redis_conn_label(c), exc);
-        Py_XDECREF(exc);
-        return;
-    }
-    cm_redis_conn_handshake(c);
 }
 
 /* Open the socket to the pool's addresses (resolved, or an IP literal or a
@@ -72,16 +58,7 @@ int cm_redis_conn_connect(CmRedisConnObject *c)
 /* Writable while connecting: the TCP connect finished, or failed. */
 void cm_redis_conn_connected(CmRedisConnObject *c)
 {
-    int err = 0;
-    socklen_t len = sizeof(err);
-    if (getsockopt(c->net.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-        err = errno;
-    if (err != 0) {
-        cm_redis_pool_forget_addrs(cm_redis_conn_pool(c));
-        cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1,
-                                "redis %s: connect failed: %s", cm_redis_conn_label(c),
-                                strerror(err));
-    } else
+    if (cm_net_stream_connected(&c->net, &cm_redis_stream_ops))
         conn_established(c);
 }
 

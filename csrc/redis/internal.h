@@ -36,6 +36,7 @@
 #include "base/exc.h"
 #include "loop/loop.h"
 #include "net/conn.h"
+#include "net/stream.h"
 #include <stddef.h>
 
 /* Default bounds of one reply (RedisClient max_reply_elements /
@@ -148,6 +149,8 @@ void cm_redis_conn_close_fmt(CmRedisConnObject *c, PyObject *tp, int failed, con
 const char *cm_redis_conn_label(CmRedisConnObject *c);
 /* Connected (and TLS set up): watch for replies, send what is queued. */
 void cm_redis_conn_ready(CmRedisConnObject *c);
+/* Its buffers and reply parser on net/stream.h's loops. */
+extern const CmNetStreamOps cm_redis_stream_ops;
 
 /* connect.c. The pool's host is a name: look it up, then connect. -1 with
  * an exception. */
