@@ -128,9 +128,16 @@ void cm_mongo_topology_resend(CmMongoClientObject *cl, CmMongoReq *r, PyObject *
     Py_XDECREF(exc);
 }
 
-static CmMongoConnObject *pool_at(CmMongoClientObject *cl, int i)
+/* Connections to the primary take requests. */
+static Py_ssize_t conn_load(const CmNetConn *nc, void *arg)
 {
-    return (CmMongoConnObject *)cl->pool.conns[i];
+    const CmMongoConnObject *c = (const CmMongoConnObject *)nc;
+    return c->host == ((CmMongoClientObject *)arg)->primary ? (Py_ssize_t)c->npend : -1;
+}
+
+static CmNetConn *conn_open(void *arg, PyObject *loop)
+{
+    return (CmNetConn *)cm_mongo_conn_open(arg, loop);
 }
 
 CmMongoConnObject *cm_mongo_pool_conn(CmMongoClientObject *cl, PyObject *loop, int retry)
@@ -146,44 +153,18 @@ CmMongoConnObject *cm_mongo_pool_conn(CmMongoClientObject *cl, PyObject *loop, i
         if (rc < 0)
             return NULL;
     }
-    CmMongoConnObject *best = NULL; // borrowed
-    for (int i = 0; i < np->nconns; i++) {
-        CmMongoConnObject *c = pool_at(cl, i);
-        if (c->host == cl->primary && (best == NULL || c->npend < best->npend))
-            best = c;
-    }
-    if (best != NULL && (best->npend == 0 || np->nconns >= cl->pool_size))
-        return best;
-    int64_t now = cm_now_ns();
-    /* a request sent again to a new primary is one connect, not a storm:
-     * each is sent again once */
-    if (cm_net_pool_backing_off(np, now) && !(retry && best == NULL)) {
-        if (best != NULL)
-            return best;
+    /* a server runs one command at a time per connection: a new one when
+     * every open one has a request outstanding; a request sent again to a
+     * new primary is one connect, not a storm: each is sent again once */
+    const CmNetPick how = {conn_load, conn_open, 1, cl->pool_size, retry};
+    CmNetConn *c = cm_net_pool_pick(np, loop, &how, cl);
+    if (c == NULL && !PyErr_Occurred()) {
+        int64_t now = cm_now_ns();
         PyErr_Format(
             cl->st->mongo.ConnectionError, "mongodb %s is unavailable (%S); next try in %d ms",
             cm_mongo_host_label(cl, cl->primary, label, sizeof(label)),
             np->last_error ? np->last_error : Py_None, (int)((np->retry_at - now) / 1000000));
-        return NULL;
     }
-    if (cm_net_pool_reserve(np) < 0)
-        return NULL;
-    CmMongoConnObject *c = cm_mongo_conn_open(cl, loop);
-    if (c == NULL) {
-        PyObject *exc = cm_exc_take();
-        PyObject *why = exc ? PyObject_Str(exc) : NULL;
-        if (why == NULL)
-            PyErr_Clear();
-        cm_net_pool_forget(np, NULL, 1, why);
-        Py_XDECREF(why);
-        if (best != NULL) {
-            Py_XDECREF(exc);
-            return best;
-        }
-        cm_exc_restore(exc);
-        return NULL;
-    }
-    cm_net_pool_add(np, &c->net); /* the pool's reference; reserved: cannot fail */
-    return c;
+    return (CmMongoConnObject *)c;
 }
 #endif

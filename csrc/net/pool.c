@@ -165,6 +165,42 @@ void cm_net_pool_ok(CmNetPool *p)
     Py_CLEAR(p->last_error);
 }
 
+CmNetConn *cm_net_pool_pick(CmNetPool *p, PyObject *loop, const CmNetPick *how, void *arg)
+{
+    CmNetConn *best = NULL; // borrowed
+    Py_ssize_t least = 0;
+    for (int i = 0; i < p->nconns; i++) {
+        Py_ssize_t load = how->load(p->conns[i], arg);
+        if (load >= 0 && (best == NULL || load < least)) {
+            best = p->conns[i];
+            least = load;
+        }
+    }
+    if (best != NULL && (least < how->busy || p->nconns >= how->size))
+        return best;
+    if (cm_net_pool_backing_off(p, cm_now_ns()) && !(how->force && best == NULL))
+        return best;
+    if (cm_net_pool_reserve(p) < 0)
+        return NULL;
+    CmNetConn *c = how->open(arg, loop);
+    if (c == NULL) {
+        PyObject *exc = cm_exc_take();
+        PyObject *why = exc ? PyObject_Str(exc) : NULL;
+        if (why == NULL)
+            PyErr_Clear();
+        cm_net_pool_forget(p, NULL, 1, why);
+        Py_XDECREF(why);
+        if (best != NULL) {
+            Py_XDECREF(exc);
+            return best;
+        }
+        cm_exc_restore(exc);
+        return NULL;
+    }
+    cm_net_pool_add(p, c); /* the pool's reference; reserved: cannot fail */
+    return c;
+}
+
 int cm_net_pool_awaiting(const CmNetPool *p)
 {
     for (int i = 0; i < p->nconns; i++) {

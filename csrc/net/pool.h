@@ -24,9 +24,11 @@
  * poll the fds of the pool's connections that await the server (the
  * driver's `awaiting` hook) and hand what is ready to the driver's `io`.
  *
- * What stays the driver's: which connection takes a request and when to
- * open another (Redis pipelines on the least loaded one, SQL hands a batch
- * to an idle one), a queue of requests waiting for a connection and its
+ * Picking a connection for a request: cm_net_pool_pick takes the least
+ * loaded one and opens another (up to a size) when it is busy (Redis
+ * pipelines, MongoDB); SQL hands a batch to an idle one on its own.
+ *
+ * What stays the driver's: a queue of requests waiting for a connection and its
  * deadlines (on a CmNetTimer of its own, net/conn.h, the same lazy rule),
  * periodic housekeeping, and the messages. */
 #ifndef CM_NET_POOL_H
@@ -84,6 +86,25 @@ int cm_net_pool_reserve(CmNetPool *p);
 void cm_net_pool_forget(CmNetPool *p, CmNetConn *c, int failed, PyObject *why);
 /* The server answered: backoff starts over, last_error is cleared. */
 void cm_net_pool_ok(CmNetPool *p);
+/* How a driver picks the connection for a request (cm_net_pool_pick). */
+typedef struct {
+    /* requests outstanding on c (-1: c does not take requests now) */
+    Py_ssize_t (*load)(const CmNetConn *c, void *arg);
+    /* a new connection (not added yet), or NULL with an exception */
+    CmNetConn *(*open)(void *arg, PyObject *loop);
+    Py_ssize_t busy; /* a connection with this many outstanding wants company */
+    Py_ssize_t size; /* but no more than this many connections */
+    int force;       /* open one despite the backoff when none takes requests */
+} CmNetPick;
+
+/* The least loaded connection of p, unless it has how->busy requests
+ * outstanding while p holds fewer than how->size: then a new one (added to
+ * p), and the least loaded one still when none may be opened (backoff) or
+ * the open fails (counted: backoff). NULL when there is none: with the
+ * open's exception, or with none set while backing off (the caller names
+ * the server, p->last_error and p->retry_at). The pool is bound by then. */
+CmNetConn *cm_net_pool_pick(CmNetPool *p, PyObject *loop, const CmNetPick *how, void *arg);
+
 /* 1 while no new connection may be opened (now < retry_at). */
 static inline int cm_net_pool_backing_off(const CmNetPool *p, int64_t now)
 {

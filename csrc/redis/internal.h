@@ -77,12 +77,6 @@ static inline CmRedisPool *cm_redis_conn_pool(const CmRedisConnObject *c)
     return c->net.pool ? (CmRedisPool *)((char *)c->net.pool - offsetof(CmRedisPool, net)) : NULL;
 }
 
-/* The pool's i-th connection (borrowed). */
-static inline CmRedisConnObject *cm_redis_pool_at(const CmRedisPool *p, int i)
-{
-    return (CmRedisConnObject *)p->net.conns[i];
-}
-
 enum { OP_GET, OP_MGET, OP_SET, OP_DEL, OP_RAW, OP_INTERNAL };
 
 struct CmRedisOp {

@@ -95,9 +95,19 @@ void cm_redis_pool_free(CmRedisPool *p)
     free(p);
 }
 
+static Py_ssize_t conn_load(const CmNetConn *c, void *arg)
+{
+    (void)arg;
+    return (Py_ssize_t)((const CmRedisConnObject *)c)->len;
+}
+
+static CmNetConn *conn_open(void *arg, PyObject *loop)
+{
+    return (CmNetConn *)cm_redis_conn_open(arg, loop);
+}
+
 CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop)
 {
-    const CmRedisConfig *cfg = p->cfg;
     CmNetPool *np = &p->net;
     if (np->loop != loop) {
         PyObject *msg = np->loop != NULL ? pool_msg(p, "event loop changed") : NULL;
@@ -107,41 +117,16 @@ CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop)
         if (rc < 0)
             return NULL;
     }
-    CmRedisConnObject *best = NULL; // borrowed
-    for (int i = 0; i < np->nconns; i++)
-        if (best == NULL || cm_redis_pool_at(p, i)->len < best->len)
-            best = cm_redis_pool_at(p, i);
-    if (best != NULL && (best->len < (size_t)cfg->pipeline || np->nconns >= cfg->size))
-        return best;
-    int64_t now = cm_now_ns();
-    if (cm_net_pool_backing_off(np, now)) {
-        if (best != NULL)
-            return best;
+    const CmNetPick how = {conn_load, conn_open, p->cfg->pipeline, p->cfg->size, 0};
+    CmNetConn *c = cm_net_pool_pick(np, loop, &how, p);
+    if (c == NULL && !PyErr_Occurred()) {
+        int64_t now = cm_now_ns();
         PyErr_Format(p->st->redis.ConnectionError,
                      "redis %s is unavailable (%S); next try in %d ms", p->label,
                      np->last_error ? np->last_error : Py_None,
                      (int)((np->retry_at - now) / 1000000));
-        return NULL;
     }
-    if (cm_net_pool_reserve(np) < 0)
-        return NULL;
-    CmRedisConnObject *c = cm_redis_conn_open(p, loop);
-    if (c == NULL) {
-        PyObject *exc = cm_exc_take();
-        PyObject *why = exc ? PyObject_Str(exc) : NULL;
-        if (why == NULL)
-            PyErr_Clear();
-        cm_net_pool_forget(np, NULL, 1, why);
-        Py_XDECREF(why);
-        if (best != NULL) {
-            Py_XDECREF(exc);
-            return best;
-        }
-        cm_exc_restore(exc);
-        return NULL;
-    }
-    cm_net_pool_add(np, &c->net); /* the pool's reference; reserved: cannot fail */
-    return c;
+    return (CmRedisConnObject *)c;
 }
 
 /* The server's addresses, looked up once per pool and kept (a name again
