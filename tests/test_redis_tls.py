@@ -6,11 +6,9 @@ TCP off), on free ports, in their own temp dirs."""
 import asyncio
 import dataclasses
 import os
-import shutil
 import socket
 import ssl
 import subprocess
-import tempfile
 import threading
 import time
 
@@ -25,7 +23,7 @@ from cacheme.storages.redis import (
     parse_url,
 )
 from conftest import LEAK_SNAPSHOT, assert_flat, register_local, run_python, unique
-from tls_certs import OPENSSL, Certs
+from tls_certs import OPENSSL, Certs, certs  # noqa: F401 (fixture)
 from redis_servers import (  # noqa: F401  (fixtures)
     REDIS_CLI,
     RedisCluster,
@@ -111,15 +109,6 @@ class TlsRedisCluster(RedisCluster):
             raise RuntimeError(f"redis-cli --cluster create (TLS) failed: {r.stdout}\n{r.stderr}")
         self.wait_ok()
         return self
-
-
-@pytest.fixture(scope="module")
-def certs():
-    d = tempfile.mkdtemp(prefix="cacheme-tls-")
-    try:
-        yield Certs(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -17,7 +16,7 @@ from cacheme.storages.postgres import PostgresStorage
 from cacheme.storages.sqldb import SQLConnectionError
 from conftest import unique
 from sql_servers import MariaServer, PgServer
-from tls_certs import OPENSSL, Certs
+from tls_certs import OPENSSL, Certs, certs  # noqa: F401 (fixture)
 
 PG_PLAIN = "postgresql://postgres@127.0.0.1:5432/test"
 MY_PLAIN = "mysql://root@127.0.0.1:3306/test"
@@ -73,15 +72,6 @@ async def _plain_or_skip(storage):
         if "SSL" in str(e) or "TLS" in str(e):
             raise
         pytest.skip(f"the machine's server is not reachable: {e}")
-
-
-@pytest.fixture(scope="module")
-def certs():
-    d = tempfile.mkdtemp(prefix="cacheme-sqltls-")
-    try:
-        yield Certs(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- PostgreSQL

@@ -2,6 +2,9 @@
 import os
 import shutil
 import subprocess
+import tempfile
+
+import pytest
 
 OPENSSL = shutil.which("openssl")
 
@@ -43,3 +46,13 @@ class Certs:
                   "-CAcreateserial", "-days", "2", "-out", f"{name}.crt",
                   "-extfile", f"{name}.ext")
         return os.path.join(self.dir, f"{name}.crt"), os.path.join(self.dir, f"{name}.key")
+
+
+@pytest.fixture(scope="module")
+def certs():
+    """A module's throwaway certificates, in a temp dir removed after it."""
+    d = tempfile.mkdtemp(prefix="cacheme-tls-")
+    try:
+        yield Certs(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -28,8 +28,25 @@ sent once more. A seed that cannot be reached passes the turn to the next
 one, and requests pending on a connection to the primary that breaks are
 sent once to the next server (finds, upserts and deletes can run twice; not
 after a timeout). With one server they fail (misses in ``get``) and the next
-ones reconnect after the backoff (50 ms doubling to 1 s). Not supported (a ValueError says so): ``mongodb+srv://``
-(SRV lookup) and ``tls=true``/``ssl=true``.
+ones reconnect after the backoff (50 ms doubling to 1 s). Not supported (a
+ValueError says so): ``mongodb+srv://`` (SRV lookup).
+
+TLS, with the URL options of MongoDB's connection string spec (names
+case-insensitive): ``tls=true`` (or ``ssl=true``; any other tls option
+implies it), ``tlsCAFile`` (a PEM file of the CAs to trust; default the
+system's), ``tlsCertificateKeyFile`` (a PEM holding the client's
+certificate and its unencrypted key), ``tlsAllowInvalidCertificates``,
+``tlsAllowInvalidHostnames`` (the certificate need not name the host of the
+URL) and ``tlsInsecure`` (both). OpenSSL driven non-blocking on the loop
+(the transport Redis's ``rediss://`` uses), TLS 1.2 at least, the handshake
+within ``connect_timeout``. ``tlsCertificateKeyFilePassword`` (an encrypted
+key) and the OCSP options are refused.
+
+``busy_poll`` (None: 0.0002 s, or 0 where the process can use one CPU
+only; 0 turns it off; also a URL option): after requests go out on an
+otherwise idle loop, the replies are polled for up to that long instead of
+sleeping in epoll_wait, as for Redis and SQL. ``busy_poll_info()`` counts
+the spins.
 
 Credentials in the URL authenticate each connection with SCRAM
 (``authMechanism`` SCRAM-SHA-256 or SCRAM-SHA-1; without it SCRAM-SHA-256
@@ -134,21 +151,74 @@ def parse_url(url: str) -> Dict[str, Any]:
     path, _, query = tail.partition("?")
     authdb = unquote(path.lstrip("/")) or None
     options = {k: v for k, v in parse_qsl(query, keep_blank_values=True)}
-    for name in ("tls", "ssl"):
-        if options.get(name, "").lower() in _TRUE:
-            raise ValueError(
-                f"mongodb URL {url!r}: {name}={options[name]} is not supported "
-                f"(TLS for MongoDB is not built)")
     return {"hosts": hosts, "user": user, "password": password, "authdb": authdb,
-            "options": options}
+            "options": options, "tls": _tls_options(options, url)}
+
+
+_FALSE = ("false", "0", "no")
+_TLS_FLAGS = ("tlsallowinvalidcertificates", "tlsallowinvalidhostnames", "tlsinsecure")
+_TLS_FILES = {"tlscafile": "ca_file", "tlscertificatekeyfile": "certificate_key_file"}
+_TLS_REFUSED = {
+    "tlscertificatekeyfilepassword": "an encrypted key is not supported: decrypt it "
+                                     "(openssl pkey -in KEY -out PLAIN)",
+    "tlsdisableocspendpointcheck": "OCSP is not checked",
+    "tlsdisablecertificaterevocationcheck": "OCSP is not checked",
+}
+
+
+def _flag(name: str, value: str, url: str) -> bool:
+    v = value.lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ValueError(f"mongodb URL {url!r}: {name} must be true or false, not {value!r}")
+
+
+def _tls_options(options: Dict[str, str], url: str) -> Optional[Dict[str, Any]]:
+    """The MongoClient tls dict from the URL's TLS options (MongoDB's
+    connection string spec: keys case-insensitive), or None for plain TCP."""
+    low = {k.lower(): (k, v) for k, v in options.items()}
+    on: Optional[bool] = None
+    for key in ("tls", "ssl"):
+        if key in low:
+            name, value = low[key]
+            v = _flag(name, value, url)
+            if on is not None and on != v:
+                raise ValueError(f"mongodb URL {url!r}: tls and ssl disagree")
+            on = v
+    for key, why in _TLS_REFUSED.items():
+        if key in low:
+            raise ValueError(f"mongodb URL {url!r}: {low[key][0]} is not supported ({why})")
+    given = [low[k][0] for k in (*_TLS_FILES, *_TLS_FLAGS) if k in low]
+    if on is False and given:
+        raise ValueError(f"mongodb URL {url!r}: {', '.join(given)} given with tls=false")
+    if not on and not given:
+        return None
+    tls: Dict[str, Any] = {}
+    for key, field in _TLS_FILES.items():
+        if key in low:
+            name, path = low[key]
+            if not path:
+                raise ValueError(f"mongodb URL {url!r}: {name} is empty")
+            tls[field] = path
+    flags = {k: _flag(low[k][0], low[k][1], url) for k in _TLS_FLAGS if k in low}
+    if "tlsinsecure" in flags and len(flags) > 1:
+        raise ValueError(f"mongodb URL {url!r}: tlsInsecure cannot be given with "
+                         f"tlsAllowInvalidCertificates or tlsAllowInvalidHostnames")
+    insecure = flags.get("tlsinsecure", False)
+    tls["allow_invalid_certificates"] = insecure or flags.get("tlsallowinvalidcertificates", False)
+    tls["allow_invalid_hostnames"] = insecure or flags.get("tlsallowinvalidhostnames", False)
+    return tls
 
 
 class MongoStorage(_Base, BaseStorage):  # type: ignore[misc, valid-type]
     """0.3.0's ``MongoStorage(address, database, collection, pool_size=50)``,
-    with ``timeout`` and ``connect_timeout`` (seconds)."""
+    with ``timeout``, ``connect_timeout`` and ``busy_poll`` (seconds)."""
 
     def __init__(self, address: str, database: str, collection: str, pool_size: int = 50,
-                 timeout: float = 5.0, connect_timeout: float = 5.0):
+                 timeout: float = 5.0, connect_timeout: float = 5.0,
+                 busy_poll: Optional[float] = None):
         if not _AVAILABLE:
             raise RuntimeError(_NO_BSON)
         BaseStorage.__init__(self, address)
@@ -178,6 +248,12 @@ class MongoStorage(_Base, BaseStorage):  # type: ignore[misc, valid-type]
         self.database = database
         self.collection = collection
         self.pool_size = int_option(owner, "pool_size", pool_size, 1)
+        if busy_poll is None and "busy_poll" in opts:
+            try:
+                busy_poll = float(opts["busy_poll"])
+            except ValueError:
+                raise ValueError(f"mongodb URL {address!r}: busy_poll must be a number of "
+                                 f"seconds, not {opts['busy_poll']!r}") from None
         _Base.__init__(
             self,
             [tuple(h) for h in parts["hosts"]],
@@ -186,6 +262,8 @@ class MongoStorage(_Base, BaseStorage):  # type: ignore[misc, valid-type]
             pool_size=pool_size,
             timeout=seconds_option(owner, "timeout", timeout),
             connect_timeout=seconds_option(owner, "connect_timeout", connect_timeout),
+            tls=parts["tls"],
+            busy_poll=busy_poll,
             **auth,
         )
 

@@ -128,8 +128,8 @@ static void conn_expired(CmNetConn *nc)
     if (c->net.state < CM_MONGO_READY) {
         if (cl != NULL)
             cm_mongo_topology_failed(cl, c->host);
-        cm_mongo_conn_close_fmt(c, c->net.st->mongo.TimeoutError, 1,
-                                "mongodb %s: connect timed out", label);
+        cm_mongo_conn_close_fmt(c, c->net.st->mongo.TimeoutError, 1, "mongodb %s: %s timed out",
+                                label, c->net.tls != NULL ? "TLS handshake" : "connect");
     } else {
         cm_mongo_conn_close_fmt(c, c->net.st->mongo.TimeoutError, 1,
                                 "mongodb %s: no reply within %d ms", label,
@@ -183,6 +183,7 @@ static PyObject *conn_on_flush(PyObject *self, PyObject *Py_UNUSED(unused))
     c->flush_scheduled = 0;
     if (c->net.state >= CM_NET_OPEN && !c->net.writing)
         conn_write(c);
+    cm_mongo_transport_sent(c);
     Py_RETURN_NONE;
 }
 
@@ -337,7 +338,7 @@ static void conn_established(CmMongoConnObject *c)
     CmMongoClientObject *cl = cm_mongo_conn_client(c); // borrowed: connecting, so in its pool
     if (cl == NULL)
         return;
-    if (cm_net_stream_start_tls(&c->net, &stream_ops, NULL, cl->hosts[c->host].host) > 0)
+    if (cm_net_stream_start_tls(&c->net, &stream_ops, &cl->tls, cl->hosts[c->host].host) > 0)
         conn_connected(c);
 }
 

@@ -20,6 +20,8 @@
  *            around scram.c's conversation)
  *   pool.c   which connection takes a request; the seed list and the
  *            primary (topology)
+ *   transport.c  TLS and busy polling: the options, and the spin after a
+ *            flush
  *   store.c  the MongoClient type and the module hooks
  *   remote.c the flight's storage interface (flight/remote.h)
  *
@@ -42,6 +44,7 @@ int cm_mongo_init(PyObject *mod, CmState *st);
 #include "net/conn.h"
 #include "net/netloop.h"
 #include "net/pool.h"
+#include "net/tls.h"
 
 typedef struct CmMongoClientObject CmMongoClientObject;
 typedef struct CmMongoConnObject CmMongoConnObject;
@@ -131,6 +134,8 @@ struct CmMongoClientObject {
     CmScramCache *scram_cache;
     CmNetPool pool; /* connections to the primary */
     CmNetLoops loops;
+    CmTlsContext tls; /* ctx NULL: plain TCP (transport.c) */
+    CmBusyPoll spin;
     PyObject *init_args, *init_kwds;
     PyObject *weakreflist;
 };
@@ -201,6 +206,25 @@ int cm_mongo_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObjec
                      PyObject *ser, PyObject *waiter);
 /* remote.c: MongoClient registered with the singleflight */
 int cm_mongo_remote_init(PyObject *mod, CmState *st);
+
+/* transport.c. The options tls (None, or a dict: ca_file,
+ * certificate_key_file, allow_invalid_certificates,
+ * allow_invalid_hostnames) and busy_poll (busypoll.h) checked into t. -1
+ * with ValueError/TypeError naming the option. */
+typedef struct {
+    CmTlsContext tls;
+    double spin;
+} CmMongoTransport;
+int cm_mongo_transport_parse(PyObject *tls, PyObject *busy_poll, CmMongoTransport *t);
+/* cl takes t's settings (its connections must be closed by then). */
+void cm_mongo_transport_set(CmMongoClientObject *cl, CmMongoTransport *t);
+void cm_mongo_transport_fini(CmMongoClientObject *cl);
+int cm_mongo_transport_traverse(CmMongoClientObject *cl, visitproc visit, void *arg);
+void cm_mongo_transport_clear(CmMongoClientObject *cl);
+/* busy_poll_info() */
+PyObject *cm_mongo_busy_poll_info(PyObject *self, PyObject *unused);
+/* Requests went out on c (its flush): a busy-poll spin for the replies. */
+void cm_mongo_transport_sent(CmMongoConnObject *c);
 
 /* pool.c */
 /* The connection of cl to take a request on loop (borrowed), or NULL with

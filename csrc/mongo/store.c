@@ -350,15 +350,18 @@ static int client_init(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"hosts",       "database",        "collection", "pool_size",
                              "timeout",     "connect_timeout", "user",       "password",
-                             "auth_source", "auth_mechanism",  NULL};
+                             "auth_source", "auth_mechanism",  "tls",        "busy_poll",
+                             NULL};
     CmMongoClientObject *s = (CmMongoClientObject *)self;
     PyObject *hosts, *database, *collection;
     PyObject *user = Py_None, *password = Py_None, *auth_source = NULL, *mech = Py_None;
+    PyObject *tls = Py_None, *busy_poll = Py_None;
     Py_ssize_t pool_size = 50;
     double timeout = 5.0, connect_timeout = 5.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!UU|$nddOOUO:MongoClient", kwlist, &PyList_Type,
-                                     &hosts, &database, &collection, &pool_size, &timeout,
-                                     &connect_timeout, &user, &password, &auth_source, &mech))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!UU|$nddOOUOOO:MongoClient", kwlist,
+                                     &PyList_Type, &hosts, &database, &collection, &pool_size,
+                                     &timeout, &connect_timeout, &user, &password, &auth_source,
+                                     &mech, &tls, &busy_poll))
         return -1;
     int auth_mech = 0;
     PyObject *ubytes = NULL, *pbytes = NULL;
@@ -439,7 +442,17 @@ static int client_init(PyObject *self, PyObject *args, PyObject *kwds)
         }
         v[i].port = port;
     }
+    CmMongoTransport tr;
+    if (cm_mongo_transport_parse(tls, busy_poll, &tr) < 0) {
+        for (Py_ssize_t j = 0; j < n; j++)
+            free(v[j].host);
+        free(v);
+        Py_XDECREF(ubytes);
+        Py_XDECREF(pbytes);
+        return -1;
+    }
     close_conns(s, "storage re-initialized");
+    cm_mongo_transport_set(s, &tr);
     cm_netloops_clear(&s->loops);
     free_hosts(s);
     s->hosts = v;
@@ -475,6 +488,8 @@ static int client_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(s->password);
     Py_VISIT(s->auth_source);
     int rc = cm_net_pool_traverse(&s->pool, visit, arg);
+    if (rc == 0)
+        rc = cm_mongo_transport_traverse(s, visit, arg);
     return rc ? rc : cm_netloops_traverse(&s->loops, visit, arg);
 }
 
@@ -504,6 +519,7 @@ static int client_clear(PyObject *self)
     Py_CLEAR(s->init_args);
     Py_CLEAR(s->init_kwds);
     cm_net_pool_fini(&s->pool, s->st->mongo.ConnectionError, NULL);
+    cm_mongo_transport_clear(s);
     return 0;
 }
 
@@ -518,6 +534,7 @@ static void client_dealloc(PyObject *self)
     cm_netloops_fini(&s->loops);
     free_hosts(s);
     cm_scram_cache_free(s->scram_cache);
+    cm_mongo_transport_fini(s);
     Py_CLEAR(s->database);
     Py_CLEAR(s->collection);
     Py_CLEAR(s->user);
@@ -595,6 +612,8 @@ static PyMethodDef client_methods[] = {
     {"_ping", client_ping, METH_NOARGS, "awaitable done when the primary answers"},
     {"close_now", client_close_now, METH_NOARGS, "close every connection"},
     {"pool_info", client_pool_info, METH_NOARGS, "connections by state, pending requests"},
+    {"busy_poll_info", cm_mongo_busy_poll_info, METH_NOARGS,
+     "busy_poll_info() -> {'busy_poll': limit, 'busy_poll_hits': n, 'busy_poll_timeouts': n}"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -611,9 +630,10 @@ static PyType_Slot client_slots[] = {
     {Py_tp_traverse, client_traverse},
     {Py_tp_clear, client_clear},
     {Py_tp_dealloc, client_dealloc},
-    {Py_tp_doc, "MongoClient(hosts, database, collection, *, pool_size, timeout, "
-                "connect_timeout, user, password, auth_source, auth_mechanism): MongoDB "
-                "storage on OP_MSG, driven from C"},
+    {Py_tp_doc,
+     "MongoClient(hosts, database, collection, *, pool_size, timeout, "
+     "connect_timeout, user, password, auth_source, auth_mechanism, tls, busy_poll): MongoDB "
+     "storage on OP_MSG, driven from C"},
     {0, NULL},
 };
 

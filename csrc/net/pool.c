@@ -259,6 +259,17 @@ void cm_net_pool_spin(CmNetPool *(*pool_of)(void *owner), void *owner, CmBusyPol
     cm_busypoll_run(bp, spin_collect, spin_handle, &sc);
 }
 
+void cm_net_pool_spin_sent(CmNetPool *(*pool_of)(void *owner), PyObject *owner, CmBusyPoll *bp,
+                           PyObject *loop)
+{
+    cm_busypoll_follow(bp, loop);
+    if (!cm_busypoll_wanted(bp))
+        return;
+    Py_INCREF(owner);
+    cm_net_pool_spin(pool_of, owner, bp);
+    Py_DECREF(owner);
+}
+
 int cm_net_pool_wait(CmNetPool *(*pool_of)(void *owner), void *owner, CmBusyPoll *bp,
                      int (*done)(void *arg), void *arg)
 {

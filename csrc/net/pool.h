@@ -116,6 +116,11 @@ static inline int cm_net_pool_backing_off(const CmNetPool *p, int64_t now)
  * code run by the driver's io may close the storage and free the pool.
  * The caller holds owner, and bp lives as long as it. */
 void cm_net_pool_spin(CmNetPool *(*pool_of)(void *owner), void *owner, CmBusyPoll *bp);
+/* Requests just went out on loop (a flush callback's end): follow the
+ * loop and spin when busypoll.h says so. owner is a Python object, held for
+ * the spin. */
+void cm_net_pool_spin_sent(CmNetPool *(*pool_of)(void *owner), PyObject *owner, CmBusyPoll *bp,
+                           PyObject *loop);
 /* An inline wait (busypoll.h): spin until done(arg) is 1; 1 when it is. */
 int cm_net_pool_wait(CmNetPool *(*pool_of)(void *owner), void *owner, CmBusyPoll *bp,
                      int (*done)(void *arg), void *arg);

@@ -141,7 +141,9 @@ int cm_tls_context_init(CmTlsContext *t, const CmTlsOptions *o, const char *owne
     }
     if (o->ca_certs != NULL || o->ca_path != NULL) {
         if (SSL_CTX_load_verify_locations(ctx, o->ca_certs, o->ca_path) != 1)
-            return context_fail(t, ctx, owner, o->ca_certs ? "ssl_ca_certs" : "ssl_ca_path",
+            return context_fail(t, ctx, owner,
+                                o->ca_certs ? (o->ca_certs_name ? o->ca_certs_name : "ssl_ca_certs")
+                                            : "ssl_ca_path",
                                 o->ca_certs ? o->ca_certs : o->ca_path);
     } else if (o->verify && SSL_CTX_set_default_verify_paths(ctx) != 1) {
         return context_fail(t, ctx, owner, "the system's", "CA certificates");
@@ -149,10 +151,14 @@ int cm_tls_context_init(CmTlsContext *t, const CmTlsOptions *o, const char *owne
     if (o->certfile != NULL) {
         const char *key = o->keyfile ? o->keyfile : o->certfile;
         if (SSL_CTX_use_certificate_chain_file(ctx, o->certfile) != 1)
-            return context_fail(t, ctx, owner, "ssl_certfile", o->certfile);
+            return context_fail(t, ctx, owner, o->certfile_name ? o->certfile_name : "ssl_certfile",
+                                o->certfile);
         if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
             SSL_CTX_check_private_key(ctx) != 1)
-            return context_fail(t, ctx, owner, o->keyfile ? "ssl_keyfile" : "ssl_certfile", key);
+            return context_fail(t, ctx, owner,
+                                o->keyfile ? "ssl_keyfile"
+                                           : (o->certfile_name ? o->certfile_name : "ssl_certfile"),
+                                key);
     }
     ERR_clear_error();
     t->ctx = ctx;

@@ -48,6 +48,9 @@ typedef struct {
     const char *keyfile;  /* its key (PEM; NULL: in certfile) */
     int verify;           /* 0: no verification at all; else the server's certificate */
     int check_hostname;   /* the certificate must name the host (or IP) connected to */
+    /* what the storage calls ca_certs and certfile in its errors (NULL:
+     * redis-py's ssl_ca_certs and ssl_certfile) */
+    const char *ca_certs_name, *certfile_name;
 } CmTlsOptions;
 
 /* A storage's TLS settings; ctx NULL: no TLS. */

@@ -471,14 +471,8 @@ static PyObject *conn_on_flush(PyObject *self, PyObject *Py_UNUSED(unused))
     if (c->net.state == CONN_READY && !c->net.writing)
         conn_write(c);
     CmRedisClientObject *client = p ? p->client : NULL; // borrowed
-    if (client != NULL && client->pool == p && c->net.state == CONN_READY && c->len > 0) {
-        cm_busypoll_follow(&client->spin, c->net.loop);
-        if (cm_busypoll_wanted(&client->spin)) {
-            Py_INCREF(client);
-            cm_net_pool_spin(client_pool, client, &client->spin);
-            Py_DECREF(client);
-        }
-    }
+    if (client != NULL && client->pool == p && c->net.state == CONN_READY && c->len > 0)
+        cm_net_pool_spin_sent(client_pool, (PyObject *)client, &client->spin, c->net.loop);
     Py_RETURN_NONE;
 }
 
