@@ -18,7 +18,11 @@ node's full key), ``value`` (binary: ``serializer.dumps(value)``; without a
 serializer a node can cache only bytes), ``updated_at`` and ``expire`` (UTC
 datetimes, ``expire`` null without a TTL). Documents whose ``expire`` has
 passed read as misses. ``connect()`` creates the unique index on ``key`` and
-the index on ``expire`` (scripts/mongo.js); existing ones are kept.
+the index on ``expire`` (scripts/mongo.js); existing ones are kept. With the
+server down, ``connect()`` (and ``register_storage``) still succeeds (a
+warning is logged): requests then fail (misses in ``get``) until the server
+answers, and the first connection made creates the indexes before anything
+else.
 
 URL: ``mongodb://[user:password@]host1[:port1][,host2[:port2],...][/[authdb]][?options]``.
 Several hosts are a seed list: requests go to the writable primary, found
@@ -54,6 +58,7 @@ when the server lists it for the user, else SCRAM-SHA-1) against
 ``authSource``, else the URL's database, else ``admin``. Refused credentials
 fail requests with ``MongoAuthError`` (a ``MongoConnectionError``).
 """
+import logging
 from datetime import timedelta
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qsl, unquote
@@ -65,6 +70,8 @@ from cacheme.storages.sqldb import _Key
 
 __all__ = ["MongoStorage", "MongoError", "MongoConnectionError", "MongoTimeoutError",
            "MongoServerError", "MongoAuthError", "parse_url"]
+
+logger = logging.getLogger("cacheme")
 
 _AVAILABLE = bool(getattr(_core, "_mongo_available", 0))
 _NO_BSON = ("cacheme was built without libbson, which the MongoDB storage needs: install "
@@ -268,8 +275,19 @@ class MongoStorage(_Base, BaseStorage):  # type: ignore[misc, valid-type]
         )
 
     async def connect(self) -> None:
-        """Create the indexes of scripts/mongo.js (kept when they exist)."""
-        await self._create_indexes()
+        """Create the indexes of scripts/mongo.js (kept when they exist).
+        A server that cannot be reached does not fail it (0.3.0's motor
+        connected lazily too): the indexes are then created on the first
+        connection made, before anything else is sent on it. Refused
+        credentials raise."""
+        try:
+            await self._create_indexes()
+        except MongoAuthError:
+            raise
+        except (MongoConnectionError, MongoTimeoutError) as e:
+            self._indexes_later = 1
+            logger.warning("cacheme: %r: MongoDB not reachable (%s); the storage connects "
+                           "(and creates its indexes) on first use", self, e)
 
     async def close(self) -> None:
         """Close every connection (every loop's); the next request connects anew."""

@@ -91,6 +91,9 @@ static void conn_fail_pending(CmNetConn *nc, CmNetPool *pool, PyObject *tp, PyOb
      * twice); not after a timeout (a stalled server may still run them) */
     CmMongoClientObject *cl = // borrowed
         pool ? (CmMongoClientObject *)((char *)pool - offsetof(CmMongoClientObject, pool)) : NULL;
+    for (size_t i = 0; i < n && cl != NULL; i++)
+        if (pend[i]->kind == CM_MONGO_INDEXES && pend[i]->fut == NULL)
+            cl->indexes_later = CM_MONGO_INDEXES_WANTED; /* the next connection, then */
     int again = failed && cl != NULL && cl->nhosts > 1 && tp == st->mongo.ConnectionError && n > 0;
     char label[300];
     if (again) {
@@ -511,12 +514,44 @@ static void conn_hello(CmMongoConnObject *c, const uint8_t *body, size_t n)
     conn_ready(c);
 }
 
-/* Requests held during the handshake leave now. */
+/* The indexes connect() could not create (the server was down) are
+ * created now, before anything else on c; no one waits for them. */
+static void conn_send_indexes(CmMongoConnObject *c)
+{
+    CmMongoClientObject *cl = cm_mongo_conn_client(c); // borrowed
+    if (cl == NULL || cl->indexes_later != CM_MONGO_INDEXES_WANTED)
+        return;
+    CmMongoReq *r = cm_mongo_req_new(CM_MONGO_INDEXES);
+    if (r == NULL) {
+        PyErr_Clear(); /* the next connection tries */
+        return;
+    }
+    r->id = cm_mongo_next_id(cl);
+    r->deadline = cm_now_ns() + (int64_t)(cl->timeout * 1e9);
+    if (cm_mongo_req_encode(cl, r, &c->out, c->max_message) < 0) {
+        PyErr_Clear();
+        cm_mongo_req_free(r);
+        return;
+    }
+    if (cm_mongo_conn_add_pending(c, r) < 0) {
+        /* its reply will find no request: the connection closes, and the
+         * next one tries again */
+        cm_mongo_req_free(r);
+        return;
+    }
+    cl->indexes_later = CM_MONGO_INDEXES_SENT;
+    if (cm_net_conn_arm(&c->net, r->deadline) < 0)
+        PyErr_WriteUnraisable((PyObject *)c);
+}
+
+/* Requests held during the handshake leave now (after the indexes, when
+ * they are still to be made). */
 static void conn_ready(CmMongoConnObject *c)
 {
     c->net.state = CM_MONGO_READY;
     if (c->net.pool != NULL)
         cm_net_pool_ok(c->net.pool);
+    conn_send_indexes(c);
     if (cm_mongo_buf_pending(&c->held) > 0) {
         if (cm_mongo_buf_put(&c->out, c->held.data + c->held.pos, cm_mongo_buf_pending(&c->held)) <
             0) {

@@ -62,6 +62,9 @@ enum {
     CM_MONGO_GETS,    /* GETs of one loop iteration as one find (members) */
 };
 
+/* indexes_later */
+enum { CM_MONGO_INDEXES_MADE, CM_MONGO_INDEXES_WANTED, CM_MONGO_INDEXES_SENT };
+
 /* GETs coalesced into one find at most (its $in list) */
 #define CM_MONGO_RUN_MAX 256
 
@@ -135,6 +138,9 @@ struct CmMongoClientObject {
     CmNetPool pool; /* connections to the primary */
     CmNetLoops loops;
     CmTlsContext tls; /* ctx NULL: plain TCP (transport.c) */
+    /* connect() could not create the indexes (the server was down): the
+     * next connection that is ready sends createIndexes first (conn.c) */
+    int indexes_later; /* CM_MONGO_INDEXES_* */
     CmBusyPoll spin;
     PyObject *init_args, *init_kwds;
     PyObject *weakreflist;

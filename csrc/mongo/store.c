@@ -619,6 +619,8 @@ static PyMethodDef client_methods[] = {
 
 static PyMemberDef client_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(CmMongoClientObject, weakreflist), READONLY, NULL},
+    {"_indexes_later", T_INT, offsetof(CmMongoClientObject, indexes_later), 0,
+     "1: createIndexes goes first on the next connection (connect() found the server down)"},
     {NULL, 0, 0, 0, NULL},
 };
 
