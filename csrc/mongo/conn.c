@@ -1,7 +1,7 @@
-/* A MongoDB connection on net/conn.h: a non-blocking TCP socket (the host
- * looked up off the loop thread when it is a name, loop/resolve.h), the
- * hello handshake, then requests pipelined on it and matched to replies by
- * responseTo. Its deadline is the connect's (hello included) and the
+/* A MongoDB connection on net/conn.h: a non-blocking TCP socket, TLS when
+ * asked for (opened by connect.c), the hello handshake, then requests
+ * pipelined on it (written and read by net/stream.h's loops) and matched
+ * to replies by responseTo. Its deadline is the connect's (hello included) and the
  * oldest reply's. A reply that is not a well-formed OP_MSG, longer than
  * the server's maxMessageSizeBytes, not valid BSON or answering no request
  * of ours closes the connection: every request on it fails with
@@ -10,28 +10,20 @@
 #include "mongo/mongo.h"
 
 #include <errno.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "base/clock.h"
 #include "base/exc.h"
 #include "loop/loop.h"
-#include "loop/resolve.h"
 #include "net/stream.h"
 
 static PyObject *conn_on_flush(PyObject *self, PyObject *unused);
 static PyMethodDef on_flush_def = {"_on_flush", conn_on_flush, METH_NOARGS, NULL};
-static PyObject *conn_on_resolved(PyObject *self, PyObject *task);
-static PyMethodDef on_resolved_def = {"_on_resolved", conn_on_resolved, METH_O, NULL};
 
-static const char *conn_label(CmMongoConnObject *c, char *buf, size_t n)
+const char *cm_mongo_conn_label(CmMongoConnObject *c, char *buf, size_t n)
 {
     CmMongoClientObject *cl = cm_mongo_conn_client(c); // borrowed
     if (cl == NULL) {
@@ -127,7 +119,7 @@ static void conn_expired(CmNetConn *nc)
     CmMongoConnObject *c = (CmMongoConnObject *)nc;
     CmMongoClientObject *cl = cm_mongo_conn_client(c); // borrowed
     char label[300];
-    conn_label(c, label, sizeof(label));
+    cm_mongo_conn_label(c, label, sizeof(label));
     if (c->net.state < CM_MONGO_READY) {
         if (cl != NULL)
             cm_mongo_topology_failed(cl, c->host);
@@ -148,7 +140,7 @@ static int conn_awaiting(const CmNetConn *nc)
 
 static void stream_failed(CmNetConn *nc, const char *what, const char *why);
 
-static void conn_fail_io(CmMongoConnObject *c, const char *what, int err)
+void cm_mongo_conn_fail_io(CmMongoConnObject *c, const char *what, int err)
 {
     stream_failed(&c->net, what, strerror(err));
 }
@@ -156,14 +148,12 @@ static void conn_fail_io(CmMongoConnObject *c, const char *what, int err)
 static void close_run(CmMongoConnObject *c);
 static CmMongoReq *pend_take(CmMongoConnObject *c, int32_t response_to);
 
-static const CmNetStreamOps stream_ops;
-
 /* Send what out holds; wait for writability when the kernel is full. */
-static void conn_write(CmMongoConnObject *c)
+void cm_mongo_conn_write(CmMongoConnObject *c)
 {
     if (c->run != NULL)
         close_run(c);
-    cm_net_stream_write(&c->net, &stream_ops);
+    cm_net_stream_write(&c->net, &cm_mongo_stream_ops);
 }
 
 static void conn_schedule_flush(CmMongoConnObject *c)
@@ -173,7 +163,7 @@ static void conn_schedule_flush(CmMongoConnObject *c)
     PyObject *h = cm_loop_call_soon(c->net.st, c->net.loop, c->flush_cb);
     if (h == NULL) {
         PyErr_Clear();
-        conn_write(c); /* no loop to wait for: send now */
+        cm_mongo_conn_write(c); /* no loop to wait for: send now */
         return;
     }
     Py_DECREF(h);
@@ -185,7 +175,7 @@ static PyObject *conn_on_flush(PyObject *self, PyObject *Py_UNUSED(unused))
     CmMongoConnObject *c = (CmMongoConnObject *)self;
     c->flush_scheduled = 0;
     if (c->net.state >= CM_NET_OPEN && !c->net.writing)
-        conn_write(c);
+        cm_mongo_conn_write(c);
     cm_mongo_transport_sent(c);
     Py_RETURN_NONE;
 }
@@ -308,143 +298,6 @@ void cm_mongo_conn_push(CmMongoConnObject *c, CmMongoReq *r)
         conn_schedule_flush(c);
 }
 
-/* Connected: say hello first; requests wait in held until it is answered. */
-static void conn_connected(CmMongoConnObject *c)
-{
-    CmMongoClientObject *cl = cm_mongo_conn_client(c); // borrowed
-    CmMongoReq *r = cm_mongo_req_new(CM_MONGO_HELLO);
-    c->net.state = CM_MONGO_HANDSHAKE;
-    if (r != NULL && cl != NULL) {
-        r->id = cm_mongo_next_id(cl);
-        r->deadline = c->connect_deadline;
-    }
-    if (r == NULL || cl == NULL || cm_mongo_hello_encode(cl, &c->out, r->id) < 0 ||
-        cm_mongo_conn_add_pending(c, r) < 0 || cm_net_conn_watch(&c->net, 1, 0) < 0) {
-        cm_mongo_req_free(r);
-        PyErr_Clear();
-        conn_fail_io(c, "handshake failed", ENOMEM);
-        return;
-    }
-    conn_write(c);
-}
-
-/* A TLS handshake step: the hello once it is done. */
-static void conn_handshake(CmMongoConnObject *c)
-{
-    if (cm_net_stream_handshake(&c->net, &stream_ops) > 0)
-        conn_connected(c);
-}
-
-/* The TCP connect is done: TLS first when the storage wants it. */
-static void conn_established(CmMongoConnObject *c)
-{
-    CmMongoClientObject *cl = cm_mongo_conn_client(c); // borrowed: connecting, so in its pool
-    if (cl == NULL)
-        return;
-    if (cm_net_stream_start_tls(&c->net, &stream_ops, &cl->tls, cl->hosts[c->host].host) > 0)
-        conn_connected(c);
-}
-
-/* A numeric address (no lookup) connected to without blocking. -1 with
- * errno. */
-static int sock_connect(const char *ip, int port, int *pending)
-{
-    struct addrinfo hints, *res = NULL;
-    char sport[16];
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
-    snprintf(sport, sizeof(sport), "%d", port);
-    *pending = 0;
-    int rc = getaddrinfo(ip, sport, &hints, &res);
-    if (rc != 0) {
-        errno = rc == EAI_SYSTEM ? errno : EHOSTUNREACH;
-        return -1;
-    }
-    int fd =
-        socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, res->ai_protocol);
-    if (fd >= 0) {
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (connect(fd, res->ai_addr, res->ai_addrlen) < 0) {
-            if (errno == EINPROGRESS)
-                *pending = 1;
-            else {
-                int err = errno;
-                close(fd);
-                fd = -1;
-                errno = err;
-            }
-        }
-    }
-    freeaddrinfo(res);
-    return fd;
-}
-
-/* Connect to ip (numeric): at once, or watched for writability. -1 with
- * errno. */
-static int conn_connect_ip(CmMongoConnObject *c, const char *ip, int port)
-{
-    int pending;
-    int fd = sock_connect(ip, port, &pending);
-    if (fd < 0)
-        return -1;
-    c->net.fd = fd;
-    if (pending) {
-        if (cm_net_conn_watch(&c->net, 0, 1) < 0) {
-            PyErr_Clear();
-            errno = EBADF;
-            return -1;
-        }
-    } else
-        conn_established(c);
-    return 0;
-}
-
-static PyObject *conn_on_resolved(PyObject *self, PyObject *task)
-{
-    CmMongoConnObject *c = (CmMongoConnObject *)self;
-    if (c->net.state != CM_NET_CONNECTING || c->resolve != task)
-        Py_RETURN_NONE; /* closed (timed out) meanwhile: the task was cancelled */
-    Py_INCREF(c);
-    Py_CLEAR(c->resolve);
-    CmMongoClientObject *cl = cm_mongo_conn_client(c); // borrowed: connecting, so in its pool
-    PyObject *res = cm_resolve_result(task);
-    int err = EHOSTUNREACH;
-    if (res != NULL && PyList_Check(res) && PyList_GET_SIZE(res) == 1 && cl != NULL) {
-        PyObject *ips = PyList_GET_ITEM(res, 0); // borrowed
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ips); i++) {
-            const char *ip = PyUnicode_Check(PyList_GET_ITEM(ips, i))
-                                 ? PyUnicode_AsUTF8(PyList_GET_ITEM(ips, i))
-                                 : NULL;
-            if (ip == NULL) {
-                PyErr_Clear();
-                continue;
-            }
-            if (conn_connect_ip(c, ip, cl->hosts[c->host].port) == 0) {
-                err = 0;
-                break;
-            }
-            err = errno;
-        }
-    }
-    if (res == NULL) {
-        PyObject *exc = cm_exc_take();
-        char label[300];
-        if (cl != NULL)
-            cm_mongo_topology_failed(cl, c->host);
-        cm_mongo_conn_close_fmt(c, c->net.st->mongo.ConnectionError, 1,
-                                "mongodb %s: cannot resolve the host: %S",
-                                conn_label(c, label, sizeof(label)), exc ? exc : Py_None);
-        Py_XDECREF(exc);
-    } else if (err != 0 && c->net.state != CM_NET_CLOSED)
-        conn_fail_io(c, "connect failed", err);
-    Py_XDECREF(res);
-    Py_DECREF(c);
-    Py_RETURN_NONE;
-}
-
 static void conn_ready(CmMongoConnObject *c);
 
 /* Close c with the exception being raised (its type and message): a
@@ -457,8 +310,8 @@ static void conn_close_exc(CmMongoConnObject *c)
     PyObject *tp = exc && PyObject_TypeCheck(exc, (PyTypeObject *)st->mongo.Error)
                        ? (PyObject *)Py_TYPE(exc)
                        : st->mongo.ConnectionError;
-    cm_mongo_conn_close_fmt(c, tp, 1, "mongodb %s: %S", conn_label(c, label, sizeof(label)),
-                            exc ? exc : Py_None);
+    cm_mongo_conn_close_fmt(c, tp, 1, "mongodb %s: %S",
+                            cm_mongo_conn_label(c, label, sizeof(label)), exc ? exc : Py_None);
     Py_XDECREF(exc);
 }
 
@@ -474,12 +327,12 @@ static void conn_hello(CmMongoConnObject *c, const uint8_t *body, size_t n)
     if (rc < 0) {
         PyObject *exc = cm_exc_take();
         cm_mongo_conn_close_fmt(c, c->net.st->mongo.ConnectionError, 1, "mongodb %s: %S",
-                                conn_label(c, label, sizeof(label)), exc ? exc : Py_None);
+                                cm_mongo_conn_label(c, label, sizeof(label)), exc ? exc : Py_None);
         Py_XDECREF(exc);
         return;
     }
     if (rc == 0) {
-        conn_label(c, label, sizeof(label));
+        cm_mongo_conn_label(c, label, sizeof(label));
         /* the requests waiting here are sent again to the primary (once) */
         CmMongoReq **pend = c->pend;
         size_t np = c->npend;
@@ -508,7 +361,7 @@ static void conn_hello(CmMongoConnObject *c, const uint8_t *body, size_t n)
         if (cm_mongo_auth_start(c, mechs) < 0)
             conn_close_exc(c);
         else
-            conn_write(c);
+            cm_mongo_conn_write(c);
         return;
     }
     conn_ready(c);
@@ -555,12 +408,12 @@ static void conn_ready(CmMongoConnObject *c)
     if (cm_mongo_buf_pending(&c->held) > 0) {
         if (cm_mongo_buf_put(&c->out, c->held.data + c->held.pos, cm_mongo_buf_pending(&c->held)) <
             0) {
-            conn_fail_io(c, "out of memory", ENOMEM);
+            cm_mongo_conn_fail_io(c, "out of memory", ENOMEM);
             return;
         }
         cm_mongo_buf_free(&c->held);
     }
-    conn_write(c);
+    cm_mongo_conn_write(c);
 }
 
 /* One reply: the request it answers settled (or sent again to a new
@@ -573,7 +426,7 @@ static void conn_reply(CmMongoConnObject *c, const CmMongoReply *m)
     if (r == NULL) {
         cm_mongo_conn_close_fmt(c, st->mongo.ConnectionError, 1,
                                 "mongodb %s: reply to no request of ours (responseTo %d)",
-                                conn_label(c, label, sizeof(label)), (int)m->response_to);
+                                cm_mongo_conn_label(c, label, sizeof(label)), (int)m->response_to);
         return;
     }
     if (r->kind == CM_MONGO_HELLO) {
@@ -591,7 +444,7 @@ static void conn_reply(CmMongoConnObject *c, const CmMongoReply *m)
             c->scram = NULL;
             conn_ready(c);
         } else
-            conn_write(c);
+            cm_mongo_conn_write(c);
         return;
     }
     CmMongoClientObject *cl = cm_mongo_conn_client(c); // borrowed: open
@@ -599,12 +452,12 @@ static void conn_reply(CmMongoConnObject *c, const CmMongoReply *m)
     if (rc < 0) {
         cm_mongo_conn_close_fmt(c, st->mongo.ConnectionError, 1,
                                 "mongodb %s: reply is not valid BSON",
-                                conn_label(c, label, sizeof(label)));
+                                cm_mongo_conn_label(c, label, sizeof(label)));
         return;
     }
     if (rc == 1) {
         /* not the primary any more: once more, to the new one */
-        conn_label(c, label, sizeof(label));
+        cm_mongo_conn_label(c, label, sizeof(label));
         PyObject *loop = Py_NewRef(c->net.loop);
         Py_INCREF(cl);
         cm_mongo_topology_moved(cl, c->host, NULL);
@@ -663,7 +516,7 @@ static void stream_parse(CmNetConn *nc)
         if (got < 0) {
             cm_mongo_conn_close_fmt(c, c->net.st->mongo.ConnectionError, 1,
                                     "mongodb %s: invalid reply: %s",
-                                    conn_label(c, label, sizeof(label)), err);
+                                    cm_mongo_conn_label(c, label, sizeof(label)), err);
             return;
         }
         /* the reply points into in: it is consumed once answered */
@@ -682,7 +535,7 @@ static void stream_failed(CmNetConn *nc, const char *what, const char *why)
     char label[300];
     if (c->net.state < CM_MONGO_READY && cm_mongo_conn_client(c) != NULL)
         cm_mongo_topology_failed(cm_mongo_conn_client(c), c->host);
-    conn_label(c, label, sizeof(label));
+    cm_mongo_conn_label(c, label, sizeof(label));
     if (what != NULL && why != NULL)
         cm_mongo_conn_close_fmt(c, c->net.st->mongo.ConnectionError, 1, "mongodb %s: %s: %s", label,
                                 what, why);
@@ -691,7 +544,7 @@ static void stream_failed(CmNetConn *nc, const char *what, const char *why)
                                 what ? what : why);
 }
 
-static const CmNetStreamOps stream_ops = {
+const CmNetStreamOps cm_mongo_stream_ops = {
     .out = stream_out,
     .sent = stream_sent,
     .room = stream_room,
@@ -707,15 +560,15 @@ static void conn_io(CmNetConn *nc, int readable, int writable)
     CmMongoConnObject *c = (CmMongoConnObject *)nc;
     if (c->net.state == CM_NET_CONNECTING) {
         if (c->net.tls != NULL)
-            conn_handshake(c);
-        else if (writable && cm_net_stream_connected(&c->net, &stream_ops))
-            conn_established(c);
+            cm_mongo_conn_handshake(c);
+        else if (writable && cm_net_stream_connected(&c->net, &cm_mongo_stream_ops))
+            cm_mongo_conn_established(c);
         return;
     }
     if (writable && c->net.state >= CM_NET_OPEN)
-        conn_write(c);
+        cm_mongo_conn_write(c);
     if (readable && c->net.state >= CM_NET_OPEN)
-        cm_net_stream_read(&c->net, &stream_ops);
+        cm_net_stream_read(&c->net, &cm_mongo_stream_ops);
 }
 
 static const CmNetOps conn_ops = {
@@ -750,30 +603,10 @@ CmMongoConnObject *cm_mongo_conn_open(CmMongoClientObject *cl, PyObject *loop)
     c->run = NULL;
     c->sasl_mech = c->sasl_step = 0;
     PyObject_GC_Track(c);
-    const CmMongoHost *h = &cl->hosts[c->host];
-    char label[300];
     if ((c->flush_cb = PyCFunction_New(&on_flush_def, (PyObject *)c)) == NULL)
         goto fail;
-    if (cm_net_conn_arm(&c->net, c->connect_deadline) < 0)
+    if (cm_net_conn_arm(&c->net, c->connect_deadline) < 0 || cm_mongo_conn_start(c, loop) < 0)
         goto fail;
-    if (cm_resolve_needed(h->host)) {
-        /* a name: looked up in the loop's executor; the connect deadline
-         * covers the lookup */
-        PyObject *cb = PyCFunction_New(&on_resolved_def, (PyObject *)c);
-        PyObject *hosts = cb ? Py_BuildValue("[s]", h->host) : NULL;
-        c->resolve = hosts ? cm_resolve_start(loop, hosts, cb) : NULL;
-        Py_XDECREF(hosts);
-        Py_XDECREF(cb);
-        if (c->resolve == NULL)
-            goto fail;
-        return c;
-    }
-    if (conn_connect_ip(c, h->host, h->port) < 0) {
-        cm_mongo_topology_failed(cl, c->host);
-        PyErr_Format(st->mongo.ConnectionError, "mongodb %s: connect failed: %s",
-                     cm_mongo_host_label(cl, c->host, label, sizeof(label)), strerror(errno));
-        goto fail;
-    }
     return c;
 fail:
     c->net.pool = NULL; /* not in the pool yet */

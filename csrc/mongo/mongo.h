@@ -14,8 +14,9 @@
  * Files:
  *   wire.c   OP_MSG framing (plain C, tests/c)
  *   cmd.c    the commands' BSON and what their replies mean
- *   conn.c   CmMongoConnObject on net/conn.h: socket, hello, pending
- *            requests, reading replies
+ *   conn.c   CmMongoConnObject on net/conn.h and net/stream.h: hello,
+ *            pending requests, reading replies
+ *   connect.c  the lookup, the TCP connect, TLS, then the hello
  *   auth.c   SCRAM authentication of a connection (saslStart/saslContinue
  *            around scram.c's conversation)
  *   pool.c   which connection takes a request; the seed list and the
@@ -44,6 +45,7 @@ int cm_mongo_init(PyObject *mod, CmState *st);
 #include "net/conn.h"
 #include "net/netloop.h"
 #include "net/pool.h"
+#include "net/stream.h"
 #include "net/tls.h"
 
 typedef struct CmMongoClientObject CmMongoClientObject;
@@ -195,7 +197,25 @@ void cm_mongo_conn_push(CmMongoConnObject *c, CmMongoReq *r);
 /* Add an internal request to c's pending list; -1 when out of memory. */
 int cm_mongo_conn_add_pending(CmMongoConnObject *c, CmMongoReq *r);
 void cm_mongo_conn_close_fmt(CmMongoConnObject *c, PyObject *tp, int failed, const char *fmt, ...);
+/* Close c: what failed and errno err (counted against the server; a seed
+ * that cannot be connected to passes the turn). */
+void cm_mongo_conn_fail_io(CmMongoConnObject *c, const char *what, int err);
+/* Send what c's out buffer holds (net/stream.h). */
+void cm_mongo_conn_write(CmMongoConnObject *c);
+/* "host:port" of c's server into buf. */
+const char *cm_mongo_conn_label(CmMongoConnObject *c, char *buf, size_t n);
+/* c's buffers and reply parser on net/stream.h's loops. */
+extern const CmNetStreamOps cm_mongo_stream_ops;
 extern PyType_Spec cm_mongo_conn_spec;
+
+/* connect.c: start connecting c (new, in its pool, the deadline armed):
+ * the lookup of a name, else the TCP connect. -1 with an exception. */
+int cm_mongo_conn_start(CmMongoConnObject *c, PyObject *loop);
+/* The TCP connect is done: TLS first when the storage has it, then the
+ * hello. */
+void cm_mongo_conn_established(CmMongoConnObject *c);
+/* A TLS handshake step (c connecting with a session): the hello once done. */
+void cm_mongo_conn_handshake(CmMongoConnObject *c);
 
 /* auth.c: start authenticating c (the hello listed mechs); then each SASL
  * reply: 1 authenticated, 0 the next message is queued, -1 with an
