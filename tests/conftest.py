@@ -168,3 +168,37 @@ def assert_spun(hits, timeouts, info):
         assert hits >= 100, info
     else:
         assert hits + timeouts >= 1, info
+
+
+async def spin_skips_ready_tasks(s, get):
+    """100 awaited get() while another task is always ready: the loop never
+    spins (s.busy_poll_info() unchanged), and the task runs while each
+    request is out."""
+    async with ReadyTask() as other:
+        before, start = s.busy_poll_info(), other.ticks
+        for _ in range(100):
+            await get()
+        after = s.busy_poll_info()
+    assert other.ticks - start >= 100
+    assert after == before
+
+
+async def spins_back_off_on_a_slow_server(port, connect, get):
+    """Replies held 3 ms by a proxy to the server on port, limit 0.2 ms:
+    about log2(100) spins for 100 gets. connect(proxy_port) returns the
+    storage ready for get(storage)."""
+    needs_two_cpus()
+    from delay_proxy import DelayProxy
+
+    proxy = DelayProxy("127.0.0.1", port, 0.003)
+    try:
+        s = await connect(proxy.port)
+        before = s.busy_poll_info()
+        for _ in range(100):
+            await get(s)
+        info = s.busy_poll_info()
+        await s.close()
+    finally:
+        proxy.close()
+    assert info["busy_poll_hits"] == before["busy_poll_hits"] == 0, info
+    assert 3 <= info["busy_poll_timeouts"] - before["busy_poll_timeouts"] <= 8, info

@@ -21,13 +21,14 @@ from cacheme.storages.redis import (
 )
 from conftest import (
     LEAK_SNAPSHOT,
-    ReadyTask,
     assert_flat,
     count_sleeps,
     flights,
     needs_two_cpus,
     register_local,
     run_python,
+    spin_skips_ready_tasks,
+    spins_back_off_on_a_slow_server,
     unique,
 )
 from redis_servers import (  # noqa: F401  (fixtures)
@@ -993,36 +994,25 @@ async def test_busy_poll_never_delays_ready_tasks(redis_server):
     s = RedisStorage(redis_server.url, busy_poll=0.005)
     await s.connect()
     await s.execute("SET", "a", "1")
-    async with ReadyTask() as other:
-        before, start = s.busy_poll_info(), other.ticks
-        for _ in range(100):
-            assert await s.execute("GET", "a") == b"1"
-        after = s.busy_poll_info()
+
+    async def get():
+        assert await s.execute("GET", "a") == b"1"
+
+    await spin_skips_ready_tasks(s, get)
     await s.close()
-    assert other.ticks - start >= 100
-    assert after == before
 
 
 async def test_busy_poll_backs_off_on_a_slow_server(redis_server):
-    # replies 3 ms late, limit 0.2 ms: about log2(100) spins for 100 gets
-    needs_two_cpus()
-    from delay_proxy import DelayProxy
-
-    proxy = DelayProxy("127.0.0.1", redis_server.port, 0.003)
-    try:
-        s = RedisStorage(f"redis://127.0.0.1:{proxy.port}", busy_poll=0.0002)
+    async def connect(port):
+        s = RedisStorage(f"redis://127.0.0.1:{port}", busy_poll=0.0002)
         await s.connect()
         await s.execute("SET", "a", "1")
-        before = s.busy_poll_info()
-        for _ in range(100):
-            assert await s.execute("GET", "a") == b"1"
-        info = s.busy_poll_info()
-        await s.close()
-    finally:
-        proxy.close()
-    assert info["busy_poll_hits"] == before["busy_poll_hits"] == 0, info
-    assert 3 <= info["busy_poll_timeouts"] - before["busy_poll_timeouts"] <= 8, info
+        return s
 
+    async def get(s):
+        assert await s.execute("GET", "a") == b"1"
+
+    await spins_back_off_on_a_slow_server(redis_server.port, connect, get)
 
 
 async def test_gets_in_a_cycle_are_collected_after_their_redis_calls(redis_server):

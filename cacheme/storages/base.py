@@ -13,6 +13,17 @@ from cacheme.models import sentinel
 INT_MAX = 2**31 - 1
 
 
+def bool_text(owner: str, name: str, value: str) -> bool:
+    """A URL option's true/false text (1/0, true/false, yes/no, on/off, any
+    case), or a ValueError naming it."""
+    v = value.lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{owner}: URL option {name} must be true or false, not {value!r}")
+
+
 def int_option(owner: str, name: str, value: Any, lo: int, hi: int = INT_MAX) -> int:
     """An integer option in lo..hi, or a TypeError/ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, int):

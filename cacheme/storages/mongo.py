@@ -65,7 +65,7 @@ from urllib.parse import parse_qsl, unquote
 
 from cacheme import _core
 from cacheme.models import sentinel
-from cacheme.storages.base import BaseStorage, int_option, seconds_option
+from cacheme.storages.base import BaseStorage, bool_text, int_option, seconds_option
 from cacheme.storages.sqldb import _Key
 
 __all__ = ["MongoStorage", "MongoError", "MongoConnectionError", "MongoTimeoutError",
@@ -105,7 +105,6 @@ else:
             raise RuntimeError(_NO_BSON)
 
 
-_TRUE = ("true", "1", "yes")
 _MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
 
 
@@ -162,7 +161,6 @@ def parse_url(url: str) -> Dict[str, Any]:
             "options": options, "tls": _tls_options(options, url)}
 
 
-_FALSE = ("false", "0", "no")
 _TLS_FLAGS = ("tlsallowinvalidcertificates", "tlsallowinvalidhostnames", "tlsinsecure")
 _TLS_FILES = {"tlscafile": "ca_file", "tlscertificatekeyfile": "certificate_key_file"}
 _TLS_REFUSED = {
@@ -173,15 +171,6 @@ _TLS_REFUSED = {
 }
 
 
-def _flag(name: str, value: str, url: str) -> bool:
-    v = value.lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    raise ValueError(f"mongodb URL {url!r}: {name} must be true or false, not {value!r}")
-
-
 def _tls_options(options: Dict[str, str], url: str) -> Optional[Dict[str, Any]]:
     """The MongoClient tls dict from the URL's TLS options (MongoDB's
     connection string spec: keys case-insensitive), or None for plain TCP."""
@@ -190,7 +179,7 @@ def _tls_options(options: Dict[str, str], url: str) -> Optional[Dict[str, Any]]:
     for key in ("tls", "ssl"):
         if key in low:
             name, value = low[key]
-            v = _flag(name, value, url)
+            v = bool_text(f"mongodb URL {url!r}", name, value)
             if on is not None and on != v:
                 raise ValueError(f"mongodb URL {url!r}: tls and ssl disagree")
             on = v
@@ -209,7 +198,7 @@ def _tls_options(options: Dict[str, str], url: str) -> Optional[Dict[str, Any]]:
             if not path:
                 raise ValueError(f"mongodb URL {url!r}: {name} is empty")
             tls[field] = path
-    flags = {k: _flag(low[k][0], low[k][1], url) for k in _TLS_FLAGS if k in low}
+    flags = {k: bool_text(f"mongodb URL {url!r}", *low[k]) for k in _TLS_FLAGS if k in low}
     if "tlsinsecure" in flags and len(flags) > 1:
         raise ValueError(f"mongodb URL {url!r}: tlsInsecure cannot be given with "
                          f"tlsAllowInvalidCertificates or tlsAllowInvalidHostnames")

@@ -64,7 +64,7 @@ from typing import Any, Dict, List, Optional
 from urllib.parse import parse_qs, unquote, urlparse
 
 from cacheme import _core
-from cacheme.storages.base import BaseStorage, int_option, seconds_option
+from cacheme.storages.base import BaseStorage, bool_text, int_option, seconds_option
 
 RedisError = _core.RedisError
 RedisConnectionError = _core.RedisConnectionError
@@ -85,19 +85,6 @@ _INT_OPTIONS = ("pool_size", "pipeline", "db", "max_reply_elements", "max_bulk_b
 _SSL_STR_OPTIONS = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
 _SSL_OPTIONS = ("ssl", *_SSL_STR_OPTIONS, "ssl_cert_reqs", "ssl_check_hostname")
 _CERT_REQS = {"none": 0, "optional": 1, "required": 2}
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def _bool_value(name: str, value: str) -> bool:
-    v = value.lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    raise ValueError(f"redis: URL option {name} must be true or false, not {value!r}")
-
-
 def _cert_reqs(value: Any) -> int:
     """ssl_cert_reqs as RedisClient takes it: 0 none, 1 optional, 2 required."""
     if isinstance(value, str):
@@ -154,7 +141,7 @@ def parse_url(address: str) -> Dict[str, Any]:
         elif key in ("password", "username") or key in _SSL_STR_OPTIONS:
             out[key] = value
         elif key in ("ssl", "ssl_check_hostname"):
-            out[key] = _bool_value(key, value)
+            out[key] = bool_text("redis", key, value)
         elif key == "ssl_cert_reqs":
             out[key] = value
         else:

@@ -138,11 +138,13 @@ static int conn_awaiting(const CmNetConn *nc)
     return c->net.state >= CM_NET_OPEN && c->npend > 0;
 }
 
-static void stream_failed(CmNetConn *nc, const char *what, const char *why);
+static void stream_failed(CmNetConn *nc, const char *why);
 
 void cm_mongo_conn_fail_io(CmMongoConnObject *c, const char *what, int err)
 {
-    stream_failed(&c->net, what, strerror(err));
+    char why[300];
+    snprintf(why, sizeof(why), "%s: %s", what, strerror(err));
+    stream_failed(&c->net, why);
 }
 
 static void close_run(CmMongoConnObject *c);
@@ -528,20 +530,16 @@ static void stream_parse(CmNetConn *nc)
     cm_mongo_buf_compact(&c->in);
 }
 
-/* A failed connect passes the turn to the next seed. */
-static void stream_failed(CmNetConn *nc, const char *what, const char *why)
+/* net/stream.h's failed. A failed connect passes the turn to the next
+ * seed. */
+static void stream_failed(CmNetConn *nc, const char *why)
 {
     CmMongoConnObject *c = (CmMongoConnObject *)nc;
     char label[300];
     if (c->net.state < CM_MONGO_READY && cm_mongo_conn_client(c) != NULL)
         cm_mongo_topology_failed(cm_mongo_conn_client(c), c->host);
-    cm_mongo_conn_label(c, label, sizeof(label));
-    if (what != NULL && why != NULL)
-        cm_mongo_conn_close_fmt(c, c->net.st->mongo.ConnectionError, 1, "mongodb %s: %s: %s", label,
-                                what, why);
-    else
-        cm_mongo_conn_close_fmt(c, c->net.st->mongo.ConnectionError, 1, "mongodb %s: %s", label,
-                                what ? what : why);
+    cm_mongo_conn_close_fmt(c, c->net.st->mongo.ConnectionError, 1, "mongodb %s: %s",
+                            cm_mongo_conn_label(c, label, sizeof(label)), why);
 }
 
 const CmNetStreamOps cm_mongo_stream_ops = {

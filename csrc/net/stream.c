@@ -1,6 +1,7 @@
 /* The write and read loops of a byte-stream connection (net/stream.h). */
 #include "net/stream.h"
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -8,7 +9,18 @@
 
 #define STREAM_CHUNK 65536
 
-/* ops->failed with the exception being raised as why (a watch that could
+/* ops->failed with "what: why" (what NULL: why alone). */
+static void failed(CmNetConn *c, const CmNetStreamOps *ops, const char *what, const char *why)
+{
+    char msg[400];
+    if (what != NULL && why != NULL)
+        snprintf(msg, sizeof(msg), "%s: %s", what, why);
+    else
+        snprintf(msg, sizeof(msg), "%s", what ? what : why);
+    ops->failed(c, msg);
+}
+
+/* failed() with the exception being raised as why (a watch that could
  * not be set: the loop is closing). */
 static void failed_exc(CmNetConn *c, const CmNetStreamOps *ops, const char *what)
 {
@@ -16,7 +28,7 @@ static void failed_exc(CmNetConn *c, const CmNetStreamOps *ops, const char *what
     PyObject *s = exc ? PyObject_Str(exc) : NULL;
     const char *why = s ? PyUnicode_AsUTF8(s) : NULL;
     PyErr_Clear();
-    ops->failed(c, what, why ? why : "cannot watch the socket");
+    failed(c, ops, what, why ? why : "cannot watch the socket");
     Py_XDECREF(s);
     Py_XDECREF(exc);
 }
@@ -40,7 +52,7 @@ void cm_net_stream_write(CmNetConn *c, const CmNetStreamOps *ops)
                 failed_exc(c, ops, "write failed");
             return;
         }
-        ops->failed(c, "write failed", cm_net_strerror(c, k < 0 ? errno : EPIPE));
+        failed(c, ops, "write failed", cm_net_strerror(c, k < 0 ? errno : EPIPE));
         return;
     }
     if (c->writing && c->state >= CM_NET_OPEN && cm_net_conn_watch(c, 1, 0) < 0)
@@ -57,7 +69,7 @@ again:
         size_t room = sizeof(chunk);
         void *buf = ops->room != NULL ? ops->room(c, &room) : chunk;
         if (buf == NULL) {
-            ops->failed(c, "read failed", strerror(ENOMEM));
+            failed(c, ops, "read failed", strerror(ENOMEM));
             goto done;
         }
         ssize_t n = cm_net_recv(c, buf, room);
@@ -68,14 +80,14 @@ again:
             continue;
         }
         if (n == 0) {
-            ops->failed(c, "connection closed by server", NULL);
+            failed(c, ops, "connection closed by server", NULL);
             goto done;
         }
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             break;
-        ops->failed(c, "read failed", cm_net_strerror(c, errno));
+        failed(c, ops, "read failed", cm_net_strerror(c, errno));
         goto done;
     }
     if (c->state >= CM_NET_OPEN)
@@ -94,7 +106,7 @@ int cm_net_stream_connected(CmNetConn *c, const CmNetStreamOps *ops)
         err = errno;
     if (err == 0)
         return 1;
-    ops->failed(c, "connect failed", strerror(err));
+    failed(c, ops, "connect failed", strerror(err));
     return 0;
 }
 
@@ -102,7 +114,7 @@ int cm_net_stream_handshake(CmNetConn *c, const CmNetStreamOps *ops)
 {
     int rc = cm_tls_handshake(c);
     if (rc < 0)
-        ops->failed(c, NULL, cm_net_strerror(c, EPROTO)); /* it says "TLS ..." */
+        failed(c, ops, NULL, cm_net_strerror(c, EPROTO)); /* it says "TLS ..." */
     return rc;
 }
 

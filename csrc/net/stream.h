@@ -32,10 +32,10 @@ typedef struct {
     int (*took)(CmNetConn *c, const void *p, size_t n);
     /* Answer what has arrived; it may close c. */
     void (*parse)(CmNetConn *c);
-    /* c failed: what happened ("read failed", "connection closed by
-     * server", ...; NULL when why says it all) and why (a reason, or NULL).
-     * Close c, counted as a failure. */
-    void (*failed)(CmNetConn *c, const char *what, const char *why);
+    /* c failed: why, a message such as "read failed: Connection reset by
+     * peer" or "TLS certificate verify failed: ...". Close c, counted as a
+     * failure. */
+    void (*failed)(CmNetConn *c, const char *why);
 } CmNetStreamOps;
 
 /* Send what ops->out holds while c is open; when the kernel is full, c is

@@ -570,18 +570,14 @@ static void stream_sent(CmNetConn *nc, size_t n)
 }
 
 /* net/stream.h's failed: a failed TCP connect looks the host up again. */
-static void stream_failed(CmNetConn *nc, const char *what, const char *why)
+static void stream_failed(CmNetConn *nc, const char *why)
 {
     CmRedisConnObject *c = (CmRedisConnObject *)nc;
     CmRedisPool *p = cm_redis_conn_pool(c); // borrowed
     if (c->net.state == CONN_CONNECTING && c->net.tls == NULL && p != NULL)
         cm_redis_pool_forget_addrs(p);
-    if (what != NULL && why != NULL)
-        cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "redis %s: %s: %s",
-                                cm_redis_conn_label(c), what, why);
-    else
-        cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "redis %s: %s",
-                                cm_redis_conn_label(c), what ? what : why);
+    cm_redis_conn_close_fmt(c, c->net.st->redis.ConnectionError, 1, "redis %s: %s",
+                            cm_redis_conn_label(c), why);
 }
 
 const CmNetStreamOps cm_redis_stream_ops = {
