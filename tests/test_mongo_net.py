@@ -205,6 +205,20 @@ async def test_client_certificate(certs, client_cert_proxy, tmp_path):
                   (mongo.MongoConnectionError, mongo.MongoTimeoutError))
 
 
+async def test_tls_to_a_plain_server_fails_without_hanging(mongo_server):
+    # the server reads the ClientHello as a message: it drops the
+    # connection or waits; either way the handshake ends within
+    # connect_timeout
+    s = storage(f"{mongo_server.url}/?tls=true&tlsInsecure=true", busy_poll=0,
+                connect_timeout=1.0)
+    try:
+        with pytest.raises((mongo.MongoConnectionError, mongo.MongoTimeoutError),
+                           match="TLS handshake"):
+            await asyncio.wait_for(s.get(K("a"), SER), 30)
+    finally:
+        await s.close()
+
+
 @needs_openssl
 def test_tls_options_checked(certs, tmp_path):
     def refused(query, match):
