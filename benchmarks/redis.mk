@@ -7,6 +7,8 @@
 #   make bench-redis-throughput  single-connection GET/s: ours vs redis-benchmark (the C ceiling)
 #   make bench-redis-venvs       (re)create the peer venvs under .bench/ (idempotent)
 #   make bench-asyncio-suspend   what asyncio itself costs per Task suspension and wakeup
+#   make bench-fleet             the 200k trace over 4 processes on one Redis: loads, time,
+#                                Redis commands; ours (+ lease) vs 0.3.0 vs cashews lock=True
 #   make bench-uvloop            sequential GET latency (Redis; PostgreSQL when one answers on
 #                                127.0.0.1:5432): asyncio's loop vs uvloop, busy polling on/off
 #
@@ -34,3 +36,11 @@ bench-asyncio-suspend:
 
 bench-uvloop: venv $(VENV)/.test-stamp
 	$(PY) $(REDIS_BENCH_SRC)/bench_loop_latency.py $(BENCH_UVLOOP_ARGS)
+
+# Issue 24's fleet: the 200k trace split over 4 processes sharing one Redis (benchmarks/FLEET.md).
+# Knobs: make bench-fleet BENCH_FLEET_ARGS="--processes 4 --workers 1000 --contenders ours,030"
+BENCH_FLEET_ARGS ?=
+.PHONY: bench-fleet
+
+bench-fleet: venv bench-redis-venvs
+	$(BENCH_PYTHON) $(REDIS_BENCH_SRC)/run_fleet.py --ours-python $(PY) $(BENCH_FLEET_ARGS)

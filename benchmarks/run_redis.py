@@ -14,6 +14,7 @@ contender's venv and reads the GET/MGET calls the server counted.
 """
 import argparse
 import bisect
+import contextlib
 import json
 import os
 import random
@@ -68,14 +69,20 @@ class Zipf:
         return bisect.bisect_left(self.cdf, self.rng.random() * self.total)
 
 
-def traces(bench_dir: str, requests: int, batches: int):
+def single_trace(bench_dir: str, requests: int) -> str:
+    """0.3.0's "200k concurrent requests" trace (written once); its path."""
     os.makedirs(bench_dir, exist_ok=True)
     single = os.path.join(bench_dir, f"redis-trace-single-{requests}.json")
-    batch = os.path.join(bench_dir, f"redis-trace-batch-{batches}.json")
     if not os.path.exists(single):
         z = Zipf(1.001, 10, requests, seed=1)
         with open(single, "w") as f:
             json.dump([z.get() for _ in range(requests)], f)
+    return single
+
+
+def traces(bench_dir: str, requests: int, batches: int):
+    single = single_trace(bench_dir, requests)
+    batch = os.path.join(bench_dir, f"redis-trace-batch-{batches}.json")
     if not os.path.exists(batch):
         z = Zipf(1.0001, 10, requests, seed=2)
         out = []
@@ -148,6 +155,22 @@ def start_server():
     sys.exit("run_redis.py: redis-server did not start")
 
 
+@contextlib.contextmanager
+def redis_server(url=None):
+    """The port of the Redis at url (redis://127.0.0.1:PORT), or of a
+    redis-server started for the run and stopped after it."""
+    if url:
+        yield int(url.rsplit(":", 1)[1].split("/")[0])
+        return
+    proc, port, tmp = start_server()
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- runs
 
 
@@ -158,12 +181,38 @@ def python_of(name: str, args) -> str:
     return os.path.join(args.bench_dir, venv, "bin", "python")
 
 
-def env_of(name: str, args) -> dict:
+def venv_env(ours_src=None) -> dict:
+    """The environment of a contender's process: PYTHONPATH is the built
+    tree for ours (ours_src), unset for a peer's venv."""
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
-    if CONTENDERS[name][0] is None:
-        env["PYTHONPATH"] = args.ours_src
+    if ours_src is not None:
+        env["PYTHONPATH"] = ours_src
     return env
+
+
+def env_of(name: str, args) -> dict:
+    return venv_env(args.ours_src if CONTENDERS[name][0] is None else None)
+
+
+def run_json(argv, env: dict, timeout: float) -> dict:
+    """Run one contender script (in /tmp, so that the tree's cacheme does
+    not shadow a venv's); its result is the last stdout line that is a JSON
+    object, else {"skipped": why}."""
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                           cwd=tempfile.gettempdir(), env=env)
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"timeout after {timeout} s"}
+    return last_json(r.returncode, r.stdout, r.stderr)
+
+
+def last_json(returncode: int, stdout: str, stderr: str) -> dict:
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if returncode != 0 or not lines:
+        tail = (stderr or stdout).strip().splitlines()[-3:]
+        return {"skipped": "failed: " + " | ".join(tail)}
+    return json.loads(lines[-1])
 
 
 def run_one(name: str, args, port: int, workers: int, trace: str, batch: bool):
@@ -176,16 +225,9 @@ def run_one(name: str, args, port: int, workers: int, trace: str, batch: bool):
             "--url", f"redis://127.0.0.1:{port}", "--workers", str(workers), "--trace", trace]
     if batch:
         argv.append("--batch")
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout,
-                           cwd=tempfile.gettempdir(), env=env_of(name, args))
-    except subprocess.TimeoutExpired:
-        return {"skipped": f"timeout after {args.timeout} s"}
-    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
-    if r.returncode != 0 or not lines:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-        return {"skipped": "failed: " + " | ".join(tail)}
-    res = json.loads(lines[-1])
+    res = run_json(argv, env_of(name, args), args.timeout)
+    if "skipped" in res:
+        return res
     c = calls(port)
     res["get"] = c.get("get", 0)
     res["mget"] = c.get("mget", 0)
@@ -315,12 +357,7 @@ def main() -> None:
     # children run in other directories (the throughput one in /tmp)
     args.ours_python = os.path.abspath(args.ours_python)
 
-    proc = tmp = None
-    if args.url:
-        port = int(args.url.rsplit(":", 1)[1].split("/")[0])
-    else:
-        proc, port, tmp = start_server()
-    try:
+    with redis_server(args.url) as port:
         if args.throughput:
             throughput(args, port)
             return
@@ -349,11 +386,6 @@ def main() -> None:
                     [n for n in names if n in BATCH_CONTENDERS], rows)
         if args.json:
             results.write(args.json, "redis", figures)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait()
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
