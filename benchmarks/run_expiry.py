@@ -18,7 +18,6 @@ probes its option first: today's build ignores unknown Meta attributes).
     python3 benchmarks/run_expiry.py                       # everything, 20 s a row
     python3 benchmarks/run_expiry.py --duration 5 --storages local --rows ours-plain,cashews-early
 """
-import argparse
 import os
 import sys
 
@@ -45,9 +44,9 @@ ROWS = {
 
 def run_row(row: str, storage: str, args, port) -> dict:
     venv, failing, _ = ROWS[row]
-    py = args.ours_python if venv is None else os.path.join(args.bench_dir, venv, "bin", "python")
-    if not os.path.exists(py):
-        return {"skipped": f"no venv ({py}); run benchmarks/redis_venvs.sh"}
+    py, env = run_redis.contender_python(args, venv)
+    if py is None:
+        return run_redis.no_venv(args, venv)
     argv = [py, os.path.join(HERE, "expiry_hot.py"), row.replace("-failing", ""),
             "--storage", storage]
     if storage == "chain":
@@ -58,7 +57,6 @@ def run_row(row: str, storage: str, args, port) -> dict:
     for opt in ("duration", "workers", "keys", "ttl", "load", "interval", "outage", "period",
                 "jitter", "refresh_after", "beta", "stale", "slow_ms"):
         argv += ["--" + opt.replace("_", "-"), str(getattr(args, opt))]
-    env = run_redis.venv_env(args.ours_src if venv is None else None)
     return run_redis.run_json(argv, env, args.duration + args.timeout)
 
 
@@ -78,11 +76,7 @@ def table(storage: str, rows) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ours-python", default=os.path.join(ROOT, ".venv", "bin", "python"))
-    ap.add_argument("--ours-src", default=ROOT, help="PYTHONPATH for ours (the built tree)")
-    ap.add_argument("--bench-dir", default=os.environ.get("BENCH_DIR", os.path.join(ROOT, ".bench")))
-    ap.add_argument("--url", help="use this redis (redis://127.0.0.1:PORT) instead of starting one")
+    ap = run_redis.driver_parser(__doc__)
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--storages", default="local,chain")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of each row")
@@ -104,16 +98,9 @@ def main() -> None:
     ap.add_argument("--slow-ms", type=float, default=50.0)
     ap.add_argument("--timeout", type=float, default=120, help="seconds a row may take past --duration")
     ap.add_argument("--json", metavar="OUT", help="also write {storage: {row: {label, figures...}}}")
-    args = ap.parse_args()
-    args.ours_python = os.path.abspath(args.ours_python)
-    names = [r for r in args.rows.split(",") if r]
-    storages = [s for s in args.storages.split(",") if s]
-    for n in names:
-        if n not in ROWS:
-            sys.exit(f"run_expiry.py: unknown row {n!r} (known: {', '.join(ROWS)})")
-    for s in storages:
-        if s not in ("local", "chain"):
-            sys.exit(f"run_expiry.py: unknown storage {s!r} (local, chain)")
+    args = run_redis.parse_driver_args(ap)
+    names = run_redis.pick(args.rows, ROWS, "row")
+    storages = run_redis.pick(args.storages, ("local", "chain"), "storage")
     print(f"{args.workers} workers, {args.keys} hot keys, ttl {args.ttl:g} s, {args.load:g} s loads, "
           f"{args.duration:g} s a row, a worker pauses 0..{2 * args.interval:g} s between gets; "
           f"outages: the source is down the last {args.outage:g} s of every {args.period:g} s")

@@ -19,7 +19,6 @@ counted.
 ours-lease passes Storage(url, lease=timedelta(seconds=--lease)); a build
 without leases refuses the option and its row says "not built".
 """
-import argparse
 import concurrent.futures
 import json
 import os
@@ -55,11 +54,10 @@ def command_delta(before: dict, after: dict) -> dict:
 
 def run_one(name: str, args, port: int, trace: str) -> dict:
     venv, contender, _ = CONTENDERS[name]
-    py = args.ours_python if venv is None else os.path.join(args.bench_dir, venv, "bin", "python")
-    if not os.path.exists(py):
-        return {"skipped": f"no venv ({py}); run benchmarks/redis_venvs.sh"}
+    py, env = run_redis.contender_python(args, venv)
+    if py is None:
+        return run_redis.no_venv(args, venv)
     run_redis.resp(port, "FLUSHALL")
-    env = run_redis.venv_env(args.ours_src if venv is None else None)
     procs, errs = [], []
     try:
         for i in range(args.processes):
@@ -131,11 +129,7 @@ def table(rows, unique: int, args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ours-python", default=os.path.join(ROOT, ".venv", "bin", "python"))
-    ap.add_argument("--ours-src", default=ROOT, help="PYTHONPATH for ours (the built tree)")
-    ap.add_argument("--bench-dir", default=os.environ.get("BENCH_DIR", os.path.join(ROOT, ".bench")))
-    ap.add_argument("--url", help="use this redis (redis://127.0.0.1:PORT) instead of starting one")
+    ap = run_redis.driver_parser(__doc__)
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
     ap.add_argument("--processes", type=int, default=4)
     ap.add_argument("--workers", type=int, default=1000, help="concurrent requests per process")
@@ -144,12 +138,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=600, help="seconds per contender run")
     ap.add_argument("--json", metavar="OUT",
                     help="also write {contender: {label, time_s, loads, commands, by_command}}")
-    args = ap.parse_args()
-    args.ours_python = os.path.abspath(args.ours_python)
-    names = [c for c in args.contenders.split(",") if c]
-    for n in names:
-        if n not in CONTENDERS:
-            sys.exit(f"run_fleet.py: unknown contender {n!r} (known: {', '.join(CONTENDERS)})")
+    args = run_redis.parse_driver_args(ap)
+    names = run_redis.pick(args.contenders, CONTENDERS, "contender")
     trace = run_redis.single_trace(args.bench_dir, args.requests)
     with open(trace) as f:
         unique = len(set(json.load(f)))

@@ -174,13 +174,6 @@ def redis_server(url=None):
 # ---------------------------------------------------------------- runs
 
 
-def python_of(name: str, args) -> str:
-    venv = CONTENDERS[name][0]
-    if venv is None:
-        return args.ours_python
-    return os.path.join(args.bench_dir, venv, "bin", "python")
-
-
 def venv_env(ours_src=None) -> dict:
     """The environment of a contender's process: PYTHONPATH is the built
     tree for ours (ours_src), unset for a peer's venv."""
@@ -191,8 +184,45 @@ def venv_env(ours_src=None) -> dict:
     return env
 
 
-def env_of(name: str, args) -> dict:
-    return venv_env(args.ours_src if CONTENDERS[name][0] is None else None)
+def driver_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser with the options of every driver that runs contenders in
+    their venvs (parse with parse_driver_args)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ours-python", default=os.path.join(ROOT, ".venv", "bin", "python"))
+    ap.add_argument("--ours-src", default=ROOT, help="PYTHONPATH for ours (the built tree)")
+    ap.add_argument("--bench-dir", default=os.environ.get("BENCH_DIR", os.path.join(ROOT, ".bench")),
+                    help="the peer venvs (default $BENCH_DIR or .bench/)")
+    ap.add_argument("--url", help="use this redis (redis://127.0.0.1:PORT) instead of starting one")
+    return ap
+
+
+def parse_driver_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    args = ap.parse_args()
+    # children run in other directories (/tmp)
+    args.ours_python = os.path.abspath(args.ours_python)
+    return args
+
+
+def pick(csv: str, known, what: str) -> list:
+    """The names of a comma-separated option, each one of known."""
+    names = [n for n in csv.split(",") if n]
+    for n in names:
+        if n not in known:
+            sys.exit(f"{os.path.basename(sys.argv[0])}: unknown {what} {n!r} (known: {', '.join(known)})")
+    return names
+
+
+def contender_python(args, venv):
+    """(python, env) of a contender: ours for venv None, else the venv's under
+    --bench-dir; python is None when that venv is missing."""
+    if venv is None:
+        return args.ours_python, venv_env(args.ours_src)
+    py = os.path.join(args.bench_dir, venv, "bin", "python")
+    return (py if os.path.exists(py) else None), venv_env()
+
+
+def no_venv(args, venv) -> dict:
+    return {"skipped": f"no venv ({os.path.join(args.bench_dir, venv)}); run benchmarks/redis_venvs.sh"}
 
 
 def run_json(argv, env: dict, timeout: float) -> dict:
@@ -216,16 +246,16 @@ def last_json(returncode: int, stdout: str, stderr: str) -> dict:
 
 
 def run_one(name: str, args, port: int, workers: int, trace: str, batch: bool):
-    py = python_of(name, args)
-    if not os.path.exists(py):
-        return {"skipped": f"no venv ({py}); run benchmarks/redis_venvs.sh"}
+    py, env = contender_python(args, CONTENDERS[name][0])
+    if py is None:
+        return no_venv(args, CONTENDERS[name][0])
     resp(port, "FLUSHALL")
     resp(port, "CONFIG", "RESETSTAT")
     argv = [py, os.path.join(HERE, "redis_trace.py"), CONTENDERS[name][1],
             "--url", f"redis://127.0.0.1:{port}", "--workers", str(workers), "--trace", trace]
     if batch:
         argv.append("--batch")
-    res = run_json(argv, env_of(name, args), args.timeout)
+    res = run_json(argv, env, args.timeout)
     if "skipped" in res:
         return res
     c = calls(port)
@@ -323,7 +353,7 @@ async def main():
 asyncio.run(main())
 """
     r = subprocess.run([args.ours_python, "-c", code], capture_output=True, text=True,
-                       env=env_of("ours", args), cwd=tempfile.gettempdir())
+                       env=venv_env(args.ours_src), cwd=tempfile.gettempdir())
     if r.returncode == 0:
         seq, pipe = map(float, r.stdout.split())
         print(f"| ours (RedisStorage.execute, 1 connection) | {seq:,.0f} | {pipe:,.0f} ({args.pipeline} concurrent) |")
@@ -332,11 +362,7 @@ asyncio.run(main())
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ours-python", default=os.path.join(ROOT, ".venv", "bin", "python"))
-    ap.add_argument("--ours-src", default=ROOT, help="PYTHONPATH for ours (the built tree)")
-    ap.add_argument("--bench-dir", default=os.path.join(ROOT, ".bench"))
-    ap.add_argument("--url", help="use this redis (redis://127.0.0.1:PORT) instead of starting one")
+    ap = driver_parser(__doc__)
     ap.add_argument("--workers", default="1000,10000,100000")
     ap.add_argument("--batch-workers", default="1000,10000")
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
@@ -353,9 +379,7 @@ def main() -> None:
     ap.add_argument("--throughput", action="store_true", help="only the GET throughput table")
     ap.add_argument("-n", type=int, default=200_000, help="requests of the throughput test")
     ap.add_argument("--pipeline", type=int, default=64)
-    args = ap.parse_args()
-    # children run in other directories (the throughput one in /tmp)
-    args.ours_python = os.path.abspath(args.ours_python)
+    args = parse_driver_args(ap)
 
     with redis_server(args.url) as port:
         if args.throughput:
