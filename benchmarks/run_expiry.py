@@ -60,19 +60,17 @@ def run_row(row: str, storage: str, args, port) -> dict:
     return run_redis.run_json(argv, env, args.duration + args.timeout)
 
 
+def cells(res: dict) -> list:
+    ms = [f"{res[k] * 1000:.1f} µs" if res[k] < 1 else f"{res[k]:.1f} ms"
+          for k in ("p50_ms", "p99_ms", "max_ms")]
+    return [str(res["gets"]), *ms, f"{res['loads']} ({res['failed_loads']})",
+            str(res["waited"]), str(res["slow"]), str(res["errors"])]
+
+
 def table(storage: str, rows) -> None:
     print(f"\n#### {storage}\n")
-    print("| | gets | p50 | p99 | max | loads (failed) | waited for a load | > 50 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for label, res in rows:
-        if "skipped" in res:
-            print(f"| {label} | {res['skipped']} | | | | | | | |")
-            continue
-        ms = [f"{res[k] * 1000:.1f} µs" if res[k] < 1 else f"{res[k]:.1f} ms"
-              for k in ("p50_ms", "p99_ms", "max_ms")]
-        print(f"| {label} | {res['gets']} | {' | '.join(ms)} | {res['loads']} ({res['failed_loads']}) | "
-              f"{res['waited']} | {res['slow']} | {res['errors']} |")
-    sys.stdout.flush()
+    run_redis.markdown_table(("gets", "p50", "p99", "max", "loads (failed)", "waited for a load",
+                              "> 50 ms", "errors"), rows, cells)
 
 
 def main() -> None:

@@ -111,21 +111,18 @@ def run_one(name: str, args, port: int, trace: str) -> dict:
 
 
 def table(rows, unique: int, args) -> None:
-    print(f"\n#### {args.requests // 1000}k requests ({unique} unique keys) over {args.processes} "
-          f"processes x {args.workers} workers, one Redis\n")
-    print("| | Time | Loads (sum) | Loads / unique keys | Redis commands | by command | wrong |")
-    print("|---|---|---|---|---|---|---|")
-    for label, res in rows:
-        if "skipped" in res:
-            print(f"| {label} | - | - | - | - | - | {res['skipped']} |")
-            continue
+    def cells(res: dict) -> list:
         top = sorted(res["by_command"].items(), key=lambda kv: -kv[1])
         by = ", ".join(f"{k.upper()} {v}" for k, v in top[:4])
         if len(top) > 4:
             by += f", {len(top) - 4} more"
-        print(f"| {label} | {res['time']:.2f} s | {res['loads']} | {res['loads'] / unique:.2f} | "
-              f"{res['commands']} | {by} | {res['errors']} |")
-    sys.stdout.flush()
+        return [f"{res['time']:.2f} s", str(res["loads"]), f"{res['loads'] / unique:.2f}",
+                str(res["commands"]), by, str(res["errors"])]
+
+    print(f"\n#### {args.requests // 1000}k requests ({unique} unique keys) over {args.processes} "
+          f"processes x {args.workers} workers, one Redis\n")
+    run_redis.markdown_table(("Time", "Loads (sum)", "Loads / unique keys", "Redis commands",
+                              "by command", "wrong"), rows, cells)
 
 
 def main() -> None:

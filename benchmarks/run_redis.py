@@ -309,6 +309,17 @@ def table(title: str, rows, cmd: str, floor: float):
     sys.stdout.flush()
 
 
+def markdown_table(columns, rows, cells) -> None:
+    """Print [(label, result)] as a Markdown table: cells(result) gives the
+    columns after the label; a skipped result says why in its first one."""
+    print("| | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for label, res in rows:
+        out = [res["skipped"]] + [""] * (len(columns) - 1) if "skipped" in res else cells(res)
+        print(f"| {label} | " + " | ".join(out) + " |")
+    sys.stdout.flush()
+
+
 def as_figures(names, rows) -> dict:
     """run_table's rows for --json, keyed by contender name."""
     out = {}
