@@ -5,22 +5,29 @@ Reproduces cacheme 0.3.0's benchmarks/trace.py ("200k concurrent requests",
 "20k concurrent batch requests"): a function that takes a number, sleeps
 0.1 s and returns it, cached in Redis through each library; the trace's
 requests are queued as coroutines and run by N workers. Prints one JSON line:
-{"time": seconds, "loads": load calls, "errors": wrong results or raised}.
+{"time": seconds, "loads": load calls, "errors": wrong results or raised,
+"start"/"end": wall clock of the run}.
 
     python redis_trace.py CONTENDER --url redis://127.0.0.1:PORT --workers N \
-        --trace FILE [--batch]
+        --trace FILE [--batch] [--shard I/N --ready]
+
+run_fleet.py runs N of these at once on one Redis, each on its shard of the
+trace, started together (--ready: setup first, then a line on stdin starts it).
 
 CONTENDER: cacheme, cacheme-2 (ours or 0.3.0, whichever `cacheme` the venv
 has; -2 = [local, redis]), aiocache, aiocache-2 (cached_stampede), cashews,
-cashews-2 (lock=True), floor (the harness alone: a dict, no Redis),
-api-floor (the floor plus what cacheme's API makes per request: a node, its
+cashews-2 (lock=True), cacheme-lease (ours with Storage(url, lease=...);
+"not built" where Storage refuses the option), floor (the harness alone: a
+dict, no Redis), api-floor (the floor plus what cacheme's API makes per request: a node, its
 key() and its async load()).
 """
 import argparse
 import asyncio
 import json
+import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Awaitable, Callable, List
 
 LOAD_SLEEP = 0.1
@@ -62,11 +69,26 @@ async def check(fn: Callable[..., Awaitable[Any]], arg: Any, expect: Any) -> Non
 # ---------------------------------------------------------------- cacheme (ours / 0.3.0)
 
 
-async def setup_cacheme(url: str, chain: bool) -> Callable[..., Awaitable[Any]]:
+class NotBuilt(Exception):
+    """An option this build of the contender does not have."""
+
+
+async def setup_cacheme(url: str, chain: bool, lease: float = 0.0) -> Callable[..., Awaitable[Any]]:
     import cacheme
     from cacheme.serializer import MsgPackSerializer
 
-    await cacheme.register_storage("redis", cacheme.Storage(url=url, pool_size=POOL_SIZE))
+    options: dict = {"pool_size": POOL_SIZE}
+    if lease:
+        options["lease"] = timedelta(seconds=lease)
+    try:
+        storage = cacheme.Storage(url=url, **options)
+    except TypeError as e:
+        # a build without leases refuses the option by name
+        if lease and "lease" in str(e):
+            why = str(e).split(" (allowed")[0]
+            raise NotBuilt(f"not built (Storage(url, lease=...): {why})") from None
+        raise
+    await cacheme.register_storage("redis", storage)
     node_caches = [cacheme.Cache(storage="redis", ttl=None)]
     if chain:
         await cacheme.register_storage(
@@ -226,14 +248,16 @@ async def setup_api_floor(url: str):
 
 
 SETUPS = {
-    "floor": setup_floor,
-    "api-floor": setup_api_floor,
-    "cacheme": lambda url: setup_cacheme(url, False),
-    "cacheme-2": lambda url: setup_cacheme(url, True),
-    "aiocache": lambda url: setup_aiocache(url, False),
-    "aiocache-2": lambda url: setup_aiocache(url, True),
-    "cashews": lambda url: setup_cashews(url, False),
-    "cashews-2": lambda url: setup_cashews(url, True),
+    "floor": lambda a: setup_floor(a.url),
+    "api-floor": lambda a: setup_api_floor(a.url),
+    "cacheme": lambda a: setup_cacheme(a.url, False),
+    "cacheme-2": lambda a: setup_cacheme(a.url, True),
+    # ours with a lease per missed key in Redis (issue 24): one load per key across processes
+    "cacheme-lease": lambda a: setup_cacheme(a.url, False, a.lease),
+    "aiocache": lambda a: setup_aiocache(a.url, False),
+    "aiocache-2": lambda a: setup_aiocache(a.url, True),
+    "cashews": lambda a: setup_cashews(a.url, False),
+    "cashews-2": lambda a: setup_cashews(a.url, True),
 }
 
 
@@ -244,21 +268,35 @@ async def main() -> None:
     ap.add_argument("--workers", type=int, required=True)
     ap.add_argument("--trace", required=True, help="JSON: list of ints, or list of lists (batch)")
     ap.add_argument("--batch", action="store_true")
+    ap.add_argument("--shard", default="0/1", metavar="I/N",
+                    help="run requests I, I+N, I+2N... of the trace (one of N processes)")
+    ap.add_argument("--ready", action="store_true",
+                    help="after setup print 'ready' and start on a line from stdin (run_fleet.py)")
+    ap.add_argument("--lease", type=float, default=5.0, help="cacheme-lease: the lease, seconds")
     args = ap.parse_args()
+    i, n = (int(x) for x in args.shard.split("/"))
     with open(args.trace) as f:
-        trace = json.load(f)
-    one, many = await SETUPS[args.contender](args.url)
+        trace = json.load(f)[i::n]
+    try:
+        one, many = await SETUPS[args.contender](args)
+    except NotBuilt as e:
+        print(json.dumps({"skipped": str(e)}))
+        return
     if args.batch and many is None:
         print(json.dumps({"skipped": "no batch API"}))
         return
     queue: "asyncio.Queue[Awaitable[Any]]" = asyncio.Queue()
     for item in trace:
         queue.put_nowait(many(item) if args.batch else one(item))
+    if args.ready:
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    wall = time.time()
     start = time.perf_counter()
     await asyncio.gather(*[worker(queue) for _ in range(args.workers)])
     elapsed = time.perf_counter() - start
-    print(json.dumps({"time": elapsed, "loads": loads, "errors": errors}))
-
+    print(json.dumps({"time": elapsed, "loads": loads, "errors": errors,
+                      "start": wall, "end": wall + elapsed}))
 
 if __name__ == "__main__":
     asyncio.run(main())

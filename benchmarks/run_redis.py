@@ -14,6 +14,7 @@ contender's venv and reads the GET/MGET calls the server counted.
 """
 import argparse
 import bisect
+import contextlib
 import json
 import os
 import random
@@ -68,14 +69,20 @@ class Zipf:
         return bisect.bisect_left(self.cdf, self.rng.random() * self.total)
 
 
-def traces(bench_dir: str, requests: int, batches: int):
+def single_trace(bench_dir: str, requests: int) -> str:
+    """0.3.0's "200k concurrent requests" trace (written once); its path."""
     os.makedirs(bench_dir, exist_ok=True)
     single = os.path.join(bench_dir, f"redis-trace-single-{requests}.json")
-    batch = os.path.join(bench_dir, f"redis-trace-batch-{batches}.json")
     if not os.path.exists(single):
         z = Zipf(1.001, 10, requests, seed=1)
         with open(single, "w") as f:
             json.dump([z.get() for _ in range(requests)], f)
+    return single
+
+
+def traces(bench_dir: str, requests: int, batches: int):
+    single = single_trace(bench_dir, requests)
+    batch = os.path.join(bench_dir, f"redis-trace-batch-{batches}.json")
     if not os.path.exists(batch):
         z = Zipf(1.0001, 10, requests, seed=2)
         out = []
@@ -148,44 +155,109 @@ def start_server():
     sys.exit("run_redis.py: redis-server did not start")
 
 
+@contextlib.contextmanager
+def redis_server(url=None):
+    """The port of the Redis at url (redis://127.0.0.1:PORT), or of a
+    redis-server started for the run and stopped after it."""
+    if url:
+        yield int(url.rsplit(":", 1)[1].split("/")[0])
+        return
+    proc, port, tmp = start_server()
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- runs
 
 
-def python_of(name: str, args) -> str:
-    venv = CONTENDERS[name][0]
-    if venv is None:
-        return args.ours_python
-    return os.path.join(args.bench_dir, venv, "bin", "python")
-
-
-def env_of(name: str, args) -> dict:
+def venv_env(ours_src=None) -> dict:
+    """The environment of a contender's process: PYTHONPATH is the built
+    tree for ours (ours_src), unset for a peer's venv."""
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
-    if CONTENDERS[name][0] is None:
-        env["PYTHONPATH"] = args.ours_src
+    if ours_src is not None:
+        env["PYTHONPATH"] = ours_src
     return env
 
 
+def driver_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser with the options of every driver that runs contenders in
+    their venvs (parse with parse_driver_args)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ours-python", default=os.path.join(ROOT, ".venv", "bin", "python"))
+    ap.add_argument("--ours-src", default=ROOT, help="PYTHONPATH for ours (the built tree)")
+    ap.add_argument("--bench-dir", default=os.environ.get("BENCH_DIR", os.path.join(ROOT, ".bench")),
+                    help="the peer venvs (default $BENCH_DIR or .bench/)")
+    ap.add_argument("--url", help="use this redis (redis://127.0.0.1:PORT) instead of starting one")
+    return ap
+
+
+def parse_driver_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    args = ap.parse_args()
+    # children run in other directories (/tmp)
+    args.ours_python = os.path.abspath(args.ours_python)
+    return args
+
+
+def pick(csv: str, known, what: str) -> list:
+    """The names of a comma-separated option, each one of known."""
+    names = [n for n in csv.split(",") if n]
+    for n in names:
+        if n not in known:
+            sys.exit(f"{os.path.basename(sys.argv[0])}: unknown {what} {n!r} (known: {', '.join(known)})")
+    return names
+
+
+def contender_python(args, venv):
+    """(python, env) of a contender: ours for venv None, else the venv's under
+    --bench-dir; python is None when that venv is missing."""
+    if venv is None:
+        return args.ours_python, venv_env(args.ours_src)
+    py = os.path.join(args.bench_dir, venv, "bin", "python")
+    return (py if os.path.exists(py) else None), venv_env()
+
+
+def no_venv(args, venv) -> dict:
+    return {"skipped": f"no venv ({os.path.join(args.bench_dir, venv)}); run benchmarks/redis_venvs.sh"}
+
+
+def run_json(argv, env: dict, timeout: float) -> dict:
+    """Run one contender script (in /tmp, so that the tree's cacheme does
+    not shadow a venv's); its result is the last stdout line that is a JSON
+    object, else {"skipped": why}."""
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                           cwd=tempfile.gettempdir(), env=env)
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"timeout after {timeout} s"}
+    return last_json(r.returncode, r.stdout, r.stderr)
+
+
+def last_json(returncode: int, stdout: str, stderr: str) -> dict:
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if returncode != 0 or not lines:
+        tail = (stderr or stdout).strip().splitlines()[-3:]
+        return {"skipped": "failed: " + " | ".join(tail)}
+    return json.loads(lines[-1])
+
+
 def run_one(name: str, args, port: int, workers: int, trace: str, batch: bool):
-    py = python_of(name, args)
-    if not os.path.exists(py):
-        return {"skipped": f"no venv ({py}); run benchmarks/redis_venvs.sh"}
+    py, env = contender_python(args, CONTENDERS[name][0])
+    if py is None:
+        return no_venv(args, CONTENDERS[name][0])
     resp(port, "FLUSHALL")
     resp(port, "CONFIG", "RESETSTAT")
     argv = [py, os.path.join(HERE, "redis_trace.py"), CONTENDERS[name][1],
             "--url", f"redis://127.0.0.1:{port}", "--workers", str(workers), "--trace", trace]
     if batch:
         argv.append("--batch")
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout,
-                           cwd=tempfile.gettempdir(), env=env_of(name, args))
-    except subprocess.TimeoutExpired:
-        return {"skipped": f"timeout after {args.timeout} s"}
-    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
-    if r.returncode != 0 or not lines:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-        return {"skipped": "failed: " + " | ".join(tail)}
-    res = json.loads(lines[-1])
+    res = run_json(argv, env, args.timeout)
+    if "skipped" in res:
+        return res
     c = calls(port)
     res["get"] = c.get("get", 0)
     res["mget"] = c.get("mget", 0)
@@ -237,6 +309,17 @@ def table(title: str, rows, cmd: str, floor: float):
     sys.stdout.flush()
 
 
+def markdown_table(columns, rows, cells) -> None:
+    """Print [(label, result)] as a Markdown table: cells(result) gives the
+    columns after the label; a skipped result says why in its first one."""
+    print("| | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for label, res in rows:
+        out = [res["skipped"]] + [""] * (len(columns) - 1) if "skipped" in res else cells(res)
+        print(f"| {label} | " + " | ".join(out) + " |")
+    sys.stdout.flush()
+
+
 def as_figures(names, rows) -> dict:
     """run_table's rows for --json, keyed by contender name."""
     out = {}
@@ -281,7 +364,7 @@ async def main():
 asyncio.run(main())
 """
     r = subprocess.run([args.ours_python, "-c", code], capture_output=True, text=True,
-                       env=env_of("ours", args), cwd=tempfile.gettempdir())
+                       env=venv_env(args.ours_src), cwd=tempfile.gettempdir())
     if r.returncode == 0:
         seq, pipe = map(float, r.stdout.split())
         print(f"| ours (RedisStorage.execute, 1 connection) | {seq:,.0f} | {pipe:,.0f} ({args.pipeline} concurrent) |")
@@ -290,11 +373,7 @@ asyncio.run(main())
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ours-python", default=os.path.join(ROOT, ".venv", "bin", "python"))
-    ap.add_argument("--ours-src", default=ROOT, help="PYTHONPATH for ours (the built tree)")
-    ap.add_argument("--bench-dir", default=os.path.join(ROOT, ".bench"))
-    ap.add_argument("--url", help="use this redis (redis://127.0.0.1:PORT) instead of starting one")
+    ap = driver_parser(__doc__)
     ap.add_argument("--workers", default="1000,10000,100000")
     ap.add_argument("--batch-workers", default="1000,10000")
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
@@ -311,16 +390,9 @@ def main() -> None:
     ap.add_argument("--throughput", action="store_true", help="only the GET throughput table")
     ap.add_argument("-n", type=int, default=200_000, help="requests of the throughput test")
     ap.add_argument("--pipeline", type=int, default=64)
-    args = ap.parse_args()
-    # children run in other directories (the throughput one in /tmp)
-    args.ours_python = os.path.abspath(args.ours_python)
+    args = parse_driver_args(ap)
 
-    proc = tmp = None
-    if args.url:
-        port = int(args.url.rsplit(":", 1)[1].split("/")[0])
-    else:
-        proc, port, tmp = start_server()
-    try:
+    with redis_server(args.url) as port:
         if args.throughput:
             throughput(args, port)
             return
@@ -349,11 +421,6 @@ def main() -> None:
                     [n for n in names if n in BATCH_CONTENDERS], rows)
         if args.json:
             results.write(args.json, "redis", figures)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait()
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
