@@ -21,6 +21,7 @@ int cm_mongo_init(PyObject *mod, CmState *st)
 #include <structmember.h>
 
 #include "base/args.h"
+#include "base/batch.h"
 #include "base/exc.h"
 #include "core/key.h"
 #include "core/ttl.h"
@@ -37,8 +38,9 @@ static const CmArgSpec remove_spec = CM_ARGSPEC("remove", "node");
 
 /* The full key of a node; a key UTF-8 cannot encode (a lone surrogate)
  * cannot be a BSON string: StorageKeyError, never a silent miss. */
-static PyObject *key_of(CmMongoClientObject *s, PyObject *node)
+static PyObject *key_of(void *storage, PyObject *node)
 {
+    CmMongoClientObject *s = storage;
     PyObject *key = cm_key_of_node(s->st, node);
     if (key != NULL && PyUnicode_AsUTF8AndSize(key, NULL) == NULL) {
         if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
@@ -53,9 +55,10 @@ static PyObject *key_of(CmMongoClientObject *s, PyObject *node)
     return key;
 }
 
-static PyObject *encode(CmMongoClientObject *s, PyObject *ser, PyObject *v)
+static PyObject *encode(void *storage, PyObject *ser, PyObject *v)
 {
-    return cm_envelope_encode(s->st, CM_ENVELOPE_BARE, ser, v, "mongodb");
+    return cm_envelope_encode(((CmMongoClientObject *)storage)->st, CM_ENVELOPE_BARE, ser, v,
+                              "mongodb");
 }
 
 static int parse_ttl(CmMongoClientObject *s, PyObject *ttl, long long *ms)
@@ -127,27 +130,15 @@ static PyObject *client_get_all(PyObject *self, PyObject *const *args, Py_ssize_
     if ((args = cm_args(self, &get_all_spec, args, nargs, kwnames, buf)) == NULL)
         return NULL;
     CmMongoClientObject *s = (CmMongoClientObject *)self;
-    PyObject *seq = NULL;
     CmMongoReq *r = cm_mongo_req_new(CM_MONGO_GET_ALL);
     if (r == NULL)
         return NULL;
     r->ser = Py_NewRef(args[1]);
-    /* a tuple: full_key() may change a list passed in while we walk it */
-    if ((seq = PySequence_Tuple(args[0])) == NULL)
-        goto fail;
-    Py_ssize_t n = PyTuple_GET_SIZE(seq);
-    if ((r->keys = PyList_New(n)) == NULL || (r->nodes = PyList_New(n)) == NULL)
-        goto fail;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *node = PyTuple_GET_ITEM(seq, i); // borrowed
-        PyObject *key = key_of(s, node);
-        if (key == NULL)
-            goto fail;
-        PyList_SET_ITEM(r->keys, i, key);
-        PyList_SET_ITEM(r->nodes, i, Py_NewRef(node));
+    if (cm_batch_keys(s, key_of, args[0], &r->keys, &r->nodes) < 0) {
+        cm_mongo_req_free(r);
+        return NULL;
     }
-    Py_CLEAR(seq);
-    if (n == 0) {
+    if (PyList_GET_SIZE(r->keys) == 0) {
         cm_mongo_req_free(r);
         PyObject *empty = PyList_New(0);
         PyObject *out = empty ? cm_ready_new(s->st, empty) : NULL;
@@ -155,10 +146,6 @@ static PyObject *client_get_all(PyObject *self, PyObject *const *args, Py_ssize_
         return out;
     }
     return submit(s, r);
-fail:
-    Py_XDECREF(seq);
-    cm_mongo_req_free(r);
-    return NULL;
 }
 
 static PyObject *client_set(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -187,52 +174,19 @@ static PyObject *client_set_all(PyObject *self, PyObject *const *args, Py_ssize_
     if ((args = cm_args(self, &set_all_spec, args, nargs, kwnames, buf)) == NULL)
         return NULL;
     CmMongoClientObject *s = (CmMongoClientObject *)self;
-    PyObject *seq = NULL, *index = NULL;
     CmMongoReq *r = cm_mongo_req_new(CM_MONGO_SET_ALL);
     if (r == NULL)
         return NULL;
-    if (parse_ttl(s, args[1], &r->ttl_ms) < 0 || (seq = PySequence_Tuple(args[0])) == NULL ||
-        (r->keys = PyList_New(0)) == NULL || (r->values = PyList_New(0)) == NULL ||
-        (index = PyDict_New()) == NULL)
-        goto fail;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
-        PyObject *item = PyTuple_GET_ITEM(seq, i); // borrowed
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
-            PyErr_SetString(PyExc_TypeError, "set_all: data must be a sequence of (node, value)");
-            goto fail;
-        }
-        PyObject *key = key_of(s, PyTuple_GET_ITEM(item, 0));
-        PyObject *val = key ? encode(s, args[2], PyTuple_GET_ITEM(item, 1)) : NULL;
-        PyObject *at = val ? PyDict_GetItemWithError(index, key) : NULL; // borrowed
-        int rc = -1;
-        if (val != NULL && at != NULL) {
-            /* the same key twice: the last value wins (one statement per key) */
-            rc = PyList_SetItem(r->values, PyLong_AsSsize_t(at), Py_NewRef(val));
-        } else if (val != NULL && !PyErr_Occurred()) {
-            PyObject *pos = PyLong_FromSsize_t(PyList_GET_SIZE(r->keys));
-            rc = pos && PyDict_SetItem(index, key, pos) == 0 && PyList_Append(r->keys, key) == 0 &&
-                         PyList_Append(r->values, val) == 0
-                     ? 0
-                     : -1;
-            Py_XDECREF(pos);
-        }
-        Py_XDECREF(key);
-        Py_XDECREF(val);
-        if (rc < 0)
-            goto fail;
+    if (parse_ttl(s, args[1], &r->ttl_ms) < 0 ||
+        cm_batch_pairs(s, key_of, encode, args[0], args[2], &r->keys, &r->values) < 0) {
+        cm_mongo_req_free(r);
+        return NULL;
     }
-    Py_CLEAR(seq);
-    Py_CLEAR(index);
     if (PyList_GET_SIZE(r->keys) == 0) {
         cm_mongo_req_free(r);
         return cm_ready_new(s->st, Py_None);
     }
     return submit(s, r);
-fail:
-    Py_XDECREF(seq);
-    Py_XDECREF(index);
-    cm_mongo_req_free(r);
-    return NULL;
 }
 
 static PyObject *client_remove(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
