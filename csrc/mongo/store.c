@@ -14,7 +14,6 @@ int cm_mongo_init(PyObject *mod, CmState *st)
 }
 #else
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +22,7 @@ int cm_mongo_init(PyObject *mod, CmState *st)
 #include "base/args.h"
 #include "base/batch.h"
 #include "base/exc.h"
+#include "base/netstore.h"
 #include "core/key.h"
 #include "core/ttl.h"
 #include "loop/loop.h"
@@ -223,21 +223,17 @@ static PyObject *client_ping(PyObject *self, PyObject *Py_UNUSED(unused))
     return client_simple(self, CM_MONGO_PING);
 }
 
-static void close_conns(CmMongoClientObject *s, const char *why)
+/* Close every connection as how says (base/netstore.h), failing what is
+ * pending with MongoConnectionError(why). */
+static void close_conns(CmMongoClientObject *s, int how, const char *why)
 {
-    PyObject *saved = cm_exc_take();
-    PyObject *msg = PyUnicode_FromFormat("mongodb: %s", why);
-    if (msg == NULL)
-        PyErr_Clear();
-    cm_net_pool_close_all(&s->pool, s->st->mongo.ConnectionError, msg);
-    Py_XDECREF(msg);
-    cm_exc_restore(saved);
+    cm_netstore_close(&s->pool, s->st->mongo.ConnectionError, how, why);
 }
 
 static PyObject *client_close_now(PyObject *self, PyObject *Py_UNUSED(unused))
 {
     CmMongoClientObject *s = (CmMongoClientObject *)self;
-    close_conns(s, "storage closed");
+    close_conns(s, CM_NETSTORE_CLOSE, "mongodb: storage closed");
     cm_netloops_clear(&s->loops);
     Py_RETURN_NONE;
 }
@@ -393,7 +389,7 @@ static int client_init(PyObject *self, PyObject *args, PyObject *kwds)
         }
         v[i].port = port;
     }
-    close_conns(s, "storage re-initialized");
+    close_conns(s, CM_NETSTORE_CLOSE, "mongodb: storage re-initialized");
     cm_netloops_clear(&s->loops);
     free_hosts(s);
     s->hosts = v;
@@ -410,66 +406,33 @@ static int client_init(PyObject *self, PyObject *args, PyObject *kwds)
     s->pool_size = pool_size;
     s->timeout = timeout;
     s->connect_timeout = connect_timeout;
-    Py_XSETREF(s->init_args, Py_NewRef(args));
-    Py_XSETREF(s->init_kwds, kwds ? PyDict_Copy(kwds) : NULL);
-    if (kwds != NULL && s->init_kwds == NULL)
-        return -1;
-    return 0;
+    return cm_netstore_keep_args(&s->init_args, &s->init_kwds, args, kwds);
 }
 
 static int client_traverse(PyObject *self, visitproc visit, void *arg)
 {
     CmMongoClientObject *s = (CmMongoClientObject *)self;
-    Py_VISIT(Py_TYPE(self));
     Py_VISIT(s->database);
     Py_VISIT(s->collection);
-    Py_VISIT(s->init_args);
-    Py_VISIT(s->init_kwds);
     Py_VISIT(s->user);
     Py_VISIT(s->password);
     Py_VISIT(s->auth_source);
-    int rc = cm_net_pool_traverse(&s->pool, visit, arg);
-    return rc ? rc : cm_netloops_traverse(&s->loops, visit, arg);
-}
-
-/* Close every connection without touching the loop (closed, gone, or the
- * parent's after fork). The caller holds s (see sql/sqlstore.c's
- * storage_drop_detached: never a reference taken here). */
-static void drop_detached(CmMongoClientObject *s, int fork, const char *why)
-{
-    PyObject *saved = cm_exc_take();
-    PyObject *msg = PyUnicode_FromString(why);
-    PyErr_Clear();
-    cm_net_pool_drop_detached(&s->pool, s->st->mongo.ConnectionError, msg, fork);
-    Py_XDECREF(msg);
-    cm_exc_restore(saved);
+    return cm_netstore_traverse(self, &s->pool, &s->loops, s->init_args, s->init_kwds, visit, arg);
 }
 
 static int client_clear(PyObject *self)
 {
     CmMongoClientObject *s = (CmMongoClientObject *)self;
-    PyObject *saved = cm_exc_take();
-    PyObject *msg = PyUnicode_FromString("mongodb: storage deleted");
-    PyErr_Clear();
-    cm_net_pool_close_gc(&s->pool, s->st->mongo.ConnectionError, msg);
-    Py_XDECREF(msg);
-    cm_exc_restore(saved);
-    cm_netloops_clear(&s->loops);
-    Py_CLEAR(s->init_args);
-    Py_CLEAR(s->init_kwds);
-    cm_net_pool_fini(&s->pool, s->st->mongo.ConnectionError, NULL);
+    close_conns(s, CM_NETSTORE_CLOSE_GC, "mongodb: storage deleted");
+    cm_netstore_clear(&s->pool, &s->loops, &s->init_args, &s->init_kwds,
+                      s->st->mongo.ConnectionError);
     return 0;
 }
 
 static void client_dealloc(PyObject *self)
 {
     CmMongoClientObject *s = (CmMongoClientObject *)self;
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (s->weakreflist != NULL)
-        PyObject_ClearWeakRefs(self);
-    client_clear(self);
-    cm_netloops_fini(&s->loops);
+    cm_netstore_dealloc_start(self, s->weakreflist, client_clear, &s->loops);
     free_hosts(s);
     cm_scram_cache_free(s->scram_cache);
     Py_CLEAR(s->database);
@@ -477,32 +440,32 @@ static void client_dealloc(PyObject *self)
     Py_CLEAR(s->user);
     Py_CLEAR(s->password);
     Py_CLEAR(s->auth_source);
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    cm_netstore_dealloc_end(self);
 }
 
 /* netloop.h: an instance for another loop, made from the same arguments. */
 static PyObject *client_spawn(PyObject *owner)
 {
     CmMongoClientObject *s = (CmMongoClientObject *)owner;
-    if (s->init_args == NULL) {
-        PyErr_SetString(s->st->mongo.Error, "cacheme mongodb storage: not initialised");
-        return NULL;
-    }
-    return PyObject_Call(s->st->mongo.ClientType, s->init_args, s->init_kwds);
+    return cm_netstore_spawn(s->st->mongo.ClientType, s->init_args, s->init_kwds,
+                             s->st->mongo.Error, "mongodb");
 }
 
+/* netloop.h: close every connection without touching the loop (the
+ * parent's after fork; closed or gone). */
 static void client_forked(PyObject *inst)
 {
     Py_INCREF(inst);
-    drop_detached((CmMongoClientObject *)inst, 1, "mongodb: inherited over fork");
+    close_conns((CmMongoClientObject *)inst, CM_NETSTORE_DETACH_FORK,
+                "mongodb: inherited over fork");
     Py_DECREF(inst);
 }
 
 static void client_orphan(PyObject *inst)
 {
     Py_INCREF(inst);
-    drop_detached((CmMongoClientObject *)inst, 0, "mongodb: the event loop was closed");
+    close_conns((CmMongoClientObject *)inst, CM_NETSTORE_DETACH,
+                "mongodb: the event loop was closed");
     Py_DECREF(inst);
 }
 
@@ -578,16 +541,6 @@ static PyType_Spec client_spec = {
     .slots = client_slots,
 };
 
-static PyObject *add_error(PyObject *mod, const char *name, PyObject *bases, const char *doc)
-{
-    char full[64];
-    snprintf(full, sizeof(full), "cacheme._core.%s", name);
-    PyObject *e = PyErr_NewExceptionWithDoc(full, doc, bases, NULL);
-    if (e != NULL && PyModule_AddObjectRef(mod, name, e) < 0)
-        Py_CLEAR(e);
-    return e;
-}
-
 int cm_mongo_init(PyObject *mod, CmState *st)
 {
     CmMongoState *ms = &st->mongo;
@@ -600,24 +553,25 @@ int cm_mongo_init(PyObject *mod, CmState *st)
     if ((ms->ClientType = PyType_FromModuleAndSpec(mod, &client_spec, NULL)) == NULL ||
         PyModule_AddType(mod, (PyTypeObject *)ms->ClientType) < 0)
         return -1;
-    if ((ms->Error = add_error(mod, "MongoError", NULL, "The MongoDB storage failed.")) == NULL)
+    if ((ms->Error = cm_exc_add_type(mod, "MongoError", NULL, "The MongoDB storage failed.")) ==
+        NULL)
         return -1;
     if ((bases = PyTuple_Pack(2, ms->Error, PyExc_ConnectionError)) == NULL ||
-        (ms->ConnectionError = add_error(mod, "MongoConnectionError", bases,
-                                         "The MongoDB server cannot be reached, or broke the "
-                                         "protocol.")) == NULL)
+        (ms->ConnectionError = cm_exc_add_type(mod, "MongoConnectionError", bases,
+                                               "The MongoDB server cannot be reached, or broke the "
+                                               "protocol.")) == NULL)
         goto done;
     Py_SETREF(bases, PyTuple_Pack(2, ms->Error, PyExc_TimeoutError));
     if (bases == NULL ||
-        (ms->TimeoutError = add_error(mod, "MongoTimeoutError", bases,
-                                      "A MongoDB request or connect timed out.")) == NULL)
+        (ms->TimeoutError = cm_exc_add_type(mod, "MongoTimeoutError", bases,
+                                            "A MongoDB request or connect timed out.")) == NULL)
         goto done;
-    if ((ms->ServerError = add_error(mod, "MongoServerError", ms->Error,
-                                     "The server refused a command (ok: 0 or a write error); "
-                                     "`code` is the server's error code.")) == NULL)
+    if ((ms->ServerError = cm_exc_add_type(mod, "MongoServerError", ms->Error,
+                                           "The server refused a command (ok: 0 or a write error); "
+                                           "`code` is the server's error code.")) == NULL)
         goto done;
-    if ((ms->AuthError = add_error(mod, "MongoAuthError", ms->ConnectionError,
-                                   "The server refused our credentials (SCRAM).")) == NULL)
+    if ((ms->AuthError = cm_exc_add_type(mod, "MongoAuthError", ms->ConnectionError,
+                                         "The server refused our credentials (SCRAM).")) == NULL)
         goto done;
     if (cm_mongo_remote_init(mod, st) < 0)
         goto done;
