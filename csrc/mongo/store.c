@@ -22,11 +22,11 @@ int cm_mongo_init(PyObject *mod, CmState *st)
 #include "base/args.h"
 #include "base/batch.h"
 #include "base/exc.h"
-#include "base/netstore.h"
 #include "core/key.h"
 #include "core/ttl.h"
 #include "loop/loop.h"
 #include "loop/ready.h"
+#include "net/netstore.h"
 #include "ser/envelope.h"
 
 /* 0.3.0's parameters, by position or keyword (base/args.h) */
@@ -223,7 +223,7 @@ static PyObject *client_ping(PyObject *self, PyObject *Py_UNUSED(unused))
     return client_simple(self, CM_MONGO_PING);
 }
 
-/* Close every connection as how says (base/netstore.h), failing what is
+/* Close every connection as how says (net/netstore.h), failing what is
  * pending with MongoConnectionError(why). */
 static void close_conns(CmMongoClientObject *s, int how, const char *why)
 {

@@ -9,8 +9,8 @@
 #include <math.h>
 
 #include "base/exc.h"
-#include "base/netstore.h"
 #include "core/ttl.h"
+#include "net/netstore.h"
 
 /* identifier, or schema.identifier: letters, digits, underscores */
 static int valid_identifier(const char *p, Py_ssize_t n)

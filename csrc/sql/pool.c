@@ -11,8 +11,8 @@
 #include <stdlib.h>
 
 #include "base/exc.h"
-#include "base/netstore.h"
 #include "loop/loop.h"
+#include "net/netstore.h"
 
 static void schedule_tick(CmSqlStorageObject *s);
 

@@ -3,8 +3,8 @@
  * parts the SQL storages (sql/lifecycle.c) and MongoDB (mongo/store.c)
  * share. Each keeps its own fields (a pool, its loops, its tp_init
  * arguments) and passes them in. */
-#ifndef CM_BASE_NETSTORE_H
-#define CM_BASE_NETSTORE_H
+#ifndef CM_NET_NETSTORE_H
+#define CM_NET_NETSTORE_H
 #include "state.h"
 
 #include "net/netloop.h"

@@ -1,5 +1,5 @@
-/* A storage's life over a pool and per-loop instances: see base/netstore.h. */
-#include "base/netstore.h"
+/* A storage's life over a pool and per-loop instances: see net/netstore.h. */
+#include "net/netstore.h"
 
 #include "base/exc.h"
 
