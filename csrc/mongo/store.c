@@ -474,18 +474,14 @@ static const CmNetKind client_net_kind = {client_spawn, client_forked, client_or
 static PyObject *client_new(PyTypeObject *tp, PyObject *a, PyObject *k)
 {
     (void)a, (void)k;
-    CmMongoClientObject *s = (CmMongoClientObject *)tp->tp_alloc(tp, 0);
+    CmState *st = cm_state_from_type(tp);
+    CmMongoClientObject *s = st ? (CmMongoClientObject *)tp->tp_alloc(tp, 0) : NULL;
     if (s == NULL)
         return NULL;
-    s->st = cm_state_from_type(tp);
-    if (s->st == NULL) {
-        Py_DECREF(s);
-        return NULL;
-    }
+    s->st = st;
     s->pool_size = 50;
     s->timeout = s->connect_timeout = 5.0;
-    cm_net_pool_init(&s->pool, s->st, 0.05, 1.0); /* backoff: 50 ms doubling to 1 s */
-    cm_netloops_init(&s->loops, s->st, &client_net_kind, (PyObject *)s);
+    cm_netstore_init(&s->pool, &s->loops, st, &client_net_kind, (PyObject *)s);
     if ((s->scram_cache = cm_scram_cache_new()) == NULL) {
         Py_DECREF(s);
         return PyErr_NoMemory();

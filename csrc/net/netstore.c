@@ -3,6 +3,13 @@
 
 #include "base/exc.h"
 
+void cm_netstore_init(CmNetPool *pool, CmNetLoops *loops, CmState *st, const CmNetKind *kind,
+                      PyObject *owner)
+{
+    cm_net_pool_init(pool, st, 0.05, 1.0);
+    cm_netloops_init(loops, st, kind, owner);
+}
+
 void cm_netstore_close(CmNetPool *pool, PyObject *tp, int how, const char *why)
 {
     PyObject *saved = cm_exc_take();

@@ -10,6 +10,12 @@
 #include "net/netloop.h"
 #include "net/pool.h"
 
+/* tp_new's part: pool and loops set up for owner (the new storage), the
+ * pool backing off 50 ms doubling to 1 s after failed connects, the loops
+ * making, fork-dropping and orphaning instances as kind says. */
+void cm_netstore_init(CmNetPool *pool, CmNetLoops *loops, CmState *st, const CmNetKind *kind,
+                      PyObject *owner);
+
 /* How cm_netstore_close closes a pool. */
 enum {
     CM_NETSTORE_CLOSE,      /* the normal way, unwatched on its loop (cm_net_pool_close_all) */

@@ -233,18 +233,14 @@ static const CmNetKind storage_net_kind = {storage_spawn, storage_forked, storag
 
 PyObject *cm_sql_storage_new(PyTypeObject *tp, const CmSqlDriver *drv)
 {
-    CmSqlStorageObject *s = (CmSqlStorageObject *)tp->tp_alloc(tp, 0);
+    CmState *st = cm_state_from_type(tp);
+    CmSqlStorageObject *s = st ? (CmSqlStorageObject *)tp->tp_alloc(tp, 0) : NULL;
     if (s == NULL)
         return NULL;
-    s->st = cm_state_from_type(tp);
-    if (s->st == NULL) {
-        Py_DECREF(s);
-        return NULL;
-    }
+    s->st = st;
     s->drv = drv;
     s->pool_size = 10;
     s->timeout = s->connect_timeout = 5.0;
-    cm_net_pool_init(&s->pool, s->st, 0.05, 1.0); /* backoff: 50 ms doubling to 1 s */
-    cm_netloops_init(&s->loops, s->st, &storage_net_kind, (PyObject *)s);
+    cm_netstore_init(&s->pool, &s->loops, st, &storage_net_kind, (PyObject *)s);
     return (PyObject *)s;
 }
