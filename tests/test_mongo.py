@@ -145,6 +145,27 @@ async def test_get_all_set_all(mongo_server):
     assert len(await in_thread(docs, mongo_server.url, coll)) == 150
 
 
+async def test_get_all_set_all_refuse_bad_input_before_sending(mongo_server):
+    """A batch with an item that is not a (node, value) pair, a key the
+    storage cannot hold or a value it cannot store raises a clear error at
+    the call, and sends nothing: no document of the batch is written."""
+    s, coll = new_storage(mongo_server.url)
+    st = s._storage
+    bad = K("bad\ud800")  # a lone surrogate: not UTF-8
+    with pytest.raises(TypeError, match=r"set_all: data must be a sequence of \(node, value\)"):
+        st.set_all([(K("a"), b"1"), "not a pair"], None, None)
+    with pytest.raises(_core.StorageKeyError, match="lone surrogate"):
+        st.set_all([(K("b"), b"2"), (bad, b"3")], None, None)
+    with pytest.raises(TypeError, match="only bytes"):
+        st.set_all([(K("c"), b"4"), (K("d"), {"not": "bytes"})], None, None)
+    with pytest.raises(_core.StorageKeyError, match="lone surrogate"):
+        st.get_all([K("a"), bad], None)
+    with pytest.raises(TypeError):
+        st.get_all(5, None)
+    assert await st.get_all([K(k) for k in "abcd"], None) == []
+    assert await in_thread(docs, mongo_server.url, coll) == {}
+
+
 async def test_without_serializer_bytes_only(mongo_server):
     s, _ = new_storage(mongo_server.url)
     st = s._storage

@@ -21,7 +21,13 @@ import cacheme
 from cacheme import _core
 from cacheme.models import sentinel
 from cacheme.serializer import JSONSerializer, MsgPackSerializer, PickleSerializer
-from cacheme.storages.sqldb import SQLConnectionError, SQLTableError, SQLTimeoutError, ddl_script
+from cacheme.storages.sqldb import (
+    SQLConnectionError,
+    SQLKeyError,
+    SQLTableError,
+    SQLTimeoutError,
+    ddl_script,
+)
 from conftest import ReadyTask, count_sleeps, make_user_node, needs_two_cpus, run_python, unique
 from delay_proxy import DelayProxy
 from sql_servers import MariaServer, PgServer
@@ -191,6 +197,25 @@ async def test_get_all_set_all(url):
     pairs = await s.get_all([K("a"), K("b"), K("c"), K("a")], None)
     assert [(n.k, v) for n, v in pairs] == [("a", b"3"), ("b", b"2"), ("a", b"3")]
     assert await s.get_all([], None) == []
+
+
+async def test_get_all_set_all_refuse_bad_input_before_sending(url):
+    """A batch with an item that is not a (node, value) pair, a key the
+    table cannot hold or a value it cannot store raises a clear error at
+    the call, and sends nothing: no row of the batch is written."""
+    s = storage_of(await register(url))
+    bad = K("bad\ud800")  # a lone surrogate: not UTF-8
+    with pytest.raises(TypeError, match=r"set_all: data must be a sequence of \(node, value\)"):
+        s.set_all([(K("a"), b"1"), "not a pair"], None, None)
+    with pytest.raises(SQLKeyError, match="lone surrogate"):
+        s.set_all([(K("b"), b"2"), (bad, b"3")], None, None)
+    with pytest.raises(TypeError, match="only bytes"):
+        s.set_all([(K("c"), b"4"), (K("d"), {"not": "bytes"})], None, None)
+    with pytest.raises(SQLKeyError, match="lone surrogate"):
+        s.get_all([K("a"), bad], None)
+    with pytest.raises(TypeError):
+        s.get_all(5, None)
+    assert await s.get_all([K(k) for k in "abcd"], None) == []
 
 
 @pytest.mark.parametrize("ser", [MsgPackSerializer(), JSONSerializer(), PickleSerializer(), None])
