@@ -38,49 +38,23 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_030 = os.path.join(ROOT, ".bench", "venv-mongo-030", "bin", "python")
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH_DIR)
 
 WORKER = r'''
-import asyncio, json, os, random, sys, time
-from dataclasses import dataclass
+import asyncio, json, random, sys, time
+sys.path.append(sys.argv[1])  # benchmarks/: storage_bench
 import cacheme
-from cacheme.serializer import MsgPackSerializer
+import storage_bench
 
 url, coll, payload, workers, reqs, server_pid = (
-    sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
+    sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]))
 DATA = "x" * payload
 N = 1000
-loads = 0
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def server_cpu():
-    """The server's CPU seconds so far (user + system), or 0 without one."""
-    if not server_pid:
-        return 0.0
-    with open(f"/proc/{server_pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def node_class(tag):
-    @dataclass
-    class BenchNode(cacheme.Node):
-        uid: int
-
-        def key(self) -> str:
-            return f"{tag}:{self.uid}"
-
-        async def load(self):
-            global loads
-            loads += 1
-            return {"uid": self.uid, "data": DATA}
-
-        class Meta(cacheme.Node.Meta):
-            version = "v1"
-            caches = [cacheme.Cache(storage="mongo", ttl=None)]
-            serializer = MsgPackSerializer()
-    return BenchNode
+    return storage_bench.server_cpu(server_pid)
 
 
 class Phase:
@@ -104,11 +78,11 @@ async def main():
     await cacheme.register_storage("mongo", cacheme.Storage(
         url=url, database="bench", collection=coll, pool_size=50))
     out = {}
-    R = node_class("read")
+    R = storage_bench.node_class("read", "mongo", DATA)
     with Phase(out, "write", N):
         for i in range(N):
             await cacheme.get(R(i))
-    assert loads == N, loads
+    assert storage_bench.loads == N, storage_bench.loads
     with Phase(out, "read", N):
         for i in range(N):
             await cacheme.get(R(i))
@@ -126,7 +100,7 @@ async def main():
 
     with Phase(out, "concurrent", workers * reqs):
         await asyncio.gather(*[worker(ks) for ks in keys])
-    out["loads_after_seed"] = loads - N
+    out["loads_after_seed"] = storage_bench.loads - N
     print(json.dumps(out))
 
 
@@ -151,8 +125,8 @@ def run(impl, url, coll, payload, workers, reqs, server_pid, timeout):
     else:
         python, cwd = VENV_030, "/"
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    r = subprocess.run([python, "-c", WORKER, url, coll, str(payload), str(workers), str(reqs),
-                        str(server_pid)], capture_output=True, text=True, cwd=cwd,
+    r = subprocess.run([python, "-c", WORKER, BENCH_DIR, url, coll, str(payload), str(workers),
+                        str(reqs), str(server_pid)], capture_output=True, text=True, cwd=cwd,
                        timeout=timeout, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"{impl} ({python}) failed:\n{r.stderr[-3000:]}")

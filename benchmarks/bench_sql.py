@@ -36,36 +36,20 @@ from urllib.parse import urlparse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_030 = os.path.join(ROOT, ".bench", "venv-sql-030", "bin", "python")
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
 WORKER = r'''
 import asyncio, json, random, sys, time
-from dataclasses import dataclass
+sys.path.append(sys.argv[1])  # benchmarks/: storage_bench
 import cacheme
-from cacheme.serializer import MsgPackSerializer
+import storage_bench
 
-url, table, payload, conc_workers, conc_reqs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+url, table, payload, conc_workers, conc_reqs = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 DATA = "x" * payload
-loads = 0
 
 
 def node_class(tag):
-    @dataclass
-    class BenchNode(cacheme.Node):
-        uid: int
-
-        def key(self) -> str:
-            return f"{tag}:{self.uid}"
-
-        async def load(self):
-            global loads
-            loads += 1
-            return {"uid": self.uid, "data": DATA}
-
-        class Meta(cacheme.Node.Meta):
-            version = "v1"
-            caches = [cacheme.Cache(storage="sql", ttl=None)]
-            serializer = MsgPackSerializer()
-    return BenchNode
+    return storage_bench.node_class(tag, "sql", DATA)
 
 
 def zipf_keys(n, size, s=1.0, seed=42):
@@ -103,7 +87,7 @@ async def main():
         got = await cacheme.get_all([R(b * 20 + j) for j in range(20)])
         assert len(got) == 20
     out["batch20"] = time.perf_counter() - t
-    before = loads
+    before = storage_bench.loads
 
     async def worker(w):
         for j in range(conc_reqs):
@@ -113,7 +97,7 @@ async def main():
     await asyncio.gather(*[worker(w) for w in range(conc_workers)])
     el = time.perf_counter() - t
     out["concurrent_rps"] = conc_workers * conc_reqs / el
-    out["concurrent_loads"] = loads - before
+    out["concurrent_loads"] = storage_bench.loads - before
     print(json.dumps(out))
 
 
@@ -183,7 +167,8 @@ def c_client(storage, url, table, n=1000):
 
 
 def run(python, url, table, payload, workers, reqs, cwd):
-    r = subprocess.run([python, "-c", WORKER, url, table, str(payload), str(workers), str(reqs)],
+    r = subprocess.run([python, "-c", WORKER, BENCH_DIR, url, table, str(payload), str(workers),
+                        str(reqs)],
                        capture_output=True, text=True, cwd=cwd, timeout=900,
                        env={**os.environ, "PYTHONPATH": ROOT if cwd == ROOT else ""})
     if r.returncode != 0:

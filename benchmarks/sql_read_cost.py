@@ -11,35 +11,13 @@ run it on a quiet server. Reads one of 1,000 stored keys (100 B payload,
 MsgPackSerializer) in a table of its own, created if missing."""
 import argparse
 import asyncio
-import os
 import subprocess
 import time
-from dataclasses import dataclass
 
 import cacheme
-from cacheme.serializer import MsgPackSerializer
+from storage_bench import node_class, server_cpu
 
-
-def server_cpu(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class ReadNode(cacheme.Node):
-    uid: int
-
-    def key(self) -> str:
-        return f"cost:{self.uid}"
-
-    async def load(self):
-        return {"uid": self.uid, "data": "x" * 100}
-
-    class Meta(cacheme.Node.Meta):
-        version = "v1"
-        caches = [cacheme.Cache(storage="sql", ttl=None)]
-        serializer = MsgPackSerializer()
+ReadNode = node_class("cost", "sql", "x" * 100)
 
 
 async def main(args):

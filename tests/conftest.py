@@ -1,5 +1,6 @@
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import os
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 
 import cacheme
 from cacheme import _core
+from cacheme.serializer import MsgPackSerializer
 
 _names = itertools.count()
 
@@ -47,6 +49,36 @@ def pytest_collection_modifyitems(config, items):
 
 def unique(prefix: str = "s") -> str:
     return f"{prefix}{next(_names)}"
+
+
+def make_user_node(caches, serializer=MsgPackSerializer(), version="v1", sleep=0.0):
+    """The storage modules' node class, under a unique name: users keyed
+    "user:<uid>", cached in caches, whose load (after sleep seconds, if any)
+    returns {"uid": uid, "name": "u<uid>"}. Returns the class and the list of
+    the uids it loaded, in order."""
+    calls = []
+
+    @dataclasses.dataclass
+    class UserNode(cacheme.Node):
+        uid: int
+
+        def key(self) -> str:
+            return f"user:{self.uid}"
+
+        async def load(self):
+            calls.append(self.uid)
+            if sleep:
+                await asyncio.sleep(sleep)
+            return {"uid": self.uid, "name": f"u{self.uid}"}
+
+        class Meta(cacheme.Node.Meta):
+            pass
+
+    UserNode.Meta.version = version
+    UserNode.Meta.caches = caches
+    UserNode.Meta.serializer = serializer
+    UserNode.__qualname__ = unique("UserNode")
+    return UserNode, calls
 
 
 @pytest.fixture

@@ -10,6 +10,9 @@ SPEC: {"serializer": "pickle" | "json" | "msgpack", "ttl": seconds or null,
 cacheme.get_all), "version": node version, "by": tag (default "030")}. An
 item's key is "item:ID"; its load returns item_value(ID, by). Prints one JSON line: {"get": [values],
 "get_all": [values], "loads": [ids loaded]}.
+
+The tests import item_value, item_class and SERIALIZERS from here, so that
+0.3.0 and ours read and fill through the same node: only 0.3.0's API here.
 """
 import asyncio
 import json
@@ -28,9 +31,11 @@ def item_value(i, by):
     return {"id": i, "by": by, "tags": [f"t{i}", "x"], "score": i * 1.5, "name": f"é{i}"}
 
 
-async def main(url, database, collection, spec):
+def item_class(storage, ser, ttl, by, node_version="v1"):
+    """The node class of items cached in storage only (serializer named by
+    ser, TTL in seconds or None); its load returns item_value(id, by).
+    Returns the class and the list of the ids it loaded, in order."""
     loads = []
-    ttl = spec.get("ttl")
 
     @dataclass
     class Item(cacheme.Node):
@@ -41,14 +46,20 @@ async def main(url, database, collection, spec):
 
         async def load(self):
             loads.append(self.id)
-            return item_value(self.id, spec.get("by", "030"))
+            return item_value(self.id, by)
 
         class Meta(cacheme.Node.Meta):
-            version = spec.get("version", "v1")
-            caches = [cacheme.Cache(storage="mongo",
+            version = node_version
+            caches = [cacheme.Cache(storage=storage,
                                     ttl=None if ttl is None else timedelta(seconds=ttl))]
-            serializer = SERIALIZERS[spec["serializer"]]()
+            serializer = SERIALIZERS[ser]()
 
+    return Item, loads
+
+
+async def main(url, database, collection, spec):
+    Item, loads = item_class("mongo", spec["serializer"], spec.get("ttl"), spec.get("by", "030"),
+                             spec.get("version", "v1"))
     await cacheme.register_storage(
         "mongo", cacheme.Storage(url=url, database=database, collection=collection))
     out = {"get": [], "get_all": [], "loads": loads}

@@ -1,6 +1,5 @@
 """cacheme.close(): every registered storage closed and forgotten, once,
 whatever one of them raises; register_storage works again afterwards."""
-import dataclasses
 import logging
 from datetime import timedelta
 
@@ -9,7 +8,7 @@ import pytest
 import cacheme
 from cacheme import _core
 from cacheme.serializer import MsgPackSerializer
-from conftest import unique
+from conftest import make_user_node, unique
 from sql_servers import ModuleServers
 from redis_servers import (  # noqa: F401  (fixtures)
     _redis_session_server,
@@ -37,29 +36,6 @@ def isolated_registry():
         _core._remove_storage(name)
     for name, storage in saved.items():
         _core._add_storage(name, storage)
-
-
-def make_node(caches):
-    loads = []
-
-    @dataclasses.dataclass
-    class UserNode(cacheme.Node):
-        uid: int
-
-        def key(self) -> str:
-            return f"user:{self.uid}"
-
-        async def load(self):
-            loads.append(self.uid)
-            return {"uid": self.uid}
-
-        class Meta(cacheme.Node.Meta):
-            version = "v1"
-            serializer = MsgPackSerializer()
-
-    UserNode.Meta.caches = caches
-    UserNode.__qualname__ = unique("LifecycleNode")
-    return UserNode, loads
 
 
 class BrokenClose(cacheme.storages.BaseStorage):
@@ -105,8 +81,8 @@ async def register_three(redis_url, tmp_path):
 @needs_redis
 async def test_close_closes_and_unregisters_every_storage(redis_server, tmp_path):
     names, storages, caches = await register_three(redis_server.url, tmp_path)
-    Node, loads = make_node(caches)
-    assert await cacheme.get(Node(1)) == {"uid": 1}
+    Node, loads = make_user_node(caches)
+    assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
     redis = storages["redis"]._storage
     assert redis._connections() >= 1
 
@@ -132,8 +108,8 @@ async def test_close_twice_and_with_nothing_registered():
 @needs_redis
 async def test_register_again_after_close(redis_server, tmp_path):
     names, _, caches = await register_three(redis_server.url, tmp_path)
-    Node, loads = make_node(caches)
-    assert await cacheme.get(Node(1)) == {"uid": 1}
+    Node, loads = make_user_node(caches)
+    assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
     await cacheme.close()
 
     # same names, new storage objects: the remote values are still there,
@@ -142,8 +118,8 @@ async def test_register_again_after_close(redis_server, tmp_path):
     await cacheme.register_storage(names["redis"], cacheme.Storage(url=redis_server.url))
     await cacheme.register_storage(
         names["sqlite"], cacheme.Storage(url=f"sqlite:///{tmp_path}/c.db", table="cache"))
-    assert await cacheme.get(Node(1)) == {"uid": 1}
-    assert await cacheme.get(Node(2)) == {"uid": 2}
+    assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
+    assert await cacheme.get(Node(2)) == {"uid": 2, "name": "u2"}
     assert loads == [1, 2]
     hits = cacheme.stats(Node).storage_stats()
     assert hits[names["redis"]]["hits"] == 1
@@ -158,7 +134,7 @@ async def test_close_goes_on_when_a_storage_raises(redis_server, caplog):
     await cacheme.register_storage(broken, BrokenClose(address="broken://"))
     redis = cacheme.Storage(url=redis_server.url)
     await cacheme.register_storage(redis_name, redis)
-    Node, _ = make_node([cacheme.Cache(storage=redis_name, ttl=None)])
+    Node, _ = make_user_node([cacheme.Cache(storage=redis_name, ttl=None)])
     await cacheme.get(Node(1))
     assert redis._storage._connections() >= 1
 
@@ -183,7 +159,7 @@ async def test_storage_close_on_its_own(redis_server, tmp_path):
     sqlite = cacheme.Storage(url=f"sqlite:///{tmp_path}/c.db", table="cache", create_table=True)
     await redis.connect()
     await sqlite.connect()
-    Node, _ = make_node([])
+    Node, _ = make_user_node([])
     ser = MsgPackSerializer()
     await redis.set(Node(1), {"uid": 1}, None, ser)
     await sqlite.set(Node(1), {"uid": 1}, None, ser)
@@ -209,11 +185,11 @@ async def test_register_the_same_storages_again_after_close(redis_server, tmp_pa
     redis = cacheme.Storage(url=redis_server.url)
     sqlite = cacheme.Storage(url=f"sqlite:///{tmp_path}/c.db", table="cache", create_table=True)
     names = [unique("local-"), unique("redis-"), unique("sqlite-")]
-    Node, loads = make_node([cacheme.Cache(storage=n, ttl=None) for n in names])
+    Node, loads = make_user_node([cacheme.Cache(storage=n, ttl=None) for n in names])
     for run in range(3):
         for name, storage in zip(names, (local, redis, sqlite)):
             await cacheme.register_storage(name, storage)
-        assert await cacheme.get(Node(1)) == {"uid": 1}
+        assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
         await cacheme.close()
     assert loads == [1]
     assert cacheme.stats(Node).storage_stats()[names[1]]["errors"] == 0
@@ -227,7 +203,7 @@ async def test_sql_storage_close_then_reconnects(backend, sql_servers):
     table = unique("lifecycle_")
     storage = cacheme.Storage(url=sql_servers.url(backend), table=table, create_table=True)
     await storage.connect()
-    Node, _ = make_node([])
+    Node, _ = make_user_node([])
     ser = MsgPackSerializer()
     await storage.set(Node(1), {"uid": 1}, None, ser)
     await storage.close()

@@ -3,7 +3,6 @@ servers speaking MongoDB's wire protocol (tests/mongo_servers.py), with
 pymongo reading back what it wrote, and against little fake servers of the
 test's own for replies no real server sends (hostile, not the primary)."""
 import asyncio
-import dataclasses
 import os
 import struct
 import sys
@@ -16,7 +15,7 @@ import cacheme
 from cacheme import _core
 from cacheme.models import sentinel
 from cacheme.serializer import MsgPackSerializer, PickleSerializer
-from conftest import LEAK_SNAPSHOT, assert_flat, run_python, unique
+from conftest import LEAK_SNAPSHOT, assert_flat, make_user_node, run_python, unique
 from mongo_servers import (  # noqa: F401 (fixtures)
     mongo_auth_server,
     mongo_server,
@@ -41,30 +40,6 @@ class K:
 
     def full_key(self):
         return self.k
-
-
-def make_node(caches, serializer=MsgPackSerializer()):
-    calls = []
-
-    @dataclasses.dataclass
-    class UserNode(cacheme.Node):
-        uid: int
-
-        def key(self) -> str:
-            return f"user:{self.uid}"
-
-        async def load(self):
-            calls.append(self.uid)
-            return {"uid": self.uid, "name": f"u{self.uid}"}
-
-        class Meta(cacheme.Node.Meta):
-            pass
-
-    UserNode.Meta.version = "v1"
-    UserNode.Meta.caches = caches
-    UserNode.Meta.serializer = serializer
-    UserNode.__qualname__ = unique("UserNode")
-    return UserNode, calls
 
 
 def new_storage(url, coll=None, **options):
@@ -170,6 +145,27 @@ async def test_get_all_set_all(mongo_server):
     assert len(await in_thread(docs, mongo_server.url, coll)) == 150
 
 
+async def test_get_all_set_all_refuse_bad_input_before_sending(mongo_server):
+    """A batch with an item that is not a (node, value) pair, a key the
+    storage cannot hold or a value it cannot store raises a clear error at
+    the call, and sends nothing: no document of the batch is written."""
+    s, coll = new_storage(mongo_server.url)
+    st = s._storage
+    bad = K("bad\ud800")  # a lone surrogate: not UTF-8
+    with pytest.raises(TypeError, match=r"set_all: data must be a sequence of \(node, value\)"):
+        st.set_all([(K("a"), b"1"), "not a pair"], None, None)
+    with pytest.raises(_core.StorageKeyError, match="lone surrogate"):
+        st.set_all([(K("b"), b"2"), (bad, b"3")], None, None)
+    with pytest.raises(TypeError, match="only bytes"):
+        st.set_all([(K("c"), b"4"), (K("d"), {"not": "bytes"})], None, None)
+    with pytest.raises(_core.StorageKeyError, match="lone surrogate"):
+        st.get_all([K("a"), bad], None)
+    with pytest.raises(TypeError):
+        st.get_all(5, None)
+    assert await st.get_all([K(k) for k in "abcd"], None) == []
+    assert await in_thread(docs, mongo_server.url, coll) == {}
+
+
 async def test_without_serializer_bytes_only(mongo_server):
     s, _ = new_storage(mongo_server.url)
     st = s._storage
@@ -236,7 +232,7 @@ async def test_through_cacheme_with_local_and_mongo(mongo_server):
     name, coll = await register(mongo_server.url)
     local = unique("local")
     await cacheme.register_storage(local, cacheme.Storage(url="local://lru", size=100))
-    Node, calls = make_node([cacheme.Cache(storage=local, ttl=None),
+    Node, calls = make_user_node([cacheme.Cache(storage=local, ttl=None),
                              cacheme.Cache(storage=name, ttl=timedelta(hours=1))])
     assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
     assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
@@ -244,7 +240,7 @@ async def test_through_cacheme_with_local_and_mongo(mongo_server):
     got = await in_thread(docs, mongo_server.url, coll)
     assert list(got) == ["cacheme:user:1:v1"]
     # another class over the same collection only: served by MongoDB
-    Node2, calls2 = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node2, calls2 = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     Node2.__qualname__ = Node.__qualname__
     assert await cacheme.get(Node2(1)) == {"uid": 1, "name": "u1"}
     assert calls2 == []
@@ -258,7 +254,7 @@ async def test_through_cacheme_with_local_and_mongo(mongo_server):
 
 async def test_memoize(mongo_server):
     name, _ = await register(mongo_server.url)
-    Node, _ = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, _ = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     calls = []
 
     @cacheme.Memoize(Node)
@@ -277,7 +273,7 @@ async def test_memoize(mongo_server):
 
 async def test_singleflight_and_200_concurrent_gets(mongo_server):
     name, _ = await register(mongo_server.url, pool_size=4)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     got = await asyncio.gather(*[cacheme.get(Node(i % 5)) for i in range(200)])
     assert [g["uid"] for g in got] == [i % 5 for i in range(200)]
     assert sorted(calls) == [0, 1, 2, 3, 4]
@@ -296,7 +292,7 @@ async def test_flights_read_and_fill_through_the_remote_interface(mongo_server):
     flights wait, gone after; a leader cancelled while another waits leaves
     it the value."""
     name, coll = await register(mongo_server.url, pool_size=2)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     wait = _core._MongoFlightWait
     base = sys.getrefcount(wait)
     want = [{"uid": i, "name": f"u{i}"} for i in range(30)]
@@ -335,7 +331,7 @@ async def test_flights_call_a_get_or_set_set_on_the_instance(mongo_server):
     get, set_ = s.get, s.set
     s.get = lambda node, ser: seen.append("get") or get(node, ser)
     s.set = lambda node, value, ttl, ser: seen.append("set") or set_(node, value, ttl, ser)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
     assert seen == ["get", "set"] and calls == [1]
 
@@ -345,7 +341,7 @@ async def test_flight_fill_refused_while_queued_is_told_after(mongo_server):
     message may be) is logged and counted, never raised, and the flight
     still gets its value."""
     name, coll = await register(mongo_server.url)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)], serializer=None)
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)], serializer=None)
 
     async def big(node):
         return b"x" * (49 * 1000 * 1000)
@@ -526,7 +522,7 @@ async def test_unreachable_server_fails_fast():
 async def test_server_killed_and_restarted(mongo_server_factory):
     srv = mongo_server_factory()
     name, _ = await register(srv.url, timeout=2.0, connect_timeout=2.0, pool_size=2)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     st = storage_of(name)
     await cacheme.get_all([Node(i) for i in range(5)])
     assert len(calls) == 5
@@ -756,7 +752,7 @@ async def test_hostile_reply_is_a_miss_and_reconnects(hostile):
         name = unique("mongo-")
         await cacheme.register_storage(name, s)
         state["n"] = 0
-        Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+        Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
         assert await asyncio.wait_for(cacheme.get(Node(1)), 10) == {"uid": 1, "name": "u1"}
         assert calls == [1]
     finally:

@@ -19,21 +19,18 @@ cacheme.storages.mongo exists (branch h-mongo).
 """
 import asyncio
 import base64
-import dataclasses
 import json
 import os
 import pickle
 import re
 import subprocess
 import time
-from datetime import timedelta
 
 import pytest
 
 import cacheme
-from cacheme.serializer import JSONSerializer, MsgPackSerializer, PickleSerializer
 from conftest import unique
-from mongo030_run import item_value
+from mongo030_run import SERIALIZERS, item_class, item_value
 from mongo_servers import (  # noqa: F401 (fixtures)
     ROOT,
     mongo_auth_server,
@@ -45,7 +42,6 @@ from mongo_servers import (  # noqa: F401 (fixtures)
 VENV_030 = os.path.join(ROOT, ".bench", "venv-mongo-030", "bin", "python")
 RUN_030 = os.path.join(ROOT, "tests", "mongo030_run.py")
 DB = "test"
-SERIALIZERS = {"pickle": PickleSerializer, "json": JSONSerializer, "msgpack": MsgPackSerializer}
 
 try:
     import cacheme.storages.mongo  # noqa: F401
@@ -162,25 +158,7 @@ async def test_030_expired_documents_miss(mongo_server, ser):
 
 
 def make_node(name, ser, ttl, by="ours"):
-    loads = []
-
-    @dataclasses.dataclass
-    class Item(cacheme.Node):
-        id: int
-
-        def key(self) -> str:
-            return f"item:{self.id}"
-
-        async def load(self):
-            loads.append(self.id)
-            return item_value(self.id, by)
-
-        class Meta(cacheme.Node.Meta):
-            pass
-
-    Item.Meta.version = "v1"
-    Item.Meta.caches = [cacheme.Cache(storage=name, ttl=None if ttl is None else timedelta(seconds=ttl))]
-    Item.Meta.serializer = SERIALIZERS[ser]()
+    Item, loads = item_class(name, ser, ttl, by)
     Item.__qualname__ = unique("MongoItem")
     return Item, loads
 

@@ -24,6 +24,7 @@ from conftest import (
     assert_flat,
     count_sleeps,
     flights,
+    make_user_node,
     needs_two_cpus,
     register_local,
     run_python,
@@ -42,32 +43,6 @@ from redis_servers import (  # noqa: F401  (fixtures)
 )
 
 pytestmark = needs_redis
-
-
-def make_node(caches, serializer=MsgPackSerializer(), sleep=0.0, version="v1"):
-    calls = []
-
-    @dataclasses.dataclass
-    class UserNode(cacheme.Node):
-        uid: int
-
-        def key(self) -> str:
-            return f"user:{self.uid}"
-
-        async def load(self):
-            calls.append(self.uid)
-            if sleep:
-                await asyncio.sleep(sleep)
-            return {"uid": self.uid, "name": f"u{self.uid}"}
-
-        class Meta(cacheme.Node.Meta):
-            pass
-
-    UserNode.Meta.version = version
-    UserNode.Meta.caches = caches
-    UserNode.Meta.serializer = serializer
-    UserNode.__qualname__ = unique("UserNode")
-    return UserNode, calls
 
 
 async def register_redis(url, **options) -> str:
@@ -108,7 +83,7 @@ def test_parse_url():
 
 async def test_get_set_layout_compatible_with_030(redis_server):
     name = await register_redis(redis_server.url)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
     assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
     assert calls == [1]
@@ -131,7 +106,7 @@ async def test_get_set_layout_compatible_with_030(redis_server):
 @pytest.mark.parametrize("serializer", [PickleSerializer(), JSONSerializer(), MsgPackSerializer(), None])
 async def test_serializers(redis_server, serializer):
     name = await register_redis(redis_server.url)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)], serializer=serializer)
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)], serializer=serializer)
     v = await cacheme.get(Node(5))
     # a fresh local-less read comes from redis
     assert await storage_of(name).get(Node(5), serializer) == v
@@ -140,13 +115,13 @@ async def test_serializers(redis_server, serializer):
 
 async def test_ttl_setex_and_psetex(redis_server):
     name = await register_redis(redis_server.url)
-    Node, _ = make_node([cacheme.Cache(storage=name, ttl=timedelta(seconds=30))])
+    Node, _ = make_user_node([cacheme.Cache(storage=name, ttl=timedelta(seconds=30))])
     await cacheme.get(Node(1))
     s = storage_of(name)
     assert 28 <= await s.execute("TTL", "cacheme:user:1:v1") <= 30
     # below a second: PSETEX (0.3.0 sent SETEX 0 and failed)
-    Short, calls = make_node([cacheme.Cache(storage=name, ttl=timedelta(milliseconds=300))],
-                             version="short")
+    Short, calls = make_user_node([cacheme.Cache(storage=name, ttl=timedelta(milliseconds=300))],
+                                  version="short")
     t0 = time.monotonic()
     await cacheme.get(Short(1))
     pttl = await s.execute("PTTL", "cacheme:user:1:short")
@@ -166,7 +141,7 @@ async def test_ttl_setex_and_psetex(redis_server):
 
 async def test_get_all_one_mget_and_set_all_one_pipeline(redis_server):
     name = await register_redis(redis_server.url)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=timedelta(seconds=60))])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=timedelta(seconds=60))])
     await cacheme.get(Node(3))
     values = await cacheme.get_all([Node(i) for i in range(10)])
     assert values == [{"uid": i, "name": f"u{i}"} for i in range(10)]
@@ -187,7 +162,7 @@ async def test_get_all_one_mget_and_set_all_one_pipeline(redis_server):
 
 async def test_invalidate_is_del(redis_server):
     name = await register_redis(redis_server.url)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     await cacheme.get(Node(1))
     await cacheme.invalidate(Node(1))
     assert await storage_of(name).execute("EXISTS", "cacheme:user:1:v1") == 0
@@ -250,7 +225,7 @@ async def test_reply_shapes_through_either_hiredis(redis_server):
 
 async def test_undecodable_bytes_are_a_miss_and_reload(redis_server):
     name = await register_redis(redis_server.url)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     s = storage_of(name)
     await s.execute("SET", "cacheme:user:1:v1", b"\xc1garbage")
     assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
@@ -389,7 +364,7 @@ async def test_a_run_in_flight_fails_as_a_whole_when_the_server_stalls():
 
 async def test_thundering_herd_one_get_one_load(redis_server):
     name = await register_redis(redis_server.url)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)], sleep=0.05)
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)], sleep=0.05)
     redis_server.cli("CONFIG", "RESETSTAT")
     out = await asyncio.gather(*[cacheme.get(Node(1)) for _ in range(200)])
     assert all(v == {"uid": 1, "name": "u1"} for v in out)
@@ -401,7 +376,7 @@ async def test_thundering_herd_one_get_one_load(redis_server):
 async def test_local_redis_chain(redis_server):
     local = await register_local()
     name = await register_redis(redis_server.url)
-    Node, calls = make_node(
+    Node, calls = make_user_node(
         [cacheme.Cache(storage=local, ttl=None), cacheme.Cache(storage=name, ttl=None)], sleep=0.05)
     redis_server.cli("CONFIG", "RESETSTAT")
     out = await asyncio.gather(*[cacheme.get(Node(1)) for _ in range(200)])
@@ -462,7 +437,7 @@ async def test_unreachable_server_is_a_miss_fast():
     with pytest.raises(RedisConnectionError):
         await storage.connect()
     _core._add_storage(name, storage)  # register_storage without its connect()
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     t = time.monotonic()
     out = await asyncio.gather(*[cacheme.get(Node(i)) for i in range(100)])
     assert time.monotonic() - t < 2
@@ -501,7 +476,7 @@ async def test_timeout_of_a_stalled_server():
 async def test_server_restart_mid_run_recovers_without_fd_leak():
     with RedisServer() as server:
         name = await register_redis(server.url, retry_backoff=0.02, retry_backoff_max=0.1)
-        Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+        Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
         s = storage_of(name)
         fds0 = None
         for cycle in range(5):
@@ -551,7 +526,7 @@ async def test_callers_cancelled_while_their_get_is_in_flight(redis_server):
     proxy = DelayProxy("127.0.0.1", redis_server.port, 0.05)
     try:
         name = await register_redis(f"redis://127.0.0.1:{proxy.port}", busy_poll=0.0)
-        Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+        Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
         # a lone leader: CancelledError, nothing left in flight, no load
         t = asyncio.ensure_future(cacheme.get(Node(1)))
         await asyncio.sleep(0.01)
@@ -587,7 +562,7 @@ async def test_callers_cancelled_while_the_fill_or_the_read_is_out(redis_server)
     proxy = DelayProxy("127.0.0.1", redis_server.port, 0.05)
     try:
         name = await register_redis(f"redis://127.0.0.1:{proxy.port}", busy_poll=0.0)
-        Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+        Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
         s = storage_of(name)
         # the leader cancelled while its SET is out (read 50 ms, load, SET 50 ms)
         lead = asyncio.ensure_future(cacheme.get(Node(3)))
@@ -651,7 +626,7 @@ async def test_overridden_get_and_set_are_called(redis_server):
     storage._storage = storage._cacheme_backend = Counting(redis_server.url)
     name = unique("redis-")
     await cacheme.register_storage(name, storage)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
     assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
     assert seen == [("get", 1), ("set", 1), ("get", 1)] and calls == [1]
@@ -661,7 +636,7 @@ async def test_overridden_get_and_set_are_called(redis_server):
     plain = storage_of(name)
     get = plain.get
     plain.get = lambda node, serializer: seen.append(("get", node.uid)) or get(node, serializer)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)], version="v2")
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)], version="v2")
     assert await cacheme.get(Node(2)) == {"uid": 2, "name": "u2"}
     assert seen == [("get", 2)] and calls == [2]
     del plain.get
@@ -751,7 +726,7 @@ async def test_failed_request_is_undone_after_the_buffer_moved():
     with RedisServer() as server:
         s = RedisStorage(server.url)
         await s.connect()
-        Node, _ = make_node([])
+        Node, _ = make_user_node([])
         Bad = bad_key_node()
         server.pause()
         try:
@@ -1014,14 +989,13 @@ async def test_busy_poll_backs_off_on_a_slow_server(redis_server):
 
     await spins_back_off_on_a_slow_server(redis_server.port, connect, get)
 
-
 async def test_gets_in_a_cycle_are_collected_after_their_redis_calls(redis_server):
     """A Get is out of the collector's lists only while a Redis op or its
     flight holds it: once done, a cycle through it is collected."""
     import weakref
 
     name = await register_redis(redis_server.url)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     refs = []
     for uid in (1, 1, 2):  # a miss (GET, load, SET), a hit, a leader with a waiter
         nodes = [Node(uid), Node(uid)] if uid == 2 else [Node(uid)]

@@ -2,7 +2,6 @@
 servers: temporary ones started on free ports (tests/sql_servers.py)."""
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import json
 import os
@@ -22,8 +21,14 @@ import cacheme
 from cacheme import _core
 from cacheme.models import sentinel
 from cacheme.serializer import JSONSerializer, MsgPackSerializer, PickleSerializer
-from cacheme.storages.sqldb import SQLConnectionError, SQLTableError, SQLTimeoutError, ddl_script
-from conftest import ReadyTask, count_sleeps, needs_two_cpus, run_python, unique
+from cacheme.storages.sqldb import (
+    SQLConnectionError,
+    SQLKeyError,
+    SQLTableError,
+    SQLTimeoutError,
+    ddl_script,
+)
+from conftest import ReadyTask, count_sleeps, make_user_node, needs_two_cpus, run_python, unique
 from delay_proxy import DelayProxy
 from sql_servers import MariaServer, PgServer
 
@@ -81,30 +86,6 @@ def url(backend, tmp_path):
     return server(backend).url
 
 
-def make_node(caches, serializer=MsgPackSerializer(), version="v1"):
-    calls = []
-
-    @dataclasses.dataclass
-    class UserNode(cacheme.Node):
-        uid: int
-
-        def key(self) -> str:
-            return f"user:{self.uid}"
-
-        async def load(self):
-            calls.append(self.uid)
-            return {"uid": self.uid, "name": f"u{self.uid}"}
-
-        class Meta(cacheme.Node.Meta):
-            pass
-
-    UserNode.Meta.version = version
-    UserNode.Meta.caches = caches
-    UserNode.Meta.serializer = serializer
-    UserNode.__qualname__ = unique("UserNode")
-    return UserNode, calls
-
-
 class K:
     """A bare node: just a full key."""
 
@@ -132,7 +113,7 @@ def storage_of(name):
 
 async def test_get_set_through_cacheme(url):
     name = await register(url)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
     assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
     assert calls == [1]
@@ -151,7 +132,7 @@ async def test_flights_read_and_fill_through_the_remote_interface(url, backend):
     leader cancelled while others wait leaves them the value. SQLite answers
     inline and keeps the method path."""
     name = await register(url, pool_size=2)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     wait = _core._SqlFlightWait
     base = sys.getrefcount(wait)
     want = [{"uid": i, "name": f"u{i}"} for i in range(50)]
@@ -195,14 +176,14 @@ async def test_flights_call_a_get_or_set_set_on_the_instance(url):
     get, set_ = s.get, s.set
     s.get = lambda node, ser: seen.append("get") or get(node, ser)
     s.set = lambda node, value, ttl, ser: seen.append("set") or set_(node, value, ttl, ser)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     assert await cacheme.get(Node(1)) == {"uid": 1, "name": "u1"}
     assert seen == ["get", "set"] and calls == [1]
 
 
 async def test_get_all_set_all(url):
     name = await register(url)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     await cacheme.get(Node(2))
     got = await cacheme.get_all([Node(i) for i in range(5)])
     assert got == [{"uid": i, "name": f"u{i}"} for i in range(5)]
@@ -216,6 +197,25 @@ async def test_get_all_set_all(url):
     pairs = await s.get_all([K("a"), K("b"), K("c"), K("a")], None)
     assert [(n.k, v) for n, v in pairs] == [("a", b"3"), ("b", b"2"), ("a", b"3")]
     assert await s.get_all([], None) == []
+
+
+async def test_get_all_set_all_refuse_bad_input_before_sending(url):
+    """A batch with an item that is not a (node, value) pair, a key the
+    table cannot hold or a value it cannot store raises a clear error at
+    the call, and sends nothing: no row of the batch is written."""
+    s = storage_of(await register(url))
+    bad = K("bad\ud800")  # a lone surrogate: not UTF-8
+    with pytest.raises(TypeError, match=r"set_all: data must be a sequence of \(node, value\)"):
+        s.set_all([(K("a"), b"1"), "not a pair"], None, None)
+    with pytest.raises(SQLKeyError, match="lone surrogate"):
+        s.set_all([(K("b"), b"2"), (bad, b"3")], None, None)
+    with pytest.raises(TypeError, match="only bytes"):
+        s.set_all([(K("c"), b"4"), (K("d"), {"not": "bytes"})], None, None)
+    with pytest.raises(SQLKeyError, match="lone surrogate"):
+        s.get_all([K("a"), bad], None)
+    with pytest.raises(TypeError):
+        s.get_all(5, None)
+    assert await s.get_all([K(k) for k in "abcd"], None) == []
 
 
 @pytest.mark.parametrize("ser", [MsgPackSerializer(), JSONSerializer(), PickleSerializer(), None])
@@ -395,7 +395,7 @@ def own_server(backend):
 async def test_server_restart(own_server):
     url = own_server.url
     name = await register(url, pool_size=4, timeout=2.0, connect_timeout=2.0)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     s = storage_of(name)
     await cacheme.get_all([Node(i) for i in range(20)])
     assert len(calls) == 20
@@ -588,7 +588,7 @@ def run_030(url, table):
 async def test_shared_table_with_030(url, backend):
     table = unique("cm_t")
     name = await register(url, table=table)
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=timedelta(hours=1))])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=timedelta(hours=1))])
     # ours writes 0..4, 0.3.0 reads them and writes 5..9
     await cacheme.get_all([Node(i) for i in range(5)])
     out = await asyncio.get_running_loop().run_in_executor(None, run_030, url, table)
@@ -792,7 +792,7 @@ async def test_mysql_handler_does_not_hold_up_ddl(url, backend):
     name = await register(url, pool_size=4)
     s = storage_of(name)
     other = storage_of(await register(url, table=s.table, pool_size=1, timeout=30.0))
-    Node, calls = make_node([cacheme.Cache(storage=name, ttl=None)])
+    Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     for i in range(8):
         await cacheme.get(Node(i))
     # quiet: the handlers of the idle connections are closed by the tick

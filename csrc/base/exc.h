@@ -29,6 +29,11 @@ static inline void cm_exc_restore(PyObject *v)
         return;
     PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(v)), v, PyException_GetTraceback(v));
 }
+/* A new exception type cacheme._core.<name> (bases: a type, a tuple of
+ * them, or NULL for Exception) with doc, added to mod as `name`. New
+ * reference, or NULL with an exception. (base/exc.c) */
+PyObject *cm_exc_add_type(PyObject *mod, const char *name, PyObject *bases, const char *doc);
+
 /* Raise exc (an exception instance) as the current exception. */
 static inline void cm_raise_exc(PyObject *exc) { PyErr_SetObject((PyObject *)Py_TYPE(exc), exc); }
 #endif

@@ -18,7 +18,6 @@ static int sasl_encode(CmMongoClientObject *cl, CmMongoBuf *b, int32_t id, const
                        int32_t conv, const char *payload, size_t len)
 {
     bson_t cmd, opts;
-    size_t start = b->len;
     Py_ssize_t dbn;
     const char *db = PyUnicode_AsUTF8AndSize(cl->auth_source, &dbn);
     if (db == NULL)
@@ -40,16 +39,7 @@ static int sasl_encode(CmMongoClientObject *cl, CmMongoBuf *b, int32_t id, const
              bson_append_binary(&cmd, "payload", 7, BSON_SUBTYPE_BINARY, (const uint8_t *)payload,
                                 (uint32_t)len);
     ok = ok && bson_append_utf8(&cmd, "$db", 3, db, (int)dbn);
-    if (!ok || cm_mongo_msg_begin(b, &start) < 0 ||
-        cm_mongo_msg_body(b, bson_get_data(&cmd), cmd.len) < 0 ||
-        cm_mongo_msg_end(b, start, id, CM_MONGO_MAX_MESSAGE) < 0) {
-        cm_mongo_msg_abort(b, start);
-        bson_destroy(&cmd);
-        PyErr_NoMemory();
-        return -1;
-    }
-    bson_destroy(&cmd);
-    return 0;
+    return cm_mongo_cmd_append(b, &cmd, ok, id);
 }
 
 /* Queue the next SASL message on c as an internal request. */

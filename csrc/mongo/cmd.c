@@ -360,7 +360,6 @@ int cm_mongo_hello_encode(CmMongoClientObject *cl, CmMongoBuf *b, int32_t id)
 {
     /* the handshake: who we are (client metadata), no compression */
     bson_t cmd, client, driver, os, comp;
-    size_t start = b->len;
     bson_init(&cmd);
     /* the command's name comes first */
     int ok = bson_append_int32(&cmd, "hello", 5, 1) && bson_append_bool(&cmd, "helloOk", 7, true);
@@ -392,15 +391,21 @@ int cm_mongo_hello_encode(CmMongoClientObject *cl, CmMongoBuf *b, int32_t id)
          bson_append_document_end(&cmd, &client) &&
          bson_append_array_begin(&cmd, "compression", 11, &comp) &&
          bson_append_array_end(&cmd, &comp) && bson_append_utf8(&cmd, "$db", 3, "admin", 5);
+    return cm_mongo_cmd_append(b, &cmd, ok, id);
+}
+
+int cm_mongo_cmd_append(CmMongoBuf *b, bson_t *cmd, int ok, int32_t id)
+{
+    size_t start = b->len;
     if (!ok || cm_mongo_msg_begin(b, &start) < 0 ||
-        cm_mongo_msg_body(b, bson_get_data(&cmd), cmd.len) < 0 ||
+        cm_mongo_msg_body(b, bson_get_data(cmd), cmd->len) < 0 ||
         cm_mongo_msg_end(b, start, id, CM_MONGO_MAX_MESSAGE) < 0) {
         cm_mongo_msg_abort(b, start);
-        bson_destroy(&cmd);
+        bson_destroy(cmd);
         PyErr_NoMemory();
         return -1;
     }
-    bson_destroy(&cmd);
+    bson_destroy(cmd);
     return 0;
 }
 

@@ -40,6 +40,8 @@
 int cm_mongo_init(PyObject *mod, CmState *st);
 
 #ifdef CM_HAVE_BSON
+#include <bson/bson.h>
+
 #include "mongo/scram.h"
 #include "mongo/wire.h"
 #include "net/conn.h"
@@ -186,6 +188,10 @@ int cm_mongo_req_traverse(const CmMongoReq *r, visitproc visit, void *arg);
  * CM_MONGO_MECH_* of saslSupportedMechs. */
 int cm_mongo_hello_parse(const uint8_t *body, size_t n, size_t *max_message, int *mechs,
                          char **primary_hint);
+/* The end of an internal command's encoding (hello, SASL): cmd, built if
+ * ok, appended to b as one OP_MSG with request id `id`, and destroyed
+ * either way. -1 with MemoryError (b left as it was). */
+int cm_mongo_cmd_append(CmMongoBuf *b, bson_t *cmd, int ok, int32_t id);
 /* Append the hello command as one OP_MSG (asking for the mechanisms of
  * cl's user when it has one). -1 with an exception. */
 int cm_mongo_hello_encode(CmMongoClientObject *cl, CmMongoBuf *b, int32_t id);

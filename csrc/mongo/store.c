@@ -14,18 +14,19 @@ int cm_mongo_init(PyObject *mod, CmState *st)
 }
 #else
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <structmember.h>
 
 #include "base/args.h"
+#include "base/batch.h"
 #include "base/exc.h"
 #include "core/key.h"
 #include "core/ttl.h"
 #include "loop/loop.h"
 #include "loop/ready.h"
+#include "net/netstore.h"
 #include "ser/envelope.h"
 
 /* 0.3.0's parameters, by position or keyword (base/args.h) */
@@ -37,8 +38,9 @@ static const CmArgSpec remove_spec = CM_ARGSPEC("remove", "node");
 
 /* The full key of a node; a key UTF-8 cannot encode (a lone surrogate)
  * cannot be a BSON string: StorageKeyError, never a silent miss. */
-static PyObject *key_of(CmMongoClientObject *s, PyObject *node)
+static PyObject *key_of(void *storage, PyObject *node)
 {
+    CmMongoClientObject *s = storage;
     PyObject *key = cm_key_of_node(s->st, node);
     if (key != NULL && PyUnicode_AsUTF8AndSize(key, NULL) == NULL) {
         if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
@@ -53,9 +55,10 @@ static PyObject *key_of(CmMongoClientObject *s, PyObject *node)
     return key;
 }
 
-static PyObject *encode(CmMongoClientObject *s, PyObject *ser, PyObject *v)
+static PyObject *encode(void *storage, PyObject *ser, PyObject *v)
 {
-    return cm_envelope_encode(s->st, CM_ENVELOPE_BARE, ser, v, "mongodb");
+    return cm_envelope_encode(((CmMongoClientObject *)storage)->st, CM_ENVELOPE_BARE, ser, v,
+                              "mongodb");
 }
 
 static int parse_ttl(CmMongoClientObject *s, PyObject *ttl, long long *ms)
@@ -127,27 +130,15 @@ static PyObject *client_get_all(PyObject *self, PyObject *const *args, Py_ssize_
     if ((args = cm_args(self, &get_all_spec, args, nargs, kwnames, buf)) == NULL)
         return NULL;
     CmMongoClientObject *s = (CmMongoClientObject *)self;
-    PyObject *seq = NULL;
     CmMongoReq *r = cm_mongo_req_new(CM_MONGO_GET_ALL);
     if (r == NULL)
         return NULL;
     r->ser = Py_NewRef(args[1]);
-    /* a tuple: full_key() may change a list passed in while we walk it */
-    if ((seq = PySequence_Tuple(args[0])) == NULL)
-        goto fail;
-    Py_ssize_t n = PyTuple_GET_SIZE(seq);
-    if ((r->keys = PyList_New(n)) == NULL || (r->nodes = PyList_New(n)) == NULL)
-        goto fail;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *node = PyTuple_GET_ITEM(seq, i); // borrowed
-        PyObject *key = key_of(s, node);
-        if (key == NULL)
-            goto fail;
-        PyList_SET_ITEM(r->keys, i, key);
-        PyList_SET_ITEM(r->nodes, i, Py_NewRef(node));
+    if (cm_batch_keys(s, key_of, args[0], &r->keys, &r->nodes) < 0) {
+        cm_mongo_req_free(r);
+        return NULL;
     }
-    Py_CLEAR(seq);
-    if (n == 0) {
+    if (PyList_GET_SIZE(r->keys) == 0) {
         cm_mongo_req_free(r);
         PyObject *empty = PyList_New(0);
         PyObject *out = empty ? cm_ready_new(s->st, empty) : NULL;
@@ -155,10 +146,6 @@ static PyObject *client_get_all(PyObject *self, PyObject *const *args, Py_ssize_
         return out;
     }
     return submit(s, r);
-fail:
-    Py_XDECREF(seq);
-    cm_mongo_req_free(r);
-    return NULL;
 }
 
 static PyObject *client_set(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -187,52 +174,19 @@ static PyObject *client_set_all(PyObject *self, PyObject *const *args, Py_ssize_
     if ((args = cm_args(self, &set_all_spec, args, nargs, kwnames, buf)) == NULL)
         return NULL;
     CmMongoClientObject *s = (CmMongoClientObject *)self;
-    PyObject *seq = NULL, *index = NULL;
     CmMongoReq *r = cm_mongo_req_new(CM_MONGO_SET_ALL);
     if (r == NULL)
         return NULL;
-    if (parse_ttl(s, args[1], &r->ttl_ms) < 0 || (seq = PySequence_Tuple(args[0])) == NULL ||
-        (r->keys = PyList_New(0)) == NULL || (r->values = PyList_New(0)) == NULL ||
-        (index = PyDict_New()) == NULL)
-        goto fail;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
-        PyObject *item = PyTuple_GET_ITEM(seq, i); // borrowed
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
-            PyErr_SetString(PyExc_TypeError, "set_all: data must be a sequence of (node, value)");
-            goto fail;
-        }
-        PyObject *key = key_of(s, PyTuple_GET_ITEM(item, 0));
-        PyObject *val = key ? encode(s, args[2], PyTuple_GET_ITEM(item, 1)) : NULL;
-        PyObject *at = val ? PyDict_GetItemWithError(index, key) : NULL; // borrowed
-        int rc = -1;
-        if (val != NULL && at != NULL) {
-            /* the same key twice: the last value wins (one statement per key) */
-            rc = PyList_SetItem(r->values, PyLong_AsSsize_t(at), Py_NewRef(val));
-        } else if (val != NULL && !PyErr_Occurred()) {
-            PyObject *pos = PyLong_FromSsize_t(PyList_GET_SIZE(r->keys));
-            rc = pos && PyDict_SetItem(index, key, pos) == 0 && PyList_Append(r->keys, key) == 0 &&
-                         PyList_Append(r->values, val) == 0
-                     ? 0
-                     : -1;
-            Py_XDECREF(pos);
-        }
-        Py_XDECREF(key);
-        Py_XDECREF(val);
-        if (rc < 0)
-            goto fail;
+    if (parse_ttl(s, args[1], &r->ttl_ms) < 0 ||
+        cm_batch_pairs(s, key_of, encode, args[0], args[2], &r->keys, &r->values) < 0) {
+        cm_mongo_req_free(r);
+        return NULL;
     }
-    Py_CLEAR(seq);
-    Py_CLEAR(index);
     if (PyList_GET_SIZE(r->keys) == 0) {
         cm_mongo_req_free(r);
         return cm_ready_new(s->st, Py_None);
     }
     return submit(s, r);
-fail:
-    Py_XDECREF(seq);
-    Py_XDECREF(index);
-    cm_mongo_req_free(r);
-    return NULL;
 }
 
 static PyObject *client_remove(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -269,21 +223,17 @@ static PyObject *client_ping(PyObject *self, PyObject *Py_UNUSED(unused))
     return client_simple(self, CM_MONGO_PING);
 }
 
-static void close_conns(CmMongoClientObject *s, const char *why)
+/* Close every connection as how says (net/netstore.h), failing what is
+ * pending with MongoConnectionError(why). */
+static void close_conns(CmMongoClientObject *s, int how, const char *why)
 {
-    PyObject *saved = cm_exc_take();
-    PyObject *msg = PyUnicode_FromFormat("mongodb: %s", why);
-    if (msg == NULL)
-        PyErr_Clear();
-    cm_net_pool_close_all(&s->pool, s->st->mongo.ConnectionError, msg);
-    Py_XDECREF(msg);
-    cm_exc_restore(saved);
+    cm_netstore_close(&s->pool, s->st->mongo.ConnectionError, how, why);
 }
 
 static PyObject *client_close_now(PyObject *self, PyObject *Py_UNUSED(unused))
 {
     CmMongoClientObject *s = (CmMongoClientObject *)self;
-    close_conns(s, "storage closed");
+    close_conns(s, CM_NETSTORE_CLOSE, "mongodb: storage closed");
     cm_netloops_clear(&s->loops);
     Py_RETURN_NONE;
 }
@@ -451,7 +401,7 @@ static int client_init(PyObject *self, PyObject *args, PyObject *kwds)
         Py_XDECREF(pbytes);
         return -1;
     }
-    close_conns(s, "storage re-initialized");
+    close_conns(s, CM_NETSTORE_CLOSE, "mongodb: storage re-initialized");
     cm_mongo_transport_set(s, &tr);
     cm_netloops_clear(&s->loops);
     free_hosts(s);
@@ -469,56 +419,28 @@ static int client_init(PyObject *self, PyObject *args, PyObject *kwds)
     s->pool_size = pool_size;
     s->timeout = timeout;
     s->connect_timeout = connect_timeout;
-    Py_XSETREF(s->init_args, Py_NewRef(args));
-    Py_XSETREF(s->init_kwds, kwds ? PyDict_Copy(kwds) : NULL);
-    if (kwds != NULL && s->init_kwds == NULL)
-        return -1;
-    return 0;
+    return cm_netstore_keep_args(&s->init_args, &s->init_kwds, args, kwds);
 }
 
 static int client_traverse(PyObject *self, visitproc visit, void *arg)
 {
     CmMongoClientObject *s = (CmMongoClientObject *)self;
-    Py_VISIT(Py_TYPE(self));
     Py_VISIT(s->database);
     Py_VISIT(s->collection);
-    Py_VISIT(s->init_args);
-    Py_VISIT(s->init_kwds);
     Py_VISIT(s->user);
     Py_VISIT(s->password);
     Py_VISIT(s->auth_source);
-    int rc = cm_net_pool_traverse(&s->pool, visit, arg);
-    if (rc == 0)
-        rc = cm_mongo_transport_traverse(s, visit, arg);
-    return rc ? rc : cm_netloops_traverse(&s->loops, visit, arg);
-}
-
-/* Close every connection without touching the loop (closed, gone, or the
- * parent's after fork). The caller holds s (see sql/sqlstore.c's
- * storage_drop_detached: never a reference taken here). */
-static void drop_detached(CmMongoClientObject *s, int fork, const char *why)
-{
-    PyObject *saved = cm_exc_take();
-    PyObject *msg = PyUnicode_FromString(why);
-    PyErr_Clear();
-    cm_net_pool_drop_detached(&s->pool, s->st->mongo.ConnectionError, msg, fork);
-    Py_XDECREF(msg);
-    cm_exc_restore(saved);
+    int rc = cm_netstore_traverse(self, &s->pool, &s->loops, s->init_args, s->init_kwds, visit,
+                                  arg);
+    return rc ? rc : cm_mongo_transport_traverse(s, visit, arg);
 }
 
 static int client_clear(PyObject *self)
 {
     CmMongoClientObject *s = (CmMongoClientObject *)self;
-    PyObject *saved = cm_exc_take();
-    PyObject *msg = PyUnicode_FromString("mongodb: storage deleted");
-    PyErr_Clear();
-    cm_net_pool_close_gc(&s->pool, s->st->mongo.ConnectionError, msg);
-    Py_XDECREF(msg);
-    cm_exc_restore(saved);
-    cm_netloops_clear(&s->loops);
-    Py_CLEAR(s->init_args);
-    Py_CLEAR(s->init_kwds);
-    cm_net_pool_fini(&s->pool, s->st->mongo.ConnectionError, NULL);
+    close_conns(s, CM_NETSTORE_CLOSE_GC, "mongodb: storage deleted");
+    cm_netstore_clear(&s->pool, &s->loops, &s->init_args, &s->init_kwds,
+                      s->st->mongo.ConnectionError);
     cm_mongo_transport_clear(s);
     return 0;
 }
@@ -526,12 +448,7 @@ static int client_clear(PyObject *self)
 static void client_dealloc(PyObject *self)
 {
     CmMongoClientObject *s = (CmMongoClientObject *)self;
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (s->weakreflist != NULL)
-        PyObject_ClearWeakRefs(self);
-    client_clear(self);
-    cm_netloops_fini(&s->loops);
+    cm_netstore_dealloc_start(self, s->weakreflist, client_clear, &s->loops);
     free_hosts(s);
     cm_scram_cache_free(s->scram_cache);
     cm_mongo_transport_fini(s);
@@ -540,32 +457,32 @@ static void client_dealloc(PyObject *self)
     Py_CLEAR(s->user);
     Py_CLEAR(s->password);
     Py_CLEAR(s->auth_source);
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    cm_netstore_dealloc_end(self);
 }
 
 /* netloop.h: an instance for another loop, made from the same arguments. */
 static PyObject *client_spawn(PyObject *owner)
 {
     CmMongoClientObject *s = (CmMongoClientObject *)owner;
-    if (s->init_args == NULL) {
-        PyErr_SetString(s->st->mongo.Error, "cacheme mongodb storage: not initialised");
-        return NULL;
-    }
-    return PyObject_Call(s->st->mongo.ClientType, s->init_args, s->init_kwds);
+    return cm_netstore_spawn(s->st->mongo.ClientType, s->init_args, s->init_kwds,
+                             s->st->mongo.Error, "mongodb");
 }
 
+/* netloop.h: close every connection without touching the loop (the
+ * parent's after fork; closed or gone). */
 static void client_forked(PyObject *inst)
 {
     Py_INCREF(inst);
-    drop_detached((CmMongoClientObject *)inst, 1, "mongodb: inherited over fork");
+    close_conns((CmMongoClientObject *)inst, CM_NETSTORE_DETACH_FORK,
+                "mongodb: inherited over fork");
     Py_DECREF(inst);
 }
 
 static void client_orphan(PyObject *inst)
 {
     Py_INCREF(inst);
-    drop_detached((CmMongoClientObject *)inst, 0, "mongodb: the event loop was closed");
+    close_conns((CmMongoClientObject *)inst, CM_NETSTORE_DETACH,
+                "mongodb: the event loop was closed");
     Py_DECREF(inst);
 }
 
@@ -574,18 +491,14 @@ static const CmNetKind client_net_kind = {client_spawn, client_forked, client_or
 static PyObject *client_new(PyTypeObject *tp, PyObject *a, PyObject *k)
 {
     (void)a, (void)k;
-    CmMongoClientObject *s = (CmMongoClientObject *)tp->tp_alloc(tp, 0);
+    CmState *st = cm_state_from_type(tp);
+    CmMongoClientObject *s = st ? (CmMongoClientObject *)tp->tp_alloc(tp, 0) : NULL;
     if (s == NULL)
         return NULL;
-    s->st = cm_state_from_type(tp);
-    if (s->st == NULL) {
-        Py_DECREF(s);
-        return NULL;
-    }
+    s->st = st;
     s->pool_size = 50;
     s->timeout = s->connect_timeout = 5.0;
-    cm_net_pool_init(&s->pool, s->st, 0.05, 1.0); /* backoff: 50 ms doubling to 1 s */
-    cm_netloops_init(&s->loops, s->st, &client_net_kind, (PyObject *)s);
+    cm_netstore_init(&s->pool, &s->loops, st, &client_net_kind, (PyObject *)s);
     if ((s->scram_cache = cm_scram_cache_new()) == NULL) {
         Py_DECREF(s);
         return PyErr_NoMemory();
@@ -646,16 +559,6 @@ static PyType_Spec client_spec = {
     .slots = client_slots,
 };
 
-static PyObject *add_error(PyObject *mod, const char *name, PyObject *bases, const char *doc)
-{
-    char full[64];
-    snprintf(full, sizeof(full), "cacheme._core.%s", name);
-    PyObject *e = PyErr_NewExceptionWithDoc(full, doc, bases, NULL);
-    if (e != NULL && PyModule_AddObjectRef(mod, name, e) < 0)
-        Py_CLEAR(e);
-    return e;
-}
-
 int cm_mongo_init(PyObject *mod, CmState *st)
 {
     CmMongoState *ms = &st->mongo;
@@ -668,24 +571,25 @@ int cm_mongo_init(PyObject *mod, CmState *st)
     if ((ms->ClientType = PyType_FromModuleAndSpec(mod, &client_spec, NULL)) == NULL ||
         PyModule_AddType(mod, (PyTypeObject *)ms->ClientType) < 0)
         return -1;
-    if ((ms->Error = add_error(mod, "MongoError", NULL, "The MongoDB storage failed.")) == NULL)
+    if ((ms->Error = cm_exc_add_type(mod, "MongoError", NULL, "The MongoDB storage failed.")) ==
+        NULL)
         return -1;
     if ((bases = PyTuple_Pack(2, ms->Error, PyExc_ConnectionError)) == NULL ||
-        (ms->ConnectionError = add_error(mod, "MongoConnectionError", bases,
-                                         "The MongoDB server cannot be reached, or broke the "
-                                         "protocol.")) == NULL)
+        (ms->ConnectionError = cm_exc_add_type(mod, "MongoConnectionError", bases,
+                                               "The MongoDB server cannot be reached, or broke the "
+                                               "protocol.")) == NULL)
         goto done;
     Py_SETREF(bases, PyTuple_Pack(2, ms->Error, PyExc_TimeoutError));
     if (bases == NULL ||
-        (ms->TimeoutError = add_error(mod, "MongoTimeoutError", bases,
-                                      "A MongoDB request or connect timed out.")) == NULL)
+        (ms->TimeoutError = cm_exc_add_type(mod, "MongoTimeoutError", bases,
+                                            "A MongoDB request or connect timed out.")) == NULL)
         goto done;
-    if ((ms->ServerError = add_error(mod, "MongoServerError", ms->Error,
-                                     "The server refused a command (ok: 0 or a write error); "
-                                     "`code` is the server's error code.")) == NULL)
+    if ((ms->ServerError = cm_exc_add_type(mod, "MongoServerError", ms->Error,
+                                           "The server refused a command (ok: 0 or a write error); "
+                                           "`code` is the server's error code.")) == NULL)
         goto done;
-    if ((ms->AuthError = add_error(mod, "MongoAuthError", ms->ConnectionError,
-                                   "The server refused our credentials (SCRAM).")) == NULL)
+    if ((ms->AuthError = cm_exc_add_type(mod, "MongoAuthError", ms->ConnectionError,
+                                         "The server refused our credentials (SCRAM).")) == NULL)
         goto done;
     if (cm_mongo_remote_init(mod, st) < 0)
         goto done;

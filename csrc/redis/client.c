@@ -426,37 +426,27 @@ static PyType_Spec client_spec = {
 /* ------------------------------------------------------------------ */
 /* module hooks                                                       */
 
-static PyObject *new_error(PyObject *mod, const char *name, PyObject *bases, const char *doc)
-{
-    char full[128];
-    snprintf(full, sizeof(full), "cacheme._core.%s", name);
-    PyObject *exc = PyErr_NewExceptionWithDoc(full, doc, bases, NULL);
-    if (exc != NULL && PyModule_AddObjectRef(mod, name, exc) < 0)
-        Py_CLEAR(exc);
-    return exc;
-}
-
 int cm_redis_init(PyObject *mod, CmState *st)
 {
     PyObject *bases = NULL;
     int rc = -1;
     if (PyModule_AddStringConstant(mod, "_hiredis_version", CM_HIREDIS_VERSION) < 0)
         goto done;
-    if ((st->redis.Error =
-             new_error(mod, "RedisError", PyExc_Exception, "A Redis request failed.")) == NULL)
+    if ((st->redis.Error = cm_exc_add_type(mod, "RedisError", PyExc_Exception,
+                                           "A Redis request failed.")) == NULL)
         goto done;
     if ((bases = PyTuple_Pack(2, st->redis.Error, PyExc_ConnectionError)) == NULL ||
-        (st->redis.ConnectionError = new_error(mod, "RedisConnectionError", bases,
-                                               "The Redis server could not be reached or the "
-                                               "connection broke.")) == NULL)
+        (st->redis.ConnectionError = cm_exc_add_type(mod, "RedisConnectionError", bases,
+                                                     "The Redis server could not be reached or the "
+                                                     "connection broke.")) == NULL)
         goto done;
     Py_CLEAR(bases);
     if ((bases = PyTuple_Pack(2, st->redis.Error, PyExc_TimeoutError)) == NULL ||
-        (st->redis.TimeoutError = new_error(mod, "RedisTimeoutError", bases,
-                                            "No reply from Redis within the timeout.")) == NULL)
+        (st->redis.TimeoutError = cm_exc_add_type(
+             mod, "RedisTimeoutError", bases, "No reply from Redis within the timeout.")) == NULL)
         goto done;
-    if ((st->redis.ResponseError = new_error(mod, "RedisResponseError", st->redis.Error,
-                                             "Redis answered with an error.")) == NULL)
+    if ((st->redis.ResponseError = cm_exc_add_type(mod, "RedisResponseError", st->redis.Error,
+                                                   "Redis answered with an error.")) == NULL)
         goto done;
     if ((st->redis.ConnType = PyType_FromModuleAndSpec(mod, &cm_redis_conn_spec, NULL)) == NULL ||
         (st->redis.ClientType = PyType_FromModuleAndSpec(mod, &client_spec, NULL)) == NULL ||

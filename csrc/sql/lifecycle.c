@@ -10,6 +10,7 @@
 
 #include "base/exc.h"
 #include "core/ttl.h"
+#include "net/netstore.h"
 
 /* identifier, or schema.identifier: letters, digits, underscores */
 static int valid_identifier(const char *p, Py_ssize_t n)
@@ -112,9 +113,7 @@ int cm_sql_storage_init(PyObject *self, PyObject *args, PyObject *kwds)
     s->sweep_limit = sweep_limit;
     s->spin.limit = spin;
     s->next_sweep = cm_sql_now() + (int64_t)(sweep_interval * 1e9);
-    Py_XSETREF(s->init_args, Py_NewRef(args));
-    Py_XSETREF(s->init_kwds, kwds ? PyDict_Copy(kwds) : NULL);
-    if (kwds != NULL && s->init_kwds == NULL)
+    if (cm_netstore_keep_args(&s->init_args, &s->init_kwds, args, kwds) < 0)
         return -1;
     cm_netloops_clear(&s->loops);
     if (s->drv->setup != NULL && s->drv->setup(s) < 0)
@@ -125,18 +124,16 @@ int cm_sql_storage_init(PyObject *self, PyObject *args, PyObject *kwds)
 int cm_sql_storage_traverse(PyObject *self, visitproc visit, void *arg)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
-    Py_VISIT(Py_TYPE(self));
     Py_VISIT(s->tick);
-    Py_VISIT(s->init_args);
-    Py_VISIT(s->init_kwds);
     Py_VISIT(s->table);
     Py_VISIT(s->dsn);
     Py_VISIT(s->options);
-    int rc = cm_sql_pool_traverse(s, visit, arg);
+    int rc = cm_sql_req_traverse(s->head, visit, arg);
+    if (rc == 0)
+        rc =
+            cm_netstore_traverse(self, &s->pool, &s->loops, s->init_args, s->init_kwds, visit, arg);
     if (rc == 0 && s->drv != NULL && s->drv->traverse != NULL)
         rc = s->drv->traverse(s, visit, arg);
-    if (rc == 0)
-        rc = cm_netloops_traverse(&s->loops, visit, arg);
     return rc ? rc : cm_busypoll_traverse(&s->spin, visit, arg);
 }
 
@@ -164,11 +161,9 @@ int cm_sql_storage_clear(PyObject *self)
     Py_CLEAR(s->tick);
     if (s->pool.nconns > 0 && !loop_usable(s->pool.loop))
         storage_drop_detached(s, 0, "storage deleted");
-    cm_netloops_clear(&s->loops);
-    Py_CLEAR(s->init_args);
-    Py_CLEAR(s->init_kwds);
     cm_sql_close_all(s, "storage deleted");
-    cm_net_pool_fini(&s->pool, s->st->sql.SQLConnectionError, NULL);
+    cm_netstore_clear(&s->pool, &s->loops, &s->init_args, &s->init_kwds,
+                      s->st->sql.SQLConnectionError);
     cm_busypoll_clear(&s->spin);
     return 0;
 }
@@ -176,19 +171,13 @@ int cm_sql_storage_clear(PyObject *self)
 void cm_sql_storage_dealloc(PyObject *self)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    if (s->weakreflist != NULL)
-        PyObject_ClearWeakRefs(self);
-    cm_sql_storage_clear(self);
-    cm_netloops_fini(&s->loops);
+    cm_netstore_dealloc_start(self, s->weakreflist, cm_sql_storage_clear, &s->loops);
     if (s->drv != NULL && s->drv->teardown != NULL)
         s->drv->teardown(s);
     Py_CLEAR(s->table);
     Py_CLEAR(s->dsn);
     Py_CLEAR(s->options);
-    tp->tp_free(self);
-    Py_DECREF(tp);
+    cm_netstore_dealloc_end(self);
 }
 
 /* netloop.h: an instance for another loop is the driver's own type made
@@ -200,11 +189,7 @@ static PyObject *storage_spawn(PyObject *owner)
     PyObject *tp = s->drv == &cm_pg_driver      ? st->sql.PgClientType
                    : s->drv == &cm_mysql_driver ? st->sql.MySQLClientType
                                                 : st->sql.SQLiteClientType;
-    if (s->init_args == NULL) {
-        PyErr_Format(st->sql.SQLError, "cacheme %s storage: not initialised", s->drv->name);
-        return NULL;
-    }
-    return PyObject_Call(tp, s->init_args, s->init_kwds);
+    return cm_netstore_spawn(tp, s->init_args, s->init_kwds, st->sql.SQLError, s->drv->name);
 }
 
 /* Close every connection and fail what waits, without touching the loop
@@ -212,17 +197,12 @@ static PyObject *storage_spawn(PyObject *owner)
  * tick is dropped uncancelled. fork: each socket is first pointed at
  * /dev/null, so the driver's goodbye (libpq's Terminate, MariaDB's
  * COM_QUIT) and close never reach the parent's connection. */
-/* The caller holds s: never a reference taken here, since cm_sql_storage_clear
- * calls it from the storage's dealloc, where a last Py_DECREF would run the
- * dealloc a second time. */
+/* The caller holds s (see cm_netstore_close), as cm_sql_storage_clear
+ * calls it from the storage's dealloc. */
 static void storage_drop_detached(CmSqlStorageObject *s, int fork, const char *why)
 {
-    PyObject *saved = cm_exc_take();
-    PyObject *msg = PyUnicode_FromString(why);
-    PyErr_Clear();
-    cm_net_pool_drop_detached(&s->pool, s->st->sql.SQLConnectionError, msg, fork);
-    Py_XDECREF(msg);
-    cm_exc_restore(saved);
+    cm_netstore_close(&s->pool, s->st->sql.SQLConnectionError,
+                      fork ? CM_NETSTORE_DETACH_FORK : CM_NETSTORE_DETACH, why);
     Py_CLEAR(s->tick);
     cm_sql_close_all(s, why); /* the queue: no connection is left */
 }
@@ -253,18 +233,14 @@ static const CmNetKind storage_net_kind = {storage_spawn, storage_forked, storag
 
 PyObject *cm_sql_storage_new(PyTypeObject *tp, const CmSqlDriver *drv)
 {
-    CmSqlStorageObject *s = (CmSqlStorageObject *)tp->tp_alloc(tp, 0);
+    CmState *st = cm_state_from_type(tp);
+    CmSqlStorageObject *s = st ? (CmSqlStorageObject *)tp->tp_alloc(tp, 0) : NULL;
     if (s == NULL)
         return NULL;
-    s->st = cm_state_from_type(tp);
-    if (s->st == NULL) {
-        Py_DECREF(s);
-        return NULL;
-    }
+    s->st = st;
     s->drv = drv;
     s->pool_size = 10;
     s->timeout = s->connect_timeout = 5.0;
-    cm_net_pool_init(&s->pool, s->st, 0.05, 1.0); /* backoff: 50 ms doubling to 1 s */
-    cm_netloops_init(&s->loops, s->st, &storage_net_kind, (PyObject *)s);
+    cm_netstore_init(&s->pool, &s->loops, st, &storage_net_kind, (PyObject *)s);
     return (PyObject *)s;
 }

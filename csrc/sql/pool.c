@@ -12,6 +12,7 @@
 
 #include "base/exc.h"
 #include "loop/loop.h"
+#include "net/netstore.h"
 
 static void schedule_tick(CmSqlStorageObject *s);
 
@@ -344,12 +345,8 @@ void cm_sql_dispatch(CmSqlStorageObject *s)
 
 void cm_sql_close_all(CmSqlStorageObject *s, const char *why)
 {
-    PyObject *saved = cm_exc_take(); /* also called from dealloc, mid-raise */
-    PyObject *msg = PyUnicode_FromString(why);
-    PyErr_Clear(); /* without it, the requests fail with SQLConnectionError(None) */
-    cm_net_pool_close_all(&s->pool, s->st->sql.SQLConnectionError, msg);
-    Py_XDECREF(msg);
-    cm_exc_restore(saved);
+    /* also called from dealloc, mid-raise: the exception is kept */
+    cm_netstore_close(&s->pool, s->st->sql.SQLConnectionError, CM_NETSTORE_CLOSE, why);
     fail_queue(s, s->st->sql.SQLConnectionError, NULL, why);
     if (s->tick != NULL) {
         cm_handle_cancel(s->st, s->tick);
@@ -433,12 +430,6 @@ static PyObject *storage_on_tick(PyObject *self, PyObject *Py_UNUSED(unused))
     cm_sql_dispatch(s);
     Py_DECREF(s);
     Py_RETURN_NONE;
-}
-
-int cm_sql_pool_traverse(CmSqlStorageObject *s, visitproc visit, void *arg)
-{
-    int rc = cm_sql_req_traverse(s->head, visit, arg);
-    return rc ? rc : cm_net_pool_traverse(&s->pool, visit, arg);
 }
 
 int cm_sql_pool_init(PyObject *mod, CmState *st)

@@ -87,9 +87,6 @@ void cm_sql_enqueue(CmSqlStorageObject *s, CmSqlReq *r);
 void cm_sql_dispatch(CmSqlStorageObject *s);
 /* Close every connection and fail every queued request with why. */
 void cm_sql_close_all(CmSqlStorageObject *s, const char *why);
-/* Visit the queued requests and the connections (for the storage's GC
- * traverse). */
-int cm_sql_pool_traverse(CmSqlStorageObject *s, visitproc visit, void *arg);
 /* The connection type (module state's SqlConnType). */
 int cm_sql_pool_init(PyObject *mod, CmState *st);
 

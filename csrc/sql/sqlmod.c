@@ -3,17 +3,7 @@
  * traverse and clear. */
 #include "sql/sqlstore.h"
 
-#include <stdio.h>
-
-static PyObject *add_error(PyObject *mod, const char *name, PyObject *bases, const char *doc)
-{
-    char full[64];
-    snprintf(full, sizeof(full), "cacheme._core.%s", name);
-    PyObject *e = PyErr_NewExceptionWithDoc(full, doc, bases, NULL);
-    if (e != NULL && PyModule_AddObjectRef(mod, name, e) < 0)
-        Py_CLEAR(e);
-    return e;
-}
+#include "base/exc.h"
 
 int cm_sql_init(PyObject *mod, CmState *st)
 {
@@ -21,33 +11,34 @@ int cm_sql_init(PyObject *mod, CmState *st)
     PyObject *bases = NULL;
     if (cm_sql_pool_init(mod, st) < 0 || cm_sql_add_types(mod, st) < 0)
         goto done;
-    if ((st->sql.SQLError = add_error(mod, "SQLError", NULL, "An SQL storage failed.")) == NULL)
+    if ((st->sql.SQLError = cm_exc_add_type(mod, "SQLError", NULL, "An SQL storage failed.")) ==
+        NULL)
         goto done;
     if ((bases = PyTuple_Pack(2, st->sql.SQLError, PyExc_ConnectionError)) == NULL ||
-        (st->sql.SQLConnectionError = add_error(mod, "SQLConnectionError", bases,
-                                                "The SQL server cannot be reached.")) == NULL)
+        (st->sql.SQLConnectionError = cm_exc_add_type(mod, "SQLConnectionError", bases,
+                                                      "The SQL server cannot be reached.")) == NULL)
         goto done;
     Py_SETREF(bases, PyTuple_Pack(2, st->sql.SQLError, PyExc_TimeoutError));
     if (bases == NULL ||
-        (st->sql.SQLTimeoutError = add_error(mod, "SQLTimeoutError", bases,
-                                             "An SQL request or connect timed out.")) == NULL)
+        (st->sql.SQLTimeoutError = cm_exc_add_type(mod, "SQLTimeoutError", bases,
+                                                   "An SQL request or connect timed out.")) == NULL)
         goto done;
-    if ((st->sql.SQLTableError = add_error(mod, "SQLTableError", st->sql.SQLError,
-                                           "The storage table does not exist.")) == NULL)
+    if ((st->sql.SQLTableError = cm_exc_add_type(mod, "SQLTableError", st->sql.SQLError,
+                                                 "The storage table does not exist.")) == NULL)
         goto done;
     /* the base of SQLKeyError and the Redis storage's error for the same:
      * a flight raises it to its caller instead of counting a miss */
-    if ((st->StorageKeyError =
-             add_error(mod, "StorageKeyError", PyExc_ValueError,
-                       "A key a remote storage cannot hold as it is: raised to the caller of get, "
-                       "get_all and invalidate, never a silent miss.")) == NULL)
+    if ((st->StorageKeyError = cm_exc_add_type(
+             mod, "StorageKeyError", PyExc_ValueError,
+             "A key a remote storage cannot hold as it is: raised to the caller of get, "
+             "get_all and invalidate, never a silent miss.")) == NULL)
         goto done;
     Py_SETREF(bases, PyTuple_Pack(2, st->sql.SQLError, st->StorageKeyError));
-    if (bases == NULL ||
-        (st->sql.SQLKeyError = add_error(mod, "SQLKeyError", bases,
-                                         "A key the table cannot hold as it is (NUL, a lone "
-                                         "surrogate, longer than the key column): raised to the "
-                                         "caller, never a silent miss.")) == NULL)
+    if (bases == NULL || (st->sql.SQLKeyError = cm_exc_add_type(
+                              mod, "SQLKeyError", bases,
+                              "A key the table cannot hold as it is (NUL, a lone "
+                              "surrogate, longer than the key column): raised to the "
+                              "caller, never a silent miss.")) == NULL)
         goto done;
     rc = 0;
 done:

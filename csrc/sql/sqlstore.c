@@ -13,6 +13,7 @@
 #include <structmember.h>
 
 #include "base/args.h"
+#include "base/batch.h"
 #include "base/exc.h"
 #include "core/key.h"
 #include "core/ttl.h"
@@ -31,8 +32,9 @@ int cm_sql_check_available(CmSqlStorageObject *s)
 }
 
 /* serializer.dumps(v) as bytes (or v itself, bytes, without a serializer). */
-static PyObject *encode(CmSqlStorageObject *s, PyObject *ser, PyObject *v)
+static PyObject *encode(void *storage, PyObject *ser, PyObject *v)
 {
+    CmSqlStorageObject *s = storage;
     return cm_envelope_encode(s->st, CM_ENVELOPE_BARE, ser, v, s->drv->name);
 }
 
@@ -88,8 +90,9 @@ static int check_key(CmSqlStorageObject *s, PyObject *key)
 }
 
 /* The full key of a node, checked (check_key); new reference. */
-static PyObject *key_of(CmSqlStorageObject *s, PyObject *node)
+static PyObject *key_of(void *storage, PyObject *node)
 {
+    CmSqlStorageObject *s = storage;
     PyObject *key = cm_key_of_node(s->st, node);
     if (key != NULL && check_key(s, key) < 0)
         Py_CLEAR(key);
@@ -119,7 +122,6 @@ static PyObject *storage_get_all(PyObject *self, PyObject *const *args, Py_ssize
                                  PyObject *kwnames)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
-    PyObject *seq = NULL;
     PyObject *buf[2];
     if ((args = cm_args(self, &get_all_spec, args, nargs, kwnames, buf)) == NULL ||
         cm_sql_check_available(s) < 0)
@@ -128,22 +130,11 @@ static PyObject *storage_get_all(PyObject *self, PyObject *const *args, Py_ssize
     if (r == NULL)
         return NULL;
     r->ser = Py_NewRef(args[1]);
-    /* a tuple: full_key() may change a list passed in while we walk it */
-    if ((seq = PySequence_Tuple(args[0])) == NULL)
-        goto fail;
-    Py_ssize_t n = PyTuple_GET_SIZE(seq);
-    if ((r->keys = PyList_New(n)) == NULL || (r->nodes = PyList_New(n)) == NULL)
-        goto fail;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *node = PyTuple_GET_ITEM(seq, i); // borrowed
-        PyObject *key = key_of(s, node);
-        if (key == NULL)
-            goto fail;
-        PyList_SET_ITEM(r->keys, i, key);
-        PyList_SET_ITEM(r->nodes, i, Py_NewRef(node));
+    if (cm_batch_keys(s, key_of, args[0], &r->keys, &r->nodes) < 0) {
+        cm_sql_req_free(r);
+        return NULL;
     }
-    Py_DECREF(seq);
-    if (n == 0) {
+    if (PyList_GET_SIZE(r->keys) == 0) {
         cm_sql_req_free(r);
         PyObject *empty = PyList_New(0);
         PyObject *out = empty ? cm_ready_new(s->st, empty) : NULL;
@@ -151,10 +142,6 @@ static PyObject *storage_get_all(PyObject *self, PyObject *const *args, Py_ssize
         return out;
     }
     return cm_sql_submit(s, r);
-fail:
-    Py_XDECREF(seq);
-    cm_sql_req_free(r);
-    return NULL;
 }
 
 /* the TTL in seconds, -1 for none (core/ttl.h's rule) */
@@ -187,7 +174,6 @@ static PyObject *storage_set_all(PyObject *self, PyObject *const *args, Py_ssize
                                  PyObject *kwnames)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)self;
-    PyObject *seq = NULL, *index = NULL;
     PyObject *buf[3];
     if ((args = cm_args(self, &set_all_spec, args, nargs, kwnames, buf)) == NULL ||
         cm_sql_check_available(s) < 0)
@@ -195,49 +181,16 @@ static PyObject *storage_set_all(PyObject *self, PyObject *const *args, Py_ssize
     CmSqlReq *r = cm_sql_req_new(CM_SQL_SET_ALL);
     if (r == NULL)
         return NULL;
-    if (parse_ttl(s, args[1], &r->ttl) < 0 || (seq = PySequence_Tuple(args[0])) == NULL ||
-        (r->keys = PyList_New(0)) == NULL || (r->values = PyList_New(0)) == NULL ||
-        (index = PyDict_New()) == NULL)
-        goto fail;
-    /* a tuple (see get_all), whose items hold the (node, value) pairs alive */
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
-        PyObject *item = PyTuple_GET_ITEM(seq, i); // borrowed
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
-            PyErr_SetString(PyExc_TypeError, "set_all: data must be a sequence of (node, value)");
-            goto fail;
-        }
-        PyObject *key = key_of(s, PyTuple_GET_ITEM(item, 0));
-        PyObject *val = key ? encode(s, args[2], PyTuple_GET_ITEM(item, 1)) : NULL;
-        PyObject *at = val ? PyDict_GetItemWithError(index, key) : NULL; // borrowed
-        int rc = -1;
-        if (val != NULL && at != NULL) {
-            /* the same key twice: the last value wins (one upsert per key) */
-            rc = PyList_SetItem(r->values, PyLong_AsSsize_t(at), Py_NewRef(val));
-        } else if (val != NULL && !PyErr_Occurred()) {
-            PyObject *pos = PyLong_FromSsize_t(PyList_GET_SIZE(r->keys));
-            rc = pos && PyDict_SetItem(index, key, pos) == 0 && PyList_Append(r->keys, key) == 0 &&
-                         PyList_Append(r->values, val) == 0
-                     ? 0
-                     : -1;
-            Py_XDECREF(pos);
-        }
-        Py_XDECREF(key);
-        Py_XDECREF(val);
-        if (rc < 0)
-            goto fail;
+    if (parse_ttl(s, args[1], &r->ttl) < 0 ||
+        cm_batch_pairs(s, key_of, encode, args[0], args[2], &r->keys, &r->values) < 0) {
+        cm_sql_req_free(r);
+        return NULL;
     }
-    Py_CLEAR(seq);
-    Py_CLEAR(index);
     if (PyList_GET_SIZE(r->keys) == 0) {
         cm_sql_req_free(r);
         return cm_ready_new(s->st, Py_None);
     }
     return cm_sql_submit(s, r);
-fail:
-    Py_XDECREF(seq);
-    Py_XDECREF(index);
-    cm_sql_req_free(r);
-    return NULL;
 }
 
 static PyObject *storage_remove(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
