@@ -167,6 +167,7 @@ int cm_nodecfg_init(PyObject *mod, CmState *st);
 int cm_flight_init(PyObject *mod, CmState *st);
 int cm_memoize_init(PyObject *mod, CmState *st);
 int cm_key_init(PyObject *mod, CmState *st);
+int cm_fresh_init(PyObject *mod, CmState *st);
 /* serializer */
 int cm_serializer_init(PyObject *mod, CmState *st);
 /* end serializer */

@@ -73,7 +73,9 @@ typedef struct {
     PyObject *pending; /* yielded value the Task must see first (handoff) */
     PyObject *lead_px; /* the proxy the leader's Task awaits, until resumed */
     int has_pending;
+    int refresh; /* 1 + CM_REFRESH_*: drives a background refresh (refresh.c) */
     int64_t load_start;
+    int64_t load_ns; /* how long its load took, once done */
     PyObject *value;
     /* the call as the future its Task waits on, while it waits on its flight
      * (WAITS) or on a remote op of its own (see waiter.c) */

@@ -8,6 +8,7 @@
 #include "base/clock.h"
 #include "base/exc.h"
 #include "core/bloomtype.h"
+#include "core/fresh.h"
 #include "core/store.h"
 #include "loop/loop.h"
 
@@ -17,15 +18,14 @@ static inline CmStorageCounters *counters(CmCallObject *g, Py_ssize_t i)
 }
 
 void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash,
-                    PyObject *value, uint32_t missed)
+                    PyObject *value, uint32_t missed, int64_t load_ns)
 {
     for (Py_ssize_t i = 0; i < cfg->ncaches && i < 32; i++) {
         CmCacheRef *r = &cfg->caches[i];
         if (r->kind != CM_CACHE_LOCAL || !(missed & (1u << i)))
             continue;
         CmStorageCounters *c = &cfg->metrics->storages[r->stat];
-        if (cm_store_put((CmStoreObject *)r->storage, key, hash, value,
-                         cm_cache_write_ttl_ns(st, r)) < 0) {
+        if (cm_fresh_put(st, cfg, r, key, hash, value, load_ns) < 0) {
             c->errors++;
             c->set_errors++;
             PyErr_WriteUnraisable(r->name);
@@ -172,7 +172,35 @@ static void metrics_load_done(CmCallObject *g, int ok)
         m->load_success_count++;
     else
         m->load_failure_count++;
-    cm_metrics_observe_load(m, (uint64_t)(cm_now_ns() - g->load_start));
+    g->load_ns = cm_now_ns() - g->load_start;
+    cm_metrics_observe_load(m, (uint64_t)g->load_ns);
+}
+
+/* The load failed with e (borrowed). A background refresh says so and
+ * fails (the old value stays); with stale_if_error a value kept past its
+ * TTL is the flight's value instead: 1, the call goes on to resolve it. */
+static int load_failed(CmCallObject *g, PyObject *e)
+{
+    CmState *st = g->st;
+    CmNodeConfigObject *cfg = g->cfg;
+    if (g->refresh) {
+        cm_log_warning(st, "cacheme: background refresh of %R failed (the cached value stays): %R",
+                       g->key, e);
+        return 0;
+    }
+    if (!(cfg->fresh & CM_FRESH_STALE) || e == NULL ||
+        !PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception))
+        return 0;
+    PyObject *v = cm_fresh_stale_value(cfg, g->key, g->hash);
+    if (v == NULL)
+        return 0;
+    cfg->metrics->refreshes[CM_REFRESH_STALE_IF_ERROR]++;
+    cm_log_warning(st, "cacheme: load of %R failed, the stale value is used (stale_if_error): %R",
+                   g->key, e);
+    g->value = v;
+    g->missed = 0; /* the caches keep what they have */
+    g->step = STEP_RESOLVE;
+    return 1;
 }
 
 /* The flight's state machine. arg/exc resume the current sub-awaitable (exc
@@ -243,6 +271,10 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
             }
             case STEP_LOAD:
                 metrics_load_done(g, e == NULL);
+                if (e != NULL && load_failed(g, e)) {
+                    Py_DECREF(e);
+                    break;
+                }
                 if (e != NULL) {
                     err = e;
                     goto fail;
@@ -304,13 +336,18 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
             if (start_sub(g, call_loader(g)) < 0) {
                 metrics_load_done(g, 0);
                 err = cm_exc_take();
+                if (load_failed(g, err)) {
+                    Py_CLEAR(err);
+                    continue;
+                }
                 goto fail;
             }
             continue;
         case STEP_RESOLVE:
-            if ((g->fl != NULL && g->fl->stale) || !doorkeeper_admits(g))
+            /* a refresh replaces what the caches hold: no doorkeeper */
+            if ((g->fl != NULL && g->fl->stale) || (!g->refresh && !doorkeeper_admits(g)))
                 g->missed = 0;
-            cm_fill_locals(st, cfg, g->key, g->hash, g->value, g->missed);
+            cm_fill_locals(st, cfg, g->key, g->hash, g->value, g->missed, g->load_ns);
             if (g->fl != NULL)
                 cm_flight_settle(st, g->fl, g->value, NULL);
             g->step = STEP_FILL;
@@ -398,6 +435,7 @@ static int move_to_task(CmCallObject *g, PyObject *pending)
         Py_XDECREF(d->remote->handoff(d->remote_op, (PyObject *)d)); /* not our last */
     }
     d->load_start = g->load_start;
+    d->load_ns = g->load_ns;
     d->value = g->value;
     g->value = NULL;
     d->fl = fl;
@@ -543,7 +581,7 @@ PyObject *cm_call_recheck_locals(CmCallObject *g)
         c->hits++;
         c->misses--; /* get() counted this one as a miss */
         cfg->metrics->hit_count++;
-        cm_fill_locals(g->st, cfg, g->key, g->hash, v, g->missed & ((1u << i) - 1));
+        cm_fill_locals(g->st, cfg, g->key, g->hash, v, g->missed & ((1u << i) - 1), 0);
         return v;
     }
     return NULL;
