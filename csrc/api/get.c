@@ -42,27 +42,6 @@ static void run_sync(CmState *st, PyObject *aw, CmCacheRef *r, CmMetricsObject *
     }
 }
 
-/* A local hit of a node with freshness options: the value, with a
- * background refresh started behind it when its age calls for one (a
- * failure to start one is reported, never raised: the value is good). */
-static PyObject *fresh_lookup(CmState *st, CmRequest *req, CmNodeConfigObject *cfg,
-                              CmStoreObject *store, PyObject *full, Py_hash_t hash)
-{
-    CmStoreAge age;
-    PyObject *v = cm_store_lookup_aged(store, full, hash, 0, &age);
-    int kind = v != NULL ? cm_fresh_due(st, cfg, &age) : -1;
-    if (kind >= 0) {
-        req->cfg = cfg;
-        req->key = full;
-        req->hash = hash;
-        req->missed = 0;
-        req->local_puts = 0;
-        if (cm_refresh_start(st, req, kind) < 0)
-            PyErr_WriteUnraisable(full);
-    }
-    return v;
-}
-
 PyObject *cm_get(CmState *st, CmRequest *req)
 {
     PyObject *node = req->node; // borrowed
@@ -102,17 +81,20 @@ PyObject *cm_get(CmState *st, CmRequest *req)
     }
 
     /* a node with freshness options reads ages, by the full key */
-    if (cfg->fresh && full == NULL &&
-        (full = slot != NULL ? cm_key_build_parts(slot, &parts, hash)
-                             : cm_key_build(st, node, key, cfg->version, hash)) == NULL)
-        goto done;
+    if (cfg->fresh) {
+        req->cfg = cfg;
+        if (full == NULL &&
+            (full = slot != NULL ? cm_key_build_parts(slot, &parts, hash)
+                                 : cm_key_build(st, node, key, cfg->version, hash)) == NULL)
+            goto done;
+    }
 
     for (Py_ssize_t i = 0; i < cfg->ncaches && i < 32; i++) {
         CmCacheRef *r = &cfg->caches[i];
         PyObject *v;
         if (r->kind == CM_CACHE_LOCAL) {
             CmStoreObject *store = (CmStoreObject *)r->storage;
-            v = cfg->fresh ? fresh_lookup(st, req, cfg, store, full, hash)
+            v = cfg->fresh ? cm_refresh_lookup(st, req, store, full, hash)
                 : full     ? cm_store_lookup(store, full, hash)
                            : cm_store_lookup_parts(store, &parts, hash);
         } else if (r->kind == CM_CACHE_LOCAL_PY) {

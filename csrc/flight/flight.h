@@ -12,6 +12,7 @@
 #ifndef CM_FLIGHT_H
 #define CM_FLIGHT_H
 #include "core/nodecfg.h"
+#include "core/store.h"
 #include "state.h"
 
 struct CmFlight {
@@ -64,6 +65,12 @@ PyObject *cm_get_begin(CmState *st, CmRequest *req);
  * it. Nothing is started while the key is in flight already. req->cfg,
  * key and hash must be set. 0, or -1 with an exception. */
 int cm_refresh_start(CmState *st, CmRequest *req, int kind);
+/* A lookup of key in local store (a cache of req->cfg, a node with freshness
+ * options): the value (new reference) or NULL on a miss, with a background
+ * refresh of req's node started behind a hit whose age calls for one (a
+ * failure to start it is reported, never raised: the value is good). */
+PyObject *cm_refresh_lookup(CmState *st, CmRequest *req, CmStoreObject *store, PyObject *key,
+                            Py_hash_t hash);
 
 /* Sum of the puts of cfg's C local stores. */
 uint64_t cm_local_puts(CmNodeConfigObject *cfg);

@@ -184,8 +184,11 @@ static int load_failed(CmCallObject *g, PyObject *e)
     CmState *st = g->st;
     CmNodeConfigObject *cfg = g->cfg;
     if (g->refresh) {
-        cm_log_warning(st, "cacheme: background refresh of %R failed (the cached value stays): %R",
-                       g->key, e);
+        /* cancelled (the loop is closing): nothing to report */
+        if (e != NULL && PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception))
+            cm_log_warning(st,
+                           "cacheme: background refresh of %R failed (the cached value stays): %R",
+                           g->key, e);
         return 0;
     }
     if (!(cfg->fresh & CM_FRESH_STALE) || e == NULL ||

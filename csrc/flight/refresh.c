@@ -9,6 +9,9 @@
  * stays. */
 #include "flight/call.h"
 
+#include "core/fresh.h"
+#include "core/store.h"
+
 #include "loop/loop.h"
 
 int cm_refresh_start(CmState *st, CmRequest *req, int kind)
@@ -56,4 +59,21 @@ int cm_refresh_start(CmState *st, CmRequest *req, int kind)
     cfg->metrics->refreshes[kind]++;
     Py_DECREF(d);
     return 0;
+}
+
+PyObject *cm_refresh_lookup(CmState *st, CmRequest *req, CmStoreObject *store, PyObject *key,
+                            Py_hash_t hash)
+{
+    CmStoreAge age;
+    PyObject *v = cm_store_lookup_aged(store, key, hash, 0, &age);
+    int kind = v != NULL ? cm_fresh_due(st, req->cfg, &age) : -1;
+    if (kind >= 0) {
+        req->key = key;
+        req->hash = hash;
+        req->missed = 0;
+        req->local_puts = 0;
+        if (cm_refresh_start(st, req, kind) < 0)
+            PyErr_WriteUnraisable(key);
+    }
+    return v;
 }
