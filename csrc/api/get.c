@@ -123,7 +123,7 @@ PyObject *cm_get(CmState *st, CmRequest *req)
                 Py_DECREF(v);
                 goto done;
             }
-            cm_fill_locals(st, cfg, full, hash, v, missed, 0);
+            cm_fill_locals(st, cfg, full, hash, v, missed, 0, 0);
             for (Py_ssize_t j = 0; j < i; j++) {
                 CmCacheRef *pr = &cfg->caches[j];
                 if (pr->kind == CM_CACHE_LOCAL_PY && (missed & (1u << j))) {

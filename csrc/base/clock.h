@@ -16,4 +16,13 @@ static inline int64_t cm_now_ns(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + cm_clock_offset_ns;
 }
+
+/* Wall-clock (UTC) nanoseconds since the epoch, with the same offset: the
+ * age of a value a remote storage stamped with its updated_at. */
+static inline int64_t cm_wall_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + cm_clock_offset_ns;
+}
 #endif

@@ -27,10 +27,11 @@ int cm_fresh_read_meta(CmState *st, PyTypeObject *cls, PyObject *meta, CmNodeCon
 int cm_fresh_due(CmState *st, const CmNodeConfigObject *cfg, const CmStoreAge *age);
 
 /* Fill local cache r (a CM_CACHE_LOCAL of cfg) with value; for a node with
- * freshness options the entry records its age and load_ns, and is kept
+ * freshness options the entry records its age (written: when the value was
+ * written at its source, cm_now_ns time; 0: now) and load_ns, and is kept
  * stale_if_error past its TTL. 0, or -1 with an exception. */
 int cm_fresh_put(CmState *st, CmNodeConfigObject *cfg, const CmCacheRef *r, PyObject *key,
-                 Py_hash_t hash, PyObject *value, int64_t load_ns);
+                 Py_hash_t hash, PyObject *value, int64_t load_ns, int64_t written);
 
 /* stale_if_error: a value of key past its TTL by at most Meta.stale_if_error
  * in one of cfg's local caches (new reference), or NULL (no exception). */

@@ -400,7 +400,7 @@ static int aged_start(CmStoreObject *s, int64_t now)
 /* cm_store_put; with aged, the entry also records its age, and its TTL
  * (ttl_ns) ends hits while the wheel keeps it grace_ns longer. */
 static int store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *value,
-                     int64_t ttl_ns, int aged, int64_t grace_ns, int64_t load_ns)
+                     int64_t ttl_ns, int aged, int64_t grace_ns, int64_t load_ns, int64_t written)
 {
     s->puts++;
     int64_t now = 0;
@@ -448,7 +448,7 @@ static int store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *
          * never expires instead */
         int timed = ttl_ns >= 0 && ttl_ns <= INT64_MAX - now;
         if (s->aged != NULL) {
-            s->aged[slot].written = now;
+            s->aged[slot].written = written != 0 && written < now ? written : now;
             s->aged[slot].expire = timed ? now + ttl_ns : INT64_MAX;
             s->aged[slot].load_ns = load_ns;
         }
@@ -473,13 +473,13 @@ static int store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *
 
 int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *value, int64_t ttl_ns)
 {
-    return store_put(s, key, hash, value, ttl_ns, 0, 0, 0);
+    return store_put(s, key, hash, value, ttl_ns, 0, 0, 0, 0);
 }
 
 int cm_store_put_aged(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *value,
-                      int64_t ttl_ns, int64_t grace_ns, int64_t load_ns)
+                      int64_t ttl_ns, int64_t grace_ns, int64_t load_ns, int64_t written)
 {
-    return store_put(s, key, hash, value, ttl_ns, 1, grace_ns, load_ns);
+    return store_put(s, key, hash, value, ttl_ns, 1, grace_ns, load_ns, written);
 }
 
 int cm_store_delete(CmStoreObject *s, PyObject *key, Py_hash_t hash)

@@ -33,10 +33,11 @@ int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *valu
  * for stale_if_error is a hit. */
 PyObject *cm_store_lookup_aged(CmStoreObject *s, PyObject *key, Py_hash_t hash, int stale_ok,
                                CmStoreAge *age);
-/* cm_store_put that records the entry's age (load_ns: its load's time)
- * and keeps it grace_ns past its TTL (a miss for hits then). */
+/* cm_store_put that records the entry's age (written: when the value was
+ * made, 0: now; load_ns: its load's time) and keeps it grace_ns past its
+ * TTL (a miss for hits then). The TTL counts from now. */
 int cm_store_put_aged(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *value,
-                      int64_t ttl_ns, int64_t grace_ns, int64_t load_ns);
+                      int64_t ttl_ns, int64_t grace_ns, int64_t load_ns, int64_t written);
 /* How many puts the store has seen (a version for "anything new?"). */
 uint64_t cm_store_puts(CmStoreObject *s);
 /* 1 removed, 0 absent. */

@@ -331,6 +331,7 @@ static int call_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(g->pending);
     Py_VISIT(g->lead_px);
     Py_VISIT(g->value);
+    Py_VISIT(g->stale_value);
     Py_VISIT(g->loop);
     Py_VISIT(g->wakeup);
     Py_VISIT(g->wakeup_ctx);
@@ -354,6 +355,7 @@ static int call_clear(PyObject *self)
     Py_CLEAR(g->pending);
     Py_CLEAR(g->lead_px);
     Py_CLEAR(g->value);
+    Py_CLEAR(g->stale_value);
     Py_CLEAR(g->loop);
     cm_call_wakeup_track(g);
     Py_CLEAR(g->wakeup);

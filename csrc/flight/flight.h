@@ -77,9 +77,10 @@ uint64_t cm_local_puts(CmNodeConfigObject *cfg);
 
 /* Fill local caches [0, upto) of cfg that missed, honouring the doorkeeper
  * decision already taken; load_ns: how long the value's load took (0:
- * unknown), kept with it for early_refresh. */
+ * unknown), kept with it for early_refresh; written: when the value was
+ * written where it was read from (cm_now_ns time; 0: now), its age. */
 void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash,
-                    PyObject *value, uint32_t missed, int64_t load_ns);
+                    PyObject *value, uint32_t missed, int64_t load_ns, int64_t written);
 
 /* The flight's part of the module state (CmState.flight): traverse and
  * clear, called by module.c. The traverse covers the records in the table

@@ -10,6 +10,7 @@
 #include "core/bloomtype.h"
 #include "core/fresh.h"
 #include "core/store.h"
+#include "core/ttl.h"
 #include "loop/loop.h"
 
 static inline CmStorageCounters *counters(CmCallObject *g, Py_ssize_t i)
@@ -18,14 +19,14 @@ static inline CmStorageCounters *counters(CmCallObject *g, Py_ssize_t i)
 }
 
 void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash,
-                    PyObject *value, uint32_t missed, int64_t load_ns)
+                    PyObject *value, uint32_t missed, int64_t load_ns, int64_t written)
 {
     for (Py_ssize_t i = 0; i < cfg->ncaches && i < 32; i++) {
         CmCacheRef *r = &cfg->caches[i];
         if (r->kind != CM_CACHE_LOCAL || !(missed & (1u << i)))
             continue;
         CmStorageCounters *c = &cfg->metrics->storages[r->stat];
-        if (cm_fresh_put(st, cfg, r, key, hash, value, load_ns) < 0) {
+        if (cm_fresh_put(st, cfg, r, key, hash, value, load_ns, written) < 0) {
             c->errors++;
             c->set_errors++;
             PyErr_WriteUnraisable(r->name);
@@ -81,12 +82,19 @@ static int start_call(CmCallObject *g, CmCacheRef *r, int set)
     CmRemoteOp *op;
     if (set) {
         PyObject *ttl = cm_cache_write_ttl(st, r);
+        if (ttl != NULL && ops->ages && (g->cfg->fresh & CM_FRESH_STALE) && ttl != Py_None) {
+            /* kept stale_if_error longer: the age read back says it expired */
+            double secs = cm_ttl_seconds(st, ttl);
+            Py_SETREF(ttl,
+                      secs < 0 ? NULL : PyFloat_FromDouble(secs + (double)g->cfg->stale_ns / 1e9));
+        }
         if (ttl == NULL)
             return -1;
         op = ops->set(r->storage, g->node, g->value, ttl, g->cfg->serializer, g->loop,
                       (PyObject *)g);
         Py_DECREF(ttl);
     } else {
+        g->remote_updated_ns = 0; /* until the storage reports the value's age */
         op = ops->get(r->storage, g->node, g->cfg->serializer, g->loop, (PyObject *)g);
     }
     if (op == NULL)
@@ -176,6 +184,56 @@ static void metrics_load_done(CmCallObject *g, int ok)
     cm_metrics_observe_load(m, (uint64_t)g->load_ns);
 }
 
+/* A remote get of cache g->idx gave res (stolen) for a node with freshness
+ * options. From the age the storage reported: 1 when res is past the
+ * cache's TTL (kept by the storage for stale_if_error: res becomes the
+ * fallback of a failing load), else 0 with the age the local fills record
+ * and, when due, a refresh to start once the flight ends. */
+static int remote_hit_stale(CmCallObject *g, PyObject *res)
+{
+    CmNodeConfigObject *cfg = g->cfg;
+    const CmCacheRef *r = &cfg->caches[g->idx];
+    if (g->remote_updated_ns == 0)
+        return 0; /* a storage that does not say */
+    int64_t now = cm_now_ns();
+    int64_t age_ns = cm_wall_ns() - g->remote_updated_ns;
+    CmStoreAge age;
+    age.written = now - (age_ns > 0 ? age_ns : 0);
+    age.expire = r->ttl_ns >= 0 ? age.written + r->ttl_ns : INT64_MAX;
+    age.load_ns = g->remote_load_ns;
+    g->remote_updated_ns = 0;
+    if ((cfg->fresh & CM_FRESH_STALE) && now >= age.expire) {
+        Py_XSETREF(g->stale_value, res);
+        return 1;
+    }
+    g->fill_written = age.written;
+    g->load_ns = age.load_ns;
+    int kind = g->refresh ? -1 : cm_fresh_due(g->st, cfg, &age);
+    g->refresh_due = kind + 1;
+    return 0;
+}
+
+/* The flight is over and a remote hit's age called for a refresh: start it
+ * (the key is no longer in flight). */
+static void start_due_refresh(CmCallObject *g)
+{
+    CmRequest req = {.node = g->node,
+                     .cfg = g->cfg,
+                     .key = g->key,
+                     .hash = g->hash,
+                     .load_fn = g->load_fn,
+                     .memo_fn = g->memo_fn};
+    if (g->memo_fn != NULL) {
+        req.memo_args = &PyTuple_GET_ITEM(g->memo_argv, 0);
+        req.memo_nargs = g->memo_nargs;
+        req.memo_kwnames = g->memo_kwnames;
+    }
+    int kind = g->refresh_due - 1;
+    g->refresh_due = 0;
+    if (cm_refresh_start(g->st, &req, kind) < 0)
+        PyErr_WriteUnraisable(g->key);
+}
+
 /* The load failed with e (borrowed). A background refresh says so and
  * fails (the old value stays); with stale_if_error a value kept past its
  * TTL is the flight's value instead: 1, the call goes on to resolve it. */
@@ -194,7 +252,12 @@ static int load_failed(CmCallObject *g, PyObject *e)
     if (!(cfg->fresh & CM_FRESH_STALE) || e == NULL ||
         !PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception))
         return 0;
+    /* a local cache's kept value first, else a remote one read on the way */
     PyObject *v = cm_fresh_stale_value(cfg, g->key, g->hash);
+    if (v == NULL) {
+        v = g->stale_value;
+        g->stale_value = NULL;
+    }
     if (v == NULL)
         return 0;
     cfg->metrics->refreshes[CM_REFRESH_STALE_IF_ERROR]++;
@@ -263,6 +326,9 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
                     c->misses++;
                     g->missed |= 1u << g->idx;
                     Py_DECREF(res);
+                } else if (cfg->fresh && remote_hit_stale(g, res)) {
+                    c->misses++; /* kept past its TTL for stale_if_error */
+                    g->missed |= 1u << g->idx;
                 } else {
                     c->hits++;
                     g->value = res;
@@ -350,7 +416,8 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
             /* a refresh replaces what the caches hold: no doorkeeper */
             if ((g->fl != NULL && g->fl->stale) || (!g->refresh && !doorkeeper_admits(g)))
                 g->missed = 0;
-            cm_fill_locals(st, cfg, g->key, g->hash, g->value, g->missed, g->load_ns);
+            cm_fill_locals(st, cfg, g->key, g->hash, g->value, g->missed, g->load_ns,
+                           g->fill_written);
             if (g->fl != NULL)
                 cm_flight_settle(st, g->fl, g->value, NULL);
             g->step = STEP_FILL;
@@ -377,6 +444,8 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
         case STEP_END:
             if (g->fl != NULL)
                 cm_flight_remove(st, g->fl);
+            if (g->refresh_due)
+                start_due_refresh(g);
             *out = Py_NewRef(g->value);
             return PYGEN_RETURN;
         }
@@ -439,6 +508,12 @@ static int move_to_task(CmCallObject *g, PyObject *pending)
     }
     d->load_start = g->load_start;
     d->load_ns = g->load_ns;
+    d->remote_updated_ns = g->remote_updated_ns;
+    d->remote_load_ns = g->remote_load_ns;
+    d->fill_written = g->fill_written;
+    d->refresh_due = g->refresh_due;
+    d->stale_value = g->stale_value;
+    g->stale_value = NULL;
     d->value = g->value;
     g->value = NULL;
     d->fl = fl;
@@ -584,7 +659,7 @@ PyObject *cm_call_recheck_locals(CmCallObject *g)
         c->hits++;
         c->misses--; /* get() counted this one as a miss */
         cfg->metrics->hit_count++;
-        cm_fill_locals(g->st, cfg, g->key, g->hash, v, g->missed & ((1u << i) - 1), 0);
+        cm_fill_locals(g->st, cfg, g->key, g->hash, v, g->missed & ((1u << i) - 1), 0, 0);
         return v;
     }
     return NULL;
