@@ -479,3 +479,136 @@ async def test_get_all_hits_start_refreshes_too():
     await settle()
     assert await cacheme.get_all([N(1), N(2)]) == [(1, 2), (2, 2)]
     assert cacheme.stats(N).refresh_counts()["background"] == 2
+
+
+# ------------------------------------------------------------ Redis alone
+
+
+async def _redis_node(redis_server, src, **meta):
+    name = unique("fresh-redis-")
+    await cacheme.register_storage(name, cacheme.Storage(url=redis_server.url))
+    N = make_node([Cache(name, timedelta(seconds=60))], src, **meta)
+    N.Meta.serializer = PickleSerializer()
+    return N, cacheme.data.get_storage_by_name(name)._storage
+
+
+@needs_redis
+async def test_refresh_after_on_redis_reads_the_age_from_updated_at(redis_server):
+    src = Source()
+    N, client = await _redis_node(redis_server, src, refresh_after=timedelta(seconds=5))
+    assert await cacheme.get(N(1)) == (1, 1)
+    assert await cacheme.get(N(1)) == (1, 1)  # a Redis hit, 0 s old
+    await settle()
+    assert src.loads == [1]
+    src.gate = asyncio.Event()
+    advance(6)  # updated_at is now 6 s ago
+    assert await asyncio.wait_for(cacheme.get(N(1)), 5) == (1, 1)
+    await asyncio.sleep(0.01)
+    assert src.loads == [1, 1]
+    # while the refresh runs, callers read Redis past its flight: no waiting
+    got = await asyncio.wait_for(asyncio.gather(*[cacheme.get(N(1)) for _ in range(20)]), 5)
+    assert got == [(1, 1)] * 20
+    assert src.loads == [1, 1]
+    src.gate.set()
+    await settle()
+    assert await cacheme.get(N(1)) == (1, 2)
+    assert cacheme.stats(N).refresh_counts()["background"] == 1
+    await client.close()
+
+
+@needs_redis
+async def test_callers_that_miss_redis_during_a_refresh_wait_for_it(redis_server):
+    src = Source()
+    N, client = await _redis_node(redis_server, src, refresh_after=timedelta(seconds=5))
+    await cacheme.get(N(1))
+    src.gate = asyncio.Event()
+    advance(6)
+    await cacheme.get(N(1))  # starts the refresh
+    await client.execute("DEL", N(1).full_key())  # expired meanwhile
+    waiting = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    assert not any(t.done() for t in waiting)
+    assert src.loads == [1, 1]  # they joined the refresh, no load of their own
+    src.gate.set()
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 5) == [(1, 2)] * 5
+    await client.close()
+
+
+@needs_redis
+async def test_early_refresh_on_redis_uses_the_stored_load_time(redis_server):
+    src = Source()
+    N, client = await _redis_node(redis_server, src, early_refresh=1e9)
+    assert await cacheme.get(N(1)) == (1, 1)
+    raw = await client.execute("GET", N(1).full_key())
+    env = PickleSerializer().loads(raw)
+    assert set(env) == {"value", "updated_at", "load_time"}
+    assert 0.001 <= env["load_time"] < 5
+    assert await cacheme.get(N(1)) == (1, 1)  # huge beta: refreshed behind this hit
+    await settle()
+    assert await cacheme.get(N(1)) == (1, 2)
+    assert cacheme.stats(N).refresh_counts()["early"] >= 1
+    await client.close()
+
+
+@needs_redis
+async def test_stale_if_error_on_redis(redis_server):
+    src = Source()
+    N, client = await _redis_node(redis_server, src, stale_if_error=timedelta(seconds=30))
+    assert await cacheme.get(N(1)) == (1, 1)
+    # Redis keeps it 60 s + 30 s
+    pttl = await client.execute("PTTL", N(1).full_key())
+    assert 85_000 < pttl <= 90_000, pttl
+    advance(61)  # past the TTL by the value's updated_at: a miss, kept as fallback
+    assert await cacheme.get(N(1)) == (1, 2)
+    src.fail = ConnectionError("down")
+    advance(61)
+    assert await cacheme.get(N(1)) == (1, 2)
+    assert cacheme.stats(N).refresh_counts()["stale_if_error"] == 1
+    advance(30)  # past the window
+    with pytest.raises(ConnectionError):
+        await cacheme.get(N(1))
+    await client.close()
+
+
+@needs_redis
+def test_cacheme_030_reads_a_value_written_with_a_load_time(redis_server, tmp_path):
+    """0.3.0 decodes Redis values with RedisStorage.serialize (loads(raw)
+    ["value"]): it runs here, in 0.3.0's venv, on the bytes we wrote. That
+    venv has no redis package; 0.3.0's module is imported over an empty
+    stand-in for it (only its decoding runs, which never uses the client)."""
+    import os
+    import subprocess
+
+    py030 = os.path.join(os.path.dirname(__file__), "..", ".bench", "venv-030", "bin", "python")
+    if not os.path.exists(py030):
+        pytest.skip("no .bench/venv-030 (make bench-venvs)")
+
+    async def write():
+        src = Source()
+        N, client = await _redis_node(redis_server, src, early_refresh=1.0)
+        N.Meta.serializer = cacheme.serializer.MsgPackSerializer()
+        await cacheme.get(N(1))
+        raw = await client.execute("GET", N(1).full_key())
+        await client.close()
+        return raw
+
+    raw = asyncio.run(write())
+    assert b"load_time" in raw
+    (tmp_path / "raw").write_bytes(raw)
+    code = (
+        "import sys, types\n"
+        "redis = types.ModuleType('redis'); aio = types.ModuleType('redis.asyncio')\n"
+        "cl = types.ModuleType('redis.asyncio.cluster'); cn = types.ModuleType('redis.asyncio.connection')\n"
+        "aio.Redis = object; cl.RedisCluster = object; cn.BlockingConnectionPool = object\n"
+        "redis.asyncio = aio; aio.cluster = cl; aio.connection = cn\n"
+        "sys.modules.update({'redis': redis, 'redis.asyncio': aio, 'redis.asyncio.cluster': cl,\n"
+        "                    'redis.asyncio.connection': cn})\n"
+        "from cacheme.storages.redis import RedisStorage\n"
+        "from cacheme.serializer import MsgPackSerializer\n"
+        "raw = open(sys.argv[1], 'rb').read()\n"
+        "print(RedisStorage('redis://x').serialize(raw, MsgPackSerializer()).data)\n"
+    )
+    out = subprocess.run([py030, "-c", code, str(tmp_path / "raw")], capture_output=True,
+                         text=True, timeout=120, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[1, 1]"

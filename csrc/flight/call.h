@@ -74,6 +74,10 @@ typedef struct {
     PyObject *lead_px; /* the proxy the leader's Task awaits, until resumed */
     int has_pending;
     int refresh; /* 1 + CM_REFRESH_*: drives a background refresh (refresh.c) */
+    /* 1: reads the remote caches past a background refresh's flight
+     * instead of waiting for it, with no flight of its own; 2: they missed,
+     * it joins that flight (call.c) */
+    int bypass;
     int64_t load_start;
     int64_t load_ns; /* how long its load took, once done */
     /* freshness (core/fresh.h): the age a remote get reported with its

@@ -203,7 +203,11 @@ static int remote_hit_stale(CmCallObject *g, PyObject *res)
     age.load_ns = g->remote_load_ns;
     g->remote_updated_ns = 0;
     if ((cfg->fresh & CM_FRESH_STALE) && now >= age.expire) {
-        Py_XSETREF(g->stale_value, res);
+        /* the storage's clock may keep it longer than the window */
+        if (now - age.expire <= cfg->stale_ns)
+            Py_XSETREF(g->stale_value, res);
+        else
+            Py_DECREF(res);
         return 1;
     }
     g->fill_written = age.written;
@@ -401,6 +405,13 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
             }
             continue;
         case STEP_LOAD:
+            if (g->bypass) {
+                /* the remote caches missed: the refresh's flight it passed
+                 * is what to wait for now (call.c, CALL_LEADS) */
+                g->bypass = 2;
+                *out = NULL;
+                return PYGEN_NEXT;
+            }
             g->load_start = cm_now_ns();
             if (start_sub(g, call_loader(g)) < 0) {
                 metrics_load_done(g, 0);
@@ -591,6 +602,8 @@ PySendResult cm_leader_suspend(CmCallObject *g, PyObject *yielded, PyObject **ou
                 goto fail;
             g->loop_tstate = PyThreadState_Get();
         }
+        if (g->bypass) /* reading past a refresh's flight: none of its own */
+            goto registered;
         if ((g->fl = cm_flight_start(st, g->key, g->hash)) == NULL)
             goto fail;
         g->fl->loop = Py_NewRef(g->loop);
@@ -598,6 +611,7 @@ PySendResult cm_leader_suspend(CmCallObject *g, PyObject *yielded, PyObject **ou
         if (g->step >= STEP_FILL)
             cm_flight_settle(st, g->fl, g->value, NULL);
     }
+registered:
     if (yielded == (PyObject *)g) { /* its own remote op: it is the future */
         *out = yielded;
         return PYGEN_NEXT;
