@@ -62,7 +62,6 @@
     X(remove_reader)                                                                               \
     X(add_writer)                                                                                  \
     X(remove_writer)                                                                               \
-    X(load_timeout)                                                                                \
     X(get_all)                                                                                     \
     X(set_all)
 

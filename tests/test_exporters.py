@@ -282,17 +282,20 @@ async def test_refreshes_by_kind():
     Fresh.__qualname__ = unique("Fresh")
     node = Fresh.__qualname__
     assert await cacheme.get(Fresh(1)) == 1
-    cacheme._core._advance_clock(2 * 10**9)  # older than refresh_after
-    assert await cacheme.get(Fresh(1)) == 1
-    await asyncio.sleep(0.01)  # the background refresh runs
-    fail.append(1)
-    cacheme._core._advance_clock(11 * 10**9)  # past the TTL, within stale_if_error
-    assert await cacheme.get(Fresh(1)) == 1
-    got = samples(exporters.prometheus_text())
-    assert value(got, "cacheme_refreshes_total", node=node, kind="background") == 1
-    assert value(got, "cacheme_refreshes_total", node=node, kind="early") == 0
-    assert value(got, "cacheme_refreshes_total", node=node, kind="stale_if_error") == 1
-    registry = CollectorRegistry()
-    registry.register(exporters.PrometheusCollector())
-    got = samples(generate_latest(registry).decode())
-    assert value(got, "cacheme_refreshes_total", node=node, kind="background") == 1
+    try:
+        cacheme._core._advance_clock(2 * 10**9)  # older than refresh_after
+        assert await cacheme.get(Fresh(1)) == 1
+        await asyncio.sleep(0.01)  # the background refresh runs
+        fail.append(1)
+        cacheme._core._advance_clock(11 * 10**9)  # past the TTL, within stale_if_error
+        assert await cacheme.get(Fresh(1)) == 1
+        got = samples(exporters.prometheus_text())
+        assert value(got, "cacheme_refreshes_total", node=node, kind="background") == 1
+        assert value(got, "cacheme_refreshes_total", node=node, kind="early") == 0
+        assert value(got, "cacheme_refreshes_total", node=node, kind="stale_if_error") == 1
+        registry = CollectorRegistry()
+        registry.register(exporters.PrometheusCollector())
+        got = samples(generate_latest(registry).decode())
+        assert value(got, "cacheme_refreshes_total", node=node, kind="background") == 1
+    finally:
+        cacheme._core._reset_clock()  # the clock of the tests that follow

@@ -24,6 +24,15 @@ def advance(seconds: float) -> None:
     _core._advance_clock(int(seconds * S))
 
 
+@pytest.fixture(autouse=True)
+def _real_clock_after():
+    """The clock goes back after each test: the updated_at that Redis values
+    get would otherwise be ahead for the tests that come next. Each test
+    uses its own stores, which nothing reads after it."""
+    yield
+    _core._reset_clock()
+
+
 class Source:
     """What the loads of a test see and do: a version number per key that
     each load bumps, an optional gate and an optional failure."""
@@ -162,7 +171,9 @@ async def test_a_failing_background_refresh_keeps_the_value_and_is_logged(caplog
     assert cacheme.stats(N).refresh_counts()["background"] == 2
 
 
-async def test_cancelled_callers_do_not_cancel_a_background_refresh():
+async def refresh_held_then_expired():
+    """A node whose refresh of key 1 is held by the gate, and whose cached
+    value has expired since: callers miss and join the refresh."""
     local = await register_local()
     src = Source()
     N = make_node([Cache(local, timedelta(seconds=10))], src, refresh_after=timedelta(seconds=1))
@@ -170,7 +181,12 @@ async def test_cancelled_callers_do_not_cancel_a_background_refresh():
     src.gate = asyncio.Event()
     advance(2)
     assert await cacheme.get(N(1)) == (1, 1)  # starts the refresh, held by the gate
-    advance(10)  # now the cached value has expired: callers miss and join the refresh
+    advance(10)
+    return N, src
+
+
+async def test_cancelled_callers_do_not_cancel_a_background_refresh():
+    N, src = await refresh_held_then_expired()
     first = asyncio.ensure_future(cacheme.get(N(1)))
     second = asyncio.ensure_future(cacheme.get(N(1)))
     await asyncio.sleep(0.01)
@@ -186,14 +202,7 @@ async def test_cancelled_callers_do_not_cancel_a_background_refresh():
 
 
 async def test_the_only_waiter_of_a_refresh_leaving_does_not_cancel_it():
-    local = await register_local()
-    src = Source()
-    N = make_node([Cache(local, timedelta(seconds=10))], src, refresh_after=timedelta(seconds=1))
-    await cacheme.get(N(1))
-    src.gate = asyncio.Event()
-    advance(2)
-    await cacheme.get(N(1))
-    advance(10)
+    N, src = await refresh_held_then_expired()
     only = asyncio.ensure_future(cacheme.get(N(1)))
     await asyncio.sleep(0.01)
     only.cancel()

@@ -6,8 +6,9 @@
 
 /* Added to every reading: 0 in production; tests move time forward with
  * _core._advance_clock(ns) (core/fresh.c) to check expiry and freshness
- * without sleeping. It only grows, so the clock stays monotonic. A plain
- * integer of the process, like the clock itself. */
+ * without sleeping, and put it back with _core._reset_clock() when done
+ * (stores used meanwhile are then left behind by it). A plain integer of
+ * the process, like the clock itself. */
 extern int64_t cm_clock_offset_ns;
 
 static inline int64_t cm_now_ns(void)

@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "base/clock.h"
+#include "core/ttl.h"
 
 int64_t cm_clock_offset_ns = 0;
 
@@ -11,34 +12,11 @@ int64_t cm_clock_offset_ns = 0;
 static int read_duration(CmState *st, PyTypeObject *cls, PyObject *meta, const char *name,
                          int64_t *out)
 {
-    PyObject *t = PyObject_GetAttrString(meta, name);
-    if (t == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
-            return -1;
-        PyErr_Clear();
-        return 0;
-    }
-    int rc = 0;
-    if (t != Py_None) {
-        /* st->ser.timedelta: datetime.timedelta, kept by the serializers */
-        PyObject *secs = PyObject_TypeCheck(t, (PyTypeObject *)st->ser.timedelta)
-                             ? PyObject_CallMethodNoArgs(t, st->s_total_seconds)
-                             : NULL;
-        double v = secs != NULL ? PyFloat_AsDouble(secs) : -1.0;
-        Py_XDECREF(secs);
-        if (secs == NULL || (v == -1.0 && PyErr_Occurred()) || !(v > 0)) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "%s.Meta.%s must be a positive timedelta or None, not %R",
-                         cls->tp_name, name, t);
-            rc = -1;
-        } else {
-            *out = v >= 1e9 ? INT64_MAX / 4 : (int64_t)(v * 1e9);
-            if (*out <= 0)
-                *out = 1;
-        }
-    }
-    Py_DECREF(t);
-    return rc;
+    double secs = 0;
+    if (cm_meta_duration(st, cls, meta, name, &secs) < 0)
+        return -1;
+    *out = secs <= 0 ? 0 : secs >= 1e9 ? INT64_MAX / 4 : cm_ttl_ns(secs);
+    return 0;
 }
 
 static int read_beta(PyTypeObject *cls, PyObject *meta, double *out)
@@ -134,9 +112,20 @@ static PyObject *py_advance_clock(PyObject *mod, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* _reset_clock(): the real clock again, after a test that moved it. Local
+ * stores used meanwhile keep the time they saw: their next entries may
+ * expire at once. Tests use new stores. */
+static PyObject *py_reset_clock(PyObject *mod, PyObject *Py_UNUSED(x))
+{
+    (void)mod;
+    cm_clock_offset_ns = 0;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef fresh_functions[] = {
     {"_advance_clock", py_advance_clock, METH_O,
      "_advance_clock(ns): move the clock of TTLs and ages forward (tests)"},
+    {"_reset_clock", py_reset_clock, METH_NOARGS, "_reset_clock(): undo _advance_clock (tests)"},
     {NULL, NULL},
 };
 

@@ -7,6 +7,7 @@
 #include "core/store.h"
 #include "core/ttl.h"
 
+#include <math.h>
 #include <unistd.h>
 
 static void cfg_release(CmNodeConfigObject *c)
@@ -227,11 +228,9 @@ static int resolve_cache(CmState *st, PyTypeObject *cls, PyObject *cache, CmCach
     return 0;
 }
 
-/* Meta.load_timeout (a timedelta, or None; 0.3.0's Meta has none) in
- * seconds into *out, 0 for none. 0, or -1 with an exception. */
-static int load_timeout(CmState *st, PyTypeObject *cls, PyObject *meta, double *out)
+int cm_meta_duration(CmState *st, PyTypeObject *cls, PyObject *meta, const char *name, double *out)
 {
-    PyObject *t = PyObject_GetAttr(meta, st->s_load_timeout);
+    PyObject *t = PyObject_GetAttrString(meta, name);
     if (t == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError))
             return -1;
@@ -243,11 +242,10 @@ static int load_timeout(CmState *st, PyTypeObject *cls, PyObject *meta, double *
         PyObject *secs = PyObject_CallMethodNoArgs(t, st->s_total_seconds);
         double v = secs != NULL ? PyFloat_AsDouble(secs) : -1.0;
         Py_XDECREF(secs);
-        if (secs == NULL || (v == -1.0 && PyErr_Occurred()) || !(v > 0)) {
+        if (secs == NULL || (v == -1.0 && PyErr_Occurred()) || !(v > 0) || isinf(v)) {
             PyErr_Clear();
-            PyErr_Format(PyExc_TypeError,
-                         "%s.Meta.load_timeout must be a positive timedelta or None, not %R",
-                         cls->tp_name, t);
+            PyErr_Format(PyExc_TypeError, "%s.Meta.%s must be a positive timedelta or None, not %R",
+                         cls->tp_name, name, t);
             rc = -1;
         } else {
             *out = v;
@@ -314,7 +312,7 @@ static CmNodeConfigObject *cfg_build(CmState *st, PyTypeObject *cls)
     if (c->doorkeeper == NULL)
         goto fail;
     c->doorkeeper_c = Py_IS_TYPE(c->doorkeeper, st->BloomFilterType);
-    if (load_timeout(st, cls, meta, &c->load_timeout) < 0 ||
+    if (cm_meta_duration(st, cls, meta, "load_timeout", &c->load_timeout) < 0 ||
         cm_fresh_read_meta(st, cls, meta, c) < 0)
         goto fail;
     if ((c->metrics = class_metrics(st, cls)) == NULL)

@@ -60,6 +60,11 @@ typedef struct CmNodeConfigObject_ {
     CmCacheRef caches[1];
 } CmNodeConfigObject;
 
+/* Meta.<name> (absent, as on 0.3.0's Meta, or None: *out untouched), a
+ * positive timedelta, in seconds into *out. 0, or -1 with a TypeError
+ * naming the option. */
+int cm_meta_duration(CmState *st, PyTypeObject *cls, PyObject *meta, const char *name, double *out);
+
 /* A uniform draw in [0, 1) from the process's generator (splitmix64,
  * reseeded after fork), shared by TTL jitter and early refresh. */
 double cm_uniform(CmState *st);
