@@ -7,6 +7,7 @@ gate (asyncio.Event) holds a load where a test needs to see who waits."""
 import asyncio
 import dataclasses
 import logging
+import sys
 from datetime import timedelta
 
 import pytest
@@ -171,12 +172,13 @@ async def test_a_failing_background_refresh_keeps_the_value_and_is_logged(caplog
     assert cacheme.stats(N).refresh_counts()["background"] == 2
 
 
-async def refresh_held_then_expired():
+async def refresh_held_then_expired(**meta):
     """A node whose refresh of key 1 is held by the gate, and whose cached
     value has expired since: callers miss and join the refresh."""
     local = await register_local()
     src = Source()
-    N = make_node([Cache(local, timedelta(seconds=10))], src, refresh_after=timedelta(seconds=1))
+    N = make_node([Cache(local, timedelta(seconds=10))], src, refresh_after=timedelta(seconds=1),
+                  **meta)
     await cacheme.get(N(1))
     src.gate = asyncio.Event()
     advance(2)
@@ -211,6 +213,53 @@ async def test_the_only_waiter_of_a_refresh_leaving_does_not_cancel_it():
     await settle()
     assert src.loads == [1, 1]
     assert await cacheme.get(N(1)) == (1, 2)  # the refresh finished and filled
+
+
+async def test_callers_waiting_on_a_failed_refresh_get_the_kept_value():
+    N, src = await refresh_held_then_expired(stale_if_error=timedelta(seconds=30))
+    waiting = [asyncio.ensure_future(cacheme.get(N(1))) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    src.fail = ValueError("down")
+    src.gate.set()
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 5) == [(1, 1)] * 3
+    assert src.loads == [1, 1]
+    assert cacheme.stats(N).refresh_counts()["stale_if_error"] == 1
+
+
+def test_a_due_hit_before_its_loop_runs_starts_no_refresh_and_reports_nothing():
+    # asyncio.run(get(node)) calls get() with no loop running: the hit is
+    # served; the refresh waits for a hit inside a loop
+    src = Source()
+
+    async def setup():
+        local = await register_local()
+        N = make_node([Cache(local, timedelta(seconds=60))], src,
+                      refresh_after=timedelta(seconds=1))
+        await cacheme.get(N(1))
+        return N
+
+    N = asyncio.run(setup())
+    advance(2)
+    unraisable = []
+    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        aw = cacheme.get(N(1))
+    finally:
+        sys.unraisablehook = old_hook
+
+    async def wait(aw):
+        return await aw
+
+    assert asyncio.run(wait(aw)) == (1, 1)
+    assert unraisable == []
+    assert src.loads == [1]
+
+    async def in_loop():
+        assert await cacheme.get(N(1)) == (1, 1)
+        await settle()
+        return await cacheme.get(N(1))
+
+    assert asyncio.run(in_loop()) == (1, 2)
 
 
 async def test_refresh_after_with_load_fn_and_memoize():
@@ -612,12 +661,15 @@ def test_cacheme_030_reads_a_value_written_with_a_load_time(redis_server, tmp_pa
         "redis.asyncio = aio; aio.cluster = cl; aio.connection = cn\n"
         "sys.modules.update({'redis': redis, 'redis.asyncio': aio, 'redis.asyncio.cluster': cl,\n"
         "                    'redis.asyncio.connection': cn})\n"
+        "import cacheme\n"
+        "assert 'site-packages' in cacheme.__file__, cacheme.__file__  # 0.3.0's, not ours\n"
         "from cacheme.storages.redis import RedisStorage\n"
         "from cacheme.serializer import MsgPackSerializer\n"
         "raw = open(sys.argv[1], 'rb').read()\n"
         "print(RedisStorage('redis://x').serialize(raw, MsgPackSerializer()).data)\n"
     )
-    out = subprocess.run([py030, "-c", code, str(tmp_path / "raw")], capture_output=True,
+    # -I: neither PYTHONPATH (the sanitizer run points it at our build) nor the cwd
+    out = subprocess.run([py030, "-I", "-c", code, str(tmp_path / "raw")], capture_output=True,
                          text=True, timeout=120, cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[1, 1]"

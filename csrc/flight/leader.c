@@ -251,7 +251,9 @@ static int load_failed(CmCallObject *g, PyObject *e)
             cm_log_warning(st,
                            "cacheme: background refresh of %R failed (the cached value stays): %R",
                            g->key, e);
-        return 0;
+        /* callers that missed meanwhile wait on it: they may have a kept value */
+        if (g->fl == NULL || g->fl->nwaiters == 0)
+            return 0;
     }
     if (!(cfg->fresh & CM_FRESH_STALE) || e == NULL ||
         !PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception))

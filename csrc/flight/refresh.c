@@ -19,8 +19,14 @@ int cm_refresh_start(CmState *st, CmRequest *req, int kind)
     if (cm_flight_find(st, req->key, req->hash) != NULL)
         return 0; /* a flight already running for the key counts */
     PyObject *loop = cm_loop_running(st);
-    if (loop == NULL)
-        return -1;
+    if (loop == NULL) {
+        /* get() called before its loop runs (asyncio.run(get(node))): the
+         * next hit, in the loop, refreshes */
+        if (!PyErr_ExceptionMatches(PyExc_RuntimeError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
     CmCallObject *d = (CmCallObject *)cm_get_begin(st, req);
     if (d == NULL) {
         Py_DECREF(loop);
