@@ -673,3 +673,30 @@ def test_cacheme_030_reads_a_value_written_with_a_load_time(redis_server, tmp_pa
                          text=True, timeout=120, cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[1, 1]"
+
+
+@needs_redis
+async def test_a_value_filled_from_redis_keeps_its_age_in_the_local_cache(redis_server):
+    name = unique("fresh-redis-")
+    await cacheme.register_storage(name, cacheme.Storage(url=redis_server.url))
+    local = await register_local()
+    src = Source()
+    N = make_node([Cache(local, timedelta(seconds=60)), Cache(name, timedelta(seconds=60))], src,
+                  refresh_after=timedelta(seconds=5))
+    N.Meta.serializer = PickleSerializer()
+    assert await cacheme.get(N(1)) == (1, 1)
+    store = cacheme.data.get_storage_by_name(local)._local
+    assert store.remove(N(1).full_key())  # as in another process: only Redis has it
+    advance(3)
+    src.gate = asyncio.Event()
+    assert await cacheme.get(N(1)) == (1, 1)  # from Redis, 3 s old: not due
+    await asyncio.sleep(0.01)
+    assert src.loads == [1]
+    advance(3)
+    # the local copy is 6 s old, not 3 s (filled from Redis with its age)
+    assert await cacheme.get(N(1)) == (1, 1)
+    await asyncio.sleep(0.01)
+    assert src.loads == [1, 1]
+    src.gate.set()
+    await settle()
+    assert await cacheme.get(N(1)) == (1, 2)
