@@ -506,17 +506,25 @@ async def test_refresh_after_refills_sqlite(tmp_path):
     await _chain_refreshes_the_remote(name)
 
 
-@needs_redis
-async def test_stale_if_error_of_a_local_cache_in_front_of_redis(redis_server):
+async def local_then_redis(redis_server, src, ttl, **meta):
+    """A node caching in a new local store, then in Redis; the store and
+    the Redis storage."""
     name = unique("fresh-redis-")
     await cacheme.register_storage(name, cacheme.Storage(url=redis_server.url))
     local = await register_local()
+    N = make_node([Cache(local, ttl), Cache(name, ttl)], src, **meta)
+    N.Meta.serializer = PickleSerializer()
+    get_storage = cacheme.data.get_storage_by_name
+    return N, get_storage(local)._local, get_storage(name)
+
+
+@needs_redis
+async def test_stale_if_error_of_a_local_cache_in_front_of_redis(redis_server):
     src = Source()
-    N = make_node([Cache(local, timedelta(seconds=10)), Cache(name, timedelta(seconds=10))], src,
-                  stale_if_error=timedelta(seconds=30))
+    N, _, redis = await local_then_redis(redis_server, src, timedelta(seconds=10),
+                                         stale_if_error=timedelta(seconds=30))
     assert await cacheme.get(N(1)) == (1, 1)
-    # Redis expires the value on its own clock: remove it as if it had
-    await cacheme.data.get_storage_by_name(name).remove(N(1))
+    await redis.remove(N(1))  # only the local cache keeps it
     src.fail = ValueError("down")
     advance(11)
     assert await cacheme.get(N(1)) == (1, 1)
@@ -677,15 +685,10 @@ def test_cacheme_030_reads_a_value_written_with_a_load_time(redis_server, tmp_pa
 
 @needs_redis
 async def test_a_value_filled_from_redis_keeps_its_age_in_the_local_cache(redis_server):
-    name = unique("fresh-redis-")
-    await cacheme.register_storage(name, cacheme.Storage(url=redis_server.url))
-    local = await register_local()
     src = Source()
-    N = make_node([Cache(local, timedelta(seconds=60)), Cache(name, timedelta(seconds=60))], src,
-                  refresh_after=timedelta(seconds=5))
-    N.Meta.serializer = PickleSerializer()
+    N, store, _ = await local_then_redis(redis_server, src, timedelta(seconds=60),
+                                         refresh_after=timedelta(seconds=5))
     assert await cacheme.get(N(1)) == (1, 1)
-    store = cacheme.data.get_storage_by_name(local)._local
     assert store.remove(N(1).full_key())  # as in another process: only Redis has it
     advance(3)
     src.gate = asyncio.Event()
