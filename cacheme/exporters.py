@@ -17,6 +17,8 @@ name                                                   type       labels
                                                                   success, error)
 ``cacheme_local_entries``                              gauge      storage
 ``cacheme_evictions_total``                            counter    storage
+``cacheme_refreshes_total``                            counter    node, kind (background, early,
+                                                                  stale_if_error)
 ``cacheme_in_flight``                                  gauge      (keys being loaded now)
 =====================================================  =========  ==================================
 
@@ -52,6 +54,7 @@ def _families() -> List[Family]:
     requests: List[Tuple[str, Labels, float]] = []
     loads: List[Tuple[str, Labels, float]] = []
     durations: List[Tuple[str, Labels, float]] = []
+    refreshes: List[Tuple[str, Labels, float]] = []
     per_storage: Dict[str, List[int]] = {}  # name -> [hits, misses, get errors, sets, set errors]
     for cls in nodes():
         m = cls.get_metrics()
@@ -60,6 +63,8 @@ def _families() -> List[Family]:
         requests.append(("", (("node", node), ("result", "miss")), m.miss_count()))
         loads.append(("", (("node", node), ("result", "success")), m.load_success_count()))
         loads.append(("", (("node", node), ("result", "failure")), m.load_failure_count()))
+        for kind, count in m.refresh_counts().items():
+            refreshes.append(("", (("node", node), ("kind", kind)), count))
         bounds, counts = m._load_histogram()
         cumulative = 0
         for bound, count in zip(bounds, counts):
@@ -101,6 +106,7 @@ def _families() -> List[Family]:
         ("cacheme_storage_operations_total", "counter", "Storage operations", ops),
         ("cacheme_local_entries", "gauge", "Entries in a local storage", entries),
         ("cacheme_evictions_total", "counter", "Entries evicted from a local storage", evictions),
+        ("cacheme_refreshes_total", "counter", "Refreshes of the freshness options", refreshes),
         ("cacheme_in_flight", "gauge", "Keys being loaded now", in_flight),
     ]
 

@@ -189,6 +189,14 @@ class Node(_FullKeySlot, Generic[C], metaclass=MetaNode):
         doorkeeper: ClassVar[Optional[DoorKeeper]] = None
         #: past it a load is cancelled and every caller gets TimeoutError
         load_timeout: ClassVar[Optional[timedelta]] = None
+        #: freshness (README "Freshness options"), all off by default:
+        #: a value older than this is returned and reloaded in the background
+        refresh_after: ClassVar[Optional[timedelta]] = None
+        #: XFetch's beta: reload in the background before the TTL ends, the
+        #: sooner the longer the key's load took (1.0 is the paper's default)
+        early_refresh: ClassVar[Optional[float]] = None
+        #: a load that raises is answered with a value expired by at most this
+        stale_if_error: ClassVar[Optional[timedelta]] = None
         metrics: ClassVar[Metrics]
 
 

@@ -88,7 +88,8 @@ static int cm_exec(PyObject *mod)
 
     if (cm_ready_init(mod, st) < 0 || cm_metrics_init(mod, st) < 0 || cm_store_init(mod, st) < 0 ||
         cm_bloomtype_init(mod, st) < 0 || cm_nodecfg_init(mod, st) < 0 ||
-        cm_flight_init(mod, st) < 0 || cm_memoize_init(mod, st) < 0 || cm_key_init(mod, st) < 0)
+        cm_flight_init(mod, st) < 0 || cm_memoize_init(mod, st) < 0 || cm_key_init(mod, st) < 0 ||
+        cm_fresh_init(mod, st) < 0)
         goto done;
     if (cm_serializer_init(mod, st) < 0) /* serializer */
         goto done;

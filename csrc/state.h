@@ -62,7 +62,6 @@
     X(remove_reader)                                                                               \
     X(add_writer)                                                                                  \
     X(remove_writer)                                                                               \
-    X(load_timeout)                                                                                \
     X(get_all)                                                                                     \
     X(set_all)
 
@@ -167,6 +166,7 @@ int cm_nodecfg_init(PyObject *mod, CmState *st);
 int cm_flight_init(PyObject *mod, CmState *st);
 int cm_memoize_init(PyObject *mod, CmState *st);
 int cm_key_init(PyObject *mod, CmState *st);
+int cm_fresh_init(PyObject *mod, CmState *st);
 /* serializer */
 int cm_serializer_init(PyObject *mod, CmState *st);
 /* end serializer */

@@ -249,3 +249,53 @@ def test_stats_storage_counters_have_sets():
     assert m.storage_stats() == {"x": {"hits": 1, "misses": 2, "errors": 3, "sets": 0,
                                        "set_errors": 0}}
     assert m._load_histogram()[1] == [0] * 14
+
+
+async def test_refreshes_by_kind():
+    """cacheme_refreshes_total{node, kind}: a background refresh (refresh_after)
+    and a stale_if_error answer, in the exposition and the collector."""
+    from datetime import timedelta
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    local = await register_local("tlfu", 100)
+    fail = []
+
+    @dataclasses.dataclass
+    class Fresh(Node):
+        uid: int
+
+        def key(self) -> str:
+            return f"exp-fresh:{self.uid}"
+
+        async def load(self):
+            if fail:
+                raise ValueError("down")
+            return self.uid
+
+        class Meta(Node.Meta):
+            version = "v1"
+            caches = [Cache(storage=local, ttl=timedelta(seconds=10))]
+            refresh_after = timedelta(seconds=1)
+            stale_if_error = timedelta(seconds=60)
+
+    Fresh.__qualname__ = unique("Fresh")
+    node = Fresh.__qualname__
+    assert await cacheme.get(Fresh(1)) == 1
+    try:
+        cacheme._core._advance_clock(2 * 10**9)  # older than refresh_after
+        assert await cacheme.get(Fresh(1)) == 1
+        await asyncio.sleep(0.01)  # the background refresh runs
+        fail.append(1)
+        cacheme._core._advance_clock(11 * 10**9)  # past the TTL, within stale_if_error
+        assert await cacheme.get(Fresh(1)) == 1
+        got = samples(exporters.prometheus_text())
+        assert value(got, "cacheme_refreshes_total", node=node, kind="background") == 1
+        assert value(got, "cacheme_refreshes_total", node=node, kind="early") == 0
+        assert value(got, "cacheme_refreshes_total", node=node, kind="stale_if_error") == 1
+        registry = CollectorRegistry()
+        registry.register(exporters.PrometheusCollector())
+        got = samples(generate_latest(registry).decode())
+        assert value(got, "cacheme_refreshes_total", node=node, kind="background") == 1
+    finally:
+        cacheme._core._reset_clock()  # the clock of the tests that follow

@@ -6,6 +6,7 @@
  * Future, no allocation besides the key. */
 #include "api/get.h"
 
+#include "core/fresh.h"
 #include "core/key.h"
 #include "core/store.h"
 #include "loop/loop.h"
@@ -79,13 +80,23 @@ PyObject *cm_get(CmState *st, CmRequest *req)
         }
     }
 
+    /* a node with freshness options reads ages, by the full key */
+    if (cfg->fresh) {
+        req->cfg = cfg;
+        if (full == NULL &&
+            (full = slot != NULL ? cm_key_build_parts(slot, &parts, hash)
+                                 : cm_key_build(st, node, key, cfg->version, hash)) == NULL)
+            goto done;
+    }
+
     for (Py_ssize_t i = 0; i < cfg->ncaches && i < 32; i++) {
         CmCacheRef *r = &cfg->caches[i];
         PyObject *v;
         if (r->kind == CM_CACHE_LOCAL) {
             CmStoreObject *store = (CmStoreObject *)r->storage;
-            v = full ? cm_store_lookup(store, full, hash)
-                     : cm_store_lookup_parts(store, &parts, hash);
+            v = cfg->fresh ? cm_refresh_lookup(st, req, store, full, hash)
+                : full     ? cm_store_lookup(store, full, hash)
+                           : cm_store_lookup_parts(store, &parts, hash);
         } else if (r->kind == CM_CACHE_LOCAL_PY) {
             PyObject *args[3] = {r->storage, node, cfg->serializer};
             v = PyObject_VectorcallMethod(st->s_get_sync, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
@@ -112,7 +123,7 @@ PyObject *cm_get(CmState *st, CmRequest *req)
                 Py_DECREF(v);
                 goto done;
             }
-            cm_fill_locals(st, cfg, full, hash, v, missed);
+            cm_fill_locals(st, cfg, full, hash, v, missed, 0, 0);
             for (Py_ssize_t j = 0; j < i; j++) {
                 CmCacheRef *pr = &cfg->caches[j];
                 if (pr->kind == CM_CACHE_LOCAL_PY && (missed & (1u << j))) {

@@ -363,7 +363,10 @@ static Py_ssize_t read_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r
         if (s->uval[u] != NULL)
             continue;
         PyObject *v;
-        if (r->kind == CM_CACHE_LOCAL) {
+        if (r->kind == CM_CACHE_LOCAL && cfg->fresh) {
+            CmRequest req = {.node = s->unode[u], .cfg = cfg};
+            v = cm_refresh_lookup(st, &req, (CmStoreObject *)r->storage, s->ukey[u], s->uhash[u]);
+        } else if (r->kind == CM_CACHE_LOCAL) {
             v = cm_store_lookup((CmStoreObject *)r->storage, s->ukey[u], s->uhash[u]);
         } else {
             PyObject *args[3] = {r->storage, s->unode[u], cfg->serializer};

@@ -6,6 +6,7 @@
 #include "api/get_all_obj.h"
 
 #include "base/exc.h"
+#include "core/fresh.h"
 #include "core/store.h"
 #include "loop/loop.h"
 
@@ -44,9 +45,7 @@ void cm_ga_fill_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, PyObj
                 PyErr_SetObject(PyExc_KeyError, key);
         } else if (r->kind == CM_CACHE_LOCAL) {
             Py_hash_t h = PyObject_Hash(key);
-            rc = h == -1 ? -1
-                         : cm_store_put((CmStoreObject *)r->storage, key, h, value,
-                                        cm_cache_write_ttl_ns(st, r));
+            rc = h == -1 ? -1 : cm_fresh_put(st, cfg, r, key, h, value, 0, 0);
         } else {
             PyObject *node = PyDict_GetItemWithError(nodes, key); // borrowed
             PyObject *aw = NULL;

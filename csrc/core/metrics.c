@@ -118,12 +118,23 @@ fail:
     return NULL;
 }
 
+/* refresh_counts() -> {"background": n, "early": n, "stale_if_error": n} */
+static PyObject *metrics_refresh_counts(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    CmMetricsObject *m = M(self);
+    return Py_BuildValue("{sKsKsK}", "background",
+                         (unsigned long long)m->refreshes[CM_REFRESH_BACKGROUND], "early",
+                         (unsigned long long)m->refreshes[CM_REFRESH_EARLY], "stale_if_error",
+                         (unsigned long long)m->refreshes[CM_REFRESH_STALE_IF_ERROR]);
+}
+
 static PyObject *metrics_reset(PyObject *self, PyObject *Py_UNUSED(x))
 {
     CmMetricsObject *m = M(self);
     m->hit_count = m->miss_count = 0;
     m->load_success_count = m->load_failure_count = m->total_load_time = 0;
     memset(m->load_buckets, 0, sizeof(m->load_buckets));
+    memset(m->refreshes, 0, sizeof(m->refreshes));
     for (Py_ssize_t i = 0; i < m->nstorages; i++) {
         CmStorageCounters *c = &m->storages[i];
         c->hits = c->misses = c->errors = c->sets = c->set_errors = 0;
@@ -190,6 +201,8 @@ static PyMethodDef metrics_methods[] = {
      "total_load_time / load_count (0.0 if none)"},
     {"storage_stats", metrics_storage_stats, METH_NOARGS,
      "{storage name: {'hits', 'misses', 'errors'}}"},
+    {"refresh_counts", metrics_refresh_counts, METH_NOARGS,
+     "{'background', 'early', 'stale_if_error'}: refreshes of the freshness options"},
     {"reset", metrics_reset, METH_NOARGS, "zero every counter"},
     {"_load_histogram", metrics_load_histogram, METH_NOARGS, NULL},
     {"_record", metrics_record, METH_VARARGS, NULL},

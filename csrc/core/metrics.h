@@ -18,12 +18,21 @@ typedef struct {
 #define CM_LOAD_BUCKETS 14
 extern const uint64_t cm_load_bucket_ns[CM_LOAD_BUCKETS - 1];
 
+/* Refreshes of the freshness options (core/fresh.h), by kind. */
+enum {
+    CM_REFRESH_BACKGROUND,     /* refresh_after: reloaded behind a hit */
+    CM_REFRESH_EARLY,          /* early_refresh: reloaded behind a hit, by chance */
+    CM_REFRESH_STALE_IF_ERROR, /* a failed load answered with a kept value */
+    CM_REFRESH_KINDS,
+};
+
 typedef struct {
     PyObject_HEAD
     uint64_t hit_count, miss_count;
     uint64_t load_success_count, load_failure_count;
     uint64_t total_load_time;               /* ns */
     uint64_t load_buckets[CM_LOAD_BUCKETS]; /* observations per bucket (not cumulative) */
+    uint64_t refreshes[CM_REFRESH_KINDS];
     Py_ssize_t nstorages;
     CmStorageCounters *storages;
 } CmMetricsObject;

@@ -3,9 +3,11 @@
 
 #include "base/clock.h"
 #include "base/compat.h"
+#include "core/fresh.h"
 #include "core/store.h"
 #include "core/ttl.h"
 
+#include <math.h>
 #include <unistd.h>
 
 static void cfg_release(CmNodeConfigObject *c)
@@ -59,8 +61,7 @@ static int read_jitter(CmState *st, PyTypeObject *cls, PyObject *cache, CmCacheR
     return 0;
 }
 
-/* A factor uniform in [1 - jitter, 1 + jitter) (splitmix64). */
-static double jitter_factor(CmState *st, double jitter)
+double cm_uniform(CmState *st)
 {
     if (st->jitter_rng == 0)
         st->jitter_rng = (uint64_t)cm_now_ns() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
@@ -68,8 +69,13 @@ static double jitter_factor(CmState *st, double jitter)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     z ^= z >> 31;
-    double u = (double)(z >> 11) * 0x1.0p-53; /* [0, 1) */
-    return 1.0 + jitter * (2.0 * u - 1.0);
+    return (double)(z >> 11) * 0x1.0p-53; /* [0, 1) */
+}
+
+/* A factor uniform in [1 - jitter, 1 + jitter). */
+static double jitter_factor(CmState *st, double jitter)
+{
+    return 1.0 + jitter * (2.0 * cm_uniform(st) - 1.0);
 }
 
 int64_t cm_cache_write_ttl_ns(CmState *st, const CmCacheRef *r)
@@ -222,11 +228,9 @@ static int resolve_cache(CmState *st, PyTypeObject *cls, PyObject *cache, CmCach
     return 0;
 }
 
-/* Meta.load_timeout (a timedelta, or None; 0.3.0's Meta has none) in
- * seconds into *out, 0 for none. 0, or -1 with an exception. */
-static int load_timeout(CmState *st, PyTypeObject *cls, PyObject *meta, double *out)
+int cm_meta_duration(CmState *st, PyTypeObject *cls, PyObject *meta, const char *name, double *out)
 {
-    PyObject *t = PyObject_GetAttr(meta, st->s_load_timeout);
+    PyObject *t = PyObject_GetAttrString(meta, name);
     if (t == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError))
             return -1;
@@ -238,11 +242,10 @@ static int load_timeout(CmState *st, PyTypeObject *cls, PyObject *meta, double *
         PyObject *secs = PyObject_CallMethodNoArgs(t, st->s_total_seconds);
         double v = secs != NULL ? PyFloat_AsDouble(secs) : -1.0;
         Py_XDECREF(secs);
-        if (secs == NULL || (v == -1.0 && PyErr_Occurred()) || !(v > 0)) {
+        if (secs == NULL || (v == -1.0 && PyErr_Occurred()) || !(v > 0) || isinf(v)) {
             PyErr_Clear();
-            PyErr_Format(PyExc_TypeError,
-                         "%s.Meta.load_timeout must be a positive timedelta or None, not %R",
-                         cls->tp_name, t);
+            PyErr_Format(PyExc_TypeError, "%s.Meta.%s must be a positive timedelta or None, not %R",
+                         cls->tp_name, name, t);
             rc = -1;
         } else {
             *out = v;
@@ -284,6 +287,9 @@ static CmNodeConfigObject *cfg_build(CmState *st, PyTypeObject *cls)
     c->key_func = c->load_func = NULL;
     c->meth_tag = 0;
     c->load_timeout = 0;
+    c->fresh = 0;
+    c->refresh_after_ns = c->stale_ns = 0;
+    c->early_beta = 0;
     c->ncaches = 0;
     c->nlocal_prefix = 0;
     c->key_slot = st->key_slot_offset > 0 && st->KeySlotType != NULL &&
@@ -306,7 +312,8 @@ static CmNodeConfigObject *cfg_build(CmState *st, PyTypeObject *cls)
     if (c->doorkeeper == NULL)
         goto fail;
     c->doorkeeper_c = Py_IS_TYPE(c->doorkeeper, st->BloomFilterType);
-    if (load_timeout(st, cls, meta, &c->load_timeout) < 0)
+    if (cm_meta_duration(st, cls, meta, "load_timeout", &c->load_timeout) < 0 ||
+        cm_fresh_read_meta(st, cls, meta, c) < 0)
         goto fail;
     if ((c->metrics = class_metrics(st, cls)) == NULL)
         goto fail;

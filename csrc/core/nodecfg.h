@@ -34,6 +34,9 @@ typedef struct CmNodeConfigObject_ {
     /* what a local hit reads comes first, the first cache last (get.c): the
      * fewer cache lines a hit touches, the fewer it waits on */
     uint64_t generation;
+    /* CM_FRESH_* bits of the Meta freshness options (core/fresh.h); 0 for
+     * most nodes, whose hits test only this */
+    unsigned int fresh;
     PyTypeObject *cls; /* borrowed: the config lives in cls.__dict__ */
     /* cls.key and cls.load when they are plain functions, called without
      * the method lookup while cls keeps the version tag it had then
@@ -49,10 +52,22 @@ typedef struct CmNodeConfigObject_ {
     int doorkeeper_c;     /* doorkeeper is our BloomFilter */
     int nlocal_prefix;    /* how many leading caches are local */
     PyObject *load_func;
-    double load_timeout; /* Meta.load_timeout in seconds; 0: none */
+    double load_timeout;      /* Meta.load_timeout in seconds; 0: none */
+    int64_t refresh_after_ns; /* Meta.refresh_after */
+    double early_beta;        /* Meta.early_refresh */
+    int64_t stale_ns;         /* Meta.stale_if_error */
     Py_ssize_t ncaches;
     CmCacheRef caches[1];
 } CmNodeConfigObject;
+
+/* Meta.<name> (absent, as on 0.3.0's Meta, or None: *out untouched), a
+ * positive timedelta, in seconds into *out. 0, or -1 with a TypeError
+ * naming the option. */
+int cm_meta_duration(CmState *st, PyTypeObject *cls, PyObject *meta, const char *name, double *out);
+
+/* A uniform draw in [0, 1) from the process's generator (splitmix64,
+ * reseeded after fork), shared by TTL jitter and early refresh. */
+double cm_uniform(CmState *st);
 
 /* Config of a node class; borrowed reference, NULL with an exception. */
 CmNodeConfigObject *cm_nodecfg_lookup(CmState *st, PyTypeObject *cls);

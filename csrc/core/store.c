@@ -4,8 +4,12 @@
  * value pointer; an open-addressing index of (slot number, low 32 bits of the
  * key's hash) pairs (linear probing, backward-shift deletion, so no
  * tombstones); the policy keeps 8 bytes per slot and the timer wheel 16. Free
- * slots are threaded through the values array. Keys are exact str, whose
- * cached hash is read back for the policy instead of being stored again.
+ * slots are threaded through the values array. A store that a node with
+ * freshness options (core/fresh.h) writes to also keeps 24 bytes a slot of
+ * age (`aged`, allocated by the first such write): when the entry was
+ * written, when its TTL ends (the wheel may keep it longer, for
+ * stale_if_error: a hit past that end is a miss) and how long its load took. Keys are exact str,
+ * whose cached hash is read back for the policy instead of being stored again.
  *
  * The hash bits in the index are what keeps a probe inside the index: a
  * mismatching entry is skipped without loading its key object (in a large
@@ -42,7 +46,8 @@ struct CmStoreObject {
     PyObject **values; /* on a free slot: next free slot number, cast */
     cm_policy *policy;
     uint32_t index_mask;
-    int ttl_used; /* a put had a TTL: only then may the wheel hold entries */
+    int ttl_used;     /* a put had a TTL: only then may the wheel hold entries */
+    CmStoreAge *aged; /* per slot, or NULL: no node with freshness options wrote here */
     size_t ndead;
     cm_wheel *wheel;
     int kind;
@@ -264,6 +269,12 @@ static int reserve_slot(CmStoreObject *s, uint32_t *out)
         s->values = v;
         if (cm_policy_reserve(s->policy, n) < 0 || cm_wheel_reserve(s->wheel, n) < 0)
             goto oom;
+        if (s->aged != NULL) {
+            CmStoreAge *a = PyMem_Realloc(s->aged, n * sizeof(CmStoreAge));
+            if (a == NULL)
+                goto oom;
+            s->aged = a;
+        }
         s->nslots = n;
     }
     *out = s->hwm++;
@@ -279,15 +290,18 @@ static inline int parts_eq(PyObject *k, const CmKeyParts *kp)
            bytes_eq(PyUnicode_1BYTE_DATA(k), kp->data, (size_t)kp->len);
 }
 
-/* slot, or EMPTY when its entry has expired (it is dropped); now is what
+/* slot, or EMPTY when its entry has expired (it is dropped) or, unless
+ * stale_ok, is past its TTL but kept for stale_if_error; now is what
  * advance_wheel left (0: no entry has a TTL). */
-static inline uint32_t unexpired(CmStoreObject *s, uint32_t slot, int64_t now)
+static inline uint32_t unexpired(CmStoreObject *s, uint32_t slot, int64_t now, int stale_ok)
 {
     int64_t exp = now != 0 ? cm_wheel_expire_at(s->wheel, slot) : 0;
     if (exp != 0 && exp <= now) {
         drop_slot(s, slot, 1);
         return EMPTY;
     }
+    if (!stale_ok && now != 0 && s->aged != NULL && s->aged[slot].expire <= now)
+        return EMPTY;
     return slot;
 }
 
@@ -305,16 +319,17 @@ static uint32_t find_live_parts(CmStoreObject *s, const CmKeyParts *kp, Py_hash_
         uint32_t slot = e.slot;
         PyObject *k = s->keys[slot]; // borrowed
         if (((PyASCIIObject *)k)->hash == hash && parts_eq(k, kp))
-            return unexpired(s, slot, now);
+            return unexpired(s, slot, now, 0);
     }
 }
 
 /* A resident, unexpired slot for key, or EMPTY. */
-static uint32_t find_live(CmStoreObject *s, PyObject *key, Py_hash_t hash, int64_t now)
+static inline uint32_t find_live(CmStoreObject *s, PyObject *key, Py_hash_t hash, int64_t now,
+                                 int stale_ok)
 {
     int found;
     uint32_t pos = find_pos(s, key, hash, &found);
-    return found ? unexpired(s, s->index[pos].slot, now) : EMPTY;
+    return found ? unexpired(s, s->index[pos].slot, now, stale_ok) : EMPTY;
 }
 
 /* Record the hit or miss; new reference to the value on a hit. */
@@ -342,12 +357,50 @@ PyObject *cm_store_lookup(CmStoreObject *s, PyObject *key, Py_hash_t hash)
 {
     int64_t now = 0;
     advance_wheel(s, &now);
-    return finish_lookup(s, find_live(s, key, hash, now), hash);
+    return finish_lookup(s, find_live(s, key, hash, now, 0), hash);
+}
+
+PyObject *cm_store_lookup_aged(CmStoreObject *s, PyObject *key, Py_hash_t hash, int stale_ok,
+                               CmStoreAge *age)
+{
+    int64_t now = 0;
+    advance_wheel(s, &now);
+    uint32_t slot = find_live(s, key, hash, now, stale_ok);
+    if (slot != EMPTY && stale_ok && (s->aged == NULL || now == 0 || s->aged[slot].expire > now))
+        slot = EMPTY; /* not stale: what is asked for is a value kept past its TTL */
+    if (slot != EMPTY) {
+        if (s->aged != NULL)
+            *age = s->aged[slot];
+        else
+            age->written = age->load_ns = 0, age->expire = INT64_MAX;
+    }
+    return finish_lookup(s, slot, hash);
 }
 
 uint64_t cm_store_puts(CmStoreObject *s) { return s->puts; }
 
-int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *value, int64_t ttl_ns)
+/* Start keeping ages: every resident slot gets one, as if written now. */
+static int aged_start(CmStoreObject *s, int64_t now)
+{
+    CmStoreAge *a = PyMem_Malloc((s->nslots ? s->nslots : 1) * sizeof(CmStoreAge));
+    if (a == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (uint32_t slot = 0; slot < s->hwm; slot++) {
+        int64_t exp = cm_wheel_expire_at(s->wheel, slot);
+        a[slot].written = now;
+        a[slot].expire = exp != 0 ? exp : INT64_MAX;
+        a[slot].load_ns = 0;
+    }
+    s->aged = a;
+    return 0;
+}
+
+/* cm_store_put; with aged, the entry also records its age, and its TTL
+ * (ttl_ns) ends hits while the wheel keeps it grace_ns longer. */
+static int store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *value,
+                     int64_t ttl_ns, int aged, int64_t grace_ns, int64_t load_ns, int64_t written)
 {
     s->puts++;
     int64_t now = 0;
@@ -383,12 +436,25 @@ int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *valu
         resident = s->keys[slot] != NULL;
     }
     if (resident) {
-        if (ttl_ns >= 0 && now == 0)
+        if ((ttl_ns >= 0 || aged || s->aged != NULL) && now == 0)
             now = cm_now_ns();
+        if (aged && s->aged == NULL && aged_start(s, now) < 0) {
+            drop_slot(s, slot, 1);
+            flush_dead(s);
+            return -1;
+        }
         /* a TTL near the cap (cm_ttl_to_ns) on a clock that has
          * run for months would overflow now + ttl_ns (expired at once): it
          * never expires instead */
-        if (ttl_ns >= 0 && ttl_ns <= INT64_MAX - now) {
+        int timed = ttl_ns >= 0 && ttl_ns <= INT64_MAX - now;
+        if (s->aged != NULL) {
+            s->aged[slot].written = written != 0 && written < now ? written : now;
+            s->aged[slot].expire = timed ? now + ttl_ns : INT64_MAX;
+            s->aged[slot].load_ns = load_ns;
+        }
+        if (timed && grace_ns > 0)
+            ttl_ns = grace_ns <= INT64_MAX - now - ttl_ns ? ttl_ns + grace_ns : INT64_MAX - now;
+        if (timed) {
             s->ttl_used = 1;
             if (cm_wheel_schedule_checked(s->wheel, slot, now + ttl_ns) < 0) {
                 /* an entry that cannot expire must not stay */
@@ -403,6 +469,17 @@ int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *valu
     }
     flush_dead(s);
     return 0;
+}
+
+int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *value, int64_t ttl_ns)
+{
+    return store_put(s, key, hash, value, ttl_ns, 0, 0, 0, 0);
+}
+
+int cm_store_put_aged(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *value,
+                      int64_t ttl_ns, int64_t grace_ns, int64_t load_ns, int64_t written)
+{
+    return store_put(s, key, hash, value, ttl_ns, 1, grace_ns, load_ns, written);
 }
 
 int cm_store_delete(CmStoreObject *s, PyObject *key, Py_hash_t hash)
@@ -545,7 +622,7 @@ static int store_contains(PyObject *self, PyObject *arg)
         return -1;
     int64_t now = 0;
     advance_wheel(s, &now);
-    int found = find_live(s, key, hash, now) != EMPTY;
+    int found = find_live(s, key, hash, now, 0) != EMPTY;
     Py_DECREF(key);
     flush_dead(s);
     return found;
@@ -572,7 +649,8 @@ static size_t store_memory_bytes(CmStoreObject *s)
 {
     return sizeof(*s) + (size_t)(s->index_mask + 1) * sizeof(CmIndexEntry) +
            (size_t)s->nslots * 2 * sizeof(PyObject *) + cm_policy_memory(s->policy) +
-           cm_wheel_memory(s->wheel) + s->dead_cap * sizeof(PyObject *);
+           cm_wheel_memory(s->wheel) + s->dead_cap * sizeof(PyObject *) +
+           (s->aged != NULL ? (size_t)s->nslots * sizeof(CmStoreAge) : 0);
 }
 
 static PyObject *store_memory(PyObject *self, PyObject *Py_UNUSED(x))
@@ -625,6 +703,7 @@ static void store_dealloc(PyObject *self)
     PyMem_Free(s->index);
     PyMem_Free(s->keys);
     PyMem_Free(s->values);
+    PyMem_Free(s->aged);
     PyMem_Free(s->dead);
     tp->tp_free(self);
     Py_DECREF(tp);

@@ -143,6 +143,12 @@ static PySendResult call_step(CmCallObject *g, PyObject *arg, PyObject *exc, PyO
             return PYGEN_RETURN;
         }
         CmFlight *fl = cm_flight_find(st, g->key, g->hash);
+        if (fl != NULL && fl->background && !fl->done && g->cfg->nlocal_prefix < g->cfg->ncaches) {
+            /* a refresh runs: the remote caches hold the value it replaces,
+             * read that rather than wait for the load */
+            fl = NULL;
+            g->bypass = 1;
+        }
         if (fl != NULL) {
             g->cfg->metrics->hit_count++;
             if (fl->done) {
@@ -191,6 +197,25 @@ static PySendResult call_step(CmCallObject *g, PyObject *arg, PyObject *exc, PyO
         }
         Py_XDECREF(px);
         r = cm_leader_drive(g, arg, exc, out);
+        if (r == PYGEN_NEXT && g->bypass == 2) {
+            /* the remote caches missed while a refresh runs: wait for it */
+            g->bypass = 0;
+            CmFlight *fl = cm_flight_find(st, g->key, g->hash);
+            if (fl != NULL && !fl->done) {
+                if (cm_waiter_join(g, fl) < 0) {
+                    g->role = CALL_DONE;
+                    *out = NULL;
+                    return PYGEN_ERROR;
+                }
+                return call_step(g, Py_None, NULL, out);
+            }
+            if (fl != NULL && fl->value != NULL) {
+                g->role = CALL_DONE;
+                *out = Py_NewRef(fl->value);
+                return PYGEN_RETURN;
+            }
+            r = cm_leader_drive(g, Py_None, NULL, out); /* gone or failed: load */
+        }
         if (r == PYGEN_NEXT)
             return cm_leader_suspend(g, *out, out);
         g->role = CALL_DONE;
@@ -331,6 +356,7 @@ static int call_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(g->pending);
     Py_VISIT(g->lead_px);
     Py_VISIT(g->value);
+    Py_VISIT(g->stale_value);
     Py_VISIT(g->loop);
     Py_VISIT(g->wakeup);
     Py_VISIT(g->wakeup_ctx);
@@ -354,6 +380,7 @@ static int call_clear(PyObject *self)
     Py_CLEAR(g->pending);
     Py_CLEAR(g->lead_px);
     Py_CLEAR(g->value);
+    Py_CLEAR(g->stale_value);
     Py_CLEAR(g->loop);
     cm_call_wakeup_track(g);
     Py_CLEAR(g->wakeup);

@@ -73,7 +73,20 @@ typedef struct {
     PyObject *pending; /* yielded value the Task must see first (handoff) */
     PyObject *lead_px; /* the proxy the leader's Task awaits, until resumed */
     int has_pending;
+    int refresh; /* 1 + CM_REFRESH_*: drives a background refresh (refresh.c) */
+    /* 1: reads the remote caches past a background refresh's flight
+     * instead of waiting for it, with no flight of its own; 2: they missed,
+     * it joins that flight (call.c) */
+    int bypass;
     int64_t load_start;
+    int64_t load_ns; /* how long its load took, once done */
+    /* freshness (core/fresh.h): the age a remote get reported with its
+     * value (cm_remote_call_age), a value past its TTL kept for
+     * stale_if_error, and a refresh (1 + CM_REFRESH_*) to start at the end */
+    int64_t remote_updated_ns, remote_load_ns;
+    PyObject *stale_value;
+    int refresh_due;
+    int64_t fill_written; /* when the value was written (a remote hit's age), 0: now */
     PyObject *value;
     /* the call as the future its Task waits on, while it waits on its flight
      * (WAITS) or on a remote op of its own (see waiter.c) */

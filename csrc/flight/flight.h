@@ -12,6 +12,7 @@
 #ifndef CM_FLIGHT_H
 #define CM_FLIGHT_H
 #include "core/nodecfg.h"
+#include "core/store.h"
 #include "state.h"
 
 struct CmFlight {
@@ -19,9 +20,10 @@ struct CmFlight {
     PyObject *key;  /* str, hash computed */
     Py_hash_t hash;
     int in_table;
-    int done;      /* value or exc is final */
-    int abandoned; /* every caller left: removed from the table, load cancelled */
-    int stale;     /* invalidated while in flight: do not fill */
+    int done;       /* value or exc is final */
+    int abandoned;  /* every caller left: removed from the table, load cancelled */
+    int stale;      /* invalidated while in flight: do not fill */
+    int background; /* a refresh behind a hit (refresh.c): its waiters leaving never cancel it */
     PyObject *value, *exc;
     PyObject *exc_tb; /* exc's traceback when it settled: restored on each raise */
     /* the calls waiting (role WAITS), strong references: settled and
@@ -57,13 +59,28 @@ typedef struct {
  * new ref. */
 PyObject *cm_get_begin(CmState *st, CmRequest *req);
 
+/* Reload req's key in the background (a refresh of kind CM_REFRESH_*, after
+ * a hit that found its value due): a flight of its own, driven by a Task
+ * on the running loop, that loads and fills every cache; nobody waits for
+ * it. Nothing is started while the key is in flight already. req->cfg,
+ * key and hash must be set. 0, or -1 with an exception. */
+int cm_refresh_start(CmState *st, CmRequest *req, int kind);
+/* A lookup of key in local store (a cache of req->cfg, a node with freshness
+ * options): the value (new reference) or NULL on a miss, with a background
+ * refresh of req's node started behind a hit whose age calls for one (a
+ * failure to start it is reported, never raised: the value is good). */
+PyObject *cm_refresh_lookup(CmState *st, CmRequest *req, CmStoreObject *store, PyObject *key,
+                            Py_hash_t hash);
+
 /* Sum of the puts of cfg's C local stores. */
 uint64_t cm_local_puts(CmNodeConfigObject *cfg);
 
 /* Fill local caches [0, upto) of cfg that missed, honouring the doorkeeper
- * decision already taken. */
+ * decision already taken; load_ns: how long the value's load took (0:
+ * unknown), kept with it for early_refresh; written: when the value was
+ * written where it was read from (cm_now_ns time; 0: now), its age. */
 void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash,
-                    PyObject *value, uint32_t missed);
+                    PyObject *value, uint32_t missed, int64_t load_ns, int64_t written);
 
 /* The flight's part of the module state (CmState.flight): traverse and
  * clear, called by module.c. The traverse covers the records in the table

@@ -8,7 +8,9 @@
 #include "base/clock.h"
 #include "base/exc.h"
 #include "core/bloomtype.h"
+#include "core/fresh.h"
 #include "core/store.h"
+#include "core/ttl.h"
 #include "loop/loop.h"
 
 static inline CmStorageCounters *counters(CmCallObject *g, Py_ssize_t i)
@@ -17,15 +19,14 @@ static inline CmStorageCounters *counters(CmCallObject *g, Py_ssize_t i)
 }
 
 void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash,
-                    PyObject *value, uint32_t missed)
+                    PyObject *value, uint32_t missed, int64_t load_ns, int64_t written)
 {
     for (Py_ssize_t i = 0; i < cfg->ncaches && i < 32; i++) {
         CmCacheRef *r = &cfg->caches[i];
         if (r->kind != CM_CACHE_LOCAL || !(missed & (1u << i)))
             continue;
         CmStorageCounters *c = &cfg->metrics->storages[r->stat];
-        if (cm_store_put((CmStoreObject *)r->storage, key, hash, value,
-                         cm_cache_write_ttl_ns(st, r)) < 0) {
+        if (cm_fresh_put(st, cfg, r, key, hash, value, load_ns, written) < 0) {
             c->errors++;
             c->set_errors++;
             PyErr_WriteUnraisable(r->name);
@@ -81,12 +82,19 @@ static int start_call(CmCallObject *g, CmCacheRef *r, int set)
     CmRemoteOp *op;
     if (set) {
         PyObject *ttl = cm_cache_write_ttl(st, r);
+        if (ttl != NULL && ops->ages && (g->cfg->fresh & CM_FRESH_STALE) && ttl != Py_None) {
+            /* kept stale_if_error longer: the age read back says it expired */
+            double secs = cm_ttl_seconds(st, ttl);
+            Py_SETREF(ttl,
+                      secs < 0 ? NULL : PyFloat_FromDouble(secs + (double)g->cfg->stale_ns / 1e9));
+        }
         if (ttl == NULL)
             return -1;
         op = ops->set(r->storage, g->node, g->value, ttl, g->cfg->serializer, g->loop,
                       (PyObject *)g);
         Py_DECREF(ttl);
     } else {
+        g->remote_updated_ns = 0; /* until the storage reports the value's age */
         op = ops->get(r->storage, g->node, g->cfg->serializer, g->loop, (PyObject *)g);
     }
     if (op == NULL)
@@ -172,7 +180,99 @@ static void metrics_load_done(CmCallObject *g, int ok)
         m->load_success_count++;
     else
         m->load_failure_count++;
-    cm_metrics_observe_load(m, (uint64_t)(cm_now_ns() - g->load_start));
+    g->load_ns = cm_now_ns() - g->load_start;
+    cm_metrics_observe_load(m, (uint64_t)g->load_ns);
+}
+
+/* A remote get of cache g->idx gave res (stolen) for a node with freshness
+ * options. From the age the storage reported: 1 when res is past the
+ * cache's TTL (kept by the storage for stale_if_error: res becomes the
+ * fallback of a failing load), else 0 with the age the local fills record
+ * and, when due, a refresh to start once the flight ends. */
+static int remote_hit_stale(CmCallObject *g, PyObject *res)
+{
+    CmNodeConfigObject *cfg = g->cfg;
+    const CmCacheRef *r = &cfg->caches[g->idx];
+    if (g->remote_updated_ns == 0)
+        return 0; /* a storage that does not say */
+    int64_t now = cm_now_ns();
+    int64_t age_ns = cm_wall_ns() - g->remote_updated_ns;
+    CmStoreAge age;
+    age.written = now - (age_ns > 0 ? age_ns : 0);
+    age.expire = r->ttl_ns >= 0 ? age.written + r->ttl_ns : INT64_MAX;
+    age.load_ns = g->remote_load_ns;
+    g->remote_updated_ns = 0;
+    if ((cfg->fresh & CM_FRESH_STALE) && now >= age.expire) {
+        /* the storage's clock may keep it longer than the window */
+        if (now - age.expire <= cfg->stale_ns)
+            Py_XSETREF(g->stale_value, res);
+        else
+            Py_DECREF(res);
+        return 1;
+    }
+    g->fill_written = age.written;
+    g->load_ns = age.load_ns;
+    int kind = g->refresh ? -1 : cm_fresh_due(g->st, cfg, &age);
+    g->refresh_due = kind + 1;
+    return 0;
+}
+
+/* The flight is over and a remote hit's age called for a refresh: start it
+ * (the key is no longer in flight). */
+static void start_due_refresh(CmCallObject *g)
+{
+    CmRequest req = {.node = g->node,
+                     .cfg = g->cfg,
+                     .key = g->key,
+                     .hash = g->hash,
+                     .load_fn = g->load_fn,
+                     .memo_fn = g->memo_fn};
+    if (g->memo_fn != NULL) {
+        req.memo_args = &PyTuple_GET_ITEM(g->memo_argv, 0);
+        req.memo_nargs = g->memo_nargs;
+        req.memo_kwnames = g->memo_kwnames;
+    }
+    int kind = g->refresh_due - 1;
+    g->refresh_due = 0;
+    if (cm_refresh_start(g->st, &req, kind) < 0)
+        PyErr_WriteUnraisable(g->key);
+}
+
+/* The load failed with e (borrowed). A background refresh says so and
+ * fails (the old value stays); with stale_if_error a value kept past its
+ * TTL is the flight's value instead: 1, the call goes on to resolve it. */
+static int load_failed(CmCallObject *g, PyObject *e)
+{
+    CmState *st = g->st;
+    CmNodeConfigObject *cfg = g->cfg;
+    if (g->refresh) {
+        /* cancelled (the loop is closing): nothing to report */
+        if (e != NULL && PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception))
+            cm_log_warning(st,
+                           "cacheme: background refresh of %R failed (the cached value stays): %R",
+                           g->key, e);
+        /* callers that missed meanwhile wait on it: they may have a kept value */
+        if (g->fl == NULL || g->fl->nwaiters == 0)
+            return 0;
+    }
+    if (!(cfg->fresh & CM_FRESH_STALE) || e == NULL ||
+        !PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception))
+        return 0;
+    /* a local cache's kept value first, else a remote one read on the way */
+    PyObject *v = cm_fresh_stale_value(cfg, g->key, g->hash);
+    if (v == NULL) {
+        v = g->stale_value;
+        g->stale_value = NULL;
+    }
+    if (v == NULL)
+        return 0;
+    cfg->metrics->refreshes[CM_REFRESH_STALE_IF_ERROR]++;
+    cm_log_warning(st, "cacheme: load of %R failed, the stale value is used (stale_if_error): %R",
+                   g->key, e);
+    g->value = v;
+    g->missed = 0; /* the caches keep what they have */
+    g->step = STEP_RESOLVE;
+    return 1;
 }
 
 /* The flight's state machine. arg/exc resume the current sub-awaitable (exc
@@ -232,6 +332,9 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
                     c->misses++;
                     g->missed |= 1u << g->idx;
                     Py_DECREF(res);
+                } else if (cfg->fresh && remote_hit_stale(g, res)) {
+                    c->misses++; /* kept past its TTL for stale_if_error */
+                    g->missed |= 1u << g->idx;
                 } else {
                     c->hits++;
                     g->value = res;
@@ -243,6 +346,10 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
             }
             case STEP_LOAD:
                 metrics_load_done(g, e == NULL);
+                if (e != NULL && load_failed(g, e)) {
+                    Py_DECREF(e);
+                    break;
+                }
                 if (e != NULL) {
                     err = e;
                     goto fail;
@@ -300,17 +407,30 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
             }
             continue;
         case STEP_LOAD:
+            if (g->bypass) {
+                /* the remote caches missed: the refresh's flight it passed
+                 * is what to wait for now (call.c, CALL_LEADS) */
+                g->bypass = 2;
+                *out = NULL;
+                return PYGEN_NEXT;
+            }
             g->load_start = cm_now_ns();
             if (start_sub(g, call_loader(g)) < 0) {
                 metrics_load_done(g, 0);
                 err = cm_exc_take();
+                if (load_failed(g, err)) {
+                    Py_CLEAR(err);
+                    continue;
+                }
                 goto fail;
             }
             continue;
         case STEP_RESOLVE:
-            if ((g->fl != NULL && g->fl->stale) || !doorkeeper_admits(g))
+            /* a refresh replaces what the caches hold: no doorkeeper */
+            if ((g->fl != NULL && g->fl->stale) || (!g->refresh && !doorkeeper_admits(g)))
                 g->missed = 0;
-            cm_fill_locals(st, cfg, g->key, g->hash, g->value, g->missed);
+            cm_fill_locals(st, cfg, g->key, g->hash, g->value, g->missed, g->load_ns,
+                           g->fill_written);
             if (g->fl != NULL)
                 cm_flight_settle(st, g->fl, g->value, NULL);
             g->step = STEP_FILL;
@@ -337,6 +457,8 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
         case STEP_END:
             if (g->fl != NULL)
                 cm_flight_remove(st, g->fl);
+            if (g->refresh_due)
+                start_due_refresh(g);
             *out = Py_NewRef(g->value);
             return PYGEN_RETURN;
         }
@@ -398,6 +520,13 @@ static int move_to_task(CmCallObject *g, PyObject *pending)
         Py_XDECREF(d->remote->handoff(d->remote_op, (PyObject *)d)); /* not our last */
     }
     d->load_start = g->load_start;
+    d->load_ns = g->load_ns;
+    d->remote_updated_ns = g->remote_updated_ns;
+    d->remote_load_ns = g->remote_load_ns;
+    d->fill_written = g->fill_written;
+    d->refresh_due = g->refresh_due;
+    d->stale_value = g->stale_value;
+    g->stale_value = NULL;
     d->value = g->value;
     g->value = NULL;
     d->fl = fl;
@@ -475,6 +604,8 @@ PySendResult cm_leader_suspend(CmCallObject *g, PyObject *yielded, PyObject **ou
                 goto fail;
             g->loop_tstate = PyThreadState_Get();
         }
+        if (g->bypass) /* reading past a refresh's flight: none of its own */
+            goto registered;
         if ((g->fl = cm_flight_start(st, g->key, g->hash)) == NULL)
             goto fail;
         g->fl->loop = Py_NewRef(g->loop);
@@ -482,6 +613,7 @@ PySendResult cm_leader_suspend(CmCallObject *g, PyObject *yielded, PyObject **ou
         if (g->step >= STEP_FILL)
             cm_flight_settle(st, g->fl, g->value, NULL);
     }
+registered:
     if (yielded == (PyObject *)g) { /* its own remote op: it is the future */
         *out = yielded;
         return PYGEN_NEXT;
@@ -543,7 +675,7 @@ PyObject *cm_call_recheck_locals(CmCallObject *g)
         c->hits++;
         c->misses--; /* get() counted this one as a miss */
         cfg->metrics->hit_count++;
-        cm_fill_locals(g->st, cfg, g->key, g->hash, v, g->missed & ((1u << i) - 1));
+        cm_fill_locals(g->st, cfg, g->key, g->hash, v, g->missed & ((1u << i) - 1), 0, 0);
         return v;
     }
     return NULL;

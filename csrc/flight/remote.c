@@ -29,6 +29,20 @@ PyObject *cm_remote_data(CmState *st, const CmRemoteOps *ops)
     return NULL;
 }
 
+unsigned int cm_remote_call_fresh(PyObject *call, int64_t *load_ns)
+{
+    CmCallObject *g = (CmCallObject *)call;
+    *load_ns = g->load_ns;
+    return g->cfg != NULL ? g->cfg->fresh : 0;
+}
+
+void cm_remote_call_age(PyObject *call, int64_t updated_ns, int64_t load_ns)
+{
+    CmCallObject *g = (CmCallObject *)call;
+    g->remote_updated_ns = updated_ns;
+    g->remote_load_ns = load_ns;
+}
+
 int cm_remote_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop)
 {
     CmFlightState *fs = &st->flight;

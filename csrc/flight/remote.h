@@ -40,6 +40,11 @@ struct CmRemoteOps {
      * op behind it through cm_remote_wake_waiter, rather than as a
      * done-callback of fut. 1 attached, 0 not. */
     int (*attach_waiter)(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
+    /* 1: a get made for a call reports the value's age (cm_remote_call_age)
+     * and a fill stores the call's load time, so that the freshness options
+     * work on this storage, stale_if_error included (fills for it get a TTL
+     * longer by Meta.stale_if_error: the age says when the value expired). */
+    int ages;
 };
 
 /* Register ops for storages of type (and its subclasses), with data (a
@@ -66,6 +71,15 @@ static inline const CmRemoteOps *cm_remote_find(CmState *st, PyObject *storage)
  * call the storage's C functions instead of the method. Never raises. */
 int cm_remote_method_is_own(PyObject *storage, PyTypeObject *base, PyObject *name);
 int cm_remote_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
+
+/* For a storage whose ops have .ages, about the call an op is made for:
+ * the CM_FRESH_* options of its node (0: none, nothing to report), and
+ * the time its load took in *load_ns (ns; 0 unknown), to store with a fill. */
+unsigned int cm_remote_call_fresh(PyObject *call, int64_t *load_ns);
+/* What a get made for call read with the value, before cm_remote_done:
+ * its updated_at (UTC ns since the epoch, 0 unknown) and the load time
+ * stored with it (ns, 0 none). */
+void cm_remote_call_age(PyObject *call, int64_t updated_ns, int64_t load_ns);
 
 /* Called by a storage. The op made for `call` (reference stolen) finished
  * with res or err (borrowed). */

@@ -86,7 +86,7 @@ void cm_waiter_leave(CmCallObject *g)
     if (fl != NULL && !fl->done) {
         cm_flight_drop_waiter(fl, (PyObject *)g);
         /* with no Task, an inline leader still drives it and waits */
-        if (fl->nwaiters == 0 && !fl->abandoned && fl->task != NULL) {
+        if (fl->nwaiters == 0 && !fl->abandoned && !fl->background && fl->task != NULL) {
             fl->abandoned = 1;
             cm_flight_unlink(st, fl);
             if (flight_cancel_task(st, fl) < 0)

@@ -222,17 +222,25 @@ static void send_set(CmRedisClientObject *self, PyObject *loop, CmRedisOp *op, P
     send_entry(self, loop, &e, NULL);
 }
 
-/* What SET node=value sends: its key, payload and TTL (ms, -1 none). 0, or -1
- * with an exception and nothing to release. */
+/* What SET node=value sends: its key, payload and TTL (ms, -1 none); for a
+ * flight's call `get` (or NULL) of a node with freshness options, the
+ * payload has the load's time. 0, or -1 with an exception and nothing to
+ * release. */
 static int set_args(CmRedisClientObject *self, PyObject *node, PyObject *value, PyObject *ttl,
-                    PyObject *ser, PyObject **key, PyObject **payload, long long *ms)
+                    PyObject *ser, PyObject *get, PyObject **key, PyObject **payload, long long *ms)
 {
     CmState *st = self->st;
+    int64_t load_ns = 0;
     *payload = NULL;
     if ((*key = redis_key_of(st, node)) == NULL)
         return -1;
-    if (ttl_ms(st, ttl, ms) < 0 ||
-        (*payload = encode_value(st, pick_serializer(self, ser), value)) == NULL) {
+    if (get != NULL && cm_remote_call_fresh(get, &load_ns) != 0)
+        *payload = cm_envelope_encode_timed(st, pick_serializer(self, ser), value,
+                                            load_ns > 0 ? load_ns : -1, "redis");
+    else
+        *payload = encode_value(st, pick_serializer(self, ser), value);
+    if (*payload == NULL || ttl_ms(st, ttl, ms) < 0) {
+        Py_CLEAR(*payload);
         Py_CLEAR(*key);
         return -1;
     }
@@ -311,7 +319,7 @@ CmRedisOp *cm_redis_set_for(PyObject *client, PyObject *node, PyObject *value, P
     CmRedisClientObject *self = (CmRedisClientObject *)client;
     PyObject *key, *payload;
     long long ms;
-    if (set_args(self, node, value, ttl, ser, &key, &payload, &ms) < 0)
+    if (set_args(self, node, value, ttl, ser, get, &key, &payload, &ms) < 0)
         return NULL;
     CmRedisOp *op = NULL;
     if (cm_redis_client_check_open(self) == 0 && (self = cm_redis_client_for(self, loop)) != NULL)
@@ -359,7 +367,7 @@ PyObject *cm_redis_client_set(CmRedisClientObject *self, PyObject *const *args, 
     long long ms;
     if ((args = cm_args((PyObject *)self, &set_spec, args, nargs, kwnames, buf)) == NULL)
         return NULL;
-    if (set_args(self, args[0], args[1], args[2], args[3], &key, &payload, &ms) < 0)
+    if (set_args(self, args[0], args[1], args[2], args[3], NULL, &key, &payload, &ms) < 0)
         return NULL;
     CmRedisOp *op = start_op(&self, OP_SET, &loop);
     if (op == NULL) {

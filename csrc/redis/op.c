@@ -234,9 +234,22 @@ int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObjec
     return 1;
 }
 
+/* The value of a get made for a flight's call whose node has freshness
+ * options, its age told to the call. */
+static PyObject *decode_aged(CmState *st, CmRedisOp *op)
+{
+    int64_t updated, load;
+    PyObject *v =
+        cm_envelope_decode_aged(st, op->ser, op->result, st->redis.Error, "redis", &updated, &load);
+    if (v != NULL)
+        cm_remote_call_age(op->get, updated, load);
+    return v;
+}
+
 static void op_finish(CmRedisOp *op)
 {
     CmState *st = op->client->st;
+    int64_t updated;
     PyObject *saved = cm_exc_take();
     if (st->redis.last_op == op)
         st->redis.last_op = NULL;
@@ -248,6 +261,8 @@ static void op_finish(CmRedisOp *op)
         case OP_GET:
             if (op->result == NULL || op->result == Py_None)
                 res = Py_NewRef(st->sentinel);
+            else if (op->get != NULL && cm_remote_call_fresh(op->get, &updated) != 0)
+                res = decode_aged(st, op);
             else
                 res = decode_value(st, op->ser, op->result);
             break;

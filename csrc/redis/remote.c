@@ -29,6 +29,7 @@ static const CmRemoteOps redis_remote_ops = {
     .handoff = redis_handoff,
     .unref = redis_unref,
     .attach_waiter = cm_redis_attach_waiter,
+    .ages = 1,
 };
 
 int cm_redis_remote_init(PyObject *mod, CmState *st)
