@@ -66,3 +66,227 @@ async def test_subscriber_messages_reconnect_and_unsubscribe_state(redis_server)
         await wait_for(lambda: ("message", payload.encode()) in log, "delivered after reconnect")
     s.close_now()
     await wait_for(lambda: new_id not in client_ids(redis_server), "closed with the storage")
+
+
+# ------------------------------------------------------------ processes
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class Worker:
+    """A process of its own (tests/tracking_worker.py) with caches [local,
+    redis]: the other end of the coherence tests."""
+
+    def __init__(self, url, prefix, source, tracking=True, local_ttl=None, redis_ttl=None):
+        argv = [sys.executable, os.path.join(HERE, "tracking_worker.py"), url, prefix, source,
+                "1" if tracking else "0"]
+        if local_ttl is not None or redis_ttl is not None:
+            argv += [str(local_ttl or 3600), str(redis_ttl or 3600)]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, cwd=HERE)
+
+    def __call__(self, *cmd):
+        self.proc.stdin.write(" ".join(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"worker died on {cmd}: rc={self.proc.wait(10)}"
+        return json.loads(line)
+
+    def wait(self, cond, what, timeout=10.0):
+        """Ask until cond(self) holds (a bound on the wait for an event that
+        must happen, not a timing assertion)."""
+        end = time.monotonic() + timeout
+        while not cond(self):
+            if time.monotonic() > end:
+                raise AssertionError(f"never happened: {what}")
+            time.sleep(0.002)
+
+    def wait_up(self, source):
+        put(source, "warmup", "w")
+        self("get", "warmup")  # the first request starts tracking
+        self.wait(lambda w: w("info")["up"] >= 1, "tracking up")
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def source():
+    with tempfile.TemporaryDirectory(prefix="cacheme-track-") as d:
+        yield d
+
+
+def put(source, k, v):
+    with open(os.path.join(source, k), "w") as f:
+        f.write(v)
+
+
+@pytest.fixture
+def workers(redis_server, source):
+    made = []
+
+    def make(**kw):
+        w = Worker(redis_server.url, kw.pop("prefix", PREFIX), source, **kw)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.close()
+
+
+PREFIX = unique("trk")
+
+
+def full(k):
+    return f"{PREFIX}:tracked:{k}:v1"
+
+
+def cached(w, k):
+    """w gets k until its local tier holds it, and returns it. A miss's own
+    fill of Redis echoes back (BCAST tracking tells every registrant of
+    every write, the writer's process too) and evicts the copy just filled;
+    the next get is a Redis hit that stays."""
+    got = []
+
+    def holds(w):
+        got.append(w("get", k))
+        return w("local", k) == got[-1]
+
+    w.wait(holds, f"{k} cached locally")
+    assert len(set(got)) == 1, got  # never another value on the way
+    return got[-1]
+
+
+def test_other_process_refresh_invalidate_and_raw_writes_evict(workers, source, redis_server):
+    a, b = workers(), workers()
+    a.wait_up(source)
+    b.wait_up(source)
+    put(source, "k", "v1")
+    assert cached(b, "k") == "v1"
+    assert a("get", "k") == "v1" and a("local", "k") == "v1"  # a Redis hit: no echo
+    # A refreshes: Redis gets v2, B's local copy goes
+    put(source, "k", "v2")
+    a("refresh", "k")
+    b.wait(lambda w: w("local", "k") is None, "B's copy evicted after A's refresh")
+    assert cached(b, "k") == "v2"
+    # A invalidates: DEL, then B loads the source again
+    put(source, "k", "v3")
+    a("invalidate", "k")
+    b.wait(lambda w: w("local", "k") is None, "B's copy evicted after A's invalidate")
+    assert cached(b, "k") == "v3"
+    # any other client: SET and DEL by redis-cli
+    redis_server.cli("DEL", full("k"))
+    b.wait(lambda w: w("local", "k") is None, "evicted after a raw DEL")
+    assert cached(b, "k") == "v3"
+    redis_server.cli("SET", full("k"), "garbage")
+    b.wait(lambda w: w("local", "k") is None, "evicted after a raw SET")
+    info = b("info")
+    assert info["invalidated_keys"] >= 4 and info["covered_stores"] == 1
+
+
+def test_tracking_off_keeps_local_copy(workers, source):
+    a, b = workers(), workers(tracking=False)
+    a.wait_up(source)
+    put(source, "k", "v1")
+    assert b("get", "k") == "v1"
+    put(source, "k", "v2")
+    a("refresh", "k")
+    a("get", "k")
+    # B is told nothing: its local copy is served until its TTL, as before
+    assert b("local", "k") == "v1" and b("get", "k") == "v1"
+    assert b("info") == {"up": 0, "invalidated_keys": 0, "flushes": 0, "subscriber_ids": [],
+                         "covered_stores": 0}
+
+
+def test_flushall_flushes_local(workers, source, redis_server):
+    b = workers()
+    b.wait_up(source)
+    for k in ("x", "y"):
+        put(source, k, k + "1")
+        assert cached(b, k) == k + "1"
+    flushes = b("info")["flushes"]
+    redis_server.cli("FLUSHALL")
+    b.wait(lambda w: w("local", "x") is None and w("local", "y") is None, "flushed")
+    assert b("info")["flushes"] > flushes
+    put(source, "x", "x2")
+    assert b("get", "x") == "x2"
+
+
+def test_subscriber_killed_flushes_then_resumes(workers, source, redis_server):
+    a, b = workers(), workers()
+    a.wait_up(source)
+    b.wait_up(source)
+    put(source, "k", "v1")
+    assert cached(b, "k") == "v1"
+    old = b("info")["subscriber_ids"]
+    assert len(old) == 1
+    redis_server.cli("CLIENT", "KILL", "ID", str(old[0]))
+    # lost: everything covered flushed; then back with a new connection
+    b.wait(lambda w: w("local", "k") is None, "flushed on lost")
+    b.wait(lambda w: w("info")["subscriber_ids"] not in ([], old), "reconnected")
+    assert b("get", "k") == "v1" and b("local", "k") == "v1"
+    put(source, "k", "v2")
+    a("refresh", "k")
+    b.wait(lambda w: w("local", "k") is None, "invalidations heard again")
+    assert b("get", "k") == "v2"
+
+
+async def test_reply_after_invalidation_is_not_cached(redis_server):
+    """The read/invalidate race: a GET answered with the old value, whose
+    reply is read after the invalidation of its key, must not fill the
+    local tier. Sockets do not let a test choose which of the two the loop
+    reads first, so the invalidation is handed over (_tracking_inject) while
+    the GET is in flight."""
+    import cacheme
+
+    local, redis = unique("local"), unique("redis")
+    await cacheme.register_storage(local, cacheme.Storage(url="local://lru", size=100))
+    await cacheme.register_storage(redis, cacheme.Storage(url=redis_server.url, tracking=True))
+    loads = []
+
+    class RaceNode(cacheme.Node):
+        def __init__(self, k):
+            self.k = k
+
+        def key(self):
+            return f"race:{self.k}"
+
+        async def load(self):
+            loads.append(self.k)
+            return "v1"
+
+        class Meta(cacheme.Node.Meta):
+            caches = [cacheme.Cache(storage=local, ttl=None), cacheme.Cache(storage=redis, ttl=None)]
+
+    st = cacheme.data.get_storage_by_name(redis)._storage
+    lst = cacheme.data.get_storage_by_name(local)
+    assert await cacheme.get(RaceNode("warm")) == "v1"  # starts tracking
+    await wait_for(lambda: st._tracking_info()["up"] == 1, "tracking up")
+    assert await cacheme.get(RaceNode("a")) == "v1"
+    # the echo of our own fill evicts our copy: next get is a Redis hit
+    await wait_for(lambda: st._tracking_info()["invalidated_keys"] >= 1, "own fill echoed")
+    assert await lst.get(RaceNode("a"), None) is cacheme.models.sentinel
+    task = asyncio.ensure_future(cacheme.get(RaceNode("a")))
+    await asyncio.sleep(0)  # the task sent its GET; its reply is not read yet
+    assert not task.done()
+    st._tracking_inject([cacheme._core.full_key(RaceNode("a")).encode()])
+    assert await task == "v1"  # read before the write: a right answer
+    assert await lst.get(RaceNode("a"), None) is cacheme.models.sentinel
+    # without a race it is cached as usual
+    assert await cacheme.get(RaceNode("a")) == "v1"
+    assert await lst.get(RaceNode("a"), None) == "v1"
+    assert loads == ["warm", "a"]

@@ -22,6 +22,8 @@ PyObject *cm_store_lookup_parts(CmStoreObject *s, const CmKeyParts *parts, Py_ha
 int cm_store_put(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject *value, int64_t ttl_ns);
 /* How many puts the store has seen (a version for "anything new?"). */
 uint64_t cm_store_puts(CmStoreObject *s);
+/* Remove every entry. */
+void cm_store_clear(CmStoreObject *s);
 /* 1 removed, 0 absent. */
 int cm_store_delete(CmStoreObject *s, PyObject *key, Py_hash_t hash);
 

@@ -90,6 +90,12 @@ PyObject *cm_flight_lead(CmState *st, PyObject *key, Py_hash_t hash);
 void cm_flight_handle_settle(PyObject *h, PyObject *value, PyObject *exc);
 /* Invalidated while in flight: its value must not fill any cache. */
 int cm_flight_handle_stale(PyObject *h);
+/* key changed elsewhere (invalidate, a Redis invalidation message): a load
+ * in flight for it will not fill caches, and new callers load anew once it
+ * is done. */
+void cm_flight_invalidate(CmState *st, PyObject *key, Py_hash_t hash);
+/* The same for every flight (the invalidations of a storage were lost). */
+void cm_flight_invalidate_all(CmState *st);
 /* Callers still waiting on the flight (0 once it is settled). */
 Py_ssize_t cm_flight_handle_live_waiters(PyObject *h);
 /* Take the flight out of the table: new callers load anew. */

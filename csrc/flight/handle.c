@@ -212,12 +212,7 @@ static PyObject *py_flight_invalidate(PyObject *mod, PyObject *key)
     Py_hash_t hash;
     if (arg_key(key, &hash) == NULL)
         return NULL;
-    CmFlight *fl = cm_flight_find(st, key, hash);
-    if (fl != NULL) {
-        fl->stale = 1;
-        if (fl->done) /* only fills remain: new callers must not get the old value */
-            cm_flight_remove(st, fl);
-    }
+    cm_flight_invalidate(st, key, hash);
     Py_RETURN_NONE;
 }
 

@@ -40,6 +40,12 @@ struct CmRemoteOps {
      * op behind it through cm_remote_wake_waiter, rather than as a
      * done-callback of fut. 1 attached, 0 not. */
     int (*attach_waiter)(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
+    /* Optional (NULL: none). local (a LocalStore) sits in front of storage
+     * in a node's chain (told as node configs are built): 1 when storage
+     * keeps it coherent (evicts from it what changes in the storage, Redis
+     * tracking), 0 when not; -1 with an exception. A covered local's TTL
+     * is capped by storage's (the storage may expire a key without a word). */
+    int (*cover)(PyObject *storage, PyObject *local);
 };
 
 /* Register ops for storages of type (and its subclasses), with data (a

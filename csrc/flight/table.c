@@ -132,6 +132,33 @@ CmFlight *cm_flight_start(CmState *st, PyObject *key, Py_hash_t hash)
     return fl;
 }
 
+void cm_flight_invalidate(CmState *st, PyObject *key, Py_hash_t hash)
+{
+    CmFlight *fl = cm_flight_find(st, key, hash);
+    if (fl != NULL) {
+        fl->stale = 1;
+        if (fl->done) /* only fills remain: new callers must not get the old value */
+            cm_flight_remove(st, fl);
+    }
+}
+
+void cm_flight_invalidate_all(CmState *st)
+{
+    CmFlightTable *t = &st->flight.table;
+    if (t->buckets == NULL)
+        return;
+    for (size_t i = 0; i <= t->mask; i++) {
+        CmFlight *f = t->buckets[i];
+        while (f != NULL) {
+            CmFlight *next = f->next; /* removing f unlinks it */
+            f->stale = 1;
+            if (f->done)
+                cm_flight_remove(st, f);
+            f = next;
+        }
+    }
+}
+
 /* Take every flight out of the table (those no call holds are freed); the
  * buckets stay. */
 void cm_flight_table_empty(CmState *st)

@@ -259,6 +259,7 @@ static void conn_add_get(CmRedisConnObject *c, CmRedisEntry *e)
     }
     if (t == NULL) {
         CmRedisEntry r = {.cmd = CM_CMD_GETS,
+                          .track = cm_redis_track_mark(p),
                           .deadline = cm_now_ns() + (int64_t)(p->cfg->timeout * 1e9)};
         if ((r.gets = malloc(CM_REDIS_RUN_FIRST * sizeof(*r.gets))) == NULL ||
             ring_push(c, &r) < 0) {
@@ -337,6 +338,7 @@ void cm_redis_conn_push(CmRedisConnObject *c, CmRedisEntry *e)
         return;
     }
     e->deadline = cm_now_ns() + (int64_t)(cm_redis_conn_pool(c)->cfg->timeout * 1e9);
+    e->track = cm_redis_track_mark(cm_redis_conn_pool(c));
     if (ring_push(c, e) < 0) {
         cm_buf_rollback(&c->out, mark);
         PyErr_NoMemory();
@@ -626,6 +628,8 @@ again:
             c->replied = 1;
             cm_net_pool_ok(c->net.pool);
         }
+        if (cm_redis_track_unsure_on(cm_redis_conn_pool(c), &e))
+            cm_redis_track_unsure(&e);
         cm_redis_entry_reply(c, &e, (PyObject *)reply);
     }
     if (tls && c->net.state != CONN_CLOSED && cm_net_pending(&c->net))

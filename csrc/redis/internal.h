@@ -180,6 +180,27 @@ int cm_redis_sock_connect(CmRedisPool *p, int *pending);
 /* The client is garbage: close its pools' connections (net/pool.h). */
 void cm_redis_pool_close_gc(CmRedisPool *p);
 
+/* tracking.c */
+/* Have pool p's subscriber track the key prefix (connecting it); -1 with
+ * an exception. */
+int cm_redis_track_start(CmRedisPool *p, PyObject *loop);
+/* A reply to e came from outside one unbroken period of tracking: its keys'
+ * flights must not fill local tiers. */
+void cm_redis_track_unsure(CmRedisEntry *e);
+/* The tracking epoch to record in an entry sent on p now. */
+static inline uint32_t cm_redis_track_mark(const CmRedisPool *p)
+{
+    return p->track_up ? p->track_epoch : 0;
+}
+/* 1 when a reply to e on p must not fill local tiers. */
+static inline int cm_redis_track_unsure_on(const CmRedisPool *p, const CmRedisEntry *e)
+{
+    return p->cfg->tracking && (e->track == 0 || e->track != p->track_epoch);
+}
+int cm_redis_cover(PyObject *storage, PyObject *local);
+PyObject *cm_redis_track_info(CmRedisClientObject *self, PyObject *unused);
+PyObject *cm_redis_track_inject(CmRedisClientObject *self, PyObject *msg);
+
 /* calls.c */
 int cm_redis_client_check_open(CmRedisClientObject *self);
 CmRedisClientObject *cm_redis_client_for(CmRedisClientObject *self, PyObject *loop);

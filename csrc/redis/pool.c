@@ -120,6 +120,8 @@ CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop)
         if (rc < 0)
             return NULL;
     }
+    if (cfg->tracking && !p->track_up && p->sub_of == NULL && cm_redis_track_start(p, loop) < 0)
+        PyErr_Clear();              /* untracked meanwhile: replies fill no local tier */
     CmRedisConnObject *best = NULL; // borrowed
     for (int i = 0; i < np->nconns; i++)
         if (best == NULL || cm_redis_pool_at(p, i)->len < best->len)

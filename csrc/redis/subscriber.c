@@ -20,7 +20,10 @@ typedef struct {
 struct CmRedisSub {
     CmRedisPool *pool;       /* owned: the one connection's own pool */
     CmRedisConnObject *conn; /* borrowed: open or connecting (in pool), or NULL */
-    long long id;            /* CLIENT ID while up, else 0 */
+    long long id;            /* CLIENT ID once answered, else 0 */
+    int up;                  /* the PING after the setup answered */
+    char *track;             /* owned: the BCAST prefix of cm_redis_sub_track, or NULL */
+    size_t track_len;
     SubChan *chans;
     size_t nchans, capchans;
     SubWatch *watch;
@@ -59,7 +62,7 @@ fail:
     return NULL;
 }
 
-long long cm_redis_sub_client_id(const CmRedisSub *s) { return s->id; }
+long long cm_redis_sub_client_id(const CmRedisSub *s) { return s->up ? s->id : 0; }
 
 /* Append a command to the connection's output (no reply entry: the replies
  * are read by cm_redis_sub_reply). */
@@ -92,20 +95,57 @@ int cm_redis_sub_start(CmRedisSub *s, PyObject *loop)
     if (c == NULL)
         return -1;
     s->conn = c;
-    /* CLIENT ID first: its reply (an integer) is the first one past
-     * AUTH/SELECT, before any pub/sub message can come */
-    if (sub_send(s, "CLIENT", "ID", 2) < 0)
-        goto fail;
+    /* CLIENT ID alone: the rest (sub_setup) waits for it, as CLIENT
+     * TRACKING names it and must come before the first SUBSCRIBE */
+    if (sub_send(s, "CLIENT", "ID", 2) < 0) {
+        cm_redis_conn_close(c, s->pool->st->redis.ConnectionError, NULL, 0);
+        return -1;
+    }
+    return 0;
+}
+
+/* CLIENT ID answered: tracking, every channel, then a PING whose answer
+ * says all of it was done (up). -1 with MemoryError. */
+static int sub_setup(CmRedisSub *s)
+{
+    if (s->track != NULL) {
+        char id[24];
+        size_t n = cm_resp_ll(id, s->id);
+        const char *argv[8] = {"CLIENT", "TRACKING", "on",     "REDIRECT",
+                               id,       "BCAST",    "PREFIX", s->track};
+        size_t lens[8] = {6, 8, 2, 8, n, 5, 6, s->track_len};
+        if (cm_redis_conn_send_raw(s->conn, 8, argv, lens) < 0)
+            return -1;
+    }
     for (size_t i = 0; i < s->nchans; i++) {
         SubChan *ch = &s->chans[i]; // borrowed
         if (ch->fn != NULL && chan_find(s, ch->name, ch->len, s->nchans) == i &&
             sub_send(s, "SUBSCRIBE", ch->name, ch->len) < 0)
-            goto fail;
+            return -1;
     }
-    return 0;
-fail:
-    cm_redis_conn_close(c, s->pool->st->redis.ConnectionError, NULL, 0);
-    return -1;
+    const char *ping = "PING";
+    size_t four = 4;
+    return cm_redis_conn_send_raw(s->conn, 1, &ping, &four);
+}
+
+int cm_redis_sub_track(CmRedisSub *s, PyObject *loop, const char *prefix, size_t len)
+{
+    if (s->track != NULL && s->track_len == len && memcmp(s->track, prefix, len) == 0)
+        return cm_redis_sub_start(s, loop);
+    char *t = malloc(len ? len : 1);
+    if (t == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(t, prefix, len);
+    free(s->track);
+    s->track = t;
+    s->track_len = len;
+    /* a connection past its CLIENT ID cannot take CLIENT TRACKING any
+     * more (subscribe mode): it starts over */
+    if (s->conn != NULL && s->id != 0)
+        cm_redis_conn_close(s->conn, s->pool->st->redis.ConnectionError, NULL, 0);
+    return cm_redis_sub_start(s, loop);
 }
 
 int cm_redis_sub_subscribe(CmRedisSub *s, PyObject *loop, const char *channel, size_t len,
@@ -131,7 +171,7 @@ int cm_redis_sub_subscribe(CmRedisSub *s, PyObject *loop, const char *channel, s
     s->chans[s->nchans++] = (SubChan){name, len, fn, arg};
     if (s->conn == NULL)
         return cm_redis_sub_start(s, loop); /* subscribes every channel */
-    if (first && sub_send(s, "SUBSCRIBE", channel, len) < 0) {
+    if (first && s->id != 0 && sub_send(s, "SUBSCRIBE", channel, len) < 0) {
         cm_redis_conn_close(s->conn, s->pool->st->redis.ConnectionError, NULL, 0);
         return -1;
     }
@@ -164,7 +204,7 @@ void cm_redis_sub_unsubscribe(CmRedisSub *s, const char *channel, size_t len, Cm
         if (ch->fn != fn || ch->arg != arg || ch->len != len || memcmp(ch->name, channel, len))
             continue;
         ch->fn = NULL;
-        if (s->conn != NULL && chan_find(s, channel, len, s->nchans) == s->nchans &&
+        if (s->conn != NULL && s->id != 0 && chan_find(s, channel, len, s->nchans) == s->nchans &&
             sub_send(s, "UNSUBSCRIBE", channel, len) < 0) {
             /* a connection that cannot take a command is of no use */
             PyErr_Clear();
@@ -252,8 +292,28 @@ void cm_redis_sub_reply(CmRedisSub *s, CmRedisConnObject *c, PyObject *reply)
             return;
         }
         s->id = id;
+        if (sub_setup(s) < 0) {
+            PyErr_Clear();
+            cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
+                                    "redis %s: subscriber: out of memory", cm_redis_conn_label(c));
+        }
+        return;
+    }
+    /* CLIENT TRACKING's OK; PONG (no channel yet) or ["pong", ""] */
+    int pong = PyUnicode_Check(reply) && PyUnicode_CompareWithASCIIString(reply, "PONG") == 0;
+    if (PyList_Check(reply) && PyList_GET_SIZE(reply) == 2 &&
+        is_kind(PyList_GET_ITEM(reply, 0), "pong"))
+        pong = 1;
+    if (pong && s->id != 0 && !s->up) {
+        Py_DECREF(reply);
+        s->up = 1;
         cm_net_pool_ok(&s->pool->net);
         sub_notify(s, 1);
+        return;
+    }
+    if (PyUnicode_Check(reply) && PyUnicode_CompareWithASCIIString(reply, "OK") == 0 &&
+        s->id != 0 && !s->up) {
+        Py_DECREF(reply);
         return;
     }
     /* ["message", channel, payload] or the confirmation of a (un)subscribe */
@@ -300,9 +360,10 @@ void cm_redis_sub_closed(CmRedisSub *s, CmRedisConnObject *c, int failed)
 {
     if (c != s->conn)
         return;
-    int was_up = s->id != 0;
+    int was_up = s->up;
     s->conn = NULL;
     s->id = 0;
+    s->up = 0;
     if (failed && c->net.loop != NULL) {
         int64_t now = cm_now_ns(), at = s->pool->net.retry_at;
         if (cm_net_timer_arm(s->pool->st, c->net.loop, &s->retry, at > now ? at : now,
@@ -350,6 +411,7 @@ void cm_redis_sub_free(CmRedisSub *s)
         free(s->chans[i].name);
     free(s->chans);
     free(s->watch);
+    free(s->track);
     Py_XDECREF(s->retry_cb);
     Py_XDECREF(s->token);
     free(s);

@@ -35,8 +35,9 @@ typedef struct CmRedisSub CmRedisSub;
  * PUBLISH; for __redis__:invalidate a list of bytes (the keys) or None (a
  * flush, or tracking lost by the server). */
 typedef void (*CmRedisSubMsgFn)(void *arg, PyObject *msg);
-/* The connection is up (1: CLIENT ID answered, channels re-subscribed) or
- * lost (0). */
+/* The connection is up (1: CLIENT ID answered, then the tracking and the
+ * SUBSCRIBE of every channel done: a PING sent after them answered) or lost
+ * (0). */
 typedef void (*CmRedisSubStateFn)(void *arg, int up);
 
 /* The subscriber of pool p (one Redis server), made on first use (it does
@@ -53,6 +54,13 @@ int cm_redis_sub_subscribe(CmRedisSub *s, PyObject *loop, const char *channel, s
 /* Forget (fn, arg) on channel; UNSUBSCRIBE when it was the last one. */
 void cm_redis_sub_unsubscribe(CmRedisSub *s, const char *channel, size_t len, CmRedisSubMsgFn fn,
                               void *arg);
+/* Keys tracked by the connection itself: once its id is known, before it
+ * subscribes, it sends CLIENT TRACKING on REDIRECT <its own id> BCAST
+ * PREFIX <prefix>, so that every write under prefix comes to it as a message
+ * on __redis__:invalidate (subscribe to it to hear them); kept across
+ * reconnects. A connection already set up starts over. Connects (as
+ * cm_redis_sub_start). 0, or -1 with an exception. */
+int cm_redis_sub_track(CmRedisSub *s, PyObject *loop, const char *prefix, size_t len);
 /* Be told of lost / up; 0, or -1 with MemoryError. */
 int cm_redis_sub_watch(CmRedisSub *s, CmRedisSubStateFn fn, void *arg);
 void cm_redis_sub_unwatch(CmRedisSub *s, CmRedisSubStateFn fn, void *arg);
