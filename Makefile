@@ -233,3 +233,4 @@ include benchmarks/serializer.mk
 include benchmarks/redis.mk
 include benchmarks/sql.mk
 include benchmarks/mongo.mk
+include benchmarks/coherence.mk

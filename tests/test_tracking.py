@@ -7,8 +7,10 @@ import pytest
 from cacheme.storages.redis import RedisStorage
 from conftest import unique
 from redis_servers import (  # noqa: F401  (fixtures)
+    RedisServer,
     _redis_session_server,
     needs_redis,
+    redis_cluster,
     redis_server,
 )
 
@@ -84,13 +86,15 @@ class Worker:
     """A process of its own (tests/tracking_worker.py) with caches [local,
     redis]: the other end of the coherence tests."""
 
-    def __init__(self, url, prefix, source, tracking=True, local_ttl=None, redis_ttl=None):
+    def __init__(self, url, prefix, source, tracking=True, local_ttl=None, redis_ttl=None,
+                 cluster=False):
         argv = [sys.executable, os.path.join(HERE, "tracking_worker.py"), url, prefix, source,
                 "1" if tracking else "0"]
         if local_ttl is not None or redis_ttl is not None:
             argv += [str(local_ttl or 3600), str(redis_ttl or 3600)]
+        env = dict(os.environ, TRACKING_CLUSTER="1" if cluster else "0")
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, cwd=HERE)
+                                     text=True, cwd=HERE, env=env)
 
     def __call__(self, *cmd):
         self.proc.stdin.write(" ".join(cmd) + "\n")
@@ -139,7 +143,7 @@ def workers(redis_server, source):
     made = []
 
     def make(**kw):
-        w = Worker(redis_server.url, kw.pop("prefix", PREFIX), source, **kw)
+        w = Worker(kw.pop("url", redis_server.url), kw.pop("prefix", PREFIX), source, **kw)
         made.append(w)
         return w
 
@@ -290,3 +294,51 @@ async def test_reply_after_invalidation_is_not_cached(redis_server):
     assert await cacheme.get(RaceNode("a")) == "v1"
     assert await lst.get(RaceNode("a"), None) == "v1"
     assert loads == ["warm", "a"]
+
+
+def test_cluster_tracking_per_node(redis_cluster, workers, source):
+    """Each master has its own subscriber and registration: keys on every
+    node are evicted in B when A refreshes them."""
+    a = workers(url=redis_cluster.url, cluster=True)
+    b = workers(url=redis_cluster.url, cluster=True)
+    keys = [f"c{i}" for i in range(12)]  # spread over the three masters
+    for k in keys:
+        put(source, k, "old")
+    a.wait_up(source)
+    b.wait_up(source)
+    for k in keys:  # every node's tracking starts with its first request
+        b("get", k)
+    b.wait(lambda w: w("info")["up"] == 3, "a subscriber up on each master")
+    for k in keys:
+        assert cached(b, k) == "old"
+    for k in keys:
+        put(source, k, "new")
+        a("refresh", k)
+    for k in keys:
+        b.wait(lambda w: w("local", k) is None, f"{k} evicted")
+        assert cached(b, k) == "new"
+    assert len(b("info")["subscriber_ids"]) == 3
+
+
+def test_local_ttl_capped_by_redis_ttl(source):
+    """Redis may expire a key without a word (lazy expiry, here with active
+    expiry off): a covered local copy never outlives the Redis TTL, even
+    when its own TTL is longer; without tracking it does."""
+    with RedisServer(extra=["--enable-debug-command", "yes"]) as srv:
+        srv.cli("DEBUG", "SET-ACTIVE-EXPIRE", "0")
+        on = Worker(srv.url, PREFIX, source, local_ttl=3600, redis_ttl=1)
+        off = Worker(srv.url, PREFIX + "off", source, tracking=False, local_ttl=3600,
+                     redis_ttl=1)
+        try:
+            on.wait_up(source)
+            put(source, "k", "v1")
+            assert cached(on, "k") == "v1"
+            assert off("get", "k") == "v1" and off("local", "k") == "v1"
+            heard = on("info")["invalidated_keys"]
+            time.sleep(1.2)  # past the Redis TTL: not a timing assertion
+            assert on("local", "k") is None
+            assert off("local", "k") == "v1"  # its local TTL (an hour) rules
+            assert on("info")["invalidated_keys"] == heard  # Redis said nothing
+        finally:
+            on.close()
+            off.close()

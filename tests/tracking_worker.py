@@ -4,14 +4,20 @@ from files, driven by commands on stdin, one JSON reply per line on stdout.
 
     python tracking_worker.py URL PREFIX SOURCE_DIR TRACKING(0/1) [LOCAL_TTL_S] [REDIS_TTL_S]
 
+(a Redis Cluster when TRACKING_CLUSTER=1 is in the environment)
+
 Commands (one per line): get K | invalidate K | refresh K | local K (the
-local copy or null) | info (_tracking_info) | until K V (get until the value
-is V; replies with the number of gets) | quit.
+local copy or null) | info (_tracking_info) | until K V (replies "spinning",
+then gets until the value is V and replies [gets, time.monotonic() then]) |
+bulk N K SEED (N gets of keys 0..K-1 drawn uniformly; replies [local hits,
+seconds]) | quit.
 """
 import asyncio
 import json
 import os
+import random
 import sys
+import time
 from datetime import timedelta
 
 import cacheme
@@ -48,7 +54,8 @@ async def main() -> None:
     await cacheme.register_storage("local", cacheme.Storage(url="local://lru", size=10000))
     await cacheme.register_storage(
         "redis", cacheme.Storage(url=url, tracking=tracking == "1", retry_backoff=0.01,
-                                 retry_backoff_max=0.05))
+                                 retry_backoff_max=0.05,
+                                 cluster=os.environ.get("TRACKING_CLUSTER") == "1"))
     node = make_node("local", "redis", source, local_ttl, redis_ttl)
     local = cacheme.data.get_storage_by_name("local")
     redis = cacheme.data.get_storage_by_name("redis")._storage
@@ -72,13 +79,23 @@ async def main() -> None:
         elif cmd == "info":
             reply = redis._tracking_info()
         elif cmd == "until":
+            out.write('"spinning"\n')
+            out.flush()
             n = 0
             while True:
                 n += 1
                 if await cacheme.get(node(args[0])) == args[1]:
                     break
                 await asyncio.sleep(0)
-            reply = n
+            reply = [n, time.monotonic()]
+        elif cmd == "bulk":
+            n, keys, rng = int(args[0]), int(args[1]), random.Random(int(args[2]))
+            before = cacheme.stats(node).storage_stats()["local"]["hits"]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await cacheme.get(node(str(rng.randrange(keys))))
+            hits = cacheme.stats(node).storage_stats()["local"]["hits"] - before
+            reply = [hits, time.perf_counter() - t0]
         elif cmd == "quit":
             break
         out.write(json.dumps(reply) + "\n")
