@@ -342,3 +342,69 @@ def test_local_ttl_capped_by_redis_ttl(source):
         finally:
             on.close()
             off.close()
+
+
+def test_forked_child_tracks_on_its_own_subscriber(redis_server):
+    """A worker forked after the app used its tracking storage: the child's
+    inherited subscriber is let go (its fd to /dev/null, the parent's socket
+    untouched), the child registers a subscriber of its own, and hears
+    invalidations on it."""
+    from conftest import run_python
+
+    out = run_python(f"""
+        import asyncio, os, sys
+        import cacheme
+        from cacheme import _core
+
+        class N(cacheme.Node):
+            def __init__(self, k):
+                self.k = k
+            def key(self):
+                return "fork:" + self.k
+            async def load(self):
+                return "v-" + str(os.getpid())
+            class Meta(cacheme.Node.Meta):
+                caches = [cacheme.Cache(storage="l", ttl=None), cacheme.Cache(storage="r", ttl=None)]
+
+        async def until(cond):
+            for _ in range(5000):
+                if cond():
+                    return
+                await asyncio.sleep(0.002)
+            raise SystemExit("never happened")
+
+        async def setup():
+            await cacheme.register_storage("l", cacheme.Storage(url="local://lru", size=100))
+            await cacheme.register_storage(
+                "r", cacheme.Storage(url="{redis_server.url}", tracking=True))
+            r = cacheme.data.get_storage_by_name("r")._storage
+            await cacheme.get(N("warm"))
+            await until(lambda: r._tracking_info()["up"] == 1)
+            return r, r._tracking_info()["subscriber_ids"]
+
+        r, parent_ids = asyncio.run(setup())
+        pid = os.fork()
+        if pid == 0:
+            async def child():
+                await cacheme.get(N("a"))  # starts the child's own tracking
+                await until(lambda: r._tracking_info()["up"] == 1)
+                ids = r._tracking_info()["subscriber_ids"]
+                assert ids and ids != parent_ids, (ids, parent_ids)
+                # a Redis hit caches locally; a raw DEL evicts it
+                await until(lambda: r._tracking_info()["invalidated_keys"] >= 1)
+                assert await cacheme.get(N("a")) == "v-" + str(os.getpid())
+                local = cacheme.data.get_storage_by_name("l")
+                assert await local.get(N("a"), None) is not cacheme.models.sentinel
+                await r.execute("DEL", _core.full_key(N("a")))
+                await until(lambda: r._tracking_info()["invalidated_keys"] >= 2)
+                assert await local.get(N("a"), None) is cacheme.models.sentinel
+            try:
+                asyncio.run(child())
+            except BaseException as e:
+                print("child failed:", repr(e), flush=True)
+                os._exit(1)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+    """)
+    assert "child 0" in out, out

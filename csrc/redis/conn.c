@@ -48,6 +48,7 @@ static void conn_release(CmNetConn *nc, int detached)
 static void conn_fail_pending(CmNetConn *nc, CmNetPool *pool, PyObject *tp, PyObject *msg,
                               int failed)
 {
+    (void)pool;
     CmRedisConnObject *c = (CmRedisConnObject *)nc;
     CmState *st = c->net.st;
     CmRedisEntry *ring = c->ring;
@@ -66,9 +67,10 @@ static void conn_fail_pending(CmNetConn *nc, CmNetPool *pool, PyObject *tp, PyOb
     for (size_t i = 0; i < len; i++)
         cm_redis_entry_fail(st, &ring[(head + i) % cap], tp, msg);
     free(ring);
-    CmRedisPool *rp = pool ? (CmRedisPool *)((char *)pool - offsetof(CmRedisPool, net)) : NULL;
-    if (rp != NULL && rp->sub_of != NULL)
-        cm_redis_sub_closed(rp->sub_of, c, failed);
+    struct CmRedisSub *sub = c->sub;
+    c->sub = NULL;
+    if (sub != NULL)
+        cm_redis_sub_closed(sub, c, failed);
     if (failed && owner != NULL && owner->cluster != NULL)
         cm_cluster_node_failed(owner);
     Py_XDECREF(owner);
@@ -417,6 +419,7 @@ CmRedisConnObject *cm_redis_conn_open(CmRedisPool *p, PyObject *loop)
     c->flush_scheduled = c->replied = c->open_run = 0;
     c->connect_deadline = cm_now_ns() + (int64_t)(cfg->connect_timeout * 1e9);
     c->resolve = NULL;
+    c->sub = NULL;
     memset(&c->out, 0, sizeof(c->out));
     c->ring = NULL;
     c->cap = c->head = c->len = 0;
@@ -608,9 +611,9 @@ again:
             }
             break;
         }
-        if (c->len == 0 && cm_redis_conn_pool(c)->sub_of != NULL) {
+        if (c->len == 0 && c->sub != NULL) {
             /* a subscriber's connection past its AUTH/SELECT */
-            cm_redis_sub_reply(cm_redis_conn_pool(c)->sub_of, c, (PyObject *)reply);
+            cm_redis_sub_reply(c->sub, c, (PyObject *)reply);
             continue;
         }
         if (c->len == 0) {

@@ -68,6 +68,9 @@ struct CmRedisConnObject {
     redisReader *reader;
     CmRedisEntry *ring;
     size_t cap, head, len;
+    /* the subscriber whose connection this is (borrowed; cleared when it
+     * closes or the subscriber goes), or NULL */
+    struct CmRedisSub *sub;
 };
 
 /* The pool of a connection, NULL once it is closed. */

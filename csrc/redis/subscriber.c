@@ -29,6 +29,7 @@ struct CmRedisSub {
     SubWatch *watch;
     size_t nwatch, capwatch;
     int dispatching; /* >0 while callbacks run: removals only clear fn */
+    int gone;        /* its owner is garbage: never connects again */
     CmNetTimer retry;
     PyObject *token;    /* capsule naming this sub for the retry timer; its
                            context is cleared when the sub is freed */
@@ -88,6 +89,10 @@ int cm_redis_sub_start(CmRedisSub *s, PyObject *loop)
 {
     if (s->conn != NULL)
         return 0;
+    if (s->gone) {
+        PyErr_SetString(s->pool->st->redis.ConnectionError, "redis storage collected");
+        return -1;
+    }
     if (s->retry.handle != NULL && s->pool->net.loop == loop)
         return 0; /* the retry timer connects */
     cm_net_timer_cancel(s->pool->st, &s->retry);
@@ -95,6 +100,7 @@ int cm_redis_sub_start(CmRedisSub *s, PyObject *loop)
     if (c == NULL)
         return -1;
     s->conn = c;
+    c->sub = s;
     /* CLIENT ID alone: the rest (sub_setup) waits for it, as CLIENT
      * TRACKING names it and must come before the first SUBSCRIBE */
     if (sub_send(s, "CLIENT", "ID", 2) < 0) {
@@ -339,9 +345,9 @@ void cm_redis_sub_reply(CmRedisSub *s, CmRedisConnObject *c, PyObject *reply)
 static PyObject *sub_on_retry(PyObject *token, PyObject *Py_UNUSED(unused))
 {
     CmRedisSub *s = PyCapsule_GetContext(token);
-    if (s == NULL) {
+    if (s == NULL || s->gone) {
         PyErr_Clear();
-        Py_RETURN_NONE; /* freed meanwhile */
+        Py_RETURN_NONE; /* freed or collected meanwhile */
     }
     Py_CLEAR(s->retry.handle);
     s->retry.at = 0;
@@ -382,6 +388,7 @@ void cm_redis_sub_drop_detached(CmRedisSub *s, const char *why, int fork)
 
 void cm_redis_sub_close_gc(CmRedisSub *s)
 {
+    s->gone = 1; /* the timer, if it fires, finds it so */
     cm_net_timer_drop(&s->retry);
     cm_redis_pool_close_gc(s->pool);
 }
@@ -403,7 +410,9 @@ void cm_redis_sub_free(CmRedisSub *s)
     if (s->token != NULL && PyCapsule_SetContext(s->token, NULL) < 0)
         PyErr_Clear();
     if (s->pool != NULL) {
-        s->pool->sub_of = NULL; /* closing it tells no one */
+        s->pool->sub_of = NULL;
+        if (s->conn != NULL) /* closing it tells no one */
+            s->conn->sub = NULL;
         s->conn = NULL;
         cm_redis_pool_free(s->pool);
     }
