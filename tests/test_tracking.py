@@ -175,12 +175,19 @@ def cached(w, k):
     return got[-1]
 
 
-def test_other_process_refresh_invalidate_and_raw_writes_evict(workers, source, redis_server):
+@pytest.fixture
+def pair(workers, source):
+    """Two tracking processes, tracking up in both, and k = v1 cached in B."""
     a, b = workers(), workers()
     a.wait_up(source)
     b.wait_up(source)
     put(source, "k", "v1")
     assert cached(b, "k") == "v1"
+    return a, b
+
+
+def test_other_process_refresh_invalidate_and_raw_writes_evict(pair, source, redis_server):
+    a, b = pair
     assert a("get", "k") == "v1" and a("local", "k") == "v1"  # a Redis hit: no echo
     # A refreshes: Redis gets v2, B's local copy goes
     put(source, "k", "v2")
@@ -230,12 +237,8 @@ def test_flushall_flushes_local(workers, source, redis_server):
     assert b("get", "x") == "x2"
 
 
-def test_subscriber_killed_flushes_then_resumes(workers, source, redis_server):
-    a, b = workers(), workers()
-    a.wait_up(source)
-    b.wait_up(source)
-    put(source, "k", "v1")
-    assert cached(b, "k") == "v1"
+def test_subscriber_killed_flushes_then_resumes(pair, source, redis_server):
+    a, b = pair
     old = b("info")["subscriber_ids"]
     assert len(old) == 1
     redis_server.cli("CLIENT", "KILL", "ID", str(old[0]))
@@ -386,11 +389,13 @@ def test_forked_child_tracks_on_its_own_subscriber(redis_server):
         pid = os.fork()
         if pid == 0:
             async def child():
-                await cacheme.get(N("a"))  # starts the child's own tracking
+                await cacheme.get(N("warm2"))  # starts the child's own tracking
                 await until(lambda: r._tracking_info()["up"] == 1)
                 ids = r._tracking_info()["subscriber_ids"]
                 assert ids and ids != parent_ids, (ids, parent_ids)
-                # a Redis hit caches locally; a raw DEL evicts it
+                # a miss fills Redis, whose echo evicts the local copy; then a
+                # Redis hit caches locally, and a raw DEL evicts it
+                await cacheme.get(N("a"))
                 await until(lambda: r._tracking_info()["invalidated_keys"] >= 1)
                 assert await cacheme.get(N("a")) == "v-" + str(os.getpid())
                 local = cacheme.data.get_storage_by_name("l")

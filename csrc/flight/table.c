@@ -132,14 +132,18 @@ CmFlight *cm_flight_start(CmState *st, PyObject *key, Py_hash_t hash)
     return fl;
 }
 
+static void flight_stale(CmState *st, CmFlight *fl)
+{
+    fl->stale = 1;
+    if (fl->done) /* only fills remain: new callers must not get the old value */
+        cm_flight_remove(st, fl);
+}
+
 void cm_flight_invalidate(CmState *st, PyObject *key, Py_hash_t hash)
 {
     CmFlight *fl = cm_flight_find(st, key, hash);
-    if (fl != NULL) {
-        fl->stale = 1;
-        if (fl->done) /* only fills remain: new callers must not get the old value */
-            cm_flight_remove(st, fl);
-    }
+    if (fl != NULL)
+        flight_stale(st, fl);
 }
 
 void cm_flight_invalidate_all(CmState *st)
@@ -151,9 +155,7 @@ void cm_flight_invalidate_all(CmState *st)
         CmFlight *f = t->buckets[i];
         while (f != NULL) {
             CmFlight *next = f->next; /* removing f unlinks it */
-            f->stale = 1;
-            if (f->done)
-                cm_flight_remove(st, f);
+            flight_stale(st, f);
             f = next;
         }
     }

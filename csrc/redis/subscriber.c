@@ -154,19 +154,28 @@ int cm_redis_sub_track(CmRedisSub *s, PyObject *loop, const char *prefix, size_t
     return cm_redis_sub_start(s, loop);
 }
 
+/* Room for one more element in *v (n used of *cap, each size bytes). -1
+ * with MemoryError. */
+static int grow(void **v, size_t n, size_t *cap, size_t size)
+{
+    if (n < *cap)
+        return 0;
+    size_t c = *cap ? 2 * *cap : 4;
+    void *p = realloc(*v, c * size);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *v = p;
+    *cap = c;
+    return 0;
+}
+
 int cm_redis_sub_subscribe(CmRedisSub *s, PyObject *loop, const char *channel, size_t len,
                            CmRedisSubMsgFn fn, void *arg)
 {
-    if (s->nchans == s->capchans) {
-        size_t cap = s->capchans ? 2 * s->capchans : 4;
-        SubChan *v = realloc(s->chans, cap * sizeof(*v));
-        if (v == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        s->chans = v;
-        s->capchans = cap;
-    }
+    if (grow((void **)&s->chans, s->nchans, &s->capchans, sizeof(*s->chans)) < 0)
+        return -1;
     char *name = malloc(len ? len : 1);
     if (name == NULL) {
         PyErr_NoMemory();
@@ -224,16 +233,8 @@ void cm_redis_sub_unsubscribe(CmRedisSub *s, const char *channel, size_t len, Cm
 
 int cm_redis_sub_watch(CmRedisSub *s, CmRedisSubStateFn fn, void *arg)
 {
-    if (s->nwatch == s->capwatch) {
-        size_t cap = s->capwatch ? 2 * s->capwatch : 4;
-        SubWatch *v = realloc(s->watch, cap * sizeof(*v));
-        if (v == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        s->watch = v;
-        s->capwatch = cap;
-    }
+    if (grow((void **)&s->watch, s->nwatch, &s->capwatch, sizeof(*s->watch)) < 0)
+        return -1;
     s->watch[s->nwatch++] = (SubWatch){fn, arg};
     return 0;
 }
