@@ -167,6 +167,7 @@ void cm_flight_handle_settle(PyObject *h, PyObject *value, PyObject *exc)
 }
 
 int cm_flight_handle_stale(PyObject *h) { return ((CmFlightHandleObject *)h)->fl->stale; }
+int cm_flight_handle_unsure(PyObject *h) { return ((CmFlightHandleObject *)h)->fl->unsure; }
 
 Py_ssize_t cm_flight_handle_live_waiters(PyObject *h)
 {

@@ -310,7 +310,8 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
         case STEP_RESOLVE:
             if ((g->fl != NULL && g->fl->stale) || !doorkeeper_admits(g))
                 g->missed = 0;
-            cm_fill_locals(st, cfg, g->key, g->hash, g->value, g->missed);
+            if (g->fl == NULL || !g->fl->unsure)
+                cm_fill_locals(st, cfg, g->key, g->hash, g->value, g->missed);
             if (g->fl != NULL)
                 cm_flight_settle(st, g->fl, g->value, NULL);
             g->step = STEP_FILL;

@@ -146,19 +146,19 @@ void cm_flight_invalidate(CmState *st, PyObject *key, Py_hash_t hash)
         flight_stale(st, fl);
 }
 
-void cm_flight_invalidate_all(CmState *st)
+void cm_flight_unsure(CmState *st, PyObject *key, Py_hash_t hash)
+{
+    CmFlight *fl = cm_flight_find(st, key, hash);
+    if (fl != NULL)
+        fl->unsure = 1;
+}
+
+void cm_flight_unsure_all(CmState *st)
 {
     CmFlightTable *t = &st->flight.table;
-    if (t->buckets == NULL)
-        return;
-    for (size_t i = 0; i <= t->mask; i++) {
-        CmFlight *f = t->buckets[i];
-        while (f != NULL) {
-            CmFlight *next = f->next; /* removing f unlinks it */
-            flight_stale(st, f);
-            f = next;
-        }
-    }
+    for (size_t i = 0; t->buckets != NULL && i <= t->mask; i++)
+        for (CmFlight *f = t->buckets[i]; f != NULL; f = f->next)
+            f->unsure = 1;
 }
 
 /* Take every flight out of the table (those no call holds are freed); the

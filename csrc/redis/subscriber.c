@@ -335,8 +335,14 @@ void cm_redis_sub_reply(CmRedisSub *s, CmRedisConnObject *c, PyObject *reply)
             return;
         }
     }
-    /* an error (NOPERM on a channel, CLIENT refused) or anything else: the
-     * subscriptions cannot be trusted; start over after the backoff */
+    /* an error (NOPERM on a channel, CLIENT TRACKING before Redis 6) or
+     * anything else: the subscriptions cannot be trusted; logged (again
+     * after each backoff while the server refuses) and started over */
+    PyObject *label = PyUnicode_FromString(cm_redis_conn_label(c));
+    if (label != NULL)
+        cm_log_warning(st, "cacheme: redis %U: subscriber connection refused: %R", label, reply);
+    Py_XDECREF(label);
+    PyErr_Clear();
     cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1, "redis %s: subscriber: %R",
                             cm_redis_conn_label(c), reply);
     Py_DECREF(reply);

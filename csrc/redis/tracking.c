@@ -31,9 +31,10 @@
  * Gaps: the subscriber lost (or not up yet) means writes unheard. Then each
  * request records at send whether tracking was up and under which epoch
  * (bumped on lost and on up): a reply from outside one unbroken up period
- * does not fill local tiers (its flight is made stale). On lost every
- * covered store is flushed and every flight made stale; on up again they
- * are flushed once more (anything filled meanwhile was unheard).
+ * fills no local tier (cm_flight_unsure; Redis itself is filled as usual).
+ * On lost every covered store is flushed and every flight made unsure; on
+ * up again they are flushed once more (anything filled meanwhile was
+ * unheard).
  *
  * Expiry: Redis deletes expired keys lazily or by sampling, so their
  * invalidation may come late; a covered local TTL is capped by the Redis
@@ -57,7 +58,7 @@ static void track_flush(CmRedisPool *p)
     PyObject *covered = track_owner(p->client)->covered; // borrowed
     for (Py_ssize_t i = 0; covered != NULL && i < PyList_GET_SIZE(covered); i++)
         cm_store_clear((CmStoreObject *)PyList_GET_ITEM(covered, i));
-    cm_flight_invalidate_all(p->st);
+    cm_flight_unsure_all(p->st);
     p->track_flushes++;
 }
 
@@ -142,13 +143,13 @@ void cm_redis_track_unsure(CmRedisEntry *e)
             CmRedisOp *op = e->gets[i].op;
             PyObject *key = cm_redis_op_key(op, e->gets[i].pos); // borrowed
             if (PyUnicode_Check(key))
-                cm_flight_invalidate(op->client->st, key, PyObject_Hash(key));
+                cm_flight_unsure(op->client->st, key, PyObject_Hash(key));
         }
     } else if ((e->cmd == CM_CMD_GET || e->cmd == CM_CMD_MGET) && e->op != NULL) {
         for (uint32_t i = 0; i < e->npos; i++) {
             PyObject *key = cm_redis_op_key(e->op, cm_entry_position(e, i)); // borrowed
             if (PyUnicode_Check(key))
-                cm_flight_invalidate(e->op->client->st, key, PyObject_Hash(key));
+                cm_flight_unsure(e->op->client->st, key, PyObject_Hash(key));
         }
     }
     PyErr_Clear(); /* a hash cannot fail on a str; nothing to report */
