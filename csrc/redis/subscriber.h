@@ -7,15 +7,17 @@
  * CmRedisConnObject in a pool of its own (redis/conn.c on net/: connect,
  * TLS, AUTH/SELECT, the loop binding, the after-fork and closed-loop rules,
  * backoff) whose replies, past AUTH/SELECT, are read here rather than
- * matched to requests. On open it sends CLIENT ID (the id other
- * connections name in CLIENT TRACKING ... REDIRECT) and SUBSCRIBE of every
- * channel asked for.
+ * matched to requests. On open it sends CLIENT ID; once that is answered,
+ * CLIENT TRACKING when asked for (cm_redis_sub_track: it must precede the
+ * first SUBSCRIBE), SUBSCRIBE of every channel, and a PING whose answer
+ * makes it up (watchers told up=1). No request on it has a deadline past
+ * the connect and AUTH/SELECT: a silent network partition is not noticed
+ * (a server that dies or closes it is).
  *
  * Lost (the server failed, or closed it): watchers are told (up=0) at once,
- * and a timer reconnects at the pool's backoff (net/pool.h); once CLIENT ID
- * is answered again the channels are subscribed anew and watchers are told
- * (up=1). Messages published while it was down are lost: that is what the
- * "lost" event is for. Closed without a failure (storage closed, event loop
+ * and a timer reconnects at the pool's backoff (net/pool.h), then sets up
+ * anew as above. Messages published while it was down are lost: that is
+ * what the "lost" event is for. Closed without a failure (storage closed, event loop
  * changed or closed, forked child): nothing is re-armed; the next
  * cm_redis_sub_start (any subscribe does one) connects on the caller's loop.
  *
