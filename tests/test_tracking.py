@@ -38,6 +38,22 @@ def client_ids(server, name_part: str = "") -> list:
     return ids
 
 
+async def test_subscriber_keepalive_notices_a_silent_server(redis_server):
+    """A server that stops answering (SIGSTOP: no reset, no close) is noticed
+    by the subscriber's PING within `timeout`: lost, then up again once the
+    server answers."""
+    s = RedisStorage(redis_server.url, timeout=0.2, retry_backoff=0.01, retry_backoff_max=0.05)
+    log = s._sub_listen(unique("chan").encode())
+    await wait_for(lambda: any(e[0] == "up" for e in log), "subscriber up")
+    redis_server.pause()
+    try:
+        await wait_for(lambda: ("lost", 0) in log, "silence noticed")
+    finally:
+        redis_server.resume()
+    await wait_for(lambda: len([e for e in log if e[0] == "up"]) == 2, "up again")
+    s.close_now()
+
+
 async def test_subscriber_messages_reconnect_and_unsubscribe_state(redis_server):
     s = RedisStorage(redis_server.url, retry_backoff=0.01, retry_backoff_max=0.05)
     chan = unique("chan").encode()

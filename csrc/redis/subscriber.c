@@ -30,8 +30,12 @@ struct CmRedisSub {
     size_t nwatch, capwatch;
     int dispatching; /* >0 while callbacks run: removals only clear fn */
     int gone;        /* its owner is garbage: never connects again */
+    int pinged;      /* a PING (or the setup) is not answered yet */
+    /* while connected, the keepalive: a PING every `timeout`, and the
+     * connection closed when one is not answered within it; else the
+     * reconnect at the backoff */
     CmNetTimer retry;
-    PyObject *token;    /* capsule naming this sub for the retry timer; its
+    PyObject *token;    /* capsule naming this sub for the timer; its
                            context is cleared when the sub is freed */
     PyObject *retry_cb; /* bound to token */
 };
@@ -104,6 +108,13 @@ int cm_redis_sub_start(CmRedisSub *s, PyObject *loop)
     /* CLIENT ID alone: the rest (sub_setup) waits for it, as CLIENT
      * TRACKING names it and must come before the first SUBSCRIBE */
     if (sub_send(s, "CLIENT", "ID", 2) < 0) {
+        cm_redis_conn_close(c, s->pool->st->redis.ConnectionError, NULL, 0);
+        return -1;
+    }
+    /* the setup is answered within `timeout`, like any request */
+    s->pinged = 1;
+    if (cm_net_timer_arm(s->pool->st, loop, &s->retry,
+                         cm_now_ns() + (int64_t)(s->pool->cfg->timeout * 1e9), s->retry_cb) < 0) {
         cm_redis_conn_close(c, s->pool->st->redis.ConnectionError, NULL, 0);
         return -1;
     }
@@ -311,9 +322,15 @@ void cm_redis_sub_reply(CmRedisSub *s, CmRedisConnObject *c, PyObject *reply)
     if (PyList_Check(reply) && PyList_GET_SIZE(reply) == 2 &&
         is_kind(PyList_GET_ITEM(reply, 0), "pong"))
         pong = 1;
+    if (pong && s->up) { /* the keepalive's */
+        Py_DECREF(reply);
+        s->pinged = 0;
+        return;
+    }
     if (pong && s->id != 0 && !s->up) {
         Py_DECREF(reply);
         s->up = 1;
+        s->pinged = 0;
         cm_net_pool_ok(&s->pool->net);
         sub_notify(s, 1);
         return;
@@ -348,7 +365,37 @@ void cm_redis_sub_reply(CmRedisSub *s, CmRedisConnObject *c, PyObject *reply)
     Py_DECREF(reply);
 }
 
-/* The retry timer: connect again on the pool's loop. */
+/* The keepalive: the last PING (or the setup) unanswered within `timeout`
+ * means a server or a network that is gone without a word (a partition, a
+ * stopped server), whose invalidations would never come: the connection
+ * is closed as failed (lost, then reconnected). Else another PING. */
+static void sub_keepalive(CmRedisSub *s)
+{
+    CmRedisConnObject *c = s->conn; // borrowed: open, in s->pool
+    CmState *st = s->pool->st;
+    int ms = (int)(s->pool->cfg->timeout * 1000);
+    if (s->pinged) {
+        cm_redis_conn_close_fmt(c, st->redis.TimeoutError, 1,
+                                "redis %s: subscriber: no answer within %d ms",
+                                cm_redis_conn_label(c), ms);
+        return;
+    }
+    const char *ping = "PING";
+    size_t four = 4;
+    if (cm_redis_conn_send_raw(c, 1, &ping, &four) < 0 ||
+        cm_net_timer_arm(st, c->net.loop, &s->retry, cm_now_ns() + (int64_t)ms * 1000000,
+                         s->retry_cb) < 0) {
+        PyObject *exc = cm_exc_take();
+        cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1, "redis %s: subscriber: %S",
+                                cm_redis_conn_label(c), exc);
+        Py_XDECREF(exc);
+        return;
+    }
+    s->pinged = 1;
+}
+
+/* The timer: the keepalive while connected, else connect again on the
+ * pool's loop. */
 static PyObject *sub_on_retry(PyObject *token, PyObject *Py_UNUSED(unused))
 {
     CmRedisSub *s = PyCapsule_GetContext(token);
@@ -358,6 +405,10 @@ static PyObject *sub_on_retry(PyObject *token, PyObject *Py_UNUSED(unused))
     }
     Py_CLEAR(s->retry.handle);
     s->retry.at = 0;
+    if (s->conn != NULL) {
+        sub_keepalive(s);
+        Py_RETURN_NONE;
+    }
     PyObject *loop = s->pool->net.loop; // borrowed
     if (s->conn == NULL && loop != NULL && cm_redis_sub_start(s, loop) < 0) {
         /* still down: cm_redis_pool_conn counted it; try at the next backoff */
@@ -377,6 +428,10 @@ void cm_redis_sub_closed(CmRedisSub *s, CmRedisConnObject *c, int failed)
     s->conn = NULL;
     s->id = 0;
     s->up = 0;
+    s->pinged = 0;
+    /* the keepalive goes with the connection (a detached close dropped it
+     * before: its loop is not to be touched) */
+    cm_net_timer_cancel(s->pool->st, &s->retry);
     if (failed && c->net.loop != NULL) {
         int64_t now = cm_now_ns(), at = s->pool->net.retry_at;
         if (cm_net_timer_arm(s->pool->st, c->net.loop, &s->retry, at > now ? at : now,

@@ -10,9 +10,9 @@
  * matched to requests. On open it sends CLIENT ID; once that is answered,
  * CLIENT TRACKING when asked for (cm_redis_sub_track: it must precede the
  * first SUBSCRIBE), SUBSCRIBE of every channel, and a PING whose answer
- * makes it up (watchers told up=1). No request on it has a deadline past
- * the connect and AUTH/SELECT: a silent network partition is not noticed
- * (a server that dies or closes it is).
+ * makes it up (watchers told up=1). Then a PING every `timeout`: the setup
+ * or a PING not answered within `timeout` closes it as lost (a stopped
+ * server or a silent partition would otherwise keep it "up" and deaf).
  *
  * Lost (the server failed, or closed it): watchers are told (up=0) at once,
  * and a timer reconnects at the pool's backoff (net/pool.h), then sets up
