@@ -93,7 +93,7 @@ test-py: venv $(VENV)/.test-stamp test-venvs
 # The modules whose tests run on an event loop of their own, again on uvloop
 # (uvicorn's loop when installed), busy polling included.
 UVLOOP_TESTS := tests/test_api.py tests/test_redis.py tests/test_sql.py tests/test_uvloop.py \
-  tests/test_shapes_connect.py tests/test_redis_tls.py tests/test_mongo.py
+  tests/test_shapes_connect.py tests/test_redis_tls.py tests/test_mongo.py tests/test_tracking.py
 
 test-uvloop: venv $(VENV)/.test-stamp test-venvs
 	CACHEME_TEST_LOOP=uvloop $(PY) -m pytest $(UVLOOP_TESTS) -q --timeout 300
@@ -233,3 +233,4 @@ include benchmarks/serializer.mk
 include benchmarks/redis.mk
 include benchmarks/sql.mk
 include benchmarks/mongo.mk
+include benchmarks/coherence.mk

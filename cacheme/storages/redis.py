@@ -140,7 +140,7 @@ def parse_url(address: str) -> Dict[str, Any]:
             out[key] = float(value)
         elif key in ("password", "username") or key in _SSL_STR_OPTIONS:
             out[key] = value
-        elif key in ("ssl", "ssl_check_hostname"):
+        elif key in ("ssl", "ssl_check_hostname", "tracking"):
             out[key] = bool_text("redis", key, value)
         elif key == "ssl_cert_reqs":
             out[key] = value
@@ -179,6 +179,8 @@ def _check_options(pool_size: Any, kwargs: Dict[str, Any]) -> None:
         kwargs["ssl"] = bool(kwargs["ssl"])
     if "ssl_check_hostname" in kwargs:
         kwargs["ssl_check_hostname"] = bool(kwargs["ssl_check_hostname"])
+    if "tracking" in kwargs:
+        kwargs["tracking"] = bool(kwargs["tracking"])
     lo = kwargs.get("retry_backoff", 0.05)
     hi = kwargs.get("retry_backoff_max", 1.0)
     if hi < lo:
@@ -207,7 +209,7 @@ class RedisStorage(_core.RedisClient, BaseStorage):
         kwargs.update(options)
         allowed = ("host", "port", "path", "username", "password", "db", "pool_size", "cluster",
                    *_FLOAT_OPTIONS, "pipeline", "max_reply_elements", "max_bulk_bytes",
-                   *_SSL_OPTIONS)
+                   *_SSL_OPTIONS, "tracking")
         unknown = set(kwargs) - set(allowed)
         if unknown:
             raise TypeError(

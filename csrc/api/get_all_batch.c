@@ -190,9 +190,20 @@ static int batch_admit(CmGetAllObject *o)
         if (PyDict_SetItem(o->admitted, key, value) < 0)
             return -1;
     }
-    PyObject *keys = PyDict_Keys(o->admitted);
+    /* the local tiers take what no unheard write may have changed
+     * (cm_flight_unsure); the remote ones all that was admitted */
+    PyObject *keys = PyList_New(0);
     if (keys == NULL)
         return -1;
+    i = 0;
+    while (PyDict_Next(o->admitted, &i, &key, &value)) {
+        PyObject *h = PyDict_GetItemWithError(o->lead, key); // borrowed
+        if ((h == NULL && PyErr_Occurred()) ||
+            (h != NULL && !cm_flight_handle_unsure(h) && PyList_Append(keys, key) < 0)) {
+            Py_DECREF(keys);
+            return -1;
+        }
+    }
     for (Py_ssize_t c = 0; c < cfg->ncaches; c++) {
         CmCacheRef *r = &cfg->caches[c];
         if (r->kind != CM_CACHE_REMOTE)

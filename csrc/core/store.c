@@ -628,11 +628,15 @@ static int store_contains(PyObject *self, PyObject *arg)
     return found;
 }
 
-static PyObject *store_clear_method(PyObject *self, PyObject *Py_UNUSED(x))
+void cm_store_clear(CmStoreObject *s)
 {
-    CmStoreObject *s = (CmStoreObject *)self;
     store_clear_all(s);
     flush_dead(s);
+}
+
+static PyObject *store_clear_method(PyObject *self, PyObject *Py_UNUSED(x))
+{
+    cm_store_clear((CmStoreObject *)self);
     Py_RETURN_NONE;
 }
 

@@ -40,6 +40,8 @@ int cm_store_put_aged(CmStoreObject *s, PyObject *key, Py_hash_t hash, PyObject 
                       int64_t ttl_ns, int64_t grace_ns, int64_t load_ns, int64_t written);
 /* How many puts the store has seen (a version for "anything new?"). */
 uint64_t cm_store_puts(CmStoreObject *s);
+/* Remove every entry. */
+void cm_store_clear(CmStoreObject *s);
 /* 1 removed, 0 absent. */
 int cm_store_delete(CmStoreObject *s, PyObject *key, Py_hash_t hash);
 

@@ -24,6 +24,9 @@ struct CmFlight {
     int abandoned;  /* every caller left: removed from the table, load cancelled */
     int stale;      /* invalidated while in flight: do not fill */
     int background; /* a refresh behind a hit (refresh.c): its waiters leaving never cancel it */
+    /* a read of it may predate a write nobody told us of (a coherent
+     * storage's invalidations were not heard): fill no local tier */
+    int unsure;
     PyObject *value, *exc;
     PyObject *exc_tb; /* exc's traceback when it settled: restored on each raise */
     /* the calls waiting (role WAITS), strong references: settled and
@@ -107,6 +110,17 @@ PyObject *cm_flight_lead(CmState *st, PyObject *key, Py_hash_t hash);
 void cm_flight_handle_settle(PyObject *h, PyObject *value, PyObject *exc);
 /* Invalidated while in flight: its value must not fill any cache. */
 int cm_flight_handle_stale(PyObject *h);
+/* key changed elsewhere (invalidate, a Redis invalidation message): a load
+ * in flight for it will not fill caches, and new callers load anew once it
+ * is done. */
+void cm_flight_invalidate(CmState *st, PyObject *key, Py_hash_t hash);
+/* A read for key may predate a write that was not heard of (redis/
+ * tracking.c): its flight fills no local tier (the remote ones as usual). */
+void cm_flight_unsure(CmState *st, PyObject *key, Py_hash_t hash);
+/* The same for every flight (a coherent storage's invalidations were lost). */
+void cm_flight_unsure_all(CmState *st);
+/* The flight's value may not fill local tiers (cm_flight_unsure). */
+int cm_flight_handle_unsure(PyObject *h);
 /* Callers still waiting on the flight (0 once it is settled). */
 Py_ssize_t cm_flight_handle_live_waiters(PyObject *h);
 /* Take the flight out of the table: new callers load anew. */

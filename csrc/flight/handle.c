@@ -167,6 +167,7 @@ void cm_flight_handle_settle(PyObject *h, PyObject *value, PyObject *exc)
 }
 
 int cm_flight_handle_stale(PyObject *h) { return ((CmFlightHandleObject *)h)->fl->stale; }
+int cm_flight_handle_unsure(PyObject *h) { return ((CmFlightHandleObject *)h)->fl->unsure; }
 
 Py_ssize_t cm_flight_handle_live_waiters(PyObject *h)
 {
@@ -212,12 +213,7 @@ static PyObject *py_flight_invalidate(PyObject *mod, PyObject *key)
     Py_hash_t hash;
     if (arg_key(key, &hash) == NULL)
         return NULL;
-    CmFlight *fl = cm_flight_find(st, key, hash);
-    if (fl != NULL) {
-        fl->stale = 1;
-        if (fl->done) /* only fills remain: new callers must not get the old value */
-            cm_flight_remove(st, fl);
-    }
+    cm_flight_invalidate(st, key, hash);
     Py_RETURN_NONE;
 }
 

@@ -429,8 +429,9 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
             /* a refresh replaces what the caches hold: no doorkeeper */
             if ((g->fl != NULL && g->fl->stale) || (!g->refresh && !doorkeeper_admits(g)))
                 g->missed = 0;
-            cm_fill_locals(st, cfg, g->key, g->hash, g->value, g->missed, g->load_ns,
-                           g->fill_written);
+            if (g->fl == NULL || !g->fl->unsure)
+                cm_fill_locals(st, cfg, g->key, g->hash, g->value, g->missed, g->load_ns,
+                               g->fill_written);
             if (g->fl != NULL)
                 cm_flight_settle(st, g->fl, g->value, NULL);
             g->step = STEP_FILL;

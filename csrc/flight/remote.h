@@ -45,6 +45,12 @@ struct CmRemoteOps {
      * work on this storage, stale_if_error included (fills for it get a TTL
      * longer by Meta.stale_if_error: the age says when the value expired). */
     int ages;
+    /* Optional (NULL: none). local (a LocalStore) sits in front of storage
+     * in a node's chain (told as node configs are built): 1 when storage
+     * keeps it coherent (evicts from it what changes in the storage, Redis
+     * tracking), 0 when not; -1 with an exception. A covered local's TTL
+     * is capped by storage's (the storage may expire a key without a word). */
+    int (*cover)(PyObject *storage, PyObject *local);
 };
 
 /* Register ops for storages of type (and its subclasses), with data (a

@@ -132,6 +132,35 @@ CmFlight *cm_flight_start(CmState *st, PyObject *key, Py_hash_t hash)
     return fl;
 }
 
+static void flight_stale(CmState *st, CmFlight *fl)
+{
+    fl->stale = 1;
+    if (fl->done) /* only fills remain: new callers must not get the old value */
+        cm_flight_remove(st, fl);
+}
+
+void cm_flight_invalidate(CmState *st, PyObject *key, Py_hash_t hash)
+{
+    CmFlight *fl = cm_flight_find(st, key, hash);
+    if (fl != NULL)
+        flight_stale(st, fl);
+}
+
+void cm_flight_unsure(CmState *st, PyObject *key, Py_hash_t hash)
+{
+    CmFlight *fl = cm_flight_find(st, key, hash);
+    if (fl != NULL)
+        fl->unsure = 1;
+}
+
+void cm_flight_unsure_all(CmState *st)
+{
+    CmFlightTable *t = &st->flight.table;
+    for (size_t i = 0; t->buckets != NULL && i <= t->mask; i++)
+        for (CmFlight *f = t->buckets[i]; f != NULL; f = f->next)
+            f->unsure = 1;
+}
+
 /* Take every flight out of the table (those no call holds are freed); the
  * buckets stay. */
 void cm_flight_table_empty(CmState *st)

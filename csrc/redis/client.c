@@ -2,6 +2,7 @@
  * one pool or a cluster, instances for other loops (net/netloop.h), and the
  * module hooks of the Redis driver. */
 #include "redis/internal.h"
+#include "redis/subscriber.h"
 #include <limits.h>
 #include <stdio.h>
 
@@ -126,6 +127,7 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
                              "ssl_keyfile",
                              "ssl_cert_reqs",
                              "ssl_check_hostname",
+                             "tracking",
                              NULL};
     CmState *st = cm_state_from_type(Py_TYPE(self));
     const char *host = "localhost", *path = NULL;
@@ -135,17 +137,17 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     PyObject *user = NULL, *pass = NULL, *ubytes = NULL, *pbytes = NULL, *ser = NULL;
     PyObject *busy_poll = Py_None;
     Py_ssize_t max_elements = CM_REDIS_MAX_ELEMENTS, max_bulk = CM_REDIS_MAX_BULK;
-    int ssl = 0, cert_reqs = 2, check_hostname = 1;
+    int ssl = 0, cert_reqs = 2, check_hostname = 1, tracking = 0;
     CmTlsOptions tlso = {0};
     CmTlsContext tls = {0};
     int rc = -1;
     if (st == NULL)
         return -1;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "|$zizOOliddpiddOnnpzzzzip:RedisClient", kwlist, &host, &port, &path, &user,
-            &pass, &db, &size, &connect_timeout, &timeout, &cluster, &pipeline, &backoff,
+            args, kwds, "|$zizOOliddpiddOnnpzzzzipp:RedisClient", kwlist, &host, &port, &path,
+            &user, &pass, &db, &size, &connect_timeout, &timeout, &cluster, &pipeline, &backoff,
             &backoff_max, &busy_poll, &max_elements, &max_bulk, &ssl, &tlso.ca_certs, &tlso.ca_path,
-            &tlso.certfile, &tlso.keyfile, &cert_reqs, &check_hostname))
+            &tlso.certfile, &tlso.keyfile, &cert_reqs, &check_hostname, &tracking))
         return -1;
     if (max_elements < 1 || max_elements > INT_MAX) {
         PyErr_Format(PyExc_ValueError, "redis: max_reply_elements must be in 1..%d, got %zd",
@@ -244,6 +246,7 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     self->cfg.pipeline = pipeline;
     self->cfg.max_reply_elements = max_elements;
     self->cfg.max_bulk_bytes = max_bulk;
+    self->cfg.tracking = tracking;
     cm_tls_context_fini(&self->cfg.tls); /* the pools using it are closed */
     self->cfg.tls = tls;
     tls.ctx = NULL;
@@ -279,7 +282,10 @@ static PyObject *client_spawn(PyObject *owner)
         PyErr_SetString(self->st->redis.Error, "redis storage is not initialised");
         return NULL;
     }
-    return PyObject_Call(self->st->redis.ClientType, self->init_args, self->init_kwds);
+    PyObject *inst = PyObject_Call(self->st->redis.ClientType, self->init_args, self->init_kwds);
+    if (inst != NULL) /* tracking: its covered stores are the owner's */
+        ((CmRedisClientObject *)inst)->origin = (CmRedisClientObject *)Py_NewRef(owner);
+    return inst;
 }
 
 static void client_drop_detached(PyObject *inst, const char *why, int fork)
@@ -321,14 +327,17 @@ static int client_traverse(CmRedisClientObject *self, visitproc visit, void *arg
     Py_VISIT(self->default_serializer);
     Py_VISIT(self->init_args);
     Py_VISIT(self->init_kwds);
+    Py_VISIT(self->sub_log);
+    Py_VISIT(self->origin);
+    Py_VISIT(self->covered);
     /* the pools are C records of the client's: their connections (and
      * through them the pending ops, which hold the client) are its own */
-    int rc = self->pool ? cm_net_pool_traverse(&self->pool->net, visit, arg) : 0;
+    int rc = self->pool ? cm_redis_pool_traverse(self->pool, visit, arg) : 0;
     if (rc == 0 && self->cluster != NULL) {
         CmRedisPool **pools;
         Py_ssize_t np = cm_cluster_pools(self, &pools);
         for (Py_ssize_t i = 0; rc == 0 && i < np; i++)
-            rc = cm_net_pool_traverse(&pools[i]->net, visit, arg);
+            rc = cm_redis_pool_traverse(pools[i], visit, arg);
     }
     if (rc == 0)
         rc = cm_cluster_traverse(self->cluster, visit, arg);
@@ -354,6 +363,9 @@ static int client_clear(CmRedisClientObject *self)
     Py_CLEAR(self->init_args);
     Py_CLEAR(self->init_kwds);
     Py_CLEAR(self->default_serializer);
+    Py_CLEAR(self->sub_log);
+    Py_CLEAR(self->origin);
+    Py_CLEAR(self->covered);
     cm_busypoll_clear(&self->spin);
     return 0;
 }
@@ -395,6 +407,9 @@ static PyMethodDef client_methods[] = {
     {"_connections", (PyCFunction)client_connections, METH_NOARGS, NULL},
     {"_retrying", (PyCFunction)client_retrying, METH_NOARGS, NULL},
     {"_resolves", (PyCFunction)client_resolves, METH_NOARGS, NULL},
+    {"_sub_listen", (PyCFunction)cm_redis_sub_listen, METH_O, NULL},
+    {"_tracking_info", (PyCFunction)cm_redis_track_info, METH_NOARGS, NULL},
+    {"_tracking_inject", (PyCFunction)cm_redis_track_inject, METH_O, NULL},
     {"busy_poll_info", (PyCFunction)client_busy_poll_info, METH_NOARGS,
      "busy_poll_info() -> {'busy_poll': limit, 'busy_poll_hits': n, 'busy_poll_timeouts': n}"},
     {NULL, NULL},
@@ -410,7 +425,7 @@ static PyType_Slot client_slots[] = {
     {Py_tp_doc, "RedisClient(*, host, port, path, username, password, db, pool_size, "
                 "connect_timeout, timeout, cluster, pipeline, retry_backoff, retry_backoff_max, "
                 "busy_poll, max_reply_elements, max_bulk_bytes, ssl, ssl_ca_certs, ssl_ca_path, "
-                "ssl_certfile, ssl_keyfile, ssl_cert_reqs, ssl_check_hostname): "
+                "ssl_certfile, ssl_keyfile, ssl_cert_reqs, ssl_check_hostname, tracking): "
                 "the C Redis client behind cacheme's RedisStorage."},
     {0, NULL},
 };

@@ -5,6 +5,7 @@
  * deadline. A failure closes it and fails every pending entry with
  * RedisConnectionError or RedisTimeoutError; nothing waits forever. */
 #include "redis/internal.h"
+#include "redis/subscriber.h"
 #include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -66,6 +67,10 @@ static void conn_fail_pending(CmNetConn *nc, CmNetPool *pool, PyObject *tp, PyOb
     for (size_t i = 0; i < len; i++)
         cm_redis_entry_fail(st, &ring[(head + i) % cap], tp, msg);
     free(ring);
+    struct CmRedisSub *sub = c->sub;
+    c->sub = NULL;
+    if (sub != NULL)
+        cm_redis_sub_closed(sub, c, failed);
     if (failed && owner != NULL && owner->cluster != NULL)
         cm_cluster_node_failed(owner);
     Py_XDECREF(owner);
@@ -233,6 +238,7 @@ static void conn_add_get(CmRedisConnObject *c, CmRedisEntry *e)
     }
     if (t == NULL) {
         CmRedisEntry r = {.cmd = CM_CMD_GETS,
+                          .track = cm_redis_track_mark(p),
                           .deadline = cm_now_ns() + (int64_t)(p->cfg->timeout * 1e9)};
         if ((r.gets = malloc(CM_REDIS_RUN_FIRST * sizeof(*r.gets))) == NULL ||
             ring_push(c, &r) < 0) {
@@ -311,6 +317,7 @@ void cm_redis_conn_push(CmRedisConnObject *c, CmRedisEntry *e)
         return;
     }
     e->deadline = cm_now_ns() + (int64_t)(cm_redis_conn_pool(c)->cfg->timeout * 1e9);
+    e->track = cm_redis_track_mark(cm_redis_conn_pool(c));
     if (ring_push(c, e) < 0) {
         cm_buf_rollback(&c->out, mark);
         PyErr_NoMemory();
@@ -320,6 +327,19 @@ void cm_redis_conn_push(CmRedisConnObject *c, CmRedisEntry *e)
     if (cm_net_conn_arm(&c->net, e->deadline) < 0)
         PyErr_WriteUnraisable((PyObject *)c);
     conn_schedule_flush(c);
+}
+
+int cm_redis_conn_send_raw(CmRedisConnObject *c, size_t argc, const char *const *argv,
+                           const size_t *lens)
+{
+    if (c->open_run)
+        close_run(c);
+    if (cm_resp_command(&c->out, argc, argv, lens) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    conn_schedule_flush(c);
+    return 0;
 }
 
 /* A connection-internal request (AUTH, SELECT). */
@@ -376,6 +396,7 @@ CmRedisConnObject *cm_redis_conn_open(CmRedisPool *p, PyObject *loop)
     c->flush_scheduled = c->replied = c->open_run = 0;
     c->connect_deadline = cm_now_ns() + (int64_t)(cfg->connect_timeout * 1e9);
     c->resolve = NULL;
+    c->sub = NULL;
     memset(&c->out, 0, sizeof(c->out));
     c->ring = NULL;
     c->cap = c->head = c->len = 0;
@@ -538,6 +559,11 @@ static void stream_parse(CmNetConn *nc)
                                         cm_redis_conn_label(c), reader_max_bulk(c));
             return;
         }
+        if (c->len == 0 && c->sub != NULL) {
+            /* a subscriber's connection past its AUTH/SELECT */
+            cm_redis_sub_reply(c->sub, c, (PyObject *)reply);
+            continue;
+        }
         if (c->len == 0) {
             Py_DECREF((PyObject *)reply);
             cm_redis_conn_close_fmt(c, st->redis.ConnectionError, 1,
@@ -553,6 +579,8 @@ static void stream_parse(CmNetConn *nc)
             c->replied = 1;
             cm_net_pool_ok(c->net.pool);
         }
+        if (cm_redis_track_unsure_on(cm_redis_conn_pool(c), &e))
+            cm_redis_track_unsure(&e);
         cm_redis_entry_reply(c, &e, (PyObject *)reply);
     }
 }

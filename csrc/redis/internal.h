@@ -69,6 +69,9 @@ struct CmRedisConnObject {
     redisReader *reader;
     CmRedisEntry *ring;
     size_t cap, head, len;
+    /* the subscriber whose connection this is (borrowed; cleared when it
+     * closes or the subscriber goes), or NULL */
+    struct CmRedisSub *sub;
 };
 
 /* The pool of a connection, NULL once it is closed. */
@@ -141,6 +144,11 @@ CmRedisConnObject *cm_redis_conn_open(CmRedisPool *p, PyObject *loop);
 void cm_redis_conn_close(CmRedisConnObject *c, PyObject *tp, PyObject *msg, int failed);
 void cm_redis_conn_close_fmt(CmRedisConnObject *c, PyObject *tp, int failed, const char *fmt, ...);
 const char *cm_redis_conn_label(CmRedisConnObject *c);
+/* Queue a command whose reply is not matched to an entry (a subscriber's:
+ * redis/subscriber.c reads them); sent with the next flush, or once
+ * connected. -1 with MemoryError. */
+int cm_redis_conn_send_raw(CmRedisConnObject *c, size_t argc, const char *const *argv,
+                           const size_t *lens);
 /* Connected (and TLS set up): watch for replies, send what is queued. */
 void cm_redis_conn_ready(CmRedisConnObject *c);
 /* Its buffers and reply parser on net/stream.h's loops. */
@@ -171,6 +179,27 @@ int cm_redis_sock_connect(CmRedisPool *p, int *pending);
 
 /* The client is garbage: close its pools' connections (net/pool.h). */
 void cm_redis_pool_close_gc(CmRedisPool *p);
+
+/* tracking.c */
+/* Have pool p's subscriber track the key prefix (connecting it); -1 with
+ * an exception. */
+int cm_redis_track_start(CmRedisPool *p, PyObject *loop);
+/* A reply to e came from outside one unbroken period of tracking: its keys'
+ * flights must not fill local tiers. */
+void cm_redis_track_unsure(CmRedisEntry *e);
+/* The tracking epoch to record in an entry sent on p now. */
+static inline uint32_t cm_redis_track_mark(const CmRedisPool *p)
+{
+    return p->track_up ? p->track_epoch : 0;
+}
+/* 1 when a reply to e on p must not fill local tiers. */
+static inline int cm_redis_track_unsure_on(const CmRedisPool *p, const CmRedisEntry *e)
+{
+    return p->cfg->tracking && (e->track == 0 || e->track != p->track_epoch);
+}
+int cm_redis_cover(PyObject *storage, PyObject *local);
+PyObject *cm_redis_track_info(CmRedisClientObject *self, PyObject *unused);
+PyObject *cm_redis_track_inject(CmRedisClientObject *self, PyObject *msg);
 
 /* calls.c */
 int cm_redis_client_check_open(CmRedisClientObject *self);

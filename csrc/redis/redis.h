@@ -50,6 +50,9 @@ typedef struct {
     /* cluster: 1 + the index of the node the map first sent it to (a get_all's
      * piece is one node's requests, redirected or not); 0 unknown */
     uint16_t node;
+    /* tracking: the pool's track_epoch when it was sent while tracking was
+     * up, else 0 (redis/tracking.c) */
+    uint32_t track;
     int64_t deadline; /* monotonic ns */
 } CmRedisEntry;
 
@@ -73,6 +76,7 @@ typedef struct {
     Py_ssize_t max_reply_elements;
     Py_ssize_t max_bulk_bytes;
     CmTlsContext tls; /* rediss://: ctx set */
+    int tracking;     /* local tiers kept coherent (redis/tracking.c) */
 } CmRedisConfig;
 
 /* The connections to one server (net/pool.h: slots, loop, backoff). A plain
@@ -90,6 +94,14 @@ struct CmRedisPool {
     struct addrinfo *addrs; /* the host's addresses, NULL until looked up */
     CmRedisConnObject *run; /* borrowed: the connection collecting GETs, or NULL */
     long resolves;          /* lookups made, for tests */
+    /* the server's pub/sub connection (redis/subscriber.h), owned, made on
+     * first use; and on a subscriber's own pool, the subscriber (borrowed) */
+    struct CmRedisSub *sub, *sub_of;
+    /* tracking (redis/tracking.c): up, bumped on each lost and up (never
+     * 0), and counts for _tracking_info */
+    int track_up;
+    uint32_t track_epoch;
+    long long track_keys, track_flushes;
 };
 
 struct CmRedisClientObject {
@@ -104,12 +116,20 @@ struct CmRedisClientObject {
      * RedisClient arguments */
     CmNetLoops loops;
     PyObject *init_args, *init_kwds;
+    /* _sub_listen (tests): what the subscriber delivered, or NULL */
+    PyObject *sub_log;
+    /* tracking: the client this one was spawned from for another loop (or
+     * NULL), and (on that one) the LocalStores it keeps coherent */
+    CmRedisClientObject *origin;
+    PyObject *covered;
 };
 
 /* pool.c, conn.c, op.c, calls.c: used by the cluster */
 CmRedisPool *cm_redis_pool_new(CmRedisClientObject *c, const char *host, int port,
                                const char *path);
 void cm_redis_pool_free(CmRedisPool *p);
+/* GC: the pool's connections and its subscriber's. */
+int cm_redis_pool_traverse(CmRedisPool *p, visitproc visit, void *arg);
 /* A connection of the pool for the running loop (borrowed), opening one if
  * needed; NULL with an exception while the server is unreachable. */
 CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop);

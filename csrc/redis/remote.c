@@ -1,7 +1,7 @@
 /* RedisClient as a remote storage of the singleflight (flight/remote.h):
  * adapters over the flight calls that redis.c exports. */
 #include "flight/remote.h"
-#include "redis/redis.h"
+#include "redis/internal.h"
 
 static CmRemoteOp *redis_get(PyObject *storage, PyObject *node, PyObject *ser, PyObject *loop,
                              PyObject *call)
@@ -30,6 +30,7 @@ static const CmRemoteOps redis_remote_ops = {
     .unref = redis_unref,
     .attach_waiter = cm_redis_attach_waiter,
     .ages = 1,
+    .cover = cm_redis_cover,
 };
 
 int cm_redis_remote_init(PyObject *mod, CmState *st)
