@@ -40,6 +40,17 @@ struct CmRemoteOps {
      * op behind it through cm_remote_wake_waiter, rather than as a
      * done-callback of fut. 1 attached, 0 not. */
     int (*attach_waiter)(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
+    /* Optional (NULL: none): a lease on the key across processes, so that
+     * one process loads it while the others wait for its value. Asked when
+     * every remote cache missed, before the load. lease_acquire: an
+     * awaitable of a 2-tuple (lease, value): lease (not None) when this
+     * process holds the key's lease and is to load and fill; else value,
+     * which the holder loaded (read from this storage). Py_None (new
+     * reference) when the storage takes no leases; NULL with an exception.
+     * lease_release: give the lease up (stolen) once the fills are done or
+     * the flight failed, waking the other processes. Never raises. */
+    PyObject *(*lease_acquire)(CmState *st, PyObject *storage, PyObject *node, PyObject *ser);
+    void (*lease_release)(CmState *st, PyObject *lease);
 };
 
 /* Register ops for storages of type (and its subclasses), with data (a

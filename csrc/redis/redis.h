@@ -72,7 +72,8 @@ typedef struct {
      * connection (a hostile or broken server must not make us reserve memory) */
     Py_ssize_t max_reply_elements;
     Py_ssize_t max_bulk_bytes;
-    CmTlsContext tls; /* rediss://: ctx set */
+    CmTlsContext tls;   /* rediss://: ctx set */
+    long long lease_ms; /* lease=: a key's load lease (redis/lease.h); 0 none */
 } CmRedisConfig;
 
 /* The connections to one server (net/pool.h: slots, loop, backoff). A plain

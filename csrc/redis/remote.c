@@ -1,6 +1,7 @@
 /* RedisClient as a remote storage of the singleflight (flight/remote.h):
  * adapters over the flight calls that redis.c exports. */
 #include "flight/remote.h"
+#include "redis/lease.h"
 #include "redis/redis.h"
 
 static CmRemoteOp *redis_get(PyObject *storage, PyObject *node, PyObject *ser, PyObject *loop,
@@ -29,10 +30,13 @@ static const CmRemoteOps redis_remote_ops = {
     .handoff = redis_handoff,
     .unref = redis_unref,
     .attach_waiter = cm_redis_attach_waiter,
+    .lease_acquire = cm_redis_lease_acquire,
+    .lease_release = cm_redis_lease_release,
 };
 
 int cm_redis_remote_init(PyObject *mod, CmState *st)
 {
-    (void)mod;
+    if (cm_redis_lease_init(mod, st) < 0)
+        return -1;
     return cm_remote_register(st, (PyTypeObject *)st->redis.ClientType, &redis_remote_ops, NULL);
 }

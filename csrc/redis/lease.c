@@ -1,0 +1,480 @@
+/* Leases (`Storage(url="redis://...", lease=timedelta(seconds=N))`): one
+ * load per key across every process sharing the Redis.
+ *
+ * The anchor is memcache's leases (Nishtala et al., "Scaling Memcache at
+ * Facebook", NSDI 2013): on a miss one client gets the right to fill, the
+ * others wait for its value instead of all loading. Here, when a flight
+ * missed every remote cache, it sends `SET <key>:lease <token> NX PX <ms>`.
+ *
+ *   - Got it (OK): the flight loads and fills as without a lease, then
+ *     gives it up with one script: delete the lease if the token is still
+ *     ours (an expired lease retaken by another process is not touched),
+ *     and PUBLISH on the lease key's channel.
+ *   - Did not: subscribe to that channel, then GET the value once (a fill
+ *     that landed before the subscription is not missed), then wait. A
+ *     message means the holder is done: GET again; still a miss (its load
+ *     failed) means take the lease anew. A timer at the lease's PTTL
+ *     covers a holder that died: when it fires, try to take the lease (one
+ *     waiter wins, the others keep waiting).
+ *
+ * Why pub/sub: a waiter must not poll (cashews' lock polls), must not hold
+ * a connection per waiting key (a blocking command such as BLPOP on a
+ * per-key list would, and its list must be written once per waiter), and
+ * must hear of a fill made by any process. Keyspace notifications need the
+ * server's notify-keyspace-events setting, and client tracking would
+ * notify only keys this process read, with a per-server cost. One PUBLISH
+ * per lease and one SUBSCRIBE per waiting key on the one subscriber
+ * connection of the process (redis/subscriber.h) cost little, and the
+ * in-process singleflight makes one waiter per key per process. Messages
+ * lost while the subscriber reconnects are covered by the PTTL timer.
+ *
+ * On a cluster the lease key must live in the value key's slot (the value
+ * key is what 0.3.0 writes and cannot change): `<key>:lease` when that
+ * hashes to the same slot (the key has a hash tag), else `{<key>}:lease`,
+ * else a short tag found for the slot (cm_redis_lease_key). PUBLISH reaches
+ * every node's subscribers.
+ *
+ * A lease object serves one flight: it is the awaitable's result while the
+ * flight holds the lease, and its callbacks (replies, timer, messages) hold
+ * it while it works. */
+#include "redis/lease.h"
+
+#include "redis/internal.h"
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/key.h"
+#include "redis/crc16.h"
+
+/* where a lease is */
+enum {
+    L_TRY,     /* SET NX PX sent */
+    L_CHECK,   /* GET of the value sent */
+    L_TTL,     /* PTTL of the lease sent */
+    L_IDLE,    /* waiting for a message or the expiry timer */
+    L_HELD,    /* ours: the flight loads, then releases */
+    L_RELEASE, /* the release script sent */
+    L_DONE,    /* the flight has its outcome, or left */
+};
+
+typedef struct {
+    PyObject_HEAD
+    CmState *st;
+    PyObject *client; /* the storage (a RedisClient) */
+    PyObject *node, *ser;
+    PyObject *lkey;  /* bytes: the lease key, also its channel */
+    PyObject *token; /* bytes: ours, unique per lease taken */
+    PyObject *loop;
+    PyObject *fut;   /* what the flight awaits: (self, None) or (None, value) */
+    PyObject *timer; /* the lease's expiry while waiting, or NULL */
+    PyObject *on_reply, *on_timer, *on_fut; /* bound callbacks, made once */
+    int state;                              /* L_* */
+    int sent;                               /* the state of the command in flight */
+    int woken;                              /* a message came while a command was out */
+    int listen;                             /* subscribed to lkey (holds a reference to itself) */
+} CmLeaseObject;
+
+static const char release_script[] =
+    "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end "
+    "redis.call('publish', KEYS[1], '1') return 1";
+
+/* ------------------------------------------------------------------ */
+/* the lease key                                                      */
+
+static PyObject *key_with(const char *pre, const char *key, size_t len, const char *post)
+{
+    size_t a = strlen(pre), z = strlen(post);
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(a + len + z));
+    if (b != NULL) {
+        char *p = PyBytes_AS_STRING(b);
+        memcpy(p, pre, a);
+        memcpy(p + a, key, len);
+        memcpy(p + a + len, post, z);
+    }
+    return b;
+}
+
+static int same_slot(PyObject *b, unsigned slot)
+{
+    return cm_key_slot(PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b)) == slot;
+}
+
+PyObject *cm_redis_lease_key(const char *key, size_t len, int cluster)
+{
+    if (!cluster)
+        return key_with("", key, len, ":lease");
+    unsigned slot = cm_key_slot(key, len);
+    PyObject *b = key_with("", key, len, ":lease");
+    if (b == NULL || same_slot(b, slot))
+        return b;
+    Py_SETREF(b, key_with("{", key, len, "}:lease"));
+    if (b == NULL || same_slot(b, slot))
+        return b;
+    /* the key has a '}' but no hash tag: a tag of our own that hashes to its
+     * slot, in front (CRC16 spreads short decimal strings over every slot,
+     * so the search ends within a few ten thousand tries) */
+    for (unsigned long n = 0; n < 10000000UL; n++) {
+        char tag[32];
+        snprintf(tag, sizeof(tag), "{%lu}:", n);
+        if (cm_key_slot(tag + 1, strlen(tag) - 3) != slot)
+            continue;
+        Py_SETREF(b, key_with(tag, key, len, ":lease"));
+        return b;
+    }
+    Py_DECREF(b);
+    PyErr_SetString(PyExc_SystemError, "cacheme redis lease: no tag for the key's slot");
+    return NULL;
+}
+
+/* 16 random bytes as hex: a holder's token. */
+static PyObject *new_token(void)
+{
+    static unsigned long long counter;
+    unsigned char raw[16];
+    if (getrandom(raw, sizeof(raw), GRND_NONBLOCK) != (ssize_t)sizeof(raw)) {
+        /* no entropy yet (early boot): pid, time and a counter are unique */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        unsigned long long v[2] = {((unsigned long long)getpid() << 32) ^
+                                       (unsigned long long)ts.tv_nsec,
+                                   ((unsigned long long)ts.tv_sec << 20) ^ ++counter};
+        memcpy(raw, v, sizeof(raw));
+    }
+    char hex[33];
+    for (int i = 0; i < 16; i++)
+        snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+    return PyBytes_FromStringAndSize(hex, 32);
+}
+
+/* ------------------------------------------------------------------ */
+/* the lease's steps                                                  */
+
+static void stop_timer(CmLeaseObject *self)
+{
+    if (self->timer != NULL) {
+        cm_handle_cancel(self->st, self->timer);
+        Py_CLEAR(self->timer);
+    }
+}
+
+/* Stop listening (messages, timer). */
+static void quiet(CmLeaseObject *self)
+{
+    stop_timer(self);
+    if (self->listen) {
+        self->listen = 0;
+        Py_DECREF(self); /* the subscription's reference; a caller holds another */
+    }
+}
+
+static void release(CmLeaseObject *self);
+
+/* The flight gets (lease, value), or exc (borrowed): the lease stops. */
+static void finish(CmLeaseObject *self, PyObject *lease, PyObject *value, PyObject *exc)
+{
+    CmState *st = self->st;
+    quiet(self);
+    self->state = lease != Py_None ? L_HELD : L_DONE;
+    int done = cm_future_done(st, self->fut);
+    if (done != 0) {
+        if (done < 0)
+            PyErr_WriteUnraisable((PyObject *)self);
+        if (lease != Py_None) /* the flight left: nobody loads under it */
+            release(self);
+        return;
+    }
+    int rc;
+    if (exc != NULL) {
+        rc = cm_future_set_exception(st, self->fut, exc);
+    } else {
+        PyObject *res = PyTuple_Pack(2, lease, value);
+        rc = res ? cm_future_set_result(st, self->fut, res) : -1;
+        Py_XDECREF(res);
+    }
+    if (rc < 0)
+        PyErr_WriteUnraisable((PyObject *)self);
+}
+
+/* Send argv (stolen; routed by the lease key) and hear its reply in
+ * on_reply. 0, or -1 with an exception. */
+static int send_cmd(CmLeaseObject *self, int state, PyObject *argv)
+{
+    if (argv == NULL)
+        return -1;
+    PyObject *fut = cm_redis_execute_at((CmRedisClientObject *)self->client, argv, self->lkey);
+    Py_DECREF(argv);
+    if (fut == NULL)
+        return -1;
+    int rc = cm_future_add_done_callback_own_context(self->st, fut, self->on_reply);
+    Py_DECREF(fut);
+    if (rc == 0)
+        self->sent = self->state = state;
+    return rc;
+}
+
+static int step_try(CmLeaseObject *self)
+{
+    CmRedisClientObject *c = (CmRedisClientObject *)self->client;
+    char ms[32];
+    snprintf(ms, sizeof(ms), "%lld", c->cfg.lease_ms);
+    return send_cmd(self, L_TRY,
+                    Py_BuildValue("(yOOyyy)", "SET", self->lkey, self->token, "NX", "PX", ms));
+}
+
+static int step_check(CmLeaseObject *self)
+{
+    PyObject *args[2] = {self->node, self->ser};
+    PyObject *fut = cm_redis_client_get((CmRedisClientObject *)self->client, args, 2, NULL);
+    if (fut == NULL)
+        return -1;
+    int rc = cm_future_add_done_callback_own_context(self->st, fut, self->on_reply);
+    Py_DECREF(fut);
+    if (rc == 0)
+        self->sent = self->state = L_CHECK;
+    return rc;
+}
+
+static int step_ttl(CmLeaseObject *self)
+{
+    self->woken = 0;
+    return send_cmd(self, L_TTL, Py_BuildValue("(yO)", "PTTL", self->lkey));
+}
+
+/* Wait for a message, or for the lease to expire in ms. */
+static int step_idle(CmLeaseObject *self, long long ms)
+{
+    if (ms < 1)
+        ms = 1;
+    self->timer = cm_loop_call_later(self->st, self->loop, (double)ms / 1000.0, self->on_timer);
+    if (self->timer == NULL)
+        return -1;
+    self->state = L_IDLE;
+    return 0;
+}
+
+/* Subscribe to the lease key's channel (one waiter per key per process). */
+static int subscribe_key(CmLeaseObject *self)
+{
+    if (self->listen)
+        return 0;
+    /* without a subscriber a waiter wakes at the lease's expiry (step_idle) */
+    return 0;
+}
+
+/* Give the lease up: delete it if still ours, and wake the waiters. */
+static void release(CmLeaseObject *self)
+{
+    PyObject *argv = Py_BuildValue("(yyyOO)", "EVAL", release_script, "1", self->lkey, self->token);
+    if (send_cmd(self, L_RELEASE, argv) < 0) {
+        /* no loop running any more (teardown): the lease expires by itself */
+        PyErr_Clear();
+        self->state = L_DONE;
+    }
+}
+
+/* The reply to the command sent in state self->sent: the next step. */
+static int advance(CmLeaseObject *self, PyObject *r)
+{
+    switch (self->sent) {
+    case L_TRY:
+        if (PyUnicode_Check(r)) { /* +OK */
+            finish(self, (PyObject *)self, Py_None, NULL);
+            return 0;
+        }
+        if (subscribe_key(self) < 0)
+            return -1;
+        return step_check(self);
+    case L_CHECK:
+        if (r != self->st->sentinel) {
+            finish(self, Py_None, r, NULL);
+            return 0;
+        }
+        return step_ttl(self);
+    case L_TTL: {
+        long long ms = PyLong_Check(r) ? PyLong_AsLongLong(r) : -1;
+        if (ms == -1 && PyErr_Occurred())
+            return -1;
+        if (self->woken) /* the holder finished meanwhile */
+            return step_check(self);
+        if (ms == -2) /* gone: released or expired */
+            return step_try(self);
+        return step_idle(self, ms >= 0 ? ms : ((CmRedisClientObject *)self->client)->cfg.lease_ms);
+    }
+    }
+    return 0;
+}
+
+static PyObject *lease_on_reply(PyObject *op, PyObject *req)
+{
+    CmLeaseObject *self = (CmLeaseObject *)op;
+    PyObject *r = cm_future_result(self->st, req);
+    if (self->state == L_RELEASE || self->state == L_DONE) {
+        /* the release answered, or the flight left while this was out: a
+         * lease we got then is nobody's, give it back */
+        int got = self->state == L_DONE && self->sent == L_TRY && r != NULL && PyUnicode_Check(r);
+        Py_XDECREF(r);
+        PyErr_Clear();
+        self->state = L_DONE;
+        if (got)
+            release(self);
+        Py_RETURN_NONE;
+    }
+    if (r == NULL || advance(self, r) < 0) {
+        PyObject *e = cm_exc_take();
+        finish(self, Py_None, Py_None, e);
+        Py_XDECREF(e);
+    }
+    Py_XDECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *lease_on_timer(PyObject *op, PyObject *Py_UNUSED(unused))
+{
+    CmLeaseObject *self = (CmLeaseObject *)op;
+    Py_CLEAR(self->timer);
+    if (self->state == L_IDLE && step_try(self) < 0) {
+        PyObject *e = cm_exc_take();
+        finish(self, Py_None, Py_None, e);
+        Py_XDECREF(e);
+    }
+    Py_RETURN_NONE;
+}
+
+/* The flight's future is done: by finish(), or cancelled (the flight left). */
+static PyObject *lease_on_fut(PyObject *op, PyObject *Py_UNUSED(fut))
+{
+    CmLeaseObject *self = (CmLeaseObject *)op;
+    if (self->state != L_HELD && self->state != L_RELEASE) {
+        quiet(self);
+        self->state = L_DONE;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef lease_on_reply_def = {"_on_reply", lease_on_reply, METH_O, NULL};
+static PyMethodDef lease_on_timer_def = {"_on_timer", lease_on_timer, METH_NOARGS, NULL};
+static PyMethodDef lease_on_fut_def = {"_on_fut", lease_on_fut, METH_O, NULL};
+
+/* ------------------------------------------------------------------ */
+/* the flight's lease ops                                             */
+
+PyObject *cm_redis_lease_acquire(CmState *st, PyObject *storage, PyObject *node, PyObject *ser)
+{
+    CmRedisClientObject *c = (CmRedisClientObject *)storage;
+    CmLeaseObject *self = NULL;
+    PyObject *key = NULL, *out = NULL;
+    if (c->cfg.lease_ms <= 0)
+        Py_RETURN_NONE;
+    if ((key = cm_key_of_node(st, node)) == NULL)
+        return NULL;
+    Py_ssize_t klen;
+    const char *k = PyUnicode_AsUTF8AndSize(key, &klen);
+    if (k == NULL)
+        goto done;
+    if ((self = PyObject_GC_New(CmLeaseObject, (PyTypeObject *)st->redis.LeaseType)) == NULL)
+        goto done;
+    memset((char *)self + offsetof(CmLeaseObject, st), 0,
+           sizeof(CmLeaseObject) - offsetof(CmLeaseObject, st));
+    self->st = st;
+    self->client = Py_NewRef(storage);
+    self->node = Py_NewRef(node);
+    self->ser = Py_NewRef(ser);
+    PyObject_GC_Track(self);
+    if ((self->lkey = cm_redis_lease_key(k, (size_t)klen, c->cluster != NULL)) == NULL ||
+        (self->token = new_token()) == NULL || (self->loop = cm_loop_running(st)) == NULL ||
+        (self->fut = cm_loop_create_future(st, self->loop)) == NULL ||
+        (self->on_reply = PyCFunction_New(&lease_on_reply_def, (PyObject *)self)) == NULL ||
+        (self->on_timer = PyCFunction_New(&lease_on_timer_def, (PyObject *)self)) == NULL ||
+        (self->on_fut = PyCFunction_New(&lease_on_fut_def, (PyObject *)self)) == NULL)
+        goto done;
+    if (step_try(self) < 0)
+        goto done;
+    if (cm_future_add_done_callback_own_context(st, self->fut, self->on_fut) < 0) {
+        self->state = L_DONE; /* the SET's reply gives back what it got */
+        goto done;
+    }
+    out = Py_NewRef(self->fut);
+done:
+    Py_DECREF(key);
+    Py_XDECREF(self);
+    return out;
+}
+
+void cm_redis_lease_release(CmState *st, PyObject *lease)
+{
+    (void)st;
+    CmLeaseObject *self = (CmLeaseObject *)lease;
+    if (self->state == L_HELD)
+        release(self);
+    Py_DECREF(lease);
+}
+
+/* ------------------------------------------------------------------ */
+/* the type                                                           */
+
+static int lease_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    CmLeaseObject *self = (CmLeaseObject *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->client);
+    Py_VISIT(self->node);
+    Py_VISIT(self->ser);
+    Py_VISIT(self->loop);
+    Py_VISIT(self->fut);
+    Py_VISIT(self->timer);
+    Py_VISIT(self->on_reply);
+    Py_VISIT(self->on_timer);
+    Py_VISIT(self->on_fut);
+    return 0;
+}
+
+static int lease_clear(PyObject *op)
+{
+    CmLeaseObject *self = (CmLeaseObject *)op;
+    Py_CLEAR(self->client);
+    Py_CLEAR(self->node);
+    Py_CLEAR(self->ser);
+    Py_CLEAR(self->lkey);
+    Py_CLEAR(self->token);
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->fut);
+    Py_CLEAR(self->timer);
+    Py_CLEAR(self->on_reply);
+    Py_CLEAR(self->on_timer);
+    Py_CLEAR(self->on_fut);
+    return 0;
+}
+
+static void lease_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    lease_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot lease_slots[] = {
+    {Py_tp_traverse, lease_traverse},
+    {Py_tp_clear, lease_clear},
+    {Py_tp_dealloc, lease_dealloc},
+    {Py_tp_doc, "A key's load lease in Redis, held or waited for by one flight."},
+    {0, NULL},
+};
+
+static PyType_Spec lease_spec = {
+    .name = "cacheme._core._RedisLease",
+    .basicsize = sizeof(CmLeaseObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = lease_slots,
+};
+
+int cm_redis_lease_init(PyObject *mod, CmState *st)
+{
+    st->redis.LeaseType = PyType_FromModuleAndSpec(mod, &lease_spec, NULL);
+    return st->redis.LeaseType ? 0 : -1;
+}
