@@ -52,6 +52,7 @@
 /* where a lease is */
 enum {
     L_TRY,     /* SET NX PX sent */
+    L_VERIFY,  /* got it; GET of the value sent (filled since the flight read it?) */
     L_CHECK,   /* GET of the value sent */
     L_TTL,     /* PTTL of the lease sent */
     L_IDLE,    /* waiting for a message or the expiry timer */
@@ -224,7 +225,7 @@ static int step_try(CmLeaseObject *self)
                     Py_BuildValue("(yOOyyy)", "SET", self->lkey, self->token, "NX", "PX", ms));
 }
 
-static int step_check(CmLeaseObject *self)
+static int step_check(CmLeaseObject *self, int state)
 {
     PyObject *args[2] = {self->node, self->ser};
     PyObject *fut = cm_redis_client_get((CmRedisClientObject *)self->client, args, 2, NULL);
@@ -233,7 +234,7 @@ static int step_check(CmLeaseObject *self)
     int rc = cm_future_add_done_callback_own_context(self->st, fut, self->on_reply);
     Py_DECREF(fut);
     if (rc == 0)
-        self->sent = self->state = L_CHECK;
+        self->sent = self->state = state;
     return rc;
 }
 
@@ -280,13 +281,21 @@ static int advance(CmLeaseObject *self, PyObject *r)
 {
     switch (self->sent) {
     case L_TRY:
-        if (PyUnicode_Check(r)) { /* +OK */
-            finish(self, (PyObject *)self, Py_None, NULL);
-            return 0;
-        }
+        if (PyUnicode_Check(r)) /* +OK */
+            return step_check(self, L_VERIFY);
         if (subscribe_key(self) < 0)
             return -1;
-        return step_check(self);
+        return step_check(self, L_CHECK);
+    case L_VERIFY:
+        /* a holder that finished after the flight's read and before our
+         * SET filled it: loading again would be a second load */
+        if (r != self->st->sentinel) {
+            finish(self, Py_None, r, NULL);
+            release(self);
+        } else {
+            finish(self, (PyObject *)self, Py_None, NULL);
+        }
+        return 0;
     case L_CHECK:
         if (r != self->st->sentinel) {
             finish(self, Py_None, r, NULL);
@@ -298,7 +307,7 @@ static int advance(CmLeaseObject *self, PyObject *r)
         if (ms == -1 && PyErr_Occurred())
             return -1;
         if (self->woken) /* the holder finished meanwhile */
-            return step_check(self);
+            return step_check(self, L_CHECK);
         if (ms == -2) /* gone: released or expired */
             return step_try(self);
         return step_idle(self, ms >= 0 ? ms : ((CmRedisClientObject *)self->client)->cfg.lease_ms);
@@ -314,7 +323,9 @@ static PyObject *lease_on_reply(PyObject *op, PyObject *req)
     if (self->state == L_RELEASE || self->state == L_DONE) {
         /* the release answered, or the flight left while this was out: a
          * lease we got then is nobody's, give it back */
-        int got = self->state == L_DONE && self->sent == L_TRY && r != NULL && PyUnicode_Check(r);
+        int got =
+            self->state == L_DONE &&
+            ((self->sent == L_TRY && r != NULL && PyUnicode_Check(r)) || self->sent == L_VERIFY);
         Py_XDECREF(r);
         PyErr_Clear();
         self->state = L_DONE;
@@ -335,7 +346,9 @@ static PyObject *lease_on_timer(PyObject *op, PyObject *Py_UNUSED(unused))
 {
     CmLeaseObject *self = (CmLeaseObject *)op;
     Py_CLEAR(self->timer);
-    if (self->state == L_IDLE && step_try(self) < 0) {
+    /* the lease expired (its holder died), or its message was lost: the
+     * value, else the lease */
+    if (self->state == L_IDLE && step_check(self, L_CHECK) < 0) {
         PyObject *e = cm_exc_take();
         finish(self, Py_None, Py_None, e);
         Py_XDECREF(e);

@@ -1,0 +1,102 @@
+"""Storage(url="redis://...", lease=...): one load per key across processes.
+
+Every test runs several worker processes (tests/lease_worker.py), each with
+its own interpreter and event loop, against a real Redis (single server, or
+the 3-master cluster the tests start); their loads count themselves in Redis.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import unique
+from redis_servers import (  # noqa: F401  (fixtures)
+    REDIS_CLI, _redis_session_server, needs_redis, redis_cluster, redis_server)
+
+pytestmark = needs_redis
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lease_worker.py")
+
+
+class Workers:
+    def __init__(self, server, **cfg):
+        self.server = server
+        self.prefix = unique("lease")
+        self.cfg = dict(cfg, prefix=self.prefix)
+        self.procs = []
+
+    def start(self, n=1, **over):
+        """n processes, each ready (registered and connected) on return."""
+        cfg = dict(self.cfg, **over)
+        started = []
+        for _ in range(n):
+            p = subprocess.Popen(
+                [sys.executable, WORKER, json.dumps(cfg)], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                cwd=os.path.dirname(WORKER))
+            self.procs.append(p)
+            started.append(p)
+        for p in started:
+            line = p.stdout.readline()
+            assert line.strip() == "ready", f"worker did not start: {line!r} {p.stderr.read()}"
+        return started
+
+    def go(self, procs):
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+
+    def result(self, p, timeout=60):
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, f"worker failed:\n{out}\n{err}"
+        return json.loads(out.strip().splitlines()[-1])
+
+    def loads(self):
+        return int(self.cli("GET", f"{self.prefix}:loads") or 0)
+
+    def cli(self, *args):
+        if hasattr(self.server, "nodes"):
+            return self.server.nodes[0].cli("-c", *args) if False else _cluster_cli(self.server, *args)
+        return self.server.cli(*args)
+
+    def close(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+
+
+def _cluster_cli(cluster, *args):
+    import subprocess as sp
+    from redis_servers import REDIS_CLI
+    n = cluster.nodes[0]
+    r = sp.run([REDIS_CLI, "-c", "-p", str(n.port), *args], capture_output=True, text=True,
+               timeout=30)
+    return r.stdout.strip()
+
+
+@pytest.fixture
+def workers(redis_server):
+    ws = []
+
+    def make(**cfg):
+        w = Workers(redis_server, url=redis_server.url, **cfg)
+        ws.append(w)
+        return w
+
+    yield make
+    for w in ws:
+        w.close()
+
+
+def test_many_processes_one_load(workers):
+    w = workers(lease=10, load_sleep=0.5)
+    procs = w.start(4, mode="get", keys=[7], concurrency=5)
+    w.go(procs)
+    results = [w.result(p) for p in procs]
+    assert [r["values"] for r in results] == [[70] * 5] * 4
+    assert w.loads() == 1
