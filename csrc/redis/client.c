@@ -2,6 +2,7 @@
  * one pool or a cluster, instances for other loops (net/netloop.h), and the
  * module hooks of the Redis driver. */
 #include "redis/internal.h"
+#include "redis/subscriber.h"
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -333,14 +334,15 @@ static int client_traverse(CmRedisClientObject *self, visitproc visit, void *arg
     Py_VISIT(self->default_serializer);
     Py_VISIT(self->init_args);
     Py_VISIT(self->init_kwds);
+    Py_VISIT(self->sub_log);
     /* the pools are C records of the client's: their connections (and
      * through them the pending ops, which hold the client) are its own */
-    int rc = self->pool ? cm_net_pool_traverse(&self->pool->net, visit, arg) : 0;
+    int rc = self->pool ? cm_redis_pool_traverse(self->pool, visit, arg) : 0;
     if (rc == 0 && self->cluster != NULL) {
         CmRedisPool **pools;
         Py_ssize_t np = cm_cluster_pools(self, &pools);
         for (Py_ssize_t i = 0; rc == 0 && i < np; i++)
-            rc = cm_net_pool_traverse(&pools[i]->net, visit, arg);
+            rc = cm_redis_pool_traverse(pools[i], visit, arg);
     }
     if (rc == 0)
         rc = cm_cluster_traverse(self->cluster, visit, arg);
@@ -366,6 +368,7 @@ static int client_clear(CmRedisClientObject *self)
     Py_CLEAR(self->init_args);
     Py_CLEAR(self->init_kwds);
     Py_CLEAR(self->default_serializer);
+    Py_CLEAR(self->sub_log);
     cm_busypoll_clear(&self->spin);
     return 0;
 }
@@ -407,6 +410,7 @@ static PyMethodDef client_methods[] = {
     {"_connections", (PyCFunction)client_connections, METH_NOARGS, NULL},
     {"_retrying", (PyCFunction)client_retrying, METH_NOARGS, NULL},
     {"_resolves", (PyCFunction)client_resolves, METH_NOARGS, NULL},
+    {"_sub_listen", (PyCFunction)cm_redis_sub_listen, METH_O, NULL},
     {"busy_poll_info", (PyCFunction)client_busy_poll_info, METH_NOARGS,
      "busy_poll_info() -> {'busy_poll': limit, 'busy_poll_hits': n, 'busy_poll_timeouts': n}"},
     {NULL, NULL},

@@ -5,6 +5,7 @@
  * deadline. A failure closes it and fails every pending entry with
  * RedisConnectionError or RedisTimeoutError; nothing waits forever. */
 #include "redis/internal.h"
+#include "redis/subscriber.h"
 #include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -47,7 +48,6 @@ static void conn_release(CmNetConn *nc, int detached)
 static void conn_fail_pending(CmNetConn *nc, CmNetPool *pool, PyObject *tp, PyObject *msg,
                               int failed)
 {
-    (void)pool;
     CmRedisConnObject *c = (CmRedisConnObject *)nc;
     CmState *st = c->net.st;
     CmRedisEntry *ring = c->ring;
@@ -66,6 +66,9 @@ static void conn_fail_pending(CmNetConn *nc, CmNetPool *pool, PyObject *tp, PyOb
     for (size_t i = 0; i < len; i++)
         cm_redis_entry_fail(st, &ring[(head + i) % cap], tp, msg);
     free(ring);
+    CmRedisPool *rp = pool ? (CmRedisPool *)((char *)pool - offsetof(CmRedisPool, net)) : NULL;
+    if (rp != NULL && rp->sub_of != NULL)
+        cm_redis_sub_closed(rp->sub_of, c, failed);
     if (failed && owner != NULL && owner->cluster != NULL)
         cm_cluster_node_failed(owner);
     Py_XDECREF(owner);
@@ -345,6 +348,19 @@ void cm_redis_conn_push(CmRedisConnObject *c, CmRedisEntry *e)
     conn_schedule_flush(c);
 }
 
+int cm_redis_conn_send_raw(CmRedisConnObject *c, size_t argc, const char *const *argv,
+                           const size_t *lens)
+{
+    if (c->open_run)
+        close_run(c);
+    if (cm_resp_command(&c->out, argc, argv, lens) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    conn_schedule_flush(c);
+    return 0;
+}
+
 /* A connection-internal request (AUTH, SELECT). */
 static int conn_push_internal(CmRedisConnObject *c, int cmd, size_t argc, const char *const *argv,
                               const size_t *lens)
@@ -589,6 +605,11 @@ again:
                 goto done;
             }
             break;
+        }
+        if (c->len == 0 && cm_redis_conn_pool(c)->sub_of != NULL) {
+            /* a subscriber's connection past its AUTH/SELECT */
+            cm_redis_sub_reply(cm_redis_conn_pool(c)->sub_of, c, (PyObject *)reply);
+            continue;
         }
         if (c->len == 0) {
             Py_DECREF((PyObject *)reply);

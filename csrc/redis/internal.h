@@ -146,6 +146,11 @@ CmRedisConnObject *cm_redis_conn_open(CmRedisPool *p, PyObject *loop);
 void cm_redis_conn_close(CmRedisConnObject *c, PyObject *tp, PyObject *msg, int failed);
 void cm_redis_conn_close_fmt(CmRedisConnObject *c, PyObject *tp, int failed, const char *fmt, ...);
 const char *cm_redis_conn_label(CmRedisConnObject *c);
+/* Queue a command whose reply is not matched to an entry (a subscriber's:
+ * redis/subscriber.c reads them); sent with the next flush, or once
+ * connected. -1 with MemoryError. */
+int cm_redis_conn_send_raw(CmRedisConnObject *c, size_t argc, const char *const *argv,
+                           const size_t *lens);
 /* Connected (and TLS set up): watch for replies, send what is queued. */
 void cm_redis_conn_ready(CmRedisConnObject *c);
 

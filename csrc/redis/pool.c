@@ -3,6 +3,7 @@
  * connection before retry_at (backoff doubling up to backoff_max). And the
  * server's addresses. */
 #include "redis/internal.h"
+#include "redis/subscriber.h"
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -68,6 +69,8 @@ void cm_redis_pool_drop_detached(CmRedisPool *p, const char *why, int fork)
     PyObject *saved = cm_exc_take();
     PyObject *msg = pool_msg(p, why);
     p->run = NULL;
+    if (p->sub != NULL)
+        cm_redis_sub_drop_detached(p->sub, why, fork);
     cm_net_pool_drop_detached(&p->net, p->st->redis.ConnectionError, msg, fork);
     Py_XDECREF(msg);
     cm_exc_restore(saved);
@@ -78,6 +81,8 @@ void cm_redis_pool_close_gc(CmRedisPool *p)
     PyObject *saved = cm_exc_take();
     PyObject *msg = pool_msg(p, "storage collected");
     p->run = NULL;
+    if (p->sub != NULL)
+        cm_redis_sub_close_gc(p->sub);
     cm_net_pool_close_gc(&p->net, p->st->redis.ConnectionError, msg);
     Py_XDECREF(msg);
     cm_exc_restore(saved);
@@ -87,12 +92,20 @@ void cm_redis_pool_free(CmRedisPool *p)
 {
     if (p == NULL)
         return;
+    cm_redis_sub_free(p->sub);
+    p->sub = NULL;
     pool_close_all(p, "storage closed");
     cm_net_pool_fini(&p->net, p->st->redis.ConnectionError, NULL);
     cm_redis_pool_forget_addrs(p);
     free(p->host);
     free(p->path);
     free(p);
+}
+
+int cm_redis_pool_traverse(CmRedisPool *p, visitproc visit, void *arg)
+{
+    int rc = p->sub ? cm_redis_sub_traverse(p->sub, visit, arg) : 0;
+    return rc ? rc : cm_net_pool_traverse(&p->net, visit, arg);
 }
 
 CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop)

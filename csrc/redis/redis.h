@@ -91,6 +91,9 @@ struct CmRedisPool {
     struct addrinfo *addrs; /* the host's addresses, NULL until looked up */
     CmRedisConnObject *run; /* borrowed: the connection collecting GETs, or NULL */
     long resolves;          /* lookups made, for tests */
+    /* the server's pub/sub connection (redis/subscriber.h), owned, made on
+     * first use; and on a subscriber's own pool, the subscriber (borrowed) */
+    struct CmRedisSub *sub, *sub_of;
 };
 
 struct CmRedisClientObject {
@@ -105,12 +108,16 @@ struct CmRedisClientObject {
      * RedisClient arguments */
     CmNetLoops loops;
     PyObject *init_args, *init_kwds;
+    /* _sub_listen (tests): what the subscriber delivered, or NULL */
+    PyObject *sub_log;
 };
 
 /* pool.c, conn.c, op.c, calls.c: used by the cluster */
 CmRedisPool *cm_redis_pool_new(CmRedisClientObject *c, const char *host, int port,
                                const char *path);
 void cm_redis_pool_free(CmRedisPool *p);
+/* GC: the pool's connections and its subscriber's. */
+int cm_redis_pool_traverse(CmRedisPool *p, visitproc visit, void *arg);
 /* A connection of the pool for the running loop (borrowed), opening one if
  * needed; NULL with an exception while the server is unreachable. */
 CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop);
