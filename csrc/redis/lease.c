@@ -48,6 +48,7 @@
 
 #include "core/key.h"
 #include "redis/crc16.h"
+#include "redis/subscriber.h"
 
 /* where a lease is */
 enum {
@@ -161,12 +162,48 @@ static void stop_timer(CmLeaseObject *self)
     }
 }
 
+/* The subscriber of the server that holds the lease key, on the lease's
+ * loop (borrowed), made if `make`; NULL (with an exception if `make`) when
+ * there is none. Found anew each time rather than kept: a closed storage
+ * frees its pools and their subscribers. */
+static CmRedisSub *lease_sub(CmLeaseObject *self, int make)
+{
+    CmRedisClientObject *c = (CmRedisClientObject *)self->client;
+    if (cm_redis_client_check_open(c) < 0 || (c = cm_redis_client_for(c, self->loop)) == NULL ||
+        cm_redis_client_check_open(c) < 0) {
+        if (!make)
+            PyErr_Clear();
+        return NULL;
+    }
+    CmRedisPool *pool = c->pool; // borrowed
+    if (c->cluster != NULL) {
+        uint16_t node;
+        unsigned slot =
+            cm_key_slot(PyBytes_AS_STRING(self->lkey), (size_t)PyBytes_GET_SIZE(self->lkey));
+        if ((pool = cm_cluster_route(c, slot, &node)) == NULL) {
+            if (!make)
+                PyErr_Clear();
+            return NULL;
+        }
+    }
+    return make ? cm_redis_sub_of(pool) : pool->sub;
+}
+
+static void on_message(void *arg, PyObject *msg);
+static void on_sub_state(void *arg, int up);
+
 /* Stop listening (messages, timer). */
 static void quiet(CmLeaseObject *self)
 {
     stop_timer(self);
     if (self->listen) {
         self->listen = 0;
+        CmRedisSub *s = lease_sub(self, 0); // borrowed
+        if (s != NULL) {
+            cm_redis_sub_unsubscribe(s, PyBytes_AS_STRING(self->lkey),
+                                     (size_t)PyBytes_GET_SIZE(self->lkey), on_message, self);
+            cm_redis_sub_unwatch(s, on_sub_state, self);
+        }
         Py_DECREF(self); /* the subscription's reference; a caller holds another */
     }
 }
@@ -228,6 +265,7 @@ static int step_try(CmLeaseObject *self)
 static int step_check(CmLeaseObject *self, int state)
 {
     PyObject *args[2] = {self->node, self->ser};
+    self->woken = 0; /* what wakes it from now on may not be in this read */
     PyObject *fut = cm_redis_client_get((CmRedisClientObject *)self->client, args, 2, NULL);
     if (fut == NULL)
         return -1;
@@ -240,7 +278,6 @@ static int step_check(CmLeaseObject *self, int state)
 
 static int step_ttl(CmLeaseObject *self)
 {
-    self->woken = 0;
     return send_cmd(self, L_TTL, Py_BuildValue("(yO)", "PTTL", self->lkey));
 }
 
@@ -256,13 +293,65 @@ static int step_idle(CmLeaseObject *self, long long ms)
     return 0;
 }
 
-/* Subscribe to the lease key's channel (one waiter per key per process). */
+/* Subscribe to the lease key's channel (one waiter per key per process:
+ * the singleflight's), before the value is read again. 0, or -1 with an
+ * exception. */
 static int subscribe_key(CmLeaseObject *self)
 {
     if (self->listen)
         return 0;
-    /* without a subscriber a waiter wakes at the lease's expiry (step_idle) */
+    CmRedisSub *s = lease_sub(self, 1); // borrowed
+    if (s == NULL)
+        return -1;
+    if (cm_redis_sub_watch(s, on_sub_state, self) < 0)
+        return -1;
+    if (cm_redis_sub_subscribe(s, self->loop, PyBytes_AS_STRING(self->lkey),
+                               (size_t)PyBytes_GET_SIZE(self->lkey), on_message, self) < 0) {
+        cm_redis_sub_unwatch(s, on_sub_state, self);
+        return -1;
+    }
+    self->listen = 1;
+    Py_INCREF(self); /* the subscriber's arg */
     return 0;
+}
+
+/* Something happened to the key: read it again now, or as soon as the
+ * command out is answered. */
+static void wake(CmLeaseObject *self)
+{
+    if (self->state != L_IDLE) {
+        self->woken = 1;
+        return;
+    }
+    stop_timer(self);
+    if (step_check(self, L_CHECK) < 0) {
+        PyObject *e = cm_exc_take();
+        finish(self, Py_None, Py_None, e);
+        Py_XDECREF(e);
+    }
+}
+
+/* A message on the lease key's channel: its holder is done. */
+static void on_message(void *arg, PyObject *msg)
+{
+    (void)msg;
+    CmLeaseObject *self = (CmLeaseObject *)arg;
+    Py_INCREF(self);
+    wake(self);
+    Py_DECREF(self);
+}
+
+/* The subscriber connected (the subscription is in place only now: a fill
+ * published before was not heard), or lost its connection (messages may be
+ * lost until it is back: the expiry timer is the fallback). */
+static void on_sub_state(void *arg, int up)
+{
+    CmLeaseObject *self = (CmLeaseObject *)arg;
+    if (!up)
+        return;
+    Py_INCREF(self);
+    wake(self);
+    Py_DECREF(self);
 }
 
 /* Give the lease up: delete it if still ours, and wake the waiters. */
@@ -301,7 +390,7 @@ static int advance(CmLeaseObject *self, PyObject *r)
             finish(self, Py_None, r, NULL);
             return 0;
         }
-        return step_ttl(self);
+        return self->woken ? step_check(self, L_CHECK) : step_ttl(self);
     case L_TTL: {
         long long ms = PyLong_Check(r) ? PyLong_AsLongLong(r) : -1;
         if (ms == -1 && PyErr_Occurred())
