@@ -90,9 +90,10 @@ async def main():
                                                     cfg["timeout"])]
         except asyncio.TimeoutError:
             out["values"] = ["timeout"]
-        # nothing of the lease's wait is left running: the loop goes quiet
-        await asyncio.sleep(cfg["lease"] + 0.5)
-        out["loads_after"] = int(await COUNTER.execute("GET", f"{cfg['prefix']}:loads") or 0)
+        # the wait left with its caller: nothing of this process listens
+        await asyncio.sleep(0.2)
+        channel = f"cacheme:{cfg['prefix']}:{keys[0]}:v1:lease"
+        out["subscribers"] = (await COUNTER.execute("PUBSUB", "NUMSUB", channel))[1]
     elif mode == "cancel":
         first = asyncio.ensure_future(cacheme.get(LeaseNode(uid=keys[0])))
         second = asyncio.ensure_future(cacheme.get(LeaseNode(uid=keys[0])))

@@ -100,3 +100,83 @@ def test_many_processes_one_load(workers):
     results = [w.result(p) for p in procs]
     assert [r["values"] for r in results] == [[70] * 5] * 4
     assert w.loads() == 1
+
+
+def wait_for(cond, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def lease_key(w, uid):
+    return f"cacheme:{w.prefix}:{uid}:v1:lease"
+
+
+def waiting(w, uid):
+    """Processes subscribed to the key's lease channel (waiting on it)."""
+    return int(w.cli("PUBSUB", "NUMSUB", lease_key(w, uid)).split()[1])
+
+
+def test_killed_holder_lease_expires_one_waiter_loads(workers):
+    w = workers(lease=1, load_sleep=0.3)
+    [holder] = w.start(1, mode="get", keys=[3], load_sleep=60)
+    w.go([holder])
+    wait_for(lambda: w.loads() == 1, "the holder's load")
+    assert w.cli("EXISTS", lease_key(w, 3)) == "1"
+    waiters = w.start(3, mode="get", keys=[3], concurrency=2)
+    w.go(waiters)
+    wait_for(lambda: waiting(w, 3) == 3, "three waiting processes")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert [w.result(p)["values"] for p in waiters] == [[30, 30]] * 3
+    assert w.loads() == 2  # the dead holder's and one waiter's
+
+
+def test_failed_load_wakes_waiters_one_loads(workers):
+    w = workers(lease=30, load_sleep=0.3)
+    [holder] = w.start(1, mode="get", keys=[4], load_sleep=1.0, fail=True)
+    w.go([holder])
+    wait_for(lambda: w.loads() == 1, "the holder's load")
+    waiters = w.start(2, mode="get", keys=[4], concurrency=2)
+    w.go(waiters)
+    assert "RuntimeError('load failed')" in w.result(holder)["values"][0]
+    # released at once, not after 30 s: the waiters were woken
+    assert [w.result(p, timeout=20)["values"] for p in waiters] == [[40, 40]] * 2
+    assert w.loads() == 2
+    assert w.cli("EXISTS", lease_key(w, 4)) == "0"
+
+
+def test_waiter_timeout_leaves_nothing_behind(workers):
+    w = workers(lease=30, load_sleep=2.0)
+    [holder] = w.start(1, mode="get", keys=[5])
+    w.go([holder])
+    wait_for(lambda: w.loads() == 1, "the holder's load")
+    [waiter] = w.start(1, mode="timeout", keys=[5], timeout=0.3)
+    w.go([waiter])
+    r = w.result(waiter)
+    assert r["values"] == ["timeout"]
+    assert r["subscribers"] == 0
+    assert w.result(holder)["values"] == [50]
+    assert w.loads() == 1
+
+
+def test_cancelled_caller_does_not_strand_the_other(workers):
+    w = workers(lease=30, load_sleep=1.5)
+    [holder] = w.start(1, mode="get", keys=[6])
+    w.go([holder])
+    wait_for(lambda: w.loads() == 1, "the holder's load")
+    [waiter] = w.start(1, mode="cancel", keys=[6], cancel_after=0.3)
+    w.go([waiter])
+    assert w.result(waiter)["values"] == [60, True]
+    assert w.result(holder)["values"] == [60]
+    assert w.loads() == 1
+
+
+def test_memoize_one_load_across_processes(workers):
+    w = workers(lease=10, load_sleep=0.5)
+    procs = w.start(3, mode="memoize", keys=[8], concurrency=4)
+    w.go(procs)
+    assert [w.result(p)["values"] for p in procs] == [[80] * 4] * 3
+    assert w.loads() == 1
+    assert w.cli("EXISTS", lease_key(w, 8)) == "0"
