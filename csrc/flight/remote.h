@@ -51,6 +51,11 @@ struct CmRemoteOps {
      * the flight failed, waking the other processes. Never raises. */
     PyObject *(*lease_acquire)(CmState *st, PyObject *storage, PyObject *node, PyObject *ser);
     void (*lease_release)(CmState *st, PyObject *lease);
+    /* get_all's lease_acquire for many nodes (a non-empty list) at once: an
+     * awaitable of a list with, per node in order, (lease, value) as above
+     * or (None, sentinel) when its lease failed (logged: it loads without
+     * one); Py_None when the storage takes no leases. */
+    PyObject *(*lease_acquire_all)(CmState *st, PyObject *storage, PyObject *nodes, PyObject *ser);
 };
 
 /* Register ops for storages of type (and its subclasses), with data (a

@@ -73,10 +73,17 @@ typedef struct {
     PyObject *fut;   /* what the flight awaits: (self, None) or (None, value) */
     PyObject *timer; /* the lease's expiry while waiting, or NULL */
     PyObject *on_reply, *on_timer, *on_fut; /* bound callbacks, made once */
-    int state;                              /* L_* */
-    int sent;                               /* the state of the command in flight */
-    int woken;                              /* a message came while a command was out */
-    int listen;                             /* subscribed to lkey (holds a reference to itself) */
+    /* get_all: a member's group (strong), its index in the group's results;
+     * a group's members (list) and results (list of (lease, value)), and
+     * how many members have not finished */
+    PyObject *group;
+    Py_ssize_t index;
+    PyObject *members, *results;
+    Py_ssize_t remaining;
+    int state;  /* L_* */
+    int sent;   /* the state of the command in flight */
+    int woken;  /* a message came while a command was out */
+    int listen; /* subscribed to lkey (holds a reference to itself) */
 } CmLeaseObject;
 
 static const char release_script[] =
@@ -210,12 +217,18 @@ static void quiet(CmLeaseObject *self)
 
 static void release(CmLeaseObject *self);
 
+static void group_put(CmLeaseObject *m, PyObject *lease, PyObject *value, PyObject *exc);
+
 /* The flight gets (lease, value), or exc (borrowed): the lease stops. */
 static void finish(CmLeaseObject *self, PyObject *lease, PyObject *value, PyObject *exc)
 {
     CmState *st = self->st;
     quiet(self);
     self->state = lease != Py_None ? L_HELD : L_DONE;
+    if (self->group != NULL) {
+        group_put(self, lease, value, exc);
+        return;
+    }
     int done = cm_future_done(st, self->fut);
     if (done != 0) {
         if (done < 0)
@@ -446,10 +459,14 @@ static PyObject *lease_on_timer(PyObject *op, PyObject *Py_UNUSED(unused))
 }
 
 /* The flight's future is done: by finish(), or cancelled (the flight left). */
+static void group_left(CmLeaseObject *g);
+
 static PyObject *lease_on_fut(PyObject *op, PyObject *Py_UNUSED(fut))
 {
     CmLeaseObject *self = (CmLeaseObject *)op;
-    if (self->state != L_HELD && self->state != L_RELEASE) {
+    if (self->members != NULL) {
+        group_left(self);
+    } else if (self->state != L_HELD && self->state != L_RELEASE) {
         quiet(self);
         self->state = L_DONE;
     }
@@ -460,6 +477,9 @@ static PyMethodDef lease_on_reply_def = {"_on_reply", lease_on_reply, METH_O, NU
 static PyMethodDef lease_on_timer_def = {"_on_timer", lease_on_timer, METH_NOARGS, NULL};
 static PyMethodDef lease_on_fut_def = {"_on_fut", lease_on_fut, METH_O, NULL};
 
+static CmLeaseObject *lease_new(CmState *st, PyObject *storage, PyObject *node, PyObject *ser,
+                                PyObject *loop);
+
 /* ------------------------------------------------------------------ */
 /* the flight's lease ops                                             */
 
@@ -467,30 +487,12 @@ PyObject *cm_redis_lease_acquire(CmState *st, PyObject *storage, PyObject *node,
 {
     CmRedisClientObject *c = (CmRedisClientObject *)storage;
     CmLeaseObject *self = NULL;
-    PyObject *key = NULL, *out = NULL;
+    PyObject *loop = NULL, *out = NULL;
     if (c->cfg.lease_ms <= 0)
         Py_RETURN_NONE;
-    if ((key = cm_key_of_node(st, node)) == NULL)
-        return NULL;
-    Py_ssize_t klen;
-    const char *k = PyUnicode_AsUTF8AndSize(key, &klen);
-    if (k == NULL)
-        goto done;
-    if ((self = PyObject_GC_New(CmLeaseObject, (PyTypeObject *)st->redis.LeaseType)) == NULL)
-        goto done;
-    memset((char *)self + offsetof(CmLeaseObject, st), 0,
-           sizeof(CmLeaseObject) - offsetof(CmLeaseObject, st));
-    self->st = st;
-    self->client = Py_NewRef(storage);
-    self->node = Py_NewRef(node);
-    self->ser = Py_NewRef(ser);
-    PyObject_GC_Track(self);
-    if ((self->lkey = cm_redis_lease_key(k, (size_t)klen, c->cluster != NULL)) == NULL ||
-        (self->token = new_token()) == NULL || (self->loop = cm_loop_running(st)) == NULL ||
-        (self->fut = cm_loop_create_future(st, self->loop)) == NULL ||
-        (self->on_reply = PyCFunction_New(&lease_on_reply_def, (PyObject *)self)) == NULL ||
-        (self->on_timer = PyCFunction_New(&lease_on_timer_def, (PyObject *)self)) == NULL ||
-        (self->on_fut = PyCFunction_New(&lease_on_fut_def, (PyObject *)self)) == NULL)
+    if ((loop = cm_loop_running(st)) == NULL ||
+        (self = lease_new(st, storage, node, ser, loop)) == NULL ||
+        (self->fut = cm_loop_create_future(st, loop)) == NULL)
         goto done;
     if (step_try(self) < 0)
         goto done;
@@ -500,7 +502,7 @@ PyObject *cm_redis_lease_acquire(CmState *st, PyObject *storage, PyObject *node,
     }
     out = Py_NewRef(self->fut);
 done:
-    Py_DECREF(key);
+    Py_XDECREF(loop);
     Py_XDECREF(self);
     return out;
 }
@@ -512,6 +514,167 @@ void cm_redis_lease_release(CmState *st, PyObject *lease)
     if (self->state == L_HELD)
         release(self);
     Py_DECREF(lease);
+}
+
+/* ------------------------------------------------------------------ */
+/* get_all: one lease per key, sent together                          */
+
+/* Let the group's members go (they no longer report to it). */
+static void group_clear(CmLeaseObject *g)
+{
+    PyObject *members = g->members;
+    g->members = NULL;
+    for (Py_ssize_t i = 0; members != NULL && i < PyList_GET_SIZE(members); i++) {
+        CmLeaseObject *m = (CmLeaseObject *)PyList_GET_ITEM(members, i); // borrowed
+        if (m != NULL)
+            Py_CLEAR(m->group);
+    }
+    Py_XDECREF(members);
+}
+
+/* The get_all left before every member finished: those still at work
+ * stop, those that hold their lease give it back. */
+static void group_left(CmLeaseObject *g)
+{
+    Py_INCREF(g);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(g->members); i++) {
+        CmLeaseObject *m = (CmLeaseObject *)PyList_GET_ITEM(g->members, i); // borrowed
+        if (m->state == L_HELD) {
+            release(m);
+        } else if (m->state != L_RELEASE && m->state != L_DONE) {
+            quiet(m);
+            m->state = L_DONE;
+        }
+    }
+    group_clear(g);
+    g->state = L_DONE;
+    Py_DECREF(g);
+}
+
+/* Member m finished: its (lease, value) in the group's results; a lease
+ * that failed is logged and the key loads without one (value sentinel). */
+static void group_put(CmLeaseObject *m, PyObject *lease, PyObject *value, PyObject *exc)
+{
+    CmState *st = m->st;
+    CmLeaseObject *g = (CmLeaseObject *)m->group; // borrowed: m holds it
+    if (exc != NULL) {
+        cm_log_warning(st, "cacheme: redis lease of %R failed: %R", m->lkey, exc);
+        value = st->sentinel;
+    }
+    PyObject *t = PyTuple_Pack(2, lease, value);
+    if (t == NULL) {
+        PyErr_WriteUnraisable((PyObject *)m);
+        if (lease != Py_None)
+            release(m);
+        t = Py_NewRef(Py_None); /* not a pair: the key loads without a lease */
+    }
+    PyList_SetItem(g->results, m->index, t); /* steals */
+    if (--g->remaining > 0)
+        return;
+    Py_INCREF(g);
+    group_clear(g); /* m->group is gone from here */
+    g->state = L_DONE;
+    int done = cm_future_done(st, g->fut);
+    if (done == 0 && cm_future_set_result(st, g->fut, g->results) < 0)
+        done = -1;
+    if (done < 0)
+        PyErr_WriteUnraisable((PyObject *)g);
+    if (done != 0) { /* nobody takes them: the leases got go back */
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(g->results); i++) {
+            PyObject *r = PyList_GET_ITEM(g->results, i); // borrowed
+            if (PyTuple_Check(r) && PyTuple_GET_ITEM(r, 0) != Py_None &&
+                ((CmLeaseObject *)PyTuple_GET_ITEM(r, 0))->state == L_HELD)
+                release((CmLeaseObject *)PyTuple_GET_ITEM(r, 0));
+        }
+    }
+    Py_DECREF(g);
+}
+
+/* A new lease of node on storage, not yet sent; NULL with an exception. */
+static CmLeaseObject *lease_new(CmState *st, PyObject *storage, PyObject *node, PyObject *ser,
+                                PyObject *loop)
+{
+    CmRedisClientObject *c = (CmRedisClientObject *)storage;
+    PyObject *key = cm_key_of_node(st, node);
+    if (key == NULL)
+        return NULL;
+    CmLeaseObject *self = PyObject_GC_New(CmLeaseObject, (PyTypeObject *)st->redis.LeaseType);
+    if (self == NULL) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    memset((char *)self + offsetof(CmLeaseObject, st), 0,
+           sizeof(CmLeaseObject) - offsetof(CmLeaseObject, st));
+    self->st = st;
+    self->client = Py_NewRef(storage);
+    self->node = Py_NewRef(node);
+    self->ser = Py_NewRef(ser);
+    self->loop = Py_NewRef(loop);
+    PyObject_GC_Track(self);
+    Py_ssize_t klen;
+    const char *k = PyUnicode_AsUTF8AndSize(key, &klen);
+    if (k == NULL ||
+        (self->lkey = cm_redis_lease_key(k, (size_t)klen, c->cluster != NULL)) == NULL ||
+        (self->token = new_token()) == NULL ||
+        (self->on_reply = PyCFunction_New(&lease_on_reply_def, (PyObject *)self)) == NULL ||
+        (self->on_timer = PyCFunction_New(&lease_on_timer_def, (PyObject *)self)) == NULL ||
+        (self->on_fut = PyCFunction_New(&lease_on_fut_def, (PyObject *)self)) == NULL)
+        Py_CLEAR(self);
+    Py_DECREF(key);
+    return self;
+}
+
+PyObject *cm_redis_lease_acquire_all(CmState *st, PyObject *storage, PyObject *nodes, PyObject *ser)
+{
+    CmRedisClientObject *c = (CmRedisClientObject *)storage;
+    CmLeaseObject *g = NULL;
+    PyObject *loop = NULL, *out = NULL;
+    if (c->cfg.lease_ms <= 0)
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(nodes);
+    if ((loop = cm_loop_running(st)) == NULL)
+        return NULL;
+    if ((g = PyObject_GC_New(CmLeaseObject, (PyTypeObject *)st->redis.LeaseType)) == NULL)
+        goto done;
+    memset((char *)g + offsetof(CmLeaseObject, st), 0,
+           sizeof(CmLeaseObject) - offsetof(CmLeaseObject, st));
+    g->st = st;
+    g->state = L_IDLE;
+    PyObject_GC_Track(g);
+    if ((g->members = PyList_New(n)) == NULL || (g->results = PyList_New(n)) == NULL ||
+        (g->fut = cm_loop_create_future(st, loop)) == NULL ||
+        (g->on_fut = PyCFunction_New(&lease_on_fut_def, (PyObject *)g)) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyList_SET_ITEM(g->results, i, Py_NewRef(Py_None));
+        CmLeaseObject *m = lease_new(st, storage, PyList_GET_ITEM(nodes, i), ser, loop);
+        if (m == NULL)
+            goto done;
+        m->group = Py_NewRef(g);
+        m->index = i;
+        PyList_SET_ITEM(g->members, i, (PyObject *)m);
+    }
+    if (cm_future_add_done_callback_own_context(st, g->fut, g->on_fut) < 0)
+        goto done;
+    out = Py_NewRef(g->fut);
+    /* every SET NX goes out in this loop iteration: one write per connection */
+    g->remaining = n;
+    PyObject *members = Py_NewRef(g->members);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        CmLeaseObject *m = (CmLeaseObject *)PyList_GET_ITEM(members, i); // borrowed
+        if (m->group != NULL && step_try(m) < 0) {
+            PyObject *e = cm_exc_take();
+            finish(m, Py_None, Py_None, e);
+            Py_XDECREF(e);
+        }
+    }
+    Py_DECREF(members);
+done:
+    if (out == NULL && g != NULL)
+        group_clear(g);
+    Py_XDECREF(g);
+    Py_XDECREF(loop);
+    return out;
 }
 
 /* ------------------------------------------------------------------ */
@@ -530,6 +693,9 @@ static int lease_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->on_reply);
     Py_VISIT(self->on_timer);
     Py_VISIT(self->on_fut);
+    Py_VISIT(self->group);
+    Py_VISIT(self->members);
+    Py_VISIT(self->results);
     return 0;
 }
 
@@ -547,6 +713,9 @@ static int lease_clear(PyObject *op)
     Py_CLEAR(self->on_reply);
     Py_CLEAR(self->on_timer);
     Py_CLEAR(self->on_fut);
+    Py_CLEAR(self->group);
+    Py_CLEAR(self->members);
+    Py_CLEAR(self->results);
     return 0;
 }
 

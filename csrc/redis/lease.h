@@ -10,6 +10,9 @@ int cm_redis_lease_init(PyObject *mod, CmState *st);
 /* flight/remote.h's lease_acquire and lease_release for RedisClient. */
 PyObject *cm_redis_lease_acquire(CmState *st, PyObject *storage, PyObject *node, PyObject *ser);
 void cm_redis_lease_release(CmState *st, PyObject *lease);
+/* lease_acquire_all: the leases of nodes (a non-empty list), sent together. */
+PyObject *cm_redis_lease_acquire_all(CmState *st, PyObject *storage, PyObject *nodes,
+                                     PyObject *ser);
 /* The lease key of a full key (UTF-8, len bytes): `<key>:lease`, on a
  * cluster in the key's own slot (see lease.c). New bytes, or NULL with an
  * exception. */

@@ -32,6 +32,7 @@ static const CmRemoteOps redis_remote_ops = {
     .attach_waiter = cm_redis_attach_waiter,
     .lease_acquire = cm_redis_lease_acquire,
     .lease_release = cm_redis_lease_release,
+    .lease_acquire_all = cm_redis_lease_acquire_all,
 };
 
 int cm_redis_remote_init(PyObject *mod, CmState *st)
