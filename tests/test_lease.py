@@ -180,3 +180,14 @@ def test_memoize_one_load_across_processes(workers):
     assert [w.result(p)["values"] for p in procs] == [[80] * 4] * 3
     assert w.loads() == 1
     assert w.cli("EXISTS", lease_key(w, 8)) == "0"
+
+
+def test_get_all_one_load_per_key_across_processes(workers):
+    w = workers(lease=10, load_sleep=0.5)
+    procs = w.start(3, mode="get_all", keys=[11, 12, 13])
+    [single] = w.start(1, mode="get", keys=[12], concurrency=2)
+    w.go(procs + [single])
+    assert [w.result(p)["values"] for p in procs] == [[110, 120, 130]] * 3
+    assert w.result(single)["values"] == [120, 120]
+    assert w.loads() == 3
+    assert all(w.cli("EXISTS", lease_key(w, k)) == "0" for k in (11, 12, 13))
