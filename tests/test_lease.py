@@ -23,9 +23,9 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lease_worker.
 
 
 class Workers:
-    def __init__(self, server, **cfg):
+    def __init__(self, server, prefix="lease", **cfg):
         self.server = server
-        self.prefix = unique("lease")
+        self.prefix = unique(prefix)
         self.cfg = dict(cfg, prefix=self.prefix)
         self.procs = []
 
@@ -59,8 +59,10 @@ class Workers:
         return int(self.cli("GET", f"{self.prefix}:loads") or 0)
 
     def cli(self, *args):
-        if hasattr(self.server, "nodes"):
-            return self.server.nodes[0].cli("-c", *args) if False else _cluster_cli(self.server, *args)
+        if hasattr(self.server, "nodes"):  # a cluster: redis-cli follows MOVED
+            r = subprocess.run([REDIS_CLI, "-c", "-p", str(self.server.nodes[0].port), *args],
+                               capture_output=True, text=True, timeout=30)
+            return r.stdout.strip()
         return self.server.cli(*args)
 
     def close(self):
@@ -68,15 +70,6 @@ class Workers:
             if p.poll() is None:
                 p.kill()
             p.communicate()
-
-
-def _cluster_cli(cluster, *args):
-    import subprocess as sp
-    from redis_servers import REDIS_CLI
-    n = cluster.nodes[0]
-    r = sp.run([REDIS_CLI, "-c", "-p", str(n.port), *args], capture_output=True, text=True,
-               timeout=30)
-    return r.stdout.strip()
 
 
 @pytest.fixture
@@ -191,3 +184,50 @@ def test_get_all_one_load_per_key_across_processes(workers):
     assert w.result(single)["values"] == [120, 120]
     assert w.loads() == 3
     assert all(w.cli("EXISTS", lease_key(w, k)) == "0" for k in (11, 12, 13))
+
+
+def redis_cluster_lease_key(w, uid):
+    from cacheme.storages.redis import RedisStorage
+    client = RedisStorage(w.server.url, cluster=True)
+    return client._lease_key(f"cacheme:{w.prefix}:{uid}:v1").decode()
+
+
+@pytest.mark.parametrize("prefix", ["lease", "lease}x"])
+def test_cluster_one_load(redis_cluster, prefix):  # noqa: F811
+    """On a 3-master cluster; "lease}x" makes a key with a '}' and no hash
+    tag, whose lease key needs a tag of its own to share the value's slot."""
+    w = Workers(redis_cluster, prefix=prefix, url=redis_cluster.url, cluster=True, lease=10,
+                load_sleep=0.5)
+    try:
+        procs = w.start(3, mode="get", keys=[21], concurrency=3)
+        batch = w.start(2, mode="get_all", keys=[21, 22, 23, 24])
+        w.go(procs + batch)
+        assert [w.result(p)["values"] for p in procs] == [[210] * 3] * 3
+        assert [w.result(p)["values"] for p in batch] == [[210, 220, 230, 240]] * 2
+        assert w.loads() == 4
+        for k in (21, 22, 23, 24):
+            assert w.cli("EXISTS", f"cacheme:{w.prefix}:{k}:v1") == "1"
+            assert w.cli("EXISTS", redis_cluster_lease_key(w, k)) == "0"
+    finally:
+        w.close()
+
+
+def test_lease_key_shares_the_value_slot(redis_cluster):  # noqa: F811
+    from cacheme.storages.redis import RedisStorage
+    node = redis_cluster.nodes[0]
+    client = RedisStorage(redis_cluster.url, cluster=True)
+    for key in ["cacheme:a:1:v1", "cacheme:{user}:1:v1", "cacheme:a}b:1:v1", "x{}y}z", "{"]:
+        lk = client._lease_key(key)
+        assert node.cli("CLUSTER", "KEYSLOT", lk.decode()) == node.cli("CLUSTER", "KEYSLOT", key)
+        assert key.encode() in lk
+    single = RedisStorage("redis://127.0.0.1:6379")
+    assert single._lease_key("cacheme:a:1:v1") == b"cacheme:a:1:v1:lease"
+
+
+def test_lease_option_checked():
+    from datetime import timedelta
+    import cacheme
+    with pytest.raises(ValueError, match="lease"):
+        cacheme.Storage(url="redis://127.0.0.1:6379", lease=timedelta(seconds=-1))
+    with pytest.raises(TypeError, match="lease"):
+        cacheme.Storage(url="redis://127.0.0.1:6379", lease="10")

@@ -2,6 +2,7 @@
  * one pool or a cluster, instances for other loops (net/netloop.h), and the
  * module hooks of the Redis driver. */
 #include "redis/internal.h"
+#include "redis/lease.h"
 #include "redis/subscriber.h"
 #include <limits.h>
 #include <math.h>
@@ -411,6 +412,7 @@ static PyMethodDef client_methods[] = {
     {"_retrying", (PyCFunction)client_retrying, METH_NOARGS, NULL},
     {"_resolves", (PyCFunction)client_resolves, METH_NOARGS, NULL},
     {"_sub_listen", (PyCFunction)cm_redis_sub_listen, METH_O, NULL},
+    {"_lease_key", cm_redis_lease_key_method, METH_O, NULL},
     {"busy_poll_info", (PyCFunction)client_busy_poll_info, METH_NOARGS,
      "busy_poll_info() -> {'busy_poll': limit, 'busy_poll_hits': n, 'busy_poll_timeouts': n}"},
     {NULL, NULL},

@@ -749,3 +749,12 @@ int cm_redis_lease_init(PyObject *mod, CmState *st)
     st->redis.LeaseType = PyType_FromModuleAndSpec(mod, &lease_spec, NULL);
     return st->redis.LeaseType ? 0 : -1;
 }
+
+PyObject *cm_redis_lease_key_method(PyObject *self, PyObject *key)
+{
+    Py_ssize_t len;
+    const char *k = PyUnicode_AsUTF8AndSize(key, &len);
+    if (k == NULL)
+        return NULL;
+    return cm_redis_lease_key(k, (size_t)len, ((CmRedisClientObject *)self)->cluster != NULL);
+}

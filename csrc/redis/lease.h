@@ -17,4 +17,6 @@ PyObject *cm_redis_lease_acquire_all(CmState *st, PyObject *storage, PyObject *n
  * cluster in the key's own slot (see lease.c). New bytes, or NULL with an
  * exception. */
 PyObject *cm_redis_lease_key(const char *key, size_t len, int cluster);
+/* RedisClient._lease_key(full_key) -> bytes (tests). */
+PyObject *cm_redis_lease_key_method(PyObject *self, PyObject *key);
 #endif
