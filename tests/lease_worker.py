@@ -70,7 +70,8 @@ async def main():
     COUNTER = RedisStorage(cfg["url"], cluster=cfg.get("cluster", False))
     await COUNTER.connect()
     STORAGE = cacheme.Storage(url=cfg["url"], cluster=cfg.get("cluster", False),
-                              lease=timedelta(seconds=cfg["lease"]))
+                              lease=None if cfg["lease"] is None
+                              else timedelta(seconds=cfg["lease"]))
     await cacheme.register_storage("redis", STORAGE)
     await cacheme.register_storage("local", cacheme.Storage(url="local://lru", size=100))
     print("ready", flush=True)

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import unique
 from redis_servers import (  # noqa: F401  (fixtures)
-    REDIS_CLI, _redis_session_server, needs_redis, redis_cluster, redis_server)
+    REDIS_CLI, commandstats, _redis_session_server, needs_redis, redis_cluster, redis_server)
 
 pytestmark = needs_redis
 
@@ -231,3 +231,17 @@ def test_lease_option_checked():
         cacheme.Storage(url="redis://127.0.0.1:6379", lease=timedelta(seconds=-1))
     with pytest.raises(TypeError, match="lease"):
         cacheme.Storage(url="redis://127.0.0.1:6379", lease="10")
+
+
+@pytest.mark.parametrize("lease", [None, 0])
+def test_off_by_default(workers, redis_server, lease):  # noqa: F811
+    """Without lease= (or with 0) nothing changes: a load per process, no
+    lease command sent."""
+    w = workers(lease=lease, load_sleep=0.5)
+    procs = w.start(2, mode="get", keys=[9], concurrency=2)
+    w.go(procs)
+    assert [w.result(p)["values"] for p in procs] == [[90, 90]] * 2
+    assert w.loads() == 2
+    stats = commandstats(redis_server)
+    assert "eval" not in stats and "pttl" not in stats and "subscribe" not in stats
+    assert w.cli("EXISTS", lease_key(w, 9)) == "0"
