@@ -218,6 +218,7 @@ static void quiet(CmLeaseObject *self)
 static void release(CmLeaseObject *self);
 
 static void group_put(CmLeaseObject *m, PyObject *lease, PyObject *value, PyObject *exc);
+static void group_next(CmLeaseObject *g);
 
 /* The flight gets (lease, value), or exc (borrowed): the lease stops. */
 static void finish(CmLeaseObject *self, PyObject *lease, PyObject *value, PyObject *exc)
@@ -249,14 +250,18 @@ static void finish(CmLeaseObject *self, PyObject *lease, PyObject *value, PyObje
         PyErr_WriteUnraisable((PyObject *)self);
 }
 
-/* Send argv (stolen; routed by the lease key) and hear its reply in
- * on_reply. 0, or -1 with an exception. */
-static int send_cmd(CmLeaseObject *self, int state, PyObject *argv)
+/* The flight gets the exception being raised (cleared). */
+static void fail(CmLeaseObject *self)
 {
-    if (argv == NULL)
-        return -1;
-    PyObject *fut = cm_redis_execute_at((CmRedisClientObject *)self->client, argv, self->lkey);
-    Py_DECREF(argv);
+    PyObject *e = cm_exc_take();
+    finish(self, Py_None, Py_None, e);
+    Py_XDECREF(e);
+}
+
+/* Hear the reply of fut (stolen; NULL: the call failed) in on_reply, in
+ * state. 0, or -1 with an exception. */
+static int await_reply(CmLeaseObject *self, int state, PyObject *fut)
+{
     if (fut == NULL)
         return -1;
     int rc = cm_future_add_done_callback_own_context(self->st, fut, self->on_reply);
@@ -264,6 +269,16 @@ static int send_cmd(CmLeaseObject *self, int state, PyObject *argv)
     if (rc == 0)
         self->sent = self->state = state;
     return rc;
+}
+
+/* Send argv (stolen; routed by the lease key). 0, or -1 with an exception. */
+static int send_cmd(CmLeaseObject *self, int state, PyObject *argv)
+{
+    if (argv == NULL)
+        return -1;
+    PyObject *fut = cm_redis_execute_at((CmRedisClientObject *)self->client, argv, self->lkey);
+    Py_DECREF(argv);
+    return await_reply(self, state, fut);
 }
 
 static int step_try(CmLeaseObject *self)
@@ -279,14 +294,8 @@ static int step_check(CmLeaseObject *self, int state)
 {
     PyObject *args[2] = {self->node, self->ser};
     self->woken = 0; /* what wakes it from now on may not be in this read */
-    PyObject *fut = cm_redis_client_get((CmRedisClientObject *)self->client, args, 2, NULL);
-    if (fut == NULL)
-        return -1;
-    int rc = cm_future_add_done_callback_own_context(self->st, fut, self->on_reply);
-    Py_DECREF(fut);
-    if (rc == 0)
-        self->sent = self->state = state;
-    return rc;
+    return await_reply(self, state,
+                       cm_redis_client_get((CmRedisClientObject *)self->client, args, 2, NULL));
 }
 
 static int step_ttl(CmLeaseObject *self)
@@ -337,11 +346,8 @@ static void wake(CmLeaseObject *self)
         return;
     }
     stop_timer(self);
-    if (step_check(self, L_CHECK) < 0) {
-        PyObject *e = cm_exc_take();
-        finish(self, Py_None, Py_None, e);
-        Py_XDECREF(e);
-    }
+    if (step_check(self, L_CHECK) < 0)
+        fail(self);
 }
 
 /* A message on the lease key's channel: its holder is done. */
@@ -359,12 +365,8 @@ static void on_message(void *arg, PyObject *msg)
  * lost until it is back: the expiry timer is the fallback). */
 static void on_sub_state(void *arg, int up)
 {
-    CmLeaseObject *self = (CmLeaseObject *)arg;
-    if (!up)
-        return;
-    Py_INCREF(self);
-    wake(self);
-    Py_DECREF(self);
+    if (up)
+        on_message(arg, Py_None);
 }
 
 /* Give the lease up: delete it if still ours, and wake the waiters. */
@@ -435,11 +437,8 @@ static PyObject *lease_on_reply(PyObject *op, PyObject *req)
             release(self);
         Py_RETURN_NONE;
     }
-    if (r == NULL || advance(self, r) < 0) {
-        PyObject *e = cm_exc_take();
-        finish(self, Py_None, Py_None, e);
-        Py_XDECREF(e);
-    }
+    if (r == NULL || advance(self, r) < 0)
+        fail(self);
     Py_XDECREF(r);
     Py_RETURN_NONE;
 }
@@ -450,11 +449,8 @@ static PyObject *lease_on_timer(PyObject *op, PyObject *Py_UNUSED(unused))
     Py_CLEAR(self->timer);
     /* the lease expired (its holder died), or its message was lost: the
      * value, else the lease */
-    if (self->state == L_IDLE && step_check(self, L_CHECK) < 0) {
-        PyObject *e = cm_exc_take();
-        finish(self, Py_None, Py_None, e);
-        Py_XDECREF(e);
-    }
+    if (self->state == L_IDLE && step_check(self, L_CHECK) < 0)
+        fail(self);
     Py_RETURN_NONE;
 }
 
@@ -569,7 +565,35 @@ static void group_put(CmLeaseObject *m, PyObject *lease, PyObject *value, PyObje
         t = Py_NewRef(Py_None); /* not a pair: the key loads without a lease */
     }
     PyList_SetItem(g->results, m->index, t); /* steals */
-    if (--g->remaining > 0)
+    g->remaining--;
+    group_next(g);
+}
+
+/* Take the next key's lease in order, or hand out the results when every
+ * key has a lease or a value. One at a time, in the order of the lease
+ * keys: a process waits for a key only while the keys it holds come before
+ * it, in every process the same order, so two get_alls never wait for each
+ * other's leases (a deadlock until both leases expire). */
+static void group_next(CmLeaseObject *g)
+{
+    CmState *st = g->st;
+    while (g->members != NULL && g->index < PyList_GET_SIZE(g->members)) {
+        CmLeaseObject *m = (CmLeaseObject *)PyList_GET_ITEM(g->members, g->index++); // borrowed
+        if (step_try(m) == 0)
+            return; /* its replies go on (group_put) */
+        PyObject *e = cm_exc_take();
+        cm_log_warning(st, "cacheme: redis lease of %R failed: %R", m->lkey, e);
+        Py_XDECREF(e);
+        m->state = L_DONE;
+        PyObject *t = PyTuple_Pack(2, Py_None, st->sentinel);
+        if (t == NULL) {
+            PyErr_WriteUnraisable((PyObject *)m);
+            t = Py_NewRef(Py_None);
+        }
+        PyList_SetItem(g->results, m->index, t); /* steals */
+        g->remaining--;
+    }
+    if (g->remaining > 0 || g->state == L_DONE)
         return;
     Py_INCREF(g);
     group_clear(g); /* m->group is gone from here */
@@ -628,7 +652,7 @@ PyObject *cm_redis_lease_acquire_all(CmState *st, PyObject *storage, PyObject *n
 {
     CmRedisClientObject *c = (CmRedisClientObject *)storage;
     CmLeaseObject *g = NULL;
-    PyObject *loop = NULL, *out = NULL;
+    PyObject *loop = NULL, *out = NULL, *order = NULL;
     if (c->cfg.lease_ms <= 0)
         Py_RETURN_NONE;
     Py_ssize_t n = PyList_GET_SIZE(nodes);
@@ -641,8 +665,8 @@ PyObject *cm_redis_lease_acquire_all(CmState *st, PyObject *storage, PyObject *n
     g->st = st;
     g->state = L_IDLE;
     PyObject_GC_Track(g);
-    if ((g->members = PyList_New(n)) == NULL || (g->results = PyList_New(n)) == NULL ||
-        (g->fut = cm_loop_create_future(st, loop)) == NULL ||
+    if ((g->members = PyList_New(0)) == NULL || (g->results = PyList_New(n)) == NULL ||
+        (order = PyList_New(n)) == NULL || (g->fut = cm_loop_create_future(st, loop)) == NULL ||
         (g->on_fut = PyCFunction_New(&lease_on_fut_def, (PyObject *)g)) == NULL)
         goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -652,24 +676,31 @@ PyObject *cm_redis_lease_acquire_all(CmState *st, PyObject *storage, PyObject *n
             goto done;
         m->group = Py_NewRef(g);
         m->index = i;
-        PyList_SET_ITEM(g->members, i, (PyObject *)m);
+        /* (lease key, index, member): sorted by key, never compares members */
+        PyObject *t = Py_BuildValue("(OnN)", m->lkey, i, (PyObject *)m);
+        if (t == NULL)
+            goto done;
+        PyList_SET_ITEM(order, i, t);
     }
+    if (PyList_Sort(order) < 0)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (PyList_Append(g->members, PyTuple_GET_ITEM(PyList_GET_ITEM(order, i), 2)) < 0)
+            goto done;
     if (cm_future_add_done_callback_own_context(st, g->fut, g->on_fut) < 0)
         goto done;
     out = Py_NewRef(g->fut);
-    /* every SET NX goes out in this loop iteration: one write per connection */
     g->remaining = n;
-    PyObject *members = Py_NewRef(g->members);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        CmLeaseObject *m = (CmLeaseObject *)PyList_GET_ITEM(members, i); // borrowed
-        if (m->group != NULL && step_try(m) < 0) {
-            PyObject *e = cm_exc_take();
-            finish(m, Py_None, Py_None, e);
-            Py_XDECREF(e);
-        }
-    }
-    Py_DECREF(members);
+    g->index = 0;
+    group_next(g);
 done:
+    if (out == NULL && order != NULL) /* the members not yet in g->members */
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *t = PyList_GET_ITEM(order, i); // borrowed
+            if (t != NULL)
+                Py_CLEAR(((CmLeaseObject *)PyTuple_GET_ITEM(t, 2))->group);
+        }
+    Py_XDECREF(order);
     if (out == NULL && g != NULL)
         group_clear(g);
     Py_XDECREF(g);
