@@ -1,7 +1,7 @@
 /* get_all's part of cross-process leases (flight/remote.h's lease ops; the
  * design is flight/lease.c's). When the batch's keys missed every remote
  * cache, the first remote cache whose storage takes leases is asked for
- * the lease of each key left, all at once. The keys whose lease this
+ * the lease of each key left (in turn, see redis/lease.c). The keys whose lease this
  * process got are loaded and filled as without leases, and their leases
  * given back at the end; the keys another process held come back with
  * that process's value, which fills the local caches only. */
