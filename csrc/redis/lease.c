@@ -37,7 +37,7 @@
  * A lease object serves one flight: it is the awaitable's result while the
  * flight holds the lease, and its callbacks (replies, timer, messages) hold
  * it while it works. */
-#include "redis/lease.h"
+#include "redis/lease_obj.h"
 
 #include "redis/internal.h"
 #include <stdio.h>
@@ -49,42 +49,6 @@
 #include "core/key.h"
 #include "redis/crc16.h"
 #include "redis/subscriber.h"
-
-/* where a lease is */
-enum {
-    L_TRY,     /* SET NX PX sent */
-    L_VERIFY,  /* got it; GET of the value sent (filled since the flight read it?) */
-    L_CHECK,   /* GET of the value sent */
-    L_TTL,     /* PTTL of the lease sent */
-    L_IDLE,    /* waiting for a message or the expiry timer */
-    L_HELD,    /* ours: the flight loads, then releases */
-    L_RELEASE, /* the release script sent */
-    L_DONE,    /* the flight has its outcome, or left */
-};
-
-typedef struct {
-    PyObject_HEAD
-    CmState *st;
-    PyObject *client; /* the storage (a RedisClient) */
-    PyObject *node, *ser;
-    PyObject *lkey;  /* bytes: the lease key, also its channel */
-    PyObject *token; /* bytes: ours, unique per lease taken */
-    PyObject *loop;
-    PyObject *fut;   /* what the flight awaits: (self, None) or (None, value) */
-    PyObject *timer; /* the lease's expiry while waiting, or NULL */
-    PyObject *on_reply, *on_timer, *on_fut; /* bound callbacks, made once */
-    /* get_all: a member's group (strong), its index in the group's results;
-     * a group's members (list) and results (list of (lease, value)), and
-     * how many members have not finished */
-    PyObject *group;
-    Py_ssize_t index;
-    PyObject *members, *results;
-    Py_ssize_t remaining;
-    int state;  /* L_* */
-    int sent;   /* the state of the command in flight */
-    int woken;  /* a message came while a command was out */
-    int listen; /* subscribed to lkey (holds a reference to itself) */
-} CmLeaseObject;
 
 static const char release_script[] =
     "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end "
@@ -200,7 +164,7 @@ static void on_message(void *arg, PyObject *msg);
 static void on_sub_state(void *arg, int up);
 
 /* Stop listening (messages, timer). */
-static void quiet(CmLeaseObject *self)
+void cm_rlease_quiet(CmLeaseObject *self)
 {
     stop_timer(self);
     if (self->listen) {
@@ -215,19 +179,14 @@ static void quiet(CmLeaseObject *self)
     }
 }
 
-static void release(CmLeaseObject *self);
-
-static void group_put(CmLeaseObject *m, PyObject *lease, PyObject *value, PyObject *exc);
-static void group_next(CmLeaseObject *g);
-
 /* The flight gets (lease, value), or exc (borrowed): the lease stops. */
 static void finish(CmLeaseObject *self, PyObject *lease, PyObject *value, PyObject *exc)
 {
     CmState *st = self->st;
-    quiet(self);
+    cm_rlease_quiet(self);
     self->state = lease != Py_None ? L_HELD : L_DONE;
     if (self->group != NULL) {
-        group_put(self, lease, value, exc);
+        cm_rlease_group_put(self, lease, value, exc);
         return;
     }
     int done = cm_future_done(st, self->fut);
@@ -235,7 +194,7 @@ static void finish(CmLeaseObject *self, PyObject *lease, PyObject *value, PyObje
         if (done < 0)
             PyErr_WriteUnraisable((PyObject *)self);
         if (lease != Py_None) /* the flight left: nobody loads under it */
-            release(self);
+            cm_rlease_release(self);
         return;
     }
     int rc;
@@ -281,7 +240,7 @@ static int send_cmd(CmLeaseObject *self, int state, PyObject *argv)
     return await_reply(self, state, fut);
 }
 
-static int step_try(CmLeaseObject *self)
+int cm_rlease_try(CmLeaseObject *self)
 {
     CmRedisClientObject *c = (CmRedisClientObject *)self->client;
     char ms[32];
@@ -370,7 +329,7 @@ static void on_sub_state(void *arg, int up)
 }
 
 /* Give the lease up: delete it if still ours, and wake the waiters. */
-static void release(CmLeaseObject *self)
+void cm_rlease_release(CmLeaseObject *self)
 {
     PyObject *argv = Py_BuildValue("(yyyOO)", "EVAL", release_script, "1", self->lkey, self->token);
     if (send_cmd(self, L_RELEASE, argv) < 0) {
@@ -395,7 +354,7 @@ static int advance(CmLeaseObject *self, PyObject *r)
          * SET filled it: loading again would be a second load */
         if (r != self->st->sentinel) {
             finish(self, Py_None, r, NULL);
-            release(self);
+            cm_rlease_release(self);
         } else {
             finish(self, (PyObject *)self, Py_None, NULL);
         }
@@ -413,7 +372,7 @@ static int advance(CmLeaseObject *self, PyObject *r)
         if (self->woken) /* the holder finished meanwhile */
             return step_check(self, L_CHECK);
         if (ms == -2) /* gone: released or expired */
-            return step_try(self);
+            return cm_rlease_try(self);
         return step_idle(self, ms >= 0 ? ms : ((CmRedisClientObject *)self->client)->cfg.lease_ms);
     }
     }
@@ -434,7 +393,7 @@ static PyObject *lease_on_reply(PyObject *op, PyObject *req)
         PyErr_Clear();
         self->state = L_DONE;
         if (got)
-            release(self);
+            cm_rlease_release(self);
         Py_RETURN_NONE;
     }
     if (r == NULL || advance(self, r) < 0)
@@ -455,15 +414,13 @@ static PyObject *lease_on_timer(PyObject *op, PyObject *Py_UNUSED(unused))
 }
 
 /* The flight's future is done: by finish(), or cancelled (the flight left). */
-static void group_left(CmLeaseObject *g);
-
 static PyObject *lease_on_fut(PyObject *op, PyObject *Py_UNUSED(fut))
 {
     CmLeaseObject *self = (CmLeaseObject *)op;
     if (self->members != NULL) {
-        group_left(self);
+        cm_rlease_group_left(self);
     } else if (self->state != L_HELD && self->state != L_RELEASE) {
-        quiet(self);
+        cm_rlease_quiet(self);
         self->state = L_DONE;
     }
     Py_RETURN_NONE;
@@ -473,8 +430,54 @@ static PyMethodDef lease_on_reply_def = {"_on_reply", lease_on_reply, METH_O, NU
 static PyMethodDef lease_on_timer_def = {"_on_timer", lease_on_timer, METH_NOARGS, NULL};
 static PyMethodDef lease_on_fut_def = {"_on_fut", lease_on_fut, METH_O, NULL};
 
-static CmLeaseObject *lease_new(CmState *st, PyObject *storage, PyObject *node, PyObject *ser,
-                                PyObject *loop);
+CmLeaseObject *cm_rlease_alloc(CmState *st)
+{
+    CmLeaseObject *self = PyObject_GC_New(CmLeaseObject, (PyTypeObject *)st->redis.LeaseType);
+    if (self == NULL)
+        return NULL;
+    memset((char *)self + offsetof(CmLeaseObject, st), 0,
+           sizeof(CmLeaseObject) - offsetof(CmLeaseObject, st));
+    self->st = st;
+    PyObject_GC_Track(self);
+    return self;
+}
+
+CmLeaseObject *cm_rlease_new(CmState *st, PyObject *storage, PyObject *node, PyObject *ser,
+                             PyObject *loop)
+{
+    CmRedisClientObject *c = (CmRedisClientObject *)storage;
+    PyObject *key = cm_key_of_node(st, node);
+    if (key == NULL)
+        return NULL;
+    CmLeaseObject *self = cm_rlease_alloc(st);
+    if (self == NULL) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    self->client = Py_NewRef(storage);
+    self->node = Py_NewRef(node);
+    self->ser = Py_NewRef(ser);
+    self->loop = Py_NewRef(loop);
+    Py_ssize_t klen;
+    const char *k = PyUnicode_AsUTF8AndSize(key, &klen);
+    if (k == NULL ||
+        (self->lkey = cm_redis_lease_key(k, (size_t)klen, c->cluster != NULL)) == NULL ||
+        (self->token = new_token()) == NULL ||
+        (self->on_reply = PyCFunction_New(&lease_on_reply_def, (PyObject *)self)) == NULL ||
+        (self->on_timer = PyCFunction_New(&lease_on_timer_def, (PyObject *)self)) == NULL ||
+        (self->on_fut = PyCFunction_New(&lease_on_fut_def, (PyObject *)self)) == NULL)
+        Py_CLEAR(self);
+    Py_DECREF(key);
+    return self;
+}
+
+int cm_rlease_watch_fut(CmLeaseObject *self)
+{
+    if (self->on_fut == NULL &&
+        (self->on_fut = PyCFunction_New(&lease_on_fut_def, (PyObject *)self)) == NULL)
+        return -1;
+    return cm_future_add_done_callback_own_context(self->st, self->fut, self->on_fut);
+}
 
 /* ------------------------------------------------------------------ */
 /* the flight's lease ops                                             */
@@ -487,12 +490,12 @@ PyObject *cm_redis_lease_acquire(CmState *st, PyObject *storage, PyObject *node,
     if (c->cfg.lease_ms <= 0)
         Py_RETURN_NONE;
     if ((loop = cm_loop_running(st)) == NULL ||
-        (self = lease_new(st, storage, node, ser, loop)) == NULL ||
+        (self = cm_rlease_new(st, storage, node, ser, loop)) == NULL ||
         (self->fut = cm_loop_create_future(st, loop)) == NULL)
         goto done;
-    if (step_try(self) < 0)
+    if (cm_rlease_try(self) < 0)
         goto done;
-    if (cm_future_add_done_callback_own_context(st, self->fut, self->on_fut) < 0) {
+    if (cm_rlease_watch_fut(self) < 0) {
         self->state = L_DONE; /* the SET's reply gives back what it got */
         goto done;
     }
@@ -508,204 +511,8 @@ void cm_redis_lease_release(CmState *st, PyObject *lease)
     (void)st;
     CmLeaseObject *self = (CmLeaseObject *)lease;
     if (self->state == L_HELD)
-        release(self);
+        cm_rlease_release(self);
     Py_DECREF(lease);
-}
-
-/* ------------------------------------------------------------------ */
-/* get_all: one lease per key, sent together                          */
-
-/* Let the group's members go (they no longer report to it). */
-static void group_clear(CmLeaseObject *g)
-{
-    PyObject *members = g->members;
-    g->members = NULL;
-    for (Py_ssize_t i = 0; members != NULL && i < PyList_GET_SIZE(members); i++) {
-        CmLeaseObject *m = (CmLeaseObject *)PyList_GET_ITEM(members, i); // borrowed
-        if (m != NULL)
-            Py_CLEAR(m->group);
-    }
-    Py_XDECREF(members);
-}
-
-/* The get_all left before every member finished: those still at work
- * stop, those that hold their lease give it back. */
-static void group_left(CmLeaseObject *g)
-{
-    Py_INCREF(g);
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(g->members); i++) {
-        CmLeaseObject *m = (CmLeaseObject *)PyList_GET_ITEM(g->members, i); // borrowed
-        if (m->state == L_HELD) {
-            release(m);
-        } else if (m->state != L_RELEASE && m->state != L_DONE) {
-            quiet(m);
-            m->state = L_DONE;
-        }
-    }
-    group_clear(g);
-    g->state = L_DONE;
-    Py_DECREF(g);
-}
-
-/* Member m finished: its (lease, value) in the group's results; a lease
- * that failed is logged and the key loads without one (value sentinel). */
-static void group_put(CmLeaseObject *m, PyObject *lease, PyObject *value, PyObject *exc)
-{
-    CmState *st = m->st;
-    CmLeaseObject *g = (CmLeaseObject *)m->group; // borrowed: m holds it
-    if (exc != NULL) {
-        cm_log_warning(st, "cacheme: redis lease of %R failed: %R", m->lkey, exc);
-        value = st->sentinel;
-    }
-    PyObject *t = PyTuple_Pack(2, lease, value);
-    if (t == NULL) {
-        PyErr_WriteUnraisable((PyObject *)m);
-        if (lease != Py_None)
-            release(m);
-        t = Py_NewRef(Py_None); /* not a pair: the key loads without a lease */
-    }
-    PyList_SetItem(g->results, m->index, t); /* steals */
-    g->remaining--;
-    group_next(g);
-}
-
-/* Take the next key's lease in order, or hand out the results when every
- * key has a lease or a value. One at a time, in the order of the lease
- * keys: a process waits for a key only while the keys it holds come before
- * it, in every process the same order, so two get_alls never wait for each
- * other's leases (a deadlock until both leases expire). */
-static void group_next(CmLeaseObject *g)
-{
-    CmState *st = g->st;
-    while (g->members != NULL && g->index < PyList_GET_SIZE(g->members)) {
-        CmLeaseObject *m = (CmLeaseObject *)PyList_GET_ITEM(g->members, g->index++); // borrowed
-        if (step_try(m) == 0)
-            return; /* its replies go on (group_put) */
-        PyObject *e = cm_exc_take();
-        cm_log_warning(st, "cacheme: redis lease of %R failed: %R", m->lkey, e);
-        Py_XDECREF(e);
-        m->state = L_DONE;
-        PyObject *t = PyTuple_Pack(2, Py_None, st->sentinel);
-        if (t == NULL) {
-            PyErr_WriteUnraisable((PyObject *)m);
-            t = Py_NewRef(Py_None);
-        }
-        PyList_SetItem(g->results, m->index, t); /* steals */
-        g->remaining--;
-    }
-    if (g->remaining > 0 || g->state == L_DONE)
-        return;
-    Py_INCREF(g);
-    group_clear(g); /* m->group is gone from here */
-    g->state = L_DONE;
-    int done = cm_future_done(st, g->fut);
-    if (done == 0 && cm_future_set_result(st, g->fut, g->results) < 0)
-        done = -1;
-    if (done < 0)
-        PyErr_WriteUnraisable((PyObject *)g);
-    if (done != 0) { /* nobody takes them: the leases got go back */
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(g->results); i++) {
-            PyObject *r = PyList_GET_ITEM(g->results, i); // borrowed
-            if (PyTuple_Check(r) && PyTuple_GET_ITEM(r, 0) != Py_None &&
-                ((CmLeaseObject *)PyTuple_GET_ITEM(r, 0))->state == L_HELD)
-                release((CmLeaseObject *)PyTuple_GET_ITEM(r, 0));
-        }
-    }
-    Py_DECREF(g);
-}
-
-/* A new lease of node on storage, not yet sent; NULL with an exception. */
-static CmLeaseObject *lease_new(CmState *st, PyObject *storage, PyObject *node, PyObject *ser,
-                                PyObject *loop)
-{
-    CmRedisClientObject *c = (CmRedisClientObject *)storage;
-    PyObject *key = cm_key_of_node(st, node);
-    if (key == NULL)
-        return NULL;
-    CmLeaseObject *self = PyObject_GC_New(CmLeaseObject, (PyTypeObject *)st->redis.LeaseType);
-    if (self == NULL) {
-        Py_DECREF(key);
-        return NULL;
-    }
-    memset((char *)self + offsetof(CmLeaseObject, st), 0,
-           sizeof(CmLeaseObject) - offsetof(CmLeaseObject, st));
-    self->st = st;
-    self->client = Py_NewRef(storage);
-    self->node = Py_NewRef(node);
-    self->ser = Py_NewRef(ser);
-    self->loop = Py_NewRef(loop);
-    PyObject_GC_Track(self);
-    Py_ssize_t klen;
-    const char *k = PyUnicode_AsUTF8AndSize(key, &klen);
-    if (k == NULL ||
-        (self->lkey = cm_redis_lease_key(k, (size_t)klen, c->cluster != NULL)) == NULL ||
-        (self->token = new_token()) == NULL ||
-        (self->on_reply = PyCFunction_New(&lease_on_reply_def, (PyObject *)self)) == NULL ||
-        (self->on_timer = PyCFunction_New(&lease_on_timer_def, (PyObject *)self)) == NULL ||
-        (self->on_fut = PyCFunction_New(&lease_on_fut_def, (PyObject *)self)) == NULL)
-        Py_CLEAR(self);
-    Py_DECREF(key);
-    return self;
-}
-
-PyObject *cm_redis_lease_acquire_all(CmState *st, PyObject *storage, PyObject *nodes, PyObject *ser)
-{
-    CmRedisClientObject *c = (CmRedisClientObject *)storage;
-    CmLeaseObject *g = NULL;
-    PyObject *loop = NULL, *out = NULL, *order = NULL;
-    if (c->cfg.lease_ms <= 0)
-        Py_RETURN_NONE;
-    Py_ssize_t n = PyList_GET_SIZE(nodes);
-    if ((loop = cm_loop_running(st)) == NULL)
-        return NULL;
-    if ((g = PyObject_GC_New(CmLeaseObject, (PyTypeObject *)st->redis.LeaseType)) == NULL)
-        goto done;
-    memset((char *)g + offsetof(CmLeaseObject, st), 0,
-           sizeof(CmLeaseObject) - offsetof(CmLeaseObject, st));
-    g->st = st;
-    g->state = L_IDLE;
-    PyObject_GC_Track(g);
-    if ((g->members = PyList_New(0)) == NULL || (g->results = PyList_New(n)) == NULL ||
-        (order = PyList_New(n)) == NULL || (g->fut = cm_loop_create_future(st, loop)) == NULL ||
-        (g->on_fut = PyCFunction_New(&lease_on_fut_def, (PyObject *)g)) == NULL)
-        goto done;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyList_SET_ITEM(g->results, i, Py_NewRef(Py_None));
-        CmLeaseObject *m = lease_new(st, storage, PyList_GET_ITEM(nodes, i), ser, loop);
-        if (m == NULL)
-            goto done;
-        m->group = Py_NewRef(g);
-        m->index = i;
-        /* (lease key, index, member): sorted by key, never compares members */
-        PyObject *t = Py_BuildValue("(OnN)", m->lkey, i, (PyObject *)m);
-        if (t == NULL)
-            goto done;
-        PyList_SET_ITEM(order, i, t);
-    }
-    if (PyList_Sort(order) < 0)
-        goto done;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (PyList_Append(g->members, PyTuple_GET_ITEM(PyList_GET_ITEM(order, i), 2)) < 0)
-            goto done;
-    if (cm_future_add_done_callback_own_context(st, g->fut, g->on_fut) < 0)
-        goto done;
-    out = Py_NewRef(g->fut);
-    g->remaining = n;
-    g->index = 0;
-    group_next(g);
-done:
-    if (out == NULL && order != NULL) /* the members not yet in g->members */
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *t = PyList_GET_ITEM(order, i); // borrowed
-            if (t != NULL)
-                Py_CLEAR(((CmLeaseObject *)PyTuple_GET_ITEM(t, 2))->group);
-        }
-    Py_XDECREF(order);
-    if (out == NULL && g != NULL)
-        group_clear(g);
-    Py_XDECREF(g);
-    Py_XDECREF(loop);
-    return out;
 }
 
 /* ------------------------------------------------------------------ */
