@@ -103,6 +103,9 @@ async def main():
         out["values"] = [await second, first.cancelled()]
     out["values"] = [v if isinstance(v, (int, str, bool)) else repr(v) for v in out["values"]]
     print(json.dumps(out), flush=True)
+    # a flight handed to a Task fills and releases after its callers have
+    # their value: let it finish before the storages close
+    await asyncio.sleep(cfg.get("linger", 0))
     await cacheme.close()
 
 

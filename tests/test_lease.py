@@ -271,3 +271,19 @@ def test_get_alls_in_other_orders_do_not_wait_for_each_other(workers, cluster, r
         assert w.loads() == 6
     finally:
         w.close()
+
+
+def test_holder_cancelled_mid_load_others_still_served(workers):
+    """The caller leading the load is cancelled while it holds the lease:
+    the load goes on for the other caller (a Task takes the flight and its
+    lease), the waiting process gets the value, the lease is released."""
+    w = workers(lease=30, load_sleep=1.0)
+    [holder] = w.start(1, mode="cancel", keys=[15], cancel_after=0.3, linger=1.0)
+    [waiter] = w.start(1, mode="get", keys=[15])
+    w.go([holder])
+    wait_for(lambda: w.loads() == 1, "the holder's load")
+    w.go([waiter])
+    assert w.result(holder)["values"] == [150, True]
+    assert w.result(waiter, timeout=20)["values"] == [150]
+    assert w.loads() == 1
+    assert w.cli("EXISTS", lease_key(w, 15)) == "0"
