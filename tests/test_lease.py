@@ -287,3 +287,64 @@ def test_holder_cancelled_mid_load_others_still_served(workers):
     assert w.result(waiter, timeout=20)["values"] == [150]
     assert w.loads() == 1
     assert w.cli("EXISTS", lease_key(w, 15)) == "0"
+
+
+LEAK_CODE = r'''
+import asyncio, dataclasses, sys
+from datetime import timedelta
+import cacheme
+from cacheme.storages.redis import RedisStorage
+
+
+@dataclasses.dataclass
+class N(cacheme.Node):
+    uid: int
+    def key(self): return f"leaseleak:{self.uid}"
+    async def load(self): return self.uid
+    class Meta(cacheme.Node.Meta):
+        version = "v1"
+        caches = [cacheme.Cache(storage="leak-redis", ttl=None)]
+
+
+async def main(url):
+    await cacheme.register_storage("leak-redis",
+                                   cacheme.Storage(url=url, lease=timedelta(seconds=5)))
+    other = RedisStorage(url)
+    await other.connect()
+    uid = 0
+
+    async def rounds(k):
+        nonlocal uid
+        for _ in range(k):
+            uid += 3
+            a, b, c = N(uid), N(uid + 1), N(uid + 2)
+            assert await cacheme.get(a) == uid  # takes the lease, loads, releases
+            assert await cacheme.get_all([b]) == [uid + 1]
+            # c's lease held by "another process": wait, woken by its fill
+            lk = c.full_key() + ":lease"
+            await other.execute("SET", lk, "them", "NX", "PX", 5000)
+            t = asyncio.ensure_future(cacheme.get(c))
+            while (await other.execute("PUBSUB", "NUMSUB", lk))[1] == 0:
+                await asyncio.sleep(0.001)
+            await other.set(c, uid + 2, None, None)
+            await other.execute("DEL", lk)
+            await other.execute("PUBLISH", lk, "1")
+            assert await t == uid + 2
+
+    await rounds(50)
+    before = snapshot()
+    await rounds(300)
+    after = snapshot()
+    print(before[0], after[0], before[1], after[1])
+    await cacheme.close()
+    await other.close()
+
+
+asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "{url}"))
+'''
+
+
+def test_lease_paths_do_not_leak(redis_server):  # noqa: F811
+    from conftest import LEAK_SNAPSHOT, assert_flat, run_python
+    code = LEAK_SNAPSHOT + LEAK_CODE.replace("{url}", redis_server.url)
+    assert_flat(run_python(code), rss_kib=4096)
