@@ -102,6 +102,7 @@ async def main():
         first.cancel()
         out["values"] = [await second, first.cancelled()]
     out["values"] = [v if isinstance(v, (int, str, bool)) else repr(v) for v in out["values"]]
+    out["redis"] = cacheme.stats(LeaseNode).storage_stats()["redis"]
     print(json.dumps(out), flush=True)
     # a flight handed to a Task fills and releases after its callers have
     # their value: let it finish before the storages close

@@ -102,6 +102,9 @@ def test_many_processes_one_load(workers):
     results = [w.result(p) for p in procs]
     assert [r["values"] for r in results] == [[70] * 5] * 4
     assert w.loads() == 1
+    # a value read through a lease counts as a hit of the storage
+    assert sum(r["redis"]["misses"] for r in results) == 1
+    assert sum(r["redis"]["hits"] for r in results) == 3
 
 
 def wait_for(cond, what, timeout=30):
@@ -182,9 +185,11 @@ def test_get_all_one_load_per_key_across_processes(workers):
     procs = w.start(3, mode="get_all", keys=[11, 12, 13])
     [single] = w.start(1, mode="get", keys=[12], concurrency=2)
     w.go(procs + [single])
-    assert [w.result(p)["values"] for p in procs] == [[110, 120, 130]] * 3
-    assert w.result(single)["values"] == [120, 120]
+    results = [w.result(p) for p in procs + [single]]
+    assert [r["values"] for r in results] == [[110, 120, 130]] * 3 + [[120, 120]]
     assert w.loads() == 3
+    assert sum(r["redis"]["misses"] for r in results) == 3
+    assert sum(r["redis"]["hits"] for r in results) == 10 - 3
     assert all(w.cli("EXISTS", lease_key(w, k)) == "0" for k in (11, 12, 13))
 
 

@@ -40,6 +40,7 @@ int cm_ga_lease_start(CmGetAllObject *o)
         }
         Py_SETREF(o->lease_keys, keys);
         o->lease_ops = ops;
+        o->lease_cache = i;
         o->step = B_LEASE;
         return cm_ga_start_sub(o, aw);
     }
@@ -89,6 +90,10 @@ int cm_ga_lease_take(CmGetAllObject *o, PyObject *res)
             if (PyDict_SetItem(o->found, key, value) < 0 || PyDict_DelItem(o->todo, key) < 0 ||
                 not_missed(o, key) < 0)
                 goto done;
+            /* read from that storage after all: a hit, not the miss counted */
+            CmStorageCounters *c = counters(o->cfg, &o->cfg->caches[o->lease_cache]);
+            c->hits++;
+            c->misses--;
         }
     }
     rc = 0;

@@ -46,6 +46,7 @@ typedef struct {
     PyObject *lease_keys;
     PyObject *leases;
     const struct CmRemoteOps *lease_ops;
+    Py_ssize_t lease_cache; /* the cache whose storage gave the leases */
 } CmGetAllObject;
 
 static inline CmStorageCounters *counters(CmNodeConfigObject *cfg, CmCacheRef *r)
