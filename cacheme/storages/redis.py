@@ -27,6 +27,13 @@ Options (keyword arguments of ``Storage(url, ...)``, or URL query values):
 - ``retry_backoff`` (0.05 s), ``retry_backoff_max`` (1.0 s): after a
   connection failure no new connection is tried for this long, doubling per
   failure; meanwhile requests fail at once (a miss in ``get``).
+- ``lease`` (None: off; a ``timedelta`` or seconds): one load per key
+  across every process sharing this Redis. On a miss of every remote cache
+  the flight takes the key's lease (``SET <key>:lease <token> NX PX``)
+  before loading; other processes wait for its value (pub/sub, no polling)
+  instead of loading it too. A holder that dies lets the lease expire after
+  this long, and one waiter takes over: make it longer than a load.
+  See csrc/redis/lease.c.
 - ``busy_poll`` (None: 0.0002 s, or 0 where the process can use one CPU
   only; 0 disables; at most 0.01; single server only): when the event loop
   has nothing else to run after the requests are written, poll the sockets
@@ -163,6 +170,11 @@ def _check_options(pool_size: Any, kwargs: Dict[str, Any]) -> None:
     for name in ("connect_timeout", "timeout", "retry_backoff", "retry_backoff_max"):
         if name in kwargs:
             kwargs[name] = seconds_option(owner, name, kwargs[name])
+    if kwargs.get("lease") is None:
+        kwargs.pop("lease", None)
+    else:
+        kwargs["lease"] = seconds_option(owner, "lease", kwargs["lease"], zero_ok=True,
+                                         zero_means="0: no lease")
     ssl_given = sorted(k for k in kwargs if k in _SSL_OPTIONS and k != "ssl")
     if ssl_given and not kwargs.get("ssl"):
         raise ValueError(
@@ -209,7 +221,7 @@ class RedisStorage(_core.RedisClient, BaseStorage):
         kwargs.update(options)
         allowed = ("host", "port", "path", "username", "password", "db", "pool_size", "cluster",
                    *_FLOAT_OPTIONS, "pipeline", "max_reply_elements", "max_bulk_bytes",
-                   *_SSL_OPTIONS, "tracking")
+                   "lease", *_SSL_OPTIONS, "tracking")
         unknown = set(kwargs) - set(allowed)
         if unknown:
             raise TypeError(

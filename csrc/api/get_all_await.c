@@ -233,7 +233,9 @@ static PyObject *ga_await(PyObject *self) { return Py_NewRef(self); }
     X(settled)                                                                                     \
     X(remote_missed)                                                                               \
     X(load_keys)                                                                                   \
-    X(admitted)
+    X(admitted)                                                                                    \
+    X(lease_keys)                                                                                  \
+    X(leases)
 
 static int ga_traverse(PyObject *self, visitproc visit, void *arg)
 {

@@ -422,6 +422,14 @@ int cm_ga_batch_advance(CmGetAllObject *o, PyObject *res, PyObject **out)
         o->remote_settled = PySet_GET_SIZE(o->settled);
         if (PyDict_GET_SIZE(o->todo) == 0)
             goto admit;
+        if (o->lease_keys == NULL) {
+            rc = cm_ga_lease_start(o);
+            if (rc != 0) {
+                if (rc < 0)
+                    goto fail;
+                return 1;
+            }
+        }
         o->load_start = cm_now_ns();
         {
             PyObject *bound;
@@ -451,6 +459,11 @@ int cm_ga_batch_advance(CmGetAllObject *o, PyObject *res, PyObject **out)
                 goto load_failed;
             return 1;
         }
+    case B_LEASE:
+        if (cm_ga_lease_take(o, res) < 0)
+            goto fail;
+        o->pos = cfg->ncaches;
+        goto next_remote;
     case B_LOAD_EACH: {
         if (res == NULL)
             goto load_failed;
@@ -534,6 +547,7 @@ next_fill:
         goto finish_fail;
     }
     lead_finish_all(o);
+    cm_ga_lease_end(o);
     o->step = S_DONE;
     *out = Py_NewRef(o->found);
     return 0;
@@ -552,6 +566,7 @@ fail : {
 finish_fail : {
     PyObject *e = cm_exc_take();
     lead_finish_all(o);
+    cm_ga_lease_end(o);
     cm_exc_restore(e);
 }
     o->step = S_DONE;

@@ -9,7 +9,7 @@
 
 enum { R_CALLER, R_BATCH };
 enum { C_START, C_BATCH, C_WAITS };
-enum { B_START, B_REMOTE, B_LOAD_EACH, B_LOAD_ALL, B_SET_ALL };
+enum { B_START, B_REMOTE, B_LEASE, B_LOAD_EACH, B_LOAD_ALL, B_SET_ALL };
 #define S_DONE 100
 
 typedef struct {
@@ -40,6 +40,13 @@ typedef struct {
     PyObject *admitted;      /* dict key -> value: what fills the caches */
     Py_ssize_t remote_settled;
     int64_t load_start;
+    /* cross-process leases (get_all_lease.c): the keys asked for (list, in
+     * the order of the answer; None once tried without one), the leases
+     * held (list), and the storage's ops that give them back */
+    PyObject *lease_keys;
+    PyObject *leases;
+    const struct CmRemoteOps *lease_ops;
+    Py_ssize_t lease_cache; /* the cache whose storage gave the leases */
 } CmGetAllObject;
 
 static inline CmStorageCounters *counters(CmNodeConfigObject *cfg, CmCacheRef *r)
@@ -65,6 +72,16 @@ CmGetAllObject *cm_ga_alloc(CmState *st, int role, int step);
  * 0: done, *out the value; -1: failed, exception set. */
 int cm_ga_caller_advance(CmGetAllObject *o, PyObject *res, PyObject **out);
 int cm_ga_batch_advance(CmGetAllObject *o, PyObject *res, PyObject **out);
+/* get_all_lease.c. Ask for the leases of the todo keys: 1 (o->sub, step
+ * B_LEASE), 0 when no storage takes leases (or it failed: logged), -1 with
+ * an exception. */
+int cm_ga_lease_start(CmGetAllObject *o);
+/* The answer (stolen; NULL with the exception set): the keys another
+ * process loaded move from todo to found, the leases got to o->leases. 0,
+ * or -1 with an exception (a cancellation). */
+int cm_ga_lease_take(CmGetAllObject *o, PyObject *res);
+/* Give back the leases held. */
+void cm_ga_lease_end(CmGetAllObject *o);
 /* Creates st->GetAllType. */
 int cm_ga_type_init(PyObject *mod, CmState *st);
 #endif

@@ -317,6 +317,7 @@ void cm_call_abort(CmCallObject *g)
                 Py_CLEAR(g->fl->task);
             cm_flight_remove(st, g->fl);
         }
+        cm_lease_end(g);
         g->role = CALL_DONE;
         break;
     default:
@@ -363,6 +364,7 @@ static int call_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(g->cancel_msg);
     Py_VISIT(g->remote_res);
     Py_VISIT(g->remote_err);
+    Py_VISIT(g->lease);
     return 0;
 }
 
@@ -388,6 +390,7 @@ static int call_clear(PyObject *self)
     Py_CLEAR(g->cancel_msg);
     Py_CLEAR(g->remote_res);
     Py_CLEAR(g->remote_err);
+    Py_CLEAR(g->lease);
     return 0;
 }
 

@@ -31,6 +31,7 @@ enum {
 /* step: where the driver is in its flight */
 enum {
     STEP_REMOTE_GET, /* reading the remote caches in order (idx) */
+    STEP_LEASE,      /* every remote cache missed: taking or waiting on the key's lease */
     STEP_LOAD,       /* running the load */
     STEP_RESOLVE,    /* the value is in: fill the locals, settle the flight */
     STEP_FILL,       /* filling the remote caches that missed (idx) */
@@ -102,9 +103,13 @@ typedef struct {
     const CmRemoteOps *remote;         /* the storage's interface */
     CmRemoteOp *remote_op;             /* borrowed: the op holds us until it finishes */
     PyObject *remote_res, *remote_err; /* its outcome */
-    int untracked;                     /* cm_call_held took it out of the collector's lists */
-    int wakeup_untracked;              /* ... and the Task's wakeup with it */
-    void *free_next;                   /* in the free list (st->flight.call_free) */
+    /* the key's cross-process lease while this flight holds it (lease.c),
+     * given up through lease_ops when the flight ends */
+    PyObject *lease;
+    const CmRemoteOps *lease_ops;
+    int untracked;        /* cm_call_held took it out of the collector's lists */
+    int wakeup_untracked; /* ... and the Task's wakeup with it */
+    void *free_next;      /* in the free list (st->flight.call_free) */
 } CmCallObject;
 
 /* ---- table.c: the flight records */
@@ -137,6 +142,18 @@ PySendResult cm_leader_suspend(CmCallObject *g, PyObject *yielded, PyObject **ou
 int cm_leader_leaves(CmCallObject *g, PyObject *pending);
 int cm_leader_cancelled(CmCallObject *g, PyObject *pending);
 PyObject *cm_call_recheck_locals(CmCallObject *g);
+
+/* ---- lease.c: a flight's cross-process lease (flight/remote.h) */
+/* Start taking the lease of one of g's remote caches that missed: 1 (g->sub
+ * is the awaitable), 0 when no storage takes leases. Never fails: a storage
+ * that cannot is logged and counted, and the flight loads without one. */
+int cm_lease_start(CmCallObject *g);
+/* The outcome of g->sub (res or e, both stolen): 0 with g->step set (LOAD,
+ * or RESOLVE with g->value), -1 with *err the flight's failure (a
+ * cancellation). */
+int cm_lease_done(CmCallObject *g, PyObject *res, PyObject *e, PyObject **err);
+/* Give up the lease g holds, if any. */
+void cm_lease_end(CmCallObject *g);
 
 /* ---- remote.c: a call waiting on a remote op of its own */
 void cm_call_remote_release(CmCallObject *g);

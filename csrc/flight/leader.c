@@ -344,6 +344,10 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
                 g->idx++;
                 break;
             }
+            case STEP_LEASE:
+                if (cm_lease_done(g, res, e, &err) < 0)
+                    goto fail;
+                break;
             case STEP_LOAD:
                 metrics_load_done(g, e == NULL);
                 if (e != NULL && load_failed(g, e)) {
@@ -363,6 +367,7 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
                         /* cancelled while filling: the value is already out */
                         if (g->fl != NULL)
                             cm_flight_remove(st, g->fl);
+                        cm_lease_end(g);
                         cm_raise_exc(e);
                         Py_DECREF(e);
                         return PYGEN_ERROR;
@@ -387,7 +392,7 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
             while (g->idx < cfg->ncaches && cfg->caches[g->idx].kind != CM_CACHE_REMOTE)
                 g->idx++;
             if (g->idx >= cfg->ncaches || g->idx >= 32) {
-                g->step = STEP_LOAD;
+                g->step = STEP_LEASE;
                 continue;
             }
             if (start_call(g, &cfg->caches[g->idx], 0) < 0) {
@@ -405,6 +410,10 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
                 Py_XDECREF(e);
                 g->idx++;
             }
+            continue;
+        case STEP_LEASE:
+            if (!cm_lease_start(g))
+                g->step = STEP_LOAD;
             continue;
         case STEP_LOAD:
             if (g->bypass) {
@@ -458,6 +467,7 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
         case STEP_END:
             if (g->fl != NULL)
                 cm_flight_remove(st, g->fl);
+            cm_lease_end(g);
             if (g->refresh_due)
                 start_due_refresh(g);
             *out = Py_NewRef(g->value);
@@ -468,6 +478,7 @@ fail:
     if (g->fl != NULL)
         cm_flight_settle(st, g->fl, NULL, err);
     g->step = STEP_END;
+    cm_lease_end(g);
     cm_raise_exc(err);
     Py_DECREF(err);
     *out = NULL;
@@ -520,6 +531,9 @@ static int move_to_task(CmCallObject *g, PyObject *pending)
         cm_call_held((PyObject *)d);
         Py_XDECREF(d->remote->handoff(d->remote_op, (PyObject *)d)); /* not our last */
     }
+    d->lease = g->lease;
+    d->lease_ops = g->lease_ops;
+    g->lease = NULL;
     d->load_start = g->load_start;
     d->load_ns = g->load_ns;
     d->remote_updated_ns = g->remote_updated_ns;

@@ -51,6 +51,22 @@ struct CmRemoteOps {
      * tracking), 0 when not; -1 with an exception. A covered local's TTL
      * is capped by storage's (the storage may expire a key without a word). */
     int (*cover)(PyObject *storage, PyObject *local);
+    /* Optional (NULL: none): a lease on the key across processes, so that
+     * one process loads it while the others wait for its value. Asked when
+     * every remote cache missed, before the load. lease_acquire: an
+     * awaitable of a 2-tuple (lease, value): lease (not None) when this
+     * process holds the key's lease and is to load and fill; else value,
+     * which the holder loaded (read from this storage). Py_None (new
+     * reference) when the storage takes no leases; NULL with an exception.
+     * lease_release: give the lease up (stolen) once the fills are done or
+     * the flight failed, waking the other processes. Never raises. */
+    PyObject *(*lease_acquire)(CmState *st, PyObject *storage, PyObject *node, PyObject *ser);
+    void (*lease_release)(CmState *st, PyObject *lease);
+    /* get_all's lease_acquire for many nodes (a non-empty list) at once: an
+     * awaitable of a list with, per node in order, (lease, value) as above
+     * or (None, sentinel) when its lease failed (logged: it loads without
+     * one); Py_None when the storage takes no leases. */
+    PyObject *(*lease_acquire_all)(CmState *st, PyObject *storage, PyObject *nodes, PyObject *ser);
 };
 
 /* Register ops for storages of type (and its subclasses), with data (a

@@ -81,6 +81,11 @@ int cm_future_done(CmState *st, PyObject *fut)
     return done;
 }
 
+PyObject *cm_future_result(CmState *st, PyObject *fut)
+{
+    return PyObject_VectorcallMethod(st->s_result, &fut, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
 int cm_future_set_result(CmState *st, PyObject *fut, PyObject *value)
 {
     return call_void(st->s_set_result, fut, value);

@@ -16,6 +16,9 @@ int cm_future_done(CmState *st, PyObject *fut);                             /* 1
 int cm_future_set_result(CmState *st, PyObject *fut, PyObject *value);
 int cm_future_set_exception(CmState *st, PyObject *fut, PyObject *exc);
 int cm_future_cancel(CmState *st, PyObject *fut);
+/* fut.result(): new reference, or NULL with its exception (CancelledError
+ * if it was cancelled) set. */
+PyObject *cm_future_result(CmState *st, PyObject *fut);
 int cm_future_add_done_callback(CmState *st, PyObject *fut, PyObject *cb);
 /* The same for a callback that enters the context it needs itself: on an
  * asyncio Future it runs in one shared empty Context, which saves the

@@ -531,7 +531,6 @@ fail:
 PyObject *cm_redis_client_execute(CmRedisClientObject *self, PyObject *const *args,
                                   Py_ssize_t nargs)
 {
-    PyObject *loop = NULL;
     if (nargs < 1) {
         PyErr_SetString(PyExc_TypeError, "execute() needs a command");
         return NULL;
@@ -562,12 +561,19 @@ PyObject *cm_redis_client_execute(CmRedisClientObject *self, PyObject *const *ar
         }
         PyTuple_SET_ITEM(argv, i, b);
     }
+    PyObject *fut = cm_redis_execute_at(self, argv, NULL);
+    Py_DECREF(argv);
+    return fut;
+}
+
+PyObject *cm_redis_execute_at(CmRedisClientObject *self, PyObject *argv, PyObject *route)
+{
+    PyObject *loop = NULL;
     CmRedisOp *op = start_op(&self, OP_RAW, &loop);
-    if (op == NULL) {
-        Py_DECREF(argv);
+    if (op == NULL)
         return NULL;
-    }
-    op->keys = argv;
+    op->keys = Py_NewRef(argv);
+    op->key = Py_XNewRef(route);
     CmRedisEntry e = {.op = op, .cmd = CM_CMD_RAW, .npos = 1};
     send_entry(self, loop, &e, NULL);
     return finish_op(op, loop);

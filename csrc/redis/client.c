@@ -2,8 +2,10 @@
  * one pool or a cluster, instances for other loops (net/netloop.h), and the
  * module hooks of the Redis driver. */
 #include "redis/internal.h"
+#include "redis/lease.h"
 #include "redis/subscriber.h"
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 
 static PyObject *client_refresh_slots(CmRedisClientObject *self, PyObject *Py_UNUSED(unused))
@@ -128,12 +130,13 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
                              "ssl_cert_reqs",
                              "ssl_check_hostname",
                              "tracking",
+                             "lease",
                              NULL};
     CmState *st = cm_state_from_type(Py_TYPE(self));
     const char *host = "localhost", *path = NULL;
     int port = 6379, size = 100, cluster = 0, pipeline = 128;
     long db = 0;
-    double connect_timeout = 5.0, timeout = 5.0, backoff = 0.05, backoff_max = 1.0;
+    double connect_timeout = 5.0, timeout = 5.0, backoff = 0.05, backoff_max = 1.0, lease = 0;
     PyObject *user = NULL, *pass = NULL, *ubytes = NULL, *pbytes = NULL, *ser = NULL;
     PyObject *busy_poll = Py_None;
     Py_ssize_t max_elements = CM_REDIS_MAX_ELEMENTS, max_bulk = CM_REDIS_MAX_BULK;
@@ -144,10 +147,10 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     if (st == NULL)
         return -1;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "|$zizOOliddpiddOnnpzzzzipp:RedisClient", kwlist, &host, &port, &path,
+            args, kwds, "|$zizOOliddpiddOnnpzzzzippd:RedisClient", kwlist, &host, &port, &path,
             &user, &pass, &db, &size, &connect_timeout, &timeout, &cluster, &pipeline, &backoff,
             &backoff_max, &busy_poll, &max_elements, &max_bulk, &ssl, &tlso.ca_certs, &tlso.ca_path,
-            &tlso.certfile, &tlso.keyfile, &cert_reqs, &check_hostname, &tracking))
+            &tlso.certfile, &tlso.keyfile, &cert_reqs, &check_hostname, &tracking, &lease))
         return -1;
     if (max_elements < 1 || max_elements > INT_MAX) {
         PyErr_Format(PyExc_ValueError, "redis: max_reply_elements must be in 1..%d, got %zd",
@@ -194,6 +197,15 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
                          secs[i].name, buf);
             return -1;
         }
+    if (!(lease >= 0) || !(lease <= 3.1e9)) {
+        char buf[64];
+        snprintf(buf, sizeof(buf), "%g", lease);
+        PyErr_Format(PyExc_ValueError,
+                     "redis: lease must be a finite number of seconds >= 0 (0: no lease), at "
+                     "most 3.1e9, not %s",
+                     buf);
+        return -1;
+    }
     if (backoff_max < backoff) {
         char lo[64], hi[64];
         snprintf(lo, sizeof(lo), "%g", backoff);
@@ -247,6 +259,7 @@ static int client_init(CmRedisClientObject *self, PyObject *args, PyObject *kwds
     self->cfg.max_reply_elements = max_elements;
     self->cfg.max_bulk_bytes = max_bulk;
     self->cfg.tracking = tracking;
+    self->cfg.lease_ms = lease > 0 ? (long long)ceil(lease * 1000.0) : 0;
     cm_tls_context_fini(&self->cfg.tls); /* the pools using it are closed */
     self->cfg.tls = tls;
     tls.ctx = NULL;
@@ -410,6 +423,7 @@ static PyMethodDef client_methods[] = {
     {"_sub_listen", (PyCFunction)cm_redis_sub_listen, METH_O, NULL},
     {"_tracking_info", (PyCFunction)cm_redis_track_info, METH_NOARGS, NULL},
     {"_tracking_inject", (PyCFunction)cm_redis_track_inject, METH_O, NULL},
+    {"_lease_key", cm_redis_lease_key_method, METH_O, NULL},
     {"busy_poll_info", (PyCFunction)client_busy_poll_info, METH_NOARGS,
      "busy_poll_info() -> {'busy_poll': limit, 'busy_poll_hits': n, 'busy_poll_timeouts': n}"},
     {NULL, NULL},
@@ -425,7 +439,7 @@ static PyType_Slot client_slots[] = {
     {Py_tp_doc, "RedisClient(*, host, port, path, username, password, db, pool_size, "
                 "connect_timeout, timeout, cluster, pipeline, retry_backoff, retry_backoff_max, "
                 "busy_poll, max_reply_elements, max_bulk_bytes, ssl, ssl_ca_certs, ssl_ca_path, "
-                "ssl_certfile, ssl_keyfile, ssl_cert_reqs, ssl_check_hostname, tracking): "
+                "ssl_certfile, ssl_keyfile, ssl_cert_reqs, ssl_check_hostname, tracking, lease): "
                 "the C Redis client behind cacheme's RedisStorage."},
     {0, NULL},
 };

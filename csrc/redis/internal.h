@@ -217,4 +217,7 @@ PyObject *cm_redis_client_remove(CmRedisClientObject *self, PyObject *const *arg
                                  PyObject *kwnames);
 PyObject *cm_redis_client_execute(CmRedisClientObject *self, PyObject *const *args,
                                   Py_ssize_t nargs);
+/* The same with argv a tuple of bytes (borrowed), routed on a cluster by
+ * route (bytes, borrowed) instead of argv[1] when not NULL (EVAL). */
+PyObject *cm_redis_execute_at(CmRedisClientObject *self, PyObject *argv, PyObject *route);
 #endif

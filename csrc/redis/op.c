@@ -32,6 +32,8 @@ PyObject *cm_redis_op_key(CmRedisOp *op, uint32_t i)
 {
     if (op->keys == NULL)
         return op->key;
+    if (PyTuple_Check(op->keys) && op->key != NULL)
+        return op->key; /* a raw command routed by a key of its own */
     if (PyTuple_Check(op->keys))
         return PyTuple_GET_SIZE(op->keys) > 1 ? PyTuple_GET_ITEM(op->keys, 1) : NULL;
     return PyList_GET_ITEM(op->keys, i);

@@ -75,8 +75,9 @@ typedef struct {
      * connection (a hostile or broken server must not make us reserve memory) */
     Py_ssize_t max_reply_elements;
     Py_ssize_t max_bulk_bytes;
-    CmTlsContext tls; /* rediss://: ctx set */
-    int tracking;     /* local tiers kept coherent (redis/tracking.c) */
+    CmTlsContext tls;   /* rediss://: ctx set */
+    int tracking;       /* local tiers kept coherent (redis/tracking.c) */
+    long long lease_ms; /* lease=: a key's load lease (redis/lease.h); 0 none */
 } CmRedisConfig;
 
 /* The connections to one server (net/pool.h: slots, loop, backoff). A plain

@@ -14,6 +14,7 @@ struct CmRedisOp;
     X(ConnType)          /* _RedisConnection */                                                    \
     X(ClientType)        /* RedisClient */                                                         \
     X(PartialResultType) /* PartialResult */                                                       \
+    X(LeaseType)         /* _RedisLease */                                                         \
     X(Error)             /* RedisError */                                                          \
     X(ConnectionError)   /* RedisConnectionError */                                                \
     X(TimeoutError)      /* RedisTimeoutError */                                                   \

@@ -2,6 +2,8 @@
  * adapters over the flight calls that redis.c exports. */
 #include "flight/remote.h"
 #include "redis/internal.h"
+#include "redis/lease.h"
+#include "redis/redis.h"
 
 static CmRemoteOp *redis_get(PyObject *storage, PyObject *node, PyObject *ser, PyObject *loop,
                              PyObject *call)
@@ -31,10 +33,14 @@ static const CmRemoteOps redis_remote_ops = {
     .attach_waiter = cm_redis_attach_waiter,
     .ages = 1,
     .cover = cm_redis_cover,
+    .lease_acquire = cm_redis_lease_acquire,
+    .lease_release = cm_redis_lease_release,
+    .lease_acquire_all = cm_redis_lease_acquire_all,
 };
 
 int cm_redis_remote_init(PyObject *mod, CmState *st)
 {
-    (void)mod;
+    if (cm_redis_lease_init(mod, st) < 0)
+        return -1;
     return cm_remote_register(st, (PyTypeObject *)st->redis.ClientType, &redis_remote_ops, NULL);
 }
