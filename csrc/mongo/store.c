@@ -430,8 +430,8 @@ static int client_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(s->user);
     Py_VISIT(s->password);
     Py_VISIT(s->auth_source);
-    int rc = cm_netstore_traverse(self, &s->pool, &s->loops, s->init_args, s->init_kwds, visit,
-                                  arg);
+    int rc =
+        cm_netstore_traverse(self, &s->pool, &s->loops, s->init_args, s->init_kwds, visit, arg);
     return rc ? rc : cm_mongo_transport_traverse(s, visit, arg);
 }
 
