@@ -210,7 +210,7 @@ test-hiredis1: deps $(VENV)/.test-stamp
 	cp -r cacheme/*.py cacheme/*.pyi cacheme/py.typed cacheme/storages build/hiredis1-pkg/cacheme/
 	PYTHONPATH=$(CURDIR)/build/hiredis1-pkg CACHEME_EXPECT_CORE=$(CURDIR)/build/hiredis1-pkg \
 	  CACHEME_EXPECT_HIREDIS=1 \
-	  $(PY) -P -m pytest tests/test_redis.py tests/test_redis_cluster.py -q -p no:cacheprovider --timeout 300
+	  $(PY) -P -m pytest tests/test_redis.py tests/test_redis_cluster.py tests/test_tracking.py tests/test_lease.py -q -p no:cacheprovider --timeout 300
 
 test-debug: deps $(VENV)/.test-stamp test-venvs
 	rm -rf build/debug-pkg && mkdir -p build/debug-pkg

@@ -65,7 +65,9 @@
     X(get_all)                                                                                     \
     X(set_all)
 
-typedef struct {
+struct CmNodeConfigObject_;
+
+typedef struct CmState_ {
     /* heap types */
     PyTypeObject *ReadyType;
     PyTypeObject *MetricsType;
@@ -115,6 +117,10 @@ typedef struct {
     PyObject *last_cfg;
     uint64_t generation; /* bumped by register_storage, set_prefix: node configs rebuild */
     uint64_t jitter_rng; /* TTL jitter's generator (nodecfg.c); 0: seed on next use */
+    /* called on each node config built (nodecfg.c), set by flight/remote.c:
+     * the remote storages' word on the local caches in front of them (core/
+     * knows nothing of remote storages); 0, or -1 with an exception */
+    int (*nodecfg_built)(struct CmState_ *st, struct CmNodeConfigObject_ *cfg);
 
     /* a reusable ready awaitable (refcount 1 = free to reuse) */
     PyObject *ready_cache;

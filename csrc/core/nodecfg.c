@@ -6,7 +6,6 @@
 #include "core/fresh.h"
 #include "core/store.h"
 #include "core/ttl.h"
-#include "flight/remote.h"
 
 #include <math.h>
 #include <unistd.h>
@@ -256,36 +255,6 @@ int cm_meta_duration(CmState *st, PyTypeObject *cls, PyObject *meta, const char 
     return rc;
 }
 
-/* Tell each remote storage that keeps local tiers coherent (flight/remote.h
- * cover: Redis tracking) the local stores in front of it, and cap their
- * TTL by its own: the shortest the remote one can be (its jitter) over the
- * longest the local one can be drawn (its jitter), so a local copy never
- * outlives the key in the storage, whose expiry may come without a word. */
-static int cover_locals(CmState *st, CmNodeConfigObject *c)
-{
-    for (Py_ssize_t j = 0; j < c->ncaches; j++) {
-        CmCacheRef *rj = &c->caches[j];
-        const CmRemoteOps *ops =
-            rj->kind == CM_CACHE_REMOTE ? cm_remote_find(st, rj->storage) : NULL;
-        if (ops == NULL || ops->cover == NULL)
-            continue;
-        for (Py_ssize_t i = 0; i < j; i++) {
-            CmCacheRef *ri = &c->caches[i];
-            if (ri->kind != CM_CACHE_LOCAL)
-                continue;
-            int rc = ops->cover(rj->storage, ri->storage);
-            if (rc < 0)
-                return -1;
-            if (rc == 0 || rj->ttl_ns < 0)
-                continue;
-            int64_t cap = (int64_t)((double)rj->ttl_ns * (1.0 - rj->jitter) / (1.0 + ri->jitter));
-            if (ri->ttl_ns < 0 || ri->ttl_ns > cap)
-                ri->ttl_ns = cap > 0 ? cap : 1;
-        }
-    }
-    return 0;
-}
-
 static CmNodeConfigObject *cfg_build(CmState *st, PyTypeObject *cls)
 {
     CmNodeConfigObject *c = NULL;
@@ -358,7 +327,7 @@ static CmNodeConfigObject *cfg_build(CmState *st, PyTypeObject *cls)
     }
     while (c->nlocal_prefix < n && c->caches[c->nlocal_prefix].kind != CM_CACHE_REMOTE)
         c->nlocal_prefix++;
-    if (cover_locals(st, c) < 0)
+    if (st->nodecfg_built != NULL && st->nodecfg_built(st, c) < 0)
         goto fail;
     Py_DECREF(meta);
     Py_DECREF(caches);

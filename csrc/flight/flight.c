@@ -45,6 +45,7 @@ int cm_flight_init(PyObject *mod, CmState *st)
 {
     if (cm_call_init(mod, st) < 0 || cm_proxy_init(mod, st) < 0 || cm_handle_init(mod, st) < 0)
         return -1;
+    st->nodecfg_built = cm_remote_cover_locals;
     return PyModule_AddFunctions(mod, flight_functions);
 }
 

@@ -76,6 +76,11 @@ int cm_remote_register(CmState *st, PyTypeObject *type, const CmRemoteOps *ops, 
 /* The data registered with ops (borrowed), or NULL. */
 PyObject *cm_remote_data(CmState *st, const CmRemoteOps *ops);
 
+/* st->nodecfg_built (set by cm_flight_init): each remote storage with a
+ * cover op told of the local caches in front of it in cfg, and those
+ * covered capped at its TTL; 0, or -1 with an exception. */
+int cm_remote_cover_locals(CmState *st, struct CmNodeConfigObject_ *cfg);
+
 /* The ops of storage's type, or NULL. */
 static inline const CmRemoteOps *cm_remote_find(CmState *st, PyObject *storage)
 {
