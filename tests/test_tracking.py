@@ -86,6 +86,28 @@ async def test_subscriber_messages_reconnect_and_unsubscribe_state(redis_server)
     await wait_for(lambda: new_id not in client_ids(redis_server), "closed with the storage")
 
 
+async def test_subscriber_tells_when_a_subscription_is_in_place(redis_server):
+    """A channel's listener is told once its SUBSCRIBE is confirmed (from
+    then on a PUBLISH reaches it), not before; a second listener of a
+    channel in place is told at once."""
+    s = RedisStorage(redis_server.url)
+    chan, chan2 = unique("chan").encode(), unique("chan").encode()
+    log = s._sub_listen(chan)
+    await wait_for(lambda: ("subscribed", chan) in log, "first channel in place")
+    assert s._sub_hold(True) == 0
+    s._sub_listen(chan2)
+    assert s._sub_hold(True) == 1  # its SUBSCRIBE held back, unsent
+    assert redis_server.cli("PUBLISH", chan2.decode(), "early") == "0"
+    assert ("subscribed", chan2) not in log
+    assert s._sub_hold(False) == 1
+    await wait_for(lambda: ("subscribed", chan2) in log, "second channel in place")
+    assert redis_server.cli("PUBLISH", chan2.decode(), "late") == "1"
+    await wait_for(lambda: ("message", b"late") in log, "delivered")
+    s._sub_listen(chan)
+    assert log.count(("subscribed", chan)) == 2
+    s.close_now()
+
+
 # ------------------------------------------------------------ processes
 
 import json  # noqa: E402

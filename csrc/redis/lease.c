@@ -10,8 +10,12 @@
  *     gives it up with one script: delete the lease if the token is still
  *     ours (an expired lease retaken by another process is not touched),
  *     and PUBLISH on the lease key's channel.
- *   - Did not: subscribe to that channel, then GET the value once (a fill
- *     that landed before the subscription is not missed), then wait. A
+ *   - Did not: subscribe to that channel and, once the SUBSCRIBE is
+ *     confirmed, GET the value once (a fill that landed before the
+ *     subscription was in place is not missed: the SUBSCRIBE goes out on
+ *     the subscriber connection and the GET on a pool connection, so the
+ *     server could run the GET first, and a PUBLISH in between would reach
+ *     nobody), then wait. A
  *     message means the holder is done: GET again; still a miss (its load
  *     failed) means take the lease anew. A timer at the lease's PTTL
  *     covers a holder that died: when it fires, try to take the lease (one
@@ -161,7 +165,7 @@ static CmRedisSub *lease_sub(CmLeaseObject *self, int make)
 }
 
 static void on_message(void *arg, PyObject *msg);
-static void on_sub_state(void *arg, int up);
+static void on_subscribed(void *arg, const char *channel, size_t len);
 
 /* Stop listening (messages, timer). */
 void cm_rlease_quiet(CmLeaseObject *self)
@@ -173,7 +177,6 @@ void cm_rlease_quiet(CmLeaseObject *self)
         if (s != NULL) {
             cm_redis_sub_unsubscribe(s, PyBytes_AS_STRING(self->lkey),
                                      (size_t)PyBytes_GET_SIZE(self->lkey), on_message, self);
-            cm_redis_sub_unwatch(s, on_sub_state, self);
         }
         Py_DECREF(self); /* the subscription's reference; a caller holds another */
     }
@@ -275,24 +278,25 @@ static int step_idle(CmLeaseObject *self, long long ms)
 }
 
 /* Subscribe to the lease key's channel (one waiter per key per process:
- * the singleflight's), before the value is read again. 0, or -1 with an
- * exception. */
+ * the singleflight's); the value is read again once the subscription is in
+ * place (on_subscribed), now if it is already. 0, or -1 with an exception. */
 static int subscribe_key(CmLeaseObject *self)
 {
     if (self->listen)
-        return 0;
+        return step_check(self, L_CHECK);
     CmRedisSub *s = lease_sub(self, 1); // borrowed
     if (s == NULL)
         return -1;
-    if (cm_redis_sub_watch(s, on_sub_state, self) < 0)
+    int rc = cm_redis_sub_subscribe(s, self->loop, PyBytes_AS_STRING(self->lkey),
+                                    (size_t)PyBytes_GET_SIZE(self->lkey), on_message, on_subscribed,
+                                    self);
+    if (rc < 0)
         return -1;
-    if (cm_redis_sub_subscribe(s, self->loop, PyBytes_AS_STRING(self->lkey),
-                               (size_t)PyBytes_GET_SIZE(self->lkey), on_message, self) < 0) {
-        cm_redis_sub_unwatch(s, on_sub_state, self);
-        return -1;
-    }
     self->listen = 1;
     Py_INCREF(self); /* the subscriber's arg */
+    if (rc == 1)
+        return step_check(self, L_CHECK);
+    self->state = L_SUB;
     return 0;
 }
 
@@ -319,13 +323,22 @@ static void on_message(void *arg, PyObject *msg)
     Py_DECREF(self);
 }
 
-/* The subscriber connected (the subscription is in place only now: a fill
- * published before was not heard), or lost its connection (messages may be
- * lost until it is back: the expiry timer is the fallback). */
-static void on_sub_state(void *arg, int up)
+/* The SUBSCRIBE of the lease key's channel is confirmed: the first read
+ * goes out now; after a reconnect (messages published while the subscriber
+ * was down are lost; the expiry timer covered the gap) read again. */
+static void on_subscribed(void *arg, const char *channel, size_t len)
 {
-    if (up)
-        on_message(arg, Py_None);
+    (void)channel;
+    (void)len;
+    CmLeaseObject *self = (CmLeaseObject *)arg;
+    Py_INCREF(self);
+    if (self->state == L_SUB) {
+        if (step_check(self, L_CHECK) < 0)
+            fail(self);
+    } else {
+        wake(self);
+    }
+    Py_DECREF(self);
 }
 
 /* Give the lease up: delete it if still ours, and wake the waiters. */
@@ -346,9 +359,7 @@ static int advance(CmLeaseObject *self, PyObject *r)
     case L_TRY:
         if (PyUnicode_Check(r)) /* +OK */
             return step_check(self, L_VERIFY);
-        if (subscribe_key(self) < 0)
-            return -1;
-        return step_check(self, L_CHECK);
+        return subscribe_key(self);
     case L_VERIFY:
         /* a holder that finished after the flight's read and before our
          * SET filled it: loading again would be a second load */

@@ -118,7 +118,7 @@ int cm_redis_track_start(CmRedisPool *p, PyObject *loop)
             return -1;
         if (cm_redis_sub_watch(s, track_state, p) < 0 ||
             cm_redis_sub_subscribe(s, loop, TRACK_CHANNEL, sizeof(TRACK_CHANNEL) - 1, track_message,
-                                   p) < 0)
+                                   NULL, p) < 0)
             return -1;
     }
     Py_ssize_t n;
