@@ -337,6 +337,62 @@ async def test_reply_after_invalidation_is_not_cached(redis_server):
     assert loads == ["warm", "a"]
 
 
+async def test_get_all_joining_an_unsure_load_fills_no_local_tier(redis_server):
+    """get_all joins a get's load in flight; the load is made unsure
+    (tracking lost: a flush handed over with _tracking_inject) before it
+    ends. Neither the get leading it nor the get_all that joined it fills
+    the local tier with its value; Redis is filled as usual."""
+    import cacheme
+
+    local, redis = unique("local"), unique("redis")
+    await cacheme.register_storage(local, cacheme.Storage(url="local://lru", size=100))
+    await cacheme.register_storage(redis, cacheme.Storage(url=redis_server.url, tracking=True))
+    gate = asyncio.Event()
+    loads = []
+
+    class JoinNode(cacheme.Node):
+        def __init__(self, k):
+            self.k = k
+
+        def key(self):
+            return f"join:{self.k}"
+
+        async def load(self):
+            loads.append(self.k)
+            if self.k != "warm":
+                await gate.wait()
+            return "v1"
+
+        class Meta(cacheme.Node.Meta):
+            caches = [cacheme.Cache(storage=local, ttl=None), cacheme.Cache(storage=redis, ttl=None)]
+
+    st = cacheme.data.get_storage_by_name(redis)._storage
+    lst = cacheme.data.get_storage_by_name(local)
+    assert await cacheme.get(JoinNode("warm")) == "v1"  # starts tracking
+    await wait_for(lambda: st._tracking_info()["up"] == 1, "tracking up")
+    one = asyncio.ensure_future(cacheme.get(JoinNode("a")))
+    await wait_for(lambda: loads == ["warm", "a"], "the get's load started")
+    many = asyncio.ensure_future(cacheme.get_all([JoinNode("a")]))
+    await asyncio.sleep(0)  # get_all joined the flight
+    st._tracking_inject(None)  # invalidations lost: the load is unsure
+    gate.set()
+    key = cacheme._core.full_key(JoinNode("a"))
+    # the get_all ends as the flight settles, before the get fills Redis
+    # (whose echo would evict a copy): looked at before anything else runs
+    assert await many == ["v1"] and key not in lst._local
+    assert await one == "v1"
+    assert loads == ["warm", "a"]
+    # a read not made unsure is cached as usual (once the echo of the fill
+    # of Redis above, which evicts, has come)
+    for _ in range(2000):
+        assert await cacheme.get_all([JoinNode("a")]) == ["v1"]
+        if await lst.get(JoinNode("a"), None) == "v1":
+            break
+        await asyncio.sleep(0.005)
+    assert await lst.get(JoinNode("a"), None) == "v1"
+    st.close_now()
+
+
 def test_cluster_tracking_per_node(redis_cluster, workers, source):
     """Each master has its own subscriber and registration: keys on every
     node are evicted in B when A refreshes them."""
