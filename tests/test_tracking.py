@@ -393,6 +393,51 @@ async def test_get_all_joining_an_unsure_load_fills_no_local_tier(redis_server):
     st.close_now()
 
 
+async def test_set_prefix_after_first_use_tracks_the_new_prefix(redis_server):
+    """set_prefix after tracking started: the new keys are watched (the
+    subscriber registers the new prefix), so a write by another client to a
+    key under it evicts the local copy."""
+    import cacheme
+
+    old = cacheme._core.get_prefix()
+    local, redis = unique("local"), unique("redis")
+    await cacheme.register_storage(local, cacheme.Storage(url="local://lru", size=100))
+    await cacheme.register_storage(redis, cacheme.Storage(url=redis_server.url, tracking=True))
+
+    class PrefixNode(cacheme.Node):
+        def __init__(self, k):
+            self.k = k
+
+        def key(self):
+            return f"prefix:{self.k}"
+
+        async def load(self):
+            return "v1"
+
+        class Meta(cacheme.Node.Meta):
+            caches = [cacheme.Cache(storage=local, ttl=None), cacheme.Cache(storage=redis, ttl=None)]
+
+    st = cacheme.data.get_storage_by_name(redis)._storage
+    lst = cacheme.data.get_storage_by_name(local)
+    assert await cacheme.get(PrefixNode("warm")) == "v1"  # starts tracking
+    await wait_for(lambda: st._tracking_info()["up"] == 1, "tracking up")
+    cacheme.set_prefix(unique("pfx"))
+    try:
+        key = cacheme._core.full_key(PrefixNode("a"))
+        assert not key.startswith(old + ":")
+        for _ in range(2000):  # until a read stays cached (past the echo)
+            assert await cacheme.get(PrefixNode("a")) == "v1"
+            if key in lst._local:
+                break
+            await asyncio.sleep(0.005)
+        assert key in lst._local
+        await st.execute("SET", key, "garbage")
+        await wait_for(lambda: key not in lst._local, "evicted under the new prefix")
+    finally:
+        cacheme.set_prefix(old)
+        st.close_now()
+
+
 def test_cluster_tracking_per_node(redis_cluster, workers, source):
     """Each master has its own subscriber and registration: keys on every
     node are evicted in B when A refreshes them."""

@@ -102,6 +102,9 @@ struct CmRedisPool {
      * 0), and counts for _tracking_info */
     int track_up;
     uint32_t track_epoch;
+    /* the state's generation when tracking was last registered: a new one
+     * (set_prefix among others) checks the registered prefix again */
+    uint64_t track_gen;
     long long track_keys, track_flushes;
 };
 
