@@ -424,3 +424,60 @@ async def test_waiter_reads_only_once_subscribed(redis_server):  # noqa: F811
     finally:
         await other.close()
         st.close_now()
+
+
+async def test_close_waits_for_a_background_fill_and_release(redis_server):  # noqa: F811
+    """The caller leading a load under a lease is cancelled while another
+    caller waits: the flight's task loads, gives the other its value, then
+    fills Redis and releases the lease. Closing the storage as soon as that
+    caller has its value waits for the fill and the release (both went out
+    after it) instead of dropping them, which would keep other processes
+    waiting until the lease expires (here 300 s)."""
+    import asyncio
+    import dataclasses
+    from datetime import timedelta
+
+    import cacheme
+    from cacheme.storages.redis import RedisStorage
+
+    name = unique("lease-close")
+    await cacheme.register_storage(
+        name, cacheme.Storage(url=redis_server.url, lease=timedelta(seconds=300)))
+    st = cacheme.data.get_storage_by_name(name)._storage
+    gate, started = asyncio.Event(), asyncio.Event()
+
+    @dataclasses.dataclass
+    class N(cacheme.Node):
+        uid: str
+
+        def key(self):
+            return f"leaseclose:{self.uid}"
+
+        async def load(self):
+            started.set()
+            await gate.wait()
+            return "loaded"
+
+        class Meta(cacheme.Node.Meta):
+            version = "v1"
+            caches = [cacheme.Cache(storage=name, ttl=None)]
+
+    node = N(unique("k"))
+    lead = asyncio.ensure_future(cacheme.get(node))
+    await started.wait()  # holds the lease, loading
+    other_caller = asyncio.ensure_future(cacheme.get(node))
+    await asyncio.sleep(0)  # joined the flight
+    lead.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await lead
+    gate.set()
+    assert await other_caller == "loaded"
+    await st.close()
+    other = RedisStorage(redis_server.url)
+    await other.connect()
+    try:
+        assert await other.execute("EXISTS", node.full_key() + ":lease") == 0
+        assert await other.get(node, None) == "loaded"
+        assert st._lease_drain() is None
+    finally:
+        await other.close()

@@ -220,6 +220,33 @@ static void fail(CmLeaseObject *self)
     Py_XDECREF(e);
 }
 
+/* The lease became ours: counted on the client until given back. */
+static void own(CmLeaseObject *self)
+{
+    if (!self->owned) {
+        self->owned = 1;
+        ((CmRedisClientObject *)self->client)->leases_out++;
+    }
+}
+
+/* Given back (its release answered or not sendable, or the lease object
+ * gone: it expires by itself): close() waits no more for it. */
+static void disown(CmLeaseObject *self)
+{
+    if (!self->owned)
+        return;
+    self->owned = 0;
+    CmRedisClientObject *c = (CmRedisClientObject *)self->client; // borrowed
+    if (--c->leases_out > 0 || c->lease_drain == NULL)
+        return;
+    PyObject *fut = c->lease_drain;
+    c->lease_drain = NULL;
+    int done = cm_future_done(self->st, fut);
+    if (done < 0 || (done == 0 && cm_future_set_result(self->st, fut, Py_None) < 0))
+        PyErr_WriteUnraisable(fut);
+    Py_DECREF(fut);
+}
+
 /* Hear the reply of fut (stolen; NULL: the call failed) in on_reply, in
  * state. 0, or -1 with an exception. */
 static int await_reply(CmLeaseObject *self, int state, PyObject *fut)
@@ -349,6 +376,7 @@ void cm_rlease_release(CmLeaseObject *self)
         /* no loop running any more (teardown): the lease expires by itself */
         PyErr_Clear();
         self->state = L_DONE;
+        disown(self);
     }
 }
 
@@ -357,8 +385,10 @@ static int advance(CmLeaseObject *self, PyObject *r)
 {
     switch (self->sent) {
     case L_TRY:
-        if (PyUnicode_Check(r)) /* +OK */
+        if (PyUnicode_Check(r)) { /* +OK */
+            own(self);
             return step_check(self, L_VERIFY);
+        }
         return subscribe_key(self);
     case L_VERIFY:
         /* a holder that finished after the flight's read and before our
@@ -400,11 +430,16 @@ static PyObject *lease_on_reply(PyObject *op, PyObject *req)
         int got =
             self->state == L_DONE &&
             ((self->sent == L_TRY && r != NULL && PyUnicode_Check(r)) || self->sent == L_VERIFY);
+        if (self->state == L_DONE && self->sent == L_TRY && got)
+            own(self);
         Py_XDECREF(r);
         PyErr_Clear();
+        int released = self->state == L_RELEASE;
         self->state = L_DONE;
         if (got)
             cm_rlease_release(self);
+        else if (released)
+            disown(self);
         Py_RETURN_NONE;
     }
     if (r == NULL || advance(self, r) < 0)
@@ -551,6 +586,8 @@ static int lease_traverse(PyObject *op, visitproc visit, void *arg)
 static int lease_clear(PyObject *op)
 {
     CmLeaseObject *self = (CmLeaseObject *)op;
+    if (self->client != NULL)
+        disown(self); /* never given back: it expires by itself */
     Py_CLEAR(self->client);
     Py_CLEAR(self->node);
     Py_CLEAR(self->ser);
@@ -597,6 +634,21 @@ int cm_redis_lease_init(PyObject *mod, CmState *st)
 {
     st->redis.LeaseType = PyType_FromModuleAndSpec(mod, &lease_spec, NULL);
     return st->redis.LeaseType ? 0 : -1;
+}
+
+PyObject *cm_redis_lease_drain(PyObject *self, PyObject *Py_UNUSED(unused))
+{
+    CmRedisClientObject *c = (CmRedisClientObject *)self;
+    if (c->leases_out <= 0)
+        Py_RETURN_NONE;
+    if (c->lease_drain == NULL) {
+        PyObject *loop = cm_loop_running(c->st);
+        c->lease_drain = loop ? cm_loop_create_future(c->st, loop) : NULL;
+        Py_XDECREF(loop);
+        if (c->lease_drain == NULL)
+            return NULL;
+    }
+    return Py_NewRef(c->lease_drain);
 }
 
 PyObject *cm_redis_lease_key_method(PyObject *self, PyObject *key)

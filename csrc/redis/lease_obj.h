@@ -39,6 +39,7 @@ typedef struct {
     int sent;   /* the state of the command in flight */
     int woken;  /* a message came while a command was out */
     int listen; /* subscribed to lkey (holds a reference to itself) */
+    int owned;  /* taken (SET NX answered OK), its release not answered yet */
 } CmLeaseObject;
 
 /* lease.c, for lease_group.c */
