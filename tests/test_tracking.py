@@ -290,6 +290,36 @@ def test_subscriber_killed_flushes_then_resumes(pair, source, redis_server):
     assert b("get", "k") == "v2"
 
 
+async def tracked_node(url, name, load):
+    """A local and a tracking Redis storage registered, and a node class on
+    them (key "<name>:<k>", caches [local, redis], its load `await
+    load(k)`), tracking up. Returns (class, redis storage, local storage)."""
+    import cacheme
+
+    local, redis = unique("local"), unique("redis")
+    await cacheme.register_storage(local, cacheme.Storage(url="local://lru", size=100))
+    await cacheme.register_storage(redis, cacheme.Storage(url=url, tracking=True))
+
+    class TrackedNode(cacheme.Node):
+        def __init__(self, k):
+            self.k = k
+
+        def key(self):
+            return f"{name}:{self.k}"
+
+        async def load(self):
+            return await load(self.k)
+
+        class Meta(cacheme.Node.Meta):
+            caches = [cacheme.Cache(storage=local, ttl=None), cacheme.Cache(storage=redis, ttl=None)]
+
+    st = cacheme.data.get_storage_by_name(redis)._storage
+    lst = cacheme.data.get_storage_by_name(local)
+    await cacheme.get(TrackedNode("warm"))  # starts tracking
+    await wait_for(lambda: st._tracking_info()["up"] == 1, "tracking up")
+    return TrackedNode, st, lst
+
+
 async def test_reply_after_invalidation_is_not_cached(redis_server):
     """The read/invalidate race: a GET answered with the old value, whose
     reply is read after the invalidation of its key, must not fill the
@@ -298,29 +328,13 @@ async def test_reply_after_invalidation_is_not_cached(redis_server):
     the GET is in flight."""
     import cacheme
 
-    local, redis = unique("local"), unique("redis")
-    await cacheme.register_storage(local, cacheme.Storage(url="local://lru", size=100))
-    await cacheme.register_storage(redis, cacheme.Storage(url=redis_server.url, tracking=True))
     loads = []
 
-    class RaceNode(cacheme.Node):
-        def __init__(self, k):
-            self.k = k
+    async def load(k):
+        loads.append(k)
+        return "v1"
 
-        def key(self):
-            return f"race:{self.k}"
-
-        async def load(self):
-            loads.append(self.k)
-            return "v1"
-
-        class Meta(cacheme.Node.Meta):
-            caches = [cacheme.Cache(storage=local, ttl=None), cacheme.Cache(storage=redis, ttl=None)]
-
-    st = cacheme.data.get_storage_by_name(redis)._storage
-    lst = cacheme.data.get_storage_by_name(local)
-    assert await cacheme.get(RaceNode("warm")) == "v1"  # starts tracking
-    await wait_for(lambda: st._tracking_info()["up"] == 1, "tracking up")
+    RaceNode, st, lst = await tracked_node(redis_server.url, "race", load)
     assert await cacheme.get(RaceNode("a")) == "v1"
     # the echo of our own fill evicts our copy: next get is a Redis hit
     key = cacheme._core.full_key(RaceNode("a"))
@@ -344,32 +358,16 @@ async def test_get_all_joining_an_unsure_load_fills_no_local_tier(redis_server):
     the local tier with its value; Redis is filled as usual."""
     import cacheme
 
-    local, redis = unique("local"), unique("redis")
-    await cacheme.register_storage(local, cacheme.Storage(url="local://lru", size=100))
-    await cacheme.register_storage(redis, cacheme.Storage(url=redis_server.url, tracking=True))
     gate = asyncio.Event()
     loads = []
 
-    class JoinNode(cacheme.Node):
-        def __init__(self, k):
-            self.k = k
+    async def load(k):
+        loads.append(k)
+        if k != "warm":
+            await gate.wait()
+        return "v1"
 
-        def key(self):
-            return f"join:{self.k}"
-
-        async def load(self):
-            loads.append(self.k)
-            if self.k != "warm":
-                await gate.wait()
-            return "v1"
-
-        class Meta(cacheme.Node.Meta):
-            caches = [cacheme.Cache(storage=local, ttl=None), cacheme.Cache(storage=redis, ttl=None)]
-
-    st = cacheme.data.get_storage_by_name(redis)._storage
-    lst = cacheme.data.get_storage_by_name(local)
-    assert await cacheme.get(JoinNode("warm")) == "v1"  # starts tracking
-    await wait_for(lambda: st._tracking_info()["up"] == 1, "tracking up")
+    JoinNode, st, lst = await tracked_node(redis_server.url, "join", load)
     one = asyncio.ensure_future(cacheme.get(JoinNode("a")))
     await wait_for(lambda: loads == ["warm", "a"], "the get's load started")
     many = asyncio.ensure_future(cacheme.get_all([JoinNode("a")]))
@@ -400,27 +398,11 @@ async def test_set_prefix_after_first_use_tracks_the_new_prefix(redis_server):
     import cacheme
 
     old = cacheme._core.get_prefix()
-    local, redis = unique("local"), unique("redis")
-    await cacheme.register_storage(local, cacheme.Storage(url="local://lru", size=100))
-    await cacheme.register_storage(redis, cacheme.Storage(url=redis_server.url, tracking=True))
 
-    class PrefixNode(cacheme.Node):
-        def __init__(self, k):
-            self.k = k
+    async def load(k):
+        return "v1"
 
-        def key(self):
-            return f"prefix:{self.k}"
-
-        async def load(self):
-            return "v1"
-
-        class Meta(cacheme.Node.Meta):
-            caches = [cacheme.Cache(storage=local, ttl=None), cacheme.Cache(storage=redis, ttl=None)]
-
-    st = cacheme.data.get_storage_by_name(redis)._storage
-    lst = cacheme.data.get_storage_by_name(local)
-    assert await cacheme.get(PrefixNode("warm")) == "v1"  # starts tracking
-    await wait_for(lambda: st._tracking_info()["up"] == 1, "tracking up")
+    PrefixNode, st, lst = await tracked_node(redis_server.url, "prefix", load)
     cacheme.set_prefix(unique("pfx"))
     try:
         key = cacheme._core.full_key(PrefixNode("a"))
