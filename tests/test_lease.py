@@ -353,3 +353,131 @@ def test_lease_paths_do_not_leak(redis_server):  # noqa: F811
     from conftest import LEAK_SNAPSHOT, assert_flat, run_python
     code = LEAK_SNAPSHOT + LEAK_CODE.replace("{url}", redis_server.url)
     assert_flat(run_python(code), rss_kib=4096)
+
+
+async def test_waiter_reads_only_once_subscribed(redis_server):  # noqa: F811
+    """The subscribe/read race: the waiter's SUBSCRIBE goes out on the
+    subscriber connection, its read on a pool connection, so Redis may run
+    the read first; a fill published in between reaches nobody, and a
+    waiter that read before its subscription was in place waited until the
+    lease expired (here 300 s). The subscriber holds the SUBSCRIBE back
+    (_sub_hold) while the holder fills and releases: the waiter reads only
+    once the SUBSCRIBE is confirmed, and finds the value."""
+    import asyncio
+    import dataclasses
+    from datetime import timedelta
+
+    import cacheme
+    from cacheme.storages.redis import RedisStorage
+
+    name = unique("lease-sub")
+    await cacheme.register_storage(
+        name, cacheme.Storage(url=redis_server.url, lease=timedelta(seconds=300), pool_size=1))
+    st = cacheme.data.get_storage_by_name(name)._storage
+    loads = []
+
+    @dataclasses.dataclass
+    class N(cacheme.Node):
+        uid: str
+
+        def key(self):
+            return f"leasesub:{self.uid}"
+
+        async def load(self):
+            loads.append(self.uid)
+            return "loaded"
+
+        class Meta(cacheme.Node.Meta):
+            version = "v1"
+            caches = [cacheme.Cache(storage=name, ttl=None)]
+
+    other = RedisStorage(redis_server.url)
+    await other.connect()
+    try:
+        log = st._sub_listen(unique("warm").encode())  # the subscriber up first
+        for _ in range(2000):
+            if any(e[0] == "up" for e in log):
+                break
+            await asyncio.sleep(0.005)
+        node = N(unique("k"))
+        lk = node.full_key() + ":lease"
+        assert await other.execute("SET", lk, "them", "NX", "PX", 300000) == "OK"
+        assert st._sub_hold(True) == 0
+        task = asyncio.ensure_future(cacheme.get(node))
+        for _ in range(2000):  # the waiter lost the SET NX and subscribes
+            if st._sub_hold(True) == 1:
+                break
+            await asyncio.sleep(0.001)
+        assert st._sub_hold(True) == 1
+        # whatever the waiter sent on the one pool connection is answered
+        # before these, and the replies' callbacks ran before this resumes
+        await st.execute("PING")
+        await st.execute("PING")
+        # the holder fills and releases: its PUBLISH reaches no one yet
+        await other.set(node, "filled", None, None)
+        assert await other.execute("EVAL", "redis.call('del', KEYS[1]) "
+                                   "return redis.call('publish', KEYS[1], '1')", 1, lk) == 0
+        assert not task.done()
+        assert st._sub_hold(False) == 1
+        assert await asyncio.wait_for(task, 30) == "filled"
+        assert loads == []
+    finally:
+        await other.close()
+        st.close_now()
+
+
+async def test_close_waits_for_a_background_fill_and_release(redis_server):  # noqa: F811
+    """The caller leading a load under a lease is cancelled while another
+    caller waits: the flight's task loads, gives the other its value, then
+    fills Redis and releases the lease. Closing the storage as soon as that
+    caller has its value waits for the fill and the release (both went out
+    after it) instead of dropping them, which would keep other processes
+    waiting until the lease expires (here 300 s)."""
+    import asyncio
+    import dataclasses
+    from datetime import timedelta
+
+    import cacheme
+    from cacheme.storages.redis import RedisStorage
+
+    name = unique("lease-close")
+    await cacheme.register_storage(
+        name, cacheme.Storage(url=redis_server.url, lease=timedelta(seconds=300)))
+    st = cacheme.data.get_storage_by_name(name)._storage
+    gate, started = asyncio.Event(), asyncio.Event()
+
+    @dataclasses.dataclass
+    class N(cacheme.Node):
+        uid: str
+
+        def key(self):
+            return f"leaseclose:{self.uid}"
+
+        async def load(self):
+            started.set()
+            await gate.wait()
+            return "loaded"
+
+        class Meta(cacheme.Node.Meta):
+            version = "v1"
+            caches = [cacheme.Cache(storage=name, ttl=None)]
+
+    node = N(unique("k"))
+    lead = asyncio.ensure_future(cacheme.get(node))
+    await started.wait()  # holds the lease, loading
+    other_caller = asyncio.ensure_future(cacheme.get(node))
+    await asyncio.sleep(0)  # joined the flight
+    lead.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await lead
+    gate.set()
+    assert await other_caller == "loaded"
+    await st.close()
+    other = RedisStorage(redis_server.url)
+    await other.connect()
+    try:
+        assert await other.execute("EXISTS", node.full_key() + ":lease") == 0
+        assert await other.get(node, None) == "loaded"
+        assert st._lease_drain() is None
+    finally:
+        await other.close()

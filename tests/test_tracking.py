@@ -86,6 +86,28 @@ async def test_subscriber_messages_reconnect_and_unsubscribe_state(redis_server)
     await wait_for(lambda: new_id not in client_ids(redis_server), "closed with the storage")
 
 
+async def test_subscriber_tells_when_a_subscription_is_in_place(redis_server):
+    """A channel's listener is told once its SUBSCRIBE is confirmed (from
+    then on a PUBLISH reaches it), not before; a second listener of a
+    channel in place is told at once."""
+    s = RedisStorage(redis_server.url)
+    chan, chan2 = unique("chan").encode(), unique("chan").encode()
+    log = s._sub_listen(chan)
+    await wait_for(lambda: ("subscribed", chan) in log, "first channel in place")
+    assert s._sub_hold(True) == 0
+    s._sub_listen(chan2)
+    assert s._sub_hold(True) == 1  # its SUBSCRIBE held back, unsent
+    assert redis_server.cli("PUBLISH", chan2.decode(), "early") == "0"
+    assert ("subscribed", chan2) not in log
+    assert s._sub_hold(False) == 1
+    await wait_for(lambda: ("subscribed", chan2) in log, "second channel in place")
+    assert redis_server.cli("PUBLISH", chan2.decode(), "late") == "1"
+    await wait_for(lambda: ("message", b"late") in log, "delivered")
+    s._sub_listen(chan)
+    assert log.count(("subscribed", chan)) == 2
+    s.close_now()
+
+
 # ------------------------------------------------------------ processes
 
 import json  # noqa: E402
@@ -268,6 +290,36 @@ def test_subscriber_killed_flushes_then_resumes(pair, source, redis_server):
     assert b("get", "k") == "v2"
 
 
+async def tracked_node(url, name, load):
+    """A local and a tracking Redis storage registered, and a node class on
+    them (key "<name>:<k>", caches [local, redis], its load `await
+    load(k)`), tracking up. Returns (class, redis storage, local storage)."""
+    import cacheme
+
+    local, redis = unique("local"), unique("redis")
+    await cacheme.register_storage(local, cacheme.Storage(url="local://lru", size=100))
+    await cacheme.register_storage(redis, cacheme.Storage(url=url, tracking=True))
+
+    class TrackedNode(cacheme.Node):
+        def __init__(self, k):
+            self.k = k
+
+        def key(self):
+            return f"{name}:{self.k}"
+
+        async def load(self):
+            return await load(self.k)
+
+        class Meta(cacheme.Node.Meta):
+            caches = [cacheme.Cache(storage=local, ttl=None), cacheme.Cache(storage=redis, ttl=None)]
+
+    st = cacheme.data.get_storage_by_name(redis)._storage
+    lst = cacheme.data.get_storage_by_name(local)
+    await cacheme.get(TrackedNode("warm"))  # starts tracking
+    await wait_for(lambda: st._tracking_info()["up"] == 1, "tracking up")
+    return TrackedNode, st, lst
+
+
 async def test_reply_after_invalidation_is_not_cached(redis_server):
     """The read/invalidate race: a GET answered with the old value, whose
     reply is read after the invalidation of its key, must not fill the
@@ -276,29 +328,13 @@ async def test_reply_after_invalidation_is_not_cached(redis_server):
     the GET is in flight."""
     import cacheme
 
-    local, redis = unique("local"), unique("redis")
-    await cacheme.register_storage(local, cacheme.Storage(url="local://lru", size=100))
-    await cacheme.register_storage(redis, cacheme.Storage(url=redis_server.url, tracking=True))
     loads = []
 
-    class RaceNode(cacheme.Node):
-        def __init__(self, k):
-            self.k = k
+    async def load(k):
+        loads.append(k)
+        return "v1"
 
-        def key(self):
-            return f"race:{self.k}"
-
-        async def load(self):
-            loads.append(self.k)
-            return "v1"
-
-        class Meta(cacheme.Node.Meta):
-            caches = [cacheme.Cache(storage=local, ttl=None), cacheme.Cache(storage=redis, ttl=None)]
-
-    st = cacheme.data.get_storage_by_name(redis)._storage
-    lst = cacheme.data.get_storage_by_name(local)
-    assert await cacheme.get(RaceNode("warm")) == "v1"  # starts tracking
-    await wait_for(lambda: st._tracking_info()["up"] == 1, "tracking up")
+    RaceNode, st, lst = await tracked_node(redis_server.url, "race", load)
     assert await cacheme.get(RaceNode("a")) == "v1"
     # the echo of our own fill evicts our copy: next get is a Redis hit
     key = cacheme._core.full_key(RaceNode("a"))
@@ -313,6 +349,75 @@ async def test_reply_after_invalidation_is_not_cached(redis_server):
     assert await cacheme.get(RaceNode("a")) == "v1"
     assert await lst.get(RaceNode("a"), None) == "v1"
     assert loads == ["warm", "a"]
+
+
+async def test_get_all_joining_an_unsure_load_fills_no_local_tier(redis_server):
+    """get_all joins a get's load in flight; the load is made unsure
+    (tracking lost: a flush handed over with _tracking_inject) before it
+    ends. Neither the get leading it nor the get_all that joined it fills
+    the local tier with its value; Redis is filled as usual."""
+    import cacheme
+
+    gate = asyncio.Event()
+    loads = []
+
+    async def load(k):
+        loads.append(k)
+        if k != "warm":
+            await gate.wait()
+        return "v1"
+
+    JoinNode, st, lst = await tracked_node(redis_server.url, "join", load)
+    one = asyncio.ensure_future(cacheme.get(JoinNode("a")))
+    await wait_for(lambda: loads == ["warm", "a"], "the get's load started")
+    many = asyncio.ensure_future(cacheme.get_all([JoinNode("a")]))
+    await asyncio.sleep(0)  # get_all joined the flight
+    st._tracking_inject(None)  # invalidations lost: the load is unsure
+    gate.set()
+    key = cacheme._core.full_key(JoinNode("a"))
+    # the get_all ends as the flight settles, before the get fills Redis
+    # (whose echo would evict a copy): looked at before anything else runs
+    assert await many == ["v1"] and key not in lst._local
+    assert await one == "v1"
+    assert loads == ["warm", "a"]
+    # a read not made unsure is cached as usual (once the echo of the fill
+    # of Redis above, which evicts, has come)
+    for _ in range(2000):
+        assert await cacheme.get_all([JoinNode("a")]) == ["v1"]
+        if await lst.get(JoinNode("a"), None) == "v1":
+            break
+        await asyncio.sleep(0.005)
+    assert await lst.get(JoinNode("a"), None) == "v1"
+    st.close_now()
+
+
+async def test_set_prefix_after_first_use_tracks_the_new_prefix(redis_server):
+    """set_prefix after tracking started: the new keys are watched (the
+    subscriber registers the new prefix), so a write by another client to a
+    key under it evicts the local copy."""
+    import cacheme
+
+    old = cacheme._core.get_prefix()
+
+    async def load(k):
+        return "v1"
+
+    PrefixNode, st, lst = await tracked_node(redis_server.url, "prefix", load)
+    cacheme.set_prefix(unique("pfx"))
+    try:
+        key = cacheme._core.full_key(PrefixNode("a"))
+        assert not key.startswith(old + ":")
+        for _ in range(2000):  # until a read stays cached (past the echo)
+            assert await cacheme.get(PrefixNode("a")) == "v1"
+            if key in lst._local:
+                break
+            await asyncio.sleep(0.005)
+        assert key in lst._local
+        await st.execute("SET", key, "garbage")
+        await wait_for(lambda: key not in lst._local, "evicted under the new prefix")
+    finally:
+        cacheme.set_prefix(old)
+        st.close_now()
 
 
 def test_cluster_tracking_per_node(redis_cluster, workers, source):

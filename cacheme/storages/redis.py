@@ -65,6 +65,7 @@ Values are stored as cacheme 0.3.0 stored them, so both can share a cache:
 otherwise. Nodes without a serializer use PickleSerializer (0.3.0 refused them).
 """
 import asyncio
+import logging
 import os
 from datetime import timedelta
 from typing import Any, Dict, List, Optional
@@ -72,6 +73,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from cacheme import _core
 from cacheme.storages.base import BaseStorage, bool_text, int_option, seconds_option
+
+logger = logging.getLogger("cacheme")
 
 RedisError = _core.RedisError
 RedisConnectionError = _core.RedisConnectionError
@@ -249,7 +252,20 @@ class RedisStorage(_core.RedisClient, BaseStorage):
 
     async def close(self) -> None:
         """Close every connection (every loop's). Requests then fail with
-        RedisError until connect() (register_storage calls it) reopens it."""
+        RedisError until connect() (register_storage calls it) reopens it.
+
+        With ``lease=``, the leases this process holds are given back first
+        (a flight whose caller left fills and releases in the background;
+        closing under it would keep other processes waiting until the lease
+        expires), waiting at most ``timeout``."""
+        drain = self._lease_drain()
+        if drain is not None:
+            timeout = self._client_kwargs.get("timeout", 5.0)
+            try:
+                await asyncio.wait_for(asyncio.shield(drain), timeout)
+            except asyncio.TimeoutError:
+                logger.warning("cacheme: redis storage closed with leases not given back "
+                               "within %s s (they expire by themselves)", timeout)
         self._closed = True
         self.close_now()
 

@@ -23,6 +23,14 @@
 #include "loop/loop.h"
 #include "loop/ready.h"
 
+/* key came from a flight whose value may not fill local tiers. */
+static int nofill_add(CmGetAllObject *o, PyObject *key)
+{
+    if (o->nofill == NULL && (o->nofill = PySet_New(NULL)) == NULL)
+        return -1;
+    return PySet_Add(o->nofill, key);
+}
+
 /* Join the keys in flight, lead the others; the batch Task for the led. */
 static int caller_start(CmGetAllObject *o)
 {
@@ -40,8 +48,9 @@ static int caller_start(CmGetAllObject *o)
         int j = cm_flight_join(st, key, h, &aw);
         if (j < 0)
             return -1;
-        if (j == 1) {
-            int rc = PyList_Append(o->wait_keys, key) < 0 || PyList_Append(o->wait_aws, aw) < 0;
+        if (j > 0) {
+            int rc = PyList_Append(o->wait_keys, key) < 0 || PyList_Append(o->wait_aws, aw) < 0 ||
+                     (j == 2 && nofill_add(o, key) < 0);
             Py_DECREF(aw);
             if (rc)
                 return -1;
@@ -121,9 +130,10 @@ static void caller_cancelled(CmGetAllObject *o)
     cm_exc_restore(e);
 }
 
-/* Fill the local caches that missed with what came from further away. */
+/* Fill the local caches that missed with what came from further away:
+ * not the keys of lead (the batch filled those) nor of nofill (NULL: none). */
 static int caller_fill(CmState *st, CmNodeConfigObject *cfg, PyObject *local_missed,
-                       PyObject *results, PyObject *lead, PyObject *nodes)
+                       PyObject *results, PyObject *lead, PyObject *nofill, PyObject *nodes)
 {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(local_missed); i++) {
         PyObject *t = PyList_GET_ITEM(local_missed, i); // borrowed
@@ -136,7 +146,11 @@ static int caller_fill(CmState *st, CmNodeConfigObject *cfg, PyObject *local_mis
             PyObject *key = PyList_GET_ITEM(missed, j);
             int in = PyDict_Contains(results, key);
             if (in > 0 && lead != NULL) {
-                in = PyDict_Contains(lead, key); /* the batch filled those */
+                in = PyDict_Contains(lead, key);
+                in = in < 0 ? -1 : !in;
+            }
+            if (in > 0 && nofill != NULL) {
+                in = PySet_Contains(nofill, key);
                 in = in < 0 ? -1 : !in;
             }
             if (in < 0 || (in > 0 && PyList_Append(fill, key) < 0)) {
@@ -204,6 +218,8 @@ int cm_ga_caller_advance(CmGetAllObject *o, PyObject *res, PyObject **out)
             goto error;
         rc = PyDict_SetItem(o->results, PyList_GET_ITEM(o->wait_keys, o->pos), res);
         Py_DECREF(res);
+        if (rc == 0 && cm_flight_joined_unsure(o->st, PyList_GET_ITEM(o->wait_aws, o->pos)))
+            rc = nofill_add(o, PyList_GET_ITEM(o->wait_keys, o->pos));
         if (rc < 0)
             goto error;
         o->pos++;
@@ -220,7 +236,7 @@ next_wait:
         return 1;
     }
     o->step = S_DONE;
-    if (caller_fill(o->st, o->cfg, o->local_missed, o->results, o->lead, o->all) < 0)
+    if (caller_fill(o->st, o->cfg, o->local_missed, o->results, o->lead, o->nofill, o->all) < 0)
         return -1;
     *out = caller_result(o->keys, o->results);
     return *out ? 0 : -1;
@@ -497,7 +513,7 @@ static PyObject *py_get_all(PyObject *mod, PyObject *arg)
     if (unknown == 0) {
         /* every node hit a local cache: fill the earlier ones that missed */
         cfg->metrics->hit_count += (uint64_t)n;
-        if (caller_fill(st, cfg, local_missed, results, NULL, all) < 0)
+        if (caller_fill(st, cfg, local_missed, results, NULL, NULL, all) < 0)
             goto done;
         PyObject *list = keyset_result(&s);
         if (list != NULL) {

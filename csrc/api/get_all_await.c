@@ -227,6 +227,7 @@ static PyObject *ga_await(PyObject *self) { return Py_NewRef(self); }
     X(local_missed)                                                                                \
     X(wait_keys)                                                                                   \
     X(wait_aws)                                                                                    \
+    X(nofill)                                                                                      \
     X(task)                                                                                        \
     X(todo)                                                                                        \
     X(found)                                                                                       \

@@ -30,7 +30,10 @@ typedef struct {
     PyObject *local_missed; /* list of (cache index, [keys]) */
     PyObject *wait_keys;    /* list: keys in flight elsewhere */
     PyObject *wait_aws;     /* list: their awaitables */
-    PyObject *task;         /* the batch's Task */
+    /* set or NULL: joined keys whose flight's value may not fill local
+     * tiers (cm_flight_unsure, or invalidated while in flight) */
+    PyObject *nofill;
+    PyObject *task; /* the batch's Task */
     /* batch */
     PyObject *todo;          /* dict key -> node: led keys still without a value */
     PyObject *found;         /* dict key -> value */

@@ -100,8 +100,14 @@ PyObject *cm_flight_load_timeout(CmState *st, CmNodeConfigObject *cfg, PyObject 
 /* Flights joined and led by get_all (api/get_all.c), with the FlightHandle
  * of flight/handle.c. */
 /* Join the flight of key if there is one: 1 with *aw (new ref) the
- * awaitable of its value, 0 when there is none, -1 with an exception. */
+ * awaitable of its value, 2 the same for a flight settled already whose
+ * value may not fill local tiers (cm_flight_unsure, or invalidated), 0 when
+ * there is none, -1 with an exception. */
 int cm_flight_join(CmState *st, PyObject *key, Py_hash_t hash, PyObject **aw);
+/* Once aw (of cm_flight_join) gave its value: 1 when the flight's value may
+ * not fill local tiers (marked unsure or invalidated while it was awaited),
+ * else 0. */
+int cm_flight_joined_unsure(CmState *st, PyObject *aw);
 /* Lead a new flight for key: a FlightHandle (new ref; dropping it unsettled
  * fails the flight), Py_None (new ref) when key is in flight already, or
  * NULL with an exception. The functions below take such a handle. */

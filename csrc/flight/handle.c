@@ -127,13 +127,14 @@ int cm_flight_join(CmState *st, PyObject *key, Py_hash_t hash, PyObject **aw)
     CmFlight *fl = cm_flight_find(st, key, hash);
     if (fl == NULL || fl->done) {
         PyObject *v = fl != NULL ? Py_NewRef(fl->value) : NULL;
+        int unsure = fl != NULL && (fl->unsure || fl->stale);
         g->role = CALL_DONE;
         Py_DECREF(g);
         if (v == NULL)
             return 0;
         *aw = cm_ready_new(st, v);
         Py_DECREF(v);
-        return *aw ? 1 : -1;
+        return *aw ? 1 + unsure : -1;
     }
     if (cm_waiter_join(g, fl) < 0) {
         g->role = CALL_DONE;
@@ -142,6 +143,14 @@ int cm_flight_join(CmState *st, PyObject *key, Py_hash_t hash, PyObject **aw)
     }
     *aw = (PyObject *)g;
     return 1;
+}
+
+int cm_flight_joined_unsure(CmState *st, PyObject *aw)
+{
+    if (Py_TYPE(aw) != st->flight.CallType)
+        return 0;                            /* settled when joined: cm_flight_join said */
+    CmFlight *fl = ((CmCallObject *)aw)->fl; // borrowed: the call holds a reference
+    return fl != NULL && (fl->unsure || fl->stale);
 }
 
 PyObject *cm_flight_lead(CmState *st, PyObject *key, Py_hash_t hash)

@@ -341,6 +341,7 @@ static int client_traverse(CmRedisClientObject *self, visitproc visit, void *arg
     Py_VISIT(self->init_args);
     Py_VISIT(self->init_kwds);
     Py_VISIT(self->sub_log);
+    Py_VISIT(self->lease_drain);
     Py_VISIT(self->origin);
     Py_VISIT(self->covered);
     /* the pools are C records of the client's: their connections (and
@@ -377,6 +378,7 @@ static int client_clear(CmRedisClientObject *self)
     Py_CLEAR(self->init_kwds);
     Py_CLEAR(self->default_serializer);
     Py_CLEAR(self->sub_log);
+    Py_CLEAR(self->lease_drain);
     Py_CLEAR(self->origin);
     Py_CLEAR(self->covered);
     cm_busypoll_clear(&self->spin);
@@ -421,9 +423,11 @@ static PyMethodDef client_methods[] = {
     {"_retrying", (PyCFunction)client_retrying, METH_NOARGS, NULL},
     {"_resolves", (PyCFunction)client_resolves, METH_NOARGS, NULL},
     {"_sub_listen", (PyCFunction)cm_redis_sub_listen, METH_O, NULL},
+    {"_sub_hold", (PyCFunction)cm_redis_sub_hold, METH_O, NULL},
     {"_tracking_info", (PyCFunction)cm_redis_track_info, METH_NOARGS, NULL},
     {"_tracking_inject", (PyCFunction)cm_redis_track_inject, METH_O, NULL},
     {"_lease_key", cm_redis_lease_key_method, METH_O, NULL},
+    {"_lease_drain", cm_redis_lease_drain, METH_NOARGS, NULL},
     {"busy_poll_info", (PyCFunction)client_busy_poll_info, METH_NOARGS,
      "busy_poll_info() -> {'busy_poll': limit, 'busy_poll_hits': n, 'busy_poll_timeouts': n}"},
     {NULL, NULL},

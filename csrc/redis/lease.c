@@ -10,8 +10,12 @@
  *     gives it up with one script: delete the lease if the token is still
  *     ours (an expired lease retaken by another process is not touched),
  *     and PUBLISH on the lease key's channel.
- *   - Did not: subscribe to that channel, then GET the value once (a fill
- *     that landed before the subscription is not missed), then wait. A
+ *   - Did not: subscribe to that channel and, once the SUBSCRIBE is
+ *     confirmed, GET the value once (a fill that landed before the
+ *     subscription was in place is not missed: the SUBSCRIBE goes out on
+ *     the subscriber connection and the GET on a pool connection, so the
+ *     server could run the GET first, and a PUBLISH in between would reach
+ *     nobody), then wait. A
  *     message means the holder is done: GET again; still a miss (its load
  *     failed) means take the lease anew. A timer at the lease's PTTL
  *     covers a holder that died: when it fires, try to take the lease (one
@@ -161,7 +165,7 @@ static CmRedisSub *lease_sub(CmLeaseObject *self, int make)
 }
 
 static void on_message(void *arg, PyObject *msg);
-static void on_sub_state(void *arg, int up);
+static void on_subscribed(void *arg, const char *channel, size_t len);
 
 /* Stop listening (messages, timer). */
 void cm_rlease_quiet(CmLeaseObject *self)
@@ -173,7 +177,6 @@ void cm_rlease_quiet(CmLeaseObject *self)
         if (s != NULL) {
             cm_redis_sub_unsubscribe(s, PyBytes_AS_STRING(self->lkey),
                                      (size_t)PyBytes_GET_SIZE(self->lkey), on_message, self);
-            cm_redis_sub_unwatch(s, on_sub_state, self);
         }
         Py_DECREF(self); /* the subscription's reference; a caller holds another */
     }
@@ -215,6 +218,33 @@ static void fail(CmLeaseObject *self)
     PyObject *e = cm_exc_take();
     finish(self, Py_None, Py_None, e);
     Py_XDECREF(e);
+}
+
+/* The lease became ours: counted on the client until given back. */
+static void own(CmLeaseObject *self)
+{
+    if (!self->owned) {
+        self->owned = 1;
+        ((CmRedisClientObject *)self->client)->leases_out++;
+    }
+}
+
+/* Given back (its release answered or not sendable, or the lease object
+ * gone: it expires by itself): close() waits no more for it. */
+static void disown(CmLeaseObject *self)
+{
+    if (!self->owned)
+        return;
+    self->owned = 0;
+    CmRedisClientObject *c = (CmRedisClientObject *)self->client; // borrowed
+    if (--c->leases_out > 0 || c->lease_drain == NULL)
+        return;
+    PyObject *fut = c->lease_drain;
+    c->lease_drain = NULL;
+    int done = cm_future_done(self->st, fut);
+    if (done < 0 || (done == 0 && cm_future_set_result(self->st, fut, Py_None) < 0))
+        PyErr_WriteUnraisable(fut);
+    Py_DECREF(fut);
 }
 
 /* Hear the reply of fut (stolen; NULL: the call failed) in on_reply, in
@@ -275,24 +305,25 @@ static int step_idle(CmLeaseObject *self, long long ms)
 }
 
 /* Subscribe to the lease key's channel (one waiter per key per process:
- * the singleflight's), before the value is read again. 0, or -1 with an
- * exception. */
+ * the singleflight's); the value is read again once the subscription is in
+ * place (on_subscribed), now if it is already. 0, or -1 with an exception. */
 static int subscribe_key(CmLeaseObject *self)
 {
     if (self->listen)
-        return 0;
+        return step_check(self, L_CHECK);
     CmRedisSub *s = lease_sub(self, 1); // borrowed
     if (s == NULL)
         return -1;
-    if (cm_redis_sub_watch(s, on_sub_state, self) < 0)
+    int rc = cm_redis_sub_subscribe(s, self->loop, PyBytes_AS_STRING(self->lkey),
+                                    (size_t)PyBytes_GET_SIZE(self->lkey), on_message, on_subscribed,
+                                    self);
+    if (rc < 0)
         return -1;
-    if (cm_redis_sub_subscribe(s, self->loop, PyBytes_AS_STRING(self->lkey),
-                               (size_t)PyBytes_GET_SIZE(self->lkey), on_message, self) < 0) {
-        cm_redis_sub_unwatch(s, on_sub_state, self);
-        return -1;
-    }
     self->listen = 1;
     Py_INCREF(self); /* the subscriber's arg */
+    if (rc == 1)
+        return step_check(self, L_CHECK);
+    self->state = L_SUB;
     return 0;
 }
 
@@ -319,13 +350,22 @@ static void on_message(void *arg, PyObject *msg)
     Py_DECREF(self);
 }
 
-/* The subscriber connected (the subscription is in place only now: a fill
- * published before was not heard), or lost its connection (messages may be
- * lost until it is back: the expiry timer is the fallback). */
-static void on_sub_state(void *arg, int up)
+/* The SUBSCRIBE of the lease key's channel is confirmed: the first read
+ * goes out now; after a reconnect (messages published while the subscriber
+ * was down are lost; the expiry timer covered the gap) read again. */
+static void on_subscribed(void *arg, const char *channel, size_t len)
 {
-    if (up)
-        on_message(arg, Py_None);
+    (void)channel;
+    (void)len;
+    CmLeaseObject *self = (CmLeaseObject *)arg;
+    Py_INCREF(self);
+    if (self->state == L_SUB) {
+        if (step_check(self, L_CHECK) < 0)
+            fail(self);
+    } else {
+        wake(self);
+    }
+    Py_DECREF(self);
 }
 
 /* Give the lease up: delete it if still ours, and wake the waiters. */
@@ -336,6 +376,7 @@ void cm_rlease_release(CmLeaseObject *self)
         /* no loop running any more (teardown): the lease expires by itself */
         PyErr_Clear();
         self->state = L_DONE;
+        disown(self);
     }
 }
 
@@ -344,11 +385,11 @@ static int advance(CmLeaseObject *self, PyObject *r)
 {
     switch (self->sent) {
     case L_TRY:
-        if (PyUnicode_Check(r)) /* +OK */
+        if (PyUnicode_Check(r)) { /* +OK */
+            own(self);
             return step_check(self, L_VERIFY);
-        if (subscribe_key(self) < 0)
-            return -1;
-        return step_check(self, L_CHECK);
+        }
+        return subscribe_key(self);
     case L_VERIFY:
         /* a holder that finished after the flight's read and before our
          * SET filled it: loading again would be a second load */
@@ -389,11 +430,16 @@ static PyObject *lease_on_reply(PyObject *op, PyObject *req)
         int got =
             self->state == L_DONE &&
             ((self->sent == L_TRY && r != NULL && PyUnicode_Check(r)) || self->sent == L_VERIFY);
+        if (self->state == L_DONE && self->sent == L_TRY && got)
+            own(self);
         Py_XDECREF(r);
         PyErr_Clear();
+        int released = self->state == L_RELEASE;
         self->state = L_DONE;
         if (got)
             cm_rlease_release(self);
+        else if (released)
+            disown(self);
         Py_RETURN_NONE;
     }
     if (r == NULL || advance(self, r) < 0)
@@ -540,6 +586,8 @@ static int lease_traverse(PyObject *op, visitproc visit, void *arg)
 static int lease_clear(PyObject *op)
 {
     CmLeaseObject *self = (CmLeaseObject *)op;
+    if (self->client != NULL)
+        disown(self); /* never given back: it expires by itself */
     Py_CLEAR(self->client);
     Py_CLEAR(self->node);
     Py_CLEAR(self->ser);
@@ -586,6 +634,21 @@ int cm_redis_lease_init(PyObject *mod, CmState *st)
 {
     st->redis.LeaseType = PyType_FromModuleAndSpec(mod, &lease_spec, NULL);
     return st->redis.LeaseType ? 0 : -1;
+}
+
+PyObject *cm_redis_lease_drain(PyObject *self, PyObject *Py_UNUSED(unused))
+{
+    CmRedisClientObject *c = (CmRedisClientObject *)self;
+    if (c->leases_out <= 0)
+        Py_RETURN_NONE;
+    if (c->lease_drain == NULL) {
+        PyObject *loop = cm_loop_running(c->st);
+        c->lease_drain = loop ? cm_loop_create_future(c->st, loop) : NULL;
+        Py_XDECREF(loop);
+        if (c->lease_drain == NULL)
+            return NULL;
+    }
+    return Py_NewRef(c->lease_drain);
 }
 
 PyObject *cm_redis_lease_key_method(PyObject *self, PyObject *key)

@@ -7,6 +7,7 @@
 /* where a lease is */
 enum {
     L_TRY,     /* SET NX PX sent */
+    L_SUB,     /* not ours: its channel's SUBSCRIBE sent, not confirmed yet */
     L_VERIFY,  /* got it; GET of the value sent (filled since the flight read it?) */
     L_CHECK,   /* GET of the value sent */
     L_TTL,     /* PTTL of the lease sent */
@@ -38,6 +39,7 @@ typedef struct {
     int sent;   /* the state of the command in flight */
     int woken;  /* a message came while a command was out */
     int listen; /* subscribed to lkey (holds a reference to itself) */
+    int owned;  /* taken (SET NX answered OK), its release not answered yet */
 } CmLeaseObject;
 
 /* lease.c, for lease_group.c */

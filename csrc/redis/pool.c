@@ -130,7 +130,8 @@ CmRedisConnObject *cm_redis_pool_conn(CmRedisPool *p, PyObject *loop)
         if (rc < 0)
             return NULL;
     }
-    if (p->cfg->tracking && !p->track_up && p->sub_of == NULL && cm_redis_track_start(p, loop) < 0)
+    if (p->cfg->tracking && p->sub_of == NULL &&
+        (!p->track_up || p->track_gen != p->st->generation) && cm_redis_track_start(p, loop) < 0)
         PyErr_Clear(); /* untracked meanwhile: replies fill no local tier */
     const CmNetPick how = {conn_load, conn_open, p->cfg->pipeline, p->cfg->size, 0};
     CmNetConn *c = cm_net_pool_pick(np, loop, &how, p);

@@ -102,6 +102,9 @@ struct CmRedisPool {
      * 0), and counts for _tracking_info */
     int track_up;
     uint32_t track_epoch;
+    /* the state's generation when tracking was last registered: a new one
+     * (set_prefix among others) checks the registered prefix again */
+    uint64_t track_gen;
     long long track_keys, track_flushes;
 };
 
@@ -119,6 +122,11 @@ struct CmRedisClientObject {
     PyObject *init_args, *init_kwds;
     /* _sub_listen (tests): what the subscriber delivered, or NULL */
     PyObject *sub_log;
+    /* leases (redis/lease.c): how many taken and not yet given back (the
+     * release answered), and the future _lease_drain() returned, done when
+     * that count is 0 (or NULL) */
+    Py_ssize_t leases_out;
+    PyObject *lease_drain;
     /* tracking: the client this one was spawned from for another loop (or
      * NULL), and (on that one) the LocalStores it keeps coherent */
     CmRedisClientObject *origin;

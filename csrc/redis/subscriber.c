@@ -8,9 +8,21 @@
 typedef struct {
     char *name; /* owned */
     size_t len;
-    CmRedisSubMsgFn fn; /* NULL: removed while dispatching, compacted after */
+    CmRedisSubMsgFn fn;      /* NULL: removed while dispatching, compacted after */
+    CmRedisSubReadyFn ready; /* or NULL */
     void *arg;
+    /* the number (on this connection) of the SUBSCRIBE whose confirmation
+     * puts it in place (0: not sent yet), and whether `ready` was told */
+    uint64_t at;
+    int told;
 } SubChan;
+
+/* A SUBSCRIBE or UNSUBSCRIBE held back by _sub_hold (tests). */
+typedef struct {
+    const char *cmd; /* static */
+    char *name;      /* owned */
+    size_t len;
+} SubHeld;
 
 typedef struct {
     CmRedisSubStateFn fn; /* NULL: removed while dispatching */
@@ -31,6 +43,12 @@ struct CmRedisSub {
     int dispatching; /* >0 while callbacks run: removals only clear fn */
     int gone;        /* its owner is garbage: never connects again */
     int pinged;      /* a PING (or the setup) is not answered yet */
+    /* (UN)SUBSCRIBEs sent and confirmed on this connection: each names one
+     * channel and is answered by one confirmation, in order */
+    uint64_t sent, confirmed;
+    int hold; /* _sub_hold (tests): (UN)SUBSCRIBEs kept in `held`, unsent */
+    SubHeld *held;
+    size_t nheld, capheld;
     /* while connected, the keepalive: a PING every `timeout`, and the
      * connection closed when one is not answered within it; else the
      * reconnect at the backoff */
@@ -69,6 +87,8 @@ fail:
 
 long long cm_redis_sub_client_id(const CmRedisSub *s) { return s->up ? s->id : 0; }
 
+static int grow(void **v, size_t n, size_t *cap, size_t size);
+
 /* Append a command to the connection's output (no reply entry: the replies
  * are read by cm_redis_sub_reply). */
 static int sub_send(CmRedisSub *s, const char *cmd, const char *arg, size_t len)
@@ -76,6 +96,33 @@ static int sub_send(CmRedisSub *s, const char *cmd, const char *arg, size_t len)
     const char *argv[2] = {cmd, arg};
     size_t lens[2] = {strlen(cmd), len};
     return cm_redis_conn_send_raw(s->conn, 2, argv, lens);
+}
+
+/* Send (or hold, _sub_hold) a SUBSCRIBE or UNSUBSCRIBE of one channel: the
+ * number of its confirmation, or 0 with an exception. */
+static uint64_t sub_send_chan(CmRedisSub *s, const char *cmd, const char *channel, size_t len)
+{
+    if (s->hold) {
+        char *name = malloc(len ? len : 1);
+        if (name == NULL || grow((void **)&s->held, s->nheld, &s->capheld, sizeof(*s->held)) < 0) {
+            free(name);
+            if (!PyErr_Occurred())
+                PyErr_NoMemory();
+            return 0;
+        }
+        memcpy(name, channel, len);
+        s->held[s->nheld++] = (SubHeld){cmd, name, len};
+    } else if (sub_send(s, cmd, channel, len) < 0) {
+        return 0;
+    }
+    return ++s->sent;
+}
+
+static void held_clear(CmRedisSub *s)
+{
+    for (size_t i = 0; i < s->nheld; i++)
+        free(s->held[i].name);
+    s->nheld = 0;
 }
 
 /* The index of the first live entry naming channel, skip excluded; nchans
@@ -105,6 +152,13 @@ int cm_redis_sub_start(CmRedisSub *s, PyObject *loop)
         return -1;
     s->conn = c;
     c->sub = s;
+    /* a new connection: nothing subscribed on it yet */
+    s->sent = s->confirmed = 0;
+    held_clear(s);
+    for (size_t i = 0; i < s->nchans; i++) {
+        s->chans[i].at = 0;
+        s->chans[i].told = 0;
+    }
     /* CLIENT ID alone: the rest (sub_setup) waits for it, as CLIENT
      * TRACKING names it and must come before the first SUBSCRIBE */
     if (sub_send(s, "CLIENT", "ID", 2) < 0) {
@@ -136,8 +190,12 @@ static int sub_setup(CmRedisSub *s)
     }
     for (size_t i = 0; i < s->nchans; i++) {
         SubChan *ch = &s->chans[i]; // borrowed
-        if (ch->fn != NULL && chan_find(s, ch->name, ch->len, s->nchans) == i &&
-            sub_send(s, "SUBSCRIBE", ch->name, ch->len) < 0)
+        if (ch->fn == NULL)
+            continue;
+        size_t first = chan_find(s, ch->name, ch->len, s->nchans);
+        if (first < i)
+            ch->at = s->chans[first].at;
+        else if ((ch->at = sub_send_chan(s, "SUBSCRIBE", ch->name, ch->len)) == 0)
             return -1;
     }
     const char *ping = "PING";
@@ -183,7 +241,7 @@ static int grow(void **v, size_t n, size_t *cap, size_t size)
 }
 
 int cm_redis_sub_subscribe(CmRedisSub *s, PyObject *loop, const char *channel, size_t len,
-                           CmRedisSubMsgFn fn, void *arg)
+                           CmRedisSubMsgFn fn, CmRedisSubReadyFn ready, void *arg)
 {
     if (grow((void **)&s->chans, s->nchans, &s->capchans, sizeof(*s->chans)) < 0)
         return -1;
@@ -193,12 +251,25 @@ int cm_redis_sub_subscribe(CmRedisSub *s, PyObject *loop, const char *channel, s
         return -1;
     }
     memcpy(name, channel, len);
-    int first = chan_find(s, channel, len, s->nchans) == s->nchans;
-    s->chans[s->nchans++] = (SubChan){name, len, fn, arg};
+    size_t first = chan_find(s, channel, len, s->nchans);
+    SubChan *ch = &s->chans[s->nchans++]; // borrowed
+    *ch = (SubChan){name, len, fn, ready, arg, 0, 0};
     if (s->conn == NULL)
         return cm_redis_sub_start(s, loop); /* subscribes every channel */
-    if (first && s->id != 0 && sub_send(s, "SUBSCRIBE", channel, len) < 0) {
+    if (s->id == 0)
+        return 0; /* sub_setup subscribes it */
+    if (first < s->nchans - 1) {
+        /* its SUBSCRIBE is out already (or confirmed: in place now) */
+        ch->at = s->chans[first].at;
+        ch->told = ch->at != 0 && ch->at <= s->confirmed;
+        return ch->told;
+    }
+    if ((ch->at = sub_send_chan(s, "SUBSCRIBE", channel, len)) == 0) {
+        s->nchans--;
+        free(name);
+        PyObject *exc = cm_exc_take();
         cm_redis_conn_close(s->conn, s->pool->st->redis.ConnectionError, NULL, 0);
+        cm_exc_restore(exc);
         return -1;
     }
     return 0;
@@ -231,7 +302,7 @@ void cm_redis_sub_unsubscribe(CmRedisSub *s, const char *channel, size_t len, Cm
             continue;
         ch->fn = NULL;
         if (s->conn != NULL && s->id != 0 && chan_find(s, channel, len, s->nchans) == s->nchans &&
-            sub_send(s, "UNSUBSCRIBE", channel, len) < 0) {
+            sub_send_chan(s, "UNSUBSCRIBE", channel, len) == 0) {
             /* a connection that cannot take a command is of no use */
             PyErr_Clear();
             cm_redis_conn_close(s->conn, s->pool->st->redis.ConnectionError, NULL, 0);
@@ -283,6 +354,25 @@ static void sub_message(CmRedisSub *s, PyObject *channel, PyObject *msg)
         SubChan ch = s->chans[i];
         if (ch.fn != NULL && ch.len == len && memcmp(ch.name, name, len) == 0)
             ch.fn(ch.arg, msg);
+    }
+    if (--s->dispatching == 0)
+        sub_compact(s);
+}
+
+/* Tell the entries whose SUBSCRIBE is confirmed now (added meanwhile:
+ * told too when in place). */
+static void sub_ready(CmRedisSub *s)
+{
+    s->dispatching++;
+    for (size_t i = 0; i < s->nchans; i++) {
+        SubChan *ch = &s->chans[i]; // borrowed: the array may move in a callback
+        if (ch->fn == NULL || ch->told || ch->at == 0 || ch->at > s->confirmed)
+            continue;
+        ch->told = 1;
+        if (ch->ready != NULL) {
+            SubChan c = *ch;
+            c.ready(c.arg, c.name, c.len);
+        }
     }
     if (--s->dispatching == 0)
         sub_compact(s);
@@ -346,6 +436,10 @@ void cm_redis_sub_reply(CmRedisSub *s, CmRedisConnObject *c, PyObject *reply)
         PyObject *kind = PyList_GET_ITEM(reply, 0); // borrowed
         if (is_kind(kind, "message"))
             sub_message(s, PyList_GET_ITEM(reply, 1), PyList_GET_ITEM(reply, 2));
+        if (is_kind(kind, "subscribe") || is_kind(kind, "unsubscribe")) {
+            s->confirmed++;
+            sub_ready(s);
+        }
         if (is_kind(kind, "message") || is_kind(kind, "subscribe") ||
             is_kind(kind, "unsubscribe")) {
             Py_DECREF(reply);
@@ -481,6 +575,8 @@ void cm_redis_sub_free(CmRedisSub *s)
     for (size_t i = 0; i < s->nchans; i++)
         free(s->chans[i].name);
     free(s->chans);
+    held_clear(s);
+    free(s->held);
     free(s->watch);
     free(s->track);
     Py_XDECREF(s->retry_cb);
@@ -501,6 +597,16 @@ static void log_append(PyObject *log, const char *what, PyObject *v)
 
 static void log_message(void *arg, PyObject *msg) { log_append(arg, "message", msg); }
 
+static void log_ready(void *arg, const char *channel, size_t len)
+{
+    PyObject *b = PyBytes_FromStringAndSize(channel, (Py_ssize_t)len);
+    if (b == NULL)
+        PyErr_WriteUnraisable(arg);
+    else
+        log_append(arg, "subscribed", b);
+    Py_XDECREF(b);
+}
+
 static void log_state(void *arg, int up)
 {
     CmRedisClientObject *self = arg; // borrowed: unwatched before it goes
@@ -515,34 +621,77 @@ static void log_state(void *arg, int up)
     Py_DECREF(id);
 }
 
+/* The subscriber of the running loop's instance of *self (borrowed), made
+ * if need be, and *self that instance; NULL with an exception. */
+static CmRedisSub *test_sub(CmRedisClientObject **self, const char *what)
+{
+    CmState *st = (*self)->st;
+    PyObject *loop = cm_loop_running(st);
+    CmRedisClientObject *c = loop ? cm_redis_client_for(*self, loop) : NULL; // borrowed
+    Py_XDECREF(loop);
+    if (c == NULL || cm_redis_client_check_open(c) < 0)
+        return NULL;
+    if (c->pool == NULL) {
+        PyErr_Format(st->redis.Error, "%s: single server only", what);
+        return NULL;
+    }
+    *self = c;
+    return cm_redis_sub_of(c->pool);
+}
+
 PyObject *cm_redis_sub_listen(CmRedisClientObject *self, PyObject *channel)
 {
-    CmState *st = self->st;
-    PyObject *loop = NULL, *res = NULL;
     if (!PyBytes_Check(channel)) {
         PyErr_Format(PyExc_TypeError, "_sub_listen: channel must be bytes, not %.100s",
                      Py_TYPE(channel)->tp_name);
         return NULL;
     }
-    if ((loop = cm_loop_running(st)) == NULL || (self = cm_redis_client_for(self, loop)) == NULL ||
-        cm_redis_client_check_open(self) < 0)
-        goto done;
-    if (self->pool == NULL) {
-        PyErr_SetString(st->redis.Error, "_sub_listen: single server only");
-        goto done;
-    }
-    CmRedisSub *s = cm_redis_sub_of(self->pool);
+    CmRedisSub *s = test_sub(&self, "_sub_listen");
     if (s == NULL)
-        goto done;
+        return NULL;
     if (self->sub_log == NULL) {
-        if ((self->sub_log = PyList_New(0)) == NULL || cm_redis_sub_watch(s, log_state, self) < 0)
-            goto done;
+        if ((self->sub_log = PyList_New(0)) == NULL)
+            return NULL;
+        if (cm_redis_sub_watch(s, log_state, self) < 0) {
+            Py_CLEAR(self->sub_log);
+            return NULL;
+        }
     }
-    if (cm_redis_sub_subscribe(s, loop, PyBytes_AS_STRING(channel),
-                               (size_t)PyBytes_GET_SIZE(channel), log_message, self->sub_log) < 0)
-        goto done;
-    res = Py_NewRef(self->sub_log);
-done:
+    PyObject *loop = cm_loop_running(self->st);
+    int rc = loop == NULL ? -1
+                          : cm_redis_sub_subscribe(s, loop, PyBytes_AS_STRING(channel),
+                                                   (size_t)PyBytes_GET_SIZE(channel), log_message,
+                                                   log_ready, self->sub_log);
     Py_XDECREF(loop);
-    return res;
+    if (rc < 0)
+        return NULL;
+    if (rc == 1) /* in place already: no confirmation will say so */
+        log_append(self->sub_log, "subscribed", channel);
+    return Py_NewRef(self->sub_log);
+}
+
+PyObject *cm_redis_sub_hold(CmRedisClientObject *self, PyObject *on)
+{
+    int hold = PyObject_IsTrue(on);
+    CmRedisSub *s = hold < 0 ? NULL : test_sub(&self, "_sub_hold");
+    if (s == NULL)
+        return NULL;
+    size_t n = s->nheld;
+    if (hold) {
+        s->hold = 1;
+        return PyLong_FromSize_t(n);
+    }
+    s->hold = 0;
+    for (size_t i = 0; i < s->nheld; i++) {
+        SubHeld *h = &s->held[i]; // borrowed
+        if (s->conn != NULL && sub_send(s, h->cmd, h->name, h->len) < 0) {
+            held_clear(s);
+            PyObject *exc = cm_exc_take();
+            cm_redis_conn_close(s->conn, s->pool->st->redis.ConnectionError, NULL, 0);
+            cm_exc_restore(exc);
+            return NULL;
+        }
+    }
+    held_clear(s);
+    return PyLong_FromSize_t(n);
 }

@@ -37,6 +37,11 @@ typedef struct CmRedisSub CmRedisSub;
  * PUBLISH; for __redis__:invalidate a list of bytes (the keys) or None (a
  * flush, or tracking lost by the server). */
 typedef void (*CmRedisSubMsgFn)(void *arg, PyObject *msg);
+/* The channel's SUBSCRIBE is confirmed: from now on every PUBLISH to it
+ * reaches fn, so a read sent after this cannot miss a write whose message
+ * was published before the subscription was in place. Told again after each
+ * reconnect (messages published while it was down are lost). */
+typedef void (*CmRedisSubReadyFn)(void *arg, const char *channel, size_t len);
 /* The connection is up (1: CLIENT ID answered, then the tracking and the
  * SUBSCRIBE of every channel done: a PING sent after them answered) or lost
  * (0). */
@@ -50,9 +55,12 @@ CmRedisSub *cm_redis_sub_of(CmRedisPool *p);
 int cm_redis_sub_start(CmRedisSub *s, PyObject *loop);
 /* Call fn(arg, msg) for every message on channel (len bytes); the same
  * channel may have several (fn, arg). SUBSCRIBE is sent for its first one
- * (and connects: cm_redis_sub_start). 0, or -1 with an exception. */
+ * (and connects: cm_redis_sub_start). ready (may be NULL) is called once the
+ * channel's SUBSCRIBE is confirmed (CmRedisSubReadyFn), not from inside
+ * this call: 1 when it is in place already (ready is not called until a
+ * reconnect), 0 when ready will be called, or -1 with an exception. */
 int cm_redis_sub_subscribe(CmRedisSub *s, PyObject *loop, const char *channel, size_t len,
-                           CmRedisSubMsgFn fn, void *arg);
+                           CmRedisSubMsgFn fn, CmRedisSubReadyFn ready, void *arg);
 /* Forget (fn, arg) on channel; UNSUBSCRIBE when it was the last one. */
 void cm_redis_sub_unsubscribe(CmRedisSub *s, const char *channel, size_t len, CmRedisSubMsgFn fn,
                               void *arg);
@@ -71,8 +79,15 @@ long long cm_redis_sub_client_id(const CmRedisSub *s);
 
 /* _sub_listen(channel) of RedisClient (tests): subscribe the running
  * loop's instance (single server) to channel; the list returned collects
- * ("message", payload), ("up", client id) and ("lost", 0). */
+ * ("message", payload), ("subscribed", channel), ("up", client id) and
+ * ("lost", 0). */
 PyObject *cm_redis_sub_listen(CmRedisClientObject *self, PyObject *channel);
+/* _sub_hold(on) of RedisClient (tests): while on, the subscriber of the
+ * running loop's instance (single server) keeps its SUBSCRIBEs and
+ * UNSUBSCRIBEs unsent (the order of a subscription and a read on another
+ * connection, which sockets do not let a test choose); off sends them.
+ * Returns how many are held (on) or were sent (off). */
+PyObject *cm_redis_sub_hold(CmRedisClientObject *self, PyObject *on);
 
 /* For the driver (pool.c, conn.c, client.c). */
 /* A reply on the subscriber's connection c past its AUTH/SELECT (stolen). */

@@ -36,6 +36,9 @@
  * up again they are flushed once more (anything filled meanwhile was
  * unheard).
  *
+ * set_prefix after first use: the next request of each server registers
+ * the new prefix (the subscriber starts over: lost, flushed, up).
+ *
  * Expiry: Redis deletes expired keys lazily or by sampling, so their
  * invalidation may come late; a covered local TTL is capped by the Redis
  * one (core/nodecfg.c). */
@@ -118,7 +121,7 @@ int cm_redis_track_start(CmRedisPool *p, PyObject *loop)
             return -1;
         if (cm_redis_sub_watch(s, track_state, p) < 0 ||
             cm_redis_sub_subscribe(s, loop, TRACK_CHANNEL, sizeof(TRACK_CHANNEL) - 1, track_message,
-                                   p) < 0)
+                                   NULL, p) < 0)
             return -1;
     }
     Py_ssize_t n;
@@ -133,7 +136,12 @@ int cm_redis_track_start(CmRedisPool *p, PyObject *loop)
     }
     memcpy(buf, prefix, (size_t)n);
     buf[n] = ':';
-    return cm_redis_sub_track(s, loop, buf, (size_t)n + 1);
+    /* another prefix (set_prefix after first use): the subscriber starts
+     * over with it (lost, flushed, then up), the old one is not watched */
+    if (cm_redis_sub_track(s, loop, buf, (size_t)n + 1) < 0)
+        return -1;
+    p->track_gen = p->st->generation;
+    return 0;
 }
 
 void cm_redis_track_unsure(CmRedisEntry *e)
