@@ -62,6 +62,7 @@ static int cm_exec(PyObject *mod)
     PyObject *asyncio = NULL;
     int rc = -1;
 
+    st->module = mod; /* borrowed: the state lives inside it */
 #define CM_INTERN(n)                                                                               \
     if ((st->s_##n = PyUnicode_InternFromString(#n)) == NULL)                                      \
         goto done;
@@ -192,6 +193,8 @@ static int cm_clear(PyObject *mod)
     return 0;
 }
 
+/* Only when the module object is freed: no holder is left by then
+ * (cm_state_hold in state.h). */
 static void cm_free(void *mod) { cm_clear((PyObject *)mod); }
 
 static PyModuleDef_Slot cm_slots[] = {
@@ -210,7 +213,11 @@ PyModuleDef cm_module_def = {
     .m_size = sizeof(CmState),
     .m_slots = cm_slots,
     .m_traverse = cm_traverse,
-    .m_clear = cm_clear,
+    /* no m_clear: the GC may clear the module before objects of the same
+     * garbage that still use the state in their dealloc (at interpreter
+     * exit, a storage reached only from a node class). Every cycle through
+     * the state is broken by its other members: our types (type_clear),
+     * dicts, and the objects' own tp_clear. The state is cleared in m_free. */
     .m_free = cm_free,
 };
 
