@@ -62,6 +62,7 @@ static int cm_exec(PyObject *mod)
     PyObject *asyncio = NULL;
     int rc = -1;
 
+    st->module = mod; /* borrowed: the state lives inside it */
 #define CM_INTERN(n)                                                                               \
     if ((st->s_##n = PyUnicode_InternFromString(#n)) == NULL)                                      \
         goto done;
@@ -192,6 +193,23 @@ static int cm_clear(PyObject *mod)
     return 0;
 }
 
+/* GC clear (the module is garbage): only what closes a cycle back to the
+ * module that no other member can break (the builtins bound to it that the
+ * state holds). Everything else stays: objects of
+ * the same garbage finalized after this still use the state in their
+ * dealloc (at interpreter exit, a storage reached only from a node class). Every
+ * other cycle through the state is broken by its other members: our
+ * types (type_clear), dicts, lists, tasks and the objects' own tp_clear. */
+static int cm_gc_clear(PyObject *mod)
+{
+    CmState *st = cm_state_from_module(mod);
+    cm_wake_gc_clear(st);
+    cm_ser_state_gc_clear(&st->ser);
+    return 0;
+}
+
+/* Only when the module object is freed: no holder is left by then
+ * (cm_state_hold in state.h). */
 static void cm_free(void *mod) { cm_clear((PyObject *)mod); }
 
 static PyModuleDef_Slot cm_slots[] = {
@@ -210,7 +228,7 @@ PyModuleDef cm_module_def = {
     .m_size = sizeof(CmState),
     .m_slots = cm_slots,
     .m_traverse = cm_traverse,
-    .m_clear = cm_clear,
+    .m_clear = cm_gc_clear,
     .m_free = cm_free,
 };
 

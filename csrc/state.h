@@ -68,6 +68,9 @@
 struct CmNodeConfigObject_;
 
 typedef struct CmState_ {
+    /* borrowed: the module this state lives in (see cm_state_hold) */
+    PyObject *module;
+
     /* heap types */
     PyTypeObject *ReadyType;
     PyTypeObject *MetricsType;
@@ -154,6 +157,34 @@ static inline CmState *cm_state_from_module(PyObject *mod)
 {
     return (CmState *)PyModule_GetState(mod);
 }
+
+/* Lifetime of the state. It is freed with the module object (m_free); the
+ * module's GC clear leaves it whole (module.c). An object of a type that keeps
+ * a CmState pointer, or reaches one in its dealloc, holds the module: it
+ * takes it with cm_state_hold, visits it with CM_STATE_VISIT and drops it
+ * with cm_state_release as the very last step of its dealloc, after tp_free.
+ * The type's own reference (ht_module) is not enough: when the interpreter
+ * exits, one GC pass can clear the module, its types (type_clear drops
+ * ht_module) and their instances together, in any order, and an instance
+ * finalized last must still find the state (names, loop hooks, tables). */
+static inline CmState *cm_state_hold(CmState *st)
+{
+    Py_INCREF(st->module);
+    return st;
+}
+
+/* The last thing a holder does: this may free the module and the state. */
+static inline void cm_state_release(CmState *st)
+{
+    if (st != NULL)
+        Py_DECREF(st->module);
+}
+
+#define CM_STATE_VISIT(st)                                                                         \
+    do {                                                                                           \
+        if ((st) != NULL)                                                                          \
+            Py_VISIT((st)->module);                                                                \
+    } while (0)
 
 /* State of a heap type defined by this module, also for Python subclasses. */
 extern PyModuleDef cm_module_def;

@@ -98,18 +98,23 @@ async def register_local(policy: str = "tlfu", size: int = 1000) -> str:
     return name
 
 
-def run_python(code: str, timeout: int = 300) -> str:
-    """Run code in a fresh interpreter with the same cacheme; returns stdout."""
-    env = dict(os.environ)
-    r = subprocess.run(
+def run_python_proc(code: str, timeout: int = 300, env=None) -> subprocess.CompletedProcess:
+    """Run code in a fresh interpreter with the same cacheme (and this
+    environment, updated with env); returns the completed process."""
+    return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env={**os.environ, **(env or {})},
         # not the repo root: its in-place build would shadow PYTHONPATH's
         cwd=os.path.dirname(os.path.abspath(__file__)),
     )
+
+
+def run_python(code: str, timeout: int = 300) -> str:
+    """Run code in a fresh interpreter with the same cacheme; returns stdout."""
+    r = run_python_proc(code, timeout)
     assert r.returncode == 0, f"subprocess failed:\n{r.stdout}\n{r.stderr}"
     return r.stdout
 

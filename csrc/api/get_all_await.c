@@ -242,6 +242,7 @@ static int ga_traverse(PyObject *self, visitproc visit, void *arg)
 {
     CmGetAllObject *o = (CmGetAllObject *)self;
     Py_VISIT(Py_TYPE(self));
+    CM_STATE_VISIT(o->st);
 #define GA_VISIT(f) Py_VISIT(o->f);
     GA_FIELDS(GA_VISIT)
 #undef GA_VISIT
@@ -260,10 +261,12 @@ static int ga_clear(PyObject *self)
 static void ga_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    CmState *st = ((CmGetAllObject *)self)->st;
     PyObject_GC_UnTrack(self);
     ga_clear(self);
     tp->tp_free(self);
     Py_DECREF(tp);
+    cm_state_release(st);
 }
 
 static PyMethodDef ga_methods[] = {
@@ -293,7 +296,7 @@ CmGetAllObject *cm_ga_alloc(CmState *st, int role, int step)
     if (o == NULL)
         return NULL;
     memset((char *)o + sizeof(PyObject), 0, sizeof(CmGetAllObject) - sizeof(PyObject));
-    o->st = st;
+    o->st = cm_state_hold(st);
     o->role = role;
     o->step = step;
     PyObject_GC_Track(o);

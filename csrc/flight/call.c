@@ -94,7 +94,7 @@ PyObject *cm_call_alloc(CmState *st)
     }
     memset((char *)g + offsetof(CmCallObject, st), 0,
            sizeof(CmCallObject) - offsetof(CmCallObject, st));
-    g->st = st;
+    g->st = cm_state_hold(st); /* released by call_dealloc, also when kept for reuse */
     PyObject_GC_Track(g);
     return (PyObject *)g;
 }
@@ -348,6 +348,7 @@ static int call_traverse(PyObject *self, visitproc visit, void *arg)
 {
     CmCallObject *g = (CmCallObject *)self;
     Py_VISIT(Py_TYPE(self));
+    CM_STATE_VISIT(g->st);
     Py_VISIT(g->node);
     Py_VISIT(g->cfg);
     Py_VISIT(g->load_fn);
@@ -417,6 +418,7 @@ static void call_dealloc(PyObject *self)
         tp->tp_free(self);
     }
     Py_DECREF(tp);
+    cm_state_release(st);
 }
 
 static PyMethodDef call_methods[] = {

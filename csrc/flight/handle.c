@@ -75,8 +75,10 @@ static void handle_dealloc(PyObject *self)
         cm_flight_remove(h->st, h->fl);
         cm_flight_release(h->st, h->fl);
     }
+    CmState *st = h->st;
     tp->tp_free(self);
     Py_DECREF(tp);
+    cm_state_release(st);
 }
 
 static PyMethodDef handle_methods[] = {
@@ -160,7 +162,7 @@ PyObject *cm_flight_lead(CmState *st, PyObject *key, Py_hash_t hash)
     CmFlightHandleObject *h = PyObject_New(CmFlightHandleObject, st->flight.FlightHandleType);
     if (h == NULL)
         return NULL;
-    h->st = st;
+    h->st = cm_state_hold(st);
     h->fl = cm_flight_start(st, key, hash);
     if (h->fl == NULL) {
         Py_DECREF(h);

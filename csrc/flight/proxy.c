@@ -245,7 +245,9 @@ static void proxy_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     CmProxyObject *p = (CmProxyObject *)self;
-    CmState *st = p->owner != NULL ? p->owner->st : NULL;
+    /* the owner (which proxy_clear may free) is what holds the state: held
+     * here until the end (cm_state_hold in state.h) */
+    CmState *st = p->owner != NULL ? cm_state_hold(p->owner->st) : NULL;
     PyObject_GC_UnTrack(self);
     proxy_clear(self);
     if (st != NULL && st->flight.proxy_free_len < CM_PROXY_FREE_MAX) {
@@ -258,6 +260,7 @@ static void proxy_dealloc(PyObject *self)
         tp->tp_free(self);
     }
     Py_DECREF(tp);
+    cm_state_release(st);
 }
 
 static PyMethodDef proxy_methods[] = {

@@ -55,12 +55,14 @@ static void wait_dealloc(PyObject *self)
 {
     CmFlightWaitObject *w = (CmFlightWaitObject *)self;
     PyTypeObject *tp = Py_TYPE(self);
+    CmState *st = w->st;
     Py_CLEAR(w->call);
     Py_CLEAR(w->res);
     Py_CLEAR(w->err);
     Py_CLEAR(w->inst);
     tp->tp_free(self);
     Py_DECREF(tp);
+    cm_state_release(st);
 }
 
 static PyMethodDef wait_methods[] = {
@@ -100,7 +102,7 @@ CmFlightWaitObject *cm_flight_wait_new(CmState *st, const CmRemoteOps *ops, PyOb
     CmFlightWaitObject *w = PyObject_New(CmFlightWaitObject, tp);
     if (w == NULL)
         return NULL;
-    w->st = st;
+    w->st = cm_state_hold(st);
     w->call = Py_NewRef(call);
     w->held = held;
     w->told = 0;

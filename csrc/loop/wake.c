@@ -169,8 +169,10 @@ static PyMethodDef wake_batch_def = {"_wake_batch", wake_batch_run, METH_O, NULL
 int cm_wake_batch_add(CmState *st, PyObject *o, PyObject *loop)
 {
     CmWakeState *w = &st->wake;
-    if (w->cb == NULL)
+    if (w->cb == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cacheme._core is being torn down");
         return -1;
+    }
     if (w->loop != loop) {
         /* the open batch is that of the last loop used; another loop opens
          * its own */
@@ -244,6 +246,8 @@ void cm_wake_clear(CmState *st)
     Py_CLEAR(w->TaskType);
     w->nkinds = 0;
 }
+
+void cm_wake_gc_clear(CmState *st) { Py_CLEAR(st->wake.cb); }
 
 void cm_wake_after_fork_child(CmState *st)
 {

@@ -19,6 +19,10 @@
 int cm_wake_init(PyObject *mod, CmState *st);
 int cm_wake_traverse(CmState *st, visitproc visit, void *arg);
 void cm_wake_clear(CmState *st);
+/* The module's GC clear: drop the batch callback (a builtin bound to the
+ * module, which has no tp_clear of its own to break that cycle); a wake
+ * asked for afterwards fails with RuntimeError. */
+void cm_wake_gc_clear(CmState *st);
 /* After fork() in the child: a batch open on a parent's loop stays with its
  * callback, and the parent's done Future goes. */
 void cm_wake_after_fork_child(CmState *st);

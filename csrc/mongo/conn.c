@@ -636,7 +636,6 @@ static int conn_clear(CmMongoConnObject *c)
 
 static void conn_dealloc(CmMongoConnObject *c)
 {
-    PyTypeObject *tp = Py_TYPE(c);
     PyObject_GC_UnTrack(c);
     cm_mongo_buf_free(&c->out);
     cm_mongo_buf_free(&c->held);
@@ -647,8 +646,6 @@ static void conn_dealloc(CmMongoConnObject *c)
     free(c->pend);
     conn_clear(c);
     cm_net_conn_dealloc(&c->net);
-    tp->tp_free(c);
-    Py_DECREF(tp);
 }
 
 static PyType_Slot conn_slots[] = {

@@ -457,7 +457,7 @@ static void client_dealloc(PyObject *self)
     Py_CLEAR(s->user);
     Py_CLEAR(s->password);
     Py_CLEAR(s->auth_source);
-    cm_netstore_dealloc_end(self);
+    cm_netstore_dealloc_end(self, &s->pool);
 }
 
 /* netloop.h: an instance for another loop, made from the same arguments. */

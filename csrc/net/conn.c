@@ -19,7 +19,7 @@ static PyMethodDef on_timer_def = {"_on_timer", conn_on_timer, METH_NOARGS, NULL
 
 void cm_net_conn_init(CmNetConn *c, CmState *st, const CmNetOps *ops, PyObject *loop)
 {
-    c->st = st;
+    c->st = cm_state_hold(st); /* released by cm_net_conn_dealloc */
     c->ops = ops;
     c->pool = NULL;
     c->loop = Py_NewRef(loop);
@@ -251,6 +251,7 @@ static PyObject *conn_on_timer(PyObject *self, PyObject *Py_UNUSED(unused))
 
 int cm_net_conn_traverse(CmNetConn *c, visitproc visit, void *arg)
 {
+    CM_STATE_VISIT(c->st);
     Py_VISIT(c->loop);
     Py_VISIT(c->timer.handle);
     return 0;
@@ -264,4 +265,9 @@ void cm_net_conn_dealloc(CmNetConn *c)
     c->fd = -1;
     Py_CLEAR(c->timer.handle);
     Py_CLEAR(c->loop);
+    PyTypeObject *tp = Py_TYPE(c);
+    CmState *st = c->st;
+    tp->tp_free(c);
+    Py_DECREF(tp);
+    cm_state_release(st);
 }

@@ -147,7 +147,8 @@ void cm_net_conn_close_detached(CmNetConn *c, PyObject *tp, PyObject *msg, int f
 
 /* GC support for connection types that are GC-tracked. */
 int cm_net_conn_traverse(CmNetConn *c, visitproc visit, void *arg);
-/* Dealloc: close an fd still open (no loop call), drop the loop and timer. */
+/* Dealloc's end: close an fd still open (no loop call), drop the loop and
+ * timer, free c, then drop its type and the module (cm_state_hold). */
 void cm_net_conn_dealloc(CmNetConn *c);
 
 /* Timers (a connection's, or a pool's). Arm t for at on loop, unless armed

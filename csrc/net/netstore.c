@@ -6,7 +6,7 @@
 void cm_netstore_init(CmNetPool *pool, CmNetLoops *loops, CmState *st, const CmNetKind *kind,
                       PyObject *owner)
 {
-    cm_net_pool_init(pool, st, 0.05, 1.0);
+    cm_net_pool_init(pool, cm_state_hold(st), 0.05, 1.0);
     cm_netloops_init(loops, st, kind, owner);
 }
 
@@ -47,6 +47,7 @@ int cm_netstore_traverse(PyObject *self, CmNetPool *pool, CmNetLoops *loops, PyO
                          PyObject *init_kwds, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
+    CM_STATE_VISIT(pool->st);
     Py_VISIT(init_args);
     Py_VISIT(init_kwds);
     int rc = cm_net_pool_traverse(pool, visit, arg);
@@ -72,9 +73,11 @@ void cm_netstore_dealloc_start(PyObject *self, PyObject *weakreflist, inquiry cl
     cm_netloops_fini(loops);
 }
 
-void cm_netstore_dealloc_end(PyObject *self)
+void cm_netstore_dealloc_end(PyObject *self, CmNetPool *pool)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    CmState *st = pool->st;
     tp->tp_free(self);
     Py_DECREF(tp);
+    cm_state_release(st);
 }

@@ -12,7 +12,8 @@
 
 /* tp_new's part: pool and loops set up for owner (the new storage), the
  * pool backing off 50 ms doubling to 1 s after failed connects, the loops
- * making, fork-dropping and orphaning instances as kind says. */
+ * making, fork-dropping and orphaning instances as kind says. The storage
+ * holds the module from here (cm_state_hold) until cm_netstore_dealloc_end. */
 void cm_netstore_init(CmNetPool *pool, CmNetLoops *loops, CmState *st, const CmNetKind *kind,
                       PyObject *owner);
 
@@ -57,7 +58,8 @@ void cm_netstore_clear(CmNetPool *pool, CmNetLoops *loops, PyObject **init_args,
  * and calls cm_netstore_dealloc_end. */
 void cm_netstore_dealloc_start(PyObject *self, PyObject *weakreflist, inquiry clear,
                                CmNetLoops *loops);
-/* tp_dealloc's end: freed, and its reference to its type dropped. */
-void cm_netstore_dealloc_end(PyObject *self);
+/* tp_dealloc's end: freed, and its references to its type and the module
+ * (through pool->st) dropped. */
+void cm_netstore_dealloc_end(PyObject *self, CmNetPool *pool);
 
 #endif

@@ -330,6 +330,7 @@ static PyObject *client_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
         Py_DECREF(self);
         return NULL;
     }
+    cm_state_hold(self->st); /* released by client_dealloc */
     cm_netloops_init(&self->loops, self->st, &client_net_kind, (PyObject *)self);
     return (PyObject *)self;
 }
@@ -337,6 +338,7 @@ static PyObject *client_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
 static int client_traverse(CmRedisClientObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
+    CM_STATE_VISIT(self->st);
     Py_VISIT(self->default_serializer);
     Py_VISIT(self->init_args);
     Py_VISIT(self->init_kwds);
@@ -395,8 +397,10 @@ static void client_dealloc(CmRedisClientObject *self)
     Py_CLEAR(self->cfg.username);
     Py_CLEAR(self->cfg.password);
     cm_tls_context_fini(&self->cfg.tls);
+    CmState *st = self->st;
     tp->tp_free(self);
     Py_DECREF(tp);
+    cm_state_release(st);
 }
 
 static PyMethodDef client_methods[] = {

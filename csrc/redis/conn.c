@@ -640,7 +640,6 @@ static int conn_clear(CmRedisConnObject *c)
 
 static void conn_dealloc(CmRedisConnObject *c)
 {
-    PyTypeObject *tp = Py_TYPE(c);
     PyObject_GC_UnTrack(c);
     if (c->reader != NULL)
         redisReaderFree(c->reader);
@@ -650,8 +649,6 @@ static void conn_dealloc(CmRedisConnObject *c)
     free(c->ring);
     conn_clear(c);
     cm_net_conn_dealloc(&c->net);
-    tp->tp_free(c);
-    Py_DECREF(tp);
 }
 
 static PyType_Slot conn_slots[] = {

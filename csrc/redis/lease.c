@@ -483,7 +483,7 @@ CmLeaseObject *cm_rlease_alloc(CmState *st)
         return NULL;
     memset((char *)self + offsetof(CmLeaseObject, st), 0,
            sizeof(CmLeaseObject) - offsetof(CmLeaseObject, st));
-    self->st = st;
+    self->st = cm_state_hold(st);
     PyObject_GC_Track(self);
     return self;
 }
@@ -568,6 +568,7 @@ static int lease_traverse(PyObject *op, visitproc visit, void *arg)
 {
     CmLeaseObject *self = (CmLeaseObject *)op;
     Py_VISIT(Py_TYPE(op));
+    CM_STATE_VISIT(self->st);
     Py_VISIT(self->client);
     Py_VISIT(self->node);
     Py_VISIT(self->ser);
@@ -608,10 +609,12 @@ static int lease_clear(PyObject *op)
 static void lease_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
+    CmState *st = ((CmLeaseObject *)op)->st;
     PyObject_GC_UnTrack(op);
     lease_clear(op);
     tp->tp_free(op);
     Py_DECREF(tp);
+    cm_state_release(st);
 }
 
 static PyType_Slot lease_slots[] = {

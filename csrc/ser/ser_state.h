@@ -69,4 +69,7 @@ typedef struct {
  * objects are made by cm_serializer_init). */
 int cm_ser_state_traverse(CmSerState *ser, visitproc visit, void *arg);
 void cm_ser_state_clear(CmSerState *ser);
+/* The module's GC clear: the JSON hooks (builtins bound to the module, which
+ * have no tp_clear of their own to break that cycle). */
+void cm_ser_state_gc_clear(CmSerState *ser);
 #endif

@@ -674,6 +674,12 @@ int cm_ser_state_traverse(CmSerState *ser, visitproc visit, void *arg)
     return 0;
 }
 
+void cm_ser_state_gc_clear(CmSerState *ser)
+{
+    Py_CLEAR(ser->object_encoder);
+    Py_CLEAR(ser->object_decoder);
+}
+
 void cm_ser_state_clear(CmSerState *ser)
 {
 #define CM_SER_CLEAR(n) Py_CLEAR(ser->n);

@@ -177,7 +177,7 @@ void cm_sql_storage_dealloc(PyObject *self)
     Py_CLEAR(s->table);
     Py_CLEAR(s->dsn);
     Py_CLEAR(s->options);
-    cm_netstore_dealloc_end(self);
+    cm_netstore_dealloc_end(self, &s->pool);
 }
 
 /* netloop.h: an instance for another loop is the driver's own type made

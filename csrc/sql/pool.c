@@ -247,12 +247,9 @@ static int conn_traverse(PyObject *self, visitproc visit, void *arg)
 
 static void conn_dealloc(PyObject *self)
 {
-    PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     Py_CLEAR(((CmSqlConnObject *)self)->lookup);
     cm_net_conn_dealloc(&((CmSqlConnObject *)self)->net);
-    tp->tp_free(self);
-    Py_DECREF(tp);
 }
 
 static PyType_Slot conn_slots[] = {
