@@ -703,3 +703,67 @@ async def test_a_value_filled_from_redis_keeps_its_age_in_the_local_cache(redis_
     src.gate.set()
     await settle()
     assert await cacheme.get(N(1)) == (1, 2)
+
+
+# ------------------------------------------------------------ copies keep their age
+
+
+def _locals(*names):
+    return [cacheme.data.get_storage_by_name(n)._local for n in names]
+
+
+async def test_a_value_filled_from_a_later_local_cache_keeps_its_age():
+    a, b = await register_local(), await register_local("lru")
+    src = Source()
+    N = make_node([Cache(a, timedelta(seconds=60)), Cache(b, timedelta(seconds=60))], src,
+                  refresh_after=timedelta(seconds=5))
+    store_a, _ = _locals(a, b)
+    assert await cacheme.get(N(1)) == (1, 1)
+    assert store_a.remove(N(1).full_key())  # only the second local cache has it
+    advance(3)
+    src.gate = asyncio.Event()
+    assert await cacheme.get(N(1)) == (1, 1)  # from b, 3 s old: not due
+    await asyncio.sleep(0.01)
+    assert src.loads == [1]
+    advance(3)
+    # the copy in a is 6 s old, not 3 s: due
+    assert await cacheme.get(N(1)) == (1, 1)
+    await asyncio.sleep(0.01)
+    assert src.loads == [1, 1]
+    src.gate.set()
+    await settle()
+
+
+async def test_a_value_filled_from_a_later_local_cache_does_not_outlive_it():
+    a, b = await register_local(), await register_local("lru")
+    src = Source()
+    N = make_node([Cache(a, timedelta(seconds=60)), Cache(b, timedelta(seconds=10))], src,
+                  refresh_after=timedelta(seconds=100))
+    store_a, store_b = _locals(a, b)
+    assert await cacheme.get(N(1)) == (1, 1)
+    assert store_a.remove(N(1).full_key())
+    advance(8)
+    assert await cacheme.get(N(1)) == (1, 1)  # from b, which keeps it 2 s more
+    assert store_a.get(N(1).full_key()) == (1, 1)
+    advance(3)
+    # b's copy has expired, and so has a's (capped at b's 2 s, not a's 60 s)
+    assert store_b.get(N(1).full_key()) is None
+    assert store_a.get(N(1).full_key()) is None
+    assert await cacheme.get(N(1)) == (1, 2)
+
+
+@needs_redis
+async def test_a_value_filled_from_redis_does_not_outlive_its_redis_ttl(redis_server):
+    """[local, redis] with the same TTL: a value refilled into the local
+    cache from Redis lives as long as it has left in Redis, not a whole
+    local TTL more (which let a value live almost two TTLs)."""
+    src = Source()
+    N, store, _ = await local_then_redis(redis_server, src, timedelta(seconds=10),
+                                         refresh_after=timedelta(seconds=100))
+    assert await cacheme.get(N(1)) == (1, 1)
+    assert store.remove(N(1).full_key())  # as in another process: only Redis has it
+    advance(8)
+    assert await cacheme.get(N(1)) == (1, 1)  # from Redis, 8 s old
+    assert store.get(N(1).full_key()) == (1, 1)
+    advance(3)  # 11 s since it was written: gone from the local cache too
+    assert store.get(N(1).full_key()) is None

@@ -365,7 +365,9 @@ static Py_ssize_t read_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r
         PyObject *v;
         if (r->kind == CM_CACHE_LOCAL && cfg->fresh) {
             CmRequest req = {.node = s->unode[u], .cfg = cfg};
-            v = cm_refresh_lookup(st, &req, (CmStoreObject *)r->storage, s->ukey[u], s->uhash[u]);
+            CmStoreAge age;
+            v = cm_refresh_lookup(st, &req, (CmStoreObject *)r->storage, s->ukey[u], s->uhash[u],
+                                  &age);
         } else if (r->kind == CM_CACHE_LOCAL) {
             v = cm_store_lookup((CmStoreObject *)r->storage, s->ukey[u], s->uhash[u]);
         } else {

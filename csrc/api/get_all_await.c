@@ -45,7 +45,7 @@ void cm_ga_fill_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, PyObj
                 PyErr_SetObject(PyExc_KeyError, key);
         } else if (r->kind == CM_CACHE_LOCAL) {
             Py_hash_t h = PyObject_Hash(key);
-            rc = h == -1 ? -1 : cm_fresh_put(st, cfg, r, key, h, value, 0, 0);
+            rc = h == -1 ? -1 : cm_fresh_put(st, cfg, r, key, h, value, NULL);
         } else {
             PyObject *node = PyDict_GetItemWithError(nodes, key); // borrowed
             PyObject *aw = NULL;

@@ -279,8 +279,7 @@ static int cover_locals(CmState *st, CmNodeConfigObject *c)
             if (rc == 0 || rj->ttl_ns < 0)
                 continue;
             int64_t cap = (int64_t)((double)rj->ttl_ns * (1.0 - rj->jitter) / (1.0 + ri->jitter));
-            if (ri->ttl_ns < 0 || ri->ttl_ns > cap)
-                ri->ttl_ns = cap > 0 ? cap : 1;
+            ri->ttl_ns = cm_ttl_cap_ns(ri->ttl_ns, cap > 0 ? cap : 1);
         }
     }
     return 0;
