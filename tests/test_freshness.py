@@ -767,3 +767,22 @@ async def test_a_value_filled_from_redis_does_not_outlive_its_redis_ttl(redis_se
     assert store.get(N(1).full_key()) == (1, 1)
     advance(3)  # 11 s since it was written: gone from the local cache too
     assert store.get(N(1).full_key()) is None
+
+
+@needs_redis
+async def test_get_all_does_not_serve_a_redis_value_past_its_ttl(redis_server):
+    """With stale_if_error Redis keeps values past their TTL; get_all's
+    batch read (MGET) takes their ages and reads those as misses, as get
+    does."""
+    src = Source()
+    N, client = await _redis_node(redis_server, src, stale_if_error=timedelta(seconds=30))
+    assert await cacheme.get_all([N(1), N(2)]) == [(1, 1), (2, 1)]
+    advance(30)
+    assert await cacheme.get_all([N(1), N(2)]) == [(1, 1), (2, 1)]  # within the TTL: hits
+    assert sorted(src.loads) == [1, 2]
+    await cacheme.get(N(2))  # 30 s old, a hit
+    advance(31)  # 61 s old: past the 60 s TTL, still in Redis for stale_if_error
+    assert await client.execute("EXISTS", N(1).full_key()) == 1
+    assert await cacheme.get_all([N(1), N(2)]) == [(1, 2), (2, 2)]
+    assert sorted(src.loads) == [1, 1, 2, 2]
+    await client.close()

@@ -39,6 +39,7 @@ typedef struct {
     PyObject *load_keys;     /* list: the keys loaded one by one */
     PyObject *admitted;      /* dict key -> value: what fills the caches */
     Py_ssize_t remote_settled;
+    int remote_aged; /* the remote get_all running gives (node, value, updated_at) */
     int64_t load_start;
     /* cross-process leases (get_all_lease.c): the keys asked for (list, in
      * the order of the answer; None once tried without one), the leases

@@ -73,6 +73,17 @@ int cm_fresh_due(CmState *st, const CmNodeConfigObject *cfg, const CmStoreAge *a
     return -1;
 }
 
+int cm_fresh_remote_age(const CmNodeConfigObject *cfg, const CmCacheRef *r, int64_t updated_ns,
+                        int64_t load_ns, CmStoreAge *age)
+{
+    int64_t now = cm_now_ns();
+    int64_t age_ns = cm_wall_ns() - updated_ns;
+    age->written = now - (age_ns > 0 ? age_ns : 0);
+    age->expire = r->ttl_ns >= 0 ? age->written + r->ttl_ns : INT64_MAX;
+    age->load_ns = load_ns;
+    return (cfg->fresh & CM_FRESH_STALE) && now >= age->expire;
+}
+
 int cm_fresh_put(CmState *st, CmNodeConfigObject *cfg, const CmCacheRef *r, PyObject *key,
                  Py_hash_t hash, PyObject *value, const CmStoreAge *age)
 {

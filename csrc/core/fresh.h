@@ -26,6 +26,14 @@ int cm_fresh_read_meta(CmState *st, PyTypeObject *cls, PyObject *meta, CmNodeCon
  *   now - delta * beta * ln(u) >= its expiry. */
 int cm_fresh_due(CmState *st, const CmNodeConfigObject *cfg, const CmStoreAge *age);
 
+/* The age of a value that remote cache r of cfg gave, written at
+ * updated_ns (UTC ns since the epoch, not 0) with load time load_ns, into
+ * *age (cm_now_ns time; expire: its TTL's end by r's TTL). 1 when cfg has
+ * stale_if_error and the value is past that TTL (the storage keeps it for
+ * that window only: not a hit), else 0. */
+int cm_fresh_remote_age(const CmNodeConfigObject *cfg, const CmCacheRef *r, int64_t updated_ns,
+                        int64_t load_ns, CmStoreAge *age);
+
 /* Fill local cache r (a CM_CACHE_LOCAL of cfg) with value. age: NULL for
  * a value just loaded; else what is known of a value copied from another
  * cache (written: when it was written at its source, cm_now_ns time, 0:

@@ -195,16 +195,12 @@ static int remote_hit_stale(CmCallObject *g, PyObject *res)
     const CmCacheRef *r = &cfg->caches[g->idx];
     if (g->remote_updated_ns == 0)
         return 0; /* a storage that does not say */
-    int64_t now = cm_now_ns();
-    int64_t age_ns = cm_wall_ns() - g->remote_updated_ns;
     CmStoreAge age;
-    age.written = now - (age_ns > 0 ? age_ns : 0);
-    age.expire = r->ttl_ns >= 0 ? age.written + r->ttl_ns : INT64_MAX;
-    age.load_ns = g->remote_load_ns;
+    int past = cm_fresh_remote_age(cfg, r, g->remote_updated_ns, g->remote_load_ns, &age);
     g->remote_updated_ns = 0;
-    if ((cfg->fresh & CM_FRESH_STALE) && now >= age.expire) {
+    if (past) {
         /* the storage's clock may keep it longer than the window */
-        if (now - age.expire <= cfg->stale_ns)
+        if (cm_now_ns() - age.expire <= cfg->stale_ns)
             Py_XSETREF(g->stale_value, res);
         else
             Py_DECREF(res);

@@ -45,6 +45,11 @@ struct CmRemoteOps {
      * work on this storage, stale_if_error included (fills for it get a TTL
      * longer by Meta.stale_if_error: the age says when the value expired). */
     int ages;
+    /* Optional (NULL: none), with ages: storage.get_all(nodes, ser) whose
+     * pairs are triples (node, value, updated_at: UTC ns since the epoch, 0
+     * unknown), for get_all of a node with freshness options. NULL with an
+     * exception. */
+    PyObject *(*get_all_aged)(CmState *st, PyObject *storage, PyObject *nodes, PyObject *ser);
     /* Optional (NULL: none). local (a LocalStore) sits in front of storage
      * in a node's chain (told as node configs are built): 1 when storage
      * keeps it coherent (evicts from it what changes in the storage, Redis

@@ -32,6 +32,7 @@ static const CmRemoteOps redis_remote_ops = {
     .unref = redis_unref,
     .attach_waiter = cm_redis_attach_waiter,
     .ages = 1,
+    .get_all_aged = cm_redis_get_all_aged,
     .cover = cm_redis_cover,
     .lease_acquire = cm_redis_lease_acquire,
     .lease_release = cm_redis_lease_release,
