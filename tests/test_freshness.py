@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import logging
 import sys
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -786,3 +787,54 @@ async def test_get_all_does_not_serve_a_redis_value_past_its_ttl(redis_server):
     assert await cacheme.get_all([N(1), N(2)]) == [(1, 2), (2, 2)]
     assert sorted(src.loads) == [1, 1, 2, 2]
     await client.close()
+
+
+# ------------------------------------------------------------ PostgreSQL alone
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+async def _pg_node(src, **meta):
+    if not _core.PgClient.__new__(_core.PgClient).library_available:
+        pytest.skip("cacheme built without libpq")
+    name = unique("fresh-pg-")
+    await cacheme.register_storage(name, cacheme.Storage(
+        url=PG_URL, table=f"cm_fresh_{uuid.uuid4().hex[:12]}", create_table=True))
+    N = make_node([Cache(name, timedelta(seconds=60))], src, **meta)
+    N.Meta.serializer = PickleSerializer()
+    return N, cacheme.data.get_storage_by_name(name)._storage
+
+
+async def test_refresh_after_on_postgresql_reads_the_age_from_updated_at():
+    src = Source()
+    N, client = await _pg_node(src, refresh_after=timedelta(seconds=5))
+    assert await cacheme.get(N(1)) == (1, 1)
+    assert await cacheme.get(N(1)) == (1, 1)  # a PostgreSQL hit, 0 s old
+    await settle()
+    assert src.loads == [1]
+    advance(6)  # updated_at is now 6 s ago
+    # several at once: their GETs are coalesced into one statement
+    got = await asyncio.gather(*[cacheme.get(N(i)) for i in (1, 1, 2)])
+    assert got == [(1, 1), (1, 1), (2, 1)]
+    await settle()
+    assert sorted(src.loads) == [1, 1, 2]  # 1 refreshed in the background, once
+    assert cacheme.stats(N).refresh_counts()["background"] == 1
+    assert await cacheme.get(N(1)) == (1, 2)
+    await client.execute(f"DROP TABLE {client.table}")
+
+
+async def test_stale_if_error_on_postgresql():
+    """The server stamps updated_at with its own clock, which the test clock
+    does not move: the row stays readable while the value's age, read
+    against the moved clock, passes the TTL."""
+    src = Source()
+    N, client = await _pg_node(src, stale_if_error=timedelta(seconds=30))
+    assert await cacheme.get(N(1)) == (1, 1)
+    src.fail = ConnectionError("down")
+    advance(61)  # past the 60 s TTL by updated_at: a miss; the load fails
+    assert await cacheme.get(N(1)) == (1, 1)  # the kept row
+    assert cacheme.stats(N).refresh_counts()["stale_if_error"] == 1
+    advance(30)  # past the window
+    with pytest.raises(ConnectionError):
+        await cacheme.get(N(1))
+    await client.execute(f"DROP TABLE {client.table}")
