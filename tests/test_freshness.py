@@ -794,20 +794,31 @@ async def test_get_all_does_not_serve_a_redis_value_past_its_ttl(redis_server):
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-async def _pg_node(src, **meta):
+@pytest.fixture
+async def pg_node():
+    """make(src, **meta): a node caching only in a new PostgreSQL table,
+    and its client; the tables are dropped after the test, failed or not."""
     if not _core.PgClient.__new__(_core.PgClient).library_available:
         pytest.skip("cacheme built without libpq")
-    name = unique("fresh-pg-")
-    await cacheme.register_storage(name, cacheme.Storage(
-        url=PG_URL, table=f"cm_fresh_{uuid.uuid4().hex[:12]}", create_table=True))
-    N = make_node([Cache(name, timedelta(seconds=60))], src, **meta)
-    N.Meta.serializer = PickleSerializer()
-    return N, cacheme.data.get_storage_by_name(name)._storage
+    made = []
+
+    async def make(src, **meta):
+        name = unique("fresh-pg-")
+        await cacheme.register_storage(name, cacheme.Storage(
+            url=PG_URL, table=f"cm_fresh_{uuid.uuid4().hex[:12]}", create_table=True))
+        N = make_node([Cache(name, timedelta(seconds=60))], src, **meta)
+        N.Meta.serializer = PickleSerializer()
+        made.append(cacheme.data.get_storage_by_name(name)._storage)
+        return N
+
+    yield make
+    for client in made:
+        await client.execute(f"DROP TABLE IF EXISTS {client.table}")
 
 
-async def test_refresh_after_on_postgresql_reads_the_age_from_updated_at():
+async def test_refresh_after_on_postgresql_reads_the_age_from_updated_at(pg_node):
     src = Source()
-    N, client = await _pg_node(src, refresh_after=timedelta(seconds=5))
+    N = await pg_node(src, refresh_after=timedelta(seconds=5))
     assert await cacheme.get(N(1)) == (1, 1)
     assert await cacheme.get(N(1)) == (1, 1)  # a PostgreSQL hit, 0 s old
     await settle()
@@ -820,15 +831,14 @@ async def test_refresh_after_on_postgresql_reads_the_age_from_updated_at():
     assert sorted(src.loads) == [1, 1, 2]  # 1 refreshed in the background, once
     assert cacheme.stats(N).refresh_counts()["background"] == 1
     assert await cacheme.get(N(1)) == (1, 2)
-    await client.execute(f"DROP TABLE {client.table}")
 
 
-async def test_stale_if_error_on_postgresql():
+async def test_stale_if_error_on_postgresql(pg_node):
     """The server stamps updated_at with its own clock, which the test clock
     does not move: the row stays readable while the value's age, read
     against the moved clock, passes the TTL."""
     src = Source()
-    N, client = await _pg_node(src, stale_if_error=timedelta(seconds=30))
+    N = await pg_node(src, stale_if_error=timedelta(seconds=30))
     assert await cacheme.get(N(1)) == (1, 1)
     src.fail = ConnectionError("down")
     advance(61)  # past the 60 s TTL by updated_at: a miss; the load fails
@@ -837,4 +847,3 @@ async def test_stale_if_error_on_postgresql():
     advance(30)  # past the window
     with pytest.raises(ConnectionError):
         await cacheme.get(N(1))
-    await client.execute(f"DROP TABLE {client.table}")
