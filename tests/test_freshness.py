@@ -689,16 +689,22 @@ async def test_a_value_filled_from_redis_keeps_its_age_in_the_local_cache(redis_
     src = Source()
     N, store, _ = await local_then_redis(redis_server, src, timedelta(seconds=60),
                                          refresh_after=timedelta(seconds=5))
+    await copy_keeps_its_age(N, store, src)
+
+
+async def copy_keeps_its_age(N, store, src):
+    """N (refresh_after 5 s) has store, a local cache, in front of another
+    cache: the value is read from that other one into store 3 s after it
+    was written; 3 s later the copy is due (6 s old, not 3 s)."""
     assert await cacheme.get(N(1)) == (1, 1)
-    assert store.remove(N(1).full_key())  # as in another process: only Redis has it
+    assert store.remove(N(1).full_key())  # as in another process: only the other has it
     advance(3)
     src.gate = asyncio.Event()
-    assert await cacheme.get(N(1)) == (1, 1)  # from Redis, 3 s old: not due
+    assert await cacheme.get(N(1)) == (1, 1)  # from the other cache, 3 s old: not due
     await asyncio.sleep(0.01)
     assert src.loads == [1]
     advance(3)
-    # the local copy is 6 s old, not 3 s (filled from Redis with its age)
-    assert await cacheme.get(N(1)) == (1, 1)
+    assert await cacheme.get(N(1)) == (1, 1)  # the copy is 6 s old: due
     await asyncio.sleep(0.01)
     assert src.loads == [1, 1]
     src.gate.set()
@@ -709,38 +715,25 @@ async def test_a_value_filled_from_redis_keeps_its_age_in_the_local_cache(redis_
 # ------------------------------------------------------------ copies keep their age
 
 
-def _locals(*names):
-    return [cacheme.data.get_storage_by_name(n)._local for n in names]
+async def two_locals(src, ttl_b, refresh_after):
+    """A node caching in a new tlfu store a (60 s), then a new lru store b
+    (ttl_b seconds); the node and both stores."""
+    a, b = await register_local(), await register_local("lru")
+    N = make_node([Cache(a, timedelta(seconds=60)), Cache(b, timedelta(seconds=ttl_b))], src,
+                  refresh_after=timedelta(seconds=refresh_after))
+    get_storage = cacheme.data.get_storage_by_name
+    return N, get_storage(a)._local, get_storage(b)._local
 
 
 async def test_a_value_filled_from_a_later_local_cache_keeps_its_age():
-    a, b = await register_local(), await register_local("lru")
     src = Source()
-    N = make_node([Cache(a, timedelta(seconds=60)), Cache(b, timedelta(seconds=60))], src,
-                  refresh_after=timedelta(seconds=5))
-    store_a, _ = _locals(a, b)
-    assert await cacheme.get(N(1)) == (1, 1)
-    assert store_a.remove(N(1).full_key())  # only the second local cache has it
-    advance(3)
-    src.gate = asyncio.Event()
-    assert await cacheme.get(N(1)) == (1, 1)  # from b, 3 s old: not due
-    await asyncio.sleep(0.01)
-    assert src.loads == [1]
-    advance(3)
-    # the copy in a is 6 s old, not 3 s: due
-    assert await cacheme.get(N(1)) == (1, 1)
-    await asyncio.sleep(0.01)
-    assert src.loads == [1, 1]
-    src.gate.set()
-    await settle()
+    N, store_a, _ = await two_locals(src, 60, 5)
+    await copy_keeps_its_age(N, store_a, src)
 
 
 async def test_a_value_filled_from_a_later_local_cache_does_not_outlive_it():
-    a, b = await register_local(), await register_local("lru")
     src = Source()
-    N = make_node([Cache(a, timedelta(seconds=60)), Cache(b, timedelta(seconds=10))], src,
-                  refresh_after=timedelta(seconds=100))
-    store_a, store_b = _locals(a, b)
+    N, store_a, store_b = await two_locals(src, 10, 100)
     assert await cacheme.get(N(1)) == (1, 1)
     assert store_a.remove(N(1).full_key())
     advance(8)
