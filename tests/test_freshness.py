@@ -840,3 +840,17 @@ async def test_stale_if_error_on_postgresql(pg_node):
     advance(30)  # past the window
     with pytest.raises(ConnectionError):
         await cacheme.get(N(1))
+
+
+@needs_redis
+async def test_a_value_get_all_fills_from_redis_does_not_outlive_its_redis_ttl(redis_server):
+    src = Source()
+    N, store, _ = await local_then_redis(redis_server, src, timedelta(seconds=10),
+                                         refresh_after=timedelta(seconds=100))
+    assert await cacheme.get_all([N(1), N(2)]) == [(1, 1), (2, 1)]
+    assert store.remove(N(1).full_key())  # only Redis has it
+    advance(8)
+    assert await cacheme.get_all([N(1), N(2)]) == [(1, 1), (2, 1)]  # N(1) from Redis, 8 s old
+    assert store.get(N(1).full_key()) == (1, 1)
+    advance(3)  # 11 s since it was written: gone from the local cache too
+    assert store.get(N(1).full_key()) is None

@@ -144,7 +144,7 @@ static int caller_fill(CmState *st, CmNodeConfigObject *cfg, PyObject *local_mis
                 return -1;
             }
         }
-        cm_ga_fill_local(st, cfg, r, fill, results, nodes);
+        cm_ga_fill_local(st, cfg, r, fill, results, nodes, NULL);
         Py_DECREF(fill);
     }
     return 0;

@@ -93,15 +93,28 @@ static PyObject *call_remote_get_all(CmGetAllObject *o, CmCacheRef *r)
 }
 
 /* A value of remote cache r written at updated (an int, UTC ns; 0
- * unknown) is past r's TTL, kept there only for stale_if_error: 1 (a miss
- * for get_all, which has no fallback to give), 0, or -1 with an exception. */
-static int remote_past_ttl(CmGetAllObject *o, CmCacheRef *r, PyObject *updated)
+ * unknown): 1 when it is past r's TTL, kept there only for stale_if_error
+ * (a miss for get_all, which has no fallback to give); else 0, its age in
+ * *age (written 0: unknown). -1 with an exception. */
+static int remote_age(CmGetAllObject *o, CmCacheRef *r, PyObject *updated, CmStoreAge *age)
 {
     long long ns = PyLong_AsLongLong(updated);
+    age->written = 0;
     if (ns == -1 && PyErr_Occurred())
         return -1;
-    CmStoreAge age;
-    return ns != 0 && cm_fresh_remote_age(o->cfg, r, ns, 0, &age);
+    return ns != 0 && cm_fresh_remote_age(o->cfg, r, ns, 0, age);
+}
+
+/* o->ages[key] = the age of a remote hit of cache r (age->written not 0). */
+static int keep_age(CmGetAllObject *o, CmCacheRef *r, PyObject *key, const CmStoreAge *age)
+{
+    if (o->ages == NULL && (o->ages = PyDict_New()) == NULL)
+        return -1;
+    PyObject *t = Py_BuildValue("(LL)", (long long)age->written,
+                                (long long)cm_fresh_remote_end(r, age->written));
+    int rc = t != NULL ? PyDict_SetItem(o->ages, key, t) : -1;
+    Py_XDECREF(t);
+    return rc;
 }
 
 /* What remote cache r returned: found[key] = value for the todo keys. */
@@ -113,9 +126,10 @@ static int take_remote(CmGetAllObject *o, CmCacheRef *r, PyObject *got, uint64_t
     PyObject *item;
     while ((item = PyIter_Next(it)) != NULL) {
         PyObject *tmp, *node, *value, *updated = NULL;
+        CmStoreAge age = {.written = 0};
         int rc = unpack(item, &tmp, &node, &value, o->remote_aged ? &updated : NULL);
         Py_DECREF(item);
-        if (rc == 0 && updated != NULL && (rc = remote_past_ttl(o, r, updated)) != 0) {
+        if (rc == 0 && updated != NULL && (rc = remote_age(o, r, updated, &age)) != 0) {
             Py_DECREF(tmp);
             if (rc < 0)
                 break;
@@ -127,7 +141,8 @@ static int take_remote(CmGetAllObject *o, CmCacheRef *r, PyObject *got, uint64_t
         if (key != NULL) {
             rc = PyDict_Contains(o->todo, key);
             if (rc > 0) {
-                rc = PyDict_SetItem(o->found, key, value) < 0 || PyDict_DelItem(o->todo, key) < 0
+                rc = PyDict_SetItem(o->found, key, value) < 0 || PyDict_DelItem(o->todo, key) < 0 ||
+                             (age.written != 0 && keep_age(o, r, key, &age) < 0)
                          ? -1
                          : 0;
                 (*hits)++;
@@ -242,7 +257,7 @@ static int batch_admit(CmGetAllObject *o)
     for (Py_ssize_t c = 0; c < cfg->ncaches; c++) {
         CmCacheRef *r = &cfg->caches[c];
         if (r->kind != CM_CACHE_REMOTE)
-            cm_ga_fill_local(st, cfg, r, keys, o->admitted, o->pending);
+            cm_ga_fill_local(st, cfg, r, keys, o->admitted, o->pending, o->ages);
     }
     Py_DECREF(keys);
     return 0;

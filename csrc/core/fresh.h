@@ -34,6 +34,14 @@ int cm_fresh_due(CmState *st, const CmNodeConfigObject *cfg, const CmStoreAge *a
 int cm_fresh_remote_age(const CmNodeConfigObject *cfg, const CmCacheRef *r, int64_t updated_ns,
                         int64_t load_ns, CmStoreAge *age);
 
+/* The soonest a value written at `written` (cm_now_ns time) may expire in
+ * remote cache r: its TTL at the low end of its jitter (INT64_MAX: none).
+ * A local copy of it ends then (cm_fresh_put). */
+static inline int64_t cm_fresh_remote_end(const CmCacheRef *r, int64_t written)
+{
+    return r->ttl_ns >= 0 ? written + (int64_t)((double)r->ttl_ns * (1.0 - r->jitter)) : INT64_MAX;
+}
+
 /* Fill local cache r (a CM_CACHE_LOCAL of cfg) with value. age: NULL for
  * a value just loaded; else what is known of a value copied from another
  * cache (written: when it was written at its source, cm_now_ns time, 0:

@@ -208,9 +208,8 @@ static int remote_hit_stale(CmCallObject *g, PyObject *res)
         return 1;
     }
     g->fill_written = age.written;
-    /* the soonest the storage may drop it (its TTL drawn within jitter) */
-    g->fill_expire =
-        r->ttl_ns >= 0 ? age.written + (int64_t)((double)r->ttl_ns * (1.0 - r->jitter)) : 0;
+    int64_t end = cm_fresh_remote_end(r, age.written);
+    g->fill_expire = end != INT64_MAX ? end : 0;
     g->load_ns = age.load_ns;
     int kind = g->refresh ? -1 : cm_fresh_due(g->st, cfg, &age);
     g->refresh_due = kind + 1;
