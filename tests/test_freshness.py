@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import logging
 import sys
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -688,18 +689,168 @@ async def test_a_value_filled_from_redis_keeps_its_age_in_the_local_cache(redis_
     src = Source()
     N, store, _ = await local_then_redis(redis_server, src, timedelta(seconds=60),
                                          refresh_after=timedelta(seconds=5))
+    await copy_keeps_its_age(N, store, src)
+
+
+async def copy_keeps_its_age(N, store, src):
+    """N (refresh_after 5 s) has store, a local cache, in front of another
+    cache: the value is read from that other one into store 3 s after it
+    was written; 3 s later the copy is due (6 s old, not 3 s)."""
     assert await cacheme.get(N(1)) == (1, 1)
-    assert store.remove(N(1).full_key())  # as in another process: only Redis has it
+    assert store.remove(N(1).full_key())  # as in another process: only the other has it
     advance(3)
     src.gate = asyncio.Event()
-    assert await cacheme.get(N(1)) == (1, 1)  # from Redis, 3 s old: not due
+    assert await cacheme.get(N(1)) == (1, 1)  # from the other cache, 3 s old: not due
     await asyncio.sleep(0.01)
     assert src.loads == [1]
     advance(3)
-    # the local copy is 6 s old, not 3 s (filled from Redis with its age)
-    assert await cacheme.get(N(1)) == (1, 1)
+    assert await cacheme.get(N(1)) == (1, 1)  # the copy is 6 s old: due
     await asyncio.sleep(0.01)
     assert src.loads == [1, 1]
     src.gate.set()
     await settle()
     assert await cacheme.get(N(1)) == (1, 2)
+
+
+# ------------------------------------------------------------ copies keep their age
+
+
+async def two_locals(src, ttl_b, refresh_after):
+    """A node caching in a new tlfu store a (60 s), then a new lru store b
+    (ttl_b seconds); the node and both stores."""
+    a, b = await register_local(), await register_local("lru")
+    N = make_node([Cache(a, timedelta(seconds=60)), Cache(b, timedelta(seconds=ttl_b))], src,
+                  refresh_after=timedelta(seconds=refresh_after))
+    get_storage = cacheme.data.get_storage_by_name
+    return N, get_storage(a)._local, get_storage(b)._local
+
+
+async def test_a_value_filled_from_a_later_local_cache_keeps_its_age():
+    src = Source()
+    N, store_a, _ = await two_locals(src, 60, 5)
+    await copy_keeps_its_age(N, store_a, src)
+
+
+async def test_a_value_filled_from_a_later_local_cache_does_not_outlive_it():
+    src = Source()
+    N, store_a, store_b = await two_locals(src, 10, 100)
+    assert await cacheme.get(N(1)) == (1, 1)
+    assert store_a.remove(N(1).full_key())
+    advance(8)
+    assert await cacheme.get(N(1)) == (1, 1)  # from b, which keeps it 2 s more
+    assert store_a.get(N(1).full_key()) == (1, 1)
+    advance(3)
+    # b's copy has expired, and so has a's (capped at b's 2 s, not a's 60 s)
+    assert store_b.get(N(1).full_key()) is None
+    assert store_a.get(N(1).full_key()) is None
+    assert await cacheme.get(N(1)) == (1, 2)
+
+
+@needs_redis
+async def test_a_value_filled_from_redis_does_not_outlive_its_redis_ttl(redis_server):
+    """[local, redis] with the same TTL: a value refilled into the local
+    cache from Redis lives as long as it has left in Redis, not a whole
+    local TTL more (which let a value live almost two TTLs)."""
+    src = Source()
+    N, store, _ = await local_then_redis(redis_server, src, timedelta(seconds=10),
+                                         refresh_after=timedelta(seconds=100))
+    assert await cacheme.get(N(1)) == (1, 1)
+    assert store.remove(N(1).full_key())  # as in another process: only Redis has it
+    advance(8)
+    assert await cacheme.get(N(1)) == (1, 1)  # from Redis, 8 s old
+    assert store.get(N(1).full_key()) == (1, 1)
+    advance(3)  # 11 s since it was written: gone from the local cache too
+    assert store.get(N(1).full_key()) is None
+
+
+@needs_redis
+async def test_get_all_does_not_serve_a_redis_value_past_its_ttl(redis_server):
+    """With stale_if_error Redis keeps values past their TTL; get_all's
+    batch read (MGET) takes their ages and reads those as misses, as get
+    does."""
+    src = Source()
+    N, client = await _redis_node(redis_server, src, stale_if_error=timedelta(seconds=30))
+    assert await cacheme.get_all([N(1), N(2)]) == [(1, 1), (2, 1)]
+    advance(30)
+    assert await cacheme.get_all([N(1), N(2)]) == [(1, 1), (2, 1)]  # within the TTL: hits
+    assert sorted(src.loads) == [1, 2]
+    await cacheme.get(N(2))  # 30 s old, a hit
+    advance(31)  # 61 s old: past the 60 s TTL, still in Redis for stale_if_error
+    assert await client.execute("EXISTS", N(1).full_key()) == 1
+    assert await cacheme.get_all([N(1), N(2)]) == [(1, 2), (2, 2)]
+    assert sorted(src.loads) == [1, 1, 2, 2]
+    await client.close()
+
+
+# ------------------------------------------------------------ PostgreSQL alone
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+async def pg_node():
+    """make(src, **meta): a node caching only in a new PostgreSQL table,
+    and its client; the tables are dropped after the test, failed or not."""
+    if not _core.PgClient.__new__(_core.PgClient).library_available:
+        pytest.skip("cacheme built without libpq")
+    made = []
+
+    async def make(src, **meta):
+        name = unique("fresh-pg-")
+        await cacheme.register_storage(name, cacheme.Storage(
+            url=PG_URL, table=f"cm_fresh_{uuid.uuid4().hex[:12]}", create_table=True))
+        N = make_node([Cache(name, timedelta(seconds=60))], src, **meta)
+        N.Meta.serializer = PickleSerializer()
+        made.append(cacheme.data.get_storage_by_name(name)._storage)
+        return N
+
+    yield make
+    for client in made:
+        await client.execute(f"DROP TABLE IF EXISTS {client.table}")
+
+
+async def test_refresh_after_on_postgresql_reads_the_age_from_updated_at(pg_node):
+    src = Source()
+    N = await pg_node(src, refresh_after=timedelta(seconds=5))
+    assert await cacheme.get(N(1)) == (1, 1)
+    assert await cacheme.get(N(1)) == (1, 1)  # a PostgreSQL hit, 0 s old
+    await settle()
+    assert src.loads == [1]
+    advance(6)  # updated_at is now 6 s ago
+    # several at once: their GETs are coalesced into one statement
+    got = await asyncio.gather(*[cacheme.get(N(i)) for i in (1, 1, 2)])
+    assert got == [(1, 1), (1, 1), (2, 1)]
+    await settle()
+    assert sorted(src.loads) == [1, 1, 2]  # 1 refreshed in the background, once
+    assert cacheme.stats(N).refresh_counts()["background"] == 1
+    assert await cacheme.get(N(1)) == (1, 2)
+
+
+async def test_stale_if_error_on_postgresql(pg_node):
+    """The server stamps updated_at with its own clock, which the test clock
+    does not move: the row stays readable while the value's age, read
+    against the moved clock, passes the TTL."""
+    src = Source()
+    N = await pg_node(src, stale_if_error=timedelta(seconds=30))
+    assert await cacheme.get(N(1)) == (1, 1)
+    src.fail = ConnectionError("down")
+    advance(61)  # past the 60 s TTL by updated_at: a miss; the load fails
+    assert await cacheme.get(N(1)) == (1, 1)  # the kept row
+    assert cacheme.stats(N).refresh_counts()["stale_if_error"] == 1
+    advance(30)  # past the window
+    with pytest.raises(ConnectionError):
+        await cacheme.get(N(1))
+
+
+@needs_redis
+async def test_a_value_get_all_fills_from_redis_does_not_outlive_its_redis_ttl(redis_server):
+    src = Source()
+    N, store, _ = await local_then_redis(redis_server, src, timedelta(seconds=10),
+                                         refresh_after=timedelta(seconds=100))
+    assert await cacheme.get_all([N(1), N(2)]) == [(1, 1), (2, 1)]
+    assert store.remove(N(1).full_key())  # only Redis has it
+    advance(8)
+    assert await cacheme.get_all([N(1), N(2)]) == [(1, 1), (2, 1)]  # N(1) from Redis, 8 s old
+    assert store.get(N(1).full_key()) == (1, 1)
+    advance(3)  # 11 s since it was written: gone from the local cache too
+    assert store.get(N(1).full_key()) is None

@@ -61,6 +61,7 @@ PyObject *cm_get(CmState *st, CmRequest *req)
     CmKeyParts parts;
     Py_hash_t hash;
     uint32_t missed = 0;
+    CmStoreAge age; /* of a hit on a local store, for a node with freshness options */
 
     if (slot == NULL || *slot != NULL) {
         full = cm_key_cached(st, node);
@@ -94,7 +95,7 @@ PyObject *cm_get(CmState *st, CmRequest *req)
         PyObject *v;
         if (r->kind == CM_CACHE_LOCAL) {
             CmStoreObject *store = (CmStoreObject *)r->storage;
-            v = cfg->fresh ? cm_refresh_lookup(st, req, store, full, hash)
+            v = cfg->fresh ? cm_refresh_lookup(st, req, store, full, hash, &age)
                 : full     ? cm_store_lookup(store, full, hash)
                            : cm_store_lookup_parts(store, &parts, hash);
         } else if (r->kind == CM_CACHE_LOCAL_PY) {
@@ -123,7 +124,9 @@ PyObject *cm_get(CmState *st, CmRequest *req)
                 Py_DECREF(v);
                 goto done;
             }
-            cm_fill_locals(st, cfg, full, hash, v, missed, 0, 0);
+            /* with the age it has there: a copy is no newer than its source */
+            cm_fill_locals(st, cfg, full, hash, v, missed,
+                           cfg->fresh && r->kind == CM_CACHE_LOCAL ? &age : NULL);
             for (Py_ssize_t j = 0; j < i; j++) {
                 CmCacheRef *pr = &cfg->caches[j];
                 if (pr->kind == CM_CACHE_LOCAL_PY && (missed & (1u << j))) {

@@ -158,7 +158,7 @@ static int caller_fill(CmState *st, CmNodeConfigObject *cfg, PyObject *local_mis
                 return -1;
             }
         }
-        cm_ga_fill_local(st, cfg, r, fill, results, nodes);
+        cm_ga_fill_local(st, cfg, r, fill, results, nodes, NULL);
         Py_DECREF(fill);
     }
     return 0;
@@ -381,7 +381,9 @@ static Py_ssize_t read_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r
         PyObject *v;
         if (r->kind == CM_CACHE_LOCAL && cfg->fresh) {
             CmRequest req = {.node = s->unode[u], .cfg = cfg};
-            v = cm_refresh_lookup(st, &req, (CmStoreObject *)r->storage, s->ukey[u], s->uhash[u]);
+            CmStoreAge age;
+            v = cm_refresh_lookup(st, &req, (CmStoreObject *)r->storage, s->ukey[u], s->uhash[u],
+                                  &age);
         } else if (r->kind == CM_CACHE_LOCAL) {
             v = cm_store_lookup((CmStoreObject *)r->storage, s->ukey[u], s->uhash[u]);
         } else {

@@ -31,10 +31,21 @@ void cm_ga_log_failed(CmState *st, const char *fmt, PyObject *name)
     Py_XDECREF(exc);
 }
 
-/* Fill local cache r with values[key] for each key of keys; a failure is
- * counted as an error of the cache and logged. */
+/* ages[key] (see CmGetAllObject.ages) into *age: 1, 0 when absent, -1
+ * with an exception. */
+static int age_of(PyObject *ages, PyObject *key, CmStoreAge *age)
+{
+    PyObject *t = ages != NULL ? PyDict_GetItemWithError(ages, key) : NULL; // borrowed
+    if (t == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    age->written = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 0));
+    age->expire = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 1));
+    age->load_ns = 0;
+    return PyErr_Occurred() ? -1 : 1;
+}
+
 void cm_ga_fill_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, PyObject *keys,
-                      PyObject *values, PyObject *nodes)
+                      PyObject *values, PyObject *nodes, PyObject *ages)
 {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
         PyObject *key = PyList_GET_ITEM(keys, i);               // borrowed
@@ -45,7 +56,9 @@ void cm_ga_fill_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, PyObj
                 PyErr_SetObject(PyExc_KeyError, key);
         } else if (r->kind == CM_CACHE_LOCAL) {
             Py_hash_t h = PyObject_Hash(key);
-            rc = h == -1 ? -1 : cm_fresh_put(st, cfg, r, key, h, value, 0, 0);
+            CmStoreAge age;
+            int aged = h == -1 ? -1 : age_of(ages, key, &age);
+            rc = aged < 0 ? -1 : cm_fresh_put(st, cfg, r, key, h, value, aged ? &age : NULL);
         } else {
             PyObject *node = PyDict_GetItemWithError(nodes, key); // borrowed
             PyObject *aw = NULL;
@@ -235,6 +248,7 @@ static PyObject *ga_await(PyObject *self) { return Py_NewRef(self); }
     X(remote_missed)                                                                               \
     X(load_keys)                                                                                   \
     X(admitted)                                                                                    \
+    X(ages)                                                                                        \
     X(lease_keys)                                                                                  \
     X(leases)
 

@@ -8,27 +8,33 @@
 
 #include "base/clock.h"
 #include "base/exc.h"
+#include "core/fresh.h"
 #include "core/key.h"
 #include "flight/flight.h"
+#include "flight/remote.h"
 
-/* (a, b) = item; borrowed into *a, *b from *tmp (new ref, to drop). */
-static int unpack2(PyObject *item, PyObject **tmp, PyObject **a, PyObject **b)
+/* (a, b) = item, or (a, b, c) with c given; borrowed into *a, *b (and *c)
+ * from *tmp (new ref, to drop). */
+static int unpack(PyObject *item, PyObject **tmp, PyObject **a, PyObject **b, PyObject **c)
 {
+    Py_ssize_t want = c != NULL ? 3 : 2;
     PyObject *t = PyTuple_CheckExact(item) ? Py_NewRef(item) : PySequence_Tuple(item);
     if (t == NULL)
         return -1;
-    if (PyTuple_GET_SIZE(t) != 2) {
-        if (PyTuple_GET_SIZE(t) > 2)
-            PyErr_SetString(PyExc_ValueError, "too many values to unpack (expected 2)");
+    if (PyTuple_GET_SIZE(t) != want) {
+        if (PyTuple_GET_SIZE(t) > want)
+            PyErr_Format(PyExc_ValueError, "too many values to unpack (expected %zd)", want);
         else
-            PyErr_Format(PyExc_ValueError, "not enough values to unpack (expected 2, got %zd)",
-                         PyTuple_GET_SIZE(t));
+            PyErr_Format(PyExc_ValueError, "not enough values to unpack (expected %zd, got %zd)",
+                         want, PyTuple_GET_SIZE(t));
         Py_DECREF(t);
         return -1;
     }
     *tmp = t;
     *a = PyTuple_GET_ITEM(t, 0);
     *b = PyTuple_GET_ITEM(t, 1);
+    if (c != NULL)
+        *c = PyTuple_GET_ITEM(t, 2);
     return 0;
 }
 
@@ -62,37 +68,81 @@ static void lead_finish_all(CmGetAllObject *o)
         cm_flight_handle_finish(h);
 }
 
-/* Start storage.get_all(todo nodes, serializer) of cache o->pos. */
+/* Start storage.get_all(todo nodes, serializer) of cache o->pos; for a
+ * node with freshness options, with the values' ages where the storage
+ * tells them (flight/remote.h get_all_aged). */
 static PyObject *call_remote_get_all(CmGetAllObject *o, CmCacheRef *r)
 {
+    CmState *st = o->st;
     PyObject *nodes = PyDict_Values(o->todo);
     if (nodes == NULL)
         return NULL;
-    PyObject *args[3] = {r->storage, nodes, o->cfg->serializer};
-    PyObject *aw =
-        PyObject_VectorcallMethod(o->st->s_get_all, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    const CmRemoteOps *ops = o->cfg->fresh ? cm_remote_find(st, r->storage) : NULL;
+    PyObject *aw;
+    o->remote_aged =
+        ops != NULL && ops->get_all_aged != NULL && ops->direct(st, r->storage, st->s_get_all);
+    if (o->remote_aged) {
+        aw = ops->get_all_aged(st, r->storage, nodes, o->cfg->serializer);
+    } else {
+        PyObject *args[3] = {r->storage, nodes, o->cfg->serializer};
+        aw = PyObject_VectorcallMethod(st->s_get_all, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                       NULL);
+    }
     Py_DECREF(nodes);
     return aw;
 }
 
-/* What a remote cache returned: found[key] = value for the todo keys. */
-static int take_remote(CmGetAllObject *o, PyObject *got, uint64_t *hits)
+/* A value of remote cache r written at updated (an int, UTC ns; 0
+ * unknown): 1 when it is past r's TTL, kept there only for stale_if_error
+ * (a miss for get_all, which has no fallback to give); else 0, its age in
+ * *age (written 0: unknown). -1 with an exception. */
+static int remote_age(CmGetAllObject *o, CmCacheRef *r, PyObject *updated, CmStoreAge *age)
+{
+    long long ns = PyLong_AsLongLong(updated);
+    age->written = 0;
+    if (ns == -1 && PyErr_Occurred())
+        return -1;
+    return ns != 0 && cm_fresh_remote_age(o->cfg, r, ns, 0, age);
+}
+
+/* o->ages[key] = the age of a remote hit of cache r (age->written not 0). */
+static int keep_age(CmGetAllObject *o, CmCacheRef *r, PyObject *key, const CmStoreAge *age)
+{
+    if (o->ages == NULL && (o->ages = PyDict_New()) == NULL)
+        return -1;
+    PyObject *t = Py_BuildValue("(LL)", (long long)age->written,
+                                (long long)cm_fresh_remote_end(r, age->written));
+    int rc = t != NULL ? PyDict_SetItem(o->ages, key, t) : -1;
+    Py_XDECREF(t);
+    return rc;
+}
+
+/* What remote cache r returned: found[key] = value for the todo keys. */
+static int take_remote(CmGetAllObject *o, CmCacheRef *r, PyObject *got, uint64_t *hits)
 {
     PyObject *it = PyObject_GetIter(got);
     if (it == NULL)
         return -1;
     PyObject *item;
     while ((item = PyIter_Next(it)) != NULL) {
-        PyObject *tmp, *node, *value;
-        int rc = unpack2(item, &tmp, &node, &value);
+        PyObject *tmp, *node, *value, *updated = NULL;
+        CmStoreAge age = {.written = 0};
+        int rc = unpack(item, &tmp, &node, &value, o->remote_aged ? &updated : NULL);
         Py_DECREF(item);
+        if (rc == 0 && updated != NULL && (rc = remote_age(o, r, updated, &age)) != 0) {
+            Py_DECREF(tmp);
+            if (rc < 0)
+                break;
+            continue; /* a miss */
+        }
         if (rc < 0)
             break;
         PyObject *key = full_key_of(o->st, node);
         if (key != NULL) {
             rc = PyDict_Contains(o->todo, key);
             if (rc > 0) {
-                rc = PyDict_SetItem(o->found, key, value) < 0 || PyDict_DelItem(o->todo, key) < 0
+                rc = PyDict_SetItem(o->found, key, value) < 0 || PyDict_DelItem(o->todo, key) < 0 ||
+                             (age.written != 0 && keep_age(o, r, key, &age) < 0)
                          ? -1
                          : 0;
                 (*hits)++;
@@ -207,7 +257,7 @@ static int batch_admit(CmGetAllObject *o)
     for (Py_ssize_t c = 0; c < cfg->ncaches; c++) {
         CmCacheRef *r = &cfg->caches[c];
         if (r->kind != CM_CACHE_REMOTE)
-            cm_ga_fill_local(st, cfg, r, keys, o->admitted, o->pending);
+            cm_ga_fill_local(st, cfg, r, keys, o->admitted, o->pending, o->ages);
     }
     Py_DECREF(keys);
     return 0;
@@ -383,7 +433,7 @@ int cm_ga_batch_advance(CmGetAllObject *o, PyObject *res, PyObject **out)
                 if (v > 0)
                     errors = (uint64_t)v;
             }
-            rc = take_remote(o, res, &hits);
+            rc = take_remote(o, r, res, &hits);
             Py_DECREF(res);
             if (rc < 0)
                 goto fail;
@@ -493,7 +543,7 @@ int cm_ga_batch_advance(CmGetAllObject *o, PyObject *res, PyObject **out)
         PyObject *item;
         while ((item = PyIter_Next(it)) != NULL) {
             PyObject *tmp, *node, *value;
-            rc = unpack2(item, &tmp, &node, &value);
+            rc = unpack(item, &tmp, &node, &value, NULL);
             Py_DECREF(item);
             if (rc < 0)
                 break;

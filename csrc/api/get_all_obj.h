@@ -41,7 +41,11 @@ typedef struct {
     PyObject *remote_missed; /* list of (cache index, [keys]) */
     PyObject *load_keys;     /* list: the keys loaded one by one */
     PyObject *admitted;      /* dict key -> value: what fills the caches */
+    /* dict key -> (written, end) of a remote hit whose age was read (cm_now_ns
+     * time; end: the soonest it expires there), for the local fills */
+    PyObject *ages;
     Py_ssize_t remote_settled;
+    int remote_aged; /* the remote get_all running gives (node, value, updated_at) */
     int64_t load_start;
     /* cross-process leases (get_all_lease.c): the keys asked for (list, in
      * the order of the answer; None once tried without one), the leases
@@ -61,9 +65,10 @@ static inline CmStorageCounters *counters(CmNodeConfigObject *cfg, CmCacheRef *r
  * exception is cleared. Never fails. */
 void cm_ga_log_failed(CmState *st, const char *fmt, PyObject *name);
 /* Fill local cache r with values[key] for each key of keys (nodes: key ->
- * node); a failure is counted as an error of the cache and logged. */
+ * node), a key in ages (or NULL) with that age (see CmGetAllObject.ages);
+ * a failure is counted as an error of the cache and logged. */
 void cm_ga_fill_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, PyObject *keys,
-                      PyObject *values, PyObject *nodes);
+                      PyObject *values, PyObject *nodes, PyObject *ages);
 /* Drive aw (stolen) from now on: 1, or -1 with an exception. */
 int cm_ga_start_sub(CmGetAllObject *o, PyObject *aw);
 /* list.append((i, keys)) */

@@ -73,14 +73,29 @@ int cm_fresh_due(CmState *st, const CmNodeConfigObject *cfg, const CmStoreAge *a
     return -1;
 }
 
+int cm_fresh_remote_age(const CmNodeConfigObject *cfg, const CmCacheRef *r, int64_t updated_ns,
+                        int64_t load_ns, CmStoreAge *age)
+{
+    int64_t now = cm_now_ns();
+    int64_t age_ns = cm_wall_ns() - updated_ns;
+    age->written = now - (age_ns > 0 ? age_ns : 0);
+    age->expire = r->ttl_ns >= 0 ? age->written + r->ttl_ns : INT64_MAX;
+    age->load_ns = load_ns;
+    return (cfg->fresh & CM_FRESH_STALE) && now >= age->expire;
+}
+
 int cm_fresh_put(CmState *st, CmNodeConfigObject *cfg, const CmCacheRef *r, PyObject *key,
-                 Py_hash_t hash, PyObject *value, int64_t load_ns, int64_t written)
+                 Py_hash_t hash, PyObject *value, const CmStoreAge *age)
 {
     CmStoreObject *s = (CmStoreObject *)r->storage; // borrowed from cfg
     int64_t ttl = cm_cache_write_ttl_ns(st, r);
     if (cfg->fresh == 0)
         return cm_store_put(s, key, hash, value, ttl);
-    return cm_store_put_aged(s, key, hash, value, ttl, cfg->stale_ns, load_ns, written);
+    if (age == NULL)
+        return cm_store_put_aged(s, key, hash, value, ttl, cfg->stale_ns, 0, 0);
+    if (age->expire != INT64_MAX)
+        ttl = cm_ttl_cap_ns(ttl, age->expire - cm_now_ns());
+    return cm_store_put_aged(s, key, hash, value, ttl, cfg->stale_ns, age->load_ns, age->written);
 }
 
 PyObject *cm_fresh_stale_value(CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash)

@@ -26,12 +26,31 @@ int cm_fresh_read_meta(CmState *st, PyTypeObject *cls, PyObject *meta, CmNodeCon
  *   now - delta * beta * ln(u) >= its expiry. */
 int cm_fresh_due(CmState *st, const CmNodeConfigObject *cfg, const CmStoreAge *age);
 
-/* Fill local cache r (a CM_CACHE_LOCAL of cfg) with value; for a node with
- * freshness options the entry records its age (written: when the value was
- * written at its source, cm_now_ns time; 0: now) and load_ns, and is kept
- * stale_if_error past its TTL. 0, or -1 with an exception. */
+/* The age of a value that remote cache r of cfg gave, written at
+ * updated_ns (UTC ns since the epoch, not 0) with load time load_ns, into
+ * *age (cm_now_ns time; expire: its TTL's end by r's TTL). 1 when cfg has
+ * stale_if_error and the value is past that TTL (the storage keeps it for
+ * that window only: not a hit), else 0. */
+int cm_fresh_remote_age(const CmNodeConfigObject *cfg, const CmCacheRef *r, int64_t updated_ns,
+                        int64_t load_ns, CmStoreAge *age);
+
+/* The soonest a value written at `written` (cm_now_ns time) may expire in
+ * remote cache r: its TTL at the low end of its jitter (INT64_MAX: none).
+ * A local copy of it ends then (cm_fresh_put). */
+static inline int64_t cm_fresh_remote_end(const CmCacheRef *r, int64_t written)
+{
+    return r->ttl_ns >= 0 ? written + (int64_t)((double)r->ttl_ns * (1.0 - r->jitter)) : INT64_MAX;
+}
+
+/* Fill local cache r (a CM_CACHE_LOCAL of cfg) with value. age: NULL for
+ * a value just loaded; else what is known of a value copied from another
+ * cache (written: when it was written at its source, cm_now_ns time, 0:
+ * now; load_ns: its load's time; expire: when it expires there, INT64_MAX:
+ * never). For a node with freshness options the entry records that age, is
+ * kept stale_if_error past its TTL, and its TTL ends no later than expire
+ * (a copy does not outlive its source). 0, or -1 with an exception. */
 int cm_fresh_put(CmState *st, CmNodeConfigObject *cfg, const CmCacheRef *r, PyObject *key,
-                 Py_hash_t hash, PyObject *value, int64_t load_ns, int64_t written);
+                 Py_hash_t hash, PyObject *value, const CmStoreAge *age);
 
 /* stale_if_error: a value of key past its TTL by at most Meta.stale_if_error
  * in one of cfg's local caches (new reference), or NULL (no exception). */

@@ -30,6 +30,17 @@ static inline long long cm_ttl_ms(double seconds)
     return ms > 0 ? ms : 1;
 }
 
+/* ttl_ns (-1: none) no longer than cap_ns (< 0: no cap), at least 1: a
+ * local copy's TTL held within what is left of the value it copies, so it
+ * never outlives it (Redis tracking's covered locals, fills from a hit whose
+ * age is known). */
+static inline int64_t cm_ttl_cap_ns(int64_t ttl_ns, int64_t cap_ns)
+{
+    if (cap_ns < 0 || (ttl_ns >= 0 && ttl_ns <= cap_ns))
+        return ttl_ns;
+    return cap_ns > 0 ? cap_ns : 1;
+}
+
 /* cm_ttl_seconds in nanoseconds: -1 for None, -2 with an exception. */
 int64_t cm_ttl_to_ns(CmState *st, PyObject *ttl);
 #endif

@@ -87,7 +87,9 @@ typedef struct {
     int64_t remote_updated_ns, remote_load_ns;
     PyObject *stale_value;
     int refresh_due;
-    int64_t fill_written; /* when the value was written (a remote hit's age), 0: now */
+    /* a remote hit's age: when the value was written (0: now) and the
+     * soonest it can expire there (0: never), for the local fills */
+    int64_t fill_written, fill_expire;
     PyObject *value;
     /* the call as the future its Task waits on, while it waits on its flight
      * (WAITS) or on a remote op of its own (see waiter.c) */

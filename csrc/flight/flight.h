@@ -69,21 +69,22 @@ PyObject *cm_get_begin(CmState *st, CmRequest *req);
  * key and hash must be set. 0, or -1 with an exception. */
 int cm_refresh_start(CmState *st, CmRequest *req, int kind);
 /* A lookup of key in local store (a cache of req->cfg, a node with freshness
- * options): the value (new reference) or NULL on a miss, with a background
- * refresh of req's node started behind a hit whose age calls for one (a
- * failure to start it is reported, never raised: the value is good). */
+ * options): the value (new reference) and its age in *age, or NULL on a
+ * miss, with a background refresh of req's node started behind a hit whose
+ * age calls for one (a failure to start it is reported, never raised: the
+ * value is good). */
 PyObject *cm_refresh_lookup(CmState *st, CmRequest *req, CmStoreObject *store, PyObject *key,
-                            Py_hash_t hash);
+                            Py_hash_t hash, CmStoreAge *age);
 
 /* Sum of the puts of cfg's C local stores. */
 uint64_t cm_local_puts(CmNodeConfigObject *cfg);
 
 /* Fill local caches [0, upto) of cfg that missed, honouring the doorkeeper
- * decision already taken; load_ns: how long the value's load took (0:
- * unknown), kept with it for early_refresh; written: when the value was
- * written where it was read from (cm_now_ns time; 0: now), its age. */
+ * decision already taken; age: NULL for a value just loaded, else its age
+ * where it was read from (cm_fresh_put): it keeps that age and does not
+ * outlive it. */
 void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash,
-                    PyObject *value, uint32_t missed, int64_t load_ns, int64_t written);
+                    PyObject *value, uint32_t missed, const CmStoreAge *age);
 
 /* The flight's part of the module state (CmState.flight): traverse and
  * clear, called by module.c. The traverse covers the records in the table

@@ -19,14 +19,14 @@ static inline CmStorageCounters *counters(CmCallObject *g, Py_ssize_t i)
 }
 
 void cm_fill_locals(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash,
-                    PyObject *value, uint32_t missed, int64_t load_ns, int64_t written)
+                    PyObject *value, uint32_t missed, const CmStoreAge *age)
 {
     for (Py_ssize_t i = 0; i < cfg->ncaches && i < 32; i++) {
         CmCacheRef *r = &cfg->caches[i];
         if (r->kind != CM_CACHE_LOCAL || !(missed & (1u << i)))
             continue;
         CmStorageCounters *c = &cfg->metrics->storages[r->stat];
-        if (cm_fresh_put(st, cfg, r, key, hash, value, load_ns, written) < 0) {
+        if (cm_fresh_put(st, cfg, r, key, hash, value, age) < 0) {
             c->errors++;
             c->set_errors++;
             PyErr_WriteUnraisable(r->name);
@@ -82,7 +82,8 @@ static int start_call(CmCallObject *g, CmCacheRef *r, int set)
     CmRemoteOp *op;
     if (set) {
         PyObject *ttl = cm_cache_write_ttl(st, r);
-        if (ttl != NULL && ops->ages && (g->cfg->fresh & CM_FRESH_STALE) && ttl != Py_None) {
+        if (ttl != NULL && (g->cfg->fresh & CM_FRESH_STALE) && ops->ages != NULL &&
+            ops->ages(st, r->storage) && ttl != Py_None) {
             /* kept stale_if_error longer: the age read back says it expired */
             double secs = cm_ttl_seconds(st, ttl);
             Py_SETREF(ttl,
@@ -195,22 +196,20 @@ static int remote_hit_stale(CmCallObject *g, PyObject *res)
     const CmCacheRef *r = &cfg->caches[g->idx];
     if (g->remote_updated_ns == 0)
         return 0; /* a storage that does not say */
-    int64_t now = cm_now_ns();
-    int64_t age_ns = cm_wall_ns() - g->remote_updated_ns;
     CmStoreAge age;
-    age.written = now - (age_ns > 0 ? age_ns : 0);
-    age.expire = r->ttl_ns >= 0 ? age.written + r->ttl_ns : INT64_MAX;
-    age.load_ns = g->remote_load_ns;
+    int past = cm_fresh_remote_age(cfg, r, g->remote_updated_ns, g->remote_load_ns, &age);
     g->remote_updated_ns = 0;
-    if ((cfg->fresh & CM_FRESH_STALE) && now >= age.expire) {
+    if (past) {
         /* the storage's clock may keep it longer than the window */
-        if (now - age.expire <= cfg->stale_ns)
+        if (cm_now_ns() - age.expire <= cfg->stale_ns)
             Py_XSETREF(g->stale_value, res);
         else
             Py_DECREF(res);
         return 1;
     }
     g->fill_written = age.written;
+    int64_t end = cm_fresh_remote_end(r, age.written);
+    g->fill_expire = end != INT64_MAX ? end : 0;
     g->load_ns = age.load_ns;
     int kind = g->refresh ? -1 : cm_fresh_due(g->st, cfg, &age);
     g->refresh_due = kind + 1;
@@ -438,9 +437,12 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
             /* a refresh replaces what the caches hold: no doorkeeper */
             if ((g->fl != NULL && g->fl->stale) || (!g->refresh && !doorkeeper_admits(g)))
                 g->missed = 0;
-            if (g->fl == NULL || !g->fl->unsure)
-                cm_fill_locals(st, cfg, g->key, g->hash, g->value, g->missed, g->load_ns,
-                               g->fill_written);
+            if (g->fl == NULL || !g->fl->unsure) {
+                CmStoreAge age = {.written = g->fill_written,
+                                  .expire = g->fill_expire ? g->fill_expire : INT64_MAX,
+                                  .load_ns = g->load_ns};
+                cm_fill_locals(st, cfg, g->key, g->hash, g->value, g->missed, &age);
+            }
             if (g->fl != NULL)
                 cm_flight_settle(st, g->fl, g->value, NULL);
             g->step = STEP_FILL;
@@ -539,6 +541,7 @@ static int move_to_task(CmCallObject *g, PyObject *pending)
     d->remote_updated_ns = g->remote_updated_ns;
     d->remote_load_ns = g->remote_load_ns;
     d->fill_written = g->fill_written;
+    d->fill_expire = g->fill_expire;
     d->refresh_due = g->refresh_due;
     d->stale_value = g->stale_value;
     g->stale_value = NULL;
@@ -683,14 +686,15 @@ PyObject *cm_call_recheck_locals(CmCallObject *g)
         CmCacheRef *r = &cfg->caches[i];
         if (r->kind != CM_CACHE_LOCAL || !(g->missed & (1u << i)))
             continue;
-        PyObject *v = cm_store_lookup((CmStoreObject *)r->storage, g->key, g->hash);
+        CmStoreAge age;
+        PyObject *v = cm_store_lookup_aged((CmStoreObject *)r->storage, g->key, g->hash, 0, &age);
         if (v == NULL)
             continue;
         CmStorageCounters *c = counters(g, i);
         c->hits++;
         c->misses--; /* get() counted this one as a miss */
         cfg->metrics->hit_count++;
-        cm_fill_locals(g->st, cfg, g->key, g->hash, v, g->missed & ((1u << i) - 1), 0, 0);
+        cm_fill_locals(g->st, cfg, g->key, g->hash, v, g->missed & ((1u << i) - 1), &age);
         return v;
     }
     return NULL;

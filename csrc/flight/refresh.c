@@ -68,11 +68,10 @@ int cm_refresh_start(CmState *st, CmRequest *req, int kind)
 }
 
 PyObject *cm_refresh_lookup(CmState *st, CmRequest *req, CmStoreObject *store, PyObject *key,
-                            Py_hash_t hash)
+                            Py_hash_t hash, CmStoreAge *age)
 {
-    CmStoreAge age;
-    PyObject *v = cm_store_lookup_aged(store, key, hash, 0, &age);
-    int kind = v != NULL ? cm_fresh_due(st, req->cfg, &age) : -1;
+    PyObject *v = cm_store_lookup_aged(store, key, hash, 0, age);
+    int kind = v != NULL ? cm_fresh_due(st, req->cfg, age) : -1;
     if (kind >= 0) {
         req->key = key;
         req->hash = hash;

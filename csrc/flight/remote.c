@@ -5,6 +5,7 @@
 #include "flight/call.h"
 
 #include "base/compat.h"
+#include "core/ttl.h"
 
 int cm_remote_register(CmState *st, PyTypeObject *type, const CmRemoteOps *ops, PyObject *data)
 {
@@ -193,8 +194,7 @@ int cm_remote_cover_locals(CmState *st, CmNodeConfigObject *c)
             if (rc == 0 || rj->ttl_ns < 0)
                 continue;
             int64_t cap = (int64_t)((double)rj->ttl_ns * (1.0 - rj->jitter) / (1.0 + ri->jitter));
-            if (ri->ttl_ns < 0 || ri->ttl_ns > cap)
-                ri->ttl_ns = cap > 0 ? cap : 1;
+            ri->ttl_ns = cm_ttl_cap_ns(ri->ttl_ns, cap > 0 ? cap : 1);
         }
     }
     return 0;

@@ -40,11 +40,17 @@ struct CmRemoteOps {
      * op behind it through cm_remote_wake_waiter, rather than as a
      * done-callback of fut. 1 attached, 0 not. */
     int (*attach_waiter)(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
-    /* 1: a get made for a call reports the value's age (cm_remote_call_age)
-     * and a fill stores the call's load time, so that the freshness options
-     * work on this storage, stale_if_error included (fills for it get a TTL
+    /* Optional (NULL: none). 1 when storage's gets made for a call report
+     * the value's age (cm_remote_call_age; a fill may store the call's load
+     * time, else early_refresh has no delta there), so that the freshness
+     * options work on it, stale_if_error included (fills for it get a TTL
      * longer by Meta.stale_if_error: the age says when the value expired). */
-    int ages;
+    int (*ages)(CmState *st, PyObject *storage);
+    /* Optional (NULL: none), with ages: storage.get_all(nodes, ser) whose
+     * pairs are triples (node, value, updated_at: UTC ns since the epoch, 0
+     * unknown), for get_all of a node with freshness options. NULL with an
+     * exception. */
+    PyObject *(*get_all_aged)(CmState *st, PyObject *storage, PyObject *nodes, PyObject *ser);
     /* Optional (NULL: none). local (a LocalStore) sits in front of storage
      * in a node's chain (told as node configs are built): 1 when storage
      * keeps it coherent (evicts from it what changes in the storage, Redis
@@ -99,7 +105,7 @@ static inline const CmRemoteOps *cm_remote_find(CmState *st, PyObject *storage)
 int cm_remote_method_is_own(PyObject *storage, PyTypeObject *base, PyObject *name);
 int cm_remote_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
 
-/* For a storage whose ops have .ages, about the call an op is made for:
+/* For a storage whose ops' .ages says so, about the call an op is made for:
  * the CM_FRESH_* options of its node (0: none, nothing to report), and
  * the time its load took in *load_ns (ns; 0 unknown), to store with a fill. */
 unsigned int cm_remote_call_fresh(PyObject *call, int64_t *load_ns);

@@ -436,14 +436,13 @@ static void send_mget(CmRedisClientObject *self, PyObject *loop, CmRedisOp *op, 
     free(sp);
 }
 
-PyObject *cm_redis_client_get_all(CmRedisClientObject *self, PyObject *const *args,
-                                  Py_ssize_t nargs, PyObject *kwnames)
+/* MGET of the nodes (a sequence); aged: the pairs carry each value's
+ * updated_at (cm_redis_get_all_aged). */
+static PyObject *get_all_op(CmRedisClientObject *self, PyObject *seq, PyObject *ser, int aged)
 {
     CmState *st = self->st;
-    PyObject *loop = NULL, *nodes = NULL, *keys = NULL, *results = NULL, *buf[2];
-    if ((args = cm_args((PyObject *)self, &get_all_spec, args, nargs, kwnames, buf)) == NULL)
-        return NULL;
-    if ((nodes = PySequence_List(args[0])) == NULL)
+    PyObject *loop = NULL, *nodes = NULL, *keys = NULL, *results = NULL;
+    if ((nodes = PySequence_List(seq)) == NULL)
         goto fail;
     Py_ssize_t n = PyList_GET_SIZE(nodes);
     if (n > (Py_ssize_t)UINT32_MAX / 2) {
@@ -465,7 +464,8 @@ PyObject *cm_redis_client_get_all(CmRedisClientObject *self, PyObject *const *ar
     op->nodes = nodes;
     op->keys = keys;
     op->result = results;
-    op->ser = Py_NewRef(pick_serializer(self, args[1]));
+    op->ser = Py_NewRef(pick_serializer(self, ser));
+    op->aged = aged;
     if (n > 0)
         send_mget(self, loop, op, (uint32_t)n);
     return finish_op(op, loop);
@@ -474,6 +474,21 @@ fail:
     Py_XDECREF(keys);
     Py_XDECREF(results);
     return NULL;
+}
+
+PyObject *cm_redis_client_get_all(CmRedisClientObject *self, PyObject *const *args,
+                                  Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *buf[2];
+    if ((args = cm_args((PyObject *)self, &get_all_spec, args, nargs, kwnames, buf)) == NULL)
+        return NULL;
+    return get_all_op(self, args[0], args[1], 0);
+}
+
+PyObject *cm_redis_get_all_aged(CmState *st, PyObject *client, PyObject *nodes, PyObject *ser)
+{
+    (void)st;
+    return get_all_op((CmRedisClientObject *)client, nodes, ser, 1);
 }
 
 PyObject *cm_redis_client_set_all(CmRedisClientObject *self, PyObject *const *args,

@@ -100,6 +100,7 @@ struct CmRedisOp {
     PyObject *failed;
     uint32_t answered;
     long long ttl_ms; /* -1: no TTL */
+    int aged;         /* MGET: (node, value, updated_at ns) triples */
     int (*done)(CmRedisClientObject *, PyObject *reply, PyObject *error);
     /* a FlightProxy woken straight when the op finishes (instead of through
      * a done-callback of fut), and its loop; see cm_redis_attach_waiter */

@@ -51,7 +51,8 @@ static PyObject *decode_value(CmState *st, PyObject *ser, PyObject *raw)
     return cm_envelope_decode(st, CM_ENVELOPE_DICT, ser, raw, st->redis.Error, "redis");
 }
 
-/* [(node, value)] of the keys found and decodable, in order. */
+/* [(node, value)] of the keys found and decodable, in order; an aged op's
+ * are (node, value, updated_at: UTC ns, 0 unknown). */
 static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
 {
     Py_ssize_t n = PyList_GET_SIZE(op->result);
@@ -62,7 +63,10 @@ static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
         PyObject *raw = PyList_GET_ITEM(op->result, i); // borrowed
         if (raw == Py_None)
             continue;
-        PyObject *v = decode_value(st, op->ser, raw);
+        int64_t updated = 0, load = 0;
+        PyObject *v = op->aged ? cm_envelope_decode_aged(st, op->ser, raw, st->redis.Error, "redis",
+                                                         &updated, &load)
+                               : decode_value(st, op->ser, raw);
         if (v == NULL) {
             /* undecodable bytes are a miss, as in get() */
             PyObject *exc = cm_exc_take();
@@ -71,7 +75,9 @@ static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
             Py_XDECREF(exc);
             continue;
         }
-        PyObject *pair = PyTuple_Pack(2, PyList_GET_ITEM(op->nodes, i), v);
+        PyObject *pair =
+            op->aged ? Py_BuildValue("(OOL)", PyList_GET_ITEM(op->nodes, i), v, (long long)updated)
+                     : PyTuple_Pack(2, PyList_GET_ITEM(op->nodes, i), v);
         Py_DECREF(v);
         if (pair == NULL || PyList_Append(out, pair) < 0) {
             Py_XDECREF(pair);

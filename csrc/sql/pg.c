@@ -42,6 +42,9 @@ enum { MODE_ONE, MODE_COALESCED };
 #define PG_MAX_COALESCE 64
 #define OID_TEXT 25
 #define OID_BYTEA 17
+/* a row's updated_at as UTC microseconds since the epoch (int8): its age
+ * for the freshness options (NULL: unknown) */
+#define PG_UPDATED_US "(extract(epoch FROM updated_at) * 1000000)::int8"
 
 static int pg_setup(CmSqlStorageObject *s)
 {
@@ -52,9 +55,10 @@ static int pg_setup(CmSqlStorageObject *s)
      * from none, or every retry stops at "cm_get already exists" */
     const char *fmt =
         "DEALLOCATE ALL;"
-        "PREPARE cm_get(text) AS SELECT value FROM %1$s WHERE key = $1 "
+        "PREPARE cm_get(text) AS SELECT value, " PG_UPDATED_US " FROM %1$s WHERE key = $1 "
         "AND (expire IS NULL OR expire > now());"
-        "PREPARE cm_mget(text[]) AS SELECT key, value FROM %1$s WHERE key = ANY($1) "
+        "PREPARE cm_mget(text[]) AS SELECT key, value, " PG_UPDATED_US
+        " FROM %1$s WHERE key = ANY($1) "
         "AND (expire IS NULL OR expire > now());"
         "PREPARE cm_set(text, bytea, float8) AS INSERT INTO %1$s (key, value, expire, updated_at) "
         "VALUES ($1, $2, now() + $3 * interval '1 second', now()) ON CONFLICT (key) DO UPDATE "
@@ -579,6 +583,32 @@ static PyObject *col_bytes(PGresult *res, int row, int col)
     return PyBytes_FromStringAndSize(PQgetvalue(res, row, col), PQgetlength(res, row, col));
 }
 
+/* An int8 column (binary: big-endian), 0 when NULL. */
+static int64_t col_int8(PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 8)
+        return 0;
+    const unsigned char *p = (const unsigned char *)PQgetvalue(res, row, col);
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return (int64_t)v;
+}
+
+/* The rows of a coalesced GET were split (cm_sql_split_rows): each
+ * request whose row was read gets that row's updated_at. */
+static void coalesced_ages(CmSqlReq *b, PGresult *res, PyObject **raws, int rows)
+{
+    for (CmSqlReq *r = b; r != NULL; r = r->next) {
+        for (int i = 0; r->aged && r->result != NULL && i < rows; i++) {
+            if (raws[i] == r->result) {
+                r->updated_us = col_int8(res, i, 2);
+                break;
+            }
+        }
+    }
+}
+
 static void on_result(CmSqlConnObject *c, PGresult *res)
 {
     CmSqlStorageObject *s = c->storage; // borrowed
@@ -594,22 +624,35 @@ static void on_result(CmSqlConnObject *c, PGresult *res)
     }
     int rows = PQntuples(res);
     if (b->kind == CM_SQL_GET && c->status == MODE_ONE) {
-        if (status == PGRES_TUPLES_OK && rows > 0 && b->result == NULL &&
-            (b->result = col_bytes(res, 0, 0)) == NULL)
-            cm_sql_req_error(s, b, s->st->sql.SQLError, "postgresql: out of memory");
+        if (status == PGRES_TUPLES_OK && rows > 0 && b->result == NULL) {
+            if ((b->result = col_bytes(res, 0, 0)) == NULL)
+                cm_sql_req_error(s, b, s->st->sql.SQLError, "postgresql: out of memory");
+            b->updated_us = col_int8(res, 0, 1);
+        }
     } else if (b->kind == CM_SQL_GET || b->kind == CM_SQL_GET_ALL) {
         if (status != PGRES_TUPLES_OK)
             return;
-        for (int i = 0; i < rows; i++) {
-            if (cm_sql_result_put(b, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0),
-                                  col_bytes(res, i, 1)) < 0) {
+        /* a coalesced GET's rows (held until each request is matched with
+         * its row's updated_at, after the split) */
+        PyObject *raws[PG_MAX_COALESCE];
+        int nraws = 0, failed = 0;
+        for (int i = 0; i < rows && !failed; i++) {
+            PyObject *raw = col_bytes(res, i, 1);
+            if (raw != NULL && b->kind == CM_SQL_GET && nraws < PG_MAX_COALESCE)
+                raws[nraws++] = Py_NewRef(raw);
+            if (cm_sql_result_put(b, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0), raw) <
+                0) {
                 PyErr_Clear();
                 cm_sql_req_error(s, b, s->st->sql.SQLError, "postgresql: out of memory");
-                return;
+                failed = 1;
             }
         }
-        if (b->kind == CM_SQL_GET)
+        if (b->kind == CM_SQL_GET && !failed) {
             cm_sql_split_rows(b);
+            coalesced_ages(b, res, raws, nraws);
+        }
+        for (int i = 0; i < nraws; i++)
+            Py_DECREF(raws[i]);
     } else if (b->kind == CM_SQL_SWEEP) {
         Py_XSETREF(b->result,
                    PyLong_FromString(*PQcmdTuples(res) ? PQcmdTuples(res) : "0", NULL, 10));

@@ -57,6 +57,21 @@ static CmRemoteOp *sql_set(PyObject *storage, PyObject *node, PyObject *value, P
     return (CmRemoteOp *)w;
 }
 
+/* PostgreSQL's reads give each row's updated_at (pg.c); MySQL's do not
+ * (its HANDLER read has the value only): without ages there, the options
+ * act through the local caches in front of it. */
+static int sql_ages(CmState *st, PyObject *storage)
+{
+    return PyObject_TypeCheck(storage, (PyTypeObject *)st->sql.PgClientType);
+}
+
+void cm_sql_flight_age(CmSqlReq *r)
+{
+    CmFlightWaitObject *w = (CmFlightWaitObject *)r->fut; // borrowed: cm_sql_get_for's wait
+    if (w != NULL && w->call != NULL && r->updated_us > 0 && r->updated_us < INT64_MAX / 1000)
+        cm_remote_call_age(w->call, r->updated_us * 1000, 0);
+}
+
 /* The caller's reference goes, and with it the hold on the request: one
  * answered meanwhile is told now. */
 static void sql_unref(CmRemoteOp *op)
@@ -79,6 +94,7 @@ static const CmRemoteOps sql_remote_ops = {
     .handoff = cm_flight_wait_handoff,
     .unref = sql_unref,
     .attach_waiter = NULL,
+    .ages = sql_ages,
 };
 
 static PyType_Spec wait_spec = CM_FLIGHT_WAIT_SPEC("cacheme._core.SqlFlightWait");

@@ -251,6 +251,8 @@ void cm_sql_req_finish(CmSqlStorageObject *s, CmSqlReq *r)
             s->next_sweep = cm_sql_now() + CM_SQL_SWEEP_AGAIN;
         PyErr_Clear();
     }
+    if (r->aged && r->error == NULL)
+        cm_sql_flight_age(r);
     if (r->fut != NULL) {
         PyObject *v = r->error ? NULL : cm_sql_req_value(s, r);
         int rc;

@@ -35,6 +35,10 @@ struct CmSqlReq {
     double ttl;       /* seconds; < 0: no expiry */
     long limit;
     int64_t deadline; /* monotonic ns */
+    /* GET of a flight's call (cm_sql_get_for): its row's updated_at is told
+     * to the call (UTC us since the epoch; 0: unknown, the driver reads none) */
+    int aged;
+    int64_t updated_us;
     PyObject *result;
     PyObject *error;
     /* set while its submitter may still wait for it in its own call (see

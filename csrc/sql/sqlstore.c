@@ -450,6 +450,7 @@ CmSqlReq *cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObj
     if (r == NULL)
         return NULL;
     r->ser = Py_NewRef(ser);
+    r->aged = 1;
     if ((r->key = key_of(s, node)) == NULL) {
         cm_sql_req_free(r);
         return NULL;

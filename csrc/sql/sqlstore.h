@@ -133,6 +133,9 @@ CmSqlReq *cm_sql_set_for(PyObject *storage, PyObject *node, PyObject *value, PyO
 /* Let a held request go: finished while held, it is finished now (its
  * waiter told, the request freed); else it finishes when answered. */
 void cm_sql_req_release(CmSqlStorageObject *inst, CmSqlReq *r);
+/* sql/remote.c: tell the flight's call of an aged GET (its fut, a flight
+ * wait) the row's updated_at, before the GET is finished. */
+void cm_sql_flight_age(CmSqlReq *r);
 /* sql/remote.c: PgClient and MySQLClient registered with the singleflight */
 int cm_sql_remote_init(PyObject *mod, CmState *st);
 /* ---- end of the requests of a flight's call ---- */
