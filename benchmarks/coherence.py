@@ -31,6 +31,7 @@ TESTS = os.path.join(os.path.dirname(HERE), "tests")
 sys.path.insert(0, TESTS)
 
 import cacheme  # noqa: E402
+import results  # noqa: E402  (benchmarks/ is sys.path[0])
 from redis_servers import RedisServer  # noqa: E402
 from test_tracking import Worker, put  # noqa: E402
 from tracking_worker import make_node  # noqa: E402
@@ -143,8 +144,10 @@ async def main(args):
         for r in rows:
             print(json.dumps(r))
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"staleness_ms": lat, "cost": rows}, f, indent=1)
+            results.write(args.json, "coherence", {
+                "rounds": len(lat), "staleness_p50_ms": statistics.median(lat),
+                "staleness_p99_ms": pct(lat, 99), "staleness_max_ms": max(lat),
+                "empty_used_memory": base_mem, "staleness_ms": lat, "cost": rows})
 
 
 if __name__ == "__main__":
@@ -154,7 +157,7 @@ if __name__ == "__main__":
     ap.add_argument("--gets", type=int, default=20000)
     ap.add_argument("--keys", type=int, default=1000)
     ap.add_argument("--writes", type=int, default=200)
-    ap.add_argument("--json")
+    ap.add_argument("--json", metavar="OUT", help="also write the figures (benchmarks/results.py)")
     asyncio.run(main(ap.parse_args()))
     # no interpreter finalization: a RedisStorage still registered then is
     # deallocated after cacheme._core's module state is freed (a use after

@@ -21,7 +21,8 @@ outage from period - outage): a load started then raises after its sleep.
 
     python expiry_hot.py ROW --storage local|chain [--url redis://...] ...
 
-ROW: ours-plain, ours-jitter, ours-refresh-after, ours-early-refresh,
+ROW: ours-hit (no TTL: the hit path, the reference of issue 25's goal),
+ours-plain, ours-jitter, ours-refresh-after, ours-early-refresh,
 ours-stale-if-error (cacheme: Meta options of issue 25, probed first: a
 build that ignores the option gets {"skipped": "not built ..."}),
 cashews-plain, cashews-early, cashews-soft.
@@ -175,7 +176,8 @@ async def setup_ours(row: str, a, source: Source) -> Get:
         why = f"probe failed: {type(e).__name__}: {e}"
     if why:
         raise NotBuilt(why)
-    ttl = timedelta(seconds=a.ttl)
+    # the hit path: values that never expire, so after warm-up every get is a local hit
+    ttl = None if row == "ours-hit" else timedelta(seconds=a.ttl)
     jitter = a.jitter if row == "ours-jitter" else 0.0
     await cacheme.register_storage("local", cacheme.Storage(url="local://tlfu", size=10_000))
     caches = [cacheme.Cache(storage="local", ttl=ttl, ttl_jitter=jitter)]
@@ -280,7 +282,7 @@ async def run(get: Get, source: Source, a) -> dict:
 
 
 SETUPS = {
-    "ours-plain": setup_ours, "ours-jitter": setup_ours, "ours-refresh-after": setup_ours,
+    "ours-hit": setup_ours, "ours-plain": setup_ours, "ours-jitter": setup_ours, "ours-refresh-after": setup_ours,
     "ours-early-refresh": setup_ours, "ours-stale-if-error": setup_ours,
     "cashews-plain": setup_cashews, "cashews-early": setup_cashews, "cashews-soft": setup_cashews,
 }

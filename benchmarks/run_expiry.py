@@ -29,6 +29,8 @@ HERE = run_redis.HERE
 
 # row -> (venv under the bench dir or None for ours, source fails?, label)
 ROWS = {
+    # the reference of issue 25's goal: the same workers on keys that never expire
+    "ours-hit": (None, False, "ours, hit path (no TTL: never expires)"),
     "ours-plain": (None, False, "ours, plain TTL"),
     "ours-jitter": (None, False, "ours, ttl_jitter={jitter:g}"),
     "ours-refresh-after": (None, False, "ours, refresh_after={refresh_after:g} s"),

@@ -16,12 +16,20 @@ counted.
     python3 benchmarks/run_fleet.py                          # everything
     python3 benchmarks/run_fleet.py --contenders ours,ours-lease --processes 4 --workers 1000
 
+    python3 benchmarks/run_fleet.py --keys 1000             # the hot workload (below)
+
+--keys N: the hot workload. The same number of requests, uniform over N keys
+(seeded), so that every key is requested by every process and all processes
+start cold together: without leases each process misses each key at about
+the same time and loads it itself (up to N loads per key for N processes).
+
 ours-lease passes Storage(url, lease=timedelta(seconds=--lease)); a build
 without leases refuses the option and its row says "not built".
 """
 import concurrent.futures
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -41,6 +49,17 @@ CONTENDERS = {
 }
 # commands of this driver, not of the contenders
 OWN_COMMANDS = ("info", "flushall", "config|resetstat", "config")
+
+
+def hot_trace(bench_dir: str, requests: int, keys: int) -> str:
+    """`requests` requests uniform over `keys` keys (written once); its path."""
+    os.makedirs(bench_dir, exist_ok=True)
+    path = os.path.join(bench_dir, f"fleet-trace-hot-{requests}-{keys}.json")
+    if not os.path.exists(path):
+        rng = random.Random(1)
+        with open(path, "w") as f:
+            json.dump([rng.randrange(keys) for _ in range(requests)], f)
+    return path
 
 
 def command_delta(before: dict, after: dict) -> dict:
@@ -131,17 +150,26 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=4)
     ap.add_argument("--workers", type=int, default=1000, help="concurrent requests per process")
     ap.add_argument("--requests", type=int, default=200_000)
+    ap.add_argument("--keys", type=int, default=0,
+                    help="the hot workload: --requests uniform over this many keys "
+                         "(default 0: 0.3.0's zipf trace)")
     ap.add_argument("--lease", type=float, default=5.0, help="ours-lease: the lease, seconds")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per contender run")
     ap.add_argument("--json", metavar="OUT",
                     help="also write {contender: {label, time_s, loads, commands, by_command}}")
     args = run_redis.parse_driver_args(ap)
     names = run_redis.pick(args.contenders, CONTENDERS, "contender")
-    trace = run_redis.single_trace(args.bench_dir, args.requests)
+    if args.keys < 0:
+        ap.error(f"--keys must be positive (or 0 for the zipf trace), got {args.keys}")
+    if args.keys:
+        trace = hot_trace(args.bench_dir, args.requests, args.keys)
+    else:
+        trace = run_redis.single_trace(args.bench_dir, args.requests)
     with open(trace) as f:
         unique = len(set(json.load(f)))
     with run_redis.redis_server(args.url) as port:
-        print(f"trace: {args.requests} requests, {unique} unique keys, 0.1 s per load; "
+        kind = f"uniform over {args.keys} keys" if args.keys else "zipf"
+        print(f"trace: {args.requests} requests ({kind}), {unique} unique keys, 0.1 s per load; "
               f"{args.processes} processes x {args.workers} workers; redis-server on port {port}")
         rows, figures = [], {}
         for n in names:
@@ -154,7 +182,8 @@ def main() -> None:
             figures[n] = dict(res, label=label)
         table(rows, unique, args)
     if args.json:
-        results.write(args.json, "fleet", {"requests": args.requests, "unique_keys": unique,
+        results.write(args.json, "fleet", {"requests": args.requests, "keys": args.keys,
+                                           "unique_keys": unique,
                                            "processes": args.processes, "workers": args.workers,
                                            "contenders": figures})
 
