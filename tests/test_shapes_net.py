@@ -108,9 +108,13 @@ def run_scenario(body, timeout=120, **params):
 
 # ------------------------------------------------------------------ threads
 
-# A call slower than this is a stall. Sanitizer and debug builds run the C
-# several times slower: their bound is scaled, not dropped.
-STALL = 0.5 * (4 if os.environ.get("CACHEME_EXPECT_BUILD") == "asan" or
+# A call slower than this is a stall: a frozen loop or thread (what these
+# tests caught) holds a call for its whole 5 s wait_for. On CPython 3.13 a
+# PostgreSQL get of a thread that makes a new loop every 25 calls took
+# 0.51-0.73 s in about half the runs on the 2-core machine, on this tree and
+# on the one before (not yet explained), so the bound is 2 s. Sanitizer and
+# debug builds run the C several times slower: their bound is scaled.
+STALL = 2.0 * (4 if os.environ.get("CACHEME_EXPECT_BUILD") == "asan" or
                "debug-pkg" in os.environ.get("CACHEME_EXPECT_CORE", "") else 1)
 
 STRESS = """
