@@ -200,6 +200,8 @@ void cm_netloops_clear(CmNetLoops *t)
     Py_CLEAR(t->home);
 }
 
+void cm_netloops_unlink(CmNetLoops *t) { table_unlink(t); }
+
 void cm_netloops_fini(CmNetLoops *t)
 {
     table_unlink(t);

@@ -59,6 +59,10 @@ struct CmNetLoops {
 
 /* Set up t (zeroed memory) as the table of owner, and register it. */
 void cm_netloops_init(CmNetLoops *t, CmState *st, const CmNetKind *kind, PyObject *owner);
+/* Take t out of the process's tables (the after-fork walk), first thing in
+ * its owner's dealloc: the owner's refcount is 0 while the rest of the
+ * dealloc runs Python code, and a fork meanwhile must not hold it again. */
+void cm_netloops_unlink(CmNetLoops *t);
 /* Unregister t and drop its instances (their own close runs). */
 void cm_netloops_fini(CmNetLoops *t);
 /* The instance serving loop (borrowed): the owner or a clone; NULL with an

@@ -66,6 +66,7 @@ void cm_netstore_clear(CmNetPool *pool, CmNetLoops *loops, PyObject **init_args,
 void cm_netstore_dealloc_start(PyObject *self, PyObject *weakreflist, inquiry clear,
                                CmNetLoops *loops)
 {
+    cm_netloops_unlink(loops);
     PyObject_GC_UnTrack(self);
     if (weakreflist != NULL)
         PyObject_ClearWeakRefs(self);

@@ -53,9 +53,10 @@ int cm_netstore_traverse(PyObject *self, CmNetPool *pool, CmNetLoops *loops, PyO
 void cm_netstore_clear(CmNetPool *pool, CmNetLoops *loops, PyObject **init_args,
                        PyObject **init_kwds, PyObject *tp);
 
-/* tp_dealloc's start: untracked, weak references cleared, clear (the
- * storage's tp_clear) run, loops finished. The storage then frees its own
- * and calls cm_netstore_dealloc_end. */
+/* tp_dealloc's start: out of the after-fork walk (cm_netloops_unlink),
+ * untracked, weak references cleared, clear (the storage's tp_clear) run,
+ * loops finished. The storage then frees its own and calls
+ * cm_netstore_dealloc_end. */
 void cm_netstore_dealloc_start(PyObject *self, PyObject *weakreflist, inquiry clear,
                                CmNetLoops *loops);
 /* tp_dealloc's end: freed, and its references to its type and the module

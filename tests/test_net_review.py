@@ -1,0 +1,66 @@
+"""Review of the shared network lifecycle (net/netstore, net/netloop): cases
+found by reading the code, each run in a subprocess (what they guard
+against is a crash)."""
+import pytest
+
+from conftest import run_python_proc
+
+mongo = pytest.importorskip("cacheme.storages.mongo")
+
+
+# A fork while a storage is being deallocated: its dealloc runs Python code
+# (closing its connections asks their loop is_closed(), unwatches, fails
+# futures), during which another thread may fork. The child's after-fork
+# hook walks every storage of the process; it must not find this one, which
+# no one holds any more (taking and dropping a reference to it would run its
+# dealloc a second time in the child). The loop below forks from is_closed()
+# to make that moment deterministic.
+FORK_IN_DEALLOC = """
+import asyncio, os, socket, sys
+import cacheme
+
+class K:
+    def full_key(self):
+        return "cm-review-k"
+
+class ForkLoop(asyncio.SelectorEventLoop):
+    fork_now = False
+    child = None
+
+    def is_closed(self):
+        if ForkLoop.fork_now:
+            ForkLoop.fork_now = False
+            ForkLoop.child = os.fork()
+        return super().is_closed()
+
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(8)  # the kernel accepts; nothing ever answers
+port = srv.getsockname()[1]
+loop = ForkLoop()
+s = cacheme.Storage(url=f"mongodb://127.0.0.1:{port}/test", database="test",
+                    collection="cm_review")._storage
+
+async def start():
+    fut = s.get(K(), None)  # a connection opens and waits for its hello
+    await asyncio.sleep(0.05)
+    return fut
+
+fut = loop.run_until_complete(start())
+assert s.pool_info()["connecting"] == 1, s.pool_info()
+ForkLoop.fork_now = True
+del s  # its last reference: the dealloc asks the loop is_closed(), which forks
+if ForkLoop.child == 0:
+    os._exit(0)
+assert ForkLoop.child is not None, "the dealloc did not ask the loop"
+_, status = os.waitpid(ForkLoop.child, 0)
+print("child", status)
+fut.exception()
+loop.close()
+"""
+
+
+def test_fork_while_a_storage_is_deallocated_leaves_the_child_whole():
+    r = run_python_proc(FORK_IN_DEALLOC, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["child", "0"], (r.stdout, r.stderr)
