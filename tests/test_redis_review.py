@@ -1,0 +1,103 @@
+"""Redis storage: leases and the subscriber with several event loops in
+several threads sharing one storage, and other corner cases found in review."""
+import asyncio
+import dataclasses
+import logging
+import sys
+import threading
+from datetime import timedelta
+
+import cacheme
+from conftest import unique
+from redis_servers import _redis_session_server, needs_redis, redis_server  # noqa: F401
+
+pytestmark = needs_redis
+
+
+def lease_node(storage, load):
+    @dataclasses.dataclass
+    class N(cacheme.Node):
+        uid: str
+
+        def key(self):
+            return f"review:{self.uid}"
+
+        async def load(self):
+            return await load(self)
+
+        class Meta(cacheme.Node.Meta):
+            version = "v1"
+            caches = [cacheme.Cache(storage=storage, ttl=None)]
+
+    return N
+
+
+def test_close_drains_leases_of_two_threads(redis_server, caplog):
+    """Two threads, each with its own loop, hold a lease (loading) on one
+    storage and both call close(): each close() waits on a future of its own
+    loop, and both return once the two leases are given back (the last
+    release is answered on one of the two loops), with no warning and no
+    error, the leases gone from Redis."""
+    name = unique("review-drain")
+
+    async def reg():
+        await cacheme.register_storage(
+            name, cacheme.Storage(url=redis_server.url, lease=timedelta(seconds=300), timeout=20))
+
+    asyncio.run(reg())
+    st = cacheme.data.get_storage_by_name(name)._storage
+    gate = threading.Event()
+    loading = {1: threading.Event(), 2: threading.Event()}
+    closing = threading.Event()
+    started_close = {1: threading.Event(), 2: threading.Event()}
+
+    async def load(node):
+        loading[int(node.uid[-1])].set()
+        await asyncio.get_running_loop().run_in_executor(None, gate.wait, 30)
+        return f"v{node.uid}"
+
+    N = lease_node(name, load)
+    base = unique("k")
+    nodes = {i: N(f"{base}-{i}") for i in (1, 2)}
+    got, errors, unraisable = {}, [], []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: unraisable.append(repr(u.exc_value))
+
+    def thread(i):
+        async def main():
+            loop = asyncio.get_running_loop()
+            loop.set_debug(True)  # a non-thread-safe call from another thread raises
+            get = asyncio.ensure_future(cacheme.get(nodes[i]))
+            await loop.run_in_executor(None, closing.wait, 30)
+            close = asyncio.ensure_future(st.close())
+            await asyncio.sleep(0)  # close() has its drain future
+            started_close[i].set()
+            got[i] = await asyncio.wait_for(get, 30)
+            await asyncio.wait_for(close, 30)
+
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # noqa: BLE001 (reported by the test)
+            errors.append(f"thread {i}: {e!r}")
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="cacheme"):
+            ths = [threading.Thread(target=thread, args=(i,)) for i in (1, 2)]
+            [t.start() for t in ths]
+            assert loading[1].wait(30) and loading[2].wait(30)
+            closing.set()
+            assert started_close[1].wait(30) and started_close[2].wait(30)
+            gate.set()
+            [t.join(60) for t in ths]
+            assert not any(t.is_alive() for t in ths)
+    finally:
+        gate.set()
+        closing.set()
+        sys.unraisablehook = old_hook
+    assert errors == []
+    assert unraisable == []
+    assert got == {1: f"v{base}-1", 2: f"v{base}-2"}
+    assert [r.getMessage() for r in caplog.records if "not given back" in r.getMessage()] == []
+    for i in (1, 2):
+        assert redis_server.cli("EXISTS", nodes[i].full_key() + ":lease") == "0"
+        assert redis_server.cli("EXISTS", nodes[i].full_key()) == "1"
