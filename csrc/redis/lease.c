@@ -229,6 +229,45 @@ static void own(CmLeaseObject *self)
     }
 }
 
+/* A drain future's loop runs this (call_soon_threadsafe): done now. */
+static PyObject *drain_fire(PyObject *client, PyObject *fut)
+{
+    CmState *st = ((CmRedisClientObject *)client)->st;
+    int done = cm_future_done(st, fut);
+    if (done < 0 || (done == 0 && cm_future_set_result(st, fut, Py_None) < 0))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef drain_fire_def = {"_lease_drained", drain_fire, METH_O, NULL};
+
+/* Every lease is given back: each drain future is completed by its own
+ * loop (close() may run on several loops in several threads; the last
+ * release is answered on any of them). */
+static void drained(CmRedisClientObject *c)
+{
+    PyObject *drains = c->lease_drain; /* list of (loop, future) */
+    c->lease_drain = NULL;
+    PyObject *exc = cm_exc_take(); /* a dealloc may run with one set */
+    PyObject *cb = PyCFunction_New(&drain_fire_def, (PyObject *)c);
+    if (cb == NULL)
+        PyErr_WriteUnraisable(drains);
+    for (Py_ssize_t i = 0; cb != NULL && i < PyList_GET_SIZE(drains); i++) {
+        PyObject *d = PyList_GET_ITEM(drains, i); // borrowed
+        if (cm_loop_call_soon_threadsafe_arg(c->st, PyTuple_GET_ITEM(d, 0), cb,
+                                             PyTuple_GET_ITEM(d, 1), NULL) < 0) {
+            /* a closed loop: nobody awaits its future any more */
+            if (PyErr_ExceptionMatches(PyExc_RuntimeError))
+                PyErr_Clear();
+            else
+                PyErr_WriteUnraisable(cb);
+        }
+    }
+    Py_XDECREF(cb);
+    Py_DECREF(drains);
+    cm_exc_restore(exc);
+}
+
 /* Given back (its release answered or not sendable, or the lease object
  * gone: it expires by itself): close() waits no more for it. */
 static void disown(CmLeaseObject *self)
@@ -237,14 +276,8 @@ static void disown(CmLeaseObject *self)
         return;
     self->owned = 0;
     CmRedisClientObject *c = (CmRedisClientObject *)self->client; // borrowed
-    if (--c->leases_out > 0 || c->lease_drain == NULL)
-        return;
-    PyObject *fut = c->lease_drain;
-    c->lease_drain = NULL;
-    int done = cm_future_done(self->st, fut);
-    if (done < 0 || (done == 0 && cm_future_set_result(self->st, fut, Py_None) < 0))
-        PyErr_WriteUnraisable(fut);
-    Py_DECREF(fut);
+    if (--c->leases_out == 0 && c->lease_drain != NULL)
+        drained(c);
 }
 
 /* Hear the reply of fut (stolen; NULL: the call failed) in on_reply, in
@@ -644,14 +677,22 @@ PyObject *cm_redis_lease_drain(PyObject *self, PyObject *Py_UNUSED(unused))
     CmRedisClientObject *c = (CmRedisClientObject *)self;
     if (c->leases_out <= 0)
         Py_RETURN_NONE;
-    if (c->lease_drain == NULL) {
-        PyObject *loop = cm_loop_running(c->st);
-        c->lease_drain = loop ? cm_loop_create_future(c->st, loop) : NULL;
-        Py_XDECREF(loop);
-        if (c->lease_drain == NULL)
-            return NULL;
-    }
-    return Py_NewRef(c->lease_drain);
+    PyObject *loop = cm_loop_running(c->st), *fut = NULL, *d = NULL;
+    if (loop == NULL || (fut = cm_loop_create_future(c->st, loop)) == NULL ||
+        (d = PyTuple_Pack(2, loop, fut)) == NULL)
+        goto fail;
+    if (c->lease_drain == NULL && (c->lease_drain = PyList_New(0)) == NULL)
+        goto fail;
+    if (PyList_Append(c->lease_drain, d) < 0)
+        goto fail;
+    Py_DECREF(d);
+    Py_DECREF(loop);
+    return fut;
+fail:
+    Py_XDECREF(d);
+    Py_XDECREF(fut);
+    Py_XDECREF(loop);
+    return NULL;
 }
 
 PyObject *cm_redis_lease_key_method(PyObject *self, PyObject *key)
