@@ -101,3 +101,34 @@ def test_close_drains_leases_of_two_threads(redis_server, caplog):
     for i in (1, 2):
         assert redis_server.cli("EXISTS", nodes[i].full_key() + ":lease") == "0"
         assert redis_server.cli("EXISTS", nodes[i].full_key()) == "1"
+
+
+async def test_lease_waiter_whose_subscribe_is_refused_is_bounded(redis_server):
+    """A waiter whose channel SUBSCRIBE is never confirmed (here the ACL user
+    may use no channel: NOPERM, the subscriber retries at its backoff) still
+    acts when the holder's lease expires: it takes the lease and loads,
+    rather than waiting for a confirmation that never comes."""
+    user = unique("nochan").replace(":", "_")
+    redis_server.cli("ACL", "SETUSER", user, "on", ">pw", "~*", "+@all", "resetchannels")
+    name = unique("review-nochan")
+    loads = []
+
+    async def load(node):
+        loads.append(node.uid)
+        return f"v{node.uid}"
+
+    try:
+        await cacheme.register_storage(
+            name, cacheme.Storage(url=f"redis://{user}:pw@127.0.0.1:{redis_server.port}",
+                                  lease=timedelta(seconds=1)))
+        st = cacheme.data.get_storage_by_name(name)._storage
+        N = lease_node(name, load)
+        node = N(unique("k"))
+        # another process holds the lease and dies: it expires in 1.5 s
+        redis_server.cli("SET", node.full_key() + ":lease", "other", "PX", "1500")
+        assert await asyncio.wait_for(cacheme.get(node), 20) == f"v{node.uid}"
+        assert loads == [node.uid]
+        assert redis_server.cli("EXISTS", node.full_key() + ":lease") == "0"
+        await st.close()
+    finally:
+        redis_server.cli("ACL", "DELUSER", user)
