@@ -330,6 +330,7 @@ static int step_idle(CmLeaseObject *self, long long ms)
 {
     if (ms < 1)
         ms = 1;
+    stop_timer(self);
     self->timer = cm_loop_call_later(self->st, self->loop, (double)ms / 1000.0, self->on_timer);
     if (self->timer == NULL)
         return -1;
@@ -356,6 +357,10 @@ static int subscribe_key(CmLeaseObject *self)
     Py_INCREF(self); /* the subscriber's arg */
     if (rc == 1)
         return step_check(self, L_CHECK);
+    /* a confirmation that never comes (the subscriber down, the channel
+     * refused) waits no longer than a lease lives: then it reads anyway */
+    if (step_idle(self, ((CmRedisClientObject *)self->client)->cfg.lease_ms) < 0)
+        return -1;
     self->state = L_SUB;
     return 0;
 }
@@ -393,6 +398,7 @@ static void on_subscribed(void *arg, const char *channel, size_t len)
     CmLeaseObject *self = (CmLeaseObject *)arg;
     Py_INCREF(self);
     if (self->state == L_SUB) {
+        stop_timer(self);
         if (step_check(self, L_CHECK) < 0)
             fail(self);
     } else {
@@ -487,7 +493,7 @@ static PyObject *lease_on_timer(PyObject *op, PyObject *Py_UNUSED(unused))
     Py_CLEAR(self->timer);
     /* the lease expired (its holder died), or its message was lost: the
      * value, else the lease */
-    if (self->state == L_IDLE && step_check(self, L_CHECK) < 0)
+    if ((self->state == L_IDLE || self->state == L_SUB) && step_check(self, L_CHECK) < 0)
         fail(self);
     Py_RETURN_NONE;
 }
