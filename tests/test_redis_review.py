@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import cacheme
 from conftest import unique
-from redis_servers import _redis_session_server, needs_redis, redis_server  # noqa: F401
+from redis_servers import _redis_session_server, needs_redis, redis_cluster, redis_server  # noqa: F401
 
 pytestmark = needs_redis
 
@@ -132,3 +132,81 @@ async def test_lease_waiter_whose_subscribe_is_refused_is_bounded(redis_server):
         await st.close()
     finally:
         redis_server.cli("ACL", "DELUSER", user)
+
+
+async def test_cluster_lease_waiter_unsubscribes_after_its_slot_moved(redis_cluster):
+    """A waiter subscribed to its lease key's channel on the node owning the
+    slot; the slot then moves to another node (the storage's slot map is
+    refreshed) and the waiter leaves: its subscription on the old node's
+    subscriber goes too (an entry left there names a freed lease, which the
+    next message on that channel would call)."""
+    from cacheme.storages.redis import RedisStorage
+
+    name = unique("review-move")
+    await cacheme.register_storage(
+        name, cacheme.Storage(url=redis_cluster.url, cluster=True, lease=timedelta(seconds=30)))
+    st = cacheme.data.get_storage_by_name(name)._storage
+    clients = []
+    for n in redis_cluster.nodes:
+        c = RedisStorage(n.url)
+        await c.connect()
+        clients.append(c)
+
+    async def load(node):
+        raise AssertionError("the waiter must not load")
+
+    N = lease_node(name, load)
+    node = None
+    for _ in range(100):  # a slot with no keys but ours (SETSLOT NODE needs that)
+        node = N(unique("k"))
+        slot = await clients[0].execute("CLUSTER", "KEYSLOT", node.full_key())
+        if not any([await c.execute("CLUSTER", "COUNTKEYSINSLOT", slot) for c in clients]):
+            break
+    lkey = st._lease_key(node.full_key())
+    ids = [await c.execute("CLUSTER", "MYID") for c in clients]
+    owner = None
+    for entry in await clients[0].execute("CLUSTER", "SLOTS"):
+        if entry[0] <= slot <= entry[1]:
+            owner = next(i for i, n in enumerate(redis_cluster.nodes) if n.port == entry[2][1])
+    dst = (owner + 1) % len(clients)
+    src_c, dst_c = clients[owner], clients[dst]
+
+    async def numsub(c):
+        return (await c.execute("PUBSUB", "NUMSUB", lkey))[1]
+
+    async def until(cond, what):
+        for _ in range(500):
+            if await cond():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(what)
+
+    try:
+        await src_c.execute("SET", lkey, "other", "PX", 30000)  # another process holds it
+        waiter = asyncio.ensure_future(cacheme.get(node))
+        await until(lambda: numsub(src_c), "the waiter's SUBSCRIBE")
+        # the slot (with the lease key) moves to dst
+        await dst_c.execute("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[owner])
+        await src_c.execute("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[dst])
+        await src_c.execute("MIGRATE", "127.0.0.1", redis_cluster.nodes[dst].port, "", 0, 5000,
+                            "KEYS", lkey)
+        for c in clients:
+            await c.execute("CLUSTER", "SETSLOT", slot, "NODE", ids[dst])
+        await st._refresh_slots()
+        waiter.cancel()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            pass
+
+        async def gone():
+            return await numsub(src_c) == 0
+
+        await until(gone, "the old node's subscription of the lease channel")
+        await src_c.execute("PUBLISH", lkey, "1")
+        await asyncio.sleep(0.1)
+    finally:
+        await dst_c.execute("DEL", lkey)
+        for c in clients:
+            await c.close()
+        await st.close()
