@@ -137,49 +137,67 @@ static void stop_timer(CmLeaseObject *self)
     }
 }
 
-/* The subscriber of the server that holds the lease key, on the lease's
- * loop (borrowed), made if `make`; NULL (with an exception if `make`) when
- * there is none. Found anew each time rather than kept: a closed storage
- * frees its pools and their subscribers. */
-static CmRedisSub *lease_sub(CmLeaseObject *self, int make)
+/* The lease's loop's instance of its storage (borrowed), or NULL with an
+ * exception (closed). */
+static CmRedisClientObject *lease_client(CmLeaseObject *self)
 {
     CmRedisClientObject *c = (CmRedisClientObject *)self->client;
     if (cm_redis_client_check_open(c) < 0 || (c = cm_redis_client_for(c, self->loop)) == NULL ||
-        cm_redis_client_check_open(c) < 0) {
-        if (!make)
-            PyErr_Clear();
+        cm_redis_client_check_open(c) < 0)
         return NULL;
-    }
+    return c;
+}
+
+/* The subscriber of the server that holds the lease key, on the lease's
+ * loop (borrowed), made if need be; NULL with an exception. Found anew each
+ * time rather than kept: a closed storage frees its pools and their
+ * subscribers. */
+static CmRedisSub *lease_sub(CmLeaseObject *self)
+{
+    CmRedisClientObject *c = lease_client(self);
+    if (c == NULL)
+        return NULL;
     CmRedisPool *pool = c->pool; // borrowed
     if (c->cluster != NULL) {
         uint16_t node;
         unsigned slot =
             cm_key_slot(PyBytes_AS_STRING(self->lkey), (size_t)PyBytes_GET_SIZE(self->lkey));
-        if ((pool = cm_cluster_route(c, slot, &node)) == NULL) {
-            if (!make)
-                PyErr_Clear();
+        if ((pool = cm_cluster_route(c, slot, &node)) == NULL)
             return NULL;
-        }
     }
-    return make ? cm_redis_sub_of(pool) : pool->sub;
+    return cm_redis_sub_of(pool);
 }
 
 static void on_message(void *arg, PyObject *msg);
 static void on_subscribed(void *arg, const char *channel, size_t len);
 
-/* Stop listening (messages, timer). */
+/* Stop listening (messages, timer). The subscription is dropped from every
+ * server's subscriber, not only the one the lease key routes to now: the
+ * slot may have moved since (an entry left behind would name this lease
+ * once it is freed). */
 void cm_rlease_quiet(CmLeaseObject *self)
 {
     stop_timer(self);
-    if (self->listen) {
-        self->listen = 0;
-        CmRedisSub *s = lease_sub(self, 0); // borrowed
-        if (s != NULL) {
-            cm_redis_sub_unsubscribe(s, PyBytes_AS_STRING(self->lkey),
-                                     (size_t)PyBytes_GET_SIZE(self->lkey), on_message, self);
+    if (!self->listen)
+        return;
+    self->listen = 0;
+    CmRedisClientObject *c = lease_client(self); // borrowed
+    if (c == NULL) {
+        PyErr_Clear(); /* closed: its subscribers are freed */
+    } else {
+        CmRedisPool *one[1] = {c->pool}, **pools = one;
+        Py_ssize_t np = c->pool != NULL;
+        for (Py_ssize_t i = 0;; i++) {
+            if (c->cluster != NULL) /* read again: an unsubscribe may close a connection */
+                np = cm_cluster_pools(c, &pools);
+            if (i >= np)
+                break;
+            if (pools[i]->sub != NULL)
+                cm_redis_sub_unsubscribe(pools[i]->sub, PyBytes_AS_STRING(self->lkey),
+                                         (size_t)PyBytes_GET_SIZE(self->lkey), on_message, self);
         }
-        Py_DECREF(self); /* the subscription's reference; a caller holds another */
     }
+    Py_DECREF(self); /* the subscription's reference; a caller holds another */
 }
 
 /* The flight gets (lease, value), or exc (borrowed): the lease stops. */
@@ -345,7 +363,7 @@ static int subscribe_key(CmLeaseObject *self)
 {
     if (self->listen)
         return step_check(self, L_CHECK);
-    CmRedisSub *s = lease_sub(self, 1); // borrowed
+    CmRedisSub *s = lease_sub(self); // borrowed
     if (s == NULL)
         return -1;
     int rc = cm_redis_sub_subscribe(s, self->loop, PyBytes_AS_STRING(self->lkey),
