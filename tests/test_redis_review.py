@@ -210,3 +210,62 @@ async def test_cluster_lease_waiter_unsubscribes_after_its_slot_moved(redis_clus
         for c in clients:
             await c.close()
         await st.close()
+
+
+class _CancelAtLease(asyncio.SelectorEventLoop):
+    """Cancels `target` as soon as a lease future gets its result, before
+    the task's wakeup runs (the task is cancelled with the result in)."""
+
+    target = None
+
+    def call_soon(self, callback, *args, context=None):
+        h = super().call_soon(callback, *args, context=context)
+        if self.target is not None and args and isinstance(args[0], asyncio.Future):
+            f = args[0]
+            if (f.done() and not f.cancelled() and f.exception() is None
+                    and isinstance(f.result(), tuple)
+                    and type(f.result()[0]).__name__ == "_RedisLease"):
+                self.target.cancel()
+                self.target = None
+        return h
+
+
+def test_lease_got_by_a_cancelled_caller_is_given_back(redis_server):
+    """The caller's task is cancelled in the loop iteration where its lease
+    future got (lease, None): the flight never sees the lease, which must
+    still be given back (deleted) rather than held until it expires (300 s),
+    keeping every other process waiting."""
+    name = unique("review-cancel")
+    loads = []
+
+    async def load(node):
+        loads.append(node.uid)
+        return "v"
+
+    async def main():
+        await cacheme.register_storage(
+            name, cacheme.Storage(url=redis_server.url, lease=timedelta(seconds=300)))
+        st = cacheme.data.get_storage_by_name(name)._storage
+        node = lease_node(name, load)(unique("k"))
+        lkey = node.full_key() + ":lease"
+        t = asyncio.ensure_future(cacheme.get(node))
+        asyncio.get_running_loop().target = t
+        try:
+            await t
+        except asyncio.CancelledError:
+            pass
+        assert asyncio.get_running_loop().target is None  # it was cancelled there
+        for _ in range(500):
+            if await st.execute("EXISTS", lkey) == 0:
+                break
+            await asyncio.sleep(0.01)
+        left = await st.execute("EXISTS", lkey)
+        await st.close()
+        return left
+
+    loop = _CancelAtLease()
+    try:
+        assert loop.run_until_complete(main()) == 0
+    finally:
+        loop.close()
+    assert loads == []
