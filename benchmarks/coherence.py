@@ -159,8 +159,3 @@ if __name__ == "__main__":
     ap.add_argument("--writes", type=int, default=200)
     ap.add_argument("--json", metavar="OUT", help="also write the figures (benchmarks/results.py)")
     asyncio.run(main(ap.parse_args()))
-    # no interpreter finalization: a RedisStorage still registered then is
-    # deallocated after cacheme._core's module state is freed (a use after
-    # free that predates tracking; it crashed this script's exit once)
-    sys.stdout.flush()
-    os._exit(0)

@@ -366,6 +366,7 @@ static int call_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(g->remote_res);
     Py_VISIT(g->remote_err);
     Py_VISIT(g->lease);
+    Py_VISIT(g->lease_aw);
     return 0;
 }
 
@@ -392,6 +393,7 @@ static int call_clear(PyObject *self)
     Py_CLEAR(g->remote_res);
     Py_CLEAR(g->remote_err);
     Py_CLEAR(g->lease);
+    Py_CLEAR(g->lease_aw);
     return 0;
 }
 

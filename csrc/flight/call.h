@@ -109,6 +109,8 @@ typedef struct {
      * given up through lease_ops when the flight ends */
     PyObject *lease;
     const CmRemoteOps *lease_ops;
+    /* the awaitable of lease_acquire while the flight waits on it */
+    PyObject *lease_aw;
     int untracked;        /* cm_call_held took it out of the collector's lists */
     int wakeup_untracked; /* ... and the Task's wakeup with it */
     void *free_next;      /* in the free list (st->flight.call_free) */

@@ -30,7 +30,7 @@ int cm_lease_start(CmCallObject *g)
             continue;
         }
         if (aw != NULL && (g->sub = cm_await_iter(aw)) != NULL) {
-            Py_DECREF(aw);
+            g->lease_aw = aw;
             g->lease_ops = ops;
             g->idx = i;
             return 1;
@@ -46,6 +46,26 @@ int cm_lease_start(CmCallObject *g)
     return 0;
 }
 
+/* The flight leaves without the lease awaitable's outcome (cancelled as it
+ * came, or closed): a lease it got is given back. */
+static void lease_drop(CmCallObject *g)
+{
+    PyObject *aw = g->lease_aw;
+    if (aw == NULL)
+        return;
+    g->lease_aw = NULL;
+    PyObject *exc = cm_exc_take();
+    int done = cm_future_done(g->st, aw);
+    PyObject *res = done == 1 ? cm_future_result(g->st, aw) : NULL;
+    if (res != NULL && PyTuple_Check(res) && PyTuple_GET_SIZE(res) == 2 &&
+        PyTuple_GET_ITEM(res, 0) != Py_None)
+        g->lease_ops->lease_release(g->st, Py_NewRef(PyTuple_GET_ITEM(res, 0)));
+    Py_XDECREF(res);
+    PyErr_Clear(); /* not done, cancelled, or not a future: nothing to give back */
+    Py_DECREF(aw);
+    cm_exc_restore(exc);
+}
+
 int cm_lease_done(CmCallObject *g, PyObject *res, PyObject *e, PyObject **err)
 {
     CmState *st = g->st;
@@ -54,14 +74,19 @@ int cm_lease_done(CmCallObject *g, PyObject *res, PyObject *e, PyObject **err)
     g->step = STEP_LOAD;
     if (e != NULL) {
         if (!PyObject_TypeCheck(e, (PyTypeObject *)PyExc_Exception)) {
-            *err = e; /* cancelled while waiting */
+            /* cancelled while waiting, or in the same loop iteration as the
+             * awaitable got its outcome (then thrown in instead of it) */
+            lease_drop(g);
+            *err = e;
             return -1;
         }
+        Py_CLEAR(g->lease_aw);
         cfg->metrics->storages[r->stat].errors++;
         cm_log_warning(st, "cacheme: lease of storage '%U' failed: %R", r->name, e);
         Py_DECREF(e);
         return 0;
     }
+    Py_CLEAR(g->lease_aw);
     if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2) {
         cfg->metrics->storages[r->stat].errors++;
         cm_log_warning(st, "cacheme: lease of storage '%U' gave %R, not (lease, value)", r->name,
@@ -89,6 +114,7 @@ int cm_lease_done(CmCallObject *g, PyObject *res, PyObject *e, PyObject **err)
 
 void cm_lease_end(CmCallObject *g)
 {
+    lease_drop(g);
     PyObject *lease = g->lease;
     if (lease == NULL)
         return;

@@ -137,49 +137,67 @@ static void stop_timer(CmLeaseObject *self)
     }
 }
 
-/* The subscriber of the server that holds the lease key, on the lease's
- * loop (borrowed), made if `make`; NULL (with an exception if `make`) when
- * there is none. Found anew each time rather than kept: a closed storage
- * frees its pools and their subscribers. */
-static CmRedisSub *lease_sub(CmLeaseObject *self, int make)
+/* The lease's loop's instance of its storage (borrowed), or NULL with an
+ * exception (closed). */
+static CmRedisClientObject *lease_client(CmLeaseObject *self)
 {
     CmRedisClientObject *c = (CmRedisClientObject *)self->client;
     if (cm_redis_client_check_open(c) < 0 || (c = cm_redis_client_for(c, self->loop)) == NULL ||
-        cm_redis_client_check_open(c) < 0) {
-        if (!make)
-            PyErr_Clear();
+        cm_redis_client_check_open(c) < 0)
         return NULL;
-    }
+    return c;
+}
+
+/* The subscriber of the server that holds the lease key, on the lease's
+ * loop (borrowed), made if need be; NULL with an exception. Found anew each
+ * time rather than kept: a closed storage frees its pools and their
+ * subscribers. */
+static CmRedisSub *lease_sub(CmLeaseObject *self)
+{
+    CmRedisClientObject *c = lease_client(self);
+    if (c == NULL)
+        return NULL;
     CmRedisPool *pool = c->pool; // borrowed
     if (c->cluster != NULL) {
         uint16_t node;
         unsigned slot =
             cm_key_slot(PyBytes_AS_STRING(self->lkey), (size_t)PyBytes_GET_SIZE(self->lkey));
-        if ((pool = cm_cluster_route(c, slot, &node)) == NULL) {
-            if (!make)
-                PyErr_Clear();
+        if ((pool = cm_cluster_route(c, slot, &node)) == NULL)
             return NULL;
-        }
     }
-    return make ? cm_redis_sub_of(pool) : pool->sub;
+    return cm_redis_sub_of(pool);
 }
 
 static void on_message(void *arg, PyObject *msg);
 static void on_subscribed(void *arg, const char *channel, size_t len);
 
-/* Stop listening (messages, timer). */
+/* Stop listening (messages, timer). The subscription is dropped from every
+ * server's subscriber, not only the one the lease key routes to now: the
+ * slot may have moved since (an entry left behind would name this lease
+ * once it is freed). */
 void cm_rlease_quiet(CmLeaseObject *self)
 {
     stop_timer(self);
-    if (self->listen) {
-        self->listen = 0;
-        CmRedisSub *s = lease_sub(self, 0); // borrowed
-        if (s != NULL) {
-            cm_redis_sub_unsubscribe(s, PyBytes_AS_STRING(self->lkey),
-                                     (size_t)PyBytes_GET_SIZE(self->lkey), on_message, self);
+    if (!self->listen)
+        return;
+    self->listen = 0;
+    CmRedisClientObject *c = lease_client(self); // borrowed
+    if (c == NULL) {
+        PyErr_Clear(); /* closed: its subscribers are freed */
+    } else {
+        CmRedisPool *one[1] = {c->pool}, **pools = one;
+        Py_ssize_t np = c->pool != NULL;
+        for (Py_ssize_t i = 0;; i++) {
+            if (c->cluster != NULL) /* read again: an unsubscribe may close a connection */
+                np = cm_cluster_pools(c, &pools);
+            if (i >= np)
+                break;
+            if (pools[i]->sub != NULL)
+                cm_redis_sub_unsubscribe(pools[i]->sub, PyBytes_AS_STRING(self->lkey),
+                                         (size_t)PyBytes_GET_SIZE(self->lkey), on_message, self);
         }
-        Py_DECREF(self); /* the subscription's reference; a caller holds another */
     }
+    Py_DECREF(self); /* the subscription's reference; a caller holds another */
 }
 
 /* The flight gets (lease, value), or exc (borrowed): the lease stops. */
@@ -229,6 +247,45 @@ static void own(CmLeaseObject *self)
     }
 }
 
+/* A drain future's loop runs this (call_soon_threadsafe): done now. */
+static PyObject *drain_fire(PyObject *client, PyObject *fut)
+{
+    CmState *st = ((CmRedisClientObject *)client)->st;
+    int done = cm_future_done(st, fut);
+    if (done < 0 || (done == 0 && cm_future_set_result(st, fut, Py_None) < 0))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef drain_fire_def = {"_lease_drained", drain_fire, METH_O, NULL};
+
+/* Every lease is given back: each drain future is completed by its own
+ * loop (close() may run on several loops in several threads; the last
+ * release is answered on any of them). */
+static void drained(CmRedisClientObject *c)
+{
+    PyObject *drains = c->lease_drain; /* list of (loop, future) */
+    c->lease_drain = NULL;
+    PyObject *exc = cm_exc_take(); /* a dealloc may run with one set */
+    PyObject *cb = PyCFunction_New(&drain_fire_def, (PyObject *)c);
+    if (cb == NULL)
+        PyErr_WriteUnraisable(drains);
+    for (Py_ssize_t i = 0; cb != NULL && i < PyList_GET_SIZE(drains); i++) {
+        PyObject *d = PyList_GET_ITEM(drains, i); // borrowed
+        if (cm_loop_call_soon_threadsafe_arg(c->st, PyTuple_GET_ITEM(d, 0), cb,
+                                             PyTuple_GET_ITEM(d, 1), NULL) < 0) {
+            /* a closed loop: nobody awaits its future any more */
+            if (PyErr_ExceptionMatches(PyExc_RuntimeError))
+                PyErr_Clear();
+            else
+                PyErr_WriteUnraisable(cb);
+        }
+    }
+    Py_XDECREF(cb);
+    Py_DECREF(drains);
+    cm_exc_restore(exc);
+}
+
 /* Given back (its release answered or not sendable, or the lease object
  * gone: it expires by itself): close() waits no more for it. */
 static void disown(CmLeaseObject *self)
@@ -237,14 +294,8 @@ static void disown(CmLeaseObject *self)
         return;
     self->owned = 0;
     CmRedisClientObject *c = (CmRedisClientObject *)self->client; // borrowed
-    if (--c->leases_out > 0 || c->lease_drain == NULL)
-        return;
-    PyObject *fut = c->lease_drain;
-    c->lease_drain = NULL;
-    int done = cm_future_done(self->st, fut);
-    if (done < 0 || (done == 0 && cm_future_set_result(self->st, fut, Py_None) < 0))
-        PyErr_WriteUnraisable(fut);
-    Py_DECREF(fut);
+    if (--c->leases_out == 0 && c->lease_drain != NULL)
+        drained(c);
 }
 
 /* Hear the reply of fut (stolen; NULL: the call failed) in on_reply, in
@@ -297,6 +348,7 @@ static int step_idle(CmLeaseObject *self, long long ms)
 {
     if (ms < 1)
         ms = 1;
+    stop_timer(self);
     self->timer = cm_loop_call_later(self->st, self->loop, (double)ms / 1000.0, self->on_timer);
     if (self->timer == NULL)
         return -1;
@@ -311,7 +363,7 @@ static int subscribe_key(CmLeaseObject *self)
 {
     if (self->listen)
         return step_check(self, L_CHECK);
-    CmRedisSub *s = lease_sub(self, 1); // borrowed
+    CmRedisSub *s = lease_sub(self); // borrowed
     if (s == NULL)
         return -1;
     int rc = cm_redis_sub_subscribe(s, self->loop, PyBytes_AS_STRING(self->lkey),
@@ -323,6 +375,10 @@ static int subscribe_key(CmLeaseObject *self)
     Py_INCREF(self); /* the subscriber's arg */
     if (rc == 1)
         return step_check(self, L_CHECK);
+    /* a confirmation that never comes (the subscriber down, the channel
+     * refused) waits no longer than a lease lives: then it reads anyway */
+    if (step_idle(self, ((CmRedisClientObject *)self->client)->cfg.lease_ms) < 0)
+        return -1;
     self->state = L_SUB;
     return 0;
 }
@@ -360,6 +416,7 @@ static void on_subscribed(void *arg, const char *channel, size_t len)
     CmLeaseObject *self = (CmLeaseObject *)arg;
     Py_INCREF(self);
     if (self->state == L_SUB) {
+        stop_timer(self);
         if (step_check(self, L_CHECK) < 0)
             fail(self);
     } else {
@@ -454,7 +511,7 @@ static PyObject *lease_on_timer(PyObject *op, PyObject *Py_UNUSED(unused))
     Py_CLEAR(self->timer);
     /* the lease expired (its holder died), or its message was lost: the
      * value, else the lease */
-    if (self->state == L_IDLE && step_check(self, L_CHECK) < 0)
+    if ((self->state == L_IDLE || self->state == L_SUB) && step_check(self, L_CHECK) < 0)
         fail(self);
     Py_RETURN_NONE;
 }
@@ -644,14 +701,22 @@ PyObject *cm_redis_lease_drain(PyObject *self, PyObject *Py_UNUSED(unused))
     CmRedisClientObject *c = (CmRedisClientObject *)self;
     if (c->leases_out <= 0)
         Py_RETURN_NONE;
-    if (c->lease_drain == NULL) {
-        PyObject *loop = cm_loop_running(c->st);
-        c->lease_drain = loop ? cm_loop_create_future(c->st, loop) : NULL;
-        Py_XDECREF(loop);
-        if (c->lease_drain == NULL)
-            return NULL;
-    }
-    return Py_NewRef(c->lease_drain);
+    PyObject *loop = cm_loop_running(c->st), *fut = NULL, *d = NULL;
+    if (loop == NULL || (fut = cm_loop_create_future(c->st, loop)) == NULL ||
+        (d = PyTuple_Pack(2, loop, fut)) == NULL)
+        goto fail;
+    if (c->lease_drain == NULL && (c->lease_drain = PyList_New(0)) == NULL)
+        goto fail;
+    if (PyList_Append(c->lease_drain, d) < 0)
+        goto fail;
+    Py_DECREF(d);
+    Py_DECREF(loop);
+    return fut;
+fail:
+    Py_XDECREF(d);
+    Py_XDECREF(fut);
+    Py_XDECREF(loop);
+    return NULL;
 }
 
 PyObject *cm_redis_lease_key_method(PyObject *self, PyObject *key)

@@ -18,8 +18,10 @@ PyObject *cm_redis_lease_acquire_all(CmState *st, PyObject *storage, PyObject *n
  * exception. */
 PyObject *cm_redis_lease_key(const char *key, size_t len, int cluster);
 /* RedisClient._lease_drain(): None when every lease this storage took was
- * given back (its release answered), else a future of the running loop done
- * once they are (close() awaits it, bounded by `timeout`). */
+ * given back (its release answered), else a new future of the running loop,
+ * done once they are (close() awaits it, bounded by `timeout`); safe with
+ * several loops in several threads (each future is completed by its own
+ * loop). */
 PyObject *cm_redis_lease_drain(PyObject *self, PyObject *unused);
 /* RedisClient._lease_key(full_key) -> bytes (tests). */
 PyObject *cm_redis_lease_key_method(PyObject *self, PyObject *key);

@@ -7,7 +7,8 @@
 /* where a lease is */
 enum {
     L_TRY,     /* SET NX PX sent */
-    L_SUB,     /* not ours: its channel's SUBSCRIBE sent, not confirmed yet */
+    L_SUB,     /* not ours: its channel's SUBSCRIBE sent, not confirmed yet (the
+                  expiry timer bounds the wait) */
     L_VERIFY,  /* got it; GET of the value sent (filled since the flight read it?) */
     L_CHECK,   /* GET of the value sent */
     L_TTL,     /* PTTL of the lease sent */

@@ -123,8 +123,8 @@ struct CmRedisClientObject {
     /* _sub_listen (tests): what the subscriber delivered, or NULL */
     PyObject *sub_log;
     /* leases (redis/lease.c): how many taken and not yet given back (the
-     * release answered), and the future _lease_drain() returned, done when
-     * that count is 0 (or NULL) */
+     * release answered), and the futures _lease_drain() returned, each on
+     * its loop, done when that count is 0: a list of (loop, future), or NULL */
     Py_ssize_t leases_out;
     PyObject *lease_drain;
     /* tracking: the client this one was spawned from for another loop (or
