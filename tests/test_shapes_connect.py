@@ -35,6 +35,12 @@ SLOW = "slow.cacheme.test"  # answered after DELAY seconds
 STUCK = "stuck.cacheme.test"  # never answered
 MISSING = "missing.cacheme.test"  # answered at once: no such name
 DELAY = 1.0
+# The longest the loop may stand still while a storage connects: a lookup
+# made on the loop would hold it DELAY s. Sanitizer and debug builds run the
+# connect's own C several times slower (0.31 s seen under ASan with the
+# machine loaded), so their bound is doubled, still under DELAY.
+STALL = 0.3 * (2 if os.environ.get("CACHEME_EXPECT_BUILD") == "asan" or
+               "debug-pkg" in os.environ.get("CACHEME_EXPECT_CORE", "") else 1)
 
 
 class SlowDNS:
@@ -247,7 +253,7 @@ def test_a_slow_lookup_does_not_stall_the_loop(dns, backend, server):
     rep = connect_in_child(dns, url_for(backend, server, SLOW), **opts_for(backend, 5.0))
     assert rep["err"] is None, rep
     assert rep["elapsed"] >= DELAY * 0.9, rep  # the lookup went through the stub
-    assert rep["stall"] < 0.3, f"the loop stood still for {rep['stall']:.2f} s: {rep}"
+    assert rep["stall"] < STALL, f"the loop stood still for {rep['stall']:.2f} s: {rep}"
 
 
 def test_the_connect_timeout_covers_a_stuck_lookup(dns, backend, server):
@@ -256,7 +262,7 @@ def test_the_connect_timeout_covers_a_stuck_lookup(dns, backend, server):
     rep = connect_in_child(dns, url_for(backend, server, STUCK), **opts_for(backend, 0.5))
     assert rep["err"] is not None and "imeout" in rep["err"], rep
     assert rep["elapsed"] < 1.5, rep
-    assert rep["stall"] < 0.3, f"the loop stood still for {rep['stall']:.2f} s: {rep}"
+    assert rep["stall"] < STALL, f"the loop stood still for {rep['stall']:.2f} s: {rep}"
 
 
 def test_a_name_without_address_fails_the_connect_naming_the_lookup(dns, backend, server):
@@ -265,7 +271,7 @@ def test_a_name_without_address_fails_the_connect_naming_the_lookup(dns, backend
     rep = connect_in_child(dns, url_for(backend, server, MISSING), **opts_for(backend, 5.0))
     assert rep["err"] is not None and "cannot resolve" in rep["err"], rep
     assert rep["elapsed"] < 3.0, rep
-    assert rep["stall"] < 0.3, f"the loop stood still for {rep['stall']:.2f} s: {rep}"
+    assert rep["stall"] < STALL, f"the loop stood still for {rep['stall']:.2f} s: {rep}"
     assert (MISSING, 1) in dns.queries
 
 
@@ -439,7 +445,7 @@ def test_postgresql_host_lists_keep_their_ports(dns, pg_srv):
     url = f"postgresql://postgres@{SLOW}:{dead},{SLOW}:{pg_srv.port}/postgres"
     rep = connect_in_child(dns, url, **opts_for("postgresql", 5.0))
     assert rep["err"] is None, rep
-    assert rep["stall"] < 0.3, rep
+    assert rep["stall"] < STALL, rep
     # the same with the literal first: only the name is looked up
     url = f"postgresql://postgres@127.0.0.1:{dead},{SLOW}:{pg_srv.port}/postgres"
     rep = connect_in_child(dns, url, **opts_for("postgresql", 5.0))
