@@ -64,3 +64,53 @@ def test_fork_while_a_storage_is_deallocated_leaves_the_child_whole():
     r = run_python_proc(FORK_IN_DEALLOC, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["child", "0"], (r.stdout, r.stderr)
+
+
+# The same moment for a Redis storage, whose dealloc clears its settings
+# (Python objects) before it left the after-fork walk: a fork from a
+# setting's __del__ there. A client with connections is freed by the GC
+# (they hold it); one whose connections were closed goes by refcount.
+REDIS_FORK_IN_DEALLOC = """
+import asyncio, gc, os, sys
+import cacheme
+
+class ForkStr(str):
+    child = None
+    armed = False
+
+    def __del__(self):
+        if ForkStr.armed:
+            ForkStr.armed = False
+            ForkStr.child = os.fork()
+
+class K:
+    def full_key(self):
+        return "cm-review-fork"
+
+s = cacheme.Storage(url="redis://127.0.0.1:6379", host=ForkStr("127.0.0.1"))._storage
+
+async def use():
+    await s.get(K(), None)
+    await s.close()
+
+loop = asyncio.new_event_loop()
+loop.run_until_complete(use())
+loop.close()
+gc.collect()
+assert sys.getrefcount(s) == 2, sys.getrefcount(s)
+ForkStr.armed = True
+del s  # its last reference: clearing its settings drops the host, which forks
+if ForkStr.child == 0:
+    os._exit(0)
+assert ForkStr.child is not None, "the dealloc did not drop the host"
+_, status = os.waitpid(ForkStr.child, 0)
+print("child", status)
+"""
+
+
+def test_fork_while_a_redis_storage_is_deallocated_leaves_the_child_whole():
+    # malloc_debug: the freed client is overwritten, so the second dealloc
+    # in the child crashes every time instead of now and then
+    r = run_python_proc(REDIS_FORK_IN_DEALLOC, timeout=120, env={"PYTHONMALLOC": "malloc_debug"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["child", "0"], (r.stdout, r.stderr)

@@ -391,6 +391,9 @@ static void client_dealloc(CmRedisClientObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    /* out of the after-fork walk before any Python code runs (a fork
+     * meanwhile would find the client at refcount 0) */
+    cm_netloops_unlink(&self->loops);
     client_close_pools(self);
     client_clear(self);
     cm_netloops_fini(&self->loops);
