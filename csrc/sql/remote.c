@@ -37,7 +37,10 @@ static CmRemoteOp *sql_get(PyObject *storage, PyObject *node, PyObject *ser, PyO
         return NULL;
     CmSqlReq *r = NULL;
     CmSqlStorageObject *inst = NULL;
-    if (cm_sql_get_for(storage, node, ser, (PyObject *)w, &r, &inst) < 0) {
+    int64_t load_ns;
+    /* the age is read for a node with freshness options only */
+    int aged = cm_remote_call_fresh(call, &load_ns) != 0;
+    if (cm_sql_get_for(storage, node, ser, aged, (PyObject *)w, &r, &inst) < 0) {
         Py_DECREF(w);
         return NULL;
     }

@@ -35,10 +35,10 @@ struct CmSqlReq {
     double ttl;       /* seconds; < 0: no expiry */
     long limit;
     int64_t deadline; /* monotonic ns */
-    /* GET of a flight's call (cm_sql_get_for): its row's updated_at is told
-     * to the call (UTC us since the epoch; 0: unknown, the driver reads none).
-     * GET_ALL (cm_sql_get_all_aged): its pairs are (node, value, updated_at
-     * ns) triples. */
+    /* GET of a flight's call for a node with freshness options
+     * (cm_sql_get_for): its row's updated_at is told to the call (UTC us since the epoch; 0:
+     * unknown, the driver reads none). GET_ALL (cm_sql_get_all_aged): its pairs are (node, value,
+     * updated_at ns) triples. */
     int aged;
     int64_t updated_us;
     /* GET_ALL's or a coalesced GET's rows' updated_at: key -> int (UTC us),

@@ -453,7 +453,7 @@ int cm_sql_add_types(PyObject *mod, CmState *st)
 
 /* ---- requests of a flight's call (sql/remote.c, flight/remote.h) ---------- */
 
-int cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject *waiter,
+int cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, int aged, PyObject *waiter,
                    CmSqlReq **held, CmSqlStorageObject **inst)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)storage;
@@ -463,7 +463,7 @@ int cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject *w
     if (r == NULL)
         return -1;
     r->ser = Py_NewRef(ser);
-    r->aged = 1;
+    r->aged = aged;
     if ((r->key = key_of(s, node)) == NULL) {
         cm_sql_req_free(r);
         return -1;

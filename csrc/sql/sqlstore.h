@@ -123,7 +123,8 @@ int cm_sql_traverse(CmState *st, visitproc visit, void *arg);
 void cm_sql_clear(CmState *st);
 
 /* ---- requests of a flight's call (sql/remote.c, flight/remote.h) ---------- */
-/* Queue GET node (cm_sql_get_for), or SET node = value with ttl
+/* Queue GET node (cm_sql_get_for; aged: its row's updated_at is told to the
+ * waiter's call, cm_sql_flight_age), or SET node = value with ttl
  * (cm_sql_set_for), on the instance serving the running loop, with `waiter`
  * as the request's future: an object answering done, set_result and
  * set_exception as a Future does, which the storage tells instead of an
@@ -131,7 +132,7 @@ void cm_sql_clear(CmState *st);
  * the instance in *inst (a new reference); a storage whose driver runs
  * inline (SQLite) runs it at once and tells the waiter (*held and *inst
  * NULL; see cm_sql_submit_held). 0, or -1 with an exception. */
-int cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject *waiter,
+int cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, int aged, PyObject *waiter,
                    CmSqlReq **held, CmSqlStorageObject **inst);
 int cm_sql_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl, PyObject *ser,
                    PyObject *waiter, CmSqlReq **held, CmSqlStorageObject **inst);
