@@ -81,6 +81,14 @@ void cm_sql_flight_age(CmSqlReq *r)
         cm_remote_call_age(w->call, r->updated_us * 1000, 0);
 }
 
+int cm_sql_tell_wait(CmState *st, PyObject *fut, PyObject *res, PyObject *err)
+{
+    if ((PyObject *)Py_TYPE(fut) != cm_remote_data(st, &sql_remote_ops))
+        return 0;
+    cm_flight_wait_tell((CmFlightWaitObject *)fut, res, err);
+    return 1;
+}
+
 /* The caller's reference goes, and with it the hold on the request: one
  * answered meanwhile is told now. */
 static void sql_unref(CmRemoteOp *op)

@@ -351,13 +351,15 @@ void cm_sql_req_finish(CmSqlStorageObject *s, CmSqlReq *r)
         cm_sql_flight_age(r);
     if (r->fut != NULL) {
         PyObject *v = r->error ? NULL : cm_sql_req_value(s, r);
-        int rc;
+        int rc = 0;
         if (v != NULL) {
-            rc = cm_future_set_result(st, r->fut, v);
+            if (!cm_sql_tell_wait(st, r->fut, v, NULL))
+                rc = cm_future_set_result(st, r->fut, v);
             Py_DECREF(v);
         } else {
             PyObject *err = r->error ? Py_NewRef(r->error) : cm_exc_take();
-            rc = cm_future_set_exception(st, r->fut, err ? err : st->sql.SQLError);
+            if (err == NULL || !cm_sql_tell_wait(st, r->fut, NULL, err))
+                rc = cm_future_set_exception(st, r->fut, err ? err : st->sql.SQLError);
             Py_XDECREF(err);
         }
         if (rc < 0)

@@ -142,6 +142,9 @@ PyObject *cm_sql_get_all_aged(CmState *st, PyObject *storage, PyObject *nodes, P
 /* Let a held request go: finished while held, it is finished now (its
  * waiter told, the request freed); else it finishes when answered. */
 void cm_sql_req_release(CmSqlStorageObject *inst, CmSqlReq *r);
+/* sql/remote.c: when fut is a flight's wait, tell it res or err (an
+ * instance) as its set_result/set_exception would, and 1; else 0. */
+int cm_sql_tell_wait(CmState *st, PyObject *fut, PyObject *res, PyObject *err);
 /* sql/remote.c: tell the flight's call of an aged GET (its fut, a flight
  * wait) the row's updated_at, before the GET is finished. */
 void cm_sql_flight_age(CmSqlReq *r);
