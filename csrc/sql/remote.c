@@ -31,7 +31,7 @@ static CmFlightWaitObject *wait_for(PyObject *storage, PyObject *call)
 static CmRemoteOp *sql_get(PyObject *storage, PyObject *node, PyObject *ser, PyObject *loop,
                            PyObject *call)
 {
-    (void)loop; /* the storage follows the running loop */
+    /* the storage follows the running loop: the flight's */
     CmFlightWaitObject *w = wait_for(storage, call);
     if (w == NULL)
         return NULL;
@@ -40,7 +40,7 @@ static CmRemoteOp *sql_get(PyObject *storage, PyObject *node, PyObject *ser, PyO
     int64_t load_ns;
     /* the age is read for a node with freshness options only */
     int aged = cm_remote_call_fresh(call, &load_ns) != 0;
-    if (cm_sql_get_for(storage, node, ser, aged, (PyObject *)w, &r, &inst) < 0) {
+    if (cm_sql_get_for(storage, node, ser, aged, loop, (PyObject *)w, &r, &inst) < 0) {
         Py_DECREF(w);
         return NULL;
     }
@@ -52,13 +52,12 @@ static CmRemoteOp *sql_get(PyObject *storage, PyObject *node, PyObject *ser, PyO
 static CmRemoteOp *sql_set(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl,
                            PyObject *ser, PyObject *loop, PyObject *call)
 {
-    (void)loop;
     CmFlightWaitObject *w = wait_for(storage, call);
     if (w == NULL)
         return NULL;
     CmSqlReq *r = NULL;
     CmSqlStorageObject *inst = NULL;
-    if (cm_sql_set_for(storage, node, value, ttl, ser, (PyObject *)w, &r, &inst) < 0) {
+    if (cm_sql_set_for(storage, node, value, ttl, ser, loop, (PyObject *)w, &r, &inst) < 0) {
         Py_DECREF(w);
         return NULL;
     }

@@ -453,8 +453,8 @@ int cm_sql_add_types(PyObject *mod, CmState *st)
 
 /* ---- requests of a flight's call (sql/remote.c, flight/remote.h) ---------- */
 
-int cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, int aged, PyObject *waiter,
-                   CmSqlReq **held, CmSqlStorageObject **inst)
+int cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, int aged, PyObject *loop,
+                   PyObject *waiter, CmSqlReq **held, CmSqlStorageObject **inst)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)storage;
     if (cm_sql_check_available(s) < 0)
@@ -468,11 +468,11 @@ int cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, int aged, P
         cm_sql_req_free(r);
         return -1;
     }
-    return cm_sql_submit_held(s, r, waiter, held, inst);
+    return cm_sql_submit_held(s, r, loop, waiter, held, inst);
 }
 
 int cm_sql_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl, PyObject *ser,
-                   PyObject *waiter, CmSqlReq **held, CmSqlStorageObject **inst)
+                   PyObject *loop, PyObject *waiter, CmSqlReq **held, CmSqlStorageObject **inst)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)storage;
     if (cm_sql_check_available(s) < 0)
@@ -485,5 +485,5 @@ int cm_sql_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject 
         cm_sql_req_free(r);
         return -1;
     }
-    return cm_sql_submit_held(s, r, waiter, held, inst);
+    return cm_sql_submit_held(s, r, loop, waiter, held, inst);
 }

@@ -125,17 +125,18 @@ void cm_sql_clear(CmState *st);
 /* ---- requests of a flight's call (sql/remote.c, flight/remote.h) ---------- */
 /* Queue GET node (cm_sql_get_for; aged: its row's updated_at is told to the
  * waiter's call, cm_sql_flight_age), or SET node = value with ttl
- * (cm_sql_set_for), on the instance serving the running loop, with `waiter`
- * as the request's future: an object answering done, set_result and
- * set_exception as a Future does, which the storage tells instead of an
- * asyncio Future. The request is given held (see CmSqlReq) in *held, with
- * the instance in *inst (a new reference); a storage whose driver runs
- * inline (SQLite) runs it at once and tells the waiter (*held and *inst
- * NULL; see cm_sql_submit_held). 0, or -1 with an exception. */
-int cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, int aged, PyObject *waiter,
-                   CmSqlReq **held, CmSqlStorageObject **inst);
-int cm_sql_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl, PyObject *ser,
+ * (cm_sql_set_for), on the instance serving loop (the running one; NULL: it
+ * is looked up), with `waiter` as the request's future: an object answering
+ * done, set_result and set_exception as a Future does, which the storage
+ * tells instead of an asyncio Future. The request is given held (see
+ * CmSqlReq) in *held, with the instance in *inst (a new reference); a
+ * storage whose driver runs inline (SQLite) runs it at once and tells the
+ * waiter (*held and *inst NULL; see cm_sql_submit_held). 0, or -1 with an
+ * exception. */
+int cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, int aged, PyObject *loop,
                    PyObject *waiter, CmSqlReq **held, CmSqlStorageObject **inst);
+int cm_sql_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl, PyObject *ser,
+                   PyObject *loop, PyObject *waiter, CmSqlReq **held, CmSqlStorageObject **inst);
 /* CmRemoteOps.get_all_aged: storage.get_all(nodes, ser) whose pairs are
  * (node, value, updated_at: UTC ns, 0 unknown) triples. */
 PyObject *cm_sql_get_all_aged(CmState *st, PyObject *storage, PyObject *nodes, PyObject *ser);

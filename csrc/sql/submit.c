@@ -215,13 +215,17 @@ done:
 }
 /* ---- requests of a flight's call (sql/remote.c, flight/remote.h) ---------- */
 
-int cm_sql_submit_held(CmSqlStorageObject *owner, CmSqlReq *r, PyObject *waiter, CmSqlReq **held,
-                       CmSqlStorageObject **inst)
+int cm_sql_submit_held(CmSqlStorageObject *owner, CmSqlReq *r, PyObject *loop_hint,
+                       PyObject *waiter, CmSqlReq **held, CmSqlStorageObject **inst)
 {
     PyObject *loop = NULL;
     *held = NULL;
     *inst = NULL;
-    CmSqlStorageObject *s = storage_for(owner);
+    /* the flight's loop, the running one: no second lookup */
+    CmSqlStorageObject *s =
+        loop_hint != NULL
+            ? (CmSqlStorageObject *)Py_XNewRef(cm_netloops_for(&owner->loops, loop_hint))
+            : storage_for(owner);
     if (s != NULL && s->drv->sync) {
         r->fut = Py_NewRef(waiter);
         int rc = s->drv->run(s, r);
