@@ -130,7 +130,7 @@ async def test_flights_read_and_fill_through_the_remote_interface(url, backend):
     whose future is a small object of the flight's (no asyncio Future, no
     FlightProxy): they are out while the flights wait and gone after, and a
     leader cancelled while others wait leaves them the value. SQLite answers
-    inline and keeps the method path."""
+    inline: its waits are told and gone within the get."""
     name = await register(url, pool_size=2)
     Node, calls = make_user_node([cacheme.Cache(storage=name, ttl=None)])
     wait = _core._SqlFlightWait

@@ -25,6 +25,11 @@ static PyObject *wait_tell(CmFlightWaitObject *w, PyObject *res, PyObject *err)
     Py_RETURN_NONE;
 }
 
+void cm_flight_wait_tell(CmFlightWaitObject *w, PyObject *res, PyObject *err)
+{
+    Py_DECREF(wait_tell(w, res, err));
+}
+
 static PyObject *wait_set_result(PyObject *self, PyObject *v)
 {
     return wait_tell((CmFlightWaitObject *)self, v, NULL);

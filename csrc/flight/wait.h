@@ -60,6 +60,10 @@ int cm_flight_wait_register(PyObject *mod, CmState *st, PyType_Spec *spec, const
 CmFlightWaitObject *cm_flight_wait_new(CmState *st, const CmRemoteOps *ops, PyObject *call,
                                        int held);
 
+/* What set_result(res) or set_exception(err) (an instance) does, without
+ * the method call: for the storage that made w. */
+void cm_flight_wait_tell(CmFlightWaitObject *w, PyObject *res, PyObject *err);
+
 /* CmRemoteOps.handoff of a wait. */
 PyObject *cm_flight_wait_handoff(CmRemoteOp *op, PyObject *call);
 

@@ -23,7 +23,11 @@
  *
  * Statements are prepared on first use per connection, so a missing table
  * is reported on that request (with the message naming the DDL script) and
- * DDL can run first. Times are UTC (UTC_TIMESTAMP(6)), as 0.3.0 wrote them.
+ * DDL can run first. Times are UTC (UTC_TIMESTAMP(6)), as 0.3.0 wrote them;
+ * a read also gives the row's updated_at (its age, for the freshness
+ * options), taken as UTC too: 0.3.0 left it to the column's default, now(6),
+ * the session's time zone (the server's unless set), and never updated it on
+ * an overwrite.
  *
  * Keys compare byte for byte whatever the table's collation (0.3.0's DDL
  * left it to the server's default, a case- and accent-insensitive one on
@@ -128,7 +132,7 @@ static char *stmt_sql(CmSqlStorageObject *s, int slot, int n)
      * through the index under the column's collation, BINARY `key` = ? then
      * keeps it only if it is this very key */
     case S_GET:
-        fmt = "SELECT value FROM %1$s WHERE `key` = ? AND BINARY `key` = ? AND "
+        fmt = "SELECT value, updated_at FROM %1$s WHERE `key` = ? AND BINARY `key` = ? AND "
               "(expire IS NULL OR expire > UTC_TIMESTAMP(6))%2$s";
         break;
     case S_HGET:
@@ -150,7 +154,7 @@ static char *stmt_sql(CmSqlStorageObject *s, int slot, int n)
         fmt = "DELETE FROM %1$s WHERE expire <= UTC_TIMESTAMP(6) LIMIT ?%2$s";
         break;
     default:
-        fmt = "SELECT `key`, value FROM %1$s WHERE `key` IN (%2$s) AND "
+        fmt = "SELECT `key`, value, updated_at FROM %1$s WHERE `key` IN (%2$s) AND "
               "(expire IS NULL OR expire > UTC_TIMESTAMP(6))";
         if (slot >= S_MGET0)
             n = 1 << (slot - S_MGET0);
@@ -445,6 +449,27 @@ static PyObject *fetch_col(MYSQL_STMT *st, MYSQL_BIND *rb, unsigned long len, my
     return out;
 }
 
+/* A DATETIME column (updated_at) as UTC us since the epoch: 0.3.0 and ours
+ * write it in UTC (see the top); 0 when NULL or not a date and time. */
+static int64_t fetch_utc_us(MYSQL_STMT *st, my_bool isnull, int col)
+{
+    MYSQL_TIME t;
+    MYSQL_BIND b;
+    if (col < 0 || isnull)
+        return 0;
+    memset(&t, 0, sizeof(t));
+    memset(&b, 0, sizeof(b));
+    b.buffer_type = MYSQL_TYPE_DATETIME;
+    b.buffer = &t;
+    b.buffer_length = sizeof(t);
+    if (mysql_stmt_fetch_column(st, &b, (unsigned)col, 0) || t.neg || t.year < 1970 ||
+        t.month < 1 || t.month > 12 || t.day < 1 || t.day > 31 ||
+        (t.time_type != MYSQL_TIMESTAMP_DATETIME && t.time_type != MYSQL_TIMESTAMP_DATE))
+        return 0;
+    return cm_sql_civil_us(t.year, t.month, t.day, t.hour, t.minute, t.second,
+                           (int64_t)t.second_part);
+}
+
 /* Rows of a stored result into the batch's results. */
 static void read_rows(CmSqlConnObject *c)
 {
@@ -455,10 +480,14 @@ static void read_rows(CmSqlConnObject *c)
     /* one value (S_GET's only column, S_HGET's `value`), or key/value rows */
     int single = mc->slot == S_GET || mc->slot == S_HGET;
     int vcol = mc->slot == S_HGET ? mc->hvalue : 0;
+    /* updated_at: after the value (S_GET) or key and value (the IN lists) */
+    int ucol = mc->slot == S_HGET ? mc->hupdated : single ? 1 : 2;
+    if (ucol >= ncols)
+        ucol = -1;
     MYSQL_BIND rb[MY_MAX_COLS];
     unsigned long lens[MY_MAX_COLS];
     my_bool nulls[MY_MAX_COLS];
-    if (ncols > MY_MAX_COLS) /* S_HGET checks its table (handler_columns); others have 1 or 2 */
+    if (ncols > MY_MAX_COLS) /* S_HGET checks its table (handler_columns); others have 2 or 3 */
         goto fail;
     memset(rb, 0, (size_t)ncols * sizeof(rb[0]));
     for (int i = 0; i < ncols; i++) {
@@ -472,9 +501,11 @@ static void read_rows(CmSqlConnObject *c)
     int rc;
     while ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED) {
         if (single) {
-            if (b->result == NULL &&
-                (b->result = fetch_col(st, &rb[vcol], lens[vcol], nulls[vcol], vcol)) == NULL)
-                goto fail;
+            if (b->result == NULL) {
+                if ((b->result = fetch_col(st, &rb[vcol], lens[vcol], nulls[vcol], vcol)) == NULL)
+                    goto fail;
+                b->updated_us = fetch_utc_us(st, ucol >= 0 && nulls[ucol], ucol);
+            }
         } else {
             PyObject *k = fetch_col(st, &rb[0], lens[0], nulls[0], 0);
             if (k == NULL || k == Py_None) {
@@ -482,7 +513,8 @@ static void read_rows(CmSqlConnObject *c)
                 goto fail;
             }
             int prc = cm_sql_result_put(b, PyBytes_AS_STRING(k), (size_t)PyBytes_GET_SIZE(k),
-                                        fetch_col(st, &rb[1], lens[1], nulls[1], 1));
+                                        fetch_col(st, &rb[1], lens[1], nulls[1], 1),
+                                        fetch_utc_us(st, ucol >= 0 && nulls[ucol], ucol));
             Py_DECREF(k);
             if (prc < 0)
                 goto fail;

@@ -56,10 +56,10 @@ typedef struct {
     char *inds;
     char *sql;
     /* the handler (see the top): open since hopened (monotonic ns); hoff:
-     * reads go through the SELECT on this connection; hvalue: column of
-     * `value` in its rows (known once S_HGET is prepared); hretried: the
-     * batch has reopened it once */
-    int hopen, hoff, hretried, hvalue;
+     * reads go through the SELECT on this connection; hvalue, hupdated:
+     * columns of `value` and `updated_at` in its rows (known once S_HGET is
+     * prepared; hupdated -1: none); hretried: the batch has reopened it once */
+    int hopen, hoff, hretried, hvalue, hupdated;
     int64_t hopened;
     int64_t used;         /* monotonic ns: the batch in flight or the last one started */
     PyObject *addrs;      /* the host's addresses (list of str) once looked up */
@@ -94,8 +94,8 @@ int cm_mysql_try_next(CmSqlConnObject *c);
 int cm_mysql_tls_refused(CmSqlConnObject *c);
 
 /* mysql_handler.c */
-/* Where `value` is in the rows of the prepared S_HGET; hoff when they are
- * not rows we can read. */
+/* Where `value` and `updated_at` are in the rows of the prepared S_HGET;
+ * hoff when they are not rows we can read. */
 void cm_mysql_handler_columns(MyConn *mc, MYSQL_STMT *st);
 /* Open the handler; closing it first when it is due. 1 if a step was
  * started, 0 if it is open (or cannot be: hoff). */

@@ -25,17 +25,20 @@
 
 #ifdef CM_HAVE_MARIADB
 
-/* Where `value` is in the rows of the prepared S_HGET; hoff when they are
- * not rows we can read. */
+/* Where `value` and `updated_at` are in the rows of the prepared S_HGET;
+ * hoff when they are not rows we can read. */
 void cm_mysql_handler_columns(MyConn *mc, MYSQL_STMT *st)
 {
     MYSQL_RES *meta = mysql_stmt_result_metadata(st);
     unsigned n = meta ? mysql_num_fields(meta) : 0;
     MYSQL_FIELD *f = meta ? mysql_fetch_fields(meta) : NULL;
-    mc->hvalue = -1;
-    for (unsigned i = 0; f != NULL && i < n; i++)
+    mc->hvalue = mc->hupdated = -1;
+    for (unsigned i = 0; f != NULL && i < n; i++) {
         if (strcmp(f[i].name, "value") == 0)
             mc->hvalue = (int)i;
+        else if (strcmp(f[i].name, "updated_at") == 0)
+            mc->hupdated = (int)i;
+    }
     if (meta != NULL)
         mysql_free_result(meta);
     if (mc->hvalue < 0 || n > MY_MAX_COLS)

@@ -595,20 +595,6 @@ static int64_t col_int8(PGresult *res, int row, int col)
     return (int64_t)v;
 }
 
-/* The rows of a coalesced GET were split (cm_sql_split_rows): each
- * request whose row was read gets that row's updated_at. */
-static void coalesced_ages(CmSqlReq *b, PGresult *res, PyObject **raws, int rows)
-{
-    for (CmSqlReq *r = b; r != NULL; r = r->next) {
-        for (int i = 0; r->aged && r->result != NULL && i < rows; i++) {
-            if (raws[i] == r->result) {
-                r->updated_us = col_int8(res, i, 2);
-                break;
-            }
-        }
-    }
-}
-
 static void on_result(CmSqlConnObject *c, PGresult *res)
 {
     CmSqlStorageObject *s = c->storage; // borrowed
@@ -632,27 +618,17 @@ static void on_result(CmSqlConnObject *c, PGresult *res)
     } else if (b->kind == CM_SQL_GET || b->kind == CM_SQL_GET_ALL) {
         if (status != PGRES_TUPLES_OK)
             return;
-        /* a coalesced GET's rows (held until each request is matched with
-         * its row's updated_at, after the split) */
-        PyObject *raws[PG_MAX_COALESCE];
-        int nraws = 0, failed = 0;
+        int failed = 0;
         for (int i = 0; i < rows && !failed; i++) {
-            PyObject *raw = col_bytes(res, i, 1);
-            if (raw != NULL && b->kind == CM_SQL_GET && nraws < PG_MAX_COALESCE)
-                raws[nraws++] = Py_NewRef(raw);
-            if (cm_sql_result_put(b, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0), raw) <
-                0) {
+            if (cm_sql_result_put(b, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0),
+                                  col_bytes(res, i, 1), col_int8(res, i, 2)) < 0) {
                 PyErr_Clear();
                 cm_sql_req_error(s, b, s->st->sql.SQLError, "postgresql: out of memory");
                 failed = 1;
             }
         }
-        if (b->kind == CM_SQL_GET && !failed) {
+        if (b->kind == CM_SQL_GET && !failed)
             cm_sql_split_rows(b);
-            coalesced_ages(b, res, raws, nraws);
-        }
-        for (int i = 0; i < nraws; i++)
-            Py_DECREF(raws[i]);
     } else if (b->kind == CM_SQL_SWEEP) {
         Py_XSETREF(b->result,
                    PyLong_FromString(*PQcmdTuples(res) ? PQcmdTuples(res) : "0", NULL, 10));

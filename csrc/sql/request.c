@@ -38,6 +38,68 @@ void cm_sql_utc_text(char *buf, size_t n, long long delta_us)
              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, us % 1000000LL);
 }
 
+int64_t cm_sql_civil_us(int64_t year, int month, int day, int hour, int minute, int second,
+                        int64_t us)
+{
+    /* days since 1970-01-01: years from March (the leap day last), in eras of 400 years */
+    int64_t y = year - (month <= 2);
+    int64_t era = (y >= 0 ? y : y - 399) / 400, yoe = y - era * 400;
+    int64_t doy = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1;
+    int64_t days = era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+    return ((days * 24 + hour) * 60 + minute) * 60000000LL + (int64_t)second * 1000000LL + us;
+}
+
+/* n decimal digits at p (n <= 9), or -1. */
+static int64_t digits(const char *p, int n)
+{
+    int64_t v = 0;
+    for (int i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return -1;
+        v = v * 10 + (p[i] - '0');
+    }
+    return v;
+}
+
+int64_t cm_sql_parse_utc_us(const char *t, size_t n)
+{
+    if (t == NULL || n < 19 || t[4] != '-' || t[7] != '-' || (t[10] != ' ' && t[10] != 'T') ||
+        t[13] != ':' || t[16] != ':')
+        return 0;
+    int64_t year = digits(t, 4), mon = digits(t + 5, 2), day = digits(t + 8, 2);
+    int64_t hour = digits(t + 11, 2), min = digits(t + 14, 2), sec = digits(t + 17, 2);
+    if (year < 1970 || mon < 1 || mon > 12 || day < 1 || day > 31 || hour < 0 || hour > 23 ||
+        min < 0 || min > 59 || sec < 0 || sec > 60)
+        return 0;
+    size_t i = 19;
+    int64_t us = 0;
+    if (i < n && t[i] == '.') {
+        int k = 0;
+        for (i++; i < n && t[i] >= '0' && t[i] <= '9'; i++, k++)
+            if (k < 6)
+                us = us * 10 + (t[i] - '0');
+        if (k == 0)
+            return 0;
+        for (; k < 6; k++)
+            us *= 10;
+    }
+    int64_t off = 0;
+    if (i < n && t[i] == 'Z') {
+        i++;
+    } else if (i < n && (t[i] == '+' || t[i] == '-')) {
+        int64_t oh = i + 6 <= n && t[i + 3] == ':' ? digits(t + i + 1, 2) : -1;
+        int64_t om = oh >= 0 ? digits(t + i + 4, 2) : -1;
+        if (om < 0)
+            return 0;
+        off = (oh * 60 + om) * 60000000LL * (t[i] == '-' ? -1 : 1);
+        i += 6;
+    }
+    if (i != n)
+        return 0;
+    int64_t v = cm_sql_civil_us(year, (int)mon, (int)day, (int)hour, (int)min, (int)sec, us) - off;
+    return v > 0 ? v : 0;
+}
+
 long long cm_sql_ttl_us(const CmSqlReq *r)
 {
     if (r->ttl < 0)
@@ -67,6 +129,7 @@ void cm_sql_req_free(CmSqlReq *r)
     Py_XDECREF(r->value);
     Py_XDECREF(r->values);
     Py_XDECREF(r->result);
+    Py_XDECREF(r->ages);
     Py_XDECREF(r->error);
     free(r);
 }
@@ -82,6 +145,7 @@ int cm_sql_req_traverse(CmSqlReq *r, visitproc visit, void *arg)
         Py_VISIT(r->value);
         Py_VISIT(r->values);
         Py_VISIT(r->result);
+        Py_VISIT(r->ages);
         Py_VISIT(r->error);
     }
     return 0;
@@ -123,21 +187,40 @@ void cm_sql_req_error_sql(CmSqlStorageObject *s, CmSqlReq *r, int missing_table,
     cm_exc_restore(saved);
 }
 
-int cm_sql_result_put(CmSqlReq *r, const char *key, size_t klen, PyObject *raw)
+int cm_sql_result_put(CmSqlReq *r, const char *key, size_t klen, PyObject *raw, int64_t updated_us)
 {
     int rc = -1;
-    PyObject *k = NULL;
+    PyObject *k = NULL, *age = NULL;
     if (raw == NULL)
         return -1;
     if (r->result == NULL && (r->result = PyDict_New()) == NULL)
         goto done;
     if ((k = PyUnicode_DecodeUTF8(key, (Py_ssize_t)klen, "surrogateescape")) == NULL)
         goto done;
-    rc = PyDict_SetItem(r->result, k, raw);
+    if (PyDict_SetItem(r->result, k, raw) < 0)
+        goto done;
+    if (updated_us > 0 && (r->aged || r->next != NULL)) {
+        if (r->ages == NULL && (r->ages = PyDict_New()) == NULL)
+            goto done;
+        if ((age = PyLong_FromLongLong(updated_us)) == NULL || PyDict_SetItem(r->ages, k, age) < 0)
+            goto done;
+    }
+    rc = 0;
 done:
+    Py_XDECREF(age);
     Py_XDECREF(k);
     Py_DECREF(raw);
     return rc;
+}
+
+/* The updated_at (UTC us) of key's row in ages (a dict or NULL); 0 unknown.
+ * Never raises. */
+static int64_t age_of(PyObject *ages, PyObject *key)
+{
+    PyObject *v = ages ? PyDict_GetItemWithError(ages, key) : NULL; // borrowed
+    long long us = v ? PyLong_AsLongLong(v) : 0;
+    PyErr_Clear();
+    return us > 0 ? (int64_t)us : 0;
 }
 
 void cm_sql_batch_error(CmSqlStorageObject *s, CmSqlReq *b, PyObject *exc_type, const char *msg)
@@ -170,16 +253,21 @@ void cm_sql_batch_error_pending(CmSqlStorageObject *s, CmSqlReq *b)
 
 void cm_sql_split_rows(CmSqlReq *b)
 {
-    PyObject *found = b->result; /* the dict, owned by the first request */
+    PyObject *found = b->result; /* the dicts, owned by the first request */
+    PyObject *ages = b->ages;
     if (found == NULL)
         return;
     b->result = NULL;
+    b->ages = NULL;
     for (CmSqlReq *r = b; r != NULL; r = r->next) {
         PyObject *v = PyDict_GetItemWithError(found, r->key); // borrowed
         Py_XSETREF(r->result, Py_XNewRef(v));
+        if (v != NULL && r->aged)
+            r->updated_us = age_of(ages, r->key);
     }
     PyErr_Clear(); /* a key that cannot be looked up is a miss */
     Py_DECREF(found);
+    Py_XDECREF(ages);
 }
 
 /* serializer.loads(raw), or raw without a serializer; new reference. */
@@ -217,7 +305,15 @@ PyObject *cm_sql_req_value(CmSqlStorageObject *s, CmSqlReq *r)
                 Py_XDECREF(exc);
                 continue;
             }
-            PyObject *pair = PyTuple_Pack(2, PyList_GET_ITEM(r->nodes, i), v);
+            PyObject *pair;
+            if (r->aged) {
+                /* in ns, as flight/remote.h's get_all_aged gives them */
+                int64_t us = age_of(r->ages, PyList_GET_ITEM(r->keys, i));
+                pair = Py_BuildValue("(OOL)", PyList_GET_ITEM(r->nodes, i), v,
+                                     (long long)(us < INT64_MAX / 1000 ? us * 1000 : 0));
+            } else {
+                pair = PyTuple_Pack(2, PyList_GET_ITEM(r->nodes, i), v);
+            }
             Py_DECREF(v);
             if (pair == NULL || PyList_Append(out, pair) < 0) {
                 Py_XDECREF(pair);
@@ -251,17 +347,19 @@ void cm_sql_req_finish(CmSqlStorageObject *s, CmSqlReq *r)
             s->next_sweep = cm_sql_now() + CM_SQL_SWEEP_AGAIN;
         PyErr_Clear();
     }
-    if (r->aged && r->error == NULL)
+    if (r->aged && r->kind == CM_SQL_GET && r->error == NULL)
         cm_sql_flight_age(r);
     if (r->fut != NULL) {
         PyObject *v = r->error ? NULL : cm_sql_req_value(s, r);
-        int rc;
+        int rc = 0;
         if (v != NULL) {
-            rc = cm_future_set_result(st, r->fut, v);
+            if (!cm_sql_tell_wait(st, r->fut, v, NULL))
+                rc = cm_future_set_result(st, r->fut, v);
             Py_DECREF(v);
         } else {
             PyObject *err = r->error ? Py_NewRef(r->error) : cm_exc_take();
-            rc = cm_future_set_exception(st, r->fut, err ? err : st->sql.SQLError);
+            if (err == NULL || !cm_sql_tell_wait(st, r->fut, NULL, err))
+                rc = cm_future_set_exception(st, r->fut, err ? err : st->sql.SQLError);
             Py_XDECREF(err);
         }
         if (rc < 0)

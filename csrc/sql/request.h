@@ -35,10 +35,15 @@ struct CmSqlReq {
     double ttl;       /* seconds; < 0: no expiry */
     long limit;
     int64_t deadline; /* monotonic ns */
-    /* GET of a flight's call (cm_sql_get_for): its row's updated_at is told
-     * to the call (UTC us since the epoch; 0: unknown, the driver reads none) */
+    /* GET of a flight's call for a node with freshness options
+     * (cm_sql_get_for): its row's updated_at is told to the call (UTC us since the epoch; 0:
+     * unknown, the driver reads none). GET_ALL (cm_sql_get_all_aged): its pairs are (node, value,
+     * updated_at ns) triples. */
     int aged;
     int64_t updated_us;
+    /* GET_ALL's or a coalesced GET's rows' updated_at: key -> int (UTC us),
+     * or NULL (none read, or none wanted) */
+    PyObject *ages;
     PyObject *result;
     PyObject *error;
     /* set while its submitter may still wait for it in its own call (see
@@ -73,11 +78,15 @@ void cm_sql_batch_error_sql(CmSqlStorageObject *s, CmSqlReq *b, int missing_tabl
  * fails alone, with the pending exception's type and text (cleared), or
  * SQLError("<driver>: bad request") without one. */
 void cm_sql_batch_error_pending(CmSqlStorageObject *s, CmSqlReq *b);
-/* Append key -> raw to a GET_ALL/coalesced GET result dict. */
-int cm_sql_result_put(CmSqlReq *r, const char *key, size_t klen, PyObject *raw_steal);
+/* Append key -> raw to a GET_ALL/coalesced GET result dict, and the row's
+ * updated_at (UTC us, 0 unknown) to its ages when the request is aged or
+ * coalesced (r->next). */
+int cm_sql_result_put(CmSqlReq *r, const char *key, size_t klen, PyObject *raw_steal,
+                      int64_t updated_us);
 /* The one coalesced-row splitter: the rows of a coalesced GET (the chain b
  * of GETs read with one statement) were put in b's result dict with
- * cm_sql_result_put; hand each request its own row, or none (a miss). */
+ * cm_sql_result_put; hand each request its own row, or none (a miss), and
+ * its updated_at. */
 void cm_sql_split_rows(CmSqlReq *b);
 
 /* "ttl seconds from now" in microseconds, or -1 without TTL. */
@@ -86,5 +95,12 @@ long long cm_sql_ttl_us(const CmSqlReq *r);
  * sqlite3 stored 0.3.0's aware datetimes), offset by delta_us; buf >= 40. */
 void cm_sql_utc_text(char *buf, size_t n, long long delta_us);
 int64_t cm_sql_now(void);
+/* A UTC civil date and time as us since the epoch (proleptic Gregorian). */
+int64_t cm_sql_civil_us(int64_t year, int month, int day, int hour, int minute, int second,
+                        int64_t us);
+/* A timestamp's text ("YYYY-MM-DD HH:MM:SS[.ffffff][+HH:MM|Z]", a T for the
+ * space accepted; no offset: UTC) as UTC us since the epoch; 0 when it is
+ * not one. */
+int64_t cm_sql_parse_utc_us(const char *text, size_t n);
 
 #endif

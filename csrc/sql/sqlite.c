@@ -19,7 +19,9 @@
  *
  * Timestamps are text as Python's sqlite3 stored 0.3.0's aware datetimes
  * ("YYYY-MM-DD HH:MM:SS.ffffff+00:00"), so that both read each other's rows;
- * expire is compared as text with now, which orders like the times. */
+ * expire is compared as text with now, which orders like the times. A read
+ * for a flight's call or an aged get_all also parses the row's updated_at
+ * (0.3.0's: "YYYY-MM-DD HH:MM:SS.fff", UTC, from the column's default). */
 #include "sql/sqlite.h"
 
 #include "base/exc.h"
@@ -182,10 +184,10 @@ static int prepare(CmSqlStorageObject *s, sqlite3_stmt **out, const char *fmt, c
 static int prepare_fixed(CmSqlStorageObject *s)
 {
     CmSqliteH *h = s->h;
-    return prepare(
-               s, &h->get,
-               "SELECT value FROM %1$s WHERE \"key\" = ?1 AND (expire IS NULL OR expire > ?2)%2$s",
-               NULL) < 0 ||
+    return prepare(s, &h->get,
+                   "SELECT value, updated_at FROM %1$s WHERE \"key\" = ?1 AND "
+                   "(expire IS NULL OR expire > ?2)%2$s",
+                   NULL) < 0 ||
                    prepare(s, &h->set,
                            "INSERT INTO %1$s (\"key\", value, expire, updated_at) VALUES "
                            "(?1, ?2, ?3, ?4) ON CONFLICT (\"key\") DO UPDATE SET "
@@ -213,6 +215,13 @@ static int bind_str(sqlite3_stmt *stmt, int i, PyObject *o)
     if ((p = PyUnicode_AsUTF8AndSize(o, &n)) == NULL)
         return -1;
     return sqlite3_bind_text64(stmt, i, p, (sqlite3_uint64)n, SQLITE_STATIC, SQLITE_UTF8);
+}
+
+/* A timestamp column (updated_at) as UTC us since the epoch; 0 unknown. */
+static int64_t column_utc_us(sqlite3_stmt *stmt, int col)
+{
+    const char *t = (const char *)sqlite3_column_text(stmt, col);
+    return t ? cm_sql_parse_utc_us(t, (size_t)sqlite3_column_bytes(stmt, col)) : 0;
 }
 
 static PyObject *column_raw(sqlite3_stmt *stmt, int col, int as_str)
@@ -285,7 +294,7 @@ static int do_mget(CmSqlStorageObject *s, CmSqlReq *r, Py_ssize_t from, Py_ssize
         in[2 * n] = '\0';
         sqlite3_stmt **slot = own ? &stmt : &h->mget[n];
         int prc = prepare(s, slot,
-                          "SELECT \"key\", value FROM %1$s WHERE \"key\" IN (%2$s) AND "
+                          "SELECT \"key\", value, updated_at FROM %1$s WHERE \"key\" IN (%2$s) AND "
                           "(expire IS NULL OR expire > ?)",
                           in);
         free(in);
@@ -302,7 +311,8 @@ static int do_mget(CmSqlStorageObject *s, CmSqlReq *r, Py_ssize_t from, Py_ssize
     while ((src = sqlite3_step(stmt)) == SQLITE_ROW) {
         const char *k = (const char *)sqlite3_column_text(stmt, 0);
         if (cm_sql_result_put(r, k ? k : "", (size_t)sqlite3_column_bytes(stmt, 0),
-                              column_raw(stmt, 1, r->ser == Py_None)) < 0)
+                              column_raw(stmt, 1, r->ser == Py_None),
+                              r->aged ? column_utc_us(stmt, 2) : 0) < 0)
             goto done;
     }
     if (src != SQLITE_DONE) {
@@ -353,6 +363,8 @@ static int run_one(CmSqlStorageObject *s, CmSqlReq *r)
         } else if ((src = sqlite3_step(st)) == SQLITE_ROW) {
             r->result = column_raw(st, 0, r->ser == Py_None);
             rc = r->result ? 0 : -1;
+            if (r->aged)
+                r->updated_us = column_utc_us(st, 1);
         } else if (src == SQLITE_DONE) {
             rc = 0;
         } else {
@@ -465,7 +477,7 @@ static int wait_arm(CmSqlStorageObject *s)
 static int wait_push(CmSqlStorageObject *s, CmSqlReq *r, PyObject *loop)
 {
     CmSqliteH *h = s->h;
-    if ((r->fut = cm_loop_create_future(s->st, loop)) == NULL)
+    if (r->fut == NULL && (r->fut = cm_loop_create_future(s->st, loop)) == NULL)
         return -1;
     r->deadline = cm_sql_now() + (int64_t)(h->busy * 1e9);
     r->next = NULL;
@@ -503,6 +515,7 @@ static PyObject *wait_on_timer(PyObject *self, PyObject *Py_UNUSED(unused))
             continue;
         }
         Py_CLEAR(r->result); /* a get_all's rows of the last try */
+        Py_CLEAR(r->ages);
         if (run_one(s, r) < 0) {
             if (h->busy_hit && cm_sql_now() < r->deadline) {
                 PyErr_Clear();
@@ -545,8 +558,8 @@ static PyObject *wait_on_timer(PyObject *self, PyObject *Py_UNUSED(unused))
     Py_RETURN_NONE;
 }
 
-/* Run the request inline; a locked database (or requests already waiting
- * on this loop) makes it wait from the loop (r->fut set). */
+/* Run the request inline (0); a locked database (or requests already
+ * waiting on this loop) makes it wait from the loop (1, r->fut set). */
 static int sqlite_run(CmSqlStorageObject *s, CmSqlReq *r)
 {
     CmSqliteH *h = db_open(s);
@@ -563,7 +576,7 @@ static int sqlite_run(CmSqlStorageObject *s, CmSqlReq *r)
         else if (loop == h->wait_loop) {
             int rc = wait_push(s, r, loop);
             Py_DECREF(loop);
-            return rc;
+            return rc < 0 ? -1 : 1;
         }
         Py_CLEAR(loop);
     }
@@ -586,9 +599,10 @@ static int sqlite_run(CmSqlStorageObject *s, CmSqlReq *r)
         return -1;
     }
     Py_CLEAR(r->result);
+    Py_CLEAR(r->ages);
     int rc = wait_push(s, r, loop);
     Py_DECREF(loop);
-    return rc;
+    return rc < 0 ? -1 : 1;
 }
 
 const CmSqlDriver cm_sqlite_driver = {

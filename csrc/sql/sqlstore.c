@@ -118,19 +118,17 @@ static PyObject *storage_get(PyObject *self, PyObject *const *args, Py_ssize_t n
     return cm_sql_submit(s, r);
 }
 
-static PyObject *storage_get_all(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
-                                 PyObject *kwnames)
+/* GET_ALL of nodes; aged: its pairs are triples (cm_sql_get_all_aged). */
+static PyObject *get_all(CmSqlStorageObject *s, PyObject *nodes, PyObject *ser, int aged)
 {
-    CmSqlStorageObject *s = (CmSqlStorageObject *)self;
-    PyObject *buf[2];
-    if ((args = cm_args(self, &get_all_spec, args, nargs, kwnames, buf)) == NULL ||
-        cm_sql_check_available(s) < 0)
+    if (cm_sql_check_available(s) < 0)
         return NULL;
     CmSqlReq *r = cm_sql_req_new(CM_SQL_GET_ALL);
     if (r == NULL)
         return NULL;
-    r->ser = Py_NewRef(args[1]);
-    if (cm_batch_keys(s, key_of, args[0], &r->keys, &r->nodes) < 0) {
+    r->ser = Py_NewRef(ser);
+    r->aged = aged;
+    if (cm_batch_keys(s, key_of, nodes, &r->keys, &r->nodes) < 0) {
         cm_sql_req_free(r);
         return NULL;
     }
@@ -142,6 +140,21 @@ static PyObject *storage_get_all(PyObject *self, PyObject *const *args, Py_ssize
         return out;
     }
     return cm_sql_submit(s, r);
+}
+
+static PyObject *storage_get_all(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
+{
+    PyObject *buf[2];
+    if ((args = cm_args(self, &get_all_spec, args, nargs, kwnames, buf)) == NULL)
+        return NULL;
+    return get_all((CmSqlStorageObject *)self, args[0], args[1], 0);
+}
+
+PyObject *cm_sql_get_all_aged(CmState *st, PyObject *storage, PyObject *nodes, PyObject *ser)
+{
+    (void)st;
+    return get_all((CmSqlStorageObject *)storage, nodes, ser, 1);
 }
 
 /* the TTL in seconds, -1 for none (core/ttl.h's rule) */
@@ -440,37 +453,37 @@ int cm_sql_add_types(PyObject *mod, CmState *st)
 
 /* ---- requests of a flight's call (sql/remote.c, flight/remote.h) ---------- */
 
-CmSqlReq *cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject *waiter,
-                         CmSqlStorageObject **inst)
+int cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, int aged, PyObject *loop,
+                   PyObject *waiter, CmSqlReq **held, CmSqlStorageObject **inst)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)storage;
     if (cm_sql_check_available(s) < 0)
-        return NULL;
+        return -1;
     CmSqlReq *r = cm_sql_req_new(CM_SQL_GET);
     if (r == NULL)
-        return NULL;
+        return -1;
     r->ser = Py_NewRef(ser);
-    r->aged = 1;
+    r->aged = aged;
     if ((r->key = key_of(s, node)) == NULL) {
         cm_sql_req_free(r);
-        return NULL;
+        return -1;
     }
-    return cm_sql_submit_held(s, r, waiter, inst);
+    return cm_sql_submit_held(s, r, loop, waiter, held, inst);
 }
 
-CmSqlReq *cm_sql_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl,
-                         PyObject *ser, PyObject *waiter, CmSqlStorageObject **inst)
+int cm_sql_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl, PyObject *ser,
+                   PyObject *loop, PyObject *waiter, CmSqlReq **held, CmSqlStorageObject **inst)
 {
     CmSqlStorageObject *s = (CmSqlStorageObject *)storage;
     if (cm_sql_check_available(s) < 0)
-        return NULL;
+        return -1;
     CmSqlReq *r = cm_sql_req_new(CM_SQL_SET);
     if (r == NULL)
-        return NULL;
+        return -1;
     if ((r->key = key_of(s, node)) == NULL || (r->value = encode(s, ser, value)) == NULL ||
         parse_ttl(s, ttl, &r->ttl) < 0) {
         cm_sql_req_free(r);
-        return NULL;
+        return -1;
     }
-    return cm_sql_submit_held(s, r, waiter, inst);
+    return cm_sql_submit_held(s, r, loop, waiter, held, inst);
 }

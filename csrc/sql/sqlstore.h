@@ -15,6 +15,10 @@
  * SQLite has no socket: its driver runs each request inline (`sync`), the
  * statements being short point lookups and upserts in WAL mode.
  *
+ * Reads give each row's updated_at (UTC) with the value, for the freshness
+ * options: the age a flight's GET tells its call (sql/remote.c), and the
+ * triples of get_all_aged.
+ *
  * Rows are cacheme 0.3.0's: key (unique), value (serializer.dumps(v), or the
  * raw bytes without a serializer), expire (UTC, NULL for no TTL),
  * updated_at. Expired rows read as misses (the SQL compares expire with the
@@ -58,9 +62,9 @@ typedef struct {
      * (a host lookup's task) or for the storage (SQLite's lock waiters) */
     int (*conn_traverse)(CmSqlConnObject *c, visitproc visit, void *arg);
     int (*traverse)(CmSqlStorageObject *s, visitproc visit, void *arg);
-    /* sync drivers: run one request, filling result or raising; or set its
-     * fut (a future on the running loop) and keep it, to finish it later
-     * from the loop with cm_sql_req_finish */
+    /* sync drivers: run one request, filling result or raising (0, -1);
+     * or keep it, to finish it later from the loop with cm_sql_req_finish,
+     * its fut set (a new future on the running loop, unless it has one) (1) */
     int (*run)(CmSqlStorageObject *s, CmSqlReq *r);
 } CmSqlDriver;
 
@@ -119,24 +123,34 @@ int cm_sql_traverse(CmState *st, visitproc visit, void *arg);
 void cm_sql_clear(CmState *st);
 
 /* ---- requests of a flight's call (sql/remote.c, flight/remote.h) ---------- */
-/* Queue GET node (cm_sql_get_for), or SET node = value with ttl
- * (cm_sql_set_for), on the instance serving the running loop, with `waiter`
- * as the request's future: an object answering done, set_result and
- * set_exception as a Future does, which the storage tells instead of an
- * asyncio Future. The request is returned held (see CmSqlReq), with the
- * instance in *inst (a new reference), or NULL with an exception. A storage
- * whose driver runs inline (SQLite) refuses with a SystemError. */
-CmSqlReq *cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject *waiter,
-                         CmSqlStorageObject **inst);
-CmSqlReq *cm_sql_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl,
-                         PyObject *ser, PyObject *waiter, CmSqlStorageObject **inst);
+/* Queue GET node (cm_sql_get_for; aged: its row's updated_at is told to the
+ * waiter's call, cm_sql_flight_age), or SET node = value with ttl
+ * (cm_sql_set_for), on the instance serving loop (the running one; NULL: it
+ * is looked up), with `waiter` as the request's future: an object answering
+ * done, set_result and set_exception as a Future does, which the storage
+ * tells instead of an asyncio Future. The request is given held (see
+ * CmSqlReq) in *held, with the instance in *inst (a new reference); a
+ * storage whose driver runs inline (SQLite) runs it at once and tells the
+ * waiter (*held and *inst NULL; see cm_sql_submit_held). 0, or -1 with an
+ * exception. */
+int cm_sql_get_for(PyObject *storage, PyObject *node, PyObject *ser, int aged, PyObject *loop,
+                   PyObject *waiter, CmSqlReq **held, CmSqlStorageObject **inst);
+int cm_sql_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl, PyObject *ser,
+                   PyObject *loop, PyObject *waiter, CmSqlReq **held, CmSqlStorageObject **inst);
+/* CmRemoteOps.get_all_aged: storage.get_all(nodes, ser) whose pairs are
+ * (node, value, updated_at: UTC ns, 0 unknown) triples. */
+PyObject *cm_sql_get_all_aged(CmState *st, PyObject *storage, PyObject *nodes, PyObject *ser);
 /* Let a held request go: finished while held, it is finished now (its
  * waiter told, the request freed); else it finishes when answered. */
 void cm_sql_req_release(CmSqlStorageObject *inst, CmSqlReq *r);
+/* sql/remote.c: when fut is a flight's wait, tell it res or err (an
+ * instance) as its set_result/set_exception would, and 1; else 0. */
+int cm_sql_tell_wait(CmState *st, PyObject *fut, PyObject *res, PyObject *err);
 /* sql/remote.c: tell the flight's call of an aged GET (its fut, a flight
  * wait) the row's updated_at, before the GET is finished. */
 void cm_sql_flight_age(CmSqlReq *r);
-/* sql/remote.c: PgClient and MySQLClient registered with the singleflight */
+/* sql/remote.c: PgClient, MySQLClient and SQLiteClient registered with the
+ * singleflight */
 int cm_sql_remote_init(PyObject *mod, CmState *st);
 /* ---- end of the requests of a flight's call ---- */
 

@@ -215,19 +215,31 @@ done:
 }
 /* ---- requests of a flight's call (sql/remote.c, flight/remote.h) ---------- */
 
-CmSqlReq *cm_sql_submit_held(CmSqlStorageObject *owner, CmSqlReq *r, PyObject *waiter,
-                             CmSqlStorageObject **inst)
+int cm_sql_submit_held(CmSqlStorageObject *owner, CmSqlReq *r, PyObject *loop_hint,
+                       PyObject *waiter, CmSqlReq **held, CmSqlStorageObject **inst)
 {
     PyObject *loop = NULL;
-    CmSqlStorageObject *s = storage_for(owner);
+    *held = NULL;
+    *inst = NULL;
+    /* the flight's loop, the running one: no second lookup */
+    CmSqlStorageObject *s =
+        loop_hint != NULL
+            ? (CmSqlStorageObject *)Py_XNewRef(cm_netloops_for(&owner->loops, loop_hint))
+            : storage_for(owner);
     if (s != NULL && s->drv->sync) {
-        PyErr_Format(PyExc_SystemError, "cacheme %s storage: no held requests", s->drv->name);
-        Py_CLEAR(s);
+        r->fut = Py_NewRef(waiter);
+        int rc = s->drv->run(s, r);
+        if (rc < 0)
+            cm_sql_req_free(r);
+        else if (rc == 0)
+            cm_sql_req_finish(s, r); /* tells the waiter, frees the request */
+        Py_DECREF(s);
+        return rc < 0 ? -1 : 0;
     }
     if (s == NULL || bind_loop(s, &loop) < 0) {
         Py_XDECREF(s);
         cm_sql_req_free(r);
-        return NULL;
+        return -1;
     }
     Py_DECREF(loop);
     r->deadline = cm_sql_now() + (int64_t)(s->timeout * 1e9);
@@ -237,8 +249,9 @@ CmSqlReq *cm_sql_submit_held(CmSqlStorageObject *owner, CmSqlReq *r, PyObject *w
     cm_sql_dispatch(s);
     if (!r->finished)
         wait_inline(s, r);
+    *held = r;
     *inst = s;
-    return r;
+    return 0;
 }
 
 void cm_sql_req_release(CmSqlStorageObject *inst, CmSqlReq *r)

@@ -8,11 +8,14 @@
  * finished within the call, else a future of the running loop. NULL with an
  * exception. */
 PyObject *cm_sql_submit(CmSqlStorageObject *owner, CmSqlReq *r);
-/* The same for a flight's call (sql/remote.c): queue the request (stolen)
- * with `waiter` as its future and return it held, with the instance serving
- * the running loop in *inst (a new reference); NULL with an exception (the
- * request freed). A driver that runs inline (SQLite) refuses. */
-CmSqlReq *cm_sql_submit_held(CmSqlStorageObject *owner, CmSqlReq *r, PyObject *waiter,
-                             CmSqlStorageObject **inst);
+/* The same for a flight's call (sql/remote.c), on loop_hint (the running
+ * loop, or NULL to look it up): queue the request (stolen) with `waiter` as
+ * its future and give it held in *held, with the instance
+ * serving the running loop in *inst (a new reference). A driver that runs
+ * inline (SQLite) runs it now: the waiter is told before this returns (or
+ * when the driver's wait for a lock ends), *held and *inst are NULL. 0, or
+ * -1 with an exception (the request freed, the waiter not told). */
+int cm_sql_submit_held(CmSqlStorageObject *owner, CmSqlReq *r, PyObject *loop_hint,
+                       PyObject *waiter, CmSqlReq **held, CmSqlStorageObject **inst);
 
 #endif
