@@ -200,7 +200,8 @@ async def test_stale_if_error_serves_a_value_expired_within_the_window(mongo_ser
 @chains
 async def test_a_node_without_stale_if_error_misses_a_kept_document(mongo_server, chain):
     src = Source()
-    N, _, caches, storage = await mongo_node(mongo_server, chain, src, stale_if_error=timedelta(seconds=30))
+    N, _, caches, storage = await mongo_node(mongo_server, chain, src,
+                                             stale_if_error=timedelta(seconds=30))
     plain_src = Source()
     Plain = make_node(caches, plain_src, version=N.Meta.version)  # the same keys
     assert await cacheme.get(N(1)) == (1, 1)
