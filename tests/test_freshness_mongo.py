@@ -299,6 +299,9 @@ async def test_030_reads_our_documents_and_misses_past_their_ttl(mongo_server):
             stale_if_error = timedelta(hours=1)
 
     assert await cacheme.get(Short(1)) == item_value(1, "ours")
+    doc = documents(mongo_server.url, coll)["cacheme:item:1:v1"]
+    assert abs(doc["expire"]["ms"] - doc["updated_at"]["ms"] - 1000) <= 1  # the TTL, for 0.3.0
+    assert doc["stale_until"]["ms"] - doc["expire"]["ms"] == 3_600_000
     await asyncio.get_running_loop().run_in_executor(
         None, wait_past, mongo_server.url, coll, "expire")
     src.fail = ConnectionError("down")
