@@ -2,6 +2,7 @@
  * a call waiting on a remote op made for it with no future. The call is
  * then what its Task awaits (it yields itself, see waiter.c); the op holds
  * the call until it finishes and hands it the outcome (cm_remote_done). */
+#include "core/fresh.h"
 #include "flight/call.h"
 
 #include "base/compat.h"
@@ -35,6 +36,12 @@ unsigned int cm_remote_call_fresh(PyObject *call, int64_t *load_ns)
     CmCallObject *g = (CmCallObject *)call;
     *load_ns = g->load_ns;
     return g->cfg != NULL ? g->cfg->fresh : 0;
+}
+
+int64_t cm_remote_call_stale_ns(PyObject *call)
+{
+    CmCallObject *g = (CmCallObject *)call;
+    return g->cfg != NULL && (g->cfg->fresh & CM_FRESH_STALE) ? g->cfg->stale_ns : 0;
 }
 
 void cm_remote_call_age(PyObject *call, int64_t updated_ns, int64_t load_ns)

@@ -109,6 +109,9 @@ int cm_remote_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObje
  * the CM_FRESH_* options of its node (0: none, nothing to report), and
  * the time its load took in *load_ns (ns; 0 unknown), to store with a fill. */
 unsigned int cm_remote_call_fresh(PyObject *call, int64_t *load_ns);
+/* Meta.stale_if_error of call's node in ns (0: none): how much longer than
+ * its TTL a fill for it was asked to keep the value (see ages above). */
+int64_t cm_remote_call_stale_ns(PyObject *call);
 /* What a get made for call read with the value, before cm_remote_done:
  * its updated_at (UTC ns since the epoch, 0 unknown) and the load time
  * stored with it (ns, 0 none). */

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "base/exc.h"
 #include "loop/loop.h"
 #include "ser/envelope.h"
@@ -111,13 +112,9 @@ void cm_mongo_req_fail_msg(CmState *st, CmMongoReq *r, PyObject *tp, PyObject *m
     cm_exc_restore(saved);
 }
 
-/* Milliseconds since the epoch (BSON datetimes). */
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+/* Milliseconds since the epoch (BSON datetimes), on the test clock as
+ * the ages the flight reads against it. */
+static int64_t now_ms(void) { return cm_wall_ns() / 1000000; }
 
 static int append_str(bson_t *b, const char *name, PyObject *s)
 {
@@ -149,12 +146,17 @@ big:
 }
 
 /* One update statement: {q: {key}, u: {$set: {value, updated_at, expire}},
- * upsert: true}, 0.3.0's update_one(..., upsert=True). */
-static int append_upsert(bson_t *doc, PyObject *key, PyObject *value, long long ttl_ms, int64_t now)
+ * upsert: true}, 0.3.0's update_one(..., upsert=True); r's load_time and
+ * stale_until when it has them (mongo.h), else $unset (a write without
+ * them drops those of the value it replaces). */
+static int append_upsert(bson_t *doc, PyObject *key, PyObject *value, const CmMongoReq *r,
+                         int64_t now)
 {
-    bson_t u, set;
+    bson_t u, set, unset;
     char *data;
     Py_ssize_t n;
+    long long ttl_ms = r->ttl_ms;
+    int timed = r->load_ns > 0, kept = r->stale_ms > 0 && ttl_ms >= 0;
     if (PyBytes_AsStringAndSize(value, &data, &n) < 0)
         return -1;
     if (append_key_filter(doc, "q", key) < 0)
@@ -166,8 +168,15 @@ static int append_upsert(bson_t *doc, PyObject *key, PyObject *value, long long 
         !bson_append_date_time(&set, "updated_at", 10, now) ||
         !(ttl_ms < 0 ? bson_append_null(&set, "expire", 6)
                      : bson_append_date_time(&set, "expire", 6, now + ttl_ms)) ||
-        !bson_append_document_end(&u, &set) || !bson_append_document_end(doc, &u) ||
-        !bson_append_bool(doc, "upsert", 6, true)) {
+        !(!timed || bson_append_double(&set, "load_time", 9, (double)r->load_ns / 1e9)) ||
+        !(!kept || bson_append_date_time(&set, "stale_until", 11, now + ttl_ms + r->stale_ms)) ||
+        !bson_append_document_end(&u, &set) ||
+        !(timed && kept ? 1
+                        : bson_append_document_begin(&u, "$unset", 6, &unset) &&
+                              (timed || bson_append_utf8(&unset, "load_time", 9, "", 0)) &&
+                              (kept || bson_append_utf8(&unset, "stale_until", 11, "", 0)) &&
+                              bson_append_document_end(&u, &unset)) ||
+        !bson_append_document_end(doc, &u) || !bson_append_bool(doc, "upsert", 6, true)) {
         PyErr_SetString(PyExc_ValueError, "mongodb: value too large for a BSON document");
         return -1;
     }
@@ -307,10 +316,10 @@ static int put_statements(CmMongoReq *r, CmMongoBuf *b)
                      ? -1
                      : 0;
         else if (r->kind == CM_MONGO_SET)
-            rc = append_upsert(&doc, r->key, r->values, r->ttl_ms, now);
+            rc = append_upsert(&doc, r->key, r->values, r, now);
         else
-            rc = append_upsert(&doc, PyList_GET_ITEM(r->keys, i), PyList_GET_ITEM(r->values, i),
-                               r->ttl_ms, now);
+            rc = append_upsert(&doc, PyList_GET_ITEM(r->keys, i), PyList_GET_ITEM(r->values, i), r,
+                               now);
         if (rc == 0 && cm_mongo_buf_put(b, bson_get_data(&doc), doc.len) < 0) {
             bson_destroy(&doc);
             goto nomem;
@@ -501,17 +510,42 @@ static int doc_field(const bson_t *doc, const char *name, bson_t *out)
     return bson_init_static(out, data, len) ? 1 : 0;
 }
 
-/* A found document: its key (new reference in *key) and raw value (new
- * reference in *raw: bytes, or NULL when expired or without a binary
- * value). -1 with an exception. */
-static int read_found(const bson_t *doc, int64_t now, PyObject **key, PyObject **raw)
+/* A document a find returned, with a value to give. */
+typedef struct {
+    PyObject *raw;      /* the value's bytes */
+    int64_t updated_ms; /* updated_at (UTC ms), 0: none */
+    int64_t load_ns;    /* load_time, 0: none */
+    int kept;           /* past expire, kept by its stale_until */
+} Found;
+
+/* The documents of a find reply: index maps each key to its Found (a
+ * PyLong, the position in docs). */
+typedef struct {
+    PyObject *index;
+    Found *docs;
+    Py_ssize_t n, cap;
+} FoundSet;
+
+static void found_free(FoundSet *fs)
+{
+    for (Py_ssize_t i = 0; i < fs->n; i++)
+        Py_DECREF(fs->docs[i].raw);
+    free(fs->docs);
+    Py_CLEAR(fs->index);
+}
+
+/* A found document: its key (new reference in *key, NULL when it has none)
+ * and what to give in *f (f->raw a new reference, NULL when the document is
+ * expired, and not kept, or has no binary value). -1 with an exception. */
+static int read_found(const bson_t *doc, int64_t now, PyObject **key, Found *f)
 {
     bson_iter_t it;
     const char *k = NULL;
     uint32_t klen = 0, vlen = 0;
     const uint8_t *v = NULL;
-    int expired = 0;
-    *key = *raw = NULL;
+    int expired = 0, keep = 0;
+    *key = NULL;
+    *f = (Found){.raw = NULL};
     if (!bson_iter_init(&it, doc))
         return 0;
     while (bson_iter_next(&it)) {
@@ -523,33 +557,67 @@ static int read_found(const bson_t *doc, int64_t now, PyObject **key, PyObject *
             bson_iter_binary(&it, &sub, &vlen, &v);
         } else if (strcmp(name, "expire") == 0 && BSON_ITER_HOLDS_DATE_TIME(&it))
             expired = bson_iter_date_time(&it) <= now; /* 0.3.0: expire <= now is a miss */
+        else if (strcmp(name, "updated_at") == 0 && BSON_ITER_HOLDS_DATE_TIME(&it))
+            f->updated_ms = bson_iter_date_time(&it);
+        else if (strcmp(name, "load_time") == 0 && BSON_ITER_HOLDS_DOUBLE(&it)) {
+            double secs = bson_iter_double(&it);
+            f->load_ns = secs > 0 && secs < 1e6 ? (int64_t)(secs * 1e9) : 0;
+        } else if (strcmp(name, "stale_until") == 0 && BSON_ITER_HOLDS_DATE_TIME(&it))
+            keep = bson_iter_date_time(&it) > now;
     }
     if (k == NULL)
         return 0;
+    if (expired && !(keep && f->updated_ms > 0))
+        v = NULL;
+    f->kept = expired;
     if ((*key = PyUnicode_DecodeUTF8(k, klen, "surrogatepass")) == NULL)
         return -1;
-    if (v != NULL && !expired &&
-        (*raw = PyBytes_FromStringAndSize((const char *)v, vlen)) == NULL) {
+    if (v != NULL && (f->raw = PyBytes_FromStringAndSize((const char *)v, vlen)) == NULL) {
         Py_CLEAR(*key);
         return -1;
     }
     return 0;
 }
 
-/* The find reply's documents as {key: raw bytes}; a new reference, or NULL
+static int found_add(FoundSet *fs, PyObject *key, Found *f)
+{
+    if (fs->n == fs->cap) {
+        Py_ssize_t cap = fs->cap ? fs->cap * 2 : 8;
+        Found *d = realloc(fs->docs, (size_t)cap * sizeof(*d));
+        if (d == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        fs->docs = d;
+        fs->cap = cap;
+    }
+    PyObject *i = PyLong_FromSsize_t(fs->n);
+    int rc = i != NULL ? PyDict_SetItem(fs->index, key, i) : -1;
+    Py_XDECREF(i);
+    if (rc < 0)
+        return -1;
+    fs->docs[fs->n++] = *f;
+    f->raw = NULL; /* moved */
+    return 0;
+}
+
+/* The find reply's documents into fs (found_free it either way); 0, or -1
  * with an exception. */
-static PyObject *found_map(CmState *st, const bson_t *reply)
+static int found_set(CmState *st, const bson_t *reply, FoundSet *fs)
 {
     bson_iter_t it, batch;
+    *fs = (FoundSet){.index = NULL};
     if (!bson_iter_init(&it, reply) ||
         !bson_iter_find_descendant(&it, "cursor.firstBatch", &batch) ||
         !BSON_ITER_HOLDS_ARRAY(&batch) || !bson_iter_recurse(&batch, &it)) {
         PyErr_SetString(st->mongo.Error, "mongodb find: reply without cursor.firstBatch");
-        return NULL;
+        return -1;
     }
-    PyObject *out = PyDict_New();
+    if ((fs->index = PyDict_New()) == NULL)
+        return -1;
     int64_t now = now_ms();
-    while (out != NULL && bson_iter_next(&it)) {
+    int rc = 0;
+    while (rc == 0 && bson_iter_next(&it)) {
         if (!BSON_ITER_HOLDS_DOCUMENT(&it))
             continue;
         uint32_t len;
@@ -558,15 +626,27 @@ static PyObject *found_map(CmState *st, const bson_t *reply)
         bson_iter_document(&it, &len, &data);
         if (!bson_init_static(&doc, data, len))
             continue;
-        PyObject *key, *raw;
-        if (read_found(&doc, now, &key, &raw) < 0)
-            Py_CLEAR(out);
-        else if (raw != NULL && PyDict_SetItem(out, key, raw) < 0)
-            Py_CLEAR(out);
+        PyObject *key;
+        Found f;
+        if (read_found(&doc, now, &key, &f) < 0)
+            rc = -1;
+        else if (f.raw != NULL && found_add(fs, key, &f) < 0)
+            rc = -1;
         Py_XDECREF(key);
-        Py_XDECREF(raw);
+        Py_XDECREF(f.raw);
     }
-    return out;
+    return rc;
+}
+
+/* The document of key in fs (borrowed), or NULL: none (or an error set),
+ * or one past expire when the reader does not take kept ones (stale 0). */
+static const Found *found_get(const FoundSet *fs, PyObject *key, int stale)
+{
+    PyObject *i = PyDict_GetItemWithError(fs->index, key); // borrowed
+    if (i == NULL)
+        return NULL;
+    const Found *f = &fs->docs[PyLong_AsSsize_t(i)];
+    return f->kept && !stale ? NULL : f;
 }
 
 static PyObject *decode(CmState *st, PyObject *ser, PyObject *raw)
@@ -574,32 +654,41 @@ static PyObject *decode(CmState *st, PyObject *ser, PyObject *raw)
     return cm_envelope_decode(st, CM_ENVELOPE_BARE, ser, raw, st->mongo.Error, "mongodb");
 }
 
+/* The value of GET g from fs (new reference): a miss is the sentinel; the
+ * age of what a flight's GET read is told to its call. NULL with an
+ * exception. */
+static PyObject *get_value(CmState *st, CmMongoReq *g, const FoundSet *fs)
+{
+    const Found *f = found_get(fs, g->key, g->stale);
+    if (f == NULL)
+        return PyErr_Occurred() ? NULL : Py_NewRef(st->sentinel);
+    PyObject *v = decode(st, g->ser, f->raw);
+    if (v != NULL && g->aged)
+        cm_mongo_flight_age(g, f->updated_ms, f->load_ns);
+    return v;
+}
+
 /* What r's caller gets from a successful reply; new reference or NULL with
  * an exception. */
 static PyObject *result_of(CmMongoClientObject *cl, CmMongoReq *r, const bson_t *reply)
 {
     CmState *st = cl->st;
+    FoundSet fs;
     if (r->kind == CM_MONGO_GET) {
-        PyObject *m = found_map(st, reply);
-        if (m == NULL)
-            return NULL;
-        PyObject *raw = PyDict_GetItemWithError(m, r->key); // borrowed
-        PyObject *v =
-            raw ? decode(st, r->ser, raw) : (PyErr_Occurred() ? NULL : Py_NewRef(st->sentinel));
-        Py_DECREF(m);
+        PyObject *v = found_set(st, reply, &fs) < 0 ? NULL : get_value(st, r, &fs);
+        found_free(&fs);
         return v;
     }
     if (r->kind == CM_MONGO_GETS) {
         /* each GET its value, or a miss; an undecodable value fails that
          * GET alone (a miss for its flight) */
-        PyObject *m = found_map(st, reply);
-        if (m == NULL)
+        if (found_set(st, reply, &fs) < 0) {
+            found_free(&fs);
             return NULL;
+        }
         for (int i = 0; i < r->nmembers; i++) {
             CmMongoReq *g = r->members[i];
-            PyObject *raw = PyDict_GetItemWithError(m, g->key); // borrowed
-            PyObject *v =
-                raw ? decode(st, g->ser, raw) : (PyErr_Occurred() ? NULL : Py_NewRef(st->sentinel));
+            PyObject *v = get_value(st, g, &fs);
             if (v == NULL) {
                 PyObject *exc = cm_exc_take();
                 req_settle(st, g, NULL, exc ? exc : st->mongo.Error);
@@ -610,20 +699,19 @@ static PyObject *result_of(CmMongoClientObject *cl, CmMongoReq *r, const bson_t 
             }
         }
         r->nmembers = 0;
-        Py_DECREF(m);
+        found_free(&fs);
         return Py_NewRef(Py_None);
     }
     if (r->kind == CM_MONGO_GET_ALL) {
-        PyObject *m = found_map(st, reply);
-        PyObject *out = m ? PyList_New(0) : NULL;
+        PyObject *out = found_set(st, reply, &fs) == 0 ? PyList_New(0) : NULL;
         for (Py_ssize_t i = 0; out != NULL && i < PyList_GET_SIZE(r->keys); i++) {
-            PyObject *raw = PyDict_GetItemWithError(m, PyList_GET_ITEM(r->keys, i)); // borrowed
-            if (raw == NULL) {
+            const Found *f = found_get(&fs, PyList_GET_ITEM(r->keys, i), 0);
+            if (f == NULL) {
                 if (PyErr_Occurred())
                     Py_CLEAR(out);
                 continue;
             }
-            PyObject *v = decode(st, r->ser, raw);
+            PyObject *v = decode(st, r->ser, f->raw);
             if (v == NULL) {
                 /* undecodable bytes are a miss, as in get() */
                 PyObject *exc = cm_exc_take();
@@ -632,13 +720,20 @@ static PyObject *result_of(CmMongoClientObject *cl, CmMongoReq *r, const bson_t 
                 Py_XDECREF(exc);
                 continue;
             }
-            PyObject *pair = PyTuple_Pack(2, PyList_GET_ITEM(r->nodes, i), v);
-            Py_DECREF(v);
+            PyObject *pair =
+                r->aged ? Py_BuildValue(
+                              "(ONL)", PyList_GET_ITEM(r->nodes, i), v,
+                              (long long)(f->updated_ms > 0 && f->updated_ms < INT64_MAX / 1000000
+                                              ? f->updated_ms * 1000000
+                                              : 0))
+                        : PyTuple_Pack(2, PyList_GET_ITEM(r->nodes, i), v);
+            if (!r->aged)
+                Py_DECREF(v);
             if (pair == NULL || PyList_Append(out, pair) < 0)
                 Py_CLEAR(out);
             Py_XDECREF(pair);
         }
-        Py_XDECREF(m);
+        found_free(&fs);
         return out;
     }
     if (r->kind == CM_MONGO_DEL)

@@ -30,7 +30,12 @@
  * (binary, serializer.dumps(v): ser/envelope.h's CM_ENVELOPE_BARE, as
  * 0.3.0's MongoStorage stored it through BaseStorage.deserialize),
  * updated_at and expire (UTC datetimes; expire null without TTL). Expired
- * documents read as misses. */
+ * documents read as misses. A flight's fill of a node with freshness
+ * options adds what 0.3.0 ignores: load_time (seconds, a double) and, with
+ * stale_if_error, stale_until (a datetime that much past expire); only a
+ * read made for such a node's flight sees a document between expire and
+ * stale_until, and its age makes it a miss kept for a failing load. Times
+ * are base/clock.h's cm_wall_ns (the test clock moves them). */
 #ifndef CM_MONGO_H
 #define CM_MONGO_H
 #include "state.h"
@@ -90,6 +95,17 @@ typedef struct CmMongoReq {
     PyObject *nodes;  /* GET_ALL: the nodes, in the order of keys */
     PyObject *values; /* SET: bytes; SET_ALL: list of bytes */
     long long ttl_ms; /* SET/SET_ALL: -1 for none */
+    /* a flight's fill of a node with freshness options (remote.c): its
+     * load time (ns, > 0: stored as load_time, seconds) and how long past
+     * expire the document is kept (ms, > 0: stored as stale_until) */
+    int64_t load_ns;
+    long long stale_ms;
+    /* GET made for a flight's call with freshness options: the document's
+     * age is told to it (cm_mongo_flight_age); GET_ALL: its pairs are
+     * (node, value, updated_at ns) triples. stale (GET): a document past
+     * expire that its stale_until keeps is read too (the age says it is
+     * past its TTL). */
+    int aged, stale;
     /* GETS: the GET requests it answers (owned), in the order of keys */
     struct CmMongoReq **members;
     int nmembers, capm;
@@ -233,9 +249,19 @@ int cm_mongo_auth_step(CmMongoConnObject *c, const uint8_t *body, size_t n);
  * instance serving the running loop with waiter as the request's future
  * (an object answering done, set_result and set_exception as a Future
  * does). 0, or -1 with an exception (nothing queued). */
-int cm_mongo_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject *waiter);
+/* fresh: the CM_FRESH_* options of the flight's node (0: none). For a
+ * set, load_ns and stale_ns as cm_remote_call_fresh and
+ * cm_remote_call_stale_ns say (ttl is then longer by stale_ns). */
+int cm_mongo_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject *waiter,
+                     unsigned int fresh);
 int cm_mongo_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl,
-                     PyObject *ser, PyObject *waiter);
+                     PyObject *ser, PyObject *waiter, int64_t load_ns, int64_t stale_ns);
+/* storage.get_all(nodes, ser) whose pairs are (node, value, updated_at ns)
+ * triples: an awaitable, or NULL with an exception. */
+PyObject *cm_mongo_get_all_aged(PyObject *storage, PyObject *nodes, PyObject *ser);
+/* remote.c: a GET of r->aged read a document written at updated_ms (UTC
+ * ms) with load_ns: told to the flight's call of its wait (r->fut). */
+void cm_mongo_flight_age(CmMongoReq *r, int64_t updated_ms, int64_t load_ns);
 /* remote.c: MongoClient registered with the singleflight */
 int cm_mongo_remote_init(PyObject *mod, CmState *st);
 

@@ -25,7 +25,9 @@ static CmRemoteOp *mongo_get(PyObject *storage, PyObject *node, PyObject *ser, P
         cm_flight_wait_new(((CmMongoClientObject *)storage)->st, &mongo_remote_ops, call, 1);
     if (w == NULL)
         return NULL;
-    if (cm_mongo_get_for(storage, node, ser, (PyObject *)w) < 0) {
+    int64_t load_ns;
+    unsigned int fresh = cm_remote_call_fresh(call, &load_ns);
+    if (cm_mongo_get_for(storage, node, ser, (PyObject *)w, fresh) < 0) {
         Py_DECREF(w);
         return NULL;
     }
@@ -40,11 +42,35 @@ static CmRemoteOp *mongo_set(PyObject *storage, PyObject *node, PyObject *value,
         cm_flight_wait_new(((CmMongoClientObject *)storage)->st, &mongo_remote_ops, call, 1);
     if (w == NULL)
         return NULL;
-    if (cm_mongo_set_for(storage, node, value, ttl, ser, (PyObject *)w) < 0) {
+    int64_t load_ns = 0;
+    if (cm_remote_call_fresh(call, &load_ns) == 0)
+        load_ns = 0;
+    if (cm_mongo_set_for(storage, node, value, ttl, ser, (PyObject *)w, load_ns,
+                         cm_remote_call_stale_ns(call)) < 0) {
         Py_DECREF(w);
         return NULL;
     }
     return (CmRemoteOp *)w;
+}
+
+/* Gets made for a flight read updated_at and load_time (cmd.c). */
+static int mongo_ages(CmState *st, PyObject *storage)
+{
+    (void)st, (void)storage;
+    return 1;
+}
+
+static PyObject *mongo_get_all_aged(CmState *st, PyObject *storage, PyObject *nodes, PyObject *ser)
+{
+    (void)st;
+    return cm_mongo_get_all_aged(storage, nodes, ser);
+}
+
+void cm_mongo_flight_age(CmMongoReq *r, int64_t updated_ms, int64_t load_ns)
+{
+    CmFlightWaitObject *w = (CmFlightWaitObject *)r->fut; // borrowed: cm_mongo_get_for's wait
+    if (w != NULL && w->call != NULL && updated_ms > 0 && updated_ms < INT64_MAX / 1000000)
+        cm_remote_call_age(w->call, updated_ms * 1000000, load_ns);
 }
 
 static const CmRemoteOps mongo_remote_ops = {
@@ -54,6 +80,8 @@ static const CmRemoteOps mongo_remote_ops = {
     .handoff = cm_flight_wait_handoff,
     .unref = cm_flight_wait_unref,
     .attach_waiter = NULL,
+    .ages = mongo_ages,
+    .get_all_aged = mongo_get_all_aged,
 };
 
 static PyType_Spec wait_spec = CM_FLIGHT_WAIT_SPEC("cacheme._core.MongoFlightWait");

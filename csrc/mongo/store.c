@@ -22,6 +22,7 @@ int cm_mongo_init(PyObject *mod, CmState *st)
 #include "base/args.h"
 #include "base/batch.h"
 #include "base/exc.h"
+#include "core/fresh.h"
 #include "core/key.h"
 #include "core/ttl.h"
 #include "loop/loop.h"
@@ -123,18 +124,32 @@ static PyObject *client_get(PyObject *self, PyObject *const *args, Py_ssize_t na
     return submit(s, r);
 }
 
+static PyObject *get_all(PyObject *self, PyObject *nodes, PyObject *ser, int aged);
+
 static PyObject *client_get_all(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                                 PyObject *kwnames)
 {
     PyObject *buf[2];
     if ((args = cm_args(self, &get_all_spec, args, nargs, kwnames, buf)) == NULL)
         return NULL;
+    return get_all(self, args[0], args[1], 0);
+}
+
+PyObject *cm_mongo_get_all_aged(PyObject *storage, PyObject *nodes, PyObject *ser)
+{
+    return get_all(storage, nodes, ser, 1);
+}
+
+/* get_all of nodes; aged: triples with updated_at (see CmMongoReq). */
+static PyObject *get_all(PyObject *self, PyObject *nodes, PyObject *ser, int aged)
+{
     CmMongoClientObject *s = (CmMongoClientObject *)self;
     CmMongoReq *r = cm_mongo_req_new(CM_MONGO_GET_ALL);
     if (r == NULL)
         return NULL;
-    r->ser = Py_NewRef(args[1]);
-    if (cm_batch_keys(s, key_of, args[0], &r->keys, &r->nodes) < 0) {
+    r->ser = Py_NewRef(ser);
+    r->aged = aged;
+    if (cm_batch_keys(s, key_of, nodes, &r->keys, &r->nodes) < 0) {
         cm_mongo_req_free(r);
         return NULL;
     }
@@ -263,13 +278,16 @@ static void free_hosts(CmMongoClientObject *s)
     s->nhosts = s->primary = 0;
 }
 
-int cm_mongo_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject *waiter)
+int cm_mongo_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject *waiter,
+                     unsigned int fresh)
 {
     CmMongoClientObject *s = (CmMongoClientObject *)storage;
     CmMongoReq *r = cm_mongo_req_new(CM_MONGO_GET);
     if (r == NULL)
         return -1;
     r->ser = Py_NewRef(ser);
+    r->aged = fresh != 0;
+    r->stale = (fresh & CM_FRESH_STALE) != 0;
     if ((r->key = key_of(s, node)) == NULL) {
         cm_mongo_req_free(r);
         return -1;
@@ -280,7 +298,7 @@ int cm_mongo_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject 
 }
 
 int cm_mongo_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl,
-                     PyObject *ser, PyObject *waiter)
+                     PyObject *ser, PyObject *waiter, int64_t load_ns, int64_t stale_ns)
 {
     CmMongoClientObject *s = (CmMongoClientObject *)storage;
     CmMongoReq *r = cm_mongo_req_new(CM_MONGO_SET);
@@ -290,6 +308,14 @@ int cm_mongo_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObjec
         parse_ttl(s, ttl, &r->ttl_ms) < 0) {
         cm_mongo_req_free(r);
         return -1;
+    }
+    r->load_ns = load_ns;
+    if (stale_ns > 0 && r->ttl_ms >= 0) {
+        /* expire at the TTL (0.3.0 and plain gets miss past it), kept
+         * stale_if_error longer (stale_until) for the flight's reads */
+        long long stale_ms = (long long)((stale_ns + 500000) / 1000000);
+        r->ttl_ms = r->ttl_ms > stale_ms ? r->ttl_ms - stale_ms : 1;
+        r->stale_ms = stale_ms;
     }
     PyObject *fut = submit_to(s, r, waiter);
     Py_XDECREF(fut);
