@@ -114,3 +114,53 @@ def test_fork_while_a_redis_storage_is_deallocated_leaves_the_child_whole():
     r = run_python_proc(REDIS_FORK_IN_DEALLOC, timeout=120, env={"PYTHONMALLOC": "malloc_debug"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["child", "0"], (r.stdout, r.stderr)
+
+
+# A MongoDB request looked up the instance serving the loop, then made its
+# future (Python code: the loop's create_future), then queued on the
+# instance: closing the storage meanwhile (another thread; here the loop's
+# create_future) freed the instance under it.
+MONGO_CLOSE_IN_SUBMIT = """
+import asyncio, socket
+import cacheme
+
+class K:
+    def full_key(self):
+        return "k"
+
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(8)
+s = cacheme.Storage(url=f"mongodb://127.0.0.1:{srv.getsockname()[1]}/test", database="test",
+                    collection="c", timeout=0.2, connect_timeout=0.2)._storage
+
+class CloseLoop(asyncio.SelectorEventLoop):
+    armed = False
+
+    def create_future(self):
+        if CloseLoop.armed:
+            CloseLoop.armed = False
+            s.close_now()
+        return super().create_future()
+
+async def one():
+    try:
+        await s.get(K(), None)
+    except Exception as e:
+        return type(e).__name__
+
+home = asyncio.new_event_loop()
+print(home.run_until_complete(one()))
+CloseLoop.armed = True
+loop = CloseLoop()
+print(loop.run_until_complete(one()))
+assert not CloseLoop.armed, "the request made no future"
+"""
+
+
+def test_closing_a_mongodb_storage_while_a_request_makes_its_future():
+    r = run_python_proc(MONGO_CLOSE_IN_SUBMIT, timeout=120, env={"PYTHONMALLOC": "malloc_debug"})
+    assert r.returncode == 0, r.stderr
+    # the first request times out on the mute server; the second, made on
+    # a storage closed under it, fails or times out, and nothing crashes
+    assert len(r.stdout.split()) == 2, (r.stdout, r.stderr)

@@ -78,23 +78,29 @@ static PyObject *submit_to(CmMongoClientObject *self, CmMongoReq *r, PyObject *w
 {
     CmState *st = self->st;
     PyObject *fut = NULL;
+    CmMongoClientObject *inst = NULL;
     PyObject *loop = cm_loop_running(st);
     if (loop == NULL)
         goto fail;
-    CmMongoClientObject *inst = (CmMongoClientObject *)cm_netloops_for(&self->loops, loop);
-    if (inst == NULL)
-        goto fail;
+    /* the future first: making it runs Python code, which may close the
+     * storage and free the loop's instance; the instance is held while the
+     * request is queued on it */
     fut = waiter ? Py_NewRef(waiter) : cm_loop_create_future(st, loop);
     if (fut == NULL)
+        goto fail;
+    inst = (CmMongoClientObject *)Py_XNewRef(cm_netloops_for(&self->loops, loop));
+    if (inst == NULL)
         goto fail;
     CmMongoConnObject *c = cm_mongo_pool_conn(inst, loop, 0); // borrowed
     if (c == NULL)
         goto fail;
     r->fut = Py_NewRef(fut);
     cm_mongo_conn_push(c, r);
+    Py_DECREF(inst);
     Py_DECREF(loop);
     return fut;
 fail:
+    Py_XDECREF(inst);
     Py_XDECREF(fut);
     Py_XDECREF(loop);
     cm_mongo_req_free(r);
