@@ -40,7 +40,7 @@ static int age_of(PyObject *ages, PyObject *key, CmStoreAge *age)
         return PyErr_Occurred() ? -1 : 0;
     age->written = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 0));
     age->expire = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 1));
-    age->load_ns = 0;
+    age->load_ns = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 2));
     return PyErr_Occurred() ? -1 : 1;
 }
 
@@ -249,6 +249,7 @@ static PyObject *ga_await(PyObject *self) { return Py_NewRef(self); }
     X(load_keys)                                                                                   \
     X(admitted)                                                                                    \
     X(ages)                                                                                        \
+    X(due)                                                                                         \
     X(lease_keys)                                                                                  \
     X(leases)
 
