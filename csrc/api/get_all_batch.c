@@ -118,9 +118,9 @@ static int keep_age(CmGetAllObject *o, CmCacheRef *r, PyObject *key, const CmSto
 {
     if (o->ages == NULL && (o->ages = PyDict_New()) == NULL)
         return -1;
-    PyObject *t = Py_BuildValue("(LLL)", (long long)age->written,
-                                (long long)cm_fresh_remote_end(r, age->written),
-                                (long long)age->load_ns);
+    PyObject *t =
+        Py_BuildValue("(LLL)", (long long)age->written,
+                      (long long)cm_fresh_remote_end(r, age->written), (long long)age->load_ns);
     int rc = t != NULL ? PyDict_SetItem(o->ages, key, t) : -1;
     Py_XDECREF(t);
     int kind = rc == 0 ? cm_fresh_due(o->st, o->cfg, age) : -1;

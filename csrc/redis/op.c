@@ -75,10 +75,9 @@ static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
             Py_XDECREF(exc);
             continue;
         }
-        PyObject *pair =
-            op->aged ? Py_BuildValue("(OOLL)", PyList_GET_ITEM(op->nodes, i), v, (long long)updated,
-                                     (long long)load)
-                     : PyTuple_Pack(2, PyList_GET_ITEM(op->nodes, i), v);
+        PyObject *pair = op->aged ? Py_BuildValue("(OOLL)", PyList_GET_ITEM(op->nodes, i), v,
+                                                  (long long)updated, (long long)load)
+                                  : PyTuple_Pack(2, PyList_GET_ITEM(op->nodes, i), v);
         Py_DECREF(v);
         if (pair == NULL || PyList_Append(out, pair) < 0) {
             Py_XDECREF(pair);
