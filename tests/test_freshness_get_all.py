@@ -201,3 +201,90 @@ async def test_a_failing_background_refresh_keeps_the_values_and_is_logged(kind,
     assert await cacheme.get_all(nodes(N)) == [(i, 3) for i in KEYS]
     assert cacheme.stats(N).refresh_counts()["background"] == 6
     await client.close()
+
+
+async def hold_refresh_of_1(kind, redis_server, src):
+    """N(1) due (6 s old, refresh_after 5 s), N(2) and N(3) fresh, all in
+    Redis; a get of N(1) starts its refresh, whose load src.gate holds. The
+    node, the local store (or None) and the Redis client."""
+    N, store, client = await chain(kind, redis_server, src, refresh_after=timedelta(seconds=5))
+    assert await cacheme.get(N(1)) == (1, 1)
+    advance(6)
+    for i in (2, 3):
+        assert await cacheme.get(N(i)) == (i, 1)
+    src.gate = asyncio.Event()
+    assert await cacheme.get(N(1)) == (1, 1)  # a hit, due: refreshed behind it
+    await asyncio.sleep(0.01)
+    assert src.loads == [1, 2, 3, 1]
+    assert _core._flights_in_table() == 1
+    if store is not None:
+        for i in KEYS:
+            assert store.remove(N(i).full_key())
+    return N, store, client
+
+
+@chains
+async def test_a_get_all_reads_redis_past_a_refresh_in_flight(kind, redis_server):
+    """A get_all that misses the local caches for a key whose refresh runs
+    reads Redis for it with the others, as get does, instead of waiting for
+    the refresh."""
+    src = Source()
+    N, store, client = await hold_refresh_of_1(kind, redis_server, src)
+    got = await asyncio.wait_for(asyncio.gather(*[cacheme.get_all(nodes(N)) for _ in range(3)]),
+                                 5)
+    assert got == [old()] * 3
+    if store is not None:  # the batch filled the local copies
+        assert [store.get(N(i).full_key()) for i in KEYS] == old()
+    assert src.loads == [1, 2, 3, 1]  # no second refresh, no load
+    assert _core._flights_in_table() == 1
+    assert cacheme.stats(N).refresh_counts()["background"] == 1
+    src.gate.set()
+    await settle()
+    assert _core._flights_in_table() == 0
+    assert await cacheme.get_all(nodes(N)) == [(1, 2), (2, 1), (3, 1)]
+    assert src.loads == [1, 2, 3, 1]
+    await client.close()
+
+
+@chains
+async def test_a_get_all_waits_for_a_refresh_only_for_what_redis_misses(kind, redis_server):
+    """N(1) gone from Redis too while its refresh runs: the get_all waits for
+    that refresh (and starts no load of its own); the others come from
+    Redis."""
+    src = Source()
+    N, store, client = await hold_refresh_of_1(kind, redis_server, src)
+    assert await client.execute("DEL", N(1).full_key()) == 1
+    task = asyncio.ensure_future(cacheme.get_all(nodes(N)))
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    assert src.loads == [1, 2, 3, 1]
+    assert _core._flights_in_table() == 1
+    src.gate.set()
+    assert await asyncio.wait_for(task, 5) == [(1, 2), (2, 1), (3, 1)]
+    await settle()
+    assert src.loads == [1, 2, 3, 1]
+    assert _core._flights_in_table() == 0
+    assert await cacheme.get_all(nodes(N)) == [(1, 2), (2, 1), (3, 1)]
+    await client.close()
+
+
+async def test_a_get_all_loads_what_redis_misses_once_the_refresh_failed(redis_server, caplog):
+    """N(1) gone from Redis; its refresh fails after the get_all's batch
+    read Redis past it: the batch loads N(1) itself."""
+    src = Source()
+    N, _, client = await hold_refresh_of_1("redis", redis_server, src)
+    assert await client.execute("DEL", N(1).full_key()) == 1
+    src.fail = ValueError("source down")
+    task = asyncio.ensure_future(cacheme.get_all(nodes(N)))
+    await asyncio.sleep(0)  # the caller's first step: N(1) is read past its refresh
+    assert _core._flights_in_table() == 3  # its refresh, and N(2), N(3) led
+    with caplog.at_level(logging.WARNING, logger="cacheme"):
+        src.gate.set()  # the refresh fails before Redis answers the batch
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert any("background refresh" in r.getMessage() for r in caplog.records)
+    src.fail = None
+    assert await asyncio.wait_for(task, 5) == [(1, 3), (2, 1), (3, 1)]
+    assert src.loads == [1, 2, 3, 1, 1]
+    assert _core._flights_in_table() == 0
+    await client.close()

@@ -242,6 +242,7 @@ static PyObject *ga_await(PyObject *self) { return Py_NewRef(self); }
     X(wait_aws)                                                                                    \
     X(nofill)                                                                                      \
     X(task)                                                                                        \
+    X(bg)                                                                                          \
     X(todo)                                                                                        \
     X(found)                                                                                       \
     X(settled)                                                                                     \

@@ -124,6 +124,12 @@ static int keep_age(CmGetAllObject *o, CmCacheRef *r, PyObject *key, const CmSto
     int rc = t != NULL ? PyDict_SetItem(o->ages, key, t) : -1;
     Py_XDECREF(t);
     int kind = rc == 0 ? cm_fresh_due(o->st, o->cfg, age) : -1;
+    if (kind >= 0 && o->bg != NULL) {
+        /* its refresh runs already */
+        int in = PySet_Contains(o->bg, key);
+        if (in != 0)
+            return in < 0 ? -1 : 0;
+    }
     if (kind >= 0) {
         PyObject *k = PyLong_FromLong(kind);
         if (k == NULL || (o->due == NULL && (o->due = PyDict_New()) == NULL))
@@ -205,6 +211,53 @@ static int settle_found(CmGetAllObject *o, PyObject *key, PyObject *value)
     return PySet_Add(o->settled, key);
 }
 
+/* The keys read past a refresh (o->bg) that the remote caches missed leave
+ * todo and bg: the caller waits for that refresh (wait_keys, wait_aws), or,
+ * when it is over, they are led and loaded with the others. 0, or -1 with
+ * an exception. */
+static int bg_missed(CmGetAllObject *o)
+{
+    CmState *st = o->st;
+    PyObject *keys = o->bg != NULL ? PySequence_List(o->bg) : NULL;
+    if (keys == NULL)
+        return o->bg != NULL ? -1 : 0;
+    int rc = 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(keys); i++) {
+        PyObject *key = PyList_GET_ITEM(keys, i); // borrowed
+        int in = PyDict_Contains(o->todo, key);
+        if (in <= 0) {
+            rc = in; /* found: the batch fills it */
+            continue;
+        }
+        Py_hash_t h = PyObject_Hash(key);
+        PyObject *aw;
+        int j = h == -1 ? -1 : cm_flight_join(st, key, h, &aw);
+        if (j > 0) {
+            rc = PyList_Append(o->wait_keys, key) < 0 || PyList_Append(o->wait_aws, aw) < 0 ||
+                         (j == 2 && PySet_Add(o->nofill, key) < 0) ||
+                         PyDict_DelItem(o->todo, key) < 0
+                     ? -1
+                     : 0;
+            Py_DECREF(aw);
+        } else if (j == 0) {
+            PyObject *hd = cm_flight_lead(st, key, h);
+            if (hd == Py_None) {
+                Py_DECREF(hd);
+                PyErr_SetString(PyExc_RuntimeError, "cacheme: a flight started while joining");
+                hd = NULL;
+            }
+            rc = hd == NULL || PyDict_SetItem(o->lead, key, hd) < 0 ? -1 : 0;
+            Py_XDECREF(hd);
+        } else {
+            rc = -1;
+        }
+        if (rc == 0)
+            rc = PySet_Discard(o->bg, key) < 0 ? -1 : 0;
+    }
+    Py_DECREF(keys);
+    return rc;
+}
+
 /* cls.load_all is Node.load_all's own: 1, else 0 (-1 on error). */
 static int default_load_all(CmGetAllObject *o, PyObject **bound)
 {
@@ -257,15 +310,16 @@ static int batch_admit(CmGetAllObject *o)
     PyObject *key, *value;
     Py_ssize_t i = 0;
     while (PyDict_Next(o->found, &i, &key, &value)) {
+        /* NULL: read past a refresh (o->bg), no flight of ours */
         PyObject *h = PyDict_GetItemWithError(o->lead, key); // borrowed
-        if (h == NULL)
-            return PyErr_Occurred() ? -1 : 0;
-        int s = PySet_Contains(o->settled, key);
+        if (h == NULL && PyErr_Occurred())
+            return -1;
+        int s = h != NULL ? PySet_Contains(o->settled, key) : 1;
         if (s < 0)
             return -1;
         if (!s)
             cm_flight_handle_settle(h, value, NULL);
-        if (cm_flight_handle_stale(h))
+        if (h != NULL && cm_flight_handle_stale(h))
             continue;
         if (cfg->doorkeeper != Py_None) {
             int ok = doorkeeper_admits(st, cfg->doorkeeper, key);
@@ -286,7 +340,7 @@ static int batch_admit(CmGetAllObject *o)
     while (PyDict_Next(o->admitted, &i, &key, &value)) {
         PyObject *h = PyDict_GetItemWithError(o->lead, key); // borrowed
         if ((h == NULL && PyErr_Occurred()) ||
-            (h != NULL && !cm_flight_handle_unsure(h) && PyList_Append(keys, key) < 0)) {
+            ((h == NULL || !cm_flight_handle_unsure(h)) && PyList_Append(keys, key) < 0)) {
             Py_DECREF(keys);
             return -1;
         }
@@ -497,6 +551,8 @@ int cm_ga_batch_advance(CmGetAllObject *o, PyObject *res, PyObject **out)
                 return 1;
             return cm_ga_batch_advance(o, NULL, out); /* failed at the call: as if awaited */
         }
+        if (bg_missed(o) < 0)
+            goto fail;
         {
             /* what the remote caches had is settled now: its waiters need
              * not wait for the others' loads */

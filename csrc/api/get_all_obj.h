@@ -34,6 +34,12 @@ typedef struct {
      * tiers (cm_flight_unsure, or invalidated while in flight) */
     PyObject *nofill;
     PyObject *task; /* the batch's Task */
+    /* both roles, shared: set of the keys in flight for a background
+     * refresh that the batch reads from the remote caches past it; those
+     * they miss leave it (the batch then has the caller wait for the
+     * refresh through wait_keys / wait_aws / nofill, which it shares too,
+     * or leads them when the refresh is over). NULL: none. */
+    PyObject *bg;
     /* batch */
     PyObject *todo;          /* dict key -> node: led keys still without a value */
     PyObject *found;         /* dict key -> value */
