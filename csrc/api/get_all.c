@@ -31,7 +31,15 @@ static int nofill_add(CmGetAllObject *o, PyObject *key)
     return PySet_Add(o->nofill, key);
 }
 
-/* Join the keys in flight, lead the others; the batch Task for the led. */
+/* key's flight is a background refresh still loading, which a node with
+ * remote caches reads past (as get does, flight/call.c): 1, else 0. */
+static int reads_past(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t h)
+{
+    return cfg->nlocal_prefix < cfg->ncaches && cm_flight_refreshing(st, key, h);
+}
+
+/* Join the keys in flight, lead the others; the batch Task for the led and
+ * for those it reads past a refresh (o->bg). */
 static int caller_start(CmGetAllObject *o)
 {
     CmState *st = o->st;
@@ -44,6 +52,11 @@ static int caller_start(CmGetAllObject *o)
         Py_hash_t h = PyObject_Hash(key);
         if (h == -1)
             return -1;
+        if (reads_past(st, o->cfg, key, h)) {
+            if ((o->bg == NULL && (o->bg = PySet_New(NULL)) == NULL) || PySet_Add(o->bg, key) < 0)
+                return -1;
+            continue;
+        }
         PyObject *aw;
         int j = cm_flight_join(st, key, h, &aw);
         if (j < 0)
@@ -69,12 +82,14 @@ static int caller_start(CmGetAllObject *o)
         if (rc < 0)
             return -1;
     }
-    Py_ssize_t nlead = PyDict_GET_SIZE(o->lead);
+    Py_ssize_t nlead = PyDict_GET_SIZE(o->lead) + (o->bg != NULL ? PySet_GET_SIZE(o->bg) : 0);
     CmMetricsObject *m = o->cfg->metrics;
     m->hit_count += (uint64_t)(PyList_GET_SIZE(o->keys) - nlead);
     m->miss_count += (uint64_t)nlead;
     if (nlead == 0)
         return 0;
+    if (o->bg != NULL && o->nofill == NULL && (o->nofill = PySet_New(NULL)) == NULL)
+        return -1;
 
     CmGetAllObject *b = cm_ga_alloc(st, R_BATCH, B_START);
     if (b == NULL)
@@ -98,6 +113,32 @@ static int caller_start(CmGetAllObject *o)
             Py_DECREF(b);
             return -1;
         }
+    }
+    if (o->bg != NULL) {
+        /* read by the batch too, past their refreshes */
+        PyObject *it = PyObject_GetIter(o->bg);
+        if (it == NULL) {
+            Py_DECREF(b);
+            return -1;
+        }
+        while ((key = PyIter_Next(it)) != NULL) {
+            node = PyDict_GetItemWithError(o->pending, key); // borrowed
+            int rc = node == NULL || PyDict_SetItem(b->todo, key, node) < 0;
+            if (rc && !PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, key);
+            Py_DECREF(key);
+            if (rc)
+                break;
+        }
+        Py_DECREF(it);
+        if (PyErr_Occurred()) {
+            Py_DECREF(b);
+            return -1;
+        }
+        b->bg = Py_NewRef(o->bg);
+        b->wait_keys = Py_NewRef(o->wait_keys);
+        b->wait_aws = Py_NewRef(o->wait_aws);
+        b->nofill = Py_NewRef(o->nofill);
     }
     PyObject *loop = cm_loop_running(st);
     if (loop != NULL) {
@@ -131,9 +172,11 @@ static void caller_cancelled(CmGetAllObject *o)
 }
 
 /* Fill the local caches that missed with what came from further away:
- * not the keys of lead (the batch filled those) nor of nofill (NULL: none). */
+ * not the keys of lead nor of bg (the batch filled those) nor of nofill
+ * (NULL: none). */
 static int caller_fill(CmState *st, CmNodeConfigObject *cfg, PyObject *local_missed,
-                       PyObject *results, PyObject *lead, PyObject *nofill, PyObject *nodes)
+                       PyObject *results, PyObject *lead, PyObject *bg, PyObject *nofill,
+                       PyObject *nodes)
 {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(local_missed); i++) {
         PyObject *t = PyList_GET_ITEM(local_missed, i); // borrowed
@@ -147,6 +190,10 @@ static int caller_fill(CmState *st, CmNodeConfigObject *cfg, PyObject *local_mis
             int in = PyDict_Contains(results, key);
             if (in > 0 && lead != NULL) {
                 in = PyDict_Contains(lead, key);
+                in = in < 0 ? -1 : !in;
+            }
+            if (in > 0 && bg != NULL) {
+                in = PySet_Contains(bg, key);
                 in = in < 0 ? -1 : !in;
             }
             if (in > 0 && nofill != NULL) {
@@ -236,7 +283,8 @@ next_wait:
         return 1;
     }
     o->step = S_DONE;
-    if (caller_fill(o->st, o->cfg, o->local_missed, o->results, o->lead, o->nofill, o->all) < 0)
+    if (caller_fill(o->st, o->cfg, o->local_missed, o->results, o->lead, o->bg, o->nofill, o->all) <
+        0)
         return -1;
     *out = caller_result(o->keys, o->results);
     return *out ? 0 : -1;
@@ -515,7 +563,7 @@ static PyObject *py_get_all(PyObject *mod, PyObject *arg)
     if (unknown == 0) {
         /* every node hit a local cache: fill the earlier ones that missed */
         cfg->metrics->hit_count += (uint64_t)n;
-        if (caller_fill(st, cfg, local_missed, results, NULL, NULL, all) < 0)
+        if (caller_fill(st, cfg, local_missed, results, NULL, NULL, NULL, all) < 0)
             goto done;
         PyObject *list = keyset_result(&s);
         if (list != NULL) {

@@ -40,7 +40,7 @@ static int age_of(PyObject *ages, PyObject *key, CmStoreAge *age)
         return PyErr_Occurred() ? -1 : 0;
     age->written = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 0));
     age->expire = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 1));
-    age->load_ns = 0;
+    age->load_ns = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 2));
     return PyErr_Occurred() ? -1 : 1;
 }
 
@@ -242,6 +242,7 @@ static PyObject *ga_await(PyObject *self) { return Py_NewRef(self); }
     X(wait_aws)                                                                                    \
     X(nofill)                                                                                      \
     X(task)                                                                                        \
+    X(bg)                                                                                          \
     X(todo)                                                                                        \
     X(found)                                                                                       \
     X(settled)                                                                                     \
@@ -249,6 +250,7 @@ static PyObject *ga_await(PyObject *self) { return Py_NewRef(self); }
     X(load_keys)                                                                                   \
     X(admitted)                                                                                    \
     X(ages)                                                                                        \
+    X(due)                                                                                         \
     X(lease_keys)                                                                                  \
     X(leases)
 

@@ -13,28 +13,32 @@
 #include "flight/flight.h"
 #include "flight/remote.h"
 
-/* (a, b) = item, or (a, b, c) with c given; borrowed into *a, *b (and *c)
- * from *tmp (new ref, to drop). */
-static int unpack(PyObject *item, PyObject **tmp, PyObject **a, PyObject **b, PyObject **c)
+/* (a, b) = item; with c given, (a, b, c) or (a, b, c, d), *d NULL for a
+ * triple. Borrowed into *a, *b (*c, *d) from *tmp (new ref, to drop). */
+static int unpack(PyObject *item, PyObject **tmp, PyObject **a, PyObject **b, PyObject **c,
+                  PyObject **d)
 {
-    Py_ssize_t want = c != NULL ? 3 : 2;
+    Py_ssize_t lo = c != NULL ? 3 : 2, hi = c != NULL ? 4 : 2;
     PyObject *t = PyTuple_CheckExact(item) ? Py_NewRef(item) : PySequence_Tuple(item);
     if (t == NULL)
         return -1;
-    if (PyTuple_GET_SIZE(t) != want) {
-        if (PyTuple_GET_SIZE(t) > want)
-            PyErr_Format(PyExc_ValueError, "too many values to unpack (expected %zd)", want);
+    Py_ssize_t n = PyTuple_GET_SIZE(t);
+    if (n < lo || n > hi) {
+        if (n > hi)
+            PyErr_Format(PyExc_ValueError, "too many values to unpack (expected %zd)", hi);
         else
             PyErr_Format(PyExc_ValueError, "not enough values to unpack (expected %zd, got %zd)",
-                         want, PyTuple_GET_SIZE(t));
+                         lo, n);
         Py_DECREF(t);
         return -1;
     }
     *tmp = t;
     *a = PyTuple_GET_ITEM(t, 0);
     *b = PyTuple_GET_ITEM(t, 1);
-    if (c != NULL)
+    if (c != NULL) {
         *c = PyTuple_GET_ITEM(t, 2);
+        *d = n == 4 ? PyTuple_GET_ITEM(t, 3) : NULL;
+    }
     return 0;
 }
 
@@ -93,28 +97,67 @@ static PyObject *call_remote_get_all(CmGetAllObject *o, CmCacheRef *r)
 }
 
 /* A value of remote cache r written at updated (an int, UTC ns; 0
- * unknown): 1 when it is past r's TTL, kept there only for stale_if_error
- * (a miss for get_all, which has no fallback to give); else 0, its age in
- * *age (written 0: unknown). -1 with an exception. */
-static int remote_age(CmGetAllObject *o, CmCacheRef *r, PyObject *updated, CmStoreAge *age)
+ * unknown) with load time load (an int, ns, or NULL: unknown): 1 when it
+ * is past r's TTL, kept there only for stale_if_error (a miss for get_all,
+ * which has no fallback to give); else 0, its age in *age (written 0:
+ * unknown). -1 with an exception. */
+static int remote_age(CmGetAllObject *o, CmCacheRef *r, PyObject *updated, PyObject *load,
+                      CmStoreAge *age)
 {
     long long ns = PyLong_AsLongLong(updated);
+    long long load_ns = load != NULL ? PyLong_AsLongLong(load) : 0;
     age->written = 0;
-    if (ns == -1 && PyErr_Occurred())
+    if ((ns == -1 || load_ns == -1) && PyErr_Occurred())
         return -1;
-    return ns != 0 && cm_fresh_remote_age(o->cfg, r, ns, 0, age);
+    return ns != 0 && cm_fresh_remote_age(o->cfg, r, ns, load_ns > 0 ? load_ns : 0, age);
 }
 
-/* o->ages[key] = the age of a remote hit of cache r (age->written not 0). */
+/* o->ages[key] = the age of a remote hit of cache r (age->written not 0);
+ * o->due[key] = the refresh that age calls for, if any. */
 static int keep_age(CmGetAllObject *o, CmCacheRef *r, PyObject *key, const CmStoreAge *age)
 {
     if (o->ages == NULL && (o->ages = PyDict_New()) == NULL)
         return -1;
-    PyObject *t = Py_BuildValue("(LL)", (long long)age->written,
-                                (long long)cm_fresh_remote_end(r, age->written));
+    PyObject *t =
+        Py_BuildValue("(LLL)", (long long)age->written,
+                      (long long)cm_fresh_remote_end(r, age->written), (long long)age->load_ns);
     int rc = t != NULL ? PyDict_SetItem(o->ages, key, t) : -1;
     Py_XDECREF(t);
+    int kind = rc == 0 ? cm_fresh_due(o->st, o->cfg, age) : -1;
+    if (kind >= 0 && o->bg != NULL) {
+        /* its refresh runs already */
+        int in = PySet_Contains(o->bg, key);
+        if (in != 0)
+            return in < 0 ? -1 : 0;
+    }
+    if (kind >= 0) {
+        PyObject *k = PyLong_FromLong(kind);
+        if (k == NULL || (o->due == NULL && (o->due = PyDict_New()) == NULL))
+            rc = -1;
+        else
+            rc = PyDict_SetItem(o->due, key, k);
+        Py_XDECREF(k);
+    }
     return rc;
+}
+
+/* The batch is done: start the refreshes its remote hits called for (the
+ * keys are out of the flight table; one already in flight again counts).
+ * A failure is reported as unraisable. */
+static void start_due(CmGetAllObject *o)
+{
+    PyObject *key, *kind;
+    Py_ssize_t i = 0;
+    while (PyDict_Next(o->due, &i, &key, &kind)) {
+        PyObject *node = PyDict_GetItemWithError(o->pending, key); // borrowed
+        Py_hash_t h = node != NULL ? PyObject_Hash(key) : -1;
+        CmRequest req = {.node = node, .cfg = o->cfg, .key = key, .hash = h};
+        if (h == -1 || cm_refresh_start(o->st, &req, (int)PyLong_AsLong(kind)) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, key);
+            PyErr_WriteUnraisable(key);
+        }
+    }
 }
 
 /* What remote cache r returned: found[key] = value for the todo keys. */
@@ -125,11 +168,11 @@ static int take_remote(CmGetAllObject *o, CmCacheRef *r, PyObject *got, uint64_t
         return -1;
     PyObject *item;
     while ((item = PyIter_Next(it)) != NULL) {
-        PyObject *tmp, *node, *value, *updated = NULL;
+        PyObject *tmp, *node, *value, *updated = NULL, *load = NULL;
         CmStoreAge age = {.written = 0};
-        int rc = unpack(item, &tmp, &node, &value, o->remote_aged ? &updated : NULL);
+        int rc = unpack(item, &tmp, &node, &value, o->remote_aged ? &updated : NULL, &load);
         Py_DECREF(item);
-        if (rc == 0 && updated != NULL && (rc = remote_age(o, r, updated, &age)) != 0) {
+        if (rc == 0 && updated != NULL && (rc = remote_age(o, r, updated, load, &age)) != 0) {
             Py_DECREF(tmp);
             if (rc < 0)
                 break;
@@ -166,6 +209,53 @@ static int settle_found(CmGetAllObject *o, PyObject *key, PyObject *value)
         return PyErr_Occurred() ? -1 : 0;
     cm_flight_handle_settle(h, value, NULL);
     return PySet_Add(o->settled, key);
+}
+
+/* The keys read past a refresh (o->bg) that the remote caches missed leave
+ * todo and bg: the caller waits for that refresh (wait_keys, wait_aws), or,
+ * when it is over, they are led and loaded with the others. 0, or -1 with
+ * an exception. */
+static int bg_missed(CmGetAllObject *o)
+{
+    CmState *st = o->st;
+    PyObject *keys = o->bg != NULL ? PySequence_List(o->bg) : NULL;
+    if (keys == NULL)
+        return o->bg != NULL ? -1 : 0;
+    int rc = 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(keys); i++) {
+        PyObject *key = PyList_GET_ITEM(keys, i); // borrowed
+        int in = PyDict_Contains(o->todo, key);
+        if (in <= 0) {
+            rc = in; /* found: the batch fills it */
+            continue;
+        }
+        Py_hash_t h = PyObject_Hash(key);
+        PyObject *aw;
+        int j = h == -1 ? -1 : cm_flight_join(st, key, h, &aw);
+        if (j > 0) {
+            rc = PyList_Append(o->wait_keys, key) < 0 || PyList_Append(o->wait_aws, aw) < 0 ||
+                         (j == 2 && PySet_Add(o->nofill, key) < 0) ||
+                         PyDict_DelItem(o->todo, key) < 0
+                     ? -1
+                     : 0;
+            Py_DECREF(aw);
+        } else if (j == 0) {
+            PyObject *hd = cm_flight_lead(st, key, h);
+            if (hd == Py_None) {
+                Py_DECREF(hd);
+                PyErr_SetString(PyExc_RuntimeError, "cacheme: a flight started while joining");
+                hd = NULL;
+            }
+            rc = hd == NULL || PyDict_SetItem(o->lead, key, hd) < 0 ? -1 : 0;
+            Py_XDECREF(hd);
+        } else {
+            rc = -1;
+        }
+        if (rc == 0)
+            rc = PySet_Discard(o->bg, key) < 0 ? -1 : 0;
+    }
+    Py_DECREF(keys);
+    return rc;
 }
 
 /* cls.load_all is Node.load_all's own: 1, else 0 (-1 on error). */
@@ -220,15 +310,16 @@ static int batch_admit(CmGetAllObject *o)
     PyObject *key, *value;
     Py_ssize_t i = 0;
     while (PyDict_Next(o->found, &i, &key, &value)) {
+        /* NULL: read past a refresh (o->bg), no flight of ours */
         PyObject *h = PyDict_GetItemWithError(o->lead, key); // borrowed
-        if (h == NULL)
-            return PyErr_Occurred() ? -1 : 0;
-        int s = PySet_Contains(o->settled, key);
+        if (h == NULL && PyErr_Occurred())
+            return -1;
+        int s = h != NULL ? PySet_Contains(o->settled, key) : 1;
         if (s < 0)
             return -1;
         if (!s)
             cm_flight_handle_settle(h, value, NULL);
-        if (cm_flight_handle_stale(h))
+        if (h != NULL && cm_flight_handle_stale(h))
             continue;
         if (cfg->doorkeeper != Py_None) {
             int ok = doorkeeper_admits(st, cfg->doorkeeper, key);
@@ -249,7 +340,7 @@ static int batch_admit(CmGetAllObject *o)
     while (PyDict_Next(o->admitted, &i, &key, &value)) {
         PyObject *h = PyDict_GetItemWithError(o->lead, key); // borrowed
         if ((h == NULL && PyErr_Occurred()) ||
-            (h != NULL && !cm_flight_handle_unsure(h) && PyList_Append(keys, key) < 0)) {
+            ((h == NULL || !cm_flight_handle_unsure(h)) && PyList_Append(keys, key) < 0)) {
             Py_DECREF(keys);
             return -1;
         }
@@ -460,6 +551,8 @@ int cm_ga_batch_advance(CmGetAllObject *o, PyObject *res, PyObject **out)
                 return 1;
             return cm_ga_batch_advance(o, NULL, out); /* failed at the call: as if awaited */
         }
+        if (bg_missed(o) < 0)
+            goto fail;
         {
             /* what the remote caches had is settled now: its waiters need
              * not wait for the others' loads */
@@ -543,7 +636,7 @@ int cm_ga_batch_advance(CmGetAllObject *o, PyObject *res, PyObject **out)
         PyObject *item;
         while ((item = PyIter_Next(it)) != NULL) {
             PyObject *tmp, *node, *value;
-            rc = unpack(item, &tmp, &node, &value, NULL);
+            rc = unpack(item, &tmp, &node, &value, NULL, NULL);
             Py_DECREF(item);
             if (rc < 0)
                 break;
@@ -598,6 +691,8 @@ next_fill:
     }
     lead_finish_all(o);
     cm_ga_lease_end(o);
+    if (o->due != NULL)
+        start_due(o);
     o->step = S_DONE;
     *out = Py_NewRef(o->found);
     return 0;

@@ -34,6 +34,12 @@ typedef struct {
      * tiers (cm_flight_unsure, or invalidated while in flight) */
     PyObject *nofill;
     PyObject *task; /* the batch's Task */
+    /* both roles, shared: set of the keys in flight for a background
+     * refresh that the batch reads from the remote caches past it; those
+     * they miss leave it (the batch then has the caller wait for the
+     * refresh through wait_keys / wait_aws / nofill, which it shares too,
+     * or leads them when the refresh is over). NULL: none. */
+    PyObject *bg;
     /* batch */
     PyObject *todo;          /* dict key -> node: led keys still without a value */
     PyObject *found;         /* dict key -> value */
@@ -41,11 +47,16 @@ typedef struct {
     PyObject *remote_missed; /* list of (cache index, [keys]) */
     PyObject *load_keys;     /* list: the keys loaded one by one */
     PyObject *admitted;      /* dict key -> value: what fills the caches */
-    /* dict key -> (written, end) of a remote hit whose age was read (cm_now_ns
-     * time; end: the soonest it expires there), for the local fills */
+    /* dict key -> (written, end, load_ns) of a remote hit whose age was read
+     * (cm_now_ns time; end: the soonest it expires there; load_ns: its load
+     * time, 0 unknown), for the local fills */
     PyObject *ages;
+    /* dict key -> CM_REFRESH_* of a remote hit whose age called for a
+     * refresh, started once the batch is done (NULL: none) */
+    PyObject *due;
     Py_ssize_t remote_settled;
-    int remote_aged; /* the remote get_all running gives (node, value, updated_at) */
+    /* the remote get_all running gives (node, value, updated_at[, load_ns]) */
+    int remote_aged;
     int64_t load_start;
     /* cross-process leases (get_all_lease.c): the keys asked for (list, in
      * the order of the answer; None once tried without one), the leases

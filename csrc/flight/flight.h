@@ -105,6 +105,10 @@ PyObject *cm_flight_load_timeout(CmState *st, CmNodeConfigObject *cfg, PyObject 
  * value may not fill local tiers (cm_flight_unsure, or invalidated), 0 when
  * there is none, -1 with an exception. */
 int cm_flight_join(CmState *st, PyObject *key, Py_hash_t hash, PyObject **aw);
+/* key's flight is a background refresh still loading (cm_refresh_start),
+ * which a caller that misses the local caches reads the remote ones past
+ * rather than join: 1, else 0. */
+int cm_flight_refreshing(CmState *st, PyObject *key, Py_hash_t hash);
 /* Once aw (of cm_flight_join) gave its value: 1 when the flight's value may
  * not fill local tiers (marked unsure or invalidated while it was awaited),
  * else 0. */

@@ -147,6 +147,12 @@ int cm_flight_join(CmState *st, PyObject *key, Py_hash_t hash, PyObject **aw)
     return 1;
 }
 
+int cm_flight_refreshing(CmState *st, PyObject *key, Py_hash_t hash)
+{
+    CmFlight *fl = cm_flight_find(st, key, hash); // borrowed
+    return fl != NULL && fl->background && !fl->done;
+}
+
 int cm_flight_joined_unsure(CmState *st, PyObject *aw)
 {
     if (Py_TYPE(aw) != st->flight.CallType)

@@ -48,7 +48,10 @@ struct CmRemoteOps {
     int (*ages)(CmState *st, PyObject *storage);
     /* Optional (NULL: none), with ages: storage.get_all(nodes, ser) whose
      * pairs are triples (node, value, updated_at: UTC ns since the epoch, 0
-     * unknown), for get_all of a node with freshness options. NULL with an
+     * unknown) or 4-tuples (node, value, updated_at, load_ns: the load time
+     * stored with the value, ns, 0 none), for get_all of a node with
+     * freshness options: a hit whose age is due starts a refresh, and the
+     * local copies keep load_ns (early_refresh's delta). NULL with an
      * exception. */
     PyObject *(*get_all_aged)(CmState *st, PyObject *storage, PyObject *nodes, PyObject *ser);
     /* Optional (NULL: none). local (a LocalStore) sits in front of storage

@@ -437,7 +437,7 @@ static void send_mget(CmRedisClientObject *self, PyObject *loop, CmRedisOp *op, 
 }
 
 /* MGET of the nodes (a sequence); aged: the pairs carry each value's
- * updated_at (cm_redis_get_all_aged). */
+ * updated_at and load time (cm_redis_get_all_aged). */
 static PyObject *get_all_op(CmRedisClientObject *self, PyObject *seq, PyObject *ser, int aged)
 {
     CmState *st = self->st;

@@ -52,7 +52,7 @@ static PyObject *decode_value(CmState *st, PyObject *ser, PyObject *raw)
 }
 
 /* [(node, value)] of the keys found and decodable, in order; an aged op's
- * are (node, value, updated_at: UTC ns, 0 unknown). */
+ * are (node, value, updated_at: UTC ns, 0 unknown, load time: ns, 0 none). */
 static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
 {
     Py_ssize_t n = PyList_GET_SIZE(op->result);
@@ -75,9 +75,9 @@ static PyObject *mget_pairs(CmState *st, CmRedisOp *op)
             Py_XDECREF(exc);
             continue;
         }
-        PyObject *pair =
-            op->aged ? Py_BuildValue("(OOL)", PyList_GET_ITEM(op->nodes, i), v, (long long)updated)
-                     : PyTuple_Pack(2, PyList_GET_ITEM(op->nodes, i), v);
+        PyObject *pair = op->aged ? Py_BuildValue("(OOLL)", PyList_GET_ITEM(op->nodes, i), v,
+                                                  (long long)updated, (long long)load)
+                                  : PyTuple_Pack(2, PyList_GET_ITEM(op->nodes, i), v);
         Py_DECREF(v);
         if (pair == NULL || PyList_Append(out, pair) < 0) {
             Py_XDECREF(pair);

@@ -208,8 +208,8 @@ CmRedisOp *cm_redis_set_for(PyObject *client, PyObject *node, PyObject *value, P
                             PyObject *ser, PyObject *loop, PyObject *get);
 PyObject *cm_redis_op_handoff(CmRedisOp *op, PyObject *get);
 int cm_redis_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
-/* get_all(nodes, ser) whose pairs are (node, value, updated_at ns):
- * CmRemoteOps.get_all_aged. */
+/* get_all(nodes, ser) whose pairs are (node, value, updated_at ns, load
+ * time ns): CmRemoteOps.get_all_aged. */
 PyObject *cm_redis_get_all_aged(CmState *st, PyObject *client, PyObject *nodes, PyObject *ser);
 /* redis/remote.c: RedisClient registered with the singleflight */
 int cm_redis_remote_init(PyObject *mod, CmState *st);
