@@ -253,6 +253,72 @@ def test_sync_web_app_asyncio_run_per_request():
     assert all(n > 0 for n in r["calls"]), r
 
 
+# A sync app running a coroutine per request on a SQL storage: the idle
+# connection of the loop just closed serves the next loop (before: a new
+# connection per asyncio.run, for PostgreSQL a server process, the PREPARE
+# and a cold first query, 15-25 ms on the 2-core machine). One the server
+# dropped meanwhile is not reused.
+PER_REQUEST = """
+import subprocess
+async def setup():
+    await cacheme.register_storage("remote", cacheme.Storage(url=URL, **OPTS))
+asyncio.run(setup())
+N = node_class([cacheme.Cache(storage="remote", ttl=None)], VERSION)
+store = cacheme.data.get_storage_by_name("remote")._storage
+values = []
+
+def requests(n, tag):
+    for j in range(n):
+        k = f"{tag}{j % 3}"
+        values.append(asyncio.run(asyncio.wait_for(cacheme.get(N(k)), 5)) == {"k": k})
+
+def kill_clients():
+    # the server ends the storage's connections (and waits until it did)
+    if KIND == "postgresql":
+        q = ("SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
+             "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+        out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(PORT), "-U", "postgres",
+                              "-d", "postgres", "-Atc", q], capture_output=True, text=True)
+        return int(out.stdout.strip() or -1)
+    my = ["mariadb", "-h", "127.0.0.1", "-P", str(PORT), "-u", "root", "-N", "-e"]
+    q = ("SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID() "
+         "AND command <> 'Daemon'")
+    ids = subprocess.run(my + [q], capture_output=True, text=True).stdout.split()
+    for i in ids:
+        subprocess.run(my + [f"KILL {i}"], capture_output=True)
+    end = time.monotonic() + 10
+    while time.monotonic() < end and subprocess.run(my + [q], capture_output=True,
+                                                    text=True).stdout.split():
+        time.sleep(0.05)
+    return len(ids)
+
+requests(20, "a")
+opened_before_kill = store.pool_info()["opened"]
+killed = kill_clients()
+requests(10, "b")
+stats = cacheme.stats(N).storage_stats().get("remote", {})
+print(json.dumps({"ok": sum(values), "n": len(values), "opened_before_kill": opened_before_kill,
+                  "killed": killed, "opened": store.pool_info()["opened"],
+                  "storage_errors": stats.get("errors", 0)}))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_asyncio_run_per_request_reuses_the_connection(kind, tmp_path, request):
+    url, opts = storage_args(kind, tmp_path, request)
+    r = run_scenario(PER_REQUEST, KIND=kind, URL=url, OPTS=opts, PORT=_sql_server(kind).port,
+                     VERSION=unique("v"))
+    assert r["ok"] == r["n"] == 30, r
+    # 20 loops, one connection (before: 20)
+    assert r["opened_before_kill"] == 1, r
+    # the server closed it: the next loop opens one, and no request failed
+    assert r["killed"] >= 1, r
+    assert r["opened"] == 2, r
+    assert r["storage_errors"] == 0, r
+
+
 # -------------------------------------------------------------------- fork
 
 FORK = """

@@ -140,7 +140,10 @@ PyObject *cm_netloops_pick(CmNetLoops *t, PyObject *loop)
     PyObject *home = Py_NewRef(t->home);
     int closed = loop_closed(home);
     if (closed && t->home == home) {
-        t->kind->orphan(t->owner);
+        if (t->kind->handover != NULL)
+            t->kind->handover(t->owner);
+        else
+            t->kind->orphan(t->owner);
         if (t->home == home)
             Py_SETREF(t->home, Py_NewRef(loop));
     }

@@ -12,8 +12,8 @@
  * The table holds its loops weakly; the instances of loops that were closed
  * (or collected) are dropped the next time a new loop comes, and their
  * connections closed without touching their loop. When the home loop is
- * closed, the next loop becomes home (the driver then closes what the old
- * loop had, as it always did on a loop change).
+ * closed, the next loop becomes home: the driver closes what the old loop
+ * had, or (the handover hook) keeps its idle connections for the new one.
  *
  * After fork: the child inherits the parent's sockets, and the epoll
  * instance behind the parent's loop. Unregistering a socket from that loop
@@ -39,6 +39,10 @@ typedef struct {
     /* the instance's loop is closed or gone: close its connections without
      * touching that loop */
     void (*orphan)(PyObject *inst);
+    /* the owner's home loop is closed and another loop takes the owner over:
+     * the owner may keep idle connections for that loop (its next call
+     * re-watches them there); NULL: orphan */
+    void (*handover)(PyObject *owner);
 } CmNetKind;
 
 typedef struct {

@@ -325,10 +325,10 @@ static PyObject *storage_pool_info(PyObject *self, PyObject *Py_UNUSED(unused))
         busy += state == CM_SQL_BUSY;
         connecting += state == CM_SQL_CONNECTING;
     }
-    return Py_BuildValue("{sn,sn,sn,sn,sd,sn,sn,sn}", "idle", idle, "busy", busy, "connecting",
-                         connecting, "queued", s->queued, "busy_poll", s->spin.limit,
-                         "busy_poll_hits", s->spin.hits, "busy_poll_timeouts", s->spin.misses,
-                         "busy_poll_inline", s->spin.inlined);
+    return Py_BuildValue("{sn,sn,sn,sn,sn,sd,sn,sn,sn}", "idle", idle, "busy", busy, "connecting",
+                         connecting, "queued", s->queued, "opened", s->opened, "busy_poll",
+                         s->spin.limit, "busy_poll_hits", s->spin.hits, "busy_poll_timeouts",
+                         s->spin.misses, "busy_poll_inline", s->spin.inlined);
 }
 
 static PyObject *pg_new(PyTypeObject *tp, PyObject *a, PyObject *k)
