@@ -272,23 +272,27 @@ def requests(n, tag):
         k = f"{tag}{j % 3}"
         values.append(asyncio.run(asyncio.wait_for(cacheme.get(N(k)), 5)) == {"k": k})
 
+# the clients run without the sanitizer preload of an ASan test run
+ENV = {k: v for k, v in os.environ.items()
+       if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "PYTHONMALLOC")}
+
 def kill_clients():
     # the server ends the storage's connections (and waits until it did)
     if KIND == "postgresql":
         q = ("SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
              "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
         out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(PORT), "-U", "postgres",
-                              "-d", "postgres", "-Atc", q], capture_output=True, text=True)
+                              "-d", "postgres", "-Atc", q], capture_output=True, text=True, env=ENV)
         return int(out.stdout.strip() or -1)
     my = ["mariadb", "-h", "127.0.0.1", "-P", str(PORT), "-u", "root", "-N", "-e"]
     q = ("SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID() "
          "AND command <> 'Daemon'")
-    ids = subprocess.run(my + [q], capture_output=True, text=True).stdout.split()
+    ids = subprocess.run(my + [q], capture_output=True, text=True, env=ENV).stdout.split()
     for i in ids:
-        subprocess.run(my + [f"KILL {i}"], capture_output=True)
+        subprocess.run(my + [f"KILL {i}"], capture_output=True, env=ENV)
     end = time.monotonic() + 10
-    while time.monotonic() < end and subprocess.run(my + [q], capture_output=True,
-                                                    text=True).stdout.split():
+    while time.monotonic() < end and subprocess.run(my + [q], capture_output=True, text=True,
+                                                    env=ENV).stdout.split():
         time.sleep(0.05)
     return len(ids)
 
@@ -315,6 +319,55 @@ def test_asyncio_run_per_request_reuses_the_connection(kind, tmp_path, request):
     assert r["opened_before_kill"] == 1, r
     # the server closed it: the next loop opens one, and no request failed
     assert r["killed"] >= 1, r
+    assert r["opened"] == 2, r
+    assert r["storage_errors"] == 0, r
+
+
+# The same, while another thread's loop keeps the storage (a threaded sync
+# app): each asyncio.run gets an instance of its own (netloop.h), and the
+# instance of a loop closed before serves the next one with its connection.
+PER_REQUEST_THREADED = """
+async def setup():
+    await cacheme.register_storage("remote", cacheme.Storage(url=URL, **OPTS))
+asyncio.run(setup())
+N = node_class([cacheme.Cache(storage="remote", ttl=None)], VERSION)
+store = cacheme.data.get_storage_by_name("remote")._storage
+values, started, stop = [], threading.Event(), threading.Event()
+
+def home():
+    async def main():
+        values.append(await cacheme.get(N("h")) == {"k": "h"})
+        started.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+    asyncio.run(main())
+
+t = threading.Thread(target=home, daemon=True)
+t.start()
+started.wait(30)
+for j in range(20):
+    k = f"r{j % 3}"
+    values.append(asyncio.run(asyncio.wait_for(cacheme.get(N(k)), 5)) == {"k": k})
+info = store.pool_info()
+stop.set()
+t.join(30)
+stats = cacheme.stats(N).storage_stats().get("remote", {})
+print(json.dumps({"ok": sum(values), "n": len(values), "opened": info["opened"],
+                  "made": info["instances_made"], "storage_errors": stats.get("errors", 0)}))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_asyncio_run_per_request_beside_a_running_loop(kind, tmp_path, request):
+    url, opts = storage_args(kind, tmp_path, request)
+    r = run_scenario(PER_REQUEST_THREADED, URL=url, OPTS=opts, VERSION=unique("v"))
+    assert r["ok"] == r["n"] == 21, r
+    # one instance for the 20 loops of the main thread (before: one per
+    # loop, 20), and its connection and setup's, which the home thread took
+    # over
+    assert r["made"] == 1, r
     assert r["opened"] == 2, r
     assert r["storage_errors"] == 0, r
 

@@ -11,9 +11,11 @@
  * driver from the same settings), kept in a small table loop -> instance.
  * The table holds its loops weakly; the instances of loops that were closed
  * (or collected) are dropped the next time a new loop comes, and their
- * connections closed without touching their loop. When the home loop is
- * closed, the next loop becomes home: the driver closes what the old loop
- * had, or (the handover hook) keeps its idle connections for the new one.
+ * connections closed without touching their loop; with the driver's
+ * handover hook, one of them serves the new loop instead of a new clone,
+ * keeping its idle connections. When the home loop is closed, the next loop
+ * becomes home: the driver closes what the old loop had, or (the handover
+ * hook) keeps its idle connections for the new one.
  *
  * After fork: the child inherits the parent's sockets, and the epoll
  * instance behind the parent's loop. Unregistering a socket from that loop
@@ -59,6 +61,7 @@ struct CmNetLoops {
     PyObject *home;  /* the loop the owner serves itself, or NULL */
     CmNetLoopSlot *v;
     Py_ssize_t n, cap;
+    Py_ssize_t spawned; /* instances made (introspection) */
 };
 
 /* Set up t (zeroed memory) as the table of owner, and register it. */

@@ -79,7 +79,7 @@ struct CmSqlStorageObject {
     CmNetPool pool;
     CmSqlReq *head, *tail;
     Py_ssize_t queued;
-    Py_ssize_t opened; /* connections opened (pool_info) */
+    Py_ssize_t opened; /* connections opened by this instance (pool_info) */
     PyObject *tick;    /* TimerHandle of the periodic check, or NULL */
     int64_t next_sweep;
     int sweeping;
