@@ -142,7 +142,8 @@ def main() -> None:
                 res[name][0].append(per_call_new_loop(nodes[name], a.calls))
                 res[name][1].append(per_call_one_loop(nodes[name], a.calls))
         py = sys.version.split()[0]
-        print(f"CPython {py}, {a.rounds} rounds x {a.calls} calls, medians; every get a hit")
+        print(f"CPython {py}, cacheme from {Path(cacheme.__file__).parent.parent}, "
+              f"{a.rounds} rounds x {a.calls} calls, medians; every get a hit")
         m = statistics.median(noop)
         print(f"{'asyncio.run(noop)':22s} {1 / m:9.0f} runs/s   {1e3 * m:7.3f} ms")
         print(f"{'storage':12s} {'new loop/s':>11s} {'ms/call':>8s} {'one loop/s':>11s} "
