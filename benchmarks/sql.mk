@@ -8,6 +8,8 @@
 #                              ours vs cacheme 0.3.0 (asyncpg, aiomysql) in one run
 #   make bench-sql-venvs       (re)create .bench/venv-sql-030 (idempotent)
 #   make bench-sql-read-cost   wall time and MariaDB's CPU per sequential read
+#   make bench-new-loop        calls/s of asyncio.run(get) per call vs one loop: local,
+#                              Redis, PostgreSQL, MariaDB side by side (what a new loop costs)
 #
 # Knobs: make bench-sql BENCH_SQL_ARGS="--storages postgresql --payloads 100 \
 #            --pg postgresql://postgres@127.0.0.1:5432/test"
@@ -30,6 +32,13 @@ SQL_READ_COST_ARGS ?=
 .PHONY: bench-sql-read-cost
 bench-sql-read-cost: venv
 	$(PY) $(SQL_BENCH_SRC)/sql_read_cost.py $(SQL_READ_COST_ARGS)
+
+# What a new event loop costs per storage (asyncio.run per request):
+# make bench-new-loop BENCH_NEW_LOOP_ARGS="--rounds 5 --calls 300 --no-redis"
+BENCH_NEW_LOOP_ARGS ?=
+.PHONY: bench-new-loop
+bench-new-loop: venv
+	$(PY) $(SQL_BENCH_SRC)/bench_new_loop.py $(BENCH_NEW_LOOP_ARGS)
 
 # One request/reply round trip through asyncio vs a blocking socket (Redis
 # PING on 127.0.0.1:6379): the loop wakeup every sequential asyncio read pays.

@@ -518,7 +518,7 @@ static void client_orphan(PyObject *inst)
     Py_DECREF(inst);
 }
 
-static const CmNetKind client_net_kind = {client_spawn, client_forked, client_orphan};
+static const CmNetKind client_net_kind = {client_spawn, client_forked, client_orphan, NULL};
 
 static PyObject *client_new(PyTypeObject *tp, PyObject *a, PyObject *k)
 {

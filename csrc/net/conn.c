@@ -103,6 +103,14 @@ void cm_net_conn_set_fd(CmNetConn *c, int fd)
     c->fd = fd;
 }
 
+int cm_net_conn_rehome(CmNetConn *c, PyObject *loop)
+{
+    c->loop_read = c->loop_write = 0;
+    cm_net_timer_drop(&c->timer);
+    Py_SETREF(c->loop, Py_NewRef(loop));
+    return cm_net_conn_rewatch(c);
+}
+
 int cm_net_timer_arm(CmState *st, PyObject *loop, CmNetTimer *t, int64_t at, PyObject *cb)
 {
     if (t->handle != NULL && t->at <= at)

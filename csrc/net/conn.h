@@ -135,6 +135,11 @@ int cm_net_conn_arm(CmNetConn *c, int64_t at);
 /* Drivers without a deadline hook: c->deadline = at (0: none), armed. */
 int cm_net_conn_set_deadline(CmNetConn *c, int64_t at);
 
+/* c is open and idle, and its loop is closed (nothing is watched there any
+ * more): watch it on loop instead, for what the driver watches for; the
+ * timer of the closed loop is dropped. -1 with an exception. */
+int cm_net_conn_rehome(CmNetConn *c, PyObject *loop);
+
 /* Close c and fail what is pending on it with tp(msg) (msg: a str, or NULL
  * for None). failed: count it against the server (backoff, last_error).
  * Idempotent, safe from within c's own hooks; keeps the exception being

@@ -88,8 +88,11 @@ static int loop_closed(PyObject *loop)
 
 /* Drop the instances of loops that are closed or gone. Asking a loop runs
  * Python code (another thread may change the table meanwhile): the loops
- * are asked first, and what is dropped is looked up again by instance. */
-static void sweep(CmNetLoops *t)
+ * are asked first, and what is dropped is looked up again by instance.
+ * With a handover hook, the first such instance is handed over instead and
+ * returned in *reuse (a new reference), for the loop asking to take over:
+ * its idle connections then serve that loop. */
+static void sweep(CmNetLoops *t, PyObject **reuse)
 {
     Py_ssize_t n = t->n;
     if (n == 0)
@@ -109,9 +112,14 @@ static void sweep(CmNetLoops *t)
             if (t->v[j].inst != insts[i])
                 continue;
             CmNetLoopSlot s = slot_take(t, j);
-            t->kind->orphan(s.inst);
+            if (*reuse == NULL && t->kind->handover != NULL) {
+                t->kind->handover(s.inst);
+                *reuse = s.inst; /* the slot's reference */
+            } else {
+                t->kind->orphan(s.inst);
+                Py_DECREF(s.inst);
+            }
             Py_DECREF(s.ref);
-            Py_DECREF(s.inst);
             break;
         }
     }
@@ -140,19 +148,25 @@ PyObject *cm_netloops_pick(CmNetLoops *t, PyObject *loop)
     PyObject *home = Py_NewRef(t->home);
     int closed = loop_closed(home);
     if (closed && t->home == home) {
-        t->kind->orphan(t->owner);
+        if (t->kind->handover != NULL)
+            t->kind->handover(t->owner);
+        else
+            t->kind->orphan(t->owner);
         if (t->home == home)
             Py_SETREF(t->home, Py_NewRef(loop));
     }
     Py_DECREF(home);
-    sweep(t);
-    if (loop == t->home)
-        return t->owner;
-    if ((i = slot_find(t, loop)) >= 0)
-        return t->v[i].inst;
-    PyObject *inst = t->kind->spawn(t->owner);
+    PyObject *reuse = NULL;
+    sweep(t, &reuse);
+    if (loop == t->home || (i = slot_find(t, loop)) >= 0) {
+        /* a clone not taken over is let go (its dealloc drops what it had) */
+        Py_XDECREF(reuse);
+        return loop == t->home ? t->owner : t->v[i].inst;
+    }
+    PyObject *inst = reuse != NULL ? reuse : t->kind->spawn(t->owner);
     if (inst == NULL)
         return NULL;
+    t->spawned += reuse == NULL;
     PyObject *ref = PyWeakref_NewRef(loop, NULL);
     if (ref == NULL) {
         PyErr_Clear(); /* a loop type without weak references: held */

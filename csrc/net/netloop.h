@@ -11,9 +11,11 @@
  * driver from the same settings), kept in a small table loop -> instance.
  * The table holds its loops weakly; the instances of loops that were closed
  * (or collected) are dropped the next time a new loop comes, and their
- * connections closed without touching their loop. When the home loop is
- * closed, the next loop becomes home (the driver then closes what the old
- * loop had, as it always did on a loop change).
+ * connections closed without touching their loop; with the driver's
+ * handover hook, one of them serves the new loop instead of a new clone,
+ * keeping its idle connections. When the home loop is closed, the next loop
+ * becomes home: the driver closes what the old loop had, or (the handover
+ * hook) keeps its idle connections for the new one.
  *
  * After fork: the child inherits the parent's sockets, and the epoll
  * instance behind the parent's loop. Unregistering a socket from that loop
@@ -39,6 +41,10 @@ typedef struct {
     /* the instance's loop is closed or gone: close its connections without
      * touching that loop */
     void (*orphan)(PyObject *inst);
+    /* the owner's home loop is closed and another loop takes the owner over:
+     * the owner may keep idle connections for that loop (its next call
+     * re-watches them there); NULL: orphan */
+    void (*handover)(PyObject *owner);
 } CmNetKind;
 
 typedef struct {
@@ -55,6 +61,7 @@ struct CmNetLoops {
     PyObject *home;  /* the loop the owner serves itself, or NULL */
     CmNetLoopSlot *v;
     Py_ssize_t n, cap;
+    Py_ssize_t spawned; /* instances made (introspection) */
 };
 
 /* Set up t (zeroed memory) as the table of owner, and register it. */

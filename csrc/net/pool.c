@@ -1,6 +1,7 @@
 /* The connections of one storage to one server: slots, loop binding,
  * backoff, closing, busy polling. See net/pool.h for the rules. */
 #include "net/pool.h"
+#include <poll.h>
 #include <stdlib.h>
 
 #include "base/clock.h"
@@ -110,6 +111,42 @@ int cm_net_pool_bind(CmNetPool *p, PyObject *loop, PyObject *tp, PyObject *msg)
     }
     Py_XSETREF(p->loop, Py_NewRef(loop));
     return 0;
+}
+
+/* 1 when fd has nothing to read and no error or hang-up pending. */
+static int fd_quiet(int fd)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    return fd >= 0 && poll(&pfd, 1, 0) == 0;
+}
+
+void cm_net_pool_adopt(CmNetPool *p, PyObject *loop, int (*keep)(CmNetConn *c), PyObject *tp,
+                       PyObject *msg)
+{
+    /* as close_all: out of the pool before any Python code runs */
+    CmNetConn **conns = p->conns;
+    int n = p->nconns;
+    p->conns = NULL;
+    p->nconns = p->cap = 0;
+    Py_XSETREF(p->loop, Py_NewRef(loop));
+    p->retry_at = 0;
+    p->backoff = p->backoff_min;
+    for (int i = 0; i < n; i++) {
+        CmNetConn *c = conns[i]; /* the pool's reference: back into p, or dropped */
+        if (c->state >= CM_NET_OPEN && keep(c) && fd_quiet(c->fd) && cm_net_pool_reserve(p) == 0) {
+            p->conns[p->nconns++] = c;
+            if (cm_net_conn_rehome(c, loop) < 0) {
+                PyErr_Clear();
+                cm_net_conn_close_detached(c, tp, msg, 0); /* out of p (forget) */
+            }
+            continue;
+        }
+        PyErr_Clear(); /* reserve's MemoryError: closed like the others */
+        c->pool = NULL;
+        cm_net_conn_close_detached(c, tp, msg, 0);
+        Py_DECREF(c);
+    }
+    free(conns);
 }
 
 int cm_net_pool_reserve(CmNetPool *p)

@@ -77,6 +77,16 @@ int cm_net_pool_bind(CmNetPool *p, PyObject *loop, PyObject *tp, PyObject *msg);
 /* Add a new connection (reference stolen). -1 with MemoryError (the
  * reference is then dropped). */
 int cm_net_pool_add(CmNetPool *p, CmNetConn *c);
+/* Bind the pool to loop when its old loop is closed, keeping the
+ * connections for which keep(c) is 1 (idle ones: the driver's say) and
+ * whose socket has nothing to read (a server that closed or sent something
+ * unasked makes it readable): they are watched on loop from now on
+ * (cm_net_conn_rehome), so a new loop (asyncio.run called again) needs no
+ * new connection. The others are closed with tp(msg) without touching the
+ * closed loop. The backoff starts over. */
+void cm_net_pool_adopt(CmNetPool *p, PyObject *loop, int (*keep)(CmNetConn *c), PyObject *tp,
+                       PyObject *msg);
+
 /* Reserve a slot for one more connection, so that adding it cannot fail.
  * -1 with MemoryError. */
 int cm_net_pool_reserve(CmNetPool *p);

@@ -317,7 +317,7 @@ static void client_drop_detached(PyObject *inst, const char *why, int fork)
 static void client_forked(PyObject *inst) { client_drop_detached(inst, "inherited over fork", 1); }
 static void client_orphan(PyObject *inst) { client_drop_detached(inst, "event loop closed", 0); }
 
-static const CmNetKind client_net_kind = {client_spawn, client_forked, client_orphan};
+static const CmNetKind client_net_kind = {client_spawn, client_forked, client_orphan, NULL};
 
 static PyObject *client_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
 {

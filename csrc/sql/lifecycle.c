@@ -229,7 +229,18 @@ static void storage_orphan(PyObject *inst)
     Py_DECREF(inst);
 }
 
-static const CmNetKind storage_net_kind = {storage_spawn, storage_forked, storage_orphan};
+/* The home loop is closed and the next one takes the storage over: its idle
+ * connections are kept for that loop (bind_loop, submit.c, re-watches them
+ * there), what else the closed loop had is dropped. SQLite has none. */
+static void storage_handover(PyObject *inst)
+{
+    CmSqlStorageObject *s = (CmSqlStorageObject *)inst;
+    if (s->drv->sync || s->head != NULL)
+        storage_orphan(inst);
+}
+
+static const CmNetKind storage_net_kind = {storage_spawn, storage_forked, storage_orphan,
+                                           storage_handover};
 
 PyObject *cm_sql_storage_new(PyTypeObject *tp, const CmSqlDriver *drv)
 {

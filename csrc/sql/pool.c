@@ -212,6 +212,7 @@ static int conn_open(CmSqlStorageObject *s)
     c->h = c->aux = NULL;
     c->lookup = NULL;
     PyObject_GC_Track(c);
+    s->opened++;
     cm_net_pool_add(&s->pool, &c->net); /* the pool's reference; reserved: cannot fail */
     cm_sql_conn_deadline(c, cm_sql_now() + (int64_t)(s->connect_timeout * 1e9));
     if (s->drv->open(c) < 0) {

@@ -338,8 +338,12 @@ static PyObject *storage_pool_info(PyObject *self, PyObject *Py_UNUSED(unused))
         busy += state == CM_SQL_BUSY;
         connecting += state == CM_SQL_CONNECTING;
     }
-    return Py_BuildValue("{sn,sn,sn,sn,sd,sn,sn,sn}", "idle", idle, "busy", busy, "connecting",
-                         connecting, "queued", s->queued, "busy_poll", s->spin.limit,
+    Py_ssize_t opened = s->opened; /* by the instances of the open loops too */
+    for (Py_ssize_t i = 0; i < cm_netloops_count(&s->loops); i++)
+        opened += ((CmSqlStorageObject *)cm_netloops_inst(&s->loops, i))->opened;
+    return Py_BuildValue("{sn,sn,sn,sn,sn,sn,sd,sn,sn,sn}", "idle", idle, "busy", busy,
+                         "connecting", connecting, "queued", s->queued, "opened", opened,
+                         "instances_made", s->loops.spawned, "busy_poll", s->spin.limit,
                          "busy_poll_hits", s->spin.hits, "busy_poll_timeouts", s->spin.misses,
                          "busy_poll_inline", s->spin.inlined);
 }
@@ -390,7 +394,9 @@ static PyMethodDef storage_methods[] = {
     {"_ping", storage_ping, METH_NOARGS, "awaitable done when a connection is ready"},
     {"sweep", storage_sweep, METH_O, "sweep(limit): delete up to limit expired rows; count"},
     {"close_now", storage_close_now, METH_NOARGS, "close every connection"},
-    {"pool_info", storage_pool_info, METH_NOARGS, "connections by state, and queued requests"},
+    {"pool_info", storage_pool_info, METH_NOARGS,
+     "connections by state, queued requests, and connections opened (this instance's and its live "
+     "clones'), clones made for other loops"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -83,7 +83,8 @@ struct CmSqlStorageObject {
     CmNetPool pool;
     CmSqlReq *head, *tail;
     Py_ssize_t queued;
-    PyObject *tick; /* TimerHandle of the periodic check, or NULL */
+    Py_ssize_t opened; /* connections opened by this instance (pool_info) */
+    PyObject *tick;    /* TimerHandle of the periodic check, or NULL */
     int64_t next_sweep;
     int sweeping;
     int dispatching;

@@ -99,10 +99,30 @@ static PyObject *finished_result(CmSqlStorageObject *s, CmSqlReq *r, PyObject *l
 /* ------------------------------------------------------------------ */
 /* submitting                                                         */
 
-/* The storage follows the running loop: moving to a new one closes what the
- * old one had (a test's loop, asyncio.run called again). Not when the old
- * loop is still running, in another thread: its connections and futures
- * cannot be touched from this one. */
+/* A connection that may serve the next loop: idle, nothing in flight. */
+static int conn_keep(CmNetConn *nc)
+{
+    CmSqlConnObject *c = (CmSqlConnObject *)nc;
+    return nc->state == CM_SQL_IDLE && c->batch == NULL && c->lookup == NULL;
+}
+
+/* loop.is_closed(): 1/0, -1 with an exception. */
+static int loop_is_closed(PyObject *loop)
+{
+    PyObject *r = PyObject_CallMethod(loop, "is_closed", NULL);
+    int closed = r == NULL ? -1 : PyObject_IsTrue(r);
+    Py_XDECREF(r);
+    return closed;
+}
+
+/* The storage follows the running loop. When the old loop is closed
+ * (asyncio.run called again) and nothing waits in the queue, the idle
+ * connections move to the new loop: a sync app running a coroutine per
+ * request does not pay a connect (PostgreSQL: a server process, PREPARE,
+ * a cold first query) per request. Else what the old loop had is closed (a
+ * test's loop that is still open). Not when the old loop is still running,
+ * in another thread: its connections and futures cannot be touched from
+ * this one. */
 static int bind_loop(CmSqlStorageObject *s, PyObject **loop_out)
 {
     int rc = -1;
@@ -123,10 +143,22 @@ static int bind_loop(CmSqlStorageObject *s, PyObject **loop_out)
                          s->drv->name);
             goto done;
         }
-        if (s->pool.loop != NULL)
+        int closed = s->pool.loop != NULL && s->head == NULL ? loop_is_closed(s->pool.loop) : 0;
+        if (closed < 0)
+            goto done;
+        if (closed) {
+            /* its timer handle is of the closed loop: dropped, not cancelled */
+            Py_CLEAR(s->tick);
+            PyObject *msg = PyUnicode_FromString("the event loop was closed");
+            if (msg == NULL)
+                goto done;
+            cm_net_pool_adopt(&s->pool, loop, conn_keep, s->st->sql.SQLConnectionError, msg);
+            Py_DECREF(msg);
+        } else if (s->pool.loop != NULL) {
             cm_sql_close_all(s, "the event loop changed");
-        /* no connection is left: this only moves the pool and starts the
-         * backoff over */
+        }
+        /* adopted: bound already; closed: no connection is left, this only
+         * moves the pool and starts the backoff over */
         if (cm_net_pool_bind(&s->pool, loop, s->st->sql.SQLConnectionError, NULL) < 0)
             goto done;
         cm_busypoll_follow(&s->spin, loop);
