@@ -269,3 +269,76 @@ def test_lease_got_by_a_cancelled_caller_is_given_back(redis_server):
     finally:
         loop.close()
     assert loads == []
+
+
+class _CancelAtGroupLease(asyncio.SelectorEventLoop):
+    """Cancels the task waiting on get_all's group lease future as soon as
+    that future gets its list of (lease, value), before the task's wakeup
+    runs (the task is cancelled with the result in)."""
+
+    armed = False
+    cancelled = None
+
+    def call_soon(self, callback, *args, context=None):
+        h = super().call_soon(callback, *args, context=context)
+        if self.armed and args and isinstance(args[0], asyncio.Future):
+            f = args[0]
+            if (f.done() and not f.cancelled() and f.exception() is None
+                    and isinstance(f.result(), list)
+                    and any(isinstance(t, tuple) and type(t[0]).__name__ == "_RedisLease"
+                            for t in f.result())):
+                for t in asyncio.all_tasks(self):
+                    if t._fut_waiter is f:
+                        t.cancel()
+                        self.cancelled = t
+                        self.armed = False
+        return h
+
+
+def test_get_all_leases_got_by_a_cancelled_batch_are_given_back(redis_server):
+    """get_all over several keys with lease=: its batch task is cancelled in
+    the loop iteration where the group lease future got its list of
+    (lease, value). Every lease in it must be given back (deleted) rather
+    than held until it expires (300 s), and the next get_all of those keys
+    loads them at once instead of waiting on them."""
+    name = unique("review-gacancel")
+    loads = []
+
+    async def load(node):
+        loads.append(node.uid)
+        return f"v{node.uid}"
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        await cacheme.register_storage(
+            name, cacheme.Storage(url=redis_server.url, lease=timedelta(seconds=300)))
+        st = cacheme.data.get_storage_by_name(name)._storage
+        N = lease_node(name, load)
+        base = unique("k")
+        nodes = [N(f"{base}-{i}") for i in range(3)]
+        lkeys = [n.full_key() + ":lease" for n in nodes]
+        loop.armed = True
+        try:
+            await cacheme.get_all(nodes)
+        except asyncio.CancelledError:
+            pass
+        assert loop.cancelled is not None  # it was cancelled there
+        for _ in range(500):
+            if await st.execute("EXISTS", *lkeys) == 0:
+                break
+            await asyncio.sleep(0.01)
+        left = await st.execute("EXISTS", *lkeys)
+        got = None
+        if left == 0:
+            got = await asyncio.wait_for(cacheme.get_all(nodes), 30)
+        await st.close()
+        return left, got, [n.uid for n in nodes]
+
+    loop = _CancelAtGroupLease()
+    try:
+        left, got, uids = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert left == 0
+    assert got == [f"v{u}" for u in uids]
+    assert sorted(loads) == sorted(uids)
