@@ -342,3 +342,54 @@ def test_get_all_leases_got_by_a_cancelled_batch_are_given_back(redis_server):
     assert left == 0
     assert got == [f"v{u}" for u in uids]
     assert sorted(loads) == sorted(uids)
+
+
+def test_closed_get_waiting_on_a_lease_does_not_take_it_later(redis_server):
+    """A get waits on a lease another process holds and is closed (its
+    coroutine's close()): its lease awaitable must stop with it. Else, once
+    the holder gives the lease back, the closed flight's lease takes it anew
+    for nobody (held until it expires, 300 s) and the next get of the key
+    waits on it instead of loading at once."""
+    name = unique("review-close")
+    loads = []
+
+    async def load(node):
+        loads.append(node.uid)
+        return "v"
+
+    async def main():
+        await cacheme.register_storage(
+            name, cacheme.Storage(url=redis_server.url, lease=timedelta(seconds=300)))
+        st = cacheme.data.get_storage_by_name(name)._storage
+        node = lease_node(name, load)(unique("k"))
+        lkey = node.full_key() + ":lease"
+        await st.execute("SET", lkey, "other", "PX", 300000)
+        c = cacheme.get(node)
+        y = c.send(None)
+        for _ in range(1000):  # driven by hand until it listens for the holder
+            sub = await st.execute("PUBSUB", "NUMSUB", lkey)
+            if int(sub[1]) > 0:
+                break
+            if getattr(y, "done", lambda: True)():
+                y = c.send(None)
+            await asyncio.sleep(0.01)
+        assert int(sub[1]) > 0
+        c.close()
+        for _ in range(500):  # it stops listening
+            sub = await st.execute("PUBSUB", "NUMSUB", lkey)
+            if int(sub[1]) == 0:
+                break
+            await asyncio.sleep(0.01)
+        listening = int(sub[1])
+        await st.execute("DEL", lkey)
+        await st.execute("PUBLISH", lkey, "x")  # the holder is done
+        got = await asyncio.wait_for(cacheme.get(node), 20)
+        left = await st.execute("EXISTS", lkey)
+        await st.close()
+        return listening, got, left
+
+    listening, got, left = asyncio.run(main())
+    assert listening == 0
+    assert got == "v"
+    assert left == 0
+    assert len(loads) == 1
