@@ -67,7 +67,7 @@ static int not_missed(CmGetAllObject *o, PyObject *key)
 }
 
 /* The get_all leaves without the lease awaitable's outcome (cancelled as it
- * came, or closed): every lease in it is given back. */
+ * came, or closed): every lease in it is given back, those still coming stop. */
 static void lease_drop(CmGetAllObject *o)
 {
     PyObject *aw = o->lease_aw;
@@ -76,6 +76,8 @@ static void lease_drop(CmGetAllObject *o)
     o->lease_aw = NULL;
     PyObject *exc = cm_exc_take();
     int done = cm_future_done(o->st, aw);
+    if (done == 0) /* it stops: no lease taken for nobody (a closed loop: cleared below) */
+        cm_future_cancel(o->st, aw);
     PyObject *res = done == 1 ? cm_future_result(o->st, aw) : NULL;
     for (Py_ssize_t i = 0; res != NULL && PyList_Check(res) && i < PyList_GET_SIZE(res); i++) {
         PyObject *t = PyList_GET_ITEM(res, i); // borrowed
