@@ -393,3 +393,78 @@ def test_closed_get_waiting_on_a_lease_does_not_take_it_later(redis_server):
     assert got == "v"
     assert left == 0
     assert len(loads) == 1
+
+
+class _CancelFlightTaskAtLease(asyncio.SelectorEventLoop):
+    """Cancels the task waiting on a single-key lease future as soon as that
+    future gets (lease, value), before the task's wakeup runs."""
+
+    armed = False
+    cancelled = None
+
+    def call_soon(self, callback, *args, context=None):
+        h = super().call_soon(callback, *args, context=context)
+        if self.armed and args and isinstance(args[0], asyncio.Future):
+            f = args[0]
+            if (f.done() and not f.cancelled() and f.exception() is None
+                    and isinstance(f.result(), tuple)
+                    and type(f.result()[0]).__name__ == "_RedisLease"):
+                for t in asyncio.all_tasks(self):
+                    if t._fut_waiter is f:
+                        t.cancel()
+                        self.cancelled = t
+                        self.armed = False
+        return h
+
+
+def test_lease_got_by_a_moved_flight_cancelled_is_given_back(redis_server):
+    """The leader of a flight waiting on a lease another process holds is
+    cancelled while another caller waits on the flight: the flight moves to
+    a Task of its own. That Task is cancelled in the loop iteration where
+    the lease future got (lease, None) once the holder was done: the lease
+    must still be given back rather than held until it expires (300 s)."""
+    name = unique("review-moved")
+    loads = []
+
+    async def load(node):
+        loads.append(node.uid)
+        return "v"
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        await cacheme.register_storage(
+            name, cacheme.Storage(url=redis_server.url, lease=timedelta(seconds=300)))
+        st = cacheme.data.get_storage_by_name(name)._storage
+        node = lease_node(name, load)(unique("k"))
+        lkey = node.full_key() + ":lease"
+        await st.execute("SET", lkey, "other", "PX", 300000)
+        lead = asyncio.ensure_future(cacheme.get(node))
+        for _ in range(1000):  # the leader listens for the holder
+            sub = await st.execute("PUBSUB", "NUMSUB", lkey)
+            if int(sub[1]) > 0:
+                break
+            await asyncio.sleep(0.01)
+        waiter = asyncio.ensure_future(cacheme.get(node))
+        await asyncio.sleep(0)  # it joined the flight
+        lead.cancel()
+        await asyncio.gather(lead, return_exceptions=True)
+        loop.armed = True
+        await st.execute("DEL", lkey)
+        await st.execute("PUBLISH", lkey, "x")  # the holder is done
+        await asyncio.wait_for(asyncio.gather(waiter, return_exceptions=True), 20)
+        cancelled = loop.cancelled is not None
+        for _ in range(500):
+            if await st.execute("EXISTS", lkey) == 0:
+                break
+            await asyncio.sleep(0.01)
+        left = await st.execute("EXISTS", lkey)
+        await st.close()
+        return cancelled, left
+
+    loop = _CancelFlightTaskAtLease()
+    try:
+        cancelled, left = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert cancelled  # the flight's Task was cancelled there
+    assert left == 0
