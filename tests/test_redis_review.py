@@ -269,3 +269,202 @@ def test_lease_got_by_a_cancelled_caller_is_given_back(redis_server):
     finally:
         loop.close()
     assert loads == []
+
+
+class _CancelAtGroupLease(asyncio.SelectorEventLoop):
+    """Cancels the task waiting on get_all's group lease future as soon as
+    that future gets its list of (lease, value), before the task's wakeup
+    runs (the task is cancelled with the result in)."""
+
+    armed = False
+    cancelled = None
+
+    def call_soon(self, callback, *args, context=None):
+        h = super().call_soon(callback, *args, context=context)
+        if self.armed and args and isinstance(args[0], asyncio.Future):
+            f = args[0]
+            if (f.done() and not f.cancelled() and f.exception() is None
+                    and isinstance(f.result(), list)
+                    and any(isinstance(t, tuple) and type(t[0]).__name__ == "_RedisLease"
+                            for t in f.result())):
+                for t in asyncio.all_tasks(self):
+                    if t._fut_waiter is f:
+                        t.cancel()
+                        self.cancelled = t
+                        self.armed = False
+        return h
+
+
+def test_get_all_leases_got_by_a_cancelled_batch_are_given_back(redis_server):
+    """get_all over several keys with lease=: its batch task is cancelled in
+    the loop iteration where the group lease future got its list of
+    (lease, value). Every lease in it must be given back (deleted) rather
+    than held until it expires (300 s), and the next get_all of those keys
+    loads them at once instead of waiting on them."""
+    name = unique("review-gacancel")
+    loads = []
+
+    async def load(node):
+        loads.append(node.uid)
+        return f"v{node.uid}"
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        await cacheme.register_storage(
+            name, cacheme.Storage(url=redis_server.url, lease=timedelta(seconds=300)))
+        st = cacheme.data.get_storage_by_name(name)._storage
+        N = lease_node(name, load)
+        base = unique("k")
+        nodes = [N(f"{base}-{i}") for i in range(3)]
+        lkeys = [n.full_key() + ":lease" for n in nodes]
+        loop.armed = True
+        try:
+            await cacheme.get_all(nodes)
+        except asyncio.CancelledError:
+            pass
+        assert loop.cancelled is not None  # it was cancelled there
+        for _ in range(500):
+            if await st.execute("EXISTS", *lkeys) == 0:
+                break
+            await asyncio.sleep(0.01)
+        left = await st.execute("EXISTS", *lkeys)
+        got = None
+        if left == 0:
+            got = await asyncio.wait_for(cacheme.get_all(nodes), 30)
+        await st.close()
+        return left, got, [n.uid for n in nodes]
+
+    loop = _CancelAtGroupLease()
+    try:
+        left, got, uids = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert left == 0
+    assert got == [f"v{u}" for u in uids]
+    assert sorted(loads) == sorted(uids)
+
+
+def test_closed_get_waiting_on_a_lease_does_not_take_it_later(redis_server):
+    """A get waits on a lease another process holds and is closed (its
+    coroutine's close()): its lease awaitable must stop with it. Else, once
+    the holder gives the lease back, the closed flight's lease takes it anew
+    for nobody (held until it expires, 300 s) and the next get of the key
+    waits on it instead of loading at once."""
+    name = unique("review-close")
+    loads = []
+
+    async def load(node):
+        loads.append(node.uid)
+        return "v"
+
+    async def main():
+        await cacheme.register_storage(
+            name, cacheme.Storage(url=redis_server.url, lease=timedelta(seconds=300)))
+        st = cacheme.data.get_storage_by_name(name)._storage
+        node = lease_node(name, load)(unique("k"))
+        lkey = node.full_key() + ":lease"
+        await st.execute("SET", lkey, "other", "PX", 300000)
+        c = cacheme.get(node)
+        y = c.send(None)
+        for _ in range(1000):  # driven by hand until it listens for the holder
+            sub = await st.execute("PUBSUB", "NUMSUB", lkey)
+            if int(sub[1]) > 0:
+                break
+            if getattr(y, "done", lambda: True)():
+                y = c.send(None)
+            await asyncio.sleep(0.01)
+        assert int(sub[1]) > 0
+        c.close()
+        for _ in range(500):  # it stops listening
+            sub = await st.execute("PUBSUB", "NUMSUB", lkey)
+            if int(sub[1]) == 0:
+                break
+            await asyncio.sleep(0.01)
+        listening = int(sub[1])
+        await st.execute("DEL", lkey)
+        await st.execute("PUBLISH", lkey, "x")  # the holder is done
+        got = await asyncio.wait_for(cacheme.get(node), 20)
+        left = await st.execute("EXISTS", lkey)
+        await st.close()
+        return listening, got, left
+
+    listening, got, left = asyncio.run(main())
+    assert listening == 0
+    assert got == "v"
+    assert left == 0
+    assert len(loads) == 1
+
+
+class _CancelFlightTaskAtLease(asyncio.SelectorEventLoop):
+    """Cancels the task waiting on a single-key lease future as soon as that
+    future gets (lease, value), before the task's wakeup runs."""
+
+    armed = False
+    cancelled = None
+
+    def call_soon(self, callback, *args, context=None):
+        h = super().call_soon(callback, *args, context=context)
+        if self.armed and args and isinstance(args[0], asyncio.Future):
+            f = args[0]
+            if (f.done() and not f.cancelled() and f.exception() is None
+                    and isinstance(f.result(), tuple)
+                    and type(f.result()[0]).__name__ == "_RedisLease"):
+                for t in asyncio.all_tasks(self):
+                    if t._fut_waiter is f:
+                        t.cancel()
+                        self.cancelled = t
+                        self.armed = False
+        return h
+
+
+def test_lease_got_by_a_moved_flight_cancelled_is_given_back(redis_server):
+    """The leader of a flight waiting on a lease another process holds is
+    cancelled while another caller waits on the flight: the flight moves to
+    a Task of its own. That Task is cancelled in the loop iteration where
+    the lease future got (lease, None) once the holder was done: the lease
+    must still be given back rather than held until it expires (300 s)."""
+    name = unique("review-moved")
+    loads = []
+
+    async def load(node):
+        loads.append(node.uid)
+        return "v"
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        await cacheme.register_storage(
+            name, cacheme.Storage(url=redis_server.url, lease=timedelta(seconds=300)))
+        st = cacheme.data.get_storage_by_name(name)._storage
+        node = lease_node(name, load)(unique("k"))
+        lkey = node.full_key() + ":lease"
+        await st.execute("SET", lkey, "other", "PX", 300000)
+        lead = asyncio.ensure_future(cacheme.get(node))
+        for _ in range(1000):  # the leader listens for the holder
+            sub = await st.execute("PUBSUB", "NUMSUB", lkey)
+            if int(sub[1]) > 0:
+                break
+            await asyncio.sleep(0.01)
+        waiter = asyncio.ensure_future(cacheme.get(node))
+        await asyncio.sleep(0)  # it joined the flight
+        lead.cancel()
+        await asyncio.gather(lead, return_exceptions=True)
+        loop.armed = True
+        await st.execute("DEL", lkey)
+        await st.execute("PUBLISH", lkey, "x")  # the holder is done
+        await asyncio.wait_for(asyncio.gather(waiter, return_exceptions=True), 20)
+        cancelled = loop.cancelled is not None
+        for _ in range(500):
+            if await st.execute("EXISTS", lkey) == 0:
+                break
+            await asyncio.sleep(0.01)
+        left = await st.execute("EXISTS", lkey)
+        await st.close()
+        return cancelled, left
+
+    loop = _CancelFlightTaskAtLease()
+    try:
+        cancelled, left = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert cancelled  # the flight's Task was cancelled there
+    assert left == 0

@@ -252,7 +252,8 @@ static PyObject *ga_await(PyObject *self) { return Py_NewRef(self); }
     X(ages)                                                                                        \
     X(due)                                                                                         \
     X(lease_keys)                                                                                  \
-    X(leases)
+    X(leases)                                                                                      \
+    X(lease_aw)
 
 static int ga_traverse(PyObject *self, visitproc visit, void *arg)
 {

@@ -9,6 +9,7 @@
 
 #include "base/exc.h"
 #include "flight/remote.h"
+#include "loop/loop.h"
 
 int cm_ga_lease_start(CmGetAllObject *o)
 {
@@ -42,6 +43,7 @@ int cm_ga_lease_start(CmGetAllObject *o)
         o->lease_ops = ops;
         o->lease_cache = i;
         o->step = B_LEASE;
+        o->lease_aw = Py_NewRef(aw);
         return cm_ga_start_sub(o, aw);
     }
     return 0;
@@ -64,15 +66,45 @@ static int not_missed(CmGetAllObject *o, PyObject *key)
     return 0;
 }
 
+/* The get_all leaves without the lease awaitable's outcome (cancelled as it
+ * came, or closed): every lease in it is given back, those still coming stop. */
+static void lease_drop(CmGetAllObject *o)
+{
+    PyObject *aw = o->lease_aw;
+    if (aw == NULL)
+        return;
+    o->lease_aw = NULL;
+    PyObject *exc = cm_exc_take();
+    int done = cm_future_done(o->st, aw);
+    if (done == 0) /* it stops: no lease taken for nobody (a closed loop: cleared below) */
+        cm_future_cancel(o->st, aw);
+    PyObject *res = done == 1 ? cm_future_result(o->st, aw) : NULL;
+    for (Py_ssize_t i = 0; res != NULL && PyList_Check(res) && i < PyList_GET_SIZE(res); i++) {
+        PyObject *t = PyList_GET_ITEM(res, i); // borrowed
+        if (PyTuple_Check(t) && PyTuple_GET_SIZE(t) == 2 && PyTuple_GET_ITEM(t, 0) != Py_None)
+            o->lease_ops->lease_release(o->st, Py_NewRef(PyTuple_GET_ITEM(t, 0)));
+    }
+    Py_XDECREF(res);
+    PyErr_Clear(); /* not done, cancelled, or not a future: nothing to give back */
+    Py_DECREF(aw);
+    cm_exc_restore(exc);
+}
+
 int cm_ga_lease_take(CmGetAllObject *o, PyObject *res)
 {
     CmState *st = o->st;
     if (res == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_Exception))
-            return -1; /* cancelled while waiting */
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            /* cancelled while waiting, or in the same loop iteration as the
+             * awaitable got its outcome (then thrown in instead of it) */
+            lease_drop(o);
+            return -1;
+        }
+        Py_CLEAR(o->lease_aw);
         cm_ga_log_failed(st, "cacheme: get_all of %r: waiting on the leases failed", o->cls);
         return 0;
     }
+    Py_CLEAR(o->lease_aw);
     int rc = -1;
     if ((o->leases = PyList_New(0)) == NULL)
         goto done;
@@ -104,6 +136,7 @@ done:
 
 void cm_ga_lease_end(CmGetAllObject *o)
 {
+    lease_drop(o);
     PyObject *leases = o->leases;
     o->leases = NULL;
     for (Py_ssize_t i = 0; leases != NULL && i < PyList_GET_SIZE(leases); i++)

@@ -63,6 +63,7 @@ typedef struct {
      * held (list), and the storage's ops that give them back */
     PyObject *lease_keys;
     PyObject *leases;
+    PyObject *lease_aw; /* the awaitable of lease_acquire_all while waited on */
     const struct CmRemoteOps *lease_ops;
     Py_ssize_t lease_cache; /* the cache whose storage gave the leases */
 } CmGetAllObject;
@@ -99,7 +100,7 @@ int cm_ga_lease_start(CmGetAllObject *o);
  * process loaded move from todo to found, the leases got to o->leases. 0,
  * or -1 with an exception (a cancellation). */
 int cm_ga_lease_take(CmGetAllObject *o, PyObject *res);
-/* Give back the leases held. */
+/* Give back the leases held, and those of a lease awaitable left unread. */
 void cm_ga_lease_end(CmGetAllObject *o);
 /* Creates st->GetAllType. */
 int cm_ga_type_init(PyObject *mod, CmState *st);

@@ -536,6 +536,8 @@ static int move_to_task(CmCallObject *g, PyObject *pending)
     d->lease = g->lease;
     d->lease_ops = g->lease_ops;
     g->lease = NULL;
+    d->lease_aw = g->lease_aw;
+    g->lease_aw = NULL;
     d->load_start = g->load_start;
     d->load_ns = g->load_ns;
     d->remote_updated_ns = g->remote_updated_ns;

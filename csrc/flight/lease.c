@@ -47,7 +47,7 @@ int cm_lease_start(CmCallObject *g)
 }
 
 /* The flight leaves without the lease awaitable's outcome (cancelled as it
- * came, or closed): a lease it got is given back. */
+ * came, or closed): a lease it got is given back, one still coming stops. */
 static void lease_drop(CmCallObject *g)
 {
     PyObject *aw = g->lease_aw;
@@ -56,6 +56,8 @@ static void lease_drop(CmCallObject *g)
     g->lease_aw = NULL;
     PyObject *exc = cm_exc_take();
     int done = cm_future_done(g->st, aw);
+    if (done == 0) /* it stops: no lease taken for nobody (a closed loop: cleared below) */
+        cm_future_cancel(g->st, aw);
     PyObject *res = done == 1 ? cm_future_result(g->st, aw) : NULL;
     if (res != NULL && PyTuple_Check(res) && PyTuple_GET_SIZE(res) == 2 &&
         PyTuple_GET_ITEM(res, 0) != Py_None)
