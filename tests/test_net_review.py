@@ -164,3 +164,51 @@ def test_closing_a_mongodb_storage_while_a_request_makes_its_future():
     # the first request times out on the mute server; the second, made on
     # a storage closed under it, fails or times out, and nothing crashes
     assert len(r.stdout.split()) == 2, (r.stdout, r.stderr)
+
+
+# Requests left on a connection whose loop was closed fail when the storage
+# next runs; their futures' callbacks cannot be scheduled on the closed
+# loop. That is no error of anyone alive: it printed an "Exception ignored"
+# traceback per request.
+MONGO_CLOSED_LOOP_REQUESTS = """
+import asyncio, socket
+import cacheme
+
+class K:
+    def __init__(self, k):
+        self.k = k
+
+    def full_key(self):
+        return self.k
+
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(8)  # the kernel accepts; nothing ever answers
+s = cacheme.Storage(url=f"mongodb://127.0.0.1:{srv.getsockname()[1]}/test", database="test",
+                    collection="c", timeout=5, connect_timeout=5)._storage
+
+async def leave():
+    tasks = [asyncio.ensure_future(asyncio.wait_for(s.get(K(f"k{i}"), None), 30))
+             for i in range(3)]
+    await asyncio.sleep(0.05)
+    return tasks
+
+loop = asyncio.new_event_loop()
+tasks = loop.run_until_complete(leave())
+loop.close()
+
+async def again():
+    try:
+        await asyncio.wait_for(s.get(K("k"), None), 0.3)
+    except Exception as e:
+        return type(e).__name__
+
+print(asyncio.run(again()))
+"""
+
+
+def test_requests_of_a_closed_loop_fail_quietly():
+    r = run_python_proc(MONGO_CLOSED_LOOP_REQUESTS, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["TimeoutError"], (r.stdout, r.stderr)
+    assert "Exception ignored" not in r.stderr, r.stderr

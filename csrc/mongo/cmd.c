@@ -91,7 +91,11 @@ static void req_settle(CmState *st, CmMongoReq *r, PyObject *res, PyObject *exc)
         if (done == 0)
             rc = exc ? cm_future_set_exception(st, r->fut, exc)
                      : cm_future_set_result(st, r->fut, res);
-        if (done < 0 || rc < 0)
+        /* a closed loop cannot schedule the future's callbacks: its
+         * callers are gone with it (as the Redis client, quietly) */
+        if ((done < 0 || rc < 0) && PyErr_ExceptionMatches(PyExc_RuntimeError))
+            PyErr_Clear();
+        else if (done < 0 || rc < 0)
             PyErr_WriteUnraisable(r->fut);
     }
     cm_mongo_req_free(r);
