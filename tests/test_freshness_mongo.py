@@ -23,47 +23,17 @@ from cacheme.serializer import MsgPackSerializer, PickleSerializer
 from conftest import register_local, unique
 from mongo030_run import item_class, item_value
 from mongo_servers import mongo_server, pymongo_call  # noqa: F401 (fixtures)
+from test_freshness import Source, _real_clock_after, advance  # noqa: F401 (fixture)
 from test_mongo_compat import needs_030, run_030
 
 mongo = pytest.importorskip("cacheme.storages.mongo")
 if not mongo._AVAILABLE:  # pragma: no cover - a build without libbson
     pytest.skip("cacheme built without libbson", allow_module_level=True)
 
-S = 10**9
 DB = "test"
 TTL = timedelta(seconds=60)
 LOCAL_TTL = timedelta(seconds=2)  # the chain's local cache misses after advance(3)
 chains = pytest.mark.parametrize("chain", ["mongo", "local"])
-
-
-def advance(seconds: float) -> None:
-    _core._advance_clock(int(seconds * S))
-
-
-@pytest.fixture(autouse=True)
-def _real_clock_after():
-    yield
-    _core._reset_clock()
-
-
-class Source:
-    """A version number per key that each load bumps; an optional gate and
-    failure (as test_freshness.py's)."""
-
-    def __init__(self):
-        self.loads = []
-        self.gate = None
-        self.fail = None
-
-    async def load(self, uid):
-        self.loads.append(uid)
-        if self.gate is not None:
-            await self.gate.wait()
-        else:
-            await asyncio.sleep(0.001)  # a load that takes time (early_refresh's delta)
-        if self.fail is not None:
-            raise self.fail
-        return (uid, self.loads.count(uid))
 
 
 def make_node(caches, src, version=None, **meta):

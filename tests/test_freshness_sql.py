@@ -22,7 +22,8 @@ from cacheme import Cache, Node, _core
 from cacheme.serializer import MsgPackSerializer, PickleSerializer
 from conftest import register_local, unique
 from sql_servers import server_env
-from test_freshness import Source, advance, make_node, settle
+from test_freshness import Source, _real_clock_after, advance, make_node, settle  # noqa: F401
+from test_sql import backend  # noqa: F401 (fixture)
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 MY_URL = "mysql://root@127.0.0.1:3306/test"
@@ -30,26 +31,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_030 = os.path.join(ROOT, ".bench", "venv-sql-030", "bin", "python")
 TTL = timedelta(seconds=60)
 
-BACKENDS = ["postgresql", "mysql", "sqlite"]
-
-
-@pytest.fixture(autouse=True)
-def _real_clock_after():
-    yield
-    _core._reset_clock()
-
-
-def _available(backend):
-    tp = {"postgresql": _core.PgClient, "mysql": _core.MySQLClient,
-          "sqlite": _core.SQLiteClient}[backend]
-    return tp.__new__(tp).library_available
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    if not _available(request.param):
-        pytest.skip(f"cacheme built without the {request.param} library")
-    return request.param
 
 
 @pytest.fixture
