@@ -31,13 +31,6 @@ static int nofill_add(CmGetAllObject *o, PyObject *key)
     return PySet_Add(o->nofill, key);
 }
 
-/* key's flight is a background refresh still loading, which a node with
- * remote caches reads past (as get does, flight/call.c): 1, else 0. */
-static int reads_past(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t h)
-{
-    return cfg->nlocal_prefix < cfg->ncaches && cm_flight_refreshing(st, key, h);
-}
-
 /* Join the keys in flight, lead the others; the batch Task for the led and
  * for those it reads past a refresh (o->bg). */
 static int caller_start(CmGetAllObject *o)
@@ -52,7 +45,7 @@ static int caller_start(CmGetAllObject *o)
         Py_hash_t h = PyObject_Hash(key);
         if (h == -1)
             return -1;
-        if (reads_past(st, o->cfg, key, h)) {
+        if (cm_flight_reads_past(st, o->cfg, key, h)) { /* as get does */
             if ((o->bg == NULL && (o->bg = PySet_New(NULL)) == NULL) || PySet_Add(o->bg, key) < 0)
                 return -1;
             continue;

@@ -143,9 +143,7 @@ static PySendResult call_step(CmCallObject *g, PyObject *arg, PyObject *exc, PyO
             return PYGEN_RETURN;
         }
         CmFlight *fl = cm_flight_find(st, g->key, g->hash);
-        if (fl != NULL && fl->background && !fl->done && g->cfg->nlocal_prefix < g->cfg->ncaches) {
-            /* a refresh runs: the remote caches hold the value it replaces,
-             * read that rather than wait for the load */
+        if (cm_flight_read_past(fl, g->cfg)) {
             fl = NULL;
             g->bypass = 1;
         }

@@ -42,6 +42,14 @@ struct CmFlight {
     Py_ssize_t refs;
 };
 
+/* fl (NULL: none) is a background refresh still loading, which a caller of
+ * a node with remote caches, having missed the local ones, reads those
+ * past rather than join (they hold the value it replaces): 1, else 0. */
+static inline int cm_flight_read_past(const CmFlight *fl, const CmNodeConfigObject *cfg)
+{
+    return fl != NULL && fl->background && !fl->done && cfg->nlocal_prefix < cfg->ncaches;
+}
+
 /* Describes a request that missed every local cache. */
 typedef struct {
     PyObject *node;
@@ -105,10 +113,8 @@ PyObject *cm_flight_load_timeout(CmState *st, CmNodeConfigObject *cfg, PyObject 
  * value may not fill local tiers (cm_flight_unsure, or invalidated), 0 when
  * there is none, -1 with an exception. */
 int cm_flight_join(CmState *st, PyObject *key, Py_hash_t hash, PyObject **aw);
-/* key's flight is a background refresh still loading (cm_refresh_start),
- * which a caller that misses the local caches reads the remote ones past
- * rather than join: 1, else 0. */
-int cm_flight_refreshing(CmState *st, PyObject *key, Py_hash_t hash);
+/* cm_flight_read_past for key's flight. */
+int cm_flight_reads_past(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash);
 /* Once aw (of cm_flight_join) gave its value: 1 when the flight's value may
  * not fill local tiers (marked unsure or invalidated while it was awaited),
  * else 0. */

@@ -147,10 +147,9 @@ int cm_flight_join(CmState *st, PyObject *key, Py_hash_t hash, PyObject **aw)
     return 1;
 }
 
-int cm_flight_refreshing(CmState *st, PyObject *key, Py_hash_t hash)
+int cm_flight_reads_past(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash)
 {
-    CmFlight *fl = cm_flight_find(st, key, hash); // borrowed
-    return fl != NULL && fl->background && !fl->done;
+    return cm_flight_read_past(cm_flight_find(st, key, hash), cfg);
 }
 
 int cm_flight_joined_unsure(CmState *st, PyObject *aw)
