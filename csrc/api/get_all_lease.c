@@ -71,23 +71,9 @@ static int not_missed(CmGetAllObject *o, PyObject *key)
 static void lease_drop(CmGetAllObject *o)
 {
     PyObject *aw = o->lease_aw;
-    if (aw == NULL)
-        return;
     o->lease_aw = NULL;
-    PyObject *exc = cm_exc_take();
-    int done = cm_future_done(o->st, aw);
-    if (done == 0) /* it stops: no lease taken for nobody (a closed loop: cleared below) */
-        cm_future_cancel(o->st, aw);
-    PyObject *res = done == 1 ? cm_future_result(o->st, aw) : NULL;
-    for (Py_ssize_t i = 0; res != NULL && PyList_Check(res) && i < PyList_GET_SIZE(res); i++) {
-        PyObject *t = PyList_GET_ITEM(res, i); // borrowed
-        if (PyTuple_Check(t) && PyTuple_GET_SIZE(t) == 2 && PyTuple_GET_ITEM(t, 0) != Py_None)
-            o->lease_ops->lease_release(o->st, Py_NewRef(PyTuple_GET_ITEM(t, 0)));
-    }
-    Py_XDECREF(res);
-    PyErr_Clear(); /* not done, cancelled, or not a future: nothing to give back */
-    Py_DECREF(aw);
-    cm_exc_restore(exc);
+    if (aw != NULL)
+        cm_lease_aw_drop(o->st, o->lease_ops, aw);
 }
 
 int cm_ga_lease_take(CmGetAllObject *o, PyObject *res)

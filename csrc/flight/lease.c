@@ -46,26 +46,41 @@ int cm_lease_start(CmCallObject *g)
     return 0;
 }
 
+/* A (lease, value) pair (borrowed) of a lease awaitable's result: its
+ * lease, if any, given back through ops. */
+static void release_pair(CmState *st, const CmRemoteOps *ops, PyObject *t)
+{
+    if (PyTuple_Check(t) && PyTuple_GET_SIZE(t) == 2 && PyTuple_GET_ITEM(t, 0) != Py_None)
+        ops->lease_release(st, Py_NewRef(PyTuple_GET_ITEM(t, 0)));
+}
+
+void cm_lease_aw_drop(CmState *st, const CmRemoteOps *ops, PyObject *aw)
+{
+    PyObject *exc = cm_exc_take();
+    int done = cm_future_done(st, aw);
+    if (done == 0) /* it stops: no lease taken for nobody (a closed loop: cleared below) */
+        cm_future_cancel(st, aw);
+    PyObject *res = done == 1 ? cm_future_result(st, aw) : NULL;
+    if (res != NULL && PyList_Check(res)) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(res); i++)
+            release_pair(st, ops, PyList_GET_ITEM(res, i));
+    } else if (res != NULL) {
+        release_pair(st, ops, res);
+    }
+    Py_XDECREF(res);
+    PyErr_Clear(); /* not done, cancelled, or not a future: nothing to give back */
+    Py_DECREF(aw);
+    cm_exc_restore(exc);
+}
+
 /* The flight leaves without the lease awaitable's outcome (cancelled as it
  * came, or closed): a lease it got is given back, one still coming stops. */
 static void lease_drop(CmCallObject *g)
 {
     PyObject *aw = g->lease_aw;
-    if (aw == NULL)
-        return;
     g->lease_aw = NULL;
-    PyObject *exc = cm_exc_take();
-    int done = cm_future_done(g->st, aw);
-    if (done == 0) /* it stops: no lease taken for nobody (a closed loop: cleared below) */
-        cm_future_cancel(g->st, aw);
-    PyObject *res = done == 1 ? cm_future_result(g->st, aw) : NULL;
-    if (res != NULL && PyTuple_Check(res) && PyTuple_GET_SIZE(res) == 2 &&
-        PyTuple_GET_ITEM(res, 0) != Py_None)
-        g->lease_ops->lease_release(g->st, Py_NewRef(PyTuple_GET_ITEM(res, 0)));
-    Py_XDECREF(res);
-    PyErr_Clear(); /* not done, cancelled, or not a future: nothing to give back */
-    Py_DECREF(aw);
-    cm_exc_restore(exc);
+    if (aw != NULL)
+        cm_lease_aw_drop(g->st, g->lease_ops, aw);
 }
 
 int cm_lease_done(CmCallObject *g, PyObject *res, PyObject *e, PyObject **err)

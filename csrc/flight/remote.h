@@ -78,6 +78,13 @@ struct CmRemoteOps {
     PyObject *(*lease_acquire_all)(CmState *st, PyObject *storage, PyObject *nodes, PyObject *ser);
 };
 
+/* Give back the leases of aw (reference stolen), an awaitable of ops'
+ * lease_acquire or lease_acquire_all that its caller leaves without its
+ * outcome: each lease in a done result, (lease, value) or a list of them;
+ * a pending aw is cancelled (no lease is taken for nobody). Never raises;
+ * an exception being raised is kept. */
+void cm_lease_aw_drop(CmState *st, const CmRemoteOps *ops, PyObject *aw);
+
 /* Register ops for storages of type (and its subclasses), with data (a
  * reference taken, or NULL) that the ops may ask for with cm_remote_data;
  * 0, or -1 with an exception. */

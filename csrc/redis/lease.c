@@ -369,8 +369,15 @@ static int subscribe_key(CmLeaseObject *self)
     int rc = cm_redis_sub_subscribe(s, self->loop, PyBytes_AS_STRING(self->lkey),
                                     (size_t)PyBytes_GET_SIZE(self->lkey), on_message, on_subscribed,
                                     self);
-    if (rc < 0)
+    if (rc < 0) {
+        /* a subscriber that failed to start keeps its entries for its next
+         * start: this one names the lease, which holds no reference for it */
+        PyObject *e = cm_exc_take();
+        cm_redis_sub_unsubscribe(s, PyBytes_AS_STRING(self->lkey),
+                                 (size_t)PyBytes_GET_SIZE(self->lkey), on_message, self);
+        cm_exc_restore(e);
         return -1;
+    }
     self->listen = 1;
     Py_INCREF(self); /* the subscriber's arg */
     if (rc == 1)
@@ -487,7 +494,7 @@ static PyObject *lease_on_reply(PyObject *op, PyObject *req)
         int got =
             self->state == L_DONE &&
             ((self->sent == L_TRY && r != NULL && PyUnicode_Check(r)) || self->sent == L_VERIFY);
-        if (self->state == L_DONE && self->sent == L_TRY && got)
+        if (got) /* counted already when sent in L_VERIFY (advance) */
             own(self);
         Py_XDECREF(r);
         PyErr_Clear();
