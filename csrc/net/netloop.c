@@ -159,9 +159,11 @@ PyObject *cm_netloops_pick(CmNetLoops *t, PyObject *loop)
     PyObject *reuse = NULL;
     sweep(t, &reuse);
     if (loop == t->home || (i = slot_find(t, loop)) >= 0) {
-        /* a clone not taken over is let go (its dealloc drops what it had) */
+        /* read before a clone not taken over is let go: its dealloc (what
+         * it had dropped) runs Python code, which may change the table */
+        PyObject *found = loop == t->home ? t->owner : t->v[i].inst; // borrowed
         Py_XDECREF(reuse);
-        return loop == t->home ? t->owner : t->v[i].inst;
+        return found;
     }
     PyObject *inst = reuse != NULL ? reuse : t->kind->spawn(t->owner);
     if (inst == NULL)
@@ -174,9 +176,10 @@ PyObject *cm_netloops_pick(CmNetLoops *t, PyObject *loop)
     }
     /* spawning ran Python code: the loop may have an instance by now */
     if ((i = slot_find(t, loop)) >= 0) {
+        PyObject *found = t->v[i].inst; // borrowed: read before the decrefs run code
         Py_DECREF(ref);
         Py_DECREF(inst);
-        return t->v[i].inst;
+        return found;
     }
     if (t->n == t->cap) {
         Py_ssize_t cap = t->cap ? t->cap * 2 : 4;

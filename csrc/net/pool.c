@@ -137,7 +137,9 @@ void cm_net_pool_adopt(CmNetPool *p, PyObject *loop, int (*keep)(CmNetConn *c), 
             p->conns[p->nconns++] = c;
             if (cm_net_conn_rehome(c, loop) < 0) {
                 PyErr_Clear();
-                cm_net_conn_close_detached(c, tp, msg, 0); /* out of p (forget) */
+                /* of the new loop now, maybe half watched there: unwatched
+                 * as it closes, out of p */
+                cm_net_conn_close(c, tp, msg, 0);
             }
             continue;
         }
