@@ -498,13 +498,13 @@ static void read_rows(CmSqlConnObject *c)
         rb[i].is_null = &nulls[i];
     }
     mysql_stmt_bind_result(st, rb);
-    int rc;
+    int rc, aged = ucol >= 0 && cm_sql_chain_aged(b);
     while ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED) {
         if (single) {
             if (b->result == NULL) {
                 if ((b->result = fetch_col(st, &rb[vcol], lens[vcol], nulls[vcol], vcol)) == NULL)
                     goto fail;
-                b->updated_us = fetch_utc_us(st, ucol >= 0 && nulls[ucol], ucol);
+                b->updated_us = aged ? fetch_utc_us(st, nulls[ucol], ucol) : 0;
             }
         } else {
             PyObject *k = fetch_col(st, &rb[0], lens[0], nulls[0], 0);
@@ -514,7 +514,7 @@ static void read_rows(CmSqlConnObject *c)
             }
             int prc = cm_sql_result_put(b, PyBytes_AS_STRING(k), (size_t)PyBytes_GET_SIZE(k),
                                         fetch_col(st, &rb[1], lens[1], nulls[1], 1),
-                                        fetch_utc_us(st, ucol >= 0 && nulls[ucol], ucol));
+                                        aged ? fetch_utc_us(st, nulls[ucol], ucol) : 0);
             Py_DECREF(k);
             if (prc < 0)
                 goto fail;

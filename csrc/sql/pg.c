@@ -613,15 +613,15 @@ static void on_result(CmSqlConnObject *c, PGresult *res)
         if (status == PGRES_TUPLES_OK && rows > 0 && b->result == NULL) {
             if ((b->result = col_bytes(res, 0, 0)) == NULL)
                 cm_sql_req_error(s, b, s->st->sql.SQLError, "postgresql: out of memory");
-            b->updated_us = col_int8(res, 0, 1);
+            b->updated_us = b->aged ? col_int8(res, 0, 1) : 0;
         }
     } else if (b->kind == CM_SQL_GET || b->kind == CM_SQL_GET_ALL) {
         if (status != PGRES_TUPLES_OK)
             return;
-        int failed = 0;
+        int failed = 0, aged = cm_sql_chain_aged(b);
         for (int i = 0; i < rows && !failed; i++) {
             if (cm_sql_result_put(b, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0),
-                                  col_bytes(res, i, 1), col_int8(res, i, 2)) < 0) {
+                                  col_bytes(res, i, 1), aged ? col_int8(res, i, 2) : 0) < 0) {
                 PyErr_Clear();
                 cm_sql_req_error(s, b, s->st->sql.SQLError, "postgresql: out of memory");
                 failed = 1;

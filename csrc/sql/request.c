@@ -187,6 +187,14 @@ void cm_sql_req_error_sql(CmSqlStorageObject *s, CmSqlReq *r, int missing_table,
     cm_exc_restore(saved);
 }
 
+int cm_sql_chain_aged(const CmSqlReq *b)
+{
+    for (; b != NULL; b = b->next)
+        if (b->aged)
+            return 1;
+    return 0;
+}
+
 int cm_sql_result_put(CmSqlReq *r, const char *key, size_t klen, PyObject *raw, int64_t updated_us)
 {
     int rc = -1;
@@ -199,7 +207,7 @@ int cm_sql_result_put(CmSqlReq *r, const char *key, size_t klen, PyObject *raw, 
         goto done;
     if (PyDict_SetItem(r->result, k, raw) < 0)
         goto done;
-    if (updated_us > 0 && (r->aged || r->next != NULL)) {
+    if (updated_us > 0) {
         if (r->ages == NULL && (r->ages = PyDict_New()) == NULL)
             goto done;
         if ((age = PyLong_FromLongLong(updated_us)) == NULL || PyDict_SetItem(r->ages, k, age) < 0)

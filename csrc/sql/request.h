@@ -78,9 +78,11 @@ void cm_sql_batch_error_sql(CmSqlStorageObject *s, CmSqlReq *b, int missing_tabl
  * fails alone, with the pending exception's type and text (cleared), or
  * SQLError("<driver>: bad request") without one. */
 void cm_sql_batch_error_pending(CmSqlStorageObject *s, CmSqlReq *b);
+/* 1 when a request of the chain b (one statement's requests) is aged:
+ * its rows' updated_at is worth reading (else drivers pass 0). */
+int cm_sql_chain_aged(const CmSqlReq *b);
 /* Append key -> raw to a GET_ALL/coalesced GET result dict, and the row's
- * updated_at (UTC us, 0 unknown) to its ages when the request is aged or
- * coalesced (r->next). */
+ * updated_at (UTC us, 0 unknown: not kept) to its ages. */
 int cm_sql_result_put(CmSqlReq *r, const char *key, size_t klen, PyObject *raw_steal,
                       int64_t updated_us);
 /* The one coalesced-row splitter: the rows of a coalesced GET (the chain b
