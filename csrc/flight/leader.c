@@ -82,8 +82,7 @@ static int start_call(CmCallObject *g, CmCacheRef *r, int set)
     CmRemoteOp *op;
     if (set) {
         PyObject *ttl = cm_cache_write_ttl(st, r);
-        if (ttl != NULL && (g->cfg->fresh & CM_FRESH_STALE) && ops->ages != NULL &&
-            ops->ages(st, r->storage) && ttl != Py_None) {
+        if (ttl != NULL && (g->cfg->fresh & CM_FRESH_STALE) && ops->ages && ttl != Py_None) {
             /* kept stale_if_error longer: the age read back says it expired */
             double secs = cm_ttl_seconds(st, ttl);
             Py_SETREF(ttl,

@@ -40,12 +40,12 @@ struct CmRemoteOps {
      * op behind it through cm_remote_wake_waiter, rather than as a
      * done-callback of fut. 1 attached, 0 not. */
     int (*attach_waiter)(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
-    /* Optional (NULL: none). 1 when storage's gets made for a call report
-     * the value's age (cm_remote_call_age; a fill may store the call's load
-     * time, else early_refresh has no delta there), so that the freshness
-     * options work on it, stale_if_error included (fills for it get a TTL
-     * longer by Meta.stale_if_error: the age says when the value expired). */
-    int (*ages)(CmState *st, PyObject *storage);
+    /* 1: gets made for a call report the value's age (cm_remote_call_age;
+     * a fill may store the call's load time, else early_refresh has no
+     * delta there), so that the freshness options work on the storage,
+     * stale_if_error included (fills for it get a TTL longer by
+     * Meta.stale_if_error: the age says when the value expired). */
+    int ages;
     /* Optional (NULL: none), with ages: storage.get_all(nodes, ser) whose
      * pairs are triples (node, value, updated_at: UTC ns since the epoch, 0
      * unknown) or 4-tuples (node, value, updated_at, load_ns: the load time
@@ -115,7 +115,7 @@ static inline const CmRemoteOps *cm_remote_find(CmState *st, PyObject *storage)
 int cm_remote_method_is_own(PyObject *storage, PyTypeObject *base, PyObject *name);
 int cm_remote_attach_waiter(CmState *st, PyObject *fut, PyObject *waiter, PyObject *loop);
 
-/* For a storage whose ops' .ages says so, about the call an op is made for:
+/* For a storage whose ops have .ages, about the call an op is made for:
  * the CM_FRESH_* options of its node (0: none, nothing to report), and
  * the time its load took in *load_ns (ns; 0 unknown), to store with a fill. */
 unsigned int cm_remote_call_fresh(PyObject *call, int64_t *load_ns);

@@ -25,6 +25,13 @@ static PyObject *wait_tell(CmFlightWaitObject *w, PyObject *res, PyObject *err)
     Py_RETURN_NONE;
 }
 
+void cm_flight_wait_age(PyObject *fut, int64_t updated, int64_t unit_ns, int64_t load_ns)
+{
+    CmFlightWaitObject *w = (CmFlightWaitObject *)fut; // borrowed
+    if (w != NULL && w->call != NULL && updated > 0 && updated < INT64_MAX / unit_ns)
+        cm_remote_call_age(w->call, updated * unit_ns, load_ns);
+}
+
 void cm_flight_wait_tell(CmFlightWaitObject *w, PyObject *res, PyObject *err)
 {
     Py_DECREF(wait_tell(w, res, err));

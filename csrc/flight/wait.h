@@ -64,6 +64,12 @@ CmFlightWaitObject *cm_flight_wait_new(CmState *st, const CmRemoteOps *ops, PyOb
  * the method call: for the storage that made w. */
 void cm_flight_wait_tell(CmFlightWaitObject *w, PyObject *res, PyObject *err);
 
+/* fut (a flight wait, or NULL) is the future of a get made for a flight:
+ * tell its call the value's updated_at, in units of unit_ns since the epoch
+ * (ignored when not > 0 or beyond int64 ns), and the load time stored with
+ * it (ns, 0 none) (cm_remote_call_age). */
+void cm_flight_wait_age(PyObject *fut, int64_t updated, int64_t unit_ns, int64_t load_ns);
+
 /* CmRemoteOps.handoff of a wait. */
 PyObject *cm_flight_wait_handoff(CmRemoteOp *op, PyObject *call);
 

@@ -53,13 +53,6 @@ static CmRemoteOp *mongo_set(PyObject *storage, PyObject *node, PyObject *value,
     return (CmRemoteOp *)w;
 }
 
-/* Gets made for a flight read updated_at and load_time (cmd.c). */
-static int mongo_ages(CmState *st, PyObject *storage)
-{
-    (void)st, (void)storage;
-    return 1;
-}
-
 static PyObject *mongo_get_all_aged(CmState *st, PyObject *storage, PyObject *nodes, PyObject *ser)
 {
     (void)st;
@@ -68,9 +61,7 @@ static PyObject *mongo_get_all_aged(CmState *st, PyObject *storage, PyObject *no
 
 void cm_mongo_flight_age(CmMongoReq *r, int64_t updated_ms, int64_t load_ns)
 {
-    CmFlightWaitObject *w = (CmFlightWaitObject *)r->fut; // borrowed: cm_mongo_get_for's wait
-    if (w != NULL && w->call != NULL && updated_ms > 0 && updated_ms < INT64_MAX / 1000000)
-        cm_remote_call_age(w->call, updated_ms * 1000000, load_ns);
+    cm_flight_wait_age(r->fut, updated_ms, 1000000, load_ns); /* r->fut: cm_mongo_get_for's wait */
 }
 
 static const CmRemoteOps mongo_remote_ops = {
@@ -80,7 +71,7 @@ static const CmRemoteOps mongo_remote_ops = {
     .handoff = cm_flight_wait_handoff,
     .unref = cm_flight_wait_unref,
     .attach_waiter = NULL,
-    .ages = mongo_ages,
+    .ages = 1,
     .get_all_aged = mongo_get_all_aged,
 };
 

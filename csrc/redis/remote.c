@@ -24,12 +24,6 @@ static PyObject *redis_handoff(CmRemoteOp *op, PyObject *call)
 
 static void redis_unref(CmRemoteOp *op) { cm_redis_op_unref((CmRedisOp *)op); }
 
-static int redis_ages(CmState *st, PyObject *storage)
-{
-    (void)st, (void)storage;
-    return 1;
-}
-
 static const CmRemoteOps redis_remote_ops = {
     .direct = cm_redis_direct,
     .get = redis_get,
@@ -37,7 +31,7 @@ static const CmRemoteOps redis_remote_ops = {
     .handoff = redis_handoff,
     .unref = redis_unref,
     .attach_waiter = cm_redis_attach_waiter,
-    .ages = redis_ages,
+    .ages = 1,
     .get_all_aged = cm_redis_get_all_aged,
     .cover = cm_redis_cover,
     .lease_acquire = cm_redis_lease_acquire,

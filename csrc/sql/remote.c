@@ -37,7 +37,7 @@ static CmRemoteOp *sql_get(PyObject *storage, PyObject *node, PyObject *ser, PyO
         return NULL;
     CmSqlReq *r = NULL;
     CmSqlStorageObject *inst = NULL;
-    int64_t load_ns;
+    int64_t load_ns; /* stored by fills only */
     /* the age is read for a node with freshness options only */
     int aged = cm_remote_call_fresh(call, &load_ns) != 0;
     if (cm_sql_get_for(storage, node, ser, aged, loop, (PyObject *)w, &r, &inst) < 0) {
@@ -66,18 +66,9 @@ static CmRemoteOp *sql_set(PyObject *storage, PyObject *node, PyObject *value, P
     return (CmRemoteOp *)w;
 }
 
-/* Every driver's reads give the row's updated_at (0 when the row has none). */
-static int sql_ages(CmState *st, PyObject *storage)
-{
-    (void)st, (void)storage;
-    return 1;
-}
-
 void cm_sql_flight_age(CmSqlReq *r)
 {
-    CmFlightWaitObject *w = (CmFlightWaitObject *)r->fut; // borrowed: cm_sql_get_for's wait
-    if (w != NULL && w->call != NULL && r->updated_us > 0 && r->updated_us < INT64_MAX / 1000)
-        cm_remote_call_age(w->call, r->updated_us * 1000, 0);
+    cm_flight_wait_age(r->fut, r->updated_us, 1000, 0); /* r->fut: cm_sql_get_for's wait */
 }
 
 int cm_sql_tell_wait(CmState *st, PyObject *fut, PyObject *res, PyObject *err)
@@ -110,7 +101,7 @@ static const CmRemoteOps sql_remote_ops = {
     .handoff = cm_flight_wait_handoff,
     .unref = sql_unref,
     .attach_waiter = NULL,
-    .ages = sql_ages,
+    .ages = 1,
     .get_all_aged = cm_sql_get_all_aged,
 };
 
