@@ -91,9 +91,10 @@ static void req_settle(CmState *st, CmMongoReq *r, PyObject *res, PyObject *exc)
         if (done == 0)
             rc = exc ? cm_future_set_exception(st, r->fut, exc)
                      : cm_future_set_result(st, r->fut, res);
-        /* a closed loop cannot schedule the future's callbacks: its
-         * callers are gone with it (as the Redis client, quietly) */
-        if ((done < 0 || rc < 0) && PyErr_ExceptionMatches(PyExc_RuntimeError))
+        /* a closed loop cannot schedule the future's callbacks (asyncio's
+         * RuntimeError, not a subclass): its callers are gone with it (as
+         * the Redis client, quietly) */
+        if ((done < 0 || rc < 0) && PyErr_Occurred() == PyExc_RuntimeError)
             PyErr_Clear();
         else if (done < 0 || rc < 0)
             PyErr_WriteUnraisable(r->fut);
@@ -726,10 +727,11 @@ static PyObject *result_of(CmMongoClientObject *cl, CmMongoReq *r, const bson_t 
             }
             PyObject *pair =
                 r->aged ? Py_BuildValue(
-                              "(ONL)", PyList_GET_ITEM(r->nodes, i), v,
+                              "(ONLL)", PyList_GET_ITEM(r->nodes, i), v,
                               (long long)(f->updated_ms > 0 && f->updated_ms < INT64_MAX / 1000000
                                               ? f->updated_ms * 1000000
-                                              : 0))
+                                              : 0),
+                              (long long)f->load_ns)
                         : PyTuple_Pack(2, PyList_GET_ITEM(r->nodes, i), v);
             if (!r->aged)
                 Py_DECREF(v);

@@ -102,7 +102,7 @@ typedef struct CmMongoReq {
     long long stale_ms;
     /* GET made for a flight's call with freshness options: the document's
      * age is told to it (cm_mongo_flight_age); GET_ALL: its pairs are
-     * (node, value, updated_at ns) triples. stale (GET): a document past
+     * (node, value, updated_at ns, load_time ns) tuples. stale (GET): a document past
      * expire that its stale_until keeps is read too (the age says it is
      * past its TTL). */
     int aged, stale;
@@ -256,8 +256,8 @@ int cm_mongo_get_for(PyObject *storage, PyObject *node, PyObject *ser, PyObject 
                      unsigned int fresh);
 int cm_mongo_set_for(PyObject *storage, PyObject *node, PyObject *value, PyObject *ttl,
                      PyObject *ser, PyObject *waiter, int64_t load_ns, int64_t stale_ns);
-/* storage.get_all(nodes, ser) whose pairs are (node, value, updated_at ns)
- * triples: an awaitable, or NULL with an exception. */
+/* storage.get_all(nodes, ser) whose pairs are (node, value, updated_at ns,
+ * load_time ns): an awaitable, or NULL with an exception. */
 PyObject *cm_mongo_get_all_aged(PyObject *storage, PyObject *nodes, PyObject *ser);
 /* remote.c: a GET of r->aged read a document written at updated_ms (UTC
  * ms) with load_ns: told to the flight's call of its wait (r->fut). */
