@@ -16,6 +16,21 @@ int cm_loop_is_running(CmState *st, PyObject *loop)
     return running;
 }
 
+int cm_loop_is_closed(PyObject *loop, int unknown)
+{
+    PyObject *saved = unknown >= 0 ? cm_exc_take() : NULL;
+    PyObject *r = PyObject_CallMethod(loop, "is_closed", NULL);
+    int closed = r == NULL ? -1 : PyObject_IsTrue(r);
+    Py_XDECREF(r);
+    if (closed < 0 && unknown >= 0) {
+        PyErr_Clear();
+        closed = unknown;
+    }
+    if (unknown >= 0)
+        cm_exc_restore(saved);
+    return closed;
+}
+
 int cm_loop_init(CmState *st)
 {
     PyObject *mod = PyImport_ImportModule("asyncio.base_events");

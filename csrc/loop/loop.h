@@ -8,6 +8,11 @@
 PyObject *cm_loop_running(CmState *st); /* new ref */
 /* loop.is_running(): 1/0, -1 with an exception. */
 int cm_loop_is_running(CmState *st, PyObject *loop);
+/* loop.is_closed(): 1 closed, 0 open. A loop that cannot tell (is_closed
+ * raised: e.g. one the collector cleared) gives `unknown`; with unknown -1
+ * its exception is left set, else it is cleared and an exception pending
+ * before the call is kept. */
+int cm_loop_is_closed(PyObject *loop, int unknown);
 /* Module init: what cm_loop_create_future needs. 0 ok, -1 error. */
 int cm_loop_init(CmState *st);
 PyObject *cm_loop_create_future(CmState *st, PyObject *loop);               /* new ref */

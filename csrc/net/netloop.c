@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "loop/loop.h"
+
 static void table_link(CmState *st, CmNetLoops *t)
 {
     t->prev = NULL;
@@ -74,17 +76,8 @@ static CmNetLoopSlot slot_take(CmNetLoops *t, Py_ssize_t i)
     return s;
 }
 
-/* loop.is_closed(): 1/0; a loop that cannot tell counts as open. */
-static int loop_closed(PyObject *loop)
-{
-    PyObject *r = PyObject_CallMethod(loop, "is_closed", NULL);
-    int closed = r == NULL ? 0 : PyObject_IsTrue(r);
-    Py_XDECREF(r);
-    if (closed < 0)
-        closed = 0;
-    PyErr_Clear();
-    return closed;
-}
+/* loop.is_closed(); a loop that cannot tell counts as open. */
+static int loop_closed(PyObject *loop) { return cm_loop_is_closed(loop, 0); }
 
 /* Drop the instances of loops that are closed or gone. Asking a loop runs
  * Python code (another thread may change the table meanwhile): the loops

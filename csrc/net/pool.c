@@ -52,24 +52,12 @@ void cm_net_pool_drop_detached(CmNetPool *p, PyObject *tp, PyObject *msg, int fo
     p->backoff = p->backoff_min;
 }
 
-/* 1 when loop is open; a loop that cannot tell (cleared by the collector)
- * counts as closed. Keeps the exception being raised. */
-static int loop_open(PyObject *loop)
-{
-    PyObject *saved = cm_exc_take();
-    PyObject *r = PyObject_CallMethod(loop, "is_closed", NULL);
-    int open = r != NULL && r == Py_False;
-    Py_XDECREF(r);
-    PyErr_Clear();
-    cm_exc_restore(saved);
-    return open;
-}
-
 void cm_net_pool_close_gc(CmNetPool *p, PyObject *tp, PyObject *msg)
 {
     if (p->nconns == 0)
         return;
-    if (p->loop != NULL && loop_open(p->loop))
+    /* a loop that cannot tell (cleared by the collector) counts as closed */
+    if (p->loop != NULL && !cm_loop_is_closed(p->loop, 1))
         close_all(p, tp, msg, 0, 0);
     else
         cm_net_pool_drop_detached(p, tp, msg, 0);

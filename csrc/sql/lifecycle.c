@@ -10,6 +10,7 @@
 
 #include "base/exc.h"
 #include "core/ttl.h"
+#include "loop/loop.h"
 #include "net/netstore.h"
 
 /* identifier, or schema.identifier: letters, digits, underscores */
@@ -141,18 +142,7 @@ static void storage_drop_detached(CmSqlStorageObject *s, int fork, const char *w
 
 /* 1 when loop can still be told about fds and timers: not closed, nor torn
  * down by the collector in the same cycle as the storage. */
-static int loop_usable(PyObject *loop)
-{
-    if (loop == NULL)
-        return 0;
-    PyObject *saved = cm_exc_take();
-    PyObject *r = PyObject_CallMethod(loop, "is_closed", NULL);
-    int usable = r == Py_False;
-    Py_XDECREF(r);
-    PyErr_Clear();
-    cm_exc_restore(saved);
-    return usable;
-}
+static int loop_usable(PyObject *loop) { return loop != NULL && !cm_loop_is_closed(loop, 1); }
 
 int cm_sql_storage_clear(PyObject *self)
 {

@@ -106,15 +106,6 @@ static int conn_keep(CmNetConn *nc)
     return nc->state == CM_SQL_IDLE && c->batch == NULL && c->lookup == NULL;
 }
 
-/* loop.is_closed(): 1/0, -1 with an exception. */
-static int loop_is_closed(PyObject *loop)
-{
-    PyObject *r = PyObject_CallMethod(loop, "is_closed", NULL);
-    int closed = r == NULL ? -1 : PyObject_IsTrue(r);
-    Py_XDECREF(r);
-    return closed;
-}
-
 /* The storage follows the running loop. When the old loop is closed
  * (asyncio.run called again) and nothing waits in the queue, the idle
  * connections move to the new loop: a sync app running a coroutine per
@@ -143,7 +134,8 @@ static int bind_loop(CmSqlStorageObject *s, PyObject **loop_out)
                          s->drv->name);
             goto done;
         }
-        int closed = s->pool.loop != NULL && s->head == NULL ? loop_is_closed(s->pool.loop) : 0;
+        int closed =
+            s->pool.loop != NULL && s->head == NULL ? cm_loop_is_closed(s->pool.loop, -1) : 0;
         if (closed < 0)
             goto done;
         if (closed) {
