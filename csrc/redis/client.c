@@ -314,7 +314,15 @@ static void client_drop_detached(PyObject *inst, const char *why, int fork)
     }
 }
 
-static void client_forked(PyObject *inst) { client_drop_detached(inst, "inherited over fork", 1); }
+/* The leases counted are the parent's (lease.c tells them by st->forks):
+ * the child's close() has none to wait for. */
+static void client_forked(PyObject *inst)
+{
+    CmRedisClientObject *self = (CmRedisClientObject *)inst;
+    self->leases_out = 0;
+    Py_CLEAR(self->lease_drain);
+    client_drop_detached(inst, "inherited over fork", 1);
+}
 static void client_orphan(PyObject *inst) { client_drop_detached(inst, "event loop closed", 0); }
 
 static const CmNetKind client_net_kind = {client_spawn, client_forked, client_orphan, NULL};

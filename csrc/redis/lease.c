@@ -243,6 +243,7 @@ static void own(CmLeaseObject *self)
 {
     if (!self->owned) {
         self->owned = 1;
+        self->forks = self->st->forks;
         ((CmRedisClientObject *)self->client)->leases_out++;
     }
 }
@@ -293,6 +294,8 @@ static void disown(CmLeaseObject *self)
     if (!self->owned)
         return;
     self->owned = 0;
+    if (self->forks != self->st->forks)
+        return; /* the parent's (inherited over fork): not counted here */
     CmRedisClientObject *c = (CmRedisClientObject *)self->client; // borrowed
     if (--c->leases_out == 0 && c->lease_drain != NULL)
         drained(c);
@@ -435,6 +438,12 @@ static void on_subscribed(void *arg, const char *channel, size_t len)
 /* Give the lease up: delete it if still ours, and wake the waiters. */
 void cm_rlease_release(CmLeaseObject *self)
 {
+    if (self->owned && self->forks != self->st->forks) {
+        /* inherited over fork: the parent holds it and gives it back */
+        self->state = L_DONE;
+        disown(self);
+        return;
+    }
     PyObject *argv = Py_BuildValue("(yyyOO)", "EVAL", release_script, "1", self->lkey, self->token);
     if (send_cmd(self, L_RELEASE, argv) < 0) {
         /* no loop running any more (teardown): the lease expires by itself */

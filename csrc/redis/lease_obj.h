@@ -41,6 +41,7 @@ typedef struct {
     int woken;  /* a message came while a command was out */
     int listen; /* subscribed to lkey (holds a reference to itself) */
     int owned;  /* taken (SET NX answered OK), its release not answered yet */
+    long forks; /* st->forks when owned: a lease inherited over fork is the parent's */
 } CmLeaseObject;
 
 /* lease.c, for lease_group.c */
