@@ -209,6 +209,9 @@ CmNetConn *cm_net_pool_pick(CmNetPool *p, PyObject *loop, const CmNetPick *how, 
         return best;
     if (cm_net_pool_reserve(p) < 0)
         return NULL;
+    /* opening runs Python code (the loop's add_writer, a collection and
+     * its finalizers): best is held, and used after only if still pooled */
+    Py_XINCREF(best);
     CmNetConn *c = how->open(arg, loop);
     if (c == NULL) {
         PyObject *exc = cm_exc_take();
@@ -217,13 +220,19 @@ CmNetConn *cm_net_pool_pick(CmNetPool *p, PyObject *loop, const CmNetPick *how, 
             PyErr_Clear();
         cm_net_pool_forget(p, NULL, 1, why);
         Py_XDECREF(why);
-        if (best != NULL) {
+        CmNetConn *fallback = NULL; // borrowed: the pool's
+        for (int i = 0; best != NULL && i < p->nconns; i++)
+            if (p->conns[i] == best)
+                fallback = best;
+        Py_XDECREF(best);
+        if (fallback != NULL) {
             Py_XDECREF(exc);
-            return best;
+            return fallback;
         }
         cm_exc_restore(exc);
         return NULL;
     }
+    Py_XDECREF(best);
     cm_net_pool_add(p, c); /* the pool's reference; reserved: cannot fail */
     return c;
 }
