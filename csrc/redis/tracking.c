@@ -55,17 +55,33 @@ static CmRedisClientObject *track_owner(CmRedisClientObject *c)
     return c->origin != NULL ? c->origin : c;
 }
 
+/* Evicting runs Python code (a value's __del__, which may close the
+ * storage): the list and each store are held while used. */
+static void covered_each(PyObject *covered, PyObject *key, Py_hash_t h)
+{
+    if (covered == NULL)
+        return;
+    Py_INCREF(covered);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(covered); i++) {
+        PyObject *s = Py_NewRef(PyList_GET_ITEM(covered, i));
+        if (key != NULL)
+            cm_store_delete((CmStoreObject *)s, key, h);
+        else
+            cm_store_clear((CmStoreObject *)s);
+        Py_DECREF(s);
+    }
+    Py_DECREF(covered);
+}
+
 /* Evict every covered local store and fail every flight's fill. */
 static void track_flush(CmRedisPool *p)
 {
-    PyObject *covered = track_owner(p->client)->covered; // borrowed
-    for (Py_ssize_t i = 0; covered != NULL && i < PyList_GET_SIZE(covered); i++)
-        cm_store_clear((CmStoreObject *)PyList_GET_ITEM(covered, i));
+    covered_each(track_owner(p->client)->covered, NULL, 0);
     cm_flight_unsure_all(p->st);
     p->track_flushes++;
 }
 
-static void track_key(CmRedisPool *p, PyObject *covered, PyObject *raw)
+static void track_key(CmRedisPool *p, PyObject *raw)
 {
     if (!PyBytes_Check(raw))
         return;
@@ -77,8 +93,7 @@ static void track_key(CmRedisPool *p, PyObject *covered, PyObject *raw)
         Py_XDECREF(key);
         return;
     }
-    for (Py_ssize_t i = 0; covered != NULL && i < PyList_GET_SIZE(covered); i++)
-        cm_store_delete((CmStoreObject *)PyList_GET_ITEM(covered, i), key, h);
+    covered_each(track_owner(p->client)->covered, key, h);
     cm_flight_invalidate(p->st, key, h);
     p->track_keys++;
     Py_DECREF(key);
@@ -88,20 +103,17 @@ static void track_key(CmRedisPool *p, PyObject *covered, PyObject *raw)
  * one key as bytes (a PUBLISH to the channel) counts too. */
 static void track_message(void *arg, PyObject *msg)
 {
-    CmRedisPool *p = arg;                                // borrowed: unwatched when it goes
-    PyObject *covered = track_owner(p->client)->covered; // borrowed
+    CmRedisPool *p = arg; // borrowed: unwatched when it goes
     if (PyBytes_Check(msg)) {
-        track_key(p, covered, msg);
+        track_key(p, msg);
         return;
     }
     if (!PyList_Check(msg)) {
         track_flush(p);
         return;
     }
-    Py_XINCREF(covered);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(msg); i++)
-        track_key(p, covered, PyList_GET_ITEM(msg, i));
-    Py_XDECREF(covered);
+        track_key(p, PyList_GET_ITEM(msg, i));
 }
 
 static void track_state(void *arg, int up)
