@@ -45,8 +45,13 @@ static int caller_start(CmGetAllObject *o)
         Py_hash_t h = PyObject_Hash(key);
         if (h == -1)
             return -1;
-        if (cm_flight_reads_past(st, o->cfg, key, h)) { /* as get does */
-            if ((o->bg == NULL && (o->bg = PySet_New(NULL)) == NULL) || PySet_Add(o->bg, key) < 0)
+        uint64_t past = cm_flight_reads_past(st, o->cfg, key, h);
+        if (past != 0) { /* as get does */
+            PyObject *serial = PyLong_FromUnsignedLongLong(past);
+            int rc = serial == NULL || (o->bg == NULL && (o->bg = PyDict_New()) == NULL) ||
+                     PyDict_SetItem(o->bg, key, serial) < 0;
+            Py_XDECREF(serial);
+            if (rc)
                 return -1;
             continue;
         }
@@ -75,7 +80,7 @@ static int caller_start(CmGetAllObject *o)
         if (rc < 0)
             return -1;
     }
-    Py_ssize_t nlead = PyDict_GET_SIZE(o->lead) + (o->bg != NULL ? PySet_GET_SIZE(o->bg) : 0);
+    Py_ssize_t nlead = PyDict_GET_SIZE(o->lead) + (o->bg != NULL ? PyDict_GET_SIZE(o->bg) : 0);
     CmMetricsObject *m = o->cfg->metrics;
     m->hit_count += (uint64_t)(PyList_GET_SIZE(o->keys) - nlead);
     m->miss_count += (uint64_t)nlead;
@@ -109,24 +114,16 @@ static int caller_start(CmGetAllObject *o)
     }
     if (o->bg != NULL) {
         /* read by the batch too, past their refreshes */
-        PyObject *it = PyObject_GetIter(o->bg);
-        if (it == NULL) {
-            Py_DECREF(b);
-            return -1;
-        }
-        while ((key = PyIter_Next(it)) != NULL) {
+        PyObject *serial;
+        i = 0;
+        while (PyDict_Next(o->bg, &i, &key, &serial)) {
             node = PyDict_GetItemWithError(o->pending, key); // borrowed
-            int rc = node == NULL || PyDict_SetItem(b->todo, key, node) < 0;
-            if (rc && !PyErr_Occurred())
-                PyErr_SetObject(PyExc_KeyError, key);
-            Py_DECREF(key);
-            if (rc)
-                break;
-        }
-        Py_DECREF(it);
-        if (PyErr_Occurred()) {
-            Py_DECREF(b);
-            return -1;
+            if (node == NULL || PyDict_SetItem(b->todo, key, node) < 0) {
+                if (!PyErr_Occurred())
+                    PyErr_SetObject(PyExc_KeyError, key);
+                Py_DECREF(b);
+                return -1;
+            }
         }
         b->bg = Py_NewRef(o->bg);
         b->wait_keys = Py_NewRef(o->wait_keys);
@@ -165,8 +162,8 @@ static void caller_cancelled(CmGetAllObject *o)
 }
 
 /* Fill the local caches that missed with what came from further away:
- * not the keys of lead nor of bg (the batch filled those) nor of nofill
- * (NULL: none). */
+ * not the keys of lead nor of bg (the batch filled those, or knew not to)
+ * nor of nofill (NULL: none). */
 static int caller_fill(CmState *st, CmNodeConfigObject *cfg, PyObject *local_missed,
                        PyObject *results, PyObject *lead, PyObject *bg, PyObject *nofill,
                        PyObject *nodes)
@@ -186,7 +183,7 @@ static int caller_fill(CmState *st, CmNodeConfigObject *cfg, PyObject *local_mis
                 in = in < 0 ? -1 : !in;
             }
             if (in > 0 && bg != NULL) {
-                in = PySet_Contains(bg, key);
+                in = PyDict_Contains(bg, key);
                 in = in < 0 ? -1 : !in;
             }
             if (in > 0 && nofill != NULL) {

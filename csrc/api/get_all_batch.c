@@ -126,7 +126,7 @@ static int keep_age(CmGetAllObject *o, CmCacheRef *r, PyObject *key, const CmSto
     int kind = rc == 0 ? cm_fresh_due(o->st, o->cfg, age) : -1;
     if (kind >= 0 && o->bg != NULL) {
         /* its refresh runs already */
-        int in = PySet_Contains(o->bg, key);
+        int in = PyDict_Contains(o->bg, key);
         if (in != 0)
             return in < 0 ? -1 : 0;
     }
@@ -218,7 +218,7 @@ static int settle_found(CmGetAllObject *o, PyObject *key, PyObject *value)
 static int bg_missed(CmGetAllObject *o)
 {
     CmState *st = o->st;
-    PyObject *keys = o->bg != NULL ? PySequence_List(o->bg) : NULL;
+    PyObject *keys = o->bg != NULL ? PyDict_Keys(o->bg) : NULL;
     if (keys == NULL)
         return o->bg != NULL ? -1 : 0;
     int rc = 0;
@@ -252,7 +252,7 @@ static int bg_missed(CmGetAllObject *o)
             rc = -1;
         }
         if (rc == 0)
-            rc = PySet_Discard(o->bg, key) < 0 ? -1 : 0;
+            rc = PyDict_DelItem(o->bg, key) < 0 ? -1 : 0;
     }
     Py_DECREF(keys);
     return rc;
@@ -299,6 +299,24 @@ static int doorkeeper_admits(CmState *st, PyObject *dk, PyObject *key)
     return 0;
 }
 
+/* key was read past its refresh's flight (o->bg): 1 when what was read
+ * may fill the caches (cm_flight_past_fills), 0 not, -1 with an
+ * exception. */
+static int past_fills(CmGetAllObject *o, PyObject *key)
+{
+    PyObject *serial = PyDict_GetItemWithError(o->bg, key); // borrowed
+    if (serial == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, key);
+        return -1;
+    }
+    unsigned long long past = PyLong_AsUnsignedLongLong(serial);
+    Py_hash_t h = past == (unsigned long long)-1 && PyErr_Occurred() ? -1 : PyObject_Hash(key);
+    if (h == -1)
+        return -1;
+    return cm_flight_past_fills(o->st, key, h, past);
+}
+
 /* After the loads: settle what is left, pick what fills the caches, fill
  * the local ones. */
 static int batch_admit(CmGetAllObject *o)
@@ -321,6 +339,13 @@ static int batch_admit(CmGetAllObject *o)
             cm_flight_handle_settle(h, value, NULL);
         if (h != NULL && cm_flight_handle_stale(h))
             continue;
+        if (h == NULL) {
+            int ok = past_fills(o, key);
+            if (ok < 0)
+                return -1;
+            if (!ok)
+                continue;
+        }
         if (cfg->doorkeeper != Py_None) {
             int ok = doorkeeper_admits(st, cfg->doorkeeper, key);
             if (ok < 0)

@@ -34,8 +34,9 @@ typedef struct {
      * tiers (cm_flight_unsure, or invalidated while in flight) */
     PyObject *nofill;
     PyObject *task; /* the batch's Task */
-    /* both roles, shared: set of the keys in flight for a background
-     * refresh that the batch reads from the remote caches past it; those
+    /* both roles, shared: dict key -> the serial of its flight (an int,
+     * cm_flight_reads_past), the keys in flight for a background refresh
+     * that the batch reads from the remote caches past it; those
      * they miss leave it (the batch then has the caller wait for the
      * refresh through wait_keys / wait_aws / nofill, which it shares too,
      * or leads them when the refresh is over). NULL: none. */

@@ -144,6 +144,7 @@ static PySendResult call_step(CmCallObject *g, PyObject *arg, PyObject *exc, PyO
         }
         CmFlight *fl = cm_flight_find(st, g->key, g->hash);
         if (cm_flight_read_past(fl, g->cfg)) {
+            g->past = fl->serial;
             fl = NULL;
             g->bypass = 1;
         }
@@ -198,6 +199,7 @@ static PySendResult call_step(CmCallObject *g, PyObject *arg, PyObject *exc, PyO
         if (r == PYGEN_NEXT && g->bypass == 2) {
             /* the remote caches missed while a refresh runs: wait for it */
             g->bypass = 0;
+            g->past = 0;
             CmFlight *fl = cm_flight_find(st, g->key, g->hash);
             if (fl != NULL && !fl->done) {
                 if (cm_waiter_join(g, fl) < 0) {

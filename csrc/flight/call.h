@@ -79,6 +79,10 @@ typedef struct {
      * instead of waiting for it, with no flight of its own; 2: they missed,
      * it joins that flight (call.c) */
     int bypass;
+    /* while bypass: the serial of the flight it reads past, whose state
+     * decides whether what it reads may fill the caches
+     * (cm_flight_past_fills) */
+    uint64_t past;
     int64_t load_start;
     int64_t load_ns; /* how long its load took, once done */
     /* freshness (core/fresh.h): the age a remote get reported with its

@@ -27,6 +27,9 @@ struct CmFlight {
     /* a read of it may predate a write nobody told us of (a coherent
      * storage's invalidations were not heard): fill no local tier */
     int unsure;
+    /* this flight's number, unique per process: a read past it (a call or
+     * get_all holding no reference to the record) names it by this */
+    uint64_t serial;
     PyObject *value, *exc;
     PyObject *exc_tb; /* exc's traceback when it settled: restored on each raise */
     /* the calls waiting (role WAITS), strong references: settled and
@@ -113,8 +116,13 @@ PyObject *cm_flight_load_timeout(CmState *st, CmNodeConfigObject *cfg, PyObject 
  * value may not fill local tiers (cm_flight_unsure, or invalidated), 0 when
  * there is none, -1 with an exception. */
 int cm_flight_join(CmState *st, PyObject *key, Py_hash_t hash, PyObject **aw);
-/* cm_flight_read_past for key's flight. */
-int cm_flight_reads_past(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash);
+/* cm_flight_read_past for key's flight: its serial, else 0. */
+uint64_t cm_flight_reads_past(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash);
+/* A read past the refresh flight `serial` (cm_flight_read_past) may fill
+ * caches with what it read: 1 while that flight is still key's, unsettled,
+ * and neither invalidated nor made unsure since, else 0 (the refresh has
+ * filled them with a newer value, or the value read may be invalidated). */
+int cm_flight_past_fills(CmState *st, PyObject *key, Py_hash_t hash, uint64_t serial);
 /* Once aw (of cm_flight_join) gave its value: 1 when the flight's value may
  * not fill local tiers (marked unsure or invalidated while it was awaited),
  * else 0. */

@@ -8,6 +8,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct CmFlight CmFlight;
 typedef struct CmRemoteOps CmRemoteOps;
@@ -34,7 +35,8 @@ typedef struct {
     CmFlightTable table;
     CmFlight *flight_free; /* free records, chained through next */
     size_t flight_free_len;
-    void *call_free; /* free GetCall objects, chained through free_next */
+    uint64_t flight_serial; /* the last flight's CmFlight.serial */
+    void *call_free;        /* free GetCall objects, chained through free_next */
     size_t call_free_len;
     void *proxy_free; /* free FlightProxy objects, chained through owner */
     size_t proxy_free_len;

@@ -147,9 +147,10 @@ int cm_flight_join(CmState *st, PyObject *key, Py_hash_t hash, PyObject **aw)
     return 1;
 }
 
-int cm_flight_reads_past(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash)
+uint64_t cm_flight_reads_past(CmState *st, CmNodeConfigObject *cfg, PyObject *key, Py_hash_t hash)
 {
-    return cm_flight_read_past(cm_flight_find(st, key, hash), cfg);
+    CmFlight *fl = cm_flight_find(st, key, hash);
+    return cm_flight_read_past(fl, cfg) ? fl->serial : 0;
 }
 
 int cm_flight_joined_unsure(CmState *st, PyObject *aw)

@@ -436,6 +436,10 @@ PySendResult cm_leader_drive(CmCallObject *g, PyObject *arg, PyObject *exc, PyOb
             /* a refresh replaces what the caches hold: no doorkeeper */
             if ((g->fl != NULL && g->fl->stale) || (!g->refresh && !doorkeeper_admits(g)))
                 g->missed = 0;
+            /* read past a refresh: what it read may be older than the
+             * refresh's fills, or invalidated since */
+            if (g->past != 0 && !cm_flight_past_fills(st, g->key, g->hash, g->past))
+                g->missed = 0;
             if (g->fl == NULL || !g->fl->unsure) {
                 CmStoreAge age = {.written = g->fill_written,
                                   .expire = g->fill_expire ? g->fill_expire : INT64_MAX,

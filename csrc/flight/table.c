@@ -123,6 +123,7 @@ CmFlight *cm_flight_start(CmState *st, PyObject *key, Py_hash_t hash)
     }
     fl->key = Py_NewRef(key);
     fl->hash = hash;
+    fl->serial = ++st->flight.flight_serial;
     fl->refs = 1;
     size_t i = (size_t)hash & t->mask;
     fl->next = t->buckets[i];
@@ -144,6 +145,12 @@ void cm_flight_invalidate(CmState *st, PyObject *key, Py_hash_t hash)
     CmFlight *fl = cm_flight_find(st, key, hash);
     if (fl != NULL)
         flight_stale(st, fl);
+}
+
+int cm_flight_past_fills(CmState *st, PyObject *key, Py_hash_t hash, uint64_t serial)
+{
+    CmFlight *fl = cm_flight_find(st, key, hash);
+    return fl != NULL && fl->serial == serial && !fl->done && !fl->stale && !fl->unsure;
 }
 
 void cm_flight_unsure(CmState *st, PyObject *key, Py_hash_t hash)
