@@ -142,7 +142,7 @@ static PySendResult call_step(CmCallObject *g, PyObject *arg, PyObject *exc, PyO
             *out = v;
             return PYGEN_RETURN;
         }
-        CmFlight *fl = cm_flight_find(st, g->key, g->hash);
+        CmFlight *fl = cm_flight_joinable(st, cm_flight_find(st, g->key, g->hash));
         if (cm_flight_read_past(fl, g->cfg)) {
             g->past = fl->serial;
             fl = NULL;
@@ -200,7 +200,7 @@ static PySendResult call_step(CmCallObject *g, PyObject *arg, PyObject *exc, PyO
             /* the remote caches missed while a refresh runs: wait for it */
             g->bypass = 0;
             g->past = 0;
-            CmFlight *fl = cm_flight_find(st, g->key, g->hash);
+            CmFlight *fl = cm_flight_joinable(st, cm_flight_find(st, g->key, g->hash));
             if (fl != NULL && !fl->done) {
                 if (cm_waiter_join(g, fl) < 0) {
                     g->role = CALL_DONE;

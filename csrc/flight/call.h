@@ -122,6 +122,13 @@ typedef struct {
 
 /* ---- table.c: the flight records */
 CmFlight *cm_flight_find(CmState *st, PyObject *key, Py_hash_t hash);
+/* fl (of cm_flight_find), or NULL when nobody here could wait for it: its
+ * loop was closed under it (loop.close() with its Task pending), or, on
+ * its own thread, that loop is not the one running (only that loop can
+ * settle it). Such a flight leaves the table, and the caller leads anew;
+ * those already in it keep it. Asks the loop only for a flight in progress
+ * (a join). */
+CmFlight *cm_flight_joinable(CmState *st, CmFlight *fl);
 /* A new flight in the table with one reference (the caller's). */
 CmFlight *cm_flight_start(CmState *st, PyObject *key, Py_hash_t hash);
 void cm_flight_unlink(CmState *st, CmFlight *fl);

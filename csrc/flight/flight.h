@@ -39,7 +39,8 @@ struct CmFlight {
     Py_ssize_t nwaiters, capwaiters;
     PyObject *task; /* the Task driving it after the first suspension */
     /* the loop its leader runs on, in thread state `tstate` (NULL for a
-     * flight led from Python): a waiter in the same thread waits on it */
+     * flight led outside a running loop): a waiter in the same thread waits
+     * on it; cm_flight_joinable asks it whether the flight can still end */
     PyObject *loop;
     void *tstate;
     Py_ssize_t refs;

@@ -5,6 +5,7 @@
  * _flight_invalidate(key) keeps a load in flight from filling caches. */
 #include "flight/call.h"
 
+#include "loop/loop.h"
 #include "loop/ready.h"
 
 /* A flight led by Python code: get_all registers one per key it loads. */
@@ -117,7 +118,7 @@ static PyObject *arg_key(PyObject *key, Py_hash_t *hash)
 int cm_flight_join(CmState *st, PyObject *key, Py_hash_t hash, PyObject **aw)
 {
     *aw = NULL;
-    if (cm_flight_find(st, key, hash) == NULL)
+    if (cm_flight_joinable(st, cm_flight_find(st, key, hash)) == NULL)
         return 0;
     /* allocated before the flight is looked up for good: the allocation may
      * run the collector, and finalizers that end the flight */
@@ -163,17 +164,26 @@ int cm_flight_joined_unsure(CmState *st, PyObject *aw)
 
 PyObject *cm_flight_lead(CmState *st, PyObject *key, Py_hash_t hash)
 {
-    if (cm_flight_find(st, key, hash) != NULL)
+    if (cm_flight_joinable(st, cm_flight_find(st, key, hash)) != NULL)
         Py_RETURN_NONE;
+    /* its loop, for cm_flight_joinable: get_all leads in its loop */
+    PyObject *loop = cm_loop_running(st);
+    if (loop == NULL)
+        PyErr_Clear();
     CmFlightHandleObject *h = PyObject_New(CmFlightHandleObject, st->flight.FlightHandleType);
-    if (h == NULL)
+    if (h == NULL) {
+        Py_XDECREF(loop);
         return NULL;
+    }
     h->st = cm_state_hold(st);
     h->fl = cm_flight_start(st, key, hash);
     if (h->fl == NULL) {
+        Py_XDECREF(loop);
         Py_DECREF(h);
         return NULL;
     }
+    h->fl->loop = loop; /* stolen */
+    h->fl->tstate = PyThreadState_Get();
     return (PyObject *)h;
 }
 

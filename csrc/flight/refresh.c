@@ -16,7 +16,7 @@
 
 int cm_refresh_start(CmState *st, CmRequest *req, int kind)
 {
-    if (cm_flight_find(st, req->key, req->hash) != NULL)
+    if (cm_flight_joinable(st, cm_flight_find(st, req->key, req->hash)) != NULL)
         return 0; /* a flight already running for the key counts */
     PyObject *loop = cm_loop_running(st);
     if (loop == NULL) {

@@ -46,6 +46,30 @@ static int table_grow(CmFlightTable *t)
     return 0;
 }
 
+CmFlight *cm_flight_joinable(CmState *st, CmFlight *fl)
+{
+    if (fl == NULL || fl->done || fl->loop == NULL)
+        return fl;
+    /* asking runs Python code (a collection, finalizers that end fl) */
+    fl->refs++;
+    PyObject *exc = cm_exc_take();
+    int dead;
+    if (fl->tstate == (void *)PyThreadState_Get()) {
+        PyObject *running = cm_loop_running(st);
+        dead = running != NULL && running != fl->loop;
+        Py_XDECREF(running);
+        PyErr_Clear(); /* no loop running: a coroutine driven by hand, as before */
+    } else {
+        dead = cm_loop_is_closed(fl->loop, 0) == 1;
+    }
+    cm_exc_restore(exc);
+    if (dead && !fl->done)
+        cm_flight_unlink(st, fl);
+    int in = fl->in_table;
+    cm_flight_release(st, fl);
+    return in ? fl : NULL;
+}
+
 void cm_flight_unlink(CmState *st, CmFlight *fl)
 {
     if (!fl->in_table)
