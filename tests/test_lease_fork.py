@@ -49,7 +49,16 @@ class N(cacheme.Node):
 
 
 got = []
-t = threading.Thread(target=lambda: got.append(asyncio.run(cacheme.get(N(uid)))))
+
+
+def run():
+    try:
+        got.append(asyncio.run(cacheme.get(N(uid))))
+    except BaseException as e:  # reported in the output
+        got.append(repr(e))
+
+
+t = threading.Thread(target=run)
 t.start()
 assert loading.wait(10)
 assert asyncio.run(exists(lease_key)) == 1  # the thread's flight holds it
