@@ -203,11 +203,28 @@ static PyObject *ga_throw(PyObject *self, PyObject *const *args, Py_ssize_t narg
     return cm_send_as_method(r, res);
 }
 
+/* A batch that stops before its end (closed, or freed unfinished) gives
+ * back the leases it holds and those of a lease awaitable it waits on, as
+ * its own end does: else they stay held until they expire, and every
+ * other process waits on those keys that long. A closed loop cannot send
+ * the give-back: they expire by themselves then. Keeps the exception
+ * being raised. */
+static void ga_leases_end(CmGetAllObject *o)
+{
+    if (o->role != R_BATCH || (o->leases == NULL && o->lease_aw == NULL))
+        return;
+    PyObject *exc = cm_exc_take();
+    cm_ga_lease_end(o);
+    cm_exc_restore(exc);
+}
+
 /* Stop driving the awaitable in progress. A batch stopped before its end
- * leaves its flights to the handles' release (they fail as abandoned). */
+ * leaves its flights to the handles' release (they fail as abandoned) and
+ * gives back its leases once nothing loads under them any more. */
 static PyObject *ga_close(PyObject *self, PyObject *Py_UNUSED(x))
 {
     CmGetAllObject *o = (CmGetAllObject *)self;
+    int rc = 0;
     o->step = S_DONE;
     if (o->sub != NULL) {
         PyObject *sub = o->sub;
@@ -217,14 +234,22 @@ static PyObject *ga_close(PyObject *self, PyObject *Py_UNUSED(x))
         Py_XDECREF(meth);
         Py_DECREF(sub);
         if (r == NULL) {
-            if (!PyErr_ExceptionMatches(PyExc_AttributeError))
-                return NULL;
-            PyErr_Clear();
+            if (PyErr_ExceptionMatches(PyExc_AttributeError))
+                PyErr_Clear();
+            else
+                rc = -1;
         }
         Py_XDECREF(r);
     }
+    ga_leases_end(o);
+    if (rc < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
+
+/* Freed unfinished (its Task collected, e.g. pending when its loop
+ * closed): the leases go back as on close(). */
+static void ga_finalize(PyObject *self) { ga_leases_end((CmGetAllObject *)self); }
 
 static PyObject *ga_await(PyObject *self) { return Py_NewRef(self); }
 
@@ -278,7 +303,11 @@ static int ga_clear(PyObject *self)
 static void ga_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    CmState *st = ((CmGetAllObject *)self)->st;
+    CmGetAllObject *o = (CmGetAllObject *)self;
+    CmState *st = o->st;
+    if (o->role == R_BATCH && (o->leases != NULL || o->lease_aw != NULL) &&
+        PyObject_CallFinalizerFromDealloc(self) < 0)
+        return; /* resurrected */
     PyObject_GC_UnTrack(self);
     ga_clear(self);
     tp->tp_free(self);
@@ -294,9 +323,11 @@ static PyMethodDef ga_methods[] = {
 };
 
 static PyType_Slot ga_slots[] = {
-    {Py_am_await, ga_await},       {Py_am_send, ga_am_send},    {Py_tp_iter, ga_await},
-    {Py_tp_iternext, ga_iternext}, {Py_tp_methods, ga_methods}, {Py_tp_traverse, ga_traverse},
-    {Py_tp_clear, ga_clear},       {Py_tp_dealloc, ga_dealloc}, {0, NULL},
+    {Py_am_await, ga_await},       {Py_am_send, ga_am_send},
+    {Py_tp_iter, ga_await},        {Py_tp_iternext, ga_iternext},
+    {Py_tp_methods, ga_methods},   {Py_tp_traverse, ga_traverse},
+    {Py_tp_clear, ga_clear},       {Py_tp_dealloc, ga_dealloc},
+    {Py_tp_finalize, ga_finalize}, {0, NULL},
 };
 
 static PyType_Spec ga_spec = {
