@@ -166,10 +166,11 @@ static void caller_cancelled(CmGetAllObject *o)
 
 /* Fill the local caches that missed with what came from further away:
  * not the keys of lead nor of bg (the batch filled those) nor of nofill
- * (NULL: none). */
+ * (NULL: none); a key in ages (NULL: none), a hit on a later local cache,
+ * with the age it has there. */
 static int caller_fill(CmState *st, CmNodeConfigObject *cfg, PyObject *local_missed,
                        PyObject *results, PyObject *lead, PyObject *bg, PyObject *nofill,
-                       PyObject *nodes)
+                       PyObject *nodes, PyObject *ages)
 {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(local_missed); i++) {
         PyObject *t = PyList_GET_ITEM(local_missed, i); // borrowed
@@ -198,7 +199,7 @@ static int caller_fill(CmState *st, CmNodeConfigObject *cfg, PyObject *local_mis
                 return -1;
             }
         }
-        cm_ga_fill_local(st, cfg, r, fill, results, nodes, NULL);
+        cm_ga_fill_local(st, cfg, r, fill, results, nodes, ages);
         Py_DECREF(fill);
     }
     return 0;
@@ -276,8 +277,8 @@ next_wait:
         return 1;
     }
     o->step = S_DONE;
-    if (caller_fill(o->st, o->cfg, o->local_missed, o->results, o->lead, o->bg, o->nofill, o->all) <
-        0)
+    if (caller_fill(o->st, o->cfg, o->local_missed, o->results, o->lead, o->bg, o->nofill, o->all,
+                    o->ages) < 0)
         return -1;
     *out = caller_result(o->keys, o->results);
     return *out ? 0 : -1;
@@ -351,6 +352,10 @@ typedef struct {
     Py_hash_t *uhash;  /* [nu] */
     Py_ssize_t *table; /* [mask + 1]: open addressing over ukey, -1 empty */
     size_t mask;
+    /* [nu], zeroed, or NULL: the age of each hit on a local cache read
+     * after another one missed (for a node with freshness options), which
+     * its copies into the caches before keep (written 0: none) */
+    CmStoreAge *uage;
 } CmKeySet;
 
 static int keyset_init(CmKeySet *s, Py_ssize_t n)
@@ -386,6 +391,8 @@ static void keyset_free(CmKeySet *s)
         Py_XDECREF(s->uval[u]);
     PyMem_Free(s->pos);
     s->pos = NULL;
+    PyMem_Free(s->uage);
+    s->uage = NULL;
 }
 
 /* Node i has key (its hash computed). */
@@ -411,7 +418,8 @@ static void keyset_add(CmKeySet *s, Py_ssize_t i, PyObject *key, PyObject *node)
 }
 
 /* Read local cache r for every distinct key still without a value; the
- * keys it missed are appended to missed. Returns how many it had. */
+ * keys it missed are appended to missed, the ages of its hits kept in
+ * s->uage when that is given. Returns how many it had. */
 static Py_ssize_t read_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, CmKeySet *s,
                              PyObject *missed)
 {
@@ -422,9 +430,9 @@ static Py_ssize_t read_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r
         PyObject *v;
         if (r->kind == CM_CACHE_LOCAL && cfg->fresh) {
             CmRequest req = {.node = s->unode[u], .cfg = cfg};
-            CmStoreAge age;
+            CmStoreAge tmp;
             v = cm_refresh_lookup(st, &req, (CmStoreObject *)r->storage, s->ukey[u], s->uhash[u],
-                                  &age);
+                                  s->uage != NULL ? &s->uage[u] : &tmp);
         } else if (r->kind == CM_CACHE_LOCAL) {
             v = cm_store_lookup((CmStoreObject *)r->storage, s->ukey[u], s->uhash[u]);
         } else {
@@ -452,6 +460,29 @@ static Py_ssize_t read_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r
     c->misses += misses;
     c->errors += errors;
     return (Py_ssize_t)hits;
+}
+
+/* key -> (written, end, load_ns), as CmGetAllObject.ages, of the hits whose
+ * age s->uage kept: new dict, or NULL with an exception. */
+static PyObject *keyset_ages(CmKeySet *s)
+{
+    PyObject *ages = PyDict_New();
+    if (ages == NULL)
+        return NULL;
+    for (Py_ssize_t u = 0; u < s->nu; u++) {
+        const CmStoreAge *a = &s->uage[u];
+        if (a->written == 0)
+            continue;
+        PyObject *t = Py_BuildValue("(LLL)", (long long)a->written, (long long)a->expire,
+                                    (long long)a->load_ns);
+        int rc = t != NULL ? PyDict_SetItem(ages, s->ukey[u], t) : -1;
+        Py_XDECREF(t);
+        if (rc < 0) {
+            Py_DECREF(ages);
+            return NULL;
+        }
+    }
+    return ages;
 }
 
 /* The values in the order of the nodes. */
@@ -494,6 +525,7 @@ static PyObject *py_get_all(PyObject *mod, PyObject *arg)
     }
     PyObject *result = NULL;
     PyObject *keys = NULL, *pending = NULL, *results = NULL, *local_missed = NULL, *all = NULL;
+    PyObject *ages = NULL;
     CmKeySet s = {0};
     PyTypeObject *cls = check_same_class(st, nodes);
     if (cls == NULL) {
@@ -522,6 +554,13 @@ static PyObject *py_get_all(PyObject *mod, PyObject *arg)
         CmCacheRef *r = &cfg->caches[c];
         if (r->kind == CM_CACHE_REMOTE)
             continue;
+        /* what this cache has fills those before it that missed, with its
+         * age there, as get's fills do (cm_fill_locals) */
+        if (cfg->fresh && r->kind == CM_CACHE_LOCAL && local_missed != NULL && s.uage == NULL &&
+            (s.uage = PyMem_Calloc((size_t)s.nu, sizeof(CmStoreAge))) == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
         PyObject *missed = PyList_New(0);
         if (missed == NULL)
             goto done;
@@ -553,10 +592,12 @@ static PyObject *py_get_all(PyObject *mod, PyObject *arg)
         goto done;
     if (local_missed == NULL && (local_missed = PyList_New(0)) == NULL)
         goto done;
+    if (s.uage != NULL && (ages = keyset_ages(&s)) == NULL)
+        goto done;
     if (unknown == 0) {
         /* every node hit a local cache: fill the earlier ones that missed */
         cfg->metrics->hit_count += (uint64_t)n;
-        if (caller_fill(st, cfg, local_missed, results, NULL, NULL, NULL, all) < 0)
+        if (caller_fill(st, cfg, local_missed, results, NULL, NULL, NULL, all, ages) < 0)
             goto done;
         PyObject *list = keyset_result(&s);
         if (list != NULL) {
@@ -575,6 +616,7 @@ static PyObject *py_get_all(PyObject *mod, PyObject *arg)
     o->all = Py_NewRef(all);
     o->results = Py_NewRef(results);
     o->local_missed = Py_NewRef(local_missed);
+    o->ages = Py_XNewRef(ages);
     result = (PyObject *)o;
 done:
     keyset_free(&s);
@@ -583,6 +625,7 @@ done:
     Py_XDECREF(results);
     Py_XDECREF(local_missed);
     Py_XDECREF(all);
+    Py_XDECREF(ages);
     Py_DECREF(cfg);
     Py_DECREF(nodes);
     return result;

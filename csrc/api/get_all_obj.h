@@ -47,9 +47,10 @@ typedef struct {
     PyObject *remote_missed; /* list of (cache index, [keys]) */
     PyObject *load_keys;     /* list: the keys loaded one by one */
     PyObject *admitted;      /* dict key -> value: what fills the caches */
-    /* dict key -> (written, end, load_ns) of a remote hit whose age was read
-     * (cm_now_ns time; end: the soonest it expires there; load_ns: its load
-     * time, 0 unknown), for the local fills */
+    /* dict key -> (written, end, load_ns), for the local fills, of a hit
+     * whose age was read (cm_now_ns time; end: the soonest it expires there;
+     * load_ns: its load time, 0 unknown): the batch's, of a remote hit; the
+     * caller's, of a hit on a local cache after another missed */
     PyObject *ages;
     /* dict key -> CM_REFRESH_* of a remote hit whose age called for a
      * refresh, started once the batch is done (NULL: none) */
