@@ -462,27 +462,15 @@ static Py_ssize_t read_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r
     return (Py_ssize_t)hits;
 }
 
-/* key -> (written, end, load_ns), as CmGetAllObject.ages, of the hits whose
- * age s->uage kept: new dict, or NULL with an exception. */
-static PyObject *keyset_ages(CmKeySet *s)
+/* *ages: key -> age, as CmGetAllObject.ages, of the hits whose age
+ * s->uage kept (left NULL if none). 0, or -1 with an exception. */
+static int keyset_ages(CmKeySet *s, PyObject **ages)
 {
-    PyObject *ages = PyDict_New();
-    if (ages == NULL)
-        return NULL;
     for (Py_ssize_t u = 0; u < s->nu; u++) {
-        const CmStoreAge *a = &s->uage[u];
-        if (a->written == 0)
-            continue;
-        PyObject *t = Py_BuildValue("(LLL)", (long long)a->written, (long long)a->expire,
-                                    (long long)a->load_ns);
-        int rc = t != NULL ? PyDict_SetItem(ages, s->ukey[u], t) : -1;
-        Py_XDECREF(t);
-        if (rc < 0) {
-            Py_DECREF(ages);
-            return NULL;
-        }
+        if (s->uage[u].written != 0 && cm_ga_age_put(ages, s->ukey[u], &s->uage[u]) < 0)
+            return -1;
     }
-    return ages;
+    return 0;
 }
 
 /* The values in the order of the nodes. */
@@ -592,7 +580,7 @@ static PyObject *py_get_all(PyObject *mod, PyObject *arg)
         goto done;
     if (local_missed == NULL && (local_missed = PyList_New(0)) == NULL)
         goto done;
-    if (s.uage != NULL && (ages = keyset_ages(&s)) == NULL)
+    if (s.uage != NULL && keyset_ages(&s, &ages) < 0)
         goto done;
     if (unknown == 0) {
         /* every node hit a local cache: fill the earlier ones that missed */
