@@ -188,3 +188,74 @@ async def test_get_all_copies_each_key_with_its_own_age():
     assert store_a.get(N(2).full_key()) is None
     assert store_a.get(N(3).full_key()) == (3, 1)
     assert await cacheme.get_all([N(1), N(2), N(3)]) == [(1, 2), (2, 2), (3, 1)]
+
+
+# ------------------------------------------------------------ when the copy is made
+
+
+class HeldSource(Source):
+    """Source whose loads of the uids in `held` wait for the event `hold`."""
+
+    def __init__(self, held):
+        super().__init__()
+        self.held = held
+        self.hold = asyncio.Event()
+
+    async def load(self, uid):
+        if uid in self.held:
+            self.loads.append(uid)
+            await self.hold.wait()
+            return (uid, self.loads.count(uid))
+        return await super().load(uid)
+
+
+async def until(cond):
+    """Let the loop run until cond() holds (10 s at most)."""
+    for _ in range(2000):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("timed out")
+
+
+async def test_get_all_copies_at_once_so_a_later_invalidate_removes_the_copy():
+    """get_all([N(1), N(99)]): N(1) is read from b, N(99) is loaded (held).
+    N(1) is invalidated meanwhile. The copy of N(1) into a was made when
+    get_all read it, as get makes it, so the invalidation removed it; made
+    only once N(99)'s load was over, it brought the invalidated value back
+    into a."""
+    src = HeldSource({99})
+    N, store_a, store_b = await two_locals(src, 60, 60)
+    await loaded_then_only_in_b(N, store_a, store_b)
+    task = asyncio.ensure_future(cacheme.get_all([N(1), N(99)]))
+    await until(lambda: 99 in src.loads)
+    assert not task.done()
+    await cacheme.invalidate(N(1))
+    assert store_a.get(N(1).full_key()) is None
+    src.hold.set()
+    assert await asyncio.wait_for(task, 10) == [(1, 1), (99, 1)]
+    assert store_a.get(N(1).full_key()) is None
+    assert store_b.get(N(1).full_key()) is None
+    assert await cacheme.get(N(1)) == (1, 2)
+
+
+async def test_get_all_copy_does_not_overwrite_the_value_of_a_refresh_it_started():
+    """refresh_after 5 s: get_all([N(1), N(99)]) reads N(1) from b, 6 s old,
+    which starts its refresh; N(99)'s load is held. The refresh fills a and
+    b with the new value; the copy of the old one into a is not made after
+    it."""
+    src = HeldSource({99})
+    N, store_a, store_b = await two_locals(src, 60, 60, refresh_after=timedelta(seconds=5))
+    await loaded_then_only_in_b(N, store_a, store_b)
+    advance(6)
+    task = asyncio.ensure_future(cacheme.get_all([N(1), N(99)]))
+    # the refresh of N(1) is not held: it ends
+    await until(lambda: 99 in src.loads and src.loads.count(1) == 2 and _core._flights_in_table() == 1)
+    assert not task.done()
+    assert cacheme.stats(N).refresh_counts()["background"] == 1
+    assert store_b.get(N(1).full_key()) == (1, 2)
+    assert store_a.get(N(1).full_key()) == (1, 2)
+    src.hold.set()
+    assert await asyncio.wait_for(task, 10) == [(1, 1), (99, 1)]
+    assert store_a.get(N(1).full_key()) == (1, 2)
+    assert await cacheme.get(N(1)) == (1, 2)

@@ -164,13 +164,12 @@ static void caller_cancelled(CmGetAllObject *o)
     cm_exc_restore(e);
 }
 
-/* Fill the local caches that missed with what came from further away:
- * not the keys of lead nor of bg (the batch filled those) nor of nofill
- * (NULL: none); a key in ages (NULL: none), a hit on a later local cache,
- * with the age it has there. */
+/* Fill the local caches that missed with the values of results: those of
+ * only (NULL: all) but not of lead nor of bg (the batch filled those) nor
+ * of nofill (each NULL: none); a key in ages (NULL: none) with that age. */
 static int caller_fill(CmState *st, CmNodeConfigObject *cfg, PyObject *local_missed,
-                       PyObject *results, PyObject *lead, PyObject *bg, PyObject *nofill,
-                       PyObject *nodes, PyObject *ages)
+                       PyObject *results, PyObject *only, PyObject *lead, PyObject *bg,
+                       PyObject *nofill, PyObject *nodes, PyObject *ages)
 {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(local_missed); i++) {
         PyObject *t = PyList_GET_ITEM(local_missed, i); // borrowed
@@ -182,6 +181,8 @@ static int caller_fill(CmState *st, CmNodeConfigObject *cfg, PyObject *local_mis
         for (Py_ssize_t j = 0; j < PyList_GET_SIZE(missed); j++) {
             PyObject *key = PyList_GET_ITEM(missed, j);
             int in = PyDict_Contains(results, key);
+            if (in > 0 && only != NULL)
+                in = PyDict_Contains(only, key);
             if (in > 0 && lead != NULL) {
                 in = PyDict_Contains(lead, key);
                 in = in < 0 ? -1 : !in;
@@ -277,8 +278,9 @@ next_wait:
         return 1;
     }
     o->step = S_DONE;
-    if (caller_fill(o->st, o->cfg, o->local_missed, o->results, o->lead, o->bg, o->nofill, o->all,
-                    o->ages) < 0)
+    /* what missed every local cache (the local hits were copied at once) */
+    if (caller_fill(o->st, o->cfg, o->local_missed, o->results, o->pending, o->lead, o->bg,
+                    o->nofill, o->all, NULL) < 0)
         return -1;
     *out = caller_result(o->keys, o->results);
     return *out ? 0 : -1;
@@ -580,13 +582,16 @@ static PyObject *py_get_all(PyObject *mod, PyObject *arg)
         goto done;
     if (local_missed == NULL && (local_missed = PyList_New(0)) == NULL)
         goto done;
+    /* a hit on a later local cache fills the earlier ones that missed now,
+     * as get's does: filled once this get_all's flights are over, the
+     * copy would undo what came meanwhile (an invalidation, a refresh) */
     if (s.uage != NULL && keyset_ages(&s, &ages) < 0)
         goto done;
+    if (caller_fill(st, cfg, local_missed, results, NULL, NULL, NULL, NULL, all, ages) < 0)
+        goto done;
     if (unknown == 0) {
-        /* every node hit a local cache: fill the earlier ones that missed */
+        /* every node hit a local cache */
         cfg->metrics->hit_count += (uint64_t)n;
-        if (caller_fill(st, cfg, local_missed, results, NULL, NULL, NULL, all, ages) < 0)
-            goto done;
         PyObject *list = keyset_result(&s);
         if (list != NULL) {
             result = cm_ready_new(st, list);
@@ -604,7 +609,6 @@ static PyObject *py_get_all(PyObject *mod, PyObject *arg)
     o->all = Py_NewRef(all);
     o->results = Py_NewRef(results);
     o->local_missed = Py_NewRef(local_missed);
-    o->ages = Py_XNewRef(ages);
     result = (PyObject *)o;
 done:
     keyset_free(&s);

@@ -48,10 +48,9 @@ typedef struct {
     PyObject *remote_missed; /* list of (cache index, [keys]) */
     PyObject *load_keys;     /* list: the keys loaded one by one */
     PyObject *admitted;      /* dict key -> value: what fills the caches */
-    /* dict key -> a CmStoreAge (as bytes: cm_ga_age_put), for the local
-     * fills, of a hit whose age was read (expire: the soonest it expires
-     * there): the batch's, of a remote hit; the caller's, of a hit on a
-     * local cache after another missed */
+    /* dict key -> a CmStoreAge (as bytes: cm_ga_age_put) of a remote hit
+     * whose age was read (expire: the soonest it expires there), for the
+     * local fills */
     PyObject *ages;
     /* dict key -> CM_REFRESH_* of a remote hit whose age called for a
      * refresh, started once the batch is done (NULL: none) */
