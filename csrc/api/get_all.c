@@ -393,8 +393,10 @@ static void keyset_free(CmKeySet *s)
         Py_XDECREF(s->uval[u]);
     PyMem_Free(s->pos);
     s->pos = NULL;
-    PyMem_Free(s->uage);
-    s->uage = NULL;
+    if (s->uage != NULL) {
+        PyMem_Free(s->uage);
+        s->uage = NULL;
+    }
 }
 
 /* Node i has key (its hash computed). */
@@ -426,15 +428,15 @@ static Py_ssize_t read_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r
                              PyObject *missed)
 {
     uint64_t hits = 0, errors = 0, misses = 0;
+    CmStoreAge *ages = s->uage, tmp;
     for (Py_ssize_t u = 0; u < s->nu; u++) {
         if (s->uval[u] != NULL)
             continue;
         PyObject *v;
         if (r->kind == CM_CACHE_LOCAL && cfg->fresh) {
             CmRequest req = {.node = s->unode[u], .cfg = cfg};
-            CmStoreAge tmp;
             v = cm_refresh_lookup(st, &req, (CmStoreObject *)r->storage, s->ukey[u], s->uhash[u],
-                                  s->uage != NULL ? &s->uage[u] : &tmp);
+                                  ages != NULL ? &ages[u] : &tmp);
         } else if (r->kind == CM_CACHE_LOCAL) {
             v = cm_store_lookup((CmStoreObject *)r->storage, s->ukey[u], s->uhash[u]);
         } else {
