@@ -161,12 +161,13 @@ static void caller_cancelled(CmGetAllObject *o)
     cm_exc_restore(e);
 }
 
-/* Fill the local caches that missed with what came from further away:
- * not the keys of lead nor of bg (the batch filled those, or knew not to)
- * nor of nofill (NULL: none). */
+/* Fill the local caches that missed with the values of results: those of
+ * only (NULL: all) but not of lead nor of bg (the batch filled those, or
+ * knew not to) nor of nofill (each NULL: none); a key in ages (NULL: none)
+ * with that age. */
 static int caller_fill(CmState *st, CmNodeConfigObject *cfg, PyObject *local_missed,
-                       PyObject *results, PyObject *lead, PyObject *bg, PyObject *nofill,
-                       PyObject *nodes)
+                       PyObject *results, PyObject *only, PyObject *lead, PyObject *bg,
+                       PyObject *nofill, PyObject *nodes, PyObject *ages)
 {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(local_missed); i++) {
         PyObject *t = PyList_GET_ITEM(local_missed, i); // borrowed
@@ -178,6 +179,8 @@ static int caller_fill(CmState *st, CmNodeConfigObject *cfg, PyObject *local_mis
         for (Py_ssize_t j = 0; j < PyList_GET_SIZE(missed); j++) {
             PyObject *key = PyList_GET_ITEM(missed, j);
             int in = PyDict_Contains(results, key);
+            if (in > 0 && only != NULL)
+                in = PyDict_Contains(only, key);
             if (in > 0 && lead != NULL) {
                 in = PyDict_Contains(lead, key);
                 in = in < 0 ? -1 : !in;
@@ -195,7 +198,7 @@ static int caller_fill(CmState *st, CmNodeConfigObject *cfg, PyObject *local_mis
                 return -1;
             }
         }
-        cm_ga_fill_local(st, cfg, r, fill, results, nodes, NULL);
+        cm_ga_fill_local(st, cfg, r, fill, results, nodes, ages);
         Py_DECREF(fill);
     }
     return 0;
@@ -273,8 +276,9 @@ next_wait:
         return 1;
     }
     o->step = S_DONE;
-    if (caller_fill(o->st, o->cfg, o->local_missed, o->results, o->lead, o->bg, o->nofill, o->all) <
-        0)
+    /* what missed every local cache (the local hits were copied at once) */
+    if (caller_fill(o->st, o->cfg, o->local_missed, o->results, o->pending, o->lead, o->bg,
+                    o->nofill, o->all, NULL) < 0)
         return -1;
     *out = caller_result(o->keys, o->results);
     return *out ? 0 : -1;
@@ -348,6 +352,10 @@ typedef struct {
     Py_hash_t *uhash;  /* [nu] */
     Py_ssize_t *table; /* [mask + 1]: open addressing over ukey, -1 empty */
     size_t mask;
+    /* [nu], zeroed, or NULL: the age of each hit on a local cache read
+     * after another one missed (for a node with freshness options), which
+     * its copies into the caches before keep (written 0: none) */
+    CmStoreAge *uage;
 } CmKeySet;
 
 static int keyset_init(CmKeySet *s, Py_ssize_t n)
@@ -383,6 +391,10 @@ static void keyset_free(CmKeySet *s)
         Py_XDECREF(s->uval[u]);
     PyMem_Free(s->pos);
     s->pos = NULL;
+    if (s->uage != NULL) {
+        PyMem_Free(s->uage);
+        s->uage = NULL;
+    }
 }
 
 /* Node i has key (its hash computed). */
@@ -408,20 +420,21 @@ static void keyset_add(CmKeySet *s, Py_ssize_t i, PyObject *key, PyObject *node)
 }
 
 /* Read local cache r for every distinct key still without a value; the
- * keys it missed are appended to missed. Returns how many it had. */
+ * keys it missed are appended to missed, the ages of its hits kept in
+ * s->uage when that is given. Returns how many it had. */
 static Py_ssize_t read_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, CmKeySet *s,
                              PyObject *missed)
 {
     uint64_t hits = 0, errors = 0, misses = 0;
+    CmStoreAge *ages = s->uage, tmp;
     for (Py_ssize_t u = 0; u < s->nu; u++) {
         if (s->uval[u] != NULL)
             continue;
         PyObject *v;
         if (r->kind == CM_CACHE_LOCAL && cfg->fresh) {
             CmRequest req = {.node = s->unode[u], .cfg = cfg};
-            CmStoreAge age;
             v = cm_refresh_lookup(st, &req, (CmStoreObject *)r->storage, s->ukey[u], s->uhash[u],
-                                  &age);
+                                  ages != NULL ? &ages[u] : &tmp);
         } else if (r->kind == CM_CACHE_LOCAL) {
             v = cm_store_lookup((CmStoreObject *)r->storage, s->ukey[u], s->uhash[u]);
         } else {
@@ -449,6 +462,17 @@ static Py_ssize_t read_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r
     c->misses += misses;
     c->errors += errors;
     return (Py_ssize_t)hits;
+}
+
+/* *ages: key -> age, as CmGetAllObject.ages, of the hits whose age
+ * s->uage kept (left NULL if none). 0, or -1 with an exception. */
+static int keyset_ages(CmKeySet *s, PyObject **ages)
+{
+    for (Py_ssize_t u = 0; u < s->nu; u++) {
+        if (s->uage[u].written != 0 && cm_ga_age_put(ages, s->ukey[u], &s->uage[u]) < 0)
+            return -1;
+    }
+    return 0;
 }
 
 /* The values in the order of the nodes. */
@@ -491,6 +515,7 @@ static PyObject *py_get_all(PyObject *mod, PyObject *arg)
     }
     PyObject *result = NULL;
     PyObject *keys = NULL, *pending = NULL, *results = NULL, *local_missed = NULL, *all = NULL;
+    PyObject *ages = NULL;
     CmKeySet s = {0};
     PyTypeObject *cls = check_same_class(st, nodes);
     if (cls == NULL) {
@@ -519,6 +544,13 @@ static PyObject *py_get_all(PyObject *mod, PyObject *arg)
         CmCacheRef *r = &cfg->caches[c];
         if (r->kind == CM_CACHE_REMOTE)
             continue;
+        /* what this cache has fills those before it that missed, with its
+         * age there, as get's fills do (cm_fill_locals) */
+        if (cfg->fresh && r->kind == CM_CACHE_LOCAL && local_missed != NULL && s.uage == NULL &&
+            (s.uage = PyMem_Calloc((size_t)s.nu, sizeof(CmStoreAge))) == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
         PyObject *missed = PyList_New(0);
         if (missed == NULL)
             goto done;
@@ -550,11 +582,16 @@ static PyObject *py_get_all(PyObject *mod, PyObject *arg)
         goto done;
     if (local_missed == NULL && (local_missed = PyList_New(0)) == NULL)
         goto done;
+    /* a hit on a later local cache fills the earlier ones that missed now,
+     * as get's does: filled once this get_all's flights are over, the
+     * copy would undo what came meanwhile (an invalidation, a refresh) */
+    if (s.uage != NULL && keyset_ages(&s, &ages) < 0)
+        goto done;
+    if (caller_fill(st, cfg, local_missed, results, NULL, NULL, NULL, NULL, all, ages) < 0)
+        goto done;
     if (unknown == 0) {
-        /* every node hit a local cache: fill the earlier ones that missed */
+        /* every node hit a local cache */
         cfg->metrics->hit_count += (uint64_t)n;
-        if (caller_fill(st, cfg, local_missed, results, NULL, NULL, NULL, all) < 0)
-            goto done;
         PyObject *list = keyset_result(&s);
         if (list != NULL) {
             result = cm_ready_new(st, list);
@@ -580,6 +617,7 @@ done:
     Py_XDECREF(results);
     Py_XDECREF(local_missed);
     Py_XDECREF(all);
+    Py_XDECREF(ages);
     Py_DECREF(cfg);
     Py_DECREF(nodes);
     return result;

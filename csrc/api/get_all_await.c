@@ -31,17 +31,26 @@ void cm_ga_log_failed(CmState *st, const char *fmt, PyObject *name)
     Py_XDECREF(exc);
 }
 
+int cm_ga_age_put(PyObject **ages, PyObject *key, const CmStoreAge *age)
+{
+    if (*ages == NULL && (*ages = PyDict_New()) == NULL)
+        return -1;
+    PyObject *b = PyBytes_FromStringAndSize((const char *)age, sizeof(*age));
+    int rc = b != NULL ? PyDict_SetItem(*ages, key, b) : -1;
+    Py_XDECREF(b);
+    return rc;
+}
+
 /* ages[key] (see CmGetAllObject.ages) into *age: 1, 0 when absent, -1
  * with an exception. */
 static int age_of(PyObject *ages, PyObject *key, CmStoreAge *age)
 {
-    PyObject *t = ages != NULL ? PyDict_GetItemWithError(ages, key) : NULL; // borrowed
-    if (t == NULL)
+    PyObject *b = ages != NULL ? PyDict_GetItemWithError(ages, key) : NULL; // borrowed
+    if (b == NULL)
         return PyErr_Occurred() ? -1 : 0;
-    age->written = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 0));
-    age->expire = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 1));
-    age->load_ns = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 2));
-    return PyErr_Occurred() ? -1 : 1;
+    assert(PyBytes_CheckExact(b) && PyBytes_GET_SIZE(b) == (Py_ssize_t)sizeof(*age));
+    memcpy(age, PyBytes_AS_STRING(b), sizeof(*age));
+    return 1;
 }
 
 void cm_ga_fill_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, PyObject *keys,

@@ -116,13 +116,9 @@ static int remote_age(CmGetAllObject *o, CmCacheRef *r, PyObject *updated, PyObj
  * o->due[key] = the refresh that age calls for, if any. */
 static int keep_age(CmGetAllObject *o, CmCacheRef *r, PyObject *key, const CmStoreAge *age)
 {
-    if (o->ages == NULL && (o->ages = PyDict_New()) == NULL)
-        return -1;
-    PyObject *t =
-        Py_BuildValue("(LLL)", (long long)age->written,
-                      (long long)cm_fresh_remote_end(r, age->written), (long long)age->load_ns);
-    int rc = t != NULL ? PyDict_SetItem(o->ages, key, t) : -1;
-    Py_XDECREF(t);
+    CmStoreAge kept = *age;
+    kept.expire = cm_fresh_remote_end(r, age->written);
+    int rc = cm_ga_age_put(&o->ages, key, &kept);
     int kind = rc == 0 ? cm_fresh_due(o->st, o->cfg, age) : -1;
     if (kind >= 0 && o->bg != NULL) {
         /* its refresh runs already */

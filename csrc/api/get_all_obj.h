@@ -5,6 +5,7 @@
 #define CM_GET_ALL_OBJ_H
 #include "core/metrics.h"
 #include "core/nodecfg.h"
+#include "core/store.h"
 #include "state.h"
 
 enum { R_CALLER, R_BATCH };
@@ -48,9 +49,9 @@ typedef struct {
     PyObject *remote_missed; /* list of (cache index, [keys]) */
     PyObject *load_keys;     /* list: the keys loaded one by one */
     PyObject *admitted;      /* dict key -> value: what fills the caches */
-    /* dict key -> (written, end, load_ns) of a remote hit whose age was read
-     * (cm_now_ns time; end: the soonest it expires there; load_ns: its load
-     * time, 0 unknown), for the local fills */
+    /* dict key -> a CmStoreAge (as bytes: cm_ga_age_put) of a remote hit
+     * whose age was read (expire: the soonest it expires there), for the
+     * local fills */
     PyObject *ages;
     /* dict key -> CM_REFRESH_* of a remote hit whose age called for a
      * refresh, started once the batch is done (NULL: none) */
@@ -82,6 +83,9 @@ void cm_ga_log_failed(CmState *st, const char *fmt, PyObject *name);
  * a failure is counted as an error of the cache and logged. */
 void cm_ga_fill_local(CmState *st, CmNodeConfigObject *cfg, CmCacheRef *r, PyObject *keys,
                       PyObject *values, PyObject *nodes, PyObject *ages);
+/* (*ages)[key] = age, the dict made when *ages is NULL: 0, or -1 with an
+ * exception. */
+int cm_ga_age_put(PyObject **ages, PyObject *key, const CmStoreAge *age);
 /* Drive aw (stolen) from now on: 1, or -1 with an exception. */
 int cm_ga_start_sub(CmGetAllObject *o, PyObject *aw);
 /* list.append((i, keys)) */
