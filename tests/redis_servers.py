@@ -103,12 +103,21 @@ class RedisServer:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
                     data = s.recv(100)
-                    if data.startswith((b"+PONG", b"-NOAUTH")):
+                    # ours, not another run's server that took the port
+                    # first (ours then exits: the poll above raises)
+                    if data.startswith((b"+PONG", b"-NOAUTH")) and self._ours():
                         return
             except OSError:
                 pass
             time.sleep(0.02)
         raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def _ours(self) -> bool:
+        try:
+            info = self.cli("INFO", "server")
+        except (RuntimeError, subprocess.TimeoutExpired):
+            return False
+        return self.proc is not None and f"process_id:{self.proc.pid}" in info
 
     def stop(self) -> None:
         if self.proc is not None:
