@@ -6,9 +6,9 @@ here run on uvloop in any case: each storage's get/fill path, a host name
 looked up through uvloop's getaddrinfo, and the switch itself."""
 import asyncio
 import dataclasses
+import itertools
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -256,6 +256,11 @@ def test_busy_poll_never_delays_ready_tasks_on_uvloop(redis_srv):
     assert after == before
 
 
+def spun(before, after):
+    """the spins between two busy_poll_info()s, hits and timeouts"""
+    return sum(after[k] - before[k] for k in ("busy_poll_hits", "busy_poll_timeouts"))
+
+
 def test_busy_poll_on_uvloop_keeps_timers_running(redis_srv):
     # replies 2 ms late, limit 5 ms: every GET spins about 2 ms, yet a task
     # sleeping 10 ms at a time wakes on time (the spin is bounded)
@@ -276,7 +281,14 @@ def test_busy_poll_on_uvloop_keeps_timers_running(redis_srv):
         t = asyncio.ensure_future(ticker(gaps, stop))
         await asyncio.sleep(0.02)
         before = s.busy_poll_info()
-        for _ in range(60):
+        # 60 GETs, and more until 40 of them spun: on a loaded machine the
+        # proxy's reply can come past the 5 ms limit, and a spin that times
+        # out makes the next GETs skip spinning (up to 1024 of them), so 60
+        # GETs alone may spin only a few times (CI-like load: 9 of 60)
+        end = time.monotonic() + 30
+        for n in itertools.count():
+            if n >= 60 and (spun(before, s.busy_poll_info()) >= 40 or time.monotonic() > end):
+                break
             assert await s.execute("GET", "a") == b"1"
         after = s.busy_poll_info()
         stop.set()
@@ -288,17 +300,22 @@ def test_busy_poll_on_uvloop_keeps_timers_running(redis_srv):
         gaps, before, after = run_on_uvloop(main)
     finally:
         proxy.close()
-    # the loop spun for (nearly) every GET, whether the reply came within
-    # the limit (a hit) or not (a timeout: a slow proxy on a loaded machine)
-    spins = sum(after[k] - before[k] for k in ("busy_poll_hits", "busy_poll_timeouts"))
-    assert spins >= 40, (before, after)
+    # the loop spun for 40 GETs or more, whether the reply came within the
+    # limit (a hit) or not (a timeout: a slow proxy on a loaded machine)
+    assert spun(before, after) >= 40, (before, after)
     assert max(gaps) < 0.1, (max(gaps), before, after)
 
 
 def test_busy_poll_on_uvloop_yields_to_other_sockets(redis_srv):
     # GET replies 8 ms late, limit 10 ms: a spin would hold the loop 8 ms
     # per GET; a PING sent on another socket of the loop just before it is
-    # answered after 1 ms, which ends the spin, so its reader runs then
+    # answered after 1 ms, which ends the spin, so its reader runs then:
+    # before the GET returns. A spin that held the loop would let the reader
+    # run only after the GET's reply (its task is woken first), so no PONG
+    # would be read before its GET returned.
+    # (This asked for a median PONG delay under 4.5 ms: on a loaded machine
+    # the proxy's 1 ms alone can be more, and runs under two CPU burners
+    # failed with medians of 4.5 to 8.4 ms, PONGs yielded to all the same.)
     needs_two_cpus()
     slow, fast = ProxyProcess(redis_srv.port, 0.008), ProxyProcess(redis_srv.port, 0.001)
 
@@ -307,7 +324,7 @@ def test_busy_poll_on_uvloop_yields_to_other_sockets(redis_srv):
         loop = asyncio.get_running_loop()
         other = socket.create_connection(("127.0.0.1", fast.port))
         other.setblocking(False)
-        sent, delays = [0.0], []
+        sent, delays, first = [0.0], [], []
 
         def on_read():
             if other.recv(64) and sent[0]:
@@ -315,24 +332,27 @@ def test_busy_poll_on_uvloop_yields_to_other_sockets(redis_srv):
                 sent[0] = 0.0
 
         loop.add_reader(other.fileno(), on_read)
-        for _ in range(20):
+        for _ in range(40):
             sent[0] = time.perf_counter()
             other.send(b"PING\r\n")
             assert await s.execute("GET", "a") == b"1"
+            first.append(not sent[0])  # the PONG was read while the GET was out
             while sent[0]:  # a PONG later than the GET (a slow machine)
                 await asyncio.sleep(0.001)
         loop.remove_reader(other.fileno())
         other.close()
         await s.close()
-        return delays
+        return delays, first
 
     try:
-        delays = run_on_uvloop(main)
+        delays, first = run_on_uvloop(main)
     finally:
         slow.close()
         fast.close()
-    # the PONG came after about 1 ms; a spin would have kept it 8 ms
-    assert statistics.median(delays) < 0.0045, sorted(delays)
+    # the PONG comes after about 1 ms, the GET's reply after 8: most PONGs
+    # are read while their GET is out; a quarter leaves room for a proxy
+    # that a loaded machine holds up past the other one now and then
+    assert sum(first) >= 10, (sum(first), sorted(delays))
 
 
 def test_busy_poll_is_off_on_one_cpu_on_uvloop(redis_srv):
