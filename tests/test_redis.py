@@ -21,6 +21,7 @@ from cacheme.storages.redis import (
 )
 from conftest import (
     LEAK_SNAPSHOT,
+    assert_spun,
     assert_flat,
     count_sleeps,
     flights,
@@ -957,9 +958,13 @@ async def test_busy_poll_answers_sequential_gets(redis_server):
                 assert got == (b"%d" % (i % 25) if i % 25 < 20 else cacheme.models.sentinel)
         info = s.busy_poll_info()
         await s.close()
-        if spins:
+        if spins and info["busy_poll_timeouts"] == 0:
             assert sleeps[0] <= 40, (sleeps, info)
-            assert info["busy_poll_timeouts"] <= 5, info
+        elif spins:
+            # a loaded machine: a reply took over 5 ms, and the requests
+            # after a timed-out spin skip spinning, sleeping in the selector
+            # (runs under two CPU burners: 12 timeouts); see assert_spun
+            assert_spun(info["busy_poll_hits"], info["busy_poll_timeouts"], (sleeps, info))
         else:
             assert info["busy_poll_hits"] == info["busy_poll_timeouts"] == 0, info
             assert sleeps[0] >= 150, sleeps  # every reply through a sleeping loop

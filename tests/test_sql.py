@@ -28,7 +28,8 @@ from cacheme.storages.sqldb import (
     SQLTimeoutError,
     ddl_script,
 )
-from conftest import ReadyTask, count_sleeps, make_user_node, needs_two_cpus, run_python, unique
+from conftest import (ReadyTask, assert_spun, count_sleeps, make_user_node, needs_two_cpus,
+                      run_python, unique)
 from delay_proxy import DelayProxy
 from sql_servers import MariaServer, PgServer
 
@@ -1237,9 +1238,14 @@ async def test_busy_poll_answers_sequential_reads(url, backend):
             # the loop seldom goes to sleep (a reply can also be there before
             # anything spins: a slow client finds it at once)
             # (on a loaded machine a local reply can still take over 5 ms
-            # now and then: a few spins time out)
-            assert sleeps[0] <= 40, (sleeps, info)
-            assert info["busy_poll_timeouts"] <= 40, info
+            # now and then: a spin times out, and the requests after it skip
+            # spinning, sleeping in the selector: under two CPU burners MySQL
+            # slept 171 times; then the spins tried show it, see assert_spun)
+            if info["busy_poll_timeouts"] == 0:
+                assert sleeps[0] <= 40, (sleeps, info)
+            else:
+                assert_spun(info["busy_poll_hits"] + info["busy_poll_inline"],
+                            info["busy_poll_timeouts"], (sleeps, info))
         else:
             assert info["busy_poll_hits"] == info["busy_poll_timeouts"] == 0, info
             assert info["busy_poll_inline"] == 0, info
