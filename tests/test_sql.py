@@ -1285,7 +1285,7 @@ async def test_busy_poll_inline_waits_leave_the_loop_every_millisecond(url, back
     before = s.pool_info()["busy_poll_inline"]
     t0 = time.monotonic()
     n = 0
-    while time.monotonic() - t0 < 0.3:
+    while time.monotonic() - t0 < 1.0:
         assert await s.get(K("a"), None) == b"1"
         n += 1
     stop.set()
@@ -1293,8 +1293,10 @@ async def test_busy_poll_inline_waits_leave_the_loop_every_millisecond(url, back
     inline = s.pool_info()["busy_poll_inline"] - before
     if inline < 50:  # pragma: no cover - a server slower than 5 ms per reply
         pytest.skip(f"only {inline} of {n} gets were answered inline: server too slow")
-    # the ticker sleeps 10 ms; without the budget it would wait out all 0.3 s
-    assert max(gaps) < 0.1, (max(gaps), n, inline)
+    # the ticker sleeps 10 ms; without the budget it would wait out all
+    # 1 s. Half of that: a loaded machine can hold a process off its CPU
+    # for a while, but not for all of it (this was 0.1 s of a 0.3 s run)
+    assert max(gaps) < 0.5, (max(gaps), n, inline)
 
 
 async def test_busy_poll_backs_off_on_a_slow_server(url, backend):
