@@ -284,7 +284,7 @@ def test_busy_poll_on_uvloop_keeps_timers_running(redis_srv):
         # 60 GETs, and more until 40 of them spun: on a loaded machine the
         # proxy's reply can come past the 5 ms limit, and a spin that times
         # out makes the next GETs skip spinning (up to 1024 of them), so 60
-        # GETs alone may spin only a few times (CI-like load: 9 of 60)
+        # GETs alone may spin only a few times (under two CPU burners: 9)
         end = time.monotonic() + 30
         for n in itertools.count():
             if n >= 60 and (spun(before, s.busy_poll_info()) >= 40 or time.monotonic() > end):
