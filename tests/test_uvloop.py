@@ -6,7 +6,6 @@ here run on uvloop in any case: each storage's get/fill path, a host name
 looked up through uvloop's getaddrinfo, and the switch itself."""
 import asyncio
 import dataclasses
-import itertools
 import os
 import socket
 import subprocess
@@ -281,13 +280,16 @@ def test_busy_poll_on_uvloop_keeps_timers_running(redis_srv):
         t = asyncio.ensure_future(ticker(gaps, stop))
         await asyncio.sleep(0.02)
         before = s.busy_poll_info()
-        # 60 GETs, and more until 40 of them spun: on a loaded machine the
-        # proxy's reply can come past the 5 ms limit, and a spin that times
-        # out makes the next GETs skip spinning (up to 1024 of them), so 60
-        # GETs alone may spin only a few times (under two CPU burners: 9)
-        end = time.monotonic() + 30
-        for n in itertools.count():
-            if n >= 60 and (spun(before, s.busy_poll_info()) >= 40 or time.monotonic() > end):
+        # GETs for 1.5 s, and on until 40 of them spun: on a loaded machine
+        # the proxy's reply can come past the 5 ms limit, and a spin that
+        # times out makes the next GETs skip spinning (up to 1024 of them),
+        # so 60 GETs (what this was) may spin only a few times (under two
+        # CPU burners: 9). The ticker must run all along: a loop that ran
+        # no timers while it spun would show a gap of the whole run
+        t0 = time.monotonic()
+        while True:
+            took = time.monotonic() - t0
+            if took > 30 or (took > 1.5 and spun(before, s.busy_poll_info()) >= 40):
                 break
             assert await s.execute("GET", "a") == b"1"
         after = s.busy_poll_info()
@@ -301,9 +303,11 @@ def test_busy_poll_on_uvloop_keeps_timers_running(redis_srv):
     finally:
         proxy.close()
     # the loop spun for 40 GETs or more, whether the reply came within the
-    # limit (a hit) or not (a timeout: a slow proxy on a loaded machine)
+    # limit (a hit) or not (a timeout: a slow proxy on a loaded machine),
+    # and the ticker never stood still a third of the run (this was 0.1 s
+    # of a run of 60 GETs; gaps of 0.13 and 0.18 s were seen under load)
     assert spun(before, after) >= 40, (before, after)
-    assert max(gaps) < 0.1, (max(gaps), before, after)
+    assert max(gaps) < 0.5, (max(gaps), before, after)
 
 
 def test_busy_poll_on_uvloop_yields_to_other_sockets(redis_srv):
