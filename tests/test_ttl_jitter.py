@@ -1,6 +1,5 @@
 """Cache(storage, ttl, ttl_jitter=j): each write's TTL is drawn uniformly in
 ttl * (1 - j) .. ttl * (1 + j), for local stores, Redis and Python storages."""
-import asyncio
 import dataclasses
 import os
 from datetime import timedelta
@@ -8,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 import cacheme
-from cacheme import Cache, Node
+from cacheme import Cache, Node, _core
 from conftest import register_local, run_python, unique
 from redis_servers import _redis_session_server, needs_redis, redis_server  # noqa: F401
 
@@ -123,13 +122,18 @@ async def test_local_store_expiries_are_spread():
         await cacheme.get(N(i))
     store = cacheme.data.get_storage_by_name(local)._local
     assert len(store) == 200
-    await asyncio.sleep(0.4)
-    store.expire()
-    left = len(store)
-    assert 10 < left < 190, left
-    await asyncio.sleep(0.45)
-    store.expire()
-    assert len(store) == 0
+    # the core's clock moved on, not slept on: a sleep(0.4) that a loaded
+    # machine stretched past 0.65 s would leave under 10
+    try:
+        _core._advance_clock(400_000_000)
+        store.expire()
+        left = len(store)
+        assert 10 < left < 190, left
+        _core._advance_clock(450_000_000)
+        store.expire()
+        assert len(store) == 0
+    finally:
+        _core._reset_clock()
 
 
 @needs_redis
@@ -155,7 +159,7 @@ def test_forked_workers_draw_different_ttls():
         import asyncio, dataclasses, os
         from datetime import timedelta
         import cacheme
-        from cacheme import Cache, Node
+        from cacheme import Cache, Node, _core
 
         class Recording:
             def __init__(self):

@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -256,6 +255,11 @@ def test_busy_poll_never_delays_ready_tasks_on_uvloop(redis_srv):
     assert after == before
 
 
+def spun(before, after):
+    """the spins between two busy_poll_info()s, hits and timeouts"""
+    return sum(after[k] - before[k] for k in ("busy_poll_hits", "busy_poll_timeouts"))
+
+
 def test_busy_poll_on_uvloop_keeps_timers_running(redis_srv):
     # replies 2 ms late, limit 5 ms: every GET spins about 2 ms, yet a task
     # sleeping 10 ms at a time wakes on time (the spin is bounded)
@@ -276,7 +280,17 @@ def test_busy_poll_on_uvloop_keeps_timers_running(redis_srv):
         t = asyncio.ensure_future(ticker(gaps, stop))
         await asyncio.sleep(0.02)
         before = s.busy_poll_info()
-        for _ in range(60):
+        # GETs for 1.5 s, and on until 40 of them spun: on a loaded machine
+        # the proxy's reply can come past the 5 ms limit, and a spin that
+        # times out makes the next GETs skip spinning (up to 1024 of them),
+        # so 60 GETs (what this was) may spin only a few times (under two
+        # CPU burners: 9). The ticker must run all along: a loop that ran
+        # no timers while it spun would show a gap of the whole run
+        t0 = time.monotonic()
+        while True:
+            took = time.monotonic() - t0
+            if took > 30 or (took > 1.5 and spun(before, s.busy_poll_info()) >= 40):
+                break
             assert await s.execute("GET", "a") == b"1"
         after = s.busy_poll_info()
         stop.set()
@@ -288,17 +302,25 @@ def test_busy_poll_on_uvloop_keeps_timers_running(redis_srv):
         gaps, before, after = run_on_uvloop(main)
     finally:
         proxy.close()
-    # the loop spun for (nearly) every GET, whether the reply came within
-    # the limit (a hit) or not (a timeout: a slow proxy on a loaded machine)
-    spins = sum(after[k] - before[k] for k in ("busy_poll_hits", "busy_poll_timeouts"))
-    assert spins >= 40, (before, after)
-    assert max(gaps) < 0.1, (max(gaps), before, after)
+    # the loop spun for 40 GETs or more, whether the reply came within the
+    # limit (a hit) or not (a timeout: a slow proxy on a loaded machine),
+    # and the ticker never stood still a third of the run (this was 0.1 s
+    # of a run of 60 GETs; gaps of 0.13 and 0.18 s were seen under load)
+    assert spun(before, after) >= 40, (before, after)
+    assert max(gaps) < 0.5, (max(gaps), before, after)
 
 
 def test_busy_poll_on_uvloop_yields_to_other_sockets(redis_srv):
     # GET replies 8 ms late, limit 10 ms: a spin would hold the loop 8 ms
     # per GET; a PING sent on another socket of the loop just before it is
-    # answered after 1 ms, which ends the spin, so its reader runs then
+    # answered after 1 ms, which ends the spin, so its reader runs then,
+    # milliseconds before the GET returns. A spin that held the loop until
+    # the GET's reply would let the reader run only in the loop iteration
+    # that wakes the GET's task: microseconds before the GET returns.
+    # (This asked for a median PONG delay under 4.5 ms: on a loaded machine
+    # the proxy's 1 ms alone can be more, and 3 of 5 runs under two CPU
+    # burners failed with medians of 4.5 to 8.4 ms, though the fastest
+    # PONGs came in 1.3 ms: the spins did yield.)
     needs_two_cpus()
     slow, fast = ProxyProcess(redis_srv.port, 0.008), ProxyProcess(redis_srv.port, 0.001)
 
@@ -307,32 +329,37 @@ def test_busy_poll_on_uvloop_yields_to_other_sockets(redis_srv):
         loop = asyncio.get_running_loop()
         other = socket.create_connection(("127.0.0.1", fast.port))
         other.setblocking(False)
-        sent, delays = [0.0], []
+        sent, read, delays, ahead = [0.0], [0.0], [], []
 
         def on_read():
             if other.recv(64) and sent[0]:
-                delays.append(time.perf_counter() - sent[0])
+                read[0] = time.perf_counter()
+                delays.append(read[0] - sent[0])
                 sent[0] = 0.0
 
         loop.add_reader(other.fileno(), on_read)
-        for _ in range(20):
+        for _ in range(40):
             sent[0] = time.perf_counter()
             other.send(b"PING\r\n")
             assert await s.execute("GET", "a") == b"1"
+            if not sent[0]:  # the PONG was read while the GET was out: how long before
+                ahead.append(time.perf_counter() - read[0])
             while sent[0]:  # a PONG later than the GET (a slow machine)
                 await asyncio.sleep(0.001)
         loop.remove_reader(other.fileno())
         other.close()
         await s.close()
-        return delays
+        return delays, ahead
 
     try:
-        delays = run_on_uvloop(main)
+        delays, ahead = run_on_uvloop(main)
     finally:
         slow.close()
         fast.close()
-    # the PONG came after about 1 ms; a spin would have kept it 8 ms
-    assert statistics.median(delays) < 0.0045, sorted(delays)
+    # the PONG comes about 7 ms ahead of the GET's reply: most are read
+    # over 1 ms before their GET returns; a quarter leaves room for a proxy
+    # that a loaded machine holds up past the other one now and then
+    assert sum(a > 0.001 for a in ahead) >= 10, (sorted(ahead), sorted(delays))
 
 
 def test_busy_poll_is_off_on_one_cpu_on_uvloop(redis_srv):
