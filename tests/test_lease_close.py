@@ -8,6 +8,8 @@ import gc
 import weakref
 from datetime import timedelta
 
+import pytest
+
 import cacheme
 from conftest import unique
 from redis_servers import _redis_session_server, needs_redis, redis_server  # noqa: F401
@@ -313,3 +315,64 @@ def test_moved_flight_thrown_generator_exit_gives_back_its_lease(redis_server): 
     raised, left = asyncio.run(main())
     assert raised is StopIteration
     assert left == 0
+
+
+@pytest.mark.parametrize("many", [True, False], ids=["get_all", "get"])
+def test_waiting_on_a_lease_when_its_loop_closed(redis_server, many):  # noqa: F811
+    """A get_all batch (or a get) waiting on another process's lease when
+    its loop is closed under it: the keys on a new loop do not wait for
+    it, and when the other lease goes the dead lease, which can no longer
+    hand its outcome to its closed loop, gives back what it took, quietly
+    (it printed 'Exception ignored ... Event loop is closed')."""
+    import sys
+
+    name = unique("lc-dead")
+    loop = asyncio.new_event_loop()
+    loads = []
+
+    async def load(node):
+        loads.append(node.uid)
+        return f"v{node.uid}"
+
+    async def start():
+        st = await setup(redis_server.url, name)
+        N = lease_node(name, load)
+        nodes = [N(f"d-{i}") for i in range(3 if many else 1)]
+        lkeys = sorted(x.full_key() + ":lease" for x in nodes)
+        other = lkeys[1] if many else lkeys[0]
+        await st.execute("SET", other, "other", "PX", 300000)
+        caller = asyncio.ensure_future(
+            cacheme.get_all(nodes) if many else cacheme.get(nodes[0]))
+
+        async def listening():
+            sub = await st.execute("PUBSUB", "NUMSUB", other)
+            return int(sub[1]) > 0
+
+        await until(listening, "the batch waiting on the other process's lease")
+        return caller, st, lkeys, nodes, other
+
+    caller, st, lkeys, nodes, other = loop.run_until_complete(start())
+    loop.close()
+    unraisable = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: unraisable.append(repr(u.exc_value))
+
+    async def after():
+        if many:
+            assert await st.execute("EXISTS", lkeys[0]) == 1  # taken by the dead batch
+        await st.execute("DEL", other)  # the other process is done
+        got = await asyncio.wait_for(cacheme.get_all(nodes), 10)
+
+        async def given_back():  # the dead group, woken, gives back what it took
+            return await st.execute("EXISTS", *lkeys) == 0
+
+        await until(given_back, "the dead batch's leases given back")
+        return got
+
+    try:
+        assert asyncio.run(after()) == [f"v{n.uid}" for n in nodes]
+    finally:
+        sys.unraisablehook = old_hook
+    assert unraisable == []
+    del caller
+    gc.collect()

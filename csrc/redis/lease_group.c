@@ -94,7 +94,11 @@ static void group_next(CmLeaseObject *g)
     int done = cm_future_done(st, g->fut);
     if (done == 0 && cm_future_set_result(st, g->fut, g->results) < 0)
         done = -1;
-    if (done < 0)
+    /* a closed loop cannot schedule the future's callbacks (asyncio's
+     * RuntimeError, not a subclass): its get_all is gone with it */
+    if (done < 0 && PyErr_Occurred() == PyExc_RuntimeError)
+        PyErr_Clear();
+    else if (done < 0)
         PyErr_WriteUnraisable((PyObject *)g);
     if (done != 0) { /* nobody takes them: the leases got go back */
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(g->results); i++) {
