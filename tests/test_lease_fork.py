@@ -9,6 +9,12 @@ pytestmark = needs_redis
 
 SCRIPT = r"""
 import asyncio, dataclasses, logging, os, sys, threading, time, uuid, warnings
+# Imported before any thread runs: this module registers fork hooks (acquire
+# and release of a lock) when first imported, and a loop's first
+# run_in_executor imports it. Imported by the thread while os.fork() runs,
+# the release hook runs without its acquire, and the thread's executor call
+# fails with "release unlocked lock" (CPython's, not cacheme's).
+import concurrent.futures.thread  # noqa: F401
 from datetime import timedelta
 import cacheme
 
@@ -39,8 +45,11 @@ class N(cacheme.Node):
         return f"forklease:{self.uid}"
 
     async def load(self):
-        loading.set()
-        await asyncio.get_running_loop().run_in_executor(None, gate.wait, 30)
+        def wait():
+            loading.set()  # the executor call is made: the fork may come
+            return gate.wait(30)
+
+        assert await asyncio.get_running_loop().run_in_executor(None, wait)
         return "v"
 
     class Meta(cacheme.Node.Meta):
