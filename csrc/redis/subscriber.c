@@ -8,6 +8,7 @@
  * O(subscribers of that name), not O(every channel): a Redis lease waits on
  * one channel per key, and thousands of keys may be waited on at once. */
 #include "redis/subscriber.h"
+#include "core/siphash.h"
 #include "redis/internal.h"
 
 #include <stdlib.h>
@@ -58,7 +59,7 @@ struct CmRedisSub {
     size_t track_len;
     SubChan **buckets; /* the channels by name: nbuckets (a power of 2, or 0) chains */
     size_t nbuckets, nchans;
-    uint64_t seed;
+    uint64_t seed, seed2;  /* the key of chan_hash */
     SubChan *first, *last; /* every channel, in the order their subscription began */
     SubChan *dirty;        /* channels with removed entries, compacted once not dispatching */
     SubWatch *watch;
@@ -100,15 +101,15 @@ CmRedisSub *cm_redis_sub_of(CmRedisPool *p)
     if ((s->pool = cm_redis_pool_new(p->client, p->host, p->port, p->path)) == NULL)
         goto fail;
     s->pool->sub_of = s;
-    /* the channel hash's seed: Python's (per process, PYTHONHASHSEED) hash of
-     * a constant, mixed with the time and this address, so that names chosen
-     * to collide are not known in advance */
+    /* the channel hash's key: Python's (per process, PYTHONHASHSEED) hash of
+     * a constant, mixed with the time and this address */
     PyObject *b = PyBytes_FromString("cacheme.RedisSub");
     Py_hash_t h = b != NULL ? PyObject_Hash(b) : -1;
     Py_XDECREF(b);
     if (h == -1 && PyErr_Occurred())
         goto fail;
-    s->seed = (uint64_t)h ^ (uint64_t)cm_now_ns() ^ (uint64_t)(uintptr_t)s;
+    s->seed = (uint64_t)h ^ (uint64_t)cm_now_ns();
+    s->seed2 = ((uint64_t)h * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)(uintptr_t)s;
     /* the capsule's pointer is the sub; its context says it is alive */
     if ((s->token = PyCapsule_New(s, "cacheme._core.RedisSub", NULL)) == NULL ||
         PyCapsule_SetContext(s->token, s) < 0 ||
@@ -163,31 +164,11 @@ static void held_clear(CmRedisSub *s)
     s->nheld = 0;
 }
 
-static uint64_t mix64(uint64_t h)
-{
-    h ^= h >> 32;
-    h *= 0xd6e8feb86659fd93ULL;
-    h ^= h >> 32;
-    h *= 0xd6e8feb86659fd93ULL;
-    h ^= h >> 32;
-    return h;
-}
-
+/* SipHash-1-3 keyed by the subscriber's seed: names chosen to collide
+ * (lease channels are named after keys) cannot be, without the key. */
 static uint64_t chan_hash(const CmRedisSub *s, const char *name, size_t len)
 {
-    uint64_t h = mix64(s->seed ^ (uint64_t)len);
-    size_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t w;
-        memcpy(&w, name + i, 8);
-        h = mix64(h ^ w) + 0x9e3779b97f4a7c15ULL;
-    }
-    if (i < len) {
-        uint64_t w = 0;
-        memcpy(&w, name + i, len - i);
-        h = mix64(h ^ w) + 0x9e3779b97f4a7c15ULL;
-    }
-    return h;
+    return cm_siphash13(s->seed, s->seed2, name, len);
 }
 
 /* The channel named so (live entries or not), or NULL. */
