@@ -185,8 +185,7 @@ static SubChan *chan_lookup(CmRedisSub *s, const char *name, size_t len)
     return NULL;
 }
 
-/* Put ch last in the order of the subscriptions (unlinked first when
- * linked). */
+/* Take ch out of the order of the subscriptions. */
 static void chan_unlink(CmRedisSub *s, SubChan *ch)
 {
     if (ch->prev != NULL)
@@ -200,6 +199,7 @@ static void chan_unlink(CmRedisSub *s, SubChan *ch)
     ch->prev = ch->next = NULL;
 }
 
+/* Put ch last in that order. */
 static void chan_append(CmRedisSub *s, SubChan *ch)
 {
     ch->prev = s->last;
@@ -228,6 +228,7 @@ static SubChan *chan_get(CmRedisSub *s, const char *name, size_t len)
         for (size_t i = 0; i < s->nbuckets; i++)
             for (SubChan *c = s->buckets[i], *next; c != NULL; c = next) {
                 next = c->chain;
+                s->visits++; /* amortised: at most 2 a channel made */
                 c->chain = b[c->hash & (nb - 1)];
                 b[c->hash & (nb - 1)] = c;
             }
