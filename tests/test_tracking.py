@@ -258,7 +258,7 @@ def test_tracking_off_keeps_local_copy(workers, source):
     # B is told nothing: its local copy is served until its TTL, as before
     assert b("local", "k") == "v1" and b("get", "k") == "v1"
     assert b("info") == {"up": 0, "invalidated_keys": 0, "flushes": 0, "subscriber_ids": [],
-                         "covered_stores": 0}
+                         "covered_stores": 0, "subscriber_visits": 0}
 
 
 def test_flushall_flushes_local(workers, source, redis_server):

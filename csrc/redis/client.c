@@ -439,6 +439,8 @@ static PyMethodDef client_methods[] = {
     {"_resolves", (PyCFunction)client_resolves, METH_NOARGS, NULL},
     {"_sub_listen", (PyCFunction)cm_redis_sub_listen, METH_O, NULL},
     {"_sub_hold", (PyCFunction)cm_redis_sub_hold, METH_O, NULL},
+    {"_sub_unlisten", (PyCFunction)cm_redis_sub_unlisten, METH_O, NULL},
+    {"_sub_listen_once", (PyCFunction)cm_redis_sub_listen_once, METH_O, NULL},
     {"_tracking_info", (PyCFunction)cm_redis_track_info, METH_NOARGS, NULL},
     {"_tracking_inject", (PyCFunction)cm_redis_track_inject, METH_O, NULL},
     {"_lease_key", cm_redis_lease_key_method, METH_O, NULL},

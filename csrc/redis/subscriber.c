@@ -1,21 +1,42 @@
-/* The pub/sub connection of one Redis server (redis/subscriber.h). */
+/* The pub/sub connection of one Redis server (redis/subscriber.h).
+ *
+ * The subscriptions are kept by channel name: a SubChan per name, found
+ * through a hash table (chained, seeded), holding its subscribers (fn, arg)
+ * in subscription order, and linked with the other names in the order their
+ * subscription began (the order of the SUBSCRIBEs of a reconnect). So a
+ * subscribe, an unsubscribe, a message and a confirmation cost
+ * O(subscribers of that name), not O(every channel): a Redis lease waits on
+ * one channel per key, and thousands of keys may be waited on at once. */
 #include "redis/subscriber.h"
+#include "core/siphash.h"
 #include "redis/internal.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 typedef struct {
-    char *name; /* owned */
-    size_t len;
     CmRedisSubMsgFn fn;      /* NULL: removed while dispatching, compacted after */
     CmRedisSubReadyFn ready; /* or NULL */
     void *arg;
+    int told; /* `ready` was told (on this connection) */
+} SubEntry;
+
+typedef struct SubChan SubChan;
+struct SubChan {
+    char *name; /* owned */
+    size_t len;
+    uint64_t hash;
+    SubChan *chain;       /* the next in its hash bucket */
+    SubChan *prev, *next; /* the order in which the subscriptions began */
+    SubChan *dirty_next;  /* on s->dirty: holds removed entries */
+    int dirty;
+    SubEntry *subs; /* subscription order; removed ones (fn NULL) until compacted */
+    size_t nsubs, capsubs;
+    size_t nlive; /* entries with fn set */
     /* the number (on this connection) of the SUBSCRIBE whose confirmation
-     * puts it in place (0: not sent yet), and whether `ready` was told */
+     * puts its live entries in place (0: not sent yet) */
     uint64_t at;
-    int told;
-} SubChan;
+};
 
 /* A SUBSCRIBE or UNSUBSCRIBE held back by _sub_hold (tests). */
 typedef struct {
@@ -36,10 +57,14 @@ struct CmRedisSub {
     int up;                  /* the PING after the setup answered */
     char *track;             /* owned: the BCAST prefix of cm_redis_sub_track, or NULL */
     size_t track_len;
-    SubChan *chans;
-    size_t nchans, capchans;
+    SubChan **buckets; /* the channels by name: nbuckets (a power of 2, or 0) chains */
+    size_t nbuckets, nchans;
+    uint64_t seed, seed2;  /* the key of chan_hash */
+    SubChan *first, *last; /* every channel, in the order their subscription began */
+    SubChan *dirty;        /* channels with removed entries, compacted once not dispatching */
     SubWatch *watch;
     size_t nwatch, capwatch;
+    int watch_dirty;
     int dispatching; /* >0 while callbacks run: removals only clear fn */
     int gone;        /* its owner is garbage: never connects again */
     int pinged;      /* a PING (or the setup) is not answered yet */
@@ -49,6 +74,9 @@ struct CmRedisSub {
     int hold; /* _sub_hold (tests): (UN)SUBSCRIBEs kept in `held`, unsent */
     SubHeld *held;
     size_t nheld, capheld;
+    /* channels and entries looked at (tests: _tracking_info's
+     * subscriber_visits, a count that shows the cost of each operation) */
+    uint64_t visits;
     /* while connected, the keepalive: a PING every `timeout`, and the
      * connection closed when one is not answered within it; else the
      * reconnect at the backoff */
@@ -73,6 +101,15 @@ CmRedisSub *cm_redis_sub_of(CmRedisPool *p)
     if ((s->pool = cm_redis_pool_new(p->client, p->host, p->port, p->path)) == NULL)
         goto fail;
     s->pool->sub_of = s;
+    /* the channel hash's key: Python's (per process, PYTHONHASHSEED) hash of
+     * a constant, mixed with the time and this address */
+    PyObject *b = PyBytes_FromString("cacheme.RedisSub");
+    Py_hash_t h = b != NULL ? PyObject_Hash(b) : -1;
+    Py_XDECREF(b);
+    if (h == -1 && PyErr_Occurred())
+        goto fail;
+    s->seed = (uint64_t)h ^ (uint64_t)cm_now_ns();
+    s->seed2 = ((uint64_t)h * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)(uintptr_t)s;
     /* the capsule's pointer is the sub; its context says it is alive */
     if ((s->token = PyCapsule_New(s, "cacheme._core.RedisSub", NULL)) == NULL ||
         PyCapsule_SetContext(s->token, s) < 0 ||
@@ -86,6 +123,8 @@ fail:
 }
 
 long long cm_redis_sub_client_id(const CmRedisSub *s) { return s->up ? s->id : 0; }
+
+unsigned long long cm_redis_sub_visits(const CmRedisSub *s) { return s->visits; }
 
 static int grow(void **v, size_t n, size_t *cap, size_t size);
 
@@ -125,15 +164,149 @@ static void held_clear(CmRedisSub *s)
     s->nheld = 0;
 }
 
-/* The index of the first live entry naming channel, skip excluded; nchans
- * when none. */
-static size_t chan_find(const CmRedisSub *s, const char *channel, size_t len, size_t skip)
+/* SipHash-1-3 keyed by the subscriber's seed: names chosen to collide
+ * (lease channels are named after keys) cannot be, without the key. */
+static uint64_t chan_hash(const CmRedisSub *s, const char *name, size_t len)
 {
-    for (size_t i = 0; i < s->nchans; i++)
-        if (i != skip && s->chans[i].fn != NULL && s->chans[i].len == len &&
-            memcmp(s->chans[i].name, channel, len) == 0)
-            return i;
-    return s->nchans;
+    return cm_siphash13(s->seed, s->seed2, name, len);
+}
+
+/* The channel named so (live entries or not), or NULL. */
+static SubChan *chan_lookup(CmRedisSub *s, const char *name, size_t len)
+{
+    if (s->nbuckets == 0)
+        return NULL;
+    uint64_t h = chan_hash(s, name, len);
+    for (SubChan *ch = s->buckets[h & (s->nbuckets - 1)]; ch != NULL; ch = ch->chain) {
+        s->visits++;
+        if (ch->hash == h && ch->len == len && memcmp(ch->name, name, len) == 0)
+            return ch;
+    }
+    return NULL;
+}
+
+/* Take ch out of the order of the subscriptions. */
+static void chan_unlink(CmRedisSub *s, SubChan *ch)
+{
+    if (ch->prev != NULL)
+        ch->prev->next = ch->next;
+    else if (s->first == ch)
+        s->first = ch->next;
+    if (ch->next != NULL)
+        ch->next->prev = ch->prev;
+    else if (s->last == ch)
+        s->last = ch->prev;
+    ch->prev = ch->next = NULL;
+}
+
+/* Put ch last in that order. */
+static void chan_append(CmRedisSub *s, SubChan *ch)
+{
+    ch->prev = s->last;
+    ch->next = NULL;
+    if (s->last != NULL)
+        s->last->next = ch;
+    else
+        s->first = ch;
+    s->last = ch;
+}
+
+/* The channel named so, made (last in the order, no entry) if need be;
+ * NULL with MemoryError. */
+static SubChan *chan_get(CmRedisSub *s, const char *name, size_t len)
+{
+    SubChan *ch = chan_lookup(s, name, len);
+    if (ch != NULL)
+        return ch;
+    if (s->nchans >= s->nbuckets) { /* at most one channel a bucket on average */
+        size_t nb = s->nbuckets ? 2 * s->nbuckets : 16;
+        SubChan **b = calloc(nb, sizeof(*b));
+        if (b == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        for (size_t i = 0; i < s->nbuckets; i++)
+            for (SubChan *c = s->buckets[i], *next; c != NULL; c = next) {
+                next = c->chain;
+                s->visits++; /* amortised: at most 2 a channel made */
+                c->chain = b[c->hash & (nb - 1)];
+                b[c->hash & (nb - 1)] = c;
+            }
+        free(s->buckets);
+        s->buckets = b;
+        s->nbuckets = nb;
+    }
+    ch = calloc(1, sizeof(*ch));
+    char *n = malloc(len ? len : 1);
+    if (ch == NULL || n == NULL) {
+        free(ch);
+        free(n);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    memcpy(n, name, len);
+    ch->name = n;
+    ch->len = len;
+    ch->hash = chan_hash(s, name, len);
+    SubChan **bucket = &s->buckets[ch->hash & (s->nbuckets - 1)];
+    ch->chain = *bucket;
+    *bucket = ch;
+    s->nchans++;
+    chan_append(s, ch);
+    return ch;
+}
+
+static void chan_free(CmRedisSub *s, SubChan *ch)
+{
+    SubChan **p = &s->buckets[ch->hash & (s->nbuckets - 1)];
+    while (*p != ch)
+        p = &(*p)->chain;
+    *p = ch->chain;
+    s->nchans--;
+    chan_unlink(s, ch);
+    free(ch->subs);
+    free(ch->name);
+    free(ch);
+}
+
+/* ch has removed entries (or none at all): compacted (freed when empty) by
+ * sub_compact once no callback runs. */
+static void chan_dirty(CmRedisSub *s, SubChan *ch)
+{
+    if (ch->dirty)
+        return;
+    ch->dirty = 1;
+    ch->dirty_next = s->dirty;
+    s->dirty = ch;
+}
+
+/* Drop the entries removed while callbacks ran, and the channels left with
+ * none; each channel so marked is visited once (its own entries). */
+static void sub_compact(CmRedisSub *s)
+{
+    while (s->dirty != NULL) {
+        SubChan *ch = s->dirty;
+        s->dirty = ch->dirty_next;
+        ch->dirty = 0;
+        ch->dirty_next = NULL;
+        size_t j = 0;
+        for (size_t i = 0; i < ch->nsubs; i++) {
+            s->visits++;
+            if (ch->subs[i].fn != NULL)
+                ch->subs[j++] = ch->subs[i];
+        }
+        ch->nsubs = j;
+        if (j == 0)
+            chan_free(s, ch);
+    }
+    if (s->watch_dirty) {
+        size_t j = 0;
+        for (size_t i = 0; i < s->nwatch; i++)
+            if (s->watch[i].fn != NULL)
+                s->watch[j++] = s->watch[i];
+        s->nwatch = j;
+        s->watch_dirty = 0;
+    }
 }
 
 int cm_redis_sub_start(CmRedisSub *s, PyObject *loop)
@@ -155,9 +328,11 @@ int cm_redis_sub_start(CmRedisSub *s, PyObject *loop)
     /* a new connection: nothing subscribed on it yet */
     s->sent = s->confirmed = 0;
     held_clear(s);
-    for (size_t i = 0; i < s->nchans; i++) {
-        s->chans[i].at = 0;
-        s->chans[i].told = 0;
+    for (SubChan *ch = s->first; ch != NULL; ch = ch->next) {
+        ch->at = 0;
+        for (size_t i = 0; i < ch->nsubs; i++)
+            ch->subs[i].told = 0;
+        s->visits += 1 + ch->nsubs;
     }
     /* CLIENT ID alone: the rest (sub_setup) waits for it, as CLIENT
      * TRACKING names it and must come before the first SUBSCRIBE */
@@ -188,14 +363,10 @@ static int sub_setup(CmRedisSub *s)
         if (cm_redis_conn_send_raw(s->conn, 8, argv, lens) < 0)
             return -1;
     }
-    for (size_t i = 0; i < s->nchans; i++) {
-        SubChan *ch = &s->chans[i]; // borrowed
-        if (ch->fn == NULL)
-            continue;
-        size_t first = chan_find(s, ch->name, ch->len, s->nchans);
-        if (first < i)
-            ch->at = s->chans[first].at;
-        else if ((ch->at = sub_send_chan(s, "SUBSCRIBE", ch->name, ch->len)) == 0)
+    /* one SUBSCRIBE per name, in the order the subscriptions began */
+    for (SubChan *ch = s->first; ch != NULL; ch = ch->next) {
+        s->visits++;
+        if (ch->nlive > 0 && (ch->at = sub_send_chan(s, "SUBSCRIBE", ch->name, ch->len)) == 0)
             return -1;
     }
     const char *ping = "PING";
@@ -243,30 +414,43 @@ static int grow(void **v, size_t n, size_t *cap, size_t size)
 int cm_redis_sub_subscribe(CmRedisSub *s, PyObject *loop, const char *channel, size_t len,
                            CmRedisSubMsgFn fn, CmRedisSubReadyFn ready, void *arg)
 {
-    if (grow((void **)&s->chans, s->nchans, &s->capchans, sizeof(*s->chans)) < 0)
+    SubChan *ch = chan_get(s, channel, len); // borrowed
+    if (ch == NULL)
         return -1;
-    char *name = malloc(len ? len : 1);
-    if (name == NULL) {
-        PyErr_NoMemory();
+    if (grow((void **)&ch->subs, ch->nsubs, &ch->capsubs, sizeof(*ch->subs)) < 0) {
+        if (ch->nsubs == 0) { /* made just now */
+            chan_dirty(s, ch);
+            if (!s->dispatching)
+                sub_compact(s);
+        }
         return -1;
     }
-    memcpy(name, channel, len);
-    size_t first = chan_find(s, channel, len, s->nchans);
-    SubChan *ch = &s->chans[s->nchans++]; // borrowed
-    *ch = (SubChan){name, len, fn, ready, arg, 0, 0};
+    int shared = ch->nlive > 0; /* its SUBSCRIBE is sent (or to be) already */
+    if (!shared && s->last != ch) {
+        /* a subscription that begins again (its entries were removed while
+         * callbacks ran) comes last, as a new one would */
+        chan_unlink(s, ch);
+        chan_append(s, ch);
+    }
+    SubEntry *e = &ch->subs[ch->nsubs++]; // borrowed
+    *e = (SubEntry){fn, ready, arg, 0};
+    ch->nlive++;
     if (s->conn == NULL)
         return cm_redis_sub_start(s, loop); /* subscribes every channel */
     if (s->id == 0)
         return 0; /* sub_setup subscribes it */
-    if (first < s->nchans - 1) {
+    if (shared) {
         /* its SUBSCRIBE is out already (or confirmed: in place now) */
-        ch->at = s->chans[first].at;
-        ch->told = ch->at != 0 && ch->at <= s->confirmed;
-        return ch->told;
+        e->told = ch->at != 0 && ch->at <= s->confirmed;
+        return e->told;
     }
     if ((ch->at = sub_send_chan(s, "SUBSCRIBE", channel, len)) == 0) {
-        s->nchans--;
-        free(name);
+        /* nothing ran meanwhile: the entry is still the last */
+        ch->nsubs--;
+        ch->nlive--;
+        chan_dirty(s, ch);
+        if (!s->dispatching)
+            sub_compact(s);
         PyObject *exc = cm_exc_take();
         cm_redis_conn_close(s->conn, s->pool->st->redis.ConnectionError, NULL, 0);
         cm_exc_restore(exc);
@@ -275,35 +459,22 @@ int cm_redis_sub_subscribe(CmRedisSub *s, PyObject *loop, const char *channel, s
     return 0;
 }
 
-/* Drop the entries removed while callbacks ran. */
-static void sub_compact(CmRedisSub *s)
-{
-    size_t j = 0;
-    for (size_t i = 0; i < s->nchans; i++) {
-        if (s->chans[i].fn == NULL)
-            free(s->chans[i].name);
-        else
-            s->chans[j++] = s->chans[i];
-    }
-    s->nchans = j;
-    j = 0;
-    for (size_t i = 0; i < s->nwatch; i++)
-        if (s->watch[i].fn != NULL)
-            s->watch[j++] = s->watch[i];
-    s->nwatch = j;
-}
-
 void cm_redis_sub_unsubscribe(CmRedisSub *s, const char *channel, size_t len, CmRedisSubMsgFn fn,
                               void *arg)
 {
-    for (size_t i = 0; i < s->nchans; i++) {
-        SubChan *ch = &s->chans[i]; // borrowed
-        if (ch->fn != fn || ch->arg != arg || ch->len != len || memcmp(ch->name, channel, len))
+    SubChan *ch = chan_lookup(s, channel, len); // borrowed
+    for (size_t i = 0; ch != NULL && i < ch->nsubs; i++) {
+        SubEntry *e = &ch->subs[i]; // borrowed
+        s->visits++;
+        if (e->fn != fn || e->arg != arg)
             continue;
-        ch->fn = NULL;
-        if (s->conn != NULL && s->id != 0 && chan_find(s, channel, len, s->nchans) == s->nchans &&
+        e->fn = NULL;
+        ch->nlive--;
+        chan_dirty(s, ch);
+        if (s->conn != NULL && s->id != 0 && ch->nlive == 0 &&
             sub_send_chan(s, "UNSUBSCRIBE", channel, len) == 0) {
-            /* a connection that cannot take a command is of no use */
+            /* a connection that cannot take a command is of no use (its
+             * close may run callbacks: ch is not used after it) */
             PyErr_Clear();
             cm_redis_conn_close(s->conn, s->pool->st->redis.ConnectionError, NULL, 0);
         }
@@ -326,6 +497,7 @@ void cm_redis_sub_unwatch(CmRedisSub *s, CmRedisSubStateFn fn, void *arg)
     for (size_t i = 0; i < s->nwatch; i++)
         if (s->watch[i].fn == fn && s->watch[i].arg == arg) {
             s->watch[i].fn = NULL;
+            s->watch_dirty = 1;
             break;
         }
     if (!s->dispatching)
@@ -347,31 +519,45 @@ static void sub_notify(CmRedisSub *s, int up)
 
 static void sub_message(CmRedisSub *s, PyObject *channel, PyObject *msg)
 {
-    const char *name = PyBytes_AS_STRING(channel);
-    size_t len = (size_t)PyBytes_GET_SIZE(channel);
+    SubChan *ch = chan_lookup(s, PyBytes_AS_STRING(channel), (size_t)PyBytes_GET_SIZE(channel));
+    if (ch == NULL)
+        return;
+    /* ch stays (compaction waits for the dispatch to end); its entries may
+     * move (added in a callback: called too) */
     s->dispatching++;
-    for (size_t i = 0; i < s->nchans; i++) {
-        SubChan ch = s->chans[i];
-        if (ch.fn != NULL && ch.len == len && memcmp(ch.name, name, len) == 0)
-            ch.fn(ch.arg, msg);
+    for (size_t i = 0; i < ch->nsubs; i++) {
+        SubEntry e = ch->subs[i];
+        s->visits++;
+        if (e.fn != NULL)
+            e.fn(e.arg, msg);
     }
     if (--s->dispatching == 0)
         sub_compact(s);
 }
 
-/* Tell the entries whose SUBSCRIBE is confirmed now (added meanwhile:
- * told too when in place). */
-static void sub_ready(CmRedisSub *s)
+/* The SUBSCRIBE of channel is confirmed (s->confirmed counts it): tell its
+ * entries in place now (added meanwhile: told too when in place). Only the
+ * entries of that name can be: an entry's SUBSCRIBE is the one sent for its
+ * name, and each confirmation answers the command of that number. */
+static void sub_ready(CmRedisSub *s, PyObject *channel)
 {
+    SubChan *ch = chan_lookup(s, PyBytes_AS_STRING(channel), (size_t)PyBytes_GET_SIZE(channel));
+    if (ch == NULL)
+        return;
     s->dispatching++;
-    for (size_t i = 0; i < s->nchans; i++) {
-        SubChan *ch = &s->chans[i]; // borrowed: the array may move in a callback
-        if (ch->fn == NULL || ch->told || ch->at == 0 || ch->at > s->confirmed)
+    for (size_t i = 0; i < ch->nsubs; i++) {
+        /* a subscription begun again (or a reconnect) in a callback: its
+         * SUBSCRIBE is a later one, and the entries before it are gone */
+        if (ch->at == 0 || ch->at > s->confirmed)
+            break;
+        SubEntry *e = &ch->subs[i]; // borrowed: the array may move in a callback
+        s->visits++;
+        if (e->fn == NULL || e->told)
             continue;
-        ch->told = 1;
-        if (ch->ready != NULL) {
-            SubChan c = *ch;
-            c.ready(c.arg, c.name, c.len);
+        e->told = 1;
+        if (e->ready != NULL) {
+            SubEntry c = *e;
+            c.ready(c.arg, ch->name, ch->len);
         }
     }
     if (--s->dispatching == 0)
@@ -436,10 +622,10 @@ void cm_redis_sub_reply(CmRedisSub *s, CmRedisConnObject *c, PyObject *reply)
         PyObject *kind = PyList_GET_ITEM(reply, 0); // borrowed
         if (is_kind(kind, "message"))
             sub_message(s, PyList_GET_ITEM(reply, 1), PyList_GET_ITEM(reply, 2));
-        if (is_kind(kind, "subscribe") || is_kind(kind, "unsubscribe")) {
+        if (is_kind(kind, "subscribe") || is_kind(kind, "unsubscribe"))
             s->confirmed++;
-            sub_ready(s);
-        }
+        if (is_kind(kind, "subscribe"))
+            sub_ready(s, PyList_GET_ITEM(reply, 1));
         if (is_kind(kind, "message") || is_kind(kind, "subscribe") ||
             is_kind(kind, "unsubscribe")) {
             Py_DECREF(reply);
@@ -572,9 +758,9 @@ void cm_redis_sub_free(CmRedisSub *s)
         s->conn = NULL;
         cm_redis_pool_free(s->pool);
     }
-    for (size_t i = 0; i < s->nchans; i++)
-        free(s->chans[i].name);
-    free(s->chans);
+    while (s->first != NULL)
+        chan_free(s, s->first);
+    free(s->buckets);
     held_clear(s);
     free(s->held);
     free(s->watch);
@@ -668,6 +854,60 @@ PyObject *cm_redis_sub_listen(CmRedisClientObject *self, PyObject *channel)
     if (rc == 1) /* in place already: no confirmation will say so */
         log_append(self->sub_log, "subscribed", channel);
     return Py_NewRef(self->sub_log);
+}
+
+/* The (log_message, sub_log) entries of _sub_listen, and the self-removing
+ * one of _sub_listen_once (arg: the client, as log_state's). */
+static void log_once(void *arg, PyObject *msg)
+{
+    CmRedisClientObject *self = arg; // borrowed: its subscriber goes with it
+    if (self->sub_log == NULL || self->pool == NULL || self->pool->sub == NULL)
+        return;
+    log_append(self->sub_log, "once", msg);
+    if (PyBytes_Check(msg)) /* the payload names the channel */
+        cm_redis_sub_unsubscribe(self->pool->sub, PyBytes_AS_STRING(msg),
+                                 (size_t)PyBytes_GET_SIZE(msg), log_once, self);
+}
+
+PyObject *cm_redis_sub_listen_once(CmRedisClientObject *self, PyObject *channel)
+{
+    if (!PyBytes_Check(channel)) {
+        PyErr_Format(PyExc_TypeError, "_sub_listen_once: channel must be bytes, not %.100s",
+                     Py_TYPE(channel)->tp_name);
+        return NULL;
+    }
+    CmRedisClientObject *inst = self; // borrowed: the running loop's instance
+    CmRedisSub *s = test_sub(&inst, "_sub_listen_once");
+    if (s == NULL)
+        return NULL;
+    PyObject *log = cm_redis_sub_listen(self, channel); /* the log and its watcher */
+    if (log == NULL)
+        return NULL;
+    PyObject *loop = cm_loop_running(self->st);
+    int rc = loop == NULL
+                 ? -1
+                 : cm_redis_sub_subscribe(s, loop, PyBytes_AS_STRING(channel),
+                                          (size_t)PyBytes_GET_SIZE(channel), log_once, NULL, inst);
+    Py_XDECREF(loop);
+    if (rc < 0)
+        Py_CLEAR(log);
+    return log;
+}
+
+PyObject *cm_redis_sub_unlisten(CmRedisClientObject *self, PyObject *channel)
+{
+    if (!PyBytes_Check(channel)) {
+        PyErr_Format(PyExc_TypeError, "_sub_unlisten: channel must be bytes, not %.100s",
+                     Py_TYPE(channel)->tp_name);
+        return NULL;
+    }
+    CmRedisSub *s = test_sub(&self, "_sub_unlisten");
+    if (s == NULL)
+        return NULL;
+    if (self->sub_log != NULL)
+        cm_redis_sub_unsubscribe(s, PyBytes_AS_STRING(channel), (size_t)PyBytes_GET_SIZE(channel),
+                                 log_message, self->sub_log);
+    Py_RETURN_NONE;
 }
 
 PyObject *cm_redis_sub_hold(CmRedisClientObject *self, PyObject *on)

@@ -88,6 +88,19 @@ PyObject *cm_redis_sub_listen(CmRedisClientObject *self, PyObject *channel);
  * connection, which sockets do not let a test choose); off sends them.
  * Returns how many are held (on) or were sent (off). */
 PyObject *cm_redis_sub_hold(CmRedisClientObject *self, PyObject *on);
+/* _sub_unlisten(channel) of RedisClient (tests): drop one of the entries
+ * _sub_listen(channel) made (the first); UNSUBSCRIBE when it was the last of
+ * the channel's. */
+PyObject *cm_redis_sub_unlisten(CmRedisClientObject *self, PyObject *channel);
+/* _sub_listen_once(channel) of RedisClient (tests): _sub_listen(channel),
+ * then one more entry of the channel that logs ("once", payload) and
+ * unsubscribes itself, from inside that callback, from the channel that
+ * the payload names. Returns the log. */
+PyObject *cm_redis_sub_listen_once(CmRedisClientObject *self, PyObject *channel);
+/* The channels and entries looked at so far by the subscriber's operations
+ * (tests: _tracking_info's subscriber_visits; a count, not a time, that
+ * shows what an operation costs). */
+unsigned long long cm_redis_sub_visits(const CmRedisSub *s);
 
 /* For the driver (pool.c, conn.c, client.c). */
 /* A reply on the subscriber's connection c past its AUTH/SELECT (stolen). */

@@ -205,12 +205,14 @@ PyObject *cm_redis_track_info(CmRedisClientObject *self, PyObject *Py_UNUSED(unu
     if (self->cluster != NULL)
         np = cm_cluster_pools(self, &pools);
     long long up = 0, keys = 0, flushes = 0;
+    unsigned long long visits = 0;
     PyObject *ids = PyList_New(0);
     for (Py_ssize_t i = 0; ids != NULL && i < np; i++) {
         CmRedisPool *p = pools[i]; // borrowed
         up += p->track_up;
         keys += p->track_keys;
         flushes += p->track_flushes;
+        visits += p->sub ? cm_redis_sub_visits(p->sub) : 0;
         long long id = p->sub ? cm_redis_sub_client_id(p->sub) : 0;
         PyObject *v = id ? PyLong_FromLongLong(id) : NULL;
         if (id && (v == NULL || PyList_Append(ids, v) < 0))
@@ -220,9 +222,10 @@ PyObject *cm_redis_track_info(CmRedisClientObject *self, PyObject *Py_UNUSED(unu
     if (ids == NULL)
         return NULL;
     PyObject *covered = track_owner(self)->covered; // borrowed
-    return Py_BuildValue("{sLsLsLsNsn}", "up", up, "invalidated_keys", keys, "flushes", flushes,
+    return Py_BuildValue("{sLsLsLsNsnsK}", "up", up, "invalidated_keys", keys, "flushes", flushes,
                          "subscriber_ids", ids, "covered_stores",
-                         covered ? PyList_GET_SIZE(covered) : (Py_ssize_t)0);
+                         covered ? PyList_GET_SIZE(covered) : (Py_ssize_t)0, "subscriber_visits",
+                         visits);
 }
 
 /* _tracking_inject(msg) (tests): msg handled as if every server of the
