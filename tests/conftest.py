@@ -51,6 +51,17 @@ def unique(prefix: str = "s") -> str:
     return f"{prefix}{next(_names)}"
 
 
+async def wait_for(cond, what: str, timeout: float = 30.0):
+    """Poll cond() on the loop until true (a bound on the wait, not a timing
+    assertion: it fails only when the event never happens)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.005)
+
+
 def make_user_node(caches, serializer=MsgPackSerializer(), version="v1", sleep=0.0):
     """The storage modules' node class, under a unique name: users keyed
     "user:<uid>", cached in caches, whose load (after sleep seconds, if any)

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import cacheme
 from cacheme.storages.redis import RedisStorage
-from conftest import unique
+from conftest import unique, wait_for
 from redis_servers import (  # noqa: F401  (fixtures)
     _redis_session_server,
     needs_redis,
@@ -26,17 +26,6 @@ N = 2000
 # spent, depending on the test): far below the N/2 per channel and
 # operation that a scan of every channel costs
 PER_CHANNEL = 40
-
-
-async def wait_for(cond, what: str, timeout: float = 30.0):
-    """Poll cond() on the loop until true (a bound on the wait, not a timing
-    assertion: it fails only when the event never happens)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"never happened: {what}")
-        await asyncio.sleep(0.005)
 
 
 async def wait_for_async(cond, what: str, timeout: float = 30.0):

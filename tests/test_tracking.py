@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from cacheme.storages.redis import RedisStorage
-from conftest import unique
+from conftest import unique, wait_for
 from redis_servers import (  # noqa: F401  (fixtures)
     RedisServer,
     _redis_session_server,
@@ -15,17 +15,6 @@ from redis_servers import (  # noqa: F401  (fixtures)
 )
 
 pytestmark = needs_redis
-
-
-async def wait_for(cond, what: str, timeout: float = 10.0):
-    """Poll cond() on the loop until true (a bound on the wait, not a timing
-    assertion: it fails only when the event never happens)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"never happened: {what}")
-        await asyncio.sleep(0.005)
 
 
 def client_ids(server, name_part: str = "") -> list:
