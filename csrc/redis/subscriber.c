@@ -808,9 +808,15 @@ static void log_state(void *arg, int up)
 }
 
 /* The subscriber of the running loop's instance of *self (borrowed), made
- * if need be, and *self that instance; NULL with an exception. */
-static CmRedisSub *test_sub(CmRedisClientObject **self, const char *what)
+ * if need be, and *self that instance; NULL with an exception (TypeError
+ * when channel, unless NULL, is not bytes). */
+static CmRedisSub *test_sub(CmRedisClientObject **self, const char *what, PyObject *channel)
 {
+    if (channel != NULL && !PyBytes_Check(channel)) {
+        PyErr_Format(PyExc_TypeError, "%s: channel must be bytes, not %.100s", what,
+                     Py_TYPE(channel)->tp_name);
+        return NULL;
+    }
     CmState *st = (*self)->st;
     PyObject *loop = cm_loop_running(st);
     CmRedisClientObject *c = loop ? cm_redis_client_for(*self, loop) : NULL; // borrowed
@@ -827,12 +833,7 @@ static CmRedisSub *test_sub(CmRedisClientObject **self, const char *what)
 
 PyObject *cm_redis_sub_listen(CmRedisClientObject *self, PyObject *channel)
 {
-    if (!PyBytes_Check(channel)) {
-        PyErr_Format(PyExc_TypeError, "_sub_listen: channel must be bytes, not %.100s",
-                     Py_TYPE(channel)->tp_name);
-        return NULL;
-    }
-    CmRedisSub *s = test_sub(&self, "_sub_listen");
+    CmRedisSub *s = test_sub(&self, "_sub_listen", channel);
     if (s == NULL)
         return NULL;
     if (self->sub_log == NULL) {
@@ -871,13 +872,8 @@ static void log_once(void *arg, PyObject *msg)
 
 PyObject *cm_redis_sub_listen_once(CmRedisClientObject *self, PyObject *channel)
 {
-    if (!PyBytes_Check(channel)) {
-        PyErr_Format(PyExc_TypeError, "_sub_listen_once: channel must be bytes, not %.100s",
-                     Py_TYPE(channel)->tp_name);
-        return NULL;
-    }
     CmRedisClientObject *inst = self; // borrowed: the running loop's instance
-    CmRedisSub *s = test_sub(&inst, "_sub_listen_once");
+    CmRedisSub *s = test_sub(&inst, "_sub_listen_once", channel);
     if (s == NULL)
         return NULL;
     PyObject *log = cm_redis_sub_listen(self, channel); /* the log and its watcher */
@@ -896,12 +892,7 @@ PyObject *cm_redis_sub_listen_once(CmRedisClientObject *self, PyObject *channel)
 
 PyObject *cm_redis_sub_unlisten(CmRedisClientObject *self, PyObject *channel)
 {
-    if (!PyBytes_Check(channel)) {
-        PyErr_Format(PyExc_TypeError, "_sub_unlisten: channel must be bytes, not %.100s",
-                     Py_TYPE(channel)->tp_name);
-        return NULL;
-    }
-    CmRedisSub *s = test_sub(&self, "_sub_unlisten");
+    CmRedisSub *s = test_sub(&self, "_sub_unlisten", channel);
     if (s == NULL)
         return NULL;
     if (self->sub_log != NULL)
@@ -913,7 +904,7 @@ PyObject *cm_redis_sub_unlisten(CmRedisClientObject *self, PyObject *channel)
 PyObject *cm_redis_sub_hold(CmRedisClientObject *self, PyObject *on)
 {
     int hold = PyObject_IsTrue(on);
-    CmRedisSub *s = hold < 0 ? NULL : test_sub(&self, "_sub_hold");
+    CmRedisSub *s = hold < 0 ? NULL : test_sub(&self, "_sub_hold", NULL);
     if (s == NULL)
         return NULL;
     size_t n = s->nheld;
