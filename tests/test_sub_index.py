@@ -82,7 +82,12 @@ async def test_many_channels_subscribed_messaged_and_unsubscribed(redis_server):
 
 
 async def _all_zero(client, chans) -> bool:
-    return set((await numsub(client, chans)).values()) == {0}
+    return await _all_at(client, chans, 0)
+
+
+async def _all_at(client, chans, n: int) -> bool:
+    """Every one of chans has n subscribers on the server."""
+    return set((await numsub(client, chans)).values()) == {n}
 
 
 async def test_several_subscribers_of_one_channel(redis_server):
@@ -268,7 +273,7 @@ async def test_thousands_of_lease_waits_on_distinct_keys(redis_server):
         v0 = visits(st)
         tasks = [asyncio.ensure_future(cacheme.get(n)) for n in nodes]
         await wait_for_async(
-            lambda: _all_one(other, lks), "every waiter subscribed to its lease key")
+            lambda: _all_at(other, lks, 1), "every waiter subscribed to its lease key")
         assert not any(t.done() for t in tasks)
         await asyncio.gather(*(other.set(n, f"filled{n.i}", None, None) for n in nodes))
         script = "redis.call('del', KEYS[1]) return redis.call('publish', KEYS[1], '1')"
@@ -283,7 +288,3 @@ async def test_thousands_of_lease_waits_on_distinct_keys(redis_server):
     finally:
         await other.close()
         st.close_now()
-
-
-async def _all_one(client, chans) -> bool:
-    return set((await numsub(client, chans)).values()) == {1}
